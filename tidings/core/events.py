@@ -1,0 +1,86 @@
+"""Live events: encoding once, framing per transport.
+
+The notification body is encoded once per publish; each user's event is that
+body spliced into a tiny per-user envelope (a bytes join, no re-encoding), and
+feed events (broadcasts, large topics) are one frame shared by every
+connection.
+
+Event objects (the same JSON on WebSocket and SSE)::
+
+    {"type": "hello", "epoch", "cursor", "counts": {"unread", "unseen"}}
+    {"type": "notification", "cursor": "<epoch>:<seq>", "notification": {...}}
+    {"type": "notification", "feed": <offset>, "notification": {...}}
+    {"type": "updated", "notification": {...}}
+    {"type": "deleted", "id": "..."}
+    {"type": "state", "ids": [...], "all": bool, "state": "read"|"seen"|"archived"}
+    {"type": "counts", "unread": n, "unseen": n}
+    {"type": "recovered", "ok": bool, "missed": n}
+
+A WebSocket text frame carries one event object, or a JSON array of several
+when a burst is pending (one write per connection per loop tick).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+_encode = msgspec.json.encode
+
+
+def encode(obj) -> bytes:
+    return _encode(obj)
+
+
+def notification_frame(epoch: str, seq: int, body: bytes) -> bytes:
+    return b'{"type":"notification","cursor":"%s:%d","notification":%s}' % (
+        epoch.encode(), seq, body,
+    )
+
+
+def feed_frame(offset: int, body: bytes) -> bytes:
+    return b'{"type":"notification","feed":%d,"notification":%s}' % (offset, body)
+
+
+def updated_frame(body: bytes) -> bytes:
+    return b'{"type":"updated","notification":%s}' % body
+
+
+def deleted_frame(nid: str) -> bytes:
+    return _encode({"type": "deleted", "id": nid})
+
+
+def state_frame(ids: list[str] | None, state: str, all_: bool = False) -> bytes:
+    return _encode({"type": "state", "ids": ids or [], "all": all_, "state": state})
+
+
+def counts_frame(unread: int, unseen: int) -> bytes:
+    return b'{"type":"counts","unread":%d,"unseen":%d}' % (unread, unseen)
+
+
+def hello_frame(epoch: str, cursor: str, unread: int, unseen: int) -> bytes:
+    return _encode(
+        {"type": "hello", "epoch": epoch, "cursor": cursor,
+         "counts": {"unread": unread, "unseen": unseen}}
+    )
+
+
+def recovered_frame(ok: bool, missed: int) -> bytes:
+    return _encode({"type": "recovered", "ok": ok, "missed": missed})
+
+
+def ws_batch(frames: list[bytes]) -> bytes:
+    """One WebSocket message for a burst: the event itself, or a JSON array."""
+    if len(frames) == 1:
+        return frames[0]
+    return b"[" + b",".join(frames) + b"]"
+
+
+def sse_event(frame: bytes, event_id: str | None = None) -> bytes:
+    """One SSE event (HTML Living Standard §9.2): optional id, one data line.
+
+    Our JSON never contains a raw newline (msgspec escapes them), so one
+    ``data:`` line is enough.
+    """
+    if event_id is None:
+        return b"data: " + frame + b"\n\n"
+    return b"id: " + event_id.encode() + b"\ndata: " + frame + b"\n\n"

@@ -1,0 +1,41 @@
+"""Time-ordered identifiers.
+
+A notification id is 26 characters of Crockford base32: 48 bits of
+milliseconds since the epoch, then 80 random bits (the ULID layout).  Ids
+sort by creation time, so ``before=<id>`` pagination and "newest first"
+agree, and two nodes never need to coordinate to mint one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_VALID = frozenset(_ALPHABET)
+
+
+def new_id(now_ms: int | None = None) -> str:
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def is_id(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 26 and all(c in _VALID for c in text)
+
+
+def id_time_ms(nid: str) -> int:
+    value = 0
+    for c in nid[:10]:
+        value = (value << 5) | _ALPHABET.index(c)
+    return value >> 2  # 10 chars = 50 bits; the top 48 are the time
+
+
+def new_epoch() -> str:
+    """A short random stream epoch: it changes only when a user's history is lost."""
+    return os.urandom(4).hex()

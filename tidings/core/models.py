@@ -1,0 +1,131 @@
+"""Wire models and their validation rules (msgspec Structs).
+
+These are the shapes of DESIGN §4.  ``forbid_unknown_fields`` is on for every
+request body: a typo such as ``"tittle"`` is a 422, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+USER_RE = r"^[^\x00-\x1f\x7f]{1,128}$"
+TOPIC_RE = r"^[A-Za-z0-9_.:\-]{1,128}$"
+_USER = re.compile(USER_RE)
+_TOPIC = re.compile(TOPIC_RE)
+
+UserId = Annotated[str, Meta(pattern=USER_RE, min_length=1, max_length=128)]
+TopicName = Annotated[str, Meta(pattern=TOPIC_RE, min_length=1, max_length=128)]
+Category = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
+Priority = Literal["low", "normal", "high", "urgent"]
+State = Literal["unseen", "seen", "read", "archived"]
+
+
+def valid_user(user: str) -> bool:
+    return isinstance(user, str) and bool(_USER.match(user))
+
+
+def valid_topic(topic: str) -> bool:
+    return isinstance(topic, str) and bool(_TOPIC.match(topic))
+
+
+class Target(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    users: Annotated[list[UserId], Meta(min_length=1)] | None = None
+    topic: TopicName | None = None
+    all: bool = False
+
+
+class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    to: Target
+    category: Category = "default"
+    title: Annotated[str, Meta(max_length=1024)] = ""
+    body: Annotated[str, Meta(max_length=8192)] = ""
+    url: Annotated[str, Meta(max_length=2048)] = ""
+    data: dict[str, Any] = {}
+    priority: Priority = "normal"
+    tags: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] = []
+    group_key: Annotated[str, Meta(max_length=256)] | None = None
+    actor: Annotated[str, Meta(max_length=128)] | None = None
+    deliver_at: datetime | None = None
+    ttl: Annotated[int, Meta(ge=1, le=365 * 24 * 3600)] | None = None
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    notifications: Annotated[list[msgspec.Raw], Meta(min_length=1)]
+
+
+class PatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    title: Annotated[str, Meta(max_length=1024)] | None = None
+    body: Annotated[str, Meta(max_length=8192)] | None = None
+    url: Annotated[str, Meta(max_length=2048)] | None = None
+    data: dict[str, Any] | None = None
+    priority: Priority | None = None
+    tags: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] | None = None
+
+
+class Notification(msgspec.Struct, omit_defaults=True):
+    """A stored notification as clients see it."""
+
+    id: str
+    category: str
+    created_at: str
+    title: str = ""
+    body: str = ""
+    url: str = ""
+    data: dict[str, Any] = {}
+    priority: str = "normal"
+    tags: list[str] = []
+    group_key: str | None = None
+    actor: str | None = None
+    deliver_at: str | None = None
+    expires_at: str | None = None
+
+
+class StateRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    ids: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=1000)] | None = None
+    all: bool = False
+
+
+class ChannelPrefs(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    in_app: bool = True
+    webhook: bool = True
+    push: bool = True
+    email: bool = True
+
+
+class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
+    start: Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    end: Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    tz: Annotated[str, Meta(max_length=64)] = "UTC"
+
+
+class Preferences(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    categories: Annotated[dict[Category, ChannelPrefs], Meta(max_length=256)] = {}
+    quiet_hours: QuietHours | None = None
+
+
+class SubscribersRequest(msgspec.Struct, forbid_unknown_fields=True):
+    users: Annotated[list[UserId], Meta(min_length=1)]
+    action: Literal["add", "remove"] = "add"
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ttl: Annotated[int, Meta(ge=1)] = 3600
+
+
+class Counts(msgspec.Struct):
+    unread: int
+    unseen: int
+
+
+class InboxItem(msgspec.Struct, omit_defaults=True):
+    id: str
+    state: str
+    notification: Notification
+    seq: int | None = None  # personal items; feed items have none
+    feed: int | None = None
+    group: dict | None = None  # aggregation summary, when grouped
