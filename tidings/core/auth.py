@@ -36,7 +36,7 @@ def split_api_key(key: str) -> str | None:
     if not isinstance(key, str) or len(key) > 128 or not key.startswith("tk_"):
         return None
     parts = key.split("_", 2)
-    if len(parts) != 3 or len(parts[1]) != 8:
+    if len(parts) != 3 or len(parts[1]) != 8 or not parts[2]:
         return None
     return parts[1]
 

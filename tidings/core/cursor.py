@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from tidings.errors import BadRequest
 
-_CURSOR = re.compile(r"^([0-9a-f]{1,16}):(\d{1,18})(?::(\d{1,18}))?$")
+# ASCII digits only (``\d`` would take e.g. Arabic-Indic digits) and ``\Z``,
+# not ``$`` (which also matches before a trailing newline).
+_CURSOR = re.compile(r"^([0-9a-f]{1,16}):([0-9]{1,18})(?::([0-9]{1,18}))?\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,9 @@ def id_time_ms(nid: str) -> int:
     value = 0
     for c in nid[:10]:
         value = (value << 5) | _ALPHABET.index(c)
-    return value >> 2  # 10 chars = 50 bits; the top 48 are the time
+    # 26 chars = 130 bits and the time sits above the 80 random bits, so the
+    # first 10 chars (the top 50 bits, whose top 2 are zero) are the time.
+    return value
 
 
 def new_epoch() -> str:

@@ -13,14 +13,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-USER_RE = r"^[^\x00-\x1f\x7f]{1,128}$"
-TOPIC_RE = r"^[A-Za-z0-9_.:\-]{1,128}$"
+# ``\Z`` not ``$``: ``$`` also matches before a trailing newline ("alice\n").
+USER_RE = r"^[^\x00-\x1f\x7f]{1,128}\Z"
+TOPIC_RE = r"^[A-Za-z0-9_.:\-]{1,128}\Z"
 _USER = re.compile(USER_RE)
 _TOPIC = re.compile(TOPIC_RE)
 
 UserId = Annotated[str, Meta(pattern=USER_RE, min_length=1, max_length=128)]
 TopicName = Annotated[str, Meta(pattern=TOPIC_RE, min_length=1, max_length=128)]
-Category = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
+Category = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}\Z")]
 Priority = Literal["low", "normal", "high", "urgent"]
 State = Literal["unseen", "seen", "read", "archived"]
 
@@ -98,8 +99,8 @@ class ChannelPrefs(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
 
 
 class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
-    start: Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
-    end: Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    start: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")]
+    end: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")]
     tz: Annotated[str, Meta(max_length=64)] = "UTC"
 
 

@@ -1,0 +1,274 @@
+"""API keys and user tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import jwt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tidings.core import auth
+from tidings.core.auth import (
+    SCOPES,
+    hash_api_key,
+    mint_token,
+    new_api_key,
+    new_signing_secret,
+    split_api_key,
+    unverified_app,
+    verify_token,
+)
+from tidings.errors import Unauthorized
+
+SECRET = "s" * 64
+OTHER = "o" * 64
+NOW = 1_700_000_000.0
+
+
+def _b64(obj) -> str:
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _bad(token, secret=SECRET, code="bad_token"):
+    with pytest.raises(Unauthorized) as ei:
+        verify_token(token, secret)
+    assert ei.value.code == code
+    assert ei.value.status == 401
+    return ei.value
+
+
+# -- API keys ----------------------------------------------------------------
+
+
+def test_new_api_key_shape():
+    key, prefix = new_api_key()
+    assert re.fullmatch(r"tk_[0-9a-f]{8}_[A-Za-z0-9_\-]{32}", key)
+    assert split_api_key(key) == prefix
+    assert key.startswith(f"tk_{prefix}_")
+
+
+def test_new_api_keys_differ():
+    keys = {new_api_key()[0] for _ in range(100)}
+    assert len(keys) == 100
+
+
+def test_split_keeps_underscores_in_the_secret():
+    # token_urlsafe can produce "_" in the secret part.
+    assert split_api_key("tk_abcdef01_se_cr_et") == "abcdef01"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "tk_",
+        "tk_abcdef01",  # no secret part
+        "tk_abcdef01_",  # empty secret
+        "tk_abcdef0_secret",  # prefix too short
+        "tk_abcdef012_secret",  # prefix too long
+        "tk__secret",
+        "xk_abcdef01_secret",
+        "TK_abcdef01_secret",
+        "abcdef01_secret",
+        "tk_abcdef01_" + "x" * 200,  # too long
+        None,
+        123,
+        b"tk_abcdef01_secret",
+    ],
+)
+def test_split_rejects_malformed(key):
+    assert split_api_key(key) is None
+
+
+def test_split_length_limit_is_128():
+    ok = "tk_abcdef01_" + "x" * (128 - 12)
+    assert len(ok) == 128
+    assert split_api_key(ok) == "abcdef01"
+    assert split_api_key(ok + "x") is None
+
+
+def test_hash_is_hmac_sha256_hex():
+    h = hash_api_key("tk_abcdef01_secret", b"pepper")
+    assert re.fullmatch(r"[0-9a-f]{64}", h)
+    assert h == hash_api_key("tk_abcdef01_secret", b"pepper")  # deterministic
+
+
+def test_hash_depends_on_pepper_and_key():
+    key = "tk_abcdef01_secret"
+    assert hash_api_key(key, b"pepper-1") != hash_api_key(key, b"pepper-2")
+    assert hash_api_key(key, b"p") != hash_api_key(key + "x", b"p")
+    # Not a plain (unkeyed) hash of the key.
+    import hashlib
+
+    assert hash_api_key(key, b"p") != hashlib.sha256(key.encode()).hexdigest()
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=64), st.binary(min_size=1, max_size=32), st.binary(min_size=1, max_size=32))
+def test_hash_peppers_separate(key, p1, p2):
+    if p1 != p2:
+        assert hash_api_key(key, p1) != hash_api_key(key, p2)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=160))
+def test_split_never_raises(text):
+    prefix = split_api_key(text)
+    if prefix is not None:
+        assert len(prefix) == 8
+        assert text.startswith(f"tk_{prefix}_")
+        assert len(text) > 12 and len(text) <= 128
+
+
+def test_signing_secret_is_long_and_random():
+    a, b = new_signing_secret(), new_signing_secret()
+    assert a != b
+    assert len(a) >= 40
+
+
+def test_scopes():
+    assert SCOPES == {"publish", "read", "admin"}
+
+
+# -- tokens ------------------------------------------------------------------
+
+
+def test_mint_verify_round_trip():
+    tok = mint_token("app1", "alice", SECRET, ttl=3600)
+    app, user, exp = verify_token(tok, SECRET)
+    assert (app, user) == ("app1", "alice")
+    claims = jwt.decode(tok, SECRET, algorithms=["HS256"])
+    assert exp == claims["exp"]
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_mint_uses_injected_clock_and_hs256():
+    tok = mint_token("app1", "bob", SECRET, ttl=60, now=NOW)
+    header = jwt.get_unverified_header(tok)
+    assert header["alg"] == "HS256"
+    claims = jwt.decode(tok, options={"verify_signature": False})
+    assert claims == {"sub": "bob", "app": "app1", "iat": int(NOW), "exp": int(NOW) + 60}
+
+
+def test_unicode_user_round_trip():
+    tok = mint_token("app1", "ユーザー@example", SECRET, ttl=60)
+    assert verify_token(tok, SECRET)[1] == "ユーザー@example"
+
+
+def test_expired_token():
+    tok = mint_token("app1", "alice", SECRET, ttl=60, now=NOW)
+    _bad(tok, code="token_expired")
+
+
+def test_expired_check_happens_before_app_check():
+    tok = jwt.encode({"sub": "alice", "exp": int(NOW)}, SECRET, algorithm="HS256")
+    _bad(tok, code="token_expired")
+
+
+def test_wrong_secret():
+    tok = mint_token("app1", "alice", OTHER, ttl=3600)
+    _bad(tok)
+
+
+def test_tampered_payload():
+    tok = mint_token("app1", "alice", SECRET, ttl=3600)
+    h, _, s = tok.split(".")
+    claims = jwt.decode(tok, options={"verify_signature": False})
+    claims["sub"] = "mallory"
+    _bad(f"{h}.{_b64(claims)}.{s}")
+
+
+def test_alg_none_refused():
+    import time
+
+    payload = {"sub": "alice", "app": "app1", "iat": int(time.time()), "exp": int(time.time()) + 3600}
+    for alg in ("none", "None", "NONE"):
+        tok = f"{_b64({'alg': alg, 'typ': 'JWT'})}.{_b64(payload)}."
+        _bad(tok)
+    # The crafted token is otherwise well-formed: the app is readable unverified.
+    assert unverified_app(f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(payload)}.") == "app1"
+
+
+@pytest.mark.parametrize("alg", ["HS384", "HS512"])
+def test_other_hmac_algorithms_refused(alg):
+    import time
+
+    payload = {"sub": "alice", "app": "app1", "exp": int(time.time()) + 3600}
+    tok = jwt.encode(payload, SECRET, algorithm=alg)
+    # Sanity: the token is valid for its own algorithm with the right secret.
+    assert jwt.decode(tok, SECRET, algorithms=[alg])["sub"] == "alice"
+    _bad(tok)
+
+
+def test_token_without_exp_refused():
+    tok = jwt.encode({"sub": "alice", "app": "app1"}, SECRET, algorithm="HS256")
+    _bad(tok)
+
+
+def test_token_without_sub_refused():
+    import time
+
+    tok = jwt.encode({"app": "app1", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    _bad(tok)
+
+
+def test_token_without_app_refused():
+    import time
+
+    tok = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    _bad(tok)
+
+
+@pytest.mark.parametrize("claims", [{"app": 5}, {"app": ["x"]}, {"sub": "bad\nuser"}, {"sub": "x" * 129}])
+def test_token_with_bad_claims_refused(claims):
+    import time
+
+    payload = {"sub": "alice", "app": "app1", "exp": int(time.time()) + 60}
+    payload.update(claims)
+    tok = jwt.encode(payload, SECRET, algorithm="HS256")
+    _bad(tok)
+
+
+def test_leeway_is_small():
+    import time
+
+    now = time.time()
+    # Expired 2 seconds ago: within the 5 s leeway.
+    tok = jwt.encode({"sub": "a", "app": "x", "exp": int(now) - 2}, SECRET, algorithm="HS256")
+    assert verify_token(tok, SECRET)[0] == "x"
+    # Expired a minute ago: refused.
+    tok = jwt.encode({"sub": "a", "app": "x", "exp": int(now) - 60}, SECRET, algorithm="HS256")
+    _bad(tok, code="token_expired")
+
+
+@pytest.mark.parametrize("junk", ["", "a.b.c", "not a token", "x" * 5000, None, 12, b"abc"])
+def test_junk_tokens_refused(junk):
+    _bad(junk)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_verifies(text):
+    with pytest.raises(Unauthorized) as ei:
+        verify_token(text, SECRET)
+    assert ei.value.code in {"bad_token", "token_expired"}
+    assert unverified_app(text) is None or isinstance(unverified_app(text), str)
+
+
+def test_unverified_app():
+    tok = mint_token("app-42", "alice", OTHER, ttl=60)
+    assert unverified_app(tok) == "app-42"  # no secret needed
+    assert unverified_app("junk") is None
+    assert unverified_app(None) is None  # type: ignore[arg-type]
+    assert unverified_app("x" * 5000) is None
+    assert unverified_app(jwt.encode({"app": 7}, SECRET, algorithm="HS256")) is None
+    assert unverified_app(jwt.encode({"sub": "a"}, SECRET, algorithm="HS256")) is None
+
+
+def test_algorithm_constant_is_hs256():
+    assert auth.ALGORITHM == "HS256"
