@@ -1,0 +1,4 @@
+"""tidings: a real-time notification service."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

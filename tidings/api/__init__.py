@@ -1,0 +1,1 @@
+"""The HTTP surface: server API, client API, operator endpoints."""

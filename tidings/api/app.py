@@ -1,0 +1,84 @@
+"""Assemble the ASGI application: routes, errors, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import Route, WebSocketRoute
+
+from tidings.api import client, ops, server
+from tidings.api.common import JSON, error_response
+from tidings.broker import open_broker
+from tidings.config import Settings
+from tidings.errors import CLOSE_SHUTDOWN, TidingsError
+from tidings.gateway.transports import SSEEndpoint, WebSocketEndpoint
+from tidings.service import Service
+from tidings.store import open_store
+
+log = logging.getLogger("tidings")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+async def _tidings_error(request: Request, exc: TidingsError):
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: HTTPException):
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+    return JSON({"error": {"code": code, "message": message}}, status_code=exc.status_code,
+                headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception):
+    # Every input error is a TidingsError; reaching here is a bug.  Log it,
+    # answer without internals.
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSON({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+
+def build_service(settings: Settings) -> Service:
+    store = open_store(settings.store, settings.sqlite_path)
+    broker = open_broker(settings.broker)
+    return Service(settings, store, broker)
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> Starlette:
+    settings = settings or Settings()
+    service = service or build_service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await service.open()
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            service.hub.close_all(CLOSE_SHUTDOWN)
+            await service.close()
+
+    routes = [
+        *server.routes,
+        *client.routes,
+        WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),
+        Route("/v1/me/events", SSEEndpoint(service), methods=["GET"]),
+        *ops.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            TidingsError: _tidings_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.service = service
+    app.state.draining = False
+    app.state.metrics_registry = None
+    return app

@@ -1,0 +1,58 @@
+"""Client API: what end-user devices call with a user token (DESIGN §4)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidings.api.common import JSON, body_of, user_auth
+from tidings.api.server import _inbox
+from tidings.core.models import Preferences, StateRequest
+from tidings.errors import Invalid
+
+
+async def my_notifications(request: Request):
+    app, user = await user_auth(request)
+    return await _inbox(request, app, user)
+
+
+async def my_counts(request: Request):
+    app, user = await user_auth(request)
+    return JSON(await request.app.state.service.counts(app, user))
+
+
+def _state_route(state: str):
+    async def set_state(request: Request):
+        app, user = await user_auth(request)
+        req = await body_of(request, StateRequest)
+        if (req.ids is None) == (not req.all):
+            raise Invalid('send either "ids" or "all": true', field="ids")
+        return JSON(await request.app.state.service.set_state(
+            app, user, None if req.all else req.ids, state
+        ))
+
+    set_state.__name__ = f"mark_{state}"
+    return set_state
+
+
+async def get_my_preferences(request: Request):
+    app, user = await user_auth(request)
+    return JSON(await request.app.state.service.store.get_preferences(app, user))
+
+
+async def put_my_preferences(request: Request):
+    app, user = await user_auth(request)
+    prefs = await body_of(request, Preferences)
+    await request.app.state.service.put_preferences(app, user, prefs)
+    return JSON(prefs)
+
+
+routes = [
+    Route("/v1/me/notifications", my_notifications, methods=["GET"]),
+    Route("/v1/me/counts", my_counts, methods=["GET"]),
+    Route("/v1/me/notifications/read", _state_route("read"), methods=["POST"]),
+    Route("/v1/me/notifications/seen", _state_route("seen"), methods=["POST"]),
+    Route("/v1/me/notifications/archive", _state_route("archived"), methods=["POST"]),
+    Route("/v1/me/preferences", get_my_preferences, methods=["GET"]),
+    Route("/v1/me/preferences", put_my_preferences, methods=["PUT"]),
+]

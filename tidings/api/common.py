@@ -1,0 +1,106 @@
+"""Request parsing, auth dependencies and error rendering shared by the routes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tidings.errors import BadRequest, Invalid, PayloadTooLarge, TidingsError, Unauthorized
+
+log = logging.getLogger("tidings.api")
+T = TypeVar("T")
+_encode = msgspec.json.encode
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return _encode(content)
+
+
+def error_response(exc: TidingsError) -> Response:
+    headers = {}
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+    return JSON(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field_of(message: str) -> str | None:
+    # msgspec reports "... - at `$.to.users[0]`"
+    if "at `$" in message:
+        path = message.rsplit("at `$", 1)[1].rstrip("`")
+        return path.lstrip(".") or None
+    return None
+
+
+def decode(raw: bytes, type_: type[T]) -> T:
+    """Decode and validate a JSON body: 400 for malformed JSON, 422 for rules."""
+    if not raw.strip():
+        raise BadRequest("a JSON body is required", code="empty_body")
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        raise Invalid(text.split(" - at ")[0], field=_field_of(text)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
+
+
+async def body_of(request: Request, type_: type[T]) -> T:
+    service = request.app.state.service
+    return decode(await read_body(request, service.settings.limits.max_body_bytes), type_)
+
+
+def bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    if value:
+        raise Unauthorized("Authorization must be 'Bearer <credential>'")
+    return None
+
+
+async def server_auth(request: Request, scope: str) -> str:
+    """The app id of a valid API key with ``scope``."""
+    record = await request.app.state.service.authenticate_key(bearer(request), scope)
+    return record.app_id
+
+
+async def user_auth(request: Request) -> tuple[str, str]:
+    return await request.app.state.service.authenticate_token(bearer(request))
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"{name} must be an integer", field=name) from None
+    if not lo <= value <= hi:
+        raise Invalid(f"{name} must be between {lo} and {hi}", field=name)
+    return value

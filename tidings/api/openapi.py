@@ -1,0 +1,107 @@
+"""The OpenAPI 3.1 document, built from the msgspec models.
+
+Schemas come from the same Structs that validate requests, so the document
+cannot drift from the validation; tests/api/test_openapi.py pins the list
+of operations so that a new or removed route is a conscious change.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import msgspec
+
+from tidings.core.models import (
+    BatchRequest, Notification, PatchRequest, Preferences, PublishRequest, StateRequest,
+    SubscribersRequest, TokenRequest,
+)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+# (method, path, summary, auth, request model)
+OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
+    ("post", "/v1/notifications", "Publish one notification", "apiKey", PublishRequest),
+    ("post", "/v1/notifications/batch", "Publish up to 1,000 notifications", "apiKey",
+     BatchRequest),
+    ("get", "/v1/notifications/{id}", "A notification and its delivery statistics", "apiKey",
+     None),
+    ("patch", "/v1/notifications/{id}", "Correct a notification (devices updated live)",
+     "apiKey", PatchRequest),
+    ("delete", "/v1/notifications/{id}", "Retract a notification (devices updated live)",
+     "apiKey", None),
+    ("put", "/v1/topics/{topic}/subscribers/{user}", "Subscribe a user to a topic", "apiKey",
+     None),
+    ("delete", "/v1/topics/{topic}/subscribers/{user}", "Unsubscribe a user", "apiKey", None),
+    ("post", "/v1/topics/{topic}/subscribers", "Subscribe or unsubscribe many users",
+     "apiKey", SubscribersRequest),
+    ("get", "/v1/topics/{topic}", "Topic size and subscribers", "apiKey", None),
+    ("get", "/v1/users/{user}/notifications", "A user's inbox", "apiKey", None),
+    ("get", "/v1/users/{user}/preferences", "A user's preferences", "apiKey", None),
+    ("put", "/v1/users/{user}/preferences", "Replace a user's preferences", "apiKey",
+     Preferences),
+    ("post", "/v1/users/{user}/tokens", "Mint a user token", "apiKey", TokenRequest),
+    ("get", "/v1/me/notifications", "My inbox, newest first", "userToken", None),
+    ("get", "/v1/me/counts", "My unread and unseen counts", "userToken", None),
+    ("post", "/v1/me/notifications/read", "Mark read", "userToken", StateRequest),
+    ("post", "/v1/me/notifications/seen", "Mark seen", "userToken", StateRequest),
+    ("post", "/v1/me/notifications/archive", "Archive", "userToken", StateRequest),
+    ("get", "/v1/me/preferences", "My preferences", "userToken", None),
+    ("put", "/v1/me/preferences", "Replace my preferences", "userToken", Preferences),
+    ("get", "/v1/me/stream", "Live events over WebSocket (see docs/protocol.md)", "userToken",
+     None),
+    ("get", "/v1/me/events", "Live events over Server-Sent Events", "userToken", None),
+    ("get", "/healthz", "Liveness", "none", None),
+    ("get", "/readyz", "Readiness (store and broker reachable)", "none", None),
+    ("get", "/metrics", "Prometheus metrics", "none", None),
+]
+
+
+@functools.cache
+def openapi_document() -> dict:
+    models = [m for *_, m in OPERATIONS if m is not None] + [Notification]
+    (_, components) = msgspec.json.schema_components(
+        models, ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = {
+        "type": "object",
+        "properties": {"error": {"type": "object", "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"},
+            "field": {"type": "string"}}, "required": ["code", "message"]}},
+        "required": ["error"],
+    }
+    paths: dict = {}
+    for method, path, summary, auth, model in OPERATIONS:
+        op: dict = {
+            "summary": summary,
+            "responses": {
+                "2XX": {"description": "Success"},
+                "4XX": {"description": "Error", "content": {"application/json":
+                                                            {"schema": _ERROR}}},
+            },
+        }
+        if auth != "none":
+            op["security"] = [{auth: []}]
+        if model is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
+        if params:
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ]
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tidings", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer",
+                           "description": "An app's API key (server API)"},
+                "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "A user token (client API)"},
+            },
+        },
+    }

@@ -1,0 +1,91 @@
+"""Operator endpoints: health, readiness, Prometheus metrics, OpenAPI."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from tidings.api.common import JSON
+from tidings.api.openapi import openapi_document
+
+
+async def healthz(request: Request):
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request):
+    service = request.app.state.service
+    store_ok = await service.store.ping()
+    broker_ok = await service.broker.ping()
+    ready = store_ok and broker_ok and not request.app.state.draining
+    body = {"ready": ready, "store": store_ok, "broker": broker_ok}
+    return JSON(body, status_code=200 if ready else 503)
+
+
+class _ServiceCollector:
+    """Reads the service's plain counters at scrape time: nothing on the hot path."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def collect(self):
+        s = self.service
+        hub = s.hub
+        g = GaugeMetricFamily("tidings_connections", "Open live streams", labels=["transport"])
+        by_kind: dict[str, int] = {"ws": 0, "sse": 0}
+        for streams in hub.users.values():
+            for st in streams:
+                by_kind[st.kind] = by_kind.get(st.kind, 0) + 1
+        for kind, n in by_kind.items():
+            g.add_metric([kind], n)
+        yield g
+        yield CounterMetricFamily(
+            "tidings_publishes", "Accepted publish requests", value=s.published)
+        yield CounterMetricFamily(
+            "tidings_slow_consumer_disconnects",
+            "Streams closed because their queue overflowed", value=hub.metrics.slow_consumers)
+        yield CounterMetricFamily(
+            "tidings_streams_opened", "Streams opened", value=hub.metrics.opened)
+        q = GaugeMetricFamily("tidings_queue_depth_max", "Largest pending queue of any stream")
+        q.add_metric([], max((len(st.queue) for ss in hub.users.values() for st in ss),
+                             default=0))
+        yield q
+
+
+async def metrics(request: Request):
+    registry = request.app.state.metrics_registry
+    if registry is None:
+        registry = request.app.state.metrics_registry = CollectorRegistry()
+        registry.register(_ServiceCollector(request.app.state.service))
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+async def openapi(request: Request):
+    return JSON(openapi_document())
+
+
+_DOCS = """<!doctype html><html><head><meta charset="utf-8"><title>tidings API</title>
+<style>body{font:15px system-ui;margin:2rem auto;max-width:60rem}code{background:#eee}
+li{margin:.2rem 0}</style></head><body><h1>tidings API</h1>
+<p>The machine-readable description is <a href="/openapi.json">/openapi.json</a>.</p>
+<ul id="ops"></ul><script>
+fetch('/openapi.json').then(r=>r.json()).then(doc=>{const ul=document.getElementById('ops');
+for(const [p,ops] of Object.entries(doc.paths)){for(const [m,op] of Object.entries(ops)){
+const li=document.createElement('li');li.innerHTML='<code>'+m.toUpperCase()+' '+p+'</code> — '
++(op.summary||'');ul.appendChild(li);}}});</script></body></html>"""
+
+
+async def docs(request: Request):
+    return HTMLResponse(_DOCS)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+]

@@ -1,0 +1,191 @@
+"""Server API: what app backends call with an API key (DESIGN §4)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidings.api.common import JSON, body_of, decode, int_param, read_body, server_auth
+from tidings.core.ids import is_id
+from tidings.core.models import (
+    BatchRequest, PatchRequest, Preferences, PublishRequest, SubscribersRequest, TokenRequest,
+    valid_topic, valid_user,
+)
+from tidings.errors import Invalid, NotFound, TidingsError
+
+_IDEMPOTENCY_MAX = 255
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= _IDEMPOTENCY_MAX and key.isprintable()):
+        raise Invalid(
+            f"Idempotency-Key must be 1-{_IDEMPOTENCY_MAX} printable characters",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+def _user(request: Request) -> str:
+    user = request.path_params["user"]
+    if not valid_user(user):
+        raise Invalid("user id must be 1-128 printable characters", field="user")
+    return user
+
+
+def _topic(request: Request) -> str:
+    topic = request.path_params["topic"]
+    if not valid_topic(topic):
+        raise Invalid("topic must be 1-128 of A-Z a-z 0-9 _ . : -", field="topic")
+    return topic
+
+
+def _nid(request: Request) -> str:
+    nid = request.path_params["id"]
+    if not is_id(nid):
+        raise NotFound("no such notification", field="id")
+    return nid
+
+
+async def publish(request: Request):
+    app = await server_auth(request, "publish")
+    service = request.app.state.service
+    req = await body_of(request, PublishRequest)
+    result = await service.publish(app, req, _idempotency_key(request))
+    return JSON(result, status_code=202)
+
+
+async def publish_batch(request: Request):
+    app = await server_auth(request, "publish")
+    service = request.app.state.service
+    limits = service.settings.limits
+    batch = decode(await read_body(request, limits.max_body_bytes * 16), BatchRequest)
+    if len(batch.notifications) > limits.max_batch:
+        raise Invalid(f"at most {limits.max_batch} notifications per batch",
+                      field="notifications")
+    key = _idempotency_key(request)
+
+    async def one(i: int, raw: msgspec.Raw):
+        try:
+            req = decode(bytes(raw), PublishRequest)
+            return await service.publish(app, req, f"{key}#{i}" if key else None)
+        except TidingsError as exc:
+            return {"status": "error", **exc.to_dict()}
+
+    # Concurrent submissions land in the store's same group commit.
+    results = await asyncio.gather(*(one(i, r) for i, r in enumerate(batch.notifications)))
+    return JSON({"results": results}, status_code=202)
+
+
+async def get_notification(request: Request):
+    app = await server_auth(request, "read")
+    return JSON(await request.app.state.service.get_notification(app, _nid(request)))
+
+
+async def patch_notification(request: Request):
+    app = await server_auth(request, "publish")
+    patch = await body_of(request, PatchRequest)
+    return JSON(await request.app.state.service.patch_notification(app, _nid(request), patch))
+
+
+async def delete_notification(request: Request):
+    app = await server_auth(request, "publish")
+    await request.app.state.service.delete_notification(app, _nid(request))
+    return JSON({"deleted": True})
+
+
+async def put_subscriber(request: Request):
+    app = await server_auth(request, "publish")
+    n = await request.app.state.service.subscribe(app, _topic(request), [_user(request)], True)
+    return JSON({"added": n})
+
+
+async def delete_subscriber(request: Request):
+    app = await server_auth(request, "publish")
+    n = await request.app.state.service.subscribe(app, _topic(request), [_user(request)], False)
+    return JSON({"removed": n})
+
+
+async def bulk_subscribers(request: Request):
+    app = await server_auth(request, "publish")
+    service = request.app.state.service
+    topic = _topic(request)
+    req = await body_of(request, SubscribersRequest)
+    cap = service.settings.limits.max_bulk_subscribers
+    if len(req.users) > cap:
+        raise Invalid(f"at most {cap} users per call", field="users")
+    users = list(dict.fromkeys(req.users))
+    n = await service.subscribe(app, topic, users, req.action == "add")
+    return JSON({"added" if req.action == "add" else "removed": n})
+
+
+async def get_topic(request: Request):
+    app = await server_auth(request, "read")
+    service = request.app.state.service
+    topic = _topic(request)
+    limit = int_param(request, "limit", 100, 1, 1000)
+    count, users = await service.store.topic_info(app, topic, limit)
+    return JSON({
+        "topic": topic, "subscribers": count, "users": users,
+        "fanout": "read" if count > service.settings.fanout_threshold else "write",
+    })
+
+
+async def user_notifications(request: Request):
+    app = await server_auth(request, "read")
+    return await _inbox(request, app, _user(request))
+
+
+async def _inbox(request: Request, app: str, user: str):
+    service = request.app.state.service
+    limit = int_param(request, "limit", 50, 1, service.settings.limits.page_max)
+    before = request.query_params.get("before")
+    if before is not None and not is_id(before):
+        raise Invalid("before must be a notification id", field="before")
+    state = request.query_params.get("state")
+    if state not in (None, "unread", "unseen", "seen", "read", "archived", "all"):
+        raise Invalid("state must be one of unread, unseen, seen, read, archived, all",
+                      field="state")
+    return JSON(await service.inbox(app, user, limit=limit, before=before, state=state))
+
+
+async def get_user_preferences(request: Request):
+    app = await server_auth(request, "read")
+    return JSON(await request.app.state.service.store.get_preferences(app, _user(request)))
+
+
+async def put_user_preferences(request: Request):
+    app = await server_auth(request, "publish")
+    prefs = await body_of(request, Preferences)
+    await request.app.state.service.put_preferences(app, _user(request), prefs)
+    return JSON(prefs)
+
+
+async def mint_token(request: Request):
+    app = await server_auth(request, "publish")
+    service = request.app.state.service
+    user = _user(request)
+    raw = await read_body(request, 4096)
+    req = decode(raw, TokenRequest) if raw.strip() else TokenRequest()
+    token, exp = await service.mint_token(app, user, req.ttl)
+    return JSON({"token": token, "user": user, "expires_at": exp}, status_code=201)
+
+
+routes = [
+    Route("/v1/notifications", publish, methods=["POST"]),
+    Route("/v1/notifications/batch", publish_batch, methods=["POST"]),
+    Route("/v1/notifications/{id}", get_notification, methods=["GET"]),
+    Route("/v1/notifications/{id}", patch_notification, methods=["PATCH"]),
+    Route("/v1/notifications/{id}", delete_notification, methods=["DELETE"]),
+    Route("/v1/topics/{topic}/subscribers/{user:path}", put_subscriber, methods=["PUT"]),
+    Route("/v1/topics/{topic}/subscribers/{user:path}", delete_subscriber, methods=["DELETE"]),
+    Route("/v1/topics/{topic}/subscribers", bulk_subscribers, methods=["POST"]),
+    Route("/v1/topics/{topic}", get_topic, methods=["GET"]),
+    Route("/v1/users/{user}/notifications", user_notifications, methods=["GET"]),
+    Route("/v1/users/{user}/preferences", get_user_preferences, methods=["GET"]),
+    Route("/v1/users/{user}/preferences", put_user_preferences, methods=["PUT"]),
+    Route("/v1/users/{user}/tokens", mint_token, methods=["POST"]),
+]

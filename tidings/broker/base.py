@@ -1,0 +1,94 @@
+"""The broker contract: live fan-out between the nodes of a cluster.
+
+Guarantee: **at most once, in publish order per channel from one publisher.**
+A broker may drop messages (a restart, a network blip); it never invents or
+duplicates them.  Nothing depends on the broker for durability: every message
+describes something already committed to the store, each personal event
+carries its ``seq``, and the gateway fills any gap it sees from the store.
+
+Channels (all app-scoped, so no message can cross apps):
+
+* ``<app>:u:<user>`` -- everything for one user (notifications, state, counts)
+* ``<app>:t:<topic>`` -- feed items of a topic fanned out on read
+* ``<app>:*``       -- broadcasts (feed items for every user of the app)
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import msgspec
+
+
+class Message(msgspec.Struct, array_like=True, tag=True):
+    """Base of everything that crosses the broker."""
+
+
+class Personal(Message, tag="p"):
+    """A committed inbox entry for one user."""
+
+    epoch: str
+    seq: int
+    body: bytes
+
+
+class Feed(Message, tag="f"):
+    """A feed item (broadcast or large topic), one frame for every connection."""
+
+    offset: int
+    frame: bytes
+
+
+class Frames(Message, tag="x"):
+    """Ready frames for the user's (or audience's) open connections: updated,
+    deleted, state and counts events, which are not part of the replayable
+    stream (a reconnecting client reloads them from hello and the inbox)."""
+
+    frames: list[bytes]
+
+
+class Membership(Message, tag="m"):
+    """A topic subscription changed: connections start or stop receiving the
+    topic's feed items."""
+
+    topic: str
+    added: bool
+
+
+Handler = Callable[[str, Message], None]
+
+
+def user_channel(app: str, user: str) -> str:
+    return f"{app}:u:{user}"
+
+
+def topic_channel(app: str, topic: str) -> str:
+    return f"{app}:t:{topic}"
+
+
+def all_channel(app: str) -> str:
+    return f"{app}:*"
+
+
+class Broker(abc.ABC):
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def publish(self, channel: str, message: Message) -> None:
+        """Send without waiting (at most once).  Order is kept per channel."""
+
+    @abc.abstractmethod
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Deliver messages on ``channel`` to ``handler(channel, message)``,
+        on the event loop thread.  One handler per channel per node."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, channel: str) -> None: ...
+
+    async def ping(self) -> bool:
+        return True

@@ -1,0 +1,33 @@
+"""The in-process broker: the zero-configuration default for one node.
+
+Publishing calls the channel's handler directly, in the same loop tick, so
+order per channel is exactly publish order and nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+from tidings.broker.base import Broker, Handler, Message
+
+
+class LocalBroker(Broker):
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.published = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._handlers.clear()
+
+    def publish(self, channel: str, message: Message) -> None:
+        self.published += 1
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            handler(channel, message)
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        self._handlers[channel] = handler
+
+    def unsubscribe(self, channel: str) -> None:
+        self._handlers.pop(channel, None)

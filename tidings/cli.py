@@ -1,0 +1,181 @@
+"""The ``tidings`` command: a thin layer that parses arguments and calls library code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from tidings import bootstrap
+from tidings.config import from_env
+from tidings.core.models import valid_user
+from tidings.errors import TidingsError
+
+DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
+STORE_HELP = "Store URL (default: SQLite file in --data)."
+
+
+def _settings(**kw):
+    return from_env(**kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tidings")
+def main() -> None:
+    """tidings: a real-time notification service."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port to listen on (default 8080).")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--broker", default=None, help="Broker URL (default: in-process).")
+@click.option("--allowed-origin", "allowed_origins", multiple=True,
+              help="Allowed WebSocket Origin (exact match; repeatable). Default: any.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host, port, data, store, broker, allowed_origins, log_level) -> None:
+    """Run the service (zero configuration: SQLite in ./tidings-data)."""
+    import uvicorn
+
+    from tidings.api.app import create_app
+
+    settings = _settings(host=host, port=port, data=data, store=store, broker=broker,
+                         allowed_origins=allowed_origins or None)
+    created = bootstrap.first_start(settings)
+    base = f"http://{settings.host}:{settings.port}"
+    if created:
+        click.echo("Created app 'default' (shown once; keep these):")
+        click.echo(f"  API key:         {created['api_key']}")
+        click.echo(f"  signing secret:  {created['signing_secret']}")
+        click.echo(f"  demo user token: {created['demo_token']}")
+        click.echo("Publish to the demo user:")
+        click.echo(
+            f"  curl -X POST {base}/v1/notifications -H 'Authorization: Bearer "
+            f"{created['api_key']}' -H 'Content-Type: application/json' "
+            f"-d '{{\"to\": {{\"users\": [\"{created['demo_user']}\"]}}, \"title\": \"Hello\"}}'"
+        )
+        click.echo(f"Watch it arrive:\n  tidings listen --url {base} --token "
+                   f"{created['demo_token']}")
+    click.echo(f"tidings listening on {base} (data: {settings.sqlite_path})", err=False)
+    sys.stdout.flush()
+    limits = settings.limits
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,  # 2.5-5x memory per connection otherwise
+        ws_max_size=limits.max_ws_message_bytes,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+    )
+
+
+@main.group()
+def app() -> None:
+    """Manage apps."""
+
+
+@app.command("create")
+@click.argument("name")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def app_create(name, data, store, as_json) -> None:
+    """Create an app; prints its id, API key and signing secret."""
+    out = bootstrap.create_app(_settings(data=data, store=store), name)
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for k, v in out.items():
+            click.echo(f"{k}: {v}")
+
+
+@main.command()
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--user", required=True, help="User id.")
+@click.option("--ttl", default=3600, show_default=True, type=int, help="Lifetime in seconds.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+def token(app_id, user, ttl, data, store) -> None:
+    """Mint a user token (printed alone on the last line)."""
+    if not valid_user(user):
+        raise click.BadParameter("1-128 printable characters", param_hint="--user")
+    try:
+        click.echo(bootstrap.mint_token(_settings(data=data, store=store), app_id, user, ttl))
+    except TidingsError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--key", envvar="TIDINGS_API_KEY", required=True, help="API key ($TIDINGS_API_KEY).")
+@click.option("--user", "users", multiple=True, help="Recipient (repeatable).")
+@click.option("--topic", default=None, help="Recipient topic.")
+@click.option("--all", "to_all", is_flag=True, help="Broadcast to every user of the app.")
+@click.option("--title", default="")
+@click.option("--body", default="")
+@click.option("--category", default="default", show_default=True)
+@click.option("--priority", default="normal", show_default=True,
+              type=click.Choice(["low", "normal", "high", "urgent"]))
+@click.option("--data-json", default=None, help="The data object, as JSON.")
+@click.option("--idempotency-key", default=None)
+def send(url, key, users, topic, to_all, title, body, category, priority, data_json,
+         idempotency_key) -> None:
+    """Publish a notification."""
+    from tidings.client import Client, TidingsAPIError
+
+    if sum((bool(users), topic is not None, to_all)) != 1:
+        raise click.UsageError("give exactly one of --user, --topic or --all")
+    to = {"users": list(users)} if users else {"topic": topic} if topic else {"all": True}
+    fields = {"title": title, "body": body, "category": category, "priority": priority}
+    if data_json:
+        try:
+            fields["data"] = json.loads(data_json)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--data-json") from None
+    with Client(url, api_key=key) as client:
+        try:
+            result = client.publish(to=to, idempotency_key=idempotency_key, **fields)
+        except TidingsAPIError as exc:
+            raise click.ClickException(f"{exc.status} {exc.code}: {exc.message}") from None
+    click.echo(json.dumps(result))
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--token", envvar="TIDINGS_TOKEN", required=True, help="User token ($TIDINGS_TOKEN).")
+@click.option("--cursor", default=None, help="Resume from this cursor.")
+@click.option("--count", default=0, type=int, help="Stop after this many notifications.")
+def listen(url, token, cursor, count) -> None:
+    """Print a user's live stream, one JSON event per line."""
+    from tidings.client import Subscriber
+
+    async def run():
+        seen = 0
+        async with Subscriber(url, token=token, cursor=cursor) as sub:
+            async for event in sub:
+                click.echo(json.dumps(event))
+                sys.stdout.flush()
+                if event.get("type") == "notification":
+                    seen += 1
+                    if count and seen >= count:
+                        return
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Live connections: the hub, the stream state machine, WebSocket and SSE."""

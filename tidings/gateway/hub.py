@@ -1,0 +1,208 @@
+"""The hub: which streams are open on this node, and what reaches them.
+
+The hub subscribes to a broker channel per user with open streams on this
+node, per topic those users follow, and per app (broadcasts) -- reference
+counted, so a node's broker subscriptions track exactly its audience.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from tidings.broker.base import (
+    Broker, Feed, Frames, Membership, Message, Personal, all_channel, topic_channel, user_channel,
+)
+from tidings.core import events
+from tidings.core.cursor import decide_recovery
+from tidings.errors import CLOSE_RESYNC, CLOSE_TOO_MANY, RateLimited
+
+if TYPE_CHECKING:
+    from tidings.config import Settings
+    from tidings.gateway.stream import Stream
+    from tidings.store.base import Store
+
+
+class HubMetrics:
+    """Plain counters; tidings.api.ops exports them to Prometheus."""
+
+    def __init__(self) -> None:
+        self.slow_consumers = 0
+        self.opened = 0
+
+    def slow_consumer(self) -> None:
+        self.slow_consumers += 1
+
+
+class Hub:
+    def __init__(self, store: Store, broker: Broker, settings: Settings):
+        self.store = store
+        self.broker = broker
+        self.settings = settings
+        self.metrics = HubMetrics()
+        self.users: dict[tuple[str, str], set[Stream]] = {}
+        self.topics: dict[tuple[str, str], set[Stream]] = {}
+        self.apps: dict[str, set[Stream]] = {}
+
+    # -- registry -------------------------------------------------------------
+    @property
+    def connections(self) -> int:
+        return sum(len(s) for s in self.users.values())
+
+    def check_capacity(self, app: str, user: str) -> None:
+        streams = self.users.get((app, user))
+        limit = self.settings.limits.max_connections_per_user
+        if streams is not None and len(streams) >= limit:
+            raise RateLimited(
+                f"at most {limit} open streams per user", code="too_many_connections",
+                retry_after=5,
+            )
+
+    def attach(self, stream: Stream) -> None:
+        key = (stream.app, stream.user)
+        streams = self.users.get(key)
+        if streams is None:
+            streams = self.users[key] = set()
+            self.broker.subscribe(user_channel(*key), self._on_user)
+        elif len(streams) >= self.settings.limits.max_connections_per_user:
+            stream.close(CLOSE_TOO_MANY)
+            return
+        streams.add(stream)
+        app_streams = self.apps.get(stream.app)
+        if app_streams is None:
+            app_streams = self.apps[stream.app] = set()
+            self.broker.subscribe(all_channel(stream.app), self._on_all)
+        app_streams.add(stream)
+        self.metrics.opened += 1
+
+    def detach(self, stream: Stream) -> None:
+        key = (stream.app, stream.user)
+        streams = self.users.get(key)
+        if streams is None or stream not in streams:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self.users[key]
+            self.broker.unsubscribe(user_channel(*key))
+        app_streams = self.apps.get(stream.app)
+        if app_streams is not None:
+            app_streams.discard(stream)
+            if not app_streams:
+                del self.apps[stream.app]
+                self.broker.unsubscribe(all_channel(stream.app))
+        for topic in list(stream.topics):
+            self._leave_topic(stream, topic)
+
+    def _join_topic(self, stream: Stream, topic: str) -> None:
+        key = (stream.app, topic)
+        streams = self.topics.get(key)
+        if streams is None:
+            streams = self.topics[key] = set()
+            self.broker.subscribe(topic_channel(*key), self._on_topic)
+        streams.add(stream)
+        stream.topics.add(topic)
+
+    def _leave_topic(self, stream: Stream, topic: str) -> None:
+        key = (stream.app, topic)
+        stream.topics.discard(topic)
+        streams = self.topics.get(key)
+        if streams is None:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self.topics[key]
+            self.broker.unsubscribe(topic_channel(*key))
+
+    # -- stream start and gap filling -----------------------------------------
+    async def begin(self, stream: Stream, cursor) -> None:
+        """hello, then the replay the cursor asks for, then live."""
+        now = time.time()
+        for topic in await self.store.user_topics(stream.app, stream.user):
+            self._join_topic(stream, topic)
+        head = await self.store.stream_head(stream.app, stream.user, now)
+        limits = self.settings.limits
+        recovery = decide_recovery(
+            cursor, epoch=head.epoch, head_seq=head.head_seq, oldest_seq=head.oldest_seq,
+            head_feed=head.head_feed, oldest_feed=head.oldest_feed, replay_max=limits.replay_max,
+        )
+        stream.epoch = head.epoch
+        if recovery is not None and recovery.ok:
+            stream.last_seq, stream.last_feed = recovery.replay_from_seq, recovery.replay_from_feed
+        else:
+            stream.last_seq, stream.last_feed = head.head_seq, head.head_feed
+        unread, unseen = await self.store.counts(stream.app, stream.user, now)
+        start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
+        stream.push(events.hello_frame(stream.epoch, start, unread, unseen), start)
+        missed = 0
+        if recovery is not None and recovery.ok:
+            missed = await self.catch_up(stream)
+        if recovery is not None:
+            stream.push(events.recovered_frame(recovery.ok, missed))
+        stream.finish_sync()
+
+    async def catch_up(self, stream: Stream) -> int:
+        """Send what the store has past the stream's position; return how many."""
+        limit = self.settings.limits.replay_max
+        personal, feed = await self.store.replay(
+            stream.app, stream.user, stream.last_seq, stream.last_feed, limit + 1, time.time()
+        )
+        if len(personal) > limit or len(feed) > limit:
+            stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
+            return 0
+        ids = stream.wants_ids
+        for e in personal:
+            stream.last_seq = e.seq
+            stream.push(
+                events.notification_frame(stream.epoch, e.seq, e.body),
+                stream.position() if ids else None,
+            )
+        for e in feed:
+            stream.last_feed = e.feed
+            stream.push(events.feed_frame(e.feed, e.body), stream.position() if ids else None)
+        return len(personal) + len(feed)
+
+    # -- broker handlers (on the loop thread) ---------------------------------
+    def _on_user(self, channel: str, msg: Message) -> None:
+        app, _, user = channel.split(":", 2)
+        streams = self.users.get((app, user))
+        if not streams:
+            return
+        if type(msg) is Personal:
+            for s in tuple(streams):
+                s.on_personal(msg.epoch, msg.seq, msg.body)
+        elif type(msg) is Frames:
+            for s in tuple(streams):
+                for f in msg.frames:
+                    s.push(f)
+        elif type(msg) is Membership:
+            for s in tuple(streams):
+                if msg.added:
+                    self._join_topic(s, msg.topic)
+                else:
+                    self._leave_topic(s, msg.topic)
+
+    def _on_all(self, channel: str, msg: Message) -> None:
+        self._to_group(self.apps.get(channel[:-2]), msg)
+
+    def _on_topic(self, channel: str, msg: Message) -> None:
+        app, _, topic = channel.split(":", 2)
+        self._to_group(self.topics.get((app, topic)), msg)
+
+    @staticmethod
+    def _to_group(streams, msg: Message) -> None:
+        if not streams:
+            return
+        if type(msg) is Feed:
+            offset, frame = msg.offset, msg.frame
+            for s in tuple(streams):
+                s.on_feed(offset, frame)
+        elif type(msg) is Frames:
+            for s in tuple(streams):
+                for f in msg.frames:
+                    s.push(f)
+
+    # -- shutdown -------------------------------------------------------------
+    def close_all(self, code: int) -> None:
+        for streams in list(self.users.values()):
+            for s in list(streams):
+                s.close(code)

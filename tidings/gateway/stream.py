@@ -1,0 +1,200 @@
+"""One live stream of one user: ordering, gap filling and the coalescing writer.
+
+A ``Stream`` is transport-agnostic.  Transports subclass it and implement
+``_write(frames)`` (one write for everything pending) and ``_close(code)``.
+
+Ordering rules (DESIGN §2.3):
+
+* personal events carry the user's ``seq``; a stream delivers them strictly
+  in order: an old or repeated ``seq`` is dropped, and a jump (the broker
+  lost or reordered something) makes the stream fetch what is missing from
+  the store before it goes on;
+* while the stream is syncing (the first replay, or filling a gap), live
+  events are held back and sorted out afterwards;
+* feed items (broadcasts, large topics) carry the app's feed offset; they are
+  delivered when newer than the last one seen.
+
+Coalescing: pushes only append to an :class:`OutboundQueue`; the writer task
+wakes once, takes everything pending and writes it in one go -- one write
+per connection per loop tick, however many events arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from tidings.core import events
+from tidings.core.queue import OutboundQueue
+from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER
+
+if TYPE_CHECKING:
+    from tidings.gateway.hub import Hub
+
+log = logging.getLogger("tidings.gateway")
+
+
+class Stream:
+    kind = "stream"
+    wants_ids = False  # SSE: every cursor-advancing event carries its cursor as id
+
+    def __init__(self, hub: Hub, app: str, user: str, *, max_events: int, max_bytes: int):
+        self.hub = hub
+        self.app = app
+        self.user = user
+        self.epoch = ""
+        self.last_seq = 0
+        self.last_feed = 0
+        self.queue = OutboundQueue(max_events, max_bytes)
+        self.topics: set[str] = set()
+        self.closed = False
+        self.close_code: int | None = None
+        self._syncing = True  # held back until the first replay is done
+        self._held: list[tuple[str, int, bytes]] = []
+        self._wake: asyncio.Future | None = None
+        self._writer: asyncio.Task | None = None
+        self.delivered = 0
+
+    # -- what the hub calls -----------------------------------------------
+    def on_personal(self, epoch: str, seq: int, body: bytes) -> None:
+        if self._syncing:
+            self._held.append(("p", seq, body))
+            return
+        if epoch != self.epoch or seq <= self.last_seq:
+            return  # old, duplicate, or from a history this stream does not follow
+        if seq != self.last_seq + 1:
+            self._held.append(("p", seq, body))
+            self._start_sync()
+            return
+        self.last_seq = seq
+        self.push(
+            events.notification_frame(epoch, seq, body),
+            self.position() if self.wants_ids else None,
+        )
+
+    def on_feed(self, offset: int, frame: bytes) -> None:
+        if self._syncing:
+            self._held.append(("f", offset, frame))
+            return
+        if offset <= self.last_feed:
+            return
+        self.last_feed = offset
+        self.push(frame, self.position() if self.wants_ids else None)
+
+    def position(self) -> str:
+        """The full resume cursor after everything pushed so far."""
+        return f"{self.epoch}:{self.last_seq}:{self.last_feed}"
+
+    def push(self, frame: bytes, eid: str | None = None) -> None:
+        """Queue one encoded event; the writer sends it with whatever else is pending."""
+        if self.closed:
+            return
+        if not self.queue.push(frame):
+            self.hub.metrics.slow_consumer()
+            self.close(CLOSE_SLOW_CONSUMER)
+            return
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    # -- life cycle ---------------------------------------------------------
+    async def start(self, cursor) -> None:
+        """Attach, send hello, replay what the cursor missed, go live."""
+        self.hub.attach(self)
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        try:
+            await self.hub.begin(self, cursor)
+        except Exception:
+            log.exception("stream start failed for %s/%s", self.app, self.user)
+            self.close(CLOSE_RESYNC)
+            raise
+
+    def finish_sync(self) -> None:
+        """Leave syncing mode: deliver held-back events in order."""
+        held, self._held = self._held, []
+        self._syncing = False
+        held.sort(key=lambda h: (h[0], h[1]))
+        for kind, pos, payload in held:
+            if self._syncing:  # a gap restarted syncing: keep the rest held
+                self._held.append((kind, pos, payload))
+            elif kind == "p":
+                self.on_personal(self.epoch, pos, payload)
+            else:
+                self.on_feed(pos, payload)
+
+    def _start_sync(self) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        asyncio.get_running_loop().create_task(self._fill_gap())
+
+    async def _fill_gap(self) -> None:
+        try:
+            await self.hub.catch_up(self)
+        except Exception:
+            log.exception("gap fill failed for %s/%s", self.app, self.user)
+            self.close(CLOSE_RESYNC)
+            return
+        self.finish_sync()
+
+    def abandon(self) -> None:
+        """The peer went away: stop without sending anything."""
+        if self.closed:
+            return
+        self.closed = True
+        self.hub.detach(self)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def close(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.hub.detach(self)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        asyncio.get_running_loop().create_task(self._close_quietly(code))
+
+    async def _close_quietly(self, code: int) -> None:
+        try:
+            await self._close(code)
+        except Exception:  # the peer may already be gone
+            pass
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self.queue
+        try:
+            while not self.closed:
+                if not queue.frames:
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._wake = None
+                    continue
+                frames = queue.drain()
+                self.delivered += len(frames)
+                await self._write(frames)
+        except Exception:
+            if not self.closed:
+                self.closed = True
+                self.hub.detach(self)
+        finally:
+            self._wake = None
+
+    async def wait_closed(self) -> None:
+        if self._writer is not None:
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+
+    # -- transport hooks ------------------------------------------------------
+    async def _write(self, frames: list[bytes]) -> None:
+        raise NotImplementedError
+
+    async def _close(self, code: int) -> None:
+        raise NotImplementedError

@@ -1,0 +1,232 @@
+"""WebSocket and SSE transports (ASGI), behind the small Stream interface.
+
+Both are raw ASGI apps: the hot path is one ``send`` per coalesced batch, with
+no framework objects in between.
+
+WebSocket (RFC 6455) at ``/v1/me/stream``: browsers cannot set headers, so
+the first client message may be ``{"type": "auth", "token": "..."}``; other
+clients may send ``Authorization: Bearer``.  Several pending events leave as
+one text frame holding a JSON array.
+
+SSE (HTML Living Standard §9.2) at ``/v1/me/events``: ``?token=`` or the
+header; each notification's ``id:`` is the stream cursor, so ``EventSource``
+resumes by itself with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+import msgspec
+
+from tidings.core import events
+from tidings.core.cursor import parse_cursor
+from tidings.errors import (
+    CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED, TidingsError,
+    Unauthorized,
+)
+from tidings.gateway.stream import Stream
+
+if TYPE_CHECKING:
+    from tidings.service import Service
+
+AUTH_TIMEOUT = 10.0
+
+
+class _AuthMessage(msgspec.Struct):
+    type: str
+    token: str
+
+
+_decode_auth = msgspec.json.Decoder(_AuthMessage).decode
+
+
+def _headers(scope) -> dict[bytes, bytes]:
+    return {k.lower(): v for k, v in scope.get("headers", ())}
+
+
+def _bearer(headers: dict[bytes, bytes]) -> str | None:
+    value = headers.get(b"authorization")
+    if value and value[:7].lower() == b"bearer ":
+        return value[7:].decode("latin-1").strip()
+    return None
+
+
+def _query(scope) -> dict[str, str]:
+    qs = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=20)
+    return {k: v[-1] for k, v in qs.items()}
+
+
+class WebSocketStream(Stream):
+    kind = "ws"
+
+    def __init__(self, send, *args, **kw):
+        super().__init__(*args, **kw)
+        self._send = send
+
+    async def _write(self, frames: list[bytes]) -> None:
+        await self._send({"type": "websocket.send", "text": events.ws_batch(frames).decode()})
+
+    async def _close(self, code: int) -> None:
+        await self._send({"type": "websocket.close", "code": code})
+
+
+class SSEStream(Stream):
+    kind = "sse"
+    wants_ids = True
+
+    def __init__(self, send, *args, **kw):
+        super().__init__(*args, **kw)
+        self._send = send
+        self.ended = asyncio.Event()
+
+    def push(self, frame: bytes, eid: str | None = None) -> None:
+        super().push(events.sse_event(frame, eid))
+
+    def ping(self) -> None:
+        Stream.push(self, b": ping\n\n")
+
+    async def _write(self, frames: list[bytes]) -> None:
+        await self._send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+
+    async def _close(self, code: int) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.ended.set()
+
+
+class WebSocketEndpoint:
+    """``GET /v1/me/stream``"""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        service = self.service
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = _headers(scope)
+        await send({"type": "websocket.accept"})
+
+        async def refuse(code: int, reason: str) -> None:
+            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+        origin = headers.get(b"origin")
+        if origin is not None and not service.origin_allowed(origin.decode("latin-1")):
+            return await refuse(CLOSE_FORBIDDEN, "origin not allowed")
+        try:
+            cursor = parse_cursor(_query(scope).get("cursor"))
+            token = _bearer(headers)
+            if token is None:
+                token = await self._first_message_token(receive)
+            app, user = await service.authenticate_token(token)
+            service.hub.check_capacity(app, user)
+        except TidingsError as exc:
+            return await refuse(exc.close_code, exc.message)
+        except _Gone:
+            return
+
+        limits = service.settings.limits
+        stream = WebSocketStream(
+            send, service.hub, app, user,
+            max_events=limits.queue_max_events, max_bytes=limits.queue_max_bytes,
+        )
+        try:
+            await stream.start(cursor)
+        except Exception:
+            return
+        try:
+            while not stream.closed:
+                msg = await receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+        finally:
+            stream.abandon()
+
+    async def _first_message_token(self, receive) -> str:
+        try:
+            msg = await asyncio.wait_for(receive(), AUTH_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise Unauthorized("no auth message within 10 s", code="auth_timeout") from None
+        if msg["type"] == "websocket.disconnect":
+            raise _Gone
+        raw = msg.get("text") or msg.get("bytes") or b""
+        try:
+            return _decode_auth(raw).token
+        except msgspec.DecodeError:
+            raise Unauthorized(
+                'first message must be {"type": "auth", "token": "..."}', code="auth_required"
+            ) from None
+
+
+class _Gone(Exception):
+    pass
+
+
+class SSEEndpoint:
+    """``GET /v1/me/events``"""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        service = self.service
+        headers = _headers(scope)
+        query = _query(scope)
+        try:
+            token = query.get("token") or _bearer(headers)
+            if not token:
+                raise Unauthorized("a token is required (?token= or Authorization)")
+            last_id = headers.get(b"last-event-id")
+            cursor = parse_cursor(
+                last_id.decode("latin-1") if last_id else query.get("cursor")
+            )
+            app, user = await service.authenticate_token(token)
+            service.hub.check_capacity(app, user)
+        except TidingsError as exc:
+            return await service.send_error(send, exc)
+
+        await send({
+            "type": "http.response.start", "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache, no-transform"),
+                (b"x-accel-buffering", b"no"),
+            ],
+        })
+        limits = service.settings.limits
+        stream = SSEStream(
+            send, service.hub, app, user,
+            max_events=limits.queue_max_events, max_bytes=limits.queue_max_bytes,
+        )
+        # A retry hint first: EventSource waits this long before reconnecting.
+        Stream.push(stream, b"retry: 1000\n\n")
+        try:
+            await stream.start(cursor)
+        except Exception:
+            return
+        interval = service.settings.ping_interval
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            while not stream.closed:
+                done, _ = await asyncio.wait({disconnect}, timeout=interval)
+                if done:
+                    msg = disconnect.result()
+                    if msg["type"] == "http.disconnect":
+                        break
+                    disconnect = asyncio.ensure_future(receive())
+                else:
+                    stream.ping()
+        finally:
+            disconnect.cancel()
+            if stream.closed:
+                await stream.ended.wait()
+            else:
+                stream.abandon()
+
+
+__all__ = ["WebSocketEndpoint", "SSEEndpoint", "CLOSE_SHUTDOWN", "CLOSE_BAD_REQUEST",
+           "CLOSE_UNAUTHORIZED"]

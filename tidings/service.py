@@ -1,0 +1,309 @@
+"""The service: publishing, state changes and auth, over a store and a broker.
+
+The HTTP layer parses and authorises; this module decides.  Every write
+commits to the store first and only then tells the broker, so nothing is
+ever announced that is not durable (DESIGN §2.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+import msgspec
+
+from tidings.broker.base import (
+    Broker, Feed, Frames, Membership, Personal, all_channel, topic_channel, user_channel,
+)
+from tidings.config import Settings
+from tidings.core import auth, events
+from tidings.core.ids import new_id
+from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
+from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
+from tidings.gateway.hub import Hub
+from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
+
+_encode = msgspec.json.encode
+_decode_notification = msgspec.json.Decoder(Notification).decode
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+
+
+class Service:
+    def __init__(self, settings: Settings, store: Store, broker: Broker):
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.hub = Hub(store, broker, settings)
+        self._pepper = b""
+        self._apps: dict[str, AppRecord] = {}
+        self._keys: dict[str, KeyRecord] = {}
+        self.started_at = time.time()
+        self.published = 0
+        self.publish_errors = 0
+
+    async def open(self) -> None:
+        await self.store.open()
+        await self.broker.open()
+        self._pepper = await self.store.pepper()
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self.store.close()
+
+    # -- apps, keys and tokens --------------------------------------------------
+    async def create_app(self, name: str, app_id: str | None = None) -> tuple[AppRecord, str]:
+        """Create an app with an all-scopes API key; returns ``(app, key)``."""
+        app_id = app_id or "app_" + new_id().lower()[-12:]
+        record = await self.store.create_app(app_id, name, auth.new_signing_secret())
+        key = await self.create_api_key(app_id, auth.SCOPES)
+        return record, key
+
+    async def create_api_key(self, app_id: str, scopes) -> str:
+        key, prefix = auth.new_api_key()
+        await self.store.add_api_key(
+            app_id, prefix, auth.hash_api_key(key, self._pepper), frozenset(scopes)
+        )
+        return key
+
+    async def app(self, app_id: str) -> AppRecord | None:
+        record = self._apps.get(app_id)
+        if record is None:
+            record = await self.store.get_app(app_id)
+            if record is not None:
+                self._apps[app_id] = record
+        return record
+
+    async def authenticate_key(self, key: str | None, scope: str) -> KeyRecord:
+        if not key:
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+        record = self._keys.get(key)
+        if record is None:
+            prefix = auth.split_api_key(key)
+            if prefix is None:
+                raise Unauthorized("API key is malformed", code="bad_api_key")
+            record = await self.store.find_api_key(prefix, auth.hash_api_key(key, self._pepper))
+            if record is None:
+                raise Unauthorized("API key is not valid", code="bad_api_key")
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[key] = record
+        if scope not in record.scopes and "admin" not in record.scopes:
+            raise Forbidden(f"this key lacks the {scope!r} scope", code="missing_scope")
+        return record
+
+    async def authenticate_token(self, token: str | None) -> tuple[str, str]:
+        if not token:
+            raise Unauthorized("a user token is required")
+        app_id = auth.unverified_app(token)
+        if app_id is None:
+            raise Unauthorized("token is not valid", code="bad_token")
+        record = await self.app(app_id)
+        if record is None:
+            raise Unauthorized("token is not valid", code="bad_token")
+        app, user, _exp = auth.verify_token(token, record.signing_secret)
+        return app, user
+
+    async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int]:
+        record = await self.app(app_id)
+        if record is None:
+            raise NotFound("no such app")
+        if ttl > self.settings.limits.token_max_ttl:
+            raise Invalid(
+                f"ttl is at most {self.settings.limits.token_max_ttl} seconds", field="ttl"
+            )
+        now = int(time.time())
+        return auth.mint_token(app_id, user, record.signing_secret, ttl, now=now), now + ttl
+
+    def origin_allowed(self, origin: str) -> bool:
+        allowed = self.settings.allowed_origins
+        return not allowed or origin in allowed
+
+    # -- publishing ---------------------------------------------------------------
+    def _prepare(self, req: PublishRequest, idem_key: str | None, now: float) -> NewNotification:
+        to = req.to
+        targets = (to.users is not None) + (to.topic is not None) + bool(to.all)
+        if targets != 1:
+            raise Invalid('"to" needs exactly one of users, topic or all', field="to")
+        if to.users is not None and len(to.users) > self.settings.limits.max_recipients:
+            raise Invalid(
+                f"at most {self.settings.limits.max_recipients} users per publish",
+                field="to.users",
+            )
+        deliver_at = None
+        if req.deliver_at is not None:
+            if req.deliver_at.tzinfo is None:
+                raise Invalid("deliver_at needs a time zone", field="deliver_at")
+            deliver_at = req.deliver_at.timestamp()
+            if deliver_at > now:
+                raise Invalid(
+                    "scheduled delivery is not available in this version", field="deliver_at",
+                    code="not_supported",
+                )
+        nid = new_id(int(now * 1000))
+        expires_at = now + req.ttl if req.ttl else None
+        note = Notification(
+            id=nid, category=req.category, created_at=_iso(now), title=req.title,
+            body=req.body, url=req.url, data=req.data, priority=req.priority, tags=req.tags,
+            group_key=req.group_key, actor=req.actor,
+            expires_at=_iso(expires_at) if expires_at else None,
+        )
+        body = _encode(note)
+        if len(body) > self.settings.limits.max_notification_bytes:
+            raise PayloadTooLarge(
+                f"notification is {len(body)} bytes encoded; the limit is "
+                f"{self.settings.limits.max_notification_bytes}"
+            )
+        return NewNotification(
+            id=nid, category=req.category, body=body, created_at=now, expires_at=expires_at,
+            users=to.users, topic=to.topic, all=bool(to.all), idempotency_key=idem_key,
+        )
+
+    async def publish(self, app_id: str, req: PublishRequest, idem_key: str | None = None) -> dict:
+        item = self._prepare(req, idem_key, time.time())
+        out = await self.store.publish(
+            app_id, item, fanout_threshold=self.settings.fanout_threshold,
+            window=self.settings.limits.idempotency_window,
+        )
+        if out.status == "accepted":
+            self._announce(app_id, out)
+        self.published += 1
+        return self._result(out)
+
+    @staticmethod
+    def _result(out: PublishOutcome) -> dict:
+        result = {"id": out.id, "recipients": out.recipients, "status": out.status}
+        if out.muted:
+            result["muted"] = out.muted
+        if out.feed_offset is not None:
+            result["fanout"] = "read"
+        return result
+
+    def _announce(self, app_id: str, out: PublishOutcome) -> None:
+        publish = self.broker.publish
+        if out.feed_offset is not None:
+            channel = (all_channel(app_id) if out.audience == "*"
+                       else topic_channel(app_id, out.audience))
+            publish(channel, Feed(out.feed_offset, events.feed_frame(out.feed_offset, out.body)))
+            return
+        body = out.body
+        for d in out.deliveries:
+            publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, body))
+
+    # -- notifications ------------------------------------------------------------
+    async def get_notification(self, app_id: str, nid: str) -> dict:
+        stored = await self.store.get_notification(app_id, nid)
+        if stored is None:
+            raise NotFound("no such notification", field="id")
+        doc = json.loads(stored.body)
+        return {
+            "notification": doc,
+            "fanout": "read" if stored.feed_offset is not None else "write",
+            "audience": stored.audience,
+            "recipients": stored.recipients,
+            "stats": stored.stats,
+        }
+
+    async def patch_notification(self, app_id: str, nid: str, patch: PatchRequest) -> dict:
+        stored = await self.store.get_notification(app_id, nid)
+        if stored is None:
+            raise NotFound("no such notification", field="id")
+        note = _decode_notification(stored.body)
+        for field in PatchRequest.__struct_fields__:
+            value = getattr(patch, field)
+            if value is not None:
+                setattr(note, field, value)
+        body = _encode(note)
+        if len(body) > self.settings.limits.max_notification_bytes:
+            raise PayloadTooLarge("the corrected notification is too large")
+        updated = await self.store.update_notification(app_id, nid, body)
+        if updated is None:
+            raise NotFound("no such notification", field="id")
+        await self._tell_audience(app_id, updated, events.updated_frame(body))
+        return json.loads(body)
+
+    async def delete_notification(self, app_id: str, nid: str) -> None:
+        recipients = await self.store.recipients_of(app_id, nid)
+        old = await self.store.delete_notification(app_id, nid)
+        if old is None:
+            raise NotFound("no such notification", field="id")
+        frame = events.deleted_frame(nid)
+        if old.audience is not None:
+            await self._tell_audience(app_id, old, frame)
+        else:
+            for user in recipients:
+                self.broker.publish(user_channel(app_id, user), Frames([frame]))
+
+    async def _tell_audience(self, app_id: str, stored, frame: bytes) -> None:
+        if stored.audience == "*":
+            self.broker.publish(all_channel(app_id), Frames([frame]))
+        elif stored.audience is not None:
+            self.broker.publish(topic_channel(app_id, stored.audience), Frames([frame]))
+        else:
+            for user in await self.store.recipients_of(app_id, stored.id):
+                self.broker.publish(user_channel(app_id, user), Frames([frame]))
+
+    # -- inbox state ----------------------------------------------------------------
+    async def set_state(self, app_id: str, user: str, ids: list[str] | None, state: str) -> dict:
+        now = time.time()
+        changed = await self.store.set_state(app_id, user, ids, state, now)
+        unread, unseen = await self.store.counts(app_id, user, now)
+        if changed:
+            frames = [events.state_frame(changed, state, all_=ids is None),
+                      events.counts_frame(unread, unseen)]
+            self.broker.publish(user_channel(app_id, user), Frames(frames))
+        return {"changed": len(changed), "counts": {"unread": unread, "unseen": unseen}}
+
+    async def counts(self, app_id: str, user: str) -> dict:
+        unread, unseen = await self.store.counts(app_id, user, time.time())
+        return {"unread": unread, "unseen": unseen}
+
+    async def inbox(self, app_id, user, *, limit, before, state) -> dict:
+        entries = await self.store.inbox(
+            app_id, user, limit=limit, before=before, state=state, now=time.time()
+        )
+        items = []
+        for e in entries:
+            item = {"id": e.id, "state": e.state, "notification": msgspec.Raw(e.body)}
+            if e.seq is not None:
+                item["seq"] = e.seq
+            else:
+                item["feed"] = e.feed
+            items.append(item)
+        nxt = entries[-1].id if len(entries) == limit else None
+        return {"items": items, "next_before": nxt}
+
+    # -- topics and preferences -------------------------------------------------------
+    async def subscribe(self, app_id: str, topic: str, users: list[str], add: bool) -> int:
+        if add:
+            n = await self.store.subscribe(app_id, topic, users)
+        else:
+            n = await self.store.unsubscribe(app_id, topic, users)
+        for user in users:
+            self.broker.publish(user_channel(app_id, user), Membership(topic, add))
+        return n
+
+    async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
+        if prefs.quiet_hours is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(prefs.quiet_hours.tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise Invalid("unknown time zone", field="quiet_hours.tz") from None
+        await self.store.put_preferences(app_id, user, prefs)
+
+    @staticmethod
+    async def send_error(send, exc) -> None:
+        """Answer a raw ASGI HTTP request with the JSON error for ``exc``."""
+        body = _encode(exc.to_dict())
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        retry = getattr(exc, "retry_after", None)
+        if retry is not None:
+            headers.append((b"retry-after", str(max(1, int(retry + 0.999))).encode()))
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

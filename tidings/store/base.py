@@ -1,0 +1,239 @@
+"""The store contract.
+
+A store keeps apps, keys, notifications, every user's inbox and stream
+position, topic memberships, preferences and idempotency records.
+
+Guarantees every implementation gives (tests/store/contract.py checks them):
+
+* **Atomic append-and-assign-seq.**  ``publish`` commits the notification and
+  one inbox entry per recipient, each with that user's next ``seq``, in one
+  transaction, before it returns.  Seqs per user are strictly increasing with
+  no gaps; concurrent publishes never hand out the same seq.
+* **Durable on return.**  When a write method returns, the data survives a
+  crash of the process.
+* **Epochs.**  A user's ``epoch`` is created with their stream and never
+  changes while their history is kept; a lost or reset history gets a new one,
+  so stale cursors are detected (DESIGN §2.4).
+* **Idempotency.**  A publish with an idempotency key seen within the window
+  returns the first result, marked ``duplicate``, and writes nothing.
+* **Isolation.**  Every method takes the app id and never reads or writes
+  another app's rows.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from tidings.core.models import Preferences
+
+
+@dataclass(slots=True)
+class AppRecord:
+    id: str
+    name: str
+    signing_secret: str
+    created_at: float
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    app_id: str
+    prefix: str
+    scopes: frozenset[str]
+
+
+@dataclass(slots=True)
+class NewNotification:
+    """What the service hands the store to publish (already validated)."""
+
+    id: str
+    category: str
+    body: bytes  # the encoded client-facing notification object
+    created_at: float
+    expires_at: float | None
+    # exactly one of these targets is set
+    users: list[str] | None = None
+    topic: str | None = None
+    all: bool = False
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    user: str
+    epoch: str
+    seq: int
+
+
+@dataclass(slots=True)
+class PublishOutcome:
+    id: str
+    status: str  # "accepted" | "duplicate"
+    recipients: int
+    muted: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
+    feed_offset: int | None = None  # set when fanned out on read
+    audience: str | None = None  # "*" or the topic, for feed items
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class StreamHead:
+    epoch: str
+    head_seq: int
+    oldest_seq: int  # oldest retained seq (head_seq + 1 when none)
+    head_feed: int
+    oldest_feed: int
+
+
+@dataclass(slots=True)
+class Entry:
+    """One inbox item: a personal entry (seq) or a feed item (feed)."""
+
+    id: str
+    body: bytes
+    state: str
+    created_at: float
+    seq: int | None = None
+    feed: int | None = None
+
+
+@dataclass(slots=True)
+class StoredNotification:
+    id: str
+    body: bytes
+    category: str
+    created_at: float
+    expires_at: float | None
+    audience: str | None
+    feed_offset: int | None
+    recipients: int
+    stats: dict[str, int]
+
+
+STATES = ("unseen", "seen", "read", "archived")
+
+
+class Store(abc.ABC):
+    """Durable state.  All methods are coroutines; see the module docstring."""
+
+    # -- lifecycle ------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers (readiness)."""
+
+    # -- apps and keys --------------------------------------------------
+    @abc.abstractmethod
+    async def pepper(self) -> bytes:
+        """The install-wide secret that keys API-key hashes."""
+
+    @abc.abstractmethod
+    async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord: ...
+
+    @abc.abstractmethod
+    async def get_app(self, app_id: str) -> AppRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_apps(self) -> list[AppRecord]: ...
+
+    @abc.abstractmethod
+    async def add_api_key(
+        self, app_id: str, prefix: str, key_hash: str, scopes: frozenset[str]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None: ...
+
+    # -- publishing -----------------------------------------------------
+    @abc.abstractmethod
+    async def publish(
+        self, app_id: str, item: NewNotification, *, fanout_threshold: int, window: float
+    ) -> PublishOutcome:
+        """Store ``item`` and fan it out (see the module guarantees).
+
+        Users and topics up to ``fanout_threshold`` subscribers get one inbox
+        entry each (muted recipients get none and are counted in ``muted``);
+        ``all`` and larger topics are stored once in the app's feed.
+        """
+
+    @abc.abstractmethod
+    async def get_notification(self, app_id: str, nid: str) -> StoredNotification | None: ...
+
+    @abc.abstractmethod
+    async def update_notification(
+        self, app_id: str, nid: str, body: bytes
+    ) -> StoredNotification | None: ...
+
+    @abc.abstractmethod
+    async def delete_notification(self, app_id: str, nid: str) -> StoredNotification | None:
+        """Retract: hidden from every view and from replay.  Returns the old row."""
+
+    @abc.abstractmethod
+    async def recipients_of(self, app_id: str, nid: str) -> list[str]:
+        """Users holding a personal inbox entry for ``nid``."""
+
+    # -- streams and inboxes --------------------------------------------
+    @abc.abstractmethod
+    async def stream_head(self, app_id: str, user: str, now: float) -> StreamHead:
+        """The user's position, creating their stream (and epoch) if new."""
+
+    @abc.abstractmethod
+    async def replay(
+        self, app_id: str, user: str, after_seq: int, after_feed: int, limit: int, now: float
+    ) -> tuple[list[Entry], list[Entry]]:
+        """Personal entries with seq > after_seq and feed items with offset >
+        after_feed visible to the user, oldest first, live ones only."""
+
+    @abc.abstractmethod
+    async def inbox(
+        self, app_id: str, user: str, *, limit: int, before: str | None,
+        state: str | None, now: float,
+    ) -> list[Entry]:
+        """Newest first; ``before`` is a notification id; ``state`` filters
+        (``unread`` = unseen or seen).  Archived items show only when asked for."""
+
+    @abc.abstractmethod
+    async def counts(self, app_id: str, user: str, now: float) -> tuple[int, int]:
+        """``(unread, unseen)``."""
+
+    @abc.abstractmethod
+    async def set_state(
+        self, app_id: str, user: str, ids: list[str] | None, state: str, now: float
+    ) -> list[str]:
+        """Move the user's entries (``ids``, or all when None) forward to
+        ``state`` (unseen → seen → read; archived aside).  Never moves an entry
+        backwards.  Returns the ids that changed."""
+
+    # -- topics ---------------------------------------------------------
+    @abc.abstractmethod
+    async def subscribe(self, app_id: str, topic: str, users: list[str]) -> int:
+        """Returns how many were newly added."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, app_id: str, topic: str, users: list[str]) -> int: ...
+
+    @abc.abstractmethod
+    async def topic_info(self, app_id: str, topic: str, limit: int) -> tuple[int, list[str]]:
+        """``(subscriber count, up to limit subscribers)``."""
+
+    @abc.abstractmethod
+    async def user_topics(self, app_id: str, user: str) -> list[str]: ...
+
+    # -- preferences ----------------------------------------------------
+    @abc.abstractmethod
+    async def get_preferences(self, app_id: str, user: str) -> Preferences: ...
+
+    @abc.abstractmethod
+    async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None: ...
+
+    # -- maintenance ----------------------------------------------------
+    @abc.abstractmethod
+    async def prune(self, app_id: str | None, older_than: float) -> int:
+        """Drop entries older than retention; returns how many."""
