@@ -151,12 +151,16 @@ class Hub:
             return 0
         ids = stream.wants_ids
         for e in personal:
+            if not stream.has_room():
+                await stream.wait_room()
             stream.last_seq = e.seq
             stream.push(
                 events.notification_frame(stream.epoch, e.seq, e.body),
                 stream.position() if ids else None,
             )
         for e in feed:
+            if not stream.has_room():
+                await stream.wait_room()
             stream.last_feed = e.feed
             stream.push(events.feed_frame(e.feed, e.body), stream.position() if ids else None)
         return len(personal) + len(feed)

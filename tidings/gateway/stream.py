@@ -53,18 +53,27 @@ class Stream:
         self._syncing = True  # held back until the first replay is done
         self._held: list[tuple[str, int, bytes]] = []
         self._wake: asyncio.Future | None = None
+        self._room: asyncio.Future | None = None
         self._writer: asyncio.Task | None = None
         self.delivered = 0
 
     # -- what the hub calls -----------------------------------------------
+    def _hold(self, kind: str, pos: int, payload: bytes) -> None:
+        # Held-back events count against the same cap as queued ones.
+        if len(self._held) >= self.queue.max_events:
+            self.hub.metrics.slow_consumer()
+            self.close(CLOSE_SLOW_CONSUMER)
+            return
+        self._held.append((kind, pos, payload))
+
     def on_personal(self, epoch: str, seq: int, body: bytes) -> None:
         if self._syncing:
-            self._held.append(("p", seq, body))
+            self._hold("p", seq, body)
             return
         if epoch != self.epoch or seq <= self.last_seq:
             return  # old, duplicate, or from a history this stream does not follow
         if seq != self.last_seq + 1:
-            self._held.append(("p", seq, body))
+            self._hold("p", seq, body)
             self._start_sync()
             return
         self.last_seq = seq
@@ -75,7 +84,7 @@ class Stream:
 
     def on_feed(self, offset: int, frame: bytes) -> None:
         if self._syncing:
-            self._held.append(("f", offset, frame))
+            self._hold("f", offset, frame)
             return
         if offset <= self.last_feed:
             return
@@ -144,9 +153,12 @@ class Stream:
             return
         self.closed = True
         self.hub.detach(self)
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for fut in (self._wake, self._room):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def close(self, code: int) -> None:
         if self.closed:
@@ -154,9 +166,7 @@ class Stream:
         self.closed = True
         self.close_code = code
         self.hub.detach(self)
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._wake_all()
         asyncio.get_running_loop().create_task(self._close_quietly(code))
 
     async def _close_quietly(self, code: int) -> None:
@@ -178,12 +188,26 @@ class Stream:
                 frames = queue.drain()
                 self.delivered += len(frames)
                 await self._write(frames)
+                room = self._room
+                if room is not None and not room.done():
+                    room.set_result(None)
         except Exception:
             if not self.closed:
                 self.closed = True
                 self.hub.detach(self)
         finally:
             self._wake = None
+
+    def has_room(self) -> bool:
+        q = self.queue
+        return len(q.frames) * 2 < q.max_events and q.nbytes * 2 < q.max_bytes
+
+    async def wait_room(self) -> None:
+        """Wait until the writer has drained the queue (replay flow control):
+        a replay must never overflow the queue it is filling."""
+        while not self.closed and self.queue.frames:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
 
     async def wait_closed(self) -> None:
         if self._writer is not None:

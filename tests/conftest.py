@@ -1,0 +1,84 @@
+"""Shared fixtures: a real tidings server on a loopback port, in the test's loop.
+
+``server`` runs the full ASGI app under uvicorn (httptools, websockets-sansio)
+on 127.0.0.1 with an ephemeral port and a fresh SQLite file, and creates one
+app.  Tests talk to it over real sockets with httpx and websockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from tidings.api.app import build_service, create_app
+from tidings.config import Limits, Settings
+from tidings.service import Service
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ws_url: str
+    service: Service
+    app: str
+    api_key: str
+    signing_secret: str
+    uvicorn: uvicorn.Server
+
+    async def token(self, user: str, ttl: int = 3600, app: str | None = None) -> str:
+        token, _ = await self.service.mint_token(app or self.app, user, ttl)
+        return token
+
+    def http(self, key: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key or self.api_key}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
+    async def new_app(self, name: str = "other") -> tuple[str, str]:
+        app, key = await self.service.create_app(name)
+        return app.id, key
+
+
+@contextlib.asynccontextmanager
+async def run_server(tmp_path, **overrides):
+    limits = overrides.pop("limits", Limits())
+    settings = Settings(data=str(tmp_path / "data"), port=0, limits=limits, **overrides)
+    service = build_service(settings)
+    config = uvicorn.Config(
+        create_app(settings, service), host="127.0.0.1", port=0, loop="none",
+        http="httptools", ws="websockets-sansio", ws_per_message_deflate=False,
+        ws_max_size=limits.max_ws_message_bytes, log_level="warning", lifespan="on",
+        ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_timeout,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    app, key = await service.create_app("test", app_id="testapp")
+    live = LiveServer(
+        url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}", service=service,
+        app=app.id, api_key=key, signing_secret=app.signing_secret, uvicorn=server,
+    )
+    try:
+        yield live
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, 10)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            task.cancel()
+
+
+@pytest.fixture
+async def server(tmp_path):
+    async with run_server(tmp_path) as live:
+        yield live

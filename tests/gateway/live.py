@@ -1,0 +1,76 @@
+"""Helpers for live-stream tests over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import websockets
+
+
+async def ws_connect(server, token: str, cursor: str | None = None, **kw):
+    url = server.ws_url + "/v1/me/stream" + (f"?cursor={cursor}" if cursor else "")
+    ws = await websockets.connect(url, **kw)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    return ws
+
+
+async def recv_events(ws, n: int, timeout: float = 5.0, frames: list | None = None) -> list[dict]:
+    """Read frames until ``n`` events arrived (a frame may hold a JSON array)."""
+    out: list[dict] = []
+    while len(out) < n:
+        raw = await asyncio.wait_for(ws.recv(), timeout)
+        doc = json.loads(raw)
+        if frames is not None:
+            frames.append(doc)
+        out.extend(doc if isinstance(doc, list) else [doc])
+    return out
+
+
+async def publish(server, to: dict, n: int = 1, **fields) -> list[str]:
+    ids = []
+    async with server.http() as http:
+        for i in range(n):
+            r = await http.post("/v1/notifications",
+                                json={"to": to, "title": f"n{i}", **fields})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+    return ids
+
+
+class SSEReader:
+    """A minimal SSE client over httpx streaming: yields (id, event dict)."""
+
+    def __init__(self, server, token: str, cursor: str | None = None,
+                 last_event_id: str | None = None):
+        params = {"token": token}
+        if cursor:
+            params["cursor"] = cursor
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        self._client = httpx.AsyncClient(base_url=server.url, timeout=10)
+        self._req = self._client.stream("GET", "/v1/me/events", params=params, headers=headers)
+
+    async def __aenter__(self):
+        self.response = await self._req.__aenter__()
+        self._lines = self.response.aiter_lines()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._req.__aexit__(*exc)
+        await self._client.aclose()
+
+    async def events(self, n: int, timeout: float = 5.0) -> list[tuple[str | None, dict]]:
+        out = []
+        eid, data = None, None
+        while len(out) < n:
+            line = await asyncio.wait_for(self._lines.__anext__(), timeout)
+            if line.startswith("id: "):
+                eid = line[4:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "":
+                if data is not None:
+                    out.append((eid, data))
+                eid, data = None, None
+        return out
