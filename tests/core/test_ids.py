@@ -106,3 +106,9 @@ def test_new_epoch_shape():
 
 def test_new_epoch_is_random():
     assert len({new_epoch() for _ in range(200)}) > 190
+
+
+def test_ids_in_one_millisecond_increase_in_minting_order():
+    ids = [new_id(1_700_000_000_000) for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert {id_time_ms(i) for i in ids} == {1_700_000_000_000}

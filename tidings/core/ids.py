@@ -4,6 +4,10 @@ A notification id is 26 characters of Crockford base32: 48 bits of
 milliseconds since the epoch, then 80 random bits (the ULID layout).  Ids
 sort by creation time, so ``before=<id>`` pagination and "newest first"
 agree, and two nodes never need to coordinate to mint one.
+
+Within one process ids minted in the same millisecond are strictly
+increasing: the next is the previous one plus one (ULID's monotonic mode), so
+a burst of publishes lists in publish order.
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALID = frozenset(_ALPHABET)
 
 
+_last = 0
+
+
 def new_id(now_ms: int | None = None) -> str:
+    global _last
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    if ms == _last >> 80 and value <= _last:
+        value = _last + 1  # same millisecond: one more than the last
+    _last = value
     out = []
     for _ in range(26):
         out.append(_ALPHABET[value & 31])

@@ -1,0 +1,73 @@
+"""A 2xx publish survives SIGKILL of the server one instant later (DESIGN §2.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(data, port) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--data", str(data), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start:\n" + proc.stdout.read())
+
+
+@pytest.mark.timeout(120)
+def test_acknowledged_publishes_survive_sigkill(tmp_path):
+    data = tmp_path / "data"
+    created = json.loads(subprocess.check_output(
+        [sys.executable, "-m", "tidings", "app", "create", "durable", "--json",
+         "--data", str(data)], text=True))
+    key = created["api_key"]
+    port = _free_port()
+    proc = _start(data, port)
+    acked = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          headers={"Authorization": f"Bearer {key}"}) as http:
+            for i in range(50):
+                r = http.post("/v1/notifications",
+                              json={"to": {"users": ["u1", "u2"]}, "title": f"t{i}"})
+                assert r.status_code == 202
+                acked.append(r.json()["id"])
+        os.kill(proc.pid, signal.SIGKILL)  # the instant after the last 2xx
+    finally:
+        proc.kill()
+        proc.wait()
+
+    proc = _start(data, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          headers={"Authorization": f"Bearer {key}"}) as http:
+            for user in ("u1", "u2"):
+                r = http.get(f"/v1/users/{user}/notifications", params={"limit": 100})
+                ids = [item["id"] for item in r.json()["items"]]
+                assert ids == list(reversed(acked))
+                assert [item["seq"] for item in r.json()["items"]] == list(range(50, 0, -1))
+    finally:
+        proc.terminate()
+        proc.wait(10)
