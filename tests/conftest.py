@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 from tidings.api.app import build_service, create_app
+from tidings.cli import WS_PROTOCOL
 from tidings.config import Limits, Settings
 from tidings.service import Service
 
@@ -46,11 +47,12 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def run_server(tmp_path, **overrides):
     limits = overrides.pop("limits", Limits())
+    ws = overrides.pop("ws", WS_PROTOCOL)
     settings = Settings(data=str(tmp_path / "data"), port=0, limits=limits, **overrides)
     service = build_service(settings)
     config = uvicorn.Config(
         create_app(settings, service), host="127.0.0.1", port=0, loop="none",
-        http="httptools", ws="websockets-sansio", ws_per_message_deflate=False,
+        http="httptools", ws=ws, ws_per_message_deflate=False,
         ws_max_size=limits.max_ws_message_bytes, log_level="warning", lifespan="on",
         ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_timeout,
     )
@@ -81,4 +83,13 @@ async def run_server(tmp_path, **overrides):
 @pytest.fixture
 async def server(tmp_path):
     async with run_server(tmp_path) as live:
+        yield live
+
+
+@pytest.fixture(params=["raw", "asgi"])
+async def any_ws_server(request, tmp_path):
+    """The server with each WebSocket writer: the raw frame writer (the
+    default) and plain ASGI sends (any ASGI server without the extension)."""
+    ws = WS_PROTOCOL if request.param == "raw" else "websockets-sansio"
+    async with run_server(tmp_path, ws=ws) as live:
         yield live

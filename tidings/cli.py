@@ -13,6 +13,7 @@ from tidings.config import from_env
 from tidings.core.models import valid_user
 from tidings.errors import TidingsError
 
+WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
 STORE_HELP = "Store URL (default: SQLite file in --data)."
 
@@ -69,7 +70,7 @@ def serve(host, port, data, store, broker, allowed_origins, log_level) -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=WS_PROTOCOL,
         ws_per_message_deflate=False,  # 2.5-5x memory per connection otherwise
         ws_max_size=limits.max_ws_message_bytes,
         ws_ping_interval=settings.ping_interval,

@@ -14,7 +14,8 @@ from tests.conftest import run_server
 from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
 
 
-async def test_live_then_resume_replays_exactly_the_missed_ones(server):
+async def test_live_then_resume_replays_exactly_the_missed_ones(any_ws_server):
+    server = any_ws_server
     token = await server.token("alice")
     ws = await ws_connect(server, token)
     (hello,) = await recv_events(ws, 1)
@@ -125,7 +126,8 @@ async def test_marking_read_on_one_device_reaches_the_other(server):
     await laptop.close()
 
 
-async def test_burst_leaves_in_one_frame(server):
+async def test_burst_leaves_in_one_frame(any_ws_server):
+    server = any_ws_server
     token = await server.token("hal")
     ws = await ws_connect(server, token)
     await recv_events(ws, 1)

@@ -7,6 +7,7 @@ counted, so a node's broker subscriptions track exactly its audience.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,8 @@ class Hub:
         self.users: dict[tuple[str, str], set[Stream]] = {}
         self.topics: dict[tuple[str, str], set[Stream]] = {}
         self.apps: dict[str, set[Stream]] = {}
+        self._dirty: list[Stream] = []
+        self._flush_handle = None
 
     # -- registry -------------------------------------------------------------
     @property
@@ -112,6 +115,20 @@ class Hub:
         if not streams:
             del self.topics[key]
             self.broker.unsubscribe(topic_channel(*key))
+
+    # -- coalesced flushing (streams with a synchronous writer) ---------------
+    def mark_dirty(self, stream: Stream) -> None:
+        """Flush ``stream`` at the end of this loop tick, with everything
+        else that reached it in the meantime: one write per stream per tick."""
+        self._dirty.append(stream)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for stream in dirty:
+            stream.flush()
 
     # -- stream start and gap filling -----------------------------------------
     async def begin(self, stream: Stream, cursor) -> None:

@@ -103,6 +103,10 @@ class Stream:
             self.hub.metrics.slow_consumer()
             self.close(CLOSE_SLOW_CONSUMER)
             return
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Make sure what was just queued gets written (wake the writer task)."""
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
@@ -111,7 +115,7 @@ class Stream:
     async def start(self, cursor) -> None:
         """Attach, send hello, replay what the cursor missed, go live."""
         self.hub.attach(self)
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._start_writer()
         try:
             await self.hub.begin(self, cursor)
         except Exception:
@@ -174,6 +178,9 @@ class Stream:
             await self._close(code)
         except Exception:  # the peer may already be gone
             pass
+
+    def _start_writer(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()

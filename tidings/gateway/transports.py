@@ -28,6 +28,7 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.gateway.stream import Stream
+from tidings.gateway.uvicorn_ws import EXTENSION as RAW_EXTENSION
 
 if TYPE_CHECKING:
     from tidings.service import Service
@@ -71,6 +72,54 @@ class WebSocketStream(Stream):
 
     async def _close(self, code: int) -> None:
         await self._send({"type": "websocket.close", "code": code})
+
+
+class RawWebSocketStream(Stream):
+    """WebSocket stream written synchronously through ``tidings.raw_ws``:
+    no writer task, no per-message await; the hub flushes every dirty stream
+    once per loop tick."""
+
+    kind = "ws"
+
+    def __init__(self, proto, send, *args, **kw):
+        super().__init__(*args, **kw)
+        self._proto = proto
+        self._send = send
+        self._dirty = False
+        proto.on_writable = self._on_writable
+
+    def _start_writer(self) -> None:
+        pass
+
+    def _schedule(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self.hub.mark_dirty(self)
+
+    def _on_writable(self) -> None:
+        if self.queue.frames:
+            self._schedule()
+
+    def flush(self) -> None:
+        self._dirty = False
+        if self.closed or not self.queue.frames:
+            return
+        proto = self._proto
+        if not proto.can_write:
+            return  # paused by the transport: resume_writing schedules us again
+        frames = self.queue.drain()
+        self.delivered += len(frames)
+        proto.write_text(events.ws_batch(frames))
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    async def _close(self, code: int) -> None:
+        self._proto.on_writable = None
+        await self._send({"type": "websocket.close", "code": code})
+
+    async def wait_closed(self) -> None:
+        pass
 
 
 class SSEStream(Stream):
@@ -130,10 +179,12 @@ class WebSocketEndpoint:
             return
 
         limits = service.settings.limits
-        stream = WebSocketStream(
-            send, service.hub, app, user,
-            max_events=limits.queue_max_events, max_bytes=limits.queue_max_bytes,
-        )
+        caps = {"max_events": limits.queue_max_events, "max_bytes": limits.queue_max_bytes}
+        raw = scope.get("extensions", {}).get(RAW_EXTENSION)
+        if raw is not None:
+            stream: Stream = RawWebSocketStream(raw, send, service.hub, app, user, **caps)
+        else:
+            stream = WebSocketStream(send, service.hub, app, user, **caps)
         try:
             await stream.start(cursor)
         except Exception:

@@ -1,0 +1,18 @@
+"""Python SDK for tidings.
+
+* :class:`Client` / :class:`AsyncClient` -- the HTTP API: publish, topics,
+  tokens, preferences (API key) and a user's inbox and state (user token);
+* :class:`Subscriber` -- a user's live stream over WebSocket, resumable from a
+  cursor, deduplicated, reconnecting with jittered backoff until closed.
+
+Errors: non-2xx answers raise :class:`TidingsAPIError`; a fatal stream close
+(4400-4499) raises :class:`StreamClosed`, a subclass of it.
+"""
+
+from tidings.client.errors import StreamClosed, TidingsAPIError
+from tidings.client.publisher import AsyncClient, Client, notification
+from tidings.client.subscriber import Subscriber
+
+__all__ = [
+    "Client", "AsyncClient", "Subscriber", "TidingsAPIError", "StreamClosed", "notification",
+]

@@ -1,0 +1,349 @@
+"""Live stream subscriber: WebSocket, resumable, deduplicating.
+
+A stream is only useful if it is gapless from the application's point of
+view, so :class:`Subscriber` does three things a bare WebSocket does not:
+
+* it tracks the resume cursor (``<epoch>:<seq>[:<feed>]``) from the events it
+  has delivered and reconnects with ``?cursor=`` after any drop, so the
+  server replays exactly what was missed;
+* it drops notifications it has already delivered (replay after a reconnect
+  may overlap what arrived just before the drop), by id, in a bounded LRU;
+* it tells reconnectable drops (4000-4099, 1001, 1006, no close frame) from
+  fatal ones (4400-4499: bad/expired token, forbidden, too many connections)
+  using :func:`tidings.errors.should_reconnect`, backing off with full jitter
+  in between so a dead node does not get a reconnect storm.
+
+When the server cannot replay (``{"type": "recovered", "ok": false}``), the
+event is still yielded and ``on_resync`` is called: the application must
+reload its inbox page, the stream cannot fill that gap for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import OrderedDict
+from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from tidings.client.errors import StreamClosed, TidingsAPIError, error_from_response
+from tidings.core.backoff import Backoff
+from tidings.core.cursor import Cursor, parse_cursor
+from tidings.errors import CLOSE_UNAUTHORIZED, TidingsError, should_reconnect
+
+log = logging.getLogger("tidings.client")
+
+STREAM_PATH = "/v1/me/stream"
+Event = dict[str, Any]
+TokenSource = str | Callable[[], str | Awaitable[str]]
+
+
+class _Closing(Exception):
+    """Internal: close() was called while we were connecting or sleeping."""
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class Subscriber:
+    """Iterate a user's live events, reconnecting until :meth:`close`.
+
+    >>> sub = Subscriber("http://127.0.0.1:8080", token=user_token)
+    >>> async for event in sub:          # dicts, see tidings.core.events
+    ...     if event["type"] == "notification": show(event["notification"])
+
+    ``token`` may be a callable (sync or async) returning a fresh token; it is
+    called on every (re)connect, and a 4401 on a stream that had already been
+    accepted is then retried once with a new token (the old one expired).
+    ``auth="message"`` sends the token as the first message instead of an
+    ``Authorization`` header.  ``cursor`` resumes from a saved position
+    (persist :attr:`cursor` to resume across process restarts).
+
+    Iteration ends normally after :meth:`close`; it raises
+    :class:`StreamClosed` on a fatal close code and :class:`TidingsAPIError`
+    when the server refuses the handshake with a 4xx.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        cursor: str | None = None,
+        auth: str = "header",
+        on_resync: Callable[[Event], Any] | None = None,
+        dedup_size: int = 10_000,
+        backoff: Backoff | None = None,
+        open_timeout: float | None = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        max_size: int | None = 4 * 1024 * 1024,
+        **connect_kwargs: Any,
+    ):
+        if auth not in ("header", "message"):
+            raise ValueError('auth must be "header" or "message"')
+        if not token:
+            raise ValueError("a user token (or a callable returning one) is required")
+        self.url = url
+        self.auth = auth
+        self.on_resync = on_resync
+        self.dedup_size = dedup_size
+        self.backoff = backoff or Backoff()
+        self._token = token
+        self._connect_kwargs = dict(
+            open_timeout=open_timeout, ping_interval=ping_interval,
+            ping_timeout=ping_timeout, max_size=max_size, **connect_kwargs,
+        )
+        self._cursor: Cursor | None = parse_cursor(cursor)
+        self._hello_cursor: Cursor | None = None  # adopted if recovery fails
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._closing = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._gen: AsyncIterator[Event] | None = None
+        self._auth_retry = False  # one fresh-token retry after a 4401
+        #: ``{"unread": n, "unseen": n}`` from the last hello/counts event.
+        self.counts: dict[str, int] | None = None
+        #: True between a hello and the next drop.
+        self.connected = False
+        #: How many times the stream was (re)opened after the first attempt.
+        self.reconnects = 0
+        #: Close code of the last drop (``None``: no close frame).
+        self.last_close_code: int | None = None
+
+    # -- public surface -------------------------------------------------------
+
+    @property
+    def cursor(self) -> str | None:
+        """The position to resume from: everything before it was delivered."""
+        return None if self._cursor is None else str(self._cursor)
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._gen is None:
+            self._gen = self._run()
+        return await self._gen.__anext__()
+
+    async def run(self, handler: Callable[[Event], Any]) -> None:
+        """Call ``handler`` (sync or async) for every event until closed."""
+        async for event in self:
+            await _maybe_await(handler(event))
+
+    async def close(self) -> None:
+        """Stop: the iterator finishes instead of reconnecting."""
+        self._closing.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+
+    async def __aenter__(self) -> Subscriber:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # -- the reconnect loop ---------------------------------------------------
+
+    async def _run(self) -> AsyncIterator[Event]:
+        first = True
+        while not self._closing.is_set():
+            if not first:
+                self.reconnects += 1
+            first = False
+            retry_after: float | None = None
+            try:
+                ws = await self._interruptible(self._connect())
+            except _Closing:
+                return
+            except InvalidStatus as e:
+                resp = e.response
+                err = error_from_response(resp.status_code, resp.headers, resp.body or b"")
+                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                    raise err from None
+                log.info("stream handshake refused (%s), retrying", err)
+                retry_after = err.retry_after
+            except (OSError, asyncio.TimeoutError, InvalidHandshake) as e:
+                log.info("stream connect failed (%r), retrying", e)
+            else:
+                async with aclosing(self._session(ws)) as events:
+                    async for event in events:
+                        yield event
+                if self._closing.is_set():
+                    return
+            delay = self.backoff.next_delay()
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+                return  # closed while waiting
+            except asyncio.TimeoutError:
+                pass
+
+    async def _session(self, ws: ClientConnection) -> AsyncIterator[Event]:
+        """Deliver one connection's events; return on a reconnectable drop."""
+        self._ws = ws
+        try:
+            while True:
+                raw = await ws.recv()
+                for event in self._decode(raw):
+                    if await self._handle(event):
+                        yield event
+        except ConnectionClosed as e:
+            if self._closing.is_set():
+                return
+            code = e.rcvd.code if e.rcvd is not None else None
+            reason = e.rcvd.reason if e.rcvd is not None else ""
+            self.last_close_code = code
+            if should_reconnect(code):
+                log.info("stream dropped (close code %s), resuming from %s", code, self.cursor)
+                return
+            if code == CLOSE_UNAUTHORIZED and self._auth_retry:
+                self._auth_retry = False  # token likely expired: try one fresh one
+                return
+            raise StreamClosed(code, reason) from None
+        finally:
+            self._ws = None
+            self.connected = False
+            await ws.close()
+
+    async def _connect(self) -> ClientConnection:
+        token = await _maybe_await(self._token() if callable(self._token) else self._token)
+        headers = {"Authorization": f"Bearer {token}"} if self.auth == "header" else None
+        ws = await connect(self._stream_url(), additional_headers=headers,
+                           **self._connect_kwargs)
+        if self.auth == "message":
+            await ws.send(msgspec.json.encode({"type": "auth", "token": token}).decode())
+        return ws
+
+    async def _interruptible(self, coro: Awaitable[ClientConnection]) -> ClientConnection:
+        """Await ``coro`` unless close() comes first (then raise :class:`_Closing`).
+
+        Without this, close() during a slow connect would wait out the open
+        timeout, and a connection finishing just then would leak.
+        """
+        task = asyncio.ensure_future(coro)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # our own task was cancelled
+            await self._discard(task)
+            raise
+        finally:
+            closing.cancel()
+        if not self._closing.is_set():
+            return task.result()  # raises the connect error, if any
+        await self._discard(task)
+        raise _Closing
+
+    @staticmethod
+    async def _discard(task: asyncio.Future) -> None:
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is None:
+            await task.result().close()  # it connected just as we gave up
+
+    def _stream_url(self) -> str:
+        parts = urlsplit(self.url)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        path = parts.path.rstrip("/")
+        if not path.endswith(STREAM_PATH):
+            path += STREAM_PATH
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "cursor"]
+        if self._cursor is not None:
+            query.append(("cursor", str(self._cursor)))
+        return urlunsplit((scheme, parts.netloc, path, urlencode(query, safe=":"), ""))
+
+    # -- event handling -------------------------------------------------------
+
+    @staticmethod
+    def _decode(raw: str | bytes) -> list[Event]:
+        """One frame is one event object or a JSON array of them."""
+        try:
+            data = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            log.warning("ignoring a frame that is not JSON: %.100r", raw)
+            return []
+        items = data if isinstance(data, list) else [data]
+        return [e for e in items if isinstance(e, dict)]
+
+    async def _handle(self, event: Event) -> bool:
+        """Update cursor/counts from ``event``; False means "duplicate, drop it"."""
+        kind = event.get("type")
+        if kind == "hello":
+            self._on_hello(event)
+        elif kind == "recovered":
+            hello, self._hello_cursor = self._hello_cursor, None
+            if not event.get("ok", True):
+                if hello is not None:
+                    self._cursor = hello  # the gap is the app's to reload; go live
+                if self.on_resync is not None:
+                    await _maybe_await(self.on_resync(event))
+        elif kind == "notification":
+            return self._on_notification(event)
+        elif kind == "counts":
+            self.counts = {"unread": event.get("unread", 0), "unseen": event.get("unseen", 0)}
+        return True
+
+    def _on_hello(self, event: Event) -> None:
+        self.connected = True
+        self._auth_retry = callable(self._token)
+        self.backoff.reset()
+        counts = event.get("counts")
+        if isinstance(counts, dict):
+            self.counts = {"unread": counts.get("unread", 0), "unseen": counts.get("unseen", 0)}
+        try:
+            hello = parse_cursor(event.get("cursor"))
+        except TidingsError:
+            log.warning("hello carried a bad cursor: %r", event.get("cursor"))
+            return
+        if hello is None:
+            return
+        if self._cursor is None or self._cursor.epoch != hello.epoch:
+            # Fresh start, or the user's history was reset: positions of the
+            # old epoch mean nothing any more.
+            self._cursor = hello
+            self._hello_cursor = None
+        else:
+            # Resuming in the same epoch: keep our own position, the replay
+            # advances it.  Keep the server's in case it says it cannot replay.
+            self._hello_cursor = hello
+
+    def _on_notification(self, event: Event) -> bool:
+        cur = self._cursor
+        if "cursor" in event:
+            try:
+                pos = parse_cursor(event["cursor"])
+            except TidingsError:
+                pos = None
+            if pos is not None:
+                if cur is None or cur.epoch != pos.epoch:
+                    self._cursor = Cursor(pos.epoch, pos.seq, cur.feed if cur else None)
+                elif pos.seq > cur.seq:
+                    self._cursor = Cursor(cur.epoch, pos.seq, cur.feed)
+        feed = event.get("feed")
+        if isinstance(feed, int) and cur is not None:
+            cur = self._cursor
+            if cur.feed is None or feed > cur.feed:
+                self._cursor = Cursor(cur.epoch, cur.seq, feed)
+        nid = (event.get("notification") or {}).get("id")
+        if nid is None:
+            return True
+        if nid in self._seen:
+            self._seen.move_to_end(nid)
+            return False
+        self._seen[nid] = None
+        if len(self._seen) > self.dedup_size:
+            self._seen.popitem(last=False)
+        return True
+
+
+__all__ = ["Subscriber", "StreamClosed", "TidingsAPIError"]
