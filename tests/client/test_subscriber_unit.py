@@ -190,6 +190,23 @@ async def test_resume_from_given_cursor_and_recovery_failure_is_surfaced():
     assert {"type": "recovered", "ok": False, "missed": 0} in events
 
 
+async def test_two_part_cursor_takes_the_feed_position_from_hello():
+    async def first(ws):
+        await ws.send(hello("c3:7:40"))  # the server filled in the feed head
+        await ws.send(json.dumps(note("n8", "c3:8")))
+        await ws.send(json.dumps({"type": "recovered", "ok": True, "missed": 1}))
+        await ws.close(4000)
+
+    async def second(ws):
+        await ws.close(4401)
+
+    async with ScriptedServer(first, second) as srv:
+        sub = Subscriber(srv.url, token="t", cursor="c3:7", backoff=fast_backoff())
+        _, err = await collect(sub)
+    assert isinstance(err, StreamClosed)
+    assert srv.paths == ["/v1/me/stream?cursor=c3:7", "/v1/me/stream?cursor=c3:8:40"]
+
+
 async def test_new_epoch_replaces_cursor_and_feed_only_advances():
     async def first(ws):
         await ws.send(hello("b2:4:100"))  # the user's history was reset

@@ -316,6 +316,10 @@ class Subscriber:
             # Resuming in the same epoch: keep our own position, the replay
             # advances it.  Keep the server's in case it says it cannot replay.
             self._hello_cursor = hello
+            if self._cursor.feed is None and hello.feed is not None:
+                # We had no feed position; the hello's is where feed replay
+                # would start, so adopt it or later feed drops are unrecoverable.
+                self._cursor = Cursor(self._cursor.epoch, self._cursor.seq, hello.feed)
 
     def _on_notification(self, event: Event) -> bool:
         cur = self._cursor
