@@ -1,0 +1,95 @@
+"""The CLI as a new user runs it: serve, app create, token, send, listen."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.test_durability import _free_port, _start
+
+
+def tidings(*args: str, **kw) -> str:
+    return subprocess.check_output([sys.executable, "-m", "tidings", *args], text=True,
+                                   timeout=60, **kw)
+
+
+@pytest.mark.timeout(120)
+def test_first_start_then_operator_commands_while_serving(tmp_path):
+    data = tmp_path / "data"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start(data, port)
+    try:
+        # first start printed an API key, a demo token and a working curl line
+        server.stdout.flush()
+        assert (data / "tidings.db").exists()
+        created = json.loads(tidings("app", "create", "shop", "--json", "--data", str(data)))
+        assert set(created) == {"app", "api_key", "signing_secret"}
+        token = tidings("token", "--app", created["app"], "--user", "ann", "--ttl", "600",
+                        "--data", str(data)).strip().splitlines()[-1]
+        assert token.count(".") == 2
+
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "tidings", "listen", "--url", url, "--token", token,
+             "--count", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            hello = json.loads(listener.stdout.readline())
+            assert hello["type"] == "hello"
+            sent = json.loads(tidings("send", "--url", url, "--key", created["api_key"],
+                                      "--user", "ann", "--title", "from the terminal"))
+            assert sent["status"] == "accepted" and sent["recipients"] == 1
+            out, _ = listener.communicate(timeout=30)
+        finally:
+            listener.kill()
+        events = [json.loads(line) for line in out.splitlines()]
+        assert events[-1]["type"] == "notification"
+        assert events[-1]["notification"]["title"] == "from the terminal"
+
+        # a token for an app that does not exist is a clear error, not a traceback
+        bad = subprocess.run([sys.executable, "-m", "tidings", "token", "--app", "nope",
+                              "--user", "x", "--data", str(data)], capture_output=True,
+                             text=True, timeout=60)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
+        assert "no such app" in bad.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.timeout(120)
+def test_serve_prints_credentials_that_work(tmp_path):
+    data = tmp_path / "data"
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--data", str(data), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        text = "".join(lines)
+        key = re.search(r"API key:\s+(\S+)", text).group(1)
+        token = re.search(r"demo user token:\s+(\S+)", text).group(1)
+        curl = re.search(r"curl .*", text).group(0)
+        assert f"http://127.0.0.1:{port}/v1/notifications" in curl
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                pass
+        assert subprocess.run(curl, shell=True, capture_output=True, timeout=30).returncode == 0
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/me/counts",
+                      headers={"Authorization": f"Bearer {token}"})
+        assert r.json() == {"unread": 1, "unseen": 1}
+        assert key.startswith("tk_")
+    finally:
+        server.terminate()
+        server.wait(10)
