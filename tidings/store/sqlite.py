@@ -618,17 +618,20 @@ def _set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int
             marks = ",".join("?" * len(part))
             changed += [r[0] for r in conn.execute(
                 f"UPDATE inbox SET state=? WHERE app_id=? AND user_id=? AND state<? "
-                f"AND nid IN ({marks}) RETURNING nid", (code, app_id, user, code, *part),
+                f"AND (expires_at IS NULL OR expires_at>?) AND nid IN ({marks}) RETURNING nid",
+                (code, app_id, user, code, now, *part),
             )]
-        rest = [i for i in ids if i not in set(changed)]
+        done = set(changed)
+        rest = [i for i in ids if i not in done]
         feed_ids = []
         for part in _chunks(rest):
             marks = ",".join("?" * len(part))
             feed_ids += [r[0] for r in conn.execute(
                 f"SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset IS NOT NULL "
-                f"AND n.deleted=0 AND n.id IN ({marks}) AND (n.audience='*' OR n.audience IN "
+                f"AND n.deleted=0 AND (n.expires_at IS NULL OR n.expires_at>?) "
+                f"AND n.id IN ({marks}) AND (n.audience='*' OR n.audience IN "
                 f"(SELECT topic FROM topic_subs WHERE app_id=? AND user_id=?))",
-                (app_id, *part, app_id, user),
+                (app_id, now, *part, app_id, user),
             )]
     for nid in feed_ids:
         row = conn.execute(

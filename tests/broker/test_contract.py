@@ -1,0 +1,180 @@
+"""The broker contract (tidings/broker/base.py): at most once, in publish
+order per channel, app-scoped channels.
+
+Runs once per backend of ``conftest.BACKENDS``.  Delivery may be
+asynchronous (a networked broker), so tests await the messages they expect;
+to show that something did *not* arrive, a sentinel is published after it on
+a subscribed channel and awaited, and only then is the absence checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from tidings.broker.base import (
+    Feed, Frames, Membership, Message, Personal, all_channel, topic_channel, user_channel,
+)
+
+TIMEOUT = 5.0
+
+
+class Recorder:
+    """A handler that records what it gets and lets a test await a count."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, Message]] = []
+        self.threads: set[int] = set()
+        self._waiters: list[tuple[int, asyncio.Event]] = []
+
+    def __call__(self, channel: str, message: Message) -> None:
+        self.got.append((channel, message))
+        self.threads.add(threading.get_ident())
+        for n, event in self._waiters:
+            if len(self.got) >= n:
+                event.set()
+
+    @property
+    def messages(self) -> list[Message]:
+        return [m for _, m in self.got]
+
+    async def wait_for(self, n: int) -> None:
+        if len(self.got) >= n:
+            return
+        event = asyncio.Event()
+        self._waiters.append((n, event))
+        try:
+            await asyncio.wait_for(event.wait(), TIMEOUT)
+        finally:
+            self._waiters.remove((n, event))
+
+
+@pytest.fixture
+async def sentinel(broker):
+    """A subscribed channel used to flush: ``await sentinel()`` returns once
+    everything published before it has had its chance to arrive."""
+    rec = Recorder()
+    broker.subscribe(user_channel("app_sentinel", "flush"), rec)
+
+    async def flush() -> None:
+        n = len(rec.got) + 1
+        broker.publish(user_channel("app_sentinel", "flush"), Frames([b"flush"]))
+        await rec.wait_for(n)
+
+    return flush
+
+
+EXAMPLES = [
+    Personal("0a1b2c3d", 7, b'{"id":"x","title":"hi"}'),
+    Personal("ffffffff", 2**40, b"\x00\xff\x80 binary"),
+    Feed(12, b'{"type":"notification","feed":12}'),
+    Frames([b'{"type":"counts"}', b"", b'{"type":"state"}']),
+    Frames([]),
+    Membership("news.eu:1", True),
+    Membership("news", False),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+async def test_publish_reaches_the_subscribed_handler_unchanged(broker, message):
+    rec = Recorder()
+    channel = user_channel("app_a", "alice")
+    broker.subscribe(channel, rec)
+    broker.publish(channel, message)
+    await rec.wait_for(1)
+    assert rec.got == [(channel, message)]
+    assert type(rec.messages[0]) is type(message)
+
+
+async def test_handlers_run_on_the_event_loop_thread(broker):
+    rec = Recorder()
+    broker.subscribe(all_channel("app_a"), rec)
+    broker.publish(all_channel("app_a"), Feed(1, b"x"))
+    await rec.wait_for(1)
+    assert rec.threads == {threading.get_ident()}
+
+
+async def test_order_is_kept_per_channel(broker):
+    one, two = Recorder(), Recorder()
+    ch1, ch2 = user_channel("app_a", "u1"), topic_channel("app_a", "t")
+    broker.subscribe(ch1, one)
+    broker.subscribe(ch2, two)
+    for i in range(1000):
+        broker.publish(ch1, Personal("e", i + 1, b"%d" % i))
+        if i % 3 == 0:
+            broker.publish(ch2, Feed(i, b""))
+    await one.wait_for(1000)
+    await two.wait_for(334)
+    assert [m.seq for m in one.messages] == list(range(1, 1001))
+    assert [m.body for m in one.messages] == [b"%d" % i for i in range(1000)]
+    assert [m.offset for m in two.messages] == list(range(0, 1000, 3))
+
+
+async def test_a_channel_nobody_subscribed_delivers_nothing(broker, sentinel):
+    rec = Recorder()
+    broker.subscribe(user_channel("app_a", "alice"), rec)
+    broker.publish(user_channel("app_a", "bob"), Personal("e", 1, b"for bob"))
+    broker.publish(user_channel("app_b", "alice"), Personal("e", 1, b"other app"))
+    broker.publish(topic_channel("app_a", "alice"), Feed(1, b"a topic"))
+    broker.publish(all_channel("app_a"), Feed(2, b"broadcast"))
+    await sentinel()
+    assert rec.got == []
+
+
+async def test_unsubscribe_stops_delivery(broker, sentinel):
+    rec = Recorder()
+    channel = user_channel("app_a", "alice")
+    broker.subscribe(channel, rec)
+    broker.publish(channel, Frames([b"1"]))
+    await rec.wait_for(1)
+    broker.unsubscribe(channel)
+    broker.publish(channel, Frames([b"2"]))
+    await sentinel()
+    assert rec.messages == [Frames([b"1"])]
+    # unsubscribing what is not subscribed is harmless; subscribing again works
+    broker.unsubscribe(channel)
+    broker.unsubscribe(user_channel("app_a", "never"))
+    broker.subscribe(channel, rec)
+    broker.publish(channel, Frames([b"3"]))
+    await rec.wait_for(2)
+    assert rec.messages == [Frames([b"1"]), Frames([b"3"])]
+
+
+# App ids are minted by the service ("app_" + base32, or "default"): no ":".
+APPS = ["app_a", "app_b", "default", "app_u", "app_t"]
+# User ids may hold any printable character, ":" and "*" included; topic
+# names may hold ":" (tidings/core/models.py).
+USERS = ["x", "u", "t", "*", ":", "u:x", "t:x", "x:*", ":u:x", "a b", "ü", "app_a"]
+TOPICS = ["x", "u", "t", "u:x", "t:x", "x:", ":x", "app_a"]
+
+
+def all_channels() -> list[tuple[str, str]]:
+    out = []
+    for app in APPS:
+        out.append((f"all {app}", all_channel(app)))
+        out += [(f"user {app}/{u}", user_channel(app, u)) for u in USERS]
+        out += [(f"topic {app}/{t}", topic_channel(app, t)) for t in TOPICS]
+    return out
+
+
+def test_channel_names_never_collide():
+    by_name: dict[str, list[str]] = {}
+    for what, channel in all_channels():
+        by_name.setdefault(channel, []).append(what)
+    assert {c: w for c, w in by_name.items() if len(w) > 1} == {}
+
+
+async def test_channels_are_independent(broker):
+    channels = all_channels()
+    recorders = {}
+    for what, channel in channels:
+        recorders[what] = Recorder()
+        broker.subscribe(channel, recorders[what])
+    for what, channel in channels:
+        broker.publish(channel, Frames([what.encode()]))
+    for what, channel in channels:
+        rec = recorders[what]
+        await rec.wait_for(1)
+        assert rec.got == [(channel, Frames([what.encode()]))], what

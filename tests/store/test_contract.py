@@ -1,0 +1,795 @@
+"""The store contract (tidings/store/base.py), checked through its methods only.
+
+Runs once per backend of ``conftest.BACKENDS``: no SQL here, nothing that
+depends on how a backend lays out its data.  Times are explicit (``now`` is
+passed in) and notification ids are minted one millisecond apart, so "newest
+first" is the publish order and every run is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+
+import msgspec
+import pytest
+
+from tidings.core.cursor import Cursor, decide_recovery
+from tidings.core.ids import new_id
+from tidings.core.models import ChannelPrefs, Preferences, QuietHours
+from tidings.store.base import NewNotification, PublishOutcome, StoredNotification
+
+A, B = "app_a", "app_b"
+THRESHOLD = 100
+WINDOW = 3600.0
+
+_ms = itertools.count(int(time.time() * 1000))
+
+
+def next_id() -> str:
+    """A fresh notification id, 1 ms after the previous one (strictly ordered)."""
+    return new_id(next(_ms))
+
+
+def note(
+    *, users: list[str] | None = None, topic: str | None = None, all: bool = False,
+    category: str = "default", key: str | None = None, created_at: float | None = None,
+    expires_at: float | None = None, title: str = "hello",
+) -> NewNotification:
+    nid = next_id()
+    return NewNotification(
+        id=nid, category=category, body=msgspec.json.encode({"id": nid, "title": title}),
+        created_at=time.time() if created_at is None else created_at, expires_at=expires_at,
+        users=users, topic=topic, all=all, idempotency_key=key,
+    )
+
+
+async def publish(
+    store, app: str, item: NewNotification, *, threshold: int = THRESHOLD, window: float = WINDOW,
+) -> PublishOutcome:
+    return await store.publish(app, item, fanout_threshold=threshold, window=window)
+
+
+async def inbox_ids(store, app, user, *, state=None, before=None, limit=1000, now=None):
+    entries = await store.inbox(
+        app, user, limit=limit, before=before, state=state,
+        now=time.time() if now is None else now,
+    )
+    return [e.id for e in entries]
+
+
+async def replay_all(store, app, user, *, after_seq=0, after_feed=0, limit=10_000, now=None):
+    return await store.replay(
+        app, user, after_seq, after_feed, limit, time.time() if now is None else now
+    )
+
+
+@pytest.fixture
+async def db(store):
+    """The store with two apps, A and B."""
+    await store.create_app(A, "app A", "secret-a")
+    await store.create_app(B, "app B", "secret-b")
+    return store
+
+
+async def reopen(make_store, store):
+    """Close ``store`` and open a new instance over the same storage."""
+    await store.close()
+    again = make_store()
+    await again.open()
+    return again
+
+
+# -- lifecycle, apps and keys ------------------------------------------------------
+
+
+async def test_ping_answers_while_open(store):
+    assert await store.ping() is True
+
+
+async def test_create_get_and_list_apps(store):
+    rec = await store.create_app("app_1", "first", "s1")
+    assert (rec.id, rec.name, rec.signing_secret) == ("app_1", "first", "s1")
+    await store.create_app("app_2", "second", "s2")
+    got = await store.get_app("app_1")
+    assert (got.id, got.name, got.signing_secret) == ("app_1", "first", "s1")
+    assert await store.get_app("nope") is None
+    assert sorted(a.id for a in await store.list_apps()) == ["app_1", "app_2"]
+
+
+async def test_create_app_with_an_existing_id_fails(store):
+    await store.create_app("app_1", "first", "s1")
+    # no error type is part of the contract; the backends' messages say "unique"/"duplicate"
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        await store.create_app("app_1", "again", "s2")
+    assert (await store.get_app("app_1")).name == "first"
+
+
+async def test_find_api_key(db):
+    await db.add_api_key(A, "pfx_a", "hash-a", frozenset({"publish", "admin"}))
+    rec = await db.find_api_key("pfx_a", "hash-a")
+    assert (rec.app_id, rec.prefix, rec.scopes) == (A, "pfx_a", frozenset({"publish", "admin"}))
+    assert await db.find_api_key("pfx_a", "hash-b") is None  # wrong hash
+    assert await db.find_api_key("pfx_a", "") is None
+    assert await db.find_api_key("pfx_zz", "hash-a") is None  # unknown prefix
+
+
+async def test_pepper_is_stable_across_calls_and_reopen(make_store, store):
+    first = await store.pepper()
+    assert isinstance(first, bytes) and len(first) >= 16
+    assert await store.pepper() == first
+    again = await reopen(make_store, store)
+    try:
+        assert await again.pepper() == first
+    finally:
+        await again.close()
+
+
+# -- publishing to users -----------------------------------------------------------
+
+
+async def test_publish_to_users_assigns_gapless_per_user_seqs(db):
+    outs = [
+        await publish(db, A, note(users=["u1"])),
+        await publish(db, A, note(users=["u1", "u2"])),
+        await publish(db, A, note(users=["u2", "u1"])),
+    ]
+    assert [o.status for o in outs] == ["accepted"] * 3
+    assert [o.recipients for o in outs] == [1, 2, 2]
+    assert all(o.feed_offset is None for o in outs)
+    seqs = {}
+    for o in outs:
+        for d in o.deliveries:
+            seqs.setdefault(d.user, []).append(d.seq)
+    assert seqs == {"u1": [1, 2, 3], "u2": [1, 2]}
+    head = await db.stream_head(A, "u1", time.time())
+    assert (head.head_seq, head.oldest_seq) == (3, 1)
+    # every delivery carries the user's (single, stable) epoch
+    assert {d.epoch for o in outs for d in o.deliveries if d.user == "u1"} == {head.epoch}
+    personal, feed = await replay_all(db, A, "u1")
+    assert [e.seq for e in personal] == [1, 2, 3]
+    assert [e.id for e in personal] == [o.id for o in outs]
+    assert feed == []
+
+
+async def test_publish_returns_id_and_body(db):
+    item = note(users=["u"], title="body check")
+    out = await publish(db, A, item)
+    assert out.id == item.id
+    assert out.body == item.body
+    stored = await db.get_notification(A, item.id)
+    assert stored.body == item.body
+    assert stored.category == "default"
+
+
+async def test_concurrent_publishes_never_share_or_skip_a_seq(db):
+    rng = random.Random(20240601)
+    users = [f"u{i}" for i in range(12)]
+    items = [note(users=rng.sample(users, rng.randint(1, 6))) for _ in range(200)]
+    outs = await asyncio.gather(*(publish(db, A, it) for it in items))
+
+    by_user: dict[str, dict[int, str]] = {}
+    for out in outs:
+        assert out.status == "accepted"
+        for d in out.deliveries:
+            seen = by_user.setdefault(d.user, {})
+            assert d.seq not in seen, f"seq {d.seq} handed out twice to {d.user}"
+            seen[d.seq] = out.id
+    expected = {u: sum(u in it.users for it in items) for u in users}
+    assert {u: len(s) for u, s in by_user.items()} == {u: n for u, n in expected.items() if n}
+    for user, seq_to_id in by_user.items():
+        n = len(seq_to_id)
+        assert sorted(seq_to_id) == list(range(1, n + 1)), f"gap in {user}'s seqs"
+        personal, _ = await replay_all(db, A, user)
+        assert [e.seq for e in personal] == list(range(1, n + 1))
+        assert [e.id for e in personal] == [seq_to_id[s] for s in range(1, n + 1)]
+        head = await db.stream_head(A, user, time.time())
+        assert head.head_seq == n
+
+
+async def test_repeated_users_in_one_publish_get_one_entry(db):
+    out = await publish(db, A, note(users=["u", "u", "v", "u", "v"]))
+    assert out.recipients == 2
+    assert sorted((d.user, d.seq) for d in out.deliveries) == [("u", 1), ("v", 1)]
+    assert await inbox_ids(db, A, "u") == [out.id]
+    assert sorted(await db.recipients_of(A, out.id)) == ["u", "v"]
+    assert (await db.stream_head(A, "u", time.time())).head_seq == 1
+
+
+# -- idempotency ------------------------------------------------------------------
+
+
+async def test_same_idempotency_key_returns_the_first_result(db):
+    first = await publish(db, A, note(users=["u", "v"], key="k1"))
+    retry = note(users=["u", "v"], key="k1")
+    second = await publish(db, A, retry)
+    assert first.status == "accepted"
+    assert second.status == "duplicate"
+    assert second.id == first.id
+    assert second.recipients == first.recipients == 2
+    assert second.deliveries == []
+    # nothing new stored
+    assert await db.get_notification(A, retry.id) is None
+    assert await inbox_ids(db, A, "u") == [first.id]
+    assert (await db.stream_head(A, "u", time.time())).head_seq == 1
+    assert await db.counts(A, "v", time.time()) == (1, 1)
+
+
+async def test_concurrent_publishes_with_one_key_store_one_notification(db):
+    items = [note(users=["u"], key="race") for _ in range(20)]
+    outs = await asyncio.gather(*(publish(db, A, it) for it in items))
+    accepted = [o for o in outs if o.status == "accepted"]
+    assert len(accepted) == 1
+    assert {o.id for o in outs} == {accepted[0].id}
+    assert await inbox_ids(db, A, "u") == [accepted[0].id]
+    assert (await db.stream_head(A, "u", time.time())).head_seq == 1
+
+
+async def test_idempotency_key_reports_the_first_muted_count(db):
+    await db.put_preferences(A, "m", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    first = await publish(db, A, note(users=["m", "n"], category="promo", key="k"))
+    again = await publish(db, A, note(users=["m", "n"], category="promo", key="k"))
+    assert (again.status, again.id, again.recipients, again.muted) == (
+        "duplicate", first.id, 1, 1)
+
+
+async def test_idempotency_key_expires_after_the_window(db):
+    t = time.time()
+    first = await publish(db, A, note(users=["u"], key="k", created_at=t), window=60)
+    inside = await publish(db, A, note(users=["u"], key="k", created_at=t + 59), window=60)
+    assert inside.status == "duplicate"
+    later = note(users=["u"], key="k", created_at=t + 61)
+    after = await publish(db, A, later, window=60)
+    assert after.status == "accepted"
+    assert after.id == later.id != first.id
+    assert [d.seq for d in after.deliveries] == [2]
+    assert await inbox_ids(db, A, "u", now=t + 62) == [later.id, first.id]
+
+
+async def test_idempotency_key_is_scoped_per_app(db):
+    a = await publish(db, A, note(users=["u"], key="shared"))
+    b_item = note(users=["u"], key="shared")
+    b = await publish(db, B, b_item)
+    assert (a.status, b.status) == ("accepted", "accepted")
+    assert b.id == b_item.id != a.id
+    assert await inbox_ids(db, B, "u") == [b.id]
+
+
+# -- preferences and muting ---------------------------------------------------------
+
+
+async def test_preferences_round_trip(db):
+    assert await db.get_preferences(A, "u") == Preferences()
+    prefs = Preferences(
+        categories={"promo": ChannelPrefs(in_app=False, email=False)},
+        quiet_hours=QuietHours(start="22:00", end="07:00", tz="Europe/Paris"),
+    )
+    await db.put_preferences(A, "u", prefs)
+    assert await db.get_preferences(A, "u") == prefs
+    await db.put_preferences(A, "u", Preferences())
+    assert await db.get_preferences(A, "u") == Preferences()
+
+
+async def test_muted_category_gets_no_entry_and_is_counted(db):
+    await db.put_preferences(A, "m", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    out = await publish(db, A, note(users=["m", "n"], category="promo"))
+    assert (out.recipients, out.muted) == (1, 1)
+    assert [d.user for d in out.deliveries] == ["n"]
+    assert await inbox_ids(db, A, "m") == []
+    assert await db.counts(A, "m", time.time()) == (0, 0)
+    assert (await db.stream_head(A, "m", time.time())).head_seq == 0
+    assert await db.recipients_of(A, out.id) == ["n"]
+    # the mute is per category
+    other = await publish(db, A, note(users=["m"], category="default"))
+    assert [(d.user, d.seq) for d in other.deliveries] == [("m", 1)]
+    # muting with other channels still on, or unmuting, delivers again
+    await db.put_preferences(A, "m", Preferences(categories={"promo": ChannelPrefs(email=False)}))
+    back = await publish(db, A, note(users=["m"], category="promo"))
+    assert (back.recipients, back.muted) == (1, 0)
+    assert [(d.user, d.seq) for d in back.deliveries] == [("m", 2)]
+
+
+# -- topics -----------------------------------------------------------------------
+
+
+async def test_subscribe_unsubscribe_and_topic_info(db):
+    assert await db.subscribe(A, "news", ["x", "y"]) == 2
+    assert await db.subscribe(A, "news", ["y", "z"]) == 1  # y already in
+    assert await db.subscribe(A, "sport", ["x"]) == 1
+    assert await db.topic_info(A, "news", 10) == (3, ["x", "y", "z"])
+    count, some = await db.topic_info(A, "news", 2)
+    assert count == 3 and len(some) == 2 and set(some) <= {"x", "y", "z"}
+    assert await db.user_topics(A, "x") == ["news", "sport"]
+    assert await db.unsubscribe(A, "news", ["x", "nobody"]) == 1
+    assert await db.topic_info(A, "news", 10) == (2, ["y", "z"])
+    assert await db.user_topics(A, "x") == ["sport"]
+    assert await db.topic_info(A, "empty", 10) == (0, [])
+
+
+async def test_topic_up_to_threshold_fans_out_per_subscriber(db):
+    await db.subscribe(A, "news", ["s1", "s2", "s3"])
+    out = await publish(db, A, note(topic="news"), threshold=3)  # size == threshold
+    assert out.feed_offset is None and out.audience is None
+    assert out.recipients == 3
+    assert sorted((d.user, d.seq) for d in out.deliveries) == [("s1", 1), ("s2", 1), ("s3", 1)]
+    assert sorted(await db.recipients_of(A, out.id)) == ["s1", "s2", "s3"]
+    for user in ("s1", "s2", "s3"):
+        entries = await db.inbox(A, user, limit=10, before=None, state=None, now=time.time())
+        assert [(e.id, e.seq, e.feed) for e in entries] == [(out.id, 1, None)]
+    assert await inbox_ids(db, A, "outsider") == []
+    # muted subscribers get nothing and are counted
+    await db.put_preferences(A, "s3", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    promo = await publish(db, A, note(topic="news", category="promo"), threshold=3)
+    assert (promo.recipients, promo.muted) == (2, 1)
+    assert sorted(d.user for d in promo.deliveries) == ["s1", "s2"]
+    assert await inbox_ids(db, A, "s3") == [out.id]
+
+
+async def test_topic_above_threshold_is_one_feed_item(db):
+    await db.subscribe(A, "news", ["s1", "s2", "s3"])
+    item = note(topic="news")
+    out = await publish(db, A, item, threshold=2)
+    assert out.status == "accepted"
+    assert out.feed_offset is not None and out.feed_offset >= 1
+    assert out.audience == "news"
+    assert out.deliveries == []
+    assert await db.recipients_of(A, out.id) == []  # no personal entries
+    now = time.time()
+    for user in ("s1", "s2", "s3"):
+        entries = await db.inbox(A, user, limit=10, before=None, state=None, now=now)
+        assert [(e.id, e.seq, e.feed, e.state) for e in entries] == [
+            (out.id, None, out.feed_offset, "unseen")]
+        assert entries[0].body == item.body
+        personal, feed = await replay_all(db, A, user)
+        assert personal == []
+        assert [(e.id, e.feed) for e in feed] == [(out.id, out.feed_offset)]
+        assert await db.counts(A, user, now) == (1, 1)
+        head = await db.stream_head(A, user, now)
+        assert head.head_seq == 0 and head.head_feed == out.feed_offset
+    # not a subscriber: sees nothing
+    assert await inbox_ids(db, A, "outsider") == []
+    assert await replay_all(db, A, "outsider") == ([], [])
+    assert await db.counts(A, "outsider", now) == (0, 0)
+    stored = await db.get_notification(A, out.id)
+    assert (stored.audience, stored.feed_offset) == ("news", out.feed_offset)
+
+
+async def test_broadcast_is_one_feed_item_visible_to_every_user(db):
+    item = note(all=True)
+    out = await publish(db, A, item)
+    assert out.feed_offset is not None and out.audience == "*"
+    assert out.deliveries == []
+    now = time.time()
+    for user in ("anyone", "never-seen-before"):
+        entries = await db.inbox(A, user, limit=10, before=None, state=None, now=now)
+        assert [(e.id, e.feed, e.seq) for e in entries] == [(out.id, out.feed_offset, None)]
+        _, feed = await replay_all(db, A, user)
+        assert [e.id for e in feed] == [out.id]
+        assert await db.counts(A, user, now) == (1, 1)
+    second = await publish(db, A, note(all=True))
+    assert second.feed_offset > out.feed_offset
+    # topic feed items share the app's feed timeline
+    await db.subscribe(A, "big", ["anyone", "other"])
+    third = await publish(db, A, note(topic="big"), threshold=1)
+    assert third.feed_offset > second.feed_offset
+    assert (await db.stream_head(A, "anyone", now)).head_feed == third.feed_offset
+    _, feed = await replay_all(db, A, "anyone")
+    assert [e.feed for e in feed] == [out.feed_offset, second.feed_offset, third.feed_offset]
+    _, feed = await replay_all(db, A, "lurker")  # not in "big"
+    assert [e.feed for e in feed] == [out.feed_offset, second.feed_offset]
+
+
+# -- replay -----------------------------------------------------------------------
+
+
+async def test_replay_after_positions_in_order_with_limits(db):
+    personal_outs = []
+    feed_outs = []
+    for _ in range(5):
+        personal_outs.append(await publish(db, A, note(users=["u"])))
+        feed_outs.append(await publish(db, A, note(all=True)))
+    offsets = [o.feed_offset for o in feed_outs]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 5
+
+    personal, feed = await replay_all(db, A, "u", after_seq=2, after_feed=offsets[1])
+    assert [(e.seq, e.id) for e in personal] == [(s, personal_outs[s - 1].id) for s in (3, 4, 5)]
+    assert [(e.feed, e.id) for e in feed] == [(o.feed_offset, o.id) for o in feed_outs[2:]]
+    assert all(e.state == "unseen" for e in personal + feed)
+
+    personal, feed = await replay_all(db, A, "u", limit=2)
+    assert [e.seq for e in personal] == [1, 2]  # the oldest first
+    assert [e.feed for e in feed] == offsets[:2]
+
+    personal, feed = await replay_all(db, A, "u", after_seq=5, after_feed=offsets[-1])
+    assert (personal, feed) == ([], [])
+
+
+async def test_replay_reports_current_state_and_body(db):
+    item = note(users=["u"], title="state")
+    out = await publish(db, A, item)
+    await db.set_state(A, "u", [out.id], "read", time.time())
+    personal, _ = await replay_all(db, A, "u")
+    assert [(e.id, e.state, e.body, e.created_at) for e in personal] == [
+        (out.id, "read", item.body, item.created_at)]
+
+
+# -- inbox ------------------------------------------------------------------------
+
+
+async def test_inbox_is_newest_first_with_before_pagination(db):
+    published = []
+    for i in range(7):
+        target = {"all": True} if i % 3 == 1 else {"users": ["u"]}
+        published.append((await publish(db, A, note(**target))).id)
+    entries = await db.inbox(A, "u", limit=100, before=None, state=None, now=time.time())
+    assert [e.id for e in entries] == published[::-1]
+    for e in entries:
+        assert (e.seq is None) != (e.feed is None)  # personal xor feed
+    assert await inbox_ids(db, A, "u", limit=3) == published[::-1][:3]
+
+    pages, before = [], None
+    while True:
+        page = await inbox_ids(db, A, "u", limit=3, before=before)
+        if not page:
+            break
+        pages.append(page)
+        before = page[-1]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [i for p in pages for i in p] == published[::-1]
+    assert await inbox_ids(db, A, "u", before=published[3]) == published[:3][::-1]
+
+
+async def test_inbox_state_filters(db):
+    ids = [(await publish(db, A, note(users=["u"]))).id for _ in range(5)]
+    feed = [(await publish(db, A, note(all=True))).id for _ in range(4)]
+    now = time.time()
+    # personal: 0 unseen, 1 seen, 2 read, 3 archived, 4 unseen
+    await db.set_state(A, "u", [ids[1]], "seen", now)
+    await db.set_state(A, "u", [ids[2]], "read", now)
+    await db.set_state(A, "u", [ids[3]], "archived", now)
+    # feed: 0 unseen, 1 seen, 2 read, 3 archived
+    await db.set_state(A, "u", [feed[1]], "seen", now)
+    await db.set_state(A, "u", [feed[2]], "read", now)
+    await db.set_state(A, "u", [feed[3]], "archived", now)
+
+    async def by(state):
+        return set(await inbox_ids(db, A, "u", state=state))
+
+    assert await by("unseen") == {ids[0], ids[4], feed[0]}
+    assert await by("seen") == {ids[1], feed[1]}
+    assert await by("unread") == {ids[0], ids[1], ids[4], feed[0], feed[1]}
+    assert await by("read") == {ids[2], feed[2]}
+    assert await by("archived") == {ids[3], feed[3]}
+    assert await by(None) == set(ids + feed) - {ids[3], feed[3]}  # archived hidden
+    assert await by("all") == set(ids + feed)
+    states = {e.id: e.state for e in await db.inbox(
+        A, "u", limit=100, before=None, state="all", now=now)}
+    assert [states[i] for i in ids] == ["unseen", "seen", "read", "archived", "unseen"]
+    assert [states[i] for i in feed] == ["unseen", "seen", "read", "archived"]
+    # other users' states are their own
+    assert set(await inbox_ids(db, A, "other", state="unseen")) == set(feed)
+
+
+async def test_counts(db):
+    ids = [(await publish(db, A, note(users=["u"]))).id for _ in range(3)]
+    f = (await publish(db, A, note(all=True))).id
+    now = time.time()
+    assert await db.counts(A, "u", now) == (4, 4)
+    await db.set_state(A, "u", [ids[0]], "seen", now)
+    assert await db.counts(A, "u", now) == (4, 3)
+    await db.set_state(A, "u", [ids[1], f], "read", now)
+    assert await db.counts(A, "u", now) == (2, 1)
+    await db.set_state(A, "u", [ids[2]], "archived", now)
+    assert await db.counts(A, "u", now) == (1, 0)
+    assert await db.counts(A, "other", now) == (1, 1)  # only the broadcast
+    assert await db.counts(A, "nobody-at-all", now) == (1, 1)
+
+
+# -- set_state --------------------------------------------------------------------
+
+
+async def test_set_state_only_moves_forward(db):
+    p = (await publish(db, A, note(users=["u"]))).id
+    f = (await publish(db, A, note(all=True))).id
+    now = time.time()
+    assert sorted(await db.set_state(A, "u", [p, f], "read", now)) == sorted([p, f])
+    assert await db.set_state(A, "u", [p, f], "seen", now) == []  # not backwards
+    assert await db.set_state(A, "u", [p, f], "read", now) == []  # no change
+    states = {e.id: e.state for e in await db.inbox(
+        A, "u", limit=10, before=None, state="all", now=now)}
+    assert states == {p: "read", f: "read"}
+    assert sorted(await db.set_state(A, "u", [p, f], "archived", now)) == sorted([p, f])
+    assert await db.set_state(A, "u", [p, f], "read", now) == []
+    assert await db.set_state(A, "u", None, "seen", now) == []
+
+
+async def test_set_state_by_ids_returns_only_changed(db):
+    p1 = (await publish(db, A, note(users=["u"]))).id
+    p2 = (await publish(db, A, note(users=["u"]))).id
+    mine_only_for_v = (await publish(db, A, note(users=["v"]))).id
+    now = time.time()
+    await db.set_state(A, "u", [p1], "seen", now)
+    changed = await db.set_state(A, "u", [p1, p2, mine_only_for_v, next_id()], "seen", now)
+    assert changed == [p2]
+    assert await inbox_ids(db, A, "v", state="unseen") == [mine_only_for_v]
+
+
+async def test_set_state_all_covers_personal_and_feed(db):
+    p = [(await publish(db, A, note(users=["u"]))).id for _ in range(3)]
+    f = [(await publish(db, A, note(all=True))).id for _ in range(2)]
+    await db.subscribe(A, "big", ["u", "x"])
+    t = (await publish(db, A, note(topic="big"), threshold=1)).id
+    await db.subscribe(A, "closed", ["x", "y"])
+    hidden = (await publish(db, A, note(topic="closed"), threshold=1)).id
+    now = time.time()
+    await db.set_state(A, "u", [p[0]], "seen", now)
+    changed = await db.set_state(A, "u", None, "seen", now)
+    assert sorted(changed) == sorted(p[1:] + f + [t])
+    assert hidden not in changed
+    assert sorted(await db.set_state(A, "u", None, "read", now)) == sorted(p + f + [t])
+    assert await db.set_state(A, "u", None, "read", now) == []
+    assert await db.counts(A, "u", now) == (0, 0)
+    # other users are untouched
+    assert await db.counts(A, "x", now) == (4, 4)  # f[0], f[1], t, hidden
+
+
+async def test_set_state_on_a_feed_item_outside_the_audience_changes_nothing(db):
+    await db.subscribe(A, "closed", ["x", "y"])
+    hidden = (await publish(db, A, note(topic="closed"), threshold=1)).id
+    assert await db.set_state(A, "u", [hidden], "read", time.time()) == []
+    stored = await db.get_notification(A, hidden)
+    assert stored.stats["read"] == 0
+
+
+# -- ttl --------------------------------------------------------------------------
+
+
+async def test_expired_entries_vanish(db):
+    t = time.time()
+    keep = (await publish(db, A, note(users=["u"], created_at=t))).id
+    gone = (await publish(db, A, note(users=["u"], created_at=t, expires_at=t + 10))).id
+    gone_feed = (await publish(db, A, note(all=True, created_at=t, expires_at=t + 10))).id
+
+    assert set(await inbox_ids(db, A, "u", now=t + 5)) == {keep, gone, gone_feed}
+    personal, feed = await replay_all(db, A, "u", now=t + 5)
+    assert ([e.id for e in personal], [e.id for e in feed]) == ([keep, gone], [gone_feed])
+    assert await db.counts(A, "u", t + 5) == (3, 3)
+
+    later = t + 20
+    assert await inbox_ids(db, A, "u", now=later) == [keep]
+    assert await inbox_ids(db, A, "u", now=later, state="all") == [keep]
+    personal, feed = await replay_all(db, A, "u", now=later)
+    assert ([e.id for e in personal], feed) == ([keep], [])
+    assert await db.counts(A, "u", later) == (1, 1)
+    assert await db.set_state(A, "u", [gone, gone_feed], "read", later) == []
+    assert await db.set_state(A, "u", None, "read", later) == [keep]
+
+
+# -- update, delete, get ----------------------------------------------------------
+
+
+async def test_get_notification_fields_and_stats(db):
+    t = time.time()
+    item = note(users=["u", "v", "w", "x"], category="billing", created_at=t, expires_at=t + 999)
+    out = await publish(db, A, item)
+    await db.set_state(A, "u", [out.id], "read", t)
+    await db.set_state(A, "v", [out.id], "seen", t)
+    await db.set_state(A, "w", [out.id], "archived", t)
+    got = await db.get_notification(A, out.id)
+    assert isinstance(got, StoredNotification)
+    assert (got.id, got.body, got.category, got.created_at, got.expires_at) == (
+        out.id, item.body, "billing", t, t + 999)
+    assert (got.audience, got.feed_offset, got.recipients) == (None, None, 4)
+    assert got.stats == {"unseen": 1, "seen": 1, "read": 1, "archived": 1}
+
+    f = await publish(db, A, note(all=True))
+    await db.set_state(A, "u", [f.id], "read", t)
+    got = await db.get_notification(A, f.id)
+    assert (got.audience, got.feed_offset) == ("*", f.feed_offset)
+    assert got.stats["read"] == 1
+
+    assert await db.get_notification(A, next_id()) is None
+
+
+async def test_update_notification_changes_the_body(db):
+    out = await publish(db, A, note(users=["u"], title="before"))
+    new_body = msgspec.json.encode({"id": out.id, "title": "after"})
+    updated = await db.update_notification(A, out.id, new_body)
+    assert updated.body == new_body and updated.id == out.id
+    assert (await db.get_notification(A, out.id)).body == new_body
+    entries = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
+    assert [e.body for e in entries] == [new_body]
+    personal, _ = await replay_all(db, A, "u")
+    assert [e.body for e in personal] == [new_body]
+
+    f = await publish(db, A, note(all=True))
+    await db.update_notification(A, f.id, b'{"title":"feed after"}')
+    _, feed = await replay_all(db, A, "anyone")
+    assert [e.body for e in feed] == [b'{"title":"feed after"}']
+
+    assert await db.update_notification(A, next_id(), b"{}") is None
+
+
+async def test_delete_notification_hides_it_everywhere(db):
+    item = note(users=["u", "v"])
+    out = await publish(db, A, item)
+    other = await publish(db, A, note(users=["u"]))
+    old = await db.delete_notification(A, out.id)
+    assert (old.id, old.body, old.recipients) == (out.id, item.body, 2)
+
+    now = time.time()
+    assert await db.get_notification(A, out.id) is None
+    assert await inbox_ids(db, A, "u", state="all") == [other.id]
+    assert await inbox_ids(db, A, "v", state="all") == []
+    personal, _ = await replay_all(db, A, "u")
+    assert [e.id for e in personal] == [other.id]
+    assert await replay_all(db, A, "v") == ([], [])
+    assert await db.counts(A, "u", now) == (1, 1)
+    assert await db.counts(A, "v", now) == (0, 0)
+    assert await db.recipients_of(A, out.id) == []
+    assert await db.set_state(A, "v", [out.id], "read", now) == []
+    assert await db.update_notification(A, out.id, b"{}") is None
+    assert await db.delete_notification(A, out.id) is None
+    # a deleted entry's seq is never handed out again
+    nxt = await publish(db, A, note(users=["v"]))
+    assert [d.seq for d in nxt.deliveries] == [2]
+
+
+async def test_delete_feed_item_hides_it_everywhere(db):
+    keep = await publish(db, A, note(all=True))
+    gone = await publish(db, A, note(all=True))
+    await db.set_state(A, "u", [gone.id], "seen", time.time())
+    old = await db.delete_notification(A, gone.id)
+    assert (old.id, old.feed_offset, old.audience) == (gone.id, gone.feed_offset, "*")
+    now = time.time()
+    assert await inbox_ids(db, A, "u", state="all") == [keep.id]
+    _, feed = await replay_all(db, A, "u")
+    assert [e.id for e in feed] == [keep.id]
+    assert await db.counts(A, "u", now) == (1, 1)
+    assert await db.get_notification(A, gone.id) is None
+
+
+async def test_recipients_of(db):
+    await db.put_preferences(A, "m", Preferences(categories={"c": ChannelPrefs(in_app=False)}))
+    out = await publish(db, A, note(users=["b", "a", "m", "c"], category="c"))
+    assert sorted(await db.recipients_of(A, out.id)) == ["a", "b", "c"]
+    assert await db.recipients_of(A, next_id()) == []
+
+
+# -- streams, epochs, retention -------------------------------------------------------
+
+
+async def test_stream_head_creates_a_stream_with_a_stable_epoch(make_store, store):
+    now = time.time()
+    head = await store.stream_head(A, "u", now)
+    assert head.epoch
+    assert (head.head_seq, head.oldest_seq, head.head_feed, head.oldest_feed) == (0, 1, 0, 1)
+    assert (await store.stream_head(A, "u", now)).epoch == head.epoch
+    out = await publish(store, A, note(users=["u"]))
+    assert [(d.epoch, d.seq) for d in out.deliveries] == [(head.epoch, 1)]
+    f = await publish(store, A, note(all=True))
+    again = await store.stream_head(A, "u", now)
+    assert (again.epoch, again.head_seq, again.oldest_seq) == (head.epoch, 1, 1)
+    assert again.head_feed == f.feed_offset
+
+    reopened = await reopen(make_store, store)
+    try:
+        after = await reopened.stream_head(A, "u", time.time())
+        assert (after.epoch, after.head_seq, after.head_feed) == (head.epoch, 1, f.feed_offset)
+        nxt = await publish(reopened, A, note(users=["u"]))
+        assert [(d.epoch, d.seq) for d in nxt.deliveries] == [(head.epoch, 2)]
+    finally:
+        await reopened.close()
+
+
+async def test_prune_raises_the_oldest_position(db):
+    t = time.time()
+    old = [await publish(db, A, note(users=["u"], created_at=t - 1000)) for _ in range(3)]
+    new = [await publish(db, A, note(users=["u"], created_at=t)) for _ in range(2)]
+    old_f = await publish(db, A, note(all=True, created_at=t - 1000))
+    new_f = await publish(db, A, note(all=True, created_at=t))
+    before = await db.stream_head(A, "u", t)
+
+    assert await db.prune(A, t - 500) >= 4
+
+    head = await db.stream_head(A, "u", t)
+    assert head.epoch == before.epoch
+    assert (head.head_seq, head.oldest_seq) == (5, 4)
+    assert (head.head_feed, head.oldest_feed) == (new_f.feed_offset, old_f.feed_offset + 1)
+    personal, feed = await replay_all(db, A, "u")
+    assert [e.id for e in personal] == [o.id for o in new]
+    assert [e.id for e in feed] == [new_f.id]
+    assert await db.get_notification(A, old[0].id) is None
+
+    def recover(seq, feed=None):
+        return decide_recovery(
+            Cursor(head.epoch, seq, feed), epoch=head.epoch, head_seq=head.head_seq,
+            oldest_seq=head.oldest_seq, head_feed=head.head_feed,
+            oldest_feed=head.oldest_feed, replay_max=1000,
+        )
+
+    assert (recover(0).ok, recover(0).reason) == (False, "retention")  # too old
+    assert (recover(2).ok, recover(2).reason) == (False, "retention")
+    assert recover(3).ok and recover(3).missed == 2  # right at the floor
+    assert recover(3, old_f.feed_offset - 1).reason == "retention"
+    assert recover(3, old_f.feed_offset).ok
+    # a later publish continues the same stream
+    nxt = await publish(db, A, note(users=["u"]))
+    assert [(d.epoch, d.seq) for d in nxt.deliveries] == [(head.epoch, 6)]
+
+
+async def test_prune_is_scoped_to_the_app_or_global(db):
+    t = time.time()
+    a = await publish(db, A, note(users=["u"], created_at=t - 1000))
+    b = await publish(db, B, note(users=["u"], created_at=t - 1000))
+    await db.prune(A, t - 500)
+    assert await db.get_notification(A, a.id) is None
+    assert await db.get_notification(B, b.id) is not None
+    assert (await db.stream_head(B, "u", t)).oldest_seq == 1
+    await db.prune(None, t - 500)
+    assert await db.get_notification(B, b.id) is None
+    assert (await db.stream_head(B, "u", t)).oldest_seq == 2
+
+
+async def test_prune_drops_old_idempotency_records(db):
+    t = time.time()
+    first = await publish(db, A, note(users=["u"], key="k", created_at=t - 1000), window=10_000)
+    await db.prune(A, t - 500)
+    again = await publish(db, A, note(users=["u"], key="k", created_at=t), window=10_000)
+    assert again.status == "accepted" and again.id != first.id
+
+
+# -- isolation --------------------------------------------------------------------
+
+
+async def test_apps_are_isolated(db):
+    now = time.time()
+    await db.add_api_key(A, "pfx_a", "hash-a", frozenset({"publish"}))
+    await db.add_api_key(B, "pfx_b", "hash-b", frozenset({"admin"}))
+    await db.subscribe(A, "news", ["u"])
+    await db.put_preferences(A, "u", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    p = await publish(db, A, note(users=["u"]))
+    p2 = await publish(db, A, note(users=["u"]))  # stays unread
+    t = await publish(db, A, note(topic="news"), threshold=0)
+    f = await publish(db, A, note(all=True))
+    await db.set_state(A, "u", [p.id], "read", now)
+
+    # every read from B sees nothing of A
+    assert await inbox_ids(db, B, "u", state="all") == []
+    assert await db.counts(B, "u", now) == (0, 0)
+    assert await replay_all(db, B, "u") == ([], [])
+    for nid in (p.id, p2.id, t.id, f.id):
+        assert await db.get_notification(B, nid) is None
+        assert await db.recipients_of(B, nid) == []
+    assert await db.topic_info(B, "news", 10) == (0, [])
+    assert await db.user_topics(B, "u") == []
+    assert await db.get_preferences(B, "u") == Preferences()
+    head_b = await db.stream_head(B, "u", now)
+    assert (head_b.head_seq, head_b.head_feed) == (0, 0)
+    assert (await db.find_api_key("pfx_a", "hash-a")).app_id == A
+    assert (await db.find_api_key("pfx_b", "hash-b")).app_id == B
+    assert await db.find_api_key("pfx_b", "hash-a") is None
+
+    # every write through B leaves A alone
+    assert await db.set_state(B, "u", [p.id, p2.id, t.id, f.id], "archived", now) == []
+    assert await db.set_state(B, "u", None, "archived", now) == []
+    assert await db.update_notification(B, p.id, b"{}") is None
+    assert await db.delete_notification(B, p.id) is None
+    assert await db.unsubscribe(B, "news", ["u"]) == 0
+    states = {e.id: e.state for e in await db.inbox(
+        A, "u", limit=10, before=None, state="all", now=now)}
+    assert states == {p.id: "read", p2.id: "unseen", t.id: "unseen", f.id: "unseen"}
+    assert await db.counts(A, "u", now) == (3, 3)
+    assert (await db.get_notification(A, p.id)).body != b"{}"
+
+    # B's streams, feed and mutes are its own
+    b_out = await publish(db, B, note(users=["u"], category="promo"))
+    assert (b_out.recipients, b_out.muted) == (1, 0)
+    assert [d.seq for d in b_out.deliveries] == [1]
+    b_feed = await publish(db, B, note(all=True))
+    assert b_feed.feed_offset == 1
+    assert await inbox_ids(db, B, "u") == [b_feed.id, b_out.id]
+    assert set(await inbox_ids(db, A, "u")) == {p.id, p2.id, t.id, f.id}
+    assert (await db.stream_head(A, "u", now)).head_seq == 2

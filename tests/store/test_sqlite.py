@@ -1,0 +1,179 @@
+"""What is particular to the SQLite store: WAL, durability, the group-commit writer."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import msgspec
+import pytest
+
+from tidings.core.ids import new_id
+from tidings.errors import Unavailable
+from tidings.store.base import NewNotification
+from tidings.store.sqlite import SQLiteStore
+
+APP = "app_a"
+
+
+def note(users: list[str], nid: str | None = None) -> NewNotification:
+    nid = nid or new_id()
+    return NewNotification(
+        id=nid, category="default", body=msgspec.json.encode({"id": nid}),
+        created_at=time.time(), expires_at=None, users=users,
+    )
+
+
+async def publish(store, item):
+    return await store.publish(APP, item, fanout_threshold=100, window=3600)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "data" / "tidings.db"
+
+
+@pytest.fixture
+async def db(path):
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_the_file_is_in_wal_mode(db, path):
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+async def test_data_survives_close_and_reopen(db, path):
+    await db.create_app(APP, "a", "secret")
+    out = await publish(db, note(["u"]))
+    epoch = (await db.stream_head(APP, "u", time.time())).epoch
+    await db.close()
+
+    again = SQLiteStore(path)
+    await again.open()
+    try:
+        assert (await again.get_app(APP)).name == "a"
+        assert (await again.get_notification(APP, out.id)).body == msgspec.json.encode(
+            {"id": out.id})
+        head = await again.stream_head(APP, "u", time.time())
+        assert (head.epoch, head.head_seq) == (epoch, 1)
+    finally:
+        await again.close()
+
+
+def test_a_publish_is_durable_when_it_returns(path):
+    """A process that publishes and then dies without closing anything
+    (``os._exit``) leaves the notification in the file."""
+    nid = new_id()
+    script = textwrap.dedent(f"""
+        import asyncio, os, time
+        from tidings.store.base import NewNotification
+        from tidings.store.sqlite import SQLiteStore
+
+        async def main():
+            store = SQLiteStore({str(path)!r})
+            await store.open()
+            await store.publish("app_a", NewNotification(
+                id={nid!r}, category="default", body=b"{{}}", created_at=time.time(),
+                expires_at=None, users=["u"]), fanout_threshold=100, window=3600)
+            os._exit(0)  # no close, no checkpoint, no atexit
+
+        asyncio.run(main())
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+
+    async def check():
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            assert (await store.get_notification("app_a", nid)) is not None
+            assert await store.recipients_of("app_a", nid) == ["u"]
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+async def test_reads_see_a_write_as_soon_as_it_returns(db, path):
+    out = await publish(db, note(["u"]))
+    other = sqlite3.connect(path)  # an independent reader of the same file
+    try:
+        (n,) = other.execute("SELECT count(*) FROM inbox WHERE nid=?", (out.id,)).fetchone()
+        assert n == 1
+    finally:
+        other.close()
+
+
+async def test_the_writer_groups_concurrent_writes_into_fewer_commits(db):
+    commits0, jobs0 = db.commit_stats
+    outs = await asyncio.gather(*(publish(db, note([f"u{i % 50}"])) for i in range(500)))
+    assert all(o.status == "accepted" for o in outs)
+    commits, jobs = db.commit_stats
+    assert jobs - jobs0 == 500
+    assert 1 <= commits - commits0 < jobs - jobs0
+    # and nothing was lost in the grouping
+    for i in range(50):
+        assert (await db.stream_head(APP, f"u{i}", time.time())).head_seq == 10
+
+
+async def _hold_the_writer(db):
+    """Occupy the writer with a job that waits; returns (release, done)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def blocker(conn):
+        entered.set()
+        release.wait(10)
+
+    done = db._write(blocker)
+    assert await asyncio.to_thread(entered.wait, 10)
+    return release, done
+
+
+async def test_a_failing_job_fails_alone_within_its_batch(db):
+    await db.create_app(APP, "a", "secret")
+    release, blocked = await _hold_the_writer(db)
+    commits0, jobs0 = db.commit_stats
+
+    # All of these queue up behind the blocker and run in the next batch.
+    items = [note([f"u{i}"]) for i in range(10)]
+    before = [asyncio.ensure_future(publish(db, it)) for it in items[:5]]
+    dup = asyncio.ensure_future(db.create_app(APP, "again", "secret2"))
+    fresh = asyncio.ensure_future(db.create_app("app_b", "b", "secret3"))
+    after = [asyncio.ensure_future(publish(db, it)) for it in items[5:]]
+    await asyncio.sleep(0)  # one loop pass: every task runs up to its submit
+    assert db._writer._jobs.qsize() == 12
+    release.set()
+    await blocked
+
+    with pytest.raises(sqlite3.IntegrityError):
+        await dup
+    outs = await asyncio.gather(*before, *after)
+    assert [o.id for o in outs] == [it.id for it in items]
+    assert (await fresh).id == "app_b"
+    commits, jobs = db.commit_stats
+    assert (commits - commits0, jobs - jobs0) == (2, 13)  # blocker's batch + one batch of 12
+    # the others committed; the failed one left nothing behind
+    assert (await db.get_app(APP)).name == "a"
+    assert (await db.get_app("app_b")).name == "b"
+    for it in items:
+        assert await db.recipients_of(APP, it.id) == [it.users[0]]
+
+
+async def test_a_closed_store_refuses_writes(db):
+    await db.close()
+    assert await db.ping() is False
+    with pytest.raises(Unavailable):
+        await publish(db, note(["u"]))
