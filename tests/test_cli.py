@@ -93,3 +93,22 @@ def test_serve_prints_credentials_that_work(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_app_ids_cannot_carry_the_channel_separator(tmp_path):
+    bad = subprocess.run([sys.executable, "-c", (
+        "import asyncio, sys\n"
+        "from tidings.api.app import build_service\n"
+        "from tidings.config import Settings\n"
+        "from tidings.errors import Invalid\n"
+        "async def main():\n"
+        f"    s = build_service(Settings(data={str(tmp_path)!r}))\n"
+        "    await s.open()\n"
+        "    try:\n"
+        "        await s.create_app('x', app_id='a:u')\n"
+        "    except Invalid as e:\n"
+        "        print(e.field)\n"
+        "    finally:\n"
+        "        await s.close()\n"
+        "asyncio.run(main())\n")], capture_output=True, text=True, timeout=60)
+    assert bad.stdout.strip() == "app", bad.stderr

@@ -8,6 +8,7 @@ ever announced that is not durable (DESIGN §2.1).
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 
@@ -25,6 +26,7 @@ from tidings.gateway.hub import Hub
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
 _encode = msgspec.json.encode
+_APP_ID = re.compile(r"^[a-z0-9_\-]{1,64}\Z")
 _decode_notification = msgspec.json.Decoder(Notification).decode
 
 
@@ -58,6 +60,9 @@ class Service:
     async def create_app(self, name: str, app_id: str | None = None) -> tuple[AppRecord, str]:
         """Create an app with an all-scopes API key; returns ``(app, key)``."""
         app_id = app_id or "app_" + new_id().lower()[-12:]
+        if not _APP_ID.match(app_id):
+            # app ids appear in broker channel names, where ":" is the separator
+            raise Invalid("app id must be 1-64 of a-z 0-9 _ -", field="app")
         record = await self.store.create_app(app_id, name, auth.new_signing_secret())
         key = await self.create_api_key(app_id, auth.SCOPES)
         return record, key

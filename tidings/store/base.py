@@ -3,7 +3,7 @@
 A store keeps apps, keys, notifications, every user's inbox and stream
 position, topic memberships, preferences and idempotency records.
 
-Guarantees every implementation gives (tests/store/contract.py checks them):
+Guarantees every implementation gives (tests/store/test_contract.py checks them):
 
 * **Atomic append-and-assign-seq.**  ``publish`` commits the notification and
   one inbox entry per recipient, each with that user's next ``seq``, in one
