@@ -49,11 +49,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _field_of(message: str) -> str | None:
-    # msgspec reports "... - at `$.to.users[0]`"
+    # msgspec reports "... - at `$.to.users[0]`"; an unknown field is named
+    # in the message ("Object contains unknown field `tittle`"), and the path
+    # is that of the object holding it, so append the name.
+    path = None
     if "at `$" in message:
-        path = message.rsplit("at `$", 1)[1].rstrip("`")
-        return path.lstrip(".") or None
-    return None
+        path = message.rsplit("at `$", 1)[1].rstrip("`").lstrip(".") or None
+    if message.startswith("Object contains unknown field `"):
+        name = message[len("Object contains unknown field `"):].split("`", 1)[0]
+        path = f"{path}.{name}" if path else name
+    return path
 
 
 def decode(raw: bytes, type_: type[T]) -> T:
@@ -67,6 +72,9 @@ def decode(raw: bytes, type_: type[T]) -> T:
         raise Invalid(text.split(" - at ")[0], field=_field_of(text)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
+    except RecursionError:
+        # msgspec raises this (not a DecodeError) for nesting past its depth limit.
+        raise BadRequest("JSON is nested too deeply", code="malformed_json") from None
 
 
 async def body_of(request: Request, type_: type[T]) -> T:

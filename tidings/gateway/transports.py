@@ -207,7 +207,7 @@ class WebSocketEndpoint:
         raw = msg.get("text") or msg.get("bytes") or b""
         try:
             return _decode_auth(raw).token
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep
             raise Unauthorized(
                 'first message must be {"type": "auth", "token": "..."}', code="auth_required"
             ) from None
