@@ -40,7 +40,7 @@ class Settings(msgspec.Struct):
     retention_days: int = 30
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
-    commit_interval_ms: float = 2.0  # group-commit window of the SQLite writer
+    prune_interval: float = 3600.0  # seconds between retention sweeps
     limits: Limits = Limits()
 
     @property

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -42,6 +44,20 @@ async def _unexpected(request: Request, exc: Exception):
     return JSON({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
 
 
+async def _retention(service: Service) -> None:
+    """Drop inbox entries older than the retention period, now and then.
+
+    Pruning raises each stream's floor, so a cursor older than retention is
+    answered ``recovered: false`` instead of a partial replay."""
+    settings = service.settings
+    while True:
+        try:
+            await service.store.prune(None, time.time() - settings.retention_days * 86400)
+        except Exception:
+            log.exception("retention sweep failed; retrying at the next interval")
+        await asyncio.sleep(settings.prune_interval)
+
+
 def build_service(settings: Settings) -> Service:
     store = open_store(settings.store, settings.sqlite_path)
     broker = open_broker(settings.broker)
@@ -55,9 +71,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await service.open()
+        sweeper = asyncio.get_running_loop().create_task(_retention(service))
         try:
             yield
         finally:
+            sweeper.cancel()
             app.state.draining = True
             service.hub.close_all(CLOSE_SHUTDOWN)
             await service.close()

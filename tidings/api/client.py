@@ -27,6 +27,9 @@ def _state_route(state: str):
         req = await body_of(request, StateRequest)
         if (req.ids is None) == (not req.all):
             raise Invalid('send either "ids" or "all": true', field="ids")
+        cap = request.app.state.service.settings.limits.ids_max
+        if req.ids is not None and len(req.ids) > cap:
+            raise Invalid(f"at most {cap} ids per call", field="ids")
         return JSON(await request.app.state.service.set_state(
             app, user, None if req.all else req.ids, state
         ))

@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 from starlette.requests import Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from tidings.api.common import JSON, body_of, decode, int_param, read_body, server_auth
@@ -17,6 +18,23 @@ from tidings.core.models import (
 from tidings.errors import Invalid, NotFound, TidingsError
 
 _IDEMPOTENCY_MAX = 255
+
+
+class _UserConvertor(Convertor):
+    """User ids may hold "/" and any other printable character; ``:path``
+    would refuse control characters with a 404 where the caller deserves a
+    422 naming the field, so match anything and validate in the handler."""
+
+    regex = "(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("user", _UserConvertor())
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -180,12 +198,12 @@ routes = [
     Route("/v1/notifications/{id}", get_notification, methods=["GET"]),
     Route("/v1/notifications/{id}", patch_notification, methods=["PATCH"]),
     Route("/v1/notifications/{id}", delete_notification, methods=["DELETE"]),
-    Route("/v1/topics/{topic}/subscribers/{user:path}", put_subscriber, methods=["PUT"]),
-    Route("/v1/topics/{topic}/subscribers/{user:path}", delete_subscriber, methods=["DELETE"]),
+    Route("/v1/topics/{topic}/subscribers/{user:user}", put_subscriber, methods=["PUT"]),
+    Route("/v1/topics/{topic}/subscribers/{user:user}", delete_subscriber, methods=["DELETE"]),
     Route("/v1/topics/{topic}/subscribers", bulk_subscribers, methods=["POST"]),
     Route("/v1/topics/{topic}", get_topic, methods=["GET"]),
-    Route("/v1/users/{user}/notifications", user_notifications, methods=["GET"]),
-    Route("/v1/users/{user}/preferences", get_user_preferences, methods=["GET"]),
-    Route("/v1/users/{user}/preferences", put_user_preferences, methods=["PUT"]),
-    Route("/v1/users/{user}/tokens", mint_token, methods=["POST"]),
+    Route("/v1/users/{user:user}/notifications", user_notifications, methods=["GET"]),
+    Route("/v1/users/{user:user}/preferences", get_user_preferences, methods=["GET"]),
+    Route("/v1/users/{user:user}/preferences", put_user_preferences, methods=["PUT"]),
+    Route("/v1/users/{user:user}/tokens", mint_token, methods=["POST"]),
 ]

@@ -87,7 +87,7 @@ class Notification(msgspec.Struct, omit_defaults=True):
 
 
 class StateRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    ids: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=1000)] | None = None
+    ids: list[Annotated[str, Meta(max_length=32)]] | None = None  # cap: Limits.ids_max
     all: bool = False
 
 

@@ -198,10 +198,8 @@ class Stream:
                 room = self._room
                 if room is not None and not room.done():
                     room.set_result(None)
-        except Exception:
-            if not self.closed:
-                self.closed = True
-                self.hub.detach(self)
+        except Exception:  # the peer is gone (ASGI send raised)
+            self.abandon()
         finally:
             self._wake = None
 

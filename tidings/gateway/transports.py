@@ -16,7 +16,7 @@ resumes by itself with ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
 import msgspec
@@ -24,7 +24,7 @@ import msgspec
 from tidings.core import events
 from tidings.core.cursor import parse_cursor
 from tidings.errors import (
-    CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED, TidingsError,
+    BadRequest, CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED, TidingsError,
     Unauthorized,
 )
 from tidings.gateway.stream import Stream
@@ -37,7 +37,7 @@ AUTH_TIMEOUT = 10.0
 
 
 class _AuthMessage(msgspec.Struct):
-    type: str
+    type: Literal["auth"]
     token: str
 
 
@@ -56,7 +56,10 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
 
 
 def _query(scope) -> dict[str, str]:
-    qs = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=20)
+    try:
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=20)
+    except ValueError:
+        raise BadRequest("too many query parameters", code="bad_query") from None
     return {k: v[-1] for k, v in qs.items()}
 
 
@@ -87,6 +90,7 @@ class RawWebSocketStream(Stream):
         self._send = send
         self._dirty = False
         proto.on_writable = self._on_writable
+        proto.on_lost = self.abandon
 
     def _start_writer(self) -> None:
         pass
@@ -226,8 +230,8 @@ class SSEEndpoint:
     async def __call__(self, scope, receive, send) -> None:
         service = self.service
         headers = _headers(scope)
-        query = _query(scope)
         try:
+            query = _query(scope)
             token = query.get("token") or _bearer(headers)
             if not token:
                 raise Unauthorized("a token is required (?token= or Authorization)")
@@ -271,6 +275,8 @@ class SSEEndpoint:
                     disconnect = asyncio.ensure_future(receive())
                 else:
                     stream.ping()
+        except asyncio.CancelledError:
+            pass  # the server is shutting down: the client reconnects elsewhere
         finally:
             disconnect.cancel()
             if stream.closed:

@@ -33,6 +33,7 @@ def text_frame_header(n: int) -> bytes:
 
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     on_writable: Callable[[], None] | None = None
+    on_lost: Callable[[], None] | None = None
 
     def handle_connect(self, event) -> None:
         super().handle_connect(event)
@@ -43,6 +44,15 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         callback = self.on_writable
+        if callback is not None:
+            callback()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # uvicorn sets ``writable`` here without calling resume_writing(): tell
+        # the stream directly, or a replay waiting for room would wait forever.
+        callback = self.on_lost
+        self.on_lost = self.on_writable = None
         if callback is not None:
             callback()
 

@@ -1,0 +1,98 @@
+"""Streams under adverse conditions: peers vanishing, old cursors, odd queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+
+import httpx
+import websockets
+
+from tests.conftest import run_server
+from tests.gateway.live import publish, recv_events, ws_connect
+from tidings.config import Limits
+
+
+async def _gone(server, user: str, timeout: float = 10.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if not server.service.hub.users.get((server.app, user)):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_peer_dropping_mid_replay_frees_the_stream(tmp_path):
+    limits = Limits(queue_max_events=8, queue_max_bytes=64 * 1024, replay_max=5000)
+    async with run_server(tmp_path, limits=limits) as server:
+        token = await server.token("gone")
+        ws = await ws_connect(server, token)
+        (hello,) = await recv_events(ws, 1)
+        await ws.close()
+        async with server.http() as http:
+            for _ in range(3):
+                r = await http.post("/v1/notifications/batch", json={"notifications": [
+                    {"to": {"users": ["gone"]}, "body": "x" * 8000} for _ in range(200)]})
+                assert r.status_code == 202
+        ws = await ws_connect(server, token, cursor=hello["cursor"], max_queue=1)
+        ws.transport.pause_reading()  # the replay fills every buffer and waits for room
+        await asyncio.sleep(0.5)
+        assert server.service.hub.users.get((server.app, "gone"))
+        ws.transport.abort()  # then the device vanishes without a close frame
+        assert await _gone(server, "gone")
+
+
+async def test_retention_sweep_turns_old_cursors_into_no_recovery(tmp_path):
+    async with run_server(tmp_path, retention_days=0, prune_interval=0.05) as server:
+        token = await server.token("old")
+        ws = await ws_connect(server, token)
+        (hello,) = await recv_events(ws, 1)
+        await ws.close()
+        await publish(server, {"users": ["old"]}, 3)
+        await asyncio.sleep(0.3)  # a few sweeps: everything is past retention
+        ws = await ws_connect(server, token, cursor=hello["cursor"])
+        _, recovered = await recv_events(ws, 2)
+        assert recovered == {"type": "recovered", "ok": False, "missed": 0}
+        await ws.close()
+
+
+async def test_too_many_query_parameters_is_a_clear_error(server):
+    token = await server.token("q")
+    query = "&".join(f"p{i}=1" for i in range(30))
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        r = await http.get(f"/v1/me/events?token={token}&{query}")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_query"
+    ws = await websockets.connect(server.ws_url + "/v1/me/stream?" + query)
+    try:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        await asyncio.wait_for(ws.recv(), 5)
+        raise AssertionError("the stream should have been refused")
+    except websockets.ConnectionClosed as exc:
+        assert exc.rcvd.code == 4400
+
+
+async def test_auth_message_must_say_auth(server):
+    ws = await websockets.connect(server.ws_url + "/v1/me/stream")
+    await ws.send(json.dumps({"type": "hello", "token": await server.token("t")}))
+    try:
+        await asyncio.wait_for(ws.recv(), 5)
+        raise AssertionError("the stream should have been refused")
+    except websockets.ConnectionClosed as exc:
+        assert exc.rcvd.code == 4401
+
+
+async def test_the_database_is_private_to_its_owner(server):
+    path = server.service.store.path
+    assert stat.S_IMODE((await asyncio.to_thread(lambda: __import__("os").stat(path))).st_mode) \
+        == 0o600
+
+
+async def test_user_ids_with_a_slash_are_addressable(server):
+    await publish(server, {"users": ["team/ann"]}, 1)
+    async with server.http() as http:
+        r = await http.get("/v1/users/team%2Fann/notifications")
+        assert r.status_code == 200 and len(r.json()["items"]) == 1
+        r = await http.put("/v1/topics/t/subscribers/team%2Fann")
+        assert r.status_code == 200
+        r = await http.get("/v1/topics/t")
+        assert r.json()["users"] == ["team/ann"]
