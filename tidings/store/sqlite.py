@@ -393,7 +393,9 @@ class SQLiteStore(Store):
             "FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
             "WHERE i.app_id=? AND i.user_id=? AND (i.expires_at IS NULL OR i.expires_at>?) AND "
             + pred.replace("st", "i.state") + bound.replace("n.id", "i.nid")
-            + " ORDER BY i.nid DESC LIMIT ?",
+            # seq order is publish order (ids are minted in submission order and
+            # the writer commits in that order), and seq is the primary key
+            + " ORDER BY i.seq DESC LIMIT ?",
             (app_id, user, now, *args_b, limit),
         )
         feed = self._q(
@@ -578,17 +580,22 @@ def _publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window
             (app_id, item.id, item.category, item.body, len(recipients),
              item.created_at, item.expires_at),
         )
-        bump = conn.execute
         deliveries = out.deliveries
         rows = []
-        for user in recipients:
-            epoch, seq = bump(
-                "INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES (?,?,?,1) "
+        created, expires, nid = item.created_at, item.expires_at, item.id
+        # One multi-row upsert per chunk assigns every recipient's next seq.
+        for part in _chunks(recipients, 300):
+            values = ",".join("(?,?,?,1)" for _ in part)
+            params: list = []
+            for user in part:
+                params += (app_id, user, new_epoch())
+            for user, epoch, seq in conn.execute(
+                f"INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES {values} "
                 "ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=head_seq+1 "
-                "RETURNING epoch, head_seq", (app_id, user, new_epoch()),
-            ).fetchone()
-            deliveries.append(Delivery(user, epoch, seq))
-            rows.append((app_id, user, seq, item.id, item.created_at, item.expires_at))
+                "RETURNING user_id, epoch, head_seq", params,
+            ):
+                deliveries.append(Delivery(user, epoch, seq))
+                rows.append((app_id, user, seq, nid, created, expires))
         conn.executemany(
             "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
             "VALUES (?,?,?,?,?,?)", rows,

@@ -25,7 +25,6 @@ CREATE TABLE IF NOT EXISTS inbox (
   PRIMARY KEY (app_id, user_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_nid ON inbox (app_id, nid);
-CREATE INDEX IF NOT EXISTS inbox_user_nid ON inbox (app_id, user_id, nid);
 CREATE TABLE IF NOT EXISTS feed_heads (app_id TEXT PRIMARY KEY, head INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS feed_state (
   app_id TEXT NOT NULL, user_id TEXT NOT NULL, nid TEXT NOT NULL, state INTEGER NOT NULL,
