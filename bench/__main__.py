@@ -1,0 +1,188 @@
+"""``python -m bench SCENARIO [options]`` -- see bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bench import profile, report, results
+from bench.measure import median, pin
+
+# figures whose medians are printed and reported, per scenario
+KEY_FIGURES = {
+    "fanout": ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb", "lost",
+               "events_per_frame", "publish_per_s"],
+    "broadcast": ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb", "lost",
+                  "events_per_frame", "publish_per_s"],
+    "publish": ["publish_per_s", "server_cpu_us_per_publish", "errors", "rss_peak_mb"],
+    "idle": ["kib_per_conn", "rss_connected_mb", "connected", "connect_errors"],
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=int, default=3, help="runs (server restarted before each)")
+    p.add_argument("--server-cpu", default="0", help="taskset -c list for the server ('' = none)")
+    p.add_argument("--loadgen-cpu", default="1",
+                   help="CPU list for the load generator and publishers ('' = none)")
+    p.add_argument("--timeout", type=float, default=180.0, help="deadline of one phase, s")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default bench/results/<date>)")
+    p.add_argument("--label", default="", help="free text stored with each run")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite report.md")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = ap.add_subparsers(dest="scenario", required=True)
+
+    for name in ("fanout", "broadcast"):
+        p = sub.add_parser(name, help=f"{name}: N WS subscribers x M notifications")
+        _common(p)
+        p.add_argument("--subs", type=int, default=1000)
+        p.add_argument("--msgs", type=int, default=1000)
+        p.add_argument("--size", type=int, default=100, help="notification body bytes")
+        p.add_argument("--pub-concurrency", type=int, default=16)
+        p.add_argument("--procs", type=int, default=1, help="load generator processes")
+        p.add_argument("--sources", default=None,
+                       help="comma-separated 127.0.0.x source addresses, one per process")
+        p.add_argument("--settle", type=float, default=1.0,
+                       help="seconds between the last hello and the first publish")
+        p.add_argument("--idle-timeout", type=float, default=10.0,
+                       help="stop waiting after this long without a delivery")
+        p.add_argument("--fanout-threshold", type=int, default=None,
+                       help="server's TIDINGS_FANOUT_THRESHOLD (default: the server's own)")
+        p.add_argument("--profile", action="store_true",
+                       help="after the measured runs, one more run under py-spy")
+        p.add_argument("--verify", action="store_true",
+                       help="parse every frame and check order and uniqueness (slower client)")
+
+    p = sub.add_parser("publish", help="durable publish throughput (SQLite)")
+    _common(p)
+    p.add_argument("--count", type=int, default=20000, help="notifications per run")
+    p.add_argument("--concurrency", default="16",
+                   help="concurrent HTTP publishers; a comma list runs each")
+    p.add_argument("--users", type=int, default=1000, help="distinct recipients (round robin)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="use /v1/notifications/batch with this many per request (0: single)")
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=500, help="publishes before measuring")
+    p.add_argument("--profile", action="store_true",
+                   help="after the measured runs, one more run under py-spy")
+
+    p = sub.add_parser("idle", help="RSS per idle WebSocket connection")
+    _common(p)
+    p.add_argument("--conns", type=int, default=10000)
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--sources", default="127.0.0.2,127.0.0.3",
+                   help="source addresses, one per process (ports per address are limited)")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="seconds to wait after the last hello before reading RSS")
+    p.add_argument("--read-buffer", type=int, default=1024, help="client read buffer, bytes")
+
+    p = sub.add_parser("peers", help="the peer kit's loadgen against tidings and peers")
+    _common(p)
+    p.add_argument("--peers", default="centrifuge,pysocketio",
+                   help="peer kit NAMEs to run next to tidings (round-robin)")
+    p.add_argument("--kit", type=Path, default=None,
+                   help="peer kit folder (default ../shared/peers next to the repo)")
+    p.add_argument("--tidings-modes", default="fanout,broadcast",
+                   help="tidings variants: fanout (topic, write fan-out), broadcast (all)")
+    p.add_argument("--start-settle", type=float, default=4.0)
+    p.add_argument("--subs", type=int, default=1000)
+    p.add_argument("--msgs", type=int, default=1000)
+    p.add_argument("--install", action="store_true", help="run the kit's install.sh first")
+
+    p = sub.add_parser("report", help="rewrite report.md from results.jsonl")
+    p.add_argument("--out", type=Path, default=None)
+
+    a = ap.parse_args(argv)
+    if getattr(a, "sources", None) and isinstance(a.sources, str):
+        a.sources = [s.strip() for s in a.sources.split(",") if s.strip()]
+    return a
+
+
+def _runner(a: argparse.Namespace, cpus):
+    """fn(variant, profile_path) -> one run's record."""
+    if a.scenario in ("fanout", "broadcast"):
+        from bench.fanout import run_once
+        return lambda variant, prof: run_once(a.scenario, a, cpus, prof)
+    if a.scenario == "publish":
+        from bench.publish import run_once
+        return lambda variant, prof: run_once(a, cpus, variant, prof)
+    if a.scenario == "idle":
+        from bench.idle import run_once
+        return lambda variant, prof: run_once(a, cpus)
+    raise SystemExit(f"unknown scenario {a.scenario}")
+
+
+def run_scenario(a: argparse.Namespace) -> list[dict]:
+    cpus = pin(a.loadgen_cpu)
+    run = _runner(a, cpus)
+    out_dir = a.out or results.today_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.jsonl"
+    inv = results.invocation_id()
+    commit = results.git_commit()
+    argv = " ".join(["python", "-m", "bench", *sys.argv[1:]])
+    figures = KEY_FIGURES[a.scenario]
+
+    variants: list = [None]
+    if a.scenario == "publish":
+        variants = [int(c) for c in str(a.concurrency).split(",")]
+    records = []
+    for variant in variants:
+        name = f"{a.scenario}{'' if variant is None else f' c={variant}'}"
+        group = []
+        for i in range(a.runs):
+            t0 = time.monotonic()
+            rec = run(variant, None)
+            rec = {"scenario": a.scenario, "invocation": inv, "run": i + 1, "label": a.label,
+                   "commit": commit, "command": argv, "seconds": round(time.monotonic() - t0, 1),
+                   **rec}
+            results.append(path, rec)
+            group.append(rec)
+            print(f"[{name} run {i + 1}/{a.runs}] {({k: rec.get(k) for k in figures})}",
+                  flush=True)
+        meds = {k: median([r.get(k) for r in group]) for k in figures}
+        print(f"[{name} median of {len(group)}] {meds}", flush=True)
+        records += group
+        if getattr(a, "profile", False):
+            suffix = a.scenario if variant is None else f"{a.scenario}-c{variant}"
+            (out_dir / "raw").mkdir(exist_ok=True)
+            raw = out_dir / "raw" / f"profile-{suffix}.txt"
+            raw.unlink(missing_ok=True)
+            rec = run(variant, raw)
+            summary = profile.summarise(raw)
+            md = out_dir / f"profile-{suffix}.md"
+            md.write_text(
+                f"# py-spy profile: {name}\n\n`{argv}` at commit {commit} "
+                f"(one extra run, not in the medians; "
+                f"server CPU per delivery/publish in this run: "
+                f"{rec.get('server_cpu_us_per_delivery', rec.get('server_cpu_us_per_publish'))}"
+                f" µs, with py-spy attached)\n\n" + profile.format_summary(summary) + "\n")
+            print(f"profile: {md}")
+            print(profile.format_summary(summary, 15))
+    if not a.no_report:
+        report.write(out_dir)
+    print(f"results: {path}")
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(sys.argv[1:] if argv is None else argv)
+    if a.scenario == "report":
+        out_dir = a.out or results.today_dir()
+        print(report.write(out_dir))
+        return 0
+    if a.scenario == "peers":
+        from bench.peers import run_peers
+        run_peers(a)
+        return 0
+    run_scenario(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``publish``: durable publish throughput on SQLite.
+
+``concurrency`` keep-alive HTTP publishers, one request in flight each, every
+notification to one user (round robin over ``--users``), nobody connected.
+Reports notifications/s accepted (202) and the server's CPU per notification.
+``--batch K`` uses ``POST /v1/notifications/batch`` with K notifications per
+request, to separate the store's cost from the per-request HTTP cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss
+from bench.profile import Profiler
+from bench.publisher import payload, publish_many
+from bench.server import TidingsServer
+
+
+def _docs(opts, offset: int):
+    def one(i: int) -> dict:
+        return {"to": {"users": [f"u{i % opts.users:06d}"]}, "title": "bench",
+                "body": payload(offset + i, opts.size)}
+
+    if not opts.batch:
+        return one
+
+    def batch(j: int) -> dict:
+        return {"notifications": [one(j * opts.batch + k) for k in range(opts.batch)]}
+
+    return batch
+
+
+def _count_ok(res, batch: int) -> int:
+    # a batch answers 202 with per-item results; every item here is valid
+    return res.ok * (batch or 1)
+
+
+def run_once(opts, cpus, concurrency: int, profile: Path | None = None) -> dict:
+    path = "/v1/notifications/batch" if opts.batch else "/v1/notifications"
+    per_req = opts.batch or 1
+    with TidingsServer(cpu=opts.server_cpu) as srv:
+        sampler = ProcSampler(srv.pid)
+        rss_idle = settle_rss(sampler, 0.5)
+        sampler.start()
+        try:
+            if opts.warmup:
+                asyncio.run(publish_many(
+                    srv.host, srv.port, srv.api_key, max(opts.warmup // per_req, 1),
+                    concurrency, _docs(opts, 10**8), path=path, deadline_s=opts.timeout))
+            spy = Profiler(srv.pid, profile) if profile else contextlib.nullcontext()
+            with spy:
+                cpu0, own0, busy0 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
+                res = asyncio.run(publish_many(
+                    srv.host, srv.port, srv.api_key, max(opts.count // per_req, 1),
+                    concurrency, _docs(opts, 0), path=path, deadline_s=opts.timeout))
+                # a 202 comes after the commit, so all the work is done by now
+                cpu1, own1, busy1 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
+            sampler.rss()
+        finally:
+            sampler.stop()
+        log_tail = srv.log_tail() if res.errors else ""
+
+    notes = _count_ok(res, opts.batch)
+    server_cpu = cpu1 - cpu0
+    out = {
+        "concurrency": concurrency, "batch": opts.batch, "users": opts.users,
+        "size": opts.size, "count": notes,
+        "publish_per_s": round(notes / res.seconds, 1),
+        "requests_per_s": round(res.ok / res.seconds, 1),
+        "server_cpu_us_per_publish": round(server_cpu / max(notes, 1) * 1e6, 2),
+        "server_cpu_s": round(server_cpu, 3),
+        "server_busy": round(server_cpu / res.seconds, 3),
+        "loadgen_cpu_s": round(own1 - own0, 3),
+        "other_cpu_s": round((busy1 - busy0) - server_cpu - (own1 - own0), 3),
+        "wall_s": round(res.seconds, 3),
+        "errors": res.errors, "statuses": {str(k): v for k, v in res.statuses.items()},
+        "error_sample": res.error_sample,
+        "rss_idle_mb": round(rss_idle / 2**20, 1), "rss_peak_mb": round(sampler.peak / 2**20, 1),
+    }
+    if log_tail:
+        out["server_log_tail"] = log_tail[-2000:]
+    time.sleep(0.2)
+    return out

@@ -1,0 +1,139 @@
+"""report.md: medians per scenario and configuration, from the results folder.
+
+For each scenario and configuration (e.g. publish with 16 publishers) the
+latest invocation's runs are summarised; peers.jsonl (the peer kit's lines)
+is summarised per peer and variant over all its runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bench import results
+from bench.measure import median
+
+# (figure, DESIGN §5 target, "max" = at most / "min" = at least)
+TARGETS = {
+    "fanout": ("server_cpu_us_per_delivery", 1.2, "max"),
+    "broadcast": ("server_cpu_us_per_delivery", 4.0, "max"),
+    "idle": ("kib_per_conn", 12.0, "max"),
+    "publish": ("publish_per_s", 20000.0, "min"),
+}
+
+COLUMNS = {
+    "fanout": ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb", "lost",
+               "events_per_frame", "publish_per_s", "server_cpu_s", "phase_wall_s",
+               "loadgen_cpu_s", "other_cpu_s"],
+    "publish": ["publish_per_s", "server_cpu_us_per_publish", "server_busy", "errors",
+                "rss_peak_mb", "other_cpu_s"],
+    "idle": ["kib_per_conn", "connected", "connect_errors", "rss_before_mb", "rss_connected_mb",
+             "connects_per_s"],
+}
+COLUMNS["broadcast"] = COLUMNS["fanout"]
+
+CONFIG = {
+    "fanout": ["subs", "msgs", "size", "pub_concurrency", "fanout_threshold"],
+    "publish": ["concurrency", "batch", "users", "count"],
+    "idle": ["conns_requested", "procs"],
+}
+CONFIG["broadcast"] = CONFIG["fanout"]
+
+PEER_COLUMNS = ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb",
+                "rss_connected_mb", "lost", "ws_frames", "publish_per_s", "server_cpu_s",
+                "phase_wall_s", "other_cpu_s"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.2f}".rstrip("0").rstrip(".") if v != int(v) else f"{v:.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _verdict(scenario: str, value) -> str:
+    if scenario not in TARGETS or value is None:
+        return ""
+    _, target, kind = TARGETS[scenario]
+    ok = value <= target if kind == "max" else value >= target
+    return f"{'meets' if ok else 'misses'} ({'≤' if kind == 'max' else '≥'} {_fmt(target)})"
+
+
+def _scenario_section(scenario: str, recs: list[dict]) -> list[str]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        key = tuple(r.get(k) for k in CONFIG[scenario])
+        groups.setdefault(key, []).append(r)
+    lines = [f"## {scenario}", ""]
+    cols = COLUMNS[scenario]
+    lines += ["| configuration | runs | " + " | ".join(cols) + " | DESIGN §5 |",
+              "|---|---:|" + "---:|" * len(cols) + "---|"]
+    commands = []
+    for key, runs in groups.items():
+        latest = max(r["invocation"] for r in runs)
+        runs = [r for r in runs if r["invocation"] == latest]
+        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(CONFIG[scenario], key, strict=True)
+                        if v is not None)
+        meds = [median([r.get(c) for r in runs]) for c in cols]
+        figure = TARGETS[scenario][0]
+        verdict = _verdict(scenario, median([r.get(figure) for r in runs]))
+        lines.append(f"| {cfg} | {len(runs)} | " + " | ".join(_fmt(m) for m in meds)
+                     + f" | {verdict} |")
+        each = " / ".join(_fmt(r.get(figure)) for r in runs)
+        commands.append(f"- {cfg}: `{runs[0]['command']}` (commit {runs[0].get('commit')}); "
+                        f"{figure} per run: {each}")
+    lines += ["", "Medians of the runs; the server is restarted before each run.", ""]
+    return lines + commands + [""]
+
+
+def _peer_mode(label: str) -> str:
+    m = re.match(r"(\w+) round\d+", label or "")
+    return m.group(1) if m else ""
+
+
+def _peers_section(lines_in: list[dict]) -> list[str]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in lines_in:
+        key = (r["peer"], _peer_mode(r.get("label", "")), r.get("subs_requested"), r.get("msgs"))
+        groups.setdefault(key, []).append(r)
+    out = ["## side by side with peers (the peer kit's loadgen.py)", "",
+           "| server | subs × msgs | runs | " + " | ".join(PEER_COLUMNS)
+           + " | µs/delivery, each run |",
+           "|---|---|---:|" + "---:|" * len(PEER_COLUMNS) + "---|"]
+    order = sorted(groups, key=lambda k: (k[0] != "tidings", k[0], k[1], k[2] or 0))
+    for key in order:
+        runs = groups[key]
+        name = f"{key[0]} ({key[1]})" if key[1] else key[0]
+        meds = [median([r.get(c) for r in runs]) for c in PEER_COLUMNS]
+        each = " / ".join(_fmt(r.get("server_cpu_us_per_delivery")) for r in runs)
+        out.append(f"| {name} | {_fmt(key[2])} × {_fmt(key[3])} | {len(runs)} | "
+                   + " | ".join(_fmt(m) for m in meds) + f" | {each} |")
+    out += ["", "Same client for every server (aiohttp, one process on the load-generator CPU); "
+            "server alone on its CPU, restarted before each run, round-robin.", ""]
+    return out
+
+
+def write(out_dir: Path) -> Path:
+    recs = results.load(out_dir / "results.jsonl")
+    peers = results.load(out_dir / "peers.jsonl")
+    lines = [f"# tidings benchmarks, {out_dir.name}", "",
+             "Produced by `python -m bench report` from `results.jsonl` (one JSON line per run) "
+             "and `peers.jsonl`. Primary figures: server CPU µs per delivery (fan-out), "
+             "KiB RSS per idle connection, notifications/s (publish).", ""]
+    for scenario in ("fanout", "broadcast", "publish", "idle"):
+        rs = [r for r in recs if r.get("scenario") == scenario]
+        if rs:
+            lines += _scenario_section(scenario, rs)
+    if peers:
+        lines += _peers_section(peers)
+    profiles = sorted(out_dir.glob("profile-*.md"))
+    if profiles:
+        lines += ["## profiles", ""] + [f"- [{p.name}]({p.name})" for p in profiles] + [""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

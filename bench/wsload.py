@@ -1,0 +1,301 @@
+"""WebSocket subscribers: picows clients in one or more pinned processes.
+
+Each worker process opens its share of the connections (``Authorization:
+Bearer`` on the upgrade request), waits for every ``hello``, and from then on
+counts what arrives: frames, notification events (a frame holds one event or
+a JSON array of them) and other events.  The counting is a substring count on
+the raw frame, cheap enough that the client stays well below the server's
+cost; ``verify=True`` parses every frame as JSON instead and checks that each
+connection sees its notifications in order and exactly once.
+
+The parent talks to the workers over a pipe: ``stats`` (a snapshot) and
+``stop`` (close everything, final snapshot, exit).  Timestamps are
+``time.monotonic()``, the same clock in every process, so the parent can
+compare them with its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+
+NOTIFICATION = b'"type":"notification"'
+TYPE = b'"type":'
+
+
+@dataclass
+class WorkerConfig:
+    url: str
+    tokens: list[str]
+    source: str | None = None  # local address to connect from (127.0.0.x)
+    cpus: set[int] | None = None
+    connect_concurrency: int = 200
+    connect_timeout: float = 30.0
+    read_buffer: int = 16384
+    verify: bool = False
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    notifications: int = 0
+    other_events: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    closed: int = 0
+    close_codes: dict = field(default_factory=dict)
+    order_errors: int = 0  # verify mode: duplicates or out-of-order notifications
+
+
+def _make_listener(counters: Counters, per_sub: list[int], verify: bool):
+    from picows import WSListener, WSMsgType
+
+    class Subscriber(WSListener):
+        __slots__ = ("idx", "ready", "parts", "last_seq", "last_feed")
+
+        def __init__(self, idx: int, ready: asyncio.Future):
+            self.idx = idx
+            self.ready = ready
+            self.parts: list[bytes] | None = None
+            self.last_seq = 0
+            self.last_feed = 0
+
+        def on_ws_frame(self, transport, frame) -> None:
+            kind = frame.msg_type
+            if kind == WSMsgType.TEXT or kind == WSMsgType.CONTINUATION:
+                if not frame.fin or self.parts is not None:  # fragmented message
+                    if self.parts is None:
+                        self.parts = []
+                    self.parts.append(frame.get_payload_as_bytes())
+                    if not frame.fin:
+                        return
+                    payload, self.parts = b"".join(self.parts), None
+                else:
+                    payload = frame.get_payload_as_bytes()
+                self.on_message(payload)
+            elif kind == WSMsgType.CLOSE:
+                counters.closed += 1
+                code = frame.get_close_code()
+                counters.close_codes[int(code)] = counters.close_codes.get(int(code), 0) + 1
+                transport.send_close(code)
+                transport.disconnect()
+
+        def on_message(self, payload: bytes) -> None:
+            counters.frames += 1
+            if not self.ready.done():
+                if b'"type":"hello"' in payload:
+                    self.ready.set_result(None)
+            n = self.count_verified(payload) if verify else payload.count(NOTIFICATION)
+            if n:
+                now = time.monotonic()
+                if counters.t_first is None:
+                    counters.t_first = now
+                counters.t_last = now
+                counters.notifications += n
+                per_sub[self.idx] += n
+            counters.other_events += payload.count(TYPE) - n
+
+        def count_verified(self, payload: bytes) -> int:
+            doc = json.loads(payload)
+            n = 0
+            for ev in doc if isinstance(doc, list) else [doc]:
+                if ev.get("type") != "notification":
+                    continue
+                n += 1
+                if "cursor" in ev:
+                    seq = int(ev["cursor"].rsplit(":", 1)[1])
+                    if seq != self.last_seq + 1 and self.last_seq:
+                        counters.order_errors += 1
+                    self.last_seq = seq
+                else:
+                    if ev["feed"] <= self.last_feed:
+                        counters.order_errors += 1
+                    self.last_feed = ev["feed"]
+            if payload.count(NOTIFICATION) != n:
+                counters.order_errors += 1  # the fast count would be wrong
+            return n
+
+        def on_ws_disconnected(self, transport) -> None:
+            if not self.ready.done():
+                self.ready.set_exception(ConnectionError("closed before hello"))
+
+    return Subscriber
+
+
+def _cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def _worker(conn, cfg: WorkerConfig) -> None:
+    from picows import ws_connect
+
+    counters = Counters()
+    per_sub = [0] * len(cfg.tokens)
+    listener_cls = _make_listener(counters, per_sub, cfg.verify)
+    loop = asyncio.get_running_loop()
+    transports = []
+    errors: list[str] = []
+    sem = asyncio.Semaphore(cfg.connect_concurrency)
+    kw = {"local_addr": (cfg.source, 0)} if cfg.source else {}
+
+    async def open_one(i: int, token: str) -> None:
+        async with sem:
+            ready = loop.create_future()
+            try:
+                transport, _ = await ws_connect(
+                    lambda: listener_cls(i, ready), cfg.url,
+                    extra_headers={"Authorization": f"Bearer {token}"},
+                    read_buffer_init_size=cfg.read_buffer, websocket_handshake_timeout=10,
+                    **kw,
+                )
+                transports.append(transport)
+                await asyncio.wait_for(ready, 10)
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                errors.append(repr(exc)[:200])
+
+    t0 = time.monotonic()
+    await asyncio.wait_for(
+        asyncio.gather(*(open_one(i, t) for i, t in enumerate(cfg.tokens))),
+        cfg.connect_timeout,
+    )
+
+    def snapshot() -> dict:
+        return {
+            "connected": len(transports) - counters.closed, "connect_errors": len(errors),
+            "errors_sample": errors[:3], "connect_s": round(connect_s, 3),
+            "frames": counters.frames, "notifications": counters.notifications,
+            "other_events": counters.other_events, "t_first": counters.t_first,
+            "t_last": counters.t_last, "closed": counters.closed,
+            "close_codes": counters.close_codes, "order_errors": counters.order_errors,
+            "min_per_sub": min(per_sub) if per_sub else 0,
+            "max_per_sub": max(per_sub) if per_sub else 0,
+            "cpu_s": _cpu_self(),
+        }
+
+    connect_s = time.monotonic() - t0
+    conn.send(("ready", snapshot()))
+
+    commands: asyncio.Queue = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            commands.put_nowait(conn.recv())
+        except EOFError:
+            commands.put_nowait("stop")
+
+    loop.add_reader(conn.fileno(), readable)
+    while True:
+        cmd = await commands.get()
+        if cmd == "stats":
+            conn.send(("stats", snapshot()))
+        elif cmd == "stop":
+            loop.remove_reader(conn.fileno())
+            for t in transports:
+                t.disconnect()
+            await asyncio.sleep(0.1)
+            conn.send(("stats", snapshot()))
+            return
+
+
+def worker_main(conn, cfg: WorkerConfig) -> None:
+    if cfg.cpus:
+        os.sched_setaffinity(0, cfg.cpus)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(_worker(conn, cfg))
+    except Exception as exc:  # noqa: BLE001 - the parent reports it
+        try:
+            conn.send(("error", repr(exc)))
+        except OSError:
+            pass
+
+
+def _merge(snaps: list[dict]) -> dict:
+    out: dict = {}
+    for key in ("connected", "connect_errors", "frames", "notifications", "other_events",
+                "closed", "order_errors", "cpu_s"):
+        out[key] = sum(s[key] for s in snaps)
+    out["connect_s"] = max(s["connect_s"] for s in snaps)
+    out["min_per_sub"] = min(s["min_per_sub"] for s in snaps)
+    out["max_per_sub"] = max(s["max_per_sub"] for s in snaps)
+    firsts = [s["t_first"] for s in snaps if s["t_first"] is not None]
+    lasts = [s["t_last"] for s in snaps if s["t_last"] is not None]
+    out["t_first"] = min(firsts) if firsts else None
+    out["t_last"] = max(lasts) if lasts else None
+    codes: dict = {}
+    for s in snaps:
+        for k, v in s["close_codes"].items():
+            codes[k] = codes.get(k, 0) + v
+    out["close_codes"] = codes
+    out["errors_sample"] = [e for s in snaps for e in s["errors_sample"]][:3]
+    return out
+
+
+class LoadGen:
+    """``procs`` worker processes sharing ``tokens``; ``sources[i]`` is worker i's address."""
+
+    def __init__(self, url: str, tokens: list[str], *, procs: int = 1,
+                 cpus: set[int] | None = None, sources: list[str | None] | None = None,
+                 read_buffer: int = 16384, verify: bool = False,
+                 connect_timeout: float = 60.0, connect_concurrency: int = 200):
+        ctx = multiprocessing.get_context("spawn")
+        sources = sources or [None] * procs
+        self.workers = []
+        for i in range(procs):
+            share = tokens[i::procs]
+            cfg = WorkerConfig(url=url, tokens=share, source=sources[i % len(sources)],
+                               cpus=cpus, read_buffer=read_buffer, verify=verify,
+                               connect_timeout=connect_timeout,
+                               connect_concurrency=connect_concurrency)
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
+            self.workers.append((proc, parent))
+        self.timeout = connect_timeout + 15
+
+    def _recv(self, pipe, timeout: float) -> dict:
+        if not pipe.poll(timeout):
+            raise TimeoutError("load generator worker did not answer")
+        kind, payload = pipe.recv()
+        if kind == "error":
+            raise RuntimeError(f"load generator worker failed: {payload}")
+        return payload
+
+    def start(self) -> dict:
+        """Start the workers; return once every connection got its hello (or failed)."""
+        for proc, _ in self.workers:
+            proc.start()
+        return _merge([self._recv(pipe, self.timeout) for _, pipe in self.workers])
+
+    def stats(self) -> dict:
+        for _, pipe in self.workers:
+            pipe.send("stats")
+        return _merge([self._recv(pipe, 30) for _, pipe in self.workers])
+
+    def stop(self) -> dict | None:
+        snaps = []
+        for _, pipe in self.workers:
+            try:
+                pipe.send("stop")
+                snaps.append(self._recv(pipe, 15))
+            except (OSError, TimeoutError, RuntimeError, EOFError):
+                pass
+        for proc, _ in self.workers:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        return _merge(snaps) if snaps else None
+
+    def pids(self) -> list[int]:
+        return [p.pid for p, _ in self.workers if p.pid]
