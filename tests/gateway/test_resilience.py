@@ -96,3 +96,33 @@ async def test_user_ids_with_a_slash_are_addressable(server):
         assert r.status_code == 200
         r = await http.get("/v1/topics/t")
         assert r.json()["users"] == ["team/ann"]
+
+
+async def test_pings_keep_idle_streams_and_cut_dead_ones(tmp_path):
+    async with run_server(tmp_path, ping_interval=0.2, ping_timeout=0.3) as server:
+        alive = await ws_connect(server, await server.token("alive"))
+        dead = await ws_connect(server, await server.token("dead"))
+        await recv_events(alive, 1)
+        await recv_events(dead, 1)
+        dead.transport.pause_reading()  # a vanished device: it answers no ping
+        assert await _gone(server, "dead", timeout=5)
+        # the idle but responsive one is still open, and still receives
+        await asyncio.sleep(0.8)
+        assert server.service.hub.users.get((server.app, "alive"))
+        await publish(server, {"users": ["alive"]}, 1)
+        (ev,) = await recv_events(alive, 1)
+        assert ev["type"] == "notification"
+        await alive.close()
+
+
+async def test_sse_sends_ping_comments(tmp_path):
+    async with run_server(tmp_path, ping_interval=0.1) as server:
+        token = await server.token("s")
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+            async with http.stream("GET", "/v1/me/events", params={"token": token}) as r:
+                lines = []
+                async for line in r.aiter_lines():
+                    lines.append(line)
+                    if line == ": ping":
+                        break
+        assert lines[0] == "retry: 1000" and ": ping" in lines
