@@ -14,26 +14,37 @@ from __future__ import annotations
 
 import os
 import time
+from base64 import b32encode
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALID = frozenset(_ALPHABET)
 
 
-_last = 0
+# RFC 4648 base32 digits -> Crockford digits, so base64's C encoder does the work.
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_last_ms = -1
+_last_rand = 0
+_prefix = ""
+
+
+def _time_prefix(ms: int) -> str:
+    out = []
+    for _ in range(10):  # 50 bits; the top 2 are zero
+        out.append(_ALPHABET[ms & 31])
+        ms >>= 5
+    return "".join(reversed(out))
 
 
 def new_id(now_ms: int | None = None) -> str:
-    global _last
+    global _last_ms, _last_rand, _prefix
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    if ms == _last >> 80 and value <= _last:
-        value = _last + 1  # same millisecond: one more than the last
-    _last = value
-    out = []
-    for _ in range(26):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    if ms == _last_ms:
+        _last_rand = (_last_rand + 1) & ((1 << 80) - 1)  # same millisecond: one more
+    else:
+        _last_ms, _prefix = ms, _time_prefix(ms)
+        _last_rand = int.from_bytes(os.urandom(10), "big")
+    # 80 random bits are exactly 16 base32 digits: no padding to strip
+    return _prefix + b32encode(_last_rand.to_bytes(10, "big")).translate(_CROCKFORD).decode()
 
 
 def is_id(text: object) -> bool:

@@ -144,22 +144,22 @@ class _Writer(threading.Thread):
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+        """Run ``batch`` in one transaction.  Optimistic: jobs run back to back;
+        if one raises, the whole transaction is rolled back and every job is
+        run again in a transaction of its own, so that one bad job fails alone
+        (cheaper than a SAVEPOINT around every job when nothing fails)."""
         results: list[tuple[Any, Any, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, args, fut, loop in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = fn(conn, *args)
-                except Exception as exc:  # this job fails alone
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((fut, loop, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((fut, loop, value, None))
-            conn.execute("COMMIT")
-            self.commits += 1
+            try:
+                for fn, args, fut, loop in batch:
+                    results.append((fut, loop, fn(conn, *args), None))
+            except Exception:
+                conn.execute("ROLLBACK")
+                results = [self._run_alone(conn, job) for job in batch]
+            else:
+                conn.execute("COMMIT")
+                self.commits += 1
             self.jobs_done += len(batch)
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -175,6 +175,18 @@ class _Writer(threading.Thread):
             except RuntimeError:
                 pass  # that loop is closed; nobody waits any more
 
+
+    def _run_alone(self, conn: sqlite3.Connection, job) -> tuple:
+        fn, args, fut, loop = job
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = fn(conn, *args)
+        except Exception as exc:
+            conn.execute("ROLLBACK")
+            return (fut, loop, None, exc)
+        conn.execute("COMMIT")
+        self.commits += 1
+        return (fut, loop, value, None)
 
 def _settle(items: list) -> None:
     for fut, value, exc in items:
