@@ -55,6 +55,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                        help="server's TIDINGS_FANOUT_THRESHOLD (default: the server's own)")
         p.add_argument("--profile", action="store_true",
                        help="after the measured runs, one more run under py-spy")
+        p.add_argument("--profile-gil", action="store_true",
+                       help="profile only the thread holding the GIL (py-spy --gil)")
         p.add_argument("--verify", action="store_true",
                        help="parse every frame and check order and uniqueness (slower client)")
 
@@ -70,6 +72,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=500, help="publishes before measuring")
     p.add_argument("--profile", action="store_true",
                    help="after the measured runs, one more run under py-spy")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="profile only the thread holding the GIL (py-spy --gil)")
 
     p = sub.add_parser("idle", help="RSS per idle WebSocket connection")
     _common(p)
@@ -148,8 +152,9 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
         meds = {k: median([r.get(k) for r in group]) for k in figures}
         print(f"[{name} median of {len(group)}] {meds}", flush=True)
         records += group
-        if getattr(a, "profile", False):
+        if getattr(a, "profile", False) or getattr(a, "profile_gil", False):
             suffix = a.scenario if variant is None else f"{a.scenario}-c{variant}"
+            suffix += "-gil" if a.profile_gil else ""
             (out_dir / "raw").mkdir(exist_ok=True)
             raw = out_dir / "raw" / f"profile-{suffix}.txt"
             raw.unlink(missing_ok=True)
@@ -158,10 +163,13 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
             md = out_dir / f"profile-{suffix}.md"
             md.write_text(
                 f"# py-spy profile: {name}\n\n`{argv}` at commit {commit} "
-                f"(one extra run, not in the medians; "
+                f"(one extra run, not in the medians; py-spy "
+                f"{'--gil: only the thread holding the GIL' if a.profile_gil else 'wall time'}; "
                 f"server CPU per delivery/publish in this run: "
                 f"{rec.get('server_cpu_us_per_delivery', rec.get('server_cpu_us_per_publish'))}"
-                f" µs, with py-spy attached)\n\n" + profile.format_summary(summary) + "\n")
+                f" µs with py-spy attached; CPU by thread: "
+                f"{rec.get('server_cpu_by_thread_s')})\n\n"
+                + profile.format_summary(summary) + "\n")
             print(f"profile: {md}")
             print(profile.format_summary(summary, 15))
     if not a.no_report:

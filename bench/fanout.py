@@ -20,7 +20,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss
+from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss, thread_delta
 from bench.profile import Profiler
 from bench.publisher import payload, publish_many, subscribe_topic
 from bench.server import TidingsServer
@@ -77,8 +77,10 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
             subs = ready["connected"]
             expected = subs * opts.msgs
 
-            spy = Profiler(srv.pid, profile) if profile else contextlib.nullcontext()
+            spy = (Profiler(srv.pid, profile, gil=getattr(opts, 'profile_gil', False))
+                   if profile else contextlib.nullcontext())
             with spy:
+                threads0 = sampler.thread_cpu()
                 cpu0, own0, busy0 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
                 lg_cpu0 = before["cpu_s"]
                 pub = asyncio.run(publish_many(
@@ -89,6 +91,7 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
                                         timeout=opts.timeout, idle_timeout=opts.idle_timeout)
                 t_end = time.monotonic()
                 cpu1, own1, busy1 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
+                threads1 = sampler.thread_cpu()
             sampler.rss()
         finally:
             final = lg.stop()
@@ -116,6 +119,7 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
         "rss_connected_mb": round(rss_connected / 2**20, 1),
         "rss_peak_mb": round(sampler.peak / 2**20, 1),
         "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_by_thread_s": thread_delta(threads0, threads1),
         "loadgen_cpu_s": round(loadgen_cpu, 3),
         "other_cpu_s": round((busy1 - busy0) - server_cpu - loadgen_cpu, 3),
         "phase_wall_s": round(t_end - pub.t0, 3),

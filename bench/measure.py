@@ -47,6 +47,25 @@ class ProcSampler(threading.Thread):
                 pass
         return total
 
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds of the root process's main thread and of its other threads.
+
+        Python 3.11 does not name OS threads, so the others are keyed by their
+        ``comm`` (usually the process name) and summed.
+        """
+        out: dict[str, float] = {}
+        try:
+            threads = self.root.threads()
+        except psutil.NoSuchProcess:
+            return out
+        for t in threads:
+            if t.id == self.root.pid:
+                name = "main"
+            else:
+                name = "other:" + _thread_name(self.root.pid, t.id)
+            out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+        return out
+
     def run(self) -> None:
         while not self._stop.is_set():
             self.rss()
@@ -54,6 +73,20 @@ class ProcSampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().strip() or str(tid)
+    except OSError:
+        return str(tid)
+
+
+def thread_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per thread name between two :meth:`ProcSampler.thread_cpu` readings."""
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()
+            if v - before.get(k, 0.0) >= 0.001}
 
 
 def busy_cpu_s() -> float:

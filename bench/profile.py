@@ -4,6 +4,15 @@
 them this module lists the functions with the most samples on top of the
 stack (self) and anywhere in the stack (total), as % of all non-idle samples.
 A profiled run is never one of the measured runs (py-spy costs the server CPU).
+
+Reading it: py-spy samples wall time of threads it does not consider idle.
+A thread waiting to re-acquire the GIL (after a syscall such as
+``os.urandom``, or after epoll) or blocked in a COMMIT's fsync is counted as
+busy at that line, so with two busy threads (loop + SQLite writer) some
+"self" time is contention, not CPU.  ``server_cpu_by_thread_s`` in the
+results gives the real CPU split; ``--profile-gil`` samples only the thread
+holding the GIL (Python CPU; C code that releases the GIL, e.g. sqlite3's
+statement execution, then disappears).
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ def py_spy() -> str | None:
 
 
 class Profiler:
-    def __init__(self, pid: int, out: Path, *, rate: int = 250, native: bool = False):
-        self.pid, self.out, self.rate, self.native = pid, out, rate, native
+    def __init__(self, pid: int, out: Path, *, rate: int = 250, native: bool = False,
+                 gil: bool = False):
+        self.pid, self.out, self.rate, self.native, self.gil = pid, out, rate, native, gil
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Profiler:
@@ -34,6 +44,8 @@ class Profiler:
                "--rate", str(self.rate), "--nonblocking", "-o", str(self.out)]
         if self.native:
             cmd.append("--native")
+        if self.gil:
+            cmd.append("--gil")  # only samples holding the GIL: Python CPU, no waits
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 

@@ -14,7 +14,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss
+from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss, thread_delta
 from bench.profile import Profiler
 from bench.publisher import payload, publish_many
 from bench.server import TidingsServer
@@ -51,14 +51,17 @@ def run_once(opts, cpus, concurrency: int, profile: Path | None = None) -> dict:
                 asyncio.run(publish_many(
                     srv.host, srv.port, srv.api_key, max(opts.warmup // per_req, 1),
                     concurrency, _docs(opts, 10**8), path=path, deadline_s=opts.timeout))
-            spy = Profiler(srv.pid, profile) if profile else contextlib.nullcontext()
+            spy = (Profiler(srv.pid, profile, gil=getattr(opts, 'profile_gil', False))
+                   if profile else contextlib.nullcontext())
             with spy:
+                threads0 = sampler.thread_cpu()
                 cpu0, own0, busy0 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
                 res = asyncio.run(publish_many(
                     srv.host, srv.port, srv.api_key, max(opts.count // per_req, 1),
                     concurrency, _docs(opts, 0), path=path, deadline_s=opts.timeout))
                 # a 202 comes after the commit, so all the work is done by now
                 cpu1, own1, busy1 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
+                threads1 = sampler.thread_cpu()
             sampler.rss()
         finally:
             sampler.stop()
@@ -73,6 +76,7 @@ def run_once(opts, cpus, concurrency: int, profile: Path | None = None) -> dict:
         "requests_per_s": round(res.ok / res.seconds, 1),
         "server_cpu_us_per_publish": round(server_cpu / max(notes, 1) * 1e6, 2),
         "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_by_thread_s": thread_delta(threads0, threads1),
         "server_busy": round(server_cpu / res.seconds, 3),
         "loadgen_cpu_s": round(own1 - own0, 3),
         "other_cpu_s": round((busy1 - busy0) - server_cpu - (own1 - own0), 3),

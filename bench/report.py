@@ -131,6 +131,8 @@ def write(out_dir: Path) -> Path:
             lines += _scenario_section(scenario, rs)
     if peers:
         lines += _peers_section(peers)
+    if (out_dir / "NOTES.md").exists():
+        lines += ["See [NOTES.md](NOTES.md) for what the figures mean and where the time goes.", ""]
     profiles = sorted(out_dir.glob("profile-*.md"))
     if profiles:
         lines += ["## profiles", ""] + [f"- [{p.name}]({p.name})" for p in profiles] + [""]
