@@ -24,8 +24,7 @@ import msgspec
 from tidings.core import events
 from tidings.core.cursor import parse_cursor
 from tidings.errors import (
-    BadRequest, CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED, TidingsError,
-    Unauthorized,
+    CLOSE_FORBIDDEN, BadRequest, TidingsError, Unauthorized,
 )
 from tidings.gateway.stream import Stream
 from tidings.gateway.uvicorn_ws import EXTENSION as RAW_EXTENSION
@@ -285,5 +284,4 @@ class SSEEndpoint:
                 stream.abandon()
 
 
-__all__ = ["WebSocketEndpoint", "SSEEndpoint", "CLOSE_SHUTDOWN", "CLOSE_BAD_REQUEST",
-           "CLOSE_UNAUTHORIZED"]
+__all__ = ["WebSocketEndpoint", "SSEEndpoint"]
