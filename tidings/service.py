@@ -30,6 +30,11 @@ _APP_ID = re.compile(r"^[a-z0-9_\-]{1,64}\Z")
 _decode_notification = msgspec.json.Decoder(Notification).decode
 
 
+def _feed_channel(app_id: str, audience: str) -> str:
+    """Where feed items of ``audience`` ("*" or a topic) travel."""
+    return all_channel(app_id) if audience == "*" else topic_channel(app_id, audience)
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
 
@@ -190,9 +195,8 @@ class Service:
     def _announce(self, app_id: str, out: PublishOutcome) -> None:
         publish = self.broker.publish
         if out.feed_offset is not None:
-            channel = (all_channel(app_id) if out.audience == "*"
-                       else topic_channel(app_id, out.audience))
-            publish(channel, Feed(out.feed_offset, events.feed_frame(out.feed_offset, out.body)))
+            frame = events.feed_frame(out.feed_offset, out.body)
+            publish(_feed_channel(app_id, out.audience), Feed(out.feed_offset, frame))
             return
         body = out.body
         for d in out.deliveries:
@@ -227,29 +231,26 @@ class Service:
         updated = await self.store.update_notification(app_id, nid, body)
         if updated is None:
             raise NotFound("no such notification", field="id")
-        await self._tell_audience(app_id, updated, events.updated_frame(body))
+        users = [] if updated.audience else await self.store.recipients_of(app_id, nid)
+        self._tell(app_id, updated.audience, users, events.updated_frame(body))
         return json.loads(body)
 
     async def delete_notification(self, app_id: str, nid: str) -> None:
+        # recipients first: the delete removes the inbox rows that name them
         recipients = await self.store.recipients_of(app_id, nid)
         old = await self.store.delete_notification(app_id, nid)
         if old is None:
             raise NotFound("no such notification", field="id")
-        frame = events.deleted_frame(nid)
-        if old.audience is not None:
-            await self._tell_audience(app_id, old, frame)
-        else:
-            for user in recipients:
-                self.broker.publish(user_channel(app_id, user), Frames([frame]))
+        self._tell(app_id, old.audience, recipients, events.deleted_frame(nid))
 
-    async def _tell_audience(self, app_id: str, stored, frame: bytes) -> None:
-        if stored.audience == "*":
-            self.broker.publish(all_channel(app_id), Frames([frame]))
-        elif stored.audience is not None:
-            self.broker.publish(topic_channel(app_id, stored.audience), Frames([frame]))
-        else:
-            for user in await self.store.recipients_of(app_id, stored.id):
-                self.broker.publish(user_channel(app_id, user), Frames([frame]))
+    def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
+        """Send ``frame`` to a notification's audience: the feed's channel for
+        items fanned out on read, else each recipient's own channel."""
+        if audience is not None:
+            self.broker.publish(_feed_channel(app_id, audience), Frames([frame]))
+            return
+        for user in users:
+            self.broker.publish(user_channel(app_id, user), Frames([frame]))
 
     # -- inbox state ----------------------------------------------------------------
     async def set_state(self, app_id: str, user: str, ids: list[str] | None, state: str) -> dict:

@@ -166,20 +166,14 @@ class Hub:
         if len(personal) > limit or len(feed) > limit:
             stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
             return 0
-        ids = stream.wants_ids
         for e in personal:
             if not stream.has_room():
                 await stream.wait_room()
-            stream.last_seq = e.seq
-            stream.push(
-                events.notification_frame(stream.epoch, e.seq, e.body),
-                stream.position() if ids else None,
-            )
+            stream.emit_personal(e.seq, e.body)
         for e in feed:
             if not stream.has_room():
                 await stream.wait_room()
-            stream.last_feed = e.feed
-            stream.push(events.feed_frame(e.feed, e.body), stream.position() if ids else None)
+            stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
         return len(personal) + len(feed)
 
     # -- broker handlers (on the loop thread) ---------------------------------

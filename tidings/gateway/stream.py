@@ -55,7 +55,6 @@ class Stream:
         self._wake: asyncio.Future | None = None
         self._room: asyncio.Future | None = None
         self._writer: asyncio.Task | None = None
-        self.delivered = 0
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
@@ -76,9 +75,13 @@ class Stream:
             self._hold("p", seq, body)
             self._start_sync()
             return
+        self.emit_personal(seq, body)
+
+    def emit_personal(self, seq: int, body: bytes) -> None:
+        """Queue personal entry ``seq`` (in order; live or replayed)."""
         self.last_seq = seq
         self.push(
-            events.notification_frame(epoch, seq, body),
+            events.notification_frame(self.epoch, seq, body),
             self.position() if self.wants_ids else None,
         )
 
@@ -86,8 +89,11 @@ class Stream:
         if self._syncing:
             self._hold("f", offset, frame)
             return
-        if offset <= self.last_feed:
-            return
+        if offset > self.last_feed:
+            self.emit_feed(offset, frame)
+
+    def emit_feed(self, offset: int, frame: bytes) -> None:
+        """Queue feed item ``offset`` (live or replayed)."""
         self.last_feed = offset
         self.push(frame, self.position() if self.wants_ids else None)
 
@@ -153,25 +159,23 @@ class Stream:
 
     def abandon(self) -> None:
         """The peer went away: stop without sending anything."""
+        if not self.closed:
+            self._stop()
+
+    def close(self, code: int) -> None:
+        """Stop and send the close ``code`` to the peer."""
         if self.closed:
             return
+        self.close_code = code
+        self._stop()
+        asyncio.get_running_loop().create_task(self._close_quietly(code))
+
+    def _stop(self) -> None:
         self.closed = True
         self.hub.detach(self)
-        self._wake_all()
-
-    def _wake_all(self) -> None:
         for fut in (self._wake, self._room):
             if fut is not None and not fut.done():
                 fut.set_result(None)
-
-    def close(self, code: int) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_code = code
-        self.hub.detach(self)
-        self._wake_all()
-        asyncio.get_running_loop().create_task(self._close_quietly(code))
 
     async def _close_quietly(self, code: int) -> None:
         try:
@@ -192,12 +196,8 @@ class Stream:
                     await self._wake
                     self._wake = None
                     continue
-                frames = queue.drain()
-                self.delivered += len(frames)
-                await self._write(frames)
-                room = self._room
-                if room is not None and not room.done():
-                    room.set_result(None)
+                await self._write(queue.drain())
+                self._room_made()
         except Exception:  # the peer is gone (ASGI send raised)
             self.abandon()
         finally:
@@ -207,19 +207,17 @@ class Stream:
         q = self.queue
         return len(q.frames) * 2 < q.max_events and q.nbytes * 2 < q.max_bytes
 
+    def _room_made(self) -> None:
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
     async def wait_room(self) -> None:
         """Wait until the writer has drained the queue (replay flow control):
         a replay must never overflow the queue it is filling."""
         while not self.closed and self.queue.frames:
             self._room = asyncio.get_running_loop().create_future()
             await self._room
-
-    async def wait_closed(self) -> None:
-        if self._writer is not None:
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
 
     # -- transport hooks ------------------------------------------------------
     async def _write(self, frames: list[bytes]) -> None:

@@ -110,19 +110,12 @@ class RawWebSocketStream(Stream):
         proto = self._proto
         if not proto.can_write:
             return  # paused by the transport: resume_writing schedules us again
-        frames = self.queue.drain()
-        self.delivered += len(frames)
-        proto.write_text(events.ws_batch(frames))
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        proto.write_text(events.ws_batch(self.queue.drain()))
+        self._room_made()
 
     async def _close(self, code: int) -> None:
         self._proto.on_writable = None
         await self._send({"type": "websocket.close", "code": code})
-
-    async def wait_closed(self) -> None:
-        pass
 
 
 class SSEStream(Stream):
