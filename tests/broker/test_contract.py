@@ -178,3 +178,24 @@ async def test_channels_are_independent(broker):
         rec = recorders[what]
         await rec.wait_for(1)
         assert rec.got == [(channel, Frames([what.encode()]))], what
+
+
+async def test_heartbeats_list_live_nodes_with_their_info(broker):
+    await broker.heartbeat("node-a", {"addr": "127.0.0.1:8001", "connections": 3}, ttl=30)
+    await broker.heartbeat("node-b", {"addr": "127.0.0.1:8002", "connections": 0}, ttl=30)
+    nodes = await broker.nodes()
+    assert nodes["node-a"] == {"addr": "127.0.0.1:8001", "connections": 3}
+    assert nodes["node-b"]["addr"] == "127.0.0.1:8002"
+    # a later heartbeat replaces the info
+    await broker.heartbeat("node-a", {"addr": "127.0.0.1:8001", "connections": 9}, ttl=30)
+    assert (await broker.nodes())["node-a"]["connections"] == 9
+
+
+async def test_a_node_whose_heartbeat_expired_is_gone(broker):
+    await broker.heartbeat("node-gone", {"addr": "x"}, ttl=0.2)
+    await broker.heartbeat("node-stays", {"addr": "y"}, ttl=30)
+    assert "node-gone" in await broker.nodes()
+    await asyncio.sleep(0.4)
+    nodes = await broker.nodes()
+    assert "node-gone" not in nodes
+    assert "node-stays" in nodes

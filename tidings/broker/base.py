@@ -90,5 +90,15 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def unsubscribe(self, channel: str) -> None: ...
 
+    @abc.abstractmethod
+    async def heartbeat(self, node: str, info: dict, ttl: float) -> None:
+        """Record that ``node`` is alive, with ``info`` (a small JSON-able
+        dict: address, connections, ...), for the next ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    async def nodes(self) -> dict[str, dict]:
+        """Every node whose last heartbeat has not expired, with its info
+        (the dashboard's list of nodes in the cluster)."""
+
     async def ping(self) -> bool:
         return True

@@ -6,6 +6,8 @@ order per channel is exactly publish order and nothing is ever dropped.
 
 from __future__ import annotations
 
+import time
+
 from tidings.broker.base import Broker, Handler, Message
 
 
@@ -13,6 +15,7 @@ class LocalBroker(Broker):
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self.published = 0
+        self._nodes: dict[str, tuple[float, dict]] = {}
 
     async def open(self) -> None:
         pass
@@ -31,3 +34,11 @@ class LocalBroker(Broker):
 
     def unsubscribe(self, channel: str) -> None:
         self._handlers.pop(channel, None)
+
+    async def heartbeat(self, node: str, info: dict, ttl: float) -> None:
+        self._nodes[node] = (time.monotonic() + ttl, dict(info))
+
+    async def nodes(self) -> dict[str, dict]:
+        now = time.monotonic()
+        self._nodes = {n: v for n, v in self._nodes.items() if v[0] > now}
+        return {n: info for n, (_, info) in self._nodes.items()}
