@@ -41,6 +41,8 @@ class Settings(msgspec.Struct):
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     prune_interval: float = 3600.0  # seconds between retention sweeps
+    cache: bool = True  # the hot-path cache (keys, tokens, memberships, counts); off to measure
+    node: str | None = None  # this node's name in the cluster; None = host:port:pid
     limits: Limits = Limits()
 
     @property
