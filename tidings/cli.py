@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 import click
+import msgspec
 
 from tidings import bootstrap
 from tidings.config import from_env
@@ -32,21 +35,37 @@ def main() -> None:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port to listen on (default 8080).")
 @click.option("--data", default=None, help=DATA_HELP)
-@click.option("--store", default=None, help=STORE_HELP)
-@click.option("--broker", default=None, help="Broker URL (default: in-process).")
+@click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
+@click.option("--broker", default=None,
+              help="Broker URL (default: in-process). Cluster: redis://HOST:PORT.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes sharing the port; more than one needs --broker.")
+@click.option("--node", default=None,
+              help="This node's name in the cluster (default host:port:pid).")
+@click.option("--cache/--no-cache", default=None,
+              help="The hot-path cache (default on; off only to measure it).")
 @click.option("--allowed-origin", "allowed_origins", multiple=True,
               help="Allowed WebSocket Origin (exact match; repeatable). Default: any.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host, port, data, store, broker, allowed_origins, log_level) -> None:
+def serve(host, port, data, store, broker, workers, node, cache, allowed_origins,
+          log_level) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
     import uvicorn
 
-    from tidings.api.app import create_app
+    from tidings.api.app import SETTINGS_ENV, create_app
 
     settings = _settings(host=host, port=port, data=data, store=store, broker=broker,
-                         allowed_origins=allowed_origins or None)
-    created = bootstrap.first_start(settings)
+                         node=node, cache=cache, allowed_origins=allowed_origins or None)
+    if workers > 1 and settings.broker in (None, "local", "memory"):
+        # Each worker is its own process: without a shared broker a
+        # notification published through one would never reach devices
+        # connected to another.
+        raise click.UsageError("--workers N needs a shared broker: add --broker redis://HOST:PORT")
+    try:
+        created = bootstrap.first_start(settings)
+    except TidingsError as exc:
+        raise click.ClickException(exc.message) from None
     base = f"http://{settings.host}:{settings.port}"
     if created:
         click.echo("Created app 'default' (shown once; keep these):")
@@ -61,11 +80,11 @@ def serve(host, port, data, store, broker, allowed_origins, log_level) -> None:
         )
         click.echo(f"Watch it arrive:\n  tidings listen --url {base} --token "
                    f"{created['demo_token']}")
-    click.echo(f"tidings listening on {base} (data: {settings.sqlite_path})", err=False)
+    where = settings.store or str(settings.sqlite_path)
+    click.echo(f"tidings listening on {base} (store: {_redact(where)}, workers: {workers})")
     sys.stdout.flush()
     limits = settings.limits
-    uvicorn.run(
-        create_app(settings),
+    options = dict(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -79,6 +98,23 @@ def serve(host, port, data, store, broker, allowed_origins, log_level) -> None:
         timeout_graceful_shutdown=5,
         backlog=4096,
     )
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Worker processes are spawned and rebuild the app from the settings in
+    # the environment; uvicorn's supervisor shares the listening socket and
+    # restarts a worker that dies.
+    os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
+    uvicorn.run("tidings.api.app:app_from_env", factory=True, workers=workers, **options)
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password, for the start-up line."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 @main.group()

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,7 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from tidings.api import client, ops, server
 from tidings.api.common import JSON, error_response
 from tidings.broker import open_broker
-from tidings.config import Settings
+from tidings.config import Settings, from_env
 from tidings.errors import CLOSE_SHUTDOWN, TidingsError
 from tidings.gateway.transports import SSEEndpoint, WebSocketEndpoint
 from tidings.service import Service
@@ -58,6 +63,34 @@ async def _retention(service: Service) -> None:
         await asyncio.sleep(settings.prune_interval)
 
 
+def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
+    """Start draining the moment SIGTERM arrives, before the server stops.
+
+    uvicorn handles SIGTERM by closing its listeners, then every connection,
+    then running the lifespan shutdown.  Draining first turns readiness red
+    (a load balancer stops sending new clients here) and ends every stream,
+    SSE included, with the "shutdown: reconnect elsewhere" close code, so
+    devices move to another node and resume from their cursors at once.
+    Returns a function that restores the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals only reach the main thread (tests run servers in-loop)
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def drain() -> None:
+        app.state.draining = True
+        service.hub.close_all(CLOSE_SHUTDOWN)
+
+    def on_sigterm(sig, frame) -> None:
+        # A signal handler interrupts the loop between bytecodes: only schedule.
+        loop.call_soon_threadsafe(drain)
+        if callable(previous):
+            previous(sig, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def build_service(settings: Settings) -> Service:
     store = open_store(settings.store, settings.sqlite_path)
     broker = open_broker(settings.broker)
@@ -72,9 +105,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     async def lifespan(app: Starlette):
         await service.open()
         sweeper = asyncio.get_running_loop().create_task(_retention(service))
+        restore_sigterm = _drain_on_sigterm(app, service)
         try:
             yield
         finally:
+            restore_sigterm()
             sweeper.cancel()
             app.state.draining = True
             service.hub.close_all(CLOSE_SHUTDOWN)
@@ -100,3 +135,16 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.state.draining = False
     app.state.metrics_registry = None
     return app
+
+
+SETTINGS_ENV = "TIDINGS_SETTINGS"
+
+
+def app_from_env() -> Starlette:
+    """The app of one worker process of ``tidings serve --workers N``.
+
+    The supervisor passes the full settings as JSON in ``TIDINGS_SETTINGS``
+    (worker processes are spawned, not forked, so they share nothing else)."""
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = msgspec.json.decode(raw, type=Settings) if raw else from_env()
+    return create_app(settings)

@@ -20,6 +20,8 @@ from struct import pack
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from tidings.errors import CLOSE_SHUTDOWN
+
 EXTENSION = "tidings.raw_ws"
 
 
@@ -55,6 +57,19 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         self.on_lost = self.on_writable = None
         if callback is not None:
             callback()
+
+    def shutdown(self) -> None:
+        # uvicorn closes open WebSockets with 1012 when the server stops, before
+        # the app hears of it.  Close with tidings' own "shutdown, reconnect
+        # elsewhere" code instead, so clients move to another node at once.
+        if self.handshake_complete and not self.close_sent:
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": CLOSE_SHUTDOWN})
+            self.conn.send_close(CLOSE_SHUTDOWN, "node shutting down")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return
+        super().shutdown()
 
     @property
     def can_write(self) -> bool:

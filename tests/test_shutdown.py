@@ -1,0 +1,80 @@
+"""Graceful shutdown of a real ``tidings serve`` process (SIGTERM).
+
+Devices must learn to reconnect elsewhere at once: the WebSocket closes with
+the "shutdown" code (4001, in the reconnect range) rather than uvicorn's
+generic 1012, and SSE streams end so ``EventSource`` reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+import websockets
+
+from tests.test_durability import _free_port, _start
+from tidings.errors import CLOSE_SHUTDOWN, should_reconnect
+
+
+def _credentials(proc: subprocess.Popen) -> tuple[str, str]:
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if "listening on" in line:
+            break
+    text = "".join(out)
+    return (re.search(r"API key:\s+(\S+)", text).group(1),
+            re.search(r"demo user token:\s+(\S+)", text).group(1))
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_closes_streams_with_the_reconnect_code(tmp_path):
+    port = _free_port()
+    proc = _start(tmp_path / "data", port)
+    try:
+        key, token = _credentials(proc)
+        url = f"ws://127.0.0.1:{port}/v1/me/stream"
+        ws = await websockets.connect(url)
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        hello = hello[0] if isinstance(hello, list) else hello
+        assert hello["type"] == "hello"
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            async with http.stream("GET", "/v1/me/events", params={"token": token}) as sse:
+                assert sse.status_code == 200
+                lines = sse.aiter_lines()
+                while "hello" not in await anext(lines):
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                # the SSE response ends instead of hanging until the server gives up
+                rest = [line async for line in lines]
+        code = closed.value.rcvd.code
+        assert code == CLOSE_SHUTDOWN and should_reconnect(code)
+        assert all("notification" not in line for line in rest)
+        # uvicorn re-raises the signal once it has shut down cleanly
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+        assert "Traceback" not in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_several_workers_need_a_shared_broker(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "--data", str(tmp_path / "d"),
+         "--port", str(_free_port()), "--workers", "2"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "--workers N needs a shared broker" in out.stderr
+    assert "Traceback" not in out.stderr
