@@ -20,6 +20,7 @@ from tidings.broker.base import (
 from tidings.config import Settings
 from tidings.core import auth, events
 from tidings.core.ids import new_id
+from tidings.core.lru import LRU
 from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
 from tidings.gateway.hub import Hub
@@ -46,8 +47,13 @@ class Service:
         self.broker = broker
         self.hub = Hub(store, broker, settings)
         self._pepper = b""
+        # The hot-path cache (Settings.cache; off only to measure it).  Apps
+        # and keys never change once created and tokens are immutable until
+        # they expire, so these need no cross-node invalidation.
         self._apps: dict[str, AppRecord] = {}
-        self._keys: dict[str, KeyRecord] = {}
+        self._keys: LRU[str, KeyRecord] = LRU(10_000)
+        self._tokens: LRU[str, tuple[str, str]] = LRU(100_000)
+        self.caching = settings.cache
         self.started_at = time.time()
         self.published = 0
         self.publish_errors = 0
@@ -80,17 +86,17 @@ class Service:
         return key
 
     async def app(self, app_id: str) -> AppRecord | None:
-        record = self._apps.get(app_id)
+        record = self._apps.get(app_id) if self.caching else None
         if record is None:
             record = await self.store.get_app(app_id)
-            if record is not None:
+            if record is not None and self.caching:
                 self._apps[app_id] = record
         return record
 
     async def authenticate_key(self, key: str | None, scope: str) -> KeyRecord:
         if not key:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-        record = self._keys.get(key)
+        record = self._keys.get(key) if self.caching else None
         if record is None:
             prefix = auth.split_api_key(key)
             if prefix is None:
@@ -98,9 +104,8 @@ class Service:
             record = await self.store.find_api_key(prefix, auth.hash_api_key(key, self._pepper))
             if record is None:
                 raise Unauthorized("API key is not valid", code="bad_api_key")
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            self._keys[key] = record
+            if self.caching:
+                self._keys.put(key, record)
         if scope not in record.scopes and "admin" not in record.scopes:
             raise Forbidden(f"this key lacks the {scope!r} scope", code="missing_scope")
         return record
@@ -108,13 +113,21 @@ class Service:
     async def authenticate_token(self, token: str | None) -> tuple[str, str]:
         if not token:
             raise Unauthorized("a user token is required")
+        if self.caching:
+            # a token verified once is good until it expires (HS256 + PyJWT
+            # costs ~20 us per check; streams and every client call carry one)
+            hit = self._tokens.get(token)
+            if hit is not None:
+                return hit
         app_id = auth.unverified_app(token)
         if app_id is None:
             raise Unauthorized("token is not valid", code="bad_token")
         record = await self.app(app_id)
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
-        app, user, _exp = auth.verify_token(token, record.signing_secret)
+        app, user, exp = auth.verify_token(token, record.signing_secret)
+        if self.caching:
+            self._tokens.put(token, (app, user), ttl=exp - time.time())
         return app, user
 
     async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int]:
