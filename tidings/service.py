@@ -194,6 +194,7 @@ class Service:
         if out.status == "accepted":
             self._announce(app_id, out)
         self.published += 1
+        self.hub.metrics.published(app_id, out.status, out.recipients, req.to.topic)
         return self._result(out)
 
     @staticmethod
@@ -207,13 +208,14 @@ class Service:
 
     def _announce(self, app_id: str, out: PublishOutcome) -> None:
         publish = self.broker.publish
+        committed = time.time()  # publish -> device latency starts here (DESIGN §5)
         if out.feed_offset is not None:
             frame = events.feed_frame(out.feed_offset, out.body)
-            publish(_feed_channel(app_id, out.audience), Feed(out.feed_offset, frame))
+            publish(_feed_channel(app_id, out.audience), Feed(out.feed_offset, frame, committed))
             return
         body = out.body
         for d in out.deliveries:
-            publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, body))
+            publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, body, committed))
 
     # -- notifications ------------------------------------------------------------
     async def get_notification(self, app_id: str, nid: str) -> dict:

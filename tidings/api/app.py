@@ -31,12 +31,22 @@ log = logging.getLogger("tidings")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
+def _count_error(request: Request, code: str, status: int) -> None:
+    """Errors by code and app, for /metrics and the dashboard's recent errors
+    (the app is known once the request's key or token was checked)."""
+    request.app.state.service.hub.metrics.error(
+        getattr(request.state, "app", None), code, status,
+        f"{request.method} {request.url.path}")
+
+
 async def _tidings_error(request: Request, exc: TidingsError):
+    _count_error(request, exc.code, exc.status)
     return error_response(exc)
 
 
 async def _http_error(request: Request, exc: HTTPException):
     code = _HTTP_CODES.get(exc.status_code, "error")
+    _count_error(request, code, exc.status_code)
     message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
     return JSON({"error": {"code": code, "message": message}}, status_code=exc.status_code,
                 headers=getattr(exc, "headers", None))
@@ -46,6 +56,7 @@ async def _unexpected(request: Request, exc: Exception):
     # Every input error is a TidingsError; reaching here is a bug.  Log it,
     # answer without internals.
     log.exception("unexpected error on %s %s", request.method, request.url.path)
+    _count_error(request, "internal", 500)
     return JSON({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
 
 

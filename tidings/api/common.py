@@ -94,11 +94,14 @@ def bearer(request: Request) -> str | None:
 async def server_auth(request: Request, scope: str) -> str:
     """The app id of a valid API key with ``scope``."""
     record = await request.app.state.service.authenticate_key(bearer(request), scope)
+    request.state.app = record.app_id  # errors from here on are counted for this app
     return record.app_id
 
 
 async def user_auth(request: Request) -> tuple[str, str]:
-    return await request.app.state.service.authenticate_token(bearer(request))
+    app, user = await request.app.state.service.authenticate_token(bearer(request))
+    request.state.app = app
+    return app, user
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

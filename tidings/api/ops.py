@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from tidings.api.common import JSON
+from tidings.api.metrics import ServiceCollector
 from tidings.api.openapi import openapi_document
 
 
@@ -25,41 +25,12 @@ async def readyz(request: Request):
     return JSON(body, status_code=200 if ready else 503)
 
 
-class _ServiceCollector:
-    """Reads the service's plain counters at scrape time: nothing on the hot path."""
-
-    def __init__(self, service):
-        self.service = service
-
-    def collect(self):
-        s = self.service
-        hub = s.hub
-        g = GaugeMetricFamily("tidings_connections", "Open live streams", labels=["transport"])
-        by_kind: dict[str, int] = {"ws": 0, "sse": 0}
-        for streams in hub.users.values():
-            for st in streams:
-                by_kind[st.kind] = by_kind.get(st.kind, 0) + 1
-        for kind, n in by_kind.items():
-            g.add_metric([kind], n)
-        yield g
-        yield CounterMetricFamily(
-            "tidings_publishes", "Accepted publish requests", value=s.published)
-        yield CounterMetricFamily(
-            "tidings_slow_consumer_disconnects",
-            "Streams closed because their queue overflowed", value=hub.metrics.slow_consumers)
-        yield CounterMetricFamily(
-            "tidings_streams_opened", "Streams opened", value=hub.metrics.opened)
-        q = GaugeMetricFamily("tidings_queue_depth_max", "Largest pending queue of any stream")
-        q.add_metric([], max((len(st.queue) for ss in hub.users.values() for st in ss),
-                             default=0))
-        yield q
-
-
 async def metrics(request: Request):
     registry = request.app.state.metrics_registry
     if registry is None:
         registry = request.app.state.metrics_registry = CollectorRegistry()
-        registry.register(_ServiceCollector(request.app.state.service))
+        registry.register(ServiceCollector(request.app.state.service,
+                                           getattr(request.app.state, "node", "")))
     return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
 

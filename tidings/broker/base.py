@@ -31,6 +31,10 @@ class Personal(Message, tag="p"):
     epoch: str
     seq: int
     body: bytes
+    # wall-clock time the publish's store commit returned; publish -> device
+    # latency is measured from it (0.0: unknown, not measured).  Trailing and
+    # defaulted, so array-encoded messages without it still decode.
+    sent_at: float = 0.0
 
 
 class Feed(Message, tag="f"):
@@ -38,6 +42,7 @@ class Feed(Message, tag="f"):
 
     offset: int
     frame: bytes
+    sent_at: float = 0.0  # as in Personal
 
 
 class Frames(Message, tag="x"):

@@ -16,6 +16,7 @@ from tidings.broker.base import (
 )
 from tidings.core import events
 from tidings.core.cursor import decide_recovery
+from tidings.core.stats import Stats
 from tidings.errors import CLOSE_RESYNC, CLOSE_TOO_MANY, RateLimited
 
 if TYPE_CHECKING:
@@ -24,28 +25,21 @@ if TYPE_CHECKING:
     from tidings.store.base import Store
 
 
-class HubMetrics:
-    """Plain counters; tidings.api.ops exports them to Prometheus."""
-
-    def __init__(self) -> None:
-        self.slow_consumers = 0
-        self.opened = 0
-
-    def slow_consumer(self) -> None:
-        self.slow_consumers += 1
-
-
 class Hub:
     def __init__(self, store: Store, broker: Broker, settings: Settings):
         self.store = store
         self.broker = broker
         self.settings = settings
-        self.metrics = HubMetrics()
+        # Plain per-app counters (tidings.core.stats); /metrics and the dashboard read them.
+        self.metrics = Stats()
         self.users: dict[tuple[str, str], set[Stream]] = {}
         self.topics: dict[tuple[str, str], set[Stream]] = {}
         self.apps: dict[str, set[Stream]] = {}
         self._dirty: list[Stream] = []
         self._flush_handle = None
+        # (app stats, sent_at) of the notifications routed during this tick: their
+        # publish -> device latency is observed once the tick's frames are written.
+        self._sent: list = []
 
     # -- registry -------------------------------------------------------------
     @property
@@ -129,6 +123,21 @@ class Hub:
         dirty, self._dirty = self._dirty, []
         for stream in dirty:
             stream.flush()
+        if self._sent:
+            sent, self._sent = self._sent, []
+            now = time.time()
+            for st, sent_at in sent:
+                st.latency.observe(now - sent_at)
+
+    def _routed(self, app: str, n: int, sent_at: float) -> None:
+        """Count one notification routed to ``n`` streams of ``app``; once per
+        broker message, whatever ``n`` is."""
+        st = self.metrics.app(app)
+        st.delivered += n
+        if sent_at:
+            self._sent.append((st, sent_at))
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     # -- stream start and gap filling -----------------------------------------
     async def begin(self, stream: Stream, cursor) -> None:
@@ -174,6 +183,7 @@ class Hub:
             if not stream.has_room():
                 await stream.wait_room()
             stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
+        self.metrics.app(stream.app).replayed += len(personal) + len(feed)
         return len(personal) + len(feed)
 
     # -- broker handlers (on the loop thread) ---------------------------------
@@ -183,6 +193,7 @@ class Hub:
         if not streams:
             return
         if type(msg) is Personal:
+            self._routed(app, len(streams), msg.sent_at)
             for s in tuple(streams):
                 s.on_personal(msg.epoch, msg.seq, msg.body)
         elif type(msg) is Frames:
@@ -197,17 +208,18 @@ class Hub:
                     self._leave_topic(s, msg.topic)
 
     def _on_all(self, channel: str, msg: Message) -> None:
-        self._to_group(self.apps.get(channel[:-2]), msg)
+        app = channel[:-2]
+        self._to_group(app, self.apps.get(app), msg)
 
     def _on_topic(self, channel: str, msg: Message) -> None:
         app, _, topic = channel.split(":", 2)
-        self._to_group(self.topics.get((app, topic)), msg)
+        self._to_group(app, self.topics.get((app, topic)), msg)
 
-    @staticmethod
-    def _to_group(streams, msg: Message) -> None:
+    def _to_group(self, app: str, streams, msg: Message) -> None:
         if not streams:
             return
         if type(msg) is Feed:
+            self._routed(app, len(streams), msg.sent_at)
             offset, frame = msg.offset, msg.frame
             for s in tuple(streams):
                 s.on_feed(offset, frame)

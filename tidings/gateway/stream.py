@@ -60,7 +60,7 @@ class Stream:
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
         # Held-back events count against the same cap as queued ones.
         if len(self._held) >= self.queue.max_events:
-            self.hub.metrics.slow_consumer()
+            self.hub.metrics.slow_consumer(self.app)
             self.close(CLOSE_SLOW_CONSUMER)
             return
         self._held.append((kind, pos, payload))
@@ -106,7 +106,7 @@ class Stream:
         if self.closed:
             return
         if not self.queue.push(frame):
-            self.hub.metrics.slow_consumer()
+            self.hub.metrics.slow_consumer(self.app)
             self.close(CLOSE_SLOW_CONSUMER)
             return
         self._schedule()

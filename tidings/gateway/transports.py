@@ -156,12 +156,15 @@ class WebSocketEndpoint:
         headers = _headers(scope)
         await send({"type": "websocket.accept"})
 
-        async def refuse(code: int, reason: str) -> None:
+        app = None
+
+        async def refuse(code: int, reason: str, error: str) -> None:
+            service.hub.metrics.error(app, error, 0, "WS /v1/me/stream")
             await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
         origin = headers.get(b"origin")
         if origin is not None and not service.origin_allowed(origin.decode("latin-1")):
-            return await refuse(CLOSE_FORBIDDEN, "origin not allowed")
+            return await refuse(CLOSE_FORBIDDEN, "origin not allowed", "origin_not_allowed")
         try:
             cursor = parse_cursor(_query(scope).get("cursor"))
             token = _bearer(headers)
@@ -170,7 +173,7 @@ class WebSocketEndpoint:
             app, user = await service.authenticate_token(token)
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
-            return await refuse(exc.close_code, exc.message)
+            return await refuse(exc.close_code, exc.message, exc.code)
         except _Gone:
             return
 
@@ -222,6 +225,7 @@ class SSEEndpoint:
     async def __call__(self, scope, receive, send) -> None:
         service = self.service
         headers = _headers(scope)
+        app = None
         try:
             query = _query(scope)
             token = query.get("token") or _bearer(headers)
@@ -234,6 +238,7 @@ class SSEEndpoint:
             app, user = await service.authenticate_token(token)
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
+            service.hub.metrics.error(app, exc.code, exc.status, "GET /v1/me/events")
             return await service.send_error(send, exc)
 
         await send({

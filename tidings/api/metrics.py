@@ -1,0 +1,115 @@
+"""``/metrics``: the node's plain counters in Prometheus' text format.
+
+The hot path never calls prometheus-client: it adds to integers of
+tidings.core.stats, and :class:`ServiceCollector` turns them into metric
+families when Prometheus scrapes.  The gauges that need a walk over the open
+streams (connections by transport, queue depths) are computed here, at
+scrape time, too.  Every family is labelled by ``app``; errors that happen
+before a key or token names an app have ``app=""``.  Topic names never
+appear (they are app data, and unbounded).
+"""
+
+from __future__ import annotations
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+
+from tidings.core.stats import LATENCY_BUCKETS
+
+
+def stream_gauges(apps: dict[str, set]) -> dict[str, dict]:
+    """Per app of ``apps`` (the hub's app -> open streams): streams by
+    transport, pending events, deepest queue.  A walk over every stream."""
+    out: dict[str, dict] = {}
+    for app, streams in apps.items():
+        kinds: dict[str, int] = {}
+        queued = deepest = 0
+        for st in streams:
+            kinds[st.kind] = kinds.get(st.kind, 0) + 1
+            depth = len(st.queue)
+            queued += depth
+            if depth > deepest:
+                deepest = depth
+        out[app] = {"kinds": kinds, "queued": queued, "deepest": deepest}
+    return out
+
+
+class ServiceCollector:
+    """Reads the service's counters at scrape time."""
+
+    def __init__(self, service, node: str = ""):
+        self.service = service
+        self.node = node
+
+    def collect(self):
+        hub = self.service.hub
+        stats = hub.metrics
+        apps = sorted(stats.apps.items())
+
+        info = InfoMetricFamily("tidings_node", "This node")
+        info.add_metric([], {"node": self.node})
+        yield info
+
+        conns = GaugeMetricFamily("tidings_connections", "Open live streams",
+                                  labels=["app", "transport"])
+        queued = GaugeMetricFamily("tidings_queued_events",
+                                   "Events waiting in the streams' queues", labels=["app"])
+        deepest = GaugeMetricFamily("tidings_queue_depth_max",
+                                    "Longest pending queue of any stream", labels=["app"])
+        for app, g in sorted(stream_gauges(hub.apps).items()):
+            for kind, n in sorted(g["kinds"].items()):
+                conns.add_metric([app, kind], n)
+            queued.add_metric([app], g["queued"])
+            deepest.add_metric([app], g["deepest"])
+        yield conns
+        yield queued
+        yield deepest
+        yield CounterMetricFamily("tidings_streams_opened", "Streams opened on this node",
+                                  value=stats.opened)
+
+        def counter(name: str, doc: str, attr: str) -> CounterMetricFamily:
+            fam = CounterMetricFamily(name, doc, labels=["app"])
+            for app, st in apps:
+                if app:
+                    fam.add_metric([app], getattr(st, attr))
+            return fam
+
+        yield counter("tidings_publishes", "Publishes committed", "published")
+        yield counter("tidings_publish_duplicates",
+                      "Publishes answered from the idempotency window", "duplicates")
+        yield counter("tidings_recipients",
+                      "Inbox entries written by write fan-out", "recipients")
+        yield counter("tidings_deliveries",
+                      "Notification events routed live to open streams", "delivered")
+        yield counter("tidings_replayed",
+                      "Notification events replayed to resuming streams", "replayed")
+        yield counter("tidings_slow_consumer_disconnects",
+                      "Streams closed because their queue overflowed", "slow_consumers")
+
+        errors = CounterMetricFamily("tidings_errors", "Errors answered, by code",
+                                     labels=["app", "code"])
+        for app, st in apps:
+            for code, n in sorted(st.errors.items()):
+                errors.add_metric([app, code], n)
+        yield errors
+
+        latency = HistogramMetricFamily(
+            "tidings_delivery_latency_seconds",
+            "Publish (store commit) to device (frame written), once per broker message",
+            labels=["app"])
+        for app, st in apps:
+            h = st.latency
+            if not h.n:
+                continue
+            cumulative, buckets = 0, []
+            for bound, c in zip(LATENCY_BUCKETS, h.counts, strict=False):
+                cumulative += c
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", h.n))
+            latency.add_metric([app], buckets, sum_value=h.total)
+        yield latency
+
