@@ -1,0 +1,230 @@
+"""The outbound channel contract: jobs, results, channels and the job queue.
+
+Outbound channels (webhook, Web Push, e-mail) reach the world outside the
+live streams, through providers that can be slow, down or rate limited.  So
+none of them runs on the publish path: publishing enqueues one durable
+:class:`Job` per (notification, user, channel, destination), and a
+:class:`~tidings.channels.worker.Worker` drains the queue with bounded
+concurrency per channel.  A provider that hangs holds at most its own lane's
+slots; live delivery and the other channels never wait for it.
+
+Guarantee: **at least once.**  A job leaves the queue only when a channel
+reported it delivered or failed for good, or when its attempts ran out (then
+it is kept on the dead-letter list).  A worker that dies mid-send loses
+nothing: the job's lease runs out and another worker sends it again.  So a
+receiver can see the same job twice; :attr:`Job.id` is stable across
+attempts for exactly that reason (webhooks send it as ``Tidings-Id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from tidings.core.retry import parse_retry_after
+
+__all__ = ["Channel", "Job", "JobQueue", "Result", "check_url", "http_post", "http_result"]
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivery of one notification to one destination of one user."""
+
+    id: str  # stable across attempts: the receiver's de-duplication key
+    channel: str  # "webhook" | "push" | "email": the lane that sends it
+    app: str
+    user: str
+    notification: bytes  # the notification's JSON, exactly as stored
+    # Where to: webhook {"url"}; push {"endpoint", "keys": {"p256dh", "auth"}};
+    # e-mail {"to", "name"?}.  Each channel validates its own.
+    destination: dict[str, Any]
+    created_at: float  # unix time the job was enqueued
+    expires_at: float | None = None  # the notification's expiry: never deliver late
+    attempts: int = 0  # failed attempts so far
+    last_error: str | None = None  # why the last attempt failed (delivery tracking)
+
+
+Outcome = Literal["delivered", "retry", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one attempt came to.
+
+    ``retry``: a transient failure (timeout, connection refused, 429, 5xx);
+    the worker schedules the next attempt, no earlier than ``retry_after``
+    seconds if the provider said so.  ``failed``: it will never work (a 4xx
+    the provider means, a refused address); the job goes to the dead-letter
+    list at once.  ``gone`` marks a destination that no longer exists (Web
+    Push 404/410): the caller should delete it so no new job targets it.
+    """
+
+    outcome: Outcome
+    detail: str = ""
+    status: int | None = None  # the provider's HTTP status or SMTP reply code
+    retry_after: float | None = None
+    gone: bool = False
+
+    @classmethod
+    def delivered(cls, status: int | None = None, detail: str = "") -> Result:
+        return cls("delivered", detail, status)
+
+    @classmethod
+    def retry(cls, detail: str, status: int | None = None,
+              retry_after: float | None = None) -> Result:
+        return cls("retry", detail, status, retry_after)
+
+    @classmethod
+    def failed(cls, detail: str, status: int | None = None, gone: bool = False) -> Result:
+        return cls("failed", detail, status, None, gone)
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """One outbound channel.  ``send`` classifies every provider failure into
+    a :class:`Result` instead of raising; an exception that escapes anyway
+    is a bug, which the worker counts as a retry (so it cannot lose the job)."""
+
+    name: str
+
+    async def send(self, job: Job) -> Result: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """Where jobs wait; the durable implementation is a store table.
+
+    * ``claim(channel, n, now)`` -- up to ``n`` jobs of ``channel`` that are
+      due (their next attempt time <= ``now``), oldest first, leased to the
+      caller: nobody else claims them until the lease runs out.
+    * ``complete(job)`` -- delivered: remove it.
+    * ``retry(job, at)`` -- store ``job`` (its ``attempts`` and
+      ``last_error`` already updated by the worker) and make it due at
+      unix time ``at``; the lease ends.
+    * ``dead(job, reason)`` -- move it to the dead-letter list with ``reason``.
+
+    A job that is claimed and then neither completed, retried nor killed
+    (the worker crashed) becomes claimable again when its lease runs out.
+    """
+
+    async def claim(self, channel: str, n: int, now: float) -> list[Job]: ...
+
+    async def complete(self, job: Job) -> None: ...
+
+    async def retry(self, job: Job, at: float) -> None: ...
+
+    async def dead(self, job: Job, reason: str) -> None: ...
+
+
+def http_result(
+    status: int,
+    retry_after: str | None,
+    now: float,
+    *,
+    gone: frozenset[int] = frozenset(),
+    detail: str = "",
+) -> Result:
+    """Classify an HTTP answer the way both webhooks and Web Push need.
+
+    2xx delivered; ``gone`` statuses are permanent and mark the destination
+    gone; 408 (timeout), 425 (too early), 429 (rate limited) and 5xx are
+    transient, honouring ``Retry-After``; every other status -- 3xx
+    included, since a signed request is never re-sent to a redirected URL --
+    is a permanent failure of this job.
+    """
+    text = f"HTTP {status}" + (f": {detail}" if detail else "")
+    if 200 <= status < 300:
+        return Result.delivered(status)
+    if status in gone:
+        return Result.failed(text, status, gone=True)
+    if status in (408, 425, 429) or 500 <= status < 600:
+        return Result.retry(text, status, parse_retry_after(retry_after, now))
+    return Result.failed(text, status)
+
+
+def check_url(url: object, allow_insecure: bool = False) -> str:
+    """Refuse destination URLs that would point the server at itself or its
+    network (SSRF): only ``https``, and no IP literal that is loopback,
+    private, link-local (cloud metadata at 169.254.169.254) or otherwise
+    not global, nor ``localhost``.  ``allow_insecure`` lifts both rules, for
+    local development and tests.  Names that *resolve* to private addresses
+    are not caught here; see docs/channels.md.  Returns the URL or raises
+    ValueError.
+    """
+    if not isinstance(url, str) or len(url) > 2048:
+        raise ValueError("a destination URL is a string of at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"bad URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError("a destination URL needs http(s)://host")
+    if allow_insecure:
+        return url
+    if parts.scheme != "https":
+        raise ValueError("a destination URL must use https")
+    if host == "localhost" or host.endswith(".localhost"):
+        raise ValueError("a destination URL must not point at localhost")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return url  # a name
+    if not address.is_global:
+        raise ValueError(f"a destination URL must not point at a non-public address ({host})")
+    return url
+
+
+async def http_post(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    clock: Callable[[], float],
+    gone: frozenset[int] = frozenset(),
+    max_body: int = 512,
+) -> Result:
+    """POST ``body`` and classify the answer (:func:`http_result`).
+
+    ``timeout`` bounds the whole attempt: httpx's own timeouts are per
+    phase, so a receiver trickling one byte a second would never trip them.
+    Only ``max_body`` raw bytes of the answer are read (and ``identity``
+    encoding is asked for, so they cannot expand), which keeps a hostile
+    receiver from making the worker buffer megabytes.
+    """
+    headers = {"Accept-Encoding": "identity", **headers}
+    try:
+        async with asyncio.timeout(timeout):
+            async with client.stream("POST", url, content=body, headers=headers) as resp:
+                head = bytearray()
+                try:
+                    async for chunk in resp.aiter_raw():
+                        head += chunk
+                        if len(head) >= max_body:
+                            break
+                except httpx.HTTPError:
+                    pass  # the status is what counts; a broken body is not a failure
+    except TimeoutError:
+        return Result.retry(f"timed out after {timeout:g}s")
+    except httpx.TimeoutException as exc:
+        return Result.retry(f"timed out: {type(exc).__name__}")
+    except httpx.TransportError as exc:
+        return Result.retry(f"{type(exc).__name__}: {exc}")
+    except httpx.InvalidURL as exc:
+        return Result.failed(f"bad URL: {exc}")
+    ok = 200 <= resp.status_code < 300
+    # one line, no control characters: it ends up in logs and the dead-letter list
+    detail = "" if ok else " ".join(bytes(head[:max_body]).decode("utf-8", "replace").split())
+    return http_result(resp.status_code, resp.headers.get("retry-after"), clock(),
+                       gone=gone, detail=detail)

@@ -1,0 +1,239 @@
+"""The delivery worker: drains a :class:`JobQueue` through the channels.
+
+Each channel gets its own *lane*: a loop that claims that channel's due jobs
+and runs at most ``concurrency`` sends at once.  Lanes share nothing but the
+event loop, so a provider that hangs fills its own lane's slots and nothing
+else: e-mail keeps flowing while every webhook endpoint times out, and the
+live WebSocket/SSE path never awaits a lane at all.
+
+After each attempt the worker settles the job:
+
+* delivered -> ``queue.complete``;
+* failed (permanent) -> ``queue.dead`` at once;
+* retry -> ``queue.retry`` at the time :class:`~tidings.core.retry.RetryPolicy`
+  gives (full jitter, ``Retry-After`` as a floor), or ``queue.dead`` when the
+  attempts are used up or the next attempt would come after the
+  notification expired.
+
+A job whose notification has expired is never sent: it goes to the
+dead-letter list as ``expired``.  ``stop(grace)`` stops claiming, lets the
+sends in flight finish for up to ``grace`` seconds, then cancels the rest
+and hands them back to the queue without counting an attempt (the receiver
+may have seen them: delivery is at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tidings.channels.base import Channel, Job, JobQueue, Result
+from tidings.core.retry import RetryPolicy
+
+__all__ = ["Lane", "Worker"]
+
+log = logging.getLogger("tidings.channels")
+
+# Called after every settled attempt: metrics, delivery statistics, and
+# deleting a destination reported gone (a Web Push subscription).
+ResultHook = Callable[[Job, Result], Awaitable[None]]
+
+
+@dataclass
+class Lane:
+    """One channel and how hard to drive it."""
+
+    channel: Channel
+    concurrency: int = 16  # sends in flight at once for this channel
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # Bounds a whole send, on top of the channel's own timeouts, so that even
+    # a channel bug cannot hold a slot forever.
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("a lane needs concurrency >= 1")
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        lanes: Iterable[Lane],
+        *,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        on_result: ResultHook | None = None,
+    ):
+        self.queue = queue
+        self.lanes = {lane.channel.name: lane for lane in lanes}
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.rand = rand
+        self.on_result = on_result
+        # (channel, outcome) -> attempts settled; outcomes: delivered, retry,
+        # failed, dead (retries used up), expired, error (a queue call failed).
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._wake = {name: asyncio.Event() for name in self.lanes}
+        self._inflight: dict[str, set[asyncio.Task]] = {name: set() for name in self.lanes}
+        self._loops: list[asyncio.Task] = []
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._loops:
+            raise RuntimeError("worker already started")
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._lane(lane), name=f"tidings-lane-{name}")
+                       for name, lane in self.lanes.items()]
+
+    def wake(self, channel: str | None = None) -> None:
+        """New jobs were enqueued: claim now instead of at the next poll."""
+        for name, event in self._wake.items():
+            if channel is None or channel == name:
+                event.set()
+
+    def inflight(self, channel: str) -> int:
+        return len(self._inflight[channel])
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self._stopping = True
+        self.wake()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        pending = set().union(*self._inflight.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # -- one lane ----------------------------------------------------------------------
+    async def _lane(self, lane: Lane) -> None:
+        name = lane.channel.name
+        wake, inflight = self._wake[name], self._inflight[name]
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            # Clear before claiming: a wake() that lands during the claim is
+            # not lost, the wait below returns at once.
+            wake.clear()
+            free = lane.concurrency - len(inflight)
+            claimed = 0
+            if free > 0:
+                try:
+                    jobs = await self.queue.claim(name, free, self.clock())
+                except Exception:
+                    log.exception("claiming %s jobs failed", name)
+                    self.counts[name, "error"] += 1
+                    jobs = []
+                for job in jobs:
+                    task = loop.create_task(self._attempt(lane, job))
+                    inflight.add(task)
+                    task.add_done_callback(self._finished(inflight, wake))
+                claimed = len(jobs)
+                if claimed == free:
+                    continue  # the lane is full now; the next turn waits for a slot
+            try:
+                async with asyncio.timeout(self.poll_interval):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    @staticmethod
+    def _finished(inflight: set[asyncio.Task], wake: asyncio.Event):
+        def done(task: asyncio.Task) -> None:
+            inflight.discard(task)
+            wake.set()  # a slot is free
+
+        return done
+
+    async def _attempt(self, lane: Lane, job: Job) -> None:
+        name = lane.channel.name
+        if job.expires_at is not None and self.clock() >= job.expires_at:
+            await self._settle_dead(job, "expired", "expired", Result.failed("expired"))
+            return
+        try:
+            async with asyncio.timeout(lane.timeout):
+                result = await lane.channel.send(job)
+        except TimeoutError:
+            result = Result.retry(f"send took longer than {lane.timeout:g}s")
+        except asyncio.CancelledError:
+            # stop() ran out of grace: give the job back as it was, due now.
+            try:
+                await self.queue.retry(job, self.clock())
+            except Exception:
+                log.exception("handing back %s job %s failed; its lease will expire", name, job.id)
+            raise
+        except Exception as exc:  # a channel bug must not lose the job
+            log.exception("%s channel raised on job %s", name, job.id)
+            result = Result.retry(f"{type(exc).__name__}: {exc}")
+        await self._settle(lane, job, result)
+
+    async def _settle(self, lane: Lane, job: Job, result: Result) -> None:
+        name = lane.channel.name
+        try:
+            if result.outcome == "delivered":
+                await self.queue.complete(job)
+                self.counts[name, "delivered"] += 1
+            elif result.outcome == "failed":
+                await self.queue.dead(job, result.detail)
+                self.counts[name, "failed"] += 1
+            else:
+                await self._retry(lane, job, result)
+        except Exception:
+            log.exception("settling %s job %s failed; its lease will expire", name, job.id)
+            self.counts[name, "error"] += 1
+            return
+        await self._report(job, result)
+
+    async def _retry(self, lane: Lane, job: Job, result: Result) -> None:
+        name = lane.channel.name
+        failures = job.attempts + 1
+        job = msgspec.structs.replace(job, attempts=failures, last_error=result.detail)
+        now = self.clock()
+        at = lane.policy.next_at(failures, now, self.rand, result.retry_after)
+        if at is None:
+            await self.queue.dead(job, f"gave up after {failures} attempts: {result.detail}")
+            self.counts[name, "dead"] += 1
+        elif job.expires_at is not None and at >= job.expires_at:
+            await self.queue.dead(job, f"expired before the next attempt: {result.detail}")
+            self.counts[name, "expired"] += 1
+        else:
+            await self.queue.retry(job, at)
+            self.counts[name, "retry"] += 1
+            if at - now < self.poll_interval:
+                # Due before the next poll: claim it right on time.
+                asyncio.get_running_loop().call_later(max(0.0, at - now), self.wake, name)
+
+    async def _settle_dead(self, job: Job, reason: str, outcome: str, result: Result) -> None:
+        name = job.channel
+        try:
+            await self.queue.dead(job, reason)
+            self.counts[name, outcome] += 1
+        except Exception:
+            log.exception("settling %s job %s failed; its lease will expire", name, job.id)
+            self.counts[name, "error"] += 1
+            return
+        await self._report(job, result)
+
+    async def _report(self, job: Job, result: Result) -> None:
+        if self.on_result is None:
+            return
+        try:
+            await self.on_result(job, result)
+        except Exception:
+            log.exception("result hook failed for %s job %s", job.channel, job.id)
