@@ -1,0 +1,165 @@
+"""E-mail over SMTP (``aiosmtplib``): one message per job, plain text + HTML.
+
+The message is ``multipart/alternative`` with a text part and an HTML part
+rendered from the notification's title, body and url.  Everything from the
+notification is escaped in the HTML part (``html.escape``), only ``http``
+and ``https`` links are rendered (a ``javascript:`` url is dropped), and
+line breaks are stripped from the subject so a title cannot inject headers.
+``Message-ID`` is derived from the job id, so a retried job carries the same
+id and mail systems can drop the duplicate; ``Auto-Submitted:
+auto-generated`` (RFC 3834) keeps vacation responders quiet.
+
+Failures: a 5xx refusal of the recipient or of the content fails the job for
+good; 4xx replies, timeouts and connection or TLS errors are retried.
+Refusals that are about the configuration rather than the message (bad
+credentials, sender refused, STARTTLS unavailable) are retried too, so that
+fixing the configuration lets the queued mail through; the dead-letter list
+catches them if nobody does.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from urllib.parse import urljoin, urlsplit
+
+import aiosmtplib
+import msgspec
+
+from tidings.channels.base import Job, Result
+from tidings.core.models import Notification
+
+__all__ = ["EmailChannel", "EmailConfig", "Rendered", "render"]
+
+_MAX_SUBJECT = 200
+
+
+class EmailConfig(msgspec.Struct, frozen=True):
+    host: str = "localhost"
+    port: int = 587
+    sender: str = "tidings@localhost"  # the From: address, e.g. "Acme <notify@acme.test>"
+    username: str | None = None  # credentials are optional (a local relay needs none)
+    password: str | None = None
+    tls: bool = False  # implicit TLS from the first byte (SMTPS, usually port 465)
+    # STARTTLS: True requires it, False never tries, None upgrades when the
+    # server offers it.  Set True whenever credentials are sent over the network.
+    starttls: bool | None = None
+    ca_file: str | None = None  # CA bundle to verify the server with (private CAs)
+    validate_certs: bool = True
+    timeout: float = 30.0  # seconds per SMTP command
+    base_url: str | None = None  # resolves relative notification urls ("/p/42")
+    subject_prefix: str = ""  # e.g. "[Acme] "
+
+
+class Rendered(msgspec.Struct, frozen=True):
+    subject: str
+    text: str
+    html: str
+
+
+def _link(url: str, base_url: str | None) -> str | None:
+    if not url:
+        return None
+    if base_url:
+        url = urljoin(base_url, url)
+    # Only web links: a "javascript:" or "data:" url in a mail is an attack.
+    return url if urlsplit(url).scheme in ("http", "https") else None
+
+
+def render(note: Notification, base_url: str | None = None, subject_prefix: str = "") -> Rendered:
+    """The subject, plain-text and HTML bodies of one notification."""
+    # A title is one line: collapsing its whitespace also keeps CR/LF out of
+    # the Subject header, where they would start new header lines.
+    title = " ".join(note.title.split()) or "New notification"
+    subject = f"{subject_prefix}{title}"[:_MAX_SUBJECT]
+    link = _link(note.url, base_url)
+    text_parts = [title]
+    if note.body:
+        text_parts.append(note.body)
+    if link:
+        text_parts.append(link)
+    text = "\n\n".join(text_parts) + "\n"
+    body_html = "<br>\n".join(html.escape(line) for line in note.body.splitlines())
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"></head><body>',
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if body_html:
+        parts.append(f"<p>{body_html}</p>")
+    if link:
+        parts.append(f'<p><a href="{html.escape(link, quote=True)}">Open</a></p>')
+    parts.append("</body></html>")
+    return Rendered(subject=subject, text=text, html="\n".join(parts) + "\n")
+
+
+class EmailChannel:
+    """Sends :class:`Job`s whose destination is ``{"to": addr, "name"?: str}``."""
+
+    name = "email"
+
+    def __init__(self, config: EmailConfig, *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self._domain = config.sender.rpartition("@")[2].rstrip(">").strip() or "localhost"
+
+    def message(self, job: Job, note: Notification) -> EmailMessage:
+        """The message for ``job``; ValueError for an unusable address."""
+        to, name = job.destination.get("to"), job.destination.get("name") or ""
+        if not isinstance(to, str) or not isinstance(name, str):
+            raise ValueError("destination needs a string 'to'")
+        if any(c in to + name for c in "\r\n\x00") or to.count("@") != 1 or len(to) > 254:
+            raise ValueError(f"not an e-mail address: {to!r}")
+        local, _, domain = to.partition("@")
+        rendered = render(note, self.config.base_url, self.config.subject_prefix)
+        msg = EmailMessage()
+        msg["From"] = self.config.sender
+        msg["To"] = Address(display_name=name, username=local, domain=domain)
+        msg["Subject"] = rendered.subject
+        msg["Date"] = format_datetime(datetime.fromtimestamp(self.clock(), UTC))
+        msg["Message-ID"] = f"<{job.id}@{self._domain}>"
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Tidings-Id"] = job.id
+        msg.set_content(rendered.text)
+        msg.add_alternative(rendered.html, subtype="html")
+        return msg
+
+    async def send(self, job: Job) -> Result:
+        try:
+            note = msgspec.json.decode(job.notification, type=Notification)
+        except msgspec.DecodeError as exc:
+            return Result.failed(f"bad notification JSON: {exc}")
+        try:
+            msg = self.message(job, note)
+        except (ValueError, TypeError) as exc:
+            return Result.failed(str(exc))
+        c = self.config
+        try:
+            await aiosmtplib.send(
+                msg, hostname=c.host, port=c.port, username=c.username, password=c.password,
+                use_tls=c.tls, start_tls=c.starttls, validate_certs=c.validate_certs,
+                cert_bundle=c.ca_file, timeout=c.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            detail = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+            if codes and all(500 <= code < 600 for code in codes):
+                return Result.failed(f"recipient refused: {detail}", codes[0])
+            return Result.retry(f"recipient deferred: {detail}", codes[0] if codes else None)
+        except (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError) as exc:
+            if 500 <= exc.code < 600:
+                return Result.failed(f"refused: {exc.code} {exc.message}", exc.code)
+            return Result.retry(f"deferred: {exc.code} {exc.message}", exc.code)
+        except aiosmtplib.SMTPResponseException as exc:  # auth, sender, HELO: configuration
+            return Result.retry(f"{type(exc).__name__}: {exc.code} {exc.message}", exc.code)
+        except (aiosmtplib.SMTPException, OSError) as exc:  # connection, timeout, TLS
+            return Result.retry(f"{type(exc).__name__}: {exc}")
+        return Result.delivered(250)
+
+    async def aclose(self) -> None:
+        pass  # one connection per message: nothing is kept open
