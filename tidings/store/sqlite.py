@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import msgspec
 
 from tidings.core.ids import new_epoch
 from tidings.core.models import Preferences
+from tidings.store import migrations
 from tidings.store.base import (
     AppRecord, Delivery, Entry, KeyRecord, NewNotification, PublishOutcome, StoredNotification,
     Store, StreamHead,
@@ -41,7 +41,7 @@ _STATE_FILTER = {  # inbox ?state= -> SQL predicate on the state column "st"
     None: "st < 3", "unread": "st < 2", "unseen": "st = 0", "seen": "st = 1",
     "read": "st = 2", "archived": "st = 3", "all": "1",
 }
-SCHEMA_VERSION = 1
+DIALECT = "sqlite"
 _CHUNK = 500  # host parameters per IN (...) list
 
 _decode_prefs = msgspec.json.Decoder(Preferences).decode
@@ -57,25 +57,55 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+def _schema_version(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    version = int(row[0]) if row else 0
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema v{version} is newer than this tidings (v{SCHEMA_VERSION})"
-        )
-    for v in range(version + 1, SCHEMA_VERSION + 1):
-        script = resources.files("tidings.store").joinpath(f"sql/sqlite_{v:03d}.sql").read_text()
+    return int(row[0]) if row else 0
+
+
+def _migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply pending migrations (the pattern of tidings/store/migrations.py);
+    returns the versions applied.  The embedded store does this on every
+    open: zero configuration (docs/operations.md)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    applied: list[int] = []
+    while True:
+        # BEGIN IMMEDIATE is SQLite's migration lock: the version is read
+        # again under it, so two processes opening one file never both apply
+        # the same script.
         conn.execute("BEGIN IMMEDIATE")
-        for stmt in script.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
-        conn.execute(
-            "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(v),),
-        )
-        conn.execute("COMMIT")
+        try:
+            todo = migrations.pending(DIALECT, _schema_version(conn))
+            if not todo:
+                conn.execute("COMMIT")
+                return applied
+            version, script = todo[0]
+            for stmt in script.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(version),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        applied.append(version)
+
+
+def migrate(path: str | Path) -> list[int]:
+    """Bring the file at ``path`` to this code's schema; the versions applied."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        conn = _connect(str(path), "FULL")
+    finally:
+        os.umask(old)
+    try:
+        return _migrate(conn)
+    finally:
+        conn.close()
 
 
 def _chunks(items: list, n: int = _CHUNK):
