@@ -1,0 +1,353 @@
+"""What is particular to the PostgreSQL store: several nodes over one database,
+explicit schema migrations, and an unreachable database.
+
+Runs against the server of ``tests/services.py`` (skipped without one, a
+failure in CI), each test in a fresh schema of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+
+import asyncpg
+import msgspec
+import pytest
+
+from tests.services import require_postgres
+from tests.store.pg import fresh_schema
+from tidings.core.ids import new_id
+from tidings.errors import Unavailable
+from tidings.store import migrations
+from tidings.store.base import NewNotification
+from tidings.store.postgres import PostgresStore, migrate
+
+APP = "app_a"
+
+
+def note(*, users: list[str] | None = None, all: bool = False,
+         key: str | None = None) -> NewNotification:
+    nid = new_id()
+    return NewNotification(
+        id=nid, category="default", body=msgspec.json.encode({"id": nid}),
+        created_at=time.time(), expires_at=None, users=users, all=all, idempotency_key=key,
+    )
+
+
+async def publish(store, item):
+    return await store.publish(APP, item, fanout_threshold=100, window=3600)
+
+
+@pytest.fixture
+def url():
+    return require_postgres()
+
+
+@pytest.fixture
+async def schema(url):
+    """server_settings of a fresh, migrated schema."""
+    async with fresh_schema(url) as settings:
+        yield settings
+
+
+@pytest.fixture
+async def nodes(url, schema):
+    """Two stores over one database, as two nodes of a cluster would have."""
+    stores = [PostgresStore(url, server_settings=schema, max_size=4) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# -- several nodes, one database ------------------------------------------------------
+
+
+async def test_two_nodes_publishing_to_overlapping_users_get_gapless_seqs(nodes):
+    one, two = nodes
+    await one.create_app(APP, "a", "secret")
+    rng = random.Random(7)
+    users = [f"u{i}" for i in range(10)]
+    # Recipient lists in random order: the store must lock them in one order
+    # itself, or overlapping fan-outs would deadlock.
+    items = [note(users=rng.sample(users, rng.randint(2, 8))) for _ in range(120)]
+    outs = await asyncio.gather(*(publish(nodes[i % 2], it) for i, it in enumerate(items)))
+
+    by_user: dict[str, dict[int, str]] = {}
+    for out in outs:
+        for d in out.deliveries:
+            seqs = by_user.setdefault(d.user, {})
+            assert d.seq not in seqs, f"seq {d.seq} handed out twice to {d.user}"
+            seqs[d.seq] = out.id
+    for user in users:
+        expected = sum(user in it.users for it in items)
+        assert sorted(by_user[user]) == list(range(1, expected + 1)), f"gap for {user}"
+        # both nodes read the same stream: same head, same order
+        heads = [await s.stream_head(APP, user, time.time()) for s in nodes]
+        assert {(h.epoch, h.head_seq) for h in heads} == {(heads[0].epoch, expected)}
+        personal, _ = await two.replay(APP, user, 0, 0, 1000, time.time())
+        assert [e.id for e in personal] == [by_user[user][s] for s in range(1, expected + 1)]
+
+
+async def test_two_nodes_share_one_feed_timeline(nodes):
+    outs = await asyncio.gather(*(publish(nodes[i % 2], note(all=True)) for i in range(40)))
+    assert sorted(o.feed_offset for o in outs) == list(range(1, 41))
+    _, feed = await nodes[0].replay(APP, "anyone", 0, 0, 1000, time.time())
+    assert [e.feed for e in feed] == list(range(1, 41))
+
+
+async def test_one_idempotency_key_on_two_nodes_stores_one_notification(nodes):
+    items = [note(users=["u"], key="k") for _ in range(10)]
+    outs = await asyncio.gather(*(publish(nodes[i % 2], it) for i, it in enumerate(items)))
+    assert sorted(o.status for o in outs) == ["accepted"] + ["duplicate"] * 9
+    assert len({o.id for o in outs}) == 1
+    assert (await nodes[1].stream_head(APP, "u", time.time())).head_seq == 1
+
+
+
+async def test_inbox_pages_by_id_even_when_seq_order_differs(nodes):
+    # Concurrent publishes take a user's stream lock in whatever order they
+    # reach it, so seq order may differ from id order; paging with
+    # before=<id> must still list every entry once, newest id first.
+    items = [note(users=["u"]) for _ in range(60)]
+    await asyncio.gather(*(publish(nodes[i % 2], it) for i, it in enumerate(items)))
+    pages, before = [], None
+    while page := await nodes[0].inbox(APP, "u", limit=7, before=before, state=None,
+                                        now=time.time()):
+        pages += [e.id for e in page]
+        before = page[-1].id
+    assert pages == sorted((it.id for it in items), reverse=True)
+
+# -- schema migrations ---------------------------------------------------------------
+
+
+async def _version(url, settings) -> str | None:
+    conn = await asyncpg.connect(url, server_settings=settings)
+    try:
+        if await conn.fetchval("SELECT to_regclass('meta') IS NULL"):
+            return None
+        return await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+    finally:
+        await conn.close()
+
+
+async def test_migrate_brings_a_fresh_database_to_the_current_version(url):
+    latest = migrations.latest("postgres")
+    async with fresh_schema(url, migrated=False) as settings:
+        assert await migrate(url, server_settings=settings) == list(range(1, latest + 1))
+        assert await _version(url, settings) == str(latest)
+        assert await migrate(url, server_settings=settings) == []  # nothing pending
+        store = PostgresStore(url, server_settings=settings)
+        await store.open()
+        await store.close()
+
+
+async def test_nodes_migrating_at_once_apply_each_version_once(url):
+    latest = migrations.latest("postgres")
+    async with fresh_schema(url, migrated=False) as settings:
+        runs = await asyncio.gather(*(migrate(url, server_settings=settings) for _ in range(3)))
+        assert sorted(v for run in runs for v in run) == list(range(1, latest + 1))
+        assert await _version(url, settings) == str(latest)
+
+
+async def test_open_refuses_a_database_with_pending_migrations(url):
+    async with fresh_schema(url, migrated=False) as settings:
+        store = PostgresStore(url, server_settings=settings)
+        with pytest.raises(migrations.SchemaError, match=r"older .*tidings migrate --store"):
+            await store.open()
+        assert await store.ping() is False  # nothing was left open
+        # nothing was created behind the operator's back
+        assert await _version(url, settings) is None
+
+
+async def test_a_database_newer_than_the_code_is_refused(url, schema):
+    conn = await asyncpg.connect(url, server_settings=schema)
+    try:
+        await conn.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'",
+                           str(migrations.latest("postgres") + 1))
+    finally:
+        await conn.close()
+    with pytest.raises(migrations.SchemaError, match="newer than this tidings"):
+        await PostgresStore(url, server_settings=schema).open()
+    with pytest.raises(migrations.SchemaError, match="newer than this tidings"):
+        await migrate(url, server_settings=schema)
+
+
+async def test_the_password_never_appears_in_the_refusal(url):
+    async with fresh_schema(url, migrated=False) as settings:
+        with_password = url.replace("postgres@", "postgres:hunter2@", 1)
+        with pytest.raises(migrations.SchemaError) as refused:
+            await PostgresStore(with_password, server_settings=settings).open()
+        assert "hunter2" not in str(refused.value) and "***" in str(refused.value)
+
+
+# -- an unreachable database ---------------------------------------------------------
+
+
+class Partition:
+    """A TCP forwarder to PostgreSQL that a test can cut and heal: the
+    database goes away for this store only, the shared server is untouched."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def heal(self) -> None:
+        self._server = await asyncio.start_server(
+            self._forward, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        self._server.close()
+        for writer in list(self._open):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _forward(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open |= {writer, up_writer}
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+                self._open.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.fixture
+async def partition(url):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    p = Partition(parts.hostname, parts.port or 5432)
+    await p.heal()
+    yield p
+    with contextlib.suppress(Exception):
+        await p.cut()
+
+
+def _via(url: str, port: int) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=f"{user}127.0.0.1:{port}").geturl()
+
+
+async def test_open_fails_clearly_when_the_database_is_unreachable(url, partition):
+    await partition.cut()
+    store = PostgresStore(_via(url, partition.port))
+    with pytest.raises(Unavailable, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:\d+"):
+        await store.open()
+    assert await store.ping() is False
+
+
+async def test_store_calls_raise_unavailable_while_the_database_is_away_then_recover(
+    url, schema, partition,
+):
+    store = PostgresStore(_via(url, partition.port), server_settings=schema, max_size=3)
+    await store.open()
+    try:
+        await store.create_app(APP, "a", "secret")
+        first = await publish(store, note(users=["u"]))
+        assert await store.ping() is True
+
+        await partition.cut()
+        assert await store.ping() is False
+        calls = [
+            lambda: publish(store, note(users=["u"])),
+            lambda: store.get_app(APP),
+            lambda: store.stream_head(APP, "u", time.time()),
+            lambda: store.counts(APP, "u", time.time()),
+            lambda: store.set_state(APP, "u", None, "read", time.time()),
+        ]
+        for call in calls:
+            with pytest.raises(Unavailable) as down:
+                await call()
+            assert down.value.status == 503 and 1 <= down.value.retry_after <= 5
+
+        # Back: the same store instance serves again, with no reopen.
+        await partition.heal()
+        assert await store.ping() is True
+        again = await publish(store, note(users=["u"]))
+        assert [(d.user, d.seq) for d in again.deliveries] == [("u", 2)]
+        assert (await store.get_notification(APP, first.id)).recipients == 1
+    finally:
+        await store.close()
+
+
+async def test_sessions_ended_by_a_server_restart_are_replaced_unnoticed(url, schema):
+    # Only this store's sessions are ended: they carry a name of their own.
+    name = "tidings-test-" + secrets.token_hex(4)
+    store = PostgresStore(url, server_settings={**schema, "application_name": name}, max_size=2)
+    await store.open()
+    admin = await asyncpg.connect(url)
+    try:
+        await store.create_app(APP, "a", "secret")
+        await asyncio.gather(*(publish(store, note(users=["u"])) for _ in range(4)))
+        sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+        assert await admin.fetchval(sessions, name) == 2
+        # What a restart does to every session: FATAL 57P01, then the socket closes.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            name)
+        for _ in range(500):  # terminating is asynchronous: until they are gone
+            if await admin.fetchval(sessions, name) == 0:
+                break
+            await asyncio.sleep(0.01)
+        # The dead idle connections are found out before a statement is sent
+        # on them, so every call succeeds on a fresh one: no 503 for this.
+        outs = await asyncio.gather(*(publish(store, note(users=["u"])) for _ in range(4)))
+        assert sorted(d.seq for o in outs for d in o.deliveries) == [5, 6, 7, 8]
+    finally:
+        await admin.close()
+        await store.close()
+
+
+async def test_the_api_answers_503_with_retry_after_while_the_database_is_away(
+    url, schema, partition, tmp_path,
+):
+    from tests.conftest import run_server
+
+    store = _via(url, partition.port) + f"?search_path={schema['search_path']}"
+    async with run_server(tmp_path, store=store) as server:
+        token = await server.token("u")
+        async with server.http() as http:
+            body = {"to": {"users": ["u"]}, "title": "hi"}
+            assert (await http.post("/v1/notifications", json=body)).status_code == 202
+
+            await partition.cut()
+            r = await http.post("/v1/notifications", json=body)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "unavailable"
+            assert 1 <= int(r.headers["retry-after"]) <= 5
+            me = {"Authorization": f"Bearer {token}"}
+            r = await http.get("/v1/me/counts", headers=me)
+            assert (r.status_code, "retry-after" in r.headers) == (503, True)
+            r = await http.get("/readyz")
+            assert (r.status_code, r.json()["store"]) == (503, False)
+
+            await partition.heal()
+            assert (await http.post("/v1/notifications", json=body)).status_code == 202
+            assert (await http.get("/v1/me/counts", headers=me)).json()["unread"] == 2
+            assert (await http.get("/readyz")).status_code == 200

@@ -1,0 +1,164 @@
+"""The PostgreSQL store's statements (used by postgres.py).
+
+Kept apart so that the store reads as what it does, and the SQL as one
+place to review: every multi-user write orders its rows by user id
+``COLLATE "C"`` (the columns' collation), which gives every node and every
+kind of write one lock order.  ``$1`` is always the app id and, where a user
+is involved, ``$2`` the user id.
+"""
+
+from __future__ import annotations
+
+STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
+STATE_NAME = ("unseen", "seen", "read", "archived")
+
+# A user sees a feed item addressed to everyone or to a topic they follow.
+_VISIBLE = (
+    "(n.audience = '*' OR n.audience IN "
+    "(SELECT topic FROM topic_subs WHERE app_id = n.app_id AND user_id = $2))"
+)
+
+# Write fan-out, one statement: $1 app, $2 id, $3 category, $4 body,
+# $5 created_at, $6 expires_at, $7 the audience (users array or topic).
+# Returns the audience size before muting and the deliveries as three arrays.
+_FANOUT = """
+WITH audience AS ({source}),
+recipients AS (
+  SELECT u FROM audience WHERE NOT EXISTS (
+    SELECT 1 FROM mutes m WHERE m.app_id = $1 AND m.category = $3 AND m.user_id = audience.u)
+),
+seqs AS (
+  INSERT INTO streams AS s (app_id, user_id, epoch, head_seq)
+  SELECT $1, u, left(gen_random_uuid()::text, 8), 1 FROM recipients ORDER BY u
+  ON CONFLICT (app_id, user_id) DO UPDATE SET head_seq = s.head_seq + 1
+  RETURNING user_id, epoch, head_seq
+),
+note AS (
+  INSERT INTO notifications (app_id, id, category, body, recipients, created_at, expires_at)
+  SELECT $1, $2, $3, $4, count(*), $5, $6 FROM seqs
+),
+entries AS (
+  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at)
+  SELECT $1, user_id, head_seq, $2, $5, $6 FROM seqs
+)
+SELECT (SELECT count(*) FROM audience),
+       array_agg(user_id), array_agg(epoch), array_agg(head_seq) FROM seqs
+"""
+FANOUT_USERS = _FANOUT.format(
+    source='SELECT u COLLATE "C" AS u FROM unnest($7::text[]) AS t(u)')
+FANOUT_TOPIC = _FANOUT.format(
+    source="SELECT user_id AS u FROM topic_subs WHERE app_id = $1 AND topic = $7")
+
+# Read fan-out: the app's feed_heads row hands out the next offset (and its
+# lock makes offsets commit in order).
+FEED = """
+WITH head AS (
+  INSERT INTO feed_heads AS f (app_id, head) VALUES ($1, 1)
+  ON CONFLICT (app_id) DO UPDATE SET head = f.head + 1 RETURNING head
+)
+INSERT INTO notifications
+  (app_id, id, category, body, audience, feed_offset, recipients, created_at, expires_at)
+SELECT $1, $2, $3, $4, $5, head, 0, $6, $7 FROM head
+RETURNING feed_offset
+"""
+
+HEAD = (
+    "SELECT s.epoch, s.head_seq, s.floor_seq, coalesce(f.head, 0), coalesce(f.floor, 0) "
+    "FROM streams s LEFT JOIN feed_heads f ON f.app_id = s.app_id "
+    "WHERE s.app_id = $1 AND s.user_id = $2"
+)
+NEW_STREAM = (
+    "INSERT INTO streams (app_id, user_id, epoch, head_seq) "
+    "VALUES ($1, $2, left(gen_random_uuid()::text, 8), 0) ON CONFLICT DO NOTHING"
+)
+
+# Personal entries and feed items in one round trip: (is_feed, id, body,
+# state, created_at, seq or offset).  $3 after_seq, $4 after_feed, $5 now, $6 limit.
+REPLAY = f"""
+(SELECT false, n.id, n.body, i.state, n.created_at, i.seq
+ FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
+ WHERE i.app_id = $1 AND i.user_id = $2 AND i.seq > $3
+   AND (i.expires_at IS NULL OR i.expires_at > $5)
+ ORDER BY i.seq LIMIT $6)
+UNION ALL
+(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset
+ FROM notifications n LEFT JOIN feed_state fs
+   ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
+ WHERE n.app_id = $1 AND n.feed_offset > $4 AND NOT n.deleted
+   AND (n.expires_at IS NULL OR n.expires_at > $5) AND {_VISIBLE}
+ ORDER BY n.feed_offset LIMIT $6)
+"""
+
+_STATE_FILTER = {  # inbox ?state= -> predicate on a state expression
+    None: "{} < 3", "unread": "{} < 2", "unseen": "{} = 0", "seen": "{} = 1",
+    "read": "{} = 2", "archived": "{} = 3", "all": "true",
+}
+
+
+def _inbox_sql(state: str | None, paged: bool) -> str:
+    """Newest first, both halves; $3 now, $4 limit, $5 the ``before`` id."""
+    personal = _STATE_FILTER[state].format("i.state")
+    feed = _STATE_FILTER[state].format("coalesce(fs.state, 0)")
+    # Personal entries page by id, not by seq as in SQLite: seqs follow the
+    # order in which concurrent publishes (from several connections and nodes)
+    # took the stream's lock, which need not be the order of their ids, and
+    # ``before=<id>`` must neither skip nor repeat an entry.  The sort covers
+    # one user's rows, found by the primary key prefix.
+    return f"""
+(SELECT false, n.id, n.body, i.state, n.created_at, i.seq
+ FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
+ WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
+   AND {personal} {"AND i.nid < $5" if paged else ""}
+ ORDER BY i.nid DESC LIMIT $4)
+UNION ALL
+(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset
+ FROM notifications n LEFT JOIN feed_state fs
+   ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
+ WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
+   AND (n.expires_at IS NULL OR n.expires_at > $3) AND {_VISIBLE}
+   AND {feed} {"AND n.id < $5" if paged else ""}
+ ORDER BY n.id DESC LIMIT $4)
+"""
+
+
+INBOX = {(state, paged): _inbox_sql(state, paged) for state in _STATE_FILTER
+         for paged in (False, True)}
+
+# Move entries forward: personal rows in place, feed items by upserting the
+# user's lazy feed_state row.  $3 state code, $4 now, $5 the ids (if given).
+_SET_STATE = f"""
+WITH personal AS (
+  UPDATE inbox SET state = $3
+  WHERE app_id = $1 AND user_id = $2 AND state < $3
+    AND (expires_at IS NULL OR expires_at > $4) {{ids_personal}}
+  RETURNING nid
+), feed AS (
+  INSERT INTO feed_state AS fs (app_id, user_id, nid, state)
+  SELECT $1, $2, n.id, $3 FROM notifications n
+  WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
+    AND (n.expires_at IS NULL OR n.expires_at > $4) AND {_VISIBLE} {{ids_feed}}
+  ORDER BY n.id
+  ON CONFLICT (app_id, user_id, nid) DO UPDATE SET state = EXCLUDED.state
+    WHERE fs.state < EXCLUDED.state
+  RETURNING nid
+)
+SELECT nid FROM personal UNION ALL SELECT nid FROM feed
+"""
+SET_STATE = _SET_STATE.format(ids_personal="", ids_feed="")
+SET_STATE_IDS = _SET_STATE.format(
+    ids_personal="AND nid = ANY($5::text[])", ids_feed="AND n.id = ANY($5::text[])")
+
+# Retract: flag the notification (its id and seqs are never reused) and drop
+# every user's entry and state.  Returns whether this call did it.
+DELETE = """
+WITH gone AS (
+  UPDATE notifications SET deleted = true
+  WHERE app_id = $1 AND id = $2 AND NOT deleted RETURNING id
+), entries AS (
+  DELETE FROM inbox WHERE app_id = $1 AND nid = $2
+), states AS (
+  DELETE FROM feed_state WHERE app_id = $1 AND nid = $2
+)
+SELECT count(*) > 0 FROM gone
+"""
+

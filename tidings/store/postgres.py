@@ -1,0 +1,625 @@
+"""The cluster store: PostgreSQL through one asyncpg pool.
+
+Any number of nodes share one database, so every guarantee of the contract
+(base.py) rests on PostgreSQL's row locks rather than on a single writer:
+
+* **Seqs.**  A publish assigns seqs with ``INSERT INTO streams ... ON
+  CONFLICT DO UPDATE SET head_seq = head_seq + 1 RETURNING``: the upsert
+  locks each recipient's stream row until commit, so two nodes publishing to
+  one user queue behind each other: no seq is handed out twice or skipped,
+  and a seq becomes visible only after the one before it.  Recipients are
+  locked in one order everywhere (sorted by user id, ``COLLATE "C"``) so
+  that overlapping fan-outs wait for each other instead of deadlocking.
+* **Feed offsets** come from the same kind of upsert on the app's
+  ``feed_heads`` row.
+* **One statement, one round trip.**  A fan-out to N users is a single
+  statement (data-modifying CTEs): mute filter, the multi-row streams upsert,
+  the notification row and N inbox rows.  A single statement is atomic and,
+  with ``synchronous_commit`` on (the default), durable when it returns, so
+  only a publish with an idempotency key needs an explicit transaction.
+* **Idempotency.**  The key row is claimed first (an upsert that only
+  replaces an expired record); a concurrent publish with the same key waits
+  on that row and then reads the first result.
+
+Connection-level failures (refused, reset, server restart, pool exhausted)
+raise :class:`tidings.errors.Unavailable`, which the API answers with 503
+and ``Retry-After``.  The pool reconnects by itself: a dead connection is
+replaced the next time it is acquired.
+
+Schema changes are explicit here: ``tidings migrate`` applies them, and
+``open()`` refuses a database that is behind or ahead of the code
+(docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+from asyncpg import exceptions as pgerr
+
+from tidings.core.models import Preferences
+from tidings.errors import Unavailable
+from tidings.store import migrations
+from tidings.store._postgres_sql import (
+    DELETE,
+    FANOUT_TOPIC,
+    FANOUT_USERS,
+    FEED,
+    HEAD,
+    INBOX,
+    NEW_STREAM,
+    REPLAY,
+    SET_STATE,
+    SET_STATE_IDS,
+    STATE_CODE,
+    STATE_NAME,
+)
+from tidings.store.base import (
+    AppRecord,
+    Delivery,
+    Entry,
+    KeyRecord,
+    NewNotification,
+    PublishOutcome,
+    Store,
+    StoredNotification,
+    StreamHead,
+)
+
+__all__ = ["PostgresStore", "migrate"]
+
+log = logging.getLogger("tidings.store")
+
+DIALECT = "postgres"
+RETRY_AFTER = 2.0  # seconds a client is told to wait while the database is away
+CONNECT_TIMEOUT = 5.0  # a new connection, and waiting for a free one in the pool
+# pg_advisory_xact_lock key that serialises migrations ("tidings" in ASCII).
+MIGRATION_LOCK = 0x74696469_6E6773
+
+# What "the database is not there right now" looks like.  Anything else (a
+# unique violation, bad input) is the request's fault and propagates as is.
+_DOWN: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, no route; TimeoutError too (connect, pool acquire)
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, "closed in the middle of operation"
+    pgerr.CannotConnectNowError,  # 57P03: starting up or shutting down
+    pgerr.AdminShutdownError,  # 57P01: the server was stopped or restarted
+    pgerr.CrashShutdownError,  # 57P02
+    pgerr.TooManyConnectionsError,  # 53300
+)
+# A pooled connection found dead before the statement was sent ("connection
+# is closed"; or a session the server ended while it sat idle, e.g. on a
+# restart, which leaves asyncpg's protocol stuck): nothing reached the
+# database, so the call is run again on a fresh connection.
+_STALE = (asyncpg.InterfaceError, pgerr.InternalClientError)
+# InterfaceErrors that are not about the connection: bad arguments are a bug
+# or bad input, never a reason to tell the client to come back later.
+_NOT_DOWN = (pgerr.DataError, pgerr.ClientConfigurationError,
+             pgerr.UnsupportedClientFeatureError, pgerr.UnsupportedServerFeatureError)
+# The whole transaction was rolled back and may simply be run again.
+_RETRY = (pgerr.DeadlockDetectedError, pgerr.SerializationError)
+_ATTEMPTS = 3
+
+_decode_prefs = msgspec.json.Decoder(Preferences).decode
+_encode = msgspec.json.encode
+
+
+def _where(url: str) -> str:
+    """``host:port/db`` of ``url``, for messages (never the password)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- schema migrations ---------------------------------------------------------
+
+async def _schema_version(conn) -> int:
+    if await conn.fetchval("SELECT to_regclass('meta') IS NULL"):
+        return 0
+    value = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(value) if value else 0
+
+
+async def _apply_migrations(conn) -> list[int]:
+    applied: list[int] = []
+    while True:
+        async with conn.transaction():
+            # Nodes started together queue here; each re-reads the version
+            # under the lock and finds the work done.  The lock is released by
+            # the commit (or rollback) of this migration's transaction.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                'CREATE TABLE IF NOT EXISTS meta (key text COLLATE "C" PRIMARY KEY, '
+                "value text NOT NULL)"
+            )
+            todo = migrations.pending(DIALECT, await _schema_version(conn))
+            if not todo:
+                return applied
+            version, script = todo[0]
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", str(version),
+            )
+        applied.append(version)
+
+
+async def migrate(url: str, *, server_settings: dict[str, str] | None = None) -> list[int]:
+    """Bring the database at ``url`` to this code's schema; the versions applied."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT, server_settings=server_settings)
+    except _DOWN as exc:
+        raise Unavailable(f"cannot reach PostgreSQL at {_where(url)}: {exc}") from exc
+    try:
+        return await _apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+async def _keep_session(conn) -> None:
+    """Pool reset hook that sends nothing.  The store never changes session
+    state (no SET, LISTEN, cursors or session locks), and asyncpg still rolls
+    back a transaction left open, so the default reset query would cost one
+    more round trip per store call for nothing."""
+
+
+# -- the store ----------------------------------------------------------------
+
+class PostgresStore(Store):
+    def __init__(
+        self, url: str, *, server_settings: dict[str, str] | None = None,
+        min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0,
+    ):
+        self.url = url
+        self._server_settings = server_settings
+        self._sizes = (min_size, max_size)
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._down = False  # for logging the moment the database goes and comes back
+
+    # -- lifecycle ------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            pool = await asyncpg.create_pool(
+                self.url, min_size=self._sizes[0], max_size=self._sizes[1],
+                timeout=CONNECT_TIMEOUT, command_timeout=self._command_timeout,
+                server_settings=self._server_settings, reset=_keep_session,
+            )
+        except _DOWN as exc:
+            raise Unavailable(f"cannot reach PostgreSQL at {_where(self.url)}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                version = await _schema_version(conn)
+            migrations.require_current(
+                DIALECT, version,
+                f"run `tidings migrate --store {_redacted(self.url)}` first (docs/operations.md)",
+            )
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (*_DOWN, *_STALE):
+                pool.terminate()  # the database is gone: nothing to close politely
+
+    async def ping(self) -> bool:
+        try:
+            return await self._call(_fetchval, "SELECT true")
+        except Unavailable:
+            return False
+
+    async def _call(self, fn, *args, tx: bool = False, tries: int = _ATTEMPTS):
+        """Run ``fn(conn, *args)`` on a pooled connection (in a transaction
+        when ``tx``), turning connection failures into ``Unavailable``."""
+        pool = self._pool
+        if pool is None:
+            raise Unavailable("the store is closed", retry_after=RETRY_AFTER)
+        for attempt in range(1, tries + 1):
+            last = attempt == tries
+            try:
+                async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                    try:
+                        if tx:
+                            async with conn.transaction():
+                                result = await fn(conn, *args)
+                        else:
+                            result = await fn(conn, *args)
+                    except (*_DOWN, *_STALE) as exc:
+                        if not isinstance(exc, _NOT_DOWN):
+                            # Never hand a connection in an unknown state to
+                            # the next caller: the pool replaces it.
+                            conn.terminate()
+                        raise
+            except _NOT_DOWN:
+                raise
+            except _RETRY:
+                if last:
+                    raise
+            except _STALE as exc:
+                if last:
+                    raise self._unavailable(exc) from exc
+            except _DOWN as exc:
+                raise self._unavailable(exc) from exc
+            else:
+                if self._down:
+                    self._down = False
+                    log.warning("PostgreSQL at %s is reachable again", _where(self.url))
+                return result
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: BaseException) -> Unavailable:
+        if not self._down:  # log the outage once, not once per request
+            self._down = True
+            log.warning("PostgreSQL at %s is unavailable: %r", _where(self.url), exc)
+        # The client sees no internals; the cause stays chained for the logs.
+        return Unavailable("the store is unavailable; retry later", retry_after=RETRY_AFTER)
+
+    async def _fetch(self, sql: str, *args) -> list:
+        return await self._call(_fetch, sql, *args)
+
+    async def _fetchrow(self, sql: str, *args):
+        return await self._call(_fetchrow, sql, *args)
+
+    async def _fetchval(self, sql: str, *args):
+        return await self._call(_fetchval, sql, *args)
+
+    async def _execute(self, sql: str, *args) -> str:
+        return await self._call(_execute, sql, *args)
+
+    # -- apps and keys --------------------------------------------------
+    async def pepper(self) -> bytes:
+        async def get_or_make(conn):
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('pepper', $1) ON CONFLICT DO NOTHING",
+                os.urandom(32).hex(),
+            )
+            return await conn.fetchval("SELECT value FROM meta WHERE key = 'pepper'")
+
+        value = await self._fetchval("SELECT value FROM meta WHERE key = 'pepper'")
+        if value is None:
+            value = await self._call(get_or_make)
+        return bytes.fromhex(value)
+
+    async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord:
+        now = time.time()
+        await self._execute(
+            "INSERT INTO apps (id, name, signing_secret, created_at) VALUES ($1, $2, $3, $4)",
+            app_id, name, signing_secret, now,
+        )
+        return AppRecord(app_id, name, signing_secret, now)
+
+    async def get_app(self, app_id: str) -> AppRecord | None:
+        row = await self._fetchrow(
+            "SELECT id, name, signing_secret, created_at FROM apps WHERE id = $1", app_id
+        )
+        return AppRecord(*row) if row else None
+
+    async def list_apps(self) -> list[AppRecord]:
+        rows = await self._fetch(
+            "SELECT id, name, signing_secret, created_at FROM apps ORDER BY created_at"
+        )
+        return [AppRecord(*r) for r in rows]
+
+    async def add_api_key(self, app_id, prefix, key_hash, scopes) -> None:
+        await self._execute(
+            "INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            prefix, app_id, key_hash, ",".join(sorted(scopes)), time.time(),
+        )
+
+    async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
+        row = await self._fetchrow(
+            "SELECT app_id, hash, scopes FROM api_keys WHERE prefix = $1", prefix
+        )
+        if not row or not hmac.compare_digest(row[1].encode(), key_hash.encode()):
+            return None
+        return KeyRecord(row[0], prefix, frozenset(row[2].split(",")))
+
+    # -- publishing -----------------------------------------------------
+    async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
+        if item.idempotency_key is None:
+            return await self._call(_publish, app_id, item, fanout_threshold)
+        return await self._call(
+            _publish_once, app_id, item, fanout_threshold, window, tx=True
+        )
+
+    async def get_notification(self, app_id, nid) -> StoredNotification | None:
+        return await self._call(_get_notification, app_id, nid)
+
+    async def update_notification(self, app_id, nid, body) -> StoredNotification | None:
+        async def update(conn):
+            found = await conn.fetchval(
+                "UPDATE notifications SET body = $3 WHERE app_id = $1 AND id = $2 "
+                "AND NOT deleted RETURNING true", app_id, nid, body,
+            )
+            return await _get_notification(conn, app_id, nid) if found else None
+
+        return await self._call(update, tx=True)
+
+    async def delete_notification(self, app_id, nid) -> StoredNotification | None:
+        async def delete(conn):
+            old = await _get_notification(conn, app_id, nid)
+            # Of two concurrent deletes only one flips the flag and reports it.
+            if old is None or not await conn.fetchval(DELETE, app_id, nid):
+                return None
+            return old
+
+        return await self._call(delete, tx=True)
+
+    async def recipients_of(self, app_id, nid) -> list[str]:
+        rows = await self._fetch(
+            "SELECT user_id FROM inbox WHERE app_id = $1 AND nid = $2", app_id, nid
+        )
+        return [r[0] for r in rows]
+
+    # -- streams and inboxes --------------------------------------------
+    async def stream_head(self, app_id, user, now) -> StreamHead:
+        async def head(conn):
+            row = await conn.fetchrow(HEAD, app_id, user)
+            if row is None:
+                await conn.execute(NEW_STREAM, app_id, user)
+                row = await conn.fetchrow(HEAD, app_id, user)
+            return row
+
+        epoch, head_seq, floor_seq, head_feed, floor_feed = await self._call(head)
+        return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1)
+
+    async def replay(self, app_id, user, after_seq, after_feed, limit, now):
+        rows = await self._fetch(REPLAY, app_id, user, after_seq, after_feed, now, limit)
+        personal: list[Entry] = []
+        feed: list[Entry] = []
+        for is_feed, nid, body, state, created, pos in rows:
+            if is_feed:
+                feed.append(Entry(nid, body, STATE_NAME[state], created, feed=pos))
+            else:
+                personal.append(Entry(nid, body, STATE_NAME[state], created, seq=pos))
+        return personal, feed
+
+    async def inbox(self, app_id, user, *, limit, before, state, now) -> list[Entry]:
+        sql = INBOX[state, before is not None]
+        args = (app_id, user, now, limit) if before is None else (
+            app_id, user, now, limit, before)
+        entries = [
+            Entry(nid, body, STATE_NAME[st], created, feed=pos) if is_feed
+            else Entry(nid, body, STATE_NAME[st], created, seq=pos)
+            for is_feed, nid, body, st, created, pos in await self._fetch(sql, *args)
+        ]
+        entries.sort(key=lambda e: e.id, reverse=True)
+        return entries[:limit]
+
+    async def counts(self, app_id, user, now) -> tuple[int, int]:
+        row = await self._fetchrow(
+            "SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0) "
+            "FROM (SELECT state FROM inbox WHERE app_id = $1 AND user_id = $2 "
+            "      AND (expires_at IS NULL OR expires_at > $3) "
+            "      UNION ALL "
+            "      SELECT coalesce(fs.state, 0) FROM notifications n "
+            "      LEFT JOIN feed_state fs ON fs.app_id = n.app_id AND fs.user_id = $2 "
+            "        AND fs.nid = n.id "
+            "      WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted "
+            "        AND (n.expires_at IS NULL OR n.expires_at > $3) "
+            "        AND (n.audience = '*' OR n.audience IN "
+            "          (SELECT topic FROM topic_subs WHERE app_id = $1 AND user_id = $2))"
+            ") AS mine",
+            app_id, user, now,
+        )
+        return row[0], row[1]
+
+    async def set_state(self, app_id, user, ids, state, now) -> list[str]:
+        if ids is None:
+            rows = await self._fetch(SET_STATE, app_id, user, STATE_CODE[state], now)
+        else:
+            rows = await self._fetch(
+                SET_STATE_IDS, app_id, user, STATE_CODE[state], now, list(ids)
+            )
+        return [r[0] for r in rows]
+
+    # -- topics ---------------------------------------------------------
+    async def subscribe(self, app_id, topic, users) -> int:
+        # Sorted, like every multi-row write, so overlapping bulk subscribes
+        # wait for each other instead of deadlocking.
+        return await self._fetchval(
+            "WITH added AS (INSERT INTO topic_subs (app_id, topic, user_id) "
+            '  SELECT $1, $2, u FROM unnest($3::text[]) AS t(u) ORDER BY u COLLATE "C" '
+            "  ON CONFLICT DO NOTHING RETURNING 1) "
+            "SELECT count(*) FROM added",
+            app_id, topic, list(dict.fromkeys(users)),
+        )
+
+    async def unsubscribe(self, app_id, topic, users) -> int:
+        status = await self._execute(
+            "DELETE FROM topic_subs WHERE app_id = $1 AND topic = $2 AND user_id = ANY($3)",
+            app_id, topic, list(users),
+        )
+        return _count(status)
+
+    async def topic_info(self, app_id, topic, limit) -> tuple[int, list[str]]:
+        row = await self._fetchrow(
+            "SELECT (SELECT count(*) FROM topic_subs WHERE app_id = $1 AND topic = $2), "
+            "ARRAY(SELECT user_id FROM topic_subs WHERE app_id = $1 AND topic = $2 "
+            "      ORDER BY user_id LIMIT $3)",
+            app_id, topic, limit,
+        )
+        return row[0], list(row[1])
+
+    async def user_topics(self, app_id, user) -> list[str]:
+        rows = await self._fetch(
+            "SELECT topic FROM topic_subs WHERE app_id = $1 AND user_id = $2 ORDER BY topic",
+            app_id, user,
+        )
+        return [r[0] for r in rows]
+
+    # -- preferences ----------------------------------------------------
+    async def get_preferences(self, app_id, user) -> Preferences:
+        doc = await self._fetchval(
+            "SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2", app_id, user
+        )
+        return _decode_prefs(doc) if doc is not None else Preferences()
+
+    async def put_preferences(self, app_id, user, prefs) -> None:
+        doc = _encode(prefs)
+        muted = sorted(c for c, ch in prefs.categories.items() if not ch.in_app)
+
+        async def put(conn):
+            await conn.execute(
+                "INSERT INTO prefs (app_id, user_id, doc) VALUES ($1, $2, $3) "
+                "ON CONFLICT (app_id, user_id) DO UPDATE SET doc = EXCLUDED.doc",
+                app_id, user, doc,
+            )
+            await conn.execute(
+                "DELETE FROM mutes WHERE app_id = $1 AND user_id = $2", app_id, user
+            )
+            await conn.execute(
+                "INSERT INTO mutes (app_id, category, user_id) "
+                "SELECT $1, c, $2 FROM unnest($3::text[]) AS t(c)", app_id, user, muted,
+            )
+
+        await self._call(put, tx=True)
+
+    # -- maintenance ----------------------------------------------------
+    async def prune(self, app_id, older_than) -> int:
+        return await self._call(_prune, app_id, older_than, tx=True)
+
+
+# -- statements run on one pooled connection ------------------------------------
+
+async def _fetch(conn, sql, *args):
+    return await conn.fetch(sql, *args)
+
+
+async def _fetchrow(conn, sql, *args):
+    return await conn.fetchrow(sql, *args)
+
+
+async def _fetchval(conn, sql, *args):
+    return await conn.fetchval(sql, *args)
+
+
+async def _execute(conn, sql, *args):
+    return await conn.execute(sql, *args)
+
+
+async def _publish(conn, app_id: str, item: NewNotification, threshold: int) -> PublishOutcome:
+    if item.users is not None:
+        return await _fan_out(conn, FANOUT_USERS, app_id, item, list(dict.fromkeys(item.users)))
+    if item.topic is not None:
+        # Counting stops past the threshold: a topic of a million costs the same.
+        size = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM topic_subs WHERE app_id = $1 AND topic = $2 "
+            "LIMIT $3) AS capped", app_id, item.topic, threshold + 1,
+        )
+        if size <= threshold:
+            return await _fan_out(conn, FANOUT_TOPIC, app_id, item, item.topic)
+        audience = item.topic
+    else:
+        audience = "*"
+    offset = await conn.fetchval(
+        FEED, app_id, item.id, item.category, item.body, audience, item.created_at,
+        item.expires_at,
+    )
+    return PublishOutcome(item.id, "accepted", 0, feed_offset=offset, audience=audience,
+                          body=item.body)
+
+
+async def _fan_out(conn, sql: str, app_id: str, item: NewNotification, target) -> PublishOutcome:
+    total, users, epochs, seqs = await conn.fetchrow(
+        sql, app_id, item.id, item.category, item.body, item.created_at, item.expires_at, target,
+    )
+    deliveries = list(map(Delivery, users, epochs, seqs)) if users else []
+    n = len(deliveries)
+    return PublishOutcome(item.id, "accepted", n, muted=total - n, deliveries=deliveries,
+                          body=item.body)
+
+
+async def _publish_once(conn, app_id, item: NewNotification, threshold: int, window: float):
+    """Publish with an idempotency key (inside a transaction)."""
+    key = item.idempotency_key
+    # Claim the key: insert it, or take over a record older than the window.
+    # A concurrent claim of the same key waits here until the first commits.
+    claimed = await conn.fetchval(
+        "INSERT INTO idempotency AS i (app_id, key, result, created_at) VALUES ($1, $2, '', $3) "
+        "ON CONFLICT (app_id, key) DO UPDATE SET result = '', created_at = EXCLUDED.created_at "
+        "WHERE i.created_at <= EXCLUDED.created_at - $4 RETURNING true",
+        app_id, key, item.created_at, window,
+    )
+    if not claimed:
+        first = msgspec.json.decode(await conn.fetchval(
+            "SELECT result FROM idempotency WHERE app_id = $1 AND key = $2", app_id, key))
+        return PublishOutcome(first["id"], "duplicate", first["recipients"], first.get("muted", 0))
+    out = await _publish(conn, app_id, item, threshold)
+    await conn.execute(
+        "UPDATE idempotency SET result = $3 WHERE app_id = $1 AND key = $2", app_id, key,
+        _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted}),
+    )
+    return out
+
+
+async def _get_notification(conn, app_id: str, nid: str) -> StoredNotification | None:
+    row = await conn.fetchrow(
+        "SELECT id, body, category, created_at, expires_at, audience, feed_offset, recipients "
+        "FROM notifications WHERE app_id = $1 AND id = $2 AND NOT deleted", app_id, nid,
+    )
+    if row is None:
+        return None
+    table = "inbox" if row["feed_offset"] is None else "feed_state"
+    counts = await conn.fetch(
+        f"SELECT state, count(*) FROM {table} WHERE app_id = $1 AND nid = $2 GROUP BY state",
+        app_id, nid,
+    )
+    stats = dict.fromkeys(STATE_NAME, 0)
+    for code, n in counts:
+        stats[STATE_NAME[code]] = n
+    return StoredNotification(*row, stats=stats)
+
+
+async def _prune(conn, app_id: str | None, older_than: float) -> int:
+    where, args = "", (older_than,)
+    if app_id is not None:
+        where, args = " AND app_id = $2", (older_than, app_id)
+    # Lock the streams whose floor rises in the order publishes lock them
+    # (app, then user, byte order), so a sweep never deadlocks a fan-out.
+    await conn.execute(
+        "SELECT 1 FROM streams WHERE (app_id, user_id) IN "
+        "(SELECT app_id, user_id FROM inbox WHERE created_at < $1" + where + ") "
+        "ORDER BY app_id, user_id FOR UPDATE", *args,
+    )
+    await conn.execute(
+        "UPDATE streams s SET floor_seq = greatest(s.floor_seq, old.top) "
+        "FROM (SELECT app_id, user_id, max(seq) AS top FROM inbox WHERE created_at < $1"
+        + where + " GROUP BY app_id, user_id) AS old "
+        "WHERE s.app_id = old.app_id AND s.user_id = old.user_id", *args,
+    )
+    n = _count(await conn.execute("DELETE FROM inbox WHERE created_at < $1" + where, *args))
+    await conn.execute(
+        "UPDATE feed_heads h SET floor = greatest(h.floor, old.top) "
+        "FROM (SELECT app_id, max(feed_offset) AS top FROM notifications "
+        "      WHERE feed_offset IS NOT NULL AND created_at < $1" + where +
+        "      GROUP BY app_id) AS old WHERE h.app_id = old.app_id", *args,
+    )
+    n += _count(await conn.execute(
+        "DELETE FROM notifications WHERE created_at < $1" + where, *args))
+    await conn.execute("DELETE FROM idempotency WHERE created_at < $1" + where, *args)
+    return n
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as ``DELETE 12``."""
+    return int(status.rsplit(" ", 1)[1])
