@@ -42,6 +42,7 @@ class MemoryQueue:
         ready.sort(key=lambda job: (self.due[job.id], job.created_at))
         for job in ready[:n]:
             self.leased_until[job.id] = now + self.lease
+        await self._notify()
         return ready[:n]
 
     async def complete(self, job: Job) -> None:

@@ -63,21 +63,28 @@ class WebhookReceiver:
     fail_first: int = 0
     fail_status: int = 500
     retry_after: str | None = None
-    hold: asyncio.Event | None = None  # when set: wait for it before answering
-    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: asyncio.Event | None = None  # when given: wait for it before answering
+    arrivals: asyncio.Queue = field(default_factory=asyncio.Queue)  # one item per request
     requests: list[tuple[dict, bytes]] = field(default_factory=list)
     accepted: list[dict] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     attempts: Counter = field(default_factory=Counter)
+    concurrent: int = 0
+    max_concurrent: int = 0
 
     async def __call__(self, scope, receive, send):
         request = Request(scope, receive)
         body = await request.body()
         headers = dict(request.headers)
         self.requests.append((headers, body))
-        self.entered.set()
-        if self.hold is not None:
-            await self.hold.wait()
+        self.arrivals.put_nowait(headers.get("tidings-id"))
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+        finally:
+            self.concurrent -= 1
         try:
             verify(self.secret, request.headers, body)
         except WebhookVerificationError as exc:

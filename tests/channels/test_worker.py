@@ -1,0 +1,261 @@
+"""The delivery worker: lanes, isolation of a slow provider, expiry, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.channels.memqueue import MemoryQueue, make_job
+from tests.channels.peers import Mailbox, WebhookReceiver, serve, smtp_server
+from tidings.channels.base import Channel, Job, Result
+from tidings.channels.email import EmailChannel, EmailConfig
+from tidings.channels.webhook import WebhookChannel, WebhookConfig
+from tidings.channels.worker import Lane, Worker
+from tidings.core.retry import RetryPolicy
+
+SECRET = "whsec_worker"
+FAST = RetryPolicy(base=0.01, cap=0.02, max_attempts=3)
+
+
+async def secret_for(job):
+    return SECRET
+
+
+def webhook() -> WebhookChannel:
+    return WebhookChannel(secret_for, WebhookConfig(allow_insecure=True))
+
+
+def hook(url: str, id: str, **kw) -> Job:
+    return make_job("webhook", {"url": url}, id=id, **kw)
+
+
+class Scripted:
+    """A channel for worker tests: answers each attempt from a script; an
+    exception in the script is raised, ``"hang"`` never answers."""
+
+    def __init__(self, name: str, script: list):
+        self.name = name
+        self.script = list(script)
+        self.sent: list[Job] = []
+
+    async def send(self, job: Job) -> Result:
+        self.sent.append(job)
+        step = self.script.pop(0) if self.script else Result.delivered()
+        if step == "hang":
+            await asyncio.Event().wait()
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_scripted_is_a_channel():
+    assert isinstance(Scripted("x", []), Channel)
+
+
+async def test_a_slow_provider_never_blocks_another_channel():
+    hold = asyncio.Event()
+    receiver = WebhookReceiver(SECRET, hold=hold)
+    box = Mailbox()
+    queue = MemoryQueue()
+    async with serve(receiver) as url, smtp_server(box) as port:
+        for i in range(5):
+            queue.put(hook(url, f"w-{i}"))
+        queue.put(make_job("email", {"to": "alice@acme.test"}, id="e-1"))
+        mail = EmailChannel(EmailConfig(host="127.0.0.1", port=port, starttls=False))
+        wh = webhook()
+        lanes = [Lane(wh, concurrency=2, policy=FAST), Lane(mail, concurrency=2, policy=FAST)]
+        async with Worker(queue, lanes, poll_interval=0.02) as worker:
+            # the webhook endpoint hangs on its first two requests...
+            await receiver.arrivals.get()
+            await receiver.arrivals.get()
+            # ...and the mail goes out regardless
+            await queue.wait(lambda q: [j.id for j in q.completed] == ["e-1"])
+            assert worker.inflight("webhook") == 2
+            assert receiver.arrivals.empty()  # no third webhook: the lane is full
+            hold.set()
+            await queue.wait(lambda q: len(q.completed) == 6)
+        await wh.aclose()
+    assert receiver.max_concurrent == 2
+    assert sorted(receiver.attempts) == [f"w-{i}" for i in range(5)]
+    assert len(box.messages) == 1
+
+
+async def test_an_expired_job_is_never_sent():
+    ch = Scripted("push", [])
+    queue = MemoryQueue()
+    queue.put(make_job("push", {}, id="old", expires_at=time.time() - 1))
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=0.02) as worker:
+        await queue.wait(lambda q: q.dead_letters)
+    assert ch.sent == []
+    assert [(j.id, reason) for j, reason in queue.dead_letters] == [("old", "expired")]
+    assert worker.counts["push", "expired"] == 1
+
+
+async def test_no_retry_is_scheduled_past_the_expiry():
+    ch = Scripted("push", [Result.retry("HTTP 503")])
+    queue = MemoryQueue()
+    queue.put(make_job("push", {}, id="soon", expires_at=time.time() + 30))
+    slow = RetryPolicy(base=3600.0, cap=3600.0, max_attempts=5)
+    async with Worker(queue, [Lane(ch, policy=slow)], poll_interval=0.02, rand=lambda: 1.0):
+        await queue.wait(lambda q: q.dead_letters)
+    (job, reason), = queue.dead_letters
+    assert reason == "expired before the next attempt: HTTP 503"
+    assert job.attempts == 1 and queue.retries == []
+
+
+async def test_a_channel_that_raises_is_retried_not_lost():
+    ch = Scripted("email", [RuntimeError("bug in a channel"), TimeoutError()])
+    queue = MemoryQueue()
+    queue.put(make_job("email", {}, id="j"))
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=0.02):
+        await queue.wait(lambda q: q.completed)
+    assert [j.last_error for j, _ in queue.retries] == [
+        "RuntimeError: bug in a channel", "send took longer than 60s"]
+    assert len(ch.sent) == 3
+
+
+async def test_the_lane_timeout_bounds_a_hanging_send():
+    ch = Scripted("email", ["hang"])
+    queue = MemoryQueue()
+    queue.put(make_job("email", {}, id="j"))
+    lane = Lane(ch, policy=FAST, timeout=0.1)
+    async with Worker(queue, [lane], poll_interval=0.02):
+        await queue.wait(lambda q: q.completed)
+    assert queue.retries[0][0].last_error == "send took longer than 0.1s"
+
+
+class FlakyQueue(MemoryQueue):
+    def __init__(self):
+        super().__init__()
+        self.claim_failures = 1
+        self.complete_failures = 1
+
+    async def claim(self, channel, n, now):
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise ConnectionError("store unavailable")
+        return await super().claim(channel, n, now)
+
+    async def complete(self, job):
+        if self.complete_failures:
+            self.complete_failures -= 1
+            # the lease is what brings the job back; expire it at once
+            self.leased_until.pop(job.id, None)
+            raise ConnectionError("store unavailable")
+        await super().complete(job)
+
+
+async def test_queue_errors_do_not_stop_the_lane():
+    ch = Scripted("email", [])
+    queue = FlakyQueue()
+    queue.put(make_job("email", {}, id="j"))
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=0.02) as worker:
+        await queue.wait(lambda q: q.completed)
+    # the first claim failed, the first completion failed: sent twice (at least once)
+    assert len(ch.sent) == 2
+    assert worker.counts["email", "error"] == 2
+    assert worker.counts["email", "delivered"] == 1
+
+
+async def test_wake_claims_without_waiting_for_the_poll():
+    ch = Scripted("email", [])
+    queue = MemoryQueue()
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=3600) as worker:
+        await queue.wait(lambda q: q.claims)  # the lane looked once and went to sleep
+        queue.put(make_job("email", {}, id="j"))
+        worker.wake("email")
+        await queue.wait(lambda q: q.completed)
+
+
+async def test_a_retry_due_before_the_next_poll_is_claimed_on_time():
+    ch = Scripted("email", [Result.retry("HTTP 503")])
+    queue = MemoryQueue()
+    queue.put(make_job("email", {}, id="j"))
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=3600):
+        await queue.wait(lambda q: q.completed)
+    assert len(ch.sent) == 2
+
+
+async def test_stop_lets_a_send_in_flight_finish_within_grace():
+    hold = asyncio.Event()
+    receiver = WebhookReceiver(SECRET, hold=hold)
+    queue = MemoryQueue()
+    async with serve(receiver) as url:
+        queue.put(hook(url, "first"))
+        wh = webhook()
+        worker = Worker(queue, [Lane(wh, policy=FAST)], poll_interval=0.02)
+        await worker.start()
+        await receiver.arrivals.get()
+        stopping = asyncio.get_running_loop().create_task(worker.stop(grace=10))
+        await asyncio.sleep(0)  # let stop() begin: no more claims from here on
+        queue.put(hook(url, "late"))
+        hold.set()
+        await stopping
+        await wh.aclose()
+    assert [j.id for j in queue.completed] == ["first"]
+    assert list(queue.jobs) == ["late"]  # left for the next worker
+    assert list(receiver.attempts) == ["first"]
+
+
+async def test_stop_hands_back_what_outlives_the_grace():
+    hold = asyncio.Event()
+    receiver = WebhookReceiver(SECRET, hold=hold)
+    queue = MemoryQueue()
+    async with serve(receiver) as url:
+        queue.put(hook(url, "stuck"))
+        wh = webhook()
+        worker = Worker(queue, [Lane(wh, policy=FAST)], poll_interval=0.02)
+        await worker.start()
+        await receiver.arrivals.get()
+        await worker.stop(grace=0.05)
+        hold.set()
+        await wh.aclose()
+    (job, at), = queue.retries
+    assert job.id == "stuck" and job.attempts == 0  # handed back, not counted as a failure
+    assert at <= time.time()
+    assert "stuck" in queue.jobs and queue.completed == [] and queue.dead_letters == []
+
+
+async def test_the_result_hook_sees_every_attempt_and_cannot_break_the_worker():
+    seen = []
+
+    async def on_result(job, result):
+        seen.append((job.id, result.outcome))
+        raise RuntimeError("hook bug")
+
+    ch = Scripted("email", [Result.retry("HTTP 500"), Result.failed("HTTP 400")])
+    queue = MemoryQueue()
+    queue.put(make_job("email", {}, id="a"))
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=0.02, on_result=on_result):
+        await queue.wait(lambda q: q.dead_letters)
+    assert seen == [("a", "retry"), ("a", "failed")]
+
+
+async def test_lanes_claim_only_their_own_channel():
+    email, push = Scripted("email", []), Scripted("push", [])
+    queue = MemoryQueue()
+    for i in range(3):
+        queue.put(make_job("email", {}, id=f"e{i}"))
+        queue.put(make_job("push", {}, id=f"p{i}"))
+    queue.put(make_job("sms", {}, id="s"))  # no lane: stays queued
+    async with Worker(queue, [Lane(email), Lane(push)], poll_interval=0.02):
+        await queue.wait(lambda q: len(q.completed) == 6)
+    assert {j.id for j in email.sent} == {"e0", "e1", "e2"}
+    assert {j.id for j in push.sent} == {"p0", "p1", "p2"}
+    assert list(queue.jobs) == ["s"]
+    assert all(n <= 16 for _, n, _ in queue.claims)
+
+
+async def test_lifecycle_errors():
+    with pytest.raises(ValueError):
+        Lane(Scripted("x", []), concurrency=0)
+    worker = Worker(MemoryQueue(), [Lane(Scripted("x", []))])
+    await worker.start()
+    with pytest.raises(RuntimeError):
+        await worker.start()
+    await worker.stop()
