@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.test_durability import _free_port, _start
+from tidings.store import migrations
 
 
 def tidings(*args: str, **kw) -> str:
@@ -112,3 +113,34 @@ def test_app_ids_cannot_carry_the_channel_separator(tmp_path):
         "        await s.close()\n"
         "asyncio.run(main())\n")], capture_output=True, text=True, timeout=60)
     assert bad.stdout.strip() == "app", bad.stderr
+
+
+def test_migrate_the_embedded_store(tmp_path):
+    data = str(tmp_path / "data")
+    latest = migrations.latest("sqlite")
+    first = tidings("migrate", "--data", data).splitlines()
+    assert first == [f"applied schema v{v}" for v in range(1, latest + 1)] + [
+        f"schema is at v{latest}"]
+    assert tidings("migrate", "--data", data).strip() == f"schema is at v{latest}; nothing to apply"
+
+
+@pytest.mark.timeout(120)
+async def test_serve_on_postgres_refuses_pending_migrations_until_migrate(tmp_path):
+    from tests.services import require_postgres
+    from tests.store.pg import fresh_schema
+
+    base = require_postgres()
+    async with fresh_schema(base, migrated=False) as pg:
+        url = f"{base}?search_path={pg['search_path']}"
+        refused = subprocess.run(
+            [sys.executable, "-m", "tidings", "serve", "--store", url, "--port", "1"],
+            capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert f"run `tidings migrate --store {url}` first" in refused.stderr
+
+        latest = migrations.latest("postgres")
+        out = tidings("migrate", "--store", url).splitlines()
+        assert out[-1] == f"schema is at v{latest}"
+        assert out[:-1] == [f"applied schema v{v}" for v in range(1, latest + 1)]
+        created = json.loads(tidings("app", "create", "shop", "--json", "--store", url))
+        assert created["api_key"]

@@ -49,3 +49,10 @@ def mint_token(settings: Settings, app_id: str, user: str, ttl: int) -> str:
         return token
 
     return asyncio.run(_with_service(settings, run))
+
+
+def migrate(settings: Settings) -> tuple[list[int], int]:
+    """Apply the store's pending schema migrations: ``(versions applied, version now)``."""
+    from tidings.store import migrate as migrate_store
+
+    return asyncio.run(migrate_store(settings.store, settings.sqlite_path))

@@ -15,6 +15,7 @@ from tidings import bootstrap
 from tidings.config import from_env
 from tidings.core.models import valid_user
 from tidings.errors import TidingsError
+from tidings.store.migrations import SchemaError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
@@ -64,8 +65,9 @@ def serve(host, port, data, store, broker, workers, node, cache, allowed_origins
         raise click.UsageError("--workers N needs a shared broker: add --broker redis://HOST:PORT")
     try:
         created = bootstrap.first_start(settings)
-    except TidingsError as exc:
-        raise click.ClickException(exc.message) from None
+    except (TidingsError, SchemaError) as exc:
+        # e.g. PostgreSQL unreachable, or its schema needs `tidings migrate`
+        raise click.ClickException(str(exc)) from None
     base = f"http://{settings.host}:{settings.port}"
     if created:
         click.echo("Created app 'default' (shown once; keep these):")
@@ -115,6 +117,20 @@ def _redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+@main.command()
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
+def migrate(data, store) -> None:
+    """Apply the store's pending schema migrations, then exit (docs/operations.md)."""
+    try:
+        applied, version = bootstrap.migrate(_settings(data=data, store=store))
+    except (TidingsError, SchemaError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for v in applied:
+        click.echo(f"applied schema v{v}")
+    click.echo(f"schema is at v{version}" + ("" if applied else "; nothing to apply"))
 
 
 @main.group()
