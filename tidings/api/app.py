@@ -21,6 +21,9 @@ from tidings.api import client, ops, server
 from tidings.api.common import JSON, error_response
 from tidings.broker import open_broker
 from tidings.config import Settings, from_env
+from tidings.dashboard import Dashboard
+from tidings.dashboard import browser_routes as dashboard_browser_routes
+from tidings.dashboard import routes as dashboard_routes
 from tidings.errors import CLOSE_SHUTDOWN, TidingsError
 from tidings.gateway.transports import SSEEndpoint, WebSocketEndpoint
 from tidings.service import Service
@@ -102,6 +105,30 @@ def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+HEARTBEAT_INTERVAL = 5.0  # seconds; a node missing for 3 intervals drops off the list
+
+
+def node_name(settings: Settings) -> str:
+    """This node's name in the cluster: ``Settings.node``, else host:port:pid."""
+    return settings.node or f"{settings.host}:{settings.port}:{os.getpid()}"
+
+
+async def _heartbeat(service: Service, dashboard: Dashboard, node: str) -> None:
+    """Tell the cluster this node is alive, with what the dashboard's list of
+    nodes shows (broker.heartbeat / broker.nodes)."""
+    settings = service.settings
+    started = time.time()
+    while True:
+        info = {"address": f"{settings.host}:{settings.port}", "pid": os.getpid(),
+                "started_at": started, "connections": service.hub.connections,
+                **dashboard.rates()}
+        try:
+            await service.broker.heartbeat(node, info, ttl=3 * HEARTBEAT_INTERVAL)
+        except Exception as exc:  # the broker is down: the next beat retries
+            log.warning("node heartbeat failed: %s", exc)
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
 def build_service(settings: Settings) -> Service:
     store = open_store(settings.store, settings.sqlite_path)
     broker = open_broker(settings.broker)
@@ -111,17 +138,25 @@ def build_service(settings: Settings) -> Service:
 def create_app(settings: Settings | None = None, service: Service | None = None) -> Starlette:
     settings = settings or Settings()
     service = service or build_service(settings)
+    node = node_name(settings)
+    dashboard = Dashboard(service, node)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await service.open()
-        sweeper = asyncio.get_running_loop().create_task(_retention(service))
+        await dashboard.open()
+        loop = asyncio.get_running_loop()
+        sweeper = loop.create_task(_retention(service))
+        recorder = loop.create_task(dashboard.run())
+        heartbeat = loop.create_task(_heartbeat(service, dashboard, node))
         restore_sigterm = _drain_on_sigterm(app, service)
         try:
             yield
         finally:
             restore_sigterm()
             sweeper.cancel()
+            recorder.cancel()
+            heartbeat.cancel()
             app.state.draining = True
             service.hub.close_all(CLOSE_SHUTDOWN)
             await service.close()
@@ -132,6 +167,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),
         Route("/v1/me/events", SSEEndpoint(service), methods=["GET"]),
         *ops.routes,
+        *dashboard_routes,
+        *dashboard_browser_routes,
     ]
     app = Starlette(
         routes=routes,
@@ -145,6 +182,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.state.service = service
     app.state.draining = False
     app.state.metrics_registry = None
+    app.state.dashboard = dashboard
+    app.state.node = node
     return app
 
 

@@ -53,6 +53,12 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("get", "/healthz", "Liveness", "none", None),
     ("get", "/readyz", "Readiness (store and broker reachable)", "none", None),
     ("get", "/metrics", "Prometheus metrics", "none", None),
+    # the dashboard's data (an admin key, or the dashboard's session cookie);
+    # its pages, login and SSE stream are for browsers and not listed
+    ("get", "/dashboard/api/snapshot", "Dashboard: this node's numbers now (admin key)",
+     "apiKey", None),
+    ("get", "/dashboard/api/history", "Dashboard: the last five minutes, per second",
+     "apiKey", None),
 ]
 
 

@@ -1,0 +1,53 @@
+"""The browser side of tidings: the live operations dashboard, the demo inbox
+and the dependency-free browser client ``tidings.js``.
+
+* ``routes`` -- ``/dashboard`` and its data (tidings.dashboard.routes);
+* ``browser_routes`` -- ``/tidings.js`` and ``/demo`` (tidings.dashboard.web);
+* :class:`Dashboard` -- the per-second recorder and the cached views, started
+  by the application's lifespan.
+"""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from tidings.dashboard import routes as _routes
+from tidings.dashboard import web
+from tidings.dashboard.recorder import Recorder
+from tidings.dashboard.session import session_secret
+from tidings.dashboard.views import Views
+
+
+class Dashboard:
+    def __init__(self, service, node: str):
+        self.service = service
+        self.node = node
+        self.recorder = Recorder(service.hub)
+        self.views = Views(service, self.recorder, node, cache=service.settings.cache)
+        self.secret = b""
+
+    async def open(self) -> None:
+        """After the store is open: derive the session key from its pepper."""
+        self.secret = session_secret(await self.service.store.pepper())
+
+    async def run(self) -> None:
+        """The recorder's once-a-second sampling, for the node's lifetime."""
+        await self.recorder.run()
+
+    def rates(self, seconds: int = 5) -> dict:
+        """Recent publishes and deliveries per second (for the node heartbeat)."""
+        points = list(self.recorder.points)[-seconds:]
+        span = sum(p.dt for p in points) or 1.0
+        published = sum(a.published for p in points for a in p.apps.values())
+        delivered = sum(a.delivered for p in points for a in p.apps.values())
+        return {"published_per_s": round(published / span, 1),
+                "delivered_per_s": round(delivered / span, 1)}
+
+
+routes = _routes.routes
+browser_routes = [
+    Route("/tidings.js", web.tidings_js, methods=["GET"]),
+    Route("/demo", web.demo, methods=["GET"]),
+]
+
+__all__ = ["Dashboard", "routes", "browser_routes"]

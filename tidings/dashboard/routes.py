@@ -1,0 +1,197 @@
+"""``/dashboard``: the live operations page, its login and its data.
+
+Access needs an admin-scoped API key, either on every request
+(``Authorization: Bearer``, for tools and for a proxy that adds it) or once,
+pasted into the login form, which answers with a signed session cookie
+(``HttpOnly``, ``SameSite=Strict``, 12 hours; tidings.dashboard.session).
+Nothing is shown anonymously.
+
+Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
+creates on first start) see the whole service; an admin key of any other app
+sees that app only (DESIGN §2.7: no request sees another app's data).
+
+Routes::
+
+    GET  /dashboard                 the page (a session or a key), else -> login
+    GET  /dashboard/login           the login form
+    POST /dashboard/login           key=<admin key>  -> cookie, 303 /dashboard
+    POST /dashboard/logout          drop the cookie
+    GET  /dashboard/api/snapshot    now: rates, latency, connections, top-N, errors, nodes
+    GET  /dashboard/api/history     the last five minutes, per second (the charts)
+    GET  /dashboard/events          SSE: a snapshot every second
+    GET  /dashboard/static/{name}   scripts, styles, uPlot
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tidings.api.common import bearer, read_body
+from tidings.dashboard import session
+from tidings.dashboard.web import page, static_file, static_text
+from tidings.errors import BadRequest, TidingsError, Unauthorized
+
+COOKIE_PATH = "/dashboard"
+_LOGIN_BODY_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    app: str
+    scope: str  # "*" or the app
+    expires: float | None  # a session's end; None with a key header
+
+
+def _dashboard(request: Request):
+    return request.app.state.dashboard
+
+
+def _scope(request: Request, app: str) -> str:
+    operator = request.app.state.service.settings.operator_app
+    return "*" if operator and app == operator else app
+
+
+async def authorize(request: Request) -> Access:
+    """The caller's access: an admin key header, else a valid session cookie."""
+    service = request.app.state.service
+    key = bearer(request)
+    if key is not None:
+        record = await service.authenticate_key(key, "admin")
+        request.state.app = record.app_id
+        return Access(record.app_id, _scope(request, record.app_id), None)
+    cookie = request.cookies.get(session.COOKIE)
+    if cookie is None:
+        raise Unauthorized("log in at /dashboard/login with an admin API key",
+                           code="login_required")
+    try:
+        s = session.verify(_dashboard(request).secret, cookie, time.time())
+    except session.BadSession as exc:
+        code = "session_expired" if exc.reason == "expired" else "bad_session"
+        raise Unauthorized(f"dashboard session is {exc.reason}; log in again",
+                           code=code) from None
+    request.state.app = s.app
+    return Access(s.app, _scope(request, s.app), s.expires)
+
+
+def _cookie_attrs(request: Request) -> dict:
+    return {"path": COOKIE_PATH, "httponly": True, "samesite": "strict",
+            "secure": request.url.scheme == "https"}
+
+
+def _to_login(request: Request, reason: str | None = None) -> Response:
+    target = "/dashboard/login" + (f"?reason={reason}" if reason else "")
+    response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+    if request.cookies.get(session.COOKIE) is not None:
+        response.delete_cookie(session.COOKIE, **_cookie_attrs(request))
+    return response
+
+
+async def dashboard_page(request: Request):
+    if request.headers.get("authorization") is not None:
+        await authorize(request)  # a wrong key header is a clear 401/403, not a form
+        return page(static_text("dashboard.html"))
+    try:
+        await authorize(request)
+    except Unauthorized as exc:
+        return _to_login(request, None if exc.code == "login_required" else "expired")
+    return page(static_text("dashboard.html"))
+
+
+_REASONS = {
+    "expired": "Your session ended. Log in again.",
+    "logout": "Logged out.",
+}
+
+
+def _login_form(message: str = "", status: int = 200) -> Response:
+    note = f'<p class="note" role="alert">{html.escape(message)}</p>' if message else ""
+    return page(static_text("login.html").replace("<!--message-->", note), status)
+
+
+async def login_form(request: Request):
+    return _login_form(_REASONS.get(request.query_params.get("reason", ""), ""))
+
+
+async def login(request: Request):
+    service = request.app.state.service
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise BadRequest("send the login form (application/x-www-form-urlencoded)",
+                         code="bad_form")
+    raw = await read_body(request, _LOGIN_BODY_MAX)
+    try:
+        form = parse_qs(raw.decode("utf-8"), max_num_fields=5)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("the login form is malformed", code="bad_form") from None
+    key = (form.get("key") or [""])[-1].strip()
+    try:
+        if not key:
+            raise Unauthorized("paste an API key with the admin scope", code="login_required")
+        record = await service.authenticate_key(key, "admin")
+    except TidingsError as exc:
+        service.hub.metrics.error(None, exc.code, exc.status, "POST /dashboard/login")
+        return _login_form(exc.message, exc.status)
+    value = session.issue(_dashboard(request).secret, record.app_id, record.prefix, time.time())
+    response = RedirectResponse("/dashboard", status_code=303,
+                                headers={"Cache-Control": "no-store"})
+    response.set_cookie(session.COOKIE, value, max_age=session.SESSION_TTL,
+                        **_cookie_attrs(request))
+    return response
+
+
+async def logout(request: Request):
+    return _to_login(request, "logout")
+
+
+async def api_snapshot(request: Request):
+    access = await authorize(request)
+    body = await _dashboard(request).views.snapshot(access.scope)
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def api_history(request: Request):
+    access = await authorize(request)
+    body = await _dashboard(request).views.history(access.scope)
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def events(request: Request):
+    """A snapshot now, then one after every recorder tick (once a second).
+
+    The stream ends when its session does (the page then goes back to the
+    login form) and when the node drains; EventSource reconnects after
+    ``retry`` to whichever node is up."""
+    access = await authorize(request)
+    dash = _dashboard(request)
+    state = request.app.state
+
+    async def stream():
+        yield b"retry: 2000\n\n"
+        while True:
+            body = await dash.views.snapshot(access.scope)
+            yield b"event: snapshot\ndata: " + body + b"\n\n"
+            await dash.recorder.next_sample()
+            if state.draining or (access.expires is not None and access.expires <= time.time()):
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={
+        "Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"})
+
+
+routes = [
+    Route("/dashboard", dashboard_page, methods=["GET"]),
+    Route("/dashboard/login", login_form, methods=["GET"]),
+    Route("/dashboard/login", login, methods=["POST"]),
+    Route("/dashboard/logout", logout, methods=["POST"]),
+    Route("/dashboard/api/snapshot", api_snapshot, methods=["GET"]),
+    Route("/dashboard/api/history", api_history, methods=["GET"]),
+    Route("/dashboard/events", events, methods=["GET"]),
+    Route("/dashboard/static/{name}", static_file, methods=["GET"]),
+]

@@ -1,0 +1,372 @@
+/*! tidings.js: the browser client of tidings. No dependencies. Apache-2.0.
+ *
+ * Live stream over WebSocket (SSE when WebSockets are blocked or asked for),
+ * reconnects with jittered exponential backoff and resumes from its cursor,
+ * drops duplicate notifications by id, and never reconnects on a 4400-4499
+ * close code. The wire protocol is docs/protocol.md.
+ *
+ *   <script src="https://notify.example.com/tidings.js"></script>
+ *   const client = Tidings.connect({
+ *     url: "https://notify.example.com",          // default: this page's origin
+ *     getToken: () => fetch("/my-backend/tidings-token").then(r => r.text()),
+ *   });
+ *   client.on("inbox", (page) => render(page.items));   // first load, and reloads
+ *   client.on("notification", (n) => prepend(n));
+ *   client.on("counts", (c) => setBadge(c.unread));
+ *   client.on("state", (s) => markLocally(s.ids, s.state));
+ *   await client.markRead([id]);
+ */
+(function (root) {
+  "use strict";
+
+  // tidings/errors.py: 4400-4499 mean "do not reconnect"; any other code, or
+  // none at all (1006), means "reconnect with backoff and resume".
+  var FATAL_MIN = 4400, FATAL_MAX = 4499;
+  // Full jitter, the schedule of tidings/core/backoff.py: 0..min(20 s, 250 ms * 2^n).
+  var BACKOFF_BASE_MS = 250, BACKOFF_CAP_MS = 20000;
+  var SEEN_MAX = 5000;  // ids remembered for de-duplication
+
+  function TidingsError(status, code, message) {
+    var err = new Error(message || code);
+    err.name = "TidingsError";
+    err.status = status;
+    err.code = code;
+    return err;
+  }
+
+  function Client(options) {
+    options = options || {};
+    this.url = String(options.url || root.location.origin).replace(/\/+$/, "");
+    if (!options.token && !options.getToken) throw new TypeError("tidings: token or getToken is required");
+    this._token = options.token || null;
+    this._getToken = options.getToken || null;
+    this.transport = options.transport || "auto";  // "auto" | "websocket" | "sse"
+    this.pageSize = options.pageSize || 20;
+    this.refreshOnReconnect = options.refreshOnReconnect !== false;
+    this._handlers = {};
+    this._epoch = null; this._seq = 0; this._feed = null;
+    if (options.cursor) this._setCursor(options.cursor);
+    this._seen = new Set();
+    this._sock = null; this._using = null;
+    this._timer = null; this._attempt = 0;
+    this._stopped = false;
+    this._wsBlocked = false;
+    this._hellos = 0;
+    this._reloads = 0;
+    this._counts = null;        // {unread, unseen}, as last told by the server
+    this._replaying = false;    // between a resuming hello and its "recovered"
+    this.status = "connecting";
+    var self = this;
+    this._onOnline = function () { self._wake(); };
+    if (root.addEventListener) root.addEventListener("online", this._onOnline);
+    // Connect after the caller had a chance to attach handlers.
+    Promise.resolve().then(function () { self._connect(); });
+  }
+
+  // -- events -----------------------------------------------------------------
+  Client.prototype.on = function (type, fn) {
+    (this._handlers[type] = this._handlers[type] || []).push(fn);
+    var self = this;
+    return function off() { self.off(type, fn); };
+  };
+
+  Client.prototype.off = function (type, fn) {
+    var list = this._handlers[type] || [];
+    var i = list.indexOf(fn);
+    if (i >= 0) list.splice(i, 1);
+  };
+
+  Client.prototype._emit = function (type) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    var list = (this._handlers[type] || []).slice();
+    for (var i = 0; i < list.length; i++) {
+      try { list[i].apply(null, args); }
+      catch (err) { if (root.console) root.console.error("tidings: a '" + type + "' handler threw", err); }
+    }
+  };
+
+  Client.prototype._setStatus = function (state, extra) {
+    this.status = state;
+    var info = { state: state, transport: this._using };
+    for (var k in extra || {}) info[k] = extra[k];
+    this._emit("status", info);
+  };
+
+  // -- the resume position (docs/protocol.md, "Cursors") -----------------------
+  Client.prototype._setCursor = function (cursor) {
+    var p = String(cursor).split(":");
+    this._epoch = p[0];
+    this._seq = Number(p[1]) || 0;
+    this._feed = p.length > 2 ? Number(p[2]) : null;
+  };
+
+  /** The cursor to resume from ("<epoch>:<seq>[:<feed>]"), or null before the first hello. */
+  Client.prototype.cursor = function () {
+    if (this._epoch === null) return null;
+    return this._feed === null ? this._epoch + ":" + this._seq
+                               : this._epoch + ":" + this._seq + ":" + this._feed;
+  };
+
+  // -- one event from either transport -----------------------------------------
+  Client.prototype._handle = function (ev) {
+    if (!ev || typeof ev.type !== "string") return;
+    switch (ev.type) {
+      case "hello": {
+        this._replaying = this._epoch !== null;   // we sent a cursor: a replay follows
+        this._setCursor(ev.cursor);   // where the server continues on this connection
+        this._hellos += 1;
+        this._attempt = 0;            // a good connection resets the backoff
+        this._setStatus("live");
+        this._emit("hello", ev);
+        if (ev.counts) this._setCounts(ev.counts);
+        if (this._hellos === 1) this.reload("initial");
+        return;
+      }
+      case "notification": {
+        if (typeof ev.cursor === "string") {          // personal: "<epoch>:<seq>"
+          var p = ev.cursor.split(":");
+          if (p[0] === this._epoch && Number(p[1]) > this._seq) this._seq = Number(p[1]);
+        } else if (typeof ev.feed === "number" && (this._feed === null || ev.feed > this._feed)) {
+          this._feed = ev.feed;                       // broadcast or large topic
+        }
+        var n = ev.notification;
+        if (!n || this._seen.has(n.id)) return;       // a replay overlap: already shown
+        this._seen.add(n.id);
+        if (this._seen.size > SEEN_MAX) this._seen.delete(this._seen.values().next().value);
+        this._emit("notification", n, ev);
+        // hello's counts already hold what is replayed; a live arrival is one more
+        // unseen item (exact again at the next hello or state change)
+        if (!this._replaying && this._counts) {
+          this._setCounts({ unread: this._counts.unread + 1, unseen: this._counts.unseen + 1 });
+        }
+        return;
+      }
+      case "recovered":
+        this._replaying = false;
+        this._emit("recovered", { ok: ev.ok, missed: ev.missed });
+        if (!ev.ok) this.reload("unrecovered");       // the gap cannot be replayed
+        else if (this._hellos > 1 && this.refreshOnReconnect) this.reload("reconnect");
+        return;
+      case "counts":
+        this._setCounts({ unread: ev.unread, unseen: ev.unseen });
+        return;
+      case "state":
+        this._emit("state", { ids: ev.ids || [], all: !!ev.all, state: ev.state });
+        return;
+      case "updated":
+        this._emit("updated", ev.notification);
+        return;
+      case "deleted":
+        this._emit("deleted", ev.id);
+        return;
+    }
+  };
+
+  Client.prototype._setCounts = function (c) {
+    this._counts = { unread: c.unread, unseen: c.unseen };
+    this._emit("counts", { unread: c.unread, unseen: c.unseen });
+  };
+
+  /**
+   * Load the newest inbox page and emit it as "inbox" ({items, next_before, reason}).
+   * Runs by itself after the first hello, after recovered:false, and (unless
+   * refreshOnReconnect is false) after every resumed reconnect, because read
+   * state, edits and deletions are not replayed.
+   */
+  Client.prototype.reload = function (reason) {
+    var self = this, mine = ++this._reloads;
+    return this.inbox({ limit: this.pageSize }).then(function (page) {
+      if (mine !== self._reloads || self._stopped) return;   // a newer reload won
+      page.reason = reason || "manual";
+      self._emit("inbox", page);
+    }, function (err) { self._emit("error", err); });
+  };
+
+  // -- connecting ---------------------------------------------------------------
+  Client.prototype._freshToken = function () {
+    var self = this;
+    if (!this._getToken) return Promise.resolve(this._token);
+    return Promise.resolve(this._getToken()).then(function (t) { self._token = t; return t; });
+  };
+
+  Client.prototype._connect = function () {
+    var self = this;
+    this._timer = null;
+    if (this._stopped) return;
+    this._setStatus(this._hellos ? "reconnecting" : "connecting", { attempt: this._attempt });
+    this._freshToken().then(function (token) {
+      if (self._stopped) return;
+      var ws = self.transport === "websocket" ||
+               (self.transport === "auto" && typeof root.WebSocket === "function" && !self._wsBlocked);
+      if (ws) self._openWebSocket(token); else self._openEventSource(token);
+    }, function () { self._retry(); });
+  };
+
+  Client.prototype._openWebSocket = function (token) {
+    var self = this, pos = this.cursor(), opened = false;
+    var sock = new root.WebSocket(this.url.replace(/^http/, "ws") + "/v1/me/stream" +
+                                  (pos ? "?cursor=" + encodeURIComponent(pos) : ""));
+    this._sock = sock; this._using = "websocket";
+    sock.onopen = function () {
+      opened = true;
+      sock.send(JSON.stringify({ type: "auth", token: token }));  // browsers cannot set headers
+    };
+    sock.onmessage = function (m) {
+      var data;
+      try { data = JSON.parse(m.data); } catch (e) { return; }
+      var list = Array.isArray(data) ? data : [data];          // a frame may carry several
+      for (var i = 0; i < list.length; i++) self._handle(list[i]);
+    };
+    sock.onclose = function (e) {
+      if (self._sock !== sock) return;
+      self._sock = null;
+      if (self._stopped) return;
+      if (e.code >= FATAL_MIN && e.code <= FATAL_MAX) return self._fatal(e.code, e.reason);
+      if (opened || self.transport !== "auto") return self._retry();
+      // Never opened: the server is down, or something between us blocks
+      // WebSockets. If plain HTTP gets through, use SSE from now on.
+      self._probe().then(function (status) {
+        if (self._stopped) return;
+        if (status === 401) return self._fatal(4401, "token rejected");
+        if (status > 0) { self._wsBlocked = true; self._attempt = 0; return self._connect(); }
+        self._retry();
+      });
+    };
+  };
+
+  Client.prototype._openEventSource = function (token) {
+    var self = this, pos = this.cursor();
+    var qs = "token=" + encodeURIComponent(token) + (pos ? "&cursor=" + encodeURIComponent(pos) : "");
+    var es = new root.EventSource(this.url + "/v1/me/events?" + qs);
+    this._sock = es; this._using = "sse";
+    es.onmessage = function (m) {
+      var ev;
+      try { ev = JSON.parse(m.data); } catch (e) { return; }
+      self._handle(ev);
+    };
+    es.onerror = function () {
+      if (self._sock !== es) return;
+      // CONNECTING: the browser reconnects by itself, sending Last-Event-ID
+      // (the cursor), after the server's retry: delay.
+      if (es.readyState !== 2) { if (self.status === "live") self._setStatus("reconnecting"); return; }
+      // CLOSED: a non-200 answer, which EventSource never retries. Its status
+      // is hidden from scripts, so ask the API whether the token still works.
+      es.close();
+      self._sock = null;
+      if (self._stopped) return;
+      self._probe().then(function (status) {
+        if (self._stopped) return;
+        if (status === 401) return self._fatal(4401, "token rejected");
+        self._retry();
+      });
+    };
+  };
+
+  /** HTTP status of GET /v1/me/counts with a fresh token; 0 when unreachable. */
+  Client.prototype._probe = function () {
+    var self = this;
+    return this._freshToken().then(function (token) {
+      return root.fetch(self.url + "/v1/me/counts", {
+        headers: { Authorization: "Bearer " + token }, cache: "no-store",
+      }).then(function (r) { return r.status; });
+    }).catch(function () { return 0; });
+  };
+
+  Client.prototype._retry = function () {
+    if (this._stopped || this._timer) return;
+    var delay = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, this._attempt));
+    this._attempt = Math.min(this._attempt + 1, 16);
+    this._setStatus("reconnecting", { delay: Math.round(delay) });
+    var self = this;
+    this._timer = setTimeout(function () { self._connect(); }, delay);
+  };
+
+  Client.prototype._wake = function () {   // the network is back: skip the wait
+    if (this._timer && !this._stopped) {
+      clearTimeout(this._timer);
+      this._timer = null;
+      this._connect();
+    }
+  };
+
+  Client.prototype._fatal = function (code, reason) {
+    this._stopped = true;
+    this._setStatus("stopped", { code: code, reason: reason });
+    this._emit("fatal", { code: code, reason: reason || "" });
+  };
+
+  /** Stop for good (close the stream, no reconnect). */
+  Client.prototype.close = function () {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    if (root.removeEventListener) root.removeEventListener("online", this._onOnline);
+    var sock = this._sock;
+    this._sock = null;
+    if (sock) sock.close(sock instanceof root.EventSource ? undefined : 1000);
+    this._setStatus("stopped");
+  };
+
+  // -- the client API (DESIGN §4), with the user token ---------------------------
+  Client.prototype._request = function (method, path, body, retried) {
+    var self = this;
+    var token = this._token ? Promise.resolve(this._token) : this._freshToken();
+    return token.then(function (t) {
+      var init = { method: method, headers: { Authorization: "Bearer " + t }, cache: "no-store" };
+      if (body !== undefined) {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(body);
+      }
+      return root.fetch(self.url + path, init);
+    }).then(function (r) {
+      if (r.status === 401 && self._getToken && !retried) {   // expired: one fresh token
+        self._token = null;
+        return self._request(method, path, body, true);
+      }
+      return r.json().catch(function () { return {}; }).then(function (doc) {
+        if (r.ok) return doc;
+        var e = doc.error || {};
+        throw TidingsError(r.status, e.code || "http_" + r.status, e.message || r.statusText);
+      });
+    });
+  };
+
+  /** One inbox page, newest first: {items: [{id, state, notification}], next_before}. */
+  Client.prototype.inbox = function (opts) {
+    opts = opts || {};
+    var q = [];
+    if (opts.limit) q.push("limit=" + encodeURIComponent(opts.limit));
+    if (opts.before) q.push("before=" + encodeURIComponent(opts.before));
+    if (opts.state) q.push("state=" + encodeURIComponent(opts.state));
+    return this._request("GET", "/v1/me/notifications" + (q.length ? "?" + q.join("&") : ""));
+  };
+
+  /** {unread, unseen} */
+  Client.prototype.counts = function () {
+    var self = this;
+    return this._request("GET", "/v1/me/counts").then(function (c) { self._setCounts(c); return c; });
+  };
+
+  Client.prototype._setState = function (what, ids) {
+    var self = this;
+    var body = ids === true ? { all: true } : { ids: ids };
+    return this._request("POST", "/v1/me/notifications/" + what, body).then(function (res) {
+      if (res.counts) self._setCounts(res.counts);   // every device also gets state + counts live
+      return res;
+    });
+  };
+
+  Client.prototype.markRead = function (ids) { return this._setState("read", ids); };
+  Client.prototype.markAllRead = function () { return this._setState("read", true); };
+  Client.prototype.markSeen = function (ids) { return this._setState("seen", ids); };
+  Client.prototype.archive = function (ids) { return this._setState("archive", ids); };
+
+  var Tidings = {
+    version: "1",
+    Client: Client,
+    /** Start a client; see the top of this file. */
+    connect: function (options) { return new Client(options); },
+  };
+  if (typeof module === "object" && module.exports) module.exports = Tidings;
+  else root.Tidings = Tidings;
+})(typeof window !== "undefined" ? window : this);

@@ -1,0 +1,94 @@
+"""Static files of the browser side, served from memory, and the page headers.
+
+Everything the browser loads ships inside the package (``static/``): the
+dashboard's script and styles, uPlot (vendored, MIT, with its licence), the
+dependency-free client ``tidings.js`` and the demo inbox.  No CDN, no build
+step.  Files are read once and answered with an ETag, so a browser that has
+them gets ``304 Not Modified``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tidings.errors import NotFound
+
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".LICENSE": "text/plain; charset=utf-8",
+}
+
+# Pages run only our own files: no inline script or style, nothing from
+# another origin, no framing (clickjacking), no referrer (the demo's URL
+# carries a user token).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@functools.cache
+def _files() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (content, content type, etag), for every shipped static file."""
+    out = {}
+    for entry in (resources.files("tidings.dashboard") / "static").iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if not entry.is_file() or suffix not in _TYPES:
+            continue
+        data = entry.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
+        out[entry.name] = (data, _TYPES[suffix], etag)
+    return out
+
+
+def static_text(name: str) -> str:
+    return _files()[name][0].decode()
+
+
+def static_response(request: Request, name: str, max_age: int = 3600) -> Response:
+    found = _files().get(name)
+    if found is None:
+        raise NotFound("no such file")
+    data, ctype, etag = found
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}",
+               "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=ctype, headers=headers)
+
+
+def page(html: str, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(html, status_code=status, media_type="text/html; charset=utf-8",
+                    headers={**PAGE_HEADERS, **(headers or {})})
+
+
+async def static_file(request: Request):
+    """``GET /dashboard/static/{name}``: public code and styles, no data."""
+    return static_response(request, request.path_params["name"])
+
+
+async def tidings_js(request: Request):
+    """``GET /tidings.js``: the browser client (docs/protocol.md)."""
+    return static_response(request, "tidings.js", max_age=300)
+
+
+async def demo(request: Request):
+    """``GET /demo?token=<user token>``: a demo inbox built only on tidings.js.
+
+    The page is static; the token is read by its script and checked by the
+    API calls and the stream it makes (a bad one shows an error on the page)."""
+    return page(static_text("demo.html"))
