@@ -78,3 +78,23 @@ def test_several_workers_need_a_shared_broker(tmp_path):
     assert out.returncode == 2
     assert "--workers N needs a shared broker" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_a_draining_node_refuses_new_streams_and_is_not_ready(tmp_path):
+    from tests.conftest import run_server
+    from tests.gateway.live import ws_connect
+
+    async with run_server(tmp_path) as server:
+        token = await server.token("dee")
+        async with server.http() as http:
+            assert (await http.get("/readyz")).status_code == 200
+            server.service.hub.drain()
+            r = await http.get("/readyz")
+            assert r.status_code == 503 and r.json()["ready"] is False
+            ws = await ws_connect(server, token)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd.code == CLOSE_SHUTDOWN
+            r = await http.get("/v1/me/events", params={"token": token})
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+            assert r.json()["error"]["code"] == "unavailable"

@@ -93,7 +93,7 @@ def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
 
     def drain() -> None:
         app.state.draining = True
-        service.hub.close_all(CLOSE_SHUTDOWN)
+        service.hub.drain()
 
     def on_sigterm(sig, frame) -> None:
         # A signal handler interrupts the loop between bytecodes: only schedule.

@@ -20,7 +20,11 @@ async def readyz(request: Request):
     service = request.app.state.service
     store_ok = await service.store.ping()
     broker_ok = await service.broker.ping()
-    ready = store_ok and broker_ok and not request.app.state.draining
+    # The broker does not gate readiness: without it a node still accepts
+    # publishes (the store is the source of truth) and serves inboxes, and
+    # since every node shares the broker, gating on it would take the whole
+    # cluster out of the balancer at once.  Streams catch up when it returns.
+    ready = store_ok and not (request.app.state.draining or service.hub.draining)
     body = {"ready": ready, "store": store_ok, "broker": broker_ok}
     return JSON(body, status_code=200 if ready else 503)
 

@@ -17,7 +17,7 @@ from tidings.broker.base import (
 from tidings.core import events
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
-from tidings.errors import CLOSE_RESYNC, CLOSE_TOO_MANY, RateLimited
+from tidings.errors import CLOSE_RESYNC, CLOSE_SHUTDOWN, CLOSE_TOO_MANY, RateLimited, Unavailable
 
 if TYPE_CHECKING:
     from tidings.config import Settings
@@ -30,6 +30,7 @@ class Hub:
         self.store = store
         self.broker = broker
         self.settings = settings
+        self.draining = False  # set by drain(): no new streams
         # Plain per-app counters (tidings.core.stats); /metrics and the dashboard read them.
         self.metrics = Stats()
         self.users: dict[tuple[str, str], set[Stream]] = {}
@@ -47,6 +48,9 @@ class Hub:
         return sum(len(s) for s in self.users.values())
 
     def check_capacity(self, app: str, user: str) -> None:
+        if self.draining:
+            # a device reconnecting here during a drain would only be cut again
+            raise Unavailable("this node is shutting down; reconnect", retry_after=1)
         streams = self.users.get((app, user))
         limit = self.settings.limits.max_connections_per_user
         if streams is not None and len(streams) >= limit:
@@ -229,6 +233,11 @@ class Hub:
                     s.push(f)
 
     # -- shutdown -------------------------------------------------------------
+    def drain(self) -> None:
+        """Refuse new streams and end every open one with "shutdown: reconnect"."""
+        self.draining = True
+        self.close_all(CLOSE_SHUTDOWN)
+
     def close_all(self, code: int) -> None:
         for streams in list(self.users.values()):
             for s in list(streams):
