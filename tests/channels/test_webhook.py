@@ -236,7 +236,10 @@ async def test_an_endpoint_without_a_secret_is_a_permanent_failure():
 @pytest.mark.parametrize("url", ["http://hooks.acme.test/x", "https://127.0.0.1/x",
                                  "https://localhost/x", "https://169.254.169.254/latest",
                                  "https://[::1]/x", "https://10.1.2.3/x", "ftp://acme.test/x",
-                                 "https://acme.test:99999/x", None, "not a url"])
+                                 "https://acme.test:99999/x", None, "not a url",
+                                 "https://2130706433/x", "https://127.1/x",
+                                 "https://0x7f.0.0.1/x", "https://localhost./x",
+                                 "https://[::ffff:127.0.0.1]/x", "https://0.0.0.0/x"])
 async def test_unsafe_urls_are_refused_unless_insecure_is_allowed(url):
     wh = WebhookChannel(secret_for)
     result = await wh.send(hook(url))

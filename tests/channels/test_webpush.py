@@ -149,7 +149,12 @@ async def test_vapid_header_is_reused_per_origin_then_renewed():
     assert ch.authorization("https://push.example.net/b") == first
     assert ch.authorization("https://other.example.net/a") != first
     now[0] += 1801  # past half the lifetime
-    assert ch.authorization("https://push.example.net/a") != first
+    renewed = ch.authorization("https://push.example.net/a")
+    assert renewed != first
+    # user-supplied endpoints cannot grow the cache without bound
+    for i in range(1000):
+        ch.authorization(f"https://stray{i}.example.net/x")
+    assert len(ch._signed) <= 256
 
 
 async def test_a_gone_subscription_is_reported_for_deletion():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -173,12 +174,18 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
         return url
     if parts.scheme != "https":
         raise ValueError("a destination URL must use https")
+    host = host.rstrip(".")  # "localhost." is localhost too
     if host == "localhost" or host.endswith(".localhost"):
         raise ValueError("a destination URL must not point at localhost")
     try:
-        address = ipaddress.ip_address(host)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
     except ValueError:
-        return url  # a name
+        try:
+            # The resolver also takes legacy IPv4 forms ("2130706433", "127.1",
+            # "0x7f.0.0.1"); inet_aton reads them the same way.
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return url  # a name
     if not address.is_global:
         raise ValueError(f"a destination URL must not point at a non-public address ({host})")
     return url

@@ -63,6 +63,7 @@ __all__ = [
 MAX_PLAINTEXT = 3993
 _URGENCY = {"low": "low", "normal": "normal", "high": "high", "urgent": "high"}
 _GONE = frozenset({404, 410})
+_MAX_SIGNED_ORIGINS = 256  # push services are a handful; the rest are strays
 
 
 class WebPushConfig(msgspec.Struct, frozen=True):
@@ -134,6 +135,8 @@ def fit_payload(notification: bytes, limit: int = MAX_PLAINTEXT) -> bytes:
     if len(notification) <= limit:
         return notification
     note = msgspec.json.decode(notification)
+    if not isinstance(note, dict):
+        raise ValueError("a notification is a JSON object")
     note.pop("data", None)
     note["truncated"] = True
     out = msgspec.json.encode(note)
@@ -205,6 +208,10 @@ class WebPushChannel:
         exp = int(now) + self.config.vapid_lifetime
         claims = {"aud": origin, "exp": exp, "sub": self.config.vapid_subject}
         header = self.vapid.sign(claims)["Authorization"]
+        # Endpoints come from users, so origins are unbounded: keep the newest few.
+        self._signed.pop(origin, None)
+        if len(self._signed) >= _MAX_SIGNED_ORIGINS:
+            del self._signed[next(iter(self._signed))]
         self._signed[origin] = (header, exp)
         return header
 
