@@ -325,3 +325,20 @@ async def test_retry_after_sets_the_earliest_next_attempt():
 def test_job_round_trips_through_json():
     job = hook("https://hooks.acme.test/x", expires_at=5.0, attempts=2, last_error="HTTP 500")
     assert msgspec.json.decode(msgspec.json.encode(job), type=type(job)) == job
+
+
+async def test_a_2xx_whose_body_trickles_is_still_delivered():
+    release = asyncio.Event()
+
+    async def trickle(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"o", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"k"})
+
+    wh = channel(timeout=0.2)
+    async with serve(trickle) as url:
+        result = await wh.send(hook(url))
+        release.set()
+    await wh.aclose()
+    assert result.outcome == "delivered" and result.status == 200

@@ -211,10 +211,11 @@ async def http_post(
     receiver from making the worker buffer megabytes.
     """
     headers = {"Accept-Encoding": "identity", **headers}
+    resp: httpx.Response | None = None
+    head = bytearray()
     try:
         async with asyncio.timeout(timeout):
             async with client.stream("POST", url, content=body, headers=headers) as resp:
-                head = bytearray()
                 try:
                     async for chunk in resp.aiter_raw():
                         head += chunk
@@ -223,7 +224,10 @@ async def http_post(
                 except httpx.HTTPError:
                     pass  # the status is what counts; a broken body is not a failure
     except TimeoutError:
-        return Result.retry(f"timed out after {timeout:g}s")
+        if resp is None:
+            return Result.retry(f"timed out after {timeout:g}s")
+        # The status arrived and only the body dawdled: the status decides, or
+        # a 2xx whose body trickles would be sent again.
     except httpx.TimeoutException as exc:
         return Result.retry(f"timed out: {type(exc).__name__}")
     except httpx.TransportError as exc:
