@@ -1,28 +1,57 @@
 """Broker fixtures, parametrized over every backend.
 
 The contract suite (``test_contract.py``) runs once per entry of
-``BACKENDS``.  Adding a backend (Redis, ...) means adding its name to
-``BACKENDS`` and a branch to ``make_broker``; the suite itself does not change.
+``BACKENDS``.  Adding a backend means adding its name to ``BACKENDS`` and a
+branch to ``make_broker``; the suite itself does not change.
+
+The Redis backend talks to a real Redis (``tests/services.py``: skipped on a
+laptop without one, a failure in CI).  Each test gets its own key and
+channel prefix, so parallel runs sharing one Redis never see each other's
+messages, and its keys are deleted afterwards.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 import pytest
+import redis.asyncio as aioredis
 
+from tests.services import require_redis
 from tidings.broker.base import Broker
 from tidings.broker.local import LocalBroker
+from tidings.broker.redis import RedisBroker
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "redis"]
+
+
+def unique_prefix() -> str:
+    return "tidings-test-" + secrets.token_hex(6)
+
+
+async def delete_prefixed(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + ":*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(params=BACKENDS)
-def make_broker(request) -> Callable[[], Broker]:
-    """A factory of unopened brokers of one backend."""
+async def make_broker(request) -> Callable[[], Broker]:
+    """A factory of unopened brokers of one backend; for Redis, every broker
+    it makes shares one prefix, like the nodes of one cluster."""
     if request.param == "local":
-        return LocalBroker
-    raise AssertionError(f"no factory for backend {request.param!r}")
+        yield LocalBroker
+    elif request.param == "redis":
+        url, prefix = require_redis(), unique_prefix()
+        yield lambda: RedisBroker(url, prefix=prefix)
+        await delete_prefixed(url, prefix)
+    else:
+        raise AssertionError(f"no factory for backend {request.param!r}")
 
 
 @pytest.fixture

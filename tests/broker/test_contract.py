@@ -199,3 +199,50 @@ async def test_a_node_whose_heartbeat_expired_is_gone(broker):
     nodes = await broker.nodes()
     assert "node-gone" not in nodes
     assert "node-stays" in nodes
+
+
+# -- rate limits shared by the nodes (take) ---------------------------------
+# Rates are chosen so that the time the test itself takes cannot matter:
+# 0.01 token/s refills nothing noticeable between two calls.
+
+
+async def test_take_grants_the_burst_then_says_how_long_to_wait(broker):
+    assert [await broker.take("key-a", rate=0.01, burst=3) for _ in range(3)] == [0.0] * 3
+    wait = await broker.take("key-a", rate=0.01, burst=3)
+    assert 99.0 < wait <= 100.0
+
+
+async def test_take_with_a_cost(broker):
+    assert await broker.take("key-c", rate=0.01, burst=5, cost=4) == 0.0
+    wait = await broker.take("key-c", rate=0.01, burst=5, cost=2)
+    assert 99.0 < wait <= 100.0  # one token left, one missing
+    assert await broker.take("key-c", rate=0.01, burst=5, cost=1) == 0.0
+
+
+async def test_a_refused_take_takes_nothing(broker):
+    assert await broker.take("key-r", rate=0.01, burst=2, cost=2) == 0.0
+    first = await broker.take("key-r", rate=0.01, burst=2, cost=2)
+    again = await broker.take("key-r", rate=0.01, burst=2, cost=2)
+    assert 0 < again <= first <= 200.0
+
+
+async def test_waiting_what_take_said_is_enough(broker):
+    assert await broker.take("key-w", rate=20.0, burst=1) == 0.0
+    wait = await broker.take("key-w", rate=20.0, burst=1)
+    assert 0 < wait <= 0.05
+    await asyncio.sleep(wait + 0.05)
+    assert await broker.take("key-w", rate=20.0, burst=1) == 0.0
+
+
+async def test_take_keys_are_independent(broker):
+    keys = ["k", "k{1}", "k%7B1%7D", "{k}", "k:1", "ü", ""]
+    for key in keys:
+        assert await broker.take(key, rate=0.01, burst=1) == 0.0, key
+    for key in keys:
+        assert await broker.take(key, rate=0.01, burst=1) > 0, key
+
+
+@pytest.mark.parametrize("rate, burst, cost", [(0, 1, 1), (-1.0, 5, 1), (1.0, 0, 1), (1.0, 2, 3)])
+async def test_take_refuses_impossible_limits(broker, rate, burst, cost):
+    with pytest.raises(ValueError):
+        await broker.take("key-bad", rate, burst, cost)

@@ -1,4 +1,5 @@
-"""Live fan-out between nodes behind one contract (base.py); in-process by default."""
+"""Live fan-out between nodes behind one contract (base.py); in-process by default,
+Redis for a cluster."""
 
 from __future__ import annotations
 
@@ -11,4 +12,11 @@ def open_broker(url: str | None) -> Broker:
         from tidings.broker.local import LocalBroker
 
         return LocalBroker()
-    raise ValueError(f"unsupported broker URL {url!r}: this build has the in-process broker")
+    if url.startswith(("redis://", "rediss://")):
+        from tidings.broker.redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ValueError(
+        f"unsupported broker URL {url!r}: use redis://HOST:PORT/DB, rediss://... (TLS), "
+        "or leave it out for the in-process broker"
+    )

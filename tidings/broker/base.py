@@ -11,6 +11,11 @@ Channels (all app-scoped, so no message can cross apps):
 * ``<app>:u:<user>`` -- everything for one user (notifications, state, counts)
 * ``<app>:t:<topic>`` -- feed items of a topic fanned out on read
 * ``<app>:*``       -- broadcasts (feed items for every user of the app)
+
+A networked broker can lose its connection.  When it has one again and has
+re-established every subscription, it calls the ``on_reconnect`` callbacks:
+whatever was published in between may be lost, so the gateway catches every
+open stream up from the store.
 """
 
 from __future__ import annotations
@@ -64,6 +69,12 @@ class Membership(Message, tag="m"):
 Handler = Callable[[str, Message], None]
 
 
+class BrokerUnavailable(Exception):
+    """The broker could not be reached.  Callers of ``take``, ``heartbeat``
+    and ``nodes`` decide whether to fail open or closed; ``publish`` never
+    raises it (it drops instead, at most once)."""
+
+
 def user_channel(app: str, user: str) -> str:
     return f"{app}:u:{user}"
 
@@ -95,6 +106,22 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def unsubscribe(self, channel: str) -> None: ...
 
+    async def settle(self) -> None:
+        """Return once every ``subscribe``/``unsubscribe`` made so far is in
+        effect, so that a message another node publishes from now on reaches
+        this node.  A stream calls it before it reads its position from the
+        store; otherwise something committed in between could be missed.
+        (Also returns when the broker is disconnected: ``on_reconnect``
+        follows.)"""
+        return None
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the event loop thread each time the broker
+        has recovered from a lost connection and re-established every
+        subscription: messages published during the outage may be lost.
+        A broker that never loses messages (the in-process one) never calls it."""
+        return None
+
     @abc.abstractmethod
     async def heartbeat(self, node: str, info: dict, ttl: float) -> None:
         """Record that ``node`` is alive, with ``info`` (a small JSON-able
@@ -104,6 +131,15 @@ class Broker(abc.ABC):
     async def nodes(self) -> dict[str, dict]:
         """Every node whose last heartbeat has not expired, with its info
         (the dashboard's list of nodes in the cluster)."""
+
+    @abc.abstractmethod
+    async def take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        """Rate limits shared by every node: take ``cost`` tokens from the
+        token bucket ``key`` (``burst`` tokens at most, refilled at ``rate``
+        a second; tidings/core/ratelimit.py has the arithmetic).  Returns 0.0
+        when they were taken, else the seconds until there will be enough
+        (nothing is taken then).  ``ValueError`` for impossible limits
+        (``cost`` above ``burst``, ``rate`` not positive)."""
 
     async def ping(self) -> bool:
         return True

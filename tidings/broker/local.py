@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from tidings.broker.base import Broker, Handler, Message
+from tidings.core.ratelimit import TokenBuckets
 
 
 class LocalBroker(Broker):
@@ -16,6 +17,7 @@ class LocalBroker(Broker):
         self._handlers: dict[str, Handler] = {}
         self.published = 0
         self._nodes: dict[str, tuple[float, dict]] = {}
+        self._buckets = TokenBuckets(time.monotonic)
 
     async def open(self) -> None:
         pass
@@ -42,3 +44,6 @@ class LocalBroker(Broker):
         now = time.monotonic()
         self._nodes = {n: v for n, v in self._nodes.items() if v[0] > now}
         return {n: info for n, (_, info) in self._nodes.items()}
+
+    async def take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        return self._buckets.take(key, rate, burst, cost)

@@ -1,0 +1,538 @@
+"""The Redis broker: live fan-out between the nodes of a cluster.
+
+One Redis (7.0 or later) carries every node's messages with sharded pub/sub
+(``SPUBLISH``/``SSUBSCRIBE``), so that the same code can run on Redis
+Cluster, where sharded channels stay on the shard that owns their slot
+instead of being broadcast to every shard.
+
+Channels and keys carry the app and a hash tag per user, topic or app:
+the logical channel ``<app>:u:<user>`` becomes ``<prefix>:{<app>:u:<user>}``,
+with ``%``, ``{`` and ``}`` percent-encoded inside the braces.  Redis hashes
+only what lies between the first ``{`` and the next ``}``; since the encoded
+name holds neither, the hash tag is exactly the logical channel, and the
+mapping is injective (percent-encoding is).
+
+Publishing is synchronous and never blocks the event loop: ``publish``
+encodes the message (msgpack), appends it to a bounded queue and returns.
+A writer task sends everything queued as one pipeline of ``SPUBLISH``
+commands, waits for the replies, and goes again: one round trip per batch,
+in queue order on one connection, so order per channel is kept.  When Redis
+is unreachable the queue fills up and further messages are dropped and
+counted -- at most once is the contract, and the store is the source of
+truth.
+
+Subscriptions go over one dedicated pub/sub connection per process.
+``subscribe`` and ``unsubscribe`` only record the wish; a control task sends
+the difference once per loop tick, each batch followed by ``PING <n>``, so
+that the ``pong`` tells exactly which batches Redis has applied
+(``settle``).  A reader task blocks on the socket (no ``get_message(timeout=0)``
+polling) and calls the handlers on the event loop thread.  When the
+connection is lost, the broker reconnects with jittered backoff, subscribes
+to every channel again, and then calls the ``on_reconnect`` callbacks.
+
+The node registry and the token bucket are Lua scripts kept beside this
+module (``lua/*.lua``), so each is one atomic step on the Redis clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections import deque
+from collections.abc import Callable
+from importlib import resources
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from tidings.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Feed,
+    Frames,
+    Handler,
+    Membership,
+    Message,
+    Personal,
+)
+from tidings.core import ratelimit
+from tidings.core.backoff import Backoff
+
+log = logging.getLogger("tidings.broker")
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")
+# Inside a hash tag: "%" first, so the encoding stays reversible.
+_ESCAPE = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+_SUBSCRIBE_CHUNK = 5000  # commands per write when (re)subscribing many channels
+
+
+def _escape(name: str) -> str:
+    return name.translate(_ESCAPE)
+
+
+def hash_tag(key: bytes) -> bytes:
+    """What Redis Cluster hashes for ``key``: the part between the first
+    ``{`` and the next ``}`` if non-empty, else the whole key."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
+def _load(name: str) -> str:
+    return (resources.files("tidings.broker") / "lua" / name).read_text("utf-8")
+
+
+def _spublish(channel: bytes, data: bytes) -> bytes:
+    """``SPUBLISH channel data`` in RESP, packed by hand: this is per message."""
+    return b"*3\r\n$8\r\nSPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(channel), channel, len(data), data,
+    )
+
+
+class RedisBroker(Broker):
+    """``RedisBroker("redis://host:6379/0")``; ``rediss://`` for TLS.
+
+    ``prefix`` namespaces every channel and key (several deployments, or
+    test runs, can share one Redis); ``?prefix=`` in the URL sets it too.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings",
+        max_pending: int = 100_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_batch: int = 1000,
+        timeout: float = 5.0,
+        health_interval: float = 15.0,
+    ):
+        url, prefix = _split_prefix(url, prefix)
+        if not _PREFIX.match(prefix):
+            raise ValueError("the Redis prefix must be 1-64 of A-Z a-z 0-9 _ . : -")
+        self.url = url
+        self.prefix = prefix
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_batch = max_batch
+        self.timeout = timeout
+        self.health_interval = health_interval
+        # Names that show up in CLIENT LIST: an operator (or a test) can tell
+        # this process's connections apart.
+        self.client_name = f"{prefix}:{id(self):x}"
+        self._redis: aioredis.Redis | None = None
+        self._closed = False
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Personal | Feed | Frames | Membership).decode
+        # publishing
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._queued_bytes = 0
+        self._writer_wake: asyncio.Future | None = None
+        self._writer_task: asyncio.Task | None = None
+        self._writer_up = False
+        self._drained: asyncio.Future | None = None
+        # subscriptions: Redis channel -> (logical channel, handler)
+        self._handlers: dict[bytes, tuple[str, Handler]] = {}
+        self._server: set[bytes] = set()  # sent to the current pub/sub connection
+        self._changed: set[bytes] = set()  # wished for, not yet sent
+        self._sub_conn = None
+        self._control_wake: asyncio.Future | None = None
+        self._ping_due = False
+        self._rx = False
+        self._sent = 0  # subscription batches sent (each ends with PING <n>)
+        self._confirmed = 0  # the last batch Redis has answered
+        self._settle_waiters: list[tuple[int, asyncio.Future]] = []
+        self._subscriber_task: asyncio.Task | None = None
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        # counters (exported by the ops endpoints)
+        self.published = 0  # messages Redis accepted
+        self.dropped = 0  # messages given up: queue full, or Redis failed mid-batch
+        self.received = 0
+        self.undecodable = 0
+        self.reconnects = 0
+
+    # -- names ----------------------------------------------------------------
+    def channel_name(self, channel: str) -> bytes:
+        """The Redis channel for a logical one, hash-tagged by the whole name."""
+        return f"{self.prefix}:{{{_escape(channel)}}}".encode("utf-8", "surrogatepass")
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{{{_escape(name)}}}"
+
+    # -- life cycle -----------------------------------------------------------
+    async def open(self) -> None:
+        self._redis = aioredis.Redis.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            # one retry on a fresh connection covers a pooled socket that a
+            # Redis restart left dead; longer outages are the caller's call
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1),
+            client_name=f"{self.client_name}:cmd",
+        )
+        nodes = f"{self.prefix}:{{nodes}}"
+        self._node_keys = [f"{nodes}:expiry", f"{nodes}:info"]
+        self._heartbeat = self._redis.register_script(_load("heartbeat.lua"))
+        self._nodes = self._redis.register_script(_load("nodes.lua"))
+        self._take = self._redis.register_script(_load("take.lua"))
+        try:
+            # fail fast on a wrong URL or a Redis without sharded pub/sub (< 7.0)
+            await self._redis.execute_command("SPUBLISH", self.channel_name("probe"), b"")
+            conn = await self._connect_subscriber()
+        except (RedisError, OSError) as e:
+            await self._redis.aclose()
+            raise BrokerUnavailable(f"Redis broker at {self._where()}: {e}") from e
+        loop = asyncio.get_running_loop()
+        self._sub_conn = conn  # up from now on: settle() waits for the first batch
+        self._subscriber_task = loop.create_task(self._subscriber(conn))
+        self._writer_task = loop.create_task(self._writer())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # A graceful stop announces what was already committed, if Redis is there.
+        if self._queue and self._writer_up:
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), self.timeout)
+            except TimeoutError:
+                pass
+        for task in (self._writer_task, self._subscriber_task):
+            if task is not None:
+                task.cancel()
+        for task in (self._writer_task, self._subscriber_task):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self.dropped += len(self._queue)
+        self._queue.clear()
+        self._handlers.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or 6379}"
+
+    async def _connect(self, role: str, **overrides):
+        """A dedicated connection, outside the pool: this module owns its
+        reconnection, so redis-py must not retry or resubscribe behind it."""
+        pool = self._redis.connection_pool
+        kwargs = {
+            **pool.connection_kwargs, "retry": Retry(NoBackoff(), 0),
+            "client_name": f"{self.client_name}:{role}", **overrides,
+        }
+        conn = pool.connection_class(**kwargs)
+        await conn.connect()
+        return conn
+
+    def _connect_subscriber(self):
+        # RESP2: pub/sub replies are plain arrays read in order with the
+        # PING confirmations; no read timeout, the health check covers it.
+        return self._connect("sub", socket_timeout=None, protocol=2)
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self, channel: str, message: Message) -> None:
+        data = self._encode(message)
+        if (
+            self._closed
+            or len(self._queue) >= self.max_pending
+            or self._queued_bytes + len(data) > self.max_pending_bytes
+        ):
+            self.dropped += 1
+            return
+        self._queue.append((self.channel_name(channel), data))
+        self._queued_bytes += len(data)
+        wake = self._writer_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        backoff = Backoff(base=0.1, cap=5.0)
+        conn = None
+        while True:
+            if not queue:
+                if self._drained is not None and not self._drained.done():
+                    self._drained.set_result(None)
+                self._writer_wake = loop.create_future()
+                await self._writer_wake
+                self._writer_wake = None
+                continue
+            if conn is None:
+                try:
+                    conn = await self._connect("pub", socket_timeout=None)
+                except (RedisError, OSError) as e:
+                    if backoff.attempt == 0:
+                        log.warning("Redis broker: cannot publish (%s); retrying", e)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                self._writer_up = True
+            # Subscriptions made before these messages were queued must be in
+            # effect first, or this node would miss its own messages.
+            await self.settle()
+            n = min(len(queue), self.max_batch)
+            batch = [queue.popleft() for _ in range(n)]
+            self._queued_bytes -= sum(len(d) for _, d in batch)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await conn.send_packed_command(
+                        [_spublish(c, d) for c, d in batch], check_health=False
+                    )
+                    for _ in range(n):
+                        await conn.read_response()
+            except Exception as e:  # RedisError, OSError, TimeoutError
+                # Some of the batch may have gone out: at most once, never twice.
+                self.dropped += n
+                self._writer_up = False
+                await conn.disconnect(nowait=True)
+                conn = None
+                log.warning("Redis broker: publishing failed (%r); %d messages dropped", e, n)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            self.published += n
+            backoff.reset()
+
+    # -- subscriptions --------------------------------------------------------
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        name = self.channel_name(channel)
+        self._handlers[name] = (channel, handler)
+        self._changed.add(name)
+        self._wake_control()
+
+    def unsubscribe(self, channel: str) -> None:
+        name = self.channel_name(channel)
+        # Forgetting the handler now stops delivery at once, whatever is in flight.
+        if self._handlers.pop(name, None) is not None or name in self._server:
+            self._changed.add(name)
+            self._wake_control()
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect_callbacks.append(callback)
+
+    async def settle(self) -> None:
+        if self._sub_conn is None:
+            return
+        if self._changed:
+            target = self._sent + 1  # the batch the control task sends next
+        elif self._confirmed >= self._sent:
+            return
+        else:
+            target = self._sent
+        fut = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append((target, fut))
+        await fut
+
+    def _wake_control(self) -> None:
+        wake = self._control_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _confirm(self, n: int) -> None:
+        self._confirmed = max(self._confirmed, n)
+        waiters = self._settle_waiters
+        if waiters:
+            self._settle_waiters = [(t, f) for t, f in waiters if t > n]
+            for t, f in waiters:
+                if t <= n and not f.done():
+                    f.set_result(None)
+
+    async def _subscriber(self, conn) -> None:
+        """Own the pub/sub connection: run it, and when it breaks, reconnect
+        with backoff, resubscribe everything and tell ``on_reconnect``."""
+        backoff = Backoff(base=0.1, cap=5.0)
+        lost = False
+        while True:
+            if conn is None:
+                try:
+                    conn = await self._connect_subscriber()
+                except (RedisError, OSError) as e:
+                    log.debug("Redis broker: reconnect failed: %s", e)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+            try:
+                await self._session(conn, lost, backoff)
+            except (RedisError, OSError) as e:
+                log.warning("Redis broker: subscriber connection lost (%s); reconnecting", e)
+            except Exception:
+                log.exception("Redis broker: subscriber failed; reconnecting")
+            finally:
+                self._sub_conn = None
+                self._server.clear()
+                self._changed.update(self._handlers)
+                # Batches sent on the old connection are moot (the next one
+                # subscribes everything again); settle() returns while down.
+                self._confirmed = self._sent
+                waiters, self._settle_waiters = self._settle_waiters, []
+                for _, fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+                await conn.disconnect(nowait=True)
+            conn, lost = None, True
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _session(self, conn, lost: bool, backoff: Backoff) -> None:
+        loop = asyncio.get_running_loop()
+        self._sub_conn = conn
+        self._changed.update(self._handlers)
+        self._rx = True
+        workers = {
+            loop.create_task(self._read(conn)),
+            loop.create_task(self._control(conn)),
+            loop.create_task(self._health()),
+        }
+        settled = loop.create_task(self.settle())
+        pending = workers | {settled}
+        try:
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is settled:
+                        backoff.reset()
+                        if lost:
+                            self.reconnects += 1
+                            log.warning("Redis broker: reconnected and resubscribed %d channels",
+                                        len(self._handlers))
+                            self._reconnected()
+                    else:
+                        task.result()  # raises what broke the connection
+                        raise ConnectionError("pub/sub task ended")
+        finally:
+            for task in workers | {settled}:
+                task.cancel()
+            await asyncio.gather(*workers, settled, return_exceptions=True)
+
+    def _reconnected(self) -> None:
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("on_reconnect callback failed")
+
+    async def _control(self, conn) -> None:
+        """Send subscription changes, one batch per wake-up, each ending with
+        ``PING <n>``; and health-check pings."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._changed and not self._ping_due:
+                self._control_wake = loop.create_future()
+                await self._control_wake
+                self._control_wake = None
+                continue
+            commands: list[tuple] = []
+            if self._changed:
+                changed, self._changed = self._changed, set()
+                for name in changed:
+                    wanted, there = name in self._handlers, name in self._server
+                    # One channel per command: on Redis Cluster all channels
+                    # of one SSUBSCRIBE must hash to the same slot.
+                    if wanted and not there:
+                        commands.append(("SSUBSCRIBE", name))
+                        self._server.add(name)
+                    elif there and not wanted:
+                        commands.append(("SUNSUBSCRIBE", name))
+                        self._server.discard(name)
+                self._sent += 1
+                commands.append(("PING", str(self._sent)))
+            if self._ping_due:
+                self._ping_due = False
+                commands.append(("PING",))
+            for i in range(0, len(commands), _SUBSCRIBE_CHUNK):
+                packed = conn.pack_commands(commands[i:i + _SUBSCRIBE_CHUNK])
+                async with asyncio.timeout(self.timeout):
+                    await conn.send_packed_command(packed, check_health=False)
+
+    async def _health(self) -> None:
+        """A silent connection is pinged; one that stays silent is dead
+        (a vanished peer sends no reset)."""
+        while True:
+            self._rx = False
+            await asyncio.sleep(self.health_interval)
+            if self._rx:
+                continue
+            self._ping_due = True
+            self._wake_control()
+            await asyncio.sleep(self.health_interval)
+            if not self._rx:
+                raise TimeoutError("Redis did not answer a health check")
+
+    async def _read(self, conn) -> None:
+        handlers = self._handlers
+        decode = self._decode
+        while True:
+            # Block until Redis sends something: no polling, no busy loop.
+            reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+            self._rx = True
+            if isinstance(reply, bytes):  # PING outside subscribed mode: no array
+                if reply.isdigit():
+                    self._confirm(int(reply))
+                continue
+            kind = reply[0]
+            if kind == b"smessage":
+                entry = handlers.get(reply[1])
+                if entry is None:
+                    continue  # unsubscribed while it was in flight
+                try:
+                    message = decode(reply[2])
+                except msgspec.DecodeError:
+                    self.undecodable += 1
+                    continue
+                self.received += 1
+                try:
+                    entry[1](entry[0], message)
+                except Exception:
+                    log.exception("broker handler failed on %s", entry[0])
+            elif kind == b"pong" and reply[1].isdigit():
+                self._confirm(int(reply[1]))
+
+    # -- node registry and rate limits (Lua, one atomic step each) -------------
+    async def heartbeat(self, node: str, info: dict, ttl: float) -> None:
+        await self._call(self._heartbeat, self._node_keys,
+                         [node, msgspec.json.encode(info), max(1, int(ttl * 1000))])
+
+    async def nodes(self) -> dict[str, dict]:
+        flat = await self._call(self._nodes, self._node_keys, [])
+        return {
+            flat[i].decode(): msgspec.json.decode(flat[i + 1]) for i in range(0, len(flat), 2)
+        }
+
+    async def take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        ratelimit.check(rate, burst, cost)
+        wait = await self._call(self._take, [self.key("rl", key)], [float(rate), burst, cost])
+        return float(wait)
+
+    async def _call(self, script, keys: list, args: list):
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            raise BrokerUnavailable(f"Redis broker at {self._where()}: {e}") from e
+
+    async def ping(self) -> bool:
+        if self._redis is None or self._sub_conn is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), self.timeout))
+        except (TimeoutError, RedisError, OSError):
+            return False
+
+
+def _split_prefix(url: str, prefix: str) -> tuple[str, str]:
+    """Take ``?prefix=`` out of the URL (redis-py would reject it)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    rest = [(k, v) for k, v in query if k != "prefix"]
+    for k, v in query:
+        if k == "prefix":
+            prefix = v
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
