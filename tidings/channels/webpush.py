@@ -42,6 +42,7 @@ import httpx
 import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from http_ece import ECEException
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 
@@ -235,7 +236,7 @@ class WebPushChannel:
         payload = fit_payload(job.notification)
         try:
             encrypted = await asyncio.to_thread(_encrypt, subscription, payload)
-        except (WebPushException, ValueError) as exc:
+        except (WebPushException, ECEException, ValueError) as exc:
             return Result.failed(f"invalid subscription: {exc}", gone=True)
         try:
             authorization = self.authorization(subscription["endpoint"])
