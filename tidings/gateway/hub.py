@@ -3,11 +3,16 @@
 The hub subscribes to a broker channel per user with open streams on this
 node, per topic those users follow, and per app (broadcasts) -- reference
 counted, so a node's broker subscriptions track exactly its audience.
+
+When the broker reconnects after an outage (Redis restarted), messages
+published meanwhile may be lost: the hub then catches every open stream up
+from the store, the source of truth (``_resync_all``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -23,6 +28,14 @@ if TYPE_CHECKING:
     from tidings.config import Settings
     from tidings.gateway.stream import Stream
     from tidings.store.base import Store
+
+log = logging.getLogger("tidings.gateway")
+
+# Users caught up at a time after a broker outage: a node with 100k streams
+# must not send 100k queries to the store at once.  Streams not reached yet
+# stay live meanwhile, and fill any personal gap themselves as soon as the
+# next event shows one.
+RESYNC_CONCURRENCY = 16
 
 
 class Hub:
@@ -41,6 +54,8 @@ class Hub:
         # (app stats, sent_at) of the notifications routed during this tick: their
         # publish -> device latency is observed once the tick's frames are written.
         self._sent: list = []
+        self._resync: asyncio.Task | None = None
+        broker.on_reconnect(self._on_broker_reconnect)
 
     # -- registry -------------------------------------------------------------
     @property
@@ -149,6 +164,9 @@ class Hub:
         now = time.time()
         for topic in await self.store.user_topics(stream.app, stream.user):
             self._join_topic(stream, topic)
+        # Subscribed in Redis before the head is read: anything committed
+        # after the read then arrives live.
+        await self.broker.settle()
         head = await self.store.stream_head(stream.app, stream.user, now)
         limits = self.settings.limits
         recovery = decide_recovery(
@@ -189,6 +207,48 @@ class Hub:
             stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
         self.metrics.app(stream.app).replayed += len(personal) + len(feed)
         return len(personal) + len(feed)
+
+    # -- after a broker outage -------------------------------------------------
+    def _on_broker_reconnect(self) -> None:
+        """The broker is back and resubscribed; what it carried during the
+        outage may be lost.  Catch every open stream up from the store."""
+        if self._resync is not None:
+            self._resync.cancel()  # a newer outage: start the sweep over
+        self._resync = asyncio.get_running_loop().create_task(self._resync_all())
+
+    async def _resync_all(self) -> None:
+        users = iter(list(self.users))
+
+        async def worker() -> None:
+            for app, user in users:
+                try:
+                    await self._resync_user(app, user)
+                except Exception:
+                    log.exception("resync after a broker outage failed for %s/%s", app, user)
+
+        await asyncio.gather(*(worker() for _ in range(RESYNC_CONCURRENCY)))
+
+    async def _resync_user(self, app: str, user: str) -> None:
+        """Topic memberships, counts, then every personal entry and feed item
+        past each stream's position: what lost broker messages would have brought."""
+        if not self.users.get((app, user)):
+            return
+        now = time.time()
+        topics = set(await self.store.user_topics(app, user))
+        unread, unseen = await self.store.counts(app, user, now)
+        streams = tuple(self.users.get((app, user), ()))
+        joined = False
+        for s in streams:
+            for topic in topics - s.topics:
+                self._join_topic(s, topic)
+                joined = True
+            for topic in s.topics - topics:
+                self._leave_topic(s, topic)
+        if joined:
+            await self.broker.settle()
+        counts = events.counts_frame(unread, unseen)
+        for s in streams:
+            await s.resync(counts)
 
     # -- broker handlers (on the loop thread) ---------------------------------
     def _on_user(self, channel: str, msg: Message) -> None:
@@ -239,6 +299,8 @@ class Hub:
         self.close_all(CLOSE_SHUTDOWN)
 
     def close_all(self, code: int) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
         for streams in list(self.users.values()):
             for s in list(streams):
                 s.close(code)

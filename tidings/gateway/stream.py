@@ -51,6 +51,7 @@ class Stream:
         self.closed = False
         self.close_code: int | None = None
         self._syncing = True  # held back until the first replay is done
+        self._again = False  # the broker may have lost events during a sync: one more
         self._held: list[tuple[str, int, bytes]] = []
         self._wake: asyncio.Future | None = None
         self._room: asyncio.Future | None = None
@@ -141,6 +142,23 @@ class Stream:
                 self.on_personal(self.epoch, pos, payload)
             else:
                 self.on_feed(pos, payload)
+        if self._again and not self._syncing and not self.closed:
+            self._again = False
+            self._start_sync()
+
+    async def resync(self, counts: bytes | None = None) -> None:
+        """The broker may have lost events (it reconnected): catch up from
+        the store now, with fresh ``counts`` first.  A stream already syncing
+        reads its position from before the outage, so it goes once more after."""
+        if self.closed:
+            return
+        if self._syncing:
+            self._again = True
+            return
+        if counts is not None:
+            self.push(counts)
+        self._syncing = True
+        await self._fill_gap()
 
     def _start_sync(self) -> None:
         if self._syncing:
