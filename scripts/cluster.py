@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -158,6 +159,10 @@ class Cluster:
         return json.loads(self.tidings("app", "create", name, "--json"))
 
     def start(self) -> Cluster:
+        if self.store.startswith(("postgresql:", "postgres:")):
+            # PostgreSQL nodes refuse to start on an old schema: migrate first,
+            # as an operator would before a release.
+            self.tidings("migrate")
         # The first node alone, so that first-start setup runs exactly once.
         first, *rest = self.members
         first.start()
@@ -172,7 +177,11 @@ class Cluster:
     def haproxy_config(self) -> str:
         servers = "\n".join(f"    server {n.name} 127.0.0.1:{n.port} check"
                             for n in self.members)
-        return HAPROXY_CFG.format(maxconn=200_000, host="127.0.0.1", port=self.base_port,
+        # every proxied connection holds two descriptors; HAProxy refuses to
+        # start if maxconn needs more than the process may open
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        maxconn = max(1000, (soft - 200) // 2)
+        return HAPROXY_CFG.format(maxconn=maxconn, host="127.0.0.1", port=self.base_port,
                                   servers=servers)
 
     def start_haproxy(self) -> None:

@@ -1,0 +1,181 @@
+"""Backend outages on a live cluster: PostgreSQL unreachable, Redis restarted.
+
+PostgreSQL is cut off by killing a TCP forwarder between the nodes and the
+database (a network partition; the shared server keeps running).  Redis is a
+private ``redis-server`` of the test, killed and restarted on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from scripts.cluster import wait_until
+from tests.cluster.conftest import _port_block, require_haproxy
+from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
+from tests.services import require_redis
+
+
+class Proxy:
+    def __init__(self, port: int, target_host: str, target_port: int):
+        self.args = [sys.executable, "-m", "tests.cluster.tcpproxy", str(port), target_host,
+                     str(target_port)]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class PrivateRedis:
+    def __init__(self, port: int, workdir):
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", str(workdir)]
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+
+        def up() -> bool:
+            out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
+                                 capture_output=True, text=True)
+            return out.stdout.strip() == "PONG"
+
+        wait_until(up, 10, "private redis")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{port}"))
+
+
+@pytest.mark.timeout(240)
+async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, tmp_path):
+    from scripts.cluster import Cluster
+
+    redis_url = require_redis()
+    require_haproxy()
+    target = urlsplit(pg_url)
+    base = _port_block(3)
+    proxy = Proxy(base + 2, target.hostname, target.port or 5432)
+    proxy.start()
+    cluster = Cluster(_via(pg_url, base + 2), redis_url, nodes=1, base_port=base,
+                      workdir=tmp_path / "c")
+    node = cluster.members[0]
+    try:
+        cluster.start()
+        app = cluster.create_app("outage")
+        user = "pat"
+        device = Device(cluster.url, app, user)
+        device.start()
+        await asyncio.wait_for(device.connected.wait(), 30)
+        key = {"Authorization": f"Bearer {app['api_key']}"}
+        async with httpx.AsyncClient(base_url=node.url, headers=key, timeout=10) as http:
+            await publish_numbered(node.url, app["api_key"], {"users": [user]}, [0])
+
+            proxy.kill()
+            answers = []
+            for n in range(1, 6):
+                r = await http.post("/v1/notifications", json={
+                    "to": {"users": [user]}, "title": "during", "data": {"n": n}})
+                answers.append(r)
+            assert all(r.status_code == 503 for r in answers), [r.text for r in answers]
+            assert all(int(r.headers["Retry-After"]) >= 1 for r in answers)
+            assert answers[0].json()["error"]["code"] == "unavailable"
+            r = await http.get("/readyz")
+            assert r.status_code == 503 and r.json()["store"] is False
+            r = await http.get(f"/v1/users/{user}/notifications")
+            assert r.status_code == 503
+
+            proxy.start()
+            # no restart, no operator: the node's pool reconnects by itself
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            for _ in range(200):
+                if await ready():
+                    break
+                await asyncio.sleep(0.1)
+            assert await ready()
+            await publish_numbered(node.url, app["api_key"], {"users": [user]}, [1, 2])
+            await wait_all([device], 3, timeout=30)
+            assert tally([device], 3) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
+            inbox = (await http.get(f"/v1/users/{user}/notifications")).json()
+            # exactly the acknowledged ones: nothing from the outage was half-written
+            numbers = sorted(item["notification"]["data"]["n"] for item in inbox["items"])
+            assert numbers == [0, 1, 2]
+        await device.stop()
+    finally:
+        cluster.stop()
+        proxy.kill()
+
+
+@pytest.mark.timeout(240)
+async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
+        pg_url, tmp_path):
+    from scripts.cluster import Cluster
+
+    require_haproxy()
+    base = _port_block(4)
+    redis = PrivateRedis(base + 3, tmp_path)
+    redis.start()
+    cluster = Cluster(pg_url, redis.url, nodes=2, base_port=base, workdir=tmp_path / "c")
+    devices: list[Device] = []
+    try:
+        cluster.start()
+        app = cluster.create_app("redis-restart")
+        users = [f"r{i}" for i in range(50)]
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=30, headers={
+                "Authorization": f"Bearer {app['api_key']}"}) as http:
+            r = await http.post("/v1/topics/room/subscribers", json={"users": users})
+            assert r.status_code == 200, r.text
+        devices = [Device(cluster.url, app, u) for u in users for _ in range(2)]
+        for d in devices:
+            d.start()
+        await asyncio.wait_for(asyncio.gather(*(d.connected.wait() for d in devices)), 60)
+        split = [await connections(n.url) for n in cluster.members]
+        assert min(split) > 0, split
+        total = 40
+
+        async def outage(n: int) -> None:
+            if n == 10:
+                redis.kill()
+            elif n == 25:
+                redis.start()
+
+        stats = await publish_numbered(cluster.url, app["api_key"], {"topic": "room"},
+                                       range(total), pause=0.05, on_sent=outage)
+        # every publish was acknowledged on the first try: Redis is not on the
+        # durable path
+        assert stats["retries"] == 0, stats
+        await wait_all(devices, total, timeout=60)
+        assert tally(devices, total) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
+        # the catch-up came from the store, not from reconnecting devices
+        assert sum(d.sub.reconnects for d in devices) == 0
+    finally:
+        await asyncio.gather(*(d.stop() for d in devices))
+        cluster.stop()
+        redis.kill()
