@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass
 
 import httpx
@@ -46,6 +47,39 @@ class LiveServer:
 
 @contextlib.asynccontextmanager
 async def run_server(tmp_path, **overrides):
+    # TIDINGS_TEST_BROKER=redis runs every server of the suite on the test
+    # Redis (tests/services.py) under a key prefix of its own, instead of the
+    # in-process broker: the same tests, the cluster broker.
+    if os.environ.get("TIDINGS_TEST_BROKER") == "redis" and "broker" not in overrides:
+        from tests.broker.conftest import delete_prefixed, unique_prefix
+        from tests.services import require_redis
+
+        url, prefix = require_redis(), unique_prefix()
+        try:
+            async with run_server(tmp_path, broker=f"{url}?prefix={prefix}", **overrides) as live:
+                yield live
+        finally:
+            await delete_prefixed(url, prefix)
+        return
+    # TIDINGS_TEST_STORE=postgres runs every server of the suite on the test
+    # PostgreSQL (tests/services.py), each in a fresh schema dropped after it,
+    # instead of its own SQLite file: the same tests, the cluster store.
+    if os.environ.get("TIDINGS_TEST_STORE") == "postgres" and "store" not in overrides:
+        from tests.services import require_postgres
+        from tests.store.pg import fresh_schema
+
+        url = require_postgres()
+        async with fresh_schema(url) as pg:
+            async with _serve(tmp_path, store=f"{url}?search_path={pg['search_path']}",
+                              **overrides) as live:
+                yield live
+        return
+    async with _serve(tmp_path, **overrides) as live:
+        yield live
+
+
+@contextlib.asynccontextmanager
+async def _serve(tmp_path, **overrides):
     limits = overrides.pop("limits", Limits())
     ws = overrides.pop("ws", WS_PROTOCOL)
     settings = Settings(data=str(tmp_path / "data"), port=0, limits=limits, **overrides)
