@@ -15,8 +15,9 @@ import pytest
 
 from tidings.core.ids import new_id
 from tidings.errors import Unavailable
+from tidings.store import migrations
 from tidings.store.base import NewNotification
-from tidings.store.sqlite import SQLiteStore
+from tidings.store.sqlite import SQLiteStore, migrate
 
 APP = "app_a"
 
@@ -179,3 +180,15 @@ async def test_a_closed_store_refuses_writes(db):
     assert await db.ping() is False
     with pytest.raises(Unavailable):
         await publish(db, note(["u"]))
+
+
+async def test_open_migrates_a_fresh_file_and_refuses_a_newer_schema(path):
+    latest = migrations.latest("sqlite")
+    assert migrate(path) == list(range(1, latest + 1))
+    assert migrate(path) == []  # nothing pending; opening does not migrate again
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(latest + 1),))
+    conn.close()
+    with pytest.raises(migrations.SchemaError, match="newer than this tidings"):
+        await SQLiteStore(path).open()
