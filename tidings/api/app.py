@@ -197,4 +197,7 @@ def app_from_env() -> Starlette:
     (worker processes are spawned, not forked, so they share nothing else)."""
     raw = os.environ.get(SETTINGS_ENV)
     settings = msgspec.json.decode(raw, type=Settings) if raw else from_env()
+    if settings.node:
+        # every worker is a node of its own: keep their names apart
+        settings.node = f"{settings.node}/{os.getpid()}"
     return create_app(settings)

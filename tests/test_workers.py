@@ -1,0 +1,110 @@
+"""``tidings serve --workers N``: several processes on one port, live
+delivery between them through the Redis broker."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.services import require_redis
+from tests.test_durability import _free_port
+from tidings.broker import open_broker
+from tidings.client import Subscriber
+from tidings.core import auth
+
+
+@pytest.mark.timeout(120)
+async def test_workers_share_a_port_and_deliver_across_processes(tmp_path):
+    redis_url = require_redis()
+    port = _free_port()
+    node = f"workers-{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--data", str(tmp_path / "data"),
+         "--port", str(port), "--workers", "2", "--broker", redis_url, "--node", node],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    subs: list[Subscriber] = []
+    tasks: list[asyncio.Task] = []
+    broker = open_broker(redis_url)
+    await broker.open()
+    try:
+        text = ""
+        for line in proc.stdout:
+            text += line
+            if "listening on" in line:
+                break
+        key = re.search(r"API key:\s+(\S+)", text).group(1)
+        secret = re.search(r"signing secret:\s+(\S+)", text).group(1)
+        assert "workers: 2" in text
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+        users = [f"w{i}" for i in range(40)]
+        got: dict[str, list[str]] = {u: [] for u in users}
+        hello = asyncio.Event()
+        ready: set[str] = set()
+
+        async def device(user: str) -> None:
+            token = auth.mint_token("default", user, secret, 600)
+            sub = Subscriber(url, token=token)
+            subs.append(sub)
+            async for event in sub:
+                if event["type"] == "hello":
+                    ready.add(user)
+                    if len(ready) == len(users):
+                        hello.set()
+                elif event["type"] == "notification":
+                    got[user].append(event["notification"]["title"])
+
+        tasks = [asyncio.create_task(device(u)) for u in users]
+        await asyncio.wait_for(hello.wait(), 30)
+
+        # both workers hold streams (each heartbeats as "<node>/<pid>")
+        async def per_worker() -> dict[str, int]:
+            nodes = await broker.nodes()
+            return {n: info["connections"] for n, info in nodes.items()
+                    if n.startswith(node + "/")}
+
+        for _ in range(150):
+            workers = await per_worker()
+            if len(workers) == 2 and sum(workers.values()) == len(users):
+                break
+            await asyncio.sleep(0.1)
+        assert len(workers) == 2 and min(workers.values()) > 0, workers
+
+        # every publish lands on whichever worker accepts it; every device gets its own
+        async with httpx.AsyncClient(base_url=url, timeout=10,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            for u in users:
+                for i in range(3):
+                    r = await http.post("/v1/notifications",
+                                        json={"to": {"users": [u]}, "title": f"{u}-{i}"})
+                    assert r.status_code == 202, r.text
+        for _ in range(200):
+            if all(len(v) == 3 for v in got.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert got == {u: [f"{u}-{i}" for i in range(3)] for u in users}
+    finally:
+        for sub in subs:
+            await sub.close()
+        for t in tasks:
+            t.cancel()
+        await broker.close()
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
