@@ -80,6 +80,9 @@ log = logging.getLogger("tidings.store")
 DIALECT = "postgres"
 RETRY_AFTER = 2.0  # seconds a client is told to wait while the database is away
 CONNECT_TIMEOUT = 5.0  # a new connection, and waiting for a free one in the pool
+# The retention sweep scans whole tables: it gets longer than the 60 s that
+# any other statement gets before it is cancelled and answered 503.
+SWEEP_TIMEOUT = 3600.0
 # pg_advisory_xact_lock key that serialises migrations ("tidings" in ASCII).
 MIGRATION_LOCK = 0x74696469_6E6773
 
@@ -496,7 +499,7 @@ class PostgresStore(Store):
 
     # -- maintenance ----------------------------------------------------
     async def prune(self, app_id, older_than) -> int:
-        return await self._call(_prune, app_id, older_than, tx=True)
+        return await self._call(_prune, app_id, older_than)
 
 
 # -- statements run on one pooled connection ------------------------------------
@@ -594,29 +597,38 @@ async def _prune(conn, app_id: str | None, older_than: float) -> int:
     where, args = "", (older_than,)
     if app_id is not None:
         where, args = " AND app_id = $2", (older_than, app_id)
-    # Lock the streams whose floor rises in the order publishes lock them
-    # (app, then user, byte order), so a sweep never deadlocks a fan-out.
-    await conn.execute(
-        "SELECT 1 FROM streams WHERE (app_id, user_id) IN "
-        "(SELECT app_id, user_id FROM inbox WHERE created_at < $1" + where + ") "
-        "ORDER BY app_id, user_id FOR UPDATE", *args,
-    )
-    await conn.execute(
-        "UPDATE streams s SET floor_seq = greatest(s.floor_seq, old.top) "
-        "FROM (SELECT app_id, user_id, max(seq) AS top FROM inbox WHERE created_at < $1"
-        + where + " GROUP BY app_id, user_id) AS old "
-        "WHERE s.app_id = old.app_id AND s.user_id = old.user_id", *args,
-    )
-    n = _count(await conn.execute("DELETE FROM inbox WHERE created_at < $1" + where, *args))
-    await conn.execute(
-        "UPDATE feed_heads h SET floor = greatest(h.floor, old.top) "
-        "FROM (SELECT app_id, max(feed_offset) AS top FROM notifications "
-        "      WHERE feed_offset IS NOT NULL AND created_at < $1" + where +
-        "      GROUP BY app_id) AS old WHERE h.app_id = old.app_id", *args,
-    )
-    n += _count(await conn.execute(
-        "DELETE FROM notifications WHERE created_at < $1" + where, *args))
-    await conn.execute("DELETE FROM idempotency WHERE created_at < $1" + where, *args)
+    # The floors rise first, in a short transaction of their own: from then
+    # on a cursor below a floor is answered "reload" (recovered: false), so
+    # the entries can go afterwards without a replay ever seeing a hole, and
+    # the long deletes hold no stream's lock that a publish would wait for.
+    async with conn.transaction():
+        # Stream rows are locked in the order publishes lock them (app, then
+        # user, byte order), so a sweep never deadlocks a fan-out.
+        await conn.execute(
+            "SELECT 1 FROM streams WHERE (app_id, user_id) IN "
+            "(SELECT app_id, user_id FROM inbox WHERE created_at < $1" + where + ") "
+            "ORDER BY app_id, user_id FOR UPDATE", *args, timeout=SWEEP_TIMEOUT,
+        )
+        await conn.execute(
+            "UPDATE streams s SET floor_seq = greatest(s.floor_seq, old.top) "
+            "FROM (SELECT app_id, user_id, max(seq) AS top FROM inbox WHERE created_at < $1"
+            + where + " GROUP BY app_id, user_id) AS old "
+            "WHERE s.app_id = old.app_id AND s.user_id = old.user_id", *args,
+            timeout=SWEEP_TIMEOUT,
+        )
+        await conn.execute(
+            "UPDATE feed_heads h SET floor = greatest(h.floor, old.top) "
+            "FROM (SELECT app_id, max(feed_offset) AS top FROM notifications "
+            "      WHERE feed_offset IS NOT NULL AND created_at < $1" + where +
+            "      GROUP BY app_id) AS old WHERE h.app_id = old.app_id", *args,
+            timeout=SWEEP_TIMEOUT,
+        )
+    n = 0
+    for table in ("inbox", "notifications", "idempotency"):
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE created_at < $1" + where, *args, timeout=SWEEP_TIMEOUT)
+        if table != "idempotency":  # entries and feed items, as SQLite counts them
+            n += _count(status)
     return n
 
 
