@@ -27,7 +27,14 @@ def first_start(settings: Settings) -> dict | None:
     async def run(service: Service):
         if await service.store.list_apps():
             return None
-        app, key = await service.create_app("default", app_id="default")
+        try:
+            app, key = await service.create_app("default", app_id="default")
+        except Exception:
+            # Nodes of a cluster started together on an empty database: one
+            # of them created it first, and this one starts like any other.
+            if await service.store.get_app("default") is not None:
+                return None
+            raise
         token, _ = await service.mint_token(app.id, DEMO_USER, 7 * 24 * 3600)
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret,
                 "demo_user": DEMO_USER, "demo_token": token}

@@ -351,3 +351,15 @@ async def test_the_api_answers_503_with_retry_after_while_the_database_is_away(
             assert (await http.post("/v1/notifications", json=body)).status_code == 202
             assert (await http.get("/v1/me/counts", headers=me)).json()["unread"] == 2
             assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_nodes_starting_together_on_an_empty_database_create_one_default_app(url, schema):
+    from tidings import bootstrap
+    from tidings.config import Settings
+
+    settings = Settings(store=f"{url}?search_path={schema['search_path']}")
+    # each start runs its own event loop, as separate processes would
+    starts = await asyncio.gather(*(
+        asyncio.to_thread(bootstrap.first_start, settings) for _ in range(3)))
+    created = [s for s in starts if s is not None]
+    assert len(created) == 1 and created[0]["app"] == "default"
