@@ -19,6 +19,7 @@ import uvicorn
 from tidings.api.app import build_service, create_app
 from tidings.cli import WS_PROTOCOL
 from tidings.config import Limits, Settings
+from tidings.core.auth import SCOPES
 from tidings.service import Service
 
 
@@ -99,7 +100,10 @@ async def _serve(tmp_path, **overrides):
             task.result()
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    app, key = await service.create_app("test", app_id="testapp")
+    if await service.app("testapp") is None:
+        app, key = await service.create_app("test", app_id="testapp")
+    else:  # a second node over the same store
+        app, key = await service.app("testapp"), await service.create_api_key("testapp", SCOPES)
     live = LiveServer(
         url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}", service=service,
         app=app.id, api_key=key, signing_secret=app.signing_secret, uvicorn=server,

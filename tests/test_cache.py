@@ -60,3 +60,112 @@ async def test_a_cached_token_still_expires(tmp_path):
                                                       record.created_at)
             await service.authenticate_token(token)
         assert err.value.code == "bad_token"
+
+
+# -- the per-user cache across two nodes (PostgreSQL + Redis) -------------------
+
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+
+from tests.gateway.live import recv_events, ws_connect  # noqa: E402
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(tmp_path):
+    from tests.broker.conftest import delete_prefixed, unique_prefix
+    from tests.services import require_postgres, require_redis
+    from tests.store.pg import fresh_schema
+
+    pg, redis = require_postgres(), require_redis()
+    prefix = unique_prefix()
+    try:
+        async with fresh_schema(pg) as schema:
+            common = {"store": f"{pg}?search_path={schema['search_path']}",
+                      "broker": f"{redis}?prefix={prefix}"}
+            async with run_server(tmp_path / "a", **common) as a:
+                async with run_server(tmp_path / "b", **common) as b:
+                    yield a, b
+    finally:
+        await delete_prefixed(redis, prefix)
+
+
+async def _counts(server, token: str) -> int:
+    async with server.http() as http:
+        r = await http.get("/v1/me/counts", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        return r.json()["unread"]
+
+
+async def _eventually(check, timeout: float = 10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value or loop.time() > deadline:
+            return value
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+async def test_counts_are_cached_where_the_user_streams_and_invalidated_across_nodes(tmp_path):
+    async with two_nodes(tmp_path) as (a, b):
+        token = await a.token("cat")
+        ws = await ws_connect(a, token)
+        await recv_events(ws, 1)  # hello: the user's channel is live on node a
+        cache = a.service.hub.cache
+        assert await _counts(a, token) == 0
+        hits = cache.hits
+        assert await _counts(a, token) == 0
+        assert cache.hits == hits + 1  # served from the cache
+
+        # published through the *other* node: node a learns from the broker
+        async with b.http() as http:
+            r = await http.post("/v1/notifications",
+                                json={"to": {"users": ["cat"]}, "title": "elsewhere"})
+            assert r.status_code == 202
+        await recv_events(ws, 1)  # the notification reached the stream on node a
+        assert await _counts(a, token) == 1
+
+        # marked read on node b: node a's cached counts follow
+        async with b.http() as http:
+            r = await http.post("/v1/me/notifications/read", json={"all": True},
+                                headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+        await recv_events(ws, 2)  # state + counts
+        assert await _counts(a, token) == 0
+
+        # node b has no stream of this user: it never caches them
+        assert await _counts(b, token) == 0
+        assert await _counts(b, token) == 0
+        assert b.service.hub.cache.hits == 0
+        await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_first_inbox_page_is_cached_and_follows_changes(tmp_path):
+    async with run_server(tmp_path) as server:
+        token = await server.token("dot")
+        ws = await ws_connect(server, token)
+        await recv_events(ws, 1)
+        me = {"Authorization": f"Bearer {token}"}
+        async with server.http() as http:
+            async def page() -> list[str]:
+                r = await http.get("/v1/me/notifications", headers=me)
+                assert r.status_code == 200
+                return [i["notification"]["title"] for i in r.json()["items"]]
+
+            assert await page() == []
+            for title in ("one", "two"):
+                r = await http.post("/v1/notifications",
+                                    json={"to": {"users": ["dot"]}, "title": title})
+                assert r.status_code == 202
+                # read-your-writes on the node that took the publish
+                assert (await page())[0] == title
+            hits = server.service.hub.cache.hits
+            assert await page() == ["two", "one"]
+            assert server.service.hub.cache.hits == hits + 1
+            # a broadcast (read fan-out) changes every user's first page
+            r = await http.post("/v1/notifications", json={"to": {"all": True}, "title": "all"})
+            assert r.status_code == 202
+            assert await page() == ["all", "two", "one"]
+        await ws.close()

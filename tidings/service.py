@@ -209,12 +209,17 @@ class Service:
     def _announce(self, app_id: str, out: PublishOutcome) -> None:
         publish = self.broker.publish
         committed = time.time()  # publish -> device latency starts here (DESIGN §5)
+        # This node's cache learns at once (read-your-writes here); others
+        # learn from the broker message itself.
+        cache = self.hub.cache
         if out.feed_offset is not None:
+            cache.app_changed(app_id)
             frame = events.feed_frame(out.feed_offset, out.body)
             publish(_feed_channel(app_id, out.audience), Feed(out.feed_offset, frame, committed))
             return
         body = out.body
         for d in out.deliveries:
+            cache.user_changed((app_id, d.user))
             publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, body, committed))
 
     # -- notifications ------------------------------------------------------------
@@ -262,16 +267,19 @@ class Service:
         """Send ``frame`` to a notification's audience: the feed's channel for
         items fanned out on read, else each recipient's own channel."""
         if audience is not None:
+            self.hub.cache.app_changed(app_id)
             self.broker.publish(_feed_channel(app_id, audience), Frames([frame]))
             return
         for user in users:
+            self.hub.cache.user_changed((app_id, user))
             self.broker.publish(user_channel(app_id, user), Frames([frame]))
 
     # -- inbox state ----------------------------------------------------------------
     async def set_state(self, app_id: str, user: str, ids: list[str] | None, state: str) -> dict:
         now = time.time()
         changed = await self.store.set_state(app_id, user, ids, state, now)
-        unread, unseen = await self.store.counts(app_id, user, now)
+        self.hub.cache.user_changed((app_id, user))
+        unread, unseen = await self.hub.counts(app_id, user, now)
         if changed:
             frames = [events.state_frame(changed, state, all_=ids is None),
                       events.counts_frame(unread, unseen)]
@@ -279,10 +287,23 @@ class Service:
         return {"changed": len(changed), "counts": {"unread": unread, "unseen": unseen}}
 
     async def counts(self, app_id: str, user: str) -> dict:
-        unread, unseen = await self.store.counts(app_id, user, time.time())
+        unread, unseen = await self.hub.counts(app_id, user, time.time())
         return {"unread": unread, "unseen": unseen}
 
     async def inbox(self, app_id, user, *, limit, before, state) -> dict:
+        # The first page is what every device opens with: cached while the
+        # user has a stream on this node (tidings/gateway/cache.py).
+        key, cache = (app_id, user), self.hub.cache
+        if before is None:
+            hit = cache.get("page", key, limit, state)
+            if hit is not None:
+                return hit
+        version = cache.version(key) if before is None else None
+        page = await self._inbox_page(app_id, user, limit=limit, before=before, state=state)
+        cache.put("page", key, version, page, limit, state)
+        return page
+
+    async def _inbox_page(self, app_id, user, *, limit, before, state) -> dict:
         entries = await self.store.inbox(
             app_id, user, limit=limit, before=before, state=state, now=time.time()
         )
@@ -304,6 +325,7 @@ class Service:
         else:
             n = await self.store.unsubscribe(app_id, topic, users)
         for user in users:
+            self.hub.cache.user_changed((app_id, user))
             self.broker.publish(user_channel(app_id, user), Membership(topic, add))
         return n
 

@@ -22,6 +22,7 @@ from tidings.broker.base import (
 from tidings.core import events
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
+from tidings.gateway.cache import UserCache
 from tidings.errors import CLOSE_RESYNC, CLOSE_SHUTDOWN, CLOSE_TOO_MANY, RateLimited, Unavailable
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class Hub:
         self.broker = broker
         self.settings = settings
         self.draining = False  # set by drain(): no new streams
+        # counts, memberships and first inbox pages of users with a stream here
+        self.cache = UserCache(settings.cache)
         # Plain per-app counters (tidings.core.stats); /metrics and the dashboard read them.
         self.metrics = Stats()
         self.users: dict[tuple[str, str], set[Stream]] = {}
@@ -99,6 +102,7 @@ class Hub:
         streams.discard(stream)
         if not streams:
             del self.users[key]
+            self.cache.gone(key)
             self.broker.unsubscribe(user_channel(*key))
         app_streams = self.apps.get(stream.app)
         if app_streams is not None:
@@ -162,11 +166,14 @@ class Hub:
     async def begin(self, stream: Stream, cursor) -> None:
         """hello, then the replay the cursor asks for, then live."""
         now = time.time()
-        for topic in await self.store.user_topics(stream.app, stream.user):
+        key = (stream.app, stream.user)
+        for topic in await self.user_topics(*key):
             self._join_topic(stream, topic)
         # Subscribed in Redis before the head is read: anything committed
         # after the read then arrives live.
         await self.broker.settle()
+        if key in self.users:
+            self.cache.live(key)  # from now on every change to this user reaches us
         head = await self.store.stream_head(stream.app, stream.user, now)
         limits = self.settings.limits
         recovery = decide_recovery(
@@ -178,7 +185,7 @@ class Hub:
             stream.last_seq, stream.last_feed = recovery.replay_from_seq, recovery.replay_from_feed
         else:
             stream.last_seq, stream.last_feed = head.head_seq, head.head_feed
-        unread, unseen = await self.store.counts(stream.app, stream.user, now)
+        unread, unseen = await self.counts(*key, now)
         start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
         stream.push(events.hello_frame(stream.epoch, start, unread, unseen), start)
         missed = 0
@@ -187,6 +194,27 @@ class Hub:
         if recovery is not None:
             stream.push(events.recovered_frame(recovery.ok, missed))
         stream.finish_sync()
+
+    async def counts(self, app: str, user: str, now: float) -> tuple[int, int]:
+        """``(unread, unseen)``, from the cache while the user has a stream here."""
+        key = (app, user)
+        hit = self.cache.get("counts", key)
+        if hit is not None:
+            return hit
+        version = self.cache.version(key)
+        value = await self.store.counts(app, user, now)
+        self.cache.put("counts", key, version, value)
+        return value
+
+    async def user_topics(self, app: str, user: str) -> list[str]:
+        key = (app, user)
+        hit = self.cache.get("topics", key)
+        if hit is not None:
+            return hit
+        version = self.cache.version(key)
+        value = await self.store.user_topics(app, user)
+        self.cache.put("topics", key, version, value)
+        return value
 
     async def catch_up(self, stream: Stream) -> int:
         """Send what the store has past the stream's position; return how many."""
@@ -212,6 +240,7 @@ class Hub:
     def _on_broker_reconnect(self) -> None:
         """The broker is back and resubscribed; what it carried during the
         outage may be lost.  Catch every open stream up from the store."""
+        self.cache.clear()
         if self._resync is not None:
             self._resync.cancel()  # a newer outage: start the sweep over
         self._resync = asyncio.get_running_loop().create_task(self._resync_all())
@@ -256,6 +285,7 @@ class Hub:
         streams = self.users.get((app, user))
         if not streams:
             return
+        self.cache.user_changed((app, user))
         if type(msg) is Personal:
             self._routed(app, len(streams), msg.sent_at)
             for s in tuple(streams):
@@ -273,10 +303,12 @@ class Hub:
 
     def _on_all(self, channel: str, msg: Message) -> None:
         app = channel[:-2]
+        self.cache.app_changed(app)
         self._to_group(app, self.apps.get(app), msg)
 
     def _on_topic(self, channel: str, msg: Message) -> None:
         app, _, topic = channel.split(":", 2)
+        self.cache.app_changed(app)
         self._to_group(app, self.topics.get((app, topic)), msg)
 
     def _to_group(self, app: str, streams, msg: Message) -> None:

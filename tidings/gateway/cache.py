@@ -1,0 +1,95 @@
+"""Per-user read cache: unread counts, topic memberships, the first inbox page.
+
+Correct across nodes because an entry is used only while this node receives
+the user's broker channel -- that is, while one of the user's streams is
+open here and its subscription has settled.  Everything that changes those
+answers crosses that channel (a new entry, a state change, a retraction, a
+membership change) or the app's feed channels (broadcasts, large topics),
+and the hub invalidates on each of them.  Two safety nets cover what the
+broker, being at most once, may lose: a broker reconnect invalidates
+everything, and entries expire after a few seconds anyway (which also bounds
+how long an item that expires by ``ttl`` -- no event marks that -- stays
+counted).
+
+Invalidation is O(1): it gives the user (or the app, for feed items) a new
+version, and every entry remembers the versions it was read under.  Versions
+come from one counter and never repeat, so an entry from before a user left
+and came back can never match again.  The version is taken *before* the
+store read, so a fill that raced an invalidation is stored already stale and
+never served.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from tidings.core.lru import LRU
+
+Key = tuple[str, str]  # (app, user)
+Version = tuple[int, int, int]  # (global, app, user)
+
+
+class UserCache:
+    def __init__(self, enabled: bool, ttl: float = 5.0, maxsize: int = 100_000):
+        self.enabled = enabled
+        self._entries: LRU[tuple, tuple[Version, Any]] = LRU(maxsize, ttl)
+        self._live: set[Key] = set()  # users whose channel this node receives
+        self._next = itertools.count(1).__next__
+        self._users: dict[Key, int] = {}  # live users only: bounded
+        self._apps: dict[str, int] = {}
+        self._global = 0
+
+    @property
+    def hits(self) -> int:
+        return self._entries.hits
+
+    @property
+    def misses(self) -> int:
+        return self._entries.misses
+
+    # -- which users may be cached ------------------------------------------------
+    def live(self, key: Key) -> None:
+        """The user's channel subscription has settled on this node."""
+        self._live.add(key)
+        self._users[key] = self._next()
+
+    def gone(self, key: Key) -> None:
+        """The user's last stream here closed: nothing tells us of changes now."""
+        self._live.discard(key)
+        self._users.pop(key, None)
+
+    # -- reads and fills ------------------------------------------------------------
+    def version(self, key: Key) -> Version | None:
+        """Take before reading the store; None: this answer must not be cached."""
+        if not self.enabled or key not in self._live:
+            return None
+        return self._global, self._apps.get(key[0], 0), self._users[key]
+
+    def get(self, kind: str, key: Key, *extra) -> Any:
+        if not self.enabled or key not in self._live:
+            return None
+        entry = self._entries.get((kind, *key, *extra))
+        if entry is None or entry[0] != self.version(key):
+            return None
+        return entry[1]
+
+    def put(self, kind: str, key: Key, version: Version | None, value: Any, *extra) -> None:
+        if version is not None:
+            self._entries.put((kind, *key, *extra), (version, value))
+
+    # -- invalidation (from the hub's broker handlers) -----------------------------
+    def user_changed(self, key: Key) -> None:
+        """Anything on the user's channel: entries, state, counts, memberships."""
+        if key in self._live:
+            self._users[key] = self._next()
+
+    def app_changed(self, app: str) -> None:
+        """A feed item (broadcast or large topic) or a change to one: every
+        user's counts and first page in the app may have moved."""
+        self._apps[app] = self._next()
+
+    def clear(self) -> None:
+        """After a broker outage: what changed meanwhile was never announced."""
+        self._global += 1
+        self._entries.clear()
