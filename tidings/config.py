@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 
+from tidings import __version__
+
 
 class Limits(msgspec.Struct, frozen=True):
     max_body_bytes: int = 256 * 1024  # one HTTP request body
@@ -27,6 +29,72 @@ class Limits(msgspec.Struct, frozen=True):
     ids_max: int = 1000  # ids in one read/seen/archive call
     token_max_ttl: int = 30 * 24 * 3600  # longest user token a key may mint
     idempotency_window: int = 24 * 3600
+    max_webhooks: int = 10  # webhook endpoints per app
+    max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
+
+
+# -- outbound channels (docs/channels.md#configuration-names) ------------------------
+# The channels' settings live here rather than in their modules so that reading
+# settings never imports the channels (pywebpush alone pulls in aiohttp).
+
+class WebhookConfig(msgspec.Struct, frozen=True):
+    timeout: float = 10.0  # seconds for the whole attempt, connect to last byte
+    connect_timeout: float = 5.0
+    max_connections: int = 100  # per worker process, across endpoints
+    user_agent: str = f"tidings-webhooks/{__version__}"
+    max_error_body: int = 512  # bytes of an error answer kept for delivery tracking
+    # Allow http:// and loopback/private IP literals (local development, tests).
+    allow_insecure: bool = False
+
+
+class WebPushConfig(msgspec.Struct, frozen=True):
+    vapid_private_key: str  # base64url raw P-256 key (generate_vapid_keys), or PEM/DER
+    vapid_subject: str  # contact for push services: "mailto:ops@acme.test" or an https URL
+    ttl: int = 24 * 3600  # seconds a push service keeps a message for an offline device
+    vapid_lifetime: int = 12 * 3600  # JWT lifetime; RFC 8292 §2 caps it at 24 hours
+    timeout: float = 10.0  # seconds for the whole attempt
+    connect_timeout: float = 5.0
+    max_connections: int = 100
+    user_agent: str = f"tidings-webpush/{__version__}"
+    # Subscription endpoints come from end users: only https to public hosts,
+    # unless this is set (local development, tests).  See channels.base.check_url.
+    allow_insecure: bool = False
+
+
+class EmailConfig(msgspec.Struct, frozen=True):
+    host: str = "localhost"
+    port: int = 587
+    sender: str = "tidings@localhost"  # the From: address, e.g. "Acme <notify@acme.test>"
+    username: str | None = None  # credentials are optional (a local relay needs none)
+    password: str | None = None
+    tls: bool = False  # implicit TLS from the first byte (SMTPS, usually port 465)
+    # STARTTLS: True requires it, False never tries, None upgrades when the
+    # server offers it.  Set True whenever credentials are sent over the network.
+    starttls: bool | None = None
+    ca_file: str | None = None  # CA bundle to verify the server with (private CAs)
+    validate_certs: bool = True
+    timeout: float = 30.0  # seconds per SMTP command
+    base_url: str | None = None  # resolves relative notification urls ("/p/42")
+    subject_prefix: str = ""  # e.g. "[Acme] "
+
+
+class Outbound(msgspec.Struct, frozen=True):
+    """How this node drives the outbound channels (docs/channels.md)."""
+
+    worker: bool = True  # run the delivery worker on this node
+    # Push and e-mail wait this long for one of the user's devices to see the
+    # notification, and are cancelled if one does (0: send at once).
+    fallback_delay: float = 60.0
+    concurrency: int = 16  # sends in flight per channel on this node
+    poll_interval: float = 1.0  # seconds between claims when nobody wakes the worker
+    # A claimed job is nobody else's for this long; it must outlast a send
+    # (the lane's timeout), or two nodes could send one job at once.
+    lease: float = 120.0
+    send_timeout: float = 60.0  # bounds one send, on top of the channel's own timeouts
+    retry_base: float = 5.0  # ceiling of the first retry's wait (full jitter)
+    retry_cap: float = 6 * 3600.0  # no single wait is longer
+    max_attempts: int = 16  # then the dead-letter list
+    rotation_overlap: float = 24 * 3600.0  # a rotated webhook secret still signs this long
 
 
 class Settings(msgspec.Struct):
@@ -47,6 +115,14 @@ class Settings(msgspec.Struct):
     # app's admin keys see their own app only (docs/operations.md#dashboard)
     operator_app: str | None = "default"
     limits: Limits = Limits()
+    # Requests per second per API key, shared by every node through the broker
+    # (a token bucket: ``key_burst`` at once).  0 turns the limit off.
+    key_rate: float = 1000.0
+    key_burst: int = 2000
+    outbound: Outbound = Outbound()
+    webhook: WebhookConfig | None = WebhookConfig()  # None: no webhook jobs
+    push: WebPushConfig | None = None  # None (no VAPID key): no push jobs
+    email: EmailConfig | None = None  # None (no SMTP server): no e-mail jobs
 
     @property
     def data_dir(self) -> Path:
@@ -65,8 +141,39 @@ def from_env(**overrides) -> Settings:
     for field in Settings.__struct_fields__:
         if field == "limits":
             continue
+        if field in _SECTIONS:
+            section = _section_from_env(field)
+            if section is not _UNSET:
+                raw[field] = section
+            continue
         env = os.environ.get(f"TIDINGS_{field.upper()}")
         if env is not None:
             raw[field] = env.split(",") if field == "allowed_origins" else env
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(raw, Settings, strict=False)
+
+
+_SECTIONS = {"outbound": Outbound, "webhook": WebhookConfig, "push": WebPushConfig,
+             "email": EmailConfig}
+_UNSET = object()
+
+
+def _section_from_env(name: str):
+    """``TIDINGS_<SECTION>_<FIELD>`` variables as a dict for that Struct.
+
+    ``TIDINGS_EMAIL_HOST=smtp.acme.test`` turns e-mail on (any e-mail
+    variable does); ``TIDINGS_PUSH_VAPID_PRIVATE_KEY`` and
+    ``TIDINGS_PUSH_VAPID_SUBJECT`` turn Web Push on; ``TIDINGS_WEBHOOK=off``
+    turns webhooks off (``TIDINGS_EMAIL=off`` and ``TIDINGS_PUSH=off`` win
+    over their variables).  Returns ``_UNSET`` when nothing is set.
+    """
+    switch = os.environ.get(f"TIDINGS_{name.upper()}")
+    if switch is not None and switch.lower() in ("off", "false", "0", "no") \
+            and name != "outbound":
+        return None
+    found = {}
+    for field in _SECTIONS[name].__struct_fields__:
+        env = os.environ.get(f"TIDINGS_{name.upper()}_{field.upper()}")
+        if env is not None:
+            found[field] = env
+    return found or _UNSET

@@ -32,28 +32,12 @@ import aiosmtplib
 import msgspec
 
 from tidings.channels.base import Job, Result
+from tidings.config import EmailConfig  # defined with the other settings
 from tidings.core.models import Notification
 
 __all__ = ["EmailChannel", "EmailConfig", "Rendered", "render"]
 
 _MAX_SUBJECT = 200
-
-
-class EmailConfig(msgspec.Struct, frozen=True):
-    host: str = "localhost"
-    port: int = 587
-    sender: str = "tidings@localhost"  # the From: address, e.g. "Acme <notify@acme.test>"
-    username: str | None = None  # credentials are optional (a local relay needs none)
-    password: str | None = None
-    tls: bool = False  # implicit TLS from the first byte (SMTPS, usually port 465)
-    # STARTTLS: True requires it, False never tries, None upgrades when the
-    # server offers it.  Set True whenever credentials are sent over the network.
-    starttls: bool | None = None
-    ca_file: str | None = None  # CA bundle to verify the server with (private CAs)
-    validate_certs: bool = True
-    timeout: float = 30.0  # seconds per SMTP command
-    base_url: str | None = None  # resolves relative notification urls ("/p/42")
-    subject_prefix: str = ""  # e.g. "[Acme] "
 
 
 class Rendered(msgspec.Struct, frozen=True):

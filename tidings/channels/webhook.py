@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import httpx
 import msgspec
 
-from tidings import __version__
 from tidings.channels.base import Job, Result, check_url, http_post
+from tidings.config import WebhookConfig  # defined with the other settings
 
 __all__ = [
     "EVENT_CREATED",
@@ -51,16 +51,6 @@ EVENT_CREATED = "notification.created"
 
 # The endpoint's signing secret(s) for a job; None when the endpoint is gone.
 SecretLookup = Callable[[Job], Awaitable["str | Sequence[str] | None"]]
-
-
-class WebhookConfig(msgspec.Struct, frozen=True):
-    timeout: float = 10.0  # seconds for the whole attempt, connect to last byte
-    connect_timeout: float = 5.0
-    max_connections: int = 100  # per worker process, across endpoints
-    user_agent: str = f"tidings-webhooks/{__version__}"
-    max_error_body: int = 512  # bytes of an error answer kept for delivery tracking
-    # Allow http:// and loopback/private IP literals (local development, tests).
-    allow_insecure: bool = False
 
 
 class _Envelope(msgspec.Struct):

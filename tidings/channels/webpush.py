@@ -46,8 +46,8 @@ from http_ece import ECEException
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 
-from tidings import __version__
 from tidings.channels.base import Job, Result, check_url, http_post
+from tidings.config import WebPushConfig  # defined with the other settings
 
 __all__ = [
     "MAX_PLAINTEXT",
@@ -65,20 +65,6 @@ MAX_PLAINTEXT = 3993
 _URGENCY = {"low": "low", "normal": "normal", "high": "high", "urgent": "high"}
 _GONE = frozenset({404, 410})
 _MAX_SIGNED_ORIGINS = 256  # push services are a handful; the rest are strays
-
-
-class WebPushConfig(msgspec.Struct, frozen=True):
-    vapid_private_key: str  # base64url raw P-256 key (generate_vapid_keys), or PEM/DER
-    vapid_subject: str  # contact for push services: "mailto:ops@acme.test" or an https URL
-    ttl: int = 24 * 3600  # seconds a push service keeps a message for an offline device
-    vapid_lifetime: int = 12 * 3600  # JWT lifetime; RFC 8292 §2 caps it at 24 hours
-    timeout: float = 10.0  # seconds for the whole attempt
-    connect_timeout: float = 5.0
-    max_connections: int = 100
-    user_agent: str = f"tidings-webpush/{__version__}"
-    # Subscription endpoints come from end users: only https to public hosts,
-    # unless this is set (local development, tests).  See base.check_url.
-    allow_insecure: bool = False
 
 
 class VapidKeys(msgspec.Struct, frozen=True):
