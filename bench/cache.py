@@ -1,0 +1,165 @@
+"""``cache``: what the hot-path cache buys, measured both ways on the cluster
+configuration (PostgreSQL store, Redis broker).
+
+DESIGN §5: with the cache, delivery time must be >= 40% lower and inbox /
+counts latency >= 50% lower than without it.  One run starts a fresh server
+(``TIDINGS_CACHE=true`` or ``false``) on a fresh PostgreSQL schema, connects
+``--users`` devices (one WebSocket each, so each user's channel is live on
+the node, as it is for anyone who has the app open), fills each inbox with
+``--fill`` notifications, then measures, closed loop, one request at a time:
+
+* ``page``: ``GET /v1/me/notifications?limit=20`` for a random user (a device
+  opening its inbox);
+* ``counts``: ``GET /v1/me/counts`` for a random user;
+* ``hello``: a second device of a random user connects; time to its hello
+  (token check, memberships, head, counts);
+* ``delivery``: ``POST /v1/notifications`` to a random user, time until that
+  user's device has the notification (publish -> device).
+
+Latencies are wall-clock on a shared machine: the figure to trust is the
+ratio between the two modes within one invocation, and the server CPU per
+operation beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import asyncpg
+import websockets
+
+from bench import hist
+from bench.httpclient import HttpClient
+from bench.measure import ProcSampler
+from bench.server import TidingsServer
+
+KINDS = ("page", "counts", "hello", "delivery")
+
+
+async def _fresh_schema(url: str, name: str) -> str:
+    from tidings.store.postgres import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        await conn.execute(f"CREATE SCHEMA {name}")
+    finally:
+        await conn.close()
+    await migrate(url, server_settings={"search_path": name})
+    return f"{url}?search_path={name}"
+
+
+async def _device(ws_url: str, token: str, inbox: dict, user: str) -> websockets.ClientConnection:
+    ws = await websockets.connect(ws_url, max_size=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+
+    async def reader() -> None:
+        try:
+            async for raw in ws:
+                doc = json.loads(raw)
+                for ev in doc if isinstance(doc, list) else [doc]:
+                    if ev["type"] == "hello":
+                        inbox.setdefault(("hello", user), asyncio.Event()).set()
+                    elif ev["type"] == "notification":
+                        title = ev["notification"]["title"]
+                        waiter = inbox.pop(title, None)
+                        if waiter is not None:
+                            waiter.set()
+        except websockets.ConnectionClosed:
+            pass
+
+    asyncio.get_running_loop().create_task(reader())
+    return ws
+
+
+async def _one_run(opts, cache: bool, schema: str) -> dict:
+    store = await _fresh_schema(opts.store, schema)
+    env = {"TIDINGS_CACHE": "true" if cache else "false", "TIDINGS_BROKER": opts.broker}
+    srv = TidingsServer(cpu=opts.server_cpu or None, env=env, store=store)
+    # `tidings app create` runs before the server: the schema is migrated already
+    with srv:
+        sampler = ProcSampler(srv.pid)
+        users = [f"u{i}" for i in range(opts.users)]
+        tokens = {u: srv.token(u) for u in users}
+        waiters: dict = {}
+        devices = [await _device(srv.ws_url, tokens[u], waiters, u) for u in users]
+        for u in users:
+            await asyncio.wait_for(waiters.setdefault(("hello", u), asyncio.Event()).wait(), 30)
+        api = HttpClient(srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"})
+        for start in range(0, opts.fill * len(users), 500):
+            batch = [{"to": {"users": [users[(start + i) % len(users)]]}, "title": f"fill{i}"}
+                     for i in range(min(500, opts.fill * len(users) - start))]
+            status, body = await api.post_json("/v1/notifications/batch",
+                                               {"notifications": batch})
+            assert status == 202, body[:200]
+        await asyncio.sleep(1.0)  # let the fill's live deliveries drain
+
+        rng = random.Random(7)
+        user_http = HttpClient(srv.host, srv.port)
+        out: dict = {"cache": cache}
+
+        async def measure(kind: str, op) -> None:
+            h = hist.new()
+            cpu0 = sampler.cpu()
+            for i in range(opts.requests):
+                t0 = time.perf_counter_ns()
+                await op(i)
+                hist.record_ns(h, time.perf_counter_ns() - t0)
+            cpu = sampler.cpu() - cpu0
+            out.update(hist.summary(h, kind))
+            out[f"{kind}_server_cpu_us"] = round(cpu / opts.requests * 1e6, 1)
+
+        async def page(i: int) -> None:
+            u = rng.choice(users)
+            status, _ = await user_http.send(user_http.build(
+                "GET", "/v1/me/notifications?limit=20",
+                headers={"Authorization": f"Bearer {tokens[u]}"}))
+            assert status == 200
+
+        async def counts(i: int) -> None:
+            u = rng.choice(users)
+            status, _ = await user_http.send(user_http.build(
+                "GET", "/v1/me/counts", headers={"Authorization": f"Bearer {tokens[u]}"}))
+            assert status == 200
+
+        async def hello(i: int) -> None:
+            u = rng.choice(users)
+            key = ("hello", f"{u}#{i}")
+            ws = await _device(srv.ws_url, tokens[u], waiters, f"{u}#{i}")
+            await waiters.setdefault(key, asyncio.Event()).wait()
+            waiters.pop(key, None)
+            await ws.close()
+
+        async def delivery(i: int) -> None:
+            u = rng.choice(users)
+            title = f"m{i}"
+            done = waiters[title] = asyncio.Event()
+            status, body = await api.post_json("/v1/notifications",
+                                               {"to": {"users": [u]}, "title": title})
+            assert status == 202, body[:200]
+            await asyncio.wait_for(done.wait(), 10)
+
+        for kind, op in (("page", page), ("counts", counts), ("hello", hello),
+                         ("delivery", delivery)):
+            await measure(kind, op)
+        for ws in devices:
+            await ws.close()
+        api.close()
+        user_http.close()
+    return out
+
+
+def run(opts) -> list[dict]:
+    """Alternate the modes run by run, so drift on the machine hits both."""
+    records = []
+    for r in range(opts.runs):
+        for cache in (True, False):
+            rec = asyncio.run(_one_run(opts, cache, f"bench_cache_{r}_{int(cache)}"))
+            rec.update(run=r, users=opts.users, fill=opts.fill, requests=opts.requests)
+            records.append(rec)
+            print(json.dumps({k: rec[k] for k in rec if k.endswith(("p50_ms", "p99_ms",
+                  "cpu_us")) or k in ("cache", "run")}), flush=True)
+    return records
