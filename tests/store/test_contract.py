@@ -793,3 +793,36 @@ async def test_apps_are_isolated(db):
     assert await inbox_ids(db, B, "u") == [b_feed.id, b_out.id]
     assert set(await inbox_ids(db, A, "u")) == {p.id, p2.id, t.id, f.id}
     assert (await db.stream_head(A, "u", now)).head_seq == 2
+
+
+# -- delivery tracking ------------------------------------------------------------
+
+
+async def test_delivery_counters_add_up_per_notification_channel_and_field(db):
+    out = await publish(db, A, note(users=["u", "v"]))
+    other = await publish(db, A, note(users=["u"]))
+    assert await db.delivery_counts(A, out.id) == {}
+    await db.record_delivery(A, out.id, "in_app", "delivered")
+    await db.record_delivery(A, out.id, "in_app", "delivered", 2)
+    await db.record_delivery(A, out.id, "webhook", "sent", 1)
+    await db.record_deliveries({
+        (A, out.id, "webhook", "failed"): 1, (A, out.id, "in_app", "delivered"): 4,
+        (A, other.id, "email", "queued"): 7, (B, out.id, "in_app", "delivered"): 9,
+    })
+    await db.record_deliveries({})  # nothing to add: no error
+    assert await db.delivery_counts(A, out.id) == {
+        "in_app": {"delivered": 7}, "webhook": {"sent": 1, "failed": 1}}
+    assert await db.delivery_counts(A, other.id) == {"email": {"queued": 7}}
+    # per app: B's counter under the same id is B's alone
+    assert await db.delivery_counts(B, out.id) == {"in_app": {"delivered": 9}}
+
+
+async def test_concurrent_delivery_counters_lose_nothing(db):
+    out = await publish(db, A, note(users=["u"]))
+    await asyncio.gather(*(
+        db.record_deliveries({(A, out.id, "in_app", "delivered"): 1,
+                              (A, out.id, "push", "sent"): 2})
+        for _ in range(40)
+    ), *(db.record_delivery(A, out.id, "push", "failed") for _ in range(10)))
+    assert await db.delivery_counts(A, out.id) == {
+        "in_app": {"delivered": 40}, "push": {"sent": 80, "failed": 10}}

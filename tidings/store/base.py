@@ -18,14 +18,19 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   returns the first result, marked ``duplicate``, and writes nothing.
 * **Isolation.**  Every method takes the app id and never reads or writes
   another app's rows.
+* **Delivery counters add up.**  ``record_deliveries`` adds to per
+  (notification, channel, field) counters atomically; concurrent callers on
+  any number of nodes never lose an increment.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidings.core.models import Preferences
+from tidings.store.outbound import OutboundStore
 
 
 @dataclass(slots=True)
@@ -114,9 +119,19 @@ class StoredNotification:
 
 STATES = ("unseen", "seen", "read", "archived")
 
+# The delivery-tracking fields every channel reports with (docs/delivery.md):
+# in_app counts "delivered" (a live stream of the user wrote it); the
+# outbound channels count queued, sent, delivered, failed and what else
+# they need.  Names are free-form ``[a-z_]``; these are the documented ones.
+DELIVERY_FIELDS = ("queued", "sent", "delivered", "seen", "read", "failed")
 
-class Store(abc.ABC):
-    """Durable state.  All methods are coroutines; see the module docstring."""
+
+class Store(OutboundStore, abc.ABC):
+    """Durable state.  All methods are coroutines; see the module docstring.
+
+    The outbound channels' state (destinations, the job queue) is the
+    contract of tidings/store/outbound.py, which every store implements too.
+    """
 
     # -- lifecycle ------------------------------------------------------
     @abc.abstractmethod
@@ -178,6 +193,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def recipients_of(self, app_id: str, nid: str) -> list[str]:
         """Users holding a personal inbox entry for ``nid``."""
+
+    # -- delivery tracking ----------------------------------------------
+    async def record_delivery(
+        self, app_id: str, nid: str, channel: str, field: str, n: int = 1
+    ) -> None:
+        """Add ``n`` to the ``field`` counter of ``channel`` for notification
+        ``nid`` (e.g. ``("webhook", "sent", 1)``).  One write per call: batch
+        hot paths with :meth:`record_deliveries`."""
+        await self.record_deliveries({(app_id, nid, channel, field): n})
+
+    @abc.abstractmethod
+    async def record_deliveries(self, counts: Mapping[tuple[str, str, str, str], int]) -> None:
+        """Add every ``{(app, nid, channel, field): n}`` in one transaction."""
+
+    @abc.abstractmethod
+    async def delivery_counts(self, app_id: str, nid: str) -> dict[str, dict[str, int]]:
+        """``{channel: {field: n}}`` recorded for ``nid`` (empty when none)."""
 
     # -- streams and inboxes --------------------------------------------
     @abc.abstractmethod

@@ -46,6 +46,7 @@ from asyncpg import exceptions as pgerr
 
 from tidings.core.models import Preferences
 from tidings.errors import Unavailable
+from tidings.store import _postgres_sched as _sched
 from tidings.store import migrations
 from tidings.store._postgres_sql import (
     DELETE,
@@ -61,6 +62,7 @@ from tidings.store._postgres_sql import (
     STATE_CODE,
     STATE_NAME,
 )
+from tidings.store.postgres_outbound import PostgresOutbound
 from tidings.store.base import (
     AppRecord,
     Delivery,
@@ -181,7 +183,7 @@ async def _keep_session(conn) -> None:
 
 # -- the store ----------------------------------------------------------------
 
-class PostgresStore(Store):
+class PostgresStore(PostgresOutbound, Store):
     def __init__(
         self, url: str, *, server_settings: dict[str, str] | None = None,
         min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0,
@@ -372,6 +374,14 @@ class PostgresStore(Store):
             "SELECT user_id FROM inbox WHERE app_id = $1 AND nid = $2", app_id, nid
         )
         return [r[0] for r in rows]
+
+    # -- delivery tracking ----------------------------------------------
+    async def record_deliveries(self, counts) -> None:
+        if counts:
+            await self._call(_sched.record_deliveries, dict(counts))
+
+    async def delivery_counts(self, app_id, nid) -> dict[str, dict[str, int]]:
+        return await self._call(_sched.delivery_counts, app_id, nid)
 
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:

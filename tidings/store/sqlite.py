@@ -28,7 +28,9 @@ import msgspec
 
 from tidings.core.ids import new_epoch
 from tidings.core.models import Preferences
+from tidings.store import _sqlite_sched as _sched
 from tidings.store import migrations
+from tidings.store.sqlite_outbound import SQLiteOutbound
 from tidings.store.base import (
     AppRecord, Delivery, Entry, KeyRecord, NewNotification, PublishOutcome, StoredNotification,
     Store, StreamHead,
@@ -228,7 +230,7 @@ def _settle(items: list) -> None:
             fut.set_result(value)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteOutbound, Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
     # same throughput as NORMAL (docs/delivery.md).
@@ -384,6 +386,14 @@ class SQLiteStore(Store):
     async def recipients_of(self, app_id, nid) -> list[str]:
         rows = self._q("SELECT user_id FROM inbox WHERE app_id=? AND nid=?", (app_id, nid))
         return [r[0] for r in rows]
+
+    # -- delivery tracking ----------------------------------------------
+    async def record_deliveries(self, counts) -> None:
+        if counts:
+            await self._write(_sched.record_deliveries_tx, dict(counts))
+
+    async def delivery_counts(self, app_id, nid) -> dict[str, dict[str, int]]:
+        return _sched.delivery_counts(self._r, app_id, nid)
 
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:
