@@ -62,7 +62,6 @@ from tidings.store._postgres_sql import (
     STATE_CODE,
     STATE_NAME,
 )
-from tidings.store.postgres_outbound import PostgresOutbound
 from tidings.store.base import (
     AppRecord,
     Delivery,
@@ -183,7 +182,7 @@ async def _keep_session(conn) -> None:
 
 # -- the store ----------------------------------------------------------------
 
-class PostgresStore(PostgresOutbound, Store):
+class PostgresStore(Store):
     def __init__(
         self, url: str, *, server_settings: dict[str, str] | None = None,
         min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0,

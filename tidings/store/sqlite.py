@@ -30,7 +30,6 @@ from tidings.core.ids import new_epoch
 from tidings.core.models import Preferences
 from tidings.store import _sqlite_sched as _sched
 from tidings.store import migrations
-from tidings.store.sqlite_outbound import SQLiteOutbound
 from tidings.store.base import (
     AppRecord, Delivery, Entry, KeyRecord, NewNotification, PublishOutcome, StoredNotification,
     Store, StreamHead,
@@ -230,7 +229,7 @@ def _settle(items: list) -> None:
             fut.set_result(value)
 
 
-class SQLiteStore(SQLiteOutbound, Store):
+class SQLiteStore(Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
     # same throughput as NORMAL (docs/delivery.md).
