@@ -18,6 +18,8 @@ KEY_FIGURES = {
                   "events_per_frame", "publish_per_s"],
     "publish": ["publish_per_s", "server_cpu_us_per_publish", "errors", "rss_peak_mb"],
     "idle": ["kib_per_conn", "rss_connected_mb", "connected", "connect_errors"],
+    "dashboard": ["p50_ms", "p99_ms", "max_ms", "server_cpu_ms_per_s", "errors",
+                  "viewer_snapshots"],
 }
 
 
@@ -98,6 +100,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--msgs", type=int, default=1000)
     p.add_argument("--install", action="store_true", help="run the kit's install.sh first")
 
+    p = sub.add_parser("dashboard", help="dashboard API latency, cache on and off")
+    _common(p)
+    p.add_argument("--cache", default="on,off",
+                   help="server cache settings to run, in order: on, off or on,off")
+    p.add_argument("--conns", type=int, default=2000, help="WebSocket devices, one user each")
+    p.add_argument("--topics", type=int, default=50, help="topics the devices follow")
+    p.add_argument("--publish-rate", type=float, default=100.0,
+                   help="notifications/s to random topics during the run")
+    p.add_argument("--viewers", type=int, default=10,
+                   help="open dashboards (SSE /dashboard/events) during the run")
+    p.add_argument("--rate", type=float, default=100.0,
+                   help="GET /dashboard/api/snapshot per second (fixed schedule)")
+    p.add_argument("--pool", type=int, default=4, help="client connections for those GETs")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds at the rate before")
+    p.add_argument("--duration", type=float, default=15.0, help="measured seconds")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds between the last hello and the first request")
+
     p = sub.add_parser("report", help="rewrite report.md from results.jsonl")
     p.add_argument("--out", type=Path, default=None)
 
@@ -118,6 +138,9 @@ def _runner(a: argparse.Namespace, cpus):
     if a.scenario == "idle":
         from bench.idle import run_once
         return lambda variant, prof: run_once(a, cpus)
+    if a.scenario == "dashboard":
+        from bench.dashboard import run_once
+        return lambda variant, prof: run_once(a, cpus, variant == "on")
     raise SystemExit(f"unknown scenario {a.scenario}")
 
 
@@ -135,9 +158,15 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
     variants: list = [None]
     if a.scenario == "publish":
         variants = [int(c) for c in str(a.concurrency).split(",")]
+    if a.scenario == "dashboard":
+        variants = [c.strip() for c in a.cache.split(",")]
+        if not variants or set(variants) - {"on", "off"}:
+            raise SystemExit("--cache takes on, off or on,off")
     records = []
     for variant in variants:
         name = f"{a.scenario}{'' if variant is None else f' c={variant}'}"
+        if a.scenario == "dashboard":
+            name = f"dashboard cache={variant}"
         group = []
         for i in range(a.runs):
             t0 = time.monotonic()
