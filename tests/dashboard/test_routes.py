@@ -260,6 +260,15 @@ async def test_events_push_a_snapshot_every_sample(server):
             assert second["totals"]["published"] == 1
 
 
+async def test_a_broker_outage_empties_the_node_list_only(server, monkeypatch):
+    async def down():
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(server.service.broker, "nodes", down)
+    snap = await _snapshot(server, Authorization=f"Bearer {server.api_key}")
+    assert snap["nodes"] == [] and snap["scope"] == "testapp"
+
+
 async def test_history_has_one_column_per_series(server):
     sample = _freeze(server)
     for _ in range(3):

@@ -15,6 +15,7 @@ request builds its own), which ``python -m bench dashboard`` measures.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
@@ -28,6 +29,7 @@ RECENT = 20
 WINDOW = 60  # seconds behind "top topics" and per-app error counts
 SHORT = 10  # seconds behind the per-app rates and the latency tiles
 _encode = msgspec.json.encode
+log = logging.getLogger("tidings.dashboard")
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -184,7 +186,12 @@ class Views:
 
         nodes = []
         now = time.time()
-        for name, info in sorted((await service.broker.nodes()).items()):
+        try:
+            registry = await service.broker.nodes()
+        except Exception as exc:  # the broker is down: the rest of the page still works
+            log.warning("dashboard: the node list is unavailable: %s", exc)
+            registry = {}
+        for name, info in sorted(registry.items()):
             row = {"node": name, "self": name == self.node,
                    "age_s": round(now - info.get("started_at", now), 1)}
             if scope == "*":  # other apps' traffic is in these numbers
