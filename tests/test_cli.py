@@ -91,6 +91,12 @@ def test_serve_prints_credentials_that_work(tmp_path):
                       headers={"Authorization": f"Bearer {token}"})
         assert r.json() == {"unread": 1, "unseen": 1}
         assert key.startswith("tk_")
+        demo = re.search(r"in a browser: (\S+)", text).group(1)
+        assert demo == f"http://127.0.0.1:{port}/demo?token={token}"
+        assert httpx.get(demo).status_code == 200
+        dashboard = re.search(r"Dashboard: (\S+)", text).group(1)
+        login = httpx.post(dashboard + "/login", data={"key": key})
+        assert login.status_code == 303 and login.headers["location"] == "/dashboard"
     finally:
         server.terminate()
         server.wait(10)

@@ -82,6 +82,8 @@ def serve(host, port, data, store, broker, workers, node, cache, allowed_origins
         )
         click.echo(f"Watch it arrive:\n  tidings listen --url {base} --token "
                    f"{created['demo_token']}")
+        click.echo(f"  or in a browser: {base}/demo?token={created['demo_token']}")
+        click.echo(f"Dashboard: {base}/dashboard (log in with the API key above)")
     where = settings.store or str(settings.sqlite_path)
     click.echo(f"tidings listening on {base} (store: {_redact(where)}, workers: {workers})")
     sys.stdout.flush()
