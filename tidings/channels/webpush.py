@@ -57,6 +57,7 @@ __all__ = [
     "fit_payload",
     "generate_vapid_keys",
     "parse_subscription",
+    "vapid_public_key",
 ]
 
 # RFC 8291 §4: one 4096-octet record, minus the 86-octet header, the 16-octet
@@ -153,6 +154,18 @@ def _load_vapid(key: str) -> Vapid:
     return Vapid.from_string(key)
 
 
+def _public_key(vapid: Vapid) -> str:
+    return _b64url(vapid.public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    ))
+
+
+def vapid_public_key(private_key: str) -> str:
+    """The public key (base64url, uncompressed point) of a VAPID private key:
+    what browsers pass to ``pushManager.subscribe({applicationServerKey})``."""
+    return _public_key(_load_vapid(private_key))
+
+
 class WebPushChannel:
     """Sends :class:`Job`s whose destination is a browser push subscription."""
 
@@ -172,9 +185,7 @@ class WebPushChannel:
         self.config = config
         self.clock = clock
         self.vapid = _load_vapid(config.vapid_private_key)
-        self.public_key = _b64url(self.vapid.public_key.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        ))
+        self.public_key = _public_key(self.vapid)
         self._signed: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, exp)
         self._own_client = client is None
         self.client = client or httpx.AsyncClient(

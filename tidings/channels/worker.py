@@ -42,7 +42,8 @@ __all__ = ["Lane", "Worker"]
 log = logging.getLogger("tidings.channels")
 
 # Called after every settled attempt: metrics, delivery statistics, and
-# deleting a destination reported gone (a Web Push subscription).
+# deleting a destination reported gone (a Web Push subscription).  A retry
+# that ran out of attempts or of time is reported as the failure it became.
 ResultHook = Callable[[Job, Result], Awaitable[None]]
 
 
@@ -193,31 +194,36 @@ class Worker:
                 await self.queue.dead(job, result.detail)
                 self.counts[name, "failed"] += 1
             else:
-                await self._retry(lane, job, result)
+                result = await self._retry(lane, job, result)
         except Exception:
             log.exception("settling %s job %s failed; its lease will expire", name, job.id)
             self.counts[name, "error"] += 1
             return
         await self._report(job, result)
 
-    async def _retry(self, lane: Lane, job: Job, result: Result) -> None:
+    async def _retry(self, lane: Lane, job: Job, result: Result) -> Result:
+        """Schedule the next attempt, or kill the job; returns the outcome to report."""
         name = lane.channel.name
         failures = job.attempts + 1
         job = msgspec.structs.replace(job, attempts=failures, last_error=result.detail)
         now = self.clock()
         at = lane.policy.next_at(failures, now, self.rand, result.retry_after)
         if at is None:
-            await self.queue.dead(job, f"gave up after {failures} attempts: {result.detail}")
+            reason = f"gave up after {failures} attempts: {result.detail}"
+            await self.queue.dead(job, reason)
             self.counts[name, "dead"] += 1
-        elif job.expires_at is not None and at >= job.expires_at:
-            await self.queue.dead(job, f"expired before the next attempt: {result.detail}")
+            return Result.failed(reason, result.status)
+        if job.expires_at is not None and at >= job.expires_at:
+            reason = f"expired before the next attempt: {result.detail}"
+            await self.queue.dead(job, reason)
             self.counts[name, "expired"] += 1
-        else:
-            await self.queue.retry(job, at)
-            self.counts[name, "retry"] += 1
-            if at - now < self.poll_interval:
-                # Due before the next poll: claim it right on time.
-                asyncio.get_running_loop().call_later(max(0.0, at - now), self.wake, name)
+            return Result.failed(reason, result.status)
+        await self.queue.retry(job, at)
+        self.counts[name, "retry"] += 1
+        if at - now < self.poll_interval:
+            # Due before the next poll: claim it right on time.
+            asyncio.get_running_loop().call_later(max(0.0, at - now), self.wake, name)
+        return result
 
     async def _settle_dead(self, job: Job, reason: str, outcome: str, result: Result) -> None:
         name = job.channel

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidings.core.models import Preferences
+from tidings.store.outbound import OutboundStore
 
 
 @dataclass(slots=True)
@@ -125,8 +126,12 @@ STATES = ("unseen", "seen", "read", "archived")
 DELIVERY_FIELDS = ("queued", "sent", "delivered", "seen", "read", "failed")
 
 
-class Store(abc.ABC):
-    """Durable state.  All methods are coroutines; see the module docstring."""
+class Store(OutboundStore, abc.ABC):
+    """Durable state.  All methods are coroutines; see the module docstring.
+
+    The outbound channels' state (destinations, the job queue) is the
+    contract of tidings/store/outbound.py, which every store implements too.
+    """
 
     # -- lifecycle ------------------------------------------------------
     @abc.abstractmethod

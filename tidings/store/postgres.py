@@ -73,6 +73,7 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
 )
+from tidings.store.postgres_outbound import PostgresOutbound
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -182,7 +183,7 @@ async def _keep_session(conn) -> None:
 
 # -- the store ----------------------------------------------------------------
 
-class PostgresStore(Store):
+class PostgresStore(PostgresOutbound, Store):
     def __init__(
         self, url: str, *, server_settings: dict[str, str] | None = None,
         min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0,

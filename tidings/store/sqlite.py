@@ -34,6 +34,7 @@ from tidings.store.base import (
     AppRecord, Delivery, Entry, KeyRecord, NewNotification, PublishOutcome, StoredNotification,
     Store, StreamHead,
 )
+from tidings.store.sqlite_outbound import SQLiteOutbound
 from tidings.errors import Unavailable
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
@@ -229,7 +230,7 @@ def _settle(items: list) -> None:
             fut.set_result(value)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteOutbound, Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
     # same throughput as NORMAL (docs/delivery.md).

@@ -1,0 +1,287 @@
+"""The service's outbound half: what a publish sends beyond the inbox.
+
+After a publish commits, :meth:`Outbound.enqueue` routes the notification
+for each recipient through their preferences and quiet hours
+(:func:`tidings.core.quiet.plan`) and queues one durable job per channel
+and destination in the store: a webhook per app endpoint, a Web Push per
+subscription, an e-mail to the user's address.  The :class:`Worker` of
+tidings/channels sends them, one lane per channel, on every node; the
+store's leases make sure two nodes never send one job at once.
+
+**Offline fallback.**  Push and e-mail interrupt a person, so they wait
+``Settings.outbound.fallback_delay`` (60 s) for one of the user's devices to
+*see* the notification -- ``POST /v1/me/notifications/seen`` (or ``read``
+or ``archive``) -- and are cancelled if one does (:meth:`seen`).  Being
+written to an open stream does not cancel: a tab left open in another
+window receives everything and shows nothing to anyone.  A user who muted
+the category in-app has no inbox entry to see, so their push and e-mail go
+without the delay.  Webhooks go to the app's backend and never wait.
+
+**Quiet hours** hold push, e-mail and webhooks until the window ends
+(``not_before``); ``urgent`` bypasses them, never a mute.
+
+Channels that are not configured (no VAPID key, no SMTP server) get no
+jobs; webhooks are on by default and need an endpoint registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from tidings.channels.base import Job, Result
+from tidings.channels.worker import Lane, Worker
+from tidings.config import Settings
+from tidings.core import quiet
+from tidings.core.lru import LRU
+from tidings.core.retry import RetryPolicy
+from tidings.store.base import Store
+from tidings.store.outbound import NewJob, WebhookEndpoint
+
+__all__ = ["Outbound", "OutboundCounts", "StoreQueue"]
+
+log = logging.getLogger("tidings.outbound")
+
+OUTBOUND = ("webhook", "push", "email")
+FALLBACK = frozenset({"push", "email"})  # wait for a device to see it first
+WEBHOOK_CACHE_TTL = 10.0  # seconds a node reuses an app's endpoints (and secrets)
+PRUNE_INTERVAL = 3600.0
+
+
+class StoreQueue:
+    """The store's job table as the worker's :class:`~tidings.channels.base.JobQueue`."""
+
+    def __init__(self, store: Store, lease: float, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.lease = lease
+        self.clock = clock
+
+    async def claim(self, channel: str, n: int, now: float) -> list[Job]:
+        return await self.store.claim_jobs(channel, n, now, self.lease)
+
+    async def complete(self, job: Job) -> None:
+        await self.store.complete_job(job.id)
+
+    async def retry(self, job: Job, at: float) -> None:
+        await self.store.retry_job(job, at, self.clock())
+
+    async def dead(self, job: Job, reason: str) -> None:
+        await self.store.kill_job(job, reason, self.clock())
+
+
+@dataclass
+class OutboundCounts:
+    """What one publish queued, per channel: the publish answer's ``outbound``."""
+
+    queued: Counter = field(default_factory=Counter)
+    deferred: Counter = field(default_factory=Counter)  # held by quiet hours
+    muted: Counter = field(default_factory=Counter)  # the user switched the channel off
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for name, counter in (("queued", self.queued), ("deferred", self.deferred),
+                              ("muted", self.muted)):
+            for channel, n in counter.items():
+                if n:
+                    out.setdefault(channel, {})[name] = n
+        return out
+
+
+class Outbound:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.config = settings.outbound
+        configured = {"webhook": settings.webhook, "push": settings.push,
+                      "email": settings.email}
+        self.channels = tuple(c for c in OUTBOUND if configured[c] is not None)
+        self.queue = StoreQueue(store, self.config.lease, clock)
+        self.worker: Worker | None = None
+        self._webhooks: LRU[str, list[WebhookEndpoint]] = LRU(10_000, ttl=WEBHOOK_CACHE_TTL)
+        self._vapid_public: str | None = None
+        self._maintenance: asyncio.Task | None = None
+
+    def enabled(self, channel: str) -> bool:
+        return channel in self.channels
+
+    @property
+    def vapid_public_key(self) -> str | None:
+        """The browser's ``applicationServerKey``; None when push is off."""
+        if self.settings.push is None:
+            return None
+        if self._vapid_public is None:
+            from tidings.channels.webpush import vapid_public_key
+
+            self._vapid_public = vapid_public_key(self.settings.push.vapid_private_key)
+        return self._vapid_public
+
+    # -- the worker ---------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.config.worker or not self.channels:
+            return
+        cfg = self.config
+        policy = RetryPolicy(base=cfg.retry_base, cap=cfg.retry_cap,
+                             max_attempts=cfg.max_attempts)
+        lanes = [Lane(channel, concurrency=cfg.concurrency, policy=policy,
+                      timeout=cfg.send_timeout) for channel in self._make_channels()]
+        self.worker = Worker(self.queue, lanes, poll_interval=cfg.poll_interval,
+                             clock=self.clock, on_result=self._on_result)
+        await self.worker.start()
+        self._maintenance = asyncio.get_running_loop().create_task(self._prune())
+
+    def _make_channels(self) -> list:
+        # Imported here: the channels pull in httpx, aiosmtplib and pywebpush,
+        # which a node with outbound delivery off never needs.
+        s, out = self.settings, []
+        if s.webhook is not None:
+            from tidings.channels.webhook import WebhookChannel
+
+            out.append(WebhookChannel(self._webhook_secrets, s.webhook, clock=self.clock))
+        if s.push is not None:
+            from tidings.channels.webpush import WebPushChannel
+
+            out.append(WebPushChannel(s.push, clock=self.clock))
+        if s.email is not None:
+            from tidings.channels.email import EmailChannel
+
+            out.append(EmailChannel(s.email, clock=self.clock))
+        return out
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        await worker.stop(grace)
+        for lane in worker.lanes.values():
+            try:
+                await lane.channel.aclose()
+            except Exception:  # closing is best effort at shutdown
+                log.exception("closing the %s channel failed", lane.channel.name)
+
+    def wake(self, channels: Iterable[str]) -> None:
+        if self.worker is not None:
+            for channel in channels:
+                self.worker.wake(channel)
+
+    async def _prune(self) -> None:
+        """Dead letters are kept as long as inbox entries (retention_days)."""
+        while True:
+            try:
+                cutoff = self.clock() - self.settings.retention_days * 86400
+                await self.store.prune_jobs(cutoff)
+            except Exception:
+                log.exception("pruning dead jobs failed; retrying at the next interval")
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    async def _on_result(self, job: Job, result: Result) -> None:
+        """Delivery statistics, and forgetting a push subscription that is gone."""
+        nid = job.id.split(".", 1)[0]
+        if result.outcome == "delivered":
+            await self.store.record_delivery(job.app, nid, job.channel, "sent")
+        elif result.outcome == "failed":
+            await self.store.record_delivery(job.app, nid, job.channel, "failed")
+        if result.gone and job.channel == "push" and job.destination.get("subscription"):
+            await self.store.delete_push_subscription(job.app, job.user,
+                                                      job.destination["subscription"])
+
+    # -- destinations -------------------------------------------------------------------
+    async def webhooks(self, app_id: str) -> list[WebhookEndpoint]:
+        found = self._webhooks.get(app_id)
+        if found is None:
+            found = await self.store.list_webhooks(app_id)
+            self._webhooks.put(app_id, found)
+        return found
+
+    def forget_webhooks(self, app_id: str) -> None:
+        """This node changed the app's endpoints: stop using the cached ones
+        (other nodes follow within WEBHOOK_CACHE_TTL)."""
+        self._webhooks.pop(app_id)
+
+    async def _webhook_secrets(self, job: Job) -> list[str] | None:
+        wid = job.destination.get("endpoint")
+        for ep in await self.webhooks(job.app):
+            if ep.id == wid:
+                secrets = [ep.secret]
+                if ep.previous_secret and (ep.previous_until or 0) > self.clock():
+                    secrets.append(ep.previous_secret)
+                return secrets
+        return None  # the endpoint was deleted: the job fails as gone
+
+    # -- publishing -----------------------------------------------------------------------
+    async def enqueue(
+        self, app_id: str, nid: str, body: bytes, *, category: str, priority: str,
+        created_at: float, expires_at: float | None, users: list[str],
+        in_app_muted: set[str] = frozenset(),
+    ) -> OutboundCounts:
+        """Queue the outbound jobs of one published notification for ``users``."""
+        counts = OutboundCounts()
+        if not self.channels or not users:
+            return counts
+        hooks = await self.webhooks(app_id) if self.enabled("webhook") else []
+        personal = {}
+        if self.enabled("push") or self.enabled("email"):
+            personal = await self.store.destinations(app_id, users)
+        reachable = users if hooks else [u for u in users if u in personal]
+        if not reachable:
+            return counts
+        prefs = await self.store.preferences_of(app_id, reachable)
+        at = datetime.fromtimestamp(created_at, UTC)
+        delay = self.config.fallback_delay
+        jobs: list[NewJob] = []
+        seq: Counter = Counter()
+        for user in reachable:
+            plan = quiet.plan(prefs.get(user), category, priority, at, channels=self.channels)
+            mine = personal.get(user)
+            for channel in self.channels:
+                if channel == "webhook":
+                    targets = [{"url": ep.url, "endpoint": ep.id} for ep in hooks]
+                elif channel == "push":
+                    targets = [s.destination() for s in mine.push] if mine else []
+                else:
+                    targets = [mine.email.destination()] if mine and mine.email else []
+                if not targets:
+                    continue
+                if channel in plan.muted:
+                    counts.muted[channel] += len(targets)
+                    continue
+                not_before, fallback = created_at, False
+                if channel in plan.later:
+                    not_before = plan.until.timestamp()
+                    counts.deferred[channel] += len(targets)
+                if channel in FALLBACK and delay > 0 and user not in in_app_muted:
+                    # Quiet hours or not, a device that saw it cancels the job.
+                    not_before, fallback = max(not_before, created_at + delay), True
+                for destination in targets:
+                    job = Job(id=f"{nid}.{channel}.{seq[channel]}", channel=channel,
+                              app=app_id, user=user, notification=body,
+                              destination=destination, created_at=created_at,
+                              expires_at=expires_at)
+                    seq[channel] += 1
+                    jobs.append(NewJob(job=job, nid=nid, not_before=not_before,
+                                       fallback=fallback))
+                counts.queued[channel] += len(targets)
+        if jobs:
+            await self.store.enqueue_jobs(jobs)
+            await self.store.record_deliveries(
+                {(app_id, nid, channel, "queued"): n for channel, n in counts.queued.items()})
+            self.wake(counts.queued)
+        return counts
+
+    async def seen(self, app_id: str, user: str, nids: list[str] | None) -> None:
+        """A device saw ``nids`` (all of the user's, when None): the pending
+        fallbacks for them are not needed any more."""
+        dropped = await self.store.cancel_fallbacks(app_id, user, nids)
+        if dropped:
+            await self.store.record_deliveries(
+                dict(Counter((app_id, nid, channel, "cancelled") for nid, channel in dropped)))
+
+    async def retracted(self, app_id: str, nid: str) -> None:
+        await self.store.cancel_jobs(app_id, nid)

@@ -1,0 +1,211 @@
+"""The outbound half of the store contract: destinations and the job queue.
+
+Outbound channels (webhooks, Web Push, e-mail; docs/channels.md) need three
+kinds of durable state, kept by the same store as the inboxes:
+
+* **destinations** -- an app's webhook endpoints with their signing
+  secrets, each user's Web Push subscriptions and e-mail address, and the
+  app's frequency caps per category;
+* **the job queue** -- one row per (notification, user, channel,
+  destination), the :class:`~tidings.channels.base.JobQueue` of the
+  delivery worker;
+* **the dead-letter list** -- jobs that failed for good, kept with their
+  last error until an operator re-drives them or retention drops them.
+
+Guarantees every implementation gives (tests/store/test_contract.py):
+
+* **A claim is a lease.**  ``claim_jobs`` hands each due job to one caller
+  and pushes its ``lease_until`` forward; until then no other caller, on any
+  node, claims it (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: the one
+  writer).  A lease that runs out makes the job claimable again: a worker
+  that died mid-send loses nothing (delivery is at least once).
+* **Settling never resurrects.**  ``retry_job`` and ``kill_job`` update a
+  job that is still queued; a job cancelled or completed meanwhile stays
+  gone, so a fallback cancelled while it was being sent is not retried.
+* **Isolation.**  Every method that an API reaches takes the app id.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidings.channels.base import Job
+from tidings.core.models import Preferences
+
+__all__ = ["EmailAddress", "JobRecord", "NewJob", "OutboundStore", "PushSubscription",
+           "WebhookEndpoint"]
+
+
+@dataclass(slots=True)
+class WebhookEndpoint:
+    id: str
+    url: str
+    secret: str
+    created_at: float
+    # While a secret is being rotated the previous one still signs, until then.
+    previous_secret: str | None = None
+    previous_until: float | None = None
+
+
+@dataclass(slots=True)
+class PushSubscription:
+    id: str  # derived from the endpoint: registering the same one again replaces it
+    endpoint: str
+    p256dh: str
+    auth: str
+    created_at: float
+
+    def destination(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "keys": {"p256dh": self.p256dh, "auth": self.auth},
+                "subscription": self.id}
+
+
+@dataclass(slots=True)
+class EmailAddress:
+    address: str
+    name: str = ""
+
+    def destination(self) -> dict[str, Any]:
+        return {"to": self.address, "name": self.name} if self.name else {"to": self.address}
+
+
+@dataclass(slots=True)
+class Destinations:
+    """One user's personal destinations."""
+
+    push: list[PushSubscription] = field(default_factory=list)
+    email: EmailAddress | None = None
+
+
+@dataclass(slots=True)
+class NewJob:
+    job: Job
+    nid: str  # the notification: cancelling and listing go by it
+    not_before: float  # the first attempt's time (fallback delay, quiet hours)
+    # Cancelled when the user sees the notification on a device (offline fallback).
+    fallback: bool = False
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A queued or dead job as the admin API shows it."""
+
+    id: str
+    app: str
+    user: str
+    nid: str
+    channel: str
+    destination: dict[str, Any]
+    status: str  # "queued" | "dead"
+    not_before: float
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    expires_at: float | None
+    fallback: bool
+
+
+class OutboundStore(abc.ABC):
+    # -- webhook endpoints (per app) --------------------------------------------------
+    @abc.abstractmethod
+    async def add_webhook(self, app_id: str, endpoint: WebhookEndpoint, limit: int) -> bool:
+        """Add ``endpoint`` unless the app has ``limit`` already (False then)."""
+
+    @abc.abstractmethod
+    async def list_webhooks(self, app_id: str) -> list[WebhookEndpoint]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    async def rotate_webhook(self, app_id: str, wid: str, secret: str, overlap_until: float,
+                             ) -> WebhookEndpoint | None:
+        """Give endpoint ``wid`` a new secret; the current one keeps signing
+        until ``overlap_until``.  None when there is no such endpoint."""
+
+    @abc.abstractmethod
+    async def delete_webhook(self, app_id: str, wid: str) -> bool: ...
+
+    # -- a user's push subscriptions and e-mail address -------------------------------
+    @abc.abstractmethod
+    async def add_push_subscription(self, app_id: str, user: str, sub: PushSubscription,
+                                    keep: int) -> None:
+        """Insert or replace (same id) ``sub``, then keep only the user's
+        ``keep`` newest subscriptions: browsers come and go without saying."""
+
+    @abc.abstractmethod
+    async def list_push_subscriptions(self, app_id: str, user: str) -> list[PushSubscription]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def delete_push_subscription(self, app_id: str, user: str, sid: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def set_email(self, app_id: str, user: str, email: EmailAddress | None) -> bool:
+        """Set the user's address, or remove it (None); whether one was there."""
+
+    @abc.abstractmethod
+    async def get_email(self, app_id: str, user: str) -> EmailAddress | None: ...
+
+    @abc.abstractmethod
+    async def preferences_of(self, app_id: str, users: list[str]) -> dict[str, Preferences]:
+        """The stored preferences of ``users``; users with none are left out."""
+
+    @abc.abstractmethod
+    async def destinations(self, app_id: str, users: list[str]) -> dict[str, Destinations]:
+        """The push subscriptions and e-mail addresses of ``users``; users
+        with neither are left out."""
+
+    # -- frequency caps (per app) ------------------------------------------------------
+    @abc.abstractmethod
+    async def get_caps(self, app_id: str) -> bytes | None:
+        """The app's caps document (JSON, tidings.core.destinations.Caps)."""
+
+    @abc.abstractmethod
+    async def put_caps(self, app_id: str, doc: bytes) -> None: ...
+
+    # -- the job queue -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue_jobs(self, jobs: list[NewJob]) -> None:
+        """Queue ``jobs`` (durable on return); an id already queued is left as is."""
+
+    @abc.abstractmethod
+    async def claim_jobs(self, channel: str, n: int, now: float, lease: float) -> list[Job]:
+        """Up to ``n`` queued jobs of ``channel`` due at ``now`` and not
+        leased, oldest due first, leased until ``now + lease``."""
+
+    @abc.abstractmethod
+    async def complete_job(self, job_id: str) -> None:
+        """Delivered: the job leaves the queue."""
+
+    @abc.abstractmethod
+    async def retry_job(self, job: Job, at: float, now: float) -> None:
+        """Store ``job``'s attempts and last error, due again at ``at``, lease ended."""
+
+    @abc.abstractmethod
+    async def kill_job(self, job: Job, reason: str, now: float) -> None:
+        """Move it to the dead-letter list with ``reason`` as its last error."""
+
+    @abc.abstractmethod
+    async def cancel_fallbacks(self, app_id: str, user: str, nids: list[str] | None,
+                               ) -> list[tuple[str, str]]:
+        """Drop the user's queued fallback jobs for ``nids`` (all when None):
+        a device saw them.  Returns ``(nid, channel)`` of each job dropped."""
+
+    @abc.abstractmethod
+    async def cancel_jobs(self, app_id: str, nid: str) -> int:
+        """Drop every queued job of a notification (it was retracted)."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, app_id: str, *, status: str | None = None, nid: str | None = None,
+                        limit: int = 100, before: str | None = None) -> list[JobRecord]:
+        """Jobs of the app, newest id first; ``before`` is a job id."""
+
+    @abc.abstractmethod
+    async def redrive_job(self, app_id: str, job_id: str, now: float) -> bool:
+        """A dead job is queued again, due now, with a fresh attempt budget."""
+
+    @abc.abstractmethod
+    async def prune_jobs(self, older_than: float) -> int:
+        """Drop dead jobs that died before ``older_than``."""

@@ -1,0 +1,269 @@
+"""The PostgreSQL store's outbound half: destinations and the job queue
+(the contract is tidings/store/outbound.py; the schema sql/postgres_003.sql).
+
+Mixed into :class:`~tidings.store.postgres.PostgresStore`.  Any number of
+nodes claim from one table, so a claim is one statement that selects the
+due jobs ``FOR UPDATE SKIP LOCKED`` and leases them: two nodes claiming at
+the same instant skip each other's rows instead of waiting for them, and
+neither can take a job the other holds until the lease (``lease_until``)
+runs out.  Leases compare the claiming node's clock with the one that
+leased; keep node clocks in sync (NTP) and the lease well above the send
+timeout (docs/channels.md).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from tidings.channels.base import Job
+from tidings.core.models import Preferences
+from tidings.store.outbound import (
+    Destinations,
+    EmailAddress,
+    JobRecord,
+    NewJob,
+    OutboundStore,
+    PushSubscription,
+    WebhookEndpoint,
+)
+
+__all__ = ["PostgresOutbound"]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_decode_prefs = msgspec.json.Decoder(Preferences).decode
+
+_JOB = ("j.id, j.channel, j.app_id, j.user_id, j.notification, j.destination, j.created_at, "
+        "j.expires_at, j.attempts, j.last_error")
+_RECORD = ("id, app_id, user_id, nid, channel, destination, status, not_before, attempts, "
+           "last_error, created_at, updated_at, expires_at, fallback")
+_WEBHOOK = "id, url, secret, created_at, previous_secret, previous_until"
+
+# $1 channel, $2 n, $3 now, $4 lease.
+_CLAIM = f"""
+WITH picked AS (
+  SELECT id FROM jobs
+  WHERE status = 'queued' AND channel = $1 AND not_before <= $3
+    AND (lease_until IS NULL OR lease_until <= $3)
+  ORDER BY not_before, id LIMIT $2
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j SET lease_until = $3 + $4 FROM picked WHERE j.id = picked.id
+RETURNING {_JOB}, j.not_before
+"""
+
+
+def _job(row) -> Job:
+    return Job(id=row[0], channel=row[1], app=row[2], user=row[3], notification=row[4],
+               destination=_decode(row[5]), created_at=row[6], expires_at=row[7],
+               attempts=row[8], last_error=row[9])
+
+
+def _record(row) -> JobRecord:
+    return JobRecord(*row[:5], _decode(row[5]), *row[6:13], bool(row[13]))
+
+
+def _count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[1])
+
+
+class PostgresOutbound(OutboundStore):
+    # Provided by PostgresStore: _call, _fetch, _fetchrow, _fetchval, _execute.
+
+    # -- webhook endpoints ------------------------------------------------------------
+    async def add_webhook(self, app_id, endpoint, limit) -> bool:
+        async def add(conn):
+            # The app's row serialises concurrent adds, so the limit holds.
+            await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
+            n = await conn.fetchval("SELECT count(*) FROM webhooks WHERE app_id = $1", app_id)
+            if n >= limit:
+                return False
+            await conn.execute(
+                "INSERT INTO webhooks (app_id, id, url, secret, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                app_id, endpoint.id, endpoint.url, endpoint.secret, endpoint.created_at,
+            )
+            return True
+
+        return await self._call(add, tx=True)
+
+    async def list_webhooks(self, app_id) -> list[WebhookEndpoint]:
+        rows = await self._fetch(
+            f"SELECT {_WEBHOOK} FROM webhooks WHERE app_id = $1 ORDER BY created_at, id", app_id
+        )
+        return [WebhookEndpoint(*r) for r in rows]
+
+    async def rotate_webhook(self, app_id, wid, secret, overlap_until):
+        row = await self._fetchrow(
+            "UPDATE webhooks SET previous_secret = secret, previous_until = $3, secret = $4 "
+            f"WHERE app_id = $1 AND id = $2 RETURNING {_WEBHOOK}",
+            app_id, wid, overlap_until, secret,
+        )
+        return WebhookEndpoint(*row) if row else None
+
+    async def delete_webhook(self, app_id, wid) -> bool:
+        return _count(await self._execute(
+            "DELETE FROM webhooks WHERE app_id = $1 AND id = $2", app_id, wid)) > 0
+
+    # -- push subscriptions and e-mail ------------------------------------------------
+    async def add_push_subscription(self, app_id, user, sub, keep) -> None:
+        async def add(conn):
+            await conn.execute(
+                "INSERT INTO push_subscriptions AS p (app_id, user_id, id, endpoint, p256dh, "
+                "auth, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                "ON CONFLICT (app_id, user_id, id) DO UPDATE SET endpoint = EXCLUDED.endpoint, "
+                "p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth, created_at = EXCLUDED.created_at",
+                app_id, user, sub.id, sub.endpoint, sub.p256dh, sub.auth, sub.created_at,
+            )
+            await conn.execute(
+                "DELETE FROM push_subscriptions WHERE app_id = $1 AND user_id = $2 AND id NOT IN "
+                "(SELECT id FROM push_subscriptions WHERE app_id = $1 AND user_id = $2 "
+                " ORDER BY created_at DESC, id LIMIT $3)",
+                app_id, user, keep,
+            )
+
+        await self._call(add, tx=True)
+
+    async def list_push_subscriptions(self, app_id, user) -> list[PushSubscription]:
+        rows = await self._fetch(
+            "SELECT id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
+            "WHERE app_id = $1 AND user_id = $2 ORDER BY created_at DESC, id", app_id, user,
+        )
+        return [PushSubscription(*r) for r in rows]
+
+    async def delete_push_subscription(self, app_id, user, sid) -> bool:
+        return _count(await self._execute(
+            "DELETE FROM push_subscriptions WHERE app_id = $1 AND user_id = $2 AND id = $3",
+            app_id, user, sid)) > 0
+
+    async def set_email(self, app_id, user, email) -> bool:
+        if email is None:
+            return _count(await self._execute(
+                "DELETE FROM emails WHERE app_id = $1 AND user_id = $2", app_id, user)) > 0
+        # xmax = 0 on the returned row: it was inserted, not updated.
+        inserted = await self._fetchval(
+            "INSERT INTO emails AS e (app_id, user_id, address, name) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (app_id, user_id) DO UPDATE SET address = EXCLUDED.address, "
+            "name = EXCLUDED.name RETURNING xmax = 0",
+            app_id, user, email.address, email.name,
+        )
+        return not inserted
+
+    async def get_email(self, app_id, user) -> EmailAddress | None:
+        row = await self._fetchrow(
+            "SELECT address, name FROM emails WHERE app_id = $1 AND user_id = $2", app_id, user
+        )
+        return EmailAddress(*row) if row else None
+
+    async def preferences_of(self, app_id, users) -> dict[str, Preferences]:
+        rows = await self._fetch(
+            "SELECT user_id, doc FROM prefs WHERE app_id = $1 AND user_id = ANY($2::text[])",
+            app_id, list(users),
+        )
+        return {user: _decode_prefs(doc) for user, doc in rows}
+
+    async def destinations(self, app_id, users) -> dict[str, Destinations]:
+        rows = await self._fetch(
+            "SELECT false, user_id, id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
+            "WHERE app_id = $1 AND user_id = ANY($2::text[]) "
+            "UNION ALL SELECT true, user_id, address, name, NULL::text, NULL::text, NULL::float8 "
+            "FROM emails "
+            "WHERE app_id = $1 AND user_id = ANY($2::text[]) ORDER BY 7 DESC NULLS LAST, 3",
+            app_id, list(users),
+        )
+        out: dict[str, Destinations] = {}
+        for is_email, user, a, b, c, d, created in rows:
+            dest = out.setdefault(user, Destinations())
+            if is_email:
+                dest.email = EmailAddress(a, b)
+            else:
+                dest.push.append(PushSubscription(a, b, c, d, created))
+        return out
+
+    # -- caps -----------------------------------------------------------------------
+    async def get_caps(self, app_id) -> bytes | None:
+        return await self._fetchval("SELECT doc FROM caps WHERE app_id = $1", app_id)
+
+    async def put_caps(self, app_id, doc) -> None:
+        await self._execute(
+            "INSERT INTO caps (app_id, doc) VALUES ($1, $2) "
+            "ON CONFLICT (app_id) DO UPDATE SET doc = EXCLUDED.doc", app_id, doc,
+        )
+
+    # -- the job queue --------------------------------------------------------------
+    async def enqueue_jobs(self, jobs: list[NewJob]) -> None:
+        if not jobs:
+            return
+        cols = list(zip(*[
+            (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
+             n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
+             n.job.attempts, n.job.last_error, n.fallback)
+            for n in jobs
+        ], strict=True))
+        # One statement whatever the number of jobs (a fan-out to 10,000 users).
+        await self._execute(
+            "INSERT INTO jobs (id, app_id, user_id, nid, channel, destination, notification, "
+            "created_at, expires_at, not_before, attempts, last_error, fallback, updated_at) "
+            "SELECT *, t.created_at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::text[], $6::bytea[], $7::bytea[], $8::float8[], $9::float8[], $10::float8[], "
+            "$11::int[], $12::text[], $13::bool[]) AS t(id, app_id, user_id, nid, channel, "
+            "destination, notification, created_at, expires_at, not_before, attempts, "
+            "last_error, fallback) ON CONFLICT (id) DO NOTHING",
+            *(list(c) for c in cols),
+        )
+
+    async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
+        rows = await self._fetch(_CLAIM, channel, n, now, lease)
+        rows.sort(key=lambda r: (r[-1], r[0]))  # RETURNING keeps no order
+        return [_job(r) for r in rows]
+
+    async def complete_job(self, job_id) -> None:
+        await self._execute("DELETE FROM jobs WHERE id = $1 AND status = 'queued'", job_id)
+
+    async def retry_job(self, job, at, now) -> None:
+        await self._execute(
+            "UPDATE jobs SET attempts = $2, last_error = $3, not_before = $4, lease_until = NULL, "
+            "updated_at = $5 WHERE id = $1 AND status = 'queued'",
+            job.id, job.attempts, job.last_error, at, now,
+        )
+
+    async def kill_job(self, job, reason, now) -> None:
+        await self._execute(
+            "UPDATE jobs SET status = 'dead', attempts = $2, last_error = $3, lease_until = NULL, "
+            "updated_at = $4 WHERE id = $1 AND status = 'queued'",
+            job.id, job.attempts, reason, now,
+        )
+
+    async def cancel_fallbacks(self, app_id, user, nids) -> int:
+        where = "app_id = $1 AND user_id = $2 AND status = 'queued' AND fallback"
+        if nids is None:
+            rows = await self._fetch(
+                f"DELETE FROM jobs WHERE {where} RETURNING nid, channel", app_id, user)
+        else:
+            rows = await self._fetch(
+                f"DELETE FROM jobs WHERE {where} AND nid = ANY($3::text[]) RETURNING nid, channel",
+                app_id, user, list(nids))
+        return [tuple(r) for r in rows]
+
+    async def cancel_jobs(self, app_id, nid) -> int:
+        return _count(await self._execute(
+            "DELETE FROM jobs WHERE app_id = $1 AND nid = $2 AND status = 'queued'", app_id, nid))
+
+    async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
+        rows = await self._fetch(
+            f"SELECT {_RECORD} FROM jobs WHERE app_id = $1 "
+            "AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR nid = $3) "
+            "AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
+            app_id, status, nid, before, limit,
+        )
+        return [_record(r) for r in rows]
+
+    async def redrive_job(self, app_id, job_id, now) -> bool:
+        return _count(await self._execute(
+            "UPDATE jobs SET status = 'queued', attempts = 0, not_before = $3, lease_until = NULL, "
+            "updated_at = $3 WHERE app_id = $1 AND id = $2 AND status = 'dead'",
+            app_id, job_id, now)) > 0
+
+    async def prune_jobs(self, older_than) -> int:
+        return _count(await self._execute(
+            "DELETE FROM jobs WHERE status = 'dead' AND updated_at < $1", older_than))

@@ -1,0 +1,317 @@
+"""The SQLite store's outbound half: destinations and the job queue
+(the contract is tidings/store/outbound.py; the schema sql/sqlite_003.sql).
+
+Mixed into :class:`~tidings.store.sqlite.SQLiteStore`, whose one writer
+thread runs every write: a claim's select-and-lease is one transaction on
+the only writer, so two claims never hand out one job.  Several processes on
+one file (``tidings serve --workers N``) serialise on SQLite's write lock
+(``BEGIN IMMEDIATE``) the same way.  An idle worker polls: the claim first
+looks on the read connection and takes the writer only when a job is due,
+so polling costs no commit.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from tidings.channels.base import Job
+from tidings.core.models import Preferences
+from tidings.store.outbound import (
+    Destinations,
+    EmailAddress,
+    JobRecord,
+    NewJob,
+    OutboundStore,
+    PushSubscription,
+    WebhookEndpoint,
+)
+
+__all__ = ["SQLiteOutbound"]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_decode_prefs = msgspec.json.Decoder(Preferences).decode
+_CHUNK = 500  # host parameters per IN (...) list
+
+_JOB = ("id, channel, app_id, user_id, notification, destination, created_at, expires_at, "
+        "attempts, last_error")
+_RECORD = ("id, app_id, user_id, nid, channel, destination, status, not_before, attempts, "
+           "last_error, created_at, updated_at, expires_at, fallback")
+_DUE = ("status = 'queued' AND channel = ? AND not_before <= ? "
+        "AND (lease_until IS NULL OR lease_until <= ?)")
+
+
+def _job(row) -> Job:
+    return Job(id=row[0], channel=row[1], app=row[2], user=row[3], notification=row[4],
+               destination=_decode(row[5]), created_at=row[6], expires_at=row[7],
+               attempts=row[8], last_error=row[9])
+
+
+def _record(row) -> JobRecord:
+    return JobRecord(*row[:5], _decode(row[5]), *row[6:13], bool(row[13]))
+
+
+class SQLiteOutbound(OutboundStore):
+    # Provided by SQLiteStore: _write (the writer thread), _q and _q1 (reads).
+
+    # -- webhook endpoints ------------------------------------------------------------
+    async def add_webhook(self, app_id, endpoint, limit) -> bool:
+        def add(conn):
+            (n,) = conn.execute("SELECT count(*) FROM webhooks WHERE app_id=?",
+                                (app_id,)).fetchone()
+            if n >= limit:
+                return False
+            conn.execute(
+                "INSERT INTO webhooks(app_id, id, url, secret, created_at) VALUES (?,?,?,?,?)",
+                (app_id, endpoint.id, endpoint.url, endpoint.secret, endpoint.created_at),
+            )
+            return True
+
+        return await self._write(add)
+
+    async def list_webhooks(self, app_id) -> list[WebhookEndpoint]:
+        rows = self._q(
+            "SELECT id, url, secret, created_at, previous_secret, previous_until FROM webhooks "
+            "WHERE app_id=? ORDER BY created_at, id", (app_id,),
+        )
+        return [WebhookEndpoint(*r) for r in rows]
+
+    async def rotate_webhook(self, app_id, wid, secret, overlap_until):
+        def rotate(conn):
+            return conn.execute(
+                "UPDATE webhooks SET previous_secret=secret, previous_until=?, secret=? "
+                "WHERE app_id=? AND id=? "
+                "RETURNING id, url, secret, created_at, previous_secret, previous_until",
+                (overlap_until, secret, app_id, wid),
+            ).fetchone()
+
+        row = await self._write(rotate)
+        return WebhookEndpoint(*row) if row else None
+
+    async def delete_webhook(self, app_id, wid) -> bool:
+        def delete(conn):
+            return conn.execute("DELETE FROM webhooks WHERE app_id=? AND id=?",
+                                (app_id, wid)).rowcount
+
+        return bool(await self._write(delete))
+
+    # -- push subscriptions and e-mail ------------------------------------------------
+    async def add_push_subscription(self, app_id, user, sub, keep) -> None:
+        def add(conn):
+            conn.execute(
+                "INSERT INTO push_subscriptions(app_id, user_id, id, endpoint, p256dh, auth, "
+                "created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(app_id, user_id, id) DO UPDATE "
+                "SET endpoint=excluded.endpoint, p256dh=excluded.p256dh, auth=excluded.auth, "
+                "created_at=excluded.created_at",
+                (app_id, user, sub.id, sub.endpoint, sub.p256dh, sub.auth, sub.created_at),
+            )
+            conn.execute(
+                "DELETE FROM push_subscriptions WHERE app_id=? AND user_id=? AND id NOT IN "
+                "(SELECT id FROM push_subscriptions WHERE app_id=? AND user_id=? "
+                " ORDER BY created_at DESC, id LIMIT ?)",
+                (app_id, user, app_id, user, keep),
+            )
+
+        await self._write(add)
+
+    async def list_push_subscriptions(self, app_id, user) -> list[PushSubscription]:
+        rows = self._q(
+            "SELECT id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
+            "WHERE app_id=? AND user_id=? ORDER BY created_at DESC, id", (app_id, user),
+        )
+        return [PushSubscription(*r) for r in rows]
+
+    async def delete_push_subscription(self, app_id, user, sid) -> bool:
+        def delete(conn):
+            return conn.execute(
+                "DELETE FROM push_subscriptions WHERE app_id=? AND user_id=? AND id=?",
+                (app_id, user, sid),
+            ).rowcount
+
+        return bool(await self._write(delete))
+
+    async def set_email(self, app_id, user, email) -> bool:
+        def put(conn):
+            had = conn.execute("SELECT 1 FROM emails WHERE app_id=? AND user_id=?",
+                               (app_id, user)).fetchone() is not None
+            if email is None:
+                conn.execute("DELETE FROM emails WHERE app_id=? AND user_id=?", (app_id, user))
+            else:
+                conn.execute(
+                    "INSERT INTO emails(app_id, user_id, address, name) VALUES (?,?,?,?) "
+                    "ON CONFLICT(app_id, user_id) DO UPDATE SET address=excluded.address, "
+                    "name=excluded.name", (app_id, user, email.address, email.name),
+                )
+            return had
+
+        return await self._write(put)
+
+    async def get_email(self, app_id, user) -> EmailAddress | None:
+        row = self._q1("SELECT address, name FROM emails WHERE app_id=? AND user_id=?",
+                       (app_id, user))
+        return EmailAddress(*row) if row else None
+
+    async def preferences_of(self, app_id, users) -> dict[str, Preferences]:
+        out = {}
+        for i in range(0, len(users), _CHUNK):
+            part = users[i:i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            for user, doc in self._q(
+                f"SELECT user_id, doc FROM prefs WHERE app_id=? AND user_id IN ({marks})",
+                (app_id, *part),
+            ):
+                out[user] = _decode_prefs(doc)
+        return out
+
+    async def destinations(self, app_id, users) -> dict[str, Destinations]:
+        out: dict[str, Destinations] = {}
+        for i in range(0, len(users), _CHUNK):
+            part = users[i:i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            for user, *sub in self._q(
+                "SELECT user_id, id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
+                f"WHERE app_id=? AND user_id IN ({marks}) ORDER BY created_at DESC, id",
+                (app_id, *part),
+            ):
+                out.setdefault(user, Destinations()).push.append(PushSubscription(*sub))
+            for user, address, name in self._q(
+                "SELECT user_id, address, name FROM emails "
+                f"WHERE app_id=? AND user_id IN ({marks})",
+                (app_id, *part),
+            ):
+                out.setdefault(user, Destinations()).email = EmailAddress(address, name)
+        return out
+
+    # -- caps -----------------------------------------------------------------------
+    async def get_caps(self, app_id) -> bytes | None:
+        row = self._q1("SELECT doc FROM caps WHERE app_id=?", (app_id,))
+        return row[0] if row else None
+
+    async def put_caps(self, app_id, doc) -> None:
+        def put(conn):
+            conn.execute("INSERT INTO caps(app_id, doc) VALUES (?,?) "
+                         "ON CONFLICT(app_id) DO UPDATE SET doc=excluded.doc", (app_id, doc))
+
+        await self._write(put)
+
+    # -- the job queue --------------------------------------------------------------
+    async def enqueue_jobs(self, jobs: list[NewJob]) -> None:
+        if not jobs:
+            return
+        rows = [
+            (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
+             n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
+             n.job.attempts, n.job.last_error, int(n.fallback), n.job.created_at)
+            for n in jobs
+        ]
+
+        def insert(conn):
+            conn.executemany(
+                "INSERT INTO jobs(id, app_id, user_id, nid, channel, destination, notification, "
+                "created_at, expires_at, not_before, attempts, last_error, fallback, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING", rows,
+            )
+
+        await self._write(insert)
+
+    async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
+        # Look first on the read connection: an idle poll costs no write.
+        if self._q1(f"SELECT 1 FROM jobs WHERE {_DUE} LIMIT 1", (channel, now, now)) is None:
+            return []
+
+        def claim(conn):
+            return conn.execute(
+                f"UPDATE jobs SET lease_until=? WHERE id IN (SELECT id FROM jobs WHERE {_DUE} "
+                f"ORDER BY not_before, id LIMIT ?) RETURNING {_JOB}, not_before",
+                (now + lease, channel, now, now, n),
+            ).fetchall()
+
+        rows = await self._write(claim)
+        rows.sort(key=lambda r: (r[-1], r[0]))  # RETURNING keeps no order
+        return [_job(r) for r in rows]
+
+    async def complete_job(self, job_id) -> None:
+        def delete(conn):
+            conn.execute("DELETE FROM jobs WHERE id=? AND status='queued'", (job_id,))
+
+        await self._write(delete)
+
+    async def retry_job(self, job, at, now) -> None:
+        def retry(conn):
+            conn.execute(
+                "UPDATE jobs SET attempts=?, last_error=?, not_before=?, lease_until=NULL, "
+                "updated_at=? WHERE id=? AND status='queued'",
+                (job.attempts, job.last_error, at, now, job.id),
+            )
+
+        await self._write(retry)
+
+    async def kill_job(self, job, reason, now) -> None:
+        def kill(conn):
+            conn.execute(
+                "UPDATE jobs SET status='dead', attempts=?, last_error=?, lease_until=NULL, "
+                "updated_at=? WHERE id=? AND status='queued'",
+                (job.attempts, reason, now, job.id),
+            )
+
+        await self._write(kill)
+
+    async def cancel_fallbacks(self, app_id, user, nids) -> int:
+        def cancel(conn):
+            where = "app_id=? AND user_id=? AND status='queued' AND fallback=1"
+            if nids is None:
+                return conn.execute(f"DELETE FROM jobs WHERE {where} RETURNING nid, channel",
+                                    (app_id, user)).fetchall()
+            gone = []
+            for i in range(0, len(nids), _CHUNK):
+                part = nids[i:i + _CHUNK]
+                marks = ",".join("?" * len(part))
+                gone += conn.execute(
+                    f"DELETE FROM jobs WHERE {where} AND nid IN ({marks}) RETURNING nid, channel",
+                    (app_id, user, *part)).fetchall()
+            return gone
+
+        # Nothing queued for the user (the common case): no write at all.
+        if self._q1("SELECT 1 FROM jobs WHERE app_id=? AND user_id=? AND status='queued' "
+                    "AND fallback=1 LIMIT 1", (app_id, user)) is None:
+            return []
+        return [tuple(r) for r in await self._write(cancel)]
+
+    async def cancel_jobs(self, app_id, nid) -> int:
+        def cancel(conn):
+            return conn.execute("DELETE FROM jobs WHERE app_id=? AND nid=? AND status='queued'",
+                                (app_id, nid)).rowcount
+
+        return await self._write(cancel)
+
+    async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
+        where, args = ["app_id=?"], [app_id]
+        if status is not None:
+            where.append("status=?")
+            args.append(status)
+        if nid is not None:
+            where.append("nid=?")
+            args.append(nid)
+        if before is not None:
+            where.append("id<?")
+            args.append(before)
+        rows = self._q(f"SELECT {_RECORD} FROM jobs WHERE {' AND '.join(where)} "
+                       "ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [_record(r) for r in rows]
+
+    async def redrive_job(self, app_id, job_id, now) -> bool:
+        def redrive(conn):
+            return conn.execute(
+                "UPDATE jobs SET status='queued', attempts=0, not_before=?, lease_until=NULL, "
+                "updated_at=? WHERE app_id=? AND id=? AND status='dead'",
+                (now, now, app_id, job_id),
+            ).rowcount
+
+        return bool(await self._write(redrive))
+
+    async def prune_jobs(self, older_than) -> int:
+        def prune(conn):
+            return conn.execute("DELETE FROM jobs WHERE status='dead' AND updated_at<?",
+                                (older_than,)).rowcount
+
+        return await self._write(prune)
