@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import profile, report, results
+from bench import profile, report, results, server
 from bench.measure import median, pin
 
 # figures whose medians are printed and reported, per scenario
@@ -20,7 +20,17 @@ KEY_FIGURES = {
     "idle": ["kib_per_conn", "rss_connected_mb", "connected", "connect_errors"],
     "dashboard": ["p50_ms", "p99_ms", "max_ms", "server_cpu_ms_per_s", "errors",
                   "viewer_snapshots"],
+    "latency": ["lat_p50_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
+                "server_cpu_us_per_delivery", "publish_rate", "lost", "pub_errors"],
+    "inbox": ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
+              "page_server_cpu_us", "counts_server_cpu_us", "errors"],
 }
+
+
+def _cache_flag(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError("on or off")
+    return text == "on"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,6 +43,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="results folder (default bench/results/<date>)")
     p.add_argument("--label", default="", help="free text stored with each run")
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md")
+    p.add_argument("--code", default=None, metavar="REV",
+                   help="run the server from this git revision (e.g. HEAD) instead of the "
+                        "working tree, whose uncommitted edits are otherwise measured")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -100,6 +113,66 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--msgs", type=int, default=1000)
     p.add_argument("--install", action="store_true", help="run the kit's install.sh first")
 
+    p = sub.add_parser("latency", help="publish -> device latency, 10k connections, 2k/s")
+    _common(p)
+    p.add_argument("--conns", type=int, default=10000, help="WebSocket connections, one user each")
+    p.add_argument("--rate", type=float, default=2000.0, help="notifications/s (open loop)")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds at the rate before")
+    p.add_argument("--audience", choices=("users", "topic", "all"), default="users",
+                   help="users: one random connected user each; topic: random topic of "
+                        "--topic-size; all: broadcast")
+    p.add_argument("--topic-size", type=int, default=100)
+    p.add_argument("--size", type=int, default=100, help="notification body bytes")
+    p.add_argument("--pool", type=int, default=32,
+                   help="publisher connections (requests wait for a free one, timed)")
+    p.add_argument("--procs", type=int, default=2, help="load generator processes")
+    p.add_argument("--sources", default="127.0.0.2,127.0.0.3",
+                   help="source addresses, one per process (ports per address are limited)")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds between the last hello and the first publish")
+    p.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="stop waiting for stragglers after this long without one")
+    p.add_argument("--seed", type=int, default=1, help="recipient choice")
+    p.add_argument("--cache", type=_cache_flag, default=None,
+                   help="on/off: the server's hot-path cache (default: the server's own)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the measured runs, one more run under py-spy")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="profile only the thread holding the GIL (py-spy --gil)")
+
+    p = sub.add_parser("inbox", help="inbox page and counts latency, U users x P stored")
+    _common(p)
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--per-user", type=int, default=20, help="notifications stored per user")
+    p.add_argument("--rate", type=float, default=500.0, help="requests/s per phase (open loop)")
+    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per phase")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds at the rate before")
+    p.add_argument("--pool", type=int, default=8,
+                   help="client connections: at most this many requests in flight")
+    p.add_argument("--limit", type=int, default=20, help="page size (?limit=)")
+    p.add_argument("--probe", type=int, default=20,
+                   help="requests sent one at a time before each phase (unloaded latency)")
+    p.add_argument("--probe-budget", type=float, default=20.0,
+                   help="stop the one-at-a-time probe after this many seconds")
+    p.add_argument("--drain", type=float, default=20.0,
+                   help="after the last send, give up on answers after this many seconds "
+                        "(they count as unanswered, at the time waited so far)")
+    p.add_argument("--seed", type=int, default=1, help="which users are asked for")
+    p.add_argument("--store", default=None,
+                   help="store URL for the server (default: the embedded SQLite file)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where loaded data sets are kept (default ~/.cache/tidings-bench)")
+    p.add_argument("--rebuild", action="store_true", help="load the data set again")
+    p.add_argument("--no-broadcast-check", action="store_true",
+                   help="skip the one-broadcast-is-one-write check after the runs")
+    p.add_argument("--cache", type=_cache_flag, default=None,
+                   help="on/off: the server's hot-path cache (default: the server's own)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the measured runs, one more run under py-spy")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="profile only the thread holding the GIL (py-spy --gil)")
+
     p = sub.add_parser("dashboard", help="dashboard API latency, cache on and off")
     _common(p)
     p.add_argument("--cache", default="on,off",
@@ -141,6 +214,12 @@ def _runner(a: argparse.Namespace, cpus):
     if a.scenario == "dashboard":
         from bench.dashboard import run_once
         return lambda variant, prof: run_once(a, cpus, variant == "on")
+    if a.scenario == "latency":
+        from bench.latency import run_once
+        return lambda variant, prof: run_once(a, cpus, prof)
+    if a.scenario == "inbox":
+        from bench.inbox import run_once
+        return lambda variant, prof: run_once(a, cpus, prof)
     raise SystemExit(f"unknown scenario {a.scenario}")
 
 
@@ -151,9 +230,16 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.jsonl"
     inv = results.invocation_id()
-    commit = results.git_commit()
+    commit = server.use_code(getattr(a, "code", None)) or results.git_commit()
     argv = " ".join(["python", "-m", "bench", *sys.argv[1:]])
     figures = KEY_FIGURES[a.scenario]
+    if a.scenario == "inbox":
+        from bench.inbox import prepare
+        t0 = time.monotonic()
+        _, meta = prepare(a)  # loads the data set once (cached), outside every timed phase
+        print(f"[inbox data set] {meta['users']:,} users x {meta['per_user']} "
+              f"({meta['rows']['inbox']:,} entries, {meta['db_bytes'] / 1e9:.2f} GB; loaded in "
+              f"{meta['load_s']} s; ready in {time.monotonic() - t0:.1f} s)", flush=True)
 
     variants: list = [None]
     if a.scenario == "publish":
@@ -201,6 +287,16 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
                 + profile.format_summary(summary) + "\n")
             print(f"profile: {md}")
             print(profile.format_summary(summary, 15))
+    if a.scenario == "inbox" and not a.no_broadcast_check:
+        from bench.inbox import broadcast_write
+        t0 = time.monotonic()
+        rec = {"scenario": "broadcast_write", "invocation": inv, "run": 1, "label": a.label,
+               "commit": commit, "command": argv, **broadcast_write(a),
+               "seconds": round(time.monotonic() - t0, 1)}
+        results.append(path, rec)
+        print(f"[broadcast_write] users={rec['users']} rows_written={rec['rows_written']} "
+              f"{rec['rows_by_table']} wal_pages={rec['wal_pages']} "
+              f"publish_ms={rec['publish_ms']}", flush=True)
     if not a.no_report:
         report.write(out_dir)
     print(f"results: {path}")

@@ -87,9 +87,16 @@ class HttpClient:
         _, conn = await loop.create_connection(_Conn, self.host, self.port, local_addr=local)
         return conn
 
-    def build(self, method: str, path: str, body: bytes = b"") -> bytes:
+    async def connect(self) -> None:
+        """Open the connection now, so that the first timed request does not pay for it."""
+        if self._conn is None or self._conn.lost is not None:
+            self._conn = await self._connect()
+
+    def build(self, method: str, path: str, body: bytes = b"",
+              headers: dict[str, str] | None = None) -> bytes:
         """A complete request, to be sent many times with :meth:`send`."""
-        return (f"{method} {path} HTTP/1.1\r\n".encode() + self._head
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() if headers else b""
+        return (f"{method} {path} HTTP/1.1\r\n".encode() + self._head + extra
                 + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
                 + body)
 

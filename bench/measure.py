@@ -122,3 +122,51 @@ def pin(cpus: str | None) -> set[int] | None:
     cpuset = {int(c) for c in cpus.split(",")}
     os.sched_setaffinity(0, cpuset)
     return cpuset
+
+
+def pids_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` (e.g. the load generator's workers)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class CpuMarks:
+    """CPU readings (server tree, its threads, the machine, the load generator)
+    taken at given moments.  ``at(when_ns)`` reads from a thread that sleeps
+    until then, so an open-loop publisher on the event loop is never held up
+    by the readings."""
+
+    def __init__(self, sampler: ProcSampler, loadgen_pids: list[int]):
+        self.sampler, self.pids = sampler, loadgen_pids
+        self.marks: list[dict] = []
+
+    def read(self) -> dict:
+        return {"server": self.sampler.cpu(), "threads": self.sampler.thread_cpu(),
+                "busy": busy_cpu_s(), "loadgen": pids_cpu_s(self.pids) + own_cpu_s(),
+                "t": time.monotonic()}
+
+    def at(self, when_ns: int) -> threading.Thread:
+        def wait_and_read() -> None:
+            delay = (when_ns - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            self.marks.append(self.read())
+
+        t = threading.Thread(target=wait_and_read, daemon=True)
+        t.start()
+        return t
+
+    @staticmethod
+    def delta(a: dict, b: dict) -> dict:
+        server = b["server"] - a["server"]
+        loadgen = b["loadgen"] - a["loadgen"]
+        return {"server_cpu_s": server, "loadgen_cpu_s": loadgen,
+                "other_cpu_s": (b["busy"] - a["busy"]) - server - loadgen,
+                "wall_s": b["t"] - a["t"],
+                "server_cpu_by_thread_s": thread_delta(a["threads"], b["threads"])}

@@ -9,6 +9,7 @@ much faster than one CLI call per user.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -25,8 +26,41 @@ from tidings.core.auth import mint_token
 APP_NAME = "bench"
 
 
+_CODE: dict[str, str] = {}  # git revision -> folder holding that revision's tidings/
+
+
+def use_code(rev: str | None) -> str | None:
+    """Run servers from ``git archive rev`` instead of the working tree.
+
+    The checkout is shared: other people's half-finished edits under tidings/
+    would otherwise be what gets measured.  Returns the revision's short hash
+    (recorded with each run); None leaves the working tree in use.
+    """
+    if not rev:
+        _CODE.pop("dir", None)
+        return None
+    repo = Path(__file__).resolve().parents[1]
+    short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=repo, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    if _CODE.get("rev") != short:
+        folder = tempfile.mkdtemp(prefix=f"tidings-{short}-")
+        archive = subprocess.run(["git", "archive", short, "tidings"], cwd=repo, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        atexit.register(shutil.rmtree, folder, True)
+        _CODE.update(rev=short, dir=folder)
+    return short
+
+
+def python_cmd() -> list[str]:
+    """This interpreter, importing tidings from the ``--code`` tree when one is in use."""
+    return [sys.executable, "-P"] if "dir" in _CODE else [sys.executable]
+
+
 def tidings_cmd() -> list[str]:
-    """The ``tidings`` entry point of this interpreter's environment."""
+    """The ``tidings`` CLI: a ``--code`` revision's, else this environment's entry point."""
+    if "dir" in _CODE:
+        return [*python_cmd(), "-m", "tidings"]  # -P: not the cwd's tidings/
     exe = Path(sys.executable).with_name("tidings")
     if exe.exists():
         return [str(exe)]
@@ -53,12 +87,22 @@ def wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 20.
     raise TimeoutError(f"server port {port} not open after {timeout} s")
 
 
+def code_env() -> dict[str, str]:
+    """The environment for a tidings process (PYTHONPATH first to a ``--code`` tree)."""
+    env = dict(os.environ)
+    if "dir" in _CODE:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_CODE["dir"], env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class TidingsServer:
     """``with TidingsServer(cpu=0, env={...}) as srv:`` -> srv.url, srv.pid, srv.api_key."""
 
     def __init__(self, *, cpu: str | None = "0", env: dict[str, str] | None = None,
                  host: str = "127.0.0.1", port: int | None = None,
-                 prefix: list[str] | None = None, data_dir: str | None = None):
+                 prefix: list[str] | None = None, data_dir: str | None = None,
+                 credentials: dict[str, str] | None = None, store: str | None = None):
         self.cpu = cpu
         self.env = env or {}
         self.host = host
@@ -68,15 +112,26 @@ class TidingsServer:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="tidings-bench-")
         self.proc: subprocess.Popen | None = None
         self.app = self.api_key = self.signing_secret = ""
+        # A prepared data set (bench inbox) keeps its app across restarts:
+        # {"app", "api_key", "signing_secret"} as `tidings app create --json` printed it.
+        self.credentials = credentials
+        self.store = store  # --store URL; None = the SQLite file under data_dir
         self.log_path = os.path.join(self.data_dir, "server.log")
 
     # -- set-up -----------------------------------------------------------------
+    def _store_args(self) -> list[str]:
+        return ["--store", self.store] if self.store else []
+
     def create_app(self) -> None:
-        out = subprocess.run(
-            [*tidings_cmd(), "app", "create", APP_NAME, "--json", "--data", self.data_dir],
-            check=True, capture_output=True, text=True, timeout=60,
-        ).stdout
-        doc = json.loads(out.strip().splitlines()[-1])
+        if self.credentials is not None:
+            doc = self.credentials
+        else:
+            out = subprocess.run(
+                [*tidings_cmd(), "app", "create", APP_NAME, "--json", "--data", self.data_dir,
+                 *self._store_args()],
+                check=True, capture_output=True, text=True, timeout=60, env=code_env(),
+            ).stdout
+            doc = json.loads(out.strip().splitlines()[-1])
         self.app, self.api_key = doc["app"], doc["api_key"]
         self.signing_secret = doc["signing_secret"]
 
@@ -95,8 +150,8 @@ class TidingsServer:
         if self.cpu:
             cmd += ["taskset", "-c", self.cpu]
         cmd += [*tidings_cmd(), "serve", "--data", self.data_dir, "--host", self.host,
-                "--port", str(self.port), "--log-level", "warning"]
-        env = {**os.environ, **self.env}
+                "--port", str(self.port), "--log-level", "warning", *self._store_args()]
+        env = {**code_env(), **self.env}
         with open(self.log_path, "wb") as log:
             # taskset and ip netns exec both exec: the PID is the server's own.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

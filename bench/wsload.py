@@ -20,12 +20,16 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import resource
 import time
 from dataclasses import dataclass, field
 
 NOTIFICATION = b'"type":"notification"'
 TYPE = b'"type":'
+# latency mode: the publisher puts its intended send time (CLOCK_MONOTONIC, ns,
+# the same clock in every process of this machine) into the notification's data
+STAMP = re.compile(rb'"t_ns":(\d+)')
 
 
 @dataclass
@@ -38,6 +42,7 @@ class WorkerConfig:
     connect_timeout: float = 30.0
     read_buffer: int = 16384
     verify: bool = False
+    latency: bool = False  # record publish -> device latency from the t_ns stamps
 
 
 @dataclass
@@ -52,7 +57,35 @@ class Counters:
     order_errors: int = 0  # verify mode: duplicates or out-of-order notifications
 
 
-def _make_listener(counters: Counters, per_sub: list[int], verify: bool):
+class Latency:
+    """Publish -> device latency in µs of the notifications stamped inside a window.
+
+    The window is in the publisher's intended send times, so warm-up traffic
+    and anything stamped after the measured phase are counted apart.
+    """
+
+    def __init__(self) -> None:
+        from hdrh.histogram import HdrHistogram
+
+        # 1 µs .. 60 s at 3 significant digits
+        self.hist = HdrHistogram(1, 60_000_000, 3)
+        self.start_ns = self.end_ns = 0
+        self.in_window = 0
+        self.outside = 0
+
+    def record(self, payload: bytes) -> None:
+        now = time.monotonic_ns()
+        for m in STAMP.finditer(payload):
+            t = int(m.group(1))
+            if self.start_ns <= t < self.end_ns:
+                self.in_window += 1
+                self.hist.record_value(max((now - t) // 1000, 1))
+            else:
+                self.outside += 1
+
+
+def _make_listener(counters: Counters, per_sub: list[int], verify: bool,
+                   latency: Latency | None = None):
     from picows import WSListener, WSMsgType
 
     class Subscriber(WSListener):
@@ -91,6 +124,8 @@ def _make_listener(counters: Counters, per_sub: list[int], verify: bool):
                 if b'"type":"hello"' in payload:
                     self.ready.set_result(None)
             n = self.count_verified(payload) if verify else payload.count(NOTIFICATION)
+            if n and latency is not None:
+                latency.record(payload)
             if n:
                 now = time.monotonic()
                 if counters.t_first is None:
@@ -137,7 +172,8 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
 
     counters = Counters()
     per_sub = [0] * len(cfg.tokens)
-    listener_cls = _make_listener(counters, per_sub, cfg.verify)
+    latency = Latency() if cfg.latency else None
+    listener_cls = _make_listener(counters, per_sub, cfg.verify, latency)
     loop = asyncio.get_running_loop()
     transports = []
     errors: list[str] = []
@@ -165,8 +201,8 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
         cfg.connect_timeout,
     )
 
-    def snapshot() -> dict:
-        return {
+    def snapshot(hist: bool = False) -> dict:
+        out = {
             "connected": len(transports) - counters.closed, "connect_errors": len(errors),
             "errors_sample": errors[:3], "connect_s": round(connect_s, 3),
             "frames": counters.frames, "notifications": counters.notifications,
@@ -177,6 +213,11 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
             "max_per_sub": max(per_sub) if per_sub else 0,
             "cpu_s": _cpu_self(),
         }
+        if latency is not None:
+            out["lat_in_window"], out["lat_outside"] = latency.in_window, latency.outside
+            if hist:
+                out["lat_hist"] = latency.hist.encode().decode()
+        return out
 
     connect_s = time.monotonic() - t0
     conn.send(("ready", snapshot()))
@@ -194,12 +235,17 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
         cmd = await commands.get()
         if cmd == "stats":
             conn.send(("stats", snapshot()))
+        elif cmd == "hist":
+            conn.send(("stats", snapshot(hist=True)))
+        elif isinstance(cmd, tuple) and cmd[0] == "window" and latency is not None:
+            latency.start_ns, latency.end_ns = cmd[1], cmd[2]
+            conn.send(("stats", snapshot()))
         elif cmd == "stop":
             loop.remove_reader(conn.fileno())
             for t in transports:
                 t.disconnect()
             await asyncio.sleep(0.1)
-            conn.send(("stats", snapshot()))
+            conn.send(("stats", snapshot(hist=True)))
             return
 
 
@@ -239,7 +285,22 @@ def _merge(snaps: list[dict]) -> dict:
             codes[k] = codes.get(k, 0) + v
     out["close_codes"] = codes
     out["errors_sample"] = [e for s in snaps for e in s["errors_sample"]][:3]
+    if all("lat_in_window" in s for s in snaps):
+        out["lat_in_window"] = sum(s["lat_in_window"] for s in snaps)
+        out["lat_outside"] = sum(s["lat_outside"] for s in snaps)
+        if all("lat_hist" in s for s in snaps):
+            out["lat_hist"] = merge_histograms([s["lat_hist"] for s in snaps])
     return out
+
+
+def merge_histograms(encoded: list[str]) -> str:
+    """One HdrHistogram (base64, as ``HdrHistogram.encode``) from several."""
+    from hdrh.histogram import HdrHistogram
+
+    total = HdrHistogram(1, 60_000_000, 3)
+    for e in encoded:
+        total.add(HdrHistogram.decode(e.encode()))
+    return total.encode().decode()
 
 
 class LoadGen:
@@ -247,7 +308,7 @@ class LoadGen:
 
     def __init__(self, url: str, tokens: list[str], *, procs: int = 1,
                  cpus: set[int] | None = None, sources: list[str | None] | None = None,
-                 read_buffer: int = 16384, verify: bool = False,
+                 read_buffer: int = 16384, verify: bool = False, latency: bool = False,
                  connect_timeout: float = 60.0, connect_concurrency: int = 200):
         ctx = multiprocessing.get_context("spawn")
         sources = sources or [None] * procs
@@ -256,7 +317,7 @@ class LoadGen:
             share = tokens[i::procs]
             cfg = WorkerConfig(url=url, tokens=share, source=sources[i % len(sources)],
                                cpus=cpus, read_buffer=read_buffer, verify=verify,
-                               connect_timeout=connect_timeout,
+                               latency=latency, connect_timeout=connect_timeout,
                                connect_concurrency=connect_concurrency)
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
@@ -277,10 +338,18 @@ class LoadGen:
             proc.start()
         return _merge([self._recv(pipe, self.timeout) for _, pipe in self.workers])
 
-    def stats(self) -> dict:
+    def stats(self, hist: bool = False) -> dict:
+        """A snapshot of every worker, merged (``hist``: with the latency histogram)."""
         for _, pipe in self.workers:
-            pipe.send("stats")
+            pipe.send("hist" if hist else "stats")
         return _merge([self._recv(pipe, 30) for _, pipe in self.workers])
+
+    def set_window(self, start_ns: int, end_ns: int) -> None:
+        """Latency mode: record the notifications stamped in [start_ns, end_ns)."""
+        for _, pipe in self.workers:
+            pipe.send(("window", start_ns, end_ns))
+        for _, pipe in self.workers:
+            self._recv(pipe, 30)
 
     def stop(self) -> dict | None:
         snaps = []

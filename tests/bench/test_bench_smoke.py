@@ -1,13 +1,17 @@
-"""Smoke test of the benchmark entry point: a tiny fanout through the real code path.
+"""Smoke tests of the benchmark entry point: tiny runs through the real code path.
 
 Runs ``python -m bench fanout`` (fresh ``tidings serve``, picows subscribers in a
 worker process, keep-alive publishers) with 20 subscribers x 20 notifications,
-no CPU pinning, every frame parsed and checked, and asserts nothing was lost.
-It measures nothing: the numbers of so small a run mean nothing.
+no CPU pinning, every frame parsed and checked, and asserts nothing was lost;
+``latency`` with 20 connections at 50 notifications/s for a second; ``inbox``
+on 200 users x 5 notifications, with its one-broadcast-is-one-write check.
+They measure nothing: the numbers of so small a run mean nothing, and no
+timing goal belongs in a test.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,3 +44,50 @@ def test_tiny_run_loses_nothing(tmp_path, scenario):
     assert record["min_per_sub"] == record["max_per_sub"] == 20
     assert record["server_cpu_us_per_delivery"] > 0
     assert (tmp_path / "report.md").exists()
+
+
+def _run_bench(tmp_path, *args: str, timeout: float = 50) -> list[dict]:
+    cmd = [sys.executable, "-m", "bench", *args, "--runs", "1", "--server-cpu", "",
+           "--loadgen-cpu", "", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+
+
+def test_tiny_latency_run_times_every_notification(tmp_path):
+    pytest.importorskip("hdrh", reason="hdrhistogram (test/bench extra) is not installed")
+    (record,) = _run_bench(tmp_path, "latency", "--conns", "20", "--rate", "50",
+                           "--duration", "1", "--warmup", "0.3", "--procs", "1",
+                           "--sources", "", "--settle", "0.2", "--pool", "4")
+    assert record["scenario"] == "latency" and record["conns"] == 20
+    assert record["pub_errors"] == 0 and record["connect_errors"] == 0
+    assert record["published"] == record["expected"] == 50
+    assert record["lost"] == 0, record
+    assert record["lat_count"] == 50 and record["lat_p99_ms"] > 0
+    assert record["outside_window"] == 15  # the warm-up's, not timed
+    assert record["lat_hist"] and record["server_cpu_us_per_delivery"] > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## latency" in report
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "latency-percentiles.png").stat().st_size > 0
+        assert "(latency-percentiles.png)" in report
+
+
+def test_tiny_inbox_run_and_broadcast_is_one_write(tmp_path):
+    pytest.importorskip("hdrh", reason="hdrhistogram (test/bench extra) is not installed")
+    records = _run_bench(tmp_path, "inbox", "--users", "200", "--per-user", "5",
+                         "--rate", "50", "--duration", "1", "--warmup", "0.2", "--probe", "3",
+                         "--pool", "2", "--cache-dir", str(tmp_path / "data"))
+    run, check = records
+    assert run["scenario"] == "inbox" and run["users"] == 200 and run["entries"] == 1000
+    assert run["errors"] == 0, run  # every page held 5 items, every count was 5/3
+    assert run["page_count"] == run["counts_count"] == 50
+    assert run["page_unloaded_count"] == run["counts_unloaded_count"] == 3
+    assert run["page_server_cpu_us"] > 0 and run["counts_server_cpu_us"] > 0
+    assert check["scenario"] == "broadcast_write" and check["status"] == 202
+    # one stored notification (+ the app's feed head): nothing per user
+    assert check["rows_by_table"]["notifications"] == 1
+    assert check["rows_written"] <= 2 and "inbox" not in check["rows_by_table"]
+    assert check["removed_after"] == 1
+    assert "## inbox" in (tmp_path / "report.md").read_text()
