@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench import results
+from bench import plots, results
 from bench.measure import median
 
 # (figure, DESIGN §5 target, "max" = at most / "min" = at least)
@@ -19,6 +19,8 @@ TARGETS = {
     "broadcast": ("server_cpu_us_per_delivery", 4.0, "max"),
     "idle": ("kib_per_conn", 12.0, "max"),
     "publish": ("publish_per_s", 20000.0, "min"),
+    "latency": ("lat_p99_ms", 10.0, "max"),
+    "inbox": ("p99_ms", 5.0, "max"),  # the worse of page and counts
 }
 
 COLUMNS = {
@@ -31,6 +33,13 @@ COLUMNS = {
              "connects_per_s"],
 }
 COLUMNS["broadcast"] = COLUMNS["fanout"]
+COLUMNS["latency"] = ["lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
+                      "server_cpu_us_per_delivery", "server_cpu_us_per_publish", "server_busy",
+                      "publish_rate", "lost", "ack_p99_ms", "send_lag_p99_ms", "other_cpu_s"]
+COLUMNS["inbox"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
+                    "page_unloaded_p50_ms", "counts_unloaded_p50_ms", "page_server_cpu_us",
+                    "counts_server_cpu_us", "page_rate", "counts_rate", "page_unanswered",
+                    "counts_unanswered", "errors"]
 
 CONFIG = {
     "fanout": ["subs", "msgs", "size", "pub_concurrency", "fanout_threshold"],
@@ -38,6 +47,11 @@ CONFIG = {
     "idle": ["conns_requested", "procs"],
 }
 CONFIG["broadcast"] = CONFIG["fanout"]
+CONFIG["latency"] = ["audience", "conns_requested", "rate", "duration", "topic_size", "cache"]
+CONFIG["inbox"] = ["store", "users", "per_user", "rate", "pool", "cache"]
+# New scenarios (e.g. dashboard) add their TARGETS / COLUMNS / CONFIG entries and a
+# place in SCENARIOS; plots.py has a cache on/off entry ready for "dashboard".
+SCENARIOS = ("fanout", "broadcast", "publish", "idle", "latency", "inbox")
 
 PEER_COLUMNS = ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb",
                 "rss_connected_mb", "lost", "ws_frames", "publish_per_s", "server_cpu_s",
@@ -60,6 +74,8 @@ def _verdict(scenario: str, value) -> str:
     if scenario not in TARGETS or value is None:
         return ""
     _, target, kind = TARGETS[scenario]
+    if isinstance(value, float) and value != value:  # NaN
+        return ""
     ok = value <= target if kind == "max" else value >= target
     return f"{'meets' if ok else 'misses'} ({'≤' if kind == 'max' else '≥'} {_fmt(target)})"
 
@@ -80,7 +96,7 @@ def _scenario_section(scenario: str, recs: list[dict]) -> list[str]:
         cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(CONFIG[scenario], key, strict=True)
                         if v is not None)
         meds = [median([r.get(c) for r in runs]) for c in cols]
-        figure = TARGETS[scenario][0]
+        figure = TARGETS.get(scenario, (cols[0],))[0]
         verdict = _verdict(scenario, median([r.get(figure) for r in runs]))
         lines.append(f"| {cfg} | {len(runs)} | " + " | ".join(_fmt(m) for m in meds)
                      + f" | {verdict} |")
@@ -157,17 +173,60 @@ def _peers_section(lines_in: list[dict]) -> list[str]:
     return out
 
 
+def _broadcast_write_section(recs: list[dict]) -> list[str]:
+    latest: dict = {}
+    for r in recs:  # the latest check per data-set size
+        if r.get("users") not in latest or r["invocation"] >= latest[r["users"]]["invocation"]:
+            latest[r.get("users")] = r
+    lines = ["## broadcast_write: one broadcast, what the store writes", "",
+             "| users stored | inbox entries | rows written | rows by table | WAL pages | "
+             "publish ms | status |", "|---:|---:|---:|---|---:|---:|---|"]
+    for users in sorted(latest, key=lambda u: u or 0):
+        r = latest[users]
+        by = ", ".join(f"{t} +{n}" for t, n in sorted(r.get("rows_by_table", {}).items()))
+        lines.append(f"| {_fmt(users)} | {_fmt(r.get('entries'))} | {_fmt(r.get('rows_written'))} "
+                     f"| {by} | {_fmt(r.get('wal_pages'))} | {_fmt(r.get('publish_ms'))} "
+                     f"| {r.get('status')} |")
+    written = {r.get("rows_written") for r in latest.values()}
+    pages = {r.get("wal_pages") for r in latest.values()}
+    verdict = ("the same rows and pages at every size: **O(1) in audience size** "
+               "(DESIGN §5: one write)" if len(latest) > 1 and len(written) == 1
+               and len(pages) == 1 else "compare sizes to judge O(1)")
+    lines += ["", '`{"to": {"all": true}}` on the inbox data set; rows counted per table '
+              "before and after, WAL pages from the WAL's growth after a checkpoint; the item "
+              f"is removed afterwards. {verdict}.", ""]
+    lines += [f"- {_fmt(u)} users: `{latest[u]['command']}` (commit {latest[u].get('commit')})"
+              for u in sorted(latest, key=lambda u: u or 0)]
+    return lines + [""]
+
+
 def write(out_dir: Path) -> Path:
     recs = results.load(out_dir / "results.jsonl")
     peers = results.load(out_dir / "peers.jsonl")
+    for r in recs:
+        if r.get("scenario") == "inbox" and "p99_ms" not in r:
+            worst = [v for v in (r.get("page_p99_ms"), r.get("counts_p99_ms")) if v is not None]
+            r["p99_ms"] = max(worst) if worst else None
     lines = [f"# tidings benchmarks, {out_dir.name}", "",
              "Produced by `python -m bench report` from `results.jsonl` (one JSON line per run) "
              "and `peers.jsonl`. Primary figures: server CPU µs per delivery (fan-out), "
-             "KiB RSS per idle connection, notifications/s (publish).", ""]
-    for scenario in ("fanout", "broadcast", "publish", "idle"):
+             "KiB RSS per idle connection, notifications/s (publish), latency percentiles "
+             "(latency, inbox: HdrHistogram, timed from the intended send time of an open-loop "
+             "client).", ""]
+    figures = plots.draw_all(recs, peers, out_dir)
+    if figures:
+        lines += ["## figures", ""]
+        for name, caption in figures:
+            lines += [f"![{caption}]({name})", "", f"*{caption}* ([{name}]({name}))", ""]
+    elif not plots.available():
+        lines += ["(figures need matplotlib: `pip install -e '.[bench]'`)", ""]
+    for scenario in SCENARIOS:
         rs = [r for r in recs if r.get("scenario") == scenario]
         if rs:
             lines += _scenario_section(scenario, rs)
+    bw = [r for r in recs if r.get("scenario") == "broadcast_write"]
+    if bw:
+        lines += _broadcast_write_section(bw)
     rs = [r for r in recs if r.get("scenario") == "dashboard"]
     if rs:
         lines += _dashboard_section(rs)
