@@ -36,13 +36,20 @@ def next_id() -> str:
 def note(
     *, users: list[str] | None = None, topic: str | None = None, all: bool = False,
     category: str = "default", key: str | None = None, created_at: float | None = None,
-    expires_at: float | None = None, title: str = "hello",
+    expires_at: float | None = None, title: str = "hello", group: str | None = None,
+    actor: str | None = None, deliver_at: float | None = None,
 ) -> NewNotification:
     nid = next_id()
+    doc = {"id": nid, "title": title}
+    if group is not None:
+        doc.update(created_at=f"t{nid}", group_key=group)
+    if actor is not None:
+        doc["actor"] = actor
     return NewNotification(
-        id=nid, category=category, body=msgspec.json.encode({"id": nid, "title": title}),
+        id=nid, category=category, body=msgspec.json.encode(doc),
         created_at=time.time() if created_at is None else created_at, expires_at=expires_at,
-        users=users, topic=topic, all=all, idempotency_key=key,
+        users=users, topic=topic, all=all, idempotency_key=key, group_key=group,
+        deliver_at=deliver_at,
     )
 
 
@@ -826,3 +833,269 @@ async def test_concurrent_delivery_counters_lose_nothing(db):
     ), *(db.record_delivery(A, out.id, "push", "failed") for _ in range(10)))
     assert await db.delivery_counts(A, out.id) == {
         "in_app": {"delivered": 40}, "push": {"sent": 80, "failed": 10}}
+
+
+# -- aggregation by group_key --------------------------------------------------------
+
+
+def group_of(entry_or_delivery) -> dict:
+    return msgspec.json.decode(entry_or_delivery.group)
+
+
+async def test_a_grouped_notification_merges_into_the_unread_entry(db):
+    first = await publish(db, A, note(users=["u", "v"], group="post:1", actor="ann"))
+    assert [group_of(d)["count"] for d in first.deliveries] == [1, 1]
+    second = await publish(db, A, note(users=["u"], group="post:1", actor="bob"))
+    third = await publish(db, A, note(users=["u"], group="post:1", actor="ann"))
+    (d,) = third.deliveries
+    assert d.seq == 3  # the entry moved to u's next seq: a stream replays the update
+    g = group_of(d)
+    assert (g["id"], g["first_id"], g["key"]) == (first.id, first.id, "post:1")
+    assert (g["count"], g["actor_count"], g["actors"]) == (3, 2, ["ann", "bob"])
+
+    now = time.time()
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=now)
+    assert (entry.id, entry.seq, entry.state) == (third.id, 3, "unseen")
+    assert group_of(entry) == g
+    personal, _ = await replay_all(db, A, "u")
+    assert [(e.seq, e.id) for e in personal] == [(3, third.id)]
+    assert group_of(personal[0]) == g
+    personal, _ = await replay_all(db, A, "u", after_seq=2)
+    assert [e.id for e in personal] == [third.id]
+    assert (await db.stream_head(A, "u", now)).head_seq == 3
+    assert await db.counts(A, "u", now) == (1, 1)  # a group is one unread entry
+    # v's entry is v's own
+    (ventry,) = await db.inbox(A, "v", limit=10, before=None, state=None, now=now)
+    assert (ventry.id, group_of(ventry)["count"]) == (first.id, 1)
+    assert sorted(await db.recipients_of(A, first.id)) == ["u", "v"]
+    assert await db.recipients_of(A, second.id) == ["u"]
+
+
+async def test_a_group_merges_only_into_an_unread_live_entry_of_its_key(db):
+    t = time.time()
+    a = await publish(db, A, note(users=["u"], group="k", created_at=t))
+    await db.set_state(A, "u", [a.id], "seen", t)
+    b = await publish(db, A, note(users=["u"], group="k", created_at=t))
+    assert group_of(b.deliveries[0])["count"] == 2  # seen is still unread
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=t)
+    assert entry.state == "unseen"  # something new in it
+    await db.set_state(A, "u", [b.id], "read", t)
+    c = await publish(db, A, note(users=["u"], group="k", created_at=t))
+    assert group_of(c.deliveries[0]) == {**group_of(c.deliveries[0]), "count": 1, "id": c.id}
+    other = await publish(db, A, note(users=["u"], group="other", created_at=t))
+    assert group_of(other.deliveries[0])["count"] == 1
+    plain = await publish(db, A, note(users=["u"], created_at=t))
+    assert plain.deliveries[0].group is None
+    assert await inbox_ids(db, A, "u", state="all", now=t) == [plain.id, other.id, c.id, b.id]
+    assert await db.counts(A, "u", t) == (3, 3)
+    # an expired entry is gone: a new one opens
+    e1 = await publish(db, A, note(users=["w"], group="k", created_at=t, expires_at=t + 5))
+    e2 = await publish(db, A, note(users=["w"], group="k", created_at=t + 10))
+    assert group_of(e2.deliveries[0])["id"] == e2.id
+    assert await inbox_ids(db, A, "w", now=t + 10) == [e2.id]
+    assert e1.id not in await inbox_ids(db, A, "w", state="all", now=t + 10)
+
+
+async def test_members_of_a_group_and_marking_an_older_member(db):
+    ids = [(await publish(db, A, note(users=["u"], group="g", actor=f"a{i}"))).id
+           for i in range(5)]
+    now = time.time()
+    for nid in (ids[0], ids[2], ids[4]):
+        entry, members = await db.group_members(A, "u", nid, limit=10, before=None, now=now)
+        assert entry.id == ids[4] and group_of(entry)["count"] == 5
+        assert [m.id for m in members] == ids[::-1]
+    _, page = await db.group_members(A, "u", ids[0], limit=2, before=ids[3], now=now)
+    assert [m.id for m in page] == [ids[2], ids[1]]
+    assert await db.group_members(A, "v", ids[0], limit=10, before=None, now=now) is None
+    assert await db.group_members(A, "u", next_id(), limit=10, before=None, now=now) is None
+    assert await db.group_members(B, "u", ids[0], limit=10, before=None, now=now) is None
+    # a device still showing an older member marks the entry that holds it
+    assert await db.set_state(A, "u", [ids[1]], "read", now) == [ids[4]]
+    assert await db.counts(A, "u", now) == (0, 0)
+    stats = (await db.get_notification(A, ids[1])).stats
+    assert stats == {"unseen": 0, "seen": 0, "read": 1, "archived": 0}
+    assert (await db.get_notification(A, ids[4])).stats["read"] == 1
+    entry, members = await db.group_members(A, "u", ids[1], limit=10, before=None, now=now)
+    assert entry.state == "read" and {m.state for m in members} == {"read"}
+
+
+async def test_retracting_a_group_member_leaves_the_rest(db):
+    a = await publish(db, A, note(users=["u"], group="g", actor="ann"))
+    b = await publish(db, A, note(users=["u"], group="g", actor="bob"))
+    c = await publish(db, A, note(users=["u"], group="g", actor="cat"))
+    await db.delete_notification(A, b.id)  # a middle one
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
+    assert entry.id == c.id
+    assert (group_of(entry)["count"], group_of(entry)["actors"]) == (2, ["cat", "ann"])
+    await db.delete_notification(A, c.id)  # the one the entry shows
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
+    assert (entry.id, entry.seq) == (a.id, 3)
+    assert (group_of(entry)["count"], group_of(entry)["id"]) == (1, a.id)
+    await db.delete_notification(A, a.id)
+    assert await inbox_ids(db, A, "u", state="all") == []
+    assert await db.counts(A, "u", time.time()) == (0, 0)
+
+
+async def test_feed_items_never_aggregate(db):
+    await db.subscribe(A, "big", ["u", "v"])
+    f1 = await publish(db, A, note(all=True, group="g"))
+    f2 = await publish(db, A, note(topic="big", group="g"), threshold=1)
+    entries = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
+    assert [(e.id, e.group) for e in entries] == [(f2.id, None), (f1.id, None)]
+    # a topic at or below the threshold is fanned out on write, and aggregates
+    t1 = await publish(db, A, note(topic="big", group="g"), threshold=10)
+    t2 = await publish(db, A, note(topic="big", group="g"), threshold=10)
+    assert {d.user: group_of(d)["count"] for d in t2.deliveries} == {"u": 2, "v": 2}
+    assert await inbox_ids(db, A, "v") == [t2.id, f2.id, f1.id]
+    assert t1.id not in await inbox_ids(db, A, "v", state="all")
+
+
+async def test_concurrent_grouped_publishes_make_one_entry(db):
+    # three actors: they fit the sample, so actor_count is exact (core/aggregate.py)
+    items = [note(users=["u", "v"], group="race", actor=f"a{i % 3}") for i in range(20)]
+    outs = await asyncio.gather(*(publish(db, A, it) for it in items))
+    now = time.time()
+    for user in ("u", "v"):
+        entries = await db.inbox(A, user, limit=100, before=None, state=None, now=now)
+        assert len(entries) == 1
+        g = group_of(entries[0])
+        assert (g["count"], g["actor_count"]) == (20, 3)
+        assert (await db.stream_head(A, user, now)).head_seq == 20
+        _, members = await db.group_members(A, user, entries[0].id, limit=100, before=None,
+                                            now=now)
+        assert sorted(m.id for m in members) == sorted(o.id for o in outs)
+        assert await db.counts(A, user, now) == (1, 1)
+
+
+# -- scheduled delivery -------------------------------------------------------------
+
+
+async def fire_all(store, now, *, threshold=THRESHOLD, limit=100):
+    return await store.fire_due(now, limit, fanout_threshold=threshold)
+
+
+async def test_a_scheduled_notification_fires_at_its_time(db):
+    t = time.time()
+    item = note(users=["u"], created_at=t, deliver_at=t + 100, expires_at=t + 200)
+    out = await publish(db, A, item)
+    assert (out.status, out.id, out.recipients, out.deliveries) == ("scheduled", item.id, 0, [])
+    assert await inbox_ids(db, A, "u", now=t) == []
+    assert await db.get_notification(A, item.id) is None
+    s = await db.get_scheduled(A, item.id)
+    assert (s.status, s.due_at, s.body, s.expires_at) == ("pending", t + 100, item.body, t + 200)
+    assert await db.get_scheduled(B, item.id) is None
+    assert await db.next_due() == t + 100
+    assert await fire_all(db, t + 99) == []
+
+    fired = await fire_all(db, t + 101)
+    assert [(app, o.id, o.status, o.recipients) for app, o in fired] == [
+        (A, item.id, "accepted", 1)]
+    assert [(d.user, d.seq) for d in fired[0][1].deliveries] == [("u", 1)]
+    assert fired[0][1].body == item.body
+    stored = await db.get_notification(A, item.id)
+    assert (stored.created_at, stored.expires_at, stored.recipients) == (t + 100, t + 200, 1)
+    assert await inbox_ids(db, A, "u", now=t + 101) == [item.id]
+    assert (await db.get_scheduled(A, item.id)).status == "sent"
+    assert await db.next_due() is None
+    assert await fire_all(db, t + 500) == []  # once
+
+
+async def test_scheduled_broadcasts_and_groups_fire_like_publishes(db):
+    t = time.time()
+    b = await publish(db, A, note(all=True, created_at=t, deliver_at=t + 1))
+    g1 = await publish(db, A, note(users=["u"], group="g", created_at=t))
+    g2 = await publish(db, A, note(users=["u"], group="g", created_at=t, deliver_at=t + 2))
+    fired = {o.id: o for _, o in await fire_all(db, t + 3)}
+    assert fired[b.id].feed_offset is not None and fired[b.id].audience == "*"
+    assert group_of(fired[g2.id].deliveries[0])["count"] == 2
+    assert await inbox_ids(db, A, "u", now=t + 3) == [g2.id, b.id]
+    assert g1.id not in await inbox_ids(db, A, "u", state="all", now=t + 3)
+
+
+async def test_scheduled_notifications_fire_once_across_callers_and_nodes(make_store, db):
+    t = time.time()
+    items = [note(users=[f"u{i % 3}"], created_at=t, deliver_at=t + 1 + i / 100)
+             for i in range(30)]
+    for it in items:
+        await publish(db, A, it)
+    other = make_store()  # a second node over the same storage
+    await other.open()
+    try:
+        async def drain(store):
+            got = []
+            while True:
+                batch = await fire_all(store, t + 10, limit=3)
+                if not batch:
+                    return got
+                got += batch
+        runs = await asyncio.gather(*(drain(s) for s in (db, other, db, other)))
+    finally:
+        await other.close()
+    fired = [o.id for run in runs for _, o in run]
+    assert sorted(fired) == sorted(it.id for it in items)  # each exactly once
+    for user in ("u0", "u1", "u2"):
+        mine = [it.id for it in items if it.users == [user]]
+        assert sorted(await inbox_ids(db, A, user, now=t + 10)) == sorted(mine)
+        assert (await db.stream_head(A, user, t)).head_seq == len(mine)
+
+
+async def test_cancel_a_scheduled_notification(db):
+    t = time.time()
+    item = note(users=["u"], created_at=t, deliver_at=t + 5)
+    await publish(db, A, item)
+    assert await db.cancel_scheduled(B, item.id) is False
+    assert await db.cancel_scheduled(A, item.id) is True
+    assert await db.cancel_scheduled(A, item.id) is False
+    assert (await db.get_scheduled(A, item.id)).status == "cancelled"
+    assert await fire_all(db, t + 10) == []
+    assert await inbox_ids(db, A, "u", now=t + 10) == []
+    assert await db.next_due() is None
+    # one that already fired is not cancelled
+    sent = note(users=["u"], created_at=t, deliver_at=t + 5)
+    await publish(db, A, sent)
+    await fire_all(db, t + 10)
+    assert await db.cancel_scheduled(A, sent.id) is False
+    assert await db.cancel_scheduled(A, next_id()) is False
+
+
+async def test_a_scheduled_notification_past_its_expiry_is_dropped(db):
+    t = time.time()
+    late = note(users=["u"], created_at=t, deliver_at=t + 10, expires_at=t + 20)
+    await publish(db, A, late)
+    fired = await fire_all(db, t + 30)  # the node was down until after the expiry
+    assert [(app, o.id, o.status, o.recipients) for app, o in fired] == [
+        (A, late.id, "expired", 0)]
+    assert await db.get_notification(A, late.id) is None
+    assert await inbox_ids(db, A, "u", state="all", now=t + 15) == []
+    assert (await db.stream_head(A, "u", t)).head_seq == 0
+    assert (await db.get_scheduled(A, late.id)).status == "expired"
+
+
+async def test_a_scheduled_publish_is_idempotent_and_survives_reopen(make_store, db):
+    t = time.time()
+    first = await publish(db, A, note(users=["u"], key="k", created_at=t, deliver_at=t + 5))
+    again = await publish(db, A, note(users=["u"], key="k", created_at=t, deliver_at=t + 5))
+    assert (first.status, again.status, again.id) == ("scheduled", "duplicate", first.id)
+    store = await reopen(make_store, db)
+    try:
+        assert await store.next_due() == t + 5
+        fired = await fire_all(store, t + 6)
+        assert [o.id for _, o in fired] == [first.id]
+        assert await inbox_ids(store, A, "u", now=t + 6) == [first.id]
+    finally:
+        await store.close()
+
+
+async def test_prune_drops_finished_schedules_and_old_counters(db):
+    t = time.time()
+    old = note(users=["u"], created_at=t - 1000, deliver_at=t - 999)
+    old.id = new_id(int((t - 999) * 1000))  # ids are minted when published
+    await publish(db, A, old)
+    await fire_all(db, t - 998)
+    await db.record_delivery(A, old.id, "in_app", "delivered")
+    keep = note(users=["u"], created_at=t - 1000, deliver_at=t + 999)
+    await publish(db, A, keep)
+    await db.prune(A, t - 500)
+    assert await db.get_scheduled(A, old.id) is None
+    assert await db.delivery_counts(A, old.id) == {}
+    assert (await db.get_scheduled(A, keep.id)).status == "pending"  # pending is kept

@@ -47,6 +47,20 @@ def new_id(now_ms: int | None = None) -> str:
     return _prefix + b32encode(_last_rand.to_bytes(10, "big")).translate(_CROCKFORD).decode()
 
 
+def id_at(ms: int) -> str:
+    """A fresh id for time ``ms`` that leaves the monotonic sequence alone:
+    for a notification scheduled for later, whose id sorts by its delivery
+    time.  (Minting it with ``new_id`` would restart the sequence of the
+    current millisecond, and the next id of this one could sort lower.)"""
+    rand = int.from_bytes(os.urandom(10), "big")
+    return _time_prefix(ms) + b32encode(rand.to_bytes(10, "big")).translate(_CROCKFORD).decode()
+
+
+def id_floor(ms: int) -> str:
+    """The lowest id of time ``ms``: every id minted before ``ms`` sorts below it."""
+    return _time_prefix(ms) + "0" * 16
+
+
 def is_id(text: object) -> bool:
     return isinstance(text, str) and len(text) == 26 and all(c in _VALID for c in text)
 

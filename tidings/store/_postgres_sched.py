@@ -8,9 +8,110 @@ rows are written in key order so that two flushes never deadlock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
-__all__ = ["delivery_counts", "record_deliveries"]
+from tidings.store._common import decode_payload, encode_payload
+from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
+
+__all__ = ["cancel", "delivery_counts", "fire_one", "get_scheduled", "next_due", "prune",
+           "record_deliveries", "schedule"]
+
+log = logging.getLogger("tidings.store")
+
+
+async def schedule(conn, app_id: str, item: NewNotification) -> PublishOutcome:
+    await conn.execute(
+        "INSERT INTO scheduled (app_id, id, due_at, status, payload, expires_at, created_at) "
+        "VALUES ($1, $2, $3, 'pending', $4, $5, $6)",
+        app_id, item.id, item.deliver_at, encode_payload(item), item.expires_at,
+        item.created_at,
+    )
+    return PublishOutcome(item.id, "scheduled", 0, body=item.body)
+
+
+# The claim.  SKIP LOCKED: a row another node is firing right now is not
+# waited for but passed over, so nodes polling together fire different rows;
+# the row lock lasts until the caller's transaction (claim, publish, status)
+# commits, and a node that dies before that commits nothing, so the row is
+# pending again for the next poll.
+_CLAIM = """
+WITH due AS (
+  SELECT app_id, id FROM scheduled WHERE status = 'pending' AND due_at <= $1
+  ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED
+)
+UPDATE scheduled s SET
+  status = CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= $1
+                THEN 'expired' ELSE 'sent' END,
+  fired_at = $1
+FROM due WHERE s.app_id = due.app_id AND s.id = due.id AND s.status = 'pending'
+RETURNING s.app_id, s.id, s.status, s.due_at, s.payload
+"""
+
+
+async def fire_one(conn, now: float, publish) -> tuple[str, PublishOutcome] | None:
+    """Claim the oldest due notification and publish it, inside the caller's
+    transaction; None when nothing is due.  One per transaction: a publish
+    locks its recipients' streams until commit, and several in one
+    transaction would take those locks out of the one lock order."""
+    row = await conn.fetchrow(_CLAIM, now)
+    if row is None:
+        return None
+    app_id, nid, status, due_at, payload = row
+    if status == "expired":
+        return app_id, PublishOutcome(nid, "expired", 0)
+    try:
+        async with conn.transaction():  # a savepoint: a publish that fails is marked alone
+            out = await publish(conn, app_id, decode_payload(payload, due_at))
+    except Exception as exc:
+        from tidings.store.postgres import _DOWN, _RETRY, _STALE
+
+        if isinstance(exc, (*_DOWN, *_STALE, *_RETRY)):
+            raise  # the connection, not the notification: the claim rolls back
+        log.exception("scheduled notification %s/%s could not be published", app_id, nid)
+        await conn.execute("UPDATE scheduled SET status = 'failed' WHERE app_id = $1 AND id = $2",
+                           app_id, nid)
+        return app_id, PublishOutcome(nid, "failed", 0)
+    return app_id, out
+
+
+async def next_due(conn) -> float | None:
+    return await conn.fetchval("SELECT min(due_at) FROM scheduled WHERE status = 'pending'")
+
+
+async def get_scheduled(conn, app_id: str, nid: str) -> ScheduledNotification | None:
+    row = await conn.fetchrow(
+        "SELECT id, payload, due_at, expires_at, status, created_at, fired_at FROM scheduled "
+        "WHERE app_id = $1 AND id = $2", app_id, nid,
+    )
+    if row is None:
+        return None
+    nid, payload, due_at, expires_at, status, created_at, fired_at = row
+    body = decode_payload(payload, due_at).body
+    return ScheduledNotification(nid, body, due_at, expires_at, status, created_at, fired_at)
+
+
+async def cancel(conn, app_id: str, nid: str) -> bool:
+    # A row being fired is locked: this waits for that commit, then finds it
+    # no longer pending (the caller retracts the published notification).
+    return bool(await conn.fetchval(
+        "UPDATE scheduled SET status = 'cancelled' WHERE app_id = $1 AND id = $2 "
+        "AND status = 'pending' RETURNING true", app_id, nid,
+    ))
+
+
+async def prune(conn, app_id: str | None, older_than: float, first_id: str, timeout: float):
+    """Retention for this module's tables and for group memberships (see the
+    SQLite store's ``prune_tx``)."""
+    where, args = "", ()
+    if app_id is not None:
+        where, args = " AND app_id = $2", (app_id,)
+    await conn.execute("DELETE FROM scheduled WHERE status <> 'pending' AND created_at < $1"
+                       + where, older_than, *args, timeout=timeout)
+    await conn.execute("DELETE FROM delivery_counts WHERE nid < $1" + where, first_id, *args,
+                       timeout=timeout)
+    await conn.execute("DELETE FROM group_members WHERE created_at < $1" + where, older_than,
+                       *args, timeout=timeout)
 
 _RECORD = """
 INSERT INTO delivery_counts AS d (app_id, nid, channel, field, n)

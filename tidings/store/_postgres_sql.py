@@ -36,18 +36,22 @@ seqs AS (
 note AS (
   INSERT INTO notifications (app_id, id, category, body, recipients, created_at, expires_at)
   SELECT $1, $2, $3, $4, count(*), $5, $6 FROM seqs
-),
-entries AS (
-  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at)
-  SELECT $1, user_id, head_seq, $2, $5, $6 FROM seqs
-)
+){entries}
 SELECT (SELECT count(*) FROM audience),
        array_agg(user_id), array_agg(epoch), array_agg(head_seq) FROM seqs
 """
-FANOUT_USERS = _FANOUT.format(
-    source='SELECT u COLLATE "C" AS u FROM unnest($7::text[]) AS t(u)')
-FANOUT_TOPIC = _FANOUT.format(
-    source="SELECT user_id AS u FROM topic_subs WHERE app_id = $1 AND topic = $7")
+_ENTRIES = """,
+entries AS (
+  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at)
+  SELECT $1, user_id, head_seq, $2, $5, $6 FROM seqs
+)"""
+_USERS = 'SELECT u COLLATE "C" AS u FROM unnest($7::text[]) AS t(u)'
+_TOPIC = "SELECT user_id AS u FROM topic_subs WHERE app_id = $1 AND topic = $7"
+FANOUT_USERS = _FANOUT.format(source=_USERS, entries=_ENTRIES)
+FANOUT_TOPIC = _FANOUT.format(source=_TOPIC, entries=_ENTRIES)
+# A grouped fan-out writes its entries itself, after merging (_postgres_groups.py).
+SEQS_USERS = _FANOUT.format(source=_USERS, entries="")
+SEQS_TOPIC = _FANOUT.format(source=_TOPIC, entries="")
 
 # Read fan-out: the app's feed_heads row hands out the next offset (and its
 # lock makes offsets commit in order).
@@ -73,15 +77,17 @@ NEW_STREAM = (
 )
 
 # Personal entries and feed items in one round trip: (is_feed, id, body,
-# state, created_at, seq or offset).  $3 after_seq, $4 after_feed, $5 now, $6 limit.
+# state, created_at, seq or offset, gid, grp).  $3 after_seq, $4 after_feed,
+# $5 now, $6 limit.
 REPLAY = f"""
-(SELECT false, n.id, n.body, i.state, n.created_at, i.seq
+(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp
  FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
  WHERE i.app_id = $1 AND i.user_id = $2 AND i.seq > $3
    AND (i.expires_at IS NULL OR i.expires_at > $5)
  ORDER BY i.seq LIMIT $6)
 UNION ALL
-(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset
+(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
+        NULL::text, NULL::bytea
  FROM notifications n LEFT JOIN feed_state fs
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
  WHERE n.app_id = $1 AND n.feed_offset > $4 AND NOT n.deleted
@@ -105,13 +111,14 @@ def _inbox_sql(state: str | None, paged: bool) -> str:
     # ``before=<id>`` must neither skip nor repeat an entry.  The sort covers
     # one user's rows, found by the primary key prefix.
     return f"""
-(SELECT false, n.id, n.body, i.state, n.created_at, i.seq
+(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp
  FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
  WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
    AND {personal} {"AND i.nid < $5" if paged else ""}
  ORDER BY i.nid DESC LIMIT $4)
 UNION ALL
-(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset
+(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
+        NULL::text, NULL::bytea
  FROM notifications n LEFT JOIN feed_state fs
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
  WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
@@ -145,8 +152,11 @@ WITH personal AS (
 SELECT nid FROM personal UNION ALL SELECT nid FROM feed
 """
 SET_STATE = _SET_STATE.format(ids_personal="", ids_feed="")
+# An older member's id marks the group entry that holds it now.
 SET_STATE_IDS = _SET_STATE.format(
-    ids_personal="AND nid = ANY($5::text[])", ids_feed="AND n.id = ANY($5::text[])")
+    ids_personal="AND (nid = ANY($5::text[]) OR gid IN (SELECT m.gid FROM group_members m "
+                 "WHERE m.app_id = $1 AND m.user_id = $2 AND m.nid = ANY($5::text[])))",
+    ids_feed="AND n.id = ANY($5::text[])")
 
 # Retract: flag the notification (its id and seqs are never reused) and drop
 # every user's entry and state.  Returns whether this call did it.

@@ -10,10 +10,97 @@ SQLite's write lock (``BEGIN IMMEDIATE``).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-__all__ = ["delivery_counts", "record_deliveries_tx"]
+from tidings.store._common import decode_payload, encode_payload
+from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
+
+__all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "get_scheduled", "next_due",
+           "prune_tx", "record_deliveries_tx", "schedule_tx"]
+
+log = logging.getLogger("tidings.store")
+
+
+def schedule_tx(conn: sqlite3.Connection, app_id: str, item: NewNotification) -> PublishOutcome:
+    conn.execute(
+        "INSERT INTO scheduled(app_id, id, due_at, status, payload, expires_at, created_at) "
+        "VALUES (?,?,?,'pending',?,?,?)",
+        (app_id, item.id, item.deliver_at, encode_payload(item), item.expires_at,
+         item.created_at),
+    )
+    return PublishOutcome(item.id, "scheduled", 0, body=item.body)
+
+
+def fire_due_tx(
+    conn: sqlite3.Connection, now: float, limit: int, publish: Callable
+) -> list[tuple[str, PublishOutcome]]:
+    """Claim and publish what is due, each in a savepoint of this one
+    transaction: a notification that cannot be published is marked
+    ``failed`` alone, and nothing is published twice (one writer)."""
+    due = conn.execute(
+        "SELECT app_id, id, due_at, payload, expires_at FROM scheduled "
+        "WHERE status='pending' AND due_at<=? ORDER BY due_at LIMIT ?", (now, limit),
+    ).fetchall()
+    fired: list[tuple[str, PublishOutcome]] = []
+    for app_id, nid, due_at, payload, expires_at in due:
+        if expires_at is not None and expires_at <= now:
+            status, out = "expired", PublishOutcome(nid, "expired", 0)
+        else:
+            conn.execute("SAVEPOINT fire")
+            try:
+                out = publish(conn, app_id, decode_payload(payload, due_at))
+            except Exception:
+                conn.execute("ROLLBACK TO fire")
+                log.exception("scheduled notification %s/%s could not be published", app_id, nid)
+                status, out = "failed", PublishOutcome(nid, "failed", 0)
+            else:
+                status = "sent"
+            conn.execute("RELEASE fire")
+        # the claim: only a row still pending changes, so nothing fires twice
+        claimed = conn.execute(
+            "UPDATE scheduled SET status=?, fired_at=? WHERE app_id=? AND id=? "
+            "AND status='pending' RETURNING 1", (status, now, app_id, nid),
+        ).fetchone()
+        if claimed is None:
+            raise RuntimeError("a scheduled notification changed under the writer")
+        fired.append((app_id, out))
+    return fired
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    return conn.execute("SELECT min(due_at) FROM scheduled WHERE status='pending'").fetchone()[0]
+
+
+def get_scheduled(conn: sqlite3.Connection, app_id: str, nid: str) -> ScheduledNotification | None:
+    row = conn.execute(
+        "SELECT id, payload, due_at, expires_at, status, created_at, fired_at FROM scheduled "
+        "WHERE app_id=? AND id=?", (app_id, nid),
+    ).fetchone()
+    if row is None:
+        return None
+    nid, payload, due_at, expires_at, status, created_at, fired_at = row
+    body = decode_payload(payload, due_at).body
+    return ScheduledNotification(nid, body, due_at, expires_at, status, created_at, fired_at)
+
+
+def cancel_tx(conn: sqlite3.Connection, app_id: str, nid: str) -> bool:
+    return conn.execute(
+        "UPDATE scheduled SET status='cancelled', fired_at=NULL WHERE app_id=? AND id=? "
+        "AND status='pending' RETURNING 1", (app_id, nid),
+    ).fetchone() is not None
+
+
+def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float, first_id: str):
+    """Retention for the tables of this module and of group entries: finished
+    schedules, and the counters and memberships of notifications pruned
+    (ids are time-ordered: every id below ``first_id`` is older than retention)."""
+    where, args = ("", ()) if app_id is None else (" AND app_id=?", (app_id,))
+    conn.execute("DELETE FROM scheduled WHERE status<>'pending' AND created_at<?" + where,
+                 (older_than, *args))
+    conn.execute("DELETE FROM delivery_counts WHERE nid<?" + where, (first_id, *args))
+    conn.execute("DELETE FROM group_members WHERE created_at<?" + where, (older_than, *args))
 
 
 def record_deliveries_tx(

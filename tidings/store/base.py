@@ -18,6 +18,16 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   returns the first result, marked ``duplicate``, and writes nothing.
 * **Isolation.**  Every method takes the app id and never reads or writes
   another app's rows.
+* **Aggregation.**  A notification with a ``group_key``, fanned out on
+  write, merges into the recipient's *unread*, unexpired entry of that key
+  when there is one: that entry moves to the recipient's next ``seq`` and
+  now points at the new notification (so the stream replays the update and
+  clients, which drop duplicates by id, show it), with the merged summary;
+  otherwise it opens a new group entry.  Feed items never aggregate.
+* **Scheduled notifications fire once.**  A publish with ``deliver_at`` only
+  stores it; ``fire_due`` claims each due one and publishes it in the same
+  transaction, so it fires exactly once however many nodes call
+  ``fire_due`` at the same time, and one cancelled first never fires.
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
@@ -62,6 +72,9 @@ class NewNotification:
     topic: str | None = None
     all: bool = False
     idempotency_key: str | None = None
+    group_key: str | None = None  # merge into the recipient's unread entry of this key
+    # set: store it, and publish it (created at this time) when fire_due reaches it
+    deliver_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -69,12 +82,13 @@ class Delivery:
     user: str
     epoch: str
     seq: int
+    group: bytes | None = None  # the user's group entry after the merge (JSON), if grouped
 
 
 @dataclass(slots=True)
 class PublishOutcome:
     id: str
-    status: str  # "accepted" | "duplicate"
+    status: str  # "accepted" | "duplicate" | "scheduled"; from fire_due also "expired"
     recipients: int
     muted: int = 0
     deliveries: list[Delivery] = field(default_factory=list)
@@ -102,6 +116,7 @@ class Entry:
     created_at: float
     seq: int | None = None
     feed: int | None = None
+    group: bytes | None = None  # a group entry's ``group`` object (JSON)
 
 
 @dataclass(slots=True)
@@ -115,6 +130,17 @@ class StoredNotification:
     feed_offset: int | None
     recipients: int
     stats: dict[str, int]
+
+
+@dataclass(slots=True)
+class ScheduledNotification:
+    id: str
+    body: bytes
+    due_at: float
+    expires_at: float | None
+    status: str  # "pending" | "sent" | "cancelled" | "expired" | "failed"
+    created_at: float  # when it was published
+    fired_at: float | None
 
 
 STATES = ("unseen", "seen", "read", "archived")
@@ -192,7 +218,40 @@ class Store(OutboundStore, abc.ABC):
 
     @abc.abstractmethod
     async def recipients_of(self, app_id: str, nid: str) -> list[str]:
-        """Users holding a personal inbox entry for ``nid``."""
+        """Users holding a personal inbox entry for ``nid`` (in a group
+        entry too, whether or not the entry shows it now)."""
+
+    # -- scheduled delivery ---------------------------------------------
+    @abc.abstractmethod
+    async def fire_due(
+        self, now: float, limit: int, *, fanout_threshold: int
+    ) -> list[tuple[str, PublishOutcome]]:
+        """Publish up to ``limit`` scheduled notifications due by ``now``,
+        oldest first: ``(app, outcome)`` each.  A claimed one whose expiry
+        passed is dropped instead (status ``expired``, nothing stored).
+        Exactly once across callers and nodes (module guarantees)."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """When the earliest pending scheduled notification is due."""
+
+    @abc.abstractmethod
+    async def get_scheduled(self, app_id: str, nid: str) -> ScheduledNotification | None: ...
+
+    @abc.abstractmethod
+    async def cancel_scheduled(self, app_id: str, nid: str) -> bool:
+        """Cancel ``nid`` if it is still pending; False when it is not (it
+        fired, was cancelled or dropped, or never was scheduled)."""
+
+    # -- group entries --------------------------------------------------
+    @abc.abstractmethod
+    async def group_members(
+        self, app_id: str, user: str, nid: str, *, limit: int, before: str | None, now: float
+    ) -> tuple[Entry, list[Entry]] | None:
+        """The user's live group entry holding notification ``nid`` (the
+        entry's current id or any member's), and its members newest first
+        (``before``: a member id), each with the entry's state.  None when
+        ``nid`` is in no such entry of the user."""
 
     # -- delivery tracking ----------------------------------------------
     async def record_delivery(

@@ -44,8 +44,10 @@ import asyncpg
 import msgspec
 from asyncpg import exceptions as pgerr
 
+from tidings.core.ids import id_floor
 from tidings.core.models import Preferences
 from tidings.errors import Unavailable
+from tidings.store import _postgres_groups as _groups
 from tidings.store import _postgres_sched as _sched
 from tidings.store import migrations
 from tidings.store._postgres_sql import (
@@ -57,6 +59,8 @@ from tidings.store._postgres_sql import (
     INBOX,
     NEW_STREAM,
     REPLAY,
+    SEQS_TOPIC,
+    SEQS_USERS,
     SET_STATE,
     SET_STATE_IDS,
     STATE_CODE,
@@ -341,7 +345,9 @@ class PostgresStore(PostgresOutbound, Store):
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         if item.idempotency_key is None:
-            return await self._call(_publish, app_id, item, fanout_threshold)
+            # a grouped fan-out is several statements (_postgres_groups.py)
+            grouped = item.group_key is not None and item.deliver_at is None
+            return await self._call(_publish, app_id, item, fanout_threshold, tx=grouped)
         return await self._call(
             _publish_once, app_id, item, fanout_threshold, window, tx=True
         )
@@ -361,9 +367,16 @@ class PostgresStore(PostgresOutbound, Store):
 
     async def delete_notification(self, app_id, nid) -> StoredNotification | None:
         async def delete(conn):
+            # Of two concurrent deletes only one gets past this lock and finds
+            # the row not deleted yet; it takes nid out of its groups first.
+            if not await conn.fetchval(
+                "SELECT true FROM notifications WHERE app_id = $1 AND id = $2 AND NOT deleted "
+                "FOR UPDATE", app_id, nid,
+            ):
+                return None
             old = await _get_notification(conn, app_id, nid)
-            # Of two concurrent deletes only one flips the flag and reports it.
-            if old is None or not await conn.fetchval(DELETE, app_id, nid):
+            await _groups.retract(conn, app_id, nid)
+            if not await conn.fetchval(DELETE, app_id, nid):
                 return None
             return old
 
@@ -371,9 +384,36 @@ class PostgresStore(PostgresOutbound, Store):
 
     async def recipients_of(self, app_id, nid) -> list[str]:
         rows = await self._fetch(
-            "SELECT user_id FROM inbox WHERE app_id = $1 AND nid = $2", app_id, nid
+            "SELECT user_id FROM inbox WHERE app_id = $1 AND nid = $2 "
+            "UNION SELECT user_id FROM group_members WHERE app_id = $1 AND nid = $2", app_id, nid
         )
         return [r[0] for r in rows]
+
+    # -- scheduled delivery ---------------------------------------------
+    async def fire_due(self, now, limit, *, fanout_threshold) -> list:
+        async def publish(conn, app_id, item):
+            return await _publish(conn, app_id, item, fanout_threshold)
+
+        fired = []
+        for _ in range(limit):  # one transaction each (_postgres_sched.fire_one)
+            one = await self._call(_sched.fire_one, now, publish, tx=True)
+            if one is None:
+                break
+            fired.append(one)
+        return fired
+
+    async def next_due(self) -> float | None:
+        return await self._call(_sched.next_due)
+
+    async def get_scheduled(self, app_id, nid):
+        return await self._call(_sched.get_scheduled, app_id, nid)
+
+    async def cancel_scheduled(self, app_id, nid) -> bool:
+        return await self._call(_sched.cancel, app_id, nid)
+
+    # -- group entries --------------------------------------------------
+    async def group_members(self, app_id, user, nid, *, limit, before, now):
+        return await self._call(_groups.members, app_id, user, nid, limit, before, now)
 
     # -- delivery tracking ----------------------------------------------
     async def record_deliveries(self, counts) -> None:
@@ -399,11 +439,11 @@ class PostgresStore(PostgresOutbound, Store):
         rows = await self._fetch(REPLAY, app_id, user, after_seq, after_feed, now, limit)
         personal: list[Entry] = []
         feed: list[Entry] = []
-        for is_feed, nid, body, state, created, pos in rows:
+        for is_feed, nid, body, state, created, pos, gid, grp in rows:
             if is_feed:
                 feed.append(Entry(nid, body, STATE_NAME[state], created, feed=pos))
             else:
-                personal.append(Entry(nid, body, STATE_NAME[state], created, seq=pos))
+                personal.append(_groups.personal_entry(nid, body, state, created, pos, gid, grp))
         return personal, feed
 
     async def inbox(self, app_id, user, *, limit, before, state, now) -> list[Entry]:
@@ -412,8 +452,8 @@ class PostgresStore(PostgresOutbound, Store):
             app_id, user, now, limit, before)
         entries = [
             Entry(nid, body, STATE_NAME[st], created, feed=pos) if is_feed
-            else Entry(nid, body, STATE_NAME[st], created, seq=pos)
-            for is_feed, nid, body, st, created, pos in await self._fetch(sql, *args)
+            else _groups.personal_entry(nid, body, st, created, pos, gid, grp)
+            for is_feed, nid, body, st, created, pos, gid, grp in await self._fetch(sql, *args)
         ]
         entries.sort(key=lambda e: e.id, reverse=True)
         return entries[:limit]
@@ -531,8 +571,13 @@ async def _execute(conn, sql, *args):
 
 
 async def _publish(conn, app_id: str, item: NewNotification, threshold: int) -> PublishOutcome:
+    if item.deliver_at is not None:
+        return await _sched.schedule(conn, app_id, item)
     if item.users is not None:
-        return await _fan_out(conn, FANOUT_USERS, app_id, item, list(dict.fromkeys(item.users)))
+        users = list(dict.fromkeys(item.users))
+        if item.group_key is not None:
+            return await _groups.fan_out(conn, SEQS_USERS, app_id, item, users)
+        return await _fan_out(conn, FANOUT_USERS, app_id, item, users)
     if item.topic is not None:
         # Counting stops past the threshold: a topic of a million costs the same.
         size = await conn.fetchval(
@@ -540,6 +585,8 @@ async def _publish(conn, app_id: str, item: NewNotification, threshold: int) -> 
             "LIMIT $3) AS capped", app_id, item.topic, threshold + 1,
         )
         if size <= threshold:
+            if item.group_key is not None:
+                return await _groups.fan_out(conn, SEQS_TOPIC, app_id, item, item.topic)
             return await _fan_out(conn, FANOUT_TOPIC, app_id, item, item.topic)
         audience = item.topic
     else:
@@ -592,14 +639,20 @@ async def _get_notification(conn, app_id: str, nid: str) -> StoredNotification |
     )
     if row is None:
         return None
-    table = "inbox" if row["feed_offset"] is None else "feed_state"
-    counts = await conn.fetch(
-        f"SELECT state, count(*) FROM {table} WHERE app_id = $1 AND nid = $2 GROUP BY state",
-        app_id, nid,
-    )
+    if row["feed_offset"] is None:
+        # plain entries of nid, and the group entries holding it
+        counts = await conn.fetch(
+            "SELECT state, count(*) FROM inbox WHERE app_id = $1 AND nid = $2 AND gid IS NULL "
+            "GROUP BY state", app_id, nid,
+        ) + await _groups.state_counts(conn, app_id, nid)
+    else:
+        counts = await conn.fetch(
+            "SELECT state, count(*) FROM feed_state WHERE app_id = $1 AND nid = $2 "
+            "GROUP BY state", app_id, nid,
+        )
     stats = dict.fromkeys(STATE_NAME, 0)
     for code, n in counts:
-        stats[STATE_NAME[code]] = n
+        stats[STATE_NAME[code]] += n
     return StoredNotification(*row, stats=stats)
 
 
@@ -639,6 +692,7 @@ async def _prune(conn, app_id: str | None, older_than: float) -> int:
             f"DELETE FROM {table} WHERE created_at < $1" + where, *args, timeout=SWEEP_TIMEOUT)
         if table != "idempotency":  # entries and feed items, as SQLite counts them
             n += _count(status)
+    await _sched.prune(conn, app_id, older_than, id_floor(int(older_than * 1000)), SWEEP_TIMEOUT)
     return n
 
 

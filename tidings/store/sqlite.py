@@ -26,8 +26,9 @@ from typing import Any
 
 import msgspec
 
-from tidings.core.ids import new_epoch
+from tidings.core.ids import id_floor, new_epoch
 from tidings.core.models import Preferences
+from tidings.store import _sqlite_groups as _groups
 from tidings.store import _sqlite_sched as _sched
 from tidings.store import migrations
 from tidings.store.base import (
@@ -343,10 +344,11 @@ class SQLiteStore(SQLiteOutbound, Store):
         if not row:
             return None
         if row[6] is None:
+            # plain entries of nid, and the group entries holding it
             rows = self._q(
-                "SELECT state, count(*) FROM inbox WHERE app_id=? AND nid=? GROUP BY state",
-                (app_id, nid),
-            )
+                "SELECT state, count(*) FROM inbox WHERE app_id=? AND nid=? AND gid IS NULL "
+                "GROUP BY state", (app_id, nid),
+            ) + _groups.state_counts(self._r, app_id, nid)
         else:
             rows = self._q(
                 "SELECT state, count(*) FROM feed_state WHERE app_id=? AND nid=? GROUP BY state",
@@ -354,7 +356,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             )
         stats = {name: 0 for name in STATE_NAME}
         for code, n in rows:
-            stats[STATE_NAME[code]] = n
+            stats[STATE_NAME[code]] += n
         return StoredNotification(*row, stats=stats)
 
     async def update_notification(self, app_id, nid, body) -> StoredNotification | None:
@@ -377,6 +379,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             conn.execute(
                 "UPDATE notifications SET deleted=1 WHERE app_id=? AND id=?", (app_id, nid)
             )
+            _groups.retract_tx(conn, app_id, nid)
             conn.execute("DELETE FROM inbox WHERE app_id=? AND nid=?", (app_id, nid))
             conn.execute("DELETE FROM feed_state WHERE app_id=? AND nid=?", (app_id, nid))
 
@@ -384,8 +387,32 @@ class SQLiteStore(SQLiteOutbound, Store):
         return old
 
     async def recipients_of(self, app_id, nid) -> list[str]:
-        rows = self._q("SELECT user_id FROM inbox WHERE app_id=? AND nid=?", (app_id, nid))
+        rows = self._q(
+            "SELECT user_id FROM inbox WHERE app_id=? AND nid=? "
+            "UNION SELECT user_id FROM group_members WHERE app_id=? AND nid=?",
+            (app_id, nid, app_id, nid),
+        )
         return [r[0] for r in rows]
+
+    # -- scheduled delivery ---------------------------------------------
+    async def fire_due(self, now, limit, *, fanout_threshold) -> list:
+        def publish(conn, app_id, item):
+            return _publish_tx(conn, app_id, item, fanout_threshold, 0.0)
+
+        return await self._write(_sched.fire_due_tx, now, limit, publish)
+
+    async def next_due(self) -> float | None:
+        return _sched.next_due(self._r)
+
+    async def get_scheduled(self, app_id, nid):
+        return _sched.get_scheduled(self._r, app_id, nid)
+
+    async def cancel_scheduled(self, app_id, nid) -> bool:
+        return await self._write(_sched.cancel_tx, app_id, nid)
+
+    # -- group entries --------------------------------------------------
+    async def group_members(self, app_id, user, nid, *, limit, before, now):
+        return _groups.members(self._r, app_id, user, nid, limit, before, now)
 
     # -- delivery tracking ----------------------------------------------
     async def record_deliveries(self, counts) -> None:
@@ -416,7 +443,7 @@ class SQLiteStore(SQLiteOutbound, Store):
 
     async def replay(self, app_id, user, after_seq, after_feed, limit, now):
         personal = self._q(
-            "SELECT n.id, n.body, i.state, n.created_at, i.seq FROM inbox i "
+            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp FROM inbox i "
             "JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
             "WHERE i.app_id=? AND i.user_id=? AND i.seq>? AND (i.expires_at IS NULL OR i.expires_at>?) "
             "ORDER BY i.seq LIMIT ?",
@@ -432,7 +459,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             (user, app_id, after_feed, now, user, limit),
         )
         return (
-            [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], seq=r[4]) for r in personal],
+            _groups.personal_entries(personal),
             [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed],
         )
 
@@ -441,7 +468,7 @@ class SQLiteStore(SQLiteOutbound, Store):
         bound = "" if before is None else " AND n.id < ?"
         args_b = () if before is None else (before,)
         personal = self._q(
-            "SELECT n.id, n.body, i.state, n.created_at, i.seq "
+            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp "
             "FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
             "WHERE i.app_id=? AND i.user_id=? AND (i.expires_at IS NULL OR i.expires_at>?) AND "
             + pred.replace("st", "i.state") + bound.replace("n.id", "i.nid")
@@ -459,7 +486,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             + " AND " + pred.replace("st", "coalesce(fs.state, 0)") + " ORDER BY n.id DESC LIMIT ?",
             (user, app_id, now, user, *args_b, limit),
         )
-        entries = [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], seq=r[4]) for r in personal]
+        entries = _groups.personal_entries(personal)
         entries += [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed]
         entries.sort(key=lambda e: e.id, reverse=True)
         return entries[:limit]
@@ -586,6 +613,10 @@ def _publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window
             return PublishOutcome(
                 first["id"], "duplicate", first["recipients"], first.get("muted", 0)
             )
+    if item.deliver_at is not None:
+        out = _sched.schedule_tx(conn, app_id, item)
+        _remember_key(conn, app_id, item, out)
+        return out
 
     users: list[str] | None = None
     audience: str | None = None
@@ -648,12 +679,20 @@ def _publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window
             ):
                 deliveries.append(Delivery(user, epoch, seq))
                 rows.append((app_id, user, seq, nid, created, expires))
-        conn.executemany(
-            "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
-            "VALUES (?,?,?,?,?,?)", rows,
-        )
+        if item.group_key is None:
+            conn.executemany(
+                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
+                "VALUES (?,?,?,?,?,?)", rows,
+            )
+        else:
+            _groups.insert_entries_tx(conn, app_id, item, rows, deliveries)
         out.recipients, out.muted = len(recipients), len(muted)
 
+    _remember_key(conn, app_id, item, out)
+    return out
+
+
+def _remember_key(conn, app_id: str, item: NewNotification, out: PublishOutcome) -> None:
     if item.idempotency_key is not None:
         conn.execute(
             "INSERT INTO idempotency(app_id, key, result, created_at) VALUES (?,?,?,?) "
@@ -663,7 +702,6 @@ def _publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window
              _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted}),
              item.created_at),
         )
-    return out
 
 
 def _set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int, now: float):
@@ -681,6 +719,8 @@ def _set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int
             (app_id, now, app_id, user),
         )]
     else:
+        # an older member's id marks the group entry that holds it now
+        ids = list(dict.fromkeys(ids + _groups.current_ids(conn, app_id, user, ids)))
         for part in _chunks(ids):
             marks = ",".join("?" * len(part))
             changed += [r[0] for r in conn.execute(
@@ -735,4 +775,5 @@ def _prune_tx(conn, app_id: str | None, older_than: float) -> int:
         "DELETE FROM notifications WHERE created_at<?" + where, (older_than, *args)
     ).rowcount
     conn.execute("DELETE FROM idempotency WHERE created_at<?" + where, (older_than, *args))
+    _sched.prune_tx(conn, app_id, older_than, id_floor(int(older_than * 1000)))
     return n

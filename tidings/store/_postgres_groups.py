@@ -1,0 +1,146 @@
+"""The PostgreSQL store's group entries (aggregation by ``group_key``).
+
+Each function runs on one pooled connection inside the caller's
+transaction (postgres.py).  The data layout is in tidings/store/_common.py.
+
+Why a grouped publish is several statements in one transaction, where a
+plain one is a single statement: the merge has to see the entry another
+node's publish to the same user committed a moment ago.  The first
+statement assigns the seqs, and with them takes every recipient's stream
+row lock (in the one lock order, see _postgres_sql.py); under READ
+COMMITTED each later statement takes a fresh snapshot, so the entries it
+reads are those of every earlier publish to these users, and no later one
+can interleave until this transaction commits.
+"""
+
+from __future__ import annotations
+
+from tidings.store._common import group_view, merge_group, new_group, rebuild_group
+from tidings.store.base import Delivery, Entry, NewNotification, PublishOutcome
+
+__all__ = ["fan_out", "members", "personal_entry", "retract", "state_counts"]
+
+STATE_NAME = ("unseen", "seen", "read", "archived")
+
+
+async def fan_out(conn, seqs_sql: str, app_id: str, item: NewNotification, target):
+    """A grouped write fan-out (``seqs_sql``: the fan-out statement without
+    its inbox insert).  Recipients with an unread, unexpired entry of the key
+    get it moved to their new seq, pointing at this notification, merged;
+    the others open a group entry."""
+    total, users, epochs, seqs = await conn.fetchrow(
+        seqs_sql, app_id, item.id, item.category, item.body, item.created_at, item.expires_at,
+        target,
+    )
+    if not users:
+        return PublishOutcome(item.id, "accepted", 0, muted=total, body=item.body)
+    key = item.group_key
+    open_entries = {
+        r[0]: (r[1], r[2], r[3]) for r in await conn.fetch(
+            "SELECT user_id, seq, gid, grp FROM inbox WHERE app_id = $1 AND group_key = $2 "
+            "AND user_id = ANY($3::text[]) AND state < 2 "
+            "AND (expires_at IS NULL OR expires_at > $4) ORDER BY user_id FOR UPDATE",
+            app_id, key, users, item.created_at,
+        )
+    }
+    fresh = new_group(item)
+    deliveries: list[Delivery] = []
+    gids: list[str] = []
+    grps: list[bytes] = []
+    moved_users: list[str] = []
+    moved_seqs: list[int] = []
+    for user, epoch, seq in zip(users, epochs, seqs):
+        hit = open_entries.get(user)
+        if hit is None:
+            gid, grp = item.id, fresh
+        else:
+            old_seq, gid, grp = hit
+            grp = merge_group(grp, item)
+            moved_users.append(user)
+            moved_seqs.append(old_seq)
+        gids.append(gid)
+        grps.append(grp)
+        deliveries.append(Delivery(user, epoch, seq, group_view(grp, gid)))
+    if moved_users:
+        await conn.execute(
+            "DELETE FROM inbox WHERE app_id = $1 AND (user_id, seq) IN "
+            "(SELECT * FROM unnest($2::text[], $3::bigint[]))", app_id, moved_users, moved_seqs,
+        )
+    await conn.execute(
+        "INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at, group_key, gid, "
+        "grp) SELECT $1, u, s, $2, $3, $4, $5, g, b "
+        "FROM unnest($6::text[], $7::bigint[], $8::text[], $9::bytea[]) AS t(u, s, g, b)",
+        app_id, item.id, item.created_at, item.expires_at, key, users, seqs, gids, grps,
+    )
+    await conn.execute(
+        "INSERT INTO group_members (app_id, user_id, nid, gid, created_at) "
+        "SELECT $1, u, $2, g, $3 FROM unnest($4::text[], $5::text[]) AS t(u, g)",
+        app_id, item.id, item.created_at, users, gids,
+    )
+    return PublishOutcome(item.id, "accepted", len(deliveries), muted=total - len(deliveries),
+                          deliveries=deliveries, body=item.body)
+
+
+async def retract(conn, app_id: str, nid: str) -> None:
+    """``nid`` is being retracted: take it out of every group entry holding
+    it (see the SQLite store's ``retract_tx``, which this mirrors)."""
+    held = await conn.fetch(
+        "DELETE FROM group_members WHERE app_id = $1 AND nid = $2 RETURNING user_id, gid",
+        app_id, nid,
+    )
+    for user, gid in sorted(held):
+        entry = await conn.fetchrow(
+            "SELECT seq, group_key FROM inbox WHERE app_id = $1 AND user_id = $2 AND gid = $3 "
+            "FOR UPDATE", app_id, user, gid,
+        )
+        if entry is None:
+            continue
+        rest = [tuple(r) for r in await conn.fetch(
+            "SELECT n.id, n.category, n.body FROM group_members m JOIN notifications n "
+            "ON n.app_id = m.app_id AND n.id = m.nid WHERE m.app_id = $1 AND m.user_id = $2 "
+            "AND m.gid = $3 AND NOT n.deleted AND n.id <> $4", app_id, user, gid, nid,
+        )]
+        grp = rebuild_group(entry["group_key"], rest)
+        if grp is None:
+            await conn.execute("DELETE FROM inbox WHERE app_id = $1 AND user_id = $2 AND seq = $3",
+                               app_id, user, entry["seq"])
+        else:
+            await conn.execute(
+                "UPDATE inbox SET nid = $4, grp = $5 WHERE app_id = $1 AND user_id = $2 "
+                "AND seq = $3", app_id, user, entry["seq"], max(r[0] for r in rest), grp,
+            )
+
+
+async def state_counts(conn, app_id: str, nid: str) -> list:
+    """(state, users) of the group entries holding ``nid``."""
+    return await conn.fetch(
+        "SELECT i.state, count(*) FROM group_members m JOIN inbox i ON i.app_id = m.app_id "
+        "AND i.user_id = m.user_id AND i.gid = m.gid WHERE m.app_id = $1 AND m.nid = $2 "
+        "GROUP BY i.state", app_id, nid,
+    )
+
+
+def personal_entry(nid, body, state, created, seq, gid, grp) -> Entry:
+    return Entry(nid, body, STATE_NAME[state], created, seq=seq,
+                 group=None if gid is None else group_view(grp, gid))
+
+
+async def members(conn, app_id: str, user: str, nid: str, limit: int, before: str | None,
+                  now: float) -> tuple[Entry, list[Entry]] | None:
+    head = await conn.fetchrow(
+        "SELECT i.nid, n.body, i.state, n.created_at, i.seq, i.gid, i.grp "
+        "FROM group_members m JOIN inbox i ON i.app_id = m.app_id AND i.user_id = m.user_id "
+        "AND i.gid = m.gid JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid "
+        "WHERE m.app_id = $1 AND m.user_id = $2 AND m.nid = $3 "
+        "AND (i.expires_at IS NULL OR i.expires_at > $4)", app_id, user, nid, now,
+    )
+    if head is None:
+        return None
+    entry = personal_entry(*head)
+    rows = await conn.fetch(
+        "SELECT n.id, n.body, n.created_at FROM group_members m JOIN notifications n "
+        "ON n.app_id = m.app_id AND n.id = m.nid WHERE m.app_id = $1 AND m.user_id = $2 "
+        "AND m.gid = $3 AND NOT n.deleted AND ($5::text IS NULL OR m.nid < $5) "
+        "ORDER BY m.nid DESC LIMIT $4", app_id, user, head["gid"], limit, before,
+    )
+    return entry, [Entry(r[0], r[1], entry.state, r[2]) for r in rows]
