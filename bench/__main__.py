@@ -160,7 +160,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "(they count as unanswered, at the time waited so far)")
     p.add_argument("--seed", type=int, default=1, help="which users are asked for")
     p.add_argument("--store", default=None,
-                   help="store URL for the server (default: the embedded SQLite file)")
+                   help="postgresql://USER@HOST:PORT/DB: load and measure there, in schema "
+                        "bench_inbox_<users>x<per_user> (default: the embedded SQLite file)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where loaded data sets are kept (default ~/.cache/tidings-bench)")
     p.add_argument("--rebuild", action="store_true", help="load the data set again")
@@ -236,7 +237,7 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
     if a.scenario == "inbox":
         from bench.inbox import prepare
         t0 = time.monotonic()
-        _, meta = prepare(a)  # loads the data set once (cached), outside every timed phase
+        meta = prepare(a).meta  # loads the data set once (cached), outside every timed phase
         print(f"[inbox data set] {meta['users']:,} users x {meta['per_user']} "
               f"({meta['rows']['inbox']:,} entries, {meta['db_bytes'] / 1e9:.2f} GB; loaded in "
               f"{meta['load_s']} s; ready in {time.monotonic() - t0:.1f} s)", flush=True)

@@ -32,7 +32,7 @@ import random
 import time
 from pathlib import Path
 
-from bench import hist, inboxdata, openloop
+from bench import hist, inboxdata, inboxpg, openloop
 from bench.httpclient import HttpClient
 from bench.measure import CpuMarks, ProcSampler, settle_rss
 from bench.profile import Profiler
@@ -43,12 +43,29 @@ PHASES = ("page", "counts")
 _runs = itertools.count()
 
 
-def _server(opts, folder: Path, meta: dict) -> TidingsServer:
-    env = {}
-    if opts.cache is not None:
-        env["TIDINGS_CACHE"] = "1" if opts.cache else "0"
-    return TidingsServer(cpu=opts.server_cpu, env=env, data_dir=str(folder),
-                         credentials=meta["credentials"])
+class DataSet:
+    """A loaded data set: SQLite (``folder`` holds tidings.db) or PostgreSQL (``store``)."""
+
+    def __init__(self, meta: dict, folder: Path | None = None, store: str | None = None):
+        self.meta, self.folder, self.store = meta, folder, store
+
+    def server(self, opts) -> TidingsServer:
+        env = {}
+        if opts.cache is not None:
+            env["TIDINGS_CACHE"] = "1" if opts.cache else "0"
+        return TidingsServer(cpu=opts.server_cpu, env=env,
+                             data_dir=str(self.folder) if self.folder else None,
+                             credentials=self.meta["credentials"], store=self.store)
+
+    def table_counts(self) -> dict[str, int]:
+        if self.store:
+            return inboxpg.table_counts(self.store)
+        return inboxdata.table_counts(self.folder / "tidings.db")
+
+    def remove_feed_items(self) -> int:
+        if self.store:
+            return inboxpg.remove_feed_items(self.store)
+        return inboxdata.remove_feed_items(self.folder / "tidings.db")
 
 
 def _check(phase: str, limit: int, per_user: int):
@@ -135,16 +152,22 @@ def _phase(srv: TidingsServer, sampler: ProcSampler, opts, phase: str, meta: dic
     }
 
 
-def prepare(opts) -> tuple[Path, dict]:
+def prepare(opts) -> DataSet:
+    if opts.store and opts.store.startswith(("postgresql://", "postgres://")):
+        store, meta = inboxpg.dataset(opts.store, opts.users, opts.per_user, opts.cache_dir,
+                                      opts.rebuild)
+        return DataSet(meta, store=store)
     if opts.store:
-        raise SystemExit("bench inbox --store: only the embedded SQLite store has a loader")
-    return inboxdata.dataset(opts.users, opts.per_user, opts.cache_dir, opts.rebuild)
+        raise SystemExit("bench inbox --store: postgresql://... or the embedded SQLite default")
+    folder, meta = inboxdata.dataset(opts.users, opts.per_user, opts.cache_dir, opts.rebuild)
+    return DataSet(meta, folder=folder)
 
 
 def run_once(opts, cpus, profile: Path | None = None) -> dict:
-    folder, meta = prepare(opts)
+    data = prepare(opts)
+    meta = data.meta
     rng = random.Random(opts.seed * 1000 + next(_runs))
-    with _server(opts, folder, meta) as srv:
+    with data.server(opts) as srv:
         sampler = ProcSampler(srv.pid)
         rss_start = settle_rss(sampler, 0.5)
         sampler.start()
@@ -160,7 +183,8 @@ def run_once(opts, cpus, profile: Path | None = None) -> dict:
         log_tail = srv.log_tail() if (out.get("page_errors") or out.get("counts_errors")) else ""
     record = {
         "users": meta["users"], "per_user": meta["per_user"], "entries": meta["rows"]["inbox"],
-        "store": opts.store or "sqlite", "rate": opts.rate, "duration": opts.duration,
+        "store": "postgresql" if data.store else "sqlite", "rate": opts.rate,
+        "duration": opts.duration,
         "warmup": opts.warmup, "pool": opts.pool, "limit": opts.limit, "cache": opts.cache,
         "db_gb": round(meta["db_bytes"] / 1e9, 2), "load_s": meta["load_s"],
         "errors": sum(out.get(f"{p}_{k}", 0) for p in PHASES
@@ -175,15 +199,16 @@ def run_once(opts, cpus, profile: Path | None = None) -> dict:
 
 def broadcast_write(opts) -> dict:
     """One broadcast on the loaded data set: what did the store write?"""
-    folder, meta = prepare(opts)
-    db = folder / "tidings.db"
-    wal = db.with_name(db.name + "-wal")
-    with _server(opts, folder, meta) as srv:
+    data = prepare(opts)
+    db = data.folder / "tidings.db" if data.folder else None
+    wal = db.with_name(db.name + "-wal") if db else None
+    with data.server(opts) as srv:
         sampler = ProcSampler(srv.pid)
         settle_rss(sampler, 0.5)
-        before = inboxdata.table_counts(db)
-        inboxdata.checkpoint(db)
-        wal0 = wal.stat().st_size if wal.exists() else 0
+        before = data.table_counts()
+        if db:
+            inboxdata.checkpoint(db)
+        wal0 = wal.stat().st_size if wal and wal.exists() else 0
 
         async def publish() -> tuple[int, bytes, float]:
             client = HttpClient(srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"})
@@ -200,17 +225,18 @@ def broadcast_write(opts) -> dict:
         cpu0 = sampler.cpu()
         status, body, seconds = asyncio.run(publish())
         cpu1 = sampler.cpu()
-        wal1 = wal.stat().st_size if wal.exists() else 0
-        after = inboxdata.table_counts(db)
-        page = _page_size(db)
-    removed = inboxdata.remove_feed_items(db)
+        wal1 = wal.stat().st_size if wal and wal.exists() else 0
+        after = data.table_counts()
+        page = _page_size(db) if db else 0
+    removed = data.remove_feed_items()
     added = {t: after[t] - before.get(t, 0) for t in after if after[t] != before.get(t, 0)}
     return {
         "users": before.get("streams"), "entries": before.get("inbox"), "status": status,
+        "store": "postgresql" if data.store else "sqlite",
         "response": json.loads(body) if status < 300 else body[:200].decode(errors="replace"),
         "rows_written": sum(added.values()), "rows_by_table": added,
         # a WAL frame is a 24-byte header and one page; the file starts with a 32-byte header
-        "wal_pages": max(wal1 - max(wal0, 32), 0) // (page + 24) if wal1 else None,
+        "wal_pages": max(wal1 - max(wal0, 32), 0) // (page + 24) if db and wal1 else None,
         "publish_ms": round(seconds * 1000, 2),
         "server_cpu_ms": round((cpu1 - cpu0) * 1000, 2), "removed_after": removed,
     }

@@ -19,9 +19,10 @@ with everyone else's as a live system would write them.  Rows go in
 primary-key order with the journal off and the secondary indexes dropped,
 then the indexes are rebuilt from the schema's own statements and the file
 is put back in WAL mode: about 1 µs per row instead of the API's ~20 µs per
-recipient.  The result is cached (``--cache-dir``, keyed by size and by a
-hash of the schema scripts) and reused by later runs; a run never writes to it
-except the ``broadcast_write`` check, which removes what it added.
+recipient.  The result is cached (``--cache-dir``, keyed by size) and reused
+by later runs, brought to the code's schema by the store's own migrations; a
+run never writes to it except the ``broadcast_write`` check, which removes
+what it added.
 """
 
 from __future__ import annotations
@@ -64,33 +65,42 @@ def default_cache_dir() -> Path:
     return Path(base) / "tidings-bench"
 
 
-def schema_hash() -> str:
-    """Of the schema scripts of the code the server runs (a --code tree or the working tree)."""
-    out = subprocess.run(
-        [*python_cmd(), "-c",
-         "import hashlib, importlib.resources as r; h = hashlib.sha256(); "
-         "[h.update(p.read_bytes()) for p in sorted(r.files('tidings.store').joinpath('sql')"
-         ".iterdir(), key=lambda p: p.name) if p.name.startswith('sqlite')]; "
-         "print(h.hexdigest()[:12])"],
-        capture_output=True, text=True, env=code_env(), check=True, timeout=60)
-    return out.stdout.strip()
-
-
 def dataset(users: int, per_user: int, cache_dir: Path | None = None,
             rebuild: bool = False) -> tuple[Path, dict]:
-    """The data directory of a loaded set and its metadata (credentials, timings)."""
+    """The data directory of a loaded set and its metadata (credentials, timings).
+
+    A cached set made by older code is reused: the store's own migrations
+    bring it forward first (``tidings.store.sqlite.migrate``), as they would
+    bring forward an operator's file.
+    """
     cache_dir = cache_dir or default_cache_dir()
-    folder = cache_dir / f"inbox-{users}x{per_user}-{schema_hash()}"
+    folder = cache_dir / f"inbox-{users}x{per_user}"
+    if not folder.exists():  # sets cached before the folder name lost its schema hash
+        older = sorted(cache_dir.glob(f"inbox-{users}x{per_user}-*/bench-dataset.json"))
+        if older:
+            folder = older[-1].parent
     meta_path = folder / "bench-dataset.json"
     if meta_path.exists() and not rebuild:
         meta = json.loads(meta_path.read_text())
         if time.time() - meta["loaded_at"] < MAX_AGE_S:
+            migrate(folder)
             return folder, meta
+    shutil.rmtree(folder, ignore_errors=True)
+    folder = cache_dir / f"inbox-{users}x{per_user}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     meta = load(folder, users, per_user)
+    meta_path = folder / "bench-dataset.json"
     meta_path.write_text(json.dumps(meta))
     return folder, meta
+
+
+def migrate(folder: Path) -> None:
+    """Apply the code's pending SQLite migrations to the set (a no-op when current)."""
+    subprocess.run(
+        [*python_cmd(), "-c", "import sys; from tidings.store.sqlite import migrate; "
+         "migrate(sys.argv[1])", str(folder / "tidings.db")],
+        check=True, capture_output=True, timeout=1800, env=code_env())
 
 
 def load(folder: Path, users: int, per_user: int) -> dict:
@@ -112,6 +122,70 @@ def load(folder: Path, users: int, per_user: int) -> dict:
             "db_bytes": db.stat().st_size}
 
 
+class Rows:
+    """The data set's rows, generated in chunks (the same for SQLite and PostgreSQL)."""
+
+    def __init__(self, app: str, users: int, per_user: int):
+        n = users * per_user
+        if n >= 2**30:
+            raise ValueError("at most 2**30 inbox entries")
+        self.app, self.users, self.per_user, self.n = app, users, per_user, n
+        self.base = time.time() - SPAN_S - 3600
+        self.step = SPAN_S / n
+        self._iso: dict[int, str] = {}
+
+    def when(self, j: int) -> float:
+        return self.base + j * self.step
+
+    def nid(self, j: int) -> str:
+        return notification_id(int(self.when(j) * 1000), j)
+
+    def iso(self, ts: float) -> str:
+        sec = int(ts)
+        text = self._iso.get(sec)
+        if text is None:
+            self._iso.clear()
+            text = dt.datetime.fromtimestamp(sec).astimezone().isoformat(timespec="seconds")
+            self._iso[sec] = text
+        return text
+
+    def notifications(self):
+        """Chunks of (app_id, id, category, body, recipients, created_at), in
+        primary-key order."""
+        for start in range(0, self.n, CHUNK):
+            rows = []
+            for j in range(start, min(start + CHUNK, self.n)):
+                ts = self.when(j)
+                i = self.nid(j)
+                body = (
+                    f'{{"id":"{i}","category":"social","created_at":"{self.iso(ts)}",'
+                    f'"title":"user_{j % 997} replied to your comment",'
+                    '"body":"Nice write-up, thanks for sharing it with everyone here",'
+                    f'"url":"/posts/{j // 7}#c{j}"}}'
+                ).encode()
+                rows.append((self.app, i, "social", body, 1, ts))
+            yield rows
+
+    def inbox(self):
+        """Chunks of (app_id, user_id, seq, nid, state, created_at), in primary-key order:
+        user u's seq s is notification (s - 1) * users + u; the newest 3 are unseen,
+        the 3 before seen, the rest read."""
+        users, per_user = self.users, self.per_user
+        read_upto, seen_upto = per_user - 6, per_user - 3
+        rows = []
+        for u in range(users):
+            uid = user_id(u)
+            for s in range(1, per_user + 1):
+                j = (s - 1) * users + u
+                state = 2 if s <= read_upto else 1 if s <= seen_upto else 0
+                rows.append((self.app, uid, s, self.nid(j), state, self.when(j)))
+            if len(rows) >= CHUNK:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+
+
 def _fill(conn: sqlite3.Connection, app: str, users: int, per_user: int) -> dict:
     conn.execute("PRAGMA journal_mode=DELETE")  # leave WAL: one writer, no readers now
     conn.execute("PRAGMA journal_mode=OFF")
@@ -124,71 +198,24 @@ def _fill(conn: sqlite3.Connection, app: str, users: int, per_user: int) -> dict
         "AND tbl_name IN ('notifications', 'inbox', 'streams')").fetchall()
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
+    rows = Rows(app, users, per_user)
 
-    n = users * per_user
-    if n >= 2**30:
-        raise ValueError("at most 2**30 inbox entries")
-    now = time.time()
-    base = now - SPAN_S - 3600
-    step = SPAN_S / n
-    iso_cache: dict[int, str] = {}
-
-    def iso(ts: float) -> str:
-        sec = int(ts)
-        text = iso_cache.get(sec)
-        if text is None:
-            iso_cache.clear()
-            text = dt.datetime.fromtimestamp(sec).astimezone().isoformat(timespec="seconds")
-            iso_cache[sec] = text
-        return text
-
-    def when(j: int) -> float:
-        return base + j * step
-
-    def nid(j: int) -> str:
-        return notification_id(int(when(j) * 1000), j)
-
-    with bar(n, "notifications", unit="row") as progress:
+    with bar(rows.n, "notifications", unit="row") as progress:
         conn.execute("BEGIN")
-        for start in range(0, n, CHUNK):
-            rows = []
-            for j in range(start, min(start + CHUNK, n)):
-                ts = when(j)
-                i = nid(j)
-                body = (
-                    f'{{"id":"{i}","category":"social","created_at":"{iso(ts)}",'
-                    f'"title":"user_{j % 997} replied to your comment",'
-                    '"body":"Nice write-up, thanks for sharing it with everyone here",'
-                    f'"url":"/posts/{j // 7}#c{j}"}}'
-                ).encode()
-                rows.append((app, i, "social", body, ts))
+        for chunk in rows.notifications():
             conn.executemany(
                 "INSERT INTO notifications(app_id, id, category, body, recipients, created_at) "
-                "VALUES (?,?,?,?,1,?)", rows)
-            progress.update(len(rows))
+                "VALUES (?,?,?,?,?,?)", chunk)
+            progress.update(len(chunk))
         conn.execute("COMMIT")
 
-    read_upto, seen_upto = per_user - 6, per_user - 3
-    with bar(n, "inbox", unit="row") as progress:
+    with bar(rows.n, "inbox", unit="row") as progress:
         conn.execute("BEGIN")
-        rows = []
-        for u in range(users):
-            uid = user_id(u)
-            for s in range(1, per_user + 1):
-                j = (s - 1) * users + u
-                state = 2 if s <= read_upto else 1 if s <= seen_upto else 0
-                rows.append((app, uid, s, nid(j), state, when(j)))
-            if len(rows) >= CHUNK:
-                conn.executemany(
-                    "INSERT INTO inbox(app_id, user_id, seq, nid, state, created_at) "
-                    "VALUES (?,?,?,?,?,?)", rows)
-                progress.update(len(rows))
-                rows = []
-        if rows:
+        for chunk in rows.inbox():
             conn.executemany(
                 "INSERT INTO inbox(app_id, user_id, seq, nid, state, created_at) "
-                "VALUES (?,?,?,?,?,?)", rows)
-            progress.update(len(rows))
+                "VALUES (?,?,?,?,?,?)", chunk)
+            progress.update(len(chunk))
         conn.execute(
             "INSERT INTO streams(app_id, user_id, epoch, head_seq) "
             "SELECT ?, user_id, lower(hex(randomblob(4))), max(seq) FROM inbox "

@@ -46,7 +46,7 @@ def test_tiny_run_loses_nothing(tmp_path, scenario):
     assert (tmp_path / "report.md").exists()
 
 
-def _run_bench(tmp_path, *args: str, timeout: float = 50) -> list[dict]:
+def _run_bench(tmp_path, *args: str, timeout: float = 110) -> list[dict]:
     cmd = [sys.executable, "-m", "bench", *args, "--runs", "1", "--server-cpu", "",
            "--loadgen-cpu", "", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
@@ -55,6 +55,7 @@ def _run_bench(tmp_path, *args: str, timeout: float = 50) -> list[dict]:
     return [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.timeout(120)  # two server starts on a busy CI machine
 def test_tiny_latency_run_times_every_notification(tmp_path):
     pytest.importorskip("hdrh", reason="hdrhistogram (test/bench extra) is not installed")
     (record,) = _run_bench(tmp_path, "latency", "--conns", "20", "--rate", "50",
@@ -74,6 +75,7 @@ def test_tiny_latency_run_times_every_notification(tmp_path):
         assert "(latency-percentiles.png)" in report
 
 
+@pytest.mark.timeout(120)  # two server starts on a busy CI machine
 def test_tiny_inbox_run_and_broadcast_is_one_write(tmp_path):
     pytest.importorskip("hdrh", reason="hdrhistogram (test/bench extra) is not installed")
     records = _run_bench(tmp_path, "inbox", "--users", "200", "--per-user", "5",
@@ -91,3 +93,21 @@ def test_tiny_inbox_run_and_broadcast_is_one_write(tmp_path):
     assert check["rows_written"] <= 2 and "inbox" not in check["rows_by_table"]
     assert check["removed_after"] == 1
     assert "## inbox" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.timeout(120)  # two server starts on a busy CI machine
+def test_tiny_inbox_run_on_postgresql(tmp_path):
+    pytest.importorskip("hdrh", reason="hdrhistogram (test/bench extra) is not installed")
+    from tests.services import require_postgres
+
+    url = require_postgres()
+    records = _run_bench(tmp_path, "inbox", "--store", url, "--users", "200", "--per-user", "5",
+                         "--rate", "50", "--duration", "1", "--warmup", "0.2", "--probe", "3",
+                         "--pool", "2", "--cache-dir", str(tmp_path / "data"))
+    run, check = records
+    assert run["store"] == "postgresql" and run["entries"] == 1000
+    assert run["errors"] == 0, run
+    assert run["page_count"] == run["counts_count"] == 50
+    assert check["store"] == "postgresql" and check["status"] == 202
+    assert check["rows_by_table"]["notifications"] == 1 and "inbox" not in check["rows_by_table"]
+    assert check["removed_after"] == 1
