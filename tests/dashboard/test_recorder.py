@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tidings.core.stats import LATENCY_BUCKETS, Stats
-from tidings.dashboard.recorder import Recorder
+from tidings.dashboard.recorder import TOPIC_WINDOW, Recorder
 
 
 class _Hub:
@@ -83,3 +83,18 @@ async def test_next_sample_wakes_every_waiter_once():
     await asyncio.wait_for(other, 1)
     with pytest.raises(asyncio.CancelledError):
         await late
+
+
+def test_the_topic_window_is_a_running_sum_of_the_last_minute():
+    hub = _Hub()
+    rec, clock = _recorder(hub)
+    for second in range(TOPIC_WINDOW + 5):
+        hub.metrics.published("a", "accepted", 1, "busy")
+        if second == 0:
+            hub.metrics.published("a", "accepted", 1, "once")
+        clock.t += 1.0
+        rec.sample()
+        expected = {("a", "busy"): min(second + 1, TOPIC_WINDOW)}
+        if second < TOPIC_WINDOW:
+            expected[("a", "once")] = 1
+        assert rec.topics_window == expected, second

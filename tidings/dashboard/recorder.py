@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 HISTORY_SECONDS = 300
+TOPIC_WINDOW = 60  # seconds summed in ``topics_window`` (the dashboard's top topics)
 
 
 @dataclass(slots=True)
@@ -54,6 +55,9 @@ class Recorder:
         self.hub = hub
         self.points: deque[Point] = deque(maxlen=history)
         self.tick = 0  # number of samples taken; a cache key for "this second"
+        # publishes per (app, topic) over the last TOPIC_WINDOW samples, kept as a
+        # running sum so that reading it never walks the window
+        self.topics_window: dict[tuple[str, str], int] = {}
         self._seen: dict[str, _Seen] = {}
         self._clock = clock
         self._monotonic = monotonic
@@ -93,6 +97,16 @@ class Recorder:
             if p.published or p.delivered or p.errors or p.latency or p.connections:
                 point.apps[app] = p
         self.points.append(point)
+        window = self.topics_window
+        for key, n in point.topics.items():
+            window[key] = window.get(key, 0) + n
+        if len(self.points) > TOPIC_WINDOW:
+            for key, n in self.points[-TOPIC_WINDOW - 1].topics.items():
+                left = window[key] - n
+                if left:
+                    window[key] = left
+                else:
+                    del window[key]
         self.tick += 1
         waiters, self._waiters = self._waiters, None
         if waiters is not None and not waiters.done():

@@ -26,7 +26,7 @@ from tidings.dashboard.recorder import Point, Recorder
 
 TOP = 10
 RECENT = 20
-WINDOW = 60  # seconds behind "top topics" and per-app error counts
+WINDOW = 60  # seconds behind the per-app error counts (top topics: recorder.TOPIC_WINDOW)
 SHORT = 10  # seconds behind the per-app rates and the latency tiles
 _encode = msgspec.json.encode
 log = logging.getLogger("tidings.dashboard")
@@ -166,11 +166,9 @@ class Views:
                                  -r["connections"], r["app"]))
 
         # topics: publishes over the last minute, and streams following them
-        topic_pubs: dict[tuple[str, str], int] = {}
-        for point in window:
-            for key, n in point.topics.items():
-                if _in(scope, key[0]):
-                    topic_pubs[key] = topic_pubs.get(key, 0) + n
+        topic_pubs = self.recorder.topics_window
+        if scope != "*":
+            topic_pubs = {k: n for k, n in topic_pubs.items() if k[0] == scope}
         followed = sorted(((len(s), key) for key, s in hub.topics.items() if _in(scope, key[0])),
                           reverse=True)[:TOP]
         candidates = set(topic_pubs) | {key for _, key in followed}
