@@ -21,8 +21,8 @@ from tidings.core import auth
 
 @pytest.mark.timeout(120)
 async def test_workers_share_a_port_and_deliver_across_processes(tmp_path):
-    redis_url = require_redis()
     port = _free_port()
+    redis_url = f"{require_redis()}?prefix=tidings-test-workers-{port}"
     node = f"workers-{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidings", "serve", "--data", str(tmp_path / "data"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,7 +53,7 @@ def serve(host, port, data, store, broker, workers, node, cache, allowed_origins
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
     import uvicorn
 
-    from tidings.api.app import SETTINGS_ENV, create_app
+    from tidings.api.app import create_app
 
     settings = _settings(host=host, port=port, data=data, store=store, broker=broker,
                          node=node, cache=cache, allowed_origins=allowed_origins or None)
@@ -105,11 +104,16 @@ def serve(host, port, data, store, broker, workers, node, cache, allowed_origins
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
-    # Worker processes are spawned and rebuild the app from the settings in
-    # the environment; uvicorn's supervisor shares the listening socket and
-    # restarts a worker that dies.
-    os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
-    uvicorn.run("tidings.api.app:app_from_env", factory=True, workers=workers, **options)
+    # Worker processes are spawned, rebuild the app from the settings and
+    # listen on the port with SO_REUSEPORT (tidings/workers.py says why).
+    from tidings import workers as supervisor
+
+    try:
+        supervisor.check_reuseport(settings.host, settings.port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {base}: {exc.strerror}") from None
+    options["loop"] = "uvloop"
+    supervisor.supervise(workers, msgspec.json.encode(settings).decode(), options)
 
 
 def _redact(url: str) -> str:
@@ -169,6 +173,25 @@ def token(app_id, user, ttl, data, store) -> None:
         click.echo(bootstrap.mint_token(_settings(data=data, store=store), app_id, user, ttl))
     except TidingsError as exc:
         raise click.ClickException(exc.message) from None
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def vapid(as_json) -> None:
+    """Generate a VAPID key pair for Web Push (docs/channels.md#web-push).
+
+    Prints the settings that turn Web Push on; the private key is a secret."""
+    from tidings.channels.webpush import generate_vapid_keys
+
+    keys = generate_vapid_keys()
+    if as_json:
+        click.echo(json.dumps({"private_key": keys.private_key, "public_key": keys.public_key}))
+        return
+    click.echo("# Web Push settings; the subject is a contact address for push services")
+    click.echo(f"TIDINGS_PUSH_VAPID_PRIVATE_KEY={keys.private_key}")
+    click.echo("TIDINGS_PUSH_VAPID_SUBJECT=mailto:ops@example.com")
+    click.echo("# the public key browsers subscribe with (GET /v1/push/vapid-public-key):")
+    click.echo(f"# {keys.public_key}")
 
 
 @main.command()

@@ -77,6 +77,10 @@ def make_cluster(pg_url, tmp_path):
     require_haproxy()
     started: list[Cluster] = []
 
+    # a key prefix of its own: parallel runs on the shared Redis never see
+    # each other's channels or node registry
+    redis_url = f"{redis_url}?prefix=tidings-test-{secrets.token_hex(5)}"
+
     def make(nodes: int = 2, **kw) -> Cluster:
         cluster = Cluster(pg_url, redis_url, nodes=nodes, base_port=_port_block(nodes + 1),
                           workdir=tmp_path / f"cluster{len(started)}", **kw)

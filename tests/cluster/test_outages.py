@@ -75,7 +75,7 @@ def _via(url: str, port: int) -> str:
 async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, tmp_path):
     from scripts.cluster import Cluster
 
-    redis_url = require_redis()
+    redis_url = require_redis() + "?prefix=tidings-test-outage-" + str(_port_block(1))
     require_haproxy()
     target = urlsplit(pg_url)
     base = _port_block(3)

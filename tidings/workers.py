@@ -1,0 +1,88 @@
+"""``tidings serve --workers N``: N worker processes on one port.
+
+Each worker opens its own listening socket with ``SO_REUSEPORT``, so the
+kernel spreads new connections evenly over the workers.  With one shared
+socket (uvicorn's own multi-worker mode) whichever worker wakes first takes
+the connection, and a test saw one worker take all 40 of 40 streams: for
+long-lived WebSockets that imbalance never corrects itself, and one worker
+would hit the per-process file-descriptor limit long before the others.
+
+The supervisor here only starts workers, restarts one that dies, and passes
+SIGTERM / SIGINT on, so that each worker drains (tidings/api/app.py) and
+exits.  Workers are spawned, not forked: they share nothing with the parent
+but the settings, passed as JSON in the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+
+log = logging.getLogger("tidings")
+
+RESTART_DELAY = 1.0  # seconds before replacing a worker that died
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(settings_json: str, options: dict) -> None:
+    """One worker process: its own socket on the shared port, one uvicorn server."""
+    import uvicorn
+
+    from tidings.api.app import SETTINGS_ENV
+
+    os.environ[SETTINGS_ENV] = settings_json
+    sock = _listen(options["host"], options["port"], options.get("backlog", 2048))
+    config = uvicorn.Config("tidings.api.app:app_from_env", factory=True, **options)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def check_reuseport(host: str, port: int) -> None:
+    """Fail early, in the parent, if the port is taken or SO_REUSEPORT is missing."""
+    probe = _listen(host, port, 1)
+    probe.close()
+
+
+def supervise(workers: int, settings_json: str, options: dict) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.Process:
+        proc = ctx.Process(target=_worker, args=(settings_json, options), daemon=False)
+        proc.start()
+        return proc
+
+    def on_signal(sig, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)  # each drains, then exits
+
+    procs = [start() for _ in range(workers)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping:
+        time.sleep(0.5)
+        for i, proc in enumerate(procs):
+            if not proc.is_alive() and not stopping:
+                log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                time.sleep(RESTART_DELAY)
+                procs[i] = start()
+    for proc in procs:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
