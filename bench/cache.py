@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import time
 
 import asyncpg
@@ -152,14 +153,20 @@ async def _one_run(opts, cache: bool, schema: str) -> dict:
     return out
 
 
-def run(opts) -> list[dict]:
-    """Alternate the modes run by run, so drift on the machine hits both."""
-    records = []
-    for r in range(opts.runs):
-        for cache in (True, False):
-            rec = asyncio.run(_one_run(opts, cache, f"bench_cache_{r}_{int(cache)}"))
-            rec.update(run=r, users=opts.users, fill=opts.fill, requests=opts.requests)
-            records.append(rec)
-            print(json.dumps({k: rec[k] for k in rec if k.endswith(("p50_ms", "p99_ms",
-                  "cpu_us")) or k in ("cache", "run")}), flush=True)
-    return records
+def run_once(opts, cpus, cache: bool) -> dict:
+    """One run in one mode, on a fresh schema (dropped after)."""
+    schema = f"bench_cache_{secrets.token_hex(4)}"
+    try:
+        rec = asyncio.run(_one_run(opts, cache, schema))
+    finally:
+        asyncio.run(_drop_schema(opts.store, schema))
+    rec.update(users=opts.users, fill=opts.fill, requests=opts.requests)
+    return rec
+
+
+async def _drop_schema(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()

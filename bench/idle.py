@@ -16,7 +16,12 @@ from bench.wsload import LoadGen
 
 
 def run_once(opts, cpus) -> dict:
-    with TidingsServer(cpu=opts.server_cpu) as srv:
+    # --workers N --broker URL: 100k connections need several processes
+    # (20,000 descriptors each here); RSS is summed over the whole tree.
+    args = []
+    if getattr(opts, "workers", 1) > 1:
+        args = ["--workers", str(opts.workers), "--broker", opts.broker]
+    with TidingsServer(cpu=opts.server_cpu, args=args) as srv:
         tokens = srv.tokens([f"u{i:06d}" for i in range(opts.conns)])
         sampler = ProcSampler(srv.pid)
         rss_before = settle_rss(sampler, 1.0)
@@ -38,7 +43,7 @@ def run_once(opts, cpus) -> dict:
     out = {
         "conns_requested": opts.conns, "connected": still["connected"],
         "connect_errors": ready["connect_errors"], "error_sample": ready["errors_sample"],
-        "procs": opts.procs, "sources": opts.sources,
+        "procs": opts.procs, "sources": opts.sources, "workers": getattr(opts, "workers", 1),
         "kib_per_conn": round((rss_connected - rss_before) / n / 1024, 2),
         "rss_before_mb": round(rss_before / 2**20, 1),
         "rss_connected_mb": round(rss_connected / 2**20, 1),

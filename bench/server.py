@@ -102,7 +102,8 @@ class TidingsServer:
     def __init__(self, *, cpu: str | None = "0", env: dict[str, str] | None = None,
                  host: str = "127.0.0.1", port: int | None = None,
                  prefix: list[str] | None = None, data_dir: str | None = None,
-                 credentials: dict[str, str] | None = None, store: str | None = None):
+                 credentials: dict[str, str] | None = None, store: str | None = None,
+                 args: list[str] | None = None):
         self.cpu = cpu
         self.env = env or {}
         self.host = host
@@ -116,6 +117,7 @@ class TidingsServer:
         # {"app", "api_key", "signing_secret"} as `tidings app create --json` printed it.
         self.credentials = credentials
         self.store = store  # --store URL; None = the SQLite file under data_dir
+        self.args = args or []  # more `tidings serve` flags, e.g. --workers 8 --broker URL
         self.log_path = os.path.join(self.data_dir, "server.log")
 
     # -- set-up -----------------------------------------------------------------
@@ -150,7 +152,8 @@ class TidingsServer:
         if self.cpu:
             cmd += ["taskset", "-c", self.cpu]
         cmd += [*tidings_cmd(), "serve", "--data", self.data_dir, "--host", self.host,
-                "--port", str(self.port), "--log-level", "warning", *self._store_args()]
+                "--port", str(self.port), "--log-level", "warning", *self._store_args(),
+                *self.args]
         env = {**code_env(), **self.env}
         with open(self.log_path, "wb") as log:
             # taskset and ip netns exec both exec: the PID is the server's own.
