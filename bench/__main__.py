@@ -23,7 +23,8 @@ KEY_FIGURES = {
     "latency": ["lat_p50_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
                 "server_cpu_us_per_delivery", "publish_rate", "lost", "pub_errors"],
     "inbox": ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
-              "page_server_cpu_us", "counts_server_cpu_us", "errors"],
+              "page_unloaded_p50_ms", "counts_unloaded_p50_ms", "page_server_cpu_us",
+              "counts_server_cpu_us", "page_unloaded_server_cpu_us", "errors"],
 }
 
 

@@ -108,18 +108,37 @@ async def _probe(srv: TidingsServer, path: str, auth: list[dict], budget_s: floa
     return h
 
 
+def quiesce(sampler: ProcSampler, max_s: float, busy: float = 0.1) -> float:
+    """Wait until the server is idle (under ``busy`` of a core over 0.5 s), at most
+    ``max_s``: requests a client gave up on are still being answered, and the next
+    phase must not queue behind them.  Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        c0 = sampler.cpu()
+        time.sleep(0.5)
+        if sampler.cpu() - c0 < busy * 0.5:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
 def _phase(srv: TidingsServer, sampler: ProcSampler, opts, phase: str, meta: dict,
            rng: random.Random) -> dict:
     n = int(opts.rate * (opts.warmup + opts.duration)) + 1
     users = [inboxdata.user_id(rng.randrange(meta["users"])) for _ in range(n + opts.probe)]
     auth = [{"Authorization": f"Bearer {srv.token(u)}"} for u in users]
     path = f"/v1/me/notifications?limit={opts.limit}" if phase == "page" else "/v1/me/counts"
-    unloaded = {}
+    unloaded = {f"{phase}_quiesce_s": quiesce(sampler, opts.timeout)}
     if opts.probe:
+        marks = CpuMarks(sampler, [])
+        before = marks.read()
         h = asyncio.run(_probe(srv, path, auth[n:], opts.probe_budget))
+        cpu = CpuMarks.delta(before, marks.read())
         unloaded = {f"{phase}_unloaded_{k.split('_', 1)[1]}": v
                     for k, v in hist.summary(h, "u").items()
                     if k.endswith(("p50_ms", "max_ms", "count"))}
+        # one request at a time: CPU per request without any queueing
+        unloaded[f"{phase}_unloaded_server_cpu_us"] = round(
+            cpu["server_cpu_s"] / max(h.get_total_count(), 1) * 1e6, 1)
 
     def build(i: int, intended: int):
         return "GET", path, b"", auth[i]
@@ -136,11 +155,12 @@ def _phase(srv: TidingsServer, sampler: ProcSampler, opts, phase: str, meta: dic
             on_response=check, tick=clock.to, drain_s=opts.drain))
     mark0.join()
     cpu = CpuMarks.delta(marks.marks[0], marks.read())
-    done = max(res.ok_in_window, 1)
+    done = res.ok_in_window
     return {
         **hist.summary(res.latency, phase), **unloaded,
         f"{phase}_unanswered": res.unanswered,
-        f"{phase}_server_cpu_us": round(cpu["server_cpu_s"] / done * 1e6, 1),
+        # None when nothing was answered in the window (then see *_unloaded_server_cpu_us)
+        f"{phase}_server_cpu_us": round(cpu["server_cpu_s"] / done * 1e6, 1) if done else None,
         f"{phase}_rate": round(res.ok_in_window / opts.duration, 1),
         f"{phase}_server_busy": round(cpu["server_cpu_s"] / max(cpu["wall_s"], 1e-9), 3),
         f"{phase}_errors": res.errors, f"{phase}_bad": bad[0],

@@ -39,8 +39,9 @@ COLUMNS["latency"] = ["lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_p99_9_ms", 
                       "publish_rate", "lost", "ack_p99_ms", "send_lag_p99_ms", "other_cpu_s"]
 COLUMNS["inbox"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
                     "page_unloaded_p50_ms", "counts_unloaded_p50_ms", "page_server_cpu_us",
-                    "counts_server_cpu_us", "page_rate", "counts_rate", "page_unanswered",
-                    "counts_unanswered", "errors"]
+                    "counts_server_cpu_us", "page_unloaded_server_cpu_us",
+                    "counts_unloaded_server_cpu_us", "page_rate", "counts_rate",
+                    "page_unanswered", "counts_unanswered", "errors"]
 
 CONFIG = {
     "fanout": ["subs", "msgs", "size", "pub_concurrency", "fanout_threshold"],
