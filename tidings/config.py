@@ -78,7 +78,7 @@ class EmailConfig(msgspec.Struct, frozen=True):
     subject_prefix: str = ""  # e.g. "[Acme] "
 
 
-class Outbound(msgspec.Struct, frozen=True):
+class OutboundConfig(msgspec.Struct, frozen=True):
     """How this node drives the outbound channels (docs/channels.md)."""
 
     worker: bool = True  # run the delivery worker on this node
@@ -119,7 +119,7 @@ class Settings(msgspec.Struct):
     # (a token bucket: ``key_burst`` at once).  0 turns the limit off.
     key_rate: float = 1000.0
     key_burst: int = 2000
-    outbound: Outbound = Outbound()
+    outbound: OutboundConfig = OutboundConfig()
     webhook: WebhookConfig | None = WebhookConfig()  # None: no webhook jobs
     push: WebPushConfig | None = None  # None (no VAPID key): no push jobs
     email: EmailConfig | None = None  # None (no SMTP server): no e-mail jobs
@@ -153,7 +153,7 @@ def from_env(**overrides) -> Settings:
     return msgspec.convert(raw, Settings, strict=False)
 
 
-_SECTIONS = {"outbound": Outbound, "webhook": WebhookConfig, "push": WebPushConfig,
+_SECTIONS = {"outbound": OutboundConfig, "webhook": WebhookConfig, "push": WebPushConfig,
              "email": EmailConfig}
 _UNSET = object()
 

@@ -216,10 +216,16 @@ class Outbound:
         return None  # the endpoint was deleted: the job fails as gone
 
     # -- publishing -----------------------------------------------------------------------
+    async def wanted(self, app_id: str) -> bool:
+        """Whether a publish of this app may queue anything (cheap: the
+        answer is cached); when not, nobody needs to list its recipients."""
+        if self.enabled("push") or self.enabled("email"):
+            return True
+        return self.enabled("webhook") and bool(await self.webhooks(app_id))
+
     async def enqueue(
         self, app_id: str, nid: str, body: bytes, *, category: str, priority: str,
         created_at: float, expires_at: float | None, users: list[str],
-        in_app_muted: set[str] = frozenset(),
     ) -> OutboundCounts:
         """Queue the outbound jobs of one published notification for ``users``."""
         counts = OutboundCounts()
@@ -238,7 +244,11 @@ class Outbound:
         jobs: list[NewJob] = []
         seq: Counter = Counter()
         for user in reachable:
-            plan = quiet.plan(prefs.get(user), category, priority, at, channels=self.channels)
+            plan = quiet.plan(prefs.get(user), category, priority, at,
+                              channels=("in_app", *self.channels))
+            # Without an inbox entry (muted in-app) no device can see it:
+            # nothing to wait for.
+            waits = delay > 0 and "in_app" not in plan.muted
             mine = personal.get(user)
             for channel in self.channels:
                 if channel == "webhook":
@@ -256,7 +266,7 @@ class Outbound:
                 if channel in plan.later:
                     not_before = plan.until.timestamp()
                     counts.deferred[channel] += len(targets)
-                if channel in FALLBACK and delay > 0 and user not in in_app_muted:
+                if channel in FALLBACK and waits:
                     # Quiet hours or not, a device that saw it cancels the job.
                     not_before, fallback = max(not_before, created_at + delay), True
                 for destination in targets:

@@ -18,12 +18,14 @@ from tidings.broker.base import (
     Broker, Feed, Frames, Membership, Personal, all_channel, topic_channel, user_channel,
 )
 from tidings.config import Settings
-from tidings.core import auth, events
+from tidings.core import auth, events, quiet
 from tidings.core.ids import new_id
 from tidings.core.lru import LRU
 from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
 from tidings.gateway.hub import Hub
+from tidings.outbound import Outbound
+from tidings.ratelimits import RateLimits
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
 _encode = msgspec.json.encode
@@ -46,6 +48,8 @@ class Service:
         self.store = store
         self.broker = broker
         self.hub = Hub(store, broker, settings)
+        self.outbound = Outbound(settings, store)  # webhooks, push, e-mail (tidings/outbound.py)
+        self.limits = RateLimits(settings, store, broker)  # per key, caps per user and category
         self._pepper = b""
         # The hot-path cache (Settings.cache; off only to measure it).  Apps
         # and keys never change once created and tokens are immutable until
@@ -187,6 +191,7 @@ class Service:
 
     async def publish(self, app_id: str, req: PublishRequest, idem_key: str | None = None) -> dict:
         item = self._prepare(req, idem_key, time.time())
+        capped = await self.limits.apply_caps(app_id, item, req.group_key)
         out = await self.store.publish(
             app_id, item, fanout_threshold=self.settings.fanout_threshold,
             window=self.settings.limits.idempotency_window,
@@ -195,7 +200,34 @@ class Service:
             self._announce(app_id, out)
         self.published += 1
         self.hub.metrics.published(app_id, out.status, out.recipients, req.to.topic)
-        return self._result(out)
+        result = self._result(out)
+        if out.status == "accepted" and out.feed_offset is None:
+            await self._send_outbound(app_id, item, req.priority, out, capped, result)
+        capped.annotate(result)
+        return result
+
+    async def _send_outbound(self, app_id: str, item: NewNotification, priority: str,
+                             out: PublishOutcome, capped, result: dict) -> None:
+        """Queue webhooks, pushes and e-mails for a notification fanned out on
+        write (tidings/outbound.py), and say so in the publish answer.  Runs
+        after the inbox commit; recipients over a frequency cap get none."""
+        if not await self.outbound.wanted(app_id):
+            return
+        if item.users is not None:
+            users = list(dict.fromkeys(item.users))
+        else:  # a topic: its members now (muted ones included, for their other channels)
+            _, users = await self.store.topic_info(app_id, item.topic,
+                                                   self.settings.fanout_threshold)
+        counts = await self.outbound.enqueue(
+            app_id, out.id, out.body, category=item.category, priority=priority,
+            created_at=item.created_at, expires_at=item.expires_at,
+            users=[u for u in users if u not in capped.over],
+        )
+        if counts.deferred:
+            result["deferred"] = sum(counts.deferred.values())
+        if counts.queued or counts.muted:
+            result["outbound"] = counts.as_dict()
+
 
     @staticmethod
     def _result(out: PublishOutcome) -> dict:
@@ -261,6 +293,7 @@ class Service:
         old = await self.store.delete_notification(app_id, nid)
         if old is None:
             raise NotFound("no such notification", field="id")
+        await self.outbound.retracted(app_id, nid)  # a retracted notification is never mailed
         self._tell(app_id, old.audience, recipients, events.deleted_frame(nid))
 
     def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
@@ -278,6 +311,9 @@ class Service:
     async def set_state(self, app_id: str, user: str, ids: list[str] | None, state: str) -> dict:
         now = time.time()
         changed = await self.store.set_state(app_id, user, ids, state, now)
+        if changed or ids is None:
+            # A device saw them: their push and e-mail fallbacks are not needed.
+            await self.outbound.seen(app_id, user, None if ids is None else changed)
         self.hub.cache.user_changed((app_id, user))
         unread, unseen = await self.hub.counts(app_id, user, now)
         if changed:
@@ -331,11 +367,9 @@ class Service:
 
     async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
         if prefs.quiet_hours is not None:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
             try:
-                ZoneInfo(prefs.quiet_hours.tz)
-            except (ZoneInfoNotFoundError, ValueError):
+                quiet.zone(prefs.quiet_hours.tz)  # refuses "localtime": the server's zone
+            except quiet.InvalidTimeZone:
                 raise Invalid("unknown time zone", field="quiet_hours.tz") from None
         await self.store.put_preferences(app_id, user, prefs)
 

@@ -10,7 +10,9 @@ from starlette.routing import Route, WebSocketRoute
 
 from tidings.api.openapi import OPERATIONS
 
-SAMPLE = {"id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "topic": "guild:7", "user": "alice"}
+SAMPLE = {"id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "topic": "guild:7", "user": "alice",
+          "wid": "wh_0123456789abcdef", "sid": "AAAAAAAAAAAAAAAA",
+          "jid": "01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0"}
 # Live-stream endpoints: a plain GET would start a stream (SSE) or is not a
 # WebSocket handshake; they are checked separately below.
 STREAMS = {"/v1/me/stream", "/v1/me/events"}

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route, WebSocketRoute
 
-from tidings.api import client, ops, server
+from tidings.api import client, ops, outbound, server
 from tidings.api.common import JSON, error_response
 from tidings.broker import open_broker
 from tidings.config import Settings, from_env
@@ -105,6 +105,7 @@ def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+OUTBOUND_GRACE = 5.0  # seconds outbound sends in flight may finish at shutdown
 HEARTBEAT_INTERVAL = 5.0  # seconds; a node missing for 3 intervals drops off the list
 
 
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         recorder = loop.create_task(dashboard.run())
         heartbeat = loop.create_task(_heartbeat(service, dashboard, node))
         restore_sigterm = _drain_on_sigterm(app, service)
+        await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
         try:
             yield
         finally:
@@ -159,11 +161,14 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             heartbeat.cancel()
             app.state.draining = True
             service.hub.close_all(CLOSE_SHUTDOWN)
+            # Sends in flight get a moment; the rest go back to the queue.
+            await service.outbound.stop(grace=OUTBOUND_GRACE)
             await service.close()
 
     routes = [
         *server.routes,
         *client.routes,
+        *outbound.routes,
         WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),
         Route("/v1/me/events", SSEEndpoint(service), methods=["GET"]),
         *ops.routes,

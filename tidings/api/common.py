@@ -92,9 +92,13 @@ def bearer(request: Request) -> str | None:
 
 
 async def server_auth(request: Request, scope: str) -> str:
-    """The app id of a valid API key with ``scope``."""
-    record = await request.app.state.service.authenticate_key(bearer(request), scope)
+    """The app id of a valid API key with ``scope``, after taking one token
+    from the key's rate limit."""
+    service = request.app.state.service
+    record = await service.authenticate_key(bearer(request), scope)
     request.state.app = record.app_id  # errors from here on are counted for this app
+    request.state.key = record
+    await service.limits.charge_key(record)  # 429 over Settings.key_rate (ratelimits.py)
     return record.app_id
 
 

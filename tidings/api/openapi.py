@@ -16,6 +16,8 @@ from tidings.core.models import (
     SubscribersRequest, TokenRequest,
 )
 
+from tidings.core.outbound import Caps, EmailRequest, PushSubscriptionRequest, WebhookRequest
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 # (method, path, summary, auth, request model)
@@ -50,6 +52,32 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("get", "/v1/me/stream", "Live events over WebSocket (see docs/protocol.md)", "userToken",
      None),
     ("get", "/v1/me/events", "Live events over Server-Sent Events", "userToken", None),
+    # outbound channels (docs/channels.md): destinations, caps, the queue
+    ("post", "/v1/webhooks", "Add a webhook endpoint; its secret is shown once (admin key)",
+     "apiKey", WebhookRequest),
+    ("get", "/v1/webhooks", "The app's webhook endpoints, without secrets (admin key)",
+     "apiKey", None),
+    ("post", "/v1/webhooks/{wid}/rotate",
+     "New signing secret; the old one signs on for a day (admin key)", "apiKey", None),
+    ("delete", "/v1/webhooks/{wid}", "Remove a webhook endpoint (admin key)", "apiKey", None),
+    ("put", "/v1/users/{user}/email", "Set a user's e-mail address", "apiKey", EmailRequest),
+    ("get", "/v1/users/{user}/email", "A user's e-mail address", "apiKey", None),
+    ("delete", "/v1/users/{user}/email", "Remove a user's e-mail address", "apiKey", None),
+    ("get", "/v1/caps", "The app's frequency caps per category", "apiKey", None),
+    ("put", "/v1/caps", "Replace the app's frequency caps (admin key)", "apiKey", Caps),
+    ("get", "/v1/notifications/{id}/outbound", "A notification's queued and dead jobs",
+     "apiKey", None),
+    ("get", "/v1/outbound/dead", "The dead-letter list, newest first (admin key)", "apiKey",
+     None),
+    ("post", "/v1/outbound/dead/{jid}/retry", "Queue a dead job again (admin key)", "apiKey",
+     None),
+    ("get", "/v1/push/vapid-public-key", "The VAPID public key browsers subscribe with",
+     "none", None),
+    ("post", "/v1/me/push-subscriptions", "Register this browser's push subscription",
+     "userToken", PushSubscriptionRequest),
+    ("get", "/v1/me/push-subscriptions", "My push subscriptions", "userToken", None),
+    ("delete", "/v1/me/push-subscriptions/{sid}", "Remove a push subscription", "userToken",
+     None),
     ("get", "/healthz", "Liveness", "none", None),
     ("get", "/readyz", "Readiness (store and broker reachable)", "none", None),
     ("get", "/metrics", "Prometheus metrics", "none", None),

@@ -77,7 +77,7 @@ async def publish(request: Request):
 
 
 async def publish_batch(request: Request):
-    app = await server_auth(request, "publish")
+    app = await server_auth(request, "publish")  # the first token: bad bodies cost too
     service = request.app.state.service
     limits = service.settings.limits
     batch = decode(await read_body(request, limits.max_body_bytes * 16), BatchRequest)
@@ -85,6 +85,8 @@ async def publish_batch(request: Request):
         raise Invalid(f"at most {limits.max_batch} notifications per batch",
                       field="notifications")
     key = _idempotency_key(request)
+    # A batch costs one token per notification; server_auth took the first.
+    await service.limits.charge_key(request.state.key, len(batch.notifications) - 1)
 
     async def one(i: int, raw: msgspec.Raw):
         try:

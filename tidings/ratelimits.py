@@ -1,0 +1,141 @@
+"""Rate limits: requests per API key, and frequency caps per user and category.
+
+Both are token buckets kept by the broker (``Broker.take``), so they hold
+across every node of a cluster: the in-process broker keeps them in memory,
+Redis in one Lua script per take (tidings/broker/lua/take.lua).
+
+* **Per API key** -- ``Settings.key_rate`` requests a second with bursts of
+  ``key_burst`` (1,000/s and 2,000 by default; ``key_rate=0`` turns the
+  limit off).  A publish costs one token per notification (a batch of 500
+  costs 500), anything else one.  Over the limit: ``429 rate_limited`` with
+  ``Retry-After``, and nothing was done.
+* **Frequency caps** -- an app caps a category per user with
+  ``PUT /v1/caps`` ``{"categories": {"social": {"per": 3600, "max": 10}}}``:
+  a bucket of ``max`` tokens refilled at ``max`` per ``per`` seconds for
+  each (user, category).  A recipient over the cap does not get the
+  notification as a new interruption: with a ``group_key`` it still lands in
+  the inbox -- where aggregation folds it into the group's entry -- but
+  sends no push, e-mail or webhook (``aggregated``); without one it is
+  dropped for that user (``dropped``).  The publish answer counts them in
+  ``rate_limited`` and says which in ``rate_limit``.  Caps apply to
+  notifications fanned out on write (users, and topics up to
+  ``fanout_threshold``); broadcasts and larger topics are not capped.
+
+A broker that cannot be reached lets requests through (logged once per
+outage): the limits protect the service, and refusing every publish because
+Redis blinked would be the bigger outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tidings.broker.base import Broker, BrokerUnavailable
+from tidings.config import Settings
+from tidings.core.lru import LRU
+from tidings.core.outbound import Caps
+from tidings.errors import RateLimited
+from tidings.store.base import KeyRecord, NewNotification, Store
+
+__all__ = ["Capped", "RateLimits"]
+
+log = logging.getLogger("tidings.ratelimits")
+
+CAPS_CACHE_TTL = 10.0  # seconds a node reuses an app's caps; other nodes follow within it
+_decode_caps = msgspec.json.Decoder(Caps).decode
+
+
+@dataclass
+class Capped:
+    """Recipients of one publish who were over their cap, and what happened."""
+
+    over: set[str] = field(default_factory=set)
+    action: str | None = None  # "aggregated" | "dropped"
+
+    def annotate(self, result: dict) -> None:
+        if self.over:
+            result["rate_limited"] = len(self.over)
+            result["rate_limit"] = self.action
+
+
+class RateLimits:
+    def __init__(self, settings: Settings, store: Store, broker: Broker):
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self._caps: LRU[str, Caps] = LRU(10_000, ttl=CAPS_CACHE_TTL)
+        self._broker_down = False
+
+    async def _take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        try:
+            wait = await self.broker.take(key, rate, burst, cost)
+        except BrokerUnavailable as exc:
+            if not self._broker_down:
+                self._broker_down = True
+                log.warning("rate limits are not enforced while the broker is down: %s", exc)
+            return 0.0
+        self._broker_down = False
+        return wait
+
+    # -- per API key ---------------------------------------------------------------------
+    async def charge_key(self, record: KeyRecord, cost: int = 1) -> None:
+        """Take ``cost`` tokens from the key's bucket, or raise 429."""
+        rate, burst = self.settings.key_rate, self.settings.key_burst
+        if rate <= 0 or cost <= 0:
+            return
+        # A cost above the burst could never be paid: it waits for a full bucket.
+        wait = await self._take(f"key:{record.prefix}", rate, burst, min(cost, burst))
+        if wait > 0:
+            raise RateLimited(
+                f"this API key is over its rate limit ({rate:g} per second, bursts of {burst})",
+                retry_after=wait,
+            )
+
+    # -- frequency caps ------------------------------------------------------------------
+    async def caps(self, app_id: str) -> Caps:
+        found = self._caps.get(app_id)
+        if found is None:
+            doc = await self.store.get_caps(app_id)
+            found = _decode_caps(doc) if doc else Caps()
+            self._caps.put(app_id, found)
+        return found
+
+    async def put_caps(self, app_id: str, caps: Caps) -> None:
+        await self.store.put_caps(app_id, msgspec.json.encode(caps))
+        self._caps.pop(app_id)
+
+    async def apply_caps(self, app_id: str, item: NewNotification, group_key: str | None,
+                         ) -> Capped:
+        """Take one token per recipient from their (user, category) bucket;
+        recipients without one are taken out of ``item`` unless the
+        notification has a ``group_key``."""
+        capped = Capped()
+        if getattr(item, "deliver_at", None) is not None:
+            return capped  # scheduled: capped when it fires, not when it is booked
+        cap = (await self.caps(app_id)).categories.get(item.category)
+        if cap is None or item.all:
+            return capped
+        users = item.users
+        if users is None:  # a topic: capped only when fanned out on write
+            threshold = self.settings.fanout_threshold
+            size, users = await self.store.topic_info(app_id, item.topic, threshold + 1)
+            if size > threshold:
+                return capped
+        users = list(dict.fromkeys(users))
+        rate = cap.max / cap.per
+        waits = await asyncio.gather(*(
+            self._take(f"cap:{app_id}:{item.category}:{user}", rate, cap.max) for user in users))
+        capped.over = {user for user, wait in zip(users, waits, strict=True) if wait > 0}
+        if not capped.over:
+            return capped
+        if group_key is not None:
+            capped.action = "aggregated"
+        else:
+            capped.action = "dropped"
+            # Published to the others only; a topic becomes its members of now.
+            item.users, item.topic = [u for u in users if u not in capped.over], None
+        return capped
