@@ -295,3 +295,7 @@ class Outbound:
 
     async def retracted(self, app_id: str, nid: str) -> None:
         await self.store.cancel_jobs(app_id, nid)
+
+    async def corrected(self, app_id: str, nid: str, body: bytes) -> None:
+        """A PATCH: jobs not sent yet send the corrected notification."""
+        await self.store.update_jobs(app_id, nid, body)

@@ -283,6 +283,7 @@ class Service:
         updated = await self.store.update_notification(app_id, nid, body)
         if updated is None:
             raise NotFound("no such notification", field="id")
+        await self.outbound.corrected(app_id, nid, body)  # jobs not sent yet send the fix
         users = [] if updated.audience else await self.store.recipients_of(app_id, nid)
         self._tell(app_id, updated.audience, users, events.updated_frame(body))
         return json.loads(body)

@@ -312,3 +312,17 @@ async def test_job_listing_refuses_bad_ids(server):
             == 422
         assert (await http.get("/v1/outbound/dead", params={"limit": "0"})).status_code == 422
         assert (await http.get("/v1/notifications/nope/outbound")).status_code == 404
+
+
+async def test_a_correction_reaches_jobs_not_sent_yet(tmp_path):
+    async with hooked(tmp_path) as (server, receiver):
+        now = datetime.now(UTC)
+        async with server.http() as http:
+            await http.put("/v1/users/alice/preferences", json={"quiet_hours": {
+                "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+                "end": (now + timedelta(hours=1)).strftime("%H:%M"), "tz": "UTC"}})
+            res = await publish(server, title="tpyo")
+            r = await http.patch(f"/v1/notifications/{res['id']}", json={"title": "typo"})
+            assert r.status_code == 200
+        (job,) = await server.service.store.claim_jobs("webhook", 5, 2e9, 60)
+        assert b'"title":"typo"' in job.notification

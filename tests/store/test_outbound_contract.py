@@ -174,6 +174,18 @@ async def test_cancel_jobs_of_a_retracted_notification(db):
     assert len(await db.list_jobs(B)) == 1
 
 
+async def test_update_jobs_corrects_what_queued_jobs_will_send(db):
+    await db.enqueue_jobs([new_job("a1", nid="N1"), new_job("a2", nid="N1"),
+                           new_job("a3", nid="N2"), new_job("x1", nid="N1", app=B)])
+    (a1, *_) = await db.claim_jobs("email", 1, T0, LEASE)
+    await db.kill_job(a1, "refused", T0)
+    assert await db.update_jobs(A, "N1", b'{"id":"N1","title":"fixed"}') == 1
+    jobs = {j.id: j for j in await db.claim_jobs("email", 10, T0 + 1, LEASE)}
+    assert jobs["a2"].notification == b'{"id":"N1","title":"fixed"}'
+    assert jobs["a3"].notification == b'{"id":"N2","title":"hi"}'
+    assert jobs["x1"].notification == b'{"id":"N1","title":"hi"}'  # another app's
+
+
 async def test_list_jobs_filters_and_pages_newest_first(db):
     await db.enqueue_jobs([new_job(f"N1.email.{i}", nid="N1") for i in range(3)]
                           + [new_job("N2.email.0", nid="N2")])

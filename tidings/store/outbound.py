@@ -198,6 +198,10 @@ class OutboundStore(abc.ABC):
         """Drop every queued job of a notification (it was retracted)."""
 
     @abc.abstractmethod
+    async def update_jobs(self, app_id: str, nid: str, notification: bytes) -> int:
+        """Queued jobs of ``nid`` send ``notification`` from now on (it was corrected)."""
+
+    @abc.abstractmethod
     async def list_jobs(self, app_id: str, *, status: str | None = None, nid: str | None = None,
                         limit: int = 100, before: str | None = None) -> list[JobRecord]:
         """Jobs of the app, newest id first; ``before`` is a job id."""

@@ -249,6 +249,11 @@ class PostgresOutbound(OutboundStore):
         return _count(await self._execute(
             "DELETE FROM jobs WHERE app_id = $1 AND nid = $2 AND status = 'queued'", app_id, nid))
 
+    async def update_jobs(self, app_id, nid, notification) -> int:
+        return _count(await self._execute(
+            "UPDATE jobs SET notification = $3 WHERE app_id = $1 AND nid = $2 "
+            "AND status = 'queued'", app_id, nid, notification))
+
     async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
         rows = await self._fetch(
             f"SELECT {_RECORD} FROM jobs WHERE app_id = $1 "

@@ -284,6 +284,14 @@ class SQLiteOutbound(OutboundStore):
 
         return await self._write(cancel)
 
+    async def update_jobs(self, app_id, nid, notification) -> int:
+        def update(conn):
+            return conn.execute(
+                "UPDATE jobs SET notification=? WHERE app_id=? AND nid=? AND status='queued'",
+                (notification, app_id, nid)).rowcount
+
+        return await self._write(update)
+
     async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
         where, args = ["app_id=?"], [app_id]
         if status is not None:
