@@ -99,6 +99,11 @@ async def test_email_goes_to_the_offline_user_and_not_to_the_one_who_saw_it(tmp_
         # Nothing is left that could still be sent.
         await until(lambda: _queue_empty(server))
         store = server.service.store
+
+        async def sent():  # counted after the job settles
+            return (await store.delivery_counts(server.app, first["id"]))["email"].get("sent")
+
+        await until(sent)
         assert (await store.delivery_counts(server.app, first["id"]))["email"] == {
             "queued": 2, "cancelled": 1, "sent": 1}
         assert (await store.delivery_counts(server.app, second["id"]))["email"] == {

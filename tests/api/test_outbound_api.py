@@ -76,7 +76,7 @@ async def test_a_webhook_is_retried_then_delivered_once_and_signed(tmp_path):
         assert attempts == ["1", "2", "3"]
         # Completed: the job left the queue, so nothing sends it again.
         assert await until(lambda: _no_jobs(server, res["id"]))
-        stats = await server.service.store.delivery_counts(server.app, res["id"])
+        stats = await until(lambda: _counted(server, res["id"], "webhook", "sent"))
         assert stats["webhook"] == {"queued": 1, "sent": 1}
 
 
@@ -86,6 +86,12 @@ async def _accepted(receiver):
 
 async def _no_jobs(server, nid):
     return await jobs_of(server, nid) == []
+
+
+async def _counted(server, nid, channel, field):
+    """The delivery counters once ``field`` is there (the worker counts after it settles)."""
+    stats = await server.service.store.delivery_counts(server.app, nid)
+    return stats if stats.get(channel, {}).get(field) else None
 
 
 async def test_a_failing_webhook_goes_dead_and_is_redriven_by_the_admin(tmp_path):
@@ -103,7 +109,7 @@ async def test_a_failing_webhook_goes_dead_and_is_redriven_by_the_admin(tmp_path
         assert job["last_error"].startswith("gave up after 3 attempts")
         assert job["destination"]["url"].endswith("/hooks/tidings")
         assert len(receiver.requests) == 3
-        stats = await server.service.store.delivery_counts(server.app, res["id"])
+        stats = await until(lambda: _counted(server, res["id"], "webhook", "failed"))
         assert stats["webhook"] == {"queued": 1, "failed": 1}
 
         # Only an admin key sees or re-drives the dead-letter list.
