@@ -188,6 +188,11 @@ class WebSocketEndpoint:
             await stream.start(cursor)
         except Exception:
             return
+        if raw is not None and not stream.closed:
+            # The stream needs nothing more from this task: its frames go out
+            # through the protocol and the end arrives through on_lost.
+            raw.detach()
+            return
         try:
             while not stream.closed:
                 msg = await receive()

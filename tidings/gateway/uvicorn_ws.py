@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from struct import pack
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tidings.errors import CLOSE_SHUTDOWN
@@ -33,9 +34,59 @@ def text_frame_header(n: int) -> bytes:
     return pack("!BBQ", 0x81, 127, n)
 
 
+class _Discard:
+    """Stands in for the ASGI receive queue once the app has detached
+    (uvicorn still posts the disconnect event there)."""
+
+    def put_nowait(self, item) -> None:
+        pass
+
+
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     on_writable: Callable[[], None] | None = None
     on_lost: Callable[[], None] | None = None
+    detached = False
+
+    def detach(self) -> None:
+        """The app is done with this connection's ASGI task but not with the
+        connection: its stream writes frames through ``write_text`` and hears
+        of the end through ``on_lost``.  Letting the task finish frees its
+        coroutine frames (Starlette's middleware chain, the endpoint, a
+        pending ``receive``) for every idle connection: kilobytes each.
+        Messages the client sends from now on are dropped, as the endpoint
+        would have done."""
+        self.detached = True
+        self.queue = _Discard()
+        if self.read_paused:  # a message was waiting for receive(): nobody will call it
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        if self.detached:
+            # Dropped, and reading is not paused for an app that will never
+            # read (it would also stop us from seeing the client's close).
+            self.frames = []
+            return
+        super().send_receive_event_to_app()
+
+    async def run_asgi(self) -> None:
+        # uvicorn's own, except that a detached connection stays open when
+        # the app returns.
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.detached:
+            self.transport.close()
 
     def handle_connect(self, event) -> None:
         super().handle_connect(event)
