@@ -29,6 +29,11 @@ class Limits(msgspec.Struct, frozen=True):
     ids_max: int = 1000  # ids in one read/seen/archive call
     token_max_ttl: int = 30 * 24 * 3600  # longest user token a key may mint
     idempotency_window: int = 24 * 3600
+    # deliver_at: how far ahead a notification may be scheduled, and how far
+    # in the past a deliver_at is still taken as "now" (the sender's clock
+    # may be a little behind); further back is refused
+    max_schedule_ahead: int = 365 * 24 * 3600
+    deliver_at_grace: int = 300
     max_webhooks: int = 10  # webhook endpoints per app
     max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
 

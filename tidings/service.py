@@ -8,6 +8,7 @@ ever announced that is not durable (DESIGN §2.1).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from datetime import datetime
@@ -19,15 +20,17 @@ from tidings.broker.base import (
 )
 from tidings.config import Settings
 from tidings.core import auth, events, quiet
-from tidings.core.ids import new_id
+from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
 from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
 from tidings.gateway.hub import Hub
+from tidings.scheduler import Scheduler
 from tidings.outbound import Outbound
 from tidings.ratelimits import RateLimits
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
+log = logging.getLogger("tidings")
 _encode = msgspec.json.encode
 _APP_ID = re.compile(r"^[a-z0-9_\-]{1,64}\Z")
 _decode_notification = msgspec.json.Decoder(Notification).decode
@@ -48,6 +51,7 @@ class Service:
         self.store = store
         self.broker = broker
         self.hub = Hub(store, broker, settings)
+        self.scheduler = Scheduler(self)  # fires deliver_at notifications (run by the app)
         self.outbound = Outbound(settings, store)  # webhooks, push, e-mail (tidings/outbound.py)
         self.limits = RateLimits(settings, store, broker)  # per key, caps per user and category
         self._pepper = b""
@@ -160,22 +164,19 @@ class Service:
                 f"at most {self.settings.limits.max_recipients} users per publish",
                 field="to.users",
             )
-        deliver_at = None
-        if req.deliver_at is not None:
-            if req.deliver_at.tzinfo is None:
-                raise Invalid("deliver_at needs a time zone", field="deliver_at")
-            deliver_at = req.deliver_at.timestamp()
-            if deliver_at > now:
-                raise Invalid(
-                    "scheduled delivery is not available in this version", field="deliver_at",
-                    code="not_supported",
-                )
-        nid = new_id(int(now * 1000))
-        expires_at = now + req.ttl if req.ttl else None
+        deliver_at = self._deliver_at(req, now)
+        if deliver_at is None:
+            at, nid = now, new_id(int(now * 1000))
+        else:
+            # A scheduled notification is created when it fires, and its id
+            # sorts by that time: it lists among what arrived with it.
+            at, nid = deliver_at, id_at(int(deliver_at * 1000))
+        expires_at = at + req.ttl if req.ttl else None  # ttl runs from delivery
         note = Notification(
-            id=nid, category=req.category, created_at=_iso(now), title=req.title,
+            id=nid, category=req.category, created_at=_iso(at), title=req.title,
             body=req.body, url=req.url, data=req.data, priority=req.priority, tags=req.tags,
             group_key=req.group_key, actor=req.actor,
+            deliver_at=None if deliver_at is None else _iso(deliver_at),
             expires_at=_iso(expires_at) if expires_at else None,
         )
         body = _encode(note)
@@ -187,7 +188,31 @@ class Service:
         return NewNotification(
             id=nid, category=req.category, body=body, created_at=now, expires_at=expires_at,
             users=to.users, topic=to.topic, all=bool(to.all), idempotency_key=idem_key,
+            group_key=req.group_key, deliver_at=deliver_at,
         )
+
+    def _deliver_at(self, req: PublishRequest, now: float) -> float | None:
+        """The time to deliver at, or None for now."""
+        if req.deliver_at is None:
+            return None
+        if req.deliver_at.tzinfo is None:
+            raise Invalid("deliver_at needs a time zone", field="deliver_at")
+        limits = self.settings.limits
+        try:
+            at = req.deliver_at.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise Invalid("deliver_at is out of range", field="deliver_at") from None
+        if at < now - limits.deliver_at_grace:
+            raise Invalid(
+                f"deliver_at is in the past (more than {limits.deliver_at_grace} s ago)",
+                field="deliver_at",
+            )
+        if at > now + limits.max_schedule_ahead:
+            raise Invalid(
+                f"deliver_at is at most {limits.max_schedule_ahead // 86400} days ahead",
+                field="deliver_at",
+            )
+        return at if at > now else None
 
     async def publish(self, app_id: str, req: PublishRequest, idem_key: str | None = None) -> dict:
         item = self._prepare(req, idem_key, time.time())
@@ -198,6 +223,8 @@ class Service:
         )
         if out.status == "accepted":
             self._announce(app_id, out)
+        elif out.status == "scheduled":
+            self.scheduler.wake(item.deliver_at)
         self.published += 1
         self.hub.metrics.published(app_id, out.status, out.recipients, req.to.topic)
         result = self._result(out)
@@ -252,20 +279,50 @@ class Service:
         body = out.body
         for d in out.deliveries:
             cache.user_changed((app_id, d.user))
-            publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, body, committed))
+            payload = body if d.group is None else events.with_group(body, d.group)
+            publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, payload, committed))
 
     # -- notifications ------------------------------------------------------------
     async def get_notification(self, app_id: str, nid: str) -> dict:
         stored = await self.store.get_notification(app_id, nid)
         if stored is None:
-            raise NotFound("no such notification", field="id")
-        doc = json.loads(stored.body)
+            return await self._scheduled(app_id, nid)
+        try:
+            await self.flush_tracking()  # this node's counts so far
+        except Exception:
+            log.warning("delivery counters could not be written; showing the stored ones")
+        delivery = await self.store.delivery_counts(app_id, nid)
+        stats, feed = stored.stats, stored.feed_offset is not None
+        # in_app: seen counts entries seen or further along (read and
+        # archived are both past seen), read those read or archived
+        in_app = {"delivered": delivery.get("in_app", {}).get("delivered", 0),
+                  "seen": stats["seen"] + stats["read"] + stats["archived"],
+                  "read": stats["read"] + stats["archived"]}
+        if not feed:  # a feed item has no recipient list: its audience is counted when read
+            in_app = {"recipients": stored.recipients, **in_app}
+        delivery["in_app"] = in_app
         return {
-            "notification": doc,
-            "fanout": "read" if stored.feed_offset is not None else "write",
+            "notification": json.loads(stored.body),
+            "status": "published",
+            "fanout": "read" if feed else "write",
             "audience": stored.audience,
             "recipients": stored.recipients,
-            "stats": stored.stats,
+            "stats": stats,
+            "delivery": delivery,
+        }
+
+    async def _scheduled(self, app_id: str, nid: str) -> dict:
+        """A notification that has not been published (yet): scheduled, or
+        dropped because it expired before it could fire."""
+        sched = await self.store.get_scheduled(app_id, nid)
+        if sched is None or sched.status not in ("pending", "expired", "failed"):
+            raise NotFound("no such notification", field="id")  # cancelled, or retracted
+        return {
+            "notification": json.loads(sched.body),
+            "status": "scheduled" if sched.status == "pending" else sched.status,
+            "deliver_at": _iso(sched.due_at),
+            "recipients": 0,
+            "delivery": {},
         }
 
     async def patch_notification(self, app_id: str, nid: str, patch: PatchRequest) -> dict:
@@ -288,7 +345,11 @@ class Service:
         self._tell(app_id, updated.audience, users, events.updated_frame(body))
         return json.loads(body)
 
-    async def delete_notification(self, app_id: str, nid: str) -> None:
+    async def delete_notification(self, app_id: str, nid: str) -> str:
+        """Cancel a scheduled notification, or retract a published one;
+        returns which ("cancelled" or "retracted")."""
+        if await self.store.cancel_scheduled(app_id, nid):
+            return "cancelled"  # it never fired: nobody has it
         # recipients first: the delete removes the inbox rows that name them
         recipients = await self.store.recipients_of(app_id, nid)
         old = await self.store.delete_notification(app_id, nid)
@@ -296,6 +357,7 @@ class Service:
             raise NotFound("no such notification", field="id")
         await self.outbound.retracted(app_id, nid)  # a retracted notification is never mailed
         self._tell(app_id, old.audience, recipients, events.deleted_frame(nid))
+        return "retracted"
 
     def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
         """Send ``frame`` to a notification's audience: the feed's channel for
@@ -312,6 +374,8 @@ class Service:
     async def set_state(self, app_id: str, user: str, ids: list[str] | None, state: str) -> dict:
         now = time.time()
         changed = await self.store.set_state(app_id, user, ids, state, now)
+        if changed and state != "archived":
+            self.hub.metrics.track(app_id, "in_app", state, len(changed))
         if changed or ids is None:
             # A device saw them: their push and e-mail fallbacks are not needed.
             await self.outbound.seen(app_id, user, None if ids is None else changed)
@@ -351,6 +415,8 @@ class Service:
                 item["seq"] = e.seq
             else:
                 item["feed"] = e.feed
+            if e.group is not None:
+                item["group"] = msgspec.Raw(e.group)
             items.append(item)
         nxt = entries[-1].id if len(entries) == limit else None
         return {"items": items, "next_before": nxt}
@@ -373,6 +439,60 @@ class Service:
             except quiet.InvalidTimeZone:
                 raise Invalid("unknown time zone", field="quiet_hours.tz") from None
         await self.store.put_preferences(app_id, user, prefs)
+
+    async def group_members(self, app_id: str, user: str, nid: str, *, limit: int,
+                            before: str | None) -> dict:
+        """The user's group entry holding ``nid`` and its members, newest first."""
+        found = await self.store.group_members(app_id, user, nid, limit=limit, before=before,
+                                               now=time.time())
+        if found is None:
+            raise NotFound("no group entry of this inbox holds that notification", field="id")
+        entry, members = found
+        return {
+            "id": entry.id, "state": entry.state, "seq": entry.seq,
+            "notification": msgspec.Raw(entry.body), "group": msgspec.Raw(entry.group),
+            "items": [{"id": m.id, "notification": msgspec.Raw(m.body)} for m in members],
+            "next_before": members[-1].id if len(members) == limit else None,
+        }
+
+    # -- scheduled delivery and delivery tracking -----------------------------------
+    async def fire_due(self, now: float, limit: int) -> list[PublishOutcome]:
+        """Publish the scheduled notifications due by ``now`` (tidings/scheduler.py)."""
+        fired = await self.store.fire_due(
+            now, limit, fanout_threshold=self.settings.fanout_threshold)
+        outcomes = []
+        for app_id, out in fired:
+            if out.status == "accepted":
+                self._announce(app_id, out)
+                self.published += 1
+                topic = out.audience if out.audience not in (None, "*") else None
+                self.hub.metrics.published(app_id, "accepted", out.recipients, topic)
+            outcomes.append(out)
+        return outcomes
+
+    def track(self, app_id: str, nid: str, channel: str, field: str, n: int = 1) -> None:
+        """Count a delivery event of ``channel`` for notification ``nid``
+        ("webhook", "sent"): batched in memory, written by
+        :meth:`flush_tracking`, shown by ``GET /v1/notifications/{id}`` and
+        /metrics.  Costs a dict update; never waits for the store."""
+        self.hub.tracking.add(app_id, nid, channel, field, n)
+        self.hub.metrics.track(app_id, channel, field, n)
+
+    async def flush_tracking(self) -> None:
+        """Write the delivery counters gathered since the last flush (the
+        app runs this every second and at shutdown).  On a store error they
+        are kept for the next try, and the error propagates."""
+        tracking = self.hub.tracking
+        for app, n in tracking.fold().items():
+            self.hub.metrics.track(app, "in_app", "delivered", n)
+        counts = tracking.take()
+        if not counts:
+            return
+        try:
+            await self.store.record_deliveries(counts)
+        except BaseException:
+            tracking.restore(counts)
+            raise
 
     @staticmethod
     async def send_error(send, exc) -> None:

@@ -77,6 +77,20 @@ async def _retention(service: Service) -> None:
         await asyncio.sleep(settings.prune_interval)
 
 
+TRACKING_INTERVAL = 1.0  # seconds between writes of the delivery counters
+
+
+async def _tracking(service: Service) -> None:
+    """Write the delivery counters the gateway and the channels gathered
+    (tidings/core/tracking.py): one store write a second, not one per delivery."""
+    while True:
+        await asyncio.sleep(TRACKING_INTERVAL)
+        try:
+            await service.flush_tracking()
+        except Exception:
+            log.warning("delivery counters not written; kept for the next try", exc_info=True)
+
+
 def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
     """Start draining the moment SIGTERM arrives, before the server stops.
 
@@ -150,6 +164,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         sweeper = loop.create_task(_retention(service))
         recorder = loop.create_task(dashboard.run())
         heartbeat = loop.create_task(_heartbeat(service, dashboard, node))
+        scheduler = loop.create_task(service.scheduler.run())  # deliver_at
+        tracking = loop.create_task(_tracking(service))
         restore_sigterm = _drain_on_sigterm(app, service)
         await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
         try:
@@ -159,10 +175,16 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             sweeper.cancel()
             recorder.cancel()
             heartbeat.cancel()
+            scheduler.cancel()
+            tracking.cancel()
             app.state.draining = True
             service.hub.close_all(CLOSE_SHUTDOWN)
             # Sends in flight get a moment; the rest go back to the queue.
             await service.outbound.stop(grace=OUTBOUND_GRACE)
+            try:
+                await service.flush_tracking()  # what the last seconds counted
+            except Exception:
+                log.warning("delivery counters lost at shutdown", exc_info=True)
             await service.close()
 
     routes = [

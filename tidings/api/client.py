@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidings.api.common import JSON, body_of, user_auth
-from tidings.api.server import _inbox
+from tidings.api.server import _group, _inbox
 from tidings.core.models import Preferences, StateRequest
 from tidings.errors import Invalid
 
@@ -14,6 +14,11 @@ from tidings.errors import Invalid
 async def my_notifications(request: Request):
     app, user = await user_auth(request)
     return await _inbox(request, app, user)
+
+
+async def my_notification_group(request: Request):
+    app, user = await user_auth(request)
+    return await _group(request, app, user)
 
 
 async def my_counts(request: Request):
@@ -52,6 +57,7 @@ async def put_my_preferences(request: Request):
 
 routes = [
     Route("/v1/me/notifications", my_notifications, methods=["GET"]),
+    Route("/v1/me/notifications/{id}/group", my_notification_group, methods=["GET"]),
     Route("/v1/me/counts", my_counts, methods=["GET"]),
     Route("/v1/me/notifications/read", _state_route("read"), methods=["POST"]),
     Route("/v1/me/notifications/seen", _state_route("seen"), methods=["POST"]),

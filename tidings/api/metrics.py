@@ -86,6 +86,18 @@ class ServiceCollector:
                       "Notification events replayed to resuming streams", "replayed")
         yield counter("tidings_slow_consumer_disconnects",
                       "Streams closed because their queue overflowed", "slow_consumers")
+        yield counter("tidings_scheduled",
+                      "Publishes with a future deliver_at, stored to fire later", "scheduled")
+
+        tracked = CounterMetricFamily(
+            "tidings_delivery_tracking",
+            "Delivery tracking by channel and field (in_app delivered: users a live stream "
+            "reached, once per node; seen/read: entries marked; outbound channels: their "
+            "queued/sent/delivered/failed)", labels=["app", "channel", "field"])
+        for app, st in apps:
+            for (channel, field), n in sorted(st.tracked.items()):
+                tracked.add_metric([app, channel, field], n)
+        yield tracked
 
         errors = CounterMetricFamily("tidings_errors", "Errors answered, by code",
                                      labels=["app", "code"])

@@ -113,8 +113,9 @@ async def patch_notification(request: Request):
 
 async def delete_notification(request: Request):
     app = await server_auth(request, "publish")
-    await request.app.state.service.delete_notification(app, _nid(request))
-    return JSON({"deleted": True})
+    # "cancelled": it was scheduled and never fired; "retracted": devices are told
+    status = await request.app.state.service.delete_notification(app, _nid(request))
+    return JSON({"deleted": True, "status": status})
 
 
 async def put_subscriber(request: Request):
@@ -172,6 +173,22 @@ async def _inbox(request: Request, app: str, user: str):
     return JSON(await service.inbox(app, user, limit=limit, before=before, state=state))
 
 
+async def user_notification_group(request: Request):
+    app = await server_auth(request, "read")
+    return await _group(request, app, _user(request))
+
+
+async def _group(request: Request, app: str, user: str):
+    """The members of the user's group entry holding notification ``id``."""
+    service = request.app.state.service
+    nid = _nid(request)
+    limit = int_param(request, "limit", 50, 1, service.settings.limits.page_max)
+    before = request.query_params.get("before")
+    if before is not None and not is_id(before):
+        raise Invalid("before must be a notification id", field="before")
+    return JSON(await service.group_members(app, user, nid, limit=limit, before=before))
+
+
 async def get_user_preferences(request: Request):
     app = await server_auth(request, "read")
     return JSON(await request.app.state.service.store.get_preferences(app, _user(request)))
@@ -205,6 +222,8 @@ routes = [
     Route("/v1/topics/{topic}/subscribers", bulk_subscribers, methods=["POST"]),
     Route("/v1/topics/{topic}", get_topic, methods=["GET"]),
     Route("/v1/users/{user:user}/notifications", user_notifications, methods=["GET"]),
+    Route("/v1/users/{user:user}/notifications/{id}/group", user_notification_group,
+          methods=["GET"]),
     Route("/v1/users/{user:user}/preferences", get_user_preferences, methods=["GET"]),
     Route("/v1/users/{user:user}/preferences", put_user_preferences, methods=["PUT"]),
     Route("/v1/users/{user:user}/tokens", mint_token, methods=["POST"]),

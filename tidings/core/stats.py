@@ -73,7 +73,7 @@ class AppStats:
     """One app's counters on this node (monotonic, since the process started)."""
 
     __slots__ = ("published", "duplicates", "recipients", "delivered", "replayed",
-                 "slow_consumers", "errors", "latency", "topics")
+                 "slow_consumers", "errors", "latency", "topics", "scheduled", "tracked")
 
     def __init__(self) -> None:
         self.published = 0  # publishes committed (202 accepted)
@@ -85,6 +85,11 @@ class AppStats:
         self.errors: dict[str, int] = {}  # error code -> count
         self.latency = Histogram()
         self.topics: dict[str, int] = {}  # topic -> publishes
+        self.scheduled = 0  # publishes with a future deliver_at (counted in published when they fire)
+        # delivery tracking by (channel, field): ("in_app", "delivered") users
+        # reached live, ("in_app", "seen"|"read") entries marked, and what the
+        # outbound channels report ("webhook", "sent"), ...
+        self.tracked: dict[tuple[str, str], int] = {}
 
 
 class Stats:
@@ -114,6 +119,9 @@ class Stats:
         if status == "duplicate":
             st.duplicates += 1
             return
+        if status == "scheduled":
+            st.scheduled += 1
+            return
         st.published += 1
         st.recipients += recipients
         if topic is not None:
@@ -121,6 +129,12 @@ class Stats:
             if topic not in topics and len(topics) >= MAX_TOPICS_PER_APP:
                 topic = OTHER_TOPIC  # bounded memory whatever names apps choose
             topics[topic] = topics.get(topic, 0) + 1
+
+    def track(self, app_id: str, channel: str, field: str, n: int = 1) -> None:
+        """Delivery tracking, per app (the per-notification counters are the store's)."""
+        tracked = self.app(app_id).tracked
+        key = (channel, field)
+        tracked[key] = tracked.get(key, 0) + n
 
     def error(self, app_id: str | None, code: str, status: int, where: str) -> None:
         """One error answered to a client (HTTP status, or 0 for a refused stream)."""

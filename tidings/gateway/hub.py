@@ -22,6 +22,7 @@ from tidings.broker.base import (
 from tidings.core import events
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
+from tidings.core.tracking import DeliveryTracker
 from tidings.gateway.cache import UserCache
 from tidings.errors import CLOSE_RESYNC, CLOSE_SHUTDOWN, CLOSE_TOO_MANY, RateLimited, Unavailable
 
@@ -52,6 +53,13 @@ class Hub:
         self.users: dict[tuple[str, str], set[Stream]] = {}
         self.topics: dict[tuple[str, str], set[Stream]] = {}
         self.apps: dict[str, set[Stream]] = {}
+        # Delivery tracking: "delivered" counts users, not streams, so the
+        # hub keeps how many distinct users each feed channel reaches here
+        # (the broadcast path then pays one lookup per message, not one per
+        # connection).
+        self.tracking = DeliveryTracker()
+        self._app_users: dict[str, int] = {}
+        self._topic_users: dict[tuple[str, str], dict[str, int]] = {}
         self._dirty: list[Stream] = []
         self._flush_handle = None
         # (app stats, sent_at) of the notifications routed during this tick: their
@@ -83,6 +91,7 @@ class Hub:
         if streams is None:
             streams = self.users[key] = set()
             self.broker.subscribe(user_channel(*key), self._on_user)
+            self._app_users[stream.app] = self._app_users.get(stream.app, 0) + 1
         elif len(streams) >= self.settings.limits.max_connections_per_user:
             stream.close(CLOSE_TOO_MANY)
             return
@@ -104,6 +113,11 @@ class Hub:
             del self.users[key]
             self.cache.gone(key)
             self.broker.unsubscribe(user_channel(*key))
+            left = self._app_users.get(stream.app, 1) - 1
+            if left:
+                self._app_users[stream.app] = left
+            else:
+                self._app_users.pop(stream.app, None)
         app_streams = self.apps.get(stream.app)
         if app_streams is not None:
             app_streams.discard(stream)
@@ -119,6 +133,9 @@ class Hub:
         if streams is None:
             streams = self.topics[key] = set()
             self.broker.subscribe(topic_channel(*key), self._on_topic)
+        if stream not in streams:
+            users = self._topic_users.setdefault(key, {})
+            users[stream.user] = users.get(stream.user, 0) + 1
         streams.add(stream)
         stream.topics.add(topic)
 
@@ -126,11 +143,19 @@ class Hub:
         key = (stream.app, topic)
         stream.topics.discard(topic)
         streams = self.topics.get(key)
-        if streams is None:
+        if streams is None or stream not in streams:
             return
         streams.discard(stream)
+        users = self._topic_users.get(key)
+        if users is not None:
+            left = users.get(stream.user, 1) - 1
+            if left:
+                users[stream.user] = left
+            else:
+                users.pop(stream.user, None)
         if not streams:
             del self.topics[key]
+            self._topic_users.pop(key, None)
             self.broker.unsubscribe(topic_channel(*key))
 
     # -- coalesced flushing (streams with a synchronous writer) ---------------
@@ -225,14 +250,28 @@ class Hub:
         if len(personal) > limit or len(feed) > limit:
             stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
             return 0
+        # A replayed item counts as delivered unless another stream of the
+        # user on this node is already past it (it had it live, or earlier).
+        others = [o for o in self.users.get((stream.app, stream.user), ())
+                  if o is not stream and not o.closed and o.epoch == stream.epoch]
+        add, reached = self.tracking.add, 0
         for e in personal:
             if not stream.has_room():
                 await stream.wait_room()
-            stream.emit_personal(e.seq, e.body)
+            stream.emit_personal(e.seq, e.body if e.group is None
+                                 else events.with_group(e.body, e.group))
+            if not any(o.last_seq >= e.seq for o in others):
+                add(stream.app, e.id, "in_app", "delivered")
+                reached += 1
         for e in feed:
             if not stream.has_room():
                 await stream.wait_room()
             stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
+            if not any(o.last_feed >= e.feed for o in others):
+                add(stream.app, e.id, "in_app", "delivered")
+                reached += 1
+        if reached:
+            self.metrics.track(stream.app, "in_app", "delivered", reached)
         self.metrics.app(stream.app).replayed += len(personal) + len(feed)
         return len(personal) + len(feed)
 
@@ -288,6 +327,7 @@ class Hub:
         self.cache.user_changed((app, user))
         if type(msg) is Personal:
             self._routed(app, len(streams), msg.sent_at)
+            self.tracking.reached((app, msg.body))  # one user, however many streams
             for s in tuple(streams):
                 s.on_personal(msg.epoch, msg.seq, msg.body)
         elif type(msg) is Frames:
@@ -304,18 +344,20 @@ class Hub:
     def _on_all(self, channel: str, msg: Message) -> None:
         app = channel[:-2]
         self.cache.app_changed(app)
-        self._to_group(app, self.apps.get(app), msg)
+        self._to_group(app, self.apps.get(app), msg, self._app_users.get(app, 0))
 
     def _on_topic(self, channel: str, msg: Message) -> None:
         app, _, topic = channel.split(":", 2)
         self.cache.app_changed(app)
-        self._to_group(app, self.topics.get((app, topic)), msg)
+        key = (app, topic)
+        self._to_group(app, self.topics.get(key), msg, len(self._topic_users.get(key, ())))
 
-    def _to_group(self, app: str, streams, msg: Message) -> None:
+    def _to_group(self, app: str, streams, msg: Message, users: int) -> None:
         if not streams:
             return
         if type(msg) is Feed:
             self._routed(app, len(streams), msg.sent_at)
+            self.tracking.reached_feed((app, msg.frame, users))
             offset, frame = msg.offset, msg.frame
             for s in tuple(streams):
                 s.on_feed(offset, frame)

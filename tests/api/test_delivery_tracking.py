@@ -1,0 +1,80 @@
+"""Delivery tracking: GET /v1/notifications/{id} "delivery", and /metrics.
+
+"Delivered" for in_app counts users a live stream of theirs wrote the
+notification to (not devices); seen and read come from the inbox states;
+the outbound channels add their own counters through Service.track.
+"""
+
+from __future__ import annotations
+
+from tests.gateway.live import publish, recv_events, ws_connect
+
+
+async def delivery(server, nid: str) -> dict:
+    async with server.http() as http:
+        r = await http.get(f"/v1/notifications/{nid}")
+    assert r.status_code == 200, r.text
+    return r.json()["delivery"]
+
+
+async def test_in_app_counts_users_reached_then_seen_and_read(server):
+    alice = await server.token("alice")
+    phone = await ws_connect(server, alice)
+    laptop = await ws_connect(server, alice)
+    await recv_events(phone, 1)
+    hello, = await recv_events(laptop, 1)
+    (nid,) = await publish(server, {"users": ["alice", "bob", "carol"]})
+    await recv_events(phone, 1)
+    await recv_events(laptop, 1)
+    # two devices, one user: delivered once; bob and carol are offline
+    assert await delivery(server, nid) == {
+        "in_app": {"recipients": 3, "delivered": 1, "seen": 0, "read": 0}}
+    # the laptop drops and replays it: alice's phone already had it
+    await laptop.close()
+    laptop = await ws_connect(server, alice, cursor=hello["cursor"])
+    await recv_events(laptop, 3)  # hello, the replayed one, recovered
+    # bob comes online with a cursor from before it and replays it: a user reached
+    head = await server.service.store.stream_head(server.app, "bob", 0)
+    bob = await ws_connect(server, await server.token("bob"), cursor=f"{head.epoch}:0")
+    await recv_events(bob, 3)
+    async with server.http(alice) as http:
+        await http.post("/v1/me/notifications/read", json={"ids": [nid]})
+    async with server.http(await server.token("carol")) as http:
+        await http.post("/v1/me/notifications/seen", json={"ids": [nid]})
+    assert (await delivery(server, nid))["in_app"] == {
+        "recipients": 3, "delivered": 2, "seen": 2, "read": 1}
+    for ws in (phone, laptop, bob):
+        await ws.close()
+
+
+async def test_a_broadcast_counts_each_connected_user_once(server):
+    streams = []
+    for user in ("alice", "alice", "bob"):
+        ws = await ws_connect(server, await server.token(user))
+        await recv_events(ws, 1)
+        streams.append(ws)
+    (nid,) = await publish(server, {"all": True})
+    for ws in streams:
+        await recv_events(ws, 1)
+    assert (await delivery(server, nid))["in_app"] == {"delivered": 2, "seen": 0, "read": 0}
+    for ws in streams:
+        await ws.close()
+
+
+async def test_channels_report_into_the_same_structure_and_metrics(server):
+    (nid,) = await publish(server, {"users": ["alice"]})
+    service = server.service
+    service.track(server.app, nid, "webhook", "queued")
+    service.track(server.app, nid, "webhook", "sent")
+    service.track(server.app, nid, "email", "failed", 2)
+    got = await delivery(server, nid)
+    assert got["webhook"] == {"queued": 1, "sent": 1}
+    assert got["email"] == {"failed": 2}
+    await service.store.record_delivery(server.app, nid, "push", "delivered")
+    assert (await delivery(server, nid))["push"] == {"delivered": 1}
+    async with server.http() as http:
+        text = (await http.get("/metrics")).text
+    assert ('tidings_delivery_tracking_total{app="testapp",channel="webhook",field="sent"} 1.0'
+            in text)
+    assert 'tidings_delivery_tracking_total{app="testapp",channel="email",field="failed"} 2.0' \
+        in text

@@ -1,0 +1,104 @@
+"""Delivery tracking: counters per notification, channel and field, batched.
+
+"Delivered to a device" happens on the hottest path there is (a live stream
+writes an event), so nothing there may cost a store write or even a dict
+update per delivery.  The gateway only appends what it routed to a list
+(:meth:`DeliveryTracker.reached`, one append per broker message, never per
+connection), and a task flushes every second or so: the list becomes
+counters, the counters one ``Store.record_deliveries`` call.
+
+Outbound channels report through :meth:`DeliveryTracker.add` (or write
+``Store.record_delivery`` themselves when they want it durable at once).
+
+Counting rule for ``in_app`` / ``delivered``: once per user per node per
+notification -- a broker message reaches every open stream of one user (or,
+for a feed item, of every user following it) on this node, and it counts
+the users, not the streams.  A user whose devices sit on two nodes counts
+twice; a device that replays what another device of the same user on this
+node already had is not counted again (the hub checks), one that replays
+after every device of the user had gone may be.  docs/delivery.md has the
+whole rule.
+
+Sans I/O: the caller owns the clock and the store.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+__all__ = ["DeliveryTracker", "Key", "MAX_PENDING", "feed_nid", "personal_nid"]
+
+Key = tuple[str, str, str, str]  # (app, notification id, channel, field)
+# Distinct counters held while the store is away; past it new keys are
+# dropped (and counted in ``dropped``): tracking must never grow memory
+# without bound (DESIGN §2.6), and it is statistics, not data.
+MAX_PENDING = 100_000
+
+_ID = 26  # a notification id (tidings.core.ids)
+_FEED_MARK = b'"notification":{"id":"'
+
+
+def personal_nid(body: bytes) -> bytes | None:
+    """The id of an encoded notification (msgspec writes ``id`` first)."""
+    return body[7:7 + _ID] if body.startswith(b'{"id":"') else None
+
+
+def feed_nid(frame: bytes) -> bytes | None:
+    """The id of the notification inside a feed ``notification`` frame."""
+    at = frame.find(_FEED_MARK)
+    if at < 0:
+        return None
+    at += len(_FEED_MARK)
+    return frame[at:at + _ID]
+
+
+class DeliveryTracker:
+    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+        self.max_pending = max_pending
+        self.pending: dict[Key, int] = {}
+        self.dropped = 0
+        # (app, encoded body) per personal message routed to >= 1 stream, and
+        # (app, frame, users) per feed message: turned into counters at flush
+        self._personal: list[tuple[str, bytes]] = []
+        self._feed: list[tuple[str, bytes, int]] = []
+        self.reached = self._personal.append  # the hot path: one bound-method call
+        self.reached_feed = self._feed.append
+
+    def add(self, app: str, nid: str, channel: str, field: str, n: int = 1) -> None:
+        key = (app, nid, channel, field)
+        pending = self.pending
+        if key in pending:
+            pending[key] += n
+        elif len(pending) < self.max_pending:
+            pending[key] = n
+        else:
+            self.dropped += n
+
+    def fold(self) -> dict[str, int]:
+        """Turn what the gateway routed into ``in_app`` ``delivered``
+        counters; returns the number of deliveries per app (for /metrics)."""
+        personal, self._personal[:] = list(self._personal), []
+        feed, self._feed[:] = list(self._feed), []
+        per_app: Counter[str] = Counter()
+        for (app, raw), n in Counter(
+            (app, personal_nid(body)) for app, body in personal
+        ).items():
+            if raw is not None:
+                self.add(app, raw.decode("ascii", "replace"), "in_app", "delivered", n)
+                per_app[app] += n
+        for app, frame, users in feed:
+            raw = feed_nid(frame)
+            if raw is not None and users:
+                self.add(app, raw.decode("ascii", "replace"), "in_app", "delivered", users)
+                per_app[app] += users
+        return dict(per_app)
+
+    def take(self) -> dict[Key, int]:
+        """Everything pending, to write; the tracker starts empty again."""
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def restore(self, counts: dict[Key, int]) -> None:
+        """A write failed: keep its counters for the next flush."""
+        for (app, nid, channel, field), n in counts.items():
+            self.add(app, nid, channel, field, n)

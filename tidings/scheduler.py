@@ -1,0 +1,84 @@
+"""The loop that fires scheduled notifications (``deliver_at``).
+
+Every node runs one (the app's lifespan starts it).  Scheduled
+notifications are rows in the store; the store's ``fire_due`` claims each
+due one and publishes it in one transaction, so however many nodes poll at
+the same instant, each notification fires once (docs/delivery.md).  What
+this loop adds is timing:
+
+* it sleeps until the earliest pending notification is due, but never
+  longer than ``poll_interval``, so one scheduled through another node (or
+  another process on the same SQLite file) is noticed within that time;
+* a publish on this node that is due sooner wakes it at once (:meth:`wake`);
+* after a restart the first pass fires whatever fell due while the node
+  was down (and drops what expired meanwhile);
+* a store error is logged and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tidings.service import Service
+
+log = logging.getLogger("tidings.scheduler")
+
+POLL_INTERVAL = 1.0  # seconds: the latest a notification scheduled elsewhere fires
+BATCH = 100  # fired per store call; a full batch loops at once
+
+
+class Scheduler:
+    def __init__(self, service: Service, *, poll_interval: float = POLL_INTERVAL,
+                 clock=time.time) -> None:
+        self.service = service
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.fired = 0  # notifications published by this node's scheduler
+        self.expired = 0  # dropped: their ttl ran out before they could fire
+        self._wake = asyncio.Event()
+        self._next = 0.0  # when the loop means to look next (clock time)
+
+    def wake(self, due_at: float) -> None:
+        """A notification due at ``due_at`` was scheduled on this node."""
+        if due_at < self._next:
+            self._wake.set()
+
+    async def run_once(self) -> int:
+        """Fire everything due now; returns how many were handled."""
+        done = 0
+        while True:
+            outcomes = await self.service.fire_due(self.clock(), BATCH)
+            done += len(outcomes)
+            for out in outcomes:
+                if out.status == "accepted":
+                    self.fired += 1
+                elif out.status == "expired":
+                    self.expired += 1
+            if len(outcomes) < BATCH:
+                return done
+
+    async def run(self) -> None:
+        while True:
+            # Cleared before looking, not after: a wake that arrives while
+            # the store is being read stays set, and the sleep below ends at once.
+            self._wake.clear()
+            self._next = float("inf")
+            delay = self.poll_interval
+            try:
+                await self.run_once()
+                due = await self.service.store.next_due()
+                if due is not None:
+                    delay = min(delay, max(0.0, due - self.clock()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("firing scheduled notifications failed; retrying")
+            self._next = self.clock() + delay
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
