@@ -40,4 +40,4 @@ def test_tiny_dashboard_run_both_ways(tmp_path):
         assert r["viewer_snapshots"] >= 2
         assert r["published"] > 0 and r["publish_errors"] == 0
     report = (tmp_path / "report.md").read_text()
-    assert "## dashboard" in report and "With the cache:" in report
+    assert "## dashboard" in report and "with the cache, p50" in report
