@@ -223,3 +223,19 @@ async def test_two_nodes_fire_each_scheduled_notification_once(tmp_path):
                 assert await a.service.fire_due(time.time() + 60, 100) == []
     finally:
         await delete_prefixed(redis, prefix)
+
+
+async def test_the_scheduling_limits_are_named_and_apply(tmp_path):
+    from tidings.config import Limits
+
+    limits = Limits(max_schedule_ahead=60, deliver_at_grace=10)
+    async with run_server(tmp_path, limits=limits) as server:
+        async with server.http() as http:
+            for seconds, expect in [(120, 422), (-30, 422), (30, 202), (-5, 202)]:
+                r = await http.post(PUBLISH, json={"to": {"users": ["alice"]},
+                                                   "deliver_at": at(seconds)})
+                assert r.status_code == expect, (seconds, r.text)
+                if expect == 422:
+                    assert r.json()["error"]["field"] == "deliver_at"
+                else:
+                    assert r.json()["status"] == ("scheduled" if seconds > 0 else "accepted")

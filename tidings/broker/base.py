@@ -35,6 +35,8 @@ class Personal(Message, tag="p"):
 
     epoch: str
     seq: int
+    # the notification's JSON; for a group entry followed by ``,"group":{...}``
+    # (tidings.core.events.with_group): the rest of the event, spliced as is
     body: bytes
     # wall-clock time the publish's store commit returned; publish -> device
     # latency is measured from it (0.0: unknown, not measured).  Trailing and

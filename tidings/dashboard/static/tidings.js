@@ -11,7 +11,8 @@
  *     getToken: () => fetch("/my-backend/tidings-token").then(r => r.text()),
  *   });
  *   client.on("inbox", (page) => render(page.items));   // first load, and reloads
- *   client.on("notification", (n) => prepend(n));
+ *   client.on("notification", (n, ev) =>          // ev.group: a group entry's update
+ *     ev.group ? replaceRow(ev.group.id, n, ev.group) : prepend(n));
  *   client.on("counts", (c) => setBadge(c.unread));
  *   client.on("state", (s) => markLocally(s.ids, s.state));
  *   await client.markRead([id]);
@@ -137,7 +138,13 @@
         // hello's counts already hold what is replayed; a live arrival is one more
         // unseen item (exact again at the next hello or state change)
         if (!this._replaying && this._counts) {
-          this._setCounts({ unread: this._counts.unread + 1, unseen: this._counts.unseen + 1 });
+          if (ev.group && ev.group.count > 1) {
+            // an update of an entry that was unread: not one more; whether it was
+            // seen (and is unseen again now) only the server knows, so ask it
+            this._refreshCounts();
+          } else {
+            this._setCounts({ unread: this._counts.unread + 1, unseen: this._counts.unseen + 1 });
+          }
         }
         return;
       }
@@ -345,6 +352,17 @@
   Client.prototype.counts = function () {
     var self = this;
     return this._request("GET", "/v1/me/counts").then(function (c) { self._setCounts(c); return c; });
+  };
+
+  // One counts request at a time; updates arriving meanwhile ask once more after it.
+  Client.prototype._refreshCounts = function () {
+    var self = this;
+    if (this._countsBusy) { this._countsAgain = true; return; }
+    this._countsBusy = true;
+    this.counts().catch(function () {}).then(function () {
+      self._countsBusy = false;
+      if (self._countsAgain) { self._countsAgain = false; self._refreshCounts(); }
+    });
   };
 
   Client.prototype._setState = function (what, ids) {
