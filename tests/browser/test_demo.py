@@ -148,3 +148,20 @@ def test_recovered_false_reloads_the_inbox(context, tidings_server):
     assert "recovered:false" in result["seen"]
     assert result["titles"] == ["stored earlier"]
     assert not result["cursor"].startswith("deadbeef:")  # hello's position was adopted
+
+
+def test_a_group_entry_is_one_row_that_updates_in_place(context, tidings_server):
+    page = _open_demo(context, tidings_server, "gi")
+    for actor in ("user_17", "user_9", "user_3"):
+        tidings_server.publish({"users": ["gi"]}, title=f"{actor} liked your post",
+                               group_key="post:7:likes", actor=actor)
+    row = page.locator("#list li")
+    expect(row).to_have_count(1)
+    expect(row.locator(".title")).to_have_text("user_3 liked your post")
+    expect(row.locator(".group")).to_contain_text("3 notifications")
+    expect(page.locator("#badge")).to_have_text("1")  # one entry, one unread
+    page.reload()  # the inbox page shows the same single entry
+    expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    expect(page.locator("#list li")).to_have_count(1)
+    expect(page.locator("#list li .group")).to_contain_text("3 notifications")
+    expect(page.locator("#badge")).to_have_text("1")

@@ -29,17 +29,19 @@
     // A fresh first page (first load, recovered:false, or after a reconnect).
     // Keep what arrived live while it was loading: newer than its newest item.
     var newest = page.items.length ? page.items[0].id : "";
-    var fresh = new Map();
-    page.items.forEach(function (it) { fresh.set(it.id, it); });
-    items.forEach(function (it, id) { if (id > newest && !fresh.has(id)) fresh.set(id, it); });
-    items = fresh;
+    var old = items;
+    items = new Map();
+    page.items.forEach(put);
+    old.forEach(function (it, id) { if (id > newest) put(it); });
     nextBefore = page.next_before;
     render();
   });
 
-  client.on("notification", function (n) {
+  client.on("notification", function (n, ev) {
     if (items.has(n.id)) return;
-    items.set(n.id, { id: n.id, state: "unseen", notification: n, arrived: true });
+    // With ev.group, this updates a group entry ("user_17 and 41 others liked
+    // your post"): it replaces the row of the same group.id, unread again.
+    put({ id: n.id, state: "unseen", notification: n, group: ev.group, arrived: true });
     render();
   });
 
@@ -106,6 +108,17 @@
   // -- drawing -------------------------------------------------------------------
   var ORDER = { unseen: 0, seen: 1, read: 2, archived: 3 };   // states only move forward
 
+  // One row per group entry: a newer member replaces the row of its group.id.
+  function put(it) {
+    if (it.group) {
+      var gid = it.group.id, stale = null;
+      items.forEach(function (other, id) { if (other.group && other.group.id === gid) stale = id; });
+      if (stale !== null && stale > it.id) return;   // the row already shows a newer member
+      if (stale !== null) items.delete(stale);
+    }
+    items.set(it.id, it);
+  }
+
   function applyState(id, state) {
     var it = items.get(id);
     if (!it) return;
@@ -131,6 +144,7 @@
     var dot = el("span", "dot");
     var text = el("div", "text");
     text.append(el("p", "title", n.title || "(no title)"));
+    if (it.group && it.group.count > 1) text.append(el("p", "group", groupText(it.group)));
     if (n.body) text.append(el("p", "body", n.body));
     var meta = el("p", "meta");
     meta.append(el("span", "cat", n.category || "default"));
@@ -145,6 +159,12 @@
       li.append(btn);
     }
     return li;
+  }
+
+  function groupText(g) {         // "user_17, user_9 and 40 others · 42 notifications"
+    var names = g.actors || [], others = (g.actor_count || names.length) - names.length;
+    var who = names.join(", ") + (others > 0 ? " and " + others + (others > 1 ? " others" : " other") : "");
+    return (who ? who + " · " : "") + g.count + " notifications";
   }
 
   function el(tag, cls, text) {
