@@ -148,3 +148,13 @@ async def test_broadcasts_do_not_aggregate(server):
         items = (await http.get("/v1/me/notifications")).json()["items"]
     assert [i["id"] for i in items] == ids[::-1]
     assert all("group" not in i for i in items)
+
+
+async def test_the_group_object_matches_its_openapi_schema(server):
+    await publish(server, {"users": ["alice"]}, **like("user_1"))
+    async with server.http() as http:
+        schema = (await http.get("/openapi.json")).json()["components"]["schemas"]
+        item = (await http.get("/v1/users/alice/notifications")).json()["items"][0]
+    assert schema["InboxItem"]["properties"]["group"]["anyOf"][0]["$ref"].endswith("/Group")
+    assert set(item["group"]) == set(schema["Group"]["properties"]) == set(
+        schema["Group"]["required"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -309,3 +310,27 @@ async def test_demo_page_keeps_its_token_to_itself(server):
     assert r.headers["referrer-policy"] == "no-referrer"
     assert r.headers["cache-control"] == "no-store"
     assert token not in r.text  # read by the page's script, never echoed
+
+
+async def test_the_snapshot_shows_delivery_tracking_and_scheduled(server):
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    ws = await ws_connect(server, await server.token("u1"))
+    await recv_events(ws, 1)
+    (nid,) = await publish(server, {"users": ["u1", "u2"]})
+    await recv_events(ws, 1)
+    async with server.http() as http:
+        r = await http.post("/v1/notifications", json={
+            "to": {"users": ["u1"]}, "deliver_at": "2999-01-01T00:00:00Z"})
+        assert r.status_code == 422  # beyond the horizon: not counted
+        r = await http.post("/v1/notifications", json={
+            "to": {"users": ["u1"]},
+            "deliver_at": datetime.fromtimestamp(time.time() + 3600, timezone.utc).isoformat()})
+        assert r.json()["status"] == "scheduled"
+    async with server.http(await server.token("u1")) as http:
+        await http.post("/v1/me/notifications/read", json={"ids": [nid]})
+    server.service.track(server.app, nid, "webhook", "sent")
+    await server.service.flush_tracking()  # the app does it every second
+    snap = await _snapshot(server, **auth)
+    assert snap["tracking"] == {"in_app": {"delivered": 1, "read": 1}, "webhook": {"sent": 1}}
+    assert (snap["totals"]["scheduled"], snap["totals"]["published"]) == (1, 1)
+    await ws.close()

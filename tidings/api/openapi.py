@@ -12,8 +12,8 @@ import functools
 import msgspec
 
 from tidings.core.models import (
-    BatchRequest, Notification, PatchRequest, Preferences, PublishRequest, StateRequest,
-    SubscribersRequest, TokenRequest,
+    BatchRequest, InboxItem, Notification, PatchRequest, Preferences, PublishRequest,
+    StateRequest, SubscribersRequest, TokenRequest,
 )
 
 from tidings.core.outbound import Caps, EmailRequest, PushSubscriptionRequest, WebhookRequest
@@ -96,7 +96,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
 
 @functools.cache
 def openapi_document() -> dict:
-    models = [m for *_, m in OPERATIONS if m is not None] + [Notification]
+    # InboxItem (and with it Group): what inbox pages and group listings hold
+    models = [m for *_, m in OPERATIONS if m is not None] + [Notification, InboxItem]
     (_, components) = msgspec.json.schema_components(
         models, ref_template="#/components/schemas/{name}"
     )

@@ -123,10 +123,22 @@ class Counts(msgspec.Struct):
     unseen: int
 
 
+class Group(msgspec.Struct):
+    """A group entry's summary (aggregation by group_key; docs/protocol.md)."""
+
+    id: str  # the entry's stable id: the notification that opened it
+    key: str
+    count: int  # notifications merged, exact
+    actor_count: int  # distinct actors (see tidings.core.aggregate)
+    actors: list[str]  # up to 3, most recent first
+    latest_at: str  # created_at of the newest member
+    first_id: str  # the oldest member
+
+
 class InboxItem(msgspec.Struct, omit_defaults=True):
     id: str
     state: str
     notification: Notification
     seq: int | None = None  # personal items; feed items have none
     feed: int | None = None
-    group: dict | None = None  # aggregation summary, when grouped
+    group: Group | None = None  # a group entry's summary

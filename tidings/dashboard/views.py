@@ -203,7 +203,9 @@ class Views:
                 if _in(scope, app):
                     latency = _add(latency, p.latency)
         totals = {"published": 0, "delivered": 0, "replayed": 0, "slow_consumers": 0,
-                  "errors": 0}
+                  "errors": 0, "scheduled": 0}
+        # delivery tracking by channel and field ({"in_app": {"delivered": n, ...}, ...})
+        tracking: dict[str, dict[str, int]] = {}
         for app, st in stats.apps.items():
             if _in(scope, app):
                 totals["published"] += st.published
@@ -211,6 +213,10 @@ class Views:
                 totals["replayed"] += st.replayed
                 totals["slow_consumers"] += st.slow_consumers
                 totals["errors"] += sum(st.errors.values())
+                totals["scheduled"] += st.scheduled
+                for (channel, field), n in st.tracked.items():
+                    fields = tracking.setdefault(channel, {})
+                    fields[field] = fields.get(field, 0) + n
         return {
             "scope": scope, "node": self.node, "t": round(now, 3),
             "uptime_s": round(now - self.started_at, 1),
@@ -220,6 +226,7 @@ class Views:
                             "sse": kinds.get("sse", 0)},
             "queues": {"queued": queued, "deepest": deepest},
             "totals": totals,
+            "tracking": tracking,
             "apps": apps[:TOP],
             "topics": topics[:TOP],
             "errors": errors,
