@@ -44,23 +44,18 @@ import asyncpg
 import msgspec
 from asyncpg import exceptions as pgerr
 
-from tidings.core.ids import id_floor
 from tidings.core.models import Preferences
 from tidings.errors import Unavailable
 from tidings.store import _postgres_groups as _groups
 from tidings.store import _postgres_sched as _sched
+from tidings.store import _postgres_tx as _tx
 from tidings.store import migrations
 from tidings.store._postgres_sql import (
     DELETE,
-    FANOUT_TOPIC,
-    FANOUT_USERS,
-    FEED,
     HEAD,
     INBOX,
     NEW_STREAM,
     REPLAY,
-    SEQS_TOPIC,
-    SEQS_USERS,
     SET_STATE,
     SET_STATE_IDS,
     STATE_CODE,
@@ -68,10 +63,8 @@ from tidings.store._postgres_sql import (
 )
 from tidings.store.base import (
     AppRecord,
-    Delivery,
     Entry,
     KeyRecord,
-    NewNotification,
     PublishOutcome,
     Store,
     StoredNotification,
@@ -86,9 +79,6 @@ log = logging.getLogger("tidings.store")
 DIALECT = "postgres"
 RETRY_AFTER = 2.0  # seconds a client is told to wait while the database is away
 CONNECT_TIMEOUT = 5.0  # a new connection, and waiting for a free one in the pool
-# The retention sweep scans whole tables: it gets longer than the 60 s that
-# any other statement gets before it is cancelled and answered 503.
-SWEEP_TIMEOUT = 3600.0
 # pg_advisory_xact_lock key that serialises migrations ("tidings" in ASCII).
 MIGRATION_LOCK = 0x74696469_6E6773
 
@@ -347,13 +337,13 @@ class PostgresStore(PostgresOutbound, Store):
         if item.idempotency_key is None:
             # a grouped fan-out is several statements (_postgres_groups.py)
             grouped = item.group_key is not None and item.deliver_at is None
-            return await self._call(_publish, app_id, item, fanout_threshold, tx=grouped)
+            return await self._call(_tx.publish, app_id, item, fanout_threshold, tx=grouped)
         return await self._call(
-            _publish_once, app_id, item, fanout_threshold, window, tx=True
+            _tx.publish_once, app_id, item, fanout_threshold, window, tx=True
         )
 
     async def get_notification(self, app_id, nid) -> StoredNotification | None:
-        return await self._call(_get_notification, app_id, nid)
+        return await self._call(_tx.get_notification, app_id, nid)
 
     async def update_notification(self, app_id, nid, body) -> StoredNotification | None:
         async def update(conn):
@@ -361,7 +351,7 @@ class PostgresStore(PostgresOutbound, Store):
                 "UPDATE notifications SET body = $3 WHERE app_id = $1 AND id = $2 "
                 "AND NOT deleted RETURNING true", app_id, nid, body,
             )
-            return await _get_notification(conn, app_id, nid) if found else None
+            return await _tx.get_notification(conn, app_id, nid) if found else None
 
         return await self._call(update, tx=True)
 
@@ -374,7 +364,7 @@ class PostgresStore(PostgresOutbound, Store):
                 "FOR UPDATE", app_id, nid,
             ):
                 return None
-            old = await _get_notification(conn, app_id, nid)
+            old = await _tx.get_notification(conn, app_id, nid)
             await _groups.retract(conn, app_id, nid)
             if not await conn.fetchval(DELETE, app_id, nid):
                 return None
@@ -392,7 +382,7 @@ class PostgresStore(PostgresOutbound, Store):
     # -- scheduled delivery ---------------------------------------------
     async def fire_due(self, now, limit, *, fanout_threshold) -> list:
         async def publish(conn, app_id, item):
-            return await _publish(conn, app_id, item, fanout_threshold)
+            return await _tx.publish(conn, app_id, item, fanout_threshold)
 
         fired = []
         for _ in range(limit):  # one transaction each (_postgres_sched.fire_one)
@@ -502,7 +492,7 @@ class PostgresStore(PostgresOutbound, Store):
             "DELETE FROM topic_subs WHERE app_id = $1 AND topic = $2 AND user_id = ANY($3)",
             app_id, topic, list(users),
         )
-        return _count(status)
+        return _tx.count(status)
 
     async def topic_info(self, app_id, topic, limit) -> tuple[int, list[str]]:
         row = await self._fetchrow(
@@ -549,7 +539,7 @@ class PostgresStore(PostgresOutbound, Store):
 
     # -- maintenance ----------------------------------------------------
     async def prune(self, app_id, older_than) -> int:
-        return await self._call(_prune, app_id, older_than)
+        return await self._call(_tx.prune, app_id, older_than)
 
 
 # -- statements run on one pooled connection ------------------------------------
@@ -568,134 +558,3 @@ async def _fetchval(conn, sql, *args):
 
 async def _execute(conn, sql, *args):
     return await conn.execute(sql, *args)
-
-
-async def _publish(conn, app_id: str, item: NewNotification, threshold: int) -> PublishOutcome:
-    if item.deliver_at is not None:
-        return await _sched.schedule(conn, app_id, item)
-    if item.users is not None:
-        users = list(dict.fromkeys(item.users))
-        if item.group_key is not None:
-            return await _groups.fan_out(conn, SEQS_USERS, app_id, item, users)
-        return await _fan_out(conn, FANOUT_USERS, app_id, item, users)
-    if item.topic is not None:
-        # Counting stops past the threshold: a topic of a million costs the same.
-        size = await conn.fetchval(
-            "SELECT count(*) FROM (SELECT 1 FROM topic_subs WHERE app_id = $1 AND topic = $2 "
-            "LIMIT $3) AS capped", app_id, item.topic, threshold + 1,
-        )
-        if size <= threshold:
-            if item.group_key is not None:
-                return await _groups.fan_out(conn, SEQS_TOPIC, app_id, item, item.topic)
-            return await _fan_out(conn, FANOUT_TOPIC, app_id, item, item.topic)
-        audience = item.topic
-    else:
-        audience = "*"
-    offset = await conn.fetchval(
-        FEED, app_id, item.id, item.category, item.body, audience, item.created_at,
-        item.expires_at,
-    )
-    return PublishOutcome(item.id, "accepted", 0, feed_offset=offset, audience=audience,
-                          body=item.body)
-
-
-async def _fan_out(conn, sql: str, app_id: str, item: NewNotification, target) -> PublishOutcome:
-    total, users, epochs, seqs = await conn.fetchrow(
-        sql, app_id, item.id, item.category, item.body, item.created_at, item.expires_at, target,
-    )
-    deliveries = list(map(Delivery, users, epochs, seqs)) if users else []
-    n = len(deliveries)
-    return PublishOutcome(item.id, "accepted", n, muted=total - n, deliveries=deliveries,
-                          body=item.body)
-
-
-async def _publish_once(conn, app_id, item: NewNotification, threshold: int, window: float):
-    """Publish with an idempotency key (inside a transaction)."""
-    key = item.idempotency_key
-    # Claim the key: insert it, or take over a record older than the window.
-    # A concurrent claim of the same key waits here until the first commits.
-    claimed = await conn.fetchval(
-        "INSERT INTO idempotency AS i (app_id, key, result, created_at) VALUES ($1, $2, '', $3) "
-        "ON CONFLICT (app_id, key) DO UPDATE SET result = '', created_at = EXCLUDED.created_at "
-        "WHERE i.created_at <= EXCLUDED.created_at - $4 RETURNING true",
-        app_id, key, item.created_at, window,
-    )
-    if not claimed:
-        first = msgspec.json.decode(await conn.fetchval(
-            "SELECT result FROM idempotency WHERE app_id = $1 AND key = $2", app_id, key))
-        return PublishOutcome(first["id"], "duplicate", first["recipients"], first.get("muted", 0))
-    out = await _publish(conn, app_id, item, threshold)
-    await conn.execute(
-        "UPDATE idempotency SET result = $3 WHERE app_id = $1 AND key = $2", app_id, key,
-        _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted}),
-    )
-    return out
-
-
-async def _get_notification(conn, app_id: str, nid: str) -> StoredNotification | None:
-    row = await conn.fetchrow(
-        "SELECT id, body, category, created_at, expires_at, audience, feed_offset, recipients "
-        "FROM notifications WHERE app_id = $1 AND id = $2 AND NOT deleted", app_id, nid,
-    )
-    if row is None:
-        return None
-    if row["feed_offset"] is None:
-        # plain entries of nid, and the group entries holding it
-        counts = await conn.fetch(
-            "SELECT state, count(*) FROM inbox WHERE app_id = $1 AND nid = $2 AND gid IS NULL "
-            "GROUP BY state", app_id, nid,
-        ) + await _groups.state_counts(conn, app_id, nid)
-    else:
-        counts = await conn.fetch(
-            "SELECT state, count(*) FROM feed_state WHERE app_id = $1 AND nid = $2 "
-            "GROUP BY state", app_id, nid,
-        )
-    stats = dict.fromkeys(STATE_NAME, 0)
-    for code, n in counts:
-        stats[STATE_NAME[code]] += n
-    return StoredNotification(*row, stats=stats)
-
-
-async def _prune(conn, app_id: str | None, older_than: float) -> int:
-    where, args = "", (older_than,)
-    if app_id is not None:
-        where, args = " AND app_id = $2", (older_than, app_id)
-    # The floors rise first, in a short transaction of their own: from then
-    # on a cursor below a floor is answered "reload" (recovered: false), so
-    # the entries can go afterwards without a replay ever seeing a hole, and
-    # the long deletes hold no stream's lock that a publish would wait for.
-    async with conn.transaction():
-        # Stream rows are locked in the order publishes lock them (app, then
-        # user, byte order), so a sweep never deadlocks a fan-out.
-        await conn.execute(
-            "SELECT 1 FROM streams WHERE (app_id, user_id) IN "
-            "(SELECT app_id, user_id FROM inbox WHERE created_at < $1" + where + ") "
-            "ORDER BY app_id, user_id FOR UPDATE", *args, timeout=SWEEP_TIMEOUT,
-        )
-        await conn.execute(
-            "UPDATE streams s SET floor_seq = greatest(s.floor_seq, old.top) "
-            "FROM (SELECT app_id, user_id, max(seq) AS top FROM inbox WHERE created_at < $1"
-            + where + " GROUP BY app_id, user_id) AS old "
-            "WHERE s.app_id = old.app_id AND s.user_id = old.user_id", *args,
-            timeout=SWEEP_TIMEOUT,
-        )
-        await conn.execute(
-            "UPDATE feed_heads h SET floor = greatest(h.floor, old.top) "
-            "FROM (SELECT app_id, max(feed_offset) AS top FROM notifications "
-            "      WHERE feed_offset IS NOT NULL AND created_at < $1" + where +
-            "      GROUP BY app_id) AS old WHERE h.app_id = old.app_id", *args,
-            timeout=SWEEP_TIMEOUT,
-        )
-    n = 0
-    for table in ("inbox", "notifications", "idempotency"):
-        status = await conn.execute(
-            f"DELETE FROM {table} WHERE created_at < $1" + where, *args, timeout=SWEEP_TIMEOUT)
-        if table != "idempotency":  # entries and feed items, as SQLite counts them
-            n += _count(status)
-    await _sched.prune(conn, app_id, older_than, id_floor(int(older_than * 1000)), SWEEP_TIMEOUT)
-    return n
-
-
-def _count(status: str) -> int:
-    """Rows affected, from a command tag such as ``DELETE 12``."""
-    return int(status.rsplit(" ", 1)[1])

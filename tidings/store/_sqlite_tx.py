@@ -1,0 +1,217 @@
+"""The SQLite store's write transactions (sqlite.py runs them).
+
+Each function runs on the store's writer thread, inside its group commit:
+``conn`` is the write connection with a transaction open, and a function
+that raises has its own transaction rolled back alone (``_Writer._run_batch``).
+Kept apart from sqlite.py so that the store reads as its public methods and
+the writer, and the multi-statement writes as one place to review.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import msgspec
+
+from tidings.core.ids import id_floor, new_epoch
+from tidings.store import _sqlite_groups as _groups
+from tidings.store import _sqlite_sched as _sched
+from tidings.store.base import Delivery, NewNotification, PublishOutcome
+
+__all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
+
+_CHUNK = 500  # host parameters per IN (...) list
+_encode = msgspec.json.encode
+
+
+def _chunks(items: list, n: int = _CHUNK):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def ensure_stream(conn: sqlite3.Connection, app_id: str, user: str):
+    conn.execute(
+        "INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES (?,?,?,0) "
+        "ON CONFLICT DO NOTHING", (app_id, user, new_epoch()),
+    )
+    return conn.execute(
+        "SELECT epoch, head_seq, floor_seq FROM streams WHERE app_id=? AND user_id=?",
+        (app_id, user),
+    ).fetchone()
+
+
+def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window: float):
+    if item.idempotency_key is not None:
+        row = conn.execute(
+            "SELECT result, created_at FROM idempotency WHERE app_id=? AND key=?",
+            (app_id, item.idempotency_key),
+        ).fetchone()
+        if row and row[1] > item.created_at - window:
+            first = msgspec.json.decode(row[0])
+            return PublishOutcome(
+                first["id"], "duplicate", first["recipients"], first.get("muted", 0)
+            )
+    if item.deliver_at is not None:
+        out = _sched.schedule_tx(conn, app_id, item)
+        _remember_key(conn, app_id, item, out)
+        return out
+
+    users: list[str] | None = None
+    audience: str | None = None
+    if item.users is not None:
+        users = list(dict.fromkeys(item.users))
+    elif item.topic is not None:
+        (size,) = conn.execute(
+            "SELECT count(*) FROM topic_subs WHERE app_id=? AND topic=?", (app_id, item.topic)
+        ).fetchone()
+        if size > threshold:
+            audience = item.topic
+        else:
+            users = [r[0] for r in conn.execute(
+                "SELECT user_id FROM topic_subs WHERE app_id=? AND topic=?", (app_id, item.topic)
+            )]
+    else:
+        audience = "*"
+
+    out = PublishOutcome(item.id, "accepted", 0, body=item.body)
+    if audience is not None:
+        (offset,) = conn.execute(
+            "INSERT INTO feed_heads(app_id, head) VALUES (?, 1) ON CONFLICT(app_id) "
+            "DO UPDATE SET head=head+1 RETURNING head", (app_id,),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO notifications(app_id, id, category, body, audience, feed_offset, "
+            "recipients, created_at, expires_at) VALUES (?,?,?,?,?,?,0,?,?)",
+            (app_id, item.id, item.category, item.body, audience, offset,
+             item.created_at, item.expires_at),
+        )
+        out.feed_offset, out.audience = offset, audience
+    else:
+        muted: set[str] = set()
+        for part in _chunks(users):
+            marks = ",".join("?" * len(part))
+            muted.update(r[0] for r in conn.execute(
+                f"SELECT user_id FROM mutes WHERE app_id=? AND category=? AND user_id IN ({marks})",
+                (app_id, item.category, *part),
+            ))
+        recipients = [u for u in users if u not in muted] if muted else users
+        conn.execute(
+            "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
+            "expires_at) VALUES (?,?,?,?,?,?,?)",
+            (app_id, item.id, item.category, item.body, len(recipients),
+             item.created_at, item.expires_at),
+        )
+        deliveries = out.deliveries
+        rows = []
+        created, expires, nid = item.created_at, item.expires_at, item.id
+        # One multi-row upsert per chunk assigns every recipient's next seq.
+        for part in _chunks(recipients, 300):
+            values = ",".join("(?,?,?,1)" for _ in part)
+            params: list = []
+            for user in part:
+                params += (app_id, user, new_epoch())
+            for user, epoch, seq in conn.execute(
+                f"INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES {values} "
+                "ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=head_seq+1 "
+                "RETURNING user_id, epoch, head_seq", params,
+            ):
+                deliveries.append(Delivery(user, epoch, seq))
+                rows.append((app_id, user, seq, nid, created, expires))
+        if item.group_key is None:
+            conn.executemany(
+                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
+                "VALUES (?,?,?,?,?,?)", rows,
+            )
+        else:
+            _groups.insert_entries_tx(conn, app_id, item, rows, deliveries)
+        out.recipients, out.muted = len(recipients), len(muted)
+
+    _remember_key(conn, app_id, item, out)
+    return out
+
+
+def _remember_key(conn, app_id: str, item: NewNotification, out: PublishOutcome) -> None:
+    if item.idempotency_key is not None:
+        conn.execute(
+            "INSERT INTO idempotency(app_id, key, result, created_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
+            "created_at=excluded.created_at",
+            (app_id, item.idempotency_key,
+             _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted}),
+             item.created_at),
+        )
+
+
+def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int, now: float):
+    changed: list[str] = []
+    if ids is None:
+        changed += [r[0] for r in conn.execute(
+            "UPDATE inbox SET state=? WHERE app_id=? AND user_id=? AND state<? "
+            "AND (expires_at IS NULL OR expires_at>?) RETURNING nid",
+            (code, app_id, user, code, now),
+        )]
+        feed_ids = [r[0] for r in conn.execute(
+            "SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset IS NOT NULL "
+            "AND n.deleted=0 AND (n.expires_at IS NULL OR n.expires_at>?) AND (n.audience='*' "
+            "OR n.audience IN (SELECT topic FROM topic_subs WHERE app_id=? AND user_id=?))",
+            (app_id, now, app_id, user),
+        )]
+    else:
+        # an older member's id marks the group entry that holds it now
+        ids = list(dict.fromkeys(ids + _groups.current_ids(conn, app_id, user, ids)))
+        for part in _chunks(ids):
+            marks = ",".join("?" * len(part))
+            changed += [r[0] for r in conn.execute(
+                f"UPDATE inbox SET state=? WHERE app_id=? AND user_id=? AND state<? "
+                f"AND (expires_at IS NULL OR expires_at>?) AND nid IN ({marks}) RETURNING nid",
+                (code, app_id, user, code, now, *part),
+            )]
+        done = set(changed)
+        rest = [i for i in ids if i not in done]
+        feed_ids = []
+        for part in _chunks(rest):
+            marks = ",".join("?" * len(part))
+            feed_ids += [r[0] for r in conn.execute(
+                f"SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset IS NOT NULL "
+                f"AND n.deleted=0 AND (n.expires_at IS NULL OR n.expires_at>?) "
+                f"AND n.id IN ({marks}) AND (n.audience='*' OR n.audience IN "
+                f"(SELECT topic FROM topic_subs WHERE app_id=? AND user_id=?))",
+                (app_id, now, *part, app_id, user),
+            )]
+    for nid in feed_ids:
+        row = conn.execute(
+            "INSERT INTO feed_state(app_id, user_id, nid, state) VALUES (?,?,?,?) "
+            "ON CONFLICT(app_id, user_id, nid) DO UPDATE SET state=excluded.state "
+            "WHERE feed_state.state < excluded.state RETURNING nid",
+            (app_id, user, nid, code),
+        ).fetchone()
+        if row:
+            changed.append(nid)
+    return changed
+
+
+def prune_tx(conn, app_id: str | None, older_than: float) -> int:
+    where, args = ("", ()) if app_id is None else (" AND app_id=?", (app_id,))
+    floors = conn.execute(
+        "SELECT app_id, user_id, max(seq) FROM inbox WHERE created_at<?" + where +
+        " GROUP BY app_id, user_id", (older_than, *args),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE streams SET floor_seq=max(floor_seq, ?) WHERE app_id=? AND user_id=?",
+        [(s, a, u) for a, u, s in floors],
+    )
+    n = conn.execute("DELETE FROM inbox WHERE created_at<?" + where, (older_than, *args)).rowcount
+    feed_floors = conn.execute(
+        "SELECT app_id, max(feed_offset) FROM notifications WHERE feed_offset IS NOT NULL "
+        "AND created_at<?" + where + " GROUP BY app_id", (older_than, *args),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE feed_heads SET floor=max(floor, ?) WHERE app_id=?",
+        [(f, a) for a, f in feed_floors],
+    )
+    n += conn.execute(
+        "DELETE FROM notifications WHERE created_at<?" + where, (older_than, *args)
+    ).rowcount
+    conn.execute("DELETE FROM idempotency WHERE created_at<?" + where, (older_than, *args))
+    _sched.prune_tx(conn, app_id, older_than, id_floor(int(older_than * 1000)))
+    return n
