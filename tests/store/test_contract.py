@@ -1099,3 +1099,24 @@ async def test_prune_drops_finished_schedules_and_old_counters(db):
     assert await db.get_scheduled(A, old.id) is None
     assert await db.delivery_counts(A, old.id) == {}
     assert (await db.get_scheduled(A, keep.id)).status == "pending"  # pending is kept
+
+
+async def test_inbox_pages_by_id_when_a_late_entry_has_an_older_id(db):
+    # A scheduled notification that fires late (its node was down) has an id
+    # older than entries published meanwhile, and a later seq; so does a group
+    # entry whose newest member was retracted.  Pages must still list every
+    # entry once, newest id first.
+    t = time.time()
+    late = note(users=["u"], created_at=t, deliver_at=t + 1)
+    await publish(db, A, late)
+    meanwhile = [await publish(db, A, note(users=["u"], created_at=t)) for _ in range(3)]
+    await fire_all(db, t + 60)
+    personal, _ = await replay_all(db, A, "u", now=t + 60)
+    assert [e.id for e in personal] == [o.id for o in meanwhile] + [late.id]  # seq order
+    expected = sorted([late.id] + [o.id for o in meanwhile], reverse=True)
+    assert await inbox_ids(db, A, "u", now=t + 60) == expected
+    pages, before = [], None
+    while page := await inbox_ids(db, A, "u", limit=1, before=before, now=t + 60):
+        pages += page
+        before = page[-1]
+    assert pages == expected

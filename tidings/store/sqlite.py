@@ -465,9 +465,12 @@ class SQLiteStore(SQLiteOutbound, Store):
             "FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
             "WHERE i.app_id=? AND i.user_id=? AND (i.expires_at IS NULL OR i.expires_at>?) AND "
             + pred.replace("st", "i.state") + bound.replace("n.id", "i.nid")
-            # seq order is publish order (ids are minted in submission order and
-            # the writer commits in that order), and seq is the primary key
-            + " ORDER BY i.seq DESC LIMIT ?",
+            # By id, not by seq, as on PostgreSQL: a scheduled notification that
+            # fires late has an older id than entries published meanwhile and a
+            # later seq, and so does a group entry whose newest member was
+            # retracted; ``before=<id>`` must neither skip nor repeat them.  The
+            # sort covers one user's rows, found by the primary key prefix.
+            + " ORDER BY i.nid DESC LIMIT ?",
             (app_id, user, now, *args_b, limit),
         )
         feed = self._q(
