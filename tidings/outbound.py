@@ -20,6 +20,12 @@ without the delay.  Webhooks go to the app's backend and never wait.
 **Quiet hours** hold push, e-mail and webhooks until the window ends
 (``not_before``); ``urgent`` bypasses them, never a mute.
 
+**Groups collapse.**  A pending push or e-mail carries the notification's
+``group_key``; a newer notification of the group replaces it (the store does
+it in the enqueue's transaction), so a burst of likes is one e-mail showing
+the newest -- the same one the inbox's group entry shows, whose id a device
+marks seen.
+
 Channels that are not configured (no VAPID key, no SMTP server) get no
 jobs; webhooks are on by default and need an endpoint registered.
 """
@@ -92,11 +98,18 @@ class OutboundCounts:
         return out
 
 
+# Counts a delivery event: (app, nid, channel, field, n), e.g. Service.track,
+# which batches the writes and feeds /metrics.
+Track = Callable[[str, str, str, str, int], None]
+
+
 class Outbound:
-    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time,
+                 track: Track | None = None):
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.track = track
         self.config = settings.outbound
         configured = {"webhook": settings.webhook, "push": settings.push,
                       "email": settings.email}
@@ -181,13 +194,22 @@ class Outbound:
                 log.exception("pruning dead jobs failed; retrying at the next interval")
             await asyncio.sleep(PRUNE_INTERVAL)
 
+    async def _count(self, counts: Counter) -> None:
+        """Delivery statistics: ``{(app, nid, channel, field): n}``."""
+        if not counts:
+            return
+        if self.track is None:
+            await self.store.record_deliveries(counts)
+            return
+        for (app, nid, channel, field_), n in counts.items():
+            self.track(app, nid, channel, field_, n)
+
     async def _on_result(self, job: Job, result: Result) -> None:
         """Delivery statistics, and forgetting a push subscription that is gone."""
         nid = job.id.split(".", 1)[0]
-        if result.outcome == "delivered":
-            await self.store.record_delivery(job.app, nid, job.channel, "sent")
-        elif result.outcome == "failed":
-            await self.store.record_delivery(job.app, nid, job.channel, "failed")
+        if result.outcome in ("delivered", "failed"):
+            field_ = "sent" if result.outcome == "delivered" else "failed"
+            await self._count(Counter({(job.app, nid, job.channel, field_): 1}))
         if result.gone and job.channel == "push" and job.destination.get("subscription"):
             await self.store.delete_push_subscription(job.app, job.user,
                                                       job.destination["subscription"])
@@ -226,6 +248,7 @@ class Outbound:
     async def enqueue(
         self, app_id: str, nid: str, body: bytes, *, category: str, priority: str,
         created_at: float, expires_at: float | None, users: list[str],
+        group_key: str | None = None,
     ) -> OutboundCounts:
         """Queue the outbound jobs of one published notification for ``users``."""
         counts = OutboundCounts()
@@ -275,13 +298,17 @@ class Outbound:
                               destination=destination, created_at=created_at,
                               expires_at=expires_at)
                     seq[channel] += 1
+                    # A pending push or e-mail of the same group is replaced by
+                    # this one: 42 likes in a minute are one e-mail, not 42.
                     jobs.append(NewJob(job=job, nid=nid, not_before=not_before,
-                                       fallback=fallback))
+                                       fallback=fallback, collapse=group_key))
                 counts.queued[channel] += len(targets)
         if jobs:
-            await self.store.enqueue_jobs(jobs)
-            await self.store.record_deliveries(
-                {(app_id, nid, channel, "queued"): n for channel, n in counts.queued.items()})
+            replaced = await self.store.enqueue_jobs(jobs)
+            stats = Counter({(app_id, nid, channel, "queued"): n
+                             for channel, n in counts.queued.items()})
+            stats.update((app_id, old, channel, "collapsed") for old, channel in replaced)
+            await self._count(stats)
             self.wake(counts.queued)
         return counts
 
@@ -289,9 +316,7 @@ class Outbound:
         """A device saw ``nids`` (all of the user's, when None): the pending
         fallbacks for them are not needed any more."""
         dropped = await self.store.cancel_fallbacks(app_id, user, nids)
-        if dropped:
-            await self.store.record_deliveries(
-                dict(Counter((app_id, nid, channel, "cancelled") for nid, channel in dropped)))
+        await self._count(Counter((app_id, nid, channel, "cancelled") for nid, channel in dropped))
 
     async def retracted(self, app_id: str, nid: str) -> None:
         await self.store.cancel_jobs(app_id, nid)

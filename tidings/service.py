@@ -52,7 +52,8 @@ class Service:
         self.broker = broker
         self.hub = Hub(store, broker, settings)
         self.scheduler = Scheduler(self)  # fires deliver_at notifications (run by the app)
-        self.outbound = Outbound(settings, store)  # webhooks, push, e-mail (tidings/outbound.py)
+        # webhooks, push, e-mail (tidings/outbound.py), counted like every delivery
+        self.outbound = Outbound(settings, store, track=self.track)
         self.limits = RateLimits(settings, store, broker)  # per key, caps per user and category
         self._pepper = b""
         # The hot-path cache (Settings.cache; off only to measure it).  Apps
@@ -248,13 +249,12 @@ class Service:
         counts = await self.outbound.enqueue(
             app_id, out.id, out.body, category=item.category, priority=priority,
             created_at=item.created_at, expires_at=item.expires_at,
-            users=[u for u in users if u not in capped.over],
+            users=[u for u in users if u not in capped.over], group_key=item.group_key,
         )
         if counts.deferred:
             result["deferred"] = sum(counts.deferred.values())
         if counts.queued or counts.muted:
             result["outbound"] = counts.as_dict()
-
 
     @staticmethod
     def _result(out: PublishOutcome) -> dict:
@@ -467,8 +467,27 @@ class Service:
                 self.published += 1
                 topic = out.audience if out.audience not in (None, "*") else None
                 self.hub.metrics.published(app_id, "accepted", out.recipients, topic)
+                if out.feed_offset is None:
+                    await self._fired_outbound(app_id, out, now)
             outcomes.append(out)
         return outcomes
+
+    async def _fired_outbound(self, app_id: str, out: PublishOutcome, now: float) -> None:
+        """A scheduled notification fired: queue its webhooks, pushes and
+        e-mails for the recipients it reached in-app, the fallback delay and
+        quiet hours counting from now.  (Not capped: it was booked before.)"""
+        try:
+            if not await self.outbound.wanted(app_id):
+                return
+            note = _decode_notification(out.body)
+            expires = (datetime.fromisoformat(note.expires_at).timestamp()
+                       if note.expires_at else None)
+            await self.outbound.enqueue(
+                app_id, out.id, out.body, category=note.category, priority=note.priority,
+                created_at=now, expires_at=expires, group_key=note.group_key,
+                users=list(dict.fromkeys(d.user for d in out.deliveries)))
+        except Exception:  # it is published; a store error must not stop the scheduler
+            log.exception("queueing outbound jobs of scheduled %s failed", out.id)
 
     def track(self, app_id: str, nid: str, channel: str, field: str, n: int = 1) -> None:
         """Count a delivery event of ``channel`` for notification ``nid``

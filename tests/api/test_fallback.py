@@ -14,7 +14,7 @@ import email
 import email.policy
 import time
 
-from tests.api.test_outbound_api import until
+from tests.api.test_outbound_api import _counted, delivery, until
 from tests.channels.peers import Mailbox, PushService, Subscriber, serve, smtp_server
 from tests.conftest import run_server
 from tidings.channels.webpush import generate_vapid_keys
@@ -98,16 +98,9 @@ async def test_email_goes_to_the_offline_user_and_not_to_the_one_who_saw_it(tmp_
         assert "Nice post!" in msg.get_body(("plain",)).get_content()
         # Nothing is left that could still be sent.
         await until(lambda: _queue_empty(server))
-        store = server.service.store
-
-        async def sent():  # counted after the job settles
-            return (await store.delivery_counts(server.app, first["id"]))["email"].get("sent")
-
-        await until(sent)
-        assert (await store.delivery_counts(server.app, first["id"]))["email"] == {
-            "queued": 2, "cancelled": 1, "sent": 1}
-        assert (await store.delivery_counts(server.app, second["id"]))["email"] == {
-            "queued": 2, "cancelled": 2}
+        stats = await until(lambda: _counted(server, first["id"], "email", "sent"))
+        assert stats["email"] == {"queued": 2, "cancelled": 1, "sent": 1}
+        assert (await delivery(server, second["id"]))["email"] == {"queued": 2, "cancelled": 2}
         assert len(mailbox.messages) == 1
 
 
@@ -201,3 +194,55 @@ async def test_bad_push_subscriptions_are_refused(tmp_path):
             async with plain.http() as http:
                 r = await http.get("/v1/push/vapid-public-key")
                 assert r.status_code == 404 and r.json()["error"]["code"] == "not_configured"
+
+
+async def test_a_group_sends_one_email_with_its_newest_and_seeing_the_entry_cancels_it(
+        tmp_path):
+    async with with_channels(tmp_path) as (server, mailbox, _):
+        for user in ("frank", "gina"):
+            await set_email(server, user, f"{user}@example.test")
+        likes = [await publish(server, ["frank", "gina"], title=f"user_{i} liked your post",
+                               group_key="post:7:likes", actor=f"user_{i}") for i in range(3)]
+        queued = await server.service.store.list_jobs(server.app, status="queued")
+        # One pending e-mail per user: each like replaced the one before.
+        assert sorted((j.user, j.nid) for j in queued) == [
+            ("frank", likes[-1]["id"]), ("gina", likes[-1]["id"])]
+        # gina opens her inbox and marks the group's row seen by the id she is shown.
+        token = await server.token("gina")
+        async with server.http(token) as http:
+            (row,) = (await http.get("/v1/me/notifications")).json()["items"]
+        assert row["group"]["count"] == 3
+        await mark(server, "gina", "seen", {"ids": [row["id"]]})
+        advance(server, HOUR + 1)
+        await until(lambda: _mail(mailbox))
+        (envelope,) = mailbox.messages
+        assert envelope.rcpt_tos == ["frank@example.test"]
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert msg["Subject"] == "user_2 liked your post"
+        await until(lambda: _queue_empty(server))
+        last = await until(lambda: _counted(server, likes[-1]["id"], "email", "sent"))
+        first = await delivery(server, likes[0]["id"])
+        assert first["email"] == {"queued": 2, "collapsed": 2}
+        assert last["email"] == {"queued": 2, "cancelled": 1, "sent": 1}
+        assert len(mailbox.messages) == 1
+
+
+async def test_a_scheduled_notification_queues_its_outbound_when_it_fires(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    async with with_channels(tmp_path) as (server, mailbox, _):
+        await set_email(server, "hal", "hal@example.test")
+        at = datetime.now(UTC) + timedelta(seconds=1)
+        res = await publish(server, ["hal"], title="The tournament starts in 5 minutes",
+                            deliver_at=at.isoformat())
+        assert res["status"] == "scheduled" and "outbound" not in res
+
+        async def fired():
+            return await server.service.store.list_jobs(server.app, nid=res["id"])
+
+        (job,) = await until(fired)
+        assert (job.user, job.channel, job.fallback) == ("hal", "email", True)
+        assert job.not_before >= at.timestamp() + HOUR  # the delay runs from delivery
+        advance(server, 2 * HOUR)
+        await until(lambda: _mail(mailbox))
+        assert mailbox.messages[0].rcpt_tos == ["hal@example.test"]

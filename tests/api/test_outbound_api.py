@@ -88,9 +88,17 @@ async def _no_jobs(server, nid):
     return await jobs_of(server, nid) == []
 
 
+async def delivery(server, nid: str) -> dict:
+    """The notification's delivery statistics, as GET /v1/notifications/{id} shows them."""
+    async with server.http() as http:
+        r = await http.get(f"/v1/notifications/{nid}")
+        assert r.status_code == 200, r.text
+        return r.json()["delivery"]
+
+
 async def _counted(server, nid, channel, field):
     """The delivery counters once ``field`` is there (the worker counts after it settles)."""
-    stats = await server.service.store.delivery_counts(server.app, nid)
+    stats = await delivery(server, nid)
     return stats if stats.get(channel, {}).get(field) else None
 
 

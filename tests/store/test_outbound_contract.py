@@ -174,6 +174,28 @@ async def test_cancel_jobs_of_a_retracted_notification(db):
     assert len(await db.list_jobs(B)) == 1
 
 
+async def test_a_newer_job_of_a_group_replaces_the_pending_one(db):
+    def grouped(jid, nid, *, user="alice", channel="email", fallback=True, at=T0):
+        n = new_job(jid, nid=nid, user=user, channel=channel, fallback=fallback, at=at)
+        n.collapse = "post:7:likes"
+        return n
+
+    assert await db.enqueue_jobs([grouped("a1", "N1"), grouped("b1", "N1", user="bob"),
+                                  grouped("w1", "N1", channel="webhook", fallback=False)]) == []
+    (leased,) = await db.claim_jobs("email", 1, T0, LEASE)  # a1, being sent
+    assert leased.id == "a1"
+    assert await db.enqueue_jobs([grouped("a2", "N2", at=T0 + 1)]) == []  # a1 is leased
+    assert await db.enqueue_jobs([grouped("a3", "N3", at=T0 + 2),
+                                  grouped("w3", "N3", channel="webhook", fallback=False)]) == [
+        ("N2", "email")]
+    assert sorted(r.id for r in await db.list_jobs(A)) == ["a1", "a3", "b1", "w1", "w3"]
+    # another key, another app: untouched
+    other = new_job("x9", nid="N9", app=B, fallback=True)
+    other.collapse = "post:7:likes"
+    assert await db.enqueue_jobs([other]) == []
+    assert [r.id for r in await db.list_jobs(B)] == ["x9"]
+
+
 async def test_update_jobs_corrects_what_queued_jobs_will_send(db):
     await db.enqueue_jobs([new_job("a1", nid="N1"), new_job("a2", nid="N1"),
                            new_job("a3", nid="N2"), new_job("x1", nid="N1", app=B)])

@@ -86,6 +86,8 @@ class NewJob:
     not_before: float  # the first attempt's time (fallback delay, quiet hours)
     # Cancelled when the user sees the notification on a device (offline fallback).
     fallback: bool = False
+    # A group_key: a newer job of the group replaces this one while it is pending.
+    collapse: str | None = None
 
 
 @dataclass(slots=True)
@@ -167,8 +169,13 @@ class OutboundStore(abc.ABC):
 
     # -- the job queue -----------------------------------------------------------------
     @abc.abstractmethod
-    async def enqueue_jobs(self, jobs: list[NewJob]) -> None:
-        """Queue ``jobs`` (durable on return); an id already queued is left as is."""
+    async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
+        """Queue ``jobs`` (durable on return); an id already queued is left as is.
+
+        A fallback job with a ``collapse`` key first removes the same user's
+        queued, unleased fallback jobs of that channel and key (an older
+        notification of the group), in the same transaction.  Returns
+        ``(nid, channel)`` of each job so replaced."""
 
     @abc.abstractmethod
     async def claim_jobs(self, channel: str, n: int, now: float, lease: float) -> list[Job]:

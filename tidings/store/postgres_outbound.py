@@ -53,6 +53,30 @@ RETURNING {_JOB}, j.not_before
 """
 
 
+_ENQUEUE = """
+INSERT INTO jobs (id, app_id, user_id, nid, channel, destination, notification, created_at,
+                  expires_at, not_before, attempts, last_error, fallback, collapse, updated_at)
+SELECT *, t.created_at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+  $6::bytea[], $7::bytea[], $8::float8[], $9::float8[], $10::float8[], $11::int[], $12::text[],
+  $13::bool[], $14::text[])
+  AS t(id, app_id, user_id, nid, channel, destination, notification, created_at, expires_at,
+       not_before, attempts, last_error, fallback, collapse)
+ON CONFLICT (id) DO NOTHING
+"""
+
+# A newer notification of a group replaces the user's pending fallback of it:
+# $1..$5 (app, user, channel, collapse key, the new nid) as arrays, $6 now.
+_COLLAPSE = """
+DELETE FROM jobs j
+USING unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+  AS c(app_id, user_id, channel, collapse, nid)
+WHERE j.app_id = c.app_id AND j.user_id = c.user_id AND j.channel = c.channel
+  AND j.collapse = c.collapse AND j.status = 'queued' AND j.fallback AND j.nid <> c.nid
+  AND (j.lease_until IS NULL OR j.lease_until <= $6)
+RETURNING j.nid, j.channel
+"""
+
+
 def _job(row) -> Job:
     return Job(id=row[0], channel=row[1], app=row[2], user=row[3], notification=row[4],
                destination=_decode(row[5]), created_at=row[6], expires_at=row[7],
@@ -191,26 +215,28 @@ class PostgresOutbound(OutboundStore):
         )
 
     # -- the job queue --------------------------------------------------------------
-    async def enqueue_jobs(self, jobs: list[NewJob]) -> None:
+    async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
         if not jobs:
-            return
-        cols = list(zip(*[
+            return []
+        cols = [list(c) for c in zip(*[
             (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
              n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
-             n.job.attempts, n.job.last_error, n.fallback)
+             n.job.attempts, n.job.last_error, n.fallback, n.collapse if n.fallback else None)
             for n in jobs
-        ], strict=True))
-        # One statement whatever the number of jobs (a fan-out to 10,000 users).
-        await self._execute(
-            "INSERT INTO jobs (id, app_id, user_id, nid, channel, destination, notification, "
-            "created_at, expires_at, not_before, attempts, last_error, fallback, updated_at) "
-            "SELECT *, t.created_at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-            "$5::text[], $6::bytea[], $7::bytea[], $8::float8[], $9::float8[], $10::float8[], "
-            "$11::int[], $12::text[], $13::bool[]) AS t(id, app_id, user_id, nid, channel, "
-            "destination, notification, created_at, expires_at, not_before, attempts, "
-            "last_error, fallback) ON CONFLICT (id) DO NOTHING",
-            *(list(c) for c in cols),
-        )
+        ], strict=True)]
+        groups = sorted({(n.job.app, n.job.user, n.job.channel, n.collapse, n.nid)
+                         for n in jobs if n.fallback and n.collapse is not None})
+        now = jobs[0].job.created_at
+
+        async def insert(conn):
+            replaced = []
+            if groups:
+                replaced = await conn.fetch(_COLLAPSE, *map(list, zip(*groups, strict=True)), now)
+            # One statement whatever the number of jobs (a fan-out to 10,000 users).
+            await conn.execute(_ENQUEUE, *cols)
+            return [tuple(r) for r in replaced]
+
+        return await self._call(insert, tx=True)
 
     async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
         rows = await self._fetch(_CLAIM, channel, n, now, lease)
