@@ -150,3 +150,19 @@ async def test_serve_on_postgres_refuses_pending_migrations_until_migrate(tmp_pa
         assert out[:-1] == [f"applied schema v{v}" for v in range(1, latest + 1)]
         created = json.loads(tidings("app", "create", "shop", "--json", "--store", url))
         assert created["api_key"]
+
+
+def test_vapid_prints_settings_that_turn_web_push_on(monkeypatch):
+    from tidings.channels.webpush import vapid_public_key
+    from tidings.config import from_env
+
+    keys = json.loads(tidings("vapid", "--json"))
+    assert vapid_public_key(keys["private_key"]) == keys["public_key"]
+    lines = tidings("vapid").splitlines()
+    settings = dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+    assert set(settings) == {"TIDINGS_PUSH_VAPID_PRIVATE_KEY", "TIDINGS_PUSH_VAPID_SUBJECT"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    push = from_env().push
+    assert push is not None and push.vapid_subject.startswith("mailto:")
+    assert f"# {vapid_public_key(push.vapid_private_key)}" in lines
