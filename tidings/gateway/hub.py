@@ -137,11 +137,14 @@ class Hub:
             users = self._topic_users.setdefault(key, {})
             users[stream.user] = users.get(stream.user, 0) + 1
         streams.add(stream)
+        if type(stream.topics) is not set:
+            stream.topics = set()
         stream.topics.add(topic)
 
     def _leave_topic(self, stream: Stream, topic: str) -> None:
         key = (stream.app, topic)
-        stream.topics.discard(topic)
+        if topic in stream.topics:
+            stream.topics.discard(topic)
         streams = self.topics.get(key)
         if streams is None or stream not in streams:
             return

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.gateway")
 
 
+_NO_TOPICS: frozenset[str] = frozenset()
+
 class Stream:
     kind = "stream"
     wants_ids = False  # SSE: every cursor-advancing event carries its cursor as id
@@ -47,7 +49,9 @@ class Stream:
         self.last_seq = 0
         self.last_feed = 0
         self.queue = OutboundQueue(max_events, max_bytes)
-        self.topics: set[str] = set()
+        # most users follow no large topic: share one empty set until one does
+        # (an empty set() is 216 bytes, per connection)
+        self.topics: set[str] | frozenset[str] = _NO_TOPICS
         self.closed = False
         self.close_code: int | None = None
         self._syncing = True  # held back until the first replay is done
