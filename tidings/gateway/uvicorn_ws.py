@@ -35,6 +35,10 @@ def text_frame_header(n: int) -> bytes:
     return pack("!BBQ", 0x81, 127, n)
 
 
+_SCOPE_KEPT = ("type", "path", "raw_path", "root_path", "query_string", "client", "server",
+               "scheme")
+
+
 class _Discard:
     """Stands in for the ASGI receive queue once the app has detached
     (uvicorn still posts the disconnect event there)."""
@@ -94,11 +98,14 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         would have done."""
         self.detached = True
         self.queue = _Discard()
-        # The handshake's parsed request and response headers, and the scope's
-        # copy of them, are kept for the connection's life but read only
-        # during the handshake: about 5 KiB per idle connection.
+        # The handshake's parsed request and response headers are kept for the
+        # connection's life but read only during the handshake: about 5 KiB
+        # per idle connection with the scope's copy of them.
         self.request = self.response = None
-        self.scope["headers"] = []
+        # Of the scope, uvicorn reads only what it logs from now on (the
+        # headers, the lifespan state copy, extensions and the asgi dict go).
+        scope = self.scope
+        self.scope = {k: scope[k] for k in _SCOPE_KEPT if k in scope}
         if self.read_paused:  # a message was waiting for receive(): nobody will call it
             self.read_paused = False
             self.transport.resume_reading()
