@@ -7,6 +7,8 @@ the outbound channels add their own counters through Service.track.
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.gateway.live import publish, recv_events, ws_connect
 
 
@@ -78,3 +80,35 @@ async def test_channels_report_into_the_same_structure_and_metrics(server):
             in text)
     assert 'tidings_delivery_tracking_total{app="testapp",channel="email",field="failed"} 2.0' \
         in text
+
+
+async def test_a_large_topic_counts_its_connected_followers_once(tmp_path):
+    from tests.conftest import run_server
+
+    async with run_server(tmp_path, fanout_threshold=1) as server:  # topics go to the feed
+        async with server.http() as http:
+            r = await http.post("/v1/topics/big/subscribers",
+                                json={"users": ["alice", "bob", "carol"]})
+            assert r.status_code == 200
+        streams = []
+        # dave does not follow "big"; carol leaves before it is published
+        for user in ("alice", "alice", "alice", "bob", "carol", "dave"):
+            ws = await ws_connect(server, await server.token(user))
+            await recv_events(ws, 1)
+            streams.append(ws)
+        for ws in (streams[2], streams[4]):  # one of alice's three, and carol's only one
+            await ws.close()
+        hub = server.service.hub
+        for _ in range(500):  # the server notices the closes a moment later
+            if len(hub.users.get((server.app, "alice"), ())) == 2 and \
+                    (server.app, "carol") not in hub.users:
+                break
+            await asyncio.sleep(0.01)
+        (nid,) = await publish(server, {"topic": "big"})
+        for ws in (streams[0], streams[1], streams[3]):
+            (ev,) = await recv_events(ws, 1)
+            assert ev["notification"]["id"] == nid
+        # three streams reached two users
+        assert (await delivery(server, nid))["in_app"]["delivered"] == 2
+        for ws in streams:
+            await ws.close()
