@@ -48,7 +48,7 @@ async def test_a_cached_token_still_expires(tmp_path):
         record = await service.app(server.app)
         token = auth.mint_token(server.app, "bob", record.signing_secret, 60)
         assert await service.authenticate_token(token) == (server.app, "bob")
-        assert token in service._tokens
+        assert len(service._tokens) == 1
         # the cache's clock moves past the token's lifetime
         clock = Clock(service._tokens.clock())
         service._tokens.clock = clock

@@ -34,9 +34,9 @@ class UserCache:
     def __init__(self, enabled: bool, ttl: float = 5.0, maxsize: int = 100_000):
         self.enabled = enabled
         self._entries: LRU[tuple, tuple[Version, Any]] = LRU(maxsize, ttl)
-        self._live: set[Key] = set()  # users whose channel this node receives
         self._next = itertools.count(1).__next__
-        self._users: dict[Key, int] = {}  # live users only: bounded
+        # users whose channel this node receives -> their current version
+        self._users: dict[Key, int] = {}
         self._apps: dict[str, int] = {}
         self._global = 0
 
@@ -51,23 +51,23 @@ class UserCache:
     # -- which users may be cached ------------------------------------------------
     def live(self, key: Key) -> None:
         """The user's channel subscription has settled on this node."""
-        self._live.add(key)
-        self._users[key] = self._next()
+        if self.enabled:
+            self._users[key] = self._next()
 
     def gone(self, key: Key) -> None:
         """The user's last stream here closed: nothing tells us of changes now."""
-        self._live.discard(key)
         self._users.pop(key, None)
 
     # -- reads and fills ------------------------------------------------------------
     def version(self, key: Key) -> Version | None:
         """Take before reading the store; None: this answer must not be cached."""
-        if not self.enabled or key not in self._live:
+        user = self._users.get(key) if self.enabled else None
+        if user is None:
             return None
-        return self._global, self._apps.get(key[0], 0), self._users[key]
+        return self._global, self._apps.get(key[0], 0), user
 
     def get(self, kind: str, key: Key, *extra) -> Any:
-        if not self.enabled or key not in self._live:
+        if not self.enabled or key not in self._users:
             return None
         entry = self._entries.get((kind, *key, *extra))
         if entry is None or entry[0] != self.version(key):
@@ -81,7 +81,7 @@ class UserCache:
     # -- invalidation (from the hub's broker handlers) -----------------------------
     def user_changed(self, key: Key) -> None:
         """Anything on the user's channel: entries, state, counts, memberships."""
-        if key in self._live:
+        if key in self._users:
             self._users[key] = self._next()
 
     def app_changed(self, app: str) -> None:
