@@ -120,7 +120,7 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
                     srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"},
                     rate=opts.rate, warmup=opts.warmup, duration=opts.duration,
                     start_ns=start_ns, build=build, pool=opts.pool, on_response=recipients,
-                    tick=clock.to))
+                    tick=clock.to, drain_s=opts.timeout))
                 mark0.join()
                 end = marks.read()
             expected = pub.recipients_in_window
@@ -142,6 +142,9 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
         "topic_size": opts.topic_size if opts.audience == "topic" else None,
         "procs": opts.procs, "pool": opts.pool, "size": opts.size, "cache": opts.cache,
         "published": pub.ok_in_window, "publish_rate": round(pub.ok_in_window / opts.duration, 1),
+        # in-window publishes still unanswered --timeout s after the last send (their
+        # deliveries may still arrive, so then lost can go below 0)
+        "pub_unanswered": pub.unanswered,
         "expected": expected, "delivered": delivered, "lost": expected - delivered,
         **hist.summary(lat, "lat"),
         **{k: v for k, v in hist.summary(pub.latency, "ack").items() if "p9" in k or "p50" in k},

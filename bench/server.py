@@ -154,7 +154,9 @@ class TidingsServer:
         cmd += [*tidings_cmd(), "serve", "--data", self.data_dir, "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning", *self._store_args(),
                 *self.args]
-        env = {**code_env(), **self.env}
+        # One API key publishes everything in a benchmark: the per-key rate limit
+        # (Settings.key_rate, 1,000/s) would measure the limiter, not the service.
+        env = {**code_env(), "TIDINGS_KEY_RATE": "0", **self.env}
         with open(self.log_path, "wb") as log:
             # taskset and ip netns exec both exec: the PID is the server's own.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
