@@ -159,8 +159,10 @@ def _phase(srv: TidingsServer, sampler: ProcSampler, opts, phase: str, meta: dic
     return {
         **hist.summary(res.latency, phase), **unloaded,
         f"{phase}_unanswered": res.unanswered,
-        # None when nothing was answered in the window (then see *_unloaded_server_cpu_us)
-        f"{phase}_server_cpu_us": round(cpu["server_cpu_s"] / done * 1e6, 1) if done else None,
+        # None when the window left requests unanswered: the CPU then went into
+        # answers that did not count, so see *_unloaded_server_cpu_us instead
+        f"{phase}_server_cpu_us": (round(cpu["server_cpu_s"] / done * 1e6, 1)
+                                   if done and not res.unanswered else None),
         f"{phase}_rate": round(res.ok_in_window / opts.duration, 1),
         f"{phase}_server_busy": round(cpu["server_cpu_s"] / max(cpu["wall_s"], 1e-9), 3),
         f"{phase}_errors": res.errors, f"{phase}_bad": bad[0],

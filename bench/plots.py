@@ -107,7 +107,7 @@ def inbox_latency(recs: list[dict], out_dir: Path) -> str | None:
         return None
     groups = _latest(recs, lambda r: (r.get("users"), r.get("per_user"), r.get("store"),
                                       r.get("rate"), r.get("cache")))
-    fig, ax = plt.subplots(figsize=(8, 4.6))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     styles = {"page": "-", "counts": ":"}
     colours = [TIDINGS, "#2da44e", "#bf8700", "#8250df", PEER]
     for n, (key, runs) in enumerate(sorted(groups.items(), key=str)):
@@ -117,22 +117,25 @@ def inbox_latency(recs: list[dict], out_dir: Path) -> str | None:
             for k, r in enumerate(runs):
                 if not r.get(f"{phase}_hist"):
                     continue
-                label = (f"{phase}: {users:,} users × {per}, {store}, {rate:,.0f} req/s"
-                         if k == 0 else None)
+                label = (f"{phase}: {users:,} users × {per}, {store}" if k == 0 else None)
                 _curve(ax, r[f"{phase}_hist"], color=colour, ls=styles[phase], lw=1.4,
                        alpha=0.85, label=label)
             unloaded = median([r.get(f"{phase}_unloaded_p50_ms") for r in runs])
             if unloaded:
                 ax.scatter([2.0], [unloaded], color=colour, zorder=3,
-                           marker="o" if phase == "page" else "s",
-                           label=f"{phase}, one request at a time: p50 (median of runs)")
+                           marker="o" if phase == "page" else "s")
     ax.axhline(5, color=TARGET, ls="--", lw=1.2, label="DESIGN §5: p99 ≤ 5 ms")
+    for marker, phase in (("o", "page"), ("s", "counts")):
+        ax.scatter([], [], color="black", marker=marker,
+                   label=f"{phase}, one request at a time: p50 (at p50)")
     _pct_axis(ax)
     _ms_axis(ax)
     ax.set_ylabel("request → complete response, ms (log)")
-    ax.set_title("tidings: GET /v1/me/notifications?limit=20 and /v1/me/counts")
+    rates = sorted({r.get("rate") for r in recs if r.get("rate")})
+    ax.set_title("GET /v1/me/notifications?limit=20 (solid), /v1/me/counts (dotted); open loop "
+                 f"at {', '.join(f'{x:,.0f}' for x in rates)} req/s", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.95)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, out_dir, "inbox-percentiles.png")
 
 
