@@ -37,7 +37,7 @@ def run_once(opts, cpus) -> dict:
         rss_before = settle_rss(sampler, 1.0)
         lg = LoadGen(srv.ws_url, tokens, procs=opts.procs, cpus=cpus, sources=opts.sources,
                      read_buffer=opts.read_buffer, connect_timeout=opts.timeout,
-                     connect_concurrency=100)
+                     connect_concurrency=getattr(opts, "connect_concurrency", 100))
         try:
             t0 = time.monotonic()
             ready = lg.start()
