@@ -18,6 +18,9 @@ KEY_FIGURES = {
                   "events_per_frame", "publish_per_s"],
     "publish": ["publish_per_s", "server_cpu_us_per_publish", "errors", "rss_peak_mb"],
     "idle": ["kib_per_conn", "rss_connected_mb", "connected", "connect_errors"],
+    "cache": ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms", "hello_p50_ms",
+              "hello_p99_ms", "delivery_p50_ms", "delivery_p99_ms", "page_server_cpu_us",
+              "counts_server_cpu_us", "hello_server_cpu_us", "delivery_server_cpu_us"],
     "dashboard": ["p50_ms", "p99_ms", "max_ms", "server_cpu_ms_per_s", "errors",
                   "viewer_snapshots"],
     "latency": ["lat_p50_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
@@ -100,6 +103,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=3.0,
                    help="seconds to wait after the last hello before reading RSS")
     p.add_argument("--read-buffer", type=int, default=1024, help="client read buffer, bytes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server worker processes (100k connections need several: "
+                        "20,000 descriptors per process here)")
+    p.add_argument("--broker", default="redis://127.0.0.1:6379",
+                   help="broker URL, used when --workers > 1")
+    p.add_argument("--store", default=None,
+                   help="store URL (postgresql://...: a fresh schema per run); default SQLite")
+    p.add_argument("--connect-concurrency", type=int, default=100,
+                   help="connections each load generator process opens at once")
+
+    p = sub.add_parser("cache", help="the hot-path cache on vs off (PostgreSQL + Redis)")
+    _common(p)
+    p.add_argument("--cache", default="on,off", help="on, off or on,off")
+    p.add_argument("--store", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--broker", default="redis://127.0.0.1:6379")
+    p.add_argument("--users", type=int, default=200, help="users, one open device each")
+    p.add_argument("--fill", type=int, default=20, help="notifications stored per user")
+    p.add_argument("--requests", type=int, default=500, help="requests per measured kind")
 
     p = sub.add_parser("peers", help="the peer kit's loadgen against tidings and peers")
     _common(p)
@@ -216,6 +237,9 @@ def _runner(a: argparse.Namespace, cpus):
     if a.scenario == "dashboard":
         from bench.dashboard import run_once
         return lambda variant, prof: run_once(a, cpus, variant == "on")
+    if a.scenario == "cache":
+        from bench.cache import run_once
+        return lambda variant, prof: run_once(a, cpus, variant == "on")
     if a.scenario == "latency":
         from bench.latency import run_once
         return lambda variant, prof: run_once(a, cpus, prof)
@@ -246,15 +270,15 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
     variants: list = [None]
     if a.scenario == "publish":
         variants = [int(c) for c in str(a.concurrency).split(",")]
-    if a.scenario == "dashboard":
+    if a.scenario in ("dashboard", "cache"):
         variants = [c.strip() for c in a.cache.split(",")]
         if not variants or set(variants) - {"on", "off"}:
             raise SystemExit("--cache takes on, off or on,off")
     records = []
     for variant in variants:
         name = f"{a.scenario}{'' if variant is None else f' c={variant}'}"
-        if a.scenario == "dashboard":
-            name = f"dashboard cache={variant}"
+        if a.scenario in ("dashboard", "cache"):
+            name = f"{a.scenario} cache={variant}"
         group = []
         for i in range(a.runs):
             t0 = time.monotonic()
