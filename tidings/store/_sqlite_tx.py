@@ -151,7 +151,7 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
             (code, app_id, user, code, now),
         )]
         feed_ids = [r[0] for r in conn.execute(
-            "SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset IS NOT NULL "
+            "SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset > 0 "
             "AND n.deleted=0 AND (n.expires_at IS NULL OR n.expires_at>?) AND (n.audience='*' "
             "OR n.audience IN (SELECT topic FROM topic_subs WHERE app_id=? AND user_id=?))",
             (app_id, now, app_id, user),
@@ -172,7 +172,7 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
         for part in _chunks(rest):
             marks = ",".join("?" * len(part))
             feed_ids += [r[0] for r in conn.execute(
-                f"SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset IS NOT NULL "
+                f"SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset > 0 "
                 f"AND n.deleted=0 AND (n.expires_at IS NULL OR n.expires_at>?) "
                 f"AND n.id IN ({marks}) AND (n.audience='*' OR n.audience IN "
                 f"(SELECT topic FROM topic_subs WHERE app_id=? AND user_id=?))",

@@ -464,20 +464,22 @@ class SQLiteStore(SQLiteOutbound, Store):
             "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp "
             "FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
             "WHERE i.app_id=? AND i.user_id=? AND (i.expires_at IS NULL OR i.expires_at>?) AND "
-            + pred.replace("st", "i.state") + bound.replace("n.id", "i.nid")
+            + pred.replace("st", "i.state") + bound.replace("n.id", "+i.nid")
             # By id, not by seq, as on PostgreSQL: a scheduled notification that
             # fires late has an older id than entries published meanwhile and a
             # later seq, and so does a group entry whose newest member was
             # retracted; ``before=<id>`` must neither skip nor repeat them.  The
-            # sort covers one user's rows, found by the primary key prefix.
-            + " ORDER BY i.nid DESC LIMIT ?",
+            # sort covers one user's rows, found by the primary key prefix: the
+            # unary ``+`` keeps SQLite from walking the app-wide (app_id, nid)
+            # index instead (seconds at 100k users).
+            + " ORDER BY +i.nid DESC LIMIT ?",
             (app_id, user, now, *args_b, limit),
         )
         feed = self._q(
             "SELECT n.id, n.body, coalesce(fs.state, 0), n.created_at, "
             "n.feed_offset FROM notifications n LEFT JOIN feed_state fs "
             "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
-            "WHERE n.app_id=? AND n.feed_offset IS NOT NULL AND n.deleted=0 "
+            "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
             "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() + bound
             + " AND " + pred.replace("st", "coalesce(fs.state, 0)") + " ORDER BY n.id DESC LIMIT ?",
             (user, app_id, now, user, *args_b, limit),
@@ -487,6 +489,10 @@ class SQLiteStore(SQLiteOutbound, Store):
         entries.sort(key=lambda e: e.id, reverse=True)
         return entries[:limit]
 
+    # Feed items are found with ``feed_offset > 0`` (offsets start at 1) rather
+    # than ``IS NOT NULL``: only a range lets SQLite use the partial
+    # notifications_feed index instead of reading every notification of the
+    # app (2.3 s -> 0.1 ms per call with 100k users, bench/results NOTES).
     async def counts(self, app_id, user, now) -> tuple[int, int]:
         unread, unseen = self._q1(
             "SELECT coalesce(sum(state < 2), 0), coalesce(sum(state = 0), 0) FROM inbox "
@@ -497,7 +503,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             "SELECT coalesce(sum(coalesce(fs.state, 0) < 2), 0), "
             "coalesce(sum(coalesce(fs.state, 0) = 0), 0) FROM notifications n "
             "LEFT JOIN feed_state fs ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
-            "WHERE n.app_id=? AND n.feed_offset IS NOT NULL AND n.deleted=0 "
+            "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
             "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed(),
             (user, app_id, now, user),
         )
