@@ -481,7 +481,9 @@ class SQLiteStore(SQLiteOutbound, Store):
             "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
             "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
             "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() + bound
-            + " AND " + pred.replace("st", "coalesce(fs.state, 0)") + " ORDER BY n.id DESC LIMIT ?",
+            # ``+n.id``: sort the app's feed items rather than walk every
+            # notification of the app in id order to avoid the sort.
+            + " AND " + pred.replace("st", "coalesce(fs.state, 0)") + " ORDER BY +n.id DESC LIMIT ?",
             (user, app_id, now, user, *args_b, limit),
         )
         entries = _groups.personal_entries(personal)
