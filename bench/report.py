@@ -34,6 +34,10 @@ COLUMNS = {
              "connects_per_s"],
 }
 COLUMNS["broadcast"] = COLUMNS["fanout"]
+COLUMNS["cache"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
+                    "hello_p50_ms", "hello_p99_ms", "delivery_p50_ms", "delivery_p99_ms",
+                    "page_server_cpu_us", "counts_server_cpu_us", "hello_server_cpu_us",
+                    "delivery_server_cpu_us"]
 COLUMNS["latency"] = ["lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
                       "server_cpu_us_per_delivery", "server_cpu_us_per_publish", "server_busy",
                       "publish_rate", "lost", "ack_p99_ms", "send_lag_p99_ms", "other_cpu_s"]
@@ -46,14 +50,15 @@ COLUMNS["inbox"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_m
 CONFIG = {
     "fanout": ["subs", "msgs", "size", "pub_concurrency", "fanout_threshold"],
     "publish": ["concurrency", "batch", "users", "count"],
-    "idle": ["conns_requested", "procs"],
+    "idle": ["conns_requested", "procs", "workers", "store", "label"],
+    "cache": ["users", "fill", "requests", "cache"],
 }
 CONFIG["broadcast"] = CONFIG["fanout"]
 CONFIG["latency"] = ["audience", "conns_requested", "rate", "duration", "topic_size", "cache"]
 CONFIG["inbox"] = ["store", "users", "per_user", "rate", "pool", "cache"]
 # New scenarios (e.g. dashboard) add their TARGETS / COLUMNS / CONFIG entries and a
 # place in SCENARIOS; plots.py has a cache on/off entry ready for "dashboard".
-SCENARIOS = ("fanout", "broadcast", "publish", "idle", "latency", "inbox")
+SCENARIOS = ("fanout", "broadcast", "publish", "idle", "latency", "inbox", "cache")
 
 PEER_COLUMNS = ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb",
                 "rss_connected_mb", "lost", "ws_frames", "publish_per_s", "server_cpu_s",
