@@ -238,8 +238,9 @@ _CACHE_FIGURES = {
     "dashboard": [("p99_ms", "p99, ms")],
     "cache": [("delivery_p50_ms", "publish→device p50, ms"),
               ("delivery_p99_ms", "publish→device p99, ms"),
-              ("page_p99_ms", "inbox page p99, ms"), ("counts_p99_ms", "counts p99, ms"),
-              ("hello_p99_ms", "stream hello p99, ms")],
+              ("page_p50_ms", "inbox page p50, ms"), ("page_p99_ms", "inbox page p99, ms"),
+              ("counts_p50_ms", "counts p50, ms"), ("counts_p99_ms", "counts p99, ms"),
+              ("hello_p50_ms", "stream hello p50, ms"), ("hello_p99_ms", "stream hello p99, ms")],
 }
 
 
