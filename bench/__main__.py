@@ -89,6 +89,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="use /v1/notifications/batch with this many per request (0: single)")
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--warmup", type=int, default=500, help="publishes before measuring")
+    p.add_argument("--store", default=None,
+                   help="store URL (postgresql://...: a fresh schema per run); default SQLite")
     p.add_argument("--profile", action="store_true",
                    help="after the measured runs, one more run under py-spy")
     p.add_argument("--profile-gil", action="store_true",

@@ -49,7 +49,7 @@ COLUMNS["inbox"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_m
 
 CONFIG = {
     "fanout": ["subs", "msgs", "size", "pub_concurrency", "fanout_threshold"],
-    "publish": ["concurrency", "batch", "users", "count"],
+    "publish": ["concurrency", "batch", "users", "count", "store"],
     "idle": ["conns_requested", "procs", "workers", "store", "label"],
     "cache": ["users", "fill", "requests", "cache"],
 }
