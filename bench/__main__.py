@@ -18,6 +18,8 @@ KEY_FIGURES = {
                   "events_per_frame", "publish_per_s"],
     "publish": ["publish_per_s", "server_cpu_us_per_publish", "errors", "rss_peak_mb"],
     "idle": ["kib_per_conn", "rss_connected_mb", "connected", "connect_errors"],
+    "failover": ["lost", "duplicated", "out_of_order", "devices_complete", "reconnected",
+                 "recovery_s", "publish_retries"],
     "cache": ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms", "hello_p50_ms",
               "hello_p99_ms", "delivery_p50_ms", "delivery_p99_ms", "page_server_cpu_us",
               "counts_server_cpu_us", "hello_server_cpu_us", "delivery_server_cpu_us"],
@@ -114,6 +116,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="store URL (postgresql://...: a fresh schema per run); default SQLite")
     p.add_argument("--connect-concurrency", type=int, default=100,
                    help="connections each load generator process opens at once")
+
+    p = sub.add_parser("failover", help="lost/duplicated when a node dies (2 nodes, HAProxy)")
+    _common(p)
+    p.add_argument("--store", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--broker", default="redis://127.0.0.1:6379")
+    p.add_argument("--users", type=int, default=500, help="users, two devices each")
+    p.add_argument("--msgs", type=int, default=60, help="numbered notifications")
+    p.add_argument("--pause", type=float, default=0.02, help="seconds between publishes")
+    p.add_argument("--signal", choices=("KILL", "TERM"), default="KILL")
 
     p = sub.add_parser("cache", help="the hot-path cache on vs off (PostgreSQL + Redis)")
     _common(p)
@@ -239,6 +250,9 @@ def _runner(a: argparse.Namespace, cpus):
     if a.scenario == "dashboard":
         from bench.dashboard import run_once
         return lambda variant, prof: run_once(a, cpus, variant == "on")
+    if a.scenario == "failover":
+        from bench.failover import run_once
+        return lambda variant, prof: run_once(a, cpus)
     if a.scenario == "cache":
         from bench.cache import run_once
         return lambda variant, prof: run_once(a, cpus, variant == "on")

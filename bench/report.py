@@ -34,6 +34,8 @@ COLUMNS = {
              "connects_per_s"],
 }
 COLUMNS["broadcast"] = COLUMNS["fanout"]
+COLUMNS["failover"] = ["lost", "duplicated", "out_of_order", "devices", "devices_complete",
+                       "reconnected", "recovery_s", "publish_retries", "duplicate_answers"]
 COLUMNS["cache"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
                     "hello_p50_ms", "hello_p99_ms", "delivery_p50_ms", "delivery_p99_ms",
                     "page_server_cpu_us", "counts_server_cpu_us", "hello_server_cpu_us",
@@ -52,13 +54,14 @@ CONFIG = {
     "publish": ["concurrency", "batch", "users", "count", "store"],
     "idle": ["conns_requested", "procs", "workers", "store", "label"],
     "cache": ["users", "fill", "requests", "cache"],
+    "failover": ["users", "msgs", "signal"],
 }
 CONFIG["broadcast"] = CONFIG["fanout"]
 CONFIG["latency"] = ["audience", "conns_requested", "rate", "duration", "topic_size", "cache"]
 CONFIG["inbox"] = ["store", "users", "per_user", "rate", "pool", "cache"]
 # New scenarios (e.g. dashboard) add their TARGETS / COLUMNS / CONFIG entries and a
 # place in SCENARIOS; plots.py has a cache on/off entry ready for "dashboard".
-SCENARIOS = ("fanout", "broadcast", "publish", "idle", "latency", "inbox", "cache")
+SCENARIOS = ("fanout", "broadcast", "publish", "idle", "latency", "inbox", "cache", "failover")
 
 PEER_COLUMNS = ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb",
                 "rss_connected_mb", "lost", "ws_frames", "publish_per_s", "server_cpu_s",
