@@ -26,31 +26,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import secrets
 import time
 
-import asyncpg
 import websockets
 
 from bench import hist
 from bench.httpclient import HttpClient
 from bench.measure import ProcSampler
+from bench.pgschema import fresh_schema
 from bench.server import TidingsServer
 
 KINDS = ("page", "counts", "hello", "delivery")
-
-
-async def _fresh_schema(url: str, name: str) -> str:
-    from tidings.store.postgres import migrate
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        await conn.execute(f"CREATE SCHEMA {name}")
-    finally:
-        await conn.close()
-    await migrate(url, server_settings={"search_path": name})
-    return f"{url}?search_path={name}"
 
 
 async def _device(ws_url: str, token: str, inbox: dict, user: str) -> websockets.ClientConnection:
@@ -76,8 +62,7 @@ async def _device(ws_url: str, token: str, inbox: dict, user: str) -> websockets
     return ws
 
 
-async def _one_run(opts, cache: bool, schema: str) -> dict:
-    store = await _fresh_schema(opts.store, schema)
+async def _one_run(opts, cache: bool, store: str) -> dict:
     env = {"TIDINGS_CACHE": "true" if cache else "false", "TIDINGS_BROKER": opts.broker}
     srv = TidingsServer(cpu=opts.server_cpu or None, env=env, store=store)
     # `tidings app create` runs before the server: the schema is migrated already
@@ -155,18 +140,7 @@ async def _one_run(opts, cache: bool, schema: str) -> dict:
 
 def run_once(opts, cpus, cache: bool) -> dict:
     """One run in one mode, on a fresh schema (dropped after)."""
-    schema = f"bench_cache_{secrets.token_hex(4)}"
-    try:
-        rec = asyncio.run(_one_run(opts, cache, schema))
-    finally:
-        asyncio.run(_drop_schema(opts.store, schema))
+    with fresh_schema(opts.store, "bench_cache") as store:
+        rec = asyncio.run(_one_run(opts, cache, store))
     rec.update(users=opts.users, fill=opts.fill, requests=opts.requests)
     return rec
-
-
-async def _drop_schema(url: str, name: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    finally:
-        await conn.close()

@@ -16,29 +16,19 @@ import asyncio
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.cache import _drop_schema, _fresh_schema
-from scripts.cluster import Cluster
+from bench.pgschema import fresh_schema
+from scripts.cluster import Cluster, free_port_block
 
 # the devices and the numbered publisher are the failover tests' own
 from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
 
 TOPIC = "bench:failover"
-
-
-def _base_port(n: int) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535:
-            return base
 
 
 async def _measure(cluster: Cluster, opts) -> dict:
@@ -81,15 +71,13 @@ async def _measure(cluster: Cluster, opts) -> dict:
 
 
 def run_once(opts, cpus) -> dict:
-    schema = f"bench_failover_{secrets.token_hex(4)}"
-    store = asyncio.run(_fresh_schema(opts.store, schema))
     workdir = Path(tempfile.mkdtemp(prefix="tidings-failover-"))
     broker = f"{opts.broker}?prefix=bench-failover-{secrets.token_hex(4)}"
-    cluster = Cluster(store, broker, nodes=2, base_port=_base_port(3), workdir=workdir)
-    try:
-        cluster.start()
-        return asyncio.run(_measure(cluster, opts))
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        asyncio.run(_drop_schema(opts.store, schema))
+    with fresh_schema(opts.store, "bench_failover") as store:
+        cluster = Cluster(store, broker, nodes=2, base_port=free_port_block(3), workdir=workdir)
+        try:
+            cluster.start()
+            return asyncio.run(_measure(cluster, opts))
+        finally:
+            cluster.stop()
+            shutil.rmtree(workdir, ignore_errors=True)

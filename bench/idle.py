@@ -8,12 +8,10 @@ lets the server settle, and reports (RSS with connections - RSS before) / N.
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import time
 
-from bench.cache import _drop_schema, _fresh_schema
 from bench.measure import ProcSampler, settle_rss
+from bench.pgschema import maybe_fresh_schema
 from bench.server import TidingsServer
 from bench.wsload import LoadGen
 
@@ -24,13 +22,14 @@ def run_once(opts, cpus) -> dict:
     args = []
     if getattr(opts, "workers", 1) > 1:
         args = ["--workers", str(opts.workers), "--broker", opts.broker]
-    store = None
-    if getattr(opts, "store", None):
-        # A new user's first stream creates their stream row: on SQLite every
-        # worker process commits its own (fsync each), on PostgreSQL the
-        # commits of many connections share a flush.
-        schema = f"bench_idle_{secrets.token_hex(4)}"
-        store = asyncio.run(_fresh_schema(opts.store, schema))
+    # --store postgresql://...: a new user's first stream creates their stream
+    # row; on SQLite every worker process commits its own (fsync each), on
+    # PostgreSQL the commits of many connections share a flush.
+    with maybe_fresh_schema(getattr(opts, "store", None), "bench_idle") as store:
+        return _run(opts, cpus, args, store)
+
+
+def _run(opts, cpus, args: list[str], store: str | None) -> dict:
     with TidingsServer(cpu=opts.server_cpu, args=args, store=store) as srv:
         tokens = srv.tokens([f"u{i:06d}" for i in range(opts.conns)])
         sampler = ProcSampler(srv.pid)
@@ -48,8 +47,6 @@ def run_once(opts, cpus) -> dict:
             lg.stop()
         rss_after = settle_rss(sampler, 2.0)
         log_tail = srv.log_tail() if ready["connect_errors"] else ""
-    if store is not None:
-        asyncio.run(_drop_schema(opts.store, schema))
 
     n = max(still["connected"], 1)
     out = {

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from pathlib import Path
 
-from bench.cache import _drop_schema, _fresh_schema
 from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss, thread_delta
+from bench.pgschema import maybe_fresh_schema
 from bench.profile import Profiler
 from bench.publisher import payload, publish_many
 from bench.server import TidingsServer
@@ -44,19 +43,11 @@ def _count_ok(res, batch: int) -> int:
 def run_once(opts, cpus, concurrency: int, profile: Path | None = None) -> dict:
     path = "/v1/notifications/batch" if opts.batch else "/v1/notifications"
     per_req = opts.batch or 1
-    store = schema = None
-    if getattr(opts, "store", None):
-        # PostgreSQL: a fresh schema per run, dropped after (bench/cache.py)
-        schema = f"bench_publish_{secrets.token_hex(4)}"
-        store = asyncio.run(_fresh_schema(opts.store, schema))
-    try:
+    with maybe_fresh_schema(getattr(opts, "store", None), "bench_publish") as store:
         rec = _run(opts, cpus, concurrency, profile, path, per_req, store)
-        if store is not None:
-            rec["store"] = "postgresql"
-        return rec
-    finally:
-        if schema is not None:
-            asyncio.run(_drop_schema(opts.store, schema))
+    if store is not None:
+        rec["store"] = "postgresql"
+    return rec
 
 
 def _run(opts, cpus, concurrency, profile, path, per_req, store) -> dict:

@@ -20,6 +20,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,29 @@ def _get(url: str, timeout: float = 1.0) -> int:
         return getattr(exc, "code", 0) or 0
     except OSError:
         return 0
+
+
+def free_port_block(n: int) -> int:
+    """A base port with ``n`` free ports from it (HAProxy, then the nodes)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError("no block of free ports")
 
 
 def wait_until(check, timeout: float, what: str) -> None:

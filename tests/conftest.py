@@ -80,6 +80,27 @@ async def run_server(tmp_path, **overrides):
 
 
 @contextlib.asynccontextmanager
+async def two_nodes(tmp_path):
+    """Two servers over one fresh PostgreSQL schema and one Redis key prefix:
+    two nodes of a cluster, in the test's loop."""
+    from tests.broker.conftest import delete_prefixed, unique_prefix
+    from tests.services import require_postgres, require_redis
+    from tests.store.pg import fresh_schema
+
+    pg, redis = require_postgres(), require_redis()
+    prefix = unique_prefix()
+    try:
+        async with fresh_schema(pg) as schema:
+            common = {"store": f"{pg}?search_path={schema['search_path']}",
+                      "broker": f"{redis}?prefix={prefix}"}
+            async with run_server(tmp_path / "a", **common) as a:
+                async with run_server(tmp_path / "b", **common) as b:
+                    yield a, b
+    finally:
+        await delete_prefixed(redis, prefix)
+
+
+@contextlib.asynccontextmanager
 async def _serve(tmp_path, **overrides):
     limits = overrides.pop("limits", Limits())
     ws = overrides.pop("ws", WS_PROTOCOL)
@@ -114,7 +135,7 @@ async def _serve(tmp_path, **overrides):
         server.should_exit = True
         try:
             await asyncio.wait_for(task, 10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             task.cancel()
 
 

@@ -11,6 +11,7 @@ failure, never a silent skip.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from urllib.parse import urlsplit
 
@@ -23,19 +24,24 @@ REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+        address = (parts.hostname or "127.0.0.1", parts.port or default_port)
+        with socket.create_connection(address, 1):
             return True
     except OSError:
         return False
 
 
-def _require(name: str, url: str, default_port: int) -> str:
-    if _reachable(url, default_port):
-        return url
-    reason = f"{name} is not reachable at {url} (set TIDINGS_TEST_{name.upper()} to point at one)"
+def missing(reason: str):
+    """Skip the test on a laptop; fail it in CI, where everything must be there."""
     if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason}; CI requires it", pytrace=False)
     pytest.skip(reason)
+
+
+def _require(name: str, url: str, default_port: int) -> str:
+    if _reachable(url, default_port):
+        return url
+    missing(f"{name} is not reachable at {url} (set TIDINGS_TEST_{name.upper()} to point at one)")
 
 
 def require_postgres() -> str:
@@ -46,3 +52,11 @@ def require_postgres() -> str:
 def require_redis() -> str:
     """The test Redis URL, or skip (fail in CI) when it is down."""
     return _require("redis", REDIS_URL, 6379)
+
+
+def require_haproxy() -> str:
+    """The HAProxy binary the cluster tests put in front of the nodes."""
+    path = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.access(path, os.X_OK):
+        missing("HAProxy is not installed (Debian package haproxy)")
+    return path

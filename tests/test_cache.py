@@ -3,9 +3,12 @@ off changes performance only, never answers."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.conftest import run_server
+from tests.conftest import run_server, two_nodes
+from tests.gateway.live import recv_events, ws_connect
 from tidings.core import auth
 from tidings.errors import Unauthorized
 
@@ -63,30 +66,6 @@ async def test_a_cached_token_still_expires(tmp_path):
 
 
 # -- the per-user cache across two nodes (PostgreSQL + Redis) -------------------
-
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-
-from tests.gateway.live import recv_events, ws_connect  # noqa: E402
-
-
-@contextlib.asynccontextmanager
-async def two_nodes(tmp_path):
-    from tests.broker.conftest import delete_prefixed, unique_prefix
-    from tests.services import require_postgres, require_redis
-    from tests.store.pg import fresh_schema
-
-    pg, redis = require_postgres(), require_redis()
-    prefix = unique_prefix()
-    try:
-        async with fresh_schema(pg) as schema:
-            common = {"store": f"{pg}?search_path={schema['search_path']}",
-                      "broker": f"{redis}?prefix={prefix}"}
-            async with run_server(tmp_path / "a", **common) as a:
-                async with run_server(tmp_path / "b", **common) as b:
-                    yield a, b
-    finally:
-        await delete_prefixed(redis, prefix)
 
 
 async def _counts(server, token: str) -> int:

@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.test_durability import _free_port, _start
+from tests.test_durability import _free_port, _start, read_first_start
 from tidings.store import migrations
 
 
@@ -70,14 +70,8 @@ def test_serve_prints_credentials_that_work(tmp_path):
         [sys.executable, "-m", "tidings", "serve", "--data", str(data), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        for line in server.stdout:
-            lines.append(line)
-            if "listening on" in line:
-                break
-        text = "".join(lines)
-        key = re.search(r"API key:\s+(\S+)", text).group(1)
-        token = re.search(r"demo user token:\s+(\S+)", text).group(1)
+        first = read_first_start(server)
+        text, key, token = first["text"], first["api_key"], first["token"]
         curl = re.search(r"curl .*", text).group(0)
         assert f"http://127.0.0.1:{port}/v1/notifications" in curl
         for _ in range(100):

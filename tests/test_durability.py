@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,21 @@ def _start(data, port) -> subprocess.Popen:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("server did not start:\n" + proc.stdout.read())
+
+
+def read_first_start(proc: subprocess.Popen) -> dict[str, str]:
+    """What ``tidings serve`` printed up to its "listening on" line: the whole
+    ``text`` and the first start's ``api_key``, ``signing_secret`` and ``token``."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "listening on" in line:
+            break
+    text = "".join(lines)
+    found = {name: re.search(pattern, text) for name, pattern in (
+        ("api_key", r"API key:\s+(\S+)"), ("signing_secret", r"signing secret:\s+(\S+)"),
+        ("token", r"demo user token:\s+(\S+)"))}
+    return {"text": text, **{k: m.group(1) for k, m in found.items() if m}}
 
 
 @pytest.mark.timeout(120)

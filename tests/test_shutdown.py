@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -18,19 +17,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.test_durability import _free_port, _start
+from tests.test_durability import _free_port, _start, read_first_start
 from tidings.errors import CLOSE_SHUTDOWN, should_reconnect
-
-
-def _credentials(proc: subprocess.Popen) -> tuple[str, str]:
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if "listening on" in line:
-            break
-    text = "".join(out)
-    return (re.search(r"API key:\s+(\S+)", text).group(1),
-            re.search(r"demo user token:\s+(\S+)", text).group(1))
 
 
 @pytest.mark.timeout(60)
@@ -38,7 +26,7 @@ async def test_sigterm_closes_streams_with_the_reconnect_code(tmp_path):
     port = _free_port()
     proc = _start(tmp_path / "data", port)
     try:
-        key, token = _credentials(proc)
+        token = read_first_start(proc)["token"]
         url = f"ws://127.0.0.1:{port}/v1/me/stream"
         ws = await websockets.connect(url)
         await ws.send(json.dumps({"type": "auth", "token": token}))

@@ -4,7 +4,6 @@ delivery between them through the Redis broker."""
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.services import require_redis
-from tests.test_durability import _free_port
+from tests.test_durability import _free_port, read_first_start
 from tidings.broker import open_broker
 from tidings.client import Subscriber
 from tidings.core import auth
@@ -33,14 +32,9 @@ async def test_workers_share_a_port_and_deliver_across_processes(tmp_path):
     broker = open_broker(redis_url)
     await broker.open()
     try:
-        text = ""
-        for line in proc.stdout:
-            text += line
-            if "listening on" in line:
-                break
-        key = re.search(r"API key:\s+(\S+)", text).group(1)
-        secret = re.search(r"signing secret:\s+(\S+)", text).group(1)
-        assert "workers: 2" in text
+        first = read_first_start(proc)
+        key, secret = first["api_key"], first["signing_secret"]
+        assert "workers: 2" in first["text"]
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

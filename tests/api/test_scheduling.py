@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
-from tests.conftest import run_server
+from tests.conftest import run_server, two_nodes
 from tests.gateway.live import recv_events, ws_connect
 
 PUBLISH = "/v1/notifications"
@@ -26,7 +26,7 @@ PUBLISH = "/v1/notifications"
 def at(seconds: float) -> str:
     """An ISO 8601 time ``seconds`` from now, with a zone (not UTC: any zone works)."""
     zone = timezone(timedelta(hours=2))
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).astimezone(zone).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).astimezone(zone).isoformat()
 
 
 async def schedule(server, seconds: float, **fields) -> dict:
@@ -197,32 +197,19 @@ async def test_a_restart_before_it_is_due_still_fires_it_once(tmp_path):
 
 
 async def test_two_nodes_fire_each_scheduled_notification_once(tmp_path):
-    from tests.broker.conftest import delete_prefixed, unique_prefix
-    from tests.services import require_postgres, require_redis
-    from tests.store.pg import fresh_schema
-
-    pg, redis = require_postgres(), require_redis()
-    prefix = unique_prefix()
-    try:
-        async with fresh_schema(pg) as schema:
-            common = {"store": f"{pg}?search_path={schema['search_path']}",
-                      "broker": f"{redis}?prefix={prefix}"}
-            async with run_server(tmp_path / "a", **common) as a, \
-                    run_server(tmp_path / "b", **common) as b:
-                # the device is on b; everything is scheduled through a, due at
-                # about the same moment, so both nodes' schedulers race for it
-                ws = await ws_connect(b, await b.token("alice"))
-                await recv_events(ws, 1)
-                ids = [(await schedule(a, 2, title=f"n{i}"))["id"] for i in range(20)]
-                events = await recv_events(ws, 20, timeout=20)
-                assert sorted(e["notification"]["id"] for e in events) == sorted(ids)
-                assert [int(e["cursor"].split(":")[1]) for e in events] == list(range(1, 21))
-                await ws.close()
-                assert sorted(await inbox(b)) == sorted(ids)
-                assert a.service.scheduler.fired + b.service.scheduler.fired == 20
-                assert await a.service.fire_due(time.time() + 60, 100) == []
-    finally:
-        await delete_prefixed(redis, prefix)
+    async with two_nodes(tmp_path) as (a, b):
+        # the device is on b; everything is scheduled through a, due at
+        # about the same moment, so both nodes' schedulers race for it
+        ws = await ws_connect(b, await b.token("alice"))
+        await recv_events(ws, 1)
+        ids = [(await schedule(a, 2, title=f"n{i}"))["id"] for i in range(20)]
+        events = await recv_events(ws, 20, timeout=20)
+        assert sorted(e["notification"]["id"] for e in events) == sorted(ids)
+        assert [int(e["cursor"].split(":")[1]) for e in events] == list(range(1, 21))
+        await ws.close()
+        assert sorted(await inbox(b)) == sorted(ids)
+        assert a.service.scheduler.fired + b.service.scheduler.fired == 20
+        assert await a.service.fire_due(time.time() + 60, 100) == []
 
 
 async def test_the_scheduling_limits_are_named_and_apply(tmp_path):

@@ -10,7 +10,6 @@ stopped, frozen (SIGSTOP) and restarted.  The shared Redis is never stopped.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests.broker.conftest import delete_prefixed, unique_prefix
 from tests.broker.test_contract import USERS, Recorder, all_channels
-from tests.services import require_redis
+from tests.services import missing, require_redis
 from tidings.broker import open_broker
 from tidings.broker.base import (
     BrokerUnavailable,
@@ -151,10 +150,7 @@ class PrivateRedis:
 @pytest.fixture
 def private_redis(tmp_path):
     if shutil.which("redis-server") is None:
-        reason = "redis-server is not installed"
-        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason}; CI requires it", pytrace=False)
-        pytest.skip(reason)
+        missing("redis-server is not installed")
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

@@ -28,6 +28,7 @@ import httpx
 import msgspec
 import pytest
 
+from tests.services import missing
 from tidings.core.auth import mint_token
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,10 +42,7 @@ APP = "default"  # created by the first start; the operator app (Settings.operat
 def _require_chromium() -> None:
     if os.path.exists(CHROMIUM):
         return
-    reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-    if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason}; CI requires it", pytrace=False)
-    pytest.skip(reason)
+    missing(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")

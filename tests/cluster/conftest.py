@@ -6,68 +6,22 @@ Skips on a laptop without PostgreSQL, Redis or HAProxy; fails in CI
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import socket
 
-import asyncpg
 import pytest
 
-from scripts.cluster import Cluster
-from tests.services import require_postgres, require_redis
-
-
-def _port_block(n: int) -> int:
-    """A base port with ``n`` free ports from it."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        try:
-            held = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no block of free ports")
-
-
-def require_haproxy() -> str:
-    path = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy")
-                                       else None)
-    if path:
-        return path
-    reason = "HAProxy is not installed (Debian package haproxy)"
-    if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason + "; CI requires it", pytrace=False)
-    pytest.skip(reason)
+from scripts.cluster import Cluster, free_port_block
+from tests.services import require_haproxy, require_postgres, require_redis
+from tests.store.pg import fresh_schema
 
 
 @pytest.fixture
 async def pg_url():
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards
+    (left unmigrated: the cluster runs ``tidings migrate`` as an operator would)."""
     base = require_postgres()
-    schema = "t_cluster_" + secrets.token_hex(5)
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    yield f"{base}?search_path={schema}"
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await conn.close()
+    async with fresh_schema(base, migrated=False) as settings:
+        yield f"{base}?search_path={settings['search_path']}"
 
 
 @pytest.fixture
@@ -82,7 +36,7 @@ def make_cluster(pg_url, tmp_path):
     redis_url = f"{redis_url}?prefix=tidings-test-{secrets.token_hex(5)}"
 
     def make(nodes: int = 2, **kw) -> Cluster:
-        cluster = Cluster(pg_url, redis_url, nodes=nodes, base_port=_port_block(nodes + 1),
+        cluster = Cluster(pg_url, redis_url, nodes=nodes, base_port=free_port_block(nodes + 1),
                           workdir=tmp_path / f"cluster{len(started)}", **kw)
         started.append(cluster)
         return cluster.start()

@@ -57,7 +57,7 @@ class Device:
         if self.task is not None:
             try:
                 await asyncio.wait_for(self.task, 10)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 self.task.cancel()
 
 

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from scripts.cluster import wait_until
-from tests.cluster.conftest import _port_block, require_haproxy
+from scripts.cluster import free_port_block, wait_until
 from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
-from tests.services import require_redis
+from tests.services import require_haproxy, require_redis
 
 
 class Proxy:
@@ -75,10 +74,10 @@ def _via(url: str, port: int) -> str:
 async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, tmp_path):
     from scripts.cluster import Cluster
 
-    redis_url = require_redis() + "?prefix=tidings-test-outage-" + str(_port_block(1))
+    redis_url = require_redis() + "?prefix=tidings-test-outage-" + str(free_port_block(1))
     require_haproxy()
     target = urlsplit(pg_url)
-    base = _port_block(3)
+    base = free_port_block(3)
     proxy = Proxy(base + 2, target.hostname, target.port or 5432)
     proxy.start()
     cluster = Cluster(_via(pg_url, base + 2), redis_url, nodes=1, base_port=base,
@@ -139,7 +138,7 @@ async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
     from scripts.cluster import Cluster
 
     require_haproxy()
-    base = _port_block(4)
+    base = free_port_block(4)
     redis = PrivateRedis(base + 3, tmp_path)
     redis.start()
     cluster = Cluster(pg_url, redis.url, nodes=2, base_port=base, workdir=tmp_path / "c")

@@ -60,12 +60,5 @@ class LRU(Generic[K, V]):
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
 
-    def drop_where(self, predicate: Callable[[K], bool]) -> int:
-        """Remove every key for which ``predicate(key)`` holds; returns how many."""
-        doomed = [k for k in self._data if predicate(k)]
-        for k in doomed:
-            del self._data[k]
-        return len(doomed)
-
     def clear(self) -> None:
         self._data.clear()

@@ -1,0 +1,56 @@
+"""A throwaway PostgreSQL schema for one benchmark run.
+
+Scenarios that run the server on PostgreSQL (``--store postgresql://...``)
+give each run a fresh, migrated schema, selected with ``?search_path=`` in
+the store URL, and drop it afterwards so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Iterator
+
+import asyncpg
+
+
+async def _create(url: str, name: str) -> None:
+    from tidings.store.postgres import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        await conn.execute(f"CREATE SCHEMA {name}")
+    finally:
+        await conn.close()
+    await migrate(url, server_settings={"search_path": name})
+
+
+async def _drop(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str, prefix: str) -> Iterator[str]:
+    """Yield the store URL of a new migrated schema ``<prefix>_<random>``."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    asyncio.run(_create(url, name))
+    try:
+        yield f"{url}?search_path={name}"
+    finally:
+        asyncio.run(_drop(url, name))
+
+
+@contextlib.contextmanager
+def maybe_fresh_schema(url: str | None, prefix: str) -> Iterator[str | None]:
+    """``fresh_schema`` for a PostgreSQL URL; None (the embedded SQLite) as is."""
+    if not url:
+        yield None
+        return
+    with fresh_schema(url, prefix) as store:
+        yield store
