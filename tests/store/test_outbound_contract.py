@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from tidings.channels.base import Job, JobQueue
-from tidings.outbound import StoreQueue
+from tidings.service.outbound import StoreQueue
 from tidings.store.outbound import EmailAddress, NewJob, PushSubscription, WebhookEndpoint
 
 A, B = "app_a", "app_b"

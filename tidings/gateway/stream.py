@@ -23,25 +23,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tidings.core import events
 from tidings.core.queue import OutboundQueue
+from tidings.core.stats import Stats
 from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER
-
-if TYPE_CHECKING:
-    from tidings.gateway.hub import Hub
 
 log = logging.getLogger("tidings.gateway")
 
 
 _NO_TOPICS: frozenset[str] = frozenset()
 
+
+class Host(Protocol):
+    """What a stream needs of the node it lives on (hub.py's ``Hub``): the
+    stream knows this much of the hub, the hub all of the stream."""
+
+    metrics: Stats
+
+    def attach(self, stream: Stream) -> None: ...
+
+    def detach(self, stream: Stream) -> None: ...
+
+    async def begin(self, stream: Stream, cursor) -> None: ...
+
+    async def catch_up(self, stream: Stream) -> int: ...
+
+
 class Stream:
     kind = "stream"
     wants_ids = False  # SSE: every cursor-advancing event carries its cursor as id
 
-    def __init__(self, hub: Hub, app: str, user: str, *, max_events: int, max_bytes: int):
+    def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
         self.app = app
         self.user = user

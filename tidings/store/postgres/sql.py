@@ -1,4 +1,4 @@
-"""The PostgreSQL store's statements (used by postgres.py).
+"""The PostgreSQL store's statements (used by store.py).
 
 Kept apart so that the store reads as what it does, and the SQL as one
 place to review: every multi-user write orders its rows by user id
@@ -49,7 +49,7 @@ _USERS = 'SELECT u COLLATE "C" AS u FROM unnest($7::text[]) AS t(u)'
 _TOPIC = "SELECT user_id AS u FROM topic_subs WHERE app_id = $1 AND topic = $7"
 FANOUT_USERS = _FANOUT.format(source=_USERS, entries=_ENTRIES)
 FANOUT_TOPIC = _FANOUT.format(source=_TOPIC, entries=_ENTRIES)
-# A grouped fan-out writes its entries itself, after merging (_postgres_groups.py).
+# A grouped fan-out writes its entries itself, after merging (groups.py).
 SEQS_USERS = _FANOUT.format(source=_USERS, entries="")
 SEQS_TOPIC = _FANOUT.format(source=_TOPIC, entries="")
 

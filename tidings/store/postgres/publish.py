@@ -1,8 +1,8 @@
-"""The PostgreSQL store's multi-statement writes and reads (postgres.py runs them).
+"""The PostgreSQL store's multi-statement writes and reads (store.py runs them).
 
 Each function runs on one pooled connection (``PostgresStore._call``),
 inside a transaction when the caller asks for one.  The lock-order rules
-they follow are in postgres.py's module docstring and in _postgres_sql.py.
+they follow are in store.py's module docstring and in sql.py.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import msgspec
 
 from tidings.core.ids import id_floor
-from tidings.store import _postgres_groups as _groups
-from tidings.store import _postgres_sched as _sched
-from tidings.store._postgres_sql import (
+from tidings.store.postgres import groups as _groups
+from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres.sql import (
     FANOUT_TOPIC,
     FANOUT_USERS,
     FEED,

@@ -20,21 +20,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from tidings.service import Service
+from tidings.store.base import PublishOutcome
 
-log = logging.getLogger("tidings.scheduler")
+log = logging.getLogger("tidings.service.scheduler")
 
 POLL_INTERVAL = 1.0  # seconds: the latest a notification scheduled elsewhere fires
 BATCH = 100  # fired per store call; a full batch loops at once
 
 
+class Due(Protocol):
+    """What the loop fires through (the service satisfies it)."""
+
+    async def fire_due(self, now: float, limit: int) -> list[PublishOutcome]:
+        """Publish up to ``limit`` notifications due by ``now``."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the earliest pending notification is due (None: none is)."""
+        ...
+
+
 class Scheduler:
-    def __init__(self, service: Service, *, poll_interval: float = POLL_INTERVAL,
+    def __init__(self, due: Due, *, poll_interval: float = POLL_INTERVAL,
                  clock=time.time) -> None:
-        self.service = service
+        self.due = due
         self.poll_interval = poll_interval
         self.clock = clock
         self.fired = 0  # notifications published by this node's scheduler
@@ -51,7 +62,7 @@ class Scheduler:
         """Fire everything due now; returns how many were handled."""
         done = 0
         while True:
-            outcomes = await self.service.fire_due(self.clock(), BATCH)
+            outcomes = await self.due.fire_due(self.clock(), BATCH)
             done += len(outcomes)
             for out in outcomes:
                 if out.status == "accepted":
@@ -70,7 +81,7 @@ class Scheduler:
             delay = self.poll_interval
             try:
                 await self.run_once()
-                due = await self.service.store.next_due()
+                due = await self.due.next_due()
                 if due is not None:
                     delay = min(delay, max(0.0, due - self.clock()))
             except asyncio.CancelledError:

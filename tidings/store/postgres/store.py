@@ -46,11 +46,11 @@ from asyncpg import exceptions as pgerr
 
 from tidings.core.models import Preferences
 from tidings.errors import Unavailable
-from tidings.store import _postgres_groups as _groups
-from tidings.store import _postgres_sched as _sched
-from tidings.store import _postgres_tx as _tx
+from tidings.store.postgres import groups as _groups
+from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres import publish as _tx
 from tidings.store import migrations
-from tidings.store._postgres_sql import (
+from tidings.store.postgres.sql import (
     DELETE,
     HEAD,
     INBOX,
@@ -70,7 +70,8 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
 )
-from tidings.store.postgres_outbound import PostgresOutbound
+from tidings.store.postgres.errors import ATTEMPTS, DOWN, NOT_DOWN, RETRY, STALE
+from tidings.store.postgres.outbound import PostgresOutbound
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -82,28 +83,6 @@ CONNECT_TIMEOUT = 5.0  # a new connection, and waiting for a free one in the poo
 # pg_advisory_xact_lock key that serialises migrations ("tidings" in ASCII).
 MIGRATION_LOCK = 0x74696469_6E6773
 
-# What "the database is not there right now" looks like.  Anything else (a
-# unique violation, bad input) is the request's fault and propagates as is.
-_DOWN: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, no route; TimeoutError too (connect, pool acquire)
-    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, "closed in the middle of operation"
-    pgerr.CannotConnectNowError,  # 57P03: starting up or shutting down
-    pgerr.AdminShutdownError,  # 57P01: the server was stopped or restarted
-    pgerr.CrashShutdownError,  # 57P02
-    pgerr.TooManyConnectionsError,  # 53300
-)
-# A pooled connection found dead before the statement was sent ("connection
-# is closed"; or a session the server ended while it sat idle, e.g. on a
-# restart, which leaves asyncpg's protocol stuck): nothing reached the
-# database, so the call is run again on a fresh connection.
-_STALE = (asyncpg.InterfaceError, pgerr.InternalClientError)
-# InterfaceErrors that are not about the connection: bad arguments are a bug
-# or bad input, never a reason to tell the client to come back later.
-_NOT_DOWN = (pgerr.DataError, pgerr.ClientConfigurationError,
-             pgerr.UnsupportedClientFeatureError, pgerr.UnsupportedServerFeatureError)
-# The whole transaction was rolled back and may simply be run again.
-_RETRY = (pgerr.DeadlockDetectedError, pgerr.SerializationError)
-_ATTEMPTS = 3
 
 _decode_prefs = msgspec.json.Decoder(Preferences).decode
 _encode = msgspec.json.encode
@@ -160,7 +139,7 @@ async def migrate(url: str, *, server_settings: dict[str, str] | None = None) ->
     """Bring the database at ``url`` to this code's schema; the versions applied."""
     try:
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT, server_settings=server_settings)
-    except _DOWN as exc:
+    except DOWN as exc:
         raise Unavailable(f"cannot reach PostgreSQL at {_where(url)}: {exc}") from exc
     try:
         return await _apply_migrations(conn)
@@ -197,7 +176,7 @@ class PostgresStore(PostgresOutbound, Store):
                 timeout=CONNECT_TIMEOUT, command_timeout=self._command_timeout,
                 server_settings=self._server_settings, reset=_keep_session,
             )
-        except _DOWN as exc:
+        except DOWN as exc:
             raise Unavailable(f"cannot reach PostgreSQL at {_where(self.url)}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
@@ -216,7 +195,7 @@ class PostgresStore(PostgresOutbound, Store):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (*_DOWN, *_STALE):
+            except (*DOWN, *STALE):
                 pool.terminate()  # the database is gone: nothing to close politely
 
     async def ping(self) -> bool:
@@ -225,7 +204,7 @@ class PostgresStore(PostgresOutbound, Store):
         except Unavailable:
             return False
 
-    async def _call(self, fn, *args, tx: bool = False, tries: int = _ATTEMPTS):
+    async def _call(self, fn, *args, tx: bool = False, tries: int = ATTEMPTS):
         """Run ``fn(conn, *args)`` on a pooled connection (in a transaction
         when ``tx``), turning connection failures into ``Unavailable``."""
         pool = self._pool
@@ -241,21 +220,21 @@ class PostgresStore(PostgresOutbound, Store):
                                 result = await fn(conn, *args)
                         else:
                             result = await fn(conn, *args)
-                    except (*_DOWN, *_STALE) as exc:
-                        if not isinstance(exc, _NOT_DOWN):
+                    except (*DOWN, *STALE) as exc:
+                        if not isinstance(exc, NOT_DOWN):
                             # Never hand a connection in an unknown state to
                             # the next caller: the pool replaces it.
                             conn.terminate()
                         raise
-            except _NOT_DOWN:
+            except NOT_DOWN:
                 raise
-            except _RETRY:
+            except RETRY:
                 if last:
                     raise
-            except _STALE as exc:
+            except STALE as exc:
                 if last:
                     raise self._unavailable(exc) from exc
-            except _DOWN as exc:
+            except DOWN as exc:
                 raise self._unavailable(exc) from exc
             else:
                 if self._down:
@@ -335,7 +314,7 @@ class PostgresStore(PostgresOutbound, Store):
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         if item.idempotency_key is None:
-            # a grouped fan-out is several statements (_postgres_groups.py)
+            # a grouped fan-out is several statements (groups.py)
             grouped = item.group_key is not None and item.deliver_at is None
             return await self._call(_tx.publish, app_id, item, fanout_threshold, tx=grouped)
         return await self._call(
@@ -385,7 +364,7 @@ class PostgresStore(PostgresOutbound, Store):
             return await _tx.publish(conn, app_id, item, fanout_threshold)
 
         fired = []
-        for _ in range(limit):  # one transaction each (_postgres_sched.fire_one)
+        for _ in range(limit):  # one transaction each (schedule.fire_one)
             one = await self._call(_sched.fire_one, now, publish, tx=True)
             if one is None:
                 break

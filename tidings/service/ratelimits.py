@@ -43,7 +43,7 @@ from tidings.store.base import KeyRecord, NewNotification, Store
 
 __all__ = ["Capped", "RateLimits"]
 
-log = logging.getLogger("tidings.ratelimits")
+log = logging.getLogger("tidings.service.ratelimits")
 
 CAPS_CACHE_TTL = 10.0  # seconds a node reuses an app's caps; other nodes follow within it
 _decode_caps = msgspec.json.Decoder(Caps).decode

@@ -1,9 +1,9 @@
-"""The SQLite store's write transactions (sqlite.py runs them).
+"""The SQLite store's write transactions (store.py runs them).
 
 Each function runs on the store's writer thread, inside its group commit:
 ``conn`` is the write connection with a transaction open, and a function
 that raises has its own transaction rolled back alone (``_Writer._run_batch``).
-Kept apart from sqlite.py so that the store reads as its public methods and
+Kept apart from store.py so that the store reads as its public methods and
 the writer, and the multi-statement writes as one place to review.
 """
 
@@ -14,8 +14,8 @@ import sqlite3
 import msgspec
 
 from tidings.core.ids import id_floor, new_epoch
-from tidings.store import _sqlite_groups as _groups
-from tidings.store import _sqlite_sched as _sched
+from tidings.store.sqlite import groups as _groups
+from tidings.store.sqlite import schedule as _sched
 from tidings.store.base import Delivery, NewNotification, PublishOutcome
 
 __all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]

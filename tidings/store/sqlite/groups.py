@@ -1,15 +1,15 @@
 """The SQLite store's group entries (aggregation by ``group_key``).
 
 ``*_tx`` functions run on the writer thread inside a publish, delete or
-state change (sqlite.py); the others are reads on the event loop's
-connection.  The data layout is described in tidings/store/_common.py.
+state change (store.py); the others are reads on the event loop's
+connection.  The data layout is described in tidings/store/codec.py.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from tidings.store._common import group_view, merge_group, new_group, rebuild_group
+from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 from tidings.store.base import Delivery, Entry, NewNotification
 
 __all__ = ["current_ids", "insert_entries_tx", "members", "personal_entries", "retract_tx",

@@ -1,10 +1,10 @@
-"""tidings.scheduler: the loop's timing (the store makes firing exactly once)."""
+"""tidings.service.scheduler: the loop's timing (the store makes firing exactly once)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from tidings.scheduler import BATCH, Scheduler
+from tidings.service.scheduler import BATCH, Scheduler
 from tidings.store.base import PublishOutcome
 
 

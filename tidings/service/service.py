@@ -26,9 +26,9 @@ from tidings.core.lru import LRU
 from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
 from tidings.gateway.hub import Hub
-from tidings.scheduler import Scheduler
-from tidings.outbound import Outbound
-from tidings.ratelimits import RateLimits
+from tidings.service.scheduler import Scheduler
+from tidings.service.outbound import Outbound
+from tidings.service.ratelimits import RateLimits
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
 log = logging.getLogger("tidings")
@@ -59,7 +59,7 @@ class Service:
         self.broker = broker
         self.hub = Hub(store, broker, settings)
         self.scheduler = Scheduler(self)  # fires deliver_at notifications (run by the app)
-        # webhooks, push, e-mail (tidings/outbound.py), counted like every delivery
+        # webhooks, push, e-mail (outbound.py), counted like every delivery
         self.outbound = Outbound(settings, store, track=self.track)
         self.limits = RateLimits(settings, store, broker)  # per key, caps per user and category
         self._pepper = b""
@@ -245,7 +245,7 @@ class Service:
     async def _send_outbound(self, app_id: str, item: NewNotification, priority: str,
                              out: PublishOutcome, capped, result: dict) -> None:
         """Queue webhooks, pushes and e-mails for a notification fanned out on
-        write (tidings/outbound.py), and say so in the publish answer.  Runs
+        write (outbound.py), and say so in the publish answer.  Runs
         after the inbox commit; recipients over a frequency cap get none."""
         if not await self.outbound.wanted(app_id):
             return
@@ -465,7 +465,7 @@ class Service:
 
     # -- scheduled delivery and delivery tracking -----------------------------------
     async def fire_due(self, now: float, limit: int) -> list[PublishOutcome]:
-        """Publish the scheduled notifications due by ``now`` (tidings/scheduler.py)."""
+        """Publish the scheduled notifications due by ``now`` (scheduler.py)."""
         fired = await self.store.fire_due(
             now, limit, fanout_threshold=self.settings.fanout_threshold)
         outcomes = []
@@ -479,6 +479,10 @@ class Service:
                     await self._fired_outbound(app_id, out, now)
             outcomes.append(out)
         return outcomes
+
+    async def next_due(self) -> float | None:
+        """When the earliest scheduled notification is due (the scheduler's sleep)."""
+        return await self.store.next_due()
 
     async def _fired_outbound(self, app_id: str, out: PublishOutcome, now: float) -> None:
         """A scheduled notification fired: queue its webhooks, pushes and

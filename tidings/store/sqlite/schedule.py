@@ -1,7 +1,7 @@
 """The SQLite store's scheduled notifications and delivery counters.
 
 Functions named ``*_tx`` run on the store's writer thread inside its group
-commit (sqlite.py); the others are reads on the event loop's connection.
+commit (store.py); the others are reads on the event loop's connection.
 One writer is what makes a scheduled notification fire once on SQLite: the
 claim, the publish and the status change are one transaction of the only
 connection that writes, and several processes sharing the file queue on
@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 
-from tidings.store._common import decode_payload, encode_payload
+from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 
 __all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "get_scheduled", "next_due",

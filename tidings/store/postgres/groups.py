@@ -1,13 +1,13 @@
 """The PostgreSQL store's group entries (aggregation by ``group_key``).
 
 Each function runs on one pooled connection inside the caller's
-transaction (postgres.py).  The data layout is in tidings/store/_common.py.
+transaction (store.py).  The data layout is in tidings/store/codec.py.
 
 Why a grouped publish is several statements in one transaction, where a
 plain one is a single statement: the merge has to see the entry another
 node's publish to the same user committed a moment ago.  The first
 statement assigns the seqs, and with them takes every recipient's stream
-row lock (in the one lock order, see _postgres_sql.py); under READ
+row lock (in the one lock order, see sql.py); under READ
 COMMITTED each later statement takes a fresh snapshot, so the entries it
 reads are those of every earlier publish to these users, and no later one
 can interleave until this transaction commits.
@@ -15,7 +15,7 @@ can interleave until this transaction commits.
 
 from __future__ import annotations
 
-from tidings.store._common import group_view, merge_group, new_group, rebuild_group
+from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 from tidings.store.base import Delivery, Entry, NewNotification, PublishOutcome
 
 __all__ = ["fan_out", "members", "personal_entry", "retract", "state_counts"]

@@ -1,6 +1,6 @@
 """The PostgreSQL store's scheduled notifications and delivery counters.
 
-Each function runs on one pooled connection (postgres.py's ``_call``).
+Each function runs on one pooled connection (store.py's ``_call``).
 Counters are upserts that add (``n = n + EXCLUDED.n``): the row lock makes
 concurrent flushes from several nodes queue, so no increment is lost, and
 rows are written in key order so that two flushes never deadlock.
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from tidings.store._common import decode_payload, encode_payload
+from tidings.store.postgres.errors import DOWN, RETRY, STALE
+from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 
 __all__ = ["cancel", "delivery_counts", "fire_one", "get_scheduled", "next_due", "prune",
@@ -64,9 +65,7 @@ async def fire_one(conn, now: float, publish) -> tuple[str, PublishOutcome] | No
         async with conn.transaction():  # a savepoint: a publish that fails is marked alone
             out = await publish(conn, app_id, decode_payload(payload, due_at))
     except Exception as exc:
-        from tidings.store.postgres import _DOWN, _RETRY, _STALE
-
-        if isinstance(exc, (*_DOWN, *_STALE, *_RETRY)):
+        if isinstance(exc, (*DOWN, *STALE, *RETRY)):
             raise  # the connection, not the notification: the claim rolls back
         log.exception("scheduled notification %s/%s could not be published", app_id, nid)
         await conn.execute("UPDATE scheduled SET status = 'failed' WHERE app_id = $1 AND id = $2",

@@ -51,7 +51,7 @@ from tidings.store.outbound import NewJob, WebhookEndpoint
 
 __all__ = ["Outbound", "OutboundCounts", "StoreQueue"]
 
-log = logging.getLogger("tidings.outbound")
+log = logging.getLogger("tidings.service.outbound")
 
 OUTBOUND = ("webhook", "push", "email")
 FALLBACK = frozenset({"push", "email"})  # wait for a device to see it first
