@@ -17,12 +17,16 @@ import httpx
 import jwt
 import pytest
 import websockets
-
 from conftest import run_server
+
 from tidings.config import Limits
 from tidings.core import auth
 from tidings.errors import (
-    CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED, should_reconnect,
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHORIZED,
+    should_reconnect,
 )
 
 STREAM = "/v1/me/stream"

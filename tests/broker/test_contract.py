@@ -15,7 +15,14 @@ import threading
 import pytest
 
 from tidings.broker.base import (
-    Feed, Frames, Membership, Message, Personal, all_channel, topic_channel, user_channel,
+    Feed,
+    Frames,
+    Membership,
+    Message,
+    Personal,
+    all_channel,
+    topic_channel,
+    user_channel,
 )
 
 TIMEOUT = 5.0

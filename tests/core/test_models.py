@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -65,7 +65,7 @@ def test_full_publish():
         group_key="inv", actor="system", deliver_at="2030-01-02T03:04:05Z", ttl=60,
     )
     assert r.priority == "urgent"
-    assert r.deliver_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert r.deliver_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert r.data["nested"] == {"a": [1]}
     assert r.ttl == 60
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -324,7 +324,7 @@ async def test_the_snapshot_shows_delivery_tracking_and_scheduled(server):
         assert r.status_code == 422  # beyond the horizon: not counted
         r = await http.post("/v1/notifications", json={
             "to": {"users": ["u1"]},
-            "deliver_at": datetime.fromtimestamp(time.time() + 3600, timezone.utc).isoformat()})
+            "deliver_at": datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()})
         assert r.json()["status"] == "scheduled"
     async with server.http(await server.token("u1")) as http:
         await http.post("/v1/me/notifications/read", json={"ids": [nid]})

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 
 import websockets
 
-from tidings.config import Limits
-from tidings.store.base import NewNotification
 from tests.conftest import run_server
 from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
+from tidings.config import Limits
+from tidings.store.base import NewNotification
 
 
 async def test_live_then_resume_replays_exactly_the_missed_ones(any_ws_server):

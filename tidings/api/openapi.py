@@ -12,10 +12,16 @@ import functools
 import msgspec
 
 from tidings.core.models import (
-    BatchRequest, InboxItem, Notification, PatchRequest, Preferences, PublishRequest,
-    StateRequest, SubscribersRequest, TokenRequest,
+    BatchRequest,
+    InboxItem,
+    Notification,
+    PatchRequest,
+    Preferences,
+    PublishRequest,
+    StateRequest,
+    SubscribersRequest,
+    TokenRequest,
 )
-
 from tidings.core.outbound import Caps, EmailRequest, PushSubscriptionRequest, WebhookRequest
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

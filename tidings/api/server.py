@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from starlette.requests import Request
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
 from starlette.routing import Route
 
 from tidings.api.common import JSON, body_of, decode, int_param, read_body, server_auth
 from tidings.core.ids import is_id
 from tidings.core.models import (
-    BatchRequest, PatchRequest, Preferences, PublishRequest, SubscribersRequest, TokenRequest,
-    valid_topic, valid_user,
+    BatchRequest,
+    PatchRequest,
+    Preferences,
+    PublishRequest,
+    SubscribersRequest,
+    TokenRequest,
+    valid_topic,
+    valid_user,
 )
 from tidings.errors import Invalid, NotFound, TidingsError
 

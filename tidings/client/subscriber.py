@@ -24,8 +24,8 @@ import asyncio
 import inspect
 import logging
 from collections import OrderedDict
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -171,7 +171,7 @@ class Subscriber:
                     raise err from None
                 log.info("stream handshake refused (%s), retrying", err)
                 retry_after = err.retry_after
-            except (OSError, asyncio.TimeoutError, InvalidHandshake) as e:
+            except (TimeoutError, OSError, InvalidHandshake) as e:
                 log.info("stream connect failed (%r), retrying", e)
             else:
                 async with aclosing(self._session(ws)) as events:
@@ -185,7 +185,7 @@ class Subscriber:
             try:
                 await asyncio.wait_for(self._closing.wait(), timeout=delay)
                 return  # closed while waiting
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _session(self, ws: ClientConnection) -> AsyncIterator[Event]:

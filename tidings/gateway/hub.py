@@ -17,14 +17,22 @@ import time
 from typing import TYPE_CHECKING
 
 from tidings.broker.base import (
-    Broker, Feed, Frames, Membership, Message, Personal, all_channel, topic_channel, user_channel,
+    Broker,
+    Feed,
+    Frames,
+    Membership,
+    Message,
+    Personal,
+    all_channel,
+    topic_channel,
+    user_channel,
 )
 from tidings.core import events
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
 from tidings.core.tracking import DeliveryTracker
-from tidings.gateway.cache import UserCache
 from tidings.errors import CLOSE_RESYNC, CLOSE_SHUTDOWN, CLOSE_TOO_MANY, RateLimited, Unavailable
+from tidings.gateway.cache import UserCache
 
 if TYPE_CHECKING:
     from tidings.config import Settings

@@ -24,7 +24,10 @@ import msgspec
 from tidings.core import events
 from tidings.core.cursor import parse_cursor
 from tidings.errors import (
-    CLOSE_FORBIDDEN, BadRequest, TidingsError, Unauthorized,
+    CLOSE_FORBIDDEN,
+    BadRequest,
+    TidingsError,
+    Unauthorized,
 )
 from tidings.gateway.stream import Stream
 from tidings.gateway.uvicorn_ws import EXTENSION as RAW_EXTENSION
@@ -204,7 +207,7 @@ class WebSocketEndpoint:
     async def _first_message_token(self, receive) -> str:
         try:
             msg = await asyncio.wait_for(receive(), AUTH_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unauthorized("no auth message within 10 s", code="auth_timeout") from None
         if msg["type"] == "websocket.disconnect":
             raise _Gone

@@ -91,5 +91,5 @@ class Scheduler:
             self._next = self.clock() + delay
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -17,7 +17,14 @@ from datetime import datetime
 import msgspec
 
 from tidings.broker.base import (
-    Broker, Feed, Frames, Membership, Personal, all_channel, topic_channel, user_channel,
+    Broker,
+    Feed,
+    Frames,
+    Membership,
+    Personal,
+    all_channel,
+    topic_channel,
+    user_channel,
 )
 from tidings.config import Settings
 from tidings.core import auth, events, quiet
@@ -26,9 +33,9 @@ from tidings.core.lru import LRU
 from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
 from tidings.gateway.hub import Hub
-from tidings.service.scheduler import Scheduler
 from tidings.service.outbound import Outbound
 from tidings.service.ratelimits import RateLimits
+from tidings.service.scheduler import Scheduler
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
 log = logging.getLogger("tidings")

@@ -15,8 +15,8 @@ can interleave until this transaction commits.
 
 from __future__ import annotations
 
-from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 from tidings.store.base import Delivery, Entry, NewNotification, PublishOutcome
+from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 
 __all__ = ["fan_out", "members", "personal_entry", "retract", "state_counts"]
 

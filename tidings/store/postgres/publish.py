@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from tidings.core.ids import id_floor
+from tidings.store.base import Delivery, NewNotification, PublishOutcome, StoredNotification
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import schedule as _sched
 from tidings.store.postgres.sql import (
@@ -20,7 +21,6 @@ from tidings.store.postgres.sql import (
     SEQS_USERS,
     STATE_NAME,
 )
-from tidings.store.base import Delivery, NewNotification, PublishOutcome, StoredNotification
 
 __all__ = ["count", "get_notification", "prune", "publish", "publish_once"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from tidings.store.postgres.errors import DOWN, RETRY, STALE
-from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
+from tidings.store.codec import decode_payload, encode_payload
+from tidings.store.postgres.errors import DOWN, RETRY, STALE
 
 __all__ = ["cancel", "delivery_counts", "fire_one", "get_scheduled", "next_due", "prune",
            "record_deliveries", "schedule"]

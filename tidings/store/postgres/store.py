@@ -42,14 +42,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
-from asyncpg import exceptions as pgerr
 
 from tidings.core.models import Preferences
 from tidings.errors import Unavailable
-from tidings.store.postgres import groups as _groups
-from tidings.store.postgres import schedule as _sched
-from tidings.store.postgres import publish as _tx
 from tidings.store import migrations
+from tidings.store.base import (
+    AppRecord,
+    Entry,
+    KeyRecord,
+    PublishOutcome,
+    Store,
+    StoredNotification,
+    StreamHead,
+)
+from tidings.store.postgres import groups as _groups
+from tidings.store.postgres import publish as _tx
+from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres.errors import ATTEMPTS, DOWN, NOT_DOWN, RETRY, STALE
+from tidings.store.postgres.outbound import PostgresOutbound
 from tidings.store.postgres.sql import (
     DELETE,
     HEAD,
@@ -61,17 +71,6 @@ from tidings.store.postgres.sql import (
     STATE_CODE,
     STATE_NAME,
 )
-from tidings.store.base import (
-    AppRecord,
-    Entry,
-    KeyRecord,
-    PublishOutcome,
-    Store,
-    StoredNotification,
-    StreamHead,
-)
-from tidings.store.postgres.errors import ATTEMPTS, DOWN, NOT_DOWN, RETRY, STALE
-from tidings.store.postgres.outbound import PostgresOutbound
 
 __all__ = ["PostgresStore", "migrate"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 from tidings.store.base import Delivery, Entry, NewNotification
+from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 
 __all__ = ["current_ids", "insert_entries_tx", "members", "personal_entries", "retract_tx",
            "state_counts"]

@@ -14,9 +14,9 @@ import sqlite3
 import msgspec
 
 from tidings.core.ids import id_floor, new_epoch
+from tidings.store.base import Delivery, NewNotification, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
-from tidings.store.base import Delivery, NewNotification, PublishOutcome
 
 __all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
 

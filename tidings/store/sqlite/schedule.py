@@ -14,8 +14,8 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 
-from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
+from tidings.store.codec import decode_payload, encode_payload
 
 __all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "get_scheduled", "next_due",
            "prune_tx", "record_deliveries_tx", "schedule_tx"]

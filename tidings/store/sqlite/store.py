@@ -27,15 +27,21 @@ from typing import Any
 import msgspec
 
 from tidings.core.models import Preferences
-from tidings.store.sqlite import groups as _groups
-from tidings.store.sqlite import schedule as _sched
-from tidings.store.sqlite import publish as _tx
+from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
-    AppRecord, Entry, KeyRecord, PublishOutcome, StoredNotification, Store, StreamHead,
+    AppRecord,
+    Entry,
+    KeyRecord,
+    PublishOutcome,
+    Store,
+    StoredNotification,
+    StreamHead,
 )
+from tidings.store.sqlite import groups as _groups
+from tidings.store.sqlite import publish as _tx
+from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.outbound import SQLiteOutbound
-from tidings.errors import Unavailable
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
 STATE_NAME = ("unseen", "seen", "read", "archived")
