@@ -1,4 +1,4 @@
-"""Benchmarks for tidings (DESIGN §5): ``python -m bench SCENARIO [options]``.
+"""Benchmarks for tidings (docs/design.md §5): ``python -m bench SCENARIO [options]``.
 
 Scenarios: ``fanout``, ``broadcast``, ``publish``, ``idle``, ``peers`` (see
 ``bench/README.md``).  Every run starts a fresh server pinned to one core and

@@ -140,7 +140,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peers", default="centrifuge,pysocketio",
                    help="peer kit NAMEs to run next to tidings (round-robin)")
     p.add_argument("--kit", type=Path, default=None,
-                   help="peer kit folder (default ../shared/peers next to the repo)")
+                   help="the peer kit's folder (default $TIDINGS_PEER_KIT)")
     p.add_argument("--tidings-modes", default="fanout,broadcast",
                    help="tidings variants: fanout (topic, write fan-out), broadcast (all)")
     p.add_argument("--start-settle", type=float, default=4.0)

@@ -1,7 +1,7 @@
 """``cache``: what the hot-path cache buys, measured both ways on the cluster
 configuration (PostgreSQL store, Redis broker).
 
-DESIGN §5: with the cache, delivery time must be >= 40% lower and inbox /
+docs/design.md §5: with the cache, delivery time must be >= 40% lower and inbox /
 counts latency >= 50% lower than without it.  One run starts a fresh server
 (``TIDINGS_CACHE=true`` or ``false``) on a fresh PostgreSQL schema, connects
 ``--users`` devices (one WebSocket each, so each user's channel is live on

@@ -1,6 +1,6 @@
 """``dashboard``: dashboard API latency with the cache on and off.
 
-DESIGN §5: the cache must make the dashboard's latency at least 50% lower
+docs/design.md §5: the cache must make the dashboard's latency at least 50% lower
 than without it.  One run: a fresh server (``TIDINGS_CACHE=1`` or ``0``),
 ``--conns`` WebSocket devices (one user each, spread over ``--topics``
 topics), notifications published at ``--publish-rate``/s to random topics,

@@ -1,6 +1,6 @@
 """``inbox``: inbox page and counts latency with U users x P notifications stored.
 
-DESIGN §5: ``GET /v1/me/notifications?limit=20`` and ``GET /v1/me/counts``
+docs/design.md §5: ``GET /v1/me/notifications?limit=20`` and ``GET /v1/me/counts``
 with 1,000,000 users x 20 notifications stored, p99 ≤ 5 ms.
 
 The data set is loaded once by bench/inboxdata.py (plain SQL in the store's
@@ -17,7 +17,7 @@ unseen as loaded); ``bad`` counts the ones that were not.
 
 After the runs, ``broadcast_write`` publishes one ``{"to": {"all": true}}``
 on the same data set and counts what the store wrote: rows per table
-(``count(*)`` before and after) and WAL pages.  DESIGN §3: a broadcast to every
+(``count(*)`` before and after) and WAL pages.  docs/design.md §3: a broadcast to every
 user is one write, whatever the number of users.  The item is removed again
 afterwards (server stopped), so the cached data set stays as loaded.
 """

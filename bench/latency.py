@@ -1,4 +1,4 @@
-"""``latency``: publish -> device latency under load (DESIGN §5: p99 ≤ 10 ms).
+"""``latency``: publish -> device latency under load (docs/design.md §5: p99 ≤ 10 ms).
 
 ``--conns`` WebSocket connections (one user each, 10,000 by default, from
 ``--procs`` load-generator processes bound to their own 127.0.0.x source

@@ -31,7 +31,12 @@ TIDINGS_PORT = 8090
 
 
 def kit_dir(a) -> Path:
-    return (a.kit or REPO.parent / "shared" / "peers").resolve()
+    """The peer kit is not part of this repository: it comes from --kit or $TIDINGS_PEER_KIT."""
+    kit = a.kit or os.environ.get("TIDINGS_PEER_KIT")
+    if not kit:
+        raise SystemExit("bench peers: give the peer kit's folder with --kit DIR "
+                         "(or TIDINGS_PEER_KIT)")
+    return Path(kit).resolve()
 
 
 class Kit:

@@ -2,7 +2,7 @@
 
 Each function draws one figure from the day's records and returns its file
 name, or None when the data it needs is not there (the report then leaves
-the figure out).  Only measured figures are drawn; DESIGN §5 targets are the
+the figure out).  Only measured figures are drawn; docs/design.md §5 targets are the
 dashed lines.
 """
 
@@ -90,7 +90,7 @@ def latency(recs: list[dict], out_dir: Path) -> str | None:
             label = (f"{aud}: {rate:,.0f}/s, {conns:,} conns{cache_text}"
                      if k == 0 else None)
             _curve(ax, r["lat_hist"], color=colour, alpha=0.85, lw=1.4, label=label)
-    ax.axhline(10, color=TARGET, ls="--", lw=1.2, label="DESIGN §5: p99 ≤ 10 ms")
+    ax.axhline(10, color=TARGET, ls="--", lw=1.2, label="docs/design.md §5: p99 ≤ 10 ms")
     _pct_axis(ax)
     _ms_axis(ax)
     ax.set_ylabel("publish → device latency, ms (log)")
@@ -124,7 +124,7 @@ def inbox_latency(recs: list[dict], out_dir: Path) -> str | None:
             if unloaded:
                 ax.scatter([2.0], [unloaded], color=colour, zorder=3,
                            marker="o" if phase == "page" else "s")
-    ax.axhline(5, color=TARGET, ls="--", lw=1.2, label="DESIGN §5: p99 ≤ 5 ms")
+    ax.axhline(5, color=TARGET, ls="--", lw=1.2, label="docs/design.md §5: p99 ≤ 5 ms")
     for marker, phase in (("o", "page"), ("s", "counts")):
         ax.scatter([], [], color="black", marker=marker,
                    label=f"{phase}, one request at a time: p50 (at p50)")

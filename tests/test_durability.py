@@ -1,4 +1,4 @@
-"""A 2xx publish survives SIGKILL of the server one instant later (DESIGN §2.1)."""
+"""A 2xx publish survives SIGKILL of the server one instant later (docs/design.md §2.1)."""
 
 from __future__ import annotations
 

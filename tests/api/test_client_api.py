@@ -1,4 +1,4 @@
-"""Client API (DESIGN §4, end-user devices with a user token), over a real server."""
+"""Client API (docs/design.md §4, end-user devices with a user token), over a real server."""
 
 from __future__ import annotations
 

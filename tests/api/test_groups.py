@@ -1,4 +1,4 @@
-"""Aggregation by group_key over HTTP and live streams (DESIGN §3).
+"""Aggregation by group_key over HTTP and live streams (docs/design.md §3).
 
 A notification whose group_key matches an unread entry of the user updates
 that entry: in the inbox one row with a ``group`` object, live one

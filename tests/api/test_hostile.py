@@ -1,4 +1,4 @@
-"""Hostile input (DESIGN §2.7, §2.8): every bad request is a 4xx with a JSON
+"""Hostile input (docs/design.md §2.7, §2.8): every bad request is a 4xx with a JSON
 ``{"error": {"code", "message"}}`` body -- never a 500, never a leak, never
 damage to stored data.
 """

@@ -1,4 +1,4 @@
-"""deliver_at and ttl over HTTP and live streams (DESIGN §3, §4).
+"""deliver_at and ttl over HTTP and live streams (docs/design.md §3, §4).
 
 A future ``deliver_at`` answers ``202 {"status": "scheduled"}``, is durable,
 fires once (also after a restart, also with two nodes polling the same

@@ -1,4 +1,4 @@
-"""Server API (DESIGN §4, app backends with an API key), over a real server."""
+"""Server API (docs/design.md §4, app backends with an API key), over a real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile stream handshakes (DESIGN §2.7, §2.8, §4): WebSocket and SSE.
+"""Hostile stream handshakes (docs/design.md §2.7, §2.8, §4): WebSocket and SSE.
 
 A refused WebSocket is accepted and then closed with a code from the
 "do not reconnect" range (4400-4499, tidings.errors); a refused SSE request

@@ -1,4 +1,4 @@
-"""Client API: what end-user devices call with a user token (DESIGN §4)."""
+"""Client API: what end-user devices call with a user token (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Server API: what app backends call with an API key (DESIGN §4)."""
+"""Server API: what app backends call with an API key (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Aggregation by ``group_key``: "user_17 and 41 others liked your post".
 
 A notification whose ``group_key`` matches an unread inbox entry of the same
-user updates that entry instead of adding a row (DESIGN §3).  This module is
+user updates that entry instead of adding a row (docs/design.md §3).  This module is
 the pure merge rule and the rendering helpers; the store decides *which*
 entry to merge into (same user, same key, still unread) and persists the
 :class:`GroupSummary` as one JSON blob next to the entry.

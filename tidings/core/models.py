@@ -1,6 +1,6 @@
 """Wire models and their validation rules (msgspec Structs).
 
-These are the shapes of DESIGN §4.  ``forbid_unknown_fields`` is on for every
+These are the shapes of docs/design.md §4.  ``forbid_unknown_fields`` is on for every
 request body: a typo such as ``"tittle"`` is a 422, not silently dropped.
 """
 

@@ -4,7 +4,7 @@ A connection's pending frames are bounded by count and by bytes.  When a push
 would cross either cap the queue reports overflow; the transport then closes
 the connection with the "reconnect" close code, and the client resumes from
 its cursor later -- a slow reader never grows memory without bound and never
-slows the others (DESIGN §2.6).
+slows the others (docs/design.md §2.6).
 """
 
 from __future__ import annotations

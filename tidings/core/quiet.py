@@ -228,7 +228,7 @@ def plan(
     for name in channels:
         if name not in CHANNELS:
             raise ValueError(f"unknown channel {name!r}")
-        # A channel left out of the stored preferences is on (DESIGN §4).
+        # A channel left out of the stored preferences is on (docs/design.md §4).
         (on if chosen is None or getattr(chosen, name) else muted).append(name)
     window = None
     if prefs is not None and prefs.quiet_hours is not None:

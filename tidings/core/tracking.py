@@ -31,7 +31,7 @@ __all__ = ["DeliveryTracker", "Key", "MAX_PENDING", "feed_nid", "personal_nid"]
 Key = tuple[str, str, str, str]  # (app, notification id, channel, field)
 # Distinct counters held while the store is away; past it new keys are
 # dropped (and counted in ``dropped``): tracking must never grow memory
-# without bound (DESIGN §2.6), and it is statistics, not data.
+# without bound (docs/design.md §2.6), and it is statistics, not data.
 MAX_PENDING = 100_000
 
 _ID = 26  # a notification id (tidings.core.ids)

@@ -8,7 +8,7 @@ Nothing is shown anonymously.
 
 Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
 creates on first start) see the whole service; an admin key of any other app
-sees that app only (DESIGN §2.7: no request sees another app's data).
+sees that app only (docs/design.md §2.7: no request sees another app's data).
 
 Routes::
 

@@ -3,7 +3,7 @@
 A ``Stream`` is transport-agnostic.  Transports subclass it and implement
 ``_write(frames)`` (one write for everything pending) and ``_close(code)``.
 
-Ordering rules (DESIGN §2.3):
+Ordering rules (docs/design.md §2.3):
 
 * personal events carry the user's ``seq``; a stream delivers them strictly
   in order: an old or repeated ``seq`` is dropped, and a jump (the broker

@@ -2,7 +2,7 @@
 
 ASGI's ``send`` costs an await, a str/bytes round trip and the websockets
 library's frame serialisation for every message.  Delivery is the hot path
-(research/libraries.md §1: coalescing into one raw write per tick cut CPU per
+(docs/design.md §6: coalescing into one raw write per tick cut CPU per
 delivery 7x), so this protocol adds one ASGI scope extension,
 ``tidings.raw_ws``, through which the gateway writes pre-encoded text frames
 synchronously, straight to the transport.  Everything else (handshake,

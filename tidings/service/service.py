@@ -2,7 +2,7 @@
 
 The HTTP layer parses and authorises; this module decides.  Every write
 commits to the store first and only then tells the broker, so nothing is
-ever announced that is not durable (DESIGN §2.1).
+ever announced that is not durable (docs/design.md §2.1).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class Service:
 
     def _announce(self, app_id: str, out: PublishOutcome) -> None:
         publish = self.broker.publish
-        committed = time.time()  # publish -> device latency starts here (DESIGN §5)
+        committed = time.time()  # publish -> device latency starts here (docs/design.md §5)
         # This node's cache learns at once (read-your-writes here); others
         # learn from the broker message itself.
         cache = self.hub.cache

@@ -13,7 +13,7 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   crash of the process.
 * **Epochs.**  A user's ``epoch`` is created with their stream and never
   changes while their history is kept; a lost or reset history gets a new one,
-  so stale cursors are detected (DESIGN §2.4).
+  so stale cursors are detected (docs/design.md §2.4).
 * **Idempotency.**  A publish with an idempotency key seen within the window
   returns the first result, marked ``duplicate``, and writes nothing.
 * **Isolation.**  Every method takes the app id and never reads or writes

@@ -1,6 +1,6 @@
 """What the SQL stores share: group entries and the scheduled payload.
 
-**Group entries** (aggregation by ``group_key``, DESIGN §3).  A personal
+**Group entries** (aggregation by ``group_key``, docs/design.md §3).  A personal
 inbox entry made from a notification with a ``group_key`` is a group entry:
 it stores the key, ``gid`` (the id of the notification that opened the
 entry, stable while others merge in) and ``grp``, the merged

@@ -314,7 +314,7 @@
     this._setStatus("stopped");
   };
 
-  // -- the client API (DESIGN §4), with the user token ---------------------------
+  // -- the client API (docs/design.md §4), with the user token ---------------------------
   Client.prototype._request = function (method, path, body, retried) {
     var self = this;
     var token = this._token ? Promise.resolve(this._token) : this._freshToken();

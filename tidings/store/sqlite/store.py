@@ -5,7 +5,7 @@ commits in groups: whatever jobs queued up while the previous transaction ran
 are executed in the next one, each inside its own SAVEPOINT so that one bad
 job fails alone.  Under load that turns thousands of publishes per second
 into a few dozen commits; idle, a publish commits at once.  (aiosqlite's
-one-thread-hop-per-call costs 5x; research/libraries.md §6.2.)
+one-thread-hop-per-call costs 5x; docs/design.md §6.)
 
 Reads run inline on the event loop thread on a second connection: WAL gives
 them a consistent snapshot, and a primary-key read costs a few microseconds,
