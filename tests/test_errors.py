@@ -96,8 +96,9 @@ def test_close_code_constants_in_documented_ranges():
     for c in (E.CLOSE_BAD_REQUEST, E.CLOSE_UNAUTHORIZED, E.CLOSE_FORBIDDEN, E.CLOSE_TOO_MANY):
         assert 4400 <= c <= 4499
         assert not should_reconnect(c)
-    assert len({E.CLOSE_SLOW_CONSUMER, E.CLOSE_SHUTDOWN, E.CLOSE_RESYNC, E.CLOSE_PING_TIMEOUT,
-                E.CLOSE_BAD_REQUEST, E.CLOSE_UNAUTHORIZED, E.CLOSE_FORBIDDEN, E.CLOSE_TOO_MANY}) == 8
+    codes = {E.CLOSE_SLOW_CONSUMER, E.CLOSE_SHUTDOWN, E.CLOSE_RESYNC, E.CLOSE_PING_TIMEOUT,
+             E.CLOSE_BAD_REQUEST, E.CLOSE_UNAUTHORIZED, E.CLOSE_FORBIDDEN, E.CLOSE_TOO_MANY}
+    assert len(codes) == 8
 
 
 @pytest.mark.parametrize("code", [4000, 4001, 4050, 4099])

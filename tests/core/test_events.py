@@ -12,8 +12,8 @@ from tidings.core.models import Notification
 
 decode = msgspec.json.decode
 
-NOTE = Notification(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", category="billing", created_at="2024-01-01T00:00:00Z",
-                    title='Say "hi"\nnow', data={"k": [1, 2]})
+NOTE = Notification(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", category="billing",
+                    created_at="2024-01-01T00:00:00Z", title='Say "hi"\nnow', data={"k": [1, 2]})
 BODY = ev.encode(NOTE)
 NOTE_OBJ = decode(BODY)
 
@@ -25,7 +25,9 @@ def test_encode_is_msgspec_json():
 
 def test_notification_frame():
     frame = ev.notification_frame("deadbeef", 42, BODY)
-    assert decode(frame) == {"type": "notification", "cursor": "deadbeef:42", "notification": NOTE_OBJ}
+    assert decode(frame) == {
+        "type": "notification", "cursor": "deadbeef:42", "notification": NOTE_OBJ
+    }
 
 
 def test_notification_frame_cursor_is_parseable():
@@ -76,7 +78,8 @@ def test_hello_frame():
 
 @pytest.mark.parametrize("ok,missed", [(True, 3), (False, 0)])
 def test_recovered_frame(ok, missed):
-    assert decode(ev.recovered_frame(ok, missed)) == {"type": "recovered", "ok": ok, "missed": missed}
+    frame = ev.recovered_frame(ok, missed)
+    assert decode(frame) == {"type": "recovered", "ok": ok, "missed": missed}
 
 
 def test_ws_batch_of_one_is_the_frame():
@@ -93,7 +96,9 @@ def test_ws_batch_of_several_is_a_json_array():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
     max_leaves=10,
 )
 objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)

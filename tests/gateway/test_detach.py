@@ -43,4 +43,6 @@ async def test_idle_streams_hold_no_asgi_task_and_still_work(server):
     assert await _until(lambda: hub.connections == 3)
     for ws in (sockets[0], sockets[3], sockets[4]):
         await ws.close()
-    assert await _until(lambda: hub.connections == 0), [(k, [s.closed for s in v]) for k, v in hub.users.items()]
+    assert await _until(lambda: hub.connections == 0), [
+        (k, [s.closed for s in v]) for k, v in hub.users.items()
+    ]

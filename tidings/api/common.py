@@ -98,7 +98,8 @@ async def server_auth(request: Request, scope: str) -> str:
     record = await service.authenticate_key(bearer(request), scope)
     request.state.app = record.app_id  # errors from here on are counted for this app
     request.state.key = record
-    await service.limits.charge_key(record)  # 429 over Settings.key_rate (tidings/service/ratelimits.py)
+    # 429 over Settings.key_rate (tidings/service/ratelimits.py)
+    await service.limits.charge_key(record)
     return record.app_id
 
 

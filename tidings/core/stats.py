@@ -85,7 +85,8 @@ class AppStats:
         self.errors: dict[str, int] = {}  # error code -> count
         self.latency = Histogram()
         self.topics: dict[str, int] = {}  # topic -> publishes
-        self.scheduled = 0  # publishes with a future deliver_at (counted in published when they fire)
+        # publishes with a future deliver_at (counted in published when they fire)
+        self.scheduled = 0
         # delivery tracking by (channel, field): ("in_app", "delivered") users
         # reached live, ("in_app", "seen"|"read") entries marked, and what the
         # outbound channels report ("webhook", "sent"), ...

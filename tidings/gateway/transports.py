@@ -137,7 +137,8 @@ class SSEStream(Stream):
         Stream.push(self, b": ping\n\n")
 
     async def _write(self, frames: list[bytes]) -> None:
-        await self._send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        body = b"".join(frames)
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _close(self, code: int) -> None:
         try:

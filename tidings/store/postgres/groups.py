@@ -49,7 +49,7 @@ async def fan_out(conn, seqs_sql: str, app_id: str, item: NewNotification, targe
     grps: list[bytes] = []
     moved_users: list[str] = []
     moved_seqs: list[int] = []
-    for user, epoch, seq in zip(users, epochs, seqs):
+    for user, epoch, seq in zip(users, epochs, seqs, strict=True):
         hit = open_entries.get(user)
         if hit is None:
             gid, grp = item.id, fresh

@@ -127,7 +127,7 @@ async def record_deliveries(conn, counts: Mapping[tuple[str, str, str, str], int
         return
     cols: list[list] = [[], [], [], [], []]
     for (app_id, nid, channel, field), n in rows:
-        for col, value in zip(cols, (app_id, nid, channel, field, n)):
+        for col, value in zip(cols, (app_id, nid, channel, field, n), strict=True):
             col.append(value)
     await conn.execute(_RECORD, *cols)
 

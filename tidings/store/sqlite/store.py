@@ -306,7 +306,9 @@ class SQLiteStore(SQLiteOutbound, Store):
         return AppRecord(app_id, name, signing_secret, now)
 
     async def get_app(self, app_id: str) -> AppRecord | None:
-        row = self._q1("SELECT id, name, signing_secret, created_at FROM apps WHERE id=?", (app_id,))
+        row = self._q1(
+            "SELECT id, name, signing_secret, created_at FROM apps WHERE id=?", (app_id,)
+        )
         return AppRecord(*row) if row else None
 
     async def list_apps(self) -> list[AppRecord]:
@@ -444,7 +446,8 @@ class SQLiteStore(SQLiteOutbound, Store):
         personal = self._q(
             "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp FROM inbox i "
             "JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
-            "WHERE i.app_id=? AND i.user_id=? AND i.seq>? AND (i.expires_at IS NULL OR i.expires_at>?) "
+            "WHERE i.app_id=? AND i.user_id=? AND i.seq>? "
+            "AND (i.expires_at IS NULL OR i.expires_at>?) "
             "ORDER BY i.seq LIMIT ?",
             (app_id, user, after_seq, now, limit),
         )
@@ -489,7 +492,8 @@ class SQLiteStore(SQLiteOutbound, Store):
             "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() + bound
             # ``+n.id``: sort the app's feed items rather than walk every
             # notification of the app in id order to avoid the sort.
-            + " AND " + pred.replace("st", "coalesce(fs.state, 0)") + " ORDER BY +n.id DESC LIMIT ?",
+            + " AND " + pred.replace("st", "coalesce(fs.state, 0)")
+            + " ORDER BY +n.id DESC LIMIT ?",
             (user, app_id, now, user, *args_b, limit),
         )
         entries = _groups.personal_entries(personal)
