@@ -45,7 +45,8 @@ def main() -> None:
 @click.option("--cache/--no-cache", default=None,
               help="The hot-path cache (default on; off only to measure it).")
 @click.option("--allowed-origin", "allowed_origins", multiple=True,
-              help="Allowed WebSocket Origin (exact match; repeatable). Default: any.")
+              help="Allowed browser Origin for the WebSocket check and CORS (exact match; "
+                   "repeatable). Default: any.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(host, port, data, store, broker, workers, node, cache, allowed_origins,

@@ -14,11 +14,13 @@ from collections.abc import Callable
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route, WebSocketRoute
 
 from tidings.api import client, ops, outbound, server
 from tidings.api.common import JSON, error_response
+from tidings.api.cors import CORS
 from tidings.broker import open_broker
 from tidings.config import Settings, from_env
 from tidings.dashboard import Dashboard
@@ -200,6 +202,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        # pages on other origins: the client API, SSE, token minting (api/cors.py)
+        middleware=[Middleware(CORS, allowed_origins=settings.allowed_origins)],
         exception_handlers={
             TidingsError: _tidings_error,
             HTTPException: _http_error,
