@@ -63,3 +63,10 @@ def migrate(settings: Settings) -> tuple[list[int], int]:
     from tidings.store import migrate as migrate_store
 
     return asyncio.run(migrate_store(settings.store, settings.sqlite_path))
+
+
+def check_outbox(settings: Settings) -> None:
+    """Refuse to serve an outbox that is not there (unreachable, no table)."""
+    from tidings.outbox.consumer import check
+
+    asyncio.run(check(settings.outbox_url))

@@ -14,6 +14,7 @@ from tidings import bootstrap
 from tidings.config import from_env
 from tidings.core.models import valid_user
 from tidings.errors import TidingsError
+from tidings.outbox import OutboxMissing
 from tidings.store.migrations import SchemaError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
@@ -38,6 +39,10 @@ def main() -> None:
 @click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
 @click.option("--broker", default=None,
               help="Broker URL (default: in-process). Cluster: redis://HOST:PORT.")
+@click.option("--outbox", is_flag=False, flag_value="store", default=None,
+              metavar="[postgresql://...]",
+              help="Consume the transactional outbox table of this database "
+                   "(alone: the store's); see `tidings outbox schema`.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes sharing the port; more than one needs --broker.")
 @click.option("--node", default=None,
@@ -49,7 +54,7 @@ def main() -> None:
                    "repeatable). Default: any.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host, port, data, store, broker, workers, node, cache, allowed_origins,
+def serve(host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
           log_level) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
     import uvicorn
@@ -57,7 +62,8 @@ def serve(host, port, data, store, broker, workers, node, cache, allowed_origins
     from tidings.api.app import create_app
 
     settings = _settings(host=host, port=port, data=data, store=store, broker=broker,
-                         node=node, cache=cache, allowed_origins=allowed_origins or None)
+                         outbox=outbox, node=node, cache=cache,
+                         allowed_origins=allowed_origins or None)
     if workers > 1 and settings.broker in (None, "local", "memory"):
         # Each worker is its own process: without a shared broker a
         # notification published through one would never reach devices
@@ -65,7 +71,9 @@ def serve(host, port, data, store, broker, workers, node, cache, allowed_origins
         raise click.UsageError("--workers N needs a shared broker: add --broker redis://HOST:PORT")
     try:
         created = bootstrap.first_start(settings)
-    except (TidingsError, SchemaError) as exc:
+        if settings.outbox is not None:
+            bootstrap.check_outbox(settings)
+    except (TidingsError, SchemaError, OutboxMissing, ValueError) as exc:
         # e.g. PostgreSQL unreachable, or its schema needs `tidings migrate`
         raise click.ClickException(str(exc)) from None
     base = f"http://{settings.host}:{settings.port}"
@@ -138,6 +146,19 @@ def migrate(data, store) -> None:
     for v in applied:
         click.echo(f"applied schema v{v}")
     click.echo(f"schema is at v{version}" + ("" if applied else "; nothing to apply"))
+
+
+@main.group()
+def outbox() -> None:
+    """The transactional outbox (docs/outbox.md)."""
+
+
+@outbox.command("schema")
+def outbox_schema() -> None:
+    """Print the DDL of the outbox tables, to apply in the app's database."""
+    from tidings.outbox import SCHEMA
+
+    click.echo(SCHEMA, nl=False)
 
 
 @main.group()

@@ -107,7 +107,12 @@ class Settings(msgspec.Struct):
     port: int = 8080
     data: str = "./tidings-data"
     store: str | None = None  # URL; None = sqlite file under ``data``
-    broker: str | None = None  # URL; None = in-process
+    broker: str | None = None  # URL; None = in-process (SQLite) or the store's PostgreSQL
+    # the transactional outbox to consume (docs/outbox.md): a postgresql:// URL,
+    # "store" for the store's own database, None for none
+    outbox: str | None = None
+    outbox_batch: int = 100  # rows claimed (and locked) per transaction
+    outbox_poll: float = 1.0  # seconds between polls when no NOTIFY wakes the consumer
     allowed_origins: tuple[str, ...] = ()  # exact WebSocket Origin matches; empty = no check
     fanout_threshold: int = 10_000  # topic size above which fan-out happens on read
     retention_days: int = 30
@@ -132,6 +137,15 @@ class Settings(msgspec.Struct):
     @property
     def data_dir(self) -> Path:
         return Path(self.data)
+
+    @property
+    def outbox_url(self) -> str:
+        """The outbox database's URL (``outbox="store"``: the store's)."""
+        url = self.store if self.outbox == "store" else self.outbox
+        if not url or not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("the outbox is a PostgreSQL table: give --outbox postgresql://... "
+                             "or use a PostgreSQL store")
+        return url
 
     @property
     def sqlite_path(self) -> Path:

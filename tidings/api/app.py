@@ -170,6 +170,13 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         tracking = loop.create_task(_tracking(service))
         restore_sigterm = _drain_on_sigterm(app, service)
         await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
+        outbox = None
+        if settings.outbox is not None:  # the transactional outbox (docs/outbox.md)
+            from tidings.outbox.consumer import OutboxConsumer
+
+            outbox = OutboxConsumer(service, settings.outbox_url, batch=settings.outbox_batch,
+                                    poll_interval=settings.outbox_poll)
+            await outbox.start()
         try:
             yield
         finally:
@@ -179,6 +186,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             heartbeat.cancel()
             scheduler.cancel()
             tracking.cancel()
+            if outbox is not None:
+                await outbox.stop()
             app.state.draining = True
             service.hub.close_all(CLOSE_SHUTDOWN)
             # Sends in flight get a moment; the rest go back to the queue.
