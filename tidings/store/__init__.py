@@ -10,13 +10,9 @@ _POSTGRES = ("postgresql://", "postgres://")
 _SUPPORTED = "this build has sqlite:///PATH and postgresql://USER@HOST:PORT/DB"
 
 
-def _is_sqlite(url: str | None) -> bool:
-    return url is None or url.startswith("sqlite:")
-
-
 def open_store(url: str | None, sqlite_path) -> Store:
     """The store for ``--store URL`` (None: the embedded SQLite file)."""
-    if _is_sqlite(url):
+    if url is None or url.startswith("sqlite:"):
         from tidings.store.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path)
@@ -33,7 +29,7 @@ async def migrate(url: str | None, sqlite_path) -> tuple[list[int], int]:
     Returns ``(versions applied, version now)``."""
     from tidings.store import migrations
 
-    if _is_sqlite(url):
+    if url is None or url.startswith("sqlite:"):
         from tidings.store import sqlite
 
         return await asyncio.to_thread(sqlite.migrate, sqlite_path), migrations.latest("sqlite")

@@ -37,7 +37,7 @@ _decode_meta = msgspec.json.Decoder(_Meta).decode
 _encode = msgspec.json.encode
 
 
-def _slim(nid: str, category: str, key: str, body: bytes) -> Notification:
+def _slim(nid: str, category: str, key: str | None, body: bytes) -> Notification:
     try:
         meta = _decode_meta(body)
     except msgspec.DecodeError:

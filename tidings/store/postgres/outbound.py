@@ -13,6 +13,9 @@ timeout (docs/channels.md).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import msgspec
 
 from tidings.channels.base import Job
@@ -84,7 +87,10 @@ def _job(row) -> Job:
 
 
 def _record(row) -> JobRecord:
-    return JobRecord(*row[:5], _decode(row[5]), *row[6:13], bool(row[13]))
+    return JobRecord(id=row[0], app=row[1], user=row[2], nid=row[3], channel=row[4],
+                     destination=_decode(row[5]), status=row[6], not_before=row[7],
+                     attempts=row[8], last_error=row[9], created_at=row[10],
+                     updated_at=row[11], expires_at=row[12], fallback=bool(row[13]))
 
 
 def _count(status: str) -> int:
@@ -92,7 +98,13 @@ def _count(status: str) -> int:
 
 
 class PostgresOutbound(OutboundStore):
-    # Provided by PostgresStore: _call, _fetch, _fetchrow, _fetchval, _execute.
+    # Provided by PostgresStore: _call (a function on a pooled connection)
+    # and the one-statement shortcuts.
+    _call: Callable[..., Awaitable[Any]]
+    _fetch: Callable[..., Awaitable[list]]
+    _fetchrow: Callable[..., Awaitable[Any]]
+    _fetchval: Callable[..., Awaitable[Any]]
+    _execute: Callable[..., Awaitable[str]]
 
     # -- webhook endpoints ------------------------------------------------------------
     async def add_webhook(self, app_id, endpoint, limit) -> bool:
@@ -260,7 +272,7 @@ class PostgresOutbound(OutboundStore):
             job.id, job.attempts, reason, now,
         )
 
-    async def cancel_fallbacks(self, app_id, user, nids) -> int:
+    async def cancel_fallbacks(self, app_id, user, nids) -> list[tuple[str, str]]:
         where = "app_id = $1 AND user_id = $2 AND status = 'queued' AND fallback"
         if nids is None:
             rows = await self._fetch(

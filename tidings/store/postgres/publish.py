@@ -114,10 +114,11 @@ async def get_notification(conn, app_id: str, nid: str) -> StoredNotification | 
     stats = dict.fromkeys(STATE_NAME, 0)
     for code, n in counts:
         stats[STATE_NAME[code]] += n
-    return StoredNotification(*row, stats=stats)
+    return StoredNotification(**row, stats=stats)  # the columns are named as the fields
 
 
 async def prune(conn, app_id: str | None, older_than: float) -> int:
+    args: tuple[float | str, ...]
     where, args = "", (older_than,)
     if app_id is not None:
         where, args = " AND app_id = $2", (older_than, app_id)

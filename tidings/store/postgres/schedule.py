@@ -102,6 +102,7 @@ async def cancel(conn, app_id: str, nid: str) -> bool:
 async def prune(conn, app_id: str | None, older_than: float, first_id: str, timeout: float):
     """Retention for this module's tables and for group memberships (see the
     SQLite store's ``prune_tx``)."""
+    args: tuple[str, ...]
     where, args = "", ()
     if app_id is not None:
         where, args = " AND app_id = $2", (app_id,)

@@ -12,6 +12,10 @@ so polling costs no commit.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
 
 from tidings.channels.base import Job
@@ -48,11 +52,17 @@ def _job(row) -> Job:
 
 
 def _record(row) -> JobRecord:
-    return JobRecord(*row[:5], _decode(row[5]), *row[6:13], bool(row[13]))
+    return JobRecord(id=row[0], app=row[1], user=row[2], nid=row[3], channel=row[4],
+                     destination=_decode(row[5]), status=row[6], not_before=row[7],
+                     attempts=row[8], last_error=row[9], created_at=row[10],
+                     updated_at=row[11], expires_at=row[12], fallback=bool(row[13]))
 
 
 class SQLiteOutbound(OutboundStore):
     # Provided by SQLiteStore: _write (the writer thread), _q and _q1 (reads).
+    _write: Callable[..., asyncio.Future]
+    _q: Callable[..., list]
+    _q1: Callable[..., Any]
 
     # -- webhook endpoints ------------------------------------------------------------
     async def add_webhook(self, app_id, endpoint, limit) -> bool:
@@ -268,7 +278,7 @@ class SQLiteOutbound(OutboundStore):
 
         await self._write(kill)
 
-    async def cancel_fallbacks(self, app_id, user, nids) -> int:
+    async def cancel_fallbacks(self, app_id, user, nids) -> list[tuple[str, str]]:
         def cancel(conn):
             where = "app_id=? AND user_id=? AND status='queued' AND fallback=1"
             if nids is None:

@@ -74,7 +74,7 @@ def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window:
         audience = "*"
 
     out = PublishOutcome(item.id, "accepted", 0, body=item.body)
-    if audience is not None:
+    if users is None:  # a feed item for the topic or the whole app
         (offset,) = conn.execute(
             "INSERT INTO feed_heads(app_id, head) VALUES (?, 1) ON CONFLICT(app_id) "
             "DO UPDATE SET head=head+1 RETURNING head", (app_id,),

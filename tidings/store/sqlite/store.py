@@ -199,8 +199,8 @@ class _Writer(threading.Thread):
             err = Unavailable(f"store write failed: {exc}")
             results = [(fut, loop, None, err) for fn, args, fut, loop in batch]
         by_loop: dict[Any, list] = {}
-        for fut, loop, value, exc in results:
-            by_loop.setdefault(loop, []).append((fut, value, exc))
+        for fut, loop, value, error in results:
+            by_loop.setdefault(loop, []).append((fut, value, error))
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_settle, items)
@@ -262,8 +262,8 @@ class SQLiteStore(SQLiteOutbound, Store):
 
     async def ping(self) -> bool:
         try:
-            self._r.execute("SELECT 1").fetchone()
-        except (sqlite3.Error, AttributeError):
+            self._reader.execute("SELECT 1").fetchone()
+        except (sqlite3.Error, Unavailable):
             return False
         return bool(self._writer and self._writer.is_alive())
 
@@ -272,11 +272,17 @@ class SQLiteStore(SQLiteOutbound, Store):
             raise Unavailable("store is closed")
         return self._writer.submit(fn, *args)
 
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        if self._r is None:
+            raise Unavailable("store is closed")
+        return self._r
+
     def _q(self, sql: str, args: tuple | list = ()) -> list:
-        return self._r.execute(sql, args).fetchall()
+        return self._reader.execute(sql, args).fetchall()
 
     def _q1(self, sql: str, args: tuple | list = ()):
-        return self._r.execute(sql, args).fetchone()
+        return self._reader.execute(sql, args).fetchone()
 
     # -- apps and keys --------------------------------------------------
     async def pepper(self) -> bytes:
@@ -349,7 +355,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             rows = self._q(
                 "SELECT state, count(*) FROM inbox WHERE app_id=? AND nid=? AND gid IS NULL "
                 "GROUP BY state", (app_id, nid),
-            ) + _groups.state_counts(self._r, app_id, nid)
+            ) + _groups.state_counts(self._reader, app_id, nid)
         else:
             rows = self._q(
                 "SELECT state, count(*) FROM feed_state WHERE app_id=? AND nid=? GROUP BY state",
@@ -358,7 +364,10 @@ class SQLiteStore(SQLiteOutbound, Store):
         stats = {name: 0 for name in STATE_NAME}
         for code, n in rows:
             stats[STATE_NAME[code]] += n
-        return StoredNotification(*row, stats=stats)
+        return StoredNotification(
+            id=row[0], body=row[1], category=row[2], created_at=row[3], expires_at=row[4],
+            audience=row[5], feed_offset=row[6], recipients=row[7], stats=stats,
+        )
 
     async def update_notification(self, app_id, nid, body) -> StoredNotification | None:
         def update(conn):
@@ -403,17 +412,17 @@ class SQLiteStore(SQLiteOutbound, Store):
         return await self._write(_sched.fire_due_tx, now, limit, publish)
 
     async def next_due(self) -> float | None:
-        return _sched.next_due(self._r)
+        return _sched.next_due(self._reader)
 
     async def get_scheduled(self, app_id, nid):
-        return _sched.get_scheduled(self._r, app_id, nid)
+        return _sched.get_scheduled(self._reader, app_id, nid)
 
     async def cancel_scheduled(self, app_id, nid) -> bool:
         return await self._write(_sched.cancel_tx, app_id, nid)
 
     # -- group entries --------------------------------------------------
     async def group_members(self, app_id, user, nid, *, limit, before, now):
-        return _groups.members(self._r, app_id, user, nid, limit, before, now)
+        return _groups.members(self._reader, app_id, user, nid, limit, before, now)
 
     # -- delivery tracking ----------------------------------------------
     async def record_deliveries(self, counts) -> None:
@@ -421,7 +430,7 @@ class SQLiteStore(SQLiteOutbound, Store):
             await self._write(_sched.record_deliveries_tx, dict(counts))
 
     async def delivery_counts(self, app_id, nid) -> dict[str, dict[str, int]]:
-        return _sched.delivery_counts(self._r, app_id, nid)
+        return _sched.delivery_counts(self._reader, app_id, nid)
 
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:
