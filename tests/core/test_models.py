@@ -132,9 +132,24 @@ def test_title_length_limit():
 
 
 def test_body_and_url_length_limits():
-    pub(body="x" * 8192, url="u" * 2048)
+    url = "https://a.test/" + "u" * (2048 - 15)
+    pub(body="x" * 8192, url=url)
     rejects({"to": {"users": ["a"]}, "body": "x" * 8193})
-    rejects({"to": {"users": ["a"]}, "url": "u" * 2049})
+    rejects({"to": {"users": ["a"]}, "url": url + "u"})
+
+
+@pytest.mark.parametrize("url", ["", "/p/42?a=1#c", "https://acme.test/p/42", "HTTP://a.test",
+                                 "http://[::1]:8080/x"])
+def test_a_url_is_a_path_or_http(url):
+    assert pub(url=url).url == url
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,x",
+                                 "file:///etc/passwd", "vbscript:x", "p/42", "https://",
+                                 "https:///x", "ftp://a.test/x", "/p\n", "https://a.test/\x00"])
+def test_other_urls_are_refused(url):
+    rejects({"to": {"users": ["a"]}, "url": url})
+    rejects({"url": url}, PatchRequest)
 
 
 def test_tags_limits():

@@ -26,6 +26,8 @@ from tidings.api.common import JSON, body_of, int_param, server_auth, user_auth
 from tidings.api.server import _nid, _user
 from tidings.channels.base import check_url
 from tidings.core.outbound import (
+    SUBSCRIPTION_ID_RE,
+    WEBHOOK_ID_RE,
     Caps,
     EmailRequest,
     PushSubscriptionRequest,
@@ -62,6 +64,15 @@ def _endpoint(ep: WebhookEndpoint, now: float) -> dict:
     if ep.previous_secret and (ep.previous_until or 0) > now:
         out["previous_secret_valid_until"] = _iso(ep.previous_until)
     return out
+
+
+def _wid(request: Request) -> str:
+    # A minted id that cannot be one is "no such endpoint" before any store
+    # sees it (a NUL would break PostgreSQL's text comparison).
+    wid = request.path_params["wid"]
+    if not WEBHOOK_ID_RE.match(wid):
+        raise NotFound("no such webhook endpoint", field="id")
+    return wid
 
 
 def _new_secret() -> str:
@@ -101,7 +112,7 @@ async def rotate_webhook(request: Request):
     app = await server_auth(request, "admin")
     service, now = request.app.state.service, time.time()
     overlap = service.settings.outbound.rotation_overlap
-    ep = await service.store.rotate_webhook(app, request.path_params["wid"], _new_secret(),
+    ep = await service.store.rotate_webhook(app, _wid(request), _new_secret(),
                                             now + overlap)
     if ep is None:
         raise NotFound("no such webhook endpoint", field="id")
@@ -112,7 +123,7 @@ async def rotate_webhook(request: Request):
 async def delete_webhook(request: Request):
     app = await server_auth(request, "admin")
     service = request.app.state.service
-    if not await service.store.delete_webhook(app, request.path_params["wid"]):
+    if not await service.store.delete_webhook(app, _wid(request)):
         raise NotFound("no such webhook endpoint", field="id")
     service.outbound.forget_webhooks(app)
     return JSON({"deleted": True})
@@ -193,8 +204,9 @@ async def list_push_subscriptions(request: Request):
 
 async def delete_push_subscription(request: Request):
     app, user = await user_auth(request)
-    store = request.app.state.service.store
-    if not await store.delete_push_subscription(app, user, request.path_params["sid"]):
+    store, sid = request.app.state.service.store, request.path_params["sid"]
+    if not SUBSCRIPTION_ID_RE.match(sid) or not await store.delete_push_subscription(
+            app, user, sid):
         raise NotFound("no such push subscription", field="id")
     return JSON({"deleted": True})
 

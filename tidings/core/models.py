@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+# One rule for every identifier a client chooses, whichever store keeps it:
+# no control characters (C0 and DEL).  PostgreSQL cannot hold U+0000 in a
+# text column and SQLite can, so the rule is applied here, before either
+# sees the value; free text (title, body, data) keeps any character, NUL
+# included, since it is stored inside the encoded notification.
 # ``\Z`` not ``$``: ``$`` also matches before a trailing newline ("alice\n").
+NO_CONTROL_RE = r"^[^\x00-\x1f\x7f]*\Z"
 USER_RE = r"^[^\x00-\x1f\x7f]{1,128}\Z"
 TOPIC_RE = r"^[A-Za-z0-9_.:\-]{1,128}\Z"
 _USER = re.compile(USER_RE)
@@ -22,6 +28,18 @@ _TOPIC = re.compile(TOPIC_RE)
 UserId = Annotated[str, Meta(pattern=USER_RE, min_length=1, max_length=128)]
 TopicName = Annotated[str, Meta(pattern=TOPIC_RE, min_length=1, max_length=128)]
 Category = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}\Z")]
+GroupKey = Annotated[str, Meta(max_length=256, pattern=NO_CONTROL_RE)]
+Actor = Annotated[str, Meta(max_length=128, pattern=NO_CONTROL_RE)]
+Tag = Annotated[str, Meta(max_length=64, pattern=NO_CONTROL_RE)]
+# A notification's link: empty, a path on the app's site ("/p/42", resolved
+# against the e-mail base URL), or an absolute http(s) URL.  Other schemes
+# (javascript:, data:, file:) are refused: clients render this as a link.
+URL_RE = (r"^(|/[^\x00-\x1f\x7f]*"
+          r"|[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x1f\x7f/?#]+[^\x00-\x1f\x7f]*)\Z")
+Url = Annotated[str, Meta(max_length=2048, pattern=URL_RE)]
+# an id in a body (read/seen/archive): unknown ones are skipped, but a
+# control character is refused like any identifier's
+BodyId = Annotated[str, Meta(max_length=32, pattern=NO_CONTROL_RE)]
 Priority = Literal["low", "normal", "high", "urgent"]
 State = Literal["unseen", "seen", "read", "archived"]
 
@@ -45,12 +63,12 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     category: Category = "default"
     title: Annotated[str, Meta(max_length=1024)] = ""
     body: Annotated[str, Meta(max_length=8192)] = ""
-    url: Annotated[str, Meta(max_length=2048)] = ""
+    url: Url = ""
     data: dict[str, Any] = {}
     priority: Priority = "normal"
-    tags: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] = []
-    group_key: Annotated[str, Meta(max_length=256)] | None = None
-    actor: Annotated[str, Meta(max_length=128)] | None = None
+    tags: Annotated[list[Tag], Meta(max_length=32)] = []
+    group_key: GroupKey | None = None
+    actor: Actor | None = None
     deliver_at: datetime | None = None
     ttl: Annotated[int, Meta(ge=1, le=365 * 24 * 3600)] | None = None
 
@@ -62,10 +80,10 @@ class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
 class PatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     title: Annotated[str, Meta(max_length=1024)] | None = None
     body: Annotated[str, Meta(max_length=8192)] | None = None
-    url: Annotated[str, Meta(max_length=2048)] | None = None
+    url: Url | None = None
     data: dict[str, Any] | None = None
     priority: Priority | None = None
-    tags: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] | None = None
+    tags: Annotated[list[Tag], Meta(max_length=32)] | None = None
 
 
 class Notification(msgspec.Struct, omit_defaults=True):
@@ -87,7 +105,7 @@ class Notification(msgspec.Struct, omit_defaults=True):
 
 
 class StateRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    ids: list[Annotated[str, Meta(max_length=32)]] | None = None  # cap: Limits.ids_max
+    ids: list[BodyId] | None = None  # cap: Limits.ids_max
     all: bool = False
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tidings.core.models import Category
+from tidings.core.models import NO_CONTROL_RE, Category
 
 __all__ = [
     "Cap",
@@ -32,19 +32,24 @@ MAX_CAP_WINDOW = 30 * 24 * 3600  # a cap's window is at most 30 days
 MAX_CAP = 1_000_000
 
 
+# Destinations are identifiers: no control characters (tidings/core/models.py).
+_Url = Annotated[str, Meta(min_length=1, max_length=2048, pattern=NO_CONTROL_RE)]
+_KEY = r"^[A-Za-z0-9_\-=+/]*\Z"  # base64 or base64url, as browsers send the keys
+
+
 class WebhookRequest(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    url: _Url
 
 
 class PushKeys(msgspec.Struct, forbid_unknown_fields=True):
-    p256dh: Annotated[str, Meta(max_length=128)]
-    auth: Annotated[str, Meta(max_length=64)]
+    p256dh: Annotated[str, Meta(max_length=128, pattern=_KEY)]
+    auth: Annotated[str, Meta(max_length=64, pattern=_KEY)]
 
 
 class PushSubscriptionRequest(msgspec.Struct, forbid_unknown_fields=True):
     """A browser's ``PushSubscription.toJSON()``, sent as is."""
 
-    endpoint: Annotated[str, Meta(min_length=1, max_length=2048)]
+    endpoint: _Url
     keys: PushKeys
     expirationTime: float | None = None  # noqa: N815 - the browser's own spelling
 
@@ -96,6 +101,10 @@ def check_name(name: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError("the name must not contain control characters")
     return name
+
+
+WEBHOOK_ID_RE = re.compile(r"^wh_[0-9a-f]{16}\Z")
+SUBSCRIPTION_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{16}\Z")
 
 
 def subscription_id(endpoint: str) -> str:
