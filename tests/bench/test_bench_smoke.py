@@ -42,7 +42,10 @@ def test_tiny_run_loses_nothing(tmp_path, scenario):
     assert record["lost"] == 0, record
     assert record["order_errors"] == 0, record
     assert record["min_per_sub"] == record["max_per_sub"] == 20
-    assert record["server_cpu_us_per_delivery"] > 0
+    # measured, though not necessarily above zero: /proc counts CPU in 10 ms
+    # ticks, and 20 broadcasts to 20 sockets can cost less than one tick
+    assert record["server_cpu_us_per_delivery"] >= 0
+    assert record["server_cpu_s"] >= 0 and "server_cpu_by_thread_s" in record
     assert (tmp_path / "report.md").exists()
 
 
