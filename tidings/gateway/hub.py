@@ -36,7 +36,7 @@ from tidings.gateway.cache import UserCache
 
 if TYPE_CHECKING:
     from tidings.config import Settings
-    from tidings.gateway.stream import Stream
+    from tidings.gateway.stream import Flushable, Stream
     from tidings.store.base import Store
 
 log = logging.getLogger("tidings.gateway")
@@ -68,8 +68,8 @@ class Hub:
         self.tracking = DeliveryTracker()
         self._app_users: dict[str, int] = {}
         self._topic_users: dict[tuple[str, str], dict[str, int]] = {}
-        self._dirty: list[Stream] = []
-        self._flush_handle = None
+        self._dirty: list[Flushable] = []
+        self._flush_handle: asyncio.Handle | None = None
         # (app stats, sent_at) of the notifications routed during this tick: their
         # publish -> device latency is observed once the tick's frames are written.
         self._sent: list = []
@@ -151,7 +151,7 @@ class Hub:
 
     def _leave_topic(self, stream: Stream, topic: str) -> None:
         key = (stream.app, topic)
-        if topic in stream.topics:
+        if type(stream.topics) is set:  # the shared empty frozenset holds none
             stream.topics.discard(topic)
         streams = self.topics.get(key)
         if streams is None or stream not in streams:
@@ -170,7 +170,7 @@ class Hub:
             self.broker.unsubscribe(topic_channel(*key))
 
     # -- coalesced flushing (streams with a synchronous writer) ---------------
-    def mark_dirty(self, stream: Stream) -> None:
+    def mark_dirty(self, stream: Flushable) -> None:
         """Flush ``stream`` at the end of this loop tick, with everything
         else that reached it in the meantime: one write per stream per tick."""
         self._dirty.append(stream)
@@ -267,6 +267,7 @@ class Hub:
                   if o is not stream and not o.closed and o.epoch == stream.epoch]
         add, reached = self.tracking.add, 0
         for e in personal:
+            assert e.seq is not None  # a personal entry has a seq, a feed item a feed offset
             if not stream.has_room():
                 await stream.wait_room()
             stream.emit_personal(e.seq, e.body if e.group is None
@@ -275,6 +276,7 @@ class Hub:
                 add(stream.app, e.id, "in_app", "delivered")
                 reached += 1
         for e in feed:
+            assert e.feed is not None
             if not stream.has_room():
                 await stream.wait_room()
             stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))

@@ -36,11 +36,19 @@ log = logging.getLogger("tidings.gateway")
 _NO_TOPICS: frozenset[str] = frozenset()
 
 
+class Flushable(Protocol):
+    """A stream with a synchronous writer: the hub writes it once per tick."""
+
+    def flush(self) -> None: ...
+
+
 class Host(Protocol):
     """What a stream needs of the node it lives on (hub.py's ``Hub``): the
     stream knows this much of the hub, the hub all of the stream."""
 
     metrics: Stats
+
+    def mark_dirty(self, stream: Flushable) -> None: ...
 
     def attach(self, stream: Stream) -> None: ...
 

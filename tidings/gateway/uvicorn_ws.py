@@ -79,6 +79,9 @@ class _Writable:
         return await self._event.wait()
 
 
+# uvicorn's protocol annotates the attributes replaced below with the types
+# it creates; the stand-ins only offer what uvicorn calls on them (hence the
+# narrow ``type: ignore[assignment]``s).
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     on_writable: Callable[[], None] | None = None
     on_lost: Callable[[], None] | None = None
@@ -86,7 +89,7 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
-        self.writable = _Writable()
+        self.writable = _Writable()  # type: ignore[assignment]
 
     def detach(self) -> None:
         """The app is done with this connection's ASGI task but not with the
@@ -97,15 +100,15 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         Messages the client sends from now on are dropped, as the endpoint
         would have done."""
         self.detached = True
-        self.queue = _Discard()
+        self.queue = _Discard()  # type: ignore[assignment]
         # The handshake's parsed request and response headers are kept for the
         # connection's life but read only during the handshake: about 5 KiB
         # per idle connection with the scope's copy of them.
-        self.request = self.response = None
+        self.request = self.response = None  # type: ignore[assignment]
         # Of the scope, uvicorn reads only what it logs from now on (the
         # headers, the lifespan state copy, extensions and the asgi dict go).
         scope = self.scope
-        self.scope = {k: scope[k] for k in _SCOPE_KEPT if k in scope}
+        self.scope = {k: v for k, v in scope.items() if k in _SCOPE_KEPT}  # type: ignore[assignment]
         if self.read_paused:  # a message was waiting for receive(): nobody will call it
             self.read_paused = False
             self.transport.resume_reading()

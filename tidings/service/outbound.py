@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tidings.channels.base import Job, Result
+from tidings.channels.base import Channel, Job, Result
 from tidings.channels.worker import Lane, Worker
 from tidings.config import Settings
 from tidings.core import quiet
@@ -148,10 +148,11 @@ class Outbound:
         await self.worker.start()
         self._maintenance = asyncio.get_running_loop().create_task(self._prune())
 
-    def _make_channels(self) -> list:
+    def _make_channels(self) -> list[Channel]:
         # Imported here: the channels pull in httpx, aiosmtplib and pywebpush,
         # which a node with outbound delivery off never needs.
-        s, out = self.settings, []
+        s = self.settings
+        out: list[Channel] = []
         if s.webhook is not None:
             from tidings.channels.webhook import WebhookChannel
 
@@ -286,7 +287,7 @@ class Outbound:
                     counts.muted[channel] += len(targets)
                     continue
                 not_before, fallback = created_at, False
-                if channel in plan.later:
+                if plan.until is not None and channel in plan.later:
                     not_before = plan.until.timestamp()
                     counts.deferred[channel] += len(targets)
                 if channel in FALLBACK and waits:

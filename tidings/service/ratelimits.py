@@ -121,6 +121,7 @@ class RateLimits:
             return capped
         users = item.users
         if users is None:  # a topic: capped only when fanned out on write
+            assert item.topic is not None
             threshold = self.settings.fanout_threshold
             size, users = await self.store.topic_info(app_id, item.topic, threshold + 1)
             if size > threshold:

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -239,7 +240,7 @@ class Service:
         )
         if out.status == "accepted":
             self._announce(app_id, out)
-        elif out.status == "scheduled":
+        elif out.status == "scheduled" and item.deliver_at is not None:
             self.scheduler.wake(item.deliver_at)
         self.published += 1
         self.hub.metrics.published(app_id, out.status, out.recipients, req.to.topic)
@@ -259,6 +260,7 @@ class Service:
         if item.users is not None:
             users = list(dict.fromkeys(item.users))
         else:  # a topic: its members now (muted ones included, for their other channels)
+            assert item.topic is not None  # fanned out on write: users or a topic, not all
             _, users = await self.store.topic_info(app_id, item.topic,
                                                    self.settings.fanout_threshold)
         counts = await self.outbound.enqueue(
@@ -287,6 +289,7 @@ class Service:
         # learn from the broker message itself.
         cache = self.hub.cache
         if out.feed_offset is not None:
+            assert out.audience is not None  # a feed item has both
             cache.app_changed(app_id)
             frame = events.feed_frame(out.feed_offset, out.body)
             publish(_feed_channel(app_id, out.audience), Feed(out.feed_offset, frame, committed))
@@ -425,7 +428,8 @@ class Service:
         )
         items = []
         for e in entries:
-            item = {"id": e.id, "state": e.state, "notification": msgspec.Raw(e.body)}
+            item: dict[str, Any] = {"id": e.id, "state": e.state,
+                                    "notification": msgspec.Raw(e.body)}
             if e.seq is not None:
                 item["seq"] = e.seq
             else:
@@ -463,6 +467,7 @@ class Service:
         if found is None:
             raise NotFound("no group entry of this inbox holds that notification", field="id")
         entry, members = found
+        assert entry.group is not None  # a group entry
         return {
             "id": entry.id, "state": entry.state, "seq": entry.seq,
             "notification": msgspec.Raw(entry.body), "group": msgspec.Raw(entry.group),
