@@ -128,6 +128,9 @@ class TidingsServer:
         if self.credentials is not None:
             doc = self.credentials
         else:
+            if not self.store:  # `app create` never creates a store: make the SQLite file
+                subprocess.run([*tidings_cmd(), "migrate", "--data", self.data_dir], check=True,
+                               capture_output=True, timeout=60, env=code_env())
             out = subprocess.run(
                 [*tidings_cmd(), "app", "create", APP_NAME, "--json", "--data", self.data_dir,
                  *self._store_args()],

@@ -55,6 +55,8 @@ def read_first_start(proc: subprocess.Popen) -> dict[str, str]:
 @pytest.mark.timeout(120)
 def test_acknowledged_publishes_survive_sigkill(tmp_path):
     data = tmp_path / "data"
+    subprocess.check_call([sys.executable, "-m", "tidings", "migrate", "--data", str(data)],
+                          stdout=subprocess.DEVNULL)
     created = json.loads(subprocess.check_output(
         [sys.executable, "-m", "tidings", "app", "create", "durable", "--json",
          "--data", str(data)], text=True))

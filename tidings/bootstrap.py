@@ -1,18 +1,52 @@
-"""First-start setup and the store-side operator actions the CLI runs."""
+"""First-start setup and the store-side operator actions the CLI runs.
+
+Only ``serve`` and ``migrate`` create a store.  The operator actions (``app
+create``, ``token``) work on an existing one and say where they looked when
+there is none, instead of leaving an empty ``./tidings-data/`` behind.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
+from tidings.core.models import valid_app_id
+from tidings.errors import Conflict, NotFound
 from tidings.service import Service
 
 DEMO_USER = "demo-user"
 
 
-async def _with_service(settings: Settings, fn):
+class NoStore(NotFound):
+    """An operator action found no store where it looked."""
+
+
+def store_location(settings: Settings) -> str:
+    """Where the store is, for messages: the SQLite file, or the URL without its password."""
+    if not settings.store or settings.store.startswith("sqlite:"):
+        return str(settings.sqlite_path)
+    parts = urlsplit(settings.store)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return settings.store
+
+
+def _require_store(settings: Settings) -> None:
+    # PostgreSQL is never created by opening it (its schema needs `tidings
+    # migrate`); the SQLite file would be, so look before opening.
+    if (not settings.store or settings.store.startswith("sqlite:")) \
+            and not settings.sqlite_path.exists():
+        raise NoStore(f"no store at {settings.sqlite_path}: start `tidings serve` there first, "
+                      "or give the server's --data or --store")
+
+
+async def _with_service(settings: Settings, fn, *, create: bool = False):
     from tidings.api.app import build_service
 
+    if not create:
+        _require_store(settings)
     service = build_service(settings)
     await service.open()
     try:
@@ -39,12 +73,20 @@ def first_start(settings: Settings) -> dict | None:
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret,
                 "demo_user": DEMO_USER, "demo_token": token}
 
-    return asyncio.run(_with_service(settings, run))
+    return asyncio.run(_with_service(settings, run, create=True))
 
 
-def create_app(settings: Settings, name: str) -> dict:
+def create_app(settings: Settings, name: str, app_id: str | None = None) -> dict:
+    """A new app; its id is ``app_id``, else ``name`` when that is a valid id,
+    else a generated one."""
+    if app_id is None and valid_app_id(name):
+        app_id = name
+
     async def run(service: Service):
-        app, key = await service.create_app(name)
+        if app_id is not None and await service.store.get_app(app_id) is not None:
+            raise Conflict(f"app {app_id!r} already exists in {store_location(settings)}",
+                           field="app")
+        app, key = await service.create_app(name, app_id=app_id)
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret}
 
     return asyncio.run(_with_service(settings, run))
@@ -52,6 +94,10 @@ def create_app(settings: Settings, name: str) -> dict:
 
 def mint_token(settings: Settings, app_id: str, user: str, ttl: int) -> str:
     async def run(service: Service):
+        if await service.app(app_id) is None:
+            apps = ", ".join(a.id for a in await service.store.list_apps()) or "none"
+            raise NotFound(f"no such app {app_id!r} in {store_location(settings)} "
+                           f"(apps there: {apps})", field="app")
         token, _ = await service.mint_token(app_id, user, ttl)
         return token
 

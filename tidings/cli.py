@@ -1,11 +1,15 @@
-"""The ``tidings`` command: a thin layer that parses arguments and calls library code."""
+"""The ``tidings`` command: a thin layer that parses arguments and calls library code.
+
+Every failure is one line on stderr and a non-zero exit (design §2.8);
+``tidings --debug COMMAND`` (or ``TIDINGS_DEBUG=1``) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import msgspec
@@ -14,8 +18,6 @@ from tidings import bootstrap
 from tidings.config import from_env
 from tidings.core.models import valid_user
 from tidings.errors import TidingsError
-from tidings.outbox import OutboxMissing
-from tidings.store.migrations import SchemaError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
@@ -26,15 +28,62 @@ def _settings(**kw):
     return from_env(**kw)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def one_line(exc: BaseException) -> str:
+    """What went wrong, in one line, without internals."""
+    from tidings.broker.base import BrokerUnavailable
+    from tidings.client import TidingsAPIError
+    from tidings.outbox import OutboxMissing
+
+    if isinstance(exc, TidingsAPIError):
+        text = str(exc)  # "401 unauthorized: ..." as the server said it
+    elif isinstance(exc, TidingsError):
+        text = exc.message
+    elif isinstance(exc, msgspec.ValidationError):
+        text = f"invalid setting: {exc}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    elif isinstance(exc, ValueError | RuntimeError | BrokerUnavailable | OutboxMissing) \
+            and str(exc):
+        text = str(exc)  # unsupported URLs, schema mismatches, an unreachable broker
+    else:
+        text = f"{type(exc).__name__}: {exc} (tidings --debug shows the traceback)"
+    return " ".join(text.split())
+
+
+class _UsageLine(click.ClickException):
+    exit_code = 2  # click's code for usage errors
+
+
+class _Main(click.Group):
+    """Turns any exception a command lets out into one line on stderr, exit 1
+    (usage errors: exit 2, one line instead of click's usage block)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "tidings"
+            raise _UsageLine(f"{exc.format_message()} (see {where} --help)") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(one_line(exc)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, default=lambda: os.environ.get("TIDINGS_DEBUG") == "1",
+              help="Show the traceback of a failure ($TIDINGS_DEBUG=1).")
 @click.version_option(package_name="tidings")
-def main() -> None:
+def main(debug: bool) -> None:
     """tidings: a real-time notification service."""
 
 
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Port to listen on (default 8080).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535),
+              help="Port to listen on (default 8080; 0: any free port).")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
 @click.option("--broker", default=None,
@@ -57,44 +106,19 @@ def main() -> None:
 def serve(host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
           log_level) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
-    import uvicorn
-
-    from tidings.api.app import create_app
-
     settings = _settings(host=host, port=port, data=data, store=store, broker=broker,
                          outbox=outbox, node=node, cache=cache,
                          allowed_origins=allowed_origins or None)
+    if not 0 <= settings.port <= 65535:  # TIDINGS_PORT is not checked by click
+        raise click.BadParameter(f"{settings.port} is not a port (0-65535)",
+                                 param_hint="--port / TIDINGS_PORT")
     if workers > 1 and settings.broker in (None, "local", "memory"):
         # Each worker is its own process: without a shared broker a
         # notification published through one would never reach devices
         # connected to another.
         raise click.UsageError("--workers N needs a shared broker: add --broker redis://HOST:PORT")
-    try:
-        created = bootstrap.first_start(settings)
-        if settings.outbox is not None:
-            bootstrap.check_outbox(settings)
-    except (TidingsError, SchemaError, OutboxMissing, ValueError) as exc:
-        # e.g. PostgreSQL unreachable, or its schema needs `tidings migrate`
-        raise click.ClickException(str(exc)) from None
-    base = f"http://{settings.host}:{settings.port}"
-    if created:
-        click.echo("Created app 'default' (shown once; keep these):")
-        click.echo(f"  API key:         {created['api_key']}")
-        click.echo(f"  signing secret:  {created['signing_secret']}")
-        click.echo(f"  demo user token: {created['demo_token']}")
-        click.echo("Publish to the demo user:")
-        click.echo(
-            f"  curl -X POST {base}/v1/notifications -H 'Authorization: Bearer "
-            f"{created['api_key']}' -H 'Content-Type: application/json' "
-            f"-d '{{\"to\": {{\"users\": [\"{created['demo_user']}\"]}}, \"title\": \"Hello\"}}'"
-        )
-        click.echo(f"Watch it arrive:\n  tidings listen --url {base} --token "
-                   f"{created['demo_token']}")
-        click.echo(f"  or in a browser: {base}/demo?token={created['demo_token']}")
-        click.echo(f"Dashboard: {base}/dashboard (log in with the API key above)")
-    where = settings.store or str(settings.sqlite_path)
-    click.echo(f"tidings listening on {base} (store: {_redact(where)}, workers: {workers})")
-    sys.stdout.flush()
+    if workers > 1 and settings.port == 0:
+        raise click.UsageError("--workers N needs a fixed --port")
     limits = settings.limits
     options = dict(
         host=settings.host,
@@ -110,28 +134,78 @@ def serve(host, port, data, store, broker, outbox, workers, node, cache, allowed
         timeout_graceful_shutdown=5,
         backlog=4096,
     )
-    if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+    if workers > 1:
+        _serve_workers(settings, workers, options)
         return
+    from tidings import serving
+    from tidings.api.app import create_app
+
+    # Bind before anything else: a taken port or a foreign address is one
+    # clear error, before any credentials are printed.
+    try:
+        sock = serving.bind(settings.host, settings.port, 4096)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: "
+                                   f"{exc.strerror or exc}") from None
+    settings.port = sock.getsockname()[1]  # the real one when --port 0
+    base = f"http://{settings.host}:{settings.port}"
+    try:
+        _first_start(settings, base)
+        app = create_app(settings)
+    except BaseException:
+        sock.close()
+        raise
+    where = bootstrap.store_location(settings)
+
+    def listening() -> None:
+        click.echo(f"tidings listening on {base} (store: {where}, workers: 1)")
+        sys.stdout.flush()
+
+    if not serving.run(app, sock, options, listening):
+        raise click.ClickException("the server did not start (its log above says why)")
+
+
+def _serve_workers(settings, workers: int, options: dict) -> None:
     # Worker processes are spawned, rebuild the app from the settings and
     # listen on the port with SO_REUSEPORT (tidings/workers.py says why).
     from tidings import workers as supervisor
 
+    base = f"http://{settings.host}:{settings.port}"
     try:
         supervisor.check_reuseport(settings.host, settings.port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {base}: {exc.strerror}") from None
-    options["loop"] = "uvloop"
-    supervisor.supervise(workers, msgspec.json.encode(settings).decode(), options)
+    _first_start(settings, base)
+    where = bootstrap.store_location(settings)
+
+    def listening() -> None:
+        click.echo(f"tidings listening on {base} (store: {where}, workers: {workers})")
+        sys.stdout.flush()
+
+    supervisor.supervise(workers, msgspec.json.encode(settings).decode(), options, listening)
 
 
-def _redact(url: str) -> str:
-    """A store URL without its password, for the start-up line."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+def _first_start(settings, base: str) -> None:
+    """Create the first app on an empty store and print how to use it (and
+    check the outbox database, when there is one to consume)."""
+    created = bootstrap.first_start(settings)
+    if settings.outbox is not None:
+        bootstrap.check_outbox(settings)
+    if created:
+        click.echo("Created app 'default' (shown once; keep these):")
+        click.echo(f"  API key:         {created['api_key']}")
+        click.echo(f"  signing secret:  {created['signing_secret']}")
+        click.echo(f"  demo user token: {created['demo_token']}")
+        click.echo("Publish to the demo user:")
+        click.echo(
+            f"  curl -X POST {base}/v1/notifications -H 'Authorization: Bearer "
+            f"{created['api_key']}' -H 'Content-Type: application/json' "
+            f"-d '{{\"to\": {{\"users\": [\"{created['demo_user']}\"]}}, \"title\": \"Hello\"}}'"
+        )
+        click.echo(f"Watch it arrive:\n  tidings listen --url {base} --token "
+                   f"{created['demo_token']}")
+        click.echo(f"  or in a browser: {base}/demo?token={created['demo_token']}")
+        click.echo(f"Dashboard: {base}/dashboard (log in with the API key above)")
 
 
 @main.command()
@@ -139,10 +213,7 @@ def _redact(url: str) -> str:
 @click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
 def migrate(data, store) -> None:
     """Apply the store's pending schema migrations, then exit (docs/operations.md)."""
-    try:
-        applied, version = bootstrap.migrate(_settings(data=data, store=store))
-    except (TidingsError, SchemaError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    applied, version = bootstrap.migrate(_settings(data=data, store=store))
     for v in applied:
         click.echo(f"applied schema v{v}")
     click.echo(f"schema is at v{version}" + ("" if applied else "; nothing to apply"))
@@ -168,12 +239,14 @@ def app() -> None:
 
 @app.command("create")
 @click.argument("name")
+@click.option("--id", "app_id", default=None,
+              help="The app's id (1-64 of a-z 0-9 _ -). Default: NAME when it is one.")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def app_create(name, data, store, as_json) -> None:
-    """Create an app; prints its id, API key and signing secret."""
-    out = bootstrap.create_app(_settings(data=data, store=store), name)
+def app_create(name, app_id, data, store, as_json) -> None:
+    """Create an app in an existing store; prints its id, API key and signing secret."""
+    out = bootstrap.create_app(_settings(data=data, store=store), name, app_id)
     if as_json:
         click.echo(json.dumps(out))
     else:
@@ -191,10 +264,7 @@ def token(app_id, user, ttl, data, store) -> None:
     """Mint a user token (printed alone on the last line)."""
     if not valid_user(user):
         raise click.BadParameter("1-128 printable characters", param_hint="--user")
-    try:
-        click.echo(bootstrap.mint_token(_settings(data=data, store=store), app_id, user, ttl))
-    except TidingsError as exc:
-        raise click.ClickException(exc.message) from None
+    click.echo(bootstrap.mint_token(_settings(data=data, store=store), app_id, user, ttl))
 
 
 @main.command()
@@ -232,7 +302,9 @@ def vapid(as_json) -> None:
 def send(url, key, users, topic, to_all, title, body, category, priority, data_json,
          idempotency_key) -> None:
     """Publish a notification."""
-    from tidings.client import Client, TidingsAPIError
+    import httpx
+
+    from tidings.client import Client
 
     if sum((bool(users), topic is not None, to_all)) != 1:
         raise click.UsageError("give exactly one of --user, --topic or --all")
@@ -246,8 +318,8 @@ def send(url, key, users, topic, to_all, title, body, category, priority, data_j
     with Client(url, api_key=key) as client:
         try:
             result = client.publish(to=to, idempotency_key=idempotency_key, **fields)
-        except TidingsAPIError as exc:
-            raise click.ClickException(f"{exc.status} {exc.code}: {exc.message}") from None
+        except httpx.TransportError as exc:
+            raise click.ClickException(f"cannot reach {url}: {exc}") from None
     click.echo(json.dumps(result))
 
 
@@ -256,14 +328,35 @@ def send(url, key, users, topic, to_all, title, body, category, priority, data_j
 @click.option("--token", envvar="TIDINGS_TOKEN", required=True, help="User token ($TIDINGS_TOKEN).")
 @click.option("--cursor", default=None, help="Resume from this cursor.")
 @click.option("--count", default=0, type=int, help="Stop after this many notifications.")
-def listen(url, token, cursor, count) -> None:
-    """Print a user's live stream, one JSON event per line."""
+@click.option("--retries", default=10, show_default=True, type=click.IntRange(0),
+              help="Failed connection attempts in a row before giving up.")
+@click.option("--forever", is_flag=True, help="Never give up reconnecting.")
+def listen(url, token, cursor, count, retries, forever) -> None:
+    """Print a user's live stream, one JSON event per line (status on stderr)."""
     from tidings.client import Subscriber
+
+    limit = None if forever else retries
+
+    def status(text: str) -> None:
+        click.echo(f"tidings listen: {text}", err=True)
 
     async def run():
         seen = 0
-        async with Subscriber(url, token=token, cursor=cursor) as sub:
+        sub = Subscriber(url, token=token, cursor=cursor, max_retries=limit)
+
+        def on_retry(reason: str, delay: float) -> None:
+            if sub.failures == 0:  # a drop after the stream was live
+                status(f"{reason}; reconnecting in {delay:.1f} s")
+            else:
+                of = "" if limit is None else f" of {limit}"
+                status(f"cannot connect ({reason}); retry {sub.failures}{of} in {delay:.1f} s")
+
+        sub.on_retry = on_retry
+        status(f"connecting to {url}")
+        async with sub:
             async for event in sub:
+                if event.get("type") == "hello":
+                    status(f"connected (cursor {event.get('cursor')})")
                 click.echo(json.dumps(event))
                 sys.stdout.flush()
                 if event.get("type") == "notification":

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("tidings")
 
@@ -38,16 +39,15 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def _worker(settings_json: str, options: dict) -> None:
-    """One worker process: its own socket on the shared port, one uvicorn server."""
-    import uvicorn
-
-    from tidings.api.app import SETTINGS_ENV
+def _worker(settings_json: str, options: dict, started) -> None:
+    """One worker process: its own socket on the shared port, one uvicorn server.
+    ``started`` is released once it accepts connections."""
+    from tidings import serving
+    from tidings.api.app import SETTINGS_ENV, app_from_env
 
     os.environ[SETTINGS_ENV] = settings_json
     sock = _listen(options["host"], options["port"], options.get("backlog", 2048))
-    config = uvicorn.Config("tidings.api.app:app_from_env", factory=True, **options)
-    uvicorn.Server(config).run(sockets=[sock])
+    serving.run(app_from_env(), sock, options, started.release)
 
 
 def check_reuseport(host: str, port: int) -> None:
@@ -56,12 +56,18 @@ def check_reuseport(host: str, port: int) -> None:
     probe.close()
 
 
-def supervise(workers: int, settings_json: str, options: dict) -> None:
+def supervise(workers: int, settings_json: str, options: dict,
+              on_listening: Callable[[], None] = lambda: None) -> None:
+    """Run the workers until SIGTERM/SIGINT; ``on_listening`` is called once,
+    when every first worker accepts connections."""
     ctx = multiprocessing.get_context("spawn")
     stopping = False
+    started = ctx.Semaphore(0)
+    waiting = workers  # first workers not yet listening
 
     def start() -> multiprocessing.Process:
-        proc = ctx.Process(target=_worker, args=(settings_json, options), daemon=False)
+        proc = ctx.Process(target=_worker, args=(settings_json, options, started),
+                           daemon=False)
         proc.start()
         return proc
 
@@ -76,7 +82,11 @@ def supervise(workers: int, settings_json: str, options: dict) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while not stopping:
-        time.sleep(0.5)
+        time.sleep(0.5 if waiting <= 0 else 0.05)
+        while waiting > 0 and started.acquire(block=False):
+            waiting -= 1
+            if waiting == 0:
+                on_listening()
         for i, proc in enumerate(procs):
             if not proc.is_alive() and not stopping:
                 log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)

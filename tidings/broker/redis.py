@@ -47,9 +47,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry  # the asyncio one: redis-py warns on the other
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from tidings.broker.base import (
     Broker,

@@ -6,13 +6,15 @@
   cursor, deduplicated, reconnecting with jittered backoff until closed.
 
 Errors: non-2xx answers raise :class:`TidingsAPIError`; a fatal stream close
-(4400-4499) raises :class:`StreamClosed`, a subclass of it.
+(4400-4499) raises :class:`StreamClosed`, a subclass of it, and a stream that
+cannot be opened `max_retries` times in a row raises :class:`Unreachable`.
 """
 
-from tidings.client.errors import StreamClosed, TidingsAPIError
+from tidings.client.errors import StreamClosed, TidingsAPIError, Unreachable
 from tidings.client.publisher import AsyncClient, Client, notification
 from tidings.client.subscriber import Subscriber
 
 __all__ = [
-    "Client", "AsyncClient", "Subscriber", "TidingsAPIError", "StreamClosed", "notification",
+    "Client", "AsyncClient", "Subscriber", "TidingsAPIError", "StreamClosed", "Unreachable",
+    "notification",
 ]

@@ -81,6 +81,18 @@ class StreamClosed(TidingsAPIError):
         self.reason = reason
 
 
+class Unreachable(TidingsAPIError):
+    """The stream could not be opened ``attempts`` times in a row (the server is
+    down, or not where the URL says): raised when ``max_retries`` is set."""
+
+    def __init__(self, message: str, attempts: int):
+        super().__init__(0, "unreachable", message)
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3).
 

@@ -33,7 +33,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.client.errors import StreamClosed, TidingsAPIError, error_from_response
+from tidings.client.errors import StreamClosed, TidingsAPIError, Unreachable, error_from_response
 from tidings.core.backoff import Backoff
 from tidings.core.cursor import Cursor, parse_cursor
 from tidings.errors import CLOSE_UNAUTHORIZED, TidingsError, should_reconnect
@@ -70,6 +70,12 @@ class Subscriber:
     Iteration ends normally after :meth:`close`; it raises
     :class:`StreamClosed` on a fatal close code and :class:`TidingsAPIError`
     when the server refuses the handshake with a 4xx.
+
+    ``on_retry(reason, delay)`` (sync or async) is called before each wait
+    for a reconnect, with what went wrong and the seconds until the next
+    attempt; ``max_retries`` bounds the connection attempts that fail in a
+    row (no ``hello`` in between) before :class:`Unreachable` is raised
+    (``None``: keep trying).
     """
 
     def __init__(
@@ -86,6 +92,8 @@ class Subscriber:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         max_size: int | None = 4 * 1024 * 1024,
+        on_retry: Callable[[str, float], Any] | None = None,
+        max_retries: int | None = None,
         **connect_kwargs: Any,
     ):
         if auth not in ("header", "message"):
@@ -97,6 +105,10 @@ class Subscriber:
         self.on_resync = on_resync
         self.dedup_size = dedup_size
         self.backoff = backoff or Backoff()
+        self.on_retry = on_retry
+        self.max_retries = max_retries
+        #: Connection attempts that failed in a row (0 once a hello arrives).
+        self.failures = 0
         self._token = token
         self._connect_kwargs = dict(
             open_timeout=open_timeout, ping_interval=ping_interval,
@@ -171,22 +183,36 @@ class Subscriber:
                     raise err from None
                 log.info("stream handshake refused (%s), retrying", err)
                 retry_after = err.retry_after
+                reason = f"refused: {err}"
+                self._failed(reason)
             except (TimeoutError, OSError, InvalidHandshake) as e:
                 log.info("stream connect failed (%r), retrying", e)
+                reason = _describe(e)
+                self._failed(reason)
             else:
                 async with aclosing(self._session(ws)) as events:
                     async for event in events:
                         yield event
                 if self._closing.is_set():
                     return
+                reason = f"stream closed (code {self.last_close_code})"
             delay = self.backoff.next_delay()
             if retry_after is not None:
                 delay = max(delay, retry_after)
+            if self.on_retry is not None:
+                await _maybe_await(self.on_retry(reason, delay))
             try:
                 await asyncio.wait_for(self._closing.wait(), timeout=delay)
                 return  # closed while waiting
             except TimeoutError:
                 pass
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        if self.max_retries is not None and self.failures > self.max_retries:
+            raise Unreachable(f"gave up after {self.failures} attempts to reach {self.url}: "
+                              f"{reason}",
+                              self.failures)
 
     async def _session(self, ws: ClientConnection) -> AsyncIterator[Event]:
         """Deliver one connection's events; return on a reconnectable drop."""
@@ -295,6 +321,7 @@ class Subscriber:
 
     def _on_hello(self, event: Event) -> None:
         self.connected = True
+        self.failures = 0
         self._auth_retry = callable(self._token)
         self.backoff.reset()
         counts = event.get("counts")
@@ -350,4 +377,13 @@ class Subscriber:
         return True
 
 
-__all__ = ["Subscriber", "StreamClosed", "TidingsAPIError"]
+def _describe(exc: BaseException) -> str:
+    """A connect error in a few words ("connection refused"), for on_retry."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+__all__ = ["Subscriber", "StreamClosed", "TidingsAPIError", "Unreachable"]

@@ -24,6 +24,8 @@ USER_RE = r"^[^\x00-\x1f\x7f]{1,128}\Z"
 TOPIC_RE = r"^[A-Za-z0-9_.:\-]{1,128}\Z"
 _USER = re.compile(USER_RE)
 _TOPIC = re.compile(TOPIC_RE)
+# App ids appear in broker channel names, where ":" is the separator.
+_APP_ID = re.compile(r"^[a-z0-9_\-]{1,64}\Z")
 
 UserId = Annotated[str, Meta(pattern=USER_RE, min_length=1, max_length=128)]
 TopicName = Annotated[str, Meta(pattern=TOPIC_RE, min_length=1, max_length=128)]
@@ -46,6 +48,10 @@ State = Literal["unseen", "seen", "read", "archived"]
 
 def valid_user(user: str) -> bool:
     return isinstance(user, str) and bool(_USER.match(user))
+
+
+def valid_app_id(app_id: str) -> bool:
+    return isinstance(app_id, str) and bool(_APP_ID.match(app_id))
 
 
 def valid_topic(topic: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from datetime import datetime
 from typing import Any
@@ -31,7 +30,13 @@ from tidings.config import Settings
 from tidings.core import auth, events, quiet
 from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
-from tidings.core.models import Notification, PatchRequest, Preferences, PublishRequest
+from tidings.core.models import (
+    Notification,
+    PatchRequest,
+    Preferences,
+    PublishRequest,
+    valid_app_id,
+)
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
 from tidings.gateway.hub import Hub
 from tidings.service.outbound import Outbound
@@ -41,7 +46,6 @@ from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOut
 
 log = logging.getLogger("tidings")
 _encode = msgspec.json.encode
-_APP_ID = re.compile(r"^[a-z0-9_\-]{1,64}\Z")
 _decode_notification = msgspec.json.Decoder(Notification).decode
 
 
@@ -95,8 +99,7 @@ class Service:
     async def create_app(self, name: str, app_id: str | None = None) -> tuple[AppRecord, str]:
         """Create an app with an all-scopes API key; returns ``(app, key)``."""
         app_id = app_id or "app_" + new_id().lower()[-12:]
-        if not _APP_ID.match(app_id):
-            # app ids appear in broker channel names, where ":" is the separator
+        if not valid_app_id(app_id):
             raise Invalid("app id must be 1-64 of a-z 0-9 _ -", field="app")
         record = await self.store.create_app(app_id, name, auth.new_signing_secret())
         key = await self.create_api_key(app_id, auth.SCOPES)
