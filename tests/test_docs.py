@@ -5,16 +5,27 @@ the Markdown pages leads to a file (and heading) that exists."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", "tidings-data", ".pytest_cache",
-             ".mypy_cache", ".ruff_cache", "build", "dist"}
+             ".mypy_cache", ".ruff_cache", ".hypothesis", "build", "dist"}
 TEXT = {".py", ".md", ".js", ".html", ".css", ".toml", ".sql", ".lua", ".yml", ".yaml", ".cfg",
         ".txt", ""}
 
 
 def repo_files() -> list[Path]:
+    """The repository's files: git's view (tracked and new, not ignored) in a
+    checkout, else a walk that skips what a checkout would ignore."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        listed = None
+    if listed is not None:
+        return [ROOT / name for name in listed.stdout.splitlines()
+                if Path(name).suffix in TEXT and (ROOT / name).is_file()]
     out = []
     for path in ROOT.rglob("*"):
         rel = path.relative_to(ROOT)

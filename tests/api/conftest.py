@@ -1,6 +1,6 @@
 """API test fixtures.  ``each_store`` runs the test once on SQLite
 and once on PostgreSQL (a fresh schema), whatever TIDINGS_TEST_STORE says,
-for rules that must read the same on both (DESIGN §2.8)."""
+for rules that must read the same on both (docs/design.md §2.8)."""
 
 from __future__ import annotations
 
