@@ -22,6 +22,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 
 log = logging.getLogger("tidings")
 
@@ -65,7 +66,7 @@ def supervise(workers: int, settings_json: str, options: dict,
     started = ctx.Semaphore(0)
     waiting = workers  # first workers not yet listening
 
-    def start() -> multiprocessing.Process:
+    def start() -> BaseProcess:
         proc = ctx.Process(target=_worker, args=(settings_json, options, started),
                            daemon=False)
         proc.start()
@@ -76,7 +77,7 @@ def supervise(workers: int, settings_json: str, options: dict,
         stopping = True
         for proc in procs:
             if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)  # each drains, then exits
+                proc.terminate()  # SIGTERM: each drains, then exits
 
     procs = [start() for _ in range(workers)]
     signal.signal(signal.SIGTERM, on_signal)

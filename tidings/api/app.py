@@ -118,7 +118,11 @@ def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
             previous(sig, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 OUTBOUND_GRACE = 5.0  # seconds outbound sends in flight may finish at shutdown
@@ -213,9 +217,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         lifespan=lifespan,
         # pages on other origins: the client API, SSE, token minting (api/cors.py)
         middleware=[Middleware(CORS, allowed_origins=settings.allowed_origins)],
+        # Starlette types every handler as taking Exception, though it calls
+        # each with the class it is registered for.
         exception_handlers={
-            TidingsError: _tidings_error,
-            HTTPException: _http_error,
+            TidingsError: _tidings_error,  # type: ignore[dict-item]
+            HTTPException: _http_error,  # type: ignore[dict-item]
             Exception: _unexpected,
         },
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import overload
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -227,6 +228,10 @@ async def put_caps(request: Request):
 
 # -- the queue and the dead-letter list (admin) ------------------------------------------
 
+@overload
+def _job_id(value: str, field: str) -> str: ...
+@overload
+def _job_id(value: str | None, field: str) -> str | None: ...
 def _job_id(value: str | None, field: str) -> str | None:
     if value is not None and not (0 < len(value) <= _JOB_ID_MAX and value.isprintable()):
         raise Invalid("not a job id", field=field)

@@ -47,6 +47,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry  # the asyncio one: redis-py warns on the other
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
@@ -147,7 +148,7 @@ class RedisBroker(Broker):
         self._handlers: dict[bytes, tuple[str, Handler]] = {}
         self._server: set[bytes] = set()  # sent to the current pub/sub connection
         self._changed: set[bytes] = set()  # wished for, not yet sent
-        self._sub_conn = None
+        self._sub_conn: AbstractConnection | None = None
         self._control_wake: asyncio.Future | None = None
         self._ping_due = False
         self._rx = False
@@ -230,6 +231,8 @@ class RedisBroker(Broker):
     async def _connect(self, role: str, **overrides):
         """A dedicated connection, outside the pool: this module owns its
         reconnection, so redis-py must not retry or resubscribe behind it."""
+        if self._redis is None:
+            raise BrokerUnavailable("the Redis broker is not open")
         pool = self._redis.connection_pool
         kwargs = {
             **pool.connection_kwargs, "retry": Retry(NoBackoff(), 0),

@@ -77,7 +77,8 @@ class StreamClosed(TidingsAPIError):
             code = _CLOSE_NAMES.get(close_code or 0, f"close_{close_code}")
         super().__init__(status, code, reason or f"stream closed with code {close_code}",
                          field, retry_after)
-        self.close_code = close_code
+        # None for a refused handshake: only the SDK raises this, never the server
+        self.close_code = close_code  # type: ignore[assignment]
         self.reason = reason
 
 
@@ -111,13 +112,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when is None:
-        return None
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
 
 
-def error_from_response(status: int, headers: Any, content: bytes) -> TidingsAPIError:
+def error_from_response(status: int, headers: Any, content: bytes | bytearray,
+                        ) -> TidingsAPIError:
     """Build the error for a non-2xx response (``headers``: any mapping)."""
     retry_after = parse_retry_after(headers.get("retry-after"))
     code, message, field = f"http_{status}", "", None

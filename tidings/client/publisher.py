@@ -184,7 +184,10 @@ class _Endpoints:
     def _mark(self, action: str, ids: Iterable[str] | None, all_: bool, token: str | None) -> Any:
         if all_ == (ids is not None):
             raise ValueError("pass either ids or all=True")
-        payload = {"all": True} if all_ else {"ids": [ids] if isinstance(ids, str) else list(ids)}
+        if ids is None:
+            payload: dict[str, Any] = {"all": True}
+        else:
+            payload = {"ids": [ids] if isinstance(ids, str) else list(ids)}
         return self._call("POST", f"/v1/me/notifications/{action}", json=payload,
                           user=True, token=token)
 
@@ -211,14 +214,19 @@ class _Transport(_Endpoints):
         self.max_retries = max_retries
 
     def _headers(self, headers: dict | None, user: bool, token: str | None) -> dict:
-        secret = (token or self.token) if user else self.api_key
+        secret = self._user_token(token) if user else self.api_key
         if not secret:
-            need = "a user token (token=...)" if user else "an API key (api_key=...)"
-            raise ValueError(f"this call needs {need}")
+            raise ValueError("this call needs an API key (api_key=...)")
         out = {"Authorization": f"Bearer {secret}"}
         if headers:
             out.update(headers)
         return out
+
+    def _user_token(self, token: str | None) -> str:
+        secret = token or self.token
+        if not secret:
+            raise ValueError("this call needs a user token (token=...)")
+        return secret
 
     def _retry_delay(self, attempt: int, method: str, headers: dict,
                      response: httpx.Response | None, exc: Exception | None) -> float | None:
@@ -283,6 +291,7 @@ class Client(_Transport):
             if delay is None:
                 if exc is not None:
                     raise exc
+                assert response is not None  # no transport error: an answer
                 return self._decode(response)
             attempt += 1
             time.sleep(delay)
@@ -294,7 +303,7 @@ class Client(_Transport):
         """A :class:`~tidings.client.Subscriber` for this client's user token."""
         from tidings.client.subscriber import Subscriber
 
-        return Subscriber(self.base_url, kwargs.pop("token", None) or self.token, **kwargs)
+        return Subscriber(self.base_url, self._user_token(kwargs.pop("token", None)), **kwargs)
 
     def close(self) -> None:
         if self._owns_http:
@@ -332,6 +341,7 @@ class AsyncClient(_Transport):
             if delay is None:
                 if exc is not None:
                     raise exc
+                assert response is not None  # no transport error: an answer
                 return self._decode(response)
             attempt += 1
             await asyncio.sleep(delay)
@@ -343,7 +353,7 @@ class AsyncClient(_Transport):
         """A :class:`~tidings.client.Subscriber` for this client's user token."""
         from tidings.client.subscriber import Subscriber
 
-        return Subscriber(self.base_url, kwargs.pop("token", None) or self.token, **kwargs)
+        return Subscriber(self.base_url, self._user_token(kwargs.pop("token", None)), **kwargs)
 
     async def aclose(self) -> None:
         if self._owns_http:

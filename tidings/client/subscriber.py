@@ -24,7 +24,7 @@ import asyncio
 import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -214,7 +214,7 @@ class Subscriber:
                               f"{reason}",
                               self.failures)
 
-    async def _session(self, ws: ClientConnection) -> AsyncIterator[Event]:
+    async def _session(self, ws: ClientConnection) -> AsyncGenerator[Event, None]:
         """Deliver one connection's events; return on a reconnectable drop."""
         self._ws = ws
         try:
@@ -362,7 +362,7 @@ class Subscriber:
                     self._cursor = Cursor(cur.epoch, pos.seq, cur.feed)
         feed = event.get("feed")
         if isinstance(feed, int) and cur is not None:
-            cur = self._cursor
+            cur = self._cursor or cur  # as moved above (never back to None)
             if cur.feed is None or feed > cur.feed:
                 self._cursor = Cursor(cur.epoch, cur.seq, feed)
         nid = (event.get("notification") or {}).get("id")

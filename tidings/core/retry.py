@@ -97,8 +97,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when is None:
-        return None
     if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are GMT
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import msgspec
 
@@ -172,9 +173,10 @@ class Views:
         followed = sorted(((len(s), key) for key, s in hub.topics.items() if _in(scope, key[0])),
                           reverse=True)[:TOP]
         candidates = set(topic_pubs) | {key for _, key in followed}
-        topics = [{"app": app, "topic": topic, "published_per_min": topic_pubs.get((app, topic), 0),
-                   "connections": len(hub.topics.get((app, topic), ()))}
-                  for app, topic in candidates]
+        topics: list[dict[str, Any]] = [
+            {"app": app, "topic": topic, "published_per_min": topic_pubs.get((app, topic), 0),
+             "connections": len(hub.topics.get((app, topic), ()))}
+            for app, topic in candidates]
         topics.sort(key=lambda r: (-r["published_per_min"], -r["connections"], r["app"],
                                    r["topic"]))
 
