@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -34,6 +35,10 @@ from tidings.store import open_store
 log = logging.getLogger("tidings")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+# What browsers ask for on their own (icons, app manifests, well-known URLs):
+# a 404 there is nobody's mistake, so it is not counted as an error.
+_BROWSER_OWN = re.compile(r"^/(apple-touch-icon[\w.-]*\.png|\.well-known/.*|manifest\.json"
+                          r"|site\.webmanifest|browserconfig\.xml)$")
 
 
 def _count_error(request: Request, code: str, status: int) -> None:
@@ -51,7 +56,8 @@ async def _tidings_error(request: Request, exc: TidingsError):
 
 async def _http_error(request: Request, exc: HTTPException):
     code = _HTTP_CODES.get(exc.status_code, "error")
-    _count_error(request, code, exc.status_code)
+    if not (exc.status_code == 404 and _BROWSER_OWN.match(request.url.path)):
+        _count_error(request, code, exc.status_code)
     message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
     return JSON({"error": {"code": code, "message": message}}, status_code=exc.status_code,
                 headers=getattr(exc, "headers", None))

@@ -2,7 +2,8 @@
 and the dependency-free browser client ``tidings.js``.
 
 * ``routes`` -- ``/dashboard`` and its data (tidings.dashboard.routes);
-* ``browser_routes`` -- ``/tidings.js`` and ``/demo`` (tidings.dashboard.web);
+* ``browser_routes`` -- the landing page ``/``, ``/tidings.js``, ``/demo``, the
+  favicon and ``robots.txt`` (tidings.dashboard.web);
 * :class:`Dashboard` -- the per-second recorder and the cached views, started
   by the application's lifespan.
 """
@@ -46,6 +47,10 @@ class Dashboard:
 
 routes = _routes.routes
 browser_routes = [
+    Route("/", web.landing, methods=["GET"]),
+    Route("/favicon.ico", web.favicon, methods=["GET"]),
+    Route("/favicon.svg", web.favicon, methods=["GET"]),
+    Route("/robots.txt", web.robots, methods=["GET"]),
     Route("/tidings.js", web.tidings_js, methods=["GET"]),
     Route("/demo", web.demo, methods=["GET"]),
 ]

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
+from tidings import __version__
 from tidings.errors import NotFound
 
 _TYPES = {
@@ -23,6 +25,7 @@ _TYPES = {
     ".css": "text/css; charset=utf-8",
     ".html": "text/html; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
     ".LICENSE": "text/plain; charset=utf-8",
 }
 
@@ -84,6 +87,23 @@ async def static_file(request: Request):
 async def tidings_js(request: Request):
     """``GET /tidings.js``: the browser client (docs/protocol.md)."""
     return static_response(request, "tidings.js", max_age=300)
+
+
+async def landing(request: Request):
+    """``GET /``: what this server is, with links to the dashboard, the demo and the API."""
+    origin = str(request.base_url).rstrip("/")  # from the Host header: escaped
+    text = static_text("index.html").replace("{{version}}", html.escape(__version__))
+    return page(text.replace("{{origin}}", html.escape(origin)))
+
+
+async def favicon(request: Request):
+    """``/favicon.ico`` and ``/favicon.svg``: browsers ask for the first on their own."""
+    return static_response(request, request.url.path.lstrip("/"), max_age=86400)
+
+
+async def robots(request: Request):
+    """``GET /robots.txt``: nothing here is for search engines."""
+    return PlainTextResponse("User-agent: *\nDisallow: /\n")
 
 
 async def demo(request: Request):
