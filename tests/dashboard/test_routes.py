@@ -287,6 +287,7 @@ async def test_history_has_one_column_per_series(server):
 async def test_static_files_are_shipped_and_cacheable(server):
     async with _client(server) as http:
         for path, ctype in (("/tidings.js", "text/javascript"),
+                            ("/tidings-inbox.js", "text/javascript"),
                             ("/dashboard/static/uPlot.iife.min.js", "text/javascript"),
                             ("/dashboard/static/uPlot.min.css", "text/css"),
                             ("/dashboard/static/uPlot.LICENSE", "text/plain"),
@@ -300,6 +301,16 @@ async def test_static_files_are_shipped_and_cacheable(server):
             r = await http.get(bad)
             assert r.status_code == 404, bad
             assert r.json()["error"]["code"] == "not_found"
+
+
+async def test_the_inbox_element_is_one_script_built_on_tidings_js(server):
+    async with _client(server) as http:
+        bundle = (await http.get("/tidings-inbox.js")).text
+        client = (await http.get("/tidings.js")).text
+    assert bundle.startswith(client)  # tidings.js first: the element is built on it
+    parts = [bundle.index(marker) for marker in (
+        "tidings-inbox-ui.js:", "tidings-inbox-view.js:", 'define("tidings-inbox"')]
+    assert parts == sorted(parts)
 
 
 async def test_demo_page_keeps_its_token_to_itself(server):

@@ -1,9 +1,10 @@
-"""The browser side of tidings: the live operations dashboard, the demo inbox
-and the dependency-free browser client ``tidings.js``.
+"""The browser side of tidings: the live operations dashboard, the demo inbox,
+the dependency-free browser client ``tidings.js`` and the ``<tidings-inbox>``
+element built on it.
 
 * ``routes`` -- ``/dashboard`` and its data (tidings.dashboard.routes);
-* ``browser_routes`` -- the landing page ``/``, ``/tidings.js``, ``/demo``, the
-  favicon and ``robots.txt`` (tidings.dashboard.web);
+* ``browser_routes`` -- the landing page ``/``, ``/tidings.js``, ``/tidings-inbox.js``,
+  ``/demo``, the favicon and ``robots.txt`` (tidings.dashboard.web);
 * :class:`Dashboard` -- the per-second recorder and the cached views, started
   by the application's lifespan.
 """
@@ -52,6 +53,7 @@ browser_routes = [
     Route("/favicon.svg", web.favicon, methods=["GET"]),
     Route("/robots.txt", web.robots, methods=["GET"]),
     Route("/tidings.js", web.tidings_js, methods=["GET"]),
+    Route("/tidings-inbox.js", web.tidings_inbox_js, methods=["GET"]),
     Route("/demo", web.demo, methods=["GET"]),
 ]
 

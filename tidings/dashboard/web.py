@@ -2,7 +2,8 @@
 
 Everything the browser loads ships inside the package (``static/``): the
 dashboard's script and styles, uPlot (vendored, MIT, with its licence), the
-dependency-free client ``tidings.js`` and the demo inbox.  No CDN, no build
+dependency-free client ``tidings.js``, the ``<tidings-inbox>`` element and the
+demo inbox.  No CDN, no build
 step.  Files are read once and answered with an ETag, so a browser that has
 them gets ``304 Not Modified``.
 """
@@ -62,10 +63,26 @@ def static_text(name: str) -> str:
     return _files()[name][0].decode()
 
 
+# GET /tidings-inbox.js: the element with everything it needs, as one script
+# (tidings.js first: the element is built on it).
+INBOX_PARTS = ("tidings.js", "tidings-inbox-ui.js", "tidings-inbox-view.js", "tidings-inbox.js")
+
+
+@functools.cache
+def _inbox_bundle() -> tuple[bytes, str, str]:
+    data = b"\n".join(_files()[name][0] for name in INBOX_PARTS)
+    etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
+    return data, _TYPES[".js"], etag
+
+
 def static_response(request: Request, name: str, max_age: int = 3600) -> Response:
     found = _files().get(name)
     if found is None:
         raise NotFound("no such file")
+    return _cached(request, found, max_age)
+
+
+def _cached(request: Request, found: tuple[bytes, str, str], max_age: int) -> Response:
     data, ctype, etag = found
     headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}",
                "X-Content-Type-Options": "nosniff"}
@@ -104,6 +121,11 @@ async def favicon(request: Request):
 async def robots(request: Request):
     """``GET /robots.txt``: nothing here is for search engines."""
     return PlainTextResponse("User-agent: *\nDisallow: /\n")
+
+
+async def tidings_inbox_js(request: Request):
+    """``GET /tidings-inbox.js``: the ``<tidings-inbox>`` element (docs/inbox.md)."""
+    return _cached(request, _inbox_bundle(), max_age=300)
 
 
 async def demo(request: Request):

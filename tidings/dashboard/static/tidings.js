@@ -320,6 +320,8 @@
     var token = this._token ? Promise.resolve(this._token) : this._freshToken();
     return token.then(function (t) {
       var init = { method: method, headers: { Authorization: "Bearer " + t }, cache: "no-store" };
+      // keepalive: a "mark read" sent as the page follows a link still arrives
+      if (method !== "GET") init.keepalive = true;
       if (body !== undefined) {
         init.headers["Content-Type"] = "application/json";
         init.body = JSON.stringify(body);
@@ -378,6 +380,16 @@
   Client.prototype.markAllRead = function () { return this._setState("read", true); };
   Client.prototype.markSeen = function (ids) { return this._setState("seen", ids); };
   Client.prototype.archive = function (ids) { return this._setState("archive", ids); };
+
+  /** The user's preferences: {categories: {name: {in_app, webhook, push, email}}, quiet_hours}. */
+  Client.prototype.preferences = function () {
+    return this._request("GET", "/v1/me/preferences");
+  };
+
+  /** Replace the user's preferences (the whole object, as preferences() returns it). */
+  Client.prototype.setPreferences = function (prefs) {
+    return this._request("PUT", "/v1/me/preferences", prefs);
+  };
 
   var Tidings = {
     version: "1",

@@ -1,0 +1,145 @@
+"""Host pages for the ``<tidings-inbox>`` browser tests: a plain HTML page and a
+React page, each loading ``/tidings-inbox.js`` from the server under test.
+
+The pages are answered by Playwright (``page.route``) at a URL of the server's
+own origin: tidings sends no CORS headers yet, so the inbox's API calls and its
+SSE fallback need the page there (docs/inbox.md says so). A page answered by
+Playwright has no network address of its own, so Chromium's Local Network
+Access checks would count it as public and block its requests to 127.0.0.1;
+the browser for these tests runs with those checks off (``BROWSER_ARGS``).
+
+React comes from the npm registry: ``react_umd()`` installs react and react-dom
+18 (their UMD builds need no bundler) once into a cache directory.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.browser.conftest import CHROMIUM_ARGS
+from tests.services import missing
+
+BROWSER_ARGS = [*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"]
+REACT_VERSION = "18.3.1"
+PAGE_PATH = "/test-host/"  # a path the server does not serve: Playwright answers it
+
+_PLAIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Acme</title>
+<script src="{server}/tidings-inbox.js"></script>
+<style>
+  body {{ margin: 0; font-family: system-ui, sans-serif; background: {bg}; color: {fg}; }}
+  header {{ display: flex; align-items: center; justify-content: space-between;
+           padding: 8px 24px; border-bottom: 1px solid #8884; }}
+  .brand {{ font-weight: 700; font-size: 18px; }}
+</style></head>
+<body>
+<header><span class="brand">Acme</span>
+<tidings-inbox url="{server}" {attrs}></tidings-inbox></header>
+<main><p id="out"></p><button id="after">after</button></main>
+</body></html>
+"""
+
+_REACT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Acme (React)</title>
+<script src="{page}react.js"></script>
+<script src="{page}react-dom.js"></script>
+<script src="{server}/tidings-inbox.js"></script>
+</head>
+<body><div id="root"></div>
+<script>
+const h = React.createElement;
+const server = {server_json}, token = {token_json};
+function Bell(props) {{
+  // getToken is a property, not an attribute: React 18 sets it through a ref.
+  const ref = React.useRef(null);
+  React.useEffect(() => {{
+    const el = ref.current;
+    el.getToken = () => Promise.resolve(token);
+    const onClick = (e) => {{ e.preventDefault(); props.onOpen(e.detail.notification); }};
+    el.addEventListener("tidings-click", onClick);
+    return () => el.removeEventListener("tidings-click", onClick);
+  }}, []);
+  return h("tidings-inbox", {{ ref, url: server, locale: props.locale }});
+}}
+function App() {{
+  const [opened, setOpened] = React.useState(null);
+  const [locale, setLocale] = React.useState("en");
+  return h("div", null,
+    h("header", {{ style: {{ display: "flex", justifyContent: "space-between" }} }},
+      h("b", null, "Acme"), h(Bell, {{ locale, onOpen: setOpened }})),
+    h("p", {{ id: "opened" }}, opened ? "opened: " + opened.title : "nothing opened"),
+    h("button", {{ id: "french", onClick: () => setLocale("fr") }}, "français"));
+}}
+ReactDOM.createRoot(document.getElementById("root")).render(h(App));
+</script>
+</body></html>
+"""
+
+
+def plain_page(server: str, attrs: str = "", dark: bool = False) -> str:
+    return _PLAIN.format(server=html.escape(server), attrs=attrs,
+                         bg="#0d1117" if dark else "#fafbfc", fg="#e6edf3" if dark else "#1f2328")
+
+
+def attr(name: str, value) -> str:
+    """One HTML attribute, JSON-encoded unless it is a string."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f'{name}="{html.escape(text)}"'
+
+
+def open_plain(context, server, attrs: str = "", dark: bool = False):
+    """A page on the server's origin with one <tidings-inbox> in its header."""
+    page = context.new_page()
+    body = plain_page(server.url, attrs, dark)
+    page.route(server.url + PAGE_PATH + "**",
+               lambda route: route.fulfill(body=body, content_type="text/html"))
+    page.goto(server.url + PAGE_PATH + "plain.html")
+    return page
+
+
+def react_umd() -> Path:
+    """node_modules with react and react-dom, installed from the npm registry once."""
+    cache = Path(os.environ.get("TIDINGS_TEST_CACHE", Path.home() / ".cache" / "tidings-tests"))
+    prefix = cache / f"react-{REACT_VERSION}"
+    umd = prefix / "node_modules"
+    if (umd / "react-dom" / "umd" / "react-dom.production.min.js").exists():
+        return umd
+    npm = shutil.which("npm")
+    if npm is None:
+        missing("npm is not installed (the React page installs react from the npm registry)")
+    prefix.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-package-lock",
+         f"react@{REACT_VERSION}", f"react-dom@{REACT_VERSION}"],
+        capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        missing(f"npm install react failed: {done.stderr.strip()[-300:]}")
+    return umd
+
+
+def open_react(context, server, token: str):
+    page = context.new_page()
+    umd = react_umd()
+    base = server.url + PAGE_PATH
+    files = {
+        "react.js": umd / "react" / "umd" / "react.production.min.js",
+        "react-dom.js": umd / "react-dom" / "umd" / "react-dom.production.min.js",
+    }
+    body = _REACT.format(page=base, server=html.escape(server.url),
+                         server_json=json.dumps(server.url), token_json=json.dumps(token))
+
+    def answer(route):
+        name = route.request.url[len(base):]
+        if name in files:
+            route.fulfill(path=str(files[name]), content_type="text/javascript")
+        else:
+            route.fulfill(body=body, content_type="text/html")
+
+    page.route(base + "**", answer)
+    page.goto(base + "react.html")
+    return page

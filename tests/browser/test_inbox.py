@@ -1,0 +1,329 @@
+"""<tidings-inbox> in real Chromium against a real server: the bell, the feed,
+groups, live arrival, click-to-open, read / archive / mark all, tabs, infinite
+scroll, updated / deleted in place, the empty, offline and expired states, the
+preferences panel, the keyboard, locales, and the element inside React."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import CHROMIUM, _require_chromium
+from tests.browser.inbox_pages import BROWSER_ARGS, attr, open_plain, open_react
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The browser of tests/browser/conftest.py, able to reach 127.0.0.1 from a
+    page Playwright answers (see tests/browser/inbox_pages.py)."""
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _api(server, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, server.url + path, timeout=10,
+                         headers={"Authorization": f"Bearer {server.api_key}"}, **kw)
+
+
+def _states(server, user: str) -> dict[str, str]:
+    r = _api(server, "GET", f"/v1/users/{user}/notifications", params={"state": "all"})
+    assert r.status_code == 200, r.text
+    return {it["notification"]["title"]: it["state"] for it in r.json()["items"]}
+
+
+def _wait_for(check, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the server never got there"
+        time.sleep(0.1)
+
+
+def _open(context, server, user: str, **attrs):
+    attrs.setdefault("token", server.token(user))
+    page = open_plain(context, server,
+                      " ".join(attr(k.replace("_", "-"), v) for k, v in attrs.items()))
+    return page, page.locator("tidings-inbox")
+
+
+def _rows(inbox):
+    return inbox.locator("li.item")
+
+
+def test_bell_feed_groups_live_arrival_and_click_to_open(context, tidings_server):
+    srv = tidings_server
+    srv.publish({"users": ["ana"]}, title="Your order shipped", category="orders",
+                url="https://shop.example/orders/4471")
+    srv.publish({"users": ["ana"]}, title="<img src=x onerror=alert(1)>",
+                url="javascript:alert(1)")
+    for who in ["user_1", "user_2", "user_3"]:
+        srv.publish({"users": ["ana"]}, title=f"{who} liked your post", actor=who,
+                    group_key="post:7:likes", category="social")
+    page, inbox = _open(context, srv, "ana")
+    bell = inbox.locator("button.bell")
+    expect(inbox.locator(".badge")).to_have_text("3")   # the group entry counts once
+    expect(bell).to_have_attribute("aria-label", "Notifications, 3 unread")
+    expect(bell).to_have_attribute("aria-expanded", "false")
+
+    bell.click()
+    panel = inbox.locator("[role=dialog]")
+    expect(panel).to_be_visible()
+    expect(bell).to_have_attribute("aria-expanded", "true")
+    expect(_rows(inbox)).to_have_count(3)
+    titles = _rows(inbox).locator(".title")
+    expect(titles).to_have_text(["user_3 liked your post", "<img src=x onerror=alert(1)>",
+                                 "Your order shipped"])   # newest first
+    expect(_rows(inbox).first.locator(".group")).to_have_text("user_3 and 2 others")
+    assert inbox.locator("img").count() == 0                # a title is text, never markup
+    hostile = _rows(inbox).nth(1).locator(".main")
+    assert hostile.evaluate("e => e.tagName") == "BUTTON"   # javascript: is no link
+    expect(_rows(inbox).first.locator("time")).to_have_text("just now")
+
+    srv.publish({"users": ["ana"]}, title="Live one", body="arrived while open")
+    expect(titles.first).to_have_text("Live one")
+    expect(_rows(inbox).first).to_have_class(re.compile(r"\bunread\b"))
+    expect(inbox.locator(".badge")).to_have_text("4")
+
+    # another like updates the group row in place: still one row, newest member
+    srv.publish({"users": ["ana"]}, title="user_4 liked your post", actor="user_4",
+                group_key="post:7:likes", category="social")
+    expect(titles.first).to_have_text("user_4 liked your post")
+    expect(_rows(inbox).first.locator(".group")).to_have_text("user_4 and 3 others")
+    expect(_rows(inbox)).to_have_count(4)
+    expect(inbox.locator(".badge")).to_have_text("4")
+
+    # rows on screen are marked seen; reading them is the user's click
+    _wait_for(lambda: _states(srv, "ana")["Live one"] == "seen")
+    page.route("https://shop.example/**",
+               lambda r: r.fulfill(body="<h1 id=landed>order 4471</h1>", content_type="text/html"))
+    _rows(inbox).filter(has_text="Your order shipped").locator(".main").click()
+    expect(page.locator("#landed")).to_have_text("order 4471")   # the url, opened
+    assert _states(srv, "ana")["Your order shipped"] == "read"    # and marked read
+
+
+def test_mark_read_archive_tabs_and_mark_all_follow_other_devices(browser, tidings_server):
+    srv = tidings_server
+    for i in range(3):
+        srv.publish({"users": ["bo"]}, title=f"news {i}")
+    phone, laptop = browser.new_context(), browser.new_context()
+    try:
+        a_page, a = _open(phone, srv, "bo")
+        _, b = _open(laptop, srv, "bo")
+        expect(b.locator(".badge")).to_have_text("3")
+        a.locator("button.bell").click()
+        row = _rows(a).filter(has_text="news 1")
+        row.locator("[data-act=read]").click()
+        expect(row).not_to_have_class(re.compile(r"\bunread\b"))
+        expect(a.locator(".badge")).to_have_text("2")
+        expect(b.locator(".badge")).to_have_text("2")            # the laptop follows, live
+
+        _rows(a).filter(has_text="news 2").locator("[data-act=archive]").click()
+        expect(_rows(a)).to_have_count(2)
+        expect(b.locator(".badge")).to_have_text("1")
+        a.get_by_role("tab", name="Archived").click()
+        expect(a.get_by_role("tab", name="Archived")).to_have_attribute("aria-selected", "true")
+        expect(_rows(a).locator(".title")).to_have_text(["news 2"])
+        a.get_by_role("tab", name="Unread").click()
+        expect(_rows(a).locator(".title")).to_have_text(["news 0"])
+
+        a.locator("[part~=mark-all]").click()
+        expect(a.locator(".badge")).to_be_hidden()
+        expect(b.locator(".badge")).to_be_hidden()
+        expect(a.locator(".state")).to_have_text("No unread notifications.")
+        expect(a.locator("[part~=mark-all]")).to_be_disabled()
+        assert _states(srv, "bo") == {"news 0": "read", "news 1": "read", "news 2": "archived"}
+        assert a_page.title() == "Acme"
+    finally:
+        phone.close()
+        laptop.close()
+
+
+def test_infinite_scroll_and_a_tab_filtered_by_category(context, tidings_server):
+    srv = tidings_server
+    for i in range(45):
+        srv.publish({"users": ["cy"]}, title=f"item {i:02d}",
+                    category="ci" if i % 3 == 0 else "social")
+    _, inbox = _open(context, srv, "cy", page_size=10, tabs=[
+        {"label": "Everything"}, {"label": "CI", "category": "ci"}])
+    inbox.locator("button.bell").click()
+    scroller = inbox.locator(".scroller")
+    seen = []
+    for _ in range(10):       # scroll to the end, page after page
+        expect(inbox.locator(".feed")).to_have_attribute("aria-busy", "false")
+        seen.append(_rows(inbox).count())
+        if seen[-1] == 45:
+            break
+        scroller.evaluate("s => s.scrollTop = s.scrollHeight")
+        expect(_rows(inbox)).not_to_have_count(seen[-1])
+    assert seen[0] >= 10 and len(seen) > 2, seen   # it came in pages
+    titles = _rows(inbox).locator(".title").all_inner_texts()
+    assert titles == [f"item {i:02d}" for i in reversed(range(45))]   # newest first, each once
+    expect(inbox.locator(".more")).to_be_hidden()                     # the end
+
+    inbox.get_by_role("tab", name="CI").click()
+    expect(inbox.locator(".feed")).to_have_attribute("aria-busy", "false")
+    assert _rows(inbox).count() >= 10   # a page's worth of matches, read page by page
+    scroller.evaluate("s => s.scrollTop = s.scrollHeight")
+    expect(_rows(inbox)).to_have_count(15)
+    assert _rows(inbox).locator(".title").all_inner_texts() == [
+        f"item {i:02d}" for i in reversed(range(45)) if i % 3 == 0]
+
+
+def test_updated_and_deleted_apply_in_place(context, tidings_server):
+    srv = tidings_server
+    first = srv.publish({"users": ["di"]}, title="Meeting at 10:00")
+    second = srv.publish({"users": ["di"]}, title="Lunch?")
+    _, inbox = _open(context, srv, "di")
+    inbox.locator("button.bell").click()
+    expect(_rows(inbox)).to_have_count(2)
+    assert _api(srv, "PATCH", f"/v1/notifications/{first}",
+                json={"title": "Meeting moved to 11:00"}).status_code == 200
+    expect(_rows(inbox).locator(".title")).to_have_text(["Lunch?", "Meeting moved to 11:00"])
+    assert _api(srv, "DELETE", f"/v1/notifications/{second}").status_code in (200, 204)
+    expect(_rows(inbox).locator(".title")).to_have_text(["Meeting moved to 11:00"])
+
+
+def test_empty_offline_and_expired_states(browser, context, tidings_server):
+    srv = tidings_server
+    page, inbox = _open(context, srv, "eve")
+    inbox.locator("button.bell").click()
+    expect(inbox.locator("[part~=state-empty]")).to_have_text("You're all caught up.")
+    expect(inbox.locator("[part~=notice]")).to_be_hidden()
+
+    srv.stop()
+    notice = inbox.locator("[part~=notice-offline]")
+    expect(notice).to_contain_text("You're offline")
+    srv.start()
+    expect(notice).to_be_hidden(timeout=40_000)
+    srv.publish({"users": ["eve"]}, title="back online")
+    expect(_rows(inbox).locator(".title")).to_have_text(["back online"])
+
+    other = browser.new_context()
+    try:
+        _, bad = _open(other, srv, "eve", token=srv.token("eve", ttl=-60))
+        bad.locator("button.bell").click()
+        expect(bad.locator("[part~=notice-error]")).to_contain_text("Your session has ended")
+    finally:
+        other.close()
+
+
+def test_preferences_panel_saves_toggles_and_quiet_hours(context, tidings_server):
+    srv = tidings_server
+    assert _api(srv, "PUT", "/v1/users/fay/preferences",
+                json={"categories": {"billing": {"push": False}}}).status_code == 200
+    _, inbox = _open(context, srv, "fay", categories=["social", {"id": "ci", "label": "Builds"}])
+    inbox.locator("button.bell").click()
+    inbox.get_by_role("button", name="Preferences").click()
+    expect(inbox.locator("h2")).to_have_text("Preferences")
+    expect(inbox.locator("tbody th")).to_have_text(["social", "Builds", "billing"])
+    expect(inbox.get_by_label("billing: Push")).not_to_be_checked()
+    inbox.get_by_label("social: E-mail").uncheck()
+    inbox.get_by_label("Hold push and e-mail during quiet hours").check()
+    inbox.locator("input[name=start]").fill("21:30")
+    inbox.locator("input[name=end]").fill("06:45")
+    inbox.locator("input[name=tz]").fill("Europe/Paris")
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    prefs = _api(srv, "GET", "/v1/users/fay/preferences").json()
+    assert prefs == {"categories": {"billing": {"push": False}, "social": {"email": False},
+                                    "ci": {}},
+                     "quiet_hours": {"start": "21:30", "end": "06:45", "tz": "Europe/Paris"}}
+
+    inbox.locator("input[name=tz]").fill("Mars/Olympus")      # the server's 400, shown
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_contain_text("That didn't work")
+    inbox.get_by_role("button", name="Back to notifications").click()
+    expect(inbox.locator("h2")).to_have_text("Notifications")
+
+
+def test_keyboard_focus_trap_and_escape(context, tidings_server):
+    srv = tidings_server
+    for i in range(3):
+        srv.publish({"users": ["gus"]}, title=f"note {i}")
+    page, inbox = _open(context, srv, "gus")
+    expect(inbox.locator(".badge")).to_have_text("3")
+    inbox.locator("button.bell").focus()
+    page.keyboard.press("Enter")
+    tab_all = inbox.get_by_role("tab", name="All")
+    expect(tab_all).to_be_focused()                      # focus moves into the dialog
+    page.keyboard.press("ArrowRight")
+    expect(inbox.get_by_role("tab", name="Unread")).to_be_focused()
+    expect(inbox.get_by_role("tab", name="Unread")).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("ArrowLeft")
+    expect(tab_all).to_have_attribute("aria-selected", "true")
+    expect(_rows(inbox)).to_have_count(3)
+
+    inside = "e => e.shadowRoot.querySelector('[role=dialog]').contains(e.shadowRoot.activeElement)"
+    for _ in range(14):                                  # more stops than the dialog has
+        page.keyboard.press("Tab")
+        assert inbox.evaluate(inside), "focus left the dialog"
+    for _ in range(5):
+        page.keyboard.press("Shift+Tab")
+        assert inbox.evaluate(inside), "focus left the dialog"
+
+    _rows(inbox).first.locator(".main").focus()
+    page.keyboard.press("ArrowDown")
+    expect(_rows(inbox).nth(1).locator(".main")).to_be_focused()
+    page.keyboard.press("End")
+    expect(_rows(inbox).nth(2).locator(".main")).to_be_focused()
+    page.keyboard.press("Enter")                         # no url: opens = marks read
+    expect(inbox.locator(".badge")).to_have_text("2")
+    expect(_rows(inbox).nth(2).locator(".main")).to_be_focused()   # kept across the redraw
+
+    page.keyboard.press("Escape")
+    expect(inbox.locator("[role=dialog]")).to_be_hidden()
+    expect(inbox.locator("button.bell")).to_be_focused()
+    inbox.locator("button.bell").click()
+    page.mouse.click(20, 400)                            # a click outside closes it
+    expect(inbox.locator("[role=dialog]")).to_be_hidden()
+
+
+def test_locales_and_overridden_strings(context, tidings_server):
+    srv = tidings_server
+    srv.publish({"users": ["hal"]}, title="Bonjour")
+    page, inbox = _open(context, srv, "hal", locale="fr")
+    inbox.locator("button.bell").click()
+    expect(inbox.get_by_role("tab")).to_have_text(["Toutes", "Non lues", "Archivées"])
+    expect(inbox.locator("[part~=mark-all]")).to_have_text("Tout marquer comme lu")
+    expect(inbox.locator("time")).to_have_text("à l'instant")
+    expect(inbox.locator("button.bell")).to_have_attribute("aria-label",
+                                                           "Notifications, 1 non lue")
+    inbox.evaluate("e => e.setAttribute('locale', 'de')")
+    expect(inbox.get_by_role("tab")).to_have_text(["Alle", "Ungelesen", "Archiviert"])
+    expect(inbox.locator("[data-act=read]")).to_have_attribute(
+        "aria-label", "Als gelesen markieren: Bonjour")
+    inbox.evaluate("e => { e.strings = { tabAll: 'Alles da', markAllRead: 'Gelesen' } }")
+    expect(inbox.get_by_role("tab").first).to_have_text("Alles da")
+    expect(inbox.locator("[part~=mark-all]")).to_have_text("Gelesen")
+
+
+def test_the_element_inside_a_react_page(context, tidings_server):
+    srv = tidings_server
+    srv.publish({"users": ["ivy"]}, title="Welcome", url="https://app.example/welcome")
+    page = open_react(context, srv, srv.token("ivy"))
+    inbox = page.locator("tidings-inbox")
+    expect(inbox.locator(".badge")).to_have_text("1")    # getToken, set by React through a ref
+    client = inbox.evaluate_handle("e => e.client")
+    srv.publish({"users": ["ivy"]}, title="Second")
+    expect(inbox.locator(".badge")).to_have_text("2")
+    inbox.locator("button.bell").click()
+    _rows(inbox).filter(has_text="Welcome").locator(".main").click()
+    expect(page.locator("#opened")).to_have_text("opened: Welcome")   # React routed it
+    expect(inbox.locator(".badge")).to_have_text("1")
+    expect(inbox.locator("[role=dialog]")).to_be_hidden()   # opening an item closes the panel
+
+    page.locator("#french").click()                      # a React re-render with a new prop
+    inbox.locator("button.bell").click()
+    expect(inbox.get_by_role("tab").first).to_have_text("Toutes")
+    assert inbox.evaluate("(e, c) => e.client === c", client)   # the same connection

@@ -1,0 +1,426 @@
+/*! tidings-inbox-view.js: the DOM of <tidings-inbox>: building it, drawing the
+ * feed, the states and the preferences form. Apache-2.0.
+ *
+ * Mixed into the element's prototype by tidings-inbox.js, which holds the
+ * behaviour (the client, loading, live events, keyboard). Nothing here writes
+ * innerHTML: every title, body and name is data and goes in as text.
+ */
+(function (root, factory) {
+  if (typeof module === "object" && module.exports) {
+    module.exports = factory(root, require("./tidings-inbox-ui.js"));
+  } else {
+    root.TidingsInboxView = factory(root, root.TidingsInboxUI);
+  }
+})(typeof window !== "undefined" ? window : this, function (root, UI) {
+  "use strict";
+
+  function el(tag, attrs, children) {
+    var node = root.document.createElement(tag);
+    for (var k in attrs || {}) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    (children || []).forEach(function (c) { if (c) node.append(c); });
+    return node;
+  }
+
+  function text(s) { return root.document.createTextNode(s); }
+
+  function icon(name) {
+    var ns = "http://www.w3.org/2000/svg", svg = root.document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    var path = root.document.createElementNS(ns, "path");
+    path.setAttribute("d", UI.ICONS[name]);
+    svg.append(path);
+    return svg;
+  }
+
+  function fill(template, vars) {
+    return String(template).replace(/\{(\w+)\}/g, function (m, k) { return k in vars ? vars[k] : m; });
+  }
+
+  function parseJSON(value, what) {
+    if (!value) return null;
+    try { return JSON.parse(value); }
+    catch (e) { root.console.warn("tidings-inbox: the " + what + " attribute is not JSON", e); return null; }
+  }
+
+  // Only http(s) becomes a link: a notification's url is data, and a
+  // "javascript:" href would run it.
+  function safeUrl(url) {
+    if (!url) return null;
+    try {
+      var u = new URL(url, root.document.baseURI);
+      return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+    } catch (e) { return null; }
+  }
+
+  function isUnread(it) { return it.state === "unseen" || it.state === "seen"; }
+
+  var ALL_CHANNELS = ["in_app", "webhook", "push", "email"];
+  var DEFAULT_CHANNELS = ["in_app", "push", "email"];   // webhooks are the app's, not the user's
+
+  function label(node, s) { node.setAttribute("aria-label", s); node.title = s; }
+
+  // A constructed stylesheet, not a <style> element: pages with a strict
+  // Content-Security-Policy (style-src 'self', like tidings' own) allow it.
+  var sheet = null;
+  function adoptStyles(shadow) {
+    if (shadow.adoptedStyleSheets !== undefined && typeof root.CSSStyleSheet === "function") {
+      if (!sheet) { sheet = new root.CSSStyleSheet(); sheet.replaceSync(UI.CSS); }
+      shadow.adoptedStyleSheets = [sheet];
+    } else {
+      shadow.append(el("style", { text: UI.CSS }));
+    }
+  }
+
+  var methods = {
+    _build: function (shadow) {
+      var self = this;
+      adoptStyles(shadow);
+      this.$badge = el("span", { class: "badge", part: "badge", "aria-hidden": "true", hidden: true });
+      this.$bell = el("button", { type: "button", class: "bell", part: "bell", "aria-haspopup": "dialog",
+                                  "aria-expanded": "false", "aria-controls": "panel" },
+                      [icon("bell"), this.$badge]);
+      this.$back = el("button", { type: "button", class: "icon", part: "back", "data-act": "back",
+                                  hidden: true }, [icon("back")]);
+      this.$title = el("h2", { id: "title", part: "title" });
+      this.$markAll = el("button", { type: "button", class: "link", part: "mark-all",
+                                     "data-act": "mark-all" });
+      this.$prefsBtn = el("button", { type: "button", class: "icon", part: "preferences-button",
+                                      "data-act": "prefs" }, [icon("gear")]);
+      this.$close = el("button", { type: "button", class: "icon", part: "close", "data-act": "close" },
+                       [icon("close")]);
+      this.$tablist = el("div", { class: "tabs", part: "tabs", role: "tablist" });
+      this.$note = el("p", { class: "note", part: "notice", role: "status" });
+      this.$feed = el("ul", { class: "feed", part: "feed", role: "list" });
+      this.$state = el("div", { class: "state", part: "state", hidden: true });
+      this.$more = el("div", { class: "more", part: "more" });
+      this.$scroller = el("div", { class: "scroller", part: "scroller", role: "tabpanel", id: "tabpanel" },
+                          [this.$feed, this.$state, this.$more]);
+      this.$form = el("form", { class: "form", part: "preferences", hidden: true });
+      var head = el("div", { class: "head", part: "header" },
+                    [this.$back, this.$title, this.$markAll, this.$prefsBtn, this.$close]);
+      this.$panel = el("div", { class: "panel", part: "panel", id: "panel", role: "dialog",
+                                "aria-modal": "true", "aria-labelledby": "title", hidden: true },
+                       [head, this.$tablist, this.$note, this.$scroller, this.$form]);
+      shadow.append(this.$bell, this.$panel);
+
+      this.$bell.addEventListener("click", function () { self.toggle(); });
+      this.$panel.addEventListener("click", function (e) { self._onClick(e); });
+      shadow.addEventListener("keydown", function (e) { self._onKey(e); });
+      this.$form.addEventListener("submit", function (e) { self._savePrefs(e); });
+      this._onOutside = function (e) { if (e.composedPath().indexOf(self) < 0) self.open = false; };
+      if (typeof root.IntersectionObserver === "function") {
+        this._seenIO = new root.IntersectionObserver(function (entries) { self._onRowsSeen(entries); },
+                                                     { root: this.$scroller, threshold: 0.5 });
+        new root.IntersectionObserver(function () { self._checkMore(); },
+                                      { root: this.$scroller, rootMargin: "0px 0px 200px 0px" })
+          .observe(this.$more);
+      }
+    },
+
+    // After a change of locale, strings or tabs: every row is drawn again.
+    _renderAll: function () {
+      this._rows = new Map();
+      this._render();
+      if (this._view === "prefs") this._renderForm();
+    },
+
+    _render: function () {
+      if (!this._tabs.length) return;
+      var S = this._s(), prefs = this._view === "prefs";
+      this._renderBell();
+      this.$title.textContent = prefs ? S.prefsTitle : S.title;
+      this.$back.hidden = !prefs;
+      label(this.$back, S.back);
+      label(this.$prefsBtn, S.preferences);
+      label(this.$close, S.close);
+      this.$markAll.hidden = prefs;
+      this.$markAll.textContent = S.markAllRead;
+      this.$prefsBtn.hidden = prefs || this.hasAttribute("no-preferences");
+      this.$tablist.hidden = prefs || this._tabs.length < 2;
+      this.$tablist.setAttribute("aria-label", S.title);
+      this.$scroller.hidden = prefs;
+      this.$form.hidden = !prefs;
+      this._renderTabs();
+      this._renderFeed();
+      this._renderState();
+      this._renderNote();
+      this._checkMore();
+    },
+
+    _renderBell: function () {
+      var n = this._counts.unread || 0;
+      this.$badge.hidden = n <= 0;
+      this.$badge.textContent = n > 99 ? "99+" : String(n);
+      this.$bell.setAttribute("aria-label", n > 0 ? this._plural("bellUnread", n) : this._s().bell);
+      this.$markAll.disabled = n <= 0;
+    },
+
+    // Tab buttons are updated in place, so the one with focus keeps it.
+    _renderTabs: function () {
+      var self = this, S = this._s(), list = this.$tablist;
+      while (list.children.length > this._tabs.length) list.lastElementChild.remove();
+      this._tabs.forEach(function (tab, i) {
+        var b = list.children[i] || list.appendChild(el("button", {
+          type: "button", role: "tab", class: "tab", id: "tab-" + i, "aria-controls": "tabpanel",
+          "data-tab": String(i) }));
+        var selected = i === self._active;
+        b.textContent = tab.def.label || S[tab.def.key] || "";
+        b.setAttribute("aria-selected", String(selected));
+        b.setAttribute("part", selected ? "tab tab-selected" : "tab");
+        b.tabIndex = selected ? 0 : -1;
+      });
+      this.$scroller.setAttribute("aria-labelledby", "tab-" + this._active);
+    },
+
+    // Rows are keyed by id and reused while unchanged; only new, changed and
+    // removed rows touch the DOM, so scrolling and focus survive live updates.
+    _renderFeed: function () {
+      var self = this, tab = this._tab(), feed = this.$feed, focus = this._focusKey();
+      var items = Array.from(tab.items.values()).sort(function (a, b) { return a.id < b.id ? 1 : -1; });
+      var rows = new Map();
+      var wanted = items.map(function (it) {
+        var sig = it.state + "|" + it.v, old = self._rows.get(it.id);
+        var li = old && old.sig === sig ? old.li : self._row(it);
+        rows.set(it.id, { sig: sig, li: li });
+        return li;
+      });
+      this._rows = rows;
+      var keep = new Set(wanted), cursor = feed.firstElementChild, next;
+      wanted.forEach(function (li) {
+        while (cursor && !keep.has(cursor)) { next = cursor.nextElementSibling; cursor.remove(); cursor = next; }
+        if (li === cursor) cursor = cursor.nextElementSibling;
+        else feed.insertBefore(li, cursor);
+      });
+      while (cursor) { next = cursor.nextElementSibling; cursor.remove(); cursor = next; }
+      this._restoreFocus(focus);
+    },
+
+    _row: function (it) {
+      var S = this._s(), n = it.notification, unread = isUnread(it), href = safeUrl(n.url);
+      var li = el("li", { class: "item " + it.state + (unread ? " unread" : "") + (it.arrived ? " arrived" : ""),
+                          part: "item" + (unread ? " item-unread" : ""), "data-id": it.id });
+      li.addEventListener("animationend", function () { li.classList.remove("arrived"); });
+      it.arrived = false;                             // slide in once
+      var main = el(href ? "a" : "button", { class: "main", part: "item-link", "data-act": "open",
+                                             href: href, type: href ? null : "button" });
+      if (unread) main.append(el("span", { class: "sr", text: S.unread + ": " }));
+      main.append(el("span", { class: "title", part: "item-title", text: n.title || "" }));
+      if (it.group && it.group.count > 1) {
+        main.append(el("span", { class: "group", part: "item-group", text: this._groupText(it.group) }));
+      }
+      if (n.body) main.append(el("span", { class: "body", part: "item-body", text: n.body }));
+      var when = new Date(Date.parse(n.created_at));
+      main.append(el("span", { class: "meta" }, [el("time", {
+        part: "item-time", datetime: n.created_at, text: this._ago(n.created_at),
+        title: isFinite(when) ? when.toLocaleString(this._locale()) : null })]));
+      var actions = el("span", { class: "actions" });
+      if (unread) actions.append(this._action("read", S.markRead, n.title, "check"));
+      if (it.state !== "archived") actions.append(this._action("archive", S.archive, n.title, "archive"));
+      li.append(el("span", { class: "dot", part: "dot", "aria-hidden": "true" }), main, actions);
+      if (it.state === "unseen" && this._seenIO) this._seenIO.observe(li);
+      return li;
+    },
+
+    _action: function (act, name, title, iconName) {
+      return el("button", { type: "button", class: "icon", part: "action action-" + act, "data-act": act,
+                            "aria-label": name + (title ? ": " + title : ""), title: name }, [icon(iconName)]);
+    },
+
+    _focusKey: function () {
+      var a = this.shadowRoot.activeElement, li = a && a.closest ? a.closest("li[data-id]") : null;
+      if (!li) return null;
+      return { node: a, id: li.dataset.id, act: a.dataset.act,
+               index: Array.prototype.indexOf.call(this.$feed.children, li) };
+    },
+
+    // A row drawn again (its state moved) or gone (archived): focus goes to the
+    // same control of its new row, else to the row now in its place.
+    _restoreFocus: function (k) {
+      if (!k || k.node.isConnected) return;
+      var rows = this.$feed.children;
+      var li = this.$feed.querySelector('li[data-id="' + k.id + '"]') ||
+               rows[Math.min(k.index, rows.length - 1)];
+      var target = li && (li.querySelector('[data-act="' + k.act + '"]') || li.querySelector(".main"));
+      (target || this.$tablist.querySelector("[aria-selected=true]") || this.$close).focus();
+    },
+
+    _renderState: function () {
+      var tab = this._tab(), S = this._s(), say = "", kind = "", retry = false;
+      if (!tab.items.size && !(this._fatal && !tab.loaded)) {
+        if (!tab.loaded && tab.error && !tab.busy) { say = S.error; kind = "error"; retry = true; }
+        else if (!tab.loaded) { say = S.loading; kind = "loading"; }
+        else {
+          kind = "empty";
+          say = tab.def.empty || (tab.def.state === "unread" ? S.emptyUnread
+                                  : tab.def.state === "archived" ? S.emptyArchived : S.empty);
+        }
+      }
+      var st = this.$state;
+      st.hidden = !say;
+      st.setAttribute("part", "state" + (kind ? " state-" + kind : ""));
+      if (st.dataset.say !== say + retry) {
+        st.dataset.say = say + retry;
+        st.replaceChildren(el("p", { text: say }));
+        if (retry) st.append(el("button", { type: "button", "data-act": "retry", text: S.retry }));
+      }
+      this.$feed.setAttribute("aria-busy", String(!tab.loaded || tab.more));
+      var more = this.$more;
+      more.hidden = !tab.loaded || !tab.next;
+      more.replaceChildren();
+      if (tab.more) more.append(el("span", { text: S.loadingMore }));
+      else if (tab.moreError) {
+        more.append(el("button", { type: "button", class: "link", "data-act": "retry-more", text: S.retry }));
+      }
+    },
+
+    _renderNote: function () {
+      var S = this._s(), say = "", kind = "";
+      if (this._fatal) { say = this._fatal.code === 4401 ? S.expired : S.error; kind = "error"; }
+      else if (this._flash) { say = this._flash; kind = "error"; }
+      else if (this._offline || (root.navigator && root.navigator.onLine === false)) {
+        say = S.offline;
+        kind = "offline";
+      }
+      if (this.$note.textContent !== say) this.$note.textContent = say;
+      this.$note.className = "note" + (kind ? " " + kind : "");
+      this.$note.setAttribute("part", "notice" + (kind ? " notice-" + kind : ""));
+    },
+
+    // -- preferences ------------------------------------------------------------------
+    _openPrefs: function () {
+      var self = this;
+      this._view = "prefs";
+      this._prefs = null;
+      this._prefsError = null;
+      this._render();
+      this._renderForm();
+      this.$back.focus();
+      if (!this._client) return;
+      this._client.preferences().then(function (p) {
+        self._prefs = p || {};
+        self._renderForm();
+      }, function (err) {
+        self._prefsError = err;
+        self._renderForm();
+      });
+    },
+
+    // Categories: the `categories` attribute, then those the user has preferences
+    // for, then those in the loaded feed.
+    _categories: function (prefs) {
+      var S = this._s(), out = [], seen = new Set();
+      function add(id, name) {
+        if (typeof id !== "string" || seen.has(id)) return;
+        seen.add(id);
+        out.push({ id: id, label: name || S["category_" + id] || id });
+      }
+      var listed = parseJSON(this.getAttribute("categories"), "categories");
+      (Array.isArray(listed) ? listed : []).forEach(function (c) {
+        if (typeof c === "string") add(c);
+        else if (c) add(c.id, c.label);
+      });
+      Object.keys(prefs.categories || {}).forEach(function (id) { add(id); });
+      if (!out.length) {
+        this._tabs.forEach(function (t) {
+          t.items.forEach(function (it) { add(it.notification.category || "default"); });
+        });
+      }
+      if (!out.length) add("default");
+      return out;
+    },
+
+    _channels: function () {
+      var listed = parseJSON(this.getAttribute("channels"), "channels");
+      var ok = (Array.isArray(listed) ? listed : []).filter(function (c) {
+        return ALL_CHANNELS.indexOf(c) >= 0;
+      });
+      return ok.length ? ok : DEFAULT_CHANNELS;
+    },
+
+    _renderForm: function () {
+      var S = this._s(), f = this.$form, prefs = this._prefs;
+      if (!prefs) {
+        f.replaceChildren(el("p", { class: "state", part: "state", text: this._prefsError ? S.error : S.loading }));
+        return;
+      }
+      var chans = this._channels();
+      var head = el("tr", {}, [el("th", { scope: "col", text: S.category })].concat(chans.map(function (c) {
+        return el("th", { scope: "col", text: S["channel_" + c] || c });
+      })));
+      var body = this._categories(prefs).map(function (cat) {
+        var mine = (prefs.categories || {})[cat.id] || {};
+        return el("tr", {}, [el("th", { scope: "row", text: cat.label })].concat(chans.map(function (ch) {
+          return el("td", {}, [el("input", {
+            type: "checkbox", "data-cat": cat.id, "data-ch": ch, checked: mine[ch] !== false,
+            "aria-label": cat.label + ": " + (S["channel_" + ch] || ch) })]);
+        })));
+      });
+      var q = prefs.quiet_hours;
+      var zone = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC";
+      var on = el("input", { type: "checkbox", name: "quiet", checked: !!q });
+      var fields = [
+        el("input", { type: "time", name: "start", value: q ? q.start : "22:00", required: true }),
+        el("input", { type: "time", name: "end", value: q ? q.end : "07:00", required: true }),
+        el("input", { type: "text", name: "tz", value: q ? q.tz : zone, list: "zones", autocomplete: "off",
+                      spellcheck: "false" }),
+      ];
+      function sync() { fields.forEach(function (x) { x.disabled = !on.checked; }); }
+      on.addEventListener("change", sync);
+      sync();
+      if (!this._zones && typeof Intl.supportedValuesOf === "function") {
+        this._zones = el("datalist", { id: "zones" }, Intl.supportedValuesOf("timeZone").map(function (z) {
+          return el("option", { value: z });
+        }));
+      }
+      this.$saved = el("span", { class: "saved", role: "status" });
+      f.replaceChildren(
+        el("table", { part: "preferences-table" }, [el("thead", {}, [head]), el("tbody", {}, body)]),
+        el("fieldset", { part: "quiet-hours" }, [
+          el("legend", { text: S.quietHours }),
+          el("label", {}, [on, text(S.quietOn)]),
+          el("div", { class: "row" }, [
+            el("label", {}, [text(S.quietFrom), fields[0]]),
+            el("label", {}, [text(S.quietTo), fields[1]]),
+            el("label", {}, [text(S.timeZone), fields[2]]),
+          ]),
+          el("p", { class: "hint", text: S.quietHint }),
+          this._zones || null,
+        ]),
+        el("div", { class: "buttons" }, [el("button", { type: "submit", part: "save", text: S.save }), this.$saved]));
+    },
+
+    _savePrefs: function (e) {
+      e.preventDefault();
+      if (!this._prefs || !this._client) return;
+      var self = this, S = this._s(), f = this.$form, out = { categories: {} };
+      var mine = this._prefs.categories || {};
+      // keep what the form does not show: other categories, other channels
+      Object.keys(mine).forEach(function (k) { out.categories[k] = Object.assign({}, mine[k]); });
+      f.querySelectorAll("input[data-cat]").forEach(function (box) {
+        var cat = out.categories[box.dataset.cat] = out.categories[box.dataset.cat] || {};
+        cat[box.dataset.ch] = box.checked;
+      });
+      var el2 = f.elements;
+      out.quiet_hours = el2.quiet.checked
+        ? { start: el2.start.value, end: el2.end.value, tz: el2.tz.value.trim() || "UTC" } : null;
+      var button = f.querySelector("button[type=submit]");
+      button.disabled = true;
+      this.$saved.textContent = S.saving;
+      this._client.setPreferences(out).then(function (saved) {
+        self._prefs = saved || out;
+        self.$saved.textContent = S.saved;
+      }, function (err) {
+        self.$saved.textContent = fill(S.actionFailed, { message: err.message || String(err) });
+      }).then(function () { button.disabled = false; });
+    },
+  };
+
+  return { el: el, fill: fill, parseJSON: parseJSON, isUnread: isUnread, methods: methods };
+});
