@@ -1,12 +1,7 @@
 """Host pages for the ``<tidings-inbox>`` browser tests: a plain HTML page and a
-React page, each loading ``/tidings-inbox.js`` from the server under test.
-
-The pages are answered by Playwright (``page.route``) at a URL of the server's
-own origin: tidings sends no CORS headers yet, so the inbox's API calls and its
-SSE fallback need the page there (docs/inbox.md says so). A page answered by
-Playwright has no network address of its own, so Chromium's Local Network
-Access checks would count it as public and block its requests to 127.0.0.1;
-the browser for these tests runs with those checks off (``BROWSER_ARGS``).
+React page, each on its own origin (a static site on another loopback port),
+loading ``/tidings-inbox.js`` from the server under test and talking to it
+across origins (CORS, tidings/api/cors.py).
 
 React comes from the npm registry: ``react_umd()`` installs react and react-dom
 18 (their UMD builds need no bundler) once into a cache directory.
@@ -15,18 +10,18 @@ React comes from the npm registry: ``react_umd()`` installs react and react-dom
 from __future__ import annotations
 
 import html
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
-from tests.browser.conftest import CHROMIUM_ARGS
+from tests.browser.conftest import _free_port
 from tests.services import missing
 
-BROWSER_ARGS = [*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"]
 REACT_VERSION = "18.3.1"
-PAGE_PATH = "/test-host/"  # a path the server does not serve: Playwright answers it
 
 _PLAIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Acme</title>
@@ -92,13 +87,34 @@ def attr(name: str, value) -> str:
     return f'{name}="{html.escape(text)}"'
 
 
-def open_plain(context, server, attrs: str = "", dark: bool = False):
-    """A page on the server's origin with one <tidings-inbox> in its header."""
+class Site:
+    """A static site on its own loopback port: another origin than tidings'."""
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        handler = lambda *a: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+            *a, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", _free_port()), handler)
+        self.origin = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._pages = 0
+
+    def add(self, name: str, body: str) -> str:
+        self._pages += 1
+        name = f"{self._pages}-{name}"
+        (self.root / name).write_text(body)
+        return f"{self.origin}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def open_plain(context, site: Site, server, attrs: str = "", dark: bool = False):
+    """A page of ``site`` with one <tidings-inbox> in its header."""
     page = context.new_page()
-    body = plain_page(server.url, attrs, dark)
-    page.route(server.url + PAGE_PATH + "**",
-               lambda route: route.fulfill(body=body, content_type="text/html"))
-    page.goto(server.url + PAGE_PATH + "plain.html")
+    page.goto(site.add("plain.html", plain_page(server.url, attrs, dark)))
     return page
 
 
@@ -122,24 +138,14 @@ def react_umd() -> Path:
     return umd
 
 
-def open_react(context, server, token: str):
-    page = context.new_page()
+def open_react(context, site: Site, server, token: str):
     umd = react_umd()
-    base = server.url + PAGE_PATH
-    files = {
-        "react.js": umd / "react" / "umd" / "react.production.min.js",
-        "react-dom.js": umd / "react-dom" / "umd" / "react-dom.production.min.js",
-    }
-    body = _REACT.format(page=base, server=html.escape(server.url),
-                         server_json=json.dumps(server.url), token_json=json.dumps(token))
-
-    def answer(route):
-        name = route.request.url[len(base):]
-        if name in files:
-            route.fulfill(path=str(files[name]), content_type="text/javascript")
-        else:
-            route.fulfill(body=body, content_type="text/html")
-
-    page.route(base + "**", answer)
-    page.goto(base + "react.html")
+    for name, src in (("react.js", umd / "react" / "umd" / "react.production.min.js"),
+                      ("react-dom.js", umd / "react-dom" / "umd" / "react-dom.production.min.js")):
+        if not (site.root / name).exists():
+            shutil.copyfile(src, site.root / name)
+    page = context.new_page()
+    page.goto(site.add("react.html", _REACT.format(
+        page=site.origin + "/", server=html.escape(server.url),
+        server_json=json.dumps(server.url), token_json=json.dumps(token))))
     return page

@@ -12,24 +12,15 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import CHROMIUM, _require_chromium
-from tests.browser.inbox_pages import BROWSER_ARGS, attr, open_plain, open_react
+from tests.browser.inbox_pages import Site, attr, open_plain, open_react
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """The browser of tests/browser/conftest.py, able to reach 127.0.0.1 from a
-    page Playwright answers (see tests/browser/inbox_pages.py)."""
-    _require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    expect.set_options(timeout=15_000)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+@pytest.fixture
+def site(tmp_path):
+    """The app's frontend, on an origin of its own."""
+    s = Site(tmp_path / "site")
+    yield s
+    s.close()
 
 
 def _api(server, method: str, path: str, **kw) -> httpx.Response:
@@ -50,9 +41,9 @@ def _wait_for(check, seconds: float = 15) -> None:
         time.sleep(0.1)
 
 
-def _open(context, server, user: str, **attrs):
+def _open(context, site, server, user: str, **attrs):
     attrs.setdefault("token", server.token(user))
-    page = open_plain(context, server,
+    page = open_plain(context, site, server,
                       " ".join(attr(k.replace("_", "-"), v) for k, v in attrs.items()))
     return page, page.locator("tidings-inbox")
 
@@ -61,16 +52,16 @@ def _rows(inbox):
     return inbox.locator("li.item")
 
 
-def test_bell_feed_groups_live_arrival_and_click_to_open(context, tidings_server):
+def test_bell_feed_groups_live_arrival_and_click_to_open(context, site, tidings_server):
     srv = tidings_server
     srv.publish({"users": ["ana"]}, title="Your order shipped", category="orders",
                 url="https://shop.example/orders/4471")
-    srv.publish({"users": ["ana"]}, title="<img src=x onerror=alert(1)>",
-                url="javascript:alert(1)")
+    srv.publish({"users": ["ana"]}, title="<img src=x onerror=alert(1)>")
     for who in ["user_1", "user_2", "user_3"]:
         srv.publish({"users": ["ana"]}, title=f"{who} liked your post", actor=who,
                     group_key="post:7:likes", category="social")
-    page, inbox = _open(context, srv, "ana")
+    page, inbox = _open(context, site, srv, "ana")
+    assert page.url.startswith(site.origin) and site.origin != srv.url   # across origins
     bell = inbox.locator("button.bell")
     expect(inbox.locator(".badge")).to_have_text("3")   # the group entry counts once
     expect(bell).to_have_attribute("aria-label", "Notifications, 3 unread")
@@ -86,8 +77,9 @@ def test_bell_feed_groups_live_arrival_and_click_to_open(context, tidings_server
                                  "Your order shipped"])   # newest first
     expect(_rows(inbox).first.locator(".group")).to_have_text("user_3 and 2 others")
     assert inbox.locator("img").count() == 0                # a title is text, never markup
-    hostile = _rows(inbox).nth(1).locator(".main")
-    assert hostile.evaluate("e => e.tagName") == "BUTTON"   # javascript: is no link
+    assert _rows(inbox).nth(1).locator(".main").evaluate("e => e.tagName") == "BUTTON"  # no url
+    assert _rows(inbox).nth(2).locator(".main").get_attribute("href") == \
+        "https://shop.example/orders/4471"
     expect(_rows(inbox).first.locator("time")).to_have_text("just now")
 
     srv.publish({"users": ["ana"]}, title="Live one", body="arrived while open")
@@ -112,14 +104,14 @@ def test_bell_feed_groups_live_arrival_and_click_to_open(context, tidings_server
     assert _states(srv, "ana")["Your order shipped"] == "read"    # and marked read
 
 
-def test_mark_read_archive_tabs_and_mark_all_follow_other_devices(browser, tidings_server):
+def test_mark_read_archive_tabs_and_mark_all_follow_other_devices(browser, site, tidings_server):
     srv = tidings_server
     for i in range(3):
         srv.publish({"users": ["bo"]}, title=f"news {i}")
     phone, laptop = browser.new_context(), browser.new_context()
     try:
-        a_page, a = _open(phone, srv, "bo")
-        _, b = _open(laptop, srv, "bo")
+        a_page, a = _open(phone, site, srv, "bo")
+        _, b = _open(laptop, site, srv, "bo")
         expect(b.locator(".badge")).to_have_text("3")
         a.locator("button.bell").click()
         row = _rows(a).filter(has_text="news 1")
@@ -149,12 +141,12 @@ def test_mark_read_archive_tabs_and_mark_all_follow_other_devices(browser, tidin
         laptop.close()
 
 
-def test_infinite_scroll_and_a_tab_filtered_by_category(context, tidings_server):
+def test_infinite_scroll_and_a_tab_filtered_by_category(context, site, tidings_server):
     srv = tidings_server
     for i in range(45):
         srv.publish({"users": ["cy"]}, title=f"item {i:02d}",
                     category="ci" if i % 3 == 0 else "social")
-    _, inbox = _open(context, srv, "cy", page_size=10, tabs=[
+    _, inbox = _open(context, site, srv, "cy", page_size=10, tabs=[
         {"label": "Everything"}, {"label": "CI", "category": "ci"}])
     inbox.locator("button.bell").click()
     scroller = inbox.locator(".scroller")
@@ -180,11 +172,11 @@ def test_infinite_scroll_and_a_tab_filtered_by_category(context, tidings_server)
         f"item {i:02d}" for i in reversed(range(45)) if i % 3 == 0]
 
 
-def test_updated_and_deleted_apply_in_place(context, tidings_server):
+def test_updated_and_deleted_apply_in_place(context, site, tidings_server):
     srv = tidings_server
     first = srv.publish({"users": ["di"]}, title="Meeting at 10:00")
     second = srv.publish({"users": ["di"]}, title="Lunch?")
-    _, inbox = _open(context, srv, "di")
+    _, inbox = _open(context, site, srv, "di")
     inbox.locator("button.bell").click()
     expect(_rows(inbox)).to_have_count(2)
     assert _api(srv, "PATCH", f"/v1/notifications/{first}",
@@ -194,9 +186,9 @@ def test_updated_and_deleted_apply_in_place(context, tidings_server):
     expect(_rows(inbox).locator(".title")).to_have_text(["Meeting moved to 11:00"])
 
 
-def test_empty_offline_and_expired_states(browser, context, tidings_server):
+def test_empty_offline_and_expired_states(browser, context, site, tidings_server):
     srv = tidings_server
-    page, inbox = _open(context, srv, "eve")
+    page, inbox = _open(context, site, srv, "eve")
     inbox.locator("button.bell").click()
     expect(inbox.locator("[part~=state-empty]")).to_have_text("You're all caught up.")
     expect(inbox.locator("[part~=notice]")).to_be_hidden()
@@ -211,18 +203,19 @@ def test_empty_offline_and_expired_states(browser, context, tidings_server):
 
     other = browser.new_context()
     try:
-        _, bad = _open(other, srv, "eve", token=srv.token("eve", ttl=-60))
+        _, bad = _open(other, site, srv, "eve", token=srv.token("eve", ttl=-60))
         bad.locator("button.bell").click()
         expect(bad.locator("[part~=notice-error]")).to_contain_text("Your session has ended")
     finally:
         other.close()
 
 
-def test_preferences_panel_saves_toggles_and_quiet_hours(context, tidings_server):
+def test_preferences_panel_saves_toggles_and_quiet_hours(context, site, tidings_server):
     srv = tidings_server
     assert _api(srv, "PUT", "/v1/users/fay/preferences",
                 json={"categories": {"billing": {"push": False}}}).status_code == 200
-    _, inbox = _open(context, srv, "fay", categories=["social", {"id": "ci", "label": "Builds"}])
+    _, inbox = _open(context, site, srv, "fay",
+                     categories=["social", {"id": "ci", "label": "Builds"}])
     inbox.locator("button.bell").click()
     inbox.get_by_role("button", name="Preferences").click()
     expect(inbox.locator("h2")).to_have_text("Preferences")
@@ -247,11 +240,11 @@ def test_preferences_panel_saves_toggles_and_quiet_hours(context, tidings_server
     expect(inbox.locator("h2")).to_have_text("Notifications")
 
 
-def test_keyboard_focus_trap_and_escape(context, tidings_server):
+def test_keyboard_focus_trap_and_escape(context, site, tidings_server):
     srv = tidings_server
     for i in range(3):
         srv.publish({"users": ["gus"]}, title=f"note {i}")
-    page, inbox = _open(context, srv, "gus")
+    page, inbox = _open(context, site, srv, "gus")
     expect(inbox.locator(".badge")).to_have_text("3")
     inbox.locator("button.bell").focus()
     page.keyboard.press("Enter")
@@ -289,10 +282,10 @@ def test_keyboard_focus_trap_and_escape(context, tidings_server):
     expect(inbox.locator("[role=dialog]")).to_be_hidden()
 
 
-def test_locales_and_overridden_strings(context, tidings_server):
+def test_locales_and_overridden_strings(context, site, tidings_server):
     srv = tidings_server
     srv.publish({"users": ["hal"]}, title="Bonjour")
-    page, inbox = _open(context, srv, "hal", locale="fr")
+    page, inbox = _open(context, site, srv, "hal", locale="fr")
     inbox.locator("button.bell").click()
     expect(inbox.get_by_role("tab")).to_have_text(["Toutes", "Non lues", "Archivées"])
     expect(inbox.locator("[part~=mark-all]")).to_have_text("Tout marquer comme lu")
@@ -308,10 +301,10 @@ def test_locales_and_overridden_strings(context, tidings_server):
     expect(inbox.locator("[part~=mark-all]")).to_have_text("Gelesen")
 
 
-def test_the_element_inside_a_react_page(context, tidings_server):
+def test_the_element_inside_a_react_page(context, site, tidings_server):
     srv = tidings_server
     srv.publish({"users": ["ivy"]}, title="Welcome", url="https://app.example/welcome")
-    page = open_react(context, srv, srv.token("ivy"))
+    page = open_react(context, site, srv, srv.token("ivy"))
     inbox = page.locator("tidings-inbox")
     expect(inbox.locator(".badge")).to_have_text("1")    # getToken, set by React through a ref
     client = inbox.evaluate_handle("e => e.client")

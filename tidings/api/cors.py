@@ -1,5 +1,5 @@
 """CORS for what a browser page on another origin calls: the client API, the
-SSE stream, the push key, token minting and ``/tidings.js``.
+SSE stream, the push key, token minting, ``/tidings.js`` and ``/tidings-inbox.js``.
 
 The normal deployment puts the app's frontend on its own origin
 (``app.example.com``) and tidings on another (``notify.example.com``).  The
@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Paths a page on another origin may call (matched on the raw path).
 _PATHS = re.compile(r"^/v1/me(/|$)|^/v1/push/vapid-public-key$|^/v1/users/[^/]+/tokens$"
-                    r"|^/tidings\.js$")
+                    r"|^/tidings\.js$|^/tidings-inbox\.js$")
 ALLOW_METHODS = "GET, POST, PUT, DELETE"
 # What tidings.js and the client API send: the token, JSON bodies, and the
 # SSE resume header (an EventSource never sets it on the first request, but a
