@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 from starlette.convertors import Convertor, register_url_convertor
@@ -24,6 +25,8 @@ from tidings.core.models import (
 from tidings.errors import Invalid, NotFound, TidingsError
 
 _IDEMPOTENCY_MAX = 255
+_INTERNAL = {"error": {"code": "internal", "message": "internal error"}}
+log = logging.getLogger("tidings.api")
 
 
 class _UserConvertor(Convertor):
@@ -41,6 +44,14 @@ class _UserConvertor(Convertor):
 
 
 register_url_convertor("user", _UserConvertor())
+
+
+def batch_item_key(key: str | None, i: int) -> str | None:
+    """Item ``i``'s key in a batch keyed ``key``.  U+001F can never be part
+    of a key sent in the header (printable characters only), so the items'
+    keys and single publishes' keys never meet: a single publish keyed
+    "K#0" is not item 0 of the batch keyed "K"."""
+    return None if key is None else f"{key}\x1f{i}"
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -97,9 +108,14 @@ async def publish_batch(request: Request):
     async def one(i: int, raw: msgspec.Raw):
         try:
             req = decode(bytes(raw), PublishRequest)
-            return await service.publish(app, req, f"{key}#{i}" if key else None)
+            return await service.publish(app, req, batch_item_key(key, i))
         except TidingsError as exc:
             return {"status": "error", **exc.to_dict()}
+        except Exception:
+            # One result per item, always: the others may be committed, so a
+            # 500 for the whole batch would make the client publish them twice.
+            log.exception("batch item %d failed", i)
+            return {"status": "error", **_INTERNAL}
 
     # Concurrent submissions land in the store's same group commit.
     results = await asyncio.gather(*(one(i, r) for i, r in enumerate(batch.notifications)))

@@ -60,6 +60,14 @@ def _token_digest(token: str) -> bytes:
     return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
 
+def _fingerprint(req: PublishRequest) -> str:
+    """What a publish asked for, for telling a retry from a reused key: the
+    request re-encoded with sorted keys and defaults left out, so the same
+    notification written differently (spacing, key order) is the same."""
+    canonical = msgspec.json.encode(req, order="deterministic")
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
 
@@ -208,6 +216,7 @@ class Service:
         return NewNotification(
             id=nid, category=req.category, body=body, created_at=now, expires_at=expires_at,
             users=to.users, topic=to.topic, all=bool(to.all), idempotency_key=idem_key,
+            fingerprint="" if idem_key is None else _fingerprint(req),
             group_key=req.group_key, deliver_at=deliver_at,
         )
 
@@ -241,6 +250,10 @@ class Service:
             app_id, item, fanout_threshold=self.settings.fanout_threshold,
             window=self.settings.limits.idempotency_window,
         )
+        if out.status == "duplicate" and out.fingerprint not in ("", item.fingerprint):
+            # Answering "duplicate" here would lose this notification for good.
+            raise Invalid("this Idempotency-Key was used for another notification in the "
+                          "last 24 hours", field="Idempotency-Key", code="idempotency_key_reused")
         if out.status == "accepted":
             self._announce(app_id, out)
         elif out.status == "scheduled" and item.deliver_at is not None:

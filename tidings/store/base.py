@@ -15,7 +15,8 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   changes while their history is kept; a lost or reset history gets a new one,
   so stale cursors are detected (docs/design.md §2.4).
 * **Idempotency.**  A publish with an idempotency key seen within the window
-  returns the first result, marked ``duplicate``, and writes nothing.
+  returns the first result, marked ``duplicate`` and carrying the first
+  publish's ``fingerprint``, and writes nothing.
 * **Isolation.**  Every method takes the app id and never reads or writes
   another app's rows.
 * **Aggregation.**  A notification with a ``group_key``, fanned out on
@@ -72,6 +73,9 @@ class NewNotification:
     topic: str | None = None
     all: bool = False
     idempotency_key: str | None = None
+    # what the request said, hashed: a key reused with another notification
+    # is told apart from a retry (docs/security.md#idempotency-keys)
+    fingerprint: str = ""
     group_key: str | None = None  # merge into the recipient's unread entry of this key
     # set: store it, and publish it (created at this time) when fire_due reaches it
     deliver_at: float | None = None
@@ -95,6 +99,7 @@ class PublishOutcome:
     feed_offset: int | None = None  # set when fanned out on read
     audience: str | None = None  # "*" or the topic, for feed items
     body: bytes = b""
+    fingerprint: str = ""  # a "duplicate"'s: the fingerprint its key was first used with
 
 
 @dataclass(slots=True)

@@ -84,11 +84,13 @@ async def publish_once(conn, app_id, item: NewNotification, threshold: int, wind
     if not claimed:
         first = msgspec.json.decode(await conn.fetchval(
             "SELECT result FROM idempotency WHERE app_id = $1 AND key = $2", app_id, key))
-        return PublishOutcome(first["id"], "duplicate", first["recipients"], first.get("muted", 0))
+        return PublishOutcome(first["id"], "duplicate", first["recipients"], first.get("muted", 0),
+                              fingerprint=first.get("fp", ""))
     out = await publish(conn, app_id, item, threshold)
     await conn.execute(
         "UPDATE idempotency SET result = $3 WHERE app_id = $1 AND key = $2", app_id, key,
-        _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted}),
+        _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted,
+                 "fp": item.fingerprint}),
     )
     return out
 

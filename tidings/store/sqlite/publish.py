@@ -49,7 +49,8 @@ def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window:
         if row and row[1] > item.created_at - window:
             first = msgspec.json.decode(row[0])
             return PublishOutcome(
-                first["id"], "duplicate", first["recipients"], first.get("muted", 0)
+                first["id"], "duplicate", first["recipients"], first.get("muted", 0),
+                fingerprint=first.get("fp", ""),
             )
     if item.deliver_at is not None:
         out = _sched.schedule_tx(conn, app_id, item)
@@ -137,7 +138,8 @@ def _remember_key(conn, app_id: str, item: NewNotification, out: PublishOutcome)
             "ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
             "created_at=excluded.created_at",
             (app_id, item.idempotency_key,
-             _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted}),
+             _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted,
+                      "fp": item.fingerprint}),
              item.created_at),
         )
 
