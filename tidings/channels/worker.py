@@ -120,7 +120,7 @@ class Worker:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     # -- one lane ----------------------------------------------------------------------
@@ -155,7 +155,8 @@ class Worker:
                 pass
 
     @staticmethod
-    def _finished(inflight: set[asyncio.Task], wake: asyncio.Event):
+    def _finished(inflight: set[asyncio.Task], wake: asyncio.Event,
+                  ) -> Callable[[asyncio.Task], None]:
         def done(task: asyncio.Task) -> None:
             inflight.discard(task)
             wake.set()  # a slot is free

@@ -17,12 +17,15 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
 from tidings.client.errors import TidingsAPIError, error_from_response, parse_retry_after
+
+if TYPE_CHECKING:
+    from tidings.client.subscriber import Subscriber
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _MAX_RETRY_WAIT = 30.0  # never sleep longer than this on a server hint
@@ -276,8 +279,8 @@ class Client(_Transport):
         self._owns_http = http_client is None
         self.http = http_client or httpx.Client(timeout=timeout, **httpx_kwargs)
 
-    def _call(self, method, path, *, json=None, params=None, headers=None, user=False,
-              token=None):
+    def _call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+              headers: dict | None = None, user: bool = False, token: str | None = None) -> Any:
         hdrs = self._headers(headers, user, token)
         attempt = 0
         while True:
@@ -296,10 +299,10 @@ class Client(_Transport):
             attempt += 1
             time.sleep(delay)
 
-    def _then(self, result, fn):
+    def _then(self, result: Any, fn: Callable[[Any], Any]) -> Any:
         return fn(result)
 
-    def subscriber(self, **kwargs: Any):
+    def subscriber(self, **kwargs: Any) -> Subscriber:
         """A :class:`~tidings.client.Subscriber` for this client's user token."""
         from tidings.client.subscriber import Subscriber
 
@@ -326,8 +329,9 @@ class AsyncClient(_Transport):
         self._owns_http = http_client is None
         self.http = http_client or httpx.AsyncClient(timeout=timeout, **httpx_kwargs)
 
-    async def _call(self, method, path, *, json=None, params=None, headers=None, user=False,
-                    token=None):
+    async def _call(self, method: str, path: str, *, json: Any = None,
+                    params: dict | None = None, headers: dict | None = None, user: bool = False,
+                    token: str | None = None) -> Any:
         hdrs = self._headers(headers, user, token)
         attempt = 0
         while True:
@@ -346,10 +350,10 @@ class AsyncClient(_Transport):
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def _then(self, result, fn):
+    async def _then(self, result: Any, fn: Callable[[Any], Any]) -> Any:
         return fn(await result)
 
-    def subscriber(self, **kwargs: Any):
+    def subscriber(self, **kwargs: Any) -> Subscriber:
         """A :class:`~tidings.client.Subscriber` for this client's user token."""
         from tidings.client.subscriber import Subscriber
 

@@ -28,7 +28,7 @@ import msgspec
 _encode = msgspec.json.encode
 
 
-def encode(obj) -> bytes:
+def encode(obj: object) -> bytes:
     return _encode(obj)
 
 

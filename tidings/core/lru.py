@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+D = TypeVar("D")
 
 _MISSING = object()
 
@@ -36,7 +37,11 @@ class LRU(Generic[K, V]):
     def __contains__(self, key: K) -> bool:
         return self.get(key, _MISSING) is not _MISSING
 
-    def get(self, key: K, default=None):
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: object = None) -> object:
         item = self._data.get(key)
         if item is None:
             self.misses += 1

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -146,7 +147,7 @@ class QuietWindow:
         # Unreachable for any zone in tzdata: the horizon is past every window.
         raise AssertionError(f"no end of quiet hours found after {now.isoformat()}")
 
-    def _end_crossings(self, now: datetime):
+    def _end_crossings(self, now: datetime) -> Iterator[datetime]:
         """Instants after ``now`` at which the wall clock reads ``end``."""
         today = now.astimezone(self.zone).date()
         for days in (-1, 0, 1, 2):

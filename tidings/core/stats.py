@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 
 # Upper bounds in seconds (Prometheus ``le``); the last bucket is +Inf.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -96,7 +97,7 @@ class AppStats:
 class Stats:
     """Every app's :class:`AppStats` on this node, plus node-wide counters."""
 
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.apps: dict[str, AppStats] = {}
         self.opened = 0  # streams opened on this node
         self.recent_errors: deque[tuple[float, str, str, int, str]] = deque(maxlen=RECENT_ERRORS)

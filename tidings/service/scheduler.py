@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from tidings.store.base import PublishOutcome
@@ -44,7 +45,7 @@ class Due(Protocol):
 
 class Scheduler:
     def __init__(self, due: Due, *, poll_interval: float = POLL_INTERVAL,
-                 clock=time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.due = due
         self.poll_interval = poll_interval
         self.clock = clock

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -37,10 +38,10 @@ from tidings.core.models import (
     PublishRequest,
     valid_app_id,
 )
-from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized
+from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
 from tidings.gateway.hub import Hub
 from tidings.service.outbound import Outbound
-from tidings.service.ratelimits import RateLimits
+from tidings.service.ratelimits import Capped, RateLimits
 from tidings.service.scheduler import Scheduler
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
@@ -113,7 +114,7 @@ class Service:
         key = await self.create_api_key(app_id, auth.SCOPES)
         return record, key
 
-    async def create_api_key(self, app_id: str, scopes) -> str:
+    async def create_api_key(self, app_id: str, scopes: Iterable[str]) -> str:
         key, prefix = auth.new_api_key()
         await self.store.add_api_key(
             app_id, prefix, auth.hash_api_key(key, self._pepper), frozenset(scopes)
@@ -267,7 +268,7 @@ class Service:
         return result
 
     async def _send_outbound(self, app_id: str, item: NewNotification, priority: str,
-                             out: PublishOutcome, capped, result: dict) -> None:
+                             out: PublishOutcome, capped: Capped, result: dict) -> None:
         """Queue webhooks, pushes and e-mails for a notification fanned out on
         write (outbound.py), and say so in the publish answer.  Runs
         after the inbox commit; recipients over a frequency cap get none."""
@@ -425,7 +426,8 @@ class Service:
         unread, unseen = await self.hub.counts(app_id, user, time.time())
         return {"unread": unread, "unseen": unseen}
 
-    async def inbox(self, app_id, user, *, limit, before, state) -> dict:
+    async def inbox(self, app_id: str, user: str, *, limit: int, before: str | None,
+                    state: str | None) -> dict:
         # The first page is what every device opens with: cached while the
         # user has a stream on this node (tidings/gateway/cache.py).
         key, cache = (app_id, user), self.hub.cache
@@ -438,7 +440,8 @@ class Service:
         cache.put("page", key, version, page, limit, state)
         return page
 
-    async def _inbox_page(self, app_id, user, *, limit, before, state) -> dict:
+    async def _inbox_page(self, app_id: str, user: str, *, limit: int, before: str | None,
+                          state: str | None) -> dict:
         entries = await self.store.inbox(
             app_id, user, limit=limit, before=before, state=state, now=time.time()
         )
@@ -554,7 +557,7 @@ class Service:
             raise
 
     @staticmethod
-    async def send_error(send, exc) -> None:
+    async def send_error(send: Callable[[dict], Awaitable[None]], exc: TidingsError) -> None:
         """Answer a raw ASGI HTTP request with the JSON error for ``exc``."""
         body = _encode(exc.to_dict())
         headers = [(b"content-type", b"application/json"),
