@@ -105,6 +105,7 @@ def migrate(folder: Path) -> None:
 
 def load(folder: Path, users: int, per_user: int) -> dict:
     t0 = time.monotonic()
+    migrate(folder)  # `app create` works on an existing store only
     out = subprocess.run(
         [*tidings_cmd(), "app", "create", APP_NAME, "--json", "--data", str(folder)],
         check=True, capture_output=True, text=True, timeout=60, env=code_env()).stdout

@@ -287,7 +287,8 @@ def vapid(as_json) -> None:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--url", envvar="TIDINGS_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="The server ($TIDINGS_URL).")
 @click.option("--key", envvar="TIDINGS_API_KEY", required=True, help="API key ($TIDINGS_API_KEY).")
 @click.option("--user", "users", multiple=True, help="Recipient (repeatable).")
 @click.option("--topic", default=None, help="Recipient topic.")
@@ -324,7 +325,8 @@ def send(url, key, users, topic, to_all, title, body, category, priority, data_j
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--url", envvar="TIDINGS_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="The server ($TIDINGS_URL).")
 @click.option("--token", envvar="TIDINGS_TOKEN", required=True, help="User token ($TIDINGS_TOKEN).")
 @click.option("--cursor", default=None, help="Resume from this cursor.")
 @click.option("--count", default=0, type=int, help="Stop after this many notifications.")
