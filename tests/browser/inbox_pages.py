@@ -12,14 +12,12 @@ from __future__ import annotations
 import html
 import http.server
 import json
-import os
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 from tests.browser.conftest import _free_port
-from tests.services import missing
+from tests.npm import npm_install
 
 REACT_VERSION = "18.3.1"
 
@@ -119,23 +117,9 @@ def open_plain(context, site: Site, server, attrs: str = "", dark: bool = False)
 
 
 def react_umd() -> Path:
-    """node_modules with react and react-dom, installed from the npm registry once."""
-    cache = Path(os.environ.get("TIDINGS_TEST_CACHE", Path.home() / ".cache" / "tidings-tests"))
-    prefix = cache / f"react-{REACT_VERSION}"
-    umd = prefix / "node_modules"
-    if (umd / "react-dom" / "umd" / "react-dom.production.min.js").exists():
-        return umd
-    npm = shutil.which("npm")
-    if npm is None:
-        missing("npm is not installed (the React page installs react from the npm registry)")
-    prefix.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-package-lock",
-         f"react@{REACT_VERSION}", f"react-dom@{REACT_VERSION}"],
-        capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        missing(f"npm install react failed: {done.stderr.strip()[-300:]}")
-    return umd
+    """node_modules with react and react-dom, from the npm registry."""
+    return npm_install(f"react-{REACT_VERSION}", f"react@{REACT_VERSION}",
+                       f"react-dom@{REACT_VERSION}")
 
 
 def open_react(context, site: Site, server, token: str):

@@ -1,0 +1,172 @@
+// Type declarations for tidings.js, the browser client of tidings (docs/protocol.md).
+// In a page it defines the global `Tidings`; through a bundler it is the module's export.
+
+declare namespace Tidings {
+  type Transport = "auto" | "websocket" | "sse";
+  type State = "unseen" | "seen" | "read" | "archived";
+  type StateFilter = "unread" | "unseen" | "seen" | "read" | "archived" | "all";
+  type Channel = "in_app" | "webhook" | "push" | "email";
+
+  interface Options {
+    /** The tidings server, e.g. "https://notify.example.com"; default: the page's origin. */
+    url?: string;
+    /** A user token (POST /v1/users/{user}/tokens on your backend)... */
+    token?: string;
+    /** ...or a function giving one, called before every connect and after a 401. */
+    getToken?: () => string | Promise<string>;
+    transport?: Transport;
+    /** A saved cursor() to resume from. */
+    cursor?: string | null;
+    /** The size of the inbox page loaded on "inbox" (default 20). */
+    pageSize?: number;
+    /** Reload the inbox page after every resumed reconnect (default true). */
+    refreshOnReconnect?: boolean;
+  }
+
+  /** A notification as clients see it; fields left at their default are omitted. */
+  interface Notification {
+    id: string;
+    category: string;
+    created_at: string;
+    title?: string;
+    body?: string;
+    url?: string;
+    data?: Record<string, unknown>;
+    priority?: "low" | "normal" | "high" | "urgent";
+    tags?: string[];
+    group_key?: string;
+    actor?: string;
+    deliver_at?: string;
+    expires_at?: string;
+    /** Set on a Web Push payload that had to be shortened. */
+    truncated?: boolean;
+  }
+
+  /** A group entry's summary (aggregation by group_key). */
+  interface Group {
+    id: string;
+    key: string;
+    count: number;
+    actor_count: number;
+    actors: string[];
+    latest_at: string;
+    first_id: string;
+  }
+
+  interface InboxItem {
+    id: string;
+    state: State;
+    notification: Notification;
+    seq?: number;
+    feed?: number;
+    group?: Group;
+  }
+
+  interface InboxPage {
+    items: InboxItem[];
+    next_before: string | null;
+  }
+
+  interface InboxEvent extends InboxPage {
+    reason: "initial" | "unrecovered" | "reconnect" | "manual" | string;
+  }
+
+  interface Counts {
+    unread: number;
+    unseen: number;
+  }
+
+  interface NotificationEvent {
+    type: "notification";
+    notification: Notification;
+    cursor?: string;
+    feed?: number;
+    group?: Group;
+  }
+
+  interface StateChange {
+    ids: string[];
+    all: boolean;
+    state: "seen" | "read" | "archived";
+  }
+
+  interface Status {
+    state: "connecting" | "live" | "reconnecting" | "stopped";
+    transport: "websocket" | "sse" | null;
+    attempt?: number;
+    delay?: number;
+    code?: number;
+    reason?: string;
+  }
+
+  interface ChannelPrefs {
+    in_app?: boolean;
+    webhook?: boolean;
+    push?: boolean;
+    email?: boolean;
+  }
+
+  interface QuietHours {
+    /** "HH:MM", wall-clock time in tz */
+    start: string;
+    end: string;
+    tz?: string;
+  }
+
+  interface Preferences {
+    categories?: Record<string, ChannelPrefs>;
+    quiet_hours?: QuietHours | null;
+  }
+
+  interface StateResult {
+    counts?: Counts;
+    [key: string]: unknown;
+  }
+
+  interface Events {
+    inbox: (page: InboxEvent) => void;
+    notification: (n: Notification, event: NotificationEvent) => void;
+    counts: (counts: Counts) => void;
+    state: (change: StateChange) => void;
+    updated: (n: Notification) => void;
+    deleted: (id: string) => void;
+    recovered: (r: { ok: boolean; missed: number }) => void;
+    hello: (event: { type: "hello"; epoch: string; cursor: string; counts?: Counts }) => void;
+    status: (status: Status) => void;
+    fatal: (f: { code: number; reason: string }) => void;
+    error: (err: TidingsError) => void;
+  }
+
+  /** What a failed API call rejects with. */
+  interface TidingsError extends Error {
+    name: "TidingsError";
+    status: number;
+    code: string;
+  }
+
+  class Client {
+    constructor(options: Options);
+    readonly url: string;
+    status: Status["state"];
+    on<K extends keyof Events>(type: K, fn: Events[K]): () => void;
+    off<K extends keyof Events>(type: K, fn: Events[K]): void;
+    /** "<epoch>:<seq>[:<feed>]", or null before the first hello. */
+    cursor(): string | null;
+    reload(reason?: string): Promise<void>;
+    inbox(options?: { limit?: number; before?: string; state?: StateFilter }): Promise<InboxPage>;
+    counts(): Promise<Counts>;
+    markRead(ids: string[]): Promise<StateResult>;
+    markAllRead(): Promise<StateResult>;
+    markSeen(ids: string[]): Promise<StateResult>;
+    archive(ids: string[]): Promise<StateResult>;
+    preferences(): Promise<Preferences>;
+    setPreferences(prefs: Preferences): Promise<Preferences>;
+    close(): void;
+  }
+
+  const version: string;
+  function connect(options: Options): Client;
+}
+
+export = Tidings;
+export as namespace Tidings;
