@@ -104,6 +104,7 @@ async def two_nodes(tmp_path):
 async def _serve(tmp_path, **overrides):
     limits = overrides.pop("limits", Limits())
     ws = overrides.pop("ws", WS_PROTOCOL)
+    key = overrides.pop("api_key", None)  # a key of testapp from an earlier run_server
     settings = Settings(data=str(tmp_path / "data"), port=0, limits=limits, **overrides)
     service = build_service(settings)
     config = uvicorn.Config(
@@ -124,7 +125,8 @@ async def _serve(tmp_path, **overrides):
     if await service.app("testapp") is None:
         app, key = await service.create_app("test", app_id="testapp")
     else:  # a second node over the same store
-        app, key = await service.app("testapp"), await service.create_api_key("testapp", SCOPES)
+        app = await service.app("testapp")
+        key = key or await service.create_api_key("testapp", SCOPES)
     live = LiveServer(
         url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}", service=service,
         app=app.id, api_key=key, signing_secret=app.signing_secret, uvicorn=server,

@@ -28,6 +28,13 @@ STALE = (asyncpg.InterfaceError, pgerr.InternalClientError)
 # or bad input, never a reason to tell the client to come back later.
 NOT_DOWN = (pgerr.DataError, pgerr.ClientConfigurationError,
              pgerr.UnsupportedClientFeatureError, pgerr.UnsupportedServerFeatureError)
+# The database is there but cannot write now: disk full, out of memory
+# (class 53), a read-only session or a standby (25006).  503 like DOWN, but
+# the connection is sound and stays in the pool.
+CANNOT_WRITE: tuple[type[BaseException], ...] = (
+    pgerr.InsufficientResourcesError,
+    pgerr.ReadOnlySQLTransactionError,
+)
 # The whole transaction was rolled back and may simply be run again.
 RETRY = (pgerr.DeadlockDetectedError, pgerr.SerializationError)
 ATTEMPTS = 3

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 from tidings.store.codec import decode_payload, encode_payload
-from tidings.store.postgres.errors import DOWN, RETRY, STALE
+from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, RETRY, STALE
 
 __all__ = ["cancel", "delivery_counts", "fire_one", "get_scheduled", "next_due", "prune",
            "record_deliveries", "schedule"]
@@ -65,7 +65,7 @@ async def fire_one(conn, now: float, publish) -> tuple[str, PublishOutcome] | No
         async with conn.transaction():  # a savepoint: a publish that fails is marked alone
             out = await publish(conn, app_id, decode_payload(payload, due_at))
     except Exception as exc:
-        if isinstance(exc, (*DOWN, *STALE, *RETRY)):
+        if isinstance(exc, (*DOWN, *STALE, *RETRY, *CANNOT_WRITE)):
             raise  # the connection, not the notification: the claim rolls back
         log.exception("scheduled notification %s/%s could not be published", app_id, nid)
         await conn.execute("UPDATE scheduled SET status = 'failed' WHERE app_id = $1 AND id = $2",

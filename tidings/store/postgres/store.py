@@ -58,7 +58,7 @@ from tidings.store.base import (
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
-from tidings.store.postgres.errors import ATTEMPTS, DOWN, NOT_DOWN, RETRY, STALE
+from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
 from tidings.store.postgres.outbound import PostgresOutbound
 from tidings.store.postgres.sql import (
     DELETE,
@@ -198,8 +198,11 @@ class PostgresStore(PostgresOutbound, Store):
                 pool.terminate()  # the database is gone: nothing to close politely
 
     async def ping(self) -> bool:
+        """The database answers and this session may write (a standby, or
+        ``default_transaction_read_only``, answers but takes no publish)."""
         try:
-            return await self._call(_fetchval, "SELECT true")
+            return await self._call(
+                _fetchval, "SELECT current_setting('transaction_read_only') = 'off'")
         except Unavailable:
             return False
 
@@ -233,7 +236,7 @@ class PostgresStore(PostgresOutbound, Store):
             except STALE as exc:
                 if last:
                     raise self._unavailable(exc) from exc
-            except DOWN as exc:
+            except (*DOWN, *CANNOT_WRITE) as exc:
                 raise self._unavailable(exc) from exc
             else:
                 if self._down:

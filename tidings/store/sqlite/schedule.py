@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 from tidings.store.codec import decode_payload, encode_payload
+from tidings.store.sqlite.errors import transient
 
 __all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "get_scheduled", "next_due",
            "prune_tx", "record_deliveries_tx", "schedule_tx"]
@@ -51,8 +52,10 @@ def fire_due_tx(
             conn.execute("SAVEPOINT fire")
             try:
                 out = publish(conn, app_id, decode_payload(payload, due_at))
-            except Exception:
+            except Exception as exc:
                 conn.execute("ROLLBACK TO fire")
+                if transient(exc):
+                    raise  # the file, not the notification: it stays pending
                 log.exception("scheduled notification %s/%s could not be published", app_id, nid)
                 status, out = "failed", PublishOutcome(nid, "failed", 0)
             else:

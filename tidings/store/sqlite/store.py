@@ -41,6 +41,7 @@ from tidings.store.base import (
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
+from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
 from tidings.store.sqlite.outbound import SQLiteOutbound
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
@@ -115,6 +116,9 @@ def migrate(path: str | Path) -> list[int]:
         conn.close()
 
 
+RETRY_AFTER = 2.0  # seconds a client is told to wait while the file cannot be written
+
+
 class _Writer(threading.Thread):
     """Owns the write connection; runs queued jobs in group commits."""
 
@@ -127,6 +131,10 @@ class _Writer(threading.Thread):
         self.error: BaseException | None = None
         self.commits = 0
         self.jobs_done = 0
+        # Set when a write failed because the file cannot be written, cleared
+        # by the next commit: readiness reads it (SQLiteStore.ping).
+        self.cannot_write = False
+        self._reopen = False  # a read-only connection stays so: open it again
 
     def start_and_wait(self) -> None:
         self.start()
@@ -172,8 +180,35 @@ class _Writer(threading.Thread):
                     stopping = True
                     break
                 batch.append(job)
+            if self._reopen:
+                conn = self._reconnect(conn)
             self._run_batch(conn, batch)
         conn.close()
+
+    def _reconnect(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """SQLite opens a file it may not write read-only, and the connection
+        stays read-only after the file becomes writable again: after a
+        SQLITE_READONLY, the next group of jobs gets a fresh connection."""
+        self._reopen = False
+        try:
+            fresh = _connect(self._path, self._sync)
+        except sqlite3.Error:
+            return conn
+        conn.close()
+        return fresh
+
+    def _unavailable(self, exc: sqlite3.Error) -> Unavailable | None:
+        """The 503 for ``exc`` when it means the store cannot write now."""
+        code = primary_code(exc)
+        if code in CANNOT_WRITE:
+            self.cannot_write = True
+            self._reopen |= code == sqlite3.SQLITE_READONLY
+        elif code not in BUSY:
+            return None
+        # the cause stays chained for the logs; the client sees no internals
+        err = Unavailable("the store cannot write now; retry later", retry_after=RETRY_AFTER)
+        err.__cause__ = exc
+        return err
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
         """Run ``batch`` in one transaction.  Optimistic: jobs run back to back;
@@ -192,11 +227,12 @@ class _Writer(threading.Thread):
             else:
                 conn.execute("COMMIT")
                 self.commits += 1
+                self.cannot_write = False
             self.jobs_done += len(batch)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            err = Unavailable(f"store write failed: {exc}")
+            err = self._unavailable(exc) or Unavailable(f"store write failed: {exc}")
             results = [(fut, loop, None, err) for fn, args, fut, loop in batch]
         by_loop: dict[Any, list] = {}
         for fut, loop, value, error in results:
@@ -215,10 +251,18 @@ class _Writer(threading.Thread):
             value = fn(conn, *args)
         except Exception as exc:
             conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                return (fut, loop, None, self._unavailable(exc) or exc)
             return (fut, loop, None, exc)
         conn.execute("COMMIT")
         self.commits += 1
+        self.cannot_write = False
         return (fut, loop, value, None)
+
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO meta(key, value) VALUES('write_probe', ?) ON CONFLICT(key) "
+                 "DO UPDATE SET value=excluded.value", (repr(time.time()),))
+
 
 def _settle(items: list) -> None:
     for fut, value, exc in items:
@@ -261,11 +305,22 @@ class SQLiteStore(SQLiteOutbound, Store):
             self._r = None
 
     async def ping(self) -> bool:
+        """Reads answer and writes commit.  While the last write failed for
+        want of a writable file, a small write is tried (readiness stays red
+        until it commits); otherwise no write is spent on it."""
         try:
             self._reader.execute("SELECT 1").fetchone()
         except (sqlite3.Error, Unavailable):
             return False
-        return bool(self._writer and self._writer.is_alive())
+        writer = self._writer
+        if not (writer and writer.is_alive()):
+            return False
+        if writer.cannot_write:
+            try:
+                await self._write(_probe)
+            except Unavailable:
+                return False
+        return True
 
     def _write(self, fn: Callable, *args) -> asyncio.Future:
         if self._writer is None:
