@@ -12,19 +12,44 @@
   var COLORS = { published: "#4c6ef5", delivered: "#12b886", p50: "#15aabf", p95: "#f59f00",
                  p99: "#e03131", connections: "#7048e8", errors: "#e03131" };
 
+  var CLOCK = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  function clock(t) { return CLOCK.format(new Date(t * 1000)); }
+
+  // The y axis's width: its longest label at 7 px a character, plus the ticks.
+  function labelWidth(u, values) {
+    var longest = (values || []).reduce(function (n, v) { return Math.max(n, String(v).length); }, 1);
+    return Math.max(40, longest * 7 + 20);
+  }
+
+  function isolated(u, sidx) {
+    var d = u.data[sidx], out = [];
+    for (var i = 0; i < d.length; i++) {
+      if (d[i] != null && (i === 0 || d[i - 1] == null) && (i === d.length - 1 || d[i + 1] == null)) out.push(i);
+    }
+    return out.length ? out : null;
+  }
+
   function chart(el, series, unit) {
     var opts = {
       width: el.clientWidth || 400, height: 190,
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
       scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.15)]; } } },
+      // One line of labels per axis, each given room for its widest label:
+      // uPlot's default time labels add a date row whose labels collide where
+      // a minute or day turns near another tick.
       axes: [
-        { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e6e8ec" } },
-        { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e6e8ec" }, size: 52,
+        { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e6e8ec" }, space: 70,
+          values: function (u, splits) { return splits.map(clock); } },
+        { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e6e8ec" }, space: 30,
+          size: labelWidth,
           values: function (u, vals) { return vals.map(function (v) { return fmt.format(v) + unit; }); } },
       ],
       series: [{}].concat(series.map(function (name) {
-        return { label: name, stroke: COLORS[name], width: 2, spanGaps: false, points: { show: false },
+        // A second with no deliveries has no latency: the line breaks there, and a
+        // sample alone between such gaps is drawn as a dot (a line needs two).
+        return { label: name, stroke: COLORS[name], width: 2, spanGaps: false,
+                 points: { show: false, size: 6, fill: COLORS[name], filter: isolated },
                  fill: series.length === 1 ? COLORS[name] + "14" : undefined,
                  value: function (u, v) { return v == null ? "–" : fmt.format(v) + unit; } };
       })),

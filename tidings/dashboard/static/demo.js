@@ -90,9 +90,14 @@
     }, showError);
   });
 
+  // A click on an item opens its url (if it has one) and marks it read.
   list.addEventListener("click", function (e) {
     var li = e.target.closest("li[data-id]");
-    if (!li || !li.classList.contains("unread")) return;
+    if (!li) return;
+    if (li.dataset.url && !e.target.closest("a, button")) {
+      window.open(li.dataset.url, "_blank", "noopener,noreferrer");
+    }
+    if (!li.classList.contains("unread")) return;
     var id = li.dataset.id;
     client.markRead([id]).then(function () { applyState(id, "read"); render(); }, showError);
   });
@@ -143,7 +148,16 @@
     it.arrived = false;                                  // animate once
     var dot = el("span", "dot");
     var text = el("div", "text");
-    text.append(el("p", "title", n.title || "(no title)"));
+    var title = el("p", "title"), url = link(n.url);
+    if (url) {
+      var a = el("a", "", n.title || url);
+      a.href = url; a.target = "_blank"; a.rel = "noopener noreferrer";
+      title.append(a);
+      li.dataset.url = url;
+    } else {
+      title.textContent = n.title || "(no title)";
+    }
+    text.append(title);
     if (it.group && it.group.count > 1) text.append(el("p", "group", groupText(it.group)));
     if (n.body) text.append(el("p", "body", n.body));
     var meta = el("p", "meta");
@@ -159,6 +173,12 @@
       li.append(btn);
     }
     return li;
+  }
+
+  // Only web addresses open: http(s) or a path on this site (the server
+  // refuses other schemes, and a page should not trust that alone).
+  function link(url) {
+    return typeof url === "string" && /^(https?:\/\/|\/(?!\/))/i.test(url) ? url : "";
   }
 
   function groupText(g) {         // "user_17, user_9 and 40 others · 42 notifications"
