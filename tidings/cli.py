@@ -14,8 +14,7 @@ import sys
 import click
 import msgspec
 
-from tidings import bootstrap
-from tidings.config import from_env
+from tidings import bootstrap, config_file
 from tidings.core.models import valid_user
 from tidings.errors import TidingsError
 
@@ -24,8 +23,15 @@ DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
 STORE_HELP = "Store URL (default: SQLite file in --data)."
 
 
-def _settings(**kw):
-    return from_env(**kw)
+def _settings(config: str | None, **flags):
+    """defaults < the configuration file < TIDINGS_* variables < flags."""
+    return config_file.load(config, **flags)[0]
+
+
+# Every command that reads the settings takes the file they start from.
+config_option = click.option(
+    "--config", "config", default=None, metavar="FILE",
+    help="Settings file (default $TIDINGS_CONFIG, else ./tidings.toml if present).")
 
 
 def one_line(exc: BaseException) -> str:
@@ -81,6 +87,7 @@ def main(debug: bool) -> None:
 
 
 @main.command()
+@config_option
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", default=None, type=click.IntRange(0, 65535),
               help="Port to listen on (default 8080; 0: any free port).")
@@ -103,10 +110,10 @@ def main(debug: bool) -> None:
                    "repeatable). Default: any.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
+def serve(config, host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
           log_level) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
-    settings = _settings(host=host, port=port, data=data, store=store, broker=broker,
+    settings = _settings(config, host=host, port=port, data=data, store=store, broker=broker,
                          outbox=outbox, node=node, cache=cache,
                          allowed_origins=allowed_origins or None)
     if not 0 <= settings.port <= 65535:  # TIDINGS_PORT is not checked by click
@@ -209,11 +216,12 @@ def _first_start(settings, base: str) -> None:
 
 
 @main.command()
+@config_option
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
-def migrate(data, store) -> None:
+def migrate(config, data, store) -> None:
     """Apply the store's pending schema migrations, then exit (docs/operations.md)."""
-    applied, version = bootstrap.migrate(_settings(data=data, store=store))
+    applied, version = bootstrap.migrate(_settings(config, data=data, store=store))
     for v in applied:
         click.echo(f"applied schema v{v}")
     click.echo(f"schema is at v{version}" + ("" if applied else "; nothing to apply"))
@@ -239,14 +247,15 @@ def app() -> None:
 
 @app.command("create")
 @click.argument("name")
+@config_option
 @click.option("--id", "app_id", default=None,
               help="The app's id (1-64 of a-z 0-9 _ -). Default: NAME when it is one.")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def app_create(name, app_id, data, store, as_json) -> None:
+def app_create(name, config, app_id, data, store, as_json) -> None:
     """Create an app in an existing store; prints its id, API key and signing secret."""
-    out = bootstrap.create_app(_settings(data=data, store=store), name, app_id)
+    out = bootstrap.create_app(_settings(config, data=data, store=store), name, app_id)
     if as_json:
         click.echo(json.dumps(out))
     else:
@@ -255,16 +264,32 @@ def app_create(name, app_id, data, store, as_json) -> None:
 
 
 @main.command()
+@config_option
 @click.option("--app", "app_id", required=True, help="App id.")
 @click.option("--user", required=True, help="User id.")
 @click.option("--ttl", default=3600, show_default=True, type=int, help="Lifetime in seconds.")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP)
-def token(app_id, user, ttl, data, store) -> None:
+def token(config, app_id, user, ttl, data, store) -> None:
     """Mint a user token (printed alone on the last line)."""
     if not valid_user(user):
         raise click.BadParameter("1-128 printable characters", param_hint="--user")
-    click.echo(bootstrap.mint_token(_settings(data=data, store=store), app_id, user, ttl))
+    click.echo(bootstrap.mint_token(_settings(config, data=data, store=store), app_id, user, ttl))
+
+
+@main.command("config")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+def show_config(config, as_json) -> None:
+    """Print the effective settings, secrets masked (docs/operations.md#configuration)."""
+    settings, found = config_file.load(config)
+    doc = config_file.effective(settings)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    source = str(found) if found else "no file"
+    click.echo(f"# effective settings: defaults < {source} < TIDINGS_* environment < flags")
+    click.echo(config_file.to_toml(doc), nl=False)
 
 
 @main.command()

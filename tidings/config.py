@@ -1,7 +1,8 @@
 """Settings and named limits.
 
 Every limit has a name, a documented default (docs/security.md lists them) and
-a test.  Settings come from CLI flags or ``TIDINGS_*`` environment variables.
+a test.  Settings come from a ``tidings.toml`` file (tidings/config_file.py),
+``TIDINGS_*`` environment variables and CLI flags, each over the one before.
 """
 
 from __future__ import annotations
@@ -154,16 +155,20 @@ class Settings(msgspec.Struct):
         return self.data_dir / "tidings.db"
 
 
-def from_env(**overrides) -> Settings:
-    """Settings from ``TIDINGS_*`` environment variables, then ``overrides``."""
-    raw: dict = {}
+def from_env(base: dict | None = None, **overrides) -> Settings:
+    """Settings: the defaults, then ``base`` (a configuration file's contents,
+    tidings/config_file.py), then ``TIDINGS_*`` environment variables, then
+    ``overrides`` (command-line flags; None means "not given")."""
+    raw: dict = dict(base or {})
     for field in Settings.__struct_fields__:
         if field == "limits":
             continue
         if field in _SECTIONS:
             section = _section_from_env(field)
-            if section is not _UNSET:
-                raw[field] = section
+            if section is None:  # TIDINGS_PUSH=off wins over the file
+                raw[field] = None
+            elif section is not _UNSET:  # variables on top of the file's fields
+                raw[field] = {**(raw.get(field) or {}), **section}
             continue
         env = os.environ.get(f"TIDINGS_{field.upper()}")
         if env is not None:

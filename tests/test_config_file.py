@@ -1,0 +1,149 @@
+"""tidings.toml: defaults < the file < TIDINGS_* variables < flags; `tidings
+config` prints the result with its secrets masked; `serve --config` runs on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.test_durability import _free_port
+from tidings.config_file import ConfigError, effective, load
+
+FILE = """
+port = 9000
+data = "./from-file"
+store = "postgresql://ann:s3cret@db.internal:5432/tidings"
+allowed_origins = ["https://app.example.com"]
+key_rate = 50.0
+
+[limits]
+page_max = 50
+
+[email]
+host = "smtp.from-file.test"
+password = "mailpass"
+
+[webhook]
+timeout = 3.0
+"""
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("TIDINGS_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_each_layer_over_the_one_before(tmp_path, clean_env):
+    path = tmp_path / "tidings.toml"
+    path.write_text(FILE)
+    settings, found = load(str(path))
+    assert found == path
+    assert (settings.port, settings.data, settings.key_rate) == (9000, "./from-file", 50.0)
+    assert settings.allowed_origins == ("https://app.example.com",)
+    assert settings.limits.page_max == 50 and settings.limits.max_batch == 1000  # a default
+    assert settings.email is not None and settings.email.host == "smtp.from-file.test"
+    assert settings.webhook is not None and settings.webhook.timeout == 3.0
+
+    clean_env.setenv("TIDINGS_PORT", "9100")
+    clean_env.setenv("TIDINGS_EMAIL_HOST", "smtp.from-env.test")
+    settings, _ = load(str(path))
+    assert settings.port == 9100  # the environment over the file
+    assert settings.email is not None and settings.email.host == "smtp.from-env.test"
+    assert settings.email.password == "mailpass"  # the file's other fields stay
+
+    settings, _ = load(str(path), port=9200, data=None)  # a flag over both; None: not given
+    assert (settings.port, settings.data) == (9200, "./from-file")
+
+    clean_env.setenv("TIDINGS_WEBHOOK", "off")
+    assert load(str(path))[0].webhook is None  # a switch in the environment wins
+
+
+def test_the_file_is_found_by_variable_or_in_the_working_directory(tmp_path, clean_env):
+    clean_env.chdir(tmp_path)
+    assert load()[1] is None and load()[0].port == 8080  # no file: the defaults
+    (tmp_path / "tidings.toml").write_text("port = 7000\n")
+    assert load()[0].port == 7000
+    other = tmp_path / "other.toml"
+    other.write_text("port = 7001\npush = false\n")
+    clean_env.setenv("TIDINGS_CONFIG", str(other))
+    settings, found = load()
+    assert found == other and settings.port == 7001 and settings.push is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("prot = 1\n", "unknown setting 'prot'"),
+    ("[email]\nhots = 'x'\n", "unknown setting 'hots' in [email]"),
+    ("port = 'x'\n", "invalid setting: Expected `int`, got `str` - at `$.port`"),
+    ("[push\n", "not valid TOML"),
+    ("email = 3\n", "email is a table ([email]) or false"),
+])
+def test_a_bad_file_is_one_clear_error(tmp_path, clean_env, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(str(path))
+    assert message in str(err.value)
+
+
+def test_secrets_are_masked(tmp_path, clean_env):
+    path = tmp_path / "tidings.toml"
+    path.write_text(FILE + '\n[push]\nvapid_private_key = "pushkey-secret"\n'
+                           'vapid_subject = "mailto:ops@acme.test"\n')
+    clean_env.setenv("TIDINGS_BROKER", "redis://:redispass@127.0.0.1:6379/0")
+    doc = effective(load(str(path))[0])
+    text = json.dumps(doc)
+    for secret in ("s3cret", "mailpass", "pushkey-secret", "redispass"):
+        assert secret not in text
+    assert doc["store"] == "postgresql://ann:***@db.internal:5432/tidings"
+    assert doc["email"]["password"] == "***" and doc["push"]["vapid_private_key"] == "***"
+    assert doc["push"]["vapid_subject"] == "mailto:ops@acme.test"
+
+
+def _cli(*args, cwd, env=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | (env or {})
+    return subprocess.run([sys.executable, "-m", "tidings", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_tidings_config_prints_the_effective_settings(tmp_path):
+    (tmp_path / "tidings.toml").write_text(FILE)
+    r = _cli("config", cwd=tmp_path, env={"TIDINGS_PORT": "9100"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("# effective settings: defaults < tidings.toml < TIDINGS_*")
+    assert "\nport = 9100\n" in r.stdout and 'data = "./from-file"' in r.stdout
+    assert "s3cret" not in r.stdout and "mailpass" not in r.stdout
+    assert "[limits]\n" in r.stdout and "\npage_max = 50\n" in r.stdout
+    assert "# push = false  (off)" in r.stdout
+    as_json = json.loads(_cli("config", "--json", cwd=tmp_path).stdout)
+    assert as_json["port"] == 9000 and as_json["email"]["password"] == "***"
+    bad = _cli("config", "--config", "missing.toml", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "Error: no configuration file at missing.toml")
+
+
+@pytest.mark.timeout(90)
+def test_serve_runs_on_the_file(tmp_path):
+    port = _free_port()
+    (tmp_path / "conf.toml").write_text(f'port = {port}\ndata = "./served"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tidings", "serve", "--config", "conf.toml"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={k: v for k, v in os.environ.items()
+                                            if not k.startswith("TIDINGS_")})
+    try:
+        for line in proc.stdout:
+            if "listening on" in line:
+                break
+        assert f"listening on http://127.0.0.1:{port}" in line
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert (tmp_path / "served" / "tidings.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
