@@ -113,7 +113,7 @@ def main() -> int:
             "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"}})
         token = mint_token("default", "maria", secret, 3600)
 
-        def shot(browser, name, attrs, dark=False, prefs=False, read_first=False):
+        def shot(browser, name, attrs, dark=False, prefs=False, read_first=False, hover=None):
             (site / f"{name}.html").write_text(PAGE.format(
                 server=html.escape(url), token=html.escape(token), attrs=attrs,
                 bg="#0d1117" if dark else "#f6f8fa", fg="#e6edf3" if dark else "#1f2328"))
@@ -134,7 +134,10 @@ def main() -> int:
                 inbox.locator("[data-act=prefs]").click()
                 inbox.locator("input[data-cat]").first.wait_for()
             time.sleep(0.6)   # the slide-in animation
-            page.mouse.move(0, 0)
+            if hover is None:
+                page.mouse.move(0, 0)
+            else:   # a row's buttons show on hover
+                inbox.locator("li.item").nth(hover).hover()
             page.screenshot(path=str(a.out / f"{name}.png"))
             page.close()
 
@@ -142,7 +145,7 @@ def main() -> int:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             cats = ('categories=\'["social", {"id": "ci", "label": "Builds"}, '
                     '{"id": "billing", "label": "Billing"}, {"id": "digest", "label": "Digest"}]\'')
-            shot(browser, "inbox", "", read_first=True)
+            shot(browser, "inbox", "", read_first=True, hover=1)
             shot(browser, "inbox-dark", 'theme="dark" locale="fr"', dark=True)
             shot(browser, "inbox-preferences", cats, prefs=True)
             browser.close()

@@ -1,10 +1,11 @@
-"""Host pages for the ``<tidings-inbox>`` browser tests: a plain HTML page and a
-React page, each on its own origin (a static site on another loopback port),
+"""Host pages for the ``<tidings-inbox>`` browser tests: a plain HTML page, a
+React page and a Vue page, each on its own origin (a static site on another loopback port),
 loading ``/tidings-inbox.js`` from the server under test and talking to it
 across origins (CORS, tidings/api/cors.py).
 
-React comes from the npm registry: ``react_umd()`` installs react and react-dom
-18 (their UMD builds need no bundler) once into a cache directory.
+React and Vue come from the npm registry (tests/npm.py), installed once into a
+cache directory: react and react-dom 18, whose UMD builds need no bundler, and
+Vue 3's global build with its template compiler.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.browser.conftest import _free_port
 from tests.npm import npm_install
 
 REACT_VERSION = "18.3.1"
+VUE_VERSION = "3.5.13"
 
 _PLAIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Acme</title>
@@ -69,6 +71,35 @@ function App() {{
     h("button", {{ id: "french", onClick: () => setLocale("fr") }}, "français"));
 }}
 ReactDOM.createRoot(document.getElementById("root")).render(h(App));
+</script>
+</body></html>
+"""
+
+
+_VUE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Acme (Vue)</title>
+<script src="{page}vue.js"></script>
+<script src="{server}/tidings-inbox.js"></script>
+</head>
+<body><div id="app"></div>
+<script>
+const app = Vue.createApp({{
+  setup() {{
+    const opened = Vue.ref("nothing opened");
+    const token = {token_json};
+    return {{
+      server: {server_json},
+      opened,
+      getToken: () => Promise.resolve(token),   // a property, bound as one below
+      onClick: (e) => {{ e.preventDefault(); opened.value = "opened: " + e.detail.notification.title; }},
+    }};
+  }},
+  template: `<header><b>Acme</b>
+    <tidings-inbox :url="server" :getToken.prop="getToken" @tidings-click="onClick" />
+  </header><p id="opened">{{{{ opened }}}}</p>`,
+}});
+app.config.compilerOptions.isCustomElement = (tag) => tag === "tidings-inbox";
+app.mount("#app");
 </script>
 </body></html>
 """
@@ -130,6 +161,17 @@ def open_react(context, site: Site, server, token: str):
             shutil.copyfile(src, site.root / name)
     page = context.new_page()
     page.goto(site.add("react.html", _REACT.format(
+        page=site.origin + "/", server=html.escape(server.url),
+        server_json=json.dumps(server.url), token_json=json.dumps(token))))
+    return page
+
+
+def open_vue(context, site: Site, server, token: str):
+    vue = npm_install(f"vue-{VUE_VERSION}", f"vue@{VUE_VERSION}")
+    if not (site.root / "vue.js").exists():
+        shutil.copyfile(vue / "vue" / "dist" / "vue.global.prod.js", site.root / "vue.js")
+    page = context.new_page()
+    page.goto(site.add("vue.html", _VUE.format(
         page=site.origin + "/", server=html.escape(server.url),
         server_json=json.dumps(server.url), token_json=json.dumps(token))))
     return page

@@ -1,7 +1,7 @@
 """<tidings-inbox> in real Chromium against a real server: the bell, the feed,
 groups, live arrival, click-to-open, read / archive / mark all, tabs, infinite
 scroll, updated / deleted in place, the empty, offline and expired states, the
-preferences panel, the keyboard, locales, and the element inside React."""
+preferences panel, the keyboard, locales, and the element inside React and Vue."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.inbox_pages import Site, attr, open_plain, open_react
+from tests.browser.inbox_pages import Site, attr, open_plain, open_react, open_vue
 
 
 @pytest.fixture
@@ -172,18 +172,21 @@ def test_infinite_scroll_and_a_tab_filtered_by_category(context, site, tidings_s
         f"item {i:02d}" for i in reversed(range(45)) if i % 3 == 0]
 
 
-def test_updated_and_deleted_apply_in_place(context, site, tidings_server):
+def test_updated_and_deleted_apply_in_place_over_sse(context, site, tidings_server):
     srv = tidings_server
     first = srv.publish({"users": ["di"]}, title="Meeting at 10:00")
     second = srv.publish({"users": ["di"]}, title="Lunch?")
-    _, inbox = _open(context, site, srv, "di")
+    _, inbox = _open(context, site, srv, "di", transport="sse")   # SSE across origins
     inbox.locator("button.bell").click()
     expect(_rows(inbox)).to_have_count(2)
+    assert inbox.evaluate("e => e.client.status") == "live"
     assert _api(srv, "PATCH", f"/v1/notifications/{first}",
                 json={"title": "Meeting moved to 11:00"}).status_code == 200
     expect(_rows(inbox).locator(".title")).to_have_text(["Lunch?", "Meeting moved to 11:00"])
     assert _api(srv, "DELETE", f"/v1/notifications/{second}").status_code in (200, 204)
     expect(_rows(inbox).locator(".title")).to_have_text(["Meeting moved to 11:00"])
+    srv.publish({"users": ["di"]}, title="over SSE")
+    expect(_rows(inbox).locator(".title")).to_have_text(["over SSE", "Meeting moved to 11:00"])
 
 
 def test_empty_offline_and_expired_states(browser, context, site, tidings_server):
@@ -320,3 +323,15 @@ def test_the_element_inside_a_react_page(context, site, tidings_server):
     inbox.locator("button.bell").click()
     expect(inbox.get_by_role("tab").first).to_have_text("Toutes")
     assert inbox.evaluate("(e, c) => e.client === c", client)   # the same connection
+
+
+def test_the_element_inside_a_vue_page(context, site, tidings_server):
+    srv = tidings_server
+    srv.publish({"users": ["jo"]}, title="Hallo Vue", url="https://app.example/vue")
+    page = open_vue(context, site, srv, srv.token("jo"))
+    inbox = page.locator("tidings-inbox")
+    expect(inbox.locator(".badge")).to_have_text("1")    # getToken bound as a property
+    inbox.locator("button.bell").click()
+    _rows(inbox).first.locator(".main").click()
+    expect(page.locator("#opened")).to_have_text("opened: Hallo Vue")   # Vue's @tidings-click
+    expect(inbox.locator(".badge")).to_be_hidden()

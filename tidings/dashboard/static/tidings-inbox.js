@@ -491,6 +491,9 @@
         var tab = this._tab();
         if (tab && (!tab.loaded || tab.stale) && !tab.busy) this._loadFirst(tab);
         this._render();
+        // a bell near the left edge opens its panel rightwards, unless align says
+        var room = this.getBoundingClientRect().right - this.$panel.offsetWidth;
+        this.$panel.classList.toggle("start", !this.hasAttribute("align") && room < 8);
         var first = this.$tablist.querySelector("[aria-selected=true]") || this.$close;
         first.focus();
       } else {
