@@ -91,7 +91,10 @@ const app = Vue.createApp({{
       server: {server_json},
       opened,
       getToken: () => Promise.resolve(token),   // a property, bound as one below
-      onClick: (e) => {{ e.preventDefault(); opened.value = "opened: " + e.detail.notification.title; }},
+      onClick: (e) => {{
+        e.preventDefault();
+        opened.value = "opened: " + e.detail.notification.title;
+      }},
     }};
   }},
   template: `<header><b>Acme</b>
