@@ -209,6 +209,9 @@ def test_empty_offline_and_expired_states(browser, context, site, tidings_server
         _, bad = _open(other, site, srv, "eve", token=srv.token("eve", ttl=-60))
         bad.locator("button.bell").click()
         expect(bad.locator("[part~=notice-error]")).to_contain_text("Your session has ended")
+        bad.evaluate("(e, t) => { e.getToken = () => t }", srv.token("eve"))   # a fresh one
+        expect(bad.locator("[part~=notice-error]")).to_be_hidden()
+        expect(_rows(bad).locator(".title")).to_have_text(["back online"])
     finally:
         other.close()
 

@@ -110,6 +110,7 @@
     get getToken() { return this._getToken; }
     set getToken(fn) {
       this._getToken = typeof fn === "function" ? fn : null;
+      if (this._fatal) this._stop();   // a client stopped by a refused token starts again
       this._startSoon();
     }
 
