@@ -192,3 +192,60 @@ async def test_open_migrates_a_fresh_file_and_refuses_a_newer_schema(path):
     conn.close()
     with pytest.raises(migrations.SchemaError, match="newer than this tidings"):
         await SQLiteStore(path).open()
+
+
+async def test_two_stores_on_one_file_keep_one_gapless_seq_per_user(db, path):
+    """The writer keeps stream heads in memory; a second process (here a
+    second store) writing the same file makes it read them again."""
+    other = SQLiteStore(path)
+    await other.open()
+    try:
+        for i in range(6):
+            await publish(db if i % 2 else other, note(["u", f"v{i}"]))
+        outs = await asyncio.gather(*(publish(s, note(["u"])) for s in (db, other, db)))
+        seqs = sorted(d.seq for o in outs for d in o.deliveries)
+        assert seqs == [7, 8, 9]
+        assert (await db.stream_head(APP, "u", time.time())).head_seq == 9
+        entries, _ = await db.replay(APP, "u", 0, 0, 100, time.time())
+        assert [e.seq for e in entries] == list(range(1, 10))
+    finally:
+        await other.close()
+
+
+async def test_a_rolled_back_group_leaves_no_seq_behind(db):
+    """Seqs taken by a group that rolls back are taken again: no gap."""
+    release, blocked = await _hold_the_writer(db)
+
+    def fail(conn):
+        raise RuntimeError("this job fails")
+
+    first = asyncio.ensure_future(publish(db, note(["u"])))
+    bad = asyncio.ensure_future(db._write(fail))
+    second = asyncio.ensure_future(publish(db, note(["u"])))
+    await asyncio.sleep(0)
+    release.set()
+    await blocked
+    with pytest.raises(RuntimeError):
+        await bad
+    outs = [await first, await second]
+    assert [o.deliveries[0].seq for o in outs] == [1, 2]
+    third = await publish(db, note(["u"]))
+    assert third.deliveries[0].seq == 3
+    entries, _ = await db.replay(APP, "u", 0, 0, 100, time.time())
+    assert [e.seq for e in entries] == [1, 2, 3]
+
+
+async def test_a_duplicate_key_in_the_same_group_is_a_duplicate(db):
+    release, blocked = await _hold_the_writer(db)
+    items = [note(["u"]), note(["u"])]
+    for it in items:
+        it.idempotency_key = "k1"
+    futs = [asyncio.ensure_future(publish(db, it)) for it in items]
+    await asyncio.sleep(0)
+    release.set()
+    await blocked
+    first, again = [await f for f in futs]
+    assert (first.status, again.status) == ("accepted", "duplicate")
+    assert again.id == first.id
+    entries, _ = await db.replay(APP, "u", 0, 0, 100, time.time())
+    assert [e.id for e in entries] == [first.id]

@@ -17,6 +17,7 @@ from tidings.core.ids import id_floor, new_epoch
 from tidings.store.base import Delivery, NewNotification, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
+from tidings.store.sqlite.appends import WriterConnection
 
 __all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
 
@@ -40,12 +41,13 @@ def ensure_stream(conn: sqlite3.Connection, app_id: str, user: str):
     ).fetchone()
 
 
-def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window: float):
+def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, threshold: int,
+               window: float):
+    """One publish.  A plain one (no group key, fanned out on write) only
+    gathers its rows on ``conn``, written with the group's others
+    (appends.py); the others write at once, after what was gathered."""
     if item.idempotency_key is not None:
-        row = conn.execute(
-            "SELECT result, created_at FROM idempotency WHERE app_id=? AND key=?",
-            (app_id, item.idempotency_key),
-        ).fetchone()
+        row = conn.find_key(app_id, item.idempotency_key)
         if row and row[1] > item.created_at - window:
             first = msgspec.json.decode(row[0])
             return PublishOutcome(
@@ -53,11 +55,12 @@ def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window:
                 fingerprint=first.get("fp", ""),
             )
     if item.deliver_at is not None:
+        conn.flush()
         out = _sched.schedule_tx(conn, app_id, item)
         _remember_key(conn, app_id, item, out)
         return out
 
-    users: list[str] | None = None
+    users: list[str] = []
     audience: str | None = None
     if item.users is not None:
         users = list(dict.fromkeys(item.users))
@@ -75,7 +78,8 @@ def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window:
         audience = "*"
 
     out = PublishOutcome(item.id, "accepted", 0, body=item.body)
-    if users is None:  # a feed item for the topic or the whole app
+    if audience is not None:
+        conn.flush()
         (offset,) = conn.execute(
             "INSERT INTO feed_heads(app_id, head) VALUES (?, 1) ON CONFLICT(app_id) "
             "DO UPDATE SET head=head+1 RETURNING head", (app_id,),
@@ -89,58 +93,43 @@ def publish_tx(conn, app_id: str, item: NewNotification, threshold: int, window:
         out.feed_offset, out.audience = offset, audience
     else:
         muted: set[str] = set()
-        for part in _chunks(users):
-            marks = ",".join("?" * len(part))
-            muted.update(r[0] for r in conn.execute(
-                f"SELECT user_id FROM mutes WHERE app_id=? AND category=? AND user_id IN ({marks})",
-                (app_id, item.category, *part),
-            ))
+        if conn.has_mutes(app_id, item.category):
+            for part in _chunks(users):
+                marks = ",".join("?" * len(part))
+                muted.update(r[0] for r in conn.execute(
+                    "SELECT user_id FROM mutes WHERE app_id=? AND category=? "
+                    f"AND user_id IN ({marks})", (app_id, item.category, *part),
+                ))
         recipients = [u for u in users if u not in muted] if muted else users
-        conn.execute(
-            "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
-            "expires_at) VALUES (?,?,?,?,?,?,?)",
-            (app_id, item.id, item.category, item.body, len(recipients),
-             item.created_at, item.expires_at),
-        )
-        deliveries = out.deliveries
-        rows = []
         created, expires, nid = item.created_at, item.expires_at, item.id
-        # One multi-row upsert per chunk assigns every recipient's next seq.
-        for part in _chunks(recipients, 300):
-            values = ",".join("(?,?,?,1)" for _ in part)
-            params: list = []
-            for user in part:
-                params += (app_id, user, new_epoch())
-            for user, epoch, seq in conn.execute(
-                f"INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES {values} "
-                "ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=head_seq+1 "
-                "RETURNING user_id, epoch, head_seq", params,
-            ):
-                deliveries.append(Delivery(user, epoch, seq))
-                rows.append((app_id, user, seq, nid, created, expires))
+        conn.add_notification(
+            (app_id, nid, item.category, item.body, len(recipients), created, expires))
+        seqs = conn.next_seqs(app_id, recipients)
+        out.deliveries = [Delivery(user, epoch, seq) for user, epoch, seq in seqs]
+        rows = [(app_id, user, seq, nid, created, expires) for user, _, seq in seqs]
         if item.group_key is None:
-            conn.executemany(
-                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
-                "VALUES (?,?,?,?,?,?)", rows,
-            )
+            conn.add_entries(rows)
         else:
-            _groups.insert_entries_tx(conn, app_id, item, rows, deliveries)
+            # reads the inbox: everything gathered so far must be in it
+            conn.flush()
+            _groups.insert_entries_tx(conn, app_id, item, rows, out.deliveries)
         out.recipients, out.muted = len(recipients), len(muted)
 
     _remember_key(conn, app_id, item, out)
     return out
 
 
-def _remember_key(conn, app_id: str, item: NewNotification, out: PublishOutcome) -> None:
+publish_tx.appends = True  # type: ignore[attr-defined]  # store.py: needs no flush first
+
+
+def _remember_key(conn: WriterConnection, app_id: str, item: NewNotification,
+                  out: PublishOutcome) -> None:
     if item.idempotency_key is not None:
-        conn.execute(
-            "INSERT INTO idempotency(app_id, key, result, created_at) VALUES (?,?,?,?) "
-            "ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
-            "created_at=excluded.created_at",
-            (app_id, item.idempotency_key,
-             _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted,
-                      "fp": item.fingerprint}),
-             item.created_at),
+        conn.remember_key(
+            app_id, item.idempotency_key,
+            _encode({"id": out.id, "recipients": out.recipients, "muted": out.muted,
+                     "fp": item.fingerprint}),
+            item.created_at,
         )
 
 

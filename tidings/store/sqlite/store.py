@@ -42,6 +42,7 @@ from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
+from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.outbound import SQLiteOutbound
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
@@ -56,8 +57,9 @@ _decode_prefs = msgspec.json.Decoder(Preferences).decode
 _encode = msgspec.json.encode
 
 
-def _connect(path: str, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+def _connect(path: str, synchronous: str, factory=sqlite3.Connection) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
+                           factory=factory)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -157,7 +159,7 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = _connect(self._path, self._sync)
+            conn = _connect(self._path, self._sync, WriterConnection)
             _migrate(conn)
         except BaseException as exc:  # reported by start_and_wait
             self.error = exc
@@ -185,13 +187,13 @@ class _Writer(threading.Thread):
             self._run_batch(conn, batch)
         conn.close()
 
-    def _reconnect(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+    def _reconnect(self, conn: WriterConnection) -> WriterConnection:
         """SQLite opens a file it may not write read-only, and the connection
         stays read-only after the file becomes writable again: after a
         SQLITE_READONLY, the next group of jobs gets a fresh connection."""
         self._reopen = False
         try:
-            fresh = _connect(self._path, self._sync)
+            fresh = _connect(self._path, self._sync, WriterConnection)
         except sqlite3.Error:
             return conn
         conn.close()
@@ -210,28 +212,32 @@ class _Writer(threading.Thread):
         err.__cause__ = exc
         return err
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+    def _run_batch(self, conn: WriterConnection, batch: list) -> None:
         """Run ``batch`` in one transaction.  Optimistic: jobs run back to back;
         if one raises, the whole transaction is rolled back and every job is
         run again in a transaction of its own, so that one bad job fails alone
-        (cheaper than a SAVEPOINT around every job when nothing fails)."""
+        (cheaper than a SAVEPOINT around every job when nothing fails).
+        Publishes gather their rows on ``conn``; they are written before any
+        other job runs and before ``COMMIT`` (appends.py)."""
         results: list[tuple[Any, Any, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.begin()
             try:
                 for fn, args, fut, loop in batch:
+                    if not getattr(fn, "appends", False):
+                        conn.flush()
                     results.append((fut, loop, fn(conn, *args), None))
+                conn.flush()
             except Exception:
-                conn.execute("ROLLBACK")
+                conn.rollback()
                 results = [self._run_alone(conn, job) for job in batch]
             else:
-                conn.execute("COMMIT")
+                conn.commit()
                 self.commits += 1
                 self.cannot_write = False
             self.jobs_done += len(batch)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            conn.rollback()
             err = self._unavailable(exc) or Unavailable(f"store write failed: {exc}")
             results = [(fut, loop, None, err) for fn, args, fut, loop in batch]
         by_loop: dict[Any, list] = {}
@@ -244,17 +250,18 @@ class _Writer(threading.Thread):
                 pass  # that loop is closed; nobody waits any more
 
 
-    def _run_alone(self, conn: sqlite3.Connection, job) -> tuple:
+    def _run_alone(self, conn: WriterConnection, job) -> tuple:
         fn, args, fut, loop = job
-        conn.execute("BEGIN IMMEDIATE")
+        conn.begin()
         try:
             value = fn(conn, *args)
+            conn.flush()
         except Exception as exc:
-            conn.execute("ROLLBACK")
+            conn.rollback()
             if isinstance(exc, sqlite3.Error):
                 return (fut, loop, None, self._unavailable(exc) or exc)
             return (fut, loop, None, exc)
-        conn.execute("COMMIT")
+        conn.commit()
         self.commits += 1
         self.cannot_write = False
         return (fut, loop, value, None)
@@ -462,7 +469,9 @@ class SQLiteStore(SQLiteOutbound, Store):
     # -- scheduled delivery ---------------------------------------------
     async def fire_due(self, now, limit, *, fanout_threshold) -> list:
         def publish(conn, app_id, item):
-            return _tx.publish_tx(conn, app_id, item, fanout_threshold, 0.0)
+            out = _tx.publish_tx(conn, app_id, item, fanout_threshold, 0.0)
+            conn.flush()  # inside fire_due_tx's savepoint: a bad row fails this one alone
+            return out
 
         return await self._write(_sched.fire_due_tx, now, limit, publish)
 
@@ -646,6 +655,7 @@ class SQLiteStore(SQLiteOutbound, Store):
                 "INSERT INTO mutes(app_id, category, user_id) VALUES (?,?,?)",
                 [(app_id, c, user) for c in muted],
             )
+            conn.mutes_changed()
 
         await self._write(put)
 

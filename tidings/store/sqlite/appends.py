@@ -1,0 +1,184 @@
+"""The writer's connection: stream heads kept in memory, publishes written per group.
+
+A plain publish (to users, or to a topic fanned out on write) is an append:
+one notification row, one inbox row per recipient with the recipient's next
+``seq``, the recipients' new stream heads and perhaps an idempotency record.
+Written one publish at a time that is three statements and a read of every
+head per job; here the writer gathers the rows of every publish of a group
+commit and writes them before ``COMMIT`` with one statement per table, and
+the heads come from memory.
+
+Why the heads may live in memory: in this process the writer thread is the
+only one that writes ``streams``, and it does so only through this
+connection.  Other processes may share the file (``--workers``, the CLI), so
+at the start of every group the connection asks SQLite's ``data_version``
+whether anyone else committed since this connection's last transaction, and
+forgets every cached head (and the mute flags below) if so.  A group that
+rolls back forgets what it assigned; only committed heads enter the cache.
+
+What is buffered is visible to the jobs of the same group that read it
+through this connection (``known_head``, ``find_key``), and ``flush`` writes
+it out before any job that reads the tables directly (store.py runs
+``flush`` before every job that is not marked ``appends``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from operator import itemgetter
+
+from tidings.core.ids import new_epoch
+
+__all__ = ["HEADS_CACHED", "WriterConnection"]
+
+HEADS_CACHED = 100_000  # (app, user) heads kept; ~150 bytes each
+_CHUNK = 500  # host parameters per IN (...) list
+_by_user = itemgetter(1)
+
+
+class WriterConnection(sqlite3.Connection):
+    """The write connection of the store's writer thread (store.py)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._heads: dict[tuple[str, str], tuple[str, int]] = {}  # committed
+        self._txn: dict[tuple[str, str], tuple[str, int]] = {}  # this transaction's
+        self._dirty: set[tuple[str, str]] = set()  # heads of _txn not written yet
+        self._notes: list[tuple] = []
+        self._inbox: list[tuple] = []
+        self._keys: dict[tuple[str, str], tuple] = {}
+        self._unmuted: set[tuple[str, str]] = set()  # (app, category) with no mutes
+        self._data_version: int | None = None
+
+    # -- transactions (the writer calls these) -----------------------------------------
+    def begin(self) -> None:
+        self.execute("BEGIN IMMEDIATE")
+        (version,) = self.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            # another connection committed: what this one remembers may be stale
+            self._heads.clear()
+            self._unmuted.clear()
+            self._data_version = version
+
+    def commit(self) -> None:
+        self.flush()
+        self.execute("COMMIT")
+        heads = self._heads
+        heads.update(self._txn)
+        self._txn.clear()
+        if len(heads) > HEADS_CACHED:
+            for key in list(heads)[: len(heads) - HEADS_CACHED]:  # the oldest entered
+                del heads[key]
+
+    def rollback(self) -> None:
+        self._discard()
+        if self.in_transaction:
+            self.execute("ROLLBACK")
+
+    def _discard(self) -> None:
+        self._unmuted.clear()  # what it learnt may have been from rolled-back rows
+        self._txn.clear()
+        self._dirty.clear()
+        self._notes.clear()
+        self._inbox.clear()
+        self._keys.clear()
+
+    # -- what publishes write ------------------------------------------------------------
+    def next_seqs(self, app_id: str, users: list[str]) -> list[tuple[str, str, int]]:
+        """``(user, epoch, seq)`` for each of ``users`` (distinct): the next
+        seq of their stream, taken now.  A user without a stream gets one
+        (a fresh epoch, seq 1)."""
+        txn, heads, dirty = self._txn, self._heads, self._dirty
+        missing = [u for u in users if (app_id, u) not in txn and (app_id, u) not in heads]
+        if missing:
+            self._load_heads(app_id, missing)
+        out = []
+        for user in users:
+            key = (app_id, user)
+            epoch, seq = txn.get(key) or heads[key]
+            seq += 1
+            txn[key] = (epoch, seq)
+            dirty.add(key)
+            out.append((user, epoch, seq))
+        return out
+
+    def _load_heads(self, app_id: str, users: list[str]) -> None:
+        found = {}
+        for i in range(0, len(users), _CHUNK):
+            part = users[i:i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            for user, epoch, seq in self.execute(
+                f"SELECT user_id, epoch, head_seq FROM streams WHERE app_id=? "
+                f"AND user_id IN ({marks})", (app_id, *part),
+            ):
+                found[user] = (epoch, seq)
+        txn = self._txn
+        for user in users:
+            # a new stream: written with its first seq when the group flushes
+            txn[(app_id, user)] = found.get(user) or (new_epoch(), 0)
+
+    def add_notification(self, row: tuple) -> None:
+        """``(app, id, category, body, recipients, created_at, expires_at)``"""
+        self._notes.append(row)
+
+    def add_entries(self, rows: list[tuple]) -> None:
+        """Inbox rows ``(app, user, seq, nid, created_at, expires_at)``."""
+        self._inbox += rows
+
+    def remember_key(self, app_id: str, key: str, result: bytes, created_at: float) -> None:
+        self._keys[(app_id, key)] = (app_id, key, result, created_at)
+
+    def find_key(self, app_id: str, key: str) -> tuple[bytes, float] | None:
+        """The idempotency record of ``key`` (this group's, or stored)."""
+        hit = self._keys.get((app_id, key))
+        if hit is not None:
+            return hit[2], hit[3]
+        return self.execute(
+            "SELECT result, created_at FROM idempotency WHERE app_id=? AND key=?", (app_id, key),
+        ).fetchone()
+
+    def has_mutes(self, app_id: str, category: str) -> bool:
+        """Whether any user of the app muted ``category`` (the mute lookup
+        per recipient is skipped when nobody did, as is usual)."""
+        if (app_id, category) in self._unmuted:
+            return False
+        if self.execute("SELECT 1 FROM mutes WHERE app_id=? AND category=? LIMIT 1",
+                        (app_id, category)).fetchone():
+            return True
+        self._unmuted.add((app_id, category))
+        return False
+
+    def mutes_changed(self) -> None:
+        self._unmuted.clear()
+
+    def flush(self) -> None:
+        """Write what the group's publishes gathered, one statement per table."""
+        if self._notes:
+            self.executemany(
+                "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
+                "expires_at) VALUES (?,?,?,?,?,?,?)", self._notes,
+            )
+            self._notes.clear()
+        if self._inbox:
+            # in key order: each user's rows land on that user's pages together
+            self._inbox.sort(key=_by_user)
+            self.executemany(
+                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
+                "VALUES (?,?,?,?,?,?)", self._inbox,
+            )
+            self._inbox.clear()
+        if self._dirty:
+            txn = self._txn
+            self.executemany(
+                "INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES (?,?,?,?) "
+                "ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=excluded.head_seq",
+                [(a, u, *txn[(a, u)]) for a, u in self._dirty],
+            )
+            self._dirty.clear()
+        if self._keys:
+            self.executemany(
+                "INSERT INTO idempotency(app_id, key, result, created_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
+                "created_at=excluded.created_at", list(self._keys.values()),
+            )
+            self._keys.clear()
