@@ -41,8 +41,8 @@ from tidings.store.base import (
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
-from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
 from tidings.store.sqlite.outbound import SQLiteOutbound
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
@@ -57,13 +57,20 @@ _decode_prefs = msgspec.json.Decoder(Preferences).decode
 _encode = msgspec.json.encode
 
 
-def _connect(path: str, synchronous: str, factory=sqlite3.Connection) -> sqlite3.Connection:
+def _connect(path: str, synchronous: str,
+             factory: type[sqlite3.Connection] = sqlite3.Connection) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
                            factory=factory)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _connect_writer(path: str, synchronous: str) -> WriterConnection:
+    conn = _connect(path, synchronous, WriterConnection)
+    assert isinstance(conn, WriterConnection)
     return conn
 
 
@@ -159,7 +166,7 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = _connect(self._path, self._sync, WriterConnection)
+            conn = _connect_writer(self._path, self._sync)
             _migrate(conn)
         except BaseException as exc:  # reported by start_and_wait
             self.error = exc
@@ -193,7 +200,7 @@ class _Writer(threading.Thread):
         SQLITE_READONLY, the next group of jobs gets a fresh connection."""
         self._reopen = False
         try:
-            fresh = _connect(self._path, self._sync, WriterConnection)
+            fresh = _connect_writer(self._path, self._sync)
         except sqlite3.Error:
             return conn
         conn.close()
