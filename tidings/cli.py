@@ -14,7 +14,7 @@ import sys
 import click
 import msgspec
 
-from tidings import bootstrap, config_file
+from tidings import bootstrap, config_file, logs
 from tidings.core.models import valid_user
 from tidings.errors import TidingsError
 
@@ -110,8 +110,12 @@ def main(debug: bool) -> None:
                    "repeatable). Default: any.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--log-format", envvar="TIDINGS_LOG_FORMAT", default="text", show_default=True,
+              type=click.Choice(["text", "json"]),
+              help="json: one object a line with time, level, node, request id, app "
+                   "($TIDINGS_LOG_FORMAT).")
 def serve(config, host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
-          log_level) -> None:
+          log_level, log_format) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
     settings = _settings(config, host=host, port=port, data=data, store=store, broker=broker,
                          outbox=outbox, node=node, cache=cache,
@@ -141,6 +145,9 @@ def serve(config, host, port, data, store, broker, outbox, workers, node, cache,
         timeout_graceful_shutdown=5,
         backlog=4096,
     )
+    log_config = logs.uvicorn_log_config(log_format, log_level)
+    if log_config is not None:
+        options["log_config"] = log_config
     if workers > 1:
         _serve_workers(settings, workers, options)
         return

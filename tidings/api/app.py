@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route, WebSocketRoute
 
+from tidings import logs
 from tidings.api import client, ops, outbound, server
 from tidings.api.common import JSON, error_response
 from tidings.api.cors import CORS
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     settings = settings or Settings()
     service = service or build_service(settings)
     node = node_name(settings)
+    logs.NODE["name"] = node
     dashboard = Dashboard(service, node)
 
     @contextlib.asynccontextmanager
@@ -221,8 +223,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        # pages on other origins: the client API, SSE, token minting (api/cors.py)
-        middleware=[Middleware(CORS, allowed_origins=settings.allowed_origins)],
+        middleware=[
+            Middleware(logs.RequestId),  # X-Request-Id in, out and in every log line
+            # pages on other origins: the client API, SSE, token minting (api/cors.py)
+            Middleware(CORS, allowed_origins=settings.allowed_origins),
+        ],
         # Starlette types every handler as taking Exception, though it calls
         # each with the class it is registered for.
         exception_handlers={

@@ -90,6 +90,7 @@ async def publish(request: Request):
     service = request.app.state.service
     req = await body_of(request, PublishRequest)
     result = await service.publish(app, req, _idempotency_key(request))
+    request.state.notification_id = result["id"]  # for this request's log lines
     return JSON(result, status_code=202)
 
 
