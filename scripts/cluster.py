@@ -117,8 +117,10 @@ class Node:
 
     def start(self) -> None:
         out = open(self.log, "ab")
+        # /metrics without a key: the tests and benchmarks read it per node
+        env = {**os.environ, "TIDINGS_METRICS_PUBLIC": "1"}
         self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
         out.close()
 
     def wait_ready(self, timeout: float = 30) -> None:

@@ -125,6 +125,10 @@ class Settings(msgspec.Struct):
     # admin keys of this app see the whole service on /dashboard; every other
     # app's admin keys see their own app only (docs/operations.md#dashboard)
     operator_app: str | None = "default"
+    # /metrics without a key (TIDINGS_METRICS_PUBLIC=1): every app's counters
+    # to whoever reaches the port; only where the port is the monitoring
+    # network's.  Otherwise it takes an admin key, scoped like /dashboard.
+    metrics_public: bool = False
     limits: Limits = Limits()
     # Requests per second per API key, shared by every node through the broker
     # (a token bucket: ``key_burst`` at once).  0 turns the limit off.

@@ -19,7 +19,9 @@ def _samples(text: str) -> dict[str, float]:
 
 
 async def _scrape(server) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    """Every app's series: the test app is made the operator's."""
+    server.service.settings.operator_app = server.app
+    async with server.http() as http:
         r = await http.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
@@ -86,8 +88,41 @@ async def test_replays_and_no_topic_names(server):
     ws = await ws_connect(server, token, cursor=hello["cursor"])
     await recv_events(ws, 4)  # hello, 2 replayed, recovered
     await ws.close()
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    server.service.settings.operator_app = server.app
+    async with server.http() as http:
         text = (await http.get("/metrics")).text
     assert _samples(text)['tidings_replayed_total{app="testapp"}'] == 2
     assert "secret-topic-name" not in text
     assert re.search(r"^tidings_streams_opened_total 2\.0$", text, re.M)
+
+
+async def test_metrics_take_an_admin_key_and_show_other_apps_only_to_the_operator(server):
+    other, other_key = await server.new_app("other")
+    publisher = await server.service.create_api_key(server.app, ["publish"])
+    async with server.http(other_key) as http:
+        r = await http.post("/v1/notifications", json={"to": {"users": ["zed"]}, "title": "x"})
+        assert r.status_code == 202
+    await publish(server, {"users": ["alice"]}, 1)
+    async with httpx.AsyncClient(base_url=server.url) as anonymous:
+        r = await anonymous.get("/metrics")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    async with server.http(publisher) as http:
+        assert (await http.get("/metrics")).status_code == 403
+    # an app's own admin key: its own series, no other app's id nor node-wide counts
+    async with server.http(other_key) as http:
+        text = (await http.get("/metrics")).text
+    assert _samples(text)[f'tidings_publishes_total{{app="{other}"}}'] == 1
+    assert "testapp" not in text and "tidings_streams_opened" not in text
+    # the operator app's admin key: everything
+    m = await _scrape(server)
+    assert m['tidings_publishes_total{app="testapp"}'] == 1
+    assert m[f'tidings_publishes_total{{app="{other}"}}'] == 1
+
+
+async def test_metrics_can_be_made_public(tmp_path):
+    from tests.conftest import run_server
+
+    async with run_server(tmp_path, metrics_public=True) as server:
+        async with httpx.AsyncClient(base_url=server.url) as anonymous:
+            r = await anonymous.get("/metrics")
+        assert r.status_code == 200 and "tidings_node_info" in r.text

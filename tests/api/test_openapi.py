@@ -97,3 +97,58 @@ async def test_every_api_route_is_documented(server):
     api_routes = {(m, p) for m, p in routed if p.startswith("/v1/")}
     assert api_routes <= documented, api_routes - documented
     assert documented <= routed, documented - routed
+
+
+def _pattern(schema: dict) -> re.Pattern:
+    return re.compile(schema["pattern"])
+
+
+async def test_the_document_states_the_identifier_patterns(server):
+    """What the server refuses, the document says: a client generated from
+    it knows a user id or topic before sending one (and every pattern is
+    portable to ECMA regular expressions: no Python-only ``\\Z``)."""
+    async with server.http() as http:
+        doc = (await http.get("/openapi.json")).json()
+    assert "\\Z" not in json.dumps(doc)
+    params = {p["name"]: p["schema"] for ops in doc["paths"].values() for op in ops.values()
+              for p in op.get("parameters", [])}
+    for name in ("user", "topic", "id", "wid", "sid", "jid"):
+        assert "pattern" in params[name], name
+    good = {"user": ["alice", "team/ann", "x" * 128], "topic": ["guild:7", "a.b-c_d"],
+            "id": ["01HZZZZZZZZZZZZZZZZZZZZZZZ"], "wid": ["wh_0123456789abcdef"],
+            "sid": ["AAAAAAAAAAAAAAAA"], "jid": ["01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0"]}
+    bad = {"user": ["", "alice\n", "a\x00", "x" * 129], "topic": ["has space", "t\n", "é"],
+           "id": ["nope", "01hzzzzzzzzzzzzzzzzzzzzzzz", "01HZZZZZZZZZZZZZZZZZZZZZZZ\n"],
+           "wid": ["wh_x", "wh_0123456789abcdef\n"], "sid": ["A" * 15, "A" * 16 + "\n"],
+           "jid": ["a\x00", ""]}
+    for name, schema in params.items():
+        if name not in good:
+            continue
+        for value in good[name]:
+            assert _pattern(schema).search(value), (name, value)
+            assert len(value) <= schema.get("maxLength", 10**6)
+        for value in bad[name]:
+            assert not (_pattern(schema).search(value)
+                        and schema.get("minLength", 0) <= len(value)
+                        <= schema.get("maxLength", 10**6)), (name, value)
+    users = doc["components"]["schemas"]["Target"]["properties"]["users"]
+    item = users["anyOf"][0]["items"] if "anyOf" in users else users["items"]
+    assert not _pattern(item).search("alice\n") and _pattern(item).search("alice")
+    topic = doc["components"]["schemas"]["Target"]["properties"]["topic"]
+    topic = topic["anyOf"][0] if "anyOf" in topic else topic
+    assert _pattern(topic).search("guild:7") and not _pattern(topic).search("guild 7")
+
+
+async def test_405_lists_every_method_of_the_path(server):
+    async with server.http() as http:
+        for path, allowed in [("/v1/notifications/01HZZZZZZZZZZZZZZZZZZZZZZZ",
+                               {"GET", "PATCH", "DELETE"}),
+                              ("/v1/topics/t/subscribers/alice", {"PUT", "DELETE"}),
+                              ("/v1/users/alice/email", {"GET", "PUT", "DELETE"}),
+                              ("/v1/webhooks", {"GET", "POST"}),
+                              ("/v1/me/preferences", {"GET", "PUT"})]:
+            r = await http.request("POST" if "POST" not in allowed else "PATCH", path)
+            assert r.status_code == 405, (path, r.text)
+            got = {m.strip() for m in r.headers["allow"].split(",")}
+            assert got - {"HEAD", "OPTIONS"} == allowed, (path, got)
+            assert r.json()["error"]["code"] == "method_not_allowed"

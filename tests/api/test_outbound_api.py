@@ -340,3 +340,19 @@ async def test_a_correction_reaches_jobs_not_sent_yet(tmp_path):
             assert r.status_code == 200
         (job,) = await server.service.store.claim_jobs("webhook", 5, 2e9, 60)
         assert b'"title":"typo"' in job.notification
+
+
+async def test_the_jobs_of_an_unknown_or_other_apps_notification_are_404(server):
+    other, other_key = await server.new_app("other")
+    async with server.http(other_key) as http:
+        r = await http.post("/v1/notifications", json={"to": {"users": ["u"]}, "title": "x"})
+        theirs = r.json()["id"]
+    async with server.http() as http:
+        r = await http.post("/v1/notifications", json={"to": {"users": ["u"]}, "title": "x"})
+        mine = r.json()["id"]
+        assert (await http.get(f"/v1/notifications/{mine}/outbound")).json() == {"jobs": []}
+        for nid in (theirs, "01HZZZZZZZZZZZZZZZZZZZZZZZ"):
+            r = await http.get(f"/v1/notifications/{nid}/outbound")
+            assert r.status_code == 404, r.text
+            assert r.json()["error"] == {"code": "not_found", "message": "no such notification",
+                                         "field": "id"}

@@ -90,7 +90,8 @@ async def publish_numbered(url: str, key: str, to: dict, numbers, pause: float =
 
 
 async def connections(node_url: str) -> int:
-    """Open live streams on one node, from its /metrics."""
+    """Open live streams on one node, from its /metrics (public on the
+    cluster's nodes, scripts/cluster.py)."""
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(node_url + "/metrics")).text
     return int(sum(float(v) for v in re.findall(r"^tidings_connections(?:\{[^}]*\})? (\S+)$",

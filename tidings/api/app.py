@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Match, Route, WebSocketRoute
 
 from tidings import logs
 from tidings.api import client, ops, outbound, server
@@ -60,8 +60,23 @@ async def _http_error(request: Request, exc: HTTPException):
     if not (exc.status_code == 404 and _BROWSER_OWN.match(request.url.path)):
         _count_error(request, code, exc.status_code)
     message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed(request)}
     return JSON({"error": {"code": code, "message": message}}, status_code=exc.status_code,
-                headers=getattr(exc, "headers", None))
+                headers=headers)
+
+
+def _allowed(request: Request) -> str:
+    """Every method of the path (RFC 9110 §15.5.6).  Each method of a path
+    is a route of its own, and Starlette's 405 names only the first one's."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected(request: Request, exc: Exception):

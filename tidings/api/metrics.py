@@ -5,7 +5,8 @@ tidings.core.stats, and :class:`ServiceCollector` turns them into metric
 families when Prometheus scrapes.  The gauges that need a walk over the open
 streams (connections by transport, queue depths) are computed here, at
 scrape time, too.  Every family is labelled by ``app``; errors that happen
-before a key or token names an app have ``app=""``.  Topic names never
+before a key or token names an app have ``app=""``.  An app's own admin key
+sees its own series only (tidings/api/ops.py).  Topic names never
 appear (they are app data, and unbounded).
 """
 
@@ -38,14 +39,19 @@ def stream_gauges(apps: dict[str, set]) -> dict[str, dict]:
 class ServiceCollector:
     """Reads the service's counters at scrape time."""
 
-    def __init__(self, service, node: str = ""):
+    def __init__(self, service, node: str = "", only: str | None = None):
         self.service = service
         self.node = node
+        self.only = only  # one app's series, and none of the node-wide ones
 
     def collect(self):
         hub = self.service.hub
         stats = hub.metrics
-        apps = sorted(stats.apps.items())
+        only = self.only
+        apps = sorted(((a, st) for a, st in stats.apps.items() if only is None or a == only),
+                      key=lambda pair: pair[0])
+        streams = hub.apps if only is None else {
+            a: s for a, s in hub.apps.items() if a == only}
 
         info = InfoMetricFamily("tidings_node", "This node")
         info.add_metric([], {"node": self.node})
@@ -57,7 +63,7 @@ class ServiceCollector:
                                    "Events waiting in the streams' queues", labels=["app"])
         deepest = GaugeMetricFamily("tidings_queue_depth_max",
                                     "Longest pending queue of any stream", labels=["app"])
-        for app, g in sorted(stream_gauges(hub.apps).items()):
+        for app, g in sorted(stream_gauges(streams).items()):
             for kind, n in sorted(g["kinds"].items()):
                 conns.add_metric([app, kind], n)
             queued.add_metric([app], g["queued"])
@@ -65,8 +71,9 @@ class ServiceCollector:
         yield conns
         yield queued
         yield deepest
-        yield CounterMetricFamily("tidings_streams_opened", "Streams opened on this node",
-                                  value=stats.opened)
+        if only is None:  # counts every app's streams
+            yield CounterMetricFamily("tidings_streams_opened", "Streams opened on this node",
+                                      value=stats.opened)
 
         def counter(name: str, doc: str, attr: str) -> CounterMetricFamily:
             fam = CounterMetricFamily(name, doc, labels=["app"])

@@ -12,6 +12,9 @@ import functools
 import msgspec
 
 from tidings.core.models import (
+    NO_CONTROL_RE,
+    TOPIC_RE,
+    USER_RE,
     BatchRequest,
     InboxItem,
     Notification,
@@ -22,9 +25,31 @@ from tidings.core.models import (
     SubscribersRequest,
     TokenRequest,
 )
-from tidings.core.outbound import Caps, EmailRequest, PushSubscriptionRequest, WebhookRequest
+from tidings.core.outbound import (
+    SUBSCRIPTION_ID_RE,
+    WEBHOOK_ID_RE,
+    Caps,
+    EmailRequest,
+    PushSubscriptionRequest,
+    WebhookRequest,
+)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# The path parameters as the routes check them (tidings/api/*.py), so that a
+# client generated from the document knows what a valid one is.
+_ID = {"type": "string", "pattern": r"^[0-9A-HJKMNP-TV-Z]{26}\Z"}  # tidings.core.ids
+PATH_PARAMS: dict[str, dict] = {
+    "user": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": USER_RE},
+    "topic": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": TOPIC_RE},
+    "id": _ID,
+    "wid": {"type": "string", "pattern": WEBHOOK_ID_RE.pattern},
+    "sid": {"type": "string", "pattern": SUBSCRIPTION_ID_RE.pattern},
+    "jid": {"type": "string", "minLength": 1, "maxLength": 80, "pattern": NO_CONTROL_RE},
+}
+# Python's ``\Z`` (end of string, even before a final newline) is not an
+# ECMA-262 escape; a look-ahead for "no character follows" means the same
+# in both, so the document's patterns work in any generated client.
+_END = "(?![\\s\\S])"
 
 # (method, path, summary, auth, request model)
 OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
@@ -90,7 +115,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      None),
     ("get", "/healthz", "Liveness", "none", None),
     ("get", "/readyz", "Readiness (store and broker reachable)", "none", None),
-    ("get", "/metrics", "Prometheus metrics", "none", None),
+    ("get", "/metrics", "Prometheus metrics (admin key; other apps only for the operator app)",
+     "apiKey", None),
     # the dashboard's data (an admin key, or the dashboard's session cookie);
     # its pages, login and SSE stream are for browsers and not listed
     ("get", "/dashboard/api/snapshot", "Dashboard: this node's numbers now (admin key)",
@@ -132,11 +158,11 @@ def openapi_document() -> dict:
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
         if params:
             op["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": p, "in": "path", "required": True, "schema": PATH_PARAMS[p]}
                 for p in params
             ]
         paths.setdefault(path, {})[method] = op
-    return {
+    return _portable({
         "openapi": "3.1.0",
         "info": {"title": "tidings", "version": "1"},
         "paths": paths,
@@ -149,4 +175,14 @@ def openapi_document() -> dict:
                               "description": "A user token (client API)"},
             },
         },
-    }
+    })
+
+
+def _portable(node):
+    """The document with every ``pattern``'s ``\\Z`` written as ``_END``."""
+    if isinstance(node, dict):
+        return {k: (v.replace("\\Z", _END) if k == "pattern" and isinstance(v, str)
+                    else _portable(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_portable(v) for v in node]
+    return node

@@ -7,9 +7,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from tidings.api.common import JSON
+from tidings.api.common import JSON, bearer
 from tidings.api.metrics import ServiceCollector
 from tidings.api.openapi import openapi_document
+
+_PROMETHEUS = "text/plain; version=0.0.4"
 
 
 async def healthz(request: Request):
@@ -30,12 +32,24 @@ async def readyz(request: Request):
 
 
 async def metrics(request: Request):
+    """Prometheus' text format.  An admin key of the operator app (or a
+    public /metrics) sees every app; another app's admin key its own series
+    only, since app ids and counters are that tenant's business."""
+    service = request.app.state.service
+    settings = service.settings
+    node = getattr(request.app.state, "node", "")
+    if not settings.metrics_public:
+        record = await service.authenticate_key(bearer(request), "admin")
+        request.state.app = record.app_id
+        if record.app_id != settings.operator_app:
+            registry = CollectorRegistry()
+            registry.register(ServiceCollector(service, node, only=record.app_id))
+            return Response(generate_latest(registry), media_type=_PROMETHEUS)
     registry = request.app.state.metrics_registry
     if registry is None:
         registry = request.app.state.metrics_registry = CollectorRegistry()
-        registry.register(ServiceCollector(request.app.state.service,
-                                           getattr(request.app.state, "node", "")))
-    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        registry.register(ServiceCollector(service, node))
+    return Response(generate_latest(registry), media_type=_PROMETHEUS)
 
 
 async def openapi(request: Request):

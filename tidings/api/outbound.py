@@ -263,7 +263,12 @@ async def retry_dead_job(request: Request):
 async def notification_jobs(request: Request):
     app = await server_auth(request, "read")
     nid = _nid(request)
-    jobs = await request.app.state.service.store.list_jobs(app, nid=nid, limit=1000)
+    store = request.app.state.service.store
+    # as everywhere: an id this app did not publish is "no such notification"
+    if (await store.get_notification(app, nid) is None
+            and await store.get_scheduled(app, nid) is None):
+        raise NotFound("no such notification", field="id")
+    jobs = await store.list_jobs(app, nid=nid, limit=1000)
     return JSON({"jobs": [_job(j) for j in jobs]})
 
 
