@@ -11,6 +11,7 @@ import functools
 
 import msgspec
 
+from tidings.api.apidocs import EXAMPLES, PROTOCOL
 from tidings.core.models import (
     NO_CONTROL_RE,
     TOPIC_RE,
@@ -155,6 +156,9 @@ def openapi_document() -> dict:
         if model is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            if (method, path) in EXAMPLES:
+                op["requestBody"]["content"]["application/json"]["example"] = \
+                    EXAMPLES[(method, path)]
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
         if params:
             op["parameters"] = [
@@ -164,7 +168,7 @@ def openapi_document() -> dict:
         paths.setdefault(path, {})[method] = op
     return _portable({
         "openapi": "3.1.0",
-        "info": {"title": "tidings", "version": "1"},
+        "info": {"title": "tidings", "version": "1", "description": PROTOCOL},
         "paths": paths,
         "components": {
             "schemas": components,

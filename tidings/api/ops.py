@@ -1,10 +1,10 @@
-"""Operator endpoints: health, readiness, Prometheus metrics, OpenAPI."""
+"""Operator endpoints: health, readiness, Prometheus metrics, OpenAPI (its page: apidocs.py)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.api.common import JSON, bearer
@@ -56,25 +56,9 @@ async def openapi(request: Request):
     return JSON(openapi_document())
 
 
-_DOCS = """<!doctype html><html><head><meta charset="utf-8"><title>tidings API</title>
-<style>body{font:15px system-ui;margin:2rem auto;max-width:60rem}code{background:#eee}
-li{margin:.2rem 0}</style></head><body><h1>tidings API</h1>
-<p>The machine-readable description is <a href="/openapi.json">/openapi.json</a>.</p>
-<ul id="ops"></ul><script>
-fetch('/openapi.json').then(r=>r.json()).then(doc=>{const ul=document.getElementById('ops');
-for(const [p,ops] of Object.entries(doc.paths)){for(const [m,op] of Object.entries(ops)){
-const li=document.createElement('li');li.innerHTML='<code>'+m.toUpperCase()+' '+p+'</code> — '
-+(op.summary||'');ul.appendChild(li);}}});</script></body></html>"""
-
-
-async def docs(request: Request):
-    return HTMLResponse(_DOCS)
-
-
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
 ]

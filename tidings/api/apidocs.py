@@ -1,0 +1,140 @@
+"""The API reference at ``/docs``: Swagger UI over ``/openapi.json``, with the
+live protocol (events, cursors, close codes) at its top and request examples.
+
+Swagger UI's files come from the ``swagger-ui-bundle-v2`` package, installed
+with tidings and served from memory under ``/docs/assets/``: the page makes
+no request to any other host (its Content-Security-Policy says so too), so
+it works on a machine without internet and leaks nothing about the reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.dashboard.web import PAGE_HEADERS, page, static_text
+from tidings.errors import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_PING_TIMEOUT,
+    CLOSE_RESYNC,
+    CLOSE_SHUTDOWN,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHORIZED,
+    NotFound,
+)
+
+# Swagger UI renders with inline style attributes; scripts stay our own files.
+DOCS_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'")}
+_ASSETS = {"swagger-ui.css": "text/css; charset=utf-8",
+           "swagger-ui-bundle.js": "text/javascript; charset=utf-8"}
+
+_CLOSE_CODES = [
+    (CLOSE_SLOW_CONSUMER, "reconnect", "the connection fell too far behind (its queue was full)"),
+    (CLOSE_SHUTDOWN, "reconnect", "the node is shutting down or draining"),
+    (CLOSE_RESYNC, "reconnect", "the stream could not stay gapless; resume from the cursor"),
+    (CLOSE_PING_TIMEOUT, "reconnect", "reserved (a keepalive timeout closes with 1011 today)"),
+    (CLOSE_BAD_REQUEST, "do not reconnect", "a malformed first message, cursor or query"),
+    (CLOSE_UNAUTHORIZED, "do not reconnect", "missing, expired or forged token"),
+    (CLOSE_FORBIDDEN, "do not reconnect", "origin not allowed"),
+    (CLOSE_TOO_MANY, "do not reconnect", "too many open streams for this user"),
+]
+
+PROTOCOL = """tidings keeps every user's inbox and delivers new notifications live. App backends
+call the **server API** with an API key; end-user devices call the **client API** with a user
+token (`POST /v1/users/{user}/tokens` mints one). Every error is
+`{"error": {"code", "message", "field"}}` with a 4xx status (503 when a backend is down).
+
+## Live protocol
+
+Open `GET /v1/me/stream` (WebSocket; authenticate with an `Authorization` header or a first
+message `{"type": "auth", "token": "..."}`) or `GET /v1/me/events?token=...` (Server-Sent
+Events). Both carry the same JSON events; a WebSocket frame may hold a JSON array of several.
+
+| event | when | carries |
+|---|---|---|
+| `hello` | first, on every connect | `epoch`, `cursor`, `counts` |
+| `notification` | a new notification (live or replayed) | `cursor`, `notification` |
+| `recovered` | after a resume | `ok` (false: reload the inbox page), `missed` |
+| `updated` / `deleted` | a notification was corrected or retracted | the notification / its id |
+| `state` | read, seen or archived on a device | `ids` or `all`, `state` |
+| `counts` | the unread counts changed | `unread`, `unseen` |
+
+**Cursors.** `"<epoch>:<seq>"` (or `"<epoch>:<seq>:<feed>"`): reconnect with `?cursor=` (SSE:
+`Last-Event-ID`, which `EventSource` sends by itself) and the server replays exactly what was
+missed, then goes live. A changed epoch, or a gap older than retention, is answered with
+`recovered` `ok: false`: reload the inbox page instead. Duplicates may cross the wire after a
+resume; drop them by notification `id`.
+
+**Close codes.** 4000-4099: reconnect (with jittered backoff) and resume from the cursor.
+4400-4499: do not reconnect with the same credentials.
+
+| code | then | why |
+|---|---|---|
+""" + "".join(f"| {code} | {then} | {why} |\n" for code, then, why in _CLOSE_CODES) + """
+The browser client `/tidings.js` does all of this; the full description is the project's
+`docs/protocol.md`."""
+
+# Request bodies shown (and pre-filled for "Try it out") on the main operations.
+EXAMPLES = {
+    ("post", "/v1/notifications"): {
+        "to": {"users": ["demo-user"]}, "category": "social", "title": "user_17 replied",
+        "body": "Totally agree.", "url": "/posts/42#c7", "priority": "normal"},
+    ("post", "/v1/notifications/batch"): {"notifications": [
+        {"to": {"users": ["ann"]}, "title": "Your order shipped"},
+        {"to": {"topic": "guild:7"}, "title": "The raid starts in 5 minutes"}]},
+    ("patch", "/v1/notifications/{id}"): {"title": "user_17 replied (edited)"},
+    ("post", "/v1/topics/{topic}/subscribers"): {"users": ["ann", "bo"], "action": "add"},
+    ("post", "/v1/users/{user}/tokens"): {"ttl": 3600},
+    ("post", "/v1/me/notifications/read"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
+    ("post", "/v1/me/notifications/seen"): {"all": True},
+    ("post", "/v1/me/notifications/archive"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
+    ("put", "/v1/me/preferences"): {
+        "categories": {"marketing": {"push": False, "email": False}},
+        "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"}},
+}
+
+
+@functools.cache
+def _assets() -> dict[str, tuple[bytes, str, str]]:
+    import swagger_ui_bundle
+
+    root = Path(str(swagger_ui_bundle.swagger_ui_path))
+    out = {}
+    for name, kind in _ASSETS.items():
+        data = (root / name).read_bytes()
+        out[name] = (data, kind, '"' + hashlib.sha256(data).hexdigest()[:20] + '"')
+    return out
+
+
+async def docs(request: Request):
+    """``GET /docs``: the API reference page."""
+    return page(static_text("docs.html"), headers=DOCS_HEADERS)
+
+
+async def asset(request: Request):
+    """``GET /docs/assets/{name}``: Swagger UI's script and styles."""
+    found = _assets().get(request.path_params["name"])
+    if found is None:
+        raise NotFound("no such file")
+    data, kind, etag = found
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=86400",
+               "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=kind, headers=headers)
+
+
+routes = [
+    Route("/docs", docs, methods=["GET"]),
+    Route("/docs/assets/{name}", asset, methods=["GET"]),
+]
