@@ -30,35 +30,9 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-HAPROXY_CFG = """\
-global
-    maxconn {maxconn}
-    # one process, no daemon: the script (or the test) owns its lifetime
-
-defaults
-    mode http
-    timeout connect 2s
-    # long-lived streams: WebSocket and SSE idle between events
-    timeout client 1h
-    timeout server 1h
-    timeout tunnel 1h
-    # a connection refused by a dead node is retried on another one
-    retries 3
-    option redispatch
-
-frontend tidings
-    bind {host}:{port}
-    default_backend nodes
-
-backend nodes
-    # streams are long-lived: balance by open connections, not by requests
-    balance leastconn
-    option httpchk GET /readyz
-    http-check expect status 200
-    # a node that stops answering (killed, draining) leaves within ~1 s
-    default-server inter 500ms fall 2 rise 2
-{servers}
-"""
+# The HAProxy configuration compose.yaml uses; run here with a loopback bind
+# address and servers, and a maxconn the process's descriptor limit allows.
+HAPROXY_CFG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
 
 
 def _get(url: str, timeout: float = 1.0) -> int:
@@ -201,14 +175,22 @@ class Cluster:
         return self
 
     def haproxy_config(self) -> str:
-        servers = "\n".join(f"    server {n.name} 127.0.0.1:{n.port} check"
-                            for n in self.members)
         # every proxied connection holds two descriptors; HAProxy refuses to
         # start if maxconn needs more than the process may open
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         maxconn = max(1000, (soft - 200) // 2)
-        return HAPROXY_CFG.format(maxconn=maxconn, host="127.0.0.1", port=self.base_port,
-                                  servers=servers)
+        lines = []
+        for line in HAPROXY_CFG.read_text().splitlines():
+            setting = line.split()
+            if setting[:1] == ["server"]:
+                continue  # compose's servers; ours follow the backend
+            if setting[:1] == ["maxconn"]:
+                line = f"    maxconn {maxconn}"
+            elif setting[:1] == ["bind"]:
+                line = f"    bind 127.0.0.1:{self.base_port}"
+            lines.append(line)
+        lines += [f"    server {n.name} 127.0.0.1:{n.port} check" for n in self.members]
+        return "\n".join(lines) + "\n"
 
     def start_haproxy(self) -> None:
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
