@@ -1,11 +1,19 @@
-"""API test fixtures.  ``each_store`` runs the test once on SQLite
-and once on PostgreSQL (a fresh schema), whatever TIDINGS_TEST_STORE says,
-for rules that must read the same on both (docs/design.md §2.8)."""
+"""API test fixtures, each on both stores whatever TIDINGS_TEST_STORE says,
+for rules that must read the same on both (docs/design.md §2.8):
+``each_store`` a server in the test's loop, ``tidings_process`` a real
+``tidings serve`` process (for clients that block: Schemathesis, Hypothesis)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 
 from tests.conftest import run_server
@@ -30,3 +38,47 @@ async def each_store(request, tmp_path):
     async with store_overrides(request.param) as store:
         async with run_server(tmp_path, **store) as live:
             yield live
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tidings(*args: str, env: dict) -> str:
+    return subprocess.run([sys.executable, "-m", "tidings", *args], env=env, check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def tidings_process(request, tmp_path):
+    """A ``tidings serve`` process, its URL, an API key and a user token."""
+    async with store_overrides(request.param) as store:
+        env = {**os.environ, "TIDINGS_DATA": str(tmp_path / "data"), "TIDINGS_KEY_RATE": "0"}
+        if store["store"]:
+            env["TIDINGS_STORE"] = store["store"]
+        port = _free_port()
+        log = open(tmp_path / "serve.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "tidings", "serve", "--port", str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+            key = json.loads(_tidings("app", "create", "fuzz", "--json", env=env))["api_key"]
+            r = httpx.post(f"{url}/v1/users/alice/tokens", json={},
+                           headers={"Authorization": f"Bearer {key}"})
+            yield url, key, r.json()["token"]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            log.close()
+        out = (tmp_path / "serve.log").read_text()
+        assert "Traceback" not in out, out
