@@ -5,12 +5,20 @@ notification to one user (round robin over ``--users``), nobody connected.
 Reports notifications/s accepted (202) and the server's CPU per notification.
 ``--batch K`` uses ``POST /v1/notifications/batch`` with K notifications per
 request, to separate the store's cost from the per-request HTTP cost.
+
+Every run first measures the floor (bench/floor.py: a bare ASGI handler
+answering 202 under the same HTTP server, pinning, client and requests) and
+records ``floor_cpu_us_per_request`` and ``floor_ratio`` = tidings' CPU per
+request / the floor's (``--no-floor`` skips it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +26,7 @@ from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss, thread
 from bench.pgschema import maybe_fresh_schema
 from bench.profile import Profiler
 from bench.publisher import payload, publish_many
-from bench.server import TidingsServer
+from bench.server import TidingsServer, free_port, wait_port
 
 
 def _docs(opts, offset: int):
@@ -43,11 +51,51 @@ def _count_ok(res, batch: int) -> int:
 def run_once(opts, cpus, concurrency: int, profile: Path | None = None) -> dict:
     path = "/v1/notifications/batch" if opts.batch else "/v1/notifications"
     per_req = opts.batch or 1
+    floor = None if profile or getattr(opts, "no_floor", False) else _floor(
+        opts, concurrency, path, per_req)
     with maybe_fresh_schema(getattr(opts, "store", None), "bench_publish") as store:
         rec = _run(opts, cpus, concurrency, profile, path, per_req, store)
     if store is not None:
         rec["store"] = "postgresql"
+    if floor is not None:
+        rec.update(floor)
+        per_request = rec["server_cpu_us_per_publish"] * per_req
+        rec["floor_ratio"] = round(per_request / floor["floor_cpu_us_per_request"], 2)
     return rec
+
+
+def _floor(opts, concurrency: int, path: str, per_req: int) -> dict:
+    """CPU per request of bench/floor.py under the same load as the run."""
+    host, port = "127.0.0.1", free_port()
+    cmd = [sys.executable, "-m", "bench.floor", "--host", host, "--port", str(port)]
+    if opts.server_cpu:
+        cmd = ["taskset", "-c", opts.server_cpu, *cmd]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_port(host, port, proc)
+        sampler = ProcSampler(proc.pid)
+        requests = max(opts.count // per_req, 1)
+        if opts.warmup:
+            asyncio.run(publish_many(host, port, "floor", max(opts.warmup // per_req, 1),
+                                     concurrency, _docs(opts, 10**8), path=path,
+                                     deadline_s=opts.timeout))
+        cpu0 = sampler.cpu()
+        res = asyncio.run(publish_many(host, port, "floor", requests, concurrency,
+                                       _docs(opts, 0), path=path, deadline_s=opts.timeout))
+        cpu1 = sampler.cpu()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return {"floor_cpu_us_per_request": round((cpu1 - cpu0) / max(res.ok, 1) * 1e6, 2),
+            "floor_requests_per_s": round(res.ok / res.seconds, 1),
+            "floor_errors": res.errors}
 
 
 def _run(opts, cpus, concurrency, profile, path, per_req, store) -> dict:
