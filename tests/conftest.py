@@ -1,7 +1,8 @@
 """Shared fixtures: a real tidings server on a loopback port, in the test's loop.
 
-``server`` runs the full ASGI app under uvicorn (httptools, websockets-sansio)
-on 127.0.0.1 with an ephemeral port and a fresh SQLite file, and creates one
+``server`` runs the full ASGI app under uvicorn with the protocols of
+``tidings serve`` (httptools with the direct routes, websockets-sansio with
+the raw frame writer) on 127.0.0.1 with an ephemeral port and a fresh SQLite file, and creates one
 app.  Tests talk to it over real sockets with httpx and websockets.
 """
 
@@ -17,7 +18,7 @@ import pytest
 import uvicorn
 
 from tidings.api.app import build_service, create_app
-from tidings.cli import WS_PROTOCOL
+from tidings.cli import HTTP_PROTOCOL, WS_PROTOCOL
 from tidings.config import Limits, Settings
 from tidings.core.auth import SCOPES
 from tidings.service import Service
@@ -105,11 +106,12 @@ async def _serve(tmp_path, **overrides):
     limits = overrides.pop("limits", Limits())
     ws = overrides.pop("ws", WS_PROTOCOL)
     key = overrides.pop("api_key", None)  # a key of testapp from an earlier run_server
+    http = overrides.pop("http", HTTP_PROTOCOL)
     settings = Settings(data=str(tmp_path / "data"), port=0, limits=limits, **overrides)
     service = build_service(settings)
     config = uvicorn.Config(
         create_app(settings, service), host="127.0.0.1", port=0, loop="none",
-        http="httptools", ws=ws, ws_per_message_deflate=False,
+        http=http, ws=ws, ws_per_message_deflate=False,
         ws_max_size=limits.max_ws_message_bytes, log_level="warning", lifespan="on",
         ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_timeout,
     )

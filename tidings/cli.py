@@ -19,6 +19,7 @@ from tidings.core.models import valid_user
 from tidings.errors import TidingsError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
+HTTP_PROTOCOL = "tidings.api.uvicorn_http:TidingsHttpProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
 STORE_HELP = "Store URL (default: SQLite file in --data)."
 
@@ -135,7 +136,7 @@ def serve(config, host, port, data, store, broker, outbox, workers, node, cache,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=HTTP_PROTOCOL,
         ws=WS_PROTOCOL,
         ws_per_message_deflate=False,  # 2.5-5x memory per connection otherwise
         ws_max_size=limits.max_ws_message_bytes,

@@ -83,7 +83,11 @@ async def body_of(request: Request, type_: type[T]) -> T:
 
 
 def bearer(request: Request) -> str | None:
-    value = request.headers.get("authorization", "")
+    return bearer_of(request.headers.get("authorization", ""))
+
+
+def bearer_of(value: str) -> str | None:
+    """The credential of an ``Authorization: Bearer`` header value."""
     if value[:7].lower() == "bearer ":
         return value[7:].strip()
     if value:

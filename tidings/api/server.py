@@ -10,7 +10,8 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, body_of, decode, int_param, read_body, server_auth
+from tidings.api.common import JSON, bearer_of, body_of, decode, int_param, read_body, server_auth
+from tidings.api.direct import Call, DirectRoute, starlette_route
 from tidings.core.ids import is_id
 from tidings.core.models import (
     BatchRequest,
@@ -27,6 +28,7 @@ from tidings.errors import Invalid, NotFound, TidingsError
 _IDEMPOTENCY_MAX = 255
 _INTERNAL = {"error": {"code": "internal", "message": "internal error"}}
 log = logging.getLogger("tidings.api")
+_encode = msgspec.json.encode
 
 
 class _UserConvertor(Convertor):
@@ -54,14 +56,13 @@ def batch_item_key(key: str | None, i: int) -> str | None:
     return None if key is None else f"{key}\x1f{i}"
 
 
-def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= _IDEMPOTENCY_MAX and key.isprintable()):
+def _idempotency_key(value: str | None) -> str | None:
+    if value is not None and not (0 < len(value) <= _IDEMPOTENCY_MAX and value.isprintable()):
         raise Invalid(
             f"Idempotency-Key must be 1-{_IDEMPOTENCY_MAX} printable characters",
             field="Idempotency-Key",
         )
-    return key
+    return value
 
 
 def _user(request: Request) -> str:
@@ -85,26 +86,33 @@ def _nid(request: Request) -> str:
     return nid
 
 
-async def publish(request: Request):
-    app = await server_auth(request, "publish")
-    service = request.app.state.service
-    req = await body_of(request, PublishRequest)
-    result = await service.publish(app, req, _idempotency_key(request))
-    request.state.notification_id = result["id"]  # for this request's log lines
-    return JSON(result, status_code=202)
+async def _key_auth(service, call: Call, scope: str) -> str:
+    """``server_auth`` for a direct route: the app id of a valid key with
+    ``scope``, after taking one token from the key's rate limit."""
+    record = await service.authenticate_key(
+        bearer_of(call.header(b"authorization") or ""), scope)
+    call.app, call.key = record.app_id, record  # errors from here on count for this app
+    await service.limits.charge_key(record)
+    return record.app_id
 
 
-async def publish_batch(request: Request):
-    app = await server_auth(request, "publish")  # the first token: bad bodies cost too
-    service = request.app.state.service
+async def publish(service, call: Call) -> tuple[int, bytes]:
+    app = await _key_auth(service, call, "publish")
+    req = decode(call.body(), PublishRequest)
+    result = await service.publish(app, req, _idempotency_key(call.header(b"idempotency-key")))
+    return 202, _encode(result)
+
+
+async def publish_batch(service, call: Call) -> tuple[int, bytes]:
+    app = await _key_auth(service, call, "publish")  # the first token: bad bodies cost too
     limits = service.settings.limits
-    batch = decode(await read_body(request, limits.max_body_bytes * 16), BatchRequest)
+    batch = decode(call.body(), BatchRequest)
     if len(batch.notifications) > limits.max_batch:
         raise Invalid(f"at most {limits.max_batch} notifications per batch",
                       field="notifications")
-    key = _idempotency_key(request)
-    # A batch costs one token per notification; server_auth took the first.
-    await service.limits.charge_key(request.state.key, len(batch.notifications) - 1)
+    key = _idempotency_key(call.header(b"idempotency-key"))
+    # A batch costs one token per notification; _key_auth took the first.
+    await service.limits.charge_key(call.key, len(batch.notifications) - 1)
 
     async def one(i: int, raw: msgspec.Raw):
         try:
@@ -120,7 +128,17 @@ async def publish_batch(request: Request):
 
     # Concurrent submissions land in the store's same group commit.
     results = await asyncio.gather(*(one(i, r) for i, r in enumerate(batch.notifications)))
-    return JSON({"results": results}, status_code=202)
+    return 202, _encode({"results": results})
+
+
+# Served by the HTTP protocol of `tidings serve` without ASGI, and as
+# ordinary routes below (tidings/api/direct.py).
+direct_routes = [
+    DirectRoute("POST", "/v1/notifications", publish,
+                lambda settings: settings.limits.max_body_bytes),
+    DirectRoute("POST", "/v1/notifications/batch", publish_batch,
+                lambda settings: settings.limits.max_body_bytes * 16),
+]
 
 
 async def get_notification(request: Request):
@@ -235,8 +253,7 @@ async def mint_token(request: Request):
 
 
 routes = [
-    Route("/v1/notifications", publish, methods=["POST"]),
-    Route("/v1/notifications/batch", publish_batch, methods=["POST"]),
+    *(starlette_route(r) for r in direct_routes),
     Route("/v1/notifications/{id}", get_notification, methods=["GET"]),
     Route("/v1/notifications/{id}", patch_notification, methods=["PATCH"]),
     Route("/v1/notifications/{id}", delete_notification, methods=["DELETE"]),

@@ -1,0 +1,217 @@
+"""The direct routes (publish, batch) over raw HTTP/1.1, on both paths.
+
+``tidings serve`` answers them from its HTTP protocol without ASGI
+(tidings/api/uvicorn_http.py); any other ASGI server reaches the same
+handlers as Starlette routes.  Every case here runs on both and must answer
+the same: status, JSON error vocabulary, keep-alive, pipelining, 100-continue,
+bodies over the limit, HTTP/1.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import run_server
+from tidings.cli import HTTP_PROTOCOL
+from tidings.config import Limits
+
+LIMIT = 4096
+
+
+@pytest.fixture(params=["direct", "asgi"])
+async def live(request, tmp_path):
+    http = HTTP_PROTOCOL if request.param == "direct" else "httptools"
+    async with run_server(tmp_path, http=http, limits=Limits(max_body_bytes=LIMIT)) as s:
+        yield s
+
+
+class Conn:
+    """One raw keep-alive connection; reads Content-Length responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, live) -> Conn:
+        host, port = live.url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def response(self) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        n = int(headers.get("content-length", 0))
+        body = await asyncio.wait_for(self.reader.readexactly(n), 10) if n else b""
+        return status, headers, body
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), 10) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request(live, body: bytes, *, path: str = "/v1/notifications", key: str | None = None,
+            extra: str = "", version: str = "1.1") -> bytes:
+    return (f"POST {path} HTTP/{version}\r\nHost: test\r\n"
+            f"Authorization: Bearer {key or live.api_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            ).encode() + body
+
+
+def doc(user: str = "alice", **more) -> bytes:
+    return json.dumps({"to": {"users": [user]}, "title": "hi", **more}).encode()
+
+
+def error_of(status_body: tuple, status: int, code: str) -> dict:
+    got, headers, body = status_body
+    assert got == status, body
+    assert headers["content-type"] == "application/json"
+    err = json.loads(body)["error"]
+    assert err["code"] == code, err
+    return err
+
+
+async def test_publish_and_keep_alive(live):
+    c = await Conn.open(live)
+    try:
+        for user in ("alice", "bob"):
+            c.send(request(live, doc(user)))
+            status, headers, body = await c.response()
+            assert status == 202, body
+            assert headers["content-type"] == "application/json"
+            assert "date" in headers
+            answer = json.loads(body)
+            assert answer["recipients"] == 1 and answer["status"] == "accepted"
+        inbox = await live.service.store.inbox(live.app, "bob", limit=5, before=None,
+                                               state=None, now=2e9)
+        assert [e.id for e in inbox] == [answer["id"]]
+    finally:
+        c.close()
+
+
+async def test_errors_are_the_json_vocabulary(live):
+    c = await Conn.open(live)
+    try:
+        c.send(request(live, doc(), key="tk_nope_nope"))
+        error_of(await c.response(), 401, "bad_api_key")
+        c.send(request(live, b'{"to": '))
+        error_of(await c.response(), 400, "malformed_json")
+        c.send(request(live, b""))
+        error_of(await c.response(), 400, "empty_body")
+        c.send(request(live, doc(tittle="typo")))
+        err = error_of(await c.response(), 422, "invalid")
+        assert err["field"] == "tittle"
+        c.send(request(live, doc(), extra=f"Idempotency-Key: {'k' * 256}\r\n"))
+        err = error_of(await c.response(), 422, "invalid")
+        assert err["field"] == "Idempotency-Key"
+        c.send(request(live, doc()))  # the connection is still good
+        assert (await c.response())[0] == 202
+    finally:
+        c.close()
+    errors = live.service.hub.metrics.app(live.app).errors
+    assert sum(errors.values()) >= 4  # counted for the app once its key was checked
+
+
+async def test_body_over_the_limit(live):
+    big = doc(body="x" * LIMIT)
+    c = await Conn.open(live)
+    try:
+        c.send(request(live, big))
+        error_of(await c.response(), 413, "payload_too_large")
+        # the key is checked first: a bad key is a 401 whatever the body
+        c.send(request(live, big, key="tk_nope_nope"))
+        error_of(await c.response(), 401, "bad_api_key")
+        # without a Content-Length: chunks, refused once past the limit
+        chunk = b"x" * 1000
+        head = (f"POST /v1/notifications HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+                f"{live.api_key}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+        c.send(head + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(6))
+               + b"0\r\n\r\n")
+        error_of(await c.response(), 413, "payload_too_large")
+        c.send(request(live, doc()))
+        assert (await c.response())[0] == 202
+    finally:
+        c.close()
+
+
+async def test_expect_continue(live):
+    c = await Conn.open(live)
+    try:
+        body = doc()
+        c.send(request(live, b"", extra="Expect: 100-continue\r\n")
+               .replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)))
+        status, _, _ = await c.response()
+        assert status == 100
+        c.send(body)
+        assert (await c.response())[0] == 202
+    finally:
+        c.close()
+
+
+async def test_pipelined_requests_answer_in_order(live):
+    c = await Conn.open(live)
+    try:
+        c.send(request(live, doc("p1")) + request(live, b"{") + request(live, doc("p2"))
+               + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + request(live, doc("p3")))
+        answers = [await c.response() for _ in range(5)]
+        assert [a[0] for a in answers] == [202, 400, 202, 200, 202]
+        ids = [json.loads(a[2])["id"] for a in answers if a[0] == 202]
+        assert ids == sorted(ids)  # published in the order sent
+    finally:
+        c.close()
+
+
+async def test_connection_close_and_http_10(live):
+    for extra, version in (("Connection: close\r\n", "1.1"), ("", "1.0")):
+        c = await Conn.open(live)
+        try:
+            c.send(request(live, doc(), extra=extra, version=version))
+            status, headers, _ = await c.response()
+            assert status == 202
+            assert headers.get("connection") == "close"
+            assert await c.closed()
+        finally:
+            c.close()
+
+
+async def test_batch_and_idempotency(live):
+    c = await Conn.open(live)
+    try:
+        batch = json.dumps({"notifications": [
+            {"to": {"users": ["a"]}}, {"to": {}}, {"to": {"users": ["b"]}}]}).encode()
+        for _ in range(2):
+            c.send(request(live, batch, path="/v1/notifications/batch",
+                           extra="Idempotency-Key: k1\r\n"))
+            status, _, body = await c.response()
+            assert status == 202
+            results = json.loads(body)["results"]
+            assert [r["status"] for r in results][1] == "error"
+            assert results[1]["error"]["field"] == "to"
+        assert results[0]["status"] == "duplicate"
+        c.send(request(live, b'{"notifications": []}', path="/v1/notifications/batch"))
+        error_of(await c.response(), 422, "invalid")
+    finally:
+        c.close()
+
+
+async def test_query_string_and_other_methods(live):
+    c = await Conn.open(live)
+    try:
+        c.send(request(live, doc(), path="/v1/notifications?x=1"))
+        assert (await c.response())[0] == 202
+        c.send(b"PUT /v1/notifications HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        error_of(await c.response(), 405, "method_not_allowed")
+    finally:
+        c.close()

@@ -1,0 +1,134 @@
+"""Direct routes: the hot endpoints, callable without an ASGI round trip.
+
+Publishing is what tidings does most, and under a plain ASGI stack the
+request costs more than the publish: uvicorn's scope, request cycle, event
+and two socket writes, then Starlette's middleware, router and ``Request``
+(about 45 µs of the 90 the event loop spent on a publish, bench/results/
+2026-12-06/NOTES.md).  A direct route is written once, as a handler of a
+:class:`Call` (headers and body, nothing else), and served two ways:
+
+* as an ordinary Starlette route (:func:`starlette_route`), so the app stays
+  a plain ASGI app that any ASGI server runs, and the route is listed,
+  documented and tested like every other;
+* straight from the HTTP protocol of ``tidings serve``
+  (tidings/api/uvicorn_http.py), which parses the request with httptools,
+  calls the handler and writes the whole answer in one socket write.
+
+Both paths answer the same bytes and the same JSON errors
+(tidings/errors.py): the handler raises :class:`TidingsError`, and
+:func:`error_answer` renders it exactly like the app's exception handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.api.common import read_body
+from tidings.config import Settings
+from tidings.errors import BadRequest, PayloadTooLarge, TidingsError
+
+log = logging.getLogger("tidings")
+_encode = msgspec.json.encode
+
+INTERNAL = _encode({"error": {"code": "internal", "message": "internal error"}})
+
+
+class Call:
+    """One request to a direct route: its headers and body, and who it is
+    for once the key was checked (``app`` names the app in error counts)."""
+
+    __slots__ = ("headers", "_body", "_error", "app", "key")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+                 error: TidingsError | None = None):
+        self.headers = headers  # lower-case names, as ASGI and httptools give them
+        self._body = body
+        self._error = error  # a body over the limit: raised when the handler reads it
+        self.app: str | None = None
+        self.key = None
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for n, v in self.headers:
+            if n == name:
+                return v.decode("latin-1")
+        return None
+
+    def body(self) -> bytes:
+        """The request body; raises what reading it raised (e.g. 413).  The
+        handler reads it after checking the key, so a request with a bad key
+        and a body over the limit is a 401 on both paths."""
+        if self._error is not None:
+            raise self._error
+        return self._body
+
+
+Handler = Callable[[Any, Call], Awaitable[tuple[int, bytes]]]
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """``handler(service, call) -> (status, JSON body)`` at ``method path``.
+    ``body_limit(settings)`` is the largest body it reads."""
+
+    method: str
+    path: str
+    handler: Handler
+    body_limit: Callable[[Settings], int]
+
+
+def error_answer(exc: TidingsError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """``(status, body, extra headers)`` of a TidingsError, as the app's
+    exception handler renders it (tidings/api/common.error_response)."""
+    retry = getattr(exc, "retry_after", None)
+    extra = [] if retry is None else [(b"retry-after", str(max(1, int(retry + 0.999))).encode())]
+    return exc.status, _encode(exc.to_dict()), extra
+
+
+def starlette_route(route: DirectRoute) -> Route:
+    """``route`` as a Starlette route (any ASGI server; errors go to the app's
+    exception handlers like every other route's)."""
+    handler, body_limit = route.handler, route.body_limit
+
+    async def endpoint(request: Request) -> Response:
+        service = request.app.state.service
+        call = Call(request.headers.raw)
+        try:
+            call._body = await read_body(request, body_limit(service.settings))
+        except (PayloadTooLarge, BadRequest) as exc:
+            call._error = exc
+        try:
+            status, body = await handler(service, call)
+        finally:
+            if call.app is not None:
+                request.state.app = call.app  # counted for this app by the error handler
+        return Response(body, status_code=status, media_type="application/json")
+
+    endpoint.__name__ = handler.__name__
+    return Route(route.path, endpoint, methods=[route.method])
+
+
+Table = dict[tuple[bytes, bytes], tuple[DirectRoute, Any]]
+
+
+def table(app: Any) -> Table:
+    """The direct routes of the ASGI app ``app`` (looked for through
+    middleware that wraps it, e.g. uvicorn's proxy headers):
+    ``{(method, path): (route, service)}``; empty for any other app."""
+    seen = 0
+    while app is not None and seen < 16:
+        state = getattr(app, "state", None)
+        routes = getattr(state, "direct_routes", None)
+        if state is not None and routes is not None:
+            service = state.service
+            return {(r.method.encode(), r.path.encode()): (r, service) for r in routes}
+        app, seen = getattr(app, "app", None), seen + 1
+    return {}
