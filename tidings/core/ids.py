@@ -14,37 +14,48 @@ from __future__ import annotations
 
 import os
 import time
-from base64 import b32encode
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALID = frozenset(_ALPHABET)
-
-
-# RFC 4648 base32 digits -> Crockford digits, so base64's C encoder does the work.
-_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# every 10-bit value as its two digits: an id is 13 look-ups, not 26 steps
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
+_RAND_MAX = (1 << 80) - 1
 _last_ms = -1
 _last_rand = 0
 _prefix = ""
+_high = -1  # the random part above its low 20 bits, and its 12 digits
+_high_digits = ""
 
 
 def _time_prefix(ms: int) -> str:
-    out = []
-    for _ in range(10):  # 50 bits; the top 2 are zero
-        out.append(_ALPHABET[ms & 31])
-        ms >>= 5
-    return "".join(reversed(out))
+    # 10 digits = 50 bits; the top 2 are zero for 48-bit times
+    p = _PAIRS
+    return (p[(ms >> 40) & 1023] + p[(ms >> 30) & 1023] + p[(ms >> 20) & 1023]
+            + p[(ms >> 10) & 1023] + p[ms & 1023])
+
+
+def _rand_digits(r: int) -> str:
+    """The 16 digits of the 80 random bits.  Ids of one millisecond count up
+    by one, so the 12 digits above the low 20 bits are kept while they stay."""
+    global _high, _high_digits
+    p = _PAIRS
+    high = r >> 20
+    if high != _high:
+        _high = high
+        _high_digits = (p[high >> 50] + p[(high >> 40) & 1023] + p[(high >> 30) & 1023]
+                        + p[(high >> 20) & 1023] + p[(high >> 10) & 1023] + p[high & 1023])
+    return _high_digits + p[(r >> 10) & 1023] + p[r & 1023]
 
 
 def new_id(now_ms: int | None = None) -> str:
     global _last_ms, _last_rand, _prefix
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     if ms == _last_ms:
-        _last_rand = (_last_rand + 1) & ((1 << 80) - 1)  # same millisecond: one more
+        _last_rand = (_last_rand + 1) & _RAND_MAX  # same millisecond: one more
     else:
         _last_ms, _prefix = ms, _time_prefix(ms)
         _last_rand = int.from_bytes(os.urandom(10), "big")
-    # 80 random bits are exactly 16 base32 digits: no padding to strip
-    return _prefix + b32encode(_last_rand.to_bytes(10, "big")).translate(_CROCKFORD).decode()
+    return _prefix + _rand_digits(_last_rand)
 
 
 def id_at(ms: int) -> str:
@@ -53,7 +64,8 @@ def id_at(ms: int) -> str:
     time.  (Minting it with ``new_id`` would restart the sequence of the
     current millisecond, and the next id of this one could sort lower.)"""
     rand = int.from_bytes(os.urandom(10), "big")
-    return _time_prefix(ms) + b32encode(rand.to_bytes(10, "big")).translate(_CROCKFORD).decode()
+    p = _PAIRS
+    return _time_prefix(ms) + "".join(p[(rand >> s) & 1023] for s in range(70, -1, -10))
 
 
 def id_floor(ms: int) -> str:

