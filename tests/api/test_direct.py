@@ -215,3 +215,20 @@ async def test_query_string_and_other_methods(live):
         error_of(await c.response(), 405, "method_not_allowed")
     finally:
         c.close()
+
+
+async def test_keep_alive_timeout(live):
+    live.uvicorn.config.timeout_keep_alive = 0.4  # read by each new connection
+    busy, idle = await Conn.open(live), await Conn.open(live)
+    try:
+        for _ in range(6):  # 1.2 s of requests, never 0.4 s apart: stays open
+            busy.send(request(live, doc()))
+            assert (await busy.response())[0] == 202
+            await asyncio.sleep(0.2)
+        idle.send(request(live, doc()))
+        assert (await idle.response())[0] == 202
+        assert await idle.closed()  # closed once idle for the timeout
+        assert await busy.closed()  # and so is the other, idle since
+    finally:
+        busy.close()
+        idle.close()

@@ -75,13 +75,27 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         usable = not config.root_path and config.limit_concurrency is None
         self.direct: direct.Table = direct.table(self.app) if usable else {}
+        self._idle_since: float | None = None
+
+    # -- parsing: the ASGI scope only for requests that go the ASGI way ----------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
+    def _asgi_headers_complete(self) -> None:
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # uvicorn's scope, as it builds it
+        self.url, self.expect_100_continue = url, expect
+        self.headers = self.scope["headers"] = headers
+        super().on_headers_complete()
 
     def on_headers_complete(self) -> None:
         found = self.direct.get((self.parser.get_method(), self.url)) if self.direct else None
         cycle = self.cycle
         if (found is None or self.parser.should_upgrade() or self.pipeline
                 or (cycle is not None and not cycle.response_complete)):
-            super().on_headers_complete()
+            self._asgi_headers_complete()
             return
         route, service = found
         keep_alive = (self.parser.get_http_version() != "1.0"
@@ -113,6 +127,46 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         elif not req.started:
             self._start(req)
 
+    # -- keep-alive: one timer per idle spell, not one per request ---------------------
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn cancels its timer on every read and arms a new one after
+        # every answer (a TimerHandle per request); here the timer stays
+        # and looks at when the connection last went idle when it fires.
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None or self.transport.is_closing():
+            return  # busy: the next answer arms the timer again
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                left, self.timeout_keep_alive_handler)
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        super().connection_lost(exc)
+
+    # -- direct requests ----------------------------------------------------------------
     def _start(self, req: _Direct, too_large: bool = False) -> None:
         req.started = True
         if too_large:
