@@ -14,6 +14,7 @@ the default ``text`` format is uvicorn's own.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import re
 import time
@@ -43,7 +44,7 @@ class RequestId:
             return
         given = next((v.decode("latin-1") for k, v in scope["headers"]
                       if k == b"x-request-id"), "")
-        rid = given if _SANE.match(given) else uuid.uuid4().hex
+        rid = request_id(given)
         # Starlette's request.state lives in this dict: what the handlers put
         # there (the app, a notification id) is seen by the log lines.
         state = scope.setdefault("state", {})
@@ -59,6 +60,29 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             _request.reset(token)
+
+
+_prefix = uuid.uuid4().hex[:16]  # this process's; unique with the counter after it
+_counter = itertools.count()
+
+
+def request_id(given: str | None) -> str:
+    """The caller's id when sane, else a new one: 32 hex digits, unique per
+    process start and request (a uuid4 per request cost 1.5 µs of a publish)."""
+    if given and _SANE.match(given):
+        return given
+    return f"{_prefix}{next(_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def bind(rid: str, state: dict) -> contextvars.Token:
+    """Name request ``rid`` in every log line from here on, with what lands in
+    ``state`` ("app", "notification_id"); for handlers outside the
+    middleware (tidings/api/uvicorn_http.py).  Undo with :func:`unbind`."""
+    return _request.set((rid, state))
+
+
+def unbind(token: contextvars.Token) -> None:
+    _request.reset(token)
 
 
 def current() -> dict:

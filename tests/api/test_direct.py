@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -232,3 +233,20 @@ async def test_keep_alive_timeout(live):
     finally:
         busy.close()
         idle.close()
+
+
+async def test_request_ids(live):
+    c = await Conn.open(live)
+    try:
+        c.send(request(live, doc(), extra="X-Request-Id: order-42.retry-1\r\n"))
+        status, headers, _ = await c.response()
+        assert status == 202 and headers["x-request-id"] == "order-42.retry-1"
+        fresh = set()
+        for extra in ("", "X-Request-Id: no spaces!\r\n"):
+            c.send(request(live, b"{", extra=extra))  # errors carry one too
+            status, headers, _ = await c.response()
+            assert status == 400 and re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+            fresh.add(headers["x-request-id"])
+        assert len(fresh) == 2
+    finally:
+        c.close()

@@ -42,18 +42,24 @@ INTERNAL = _encode({"error": {"code": "internal", "message": "internal error"}})
 
 
 class Call:
-    """One request to a direct route: its headers and body, and who it is
-    for once the key was checked (``app`` names the app in error counts)."""
+    """One request to a direct route: its headers and body, the key once it
+    was checked, and ``state``: the request's state as log lines and error
+    counts read it ("app" once a key named one, "notification_id" once a
+    publish made one; tidings/logs.py)."""
 
-    __slots__ = ("headers", "_body", "_error", "app", "key")
+    __slots__ = ("headers", "_body", "_error", "state", "key")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], body: bytes = b"",
-                 error: TidingsError | None = None):
+                 error: TidingsError | None = None, state: dict | None = None):
         self.headers = headers  # lower-case names, as ASGI and httptools give them
         self._body = body
         self._error = error  # a body over the limit: raised when the handler reads it
-        self.app: str | None = None
-        self.key = None
+        self.state: dict = {} if state is None else state
+        self.key: Any = None
+
+    @property
+    def app(self) -> str | None:
+        return self.state.get("app")
 
     def header(self, name: bytes) -> str | None:
         """The first value of header ``name`` (lower case), or None."""
@@ -100,16 +106,14 @@ def starlette_route(route: DirectRoute) -> Route:
 
     async def endpoint(request: Request) -> Response:
         service = request.app.state.service
-        call = Call(request.headers.raw)
+        # request.state keeps its fields in scope["state"]: the app the handler
+        # names there counts the errors, and the log lines see both fields
+        call = Call(request.headers.raw, state=request.scope.setdefault("state", {}))
         try:
             call._body = await read_body(request, body_limit(service.settings))
         except (PayloadTooLarge, BadRequest) as exc:
             call._error = exc
-        try:
-            status, body = await handler(service, call)
-        finally:
-            if call.app is not None:
-                request.state.app = call.app  # counted for this app by the error handler
+        status, body = await handler(service, call)
         return Response(body, status_code=status, media_type="application/json")
 
     endpoint.__name__ = handler.__name__

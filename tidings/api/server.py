@@ -91,7 +91,7 @@ async def _key_auth(service, call: Call, scope: str) -> str:
     ``scope``, after taking one token from the key's rate limit."""
     record = await service.authenticate_key(
         bearer_of(call.header(b"authorization") or ""), scope)
-    call.app, call.key = record.app_id, record  # errors from here on count for this app
+    call.state["app"], call.key = record.app_id, record  # errors from here count for it
     await service.limits.charge_key(record)
     return record.app_id
 
@@ -100,6 +100,7 @@ async def publish(service, call: Call) -> tuple[int, bytes]:
     app = await _key_auth(service, call, "publish")
     req = decode(call.body(), PublishRequest)
     result = await service.publish(app, req, _idempotency_key(call.header(b"idempotency-key")))
+    call.state["notification_id"] = result["id"]  # for this request's log lines
     return 202, _encode(result)
 
 

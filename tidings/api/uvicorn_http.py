@@ -21,6 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from tidings import logs
 from tidings.api import direct
 from tidings.errors import PayloadTooLarge, TidingsError
 
@@ -44,17 +45,18 @@ class _Direct:
     (``response_complete``, ``keep_alive`` and ``disconnected`` are read and
     written by uvicorn's connection handling)."""
 
-    __slots__ = ("route", "service", "call", "body", "limit", "keep_alive",
+    __slots__ = ("route", "service", "call", "body", "limit", "version", "keep_alive",
                  "response_complete", "disconnected", "started")
     message_event = _NoEvent()
 
     def __init__(self, route: direct.DirectRoute, service: Any,
-                 headers: list[tuple[bytes, bytes]], limit: int, keep_alive: bool):
+                 headers: list[tuple[bytes, bytes]], limit: int, version: str):
         self.route, self.service = route, service
+        self.version = version
+        self.keep_alive = version != "1.0"
         self.call = direct.Call(headers)
         self.body = bytearray()
         self.limit = limit
-        self.keep_alive = keep_alive
         self.response_complete = self.disconnected = self.started = False
 
 
@@ -98,10 +100,9 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self._asgi_headers_complete()
             return
         route, service = found
-        keep_alive = (self.parser.get_http_version() != "1.0"
-                      and self.parser.should_keep_alive())
         req = _Direct(route, service, self.headers, route.body_limit(service.settings),
-                      keep_alive)
+                      self.parser.get_http_version())
+        req.keep_alive = req.keep_alive and self.parser.should_keep_alive()
         self.cycle = req  # type: ignore[assignment]  # uvicorn's code reads the same fields
         length = req.call.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > req.limit:
@@ -179,11 +180,15 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _run(self, req: _Direct) -> None:
-        extra: list = []
+        call = req.call
+        rid = logs.request_id(call.header(b"x-request-id"))
+        extra = [(b"x-request-id", rid.encode())]
+        token = logs.bind(rid, call.state)  # this task's context: its log lines name it
         try:
             status, body = await req.route.handler(req.service, req.call)
         except TidingsError as exc:
-            status, body, extra = direct.error_answer(exc)
+            status, body, more = direct.error_answer(exc)
+            extra += more
             req.service.hub.metrics.error(req.call.app, exc.code, exc.status,
                                           f"{req.route.method} {req.route.path}")
         except Exception:
@@ -196,6 +201,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             raise
         self._answer(req, status, body, extra)
+        logs.unbind(token)
 
     def _answer(self, req: _Direct, status: int, body: bytes, extra: list) -> None:
         req.response_complete = True
@@ -211,10 +217,10 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         head.append(b"\r\n")
         head.append(body)
         transport.write(b"".join(head))
-        if self.access_log:
+        if self.access_log:  # uvicorn's line, with its arguments (tidings/logs.py reads them)
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-            self.access_logger.info('%s - "%s %s HTTP/1.1" %d', client,
-                                    req.route.method, req.route.path, status)
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, req.route.method,
+                                    req.route.path, req.version, status)
         if not req.keep_alive:
             transport.close()
         self.on_response_complete()
