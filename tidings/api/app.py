@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Match, Route, WebSocketRoute
 
-from tidings import logs
+from tidings import logs, tracing
 from tidings.api import apidocs, client, ops, outbound, server
 from tidings.api.common import JSON, error_response
 from tidings.api.cors import CORS
@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     service = service or build_service(settings)
     node = node_name(settings)
     logs.NODE["name"] = node
+    tracing.configure(node)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     dashboard = Dashboard(service, node)
 
     @contextlib.asynccontextmanager
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             except Exception:
                 log.warning("delivery counters lost at shutdown", exc_info=True)
             await service.close()
+            tracing.shutdown()  # export the last spans
 
     routes = [
         *server.routes,

@@ -42,6 +42,8 @@ class Personal(Message, tag="p"):
     # latency is measured from it (0.0: unknown, not measured).  Trailing and
     # defaulted, so array-encoded messages without it still decode.
     sent_at: float = 0.0
+    # the publish's W3C traceparent when tracing is on (tidings/tracing.py), else ""
+    trace: str = ""
 
 
 class Feed(Message, tag="f"):
@@ -50,6 +52,7 @@ class Feed(Message, tag="f"):
     offset: int
     frame: bytes
     sent_at: float = 0.0  # as in Personal
+    trace: str = ""  # as in Personal
 
 
 class Frames(Message, tag="x"):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from tidings import tracing
 from tidings.channels.base import Channel, Job, JobQueue, Result
 from tidings.core.retry import RetryPolicy
 
@@ -168,21 +169,27 @@ class Worker:
         if job.expires_at is not None and self.clock() >= job.expires_at:
             await self._settle_dead(job, "expired", "expired", Result.failed("expired"))
             return
-        try:
-            async with asyncio.timeout(lane.timeout):
-                result = await lane.channel.send(job)
-        except TimeoutError:
-            result = Result.retry(f"send took longer than {lane.timeout:g}s")
-        except asyncio.CancelledError:
-            # stop() ran out of grace: give the job back as it was, due now.
+        with tracing.span("outbound.attempt", {
+                "tidings.channel": name, "tidings.job": job.id, "tidings.app": job.app,
+                "tidings.attempt": job.attempts + 1}) as span:
             try:
-                await self.queue.retry(job, self.clock())
-            except Exception:
-                log.exception("handing back %s job %s failed; its lease will expire", name, job.id)
-            raise
-        except Exception as exc:  # a channel bug must not lose the job
-            log.exception("%s channel raised on job %s", name, job.id)
-            result = Result.retry(f"{type(exc).__name__}: {exc}")
+                async with asyncio.timeout(lane.timeout):
+                    result = await lane.channel.send(job)
+            except TimeoutError:
+                result = Result.retry(f"send took longer than {lane.timeout:g}s")
+            except asyncio.CancelledError:
+                # stop() ran out of grace: give the job back as it was, due now.
+                try:
+                    await self.queue.retry(job, self.clock())
+                except Exception:
+                    log.exception("handing back %s job %s failed; its lease will expire",
+                                  name, job.id)
+                raise
+            except Exception as exc:  # a channel bug must not lose the job
+                log.exception("%s channel raised on job %s", name, job.id)
+                result = Result.retry(f"{type(exc).__name__}: {exc}")
+            if span is not None:
+                span.set_attribute("tidings.outcome", result.outcome)
         await self._settle(lane, job, result)
 
     async def _settle(self, lane: Lane, job: Job, result: Result) -> None:

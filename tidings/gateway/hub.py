@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from tidings import tracing
 from tidings.broker.base import (
     Broker,
     Feed,
@@ -341,6 +342,10 @@ class Hub:
         if type(msg) is Personal:
             self._routed(app, len(streams), msg.sent_at)
             self.tracking.reached((app, msg.body))  # one user, however many streams
+            if msg.trace:  # tracing is on: the same writes inside spans
+                tracing.deliver(msg.trace, app, "personal", tuple(streams),
+                                lambda s: s.on_personal(msg.epoch, msg.seq, msg.body))
+                return
             for s in tuple(streams):
                 s.on_personal(msg.epoch, msg.seq, msg.body)
         elif type(msg) is Frames:
@@ -372,6 +377,10 @@ class Hub:
             self._routed(app, len(streams), msg.sent_at)
             self.tracking.reached_feed((app, msg.frame, users))
             offset, frame = msg.offset, msg.frame
+            if msg.trace:
+                tracing.deliver(msg.trace, app, "feed", tuple(streams),
+                                lambda s: s.on_feed(offset, frame))
+                return
             for s in tuple(streams):
                 s.on_feed(offset, frame)
         elif type(msg) is Frames:

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from tidings import tracing
 from tidings.broker.base import (
     Broker,
     Feed,
@@ -264,12 +265,23 @@ class Service:
         return at if at > now else None
 
     async def publish(self, app_id: str, req: PublishRequest, idem_key: str | None = None) -> dict:
+        if tracing.TRACER is None:
+            return await self._publish(app_id, req, idem_key)
+        with tracing.span("publish", {"tidings.app": app_id}) as span:
+            result = await self._publish(app_id, req, idem_key)
+            span.set_attributes({"tidings.notification_id": result["id"],
+                                 "tidings.status": result["status"],
+                                 "tidings.recipients": result["recipients"]})
+            return result
+
+    async def _publish(self, app_id: str, req: PublishRequest, idem_key: str | None) -> dict:
         item = self._prepare(req, idem_key, time.time())
         capped = await self.limits.apply_caps(app_id, item, req.group_key)
-        out = await self.store.publish(
-            app_id, item, fanout_threshold=self.settings.fanout_threshold,
-            window=self.settings.limits.idempotency_window,
-        )
+        with tracing.span("store.commit"):
+            out = await self.store.publish(
+                app_id, item, fanout_threshold=self.settings.fanout_threshold,
+                window=self.settings.limits.idempotency_window,
+            )
         if out.status == "duplicate" and out.fingerprint not in ("", item.fingerprint):
             # Answering "duplicate" here would lose this notification for good.
             raise Invalid("this Idempotency-Key was used for another notification in the "
@@ -319,6 +331,11 @@ class Service:
         return result
 
     def _announce(self, app_id: str, out: PublishOutcome) -> None:
+        with tracing.span("broker.publish", {"tidings.app": app_id}):
+            # the devices' side continues this span (tidings/tracing.py)
+            self._announce_traced(app_id, out, tracing.traceparent())
+
+    def _announce_traced(self, app_id: str, out: PublishOutcome, trace: str) -> None:
         publish = self.broker.publish
         committed = time.time()  # publish -> device latency starts here (docs/design.md §5)
         # This node's cache learns at once (read-your-writes here); others
@@ -328,13 +345,15 @@ class Service:
             assert out.audience is not None  # a feed item has both
             cache.app_changed(app_id)
             frame = events.feed_frame(out.feed_offset, out.body)
-            publish(_feed_channel(app_id, out.audience), Feed(out.feed_offset, frame, committed))
+            publish(_feed_channel(app_id, out.audience),
+                    Feed(out.feed_offset, frame, committed, trace))
             return
         body = out.body
         for d in out.deliveries:
             cache.user_changed((app_id, d.user))
             payload = body if d.group is None else events.with_group(body, d.group)
-            publish(user_channel(app_id, d.user), Personal(d.epoch, d.seq, payload, committed))
+            publish(user_channel(app_id, d.user),
+                    Personal(d.epoch, d.seq, payload, committed, trace))
 
     # -- notifications ------------------------------------------------------------
     async def get_notification(self, app_id: str, nid: str) -> dict:
