@@ -103,7 +103,8 @@ def test_listen_with_the_server_down_says_so_and_gives_up(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stdout == ""
     lines = r.stderr.splitlines()
     assert lines[0] == f"tidings listen: connecting to http://127.0.0.1:{port}"
-    assert "retry 1 of 2 in" in lines[1] and "retry 2 of 2 in" in lines[2]
+    assert "cannot connect (connection refused); retry 1 of 2 in" in lines[1]
+    assert "retry 2 of 2 in" in lines[2]
     assert lines[3].startswith("Error: gave up after 3 attempts to reach")
     assert len(lines) == 4
 
