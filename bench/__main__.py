@@ -155,7 +155,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = sub.add_parser("latency", help="publish -> device latency, 10k connections, 2k/s")
     _common(p)
     p.add_argument("--conns", type=int, default=10000, help="WebSocket connections, one user each")
-    p.add_argument("--rate", type=float, default=2000.0, help="notifications/s (open loop)")
+    p.add_argument("--rate", default="2000",
+                   help="notifications/s (open loop); a comma list runs each (the knee)")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds at the rate before")
     p.add_argument("--audience", choices=("users", "topic", "all"), default="users",
@@ -262,7 +263,8 @@ def _runner(a: argparse.Namespace, cpus):
         return lambda variant, prof: run_once(a, cpus, variant == "on")
     if a.scenario == "latency":
         from bench.latency import run_once
-        return lambda variant, prof: run_once(a, cpus, prof)
+        return lambda variant, prof: run_once(argparse.Namespace(**{**vars(a), "rate": variant}),
+                                              cpus, prof)
     if a.scenario == "inbox":
         from bench.inbox import run_once
         return lambda variant, prof: run_once(a, cpus, prof)
@@ -290,6 +292,8 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
     variants: list = [None]
     if a.scenario == "publish":
         variants = [int(c) for c in str(a.concurrency).split(",")]
+    if a.scenario == "latency":
+        variants = [float(r) for r in str(a.rate).split(",")]
     if a.scenario in ("dashboard", "cache"):
         variants = [c.strip() for c in a.cache.split(",")]
         if not variants or set(variants) - {"on", "off"}:
@@ -297,6 +301,8 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
     records = []
     for variant in variants:
         name = f"{a.scenario}{'' if variant is None else f' c={variant}'}"
+        if a.scenario == "latency":
+            name = f"latency {variant:g}/s"
         if a.scenario in ("dashboard", "cache"):
             name = f"{a.scenario} cache={variant}"
         group = []
@@ -315,6 +321,8 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
         records += group
         if getattr(a, "profile", False) or getattr(a, "profile_gil", False):
             suffix = a.scenario if variant is None else f"{a.scenario}-c{variant}"
+            if a.scenario == "latency":
+                suffix = f"latency-{variant:g}"
             suffix += "-gil" if a.profile_gil else ""
             (out_dir / "raw").mkdir(exist_ok=True)
             raw = out_dir / "raw" / f"profile-{suffix}.txt"

@@ -100,6 +100,41 @@ def latency(recs: list[dict], out_dir: Path) -> str | None:
     return _save(fig, out_dir, "latency-percentiles.png")
 
 
+def latency_vs_rate(recs: list[dict], out_dir: Path) -> str | None:
+    """p50 and p99 publish -> device latency against the rate, one line per
+    code revision (``--code``): medians of the runs at each rate.  The knee is
+    the highest rate whose p99 stays within the target."""
+    recs = [r for r in recs if r.get("scenario") == "latency" and r.get("audience") == "users"
+            and r.get("lat_p99_ms") is not None]
+    by_code: dict[tuple, dict[float, list[dict]]] = {}
+    for r in recs:
+        key = (r.get("commit"), r.get("conns_requested"))
+        by_code.setdefault(key, {}).setdefault(r["rate"], []).append(r)
+    by_code = {k: v for k, v in by_code.items() if len(v) >= 2}  # a curve needs two rates
+    if not by_code or plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    colours = [TIDINGS, PEER, "#2da44e", "#bf8700", "#8250df"]
+    for n, ((commit, conns), rates) in enumerate(sorted(by_code.items(), key=str)):
+        xs = sorted(rates)
+        p99 = [median([r["lat_p99_ms"] for r in rates[x]]) for x in xs]
+        p50 = [median([r["lat_p50_ms"] for r in rates[x]]) for x in xs]
+        knee = max((x for x, y in zip(xs, p99, strict=True) if y <= 10), default=None)
+        colour = colours[n % len(colours)]
+        knee_text = f", knee {knee:,.0f}/s" if knee else ""
+        ax.plot(xs, p99, "o-", color=colour, lw=1.6,
+                label=f"{commit}: p99 ({conns:,} conns{knee_text})")
+        ax.plot(xs, p50, "o:", color=colour, lw=1.2, alpha=0.8, label=f"{commit}: p50")
+    ax.axhline(10, color=TARGET, ls="--", lw=1.2, label="docs/design.md §5: p99 ≤ 10 ms")
+    _ms_axis(ax)
+    ax.set_xlabel("notifications/s (open loop, one random connected user each)")
+    ax.set_ylabel("publish → device latency, ms (log)")
+    ax.set_title("tidings: latency against rate (median of the runs at each rate)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, out_dir, "latency-vs-rate.png")
+
+
 def inbox_latency(recs: list[dict], out_dir: Path) -> str | None:
     """Inbox page and counts latency percentiles, per data-set size (latest invocation)."""
     recs = [r for r in recs if r.get("scenario") == "inbox" and r.get("page_hist")]
@@ -292,6 +327,8 @@ def draw_all(recs: list[dict], peers: list[dict], out_dir: Path) -> list[tuple[s
     for fn, caption in (
         (lambda: latency(recs, out_dir), "publish → device latency, every run "
          "(HdrHistogram percentile distribution)"),
+        (lambda: latency_vs_rate(recs, out_dir), "publish → device p99 (solid) and p50 "
+         "(dotted) against the rate, per code revision"),
         (lambda: inbox_latency(recs, out_dir), "inbox page (solid) and counts (dotted) latency"),
         (lambda: cpu_per_delivery(peers, out_dir), "server CPU per delivery next to the peers"),
         (lambda: memory_per_connection(recs, peers, out_dir), "memory per connection"),
