@@ -112,6 +112,7 @@ async def _serve(tmp_path, **overrides):
     config = uvicorn.Config(
         create_app(settings, service), host="127.0.0.1", port=0, loop="none",
         http=http, ws=ws, ws_per_message_deflate=False,
+        timeout_keep_alive=limits.keep_alive_timeout,
         ws_max_size=limits.max_ws_message_bytes, log_level="warning", lifespan="on",
         ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_timeout,
     )

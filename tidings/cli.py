@@ -19,7 +19,9 @@ from tidings.core.models import valid_user
 from tidings.errors import TidingsError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
-HTTP_PROTOCOL = "tidings.api.uvicorn_http:TidingsHttpProtocol"
+# the direct routes (tidings/api/uvicorn_http.py) and bounds on the request head
+# (tidings/api/http_limits.py, docs/security.md)
+HTTP_PROTOCOL = "tidings.api.http_limits:BoundedHttpProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
 STORE_HELP = "Store URL (default: SQLite file in --data)."
 
@@ -137,6 +139,7 @@ def serve(config, host, port, data, store, broker, outbox, workers, node, cache,
         port=settings.port,
         loop="uvloop",
         http=HTTP_PROTOCOL,
+        timeout_keep_alive=limits.keep_alive_timeout,
         ws=WS_PROTOCOL,
         ws_per_message_deflate=False,  # 2.5-5x memory per connection otherwise
         ws_max_size=limits.max_ws_message_bytes,

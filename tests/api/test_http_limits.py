@@ -1,0 +1,96 @@
+"""What a connection may cost before it has sent a request (docs/security.md,
+named limits): the request head's size and header count are bounded, the
+head must arrive within ``header_timeout``, and an idle keep-alive
+connection is closed after ``keep_alive_timeout``.  Over raw sockets, as an
+attacker would send them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.conftest import run_server
+from tidings.config import Limits
+
+LIMITS = Limits(max_header_bytes=8192, max_headers=20, header_timeout=0.5,
+                keep_alive_timeout=0.5)
+
+
+async def _connect(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def _answer(reader, timeout: float = 10) -> tuple[int, dict, bool]:
+    """(status, JSON body, closed after it) of the one answer the server sends."""
+    data = await asyncio.wait_for(reader.read(65536), timeout)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    rest = await asyncio.wait_for(reader.read(65536), timeout)
+    return status, json.loads(body), rest == b""
+
+
+async def _closed(reader, timeout: float = 10) -> bytes:
+    """Everything the server sent until it closed (a timeout fails the test)."""
+    out = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+        out += chunk
+    return out
+
+
+async def test_an_oversized_request_head_is_431_and_closed(tmp_path):
+    async with run_server(tmp_path, limits=LIMITS) as server:
+        # one huge header, sent in pieces and never finished
+        reader, writer = await _connect(server)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(8):  # just over 8 KiB in pieces (writing on after the 431 resets)
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        status, body, closed = await _answer(reader)
+        assert (status, body["error"]["code"], closed) == (431, "headers_too_large", True)
+        writer.close()
+        # too many small headers
+        reader, writer = await _connect(server)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                     + b"".join(b"X-%d: 1\r\n" % i for i in range(30)) + b"\r\n")
+        status, body, closed = await _answer(reader)
+        assert (status, body["error"]["code"], closed) == (431, "headers_too_large", True)
+        writer.close()
+        # a huge URL
+        reader, writer = await _connect(server)
+        writer.write(b"GET /" + b"a" * 12000)
+        status, body, closed = await _answer(reader)
+        assert status == 431 and closed
+        writer.close()
+        # within the limits, a large body is fine
+        reader, writer = await _connect(server)
+        note = json.dumps({"to": {"users": ["u"]}, "title": "t", "body": "b" * 8000}).encode()
+        writer.write(b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Authorization: Bearer " + server.api_key.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(note)
+                     + note)
+        assert (await _closed(reader)).startswith(b"HTTP/1.1 202")
+        writer.close()
+
+
+async def test_a_head_that_never_finishes_is_cut_after_header_timeout(tmp_path):
+    async with run_server(tmp_path, limits=LIMITS) as server:
+        reader, writer = await _connect(server)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and nothing more
+        out = await _closed(reader)
+        assert out.startswith(b"HTTP/1.1 408"), out
+        writer.close()
+        # a connection that never sends a byte
+        reader, writer = await _connect(server)
+        assert await _closed(reader) == b""
+        writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed(tmp_path):
+    async with run_server(tmp_path, limits=LIMITS) as server:
+        reader, writer = await _connect(server)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = await _closed(reader)  # the answer, then the close once idle
+        assert out.startswith(b"HTTP/1.1 200") and out.endswith(b'{"status":"ok"}'), out
+        writer.close()
