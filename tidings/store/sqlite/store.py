@@ -15,8 +15,10 @@ less than a thread hop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -51,7 +53,19 @@ _STATE_FILTER = {  # inbox ?state= -> SQL predicate on the state column "st"
     None: "st < 3", "unread": "st < 2", "unseen": "st = 0", "seen": "st = 1",
     "read": "st = 2", "archived": "st = 3", "all": "1",
 }
+log = logging.getLogger("tidings.store")
 DIALECT = "sqlite"
+MAX_GROUP = 1000  # jobs per transaction
+PROBE_ROOM = 1 << 20  # free bytes a store that hit a full disk needs to be ready again
+WAL_LIMIT_BYTES = 64 << 20
+# SQLite's own checkpoint runs inside the COMMIT that takes the WAL past
+# 1,000 pages, so every job of that group waits for the copy and its syncs
+# (under write fan-out that is nearly every commit).  The writer turns it off
+# and checkpoints itself between groups, after the group was answered, at
+# most this often: a page rewritten by many commits meanwhile is copied once,
+# and since no transaction of its own is open then, the checkpoint completes
+# and the next transaction starts the WAL over.
+CHECKPOINT_INTERVAL = 0.2
 
 _decode_prefs = msgspec.json.Decoder(Preferences).decode
 _encode = msgspec.json.encode
@@ -71,6 +85,10 @@ def _connect(path: str, synchronous: str,
 def _connect_writer(path: str, synchronous: str) -> WriterConnection:
     conn = _connect(path, synchronous, WriterConnection)
     assert isinstance(conn, WriterConnection)
+    # The writer checkpoints between groups, after answering (_Writer.run);
+    # a WAL that grew under load is cut back to this size when it restarts.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     return conn
 
 
@@ -144,6 +162,7 @@ class _Writer(threading.Thread):
         # by the next commit: readiness reads it (SQLiteStore.ping).
         self.cannot_write = False
         self._reopen = False  # a read-only connection stays so: open it again
+        self._next_checkpoint = 0.0
 
     def start_and_wait(self) -> None:
         self.start()
@@ -180,7 +199,7 @@ class _Writer(threading.Thread):
             if job is None:
                 break
             batch = [job]
-            while len(batch) < 1000:
+            while len(batch) < MAX_GROUP:
                 try:
                     job = get_nowait()
                 except queue.Empty:
@@ -192,6 +211,10 @@ class _Writer(threading.Thread):
             if self._reopen:
                 conn = self._reconnect(conn)
             self._run_batch(conn, batch)
+            now = time.monotonic()
+            if now >= self._next_checkpoint:
+                self._next_checkpoint = now + CHECKPOINT_INTERVAL
+                _checkpoint(conn)
         conn.close()
 
     def _reconnect(self, conn: WriterConnection) -> WriterConnection:
@@ -278,6 +301,13 @@ def _probe(conn: sqlite3.Connection) -> None:
                  "DO UPDATE SET value=excluded.value", (repr(time.time()),))
 
 
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error as exc:  # the next one tries again
+        log.warning("WAL checkpoint failed: %s", exc)
+
+
 def _settle(items: list) -> None:
     for fut, value, exc in items:
         if fut.done():
@@ -321,7 +351,10 @@ class SQLiteStore(SQLiteOutbound, Store):
     async def ping(self) -> bool:
         """Reads answer and writes commit.  While the last write failed for
         want of a writable file, a small write is tried (readiness stays red
-        until it commits); otherwise no write is spent on it."""
+        until it commits); otherwise no write is spent on it.  A small write
+        can commit into WAL space the file already has while a publish
+        needing new pages still fails, so a full disk is also checked for
+        ``PROBE_ROOM`` free bytes."""
         try:
             self._reader.execute("SELECT 1").fetchone()
         except (sqlite3.Error, Unavailable):
@@ -330,6 +363,8 @@ class SQLiteStore(SQLiteOutbound, Store):
         if not (writer and writer.is_alive()):
             return False
         if writer.cannot_write:
+            if shutil.disk_usage(Path(self.path).parent).free < PROBE_ROOM:
+                return False
             try:
                 await self._write(_probe)
             except Unavailable:
