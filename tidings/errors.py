@@ -95,7 +95,7 @@ class Invalid(TidingsError):
 class RateLimited(TidingsError):
     status, code, close_code = 429, "rate_limited", CLOSE_TOO_MANY
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: str | None):
         super().__init__(message, **kw)
         self.retry_after = retry_after
 
@@ -105,7 +105,7 @@ class Unavailable(TidingsError):
 
     status, code, close_code = 503, "unavailable", CLOSE_SHUTDOWN
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: str | None):
         super().__init__(message, **kw)
         self.retry_after = retry_after
 
