@@ -33,6 +33,51 @@ async def store_overrides(kind: str):
         yield {"store": f"{url}?search_path={pg['search_path']}"}
 
 
+async def refuse_inserts(server, table: str, when: str = "true") -> None:
+    """Make the store itself refuse rows of ``table`` (where ``when`` holds, in
+    terms of NEW): a trigger in the real database, so the failure happens
+    inside the statement, as a failing disk or a bug would."""
+    store = server.service.store
+    if hasattr(store, "path"):
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        conn.execute(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {when} "
+                     f"BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
+        conn.close()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(store.url, server_settings=store._server_settings)
+    try:
+        await conn.execute(f"""
+            CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$;
+            CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW
+            WHEN ({when}) EXECUTE FUNCTION refuse_{table}();""")
+    finally:
+        await conn.close()
+
+
+async def allow_inserts(server, table: str) -> None:
+    """Undo :func:`refuse_inserts`."""
+    store = server.service.store
+    if hasattr(store, "path"):
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        conn.execute(f"DROP TRIGGER refuse_{table}")
+        conn.close()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(store.url, server_settings=store._server_settings)
+    try:
+        await conn.execute(f"DROP TRIGGER refuse_{table} ON {table}")
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def each_store(request, tmp_path):
     async with store_overrides(request.param) as store:

@@ -252,20 +252,35 @@ class Outbound:
         group_key: str | None = None,
     ) -> OutboundCounts:
         """Queue the outbound jobs of one published notification for ``users``."""
+        jobs, counts = await self.plan(
+            app_id, nid, body, category=category, priority=priority, created_at=created_at,
+            expires_at=expires_at, users=users, group_key=group_key)
+        if jobs:
+            await self.queued(app_id, nid, counts, await self.store.enqueue_jobs(jobs))
+        return counts
+
+    async def plan(
+        self, app_id: str, nid: str, body: bytes, *, category: str, priority: str,
+        created_at: float, expires_at: float | None, users: list[str],
+        group_key: str | None = None,
+    ) -> tuple[list[NewJob], OutboundCounts]:
+        """The outbound jobs of one notification for ``users``, not queued
+        yet: a publish commits them with its inbox rows (Service.publish),
+        then calls :meth:`queued`."""
         counts = OutboundCounts()
+        jobs: list[NewJob] = []
         if not self.channels or not users:
-            return counts
+            return jobs, counts
         hooks = await self.webhooks(app_id) if self.enabled("webhook") else []
         personal = {}
         if self.enabled("push") or self.enabled("email"):
             personal = await self.store.destinations(app_id, users)
         reachable = users if hooks else [u for u in users if u in personal]
         if not reachable:
-            return counts
+            return jobs, counts
         prefs = await self.store.preferences_of(app_id, reachable)
         at = datetime.fromtimestamp(created_at, UTC)
         delay = self.config.fallback_delay
-        jobs: list[NewJob] = []
         seq: Counter = Counter()
         for user in reachable:
             plan = quiet.plan(prefs.get(user), category, priority, at,
@@ -304,14 +319,17 @@ class Outbound:
                     jobs.append(NewJob(job=job, nid=nid, not_before=not_before,
                                        fallback=fallback, collapse=group_key))
                 counts.queued[channel] += len(targets)
-        if jobs:
-            replaced = await self.store.enqueue_jobs(jobs)
-            stats = Counter({(app_id, nid, channel, "queued"): n
-                             for channel, n in counts.queued.items()})
-            stats.update((app_id, old, channel, "collapsed") for old, channel in replaced)
-            await self._count(stats)
-            self.wake(counts.queued)
-        return counts
+        return jobs, counts
+
+    async def queued(self, app_id: str, nid: str, counts: OutboundCounts,
+                     replaced: list[tuple[str, str]]) -> None:
+        """Jobs of ``nid`` were committed: count them (and those they
+        replaced) and wake the lanes that have work."""
+        stats = Counter({(app_id, nid, channel, "queued"): n
+                         for channel, n in counts.queued.items()})
+        stats.update((app_id, old, channel, "collapsed") for old, channel in replaced)
+        await self._count(stats)
+        self.wake(counts.queued)
 
     async def seen(self, app_id: str, user: str, nids: list[str] | None) -> None:
         """A device saw ``nids`` (all of the user's, when None): the pending

@@ -42,7 +42,7 @@ from tidings.core.models import (
 )
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
 from tidings.gateway.hub import Hub
-from tidings.service.outbound import Outbound
+from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import Capped, RateLimits
 from tidings.service.scheduler import Scheduler
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
@@ -277,6 +277,7 @@ class Service:
     async def _publish(self, app_id: str, req: PublishRequest, idem_key: str | None) -> dict:
         item = self._prepare(req, idem_key, time.time())
         capped = await self.limits.apply_caps(app_id, item, req.group_key)
+        outbound = await self._plan_outbound(app_id, item, req.priority, capped)
         with tracing.span("store.commit"):
             out = await self.store.publish(
                 app_id, item, fanout_threshold=self.settings.fanout_threshold,
@@ -293,33 +294,41 @@ class Service:
         self.published += 1
         self.hub.metrics.published(app_id, out.status, out.recipients, req.to.topic)
         result = self._result(out)
-        if out.status == "accepted" and out.feed_offset is None:
-            await self._send_outbound(app_id, item, req.priority, out, capped, result)
+        if outbound is not None and out.status == "accepted" and out.feed_offset is None:
+            if item.jobs:  # committed with the inbox rows
+                await self.outbound.queued(app_id, out.id, outbound, out.replaced)
+            if outbound.deferred:
+                result["deferred"] = sum(outbound.deferred.values())
+            if outbound.queued or outbound.muted:
+                result["outbound"] = outbound.as_dict()
         capped.annotate(result)
         return result
 
-    async def _send_outbound(self, app_id: str, item: NewNotification, priority: str,
-                             out: PublishOutcome, capped: Capped, result: dict) -> None:
-        """Queue webhooks, pushes and e-mails for a notification fanned out on
-        write (outbound.py), and say so in the publish answer.  Runs
-        after the inbox commit; recipients over a frequency cap get none."""
-        if not await self.outbound.wanted(app_id):
-            return
+    async def _plan_outbound(self, app_id: str, item: NewNotification, priority: str,
+                             capped: Capped) -> OutboundCounts | None:
+        """Plan the webhooks, pushes and e-mails of a notification fanned out
+        on write (outbound.py) into ``item.jobs``, which the store commits in
+        the publish's own transaction (DESIGN §2.1: a crash never keeps the
+        inbox rows without them).  Recipients over a frequency cap get none.
+        None when there is nothing to plan: a scheduled notification (its
+        jobs are queued when it fires), a broadcast or a topic fanned out on
+        read, or an app without outbound destinations."""
+        if item.deliver_at is not None or item.all or not await self.outbound.wanted(app_id):
+            return None
         if item.users is not None:
             users = list(dict.fromkeys(item.users))
         else:  # a topic: its members now (muted ones included, for their other channels)
-            assert item.topic is not None  # fanned out on write: users or a topic, not all
-            _, users = await self.store.topic_info(app_id, item.topic,
-                                                   self.settings.fanout_threshold)
-        counts = await self.outbound.enqueue(
-            app_id, out.id, out.body, category=item.category, priority=priority,
+            assert item.topic is not None
+            size, users = await self.store.topic_info(app_id, item.topic,
+                                                      self.settings.fanout_threshold)
+            if size > self.settings.fanout_threshold:
+                return None  # fanned out on read: no outbound jobs
+        item.jobs, counts = await self.outbound.plan(
+            app_id, item.id, item.body, category=item.category, priority=priority,
             created_at=item.created_at, expires_at=item.expires_at,
             users=[u for u in users if u not in capped.over], group_key=item.group_key,
         )
-        if counts.deferred:
-            result["deferred"] = sum(counts.deferred.values())
-        if counts.queued or counts.muted:
-            result["outbound"] = counts.as_dict()
+        return counts
 
     @staticmethod
     def _result(out: PublishOutcome) -> dict:

@@ -6,8 +6,9 @@ position, topic memberships, preferences and idempotency records.
 Guarantees every implementation gives (tests/store/test_contract.py checks them):
 
 * **Atomic append-and-assign-seq.**  ``publish`` commits the notification and
-  one inbox entry per recipient, each with that user's next ``seq``, in one
-  transaction, before it returns.  Seqs per user are strictly increasing with
+  one inbox entry per recipient, each with that user's next ``seq``, and the
+  item's outbound ``jobs`` (as ``enqueue_jobs`` would), in one transaction,
+  before it returns.  Seqs per user are strictly increasing with
   no gaps; concurrent publishes never hand out the same seq.
 * **Durable on return.**  When a write method returns, the data survives a
   crash of the process.
@@ -41,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidings.core.models import Preferences
-from tidings.store.outbound import OutboundStore
+from tidings.store.outbound import NewJob, OutboundStore
 
 
 @dataclass(slots=True)
@@ -79,6 +80,9 @@ class NewNotification:
     group_key: str | None = None  # merge into the recipient's unread entry of this key
     # set: store it, and publish it (created at this time) when fire_due reaches it
     deliver_at: float | None = None
+    # Its webhook, push and e-mail jobs, committed with the inbox rows when
+    # it is fanned out on write (DESIGN §2.1); none for a duplicate.
+    jobs: list[NewJob] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -100,6 +104,8 @@ class PublishOutcome:
     audience: str | None = None  # "*" or the topic, for feed items
     body: bytes = b""
     fingerprint: str = ""  # a "duplicate"'s: the fingerprint its key was first used with
+    # (nid, channel) of the pending jobs that ``jobs`` replaced (enqueue_jobs' collapse)
+    replaced: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

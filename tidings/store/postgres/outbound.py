@@ -230,25 +230,7 @@ class PostgresOutbound(OutboundStore):
     async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
         if not jobs:
             return []
-        cols = [list(c) for c in zip(*[
-            (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
-             n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
-             n.job.attempts, n.job.last_error, n.fallback, n.collapse if n.fallback else None)
-            for n in jobs
-        ], strict=True)]
-        groups = sorted({(n.job.app, n.job.user, n.job.channel, n.collapse, n.nid)
-                         for n in jobs if n.fallback and n.collapse is not None})
-        now = jobs[0].job.created_at
-
-        async def insert(conn):
-            replaced = []
-            if groups:
-                replaced = await conn.fetch(_COLLAPSE, *map(list, zip(*groups, strict=True)), now)
-            # One statement whatever the number of jobs (a fan-out to 10,000 users).
-            await conn.execute(_ENQUEUE, *cols)
-            return [tuple(r) for r in replaced]
-
-        return await self._call(insert, tx=True)
+        return await self._call(insert_jobs, jobs, tx=True)
 
     async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
         rows = await self._fetch(_CLAIM, channel, n, now, lease)
@@ -310,3 +292,23 @@ class PostgresOutbound(OutboundStore):
     async def prune_jobs(self, older_than) -> int:
         return _count(await self._execute(
             "DELETE FROM jobs WHERE status = 'dead' AND updated_at < $1", older_than))
+
+
+async def insert_jobs(conn, jobs: list[NewJob]) -> list[tuple[str, str]]:
+    """Queue ``jobs`` inside the caller's transaction (enqueue_jobs, and a
+    publish's own, publish.py); returns the (nid, channel) replaced."""
+    cols = [list(c) for c in zip(*[
+        (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
+         n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
+         n.job.attempts, n.job.last_error, n.fallback, n.collapse if n.fallback else None)
+        for n in jobs
+    ], strict=True)]
+    groups = sorted({(n.job.app, n.job.user, n.job.channel, n.collapse, n.nid)
+                     for n in jobs if n.fallback and n.collapse is not None})
+    replaced = []
+    if groups:
+        replaced = await conn.fetch(_COLLAPSE, *map(list, zip(*groups, strict=True)),
+                                    jobs[0].job.created_at)
+    # One statement whatever the number of jobs (a fan-out to 10,000 users).
+    await conn.execute(_ENQUEUE, *cols)
+    return [tuple(r) for r in replaced]

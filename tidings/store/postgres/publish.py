@@ -13,6 +13,7 @@ from tidings.core.ids import id_floor
 from tidings.store.base import Delivery, NewNotification, PublishOutcome, StoredNotification
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres.outbound import insert_jobs
 from tidings.store.postgres.sql import (
     FANOUT_TOPIC,
     FANOUT_USERS,
@@ -32,6 +33,14 @@ _encode = msgspec.json.encode
 
 
 async def publish(conn, app_id: str, item: NewNotification, threshold: int) -> PublishOutcome:
+    out = await _publish(conn, app_id, item, threshold)
+    if item.jobs and out.feed_offset is None and out.status == "accepted":
+        # in the caller's transaction, with the inbox rows (DESIGN §2.1)
+        out.replaced = await insert_jobs(conn, item.jobs)
+    return out
+
+
+async def _publish(conn, app_id: str, item: NewNotification, threshold: int) -> PublishOutcome:
     if item.deliver_at is not None:
         return await _sched.schedule(conn, app_id, item)
     if item.users is not None:

@@ -316,9 +316,10 @@ class PostgresStore(PostgresOutbound, Store):
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         if item.idempotency_key is None:
-            # a grouped fan-out is several statements (groups.py)
-            grouped = item.group_key is not None and item.deliver_at is None
-            return await self._call(_tx.publish, app_id, item, fanout_threshold, tx=grouped)
+            # a grouped fan-out is several statements (groups.py), and so is
+            # one with outbound jobs
+            several = (item.group_key is not None or bool(item.jobs)) and item.deliver_at is None
+            return await self._call(_tx.publish, app_id, item, fanout_threshold, tx=several)
         return await self._call(
             _tx.publish_once, app_id, item, fanout_threshold, window, tx=True
         )

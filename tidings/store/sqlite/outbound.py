@@ -208,33 +208,7 @@ class SQLiteOutbound(OutboundStore):
     async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
         if not jobs:
             return []
-        rows = [
-            (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
-             n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
-             n.job.attempts, n.job.last_error, int(n.fallback), n.job.created_at,
-             n.collapse if n.fallback else None)
-            for n in jobs
-        ]
-        groups = {(n.job.app, n.job.user, n.job.channel, n.collapse, n.nid, n.job.created_at)
-                  for n in jobs if n.fallback and n.collapse is not None}
-
-        def insert(conn):
-            replaced = []
-            for app, user, channel, key, nid, now in groups:
-                replaced += conn.execute(
-                    "DELETE FROM jobs WHERE app_id=? AND user_id=? AND channel=? AND collapse=? "
-                    "AND status='queued' AND fallback=1 AND nid<>? "
-                    "AND (lease_until IS NULL OR lease_until<=?) RETURNING nid, channel",
-                    (app, user, channel, key, nid, now)).fetchall()
-            conn.executemany(
-                "INSERT INTO jobs(id, app_id, user_id, nid, channel, destination, notification, "
-                "created_at, expires_at, not_before, attempts, last_error, fallback, updated_at, "
-                "collapse) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
-                rows,
-            )
-            return [tuple(r) for r in replaced]
-
-        return await self._write(insert)
+        return await self._write(insert_jobs_tx, jobs)
 
     async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
         # Look first on the read connection: an idle poll costs no write.
@@ -345,3 +319,31 @@ class SQLiteOutbound(OutboundStore):
                                 (older_than,)).rowcount
 
         return await self._write(prune)
+
+
+def insert_jobs_tx(conn, jobs: list[NewJob]) -> list[tuple[str, str]]:
+    """Queue ``jobs`` inside the caller's transaction (enqueue_jobs, and a
+    publish's own, publish.py); returns the (nid, channel) replaced."""
+    rows = [
+        (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
+         n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,
+         n.job.attempts, n.job.last_error, int(n.fallback), n.job.created_at,
+         n.collapse if n.fallback else None)
+        for n in jobs
+    ]
+    groups = {(n.job.app, n.job.user, n.job.channel, n.collapse, n.nid, n.job.created_at)
+              for n in jobs if n.fallback and n.collapse is not None}
+    replaced = []
+    for app, user, channel, key, nid, now in groups:
+        replaced += conn.execute(
+            "DELETE FROM jobs WHERE app_id=? AND user_id=? AND channel=? AND collapse=? "
+            "AND status='queued' AND fallback=1 AND nid<>? "
+            "AND (lease_until IS NULL OR lease_until<=?) RETURNING nid, channel",
+            (app, user, channel, key, nid, now)).fetchall()
+    conn.executemany(
+        "INSERT INTO jobs(id, app_id, user_id, nid, channel, destination, notification, "
+        "created_at, expires_at, not_before, attempts, last_error, fallback, updated_at, "
+        "collapse) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+        rows,
+    )
+    return [tuple(r) for r in replaced]

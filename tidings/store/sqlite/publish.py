@@ -18,6 +18,7 @@ from tidings.store.base import Delivery, NewNotification, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.outbound import insert_jobs_tx
 
 __all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
 
@@ -114,6 +115,8 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
             conn.flush()
             _groups.insert_entries_tx(conn, app_id, item, rows, out.deliveries)
         out.recipients, out.muted = len(recipients), len(muted)
+        if item.jobs:  # in the same transaction as the inbox rows (DESIGN §2.1)
+            out.replaced = insert_jobs_tx(conn, item.jobs)
 
     _remember_key(conn, app_id, item, out)
     return out

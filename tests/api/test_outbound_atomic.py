@@ -1,0 +1,46 @@
+"""The inbox rows and the outbound jobs of one publish commit together
+(docs/design.md §2.1), on both stores: a publish whose jobs cannot be
+written keeps nothing, so its retry with the same Idempotency-Key publishes
+it whole instead of answering "duplicate" without the jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import allow_inserts, refuse_inserts, store_overrides
+from tests.conftest import run_server
+from tidings.config import WebhookConfig
+
+NOTE = {"to": {"users": ["u1"]}, "title": "t"}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_publish_whose_jobs_fail_keeps_nothing_and_its_retry_queues_them(tmp_path, kind):
+    async with store_overrides(kind) as store:
+        async with run_server(tmp_path, webhook=WebhookConfig(allow_insecure=True),
+                              **store) as server:
+            async with server.http() as http:
+                r = await http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+                assert r.status_code == 201, r.text
+                await refuse_inserts(server, "jobs")
+                r = await http.post("/v1/notifications", json=NOTE,
+                                    headers={"Idempotency-Key": "k"})
+                assert r.status_code >= 500, r.text
+                r = await http.post("/v1/notifications/batch", json={"notifications": [NOTE]},
+                                    headers={"Idempotency-Key": "b"})
+                assert r.json()["results"][0]["status"] == "error", r.text
+                inbox = await http.get("/v1/users/u1/notifications", params={"state": "all"})
+                assert inbox.json()["items"] == []  # nothing half-kept
+                await allow_inserts(server, "jobs")
+                for retry in (
+                        http.post("/v1/notifications", json=NOTE, headers={"Idempotency-Key": "k"}),
+                        http.post("/v1/notifications/batch", json={"notifications": [NOTE]},
+                                  headers={"Idempotency-Key": "b"})):
+                    r = await retry
+                    out = r.json()["results"][0] if "results" in r.json() else r.json()
+                    assert out["status"] == "accepted", r.text
+                    assert out["outbound"] == {"webhook": {"queued": 1}}, out
+                    jobs = (await http.get(f"/v1/notifications/{out['id']}/outbound")).json()
+                    assert [j["channel"] for j in jobs["jobs"]] == ["webhook"], jobs
+                inbox = await http.get("/v1/users/u1/notifications", params={"state": "all"})
+                assert len(inbox.json()["items"]) == 2
