@@ -2,10 +2,11 @@
 """Run a tidings cluster on loopback: N nodes behind HAProxy.
 
     python scripts/cluster.py --nodes 3 \\
-        --store postgresql://postgres@127.0.0.1:5432/test --broker redis://127.0.0.1:6379
+        --store postgresql://postgres@127.0.0.1:5432/test [--broker redis://127.0.0.1:6379]
 
 starts ``tidings serve`` N times (ports 8101, 8102, ...), each a stateless
-node over the same PostgreSQL and Redis, and HAProxy on port 8100 in front of
+node over the same PostgreSQL (and Redis, if given; without it the nodes fan
+out through PostgreSQL LISTEN/NOTIFY), and HAProxy on port 8100 in front of
 them, with health checks on ``/readyz`` and no sticky sessions.  Ctrl+C stops
 everything.  The failover tests and the benchmarks drive the same ``Cluster``
 class, so what they measure is what this script runs.  docs/deploy.md explains
@@ -123,7 +124,7 @@ class Node:
 @dataclass
 class Cluster:
     store: str
-    broker: str
+    broker: str | None  # None: the store's PostgreSQL carries live events too
     nodes: int = 2
     base_port: int = 8100  # HAProxy; nodes take the next ports
     workdir: Path | None = None
@@ -144,9 +145,9 @@ class Cluster:
             name = f"node{i}"
             port = self.base_port + i
             args = [sys.executable, "-m", "tidings", "serve", "--port", str(port),
-                    "--store", self.store, "--broker", self.broker, "--node", name,
+                    "--store", self.store, "--node", name,
                     "--data", str(self.workdir / name), "--workers", str(self.workers),
-                    *self.extra]
+                    *(["--broker", self.broker] if self.broker else []), *self.extra]
             self.members.append(Node(name, port, args, self.workdir / f"{name}.log"))
 
     def tidings(self, *args: str) -> str:
@@ -228,7 +229,8 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--port", type=int, default=8100, help="HAProxy port; nodes follow")
     parser.add_argument("--store", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--broker", default="redis://127.0.0.1:6379")
+    parser.add_argument("--broker", default=None,
+                        help="e.g. redis://127.0.0.1:6379 (default: PostgreSQL LISTEN/NOTIFY)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per node")
     parser.add_argument("--dir", type=Path, default=None, help="logs and node data")
     args = parser.parse_args()

@@ -97,13 +97,15 @@ def main(debug: bool) -> None:
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
 @click.option("--broker", default=None,
-              help="Broker URL (default: in-process). Cluster: redis://HOST:PORT.")
+              help="Broker URL (default: the PostgreSQL store's LISTEN/NOTIFY, else "
+                   "in-process). Largest fan-outs: redis://HOST:PORT.")
 @click.option("--outbox", is_flag=False, flag_value="store", default=None,
               metavar="[postgresql://...]",
               help="Consume the transactional outbox table of this database "
                    "(alone: the store's); see `tidings outbox schema`.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes sharing the port; more than one needs --broker.")
+              help="Worker processes sharing the port; more than one needs a PostgreSQL "
+                   "store or --broker.")
 @click.option("--node", default=None,
               help="This node's name in the cluster (default host:port:pid).")
 @click.option("--cache/--no-cache", default=None,
@@ -126,11 +128,13 @@ def serve(config, host, port, data, store, broker, outbox, workers, node, cache,
     if not 0 <= settings.port <= 65535:  # TIDINGS_PORT is not checked by click
         raise click.BadParameter(f"{settings.port} is not a port (0-65535)",
                                  param_hint="--port / TIDINGS_PORT")
-    if workers > 1 and settings.broker in (None, "local", "memory"):
+    if workers > 1 and settings.broker in ("local", "memory") or (
+            workers > 1 and settings.broker is None and not _postgres(settings.store)):
         # Each worker is its own process: without a shared broker a
         # notification published through one would never reach devices
         # connected to another.
-        raise click.UsageError("--workers N needs a shared broker: add --broker redis://HOST:PORT")
+        raise click.UsageError("--workers N needs a shared broker: a PostgreSQL store "
+                               "(--store postgresql://...) or --broker redis://HOST:PORT")
     if workers > 1 and settings.port == 0:
         raise click.UsageError("--workers N needs a fixed --port")
     limits = settings.limits
@@ -201,6 +205,10 @@ def _serve_workers(settings, workers: int, options: dict) -> None:
         sys.stdout.flush()
 
     supervisor.supervise(workers, msgspec.json.encode(settings).decode(), options, listening)
+
+
+def _postgres(url: str | None) -> bool:
+    return url is not None and url.startswith(("postgresql://", "postgres://"))
 
 
 def _first_start(settings, base: str) -> None:

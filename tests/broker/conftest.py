@@ -4,6 +4,10 @@ The contract suite (``test_contract.py``) runs once per entry of
 ``BACKENDS``.  Adding a backend means adding its name to ``BACKENDS`` and a
 branch to ``make_broker``; the suite itself does not change.
 
+The PostgreSQL backend talks to the real PostgreSQL: every broker a test
+makes shares one fresh, migrated schema (tests/store/pg.py), whose name is
+also its notification channel, so parallel runs never hear each other.
+
 The Redis backend talks to a real Redis (``tests/services.py``: skipped on a
 laptop without one, a failure in CI).  Each test gets its own key and
 channel prefix, so parallel runs sharing one Redis never see each other's
@@ -18,12 +22,12 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from tests.services import require_redis
+from tests.services import require_postgres, require_redis
 from tidings.broker.base import Broker
 from tidings.broker.local import LocalBroker
 from tidings.broker.redis import RedisBroker
 
-BACKENDS = ["local", "redis"]
+BACKENDS = ["local", "redis", "postgres"]
 
 
 def unique_prefix() -> str:
@@ -50,6 +54,13 @@ async def make_broker(request) -> Callable[[], Broker]:
         url, prefix = require_redis(), unique_prefix()
         yield lambda: RedisBroker(url, prefix=prefix)
         await delete_prefixed(url, prefix)
+    elif request.param == "postgres":
+        from tests.store.pg import fresh_schema
+        from tidings.broker.postgres import PostgresBroker
+
+        url = require_postgres()
+        async with fresh_schema(url) as settings:
+            yield lambda: PostgresBroker(f"{url}?search_path={settings['search_path']}")
     else:
         raise AssertionError(f"no factory for backend {request.param!r}")
 

@@ -1,5 +1,7 @@
 """A real cluster on loopback for the failover tests: nodes over a fresh
-PostgreSQL schema and the shared Redis, behind HAProxy (scripts/cluster.py).
+PostgreSQL schema behind HAProxy (scripts/cluster.py), in both deployment
+shapes: with the shared Redis as the broker, and on PostgreSQL alone
+(LISTEN/NOTIFY on the store's database).
 
 Skips on a laptop without PostgreSQL, Redis or HAProxy; fails in CI
 (tests/services.py)."""
@@ -24,19 +26,27 @@ async def pg_url():
         yield f"{base}?search_path={settings['search_path']}"
 
 
+BROKERS = ["redis", "postgres"]
+
+
+@pytest.fixture(params=BROKERS)
+def broker_url(request) -> str | None:
+    """The cluster's ``--broker``: the shared Redis under a key prefix of its
+    own (parallel runs never see each other's channels or node registry), or
+    None for PostgreSQL alone (the schema is the channel)."""
+    if request.param == "postgres":
+        return None
+    return f"{require_redis()}?prefix=tidings-test-{secrets.token_hex(5)}"
+
+
 @pytest.fixture
-def make_cluster(pg_url, tmp_path):
+def make_cluster(pg_url, broker_url, tmp_path):
     """``make_cluster(nodes=2, **kw)`` -> a started Cluster, stopped after the test."""
-    redis_url = require_redis()
     require_haproxy()
     started: list[Cluster] = []
 
-    # a key prefix of its own: parallel runs on the shared Redis never see
-    # each other's channels or node registry
-    redis_url = f"{redis_url}?prefix=tidings-test-{secrets.token_hex(5)}"
-
     def make(nodes: int = 2, **kw) -> Cluster:
-        cluster = Cluster(pg_url, redis_url, nodes=nodes, base_port=free_port_block(nodes + 1),
+        cluster = Cluster(pg_url, broker_url, nodes=nodes, base_port=free_port_block(nodes + 1),
                           workdir=tmp_path / f"cluster{len(started)}", **kw)
         started.append(cluster)
         return cluster.start()

@@ -1,8 +1,11 @@
-"""Backend outages on a live cluster: PostgreSQL unreachable, Redis restarted.
+"""Backend outages on a live cluster: PostgreSQL unreachable, Redis restarted,
+one node cut off from PostgreSQL.
 
 PostgreSQL is cut off by killing a TCP forwarder between the nodes and the
 database (a network partition; the shared server keeps running).  Redis is a
 private ``redis-server`` of the test, killed and restarted on the same port.
+The PostgreSQL outage runs in both deployment shapes (``broker_url``: with
+Redis, and on PostgreSQL alone, where the outage takes the broker away too).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 
 from scripts.cluster import free_port_block, wait_until
 from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
-from tests.services import require_haproxy, require_redis
+from tests.services import require_haproxy
 
 
 class Proxy:
@@ -71,16 +74,16 @@ def _via(url: str, port: int) -> str:
 
 
 @pytest.mark.timeout(240)
-async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, tmp_path):
+async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, broker_url,
+                                                                      tmp_path):
     from scripts.cluster import Cluster
 
-    redis_url = require_redis() + "?prefix=tidings-test-outage-" + str(free_port_block(1))
     require_haproxy()
     target = urlsplit(pg_url)
     base = free_port_block(3)
     proxy = Proxy(base + 2, target.hostname, target.port or 5432)
     proxy.start()
-    cluster = Cluster(_via(pg_url, base + 2), redis_url, nodes=1, base_port=base,
+    cluster = Cluster(_via(pg_url, base + 2), broker_url, nodes=1, base_port=base,
                       workdir=tmp_path / "c")
     node = cluster.members[0]
     try:
@@ -178,3 +181,51 @@ async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
         await asyncio.gather(*(d.stop() for d in devices))
         cluster.stop()
         redis.kill()
+
+
+@pytest.mark.timeout(240)
+async def test_a_node_cut_off_from_postgresql_catches_up_when_it_returns(pg_url, tmp_path):
+    """PostgreSQL alone: node1 reaches the database through a forwarder that
+    dies mid-stream and comes back; its devices miss the live events of the
+    gap (its listener is gone) and must end with every one, exactly once."""
+    from scripts.cluster import Cluster
+
+    require_haproxy()
+    base = free_port_block(4)
+    target = urlsplit(pg_url)
+    proxy = Proxy(base + 3, target.hostname, target.port or 5432)
+    proxy.start()
+    cluster = Cluster(pg_url, None, nodes=2, base_port=base, workdir=tmp_path / "c")
+    cut = cluster.members[0]
+    cut.args[cut.args.index("--store") + 1] = _via(pg_url, base + 3)
+    devices: list[Device] = []
+    try:
+        cluster.start()
+        app = cluster.create_app("cut-off")
+        users = [f"c{i}" for i in range(50)]
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=30, headers={
+                "Authorization": f"Bearer {app['api_key']}"}) as http:
+            r = await http.post("/v1/topics/room/subscribers", json={"users": users})
+            assert r.status_code == 200, r.text
+        devices = [Device(cluster.url, app, u) for u in users for _ in range(2)]
+        for d in devices:
+            d.start()
+        await asyncio.wait_for(asyncio.gather(*(d.connected.wait() for d in devices)), 60)
+        split = [await connections(n.url) for n in cluster.members]
+        assert min(split) > 0, split
+        total = 40
+
+        async def outage(n: int) -> None:
+            if n == 10:
+                proxy.kill()
+            elif n == 25:
+                proxy.start()
+
+        await publish_numbered(cluster.url, app["api_key"], {"topic": "room"}, range(total),
+                               pause=0.05, on_sent=outage)
+        await wait_all(devices, total, timeout=60)
+        assert tally(devices, total) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
+    finally:
+        await asyncio.gather(*(d.stop() for d in devices))
+        cluster.stop()
+        proxy.kill()

@@ -174,7 +174,7 @@ async def _heartbeat(service: Service, dashboard: Dashboard, node: str) -> None:
 
 def build_service(settings: Settings) -> Service:
     store = open_store(settings.store, settings.sqlite_path)
-    broker = open_broker(settings.broker)
+    broker = open_broker(settings.broker, settings.store)
     return Service(settings, store, broker)
 
 

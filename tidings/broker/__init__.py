@@ -1,13 +1,19 @@
-"""Live fan-out between nodes behind one contract (base.py); in-process by default,
-Redis for a cluster."""
+"""Live fan-out between nodes behind one contract (base.py): in-process for one
+node, PostgreSQL LISTEN/NOTIFY for a cluster on PostgreSQL alone, Redis for the
+largest fan-outs."""
 
 from __future__ import annotations
 
 from tidings.broker.base import Broker
 
+_POSTGRES = ("postgresql://", "postgres://")
 
-def open_broker(url: str | None) -> Broker:
-    """The broker for ``--broker URL`` (None: in-process, one node)."""
+
+def open_broker(url: str | None, store: str | None = None) -> Broker:
+    """The broker for ``--broker URL``.  Without one: the PostgreSQL store's
+    own database when ``store`` is a PostgreSQL URL, else in-process (one node)."""
+    if url is None and store is not None and store.startswith(_POSTGRES):
+        url = store
     if url is None or url in ("local", "memory"):
         from tidings.broker.local import LocalBroker
 
@@ -16,7 +22,12 @@ def open_broker(url: str | None) -> Broker:
         from tidings.broker.redis import RedisBroker
 
         return RedisBroker(url)
+    if url.startswith(_POSTGRES):
+        from tidings.broker.postgres import PostgresBroker
+
+        return PostgresBroker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: use redis://HOST:PORT/DB, rediss://... (TLS), "
-        "or leave it out for the in-process broker"
+        "postgresql://... (LISTEN/NOTIFY), local (in-process), or leave it out: the "
+        "PostgreSQL store's database, else in-process"
     )

@@ -1,0 +1,261 @@
+"""What only the PostgreSQL broker has: packed and split notifications, one
+channel per schema, several nodes, lost connections, the bounded queue, the
+registry and buckets in UNLOGGED tables.  (Everything every broker promises
+is in test_contract.py.)
+
+Outages are real: ``pg_terminate_backend`` of this broker's own sessions on
+the shared server (found by their application_name), or a TCP forwarder
+(tests/cluster/tcpproxy.py) between the broker and PostgreSQL that is
+killed.  The shared server is never stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from scripts.cluster import free_port_block
+from tests.broker.test_contract import Recorder
+from tests.services import require_postgres
+from tests.store.pg import fresh_schema
+from tidings.broker import open_broker
+from tidings.broker.base import BrokerUnavailable, Feed, Frames, Personal, user_channel
+from tidings.broker.local import LocalBroker
+from tidings.broker.postgres import CHUNK, PostgresBroker, channel_for, pack
+
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+async def schema_url():
+    base = require_postgres()
+    async with fresh_schema(base) as settings:
+        yield f"{base}?search_path={settings['search_path']}"
+
+
+@pytest.fixture
+async def make(schema_url):
+    """Opened brokers over one schema (the nodes of one cluster), closed after."""
+    made: list[PostgresBroker] = []
+
+    async def factory(url: str | None = None, **options) -> PostgresBroker:
+        b = PostgresBroker(url or schema_url, **options)
+        await b.open()
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        await b.close()
+
+
+async def terminate(broker: PostgresBroker, role: str) -> None:
+    """pg_terminate_backend this broker's ``role`` session ("listen" or "notify")."""
+    admin = await asyncpg.connect(require_postgres())
+    try:
+        for _ in range(500):
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1", f"{broker.client_name}:{role}")
+            if killed:
+                return
+            await asyncio.sleep(0.02)  # (re)connecting
+    finally:
+        await admin.close()
+    raise AssertionError(f"no {role} session of {broker.client_name}")
+
+
+def reconnected(broker: PostgresBroker) -> asyncio.Event:
+    event = asyncio.Event()
+    broker.on_reconnect(event.set)
+    return event
+
+
+# -- packing --------------------------------------------------------------------
+
+def test_pack_keeps_every_payload_under_the_limit_and_splits_big_items():
+    items = [b"a" * 100] * 500 + [b"b" * 50_000] + [b"c" * 10]
+    payloads = pack(items, 7)
+    assert all(len(p.encode()) <= CHUNK for p in payloads)
+    numbers = [int(p.split(":")[0]) for p in payloads]
+    assert numbers == list(range(7, 7 + len(payloads)))  # no two alike in a transaction
+    # "k": parts still to come; a batch ends on 0
+    rest = [int(p.split(":")[1]) for p in payloads]
+    assert rest[-1] == 0 and max(rest) >= 50_000 // CHUNK
+
+
+async def test_messages_of_every_size_arrive_whole_and_in_order(make):
+    a, b = await make(), await make()
+    rec = Recorder()
+    channel = user_channel("app_a", "ann")
+    b.subscribe(channel, rec)
+    sizes = [10, 7_000, 7_900, 8_000, 16_000, 40_000, 0, 3]
+    sent = [Personal("e", i + 1, bytes([65 + i]) * n) for i, n in enumerate(sizes)]
+    for m in sent:
+        a.publish(channel, m)
+    await rec.wait_for(len(sent))
+    assert rec.messages == sent
+    assert b.undecodable == 0
+
+
+async def test_thousands_of_messages_across_nodes_keep_order(make):
+    a, b = await make(), await make()
+    ra, rb = Recorder(), Recorder()
+    a.subscribe(user_channel("app_a", "x"), ra)
+    b.subscribe(user_channel("app_a", "x"), rb)
+    for i in range(5000):
+        a.publish(user_channel("app_a", "x"), Personal("e", i + 1, b"%d" % i))
+    await ra.wait_for(5000)
+    await rb.wait_for(5000)
+    assert [m.seq for m in ra.messages] == [m.seq for m in rb.messages] == list(range(1, 5001))
+
+
+async def test_a_schema_is_a_deployment_of_its_own(make):
+    async with fresh_schema(require_postgres()) as other:
+        base = require_postgres()
+        stranger = await make(f"{base}?search_path={other['search_path']}")
+        ours = await make()
+        assert stranger.channel != ours.channel
+        heard, sentinel = Recorder(), Recorder()
+        stranger.subscribe(user_channel("app_a", "ann"), heard)
+        ours.subscribe(user_channel("app_a", "ann"), sentinel)
+        ours.publish(user_channel("app_a", "ann"), Frames([b"ours"]))
+        await sentinel.wait_for(1)
+        await asyncio.sleep(0.2)
+        assert heard.got == []
+        await ours.heartbeat("n1", {}, ttl=30)
+        assert "n1" not in await stranger.nodes()
+
+
+def test_channel_names_fit_postgresql_identifiers():
+    assert channel_for("t_abc") == "tidings:t_abc"
+    long = channel_for("s" * 63)
+    assert len(long.encode()) <= 63 and long != channel_for("s" * 62 + "t")
+
+
+# -- life cycle and outages -------------------------------------------------------
+
+async def test_open_refuses_a_schema_that_is_not_migrated():
+    base = require_postgres()
+    async with fresh_schema(base, migrated=False) as settings:
+        broker = PostgresBroker(f"{base}?search_path={settings['search_path']}")
+        with pytest.raises(BrokerUnavailable, match="tidings migrate"):
+            await broker.open()
+
+
+async def test_open_fails_fast_when_postgresql_is_unreachable():
+    port = free_port_block(1)
+    broker = PostgresBroker(f"postgresql://postgres@127.0.0.1:{port}/test", timeout=2)
+    with pytest.raises(BrokerUnavailable):
+        await broker.open()
+
+
+async def test_a_killed_listener_reconnects_and_says_so(make):
+    a, b = await make(), await make(health_interval=0.5)
+    rec = Recorder()
+    b.subscribe(user_channel("app_a", "ann"), rec)
+    back = reconnected(b)
+    await terminate(b, "listen")
+    await asyncio.wait_for(back.wait(), TIMEOUT)
+    assert b.reconnects == 1
+    a.publish(user_channel("app_a", "ann"), Frames([b"after"]))
+    await rec.wait_for(1)
+    assert await b.ping()
+
+
+async def test_a_killed_publisher_reconnects_and_keeps_order(make):
+    a = await make()
+    rec = Recorder()
+    a.subscribe(user_channel("app_a", "ann"), rec)
+    a.publish(user_channel("app_a", "ann"), Personal("e", 1, b"1"))
+    await rec.wait_for(1)
+    await terminate(a, "notify")
+    for seq in range(2, 50):
+        a.publish(user_channel("app_a", "ann"), Personal("e", seq, b""))
+    await asyncio.sleep(0.5)
+    for seq in range(50, 60):
+        a.publish(user_channel("app_a", "ann"), Personal("e", seq, b""))
+    await rec.wait_for(11)
+    seqs = [m.seq for m in rec.messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # at most once, in order
+    assert seqs[-10:] == list(range(50, 60))
+    for _ in range(100):  # the writer counts once PostgreSQL has answered
+        if a.published + a.dropped == 59:
+            break
+        await asyncio.sleep(0.05)
+    assert a.published + a.dropped == 59
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{port}"))
+
+
+async def test_a_partition_drops_at_most_once_and_heals_by_itself(make, schema_url):
+    port = free_port_block(1)
+    target = urlsplit(schema_url)
+    args = [sys.executable, "-m", "tests.cluster.tcpproxy", str(port), target.hostname,
+            str(target.port or 5432)]
+    proxy = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout.readline().strip() == "ready"
+        cut = await make(_via(schema_url, port), health_interval=0.5, timeout=2,
+                         max_pending=100)
+        peer = await make()
+        rec = Recorder()
+        cut.subscribe(user_channel("app_a", "ann"), rec)
+        back = reconnected(cut)
+        proxy.kill()
+        proxy.wait(10)
+        for i in range(500):  # while cut off: queued up to the bound, the rest dropped
+            cut.publish(user_channel("app_a", "bob"), Feed(i, b""))
+        assert cut.dropped >= 400
+        with pytest.raises(BrokerUnavailable):
+            await cut.take("k", rate=1.0, burst=1)
+        assert not await cut.ping()
+        proxy = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert proxy.stdout.readline().strip() == "ready"
+        await asyncio.wait_for(back.wait(), TIMEOUT)
+        peer.publish(user_channel("app_a", "ann"), Frames([b"healed"]))
+        await rec.wait_for(1)
+        assert rec.messages[-1] == Frames([b"healed"])
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+
+
+# -- registry and buckets -------------------------------------------------------
+
+async def test_nodes_see_each_others_heartbeats_and_full_buckets_are_swept(make, schema_url):
+    a, b = await make(), await make()
+    await a.heartbeat("node-a", {"connections": 1}, ttl=30)
+    await b.heartbeat("node-b", {"connections": 2}, ttl=30)
+    assert await a.nodes() == await b.nodes() == {"node-a": {"connections": 1},
+                                                  "node-b": {"connections": 2}}
+    assert await a.take("fast", rate=1000.0, burst=1) == 0.0  # full again in 1 ms
+    assert await a.take("slow", rate=0.01, burst=1) == 0.0
+    assert await b.take("slow", rate=0.01, burst=1) > 99  # shared by the nodes
+    await asyncio.sleep(0.05)
+    await a.heartbeat("node-a", {}, ttl=30)  # sweeps
+    conn = await asyncpg.connect(schema_url)
+    try:
+        keys = await conn.fetch("SELECT key FROM broker_buckets")
+        assert [k["key"] for k in keys] == ["slow"]
+        assert await conn.fetchval(
+            "SELECT relpersistence FROM pg_class WHERE relname = 'broker_buckets' "
+            "AND relnamespace = current_schema()::regnamespace") == b"u"
+    finally:
+        await conn.close()
+
+
+def test_open_broker_takes_the_postgresql_store_when_no_broker_is_given():
+    store = "postgresql://tidings@db/tidings"
+    assert isinstance(open_broker(None, store), PostgresBroker)
+    assert isinstance(open_broker("postgresql://tidings@db/other", None), PostgresBroker)
+    assert isinstance(open_broker("local", store), LocalBroker)
+    assert isinstance(open_broker(None, None), LocalBroker)
+    assert isinstance(open_broker(None, "sqlite:///x.db"), LocalBroker)
