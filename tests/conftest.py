@@ -65,11 +65,18 @@ async def run_server(tmp_path, **overrides):
         return
     # TIDINGS_TEST_STORE=postgres runs every server of the suite on the test
     # PostgreSQL (tests/services.py), each in a fresh schema dropped after it,
-    # instead of its own SQLite file: the same tests, the cluster store.
-    if os.environ.get("TIDINGS_TEST_STORE") == "postgres" and "store" not in overrides:
+    # instead of its own SQLite file: the same tests, the cluster store (with
+    # the in-process broker, so that only the store changes).
+    # TIDINGS_TEST_BROKER=postgres does the same with the PostgreSQL broker:
+    # the cluster on PostgreSQL alone.
+    pg_broker = os.environ.get("TIDINGS_TEST_BROKER") == "postgres"
+    if (os.environ.get("TIDINGS_TEST_STORE") == "postgres" or pg_broker) \
+            and "store" not in overrides:
         from tests.services import require_postgres
         from tests.store.pg import fresh_schema
 
+        if not pg_broker:
+            overrides.setdefault("broker", "local")
         url = require_postgres()
         async with fresh_schema(url) as pg:
             async with _serve(tmp_path, store=f"{url}?search_path={pg['search_path']}",
