@@ -29,6 +29,7 @@ from tidings.broker.base import (
     user_channel,
 )
 from tidings.core import events
+from tidings.core.backoff import Backoff
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
 from tidings.core.tracking import DeliveryTracker
@@ -47,6 +48,7 @@ log = logging.getLogger("tidings.gateway")
 # stay live meanwhile, and fill any personal gap themselves as soon as the
 # next event shows one.
 RESYNC_CONCURRENCY = 16
+RESYNC_ATTEMPTS = 20  # per user, while the store answers Unavailable (~30 s)
 
 
 class Hub:
@@ -303,10 +305,24 @@ class Hub:
 
         async def worker() -> None:
             for app, user in users:
-                try:
-                    await self._resync_user(app, user)
-                except Exception:
-                    log.exception("resync after a broker outage failed for %s/%s", app, user)
+                # With PostgreSQL as the broker, the store's outage and the
+                # broker's are one: the broker may be back a moment before
+                # the store's pool is, so a store that is not there yet is
+                # waited for instead of leaving the user's streams behind.
+                backoff = Backoff(base=0.2, cap=2.0)
+                for _ in range(RESYNC_ATTEMPTS):
+                    try:
+                        await self._resync_user(app, user)
+                        break
+                    except Unavailable:
+                        await asyncio.sleep(backoff.next_delay())
+                    except Exception:
+                        log.exception("resync after a broker outage failed for %s/%s",
+                                      app, user)
+                        break
+                else:
+                    log.warning("resync after a broker outage gave up on %s/%s: the store "
+                                "stayed unavailable", app, user)
 
         await asyncio.gather(*(worker() for _ in range(RESYNC_CONCURRENCY)))
 
