@@ -263,6 +263,10 @@ class PostgresBroker(Broker):
                 await self._writer_wake
                 self._writer_wake = None
                 continue
+            if conn is not None and conn.is_closed():
+                # Lost while idle (a reset during an outage): nothing of the
+                # queue was sent on it, so connect again instead of dropping.
+                conn = None
             if conn is None:
                 try:
                     conn = await self._connect("notify", synchronous_commit="off")
