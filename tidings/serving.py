@@ -8,6 +8,7 @@ itself once the app has started and the socket accepts connections.
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Callable
 
@@ -38,7 +39,29 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
+            quiet_gc()
             self._on_started()
+
+
+# Allocations between two young-generation collections of the cyclic GC
+# (CPython's default is 700).  A fan-out allocates a row and a delivery per
+# recipient that live until the commit is announced: at 700 they were
+# collected young and old again and again, and every so often a full
+# collection walked the whole heap (the writer thread spent ~9% of its time
+# in the collector under write fan-out).  Objects that die by reference
+# count before the next collection cost the collector nothing, so a larger
+# young generation mostly means less work.
+GC_YOUNG = 50_000
+
+
+def quiet_gc() -> None:
+    """Once started: what exists now (modules, the app, its caches) moves out
+    of the collector's reach (``gc.freeze``: a full collection no longer walks
+    it), and young collections come less often (``GC_YOUNG``)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, middle, old)
 
 
 def run(app, sock: socket.socket, options: dict, on_started: Callable[[], None]) -> bool:
