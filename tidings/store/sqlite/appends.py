@@ -33,6 +33,7 @@ __all__ = ["HEADS_CACHED", "WriterConnection"]
 
 HEADS_CACHED = 100_000  # (app, user) heads kept; ~150 bytes each
 _CHUNK = 500  # host parameters per IN (...) list
+ROWS_PER_INSERT = 128
 _by_user = itemgetter(1)
 
 
@@ -154,31 +155,42 @@ class WriterConnection(sqlite3.Connection):
     def flush(self) -> None:
         """Write what the group's publishes gathered, one statement per table."""
         if self._notes:
-            self.executemany(
+            self._insert(
                 "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
-                "expires_at) VALUES (?,?,?,?,?,?,?)", self._notes,
-            )
+                "expires_at) VALUES ", 7, self._notes)
             self._notes.clear()
         if self._inbox:
             # in key order: each user's rows land on that user's pages together
             self._inbox.sort(key=_by_user)
-            self.executemany(
-                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
-                "VALUES (?,?,?,?,?,?)", self._inbox,
-            )
+            self._insert(
+                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) VALUES ",
+                6, self._inbox)
             self._inbox.clear()
         if self._dirty:
             txn = self._txn
-            self.executemany(
-                "INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES (?,?,?,?) "
-                "ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=excluded.head_seq",
+            self._insert(
+                "INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES ", 4,
                 [(a, u, *txn[(a, u)]) for a, u in self._dirty],
-            )
+                " ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=excluded.head_seq")
             self._dirty.clear()
         if self._keys:
-            self.executemany(
-                "INSERT INTO idempotency(app_id, key, result, created_at) VALUES (?,?,?,?) "
-                "ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
-                "created_at=excluded.created_at", list(self._keys.values()),
-            )
+            self._insert(
+                "INSERT INTO idempotency(app_id, key, result, created_at) VALUES ", 4,
+                list(self._keys.values()),
+                " ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
+                "created_at=excluded.created_at")
             self._keys.clear()
+
+    def _insert(self, head: str, width: int, rows: list[tuple], tail: str = "") -> None:
+        """``rows`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows (the rest
+        in power-of-two pieces: few statement shapes, all in the statement
+        cache).  One statement per row (``executemany``) releases and takes
+        back the GIL around every row, and the event loop's thread takes it
+        each time: a thread switch per row."""
+        i, n = 0, len(rows)
+        while i < n:
+            size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
+            one = "(" + ",".join("?" * width) + ")"
+            params = [v for row in rows[i:i + size] for v in row]
+            self.execute(head + ",".join([one] * size) + tail, params)
+            i += size
