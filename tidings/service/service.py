@@ -308,7 +308,7 @@ class Service:
                              capped: Capped) -> OutboundCounts | None:
         """Plan the webhooks, pushes and e-mails of a notification fanned out
         on write (outbound.py) into ``item.jobs``, which the store commits in
-        the publish's own transaction (DESIGN §2.1: a crash never keeps the
+        the publish's own transaction (docs/design.md §2.1: a crash never keeps the
         inbox rows without them).  Recipients over a frequency cap get none.
         None when there is nothing to plan: a scheduled notification (its
         jobs are queued when it fires), a broadcast or a topic fanned out on

@@ -81,7 +81,7 @@ class NewNotification:
     # set: store it, and publish it (created at this time) when fire_due reaches it
     deliver_at: float | None = None
     # Its webhook, push and e-mail jobs, committed with the inbox rows when
-    # it is fanned out on write (DESIGN §2.1); none for a duplicate.
+    # it is fanned out on write (docs/design.md §2.1); none for a duplicate.
     jobs: list[NewJob] = field(default_factory=list)
 
 

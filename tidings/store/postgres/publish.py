@@ -35,7 +35,7 @@ _encode = msgspec.json.encode
 async def publish(conn, app_id: str, item: NewNotification, threshold: int) -> PublishOutcome:
     out = await _publish(conn, app_id, item, threshold)
     if item.jobs and out.feed_offset is None and out.status == "accepted":
-        # in the caller's transaction, with the inbox rows (DESIGN §2.1)
+        # in the caller's transaction, with the inbox rows (docs/design.md §2.1)
         out.replaced = await insert_jobs(conn, item.jobs)
     return out
 

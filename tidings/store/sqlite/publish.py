@@ -115,7 +115,7 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
             conn.flush()
             _groups.insert_entries_tx(conn, app_id, item, rows, out.deliveries)
         out.recipients, out.muted = len(recipients), len(muted)
-        if item.jobs:  # in the same transaction as the inbox rows (DESIGN §2.1)
+        if item.jobs:  # in the same transaction as the inbox rows (docs/design.md §2.1)
             out.replaced = insert_jobs_tx(conn, item.jobs)
 
     _remember_key(conn, app_id, item, out)
