@@ -4,7 +4,9 @@ Every request carries (docs/webhooks.md is the receiver's guide):
 
 * ``Tidings-Id`` -- the job id, the same on every attempt: de-duplicate on it
   (delivery is at least once);
-* ``Tidings-Event`` -- ``notification.created``;
+* ``Tidings-Event`` -- ``notification.created``, or ``notification.digest``
+  for a user's digest (tidings/core/digest.py: the notification's
+  ``data.digest.items`` lists the notifications it stands for);
 * ``Tidings-Attempt`` -- 1 on the first try, 2 on the first retry, ...;
 * ``Tidings-Signature: t=<unix seconds>,v1=<hex>`` -- ``v1`` is
   HMAC-SHA256 over ``"<t>.<raw body>"`` with the endpoint's secret, the
@@ -34,6 +36,7 @@ import msgspec
 
 from tidings.channels.base import Job, Result, check_url, http_post
 from tidings.config import WebhookConfig  # defined with the other settings
+from tidings.core.digest import is_digest
 
 __all__ = [
     "EVENT_CREATED",
@@ -48,6 +51,7 @@ __all__ = [
 
 SIGNATURE_HEADER = "Tidings-Signature"
 EVENT_CREATED = "notification.created"
+EVENT_DIGEST = "notification.digest"
 
 # The endpoint's signing secret(s) for a job; None when the endpoint is gone.
 SecretLookup = Callable[[Job], Awaitable["str | Sequence[str] | None"]]
@@ -62,6 +66,10 @@ class _Envelope(msgspec.Struct):
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _event(job: Job) -> str:
+    return EVENT_DIGEST if is_digest(job.id) else EVENT_CREATED
 
 
 def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
@@ -146,7 +154,7 @@ class WebhookChannel:
 
     def body(self, job: Job) -> bytes:
         """The exact bytes POSTed (and signed) for ``job``."""
-        return _encode(_Envelope(id=job.id, type=EVENT_CREATED, app=job.app, user=job.user,
+        return _encode(_Envelope(id=job.id, type=_event(job), app=job.app, user=job.user,
                                  notification=msgspec.Raw(job.notification)))
 
     async def send(self, job: Job) -> Result:
@@ -161,7 +169,7 @@ class WebhookChannel:
         headers = {
             "Content-Type": "application/json",
             "Tidings-Id": job.id,
-            "Tidings-Event": EVENT_CREATED,
+            "Tidings-Event": _event(job),
             "Tidings-Attempt": str(job.attempts + 1),
             SIGNATURE_HEADER: signature_header(secrets, int(self.clock()), body),
         }

@@ -128,9 +128,31 @@ class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
     tz: Annotated[str, Meta(max_length=64)] = "UTC"
 
 
+HHMM = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")]
+DIGEST_MIN_EVERY = 60
+DIGEST_MAX_EVERY = 7 * 86400
+
+
+class DigestRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """How one channel of one category is batched (tidings/core/digest.py):
+    ``{"every": 3600}`` (at most once an hour), ``{"daily": "09:00", "tz":
+    "Europe/Paris"}`` (once a day at that wall-clock time), or ``{}``: each
+    notification on its own (a user's way to override an app's default)."""
+
+    every: Annotated[int, Meta(ge=DIGEST_MIN_EVERY, le=DIGEST_MAX_EVERY)] | None = None
+    daily: HHMM | None = None
+    tz: Annotated[str, Meta(max_length=64)] = "UTC"
+
+
+# {category: {channel: rule}}; the channels are the outbound ones (not in_app)
+DigestChannels = dict[Literal["webhook", "push", "email"], DigestRule]
+Digests = Annotated[dict[Category, DigestChannels], Meta(max_length=256)]
+
+
 class Preferences(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     categories: Annotated[dict[Category, ChannelPrefs], Meta(max_length=256)] = {}
     quiet_hours: QuietHours | None = None
+    digests: Digests = {}
 
 
 class SubscribersRequest(msgspec.Struct, forbid_unknown_fields=True):

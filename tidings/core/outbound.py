@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tidings.core.models import NO_CONTROL_RE, Category
+from tidings.core.models import NO_CONTROL_RE, Category, Digests
 
 __all__ = [
     "Cap",
@@ -67,9 +67,11 @@ class Cap(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Caps(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """An app's frequency caps, per category (``PUT /v1/caps``)."""
+    """An app's frequency settings, per category (``PUT /v1/caps``): caps,
+    and the digests its users get unless their preferences say otherwise."""
 
     categories: Annotated[dict[Category, Cap], Meta(max_length=256)] = {}
+    digests: Digests = {}
 
 
 # One "@", no whitespace or control characters, a dotted domain of LDH labels

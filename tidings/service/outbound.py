@@ -36,18 +36,20 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import msgspec
 
 from tidings.channels.base import Channel, Job, Result
 from tidings.channels.worker import Lane, Worker
 from tidings.config import Settings
-from tidings.core import quiet
+from tidings.core import digest, quiet
 from tidings.core.lru import LRU
 from tidings.core.retry import RetryPolicy
 from tidings.store.base import Store
-from tidings.store.outbound import NewJob, WebhookEndpoint
+from tidings.store.outbound import DigestItem, NewJob, WebhookEndpoint
 
 __all__ = ["Outbound", "OutboundCounts", "StoreQueue"]
 
@@ -57,6 +59,7 @@ OUTBOUND = ("webhook", "push", "email")
 FALLBACK = frozenset({"push", "email"})  # wait for a device to see it first
 WEBHOOK_CACHE_TTL = 10.0  # seconds a node reuses an app's endpoints (and secrets)
 PRUNE_INTERVAL = 3600.0
+DIGEST_BATCH = 100  # windows closed per store call
 
 
 class StoreQueue:
@@ -87,11 +90,12 @@ class OutboundCounts:
     queued: Counter = field(default_factory=Counter)
     deferred: Counter = field(default_factory=Counter)  # held by quiet hours
     muted: Counter = field(default_factory=Counter)  # the user switched the channel off
+    digest: Counter = field(default_factory=Counter)  # held for the user's digest
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for name, counter in (("queued", self.queued), ("deferred", self.deferred),
-                              ("muted", self.muted)):
+                              ("muted", self.muted), ("digest", self.digest)):
             for channel, n in counter.items():
                 if n:
                     out.setdefault(channel, {})[name] = n
@@ -101,12 +105,17 @@ class OutboundCounts:
 # Counts a delivery event: (app, nid, channel, field, n), e.g. Service.track,
 # which batches the writes and feeds /metrics.
 Track = Callable[[str, str, str, str, int], None]
+# An app's default digest rules: {category: {channel: rule}}.
+AppDigests = Callable[[str], Awaitable[digest.Rules]]
 
 
 class Outbound:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time,
-                 track: Track | None = None):
+                 track: Track | None = None, defaults: AppDigests | None = None):
         self.settings = settings
+        # The app's default digests per category (``PUT /v1/caps``), from
+        # memory: RateLimits.caps caches them for every publish already.
+        self.defaults = defaults
         self.store = store
         self.clock = clock
         self.track = track
@@ -119,6 +128,7 @@ class Outbound:
         self._webhooks: LRU[str, list[WebhookEndpoint]] = LRU(10_000, ttl=WEBHOOK_CACHE_TTL)
         self._vapid_public: str | None = None
         self._maintenance: asyncio.Task | None = None
+        self._digests: asyncio.Task | None = None
 
     def enabled(self, channel: str) -> bool:
         return channel in self.channels
@@ -146,7 +156,9 @@ class Outbound:
         self.worker = Worker(self.queue, lanes, poll_interval=cfg.poll_interval,
                              clock=self.clock, on_result=self._on_result)
         await self.worker.start()
-        self._maintenance = asyncio.get_running_loop().create_task(self._prune())
+        loop = asyncio.get_running_loop()
+        self._maintenance = loop.create_task(self._prune())
+        self._digests = loop.create_task(self._send_digests())
 
     def _make_channels(self) -> list[Channel]:
         # Imported here: the channels pull in httpx, aiosmtplib and pywebpush,
@@ -168,8 +180,9 @@ class Outbound:
         return out
 
     async def stop(self, grace: float = 10.0) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        for task in (self._maintenance, self._digests):
+            if task is not None:
+                task.cancel()
         worker, self.worker = self.worker, None
         if worker is None:
             return
@@ -195,6 +208,40 @@ class Outbound:
                 log.exception("pruning dead jobs failed; retrying at the next interval")
             await asyncio.sleep(PRUNE_INTERVAL)
 
+    # -- digests ----------------------------------------------------------------------------
+    async def _send_digests(self) -> None:
+        """Every node polls for digest windows due; the store hands each to one."""
+        while True:
+            try:
+                await self.flush_digests()
+            except Exception:
+                log.exception("sending digests failed; retrying at the next poll")
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def flush_digests(self, now: float | None = None) -> list[str]:
+        """Turn the digest windows due by ``now`` into jobs (one per window and
+        destination) and wake their lanes; the channels of those jobs."""
+        channels = await self.store.flush_digests(
+            self.clock() if now is None else now, DIGEST_BATCH, self._digest_jobs)
+        self.wake(channels)
+        return channels
+
+    def _digest_jobs(self, app: str, user: str, channel: str, rule: str,
+                     items: list[DigestItem]) -> list[NewJob]:
+        """One window's digest jobs: one per destination, listing its items."""
+        now = self.clock()
+        by_dest: dict[bytes, list[DigestItem]] = {}
+        for item in items:
+            by_dest.setdefault(msgspec.json.encode(item.destination), []).append(item)
+        jobs = []
+        for n, (_, mine) in enumerate(sorted(by_dest.items())):
+            jid = digest.job_id(app, user, channel, rule, mine[0].nid, n)
+            job = Job(id=jid, channel=channel, app=app, user=user,
+                      notification=digest.body(jid, [i.notification for i in mine], now),
+                      destination=mine[0].destination, created_at=now)
+            jobs.append(NewJob(job=job, nid=jid.split(".", 1)[0], not_before=now))
+        return jobs
+
     async def _count(self, counts: Counter) -> None:
         """Delivery statistics: ``{(app, nid, channel, field): n}``."""
         if not counts:
@@ -207,10 +254,12 @@ class Outbound:
 
     async def _on_result(self, job: Job, result: Result) -> None:
         """Delivery statistics, and forgetting a push subscription that is gone."""
-        nid = job.id.split(".", 1)[0]
         if result.outcome in ("delivered", "failed"):
             field_ = "sent" if result.outcome == "delivered" else "failed"
-            await self._count(Counter({(job.app, nid, job.channel, field_): 1}))
+            # A digest counts for each notification it carried.
+            nids = (digest.item_ids(job.notification) if digest.is_digest(job.id)
+                    else [job.id.split(".", 1)[0]])
+            await self._count(Counter({(job.app, nid, job.channel, field_): 1 for nid in nids}))
         if result.gone and job.channel == "push" and job.destination.get("subscription"):
             await self.store.delete_push_subscription(job.app, job.user,
                                                       job.destination["subscription"])
@@ -282,24 +331,45 @@ class Outbound:
         at = datetime.fromtimestamp(created_at, UTC)
         delay = self.config.fallback_delay
         seq: Counter = Counter()
+        # An urgent notification is never held for a digest.
+        defaults = ({} if self.defaults is None or priority == "urgent"
+                    else await self.defaults(app_id))
         for user in reachable:
-            plan = quiet.plan(prefs.get(user), category, priority, at,
+            mine = prefs.get(user)
+            plan = quiet.plan(mine, category, priority, at,
                               channels=("in_app", *self.channels))
+            # Users without digests (nor app defaults) cost this one test.
+            digests = priority != "urgent" and (bool(defaults) or bool(mine and mine.digests))
             # Without an inbox entry (muted in-app) no device can see it:
             # nothing to wait for.
             waits = delay > 0 and "in_app" not in plan.muted
-            mine = personal.get(user)
+            dest = personal.get(user)
             for channel in self.channels:
                 if channel == "webhook":
                     targets = [{"url": ep.url, "endpoint": ep.id} for ep in hooks]
                 elif channel == "push":
-                    targets = [s.destination() for s in mine.push] if mine else []
+                    targets = [s.destination() for s in dest.push] if dest else []
                 else:
-                    targets = [mine.email.destination()] if mine and mine.email else []
+                    targets = [dest.email.destination()] if dest and dest.email else []
                 if not targets:
                     continue
                 if channel in plan.muted:
                     counts.muted[channel] += len(targets)
+                    continue
+                rule = digest.rule_for(mine, defaults, category, channel) if digests else None
+                if rule is not None:
+                    # Held in the user's window (the store keeps it), quiet
+                    # hours included; a device that sees it drops it.
+                    closes = digest.due(rule, at, mine).timestamp()
+                    for destination in targets:
+                        job = Job(id=f"{nid}.{channel}.{seq[channel]}", channel=channel,
+                                  app=app_id, user=user, notification=body,
+                                  destination=destination, created_at=created_at,
+                                  expires_at=expires_at)
+                        seq[channel] += 1
+                        jobs.append(NewJob(job=job, nid=nid, not_before=closes,
+                                           digest=digest.key(rule)))
+                    counts.digest[channel] += len(targets)
                     continue
                 not_before, fallback = created_at, False
                 if plan.until is not None and channel in plan.later:
@@ -327,6 +397,8 @@ class Outbound:
         replaced) and wake the lanes that have work."""
         stats = Counter({(app_id, nid, channel, "queued"): n
                          for channel, n in counts.queued.items()})
+        stats.update({(app_id, nid, channel, "digest"): n
+                      for channel, n in counts.digest.items()})
         stats.update((app_id, old, channel, "collapsed") for old, channel in replaced)
         await self._count(stats)
         self.wake(counts.queued)

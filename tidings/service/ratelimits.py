@@ -36,9 +36,10 @@ import msgspec
 
 from tidings.broker.base import Broker, BrokerUnavailable
 from tidings.config import Settings
+from tidings.core import digest
 from tidings.core.lru import LRU
 from tidings.core.outbound import Caps
-from tidings.errors import RateLimited
+from tidings.errors import Invalid, RateLimited
 from tidings.store.base import KeyRecord, NewNotification, Store
 
 __all__ = ["Capped", "RateLimits"]
@@ -104,7 +105,15 @@ class RateLimits:
             self._caps.put(app_id, found)
         return found
 
+    async def digests(self, app_id: str) -> digest.Rules:
+        """The app's default digests per category and channel (tidings/core/digest.py)."""
+        return (await self.caps(app_id)).digests
+
     async def put_caps(self, app_id: str, caps: Caps) -> None:
+        try:
+            digest.check(caps.digests, "digests")
+        except digest.InvalidDigest as exc:
+            raise Invalid(str(exc), field=exc.field) from None
         await self.store.put_caps(app_id, msgspec.json.encode(caps))
         self._caps.pop(app_id)
 

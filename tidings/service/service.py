@@ -31,6 +31,8 @@ from tidings.broker.base import (
 )
 from tidings.config import Settings
 from tidings.core import auth, events, quiet
+from tidings.core.digest import InvalidDigest
+from tidings.core.digest import check as check_digests
 from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
 from tidings.core.models import (
@@ -100,9 +102,11 @@ class Service:
         self.broker = broker
         self.hub = Hub(store, broker, settings)
         self.scheduler = Scheduler(self)  # fires deliver_at notifications (run by the app)
-        # webhooks, push, e-mail (outbound.py), counted like every delivery
-        self.outbound = Outbound(settings, store, track=self.track)
         self.limits = RateLimits(settings, store, broker)  # per key, caps per user and category
+        # webhooks, push, e-mail (outbound.py), counted like every delivery;
+        # the app's default digests come with its caps (cached by limits)
+        self.outbound = Outbound(settings, store, track=self.track,
+                                 defaults=self.limits.digests)
         self._pepper = b""
         # The hot-path cache (Settings.cache; off only to measure it).  Apps
         # and keys never change once created and tokens are immutable until
@@ -299,7 +303,7 @@ class Service:
                 await self.outbound.queued(app_id, out.id, outbound, out.replaced)
             if outbound.deferred:
                 result["deferred"] = sum(outbound.deferred.values())
-            if outbound.queued or outbound.muted:
+            if outbound.queued or outbound.muted or outbound.digest:
                 result["outbound"] = outbound.as_dict()
         capped.annotate(result)
         return result
@@ -523,6 +527,10 @@ class Service:
                 quiet.zone(prefs.quiet_hours.tz)  # refuses "localtime": the server's zone
             except quiet.InvalidTimeZone:
                 raise Invalid("unknown time zone", field="quiet_hours.tz") from None
+        try:
+            check_digests(prefs.digests, "digests")
+        except InvalidDigest as exc:
+            raise Invalid(str(exc), field=exc.field) from None
         await self.store.put_preferences(app_id, user, prefs)
 
     async def group_members(self, app_id: str, user: str, nid: str, *, limit: int,

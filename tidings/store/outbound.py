@@ -28,14 +28,15 @@ Guarantees every implementation gives (tests/store/test_contract.py):
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.channels.base import Job
 from tidings.core.models import Preferences
 
-__all__ = ["EmailAddress", "JobRecord", "NewJob", "OutboundStore", "PushSubscription",
-           "WebhookEndpoint"]
+__all__ = ["DigestBuilder", "DigestItem", "EmailAddress", "JobRecord", "NewJob", "OutboundStore",
+           "PushSubscription", "WebhookEndpoint"]
 
 
 @dataclass(slots=True)
@@ -88,6 +89,26 @@ class NewJob:
     fallback: bool = False
     # A group_key: a newer job of the group replaces this one while it is pending.
     collapse: str | None = None
+    # A digest rule's key (tidings.core.digest.key): not a job but an item
+    # held for the user's digest window of this channel and rule;
+    # ``not_before`` is when the window closes if this item opens it.
+    digest: str | None = None
+
+
+@dataclass(slots=True)
+class DigestItem:
+    """One notification held for a digest, as :meth:`OutboundStore.flush_digests`
+    hands it to the builder."""
+
+    nid: str
+    destination: dict[str, Any]
+    notification: bytes
+    created_at: float
+    expires_at: float | None
+
+
+# (app, user, channel, rule key, items oldest first) -> the digest jobs to queue
+DigestBuilder = Callable[[str, str, str, str, list[DigestItem]], list[NewJob]]
 
 
 @dataclass(slots=True)
@@ -175,7 +196,12 @@ class OutboundStore(abc.ABC):
         A fallback job with a ``collapse`` key first removes the same user's
         queued, unleased fallback jobs of that channel and key (an older
         notification of the group), in the same transaction.  Returns
-        ``(nid, channel)`` of each job so replaced."""
+        ``(nid, channel)`` of each job so replaced.
+
+        A job with a ``digest`` key is held in the user's digest window
+        instead (``digest_items``): it joins the window of its (app, user,
+        channel, key) if one is open, taking its closing time, else opens
+        one closing at its ``not_before``."""
 
     @abc.abstractmethod
     async def claim_jobs(self, channel: str, n: int, now: float, lease: float) -> list[Job]:
@@ -197,16 +223,27 @@ class OutboundStore(abc.ABC):
     @abc.abstractmethod
     async def cancel_fallbacks(self, app_id: str, user: str, nids: list[str] | None,
                                ) -> list[tuple[str, str]]:
-        """Drop the user's queued fallback jobs for ``nids`` (all when None):
-        a device saw them.  Returns ``(nid, channel)`` of each job dropped."""
+        """Drop the user's queued fallback jobs and held digest items for
+        ``nids`` (all when None): a device saw them.  Returns ``(nid,
+        channel)`` of each job or item dropped."""
 
     @abc.abstractmethod
     async def cancel_jobs(self, app_id: str, nid: str) -> int:
-        """Drop every queued job of a notification (it was retracted)."""
+        """Drop every queued job and held digest item of a notification (it
+        was retracted)."""
 
     @abc.abstractmethod
     async def update_jobs(self, app_id: str, nid: str, notification: bytes) -> int:
-        """Queued jobs of ``nid`` send ``notification`` from now on (it was corrected)."""
+        """Queued jobs and held digest items of ``nid`` send ``notification``
+        from now on (it was corrected)."""
+
+    # -- digests -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def flush_digests(self, now: float, limit: int, build: DigestBuilder) -> list[str]:
+        """Close up to ``limit`` digest windows due by ``now``: in one
+        transaction per window, take its items (dropping expired ones), and
+        queue the jobs ``build`` makes of them.  A window is taken once, by
+        one caller on one node.  Returns the channels of the jobs queued."""
 
     @abc.abstractmethod
     async def list_jobs(self, app_id: str, *, status: str | None = None, nid: str | None = None,

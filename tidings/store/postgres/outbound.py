@@ -29,6 +29,7 @@ from tidings.store.outbound import (
     PushSubscription,
     WebhookEndpoint,
 )
+from tidings.store.postgres.digests import hold
 
 __all__ = ["PostgresOutbound"]
 
@@ -256,23 +257,33 @@ class PostgresOutbound(OutboundStore):
 
     async def cancel_fallbacks(self, app_id, user, nids) -> list[tuple[str, str]]:
         where = "app_id = $1 AND user_id = $2 AND status = 'queued' AND fallback"
+        held = "app_id = $1 AND user_id = $2"
         if nids is None:
             rows = await self._fetch(
-                f"DELETE FROM jobs WHERE {where} RETURNING nid, channel", app_id, user)
+                f"WITH j AS (DELETE FROM jobs WHERE {where} RETURNING nid, channel), "
+                f"d AS (DELETE FROM digest_items WHERE {held} RETURNING nid, channel) "
+                "SELECT * FROM j UNION ALL SELECT * FROM d", app_id, user)
         else:
             rows = await self._fetch(
-                f"DELETE FROM jobs WHERE {where} AND nid = ANY($3::text[]) RETURNING nid, channel",
+                f"WITH j AS (DELETE FROM jobs WHERE {where} AND nid = ANY($3::text[]) "
+                "RETURNING nid, channel), "
+                f"d AS (DELETE FROM digest_items WHERE {held} AND nid = ANY($3::text[]) "
+                "RETURNING nid, channel) SELECT * FROM j UNION ALL SELECT * FROM d",
                 app_id, user, list(nids))
         return [tuple(r) for r in rows]
 
     async def cancel_jobs(self, app_id, nid) -> int:
-        return _count(await self._execute(
-            "DELETE FROM jobs WHERE app_id = $1 AND nid = $2 AND status = 'queued'", app_id, nid))
+        return len(await self._fetch(
+            "WITH j AS (DELETE FROM jobs WHERE app_id = $1 AND nid = $2 AND status = 'queued' "
+            "RETURNING 1), d AS (DELETE FROM digest_items WHERE app_id = $1 AND nid = $2 "
+            "RETURNING 1) SELECT * FROM j UNION ALL SELECT * FROM d", app_id, nid))
 
     async def update_jobs(self, app_id, nid, notification) -> int:
-        return _count(await self._execute(
-            "UPDATE jobs SET notification = $3 WHERE app_id = $1 AND nid = $2 "
-            "AND status = 'queued'", app_id, nid, notification))
+        return len(await self._fetch(
+            "WITH j AS (UPDATE jobs SET notification = $3 WHERE app_id = $1 AND nid = $2 "
+            "AND status = 'queued' RETURNING 1), d AS (UPDATE digest_items SET notification = $3 "
+            "WHERE app_id = $1 AND nid = $2 RETURNING 1) SELECT * FROM j UNION ALL SELECT * FROM d",
+            app_id, nid, notification))
 
     async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
         rows = await self._fetch(
@@ -296,7 +307,13 @@ class PostgresOutbound(OutboundStore):
 
 async def insert_jobs(conn, jobs: list[NewJob]) -> list[tuple[str, str]]:
     """Queue ``jobs`` inside the caller's transaction (enqueue_jobs, and a
-    publish's own, publish.py); returns the (nid, channel) replaced."""
+    publish's own, publish.py); returns the (nid, channel) replaced.  Jobs
+    with a ``digest`` key are held in their digest windows instead."""
+    if any(n.digest is not None for n in jobs):
+        await hold(conn, [n for n in jobs if n.digest is not None])
+        jobs = [n for n in jobs if n.digest is None]
+        if not jobs:
+            return []
     cols = [list(c) for c in zip(*[
         (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
          n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,

@@ -58,6 +58,7 @@ from tidings.store.base import (
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
 from tidings.store.postgres.outbound import PostgresOutbound
 from tidings.store.postgres.sql import (
@@ -155,7 +156,7 @@ async def _keep_session(conn) -> None:
 
 # -- the store ----------------------------------------------------------------
 
-class PostgresStore(PostgresOutbound, Store):
+class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     def __init__(
         self, url: str, *, server_settings: dict[str, str] | None = None,
         min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0,

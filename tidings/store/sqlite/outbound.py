@@ -29,6 +29,7 @@ from tidings.store.outbound import (
     PushSubscription,
     WebhookEndpoint,
 )
+from tidings.store.sqlite.digests import hold_tx
 
 __all__ = ["SQLiteOutbound"]
 
@@ -257,7 +258,9 @@ class SQLiteOutbound(OutboundStore):
             where = "app_id=? AND user_id=? AND status='queued' AND fallback=1"
             if nids is None:
                 return conn.execute(f"DELETE FROM jobs WHERE {where} RETURNING nid, channel",
-                                    (app_id, user)).fetchall()
+                                    (app_id, user)).fetchall() + conn.execute(
+                    "DELETE FROM digest_items WHERE app_id=? AND user_id=? RETURNING nid, channel",
+                    (app_id, user)).fetchall()
             gone = []
             for i in range(0, len(nids), _CHUNK):
                 part = nids[i:i + _CHUNK]
@@ -265,18 +268,24 @@ class SQLiteOutbound(OutboundStore):
                 gone += conn.execute(
                     f"DELETE FROM jobs WHERE {where} AND nid IN ({marks}) RETURNING nid, channel",
                     (app_id, user, *part)).fetchall()
+                gone += conn.execute(
+                    f"DELETE FROM digest_items WHERE app_id=? AND user_id=? AND nid IN ({marks}) "
+                    "RETURNING nid, channel", (app_id, user, *part)).fetchall()
             return gone
 
-        # Nothing queued for the user (the common case): no write at all.
+        # Nothing queued or held for the user (the common case): no write at all.
         if self._q1("SELECT 1 FROM jobs WHERE app_id=? AND user_id=? AND status='queued' "
-                    "AND fallback=1 LIMIT 1", (app_id, user)) is None:
+                    "AND fallback=1 LIMIT 1", (app_id, user)) is None and self._q1(
+                "SELECT 1 FROM digest_items WHERE app_id=? AND user_id=? LIMIT 1",
+                (app_id, user)) is None:
             return []
         return [tuple(r) for r in await self._write(cancel)]
 
     async def cancel_jobs(self, app_id, nid) -> int:
         def cancel(conn):
             return conn.execute("DELETE FROM jobs WHERE app_id=? AND nid=? AND status='queued'",
-                                (app_id, nid)).rowcount
+                                (app_id, nid)).rowcount + conn.execute(
+                "DELETE FROM digest_items WHERE app_id=? AND nid=?", (app_id, nid)).rowcount
 
         return await self._write(cancel)
 
@@ -284,6 +293,8 @@ class SQLiteOutbound(OutboundStore):
         def update(conn):
             return conn.execute(
                 "UPDATE jobs SET notification=? WHERE app_id=? AND nid=? AND status='queued'",
+                (notification, app_id, nid)).rowcount + conn.execute(
+                "UPDATE digest_items SET notification=? WHERE app_id=? AND nid=?",
                 (notification, app_id, nid)).rowcount
 
         return await self._write(update)
@@ -323,7 +334,11 @@ class SQLiteOutbound(OutboundStore):
 
 def insert_jobs_tx(conn, jobs: list[NewJob]) -> list[tuple[str, str]]:
     """Queue ``jobs`` inside the caller's transaction (enqueue_jobs, and a
-    publish's own, publish.py); returns the (nid, channel) replaced."""
+    publish's own, publish.py); returns the (nid, channel) replaced.  Jobs
+    with a ``digest`` key are held in their digest windows instead."""
+    if any(n.digest is not None for n in jobs):
+        hold_tx(conn, [n for n in jobs if n.digest is not None])
+        jobs = [n for n in jobs if n.digest is None]
     rows = [
         (n.job.id, n.job.app, n.job.user, n.nid, n.job.channel, _encode(n.job.destination),
          n.job.notification, n.job.created_at, n.job.expires_at, n.not_before,

@@ -44,6 +44,7 @@ from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.digests import SQLiteDigests
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
 from tidings.store.sqlite.outbound import SQLiteOutbound
 
@@ -318,7 +319,7 @@ def _settle(items: list) -> None:
             fut.set_result(value)
 
 
-class SQLiteStore(SQLiteOutbound, Store):
+class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
     # same throughput as NORMAL (docs/delivery.md).

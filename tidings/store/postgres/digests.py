@@ -1,0 +1,91 @@
+"""The PostgreSQL store's digest windows (contract: tidings/store/outbound.py,
+schema: sql/postgres_006.sql).
+
+Closing a window is one transaction: ``DELETE ... RETURNING`` its due items,
+then insert the digest jobs made of them.  Two nodes closing the same window
+at once serialize on the items' row locks; the second finds them deleted
+and queues nothing, so a digest is sent once across a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from tidings.store.outbound import DigestBuilder, DigestItem, NewJob
+
+__all__ = ["PostgresDigests", "hold"]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+# Each row takes its window's closing time when the window is open.
+_HOLD = """
+INSERT INTO digest_items (app_id, user_id, channel, rule, nid, destination, notification,
+                          created_at, expires_at, due_at)
+SELECT t.app_id, t.user_id, t.channel, t.rule, t.nid, t.destination, t.notification,
+       t.created_at, t.expires_at,
+       COALESCE((SELECT min(d.due_at) FROM digest_items d WHERE d.app_id = t.app_id
+                 AND d.user_id = t.user_id AND d.channel = t.channel AND d.rule = t.rule),
+                t.due_at)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+            $7::bytea[], $8::float8[], $9::float8[], $10::float8[])
+  AS t(app_id, user_id, channel, rule, nid, destination, notification, created_at,
+       expires_at, due_at)
+ON CONFLICT DO NOTHING
+"""
+_QUEUE = """
+INSERT INTO jobs (id, app_id, user_id, nid, channel, destination, notification, created_at,
+                  expires_at, not_before, updated_at)
+SELECT *, t.created_at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+  $6::bytea[], $7::bytea[], $8::float8[], $9::float8[], $10::float8[])
+  AS t(id, app_id, user_id, nid, channel, destination, notification, created_at, expires_at,
+       not_before)
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def hold(conn: Any, held: list[NewJob]) -> None:
+    """Put ``held`` (jobs with a ``digest`` key) in their windows, inside the
+    caller's transaction."""
+    cols = [list(c) for c in zip(*[
+        (j.app, j.user, j.channel, n.digest, n.nid, _encode(j.destination), j.notification,
+         j.created_at, j.expires_at, n.not_before)
+        for n in held for j in (n.job,)], strict=True)]
+    await conn.execute(_HOLD, *cols)
+
+
+class PostgresDigests:
+    # Provided by PostgresStore.
+    _call: Callable[..., Awaitable[Any]]
+    _fetch: Callable[..., Awaitable[list]]
+
+    async def flush_digests(self, now: float, limit: int, build: DigestBuilder) -> list[str]:
+        windows = await self._fetch(
+            "SELECT DISTINCT app_id, user_id, channel, rule FROM digest_items "
+            "WHERE due_at <= $1 LIMIT $2", now, limit)
+        channels: set[str] = set()
+        for window in windows:
+            channels.update(await self._call(self._close, tuple(window), now, build, tx=True))
+        return sorted(channels)
+
+    @staticmethod
+    async def _close(conn: Any, window: tuple[str, str, str, str], now: float,
+                     build: DigestBuilder) -> list[str]:
+        app, user, channel, rule = window
+        rows = await conn.fetch(
+            "DELETE FROM digest_items WHERE app_id = $1 AND user_id = $2 AND channel = $3 "
+            "AND rule = $4 AND due_at <= $5 RETURNING nid, destination, notification, "
+            "created_at, expires_at", app, user, channel, rule, now)
+        items = sorted((DigestItem(r[0], _decode(r[1]), r[2], r[3], r[4])
+                        for r in rows if r[4] is None or r[4] > now),
+                       key=lambda i: (i.nid, i.created_at))
+        jobs = build(app, user, channel, rule, items) if items else []
+        if jobs:
+            await conn.execute(_QUEUE, *[list(c) for c in zip(*[
+                (j.id, j.app, j.user, n.nid, j.channel, _encode(j.destination), j.notification,
+                 j.created_at, j.expires_at, n.not_before)
+                for n in jobs for j in (n.job,)], strict=True)])
+        return [n.job.channel for n in jobs]
