@@ -110,7 +110,10 @@ def main() -> int:
                  url=origin + "/posts/7#c12")
         h.put("/v1/users/maria/preferences", json={
             "categories": {"social": {"email": False}, "digest": {"push": False}},
-            "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"}})
+            "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"},
+            "digests": {"social": {"push": {"every": 3600}, "email": {"every": 3600}},
+                        "billing": {"push": {"daily": "09:00", "tz": "Europe/Paris"},
+                                    "email": {"daily": "09:00", "tz": "Europe/Paris"}}}})
         token = mint_token("default", "maria", secret, 3600)
 
         def shot(browser, name, attrs, dark=False, prefs=False, read_first=False, hover=None):

@@ -246,6 +246,38 @@ def test_preferences_panel_saves_toggles_and_quiet_hours(context, site, tidings_
     expect(inbox.locator("h2")).to_have_text("Notifications")
 
 
+def test_preferences_panel_sets_digests_and_keeps_the_others(context, site, tidings_server):
+    srv = tidings_server
+    assert _api(srv, "PUT", "/v1/users/ivy/preferences", json={"digests": {
+        "social": {"push": {"every": 600}, "email": {"every": 600}},
+        "billing": {"webhook": {"every": 3600}}}}).status_code == 200
+    _, inbox = _open(context, site, srv, "ivy", categories=["social", "builds"])
+    inbox.locator("button.bell").click()
+    inbox.get_by_role("button", name="Preferences").click()
+    social = inbox.get_by_label("social: Digest")
+    expect(social).to_have_value("every:600")               # set through the API, kept
+    expect(social.locator("option:checked")).to_have_text("At most every 10 min")
+    expect(inbox.get_by_label("builds: Digest")).to_have_value("")
+    inbox.get_by_label("builds: Digest").select_option(label="Once a day")
+    inbox.locator("input[name=digestAt]").fill("08:30")
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    prefs = _api(srv, "GET", "/v1/users/ivy/preferences").json()
+    zone = prefs["digests"]["builds"]["email"]["tz"]
+    assert prefs["digests"] == {
+        "social": {"push": {"every": 600}, "email": {"every": 600}},
+        "billing": {"webhook": {"every": 3600}},            # a channel the panel does not show
+        "builds": {"push": {"daily": "08:30", "tz": zone}, "email": {"daily": "08:30", "tz": zone}},
+    }
+    social.select_option(label="Each one")
+    inbox.get_by_label("builds: Digest").select_option(label="App default")
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    prefs = _api(srv, "GET", "/v1/users/ivy/preferences").json()
+    assert prefs["digests"] == {"social": {"push": {}, "email": {}},
+                                "billing": {"webhook": {"every": 3600}}}
+
+
 def test_keyboard_focus_trap_and_escape(context, site, tidings_server):
     srv = tidings_server
     for i in range(3):

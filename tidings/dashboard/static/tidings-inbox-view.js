@@ -354,14 +354,33 @@
       var head = el("tr", {}, [el("th", { scope: "col", text: S.category })].concat(chans.map(function (c) {
         return el("th", { scope: "col", text: S["channel_" + c] || c });
       })));
+      // Digests batch the channels that interrupt (push, e-mail; webhook when shown).
+      var batched = chans.filter(function (c) { return c !== "in_app"; });
+      var dailyAt = "09:00";
       var body = this._categories(prefs).map(function (cat) {
         var mine = (prefs.categories || {})[cat.id] || {};
-        return el("tr", {}, [el("th", { scope: "row", text: cat.label })].concat(chans.map(function (ch) {
+        var cells = [el("th", { scope: "row", text: cat.label })].concat(chans.map(function (ch) {
           return el("td", {}, [el("input", {
             type: "checkbox", "data-cat": cat.id, "data-ch": ch, checked: mine[ch] !== false,
             "aria-label": cat.label + ": " + (S["channel_" + ch] || ch) })]);
-        })));
+        }));
+        if (batched.length) {
+          var rule = ((prefs.digests || {})[cat.id] || {})[batched[0]];
+          var value = !rule ? "" : rule.every ? "every:" + rule.every : rule.daily ? "daily" : "each";
+          if (rule && rule.daily) dailyAt = rule.daily;
+          var options = [["", S.digestDefault], ["each", S.digestEach], ["every:3600", S.digestHourly],
+                         ["daily", S.digestDaily]];
+          if (/^every:/.test(value) && value !== "every:3600") {
+            options.splice(2, 0, [value, fill(S.digestEvery, { minutes: Math.round(rule.every / 60) })]);
+          }
+          cells.push(el("td", {}, [el("select", {
+            "data-digest": cat.id, "aria-label": cat.label + ": " + S.digest }, options.map(function (o) {
+            return el("option", { value: o[0], selected: o[0] === value, text: o[1] });
+          }))]));
+        }
+        return el("tr", {}, cells);
       });
+      if (batched.length) head.append(el("th", { scope: "col", text: S.digest }));
       var q = prefs.quiet_hours;
       var zone = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC";
       var on = el("input", { type: "checkbox", name: "quiet", checked: !!q });
@@ -382,6 +401,9 @@
       this.$saved = el("span", { class: "saved", role: "status" });
       f.replaceChildren(
         el("table", { part: "preferences-table" }, [el("thead", {}, [head]), el("tbody", {}, body)]),
+        batched.length ? el("p", { class: "row", part: "digest-time" }, [el("label", {}, [
+          text(S.digestAt), el("input", { type: "time", name: "digestAt", value: dailyAt, required: true })])]) : null,
+        batched.length ? el("p", { class: "hint", text: S.digestHint }) : null,
         el("fieldset", { part: "quiet-hours" }, [
           el("legend", { text: S.quietHours }),
           el("label", {}, [on, text(S.quietOn)]),
@@ -410,6 +432,24 @@
       var el2 = f.elements;
       out.quiet_hours = el2.quiet.checked
         ? { start: el2.start.value, end: el2.end.value, tz: el2.tz.value.trim() || "UTC" } : null;
+      // Digests: the shown categories' batched channels follow their select;
+      // every other rule is kept as it was.
+      var zone = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC";
+      var batched = this._channels().filter(function (c) { return c !== "in_app"; });
+      var digests = JSON.parse(JSON.stringify(this._prefs.digests || {}));
+      f.querySelectorAll("select[data-digest]").forEach(function (sel) {
+        var cat = digests[sel.dataset.digest] = digests[sel.dataset.digest] || {}, v = sel.value;
+        batched.forEach(function (ch) {
+          if (v === "") delete cat[ch];
+          else if (v === "each") cat[ch] = {};
+          else if (v === "daily") {
+            cat[ch] = { daily: el2.digestAt.value || "09:00", tz: (cat[ch] && cat[ch].tz) || zone };
+          }
+          else cat[ch] = { every: Number(v.slice(6)) };
+        });
+        if (!Object.keys(cat).length) delete digests[sel.dataset.digest];
+      });
+      if (Object.keys(digests).length) out.digests = digests;
       var button = f.querySelector("button[type=submit]");
       button.disabled = true;
       this.$saved.textContent = S.saving;

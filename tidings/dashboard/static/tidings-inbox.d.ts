@@ -24,8 +24,9 @@ declare namespace TidingsInboxElement {
     | "empty" | "emptyUnread" | "emptyArchived" | "offline" | "error" | "actionFailed"
     | "expired" | "retry" | "justNow" | "two" | "prefsTitle" | "category" | "channel_in_app"
     | "channel_push" | "channel_email" | "channel_webhook" | "category_default" | "quietHours"
-    | "quietOn" | "quietFrom" | "quietTo" | "timeZone" | "quietHint" | "save" | "saving"
-    | "saved",
+    | "quietOn" | "quietFrom" | "quietTo" | "timeZone" | "quietHint" | "digest"
+    | "digestDefault" | "digestEach" | "digestEvery" | "digestHourly" | "digestDaily"
+    | "digestAt" | "digestHint" | "save" | "saving" | "saved",
     string>> & Partial<Record<"bellUnread" | "others" | "count", Plural>> &
     { [categoryLabel: `category_${string}`]: string };
 
