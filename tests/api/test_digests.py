@@ -192,6 +192,10 @@ async def test_a_window_survives_a_restart_and_quiet_hours_hold_it(tmp_path):
             assert ids == [first["id"], second["id"]]
 
 
+async def _queue_empty(server):
+    return await server.service.store.list_jobs(server.app, status="queued") == []
+
+
 async def _digest_arrived(receiver):
     return any(h.get("tidings-event") == "notification.digest" for h, _ in receiver.requests)
 
@@ -213,3 +217,35 @@ async def test_bad_digest_rules_are_refused_with_the_field(tmp_path):
         assert r.status_code == 422 and "error" in r.json()
         r = await http.put("/v1/caps", json={"digests": {"social": {"email": {"every": 1}}}})
         assert r.status_code == 422 and "error" in r.json()
+
+
+async def test_two_nodes_send_each_digest_once(tmp_path):
+    """Two nodes over one PostgreSQL: both poll and both look ahead at once;
+    every window reaches the receiver in one digest, from one node."""
+    from tests.services import require_postgres
+    from tests.store.pg import fresh_schema
+
+    receiver = WebhookReceiver(secret="")
+    settings = {"webhook": WebhookConfig(allow_insecure=True), "outbound": FAST}
+    async with serve(receiver) as url, fresh_schema(require_postgres()) as schema:
+        store = f"{require_postgres()}?search_path={schema['search_path']}"
+        async with run_server(tmp_path / "a", store=store, **settings) as a, \
+                run_server(tmp_path / "b", store=store, **settings) as b:
+            async with a.http() as http:
+                r = await http.post("/v1/webhooks", json={"url": f"{url}/hooks"})
+                receiver.secret = r.json()["secret"]
+            users = [f"u{i}" for i in range(8)]
+            for user in users:
+                await put_prefs(a, user, {"digests": {"social": {"webhook": {"every": 3600}}}})
+            for i in range(3):
+                await publish(a if i % 2 else b, users, category="social", title=f"n{i}")
+            for node in (a, b):
+                advance(node, HOUR + 1)
+            await until(lambda: _accepted(receiver, len(users)))
+            for node in (a, b):  # more polls on both: no window is left to close
+                assert await node.service.outbound.flush_digests() == []
+            await until(lambda: _queue_empty(a))
+            digests = [json.loads(body) for _, body in receiver.requests]
+            assert sorted(d["user"] for d in digests) == users
+            assert all(d["notification"]["data"]["digest"]["count"] == 3 for d in digests)
+            assert len(receiver.accepted) == len(users)
