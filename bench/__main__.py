@@ -124,7 +124,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = sub.add_parser("failover", help="lost/duplicated when a node dies (2 nodes, HAProxy)")
     _common(p)
     p.add_argument("--store", default="postgresql://postgres@127.0.0.1:5432/test")
-    p.add_argument("--broker", default="redis://127.0.0.1:6379")
+    p.add_argument("--broker", default="redis://127.0.0.1:6379",
+                   help="'none': PostgreSQL alone (LISTEN/NOTIFY)")
     p.add_argument("--users", type=int, default=500, help="users, two devices each")
     p.add_argument("--msgs", type=int, default=60, help="numbered notifications")
     p.add_argument("--pause", type=float, default=0.02, help="seconds between publishes")

@@ -72,7 +72,9 @@ async def _measure(cluster: Cluster, opts) -> dict:
 
 def run_once(opts, cpus) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="tidings-failover-"))
-    broker = f"{opts.broker}?prefix=bench-failover-{secrets.token_hex(4)}"
+    # "none": PostgreSQL alone (its LISTEN/NOTIFY carries the live events)
+    broker = None if opts.broker == "none" else \
+        f"{opts.broker}?prefix=bench-failover-{secrets.token_hex(4)}"
     with fresh_schema(opts.store, "bench_failover") as store:
         cluster = Cluster(store, broker, nodes=2, base_port=free_port_block(3), workdir=workdir)
         try:

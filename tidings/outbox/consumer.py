@@ -3,9 +3,10 @@
 Exactly once in the inbox, whatever dies when:
 
 * A batch is claimed with ``SELECT ... FOR UPDATE SKIP LOCKED`` inside one
-  transaction on the outbox database; the rows are published one by one
-  (in id order) with ``outbox:<id>`` as the idempotency key, then deleted,
-  and the transaction commits.  Other consumers skip the locked rows, so
+  transaction on the outbox database; its rows are published (up to
+  ``CONCURRENCY`` at once, like the items of a batch publish) with
+  ``outbox:<id>`` as the idempotency key, then deleted, and the transaction
+  commits.  Other consumers skip the locked rows, so
   several nodes share one outbox without doing the same work twice.
 * A consumer that dies mid-batch (SIGKILL, a lost connection) never commits:
   PostgreSQL rolls the claim back, the rows are visible again, and whoever
@@ -17,8 +18,8 @@ Exactly once in the inbox, whatever dies when:
 * A row that can never be published (a payload ``POST /v1/notifications``
   would refuse, an unknown app) is moved to ``tidings_outbox_dead`` with the
   reason, in the same transaction, so it never blocks the rows behind it.
-  When the store is down the batch stops, what was published is deleted, and
-  the rest waits for the next try.
+  When the store is down, what was published is deleted and the rows the
+  store could not take wait for the next try.
 
 Consumers wake on ``NOTIFY tidings_outbox`` (the table's trigger) and poll
 every ``poll_interval`` seconds as the fallback (a notification sent while a
@@ -43,6 +44,7 @@ log = logging.getLogger("tidings.outbox")
 
 CONNECT_TIMEOUT = 5.0
 KEY_PREFIX = "outbox:"  # the idempotency key of row N is "outbox:N"
+CONCURRENCY = 16  # rows of a batch in flight at once
 
 _CLAIM = (
     "SELECT id, app, payload::text FROM tidings_outbox "
@@ -157,18 +159,19 @@ class OutboxConsumer:
         timeout = self.service.settings.outbound.send_timeout
         async with conn.transaction():
             rows = await conn.fetch(_CLAIM, self.batch, timeout=timeout)
-            done: list[int] = []
-            dead: list[tuple[int, str]] = []
-            stalled = False
-            for row_id, app, payload in rows:
-                reason = await self._publish(row_id, app, payload)
-                if reason is _LATER:
-                    stalled = True
-                    break
-                if reason is None:
-                    done.append(row_id)
-                else:
-                    dead.append((row_id, reason))
+            limit = asyncio.Semaphore(CONCURRENCY)
+
+            async def one(row) -> object:
+                async with limit:
+                    return await self._publish(*row)
+
+            # Concurrently, as POST /v1/notifications/batch does: concurrent
+            # publishes share the store's commits.
+            outcomes = await asyncio.gather(*(one(row) for row in rows))
+            done = [row[0] for row, why in zip(rows, outcomes, strict=True) if why is None]
+            dead = [(row[0], why) for row, why in zip(rows, outcomes, strict=True)
+                    if isinstance(why, str)]
+            stalled = any(why is _LATER for why in outcomes)
             if done:
                 await conn.execute(_DELETE, done, timeout=timeout)
             if dead:
