@@ -8,6 +8,7 @@ the outbound channels add their own counters through Service.track.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from tests.gateway.live import publish, recv_events, ws_connect
 
@@ -30,7 +31,8 @@ async def test_in_app_counts_users_reached_then_seen_and_read(server):
     await recv_events(laptop, 1)
     # two devices, one user: delivered once; bob and carol are offline
     assert await delivery(server, nid) == {
-        "in_app": {"recipients": 3, "delivered": 1, "seen": 0, "read": 0}}
+        "in_app": {"recipients": 3, "delivered": 1, "seen": 0, "read": 0,
+                   "acknowledged": 0, "displayed": 0}}
     # the laptop drops and replays it: alice's phone already had it
     await laptop.close()
     laptop = await ws_connect(server, alice, cursor=hello["cursor"])
@@ -44,7 +46,7 @@ async def test_in_app_counts_users_reached_then_seen_and_read(server):
     async with server.http(await server.token("carol")) as http:
         await http.post("/v1/me/notifications/seen", json={"ids": [nid]})
     assert (await delivery(server, nid))["in_app"] == {
-        "recipients": 3, "delivered": 2, "seen": 2, "read": 1}
+        "recipients": 3, "delivered": 2, "seen": 2, "read": 1, "acknowledged": 0, "displayed": 0}
     for ws in (phone, laptop, bob):
         await ws.close()
 
@@ -58,7 +60,8 @@ async def test_a_broadcast_counts_each_connected_user_once(server):
     (nid,) = await publish(server, {"all": True})
     for ws in streams:
         await recv_events(ws, 1)
-    assert (await delivery(server, nid))["in_app"] == {"delivered": 2, "seen": 0, "read": 0}
+    assert (await delivery(server, nid))["in_app"] == {
+        "delivered": 2, "seen": 0, "read": 0, "acknowledged": 0, "displayed": 0}
     for ws in streams:
         await ws.close()
 
@@ -112,3 +115,60 @@ async def test_a_large_topic_counts_its_connected_followers_once(tmp_path):
         assert (await delivery(server, nid))["in_app"]["delivered"] == 2
         for ws in streams:
             await ws.close()
+
+
+# -- receipts from devices (tidings.core.receipts) ------------------------------------
+
+
+async def test_devices_acknowledge_over_the_websocket_and_over_http(server):
+    alice, bob = await server.token("alice"), await server.token("bob")
+    phone = await ws_connect(server, alice)
+    laptop = await ws_connect(server, alice)
+    await recv_events(phone, 1)
+    await recv_events(laptop, 1)
+    (nid,) = await publish(server, {"users": ["alice", "bob", "carol"]})
+    (other,) = await publish(server, {"users": ["dave"]})
+    await recv_events(phone, 1)
+    await recv_events(laptop, 1)
+    # two devices of alice say delivered (one of them twice), one displayed;
+    # bob, on SSE or plain HTTP, posts his; acks for dave's are not alice's
+    msg = {"type": "receipts", "delivered": [nid]}
+    for ws in (phone, laptop, phone):
+        await ws.send(json.dumps(msg))
+    await phone.send(json.dumps({"type": "receipts", "displayed": [nid], "delivered": [other]}))
+    await laptop.send('{"type": "nonsense"}')     # anything else is ignored, as ever
+    await laptop.send("not json at all")
+    async with server.http(bob) as http:
+        r = await http.post("/v1/me/receipts", json={"delivered": [nid, other]})
+        assert r.status_code == 202 and r.json() == {"held": 2}
+    await server.service.flush_tracking()
+    assert await _in_app(server, nid) == (2, 1)
+    assert await _in_app(server, other) == (0, 0)
+    # the streams still work after all that
+    (again,) = await publish(server, {"users": ["alice"]})
+    (event,) = await recv_events(laptop, 1)
+    assert event["notification"]["id"] == again
+    for ws in (phone, laptop):
+        await ws.close()
+
+
+async def test_receipts_posted_badly_are_clear_errors(server):
+    async with server.http(await server.token("alice")) as http:
+        for body, field in (({"delivered": ["nope"]}, "delivered"),
+                            ({"displayed": [1]}, "displayed"),
+                            ({"delivered": ["01J" + "0" * 23] * 1001}, "delivered"),
+                            ({"seen": []}, None)):
+            r = await http.post("/v1/me/receipts", json=body)
+            assert r.status_code in (400, 422), r.text
+            error = r.json()["error"]
+            assert error["code"] and error["message"]
+            if field:
+                assert error["field"].startswith(field), error
+    async with server.http() as http:      # an API key is not a user
+        r = await http.post("/v1/me/receipts", json={"delivered": []})
+        assert r.status_code == 401
+
+
+async def _in_app(server, nid: str) -> tuple[int, int]:
+    in_app = (await delivery(server, nid))["in_app"]
+    return in_app["acknowledged"], in_app["displayed"]

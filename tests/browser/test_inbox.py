@@ -104,6 +104,41 @@ def test_bell_feed_groups_live_arrival_and_click_to_open(context, site, tidings_
     assert _states(srv, "ana")["Your order shipped"] == "read"    # and marked read
 
 
+def test_receipts_delivered_on_both_transports_and_displayed_on_screen(browser, site,
+                                                                        tidings_server):
+    srv = tidings_server
+    ws_ctx, sse_ctx = browser.new_context(), browser.new_context()
+
+    def receipts(nid):
+        r = _api(srv, "GET", f"/v1/notifications/{nid}")
+        in_app = r.json()["delivery"]["in_app"]
+        return in_app["acknowledged"], in_app["displayed"]
+
+    try:
+        _, kim = _open(ws_ctx, site, srv, "kim")
+        _, lee = _open(sse_ctx, site, srv, "lee", transport="sse")
+        for inbox in (kim, lee):
+            expect(inbox.locator("[part~=state-empty]")).to_be_attached()   # live, loaded
+        nid = srv.publish({"users": ["kim", "lee", "max"]}, title="Receipts")
+        for inbox in (kim, lee):
+            expect(inbox.locator(".badge")).to_have_text("1")
+        _wait_for(lambda: receipts(nid) == (2, 0))   # kim over the WebSocket, lee by POST
+        kim.locator("button.bell").click()            # on kim's screen now
+        expect(_rows(kim)).to_have_count(1)
+        _wait_for(lambda: receipts(nid) == (2, 1))
+        lee.locator("button.bell").click()
+        _wait_for(lambda: receipts(nid) == (2, 2))
+        kim.locator("button.bell").click()            # closed and opened again: still once
+        kim.locator("button.bell").click()
+        expect(_rows(kim)).to_have_count(1)
+        later = srv.publish({"users": ["kim"]}, title="Later")
+        _wait_for(lambda: receipts(later) == (1, 1))  # kim's batches after the reopening...
+        assert receipts(nid) == (2, 2)                 # ...said nothing more about the first
+    finally:
+        ws_ctx.close()
+        sse_ctx.close()
+
+
 def test_mark_read_archive_tabs_and_mark_all_follow_other_devices(browser, site, tidings_server):
     srv = tidings_server
     for i in range(3):

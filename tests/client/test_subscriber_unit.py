@@ -362,3 +362,22 @@ def test_stream_url_and_bad_arguments():
         Subscriber("http://h", token="t", auth="cookie")
     with pytest.raises(Exception):  # noqa: B017 - tidings BadRequest for a bad cursor
         Subscriber("http://h", token="t", cursor="nonsense")
+
+
+async def test_yielded_notifications_are_acknowledged_once_a_second_in_one_message():
+    got: list[dict] = []
+
+    async def script(ws):
+        await ws.send(hello("a1:0"))
+        await ws.send(json.dumps([note(f"n{i}", f"a1:{i + 1}") for i in range(3)]))
+        await ws.send(json.dumps(note("n1", "a1:2")))      # a duplicate: not yielded again
+        async with asyncio.timeout(5):
+            got.append(json.loads(await ws.recv()))
+        await ws.close(4401, "done")
+
+    async with ScriptedServer(script) as srv:
+        events, err = await collect(Subscriber(srv.url, token="t", backoff=fast_backoff()))
+    assert isinstance(err, StreamClosed)
+    assert ids(events) == ["n0", "n1", "n2"]
+    assert got == [{"type": "receipts", "delivered": ["n0", "n1", "n2"]}]
+

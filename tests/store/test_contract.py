@@ -835,6 +835,29 @@ async def test_concurrent_delivery_counters_lose_nothing(db):
         "in_app": {"delivered": 40}, "push": {"sent": 80, "failed": 10}}
 
 
+async def test_receipts_count_each_user_once_and_only_for_what_they_can_see(db):
+    out = await publish(db, A, note(users=["u", "v"]))
+    for u in ["w", "x"]:
+        await db.subscribe(A, "big", [u])
+    big = await publish(db, A, note(topic="big"), threshold=1)     # a feed item of a topic
+    everyone = await publish(db, A, note(all=True))                # a broadcast
+    assert await db.receipt_counts(A, out.id) == {}
+    await db.record_receipts([(A, out.id, "delivered", "u"), (A, out.id, "delivered", "v"),
+                              (A, out.id, "displayed", "u")], at=1.0)
+    await db.record_receipts([(A, out.id, "delivered", "u"),       # a device repeating itself
+                              (A, out.id, "delivered", "mallory"), # not a recipient
+                              (B, out.id, "delivered", "u"),       # another app's id
+                              (A, big.id, "delivered", "w"),
+                              (A, big.id, "delivered", "u"),       # does not follow the topic
+                              (A, everyone.id, "displayed", "anyone"),
+                              (A, next_id(), "delivered", "u")], at=2.0)   # no such notification
+    await db.record_receipts([], at=3.0)                           # nothing: no error
+    assert await db.receipt_counts(A, out.id) == {"delivered": 2, "displayed": 1}
+    assert await db.receipt_counts(A, big.id) == {"delivered": 1}
+    assert await db.receipt_counts(A, everyone.id) == {"displayed": 1}
+    assert await db.receipt_counts(B, out.id) == {}
+
+
 # -- aggregation by group_key --------------------------------------------------------
 
 

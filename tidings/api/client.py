@@ -7,7 +7,9 @@ from starlette.routing import Route
 
 from tidings.api.common import JSON, body_of, user_auth
 from tidings.api.server import _group, _inbox
+from tidings.core.ids import is_id
 from tidings.core.models import Preferences, StateRequest
+from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
 
 
@@ -43,6 +45,21 @@ def _state_route(state: str):
     return set_state
 
 
+async def post_receipts(request: Request):
+    """Receipts from a device on SSE, or any device that prefers HTTP
+    (tidings.core.receipts): held in memory, written within a second."""
+    app, user = await user_auth(request)
+    service = request.app.state.service
+    receipts = await body_of(request, Receipts)
+    cap = service.settings.limits.ids_max
+    if len(receipts.delivered) + len(receipts.displayed) > cap:
+        raise Invalid(f"at most {cap} ids per call", field="delivered")
+    for field in ("delivered", "displayed"):
+        if not all(map(is_id, getattr(receipts, field))):
+            raise Invalid("every id must be a notification id", field=field)
+    return JSON({"held": service.receive_receipts(app, user, receipts)}, status_code=202)
+
+
 async def get_my_preferences(request: Request):
     app, user = await user_auth(request)
     return JSON(await request.app.state.service.store.get_preferences(app, user))
@@ -62,6 +79,7 @@ routes = [
     Route("/v1/me/notifications/read", _state_route("read"), methods=["POST"]),
     Route("/v1/me/notifications/seen", _state_route("seen"), methods=["POST"]),
     Route("/v1/me/notifications/archive", _state_route("archived"), methods=["POST"]),
+    Route("/v1/me/receipts", post_receipts, methods=["POST"]),
     Route("/v1/me/preferences", get_my_preferences, methods=["GET"]),
     Route("/v1/me/preferences", put_my_preferences, methods=["PUT"]),
 ]

@@ -34,6 +34,7 @@ from tidings.core.outbound import (
     PushSubscriptionRequest,
     WebhookRequest,
 )
+from tidings.core.receipts import Receipts
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 # The path parameters as the routes check them (tidings/api/*.py), so that a
@@ -83,6 +84,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("post", "/v1/me/notifications/read", "Mark read", "userToken", StateRequest),
     ("post", "/v1/me/notifications/seen", "Mark seen", "userToken", StateRequest),
     ("post", "/v1/me/notifications/archive", "Archive", "userToken", StateRequest),
+    ("post", "/v1/me/receipts", "Receipts: what reached this device and what it showed "
+     "(docs/protocol.md#receipts)", "userToken", Receipts),
     ("get", "/v1/me/preferences", "My preferences", "userToken", None),
     ("put", "/v1/me/preferences", "Replace my preferences", "userToken", Preferences),
     ("get", "/v1/me/stream", "Live events over WebSocket (see docs/protocol.md)", "userToken",

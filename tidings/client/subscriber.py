@@ -40,6 +40,9 @@ from tidings.core.cursor import Cursor, parse_cursor
 from tidings.errors import CLOSE_UNAUTHORIZED, TidingsError, should_reconnect
 
 log = logging.getLogger("tidings.client")
+_encode = msgspec.json.encode
+# Receipts: yielded ids, sent once a second, at most this many per message.
+RECEIPTS_DELAY, RECEIPTS_MAX = 1.0, 100
 
 STREAM_PATH = "/v1/me/stream"
 Event = dict[str, Any]
@@ -72,6 +75,10 @@ class Subscriber:
     :class:`StreamClosed` on a fatal close code and :class:`TidingsAPIError`
     when the server refuses the handshake with a 4xx.
 
+    ``receipts`` (default on) reports every notification it yields as
+    ``delivered`` to the server, batched into one WebSocket message a second
+    (docs/protocol.md#receipts).
+
     ``on_retry(reason, delay)`` (sync or async) is called before each wait
     for a reconnect, with what went wrong and the seconds until the next
     attempt; ``max_retries`` bounds the connection attempts that fail in a
@@ -95,6 +102,7 @@ class Subscriber:
         max_size: int | None = 4 * 1024 * 1024,
         on_retry: Callable[[str, float], Any] | None = None,
         max_retries: int | None = None,
+        receipts: bool = True,
         **connect_kwargs: Any,
     ):
         if auth not in ("header", "message"):
@@ -122,6 +130,8 @@ class Subscriber:
         self._ws: ClientConnection | None = None
         self._gen: AsyncIterator[Event] | None = None
         self._auth_retry = False  # one fresh-token retry after a 4401
+        self.receipts = receipts
+        self._delivered: list[str] = []  # ids yielded, not yet acknowledged
         #: ``{"unread": n, "unseen": n}`` from the last hello/counts event.
         self.counts: dict[str, int] | None = None
         #: True between a hello and the next drop.
@@ -218,11 +228,14 @@ class Subscriber:
     async def _session(self, ws: ClientConnection) -> AsyncGenerator[Event, None]:
         """Deliver one connection's events; return on a reconnectable drop."""
         self._ws = ws
+        acks = asyncio.create_task(self._acknowledge(ws)) if self.receipts else None
         try:
             while True:
                 raw = await ws.recv()
                 for event in self._decode(raw):
                     if await self._handle(event):
+                        if self.receipts and event.get("type") == "notification":
+                            self._delivered.append(event["notification"]["id"])
                         yield event
         except ConnectionClosed as e:
             if self._closing.is_set():
@@ -239,8 +252,24 @@ class Subscriber:
             raise StreamClosed(code, reason) from None
         finally:
             self._ws = None
+            if acks is not None:
+                acks.cancel()
             self.connected = False
             await ws.close()
+
+    async def _acknowledge(self, ws: ClientConnection) -> None:
+        """Every second, what was yielded meanwhile as one receipts message
+        (at most RECEIPTS_MAX ids each, under the server's 4 KiB per message).
+        Best effort: receipts are statistics, lost with a dropped connection."""
+        try:
+            while True:
+                await asyncio.sleep(RECEIPTS_DELAY)
+                while self._delivered:
+                    batch = self._delivered[:RECEIPTS_MAX]
+                    del self._delivered[:RECEIPTS_MAX]
+                    await ws.send(_encode({"type": "receipts", "delivered": batch}).decode())
+        except ConnectionClosed:
+            pass
 
     async def _connect(self) -> ClientConnection:
         token = await _maybe_await(self._token() if callable(self._token) else self._token)

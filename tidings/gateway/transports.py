@@ -16,6 +16,7 @@ resumes by itself with ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
@@ -194,7 +195,9 @@ class WebSocketEndpoint:
             return
         if raw is not None and not stream.closed:
             # The stream needs nothing more from this task: its frames go out
-            # through the protocol and the end arrives through on_lost.
+            # through the protocol, the end arrives through on_lost, and the
+            # device's messages (receipts) through on_message.
+            raw.on_message = partial(service.device_message, app, user)
             raw.detach()
             return
         try:
@@ -202,6 +205,7 @@ class WebSocketEndpoint:
                 msg = await receive()
                 if msg["type"] == "websocket.disconnect":
                     break
+                service.device_message(app, user, msg.get("text") or msg.get("bytes") or b"")
         finally:
             stream.abandon()
 

@@ -85,6 +85,7 @@ class _Writable:
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     on_writable: Callable[[], None] | None = None
     on_lost: Callable[[], None] | None = None
+    on_message: Callable[[bytes], None] | None = None  # a client message, once detached
     detached = False
 
     def __init__(self, *args, **kw) -> None:
@@ -97,8 +98,8 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         of the end through ``on_lost``.  Letting the task finish frees its
         coroutine frames (Starlette's middleware chain, the endpoint, a
         pending ``receive``) for every idle connection: kilobytes each.
-        Messages the client sends from now on are dropped, as the endpoint
-        would have done."""
+        Messages the client sends from now on go to ``on_message`` (the
+        endpoint sets it: receipts), or are dropped."""
         self.detached = True
         self.queue = _Discard()  # type: ignore[assignment]
         # The handshake's parsed request and response headers are kept for the
@@ -115,9 +116,11 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def send_receive_event_to_app(self) -> None:
         if self.detached:
-            # Dropped, and reading is not paused for an app that will never
-            # read (it would also stop us from seeing the client's close).
-            self.frames = []
+            # Handed over at once, and reading is not paused for an app that
+            # will never read (it would also stop us from seeing the close).
+            data, self.frames = b"".join(self.frames), []
+            if self.on_message is not None and not self.close_sent:
+                self.on_message(data)
             return
         super().send_receive_event_to_app()
 
@@ -157,7 +160,7 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         # uvicorn sets ``writable`` here without calling resume_writing(): tell
         # the stream directly, or a replay waiting for room would wait forever.
         callback = self.on_lost
-        self.on_lost = self.on_writable = None
+        self.on_lost = self.on_writable = self.on_message = None
         if callback is not None:
             callback()
 

@@ -42,6 +42,7 @@ from tidings.core.models import (
     PublishRequest,
     valid_app_id,
 )
+from tidings.core.receipts import ReceiptBuffer, Receipts, decode_receipts
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
 from tidings.gateway.hub import Hub
 from tidings.service.outbound import Outbound, OutboundCounts
@@ -101,6 +102,7 @@ class Service:
         self.store = store
         self.broker = broker
         self.hub = Hub(store, broker, settings)
+        self.receipts = ReceiptBuffer()  # devices' delivered / displayed, written with tracking
         self.scheduler = Scheduler(self)  # fires deliver_at notifications (run by the app)
         self.limits = RateLimits(settings, store, broker)  # per key, caps per user and category
         # webhooks, push, e-mail (outbound.py), counted like every delivery;
@@ -384,6 +386,10 @@ class Service:
         in_app = {"delivered": delivery.get("in_app", {}).get("delivered", 0),
                   "seen": stats["seen"] + stats["read"] + stats["archived"],
                   "read": stats["read"] + stats["archived"]}
+        # what devices acknowledged (tidings.core.receipts): unique users
+        receipts = await self.store.receipt_counts(app_id, nid)
+        in_app["acknowledged"] = receipts.get("delivered", 0)
+        in_app["displayed"] = receipts.get("displayed", 0)
         if not feed:  # a feed item has no recipient list: its audience is counted when read
             in_app = {"recipients": stored.recipients, **in_app}
         delivery["in_app"] = in_app
@@ -603,13 +609,31 @@ class Service:
         for app, n in tracking.fold().items():
             self.hub.metrics.track(app, "in_app", "delivered", n)
         counts = tracking.take()
-        if not counts:
-            return
-        try:
-            await self.store.record_deliveries(counts)
-        except BaseException:
-            tracking.restore(counts)
-            raise
+        if counts:
+            try:
+                await self.store.record_deliveries(counts)
+            except BaseException:
+                tracking.restore(counts)
+                raise
+        receipts = self.receipts.take()
+        if receipts:
+            try:
+                await self.store.record_receipts(receipts, time.time())
+            except BaseException:
+                self.receipts.restore(receipts)
+                raise
+
+    def receive_receipts(self, app_id: str, user: str, receipts: Receipts) -> int:
+        """A device's batch of receipts (tidings.core.receipts): held in
+        memory, written by :meth:`flush_tracking`. Costs a set update per id."""
+        return self.receipts.add(app_id, user, receipts)
+
+    def device_message(self, app_id: str, user: str, raw: bytes | str) -> None:
+        """A message a device sent on its WebSocket after ``hello``: receipts
+        are held, anything else is ignored."""
+        receipts = decode_receipts(raw)
+        if receipts is not None:
+            self.receipts.add(app_id, user, receipts)
 
     @staticmethod
     async def send_error(send: Callable[[dict], Awaitable[None]], exc: TidingsError) -> None:

@@ -38,7 +38,7 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tidings.core.models import Preferences
@@ -280,6 +280,20 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def delivery_counts(self, app_id: str, nid: str) -> dict[str, dict[str, int]]:
         """``{channel: {field: n}}`` recorded for ``nid`` (empty when none)."""
+
+    @abc.abstractmethod
+    async def record_receipts(
+        self, receipts: Iterable[tuple[str, str, str, str]], at: float
+    ) -> None:
+        """Keep every ``(app, nid, kind, user)`` a device acknowledged (kind:
+        ``delivered`` or ``displayed``), in one transaction, at time ``at``.
+        Only the first per notification, kind and user is kept, and only for
+        a notification the user can see (in their inbox, or a feed item of
+        the app or of a topic they follow); the rest is dropped silently."""
+
+    @abc.abstractmethod
+    async def receipt_counts(self, app_id: str, nid: str) -> dict[str, int]:
+        """``{kind: users}`` acknowledged for ``nid`` (kinds with none left out)."""
 
     # -- streams and inboxes --------------------------------------------
     @abc.abstractmethod

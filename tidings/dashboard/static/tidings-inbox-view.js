@@ -224,7 +224,7 @@
       if (unread) actions.append(this._action("read", S.markRead, n.title, "check"));
       if (it.state !== "archived") actions.append(this._action("archive", S.archive, n.title, "archive"));
       li.append(el("span", { class: "dot", part: "dot", "aria-hidden": "true" }), main, actions);
-      if (it.state === "unseen" && this._seenIO) this._seenIO.observe(li);
+      if (this._seenIO && !this._shown.has(it.id)) this._seenIO.observe(li);
       return li;
     },
 

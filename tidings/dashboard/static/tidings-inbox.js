@@ -102,6 +102,7 @@
       this._flash = "";
       this._rows = new Map();         // id -> {sig, li}: rows reused while unchanged
       this._seenQueue = new Set();
+      this._shown = new Set();        // ids reported displayed by this element
       this._build(this.attachShadow({ mode: "open" }));
     }
 
@@ -460,8 +461,9 @@
       this.$scroller.scrollTop = 0;
     }
 
-    // Rows that came into view are "seen" (docs/protocol.md: mark what the user
-    // looked at); batched into one request.
+    // Rows that came into view were displayed (a receipt, docs/protocol.md#receipts)
+    // and, if unseen, are now seen (docs/protocol.md: mark what the user looked
+    // at); both batched.
     _onRowsSeen(entries) {
       var self = this;
       entries.forEach(function (e) {
@@ -472,13 +474,17 @@
       if (!this._seenQueue.size || this._seenTimer) return;
       this._seenTimer = setTimeout(function () {
         self._seenTimer = null;
-        var tab = self._tab(), ids = [];
+        var tab = self._tab(), ids = [], shown = [];
         self._seenQueue.forEach(function (id) {
           var it = tab.items.get(id);
-          if (it && it.state === "unseen") ids.push(it.id);
+          if (!it) return;
+          if (!self._shown.has(id)) { self._shown.add(id); shown.push(id); }
+          if (it.state === "unseen") ids.push(it.id);
         });
         self._seenQueue.clear();
-        if (ids.length && self._client) self._client.markSeen(ids).catch(function () {});
+        if (!self._client) return;
+        if (shown.length) self._client.displayed(shown);
+        if (ids.length) self._client.markSeen(ids).catch(function () {});
       }, SEEN_FLUSH_MS);
     }
 

@@ -21,6 +21,8 @@ declare namespace Tidings {
     pageSize?: number;
     /** Reload the inbox page after every resumed reconnect (default true). */
     refreshOnReconnect?: boolean;
+    /** Send delivery receipts (default true; docs/protocol.md#receipts). */
+    receipts?: boolean;
   }
 
   /** A notification as clients see it; fields left at their default are omitted. */
@@ -161,6 +163,8 @@ declare namespace Tidings {
     archive(ids: string[]): Promise<StateResult>;
     preferences(): Promise<Preferences>;
     setPreferences(prefs: Preferences): Promise<Preferences>;
+    /** Report notifications the user had on screen (a "displayed" receipt, batched). */
+    displayed(ids: string[]): void;
     close(): void;
   }
 

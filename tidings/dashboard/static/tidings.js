@@ -26,6 +26,10 @@
   // Full jitter, the schedule of tidings/core/backoff.py: 0..min(20 s, 250 ms * 2^n).
   var BACKOFF_BASE_MS = 250, BACKOFF_CAP_MS = 20000;
   var SEEN_MAX = 5000;  // ids remembered for de-duplication
+  // Receipts (docs/protocol.md#receipts): ids gathered for a second, then sent
+  // as one message (WebSocket) or one POST (SSE), at most RECEIPTS_MAX ids in
+  // each, so a message stays under the server's 4,096 bytes.
+  var RECEIPTS_DELAY_MS = 1000, RECEIPTS_MAX = 100;
 
   function TidingsError(status, code, message) {
     var err = new Error(message || code);
@@ -55,6 +59,9 @@
     this._hellos = 0;
     this._reloads = 0;
     this._counts = null;        // {unread, unseen}, as last told by the server
+    this.receipts = options.receipts !== false;
+    this._acks = { delivered: [], displayed: [] };
+    this._acksTimer = null;
     this._replaying = false;    // between a resuming hello and its "recovered"
     this.status = "connecting";
     var self = this;
@@ -135,6 +142,7 @@
         this._seen.add(n.id);
         if (this._seen.size > SEEN_MAX) this._seen.delete(this._seen.values().next().value);
         this._emit("notification", n, ev);
+        this._ack("delivered", [n.id]);               // live or replayed: it arrived
         // hello's counts already hold what is replayed; a live arrival is one more
         // unseen item (exact again at the next hello or state change)
         if (!this._replaying && this._counts) {
@@ -302,8 +310,41 @@
     this._emit("fatal", { code: code, reason: reason || "" });
   };
 
+  // -- receipts ------------------------------------------------------------------
+  /** Report notifications the user actually had on screen (receipts: "displayed"). */
+  Client.prototype.displayed = function (ids) { this._ack("displayed", ids); };
+
+  Client.prototype._ack = function (kind, ids) {
+    if (!this.receipts || this._stopped) return;
+    var list = this._acks[kind];
+    for (var i = 0; i < ids.length; i++) list.push(ids[i]);
+    var self = this;
+    if (!this._acksTimer) this._acksTimer = setTimeout(function () { self._sendAcks(); }, RECEIPTS_DELAY_MS);
+  };
+
+  // Best effort: receipts are statistics, so one that cannot be sent is dropped.
+  Client.prototype._sendAcks = function () {
+    this._acksTimer = null;
+    var acks = this._acks, sock = this._sock;
+    while (acks.delivered.length || acks.displayed.length) {
+      var batch = { type: "receipts" }, room = RECEIPTS_MAX;
+      ["delivered", "displayed"].forEach(function (kind) {
+        var part = acks[kind].splice(0, room);
+        room -= part.length;
+        if (part.length) batch[kind] = part;
+      });
+      if (this._using === "websocket" && sock && sock.readyState === 1 && this.status === "live") {
+        sock.send(JSON.stringify(batch));
+      } else {
+        delete batch.type;
+        this._request("POST", "/v1/me/receipts", batch).catch(function () {});
+      }
+    }
+  };
+
   /** Stop for good (close the stream, no reconnect). */
   Client.prototype.close = function () {
+    if (this._acksTimer) { clearTimeout(this._acksTimer); this._sendAcks(); }
     this._stopped = true;
     clearTimeout(this._timer);
     this._timer = null;

@@ -110,6 +110,8 @@ async def prune(conn, app_id: str | None, older_than: float, first_id: str, time
                        + where, older_than, *args, timeout=timeout)
     await conn.execute("DELETE FROM delivery_counts WHERE nid < $1" + where, first_id, *args,
                        timeout=timeout)
+    await conn.execute("DELETE FROM receipts WHERE nid < $1" + where, first_id, *args,
+                       timeout=timeout)
     await conn.execute("DELETE FROM group_members WHERE created_at < $1" + where, older_than,
                        *args, timeout=timeout)
 
@@ -141,3 +143,34 @@ async def delivery_counts(conn, app_id: str, nid: str) -> dict[str, dict[str, in
     ):
         out.setdefault(channel, {})[field] = n
     return out
+
+
+# A receipt is kept only for a notification the user can see (see the SQLite
+# store's _RECEIPT); one statement for the whole batch.
+_RECEIPTS = """
+INSERT INTO receipts (app_id, nid, kind, user_id, at)
+SELECT t.app_id, t.nid, t.kind, t.user_id, $5
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(app_id, nid, kind, user_id)
+WHERE EXISTS (SELECT 1 FROM inbox i
+              WHERE i.app_id = t.app_id AND i.nid = t.nid AND i.user_id = t.user_id)
+   OR EXISTS (SELECT 1 FROM notifications n
+              WHERE n.app_id = t.app_id AND n.id = t.nid AND n.feed_offset IS NOT NULL
+                AND (n.audience = '*' OR n.audience IN (
+                  SELECT s.topic FROM topic_subs s
+                  WHERE s.app_id = t.app_id AND s.user_id = t.user_id)))
+ORDER BY 1, 2, 3, 4
+ON CONFLICT DO NOTHING
+"""
+
+
+async def record_receipts(conn, receipts, at: float) -> None:
+    rows = sorted(receipts)
+    if rows:
+        cols = [list(col) for col in zip(*rows, strict=True)]
+        await conn.execute(_RECEIPTS, *cols, at)
+
+
+async def receipt_counts(conn, app_id: str, nid: str) -> dict[str, int]:
+    return {kind: n for kind, n in await conn.fetch(
+        "SELECT kind, count(*) FROM receipts WHERE app_id = $1 AND nid = $2 GROUP BY kind",
+        app_id, nid)}

@@ -19,7 +19,8 @@ from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.sqlite.errors import transient
 
 __all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "get_scheduled", "next_due",
-           "prune_tx", "record_deliveries_tx", "schedule_tx"]
+           "prune_tx", "receipt_counts", "record_deliveries_tx", "record_receipts_tx",
+           "schedule_tx"]
 
 log = logging.getLogger("tidings.store")
 
@@ -103,6 +104,7 @@ def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float, fi
     conn.execute("DELETE FROM scheduled WHERE status<>'pending' AND created_at<?" + where,
                  (older_than, *args))
     conn.execute("DELETE FROM delivery_counts WHERE nid<?" + where, (first_id, *args))
+    conn.execute("DELETE FROM receipts WHERE nid<?" + where, (first_id, *args))
     conn.execute("DELETE FROM group_members WHERE created_at<?" + where, (older_than, *args))
 
 
@@ -124,3 +126,25 @@ def delivery_counts(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str
     ):
         out.setdefault(channel, {})[field] = n
     return out
+
+
+# A receipt is kept only for a notification the user can see: an entry of
+# their inbox, or a feed item of the app or of a topic they follow.
+_RECEIPT = (
+    "INSERT OR IGNORE INTO receipts(app_id, nid, kind, user_id, at) "
+    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS ("
+    "SELECT 1 FROM inbox WHERE app_id=?1 AND nid=?2 AND user_id=?4) OR EXISTS ("
+    "SELECT 1 FROM notifications n WHERE n.app_id=?1 AND n.id=?2 AND n.feed_offset IS NOT NULL "
+    "AND (n.audience='*' OR n.audience IN "
+    "(SELECT topic FROM topic_subs WHERE app_id=?1 AND user_id=?4)))"
+)
+
+
+def record_receipts_tx(conn: sqlite3.Connection, receipts, at: float) -> None:
+    conn.executemany(_RECEIPT, [(*r, at) for r in sorted(receipts)])
+
+
+def receipt_counts(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str, int]:
+    return dict(conn.execute(
+        "SELECT kind, count(*) FROM receipts WHERE app_id=? AND nid=? GROUP BY kind",
+        (app_id, nid)).fetchall())
