@@ -175,6 +175,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="stop waiting for stragglers after this long without one")
     p.add_argument("--seed", type=int, default=1, help="recipient choice")
+    p.add_argument("--receipts", action="store_true",
+                   help="devices acknowledge what they received once a second, as "
+                        "tidings.js does (receipts, docs/protocol.md#receipts)")
     p.add_argument("--cache", type=_cache_flag, default=None,
                    help="on/off: the server's hot-path cache (default: the server's own)")
     p.add_argument("--profile", action="store_true",

@@ -88,7 +88,8 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
         rss_idle = settle_rss(sampler, 0.5)
         sampler.start()
         lg = LoadGen(srv.ws_url, tokens, procs=opts.procs, cpus=cpus, sources=opts.sources,
-                     latency=True, connect_timeout=opts.timeout, connect_concurrency=100)
+                     latency=True, connect_timeout=opts.timeout, connect_concurrency=100,
+                     receipts=opts.receipts)
         try:
             t_connect = time.monotonic()
             ready = lg.start()
@@ -141,6 +142,7 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
         "warmup": opts.warmup, "conns_requested": opts.conns, "conns": conns,
         "topic_size": opts.topic_size if opts.audience == "topic" else None,
         "procs": opts.procs, "pool": opts.pool, "size": opts.size, "cache": opts.cache,
+        "receipts": opts.receipts, "receipts_sent": final.get("receipts_sent"),
         "published": pub.ok_in_window, "publish_rate": round(pub.ok_in_window / opts.duration, 1),
         # in-window publishes still unanswered --timeout s after the last send (their
         # deliveries may still arrive, so then lost can go below 0)

@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass, field
 
 NOTIFICATION = b'"type":"notification"'
+# receipts mode: each frame's notification ids, acknowledged back in batches
+NOTIFICATION_ID = re.compile(rb'"notification":\{"id":"([0-9A-Z]{26})"')
+RECEIPTS_EVERY = 1.0  # seconds, as tidings.js and the Python Subscriber
 TYPE = b'"type":'
 # latency mode: the publisher puts its intended send time (CLOCK_MONOTONIC, ns,
 # the same clock in every process of this machine) into the notification's data
@@ -43,6 +46,9 @@ class WorkerConfig:
     read_buffer: int = 16384
     verify: bool = False
     latency: bool = False  # record publish -> device latency from the t_ns stamps
+    # acknowledge notifications as tidings.js does: the ids a device received,
+    # one receipts message ("delivered") per device every RECEIPTS_EVERY seconds
+    receipts: bool = False
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Counters:
     closed: int = 0
     close_codes: dict = field(default_factory=dict)
     order_errors: int = 0  # verify mode: duplicates or out-of-order notifications
+    receipts_sent: int = 0  # receipts mode: messages sent
 
 
 class Latency:
@@ -85,11 +92,11 @@ class Latency:
 
 
 def _make_listener(counters: Counters, per_sub: list[int], verify: bool,
-                   latency: Latency | None = None):
+                   latency: Latency | None = None, receipts: bool = False):
     from picows import WSListener, WSMsgType
 
     class Subscriber(WSListener):
-        __slots__ = ("idx", "ready", "parts", "last_seq", "last_feed")
+        __slots__ = ("idx", "ready", "parts", "last_seq", "last_feed", "acks", "transport")
 
         def __init__(self, idx: int, ready: asyncio.Future):
             self.idx = idx
@@ -97,6 +104,15 @@ def _make_listener(counters: Counters, per_sub: list[int], verify: bool,
             self.parts: list[bytes] | None = None
             self.last_seq = 0
             self.last_feed = 0
+            self.acks: list[bytes] = []  # receipts mode: ids not yet acknowledged
+            self.transport = None
+
+        def send_receipts(self) -> None:
+            if self.acks and self.transport is not None:
+                ids, self.acks = self.acks, []
+                counters.receipts_sent += 1
+                self.transport.send(WSMsgType.TEXT, b'{"type":"receipts","delivered":["'
+                                    + b'","'.join(ids) + b'"]}')
 
         def on_ws_frame(self, transport, frame) -> None:
             kind = frame.msg_type
@@ -111,6 +127,9 @@ def _make_listener(counters: Counters, per_sub: list[int], verify: bool,
                 else:
                     payload = frame.get_payload_as_bytes()
                 self.on_message(payload)
+                if receipts:
+                    self.transport = transport
+                    self.acks += NOTIFICATION_ID.findall(payload)
             elif kind == WSMsgType.CLOSE:
                 counters.closed += 1
                 code = frame.get_close_code()
@@ -173,9 +192,10 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
     counters = Counters()
     per_sub = [0] * len(cfg.tokens)
     latency = Latency() if cfg.latency else None
-    listener_cls = _make_listener(counters, per_sub, cfg.verify, latency)
+    listener_cls = _make_listener(counters, per_sub, cfg.verify, latency, cfg.receipts)
     loop = asyncio.get_running_loop()
     transports = []
+    listeners: list = []
     errors: list[str] = []
     sem = asyncio.Semaphore(cfg.connect_concurrency)
     kw = {"local_addr": (cfg.source, 0)} if cfg.source else {}
@@ -185,7 +205,7 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
             ready = loop.create_future()
             try:
                 transport, _ = await ws_connect(
-                    lambda: listener_cls(i, ready), cfg.url,
+                    lambda: listeners.append(listener_cls(i, ready)) or listeners[-1], cfg.url,
                     extra_headers={"Authorization": f"Bearer {token}"},
                     read_buffer_init_size=cfg.read_buffer, websocket_handshake_timeout=10,
                     **kw,
@@ -206,6 +226,7 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
             "connected": len(transports) - counters.closed, "connect_errors": len(errors),
             "errors_sample": errors[:3], "connect_s": round(connect_s, 3),
             "frames": counters.frames, "notifications": counters.notifications,
+            "receipts_sent": counters.receipts_sent,
             "other_events": counters.other_events, "t_first": counters.t_first,
             "t_last": counters.t_last, "closed": counters.closed,
             "close_codes": counters.close_codes, "order_errors": counters.order_errors,
@@ -221,6 +242,14 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
 
     connect_s = time.monotonic() - t0
     conn.send(("ready", snapshot()))
+
+    async def acknowledge() -> None:
+        while True:
+            await asyncio.sleep(RECEIPTS_EVERY)
+            for listener in listeners:
+                listener.send_receipts()
+
+    acks = asyncio.ensure_future(acknowledge()) if cfg.receipts else None
 
     commands: asyncio.Queue = asyncio.Queue()
 
@@ -241,6 +270,8 @@ async def _worker(conn, cfg: WorkerConfig) -> None:
             latency.start_ns, latency.end_ns = cmd[1], cmd[2]
             conn.send(("stats", snapshot()))
         elif cmd == "stop":
+            if acks is not None:
+                acks.cancel()
             loop.remove_reader(conn.fileno())
             for t in transports:
                 t.disconnect()
@@ -269,7 +300,8 @@ def worker_main(conn, cfg: WorkerConfig) -> None:
 
 def _merge(snaps: list[dict]) -> dict:
     out: dict = {}
-    for key in ("connected", "connect_errors", "frames", "notifications", "other_events",
+    for key in ("connected", "connect_errors", "frames", "notifications", "receipts_sent",
+                "other_events",
                 "closed", "order_errors", "cpu_s"):
         out[key] = sum(s[key] for s in snaps)
     out["connect_s"] = max(s["connect_s"] for s in snaps)
@@ -309,7 +341,8 @@ class LoadGen:
     def __init__(self, url: str, tokens: list[str], *, procs: int = 1,
                  cpus: set[int] | None = None, sources: list[str | None] | None = None,
                  read_buffer: int = 16384, verify: bool = False, latency: bool = False,
-                 connect_timeout: float = 60.0, connect_concurrency: int = 200):
+                 connect_timeout: float = 60.0, connect_concurrency: int = 200,
+                 receipts: bool = False):
         ctx = multiprocessing.get_context("spawn")
         sources = sources or [None] * procs
         self.workers = []
@@ -318,7 +351,7 @@ class LoadGen:
             cfg = WorkerConfig(url=url, tokens=share, source=sources[i % len(sources)],
                                cpus=cpus, read_buffer=read_buffer, verify=verify,
                                latency=latency, connect_timeout=connect_timeout,
-                               connect_concurrency=connect_concurrency)
+                               connect_concurrency=connect_concurrency, receipts=receipts)
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
             self.workers.append((proc, parent))

@@ -7,7 +7,6 @@ from starlette.routing import Route
 
 from tidings.api.common import JSON, body_of, user_auth
 from tidings.api.server import _group, _inbox
-from tidings.core.ids import is_id
 from tidings.core.models import Preferences, StateRequest
 from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
@@ -54,9 +53,6 @@ async def post_receipts(request: Request):
     cap = service.settings.limits.ids_max
     if len(receipts.delivered) + len(receipts.displayed) > cap:
         raise Invalid(f"at most {cap} ids per call", field="delivered")
-    for field in ("delivered", "displayed"):
-        if not all(map(is_id, getattr(receipts, field))):
-            raise Invalid("every id must be a notification id", field=field)
     return JSON({"held": service.receive_receipts(app, user, receipts)}, status_code=202)
 
 
