@@ -253,8 +253,10 @@ def test_empty_offline_and_expired_states(browser, context, site, tidings_server
 
 def test_preferences_panel_saves_toggles_and_quiet_hours(context, site, tidings_server):
     srv = tidings_server
+    digests = {"social": {"email": {"every": 3600}}}
     assert _api(srv, "PUT", "/v1/users/fay/preferences",
-                json={"categories": {"billing": {"push": False}}}).status_code == 200
+                json={"categories": {"billing": {"push": False}},
+                      "digests": digests}).status_code == 200
     _, inbox = _open(context, site, srv, "fay",
                      categories=["social", {"id": "ci", "label": "Builds"}])
     inbox.locator("button.bell").click()
@@ -272,7 +274,8 @@ def test_preferences_panel_saves_toggles_and_quiet_hours(context, site, tidings_
     prefs = _api(srv, "GET", "/v1/users/fay/preferences").json()
     assert prefs == {"categories": {"billing": {"push": False}, "social": {"email": False},
                                     "ci": {}},
-                     "quiet_hours": {"start": "21:30", "end": "06:45", "tz": "Europe/Paris"}}
+                     "quiet_hours": {"start": "21:30", "end": "06:45", "tz": "Europe/Paris"},
+                     "digests": digests}   # what the panel does not edit is kept
 
     inbox.locator("input[name=tz]").fill("Mars/Olympus")      # the server's 400, shown
     inbox.get_by_role("button", name="Save").click()

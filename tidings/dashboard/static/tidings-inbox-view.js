@@ -421,7 +421,9 @@
     _savePrefs: function (e) {
       e.preventDefault();
       if (!this._prefs || !this._client) return;
-      var self = this, S = this._s(), f = this.$form, out = { categories: {} };
+      // the whole object goes back: fields the form does not edit (digests...) are kept
+      var self = this, S = this._s(), f = this.$form;
+      var out = Object.assign({}, this._prefs, { categories: {} });
       var mine = this._prefs.categories || {};
       // keep what the form does not show: other categories, other channels
       Object.keys(mine).forEach(function (k) { out.categories[k] = Object.assign({}, mine[k]); });
