@@ -421,7 +421,7 @@
     _savePrefs: function (e) {
       e.preventDefault();
       if (!this._prefs || !this._client) return;
-      // the whole object goes back: fields the form does not edit (digests...) are kept
+      // the whole object goes back: fields the form does not edit are kept
       var self = this, S = this._s(), f = this.$form;
       var out = Object.assign({}, this._prefs, { categories: {} });
       var mine = this._prefs.categories || {};
@@ -451,7 +451,7 @@
         });
         if (!Object.keys(cat).length) delete digests[sel.dataset.digest];
       });
-      if (Object.keys(digests).length) out.digests = digests;
+      out.digests = digests;   // all of them: a digest turned off must go
       var button = f.querySelector("button[type=submit]");
       button.disabled = true;
       this.$saved.textContent = S.saving;
