@@ -314,6 +314,16 @@ def test_preferences_panel_sets_digests_and_keeps_the_others(context, site, tidi
     prefs = _api(srv, "GET", "/v1/users/ivy/preferences").json()
     assert prefs["digests"] == {"social": {"push": {}, "email": {}},
                                 "billing": {"webhook": {"every": 3600}}}
+    # the last rules off: none left
+    assert _api(srv, "PUT", "/v1/users/ivy/preferences", json={"digests": {
+        "social": {"push": {"every": 600}, "email": {"every": 600}}}}).status_code == 200
+    inbox.get_by_role("button", name="Back to notifications").click()
+    inbox.get_by_role("button", name="Preferences").click()
+    expect(social).to_have_value("every:600")
+    social.select_option(label="App default")
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    assert _api(srv, "GET", "/v1/users/ivy/preferences").json().get("digests", {}) == {}
 
 
 def test_keyboard_focus_trap_and_escape(context, site, tidings_server):
