@@ -88,6 +88,19 @@ async def test_an_hourly_webhook_digest_lists_what_was_not_seen(tmp_path):
         assert len(receiver.accepted) == 3 and receiver.rejected == []  # sent once
 
 
+async def test_seeing_a_group_entry_leaves_its_members_out(tmp_path):
+    async with hooked(tmp_path, outbound=FAST) as (server, receiver):
+        await put_prefs(server, "alice", {"digests": {"social": {"webhook": {"every": 3600}}}})
+        likes = [await publish(server, ["alice"], category="social", title=f"like {i}",
+                               group_key="post:1", actor=f"user_{i}") for i in range(3)]
+        other = await publish(server, ["alice"], category="social", title="a comment")
+        await mark(server, "alice", "seen", {"ids": [likes[0]["id"]]})  # the group entry's id
+        advance(server, HOUR + 1)
+        await until(lambda: _accepted(receiver, 1))
+        items = receiver.accepted[0]["notification"]["data"]["digest"]["items"]
+        assert [i["id"] for i in items] == [other["id"]]
+
+
 async def _accepted(receiver, n):
     return len(receiver.accepted) >= n
 

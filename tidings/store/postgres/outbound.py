@@ -267,8 +267,13 @@ class PostgresOutbound(OutboundStore):
             rows = await self._fetch(
                 f"WITH j AS (DELETE FROM jobs WHERE {where} AND nid = ANY($3::text[]) "
                 "RETURNING nid, channel), "
-                f"d AS (DELETE FROM digest_items WHERE {held} AND nid = ANY($3::text[]) "
-                "RETURNING nid, channel) SELECT * FROM j UNION ALL SELECT * FROM d",
+                # A group entry stands for every notification merged into it.
+                f"d AS (DELETE FROM digest_items WHERE {held} AND (nid = ANY($3::text[]) "
+                "OR nid IN (SELECT m.nid FROM group_members m JOIN group_members g "
+                "ON g.app_id = m.app_id AND g.user_id = m.user_id AND g.gid = m.gid "
+                "WHERE g.app_id = $1 AND g.user_id = $2 AND g.nid = ANY($3::text[]))) "
+                "RETURNING nid, channel) "
+                "SELECT * FROM j UNION ALL SELECT * FROM d",
                 app_id, user, list(nids))
         return [tuple(r) for r in rows]
 

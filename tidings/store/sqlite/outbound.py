@@ -268,9 +268,13 @@ class SQLiteOutbound(OutboundStore):
                 gone += conn.execute(
                     f"DELETE FROM jobs WHERE {where} AND nid IN ({marks}) RETURNING nid, channel",
                     (app_id, user, *part)).fetchall()
+                # A group entry stands for every notification merged into it.
                 gone += conn.execute(
-                    f"DELETE FROM digest_items WHERE app_id=? AND user_id=? AND nid IN ({marks}) "
-                    "RETURNING nid, channel", (app_id, user, *part)).fetchall()
+                    f"DELETE FROM digest_items WHERE app_id=? AND user_id=? AND (nid IN ({marks}) "
+                    "OR nid IN (SELECT m.nid FROM group_members m JOIN group_members g "
+                    "ON g.app_id=m.app_id AND g.user_id=m.user_id AND g.gid=m.gid "
+                    f"WHERE g.app_id=? AND g.user_id=? AND g.nid IN ({marks}))) "
+                    "RETURNING nid, channel", (app_id, user, *part, app_id, user, *part)).fetchall()
             return gone
 
         # Nothing queued or held for the user (the common case): no write at all.
