@@ -365,16 +365,22 @@
             "aria-label": cat.label + ": " + (S["channel_" + ch] || ch) })]);
         }));
         if (batched.length) {
-          var rule = ((prefs.digests || {})[cat.id] || {})[batched[0]];
-          var value = !rule ? "" : rule.every ? "every:" + rule.every : rule.daily ? "daily" : "each";
-          if (rule && rule.daily) dailyAt = rule.daily;
+          var rules = (prefs.digests || {})[cat.id] || {};
+          var values = batched.map(function (ch) {
+            var r = rules[ch];
+            if (r && r.daily) dailyAt = r.daily;
+            return !r ? "" : r.every ? "every:" + r.every : r.daily ? "daily" : "each";
+          });
+          // Channels with different rules (set through the API) stay as they are.
+          var value = values.every(function (v) { return v === values[0]; }) ? values[0] : "mixed";
           var options = [["", S.digestDefault], ["each", S.digestEach], ["every:3600", S.digestHourly],
                          ["daily", S.digestDaily]];
           if (/^every:/.test(value) && value !== "every:3600") {
-            options.splice(2, 0, [value, fill(S.digestEvery, { minutes: Math.round(rule.every / 60) })]);
+            options.splice(2, 0, [value, fill(S.digestEvery, { minutes: Math.round(Number(value.slice(6)) / 60) })]);
           }
+          if (value === "mixed") options.unshift(["mixed", S.digestMixed]);
           cells.push(el("td", {}, [el("select", {
-            "data-digest": cat.id, "aria-label": cat.label + ": " + S.digest }, options.map(function (o) {
+            "data-digest": cat.id, "data-was": value, "aria-label": cat.label + ": " + S.digest }, options.map(function (o) {
             return el("option", { value: o[0], selected: o[0] === value, text: o[1] });
           }))]));
         }
@@ -440,7 +446,9 @@
       var batched = this._channels().filter(function (c) { return c !== "in_app"; });
       var digests = JSON.parse(JSON.stringify(this._prefs.digests || {}));
       f.querySelectorAll("select[data-digest]").forEach(function (sel) {
-        var cat = digests[sel.dataset.digest] = digests[sel.dataset.digest] || {}, v = sel.value;
+        var v = sel.value;
+        if (v === "mixed" || (v === sel.dataset.was && v !== "daily")) return;   // untouched
+        var cat = digests[sel.dataset.digest] = digests[sel.dataset.digest] || {};
         batched.forEach(function (ch) {
           if (v === "") delete cat[ch];
           else if (v === "each") cat[ch] = {};
@@ -457,6 +465,9 @@
       this.$saved.textContent = S.saving;
       this._client.setPreferences(out).then(function (saved) {
         self._prefs = saved || out;
+        f.querySelectorAll("select[data-digest]").forEach(function (sel) {
+          if (sel.value !== "mixed") sel.dataset.was = sel.value;   // what is saved now
+        });
         self.$saved.textContent = S.saved;
       }, function (err) {
         self.$saved.textContent = fill(S.actionFailed, { message: err.message || String(err) });

@@ -26,7 +26,7 @@ declare namespace TidingsInboxElement {
     | "channel_push" | "channel_email" | "channel_webhook" | "category_default" | "quietHours"
     | "quietOn" | "quietFrom" | "quietTo" | "timeZone" | "quietHint" | "digest"
     | "digestDefault" | "digestEach" | "digestEvery" | "digestHourly" | "digestDaily"
-    | "digestAt" | "digestHint" | "save" | "saving" | "saved",
+    | "digestMixed" | "digestAt" | "digestHint" | "save" | "saving" | "saved",
     string>> & Partial<Record<"bellUnread" | "others" | "count", Plural>> &
     { [categoryLabel: `category_${string}`]: string };
 
