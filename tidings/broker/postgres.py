@@ -63,7 +63,7 @@ from tidings.broker.base import (
 )
 from tidings.core import ratelimit
 from tidings.core.backoff import Backoff
-from tidings.store.postgres.errors import DOWN, STALE
+from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, STALE
 
 log = logging.getLogger("tidings.broker")
 
@@ -422,7 +422,9 @@ class PostgresBroker(Broker):
             if fetch:
                 return await self._pool.fetch(sql, *args)
             return await self._pool.execute(sql, *args)
-        except (*DOWN, *STALE) as e:
+        except (*DOWN, *STALE, *CANNOT_WRITE) as e:
+            # a database that cannot write (read-only, disk full) cannot count
+            # rate limits or heartbeats either: the broker is away, not broken
             raise BrokerUnavailable(f"PostgreSQL broker: {e}") from e
 
     async def ping(self) -> bool:
