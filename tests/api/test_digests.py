@@ -119,7 +119,8 @@ async def test_daily_email_is_the_apps_default_and_a_user_can_opt_out(tmp_path):
         opened = datetime.now(UTC)
         a = await publish(server, ["alice", "bob"], category="social", title="ann followed you")
         assert a["outbound"] == {"email": {"queued": 1, "digest": 1}}
-        b = await publish(server, ["alice"], category="social", title="bob followed you")
+        b = await publish(server, ["alice"], category="social", title="bob followed you",
+                          url="https://acme.test/u/bob")
         closes = digest.due(DigestRule(daily="09:00", tz="Asia/Tokyo"), opened).timestamp()
         outbound = server.service.outbound
         assert await outbound.flush_digests(closes - 1) == []  # not yet
@@ -133,7 +134,9 @@ async def test_daily_email_is_the_apps_default_and_a_user_can_opt_out(tmp_path):
                                        policy=email.policy.default)
         assert msg["Subject"] == "2 new notifications"
         text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
-        assert "- ann followed you\n- bob followed you" in text
+        assert "- ann followed you\n- bob followed you\n  https://acme.test/u/bob" in text
+        assert '<li><a href="https://acme.test/u/bob">bob followed you</a></li>' in \
+            msg.get_body(("html",)).get_content()
         assert msg["X-Tidings-Id"].startswith(digest.DIGEST_PREFIX)
         stats = await until(lambda: _counted(server, b["id"], "email", "sent"))
         assert stats["email"] == {"digest": 1, "sent": 1}

@@ -245,3 +245,25 @@ async def test_worker_delivers_mail_and_dead_letters_a_refused_address():
     assert [(j.id, reason) for j, reason in queue.dead_letters] == [
         ("m-2", "recipient refused: 550 no such user")]
     assert len(box.messages) == 1
+
+
+def test_a_digest_lists_its_notifications_escaped_with_their_web_links():
+    from tidings.core import digest
+
+    notes = [msgspec.json.encode(n) for n in (
+        {"id": "N1", "category": "social", "title": "<b>ann</b> liked it", "url": "/p/1"},
+        {"id": "N2", "category": "social", "title": "bob", "url": "javascript:alert(1)"},
+    )]
+    jid = digest.job_id("app", "alice", "email", "every:3600", "N1", 0)
+    note = msgspec.json.decode(digest.body(jid, notes, 0.0), type=Notification)
+    out = render(note, base_url="https://acme.test")
+    assert out.subject == "2 new notifications"
+    assert out.text == ("2 new notifications\n\n- <b>ann</b> liked it\n  https://acme.test/p/1\n"
+                        "- bob\n")
+    assert ('<li><a href="https://acme.test/p/1">&lt;b&gt;ann&lt;/b&gt; liked it</a></li>\n'
+            "<li>bob</li>") in out.html
+    assert "javascript" not in out.html and "<b>" not in out.html
+    # a notification of the category "digest" that is not one renders as usual
+    plain = Notification(id="N3", category="digest", created_at="x", title="Weekly summary",
+                         data={"digest": {"items": [{"title": "x"}]}})
+    assert "<ul>" not in render(plain).html

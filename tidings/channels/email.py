@@ -33,6 +33,7 @@ import msgspec
 
 from tidings.channels.base import Job, Result
 from tidings.config import EmailConfig  # defined with the other settings
+from tidings.core.digest import is_digest
 from tidings.core.models import Notification
 
 __all__ = ["EmailChannel", "EmailConfig", "Rendered", "render"]
@@ -69,17 +70,39 @@ def render(note: Notification, base_url: str | None = None, subject_prefix: str 
         text_parts.append(link)
     text = "\n\n".join(text_parts) + "\n"
     body_html = "<br>\n".join(html.escape(line) for line in note.body.splitlines())
+    items = _digest_items(note)
+    if items:  # a digest: each notification a line, linked to its url when it has one
+        lines, rows = [], []
+        for item in items:
+            line = " ".join(str(item.get("title") or item.get("body") or "").split())
+            href = _link(str(item.get("url") or ""), base_url)
+            lines.append(f"- {line}" + (f"\n  {href}" if href else ""))
+            shown = html.escape(line)
+            rows.append(f'<li><a href="{html.escape(href, quote=True)}">{shown}</a></li>'
+                        if href else f"<li>{shown}</li>")
+        text = "\n\n".join([title, "\n".join(lines)]) + "\n"
+        body_html = "<ul>\n" + "\n".join(rows) + "\n</ul>"
     parts = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8"></head><body>',
         f"<h1>{html.escape(title)}</h1>",
     ]
     if body_html:
-        parts.append(f"<p>{body_html}</p>")
+        parts.append(body_html if items else f"<p>{body_html}</p>")
     if link:
         parts.append(f'<p><a href="{html.escape(link, quote=True)}">Open</a></p>')
     parts.append("</body></html>")
     return Rendered(subject=subject, text=text, html="\n".join(parts) + "\n")
+
+
+def _digest_items(note: Notification) -> list[dict]:
+    """The notifications a digest (tidings/core/digest.py) carries; [] for
+    any other notification."""
+    if not is_digest(note.id):
+        return []
+    found = note.data.get("digest")
+    items = found.get("items") if isinstance(found, dict) else None
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
 class EmailChannel:
