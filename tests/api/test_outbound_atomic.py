@@ -5,6 +5,9 @@ it whole instead of answering "duplicate" without the jobs."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 
 from tests.api.conftest import allow_inserts, refuse_inserts, store_overrides
@@ -44,3 +47,34 @@ async def test_a_publish_whose_jobs_fail_keeps_nothing_and_its_retry_queues_them
                     assert [j["channel"] for j in jobs["jobs"]] == ["webhook"], jobs
                 inbox = await http.get("/v1/users/u1/notifications", params={"state": "all"})
                 assert len(inbox.json()["items"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_fired_notification_whose_jobs_failed_queues_them_later(tmp_path, kind):
+    """A scheduled notification's jobs are planned when it fires, after the
+    fire's commit: the row stays "fired" until they are queued, and a later
+    pass of the scheduler (this node after a crash, or another) queues them."""
+    async with store_overrides(kind) as store:
+        async with run_server(tmp_path, webhook=WebhookConfig(allow_insecure=True),
+                              **store) as server:
+            async with server.http() as http:
+                r = await http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+                assert r.status_code == 201, r.text
+                at = datetime.fromtimestamp(time.time() + 60, UTC).isoformat()
+                r = await http.post("/v1/notifications", json={**NOTE, "deliver_at": at})
+                nid = r.json()["id"]
+                await refuse_inserts(server, "jobs")
+                now = time.time() + 61
+                (out,) = await server.service.fire_due(now, 100)
+                assert out.status == "accepted"
+                jobs = (await http.get(f"/v1/notifications/{nid}/outbound")).json()["jobs"]
+                assert jobs == []
+                await allow_inserts(server, "jobs")
+                assert await server.service.fire_due(now + 1, 100) == []  # not yet: too fresh
+                assert await server.service.fire_due(now + 300, 100) == []
+                jobs = (await http.get(f"/v1/notifications/{nid}/outbound")).json()["jobs"]
+                assert [j["channel"] for j in jobs] == ["webhook"], jobs
+                # queued once: a further pass adds nothing
+                await server.service.fire_due(now + 600, 100)
+                jobs = (await http.get(f"/v1/notifications/{nid}/outbound")).json()["jobs"]
+                assert len(jobs) == 1

@@ -66,6 +66,11 @@ def _token_digest(token: str) -> bytes:
     return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
 
+# A fired notification still without its outbound jobs this long after it
+# fired is taken over by the next scheduler pass (of any node).
+REQUEUE_AFTER = 60.0
+
+
 def _fingerprint(req: PublishRequest) -> str:
     """What a publish asked for, for telling a retry from a reused key: the
     request re-encoded with sorted keys and defaults left out, so the same
@@ -558,40 +563,63 @@ class Service:
     # -- scheduled delivery and delivery tracking -----------------------------------
     async def fire_due(self, now: float, limit: int) -> list[PublishOutcome]:
         """Publish the scheduled notifications due by ``now`` (scheduler.py)."""
+        await self._requeue_fired(now)
         fired = await self.store.fire_due(
             now, limit, fanout_threshold=self.settings.fanout_threshold)
-        outcomes = []
+        outcomes, nothing_to_queue = [], []
         for app_id, out in fired:
             if out.status == "accepted":
                 self._announce(app_id, out)
                 self.published += 1
                 topic = out.audience if out.audience not in (None, "*") else None
                 self.hub.metrics.published(app_id, "accepted", out.recipients, topic)
-                if out.feed_offset is None:
-                    await self._fired_outbound(app_id, out, now)
+                users = list(dict.fromkeys(d.user for d in out.deliveries))
+                if not await self._fired_outbound(app_id, out.id, out.body, users, now):
+                    nothing_to_queue.append((app_id, out.id))
             outcomes.append(out)
+        await self.store.mark_queued(nothing_to_queue)
         return outcomes
+
+    async def _requeue_fired(self, now: float) -> None:
+        """Queue the outbound jobs of notifications that fired more than
+        REQUEUE_AFTER ago and still have none: the node that fired them
+        stopped (or its store write failed) between the fire's commit and
+        the jobs' (store.fired_unqueued)."""
+        for app_id, nid, fired_at in await self.store.fired_unqueued(now - REQUEUE_AFTER, 100):
+            stored = await self.store.get_notification(app_id, nid)
+            users = await self.store.recipients_of(app_id, nid) if stored else []
+            if stored is None or stored.feed_offset is not None or not await self._fired_outbound(
+                    app_id, nid, stored.body, users, fired_at):
+                await self.store.mark_queued([(app_id, nid)])
 
     async def next_due(self) -> float | None:
         """When the earliest scheduled notification is due (the scheduler's sleep)."""
         return await self.store.next_due()
 
-    async def _fired_outbound(self, app_id: str, out: PublishOutcome, now: float) -> None:
+    async def _fired_outbound(self, app_id: str, nid: str, body: bytes, users: list[str],
+                              now: float) -> bool:
         """A scheduled notification fired: queue its webhooks, pushes and
         e-mails for the recipients it reached in-app, the fallback delay and
-        quiet hours counting from now.  (Not capped: it was booked before.)"""
+        quiet hours counting from now.  (Not capped: it was booked before.)
+        The jobs commit with the notification's "fired" -> "sent"; False
+        when there is nothing to queue.  A store error is logged and leaves
+        it "fired", for a later pass (:meth:`_requeue_fired`)."""
         try:
-            if not await self.outbound.wanted(app_id):
-                return
-            note = _decode_notification(out.body)
+            if not users or not await self.outbound.wanted(app_id):
+                return False
+            note = _decode_notification(body)
             expires = (datetime.fromisoformat(note.expires_at).timestamp()
                        if note.expires_at else None)
-            await self.outbound.enqueue(
-                app_id, out.id, out.body, category=note.category, priority=note.priority,
-                created_at=now, expires_at=expires, group_key=note.group_key,
-                users=list(dict.fromkeys(d.user for d in out.deliveries)))
+            jobs, counts = await self.outbound.plan(
+                app_id, nid, body, category=note.category, priority=note.priority,
+                created_at=now, expires_at=expires, group_key=note.group_key, users=users)
+            if not jobs:
+                return False
+            replaced = await self.store.enqueue_jobs(jobs, fired=(app_id, nid))
+            await self.outbound.queued(app_id, nid, counts, replaced)
         except Exception:  # it is published; a store error must not stop the scheduler
-            log.exception("queueing outbound jobs of scheduled %s failed", out.id)
+            log.exception("queueing outbound jobs of scheduled %s failed", nid)
+        return True
 
     def track(self, app_id: str, nid: str, channel: str, field: str, n: int = 1) -> None:
         """Count a delivery event of ``channel`` for notification ``nid``

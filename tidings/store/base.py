@@ -149,7 +149,9 @@ class ScheduledNotification:
     body: bytes
     due_at: float
     expires_at: float | None
-    status: str  # "pending" | "sent" | "cancelled" | "expired" | "failed"
+    # "pending" | "fired" (published, outbound jobs not queued yet) | "sent" |
+    # "cancelled" | "expired" | "failed"
+    status: str
     created_at: float  # when it was published
     fired_at: float | None
 
@@ -241,6 +243,17 @@ class Store(OutboundStore, abc.ABC):
         oldest first: ``(app, outcome)`` each.  A claimed one whose expiry
         passed is dropped instead (status ``expired``, nothing stored).
         Exactly once across callers and nodes (module guarantees)."""
+
+    @abc.abstractmethod
+    async def fired_unqueued(self, before: float, limit: int) -> list[tuple[str, str, float]]:
+        """``(app, id, fired_at)`` of scheduled notifications that fired
+        before ``before`` and whose outbound jobs were not queued yet (their
+        status is "fired" until ``enqueue_jobs(fired=...)`` or
+        ``mark_queued``): the jobs are planned after the fire's commit."""
+
+    @abc.abstractmethod
+    async def mark_queued(self, fired: list[tuple[str, str]]) -> None:
+        """Fired notifications (app, id) that need no outbound jobs: "fired" -> "sent"."""
 
     @abc.abstractmethod
     async def next_due(self) -> float | None:

@@ -190,8 +190,14 @@ class OutboundStore(abc.ABC):
 
     # -- the job queue -----------------------------------------------------------------
     @abc.abstractmethod
-    async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
+    async def enqueue_jobs(self, jobs: list[NewJob],
+                           fired: tuple[str, str] | None = None) -> list[tuple[str, str]]:
         """Queue ``jobs`` (durable on return); an id already queued is left as is.
+
+        ``fired`` is the (app, id) of a scheduled notification whose jobs
+        these are: it leaves the "fired" status (Store.fired_unqueued) in the
+        same transaction, and nothing is queued if it had left it already,
+        so its jobs are queued exactly once however many nodes try.
 
         A fallback job with a ``collapse`` key first removes the same user's
         queued, unleased fallback jobs of that channel and key (an older

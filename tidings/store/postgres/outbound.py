@@ -228,10 +228,20 @@ class PostgresOutbound(OutboundStore):
         )
 
     # -- the job queue --------------------------------------------------------------
-    async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
-        if not jobs:
+    async def enqueue_jobs(self, jobs: list[NewJob],
+                           fired: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        if not jobs and fired is None:
             return []
-        return await self._call(insert_jobs, jobs, tx=True)
+
+        async def insert(conn):
+            # the status change first: whoever changes it queues the jobs, once
+            if fired is not None and await conn.fetchval(
+                    "UPDATE scheduled SET status = 'sent' WHERE app_id = $1 AND id = $2 "
+                    "AND status = 'fired' RETURNING true", *fired) is None:
+                return []
+            return await insert_jobs(conn, jobs) if jobs else []
+
+        return await self._call(insert, tx=True)
 
     async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
         rows = await self._fetch(_CLAIM, channel, n, now, lease)

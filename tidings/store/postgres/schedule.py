@@ -43,7 +43,7 @@ WITH due AS (
 )
 UPDATE scheduled s SET
   status = CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= $1
-                THEN 'expired' ELSE 'sent' END,
+                THEN 'expired' ELSE 'fired' END,
   fired_at = $1
 FROM due WHERE s.app_id = due.app_id AND s.id = due.id AND s.status = 'pending'
 RETURNING s.app_id, s.id, s.status, s.due_at, s.payload
@@ -174,3 +174,18 @@ async def receipt_counts(conn, app_id: str, nid: str) -> dict[str, int]:
     return {kind: n for kind, n in await conn.fetch(
         "SELECT kind, count(*) FROM receipts WHERE app_id = $1 AND nid = $2 GROUP BY kind",
         app_id, nid)}
+
+
+async def fired_unqueued(conn, before: float, limit: int) -> list[tuple[str, str, float]]:
+    rows = await conn.fetch(
+        "SELECT app_id, id, fired_at FROM scheduled WHERE status = 'fired' AND fired_at < $1 "
+        "ORDER BY fired_at LIMIT $2", before, limit)
+    return [tuple(r) for r in rows]
+
+
+MARK_QUEUED = ("UPDATE scheduled SET status = 'sent' WHERE app_id = $1 AND id = $2 "
+               "AND status = 'fired'")
+
+
+async def mark_queued(conn, fired: list[tuple[str, str]]) -> None:
+    await conn.executemany(MARK_QUEUED, fired)

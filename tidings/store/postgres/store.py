@@ -378,6 +378,13 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     async def next_due(self) -> float | None:
         return await self._call(_sched.next_due)
 
+    async def fired_unqueued(self, before, limit) -> list[tuple[str, str, float]]:
+        return await self._call(_sched.fired_unqueued, before, limit)
+
+    async def mark_queued(self, fired) -> None:
+        if fired:
+            await self._call(_sched.mark_queued, fired, tx=True)
+
     async def get_scheduled(self, app_id, nid):
         return await self._call(_sched.get_scheduled, app_id, nid)
 

@@ -206,10 +206,20 @@ class SQLiteOutbound(OutboundStore):
         await self._write(put)
 
     # -- the job queue --------------------------------------------------------------
-    async def enqueue_jobs(self, jobs: list[NewJob]) -> list[tuple[str, str]]:
-        if not jobs:
+    async def enqueue_jobs(self, jobs: list[NewJob],
+                           fired: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        if not jobs and fired is None:
             return []
-        return await self._write(insert_jobs_tx, jobs)
+
+        def insert(conn):
+            # the status change first: whoever changes it queues the jobs, once
+            if fired is not None and conn.execute(
+                    "UPDATE scheduled SET status='sent' WHERE app_id=? AND id=? "
+                    "AND status='fired' RETURNING 1", fired).fetchone() is None:
+                return []
+            return insert_jobs_tx(conn, jobs) if jobs else []
+
+        return await self._write(insert)
 
     async def claim_jobs(self, channel, n, now, lease) -> list[Job]:
         # Look first on the read connection: an idle poll costs no write.

@@ -60,7 +60,7 @@ def fire_due_tx(
                 log.exception("scheduled notification %s/%s could not be published", app_id, nid)
                 status, out = "failed", PublishOutcome(nid, "failed", 0)
             else:
-                status = "sent"
+                status = "fired"  # "sent" once its outbound jobs are queued
             conn.execute("RELEASE fire")
         # the claim: only a row still pending changes, so nothing fires twice
         claimed = conn.execute(
@@ -148,3 +148,14 @@ def receipt_counts(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str,
     return dict(conn.execute(
         "SELECT kind, count(*) FROM receipts WHERE app_id=? AND nid=? GROUP BY kind",
         (app_id, nid)).fetchall())
+
+
+def fired_unqueued(conn, before: float, limit: int) -> list[tuple[str, str, float]]:
+    return [tuple(r) for r in conn.execute(
+        "SELECT app_id, id, fired_at FROM scheduled WHERE status='fired' AND fired_at<? "
+        "ORDER BY fired_at LIMIT ?", (before, limit))]
+
+
+def mark_queued_tx(conn, fired: list[tuple[str, str]]) -> None:
+    conn.executemany("UPDATE scheduled SET status='sent' WHERE app_id=? AND id=? "
+                     "AND status='fired'", fired)

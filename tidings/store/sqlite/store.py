@@ -521,6 +521,13 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     async def next_due(self) -> float | None:
         return _sched.next_due(self._reader)
 
+    async def fired_unqueued(self, before, limit) -> list[tuple[str, str, float]]:
+        return _sched.fired_unqueued(self._reader, before, limit)
+
+    async def mark_queued(self, fired) -> None:
+        if fired:
+            await self._write(_sched.mark_queued_tx, fired)
+
     async def get_scheduled(self, app_id, nid):
         return _sched.get_scheduled(self._reader, app_id, nid)
 
