@@ -1018,7 +1018,13 @@ async def test_a_scheduled_notification_fires_at_its_time(db):
     stored = await db.get_notification(A, item.id)
     assert (stored.created_at, stored.expires_at, stored.recipients) == (t + 100, t + 200, 1)
     assert await inbox_ids(db, A, "u", now=t + 101) == [item.id]
+    # "fired" until its outbound jobs are queued (or found to be none)
+    assert (await db.get_scheduled(A, item.id)).status == "fired"
+    assert await db.fired_unqueued(t + 102, 10) == [(A, item.id, t + 101)]
+    assert await db.fired_unqueued(t + 100, 10) == []
+    await db.mark_queued([(A, item.id)])
     assert (await db.get_scheduled(A, item.id)).status == "sent"
+    assert await db.fired_unqueued(t + 1000, 10) == []
     assert await db.next_due() is None
     assert await fire_all(db, t + 500) == []  # once
 

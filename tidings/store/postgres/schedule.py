@@ -15,8 +15,8 @@ from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotific
 from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, RETRY, STALE
 
-__all__ = ["cancel", "delivery_counts", "fire_one", "get_scheduled", "next_due", "prune",
-           "record_deliveries", "schedule"]
+__all__ = ["cancel", "delivery_counts", "fire_one", "fired_unqueued", "get_scheduled",
+           "mark_queued", "next_due", "prune", "record_deliveries", "schedule"]
 
 log = logging.getLogger("tidings.store")
 

@@ -18,9 +18,9 @@ from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotific
 from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.sqlite.errors import transient
 
-__all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "get_scheduled", "next_due",
-           "prune_tx", "receipt_counts", "record_deliveries_tx", "record_receipts_tx",
-           "schedule_tx"]
+__all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "fired_unqueued", "get_scheduled",
+           "mark_queued_tx", "next_due", "prune_tx", "receipt_counts", "record_deliveries_tx",
+           "record_receipts_tx", "schedule_tx"]
 
 log = logging.getLogger("tidings.store")
 
