@@ -50,6 +50,9 @@ class WriterConnection(sqlite3.Connection):
         self._keys: dict[tuple[str, str], tuple] = {}
         self._unmuted: set[tuple[str, str]] = set()  # (app, category) with no mutes
         self._data_version: int | None = None
+        # rows written since the last checkpoint: roughly the WAL pages
+        # they dirtied, when inserts land on many pages (store.py)
+        self.rows_written = 0
 
     # -- transactions (the writer calls these) -----------------------------------------
     def begin(self) -> None:
@@ -188,6 +191,7 @@ class WriterConnection(sqlite3.Connection):
         back the GIL around every row, and the event loop's thread takes it
         each time: a thread switch per row."""
         i, n = 0, len(rows)
+        self.rows_written += n
         while i < n:
             size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
             one = "(" + ",".join("?" * width) + ")"

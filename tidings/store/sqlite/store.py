@@ -62,10 +62,14 @@ WAL_LIMIT_BYTES = 64 << 20
 # SQLite's own checkpoint runs inside the COMMIT that takes the WAL past
 # 1,000 pages, so every job of that group waits for the copy and its syncs
 # (under write fan-out that is nearly every commit).  The writer turns it off
-# and checkpoints itself between groups, after the group was answered, at
-# most this often: a page rewritten by many commits meanwhile is copied once,
-# and since no transaction of its own is open then, the checkpoint completes
-# and the next transaction starts the WAL over.
+# and checkpoints itself between groups, after the group was answered: once
+# about CHECKPOINT_PAGES were written (estimated: COMMIT_PAGES a commit plus
+# a page per row published), and at most every CHECKPOINT_INTERVAL, so that
+# a page rewritten by many commits meanwhile is copied once.  With no
+# transaction of its own open then, the checkpoint completes and the next
+# transaction starts the WAL over.
+CHECKPOINT_PAGES = 1000
+COMMIT_PAGES = 4
 CHECKPOINT_INTERVAL = 0.2
 
 _decode_prefs = msgspec.json.Decoder(Preferences).decode
@@ -164,6 +168,7 @@ class _Writer(threading.Thread):
         self.cannot_write = False
         self._reopen = False  # a read-only connection stays so: open it again
         self._next_checkpoint = 0.0
+        self._wal_pages = 0  # an estimate, with conn.rows_written
 
     def start_and_wait(self) -> None:
         self.start()
@@ -212,10 +217,14 @@ class _Writer(threading.Thread):
             if self._reopen:
                 conn = self._reconnect(conn)
             self._run_batch(conn, batch)
-            now = time.monotonic()
-            if now >= self._next_checkpoint:
-                self._next_checkpoint = now + CHECKPOINT_INTERVAL
-                _checkpoint(conn)
+            # every commit dirties a few pages, a publish's rows one each at most
+            self._wal_pages += COMMIT_PAGES
+            if self._wal_pages + conn.rows_written >= CHECKPOINT_PAGES:
+                now = time.monotonic()
+                if now >= self._next_checkpoint:
+                    self._next_checkpoint = now + CHECKPOINT_INTERVAL
+                    self._wal_pages = conn.rows_written = 0
+                    _checkpoint(conn)
         conn.close()
 
     def _reconnect(self, conn: WriterConnection) -> WriterConnection:
