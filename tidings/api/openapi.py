@@ -106,6 +106,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("put", "/v1/caps", "Replace the app's frequency caps (admin key)", "apiKey", Caps),
     ("get", "/v1/notifications/{id}/outbound", "A notification's queued and dead jobs",
      "apiKey", None),
+    ("get", "/v1/notifications/{id}/timeline",
+     "One user's journey with a notification, with times (?user=)", "apiKey", None),
     ("get", "/v1/outbound/dead", "The dead-letter list, newest first (admin key)", "apiKey",
      None),
     ("post", "/v1/outbound/dead/{jid}/retry", "Queue a dead job again (admin key)", "apiKey",

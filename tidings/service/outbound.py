@@ -74,7 +74,7 @@ class StoreQueue:
         return await self.store.claim_jobs(channel, n, now, self.lease)
 
     async def complete(self, job: Job) -> None:
-        await self.store.complete_job(job.id)
+        await self.store.complete_job(job.id, self.clock())
 
     async def retry(self, job: Job, at: float) -> None:
         await self.store.retry_job(job, at, self.clock())
@@ -199,7 +199,8 @@ class Outbound:
                 self.worker.wake(channel)
 
     async def _prune(self) -> None:
-        """Dead letters are kept as long as inbox entries (retention_days)."""
+        """Dead letters and the attempt log are kept as long as inbox entries
+        (retention_days)."""
         while True:
             try:
                 cutoff = self.clock() - self.settings.retention_days * 86400

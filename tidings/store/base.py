@@ -156,6 +156,33 @@ class ScheduledNotification:
     fired_at: float | None
 
 
+@dataclass(slots=True)
+class Attempt:
+    """One attempt of an outbound job, from the attempt log."""
+
+    job_id: str
+    channel: str
+    attempt: int  # 1, 2, ...
+    at: float
+    result: str  # "sent" | "failed" (retried at next_at) | "dead" (given up)
+    error: str | None
+    next_at: float | None
+
+
+@dataclass(slots=True)
+class UserTimeline:
+    """One user's journey with one notification (``Store.timeline``)."""
+
+    accepted: float  # when the server took the publish (or the schedule)
+    committed: float | None  # when the publish transaction wrote it (None before v7/v8)
+    recipient: bool  # the user holds an entry (or can see the feed item)
+    seen_at: float | None = None
+    read_at: float | None = None
+    archived_at: float | None = None
+    receipts: dict[str, float] = field(default_factory=dict)  # kind -> first ack
+    attempts: list[Attempt] = field(default_factory=list)
+
+
 STATES = ("unseen", "seen", "read", "archived")
 
 # The delivery-tracking fields every channel reports with (docs/delivery.md):
@@ -307,6 +334,14 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def receipt_counts(self, app_id: str, nid: str) -> dict[str, int]:
         """``{kind: users}`` acknowledged for ``nid`` (kinds with none left out)."""
+
+    @abc.abstractmethod
+    async def timeline(self, app_id: str, nid: str, user: str) -> UserTimeline | None:
+        """What happened to ``nid`` for ``user``: when it was accepted and
+        committed, when the user's entry became seen, read, archived, the
+        first receipt of each kind and every outbound attempt kept (the
+        attempt log, pruned with dead letters).  None when the app has no
+        such notification (or retracted it)."""
 
     # -- streams and inboxes --------------------------------------------
     @abc.abstractmethod

@@ -215,8 +215,12 @@ class OutboundStore(abc.ABC):
         leased, oldest due first, leased until ``now + lease``."""
 
     @abc.abstractmethod
-    async def complete_job(self, job_id: str) -> None:
-        """Delivered: the job leaves the queue."""
+    async def complete_job(self, job_id: str, now: float | None = None) -> None:
+        """Delivered: the job leaves the queue.
+
+        These three also log the attempt (``Store.timeline``) in the same
+        transaction: ``sent`` at ``now`` (default: the clock), ``failed``
+        with the retry time, ``dead`` with the reason."""
 
     @abc.abstractmethod
     async def retry_job(self, job: Job, at: float, now: float) -> None:
@@ -262,4 +266,5 @@ class OutboundStore(abc.ABC):
 
     @abc.abstractmethod
     async def prune_jobs(self, older_than: float) -> int:
-        """Drop dead jobs that died before ``older_than``."""
+        """Drop dead jobs that died before ``older_than``, and the attempts
+        logged before it; returns the dead jobs dropped."""

@@ -13,6 +13,7 @@ timeout (docs/channels.md).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from tidings.store.outbound import (
     WebhookEndpoint,
 )
 from tidings.store.postgres.digests import hold
+from tidings.store.postgres.timeline import log_attempt
 
 __all__ = ["PostgresOutbound"]
 
@@ -248,20 +250,25 @@ class PostgresOutbound(OutboundStore):
         rows.sort(key=lambda r: (r[-1], r[0]))  # RETURNING keeps no order
         return [_job(r) for r in rows]
 
-    async def complete_job(self, job_id) -> None:
-        await self._execute("DELETE FROM jobs WHERE id = $1 AND status = 'queued'", job_id)
+    async def complete_job(self, job_id, now=None) -> None:
+        await self._execute(
+            log_attempt("sent", "$2::float8", "NULL", "NULL")
+            + "DELETE FROM jobs WHERE id = $1 AND status = 'queued'",
+            job_id, time.time() if now is None else now)
 
     async def retry_job(self, job, at, now) -> None:
         await self._execute(
-            "UPDATE jobs SET attempts = $2, last_error = $3, not_before = $4, lease_until = NULL, "
-            "updated_at = $5 WHERE id = $1 AND status = 'queued'",
+            log_attempt("failed", "$5::float8", "$3::text", "$4::float8")
+            + "UPDATE jobs SET attempts = $2, last_error = $3, not_before = $4, "
+            "lease_until = NULL, updated_at = $5 WHERE id = $1 AND status = 'queued'",
             job.id, job.attempts, job.last_error, at, now,
         )
 
     async def kill_job(self, job, reason, now) -> None:
         await self._execute(
-            "UPDATE jobs SET status = 'dead', attempts = $2, last_error = $3, lease_until = NULL, "
-            "updated_at = $4 WHERE id = $1 AND status = 'queued'",
+            log_attempt("dead", "$4::float8", "$3::text", "NULL")
+            + "UPDATE jobs SET status = 'dead', attempts = $2, last_error = $3, "
+            "lease_until = NULL, updated_at = $4 WHERE id = $1 AND status = 'queued'",
             job.id, job.attempts, reason, now,
         )
 
@@ -317,6 +324,7 @@ class PostgresOutbound(OutboundStore):
 
     async def prune_jobs(self, older_than) -> int:
         return _count(await self._execute(
+            "WITH attempts AS (DELETE FROM job_attempts WHERE at < $1) "
             "DELETE FROM jobs WHERE status = 'dead' AND updated_at < $1", older_than))
 
 

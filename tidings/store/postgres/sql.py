@@ -133,19 +133,26 @@ INBOX = {(state, paged): _inbox_sql(state, paged) for state in _STATE_FILTER
 
 # Move entries forward: personal rows in place, feed items by upserting the
 # user's lazy feed_state row.  $3 state code, $4 now, $5 the ids (if given).
+# When an entry first became seen, read, archived rides on the same UPDATE
+# (moving to read marks it seen too when it skipped that step).
+_STAMPS = ", ".join(
+    f"{col} = CASE WHEN $3 >= {code} THEN coalesce({{table}}{col}, $4) ELSE {{table}}{col} END"
+    for col, code in (("seen_at", 1), ("read_at", 2), ("archived_at", 3)))
 _SET_STATE = f"""
 WITH personal AS (
-  UPDATE inbox SET state = $3
+  UPDATE inbox SET state = $3, {_STAMPS.format(table="")}
   WHERE app_id = $1 AND user_id = $2 AND state < $3
     AND (expires_at IS NULL OR expires_at > $4) {{ids_personal}}
   RETURNING nid
 ), feed AS (
-  INSERT INTO feed_state AS fs (app_id, user_id, nid, state)
-  SELECT $1, $2, n.id, $3 FROM notifications n
+  INSERT INTO feed_state AS fs (app_id, user_id, nid, state, seen_at, read_at, archived_at)
+  SELECT $1, $2, n.id, $3, CASE WHEN $3 >= 1 THEN $4 END, CASE WHEN $3 >= 2 THEN $4 END,
+         CASE WHEN $3 >= 3 THEN $4 END FROM notifications n
   WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
     AND (n.expires_at IS NULL OR n.expires_at > $4) AND {_VISIBLE} {{ids_feed}}
   ORDER BY n.id
-  ON CONFLICT (app_id, user_id, nid) DO UPDATE SET state = EXCLUDED.state
+  ON CONFLICT (app_id, user_id, nid) DO UPDATE SET state = EXCLUDED.state,
+    {_STAMPS.format(table="fs.")}
     WHERE fs.state < EXCLUDED.state
   RETURNING nid
 )

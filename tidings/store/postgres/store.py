@@ -54,10 +54,12 @@ from tidings.store.base import (
     Store,
     StoredNotification,
     StreamHead,
+    UserTimeline,
 )
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres import timeline as _timeline
 from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
 from tidings.store.postgres.outbound import PostgresOutbound
@@ -409,6 +411,9 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
     async def receipt_counts(self, app_id, nid) -> dict[str, int]:
         return await self._call(_sched.receipt_counts, app_id, nid)
+
+    async def timeline(self, app_id, nid, user) -> UserTimeline | None:
+        return await self._call(_timeline.timeline, app_id, nid, user)
 
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:

@@ -35,6 +35,10 @@ HEADS_CACHED = 100_000  # (app, user) heads kept; ~150 bytes each
 _CHUNK = 500  # host parameters per IN (...) list
 ROWS_PER_INSERT = 128
 _by_user = itemgetter(1)
+# SQLite's clock, read by the statement itself: when the group wrote it, just
+# before COMMIT (the timeline's "committed"), at no cost of a parameter per row
+NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
+_WITH_COMMIT = "(?,?,?,?,?,?,?," + NOW_SQL + ")"
 
 
 class WriterConnection(sqlite3.Connection):
@@ -160,7 +164,7 @@ class WriterConnection(sqlite3.Connection):
         if self._notes:
             self._insert(
                 "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
-                "expires_at) VALUES ", 7, self._notes)
+                "expires_at, committed_at) VALUES ", 7, self._notes, row=_WITH_COMMIT)
             self._notes.clear()
         if self._inbox:
             # in key order: each user's rows land on that user's pages together
@@ -184,7 +188,8 @@ class WriterConnection(sqlite3.Connection):
                 "created_at=excluded.created_at")
             self._keys.clear()
 
-    def _insert(self, head: str, width: int, rows: list[tuple], tail: str = "") -> None:
+    def _insert(self, head: str, width: int, rows: list[tuple], tail: str = "",
+                row: str | None = None) -> None:
         """``rows`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows (the rest
         in power-of-two pieces: few statement shapes, all in the statement
         cache).  One statement per row (``executemany``) releases and takes
@@ -194,7 +199,7 @@ class WriterConnection(sqlite3.Connection):
         self.rows_written += n
         while i < n:
             size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
-            one = "(" + ",".join("?" * width) + ")"
+            one = row or "(" + ",".join("?" * width) + ")"
             params = [v for row in rows[i:i + size] for v in row]
             self.execute(head + ",".join([one] * size) + tail, params)
             i += size

@@ -13,6 +13,7 @@ so polling costs no commit.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from tidings.store.outbound import (
     WebhookEndpoint,
 )
 from tidings.store.sqlite.digests import hold_tx
+from tidings.store.sqlite.timeline import log_attempt_tx, prune_attempts_tx
 
 __all__ = ["SQLiteOutbound"]
 
@@ -237,14 +239,16 @@ class SQLiteOutbound(OutboundStore):
         rows.sort(key=lambda r: (r[-1], r[0]))  # RETURNING keeps no order
         return [_job(r) for r in rows]
 
-    async def complete_job(self, job_id) -> None:
+    async def complete_job(self, job_id, now=None) -> None:
         def delete(conn):
+            log_attempt_tx(conn, job_id, time.time() if now is None else now, "sent", None, None)
             conn.execute("DELETE FROM jobs WHERE id=? AND status='queued'", (job_id,))
 
         await self._write(delete)
 
     async def retry_job(self, job, at, now) -> None:
         def retry(conn):
+            log_attempt_tx(conn, job.id, now, "failed", job.last_error, at)
             conn.execute(
                 "UPDATE jobs SET attempts=?, last_error=?, not_before=?, lease_until=NULL, "
                 "updated_at=? WHERE id=? AND status='queued'",
@@ -255,6 +259,7 @@ class SQLiteOutbound(OutboundStore):
 
     async def kill_job(self, job, reason, now) -> None:
         def kill(conn):
+            log_attempt_tx(conn, job.id, now, "dead", reason, None)
             conn.execute(
                 "UPDATE jobs SET status='dead', attempts=?, last_error=?, lease_until=NULL, "
                 "updated_at=? WHERE id=? AND status='queued'",
@@ -340,6 +345,7 @@ class SQLiteOutbound(OutboundStore):
 
     async def prune_jobs(self, older_than) -> int:
         def prune(conn):
+            prune_attempts_tx(conn, older_than)
             return conn.execute("DELETE FROM jobs WHERE status='dead' AND updated_at<?",
                                 (older_than,)).rowcount
 

@@ -17,7 +17,7 @@ from tidings.core.ids import id_floor, new_epoch
 from tidings.store.base import Delivery, NewNotification, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
-from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.appends import NOW_SQL, WriterConnection
 from tidings.store.sqlite.outbound import insert_jobs_tx
 
 __all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
@@ -87,7 +87,8 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
         ).fetchone()
         conn.execute(
             "INSERT INTO notifications(app_id, id, category, body, audience, feed_offset, "
-            "recipients, created_at, expires_at) VALUES (?,?,?,?,?,?,0,?,?)",
+            "recipients, created_at, expires_at, committed_at) "
+            f"VALUES (?,?,?,?,?,?,0,?,?,{NOW_SQL})",
             (app_id, item.id, item.category, item.body, audience, offset,
              item.created_at, item.expires_at),
         )
@@ -136,13 +137,22 @@ def _remember_key(conn: WriterConnection, app_id: str, item: NewNotification,
         )
 
 
+def state_stamps(code: int, now: float) -> tuple[str, tuple[float, ...]]:
+    """The SET clauses (and their parameters) that record when an entry first
+    became seen, read and archived, riding on the UPDATE that moves its state:
+    moving to read marks it seen too when it skipped that step."""
+    cols = [c for c, at in (("seen_at", 1), ("read_at", 2), ("archived_at", 3)) if code >= at]
+    return "".join(f", {c}=coalesce({c}, ?)" for c in cols), (now,) * len(cols)
+
+
 def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int, now: float):
     changed: list[str] = []
+    stamps, times = state_stamps(code, now)
     if ids is None:
         changed += [r[0] for r in conn.execute(
-            "UPDATE inbox SET state=? WHERE app_id=? AND user_id=? AND state<? "
+            f"UPDATE inbox SET state=?{stamps} WHERE app_id=? AND user_id=? AND state<? "
             "AND (expires_at IS NULL OR expires_at>?) RETURNING nid",
-            (code, app_id, user, code, now),
+            (code, *times, app_id, user, code, now),
         )]
         feed_ids = [r[0] for r in conn.execute(
             "SELECT n.id FROM notifications n WHERE n.app_id=? AND n.feed_offset > 0 "
@@ -156,9 +166,9 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
         for part in _chunks(ids):
             marks = ",".join("?" * len(part))
             changed += [r[0] for r in conn.execute(
-                f"UPDATE inbox SET state=? WHERE app_id=? AND user_id=? AND state<? "
+                f"UPDATE inbox SET state=?{stamps} WHERE app_id=? AND user_id=? AND state<? "
                 f"AND (expires_at IS NULL OR expires_at>?) AND nid IN ({marks}) RETURNING nid",
-                (code, app_id, user, code, now, *part),
+                (code, *times, app_id, user, code, now, *part),
             )]
         done = set(changed)
         rest = [i for i in ids if i not in done]
@@ -174,10 +184,10 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
             )]
     for nid in feed_ids:
         row = conn.execute(
-            "INSERT INTO feed_state(app_id, user_id, nid, state) VALUES (?,?,?,?) "
-            "ON CONFLICT(app_id, user_id, nid) DO UPDATE SET state=excluded.state "
-            "WHERE feed_state.state < excluded.state RETURNING nid",
-            (app_id, user, nid, code),
+            "INSERT INTO feed_state(app_id, user_id, nid, state, seen_at, read_at, archived_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(app_id, user_id, nid) DO UPDATE SET "
+            f"state=excluded.state{stamps} WHERE feed_state.state < excluded.state RETURNING nid",
+            (app_id, user, nid, code, *[now if code >= c else None for c in (1, 2, 3)], *times),
         ).fetchone()
         if row:
             changed.append(nid)

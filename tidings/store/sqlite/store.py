@@ -39,10 +39,12 @@ from tidings.store.base import (
     Store,
     StoredNotification,
     StreamHead,
+    UserTimeline,
 )
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
+from tidings.store.sqlite import timeline as _timeline
 from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.digests import SQLiteDigests
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
@@ -561,6 +563,9 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
 
     async def receipt_counts(self, app_id, nid) -> dict[str, int]:
         return _sched.receipt_counts(self._reader, app_id, nid)
+
+    async def timeline(self, app_id, nid, user) -> UserTimeline | None:
+        return _timeline.timeline(self._reader, app_id, nid, user)
 
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:

@@ -1,0 +1,138 @@
+"""The timeline of one notification for one user (``Store.timeline``) and the
+outbound attempt log behind it.
+
+Runs once per backend of ``conftest.BACKENDS``, through the store's methods
+only.  State changes and attempts pass their own ``now``; "committed" comes
+from the store's clock, so it is checked against the wall clock around it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import pytest
+
+from tests.store.test_contract import THRESHOLD, WINDOW, next_id, note
+from tidings.channels.base import Job
+from tidings.store.base import Attempt
+from tidings.store.outbound import NewJob
+
+A, B = "app_a", "app_b"
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+async def db(store):
+    await store.create_app(A, "app A", "secret-a")
+    await store.create_app(B, "app B", "secret-b")
+    return store
+
+
+async def publish(db, app, item, threshold=THRESHOLD):
+    return await db.publish(app, item, fanout_threshold=threshold, window=WINDOW)
+
+
+def email_job(jid: str, nid: str, user: str) -> NewJob:
+    job = Job(id=jid, channel="email", app=A, user=user,
+              notification=msgspec.json.encode({"id": nid}),
+              destination={"to": f"{user}@example.test"}, created_at=T0)
+    return NewJob(job=job, nid=nid, not_before=T0)
+
+
+async def test_accepted_committed_and_each_state_change_have_their_times(db):
+    before = time.time()
+    out = await publish(db, A, note(users=["u", "v"], created_at=T0))
+    after = time.time()
+    tl = await db.timeline(A, out.id, "u")
+    assert (tl.accepted, tl.recipient) == (T0, True)
+    assert before - 1 <= tl.committed <= after + 1  # the store's clock, at the INSERT
+    assert (tl.seen_at, tl.read_at, tl.archived_at, tl.receipts, tl.attempts) == (
+        None, None, None, {}, [])
+    await db.set_state(A, "u", [out.id], "seen", T0 + 10)
+    await db.set_state(A, "u", [out.id], "seen", T0 + 11)   # no change: the first time stays
+    await db.set_state(A, "u", None, "read", T0 + 20)       # "all" moves it too
+    await db.set_state(A, "u", [out.id], "archived", T0 + 30)
+    tl = await db.timeline(A, out.id, "u")
+    assert (tl.seen_at, tl.read_at, tl.archived_at) == (T0 + 10, T0 + 20, T0 + 30)
+    # read straight from unseen: seen then too; v's entry is v's own
+    await db.set_state(A, "v", [out.id], "read", T0 + 40)
+    tl = await db.timeline(A, out.id, "v")
+    assert (tl.seen_at, tl.read_at, tl.archived_at) == (T0 + 40, T0 + 40, None)
+
+
+async def test_receipts_show_with_their_first_time(db):
+    out = await publish(db, A, note(users=["u"]))
+    await db.record_receipts([(A, out.id, "delivered", "u")], at=T0 + 1)
+    await db.record_receipts([(A, out.id, "delivered", "u"), (A, out.id, "displayed", "u")],
+                             at=T0 + 2)
+    assert (await db.timeline(A, out.id, "u")).receipts == {
+        "delivered": T0 + 1, "displayed": T0 + 2}
+
+
+async def test_a_user_who_is_not_a_recipient_gets_an_empty_timeline(db):
+    out = await publish(db, A, note(users=["u"], created_at=T0))
+    tl = await db.timeline(A, out.id, "mallory")
+    assert (tl.accepted, tl.recipient, tl.seen_at, tl.receipts) == (T0, False, None, {})
+
+
+async def test_another_apps_unknown_or_retracted_notification_has_none(db):
+    out = await publish(db, A, note(users=["u"]))
+    assert await db.timeline(B, out.id, "u") is None
+    assert await db.timeline(A, next_id(), "u") is None
+    await db.delete_notification(A, out.id)
+    assert await db.timeline(A, out.id, "u") is None
+
+
+async def test_feed_items_time_the_users_own_state(db):
+    await db.subscribe(A, "big", ["w"])
+    big = await publish(db, A, note(topic="big"), threshold=0)
+    everyone = await publish(db, A, note(all=True))
+    await db.set_state(A, "w", [big.id, everyone.id], "read", T0 + 5)
+    tl = await db.timeline(A, big.id, "w")
+    assert (tl.recipient, tl.seen_at, tl.read_at) == (True, T0 + 5, T0 + 5)
+    assert (await db.timeline(A, big.id, "x")).recipient is False   # does not follow it
+    tl = await db.timeline(A, everyone.id, "x")
+    assert (tl.recipient, tl.seen_at) == (True, None)
+
+
+async def test_a_member_of_a_group_entry_has_the_entrys_times(db):
+    first = await publish(db, A, note(users=["u"], group="post:1"))
+    await publish(db, A, note(users=["u"], group="post:1"))  # merges: the entry moves on
+    await db.set_state(A, "u", None, "seen", T0 + 7)
+    assert (await db.timeline(A, first.id, "u")).seen_at == T0 + 7
+
+
+async def test_every_attempt_is_logged_with_its_result_and_next_retry(db):
+    out = await publish(db, A, note(users=["u", "v"]))
+    await db.enqueue_jobs([email_job("j.email.u", out.id, "u"),
+                           email_job("j.email.v", out.id, "v")])
+    ju, jv = sorted(await db.claim_jobs("email", 10, T0, 30.0), key=lambda j: j.user)
+    await db.retry_job(msgspec.structs.replace(ju, attempts=1, last_error="SMTP 451"),
+                       T0 + 60, T0 + 1)
+    await db.kill_job(msgspec.structs.replace(jv, attempts=1, last_error="SMTP 550"),
+                      "gave up after 1 attempts: SMTP 550", T0 + 2)
+    (ju,) = await db.claim_jobs("email", 10, T0 + 60, 30.0)
+    await db.complete_job(ju.id, T0 + 61)
+    assert (await db.timeline(A, out.id, "u")).attempts == [
+        Attempt("j.email.u", "email", 1, T0 + 1, "failed", "SMTP 451", T0 + 60),
+        Attempt("j.email.u", "email", 2, T0 + 61, "sent", None, None)]
+    assert (await db.timeline(A, out.id, "v")).attempts == [
+        Attempt("j.email.v", "email", 1, T0 + 2, "dead", "gave up after 1 attempts: SMTP 550",
+                None)]
+    # retention: pruned with the dead letters
+    await db.prune_jobs(T0 + 10)
+    assert [a.attempt for a in (await db.timeline(A, out.id, "u")).attempts] == [2]
+    assert (await db.timeline(A, out.id, "v")).attempts == []
+
+
+async def test_a_redriven_dead_job_logs_its_new_attempts_too(db):
+    out = await publish(db, A, note(users=["u"]))
+    await db.enqueue_jobs([email_job("j.email.u", out.id, "u")])
+    (job,) = await db.claim_jobs("email", 1, T0, 30.0)
+    await db.kill_job(msgspec.structs.replace(job, attempts=1), "SMTP 550", T0 + 1)
+    assert await db.redrive_job(A, "j.email.u", T0 + 100)
+    (job,) = await db.claim_jobs("email", 1, T0 + 100, 30.0)
+    await db.complete_job(job.id, T0 + 101)
+    assert [(a.attempt, a.at, a.result) for a in (await db.timeline(A, out.id, "u")).attempts] \
+        == [(1, T0 + 1, "dead"), (1, T0 + 101, "sent")]

@@ -1,0 +1,88 @@
+"""``GET /v1/notifications/{id}/timeline?user=U``: one user's journey with one notification.
+
+Server API (an API key with ``read``), as ``GET /v1/notifications/{id}``:
+an id this app did not publish is "no such notification".  The events come
+from the store (``Store.timeline``: accepted, committed, the first receipt
+of each kind, when the entry became seen, read, archived, and the outbound
+attempt log) and from the user's jobs still in the queue, oldest first.
+docs/delivery.md#timeline says what each event means and how long it is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidings.api.common import JSON, server_auth
+from tidings.api.outbound import _iso
+from tidings.api.server import _nid
+from tidings.core.models import valid_user
+from tidings.errors import Invalid, NotFound
+from tidings.store.base import UserTimeline
+from tidings.store.outbound import JobRecord
+
+log = logging.getLogger("tidings.api.timeline")
+
+
+def _user_param(request: Request) -> str:
+    user = request.query_params.get("user")
+    if user is None:
+        raise Invalid("user is required (?user=...)", field="user")
+    if not valid_user(user):
+        raise Invalid("user id must be 1-128 printable characters", field="user")
+    return user
+
+
+def events(tl: UserTimeline, jobs: list[JobRecord]) -> list[dict]:
+    """The timeline as a list of events, oldest first (a stable sort: at one
+    instant, the order of the journey)."""
+    out: list[tuple[float, dict]] = [(tl.accepted, {"event": "accepted"})]
+    if tl.committed is not None:
+        out.append((tl.committed, {"event": "committed"}))
+    for kind in ("delivered", "displayed"):
+        if kind in tl.receipts:
+            out.append((tl.receipts[kind], {"event": kind}))
+    for name, at in (("seen", tl.seen_at), ("read", tl.read_at), ("archived", tl.archived_at)):
+        if at is not None:
+            out.append((at, {"event": name}))
+    for a in tl.attempts:
+        out.append((a.at, {"event": "attempt", "channel": a.channel, "job": a.job_id,
+                           "attempt": a.attempt, "result": a.result, "error": a.error,
+                           "next_retry": _iso(a.next_at)}))
+    for job in jobs:
+        if job.status == "queued":  # waiting for its first attempt, or its next one
+            out.append((job.created_at, {"event": "queued", "channel": job.channel,
+                                         "job": job.id, "next_attempt": _iso(job.not_before),
+                                         "attempts": job.attempts}))
+    out.sort(key=lambda pair: pair[0])
+    return [{"at": _iso(at), **event} for at, event in out]
+
+
+async def notification_timeline(request: Request):
+    app = await server_auth(request, "read")
+    nid, user = _nid(request), _user_param(request)
+    service = request.app.state.service
+    store = service.store
+    try:
+        await service.flush_tracking()  # this node's receipts so far
+    except Exception:
+        log.warning("receipts could not be written; showing the stored ones")
+    tl = await store.timeline(app, nid, user)
+    if tl is None:
+        sched = await store.get_scheduled(app, nid)
+        if sched is None or sched.status not in ("pending", "expired", "failed"):
+            raise NotFound("no such notification", field="id")
+        # not published (yet): it was accepted, and that is all so far
+        status = "scheduled" if sched.status == "pending" else sched.status
+        return JSON({"notification": nid, "user": user, "status": status, "recipient": None,
+                     "events": [{"at": _iso(sched.created_at), "event": "accepted"}]})
+    jobs = [j for j in await store.list_jobs(app, nid=nid, limit=1000) if j.user == user]
+    return JSON({"notification": nid, "user": user, "status": "published",
+                 "recipient": tl.recipient, "events": events(tl, jobs)})
+
+
+routes = [
+    Route("/v1/notifications/{id}/timeline", notification_timeline, methods=["GET"]),
+]
