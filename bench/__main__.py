@@ -236,6 +236,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=2.0,
                    help="seconds between the last hello and the first request")
 
+    p = sub.add_parser("faults", help="the fault report: docs/faults.md (needs root)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated faults to run (default all): kill, pg-restart, "
+                        "pg-unreachable, redis-restart, redis-unreachable, partition, "
+                        "partition-long, disk-full, read-only")
+    p.add_argument("--users", type=int, default=25, help="users, two devices each")
+    p.add_argument("--msgs", type=int, default=90, help="numbered notifications")
+    p.add_argument("--pause", type=float, default=0.05, help="seconds between publishes")
+    p.add_argument("--outage", type=float, default=10.0, help="seconds a lasting fault lasts")
+    p.add_argument("--long-outage", type=float, default=45.0,
+                   help="seconds the partition-long fault lasts")
+    p.add_argument("--timeout", type=float, default=180.0,
+                   help="give up publishing and waiting for devices after this long")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default bench/results/<date>)")
+    p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs"
+                   / "faults.md", help="where the report is written")
+
     p = sub.add_parser("report", help="rewrite report.md from results.jsonl")
     p.add_argument("--out", type=Path, default=None)
 
@@ -366,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.scenario == "report":
         out_dir = a.out or results.today_dir()
         print(report.write(out_dir))
+        return 0
+    if a.scenario == "faults":
+        from bench.faults import run_faults
+        run_faults(a)
         return 0
     if a.scenario == "peers":
         from bench.peers import run_peers
