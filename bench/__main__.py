@@ -241,8 +241,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated faults to run (default all): kill, pg-restart, "
                         "pg-unreachable, redis-restart, redis-unreachable, partition, "
                         "partition-long, disk-full, read-only")
-    p.add_argument("--users", type=int, default=25, help="users, two devices each")
-    p.add_argument("--msgs", type=int, default=90, help="numbered notifications")
+    p.add_argument("--runs", type=int, default=3, help="runs of each fault")
+    p.add_argument("--users", type=int, default=50, help="users, two devices each")
+    p.add_argument("--msgs", type=int, default=120, help="numbered notifications")
     p.add_argument("--pause", type=float, default=0.05, help="seconds between publishes")
     p.add_argument("--outage", type=float, default=10.0, help="seconds a lasting fault lasts")
     p.add_argument("--long-outage", type=float, default=45.0,

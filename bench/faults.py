@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,11 +59,13 @@ TOPIC = "faults"
 class World:
     """What one scenario runs against, and the handles its fault needs."""
 
-    entry: str  # where devices connect and, by default, publishes go
+    entry: str  # where devices connect and publishes go
     app: dict
-    targets: list[str] = field(default_factory=list)  # publish targets, in turn per attempt
     nodes: list[Node] = field(default_factory=list)
     probe: str | None = None  # a node asked once, with no client timeout, when the fault starts
+    # before the inboxes are read: kill -9 the single node and start it again,
+    # so the check reads what survived a crash, not what one process holds
+    crash: Callable[[], None] | None = None
 
 
 @dataclass
@@ -84,8 +87,6 @@ async def _publish(world: World, msgs: int, pause: float, at: int, fault: Fault,
                    outage: float, deadline: float, acked_at: dict[int, float]) -> dict:
     acked: dict[int, str] = {}
     answers: Counter[str] = Counter()
-    targets = world.targets or [world.entry]
-    attempt = 0
     healing: asyncio.Task | None = None
     probing: asyncio.Task | None = None
 
@@ -95,9 +96,16 @@ async def _publish(world: World, msgs: int, pause: float, at: int, fault: Fault,
             await fault.end()
         fault.ended = time.monotonic()
 
+    def done(n: int) -> bool:
+        # at least ``msgs``, and a tail of ``at`` acknowledged after the fault
+        # ended, so that every run has a before, a during and an after
+        after = sum(1 for t in acked_at.values() if fault.ended and t >= fault.ended)
+        return n >= msgs and after >= at
+
     async with httpx.AsyncClient(timeout=5, headers={
             "Authorization": f"Bearer {world.app['api_key']}"}) as http:
-        for n in range(msgs):
+        n = -1
+        while not done(n := n + 1) and time.monotonic() < deadline:
             if n == at:
                 fault.began = time.monotonic()
                 await fault.start()
@@ -109,10 +117,8 @@ async def _publish(world: World, msgs: int, pause: float, at: int, fault: Fault,
                 else:
                     healing = asyncio.create_task(heal())
             while time.monotonic() < deadline:
-                url = targets[attempt % len(targets)]
-                attempt += 1
                 try:
-                    r = await http.post(url + "/v1/notifications", headers={
+                    r = await http.post(world.entry + "/v1/notifications", headers={
                         "Idempotency-Key": f"n-{n}"}, json={
                         "to": {"topic": TOPIC}, "title": f"#{n}", "data": {"n": n}})
                     answers[str(r.status_code)] += 1
@@ -130,7 +136,7 @@ async def _publish(world: World, msgs: int, pause: float, at: int, fault: Fault,
     if healing is not None:
         await healing
     probe = await probing if probing is not None else None
-    return {"acked": acked, "answers": answers, "probe": probe}
+    return {"acked": acked, "answers": answers, "probe": probe, "attempted": n}
 
 
 async def _probe(url: str, key: str, limit: float) -> dict:
@@ -203,7 +209,10 @@ async def _measure(world: World, users: list[str], opts, fault: Fault) -> dict:
         acked: dict[int, str] = pub["acked"]
         total = max(acked, default=-1) + 1
         await wait_all(devices, total, timeout=max(5.0, deadline - time.monotonic()))
-        recovered = await recovery
+        try:
+            recovered = await asyncio.wait_for(recovery, 5)
+        except TimeoutError:
+            recovered = None
         # lost: acknowledged numbers a device never showed its application
         lost = sum(1 for d in devices for n in acked if n >= len(d.seen) or not d.seen[n])
         dup_devices = sum(d.duplicates for d in devices)
@@ -211,6 +220,8 @@ async def _measure(world: World, users: list[str], opts, fault: Fault) -> dict:
         reconnected = sum(1 for d in devices if d.sub.reconnects)
     finally:
         await asyncio.gather(*(d.stop() for d in devices))
+    if world.crash is not None:
+        await _blocking(world.crash)
     false_2xx: set[int] = set()
     dup_store = 0
     unacked_stored = 0
@@ -223,7 +234,9 @@ async def _measure(world: World, users: list[str], opts, fault: Fault) -> dict:
         unacked_stored += sum(1 for n in numbers if n not in acked)
     first_ack = min((t for t in acked_at.values() if t >= fault.ended), default=None)
     return {
-        "attempted": opts.msgs, "acknowledged": len(acked), "lost": lost,
+        "attempted": pub["attempted"], "acknowledged": len(acked),
+        "acknowledged_during": sum(1 for t in acked_at.values()
+                                   if fault.began <= t < fault.ended), "lost": lost,
         "duplicated": dup_devices + dup_store, "duplicated_on_devices": dup_devices,
         "duplicated_in_store": dup_store, "out_of_order": out_of_order,
         "false_2xx": len(false_2xx), "stored_unacknowledged": unacked_stored,
@@ -249,6 +262,13 @@ class Backends:
         self.count += 1
         return self.pg.create_db(f"faults{self.count}")
 
+    def dir(self, name: str) -> Path:
+        """A directory of this scenario run's own (logs, node data)."""
+        self.count += 1
+        path = self.workdir / f"{name}-{self.count}"
+        path.mkdir()
+        return path
+
 
 def _users(opts) -> list[str]:
     return [f"u{i}" for i in range(opts.users)]
@@ -267,7 +287,7 @@ def _cluster(b: Backends, name: str, store: str | None = None, broker: str | Non
     """Two nodes behind HAProxy over a fresh database of the private PostgreSQL."""
     prefix = f"?prefix=faults-{secrets.token_hex(4)}"
     cluster = Cluster(store or b.database(), (broker or b.redis.url()) + prefix, nodes=2,
-                      base_port=free_port_block(3), workdir=b.workdir / name)
+                      base_port=free_port_block(3), workdir=b.dir(name))
     if prepare is not None:
         prepare(cluster)
     try:
@@ -277,12 +297,11 @@ def _cluster(b: Backends, name: str, store: str | None = None, broker: str | Non
         cluster.stop()
 
 
-async def _on_cluster(cluster: Cluster, opts, fault: Fault, targets: list[str] | None = None,
-                      probe: str | None = None):
+async def _on_cluster(cluster: Cluster, opts, fault: Fault, probe: str | None = None):
     app = cluster.create_app("faults")
     users = _users(opts)
     await _subscribe(cluster.url, app, users)
-    world = World(cluster.url, app, targets or [], cluster.members, probe)
+    world = World(cluster.url, app, cluster.members, probe)
     return await _measure(world, users, opts, fault)
 
 
@@ -365,10 +384,9 @@ def partition(b: Backends, opts) -> dict:
 
         with _cluster(b, "partition", prepare=isolate) as cluster:
             fault = Fault(lambda: _blocking(net.cut), lambda: _blocking(net.heal))
-            # every other attempt goes straight to the cut-off node (a client
-            # pinned to it), the rest through the balancer
-            targets = [cluster.members[0].url, cluster.url]
-            return asyncio.run(_on_cluster(cluster, opts, fault, targets,
+            # the publisher goes through the balancer; a probe asks the cut-off
+            # node itself, as a client pinned to it would
+            return asyncio.run(_on_cluster(cluster, opts, fault,
                                            probe=cluster.members[0].url))
     finally:
         for fw in forwarders:
@@ -388,7 +406,7 @@ def _single(b: Backends, name: str, data: Path):
     port = free_port_block(1)
     args = [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--data", str(data),
             "--node", name]
-    node = Node(name, port, args, b.workdir / f"{name}.log")
+    node = Node(name, port, args, data.parent / f"{name}.log")
     app = subprocess.run([sys.executable, "-m", "tidings", "app", "create", "faults", "--json",
                           "--data", str(data)], capture_output=True, text=True, check=True)
     node.start()
@@ -402,11 +420,18 @@ def _single(b: Backends, name: str, data: Path):
 async def _on_single(node: Node, app: dict, opts, fault: Fault) -> dict:
     users = _users(opts)
     await _subscribe(node.url, app, users)
-    return await _measure(World(node.url, app, [], [node]), users, opts, fault)
+    def crash() -> None:
+        node.signal(signal.SIGKILL)
+        assert node.proc is not None
+        node.proc.wait(10)
+        node.start()
+        node.wait_ready()
+
+    return await _measure(World(node.url, app, [node], crash=crash), users, opts, fault)
 
 
 def disk_full(b: Backends, opts) -> dict:
-    disk = SmallDisk(b.workdir / "disk-full", size_mb=32)
+    disk = SmallDisk(b.dir("disk-full") / "data", size_mb=32)
     disk.mount()
     try:
         with _single(b, "disk-full", disk.path) as (node, app):
@@ -421,7 +446,7 @@ def data_read_only(b: Backends, opts) -> dict:
     after a read-only remount is refused (EBUSY), so the node is restarted onto
     the read-only directory -- as after a reboot onto a volume mounted
     read-only -- and restarted again once it is writable."""
-    data = b.workdir / "read-only"
+    data = b.dir("read-only") / "data"
     data.mkdir()
     with _single(b, "read-only", data) as (node, app):
         held = contextlib.ExitStack()
@@ -447,6 +472,7 @@ def data_read_only(b: Backends, opts) -> dict:
         log = node.log.read_text(errors="replace")
         errors = re.findall(r"^(?:\w+\.)*\w+(?:Error|Exception): .*$", log, re.M)
         out["node_error"] = errors[-1] if errors else None
+        out["node_traceback"] = "Traceback" in log
         out["node_log_tail"] = log[-1500:]
         return out
 
@@ -505,19 +531,19 @@ def run_faults(a) -> list[dict]:
         pg.start()
         redis.start()
         backends = Backends(pg, redis, workdir)
-        for name in names:
-            title, _, fn = SCENARIOS[name]
+        for name, run in [(n, i) for n in names for i in range(1, a.runs + 1)]:
+            fn = SCENARIOS[name][2]
             t0 = time.monotonic()
             try:
                 rec = fn(backends, a)
             except Exception as exc:  # one broken scenario must not hide the others
                 rec = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
-            rec = {"scenario": "faults", "fault": name, "command": argv,
+            rec = {"scenario": "faults", "fault": name, "run": run, "command": argv,
                    "commit": results.git_commit(), "postgres": pg.version,
                    "seconds": round(time.monotonic() - t0, 1), **rec}
             results.append(out_dir / "results.jsonl", rec)
             records.append(rec)
-            print(f"[faults {name}] " + ", ".join(
+            print(f"[faults {name} run {run}/{a.runs}] " + ", ".join(
                 f"{k}={rec.get(k)}" for k in ("acknowledged", "lost", "duplicated",
                                               "out_of_order", "false_2xx", "answers",
                                               "recovered_s", "error")), flush=True)
@@ -537,37 +563,98 @@ def _answers(rec: dict) -> str:
     return ", ".join(f"{k}×{v}" for k, v in rec.get("answers", {}).items()) or "-"
 
 
+def shortfalls(rec: dict) -> list[str]:
+    """Where a run fell short of a promise, in words; [] when it kept them all."""
+    out = [f"{rec[k]} {k.replace('_', ' ')}" for k in ("lost", "duplicated", "out_of_order",
+                                                       "false_2xx") if rec.get(k)]
+    if rec.get("recovered_s") is None:
+        out.append("did not recover within the run's timeout")
+    for status, count in rec.get("answers", {}).items():
+        if status.isdigit() and int(status) >= 500 and status != "503":
+            out.append(f"{count} answers {status} (a fault is a 503 with Retry-After)")
+    for what, probe in sorted(rec.get("probe", {}).items()):
+        if probe["status"] != 503 and probe["s"] > 5:
+            out.append(f"the cut-off node held a {what} for {probe['s']} s and then answered "
+                       f"`{probe['status']}`: no 503 while it could not reach the store")
+        elif probe["s"] > 5:
+            out.append(f"the cut-off node answered a {what} `503` only after {probe['s']} s "
+                       "(the store gives up on a busy pool after 5 s)")
+    if rec.get("node_traceback"):
+        out.append(f"the node refused to start with a traceback, not one line "
+                   f"(`{rec.get('node_error')}`)")
+    return out
+
+
+def _seconds(values: list[float | None]) -> str:
+    """Median of the runs, and the worst when there are several."""
+    done = [v for v in values if v is not None]
+    if not done:
+        return "not recovered" if values else "-"
+    text = f"{statistics.median(done):.2f} s"
+    if len(done) > 1:
+        text += f" (max {max(done):.2f})"
+    if len(done) < len(values):
+        text += f", {len(values) - len(done)} not"
+    return text
+
+
 def render(records: list[dict], a, argv: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows, notes = [], []
-    for rec in records:
-        title, promise, _ = SCENARIOS[rec["fault"]]
-        if "error" in rec:
-            rows.append(f"| {title} | {promise} | did not run: {rec['error'][-300:]} "
-                        + "| " * 8 + "|")
+    rows: list[str] = []
+    notes: list[str] = []
+    short: list[str] = []
+    for name in dict.fromkeys(r["fault"] for r in records):
+        title, promise, _ = SCENARIOS[name]
+        group = [r for r in records if r["fault"] == name]
+        ran = [r for r in group if "error" not in r]
+        failed = [r for r in group if "error" in r]
+        if failed:
+            short.append(f"- **{name}**: {len(failed)} of {len(group)} runs did not finish: "
+                         f"{failed[0]['error'][-300:]}")
+        if not ran:
+            rows.append(f"| {title} | {promise} | did not run " + "| " * 8 + "|")
             continue
-        recovered = "not recovered" if rec["recovered_s"] is None else f"{rec['recovered_s']} s"
-        back = rec["publish_back_s"]
+
+        def total(key: str, runs: list[dict] = ran) -> int:
+            return sum(r[key] for r in runs)
+
+        answers: Counter[str] = Counter()
+        for r in ran:
+            answers.update(r["answers"])
         rows.append(
-            f"| {title} | {promise} | {rec['acknowledged']}/{rec['attempted']} | {rec['lost']} "
-            f"| {rec['duplicated']} | {rec['out_of_order']} | {rec['false_2xx']} "
-            f"| {_answers(rec)} | {rec['fault_s']} s | "
-            f"{'-' if back is None else f'{back} s'} | {recovered} |")
-        note = (f"- **{rec['fault']}**: {rec['reconnected']} of {rec['devices']} devices "
-                f"reconnected; {rec['stored_unacknowledged']} numbers stored without a 2xx "
-                f"answer (an attempt that failed or timed out on the wire but committed; its "
-                f"retry under the same key was answered with it)")
-        for what, probe in rec.get("probe", {}).items():
-            note += (f"; a {what} sent to the cut-off node when the fault began was answered "
-                     f"`{probe['status']}` after {probe['s']} s")
-        if rec.get("node_error"):
-            note += f"; the node's last error: `{rec['node_error']}`"
+            f"| {title} | {promise} | {total('acknowledged')}/{total('attempted')} "
+            f"| {total('lost')} | {total('duplicated')} | {total('out_of_order')} "
+            f"| {total('false_2xx')} | {_answers({'answers': dict(sorted(answers.items()))})} "
+            f"| {_seconds([r['fault_s'] for r in ran])} "
+            f"| {_seconds([r['publish_back_s'] for r in ran])} "
+            f"| {_seconds([r['recovered_s'] for r in ran])} |")
+
+        def each(key: str, runs: list[dict] = ran) -> str:
+            return ", ".join(str(r[key]) for r in runs)
+
+        note = (f"- **{name}**, by run: acknowledged while the fault lasted "
+                f"{each('acknowledged_during')}; "
+                f"devices reconnected {each('reconnected')} of {ran[0]['devices']}; "
+                f"stored without a 2xx {each('stored_unacknowledged')}")
+        for what in sorted(ran[0].get("probe", {})):
+            note += (f"; a {what} sent to the cut-off node as the cut was made was answered "
+                     + ", ".join(f"`{r['probe'][what]['status']}` after {r['probe'][what]['s']} s"
+                                 for r in ran))
+        errors = sorted({r["node_error"] for r in ran if r.get("node_error")})
+        if errors:
+            note += f"; the node's last error: `{'`, `'.join(errors)}`"
         notes.append(note + ".")
+        for i, r in enumerate(group, 1):
+            if "error" in r:
+                continue
+            short += [f"- **{name}** (run {i}): {text}." for text in shortfalls(r)]
     return TEMPLATE.format(
         argv=argv, when=when, commit=records[0]["commit"] if records else "?",
         postgres=records[0].get("postgres", "?") if records else "?", users=a.users,
-        devices=2 * a.users, msgs=a.msgs, outage=a.outage, long_outage=a.long_outage,
-        pause=a.pause, header=HEADER, rows="\n".join(rows), notes="\n".join(notes))
+        devices=2 * a.users, msgs=a.msgs, tail=a.msgs // 3, outage=a.outage,
+        long_outage=a.long_outage, runs=a.runs,
+        pause=a.pause, header=HEADER, rows="\n".join(rows), notes="\n".join(notes),
+        short="\n".join(short) or "None: every fault kept every promise above.")
 
 
 COLUMNS = ["fault", "promise", "acknowledged", "lost", "duplicated", "out of order", "false 2xx",
@@ -595,26 +682,34 @@ two `tidings serve` nodes behind HAProxy (`scripts/cluster.py`) or, for the
 disk faults, one node on the embedded SQLite store.  {users} users with two
 devices each ({devices} devices: the Python SDK's `Subscriber`, which resumes
 from its cursor and drops duplicates by id) follow one topic.  The publisher
-sends {msgs} notifications to it, one after the other, {pause} s apart, each
-carrying its number; it retries each number with the same `Idempotency-Key`
-until one attempt is answered 2xx (5 s client timeout, 50 ms between
-attempts).  After a third of them the fault begins and lasts {outage} s
-({long_outage} s for the long partition; a kill or a restart lasts as long as
-it takes).
+sends numbered notifications to it, one after the other, {pause} s apart,
+each carrying its number; it retries each number with the same
+`Idempotency-Key` until one attempt is answered 2xx (5 s client timeout,
+50 ms between attempts).  It sends at least {msgs}, and goes on until {tail}
+more have been acknowledged after the fault ended.  At number {tail} the fault
+begins; it lasts {outage} s ({long_outage} s for the long partition; a kill or
+a restart lasts as long as it takes).  Each fault runs {runs} times, each time
+in a fresh world; the table sums the counts over the runs and gives the median
+(and the worst) of the times.
 
 The checks are bitsets by number, in the style of the delivery checks of NATS'
 chaos tests and Jepsen: each device records what its application saw (after
 the SDK's dedup), and after the run every user's inbox is read back through the
 API from the store.
 
-- **acknowledged**: numbers answered 2xx, of those attempted.
+- **acknowledged**: numbers answered 2xx, of those sent.
 - **lost**: acknowledged numbers that a device never showed its application,
   counted per device (0 is the promise).
 - **duplicated**: a number a device's application saw twice, plus a number
   stored twice in an inbox (an idempotent retry that made a second copy).
 - **out of order**: a number shown after a higher one on the same device.
 - **false 2xx**: acknowledged numbers whose notification (by the id the 2xx
-  returned) is not in every follower's inbox afterwards.
+  returned) is not in every follower's inbox afterwards.  The single SQLite
+  node is killed (`kill -9`) and started again before its inboxes are read, so
+  what is checked is what survived a crash.
+- **stored without a 2xx** (per fault, below): numbers in the inbox that no
+  attempt was answered 2xx for -- an attempt whose answer was lost but which
+  committed would show here if its retries never succeeded.
 - **answers**: every answer the publisher got, by status; `timeout` is no
   answer within 5 s, `no answer` a refused or reset connection.
 - **fault**: how long the fault lasted; **publishing back**: from its end to the
@@ -638,9 +733,11 @@ API from the store.
   down: packets in flight are dropped without an answer, and new connections
   fail with "no route to host".  Node 1's HTTP port stays reachable (through a
   forwarder the cut does not touch), so its devices stay connected and HAProxy
-  keeps checking it.  Every other publish attempt goes straight to node 1 (a
-  client pinned to it), the rest through HAProxy.  No address outside the two
-  namespaces is used, and both are deleted after the run.
+  keeps checking it.  The publisher goes through HAProxy; as the cut is made, a
+  probe sends one publish and one `/readyz` straight to node 1 (as a client
+  pinned to it would) and waits for their answers without a client timeout.
+  No address outside the two namespaces is used, and both are deleted after
+  the run.
 - **disk full**: the node's data directory (the SQLite file and its WAL) is a
   32 MiB tmpfs; the fault allocates every free block of it to a filler file
   (`posix_fallocate` until `ENOSPC`, so the kernel refuses every new block) and
@@ -661,6 +758,14 @@ API from the store.
 Per fault:
 
 {notes}
+
+## Where a promise was not kept
+
+Computed from the same run: any loss, duplicate, reordering or false 2xx; an
+answer of 500 or another non-503 5xx; a node that held a request for more than
+5 s instead of answering; a node that failed to start with a traceback.
+
+{short}
 
 The raw records (one JSON line per scenario, with the node counts and the
 reconnects) are appended to `bench/results/<date>/results.jsonl`.

@@ -35,7 +35,7 @@ def _require_fault_tools() -> None:
 def test_partition_and_disk_full_runs_check_and_clean_up(tmp_path):
     _require_fault_tools()
     doc = tmp_path / "faults.md"
-    cmd = [sys.executable, "-m", "bench", "faults", "--only", "partition,disk-full",
+    cmd = [sys.executable, "-m", "bench", "faults", "--runs", "1", "--only", "partition,disk-full",
            "--users", "2", "--msgs", "12", "--pause", "0.02", "--outage", "2",
            "--timeout", "60", "--out", str(tmp_path), "--doc", str(doc)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=220,
@@ -56,7 +56,7 @@ def test_partition_and_disk_full_runs_check_and_clean_up(tmp_path):
     assert records["disk-full"]["answers"].get("503", 0) > 0, records["disk-full"]
     text = doc.read_text()
     assert "| network partition" in text and "| disk full" in text
-    assert "python -m bench faults --only partition,disk-full" in text
+    assert "python -m bench faults --runs 1 --only partition,disk-full" in text
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "tf-node-" not in netns and "tf-gw-" not in netns
     assert "tidings-faults-" not in Path("/proc/mounts").read_text()
