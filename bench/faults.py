@@ -407,11 +407,13 @@ def _single(b: Backends, name: str, data: Path):
     args = [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--data", str(data),
             "--node", name]
     node = Node(name, port, args, data.parent / f"{name}.log")
-    app = subprocess.run([sys.executable, "-m", "tidings", "app", "create", "faults", "--json",
-                          "--data", str(data)], capture_output=True, text=True, check=True)
     node.start()
     try:
-        node.wait_ready()
+        node.wait_ready()  # the server makes the store; the CLI then writes to it
+        app = subprocess.run([sys.executable, "-m", "tidings", "app", "create", "faults",
+                              "--json", "--data", str(data)], capture_output=True, text=True)
+        if app.returncode != 0:
+            raise RuntimeError(f"tidings app create: {app.stderr.strip()}")
         yield node, json.loads(app.stdout)
     finally:
         node.stop()
