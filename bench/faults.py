@@ -472,7 +472,9 @@ def data_read_only(b: Backends, opts) -> dict:
             node.stop()
             held.close()
         log = node.log.read_text(errors="replace")
-        errors = re.findall(r"^(?:\w+\.)*\w+(?:Error|Exception): .*$", log, re.M)
+        # `Error: ...` is the CLI's one line; the other pattern a traceback's last
+        errors = re.findall(r"^(?:Error: .*|(?:\w+\.)*\w+(?:Error|Exception): .*)$", log,
+                            re.M)
         out["node_error"] = errors[-1] if errors else None
         out["node_traceback"] = "Traceback" in log
         out["node_log_tail"] = log[-1500:]
