@@ -46,7 +46,7 @@ def test_partition_and_disk_full_runs_check_and_clean_up(tmp_path):
     assert set(records) == {"partition", "disk-full"}
     for rec in records.values():
         assert "error" not in rec, rec
-        assert rec["acknowledged"] == 12 and rec["devices"] == 4
+        assert rec["acknowledged"] == rec["attempted"] >= 12 and rec["devices"] == 4
         assert (rec["lost"], rec["duplicated"], rec["out_of_order"], rec["false_2xx"]) == (
             0, 0, 0, 0), rec
         assert rec["recovered_s"] is not None
