@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -61,7 +61,6 @@ class World:
 
     entry: str  # where devices connect and publishes go
     app: dict
-    nodes: list[Node] = field(default_factory=list)
     probe: str | None = None  # a node asked once, with no client timeout, when the fault starts
     # before the inboxes are read: kill -9 the single node and start it again,
     # so the check reads what survived a crash, not what one process holds
@@ -301,7 +300,7 @@ async def _on_cluster(cluster: Cluster, opts, fault: Fault, probe: str | None = 
     app = cluster.create_app("faults")
     users = _users(opts)
     await _subscribe(cluster.url, app, users)
-    world = World(cluster.url, app, cluster.members, probe)
+    world = World(cluster.url, app, probe)
     return await _measure(world, users, opts, fault)
 
 
@@ -429,7 +428,7 @@ async def _on_single(node: Node, app: dict, opts, fault: Fault) -> dict:
         node.start()
         node.wait_ready()
 
-    return await _measure(World(node.url, app, [node], crash=crash), users, opts, fault)
+    return await _measure(World(node.url, app, crash=crash), users, opts, fault)
 
 
 def disk_full(b: Backends, opts) -> dict:
