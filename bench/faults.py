@@ -483,7 +483,7 @@ def data_read_only(b: Backends, opts) -> dict:
 SCENARIOS: dict[str, tuple[str, str, Callable[[Backends, object], dict]]] = {
     "kill": ("node `kill -9` mid-stream (2 nodes, HAProxy)",
              "Nothing acknowledged is lost; the killed node's devices reconnect to the other "
-             "node and resume from their cursor (DESIGN §2.1, §2.3).", node_kill),
+             "node and resume from their cursor (docs/design.md §2.1, §2.3).", node_kill),
     "pg-restart": ("PostgreSQL restart (`pg_ctl restart -m immediate`: crash, WAL recovery)",
                    "Publishes during the restart get `503` + `Retry-After`, never a false 2xx; "
                    "the pool reconnects by itself (docs/operations.md).", pg_restart),
