@@ -136,3 +136,26 @@ async def test_a_redriven_dead_job_logs_its_new_attempts_too(db):
     await db.complete_job(job.id, T0 + 101)
     assert [(a.attempt, a.at, a.result) for a in (await db.timeline(A, out.id, "u")).attempts] \
         == [(1, T0 + 1, "dead"), (1, T0 + 101, "sent")]
+
+
+async def test_outbound_users_count_each_user_once_per_channel(db):
+    out = await publish(db, A, note(users=["u", "v", "w"]))
+    push = [NewJob(job=msgspec.structs.replace(email_job(f"j.push.u{i}", out.id, "u").job,
+                                               channel="push"), nid=out.id, not_before=T0)
+            for i in range(2)]  # two devices of u
+    await db.enqueue_jobs([email_job("j.email.u", out.id, "u"),
+                           email_job("j.email.v", out.id, "v"),
+                           email_job("j.email.w", out.id, "w"), *push])
+    assert await db.outbound_users(A, out.id) == {
+        "email": {"queued": 3, "sent": 0, "failed": 0},
+        "push": {"queued": 1, "sent": 0, "failed": 0}}
+    jobs = {j.id: j for j in await db.claim_jobs("email", 10, T0, 30.0)}
+    jobs.update({j.id: j for j in await db.claim_jobs("push", 10, T0, 30.0)})
+    await db.complete_job("j.email.u", T0 + 1)
+    await db.kill_job(jobs["j.email.v"], "SMTP 550", T0 + 1)
+    await db.complete_job("j.push.u0", T0 + 1)
+    await db.complete_job("j.push.u1", T0 + 1)
+    assert await db.outbound_users(A, out.id) == {
+        "email": {"queued": 3, "sent": 1, "failed": 1},
+        "push": {"queued": 1, "sent": 1, "failed": 0}}
+    assert await db.outbound_users(B, out.id) == {}

@@ -36,9 +36,11 @@ def _user_param(request: Request) -> str:
 
 
 def events(tl: UserTimeline, jobs: list[JobRecord]) -> list[dict]:
-    """The timeline as a list of events, oldest first (a stable sort: at one
-    instant, the order of the journey)."""
-    out: list[tuple[float, dict]] = [(tl.accepted, {"event": "accepted"})]
+    """The timeline as a list of events: ``accepted`` first, then the rest
+    oldest first (a stable sort: at one instant, the order of the journey).
+    ``accepted`` is the server's clock and ``committed`` may be the
+    database's: a skew between them must not put the commit first."""
+    out: list[tuple[float, dict]] = []
     if tl.committed is not None:
         out.append((tl.committed, {"event": "committed"}))
     for kind in ("delivered", "displayed"):
@@ -57,7 +59,8 @@ def events(tl: UserTimeline, jobs: list[JobRecord]) -> list[dict]:
                                          "job": job.id, "next_attempt": _iso(job.not_before),
                                          "attempts": job.attempts}))
     out.sort(key=lambda pair: pair[0])
-    return [{"at": _iso(at), **event} for at, event in out]
+    return [{"at": _iso(at), **event} for at, event in [(tl.accepted, {"event": "accepted"}),
+                                                         *out]]
 
 
 async def notification_timeline(request: Request):

@@ -406,6 +406,8 @@ class Service:
             "recipients": stored.recipients,
             "stats": stats,
             "delivery": delivery,
+            # unique users per outbound channel (the counters above count jobs)
+            "outbound_users": await self.store.outbound_users(app_id, nid),
         }
 
     async def _scheduled(self, app_id: str, nid: str) -> dict:

@@ -343,6 +343,15 @@ class Store(OutboundStore, abc.ABC):
         attempt log, pruned with dead letters).  None when the app has no
         such notification (or retracted it)."""
 
+    @abc.abstractmethod
+    async def outbound_users(self, app_id: str, nid: str) -> dict[str, dict[str, int]]:
+        """``{channel: {"queued": users, "sent": users, "failed": users}}``
+        for ``nid``'s outbound jobs, unique users: queued counts every user
+        who had a job of the channel (waiting, or attempted), sent those with
+        an attempt that was sent, failed those with a job given up on (dead).
+        From the queue and the attempt log, so within retention; channels with
+        no job left out."""
+
     # -- streams and inboxes --------------------------------------------
     @abc.abstractmethod
     async def stream_head(self, app_id: str, user: str, now: float) -> StreamHead:

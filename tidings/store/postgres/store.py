@@ -415,6 +415,9 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     async def timeline(self, app_id, nid, user) -> UserTimeline | None:
         return await self._call(_timeline.timeline, app_id, nid, user)
 
+    async def outbound_users(self, app_id, nid) -> dict[str, dict[str, int]]:
+        return await self._call(_timeline.outbound_users, app_id, nid)
+
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:
         async def head(conn):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tidings.store.base import Attempt, UserTimeline
 
-__all__ = ["log_attempt", "timeline"]
+__all__ = ["log_attempt", "outbound_users", "timeline"]
 
 
 def log_attempt(result: str, at: str, error: str, next_at: str) -> str:
@@ -64,3 +64,20 @@ async def timeline(conn, app_id: str, nid: str, user: str) -> UserTimeline | Non
         "WHERE app_id = $1 AND nid = $2 AND user_id = $3 ORDER BY at, job_id, attempt",
         app_id, nid, user)]
     return out
+
+
+# Unique users per channel, from the queue (waiting and dead jobs) and the
+# attempt log (a sent job is gone from the queue).
+_USERS = """
+WITH j (channel, user_id, r) AS (
+  SELECT channel, user_id, status FROM jobs WHERE app_id = $1 AND nid = $2
+  UNION ALL SELECT channel, user_id, result FROM job_attempts WHERE app_id = $1 AND nid = $2)
+SELECT channel, count(DISTINCT user_id), count(DISTINCT user_id) FILTER (WHERE r = 'sent'),
+       count(DISTINCT user_id) FILTER (WHERE r = 'dead')
+FROM j GROUP BY channel
+"""
+
+
+async def outbound_users(conn, app_id: str, nid: str) -> dict[str, dict[str, int]]:
+    return {channel: {"queued": q, "sent": s, "failed": f} for channel, q, s, f in
+            await conn.fetch(_USERS, app_id, nid)}

@@ -25,6 +25,7 @@ it out before any job that reads the tables directly (store.py runs
 from __future__ import annotations
 
 import sqlite3
+import time
 from operator import itemgetter
 
 from tidings.core.ids import new_epoch
@@ -35,10 +36,6 @@ HEADS_CACHED = 100_000  # (app, user) heads kept; ~150 bytes each
 _CHUNK = 500  # host parameters per IN (...) list
 ROWS_PER_INSERT = 128
 _by_user = itemgetter(1)
-# SQLite's clock, read by the statement itself: when the group wrote it, just
-# before COMMIT (the timeline's "committed"), at no cost of a parameter per row
-NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
-_WITH_COMMIT = "(?,?,?,?,?,?,?," + NOW_SQL + ")"
 
 
 class WriterConnection(sqlite3.Connection):
@@ -162,9 +159,11 @@ class WriterConnection(sqlite3.Connection):
     def flush(self) -> None:
         """Write what the group's publishes gathered, one statement per table."""
         if self._notes:
+            committed = time.time()  # just before COMMIT: the timeline's "committed"
             self._insert(
                 "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
-                "expires_at, committed_at) VALUES ", 7, self._notes, row=_WITH_COMMIT)
+                "expires_at, committed_at) VALUES ", 8,
+                [(*row, committed) for row in self._notes])
             self._notes.clear()
         if self._inbox:
             # in key order: each user's rows land on that user's pages together
@@ -188,8 +187,7 @@ class WriterConnection(sqlite3.Connection):
                 "created_at=excluded.created_at")
             self._keys.clear()
 
-    def _insert(self, head: str, width: int, rows: list[tuple], tail: str = "",
-                row: str | None = None) -> None:
+    def _insert(self, head: str, width: int, rows: list[tuple], tail: str = "") -> None:
         """``rows`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows (the rest
         in power-of-two pieces: few statement shapes, all in the statement
         cache).  One statement per row (``executemany``) releases and takes
@@ -199,7 +197,7 @@ class WriterConnection(sqlite3.Connection):
         self.rows_written += n
         while i < n:
             size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
-            one = row or "(" + ",".join("?" * width) + ")"
+            one = "(" + ",".join("?" * width) + ")"
             params = [v for row in rows[i:i + size] for v in row]
             self.execute(head + ",".join([one] * size) + tail, params)
             i += size

@@ -10,6 +10,7 @@ the writer, and the multi-statement writes as one place to review.
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import msgspec
 
@@ -17,7 +18,7 @@ from tidings.core.ids import id_floor, new_epoch
 from tidings.store.base import Delivery, NewNotification, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
-from tidings.store.sqlite.appends import NOW_SQL, WriterConnection
+from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.outbound import insert_jobs_tx
 
 __all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
@@ -87,10 +88,9 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
         ).fetchone()
         conn.execute(
             "INSERT INTO notifications(app_id, id, category, body, audience, feed_offset, "
-            "recipients, created_at, expires_at, committed_at) "
-            f"VALUES (?,?,?,?,?,?,0,?,?,{NOW_SQL})",
+            "recipients, created_at, expires_at, committed_at) VALUES (?,?,?,?,?,?,0,?,?,?)",
             (app_id, item.id, item.category, item.body, audience, offset,
-             item.created_at, item.expires_at),
+             item.created_at, item.expires_at, time.time()),
         )
         out.feed_offset, out.audience = offset, audience
     else:

@@ -567,6 +567,9 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     async def timeline(self, app_id, nid, user) -> UserTimeline | None:
         return _timeline.timeline(self._reader, app_id, nid, user)
 
+    async def outbound_users(self, app_id, nid) -> dict[str, dict[str, int]]:
+        return _timeline.outbound_users(self._reader, app_id, nid)
+
     # -- streams and inboxes --------------------------------------------
     async def stream_head(self, app_id, user, now) -> StreamHead:
         row = self._q1(

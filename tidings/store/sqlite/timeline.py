@@ -11,7 +11,7 @@ import sqlite3
 
 from tidings.store.base import Attempt, UserTimeline
 
-__all__ = ["log_attempt_tx", "prune_attempts_tx", "timeline"]
+__all__ = ["log_attempt_tx", "outbound_users", "prune_attempts_tx", "timeline"]
 
 
 def timeline(conn: sqlite3.Connection, app_id: str, nid: str, user: str) -> UserTimeline | None:
@@ -48,6 +48,23 @@ def timeline(conn: sqlite3.Connection, app_id: str, nid: str, user: str) -> User
         "WHERE app_id=? AND nid=? AND user_id=? ORDER BY at, job_id, attempt",
         (app_id, nid, user))]
     return out
+
+
+# Unique users per channel, from the queue (waiting and dead jobs) and the
+# attempt log (a sent job is gone from the queue).
+_USERS = """
+WITH j (channel, user_id, r) AS (
+  SELECT channel, user_id, status FROM jobs WHERE app_id=? AND nid=?
+  UNION ALL SELECT channel, user_id, result FROM job_attempts WHERE app_id=? AND nid=?)
+SELECT channel, count(DISTINCT user_id), count(DISTINCT CASE WHEN r='sent' THEN user_id END),
+       count(DISTINCT CASE WHEN r='dead' THEN user_id END)
+FROM j GROUP BY channel
+"""
+
+
+def outbound_users(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str, dict[str, int]]:
+    return {channel: {"queued": q, "sent": s, "failed": f} for channel, q, s, f in
+            conn.execute(_USERS, (app_id, nid, app_id, nid))}
 
 
 def log_attempt_tx(conn: sqlite3.Connection, job_id: str, at: float, result: str,
