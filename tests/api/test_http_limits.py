@@ -94,3 +94,16 @@ async def test_an_idle_keep_alive_connection_is_closed(tmp_path):
         out = await _closed(reader)  # the answer, then the close once idle
         assert out.startswith(b"HTTP/1.1 200") and out.endswith(b'{"status":"ok"}'), out
         writer.close()
+
+
+async def test_a_request_the_http_parser_refuses_is_a_json_400(tmp_path):
+    async with run_server(tmp_path) as server:
+        for head in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: Fx[$\r\n\r\n",
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad\x01Name: 1\r\n\r\n",
+                     b"NOT HTTP AT ALL\r\n\r\n"):
+            reader, writer = await _connect(server)
+            writer.write(head)
+            status, body, closed = await _answer(reader)
+            assert (status, body["error"]["code"], closed) == (400, "bad_request", True), head
+            assert body["error"]["message"].startswith("invalid HTTP request")
+            writer.close()

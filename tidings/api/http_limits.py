@@ -10,8 +10,10 @@ connections are closed by uvicorn's ``timeout_keep_alive``.  The limits are
 ``keep_alive_timeout`` (docs/security.md), read from the app's settings.
 It extends the protocol that answers the direct routes (uvicorn_http.py).
 
-Answers: ``431 headers_too_large`` (RFC 6585 §5) and ``408 request_timeout``
-(RFC 9110 §15.5.9), JSON like every other error, then the connection closes.
+Answers: ``431 headers_too_large`` (RFC 6585 §5), ``408 request_timeout``
+(RFC 9110 §15.5.9) and, for a head the HTTP parser refuses (bytes HTTP
+forbids in a header, a content-length that is not a number),
+``400 bad_request``: JSON like every other error, then the connection closes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import msgspec
 from tidings.api.uvicorn_http import TidingsHttpProtocol
 from tidings.config import Limits
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 def _limits(config) -> Limits:
@@ -119,6 +121,11 @@ class BoundedHttpProtocol(TidingsHttpProtocol):
                          f"the request head did not arrive within {self._head_timeout} s")
         else:
             self.transport.close()  # connected and said nothing: nobody to answer
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a parser error in plain text; the API speaks one
+        # error vocabulary (docs/security.md#errors)
+        self._refuse(400, "bad_request", "invalid HTTP request: " + msg.rstrip("."))
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._stop_head_timer()
