@@ -229,3 +229,40 @@ async def test_a_node_cut_off_from_postgresql_catches_up_when_it_returns(pg_url,
         await asyncio.gather(*(d.stop() for d in devices))
         cluster.stop()
         proxy.kill()
+
+
+@pytest.mark.timeout(120)
+async def test_readiness_answers_not_ready_while_postgresql_is_silent(pg_url, broker_url,
+                                                                      tmp_path):
+    """A silent partition: the path to PostgreSQL drops everything without a
+    reset (the forwarder is stopped, not killed).  /readyz must still answer,
+    'not ready', so that a load balancer takes the node out, instead of
+    hanging with the database's connection."""
+    import os
+    import signal
+
+    from scripts.cluster import Cluster
+
+    require_haproxy()
+    target = urlsplit(pg_url)
+    base = free_port_block(3)
+    proxy = Proxy(base + 2, target.hostname, target.port or 5432)
+    proxy.start()
+    cluster = Cluster(_via(pg_url, base + 2), broker_url, nodes=1, base_port=base,
+                      workdir=tmp_path / "c")
+    node = cluster.members[0]
+    try:
+        cluster.start()
+        async with httpx.AsyncClient(base_url=node.url, timeout=8) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            os.kill(proxy.proc.pid, signal.SIGSTOP)  # packets go nowhere, nothing is reset
+            try:
+                r = await http.get("/readyz")  # a hang here is an httpx ReadTimeout
+                assert r.status_code == 503 and r.json()["store"] is False, r.text
+            finally:
+                os.kill(proxy.proc.pid, signal.SIGCONT)
+            wait_until(lambda: httpx.get(f"{node.url}/readyz").status_code == 200, 30,
+                       "ready again once the path heals")
+    finally:
+        cluster.stop()
+        proxy.kill()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +15,18 @@ from tidings.api.metrics import ServiceCollector
 from tidings.api.openapi import openapi_document
 
 _PROMETHEUS = "text/plain; version=0.0.4"
+# How long readiness waits for the store and the broker.  A database behind
+# a silent partition (packets dropped, no reset) never answers, and a probe
+# that hangs with it keeps a load balancer from taking the node out: an
+# answer that does not come in time is "not ready".
+READY_TIMEOUT = 2.0
+
+
+async def _answers(ping: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        return await asyncio.wait_for(ping(), READY_TIMEOUT)
+    except TimeoutError:
+        return False
 
 
 async def healthz(request: Request):
@@ -20,8 +35,8 @@ async def healthz(request: Request):
 
 async def readyz(request: Request):
     service = request.app.state.service
-    store_ok = await service.store.ping()
-    broker_ok = await service.broker.ping()
+    store_ok, broker_ok = await asyncio.gather(_answers(service.store.ping),
+                                               _answers(service.broker.ping))
     # The broker does not gate readiness: without it a node still accepts
     # publishes (the store is the source of truth) and serves inboxes, and
     # since every node shares the broker, gating on it would take the whole
