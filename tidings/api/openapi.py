@@ -129,6 +129,9 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "apiKey", None),
     ("get", "/dashboard/api/history", "Dashboard: the last five minutes, per second",
      "apiKey", None),
+    ("get", "/dashboard/api/notification",
+     "Dashboard: a notification's counts and recipients, and a user's timeline (?id=&user=)",
+     "apiKey", None),
 ]
 
 

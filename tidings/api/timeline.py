@@ -63,10 +63,9 @@ def events(tl: UserTimeline, jobs: list[JobRecord]) -> list[dict]:
                                                          *out]]
 
 
-async def notification_timeline(request: Request):
-    app = await server_auth(request, "read")
-    nid, user = _nid(request), _user_param(request)
-    service = request.app.state.service
+async def user_timeline(service, app: str, nid: str, user: str) -> dict:
+    """The timeline document of ``user`` for ``app``'s notification ``nid``
+    (this route's answer, and the dashboard's notification page's)."""
     store = service.store
     try:
         await service.flush_tracking()  # this node's receipts so far
@@ -79,11 +78,17 @@ async def notification_timeline(request: Request):
             raise NotFound("no such notification", field="id")
         # not published (yet): it was accepted, and that is all so far
         status = "scheduled" if sched.status == "pending" else sched.status
-        return JSON({"notification": nid, "user": user, "status": status, "recipient": None,
-                     "events": [{"at": _iso(sched.created_at), "event": "accepted"}]})
+        return {"notification": nid, "user": user, "status": status, "recipient": None,
+                "events": [{"at": _iso(sched.created_at), "event": "accepted"}]}
     jobs = [j for j in await store.list_jobs(app, nid=nid, limit=1000) if j.user == user]
-    return JSON({"notification": nid, "user": user, "status": "published",
-                 "recipient": tl.recipient, "events": events(tl, jobs)})
+    return {"notification": nid, "user": user, "status": "published",
+            "recipient": tl.recipient, "events": events(tl, jobs)}
+
+
+async def notification_timeline(request: Request):
+    app = await server_auth(request, "read")
+    nid, user = _nid(request), _user_param(request)
+    return JSON(await user_timeline(request.app.state.service, app, nid, user))
 
 
 routes = [

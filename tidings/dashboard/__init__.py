@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
+from tidings.dashboard import notification as _notification
 from tidings.dashboard import routes as _routes
 from tidings.dashboard import web
 from tidings.dashboard.recorder import Recorder
@@ -46,7 +47,11 @@ class Dashboard:
                 "delivered_per_s": round(delivered / span, 1)}
 
 
-routes = _routes.routes
+routes = [
+    *_routes.routes,
+    Route("/dashboard/notification", _notification.notification_page, methods=["GET"]),
+    Route("/dashboard/api/notification", _notification.api_notification, methods=["GET"]),
+]
 browser_routes = [
     Route("/", web.landing, methods=["GET"]),
     Route("/favicon.ico", web.favicon, methods=["GET"]),

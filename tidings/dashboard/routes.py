@@ -20,6 +20,8 @@ Routes::
     GET  /dashboard/api/history     the last five minutes, per second (the charts)
     GET  /dashboard/events          SSE: a snapshot every second
     GET  /dashboard/static/{name}   scripts, styles, uPlot
+    GET  /dashboard/notification    one notification and a user's timeline
+                                    (tidings.dashboard.notification)
 """
 
 from __future__ import annotations
@@ -93,15 +95,15 @@ def _to_login(request: Request, reason: str | None = None) -> Response:
     return response
 
 
-async def dashboard_page(request: Request):
+async def dashboard_page(request: Request, name: str = "dashboard.html"):
     if request.headers.get("authorization") is not None:
         await authorize(request)  # a wrong key header is a clear 401/403, not a form
-        return page(static_text("dashboard.html"))
+        return page(static_text(name))
     try:
         await authorize(request)
     except Unauthorized as exc:
         return _to_login(request, None if exc.code == "login_required" else "expired")
-    return page(static_text("dashboard.html"))
+    return page(static_text(name))
 
 
 _REASONS = {
