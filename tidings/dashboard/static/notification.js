@@ -95,7 +95,9 @@
     events.forEach(function (e, i) {
       var dt = Math.max(0, Date.parse(e.at) - t0);
       var mark = document.createElement("div");
-      mark.className = "mark " + kind(e) + (i % 2 ? " low" : "");
+      // labels take turns on four rows, two above the line and two below,
+      // so events close in time do not write over each other
+      mark.className = "mark " + kind(e) + " row" + (i % 4);
       mark.style.left = (2 + 96 * Math.sqrt(dt / span)) + "%";
       mark.appendChild(text("span", e.event === "attempt" ? e.channel + " #" + e.attempt : LABELS[e.event] || e.event, "label"));
       mark.title = e.event + " " + after(dt);
