@@ -7,6 +7,8 @@
   var $ = function (id) { return document.getElementById(id); };
   var TIME = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "2-digit", day: "2-digit",
     hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
+  var CLOCK = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit",
+    fractionalSecondDigits: 3 });
   var LABELS = { accepted: "Accepted", committed: "Committed", delivered: "Delivered to a device",
     displayed: "Displayed", seen: "Seen", read: "Read", archived: "Archived", queued: "Queued",
     attempt: "Attempt" };
@@ -36,11 +38,11 @@
     if (e.event === "attempt") {
       var out = e.channel + " #" + e.attempt + ": " + e.result;
       if (e.error) out += " (" + e.error + ")";
-      if (e.next_retry) out += " · next retry " + TIME.format(new Date(e.next_retry));
+      if (e.next_retry) out += " · next retry " + CLOCK.format(new Date(e.next_retry));
       return out;
     }
     if (e.event === "queued") {
-      return e.channel + " · next attempt " + TIME.format(new Date(e.next_attempt)) +
+      return e.channel + " · next attempt " + CLOCK.format(new Date(e.next_attempt)) +
         " · " + e.attempts + " attempts so far";
     }
     return "";
