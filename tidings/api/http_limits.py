@@ -123,9 +123,9 @@ class BoundedHttpProtocol(TidingsHttpProtocol):
             self.transport.close()  # connected and said nothing: nobody to answer
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn answers a parser error in plain text; the API speaks one
-        # error vocabulary (docs/security.md#errors)
-        self._refuse(400, "bad_request", "invalid HTTP request: " + msg.rstrip("."))
+        # uvicorn answers a parser error in plain text (msg is its own
+        # wording); the API speaks one error vocabulary (docs/security.md#errors)
+        self._refuse(400, "bad_request", "invalid HTTP request")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._stop_head_timer()
