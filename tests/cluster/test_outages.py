@@ -11,7 +11,10 @@ Redis, and on PostgreSQL alone, where the outage takes the broker away too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -73,9 +76,10 @@ def _via(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{port}"))
 
 
-@pytest.mark.timeout(240)
-async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, broker_url,
-                                                                      tmp_path):
+@contextlib.contextmanager
+def _one_node_behind_forwarder(pg_url: str, broker_url: str | None, tmp_path):
+    """One node whose path to PostgreSQL runs through a forwarder of the
+    test's: ``(cluster, node, proxy)``, everything stopped after."""
     from scripts.cluster import Cluster
 
     require_haproxy()
@@ -85,9 +89,18 @@ async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, br
     proxy.start()
     cluster = Cluster(_via(pg_url, base + 2), broker_url, nodes=1, base_port=base,
                       workdir=tmp_path / "c")
-    node = cluster.members[0]
     try:
         cluster.start()
+        yield cluster, cluster.members[0], proxy
+    finally:
+        cluster.stop()
+        proxy.kill()
+
+
+@pytest.mark.timeout(240)
+async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, broker_url,
+                                                                      tmp_path):
+    with _one_node_behind_forwarder(pg_url, broker_url, tmp_path) as (cluster, node, proxy):
         app = cluster.create_app("outage")
         user = "pat"
         device = Device(cluster.url, app, user)
@@ -130,9 +143,6 @@ async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, br
             numbers = sorted(item["notification"]["data"]["n"] for item in inbox["items"])
             assert numbers == [0, 1, 2]
         await device.stop()
-    finally:
-        cluster.stop()
-        proxy.kill()
 
 
 @pytest.mark.timeout(240)
@@ -238,21 +248,7 @@ async def test_readiness_answers_not_ready_while_postgresql_is_silent(pg_url, br
     reset (the forwarder is stopped, not killed).  /readyz must still answer,
     'not ready', so that a load balancer takes the node out, instead of
     hanging with the database's connection."""
-    import os
-    import signal
-
-    from scripts.cluster import Cluster
-
-    require_haproxy()
-    target = urlsplit(pg_url)
-    base = free_port_block(3)
-    proxy = Proxy(base + 2, target.hostname, target.port or 5432)
-    proxy.start()
-    cluster = Cluster(_via(pg_url, base + 2), broker_url, nodes=1, base_port=base,
-                      workdir=tmp_path / "c")
-    node = cluster.members[0]
-    try:
-        cluster.start()
+    with _one_node_behind_forwarder(pg_url, broker_url, tmp_path) as (cluster, node, proxy):
         async with httpx.AsyncClient(base_url=node.url, timeout=8) as http:
             assert (await http.get("/readyz")).status_code == 200
             os.kill(proxy.proc.pid, signal.SIGSTOP)  # packets go nowhere, nothing is reset
@@ -263,6 +259,3 @@ async def test_readiness_answers_not_ready_while_postgresql_is_silent(pg_url, br
                 os.kill(proxy.proc.pid, signal.SIGCONT)
             wait_until(lambda: httpx.get(f"{node.url}/readyz").status_code == 200, 30,
                        "ready again once the path heals")
-    finally:
-        cluster.stop()
-        proxy.kill()
