@@ -16,14 +16,27 @@ A networked broker can lose its connection.  When it has one again and has
 re-established every subscription, it calls the ``on_reconnect`` callbacks:
 whatever was published in between may be lost, so the gateway catches every
 open stream up from the store.
+
+``QueuedBroker`` is what the networked brokers (redis.py, postgres.py) share:
+the bounded publish queue and its writer task, the receiving connection's
+reconnect loop, the ``on_reconnect`` callbacks and a graceful ``close``.
+Each backend adds only its wire protocol, its connections and its packing.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
+from collections import deque
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import msgspec
+
+from tidings.core.backoff import Backoff
+
+log = logging.getLogger("tidings.broker")
 
 
 class Message(msgspec.Struct, array_like=True, tag=True):
@@ -148,3 +161,235 @@ class Broker(abc.ABC):
 
     async def ping(self) -> bool:
         return True
+
+
+Item = TypeVar("Item")
+Conn = TypeVar("Conn")
+
+
+class QueuedBroker(Broker, Generic[Item, Conn]):
+    """A networked broker: ``publish`` puts an encoded item on a bounded
+    queue and returns; a writer task sends everything queued, in queue order
+    on one connection, batch after batch.  At most once: when the backend is
+    unreachable the queue fills up and further messages are dropped (and
+    counted), and a batch that failed is dropped whole, never sent again.
+
+    A receiver task owns the connection messages arrive on: when it is lost
+    it reconnects with backoff, and once every subscription is in effect
+    again the subscriber calls ``_reconnected``, which tells ``on_reconnect``.
+
+    A subclass sets ``name`` (for the log) and ``lost`` (the exceptions of a
+    lost connection) and implements the hooks below the line."""
+
+    name = "broker"
+    lost: tuple[type[Exception], ...] = (OSError,)
+
+    def __init__(
+        self,
+        *,
+        max_pending: int = 100_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_batch: int = 1000,
+        timeout: float = 5.0,
+        health_interval: float = 15.0,
+    ):
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_batch = max_batch
+        self.timeout = timeout
+        self.health_interval = health_interval
+        self._closed = False
+        self._lost_or_timeout: tuple[type[Exception], ...] = (*self.lost, TimeoutError)
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Personal | Feed | Frames | Membership).decode
+        # publishing
+        self._queue: deque[Item] = deque()
+        self._queued_bytes = 0
+        self._writer_wake: asyncio.Future | None = None
+        self._writer_task: asyncio.Task | None = None
+        self._writer_up = False
+        self._drained: asyncio.Future | None = None
+        # receiving
+        self._receiver_task: asyncio.Task | None = None
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        # counters (exported by the ops endpoints)
+        self.published = 0  # messages the backend accepted
+        self.dropped = 0  # messages given up: queue full, or a failed batch
+        self.received = 0
+        self.undecodable = 0
+        self.reconnects = 0
+
+    # -- life cycle -----------------------------------------------------------
+    def _start(self, receiver: Conn) -> None:
+        """Run the writer, and the receiver on its first connection (open())."""
+        loop = asyncio.get_running_loop()
+        self._receiver_task = loop.create_task(self._receiver(receiver))
+        self._writer_task = loop.create_task(self._writer())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # A graceful stop announces what was already committed, if the backend is there.
+        if self._queue and self._writer_up:
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), self.timeout)
+            except TimeoutError:
+                pass
+        tasks = [t for t in (self._writer_task, self._receiver_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.dropped += len(self._queue)
+        self._queue.clear()
+        await self._shutdown()
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self, channel: str, message: Message) -> None:
+        item = self._item(channel, message)
+        size = self._size(item)
+        if (
+            self._closed
+            or len(self._queue) >= self.max_pending
+            or self._queued_bytes + size > self.max_pending_bytes
+        ):
+            self.dropped += 1
+            return
+        self._queue.append(item)
+        self._queued_bytes += size
+        wake = self._writer_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        backoff = Backoff(base=0.1, cap=5.0)
+        conn: Conn | None = None
+        while True:
+            if not queue:
+                if self._drained is not None and not self._drained.done():
+                    self._drained.set_result(None)
+                self._writer_wake = loop.create_future()
+                await self._writer_wake
+                self._writer_wake = None
+                continue
+            if conn is not None and not self._usable(conn):
+                # Lost while idle (a reset during an outage): nothing of the
+                # queue was sent on it, so connect again instead of dropping.
+                conn = None
+            if conn is None:
+                try:
+                    conn = await self._writer_connect()
+                except self.lost as e:
+                    if backoff.attempt == 0:
+                        log.warning("%s: cannot publish (%s); retrying", self.name, e)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                self._writer_up = True
+            # Subscriptions made before these messages were queued must be in
+            # effect first, or this node would miss its own messages.
+            await self.settle()
+            n = min(len(queue), self.max_batch)
+            batch = [queue.popleft() for _ in range(n)]
+            self._queued_bytes -= sum(map(self._size, batch))
+            try:
+                await self._send(conn, batch)
+            except Exception as e:  # a lost connection, a timeout, a refusal
+                # Some of the batch may have gone out: at most once, never twice.
+                self.dropped += n
+                self._writer_up = False
+                await self._discard(conn)
+                conn = None
+                log.warning("%s: publishing failed (%r); %d messages dropped", self.name, e, n)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            self.published += n
+            backoff.reset()
+
+    # -- receiving ------------------------------------------------------------
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect_callbacks.append(callback)
+
+    async def _receiver(self, conn: Conn | None) -> None:
+        """Own the receiving connection: run it, and when it breaks,
+        reconnect with backoff and run it again."""
+        backoff = Backoff(base=0.1, cap=5.0)
+        lost = False
+        while True:
+            if conn is None:
+                try:
+                    conn = await self._receiver_connect()
+                except self.lost as e:
+                    log.debug("%s: reconnect failed: %s", self.name, e)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+            try:
+                await self._receive(conn, lost, backoff)
+            except self._lost_or_timeout as e:
+                log.warning("%s: receiving connection lost (%r); reconnecting", self.name, e)
+            except Exception:
+                log.exception("%s: receiving failed; reconnecting", self.name)
+            finally:
+                await self._receiver_down(conn)
+            conn, lost = None, True
+            await asyncio.sleep(backoff.next_delay())
+
+    def _reconnected(self, what: str) -> None:
+        """Every subscription is in effect again after a lost connection:
+        what was published meanwhile may be lost, tell ``on_reconnect``."""
+        self.reconnects += 1
+        log.warning("%s: %s", self.name, what)
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("on_reconnect callback failed")
+
+    # -- what a backend implements ----------------------------------------------
+    @abc.abstractmethod
+    def _item(self, channel: str, message: Message) -> Item:
+        """The queued form of one message (encoded once, on the caller's tick)."""
+
+    @abc.abstractmethod
+    def _size(self, item: Item) -> int:
+        """The bytes ``item`` counts against ``max_pending_bytes``."""
+
+    @abc.abstractmethod
+    async def _writer_connect(self) -> Conn:
+        """A connection to publish on; raises one of ``lost`` when there is none."""
+
+    def _usable(self, conn: Conn) -> bool:
+        """Whether an idle publishing connection is still worth a batch."""
+        return True
+
+    @abc.abstractmethod
+    async def _send(self, conn: Conn, batch: list[Item]) -> None:
+        """Send a batch (within ``timeout``); any exception drops it whole."""
+
+    @abc.abstractmethod
+    async def _discard(self, conn: Conn) -> None:
+        """Close a connection that failed, without waiting on the peer."""
+
+    @abc.abstractmethod
+    async def _receiver_connect(self) -> Conn:
+        """A new receiving connection, subscribed to nothing yet."""
+
+    @abc.abstractmethod
+    async def _receive(self, conn: Conn, lost: bool, backoff: Backoff) -> None:
+        """Receive on ``conn`` until it breaks (raise).  ``lost``: a
+        connection was lost before this one; once every subscription is in
+        effect again, reset ``backoff`` and call ``_reconnected``."""
+
+    @abc.abstractmethod
+    async def _receiver_down(self, conn: Conn) -> None:
+        """Clean up after ``_receive`` ended (the receiver reconnects next)."""
+
+    @abc.abstractmethod
+    async def _shutdown(self) -> None:
+        """Forget every handler and close the connections (close(), last)."""

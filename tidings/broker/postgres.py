@@ -44,28 +44,15 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import logging
-from collections import deque
-from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import msgspec
 
-from tidings.broker.base import (
-    Broker,
-    BrokerUnavailable,
-    Feed,
-    Frames,
-    Handler,
-    Membership,
-    Message,
-    Personal,
-)
+from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker, log
 from tidings.core import ratelimit
 from tidings.core.backoff import Backoff
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, STALE
-
-log = logging.getLogger("tidings.broker")
 
 CHUNK = 7800  # payload bytes per notification (PostgreSQL refuses 8,000 and more)
 _RAW_CHUNK = CHUNK // 4 * 3 - 30  # raw bytes that stay under CHUNK in base64 with the header
@@ -120,55 +107,27 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-class PostgresBroker(Broker):
+class PostgresBroker(QueuedBroker[bytes, asyncpg.Connection]):
     """``PostgresBroker("postgresql://user@host/db?search_path=...")``: the
     store's URL; the store's schema must be migrated (``tidings migrate``)."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_pending: int = 100_000,
-        max_pending_bytes: int = 64 * 1024 * 1024,
-        max_batch: int = 1000,
-        timeout: float = 5.0,
-        health_interval: float = 15.0,
-    ):
+    name = "PostgreSQL broker"
+    lost = _LOST
+
+    def __init__(self, url: str, **limits: Any):
+        # limits: max_pending, max_pending_bytes, max_batch, timeout, health_interval
+        super().__init__(**limits)
         self.url = url
-        self.max_pending = max_pending
-        self.max_pending_bytes = max_pending_bytes
-        self.max_batch = max_batch
-        self.timeout = timeout
-        self.health_interval = health_interval
         self.channel = ""
         # application_name of this broker's sessions (pg_stat_activity): an
         # operator, or a test, can tell them apart
         self.client_name = f"tidings-broker-{id(self):x}"
         self._pool: asyncpg.Pool | None = None
-        self._closed = False
-        self._encode = msgspec.msgpack.Encoder().encode
         self._decode_batch = msgspec.msgpack.Decoder(list[_ITEM]).decode
-        self._decode = msgspec.msgpack.Decoder(Personal | Feed | Frames | Membership).decode
-        # publishing
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._writer_wake: asyncio.Future | None = None
-        self._writer_task: asyncio.Task | None = None
-        self._writer_up = False
-        self._drained: asyncio.Future | None = None
         self._sent_payloads = 0
-        # receiving
         self._handlers: dict[str, Handler] = {}
         self._parts: list[bytes] = []
-        self._listener_task: asyncio.Task | None = None
         self._listening = False
-        self._reconnect_callbacks: list[Callable[[], None]] = []
-        # counters (exported by the ops endpoints)
-        self.published = 0  # messages PostgreSQL accepted
-        self.dropped = 0  # messages given up: queue full, or a failed batch
-        self.received = 0
-        self.undecodable = 0
-        self.reconnects = 0
 
     # -- life cycle -----------------------------------------------------------
     async def open(self) -> None:
@@ -186,39 +145,16 @@ class PostgresBroker(Broker):
                     "the PostgreSQL broker needs the store's schema v5 or later: run "
                     "`tidings migrate` (docs/operations.md)")
             self.channel = channel_for(schema)
-            listener = await self._listen()
+            listener = await self._receiver_connect()
         except (*DOWN, asyncpg.PostgresError) as e:
             await self._close_pool()
             raise BrokerUnavailable(f"PostgreSQL broker: {e}") from e
         except BaseException:
             await self._close_pool()
             raise
-        loop = asyncio.get_running_loop()
-        self._listener_task = loop.create_task(self._listener(listener))
-        self._writer_task = loop.create_task(self._writer())
+        self._start(listener)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        # A graceful stop announces what was already committed, if PostgreSQL is there.
-        if self._queue and self._writer_up:
-            self._drained = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._drained), self.timeout)
-            except TimeoutError:
-                pass
-        for task in (self._writer_task, self._listener_task):
-            if task is not None:
-                task.cancel()
-        for task in (self._writer_task, self._listener_task):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
-        self.dropped += len(self._queue)
-        self._queue.clear()
+    async def _shutdown(self) -> None:
         self._handlers.clear()
         await self._close_pool()
 
@@ -234,67 +170,28 @@ class PostgresBroker(Broker):
         return await asyncpg.connect(self.url, timeout=self.timeout, server_settings={
             "application_name": f"{self.client_name}:{role}", **settings})
 
-    # -- publishing -----------------------------------------------------------
-    def publish(self, channel: str, message: Message) -> None:
-        data = self._encode((channel, message))
-        if (
-            self._closed
-            or len(self._queue) >= self.max_pending
-            or self._queued_bytes + len(data) > self.max_pending_bytes
-        ):
-            self.dropped += 1
-            return
-        self._queue.append(data)
-        self._queued_bytes += len(data)
-        wake = self._writer_wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    # -- publishing: each item is (channel, message) in msgpack ---------------
+    def _item(self, channel: str, message: Message) -> bytes:
+        return self._encode((channel, message))
 
-    async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue = self._queue
-        backoff = Backoff(base=0.1, cap=5.0)
-        conn = None
-        while True:
-            if not queue:
-                if self._drained is not None and not self._drained.done():
-                    self._drained.set_result(None)
-                self._writer_wake = loop.create_future()
-                await self._writer_wake
-                self._writer_wake = None
-                continue
-            if conn is not None and conn.is_closed():
-                # Lost while idle (a reset during an outage): nothing of the
-                # queue was sent on it, so connect again instead of dropping.
-                conn = None
-            if conn is None:
-                try:
-                    conn = await self._connect("notify", synchronous_commit="off")
-                except _LOST as e:
-                    if backoff.attempt == 0:
-                        log.warning("PostgreSQL broker: cannot publish (%s); retrying", e)
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                self._writer_up = True
-            n = min(len(queue), self.max_batch)
-            batch = [queue.popleft() for _ in range(n)]
-            self._queued_bytes -= sum(map(len, batch))
-            payloads = pack(batch, self._sent_payloads)
-            self._sent_payloads = (self._sent_payloads + len(payloads)) % 1_000_000_000
-            try:
-                await conn.execute(_NOTIFY, self.channel, payloads, timeout=self.timeout)
-            except (*_LOST, TimeoutError) as e:
-                # Nothing of a failed transaction is delivered: at most once.
-                self.dropped += n
-                self._writer_up = False
-                conn.terminate()
-                conn = None
-                log.warning("PostgreSQL broker: publishing failed (%r); %d messages dropped",
-                            e, n)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            self.published += n
-            backoff.reset()
+    @staticmethod
+    def _size(item: bytes) -> int:
+        return len(item)
+
+    async def _writer_connect(self) -> asyncpg.Connection:
+        return await self._connect("notify", synchronous_commit="off")
+
+    def _usable(self, conn: asyncpg.Connection) -> bool:
+        return not conn.is_closed()
+
+    async def _send(self, conn: asyncpg.Connection, batch: list[bytes]) -> None:
+        payloads = pack(batch, self._sent_payloads)
+        self._sent_payloads = (self._sent_payloads + len(payloads)) % 1_000_000_000
+        # Nothing of a failed transaction is delivered.
+        await conn.execute(_NOTIFY, self.channel, payloads, timeout=self.timeout)
+
+    async def _discard(self, conn: asyncpg.Connection) -> None:
+        conn.terminate()
 
     # -- subscriptions --------------------------------------------------------
     def subscribe(self, channel: str, handler: Handler) -> None:
@@ -303,64 +200,36 @@ class PostgresBroker(Broker):
     def unsubscribe(self, channel: str) -> None:
         self._handlers.pop(channel, None)
 
-    def on_reconnect(self, callback: Callable[[], None]) -> None:
-        self._reconnect_callbacks.append(callback)
-
     # settle(): the base class's.  The one LISTEN is in place from open() on
     # (and while it is being re-established, on_reconnect follows), and
     # handlers are local, so a subscription is in effect when it returns.
 
-    async def _listen(self) -> asyncpg.Connection:
+    async def _receiver_connect(self) -> asyncpg.Connection:
         conn = await self._connect("listen")
         await conn.add_listener(self.channel, self._on_notify)
         self._parts.clear()
         self._listening = True
         return conn
 
-    async def _listener(self, conn: asyncpg.Connection | None) -> None:
-        """Own the listening connection: watch it, and when it is lost,
-        reconnect with backoff, listen again and tell ``on_reconnect``."""
-        backoff = Backoff(base=0.1, cap=5.0)
-        while True:
-            if conn is None:
-                try:
-                    conn = await self._listen()
-                except _LOST as e:
-                    log.debug("PostgreSQL broker: reconnect failed: %s", e)
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                backoff.reset()
-                self.reconnects += 1
-                log.warning("PostgreSQL broker: listening again")
-                self._reconnected()
-            try:
-                await self._watch(conn)
-            except (*_LOST, TimeoutError) as e:
-                log.warning("PostgreSQL broker: listener connection lost (%r); reconnecting", e)
-            finally:
-                self._listening = False
-                conn.terminate()
-            conn = None
-            await asyncio.sleep(backoff.next_delay())
-
-    async def _watch(self, conn: asyncpg.Connection) -> None:
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _: lost.set())
+    async def _receive(self, conn: asyncpg.Connection, lost: bool, backoff: Backoff) -> None:
+        """Watch the listening connection: listening is in effect at once."""
+        if lost:
+            backoff.reset()
+            self._reconnected("listening again")
+        done = asyncio.Event()
+        conn.add_termination_listener(lambda _: done.set())
         while True:
             try:
-                await asyncio.wait_for(lost.wait(), self.health_interval)
+                await asyncio.wait_for(done.wait(), self.health_interval)
             except TimeoutError:
                 # a vanished peer sends no reset: ask
                 await conn.fetchval("SELECT 1", timeout=self.timeout)
                 continue
             raise ConnectionError("the listening connection was closed")
 
-    def _reconnected(self) -> None:
-        for callback in list(self._reconnect_callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("on_reconnect callback failed")
+    async def _receiver_down(self, conn: asyncpg.Connection) -> None:
+        self._listening = False
+        conn.terminate()
 
     def _on_notify(self, conn, pid, channel, payload: str) -> None:
         try:

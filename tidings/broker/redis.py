@@ -37,12 +37,10 @@ module (``lua/*.lua``), so each is one atomic step on the Redis clock.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import re
-from collections import deque
-from collections.abc import Callable
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -52,20 +50,9 @@ from redis.asyncio.retry import Retry  # the asyncio one: redis-py warns on the 
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from tidings.broker.base import (
-    Broker,
-    BrokerUnavailable,
-    Feed,
-    Frames,
-    Handler,
-    Membership,
-    Message,
-    Personal,
-)
+from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker, log
 from tidings.core import ratelimit
 from tidings.core.backoff import Backoff
-
-log = logging.getLogger("tidings.broker")
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")
 _SUBSCRIBE_CHUNK = 5000  # commands per write when (re)subscribing many channels
@@ -102,48 +89,28 @@ def _spublish(channel: bytes, data: bytes) -> bytes:
     )
 
 
-class RedisBroker(Broker):
+class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
     """``RedisBroker("redis://host:6379/0")``; ``rediss://`` for TLS.
 
     ``prefix`` namespaces every channel and key (several deployments, or
     test runs, can share one Redis); ``?prefix=`` in the URL sets it too.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "tidings",
-        max_pending: int = 100_000,
-        max_pending_bytes: int = 64 * 1024 * 1024,
-        max_batch: int = 1000,
-        timeout: float = 5.0,
-        health_interval: float = 15.0,
-    ):
+    name = "Redis broker"
+    lost = (RedisError, OSError)
+
+    def __init__(self, url: str, *, prefix: str = "tidings", **limits: Any):
+        # limits: max_pending, max_pending_bytes, max_batch, timeout, health_interval
+        super().__init__(**limits)
         url, prefix = _split_prefix(url, prefix)
         if not _PREFIX.match(prefix):
             raise ValueError("the Redis prefix must be 1-64 of A-Z a-z 0-9 _ . : -")
         self.url = url
         self.prefix = prefix
-        self.max_pending = max_pending
-        self.max_pending_bytes = max_pending_bytes
-        self.max_batch = max_batch
-        self.timeout = timeout
-        self.health_interval = health_interval
         # Names that show up in CLIENT LIST: an operator (or a test) can tell
         # this process's connections apart.
         self.client_name = f"{prefix}:{id(self):x}"
         self._redis: aioredis.Redis | None = None
-        self._closed = False
-        self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(Personal | Feed | Frames | Membership).decode
-        # publishing
-        self._queue: deque[tuple[bytes, bytes]] = deque()
-        self._queued_bytes = 0
-        self._writer_wake: asyncio.Future | None = None
-        self._writer_task: asyncio.Task | None = None
-        self._writer_up = False
-        self._drained: asyncio.Future | None = None
         # subscriptions: Redis channel -> (logical channel, handler)
         self._handlers: dict[bytes, tuple[str, Handler]] = {}
         self._server: set[bytes] = set()  # sent to the current pub/sub connection
@@ -155,14 +122,6 @@ class RedisBroker(Broker):
         self._sent = 0  # subscription batches sent (each ends with PING <n>)
         self._confirmed = 0  # the last batch Redis has answered
         self._settle_waiters: list[tuple[int, asyncio.Future]] = []
-        self._subscriber_task: asyncio.Task | None = None
-        self._reconnect_callbacks: list[Callable[[], None]] = []
-        # counters (exported by the ops endpoints)
-        self.published = 0  # messages Redis accepted
-        self.dropped = 0  # messages given up: queue full, or Redis failed mid-batch
-        self.received = 0
-        self.undecodable = 0
-        self.reconnects = 0
 
     # -- names ----------------------------------------------------------------
     def channel_name(self, channel: str) -> bytes:
@@ -189,37 +148,14 @@ class RedisBroker(Broker):
         try:
             # fail fast on a wrong URL or a Redis without sharded pub/sub (< 7.0)
             await self._redis.execute_command("SPUBLISH", self.channel_name("probe"), b"")
-            conn = await self._connect_subscriber()
+            conn = await self._receiver_connect()
         except (RedisError, OSError) as e:
             await self._redis.aclose()
             raise BrokerUnavailable(f"Redis broker at {self._where()}: {e}") from e
-        loop = asyncio.get_running_loop()
         self._sub_conn = conn  # up from now on: settle() waits for the first batch
-        self._subscriber_task = loop.create_task(self._subscriber(conn))
-        self._writer_task = loop.create_task(self._writer())
+        self._start(conn)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        # A graceful stop announces what was already committed, if Redis is there.
-        if self._queue and self._writer_up:
-            self._drained = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._drained), self.timeout)
-            except TimeoutError:
-                pass
-        for task in (self._writer_task, self._subscriber_task):
-            if task is not None:
-                task.cancel()
-        for task in (self._writer_task, self._subscriber_task):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
-        self.dropped += len(self._queue)
-        self._queue.clear()
+    async def _shutdown(self) -> None:
         self._handlers.clear()
         if self._redis is not None:
             await self._redis.aclose()
@@ -228,7 +164,7 @@ class RedisBroker(Broker):
         parts = urlsplit(self.url)
         return f"{parts.hostname}:{parts.port or 6379}"
 
-    async def _connect(self, role: str, **overrides):
+    async def _connect(self, role: str, **overrides) -> AbstractConnection:
         """A dedicated connection, outside the pool: this module owns its
         reconnection, so redis-py must not retry or resubscribe behind it."""
         if self._redis is None:
@@ -242,73 +178,26 @@ class RedisBroker(Broker):
         await conn.connect()
         return conn
 
-    def _connect_subscriber(self):
-        # RESP2: pub/sub replies are plain arrays read in order with the
-        # PING confirmations; no read timeout, the health check covers it.
-        return self._connect("sub", socket_timeout=None, protocol=2)
+    # -- publishing: each item is (Redis channel, message in msgpack) ----------
+    def _item(self, channel: str, message: Message) -> tuple[bytes, bytes]:
+        return self.channel_name(channel), self._encode(message)
 
-    # -- publishing -----------------------------------------------------------
-    def publish(self, channel: str, message: Message) -> None:
-        data = self._encode(message)
-        if (
-            self._closed
-            or len(self._queue) >= self.max_pending
-            or self._queued_bytes + len(data) > self.max_pending_bytes
-        ):
-            self.dropped += 1
-            return
-        self._queue.append((self.channel_name(channel), data))
-        self._queued_bytes += len(data)
-        wake = self._writer_wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    @staticmethod
+    def _size(item: tuple[bytes, bytes]) -> int:
+        return len(item[1])
 
-    async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue = self._queue
-        backoff = Backoff(base=0.1, cap=5.0)
-        conn = None
-        while True:
-            if not queue:
-                if self._drained is not None and not self._drained.done():
-                    self._drained.set_result(None)
-                self._writer_wake = loop.create_future()
-                await self._writer_wake
-                self._writer_wake = None
-                continue
-            if conn is None:
-                try:
-                    conn = await self._connect("pub", socket_timeout=None)
-                except (RedisError, OSError) as e:
-                    if backoff.attempt == 0:
-                        log.warning("Redis broker: cannot publish (%s); retrying", e)
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                self._writer_up = True
-            # Subscriptions made before these messages were queued must be in
-            # effect first, or this node would miss its own messages.
-            await self.settle()
-            n = min(len(queue), self.max_batch)
-            batch = [queue.popleft() for _ in range(n)]
-            self._queued_bytes -= sum(len(d) for _, d in batch)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await conn.send_packed_command(
-                        [_spublish(c, d) for c, d in batch], check_health=False
-                    )
-                    for _ in range(n):
-                        await conn.read_response()
-            except Exception as e:  # RedisError, OSError, TimeoutError
-                # Some of the batch may have gone out: at most once, never twice.
-                self.dropped += n
-                self._writer_up = False
-                await conn.disconnect(nowait=True)
-                conn = None
-                log.warning("Redis broker: publishing failed (%r); %d messages dropped", e, n)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            self.published += n
-            backoff.reset()
+    async def _writer_connect(self) -> AbstractConnection:
+        return await self._connect("pub", socket_timeout=None)
+
+    async def _send(self, conn: AbstractConnection, batch: list[tuple[bytes, bytes]]) -> None:
+        async with asyncio.timeout(self.timeout):
+            await conn.send_packed_command([_spublish(c, d) for c, d in batch],
+                                           check_health=False)
+            for _ in batch:
+                await conn.read_response()
+
+    async def _discard(self, conn: AbstractConnection) -> None:
+        await conn.disconnect(nowait=True)
 
     # -- subscriptions --------------------------------------------------------
     def subscribe(self, channel: str, handler: Handler) -> None:
@@ -323,9 +212,6 @@ class RedisBroker(Broker):
         if self._handlers.pop(name, None) is not None or name in self._server:
             self._changed.add(name)
             self._wake_control()
-
-    def on_reconnect(self, callback: Callable[[], None]) -> None:
-        self._reconnect_callbacks.append(callback)
 
     async def settle(self) -> None:
         if self._sub_conn is None:
@@ -354,41 +240,27 @@ class RedisBroker(Broker):
                 if t <= n and not f.done():
                     f.set_result(None)
 
-    async def _subscriber(self, conn) -> None:
-        """Own the pub/sub connection: run it, and when it breaks, reconnect
-        with backoff, resubscribe everything and tell ``on_reconnect``."""
-        backoff = Backoff(base=0.1, cap=5.0)
-        lost = False
-        while True:
-            if conn is None:
-                try:
-                    conn = await self._connect_subscriber()
-                except (RedisError, OSError) as e:
-                    log.debug("Redis broker: reconnect failed: %s", e)
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-            try:
-                await self._session(conn, lost, backoff)
-            except (RedisError, OSError) as e:
-                log.warning("Redis broker: subscriber connection lost (%s); reconnecting", e)
-            except Exception:
-                log.exception("Redis broker: subscriber failed; reconnecting")
-            finally:
-                self._sub_conn = None
-                self._server.clear()
-                self._changed.update(self._handlers)
-                # Batches sent on the old connection are moot (the next one
-                # subscribes everything again); settle() returns while down.
-                self._confirmed = self._sent
-                waiters, self._settle_waiters = self._settle_waiters, []
-                for _, fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
-                await conn.disconnect(nowait=True)
-            conn, lost = None, True
-            await asyncio.sleep(backoff.next_delay())
+    async def _receiver_connect(self) -> AbstractConnection:
+        # RESP2: pub/sub replies are plain arrays read in order with the
+        # PING confirmations; no read timeout, the health check covers it.
+        return await self._connect("sub", socket_timeout=None, protocol=2)
 
-    async def _session(self, conn, lost: bool, backoff: Backoff) -> None:
+    async def _receiver_down(self, conn: AbstractConnection) -> None:
+        self._sub_conn = None
+        self._server.clear()
+        self._changed.update(self._handlers)
+        # Batches sent on the old connection are moot (the next one
+        # subscribes everything again); settle() returns while down.
+        self._confirmed = self._sent
+        waiters, self._settle_waiters = self._settle_waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        await conn.disconnect(nowait=True)
+
+    async def _receive(self, conn: AbstractConnection, lost: bool, backoff: Backoff) -> None:
+        """Subscribe everything on ``conn``, then read, send changes and
+        health-check it until it breaks."""
         loop = asyncio.get_running_loop()
         self._sub_conn = conn
         self._changed.update(self._handlers)
@@ -407,10 +279,8 @@ class RedisBroker(Broker):
                     if task is settled:
                         backoff.reset()
                         if lost:
-                            self.reconnects += 1
-                            log.warning("Redis broker: reconnected and resubscribed %d channels",
-                                        len(self._handlers))
-                            self._reconnected()
+                            self._reconnected(
+                                f"reconnected and resubscribed {len(self._handlers)} channels")
                     else:
                         task.result()  # raises what broke the connection
                         raise ConnectionError("pub/sub task ended")
@@ -418,13 +288,6 @@ class RedisBroker(Broker):
             for task in workers | {settled}:
                 task.cancel()
             await asyncio.gather(*workers, settled, return_exceptions=True)
-
-    def _reconnected(self) -> None:
-        for callback in list(self._reconnect_callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("on_reconnect callback failed")
 
     async def _control(self, conn) -> None:
         """Send subscription changes, one batch per wake-up, each ending with
