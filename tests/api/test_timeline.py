@@ -67,6 +67,91 @@ async def _with(server, nid, user, event):
     return doc if event in names(doc) else None
 
 
+async def test_each_device_delivery_shows_with_its_device_and_time(each_store):
+    """Two devices of alice on WebSockets (one naming itself, one not) and a
+    third on SSE posting its receipts: three deliveries, each its own."""
+    server = each_store
+    alice = await server.token("alice")
+    phone, laptop = await ws_connect(server, alice), await ws_connect(server, alice)
+    for ws in (phone, laptop):
+        await recv_events(ws, 1)
+    async with server.http() as http, \
+            http.stream("GET", "/v1/me/events", params={"token": alice}) as sse:
+        lines = sse.aiter_lines()
+        (nid,) = await publish(server, {"users": ["alice", "bob"]})
+        (bobs,) = await publish(server, {"users": ["bob"]})
+        for ws in (phone, laptop):
+            assert (await recv_events(ws, 1))[0]["notification"]["id"] == nid
+        async for line in lines:  # the tablet has it too
+            if line.startswith("data:") and nid in line:
+                break
+        await phone.send(json.dumps({"type": "receipts", "device": "phone-7f3a",
+                                     "label": "Chrome on Android", "delivered": [nid]}))
+        await laptop.send(json.dumps({"type": "receipts", "delivered": [nid]}))
+        async with server.http(alice) as me:
+            r = await me.post("/v1/me/receipts", json={
+                "device": "tablet-01", "label": "Safari on iPadOS", "delivered": [nid, bobs]})
+            assert r.status_code == 202, r.text
+        await server.service.flush_tracking()
+        # repeats change nothing: the phone again (on a new connection too), the tablet again
+        await phone.send(json.dumps({"type": "receipts", "device": "phone-7f3a",
+                                     "label": "renamed", "delivered": [nid]}))
+        async with server.http(alice) as me:
+            r = await me.post("/v1/me/receipts", json={"device": "tablet-01", "delivered": [nid]})
+            assert r.status_code == 202, r.text
+        await phone.send(json.dumps({"type": "receipts", "device": "phone-7f3a",
+                                     "displayed": [nid]}))
+        doc = await until(lambda: _with(server, nid, "alice", "displayed"))
+    delivered = [e for e in doc["events"] if e["event"] == "delivered"]
+    assert len(delivered) == 3 and len({e["device"] for e in delivered}) == 3
+    by_device = {e["device"]: e for e in delivered}
+    assert by_device["phone-7f3a"]["label"] == "Chrome on Android"  # the first batch's
+    assert by_device["tablet-01"]["label"] == "Safari on iPadOS"
+    (anonymous,) = [e for e in delivered if e["device"] not in ("phone-7f3a", "tablet-01")]
+    assert anonymous["device"].startswith("~") and anonymous["label"] is None
+    (displayed,) = [e for e in doc["events"] if e["event"] == "displayed"]
+    assert displayed["device"] == "phone-7f3a"
+    assert times_ordered(doc)
+    # unique users stay unique users; bob's notification was not alice's to acknowledge
+    async with server.http() as http:
+        in_app = (await http.get(f"/v1/notifications/{nid}")).json()["delivery"]["in_app"]
+        assert (in_app["acknowledged"], in_app["displayed"]) == (1, 1)
+        in_app = (await http.get(f"/v1/notifications/{bobs}")).json()["delivery"]["in_app"]
+        assert in_app["acknowledged"] == 0
+    assert [e["event"] for e in (await timeline(server, bobs, "bob"))["events"]] == [
+        "accepted", "committed"]
+    for ws in (phone, laptop):
+        await ws.close()
+
+
+async def test_bad_device_ids_are_422_over_http_and_ignored_on_the_websocket(each_store):
+    server = each_store
+    alice = await server.token("alice")
+    ws = await ws_connect(server, alice)
+    await recv_events(ws, 1)
+    (nid,) = await publish(server, {"users": ["alice"]})
+    await recv_events(ws, 1)
+    bad = ["", "x" * 65, "a\x00b", "new\nline", "del\x7f", "~http", 42, ["a"]]
+    async with server.http(alice) as me:
+        for device in bad:
+            r = await me.post("/v1/me/receipts", json={"device": device, "delivered": [nid]})
+            assert r.status_code == 422, (device, r.text)
+            assert r.json()["error"]["field"] == "device", r.text
+        for label in ("", "y" * 65, "tab\there", 3):
+            r = await me.post("/v1/me/receipts", json={"device": "ok", "label": label,
+                                                       "delivered": [nid]})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "label", r.text
+    for device in bad:
+        await ws.send(json.dumps({"type": "receipts", "device": device, "delivered": [nid]}))
+    await server.service.flush_tracking()
+    assert names(await timeline(server, nid, "alice")) == ["accepted", "committed"]
+    # the connection lives on, and its next good batch counts
+    await ws.send(json.dumps({"type": "receipts", "device": "ok", "delivered": [nid]}))
+    doc = await until(lambda: _with(server, nid, "alice", "delivered"))
+    assert [e.get("device") for e in doc["events"]] == [None, None, "ok"]
+    await ws.close()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_webhook_attempts_show_their_result_and_next_retry(tmp_path, kind):
     async with store_overrides(kind) as store, \

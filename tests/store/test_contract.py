@@ -842,16 +842,20 @@ async def test_receipts_count_each_user_once_and_only_for_what_they_can_see(db):
     big = await publish(db, A, note(topic="big"), threshold=1)     # a feed item of a topic
     everyone = await publish(db, A, note(all=True))                # a broadcast
     assert await db.receipt_counts(A, out.id) == {}
-    await db.record_receipts([(A, out.id, "delivered", "u"), (A, out.id, "delivered", "v"),
-                              (A, out.id, "displayed", "u")], at=1.0)
-    await db.record_receipts([(A, out.id, "delivered", "u"),       # a device repeating itself
-                              (A, out.id, "delivered", "mallory"), # not a recipient
-                              (B, out.id, "delivered", "u"),       # another app's id
-                              (A, big.id, "delivered", "w"),
-                              (A, big.id, "delivered", "u"),       # does not follow the topic
-                              (A, everyone.id, "displayed", "anyone"),
-                              (A, next_id(), "delivered", "u")], at=2.0)   # no such notification
-    await db.record_receipts([], at=3.0)                           # nothing: no error
+    def r(app, nid, kind, user, device="d1", at=1.0):
+        return (app, nid, kind, user, device, "Phone", at)
+
+    await db.record_receipts([r(A, out.id, "delivered", "u"), r(A, out.id, "delivered", "v"),
+                              r(A, out.id, "displayed", "u")])
+    await db.record_receipts([r(A, out.id, "delivered", "u", at=2.0),  # a device repeating itself
+                              r(A, out.id, "delivered", "u", "d2"),    # another device of u
+                              r(A, out.id, "delivered", "mallory"),    # not a recipient
+                              r(B, out.id, "delivered", "u"),          # another app's id
+                              r(A, big.id, "delivered", "w"),
+                              r(A, big.id, "delivered", "u"),     # does not follow the topic
+                              r(A, everyone.id, "displayed", "anyone"),
+                              r(A, next_id(), "delivered", "u")])  # no such notification
+    await db.record_receipts([])                                   # nothing: no error
     assert await db.receipt_counts(A, out.id) == {"delivered": 2, "displayed": 1}
     assert await db.receipt_counts(A, big.id) == {"delivered": 1}
     assert await db.receipt_counts(A, everyone.id) == {"displayed": 1}

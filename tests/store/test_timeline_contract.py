@@ -8,15 +8,21 @@ from the store's clock, so it is checked against the wall clock around it.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
+import asyncpg
 import msgspec
 import pytest
 
 from tests.store.test_contract import THRESHOLD, WINDOW, next_id, note
 from tidings.channels.base import Job
-from tidings.store.base import Attempt
+from tidings.core.receipts import MAX_DEVICES
+from tidings.store import migrations
+from tidings.store.base import Attempt, DeviceReceipt
 from tidings.store.outbound import NewJob
+from tidings.store.postgres import migrate as pg_migrate
+from tidings.store.sqlite import migrate as sqlite_migrate
 
 A, B = "app_a", "app_b"
 T0 = 1_700_000_000.0
@@ -61,13 +67,111 @@ async def test_accepted_committed_and_each_state_change_have_their_times(db):
     assert (tl.seen_at, tl.read_at, tl.archived_at) == (T0 + 40, T0 + 40, None)
 
 
-async def test_receipts_show_with_their_first_time(db):
+async def test_receipts_show_each_devices_first_time(db):
+    out = await publish(db, A, note(users=["u", "v"]))
+    await db.record_receipts([(A, out.id, "delivered", "u", "laptop", "Firefox on Linux", T0 + 1)])
+    await db.record_receipts([
+        (A, out.id, "delivered", "u", "laptop", "Firefox on Linux", T0 + 2),  # repeated: first
+        (A, out.id, "delivered", "u", "phone", None, T0 + 3),
+        (A, out.id, "displayed", "u", "phone", None, T0 + 4),
+        (A, out.id, "delivered", "v", "phone", None, T0 + 5),               # v's own
+        (A, out.id, "delivered", "mallory", "phone", None, T0 + 5),         # not a recipient
+    ])
+    tl = await db.timeline(A, out.id, "u")
+    assert tl.receipts == {"delivered": T0 + 1, "displayed": T0 + 4}
+    assert tl.devices == [DeviceReceipt("delivered", "laptop", "Firefox on Linux", T0 + 1),
+                          DeviceReceipt("delivered", "phone", None, T0 + 3),
+                          DeviceReceipt("displayed", "phone", None, T0 + 4)]
+    assert [d.device for d in (await db.timeline(A, out.id, "v")).devices] == ["phone"]
+    assert (await db.timeline(A, out.id, "mallory")).devices == []
+
+
+async def test_a_user_keeps_the_first_devices_and_counts_once(db):
+    out = await publish(db, A, note(users=["u", "v"]))
+    first = MAX_DEVICES - 2
+    await db.record_receipts([(A, out.id, "delivered", "u", f"d{i:02}", None, T0 + i)
+                              for i in range(first, 0, -1)])
+    # room for two more: a batch of five new devices keeps its two earliest;
+    # a device already kept takes no room
+    await db.record_receipts([(A, out.id, "delivered", "u", "d05", None, T0 + 30)] + [
+        (A, out.id, "delivered", "u", f"e{i}", None, T0 + 40 - i) for i in range(1, 6)])
+    for i in range(3):  # full: later devices are not kept, displayed has room of its own
+        await db.record_receipts([(A, out.id, "delivered", "u", f"late{i}", None, T0 + 50 + i),
+                                  (A, out.id, "displayed", "u", f"late{i}", None, T0 + 50 + i)])
+    # one batch holding more new devices than kept, for another user
+    await db.record_receipts([(A, out.id, "displayed", "v", f"d{i:02}", None, T0 + i)
+                              for i in range(MAX_DEVICES + 5, 0, -1)])
+    tl = await db.timeline(A, out.id, "u")
+    delivered = [d.device for d in tl.devices if d.kind == "delivered"]
+    assert delivered == [f"d{i:02}" for i in range(1, first + 1)] + ["e5", "e4"]
+    assert [d.device for d in tl.devices if d.kind == "displayed"] == ["late0", "late1", "late2"]
+    assert tl.receipts == {"delivered": T0 + 1, "displayed": T0 + 50}
+    assert await db.receipt_counts(A, out.id) == {"delivered": 1, "displayed": 2}
+    assert [d.device for d in (await db.timeline(A, out.id, "v")).devices] == [
+        f"d{i:02}" for i in range(1, MAX_DEVICES + 1)]
+
+
+async def test_receipts_go_with_their_notification_at_retention(db):
+    t = time.time()
+    old = await publish(db, A, note(users=["u"], created_at=t - 1000))
+    await db.record_receipts([(A, old.id, "delivered", "u", "phone", None, t - 999)])
+    assert await table_rows(db, "device_receipts") == 1
+    await db.prune(A, t + 1)
+    assert await db.timeline(A, old.id, "u") is None
+    assert await db.receipt_counts(A, old.id) == {}
+    assert await table_rows(db, "device_receipts") == 0
+
+
+async def test_a_database_from_before_device_receipts_keeps_its_receipts(make_store):
+    db = make_store()
+    await db.open()
+    await db.create_app(A, "app A", "secret-a")
     out = await publish(db, A, note(users=["u"]))
-    await db.record_receipts([(A, out.id, "delivered", "u")], at=T0 + 1)
-    await db.record_receipts([(A, out.id, "delivered", "u"), (A, out.id, "displayed", "u")],
-                             at=T0 + 2)
-    assert (await db.timeline(A, out.id, "u")).receipts == {
-        "delivered": T0 + 1, "displayed": T0 + 2}
+    await db.record_receipts([(A, out.id, "delivered", "u", "phone", None, T0 + 1)])
+    # the schema before device_receipts (SQLite v7, PostgreSQL v8), then migrated
+    dialect = "sqlite" if hasattr(db, "path") else "postgres"
+    await sql(db, "DROP TABLE device_receipts")
+    await sql(db, f"UPDATE meta SET value='{migrations.latest(dialect) - 1}' "
+                  "WHERE key='schema_version'")
+    await db.close()
+    if dialect == "sqlite":
+        assert sqlite_migrate(db.path) == [migrations.latest(dialect)]
+    else:
+        assert await pg_migrate(db.url, server_settings=db._server_settings) == [
+            migrations.latest(dialect)]
+    db = make_store()
+    await db.open()
+    try:
+        tl = await db.timeline(A, out.id, "u")
+        assert (tl.receipts, tl.devices) == ({"delivered": T0 + 1}, [])
+        await db.record_receipts([(A, out.id, "delivered", "u", "laptop", "Edge", T0 + 9)])
+        tl = await db.timeline(A, out.id, "u")
+        assert tl.receipts == {"delivered": T0 + 1}  # the first user's time stays
+        assert tl.devices == [DeviceReceipt("delivered", "laptop", "Edge", T0 + 9)]
+    finally:
+        await db.close()
+
+
+async def table_rows(db, table: str) -> int:
+    return await sql(db, f"SELECT count(*) FROM {table}")
+
+
+async def sql(db, statement: str):
+    """Run ``statement`` beside the store (retention and migrations leave no
+    method to ask); the first column of its first row."""
+    if hasattr(db, "path"):
+        conn = sqlite3.connect(db.path)
+        try:
+            with conn:
+                row = conn.execute(statement).fetchone()
+            return row[0] if row else None
+        finally:
+            conn.close()
+    pg = await asyncpg.connect(db.url, server_settings=db._server_settings)
+    try:
+        return await pg.fetchval(statement)
+    finally:
+        await pg.close()
 
 
 async def test_a_user_who_is_not_a_recipient_gets_an_empty_timeline(db):

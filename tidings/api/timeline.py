@@ -2,8 +2,8 @@
 
 Server API (an API key with ``read``), as ``GET /v1/notifications/{id}``:
 an id this app did not publish is "no such notification".  The events come
-from the store (``Store.timeline``: accepted, committed, the first receipt
-of each kind, when the entry became seen, read, archived, and the outbound
+from the store (``Store.timeline``: accepted, committed, each device's
+receipt of each kind, when the entry became seen, read, archived, and the outbound
 attempt log) and from the user's jobs still in the queue, oldest first.
 docs/delivery.md#timeline says what each event means and how long it is kept.
 """
@@ -44,8 +44,12 @@ def events(tl: UserTimeline, jobs: list[JobRecord]) -> list[dict]:
     if tl.committed is not None:
         out.append((tl.committed, {"event": "committed"}))
     for kind in ("delivered", "displayed"):
-        if kind in tl.receipts:
-            out.append((tl.receipts[kind], {"event": kind}))
+        devices = [d for d in tl.devices if d.kind == kind]
+        for d in devices:
+            out.append((d.at, {"event": kind, "device": d.device, "label": d.label}))
+        # a receipt from before devices were kept (SQLite v8, PostgreSQL v9)
+        if kind in tl.receipts and (not devices or tl.receipts[kind] < devices[0].at):
+            out.append((tl.receipts[kind], {"event": kind, "device": None, "label": None}))
     for name, at in (("seen", tl.seen_at), ("read", tl.read_at), ("archived", tl.archived_at)):
         if at is not None:
             out.append((at, {"event": name}))

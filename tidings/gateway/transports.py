@@ -24,6 +24,7 @@ import msgspec
 
 from tidings.core import events
 from tidings.core.cursor import parse_cursor
+from tidings.core.receipts import connection_device
 from tidings.errors import (
     CLOSE_FORBIDDEN,
     BadRequest,
@@ -193,11 +194,13 @@ class WebSocketEndpoint:
             await stream.start(cursor)
         except Exception:
             return
+        # receipts that name no device are this connection's (tidings.core.receipts)
+        device = connection_device()
         if raw is not None and not stream.closed:
             # The stream needs nothing more from this task: its frames go out
             # through the protocol, the end arrives through on_lost, and the
             # device's messages (receipts) through on_message.
-            raw.on_message = partial(service.device_message, app, user)
+            raw.on_message = partial(service.device_message, app, user, device)
             raw.detach()
             return
         try:
@@ -205,7 +208,8 @@ class WebSocketEndpoint:
                 msg = await receive()
                 if msg["type"] == "websocket.disconnect":
                     break
-                service.device_message(app, user, msg.get("text") or msg.get("bytes") or b"")
+                service.device_message(app, user, device,
+                                       msg.get("text") or msg.get("bytes") or b"")
         finally:
             stream.abandon()
 

@@ -42,7 +42,7 @@ from tidings.core.models import (
     PublishRequest,
     valid_app_id,
 )
-from tidings.core.receipts import ReceiptBuffer, Receipts, decode_receipts
+from tidings.core.receipts import HTTP_DEVICE, ReceiptBuffer, Receipts, decode_receipts
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
 from tidings.gateway.hub import Hub
 from tidings.service.outbound import Outbound, OutboundCounts
@@ -648,22 +648,24 @@ class Service:
         receipts = self.receipts.take()
         if receipts:
             try:
-                await self.store.record_receipts(receipts, time.time())
+                await self.store.record_receipts(receipts)
             except BaseException:
                 self.receipts.restore(receipts)
                 raise
 
     def receive_receipts(self, app_id: str, user: str, receipts: Receipts) -> int:
-        """A device's batch of receipts (tidings.core.receipts): held in
-        memory, written by :meth:`flush_tracking`. Costs a set update per id."""
-        return self.receipts.add(app_id, user, receipts)
+        """A device's batch of receipts posted over HTTP (tidings.core.receipts):
+        held in memory, written by :meth:`flush_tracking`. Costs a dict
+        update per id."""
+        return self.receipts.add(app_id, user, receipts, HTTP_DEVICE, time.time())
 
-    def device_message(self, app_id: str, user: str, raw: bytes | str) -> None:
+    def device_message(self, app_id: str, user: str, device: str, raw: bytes | str) -> None:
         """A message a device sent on its WebSocket after ``hello``: receipts
-        are held, anything else is ignored."""
+        are held (as ``device``'s, the connection's own id, unless the batch
+        names its device), anything else is ignored."""
         receipts = decode_receipts(raw)
         if receipts is not None:
-            self.receipts.add(app_id, user, receipts)
+            self.receipts.add(app_id, user, receipts, device, time.time())
 
     @staticmethod
     async def send_error(send: Callable[[dict], Awaitable[None]], exc: TidingsError) -> None:

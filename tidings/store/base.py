@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tidings.core.models import Preferences
+from tidings.core.receipts import Row
 from tidings.store.outbound import NewJob, OutboundStore
 
 
@@ -170,6 +171,16 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class DeviceReceipt:
+    """One device's receipt of one kind (``Store.timeline``)."""
+
+    kind: str  # "delivered" | "displayed"
+    device: str
+    label: str | None
+    at: float  # when the server received the device's batch
+
+
+@dataclass(slots=True)
 class UserTimeline:
     """One user's journey with one notification (``Store.timeline``)."""
 
@@ -180,6 +191,7 @@ class UserTimeline:
     read_at: float | None = None
     archived_at: float | None = None
     receipts: dict[str, float] = field(default_factory=dict)  # kind -> first ack
+    devices: list[DeviceReceipt] = field(default_factory=list)  # oldest first
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -322,14 +334,16 @@ class Store(OutboundStore, abc.ABC):
         """``{channel: {field: n}}`` recorded for ``nid`` (empty when none)."""
 
     @abc.abstractmethod
-    async def record_receipts(
-        self, receipts: Iterable[tuple[str, str, str, str]], at: float
-    ) -> None:
-        """Keep every ``(app, nid, kind, user)`` a device acknowledged (kind:
-        ``delivered`` or ``displayed``), in one transaction, at time ``at``.
-        Only the first per notification, kind and user is kept, and only for
-        a notification the user can see (in their inbox, or a feed item of
-        the app or of a topic they follow); the rest is dropped silently."""
+    async def record_receipts(self, receipts: Iterable[Row]) -> None:
+        """Keep every ``(app, nid, kind, user, device, label, at)`` a device
+        acknowledged (kind: ``delivered`` or ``displayed``; ``at``: when the
+        server received it), in one transaction.  Per notification, kind and
+        user: one row with the earliest time (the unique-user counts; a later
+        batch changes nothing), and a row for each of the first
+        ``MAX_DEVICES`` devices (tidings.core.receipts), a device's first
+        time kept.  Only for a notification the user can see (in their
+        inbox, or a feed item of the app or of a topic they follow); the rest
+        is dropped silently."""
 
     @abc.abstractmethod
     async def receipt_counts(self, app_id: str, nid: str) -> dict[str, int]:
@@ -339,7 +353,8 @@ class Store(OutboundStore, abc.ABC):
     async def timeline(self, app_id: str, nid: str, user: str) -> UserTimeline | None:
         """What happened to ``nid`` for ``user``: when it was accepted and
         committed, when the user's entry became seen, read, archived, the
-        first receipt of each kind and every outbound attempt kept (the
+        first receipt of each kind and each device's (oldest first), and
+        every outbound attempt kept (the
         attempt log, pruned with dead letters).  None when the app has no
         such notification (or retracted it)."""
 

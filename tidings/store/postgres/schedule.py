@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from tidings.core.receipts import MAX_DEVICES, Row, first_per_user, per_device
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, RETRY, STALE
@@ -112,6 +113,8 @@ async def prune(conn, app_id: str | None, older_than: float, first_id: str, time
                        timeout=timeout)
     await conn.execute("DELETE FROM receipts WHERE nid < $1" + where, first_id, *args,
                        timeout=timeout)
+    await conn.execute("DELETE FROM device_receipts WHERE nid < $1" + where, first_id, *args,
+                       timeout=timeout)
     await conn.execute("DELETE FROM group_members WHERE created_at < $1" + where, older_than,
                        *args, timeout=timeout)
 
@@ -149,8 +152,9 @@ async def delivery_counts(conn, app_id: str, nid: str) -> dict[str, dict[str, in
 # store's _RECEIPT); one statement for the whole batch.
 _RECEIPTS = """
 INSERT INTO receipts (app_id, nid, kind, user_id, at)
-SELECT t.app_id, t.nid, t.kind, t.user_id, $5
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(app_id, nid, kind, user_id)
+SELECT t.app_id, t.nid, t.kind, t.user_id, t.at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
+  AS t(app_id, nid, kind, user_id, at)
 WHERE EXISTS (SELECT 1 FROM inbox i
               WHERE i.app_id = t.app_id AND i.nid = t.nid AND i.user_id = t.user_id)
    OR EXISTS (SELECT 1 FROM notifications n
@@ -161,13 +165,39 @@ WHERE EXISTS (SELECT 1 FROM inbox i
 ORDER BY 1, 2, 3, 4
 ON CONFLICT DO NOTHING
 """
+# Each device's row, for a user the statement above kept, within the first
+# MAX_DEVICES devices per notification, kind and user: the devices new to the
+# table, numbered in the batch by time, each counted after those stored.
+_DEVICES = f"""
+WITH t AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                       $6::text[], $7::float8[]) AS t(app_id, nid, kind, user_id, device, label, at)
+), fresh AS (
+  SELECT t.*, row_number() OVER (PARTITION BY t.app_id, t.nid, t.user_id, t.kind
+                                 ORDER BY t.at, t.device) AS n
+  FROM t
+  WHERE EXISTS (SELECT 1 FROM receipts r WHERE r.app_id = t.app_id AND r.nid = t.nid
+                AND r.kind = t.kind AND r.user_id = t.user_id)
+    AND NOT EXISTS (SELECT 1 FROM device_receipts d WHERE d.app_id = t.app_id
+                    AND d.nid = t.nid AND d.user_id = t.user_id AND d.kind = t.kind
+                    AND d.device = t.device)
+)
+INSERT INTO device_receipts (app_id, nid, user_id, kind, device, label, at)
+SELECT f.app_id, f.nid, f.user_id, f.kind, f.device, f.label, f.at FROM fresh f
+WHERE f.n + (SELECT count(*) FROM device_receipts d WHERE d.app_id = f.app_id
+             AND d.nid = f.nid AND d.user_id = f.user_id AND d.kind = f.kind) <= {MAX_DEVICES}
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT DO NOTHING
+"""
 
 
-async def record_receipts(conn, receipts, at: float) -> None:
-    rows = sorted(receipts)
-    if rows:
-        cols = [list(col) for col in zip(*rows, strict=True)]
-        await conn.execute(_RECEIPTS, *cols, at)
+async def record_receipts(conn, receipts: list[Row]) -> None:
+    """Both statements in one transaction (the caller's)."""
+    users = first_per_user(receipts)
+    if users:
+        await conn.execute(_RECEIPTS, *[list(col) for col in zip(*users, strict=True)])
+        await conn.execute(_DEVICES, *[list(col) for col in zip(*per_device(receipts),
+                                                                strict=True)])
 
 
 async def receipt_counts(conn, app_id: str, nid: str) -> dict[str, int]:

@@ -405,9 +405,9 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     async def delivery_counts(self, app_id, nid) -> dict[str, dict[str, int]]:
         return await self._call(_sched.delivery_counts, app_id, nid)
 
-    async def record_receipts(self, receipts, at) -> None:
+    async def record_receipts(self, receipts) -> None:
         if receipts:
-            await self._call(_sched.record_receipts, list(receipts), at)
+            await self._call(_sched.record_receipts, list(receipts), tx=True)
 
     async def receipt_counts(self, app_id, nid) -> dict[str, int]:
         return await self._call(_sched.receipt_counts, app_id, nid)

@@ -7,7 +7,7 @@ transaction); ``prune_jobs`` drops it with the dead letters.
 
 from __future__ import annotations
 
-from tidings.store.base import Attempt, UserTimeline
+from tidings.store.base import Attempt, DeviceReceipt, UserTimeline
 
 __all__ = ["log_attempt", "outbound_users", "timeline"]
 
@@ -59,6 +59,10 @@ async def timeline(conn, app_id: str, nid: str, user: str) -> UserTimeline | Non
     out.receipts = {kind: at for kind, at in await conn.fetch(
         "SELECT kind, at FROM receipts WHERE app_id = $1 AND nid = $2 AND user_id = $3",
         app_id, nid, user)}
+    out.devices = [DeviceReceipt(*r) for r in await conn.fetch(
+        "SELECT kind, device, label, at FROM device_receipts "
+        "WHERE app_id = $1 AND nid = $2 AND user_id = $3 ORDER BY at, kind, device",
+        app_id, nid, user)]
     out.attempts = [Attempt(*r) for r in await conn.fetch(
         "SELECT job_id, channel, attempt, at, result, error, next_at FROM job_attempts "
         "WHERE app_id = $1 AND nid = $2 AND user_id = $3 ORDER BY at, job_id, attempt",

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 
+from tidings.core.receipts import MAX_DEVICES, Row, first_per_user, per_device
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.sqlite.errors import transient
@@ -105,6 +106,7 @@ def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float, fi
                  (older_than, *args))
     conn.execute("DELETE FROM delivery_counts WHERE nid<?" + where, (first_id, *args))
     conn.execute("DELETE FROM receipts WHERE nid<?" + where, (first_id, *args))
+    conn.execute("DELETE FROM device_receipts WHERE nid<?" + where, (first_id, *args))
     conn.execute("DELETE FROM group_members WHERE created_at<?" + where, (older_than, *args))
 
 
@@ -138,10 +140,21 @@ _RECEIPT = (
     "AND (n.audience='*' OR n.audience IN "
     "(SELECT topic FROM topic_subs WHERE app_id=?1 AND user_id=?4)))"
 )
+# A device's row, for a user the statement above kept, while the user has
+# fewer than MAX_DEVICES devices of that kind (one statement per row, so the
+# count sees the rows before it).
+_DEVICE = (
+    "INSERT OR IGNORE INTO device_receipts(app_id, nid, kind, user_id, device, label, at) "
+    "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS ("
+    "SELECT 1 FROM receipts WHERE app_id=?1 AND nid=?2 AND kind=?3 AND user_id=?4) AND ("
+    "SELECT count(*) FROM device_receipts WHERE app_id=?1 AND nid=?2 AND user_id=?4 "
+    f"AND kind=?3) < {MAX_DEVICES}"
+)
 
 
-def record_receipts_tx(conn: sqlite3.Connection, receipts, at: float) -> None:
-    conn.executemany(_RECEIPT, [(*r, at) for r in sorted(receipts)])
+def record_receipts_tx(conn: sqlite3.Connection, receipts: list[Row]) -> None:
+    conn.executemany(_RECEIPT, first_per_user(receipts))
+    conn.executemany(_DEVICE, per_device(receipts))
 
 
 def receipt_counts(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str, int]:

@@ -557,9 +557,9 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     async def delivery_counts(self, app_id, nid) -> dict[str, dict[str, int]]:
         return _sched.delivery_counts(self._reader, app_id, nid)
 
-    async def record_receipts(self, receipts, at) -> None:
+    async def record_receipts(self, receipts) -> None:
         if receipts:
-            await self._write(_sched.record_receipts_tx, list(receipts), at)
+            await self._write(_sched.record_receipts_tx, list(receipts))
 
     async def receipt_counts(self, app_id, nid) -> dict[str, int]:
         return _sched.receipt_counts(self._reader, app_id, nid)

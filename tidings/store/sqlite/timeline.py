@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from tidings.store.base import Attempt, UserTimeline
+from tidings.store.base import Attempt, DeviceReceipt, UserTimeline
 
 __all__ = ["log_attempt_tx", "outbound_users", "prune_attempts_tx", "timeline"]
 
@@ -43,6 +43,9 @@ def timeline(conn: sqlite3.Connection, app_id: str, nid: str, user: str) -> User
     out.receipts = dict(conn.execute(
         "SELECT kind, at FROM receipts WHERE app_id=? AND nid=? AND user_id=?",
         (app_id, nid, user)).fetchall())
+    out.devices = [DeviceReceipt(*r) for r in conn.execute(
+        "SELECT kind, device, label, at FROM device_receipts "
+        "WHERE app_id=? AND nid=? AND user_id=? ORDER BY at, kind, device", (app_id, nid, user))]
     out.attempts = [Attempt(*r) for r in conn.execute(
         "SELECT job_id, channel, attempt, at, result, error, next_at FROM job_attempts "
         "WHERE app_id=? AND nid=? AND user_id=? ORDER BY at, job_id, attempt",
