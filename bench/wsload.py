@@ -111,7 +111,9 @@ def _make_listener(counters: Counters, per_sub: list[int], verify: bool,
             if self.acks and self.transport is not None:
                 ids, self.acks = self.acks, []
                 counters.receipts_sent += 1
-                self.transport.send(WSMsgType.TEXT, b'{"type":"receipts","delivered":["'
+                # named as tidings.js names a browser: a 32-hex id and a label
+                self.transport.send(WSMsgType.TEXT, b'{"type":"receipts","device":"%032x",'
+                                    b'"label":"Chrome on Linux","delivered":["' % self.idx
                                     + b'","'.join(ids) + b'"]}')
 
         def on_ws_frame(self, transport, frame) -> None:

@@ -6,6 +6,7 @@ attempts from a real receiver that refuses the first one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,7 @@ import pytest
 from tests.api.conftest import store_overrides
 from tests.api.test_outbound_api import hooked, until
 from tests.gateway.live import publish, recv_events, ws_connect
+from tidings.client import Subscriber
 
 
 async def timeline(server, nid: str, user: str, key: str | None = None) -> dict:
@@ -122,6 +124,23 @@ async def test_each_device_delivery_shows_with_its_device_and_time(each_store):
         "accepted", "committed"]
     for ws in (phone, laptop):
         await ws.close()
+
+
+async def test_the_python_subscriber_acknowledges_as_its_device(server):
+    nid = None
+    async with Subscriber(server.ws_url, await server.token("alice"), device="worker-7",
+                          device_label="billing worker") as sub:
+        async def read():
+            nonlocal nid
+            async for ev in sub:
+                if ev["type"] == "hello":
+                    (nid,) = await publish(server, {"users": ["alice"]})
+                elif ev["type"] == "notification":
+                    return
+        await asyncio.wait_for(read(), 10)
+        doc = await until(lambda: _with(server, nid, "alice", "delivered"))
+    (delivered,) = [e for e in doc["events"] if e["event"] == "delivered"]
+    assert (delivered["device"], delivered["label"]) == ("worker-7", "billing worker")
 
 
 async def test_bad_device_ids_are_422_over_http_and_ignored_on_the_websocket(each_store):

@@ -107,25 +107,39 @@ def test_bell_feed_groups_live_arrival_and_click_to_open(context, site, tidings_
 def test_receipts_delivered_on_both_transports_and_displayed_on_screen(browser, site,
                                                                         tidings_server):
     srv = tidings_server
-    ws_ctx, sse_ctx = browser.new_context(), browser.new_context()
+    # kim has two browsers (WebSocket, and SSE on a laptop), lee one (SSE)
+    ws_ctx, laptop_ctx, sse_ctx = (browser.new_context() for _ in range(3))
 
     def receipts(nid):
         r = _api(srv, "GET", f"/v1/notifications/{nid}")
         in_app = r.json()["delivery"]["in_app"]
         return in_app["acknowledged"], in_app["displayed"]
 
+    def events(nid, user, kind):
+        r = _api(srv, "GET", f"/v1/notifications/{nid}/timeline", params={"user": user})
+        return [e for e in r.json()["events"] if e["event"] == kind]
+
     try:
-        _, kim = _open(ws_ctx, site, srv, "kim")
+        kim_page, kim = _open(ws_ctx, site, srv, "kim")
+        laptop_page, laptop = _open(laptop_ctx, site, srv, "kim", transport="sse")
         _, lee = _open(sse_ctx, site, srv, "lee", transport="sse")
-        for inbox in (kim, lee):
+        for inbox in (kim, laptop, lee):
             expect(inbox.locator("[part~=state-empty]")).to_be_attached()   # live, loaded
         nid = srv.publish({"users": ["kim", "lee", "max"]}, title="Receipts")
-        for inbox in (kim, lee):
+        for inbox in (kim, laptop, lee):
             expect(inbox.locator(".badge")).to_have_text("1")
-        _wait_for(lambda: receipts(nid) == (2, 0))   # kim over the WebSocket, lee by POST
+        # unique users: kim's two browsers are one
+        _wait_for(lambda: receipts(nid) == (2, 0) and len(events(nid, "kim", "delivered")) == 2)
+        # the timeline has each of kim's browsers, by the id tidings.js keeps in localStorage
+        kept = [p.evaluate("localStorage.getItem('tidings.device')") for p in (kim_page,
+                                                                              laptop_page)]
+        delivered = events(nid, "kim", "delivered")
+        assert sorted(e["device"] for e in delivered) == sorted(kept) and kept[0] != kept[1]
+        assert {e["label"] for e in delivered} == {"Chrome on Linux"}
         kim.locator("button.bell").click()            # on kim's screen now
         expect(_rows(kim)).to_have_count(1)
         _wait_for(lambda: receipts(nid) == (2, 1))
+        assert [e["device"] for e in events(nid, "kim", "displayed")] == kept[:1]
         lee.locator("button.bell").click()
         _wait_for(lambda: receipts(nid) == (2, 2))
         kim.locator("button.bell").click()            # closed and opened again: still once
@@ -134,9 +148,10 @@ def test_receipts_delivered_on_both_transports_and_displayed_on_screen(browser, 
         later = srv.publish({"users": ["kim"]}, title="Later")
         _wait_for(lambda: receipts(later) == (1, 1))  # kim's batches after the reopening...
         assert receipts(nid) == (2, 2)                 # ...said nothing more about the first
+        assert len(events(nid, "kim", "displayed")) == 1
     finally:
-        ws_ctx.close()
-        sse_ctx.close()
+        for ctx in (ws_ctx, laptop_ctx, sse_ctx):
+            ctx.close()
 
 
 def test_mark_read_archive_tabs_and_mark_all_follow_other_devices(browser, site, tidings_server):

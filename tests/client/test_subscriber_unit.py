@@ -362,6 +362,14 @@ def test_stream_url_and_bad_arguments():
         Subscriber("http://h", token="t", auth="cookie")
     with pytest.raises(Exception):  # noqa: B017 - tidings BadRequest for a bad cursor
         Subscriber("http://h", token="t", cursor="nonsense")
+    for device in ("", "x" * 65, "a\nb", "~mine", 5):
+        with pytest.raises(ValueError, match="device must be"):
+            Subscriber("http://h", token="t", device=device)
+    with pytest.raises(ValueError, match="device_label must be"):
+        Subscriber("http://h", token="t", device_label="tab\t")
+    a, b = Subscriber("http://h", token="t"), Subscriber("http://h", token="t")
+    assert a.device != b.device and a.device.startswith("py-")  # one each, by default
+    assert a.device_label.startswith("Python on ")
 
 
 async def test_yielded_notifications_are_acknowledged_once_a_second_in_one_message():
@@ -376,8 +384,10 @@ async def test_yielded_notifications_are_acknowledged_once_a_second_in_one_messa
         await ws.close(4401, "done")
 
     async with ScriptedServer(script) as srv:
-        events, err = await collect(Subscriber(srv.url, token="t", backoff=fast_backoff()))
+        events, err = await collect(Subscriber(srv.url, token="t", backoff=fast_backoff(),
+                                               device="worker-7", device_label="billing job"))
     assert isinstance(err, StreamClosed)
     assert ids(events) == ["n0", "n1", "n2"]
-    assert got == [{"type": "receipts", "delivered": ["n0", "n1", "n2"]}]
+    assert got == [{"type": "receipts", "device": "worker-7", "label": "billing job",
+                    "delivered": ["n0", "n1", "n2"]}]
 

@@ -17,7 +17,9 @@ import Tidings = require("tidings-browser");
 import TidingsInbox = require("tidings-browser/inbox");
 
 const client: Tidings.Client = Tidings.connect({
-  url: "https://notify.example", getToken: async () => "token" });
+  url: "https://notify.example", getToken: async () => "token",
+  device: "kiosk-3", deviceLabel: "Lobby kiosk" });
+console.log(client.device.length, client.deviceLabel.trim());
 client.on("notification", (n, ev) => console.log(n.title ?? "", ev.group?.count));
 client.on("counts", ({ unread }) => unread.toFixed());
 client.preferences().then((p) => p.quiet_hours?.tz);

@@ -24,6 +24,9 @@ import asyncio
 import inspect
 import logging
 import os
+import platform
+import re
+import secrets
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -37,12 +40,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from tidings.client.errors import StreamClosed, TidingsAPIError, Unreachable, error_from_response
 from tidings.core.backoff import Backoff
 from tidings.core.cursor import Cursor, parse_cursor
+from tidings.core.receipts import DEVICE_RE, LABEL_RE
 from tidings.errors import CLOSE_UNAUTHORIZED, TidingsError, should_reconnect
 
 log = logging.getLogger("tidings.client")
 _encode = msgspec.json.encode
 # Receipts: yielded ids, sent once a second, at most this many per message.
 RECEIPTS_DELAY, RECEIPTS_MAX = 1.0, 100
+_DEVICE, _LABEL = re.compile(DEVICE_RE), re.compile(LABEL_RE)
 
 STREAM_PATH = "/v1/me/stream"
 Event = dict[str, Any]
@@ -77,7 +82,11 @@ class Subscriber:
 
     ``receipts`` (default on) reports every notification it yields as
     ``delivered`` to the server, batched into one WebSocket message a second
-    (docs/protocol.md#receipts).
+    (docs/protocol.md#receipts), as device ``device`` (1-64 printable
+    characters, not starting with ``~``; default: a random id for this
+    subscriber, so pass a stable one to see one device across restarts in a
+    notification's timeline) labelled ``device_label`` (at most 64
+    characters; default "Python on <OS>").
 
     ``on_retry(reason, delay)`` (sync or async) is called before each wait
     for a reconnect, with what went wrong and the seconds until the next
@@ -103,10 +112,19 @@ class Subscriber:
         on_retry: Callable[[str, float], Any] | None = None,
         max_retries: int | None = None,
         receipts: bool = True,
+        device: str | None = None,
+        device_label: str | None = None,
         **connect_kwargs: Any,
     ):
         if auth not in ("header", "message"):
             raise ValueError('auth must be "header" or "message"')
+        device = f"py-{secrets.token_hex(8)}" if device is None else device
+        device_label = f"Python on {platform.system() or 'unknown'}" if device_label is None \
+            else device_label
+        if not (isinstance(device, str) and _DEVICE.match(device)):
+            raise ValueError("device must be 1-64 printable characters, not starting with ~")
+        if not (isinstance(device_label, str) and _LABEL.match(device_label)):
+            raise ValueError("device_label must be 1-64 printable characters")
         if not token:
             raise ValueError("a user token (or a callable returning one) is required")
         self.url = url
@@ -131,6 +149,8 @@ class Subscriber:
         self._gen: AsyncIterator[Event] | None = None
         self._auth_retry = False  # one fresh-token retry after a 4401
         self.receipts = receipts
+        #: The device id and label this subscriber's receipts carry.
+        self.device, self.device_label = device, device_label
         self._delivered: list[str] = []  # ids yielded, not yet acknowledged
         #: ``{"unread": n, "unseen": n}`` from the last hello/counts event.
         self.counts: dict[str, int] | None = None
@@ -267,7 +287,9 @@ class Subscriber:
                 while self._delivered:
                     batch = self._delivered[:RECEIPTS_MAX]
                     del self._delivered[:RECEIPTS_MAX]
-                    await ws.send(_encode({"type": "receipts", "delivered": batch}).decode())
+                    await ws.send(_encode({"type": "receipts", "device": self.device,
+                                           "label": self.device_label,
+                                           "delivered": batch}).decode())
         except ConnectionClosed:
             pass
 

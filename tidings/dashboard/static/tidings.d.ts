@@ -23,6 +23,12 @@ declare namespace Tidings {
     refreshOnReconnect?: boolean;
     /** Send delivery receipts (default true; docs/protocol.md#receipts). */
     receipts?: boolean;
+    /** This device's id in receipts: 1-64 printable characters, not starting with "~"
+     * (default: a random id kept in localStorage under "tidings.device"). */
+    device?: string;
+    /** What a person reads for this device in a notification's timeline, at most 64
+     * characters (default: browser and OS from the user agent, "Chrome on macOS"). */
+    deviceLabel?: string;
   }
 
   /** A notification as clients see it; fields left at their default are omitted. */
@@ -149,6 +155,9 @@ declare namespace Tidings {
   class Client {
     constructor(options: Options);
     readonly url: string;
+    /** The id and label this device's receipts carry (Options.device, deviceLabel). */
+    readonly device: string;
+    readonly deviceLabel: string;
     status: Status["state"];
     on<K extends keyof Events>(type: K, fn: Events[K]): () => void;
     off<K extends keyof Events>(type: K, fn: Events[K]): void;

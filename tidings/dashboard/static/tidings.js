@@ -30,6 +30,36 @@
   // as one message (WebSocket) or one POST (SSE), at most RECEIPTS_MAX ids in
   // each, so a message stays under the server's 4,096 bytes.
   var RECEIPTS_DELAY_MS = 1000, RECEIPTS_MAX = 100;
+  var DEVICE_KEY = "tidings.device";  // localStorage: this browser's device id
+
+  // The server's rule for a device id (docs/protocol.md#receipts): printable,
+  // at most 64 characters, not starting with "~" (ids the server gives).
+  var DEVICE_RE = /^[^\x00-\x1f\x7f~][^\x00-\x1f\x7f]*$/;
+
+  // This browser's device id, kept in localStorage so that the timeline of a
+  // notification shows one device per browser (a new one per page load where
+  // storage is blocked).
+  function deviceId() {
+    var id = null;
+    try { id = root.localStorage.getItem(DEVICE_KEY); } catch (e) { /* blocked */ }
+    if (id && /^[0-9a-f]{32}$/.test(id)) return id;
+    var bytes = new Uint8Array(16);
+    if (root.crypto && root.crypto.getRandomValues) root.crypto.getRandomValues(bytes);
+    else for (var i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+    id = Array.prototype.map.call(bytes, function (b) { return (b < 16 ? "0" : "") + b.toString(16); }).join("");
+    try { root.localStorage.setItem(DEVICE_KEY, id); } catch (e) { /* blocked */ }
+    return id;
+  }
+
+  // "Chrome on macOS": what a person recognises in a notification's timeline.
+  function deviceLabel() {
+    var ua = (root.navigator && root.navigator.userAgent) || "";
+    var browser = /Edg\//.test(ua) ? "Edge" : /OPR\//.test(ua) ? "Opera" : /Firefox\//.test(ua) ? "Firefox"
+      : /Chrome\//.test(ua) ? "Chrome" : /Safari\//.test(ua) ? "Safari" : "Browser";
+    var os = /Android/.test(ua) ? "Android" : /iPhone|iPad|iPod/.test(ua) ? "iOS" : /CrOS/.test(ua) ? "ChromeOS"
+      : /Windows/.test(ua) ? "Windows" : /Mac OS X/.test(ua) ? "macOS" : /Linux/.test(ua) ? "Linux" : "";
+    return os ? browser + " on " + os : browser;
+  }
 
   function TidingsError(status, code, message) {
     var err = new Error(message || code);
@@ -60,6 +90,12 @@
     this._reloads = 0;
     this._counts = null;        // {unread, unseen}, as last told by the server
     this.receipts = options.receipts !== false;
+    this.device = options.device == null ? deviceId() : String(options.device);
+    if (!DEVICE_RE.test(this.device) || Array.from(this.device).length > 64)
+      throw new TypeError("tidings: device must be 1-64 printable characters, not starting with ~");
+    // at most 64 characters and no control characters, or the server ignores the batch
+    this.deviceLabel = Array.from(String(options.deviceLabel || deviceLabel())
+      .replace(/[\x00-\x1f\x7f]/g, " ")).slice(0, 64).join("");
     this._acks = { delivered: [], displayed: [] };
     this._acksTimer = null;
     this._replaying = false;    // between a resuming hello and its "recovered"
@@ -327,7 +363,7 @@
     this._acksTimer = null;
     var acks = this._acks, sock = this._sock;
     while (acks.delivered.length || acks.displayed.length) {
-      var batch = { type: "receipts" }, room = RECEIPTS_MAX;
+      var batch = { type: "receipts", device: this.device, label: this.deviceLabel }, room = RECEIPTS_MAX;
       ["delivered", "displayed"].forEach(function (kind) {
         var part = acks[kind].splice(0, room);
         room -= part.length;
