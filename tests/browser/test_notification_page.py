@@ -76,11 +76,15 @@ def test_search_a_notification_and_draw_a_users_timeline(context, hooked_server)
     nid = server.publish({"users": ["zoe", "amy"]}, title="Build 1432 failed",
                          category="ci")
     expect(device.locator("#list")).to_contain_text("Build 1432 failed")
-    # tidings.js acknowledges what arrived (delivered) by itself; the inbox
-    # element reports displayed: here the device posts it as the element does
+    # tidings.js acknowledges what arrived (delivered) by itself, as this
+    # browser (its id in localStorage, "Chrome on Linux"); zoe's phone posts
+    # its delivered and displayed as an app on SSE does
     headers = {"Authorization": f"Bearer {zoe}"}
     _wait_for_event(server, nid, "zoe", "delivered")  # tidings.js batches it, a second apart
-    r = httpx.post(server.url + "/v1/me/receipts", json={"displayed": [nid]}, headers=headers)
+    browser_id = device.evaluate("localStorage.getItem('tidings.device')")
+    r = httpx.post(server.url + "/v1/me/receipts", headers=headers, json={
+        "device": "zoe-phone", "label": "Safari on iOS", "delivered": [nid],
+        "displayed": [nid]})
     assert r.status_code < 300, r.text
 
     page = context.new_page()
@@ -106,8 +110,14 @@ def test_search_a_notification_and_draw_a_users_timeline(context, hooked_server)
     page.locator("#recipients .chip", has_text="zoe").click()
     expect(page.locator("#tl-user")).to_have_text("zoe")
     events = page.locator("#events tr td:nth-child(3)")
-    expect(events).to_contain_text(["Accepted", "Committed", "Delivered to a device", "Displayed",
-                                    "Seen", "Read"])
+    expect(events).to_contain_text(["Accepted", "Committed", "Delivered", "Delivered",
+                                    "Displayed", "Seen", "Read"])
+    # each device's delivery, with its label and the start of its id
+    delivered = page.locator("#events tr", has_text="Delivered").locator("td:nth-child(4)")
+    expect(delivered).to_have_text([f"Chrome on Linux · {browser_id[:8]}…",
+                                    "Safari on iOS · zoe-phone"])
+    expect(page.locator("#events tr", has_text="Displayed")).to_contain_text(
+        "Safari on iOS · zoe-phone")
     expect(page.locator("#events tr.event.warn")).to_contain_text("webhook #1: failed")
     expect(page.locator("#events tr.event.warn")).to_contain_text("next retry")
     expect(page.locator("#events tr.event.ok", has_text="Attempt")).to_contain_text(

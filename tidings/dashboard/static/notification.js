@@ -9,7 +9,7 @@
     hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
   var CLOCK = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit",
     fractionalSecondDigits: 3 });
-  var LABELS = { accepted: "Accepted", committed: "Committed", delivered: "Delivered to a device",
+  var LABELS = { accepted: "Accepted", committed: "Committed", delivered: "Delivered",
     displayed: "Displayed", seen: "Seen", read: "Read", archived: "Archived", queued: "Queued",
     attempt: "Attempt" };
 
@@ -34,7 +34,16 @@
     return "+" + (ms / 3600000).toFixed(1) + " h";
   }
 
+  // "Chrome on Linux · 3f9a01c2…": a device's label and enough of its id to
+  // tell two alike apart (ids the server gave, "~…", are short already)
+  function device(e) {
+    if (!e.device) return "a device (from before devices were recorded)";
+    var id = e.device.length > 12 ? e.device.slice(0, 8) + "…" : e.device;
+    return e.label ? e.label + " · " + id : id;
+  }
+
   function detail(e) {
+    if (e.event === "delivered" || e.event === "displayed") return device(e);
     if (e.event === "attempt") {
       var out = e.channel + " #" + e.attempt + ": " + e.result;
       if (e.error) out += " (" + e.error + ")";
@@ -102,7 +111,7 @@
       mark.className = "mark " + kind(e) + " row" + (i % 4);
       mark.style.left = (2 + 96 * Math.sqrt(dt / span)) + "%";
       mark.appendChild(text("span", e.event === "attempt" ? e.channel + " #" + e.attempt : LABELS[e.event] || e.event, "label"));
-      mark.title = e.event + " " + after(dt);
+      mark.title = e.event + " " + after(dt) + (e.event === "delivered" || e.event === "displayed" ? " · " + device(e) : "");
       el.appendChild(mark);
     });
   }
