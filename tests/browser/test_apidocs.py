@@ -41,6 +41,9 @@ def test_the_reference_renders_from_local_assets_and_tries_a_publish(context, ti
     expect(publish.locator(".live-responses-table tbody .response-col_status").first
            ).to_contain_text("202")
     expect(publish.locator(".live-responses-table")).to_contain_text('"status": "accepted"')
+    # the answer is one the document lists, not "Undocumented"
+    expect(publish.locator(".live-responses-table")).not_to_contain_text("Undocumented")
+    expect(publish.locator(".responses-table tr.response[data-code='202']")).to_have_count(1)
 
     assert requests and all(u.startswith(tidings_server.url + "/") for u in requests), [
         u for u in requests if not u.startswith(tidings_server.url)]

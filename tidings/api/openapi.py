@@ -135,6 +135,74 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
 ]
 
 
+# What a success answers where it is not "200 OK" (the routes in tidings/api/*.py).
+SUCCESS: dict[tuple[str, str], dict[str, str]] = {
+    ("post", "/v1/notifications"): {"202": "Accepted: committed and durable (a repeated "
+                                           "Idempotency-Key answers the first result)"},
+    ("post", "/v1/notifications/batch"): {"202": "Accepted: one result per item, each "
+                                                 "committed or with its own error"},
+    ("post", "/v1/users/{user}/tokens"): {"201": "Token minted"},
+    ("post", "/v1/me/receipts"): {"202": "Held; written within a second"},
+    ("post", "/v1/webhooks"): {"201": "Endpoint added"},
+    ("post", "/v1/me/push-subscriptions"): {"201": "Subscription registered"},
+    ("post", "/v1/outbound/dead/{jid}/retry"): {"202": "Queued again"},
+    # every refusal comes after the upgrade, as a close code (the protocol, above)
+    ("get", "/v1/me/stream"): {"101": "Switching Protocols: the WebSocket stream; a refusal "
+                                      "closes it with a 44xx code"},
+    ("get", "/v1/me/events"): {"200": "The event stream (text/event-stream)"},
+    ("get", "/readyz"): {"200": "Ready", "503": "Not ready: the store does not answer, or "
+                                               "the node is draining"},
+}
+_ERRORS = {
+    "400": "Malformed request (JSON, header)",
+    "401": "Missing, malformed or invalid credential",
+    "403": "The API key lacks the scope this needs",
+    "404": "No such resource",
+    "409": "A limit or state forbids it",
+    "413": "Request body too large",
+    "422": "A field or parameter breaks a rule",
+    "429": "Rate limited: retry after Retry-After seconds",
+    "503": "A backend is unavailable: retry after Retry-After seconds",
+}
+# Error statuses beyond what the auth, body and parameters of a route imply.
+EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
+    ("post", "/v1/webhooks"): {"409"},
+    ("get", "/v1/push/vapid-public-key"): {"404"},
+    # query parameters: limit, before, state, cursor, ?id=&user=
+    ("get", "/v1/me/notifications"): {"422"},
+    ("get", "/v1/outbound/dead"): {"422"},
+    ("get", "/dashboard/api/notification"): {"404", "422"},
+    # a bad cursor; too many open streams for the user
+    ("get", "/v1/me/events"): {"400", "429"},
+}
+
+
+def _responses(method: str, path: str, auth: str, model: type | None) -> dict:
+    """The statuses the route answers: its success, and the errors its
+    credential, body and path parameters can earn it."""
+    if path == "/v1/me/stream":
+        return {code: {"description": text} for code, text in SUCCESS[(method, path)].items()}
+    errors = set(EXTRA_ERRORS.get((method, path), ()))
+    if auth == "apiKey":
+        errors |= {"401", "403"}
+        if path.startswith("/v1/"):  # the key's rate limit (not on /metrics, /dashboard)
+            errors.add("429")
+    elif auth == "userToken":
+        errors.add("401")
+    if model is not None:
+        errors |= {"400", "413", "422"}
+    if "{" in path:
+        errors |= {"404", "422"}
+    if path not in ("/healthz", "/readyz", "/v1/push/vapid-public-key"):
+        errors.add("503")
+    responses: dict = {code: {"description": text} for code, text in
+                       SUCCESS.get((method, path), {"200": "OK"}).items()}
+    for code in sorted(errors):
+        responses[code] = {"description": _ERRORS[code],
+                           "content": {"application/json": {"schema": _ERROR}}}
+    return responses
+
+
 @functools.cache
 def openapi_document() -> dict:
     # InboxItem (and with it Group): what inbox pages and group listings hold
@@ -153,11 +221,7 @@ def openapi_document() -> dict:
     for method, path, summary, auth, model in OPERATIONS:
         op: dict = {
             "summary": summary,
-            "responses": {
-                "2XX": {"description": "Success"},
-                "4XX": {"description": "Error", "content": {"application/json":
-                                                            {"schema": _ERROR}}},
-            },
+            "responses": _responses(method, path, auth, model),
         }
         if auth != "none":
             op["security"] = [{auth: []}]
