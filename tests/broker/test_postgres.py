@@ -11,8 +11,10 @@ killed.  The shared server is never stopped."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import warnings
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -206,6 +208,32 @@ async def test_a_publisher_connection_lost_while_idle_drops_nothing(make):
     await rec.wait_for(11)
     assert [m.seq for m in rec.messages] == list(range(1, 12))
     assert a.dropped == 0
+
+
+async def test_close_leaves_no_session_behind(schema_url):
+    b = PostgresBroker(schema_url)
+    await b.open()
+    rec = Recorder()
+    b.subscribe(user_channel("app_a", "ann"), rec)
+    b.publish(user_channel("app_a", "ann"), Personal("e", 1, b""))
+    await rec.wait_for(1)  # the notifying session is up too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await b.close()
+        gc.collect()  # a connection nobody closed warns as it is collected
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    admin = await asyncpg.connect(require_postgres())
+    try:
+        for _ in range(200):  # a backend leaves pg_stat_activity once it has exited
+            left = await admin.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE $1",
+                b.client_name + ":%")
+            if not left:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await admin.close()
+    assert left == []
 
 
 def _via(url: str, port: int) -> str:

@@ -10,11 +10,13 @@ stopped, frozen (SIGSTOP) and restarted.  The shared Redis is never stopped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import warnings
 from urllib.parse import unquote
 
 import msgspec
@@ -374,6 +376,30 @@ async def test_a_killed_publisher_reconnects_and_keeps_order(make, client):
     seqs = [m.seq for m in rec.messages]
     assert seqs == sorted(set(seqs))  # in order, no duplicates
     assert seqs[-300:] == list(range(seq + 1, seq + 301))
+
+
+async def test_close_leaves_no_connection_behind(url, client):
+    b = RedisBroker(url, prefix=unique_prefix())
+    await b.open()
+    rec = Recorder()
+    b.subscribe(user_channel("app_a", "alice"), rec)
+    b.publish(user_channel("app_a", "alice"), Personal("e", 1, b""))
+    await rec.wait_for(1)  # the publishing connection is up too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await b.close()
+        gc.collect()  # a connection nobody closed warns as it is collected
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+    async def mine() -> list[str]:
+        return [c["name"] for c in await client.client_list()
+                if c.get("name", "").startswith(b.client_name)]
+
+    for _ in range(200):  # Redis drops a closed client at its next event-loop turn
+        if not await mine():
+            break
+        await asyncio.sleep(0.02)
+    assert await mine() == []
 
 
 async def test_a_redis_restart(private_redis, make):

@@ -271,46 +271,51 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         queue = self._queue
         backoff = Backoff(base=0.1, cap=5.0)
         conn: Conn | None = None
-        while True:
-            if not queue:
-                if self._drained is not None and not self._drained.done():
-                    self._drained.set_result(None)
-                self._writer_wake = loop.create_future()
-                await self._writer_wake
-                self._writer_wake = None
-                continue
-            if conn is not None and not self._usable(conn):
-                # Lost while idle (a reset during an outage): nothing of the
-                # queue was sent on it, so connect again instead of dropping.
-                conn = None
-            if conn is None:
+        try:
+            while True:
+                if not queue:
+                    if self._drained is not None and not self._drained.done():
+                        self._drained.set_result(None)
+                    self._writer_wake = loop.create_future()
+                    await self._writer_wake
+                    self._writer_wake = None
+                    continue
+                if conn is not None and not self._usable(conn):
+                    # Lost while idle (a reset during an outage): nothing of the
+                    # queue was sent on it, so connect again instead of dropping.
+                    conn = None
+                if conn is None:
+                    try:
+                        conn = await self._writer_connect()
+                    except self.lost as e:
+                        if backoff.attempt == 0:
+                            log.warning("%s: cannot publish (%s); retrying", self.name, e)
+                        await asyncio.sleep(backoff.next_delay())
+                        continue
+                    self._writer_up = True
+                # Subscriptions made before these messages were queued must be in
+                # effect first, or this node would miss its own messages.
+                await self.settle()
+                n = min(len(queue), self.max_batch)
+                batch = [queue.popleft() for _ in range(n)]
+                self._queued_bytes -= sum(map(self._size, batch))
                 try:
-                    conn = await self._writer_connect()
-                except self.lost as e:
-                    if backoff.attempt == 0:
-                        log.warning("%s: cannot publish (%s); retrying", self.name, e)
+                    await self._send(conn, batch)
+                except Exception as e:  # a lost connection, a timeout, a refusal
+                    # Some of the batch may have gone out: at most once, never twice.
+                    self.dropped += n
+                    self._writer_up = False
+                    await self._discard(conn)
+                    conn = None
+                    log.warning("%s: publishing failed (%r); %d messages dropped", self.name, e, n)
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                self._writer_up = True
-            # Subscriptions made before these messages were queued must be in
-            # effect first, or this node would miss its own messages.
-            await self.settle()
-            n = min(len(queue), self.max_batch)
-            batch = [queue.popleft() for _ in range(n)]
-            self._queued_bytes -= sum(map(self._size, batch))
-            try:
-                await self._send(conn, batch)
-            except Exception as e:  # a lost connection, a timeout, a refusal
-                # Some of the batch may have gone out: at most once, never twice.
-                self.dropped += n
-                self._writer_up = False
+                self.published += n
+                backoff.reset()
+        finally:
+            # close(): the connection goes with the task (a failed one was discarded)
+            if conn is not None:
                 await self._discard(conn)
-                conn = None
-                log.warning("%s: publishing failed (%r); %d messages dropped", self.name, e, n)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            self.published += n
-            backoff.reset()
 
     # -- receiving ------------------------------------------------------------
     def on_reconnect(self, callback: Callable[[], None]) -> None:
