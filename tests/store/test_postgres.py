@@ -124,6 +124,73 @@ async def test_inbox_pages_by_id_even_when_seq_order_differs(nodes):
         before = page[-1].id
     assert pages == sorted((it.id for it in items), reverse=True)
 
+# -- group commit (committer.py) -------------------------------------------------------
+
+
+async def test_publishes_gathered_in_one_statement_take_seqs_in_submission_order(nodes):
+    store = nodes[0]
+    targets = [["u1"], ["u2", "u1"], ["u2"], ["u1"], ["u3"]]
+    items = [note(users=t) for t in targets]
+    groups = store.committer.groups
+    outs = await asyncio.gather(*(publish(store, it) for it in items))
+    assert store.committer.groups == groups + 1  # one statement for all five
+    seqs = [{d.user: d.seq for d in o.deliveries} for o in outs]
+    assert seqs == [{"u1": 1}, {"u1": 2, "u2": 1}, {"u2": 2}, {"u1": 3}, {"u3": 1}]
+    personal, _ = await nodes[1].replay(APP, "u1", 0, 0, 10, time.time())
+    assert [e.id for e in personal] == [items[0].id, items[1].id, items[3].id]
+    assert len({d.epoch for o in outs for d in o.deliveries if d.user == "u1"}) == 1
+
+
+async def test_a_failing_publish_fails_alone_and_the_rest_of_its_group_commits(nodes):
+    store = nodes[0]
+    first = note(users=["u"])
+    await publish(store, first)
+    again = note(users=["u"])
+    again.id = first.id  # the id is taken: this one cannot be stored
+    items = [note(users=["u"]), again, note(users=["u", "v"])]
+    outs = await asyncio.gather(*(publish(store, it) for it in items), return_exceptions=True)
+    assert isinstance(outs[1], asyncpg.UniqueViolationError)
+    assert [d.seq for d in outs[0].deliveries] == [2]
+    assert sorted((d.user, d.seq) for d in outs[2].deliveries) == [("u", 3), ("v", 1)]
+    assert (await store.stream_head(APP, "u", time.time())).head_seq == 3
+
+
+async def test_idempotency_keys_in_one_group_claim_once(nodes):
+    store = nodes[0]
+    items = [note(users=["u"], key="k1"), note(users=["u"], key="k1"),
+             note(users=["u"], key="k2"), note(users=["u"])]
+    items[0].fingerprint, items[1].fingerprint = "fp-a", "fp-b"
+    outs = await asyncio.gather(*(publish(store, it) for it in items))
+    assert [o.status for o in outs] == ["accepted", "duplicate", "accepted", "accepted"]
+    assert (outs[1].id, outs[1].recipients, outs[1].fingerprint) == (items[0].id, 1, "fp-a")
+    assert (await store.stream_head(APP, "u", time.time())).head_seq == 3
+    # later, on the other node: the first result again, and nothing written
+    late = await publish(nodes[1], note(users=["u", "w"], key="k2"))
+    assert (late.status, late.id, late.recipients) == ("duplicate", items[2].id, 1)
+    assert (await store.stream_head(APP, "u", time.time())).head_seq == 3
+
+
+async def test_an_expired_idempotency_key_is_claimed_again_by_a_group(nodes):
+    store = nodes[0]
+    old = note(users=["u"], key="k")
+    old.created_at -= 7200  # older than the test's window of 3600 s
+    await publish(store, old)
+    outs = await asyncio.gather(*(publish(store, note(users=["u"], key=k)) for k in "kx"))
+    assert [o.status for o in outs] == ["accepted", "accepted"]
+    assert (await store.stream_head(APP, "u", time.time())).head_seq == 3
+
+
+async def test_a_read_only_database_fails_every_publish_of_the_group_with_503(url, schema):
+    store = PostgresStore(url, server_settings={**schema, "default_transaction_read_only": "on"})
+    await store.open()
+    try:
+        outs = await asyncio.gather(*(publish(store, note(users=["u"], key=k)) for k in "ab"),
+                                    publish(store, note(users=["v"])), return_exceptions=True)
+        assert [type(o) for o in outs] == [Unavailable] * 3
+    finally:
+        await store.close()
+
+
 # -- schema migrations ---------------------------------------------------------------
 
 
@@ -305,6 +372,8 @@ async def test_sessions_ended_by_a_server_restart_are_replaced_unnoticed(url, sc
     try:
         await store.create_app(APP, "a", "secret")
         await asyncio.gather(*(publish(store, note(users=["u"])) for _ in range(4)))
+        # concurrent reads open the pool's second session (publishes share one statement)
+        await asyncio.gather(*(store.replay(APP, "u", 0, 0, 10, time.time()) for _ in range(4)))
         sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
         assert await admin.fetchval(sessions, name) == 2
         # What a restart does to every session: FATAL 57P01, then the socket closes.

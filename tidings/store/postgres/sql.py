@@ -179,3 +179,79 @@ WITH gone AS (
 SELECT count(*) > 0 FROM gone
 """
 
+
+# Group commit (committer.py): many publishes of one app to lists of users,
+# one statement.  $1 app, $2 the idempotency window; per item, in the
+# order they were submitted: $3 ids, $4 categories, $5 bodies, $6 created_at,
+# $7 expires_at, $8 idempotency keys (NULL: none), $9 fingerprints; per
+# (item, recipient) pair: $10 the item's position (1-based), $11 the user.
+#
+# Locks are taken in one order: every claimed key first (sorted), then every
+# stream (sorted), as a single publish_once does.  ``go`` needs the whole
+# ``claims`` CTE (the array_agg), and the streams upsert sorts all of ``go``
+# before it locks its first row.  A user addressed by k items of the group
+# moves k seqs at once; the items get them in submission order.  A key that
+# was not claimed (a retry, or a concurrent publish with that key) publishes
+# nothing; its first result is read after the commit.
+PUBLISH_MANY = """
+WITH item AS (
+  SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[], $6::float8[], $7::float8[],
+                       $8::text[], $9::text[])
+    WITH ORDINALITY AS t(id, category, body, created_at, expires_at, key, fp, i)
+),
+audience AS (
+  SELECT p.i, p.u COLLATE "C" AS u, EXISTS (
+    SELECT 1 FROM mutes m WHERE m.app_id = $1 AND m.category = t.category AND m.user_id = p.u
+  ) AS muted
+  FROM unnest($10::int[], $11::text[]) AS p(i, u) JOIN item t ON t.i = p.i
+),
+sizes AS (
+  SELECT i, count(*) AS total, count(*) FILTER (WHERE NOT muted) AS n
+  FROM audience GROUP BY i
+),
+claims AS (
+  INSERT INTO idempotency AS k (app_id, key, result, created_at)
+  SELECT $1, t.key, convert_to(json_build_object(
+           'id', t.id, 'recipients', coalesce(s.n, 0), 'muted', coalesce(s.total - s.n, 0),
+           'fp', t.fp)::text, 'UTF8'), t.created_at
+  FROM item t LEFT JOIN sizes s ON s.i = t.i
+  WHERE t.key IS NOT NULL ORDER BY t.key COLLATE "C"
+  ON CONFLICT (app_id, key) DO UPDATE SET result = EXCLUDED.result,
+    created_at = EXCLUDED.created_at
+  WHERE k.created_at <= EXCLUDED.created_at - $2
+  RETURNING key
+),
+go AS (
+  SELECT t.* FROM item t
+  WHERE t.key IS NULL OR t.key = ANY ((SELECT array_agg(key) FROM claims)::text[])
+),
+heads AS (
+  INSERT INTO streams AS s (app_id, user_id, epoch, head_seq)
+  SELECT $1, a.u, left(gen_random_uuid()::text, 8), count(*)
+  FROM audience a JOIN go ON go.i = a.i WHERE NOT a.muted
+  GROUP BY a.u ORDER BY a.u
+  ON CONFLICT (app_id, user_id) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
+  RETURNING user_id, epoch, head_seq
+),
+seqs AS (
+  SELECT a.i, a.u, h.epoch,
+         h.head_seq - count(*) OVER w + row_number() OVER (w ORDER BY a.i) AS seq
+  FROM audience a JOIN go ON go.i = a.i JOIN heads h ON h.user_id = a.u
+  WHERE NOT a.muted
+  WINDOW w AS (PARTITION BY a.u)
+),
+notes AS (
+  INSERT INTO notifications (app_id, id, category, body, recipients, created_at, expires_at)
+  SELECT $1, g.id, g.category, g.body, coalesce(s.n, 0), g.created_at, g.expires_at
+  FROM go g LEFT JOIN sizes s ON s.i = g.i
+),
+entries AS (
+  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at)
+  SELECT $1, q.u, q.seq, g.id, g.created_at, g.expires_at FROM seqs q JOIN go g ON g.i = q.i
+)
+SELECT t.i, g.i IS NOT NULL, coalesce(s.total, 0), d.users, d.epochs, d.seqs
+FROM item t LEFT JOIN sizes s ON s.i = t.i LEFT JOIN go g ON g.i = t.i
+LEFT JOIN (SELECT i, array_agg(u) AS users, array_agg(epoch) AS epochs, array_agg(seq) AS seqs
+           FROM seqs GROUP BY i) AS d ON d.i = t.i
+ORDER BY t.i
+"""

@@ -15,8 +15,13 @@ Any number of nodes share one database, so every guarantee of the contract
 * **One statement, one round trip.**  A fan-out to N users is a single
   statement (data-modifying CTEs): mute filter, the multi-row streams upsert,
   the notification row and N inbox rows.  A single statement is atomic and,
-  with ``synchronous_commit`` on (the default), durable when it returns, so
-  only a publish with an idempotency key needs an explicit transaction.
+  with ``synchronous_commit`` on (the default), durable when it returns.
+* **Group commit.**  Concurrent publishes to lists of users, with or without
+  an idempotency key, are gathered into one such statement for many
+  notifications at once (committer.py): one round trip and one commit for
+  the group, seqs still handed out by the streams rows' locks.  The other
+  kinds of publish (topics, broadcasts, grouped, scheduled, with outbound
+  jobs) run on their own, in a transaction when they take several statements.
 * **Idempotency.**  The key row is claimed first (an upsert that only
   replaces an expired record); a concurrent publish with the same key waits
   on that row and then reads the first result.
@@ -60,6 +65,7 @@ from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
 from tidings.store.postgres import timeline as _timeline
+from tidings.store.postgres.committer import Committer, takes
 from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
 from tidings.store.postgres.outbound import PostgresOutbound
@@ -169,6 +175,7 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._down = False  # for logging the moment the database goes and comes back
+        self.committer = Committer(self._call, self._publish_alone)
 
     # -- lifecycle ------------------------------------------------------
     async def open(self) -> None:
@@ -318,6 +325,15 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
+        if takes(item):  # gathered with the publishes around it (committer.py)
+            return await self.committer.publish(app_id, item, window)
+        return await self._publish(app_id, item, fanout_threshold, window)
+
+    async def _publish_alone(self, app_id, item, window) -> PublishOutcome:
+        # fanout_threshold is only read for topics, which the committer leaves here
+        return await self._publish(app_id, item, 0, window)
+
+    async def _publish(self, app_id, item, fanout_threshold, window) -> PublishOutcome:
         if item.idempotency_key is None:
             # a grouped fan-out is several statements (groups.py), and so is
             # one with outbound jobs

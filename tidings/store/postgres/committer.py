@@ -1,0 +1,212 @@
+"""Group commit on PostgreSQL: concurrent publishes, one statement.
+
+A publish on its own costs a pooled connection, a round trip and a commit
+(with its WAL flush) for two or three rows.  The committer gathers the
+publishes that arrive while earlier ones are being written and commits each
+group in **one statement** (``sql.PUBLISH_MANY``: one multi-row statement per
+table, arrays in, one round trip, one commit), like SQLite's writer thread
+does for a single node (tidings/store/sqlite/store.py).  Up to
+``in_flight`` groups are written at once, each on its own connection, so the
+next group is gathered and sent while the last one waits for its commit.
+
+Seqs still come from the database, so nodes sharing it stay consistent:
+the group's streams upsert moves every recipient's ``head_seq`` by the
+number of the group's items addressed to them, under that row's lock, and
+hands the seqs out in the order the items were submitted.  A user's seqs
+stay gapless and in commit order across any number of nodes.
+
+What it takes: notifications to lists of users, fanned out on write, with or
+without an idempotency key.  Topics, broadcasts, grouped (``group_key``) and
+scheduled notifications, and those with outbound jobs, keep their own
+multi-statement paths (publish.py).
+
+Failures: a connection failure or a database that cannot write fails the
+whole group with ``Unavailable`` (nothing of it was committed: it was one
+statement).  Any other error (one item's bad data) rolls the group back and
+each item is published again on its own, so it fails alone.  A caller is
+answered only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from tidings.errors import Unavailable
+from tidings.store.base import Delivery, NewNotification, PublishOutcome
+from tidings.store.postgres.sql import PUBLISH_MANY
+
+__all__ = ["Committer", "takes"]
+
+MAX_ITEMS = 500  # publishes per group
+MAX_PAIRS = 5000  # (publish, recipient) pairs per group, unless one publish has more
+IN_FLIGHT = 4  # groups being written at once, each on a pooled connection
+
+_decode = msgspec.json.decode
+
+
+def takes(item: NewNotification) -> bool:
+    """Whether ``item`` is published by group commit."""
+    return (item.users is not None and item.group_key is None and item.deliver_at is None
+            and not item.jobs)
+
+
+class _Pending:
+    __slots__ = ("item", "users", "fut")
+
+    def __init__(self, item: NewNotification, fut: asyncio.Future):
+        self.item = item
+        self.users = list(dict.fromkeys(item.users or ()))
+        self.fut = fut
+
+
+class Committer:
+    """``await committer.publish(app_id, item, window)`` -- see the module docstring.
+
+    ``call(fn, *args)`` runs ``fn(conn, *args)`` on a pooled connection and
+    turns connection failures into ``Unavailable`` (``PostgresStore._call``);
+    ``alone(app_id, item, window)`` publishes one item by itself.
+    """
+
+    def __init__(self, call: Callable[..., Awaitable[Any]],
+                 alone: Callable[[str, NewNotification, float], Awaitable[PublishOutcome]],
+                 *, in_flight: int = IN_FLIGHT):
+        self._call = call
+        self._alone = alone
+        self._in_flight = in_flight
+        self._writers = 0
+        self._tasks: set[asyncio.Task] = set()  # a running task needs a reference
+        # waiting publishes per (app, window): one statement has one of each
+        self._queues: dict[tuple[str, float], list[_Pending]] = {}
+        self.groups = 0  # statements run, for tests and /metrics
+        self.items = 0
+
+    async def publish(self, app_id: str, item: NewNotification, window: float
+                      ) -> PublishOutcome:
+        fut = asyncio.get_running_loop().create_future()
+        self._queues.setdefault((app_id, window), []).append(_Pending(item, fut))
+        if self._writers < self._in_flight:
+            self._writers += 1
+            task = asyncio.create_task(self._write())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await fut
+
+    async def _write(self) -> None:
+        try:
+            # Once round the event loop first: the publishes whose requests
+            # were read in the same pass join this group.
+            await asyncio.sleep(0)
+            while self._queues:
+                key = next(iter(self._queues))
+                group = self._take(key)
+                try:
+                    await self._commit(key[0], key[1], group)
+                except BaseException as exc:  # never leave a caller waiting
+                    for p in group:
+                        _settle(p.fut, exc=exc if isinstance(exc, Exception)
+                                else Unavailable("the store is closing"))
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            self._writers -= 1
+
+    def _take(self, key: tuple[str, float]) -> list[_Pending]:
+        queue = self._queues[key]
+        group: list[_Pending] = []
+        keys: set[str] = set()
+        pairs = 0
+        rest: list[_Pending] = []
+        for p in queue:
+            k = p.item.idempotency_key
+            if group and (len(group) >= MAX_ITEMS or pairs + len(p.users) > MAX_PAIRS
+                          or k in keys):
+                # one key once per statement: a second claim of a key in the
+                # same upsert is an error, and it must see the first's result
+                rest.append(p)
+                continue
+            group.append(p)
+            pairs += len(p.users)
+            if k is not None:
+                keys.add(k)
+        if rest:
+            self._queues[key] = rest
+            # the queue of another app or window goes next
+            self._queues[key] = self._queues.pop(key)
+        else:
+            del self._queues[key]
+        return group
+
+    async def _commit(self, app_id: str, window: float, group: list[_Pending]) -> None:
+        try:
+            rows = await self._call(_publish_many, app_id, window, group)
+        except Unavailable as exc:
+            for p in group:
+                _settle(p.fut, exc=exc)
+            return
+        except Exception:  # noqa: BLE001 - one item's fault: each on its own
+            await asyncio.gather(*(self._one(app_id, window, p) for p in group))
+            return
+        self.groups += 1
+        self.items += len(group)
+        dup: list[_Pending] = []
+        for p, (_, went, total, users, epochs, seqs) in zip(group, rows, strict=True):
+            if not went:
+                dup.append(p)
+                continue
+            deliveries = list(map(Delivery, users, epochs, seqs)) if users else []
+            n = len(deliveries)
+            _settle(p.fut, PublishOutcome(p.item.id, "accepted", n, muted=total - n,
+                                          deliveries=deliveries, body=p.item.body))
+        if dup:
+            await asyncio.gather(*(self._duplicate(app_id, p) for p in dup))
+
+    async def _one(self, app_id: str, window: float, p: _Pending) -> None:
+        try:
+            _settle(p.fut, await self._alone(app_id, p.item, window))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            _settle(p.fut, exc=exc)
+
+    async def _duplicate(self, app_id: str, p: _Pending) -> None:
+        """The first result of a key that this group did not claim (committed
+        by now: the claim waited for the transaction that holds the key)."""
+        try:
+            first = _decode(await self._call(_first_result, app_id, p.item.idempotency_key))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            _settle(p.fut, exc=exc)
+            return
+        _settle(p.fut, PublishOutcome(first["id"], "duplicate", first["recipients"],
+                                      first.get("muted", 0), fingerprint=first.get("fp", "")))
+
+
+async def _publish_many(conn, app_id: str, window: float, group: list[_Pending]) -> list:
+    items = [p.item for p in group]
+    pair_item: list[int] = []
+    pair_user: list[str] = []
+    for i, p in enumerate(group, 1):
+        pair_item += [i] * len(p.users)
+        pair_user += p.users
+    return await conn.fetch(
+        PUBLISH_MANY, app_id, window,
+        [it.id for it in items], [it.category for it in items], [it.body for it in items],
+        [it.created_at for it in items], [it.expires_at for it in items],
+        [it.idempotency_key for it in items], [it.fingerprint for it in items],
+        pair_item, pair_user,
+    )
+
+
+async def _first_result(conn, app_id: str, key: str) -> bytes:
+    return await conn.fetchval(
+        "SELECT result FROM idempotency WHERE app_id = $1 AND key = $2", app_id, key)
+
+
+def _settle(fut: asyncio.Future, value: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():  # the caller went away; the publish stands
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
