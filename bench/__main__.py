@@ -16,8 +16,8 @@ KEY_FIGURES = {
                "events_per_frame", "publish_per_s"],
     "broadcast": ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb", "lost",
                   "events_per_frame", "publish_per_s"],
-    "publish": ["publish_per_s", "server_cpu_us_per_publish", "floor_cpu_us_per_request",
-                "floor_ratio", "errors", "rss_peak_mb"],
+    "publish": ["publish_per_s", "server_cpu_us_per_publish", "pg_cpu_us_per_publish",
+                "floor_cpu_us_per_request", "floor_ratio", "errors", "rss_peak_mb"],
     "idle": ["kib_per_conn", "rss_connected_mb", "connected", "connect_errors"],
     "failover": ["lost", "duplicated", "out_of_order", "devices_complete", "reconnected",
                  "recovery_s", "publish_retries"],
@@ -82,7 +82,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.add_argument("--verify", action="store_true",
                        help="parse every frame and check order and uniqueness (slower client)")
 
-    p = sub.add_parser("publish", help="durable publish throughput (SQLite)")
+    p = sub.add_parser("publish", help="durable publish throughput (SQLite or PostgreSQL)")
     _common(p)
     p.add_argument("--count", type=int, default=20000, help="notifications per run")
     p.add_argument("--concurrency", default="16",
@@ -94,6 +94,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=500, help="publishes before measuring")
     p.add_argument("--store", default=None,
                    help="store URL (postgresql://...: a fresh schema per run); default SQLite")
+    p.add_argument("--broker", default=None,
+                   help="the server's --broker (e.g. redis://127.0.0.1:6379); default: the "
+                        "PostgreSQL store's database, in-process on SQLite")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the floor (a bare ASGI handler answering 202, measured "
                         "before each run; its ratio is floor_ratio)")

@@ -170,3 +170,34 @@ class CpuMarks:
                 "other_cpu_s": (b["busy"] - a["busy"]) - server - loadgen,
                 "wall_s": b["t"] - a["t"],
                 "server_cpu_by_thread_s": thread_delta(a["threads"], b["threads"])}
+
+
+def pg_backends_cpu(server_pid: int, pg_port: int = 5432) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``server_pid``'s
+    connections (store pool and broker sessions), by backend pid.  A backend's
+    process title names its client as ``host(port)``; the server's side of
+    each connection to ``pg_port`` is such a port.  PostgreSQL's own helpers
+    (WAL writer, checkpointer) are shared with everything else and not counted."""
+    try:
+        conns = psutil.Process(server_pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return {}
+    ports = {f"({c.laddr.port})" for c in conns if c.raddr and c.raddr.port == pg_port}
+    out: dict[int, float] = {}
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            title = " ".join(p.info["cmdline"] or ())
+            if p.info["name"] != "postgres" and not title.startswith("postgres:"):
+                continue
+            if any(port in title for port in ports):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two :func:`pg_backends_cpu` readings (a backend
+    started in between counts from zero)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())

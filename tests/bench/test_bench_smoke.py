@@ -114,3 +114,31 @@ def test_tiny_inbox_run_on_postgresql(tmp_path):
     assert check["store"] == "postgresql" and check["status"] == 202
     assert check["rows_by_table"]["notifications"] == 1 and "inbox" not in check["rows_by_table"]
     assert check["removed_after"] == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("broker", ["postgresql", "redis"])
+def test_tiny_publish_run_on_postgresql_counts_the_database_backends(tmp_path, broker):
+    from tests.services import require_postgres, require_redis
+
+    url = require_postgres()
+    extra = ["--broker", require_redis()] if broker == "redis" else []
+    (run,) = _run_bench(tmp_path, "publish", "--store", url, "--count", "300", "--warmup", "50",
+                        "--concurrency", "4", "--no-floor", *extra)
+    assert run["store"] == "postgresql" and run["broker"] == broker
+    assert run["errors"] == 0 and run["count"] == 300, run
+    # the store's pool and (PostgreSQL alone) the broker's sessions did the writing
+    assert run["pg_cpu_s"] > 0 and run["pg_cpu_us_per_publish"] > 0
+
+
+def test_pgfloor_runs_the_stores_own_statements(tmp_path):
+    from bench import pgfloor
+    from tests.services import require_postgres
+
+    url = require_postgres()
+    if pgfloor.pgbench_path() is None:
+        pytest.skip("pgbench is not installed")
+    rows = pgfloor.run(url, clients=4, group=4, seconds=1)
+    assert [(r["mode"], r["sessions"], r["per_statement"]) for r in rows] == [
+        ("single", 4, 1), ("grouped", 1, 4)]
+    assert all(r["publishes_per_s"] > 0 and r["wal_flushes_per_s"] > 0 for r in rows)
