@@ -20,10 +20,12 @@ from tidings.broker.base import (
     Membership,
     Message,
     Personal,
+    Personals,
     all_channel,
     topic_channel,
     user_channel,
 )
+from tidings.store.base import Delivery
 
 TIMEOUT = 5.0
 
@@ -253,3 +255,39 @@ async def test_take_keys_are_independent(broker):
 async def test_take_refuses_impossible_limits(broker, rate, burst, cost):
     with pytest.raises(ValueError):
         await broker.take("key-bad", rate, burst, cost)
+
+
+async def test_publish_personals_reaches_each_recipients_handler(broker, sentinel):
+    """One publish's entries for several users: a networked broker sends one
+    ``Personal`` per user's channel, the in-process one the whole message to
+    the app channel's handler; either way every entry arrives once, with a
+    group entry's ``group`` spliced after the body, and nothing reaches
+    another app."""
+    app, got = "app_a", Recorder()
+    for user in ("alice", "bob", "carol"):
+        broker.subscribe(user_channel(app, user), got)
+    broker.subscribe(all_channel(app), got)
+    other = Recorder()
+    broker.subscribe(user_channel("app_b", "alice"), other)
+    broker.subscribe(all_channel("app_b"), other)
+    body = b'{"id":"n1","title":"hi"}'
+    deliveries = [Delivery("alice", "e1", 4), Delivery("bob", "e2", 1, b'{"count":2}'),
+                  Delivery("carol", "e3", 9)]
+    broker.publish_personals(app, Personals(body, deliveries, 12.5, "tp"))
+    await sentinel()
+    entries = []
+    for channel, msg in got.got:
+        if type(msg) is Personal:
+            user = channel.split(":", 2)[2]
+            entries.append((user, msg.epoch, msg.seq, msg.body, msg.sent_at, msg.trace))
+        else:
+            assert type(msg) is Personals and channel == all_channel(app)
+            entries += [(d.user, d.epoch, d.seq,
+                         body if d.group is None else body + b',"group":' + d.group,
+                         msg.sent_at, msg.trace) for d in msg.deliveries]
+    assert sorted(entries) == [
+        ("alice", "e1", 4, body, 12.5, "tp"),
+        ("bob", "e2", 1, body + b',"group":{"count":2}', 12.5, "tp"),
+        ("carol", "e3", 9, body, 12.5, "tp"),
+    ]
+    assert other.got == []

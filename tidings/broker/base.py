@@ -10,7 +10,9 @@ Channels (all app-scoped, so no message can cross apps):
 
 * ``<app>:u:<user>`` -- everything for one user (notifications, state, counts)
 * ``<app>:t:<topic>`` -- feed items of a topic fanned out on read
-* ``<app>:*``       -- broadcasts (feed items for every user of the app)
+* ``<app>:*``       -- broadcasts (feed items for every user of the app); on
+  the in-process broker also the personal entries of one publish for many
+  users (``Personals``, see ``publish_personals``)
 
 A networked broker can lose its connection.  When it has one again and has
 re-established every subscription, it calls the ``on_reconnect`` callbacks:
@@ -35,6 +37,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from tidings.core.backoff import Backoff
+from tidings.core.events import with_group
 
 log = logging.getLogger("tidings.broker")
 
@@ -57,6 +60,20 @@ class Personal(Message, tag="p"):
     sent_at: float = 0.0
     # the publish's W3C traceparent when tracing is on (tidings/tracing.py), else ""
     trace: str = ""
+
+
+class Personals(Message, tag="ps"):
+    """The personal entries one publish wrote, for every recipient at once:
+    the body once and each recipient's ``user``, ``epoch``, ``seq`` and
+    ``group`` (``tidings.store.base.Delivery``).  ``Broker.publish_personals``
+    takes it; it never crosses the network (a networked broker sends one
+    ``Personal`` per user's channel instead), so ``deliveries`` is not typed
+    for decoding."""
+
+    body: bytes
+    deliveries: list
+    sent_at: float = 0.0  # as in Personal
+    trace: str = ""  # as in Personal
 
 
 class Feed(Message, tag="f"):
@@ -106,6 +123,11 @@ def all_channel(app: str) -> str:
 
 
 class Broker(abc.ABC):
+    # True when ``publish`` runs this node's handlers before it returns (the
+    # in-process broker): what this node learns from a message, it has then
+    # learnt by the time ``publish`` returns.
+    inline = False
+
     @abc.abstractmethod
     async def open(self) -> None: ...
 
@@ -115,6 +137,19 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish(self, channel: str, message: Message) -> None:
         """Send without waiting (at most once).  Order is kept per channel."""
+
+    def publish_personals(self, app: str, message: Personals) -> None:
+        """The personal entries of one publish, at most once, each in order
+        on its user's channel.  Sent as one ``Personal`` per recipient to
+        ``<app>:u:<user>``: a networked broker routes them, so a node
+        receives only its own users' entries.  The in-process broker hands
+        the whole message to the app channel's handler instead, one call
+        per publish however many recipients (broker/local.py)."""
+        body, sent_at, trace = message.body, message.sent_at, message.trace
+        publish = self.publish
+        for d in message.deliveries:
+            payload = body if d.group is None else with_group(body, d.group)
+            publish(user_channel(app, d.user), Personal(d.epoch, d.seq, payload, sent_at, trace))
 
     @abc.abstractmethod
     def subscribe(self, channel: str, handler: Handler) -> None:

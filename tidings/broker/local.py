@@ -2,17 +2,23 @@
 
 Publishing calls the channel's handler directly, in the same loop tick, so
 order per channel is exactly publish order and nothing is ever dropped.
+The personal entries of one publish go to the app channel's handler as one
+``Personals`` message (the hub delivers them in one pass), not as one
+message per recipient: the same calls in the same tick, so the order per
+user is the same too.
 """
 
 from __future__ import annotations
 
 import time
 
-from tidings.broker.base import Broker, Handler, Message
+from tidings.broker.base import Broker, Handler, Message, Personals, all_channel
 from tidings.core.ratelimit import TokenBuckets
 
 
 class LocalBroker(Broker):
+    inline = True
+
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self.published = 0
@@ -27,6 +33,13 @@ class LocalBroker(Broker):
 
     def publish(self, channel: str, message: Message) -> None:
         self.published += 1
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            handler(channel, message)
+
+    def publish_personals(self, app: str, message: Personals) -> None:
+        self.published += 1
+        channel = all_channel(app)
         handler = self._handlers.get(channel)
         if handler is not None:
             handler(channel, message)

@@ -33,9 +33,19 @@ def encode(obj: object) -> bytes:
 
 
 def notification_frame(epoch: str, seq: int, body: bytes) -> bytes:
-    return b'{"type":"notification","cursor":"%s:%d","notification":%s}' % (
-        epoch.encode(), seq, body,
-    )
+    return b"%s%d%s" % (notification_head(epoch), seq, notification_tail(body))
+
+
+# A personal event is head (per stream: its epoch) + seq + tail (per publish:
+# the body), so the hot path formats one integer per recipient.
+def notification_head(epoch: str) -> bytes:
+    """What precedes the seq in a personal event of ``epoch``."""
+    return b'{"type":"notification","cursor":"%s:' % epoch.encode()
+
+
+def notification_tail(body: bytes) -> bytes:
+    """What follows the seq in a personal event carrying ``body``."""
+    return b'","notification":%s}' % body
 
 
 def with_group(body: bytes, group: bytes) -> bytes:

@@ -60,8 +60,11 @@ class DeliveryTracker:
         # (app, encoded body) per personal message routed to >= 1 stream, and
         # (app, frame, users) per feed message: turned into counters at flush
         self._personal: list[tuple[str, bytes]] = []
+        # (app, encoded body, users) per message for many users (broker.base.Personals)
+        self._personals: list[tuple[str, bytes, int]] = []
         self._feed: list[tuple[str, bytes, int]] = []
         self.reached = self._personal.append  # the hot path: one bound-method call
+        self.reached_users = self._personals.append
         self.reached_feed = self._feed.append
 
     def add(self, app: str, nid: str, channel: str, field: str, n: int = 1) -> None:
@@ -78,11 +81,14 @@ class DeliveryTracker:
         """Turn what the gateway routed into ``in_app`` ``delivered``
         counters; returns the number of deliveries per app (for /metrics)."""
         personal, self._personal[:] = list(self._personal), []
+        personals, self._personals[:] = list(self._personals), []
         feed, self._feed[:] = list(self._feed), []
         per_app: Counter[str] = Counter()
-        for (app, raw), n in Counter(
-            (app, personal_nid(body)) for app, body in personal
-        ).items():
+        reached: Counter[tuple[str, bytes | None]] = Counter(
+            (app, personal_nid(body)) for app, body in personal)
+        for app, body, users in personals:
+            reached[(app, personal_nid(body))] += users
+        for (app, raw), n in reached.items():
             if raw is not None:
                 self.add(app, raw.decode("ascii", "replace"), "in_app", "delivered", n)
                 per_app[app] += n

@@ -24,6 +24,7 @@ from tidings.broker.base import (
     Membership,
     Message,
     Personal,
+    Personals,
     all_channel,
     topic_channel,
     user_channel,
@@ -62,6 +63,9 @@ class Hub:
         # Plain per-app counters (tidings.core.stats); /metrics and the dashboard read them.
         self.metrics = Stats()
         self.users: dict[tuple[str, str], set[Stream]] = {}
+        # the same sets by app, then user: a publish's recipients are looked
+        # up by user alone, without a (app, user) tuple each
+        self._by_app: dict[str, dict[str, set[Stream]]] = {}
         self.topics: dict[tuple[str, str], set[Stream]] = {}
         self.apps: dict[str, set[Stream]] = {}
         # Delivery tracking: "delivered" counts users, not streams, so the
@@ -101,6 +105,7 @@ class Hub:
         streams = self.users.get(key)
         if streams is None:
             streams = self.users[key] = set()
+            self._by_app.setdefault(stream.app, {})[stream.user] = streams
             self.broker.subscribe(user_channel(*key), self._on_user)
             self._app_users[stream.app] = self._app_users.get(stream.app, 0) + 1
         elif len(streams) >= self.settings.limits.max_connections_per_user:
@@ -122,6 +127,10 @@ class Hub:
         streams.discard(stream)
         if not streams:
             del self.users[key]
+            by_user = self._by_app[stream.app]
+            del by_user[stream.user]
+            if not by_user:
+                del self._by_app[stream.app]
             self.cache.gone(key)
             self.broker.unsubscribe(user_channel(*key))
             left = self._app_users.get(stream.app, 1) - 1
@@ -377,8 +386,50 @@ class Hub:
 
     def _on_all(self, channel: str, msg: Message) -> None:
         app = channel[:-2]
+        if type(msg) is Personals:
+            self._on_personals(app, msg)
+            return
         self.cache.app_changed(app)
         self._to_group(app, self.apps.get(app), msg, self._app_users.get(app, 0))
+
+    def _on_personals(self, app: str, msg: Personals) -> None:
+        """One publish's personal entries (the in-process broker's ``Personals``):
+        what one ``Personal`` per recipient would do, in one pass."""
+        users = self._by_app.get(app)
+        if not users:
+            return
+        changed = self.cache.user_changed
+        body, trace = msg.body, msg.trace
+        tail: bytes | None = None  # made once, when the first recipient is here
+        reached = routed = 0
+        for d in msg.deliveries:
+            streams = users.get(d.user)
+            if not streams:
+                continue
+            changed((app, d.user))
+            reached += 1
+            routed += len(streams)
+            epoch, seq = d.epoch, d.seq
+            if d.group is None:
+                payload = body
+                if tail is None:
+                    tail = events.notification_tail(body)
+                shared = tail
+            else:
+                payload = events.with_group(body, d.group)
+                shared = events.notification_tail(payload)
+            if trace:  # tracing is on: the same writes inside spans
+                tracing.deliver(trace, app, "personal", tuple(streams),
+                                lambda s: s.on_personal(epoch, seq, payload))  # noqa: B023
+            elif len(streams) == 1:
+                (s,) = streams  # unpacked first: a stream cut now leaves the set
+                s.on_personal(epoch, seq, payload, shared)
+            else:
+                for s in tuple(streams):
+                    s.on_personal(epoch, seq, payload, shared)
+        if reached:
+            self._routed(app, routed, msg.sent_at)
+            self.tracking.reached_users((app, body, reached))  # users, not streams
 
     def _on_topic(self, channel: str, msg: Message) -> None:
         app, _, topic = channel.split(":", 2)

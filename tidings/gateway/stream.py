@@ -92,7 +92,10 @@ class Stream:
             return
         self._held.append((kind, pos, payload))
 
-    def on_personal(self, epoch: str, seq: int, body: bytes) -> None:
+    def on_personal(self, epoch: str, seq: int, body: bytes, tail: bytes | None = None) -> None:
+        """Personal entry ``seq`` of ``epoch`` arrived live; ``tail`` is
+        ``events.notification_tail(body)`` when the caller has it (one per
+        publish, shared by its recipients)."""
         if self._syncing:
             self._hold("p", seq, body)
             return
@@ -102,13 +105,20 @@ class Stream:
             self._hold("p", seq, body)
             self._start_sync()
             return
-        self.emit_personal(seq, body)
+        self.emit_personal(seq, body, tail)
 
-    def emit_personal(self, seq: int, body: bytes) -> None:
+    # the event's head for this stream's epoch, made at its first event
+    _head_for = ""
+    _head = b""
+
+    def emit_personal(self, seq: int, body: bytes, tail: bytes | None = None) -> None:
         """Queue personal entry ``seq`` (in order; live or replayed)."""
         self.last_seq = seq
+        epoch = self.epoch
+        if self._head_for is not epoch:
+            self._head_for, self._head = epoch, events.notification_head(epoch)
         self.push(
-            events.notification_frame(self.epoch, seq, body),
+            b"%s%d%s" % (self._head, seq, events.notification_tail(body) if tail is None else tail),
             self.position() if self.wants_ids else None,
         )
 

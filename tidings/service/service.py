@@ -24,7 +24,7 @@ from tidings.broker.base import (
     Feed,
     Frames,
     Membership,
-    Personal,
+    Personals,
     all_channel,
     topic_channel,
     user_channel,
@@ -368,12 +368,14 @@ class Service:
             publish(_feed_channel(app_id, out.audience),
                     Feed(out.feed_offset, frame, committed, trace))
             return
-        body = out.body
-        for d in out.deliveries:
-            cache.user_changed((app_id, d.user))
-            payload = body if d.group is None else events.with_group(body, d.group)
-            publish(user_channel(app_id, d.user),
-                    Personal(d.epoch, d.seq, payload, committed, trace))
+        deliveries = out.deliveries
+        if not self.broker.inline:  # else the hub's handler has run when publish returns
+            changed = cache.user_changed
+            for d in deliveries:
+                changed((app_id, d.user))
+        # one message for every recipient: the in-process broker hands it to
+        # the hub whole, a networked one sends one per user (broker/base.py)
+        self.broker.publish_personals(app_id, Personals(out.body, deliveries, committed, trace))
 
     # -- notifications ------------------------------------------------------------
     async def get_notification(self, app_id: str, nid: str) -> dict:
