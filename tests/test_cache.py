@@ -148,3 +148,21 @@ async def test_the_first_inbox_page_is_cached_and_follows_changes(tmp_path):
             assert r.status_code == 202
             assert await page() == ["all", "two", "one"]
         await ws.close()
+
+
+def test_users_changed_invalidates_exactly_the_named_live_users():
+    from tidings.gateway.cache import UserCache
+
+    cache = UserCache(True)
+    for key in [("a", "ann"), ("a", "bob"), ("a", "cy"), ("b", "ann")]:
+        cache.live(key)
+        cache.put("counts", key, cache.version(key), (1, 1))
+    cache.users_changed("a", ["ann", "cy", "nobody"])  # a publish's recipients in app "a"
+    assert cache.get("counts", ("a", "ann")) is None
+    assert cache.get("counts", ("a", "cy")) is None
+    assert cache.get("counts", ("a", "bob")) == (1, 1)
+    assert cache.get("counts", ("b", "ann")) == (1, 1)  # same user id, other app
+    cache.gone(("a", "bob"))
+    assert cache.get("counts", ("a", "bob")) is None
+    assert cache.version(("a", "bob")) is None  # not live: not cacheable
+    cache.users_changed("c", ["ann"])  # an app with nobody live here

@@ -35,8 +35,10 @@ class UserCache:
         self.enabled = enabled
         self._entries: LRU[tuple, tuple[Version, Any]] = LRU(maxsize, ttl)
         self._next = itertools.count(1).__next__
-        # users whose channel this node receives -> their current version
-        self._users: dict[Key, int] = {}
+        # app -> user -> current version, for the users whose channel this
+        # node receives (by app first: a publish invalidates its recipients
+        # without an (app, user) tuple each)
+        self._users: dict[str, dict[str, int]] = {}
         self._apps: dict[str, int] = {}
         self._global = 0
 
@@ -52,22 +54,27 @@ class UserCache:
     def live(self, key: Key) -> None:
         """The user's channel subscription has settled on this node."""
         if self.enabled:
-            self._users[key] = self._next()
+            self._users.setdefault(key[0], {})[key[1]] = self._next()
 
     def gone(self, key: Key) -> None:
         """The user's last stream here closed: nothing tells us of changes now."""
-        self._users.pop(key, None)
+        users = self._users.get(key[0])
+        if users is not None:
+            users.pop(key[1], None)
+            if not users:
+                del self._users[key[0]]
 
     # -- reads and fills ------------------------------------------------------------
     def version(self, key: Key) -> Version | None:
         """Take before reading the store; None: this answer must not be cached."""
-        user = self._users.get(key) if self.enabled else None
+        users = self._users.get(key[0]) if self.enabled else None
+        user = None if users is None else users.get(key[1])
         if user is None:
             return None
         return self._global, self._apps.get(key[0], 0), user
 
     def get(self, kind: str, key: Key, *extra) -> Any:
-        if not self.enabled or key not in self._users:
+        if not self.enabled or key[1] not in self._users.get(key[0], ()):
             return None
         entry = self._entries.get((kind, *key, *extra))
         if entry is None or entry[0] != self.version(key):
@@ -81,8 +88,18 @@ class UserCache:
     # -- invalidation (from the hub's broker handlers) -----------------------------
     def user_changed(self, key: Key) -> None:
         """Anything on the user's channel: entries, state, counts, memberships."""
-        if key in self._users:
-            self._users[key] = self._next()
+        users = self._users.get(key[0])
+        if users is not None and key[1] in users:
+            users[key[1]] = self._next()
+
+    def users_changed(self, app: str, users: list[str]) -> None:
+        """``user_changed`` for each of ``users`` of ``app`` (a publish's recipients)."""
+        live = self._users.get(app)
+        if live:
+            nxt = self._next
+            for user in users:
+                if user in live:
+                    live[user] = nxt()
 
     def app_changed(self, app: str) -> None:
         """A feed item (broadcast or large topic) or a change to one: every

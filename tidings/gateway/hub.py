@@ -398,16 +398,15 @@ class Hub:
         users = self._by_app.get(app)
         if not users:
             return
-        changed = self.cache.user_changed
         body, trace = msg.body, msg.trace
         tail: bytes | None = None  # made once, when the first recipient is here
-        reached = routed = 0
+        here: list[str] = []  # the recipients with a stream here
+        routed = 0
         for d in msg.deliveries:
             streams = users.get(d.user)
             if not streams:
                 continue
-            changed((app, d.user))
-            reached += 1
+            here.append(d.user)
             routed += len(streams)
             epoch, seq = d.epoch, d.seq
             if d.group is None:
@@ -427,9 +426,10 @@ class Hub:
             else:
                 for s in tuple(streams):
                     s.on_personal(epoch, seq, payload, shared)
-        if reached:
+        if here:
+            self.cache.users_changed(app, here)
             self._routed(app, routed, msg.sent_at)
-            self.tracking.reached_users((app, body, reached))  # users, not streams
+            self.tracking.reached_users((app, body, len(here)))  # users, not streams
 
     def _on_topic(self, channel: str, msg: Message) -> None:
         app, _, topic = channel.split(":", 2)

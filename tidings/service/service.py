@@ -370,9 +370,7 @@ class Service:
             return
         deliveries = out.deliveries
         if not self.broker.inline:  # else the hub's handler has run when publish returns
-            changed = cache.user_changed
-            for d in deliveries:
-                changed((app_id, d.user))
+            cache.users_changed(app_id, [d.user for d in deliveries])
         # one message for every recipient: the in-process broker hands it to
         # the hub whole, a networked one sends one per user (broker/base.py)
         self.broker.publish_personals(app_id, Personals(out.body, deliveries, committed, trace))
