@@ -380,6 +380,20 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
             conn, lost = None, True
             await asyncio.sleep(backoff.next_delay())
 
+    def _deliver(self, handler: Handler, channel: str, data: bytes) -> None:
+        """Decode one received message and hand it to its channel's handler
+        (a message that does not decode is counted and skipped)."""
+        try:
+            message = self._decode(data)
+        except msgspec.DecodeError:
+            self.undecodable += 1
+            return
+        self.received += 1
+        try:
+            handler(channel, message)
+        except Exception:
+            log.exception("broker handler failed on %s", channel)
+
     def _reconnected(self, what: str) -> None:
         """Every subscription is in effect again after a lost connection:
         what was published meanwhile may be lost, tell ``on_reconnect``."""

@@ -49,7 +49,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker, log
+from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker
 from tidings.core import ratelimit
 from tidings.core.backoff import Backoff
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, STALE
@@ -247,18 +247,8 @@ class PostgresBroker(QueuedBroker[bytes, asyncpg.Connection]):
         handlers = self._handlers
         for name, body in items:
             handler = handlers.get(name)
-            if handler is None:
-                continue  # nobody on this node
-            try:
-                message = self._decode(body)
-            except msgspec.DecodeError:
-                self.undecodable += 1
-                continue
-            self.received += 1
-            try:
-                handler(name, message)
-            except Exception:
-                log.exception("broker handler failed on %s", name)
+            if handler is not None:  # else nobody on this node
+                self._deliver(handler, name, body)
 
     # -- node registry and rate limits ------------------------------------------
     async def heartbeat(self, node: str, info: dict, ttl: float) -> None:

@@ -50,7 +50,7 @@ from redis.asyncio.retry import Retry  # the asyncio one: redis-py warns on the 
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker, log
+from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker
 from tidings.core import ratelimit
 from tidings.core.backoff import Backoff
 
@@ -338,7 +338,6 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
 
     async def _read(self, conn) -> None:
         handlers = self._handlers
-        decode = self._decode
         while True:
             # Block until Redis sends something: no polling, no busy loop.
             reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
@@ -350,18 +349,8 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
             kind = reply[0]
             if kind == b"smessage":
                 entry = handlers.get(reply[1])
-                if entry is None:
-                    continue  # unsubscribed while it was in flight
-                try:
-                    message = decode(reply[2])
-                except msgspec.DecodeError:
-                    self.undecodable += 1
-                    continue
-                self.received += 1
-                try:
-                    entry[1](entry[0], message)
-                except Exception:
-                    log.exception("broker handler failed on %s", entry[0])
+                if entry is not None:  # else unsubscribed while it was in flight
+                    self._deliver(entry[1], entry[0], reply[2])
             elif kind == b"pong" and reply[1].isdigit():
                 self._confirm(int(reply[1]))
 
