@@ -23,7 +23,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,7 +31,11 @@ import msgspec
 
 from tidings.core.retry import parse_retry_after
 
-__all__ = ["Channel", "Job", "JobQueue", "Result", "check_url", "http_post", "http_result"]
+if TYPE_CHECKING:
+    from tidings.config import WebhookConfig, WebPushConfig
+
+__all__ = ["Channel", "Job", "JobQueue", "Result", "check_url", "http_client", "http_post",
+           "http_result"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -189,6 +193,18 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
     if not address.is_global:
         raise ValueError(f"a destination URL must not point at a non-public address ({host})")
     return url
+
+
+def http_client(config: WebhookConfig | WebPushConfig) -> httpx.AsyncClient:
+    """The client an HTTP channel sends with: per-phase timeouts, at most
+    ``max_connections``, and no redirects (a 3xx is the job's answer, see
+    :func:`http_result`; a signed request is never re-sent elsewhere)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+        limits=httpx.Limits(max_connections=config.max_connections),
+        follow_redirects=False,
+        headers={"User-Agent": config.user_agent},
+    )
 
 
 async def http_post(

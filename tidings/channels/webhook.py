@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import httpx
 import msgspec
 
-from tidings.channels.base import Job, Result, check_url, http_post
+from tidings.channels.base import Job, Result, check_url, http_client, http_post
 from tidings.config import WebhookConfig  # defined with the other settings
 from tidings.core.digest import is_digest
 
@@ -145,12 +145,7 @@ class WebhookChannel:
         self.config = config = config or WebhookConfig()
         self.clock = clock
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-            limits=httpx.Limits(max_connections=config.max_connections),
-            follow_redirects=False,
-            headers={"User-Agent": config.user_agent},
-        )
+        self.client = client or http_client(config)
 
     def body(self, job: Job) -> bytes:
         """The exact bytes POSTed (and signed) for ``job``."""

@@ -46,7 +46,7 @@ from http_ece import ECEException
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 
-from tidings.channels.base import Job, Result, check_url, http_post
+from tidings.channels.base import Job, Result, check_url, http_client, http_post
 from tidings.config import WebPushConfig  # defined with the other settings
 
 __all__ = [
@@ -188,12 +188,7 @@ class WebPushChannel:
         self.public_key = _public_key(self.vapid)
         self._signed: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, exp)
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-            limits=httpx.Limits(max_connections=config.max_connections),
-            follow_redirects=False,
-            headers={"User-Agent": config.user_agent},
-        )
+        self.client = client or http_client(config)
 
     def authorization(self, endpoint: str) -> str:
         """The VAPID ``Authorization`` header for ``endpoint``'s push service."""
