@@ -332,6 +332,15 @@ class Outbound:
         at = datetime.fromtimestamp(created_at, UTC)
         delay = self.config.fallback_delay
         seq: Counter = Counter()
+
+        def job(user: str, channel: str, destination: dict) -> Job:
+            """The next job of ``channel`` for this notification (ids count per channel)."""
+            n = seq[channel]
+            seq[channel] += 1
+            return Job(id=f"{nid}.{channel}.{n}", channel=channel, app=app_id, user=user,
+                       notification=body, destination=destination, created_at=created_at,
+                       expires_at=expires_at)
+
         # An urgent notification is never held for a digest.
         defaults = ({} if self.defaults is None or priority == "urgent"
                     else await self.defaults(app_id))
@@ -363,13 +372,8 @@ class Outbound:
                     # hours included; a device that sees it drops it.
                     closes = digest.due(rule, at, mine).timestamp()
                     for destination in targets:
-                        job = Job(id=f"{nid}.{channel}.{seq[channel]}", channel=channel,
-                                  app=app_id, user=user, notification=body,
-                                  destination=destination, created_at=created_at,
-                                  expires_at=expires_at)
-                        seq[channel] += 1
-                        jobs.append(NewJob(job=job, nid=nid, not_before=closes,
-                                           digest=digest.key(rule)))
+                        jobs.append(NewJob(job=job(user, channel, destination), nid=nid,
+                                           not_before=closes, digest=digest.key(rule)))
                     counts.digest[channel] += len(targets)
                     continue
                 not_before, fallback = created_at, False
@@ -380,15 +384,11 @@ class Outbound:
                     # Quiet hours or not, a device that saw it cancels the job.
                     not_before, fallback = max(not_before, created_at + delay), True
                 for destination in targets:
-                    job = Job(id=f"{nid}.{channel}.{seq[channel]}", channel=channel,
-                              app=app_id, user=user, notification=body,
-                              destination=destination, created_at=created_at,
-                              expires_at=expires_at)
-                    seq[channel] += 1
                     # A pending push or e-mail of the same group is replaced by
                     # this one: 42 likes in a minute are one e-mail, not 42.
-                    jobs.append(NewJob(job=job, nid=nid, not_before=not_before,
-                                       fallback=fallback, collapse=group_key))
+                    jobs.append(NewJob(job=job(user, channel, destination), nid=nid,
+                                       not_before=not_before, fallback=fallback,
+                                       collapse=group_key))
                 counts.queued[channel] += len(targets)
         return jobs, counts
 
