@@ -9,6 +9,7 @@ first" is the publish order and every run is the same.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import time
@@ -203,6 +204,43 @@ async def test_repeated_users_in_one_publish_get_one_entry(db):
     assert await inbox_ids(db, A, "u") == [out.id]
     assert sorted(await db.recipients_of(A, out.id)) == ["u", "v"]
     assert (await db.stream_head(A, "u", time.time())).head_seq == 1
+
+
+async def test_publish_many_answers_each_item_in_order_with_gapless_seqs(db):
+    items = [note(users=["u1"]), note(users=["u1", "u2"]), note(all=True),
+             note(users=["u2"], key="k"), note(users=["u2"], key="k")]
+    outs = await db.publish_many(A, items, fanout_threshold=THRESHOLD, window=WINDOW)
+    assert [o.id for o in outs[:3]] == [it.id for it in items[:3]]
+    assert [o.status for o in outs[:3]] == ["accepted"] * 3
+    assert outs[2].feed_offset == 1
+    # one of the two items with one key is stored, the other is its duplicate
+    assert sorted(o.status for o in outs[3:]) == ["accepted", "duplicate"]
+    assert outs[3].id == outs[4].id in (items[3].id, items[4].id)
+    seqs = sorted((d.user, d.seq) for o in outs for d in o.deliveries)
+    assert seqs == [("u1", 1), ("u1", 2), ("u2", 1), ("u2", 2)]
+    personal, _ = await replay_all(db, A, "u2")
+    assert [e.id for e in personal] in ([items[1].id, outs[3].id], [outs[3].id, items[1].id])
+    assert (await db.stream_head(A, "u2", time.time())).head_seq == 2
+
+
+async def test_publish_many_fails_a_bad_item_alone(db):
+    # the second item reuses the first one's id: it cannot be stored, and
+    # the items around it are published as if it were not there
+    first, after = note(users=["u"]), note(users=["v", "u"])
+    clash = dataclasses.replace(note(users=["u", "w"]), id=first.id)
+    outs = await db.publish_many(A, [first, clash, after], fanout_threshold=THRESHOLD,
+                                 window=WINDOW)
+    assert isinstance(outs[1], Exception)
+    assert [outs[0].status, outs[2].status] == ["accepted", "accepted"]
+    assert sorted(d.seq for o in (outs[0], outs[2]) for d in o.deliveries if d.user == "u") \
+        == [1, 2]
+    personal, _ = await replay_all(db, A, "u")
+    assert sorted(e.id for e in personal) == sorted([first.id, after.id])
+    assert await inbox_ids(db, A, "w") == []
+    assert (await db.stream_head(A, "u", time.time())).head_seq == 2
+    # the failed item took no seq: the next publish follows on
+    nxt = await publish(db, A, note(users=["u", "w"]))
+    assert [(d.user, d.seq) for d in nxt.deliveries] == [("u", 3), ("w", 1)]
 
 
 # -- idempotency ------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import msgspec
@@ -115,20 +114,23 @@ async def publish_batch(service, call: Call) -> tuple[int, bytes]:
     # A batch costs one token per notification; _key_auth took the first.
     await service.limits.charge_key(call.key, len(batch.notifications) - 1)
 
-    async def one(i: int, raw: msgspec.Raw):
+    reqs: list[PublishRequest | Exception] = []
+    for raw in batch.notifications:
         try:
-            req = decode(bytes(raw), PublishRequest)
-            return await service.publish(app, req, batch_item_key(key, i))
+            reqs.append(decode(bytes(raw), PublishRequest))
         except TidingsError as exc:
-            return {"status": "error", **exc.to_dict()}
-        except Exception:
+            reqs.append(exc)
+    keys = [batch_item_key(key, i) for i in range(len(reqs))]
+    results = []
+    for i, result in enumerate(await service.publish_many(app, reqs, keys)):
+        if isinstance(result, TidingsError):
+            result = {"status": "error", **result.to_dict()}
+        elif isinstance(result, Exception):
             # One result per item, always: the others may be committed, so a
             # 500 for the whole batch would make the client publish them twice.
-            log.exception("batch item %d failed", i)
-            return {"status": "error", **_INTERNAL}
-
-    # Concurrent submissions land in the store's same group commit.
-    results = await asyncio.gather(*(one(i, r) for i, r in enumerate(batch.notifications)))
+            log.error("batch item %d failed", i, exc_info=result)
+            result = {"status": "error", **_INTERNAL}
+        results.append(result)
     return 202, _encode({"results": results})
 
 

@@ -7,6 +7,7 @@ ever announced that is not durable (docs/design.md §2.1).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -286,14 +287,68 @@ class Service:
             return result
 
     async def _publish(self, app_id: str, req: PublishRequest, idem_key: str | None) -> dict:
-        item = self._prepare(req, idem_key, time.time())
-        capped = await self.limits.apply_caps(app_id, item, req.group_key)
-        outbound = await self._plan_outbound(app_id, item, req.priority, capped)
+        item, capped, outbound = await self._ready(app_id, req, idem_key, time.time())
         with tracing.span("store.commit"):
             out = await self.store.publish(
                 app_id, item, fanout_threshold=self.settings.fanout_threshold,
                 window=self.settings.limits.idempotency_window,
             )
+        return await self._published(app_id, req, item, capped, outbound, out)
+
+    async def publish_many(self, app_id: str, reqs: list[PublishRequest | Exception],
+                           keys: list[str | None]) -> list[dict | Exception]:
+        """The notifications of a batch request, with their idempotency keys:
+        one result per item, in order, or the exception that failed that item
+        alone (an item given as an exception, e.g. a body that did not
+        decode, fails with it).  The valid ones go to the store together
+        (``Store.publish_many``: on SQLite one job of the writer)."""
+        if tracing.TRACER is not None:  # a span per publish, as single publishes have
+            async def one(req: PublishRequest | Exception, key: str | None,
+                          ) -> dict | Exception:
+                if isinstance(req, Exception):
+                    return req
+                try:
+                    return await self.publish(app_id, req, key)
+                except Exception as exc:
+                    return exc
+            return list(await asyncio.gather(*(one(r, k) for r, k in zip(reqs, keys,
+                                                                          strict=True))))
+        now = time.time()
+        results: list[dict | Exception] = list(reqs)  # type: ignore[arg-type]  # replaced below
+        ready: list[tuple[int, PublishRequest, tuple]] = []
+        for i, req in enumerate(reqs):
+            if not isinstance(req, Exception):
+                try:
+                    ready.append((i, req, await self._ready(app_id, req, keys[i], now)))
+                except Exception as exc:
+                    results[i] = exc
+        if ready:
+            outs = await self.store.publish_many(
+                app_id, [r[2][0] for r in ready], fanout_threshold=self.settings.fanout_threshold,
+                window=self.settings.limits.idempotency_window,
+            )
+            for (i, req, (item, capped, outbound)), out in zip(ready, outs, strict=True):
+                if isinstance(out, Exception):
+                    results[i] = out
+                    continue
+                try:
+                    results[i] = await self._published(app_id, req, item, capped, outbound, out)
+                except Exception as exc:
+                    results[i] = exc
+        return results
+
+    async def _ready(self, app_id: str, req: PublishRequest, idem_key: str | None, now: float,
+                     ) -> tuple[NewNotification, Capped, OutboundCounts | None]:
+        """A publish up to its store write: the item, its caps, its outbound jobs."""
+        item = self._prepare(req, idem_key, now)
+        capped = await self.limits.apply_caps(app_id, item, req.group_key)
+        outbound = await self._plan_outbound(app_id, item, req.priority, capped)
+        return item, capped, outbound
+
+    async def _published(self, app_id: str, req: PublishRequest, item: NewNotification,
+                         capped: Capped, outbound: OutboundCounts | None,
+                         out: PublishOutcome) -> dict:
+        """A publish after its commit: announced, counted, answered."""
         if out.status == "duplicate" and out.fingerprint not in ("", item.fingerprint):
             # Answering "duplicate" here would lose this notification for good.
             raise Invalid("this Idempotency-Key was used for another notification in the "

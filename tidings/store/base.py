@@ -38,6 +38,7 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -255,6 +256,25 @@ class Store(OutboundStore, abc.ABC):
         entry each (muted recipients get none and are counted in ``muted``);
         ``all`` and larger topics are stored once in the app's feed.
         """
+
+    async def publish_many(
+        self, app_id: str, items: list[NewNotification], *, fanout_threshold: int,
+        window: float,
+    ) -> list[PublishOutcome | Exception]:
+        """``publish`` each of ``items`` (a batch request), in order: one
+        result per item, its outcome or the exception that failed it.  An
+        item fails alone: the others are published as if it were not there.
+        A store may commit them together; by default they are published
+        concurrently, each as ``publish`` would."""
+
+        async def one(item: NewNotification) -> PublishOutcome | Exception:
+            try:
+                return await self.publish(app_id, item, fanout_threshold=fanout_threshold,
+                                          window=window)
+            except Exception as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
 
     @abc.abstractmethod
     async def get_notification(self, app_id: str, nid: str) -> StoredNotification | None: ...

@@ -80,6 +80,26 @@ class WriterConnection(sqlite3.Connection):
         if self.in_transaction:
             self.execute("ROLLBACK")
 
+    # -- savepoints: one item of a job fails alone (publish.publish_many_alone) ----------
+    def savepoint(self) -> dict:
+        """Open SAVEPOINT ``item`` with nothing gathered; returns what
+        :meth:`rollback_to` needs to forget the item's seqs."""
+        self.flush()
+        self.execute("SAVEPOINT item")
+        return dict(self._txn)
+
+    def rollback_to(self, heads: dict) -> None:
+        """Undo everything since :meth:`savepoint` returned ``heads``: its
+        rows, and the seqs it took (the next item takes them, no gap)."""
+        self._discard()
+        self._txn.update(heads)
+        self.execute("ROLLBACK TO item")
+        self.execute("RELEASE item")
+
+    def release(self) -> None:
+        self.flush()
+        self.execute("RELEASE item")
+
     def _discard(self) -> None:
         self._unmuted.clear()  # what it learnt may have been from rolled-back rows
         self._txn.clear()

@@ -19,9 +19,10 @@ from tidings.store.base import Delivery, NewNotification, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.errors import transient
 from tidings.store.sqlite.outbound import insert_jobs_tx
 
-__all__ = ["ensure_stream", "prune_tx", "publish_tx", "set_state_tx"]
+__all__ = ["ensure_stream", "prune_tx", "publish_many_tx", "publish_tx", "set_state_tx"]
 
 _CHUNK = 500  # host parameters per IN (...) list
 _encode = msgspec.json.encode
@@ -124,6 +125,41 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
 
 
 publish_tx.appends = True  # type: ignore[attr-defined]  # store.py: needs no flush first
+
+
+def publish_many_tx(conn: WriterConnection, app_id: str, items: list[NewNotification],
+                    threshold: int, window: float) -> list:
+    """The items of one batch request, as one job: their outcomes, in order.
+    Optimistic like the group commit around it: when an item raises, the
+    writer rolls the group back and runs this job again alone, as
+    :func:`publish_many_alone`."""
+    return [publish_tx(conn, app_id, item, threshold, window) for item in items]
+
+
+def publish_many_alone(conn: WriterConnection, app_id: str, items: list[NewNotification],
+                       threshold: int, window: float) -> list:
+    """:func:`publish_many_tx` with each item in a savepoint of its own: an
+    item that fails gets its exception in place of an outcome, and takes
+    nothing with it (no row, no seq).  An error about the file rather than
+    the item fails the whole job (store.py answers it with 503)."""
+    out: list = []
+    for item in items:
+        heads = conn.savepoint()
+        try:
+            outcome = publish_tx(conn, app_id, item, threshold, window)
+            conn.release()
+        except Exception as exc:
+            conn.rollback_to(heads)
+            if transient(exc):
+                raise
+            out.append(exc)
+        else:
+            out.append(outcome)
+    return out
+
+
+publish_many_tx.appends = True  # type: ignore[attr-defined]
+publish_many_tx.alone = publish_many_alone  # type: ignore[attr-defined]  # store.py
 
 
 def _remember_key(conn: WriterConnection, app_id: str, item: NewNotification,
