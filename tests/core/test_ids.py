@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -63,6 +64,29 @@ def test_ids_sort_by_time(a, b):
 def test_ids_in_one_millisecond_are_distinct():
     ids = {new_id(1_700_000_000_000) for _ in range(2000)}
     assert len(ids) == 2000
+
+
+def test_each_millisecond_starts_from_fresh_random_bits():
+    # more milliseconds than one draw of the random pool holds
+    tails = [new_id(1_700_000_000_000 + i)[10:] for i in range(1000)]
+    assert len(set(tails)) == 1000
+
+
+def test_a_forked_child_never_mints_its_parents_ids():
+    new_id(1_700_000_000_000)  # the parent has drawn random bytes ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids of later milliseconds, to the parent
+        os.close(read)
+        os.write(write, "".join(new_id(1_700_000_000_001 + i) for i in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = "".join(new_id(1_700_000_000_001 + i) for i in range(20))
+    assert len(child) == len(parent) == 20 * 26
+    assert child != parent
 
 
 def test_sorting_a_batch_sorts_by_time():

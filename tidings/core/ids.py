@@ -47,6 +47,32 @@ def _rand_digits(r: int) -> str:
     return _high_digits + p[(r >> 10) & 1023] + p[r & 1023]
 
 
+_POOL_BYTES = 10 * 256
+_pool = b""  # random bytes drawn ahead: 10 for each new millisecond
+_pool_at = 0
+
+
+def _random80() -> int:
+    """80 random bits.  One ``os.urandom`` call per 256 of them: the call
+    lets go of the GIL (getrandom may block), and handing the GIL to the
+    store's writer thread and back cost the event loop more than the bytes."""
+    global _pool, _pool_at
+    at = _pool_at
+    if at >= len(_pool):
+        _pool, at = os.urandom(_POOL_BYTES), 0
+    _pool_at = at + 10
+    return int.from_bytes(_pool[at:at + 10], "big")
+
+
+def _forget_pool() -> None:
+    # a forked child draws bytes of its own, never its parent's
+    global _pool, _pool_at, _last_ms
+    _pool, _pool_at, _last_ms = b"", 0, -1
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def new_id(now_ms: int | None = None) -> str:
     global _last_ms, _last_rand, _prefix
     ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -54,7 +80,7 @@ def new_id(now_ms: int | None = None) -> str:
         _last_rand = (_last_rand + 1) & _RAND_MAX  # same millisecond: one more
     else:
         _last_ms, _prefix = ms, _time_prefix(ms)
-        _last_rand = int.from_bytes(os.urandom(10), "big")
+        _last_rand = _random80()
     return _prefix + _rand_digits(_last_rand)
 
 

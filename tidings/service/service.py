@@ -316,12 +316,23 @@ class Service:
         now = time.time()
         results: list[dict | Exception] = list(reqs)  # type: ignore[arg-type]  # replaced below
         ready: list[tuple[int, PublishRequest, tuple]] = []
+        # once per batch, not per item: the categories the app caps, and
+        # whether it has any outbound destination (both cached)
+        capped_categories = (await self.limits.caps(app_id)).categories
+        outbound_wanted = await self.outbound.wanted(app_id)
         for i, req in enumerate(reqs):
-            if not isinstance(req, Exception):
-                try:
-                    ready.append((i, req, await self._ready(app_id, req, keys[i], now)))
-                except Exception as exc:
-                    results[i] = exc
+            if isinstance(req, Exception):
+                continue
+            try:
+                item = self._prepare(req, keys[i], now)
+                capped = (await self.limits.apply_caps(app_id, item, req.group_key)
+                          if item.category in capped_categories else Capped())
+                outbound = (await self._plan_outbound(app_id, item, req.priority, capped)
+                            if outbound_wanted else None)
+            except Exception as exc:
+                results[i] = exc
+            else:
+                ready.append((i, req, (item, capped, outbound)))
         if ready:
             outs = await self.store.publish_many(
                 app_id, [r[2][0] for r in ready], fanout_threshold=self.settings.fanout_threshold,
