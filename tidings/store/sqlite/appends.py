@@ -114,6 +114,17 @@ class WriterConnection(sqlite3.Connection):
         seq of their stream, taken now.  A user without a stream gets one
         (a fresh epoch, seq 1)."""
         txn, heads, dirty = self._txn, self._heads, self._dirty
+        if len(users) == 1:  # the usual publish: the same steps, for one user
+            user = users[0]
+            key = (app_id, user)
+            head = txn.get(key) or heads.get(key)
+            if head is None:
+                self._load_heads(app_id, users)
+                head = txn[key]
+            epoch, seq = head
+            txn[key] = (epoch, seq + 1)
+            dirty.add(key)
+            return [(user, epoch, seq + 1)]
         missing = [u for u in users if (app_id, u) not in txn and (app_id, u) not in heads]
         if missing:
             self._load_heads(app_id, missing)
