@@ -3,6 +3,9 @@
 Scenarios that run the server on PostgreSQL (``--store postgresql://...``)
 give each run a fresh, migrated schema, selected with ``?search_path=`` in
 the store URL, and drop it afterwards so runs never see each other's rows.
+The schema is migrated by the ``tidings`` that will serve it (the ``--code``
+revision's, bench/server.py), so an older revision is measured on its own
+schema rather than refused for a newer one.
 """
 
 from __future__ import annotations
@@ -10,21 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import subprocess
 from collections.abc import Iterator
 
 import asyncpg
 
+from bench.server import code_env, tidings_cmd
+
 
 async def _create(url: str, name: str) -> None:
-    from tidings.store.postgres import migrate
-
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
         await conn.execute(f"CREATE SCHEMA {name}")
     finally:
         await conn.close()
-    await migrate(url, server_settings={"search_path": name})
+    subprocess.run([*tidings_cmd(), "migrate", "--store", f"{url}?search_path={name}"],
+                   check=True, capture_output=True, timeout=120, env=code_env())
 
 
 async def _drop(url: str, name: str) -> None:
