@@ -11,11 +11,14 @@ so any 500 also leaves a traceback in its log, which the fixture refuses.
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import quote
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tidings.core.receipts import MAX_DEVICES
 
 # Any code point, surrogates included, leaning on the ones that broke
 # things before: NUL and the other C0 controls, DEL, a lone surrogate.
@@ -144,3 +147,41 @@ async def test_no_string_makes_a_5xx_and_what_is_kept_reads_back(tidings_process
         assert http.get("/v1/users/alice/notifications",
                         params={"state": "all", "limit": 100}).status_code == 200
         assert me.get("/v1/me/notifications").status_code == 200
+
+
+async def test_any_device_and_label_in_receipts_is_kept_intact_or_refused(tidings_process):
+    """Receipts are written a second after the answer, all users' in one
+    transaction: a device or label the store could not hold would fail every
+    later write, so what the server accepts must come back from the timeline
+    unchanged."""
+    url, key, token = tidings_process
+    with (httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http,
+          httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}",
+                                               "Content-Type": "application/json"}) as me):
+        r = http.post("/v1/notifications", json={"to": {"users": ["alice"]}, "title": "t"})
+        nid = r.json()["id"]
+        accepted: dict[tuple[str, str], str | None] = {}  # (kind, device) -> label
+
+        def check(value: str) -> None:
+            for kind, body in (("delivered", {"device": value, "delivered": [nid]}),
+                               ("displayed", {"device": "d" + value[:60], "label": value,
+                                              "displayed": [nid]})):
+                if _answered(me.post("/v1/me/receipts", content=_body(body)), body):
+                    accepted.setdefault((kind, body["device"]), body.get("label"))
+
+        given(TEXT)(SETTINGS(check))()
+        expected = sum(min(MAX_DEVICES, sum(k == kind for k, _ in accepted))
+                       for kind in ("delivered", "displayed"))
+        assert expected
+
+        def kept() -> dict[tuple[str, str], str | None]:
+            r = http.get(f"/v1/notifications/{nid}/timeline", params={"user": "alice"})
+            assert r.status_code == 200, r.text
+            return {(e["event"], e["device"]): e["label"] for e in r.json()["events"]
+                    if e["event"] in ("delivered", "displayed")}
+
+        deadline = time.monotonic() + 10  # written within a second or two
+        while len(kept()) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(kept()) == expected
+        assert all(accepted[k] == label for k, label in kept().items())  # read back unchanged

@@ -142,13 +142,16 @@ _RECEIPT = (
 )
 # A device's row, for a user the statement above kept, while the user has
 # fewer than MAX_DEVICES devices of that kind (one statement per row, so the
-# count sees the rows before it).
+# count sees the rows before it).  The condition sits in VALUES and makes
+# ``device`` NULL when it fails, which OR IGNORE skips as a NOT NULL
+# violation: an INSERT ... SELECT that reads its own table is run through a
+# temporary table first, which costs more than the insert itself.
 _DEVICE = (
     "INSERT OR IGNORE INTO device_receipts(app_id, nid, kind, user_id, device, label, at) "
-    "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS ("
+    "VALUES (?1, ?2, ?3, ?4, CASE WHEN EXISTS ("
     "SELECT 1 FROM receipts WHERE app_id=?1 AND nid=?2 AND kind=?3 AND user_id=?4) AND ("
     "SELECT count(*) FROM device_receipts WHERE app_id=?1 AND nid=?2 AND user_id=?4 "
-    f"AND kind=?3) < {MAX_DEVICES}"
+    f"AND kind=?3) < {MAX_DEVICES} THEN ?5 END, ?6, ?7)"
 )
 
 
