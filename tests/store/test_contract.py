@@ -1071,6 +1071,27 @@ async def test_a_scheduled_notification_fires_at_its_time(db):
     assert await fire_all(db, t + 500) == []  # once
 
 
+async def test_a_scheduled_notification_that_cannot_be_published_fails_alone(db):
+    # its id is taken by then (a published notification with the same id),
+    # so its notification row cannot be stored when it fires
+    t = time.time()
+    taken = await publish(db, A, note(users=["u"], created_at=t))
+    bad = dataclasses.replace(note(users=["u", "v"], created_at=t, deliver_at=t + 100),
+                              id=taken.id)
+    good = note(users=["v", "u"], created_at=t, deliver_at=t + 100)
+    assert (await publish(db, A, bad)).status == "scheduled"
+    assert (await publish(db, A, good)).status == "scheduled"
+    fired = await fire_all(db, t + 101)
+    assert sorted(o.status for _, o in fired) == ["accepted", "failed"]
+    assert (await db.get_scheduled(A, good.id)).status == "fired"
+    # the failed one took no seq: u's and v's seqs go on without a gap
+    nxt = await publish(db, A, note(users=["u", "v"], created_at=t + 102))
+    assert sorted((d.user, d.seq) for d in nxt.deliveries) == [("u", 3), ("v", 2)]
+    for user, n in (("u", 3), ("v", 2)):
+        personal, _ = await replay_all(db, A, user, now=t + 102)
+        assert [e.seq for e in personal] == list(range(1, n + 1))
+
+
 async def test_scheduled_broadcasts_and_groups_fire_like_publishes(db):
     t = time.time()
     b = await publish(db, A, note(all=True, created_at=t, deliver_at=t + 1))

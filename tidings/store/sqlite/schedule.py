@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from tidings.core.receipts import MAX_DEVICES, Row, first_per_user, per_device
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 from tidings.store.codec import decode_payload, encode_payload
+from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.errors import transient
 
 __all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "fired_unqueued", "get_scheduled",
@@ -37,7 +38,7 @@ def schedule_tx(conn: sqlite3.Connection, app_id: str, item: NewNotification) ->
 
 
 def fire_due_tx(
-    conn: sqlite3.Connection, now: float, limit: int, publish: Callable
+    conn: WriterConnection, now: float, limit: int, publish: Callable
 ) -> list[tuple[str, PublishOutcome]]:
     """Claim and publish what is due, each in a savepoint of this one
     transaction: a notification that cannot be published is marked
@@ -51,18 +52,20 @@ def fire_due_tx(
         if expires_at is not None and expires_at <= now:
             status, out = "expired", PublishOutcome(nid, "expired", 0)
         else:
-            conn.execute("SAVEPOINT fire")
+            # the writer's savepoint: a failed publish also leaves nothing
+            # gathered behind and gives back the seqs it took (appends.py)
+            heads = conn.savepoint()
             try:
                 out = publish(conn, app_id, decode_payload(payload, due_at))
             except Exception as exc:
-                conn.execute("ROLLBACK TO fire")
+                conn.rollback_to(heads)
                 if transient(exc):
                     raise  # the file, not the notification: it stays pending
                 log.exception("scheduled notification %s/%s could not be published", app_id, nid)
                 status, out = "failed", PublishOutcome(nid, "failed", 0)
             else:
+                conn.release()
                 status = "fired"  # "sent" once its outbound jobs are queued
-            conn.execute("RELEASE fire")
         # the claim: only a row still pending changes, so nothing fires twice
         claimed = conn.execute(
             "UPDATE scheduled SET status=?, fired_at=? WHERE app_id=? AND id=? "
