@@ -145,6 +145,21 @@ async def test_an_outbound_attempt_is_a_span(tmp_path, spans):
                or nid.encode() in body for _, body in hooks.received)
 
 
+@pytest.mark.timeout(60)
+async def test_each_item_of_a_batch_is_a_publish_span(tmp_path, spans):
+    async with run_server(tmp_path) as srv:
+        async with srv.http() as http:
+            r = await http.post("/v1/notifications/batch", json={"notifications": [
+                {"to": {"users": ["bo"]}, "title": "one"}, {"to": {}, "title": "bad"},
+                {"to": {"users": ["bo"]}, "title": "two"}]})
+            assert r.status_code == 202, r.text
+            results = r.json()["results"]
+    assert [x["status"] for x in results] == ["accepted", "error", "accepted"]
+    found = await _wait_for(spans, {"publish"})
+    ids = {s.attributes.get("tidings.notification_id") for s in found if s.name == "publish"}
+    assert ids == {results[0]["id"], results[2]["id"], None}  # None: the refused item's
+
+
 @pytest.mark.timeout(90)
 def test_a_real_server_exports_to_an_otlp_receiver(tmp_path):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
