@@ -10,7 +10,10 @@ schema, each transaction one committed statement as the store runs it:
   ``--clients`` sessions (what each publish cost before group commit);
 * ``grouped``: ``PUBLISH_MANY``, ``--group`` notifications to one user each
   per statement, ``--clients // --group`` sessions (the same number of
-  publishes in flight, gathered as the committer does).
+  publishes in flight, gathered as the committer does);
+* ``store``: tidings' own ``PostgresStore.publish`` from ``--clients``
+  coroutines in this process (group commit, no HTTP), with this process's
+  CPU and its backends' CPU per publish.
 
 Recipients are drawn from 1,000 users as in ``python -m bench publish``.
 Prints publishes/s, the statement latency, and the WAL flushes (fsyncs) per
@@ -30,12 +33,16 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import psutil
 
-from tidings.store.postgres import migrate
+from tidings.core.ids import new_id
+from tidings.store.base import NewNotification
+from tidings.store.postgres import PostgresStore, migrate
 from tidings.store.postgres.sql import FANOUT_USERS, PUBLISH_MANY
 
 USERS = 1000
@@ -119,6 +126,47 @@ def pgbench(url: str, schema: str, script: str, clients: int, seconds: int) -> d
     return {"tps": tps, "latency_ms": lat}
 
 
+async def store_publishes(url: str, schema: str, clients: int, seconds: float) -> dict:
+    """``clients`` coroutines publishing through one PostgresStore for ``seconds``."""
+    name = "bench-pgfloor-" + secrets.token_hex(4)
+    store = PostgresStore(url, server_settings={"search_path": schema, "application_name": name})
+    await store.open()
+    admin = await asyncpg.connect(url)
+    try:
+        await store.create_app("app", "app", "secret")
+        done, deadline = 0, 0.0
+        loop = asyncio.get_running_loop()
+
+        async def publisher(i: int) -> None:
+            nonlocal done
+            while loop.time() < deadline:
+                item = NewNotification(id=new_id(), category="default", body=b"x" * 150,
+                                       created_at=time.time(), expires_at=None,
+                                       users=[f"u{(done * clients + i) % USERS:06d}"])
+                await store.publish("app", item, fanout_threshold=100, window=86400)
+                done += 1
+
+        deadline = loop.time() + 1  # warm-up: the pool's sessions and plans
+        await asyncio.gather(*(publisher(i) for i in range(clients)))
+        pids = [r[0] for r in await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", name)]
+
+        def backends_cpu() -> float:
+            return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+        done, own0, pg0, t0 = 0, time.process_time(), backends_cpu(), time.monotonic()
+        deadline = loop.time() + seconds
+        await asyncio.gather(*(publisher(i) for i in range(clients)))
+        wall = time.monotonic() - t0
+        own, pg = time.process_time() - own0, backends_cpu() - pg0
+    finally:
+        await admin.close()
+        await store.close()
+    return {"publishes_per_s": round(done / wall), "node_cpu_us": round(own / done * 1e6, 1),
+            "pg_cpu_us": round(pg / done * 1e6, 1),
+            "per_statement": round(store.committer.items / max(store.committer.groups, 1), 1)}
+
+
 def run(url: str, clients: int, group: int, seconds: int) -> list[dict]:
     rows = []
     for mode, script, sessions, per_tx in (
@@ -138,6 +186,13 @@ def run(url: str, clients: int, group: int, seconds: int) -> list[dict]:
                      "publishes_per_s": round(per_s), "statement_ms": res["latency_ms"],
                      "wal_flushes_per_s": round(syncs / seconds),
                      "publishes_per_flush": round(per_s * seconds / max(syncs, 1), 1)})
+    schema = "bench_pgfloor_" + secrets.token_hex(4)
+    asyncio.run(_schema(url, schema))
+    try:
+        got = asyncio.run(store_publishes(url, schema, clients, seconds))
+    finally:
+        asyncio.run(_schema(url, schema, drop=True))
+    rows.append({"mode": "store", "sessions": clients, **got})
     return rows
 
 
