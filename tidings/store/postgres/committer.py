@@ -81,6 +81,7 @@ class Committer:
         self._tasks: set[asyncio.Task] = set()  # a running task needs a reference
         # waiting publishes per (app, window): one statement has one of each
         self._queues: dict[tuple[str, float], list[_Pending]] = {}
+        self._claiming: set[tuple[str, str]] = set()  # (app, key) of the groups in flight
         self.groups = 0  # statements run, for tests and /metrics
         self.items = 0
 
@@ -100,9 +101,13 @@ class Committer:
             # Once round the event loop first: the publishes whose requests
             # were read in the same pass join this group.
             await asyncio.sleep(0)
-            while self._queues:
-                key = next(iter(self._queues))
-                group = self._take(key)
+            while True:
+                key, group = self._next_group()
+                if not group:
+                    return  # what is left waits for a key in flight: its writer takes it
+                claimed = {(key[0], p.item.idempotency_key) for p in group
+                           if p.item.idempotency_key is not None}
+                self._claiming |= claimed
                 try:
                     await self._commit(key[0], key[1], group)
                 except BaseException as exc:  # never leave a caller waiting
@@ -111,21 +116,33 @@ class Committer:
                                 else Unavailable("the store is closing"))
                     if not isinstance(exc, Exception):
                         raise
+                finally:
+                    self._claiming -= claimed
         finally:
             self._writers -= 1
 
+    def _next_group(self) -> tuple[tuple[str, float], list[_Pending]]:
+        for key in list(self._queues):
+            group = self._take(key)
+            if group:
+                return key, group
+        return ("", 0.0), []
+
     def _take(self, key: tuple[str, float]) -> list[_Pending]:
-        queue = self._queues[key]
+        """The next group of the ``key`` queue.  An idempotency key goes into
+        a statement at most once (a second claim of it in one upsert is an
+        error) and not while a group in flight holds it: a later publish with
+        the key then waits and answers the earlier one's result, in the order
+        they were submitted."""
+        app_id = key[0]
         group: list[_Pending] = []
         keys: set[str] = set()
         pairs = 0
         rest: list[_Pending] = []
-        for p in queue:
+        for p in self._queues[key]:
             k = p.item.idempotency_key
-            if group and (len(group) >= MAX_ITEMS or pairs + len(p.users) > MAX_PAIRS
-                          or k in keys):
-                # one key once per statement: a second claim of a key in the
-                # same upsert is an error, and it must see the first's result
+            if (k is not None and (k in keys or (app_id, k) in self._claiming)) or (
+                    group and (len(group) >= MAX_ITEMS or pairs + len(p.users) > MAX_PAIRS)):
                 rest.append(p)
                 continue
             group.append(p)
@@ -133,9 +150,9 @@ class Committer:
             if k is not None:
                 keys.add(k)
         if rest:
-            self._queues[key] = rest
             # the queue of another app or window goes next
-            self._queues[key] = self._queues.pop(key)
+            del self._queues[key]
+            self._queues[key] = rest
         else:
             del self._queues[key]
         return group
