@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 
-from tidings.core.receipts import MAX_DEVICES, Row, first_per_user, per_device
+from tidings.core.receipts import MAX_DEVICES, Row, per_device
 from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
 from tidings.store.codec import decode_payload, encode_payload
 from tidings.store.sqlite.appends import WriterConnection
@@ -133,33 +133,28 @@ def delivery_counts(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str
     return out
 
 
-# A receipt is kept only for a notification the user can see: an entry of
-# their inbox, or a feed item of the app or of a topic they follow.
-_RECEIPT = (
-    "INSERT OR IGNORE INTO receipts(app_id, nid, kind, user_id, at) "
-    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS ("
+# A device's row is kept only for a notification the user can see (an entry
+# of their inbox, or a feed item of the app or of a topic they follow), and
+# while the user has fewer than MAX_DEVICES devices of that kind (one
+# statement per row, so the count sees the rows before it); the user's row
+# in receipts comes with it (the trigger of sqlite_009.sql).  The condition
+# sits in VALUES and makes ``device`` NULL when it fails, which OR IGNORE
+# skips as a NOT NULL violation: an INSERT ... SELECT that reads its own
+# table is run through a temporary table first, which costs more than the
+# insert itself.
+_DEVICE = (
+    "INSERT OR IGNORE INTO device_receipts(app_id, nid, kind, user_id, device, label, at) "
+    "VALUES (?1, ?2, ?3, ?4, CASE WHEN (EXISTS ("
     "SELECT 1 FROM inbox WHERE app_id=?1 AND nid=?2 AND user_id=?4) OR EXISTS ("
     "SELECT 1 FROM notifications n WHERE n.app_id=?1 AND n.id=?2 AND n.feed_offset IS NOT NULL "
     "AND (n.audience='*' OR n.audience IN "
-    "(SELECT topic FROM topic_subs WHERE app_id=?1 AND user_id=?4)))"
-)
-# A device's row, for a user the statement above kept, while the user has
-# fewer than MAX_DEVICES devices of that kind (one statement per row, so the
-# count sees the rows before it).  The condition sits in VALUES and makes
-# ``device`` NULL when it fails, which OR IGNORE skips as a NOT NULL
-# violation: an INSERT ... SELECT that reads its own table is run through a
-# temporary table first, which costs more than the insert itself.
-_DEVICE = (
-    "INSERT OR IGNORE INTO device_receipts(app_id, nid, kind, user_id, device, label, at) "
-    "VALUES (?1, ?2, ?3, ?4, CASE WHEN EXISTS ("
-    "SELECT 1 FROM receipts WHERE app_id=?1 AND nid=?2 AND kind=?3 AND user_id=?4) AND ("
+    "(SELECT topic FROM topic_subs WHERE app_id=?1 AND user_id=?4)))) AND ("
     "SELECT count(*) FROM device_receipts WHERE app_id=?1 AND nid=?2 AND user_id=?4 "
     f"AND kind=?3) < {MAX_DEVICES} THEN ?5 END, ?6, ?7)"
 )
 
 
 def record_receipts_tx(conn: sqlite3.Connection, receipts: list[Row]) -> None:
-    conn.executemany(_RECEIPT, first_per_user(receipts))
     conn.executemany(_DEVICE, per_device(receipts))
 
 

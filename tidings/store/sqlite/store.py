@@ -104,6 +104,18 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _statements(script: str):
+    """A migration's statements: it is cut at each ``;`` that ends one (a
+    trigger's body holds ``;`` of its own)."""
+    stmt = ""
+    for part in script.split(";"):
+        stmt += part + ";"
+        if sqlite3.complete_statement(stmt):
+            if stmt.strip(" \t\n;"):
+                yield stmt
+            stmt = ""
+
+
 def _migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply pending migrations (the pattern of tidings/store/migrations.py);
     returns the versions applied.  The embedded store does this on every
@@ -121,9 +133,8 @@ def _migrate(conn: sqlite3.Connection) -> list[int]:
                 conn.execute("COMMIT")
                 return applied
             version, script = todo[0]
-            for stmt in script.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            for stmt in _statements(script):
+                conn.execute(stmt)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(version),),
