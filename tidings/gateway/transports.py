@@ -69,6 +69,7 @@ def _query(scope) -> dict[str, str]:
 
 class WebSocketStream(Stream):
     kind = "ws"
+    __slots__ = ("_send",)
 
     def __init__(self, send, *args, **kw):
         super().__init__(*args, **kw)
@@ -87,6 +88,7 @@ class RawWebSocketStream(Stream):
     once per loop tick."""
 
     kind = "ws"
+    __slots__ = ("_proto", "_send", "_dirty")
 
     def __init__(self, proto, send, *args, **kw):
         super().__init__(*args, **kw)
@@ -126,6 +128,7 @@ class RawWebSocketStream(Stream):
 class SSEStream(Stream):
     kind = "sse"
     wants_ids = True
+    __slots__ = ("_send", "ended")
 
     def __init__(self, send, *args, **kw):
         super().__init__(*args, **kw)
