@@ -170,6 +170,32 @@ async def test_idempotency_keys_in_one_group_claim_once(nodes):
     assert (await store.stream_head(APP, "u", time.time())).head_seq == 3
 
 
+async def test_keys_reused_across_two_nodes_publish_once_each_with_gapless_seqs(nodes):
+    # Groups on both nodes at once, keys repeated within and across them,
+    # recipients overlapping: every key is published once, every other
+    # publish with it answers that one, and each user's seqs have no gap.
+    await nodes[0].create_app(APP, "a", "secret")
+    rng = random.Random(11)
+    users = [f"u{i}" for i in range(8)]
+    items = [note(users=rng.sample(users, rng.randint(1, 4)),
+                  key=rng.choice([None, *(f"k{j}" for j in range(15))]))
+             for _ in range(160)]
+    outs = await asyncio.gather(*(publish(nodes[i % 2], it) for i, it in enumerate(items)))
+    first: dict[str, str] = {}
+    for it, out in zip(items, outs, strict=True):
+        if it.idempotency_key is not None and out.status == "accepted":
+            assert it.idempotency_key not in first, f"{it.idempotency_key} published twice"
+            first[it.idempotency_key] = out.id
+    assert set(first) == {it.idempotency_key for it in items if it.idempotency_key is not None}
+    for it, out in zip(items, outs, strict=True):
+        if it.idempotency_key is not None:
+            assert out.id == first[it.idempotency_key]
+    published = [it for it, out in zip(items, outs, strict=True) if out.status == "accepted"]
+    for user in users:
+        seqs = sorted(d.seq for o in outs for d in o.deliveries if d.user == user)
+        assert seqs == list(range(1, sum(user in it.users for it in published) + 1))
+
+
 async def test_an_expired_idempotency_key_is_claimed_again_by_a_group(nodes):
     store = nodes[0]
     old = note(users=["u"], key="k")
