@@ -158,19 +158,21 @@ class Rows:
             for j in range(start, min(start + CHUNK, self.n)):
                 ts = self.when(j)
                 i = self.nid(j)
-                body = (
-                    f'{{"id":"{i}","category":"social","created_at":"{self.iso(ts)}",'
-                    f'"title":"user_{j % 997} replied to your comment",'
-                    '"body":"Nice write-up, thanks for sharing it with everyone here",'
-                    f'"url":"/posts/{j // 7}#c{j}"}}'
-                ).encode()
-                rows.append((self.app, i, "social", body, 1, ts))
+                rows.append((self.app, i, "social", self.body(j, i, ts), 1, ts))
             yield rows
 
-    def inbox(self):
-        """Chunks of (app_id, user_id, seq, nid, state, created_at), in primary-key order:
-        user u's seq s is notification (s - 1) * users + u; the newest 3 are unseen,
-        the 3 before seen, the rest read."""
+    def body(self, j: int, nid: str, ts: float) -> bytes:
+        return (
+            f'{{"id":"{nid}","category":"social","created_at":"{self.iso(ts)}",'
+            f'"title":"user_{j % 997} replied to your comment",'
+            '"body":"Nice write-up, thanks for sharing it with everyone here",'
+            f'"url":"/posts/{j // 7}#c{j}"}}'
+        ).encode()
+
+    def inbox(self, bodies: bool = False):
+        """Chunks of (app_id, user_id, seq, nid, state, created_at[, body]), in
+        primary-key order: user u's seq s is notification (s - 1) * users + u;
+        the newest 3 are unseen, the 3 before seen, the rest read."""
         users, per_user = self.users, self.per_user
         read_upto, seen_upto = per_user - 6, per_user - 3
         rows = []
@@ -179,7 +181,9 @@ class Rows:
             for s in range(1, per_user + 1):
                 j = (s - 1) * users + u
                 state = 2 if s <= read_upto else 1 if s <= seen_upto else 0
-                rows.append((self.app, uid, s, self.nid(j), state, self.when(j)))
+                nid, ts = self.nid(j), self.when(j)
+                row = (self.app, uid, s, nid, state, ts)
+                rows.append((*row, self.body(j, nid, ts)) if bodies else row)
             if len(rows) >= CHUNK:
                 yield rows
                 rows = []

@@ -649,6 +649,14 @@ async def test_update_notification_changes_the_body(db):
     personal, _ = await replay_all(db, A, "u")
     assert [e.body for e in personal] == [new_body]
 
+    large = msgspec.json.encode({"id": out.id, "title": "after", "text": "x" * 5000})
+    await db.update_notification(A, out.id, large)
+    entries = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
+    assert [e.body for e in entries] == [large]
+    await db.update_notification(A, out.id, new_body)  # and back to a small one
+    entries = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
+    assert [e.body for e in entries] == [new_body]
+
     f = await publish(db, A, note(all=True))
     await db.update_notification(A, f.id, b'{"title":"feed after"}')
     _, feed = await replay_all(db, A, "anyone")
@@ -995,6 +1003,8 @@ async def test_retracting_a_group_member_leaves_the_rest(db):
     await db.delete_notification(A, c.id)  # the one the entry shows
     (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=time.time())
     assert (entry.id, entry.seq) == (a.id, 3)
+    stored = await db.get_notification(A, a.id)
+    assert (entry.body, entry.created_at) == (stored.body, stored.created_at)
     assert (group_of(entry)["count"], group_of(entry)["id"]) == (1, a.id)
     await db.delete_notification(A, a.id)
     assert await inbox_ids(db, A, "u", state="all") == []

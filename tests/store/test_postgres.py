@@ -217,6 +217,68 @@ async def test_a_read_only_database_fails_every_publish_of_the_group_with_503(ur
         await store.close()
 
 
+# -- the inbox page's layout (postgres_010.sql) -----------------------------------------
+
+
+async def test_entries_carry_small_bodies_and_pages_read_large_ones_from_the_notification(
+        url, nodes):
+    small = note(users=["u"])
+    large = note(users=["u"])
+    large.body = msgspec.json.encode({"id": large.id, "text": "x" * 2000})
+    for item in (small, large):
+        await publish(nodes[0], item)
+    conn = await asyncpg.connect(url, server_settings=nodes[0]._server_settings)
+    try:
+        copies = dict(await conn.fetch("SELECT nid, body FROM inbox WHERE user_id = 'u'"))
+    finally:
+        await conn.close()
+    assert copies == {small.id: small.body, large.id: None}
+    page = await nodes[1].inbox(APP, "u", limit=10, before=None, state=None, now=time.time())
+    assert [(e.id, e.body) for e in page] == [(large.id, large.body), (small.id, small.body)]
+
+
+async def test_entries_written_before_v10_keep_their_bodies_after_the_migration(url):
+    """A database at v9 with entries: migrating adds the page index, and the
+    entries without a copy of their body read it from their notification."""
+    async with fresh_schema(url, migrated=False) as settings:
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            await conn.execute('CREATE TABLE meta (key text COLLATE "C" PRIMARY KEY, '
+                               "value text NOT NULL)")
+            for _, script in migrations.scripts("postgres")[:9]:
+                await conn.execute(script)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', '9')")
+            await conn.execute("INSERT INTO apps VALUES ($1, 'a', 's', 0)", APP)
+            old = [note(users=["u"]) for _ in range(3)]
+            for seq, item in enumerate(old, 1):
+                await conn.execute(
+                    "INSERT INTO notifications (app_id, id, category, body, recipients, "
+                    "created_at) VALUES ($1, $2, 'default', $3, 1, $4)",
+                    APP, item.id, item.body, item.created_at)
+                await conn.execute(
+                    "INSERT INTO inbox (app_id, user_id, seq, nid, state, created_at) "
+                    "VALUES ($1, 'u', $2, $3, $4, $5)", APP, seq, item.id, seq % 2,
+                    item.created_at)
+            await conn.execute(
+                "INSERT INTO streams (app_id, user_id, epoch, head_seq) "
+                "VALUES ($1, 'u', 'e', 3)", APP)
+        finally:
+            await conn.close()
+        assert await migrate(url, server_settings=settings) == [10]
+        store = PostgresStore(url, server_settings=settings)
+        await store.open()
+        try:
+            new = note(users=["u"])
+            await publish(store, new)
+            page = await store.inbox(APP, "u", limit=10, before=None, state=None,
+                                     now=time.time())
+            assert [(e.id, e.body, e.seq) for e in page] == [
+                (new.id, new.body, 4), *((it.id, it.body, seq)
+                                         for seq, it in reversed(list(enumerate(old, 1))))]
+            assert await store.counts(APP, "u", time.time()) == (4, 2)  # seen, unseen, seen, new
+        finally:
+            await store.close()
+
 # -- schema migrations ---------------------------------------------------------------
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from tidings.store.base import Delivery, Entry, NewNotification, PublishOutcome
 from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
+from tidings.store.postgres.sql import ENTRY_BODY
 
 __all__ = ["fan_out", "members", "personal_entry", "retract", "state_counts"]
 
 STATE_NAME = ("unseen", "seen", "read", "archived")
+_BODY10 = ENTRY_BODY.format("$10::bytea", "$10::bytea")  # the entry's copy of the body
 
 
 async def fan_out(conn, seqs_sql: str, app_id: str, item: NewNotification, target):
@@ -68,9 +70,10 @@ async def fan_out(conn, seqs_sql: str, app_id: str, item: NewNotification, targe
         )
     await conn.execute(
         "INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at, group_key, gid, "
-        "grp) SELECT $1, u, s, $2, $3, $4, $5, g, b "
+        f"grp, body) SELECT $1, u, s, $2, $3, $4, $5, g, b, {_BODY10} "
         "FROM unnest($6::text[], $7::bigint[], $8::text[], $9::bytea[]) AS t(u, s, g, b)",
         app_id, item.id, item.created_at, item.expires_at, key, users, seqs, gids, grps,
+        item.body,
     )
     await conn.execute(
         "INSERT INTO group_members (app_id, user_id, nid, gid, created_at) "
@@ -96,18 +99,23 @@ async def retract(conn, app_id: str, nid: str) -> None:
         if entry is None:
             continue
         rest = [tuple(r) for r in await conn.fetch(
-            "SELECT n.id, n.category, n.body FROM group_members m JOIN notifications n "
+            "SELECT n.id, n.category, n.body, n.created_at FROM group_members m "
+            "JOIN notifications n "
             "ON n.app_id = m.app_id AND n.id = m.nid WHERE m.app_id = $1 AND m.user_id = $2 "
             "AND m.gid = $3 AND NOT n.deleted AND n.id <> $4", app_id, user, gid, nid,
         )]
-        grp = rebuild_group(entry["group_key"], rest)
+        grp = rebuild_group(entry["group_key"], [r[:3] for r in rest])
         if grp is None:
             await conn.execute("DELETE FROM inbox WHERE app_id = $1 AND user_id = $2 AND seq = $3",
                                app_id, user, entry["seq"])
         else:
+            # the entry shows the newest member left: its id, body and time
+            newest, _, body, created_at = max(rest)
             await conn.execute(
-                "UPDATE inbox SET nid = $4, grp = $5 WHERE app_id = $1 AND user_id = $2 "
-                "AND seq = $3", app_id, user, entry["seq"], max(r[0] for r in rest), grp,
+                "UPDATE inbox SET nid = $4, grp = $5, created_at = $6, "
+                f"body = {ENTRY_BODY.format('$7::bytea', '$7::bytea')} "
+                "WHERE app_id = $1 AND user_id = $2 AND seq = $3",
+                app_id, user, entry["seq"], newest, grp, created_at, body,
             )
 
 

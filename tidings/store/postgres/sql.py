@@ -40,10 +40,14 @@ note AS (
 SELECT (SELECT count(*) FROM audience),
        array_agg(user_id), array_agg(epoch), array_agg(head_seq) FROM seqs
 """
-_ENTRIES = """,
+# An entry carries its body up to INLINE_BODY bytes (postgres_010.sql): the
+# page reads it from the entry's own index, not from the notification row.
+INLINE_BODY = 1024
+ENTRY_BODY = f"CASE WHEN octet_length({{}}) <= {INLINE_BODY} THEN {{}} END"
+_ENTRIES = f""",
 entries AS (
-  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at)
-  SELECT $1, user_id, head_seq, $2, $5, $6 FROM seqs
+  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at, body)
+  SELECT $1, user_id, head_seq, $2, $5, $6, {ENTRY_BODY.format("$4", "$4")} FROM seqs
 )"""
 _USERS = 'SELECT u COLLATE "C" AS u FROM unnest($7::text[]) AS t(u)'
 _TOPIC = "SELECT user_id AS u FROM topic_subs WHERE app_id = $1 AND topic = $7"
@@ -95,6 +99,16 @@ UNION ALL
  ORDER BY n.feed_offset LIMIT $6)
 """
 
+# COALESCE and CASE evaluate these subqueries only for the rows that need them.
+_ENTRY_BODY_OR_NOTIFICATION = (
+    "coalesce(i.body, (SELECT n.body FROM notifications n "
+    "WHERE n.app_id = i.app_id AND n.id = i.nid))"
+)
+_GROUP_SUMMARY = (
+    "CASE WHEN i.gid IS NOT NULL THEN (SELECT g.grp FROM inbox g "
+    "WHERE g.app_id = i.app_id AND g.user_id = i.user_id AND g.seq = i.seq) END"
+)
+
 _STATE_FILTER = {  # inbox ?state= -> predicate on a state expression
     None: "{} < 3", "unread": "{} < 2", "unseen": "{} = 0", "seen": "{} = 1",
     "read": "{} = 2", "archived": "{} = 3", "all": "true",
@@ -108,11 +122,15 @@ def _inbox_sql(state: str | None, paged: bool) -> str:
     # Personal entries page by id, not by seq as in SQLite: seqs follow the
     # order in which concurrent publishes (from several connections and nodes)
     # took the stream's lock, which need not be the order of their ids, and
-    # ``before=<id>`` must neither skip nor repeat an entry.  The sort covers
-    # one user's rows, found by the primary key prefix.
+    # ``before=<id>`` must neither skip nor repeat an entry.  inbox_page
+    # (postgres_010.sql) holds one user's rows in id order with what a page
+    # shows: an index-only scan, newest first.  Only a body too large to be
+    # copied into the entry (or one written before v10) is read from its
+    # notification, and only a group entry's summary from the heap.
     return f"""
-(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp
- FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
+(SELECT false, i.nid, {_ENTRY_BODY_OR_NOTIFICATION}, i.state, i.created_at, i.seq, i.gid,
+        {_GROUP_SUMMARY}
+ FROM inbox i
  WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
    AND {personal} {"AND i.nid < $5" if paged else ""}
  ORDER BY i.nid DESC LIMIT $4)
@@ -193,7 +211,7 @@ SELECT count(*) > 0 FROM gone
 # moves k seqs at once; the items get them in submission order.  A key that
 # was not claimed (a retry, or a concurrent publish with that key) publishes
 # nothing; its first result is read after the commit.
-PUBLISH_MANY = """
+PUBLISH_MANY = f"""
 WITH item AS (
   SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[], $6::float8[], $7::float8[],
                        $8::text[], $9::text[])
@@ -246,8 +264,9 @@ notes AS (
   FROM go g LEFT JOIN sizes s ON s.i = g.i
 ),
 entries AS (
-  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at)
-  SELECT $1, q.u, q.seq, g.id, g.created_at, g.expires_at FROM seqs q JOIN go g ON g.i = q.i
+  INSERT INTO inbox (app_id, user_id, seq, nid, created_at, expires_at, body)
+  SELECT $1, q.u, q.seq, g.id, g.created_at, g.expires_at,
+         {ENTRY_BODY.format("g.body", "g.body")} FROM seqs q JOIN go g ON g.i = q.i
 )
 SELECT t.i, g.i IS NOT NULL, coalesce(s.total, 0), d.users, d.epochs, d.seqs
 FROM item t LEFT JOIN sizes s ON s.i = t.i LEFT JOIN go g ON g.i = t.i

@@ -71,6 +71,7 @@ from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN
 from tidings.store.postgres.outbound import PostgresOutbound
 from tidings.store.postgres.sql import (
     DELETE,
+    ENTRY_BODY,
     HEAD,
     INBOX,
     NEW_STREAM,
@@ -352,6 +353,11 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
                 "UPDATE notifications SET body = $3 WHERE app_id = $1 AND id = $2 "
                 "AND NOT deleted RETURNING true", app_id, nid, body,
             )
+            if found:  # the entries' copies (postgres_010.sql)
+                await conn.execute(
+                    f"UPDATE inbox SET body = {ENTRY_BODY.format('$3::bytea', '$3::bytea')} "
+                    "WHERE app_id = $1 AND nid = $2", app_id, nid, body,
+                )
             return await _tx.get_notification(conn, app_id, nid) if found else None
 
         return await self._call(update, tx=True)
