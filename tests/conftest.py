@@ -88,9 +88,9 @@ async def run_server(tmp_path, **overrides):
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(tmp_path):
+async def two_nodes(tmp_path, **overrides):
     """Two servers over one fresh PostgreSQL schema and one Redis key prefix:
-    two nodes of a cluster, in the test's loop."""
+    two nodes of a cluster, in the test's loop (``overrides`` as run_server's)."""
     from tests.broker.conftest import delete_prefixed, unique_prefix
     from tests.services import require_postgres, require_redis
     from tests.store.pg import fresh_schema
@@ -100,7 +100,7 @@ async def two_nodes(tmp_path):
     try:
         async with fresh_schema(pg) as schema:
             common = {"store": f"{pg}?search_path={schema['search_path']}",
-                      "broker": f"{redis}?prefix={prefix}"}
+                      "broker": f"{redis}?prefix={prefix}", **overrides}
             async with run_server(tmp_path / "a", **common) as a:
                 async with run_server(tmp_path / "b", **common) as b:
                     yield a, b

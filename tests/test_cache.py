@@ -166,3 +166,39 @@ def test_users_changed_invalidates_exactly_the_named_live_users():
     assert cache.get("counts", ("a", "bob")) is None
     assert cache.version(("a", "bob")) is None  # not live: not cacheable
     cache.users_changed("c", ["ann"])  # an app with nobody live here
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cache", [True, False])
+async def test_devices_on_the_publishing_node_get_each_seq_once_in_order(tmp_path, cache):
+    """With the cache on, a node hands what it commits to its own live
+    devices at once (Hub.deliver_here) and drops the broker's copy when it
+    comes back; publishes to the same user through the other node at the same
+    time arrive over the broker, possibly ahead or behind: the device still
+    sees every seq once, in order, and the node counts each delivery once."""
+    async with two_nodes(tmp_path, cache=cache) as (a, b):
+        token = await a.token("eve")
+        ws = await ws_connect(a, token)
+        await recv_events(ws, 1)  # hello: eve is live on node a
+
+        async def publish(server, title: str) -> None:
+            async with server.http() as http:
+                r = await http.post("/v1/notifications",
+                                    json={"to": {"users": ["eve"]}, "title": title})
+                assert r.status_code == 202
+
+        await asyncio.gather(*(publish(a if i % 2 else b, f"n{i}") for i in range(30)))
+        await publish(b, "last")
+        seen: list[int] = []
+        while len(seen) < 31:
+            seen += [int(e["cursor"].rsplit(":", 1)[1]) for e in await recv_events(ws, 1)
+                     if e["type"] == "notification"]
+        assert seen == list(range(1, 32))
+        hub = a.service.hub
+        assert await _eventually(lambda: _settled(hub))  # the broker's copies came back
+        assert hub.metrics.app(a.app).delivered == 31
+        await ws.close()
+
+
+async def _settled(hub) -> bool:
+    return not hub._here

@@ -56,6 +56,10 @@ class UserCache:
         if self.enabled:
             self._users.setdefault(key[0], {})[key[1]] = self._next()
 
+    def live_users(self, app: str) -> dict[str, int]:
+        """The app's users every change of whom reaches this node (none when off)."""
+        return self._users.get(app, {})
+
     def gone(self, key: Key) -> None:
         """The user's last stream here closed: nothing tells us of changes now."""
         users = self._users.get(key[0])

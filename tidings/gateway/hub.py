@@ -50,6 +50,8 @@ log = logging.getLogger("tidings.gateway")
 # next event shows one.
 RESYNC_CONCURRENCY = 16
 RESYNC_ATTEMPTS = 20  # per user, while the store answers Unavailable (~30 s)
+# Personal events delivered here before their broker copy came back (deliver_here).
+HERE_MAX = 10_000
 
 
 class Hub:
@@ -81,6 +83,8 @@ class Hub:
         # publish -> device latency is observed once the tick's frames are written.
         self._sent: list = []
         self._resync: asyncio.Task | None = None
+        # (app, user, epoch, seq) handed to streams here ahead of the broker's copy
+        self._here: dict[tuple[str, str, str, int], None] = {}
         broker.on_reconnect(self._on_broker_reconnect)
 
     # -- registry -------------------------------------------------------------
@@ -358,6 +362,39 @@ class Hub:
             await s.resync(counts)
 
     # -- broker handlers (on the loop thread) ---------------------------------
+    def deliver_here(self, app: str, msg: Personals) -> None:
+        """This node just committed ``msg`` and is about to send it over a
+        networked broker: hand it to the recipients' streams here at once,
+        without the broker's round trip, for the users the cache knows are
+        live here (their channel subscription has settled, so the broker's
+        copy will follow).  That copy is then dropped by ``_on_user`` (by
+        app, user, epoch and seq), so each delivery counts once.  Streams
+        take each seq once and in order whatever the path
+        (Stream.on_personal): another node's earlier seq arriving later is a
+        gap they fill from the store, as after a lost message."""
+        live = self.cache.live_users(app)
+        if not live:
+            return
+        mine = [d for d in msg.deliveries if d.user in live]
+        if not mine:
+            return
+        here = self._here
+        for d in mine:
+            here[(app, d.user, d.epoch, d.seq)] = None
+        while len(here) > HERE_MAX:  # copies the broker lost: forget the oldest
+            del here[next(iter(here))]
+        self._on_personals(app, Personals(msg.body, mine, msg.sent_at, msg.trace))
+
+    def _personal(self, app: str, streams: set[Stream], msg: Personal) -> None:
+        self._routed(app, len(streams), msg.sent_at)
+        self.tracking.reached((app, msg.body))  # one user, however many streams
+        if msg.trace:  # tracing is on: the same writes inside spans
+            tracing.deliver(msg.trace, app, "personal", tuple(streams),
+                            lambda s: s.on_personal(msg.epoch, msg.seq, msg.body))
+            return
+        for s in tuple(streams):
+            s.on_personal(msg.epoch, msg.seq, msg.body)
+
     def _on_user(self, channel: str, msg: Message) -> None:
         app, _, user = channel.split(":", 2)
         streams = self.users.get((app, user))
@@ -365,14 +402,9 @@ class Hub:
             return
         self.cache.user_changed((app, user))
         if type(msg) is Personal:
-            self._routed(app, len(streams), msg.sent_at)
-            self.tracking.reached((app, msg.body))  # one user, however many streams
-            if msg.trace:  # tracing is on: the same writes inside spans
-                tracing.deliver(msg.trace, app, "personal", tuple(streams),
-                                lambda s: s.on_personal(msg.epoch, msg.seq, msg.body))
-                return
-            for s in tuple(streams):
-                s.on_personal(msg.epoch, msg.seq, msg.body)
+            if self._here and self._here.pop((app, user, msg.epoch, msg.seq), 1) is None:
+                return  # delivered here already (deliver_here)
+            self._personal(app, streams, msg)
         elif type(msg) is Frames:
             for s in tuple(streams):
                 for f in msg.frames:

@@ -435,11 +435,14 @@ class Service:
                     Feed(out.feed_offset, frame, committed, trace))
             return
         deliveries = out.deliveries
+        message = Personals(out.body, deliveries, committed, trace)
         if not self.broker.inline:  # else the hub's handler has run when publish returns
             cache.users_changed(app_id, [d.user for d in deliveries])
+            # this node's live devices now, not after the broker's round trip
+            self.hub.deliver_here(app_id, message)
         # one message for every recipient: the in-process broker hands it to
         # the hub whole, a networked one sends one per user (broker/base.py)
-        self.broker.publish_personals(app_id, Personals(out.body, deliveries, committed, trace))
+        self.broker.publish_personals(app_id, message)
 
     # -- notifications ------------------------------------------------------------
     async def get_notification(self, app_id: str, nid: str) -> dict:
