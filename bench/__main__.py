@@ -178,6 +178,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="stop waiting for stragglers after this long without one")
     p.add_argument("--seed", type=int, default=1, help="recipient choice")
+    p.add_argument("--store", default=None,
+                   help="postgresql://...: the store, in a fresh schema (default: SQLite)")
+    p.add_argument("--broker", default=None,
+                   help="redis://... (default: the store's own: PostgreSQL LISTEN/NOTIFY)")
+    p.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                   help="2: devices on node B, publishes to node A (needs --store)")
     p.add_argument("--receipts", action="store_true",
                    help="devices acknowledge what they received once a second, as "
                         "tidings.js does (receipts, docs/protocol.md#receipts)")

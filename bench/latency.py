@@ -26,6 +26,13 @@ notifications stamped inside the measured window count; the warm-up's do not.
 
 The primary, noise-robust figure is still the server's CPU per delivery in the
 window; the percentiles depend on what else the machine runs.
+
+A cluster (``--store postgresql://... [--broker redis://...] --nodes 2``): two
+``tidings serve`` nodes on one fresh schema (dropped after), the devices on
+node B and every publish sent to node A, so each notification crosses the
+broker (Redis, or PostgreSQL LISTEN/NOTIFY without ``--broker``).  The CPU
+figures are node A's (the one that publishes); node B's is
+``node_b_cpu_us_per_delivery``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 
 from bench import hist, openloop
 from bench.measure import CpuMarks, ProcSampler, settle_rss
+from bench.pgschema import maybe_fresh_schema
 from bench.profile import Profiler
 from bench.progress import Clock
 from bench.publisher import payload, subscribe_topic
@@ -75,63 +83,82 @@ def wait_window(lg: LoadGen, expected: int, *, timeout: float, idle_timeout: flo
 
 
 def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
+    if opts.nodes == 2 and not opts.store:
+        raise SystemExit("bench latency --nodes 2 needs --store postgresql://...")
+    with maybe_fresh_schema(opts.store, "bench_latency") as store, \
+            contextlib.ExitStack() as nodes:
+        return _run(opts, cpus, profile, store, nodes)
+
+
+def _run(opts, cpus, profile, store: str | None, nodes: contextlib.ExitStack) -> dict:
     env = {}
     if opts.cache is not None:
         env["TIDINGS_CACHE"] = "1" if opts.cache else "0"
-    with TidingsServer(cpu=opts.server_cpu, env=env) as srv:
-        users = [f"u{i:06d}" for i in range(opts.conns)]
-        tokens = srv.tokens(users)
-        make_to, topics = _targets(opts, users)
-        for name, members in topics.items():
-            asyncio.run(subscribe_topic(srv.host, srv.port, srv.api_key, name, members))
-        sampler = ProcSampler(srv.pid)
-        rss_idle = settle_rss(sampler, 0.5)
-        sampler.start()
-        lg = LoadGen(srv.ws_url, tokens, procs=opts.procs, cpus=cpus, sources=opts.sources,
-                     latency=True, connect_timeout=opts.timeout, connect_concurrency=100,
-                     receipts=opts.receipts)
-        try:
-            t_connect = time.monotonic()
-            ready = lg.start()
-            connect_s = time.monotonic() - t_connect
-            time.sleep(opts.settle)
-            rss_connected = sampler.rss()
-            conns = ready["connected"]
+    if opts.broker:
+        env["TIDINGS_BROKER"] = opts.broker
+    srv = nodes.enter_context(TidingsServer(cpu=opts.server_cpu, env=env, store=store))
+    devices = srv  # the node the devices connect to
+    if opts.nodes == 2:
+        devices = nodes.enter_context(TidingsServer(
+            cpu=opts.server_cpu, env=env, store=store,
+            credentials={"app": srv.app, "api_key": srv.api_key,
+                         "signing_secret": srv.signing_secret}))
+    node_b = ProcSampler(devices.pid) if devices is not srv else None
+    users = [f"u{i:06d}" for i in range(opts.conns)]
+    tokens = srv.tokens(users)
+    make_to, topics = _targets(opts, users)
+    for name, members in topics.items():
+        asyncio.run(subscribe_topic(srv.host, srv.port, srv.api_key, name, members))
+    sampler = ProcSampler(srv.pid)
+    rss_idle = settle_rss(sampler, 0.5)
+    sampler.start()
+    lg = LoadGen(devices.ws_url, tokens, procs=opts.procs, cpus=cpus, sources=opts.sources,
+                 latency=True, connect_timeout=opts.timeout, connect_concurrency=100,
+                 receipts=opts.receipts)
+    try:
+        t_connect = time.monotonic()
+        ready = lg.start()
+        connect_s = time.monotonic() - t_connect
+        time.sleep(opts.settle)
+        rss_connected = sampler.rss()
+        conns = ready["connected"]
 
-            start_ns = time.monotonic_ns() + 300_000_000
-            w0, w1 = openloop.window(start_ns, opts.warmup, opts.duration)
-            lg.set_window(w0, w1)
-            marks = CpuMarks(sampler, lg.pids())
-            mark0 = marks.at(w0)
-            size = opts.size
+        start_ns = time.monotonic_ns() + 300_000_000
+        w0, w1 = openloop.window(start_ns, opts.warmup, opts.duration)
+        lg.set_window(w0, w1)
+        marks = CpuMarks(sampler, lg.pids())
+        mark0 = marks.at(w0)
+        b0 = node_b.cpu() if node_b else 0.0
+        size = opts.size
 
-            def build(i: int, intended: int) -> tuple[str, str, bytes]:
-                doc = {"to": make_to(i), "title": "bench", "body": payload(i, size),
-                       "data": {"t_ns": intended}}
-                return "POST", "/v1/notifications", json.dumps(doc).encode()
+        def build(i: int, intended: int) -> tuple[str, str, bytes]:
+            doc = {"to": make_to(i), "title": "bench", "body": payload(i, size),
+                   "data": {"t_ns": intended}}
+            return "POST", "/v1/notifications", json.dumps(doc).encode()
 
-            def recipients(status: int, body: bytes) -> int:
-                return conns if opts.audience == "all" else json.loads(body)["recipients"]
+        def recipients(status: int, body: bytes) -> int:
+            return conns if opts.audience == "all" else json.loads(body)["recipients"]
 
-            spy = (Profiler(srv.pid, profile, gil=getattr(opts, "profile_gil", False))
-                   if profile else contextlib.nullcontext())
-            total_s = opts.warmup + opts.duration
-            with spy, Clock(total_s, f"latency {opts.rate:g}/s x {conns} conns") as clock:
-                pub = asyncio.run(openloop.run(
-                    srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"},
-                    rate=opts.rate, warmup=opts.warmup, duration=opts.duration,
-                    start_ns=start_ns, build=build, pool=opts.pool, on_response=recipients,
-                    tick=clock.to, drain_s=opts.timeout))
-                mark0.join()
-                end = marks.read()
-            expected = pub.recipients_in_window
-            stats = wait_window(lg, expected, timeout=opts.timeout,
-                                idle_timeout=opts.idle_timeout)
-            sampler.rss()
-        finally:
-            final = lg.stop()
-            sampler.stop()
-        log_tail = srv.log_tail() if (pub.errors or ready["connect_errors"]) else ""
+        spy = (Profiler(srv.pid, profile, gil=getattr(opts, "profile_gil", False))
+               if profile else contextlib.nullcontext())
+        total_s = opts.warmup + opts.duration
+        with spy, Clock(total_s, f"latency {opts.rate:g}/s x {conns} conns") as clock:
+            pub = asyncio.run(openloop.run(
+                srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"},
+                rate=opts.rate, warmup=opts.warmup, duration=opts.duration,
+                start_ns=start_ns, build=build, pool=opts.pool, on_response=recipients,
+                tick=clock.to, drain_s=opts.timeout))
+            mark0.join()
+            end = marks.read()
+            b_cpu = node_b.cpu() - b0 if node_b else None
+        expected = pub.recipients_in_window
+        stats = wait_window(lg, expected, timeout=opts.timeout,
+                            idle_timeout=opts.idle_timeout)
+        sampler.rss()
+    finally:
+        final = lg.stop()
+        sampler.stop()
+    log_tail = srv.log_tail() if (pub.errors or ready["connect_errors"]) else ""
 
     final = final or stats
     cpu = CpuMarks.delta(marks.marks[0], end)
@@ -152,6 +179,10 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
         **{k: v for k, v in hist.summary(pub.latency, "ack").items() if "p9" in k or "p50" in k},
         **{k: v for k, v in hist.summary(pub.send_lag, "send_lag").items()
            if k.endswith(("p99_ms", "max_ms"))},
+        "nodes": opts.nodes, "store": "postgresql" if store else "sqlite",
+        "broker": (opts.broker or "postgresql") if opts.nodes == 2 else None,
+        "node_b_cpu_us_per_delivery": (round(b_cpu / max(delivered, 1) * 1e6, 2)
+                                       if b_cpu is not None else None),
         "server_cpu_us_per_delivery": round(cpu["server_cpu_s"] / max(delivered, 1) * 1e6, 2),
         "server_cpu_us_per_publish": round(cpu["server_cpu_s"] / max(pub.ok_in_window, 1) * 1e6,
                                            2),
