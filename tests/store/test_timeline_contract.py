@@ -129,6 +129,7 @@ async def test_a_database_from_before_device_receipts_keeps_its_receipts(make_st
     out = await publish(db, A, note(users=["u"]))
     await db.record_receipts([(A, out.id, "delivered", "u", "phone", None, T0 + 1)])
     # the schema before device_receipts (SQLite v7, PostgreSQL v8), then migrated
+    # (later scripts, such as PostgreSQL's v10, apply again without harm)
     dialect = "sqlite" if hasattr(db, "path") else "postgres"
     before = {"sqlite": 7, "postgres": 8}[dialect]
     await sql(db, "DROP TABLE device_receipts")  # its trigger (SQLite v9) goes with it

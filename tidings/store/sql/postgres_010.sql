@@ -8,6 +8,6 @@
 -- index-only scan of one or two leaf pages, newest first, with no sort.
 -- Building the index locks inbox writes for its duration (about a minute per
 -- ten million entries here; docs/operations.md).
-ALTER TABLE inbox ADD COLUMN body bytea;
-CREATE INDEX inbox_page ON inbox (app_id, user_id, nid)
+ALTER TABLE inbox ADD COLUMN IF NOT EXISTS body bytea;
+CREATE INDEX IF NOT EXISTS inbox_page ON inbox (app_id, user_id, nid)
   INCLUDE (state, seq, created_at, expires_at, gid, body);
