@@ -47,7 +47,7 @@ async def test_document_lists_exactly_the_operations(server):
         if model is not None:
             ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
             assert ref.rsplit("/", 1)[1] in schemas
-        params = {p["name"] for p in op.get("parameters", [])}
+        params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
         assert params == set(re.findall(r"\{(\w+)\}", path))
         # real statuses, no 2XX/4XX ranges (Swagger UI calls a 202 "Undocumented"
         # when only 2XX is listed): one success, then the errors
@@ -118,7 +118,7 @@ async def test_the_document_states_the_identifier_patterns(server):
         doc = (await http.get("/openapi.json")).json()
     assert "\\Z" not in json.dumps(doc)
     params = {p["name"]: p["schema"] for ops in doc["paths"].values() for op in ops.values()
-              for p in op.get("parameters", [])}
+              for p in op.get("parameters", []) if p["in"] == "path"}
     for name in ("user", "topic", "id", "wid", "sid", "jid"):
         assert "pattern" in params[name], name
     good = {"user": ["alice", "team/ann", "x" * 128], "topic": ["guild:7", "a.b-c_d"],
@@ -159,3 +159,68 @@ async def test_405_lists_every_method_of_the_path(server):
             got = {m.strip() for m in r.headers["allow"].split(",")}
             assert got - {"HEAD", "OPTIONS"} == allowed, (path, got)
             assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+# Every operation that reads the query string, and what it reads.
+QUERY = {
+    ("get", "/v1/topics/{topic}"): {"limit"},
+    ("get", "/v1/users/{user}/notifications"): {"limit", "before", "state"},
+    ("get", "/v1/users/{user}/notifications/{id}/group"): {"limit", "before"},
+    ("get", "/v1/me/notifications"): {"limit", "before", "state"},
+    ("get", "/v1/me/notifications/{id}/group"): {"limit", "before"},
+    ("get", "/v1/notifications/{id}/timeline"): {"user"},
+    ("get", "/v1/outbound/dead"): {"limit", "before"},
+    ("get", "/dashboard/api/notification"): {"id", "user", "app"},
+    ("get", "/v1/me/events"): {"cursor", "token"},
+    ("get", "/v1/me/stream"): {"cursor"},
+}
+
+
+def _refused(r, name: str) -> bool:
+    return r.status_code == 422 and r.json()["error"].get("field") == name
+
+
+async def test_query_parameters_are_documented_as_the_routes_read_them(server):
+    """The document lists each route's query parameters, and its bounds are
+    the server's: the documented maximum (page_max, a setting, for inbox
+    pages) and every documented state pass, one past them is a 422 naming
+    the parameter."""
+    token = await server.token("alice")
+    async with server.http() as http:
+        doc = (await http.get("/openapi.json")).json()
+        listed = {(method, path): {p["name"] for p in op.get("parameters", [])
+                                   if p["in"] == "query"}
+                  for path, ops in doc["paths"].items() for method, op in ops.items()}
+        assert {k: v for k, v in listed.items() if v} == QUERY
+        inbox = doc["paths"]["/v1/me/notifications"]["get"]["parameters"]
+        limit = next(p["schema"] for p in inbox if p["name"] == "limit")
+        assert limit == {"type": "integer", "minimum": 1, "default": 50,
+                         "maximum": server.service.settings.limits.page_max}
+        checked = 0
+        for method, path in QUERY:
+            if path in STREAMS:
+                continue
+            op = doc["paths"][path][method]
+            scheme = next(iter(op["security"][0]))
+            key = token if scheme == "userToken" else server.api_key
+            url = _concrete(path)
+            params = {p["name"]: p for p in op["parameters"] if p["in"] == "query"}
+            base = {"user": "alice"} if params.get("user", {}).get("required") else {}
+            for name, param in params.items():
+                schema, tries = param["schema"], []
+                if schema.get("type") == "integer":
+                    tries = [(schema["maximum"], True), (schema["minimum"], True),
+                             (schema["maximum"] + 1, False), (schema["minimum"] - 1, False),
+                             ("ten", False)]
+                elif "enum" in schema:
+                    tries = [(v, True) for v in schema["enum"]] + [("bogus", False)]
+                elif param["required"]:
+                    r = await http.get(url, headers={"Authorization": f"Bearer {key}"})
+                    assert r.status_code in (404, 422), (path, name, r.text)
+                    assert r.json()["error"]["field"] == name, (path, name)
+                for value, ok in tries:
+                    r = await http.get(url, params={**base, name: value},
+                                       headers={"Authorization": f"Bearer {key}"})
+                    assert _refused(r, name) is not ok, (path, name, value, r.text)
+                    checked += 1
+    assert checked > 30, checked

@@ -5,18 +5,20 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, body_of, user_auth
-from tidings.api.server import _group, _inbox
+from tidings.api.common import JSON, body_of, takes, user_auth
+from tidings.api.server import BEFORE, PAGE_LIMIT, STATE, _group, _inbox
 from tidings.core.models import Preferences, StateRequest
 from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
 
 
+@takes(PAGE_LIMIT, BEFORE, STATE)
 async def my_notifications(request: Request):
     app, user = await user_auth(request)
     return await _inbox(request, app, user)
 
 
+@takes(PAGE_LIMIT, BEFORE)
 async def my_notification_group(request: Request):
     app, user = await user_auth(request)
     return await _group(request, app, user)

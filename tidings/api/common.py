@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -13,6 +14,7 @@ from tidings.errors import BadRequest, Invalid, PayloadTooLarge, TidingsError, U
 
 log = logging.getLogger("tidings.api")
 T = TypeVar("T")
+F = TypeVar("F")
 _encode = msgspec.json.encode
 
 
@@ -111,6 +113,73 @@ async def user_auth(request: Request) -> tuple[str, str]:
     app, user = await request.app.state.service.authenticate_token(bearer(request))
     request.state.app = app
     return app, user
+
+
+# A notification id as the routes check it (tidings.core.ids.is_id).
+ID_SCHEMA = {"type": "string", "pattern": r"^[0-9A-HJKMNP-TV-Z]{26}\Z"}
+
+
+class Query:
+    """A query parameter: how its routes read it and how /openapi.json
+    describes it, in one declaration.  A route states the ones it reads with
+    ``@takes(...)`` (tidings.api.openapi documents them from the routes)."""
+
+    def __init__(self, name: str, description: str, schema: dict, *,
+                 check: Callable[[str], bool] | None = None, message: str = "",
+                 required: bool = False, error: type[TidingsError] = Invalid):
+        self.name, self.description, self.required = name, description, required
+        self._schema, self._check, self._message, self._error = schema, check, message, error
+
+    @property
+    def validates(self) -> bool:
+        """Whether a bad value is a 422 (an Invalid)."""
+        return self._error is Invalid and (self._check is not None or self.required)
+
+    def schema(self, limits) -> dict:
+        return dict(self._schema)
+
+    def parse(self, raw: str | None):
+        """The value of the parameter's raw text (``None``: absent)."""
+        if raw is None:
+            if self.required:
+                raise self._error(f"{self.name} is required (?{self.name}=...)",
+                                  field=self.name)
+            return None
+        if self._check is not None and not self._check(raw):
+            raise self._error(self._message, field=self.name)
+        return raw
+
+    def get(self, request: Request):
+        return self.parse(request.query_params.get(self.name))
+
+
+class IntQuery(Query):
+    """An integer in ``[lo, hi]``; ``hi`` may be a setting (a function of the Limits)."""
+
+    def __init__(self, name: str, description: str, default: int, lo: int,
+                 hi: int | Callable[[Any], int]):
+        super().__init__(name, description, {})
+        self.default, self.lo, self.hi = default, lo, hi
+
+    @property
+    def validates(self) -> bool:
+        return True
+
+    def schema(self, limits) -> dict:
+        hi = self.hi(limits) if callable(self.hi) else self.hi
+        return {"type": "integer", "minimum": self.lo, "maximum": hi, "default": self.default}
+
+    def get(self, request: Request) -> int:
+        hi = self.hi(request.app.state.service.settings.limits) if callable(self.hi) else self.hi
+        return int_param(request, self.name, self.default, self.lo, hi)
+
+
+def takes(*params: Query):
+    """Declare the query parameters a route reads (for /openapi.json)."""
+    def mark(endpoint: F) -> F:
+        endpoint.query = params  # type: ignore[attr-defined]
+        return endpoint
+    return mark
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -1,17 +1,23 @@
 """The OpenAPI 3.1 document, built from the msgspec models.
 
-Schemas come from the same Structs that validate requests, so the document
-cannot drift from the validation; tests/api/test_openapi.py pins the list
-of operations so that a new or removed route is a conscious change.
+Schemas come from the same Structs that validate requests, and query
+parameters from the same declarations the routes read them with (their
+``@takes``, tidings.api.common.Query), so the document cannot drift from the
+validation; tests/api/test_openapi.py pins the list of operations so that a
+new or removed route is a conscious change.
 """
 
 from __future__ import annotations
 
-import functools
+import re
+from collections.abc import Iterable
 
 import msgspec
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from tidings.api.apidocs import EXAMPLES, PROTOCOL
+from tidings.api.common import ID_SCHEMA, Query
+from tidings.config import Limits
 from tidings.core.models import (
     NO_CONTROL_RE,
     TOPIC_RE,
@@ -39,7 +45,7 @@ from tidings.core.receipts import Receipts
 _ERROR = {"$ref": "#/components/schemas/Error"}
 # The path parameters as the routes check them (tidings/api/*.py), so that a
 # client generated from the document knows what a valid one is.
-_ID = {"type": "string", "pattern": r"^[0-9A-HJKMNP-TV-Z]{26}\Z"}  # tidings.core.ids
+_ID = ID_SCHEMA
 PATH_PARAMS: dict[str, dict] = {
     "user": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": USER_RE},
     "topic": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": TOPIC_RE},
@@ -168,18 +174,16 @@ _ERRORS = {
 EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/webhooks"): {"409"},
     ("get", "/v1/push/vapid-public-key"): {"404"},
-    # query parameters: limit, before, state, cursor, ?id=&user=
-    ("get", "/v1/me/notifications"): {"422"},
-    ("get", "/v1/outbound/dead"): {"422"},
-    ("get", "/dashboard/api/notification"): {"404", "422"},
+    ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
     # a bad cursor; too many open streams for the user
     ("get", "/v1/me/events"): {"400", "429"},
 }
 
 
-def _responses(method: str, path: str, auth: str, model: type | None) -> dict:
+def _responses(method: str, path: str, auth: str, model: type | None,
+               query: tuple[Query, ...] = ()) -> dict:
     """The statuses the route answers: its success, and the errors its
-    credential, body and path parameters can earn it."""
+    credential, body, path and query parameters can earn it."""
     if path == "/v1/me/stream":
         return {code: {"description": text} for code, text in SUCCESS[(method, path)].items()}
     errors = set(EXTRA_ERRORS.get((method, path), ()))
@@ -193,6 +197,8 @@ def _responses(method: str, path: str, auth: str, model: type | None) -> dict:
         errors |= {"400", "413", "422"}
     if "{" in path:
         errors |= {"404", "422"}
+    if any(q.validates for q in query):
+        errors.add("422")
     if path not in ("/healthz", "/readyz", "/v1/push/vapid-public-key"):
         errors.add("503")
     responses: dict = {code: {"description": text} for code, text in
@@ -203,8 +209,25 @@ def _responses(method: str, path: str, auth: str, model: type | None) -> dict:
     return responses
 
 
-@functools.cache
-def openapi_document() -> dict:
+def query_params(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], tuple[Query, ...]]:
+    """The query parameters each operation's endpoint declares (``@takes``)."""
+    found: dict[tuple[str, str], tuple[Query, ...]] = {}
+    for route in routes:
+        if isinstance(route, Route | WebSocketRoute):
+            params = getattr(route.endpoint, "query", ())
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {user:user} -> {user}
+            methods = getattr(route, "methods", None) or {"GET"}  # a WebSocket's upgrade
+            for method in methods:
+                if params and method != "HEAD":
+                    found[(method.lower(), path)] = params
+    return found
+
+
+def openapi_document(routes: Iterable[BaseRoute] = (), limits: Limits | None = None) -> dict:
+    """The document for an app of ``routes`` (their query parameters) and
+    ``limits`` (the bounds that are settings, such as page_max)."""
+    query = query_params(routes)
+    limits = limits or Limits()
     # InboxItem (and with it Group): what inbox pages and group listings hold
     models = [m for *_, m in OPERATIONS if m is not None] + [Notification, InboxItem]
     (_, components) = msgspec.json.schema_components(
@@ -221,7 +244,7 @@ def openapi_document() -> dict:
     for method, path, summary, auth, model in OPERATIONS:
         op: dict = {
             "summary": summary,
-            "responses": _responses(method, path, auth, model),
+            "responses": _responses(method, path, auth, model, query.get((method, path), ())),
         }
         if auth != "none":
             op["security"] = [{auth: []}]
@@ -232,11 +255,16 @@ def openapi_document() -> dict:
                 op["requestBody"]["content"]["application/json"]["example"] = \
                     EXAMPLES[(method, path)]
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        if params:
-            op["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": PATH_PARAMS[p]}
-                for p in params
-            ]
+        parameters = [
+            {"name": p, "in": "path", "required": True, "schema": PATH_PARAMS[p]}
+            for p in params
+        ] + [
+            {"name": q.name, "in": "query", "required": q.required,
+             "description": q.description, "schema": q.schema(limits)}
+            for q in query.get((method, path), ())
+        ]
+        if parameters:
+            op["parameters"] = parameters
         paths.setdefault(path, {})[method] = op
     return _portable({
         "openapi": "3.1.0",

@@ -68,7 +68,12 @@ async def metrics(request: Request):
 
 
 async def openapi(request: Request):
-    return JSON(openapi_document())
+    state = request.app.state
+    document = getattr(state, "openapi", None)
+    if document is None:  # built once, from this app's routes and settings
+        document = state.openapi = openapi_document(request.app.router.routes,
+                                                    state.service.settings.limits)
+    return JSON(document)
 
 
 routes = [

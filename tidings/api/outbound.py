@@ -23,9 +23,10 @@ from typing import overload
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, body_of, int_param, server_auth, user_auth
+from tidings.api.common import JSON, IntQuery, Query, body_of, server_auth, takes, user_auth
 from tidings.api.server import _nid, _user
 from tidings.channels.base import check_url
+from tidings.core.models import NO_CONTROL_RE
 from tidings.core.outbound import (
     SUBSCRIPTION_ID_RE,
     WEBHOOK_ID_RE,
@@ -228,20 +229,31 @@ async def put_caps(request: Request):
 
 # -- the queue and the dead-letter list (admin) ------------------------------------------
 
+def _is_job_id(value: str) -> bool:
+    return 0 < len(value) <= _JOB_ID_MAX and value.isprintable()
+
+
 @overload
 def _job_id(value: str, field: str) -> str: ...
 @overload
 def _job_id(value: str | None, field: str) -> str | None: ...
 def _job_id(value: str | None, field: str) -> str | None:
-    if value is not None and not (0 < len(value) <= _JOB_ID_MAX and value.isprintable()):
+    if value is not None and not _is_job_id(value):
         raise Invalid("not a job id", field=field)
     return value
 
 
+DEAD_LIMIT = IntQuery("limit", "Page size", 50, 1, 500)
+DEAD_BEFORE = Query("before", "The page after this job id (the previous page's next_before)",
+                    {"type": "string", "minLength": 1, "maxLength": _JOB_ID_MAX,
+                     "pattern": NO_CONTROL_RE},
+                    check=_is_job_id, message="not a job id")
+
+
+@takes(DEAD_LIMIT, DEAD_BEFORE)
 async def dead_jobs(request: Request):
     app = await server_auth(request, "admin")
-    limit = int_param(request, "limit", 50, 1, 500)
-    before = _job_id(request.query_params.get("before"), "before")
+    limit, before = DEAD_LIMIT.get(request), DEAD_BEFORE.get(request)
     jobs = await request.app.state.service.store.list_jobs(app, status="dead", limit=limit,
                                                            before=before)
     return JSON({"jobs": [_job(j) for j in jobs],

@@ -9,7 +9,18 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, bearer_of, body_of, decode, int_param, read_body, server_auth
+from tidings.api.common import (
+    ID_SCHEMA,
+    JSON,
+    IntQuery,
+    Query,
+    bearer_of,
+    body_of,
+    decode,
+    read_body,
+    server_auth,
+    takes,
+)
 from tidings.api.direct import Call, DirectRoute, starlette_route
 from tidings.core.ids import is_id
 from tidings.core.models import (
@@ -25,6 +36,17 @@ from tidings.core.models import (
 from tidings.errors import Invalid, NotFound, TidingsError
 
 _IDEMPOTENCY_MAX = 255
+_STATES = ("unread", "unseen", "seen", "read", "archived", "all")
+# The query parameters of the routes below (and of the client API's inbox).
+SUBSCRIBERS_LIMIT = IntQuery("limit", "How many subscribers to list", 100, 1, 1000)
+PAGE_LIMIT = IntQuery("limit", "Page size (at most the server's page_max)", 50, 1,
+                      lambda limits: limits.page_max)
+BEFORE = Query("before", "The page after this notification id (the last one of the "
+               "previous page)", ID_SCHEMA, check=is_id,
+               message="before must be a notification id")
+STATE = Query("state", "Only the entries in this state",
+              {"type": "string", "enum": list(_STATES)}, check=_STATES.__contains__,
+              message=f"state must be one of {', '.join(_STATES)}")
 _INTERNAL = {"error": {"code": "internal", "message": "internal error"}}
 log = logging.getLogger("tidings.api")
 _encode = msgspec.json.encode
@@ -187,11 +209,12 @@ async def bulk_subscribers(request: Request):
     return JSON({"added" if req.action == "add" else "removed": n})
 
 
+@takes(SUBSCRIBERS_LIMIT)
 async def get_topic(request: Request):
     app = await server_auth(request, "read")
     service = request.app.state.service
     topic = _topic(request)
-    limit = int_param(request, "limit", 100, 1, 1000)
+    limit = SUBSCRIBERS_LIMIT.get(request)
     count, users = await service.store.topic_info(app, topic, limit)
     return JSON({
         "topic": topic, "subscribers": count, "users": users,
@@ -199,6 +222,7 @@ async def get_topic(request: Request):
     })
 
 
+@takes(PAGE_LIMIT, BEFORE, STATE)
 async def user_notifications(request: Request):
     app = await server_auth(request, "read")
     return await _inbox(request, app, _user(request))
@@ -206,17 +230,11 @@ async def user_notifications(request: Request):
 
 async def _inbox(request: Request, app: str, user: str):
     service = request.app.state.service
-    limit = int_param(request, "limit", 50, 1, service.settings.limits.page_max)
-    before = request.query_params.get("before")
-    if before is not None and not is_id(before):
-        raise Invalid("before must be a notification id", field="before")
-    state = request.query_params.get("state")
-    if state not in (None, "unread", "unseen", "seen", "read", "archived", "all"):
-        raise Invalid("state must be one of unread, unseen, seen, read, archived, all",
-                      field="state")
+    limit, before, state = PAGE_LIMIT.get(request), BEFORE.get(request), STATE.get(request)
     return JSON(await service.inbox(app, user, limit=limit, before=before, state=state))
 
 
+@takes(PAGE_LIMIT, BEFORE)
 async def user_notification_group(request: Request):
     app = await server_auth(request, "read")
     return await _group(request, app, _user(request))
@@ -226,10 +244,7 @@ async def _group(request: Request, app: str, user: str):
     """The members of the user's group entry holding notification ``id``."""
     service = request.app.state.service
     nid = _nid(request)
-    limit = int_param(request, "limit", 50, 1, service.settings.limits.page_max)
-    before = request.query_params.get("before")
-    if before is not None and not is_id(before):
-        raise Invalid("before must be a notification id", field="before")
+    limit, before = PAGE_LIMIT.get(request), BEFORE.get(request)
     return JSON(await service.group_members(app, user, nid, limit=limit, before=before))
 
 

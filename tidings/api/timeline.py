@@ -15,24 +15,20 @@ import logging
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, server_auth
+from tidings.api.common import JSON, Query, server_auth, takes
 from tidings.api.outbound import _iso
 from tidings.api.server import _nid
-from tidings.core.models import valid_user
-from tidings.errors import Invalid, NotFound
+from tidings.core.models import USER_RE, valid_user
+from tidings.errors import NotFound
 from tidings.store.base import UserTimeline
 from tidings.store.outbound import JobRecord
 
 log = logging.getLogger("tidings.api.timeline")
 
 
-def _user_param(request: Request) -> str:
-    user = request.query_params.get("user")
-    if user is None:
-        raise Invalid("user is required (?user=...)", field="user")
-    if not valid_user(user):
-        raise Invalid("user id must be 1-128 printable characters", field="user")
-    return user
+USER_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": USER_RE}
+USER = Query("user", "Whose journey", USER_SCHEMA, required=True, check=valid_user,
+             message="user id must be 1-128 printable characters")
 
 
 def events(tl: UserTimeline, jobs: list[JobRecord]) -> list[dict]:
@@ -89,9 +85,10 @@ async def user_timeline(service, app: str, nid: str, user: str) -> dict:
             "recipient": tl.recipient, "events": events(tl, jobs)}
 
 
+@takes(USER)
 async def notification_timeline(request: Request):
     app = await server_auth(request, "read")
-    nid, user = _nid(request), _user_param(request)
+    nid, user = _nid(request), USER.get(request)
     return JSON(await user_timeline(request.app.state.service, app, nid, user))
 
 

@@ -22,7 +22,9 @@ from tidings.errors import BadRequest
 
 # ASCII digits only (``\d`` would take e.g. Arabic-Indic digits) and ``\Z``,
 # not ``$`` (which also matches before a trailing newline).
-_CURSOR = re.compile(r"^([0-9a-f]{1,16}):([0-9]{1,18})(?::([0-9]{1,18}))?\Z")
+CURSOR_RE = r"^([0-9a-f]{1,16}):([0-9]{1,18})(?::([0-9]{1,18}))?\Z"
+CURSOR_MAX = 64
+_CURSOR = re.compile(CURSOR_RE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ def parse_cursor(text: str | None) -> Cursor | None:
     """Parse a cursor string; ``None``/empty means "no cursor" (start live)."""
     if text is None or text == "":
         return None
-    if not isinstance(text, str) or len(text) > 64:
+    if not isinstance(text, str) or len(text) > CURSOR_MAX:
         raise BadRequest("cursor is not valid", field="cursor", code="bad_cursor")
     m = _CURSOR.match(text)
     if not m:

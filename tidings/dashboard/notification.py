@@ -15,12 +15,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.api.common import JSON
-from tidings.api.timeline import user_timeline
+from tidings.api.common import ID_SCHEMA, JSON, Query, takes
+from tidings.api.timeline import USER_SCHEMA, user_timeline
 from tidings.core.ids import is_id
 from tidings.core.models import valid_app_id, valid_user
 from tidings.dashboard.routes import authorize, dashboard_page
-from tidings.errors import Invalid, NotFound
+from tidings.errors import NotFound
 
 RECIPIENTS_SHOWN = 50
 
@@ -29,18 +29,25 @@ async def notification_page(request: Request) -> Response:
     return await dashboard_page(request, "notification.html")
 
 
+NID = Query("id", "The notification", ID_SCHEMA, required=True, check=is_id,
+            message="no such notification", error=NotFound)
+USER = Query("user", "Also this user's timeline", USER_SCHEMA, check=valid_user,
+             message="user id must be 1-128 printable characters")
+# an app the key cannot see is "no such notification", as an id it did not publish
+APP = Query("app", "Another app's notification (the operator's key only)",
+            {"type": "string", "pattern": r"^[a-z0-9_\-]{0,64}\Z"})
+
+
+@takes(NID, USER, APP)
 async def api_notification(request: Request):
     access = await authorize(request)
     params = request.query_params
-    nid, user, app = params.get("id", "").strip(), params.get("user"), params.get("app")
+    nid, user, app = params.get("id", "").strip(), USER.get(request), APP.get(request)
     if app is None or app == "":
         app = access.app
     elif not valid_app_id(app) or (access.scope != "*" and app != access.app):
         raise NotFound("no such notification", field="id")
-    if not is_id(nid):
-        raise NotFound("no such notification", field="id")
-    if user is not None and not valid_user(user):
-        raise Invalid("user id must be 1-128 printable characters", field="user")
+    NID.parse(nid)
     service = request.app.state.service
     info = await service.get_notification(app, nid)  # 404 for an id this app did not publish
     recipients = await service.store.recipients_of(app, nid)

@@ -22,8 +22,9 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from tidings.api.common import Query
 from tidings.core import events
-from tidings.core.cursor import parse_cursor
+from tidings.core.cursor import CURSOR_MAX, CURSOR_RE, parse_cursor
 from tidings.core.receipts import connection_device
 from tidings.errors import (
     CLOSE_FORBIDDEN,
@@ -152,8 +153,18 @@ class SSEStream(Stream):
             self.ended.set()
 
 
+# The streams' query parameters, as /openapi.json describes them.
+CURSOR = Query("cursor", "Resume after this position (a notification event's cursor; on "
+               "SSE a Last-Event-ID header wins); absent: start live",
+               {"type": "string", "maxLength": CURSOR_MAX, "pattern": CURSOR_RE})
+TOKEN = Query("token", "The user token, for clients that cannot send an Authorization "
+              "header (EventSource)", {"type": "string"})
+
+
 class WebSocketEndpoint:
     """``GET /v1/me/stream``"""
+
+    query = (CURSOR,)
 
     def __init__(self, service: Service):
         self.service = service
@@ -175,7 +186,7 @@ class WebSocketEndpoint:
         if origin is not None and not service.origin_allowed(origin.decode("latin-1")):
             return await refuse(CLOSE_FORBIDDEN, "origin not allowed", "origin_not_allowed")
         try:
-            cursor = parse_cursor(_query(scope).get("cursor"))
+            cursor = parse_cursor(_query(scope).get(CURSOR.name))
             token = _bearer(headers)
             if token is None:
                 token = await self._first_message_token(receive)
@@ -238,6 +249,8 @@ class _Gone(Exception):
 
 class SSEEndpoint:
     """``GET /v1/me/events``"""
+
+    query = (CURSOR, TOKEN)
 
     def __init__(self, service: Service):
         self.service = service
