@@ -41,8 +41,8 @@ APP = Query("app", "Another app's notification (the operator's key only)",
 @takes(NID, USER, APP)
 async def api_notification(request: Request):
     access = await authorize(request)
-    params = request.query_params
-    nid, user, app = params.get("id", "").strip(), USER.get(request), APP.get(request)
+    nid = request.query_params.get(NID.name, "").strip()
+    user, app = USER.get(request), APP.get(request)
     if app is None or app == "":
         app = access.app
     elif not valid_app_id(app) or (access.scope != "*" and app != access.app):

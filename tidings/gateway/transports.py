@@ -261,12 +261,12 @@ class SSEEndpoint:
         app = None
         try:
             query = _query(scope)
-            token = query.get("token") or _bearer(headers)
+            token = query.get(TOKEN.name) or _bearer(headers)
             if not token:
                 raise Unauthorized("a token is required (?token= or Authorization)")
             last_id = headers.get(b"last-event-id")
             cursor = parse_cursor(
-                last_id.decode("latin-1") if last_id else query.get("cursor")
+                last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
             app, user = await service.authenticate_token(token)
             service.hub.check_capacity(app, user)
