@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
+from bench.faultkit import PrivateRedis
 from scripts.cluster import free_port_block, wait_until
 from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
 from tests.services import require_haproxy
@@ -36,34 +36,6 @@ class Proxy:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class PrivateRedis:
-    def __init__(self, port: int, workdir):
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(workdir)]
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-
-        def up() -> bool:
-            out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                 capture_output=True, text=True)
-            return out.stdout.strip() == "PONG"
-
-        wait_until(up, 10, "private redis")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -154,7 +126,7 @@ async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
     base = free_port_block(4)
     redis = PrivateRedis(base + 3, tmp_path)
     redis.start()
-    cluster = Cluster(pg_url, redis.url, nodes=2, base_port=base, workdir=tmp_path / "c")
+    cluster = Cluster(pg_url, redis.url(), nodes=2, base_port=base, workdir=tmp_path / "c")
     devices: list[Device] = []
     try:
         cluster.start()
