@@ -476,8 +476,20 @@ def data_read_only(b: Backends, opts) -> dict:
                             re.M)
         out["node_error"] = errors[-1] if errors else None
         out["node_traceback"] = "Traceback" in log
-        out["node_log_tail"] = log[-1500:]
+        out["node_log_tail"] = _log_tail(log, data)
         return out
+
+
+# the start-up banner: throwaway keys, tokens and curl lines, not worth a record
+_BANNER = ("secret:", "demo user token:", "curl ", "tidings listen ", "or in a browser",
+           "Dashboard:", "Publish to the demo user:", "Watch it arrive:", "API key")
+
+
+def _log_tail(log: str, data: Path) -> str:
+    """The end of a node's log as results.jsonl keeps it: without the banner,
+    and with the scratch directory written as ``<data>``."""
+    lines = [line for line in log.splitlines() if not line.strip().startswith(_BANNER)]
+    return "\n".join(lines)[-1500:].replace(str(data), "<data>")
 
 
 SCENARIOS: dict[str, tuple[str, str, Callable[[Backends, object], dict]]] = {
