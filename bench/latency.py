@@ -25,7 +25,12 @@ every notification due during it and shows in the percentiles.  Only
 notifications stamped inside the measured window count; the warm-up's do not.
 
 The primary, noise-robust figure is still the server's CPU per delivery in the
-window; the percentiles depend on what else the machine runs.
+window; the percentiles depend on what else the machine runs.  After each
+single-node run the same publisher sends the same requests at the same rate
+to bench/floor.py (a bare ASGI handler answering 202, pinned like the server,
+no devices): ``floor_cpu_us_per_request`` is what the HTTP request alone costs
+at that rate, and ``floor_ratio`` tidings' CPU per publish over it
+(``--no-floor`` skips it).
 
 A cluster (``--store postgresql://... [--broker redis://...] --nodes 2``): two
 ``tidings serve`` nodes on one fresh schema (dropped after), the devices on
@@ -44,7 +49,7 @@ import random
 import time
 from pathlib import Path
 
-from bench import hist, openloop
+from bench import floor, hist, openloop
 from bench.measure import CpuMarks, ProcSampler, settle_rss
 from bench.pgschema import maybe_fresh_schema
 from bench.profile import Profiler
@@ -87,7 +92,35 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
         raise SystemExit("bench latency --nodes 2 needs --store postgresql://...")
     with maybe_fresh_schema(opts.store, "bench_latency") as store, \
             contextlib.ExitStack() as nodes:
-        return _run(opts, cpus, profile, store, nodes)
+        rec = _run(opts, cpus, profile, store, nodes)
+    if opts.nodes == 1 and not profile and not getattr(opts, "no_floor", False):
+        rec.update(_floor(opts))
+        rec["floor_ratio"] = round(rec["server_cpu_us_per_publish"]
+                                   / max(rec["floor_cpu_us_per_request"], 1e-9), 2)
+    return rec
+
+
+def _floor(opts) -> dict:
+    """The floor at this rate: bench/floor.py's bare ASGI handler, pinned like
+    the server, sent the same requests by the same open-loop publisher for up
+    to 5 s (no devices: what the HTTP request alone costs at this rate)."""
+    duration = min(opts.duration, 5.0)
+    with floor.running(opts.server_cpu) as (host, port, pid):
+        sampler = ProcSampler(pid)
+        cpu0 = sampler.cpu()
+
+        def build(i: int, intended: int) -> tuple[str, str, bytes]:
+            doc = {"to": {"users": [f"u{i % max(opts.conns, 1):06d}"]}, "title": "bench",
+                   "body": payload(i, opts.size), "data": {"t_ns": intended}}
+            return "POST", "/v1/notifications", json.dumps(doc).encode()
+
+        pub = asyncio.run(openloop.run(
+            host, port, {}, rate=opts.rate, warmup=1.0, duration=duration,
+            start_ns=time.monotonic_ns() + 100_000_000, build=build, pool=opts.pool,
+            drain_s=opts.timeout))
+        cpu = sampler.cpu() - cpu0
+    return {"floor_cpu_us_per_request": round(cpu / max(pub.ok, 1) * 1e6, 2),
+            "floor_errors": pub.errors}
 
 
 def _run(opts, cpus, profile, store: str | None, nodes: contextlib.ExitStack) -> dict:

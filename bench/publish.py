@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from bench import floor
 from bench.measure import (
     ProcSampler,
     busy_cpu_s,
@@ -41,7 +39,7 @@ from bench.measure import (
 from bench.pgschema import maybe_fresh_schema
 from bench.profile import Profiler
 from bench.publisher import payload, publish_many
-from bench.server import TidingsServer, free_port, wait_port
+from bench.server import TidingsServer
 
 
 def _docs(opts, offset: int):
@@ -82,17 +80,8 @@ def run_once(opts, cpus, concurrency: int, profile: Path | None = None) -> dict:
 
 def _floor(opts, concurrency: int, path: str, per_req: int) -> dict:
     """CPU per request of bench/floor.py under the same load as the run."""
-    host, port = "127.0.0.1", free_port()
-    cmd = [sys.executable, "-m", "bench.floor", "--host", host, "--port", str(port)]
-    if opts.server_cpu:
-        cmd = ["taskset", "-c", opts.server_cpu, *cmd]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_port(host, port, proc)
-        sampler = ProcSampler(proc.pid)
+    with floor.running(opts.server_cpu) as (host, port, pid):
+        sampler = ProcSampler(pid)
         requests = max(opts.count // per_req, 1)
         if opts.warmup:
             asyncio.run(publish_many(host, port, "floor", max(opts.warmup // per_req, 1),
@@ -102,13 +91,6 @@ def _floor(opts, concurrency: int, path: str, per_req: int) -> dict:
         res = asyncio.run(publish_many(host, port, "floor", requests, concurrency,
                                        _docs(opts, 0), path=path, deadline_s=opts.timeout))
         cpu1 = sampler.cpu()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
     return {"floor_cpu_us_per_request": round((cpu1 - cpu0) / max(res.ok, 1) * 1e6, 2),
             "floor_requests_per_s": round(res.ok / res.seconds, 1),
             "floor_errors": res.errors}
