@@ -71,6 +71,9 @@ def test_tiny_latency_run_times_every_notification(tmp_path):
     assert record["lat_count"] == 50 and record["lat_p99_ms"] > 0
     assert record["outside_window"] == 15  # the warm-up's, not timed
     assert record["lat_hist"] and record["server_cpu_us_per_delivery"] > 0
+    # the floor ran at the same rate after the run: answered, and measured
+    assert record["floor_errors"] == 0 and record["floor_cpu_us_per_request"] >= 0
+    assert "floor_ratio" in record
     report = (tmp_path / "report.md").read_text()
     assert "## latency" in report
     if importlib.util.find_spec("matplotlib"):
