@@ -13,7 +13,7 @@ from bench.measure import median, pin
 # figures whose medians are printed and reported, per scenario
 KEY_FIGURES = {
     "fanout": ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb", "lost",
-               "events_per_frame", "publish_per_s"],
+               "events_per_frame", "publish_per_s", "pg_cpu_us_per_delivery"],
     "broadcast": ["server_cpu_us_per_delivery", "deliveries_per_s", "rss_peak_mb", "lost",
                   "events_per_frame", "publish_per_s"],
     "publish": ["publish_per_s", "server_cpu_us_per_publish", "pg_cpu_us_per_publish",
@@ -76,6 +76,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                        help="stop waiting after this long without a delivery")
         p.add_argument("--fanout-threshold", type=int, default=None,
                        help="server's TIDINGS_FANOUT_THRESHOLD (default: the server's own)")
+        p.add_argument("--store", default=None,
+                       help="store URL (postgresql://...: a fresh schema per run, its "
+                            "database the broker too); default SQLite")
         p.add_argument("--profile", action="store_true",
                        help="after the measured runs, one more run under py-spy")
         p.add_argument("--profile-gil", action="store_true",

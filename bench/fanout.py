@@ -7,6 +7,11 @@
 * ``broadcast``: every publish is ``{"to": {"all": true}}``: one stored row,
   one shared frame for every connection (read fan-out).
 
+``--store postgresql://...`` runs the server on a fresh PostgreSQL schema
+(the store's database is then also the broker) and adds
+``pg_cpu_us_per_delivery``: the CPU of the PostgreSQL backends serving the
+server's connections, per delivery (the write fan-out's inbox rows).
+
 The figure that matters is server CPU per delivery: the server process's CPU
 time (user + sys) from the first publish until the last delivery arrived,
 divided by the deliveries.  It is what one core pays for each delivery, and it
@@ -20,7 +25,16 @@ import contextlib
 import time
 from pathlib import Path
 
-from bench.measure import ProcSampler, busy_cpu_s, own_cpu_s, settle_rss, thread_delta
+from bench.measure import (
+    ProcSampler,
+    busy_cpu_s,
+    own_cpu_s,
+    pg_backends_cpu,
+    pg_cpu_delta,
+    settle_rss,
+    thread_delta,
+)
+from bench.pgschema import maybe_fresh_schema
 from bench.profile import Profiler
 from bench.publisher import payload, publish_many, subscribe_topic
 from bench.server import TidingsServer
@@ -56,10 +70,19 @@ def wait_deliveries(lg: LoadGen, expected: int, *, timeout: float, idle_timeout:
 
 
 def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
+    with maybe_fresh_schema(getattr(opts, "store", None), "bench_fanout") as store:
+        out = _run(mode, opts, cpus, profile, store)
+    if store is not None:
+        out["store"] = "postgresql"
+    return out
+
+
+def _run(mode: str, opts, cpus: set[int] | None, profile: Path | None, store: str | None
+         ) -> dict:
     env = {}
     if opts.fanout_threshold is not None:
         env["TIDINGS_FANOUT_THRESHOLD"] = str(opts.fanout_threshold)
-    with TidingsServer(cpu=opts.server_cpu, env=env) as srv:
+    with TidingsServer(cpu=opts.server_cpu, env=env, store=store) as srv:
         users = [f"u{i:06d}" for i in range(opts.subs)]
         tokens = srv.tokens(users)
         if mode == "fanout":
@@ -82,6 +105,7 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
             with spy:
                 threads0 = sampler.thread_cpu()
                 cpu0, own0, busy0 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
+                pg0 = pg_backends_cpu(srv.pid) if store else {}
                 lg_cpu0 = before["cpu_s"]
                 pub = asyncio.run(publish_many(
                     srv.host, srv.port, srv.api_key, opts.msgs, opts.pub_concurrency,
@@ -91,6 +115,7 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
                                         timeout=opts.timeout, idle_timeout=opts.idle_timeout)
                 t_end = time.monotonic()
                 cpu1, own1, busy1 = sampler.cpu(), own_cpu_s(), busy_cpu_s()
+                pg_cpu = pg_cpu_delta(pg0, pg_backends_cpu(srv.pid)) if store else 0.0
                 threads1 = sampler.thread_cpu()
             sampler.rss()
         finally:
@@ -121,7 +146,7 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_by_thread_s": thread_delta(threads0, threads1),
         "loadgen_cpu_s": round(loadgen_cpu, 3),
-        "other_cpu_s": round((busy1 - busy0) - server_cpu - loadgen_cpu, 3),
+        "other_cpu_s": round((busy1 - busy0) - server_cpu - loadgen_cpu - pg_cpu, 3),
         "phase_wall_s": round(t_end - pub.t0, 3),
         "delivery_span_s": round(span, 3),
         "publish_s": round(pub.seconds, 3),
@@ -132,6 +157,9 @@ def run_once(mode: str, opts, cpus: set[int] | None, profile: Path | None = None
         "closed_by_server": (final or stats)["closed"],
         "close_codes": (final or stats)["close_codes"],
     }
+    if store:
+        out["pg_cpu_us_per_delivery"] = round(pg_cpu / max(delivered, 1) * 1e6, 3)
+        out["pg_cpu_s"] = round(pg_cpu, 3)
     if log_tail:
         out["server_log_tail"] = log_tail[-2000:]
     return out
