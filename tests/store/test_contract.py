@@ -206,6 +206,16 @@ async def test_repeated_users_in_one_publish_get_one_entry(db):
     assert (await db.stream_head(A, "u", time.time())).head_seq == 1
 
 
+async def test_stream_heads_answer_a_list_of_users_at_once(db):
+    await publish(db, A, note(users=["u1", "u2"]))
+    await publish(db, A, note(users=["u2"]))
+    await db.stream_head(A, "u3", time.time())  # a stream with nothing yet
+    heads = await db.stream_heads(A, ["u1", "u2", "u3"])
+    epoch = (await db.stream_head(A, "u1", time.time())).epoch
+    assert {u: seq for u, (_, seq) in heads.items()} == {"u1": 1, "u2": 2, "u3": 0}
+    assert heads["u1"][0] == epoch
+
+
 async def test_publish_many_answers_each_item_in_order_with_gapless_seqs(db):
     items = [note(users=["u1"]), note(users=["u1", "u2"]), note(all=True),
              note(users=["u2"], key="k"), note(users=["u2"], key="k")]

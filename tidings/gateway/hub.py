@@ -7,6 +7,18 @@ counted, so a node's broker subscriptions track exactly its audience.
 When the broker reconnects after an outage (Redis restarted), messages
 published meanwhile may be lost: the hub then catches every open stream up
 from the store, the source of truth (``_resync_all``).
+
+A networked broker can also lose a message with no outage to show for it: a
+batch that failed, a full publish queue (broker/base.py, at most once).  A
+stream fills a gap in its seqs when the next event shows one, but a user
+who gets nothing more would wait until they reconnect.  So every
+``REPAIR_INTERVAL`` the hub reads the stream heads of the users with a
+stream here (``Store.stream_heads``, ``REPAIR_CHUNK`` users a query) and,
+``REPAIR_GRACE`` later, catches up from the store any stream still behind
+the head it read (``_repair``): a personal entry whose broker message was
+lost reaches its devices within about ``REPAIR_INTERVAL + REPAIR_GRACE``
+(docs/delivery.md).  The grace keeps messages that were merely on their way
+from costing a store read.
 """
 
 from __future__ import annotations
@@ -52,6 +64,11 @@ RESYNC_CONCURRENCY = 16
 RESYNC_ATTEMPTS = 20  # per user, while the store answers Unavailable (~30 s)
 # Personal events delivered here before their broker copy came back (deliver_here).
 HERE_MAX = 10_000
+# The repair pass (see the module docstring): personal entries whose broker
+# message was lost reach their devices within about 3 s.
+REPAIR_INTERVAL = 2.0
+REPAIR_GRACE = 1.0
+REPAIR_CHUNK = 1000  # users per stream_heads query
 
 
 class Hub:
@@ -86,6 +103,11 @@ class Hub:
         # (app, user, epoch, seq) handed to streams here ahead of the broker's copy
         self._here: dict[tuple[str, str, str, int], None] = {}
         broker.on_reconnect(self._on_broker_reconnect)
+        self._repair_task: asyncio.Task | None = None
+        self.repaired = 0  # streams caught up by the repair pass (tests, logs)
+        # (app, user) -> the head a pass last caught the user up to: an entry
+        # that cannot be replayed (retracted, expired) is not read again and again
+        self._repaired_to: dict[tuple[str, str], int] = {}
 
     # -- registry -------------------------------------------------------------
     @property
@@ -116,6 +138,9 @@ class Hub:
             stream.close(CLOSE_TOO_MANY)
             return
         streams.add(stream)
+        if self._repair_task is None and not self.broker.inline:
+            # the in-process broker loses nothing: no repair needed
+            self._repair_task = asyncio.get_running_loop().create_task(self._repair_loop())
         app_streams = self.apps.get(stream.app)
         if app_streams is None:
             app_streams = self.apps[stream.app] = set()
@@ -361,6 +386,49 @@ class Hub:
         for s in streams:
             await s.resync(counts)
 
+    # -- personal entries whose broker message was lost -----------------------
+    async def _repair_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPAIR_INTERVAL)
+            try:
+                await self._repair()
+            except Unavailable:
+                pass  # the store is away: the next pass
+            except Exception:
+                log.exception("checking the streams' heads failed")
+
+    async def _repair(self) -> int:
+        """One pass: read the heads of the users with a stream here, wait
+        ``REPAIR_GRACE``, then catch up every stream still behind the head
+        read.  Returns how many streams it caught up."""
+        behind: list[tuple[str, str, str, int]] = []
+        for app, by_user in list(self._by_app.items()):
+            names = list(by_user)
+            for i in range(0, len(names), REPAIR_CHUNK):
+                heads = await self.store.stream_heads(app, names[i:i + REPAIR_CHUNK])
+                for user, (epoch, seq) in heads.items():
+                    if self._repaired_to.get((app, user), -1) < seq and any(
+                            s.epoch == epoch and s.last_seq < seq
+                            for s in self.users.get((app, user), ())):
+                        behind.append((app, user, epoch, seq))
+        users = self.users
+        self._repaired_to = {k: v for k, v in self._repaired_to.items() if k in users}
+        if not behind:
+            return 0
+        await asyncio.sleep(REPAIR_GRACE)  # what was on its way has arrived
+        caught = 0
+        for app, user, epoch, seq in behind:
+            for s in tuple(users.get((app, user), ())):
+                if s.epoch == epoch and s.last_seq < seq and not s.closed:
+                    self._repaired_to[app, user] = seq
+                    await s.resync()  # fills from the store, or once more if syncing
+                    caught += 1
+        if caught:
+            self.repaired += caught
+            log.warning("%d streams were behind their user's head (broker messages lost); "
+                        "caught up from the store", caught)
+        return caught
+
     # -- broker handlers (on the loop thread) ---------------------------------
     def deliver_here(self, app: str, msg: Personals) -> None:
         """This node just committed ``msg`` and is about to send it over a
@@ -496,6 +564,8 @@ class Hub:
     def close_all(self, code: int) -> None:
         if self._resync is not None:
             self._resync.cancel()
+        if self._repair_task is not None:
+            self._repair_task.cancel()
         for streams in list(self.users.values()):
             for s in list(streams):
                 s.close(code)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -391,6 +392,17 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def stream_head(self, app_id: str, user: str, now: float) -> StreamHead:
         """The user's position, creating their stream (and epoch) if new."""
+
+    async def stream_heads(self, app_id: str, users: list[str]) -> dict[str, tuple[str, int]]:
+        """``{user: (epoch, head_seq)}`` for those of ``users`` that have a
+        stream (the hub's check for personal entries a broker lost,
+        gateway/hub.py).  One ``stream_head`` each unless the store has
+        better; PostgreSQL answers a list in one query."""
+        out: dict[str, tuple[str, int]] = {}
+        for user in users:
+            head = await self.stream_head(app_id, user, time.time())
+            out[user] = (head.epoch, head.head_seq)
+        return out
 
     @abc.abstractmethod
     async def replay(

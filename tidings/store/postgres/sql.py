@@ -75,6 +75,11 @@ HEAD = (
     "FROM streams s LEFT JOIN feed_heads f ON f.app_id = s.app_id "
     "WHERE s.app_id = $1 AND s.user_id = $2"
 )
+# The heads of a list of users' streams ($2), for the hub's repair pass.
+HEADS = (
+    "SELECT user_id, epoch, head_seq FROM streams "
+    "WHERE app_id = $1 AND user_id = ANY($2::text[])"
+)
 NEW_STREAM = (
     "INSERT INTO streams (app_id, user_id, epoch, head_seq) "
     "VALUES ($1, $2, left(gen_random_uuid()::text, 8), 0) ON CONFLICT DO NOTHING"

@@ -73,6 +73,7 @@ from tidings.store.postgres.sql import (
     DELETE,
     ENTRY_BODY,
     HEAD,
+    HEADS,
     INBOX,
     NEW_STREAM,
     REPLAY,
@@ -451,6 +452,10 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
         epoch, head_seq, floor_seq, head_feed, floor_feed = await self._call(head)
         return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1)
+
+    async def stream_heads(self, app_id, users):
+        return {user: (epoch, seq) for user, epoch, seq in
+                await self._fetch(HEADS, app_id, list(users))}
 
     async def replay(self, app_id, user, after_seq, after_feed, limit, now):
         rows = await self._fetch(REPLAY, app_id, user, after_seq, after_feed, now, limit)
