@@ -132,13 +132,32 @@ async def test_publishes_gathered_in_one_statement_take_seqs_in_submission_order
     targets = [["u1"], ["u2", "u1"], ["u2"], ["u1"], ["u3"]]
     items = [note(users=t) for t in targets]
     groups = store.committer.groups
-    outs = await asyncio.gather(*(publish(store, it) for it in items))
-    assert store.committer.groups == groups + 1  # one statement for all five
+    # the first publish finds the store idle and is written at once, alone;
+    # the five that arrive meanwhile are one statement
+    _, *outs = await asyncio.gather(publish(store, note(users=["u0"])),
+                                    *(publish(store, it) for it in items))
+    assert store.committer.groups == groups + 2
     seqs = [{d.user: d.seq for d in o.deliveries} for o in outs]
     assert seqs == [{"u1": 1}, {"u1": 2, "u2": 1}, {"u2": 2}, {"u1": 3}, {"u3": 1}]
     personal, _ = await nodes[1].replay(APP, "u1", 0, 0, 10, time.time())
     assert [e.id for e in personal] == [items[0].id, items[1].id, items[3].id]
     assert len({d.epoch for o in outs for d in o.deliveries if d.user == "u1"}) == 1
+
+
+async def test_a_publish_to_an_idle_store_is_written_at_once_and_what_arrives_meanwhile_is_grouped(
+        nodes):
+    store = nodes[0]
+    groups = store.committer.groups
+    first = await publish(store, note(users=["u"]))  # alone: nothing in flight
+    assert store.committer.groups == groups + 1
+    # an idempotency key held by the idle publish: the queued one with it waits and answers it
+    keyed = [note(users=["u"], key="k"), note(users=["u"], key="k"), note(users=["v"])]
+    outs = await asyncio.gather(*(publish(store, it) for it in keyed))
+    assert [o.status for o in outs] == ["accepted", "duplicate", "accepted"]
+    assert outs[1].id == outs[0].id == keyed[0].id
+    assert [d.seq for d in first.deliveries] == [1]
+    assert [d.seq for d in outs[0].deliveries] == [2]
+    assert (await store.stream_head(APP, "u", time.time())).head_seq == 2
 
 
 async def test_a_failing_publish_fails_alone_and_the_rest_of_its_group_commits(nodes):
