@@ -9,6 +9,12 @@ does for a single node (tidings/store/sqlite/store.py).  Up to
 ``in_flight`` groups are written at once, each on its own connection, so the
 next group is gathered and sent while the last one waits for its commit.
 
+At low rates there is nothing to gather: a publish that finds nothing being
+written and nothing waiting is written at once, in the caller's task, with a
+single publish's statements (publish.py), and so is a group of one.  Arrays,
+a writer task and a hand-off back cost a one-publish group about as much
+node CPU as the statement itself (~60-90 us a publish, bench NOTES).
+
 Seqs still come from the database, so nodes sharing it stay consistent:
 the group's streams upsert moves every recipient's ``head_seq`` by the
 number of the group's items addressed to them, under that row's lock, and
@@ -105,10 +111,8 @@ class Committer:
                     ) -> PublishOutcome:
         """Nothing being written and nothing waiting: there is no group to
         gather, so the publish is written at once, in the caller's task, with
-        a single publish's statements.  A hand-off to a writer task and back,
-        and the arrays of a one-item group, cost the node ~90 us of CPU per
-        publish at low rates (bench NOTES, issue 17.3 part 3).  It counts as
-        a writer meanwhile: what arrives now is grouped as usual."""
+        a single publish's statements (see the module docstring).  It counts
+        as a writer meanwhile: what arrives now is grouped as usual."""
         claimed = (app_id, item.idempotency_key) if item.idempotency_key is not None else None
         self._writers += 1
         if claimed is not None:
