@@ -249,3 +249,28 @@ async def test_a_duplicate_key_in_the_same_group_is_a_duplicate(db):
     assert again.id == first.id
     entries, _ = await db.replay(APP, "u", 0, 0, 100, time.time())
     assert [e.id for e in entries] == [first.id]
+
+
+async def test_a_multi_row_insert_that_fails_half_way_leaves_none_of_its_rows(db):
+    """The writer's multi-row INSERTs stop at a bad row without undoing the
+    rows before it (``OR FAIL``, appends.py); the group's rollback does.
+    A batch of 300 whose 200th item repeats a stored id: its rows are past
+    the first statement of 128 and in the middle of the next."""
+    await db.create_app(APP, "a", "secret")
+    stored = await publish(db, note(["u0"]))
+    items = [note([f"u{i % 7}"]) for i in range(300)]
+    items[199] = note(["u3"], nid=stored.id)
+    outs = await db.publish_many(APP, items, fanout_threshold=100, window=3600)
+    assert isinstance(outs[199], sqlite3.IntegrityError)
+    assert all(o.status == "accepted" for i, o in enumerate(outs) if i != 199)
+    assert (await db.get_notification(APP, stored.id)).recipients == 1
+    assert await db.recipients_of(APP, stored.id) == ["u0"]
+    now = time.time()
+    for u in range(7):
+        mine = [it.id for i, it in enumerate(items) if i != 199 and it.users == [f"u{u}"]]
+        if u == 0:
+            mine.insert(0, stored.id)
+        entries, _ = await db.replay(APP, f"u{u}", 0, 0, 1000, now)
+        assert [e.id for e in entries] == mine
+        assert [e.seq for e in entries] == list(range(1, len(mine) + 1))
+        assert (await db.stream_head(APP, f"u{u}", now)).head_seq == len(mine)

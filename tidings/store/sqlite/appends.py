@@ -192,7 +192,7 @@ class WriterConnection(sqlite3.Connection):
         if self._notes:
             committed = time.time()  # just before COMMIT: the timeline's "committed"
             self._insert(
-                "INSERT INTO notifications(app_id, id, category, body, recipients, created_at, "
+                "notifications(app_id, id, category, body, recipients, created_at, "
                 "expires_at, committed_at) VALUES ", 8,
                 [(*row, committed) for row in self._notes])
             self._notes.clear()
@@ -200,32 +200,44 @@ class WriterConnection(sqlite3.Connection):
             # in key order: each user's rows land on that user's pages together
             self._inbox.sort(key=_by_user)
             self._insert(
-                "INSERT INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) VALUES ",
+                "inbox(app_id, user_id, seq, nid, created_at, expires_at) VALUES ",
                 6, self._inbox)
             self._inbox.clear()
         if self._dirty:
             txn = self._txn
             self._insert(
-                "INSERT INTO streams(app_id, user_id, epoch, head_seq) VALUES ", 4,
+                "streams(app_id, user_id, epoch, head_seq) VALUES ", 4,
                 [(a, u, *txn[(a, u)]) for a, u in self._dirty],
                 " ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=excluded.head_seq")
             self._dirty.clear()
         if self._keys:
             self._insert(
-                "INSERT INTO idempotency(app_id, key, result, created_at) VALUES ", 4,
+                "idempotency(app_id, key, result, created_at) VALUES ", 4,
                 list(self._keys.values()),
                 " ON CONFLICT(app_id, key) DO UPDATE SET result=excluded.result, "
                 "created_at=excluded.created_at")
             self._keys.clear()
 
-    def _insert(self, head: str, width: int, rows: list[tuple], tail: str = "") -> None:
+    def _insert(self, into: str, width: int, rows: list[tuple], tail: str = "") -> None:
         """``rows`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows (the rest
         in power-of-two pieces: few statement shapes, all in the statement
         cache).  One statement per row (``executemany``) releases and takes
         back the GIL around every row, and the event loop's thread takes it
-        each time: a thread switch per row."""
+        each time: a thread switch per row.
+
+        ``OR FAIL``: a statement that writes many rows and may stop at a
+        constraint (the default ``ABORT``) first copies every page it is about
+        to change into a statement journal, to undo its own earlier rows; past
+        64 KiB that journal is a temporary file, and under write fan-out it
+        was most of the writer's ``pwrite`` calls (a 4 KiB page and its number
+        per page per statement).  ``FAIL`` stops at the bad row without undoing
+        the rows before it, which nothing here needs: whatever raises out of
+        ``flush`` rolls back the whole transaction (store.py) or the savepoint
+        around it (``rollback_to``), so a failed statement's rows never
+        commit."""
         i, n = 0, len(rows)
         self.rows_written += n
+        head = "INSERT OR FAIL INTO " + into
         while i < n:
             size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
             one = "(" + ",".join("?" * width) + ")"
