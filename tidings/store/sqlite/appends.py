@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from itertools import chain, repeat
 from operator import itemgetter
 
 from tidings.core.ids import new_epoch
@@ -35,7 +36,9 @@ __all__ = ["HEADS_CACHED", "WriterConnection"]
 HEADS_CACHED = 100_000  # (app, user) heads kept; ~150 bytes each
 _CHUNK = 500  # host parameters per IN (...) list
 ROWS_PER_INSERT = 128
+_first = itemgetter(0)
 _by_user = itemgetter(1)
+_flat = chain.from_iterable
 
 
 class WriterConnection(sqlite3.Connection):
@@ -109,34 +112,35 @@ class WriterConnection(sqlite3.Connection):
         self._keys.clear()
 
     # -- what publishes write ------------------------------------------------------------
-    def next_seqs(self, app_id: str, users: list[str]) -> list[tuple[str, str, int]]:
-        """``(user, epoch, seq)`` for each of ``users`` (distinct): the next
-        seq of their stream, taken now.  A user without a stream gets one
-        (a fresh epoch, seq 1)."""
-        txn, heads, dirty = self._txn, self._heads, self._dirty
+    def next_seqs(self, app_id: str, users: list[str]) -> tuple[list[str], list[int]]:
+        """The epochs and the seqs of ``users`` (distinct), in their order:
+        the next seq of each one's stream, taken now.  A user without a
+        stream gets one (a fresh epoch, seq 1).  Two lists rather than a
+        tuple per user: under write fan-out every recipient's step here is
+        the writer's own Python, so the work per user is done in C (``zip``,
+        ``map``, ``dict.update``) where it can be."""
+        txn, heads = self._txn, self._heads
         if len(users) == 1:  # the usual publish: the same steps, for one user
-            user = users[0]
-            key = (app_id, user)
+            key = (app_id, users[0])
             head = txn.get(key) or heads.get(key)
             if head is None:
                 self._load_heads(app_id, users)
                 head = txn[key]
             epoch, seq = head
             txn[key] = (epoch, seq + 1)
-            dirty.add(key)
-            return [(user, epoch, seq + 1)]
-        missing = [u for u in users if (app_id, u) not in txn and (app_id, u) not in heads]
-        if missing:
-            self._load_heads(app_id, missing)
-        out = []
-        for user in users:
-            key = (app_id, user)
-            epoch, seq = txn.get(key) or heads[key]
-            seq += 1
-            txn[key] = (epoch, seq)
-            dirty.add(key)
-            out.append((user, epoch, seq))
-        return out
+            self._dirty.add(key)
+            return [epoch], [seq + 1]
+        keys = list(zip(repeat(app_id), users))
+        get, get_committed = txn.get, heads.get
+        now: list = [get(k) or get_committed(k) for k in keys]
+        if None in now:
+            self._load_heads(app_id, [u for u, h in zip(users, now, strict=True) if h is None])
+            now = [get(k) or get_committed(k) for k in keys]
+        epochs = list(map(_first, now))
+        seqs = [head[1] + 1 for head in now]
+        txn.update(zip(keys, zip(epochs, seqs, strict=True), strict=True))
+        self._dirty.update(keys)
+        return epochs, seqs
 
     def _load_heads(self, app_id: str, users: list[str]) -> None:
         found = {}
@@ -157,9 +161,11 @@ class WriterConnection(sqlite3.Connection):
         """``(app, id, category, body, recipients, created_at, expires_at)``"""
         self._notes.append(row)
 
-    def add_entries(self, rows: list[tuple]) -> None:
-        """Inbox rows ``(app, user, seq, nid, created_at, expires_at)``."""
-        self._inbox += rows
+    def add_entries(self, app_id: str, users: list[str], seqs: list[int], nid: str,
+                    created_at: float, expires_at: float | None) -> None:
+        """The inbox rows of notification ``nid`` for ``users`` at ``seqs``."""
+        self._inbox += zip(repeat(app_id), users, seqs, repeat(nid), repeat(created_at),
+                           repeat(expires_at))
 
     def remember_key(self, app_id: str, key: str, result: bytes, created_at: float) -> None:
         self._keys[(app_id, key)] = (app_id, key, result, created_at)
@@ -241,6 +247,6 @@ class WriterConnection(sqlite3.Connection):
         while i < n:
             size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
             one = "(" + ",".join("?" * width) + ")"
-            params = [v for row in rows[i:i + size] for v in row]
+            params = list(_flat(rows[i:i + size]))
             self.execute(head + ",".join([one] * size) + tail, params)
             i += size

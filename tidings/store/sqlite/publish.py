@@ -72,15 +72,13 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
     if item.users is not None:
         users = list(dict.fromkeys(item.users))
     elif item.topic is not None:
-        (size,) = conn.execute(
-            "SELECT count(*) FROM topic_subs WHERE app_id=? AND topic=?", (app_id, item.topic)
-        ).fetchone()
-        if size > threshold:
-            audience = item.topic
-        else:
-            users = [r[0] for r in conn.execute(
-                "SELECT user_id FROM topic_subs WHERE app_id=? AND topic=?", (app_id, item.topic)
-            )]
+        # one walk of the topic's members, stopped past the threshold (no count first)
+        users = [r[0] for r in conn.execute(
+            "SELECT user_id FROM topic_subs WHERE app_id=? AND topic=? LIMIT ?",
+            (app_id, item.topic, max(threshold, 0) + 1),
+        )]
+        if len(users) > threshold:
+            audience, users = item.topic, []
     else:
         audience = "*"
 
@@ -111,14 +109,15 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
         created, expires, nid = item.created_at, item.expires_at, item.id
         conn.add_notification(
             (app_id, nid, item.category, item.body, len(recipients), created, expires))
-        seqs = conn.next_seqs(app_id, recipients)
-        out.deliveries = [Delivery(user, epoch, seq) for user, epoch, seq in seqs]
-        rows = [(app_id, user, seq, nid, created, expires) for user, _, seq in seqs]
+        epochs, seqs = conn.next_seqs(app_id, recipients)
+        out.deliveries = list(map(Delivery, recipients, epochs, seqs))
         if item.group_key is None:
-            conn.add_entries(rows)
+            conn.add_entries(app_id, recipients, seqs, nid, created, expires)
         else:
             # reads the inbox: everything gathered so far must be in it
             conn.flush()
+            rows = [(app_id, user, seq, nid, created, expires)
+                    for user, seq in zip(recipients, seqs, strict=True)]
             _groups.insert_entries_tx(conn, app_id, item, rows, out.deliveries)
         out.recipients, out.muted = len(recipients), len(muted)
         if item.jobs:  # in the same transaction as the inbox rows (docs/design.md §2.1)
@@ -140,10 +139,10 @@ def _append(conn: WriterConnection, app_id: str, item: NewNotification,
         users = list(dict.fromkeys(users))
     nid, created, expires = item.id, item.created_at, item.expires_at
     conn.add_notification((app_id, nid, item.category, item.body, len(users), created, expires))
-    seqs = conn.next_seqs(app_id, users)
-    conn.add_entries([(app_id, user, seq, nid, created, expires) for user, _, seq in seqs])
+    epochs, seqs = conn.next_seqs(app_id, users)
+    conn.add_entries(app_id, users, seqs, nid, created, expires)
     out = PublishOutcome(nid, "accepted", len(users), body=item.body)
-    out.deliveries = [Delivery(user, epoch, seq) for user, epoch, seq in seqs]
+    out.deliveries = list(map(Delivery, users, epochs, seqs))
     return out
 
 
