@@ -274,3 +274,50 @@ async def test_a_multi_row_insert_that_fails_half_way_leaves_none_of_its_rows(db
         assert [e.id for e in entries] == mine
         assert [e.seq for e in entries] == list(range(1, len(mine) + 1))
         assert (await db.stream_head(APP, f"u{u}", now)).head_seq == len(mine)
+
+
+async def test_topic_members_remembered_by_the_writer_follow_every_change(db, path):
+    """The writer remembers a topic's members between publishes (appends.py):
+    a subscribe or unsubscribe on this store, one by another process on the
+    same file, and a subscribe rolled back with its group all show at the
+    next publish."""
+    async def to_topic():
+        item = note([])
+        item.users, item.topic = None, "t"
+        out = await publish(db, item)
+        return sorted(d.user for d in out.deliveries)
+
+    await db.subscribe(APP, "t", ["a", "b"])
+    assert await to_topic() == ["a", "b"]
+    await db.subscribe(APP, "t", ["c"])
+    assert await to_topic() == ["a", "b", "c"]
+    await db.unsubscribe(APP, "t", ["a"])
+    assert await to_topic() == ["b", "c"]
+    other = SQLiteStore(path)
+    await other.open()
+    try:
+        await other.subscribe(APP, "t", ["d"])
+        await other.unsubscribe(APP, "t", ["b"])
+    finally:
+        await other.close()
+    assert await to_topic() == ["c", "d"]
+
+    release, blocked = await _hold_the_writer(db)
+
+    def fail(conn):
+        raise RuntimeError("this job fails")
+
+    sub = asyncio.ensure_future(db.subscribe(APP, "t", ["e"]))
+    first = asyncio.ensure_future(to_topic())  # sees "e", then rolls back and runs alone
+    bad = asyncio.ensure_future(db._write(fail))
+    await asyncio.sleep(0)
+    release.set()
+    await blocked
+    with pytest.raises(RuntimeError):
+        await bad
+    assert await sub == 1
+    assert await first == ["c", "d", "e"]
+    assert await to_topic() == ["c", "d", "e"]
+    # above the threshold the topic is fanned out on read: no deliveries
+    await db.subscribe(APP, "t", [f"x{i}" for i in range(100)])
+    assert await to_topic() == []

@@ -72,11 +72,8 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
     if item.users is not None:
         users = list(dict.fromkeys(item.users))
     elif item.topic is not None:
-        # one walk of the topic's members, stopped past the threshold (no count first)
-        users = [r[0] for r in conn.execute(
-            "SELECT user_id FROM topic_subs WHERE app_id=? AND topic=? LIMIT ?",
-            (app_id, item.topic, max(threshold, 0) + 1),
-        )]
+        # the members up to one past the threshold (no count first)
+        users = conn.topic_members(app_id, item.topic, max(threshold, 0) + 1)
         if len(users) > threshold:
             audience, users = item.topic, []
     else:

@@ -700,6 +700,7 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
                 "INSERT INTO topic_subs(app_id, topic, user_id) VALUES (?,?,?) "
                 "ON CONFLICT DO NOTHING", [(app_id, topic, u) for u in users],
             )
+            conn.topics_changed()
             return cur.rowcount
 
         return await self._write(add)
@@ -710,6 +711,7 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
                 "DELETE FROM topic_subs WHERE app_id=? AND topic=? AND user_id=?",
                 [(app_id, topic, u) for u in users],
             )
+            conn.topics_changed()
             return cur.rowcount
 
         return await self._write(remove)
