@@ -19,9 +19,9 @@ from tidings.core.models import valid_user
 from tidings.errors import TidingsError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
-# the direct routes (tidings/api/uvicorn_http.py) and bounds on the request head
-# (tidings/api/http_limits.py, docs/security.md)
-HTTP_PROTOCOL = "tidings.api.http_limits:BoundedHttpProtocol"
+# the direct routes and bounds on the request head (tidings/api/uvicorn_http.py,
+# tidings/api/http_limits.py, docs/security.md)
+HTTP_PROTOCOL = "tidings.api.uvicorn_http:TidingsHttpProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
 STORE_HELP = "Store URL (default: SQLite file in --data)."
 
