@@ -65,18 +65,37 @@ def _field_of(message: str) -> str | None:
 
 def decode(raw: bytes, type_: type[T]) -> T:
     """Decode and validate a JSON body: 400 for malformed JSON, 422 for rules."""
-    if not raw.strip():
-        raise BadRequest("a JSON body is required", code="empty_body")
-    try:
-        return msgspec.json.decode(raw, type=type_)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        raise Invalid(text.split(" - at ")[0], field=_field_of(text)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
-    except RecursionError:
-        # msgspec raises this (not a DecodeError) for nesting past its depth limit.
-        raise BadRequest("JSON is nested too deeply", code="malformed_json") from None
+    return decoder(type_)(raw)
+
+
+_decoders: dict[type, Callable[[bytes], Any]] = {}
+
+
+def decoder(type_: type[T]) -> Callable[[bytes], T]:
+    """:func:`decode` for ``type_`` as a function of the body alone (one
+    msgspec decoder per type, made once)."""
+    found = _decoders.get(type_)
+    if found is not None:
+        return found
+    decode_raw = msgspec.json.Decoder(type_).decode
+
+    def decode_body(raw: bytes) -> T:
+        try:
+            return decode_raw(raw)
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            raise Invalid(text.split(" - at ")[0], field=_field_of(text)) from None
+        except msgspec.DecodeError as exc:
+            # an empty body never decodes: told apart only once it failed
+            if not bytes(raw).strip():
+                raise BadRequest("a JSON body is required", code="empty_body") from None
+            raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
+        except RecursionError:
+            # msgspec raises this (not a DecodeError) for nesting past its depth limit.
+            raise BadRequest("JSON is nested too deeply", code="malformed_json") from None
+
+    _decoders[type_] = decode_body
+    return decode_body
 
 
 async def body_of(request: Request, type_: type[T]) -> T:

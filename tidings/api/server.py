@@ -17,6 +17,7 @@ from tidings.api.common import (
     bearer_of,
     body_of,
     decode,
+    decoder,
     read_body,
     server_auth,
     takes,
@@ -50,6 +51,7 @@ STATE = Query("state", "Only the entries in this state",
 _INTERNAL = {"error": {"code": "internal", "message": "internal error"}}
 log = logging.getLogger("tidings.api")
 _encode = msgspec.json.encode
+_decode_publish = decoder(PublishRequest)
 
 
 class _UserConvertor(Convertor):
@@ -107,6 +109,19 @@ def _nid(request: Request) -> str:
     return nid
 
 
+def _key_now(service, call: Call, scope: str) -> str | None:
+    """``_key_auth`` from memory: a cached key with ``scope`` and, if the key
+    is rate limited, a token of this node's lease.  None: nothing was
+    decided, await ``_key_auth``."""
+    record = service.key_now(bearer_of(call.header(b"authorization") or ""), scope)
+    if record is None:
+        return None
+    call.state["app"], call.key = record.app_id, record  # errors from here count for it
+    if not service.limits.charge_now(record):
+        return None
+    return record.app_id
+
+
 async def _key_auth(service, call: Call, scope: str) -> str:
     """``server_auth`` for a direct route: the app id of a valid key with
     ``scope``, after taking one token from the key's rate limit."""
@@ -118,8 +133,8 @@ async def _key_auth(service, call: Call, scope: str) -> str:
 
 
 async def publish(service, call: Call) -> tuple[int, bytes]:
-    app = await _key_auth(service, call, "publish")
-    req = decode(call.body(), PublishRequest)
+    app = _key_now(service, call, "publish") or await _key_auth(service, call, "publish")
+    req = _decode_publish(call.body())
     result = await service.publish(app, req, _idempotency_key(call.header(b"idempotency-key")))
     call.state["notification_id"] = result["id"]  # for this request's log lines
     return 202, _encode(result)
@@ -139,7 +154,7 @@ async def publish_batch(service, call: Call) -> tuple[int, bytes]:
     reqs: list[PublishRequest | Exception] = []
     for raw in batch.notifications:
         try:
-            reqs.append(decode(bytes(raw), PublishRequest))
+            reqs.append(_decode_publish(raw))
         except TidingsError as exc:
             reqs.append(exc)
     keys = [batch_item_key(key, i) for i in range(len(reqs))]

@@ -289,6 +289,18 @@ class Outbound:
         return None  # the endpoint was deleted: the job fails as gone
 
     # -- publishing -----------------------------------------------------------------------
+    def wanted_now(self, app_id: str) -> bool | None:
+        """``wanted`` from memory; None when that needs the app's webhooks
+        and they are not cached."""
+        if not self.channels:
+            return False
+        if self.enabled("push") or self.enabled("email"):
+            return True
+        if not self.enabled("webhook"):
+            return False
+        hooks = self._webhooks.get(app_id)
+        return None if hooks is None else bool(hooks)
+
     async def wanted(self, app_id: str) -> bool:
         """Whether a publish of this app may queue anything (cheap: the
         answer is cached); when not, nobody needs to list its recipients."""

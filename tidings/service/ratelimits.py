@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import msgspec
@@ -42,7 +43,7 @@ from tidings.core.outbound import Caps
 from tidings.errors import Invalid, RateLimited
 from tidings.store.base import KeyRecord, NewNotification, Store
 
-__all__ = ["Capped", "RateLimits"]
+__all__ = ["NOT_CAPPED", "Capped", "RateLimits"]
 
 log = logging.getLogger("tidings.service.ratelimits")
 
@@ -54,13 +55,17 @@ _decode_caps = msgspec.json.Decoder(Caps).decode
 class Capped:
     """Recipients of one publish who were over their cap, and what happened."""
 
-    over: set[str] = field(default_factory=set)
+    over: AbstractSet[str] = field(default_factory=set)
     action: str | None = None  # "aggregated" | "dropped"
 
     def annotate(self, result: dict) -> None:
         if self.over:
             result["rate_limited"] = len(self.over)
             result["rate_limit"] = self.action
+
+
+# What a publish no cap applies to gets (shared: nobody changes it).
+NOT_CAPPED = Capped(frozenset())
 
 
 # An API key's lease: what the key may spend in 50 ms at its rate, at most a
@@ -92,6 +97,23 @@ class RateLimits:
         return wait
 
     # -- per API key ---------------------------------------------------------------------
+    def charge_now(self, record: KeyRecord, cost: int = 1) -> bool:
+        """``charge_key`` when it needs nothing but memory: no limit, or
+        tokens of this node's lease left.  False: nothing was taken, await
+        ``charge_key``."""
+        rate, burst = self.settings.key_rate, self.settings.key_burst
+        if rate <= 0 or cost <= 0:
+            return True
+        if not self.settings.cache:
+            return False
+        cost = min(cost, burst)
+        key = f"key:{record.prefix}"
+        held = self._leases.get(key, 0)
+        if held >= cost:
+            self._leases[key] = held - cost
+            return True
+        return False
+
     async def charge_key(self, record: KeyRecord, cost: int = 1) -> None:
         """Take ``cost`` tokens from the key's bucket, or raise 429."""
         rate, burst = self.settings.key_rate, self.settings.key_burst
@@ -123,6 +145,10 @@ class RateLimits:
             )
 
     # -- frequency caps ------------------------------------------------------------------
+    def caps_now(self, app_id: str) -> Caps | None:
+        """The app's caps if this node has them in memory, else None."""
+        return self._caps.get(app_id)
+
     async def caps(self, app_id: str) -> Caps:
         found = self._caps.get(app_id)
         if found is None:
