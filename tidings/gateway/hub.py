@@ -108,6 +108,7 @@ class Hub:
         # (app, user) -> the head a pass last caught the user up to: an entry
         # that cannot be replayed (retracted, expired) is not read again and again
         self._repaired_to: dict[tuple[str, str], int] = {}
+        self._repairs: set[asyncio.Task] = set()  # catch-ups running (a task needs a reference)
 
     # -- registry -------------------------------------------------------------
     @property
@@ -421,7 +422,11 @@ class Hub:
             for s in tuple(users.get((app, user), ())):
                 if s.epoch == epoch and s.last_seq < seq and not s.closed:
                     self._repaired_to[app, user] = seq
-                    await s.resync()  # fills from the store, or once more if syncing
+                    # its own task, as a gap fill is: a stream that waits for
+                    # room in its queue holds up no other
+                    task = asyncio.get_running_loop().create_task(s.resync())
+                    self._repairs.add(task)
+                    task.add_done_callback(self._repairs.discard)
                     caught += 1
         if caught:
             self.repaired += caught
