@@ -336,6 +336,7 @@ async def test_steady_writes_rewrite_the_wal_from_its_start(db, path):
         if burst % 30 == 29:
             await asyncio.sleep(0.25)  # past CHECKPOINT_INTERVAL: the next group checkpoints
             sizes.append(wal.stat().st_size)
-    # ~900 rows, about a page each, written in ~90 commits: ~4 MB if nothing were reused
-    assert sizes[2] == sizes[1], sizes
+    # each stretch writes ~1.4 MB of frames: ~4 MB in all if nothing were reused
+    # (a later cycle may dirty a few more pages than the first: some slack)
+    assert sizes[2] - sizes[1] < 256 << 10, sizes
     assert sizes[2] < 2 << 20, sizes
