@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import tempfile
 import threading
@@ -156,10 +157,12 @@ async def _main(opts) -> None:
             profiler = cProfile.Profile()
             profiler.enable()
         t0, c0, w0 = time.perf_counter(), time.thread_time(), _thread_cpu(writer.ident)
+        r0 = resource.getrusage(resource.RUSAGE_THREAD)
         for c in conns:
             loop.call_soon(c.send)
         await bench.done.wait()
         t1, c1, w1 = time.perf_counter(), time.thread_time(), _thread_cpu(writer.ident)
+        r1 = resource.getrusage(resource.RUSAGE_THREAD)
         for c in conns:
             c.protocol.connection_lost(None)
         if profiler is not None:
@@ -169,7 +172,11 @@ async def _main(opts) -> None:
             break
         n = total * per
         row = {"loop_us": (c1 - c0) / n * 1e6, "writer_us": (w1 - w0) / n * 1e6,
-               "wall_us": (t1 - t0) / n * 1e6, "errors": bench.errors}
+               "wall_us": (t1 - t0) / n * 1e6,
+               # the loop thread's context switches per request: waits (for the
+               # GIL, for epoll) and preemptions
+               "loop_vcsw": (r1.ru_nvcsw - r0.ru_nvcsw) / total,
+               "loop_ivcsw": (r1.ru_nivcsw - r0.ru_nivcsw) / total, "errors": bench.errors}
         rows.append(row)
         print({k: round(v, 2) for k, v in row.items()})
         await asyncio.sleep(0.2)  # the writer's tail
