@@ -141,7 +141,8 @@ async def publish(service, call: Call) -> tuple[int, bytes]:
 
 
 async def publish_batch(service, call: Call) -> tuple[int, bytes]:
-    app = await _key_auth(service, call, "publish")  # the first token: bad bodies cost too
+    # the first token: bad bodies cost too
+    app = _key_now(service, call, "publish") or await _key_auth(service, call, "publish")
     limits = service.settings.limits
     batch = decode(call.body(), BatchRequest)
     if len(batch.notifications) > limits.max_batch:
@@ -157,7 +158,8 @@ async def publish_batch(service, call: Call) -> tuple[int, bytes]:
             reqs.append(_decode_publish(raw))
         except TidingsError as exc:
             reqs.append(exc)
-    keys = [batch_item_key(key, i) for i in range(len(reqs))]
+    keys = [None] * len(reqs) if key is None else [batch_item_key(key, i)
+                                                   for i in range(len(reqs))]
     results = []
     for i, result in enumerate(await service.publish_many(app, reqs, keys)):
         if isinstance(result, TidingsError):

@@ -81,6 +81,8 @@ def _fingerprint(req: PublishRequest) -> str:
 
 
 _last_second: tuple[int, str, str] = (-1, "", "")  # second, date and time, UTC offset
+# the last answer, with the _last_second it came from: a batch's items share their time
+_last_iso: tuple[float, str, object] = (-1.0, "", None)
 
 
 def _iso(ts: float) -> str:
@@ -89,7 +91,9 @@ def _iso(ts: float) -> str:
     the date, time and offset of the last whole second are kept (an offset
     changes only on a whole second), and the microseconds are rounded as
     ``fromtimestamp`` rounds them (half to even)."""
-    global _last_second
+    global _last_second, _last_iso
+    if ts == _last_iso[0] and _last_iso[2] is _last_second:
+        return _last_iso[1]
     second = math.floor(ts)
     us = round((ts - second) * 1e6)
     if us >= 1_000_000:
@@ -99,7 +103,9 @@ def _iso(ts: float) -> str:
         text = datetime.fromtimestamp(second).astimezone().isoformat(timespec="seconds")
         date_time, offset = text[:19], text[19:]
         _last_second = (second, date_time, offset)
-    return f"{date_time}.{us // 1000:03d}{offset}"
+    text = f"{date_time}.{us // 1000:03d}{offset}"
+    _last_iso = (ts, text, _last_second)
+    return text
 
 
 class Service:
@@ -391,7 +397,11 @@ class Service:
                     results[i] = out
                     continue
                 try:
-                    results[i] = await self._published(app_id, req, item, capped, outbound, out)
+                    if outbound is None and out.status == "accepted":
+                        results[i] = self._accepted(app_id, req, capped, out)
+                    else:
+                        results[i] = await self._published(app_id, req, item, capped,
+                                                           outbound, out)
                 except Exception as exc:
                     results[i] = exc
         return results
