@@ -47,7 +47,7 @@ class Call:
     counts read it ("app" once a key named one, "notification_id" once a
     publish made one; tidings/logs.py)."""
 
-    __slots__ = ("headers", "_body", "_error", "state", "key")
+    __slots__ = ("headers", "_body", "_error", "state", "key", "_index")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], body: bytes = b"",
                  error: TidingsError | None = None, state: dict | None = None):
@@ -56,6 +56,7 @@ class Call:
         self._error = error  # a body over the limit: raised when the handler reads it
         self.state: dict = {} if state is None else state
         self.key: Any = None
+        self._index: dict[bytes, bytes] | None = None
 
     @property
     def app(self) -> str | None:
@@ -63,10 +64,11 @@ class Call:
 
     def header(self, name: bytes) -> str | None:
         """The first value of header ``name`` (lower case), or None."""
-        for n, v in self.headers:
-            if n == name:
-                return v.decode("latin-1")
-        return None
+        index = self._index
+        if index is None:  # a handler reads four or five: one pass over the headers
+            index = self._index = dict(reversed(self.headers))  # the first one wins
+        value = index.get(name)
+        return None if value is None else value.decode("latin-1")
 
     def body(self) -> bytes:
         """The request body; raises what reading it raised (e.g. 413).  The

@@ -57,14 +57,15 @@ class _Direct(direct.Call):
     connection handling)."""
 
     __slots__ = ("route", "service", "buf", "limit", "version", "keep_alive",
-                 "response_complete", "disconnected", "started")
+                 "response_complete", "disconnected", "started", "task")
     message_event = _NoEvent()
+    task: asyncio.Task  # set by _start, before the task first runs
 
     def __init__(self, route: direct.DirectRoute, service: Any,
                  headers: list[tuple[bytes, bytes]], limit: int, version: str,
                  keep_alive: bool):
-        self.headers, self._body, self._error, self.state, self.key = (
-            headers, b"", None, {}, None)
+        self.headers, self._body, self._error, self.state, self.key, self._index = (
+            headers, b"", None, {}, None, None)
         self.route, self.service = route, service
         self.version = version
         self.keep_alive = keep_alive
@@ -291,11 +292,13 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             req._error = PayloadTooLarge(f"request body over {req.limit} bytes")
         else:
             req._body = req.buf if type(req.buf) is bytes else bytes(req.buf)
-        task = self.loop.create_task(self._run(req))
-        self.tasks.add(task)  # uvicorn's shutdown waits for these; _run takes it out
+        # uvicorn's shutdown waits for these tasks; _run takes its own out
+        # (asyncio.current_task is Python code on 3.11, a done callback one
+        # more call_soon)
+        req.task = task = self.loop.create_task(self._run(req))
+        self.tasks.add(task)
 
     async def _run(self, req: _Direct) -> None:
-        task = asyncio.current_task()
         try:
             rid = logs.request_id(req.header(b"x-request-id"))
             # this task's context (a copy of the loop's, dropped with the
@@ -320,7 +323,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
                 raise
             self._answer(req, status, body, rid, ())
         finally:
-            self.tasks.discard(task)
+            self.tasks.discard(req.task)
 
     def _answer(self, req: _Direct, status: int, body: bytes, rid: str, extra) -> None:
         req.response_complete = True
@@ -336,7 +339,10 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         head.append(b"\r\n")
         head.append(body)
         transport.write(b"".join(head))
-        if self.access_log:  # uvicorn's line, with its arguments (tidings/logs.py reads them)
+        # uvicorn's line, with its arguments (tidings/logs.py reads them); the
+        # level first: by default nothing is written, and the line's client
+        # string cost every publish
+        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
             self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, req.route.method,
                                     req.route.path, req.version, status)
