@@ -38,9 +38,10 @@ class Limits(msgspec.Struct, frozen=True):
     max_webhooks: int = 10  # webhook endpoints per app
     max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
     # What a connection may cost before its request is known (tidings serve's
-    # HTTP protocol, tidings/api/http_limits.py): the request line and
-    # headers, their count, the time they may take to arrive (from the first
-    # byte, or from the connect), and how long an idle keep-alive stays open.
+    # HTTP protocol, tidings/api/uvicorn_http.py and http_limits.py): the
+    # request line and headers, their count, the time they may take to arrive
+    # (from the first byte, or from the connect), and how long an idle
+    # keep-alive stays open.
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     header_timeout: float = 10.0
