@@ -138,9 +138,9 @@ def _append(conn: WriterConnection, app_id: str, item: NewNotification,
     conn.add_notification((app_id, nid, item.category, item.body, len(users), created, expires))
     epochs, seqs = conn.next_seqs(app_id, users)
     conn.add_entries(app_id, users, seqs, nid, created, expires)
-    out = PublishOutcome(nid, "accepted", len(users), body=item.body)
-    out.deliveries = list(map(Delivery, users, epochs, seqs))
-    return out
+    deliveries = ([Delivery(users[0], epochs[0], seqs[0])] if len(users) == 1
+                  else list(map(Delivery, users, epochs, seqs)))
+    return PublishOutcome(nid, "accepted", len(users), deliveries=deliveries, body=item.body)
 
 
 def publish_many_tx(conn: WriterConnection, app_id: str, items: list[NewNotification],
