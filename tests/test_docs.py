@@ -92,3 +92,13 @@ def test_relative_links_in_markdown_resolve():
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
                 broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_no_markdown_line_runs_away():
+    # A performance-table row is long (about 1,200 characters), but an edit once
+    # inserted its new text between every character of the old row (380,000);
+    # the page still rendered and every other test passed.
+    long = [f"{p.relative_to(ROOT)}:{i}: {len(line):,} characters"
+            for p in repo_files() if p.suffix == ".md"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > 5000]
+    assert not long, long
