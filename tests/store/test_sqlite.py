@@ -340,3 +340,23 @@ async def test_steady_writes_rewrite_the_wal_from_its_start(db, path):
     # (a later cycle may dirty a few more pages than the first: some slack)
     assert sizes[2] - sizes[1] < 256 << 10, sizes
     assert sizes[2] < 2 << 20, sizes
+
+
+async def test_the_writer_stores_an_expiry_and_its_absence(db, path):
+    """The writer binds a placeholder for a missing expiry (appends.py):
+    the stored rows hold NULL, or the time given, as REAL."""
+    never, soon = note(["u", "v"]), note(["u"])
+    soon.expires_at = soon.created_at + 60
+    outs = await db.publish_many(APP, [never, soon], fanout_threshold=100, window=3600)
+    assert [o.status for o in outs] == ["accepted", "accepted"]
+    conn = sqlite3.connect(path)
+    try:
+        inbox = set(conn.execute(
+            "SELECT nid, user_id, expires_at, typeof(expires_at) FROM inbox").fetchall())
+        notes = set(conn.execute(
+            "SELECT id, expires_at, typeof(expires_at) FROM notifications").fetchall())
+    finally:
+        conn.close()
+    assert inbox == {(never.id, "u", None, "null"), (never.id, "v", None, "null"),
+                     (soon.id, "u", soon.expires_at, "real")}
+    assert notes == {(never.id, None, "null"), (soon.id, soon.expires_at, "real")}

@@ -52,6 +52,9 @@ class WriterConnection(sqlite3.Connection):
         self._dirty: set[tuple[str, str]] = set()  # heads of _txn not written yet
         self._notes: list[tuple] = []
         self._inbox: list[tuple] = []
+        # rows without an expiry, without the column: the sqlite3 module binds
+        # int, float and str directly but looks an adapter up for None
+        self._inbox_forever: list[tuple] = []
         self._keys: dict[tuple[str, str], tuple] = {}
         self._unmuted: set[tuple[str, str]] = set()  # (app, category) with no mutes
         # (app, topic) -> (limit, its first ``limit`` members): see topic_members
@@ -115,6 +118,7 @@ class WriterConnection(sqlite3.Connection):
         self._dirty.clear()
         self._notes.clear()
         self._inbox.clear()
+        self._inbox_forever.clear()
         self._keys.clear()
 
     # -- what publishes write ------------------------------------------------------------
@@ -170,7 +174,13 @@ class WriterConnection(sqlite3.Connection):
     def add_entries(self, app_id: str, users: list[str], seqs: list[int], nid: str,
                     created_at: float, expires_at: float | None) -> None:
         """The inbox rows of notification ``nid`` for ``users`` at ``seqs``."""
-        if len(users) == 1:  # the usual publish: a tuple costs less than zip and repeats
+        if expires_at is None:
+            if len(users) == 1:  # the usual publish: a tuple costs less than zip and repeats
+                self._inbox_forever.append((app_id, users[0], seqs[0], nid, created_at))
+            else:
+                self._inbox_forever += zip(repeat(app_id), users, seqs, repeat(nid),
+                                           repeat(created_at))
+        elif len(users) == 1:
             self._inbox.append((app_id, users[0], seqs[0], nid, created_at, expires_at))
         else:
             self._inbox += zip(repeat(app_id), users, seqs, repeat(nid), repeat(created_at),
@@ -238,8 +248,13 @@ class WriterConnection(sqlite3.Connection):
                 "expires_at, committed_at) VALUES ", 8,
                 [(*row, committed) for row in self._notes])
             self._notes.clear()
-        if self._inbox:
+        if self._inbox_forever:
             # in key order: each user's rows land on that user's pages together
+            self._inbox_forever.sort(key=_by_user)
+            self._insert("inbox(app_id, user_id, seq, nid, created_at) VALUES ", 5,
+                         self._inbox_forever)
+            self._inbox_forever.clear()
+        if self._inbox:
             self._inbox.sort(key=_by_user)
             self._insert(
                 "inbox(app_id, user_id, seq, nid, created_at, expires_at) VALUES ",
