@@ -138,6 +138,20 @@ class TidingsHttpProtocol(HttpToolsProtocol):
                          f"the request head is over {self._max_head} bytes or "
                          f"{self._max_headers} headers")
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection is the WebSocket protocol's from now on.  A timer
+        # still armed here (the head timer, armed at connect) would keep this
+        # object -- the parser, the request's headers and scope -- alive until
+        # it fires, about 7 KiB per new WebSocket for header_timeout seconds,
+        # and the heap does not give that memory back between the idle
+        # streams allocated meanwhile.
+        for timer in (self._head_timer, self.timeout_keep_alive_task):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self.timeout_keep_alive_task = None
+        self._head_since = self._idle_since = None
+        super().handle_websocket_upgrade()
+
     # -- parsing: the ASGI scope only for requests that go the ASGI way ----------------
     def on_message_begin(self) -> None:
         self.url = b""
