@@ -46,3 +46,46 @@ async def test_idle_streams_hold_no_asgi_task_and_still_work(server):
     assert await _until(lambda: hub.connections == 0), [
         (k, [s.closed for s in v]) for k, v in hub.users.items()
     ]
+
+
+async def test_idle_streams_keep_nothing_of_the_handshake(server):
+    # What an idle connection holds is what the design's memory target is
+    # about (docs/design.md §5): neither the HTTP protocol object it was
+    # upgraded from (its parser, headers and scope) nor the parsed handshake
+    # request may outlive the handshake.
+    import gc
+    import inspect
+
+    from websockets.http11 import Request
+    from websockets.protocol import Protocol
+
+    from tidings.api.uvicorn_http import TidingsHttpProtocol
+
+    def alive(kind) -> int:
+        gc.collect()
+        return sum(isinstance(o, kind) for o in gc.get_objects())
+
+    http_before = alive(TidingsHttpProtocol)
+    sockets = []
+    for i in range(5):
+        ws = await ws_connect(server, await server.token(f"lean{i}"))
+        await recv_events(ws, 1)  # hello
+        sockets.append(ws)
+    tasks = server.uvicorn.server_state.tasks
+    assert await _until(lambda: len(tasks) == 0), tasks
+    assert alive(TidingsHttpProtocol) <= http_before
+    # (the test's clients keep their own requests: only a parser may not)
+    gc.collect()
+    held = [r for r in gc.get_objects() if isinstance(r, Request)
+            and any(inspect.isgenerator(x) or inspect.isframe(x) for x in gc.get_referrers(r))]
+    assert held == []
+    for proto in server.uvicorn.server_state.connections:
+        conn = getattr(proto, "conn", None)
+        if conn is not None:
+            assert conn.parser.gi_code is Protocol.parse.__code__
+
+    # and the swapped parser still reads frames: a close is answered
+    await sockets[0].close()
+    assert await _until(lambda: server.service.hub.connections == 4)
+    for ws in sockets[1:]:
+        await ws.close()

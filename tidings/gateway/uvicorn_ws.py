@@ -21,6 +21,9 @@ from struct import pack
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from tidings.errors import CLOSE_SHUTDOWN
 
@@ -79,6 +82,26 @@ class _Writable:
         return await self._event.wait()
 
 
+def _drop_handshake_parser(conn: ServerProtocol) -> None:
+    """websockets' server parser is one generator: it parses the handshake
+    request, then delegates to the frame parser with ``yield from`` -- and its
+    suspended frame keeps the parsed request (every header, about 2.4 KiB)
+    for the connection's life.  When it is parked between frames, swap it for
+    the frame parser alone, started the same way: nothing is consumed or lost
+    (it waits in ``reader.at_eof()`` for the next byte)."""
+    outer = conn.parser
+    inner = getattr(outer, "gi_yieldfrom", None)
+    waiting = getattr(inner, "gi_yieldfrom", None)
+    if (getattr(outer, "gi_code", None) is not ServerProtocol.parse.__code__
+            or getattr(inner, "gi_code", None) is not Protocol.parse.__code__
+            or getattr(waiting, "gi_code", None) is not StreamReader.at_eof.__code__
+            or conn.reader.buffer):
+        return  # mid-frame (or another websockets): keep it
+    parser = Protocol.parse(conn)
+    next(parser)
+    conn.parser = parser
+
+
 # uvicorn's protocol annotates the attributes replaced below with the types
 # it creates; the stand-ins only offer what uvicorn calls on them (hence the
 # narrow ``type: ignore[assignment]``s).
@@ -106,6 +129,7 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         # connection's life but read only during the handshake: about 5 KiB
         # per idle connection with the scope's copy of them.
         self.request = self.response = None  # type: ignore[assignment]
+        _drop_handshake_parser(self.conn)
         # Of the scope, uvicorn reads only what it logs from now on (the
         # headers, the lifespan state copy, extensions and the asgi dict go).
         scope = self.scope
