@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -46,14 +47,25 @@ def _get(url: str, timeout: float = 1.0) -> int:
         return 0
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(n: int) -> int:
-    """A base port with ``n`` free ports from it (HAProxy, then the nodes)."""
+    """A base port with ``n`` free ports from it (HAProxy, then the nodes).
+
+    Drawn below the ephemeral range: a port the kernel chose for us (bind to
+    port 0) is one any outgoing connection on the machine may take before a
+    node restarted on it listens again ("Address already in use" under load).
+    """
+    rng = random.Random()
+    high = max(_ephemeral_low(), 10000 + 2 * n)
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + n >= 65535:
-            continue
+        base = rng.randrange(10000, high - n)
         held: list[socket.socket] = []
         try:
             for port in range(base, base + n):
