@@ -23,7 +23,7 @@ from tidings.core.ids import new_id
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import NewNotification
-from tidings.store.postgres import PostgresStore, migrate
+from tidings.store.postgres import PostgresStore, committer, migrate
 
 APP = "app_a"
 
@@ -145,7 +145,8 @@ async def test_publishes_gathered_in_one_statement_take_seqs_in_submission_order
 
 
 async def test_a_publish_to_an_idle_store_is_written_at_once_and_what_arrives_meanwhile_is_grouped(
-        nodes):
+        nodes, monkeypatch):
+    monkeypatch.setattr(committer, "IDLE_GAP", 0.0)  # idle as soon as nothing is in flight
     store = nodes[0]
     groups = store.committer.groups
     first = await publish(store, note(users=["u"]))  # alone: nothing in flight
@@ -158,6 +159,18 @@ async def test_a_publish_to_an_idle_store_is_written_at_once_and_what_arrives_me
     assert [d.seq for d in first.deliveries] == [1]
     assert [d.seq for d in outs[0].deliveries] == [2]
     assert (await store.stream_head(APP, "u", time.time())).head_seq == 2
+
+
+async def test_a_publish_right_after_a_write_is_grouped_not_written_alone(nodes, monkeypatch):
+    # under load the next publishes arrive just after the last commit's answer;
+    # written alone, each would be a statement and a commit of its own
+    monkeypatch.setattr(committer, "IDLE_GAP", 60.0)
+    store = nodes[0]
+    await publish(store, note(users=["u"]))
+    groups = store.committer.groups
+    outs = await asyncio.gather(*(publish(store, note(users=[u])) for u in ("u", "v", "w")))
+    assert store.committer.groups == groups + 1  # all three in one statement
+    assert [[d.seq for d in o.deliveries] for o in outs] == [[2], [1], [1]]
 
 
 async def test_a_failing_publish_fails_alone_and_the_rest_of_its_group_commits(nodes):
