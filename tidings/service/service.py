@@ -293,16 +293,19 @@ class Service:
         return at if at > now else None
 
     async def publish(self, app_id: str, req: PublishRequest, idem_key: str | None = None) -> dict:
-        if tracing.TRACER is not None:
-            with tracing.span("publish", {"tidings.app": app_id}) as span:
-                result = await self._publish(app_id, req, idem_key)
-                span.set_attributes({"tidings.notification_id": result["id"],
-                                     "tidings.status": result["status"],
-                                     "tidings.recipients": result["recipients"]})
-                return result
-        # _publish without its spans, and without a coroutine per step: the
-        # usual publish (no caps for its category, no outbound destinations
-        # in the app) decides both from memory and awaits only the store
+        if tracing.TRACER is None:
+            return await self._publish(app_id, req, idem_key)
+        with tracing.span("publish", {"tidings.app": app_id}) as span:
+            result = await self._publish(app_id, req, idem_key)
+            span.set_attributes({"tidings.notification_id": result["id"],
+                                 "tidings.status": result["status"],
+                                 "tidings.recipients": result["recipients"]})
+            return result
+
+    async def _publish(self, app_id: str, req: PublishRequest, idem_key: str | None) -> dict:
+        # no coroutine per step: the usual publish (no caps for its category,
+        # no outbound destinations in the app) decides both from memory and
+        # awaits only the store
         item = self._prepare(req, idem_key, time.time())
         capped = self._uncapped(app_id, item)
         if capped is None:
@@ -311,20 +314,15 @@ class Service:
         if (item.deliver_at is None and not item.all
                 and self.outbound.wanted_now(app_id) is not False):
             outbound = await self._plan_outbound(app_id, item, req.priority, capped)
-        out = await self.store.publish(app_id, item,
-                                       fanout_threshold=self.settings.fanout_threshold,
-                                       window=self.settings.limits.idempotency_window)
+        fanout, window = self.settings.fanout_threshold, self.settings.limits.idempotency_window
+        if tracing.TRACER is None:
+            out = await self.store.publish(app_id, item, fanout_threshold=fanout, window=window)
+        else:
+            with tracing.span("store.commit"):
+                out = await self.store.publish(app_id, item, fanout_threshold=fanout,
+                                               window=window)
         if outbound is None and out.status == "accepted":
             return self._accepted(app_id, req, capped, out)
-        return await self._published(app_id, req, item, capped, outbound, out)
-
-    async def _publish(self, app_id: str, req: PublishRequest, idem_key: str | None) -> dict:
-        item, capped, outbound = await self._ready(app_id, req, idem_key, time.time())
-        with tracing.span("store.commit"):
-            out = await self.store.publish(
-                app_id, item, fanout_threshold=self.settings.fanout_threshold,
-                window=self.settings.limits.idempotency_window,
-            )
         return await self._published(app_id, req, item, capped, outbound, out)
 
     def _uncapped(self, app_id: str, item: NewNotification) -> Capped | None:
@@ -345,8 +343,7 @@ class Service:
         self.published += 1
         self.hub.metrics.published(app_id, "accepted", out.recipients, req.to.topic)
         result = self._result(out)
-        if capped.over:
-            capped.annotate(result)
+        capped.annotate(result)
         return result
 
     async def publish_many(self, app_id: str, reqs: list[PublishRequest | Exception],
@@ -406,14 +403,6 @@ class Service:
                     results[i] = exc
         return results
 
-    async def _ready(self, app_id: str, req: PublishRequest, idem_key: str | None, now: float,
-                     ) -> tuple[NewNotification, Capped, OutboundCounts | None]:
-        """A publish up to its store write: the item, its caps, its outbound jobs."""
-        item = self._prepare(req, idem_key, now)
-        capped = await self.limits.apply_caps(app_id, item, req.group_key)
-        outbound = await self._plan_outbound(app_id, item, req.priority, capped)
-        return item, capped, outbound
-
     async def _published(self, app_id: str, req: PublishRequest, item: NewNotification,
                          capped: Capped, outbound: OutboundCounts | None,
                          out: PublishOutcome) -> dict:
@@ -422,6 +411,8 @@ class Service:
             # Answering "duplicate" here would lose this notification for good.
             raise Invalid("this Idempotency-Key was used for another notification in the "
                           "last 24 hours", field="Idempotency-Key", code="idempotency_key_reused")
+        if out.status == "accepted" and outbound is None:
+            return self._accepted(app_id, req, capped, out)
         if out.status == "accepted":
             self._announce(app_id, out)
         elif out.status == "scheduled" and item.deliver_at is not None:
