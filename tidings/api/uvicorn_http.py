@@ -107,11 +107,14 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         self._head_started()  # a connection that never sends a byte
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timers()
+        super().connection_lost(exc)
+
+    def _stop_timers(self) -> None:
         for timer in (self._head_timer, self.timeout_keep_alive_task):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self.timeout_keep_alive_task = None
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._idle_since = None
@@ -145,10 +148,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         # it fires, about 7 KiB per new WebSocket for header_timeout seconds,
         # and the heap does not give that memory back between the idle
         # streams allocated meanwhile.
-        for timer in (self._head_timer, self.timeout_keep_alive_task):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self.timeout_keep_alive_task = None
+        self._stop_timers()
         self._head_since = self._idle_since = None
         super().handle_websocket_upgrade()
 
