@@ -275,3 +275,129 @@ def test_unverified_app():
 
 def test_algorithm_constant_is_hs256():
     assert auth.ALGORITHM == "HS256"
+
+
+# -- the fast path: the same decisions as PyJWT -------------------------------
+
+_CLAIM_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 10), st.floats(allow_nan=False, width=32),
+    st.text(max_size=8), st.lists(st.integers(), max_size=2),
+)
+
+
+def _outcome(token, secret):
+    try:
+        return verify_token(token, secret)
+    except Unauthorized as exc:
+        return exc.code, exc.message
+
+
+def _pyjwt_outcome(token, secret):
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(auth, "_fast_claims", lambda *a: None)
+        return _outcome(token, secret)
+
+
+_CHANGES = ("claim", "claim", "extra", "header", "alg", "secret", "pad", "bits", "dup",
+            "sig", "text")
+
+
+@st.composite
+def _tokens(draw):
+    """A token as tidings mints it, with none, one or two changes, each of
+    which may or may not leave it acceptable."""
+    import time
+
+    now = int(time.time())
+    claims: dict = {"sub": "alice", "app": "app1", "iat": now, "exp": now + 60}
+    headers, alg, secret = None, "HS256", SECRET
+    changes = draw(st.lists(st.sampled_from(_CHANGES), max_size=2))
+    for change in changes:
+        if change == "claim":  # another value, or none, for one of the four
+            name = draw(st.sampled_from(["sub", "app", "iat", "exp"]))
+            value = draw(st.one_of(
+                st.just(None), _CLAIM_VALUES,
+                st.sampled_from([now - 3, now - 5, now - 6, now - 60, now + 4, now + 6,
+                                 "bad\nuser", "", "x" * 129])))
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        elif change == "extra":
+            name = draw(st.sampled_from(["nbf", "aud", "jti", "iss", "x"]))
+            near = st.integers(-10, 10).map(lambda d: now + d)
+            claims[name] = draw(st.text(max_size=4) if name == "iss" else
+                                st.one_of(near, st.text(max_size=4)))
+        elif change == "header":
+            headers = draw(st.sampled_from([{"kid": "1"}, {"typ": "jwt"}, {"typ": "JWT"}]))
+        elif change == "alg":
+            alg = draw(st.sampled_from(["HS384", "HS512"]))
+        elif change == "secret":
+            secret = OTHER
+    if "text" in changes:
+        return draw(st.text(max_size=120))
+    token = jwt.encode(claims, secret, algorithm=alg, headers=headers)
+    h, p, s = token.split(".")
+    if "pad" in changes:
+        p += "=" * (-len(p) % 4 or 4)
+        s = _sign(h, p, secret)
+    if "bits" in changes and len(p) % 4 in (2, 3) and p[-1] not in "_-9zZ":
+        p = p[:-1] + chr(ord(p[-1]) + 1)  # the same bytes, non-zero trailing bits
+        s = _sign(h, p, secret)
+    if "dup" in changes:  # a claim twice: the JSON decoders must agree on which wins
+        raw = json.dumps(claims, separators=(",", ":"))[:-1]
+        raw += (',' if claims else '') + '"sub":"mallory"}'
+        p = base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
+        s = _sign(h, p, secret)
+    if "sig" in changes:
+        s = s[:-2] + ("AA" if not s.endswith("AA") else "BB")
+    return f"{h}.{p}.{s}"
+
+
+def _sign(header: str, payload: str, secret: str) -> str:
+    import hashlib
+    import hmac
+
+    mac = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_tokens())
+def test_fast_path_decides_like_pyjwt(token):
+    assert _outcome(token, SECRET) == _pyjwt_outcome(token, SECRET)
+
+
+def test_fast_path_takes_the_minted_shape():
+    tok = mint_token("app1", "alice", SECRET, ttl=60)
+    claims = auth._fast_claims(tok, SECRET, time_now())
+    assert claims is not None and claims["sub"] == "alice"
+    # a header with anything more goes to PyJWT, which still accepts it
+    other = jwt.encode({"sub": "alice", "app": "app1", "exp": int(time_now()) + 60}, SECRET,
+                       algorithm="HS256", headers={"kid": "k1"})
+    assert auth._fast_claims(other, SECRET, time_now()) is None
+    assert verify_token(other, SECRET)[:2] == ("app1", "alice")
+
+
+def test_fast_path_refuses_a_secret_pyjwt_refuses():
+    pem = ("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n"
+           "-----END PUBLIC KEY-----")
+    claims = {"sub": "alice", "app": "app1", "exp": int(time_now()) + 60}
+    token = f"{auth._HEADER}.{_b64(claims)}.{_sign(auth._HEADER, _b64(claims), pem)}"
+    assert auth._fast_claims(token, pem, time_now()) is None
+    _bad(token, secret=pem)
+
+
+def time_now() -> float:
+    import time
+
+    return time.time()
+
+
+def test_fast_path_expiry_edge_is_pyjwts():
+    # PyJWT: expired when exp <= now - leeway
+    tok = jwt.encode({"sub": "a", "app": "x", "exp": 1000}, SECRET, algorithm="HS256")
+    assert auth._fast_claims(tok, SECRET, 1000.0 + auth.LEEWAY - 0.01)["exp"] == 1000
+    with pytest.raises(Unauthorized) as ei:
+        auth._fast_claims(tok, SECRET, 1000.0 + auth.LEEWAY)
+    assert ei.value.code == "token_expired"
