@@ -169,6 +169,7 @@ def _phase(srv: TidingsServer, sampler: ProcSampler, opts, phase: str, meta: dic
         f"{phase}_error_sample": res.error_sample,
         f"{phase}_other_cpu_s": round(cpu["other_cpu_s"], 3),
         f"{phase}_send_lag_p99_ms": hist.summary(res.send_lag, "l").get("l_p99_ms"),
+        f"{phase}_slowest": res.slowest,
         f"{phase}_server_cpu_by_thread_s": cpu["server_cpu_by_thread_s"],
         f"{phase}_hist": hist.encode(res.latency),
     }

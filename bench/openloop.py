@@ -14,12 +14,15 @@ on an idle machine.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import hist
 from bench.httpclient import HttpClient
+
+SLOWEST = 20
 
 
 @dataclass
@@ -37,6 +40,9 @@ class OpenLoopResult:
     unanswered: int = 0
     latency: object = None  # HdrHistogram µs: intended send -> response, measured window
     send_lag: object = None  # HdrHistogram µs: intended -> actual send, measured window
+    # the slowest requests of the measured window, (latency ms, s after the window's
+    # start, send lag ms), slowest first: whether a tail is spread out or comes in bursts
+    slowest: list = field(default_factory=list)
     start_ns: int = 0
     window: tuple[int, int] = (0, 0)
     seconds: float = 0.0
@@ -73,6 +79,7 @@ async def run(host: str, port: int, headers: dict[str, str], *, rate: float, war
     due: asyncio.Queue = asyncio.Queue()
     done = object()
     inflight: dict[int, int] = {}
+    slow: list[tuple[int, int, int]] = []  # a min-heap of the SLOWEST slowest
 
     async def sender(client: HttpClient) -> None:
         while True:
@@ -111,6 +118,9 @@ async def run(host: str, port: int, headers: dict[str, str], *, rate: float, war
                         res.error_sample.append(f"bad answer {exc!r} {body[:160]!r}")
                 hist.record_ns(res.latency, now - intended)
                 hist.record_ns(res.send_lag, sent - intended)
+                if len(slow) < SLOWEST or now - intended > slow[0][0]:
+                    (heapq.heappush if len(slow) < SLOWEST else heapq.heapreplace)(
+                        slow, (now - intended, intended - w0, sent - intended))
 
     tasks = [asyncio.create_task(sender(c)) for c in clients]
     last_tick = 0.0
@@ -145,6 +155,8 @@ async def run(host: str, port: int, headers: dict[str, str], *, rate: float, war
                     hist.record_ns(res.latency, now - intended)
     finally:
         res.seconds = time.monotonic() - t_begin
+        res.slowest = [(round(lat / 1e6, 2), round(at / 1e9, 3), round(lag / 1e6, 2))
+                       for lat, at, lag in sorted(slow, reverse=True)]
         for t in tasks:
             t.cancel()
         for c in clients:
