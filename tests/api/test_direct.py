@@ -1,4 +1,5 @@
-"""The direct routes (publish, batch) over raw HTTP/1.1, on both paths.
+"""The direct routes (publish, batch, a device's inbox page and counts) over
+raw HTTP/1.1, on both paths.
 
 ``tidings serve`` answers them from its HTTP protocol without ASGI
 (tidings/api/uvicorn_http.py); any other ASGI server reaches the same
@@ -248,5 +249,109 @@ async def test_request_ids(live):
             assert status == 400 and re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
             fresh.add(headers["x-request-id"])
         assert len(fresh) == 2
+    finally:
+        c.close()
+
+
+# -- a device's inbox page and counts ------------------------------------------
+
+
+def get(path: str, token: str | None, extra: str = "") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{auth}{extra}\r\n".encode()
+
+
+async def _fill(c: Conn, live, user: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        c.send(request(live, doc(user, title=f"n{i}")))
+        status, _, body = await c.response()
+        assert status == 202, body
+        ids.append(json.loads(body)["id"])
+    return ids
+
+
+async def test_inbox_page_and_counts(live):
+    c = await Conn.open(live)
+    try:
+        ids = await _fill(c, live, "dana", 3)
+        token = await live.token("dana")
+        c.send(get("/v1/me/notifications", token))
+        status, headers, body = await c.response()
+        assert status == 200 and headers["content-type"] == "application/json"
+        page = json.loads(body)
+        assert [item["id"] for item in page["items"]] == ids[::-1]
+        assert page["items"][0]["notification"]["title"] == "n2"
+        assert page["next_before"] is None
+        c.send(get("/v1/me/counts", token))
+        status, _, body = await c.response()
+        assert status == 200 and json.loads(body) == {"unread": 3, "unseen": 3}
+        # the query: percent-decoded, and the last of a repeated name wins (as Starlette)
+        c.send(get("/v1/me/notifications?limit=1&limit=2&state=un%72ead", token))
+        status, _, body = await c.response()
+        page = json.loads(body)
+        assert status == 200 and [i["id"] for i in page["items"]] == ids[:0:-1]
+        assert page["next_before"] == ids[1]
+        c.send(get(f"/v1/me/notifications?limit=2&before={ids[1]}", token))
+        assert [i["id"] for i in json.loads((await c.response())[2])["items"]] == ids[:1]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("query,field", [
+    ("limit=abc", "limit"), ("limit=0", "limit"), ("limit=", "limit"),
+    ("before=nope", "before"), ("state=gone", "state"), ("limit=99999999999999999999", "limit"),
+])
+async def test_inbox_page_bad_query(live, query, field):
+    c = await Conn.open(live)
+    try:
+        c.send(get(f"/v1/me/notifications?{query}", await live.token("dana")))
+        assert error_of(await c.response(), 422, "invalid")["field"] == field
+    finally:
+        c.close()
+
+
+async def test_inbox_reads_refuse_bad_tokens(live):
+    import jwt
+
+    expired = jwt.encode({"sub": "dana", "app": live.app, "exp": 1_000_000},
+                         live.signing_secret, algorithm="HS256")
+    c = await Conn.open(live)
+    try:
+        for path in ("/v1/me/notifications", "/v1/me/counts"):
+            c.send(get(path, None))
+            error_of(await c.response(), 401, "unauthorized")
+            c.send(get(path, "junk"))
+            error_of(await c.response(), 401, "bad_token")
+            c.send(get(path, expired))
+            error_of(await c.response(), 401, "token_expired")
+            c.send(get(path, live.api_key))  # a server key is not a user token
+            error_of(await c.response(), 401, "bad_token")
+            c.send(get(path, await live.token("dana"), extra="Authorization: Basic x\r\n"))
+            assert (await c.response())[0] == 200  # the first header wins, as in Starlette
+        c.send(get("/v1/me/counts", await live.token("dana")))  # still good
+        assert (await c.response())[0] == 200
+    finally:
+        c.close()
+
+
+async def test_inbox_reads_across_origins_answer_cors(live):
+    """A browser's cross-origin request goes through the CORS middleware on
+    both paths; one without an Origin is answered directly."""
+    c = await Conn.open(live)
+    try:
+        token = await live.token("dana")
+        c.send(get("/v1/me/counts", token, extra="Origin: https://app.example\r\n"))
+        status, headers, _ = await c.response()
+        assert status == 200 and headers["access-control-allow-origin"] == "*"
+        assert "x-request-id" in headers["access-control-expose-headers"].lower()
+        c.send(get("/v1/me/counts", token, extra="X-Request-Id: r-7\r\n"))
+        status, headers, _ = await c.response()
+        assert status == 200 and "access-control-allow-origin" not in headers
+        assert headers["x-request-id"] == "r-7"
+        c.send(b"HEAD /v1/me/counts HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+               + token.encode() + b"\r\n\r\n")
+        head = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
     finally:
         c.close()

@@ -256,7 +256,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         },
     )
     app.state.service = service
-    app.state.direct_routes = server.direct_routes  # tidings/api/uvicorn_http.py serves them
+    # tidings/api/uvicorn_http.py serves them
+    app.state.direct_routes = [*server.direct_routes, *client.direct_routes]
     app.state.draining = False
     app.state.metrics_registry = None
     app.state.dashboard = dashboard

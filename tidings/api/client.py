@@ -2,31 +2,49 @@
 
 from __future__ import annotations
 
+import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, body_of, takes, user_auth
-from tidings.api.server import BEFORE, PAGE_LIMIT, STATE, _group, _inbox
+from tidings.api.common import JSON, bearer_of, body_of, takes, user_auth
+from tidings.api.direct import Call, DirectRoute, starlette_route
+from tidings.api.server import BEFORE, PAGE_LIMIT, STATE, _group
 from tidings.core.models import Preferences, StateRequest
 from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
 
+_encode = msgspec.json.encode
 
+
+async def _user_of(service, call: Call) -> tuple[str, str]:
+    """:func:`user_auth` for a direct route."""
+    app, user = await service.authenticate_token(
+        bearer_of(call.header(b"authorization") or ""))
+    call.state["app"] = app
+    return app, user
+
+
+# The two reads a device makes each time its inbox opens are direct routes
+# (tidings/api/direct.py), served without ASGI when no Origin asks for CORS.
 @takes(PAGE_LIMIT, BEFORE, STATE)
-async def my_notifications(request: Request):
-    app, user = await user_auth(request)
-    return await _inbox(request, app, user)
+async def my_notifications(service, call: Call) -> tuple[int, bytes]:
+    app, user = await _user_of(service, call)
+    params, limits = call.params(), service.settings.limits
+    page = await service.inbox(app, user, limit=PAGE_LIMIT.read(params, limits),
+                               before=BEFORE.read(params, limits),
+                               state=STATE.read(params, limits))
+    return 200, _encode(page)
+
+
+async def my_counts(service, call: Call) -> tuple[int, bytes]:
+    app, user = await _user_of(service, call)
+    return 200, _encode(await service.counts(app, user))
 
 
 @takes(PAGE_LIMIT, BEFORE)
 async def my_notification_group(request: Request):
     app, user = await user_auth(request)
     return await _group(request, app, user)
-
-
-async def my_counts(request: Request):
-    app, user = await user_auth(request)
-    return JSON(await request.app.state.service.counts(app, user))
 
 
 def _state_route(state: str):
@@ -70,10 +88,19 @@ async def put_my_preferences(request: Request):
     return JSON(prefs)
 
 
+def _any_body(settings) -> int:
+    return settings.limits.max_body_bytes  # a GET's body is never read
+
+
+direct_routes = [
+    DirectRoute("GET", "/v1/me/notifications", my_notifications,
+                _any_body, cors=True),
+    DirectRoute("GET", "/v1/me/counts", my_counts, _any_body, cors=True),
+]
+
 routes = [
-    Route("/v1/me/notifications", my_notifications, methods=["GET"]),
+    *[starlette_route(route) for route in direct_routes],
     Route("/v1/me/notifications/{id}/group", my_notification_group, methods=["GET"]),
-    Route("/v1/me/counts", my_counts, methods=["GET"]),
     Route("/v1/me/notifications/read", _state_route("read"), methods=["POST"]),
     Route("/v1/me/notifications/seen", _state_route("seen"), methods=["POST"]),
     Route("/v1/me/notifications/archive", _state_route("archived"), methods=["POST"]),

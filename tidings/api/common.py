@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -171,6 +171,10 @@ class Query:
     def get(self, request: Request):
         return self.parse(request.query_params.get(self.name))
 
+    def read(self, params: Mapping[str, str], limits: Any):
+        """:meth:`get` for a direct route (``params``: tidings.api.direct.Call.params)."""
+        return self.parse(params.get(self.name))
+
 
 class IntQuery(Query):
     """An integer in ``[lo, hi]``; ``hi`` may be a setting (a function of the Limits)."""
@@ -189,8 +193,11 @@ class IntQuery(Query):
         return {"type": "integer", "minimum": self.lo, "maximum": hi, "default": self.default}
 
     def get(self, request: Request) -> int:
-        hi = self.hi(request.app.state.service.settings.limits) if callable(self.hi) else self.hi
-        return int_param(request, self.name, self.default, self.lo, hi)
+        return self.read(request.query_params, request.app.state.service.settings.limits)
+
+    def read(self, params: Mapping[str, str], limits: Any) -> int:
+        hi = self.hi(limits) if callable(self.hi) else self.hi
+        return int_of(params.get(self.name), self.name, self.default, self.lo, hi)
 
 
 def takes(*params: Query):
@@ -202,7 +209,11 @@ def takes(*params: Query):
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
+    return int_of(request.query_params.get(name), name, default, lo, hi)
+
+
+def int_of(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
+    """The integer query parameter ``name`` of text ``raw`` (None: absent)."""
     if raw is None:
         return default
     try:

@@ -4,8 +4,10 @@ Publishing is what tidings does most, and under a plain ASGI stack the
 request costs more than the publish: uvicorn's scope, request cycle, event
 and two socket writes, then Starlette's middleware, router and ``Request``
 (about 45 µs of the 90 the event loop spent on a publish, bench/results/
-2026-12-06/NOTES.md).  A direct route is written once, as a handler of a
-:class:`Call` (headers and body, nothing else), and served two ways:
+2026-12-06/NOTES.md).  The same holds for the two reads every device makes
+when it opens its inbox: its first page and its counts.  A direct route is
+written once, as a handler of a :class:`Call` (headers, query and body,
+nothing else), and served two ways:
 
 * as an ordinary Starlette route (:func:`starlette_route`), so the app stays
   a plain ASGI app that any ASGI server runs, and the route is listed,
@@ -25,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.requests import Request
@@ -42,21 +45,30 @@ INTERNAL = _encode({"error": {"code": "internal", "message": "internal error"}})
 
 
 class Call:
-    """One request to a direct route: its headers and body, the key once it
-    was checked, and ``state``: the request's state as log lines and error
-    counts read it ("app" once a key named one, "notification_id" once a
-    publish made one; tidings/logs.py)."""
+    """One request to a direct route: its headers, query string and body,
+    the key once it was checked, and ``state``: the request's state as log
+    lines and error counts read it ("app" once a key or token named one,
+    "notification_id" once a publish made one; tidings/logs.py)."""
 
-    __slots__ = ("headers", "_body", "_error", "state", "key", "_index")
+    __slots__ = ("headers", "query", "_body", "_error", "state", "key", "_index")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], body: bytes = b"",
-                 error: TidingsError | None = None, state: dict | None = None):
+                 error: TidingsError | None = None, state: dict | None = None,
+                 query: bytes = b""):
         self.headers = headers  # lower-case names, as ASGI and httptools give them
+        self.query = query  # the raw query string, without the "?"
         self._body = body
         self._error = error  # a body over the limit: raised when the handler reads it
         self.state: dict = {} if state is None else state
         self.key: Any = None
         self._index: dict[bytes, bytes] | None = None
+
+    def params(self) -> dict[str, str]:
+        """The query parameters as Starlette reads them (``request.query_params``:
+        percent-decoded, blanks kept, the last of a repeated name wins)."""
+        if not self.query:
+            return {}
+        return dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
 
     @property
     def app(self) -> str | None:
@@ -85,12 +97,16 @@ Handler = Callable[[Any, Call], Awaitable[tuple[int, bytes]]]
 @dataclass(frozen=True)
 class DirectRoute:
     """``handler(service, call) -> (status, JSON body)`` at ``method path``.
-    ``body_limit(settings)`` is the largest body it reads."""
+    ``body_limit(settings)`` is the largest body it reads.  A route that
+    browsers call (``cors``) is served directly only when the request carries
+    no ``Origin``: a cross-origin request goes the ASGI way, through the CORS
+    middleware (tidings/api/cors.py)."""
 
     method: str
     path: str
     handler: Handler
     body_limit: Callable[[Settings], int]
+    cors: bool = False
 
 
 def error_answer(exc: TidingsError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -110,7 +126,8 @@ def starlette_route(route: DirectRoute) -> Route:
         service = request.app.state.service
         # request.state keeps its fields in scope["state"]: the app the handler
         # names there counts the errors, and the log lines see both fields
-        call = Call(request.headers.raw, state=request.scope.setdefault("state", {}))
+        call = Call(request.headers.raw, state=request.scope.setdefault("state", {}),
+                    query=request.scope.get("query_string", b""))
         try:
             call._body = await read_body(request, body_limit(service.settings))
         except (PayloadTooLarge, BadRequest) as exc:
@@ -119,6 +136,7 @@ def starlette_route(route: DirectRoute) -> Route:
         return Response(body, status_code=status, media_type="application/json")
 
     endpoint.__name__ = handler.__name__
+    endpoint.query = getattr(handler, "query", ())  # type: ignore[attr-defined]  # @takes
     return Route(route.path, endpoint, methods=[route.method])
 
 

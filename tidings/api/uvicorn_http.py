@@ -1,18 +1,20 @@
 """uvicorn's httptools protocol, answering the direct routes itself.
 
-A request to a direct route (tidings/api/direct.py: publish and batch) is
-handled here instead of going through ASGI: no scope, request cycle, event
-or middleware objects; the handler gets the headers and the body and its
-answer leaves in one socket write.  Every other request, and everything
-about the connection (pipelining, flow control, WebSocket upgrades,
-graceful shutdown) stays uvicorn's.  The protocol also bounds the request
-head (tidings/api/http_limits.py) and closes idle keep-alive connections.
+A request to a direct route (tidings/api/direct.py: publish, batch, a
+device's inbox page and counts) is handled here instead of going through
+ASGI: no scope, request cycle, event or middleware objects; the handler gets
+the headers, query and body and its answer leaves in one socket write.
+Every other request, and everything about the connection (pipelining, flow
+control, WebSocket upgrades, graceful shutdown) stays uvicorn's.  The
+protocol also bounds the request head (tidings/api/http_limits.py) and
+closes idle keep-alive connections.
 
 A direct request goes the ASGI way instead when it cannot be answered
 straight away in order: another request of the same connection is still
 being answered (pipelining), or the server was configured with a root path
-or a concurrency limit.  The Starlette route of the same handler answers it,
-with the same bytes.
+or a concurrency limit; so does a browser's cross-origin request (it carries
+an ``Origin``) to a route that answers CORS.  The Starlette route of the
+same handler answers it, with the same bytes.
 
 Every request of a connection runs the parser's callbacks below, so each is
 one flat function (no chain of ``super()`` calls), and the connection's
@@ -66,6 +68,7 @@ class _Direct(direct.Call):
                  keep_alive: bool):
         self.headers, self._body, self._error, self.state, self.key, self._index = (
             headers, b"", None, {}, None, None)
+        self.query = b""
         self.route, self.service = route, service
         self.version = version
         self.keep_alive = keep_alive
@@ -180,16 +183,21 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         if self._head_count > self._max_headers:
             return  # data_received answers 431: no request cycle, the app never sees it
         parser = self.parser
-        found = self.direct.get((parser.get_method(), self.url)) if self.direct else None
+        found = None
+        if self.direct:
+            path, _, query = self.url.partition(b"?")
+            found = self.direct.get((parser.get_method(), path))
         cycle = self.cycle
         if (found is None or parser.should_upgrade() or self.pipeline
-                or (cycle is not None and not cycle.response_complete)):
+                or (cycle is not None and not cycle.response_complete)
+                or (found[0].cors and any(name == b"origin" for name, _ in self.headers))):
             self._asgi_headers_complete()
             return
         route, service = found
         version = parser.get_http_version()
         req = _Direct(route, service, self.headers, route.body_limit(service.settings),
                       version, version != "1.0" and parser.should_keep_alive())
+        req.query = query
         self.cycle = req  # type: ignore[assignment]  # uvicorn's code reads the same fields
         length = req.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > req.limit:
