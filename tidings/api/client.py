@@ -93,8 +93,7 @@ def _any_body(settings) -> int:
 
 
 direct_routes = [
-    DirectRoute("GET", "/v1/me/notifications", my_notifications,
-                _any_body, cors=True),
+    DirectRoute("GET", "/v1/me/notifications", my_notifications, _any_body, cors=True),
     DirectRoute("GET", "/v1/me/counts", my_counts, _any_body, cors=True),
 ]
 
