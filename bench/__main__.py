@@ -339,24 +339,38 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
         variants = [c.strip() for c in a.cache.split(",")]
         if not variants or set(variants) - {"on", "off"}:
             raise SystemExit("--cache takes on, off or on,off")
-    records = []
-    for variant in variants:
-        name = f"{a.scenario}{'' if variant is None else f' c={variant}'}"
+
+    def name_of(variant) -> str:
         if a.scenario == "latency":
-            name = f"latency {variant:g}/s"
+            return f"latency {variant:g}/s"
         if a.scenario in ("dashboard", "cache"):
-            name = f"{a.scenario} cache={variant}"
-        group = []
+            return f"{a.scenario} cache={variant}"
+        return f"{a.scenario}{'' if variant is None else f' c={variant}'}"
+
+    def one(variant, i: int) -> dict:
+        t0 = time.monotonic()
+        rec = run(variant, None)
+        rec = {"scenario": a.scenario, "invocation": inv, "run": i + 1, "label": a.label,
+               "commit": commit, "command": argv, "seconds": round(time.monotonic() - t0, 1),
+               **rec}
+        results.append(path, rec)
+        print(f"[{name_of(variant)} run {i + 1}/{a.runs}] {({k: rec.get(k) for k in figures})}",
+              flush=True)
+        return rec
+
+    # cache: the modes take turns run by run (on, off, on, off, ...), so that a
+    # burst of other work on a shared machine falls on both modes alike, not
+    # on all the runs of one of them
+    groups: list[list[dict]] = [[] for _ in variants]
+    if a.scenario == "cache":
         for i in range(a.runs):
-            t0 = time.monotonic()
-            rec = run(variant, None)
-            rec = {"scenario": a.scenario, "invocation": inv, "run": i + 1, "label": a.label,
-                   "commit": commit, "command": argv, "seconds": round(time.monotonic() - t0, 1),
-                   **rec}
-            results.append(path, rec)
-            group.append(rec)
-            print(f"[{name} run {i + 1}/{a.runs}] {({k: rec.get(k) for k in figures})}",
-                  flush=True)
+            for j, variant in enumerate(variants):
+                groups[j].append(one(variant, i))
+    records = []
+    for variant, group in zip(variants, groups, strict=True):
+        name = name_of(variant)
+        if not group:
+            group += [one(variant, i) for i in range(a.runs)]
         meds = {k: median([r.get(k) for r in group]) for k in figures}
         print(f"[{name} median of {len(group)}] {meds}", flush=True)
         records += group
