@@ -27,6 +27,13 @@ were first reads after those changes, so p99 measured the store read, not
 the cache.  Those first reads are what ``*_changed`` measures, on its own,
 in both modes; both modes run the same warm-up.
 
+``--key-rate``: the API key's rate limit (the server's ``TIDINGS_KEY_RATE``).
+0 (the default) turns it off, as in every bench; a deployment limits keys by
+default (1,000/s), and then a publish without the cache takes a token from the
+shared bucket in Redis each time, with it from a lease held here.  1,000/s
+refuses the fill's batches: ``--key-rate 100000`` measures that path without
+refusing anything.
+
 Latencies are wall-clock on a shared machine: the figure to trust is the
 ratio between the two modes within one invocation, and the server CPU per
 operation beside it.
@@ -76,7 +83,8 @@ async def _device(ws_url: str, token: str, inbox: dict, user: str) -> websockets
 
 
 async def _one_run(opts, cache: bool, store: str) -> dict:
-    env = {"TIDINGS_CACHE": "true" if cache else "false", "TIDINGS_BROKER": opts.broker}
+    env = {"TIDINGS_CACHE": "true" if cache else "false", "TIDINGS_BROKER": opts.broker,
+           "TIDINGS_KEY_RATE": str(opts.key_rate)}
     srv = TidingsServer(cpu=opts.server_cpu or None, env=env, store=store)
     # `tidings app create` runs before the server: the schema is migrated already
     with srv:
@@ -176,5 +184,5 @@ def run_once(opts, cpus, cache: bool) -> dict:
     """One run in one mode, on a fresh schema (dropped after)."""
     with fresh_schema(opts.store, "bench_cache") as store:
         rec = asyncio.run(_one_run(opts, cache, store))
-    rec.update(users=opts.users, fill=opts.fill, requests=opts.requests)
+    rec.update(users=opts.users, fill=opts.fill, requests=opts.requests, key_rate=opts.key_rate)
     return rec

@@ -55,7 +55,7 @@ CONFIG = {
     "fanout": ["subs", "msgs", "size", "pub_concurrency", "fanout_threshold"],
     "publish": ["concurrency", "batch", "users", "count", "store"],
     "idle": ["conns_requested", "procs", "workers", "store", "label"],
-    "cache": ["users", "fill", "requests", "cache"],
+    "cache": ["users", "fill", "requests", "cache", "key_rate"],
     "failover": ["users", "msgs", "signal"],
 }
 CONFIG["broadcast"] = CONFIG["fanout"]
