@@ -152,6 +152,26 @@ class WriterConnection(sqlite3.Connection):
         self._dirty.update(keys)
         return epochs, seqs
 
+    def append_one(self, app_id: str, user: str, note: tuple) -> tuple[str, int]:
+        """A publish to one user, as ``add_notification(note)``, ``next_seqs``
+        and ``add_entries`` make it, in one call (the writer's usual job):
+        the user's epoch and new seq.  ``note`` as ``add_notification``
+        takes it."""
+        self._notes.append(note)
+        key = (app_id, user)
+        txn = self._txn
+        head = txn.get(key) or self._heads.get(key)
+        if head is None:
+            self._load_heads(app_id, [user])
+            head = txn[key]
+        txn[key] = head = (head[0], head[1] + 1)
+        self._dirty.add(key)
+        if note[6] is None:
+            self._inbox_forever.append((app_id, user, head[1], note[1], note[5]))
+        else:
+            self._inbox.append((app_id, user, head[1], note[1], note[5], note[6]))
+        return head
+
     def _load_heads(self, app_id: str, users: list[str]) -> None:
         found = {}
         for i in range(0, len(users), _CHUNK):

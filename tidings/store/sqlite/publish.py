@@ -132,15 +132,19 @@ def _append(conn: WriterConnection, app_id: str, item: NewNotification,
     """The usual publish, as :func:`publish_tx` makes it with fewer steps:
     to users (nobody of the app muted its category), without a key, a
     group, a schedule or outbound jobs."""
-    if len(users) > 1:
-        users = list(dict.fromkeys(users))
     nid, created, expires = item.id, item.created_at, item.expires_at
+    if len(users) == 1:  # the usual publish: its steps in one call, the outcome positional
+        user = users[0]
+        epoch, seq = conn.append_one(
+            app_id, user, (app_id, nid, item.category, item.body, 1, created, expires))
+        return PublishOutcome(nid, "accepted", 1, 0, [Delivery(user, epoch, seq)], None, None,
+                              item.body)
+    users = list(dict.fromkeys(users))
     conn.add_notification((app_id, nid, item.category, item.body, len(users), created, expires))
     epochs, seqs = conn.next_seqs(app_id, users)
     conn.add_entries(app_id, users, seqs, nid, created, expires)
-    deliveries = ([Delivery(users[0], epochs[0], seqs[0])] if len(users) == 1
-                  else list(map(Delivery, users, epochs, seqs)))
-    return PublishOutcome(nid, "accepted", len(users), deliveries=deliveries, body=item.body)
+    return PublishOutcome(nid, "accepted", len(users), 0, list(map(Delivery, users, epochs, seqs)),
+                          None, None, item.body)
 
 
 def publish_many_tx(conn: WriterConnection, app_id: str, items: list[NewNotification],
