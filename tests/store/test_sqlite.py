@@ -144,6 +144,18 @@ async def _hold_the_writer(db):
     return release, done
 
 
+async def test_a_job_handed_to_a_stopped_writer_is_refused(db):
+    """The writer thread says it takes jobs while it does (``running``, read
+    by every submit instead of ``is_alive``): once it stopped, a job gets
+    503 at once instead of waiting for ever."""
+    writer = db._writer
+    assert writer.running
+    writer.stop()
+    assert not writer.running and not writer.is_alive()
+    with pytest.raises(Unavailable, match="stopped"):
+        await writer.submit(lambda conn: None)
+
+
 async def test_a_failing_job_fails_alone_within_its_batch(db):
     await db.create_app(APP, "a", "secret")
     release, blocked = await _hold_the_writer(db)

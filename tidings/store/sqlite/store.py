@@ -182,6 +182,9 @@ class _Writer(threading.Thread):
         self._reopen = False  # a read-only connection stays so: open it again
         self._next_checkpoint = 0.0
         self._wal_pages = 0  # an estimate, with conn.rows_written
+        # True while run() takes jobs: what submit asks instead of is_alive()
+        # (a Python method and a lock probe per publish)
+        self.running = False
 
     def start_and_wait(self) -> None:
         self.start()
@@ -192,7 +195,7 @@ class _Writer(threading.Thread):
     def submit(self, fn: Callable, *args) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        if not self.is_alive():
+        if not self.running:
             fut.set_exception(Unavailable("the store's writer is stopped"))
             return fut
         self._jobs.put((fn, args, fut, loop))
@@ -210,7 +213,14 @@ class _Writer(threading.Thread):
             self.error = exc
             self._ready.set()
             return
+        self.running = True
         self._ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            self.running = False
+
+    def _serve(self, conn: WriterConnection) -> None:
         get, get_nowait = self._jobs.get, self._jobs.get_nowait
         stopping = False
         while not stopping:
