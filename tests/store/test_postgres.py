@@ -552,3 +552,52 @@ async def test_nodes_starting_together_on_an_empty_database_create_one_default_a
         asyncio.to_thread(bootstrap.first_start, settings) for _ in range(3)))
     created = [s for s in starts if s is not None]
     assert len(created) == 1 and created[0]["app"] == "default"
+
+
+# -- connections kept between calls ---------------------------------------------------
+
+
+async def test_calls_one_after_another_reuse_one_connection(url, schema):
+    store = PostgresStore(url, server_settings=schema, max_size=3)
+    await store.open()
+    try:
+        pids = {await store._fetchval("SELECT pg_backend_pid()") for _ in range(10)}
+        assert len(pids) == 1
+        # a statement's own error leaves the connection in use
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await store._fetchval("SELECT 1 / 0")
+        assert await store._fetchval("SELECT pg_backend_pid()") in pids
+    finally:
+        await asyncio.wait_for(store.close(), 5)  # the kept connection does not hold it up
+
+
+async def test_more_calls_than_connections_all_get_one(url, schema):
+    # a call waiting for the pool is handed the next connection a call gives
+    # up, not left waiting while others keep it for themselves
+    store = PostgresStore(url, server_settings=schema, max_size=2)
+    await store.open()
+    try:
+        for _ in range(3):
+            pids = await asyncio.gather(*(
+                store._fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.01)")
+                for _ in range(12)))
+            assert len(set(pids)) <= 2
+    finally:
+        await asyncio.wait_for(store.close(), 5)
+
+
+async def test_a_call_cancelled_mid_statement_does_not_leave_its_connection_to_the_next(
+    url, schema,
+):
+    store = PostgresStore(url, server_settings=schema, max_size=2)
+    await store.open()
+    try:
+        slow = asyncio.create_task(store._fetchval("SELECT pg_sleep(30)"))
+        await asyncio.sleep(0.2)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert store._spare == []  # the pool settles the cancelled statement
+        assert await asyncio.wait_for(store._fetchval("SELECT 41 + 1"), 10) == 42
+    finally:
+        await asyncio.wait_for(store.close(), 5)
