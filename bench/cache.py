@@ -27,12 +27,18 @@ were first reads after those changes, so p99 measured the store read, not
 the cache.  Those first reads are what ``*_changed`` measures, on its own,
 in both modes; both modes run the same warm-up.
 
-``--key-rate``: the API key's rate limit (the server's ``TIDINGS_KEY_RATE``).
-0 (the default) turns it off, as in every bench; a deployment limits keys by
-default (1,000/s), and then a publish without the cache takes a token from the
-shared bucket in Redis each time, with it from a lease held here.  1,000/s
-refuses the fill's batches: ``--key-rate 100000`` measures that path without
-refusing anything.
+``--key-rate``: the API key's rate limit (the server's ``TIDINGS_KEY_RATE``),
+on by default as in a deployment: without the cache a publish then takes a
+token from the shared bucket in Redis each time, with it from a lease held
+on the node (the rate-limit buckets are among what the cache answers from
+memory).  A deployment's default, 1,000/s, would refuse the fill's batches,
+and a closed loop on a fast machine goes over it: the bench's default is
+100,000/s, the same path without refusals.  ``--key-rate 0`` turns the
+limit off (every other bench runs so).
+
+The devices are picows clients on uvloop, as ``bench latency``'s: with the
+``websockets`` library on the default loop, the client's own handling of
+each frame added the same time to both modes and hid part of the ratio.
 
 Latencies are wall-clock on a shared machine: the figure to trust is the
 ratio between the two modes within one invocation, and the server CPU per
@@ -42,11 +48,11 @@ operation beside it.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
+import re
 import time
 
-import websockets
+import uvloop
 
 from bench import hist
 from bench.httpclient import HttpClient
@@ -56,30 +62,59 @@ from bench.server import TidingsServer
 
 KINDS = ("page", "counts", "hello", "delivery", "page_changed", "counts_changed")
 PAGE = "/v1/me/notifications?limit=20"
+HELLO = b'"type":"hello"'
+TITLE = re.compile(rb'"title":"([^"]*)"')
 COUNTS = "/v1/me/counts"
 
 
-async def _device(ws_url: str, token: str, inbox: dict, user: str) -> websockets.ClientConnection:
-    ws = await websockets.connect(ws_url, max_size=None)
-    await ws.send(json.dumps({"type": "auth", "token": token}))
+class _Device:
+    """One device: a picows client, as ``bench latency``'s (wsload.py), so that
+    the client's own frame handling stays small next to what is measured
+    (the ``websockets`` library took ~0.3 ms a frame on a slow machine, in
+    both modes).  Sets the waiter of each notification title it receives,
+    and of ``("hello", user)``."""
 
-    async def reader() -> None:
-        try:
-            async for raw in ws:
-                doc = json.loads(raw)
-                for ev in doc if isinstance(doc, list) else [doc]:
-                    if ev["type"] == "hello":
-                        inbox.setdefault(("hello", user), asyncio.Event()).set()
-                    elif ev["type"] == "notification":
-                        title = ev["notification"]["title"]
-                        waiter = inbox.pop(title, None)
-                        if waiter is not None:
-                            waiter.set()
-        except websockets.ConnectionClosed:
-            pass
+    def __init__(self, waiters: dict, user: str):
+        self.waiters = waiters
+        self.user = user
+        self.transport = None
 
-    asyncio.get_running_loop().create_task(reader())
-    return ws
+    def listener(self):
+        from picows import WSListener, WSMsgType
+
+        waiters, user = self.waiters, self.user
+
+        class Listener(WSListener):
+            def on_ws_frame(self, transport, frame) -> None:
+                if frame.msg_type != WSMsgType.TEXT:
+                    return
+                assert frame.fin, "the server sends each event whole"
+                payload = frame.get_payload_as_bytes()
+                if HELLO in payload:
+                    waiters.setdefault(("hello", user), asyncio.Event()).set()
+                for title in TITLE.findall(payload):
+                    waiter = waiters.pop(title.decode(), None)
+                    if waiter is not None:
+                        waiter.set()
+
+        return Listener()
+
+    async def open(self, ws_url: str, token: str) -> _Device:
+        from picows import ws_connect
+
+        self.transport, _ = await ws_connect(
+            self.listener, ws_url, extra_headers={"Authorization": f"Bearer {token}"},
+            websocket_handshake_timeout=10,
+        )
+        return self
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.disconnect()
+
+
+async def _device(ws_url: str, token: str, inbox: dict, user: str) -> _Device:
+    return await _Device(inbox, user).open(ws_url, token)
 
 
 async def _one_run(opts, cache: bool, store: str) -> dict:
@@ -136,7 +171,7 @@ async def _one_run(opts, cache: bool, store: str) -> dict:
             ws = await _device(srv.ws_url, tokens[u], waiters, f"{u}#{i}")
             await waiters.setdefault(key, asyncio.Event()).wait()
             waiters.pop(key, None)
-            await ws.close()
+            ws.close()
 
         async def delivery(i: int) -> None:
             u = rng.choice(users)
@@ -174,7 +209,7 @@ async def _one_run(opts, cache: bool, store: str) -> dict:
             await measure(kind, op)
         await changed()
         for ws in devices:
-            await ws.close()
+            ws.close()
         api.close()
         user_http.close()
     return out
@@ -183,6 +218,7 @@ async def _one_run(opts, cache: bool, store: str) -> dict:
 def run_once(opts, cpus, cache: bool) -> dict:
     """One run in one mode, on a fresh schema (dropped after)."""
     with fresh_schema(opts.store, "bench_cache") as store:
-        rec = asyncio.run(_one_run(opts, cache, store))
+        # uvloop, as bench latency's clients: the client's share stays small
+        rec = uvloop.run(_one_run(opts, cache, store))
     rec.update(users=opts.users, fill=opts.fill, requests=opts.requests, key_rate=opts.key_rate)
     return rec
