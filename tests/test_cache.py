@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import run_server, two_nodes
 from tests.gateway.live import recv_events, ws_connect
+from tidings.broker.base import Personal
 from tidings.core import auth
 from tidings.errors import Unauthorized
 
@@ -198,6 +199,48 @@ async def test_devices_on_the_publishing_node_get_each_seq_once_in_order(tmp_pat
         assert await _eventually(lambda: _settled(hub))  # the broker's copies came back
         assert hub.metrics.app(a.app).delivered == 31
         await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_broker_copy_of_a_delivery_made_here_leaves_the_cache_alone(tmp_path):
+    """The node that commits a publish invalidates its recipients then; the
+    broker's copy that comes back later carries nothing new, so a read
+    filled in between is still served from memory.  A copy from another
+    node still invalidates (the cross-node test above)."""
+    async with two_nodes(tmp_path) as (a, _):
+        hub, cache = a.service.hub, a.service.hub.cache
+        held: list = []
+        on_user = hub._on_user
+
+        def hold(channel: str, msg) -> None:  # the copy waits until the read below
+            if type(msg) is Personal:
+                held.append((channel, msg))
+            else:
+                on_user(channel, msg)
+
+        hub._on_user = hold  # subscribed when the stream opens
+        token = await a.token("fay")
+        ws = await ws_connect(a, token)
+        await recv_events(ws, 1)  # hello
+        async with a.http() as http:
+            r = await http.post("/v1/notifications",
+                                json={"to": {"users": ["fay"]}, "title": "here"})
+            assert r.status_code == 202
+        assert [e["type"] for e in await recv_events(ws, 1)] == ["notification"]
+        assert await _counts(a, token) == 1  # read after the commit: filled
+        assert await _eventually(lambda: _true(held))  # the broker's copy is back
+        filled = cache.get("counts", (a.app, "fay"))
+        assert filled is not None
+        for channel, msg in held:
+            on_user(channel, msg)
+        assert not hub._here  # recognised as the copy of a delivery made here
+        assert cache.get("counts", (a.app, "fay")) == filled  # still served from memory
+        assert await _counts(a, token) == 1
+        await ws.close()
+
+
+async def _true(value) -> bool:
+    return bool(value)
 
 
 async def _settled(hub) -> bool:

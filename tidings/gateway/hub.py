@@ -473,12 +473,16 @@ class Hub:
         streams = self.users.get((app, user))
         if not streams:
             return
-        self.cache.user_changed((app, user))
         if type(msg) is Personal:
             if self._here and self._here.pop((app, user, msg.epoch, msg.seq), 1) is None:
-                return  # delivered here already (deliver_here)
+                # delivered here already (deliver_here), and the cache was told
+                # at the commit: a read filled since then is still right
+                return
+            self.cache.user_changed((app, user))
             self._personal(app, streams, msg)
-        elif type(msg) is Frames:
+            return
+        self.cache.user_changed((app, user))
+        if type(msg) is Frames:
             for s in tuple(streams):
                 for f in msg.frames:
                     s.push(f)
