@@ -173,26 +173,23 @@ async def _one_run(opts, cache: bool, store: str) -> dict:
             waiters.pop(key, None)
             ws.close()
 
-        async def delivery(i: int) -> None:
-            u = rng.choice(users)
-            title = f"m{i}"
+        async def notify(u: str, title: str) -> None:
+            """Publish ``title`` to ``u``; return once the device has it."""
             done = waiters[title] = asyncio.Event()
             status, body = await api.post_json("/v1/notifications",
                                                {"to": {"users": [u]}, "title": title})
             assert status == 202, body[:200]
             await asyncio.wait_for(done.wait(), 10)
 
+        async def delivery(i: int) -> None:
+            await notify(rng.choice(users), f"m{i}")
+
         async def changed() -> None:
             """The first page and counts reads after a notification, per request."""
             hp, hc = hist.new(), hist.new()
             for i in range(opts.requests):
                 u = rng.choice(users)
-                title = f"c{i}"
-                done = waiters[title] = asyncio.Event()
-                status, body = await api.post_json("/v1/notifications",
-                                                   {"to": {"users": [u]}, "title": title})
-                assert status == 202, body[:200]
-                await asyncio.wait_for(done.wait(), 10)
+                await notify(u, f"c{i}")
                 for h, path in ((hp, PAGE), (hc, COUNTS)):
                     t0 = time.perf_counter_ns()
                     await get(u, path)
