@@ -411,8 +411,6 @@ class Service:
             # Answering "duplicate" here would lose this notification for good.
             raise Invalid("this Idempotency-Key was used for another notification in the "
                           "last 24 hours", field="Idempotency-Key", code="idempotency_key_reused")
-        if out.status == "accepted" and outbound is None:
-            return self._accepted(app_id, req, capped, out)
         if out.status == "accepted":
             self._announce(app_id, out)
         elif out.status == "scheduled" and item.deliver_at is not None:
