@@ -386,24 +386,44 @@ class Partition:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._serving = False
 
     async def heal(self) -> None:
         self._server = await asyncio.start_server(
             self._forward, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._serving = True
 
     async def cut(self) -> None:
         """Refuse new connections and reset the open ones."""
+        self._serving = False
+        # Stop accepting before the server closes: asyncio (3.11) leaves a
+        # connection it accepted unclosed when its transport is made after
+        # the close.  Three turns of the loop take those already accepted
+        # to _forward, which resets them.
+        loop = asyncio.get_running_loop()
+        for sock in self._server.sockets:
+            loop.remove_reader(sock.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
         self._server.close()
         for writer in list(self._open):
             writer.transport.abort()
+        self._open.clear()
         await self._server.wait_closed()
 
     async def _forward(self, reader, writer) -> None:
+        if not self._serving:  # accepted as the partition was cut
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        if not self._serving:  # cut while this one connected upstream
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._open |= {writer, up_writer}
 
