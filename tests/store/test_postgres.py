@@ -409,7 +409,6 @@ class Partition:
         self._server.close()
         for writer in list(self._open):
             writer.transport.abort()
-        self._open.clear()
         await self._server.wait_closed()
 
     async def _forward(self, reader, writer) -> None:
