@@ -466,6 +466,49 @@ async def test_user_token_hostility(server):
     await _assert_intact(server, nid)
 
 
+def _payload_token(payload: bytes, secret: str = "x") -> str:
+    """An HS256 token around the raw JSON ``payload``, signed with ``secret``."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    signing = f"{b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64(payload)}"
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{b64(sig)}"
+
+
+async def test_token_claims_that_break_the_app_lookup_are_401(each_store):
+    """The ``app`` claim is read before any signature is checked: whatever it
+    holds (a NUL, which PostgreSQL cannot compare; JSON nested past the
+    decoder's depth) is a 401, on every transport and store, never a 500."""
+    import websockets
+
+    server = each_store
+    exp = int(time.time()) + 600
+    tokens = {
+        "NUL in app": _payload_token(json.dumps({"sub": "alice", "app": "test\u0000app",
+                                                 "exp": exp}).encode()),
+        "control in app": _payload_token(
+            json.dumps({"sub": "alice", "app": "a\n", "exp": exp}).encode()),
+        "long app": _payload_token(json.dumps({"sub": "alice", "app": "a" * 2000,
+                                               "exp": exp}).encode()),
+        "nested too deep": _payload_token(
+            b'{"sub": "alice", "app": "testapp", "x": ' + b"[" * 1200 + b"]" * 1200 + b"}"),
+    }
+    async with httpx.AsyncClient(base_url=server.url) as raw:
+        for name, token in tokens.items():
+            assert len(token) <= 4096, name  # longer ones are refused before decoding
+            for path in ("/v1/me/counts", "/v1/me/notifications", "/v1/me/preferences"):
+                r = await raw.get(path, headers={"Authorization": f"Bearer {token}"})
+                assert_error(r, 401, "bad_token", case=(name, path))
+            r = await raw.get("/v1/me/events", params={"token": token})
+            assert_error(r, 401, "bad_token", case=(name, "sse"))
+            async with websockets.connect(server.ws_url + "/v1/me/stream") as ws:
+                await ws.send(json.dumps({"type": "auth", "token": token}))
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd is not None and info.value.rcvd.code == 4401, name
+
+
 async def test_user_sees_only_own_inbox(server):
     async with server.http() as http:
         r = await http.post(PUBLISH, json={"to": {"users": ["bob"]}, "title": "bob's secret"})

@@ -34,7 +34,7 @@ import jwt
 import msgspec
 from jwt.algorithms import HMACAlgorithm
 
-from tidings.core.models import valid_user
+from tidings.core.models import valid_app_id, valid_user
 from tidings.errors import Unauthorized
 
 SCOPES = frozenset({"publish", "read", "admin"})
@@ -107,9 +107,12 @@ def unverified_app(token: str) -> str | None:
     if payload is None:
         return None
     try:
-        return _app_of(payload).app
-    except msgspec.DecodeError:  # not a JSON object, or "app" is not a string
-        return None
+        app = _app_of(payload).app
+    except (msgspec.DecodeError, RecursionError):  # not a JSON object, "app" not a
+        return None  # string, or nested past the decoder's depth
+    # Only an app id can name an app: anything else (a NUL, which PostgreSQL
+    # cannot compare) never reaches the store.
+    return app if app is not None and valid_app_id(app) else None
 
 
 @functools.lru_cache(maxsize=1024)
