@@ -509,6 +509,26 @@ async def test_token_claims_that_break_the_app_lookup_are_401(each_store):
                 assert info.value.rcvd is not None and info.value.rcvd.code == 4401, name
 
 
+async def test_token_exp_past_the_range_of_a_float_is_not_a_500(server):
+    """PyJWT takes any integer ``exp``, and tidings does not cap the lifetime
+    of tokens it did not mint: one signed with the app's secret and an ``exp``
+    too large for a float (10**400) is as good as any far-off one."""
+    import websockets
+
+    for exp in (2**70, 10**400):
+        token = _payload_token(b'{"sub": "alice", "app": "%s", "exp": %d}' % (
+            server.app.encode(), exp), server.signing_secret)
+        async with httpx.AsyncClient(base_url=server.url,
+                                     headers={"Authorization": f"Bearer {token}"}) as me:
+            for path in ("/v1/me/counts", "/v1/me/notifications", "/v1/me/preferences"):
+                r = await me.get(path)
+                assert r.status_code == 200, (exp, path, r.status_code, r.text)
+        async with websockets.connect(server.ws_url + "/v1/me/stream") as ws:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            hello = json.loads(await ws.recv())
+            assert (hello[0] if isinstance(hello, list) else hello)["type"] == "hello"
+
+
 async def test_user_sees_only_own_inbox(server):
     async with server.http() as http:
         r = await http.post(PUBLISH, json={"to": {"users": ["bob"]}, "title": "bob's secret"})

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -66,6 +67,8 @@ def _token_digest(token: str) -> bytes:
     connected user (the cache's memory is part of every idle connection's)."""
     return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
+
+_FLOAT_MAX = sys.float_info.max
 
 # A fired notification still without its outbound jobs this long after it
 # fired is taken over by the next scheduler pass (of any node).
@@ -210,7 +213,10 @@ class Service:
             raise Unauthorized("token is not valid", code="bad_token")
         app, user, exp = auth.verify_token(token, record.signing_secret)
         if self.caching:
-            self._tokens.put(digest, (app, user), ttl=exp - time.time())
+            # PyJWT takes any integer exp, even one too large for a float
+            # (10**400): such a token is cached for as long as any entry
+            ttl = exp - time.time() if exp < _FLOAT_MAX else None
+            self._tokens.put(digest, (app, user), ttl=ttl)
         return app, user
 
     async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int]:
