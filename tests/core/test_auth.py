@@ -72,6 +72,10 @@ def test_split_keeps_underscores_in_the_secret():
         "tk_abcdef0_secret",  # prefix too short
         "tk_abcdef012_secret",  # prefix too long
         "tk__secret",
+        "tk_abcdefgh_secret",  # the prefix is hex
+        "tk_ABCDEF01_secret",  # lowercase hex
+        "tk_abcdef0\x00_secret",  # a NUL never reaches the store (PostgreSQL refuses it)
+        "tk_abcdéf01_secret",
         "xk_abcdef01_secret",
         "TK_abcdef01_secret",
         "abcdef01_secret",

@@ -96,6 +96,21 @@ async def test_login_with_a_wrong_key_shows_the_form_again(server):
     assert r.status_code == 401 and "<script>alert" not in r.text  # input is never echoed
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_login_with_a_nul_in_the_key_prefix_is_401_on_every_store(tmp_path, kind):
+    """The form's key reaches the store's key lookup by its prefix: one that
+    cannot be a key's (a NUL, which PostgreSQL cannot compare) is the same
+    401 form as any wrong key, not a 500."""
+    from tests.api.conftest import store_overrides
+
+    async with store_overrides(kind) as store, run_server(tmp_path, **store) as server:
+        for key in ("tk_\x00\x00\x00\x00\x00\x00\x00\x00_secret", "tk_abcdef0\x00_secret",
+                    "tk_ghijklmn_secret"):
+            r = await _login(server, key)
+            assert r.status_code == 401, (key, r.status_code, r.text)
+            assert session.COOKIE not in r.cookies and 'role="alert"' in r.text
+
+
 async def test_bad_login_requests_are_400_not_500(server):
     async with _client(server) as http:
         r = await http.post("/dashboard/login", json={"key": server.api_key})

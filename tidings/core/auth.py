@@ -27,6 +27,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import time
 
@@ -47,12 +48,17 @@ def new_api_key() -> tuple[str, str]:
     return f"tk_{prefix}_{secrets.token_urlsafe(24)}", prefix
 
 
+_PREFIX = re.compile(r"[0-9a-f]{8}\Z")
+
+
 def split_api_key(key: str) -> str | None:
     """The prefix of a well-formed key, or None."""
     if not isinstance(key, str) or len(key) > 128 or not key.startswith("tk_"):
         return None
     parts = key.split("_", 2)
-    if len(parts) != 3 or len(parts[1]) != 8 or not parts[2]:
+    # 8 lowercase hex characters, as new_api_key makes them: nothing else (a
+    # NUL, which PostgreSQL cannot compare) is looked up
+    if len(parts) != 3 or not _PREFIX.match(parts[1]) or not parts[2]:
         return None
     return parts[1]
 
