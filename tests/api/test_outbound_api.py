@@ -138,6 +138,44 @@ async def test_a_failing_webhook_goes_dead_and_is_redriven_by_the_admin(tmp_path
         assert await dead() == []
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_receivers_error_body_with_control_characters_is_kept_without_them(
+        tmp_path, kind):
+    """The receiver's error body goes into the job's last error, the attempt
+    log and the dead-letter list: a NUL in it (PostgreSQL cannot store one)
+    or any other control character must not stop the job from being
+    retried and going dead like any failing one."""
+    from tests.api.conftest import store_overrides
+
+    async def hostile(scope, receive, send):
+        while (await receive())["type"] != "http.request":
+            pass
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"bad\x00gate\x01way\x7f\x1b[31m"})
+
+    async with store_overrides(kind) as store, serve(hostile) as url, run_server(
+            tmp_path, webhook=WebhookConfig(allow_insecure=True), outbound=FAST,
+            **store) as server:
+        async with server.http() as http:
+            r = await http.post("/v1/webhooks", json={"url": f"{url}/hooks/tidings"})
+            assert r.status_code == 201, r.text
+        res = await publish(server)
+
+        async def dead():
+            async with server.http() as http:
+                return (await http.get("/v1/outbound/dead")).json()["jobs"]
+
+        (job,) = await until(dead)
+        assert job["notification"] == res["id"] and job["attempts"] == 3
+        assert "HTTP 500: bad gate way [31m" in job["last_error"], job["last_error"]
+        async with server.http() as http:
+            r = await http.get(f"/v1/notifications/{res['id']}/timeline",
+                               params={"user": "alice"})
+        assert r.status_code == 200, r.text
+        errors = [e["error"] for e in r.json()["events"] if e["event"] == "attempt"]
+        assert len(errors) == 3 and all(e and "\x00" not in e for e in errors), errors
+
+
 async def test_webhook_endpoints_are_listed_without_secrets_rotated_and_removed(tmp_path):
     async with hooked(tmp_path) as (server, receiver):
         first_secret = receiver.secret

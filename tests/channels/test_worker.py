@@ -119,6 +119,24 @@ async def test_a_channel_that_raises_is_retried_not_lost():
     assert len(ch.sent) == 3
 
 
+async def test_a_providers_words_are_kept_as_one_line_a_store_can_hold():
+    """What a provider answers reaches the store as the job's last error and
+    dead-letter reason: control characters (a NUL, which PostgreSQL cannot
+    hold) and what UTF-8 cannot encode (an SMTP reply's undecodable bytes
+    arrive as lone surrogates, which no store can bind) are not kept."""
+    smtp = b"550 no\xff such\x00user".decode("utf-8", "surrogateescape")
+    ch = Scripted("email", [Result.retry("HTTP 500: bad\x00gate\x1b[31mway\r\n"),
+                            Result.failed(smtp, 550)])
+    queue = MemoryQueue()
+    queue.put(make_job("email", {}, id="j"))
+    async with Worker(queue, [Lane(ch, policy=FAST)], poll_interval=0.02):
+        await queue.wait(lambda q: q.dead_letters)
+    assert [j.last_error for j, _ in queue.retries] == ["HTTP 500: bad gate [31mway"]
+    (_, reason), = queue.dead_letters
+    assert reason == "550 no\ufffd such user"
+    reason.encode("utf-8")  # no lone surrogate
+
+
 async def test_the_lane_timeout_bounds_a_hanging_send():
     ch = Scripted("email", ["hang"])
     queue = MemoryQueue()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,18 @@ class Result:
     @classmethod
     def failed(cls, detail: str, status: int | None = None, gone: bool = False) -> Result:
         return cls("failed", detail, status, None, gone)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """A provider's words as one line a log, the dead-letter list and every
+    store can hold: control characters (a NUL, which PostgreSQL cannot store;
+    a terminal's escapes) become spaces, runs of spaces one, and what UTF-8
+    cannot encode (the lone surrogates of an undecodable SMTP reply) U+FFFD."""
+    return " ".join(_CONTROL.sub(" ", _SURROGATE.sub("\ufffd", text)).split())
 
 
 @runtime_checkable
@@ -252,6 +265,6 @@ async def http_post(
         return Result.failed(f"bad URL: {exc}")
     ok = 200 <= resp.status_code < 300
     # one line, no control characters: it ends up in logs and the dead-letter list
-    detail = "" if ok else " ".join(bytes(head[:max_body]).decode("utf-8", "replace").split())
+    detail = "" if ok else one_line(bytes(head[:max_body]).decode("utf-8", "replace"))
     return http_result(resp.status_code, resp.headers.get("retry-after"), clock(),
                        gone=gone, detail=detail)

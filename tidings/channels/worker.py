@@ -30,12 +30,12 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgspec
 
 from tidings import tracing
-from tidings.channels.base import Channel, Job, JobQueue, Result
+from tidings.channels.base import Channel, Job, JobQueue, Result, one_line
 from tidings.core.retry import RetryPolicy
 
 __all__ = ["Lane", "Worker"]
@@ -194,6 +194,8 @@ class Worker:
 
     async def _settle(self, lane: Lane, job: Job, result: Result) -> None:
         name = lane.channel.name
+        if result.detail:  # the provider's words, stored: one line a store can hold
+            result = replace(result, detail=one_line(result.detail))
         try:
             if result.outcome == "delivered":
                 await self.queue.complete(job)
