@@ -182,6 +182,23 @@ async def test_sse_bad_cursor_is_400_json(server):
             sse_error(r, 400, "bad_cursor")
 
 
+async def test_sse_head_answers_the_headers_and_ends(server):
+    """HEAD has the GET's status and headers and no body (RFC 9110 §9.3.2):
+    it opens no stream, so the connection serves the next request at once
+    instead of hanging under a stream nobody reads."""
+    token = await server.token("alice")
+    async with httpx.AsyncClient(base_url=server.url, timeout=5,
+                                 limits=httpx.Limits(max_connections=1)) as http:
+        r = await http.head(EVENTS, params={"token": token})
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers["content-type"].startswith("text/event-stream")
+        r = await http.head(EVENTS, params={"token": "garbage"})
+        assert r.status_code == 401 and r.content == b""
+        # the same connection (one in the pool) answers the next request
+        assert (await http.get("/healthz")).status_code == 200
+    assert server.service.hub.users.get((server.app, "alice")) is None
+
+
 # -- connection cap ---------------------------------------------------------------------------
 
 

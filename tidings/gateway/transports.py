@@ -282,6 +282,11 @@ class SSEEndpoint:
                 (b"x-accel-buffering", b"no"),
             ],
         })
+        if scope.get("method") == "HEAD":
+            # the GET's status and headers, no stream: the client reads no
+            # body, so one left open would hold its connection forever
+            await send({"type": "http.response.body", "body": b""})
+            return
         limits = service.settings.limits
         stream = SSEStream(
             send, service.hub, app, user,
