@@ -276,6 +276,16 @@ async def test_events_push_a_snapshot_every_sample(server):
             assert second["totals"]["published"] == 1
 
 
+async def test_events_head_answers_the_headers_and_ends(server):
+    """HEAD opens no stream: the connection serves the next request at once."""
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    async with _client(server, headers=auth, limits=httpx.Limits(max_connections=1)) as http:
+        r = await http.head("/dashboard/events")
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert (await http.get("/dashboard/api/snapshot")).status_code == 200
+
+
 async def test_a_broker_outage_empties_the_node_list_only(server, monkeypatch):
     async def down():
         raise ConnectionError("broker unreachable")

@@ -183,8 +183,10 @@ async def events(request: Request):
             if state.draining or (access.expires is not None and access.expires <= time.time()):
                 return
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"})
+    headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":  # no stream nobody reads: it would hold the connection
+        return Response(media_type="text/event-stream", headers=headers)
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
 routes = [
