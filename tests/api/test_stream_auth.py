@@ -87,6 +87,25 @@ async def test_ws_first_message_not_json(server):
         assert not should_reconnect(code)
 
 
+async def test_a_malformed_upgrade_is_a_json_error(server):
+    """An upgrade the WebSocket handshake refuses (no key, another version,
+    not GET) is answered in the API's JSON error shape, not plain text."""
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    key = {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        for headers, status in [(upgrade, 400),
+                                ({**upgrade, **key, "Sec-WebSocket-Version": "8"}, 400),
+                                ({**upgrade, **key, "Sec-WebSocket-Key": "short"}, 400)]:
+            r = await http.get(STREAM, headers=headers)
+            err = sse_error(r, status, "bad_request")
+            assert "WebSocket" in err["message"], err
+            assert "\n" not in err["message"]
+        sse_error(await http.post(STREAM, headers={**upgrade, **key}), 405,
+                  "method_not_allowed")
+        # an upgrade to no route: uvicorn's refusal, in the same shape
+        sse_error(await http.get("/v1/nope", headers={**upgrade, **key}), 403, "forbidden")
+
+
 async def test_ws_bad_tokens(server):
     url = server.ws_url + STREAM
     now = int(time.time())

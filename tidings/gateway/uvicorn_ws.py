@@ -19,8 +19,10 @@ import asyncio
 from collections.abc import Callable
 from struct import pack
 
+import msgspec
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Response
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
@@ -102,6 +104,31 @@ def _drop_handshake_parser(conn: ServerProtocol) -> None:
     conn.parser = parser
 
 
+_REFUSALS = {400: "bad_request", 403: "forbidden", 405: "method_not_allowed",
+             414: "bad_request", 426: "bad_request", 431: "headers_too_large",
+             505: "bad_request"}
+
+
+class _JSONRefusals(ServerProtocol):
+    """websockets' server side, refusing a handshake it cannot complete (no
+    key, another version) in the API's JSON error shape instead of plain
+    text (docs/security.md#errors), and uvicorn's refusals too (403 for a
+    WebSocket to no route, 500).  The class of uvicorn's instance is swapped
+    for this one: no field is added to a connection."""
+
+    def reject(self, status, text: str) -> Response:
+        response = super().reject(status, text)
+        code = _REFUSALS.get(response.status_code, "internal")
+        message = "internal error" if code == "internal" else (
+            text.split("\n", 1)[0].rstrip(".") or response.reason_phrase)
+        body = msgspec.json.encode({"error": {"code": code, "message": message}})
+        headers = response.headers
+        del headers["Content-Type"], headers["Content-Length"]
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(body))
+        return Response(response.status_code, response.reason_phrase, headers, body)
+
+
 # uvicorn's protocol annotates the attributes replaced below with the types
 # it creates; the stand-ins only offer what uvicorn calls on them (hence the
 # narrow ``type: ignore[assignment]``s).
@@ -114,6 +141,8 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.writable = _Writable()  # type: ignore[assignment]
+        if type(self.conn) is ServerProtocol:
+            self.conn.__class__ = _JSONRefusals
 
     def detach(self) -> None:
         """The app is done with this connection's ASGI task but not with the
