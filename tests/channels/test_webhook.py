@@ -239,7 +239,8 @@ async def test_an_endpoint_without_a_secret_is_a_permanent_failure():
                                  "https://acme.test:99999/x", None, "not a url",
                                  "https://2130706433/x", "https://127.1/x",
                                  "https://0x7f.0.0.1/x", "https://localhost./x",
-                                 "https://[::ffff:127.0.0.1]/x", "https://0.0.0.0/x"])
+                                 "https://[::ffff:127.0.0.1]/x", "https://0.0.0.0/x",
+                                 "https://xn--zz.acme.test/x"])
 async def test_unsafe_urls_are_refused_unless_insecure_is_allowed(url):
     wh = WebhookChannel(secret_for)
     result = await wh.send(hook(url))

@@ -187,6 +187,10 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
         raise ValueError(f"bad URL: {exc}") from None
     if parts.scheme not in ("https", "http") or not host:
         raise ValueError("a destination URL needs http(s)://host")
+    try:
+        httpx.URL(url).host  # noqa: B018 - what every request reads: a name IDNA takes
+    except (httpx.InvalidURL, UnicodeError):  # idna's errors are UnicodeErrors
+        raise ValueError("bad URL: the host is not a valid (IDNA) host name") from None
     if allow_insecure:
         return url
     if parts.scheme != "https":
