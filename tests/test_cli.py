@@ -60,6 +60,7 @@ def test_first_start_then_operator_commands_while_serving(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+        server.stdout.close()
 
 
 @pytest.mark.timeout(120)
@@ -94,6 +95,7 @@ def test_serve_prints_credentials_that_work(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+        server.stdout.close()
 
 
 def test_app_ids_cannot_carry_the_channel_separator(tmp_path):

@@ -88,6 +88,7 @@ def test_serve_port_zero_prints_the_port_it_listens_on(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
 
 
 def test_send_with_the_server_down():
@@ -122,6 +123,7 @@ def test_listen_with_a_bad_token_or_cursor(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+        server.stdout.close()
 
 
 def test_app_create_takes_the_name_as_id_and_token_finds_it(tmp_path):

@@ -147,3 +147,4 @@ def test_serve_runs_on_the_file(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()

@@ -34,7 +34,8 @@ def _start(data, port) -> subprocess.Popen:
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("server did not start:\n" + proc.stdout.read())
+    with proc:  # waits, and closes the pipe once read
+        raise RuntimeError("server did not start:\n" + proc.stdout.read())
 
 
 def read_first_start(proc: subprocess.Popen) -> dict[str, str]:
@@ -76,6 +77,7 @@ def test_acknowledged_publishes_survive_sigkill(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
     proc = _start(data, port)
     try:
@@ -89,3 +91,4 @@ def test_acknowledged_publishes_survive_sigkill(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()

@@ -49,6 +49,8 @@ def test_json_logs_name_the_request_the_app_and_the_notification(tmp_path):
         proc.terminate()
         proc.wait(10)
     reader.join(5)
+    proc.stdout.close()
+    proc.stderr.close()
 
     records = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
     assert records and all({"time", "level", "logger", "message", "node"} <= set(r)

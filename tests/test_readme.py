@@ -73,6 +73,7 @@ def quickstart(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+        server.stdout.close()
 
 
 def bash(script: str, cwd, env, timeout: float = 60) -> str:
@@ -104,6 +105,8 @@ def test_the_shell_quickstart(quickstart):
     finally:
         listener.terminate()
         listener.wait(10)
+        listener.stdout.close()
+        listener.stderr.close()
 
     out = bash(example("inbox.sh", url), cwd, env)  # two JSON documents, back to back
     inbox, end = json.JSONDecoder().raw_decode(out)

@@ -56,6 +56,7 @@ async def test_sigterm_closes_streams_with_the_reconnect_code(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        proc.stdout.close()
 
 
 def test_several_workers_need_a_shared_broker(tmp_path):

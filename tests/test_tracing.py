@@ -137,6 +137,7 @@ async def test_an_outbound_attempt_is_a_span(tmp_path, spans):
             found = await _wait_for(spans, {"outbound.attempt"})
     finally:
         httpd.shutdown()
+        httpd.server_close()
     attempt = next(s for s in found if s.name == "outbound.attempt")
     assert attempt.attributes["tidings.channel"] == "webhook"
     assert attempt.attributes["tidings.outcome"] == "delivered"
@@ -205,6 +206,8 @@ def test_a_real_server_exports_to_an_otlp_receiver(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
         httpd.shutdown()
+        httpd.server_close()
     assert {"publish", "store.commit", "broker.publish", "deliver", "device.write"} <= names
     assert services == {"tidings-test/node-x"}

@@ -102,3 +102,5 @@ async def test_workers_share_a_port_and_deliver_across_processes(tmp_path):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)
+        proc.stdout.close()

@@ -257,6 +257,7 @@ async def test_a_partition_drops_at_most_once_and_heals_by_itself(make, schema_u
         back = reconnected(cut)
         proxy.kill()
         proxy.wait(10)
+        proxy.stdout.close()
         for i in range(500):  # while cut off: queued up to the bound, the rest dropped
             cut.publish(user_channel("app_a", "bob"), Feed(i, b""))
         assert cut.dropped >= 400
@@ -272,6 +273,7 @@ async def test_a_partition_drops_at_most_once_and_heals_by_itself(make, schema_u
     finally:
         proxy.kill()
         proxy.wait(10)
+        proxy.stdout.close()
 
 
 # -- registry and buckets -------------------------------------------------------

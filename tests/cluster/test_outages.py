@@ -41,6 +41,7 @@ class Proxy:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+            self.proc.stdout.close()
 
 
 def _via(url: str, port: int) -> str:
