@@ -25,14 +25,24 @@ def npm_install(name: str, *specs: str) -> Path:
     """``node_modules`` holding ``specs``, installed under the cache as ``name``."""
     cache = Path(os.environ.get("TIDINGS_TEST_CACHE", Path.home() / ".cache" / "tidings-tests"))
     prefix = cache / name
-    done_marker = prefix / ".installed"
-    if done_marker.exists():
+    if (prefix / ".installed").exists():
         return prefix / "node_modules"
-    prefix.mkdir(parents=True, exist_ok=True)
+    # Installed beside it and renamed into place: test workers running at the
+    # same time (pytest -n) never see, or write into, a half-installed folder.
+    staging = cache / f".{name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     done = subprocess.run(
-        [npm(), "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
+        [npm(), "install", "--prefix", str(staging), "--no-audit", "--no-fund",
          "--no-package-lock", *specs], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         missing(f"npm install {' '.join(specs)} failed: {done.stderr.strip()[-300:]}")
-    done_marker.write_text(" ".join(specs))
+    (staging / ".installed").write_text(" ".join(specs))
+    if prefix.exists() and not (prefix / ".installed").exists():
+        shutil.rmtree(prefix, ignore_errors=True)  # an unfinished install of an older layout
+    try:
+        staging.rename(prefix)
+    except OSError:  # another worker's install got there first
+        shutil.rmtree(staging, ignore_errors=True)
     return prefix / "node_modules"
