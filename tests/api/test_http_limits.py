@@ -107,3 +107,39 @@ async def test_a_request_the_http_parser_refuses_is_a_json_400(tmp_path):
             assert (status, body["error"]["code"], closed) == (400, "bad_request", True), head
             assert body["error"]["message"].startswith("invalid HTTP request")
             writer.close()
+
+
+def _upgrade(*extra: bytes) -> bytes:
+    """A WebSocket upgrade to the stream, with ``extra`` header lines, in one write."""
+    return (b"GET /v1/me/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + b"".join(line + b"\r\n" for line in extra)
+            + b"\r\n")
+
+
+async def test_a_websocket_upgrade_has_the_same_head_limits_as_any_request(tmp_path):
+    """The handshake parser's own line limit (8 KiB) does not refuse what
+    HTTP takes (a browser's long Cookie line), and a head over the limits,
+    arriving in one read, is the same JSON 431 and close, not a crash of the
+    connection's protocol that leaves it open and unanswered."""
+    async with run_server(tmp_path) as server:  # the default limits: 32 KiB, 100 headers
+        reader, writer = await _connect(server)
+        writer.write(_upgrade(b"Cookie: session=" + b"c" * 20_000))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        writer.close()
+        for extra in ([b"Cookie: session=" + b"c" * 40_000],
+                      [b"X-%d: 1" % i for i in range(150)]):
+            reader, writer = await _connect(server)
+            writer.write(_upgrade(*extra))
+            status, body, closed = await _answer(reader)
+            assert (status, body["error"]["code"], closed) == (431, "headers_too_large", True)
+            writer.close()
+    async with run_server(tmp_path / "small", limits=LIMITS) as server:  # 8 KiB, 20 headers
+        for extra in ([b"Cookie: session=" + b"c" * 9_000],
+                      [b"X-%d: 1" % i for i in range(25)]):
+            reader, writer = await _connect(server)
+            writer.write(_upgrade(*extra))
+            status, body, closed = await _answer(reader)
+            assert (status, body["error"]["code"], closed) == (431, "headers_too_large", True)
+            writer.close()

@@ -153,6 +153,15 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         # streams allocated meanwhile.
         self._stop_timers()
         self._head_since = self._idle_since = None
+        # A head that arrived in one read is counted only after parsing (and
+        # one with too many headers has no scope): bound it here, by what the
+        # WebSocket handshake is given, which uvicorn rebuilds from the scope.
+        if (self._head_count > self._max_headers or len(self.url) + sum(
+                len(n) + len(v) + 4 for n, v in self.scope["headers"]) > self._max_head):
+            self._refuse(431, "headers_too_large",
+                         f"the request head is over {self._max_head} bytes or "
+                         f"{self._max_headers} headers")
+            return
         super().handle_websocket_upgrade()
 
     # -- parsing: the ASGI scope only for requests that go the ASGI way ----------------

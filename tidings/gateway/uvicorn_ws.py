@@ -22,11 +22,14 @@ from struct import pack
 import msgspec
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets import http11
 from websockets.http11 import Response
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
+from tidings.api import http_limits
+from tidings.config import Limits
 from tidings.errors import CLOSE_SHUTDOWN
 
 EXTENSION = "tidings.raw_ws"
@@ -104,6 +107,19 @@ def _drop_handshake_parser(conn: ServerProtocol) -> None:
     conn.parser = parser
 
 
+def _handshake_bounds(limits: Limits) -> None:
+    """websockets parses the handshake again, one header line at most 8 KiB
+    and at most 128 headers (module settings, read at each parse).  The HTTP
+    protocol has already bounded the whole head by ``limits`` before it hands
+    the connection over (uvicorn_http.py), so a request HTTP takes -- a
+    browser's large Cookie line -- is not refused only because it opens a
+    WebSocket."""
+    if http11.MAX_LINE_LENGTH < limits.max_header_bytes:
+        http11.MAX_LINE_LENGTH = limits.max_header_bytes
+    if http11.MAX_NUM_HEADERS < limits.max_headers:
+        http11.MAX_NUM_HEADERS = limits.max_headers
+
+
 _REFUSALS = {400: "bad_request", 403: "forbidden", 405: "method_not_allowed",
              414: "bad_request", 426: "bad_request", 431: "headers_too_large",
              505: "bad_request"}
@@ -141,6 +157,7 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.writable = _Writable()  # type: ignore[assignment]
+        _handshake_bounds(http_limits.limits_of(self.config))
         if type(self.conn) is ServerProtocol:
             self.conn.__class__ = _JSONRefusals
 
