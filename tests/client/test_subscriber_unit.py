@@ -391,3 +391,28 @@ async def test_yielded_notifications_are_acknowledged_once_a_second_in_one_messa
     assert got == [{"type": "receipts", "device": "worker-7", "label": "billing job",
                     "delivered": ["n0", "n1", "n2"]}]
 
+
+
+async def test_leaving_the_loop_early_then_closing_leaves_nothing_running():
+    """``break`` out of the loop, then close (``async with`` does): the
+    connection, its receipts task and the iterator finish at once, not when
+    the collector finds them."""
+    async def script(ws):
+        await ws.send(hello("a1:0"))
+        await ws.send(json.dumps(note("n0", "a1:1")))
+        await ws.wait_closed()
+
+    def receipts_tasks() -> list[asyncio.Task]:
+        return [t for t in asyncio.all_tasks()
+                if getattr(t.get_coro(), "__name__", "") == "_acknowledge"]
+
+    async with ScriptedServer(script) as srv:
+        async with Subscriber(srv.url, token="t", backoff=fast_backoff()) as sub:
+            async for event in sub:
+                if event["type"] == "notification":
+                    assert receipts_tasks()
+                    break
+        assert sub._gen is not None and sub._gen.ag_frame is None  # finished
+        assert receipts_tasks() == [] and not sub.connected
+        with pytest.raises(StopAsyncIteration):
+            await sub.__anext__()

@@ -187,6 +187,12 @@ class Subscriber:
         ws = self._ws
         if ws is not None:
             await ws.close()
+        gen = self._gen
+        if gen is not None and not gen.ag_running:
+            # A loop left with ``break`` (or an exception) keeps the iterator
+            # suspended: finish it now, with its receipts task, rather than
+            # whenever the collector finds it (after the event loop, maybe).
+            await gen.aclose()
 
     async def __aenter__(self) -> Subscriber:
         return self
@@ -272,9 +278,10 @@ class Subscriber:
             raise StreamClosed(code, reason) from None
         finally:
             self._ws = None
+            self.connected = False
             if acks is not None:
                 acks.cancel()
-            self.connected = False
+                await asyncio.wait({acks})
             await ws.close()
 
     async def _acknowledge(self, ws: ClientConnection) -> None:
