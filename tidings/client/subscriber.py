@@ -28,7 +28,7 @@ import platform
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -146,7 +146,7 @@ class Subscriber:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._closing = asyncio.Event()
         self._ws: ClientConnection | None = None
-        self._gen: AsyncIterator[Event] | None = None
+        self._gen: AsyncGenerator[Event, None] | None = None
         self._auth_retry = False  # one fresh-token retry after a 4401
         self.receipts = receipts
         #: The device id and label this subscriber's receipts carry.
@@ -188,7 +188,7 @@ class Subscriber:
         if ws is not None:
             await ws.close()
         gen = self._gen
-        if gen is not None and not gen.ag_running:
+        if gen is not None and not getattr(gen, "ag_running", True):
             # A loop left with ``break`` (or an exception) keeps the iterator
             # suspended: finish it now, with its receipts task, rather than
             # whenever the collector finds it (after the event loop, maybe).
@@ -202,7 +202,7 @@ class Subscriber:
 
     # -- the reconnect loop ---------------------------------------------------
 
-    async def _run(self) -> AsyncIterator[Event]:
+    async def _run(self) -> AsyncGenerator[Event, None]:
         first = True
         while not self._closing.is_set():
             if not first:
