@@ -267,3 +267,21 @@ def test_a_digest_lists_its_notifications_escaped_with_their_web_links():
     plain = Notification(id="N3", category="digest", created_at="x", title="Weekly summary",
                          data={"digest": {"items": [{"title": "x"}]}})
     assert "<ul>" not in render(plain).html
+
+
+async def test_control_characters_of_the_free_text_stay_out_of_the_mail():
+    """A title or body may hold any character (NUL included); the message
+    carries none but TAB and line ends, so a strict server takes it."""
+    note = dict(HOSTILE, title="a\x00b\x1b[31mred\x7f", body="one\x00\r\ntwo\tthree\x08")
+    out = render(Notification(**note))
+    assert out.subject == "ab[31mred"
+    assert out.text == "ab[31mred\n\none\ntwo\tthree\n"
+    for part in (out.subject, out.text, out.html):
+        assert not any(ord(c) < 0x20 and c not in "\t\n" or c == "\x7f" for c in part), part
+    box = Mailbox()
+    async with smtp_server(box) as port:
+        ch = EmailChannel(EmailConfig(host="127.0.0.1", port=port, starttls=False))
+        assert (await ch.send(mail_job(notification=note))).outcome == "delivered"
+    raw = box.messages[0].original_content
+    assert b"\x00" not in raw and b"\x1b" not in raw and b"\x7f" not in raw
+    assert parse(box.messages[0])["Subject"] == "ab[31mred"

@@ -56,25 +56,37 @@ def _link(url: str, base_url: str | None) -> str | None:
     return url if urlsplit(url).scheme in ("http", "https") else None
 
 
+# Control characters but TAB and LF, and DEL: a notification's free text may
+# hold any (docs/security.md#input), a message may not hold NUL (RFC 2045
+# §2.8, RFC 5322 §3.5), strict servers refuse one that does, and a mail
+# reader would show the others as garbage or terminal escapes.
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+
+
+def _text(value: str) -> str:
+    return value.translate(_CONTROLS)
+
+
 def render(note: Notification, base_url: str | None = None, subject_prefix: str = "") -> Rendered:
     """The subject, plain-text and HTML bodies of one notification."""
     # A title is one line: collapsing its whitespace also keeps CR/LF out of
     # the Subject header, where they would start new header lines.
-    title = " ".join(note.title.split()) or "New notification"
+    title = " ".join(_text(note.title).split()) or "New notification"
     subject = f"{subject_prefix}{title}"[:_MAX_SUBJECT]
     link = _link(note.url, base_url)
+    body = _text(note.body)
     text_parts = [title]
-    if note.body:
-        text_parts.append(note.body)
+    if body:
+        text_parts.append(body)
     if link:
         text_parts.append(link)
     text = "\n\n".join(text_parts) + "\n"
-    body_html = "<br>\n".join(html.escape(line) for line in note.body.splitlines())
+    body_html = "<br>\n".join(html.escape(line) for line in body.splitlines())
     items = _digest_items(note)
     if items:  # a digest: each notification a line, linked to its url when it has one
         lines, rows = [], []
         for item in items:
-            line = " ".join(str(item.get("title") or item.get("body") or "").split())
+            line = " ".join(_text(str(item.get("title") or item.get("body") or "")).split())
             href = _link(str(item.get("url") or ""), base_url)
             lines.append(f"- {line}" + (f"\n  {href}" if href else ""))
             shown = html.escape(line)
