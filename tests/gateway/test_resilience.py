@@ -116,6 +116,7 @@ async def test_pings_keep_idle_streams_and_cut_dead_ones(tmp_path):
         (ev,) = await recv_events(alive, 1)
         assert ev["type"] == "notification"
         await alive.close()
+        dead.transport.abort()  # it never reads the server's close: drop its socket
 
 
 async def test_sse_sends_ping_comments(tmp_path):
