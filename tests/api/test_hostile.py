@@ -285,6 +285,11 @@ BAD_QUERIES = [
     ({"limit": "abc"}, "limit"),
     ({"limit": "1.5"}, "limit"),
     ({"limit": "1e3"}, "limit"),
+    ({"limit": "1_0"}, "limit"),
+    ({"limit": " 5"}, "limit"),
+    ({"limit": "+5"}, "limit"),
+    ({"limit": "\u0665\u0660"}, "limit"),  # 50 in Arabic-Indic digits
+    ({"limit": "\uff15"}, "limit"),  # a fullwidth 5
     ({"limit": ""}, "limit"),
     ({"limit": "0"}, "limit"),
     ({"limit": "-1"}, "limit"),

@@ -216,9 +216,13 @@ def int_of(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
     """The integer query parameter ``name`` of text ``raw`` (None: absent)."""
     if raw is None:
         return default
+    # ASCII digits only, as in cursors: int() would also take "1_0", " 5 " and
+    # other scripts' digits
+    if not (raw.isascii() and raw.removeprefix("-").isdigit()):
+        raise Invalid(f"{name} must be an integer", field=name)
     try:
         value = int(raw)
-    except ValueError:
+    except ValueError:  # past int()'s limit on digits
         raise Invalid(f"{name} must be an integer", field=name) from None
     if not lo <= value <= hi:
         raise Invalid(f"{name} must be between {lo} and {hi}", field=name)
