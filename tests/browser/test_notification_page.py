@@ -54,6 +54,7 @@ def hooked_server(tmp_path) -> Iterator[ServerProcess]:
     finally:
         srv.stop()
         receiver.shutdown()
+        receiver.server_close()
 
 
 def _wait_for_event(server, nid: str, user: str, event: str, **fields) -> None:
