@@ -255,8 +255,10 @@ async def test_a_consumer_killed_mid_batch_republishes_nothing_twice(tmp_path):
         port = free_port_block(1)
         env = {**os.environ, "TIDINGS_OUTBOX_BATCH": str(total)}  # one batch: all of it
         log = open(tmp_path / "node.log", "wb")
+        name = f"killed-node-{port}"  # its sessions, in pg_stat_activity
         node = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--store", url,
+            [sys.executable, "-m", "tidings", "serve", "--port", str(port),
+             "--store", f"{url}&application_name={name}",
              "--broker", "local", "--outbox", "--data", str(tmp_path / "node")],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -267,12 +269,21 @@ async def test_a_consumer_killed_mid_batch_republishes_nothing_twice(tmp_path):
                 assert node.poll() is None, (tmp_path / "node.log").read_text()
                 assert time.monotonic() < deadline, "the node published nothing"
                 await asyncio.sleep(0.01)
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
             os.killpg(node.pid, signal.SIGKILL)
             node.wait(10)
         finally:
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
             log.close()
+        # A transaction the node sent whole before it died still commits: count
+        # once the database has ended every session of the dead node.
+        deadline = time.monotonic() + 30
+        while await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name):
+            assert time.monotonic() < deadline, "the dead node's sessions never ended"
+            await asyncio.sleep(0.05)
         before = await conn.fetchval("SELECT count(*) FROM notifications")
         assert 0 < before < total
         # the claim was rolled back: every row is there again
