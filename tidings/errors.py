@@ -24,6 +24,7 @@ CLOSE_SLOW_CONSUMER = 4000  # queue over its cap; resume from cursor
 CLOSE_SHUTDOWN = 4001  # node shutting down / draining
 CLOSE_RESYNC = 4002  # server could not keep the stream gapless; resume
 CLOSE_PING_TIMEOUT = 4003  # no pong within the ping timeout
+CLOSE_TOKEN_EXPIRED = 4004  # the stream's token expired: reconnect with a fresh one
 
 CLOSE_BAD_REQUEST = 4400  # malformed first message, bad cursor, bad query
 CLOSE_UNAUTHORIZED = 4401  # missing, expired or forged token
@@ -114,5 +115,6 @@ __all__ = [
     "TidingsError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
     "PayloadTooLarge", "Invalid", "RateLimited", "Unavailable", "should_reconnect",
     "CLOSE_SLOW_CONSUMER", "CLOSE_SHUTDOWN", "CLOSE_RESYNC", "CLOSE_PING_TIMEOUT",
+    "CLOSE_TOKEN_EXPIRED",
     "CLOSE_BAD_REQUEST", "CLOSE_UNAUTHORIZED", "CLOSE_FORBIDDEN", "CLOSE_TOO_MANY",
 ]

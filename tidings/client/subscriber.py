@@ -70,8 +70,9 @@ class Subscriber:
     ...     if event["type"] == "notification": show(event["notification"])
 
     ``token`` may be a callable (sync or async) returning a fresh token; it is
-    called on every (re)connect, and a 4401 on a stream that had already been
-    accepted is then retried once with a new token (the old one expired).
+    called on every (re)connect, so a stream the server closed because its
+    token expired (4004) resumes with a new one, and a 4401 on a stream that
+    had already been accepted is retried once with a new token.
     ``auth="message"`` sends the token as the first message instead of an
     ``Authorization`` header.  ``cursor`` resumes from a saved position
     (persist :attr:`cursor` to resume across process restarts).

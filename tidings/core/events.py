@@ -16,12 +16,15 @@ Event objects (the same JSON on WebSocket and SSE)::
     {"type": "state", "ids": [...], "all": bool, "state": "read"|"seen"|"archived"}
     {"type": "counts", "unread": n, "unseen": n}
     {"type": "recovered", "ok": bool, "missed": n}
+    {"type": "token", "until": <unix seconds>}   (WebSocket: a fresh token was taken)
 
 A WebSocket text frame carries one event object, or a JSON array of several
 when a burst is pending (one write per connection per loop tick).
 """
 
 from __future__ import annotations
+
+import math
 
 import msgspec
 
@@ -82,6 +85,14 @@ def hello_frame(epoch: str, cursor: str, unread: int, unseen: int) -> bytes:
         {"type": "hello", "epoch": epoch, "cursor": cursor,
          "counts": {"unread": unread, "unseen": unseen}}
     )
+
+
+def token_frame(until: float) -> bytes:
+    """The answer to a fresh token on an open WebSocket: the stream now ends
+    at ``until`` (Unix seconds; the token's ``exp`` plus the clock leeway)."""
+    if until == math.inf:  # a token whose exp is past any float: no end
+        return b'{"type":"token","until":null}'
+    return b'{"type":"token","until":%d}' % until
 
 
 def recovered_frame(ok: bool, missed: int) -> bytes:

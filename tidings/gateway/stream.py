@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Protocol
 
 from tidings.core import events
 from tidings.core.queue import OutboundQueue
 from tidings.core.stats import Stats
-from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER
+from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
 
 log = logging.getLogger("tidings.gateway")
 
@@ -67,7 +69,7 @@ class Stream:
     # follow, and fewer bytes per connection).
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
                  "closed", "close_code", "_syncing", "_again", "_held", "_wake", "_room",
-                 "_writer", "_head_for", "_head")
+                 "_writer", "_head_for", "_head", "_expiry")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -91,6 +93,7 @@ class Stream:
         # the event's head for this stream's epoch, made at its first event
         self._head_for = ""
         self._head = b""
+        self._expiry: asyncio.TimerHandle | None = None  # see end_at
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
@@ -216,6 +219,25 @@ class Stream:
             return
         self.finish_sync()
 
+    def end_at(self, until: float) -> None:
+        """End the stream at ``until`` (wall-clock seconds): the last moment
+        its user's token is taken (``Service.token_claims``).  A stream never
+        outlives the token that opened it; a WebSocket that sends a fresh
+        token in time moves the end (transports.py), a stream that does not
+        closes with ``CLOSE_TOKEN_EXPIRED`` and its client reconnects with a
+        new token."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.closed or until == math.inf:
+            return
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, until - time.time()), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        self.close(CLOSE_TOKEN_EXPIRED)
+
     def abandon(self) -> None:
         """The peer went away: stop without sending anything."""
         if not self.closed:
@@ -231,6 +253,9 @@ class Stream:
 
     def _stop(self) -> None:
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self.hub.detach(self)
         for fut in (self._wake, self._room):
             if fut is not None and not fut.done():

@@ -16,7 +16,6 @@ resumes by itself with ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
@@ -28,7 +27,9 @@ from tidings.core.cursor import CURSOR_MAX, CURSOR_RE, parse_cursor
 from tidings.core.receipts import connection_device
 from tidings.errors import (
     CLOSE_FORBIDDEN,
+    CLOSE_TOKEN_EXPIRED,
     BadRequest,
+    Forbidden,
     TidingsError,
     Unauthorized,
 )
@@ -47,6 +48,9 @@ class _AuthMessage(msgspec.Struct):
 
 
 _decode_auth = msgspec.json.Decoder(_AuthMessage).decode
+
+# the reason sent with a close code the stream chose itself (the others carry none)
+_REASONS = {CLOSE_TOKEN_EXPIRED: "token expired"}
 
 
 def _headers(scope) -> dict[bytes, bytes]:
@@ -80,7 +84,8 @@ class WebSocketStream(Stream):
         await self._send({"type": "websocket.send", "text": events.ws_batch(frames).decode()})
 
     async def _close(self, code: int) -> None:
-        await self._send({"type": "websocket.close", "code": code})
+        await self._send({"type": "websocket.close", "code": code,
+                          "reason": _REASONS.get(code, "")})
 
 
 class RawWebSocketStream(Stream):
@@ -123,7 +128,8 @@ class RawWebSocketStream(Stream):
 
     async def _close(self, code: int) -> None:
         self._proto.on_writable = None
-        await self._send({"type": "websocket.close", "code": code})
+        await self._send({"type": "websocket.close", "code": code,
+                          "reason": _REASONS.get(code, "")})
 
 
 class SSEStream(Stream):
@@ -190,7 +196,7 @@ class WebSocketEndpoint:
             token = _bearer(headers)
             if token is None:
                 token = await self._first_message_token(receive)
-            app, user = await service.authenticate_token(token)
+            app, user, until = await service.token_claims(token)
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
             return await refuse(exc.close_code, exc.message, exc.code)
@@ -204,17 +210,17 @@ class WebSocketEndpoint:
             stream: Stream = RawWebSocketStream(raw, send, service.hub, app, user, **caps)
         else:
             stream = WebSocketStream(send, service.hub, app, user, **caps)
+        stream.end_at(until)
         try:
             await stream.start(cursor)
         except Exception:
             return
-        # receipts that name no device are this connection's (tidings.core.receipts)
-        device = connection_device()
+        device = _Device(service, stream)
         if raw is not None and not stream.closed:
             # The stream needs nothing more from this task: its frames go out
             # through the protocol, the end arrives through on_lost, and the
-            # device's messages (receipts) through on_message.
-            raw.on_message = partial(service.device_message, app, user, device)
+            # device's messages (receipts, fresh tokens) through on_message.
+            raw.on_message = device.on_message
             raw.detach()
             return
         try:
@@ -222,8 +228,7 @@ class WebSocketEndpoint:
                 msg = await receive()
                 if msg["type"] == "websocket.disconnect":
                     break
-                service.device_message(app, user, device,
-                                       msg.get("text") or msg.get("bytes") or b"")
+                device.on_message(msg.get("text") or msg.get("bytes") or b"")
         finally:
             stream.abandon()
 
@@ -247,6 +252,49 @@ class _Gone(Exception):
     pass
 
 
+class _Device:
+    """What one WebSocket's device says after ``hello``: receipts (held as
+    this connection's when the batch names no device, tidings.core.receipts)
+    and fresh tokens (``{"type": "auth", "token": …}`` again: the stream then
+    ends when the new token expires instead of the old one, and answers
+    ``{"type": "token", "until": …}``).  A token that is not valid, or that
+    names another user, closes the stream as the same token would have
+    refused it at connect (4401, 4403).  Anything else is ignored."""
+
+    __slots__ = ("service", "stream", "device", "_checking")
+
+    def __init__(self, service: Service, stream: Stream):
+        self.service, self.stream = service, stream
+        self.device = connection_device()
+        self._checking: asyncio.Task | None = None
+
+    def on_message(self, raw: bytes | str) -> None:
+        stream = self.stream
+        if self.service.device_message(stream.app, stream.user, self.device, raw):
+            return
+        try:
+            token = _decode_auth(raw).token
+        except (msgspec.DecodeError, RecursionError, UnicodeError):
+            return
+        if self._checking is None:  # one check at a time: a flood costs one task
+            self._checking = asyncio.get_running_loop().create_task(self._refresh(token))
+
+    async def _refresh(self, token: str) -> None:
+        stream = self.stream
+        try:
+            app, user, until = await self.service.token_claims(token)
+            if (app, user) != (stream.app, stream.user):
+                raise Forbidden("the token names another user", code="other_user")
+        except TidingsError as exc:
+            self.service.hub.metrics.error(stream.app, exc.code, 0, "WS /v1/me/stream")
+            stream.close(exc.close_code)
+            return
+        finally:
+            self._checking = None
+        stream.end_at(until)
+        stream.push(events.token_frame(until))
+
+
 class SSEEndpoint:
     """``GET /v1/me/events``"""
 
@@ -268,7 +316,7 @@ class SSEEndpoint:
             cursor = parse_cursor(
                 last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
-            app, user = await service.authenticate_token(token)
+            app, user, until = await service.token_claims(token)
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
             service.hub.metrics.error(app, exc.code, exc.status, "GET /v1/me/events")
@@ -294,6 +342,7 @@ class SSEEndpoint:
         )
         # A retry hint first: EventSource waits this long before reconnecting.
         Stream.push(stream, b"retry: 1000\n\n")
+        stream.end_at(until)  # the response ends: EventSource needs a new token then
         try:
             await stream.start(cursor)
         except Exception:

@@ -130,7 +130,7 @@ class Service:
         # they expire, so these need no cross-node invalidation.
         self._apps: dict[str, AppRecord] = {}
         self._keys: LRU[str, KeyRecord] = LRU(10_000)
-        self._tokens: LRU[bytes, tuple[str, str]] = LRU(100_000)
+        self._tokens: LRU[bytes, tuple[str, str, float]] = LRU(100_000)
         self.caching = settings.cache
         self.started_at = time.time()
         self.published = 0
@@ -196,6 +196,18 @@ class Service:
         return record
 
     async def authenticate_token(self, token: str | None) -> tuple[str, str]:
+        """The ``(app, user)`` a user token names; raises Unauthorized."""
+        if self.caching and token:  # the usual case, without a second coroutine
+            hit = self._tokens.get(_token_digest(token))
+            if hit is not None:
+                return hit[0], hit[1]
+        app, user, _ = await self.token_claims(token)
+        return app, user
+
+    async def token_claims(self, token: str | None) -> tuple[str, str, float]:
+        """``(app, user, until)`` of a user token: ``until`` is the last moment
+        it is still taken (its ``exp`` plus the clock leeway), when a live
+        stream opened with it ends (tidings/gateway/stream.py)."""
         if not token:
             raise Unauthorized("a user token is required")
         if self.caching:
@@ -212,12 +224,13 @@ class Service:
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
         app, user, exp = auth.verify_token(token, record.signing_secret)
+        # PyJWT takes any integer exp, even one too large for a float (10**400):
+        # such a token never ends a stream, and is cached for as long as any entry
+        until = float(exp + auth.LEEWAY) if exp < _FLOAT_MAX else math.inf
         if self.caching:
-            # PyJWT takes any integer exp, even one too large for a float
-            # (10**400): such a token is cached for as long as any entry
             ttl = exp - time.time() if exp < _FLOAT_MAX else None
-            self._tokens.put(digest, (app, user), ttl=ttl)
-        return app, user
+            self._tokens.put(digest, (app, user, until), ttl=ttl)
+        return app, user, until
 
     async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int]:
         record = await self.app(app_id)
@@ -784,13 +797,16 @@ class Service:
         update per id."""
         return self.receipts.add(app_id, user, receipts, HTTP_DEVICE, time.time())
 
-    def device_message(self, app_id: str, user: str, device: str, raw: bytes | str) -> None:
+    def device_message(self, app_id: str, user: str, device: str, raw: bytes | str) -> bool:
         """A message a device sent on its WebSocket after ``hello``: receipts
         are held (as ``device``'s, the connection's own id, unless the batch
-        names its device), anything else is ignored."""
+        names its device) and True returned; False for anything else (the
+        transport's own messages, tidings/gateway/transports.py)."""
         receipts = decode_receipts(raw)
-        if receipts is not None:
-            self.receipts.add(app_id, user, receipts, device, time.time())
+        if receipts is None:
+            return False
+        self.receipts.add(app_id, user, receipts, device, time.time())
+        return True
 
     @staticmethod
     async def send_error(send: Callable[[dict], Awaitable[None]], exc: TidingsError) -> None:

@@ -61,6 +61,15 @@
     return os ? browser + " on " + os : browser;
   }
 
+  // A token's exp in ms (read, not verified: only to plan its replacement), or null.
+  function tokenExp(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      var exp = JSON.parse(root.atob(part + "===".slice((part.length + 3) % 4))).exp;
+      return typeof exp === "number" && isFinite(exp) ? exp * 1000 : null;
+    } catch (e) { return null; }
+  }
+
   function TidingsError(status, code, message) {
     var err = new Error(message || code);
     err.name = "TidingsError";
@@ -84,6 +93,7 @@
     this._seen = new Set();
     this._sock = null; this._using = null;
     this._timer = null; this._attempt = 0;
+    this._refreshTimer = null;  // replaces the stream's token before it expires
     this._stopped = false;
     this._wsBlocked = false;
     this._hellos = 0;
@@ -164,8 +174,12 @@
         this._emit("hello", ev);
         if (ev.counts) this._setCounts(ev.counts);
         if (this._hellos === 1) this.reload("initial");
+        this._planRefresh(tokenExp(this._token));
         return;
       }
+      case "token":                                   // a fresh token was taken
+        this._planRefresh(ev.until == null ? null : ev.until * 1000);
+        return;
       case "notification": {
         if (typeof ev.cursor === "string") {          // personal: "<epoch>:<seq>"
           var p = ev.cursor.split(":");
@@ -340,6 +354,37 @@
     }
   };
 
+  // -- token lifetime ----------------------------------------------------------------
+  // The server ends a stream when its token expires (4004, or the end of an SSE
+  // response). With getToken, the client replaces the token first: a minute
+  // before the end, or when four fifths of what is left have passed. On a
+  // WebSocket the new token goes over the open stream (the server answers
+  // "token"); SSE cannot send, so its stream is reopened from the cursor.
+  Client.prototype._planRefresh = function (endsAt) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this._getToken || this._stopped || endsAt == null) return;
+    var self = this, sock = this._sock, left = endsAt - Date.now();
+    this._refreshTimer = setTimeout(function () { self._refreshToken(sock); },
+                                    Math.max(0, left - Math.min(60000, left / 5)));
+  };
+
+  Client.prototype._refreshToken = function (sock) {
+    var self = this, old = this._token;
+    this._refreshTimer = null;
+    this._freshToken().then(function (token) {
+      // the same token again: nothing to renew; the stream ends and reconnects
+      if (self._stopped || self._sock !== sock || token === old) return;
+      if (self._using === "websocket") {
+        if (sock.readyState === 1) sock.send(JSON.stringify({ type: "auth", token: token }));
+      } else {
+        sock.close();
+        self._sock = null;
+        self._openEventSource(token);
+      }
+    }, function () {});                 // getToken failed: the stream ends, then retries
+  };
+
   Client.prototype._fatal = function (code, reason) {
     this._stopped = true;
     this._setStatus("stopped", { code: code, reason: reason });
@@ -383,7 +428,8 @@
     if (this._acksTimer) { clearTimeout(this._acksTimer); this._sendAcks(); }
     this._stopped = true;
     clearTimeout(this._timer);
-    this._timer = null;
+    clearTimeout(this._refreshTimer);
+    this._timer = this._refreshTimer = null;
     if (root.removeEventListener) root.removeEventListener("online", this._onOnline);
     var sock = this._sock;
     this._sock = null;
