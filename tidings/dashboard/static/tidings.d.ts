@@ -12,7 +12,8 @@ declare namespace Tidings {
     url?: string;
     /** A user token (POST /v1/users/{user}/tokens on your backend)... */
     token?: string;
-    /** ...or a function giving one, called before every connect and after a 401. */
+    /** ...or a function giving one, called before every connect, after a 401, and before
+     *  the stream's token expires (the stream then goes on with the new one). */
     getToken?: () => string | Promise<string>;
     transport?: Transport;
     /** A saved cursor() to resume from. */
