@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from tidings.config import WebhookConfig, WebPushConfig
 
 __all__ = ["Channel", "Job", "JobQueue", "Result", "check_url", "http_client", "http_post",
-           "http_result"]
+           "http_result", "is_public"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,14 +168,64 @@ def http_result(
     return Result.failed(text, status)
 
 
+# -- where the HTTP channels may connect (SSRF) -----------------------------------------
+#
+# Webhook URLs come from app admins and push endpoints from end users' browsers,
+# so a destination must never lead the server to itself or to its network.
+# check_url() refuses what the URL alone shows: the scheme, localhost, an IP
+# literal (docs/channels.md, "Destination URLs and SSRF").
+
+# IPv6 forms that carry an IPv4 address are judged by it too: a NAT64 gateway
+# (RFC 6052) or a 6to4 relay (RFC 3056) would carry 64:ff9b::a00:5 or
+# 2002:a00:5:: to 10.0.0.5, and a socket sends ::ffff:10.0.0.5 (RFC 4291
+# §2.5.5.2) there itself.  Python's is_global misses several of these, and
+# which ones changes between releases, so they are spelled out here.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052, the well-known prefix
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+# Refused outright: IPv4-compatible addresses, deprecated by RFC 4291 §2.5.5.1
+# (:: and ::1 are in there too), and NAT64 prefixes local to a network (RFC 8215).
+_REFUSED = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    if address.ipv4_mapped is not None:
+        return (address.ipv4_mapped,)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:  # RFC 4380: (server, client)
+        return address.teredo
+    if address in _NAT64 or address in _TRANSLATED:
+        return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF),)
+    return ()
+
+
+def is_public(address: Address) -> bool:
+    """Whether an HTTP channel may connect to ``address``: a global unicast
+    address (not loopback, private, link-local, shared, reserved, documentation
+    nor multicast), and for an IPv6 address that carries IPv4 addresses
+    (IPv4-mapped, NAT64, 6to4, Teredo, SIIT), every one of those as well."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _REFUSED):
+            return False
+        embedded = _embedded_ipv4(address)
+        if not all(is_public(ipv4) for ipv4 in embedded):
+            return False
+        if embedded and (address.ipv4_mapped is not None or address in _NAT64
+                         or address in _TRANSLATED):
+            return True  # only the IPv4 address is ever reached
+    return address.is_global and not address.is_multicast
+
+
 def check_url(url: object, allow_insecure: bool = False) -> str:
     """Refuse destination URLs that would point the server at itself or its
-    network (SSRF): only ``https``, and no IP literal that is loopback,
-    private, link-local (cloud metadata at 169.254.169.254) or otherwise
-    not global, nor ``localhost``.  ``allow_insecure`` lifts both rules, for
-    local development and tests.  Names that *resolve* to private addresses
-    are not caught here; see docs/channels.md.  Returns the URL or raises
-    ValueError.
+    network (SSRF): only ``https``, and not ``localhost`` nor an IP literal
+    that :func:`is_public` refuses (loopback, private, link-local as the cloud
+    metadata at 169.254.169.254, an IPv6 form carrying such an IPv4
+    address...).  ``allow_insecure`` lifts both rules, for local development
+    and tests.  Names that *resolve* to private addresses are not caught
+    here; see docs/channels.md.  Returns the URL or raises ValueError.
     """
     if not isinstance(url, str) or len(url) > 2048:
         raise ValueError("a destination URL is a string of at most 2048 characters")
@@ -199,7 +249,7 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
     if host == "localhost" or host.endswith(".localhost"):
         raise ValueError("a destination URL must not point at localhost")
     try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+        address: Address = ipaddress.ip_address(host)
     except ValueError:
         try:
             # The resolver also takes legacy IPv4 forms ("2130706433", "127.1",
@@ -207,7 +257,7 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
             address = ipaddress.IPv4Address(socket.inet_aton(host))
         except OSError:
             return url  # a name
-    if not address.is_global:
+    if not is_public(address):
         raise ValueError(f"a destination URL must not point at a non-public address ({host})")
     return url
 
