@@ -1,13 +1,25 @@
-"""Where the HTTP channels may connect: the address rule and the URL check
-(tidings/channels/base.py)."""
+"""Where the HTTP channels may connect: the address rule, the URL check, and
+the client that resolves, vets and pins (tidings/channels/base.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 
+import httpcore
+import httpx
 import pytest
 
-from tidings.channels.base import check_url, is_public
+from tests.channels.tls_peer import local_name, tls_receiver
+from tidings.channels.base import (
+    NonPublicAddress,
+    VettedBackend,
+    check_url,
+    http_client,
+    is_public,
+)
+from tidings.channels.webhook import WebhookConfig
 
 # -- the address rule ---------------------------------------------------------------------
 
@@ -56,3 +68,154 @@ def test_check_url_refuses_every_non_public_literal(address):
 def test_check_url_takes_public_literals(address):
     host = f"[{address}]" if ":" in address else address
     assert check_url(f"https://{host}:8443/hook") == f"https://{host}:8443/hook"
+
+
+# -- the backend: resolve once, vet every address, connect to one of them ---------------------
+
+
+class Recording(httpcore.AsyncNetworkBackend):
+    """The inner backend of a VettedBackend under test: records where it was
+    asked to connect, and hands back a stream that answers nothing."""
+
+    def __init__(self):
+        self.connects: list[str] = []
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None,
+                          socket_options=None):
+        self.connects.append(host)
+        return httpcore.AsyncMockStream([])
+
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+
+
+def resolver(*answers: list[str]):
+    """Answers each lookup with the next list (the last one repeats), counting lookups."""
+    calls: list[str] = []
+
+    async def resolve(host, port):
+        calls.append(host)
+        return answers[min(len(calls), len(answers)) - 1]
+
+    return resolve, calls
+
+
+async def test_a_name_with_any_non_public_address_is_refused_before_connecting():
+    resolve, calls = resolver(["93.184.216.34", "10.0.0.5", "2606:4700:4700::1111"])
+    inner = Recording()
+    backend = VettedBackend(resolve=resolve, inner=inner)
+    with pytest.raises(NonPublicAddress) as caught:
+        await backend.connect_tcp("hooks.acme.test", 443, timeout=5)
+    assert str(caught.value) == \
+        "the destination hooks.acme.test resolves to a non-public address (10.0.0.5)"
+    assert inner.connects == [] and calls == ["hooks.acme.test"]
+
+
+async def test_the_connection_goes_to_the_address_that_was_vetted():
+    # a rebinding name: public when checked, loopback on every later lookup
+    resolve, calls = resolver(["93.184.216.34"], ["127.0.0.1"])
+    inner = Recording()
+    backend = VettedBackend(resolve=resolve, inner=inner)
+    await backend.connect_tcp("rebind.acme.test", 443, timeout=5)
+    assert calls == ["rebind.acme.test"]  # one lookup, for the check and the connection
+    assert inner.connects == ["93.184.216.34"]  # the vetted address, not the name again
+    with pytest.raises(NonPublicAddress, match=r"\(127\.0\.0\.1\)"):
+        await backend.connect_tcp("rebind.acme.test", 443, timeout=5)  # a new connection
+    assert inner.connects == ["93.184.216.34"]
+
+
+async def test_allow_private_lifts_the_rule_but_still_pins():
+    resolve, _ = resolver(["10.0.0.5"])
+    inner = Recording()
+    await VettedBackend(allow_private=True, resolve=resolve, inner=inner).connect_tcp(
+        "intranet.acme.test", 443, timeout=5)
+    assert inner.connects == ["10.0.0.5"]
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_error():
+    async def nxdomain(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(httpcore.ConnectError, match="cannot resolve nowhere.acme.test"):
+        await VettedBackend(resolve=nxdomain).connect_tcp("nowhere.acme.test", 443, timeout=5)
+
+
+async def test_a_resolver_that_hangs_is_bounded_by_the_connect_timeout():
+    async def hang(host, port):
+        await asyncio.Event().wait()
+
+    with pytest.raises(httpcore.ConnectTimeout):
+        await VettedBackend(resolve=hang).connect_tcp("slow.acme.test", 443, timeout=0.05)
+
+
+async def test_the_next_address_is_tried_when_one_refuses():
+    async def accept(reader, writer):
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    resolve, _ = resolver(["127.0.0.2", "::1", "127.0.0.1"])  # nothing listens on the first two
+    try:
+        stream = await VettedBackend(allow_private=True, resolve=resolve).connect_tcp(
+            "multi.acme.test", port, timeout=5)
+        assert stream.get_extra_info("server_addr")[0] == "127.0.0.1"
+        await stream.aclose()
+        resolve, _ = resolver(["127.0.0.2", "::1"])
+        with pytest.raises(httpcore.ConnectError, match=r"127\.0\.0\.2: .*; ::1: "):
+            await VettedBackend(allow_private=True, resolve=resolve).connect_tcp(
+                "multi.acme.test", port, timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# -- the client, against a real name and a real HTTPS receiver --------------------------------
+
+
+async def test_a_name_that_resolves_to_this_machine_is_never_connected_to(tmp_path, monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver:
+        # its certificate is trusted: only the address rule can stop the request
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        async with http_client(WebhookConfig()) as client:
+            with pytest.raises(NonPublicAddress, match=f"the destination {name} resolves to a "
+                                                       r"non-public address \("):
+                await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
+    assert receiver.connections == [] and receiver.requests == []
+
+
+async def test_tls_checks_the_name_while_the_connection_goes_to_the_address(tmp_path,
+                                                                           monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        async with http_client(WebhookConfig(allow_insecure=True)) as client:
+            response = await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
+    assert response.status_code == 204
+    assert receiver.server_names == [name]  # SNI: the name, although the socket got an address
+    assert receiver.connections[0] in addresses
+    head, body = receiver.requests[0]
+    assert head.startswith(b"POST /hook HTTP/1.1\r\n") and body == b"{}"
+    assert f"\r\nHost: {name}:{receiver.port}\r\n".encode() in head
+
+
+async def test_a_certificate_for_another_name_is_refused(tmp_path, monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses, certificate_for="other.acme.test") \
+            as receiver:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        async with http_client(WebhookConfig(allow_insecure=True)) as client:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
+    assert len(receiver.connections) == 1 and receiver.requests == []
+
+
+async def test_proxies_from_the_environment_are_not_used(tmp_path, monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        for variable in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(variable, "http://127.0.0.1:9")  # nothing there
+        async with http_client(WebhookConfig(allow_insecure=True)) as client:
+            response = await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
+    assert response.status_code == 204 and len(receiver.requests) == 1

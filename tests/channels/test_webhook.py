@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.channels.memqueue import MemoryQueue, make_job
 from tests.channels.peers import WebhookReceiver, serve
+from tests.channels.tls_peer import local_name, tls_receiver
 from tidings.channels.base import JobQueue, check_url
 from tidings.channels.webhook import (
     WebhookChannel,
@@ -254,6 +255,41 @@ def test_check_url():
     assert check_url("http://127.0.0.1:8080/x", allow_insecure=True)
     with pytest.raises(ValueError):
         check_url("https://" + "a" * 3000)
+
+
+# -- a name that resolves to this machine (docs/channels.md#destination-urls-and-ssrf) -------
+
+
+async def test_a_name_that_resolves_to_a_non_public_address_is_dead_at_once(tmp_path,
+                                                                            monkeypatch):
+    name, addresses = local_name()
+    queue = MemoryQueue()
+    async with tls_receiver(tmp_path, name, addresses) as receiver:
+        # its certificate is trusted: only the address rule can stop the request
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        queue.put(hook(f"https://{name}:{receiver.port}/hooks/tidings", id="d-ssrf"))
+        worker = await run_worker(queue, WebhookChannel(secret_for),
+                                  until=lambda q: q.dead_letters or q.completed or q.retries)
+    assert receiver.connections == []  # not even a TCP connection
+    (job, reason), = queue.dead_letters
+    assert reason in {f"the destination {name} resolves to a non-public address ({address})"
+                      for address in addresses}
+    assert job.attempts == 0 and queue.retries == []
+    assert worker.counts["webhook", "failed"] == 1
+
+
+async def test_allow_insecure_lets_the_same_name_through_with_tls_checked(tmp_path, monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        wh = channel()
+        result = await wh.send(hook(f"https://{name}:{receiver.port}/hooks/tidings", id="d-ok"))
+        await wh.aclose()
+    assert result.outcome == "delivered" and result.status == 204
+    assert receiver.server_names == [name]
+    (head, _), = receiver.requests
+    assert head.startswith(b"POST /hooks/tidings HTTP/1.1\r\n")
+    assert b"\r\ntidings-id: d-ok\r\n" in head.lower()
 
 
 # -- through the worker: retries, backoff, dead letters -------------------------------------

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.channels.memqueue import MemoryQueue, make_job
 from tests.channels.peers import PushService, Subscriber, serve, unb64url
+from tests.channels.tls_peer import local_name, tls_receiver
 from tidings.channels.webpush import (
     MAX_PLAINTEXT,
     WebPushChannel,
@@ -245,6 +246,25 @@ def test_parse_subscription_refuses_insecure_endpoints_by_default():
     assert parse_subscription({**good, "endpoint": "http://127.0.0.1:1/x"}, allow_insecure=True)
     with pytest.raises(ValueError):  # a point that is not on the curve
         parse_subscription({**good, "keys": {**good["keys"], "p256dh": "BA" + "A" * 85}})
+
+
+async def test_an_endpoint_whose_name_resolves_to_a_non_public_address_is_refused(
+        tmp_path, monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver:
+        # its certificate is trusted: only the address rule can stop the request
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        ch = WebPushChannel(WebPushConfig(vapid_private_key=KEYS.private_key,
+                                          vapid_subject="mailto:ops@acme.test"))
+        endpoint = f"https://{name}:{receiver.port}/push/abc"
+        result = await ch.send(push_job(Subscriber().subscription(endpoint)))
+        await ch.aclose()
+    assert receiver.connections == []
+    assert result.outcome == "failed" and result.status is None
+    assert result.detail in {f"the destination {name} resolves to a non-public address ({a})"
+                             for a in addresses}
+    # the job fails, the subscription stays: what a name resolves to can change
+    assert not result.gone
 
 
 # -- through the worker -------------------------------------------------------------------

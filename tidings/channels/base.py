@@ -22,11 +22,13 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+import anyio
+import httpcore
 import httpx
 import msgspec
 
@@ -35,8 +37,8 @@ from tidings.core.retry import parse_retry_after
 if TYPE_CHECKING:
     from tidings.config import WebhookConfig, WebPushConfig
 
-__all__ = ["Channel", "Job", "JobQueue", "Result", "check_url", "http_client", "http_post",
-           "http_result", "is_public"]
+__all__ = ["Channel", "Job", "JobQueue", "NonPublicAddress", "Result", "VettedBackend",
+           "check_url", "http_client", "http_post", "http_result", "is_public"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -172,8 +174,10 @@ def http_result(
 #
 # Webhook URLs come from app admins and push endpoints from end users' browsers,
 # so a destination must never lead the server to itself or to its network.
-# check_url() refuses what the URL alone shows: the scheme, localhost, an IP
-# literal (docs/channels.md, "Destination URLs and SSRF").
+# check_url() refuses what the URL alone shows (the scheme, localhost, an IP
+# literal); VettedBackend refuses what only the resolver shows, on every new
+# connection, and connects to the very address it vetted (docs/channels.md,
+# "Destination URLs and SSRF").
 
 # IPv6 forms that carry an IPv4 address are judged by it too: a NAT64 gateway
 # (RFC 6052) or a 6to4 relay (RFC 3056) would carry 64:ff9b::a00:5 or
@@ -220,12 +224,13 @@ def is_public(address: Address) -> bool:
 
 def check_url(url: object, allow_insecure: bool = False) -> str:
     """Refuse destination URLs that would point the server at itself or its
-    network (SSRF): only ``https``, and not ``localhost`` nor an IP literal
-    that :func:`is_public` refuses (loopback, private, link-local as the cloud
-    metadata at 169.254.169.254, an IPv6 form carrying such an IPv4
-    address...).  ``allow_insecure`` lifts both rules, for local development
-    and tests.  Names that *resolve* to private addresses are not caught
-    here; see docs/channels.md.  Returns the URL or raises ValueError.
+    network (SSRF), as far as the URL shows: only ``https``, and not
+    ``localhost`` nor an IP literal that :func:`is_public` refuses (loopback,
+    private, link-local as the cloud metadata at 169.254.169.254, an IPv6
+    form carrying such an IPv4 address...).  ``allow_insecure`` lifts both
+    rules, for local development and tests.  A host *name* is checked when a
+    connection is made, against every address it resolves to
+    (:class:`VettedBackend`).  Returns the URL or raises ValueError.
     """
     if not isinstance(url, str) or len(url) > 2048:
         raise ValueError("a destination URL is a string of at most 2048 characters")
@@ -256,19 +261,184 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
             # "0x7f.0.0.1"); inet_aton reads them the same way.
             address = ipaddress.IPv4Address(socket.inet_aton(host))
         except OSError:
-            return url  # a name
+            return url  # a name: VettedBackend checks what it resolves to
     if not is_public(address):
         raise ValueError(f"a destination URL must not point at a non-public address ({host})")
     return url
 
 
+class NonPublicAddress(httpx.ConnectError):
+    """A destination resolved to an address :func:`is_public` refuses, so no
+    connection was opened.  :func:`http_post` makes it a permanent failure."""
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in infos))
+
+
+# RFC 8305 §5 (Happy Eyeballs): with several addresses, the next one is tried
+# when the last fails or has not connected within this delay (anyio's too).
+_ATTEMPT_DELAY = 0.25
+
+
+def _interleaved(addresses: list[str]) -> list[str]:
+    """The resolver's order (RFC 6724), families alternating (RFC 8305 §4)."""
+    first = ":" in addresses[0]
+    same = [a for a in addresses if (":" in a) == first]
+    other = [a for a in addresses if (":" in a) != first]
+    mixed = [a for pair in zip(same, other, strict=False) for a in pair]
+    return mixed + same[len(other):] + other[len(same):]
+
+
+class VettedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, made to connect to vetted addresses only.
+
+    ``connect_tcp`` resolves the host once, refuses the connection with
+    :class:`NonPublicAddress` if *any* of its addresses is not public (unless
+    ``allow_private``), and connects to one of those very addresses, so a
+    DNS answer that changes between the check and the connection (DNS
+    rebinding) changes nothing.  Any non-public address refuses the name, rather
+    than only being skipped: a name that mixes public and private addresses
+    is a rebinding set-up or an internal name, and skipping would make it
+    work or fail depending on which records are up.  TLS is untouched:
+    httpcore hands ``start_tls`` the URL's host name, so SNI and the
+    certificate check are against the name, not the address.
+    """
+
+    def __init__(self, allow_private: bool = False, *, resolve: Resolver = _getaddrinfo,
+                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.allow_private = allow_private
+        self._resolve = resolve
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout):  # the resolution counts, as in anyio.connect_tcp
+                addresses = await self._addresses(host, port)
+                return await self._connect(_interleaved(addresses), port, local_address,
+                                           socket_options)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"no connection to {host} within {timeout}s") from None
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        try:
+            addresses = await self._resolve(host, port)
+        except OSError as exc:  # socket.gaierror: no such name, no resolver
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}: no address")
+        if not self.allow_private:
+            refused = next((a for a in addresses if not is_public(ipaddress.ip_address(a))), None)
+            if refused is not None:
+                try:
+                    ipaddress.ip_address(host)
+                    where = "the destination is"
+                except ValueError:
+                    where = f"the destination {host} resolves to"
+                raise NonPublicAddress(f"{where} a non-public address ({refused})")
+        return addresses
+
+    async def _connect(
+        self,
+        addresses: list[str],
+        port: int,
+        local_address: str | None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
+    ) -> httpcore.AsyncNetworkStream:
+        if len(addresses) == 1:
+            return await self._inner.connect_tcp(addresses[0], port, local_address=local_address,
+                                                 socket_options=socket_options)
+        won: list[httpcore.AsyncNetworkStream] = []
+        errors: list[str] = []
+
+        async def attempt(address: str, done: anyio.Event) -> None:
+            try:
+                stream = await self._inner.connect_tcp(
+                    address, port, local_address=local_address, socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                errors.append(f"{address}: {exc or type(exc).__name__}")
+                return
+            finally:
+                done.set()
+            if won:  # another attempt got there first
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                return
+            won.append(stream)
+            group.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                for address in addresses:
+                    done = anyio.Event()
+                    group.start_soon(attempt, address, done)
+                    with anyio.move_on_after(_ATTEMPT_DELAY):
+                        await done.wait()
+        except BaseException:  # cancelled or timed out after a connection was made
+            if won:
+                with anyio.CancelScope(shield=True):
+                    await won[0].aclose()
+            raise
+        if not won:
+            raise httpcore.ConnectError("; ".join(errors))
+        return won[0]
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("outbound channels connect over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _VettedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a connection pool that connects through a
+    :class:`VettedBackend`.  ``AsyncHTTPTransport`` takes no network backend,
+    so this builds the pool its ``__init__`` would build (the same TLS context:
+    certifi's roots, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``) and leaves the rest
+    to it: every other method only uses ``self._pool``."""
+
+    def __init__(self, limits: httpx.Limits, backend: VettedBackend) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
+
+
 def http_client(config: WebhookConfig | WebPushConfig) -> httpx.AsyncClient:
     """The client an HTTP channel sends with: per-phase timeouts, at most
-    ``max_connections``, and no redirects (a 3xx is the job's answer, see
-    :func:`http_result`; a signed request is never re-sent elsewhere)."""
+    ``max_connections``, no redirects (a 3xx is the job's answer, see
+    :func:`http_result`; a signed request is never re-sent elsewhere), and
+    connections only to public addresses (:class:`VettedBackend`; all of them
+    with ``allow_insecure``).
+
+    No proxy from the environment (``HTTP(S)_PROXY``, ``ALL_PROXY``) is used:
+    through a proxy, the proxy resolves the name and picks the address, so
+    neither could be vetted here.  An egress proxy is not supported yet.
+    """
+    limits = httpx.Limits(max_connections=config.max_connections)
     return httpx.AsyncClient(
+        transport=_VettedTransport(limits, VettedBackend(allow_private=config.allow_insecure)),
+        trust_env=False,
         timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-        limits=httpx.Limits(max_connections=config.max_connections),
         follow_redirects=False,
         headers={"User-Agent": config.user_agent},
     )
@@ -313,6 +483,8 @@ async def http_post(
         # a 2xx whose body trickles would be sent again.
     except httpx.TimeoutException as exc:
         return Result.retry(f"timed out: {type(exc).__name__}")
+    except NonPublicAddress as exc:  # what the name resolves to is not for us to reach
+        return Result.failed(str(exc))
     except httpx.TransportError as exc:
         return Result.retry(f"{type(exc).__name__}: {exc}")
     except httpx.InvalidURL as exc:

@@ -20,8 +20,11 @@ The body is ``{"id", "type", "app", "user", "notification"}`` with the
 notification exactly as stored.  2xx is delivered; 408, 425, 429 and 5xx,
 timeouts and connection errors are retried (``Retry-After`` honoured);
 any other status is a permanent failure of the job.  Redirects are not
-followed.  URLs must be https and must not name a loopback, private or
-link-local address (``allow_insecure`` lifts that for development).
+followed.  URLs must be https, and neither the URL nor what its host name
+resolves to when connecting may be a loopback, private, link-local or
+otherwise non-public address (``check_url`` and ``VettedBackend`` in
+channels/base.py; a refused address is a permanent failure);
+``allow_insecure`` lifts that for development.
 """
 
 from __future__ import annotations

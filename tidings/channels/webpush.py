@@ -24,7 +24,10 @@ newer one at the push service, like the inbox row it mirrors).
 
 Status: 201/202 (any 2xx) delivered; 404/410 the subscription is gone
 (permanent, ``Result.gone``: delete it); 408, 429 and 5xx retried with
-``Retry-After``; other 4xx permanent.
+``Retry-After``; other 4xx permanent.  An endpoint whose host resolves to a
+non-public address is never connected to (channels/base.py,
+``VettedBackend``): permanent, but not gone, since what a name resolves to
+can change.
 """
 
 from __future__ import annotations
