@@ -1,7 +1,7 @@
 """A real HTTPS receiver on this machine's own host name, for the SSRF tests.
 
 The name is ``socket.gethostname()``: a real name, resolved the ordinary way
-(``/etc/hosts`` or DNS, not a patched resolver), that leads to this machine and
+(the hosts file or DNS, not a patched resolver), that leads to this machine and
 so to a loopback or private address.  The receiver listens on every address
 the name resolves to and counts TCP connections as they are accepted, before
 any TLS, so "nothing reached it" means not even a SYN was answered.  Its
