@@ -23,7 +23,10 @@ _CLIENT = """([tokens, transport]) => {
   const queue = tokens.slice();
   window.client = Tidings.connect({
     transport,
-    getToken: () => { window.events.push("getToken"); return queue.length > 1 ? queue.shift() : queue[0]; },
+    getToken: () => {
+      window.events.push("getToken");
+      return queue.length > 1 ? queue.shift() : queue[0];
+    },
   });
   client.on("notification", (n) => window.titles.push(n.title));
   client.on("hello", () => window.events.push("hello"));

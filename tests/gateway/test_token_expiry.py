@@ -217,3 +217,33 @@ async def test_claims_name_the_end_on_a_hit_and_a_miss(server):
     assert first == second == (server.app, "erin", until)
     assert await server.service.authenticate_token(token) == (server.app, "erin")
 
+
+
+class _Ending:
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def token_expired(self) -> None:
+        self.log.append((self.name, time.time()))
+
+
+async def test_one_timer_ends_streams_by_the_second():
+    """StreamEnds: streams end at their second, in order, whatever order they
+    were added in; one that left or moved is not ended there."""
+    from tidings.gateway.stream import StreamEnds
+
+    ends, log = StreamEnds(), []
+    now = math.ceil(time.time())
+    late, early, gone, moved = (_Ending(n, log) for n in ("late", "early", "gone", "moved"))
+    ends.add(late, now + 2)  # armed for now + 2 ...
+    ends.add(early, now + 1)  # ... then re-armed for the earlier second
+    ends.add(gone, now + 1)
+    ends.add(moved, now + 1)
+    ends.discard(gone, now + 1)  # the stream closed
+    ends.discard(moved, now + 1)  # a fresh token moved its end
+    ends.add(moved, now + 3)
+    await asyncio.sleep(now + 3.3 - time.time())
+    assert [name for name, _ in log] == ["early", "late", "moved"]
+    for (_, at), second in zip(log, (now + 1, now + 2, now + 3), strict=True):
+        assert second <= at < second + 0.3
+    assert not ends._due and not ends._seconds and ends._timer is None

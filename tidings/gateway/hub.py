@@ -48,6 +48,7 @@ from tidings.core.stats import Stats
 from tidings.core.tracking import DeliveryTracker
 from tidings.errors import CLOSE_RESYNC, CLOSE_SHUTDOWN, CLOSE_TOO_MANY, RateLimited, Unavailable
 from tidings.gateway.cache import UserCache
+from tidings.gateway.stream import StreamEnds
 
 if TYPE_CHECKING:
     from tidings.config import Settings
@@ -81,6 +82,7 @@ class Hub:
         self.cache = UserCache(settings.cache)
         # Plain per-app counters (tidings.core.stats); /metrics and the dashboard read them.
         self.metrics = Stats()
+        self.ends = StreamEnds()  # streams by the second their token ends
         self.users: dict[tuple[str, str], set[Stream]] = {}
         # the same sets by app, then user: a publish's recipients are looked
         # up by user alone, without a (app, user) tuple each
