@@ -58,7 +58,8 @@ class WebhookConfig(msgspec.Struct, frozen=True):
     max_connections: int = 100  # per worker process, across endpoints
     user_agent: str = f"tidings-webhooks/{__version__}"
     max_error_body: int = 512  # bytes of an error answer kept for delivery tracking
-    # Allow http:// and loopback/private IP literals (local development, tests).
+    # Allow http://, localhost and non-public addresses, written in the URL
+    # or resolved from its host name (local development, tests).
     allow_insecure: bool = False
 
 

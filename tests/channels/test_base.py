@@ -106,8 +106,9 @@ async def test_a_name_with_any_non_public_address_is_refused_before_connecting()
     backend = VettedBackend(resolve=resolve, inner=inner)
     with pytest.raises(NonPublicAddress) as caught:
         await backend.connect_tcp("hooks.acme.test", 443, timeout=5)
-    assert str(caught.value) == \
-        "the destination hooks.acme.test resolves to a non-public address (10.0.0.5)"
+    # the address goes to the server's log only: the reason is the app admins' to read
+    assert str(caught.value) == "the destination hooks.acme.test resolves to a non-public address"
+    assert caught.value.address == "10.0.0.5"
     assert inner.connects == [] and calls == ["hooks.acme.test"]
 
 
@@ -119,8 +120,9 @@ async def test_the_connection_goes_to_the_address_that_was_vetted():
     await backend.connect_tcp("rebind.acme.test", 443, timeout=5)
     assert calls == ["rebind.acme.test"]  # one lookup, for the check and the connection
     assert inner.connects == ["93.184.216.34"]  # the vetted address, not the name again
-    with pytest.raises(NonPublicAddress, match=r"\(127\.0\.0\.1\)"):
+    with pytest.raises(NonPublicAddress) as caught:
         await backend.connect_tcp("rebind.acme.test", 443, timeout=5)  # a new connection
+    assert caught.value.address == "127.0.0.1"
     assert inner.connects == ["93.184.216.34"]
 
 
@@ -179,7 +181,7 @@ async def test_a_name_that_resolves_to_this_machine_is_never_connected_to(tmp_pa
         monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
         async with http_client(WebhookConfig()) as client:
             with pytest.raises(NonPublicAddress, match=f"the destination {name} resolves to a "
-                                                       r"non-public address \("):
+                                                       r"non-public address$"):
                 await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
     assert receiver.connections == [] and receiver.requests == []
 

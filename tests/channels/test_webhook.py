@@ -272,8 +272,8 @@ async def test_a_name_that_resolves_to_a_non_public_address_is_dead_at_once(tmp_
                                   until=lambda q: q.dead_letters or q.completed or q.retries)
     assert receiver.connections == []  # not even a TCP connection
     (job, reason), = queue.dead_letters
-    assert reason in {f"the destination {name} resolves to a non-public address ({address})"
-                      for address in addresses}
+    assert reason == f"the destination {name} resolves to a non-public address"
+    assert not any(address in reason for address in addresses)  # the log has it
     assert job.attempts == 0 and queue.retries == []
     assert worker.counts["webhook", "failed"] == 1
 

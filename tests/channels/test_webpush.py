@@ -261,8 +261,7 @@ async def test_an_endpoint_whose_name_resolves_to_a_non_public_address_is_refuse
         await ch.aclose()
     assert receiver.connections == []
     assert result.outcome == "failed" and result.status is None
-    assert result.detail in {f"the destination {name} resolves to a non-public address ({a})"
-                             for a in addresses}
+    assert result.detail == f"the destination {name} resolves to a non-public address"
     # the job fails, the subscription stays: what a name resolves to can change
     assert not result.gone
 

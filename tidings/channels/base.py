@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,6 +37,8 @@ from tidings.core.retry import parse_retry_after
 
 if TYPE_CHECKING:
     from tidings.config import WebhookConfig, WebPushConfig
+
+log = logging.getLogger("tidings.channels")
 
 __all__ = ["Channel", "Job", "JobQueue", "NonPublicAddress", "Result", "VettedBackend",
            "check_url", "http_client", "http_post", "http_result", "is_public"]
@@ -269,7 +272,16 @@ def check_url(url: object, allow_insecure: bool = False) -> str:
 
 class NonPublicAddress(httpx.ConnectError):
     """A destination resolved to an address :func:`is_public` refuses, so no
-    connection was opened.  :func:`http_post` makes it a permanent failure."""
+    connection was opened.  :func:`http_post` makes it a permanent failure.
+
+    The message names the host, not the address: it becomes the job's
+    reason, which the app's admins read (the dead-letter list), and an
+    address from the server's own resolver would map its internal network
+    for them.  ``address`` is for the server's log."""
+
+    def __init__(self, message: str, address: str):
+        super().__init__(message)
+        self.address = address
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -346,7 +358,7 @@ class VettedBackend(httpcore.AsyncNetworkBackend):
                     where = "the destination is"
                 except ValueError:
                     where = f"the destination {host} resolves to"
-                raise NonPublicAddress(f"{where} a non-public address ({refused})")
+                raise NonPublicAddress(f"{where} a non-public address", refused)
         return addresses
 
     async def _connect(
@@ -484,6 +496,7 @@ async def http_post(
     except httpx.TimeoutException as exc:
         return Result.retry(f"timed out: {type(exc).__name__}")
     except NonPublicAddress as exc:  # what the name resolves to is not for us to reach
+        log.warning("%s (%s)", exc, exc.address)  # the host, never the URL's secrets
         return Result.failed(str(exc))
     except httpx.TransportError as exc:
         return Result.retry(f"{type(exc).__name__}: {exc}")
