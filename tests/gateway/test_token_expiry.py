@@ -247,3 +247,36 @@ async def test_one_timer_ends_streams_by_the_second():
     for (_, at), second in zip(log, (now + 1, now + 2, now + 3), strict=True):
         assert second <= at < second + 0.3
     assert not ends._due and not ends._seconds and ends._timer is None
+
+
+async def test_the_python_subscriber_renews_its_token_on_the_open_stream(server):
+    """A token callable's next token goes over the open stream before the
+    first one ends: no reconnect, nothing missed, the answer not yielded."""
+    first, until = short_token(server, "fay", 8)  # exp in ~3 s: renewed ~2.4 s in
+    tokens = [first, short_token(server, "fay", 600)[0]]
+    calls = []
+
+    async def token() -> str:
+        calls.append(time.time())
+        return tokens[min(len(calls) - 1, 1)]
+
+    got: list[dict] = []
+    async with Subscriber(server.url, token, receipts=False) as sub:
+        async def read() -> None:
+            async for event in sub:
+                got.append(event)
+
+        reader = asyncio.create_task(read())
+        try:
+            await publish(server, {"users": ["fay"]}, title="before")
+            await asyncio.sleep(until + 1 - time.time())  # past the first token's end
+            await publish(server, {"users": ["fay"]}, title="after")
+            async with asyncio.timeout(10):
+                while [e for e in got if e["type"] == "notification"][1:] == []:
+                    await asyncio.sleep(0.05)
+        finally:
+            reader.cancel()
+    assert [e["notification"]["title"] for e in got if e["type"] == "notification"] == \
+        ["before", "after"]
+    assert len(calls) == 2 and sub.reconnects == 0 and sub.last_close_code is None
+    assert "token" not in [e["type"] for e in got]

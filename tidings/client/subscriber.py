@@ -21,12 +21,14 @@ reload its inbox page, the stream cannot fill that gap for it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import logging
 import os
 import platform
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -54,6 +56,17 @@ Event = dict[str, Any]
 TokenSource = str | Callable[[], str | Awaitable[str]]
 
 
+def _token_exp(token: str) -> float | None:
+    """A JWT's ``exp`` (read, not verified: only to plan its renewal), or None."""
+    try:
+        payload = token.split(".")[1]
+        exp = msgspec.json.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = exp.get("exp") if isinstance(exp, dict) else None
+    except (IndexError, ValueError, msgspec.DecodeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
 class _Closing(Exception):
     """Internal: close() was called while we were connecting or sleeping."""
 
@@ -70,9 +83,12 @@ class Subscriber:
     ...     if event["type"] == "notification": show(event["notification"])
 
     ``token`` may be a callable (sync or async) returning a fresh token; it is
-    called on every (re)connect, so a stream the server closed because its
-    token expired (4004) resumes with a new one, and a 4401 on a stream that
-    had already been accepted is retried once with a new token.
+    called on every (re)connect, and before the open stream's token expires
+    (a minute before its ``exp``, or when four fifths of the time left have
+    passed), whose answer is sent on the stream so that it goes on without a
+    reconnect.  A stream the server closed because its token expired (4004)
+    resumes with a new one, and a 4401 on a stream that had already been
+    accepted is retried once with a new token.
     ``auth="message"`` sends the token as the first message instead of an
     ``Authorization`` header.  ``cursor`` resumes from a saved position
     (persist :attr:`cursor` to resume across process restarts).
@@ -149,6 +165,7 @@ class Subscriber:
         self._ws: ClientConnection | None = None
         self._gen: AsyncGenerator[Event, None] | None = None
         self._auth_retry = False  # one fresh-token retry after a 4401
+        self._stream_token: str | None = None  # the open stream's token
         self.receipts = receipts
         #: The device id and label this subscriber's receipts carry.
         self.device, self.device_label = device, device_label
@@ -256,6 +273,7 @@ class Subscriber:
         """Deliver one connection's events; return on a reconnectable drop."""
         self._ws = ws
         acks = asyncio.create_task(self._acknowledge(ws)) if self.receipts else None
+        renew = asyncio.create_task(self._renew(ws)) if callable(self._token) else None
         try:
             while True:
                 raw = await ws.recv()
@@ -280,9 +298,10 @@ class Subscriber:
         finally:
             self._ws = None
             self.connected = False
-            if acks is not None:
-                acks.cancel()
-                await asyncio.wait({acks})
+            for task in (acks, renew):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait({task})
             await ws.close()
 
     async def _acknowledge(self, ws: ClientConnection) -> None:
@@ -301,8 +320,36 @@ class Subscriber:
         except ConnectionClosed:
             pass
 
+    async def _renew(self, ws: ClientConnection) -> None:
+        """Send the token callable's next token before the stream's expires
+        (docs/protocol.md, "Token lifetime").  Nothing to renew with (the
+        same token again, or none later) leaves the stream to end with 4004
+        and the reconnect to take a new one."""
+        source = self._token
+        if not callable(source):
+            return
+        try:
+            while True:
+                token = self._stream_token
+                exp = None if token is None else _token_exp(token)
+                if exp is None or exp <= time.time():
+                    return
+                left = exp - time.time()
+                await asyncio.sleep(left - min(60.0, left / 5))
+                fresh = await _maybe_await(source())
+                new_exp = _token_exp(fresh) if isinstance(fresh, str) else None
+                if new_exp is None or new_exp <= exp:
+                    return
+                await ws.send(_encode({"type": "auth", "token": fresh}).decode())
+                self._stream_token = fresh
+        except ConnectionClosed:
+            pass
+        except Exception:  # the token callable failed: the stream ends, then reconnects
+            log.warning("renewing the stream's token failed", exc_info=True)
+
     async def _connect(self) -> ClientConnection:
         token = await _maybe_await(self._token() if callable(self._token) else self._token)
+        self._stream_token = token
         headers = {"Authorization": f"Bearer {token}"} if self.auth == "header" else None
         ws = await connect(self._stream_url(), additional_headers=headers,
                            **self._connect_kwargs)
@@ -362,7 +409,8 @@ class Subscriber:
         return [e for e in items if isinstance(e, dict)]
 
     async def _handle(self, event: Event) -> bool:
-        """Update cursor/counts from ``event``; False means "duplicate, drop it"."""
+        """Update cursor/counts from ``event``; False means "not for the
+        application" (a duplicate, or the answer to a renewed token)."""
         kind = event.get("type")
         if kind == "hello":
             self._on_hello(event)
@@ -377,6 +425,8 @@ class Subscriber:
             return self._on_notification(event)
         elif kind == "counts":
             self.counts = {"unread": event.get("unread", 0), "unseen": event.get("unseen", 0)}
+        elif kind == "token":
+            return False  # the answer to a renewed token: the stream's own business
         return True
 
     def _on_hello(self, event: Event) -> None:
