@@ -24,6 +24,7 @@ class MemoryQueue:
         self.completed: list[Job] = []
         self.retries: list[tuple[Job, float]] = []
         self.dead_letters: list[tuple[Job, str]] = []
+        self.released: list[tuple[Job, float]] = []  # handed back unattempted
         self.claims: list[tuple[str, int, float]] = []  # (channel, n asked, now)
         self._changed = asyncio.Condition()
 
@@ -55,6 +56,12 @@ class MemoryQueue:
         self.due[job.id] = at
         self.leased_until.pop(job.id, None)
         self.retries.append((job, at))
+        await self._notify()
+
+    async def release(self, job: Job, at: float) -> None:
+        self.due[job.id] = at
+        self.leased_until.pop(job.id, None)
+        self.released.append((job, at))
         await self._notify()
 
     async def dead(self, job: Job, reason: str) -> None:

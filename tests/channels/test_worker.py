@@ -68,7 +68,9 @@ async def test_a_slow_provider_never_blocks_another_channel():
         queue.put(make_job("email", {"to": "alice@acme.test"}, id="e-1"))
         mail = EmailChannel(EmailConfig(host="127.0.0.1", port=port, starttls=False))
         wh = webhook()
-        lanes = [Lane(wh, concurrency=2, policy=FAST), Lane(mail, concurrency=2, policy=FAST)]
+        # one endpoint may take both webhook slots here: this is about lanes
+        lanes = [Lane(wh, concurrency=2, policy=FAST, per_host=2),
+                 Lane(mail, concurrency=2, policy=FAST)]
         async with Worker(queue, lanes, poll_interval=0.02) as worker:
             # the webhook endpoint hangs on its first two requests...
             await receiver.arrivals.get()
@@ -277,3 +279,116 @@ async def test_lifecycle_errors():
     with pytest.raises(RuntimeError):
         await worker.start()
     await worker.stop()
+
+
+class Hosted:
+    """A channel whose jobs name their destination host: sends to
+    ``tarpit.test`` wait for ``tarpit`` to be set (then take ``tarpit_s``),
+    every other host answers at once."""
+
+    name = "webhook"
+
+    def __init__(self) -> None:
+        self.tarpit = asyncio.Event()
+        self.tarpit_s = 0.0
+        self.inflight: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.sent: list[str] = []
+
+    @staticmethod
+    def host(job: Job) -> str:
+        return job.destination["host"]
+
+    async def send(self, job: Job) -> Result:
+        host = self.host(job)
+        self.inflight[host] = self.inflight.get(host, 0) + 1
+        self.most[host] = max(self.most.get(host, 0), self.inflight[host])
+        try:
+            if host == "tarpit.test":
+                await self.tarpit.wait()
+                await asyncio.sleep(self.tarpit_s)
+            self.sent.append(job.id)
+            return Result.delivered()
+        finally:
+            self.inflight[host] -= 1
+
+    async def aclose(self) -> None:
+        pass
+
+
+def hosted_job(host: str, id: str, at: float = 0.0) -> Job:
+    return make_job("webhook", {"host": host}, id=id, created_at=at)
+
+
+async def test_one_slow_host_cannot_take_every_slot_of_its_lane():
+    ch, queue = Hosted(), MemoryQueue()
+    for i in range(10):  # first in line: a receiver that accepts and never answers
+        queue.put(hosted_job("tarpit.test", f"t-{i}", at=i))
+    for i in range(3):
+        queue.put(hosted_job("fast.test", f"f-{i}", at=100 + i))
+    lane = Lane(ch, concurrency=4, policy=FAST, host_defer=0.05)
+    assert (lane.per_host, lane.slow_per_host) == (3, 1)
+    async with Worker(queue, [lane], poll_interval=0.02) as worker:
+        await queue.wait(lambda q: {j.id for j in q.completed} == {"f-0", "f-1", "f-2"})
+        assert ch.inflight["tarpit.test"] == 3  # the fourth slot stayed the others'
+        assert worker.counts["webhook", "deferred"] >= 1
+        assert all(j.destination["host"] == "tarpit.test" and j.attempts == 0
+                   for j, _ in queue.released)
+        assert queue.retries == [] and queue.dead_letters == []  # no attempt counted
+        ch.tarpit.set()
+        await queue.wait(lambda q: len(q.completed) == 13)
+    assert ch.most == {"tarpit.test": 3, "fast.test": 1}
+
+
+async def test_a_host_that_was_slow_gets_fewer_slots(monkeypatch):
+    import tidings.channels.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SLOW_AFTER", 0.1)
+    ch, queue = Hosted(), MemoryQueue()
+    for i in range(8):
+        queue.put(hosted_job("tarpit.test", f"t-{i}", at=i))
+    lane = Lane(ch, concurrency=8, policy=FAST, host_defer=0.05)
+    assert (lane.per_host, lane.slow_per_host) == (6, 1)
+    async with Worker(queue, [lane], poll_interval=0.02):
+        await asyncio.sleep(0.3)  # six sends in flight, slow by now
+        assert ch.inflight["tarpit.test"] == 6
+        ch.tarpit_s = 0.15  # it answers now, slowly
+        ch.tarpit.set()
+        await queue.wait(lambda q: len(q.completed) == 6)
+        ch.most.clear()
+        await queue.wait(lambda q: len(q.completed) == 8)
+    assert ch.most == {"tarpit.test": 1}  # slow: one send at a time, not six
+
+
+async def test_many_slow_hosts_together_take_at_most_half_the_lane(monkeypatch):
+    import tidings.channels.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SLOW_AFTER", 0.1)
+    ch, queue = Hosted(), MemoryQueue()
+    slow_hosts = [f"tarpit-{i}.test" for i in range(6)]  # a user's push subscriptions
+    ch.host = lambda job: job.destination["host"]  # type: ignore[method-assign]
+    hang = asyncio.Event()
+    send = ch.send
+
+    async def slow_send(job: Job) -> Result:
+        if job.destination["host"].startswith("tarpit-"):
+            await asyncio.sleep(0.15)  # each one slow, none hanging for ever
+            if hang.is_set():
+                await asyncio.Event().wait()
+        return await send(job)
+
+    ch.send = slow_send  # type: ignore[method-assign]
+    for i in range(60):
+        queue.put(hosted_job(slow_hosts[i % 6], f"t-{i}", at=i))
+    lane = Lane(ch, concurrency=8, policy=FAST, host_defer=0.05)
+    async with Worker(queue, [lane], poll_interval=0.02) as worker:
+        await queue.wait(lambda q: len(q.completed) >= 12)  # every tarpit is slow by now
+        hang.set()  # from now on they never answer
+        await asyncio.sleep(0.3)
+        hosts = worker._hosts["webhook"]
+        stuck = sum(len(s) for s in hosts.started.values())
+        assert stuck <= 4  # half of the lane, though six hosts may have one each
+        for i in range(3):
+            queue.put(hosted_job("fast.test", f"f-{i}", at=1000 + i))
+        worker.wake()
+        await queue.wait(lambda q: {"f-0", "f-1", "f-2"} <= {j.id for j in q.completed})

@@ -105,6 +105,17 @@ async def test_retry_stores_the_attempt_and_ends_the_lease(db):
     assert (again.attempts, again.last_error) == (1, "HTTP 503")
 
 
+async def test_release_hands_a_job_back_unattempted(db):
+    await db.enqueue_jobs([new_job("j1")])
+    (job,) = await db.claim_jobs("email", 1, T0, LEASE)
+    await db.release_job(job, T0 + 5, T0 + 1)
+    assert await ids(db, now=T0 + 4) == []
+    (again,) = await db.claim_jobs("email", 1, T0 + 5, LEASE)  # before the old lease ended
+    assert (again.attempts, again.last_error) == (0, None)
+    (rec,) = await db.list_jobs(A)
+    assert (rec.attempts, rec.not_before) == (0, T0 + 5)
+
+
 async def test_complete_removes_the_job(db):
     await db.enqueue_jobs([new_job("j1")])
     (job,) = await db.claim_jobs("email", 1, T0, LEASE)

@@ -121,6 +121,15 @@ class Channel(Protocol):
     async def aclose(self) -> None: ...
 
 
+def url_host(url: object) -> str | None:
+    """The host of a destination URL, lower case, for the worker's limit per
+    destination host (``Worker``); None for anything that is not a URL."""
+    try:
+        return urlsplit(url).hostname if isinstance(url, str) else None
+    except ValueError:
+        return None
+
+
 @runtime_checkable
 class JobQueue(Protocol):
     """Where jobs wait; the durable implementation is a store table.
@@ -133,6 +142,8 @@ class JobQueue(Protocol):
       ``last_error`` already updated by the worker) and make it due at
       unix time ``at``; the lease ends.
     * ``dead(job, reason)`` -- move it to the dead-letter list with ``reason``.
+    * ``release(job, at)`` -- hand it back unattempted, due at ``at``; the
+      lease ends, and no attempt is counted.
 
     A job that is claimed and then neither completed, retried nor killed
     (the worker crashed) becomes claimable again when its lease runs out.
@@ -145,6 +156,8 @@ class JobQueue(Protocol):
     async def retry(self, job: Job, at: float) -> None: ...
 
     async def dead(self, job: Job, reason: str) -> None: ...
+
+    async def release(self, job: Job, at: float) -> None: ...
 
 
 def http_result(

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import httpx
 import msgspec
 
-from tidings.channels.base import Job, Result, check_url, http_client, http_post
+from tidings.channels.base import Job, Result, check_url, http_client, http_post, url_host
 from tidings.config import WebhookConfig  # defined with the other settings
 from tidings.core.digest import is_digest
 
@@ -154,6 +154,11 @@ class WebhookChannel:
         """The exact bytes POSTed (and signed) for ``job``."""
         return _encode(_Envelope(id=job.id, type=_event(job), app=job.app, user=job.user,
                                  notification=msgspec.Raw(job.notification)))
+
+    @staticmethod
+    def host(job: Job) -> str | None:
+        """The endpoint's host: the worker limits the sends in flight per host."""
+        return url_host(job.destination.get("url"))
 
     async def send(self, job: Job) -> Result:
         try:

@@ -49,7 +49,7 @@ from http_ece import ECEException
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 
-from tidings.channels.base import Job, Result, check_url, http_client, http_post
+from tidings.channels.base import Job, Result, check_url, http_client, http_post, url_host
 from tidings.config import WebPushConfig  # defined with the other settings
 
 __all__ = [
@@ -216,6 +216,11 @@ class WebPushChannel:
         if job.expires_at is not None:
             ttl = min(ttl, int(job.expires_at - self.clock()))
         return max(0, ttl)
+
+    @staticmethod
+    def host(job: Job) -> str | None:
+        """The push service's host: the worker limits the sends in flight per host."""
+        return url_host(job.destination.get("endpoint"))
 
     async def send(self, job: Job) -> Result:
         try:

@@ -6,6 +6,18 @@ event loop, so a provider that hangs fills its own lane's slots and nothing
 else: e-mail keeps flowing while every webhook endpoint times out, and the
 live WebSocket/SSE path never awaits a lane at all.
 
+Within a lane, one destination host cannot take every slot either (a
+channel with a ``host(job)`` method: webhooks, Web Push).  A host has at
+most ``per_host`` sends in flight (three quarters of the lane), and a *slow*
+host at most ``slow_per_host`` (an eighth), all slow hosts together half the
+lane: a slow host is one with a send in flight for longer than
+``SLOW_AFTER``, or whose send took that long within the last
+``SLOW_MEMORY``.  Any app admin can register a webhook endpoint and any end
+user a push subscription, so a receiver that accepts and then trickles (a
+tarpit) would otherwise hold the whole lane for every other app and user.
+A job whose host is at its limit is handed back unattempted
+(``queue.release``), due again after ``host_defer`` (jittered).
+
 After each attempt the worker settles the job:
 
 * delivered -> ``queue.complete``;
@@ -42,6 +54,9 @@ __all__ = ["Lane", "Worker"]
 
 log = logging.getLogger("tidings.channels")
 
+SLOW_AFTER = 2.0  # seconds: a send in flight this long makes its host slow
+SLOW_MEMORY = 60.0  # seconds a host that was slow stays slow
+
 # Called after every settled attempt: metrics, delivery statistics, and
 # deleting a destination reported gone (a Web Push subscription).  A retry
 # that ran out of attempts or of time is reported as the failure it became.
@@ -58,10 +73,56 @@ class Lane:
     # Bounds a whole send, on top of the channel's own timeouts, so that even
     # a channel bug cannot hold a slot forever.
     timeout: float = 60.0
+    # Sends in flight per destination host, and per slow one (module
+    # docstring); None: three quarters and an eighth of the lane, at least 1.
+    per_host: int | None = None
+    slow_per_host: int | None = None
+    host_defer: float = 5.0  # seconds before a job handed back for its host is due again
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("a lane needs concurrency >= 1")
+        if self.per_host is None:
+            self.per_host = max(1, self.concurrency * 3 // 4)
+        if self.slow_per_host is None:
+            self.slow_per_host = max(1, self.concurrency // 8)
+        if self.per_host < 1 or self.slow_per_host < 1:
+            raise ValueError("a lane needs per_host and slow_per_host >= 1")
+
+
+class _Hosts:
+    """One lane's sends in flight per destination host, and its slow hosts."""
+
+    def __init__(self, per_host: int, slow_per_host: int, slow_total: int):
+        self.per_host, self.slow_per_host, self.slow_total = per_host, slow_per_host, slow_total
+        self.started: dict[str, list[float]] = {}  # host -> its sends' start, oldest first
+        self.slow_until: dict[str, float] = {}  # host -> when it is no longer slow
+
+    def _slow(self, host: str, starts: list[float] | tuple, now: float) -> bool:
+        return self.slow_until.get(host, 0.0) > now or bool(starts and now - starts[0] > SLOW_AFTER)
+
+    def admit(self, host: str, now: float) -> bool:
+        starts = self.started.get(host, ())
+        if not self._slow(host, starts, now):
+            return len(starts) < self.per_host
+        if len(starts) >= self.slow_per_host:
+            return False
+        # every slow host together: many slow names must not add up to the lane
+        slow = sum(len(s) for h, s in self.started.items() if self._slow(h, s, now))
+        return slow < self.slow_total
+
+    def begin(self, host: str, now: float) -> None:
+        self.started.setdefault(host, []).append(now)
+
+    def end(self, host: str, started: float, now: float) -> None:
+        starts = self.started[host]
+        starts.remove(started)
+        if not starts:
+            del self.started[host]
+        if now - started > SLOW_AFTER:
+            if len(self.slow_until) >= 10_000:  # bounded: forget what is no longer slow
+                self.slow_until = {h: t for h, t in self.slow_until.items() if t > now}
+            self.slow_until[host] = now + SLOW_MEMORY
 
 
 class Worker:
@@ -82,10 +143,14 @@ class Worker:
         self.rand = rand
         self.on_result = on_result
         # (channel, outcome) -> attempts settled; outcomes: delivered, retry,
-        # failed, dead (retries used up), expired, error (a queue call failed).
+        # failed, dead (retries used up), expired, error (a queue call failed),
+        # and deferred (handed back unattempted: its host had its sends).
         self.counts: Counter[tuple[str, str]] = Counter()
         self._wake = {name: asyncio.Event() for name in self.lanes}
         self._inflight: dict[str, set[asyncio.Task]] = {name: set() for name in self.lanes}
+        self._hosts = {name: _Hosts(lane.per_host or 1, lane.slow_per_host or 1,
+                                    max(1, lane.concurrency // 2))
+                       for name, lane in self.lanes.items()}
         self._loops: list[asyncio.Task] = []
         self._stopping = False
 
@@ -127,7 +192,8 @@ class Worker:
     # -- one lane ----------------------------------------------------------------------
     async def _lane(self, lane: Lane) -> None:
         name = lane.channel.name
-        wake, inflight = self._wake[name], self._inflight[name]
+        wake, inflight, hosts = self._wake[name], self._inflight[name], self._hosts[name]
+        host_of = getattr(lane.channel, "host", None)
         loop = asyncio.get_running_loop()
         while not self._stopping:
             # Clear before claiming: a wake() that lands during the claim is
@@ -143,9 +209,15 @@ class Worker:
                     self.counts[name, "error"] += 1
                     jobs = []
                 for job in jobs:
+                    host, started = host_of(job) if host_of is not None else None, loop.time()
+                    if host is not None:
+                        if not hosts.admit(host, started):
+                            await self._release(lane, job)
+                            continue
+                        hosts.begin(host, started)
                     task = loop.create_task(self._attempt(lane, job))
                     inflight.add(task)
-                    task.add_done_callback(self._finished(inflight, wake))
+                    task.add_done_callback(self._finished(inflight, wake, hosts, host, started))
                 claimed = len(jobs)
                 if claimed == free:
                     continue  # the lane is full now; the next turn waits for a slot
@@ -156,13 +228,25 @@ class Worker:
                 pass
 
     @staticmethod
-    def _finished(inflight: set[asyncio.Task], wake: asyncio.Event,
-                  ) -> Callable[[asyncio.Task], None]:
+    def _finished(inflight: set[asyncio.Task], wake: asyncio.Event, hosts: _Hosts,
+                  host: str | None, started: float) -> Callable[[asyncio.Task], None]:
         def done(task: asyncio.Task) -> None:
             inflight.discard(task)
+            if host is not None:
+                hosts.end(host, started, asyncio.get_running_loop().time())
             wake.set()  # a slot is free
 
         return done
+
+    async def _release(self, lane: Lane, job: Job) -> None:
+        """Hand ``job`` back for later: its host has all the sends it may have."""
+        name = lane.channel.name
+        try:
+            await self.queue.release(job, self.clock() + lane.host_defer * (0.5 + self.rand()))
+            self.counts[name, "deferred"] += 1
+        except Exception:
+            log.exception("handing back %s job %s failed; its lease will expire", name, job.id)
+            self.counts[name, "error"] += 1
 
     async def _attempt(self, lane: Lane, job: Job) -> None:
         name = lane.channel.name

@@ -82,6 +82,9 @@ class StoreQueue:
     async def dead(self, job: Job, reason: str) -> None:
         await self.store.kill_job(job, reason, self.clock())
 
+    async def release(self, job: Job, at: float) -> None:
+        await self.store.release_job(job, at, self.clock())
+
 
 @dataclass
 class OutboundCounts:

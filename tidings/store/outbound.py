@@ -227,6 +227,11 @@ class OutboundStore(abc.ABC):
         """Store ``job``'s attempts and last error, due again at ``at``, lease ended."""
 
     @abc.abstractmethod
+    async def release_job(self, job: Job, at: float, now: float) -> None:
+        """Hand a claimed job back unattempted, due again at ``at``, lease
+        ended: no attempt is counted or logged."""
+
+    @abc.abstractmethod
     async def kill_job(self, job: Job, reason: str, now: float) -> None:
         """Move it to the dead-letter list with ``reason`` as its last error."""
 

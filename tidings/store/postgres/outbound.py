@@ -264,6 +264,11 @@ class PostgresOutbound(OutboundStore):
             job.id, job.attempts, job.last_error, at, now,
         )
 
+    async def release_job(self, job, at, now) -> None:
+        await self._execute(
+            "UPDATE jobs SET not_before = $2, lease_until = NULL, updated_at = $3 "
+            "WHERE id = $1 AND status = 'queued'", job.id, at, now)
+
     async def kill_job(self, job, reason, now) -> None:
         await self._execute(
             log_attempt("dead", "$4::float8", "$3::text", "NULL")

@@ -257,6 +257,14 @@ class SQLiteOutbound(OutboundStore):
 
         await self._write(retry)
 
+    async def release_job(self, job, at, now) -> None:
+        def release(conn):
+            conn.execute(
+                "UPDATE jobs SET not_before=?, lease_until=NULL, updated_at=? "
+                "WHERE id=? AND status='queued'", (at, now, job.id))
+
+        await self._write(release)
+
     async def kill_job(self, job, reason, now) -> None:
         def kill(conn):
             log_attempt_tx(conn, job.id, now, "dead", reason, None)
