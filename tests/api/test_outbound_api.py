@@ -396,3 +396,41 @@ async def test_the_jobs_of_an_unknown_or_other_apps_notification_are_404(server)
             assert r.status_code == 404, r.text
             assert r.json()["error"] == {"code": "not_found", "message": "no such notification",
                                          "field": "id"}
+
+
+async def test_one_apps_tarpit_endpoint_does_not_hold_another_apps_webhooks(tmp_path):
+    """An app admin's endpoint that accepts and never answers takes at most
+    three of the webhook lane's four slots; another app's webhook to another
+    host goes out meanwhile (docs/channels.md, "One slow host")."""
+    hold = asyncio.Event()
+    tarpit = WebhookReceiver(secret="", hold=hold)
+    fast = WebhookReceiver(secret="")
+    outbound = OutboundConfig(poll_interval=0.05, concurrency=4)
+    async with serve(tarpit) as tarpit_url, serve(fast) as fast_url, run_server(
+            tmp_path, webhook=WebhookConfig(allow_insecure=True, timeout=60),
+            outbound=outbound) as server:
+        other, other_key = await server.new_app()
+        for key, url, receiver in ((None, tarpit_url.replace("127.0.0.1", "localhost"), tarpit),
+                                   (other_key, fast_url, fast)):
+            async with server.http(key) as http:
+                r = await http.post("/v1/webhooks", json={"url": f"{url}/hooks/tidings"})
+                assert r.status_code == 201, r.text
+                receiver.secret = r.json()["secret"]
+        for i in range(8):
+            await publish(server, title=f"to the tarpit {i}")
+        for _ in range(3):
+            await tarpit.arrivals.get()
+        async with server.http(other_key) as http:
+            r = await http.post("/v1/notifications",
+                                json={"to": {"users": ["bob"]}, "title": "elsewhere"})
+            assert r.status_code == 202, r.text
+        async with asyncio.timeout(10):  # the tarpit's sends would hold the lane for 60 s
+            await fast.arrivals.get()
+        assert tarpit.concurrent == 3 and tarpit.arrivals.empty()
+        assert [a["notification"]["title"] for a in fast.accepted] == ["elsewhere"]
+        hold.set()
+
+        async def all_sent() -> bool:
+            return len(tarpit.accepted) == 8
+
+        await until(all_sent)
