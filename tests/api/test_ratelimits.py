@@ -139,6 +139,27 @@ async def test_caps_drop_the_excess_or_aggregate_it_when_grouped(server):
         assert [i["notification"]["title"] for i in bob] == ["fifth"]
 
 
+async def test_a_retried_publish_spends_no_cap_and_says_what_the_first_said(server):
+    """A publisher's retry (the same Idempotency-Key) is answered duplicate;
+    it must not take the recipient's cap tokens again, or the next real
+    notification would be dropped for a notification the user got once."""
+    async with server.http() as http:
+        await http.put("/v1/caps", json={"categories": {"social": {"per": 3600, "max": 2}}})
+        key = {"Idempotency-Key": "like-42"}
+        body = {"to": {"users": ["alice"]}, "category": "social", "title": "liked"}
+        first = (await http.post("/v1/notifications", json=body, headers=key)).json()
+        for _ in range(3):  # a flaky network: the same publish three more times
+            again = (await http.post("/v1/notifications", json=body, headers=key)).json()
+            assert again == {**first, "status": "duplicate"}
+        second = await publish(http, category="social", title="commented")
+        assert "rate_limited" not in second and second["recipients"] == 1
+        third = await publish(http, category="social", title="followed")
+        assert third["rate_limited"] == 1  # the cap is 2: "liked" and "commented"
+        titles = [i["notification"].get("title") for i in
+                  (await http.get("/v1/users/alice/notifications")).json()["items"]]
+        assert titles == ["commented", "liked"]
+
+
 async def test_caps_apply_to_topics_fanned_out_on_write(server):
     async with server.http() as http:
         await http.post("/v1/topics/guild/subscribers", json={"users": ["alice", "bob"]})

@@ -328,7 +328,7 @@ class Service:
         item = self._prepare(req, idem_key, time.time())
         capped = self._uncapped(app_id, item)
         if capped is None:
-            capped = await self.limits.apply_caps(app_id, item, req.group_key)
+            capped = await self._caps(app_id, item, req.group_key)
         outbound = None
         if (item.deliver_at is None and not item.all
                 and self.outbound.wanted_now(app_id) is not False):
@@ -343,6 +343,16 @@ class Service:
         if outbound is None and out.status == "accepted":
             return self._accepted(app_id, req, capped, out)
         return await self._published(app_id, req, item, capped, outbound, out)
+
+    async def _caps(self, app_id: str, item: NewNotification, group_key: str | None) -> Capped:
+        """``limits.apply_caps``, except for a retry (its idempotency key was
+        used within the window): the store answers it ``duplicate``, and its
+        recipients' cap tokens were spent by the first attempt."""
+        key = item.idempotency_key
+        if key is not None and await self.store.key_used_since(
+                app_id, key, item.created_at - self.settings.limits.idempotency_window):
+            return NOT_CAPPED
+        return await self.limits.apply_caps(app_id, item, group_key)
 
     def _uncapped(self, app_id: str, item: NewNotification) -> Capped | None:
         """``NOT_CAPPED`` when the app's caps are in memory and none applies
@@ -395,7 +405,7 @@ class Service:
                 continue
             try:
                 item = self._prepare(req, keys[i], now)
-                capped = (await self.limits.apply_caps(app_id, item, req.group_key)
+                capped = (await self._caps(app_id, item, req.group_key)
                           if item.category in capped_categories else NOT_CAPPED)
                 outbound = (await self._plan_outbound(app_id, item, req.priority, capped)
                             if outbound_wanted else None)

@@ -393,6 +393,12 @@ class Store(OutboundStore, abc.ABC):
     async def stream_head(self, app_id: str, user: str, now: float) -> StreamHead:
         """The user's position, creating their stream (and epoch) if new."""
 
+    @abc.abstractmethod
+    async def key_used_since(self, app_id: str, key: str, since: float) -> bool:
+        """Whether a publish of the app used idempotency ``key`` after
+        ``since``: a retry of it will be answered ``duplicate``.  Read
+        before a publish spends anything on the retry (frequency caps)."""
+
     async def stream_heads(self, app_id: str, users: list[str]) -> dict[str, tuple[str, int]]:
         """``{user: (epoch, head_seq)}`` for those of ``users`` that have a
         stream (the hub's check for personal entries a broker lost,

@@ -497,6 +497,11 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         epoch, head_seq, floor_seq, head_feed, floor_feed = await self._call(head)
         return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1)
 
+    async def key_used_since(self, app_id, key, since) -> bool:
+        return await self._fetchval(
+            "SELECT true FROM idempotency WHERE app_id = $1 AND key = $2 AND created_at > $3",
+            app_id, key, since) is not None
+
     async def stream_heads(self, app_id, users):
         return {user: (epoch, seq) for user, epoch, seq in
                 await self._fetch(HEADS, app_id, list(users))}

@@ -603,6 +603,10 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         return _timeline.outbound_users(self._reader, app_id, nid)
 
     # -- streams and inboxes --------------------------------------------
+    async def key_used_since(self, app_id, key, since) -> bool:
+        return self._q1("SELECT 1 FROM idempotency WHERE app_id=? AND key=? AND created_at > ?",
+                        (app_id, key, since)) is not None
+
     async def stream_head(self, app_id, user, now) -> StreamHead:
         row = self._q1(
             "SELECT epoch, head_seq, floor_seq FROM streams WHERE app_id=? AND user_id=?",
