@@ -20,9 +20,18 @@ import pytest
 from tidings.core.cursor import Cursor, decide_recovery
 from tidings.core.ids import new_id
 from tidings.core.models import ChannelPrefs, Preferences, QuietHours
-from tidings.store.base import NewNotification, PublishOutcome, StoredNotification
+from tidings.store.base import (
+    LAST_ADMIN_KEY,
+    NO_SUCH_KEY,
+    REVOKED,
+    KeyInfo,
+    NewNotification,
+    PublishOutcome,
+    StoredNotification,
+)
 
 A, B = "app_a", "app_b"
+T0 = 1_700_000_000.0
 THRESHOLD = 100
 WINDOW = 3600.0
 
@@ -122,6 +131,87 @@ async def test_find_api_key(db):
     assert await db.find_api_key("pfx_a", "hash-b") is None  # wrong hash
     assert await db.find_api_key("pfx_a", "") is None
     assert await db.find_api_key("pfx_zz", "hash-a") is None  # unknown prefix
+
+
+async def test_api_keys_are_listed_per_app_oldest_first_with_their_names(db):
+    await db.add_api_key(A, "pfx_a2", "h2", frozenset({"publish"}), "ci", created_at=T0 + 2)
+    await db.add_api_key(A, "pfx_a1", "h1", frozenset({"read", "admin"}), created_at=T0 + 1)
+    await db.add_api_key(B, "pfx_b", "hb", frozenset({"admin"}), "theirs", created_at=T0)
+    assert await db.list_api_keys(A) == [
+        KeyInfo("pfx_a1", frozenset({"read", "admin"}), None, T0 + 1),
+        KeyInfo("pfx_a2", frozenset({"publish"}), "ci", T0 + 2)]
+    assert [k.prefix for k in await db.list_api_keys(B)] == ["pfx_b"]
+    assert await db.list_api_keys("app_none") == []
+    # a name is stored as given: any character but the control ones (checked before)
+    await db.add_api_key(B, "pfx_b2", "hb2", frozenset({"read"}), "clé ünïcode ✓ 'x'")
+    assert (await db.list_api_keys(B))[-1].name == "clé ünïcode ✓ 'x'"
+    assert (await db.find_api_key("pfx_a2", "h2")).scopes == frozenset({"publish"})
+
+
+async def test_a_revoked_key_is_gone_and_only_its_own_app_revokes_it(db):
+    await db.add_api_key(A, "pfx_a", "ha", frozenset({"admin"}))
+    await db.add_api_key(A, "pfx_p", "hp", frozenset({"publish"}))
+    await db.add_api_key(B, "pfx_b", "hb", frozenset({"publish"}))
+    await db.add_api_key(B, "pfx_b0", "hb0", frozenset({"admin"}))
+    assert await db.revoke_api_key(A, "pfx_b") == NO_SUCH_KEY  # B's key, asked by A
+    assert (await db.find_api_key("pfx_b", "hb")).app_id == B
+    assert await db.revoke_api_key(A, "pfx_none") == NO_SUCH_KEY
+    assert await db.revoke_api_key(A, "pfx_p") == REVOKED
+    assert await db.find_api_key("pfx_p", "hp") is None
+    assert [k.prefix for k in await db.list_api_keys(A)] == ["pfx_a"]
+    assert await db.revoke_api_key(A, "pfx_p") == NO_SUCH_KEY  # once
+    assert await db.revoke_api_key("app_none", "pfx_a") == NO_SUCH_KEY
+    assert len(await db.list_api_keys(B)) == 2
+
+
+async def test_the_last_admin_key_of_an_app_is_never_revoked(db):
+    await db.add_api_key(A, "pfx_a1", "h1", frozenset({"admin", "publish", "read"}))
+    await db.add_api_key(A, "pfx_p", "hp", frozenset({"publish", "read"}))
+    await db.add_api_key(B, "pfx_b", "hb", frozenset({"admin"}))  # another app's admin
+    assert await db.revoke_api_key(A, "pfx_a1") == LAST_ADMIN_KEY
+    assert await db.find_api_key("pfx_a1", "h1") is not None
+    await db.add_api_key(A, "pfx_a2", "h2", frozenset({"admin"}))
+    assert await db.revoke_api_key(A, "pfx_a1") == REVOKED
+    assert await db.revoke_api_key(A, "pfx_a2") == LAST_ADMIN_KEY
+    assert await db.revoke_api_key(A, "pfx_p") == REVOKED  # not an admin key: may go
+    assert [k.prefix for k in await db.list_api_keys(A)] == ["pfx_a2"]
+
+
+async def test_revocations_at_once_on_two_nodes_leave_one_admin_key(make_store, db):
+    """Each node sees the other's admin key; both must not go."""
+    other = make_store()
+    await other.open()
+    try:
+        for round_ in range(5):
+            app = f"app_r{round_}"
+            await db.create_app(app, "round", "s")
+            keys = [f"pfx_{round_}_{i}" for i in range(4)]
+            for k in keys:
+                await db.add_api_key(app, k, "h", frozenset({"admin"}))
+            outcomes = await asyncio.gather(*(
+                s.revoke_api_key(app, k) for s, k in zip((db, other, db, other), keys,
+                                                          strict=True)))
+            assert sorted(outcomes) == [LAST_ADMIN_KEY] + [REVOKED] * 3, outcomes
+            left = await other.list_api_keys(app)
+            assert len(left) == 1 and "admin" in left[0].scopes
+    finally:
+        await other.close()
+
+
+async def test_the_key_limit_holds_for_adds_at_once_on_two_nodes(make_store, db):
+    other = make_store()
+    await other.open()
+    try:
+        added = await asyncio.gather(*(
+            s.add_api_key(A, f"pfx_{i}", "h", frozenset({"read"}), limit=3)
+            for i, s in enumerate((db, other) * 4)))
+        assert sorted(added) == [False] * 5 + [True] * 3
+        assert len(await db.list_api_keys(A)) == 3
+        # another app has a limit of its own; no limit: no count
+        assert await db.add_api_key(B, "pfx_b", "h", frozenset({"read"}), limit=3) is True
+        assert await db.add_api_key(A, "pfx_over", "h", frozenset({"read"})) is True
+    finally:
+        await other.close()
 
 
 async def test_pepper_is_stable_across_calls_and_reopen(make_store, store):

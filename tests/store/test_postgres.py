@@ -22,7 +22,7 @@ from tests.store.pg import fresh_schema
 from tidings.core.ids import new_id
 from tidings.errors import Unavailable
 from tidings.store import migrations
-from tidings.store.base import NewNotification
+from tidings.store.base import REVOKED, NewNotification
 from tidings.store.postgres import PostgresStore, committer, migrate
 
 APP = "app_a"
@@ -296,7 +296,8 @@ async def test_entries_written_before_v10_keep_their_bodies_after_the_migration(
                 "VALUES ($1, 'u', 'e', 3)", APP)
         finally:
             await conn.close()
-        assert await migrate(url, server_settings=settings) == [10]
+        assert await migrate(url, server_settings=settings) == list(
+            range(10, migrations.latest("postgres") + 1))
         store = PostgresStore(url, server_settings=settings)
         await store.open()
         try:
@@ -310,6 +311,39 @@ async def test_entries_written_before_v10_keep_their_bodies_after_the_migration(
             assert await store.counts(APP, "u", time.time()) == (4, 2)  # seen, unseen, seen, new
         finally:
             await store.close()
+
+async def test_keys_made_before_v11_keep_working_after_the_migration(url):
+    """A database at v10 (keys without a name): migrating adds the name and
+    the per-app index; the old key still verifies, is listed without a
+    name, and can be revoked once a newer admin key exists."""
+    async with fresh_schema(url, migrated=False) as settings:
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            await conn.execute('CREATE TABLE meta (key text COLLATE "C" PRIMARY KEY, '
+                               "value text NOT NULL)")
+            for _, script in migrations.scripts("postgres")[:10]:
+                await conn.execute(script)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', '10')")
+            await conn.execute("INSERT INTO apps VALUES ($1, 'a', 's', 0)", APP)
+            await conn.execute("INSERT INTO api_keys VALUES ('0123abcd', $1, 'h-old', "
+                               "'admin,publish,read', 5)", APP)
+        finally:
+            await conn.close()
+        assert await migrate(url, server_settings=settings) == list(
+            range(11, migrations.latest("postgres") + 1))
+        store = PostgresStore(url, server_settings=settings)
+        await store.open()
+        try:
+            assert (await store.find_api_key("0123abcd", "h-old")).scopes == frozenset(
+                {"admin", "publish", "read"})
+            assert [(k.prefix, k.name) for k in await store.list_api_keys(APP)] == [
+                ("0123abcd", None)]
+            await store.add_api_key(APP, "4567ef01", "h-new", frozenset({"admin"}), "ops")
+            assert await store.revoke_api_key(APP, "0123abcd") == REVOKED
+            assert await store.find_api_key("0123abcd", "h-old") is None
+        finally:
+            await store.close()
+
 
 # -- schema migrations ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pytest
 from tidings.core.ids import new_id
 from tidings.errors import Unavailable
 from tidings.store import migrations
-from tidings.store.base import NewNotification
+from tidings.store.base import REVOKED, NewNotification
 from tidings.store.sqlite import SQLiteStore, migrate
 
 APP = "app_a"
@@ -82,7 +82,7 @@ def test_a_publish_is_durable_when_it_returns(path):
     nid = new_id()
     script = textwrap.dedent(f"""
         import asyncio, os, time
-        from tidings.store.base import NewNotification
+        from tidings.store.base import REVOKED, NewNotification
         from tidings.store.sqlite import SQLiteStore
 
         async def main():
@@ -205,6 +205,51 @@ async def test_open_migrates_a_fresh_file_and_refuses_a_newer_schema(path):
     conn.close()
     with pytest.raises(migrations.SchemaError, match="newer than this tidings"):
         await SQLiteStore(path).open()
+
+
+async def test_keys_made_before_v10_keep_working_after_the_migration(path):
+    """A file at v9 (keys without a name): migrating adds the name and the
+    per-app index; the old key still verifies, is listed without a name,
+    and can be revoked once a newer admin key exists.  Applying v10 again
+    (a file whose version was set back) skips the column it already has."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for _, script in migrations.scripts("sqlite")[:9]:
+            conn.executescript(script)
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '9')")
+            conn.execute("INSERT INTO apps VALUES (?, 'a', 's', 0)", (APP,))
+            conn.execute("INSERT INTO api_keys VALUES ('0123abcd', ?, 'h-old', "
+                         "'admin,publish,read', 5)", (APP,))
+    finally:
+        conn.close()
+    assert migrate(path) == list(range(10, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert (await store.find_api_key("0123abcd", "h-old")).scopes == frozenset(
+            {"admin", "publish", "read"})
+        assert [(k.prefix, k.name) for k in await store.list_api_keys(APP)] == [
+            ("0123abcd", None)]
+        await store.add_api_key(APP, "4567ef01", "h-new", frozenset({"admin"}), "ops")
+        assert await store.revoke_api_key(APP, "0123abcd") == REVOKED
+        assert await store.find_api_key("0123abcd", "h-old") is None
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value='9' WHERE key='schema_version'")
+    conn.close()
+    assert migrate(path) == list(range(10, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert [(k.prefix, k.name) for k in await store.list_api_keys(APP)] == [
+            ("4567ef01", "ops")]
+    finally:
+        await store.close()
 
 
 async def test_two_stores_on_one_file_keep_one_gapless_seq_per_user(db, path):

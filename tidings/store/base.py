@@ -30,6 +30,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   stores it; ``fire_due`` claims each due one and publishes it in the same
   transaction, so it fires exactly once however many nodes call
   ``fire_due`` at the same time, and one cancelled first never fires.
+* **An app keeps an admin key.**  ``revoke_api_key`` never removes an app's
+  last key with the ``admin`` scope, and ``add_api_key`` never goes past its
+  ``limit``, however many callers on however many nodes (or processes on
+  one SQLite file) do so at once.
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
@@ -61,6 +65,20 @@ class KeyRecord:
     app_id: str
     prefix: str
     scopes: frozenset[str]
+
+
+@dataclass(slots=True)
+class KeyInfo:
+    """What an app may know of one of its API keys (never the key or its hash)."""
+
+    prefix: str
+    scopes: frozenset[str]
+    name: str | None
+    created_at: float
+
+
+# What revoke_api_key did.
+REVOKED, NO_SUCH_KEY, LAST_ADMIN_KEY = "revoked", "no_such_key", "last_admin_key"
 
 
 @dataclass(slots=True)
@@ -240,11 +258,26 @@ class Store(OutboundStore, abc.ABC):
 
     @abc.abstractmethod
     async def add_api_key(
-        self, app_id: str, prefix: str, key_hash: str, scopes: frozenset[str]
-    ) -> None: ...
+        self, app_id: str, prefix: str, key_hash: str, scopes: frozenset[str],
+        name: str | None = None, *, limit: int | None = None, created_at: float | None = None,
+    ) -> bool:
+        """Store a key of ``app_id`` (created now unless ``created_at``
+        says when); False (nothing stored) when the app already has
+        ``limit`` keys."""
 
     @abc.abstractmethod
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
+        """The app's keys, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
+        """Delete the app's key ``prefix``: ``REVOKED``; ``NO_SUCH_KEY`` when
+        the app has no such key (another app's included); ``LAST_ADMIN_KEY``,
+        deleting nothing, when it is the app's last key with the ``admin``
+        scope (module guarantees)."""
 
     # -- publishing -----------------------------------------------------
     @abc.abstractmethod

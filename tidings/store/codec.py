@@ -1,4 +1,4 @@
-"""What the SQL stores share: group entries and the scheduled payload.
+"""What the SQL stores share: group entries, the scheduled payload, API keys.
 
 **Group entries** (aggregation by ``group_key``, docs/design.md §3).  A personal
 inbox entry made from a notification with a ``group_key`` is a group entry:
@@ -12,6 +12,10 @@ stale copy in the blob.
 **Scheduled payload.**  A notification published with a future
 ``deliver_at`` is stored as one msgpack blob until it fires: everything
 ``publish`` needs then, exactly as the service prepared it.
+
+**API keys.**  Scopes are stored as one text, sorted and comma-separated
+(``admin,publish``); a revocation is decided on the app's keys read under
+its write lock (``revocation``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,32 @@ import msgspec
 
 from tidings.core import aggregate
 from tidings.core.models import Notification
-from tidings.store.base import NewNotification
+from tidings.store.base import LAST_ADMIN_KEY, NO_SUCH_KEY, REVOKED, NewNotification
 
 __all__ = ["group_view", "merge_group", "new_group", "rebuild_group",
-           "decode_payload", "encode_payload"]
+           "decode_payload", "encode_payload", "scopes_text", "scopes_of", "revocation"]
+
+
+def scopes_text(scopes: frozenset[str]) -> str:
+    return ",".join(sorted(scopes))
+
+
+def scopes_of(text: str) -> frozenset[str]:
+    return frozenset(text.split(","))
+
+
+def revocation(keys: list[tuple[str, str]], prefix: str) -> str:
+    """What revoking ``prefix`` does to an app whose keys are ``keys``
+    (``(prefix, scopes text)``, read under the app's write lock, so that two
+    revocations at once cannot each leave the other's key as the last admin
+    key and both go): ``REVOKED``, ``NO_SUCH_KEY`` or ``LAST_ADMIN_KEY``."""
+    scopes = dict(keys).get(prefix)
+    if scopes is None:
+        return NO_SUCH_KEY
+    if "admin" in scopes_of(scopes) and not any(
+            "admin" in scopes_of(s) for p, s in keys if p != prefix):
+        return LAST_ADMIN_KEY
+    return REVOKED
 
 
 class _Meta(msgspec.Struct):

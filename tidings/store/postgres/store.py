@@ -54,8 +54,10 @@ from tidings.core.models import Preferences
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
+    REVOKED,
     AppRecord,
     Entry,
+    KeyInfo,
     KeyRecord,
     PublishOutcome,
     Store,
@@ -63,6 +65,7 @@ from tidings.store.base import (
     StreamHead,
     UserTimeline,
 )
+from tidings.store.codec import revocation, scopes_of, scopes_text
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
@@ -354,12 +357,26 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         )
         return [AppRecord(*r) for r in rows]
 
-    async def add_api_key(self, app_id, prefix, key_hash, scopes) -> None:
-        await self._execute(
-            "INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            prefix, app_id, key_hash, ",".join(sorted(scopes)), time.time(),
-        )
+    async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
+                          limit=None, created_at=None) -> bool:
+        now = time.time() if created_at is None else created_at
+
+        async def add(conn):
+            if limit is not None:
+                # The app's row serialises concurrent adds, so the limit holds.
+                await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
+                n = await conn.fetchval("SELECT count(*) FROM api_keys WHERE app_id = $1",
+                                        app_id)
+                if n >= limit:
+                    return False
+            await conn.execute(
+                "INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at, name) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                prefix, app_id, key_hash, scopes_text(scopes), now, name,
+            )
+            return True
+
+        return await self._call(add, tx=limit is not None)
 
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
         row = await self._fetchrow(
@@ -367,7 +384,28 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         )
         if not row or not hmac.compare_digest(row[1].encode(), key_hash.encode()):
             return None
-        return KeyRecord(row[0], prefix, frozenset(row[2].split(",")))
+        return KeyRecord(row[0], prefix, scopes_of(row[2]))
+
+    async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
+        rows = await self._fetch(
+            "SELECT prefix, scopes, name, created_at FROM api_keys WHERE app_id = $1 "
+            "ORDER BY created_at, prefix", app_id)
+        return [KeyInfo(prefix, scopes_of(scopes), name, at) for prefix, scopes, name, at in rows]
+
+    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
+        async def revoke(conn):
+            # The app's row serialises revocations: two at once cannot each
+            # see the other's admin key and both go (codec.revocation).
+            await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
+            keys = await conn.fetch("SELECT prefix, scopes FROM api_keys WHERE app_id = $1",
+                                    app_id)
+            outcome = revocation([(k, s) for k, s in keys], prefix)
+            if outcome == REVOKED:
+                await conn.execute("DELETE FROM api_keys WHERE app_id = $1 AND prefix = $2",
+                                   app_id, prefix)
+            return outcome
+
+        return await self._call(revoke, tx=True)
 
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import queue
+import re
 import shutil
 import sqlite3
 import threading
@@ -32,8 +33,10 @@ from tidings.core.models import Preferences
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
+    REVOKED,
     AppRecord,
     Entry,
+    KeyInfo,
     KeyRecord,
     PublishOutcome,
     Store,
@@ -41,6 +44,7 @@ from tidings.store.base import (
     StreamHead,
     UserTimeline,
 )
+from tidings.store.codec import revocation, scopes_of, scopes_text
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
@@ -116,6 +120,20 @@ def _statements(script: str):
             stmt = ""
 
 
+# SQLite has no ADD COLUMN IF NOT EXISTS: such a statement meeting its
+# column is skipped, so that a script applies again without harm, as the
+# PostgreSQL scripts do with IF NOT EXISTS.
+_ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+\S+\s+ADD\s", re.I | re.M)
+
+
+def _execute_step(conn: sqlite3.Connection, stmt: str) -> None:
+    try:
+        conn.execute(stmt)
+    except sqlite3.OperationalError as exc:
+        if not (_ADD_COLUMN.search(stmt) and str(exc).startswith("duplicate column name")):
+            raise
+
+
 def _migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply pending migrations (the pattern of tidings/store/migrations.py);
     returns the versions applied.  The embedded store does this on every
@@ -134,7 +152,7 @@ def _migrate(conn: sqlite3.Connection) -> list[int]:
                 return applied
             version, script = todo[0]
             for stmt in _statements(script):
-                conn.execute(stmt)
+                _execute_step(conn, stmt)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(version),),
@@ -460,23 +478,48 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         rows = self._q("SELECT id, name, signing_secret, created_at FROM apps ORDER BY created_at")
         return [AppRecord(*r) for r in rows]
 
-    async def add_api_key(self, app_id, prefix, key_hash, scopes) -> None:
-        now = time.time()
-        scope_text = ",".join(sorted(scopes))
+    async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
+                          limit=None, created_at=None) -> bool:
+        now = time.time() if created_at is None else created_at
 
         def insert(conn):
+            # the writer's transaction holds the file's write lock (BEGIN
+            # IMMEDIATE): no other process adds a key between count and insert
+            if limit is not None:
+                (n,) = conn.execute("SELECT count(*) FROM api_keys WHERE app_id=?",
+                                    (app_id,)).fetchone()
+                if n >= limit:
+                    return False
             conn.execute(
-                "INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at) VALUES (?,?,?,?,?)",
-                (prefix, app_id, key_hash, scope_text, now),
+                "INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at, name) "
+                "VALUES (?,?,?,?,?,?)",
+                (prefix, app_id, key_hash, scopes_text(scopes), now, name),
             )
+            return True
 
-        await self._write(insert)
+        return await self._write(insert)
 
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
         row = self._q1("SELECT app_id, hash, scopes FROM api_keys WHERE prefix=?", (prefix,))
         if not row or not _consteq(row[1], key_hash):
             return None
-        return KeyRecord(row[0], prefix, frozenset(row[2].split(",")))
+        return KeyRecord(row[0], prefix, scopes_of(row[2]))
+
+    async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
+        rows = self._q("SELECT prefix, scopes, name, created_at FROM api_keys WHERE app_id=? "
+                       "ORDER BY created_at, prefix", (app_id,))
+        return [KeyInfo(prefix, scopes_of(scopes), name, at) for prefix, scopes, name, at in rows]
+
+    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
+        def revoke(conn):
+            keys = conn.execute("SELECT prefix, scopes FROM api_keys WHERE app_id=?",
+                                (app_id,)).fetchall()
+            outcome = revocation(keys, prefix)
+            if outcome == REVOKED:
+                conn.execute("DELETE FROM api_keys WHERE app_id=? AND prefix=?", (app_id, prefix))
+            return outcome
+
+        return await self._write(revoke)
 
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
