@@ -15,8 +15,10 @@ import threading
 import pytest
 
 from tidings.broker.base import (
+    KEYS_CHANNEL,
     Feed,
     Frames,
+    KeyRevoked,
     Membership,
     Message,
     Personal,
@@ -83,6 +85,7 @@ EXAMPLES = [
     Frames([]),
     Membership("news.eu:1", True),
     Membership("news", False),
+    KeyRevoked("app_a", "0a1b2c3d"),
 ]
 
 
@@ -160,7 +163,7 @@ TOPICS = ["x", "u", "t", "u:x", "t:x", "x:", ":x", "app_a"]
 
 
 def all_channels() -> list[tuple[str, str]]:
-    out = []
+    out = [("revoked keys", KEYS_CHANNEL)]  # every node's, no app's
     for app in APPS:
         out.append((f"all {app}", all_channel(app)))
         out += [(f"user {app}/{u}", user_channel(app, u)) for u in USERS]

@@ -6,13 +6,18 @@ duplicates them.  Nothing depends on the broker for durability: every message
 describes something already committed to the store, each personal event
 carries its ``seq``, and the gateway fills any gap it sees from the store.
 
-Channels (all app-scoped, so no message can cross apps):
+Channels (app-scoped, so no message can cross apps, but for one that every
+node shares):
 
 * ``<app>:u:<user>`` -- everything for one user (notifications, state, counts)
 * ``<app>:t:<topic>`` -- feed items of a topic fanned out on read
 * ``<app>:*``       -- broadcasts (feed items for every user of the app); on
   the in-process broker also the personal entries of one publish for many
   users (``Personals``, see ``publish_personals``)
+* ``~keys``         -- API keys revoked (``KeyRevoked``), for every node's
+  cache of verified keys.  The one channel that is not an app's: every
+  node listens to it from the start (``~`` is in no app id, so it meets
+  no app's channel).
 
 A networked broker can lose its connection.  When it has one again and has
 re-established every subscription, it calls the ``on_reconnect`` callbacks:
@@ -100,6 +105,17 @@ class Membership(Message, tag="m"):
     topic: str
     added: bool
 
+
+class KeyRevoked(Message, tag="k"):
+    """An API key was revoked: every node forgets it (tidings/service/keys.py).
+    Names the key by its prefix, never by the key or its hash."""
+
+    app: str
+    prefix: str
+
+
+# Where KeyRevoked travels (the module docstring's list of channels).
+KEYS_CHANNEL = "~keys"
 
 Handler = Callable[[str, Message], None]
 
@@ -236,13 +252,15 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._closed = False
         self._lost_or_timeout: tuple[type[Exception], ...] = (*self.lost, TimeoutError)
         self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(Personal | Feed | Frames | Membership).decode
+        self._decode = msgspec.msgpack.Decoder(
+            Personal | Feed | Frames | Membership | KeyRevoked).decode
         # publishing
         self._queue: deque[Item] = deque()
         self._queued_bytes = 0
         self._writer_wake: asyncio.Future | None = None
         self._writer_task: asyncio.Task | None = None
         self._writer_up = False
+        self._writer_tried = False  # the writer has tried to connect at least once
         self._drained: asyncio.Future | None = None
         # receiving
         self._receiver_task: asyncio.Task | None = None
@@ -265,8 +283,11 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         if self._closed:
             return
         self._closed = True
-        # A graceful stop announces what was already committed, if the backend is there.
-        if self._queue and self._writer_up:
+        # A graceful stop announces what was already committed, if the backend
+        # is there, or not known to be away: a short-lived process (a CLI
+        # command that revokes a key) closes before its writer ever ran.
+        if self._queue and self._writer_task is not None and (
+                self._writer_up or not self._writer_tried):
             self._drained = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._drained), self.timeout)
@@ -320,6 +341,7 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
                     # queue was sent on it, so connect again instead of dropping.
                     conn = None
                 if conn is None:
+                    self._writer_tried = True
                     try:
                         conn = await self._writer_connect()
                     except self.lost as e:
