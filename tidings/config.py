@@ -36,6 +36,7 @@ class Limits(msgspec.Struct, frozen=True):
     max_schedule_ahead: int = 365 * 24 * 3600
     deliver_at_grace: int = 300
     max_webhooks: int = 10  # webhook endpoints per app
+    max_api_keys: int = 100  # API keys per app (POST /v1/keys, tidings key create)
     max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
     # What a connection may cost before its request is known (tidings serve's
     # HTTP protocol, tidings/api/uvicorn_http.py and http_limits.py): the

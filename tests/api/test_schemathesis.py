@@ -79,7 +79,7 @@ def _fuzz(op, mode: GenerationMode, n: int, headers: dict, calls: list[int]) -> 
 # numbers past int()'s digit limit, and the same name many times.
 SAMPLE = {"id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "topic": "guild:7", "user": "alice",
           "wid": "wh_0123456789abcdef", "sid": "AAAAAAAAAAAAAAAA",
-          "jid": "01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0"}
+          "jid": "01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0", "prefix": "0123abcd"}
 HOSTILE = ["%00", "%FF", "%C0%80", "%ED%A0%80", "a%00b", "%0A", "-1", "0", "1e3", "0x10",
            "%EF%BC%91", "9" * 5000, "99999999999999999999", "x" * 5000, "[]", "%25", "+",
            "01hzzzzzzzzzzzzzzzzzzzzzzz", "0:0", "ffffffffffffffffff:1", "0:99999999999999999999"]

@@ -70,3 +70,12 @@ def test_never_holds_more_than_maxsize_and_keeps_the_latest_value(ops, maxsize):
         assert len(c) <= maxsize
     for k in list(c._data):
         assert c.get(k) == model[k]
+
+
+def test_pop_where_drops_the_entries_whose_value_passes():
+    c = LRU(10)
+    for k, v in [("a", 1), ("b", 2), ("c", 3), ("d", 4)]:
+        c.put(k, v)
+    assert c.pop_where(lambda v: v % 2 == 0) == 2
+    assert [k for k in "abcd" if k in c] == ["a", "c"]
+    assert c.pop_where(lambda v: v > 10) == 0

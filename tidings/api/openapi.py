@@ -18,12 +18,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from tidings.api.apidocs import EXAMPLES, PROTOCOL
 from tidings.api.common import ID_SCHEMA, Query
 from tidings.config import Limits
+from tidings.core.auth import PREFIX_RE
 from tidings.core.models import (
     NO_CONTROL_RE,
     TOPIC_RE,
     USER_RE,
     BatchRequest,
     InboxItem,
+    KeyRequest,
     Notification,
     PatchRequest,
     Preferences,
@@ -53,6 +55,7 @@ PATH_PARAMS: dict[str, dict] = {
     "wid": {"type": "string", "pattern": WEBHOOK_ID_RE.pattern},
     "sid": {"type": "string", "pattern": SUBSCRIPTION_ID_RE.pattern},
     "jid": {"type": "string", "minLength": 1, "maxLength": 80, "pattern": NO_CONTROL_RE},
+    "prefix": {"type": "string", "pattern": PREFIX_RE},
 }
 # Python's ``\Z`` (end of string, even before a final newline) is not an
 # ECMA-262 escape; a look-ahead for "no character follows" means the same
@@ -105,6 +108,13 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("post", "/v1/webhooks/{wid}/rotate",
      "New signing secret; the old one signs on for a day (admin key)", "apiKey", None),
     ("delete", "/v1/webhooks/{wid}", "Remove a webhook endpoint (admin key)", "apiKey", None),
+    # the app's API keys (admin key; docs/security.md#api-keys)
+    ("post", "/v1/keys", "Create an API key; the key is shown once (admin key)", "apiKey",
+     KeyRequest),
+    ("get", "/v1/keys", "The app's API keys, without the keys (admin key)", "apiKey", None),
+    ("delete", "/v1/keys/{prefix}",
+     "Revoke an API key: it stops working on every node within seconds (admin key)",
+     "apiKey", None),
     ("put", "/v1/users/{user}/email", "Set a user's e-mail address", "apiKey", EmailRequest),
     ("get", "/v1/users/{user}/email", "A user's e-mail address", "apiKey", None),
     ("delete", "/v1/users/{user}/email", "Remove a user's e-mail address", "apiKey", None),
@@ -150,6 +160,8 @@ SUCCESS: dict[tuple[str, str], dict[str, str]] = {
     ("post", "/v1/users/{user}/tokens"): {"201": "Token minted"},
     ("post", "/v1/me/receipts"): {"202": "Held; written within a second"},
     ("post", "/v1/webhooks"): {"201": "Endpoint added"},
+    ("post", "/v1/keys"): {"201": "Key created (the only time it is shown)"},
+    ("delete", "/v1/keys/{prefix}"): {"204": "Revoked"},
     ("post", "/v1/me/push-subscriptions"): {"201": "Subscription registered"},
     ("post", "/v1/outbound/dead/{jid}/retry"): {"202": "Queued again"},
     # every refusal comes after the upgrade, as a close code (the protocol, above)
@@ -173,6 +185,8 @@ _ERRORS = {
 # Error statuses beyond what the auth, body and parameters of a route imply.
 EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/webhooks"): {"409"},
+    ("post", "/v1/keys"): {"409"},  # max_api_keys
+    ("delete", "/v1/keys/{prefix}"): {"409"},  # the app's last admin key
     ("get", "/v1/push/vapid-public-key"): {"404"},
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
     # a bad cursor; too many open streams for the user

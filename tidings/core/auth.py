@@ -48,7 +48,14 @@ def new_api_key() -> tuple[str, str]:
     return f"tk_{prefix}_{secrets.token_urlsafe(24)}", prefix
 
 
-_PREFIX = re.compile(r"[0-9a-f]{8}\Z")
+PREFIX_RE = r"^[0-9a-f]{8}\Z"  # a key's prefix, as new_api_key makes it
+_PREFIX = re.compile(PREFIX_RE)
+
+
+def valid_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` is one ``new_api_key`` could have made (8 lowercase
+    hex characters): anything else names no key and never reaches a store."""
+    return isinstance(prefix, str) and _PREFIX.match(prefix) is not None
 
 
 def split_api_key(key: str) -> str | None:

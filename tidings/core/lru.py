@@ -65,5 +65,14 @@ class LRU(Generic[K, V]):
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
 
+    def pop_where(self, test: Callable[[V], bool]) -> int:
+        """Drop every entry whose value passes ``test``; returns how many.
+        A walk over every entry: for rare invalidations by something other
+        than the key (an API key revoked by its prefix)."""
+        gone = [k for k, (_, v) in self._data.items() if test(v)]
+        for k in gone:
+            del self._data[k]
+        return len(gone)
+
     def clear(self) -> None:
         self._data.clear()

@@ -164,6 +164,14 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     ttl: Annotated[int, Meta(ge=1)] = 3600
 
 
+class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A new API key of the caller's app (``POST /v1/keys``): what it may do
+    (tidings.core.auth.SCOPES), and a name that says what it is for."""
+
+    scopes: Annotated[list[Literal["publish", "read", "admin"]], Meta(min_length=1)]
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_CONTROL_RE)] | None = None
+
+
 class Counts(msgspec.Struct):
     unread: int
     unseen: int

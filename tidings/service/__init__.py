@@ -1,8 +1,8 @@
 """The layer that decides: publish and the inbox (service.py), outbound
 webhooks, pushes and e-mails (outbound.py), rate limits and caps
-(ratelimits.py), and the loop that fires scheduled notifications
-(scheduler.py).  The HTTP routes and the gateway call it; it calls the store
-and the broker."""
+(ratelimits.py), API keys and their revocation on every node (keys.py), and
+the loop that fires scheduled notifications (scheduler.py).  The HTTP routes
+and the gateway call it; it calls the store and the broker."""
 
 from tidings.service.service import Service
 

@@ -114,6 +114,12 @@ class RateLimits:
             return True
         return False
 
+    def forget_key(self, prefix: str) -> None:
+        """A revoked key's lease goes with it (tidings/service/keys.py).  The
+        lease is only ever spent after the key was found in the cache, which
+        forgets it first; this keeps its tokens from outliving it here."""
+        self._leases.pop(f"key:{prefix}", None)
+
     async def charge_key(self, record: KeyRecord, cost: int = 1) -> None:
         """Take ``cost`` tokens from the key's bucket, or raise 429."""
         rate, burst = self.settings.key_rate, self.settings.key_burst

@@ -47,6 +47,7 @@ from tidings.core.models import (
 from tidings.core.receipts import HTTP_DEVICE, ReceiptBuffer, Receipts, decode_receipts
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
 from tidings.gateway.hub import Hub
+from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
 from tidings.service.scheduler import Scheduler
@@ -124,12 +125,14 @@ class Service:
         # the app's default digests come with its caps (cached by limits)
         self.outbound = Outbound(settings, store, track=self.track,
                                  defaults=self.limits.digests)
-        self._pepper = b""
+        # API keys: created, listed, revoked, and verified ones cached until
+        # revoked (keys.py says how a revocation reaches every node)
+        self.keys = Keys(settings, store, broker, self.limits)
         # The hot-path cache (Settings.cache; off only to measure it).  Apps
-        # and keys never change once created and tokens are immutable until
-        # they expire, so these need no cross-node invalidation.
+        # never change once created and tokens are immutable until they
+        # expire, so these need no cross-node invalidation.
         self._apps: dict[str, AppRecord] = {}
-        self._keys: LRU[str, KeyRecord] = LRU(10_000)
+        self._keys: LRU[str, KeyRecord] = self.keys.cache
         self._tokens: LRU[bytes, tuple[str, str, float]] = LRU(100_000)
         self.caching = settings.cache
         self.started_at = time.time()
@@ -139,7 +142,7 @@ class Service:
     async def open(self) -> None:
         await self.store.open()
         await self.broker.open()
-        self._pepper = await self.store.pepper()
+        await self.keys.open()
 
     async def close(self) -> None:
         await self.broker.close()
@@ -155,11 +158,9 @@ class Service:
         key = await self.create_api_key(app_id, auth.SCOPES)
         return record, key
 
-    async def create_api_key(self, app_id: str, scopes: Iterable[str]) -> str:
-        key, prefix = auth.new_api_key()
-        await self.store.add_api_key(
-            app_id, prefix, auth.hash_api_key(key, self._pepper), frozenset(scopes)
-        )
+    async def create_api_key(self, app_id: str, scopes: Iterable[str],
+                             name: str | None = None) -> str:
+        key, _ = await self.keys.create(app_id, scopes, name)
         return key
 
     async def app(self, app_id: str) -> AppRecord | None:
@@ -183,14 +184,7 @@ class Service:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         record = self._keys.get(key) if self.caching else None
         if record is None:
-            prefix = auth.split_api_key(key)
-            if prefix is None:
-                raise Unauthorized("API key is malformed", code="bad_api_key")
-            record = await self.store.find_api_key(prefix, auth.hash_api_key(key, self._pepper))
-            if record is None:
-                raise Unauthorized("API key is not valid", code="bad_api_key")
-            if self.caching:
-                self._keys.put(key, record)
+            record = await self.keys.verify(key)  # cached there
         if scope not in record.scopes and "admin" not in record.scopes:
             raise Forbidden(f"this key lacks the {scope!r} scope", code="missing_scope")
         return record

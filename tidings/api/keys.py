@@ -1,0 +1,52 @@
+"""API keys over HTTP: an app's admin key makes, lists and revokes the app's keys.
+
+Routes (server API, a key with the ``admin`` scope)::
+
+    POST   /v1/keys           {"scopes": ["publish"], "name": "ci"} -> 201, the key shown once
+    GET    /v1/keys           the app's keys: prefix, scopes, name, created_at
+    DELETE /v1/keys/{prefix}  204: the key stops working on every node
+                              (tidings/service/keys.py says how fast)
+
+Only the app's own keys: another app's prefix is a 404, like a prefix that
+names nothing, so that a key learns nothing of other apps.  A key may revoke
+itself, but not the app's last key with the admin scope (409
+``last_admin_key``): the app could not manage its keys any more.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.api.common import JSON, decode, read_body, server_auth
+from tidings.core.models import KeyRequest
+from tidings.service.keys import describe
+
+BODY_MAX = 4096  # a key's request is a few scopes and a name
+
+
+async def create_key(request: Request):
+    app = await server_auth(request, "admin")
+    req = decode(await read_body(request, BODY_MAX), KeyRequest)
+    key, info = await request.app.state.service.keys.create(app, req.scopes, req.name)
+    return JSON({"api_key": key, **describe(info)}, status_code=201)
+
+
+async def list_keys(request: Request):
+    app = await server_auth(request, "admin")
+    keys = await request.app.state.service.keys.list(app)
+    return JSON({"keys": [describe(k) for k in keys]})
+
+
+async def revoke_key(request: Request):
+    app = await server_auth(request, "admin")
+    await request.app.state.service.keys.revoke(app, request.path_params["prefix"])
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v1/keys", create_key, methods=["POST"]),
+    Route("/v1/keys", list_keys, methods=["GET"]),
+    Route("/v1/keys/{prefix}", revoke_key, methods=["DELETE"]),
+]
