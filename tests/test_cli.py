@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
 from tests.test_durability import _free_port, _start, read_first_start
+from tidings.service.keys import KEY_CACHE_TTL
 from tidings.store import migrations
 
 
@@ -96,6 +99,77 @@ def test_serve_prints_credentials_that_work(tmp_path):
         server.terminate()
         server.wait(10)
         server.stdout.close()
+
+
+@pytest.mark.timeout(120)
+def test_key_commands_while_serving_and_a_revoke_within_the_cache_ttl(tmp_path):
+    """``tidings key`` on the SQLite file a server uses: no broker between
+    them, so the server drops the revoked key when its cache entry expires."""
+    data = tmp_path / "data"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start(data, port)  # its first start made the app "default"
+    try:
+        made = json.loads(tidings("key", "create", "--app", "default", "--scope", "publish",
+                                  "--name", "ci", "--json", "--data", str(data)))
+        assert set(made) == {"app", "api_key", "prefix", "scopes", "name", "created_at"}
+        assert (made["app"], made["scopes"], made["name"]) == ("default", ["publish"], "ci")
+        assert made["api_key"].startswith(f"tk_{made['prefix']}_")
+        auth = {"Authorization": f"Bearer {made['api_key']}"}
+        publish = {"to": {"users": ["ann"]}, "title": "hi"}
+        assert httpx.post(f"{url}/v1/notifications", json=publish, headers=auth,
+                          timeout=10).status_code == 202  # the server now trusts it
+        listed = json.loads(tidings("key", "list", "--app", "default", "--json",
+                                    "--data", str(data)))
+        assert listed["app"] == "default"
+        assert [(k["name"], k["scopes"]) for k in listed["keys"]] == [
+            (None, ["admin", "publish", "read"]), ("ci", ["publish"])]
+        assert made["api_key"] not in json.dumps(listed)
+        table = tidings("key", "list", "--app", "default", "--data", str(data)).splitlines()
+        assert table[0].split() == ["PREFIX", "SCOPES", "CREATED", "NAME"]
+        assert table[2].split()[::3] == [made["prefix"], "ci"]
+        out = tidings("key", "revoke", "--app", "default", made["prefix"], "--data", str(data))
+        assert f"revoked {made['prefix']}" in out
+        start = time.monotonic()
+        while httpx.post(f"{url}/v1/notifications", json=publish, headers=auth,
+                         timeout=10).status_code == 202:
+            assert time.monotonic() - start < KEY_CACHE_TTL + 1, "the revoked key still works"
+            time.sleep(0.05)
+        r = httpx.post(f"{url}/v1/notifications", json=publish, headers=auth, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "bad_api_key"
+        listed = json.loads(tidings("key", "list", "--app", "default", "--json",
+                                    "--data", str(data)))
+        assert [k["name"] for k in listed["keys"]] == [None]
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_cli_revoke_reaches_servers_on_postgres_at_once(tmp_path):
+    """With a PostgreSQL store the command tells the servers through the
+    store's LISTEN/NOTIFY, as a server's own revocation does: this one would
+    otherwise trust the key it verified for an hour."""
+    from tests.api.test_keys import _publish, _until_refused
+    from tests.conftest import run_server
+    from tests.services import require_postgres
+    from tests.store.pg import fresh_schema
+
+    base = require_postgres()
+    async with fresh_schema(base) as pg:
+        url = f"{base}?search_path={pg['search_path']}"
+        async with run_server(tmp_path, store=url) as server:
+            server.service.keys.cache.ttl = 3600
+            key = await server.service.create_api_key(server.app, {"publish"})
+            assert await _publish(server, key) == 202
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tidings", "key", "revoke", "--app", server.app,
+                key.split("_")[1], "--store", url, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err
+            assert await _until_refused(server, key, within=2) < 1
 
 
 def test_app_ids_cannot_carry_the_channel_separator(tmp_path):

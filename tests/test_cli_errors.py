@@ -150,8 +150,34 @@ def test_app_create_takes_the_name_as_id_and_token_finds_it(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["token", "--app", "a", "--user", "u"],
-                                     ["app", "create", "shop"]])
+                                     ["app", "create", "shop"],
+                                     ["key", "list", "--app", "a"]])
 def test_operator_commands_never_create_a_store(tmp_path, command):
     line = one_error_line(run(*command, cwd=tmp_path))
     assert "no store at tidings-data/tidings.db" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_key_commands_say_what_is_wrong_in_one_line(tmp_path):
+    data = str(tmp_path / "data")
+    assert run("migrate", "--data", data).returncode == 0
+    created = json.loads(run("app", "create", "shop", "--json", "--data", data).stdout)
+    only_admin = created["api_key"].split("_")[1]
+    for prefix in ("0000abcd", "NOT-A-KEY", created["api_key"]):
+        line = one_error_line(run("key", "revoke", "--app", "shop", prefix, "--data", data))
+        assert f"app 'shop' has no API key {prefix!r}" in line
+    line = one_error_line(run("key", "revoke", "--app", "shop", only_admin, "--data", data))
+    assert "last key with the admin scope" in line
+    line = one_error_line(run("key", "create", "--app", "nope", "--scope", "read",
+                              "--data", data))
+    assert f"no such app 'nope' in {data}/tidings.db (apps there: shop)" in line
+    line = one_error_line(run("key", "list", "--app", "nope", "--data", data))
+    assert "no such app 'nope'" in line
+    line = one_error_line(run("key", "create", "--app", "shop", "--scope", "read",
+                              "--name", "a\nb", "--data", data))
+    assert "name is 1-64 characters" in line
+    for args in (["--scope", "root"], []):  # an unknown scope, or none at all
+        r = run("key", "create", "--app", "shop", *args, "--data", data)
+        assert r.returncode == 2 and "--scope" in one_error_line(r)
+    listed = json.loads(run("key", "list", "--app", "shop", "--json", "--data", data).stdout)
+    assert [k["prefix"] for k in listed["keys"]] == [only_admin]  # nothing made or lost

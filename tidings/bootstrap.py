@@ -1,19 +1,22 @@
 """First-start setup and the store-side operator actions the CLI runs.
 
 Only ``serve`` and ``migrate`` create a store.  The operator actions (``app
-create``, ``token``) work on an existing one and say where they looked when
-there is none, instead of leaving an empty ``./tidings-data/`` behind.
+create``, ``token``, ``key ...``) work on an existing one and say where they
+looked when there is none, instead of leaving an empty ``./tidings-data/``
+behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
 from tidings.core.models import valid_app_id
 from tidings.errors import Conflict, NotFound
 from tidings.service import Service
+from tidings.service.keys import describe
 
 DEMO_USER = "demo-user"
 
@@ -92,16 +95,56 @@ def create_app(settings: Settings, name: str, app_id: str | None = None) -> dict
     return asyncio.run(_with_service(settings, run))
 
 
+async def _require_app(service: Service, settings: Settings, app_id: str) -> None:
+    if await service.app(app_id) is None:
+        apps = ", ".join(a.id for a in await service.store.list_apps()) or "none"
+        raise NotFound(f"no such app {app_id!r} in {store_location(settings)} "
+                       f"(apps there: {apps})", field="app")
+
+
 def mint_token(settings: Settings, app_id: str, user: str, ttl: int) -> str:
     async def run(service: Service):
-        if await service.app(app_id) is None:
-            apps = ", ".join(a.id for a in await service.store.list_apps()) or "none"
-            raise NotFound(f"no such app {app_id!r} in {store_location(settings)} "
-                           f"(apps there: {apps})", field="app")
+        await _require_app(service, settings, app_id)
         token, _ = await service.mint_token(app_id, user, ttl)
         return token
 
     return asyncio.run(_with_service(settings, run))
+
+
+def create_key(settings: Settings, app_id: str, scopes: Iterable[str],
+               name: str | None) -> dict:
+    """A new API key of the app: ``{"app", "api_key", "prefix", "scopes",
+    "name", "created_at"}`` (the key is shown this once)."""
+    async def run(service: Service):
+        await _require_app(service, settings, app_id)
+        key, info = await service.keys.create(app_id, scopes, name)
+        return {"app": app_id, "api_key": key, **describe(info)}
+
+    return asyncio.run(_with_service(settings, run))
+
+
+def list_keys(settings: Settings, app_id: str) -> list[dict]:
+    async def run(service: Service):
+        await _require_app(service, settings, app_id)
+        return [describe(k) for k in await service.keys.list(app_id)]
+
+    return asyncio.run(_with_service(settings, run))
+
+
+def revoke_key(settings: Settings, app_id: str, prefix: str) -> None:
+    """Revoke the app's key ``prefix``.  Servers on a shared broker hear of
+    it at once (this process publishes on the broker of ``settings``,
+    the PostgreSQL store's own by default); any other server drops the key
+    within KEY_CACHE_TTL (tidings/service/keys.py)."""
+    async def run(service: Service):
+        await _require_app(service, settings, app_id)
+        try:
+            await service.keys.revoke(app_id, prefix)
+        except NotFound:
+            raise NotFound(f"app {app_id!r} has no API key {prefix!r}",
+                           field="prefix") from None
+
+    asyncio.run(_with_service(settings, run))
 
 
 def migrate(settings: Settings) -> tuple[list[int], int]:

@@ -72,7 +72,9 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "tidings"
-            raise _UsageLine(f"{exc.format_message()} (see {where} --help)") from None
+            # one line: click lists a required choice's values one a line
+            message = " ".join(exc.format_message().split())
+            raise _UsageLine(f"{message} (see {where} --help)") from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
@@ -280,6 +282,72 @@ def app_create(name, config, app_id, data, store, as_json) -> None:
     else:
         for k, v in out.items():
             click.echo(f"{k}: {v}")
+
+
+@main.group()
+def key() -> None:
+    """Manage an app's API keys: create, list, revoke (docs/security.md#api-keys)."""
+
+
+@key.command("create")
+@config_option
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              type=click.Choice(["publish", "read", "admin"]),
+              help="What the key may do; repeat for several (admin covers the other two).")
+@click.option("--name", default=None,
+              help="What the key is for (1-64 characters), shown by `key list`.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key_create(config, app_id, scopes, name, data, store, as_json) -> None:
+    """Create an API key of an app; prints it (shown this once) with its prefix."""
+    out = bootstrap.create_key(_settings(config, data=data, store=store), app_id, scopes, name)
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for k, v in out.items():
+            click.echo(f"{k}: {','.join(v) if isinstance(v, list) else v}")
+
+
+@key.command("list")
+@config_option
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key_list(config, app_id, data, store, as_json) -> None:
+    """List an app's API keys: prefix, scopes, creation time, name (never the keys)."""
+    keys = bootstrap.list_keys(_settings(config, data=data, store=store), app_id)
+    if as_json:
+        click.echo(json.dumps({"app": app_id, "keys": keys}))
+        return
+    rows = [("PREFIX", "SCOPES", "CREATED", "NAME")] + [
+        (k["prefix"], ",".join(k["scopes"]), k["created_at"], k["name"] or "-") for k in keys]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  "
+                   + row[3])
+
+
+@key.command("revoke")
+@click.argument("prefix")
+@config_option
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+def key_revoke(prefix, config, app_id, data, store) -> None:
+    """Revoke an app's API key by its PREFIX (the 8 characters after tk_).
+
+    Servers on the broker of these settings (a PostgreSQL store's own, or
+    the configured one) drop the key at once, any other within 5 s (their
+    cache of verified keys).
+    The app's last admin key cannot be revoked: create another one first."""
+    from tidings.service.keys import KEY_CACHE_TTL
+
+    bootstrap.revoke_key(_settings(config, data=data, store=store), app_id, prefix)
+    click.echo(f"revoked {prefix} (app {app_id}): it stops working on every server "
+               f"within {KEY_CACHE_TTL:g} s")
 
 
 @main.command()
