@@ -158,6 +158,35 @@ async def test_tampered_and_expired_cookies_are_refused(server):
             assert 'tidings_dashboard=""' in page.headers["set-cookie"]  # dropped
 
 
+async def test_a_session_and_a_stream_end_when_their_key_is_revoked(server):
+    """A cookie names the key it was opened with: revoking the key ends the
+    session at once, and an open event stream at its next sample."""
+    sample = _freeze(server)
+    async with server.http() as http:
+        r = await http.post("/v1/keys", json={"scopes": ["admin"], "name": "ops"})
+        made = r.json()
+    value = await _session(server, made["api_key"])
+    async with _client(server, cookies={session.COOKIE: value}) as http:
+        assert (await http.get("/dashboard/api/snapshot")).status_code == 200
+        async with http.stream("GET", "/dashboard/events") as stream:
+            lines = stream.aiter_lines()
+            while not (await asyncio.wait_for(lines.__anext__(), 5)).startswith("data: "):
+                pass
+            async with server.http() as admin:
+                r = await admin.delete(f"/v1/keys/{made['prefix']}")
+                assert r.status_code == 204
+            sample()  # the stream's next tick: it ends instead of sending
+            rest = [line async for line in lines]
+            assert not [line for line in rest if line.startswith("data: ")], rest
+        r = await http.get("/dashboard/api/snapshot")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "session_revoked"
+        page = await http.get("/dashboard")
+        assert page.headers["location"] == "/dashboard/login?reason=expired"
+    # the first key's own session is another key's: it goes on
+    async with _client(server, cookies={session.COOKIE: await _session(server)}) as http:
+        assert (await http.get("/dashboard/api/snapshot")).status_code == 200
+
+
 # -- scope ------------------------------------------------------------------------------
 async def test_another_apps_admin_key_sees_only_its_own_app(server):
     other, other_key = await server.new_app("other")

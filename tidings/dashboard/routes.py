@@ -4,7 +4,8 @@ Access needs an admin-scoped API key, either on every request
 (``Authorization: Bearer``, for tools and for a proxy that adds it) or once,
 pasted into the login form, which answers with a signed session cookie
 (``HttpOnly``, ``SameSite=Strict``, 12 hours; tidings.dashboard.session).
-Nothing is shown anonymously.
+Nothing is shown anonymously.  A session, and an event stream opened with
+a key, end when the key is revoked (tidings/service/keys.py).
 
 Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
 creates on first start) see the whole service; an admin key of any other app
@@ -49,6 +50,7 @@ class Access:
     app: str
     scope: str  # "*" or the app
     expires: float | None  # a session's end; None with a key header
+    prefix: str  # the key's: the access ends when it is revoked
 
 
 def _dashboard(request: Request):
@@ -67,7 +69,7 @@ async def authorize(request: Request) -> Access:
     if key is not None:
         record = await service.authenticate_key(key, "admin")
         request.state.app = record.app_id
-        return Access(record.app_id, _scope(request, record.app_id), None)
+        return Access(record.app_id, _scope(request, record.app_id), None, record.prefix)
     cookie = request.cookies.get(session.COOKIE)
     if cookie is None:
         raise Unauthorized("log in at /dashboard/login with an admin API key",
@@ -79,7 +81,10 @@ async def authorize(request: Request) -> Access:
         raise Unauthorized(f"dashboard session is {exc.reason}; log in again",
                            code=code) from None
     request.state.app = s.app
-    return Access(s.app, _scope(request, s.app), s.expires)
+    if not await service.keys.alive(s.app, s.prefix):
+        raise Unauthorized("the API key this session was opened with was revoked; log in "
+                           "again", code="session_revoked")
+    return Access(s.app, _scope(request, s.app), s.expires, s.prefix)
 
 
 def _cookie_attrs(request: Request) -> dict:
@@ -167,12 +172,13 @@ async def api_history(request: Request):
 async def events(request: Request):
     """A snapshot now, then one after every recorder tick (once a second).
 
-    The stream ends when its session does (the page then goes back to the
-    login form) and when the node drains; EventSource reconnects after
-    ``retry`` to whichever node is up."""
+    The stream ends when its session does, or its key is revoked (the page
+    then goes back to the login form), and when the node drains;
+    EventSource reconnects after ``retry`` to whichever node is up."""
     access = await authorize(request)
     dash = _dashboard(request)
     state = request.app.state
+    keys = state.service.keys
 
     async def stream():
         yield b"retry: 2000\n\n"
@@ -182,6 +188,11 @@ async def events(request: Request):
             await dash.recorder.next_sample()
             if state.draining or (access.expires is not None and access.expires <= time.time()):
                 return
+            try:
+                if not await keys.alive(access.app, access.prefix):  # from memory, mostly
+                    return
+            except TidingsError:  # the store is away: the stream goes on meanwhile
+                pass
 
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
     if request.method == "HEAD":  # no stream nobody reads: it would hold the connection
