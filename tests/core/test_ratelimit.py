@@ -72,15 +72,45 @@ def test_memory_is_bounded_by_forgetting_full_buckets():
     b = TokenBuckets(clock, max_keys=10)
     for i in range(10):
         b.take(f"k{i}", rate=1.0, burst=1)
-    clock.now += 0.5  # none has refilled yet: all are forgotten (fail open)
-    b.take("new", rate=1.0, burst=1)
-    assert len(b) == 1
-    for i in range(9):
-        b.take(f"k{i}", rate=1.0, burst=1)
     clock.now += 1.0  # all full again: forgetting them changes nothing
     b.take("another", rate=1.0, burst=1)
     assert len(b) == 1
     assert b.take("k0", rate=1.0, burst=1) == 0.0
+
+
+def test_a_crowded_table_keeps_the_half_furthest_from_full():
+    """Every bucket still refilling: the ones the limit holds back most stay
+    (the old rule forgot them all, and the heaviest user started afresh)."""
+    clock = Clock()
+    b = TokenBuckets(clock, max_keys=10)
+    for i in range(10):  # k{i} took i + 1 of 10 tokens: k9 is the heaviest
+        b.take(f"k{i}", rate=1.0, burst=10, cost=i + 1)
+    clock.now += 0.5
+    b.take("new", rate=1.0, burst=10)
+    assert len(b) == 6  # the five furthest from full, and the newcomer
+    # k5..k9 kept what they were missing; k0..k4 start full again
+    assert b.take("k9", rate=1.0, burst=10, cost=2) == pytest.approx(1.5)
+    assert b.take("k0", rate=1.0, burst=10, cost=10) == 0.0
+
+
+def test_a_million_users_stay_within_max_keys_and_the_heavy_one_stays_limited():
+    clock, passes = Clock(), []
+
+    class Counted(TokenBuckets):
+        def _prune(self, now: float) -> None:
+            passes.append(now)
+            super()._prune(now)
+
+    b = Counted(clock, max_keys=10_000)
+    assert b.take_checked("heavy", 1.0, 5, 5) == 0.0
+    take = b.take_checked
+    for start in range(0, 1_000_000, 10_000):  # on a clock that barely moves
+        for i in range(start, start + 10_000):
+            take(i, 1.0, 5)  # a user id (any hashable key)
+        clock.now += 1e-3
+        assert len(b) <= 10_000
+        assert b.take_checked("heavy", 1.0, 5) > 0  # never forgotten: it owes the most
+    assert len(passes) <= 1_000_000 // 5_000  # each pass leaves room for half the table
 
 
 @pytest.mark.parametrize("rate, burst, cost", [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 # Refilling in floating point can land a hair below a whole token after
 # exactly the advertised wait; a caller that slept the full wait is served.
@@ -51,39 +51,58 @@ def take(
 
 
 class TokenBuckets:
-    """Named buckets in one process (the in-process broker's ``take``).
+    """Named buckets in one process (the in-process broker's ``take``, and
+    each node's per-user buckets of the client API).
 
     Memory stays bounded: past ``max_keys`` buckets, the ones that have
     refilled completely are forgotten, which changes nothing since a missing
-    bucket is a full one.  If every bucket is still refilling, all are
-    forgotten -- the limiter fails open rather than grow without bound.
+    bucket is a full one.  If more than half the table is still refilling,
+    only the half furthest from full is kept -- the heaviest users, whom the
+    limit is for -- and the others start full again, early by at most what
+    they were missing.  Either way at least ``max_keys // 2`` new keys fit
+    before the next pass, so a pass costs O(1) per key amortized, whatever
+    the number of distinct keys (a million users).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
         self.clock = clock
         self.max_keys = max_keys
         # key -> [tokens, last, full_at]
-        self._buckets: dict[str, list[float]] = {}
+        self._buckets: dict[Hashable, list[float]] = {}
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
+    def take(self, key: Hashable, rate: float, burst: int, cost: int = 1) -> float:
         """Take ``cost`` tokens from bucket ``key``; 0.0, or the seconds to wait."""
         check(rate, burst, cost)
+        return self.take_checked(key, rate, burst, cost)
+
+    def take_checked(self, key: Hashable, rate: float, burst: int, cost: int = 1) -> float:
+        """:meth:`take` for a limit that passed :func:`check` already (a
+        setting checked once at start): a fifth less time per take."""
         now = self.clock()
-        bucket = self._buckets.get(key)
+        buckets = self._buckets
+        bucket = buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= self.max_keys:
+            if len(buckets) >= self.max_keys:
                 self._prune(now)
+                buckets = self._buckets
             tokens, last = float(burst), now
         else:
             tokens, last = bucket[0], bucket[1]
         tokens, wait = take(tokens, last, now, rate, burst, cost)
-        self._buckets[key] = [tokens, now, now + (burst - tokens) / rate]
+        buckets[key] = [tokens, now, now + (burst - tokens) / rate]
         return wait
 
     def _prune(self, now: float) -> None:
-        self._buckets = {k: b for k, b in self._buckets.items() if b[2] > now}
-        if len(self._buckets) >= self.max_keys:
-            self._buckets.clear()
+        live = {k: b for k, b in self._buckets.items() if b[2] > now}
+        keep = self.max_keys // 2
+        if len(live) > keep:
+            ranked = sorted(live.items(), key=_full_at)
+            live = dict(ranked[len(ranked) - keep:])
+        self._buckets = live
+
+
+def _full_at(item: tuple[Hashable, list[float]]) -> float:
+    return item[1][2]
