@@ -14,6 +14,7 @@ from tidings.errors import (
     PayloadTooLarge,
     RateLimited,
     TidingsError,
+    TooManyConnections,
     Unauthorized,
     Unavailable,
     should_reconnect,
@@ -27,7 +28,10 @@ TABLE = [
     (Conflict, 409, "conflict", E.CLOSE_BAD_REQUEST),
     (PayloadTooLarge, 413, "payload_too_large", E.CLOSE_BAD_REQUEST),
     (Invalid, 422, "invalid", E.CLOSE_BAD_REQUEST),
-    (RateLimited, 429, "rate_limited", E.CLOSE_TOO_MANY),
+    # over the user's request rate: reconnect later; over the user's
+    # streams: do not (close one first)
+    (RateLimited, 429, "rate_limited", E.CLOSE_RATE_LIMITED),
+    (TooManyConnections, 429, "too_many_connections", E.CLOSE_TOO_MANY),
     (Unavailable, 503, "unavailable", E.CLOSE_SHUTDOWN),
 ]
 
@@ -90,15 +94,17 @@ def test_errors_can_be_raised_and_caught_as_base():
 
 
 def test_close_code_constants_in_documented_ranges():
-    for c in (E.CLOSE_SLOW_CONSUMER, E.CLOSE_SHUTDOWN, E.CLOSE_RESYNC, E.CLOSE_PING_TIMEOUT):
+    for c in (E.CLOSE_SLOW_CONSUMER, E.CLOSE_SHUTDOWN, E.CLOSE_RESYNC, E.CLOSE_PING_TIMEOUT,
+              E.CLOSE_TOKEN_EXPIRED, E.CLOSE_RATE_LIMITED):
         assert 4000 <= c <= 4099
         assert should_reconnect(c)
     for c in (E.CLOSE_BAD_REQUEST, E.CLOSE_UNAUTHORIZED, E.CLOSE_FORBIDDEN, E.CLOSE_TOO_MANY):
         assert 4400 <= c <= 4499
         assert not should_reconnect(c)
     codes = {E.CLOSE_SLOW_CONSUMER, E.CLOSE_SHUTDOWN, E.CLOSE_RESYNC, E.CLOSE_PING_TIMEOUT,
+             E.CLOSE_TOKEN_EXPIRED, E.CLOSE_RATE_LIMITED,
              E.CLOSE_BAD_REQUEST, E.CLOSE_UNAUTHORIZED, E.CLOSE_FORBIDDEN, E.CLOSE_TOO_MANY}
-    assert len(codes) == 8
+    assert len(codes) == 10
 
 
 @pytest.mark.parametrize("code", [4000, 4001, 4050, 4099])

@@ -9,7 +9,8 @@ close code.
 WebSocket close codes (RFC 6455 §7.4.2 reserves 4000-4999 for applications):
 
 * ``4000-4099`` -- **reconnect**: the client should reconnect (with backoff)
-  and resume from its cursor.  Slow consumer, shutdown, node drain.
+  and resume from its cursor.  Slow consumer, shutdown, node drain, a user
+  over the client API's rate limit.
 * ``4400-4499`` -- **do not reconnect**: bad token, forbidden, bad request.
   Reconnecting with the same credentials will fail again.
 
@@ -25,6 +26,10 @@ CLOSE_SHUTDOWN = 4001  # node shutting down / draining
 CLOSE_RESYNC = 4002  # server could not keep the stream gapless; resume
 CLOSE_PING_TIMEOUT = 4003  # no pong within the ping timeout
 CLOSE_TOKEN_EXPIRED = 4004  # the stream's token expired: reconnect with a fresh one
+# The user is over the client API's rate limit (Settings.user_rate): a
+# reconnect code, not 4429, so that a page refused once backs off and comes
+# back instead of stopping for good.
+CLOSE_RATE_LIMITED = 4005
 
 CLOSE_BAD_REQUEST = 4400  # malformed first message, bad cursor, bad query
 CLOSE_UNAUTHORIZED = 4401  # missing, expired or forged token
@@ -94,11 +99,18 @@ class Invalid(TidingsError):
 
 
 class RateLimited(TidingsError):
-    status, code, close_code = 429, "rate_limited", CLOSE_TOO_MANY
+    status, code, close_code = 429, "rate_limited", CLOSE_RATE_LIMITED
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: str | None):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class TooManyConnections(RateLimited):
+    """The user has ``max_connections_per_user`` streams open on this node:
+    another connect would only be refused again until one closes."""
+
+    code, close_code = "too_many_connections", CLOSE_TOO_MANY
 
 
 class Unavailable(TidingsError):
@@ -113,8 +125,9 @@ class Unavailable(TidingsError):
 
 __all__ = [
     "TidingsError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
-    "PayloadTooLarge", "Invalid", "RateLimited", "Unavailable", "should_reconnect",
+    "PayloadTooLarge", "Invalid", "RateLimited", "TooManyConnections", "Unavailable",
+    "should_reconnect",
     "CLOSE_SLOW_CONSUMER", "CLOSE_SHUTDOWN", "CLOSE_RESYNC", "CLOSE_PING_TIMEOUT",
-    "CLOSE_TOKEN_EXPIRED",
+    "CLOSE_TOKEN_EXPIRED", "CLOSE_RATE_LIMITED",
     "CLOSE_BAD_REQUEST", "CLOSE_UNAUTHORIZED", "CLOSE_FORBIDDEN", "CLOSE_TOO_MANY",
 ]

@@ -46,7 +46,13 @@ from tidings.core.backoff import Backoff
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
 from tidings.core.tracking import DeliveryTracker
-from tidings.errors import CLOSE_RESYNC, CLOSE_SHUTDOWN, CLOSE_TOO_MANY, RateLimited, Unavailable
+from tidings.errors import (
+    CLOSE_RESYNC,
+    CLOSE_SHUTDOWN,
+    CLOSE_TOO_MANY,
+    TooManyConnections,
+    Unavailable,
+)
 from tidings.gateway.cache import UserCache
 from tidings.gateway.stream import StreamEnds
 
@@ -124,10 +130,7 @@ class Hub:
         streams = self.users.get((app, user))
         limit = self.settings.limits.max_connections_per_user
         if streams is not None and len(streams) >= limit:
-            raise RateLimited(
-                f"at most {limit} open streams per user", code="too_many_connections",
-                retry_after=5,
-            )
+            raise TooManyConnections(f"at most {limit} open streams per user", retry_after=5)
 
     def attach(self, stream: Stream) -> None:
         key = (stream.app, stream.user)
