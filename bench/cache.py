@@ -34,7 +34,12 @@ on the node (the rate-limit buckets are among what the cache answers from
 memory).  A deployment's default, 1,000/s, would refuse the fill's batches,
 and a closed loop on a fast machine goes over it: the bench's default is
 100,000/s, the same path without refusals.  ``--key-rate 0`` turns the
-limit off (every other bench runs so).
+limit off (every other bench runs so).  The per-user limit of the client
+API stays on at its default (50 a second per user, bursts of 200) in both
+modes: it is kept in the node's memory with or without the cache, and the
+closed loop over ``--users`` 200 asks each user for about 16 requests in a
+whole run.  With only a few users a closed loop would go over it (a request
+not answered 200 stops the run): set ``TIDINGS_USER_RATE=0`` then.
 
 The devices are picows clients on uvloop, as ``bench latency``'s: with the
 ``websockets`` library on the default loop, the client's own handling of

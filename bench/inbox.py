@@ -15,6 +15,14 @@ over the measured window divided by the requests answered in it.  Every
 answer is checked (a page holds min(20, P) items, counts are 6 unread / 3
 unseen as loaded); ``bad`` counts the ones that were not.
 
+The per-user rate limit (``user_rate``, 50 requests a second per user with
+bursts of 200) stays on, as in a deployment: its take is part of what a
+request costs.  With requests spread over U users no user comes near it
+(500/s over a million users at the defaults; the smoke test asks each of
+its 200 users a quarter of a request a second); below ``--rate`` / 50
+users it would refuse, and the refusals would show in ``*_errors``: run
+the server with ``TIDINGS_USER_RATE=0`` then.
+
 After the runs, ``broadcast_write`` publishes one ``{"to": {"all": true}}``
 on the same data set and counts what the store wrote: rows per table
 (``count(*)`` before and after) and WAL pages.  docs/design.md §3: a broadcast to every

@@ -1,5 +1,6 @@
 """Rate limits through the API: per API key (429 + Retry-After), shared by
-every node through the broker, and frequency caps per user and category.
+every node through the broker; per user on the client API, per node; and
+frequency caps per user and category.
 
 The buckets refill at 0.01 tokens a second, so nothing refills during a test
 and every outcome follows from counting requests, not from timing.
@@ -7,11 +8,19 @@ and every outcome follows from counting requests, not from timing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
+import httpx
 import pytest
+import websockets
 
 from tests.conftest import run_server
+from tests.gateway.live import recv_events, ws_connect
+from tidings.cli import HTTP_PROTOCOL
+from tidings.config import Settings, from_env
+from tidings.errors import CLOSE_RATE_LIMITED, should_reconnect
+from tidings.service.ratelimits import RateLimits
 
 SLOW = 0.01  # tokens a second: one every 100 s
 
@@ -101,6 +110,214 @@ async def test_the_key_bucket_is_shared_by_two_nodes_on_redis(tmp_path):
             assert (await on_b.get("/v1/topics/t")).status_code == 429
         async with b.http() as b_key:  # b's own key is untouched
             assert (await b_key.get("/v1/topics/t")).status_code == 200
+
+
+# -- per user: the client API ------------------------------------------------------------
+# A bucket per user on each node, in memory (tidings/service/ratelimits.py).  The
+# tests that need time to pass move the node's bucket clock instead of sleeping.
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def me(server, token: str, origin: str | None = None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"}
+    if origin is not None:
+        headers["Origin"] = origin
+    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10)
+
+
+def refused(r: httpx.Response, most: int = 100) -> None:
+    assert r.status_code == 429, (r.status_code, r.text)
+    assert r.json()["error"]["code"] == "rate_limited", r.text
+    assert 1 <= int(r.headers["retry-after"]) <= most
+
+
+# "direct": tidings serve's HTTP protocol answers the inbox page and counts
+# itself; "cors": the same server, but a request with an Origin goes the ASGI
+# way, through the CORS middleware; "asgi": any other ASGI server (uvicorn's
+# own httptools protocol), every route a Starlette route.
+@pytest.mark.parametrize("path", ["direct", "cors", "asgi"])
+async def test_a_user_over_the_rate_gets_429_on_every_path(tmp_path, path):
+    http = "httptools" if path == "asgi" else HTTP_PROTOCOL
+    origin = "https://app.example" if path == "cors" else None
+    async with run_server(tmp_path, http=http, user_rate=SLOW, user_burst=3) as server:
+        async with me(server, await server.token("alice"), origin) as alice:
+            for _ in range(3):
+                assert (await alice.get("/v1/me/counts")).status_code == 200
+            for route in ("/v1/me/counts", "/v1/me/notifications"):
+                r = await alice.get(route)
+                refused(r)
+                if origin is not None:  # a page can read the answer, and when to retry
+                    assert r.headers["access-control-allow-origin"] == "*"
+                    assert "retry-after" in r.headers["access-control-expose-headers"].lower()
+            refused(await alice.post("/v1/me/notifications/seen", json={"all": True}))
+        # Another user of the same app has a bucket of their own.
+        async with me(server, await server.token("bob"), origin) as bob:
+            for _ in range(3):
+                assert (await bob.get("/v1/me/notifications")).status_code == 200
+
+
+ME_ROUTES = [
+    ("GET", "/v1/me/notifications", None),
+    ("GET", "/v1/me/counts", None),
+    ("GET", "/v1/me/notifications/01HZZZZZZZZZZZZZZZZZZZZZZZ/group", None),
+    ("POST", "/v1/me/notifications/read", {"all": True}),
+    ("POST", "/v1/me/notifications/seen", {"all": True}),
+    ("POST", "/v1/me/notifications/archive", {"ids": []}),
+    ("POST", "/v1/me/receipts", {"delivered": []}),
+    ("GET", "/v1/me/preferences", None),
+    ("PUT", "/v1/me/preferences", {}),
+    ("POST", "/v1/me/push-subscriptions", {}),
+    ("GET", "/v1/me/push-subscriptions", None),
+    ("DELETE", "/v1/me/push-subscriptions/nosuch", None),
+]
+
+
+async def test_every_client_route_takes_a_token(tmp_path):
+    """Each route of the client API, with a bucket of one: the first call
+    (answered whatever it answers) leaves nothing for the second."""
+    async with run_server(tmp_path, user_rate=SLOW, user_burst=1) as server:
+        for i, (method, route, body) in enumerate(ME_ROUTES):
+            async with me(server, await server.token(f"u{i}")) as user:
+                first = await user.request(method, route, json=body)
+                assert first.status_code != 429, (route, first.text)
+                refused(await user.request(method, route, json=body))
+
+
+async def test_the_bucket_refills(tmp_path):
+    async with run_server(tmp_path, user_rate=10.0, user_burst=2) as server:
+        clock = server.service.limits.users.clock = Clock()
+        async with me(server, await server.token("alice")) as alice:
+            assert [(await alice.get("/v1/me/counts")).status_code for _ in range(2)] == [200, 200]
+            refused(await alice.get("/v1/me/counts"), most=1)  # 0.1 s, rounded up to 1
+            clock.now += 0.1  # one token back
+            assert (await alice.get("/v1/me/counts")).status_code == 200
+            refused(await alice.get("/v1/me/counts"), most=1)
+            clock.now += 60  # refilled to the burst, not beyond
+            assert [(await alice.get("/v1/me/counts")).status_code for _ in range(3)] == [
+                200, 200, 429]
+
+
+async def test_user_rate_zero_turns_the_limit_off(tmp_path):
+    async with run_server(tmp_path, user_rate=0, user_burst=1) as server:
+        token = await server.token("alice")
+        async with me(server, token) as alice:
+            for _ in range(10):
+                assert (await alice.get("/v1/me/counts")).status_code == 200
+                assert (await alice.get("/v1/me/preferences")).status_code == 200
+        for _ in range(3):
+            ws = await ws_connect(server, token)
+            assert (await recv_events(ws, 1))[0]["type"] == "hello"
+            await ws.close()
+
+
+async def test_a_refused_request_changes_nothing(tmp_path):
+    async with run_server(tmp_path, user_rate=SLOW, user_burst=1) as server:
+        async with server.http() as http:
+            r = await http.post("/v1/notifications", json={"to": {"users": ["alice"]},
+                                                           "title": "hi"})
+            nid = r.json()["id"]
+        async with me(server, await server.token("alice")) as alice:
+            assert (await alice.get("/v1/me/counts")).json() == {"unread": 1, "unseen": 1}
+            refused(await alice.post("/v1/me/notifications/read", json={"ids": [nid]}))
+            refused(await alice.post("/v1/me/notifications/archive", json={"all": True}))
+            refused(await alice.put("/v1/me/preferences", json={
+                "categories": {"social": {"in_app": False}}}))
+        async with server.http() as http:
+            items = (await http.get("/v1/users/alice/notifications")).json()["items"]
+            assert [(i["id"], i["state"]) for i in items] == [(nid, "unseen")]
+            assert (await http.get("/v1/users/alice/preferences")).json().get(
+                "categories", {}) == {}
+
+
+async def test_a_stream_connect_takes_a_token_and_a_refused_websocket_may_reconnect(tmp_path):
+    """Over the rate a WebSocket closes with 4005, a "reconnect" code (4429,
+    too many streams, tells clients to stop for good); SSE answers 429."""
+    async with run_server(tmp_path, user_rate=1.0, user_burst=2) as server:
+        clock = server.service.limits.users.clock = Clock()
+        token = await server.token("alice")
+        ws = await ws_connect(server, token)
+        assert (await recv_events(ws, 1))[0]["type"] == "hello"
+        async with me(server, token) as alice:
+            assert (await alice.get("/v1/me/counts")).status_code == 200
+            refused(await alice.get("/v1/me/events", params={"token": token}), most=1)
+        refused_ws = await ws_connect(server, token)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await recv_events(refused_ws, 1)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == CLOSE_RATE_LIMITED and should_reconnect(CLOSE_RATE_LIMITED)
+        assert "rate limit" in closed.value.rcvd.reason
+        clock.now += 1.0  # the reconnect, after its backoff
+        again = await ws_connect(server, token)
+        assert (await recv_events(again, 1))[0]["type"] == "hello"
+        await again.close()
+        await ws.close()
+
+
+async def test_the_defaults_hold_twenty_tabs_opening_at_once(tmp_path):
+    """What a session restore of 20 tabs (the most streams a user may hold
+    on a node) sends at once, each tab as tidings.js and <tidings-inbox> do:
+    its stream, the first page, counts, preferences, a receipt (SSE tabs post
+    them), marking the page seen.  The default burst takes it all."""
+    async with run_server(tmp_path) as server:
+        assert (server.service.settings.user_rate, server.service.settings.user_burst) == (
+            50.0, 200)
+        token = await server.token("alice")
+
+        async def tab(i: int, alice: httpx.AsyncClient):
+            ws = await ws_connect(server, token)
+            assert (await recv_events(ws, 1))[0]["type"] == "hello"
+            for method, route, body in [
+                    ("GET", "/v1/me/notifications?limit=20", None), ("GET", "/v1/me/counts", None),
+                    ("GET", "/v1/me/preferences", None),
+                    ("POST", "/v1/me/receipts", {"device": f"tab{i}", "delivered": []}),
+                    ("POST", "/v1/me/notifications/seen", {"all": True})]:
+                r = await alice.request(method, route, json=body)
+                assert r.status_code < 300, (route, r.text)
+            return ws
+
+        async with me(server, token) as alice:
+            tabs = await asyncio.gather(*(tab(i, alice) for i in range(20)))
+        for ws in tabs:
+            await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_user_bucket_is_per_node(tmp_path):
+    """docs/security.md: behind a load balancer with N nodes a user can make
+    N times the rate; each node holds one user to it."""
+    async with two_nodes(tmp_path, user_rate=SLOW, user_burst=2) as (a, b):
+        token = await a.token("alice")
+        async with me(a, token) as on_a, me(b, token) as on_b:
+            for _ in range(2):
+                assert (await on_a.get("/v1/me/counts")).status_code == 200
+            refused(await on_a.get("/v1/me/counts"))
+            for _ in range(2):
+                assert (await on_b.get("/v1/me/counts")).status_code == 200
+            refused(await on_b.get("/v1/me/counts"))
+
+
+def test_the_user_limit_is_set_like_the_key_limit(monkeypatch):
+    monkeypatch.delenv("TIDINGS_USER_BURST", raising=False)
+    monkeypatch.setenv("TIDINGS_USER_RATE", "7.5")
+    settings = from_env({"user_rate": 3.0, "user_burst": 30})  # a file, then the variables
+    assert (settings.user_rate, settings.user_burst) == (7.5, 30)
+    monkeypatch.setenv("TIDINGS_USER_RATE", "0")
+    assert from_env().user_rate == 0  # off
+
+
+def test_a_user_burst_no_bucket_can_honour_is_refused_at_start():
+    with pytest.raises(ValueError, match="user_burst"):
+        RateLimits(Settings(user_rate=5.0, user_burst=0), None, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="user_rate"):
+        RateLimits(Settings(user_rate=float("nan")), None, None)  # type: ignore[arg-type]
+    RateLimits(Settings(user_rate=0, user_burst=0), None, None)  # type: ignore[arg-type]  # off
 
 
 # -- frequency caps ---------------------------------------------------------------------

@@ -129,8 +129,13 @@ async def server_auth(request: Request, scope: str) -> str:
 
 
 async def user_auth(request: Request) -> tuple[str, str]:
-    app, user = await request.app.state.service.authenticate_token(bearer(request))
+    """The ``(app, user)`` of a valid user token, after taking one token from
+    the user's rate limit."""
+    service = request.app.state.service
+    app, user = await service.authenticate_token(bearer(request))
     request.state.app = app
+    # 429 over Settings.user_rate (tidings/service/ratelimits.py)
+    service.limits.charge_user(app, user)
     return app, user
 
 

@@ -189,8 +189,8 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("delete", "/v1/keys/{prefix}"): {"409"},  # the app's last admin key
     ("get", "/v1/push/vapid-public-key"): {"404"},
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
-    # a bad cursor; too many open streams for the user
-    ("get", "/v1/me/events"): {"400", "429"},
+    # a bad cursor (its 429s, the user's rate and too many streams, are every user route's)
+    ("get", "/v1/me/events"): {"400"},
 }
 
 
@@ -206,7 +206,7 @@ def _responses(method: str, path: str, auth: str, model: type | None,
         if path.startswith("/v1/"):  # the key's rate limit (not on /metrics, /dashboard)
             errors.add("429")
     elif auth == "userToken":
-        errors.add("401")
+        errors |= {"401", "429"}  # the user's rate limit
     if model is not None:
         errors |= {"400", "413", "422"}
     if "{" in path:

@@ -197,6 +197,9 @@ class WebSocketEndpoint:
             if token is None:
                 token = await self._first_message_token(receive)
             app, user, until = await service.token_claims(token)
+            # a connect is a request of the user's (docs/security.md#rate-limits):
+            # over the rate it closes with 4005, which clients reconnect after
+            service.limits.charge_user(app, user)
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
             return await refuse(exc.close_code, exc.message, exc.code)
@@ -317,6 +320,7 @@ class SSEEndpoint:
                 last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
             app, user, until = await service.token_claims(token)
+            service.limits.charge_user(app, user)  # 429 rate_limited, as any request
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
             service.hub.metrics.error(app, exc.code, exc.status, "GET /v1/me/events")

@@ -1,14 +1,32 @@
-"""Rate limits: requests per API key, and frequency caps per user and category.
+"""Rate limits: requests per API key and per user, and frequency caps per
+user and category.
 
-Both are token buckets kept by the broker (``Broker.take``), so they hold
-across every node of a cluster: the in-process broker keeps them in memory,
-Redis in one Lua script per take (tidings/broker/lua/take.lua).
+The key limit and the caps are token buckets kept by the broker
+(``Broker.take``), so they hold across every node of a cluster: the
+in-process broker keeps them in memory, Redis in one Lua script per take
+(tidings/broker/lua/take.lua).  The user limit is a bucket per user on each
+node, in memory (below).
 
 * **Per API key** -- ``Settings.key_rate`` requests a second with bursts of
   ``key_burst`` (1,000/s and 2,000 by default; ``key_rate=0`` turns the
   limit off).  A publish costs one token per notification (a batch of 500
   costs 500), anything else one.  Over the limit: ``429 rate_limited`` with
   ``Retry-After``, and nothing was done.
+* **Per user** -- every request with a user token (``/v1/me/*``, the direct
+  inbox page and counts included) and every stream connect takes one token
+  from the user's bucket: ``Settings.user_rate`` a second with bursts of
+  ``user_burst`` (50/s and 200 by default; ``user_rate=0`` turns it off).
+  Over it: ``429 rate_limited`` with ``Retry-After`` and nothing done; a
+  WebSocket closes with 4005, a "reconnect" code, so that a page refused
+  once backs off instead of stopping for good.  The buckets are this node's
+  own, like ``max_connections_per_user``: with N nodes behind a load
+  balancer a user can make up to N times the rate.  A shared bucket would
+  cost a broker round trip on most page loads -- a user makes a handful of
+  requests at a time, too few for a lease to pay, unlike an API key -- and
+  what the limit protects is each node, whose share from one user stays
+  bounded whatever N.  At most ``USER_BUCKETS`` buckets are kept, only the
+  ones still refilling (tidings/core/ratelimit.py): memory is bounded with
+  any number of users.
 * **Frequency caps** -- an app caps a category per user with
   ``PUT /v1/caps`` ``{"categories": {"social": {"per": 3600, "max": 10}}}``:
   a bucket of ``max`` tokens refilled at ``max`` per ``per`` seconds for
@@ -37,7 +55,7 @@ import msgspec
 
 from tidings.broker.base import Broker, BrokerUnavailable
 from tidings.config import Settings
-from tidings.core import digest
+from tidings.core import digest, ratelimit
 from tidings.core.lru import LRU
 from tidings.core.outbound import Caps
 from tidings.errors import Invalid, RateLimited
@@ -73,6 +91,14 @@ NOT_CAPPED = Capped(frozenset())
 KEY_LEASE_S = 0.05
 KEY_LEASE_BURST_PART = 20
 
+# The most user buckets a node holds (about 330 bytes each with the user id:
+# 6.6 MB).  Only a bucket that is not full needs keeping, and one is full
+# again user_burst / user_rate seconds at most after its user's last request
+# (4 s at the defaults, 120 ms after a page load's 6 requests).  A pass over
+# a full table keeps at most half: 10,000 users mid-refill after a page load
+# each would be some 500,000 requests a second on one node.
+USER_BUCKETS = 20_000
+
 
 class RateLimits:
     def __init__(self, settings: Settings, store: Store, broker: Broker):
@@ -84,6 +110,14 @@ class RateLimits:
         # With the hot-path cache on, API-key tokens are taken from the shared
         # bucket a lease at a time and spent here from memory (charge_key).
         self._leases: dict[str, int] = {}
+        # Per user, on this node (charge_user); the limit is checked once here
+        # (a NaN rate too, which no comparison would turn off).
+        if not settings.user_rate <= 0:
+            try:
+                ratelimit.check(settings.user_rate, settings.user_burst, 1)
+            except ValueError as exc:
+                raise ValueError(f"user_rate and user_burst: {exc}") from None
+        self.users = ratelimit.TokenBuckets(max_keys=USER_BUCKETS)
 
     async def _take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
         try:
@@ -149,6 +183,20 @@ class RateLimits:
                 f"this API key is over its rate limit ({rate:g} per second, bursts of {burst})",
                 retry_after=wait,
             )
+
+    # -- per user (the client API) --------------------------------------------------------
+    def charge_user(self, app: str, user: str) -> None:
+        """Take one token from the user's bucket on this node, or raise 429.
+        Memory only: no broker, no await."""
+        rate = self.settings.user_rate
+        if rate <= 0:
+            return
+        burst = self.settings.user_burst
+        wait = self.users.take_checked((app, user), rate, burst)
+        if wait > 0:
+            raise RateLimited(
+                f"this user is over the client API's rate limit ({rate:g} requests a second, "
+                f"bursts of {burst})", retry_after=wait)
 
     # -- frequency caps ------------------------------------------------------------------
     def caps_now(self, app_id: str) -> Caps | None:
