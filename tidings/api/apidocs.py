@@ -26,6 +26,7 @@ from tidings.errors import (
     CLOSE_RESYNC,
     CLOSE_SHUTDOWN,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
     NotFound,
@@ -44,6 +45,8 @@ _CLOSE_CODES = [
     (CLOSE_SHUTDOWN, "reconnect", "the node is shutting down or draining"),
     (CLOSE_RESYNC, "reconnect", "the stream could not stay gapless; resume from the cursor"),
     (CLOSE_PING_TIMEOUT, "reconnect", "reserved (a keepalive timeout closes with 1011 today)"),
+    (CLOSE_TOKEN_EXPIRED, "reconnect with a new token",
+     "the stream's token expired (send a fresh one on the stream before it does)"),
     (CLOSE_RATE_LIMITED, "reconnect", "the user is over the client API's rate limit; back off"),
     (CLOSE_BAD_REQUEST, "do not reconnect", "a malformed first message, cursor or query"),
     (CLOSE_UNAUTHORIZED, "do not reconnect", "missing, expired or forged token"),
@@ -70,6 +73,7 @@ Events). Both carry the same JSON events; a WebSocket frame may hold a JSON arra
 | `updated` / `deleted` | a notification was corrected or retracted | the notification / its id |
 | `state` | read, seen or archived on a device | `ids` or `all`, `state` |
 | `counts` | the unread counts changed | `unread`, `unseen` |
+| `token` | a fresh token sent on the open WebSocket was taken | `until`: when the stream now ends |
 
 **Cursors.** `"<epoch>:<seq>"` (or `"<epoch>:<seq>:<feed>"`): reconnect with `?cursor=` (SSE:
 `Last-Event-ID`, which `EventSource` sends by itself) and the server replays exactly what was
