@@ -15,7 +15,13 @@ import pytest
 
 from tidings.channels.base import Job, JobQueue
 from tidings.service.outbound import StoreQueue
-from tidings.store.outbound import EmailAddress, NewJob, PushSubscription, WebhookEndpoint
+from tidings.store.outbound import (
+    EmailAddress,
+    NewJob,
+    PushSubscription,
+    QueueStats,
+    WebhookEndpoint,
+)
 
 A, B = "app_a", "app_b"
 T0 = 1_700_000_000.0
@@ -44,6 +50,23 @@ async def ids(store, channel: str = "email", n: int = 100, now: float = T0) -> l
 
 
 # -- the job queue ---------------------------------------------------------------------
+
+
+async def test_queue_stats_count_queued_due_and_dead_per_channel_across_apps(db):
+    assert await db.queue_stats(T0) == {}
+    await db.enqueue_jobs([
+        new_job("e1", at=T0 - 30), new_job("e2", at=T0 - 10, app=B), new_job("e3", at=T0 + 60),
+        new_job("w1", channel="webhook", at=T0 + 5), new_job("w2", channel="webhook", at=T0 - 1),
+    ])
+    (leased,) = await db.claim_jobs("webhook", 1, T0, LEASE)  # being sent: still queued, due
+    await db.kill_job(leased, "gave up", T0)  # ... and now a dead letter
+    (e1,) = await db.claim_jobs("email", 1, T0, LEASE)
+    assert e1.id == "e1"
+    assert await db.queue_stats(T0) == {
+        "email": QueueStats(queued=3, due=2, oldest_due=T0 - 30, dead=0),
+        "webhook": QueueStats(queued=1, due=0, oldest_due=None, dead=1),
+    }
+    assert (await db.queue_stats(T0 + 5))["webhook"] == QueueStats(1, 1, T0 + 5, 1)
 
 
 async def test_a_claimed_job_round_trips_every_field(db):

@@ -36,7 +36,7 @@ from tidings.channels.base import Job
 from tidings.core.models import Preferences
 
 __all__ = ["DigestBuilder", "DigestItem", "EmailAddress", "JobRecord", "NewJob", "OutboundStore",
-           "PushSubscription", "WebhookEndpoint"]
+           "PushSubscription", "QueueStats", "WebhookEndpoint"]
 
 
 @dataclass(slots=True)
@@ -129,6 +129,16 @@ class JobRecord:
     updated_at: float
     expires_at: float | None
     fallback: bool
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """One channel's queue and dead letters, as /metrics shows them."""
+
+    queued: int = 0  # jobs waiting, due or not, those being sent (leased) included
+    due: int = 0  # of those, the ones whose not_before has passed
+    oldest_due: float | None = None  # the not_before of the oldest due job
+    dead: int = 0  # on the dead-letter list
 
 
 class OutboundStore(abc.ABC):
@@ -259,6 +269,13 @@ class OutboundStore(abc.ABC):
         transaction per window, take its items (dropping expired ones), and
         queue the jobs ``build`` makes of them.  A window is taken once, by
         one caller on one node.  Returns the channels of the jobs queued."""
+
+    @abc.abstractmethod
+    async def queue_stats(self, now: float) -> dict[str, QueueStats]:
+        """Every channel's queued, due (at ``now``) and dead jobs, and its
+        oldest due job: one aggregate read over the queue's indexes (a scan
+        of their entries, none of the rows), no write.  Channels with no job
+        are left out."""
 
     @abc.abstractmethod
     async def list_jobs(self, app_id: str, *, status: str | None = None, nid: str | None = None,
