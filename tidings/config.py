@@ -112,6 +112,9 @@ class OutboundConfig(msgspec.Struct, frozen=True):
     retry_cap: float = 6 * 3600.0  # no single wait is longer
     max_attempts: int = 16  # then the dead-letter list
     rotation_overlap: float = 24 * 3600.0  # a rotated webhook secret still signs this long
+    # /metrics reads the queue's depth and dead letters from the store at most
+    # once this often per node; scrapes in between are answered from memory.
+    stats_ttl: float = 5.0
 
 
 class Settings(msgspec.Struct):

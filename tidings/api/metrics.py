@@ -8,6 +8,10 @@ scrape time, too.  Every family is labelled by ``app``; errors that happen
 before a key or token names an app have ``app=""``.  An app's own admin key
 sees its own series only (tidings/api/ops.py).  Topic names never
 appear (they are app data, and unbounded).
+
+The outbound queue's families (:class:`OutboundCollector`) are labelled by
+``channel`` (webhook, push, email) and the worker's ``outcome``, a fixed set:
+they cover every app, so only a scrape that sees every app gets them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from prometheus_client.core import (
 )
 
 from tidings.core.stats import LATENCY_BUCKETS
+from tidings.service.outbound import OUTBOUND, Outbound, QueueSnapshot
+
+# Worker.counts' outcomes, each exposed from zero so that rate() sees the first one.
+OUTCOMES = ("delivered", "retry", "failed", "dead", "expired", "deferred", "error")
 
 
 def stream_gauges(apps: dict[str, set]) -> dict[str, dict]:
@@ -129,3 +137,68 @@ class ServiceCollector:
             latency.add_metric([app], buckets, sum_value=h.total)
         yield latency
 
+
+
+class OutboundCollector:
+    """The outbound queue as the store holds it (every node's jobs, read at
+    most once per ``stats_ttl``: :meth:`Outbound.queue_stats`) and this node's
+    worker lanes (their ``counts`` and sends in flight).  ``snapshot`` None:
+    the store did not answer, the queue's gauges are left out and
+    ``tidings_outbound_queue_up`` is 0."""
+
+    def __init__(self, outbound: Outbound, snapshot: QueueSnapshot | None):
+        self.outbound = outbound
+        self.snapshot = snapshot
+
+    def collect(self):
+        snap, worker = self.snapshot, self.outbound.worker
+        up = GaugeMetricFamily(
+            "tidings_outbound_queue_up",
+            "1 when the outbound queue's figures below were read from the store, 0 when "
+            "the store did not answer (they are left out)")
+        up.add_metric([], 1 if snap is not None else 0)
+        yield up
+        if snap is not None:
+            # the configured channels always (zeros included), and any other
+            # that still has jobs: a subset of OUTBOUND either way
+            channels = sorted(set(self.outbound.channels)
+                              | (set(snap.channels) & set(OUTBOUND)))
+            queued = GaugeMetricFamily("tidings_outbound_jobs_queued",
+                                       "Outbound jobs waiting, due or not (those being sent "
+                                       "included)", labels=["channel"])
+            due = GaugeMetricFamily("tidings_outbound_jobs_due",
+                                    "Queued outbound jobs whose time has come (those being "
+                                    "sent included)", labels=["channel"])
+            age = GaugeMetricFamily("tidings_outbound_oldest_due_seconds",
+                                    "How long the oldest due outbound job has been due "
+                                    "(0: none is)", labels=["channel"])
+            dead = GaugeMetricFamily("tidings_outbound_dead_letters",
+                                     "Outbound jobs on the dead-letter list", labels=["channel"])
+            for channel in channels:
+                st = snap.channels.get(channel)
+                queued.add_metric([channel], st.queued if st else 0)
+                due.add_metric([channel], st.due if st else 0)
+                oldest = st.oldest_due if st else None
+                age.add_metric([channel], max(0.0, snap.at - oldest) if oldest is not None
+                               else 0.0)
+                dead.add_metric([channel], st.dead if st else 0)
+            yield queued
+            yield due
+            yield age
+            yield dead
+        if worker is None:  # the worker is off on this node, or no channel is on
+            return
+        outcomes = CounterMetricFamily(
+            "tidings_outbound_lane_outcomes",
+            "This node's worker lanes: attempts settled (delivered, retry, failed, dead: "
+            "retries used up, expired), jobs handed back unattempted because their host had "
+            "its sends (deferred), queue calls that failed (error)",
+            labels=["channel", "outcome"])
+        inflight = GaugeMetricFamily("tidings_outbound_lane_inflight",
+                                     "Sends in flight in this node's lane", labels=["channel"])
+        for channel in sorted(worker.lanes):
+            for outcome in OUTCOMES:
+                outcomes.add_metric([channel, outcome], worker.counts[channel, outcome])
+            inflight.add_metric([channel], worker.inflight(channel))
+        yield outcomes
+        yield inflight

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.api.common import JSON, bearer
-from tidings.api.metrics import ServiceCollector
+from tidings.api.metrics import OutboundCollector, ServiceCollector
 from tidings.api.openapi import openapi_document
 
 _PROMETHEUS = "text/plain; version=0.0.4"
@@ -64,7 +64,12 @@ async def metrics(request: Request):
     if registry is None:
         registry = request.app.state.metrics_registry = CollectorRegistry()
         registry.register(ServiceCollector(service, node))
-    return Response(generate_latest(registry), media_type=_PROMETHEUS)
+    # The queue's figures come from the store (cached, bounded in time): read
+    # before the synchronous collectors run.  They cover every app's jobs, so
+    # an app's own admin key (above) does not get them.
+    queue = CollectorRegistry()
+    queue.register(OutboundCollector(service.outbound, await service.outbound.queue_stats()))
+    return Response(generate_latest(registry) + generate_latest(queue), media_type=_PROMETHEUS)
 
 
 async def openapi(request: Request):

@@ -49,9 +49,9 @@ from tidings.core import digest, quiet
 from tidings.core.lru import LRU
 from tidings.core.retry import RetryPolicy
 from tidings.store.base import Store
-from tidings.store.outbound import DigestItem, NewJob, WebhookEndpoint
+from tidings.store.outbound import DigestItem, NewJob, QueueStats, WebhookEndpoint
 
-__all__ = ["Outbound", "OutboundCounts", "StoreQueue"]
+__all__ = ["Outbound", "OutboundCounts", "QueueSnapshot", "StoreQueue"]
 
 log = logging.getLogger("tidings.service.outbound")
 
@@ -60,6 +60,10 @@ FALLBACK = frozenset({"push", "email"})  # wait for a device to see it first
 WEBHOOK_CACHE_TTL = 10.0  # seconds a node reuses an app's endpoints (and secrets)
 PRUNE_INTERVAL = 3600.0
 DIGEST_BATCH = 100  # windows closed per store call
+# How long /metrics waits for the queue's figures.  A store that does not
+# answer (down, or behind a silent partition) must not hold the scrape, whose
+# other metrics are this node's memory: after this the figures are left out.
+STATS_TIMEOUT = 2.0
 
 
 class StoreQueue:
@@ -105,6 +109,14 @@ class OutboundCounts:
         return out
 
 
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue's figures as one store read found them (``Outbound.queue_stats``)."""
+
+    at: float  # when they were read (the clock's time)
+    channels: dict[str, QueueStats]
+
+
 # Counts a delivery event: (app, nid, channel, field, n), e.g. Service.track,
 # which batches the writes and feeds /metrics.
 Track = Callable[[str, str, str, str, int], None]
@@ -132,6 +144,11 @@ class Outbound:
         self._vapid_public: str | None = None
         self._maintenance: asyncio.Task | None = None
         self._digests: asyncio.Task | None = None
+        # /metrics' queue figures: the last read (None: the store did not
+        # answer), until when it is reused, and the read in progress.
+        self._stats: QueueSnapshot | None = None
+        self._stats_until = float("-inf")
+        self._stats_read: asyncio.Task | None = None
 
     def enabled(self, channel: str) -> bool:
         return channel in self.channels
@@ -211,6 +228,39 @@ class Outbound:
             except Exception:
                 log.exception("pruning dead jobs failed; retrying at the next interval")
             await asyncio.sleep(PRUNE_INTERVAL)
+
+    # -- /metrics ----------------------------------------------------------------------
+    async def queue_stats(self) -> QueueSnapshot | None:
+        """Every channel's queue and dead letters, read from the store at most
+        once per ``stats_ttl`` (5 s) on this node: scrapers and dashboards
+        that come in between, or at the same time, share the one read.  None
+        when the store did not answer within ``STATS_TIMEOUT`` (2 s) or
+        failed; that too is kept for ``stats_ttl``, so that a store that is
+        down costs one wait per interval, not one per scrape."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._stats_until:
+            return self._stats
+        if self._stats_read is None:
+            self._stats_read = loop.create_task(self._read_stats())
+        read = self._stats_read
+        # shielded: a scrape that goes away does not cancel the others' read
+        return await asyncio.shield(read)
+
+    async def _read_stats(self) -> QueueSnapshot | None:
+        now = self.clock()
+        try:
+            async with asyncio.timeout(STATS_TIMEOUT):
+                snapshot: QueueSnapshot | None = QueueSnapshot(
+                    now, await self.store.queue_stats(now))
+        except Exception as exc:  # TimeoutError, Unavailable, a database error
+            log.warning("reading the outbound queue's figures failed (%s: %s); /metrics "
+                        "leaves them out", type(exc).__name__, exc)
+            snapshot = None
+        finally:
+            self._stats_read = None
+        self._stats = snapshot
+        self._stats_until = asyncio.get_running_loop().time() + self.config.stats_ttl
+        return snapshot
 
     # -- digests ----------------------------------------------------------------------------
     async def _send_digests(self) -> None:
