@@ -59,3 +59,21 @@ def test_a_refused_stream_connect_reconnects_once_the_bucket_refills(context, sl
         assert page.evaluate("window.codes")[0] == CLOSE_RATE_LIMITED
     else:
         assert refused  # the first EventSource was answered 429
+
+
+def test_an_api_call_refused_for_the_rate_limit_is_sent_again(context, slow_server):
+    """A call answered 429 did nothing: tidings.js sends it once more after
+    its Retry-After, and the caller gets the answer, not an error."""
+    page = context.new_page()
+    statuses: list[int] = []
+    page.on("response", lambda r: "/v1/me/counts" in r.url and statuses.append(r.status))
+    page.goto(f"{slow_server.url}/demo")
+    result = page.evaluate("""async ([token]) => {
+      const c = Tidings.connect({ token, transport: "sse" });
+      c.close();  // only the API calls: no stream takes the user's token
+      const first = await c.counts();   // the bucket's one token
+      const second = await c.counts();  // refused, then sent again 4 s later
+      return [first.unread, second.unread];
+    }""", [slow_server.token("sol")])
+    assert result == [0, 0]
+    assert statuses == [200, 429, 200]

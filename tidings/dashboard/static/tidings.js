@@ -26,6 +26,9 @@
   // Full jitter, the schedule of tidings/core/backoff.py: 0..min(20 s, 250 ms * 2^n).
   var BACKOFF_BASE_MS = 250, BACKOFF_CAP_MS = 20000;
   var SEEN_MAX = 5000;  // ids remembered for de-duplication
+  // A call refused with 429 (the user's rate limit: nothing was done) is sent
+  // once more after its Retry-After, at most this many seconds.
+  var RETRY_429_MAX_S = 30;
   // Receipts (docs/protocol.md#receipts): ids gathered for a second, then sent
   // as one message (WebSocket) or one POST (SSE), at most RECEIPTS_MAX ids in
   // each, so a message stays under the server's 4,096 bytes.
@@ -454,6 +457,11 @@
       if (r.status === 401 && self._getToken && !retried) {   // expired: one fresh token
         self._token = null;
         return self._request(method, path, body, true);
+      }
+      if (r.status === 429 && !retried) {   // over the user's rate limit: nothing was done
+        var wait = Math.min(RETRY_429_MAX_S, Number(r.headers.get("Retry-After")) || 1);
+        return new Promise(function (resolve) { setTimeout(resolve, wait * 1000); })
+          .then(function () { return self._request(method, path, body, true); });
       }
       return r.json().catch(function () { return {}; }).then(function (doc) {
         if (r.ok) return doc;
