@@ -214,6 +214,52 @@ async def test_the_key_limit_holds_for_adds_at_once_on_two_nodes(make_store, db)
         await other.close()
 
 
+async def test_a_rotation_keeps_the_replaced_secret_until_its_end(make_store, db):
+    """The new secret is current at once, on every store instance; the one it
+    replaced is kept with its end, and a second rotation forgets the first
+    secret.  Another app's secret is untouched; no app: None."""
+    fresh = await db.get_app(A)
+    assert (fresh.previous_secret, fresh.previous_until) == (None, None)
+    assert fresh.previous(T0) is None
+    rec = await db.rotate_signing_secret(A, "secret-a2", T0 + 60)
+    assert (rec.id, rec.name, rec.signing_secret) == (A, "app A", "secret-a2")
+    assert (rec.previous_secret, rec.previous_until) == ("secret-a", T0 + 60)
+    assert rec.previous(T0) == "secret-a" and rec.previous(T0 + 60) is None
+    other = make_store()
+    await other.open()
+    try:
+        seen = await other.get_app(A)
+        assert (seen.signing_secret, seen.previous_secret, seen.previous_until) == (
+            "secret-a2", "secret-a", T0 + 60)
+        again = await other.rotate_signing_secret(A, "secret-a3", T0)
+        assert (again.signing_secret, again.previous_secret, again.previous_until) == (
+            "secret-a3", "secret-a2", T0)
+        assert [(a.id, a.signing_secret, a.previous_secret) for a in await db.list_apps()] == [
+            (A, "secret-a3", "secret-a2"), (B, "secret-b", None)]
+        assert await db.rotate_signing_secret("app_none", "s", T0) is None
+        assert await db.get_app("app_none") is None
+    finally:
+        await other.close()
+
+
+async def test_rotations_at_once_on_two_nodes_apply_one_after_the_other(make_store, db):
+    """Whichever wins, the current secret is one a caller was answered and
+    the previous one the other's (or the original): never a lost secret."""
+    other = make_store()
+    await other.open()
+    try:
+        answers = await asyncio.gather(db.rotate_signing_secret(A, "s-one", T0 + 1),
+                                       other.rotate_signing_secret(A, "s-two", T0 + 2))
+        final = await db.get_app(A)
+        first, second = sorted(answers, key=lambda r: r.previous_secret != "secret-a")
+        assert first.previous_secret == "secret-a"
+        assert second.previous_secret == first.signing_secret
+        assert (final.signing_secret, final.previous_secret) == (
+            second.signing_secret, first.signing_secret)
+    finally:
+        await other.close()
+
+
 async def test_pepper_is_stable_across_calls_and_reopen(make_store, store):
     first = await store.pepper()
     assert isinstance(first, bytes) and len(first) >= 16

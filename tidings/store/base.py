@@ -58,6 +58,15 @@ class AppRecord:
     name: str
     signing_secret: str
     created_at: float
+    # the secret the last rotation replaced, still taken for tokens until
+    # previous_until (unix seconds); None for an app never rotated
+    previous_secret: str | None = None
+    previous_until: float | None = None
+
+    def previous(self, now: float) -> str | None:
+        """The previous secret while its overlap lasts, else None."""
+        until = self.previous_until
+        return self.previous_secret if until is not None and now < until else None
 
 
 @dataclass(slots=True)
@@ -255,6 +264,16 @@ class Store(OutboundStore, abc.ABC):
 
     @abc.abstractmethod
     async def list_apps(self) -> list[AppRecord]: ...
+
+    @abc.abstractmethod
+    async def rotate_signing_secret(self, app_id: str, secret: str,
+                                    previous_until: float) -> AppRecord | None:
+        """Make ``secret`` the app's signing secret, and the one it replaces
+        its previous secret until ``previous_until`` (a secret older than
+        that is forgotten): the app's record after it, or None when there is
+        no such app.  One statement, so two rotations at once both apply, one
+        after the other, and the app never ends up with a secret neither
+        caller was answered."""
 
     @abc.abstractmethod
     async def add_api_key(

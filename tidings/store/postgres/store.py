@@ -171,6 +171,10 @@ async def _keep_session(conn) -> None:
 
 # -- the store ----------------------------------------------------------------
 
+# an app's columns, in AppRecord's order
+_APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
+
+
 class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     def __init__(
         self, url: str, *, server_settings: dict[str, str] | None = None,
@@ -346,16 +350,22 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         return AppRecord(app_id, name, signing_secret, now)
 
     async def get_app(self, app_id: str) -> AppRecord | None:
-        row = await self._fetchrow(
-            "SELECT id, name, signing_secret, created_at FROM apps WHERE id = $1", app_id
-        )
+        row = await self._fetchrow(f"SELECT {_APP} FROM apps WHERE id = $1", app_id)
         return AppRecord(*row) if row else None
 
     async def list_apps(self) -> list[AppRecord]:
-        rows = await self._fetch(
-            "SELECT id, name, signing_secret, created_at FROM apps ORDER BY created_at"
-        )
+        rows = await self._fetch(f"SELECT {_APP} FROM apps ORDER BY created_at")
         return [AppRecord(*r) for r in rows]
+
+    async def rotate_signing_secret(self, app_id: str, secret: str,
+                                    previous_until: float) -> AppRecord | None:
+        # one statement, under the row's lock; the right-hand side reads the
+        # row as it was (the old secret)
+        row = await self._fetchrow(
+            "UPDATE apps SET previous_secret = signing_secret, previous_until = $2, "
+            f"signing_secret = $3 WHERE id = $1 RETURNING {_APP}",
+            app_id, previous_until, secret)
+        return AppRecord(*row) if row else None
 
     async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
                           limit=None, created_at=None) -> bool:

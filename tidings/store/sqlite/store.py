@@ -371,6 +371,10 @@ def _settle(items: list) -> None:
             fut.set_result(value)
 
 
+# an app's columns, in AppRecord's order
+_APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
+
+
 class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
@@ -469,14 +473,23 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         return AppRecord(app_id, name, signing_secret, now)
 
     async def get_app(self, app_id: str) -> AppRecord | None:
-        row = self._q1(
-            "SELECT id, name, signing_secret, created_at FROM apps WHERE id=?", (app_id,)
-        )
+        row = self._q1(f"SELECT {_APP} FROM apps WHERE id=?", (app_id,))
         return AppRecord(*row) if row else None
 
     async def list_apps(self) -> list[AppRecord]:
-        rows = self._q("SELECT id, name, signing_secret, created_at FROM apps ORDER BY created_at")
+        rows = self._q(f"SELECT {_APP} FROM apps ORDER BY created_at")
         return [AppRecord(*r) for r in rows]
+
+    async def rotate_signing_secret(self, app_id: str, secret: str,
+                                    previous_until: float) -> AppRecord | None:
+        def rotate(conn):
+            # the right-hand side reads the row as it was: the old secret
+            conn.execute("UPDATE apps SET previous_secret=signing_secret, previous_until=?, "
+                         "signing_secret=? WHERE id=?", (previous_until, secret, app_id))
+            return conn.execute(f"SELECT {_APP} FROM apps WHERE id=?", (app_id,)).fetchone()
+
+        row = await self._write(rotate)
+        return AppRecord(*row) if row else None
 
     async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
                           limit=None, created_at=None) -> bool:
