@@ -21,11 +21,13 @@ from tidings.core.auth import (
     split_api_key,
     unverified_app,
     verify_token,
+    verify_token_rotated,
 )
 from tidings.errors import Unauthorized
 
 SECRET = "s" * 64
 OTHER = "o" * 64
+PREVIOUS = "p" * 64  # the secret a rotation replaced
 NOW = 1_700_000_000.0
 
 
@@ -337,7 +339,7 @@ def _tokens(draw):
         elif change == "alg":
             alg = draw(st.sampled_from(["HS384", "HS512"]))
         elif change == "secret":
-            secret = OTHER
+            secret = draw(st.sampled_from([OTHER, PREVIOUS]))
     if "text" in changes:
         return draw(st.text(max_size=120))
     token = jwt.encode(claims, secret, algorithm=alg, headers=headers)
@@ -370,6 +372,44 @@ def _sign(header: str, payload: str, secret: str) -> str:
 @given(_tokens())
 def test_fast_path_decides_like_pyjwt(token):
     assert _outcome(token, SECRET) == _pyjwt_outcome(token, SECRET)
+
+
+def _rotated_outcome(token, previous):
+    try:
+        return verify_token_rotated(token, SECRET, previous)
+    except Unauthorized as exc:
+        return exc.code, exc.message
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_tokens(), st.sampled_from([PREVIOUS, None]))
+def test_fast_path_decides_like_pyjwt_with_both_secrets(token, previous):
+    """After a rotation: the current secret and, while the overlap lasts, the
+    previous one, each decided alike by the fast path and PyJWT."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(auth, "_fast_claims", lambda *a: None)
+        by_pyjwt = _rotated_outcome(token, previous)
+    assert _rotated_outcome(token, previous) == by_pyjwt
+
+
+def test_a_token_of_the_previous_secret_verifies_only_while_it_is_given():
+    now = int(time_now())
+    old = mint_token("app1", "alice", PREVIOUS, ttl=60, now=now)
+    new = mint_token("app1", "alice", SECRET, ttl=60, now=now)
+    assert verify_token_rotated(new, SECRET, PREVIOUS) == ("app1", "alice", now + 60, False)
+    assert verify_token_rotated(old, SECRET, PREVIOUS) == ("app1", "alice", now + 60, True)
+    _bad(old, secret=SECRET)  # the overlap is over: no previous secret
+    with pytest.raises(Unauthorized) as err:
+        verify_token_rotated(old, SECRET, None)
+    assert err.value.code == "bad_token"
+    forged = mint_token("app1", "alice", OTHER, ttl=60, now=now)
+    with pytest.raises(Unauthorized) as err:  # neither: the current secret's answer
+        verify_token_rotated(forged, SECRET, PREVIOUS)
+    assert (err.value.code, err.value.message) == ("bad_token", "token is not valid")
+    expired = mint_token("app1", "alice", PREVIOUS, ttl=60, now=now - 3600)
+    with pytest.raises(Unauthorized) as err:
+        verify_token_rotated(expired, SECRET, PREVIOUS)
+    assert err.value.code == "token_expired"
 
 
 def test_fast_path_takes_the_minted_shape():

@@ -18,6 +18,11 @@ msgspec, in about 5 µs; anything else, including every token this check
 does not accept, goes to PyJWT as before.  The fast path accepts a token
 only where PyJWT would, with the same claims (tests/core/test_auth.py
 compares the two on generated tokens).
+
+An app whose secret was rotated has two for a while (``verify_token_rotated``):
+the current one and, until the rotation's overlap ends, the one it replaced.
+A token is tried with the current secret first, then with the previous one;
+each try is the one-secret decision above, fast path and PyJWT alike.
 """
 
 from __future__ import annotations
@@ -194,3 +199,23 @@ def verify_token(token: str, secret: str) -> tuple[str, str, int]:
     if not isinstance(app, str) or not isinstance(user, str) or not valid_user(user):
         raise Unauthorized("token is missing its app or user", code="bad_token")
     return app, user, int(claims["exp"])
+
+
+def verify_token_rotated(token: str, secret: str,
+                         previous: str | None) -> tuple[str, str, int, bool]:
+    """``verify_token`` with the app's current ``secret`` or, when that
+    refuses the token as not signed with it, its ``previous`` secret (None
+    once the overlap is over): ``(app, user, exp, by_previous)``.  A token
+    the current secret finds expired is expired: the previous one is not
+    asked.  Refused by both, the answer is the current secret's."""
+    try:
+        return (*verify_token(token, secret), False)
+    except Unauthorized as first:
+        if previous is None or first.code != "bad_token":
+            raise
+        try:
+            return (*verify_token(token, previous), True)
+        except Unauthorized as second:
+            if second.code == "bad_token":
+                raise first from None
+            raise
