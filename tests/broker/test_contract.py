@@ -23,6 +23,7 @@ from tidings.broker.base import (
     Message,
     Personal,
     Personals,
+    SecretRotated,
     all_channel,
     topic_channel,
     user_channel,
@@ -86,6 +87,7 @@ EXAMPLES = [
     Membership("news.eu:1", True),
     Membership("news", False),
     KeyRevoked("app_a", "0a1b2c3d"),
+    SecretRotated("app_a"),
 ]
 
 

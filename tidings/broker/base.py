@@ -14,10 +14,11 @@ node shares):
 * ``<app>:*``       -- broadcasts (feed items for every user of the app); on
   the in-process broker also the personal entries of one publish for many
   users (``Personals``, see ``publish_personals``)
-* ``~keys``         -- API keys revoked (``KeyRevoked``), for every node's
-  cache of verified keys.  The one channel that is not an app's: every
-  node listens to it from the start (``~`` is in no app id, so it meets
-  no app's channel).
+* ``~keys``         -- credentials changed: API keys revoked (``KeyRevoked``)
+  and signing secrets rotated (``SecretRotated``), for every node's cache
+  of verified keys, app records and tokens.  The one channel that is not an
+  app's: every node listens to it from the start (``~`` is in no app id,
+  so it meets no app's channel).
 
 A networked broker can lose its connection.  When it has one again and has
 re-established every subscription, it calls the ``on_reconnect`` callbacks:
@@ -114,7 +115,15 @@ class KeyRevoked(Message, tag="k"):
     prefix: str
 
 
-# Where KeyRevoked travels (the module docstring's list of channels).
+class SecretRotated(Message, tag="r"):
+    """An app's signing secret was rotated: every node reads the app again
+    and forgets the tokens it verified (tidings/service/apps.py).  Names the
+    app only: a secret never crosses the broker."""
+
+    app: str
+
+
+# Where KeyRevoked and SecretRotated travel (the module docstring's list of channels).
 KEYS_CHANNEL = "~keys"
 
 Handler = Callable[[str, Message], None]
@@ -253,7 +262,7 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._lost_or_timeout: tuple[type[Exception], ...] = (*self.lost, TimeoutError)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(
-            Personal | Feed | Frames | Membership | KeyRevoked).decode
+            Personal | Feed | Frames | Membership | KeyRevoked | SecretRotated).decode
         # publishing
         self._queue: deque[Item] = deque()
         self._queued_bytes = 0
