@@ -60,8 +60,8 @@ async def test_a_cached_token_still_expires(tmp_path):
         with pytest.raises(Unauthorized) as err:
             # now verified again, and PyJWT's own clock has not moved: to prove
             # the cache does not answer, the token must also fail verification
-            service._apps[server.app] = type(record)(record.id, record.name, "rotated-" * 8,
-                                                      record.created_at)
+            service._apps.put(server.app, type(record)(record.id, record.name,
+                                                        "rotated-" * 8, record.created_at))
             await service.authenticate_token(token)
         assert err.value.code == "bad_token"
 

@@ -214,7 +214,7 @@ async def test_claims_name_the_end_on_a_hit_and_a_miss(server):
     token, until = short_token(server, "erin", 100)
     first = await server.service.token_claims(token)
     second = await server.service.token_claims(token)  # the cache's answer
-    assert first == second == (server.app, "erin", until)
+    assert first == second == (server.app, "erin", until, server.signing_secret)
     assert await server.service.authenticate_token(token) == (server.app, "erin")
 
 

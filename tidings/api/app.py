@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         heartbeat = loop.create_task(_heartbeat(service, dashboard, node))
         scheduler = loop.create_task(service.scheduler.run())  # deliver_at
         tracking = loop.create_task(_tracking(service))
+        apps = loop.create_task(service.apps.sweep())  # rotated secrets (service/apps.py)
         restore_sigterm = _drain_on_sigterm(app, service)
         await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
         outbox = None
@@ -214,6 +215,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             heartbeat.cancel()
             scheduler.cancel()
             tracking.cancel()
+            apps.cancel()
             if outbox is not None:
                 await outbox.stop()
             app.state.draining = True

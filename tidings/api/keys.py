@@ -1,4 +1,5 @@
-"""API keys over HTTP: an app's admin key makes, lists and revokes the app's keys.
+"""An app's credentials over HTTP: its admin key makes, lists and revokes the
+app's API keys, and rotates the app's signing secret.
 
 Routes (server API, a key with the ``admin`` scope)::
 
@@ -6,6 +7,9 @@ Routes (server API, a key with the ``admin`` scope)::
     GET    /v1/keys           the app's keys: prefix, scopes, name, created_at
     DELETE /v1/keys/{prefix}  204: the key stops working on every node
                               (tidings/service/keys.py says how fast)
+    POST   /v1/signing-secret/rotate  {"overlap": 0} (optional) -> 200, the new
+                              secret shown once, and until when the previous one
+                              is still taken (tidings/service/apps.py)
 
 Only the app's own keys: another app's prefix is a 404, like a prefix that
 names nothing, so that a key learns nothing of other apps.  A key may revoke
@@ -15,12 +19,15 @@ itself, but not the app's last key with the admin scope (409
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.api.common import JSON, decode, read_body, server_auth
-from tidings.core.models import KeyRequest
+from tidings.core.models import KeyRequest, RotateRequest
+from tidings.service.apps import rotated
 from tidings.service.keys import describe
 
 BODY_MAX = 4096  # a key's request is a few scopes and a name
@@ -45,8 +52,20 @@ async def revoke_key(request: Request):
     return Response(status_code=204)
 
 
+async def rotate_signing_secret(request: Request):
+    """The body is optional, like the webhook rotation's (which has none):
+    without one the previous secret is taken for the default overlap."""
+    app = await server_auth(request, "admin")
+    raw = await read_body(request, BODY_MAX)
+    req = decode(raw, RotateRequest) if raw.strip() else RotateRequest()
+    service = request.app.state.service
+    record = await service.apps.rotate(app, req.overlap)
+    return JSON(rotated(record, time.time()))
+
+
 routes = [
     Route("/v1/keys", create_key, methods=["POST"]),
     Route("/v1/keys", list_keys, methods=["GET"]),
     Route("/v1/keys/{prefix}", revoke_key, methods=["DELETE"]),
+    Route("/v1/signing-secret/rotate", rotate_signing_secret, methods=["POST"]),
 ]

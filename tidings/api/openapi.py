@@ -30,6 +30,7 @@ from tidings.core.models import (
     PatchRequest,
     Preferences,
     PublishRequest,
+    RotateRequest,
     StateRequest,
     SubscribersRequest,
     TokenRequest,
@@ -115,6 +116,11 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("delete", "/v1/keys/{prefix}",
      "Revoke an API key: it stops working on every node within seconds (admin key)",
      "apiKey", None),
+    # the app's signing secret (admin key; docs/security.md#rotating-the-signing-secret)
+    ("post", "/v1/signing-secret/rotate",
+     "New signing secret for user tokens, shown once; the old one is taken for "
+     "`overlap` seconds more (default token_max_ttl, 0 for a leak) (admin key)", "apiKey",
+     RotateRequest),
     ("put", "/v1/users/{user}/email", "Set a user's e-mail address", "apiKey", EmailRequest),
     ("get", "/v1/users/{user}/email", "A user's e-mail address", "apiKey", None),
     ("delete", "/v1/users/{user}/email", "Remove a user's e-mail address", "apiKey", None),
@@ -150,6 +156,9 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "apiKey", None),
 ]
 
+
+# Routes whose body may be left out (the model's defaults then apply).
+OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate")}
 
 # What a success answers where it is not "200 OK" (the routes in tidings/api/*.py).
 SUCCESS: dict[tuple[str, str], dict[str, str]] = {
@@ -263,8 +272,9 @@ def openapi_document(routes: Iterable[BaseRoute] = (), limits: Limits | None = N
         if auth != "none":
             op["security"] = [{auth: []}]
         if model is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+            op["requestBody"] = {"required": (method, path) not in OPTIONAL_BODY,
+                                 "content": {"application/json": {"schema": schema}}}
             if (method, path) in EXAMPLES:
                 op["requestBody"]["content"]["application/json"]["example"] = \
                     EXAMPLES[(method, path)]

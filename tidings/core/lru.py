@@ -62,6 +62,11 @@ class LRU(Generic[K, V]):
         while len(self._data) > self.maxsize:
             self._data.popitem(last=False)
 
+    def remaining(self, key: K) -> float:
+        """Seconds until ``key``'s entry expires; 0.0 when there is none."""
+        item = self._data.get(key)
+        return 0.0 if item is None else max(0.0, item[0] - self.clock())
+
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
 

@@ -172,6 +172,14 @@ class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_CONTROL_RE)] | None = None
 
 
+class RotateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A rotation of the app's signing secret (``POST /v1/signing-secret/rotate``):
+    how long, in seconds, the secret it replaces is still taken for tokens (0
+    to the limit token_max_ttl, its default; checked by tidings/service/apps.py)."""
+
+    overlap: Annotated[int, Meta(ge=0)] | None = None
+
+
 class Counts(msgspec.Struct):
     unread: int
     unseen: int

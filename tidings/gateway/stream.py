@@ -71,7 +71,7 @@ class Stream:
     # follow, and fewer bytes per connection).
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
                  "closed", "close_code", "_syncing", "_again", "_held", "_wake", "_room",
-                 "_writer", "_head_for", "_head", "_end")
+                 "_writer", "_head_for", "_head", "_end", "secret")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -96,6 +96,9 @@ class Stream:
         self._head_for = ""
         self._head = b""
         self._end: int | None = None  # the second the stream ends at (end_at)
+        # the signing secret its token was verified with (end_at): a rotation
+        # ends the streams of secrets no longer taken (tidings/service/apps.py)
+        self.secret: str | None = None
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
@@ -221,13 +224,15 @@ class Stream:
             return
         self.finish_sync()
 
-    def end_at(self, until: float) -> None:
+    def end_at(self, until: float, secret: str | None = None) -> None:
         """End the stream at ``until`` (wall-clock seconds): the last moment
-        its user's token is taken (``Service.token_claims``).  A stream never
-        outlives the token that opened it; a WebSocket that sends a fresh
-        token in time moves the end (transports.py), a stream that does not
-        closes with ``CLOSE_TOKEN_EXPIRED`` and its client reconnects with a
-        new token."""
+        its user's token is taken (``Service.token_claims``), verified with
+        the app's signing ``secret``.  A stream never outlives the token that
+        opened it; a WebSocket that sends a fresh token in time moves the end
+        (transports.py), a stream that does not closes with
+        ``CLOSE_TOKEN_EXPIRED`` and its client reconnects with a new token."""
+        if secret is not None:
+            self.secret = secret
         ends = self.hub.ends
         if self._end is not None:
             ends.discard(self, self._end)
@@ -236,6 +241,16 @@ class Stream:
             return
         self._end = math.ceil(until)
         ends.add(self, self._end)
+
+    def end_by(self, until: float) -> None:
+        """End the stream at ``until`` at the latest: its token's secret is
+        taken only until then (a rotation).  At once when that has passed."""
+        if self.closed:
+            return
+        if until <= time.time():
+            self.token_expired()
+        elif self._end is None or math.ceil(until) < self._end:
+            self.end_at(until)
 
     def token_expired(self) -> None:
         """The stream's end came (:class:`StreamEnds`)."""

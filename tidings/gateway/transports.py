@@ -196,7 +196,7 @@ class WebSocketEndpoint:
             token = _bearer(headers)
             if token is None:
                 token = await self._first_message_token(receive)
-            app, user, until = await service.token_claims(token)
+            app, user, until, secret = await service.token_claims(token)
             # a connect is a request of the user's (docs/security.md#rate-limits):
             # over the rate it closes with 4005, which clients reconnect after
             service.limits.charge_user(app, user)
@@ -213,7 +213,7 @@ class WebSocketEndpoint:
             stream: Stream = RawWebSocketStream(raw, send, service.hub, app, user, **caps)
         else:
             stream = WebSocketStream(send, service.hub, app, user, **caps)
-        stream.end_at(until)
+        stream.end_at(until, secret)
         try:
             await stream.start(cursor)
         except Exception:
@@ -285,7 +285,7 @@ class _Device:
     async def _refresh(self, token: str) -> None:
         stream = self.stream
         try:
-            app, user, until = await self.service.token_claims(token)
+            app, user, until, secret = await self.service.token_claims(token)
             if (app, user) != (stream.app, stream.user):
                 raise Forbidden("the token names another user", code="other_user")
         except TidingsError as exc:
@@ -294,7 +294,7 @@ class _Device:
             return
         finally:
             self._checking = None
-        stream.end_at(until)
+        stream.end_at(until, secret)
         stream.push(events.token_frame(until))
 
 
@@ -319,7 +319,7 @@ class SSEEndpoint:
             cursor = parse_cursor(
                 last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
-            app, user, until = await service.token_claims(token)
+            app, user, until, secret = await service.token_claims(token)
             service.limits.charge_user(app, user)  # 429 rate_limited, as any request
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
@@ -346,7 +346,7 @@ class SSEEndpoint:
         )
         # A retry hint first: EventSource waits this long before reconnecting.
         Stream.push(stream, b"retry: 1000\n\n")
-        stream.end_at(until)  # the response ends: EventSource needs a new token then
+        stream.end_at(until, secret)  # the response ends: EventSource needs a new token then
         try:
             await stream.start(cursor)
         except Exception:

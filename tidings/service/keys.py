@@ -91,7 +91,8 @@ class Keys:
         """After the store and broker are open: the pepper, and listening
         for revocations from every node."""
         self.pepper = await self.store.pepper()
-        self.broker.subscribe(KEYS_CHANNEL, self._on_message)
+        # (Service.open subscribes KEYS_CHANNEL, which it shares with apps.py,
+        # and hands this node on_message)
         self.broker.on_reconnect(self._forget_all)
         await self.broker.settle()
 
@@ -163,7 +164,7 @@ class Keys:
         self._live.pop(prefix)
         self.limits.forget_key(prefix)
 
-    def _on_message(self, channel: str, message: Message) -> None:
+    def on_message(self, message: Message) -> None:
         if isinstance(message, KeyRevoked):
             self.forget(message.prefix)
 

@@ -22,10 +22,12 @@ import msgspec
 
 from tidings import tracing
 from tidings.broker.base import (
+    KEYS_CHANNEL,
     Broker,
     Feed,
     Frames,
     Membership,
+    Message,
     Personals,
     all_channel,
     topic_channel,
@@ -47,6 +49,7 @@ from tidings.core.models import (
 from tidings.core.receipts import HTTP_DEVICE, ReceiptBuffer, Receipts, decode_receipts
 from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
 from tidings.gateway.hub import Hub
+from tidings.service.apps import Apps
 from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
@@ -128,12 +131,14 @@ class Service:
         # API keys: created, listed, revoked, and verified ones cached until
         # revoked (keys.py says how a revocation reaches every node)
         self.keys = Keys(settings, store, broker, self.limits)
-        # The hot-path cache (Settings.cache; off only to measure it).  Apps
-        # never change once created and tokens are immutable until they
-        # expire, so these need no cross-node invalidation.
-        self._apps: dict[str, AppRecord] = {}
+        # The hot-path cache (Settings.cache; off only to measure it).  A
+        # verified token is cached no longer than its exp, nor than the app
+        # record it was verified with: a rotation of the app's signing secret
+        # (apps.py) drops both, on every node.
+        self._tokens: LRU[bytes, tuple[str, str, float, str]] = LRU(100_000)
+        self.apps = Apps(settings, store, broker, self.hub, self._tokens)
+        self._apps: LRU[str, AppRecord] = self.apps.cache
         self._keys: LRU[str, KeyRecord] = self.keys.cache
-        self._tokens: LRU[bytes, tuple[str, str, float]] = LRU(100_000)
         self.caching = settings.cache
         self.started_at = time.time()
         self.published = 0
@@ -142,7 +147,14 @@ class Service:
     async def open(self) -> None:
         await self.store.open()
         await self.broker.open()
+        self.apps.open()
+        # one channel for every node: revoked keys and rotated secrets
+        self.broker.subscribe(KEYS_CHANNEL, self._on_credentials)
         await self.keys.open()
+
+    def _on_credentials(self, channel: str, message: Message) -> None:
+        self.keys.on_message(message)
+        self.apps.on_message(message)
 
     async def close(self) -> None:
         await self.broker.close()
@@ -164,12 +176,7 @@ class Service:
         return key
 
     async def app(self, app_id: str) -> AppRecord | None:
-        record = self._apps.get(app_id) if self.caching else None
-        if record is None:
-            record = await self.store.get_app(app_id)
-            if record is not None and self.caching:
-                self._apps[app_id] = record
-        return record
+        return await self.apps.get(app_id)
 
     def key_now(self, key: str | None, scope: str) -> KeyRecord | None:
         """``authenticate_key`` for a key in the cache that has ``scope``;
@@ -195,13 +202,16 @@ class Service:
             hit = self._tokens.get(_token_digest(token))
             if hit is not None:
                 return hit[0], hit[1]
-        app, user, _ = await self.token_claims(token)
+        app, user, _, _ = await self.token_claims(token)
         return app, user
 
-    async def token_claims(self, token: str | None) -> tuple[str, str, float]:
-        """``(app, user, until)`` of a user token: ``until`` is the last moment
-        it is still taken (its ``exp`` plus the clock leeway), when a live
-        stream opened with it ends (tidings/gateway/stream.py)."""
+    async def token_claims(self, token: str | None) -> tuple[str, str, float, str]:
+        """``(app, user, until, secret)`` of a user token: ``until`` is the
+        last moment it is still taken (its ``exp`` plus the clock leeway, or
+        the end of the overlap of the previous signing secret it was signed
+        with), when a live stream opened with it ends
+        (tidings/gateway/stream.py); ``secret`` the signing secret it was
+        verified with, which a rotation may retire (apps.py)."""
         if not token:
             raise Unauthorized("a user token is required")
         if self.caching:
@@ -217,14 +227,23 @@ class Service:
         record = await self.app(app_id)
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
-        app, user, exp = auth.verify_token(token, record.signing_secret)
+        now = time.time()
+        app, user, exp, by_previous = auth.verify_token_rotated(
+            token, record.signing_secret, record.previous(now))
         # PyJWT takes any integer exp, even one too large for a float (10**400):
         # such a token never ends a stream, and is cached for as long as any entry
         until = float(exp + auth.LEEWAY) if exp < _FLOAT_MAX else math.inf
+        secret = record.signing_secret
+        if by_previous:  # taken until the rotation's overlap ends
+            secret = record.previous_secret or ""
+            until = min(until, record.previous_until or now)
+        claims = (app, user, until, secret)
         if self.caching:
-            ttl = exp - time.time() if exp < _FLOAT_MAX else None
-            self._tokens.put(digest, (app, user, until), ttl=ttl)
-        return app, user, until
+            # no longer than the record it was verified with (apps.py)
+            life = exp - now if exp < _FLOAT_MAX else math.inf
+            ttl = min(life, until - now, self.apps.trust_left(app_id))
+            self._tokens.put(digest, claims, ttl=ttl)
+        return claims
 
     async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int]:
         record = await self.app(app_id)
