@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from tests.test_durability import _free_port, _start, read_first_start
+from tidings.core import auth
+from tidings.service.apps import APP_CACHE_TTL, SWEEP_INTERVAL
 from tidings.service.keys import KEY_CACHE_TTL
 from tidings.store import migrations
 
@@ -147,6 +149,60 @@ def test_key_commands_while_serving_and_a_revoke_within_the_cache_ttl(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_app_rotate_secret_while_serving_ends_the_old_secret_within_the_cache_ttl(tmp_path):
+    """``tidings app rotate-secret --overlap 0`` on the SQLite file a server
+    uses: no broker between them, so the server refuses the old secret when
+    its record of the app expires, and ends the stream it opened at the
+    sweep after that."""
+    data = tmp_path / "data"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start(data, port)  # its first start made the app "default"
+    try:
+        old = tidings("token", "--app", "default", "--user", "ann",
+                      "--data", str(data)).strip().splitlines()[-1]
+        me = {"Authorization": f"Bearer {old}"}
+        assert httpx.get(f"{url}/v1/me/counts", headers=me, timeout=10).status_code == 200
+        with httpx.stream("GET", f"{url}/v1/me/events", params={"token": old},
+                          timeout=30) as sse:
+            lines = sse.iter_lines()
+            assert '"hello"' in next(line for line in lines if line.startswith("data: "))
+            out = json.loads(tidings("app", "rotate-secret", "--app", "default", "--overlap",
+                                     "0", "--json", "--data", str(data)))
+            start = time.monotonic()
+            assert out["app"] == "default" and out["previous_secret_valid_until"] is None
+            for _ in lines:  # until the server ends the response
+                pass
+            took = time.monotonic() - start
+        assert took < APP_CACHE_TTL + SWEEP_INTERVAL + 1, took
+        r = httpx.get(f"{url}/v1/me/counts", headers=me, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "bad_token"
+        fresh = tidings("token", "--app", "default", "--user", "ann",
+                        "--data", str(data)).strip().splitlines()[-1]  # the new secret's
+        signed = auth.mint_token("default", "ann", out["signing_secret"], 60)
+        for token in (fresh, signed):
+            assert httpx.get(f"{url}/v1/me/counts", timeout=10,
+                             headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        text = tidings("app", "rotate-secret", "--app", "default", "--data", str(data))
+        lines = text.splitlines()
+        assert lines[0] == "app: default" and lines[1].startswith("signing_secret: ")
+        assert lines[2].startswith("previous secret: taken until ")
+        for args, says in [(("--app", "nope"), "no such app 'nope'"),
+                           (("--app", "default", "--overlap", "-1"), "--overlap"),
+                           (("--app", "default", "--overlap", "99999999"),
+                            "overlap is 0 to 2592000 seconds")]:
+            bad = subprocess.run([sys.executable, "-m", "tidings", "app", "rotate-secret",
+                                  *args, "--data", str(data)], capture_output=True, text=True,
+                                 timeout=60)
+            assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+            assert says in bad.stderr, bad.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+
+
+@pytest.mark.timeout(120)
 async def test_a_cli_revoke_reaches_servers_on_postgres_at_once(tmp_path):
     """With a PostgreSQL store the command tells the servers through the
     store's LISTEN/NOTIFY, as a server's own revocation does: this one would
@@ -170,6 +226,33 @@ async def test_a_cli_revoke_reaches_servers_on_postgres_at_once(tmp_path):
             out, err = await proc.communicate()
             assert proc.returncode == 0, err
             assert await _until_refused(server, key, within=2) < 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_cli_rotation_reaches_servers_on_postgres_at_once(tmp_path):
+    """As a revocation: the command tells the servers through the store's
+    LISTEN/NOTIFY; this one would otherwise trust its record for an hour."""
+    from tests.api.test_signing_secret import _counts, _until_refused
+    from tests.conftest import run_server
+    from tests.services import require_postgres
+    from tests.store.pg import fresh_schema
+
+    base = require_postgres()
+    async with fresh_schema(base) as pg:
+        url = f"{base}?search_path={pg['search_path']}"
+        async with run_server(tmp_path, store=url) as server:
+            server.service.apps.cache.ttl = 3600
+            old = auth.mint_token(server.app, "ann", server.signing_secret, 600)
+            assert await _counts(server, old) == 200
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tidings", "app", "rotate-secret", "--app", server.app,
+                "--overlap", "0", "--json", "--store", url, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err
+            assert await _until_refused(server, old, within=2) < 1
+            new = json.loads(out)["signing_secret"]
+            assert await _counts(server, auth.mint_token(server.app, "ann", new, 60)) == 200
 
 
 def test_app_ids_cannot_carry_the_channel_separator(tmp_path):

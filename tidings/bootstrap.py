@@ -9,6 +9,7 @@ behind.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -145,6 +146,21 @@ def revoke_key(settings: Settings, app_id: str, prefix: str) -> None:
                            field="prefix") from None
 
     asyncio.run(_with_service(settings, run))
+
+
+def rotate_secret(settings: Settings, app_id: str, overlap: int | None) -> dict:
+    """A new signing secret for the app (tidings/service/apps.py):
+    ``{"app", "signing_secret", "previous_secret_valid_until"}``.  Servers on
+    a shared broker hear of it at once (as for ``revoke_key``); any other
+    server within APP_CACHE_TTL, its open streams within a second more."""
+    from tidings.service.apps import rotated
+
+    async def run(service: Service):
+        await _require_app(service, settings, app_id)
+        record = await service.apps.rotate(app_id, overlap)
+        return rotated(record, time.time())
+
+    return asyncio.run(_with_service(settings, run))
 
 
 def migrate(settings: Settings) -> tuple[list[int], int]:

@@ -284,6 +284,34 @@ def app_create(name, config, app_id, data, store, as_json) -> None:
             click.echo(f"{k}: {v}")
 
 
+@app.command("rotate-secret")
+@config_option
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--overlap", default=None, type=click.IntRange(min=0),
+              help="Seconds the current secret is still taken for tokens. Default: the "
+                   "limit token_max_ttl (30 days), so tokens minted before live their "
+                   "life; 0 for a leaked secret: refused at once.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def app_rotate_secret(config, app_id, overlap, data, store, as_json) -> None:
+    """Give an app a new signing secret for user tokens; prints it (shown this once).
+
+    With --overlap 0, servers on the broker of these settings (a PostgreSQL
+    store's own, or the configured one) refuse the old secret at once, any
+    other within 5 s (their cache of apps), and end the open streams of
+    tokens it signed (docs/operations.md#a-leaked-signing-secret)."""
+    out = bootstrap.rotate_secret(_settings(config, data=data, store=store), app_id, overlap)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"app: {out['app']}")
+    click.echo(f"signing_secret: {out['signing_secret']}")
+    until = out["previous_secret_valid_until"]
+    click.echo("previous secret: " + ("refused from now on" if until is None
+                                      else f"taken until {until}"))
+
+
 @main.group()
 def key() -> None:
     """Manage an app's API keys: create, list, revoke (docs/security.md#api-keys)."""
