@@ -129,4 +129,19 @@ async def test_sse_sends_ping_comments(tmp_path):
                     lines.append(line)
                     if line == ": ping":
                         break
-        assert lines[0] == "retry: 1000" and ": ping" in lines
+        assert lines[0].startswith("retry: ") and ": ping" in lines
+
+
+async def test_sse_reconnect_delays_are_spread(server):
+    """Each SSE response asks for its own reconnect delay, so the streams of
+    a node that stopped do not all come back at the same moment."""
+    token = await server.token("herd")
+    delays = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        for _ in range(12):
+            async with http.stream("GET", "/v1/me/events", params={"token": token}) as r:
+                first = await anext(r.aiter_lines())
+                assert first.startswith("retry: ")
+                delays.append(int(first.removeprefix("retry: ")))
+    assert all(500 <= d <= 3000 for d in delays)
+    assert len(set(delays)) > 1

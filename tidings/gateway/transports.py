@@ -16,6 +16,7 @@ resumes by itself with ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from tidings.service import Service
 
 AUTH_TIMEOUT = 10.0
+# The reconnect delay each SSE response asks of its EventSource, drawn per
+# connection: when a node stops, its streams come back spread over these
+# 2.5 s instead of all at the same millisecond.
+SSE_RETRY_MS = (500, 3000)
 
 
 class _AuthMessage(msgspec.Struct):
@@ -345,7 +350,7 @@ class SSEEndpoint:
             max_events=limits.queue_max_events, max_bytes=limits.queue_max_bytes,
         )
         # A retry hint first: EventSource waits this long before reconnecting.
-        Stream.push(stream, b"retry: 1000\n\n")
+        Stream.push(stream, b"retry: %d\n\n" % random.randint(*SSE_RETRY_MS))
         stream.end_at(until, secret)  # the response ends: EventSource needs a new token then
         try:
             await stream.start(cursor)
