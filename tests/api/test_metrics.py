@@ -126,3 +126,14 @@ async def test_metrics_can_be_made_public(tmp_path):
         async with httpx.AsyncClient(base_url=server.url) as anonymous:
             r = await anonymous.get("/metrics")
         assert r.status_code == 200 and "tidings_node_info" in r.text
+
+
+async def test_a_retried_publish_is_not_counted_again(server):
+    async with server.http() as http:
+        for _ in range(3):  # the first attempt and two retries with its key
+            r = await http.post("/v1/notifications", headers={"Idempotency-Key": "k-1"},
+                                json={"to": {"users": ["ann", "bo"]}, "title": "once"})
+            assert r.status_code == 202
+    m = await _scrape(server)
+    assert m['tidings_publishes_total{app="testapp"}'] == 1
+    assert m['tidings_recipients_total{app="testapp"}'] == 2
