@@ -140,6 +140,21 @@ class QueueStats:
     oldest_due: float | None = None  # the not_before of the oldest due job
     dead: int = 0  # on the dead-letter list
 
+    @staticmethod
+    def of_rows(rows) -> dict[str, QueueStats]:
+        """Each channel's stats from the stores' aggregate rows: ``(channel,
+        dead, n, due, oldest due)``, one row for its queued jobs and one for
+        its dead letters."""
+        out: dict[str, QueueStats] = {}
+        for channel, dead, n, due, oldest in rows:
+            stats = out.setdefault(channel, QueueStats())
+            if dead:
+                stats.dead = n
+            else:
+                stats.queued, stats.due = n, due
+                stats.oldest_due = oldest if due else None
+        return out
+
 
 class OutboundStore(abc.ABC):
     # -- webhook endpoints (per app) --------------------------------------------------

@@ -323,15 +323,7 @@ class PostgresOutbound(OutboundStore):
             app_id, nid, notification))
 
     async def queue_stats(self, now) -> dict[str, QueueStats]:
-        out: dict[str, QueueStats] = {}
-        for channel, dead, n, due, oldest in await self._fetch(_STATS, now):
-            stats = out.setdefault(channel, QueueStats())
-            if dead:
-                stats.dead = n
-            else:
-                stats.queued, stats.due = n, due
-                stats.oldest_due = oldest if due else None
-        return out
+        return QueueStats.of_rows(await self._fetch(_STATS, now))
 
     async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
         rows = await self._fetch(

@@ -333,15 +333,7 @@ class SQLiteOutbound(OutboundStore):
         return await self._write(update)
 
     async def queue_stats(self, now) -> dict[str, QueueStats]:
-        out: dict[str, QueueStats] = {}
-        for channel, dead, n, due, oldest in self._q(_STATS, (now,)):
-            stats = out.setdefault(channel, QueueStats())
-            if dead:
-                stats.dead = n
-            else:
-                stats.queued, stats.due = n, due
-                stats.oldest_due = oldest if due else None
-        return out
+        return QueueStats.of_rows(self._q(_STATS, (now,)))
 
     async def list_jobs(self, app_id, *, status=None, nid=None, limit=100, before=None):
         where, args = ["app_id=?"], [app_id]
