@@ -30,7 +30,7 @@ KEY_FIGURES = {
                   "viewer_snapshots"],
     "latency": ["lat_p50_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
                 "server_cpu_us_per_delivery", "floor_cpu_us_per_request", "floor_ratio",
-                "publish_rate", "lost", "pub_errors"],
+                "disk_floor_p99_ms", "disk_floor_max_ms", "publish_rate", "lost", "pub_errors"],
     "inbox": ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_ms",
               "page_unloaded_p50_ms", "counts_unloaded_p50_ms", "page_server_cpu_us",
               "counts_server_cpu_us", "page_unloaded_server_cpu_us", "errors"],
@@ -199,8 +199,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cache", type=_cache_flag, default=None,
                    help="on/off: the server's hot-path cache (default: the server's own)")
     p.add_argument("--no-floor", action="store_true",
-                   help="skip the floor (a bare ASGI handler answering 202 at the same rate, "
-                        "measured after each single-node run; its ratio is floor_ratio)")
+                   help="skip the floors measured after each single-node run: a bare ASGI "
+                        "handler answering 202 at the same rate (its ratio is floor_ratio) "
+                        "and, on SQLite, durable commits alone at that rate "
+                        "(disk_floor_p99_ms, disk_floor_max_ms)")
     p.add_argument("--profile", action="store_true",
                    help="after the measured runs, one more run under py-spy")
     p.add_argument("--profile-gil", action="store_true",

@@ -29,8 +29,12 @@ window; the percentiles depend on what else the machine runs.  After each
 single-node run the same publisher sends the same requests at the same rate
 to bench/floor.py (a bare ASGI handler answering 202, pinned like the server,
 no devices): ``floor_cpu_us_per_request`` is what the HTTP request alone costs
-at that rate, and ``floor_ratio`` tidings' CPU per publish over it
-(``--no-floor`` skips it).
+at that rate, and ``floor_ratio`` tidings' CPU per publish over it.
+On SQLite, bench/diskfloor.py then commits one row per notification on the
+same schedule, pinned like the server: ``disk_floor_p99_ms`` and
+``disk_floor_max_ms`` are what durable commits alone take on this machine's
+disk at that rate, the bound below any durable publish's latency
+(``--no-floor`` skips both).
 
 A cluster (``--store postgresql://... [--broker redis://...] --nodes 2``): two
 ``tidings serve`` nodes on one fresh schema (dropped after), the devices on
@@ -45,7 +49,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,7 +104,22 @@ def run_once(opts, cpus: set[int] | None, profile: Path | None = None) -> dict:
         rec.update(_floor(opts))
         rec["floor_ratio"] = round(rec["server_cpu_us_per_publish"]
                                    / max(rec["floor_cpu_us_per_request"], 1e-9), 2)
+        if not opts.store:
+            rec.update(_disk_floor(opts))
     return rec
+
+
+def _disk_floor(opts) -> dict:
+    """Durable SQLite commits alone at this rate (bench/diskfloor.py), pinned
+    like the server, for up to 10 s."""
+    cmd = [sys.executable, "-m", "bench.diskfloor", "--rate", str(opts.rate),
+           "--duration", str(min(opts.duration, 10.0)), "--size", str(opts.size)]
+    if opts.server_cpu:
+        cmd = ["taskset", "-c", opts.server_cpu, *cmd]
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                         capture_output=True, text=True, timeout=opts.timeout + 30, check=True)
+    return json.loads(out.stdout)
 
 
 def _floor(opts) -> dict:
