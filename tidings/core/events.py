@@ -80,6 +80,14 @@ def counts_frame(unread: int, unseen: int) -> bytes:
     return b'{"type":"counts","unread":%d,"unseen":%d}' % (unread, unseen)
 
 
+_COUNTS_HEAD = b'{"type":"counts",'
+
+
+def is_counts(frame: bytes) -> bool:
+    """Whether ``frame`` is a ``counts`` event (as :func:`counts_frame` makes them)."""
+    return frame.startswith(_COUNTS_HEAD)
+
+
 def hello_frame(epoch: str, cursor: str, unread: int, unseen: int) -> bytes:
     return _encode(
         {"type": "hello", "epoch": epoch, "cursor": cursor,

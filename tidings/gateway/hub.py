@@ -247,7 +247,9 @@ class Hub:
 
     # -- stream start and gap filling -----------------------------------------
     async def begin(self, stream: Stream, cursor) -> None:
-        """hello, then the replay the cursor asks for, then live."""
+        """hello, then the replay the cursor asks for, then live.  The stream
+        holds every live event until ``finish_sync`` (none goes ahead of
+        hello, nor of a replayed notification it is about)."""
         now = time.time()
         key = (stream.app, stream.user)
         for topic in await self.user_topics(*key):
@@ -268,6 +270,7 @@ class Hub:
             stream.last_seq, stream.last_feed = recovery.replay_from_seq, recovery.replay_from_feed
         else:
             stream.last_seq, stream.last_feed = head.head_seq, head.head_feed
+        stream.drop_held_counts()  # hello's counts are read from here on
         unread, unseen = await self.counts(*key, now)
         start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
         stream.push(events.hello_frame(stream.epoch, start, unread, unseen), start)
@@ -489,8 +492,7 @@ class Hub:
         self.cache.user_changed((app, user))
         if type(msg) is Frames:
             for s in tuple(streams):
-                for f in msg.frames:
-                    s.push(f)
+                s.on_frames(msg.frames)
         elif type(msg) is Membership:
             for s in tuple(streams):
                 if msg.added:
@@ -565,9 +567,9 @@ class Hub:
             for s in tuple(streams):
                 s.on_feed(offset, frame)
         elif type(msg) is Frames:
+            frames = msg.frames
             for s in tuple(streams):
-                for f in msg.frames:
-                    s.push(f)
+                s.on_frames(frames)
 
     # -- shutdown -------------------------------------------------------------
     def drain(self) -> None:

@@ -10,7 +10,10 @@ Ordering rules (docs/design.md §2.3):
   lost or reordered something) makes the stream fetch what is missing from
   the store before it goes on;
 * while the stream is syncing (the first replay, or filling a gap), live
-  events are held back and sorted out afterwards;
+  events are held back and sorted out afterwards -- every kind of them, so
+  nothing reaches a device before ``hello``, and a ``deleted`` (``state``,
+  ``updated``, ``counts``) never goes ahead of the replayed notification it
+  is about (``finish_sync``);
 * feed items (broadcasts, large topics) carry the app's feed offset; they are
   delivered when newer than the last one seen.
 
@@ -70,8 +73,8 @@ class Stream:
     # and a slot is read straight from the object (no per-instance dict to
     # follow, and fewer bytes per connection).
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
-                 "closed", "close_code", "_syncing", "_again", "_held", "_wake", "_room",
-                 "_writer", "_head_for", "_head", "_end", "secret")
+                 "closed", "close_code", "_syncing", "_again", "_held", "_held_bytes", "_wake",
+                 "_room", "_writer", "_head_for", "_head", "_end", "secret")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -88,7 +91,11 @@ class Stream:
         self.close_code: int | None = None
         self._syncing = True  # held back until the first replay is done
         self._again = False  # the broker may have lost events during a sync: one more
+        # (kind, position, payload) in the order they arrived; kind is "p"
+        # (personal entry, position its seq), "f" (feed item, its offset),
+        # "c" (a counts event) or "x" (state, updated, deleted)
         self._held: list[tuple[str, int, bytes]] = []
+        self._held_bytes = 0
         self._wake: asyncio.Future | None = None
         self._room: asyncio.Future | None = None
         self._writer: asyncio.Task | None = None
@@ -102,12 +109,18 @@ class Stream:
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
-        # Held-back events count against the same cap as queued ones.
-        if len(self._held) >= self.queue.max_events:
+        # Held-back events count against the same caps as queued ones, by
+        # number and by bytes (a slow reader's queue and a long replay's
+        # held events are two bounds, each as large as the queue's).
+        if self.closed:
+            return
+        size = self._held_bytes + len(payload)
+        if len(self._held) >= self.queue.max_events or size > self.queue.max_bytes:
             self.hub.metrics.slow_consumer(self.app)
             self.close(CLOSE_SLOW_CONSUMER)
             return
         self._held.append((kind, pos, payload))
+        self._held_bytes = size
 
     def on_personal(self, epoch: str, seq: int, body: bytes, tail: bytes | None = None) -> None:
         """Personal entry ``seq`` of ``epoch`` arrived live; ``tail`` is
@@ -147,6 +160,25 @@ class Stream:
         self.last_feed = offset
         self.push(frame, self.position() if self.wants_ids else None)
 
+    def on_frames(self, frames: list[bytes]) -> None:
+        """``state``, ``counts``, ``updated`` or ``deleted`` events (the
+        broker's ``Frames``): pushed as they are, or held while syncing, to go
+        out after what the replay brings (``finish_sync``)."""
+        if self._syncing:
+            for f in frames:
+                self._hold("c" if events.is_counts(f) else "x", 0, f)
+            return
+        for f in frames:
+            self.push(f)
+
+    def drop_held_counts(self) -> None:
+        """``hello`` is about to carry counts read from now on: a ``counts``
+        event held so far was read before them (its change reached this node
+        first), and would only take the device back."""
+        if self._held:
+            self._held = [h for h in self._held if h[0] != "c"]
+            self._held_bytes = sum(len(h[2]) for h in self._held)
+
     def position(self) -> str:
         """The full resume cursor after everything pushed so far."""
         return f"{self.epoch}:{self.last_seq}:{self.last_feed}"
@@ -180,34 +212,43 @@ class Stream:
             raise
 
     def finish_sync(self) -> None:
-        """Leave syncing mode: deliver held-back events in order."""
-        held, self._held = self._held, []
+        """Leave syncing mode: release what was held, after everything the
+        replay sent (so an event about a notification follows the replayed
+        copy of it, read before the change).  A resync asked for meanwhile
+        (the broker may have lost events during this one) first catches up
+        once more, with everything still held."""
+        if self._again and not self.closed:
+            self._again = False
+            asyncio.get_running_loop().create_task(self._fill_gap())
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
         self._syncing = False
-        held.sort(key=lambda h: (h[0], h[1]))
-        for kind, pos, payload in held:
+        for kind, pos, payload in _release_order(held):
             if self._syncing:  # a gap restarted syncing: keep the rest held
                 self._held.append((kind, pos, payload))
+                self._held_bytes += len(payload)
             elif kind == "p":
                 self.on_personal(self.epoch, pos, payload)
-            else:
+            elif kind == "f":
                 self.on_feed(pos, payload)
-        if self._again and not self._syncing and not self.closed:
-            self._again = False
-            self._start_sync()
+            else:
+                self.push(payload)
 
     async def resync(self, counts: bytes | None = None) -> None:
         """The broker may have lost events (it reconnected): catch up from
-        the store now, with fresh ``counts`` first.  A stream already syncing
-        reads its position from before the outage, so it goes once more after."""
+        the store now, then send fresh ``counts`` (after the notifications,
+        which a client counts one by one as they arrive).  A stream already
+        syncing reads its position from before the outage, so it goes once
+        more after."""
         if self.closed:
             return
-        if self._syncing:
-            self._again = True
-            return
+        syncing, self._syncing = self._syncing, True
         if counts is not None:
-            self.push(counts)
-        self._syncing = True
-        await self._fill_gap()
+            self._hold("c", 0, counts)
+        if syncing:
+            self._again = True
+        elif not self.closed:  # holding the counts may have found it flooded
+            await self._fill_gap()
 
     def _start_sync(self) -> None:
         if self._syncing:
@@ -328,6 +369,34 @@ class Stream:
 
     async def _close(self, code: int) -> None:
         raise NotImplementedError
+
+
+def _release_order(held: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
+    """The order held events go out in.  They keep the order they arrived in
+    (a ``counts`` event is worth what it says only where it was sent: a
+    notification after it is one more), except that between two other
+    events, notifications go by position, feed items first: the order a gap
+    fill would have given them.  Of several ``counts`` only the last goes
+    out, in its place: each one holds the whole count."""
+    last = max((i for i, h in enumerate(held) if h[0] == "c"), default=-1)
+    out: list[tuple[str, int, bytes]] = []
+    run: list[tuple[str, int, bytes]] = []  # notifications since the last other event
+    for i, h in enumerate(held):
+        kind = h[0]
+        if kind == "p" or kind == "f":
+            run.append(h)
+        elif kind == "x" or i == last:
+            run.sort(key=_by_position)
+            out += run
+            run = []
+            out.append(h)
+    run.sort(key=_by_position)
+    out += run
+    return out
+
+
+def _by_position(h: tuple[str, int, bytes]) -> tuple[str, int]:
+    return h[0], h[1]
 
 
 class StreamEnds:
