@@ -144,3 +144,18 @@ def test_never_more_than_burst_plus_refill(rate, burst, steps):
         else:
             assert wait <= cost / rate + 1e-9
     assert granted <= burst + (clock.now - start) * rate + 1e-6
+
+
+def test_give_puts_tokens_back_up_to_the_burst():
+    clock = Clock()
+    b = TokenBuckets(clock)
+    assert [b.take("k", rate=1.0, burst=2) for _ in range(2)] == [0.0, 0.0]
+    assert b.take("k", rate=1.0, burst=2) == pytest.approx(1.0)
+    b.give("k", rate=1.0, burst=2)
+    assert b.take("k", rate=1.0, burst=2) == 0.0
+    b.give("k", rate=1.0, burst=2, cost=2)
+    b.give("k", rate=1.0, burst=2)  # never above the burst
+    assert [b.take("k", rate=1.0, burst=2) for _ in range(2)] == [0.0, 0.0]
+    assert b.take("k", rate=1.0, burst=2) > 0
+    b.give("never-taken", rate=1.0, burst=2)  # a missing bucket is full already
+    assert "never-taken" not in b._buckets

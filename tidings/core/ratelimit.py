@@ -95,6 +95,17 @@ class TokenBuckets:
         buckets[key] = [tokens, now, now + (burst - tokens) / rate]
         return wait
 
+    def give(self, key: Hashable, rate: float, burst: int, cost: int = 1) -> None:
+        """Put back ``cost`` tokens taken from bucket ``key`` by a take whose
+        work turned out not to count (never above ``burst``)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:  # forgotten meanwhile: a missing bucket is full
+            return
+        now = self.clock()
+        tokens, _ = take(bucket[0], bucket[1], now, rate, burst, 0)
+        tokens = min(float(burst), tokens + cost)
+        self._buckets[key] = [tokens, now, now + (burst - tokens) / rate]
+
     def _prune(self, now: float) -> None:
         live = {k: b for k, b in self._buckets.items() if b[2] > now}
         keep = self.max_keys // 2
