@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -38,6 +39,10 @@ class Limits(msgspec.Struct, frozen=True):
     max_webhooks: int = 10  # webhook endpoints per app
     max_api_keys: int = 100  # API keys per app (POST /v1/keys, tidings key create)
     max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
+    # Failed dashboard logins a minute, in bursts of as many, from one client
+    # address and on one node from all of them (tidings/core/logins.py); 0: no limit
+    login_failures_per_address: Annotated[int, msgspec.Meta(ge=0)] = 10
+    login_failures_per_node: Annotated[int, msgspec.Meta(ge=0)] = 6000
     # What a connection may cost before its request is known (tidings serve's
     # HTTP protocol, tidings/api/uvicorn_http.py and http_limits.py): the
     # request line and headers, their count, the time they may take to arrive

@@ -5,7 +5,10 @@ Access needs an admin-scoped API key, either on every request
 pasted into the login form, which answers with a signed session cookie
 (``HttpOnly``, ``SameSite=Strict``, 12 hours; tidings.dashboard.session).
 Nothing is shown anonymously.  A session, and an event stream opened with
-a key, end when the key is revoked (tidings/service/keys.py).
+a key, end when the key is revoked (tidings/service/keys.py).  Failed
+logins are limited per client address and per node, in this node's memory
+(tidings/core/logins.py): over the limit the form answers 429 with
+``Retry-After``, and no key is checked.
 
 Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
 creates on first start) see the whole service; an admin key of any other app
@@ -28,6 +31,7 @@ Routes::
 from __future__ import annotations
 
 import html
+import math
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -37,9 +41,10 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tidings.api.common import bearer, read_body
+from tidings.core.logins import Attempt
 from tidings.dashboard import session
 from tidings.dashboard.web import page, static_file, static_text
-from tidings.errors import BadRequest, TidingsError, Unauthorized
+from tidings.errors import BadRequest, RateLimited, TidingsError, Unauthorized
 
 COOKIE_PATH = "/dashboard"
 _LOGIN_BODY_MAX = 4096
@@ -117,9 +122,25 @@ _REASONS = {
 }
 
 
-def _login_form(message: str = "", status: int = 200) -> Response:
+def _login_form(message: str = "", status: int = 200, headers: dict | None = None) -> Response:
     note = f'<p class="note" role="alert">{html.escape(message)}</p>' if message else ""
-    return page(static_text("login.html").replace("<!--message-->", note), status)
+    return page(static_text("login.html").replace("<!--message-->", note), status, headers)
+
+
+def _too_many(attempt: Attempt) -> RateLimited:
+    seconds = max(1, math.ceil(attempt.wait))
+    where = "from your address" if attempt.limit == "address" else "on this server"
+    return RateLimited(f"Too many failed logins {where}. Try again in {seconds} second"
+                       f"{'s' if seconds > 1 else ''}.", retry_after=seconds)
+
+
+def _login_refused(request: Request, exc: TidingsError) -> Response:
+    """The form again, saying why (a 429 with its ``Retry-After``)."""
+    request.app.state.service.hub.metrics.error(None, exc.code, exc.status,
+                                                "POST /dashboard/login")
+    retry = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
+    return _login_form(exc.message, exc.status, headers)
 
 
 async def login_form(request: Request):
@@ -138,14 +159,23 @@ async def login(request: Request):
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the login form is malformed", code="bad_form") from None
     key = (form.get("key") or [""])[-1].strip()
+    if not key:
+        return _login_refused(request, Unauthorized("paste an API key with the admin scope",
+                                                    code="login_required"))
+    dash = _dashboard(request)
+    # The client's address: the socket's peer, or the address a trusted
+    # proxy forwarded (uvicorn's proxy headers, docs/operations.md#dashboard).
+    attempt = dash.logins.admit(request.client.host if request.client else None)
+    if attempt.wait:
+        return _login_refused(request, _too_many(attempt))
     try:
-        if not key:
-            raise Unauthorized("paste an API key with the admin scope", code="login_required")
         record = await service.authenticate_key(key, "admin")
     except TidingsError as exc:
-        service.hub.metrics.error(None, exc.code, exc.status, "POST /dashboard/login")
-        return _login_form(exc.message, exc.status)
-    value = session.issue(_dashboard(request).secret, record.app_id, record.prefix, time.time())
+        if exc.status not in (401, 403):  # not the key's fault (the store away)
+            dash.logins.refund(attempt)
+        return _login_refused(request, exc)
+    dash.logins.succeeded(attempt)
+    value = session.issue(dash.secret, record.app_id, record.prefix, time.time())
     response = RedirectResponse("/dashboard", status_code=303,
                                 headers={"Cache-Control": "no-store"})
     response.set_cookie(session.COOKIE, value, max_age=session.SESSION_TTL,
