@@ -177,6 +177,27 @@ async def test_the_last_admin_key_of_an_app_is_never_revoked(db):
     assert [k.prefix for k in await db.list_api_keys(A)] == ["pfx_a2"]
 
 
+async def test_an_ended_dashboard_session_stays_ended_on_every_node_until_it_expires(
+        make_store, db):
+    assert not await db.dashboard_session_ended("s1")
+    await db.end_dashboard_session("s1", T0 + 100, T0)
+    await db.end_dashboard_session("s1", T0 + 100, T0 + 1)  # again: nothing changes
+    assert await db.dashboard_session_ended("s1")
+    assert not await db.dashboard_session_ended("s2")
+    other = make_store()  # another node over the same store
+    await other.open()
+    try:
+        assert await other.dashboard_session_ended("s1")
+        # a logout after s1's expiry forgets it (its cookie is refused as expired by then)
+        await other.end_dashboard_session("s2", T0 + 500, T0 + 100)
+        assert not await db.dashboard_session_ended("s1")
+        assert await db.dashboard_session_ended("s2")
+        await db.end_dashboard_session("s3", T0 + 700, T0 + 499.5)  # s2 not expired yet
+        assert await other.dashboard_session_ended("s2")
+    finally:
+        await other.close()
+
+
 async def test_revocations_at_once_on_two_nodes_leave_one_admin_key(make_store, db):
     """Each node sees the other's admin key; both must not go."""
     other = make_store()

@@ -298,6 +298,20 @@ class Store(OutboundStore, abc.ABC):
         deleting nothing, when it is the app's last key with the ``admin``
         scope (module guarantees)."""
 
+    # -- dashboard sessions -------------------------------------------------
+    @abc.abstractmethod
+    async def end_dashboard_session(self, session_id: str, expires: float,
+                                    now: float) -> None:
+        """Record that the dashboard session ``session_id`` was logged out:
+        ``dashboard_session_ended`` answers True for it on every node until
+        ``expires`` (the session's own end, after which its cookie is refused
+        anyway).  Ending it again changes nothing; sessions whose
+        ``expires`` is past ``now`` are forgotten meanwhile."""
+
+    @abc.abstractmethod
+    async def dashboard_session_ended(self, session_id: str) -> bool:
+        """Whether the session ``session_id`` was logged out (one primary-key read)."""
+
     # -- publishing -----------------------------------------------------
     @abc.abstractmethod
     async def publish(

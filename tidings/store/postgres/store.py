@@ -417,6 +417,18 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
         return await self._call(revoke, tx=True)
 
+    async def end_dashboard_session(self, session_id: str, expires: float,
+                                    now: float) -> None:
+        # one statement: the sweep of expired rows and the insert commit together
+        await self._execute(
+            "WITH gone AS (DELETE FROM ended_sessions WHERE expires <= $3) "
+            "INSERT INTO ended_sessions (id, expires) VALUES ($1, $2) "
+            "ON CONFLICT (id) DO NOTHING", session_id, expires, now)
+
+    async def dashboard_session_ended(self, session_id: str) -> bool:
+        return await self._fetchval(
+            "SELECT 1 FROM ended_sessions WHERE id = $1", session_id) is not None
+
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         if takes(item):  # gathered with the publishes around it (committer.py)

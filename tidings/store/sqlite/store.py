@@ -534,6 +534,18 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
 
         return await self._write(revoke)
 
+    async def end_dashboard_session(self, session_id: str, expires: float,
+                                    now: float) -> None:
+        def end(conn):
+            conn.execute("DELETE FROM ended_sessions WHERE expires <= ?", (now,))
+            conn.execute("INSERT INTO ended_sessions(id, expires) VALUES (?,?) "
+                         "ON CONFLICT(id) DO NOTHING", (session_id, expires))
+
+        await self._write(end)
+
+    async def dashboard_session_ended(self, session_id: str) -> bool:
+        return self._q1("SELECT 1 FROM ended_sessions WHERE id=?", (session_id,)) is not None
+
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         return await self._write(_tx.publish_tx, app_id, item, fanout_threshold, window)
