@@ -24,6 +24,7 @@ from tidings.broker.base import (
     Personal,
     Personals,
     SecretRotated,
+    SessionEnded,
     all_channel,
     topic_channel,
     user_channel,
@@ -88,6 +89,7 @@ EXAMPLES = [
     Membership("news", False),
     KeyRevoked("app_a", "0a1b2c3d"),
     SecretRotated("app_a"),
+    SessionEnded("3q2-7wEjRjmbx9mMZ2h0Qw"),
 ]
 
 

@@ -14,9 +14,10 @@ node shares):
 * ``<app>:*``       -- broadcasts (feed items for every user of the app); on
   the in-process broker also the personal entries of one publish for many
   users (``Personals``, see ``publish_personals``)
-* ``~keys``         -- credentials changed: API keys revoked (``KeyRevoked``)
-  and signing secrets rotated (``SecretRotated``), for every node's cache
-  of verified keys, app records and tokens.  The one channel that is not an
+* ``~keys``         -- credentials changed: API keys revoked (``KeyRevoked``),
+  signing secrets rotated (``SecretRotated``) and dashboard sessions logged
+  out (``SessionEnded``), for every node's cache of verified keys, app
+  records, tokens and sessions.  The one channel that is not an
   app's: every node listens to it from the start (``~`` is in no app id,
   so it meets no app's channel).
 
@@ -123,7 +124,16 @@ class SecretRotated(Message, tag="r"):
     app: str
 
 
-# Where KeyRevoked and SecretRotated travel (the module docstring's list of channels).
+class SessionEnded(Message, tag="s"):
+    """A dashboard session was logged out: every node forgets that it found
+    it open (tidings/service/sessions.py).  Names the session by its id,
+    which without the cookie's signature opens nothing."""
+
+    session: str
+
+
+# Where KeyRevoked, SecretRotated and SessionEnded travel (the module
+# docstring's list of channels).
 KEYS_CHANNEL = "~keys"
 
 Handler = Callable[[str, Message], None]
@@ -262,7 +272,8 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._lost_or_timeout: tuple[type[Exception], ...] = (*self.lost, TimeoutError)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(
-            Personal | Feed | Frames | Membership | KeyRevoked | SecretRotated).decode
+            Personal | Feed | Frames | Membership | KeyRevoked | SecretRotated
+            | SessionEnded).decode
         # publishing
         self._queue: deque[Item] = deque()
         self._queued_bytes = 0
