@@ -145,10 +145,10 @@ async def test_login_sets_a_strict_httponly_cookie_that_opens_the_dashboard(serv
 async def test_tampered_and_expired_cookies_are_refused(server):
     value = await _session(server)
     secret = _dash(server).secret
-    forged = value.replace("v1.testapp.", "v1.otherapp.")
+    forged = value.replace("v2.testapp.", "v2.otherapp.")
     expired = session.issue(secret, "testapp", "0a1b2c3d", time.time() - 10, ttl=5)
     for bad, code in ((forged, "bad_session"), (value[:-2] + "xx", "bad_session"),
-                      ("v1.garbage", "bad_session"), (expired, "session_expired")):
+                      ("v2.garbage", "bad_session"), (expired, "session_expired")):
         async with _client(server, cookies={session.COOKIE: bad}) as http:
             r = await http.get("/dashboard/api/snapshot")
             assert r.status_code == 401 and r.json()["error"]["code"] == code, bad
