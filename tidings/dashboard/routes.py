@@ -5,7 +5,8 @@ Access needs an admin-scoped API key, either on every request
 pasted into the login form, which answers with a signed session cookie
 (``HttpOnly``, ``SameSite=Strict``, 12 hours; tidings.dashboard.session).
 Nothing is shown anonymously.  A session, and an event stream opened with
-a key, end when the key is revoked (tidings/service/keys.py).  Failed
+a key, end when the key is revoked (tidings/service/keys.py); a session
+ends on every node when it is logged out (tidings/service/sessions.py).  Failed
 logins are limited per client address and per node, in this node's memory
 (tidings/core/logins.py): over the limit the form answers 429 with
 ``Retry-After``, and no key is checked.
@@ -19,7 +20,7 @@ Routes::
     GET  /dashboard                 the page (a session or a key), else -> login
     GET  /dashboard/login           the login form
     POST /dashboard/login           key=<admin key>  -> cookie, 303 /dashboard
-    POST /dashboard/logout          drop the cookie
+    POST /dashboard/logout          end the session on every node, drop the cookie
     GET  /dashboard/api/snapshot    now: rates, latency, connections, top-N, errors, nodes
     GET  /dashboard/api/history     the last five minutes, per second (the charts)
     GET  /dashboard/events          SSE: a snapshot every second
@@ -56,6 +57,7 @@ class Access:
     scope: str  # "*" or the app
     expires: float | None  # a session's end; None with a key header
     prefix: str  # the key's: the access ends when it is revoked
+    session: str | None = None  # the session's id: it ends when logged out
 
 
 def _dashboard(request: Request):
@@ -86,10 +88,13 @@ async def authorize(request: Request) -> Access:
         raise Unauthorized(f"dashboard session is {exc.reason}; log in again",
                            code=code) from None
     request.state.app = s.app
+    if await service.sessions.ended(s.id):
+        raise Unauthorized("this dashboard session was logged out; log in again",
+                           code="session_ended")
     if not await service.keys.alive(s.app, s.prefix):
         raise Unauthorized("the API key this session was opened with was revoked; log in "
                            "again", code="session_revoked")
-    return Access(s.app, _scope(request, s.app), s.expires, s.prefix)
+    return Access(s.app, _scope(request, s.app), s.expires, s.prefix, s.id)
 
 
 def _cookie_attrs(request: Request) -> dict:
@@ -105,6 +110,11 @@ def _to_login(request: Request, reason: str | None = None) -> Response:
     return response
 
 
+# why the page sends to the login form (its ?reason=), by the refusal's code;
+# any other code is "expired"
+_LOGIN_REASONS: dict[str, str | None] = {"login_required": None, "session_ended": "logout"}
+
+
 async def dashboard_page(request: Request, name: str = "dashboard.html"):
     if request.headers.get("authorization") is not None:
         await authorize(request)  # a wrong key header is a clear 401/403, not a form
@@ -112,7 +122,7 @@ async def dashboard_page(request: Request, name: str = "dashboard.html"):
     try:
         await authorize(request)
     except Unauthorized as exc:
-        return _to_login(request, None if exc.code == "login_required" else "expired")
+        return _to_login(request, _LOGIN_REASONS.get(exc.code, "expired"))
     return page(static_text(name))
 
 
@@ -184,6 +194,18 @@ async def login(request: Request):
 
 
 async def logout(request: Request):
+    """End the session on every node, then drop the cookie.  Cross-site, the
+    browser sends no cookie (``SameSite=Strict``), so nothing is ended."""
+    cookie = request.cookies.get(session.COOKIE)
+    now = time.time()
+    try:
+        s = session.verify(_dashboard(request).secret, cookie, now) if cookie else None
+    except session.BadSession:
+        s = None  # forged, malformed or expired: nothing to end
+    if s is not None:
+        # a store that cannot record it is a 503, and the cookie stays: a
+        # session that still works is not answered "logged out"
+        await request.app.state.service.sessions.end(s.id, s.expires, now)
     return _to_login(request, "logout")
 
 
@@ -202,13 +224,14 @@ async def api_history(request: Request):
 async def events(request: Request):
     """A snapshot now, then one after every recorder tick (once a second).
 
-    The stream ends when its session does, or its key is revoked (the page
-    then goes back to the login form), and when the node drains;
+    The stream ends when its session does (expired or logged out), or its
+    key is revoked (the page then goes back to the login form), and when
+    the node drains;
     EventSource reconnects after ``retry`` to whichever node is up."""
     access = await authorize(request)
     dash = _dashboard(request)
     state = request.app.state
-    keys = state.service.keys
+    keys, sessions = state.service.keys, state.service.sessions
 
     async def stream():
         yield b"retry: 2000\n\n"
@@ -218,8 +241,10 @@ async def events(request: Request):
             await dash.recorder.next_sample()
             if state.draining or (access.expires is not None and access.expires <= time.time()):
                 return
-            try:
-                if not await keys.alive(access.app, access.prefix):  # from memory, mostly
+            try:  # from memory, mostly
+                if access.session is not None and await sessions.ended(access.session):
+                    return
+                if not await keys.alive(access.app, access.prefix):
                     return
             except TidingsError:  # the store is away: the stream goes on meanwhile
                 pass

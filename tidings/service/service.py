@@ -54,6 +54,7 @@ from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
 from tidings.service.scheduler import Scheduler
+from tidings.service.sessions import Sessions
 from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
 
 log = logging.getLogger("tidings")
@@ -131,6 +132,8 @@ class Service:
         # API keys: created, listed, revoked, and verified ones cached until
         # revoked (keys.py says how a revocation reaches every node)
         self.keys = Keys(settings, store, broker, self.limits)
+        # dashboard sessions ended by a logout, on every node (sessions.py)
+        self.sessions = Sessions(settings, store, broker)
         # The hot-path cache (Settings.cache; off only to measure it).  A
         # verified token is cached no longer than its exp, nor than the app
         # record it was verified with: a rotation of the app's signing secret
@@ -148,13 +151,15 @@ class Service:
         await self.store.open()
         await self.broker.open()
         self.apps.open()
-        # one channel for every node: revoked keys and rotated secrets
+        self.sessions.open()
+        # one channel for every node: revoked keys, rotated secrets, ended sessions
         self.broker.subscribe(KEYS_CHANNEL, self._on_credentials)
         await self.keys.open()
 
     def _on_credentials(self, channel: str, message: Message) -> None:
         self.keys.on_message(message)
         self.apps.on_message(message)
+        self.sessions.on_message(message)
 
     async def close(self) -> None:
         await self.broker.close()
