@@ -1,4 +1,5 @@
-"""The dashboard in real Chromium: login, live numbers, charts, logout."""
+"""The dashboard in real Chromium: login, live numbers, charts, logout (which ends
+the session on the server: a copy of its cookie opens nothing afterwards)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,36 @@ def test_an_expired_session_goes_back_to_the_login(context, tidings_server):
     page.reload()
     expect(page).to_have_url(re.compile(r"/dashboard/login\?reason=expired$"))
     expect(page.locator(".note")).to_contain_text("session ended")
+
+
+def test_log_out_ends_the_session_on_the_server(context, tidings_server):
+    url = tidings_server.url
+    page = context.new_page()
+    _login(page, tidings_server, tidings_server.api_key)
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    copied = next(c for c in context.cookies() if c["name"] == COOKIE)  # before the logout
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/login\?reason=logout$"))
+    expect(page.locator(".note")).to_have_text("Logged out.")
+    expect(page.locator("#key")).to_be_visible()
+    assert not [c for c in context.cookies() if c["name"] == COOKIE]
+    page.go_back()  # the dashboard again: it asks to log in
+    expect(page).to_have_url(re.compile(r"/dashboard/login"))
+    page.goto(url + "/dashboard")
+    expect(page).to_have_url(url + "/dashboard/login")
+
+    # the cookie's value, kept from before the logout, no longer opens anything
+    context.add_cookies([copied])
+    page.goto(url + "/dashboard")
+    expect(page).to_have_url(re.compile(r"/dashboard/login\?reason=logout$"))
+    assert not [c for c in context.cookies() if c["name"] == COOKIE]  # dropped again
+    r = context.request.get(url + "/dashboard/api/snapshot",
+                            headers={"Cookie": f"{COOKIE}={copied['value']}"})
+    assert r.status == 401 and r.json()["error"]["code"] == "session_ended"
+
+    # logging in again opens a new session
+    page.fill("#key", tidings_server.api_key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(url + "/dashboard")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
