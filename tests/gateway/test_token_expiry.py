@@ -99,6 +99,23 @@ async def test_a_fresh_token_keeps_the_websocket_open(any_ws_server):
         await ws.close()
 
 
+async def test_a_fresh_token_sent_before_hello_is_answered(any_ws_server):
+    """Sent right behind the auth message, it arrives while the stream
+    starts: the ASGI path reads it once the stream has started, and the raw
+    path hands it over when it detaches (it used to drop it)."""
+    server = any_ws_server
+    token, _ = short_token(server, "alice", 600)
+    ws = await ws_connect(server, token)
+    try:
+        fresh, fresh_until = short_token(server, "alice", 900)
+        await ws.send(json.dumps({"type": "auth", "token": fresh}))
+        hello, answer = await recv_events(ws, 2)
+        assert hello["type"] == "hello"
+        assert answer == {"type": "token", "until": int(fresh_until)}
+    finally:
+        await ws.close()
+
+
 @pytest.mark.parametrize("which", ["other user", "other app", "forged", "expired", "garbage"])
 async def test_a_bad_fresh_token_closes_the_websocket(server, which):
     token, _ = short_token(server, "alice", 600)

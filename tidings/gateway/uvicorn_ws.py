@@ -151,7 +151,7 @@ class _JSONRefusals(ServerProtocol):
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     on_writable: Callable[[], None] | None = None
     on_lost: Callable[[], None] | None = None
-    on_message: Callable[[bytes], None] | None = None  # a client message, once detached
+    on_message: Callable[[bytes | str], None] | None = None  # a client message, once detached
     detached = False
 
     def __init__(self, *args, **kw) -> None:
@@ -167,10 +167,11 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         of the end through ``on_lost``.  Letting the task finish frees its
         coroutine frames (Starlette's middleware chain, the endpoint, a
         pending ``receive``) for every idle connection: kilobytes each.
-        Messages the client sends from now on go to ``on_message`` (the
-        endpoint sets it: receipts), or are dropped."""
+        Messages the client sent and the app did not read yet, and those it
+        sends from now on, go to ``on_message`` (the endpoint sets it:
+        receipts, fresh tokens), or are dropped."""
         self.detached = True
-        self.queue = _Discard()  # type: ignore[assignment]
+        waiting, self.queue = self.queue, _Discard()  # type: ignore[assignment]
         # The handshake's parsed request and response headers are kept for the
         # connection's life but read only during the handshake: about 5 KiB
         # per idle connection with the scope's copy of them.
@@ -180,7 +181,18 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         # headers, the lifespan state copy, extensions and the asgi dict go).
         scope = self.scope
         self.scope = {k: v for k, v in scope.items() if k in _SCOPE_KEPT}  # type: ignore[assignment]
-        if self.read_paused:  # a message was waiting for receive(): nobody will call it
+        # What the client sent while the stream started waited for receive(),
+        # which nobody will call now: it goes to ``on_message`` like what
+        # follows, in order, as the ASGI path reads it once the stream has
+        # started (a fresh token sent right after the auth message is
+        # answered on both).
+        while not waiting.empty():
+            message = waiting.get_nowait()
+            if message["type"] != "websocket.receive":
+                break  # the disconnect: the stream hears of it through on_lost
+            if self.on_message is not None and not self.close_sent:
+                self.on_message(message.get("text") or message.get("bytes") or b"")
+        if self.read_paused:  # reading waited for receive(): nobody will call it
             self.read_paused = False
             self.transport.resume_reading()
 
