@@ -153,9 +153,10 @@ class Settings(msgspec.Struct):
     # (a token bucket: ``key_burst`` at once).  0 turns the limit off.
     key_rate: float = 1000.0
     key_burst: int = 2000
-    # Requests per second per user on the client API (a user token: /v1/me/*
-    # and each stream connect), counted on each node on its own, in memory
-    # (docs/security.md#rate-limits).  0 turns the limit off.
+    # Requests per second per user on the client API (a user token: /v1/me/*,
+    # each stream connect and each message on an open WebSocket), counted on
+    # each node on its own, in memory (docs/security.md#rate-limits).  0 turns
+    # the limit off.
     user_rate: float = 50.0
     user_burst: int = 200
     outbound: OutboundConfig = OutboundConfig()

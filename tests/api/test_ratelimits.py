@@ -1,6 +1,7 @@
 """Rate limits through the API: per API key (429 + Retry-After), shared by
-every node through the broker; per user on the client API, per node; and
-frequency caps per user and category.
+every node through the broker; per user on the client API, per node, its
+requests, stream connects and WebSocket messages alike; and frequency caps
+per user and category.
 
 The buckets refill at 0.01 tokens a second, so nothing refills during a test
 and every outcome follows from counting requests, not from timing.
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import httpx
 import pytest
 import websockets
 
 from tests.conftest import run_server
+from tests.gateway.live import publish as publish_to
 from tests.gateway.live import recv_events, ws_connect
-from tidings.cli import HTTP_PROTOCOL
+from tidings.cli import HTTP_PROTOCOL, WS_PROTOCOL
 from tidings.config import Settings, from_env
 from tidings.errors import CLOSE_RATE_LIMITED, should_reconnect
 from tidings.service.ratelimits import RateLimits
@@ -116,6 +119,31 @@ async def test_the_key_bucket_is_shared_by_two_nodes_on_redis(tmp_path):
 # A bucket per user on each node, in memory (tidings/service/ratelimits.py).  The
 # tests that need time to pass move the node's bucket clock instead of sleeping.
 
+# "raw": tidings serve's WebSocket protocol, whose streams read messages
+# without an ASGI task; "asgi": any other ASGI server, a task reading them.
+WS_PATHS = pytest.mark.parametrize("ws", [WS_PROTOCOL, "websockets-sansio"], ids=["raw", "asgi"])
+NID = "01HZZZZZZZZZZZZZZZZZZZZZZZ"  # a notification id nobody can see: receipts of it are dropped
+
+
+def receipt(i: int) -> str:
+    return json.dumps({"type": "receipts", "device": f"tab{i}", "delivered": [NID]})
+
+
+def fresh(token: str) -> str:
+    return json.dumps({"type": "auth", "token": token})
+
+
+async def until_closed(sock) -> tuple[list[dict], int | None, str]:
+    """What the server sent until it closed the socket, and its close code and reason."""
+    seen: list[dict] = []
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        async with asyncio.timeout(10):
+            while True:
+                doc = json.loads(await sock.recv())
+                seen.extend(doc if isinstance(doc, list) else [doc])
+    rcvd = info.value.rcvd
+    return seen, (rcvd.code if rcvd is not None else None), (rcvd.reason if rcvd else "")
+
 
 class Clock:
     def __init__(self, now: float = 1000.0) -> None:
@@ -204,17 +232,29 @@ async def test_the_bucket_refills(tmp_path):
                 200, 200, 429]
 
 
-async def test_user_rate_zero_turns_the_limit_off(tmp_path):
-    async with run_server(tmp_path, user_rate=0, user_burst=1) as server:
+@WS_PATHS
+async def test_user_rate_zero_turns_the_limit_off(tmp_path, ws):
+    async with run_server(tmp_path, ws=ws, user_rate=0, user_burst=1) as server:
         token = await server.token("alice")
         async with me(server, token) as alice:
             for _ in range(10):
                 assert (await alice.get("/v1/me/counts")).status_code == 200
                 assert (await alice.get("/v1/me/preferences")).status_code == 200
         for _ in range(3):
-            ws = await ws_connect(server, token)
-            assert (await recv_events(ws, 1))[0]["type"] == "hello"
-            await ws.close()
+            sock = await ws_connect(server, token)
+            assert (await recv_events(sock, 1))[0]["type"] == "hello"
+            await sock.close()
+        # and messages on an open WebSocket, as many as a client sends
+        sock = await ws_connect(server, token)
+        assert (await recv_events(sock, 1))[0]["type"] == "hello"
+        for i in range(1000):
+            await sock.send(receipt(i))
+        await sock.send(fresh(token))
+        assert (await recv_events(sock, 1))[0]["type"] == "token"
+        await publish_to(server, {"users": ["alice"]}, title="still live")
+        (note,) = await recv_events(sock, 1)
+        assert note["notification"]["title"] == "still live"
+        await sock.close()
 
 
 async def test_a_refused_request_changes_nothing(tmp_path):
@@ -260,11 +300,121 @@ async def test_a_stream_connect_takes_a_token_and_a_refused_websocket_may_reconn
         await ws.close()
 
 
+# -- per user: messages on an open WebSocket ---------------------------------------------
+# Every message a device sends after its auth message takes a token from the
+# user's bucket, the one requests and connects take from; a message over the
+# rate closes the stream with 4005 (tidings/gateway/transports.py, _Device).
+
+
+@WS_PATHS
+async def test_a_websocket_flooding_messages_is_closed_with_4005(tmp_path, ws):
+    """Receipts at socket speed against the defaults (50 a second, bursts of
+    200), the bucket's clock standing still so that nothing refills: the
+    stream closes with 4005 once the burst is spent, a reconnect is refused
+    until tokens are back, and another user's stream goes on."""
+    async with run_server(tmp_path, ws=ws) as server:
+        clock = server.service.limits.users.clock = Clock()
+        token = await server.token("alice")
+        flood = await ws_connect(server, token)
+        calm = await ws_connect(server, await server.token("bob"))
+        for sock in (flood, calm):
+            assert (await recv_events(sock, 1))[0]["type"] == "hello"
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for i in range(2000):
+                await flood.send(receipt(i))
+        _, code, reason = await until_closed(flood)
+        assert code == CLOSE_RATE_LIMITED and should_reconnect(code)
+        assert reason == "this user is over the client API's rate limit"
+        assert server.service.hub.metrics.app(server.app).errors["rate_limited"] == 1
+        # Closed, the client must back off: its connect takes a token too.
+        again = await ws_connect(server, token)
+        _, code, reason = await until_closed(again)
+        assert code == CLOSE_RATE_LIMITED and "rate limit" in reason
+        clock.now += 1.0  # after its backoff: 50 tokens back
+        again = await ws_connect(server, token)
+        assert (await recv_events(again, 1))[0]["type"] == "hello"
+        await again.close()
+        await publish_to(server, {"users": ["bob"]}, title="still here")
+        (note,) = await recv_events(calm, 1)
+        assert note["notification"]["title"] == "still here"
+        await calm.close()
+
+
+@WS_PATHS
+async def test_a_websocket_sending_at_the_rate_is_never_closed(tmp_path, ws):
+    """Eight times the burst in messages, receipts and fresh tokens, each a
+    token's refill after the one before (the bucket's clock moves instead of
+    the test sleeping; each fresh token's answer says the server read up to
+    it before the clock moves again)."""
+    async with run_server(tmp_path, ws=ws, user_rate=10.0, user_burst=5) as server:
+        clock = server.service.limits.users.clock = Clock()
+        token = await server.token("alice")
+        sock = await ws_connect(server, token)
+        assert (await recv_events(sock, 1))[0]["type"] == "hello"
+        for i in range(20):
+            clock.now += 0.1
+            await sock.send(receipt(i))
+            clock.now += 0.1
+            await sock.send(fresh(token))
+            assert (await recv_events(sock, 1))[0]["type"] == "token"
+        await publish_to(server, {"users": ["alice"]}, title="still live")
+        (note,) = await recv_events(sock, 1)
+        assert note["notification"]["title"] == "still live"
+        # The same stream, faster: its bucket held four tokens all along (one
+        # came back before each message took one); five messages at once
+        # take them, and the fifth closes it unread.
+        for i in range(4):
+            await sock.send(receipt(i))
+        await sock.send(fresh(token))
+        seen, code, _ = await until_closed(sock)
+        assert (seen, code) == ([], CLOSE_RATE_LIMITED)
+
+
+@WS_PATHS
+async def test_requests_and_websocket_messages_share_the_users_budget(tmp_path, ws):
+    async with run_server(tmp_path, ws=ws, user_rate=SLOW, user_burst=4) as server:
+        token = await server.token("alice")
+        sock = await ws_connect(server, token)  # one token
+        assert (await recv_events(sock, 1))[0]["type"] == "hello"
+        async with me(server, token) as alice:
+            for _ in range(2):  # two more
+                assert (await alice.get("/v1/me/counts")).status_code == 200
+            await sock.send(fresh(token))  # the last one
+            assert (await recv_events(sock, 1))[0]["type"] == "token"
+            refused(await alice.get("/v1/me/counts"))  # the message took it
+            # Over the rate, a message is not read: this fresh token gets no
+            # answer, the stream closes.
+            await sock.send(fresh(token))
+            seen, code, reason = await until_closed(sock)
+            assert (seen, code) == ([], CLOSE_RATE_LIMITED) and "rate limit" in reason
+        # Another user's budget is their own.
+        bob = await ws_connect(server, await server.token("bob"))
+        assert (await recv_events(bob, 1))[0]["type"] == "hello"
+        await bob.send(fresh(await server.token("bob")))
+        assert (await recv_events(bob, 1))[0]["type"] == "token"
+        await bob.close()
+
+
+@WS_PATHS
+async def test_messages_sent_before_hello_take_tokens_on_both_paths(tmp_path, ws):
+    """A message sent right behind the auth message, while the stream starts,
+    counts as one sent after hello."""
+    async with run_server(tmp_path, ws=ws, user_rate=SLOW, user_burst=2) as server:
+        token = await server.token("alice")
+        sock = await ws_connect(server, token)  # the connect, then a receipt: two tokens
+        await sock.send(receipt(0))
+        assert (await recv_events(sock, 1))[0]["type"] == "hello"
+        await sock.send(receipt(1))
+        seen, code, _ = await until_closed(sock)
+        assert (seen, code) == ([], CLOSE_RATE_LIMITED)
+
+
 async def test_the_defaults_hold_twenty_tabs_opening_at_once(tmp_path):
     """What a session restore of 20 tabs (the most streams a user may hold
     on a node) sends at once, each tab as tidings.js and <tidings-inbox> do:
-    its stream, the first page, counts, preferences, a receipt (SSE tabs post
-    them), marking the page seen.  The default burst takes it all."""
+    its stream, the first page, counts, preferences, a receipt (a message on
+    its WebSocket; SSE tabs post it, at the same cost), marking the page
+    seen.  The default burst takes it all: every tab is still live after."""
     async with run_server(tmp_path) as server:
         assert (server.service.settings.user_rate, server.service.settings.user_burst) == (
             50.0, 200)
@@ -275,16 +425,20 @@ async def test_the_defaults_hold_twenty_tabs_opening_at_once(tmp_path):
             assert (await recv_events(ws, 1))[0]["type"] == "hello"
             for method, route, body in [
                     ("GET", "/v1/me/notifications?limit=20", None), ("GET", "/v1/me/counts", None),
-                    ("GET", "/v1/me/preferences", None),
-                    ("POST", "/v1/me/receipts", {"device": f"tab{i}", "delivered": []}),
-                    ("POST", "/v1/me/notifications/seen", {"all": True})]:
+                    ("GET", "/v1/me/preferences", None)]:
                 r = await alice.request(method, route, json=body)
                 assert r.status_code < 300, (route, r.text)
+            await ws.send(receipt(i))
+            r = await alice.post("/v1/me/notifications/seen", json={"all": True})
+            assert r.status_code < 300, r.text
             return ws
 
         async with me(server, token) as alice:
             tabs = await asyncio.gather(*(tab(i, alice) for i in range(20)))
+        await publish_to(server, {"users": ["alice"]}, title="to every tab")
         for ws in tabs:
+            (note,) = await recv_events(ws, 1)
+            assert note["notification"]["title"] == "to every tab"
             await ws.close()
 
 

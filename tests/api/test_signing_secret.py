@@ -16,8 +16,7 @@ import pytest
 
 from tests.api.test_hostile import assert_error
 from tests.conftest import two_nodes
-from tests.gateway.live import SSEReader, recv_events, ws_connect
-from tests.gateway.test_token_expiry import closed_with
+from tests.gateway.live import SSEReader, closed_with, recv_events, ws_connect
 from tidings.broker.base import KEYS_CHANNEL
 from tidings.config import Limits
 from tidings.core import auth

@@ -6,7 +6,9 @@ import asyncio
 import json
 
 import httpx
+import pytest
 import websockets
+from websockets.exceptions import ConnectionClosed
 
 
 async def ws_connect(server, token: str, cursor: str | None = None, **kw):
@@ -26,6 +28,16 @@ async def recv_events(ws, n: int, timeout: float = 5.0, frames: list | None = No
             frames.append(doc)
         out.extend(doc if isinstance(doc, list) else [doc])
     return out
+
+
+async def closed_with(ws, timeout: float = 10.0) -> tuple[int | None, str]:
+    """Read until the server closes; its close code and reason."""
+    with pytest.raises(ConnectionClosed) as info:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    rcvd = info.value.rcvd
+    return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
 
 
 async def publish(server, to: dict, n: int = 1, **fields) -> list[str]:

@@ -16,9 +16,8 @@ import time
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
 
-from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
+from tests.gateway.live import SSEReader, closed_with, publish, recv_events, ws_connect
 from tidings.client import Subscriber
 from tidings.core import auth
 from tidings.errors import (
@@ -40,16 +39,6 @@ def short_token(server, user: str, seconds: float, app: str | None = None,
     token = auth.mint_token(app or server.app, user, secret or server.signing_secret,
                             ttl=exp - (now - 60), now=now - 60)
     return token, exp + auth.LEEWAY
-
-
-async def closed_with(ws, timeout: float = 10.0) -> tuple[int | None, str]:
-    """Read until the server closes; its close code and reason."""
-    with pytest.raises(ConnectionClosed) as info:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    rcvd = info.value.rcvd
-    return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
 
 
 async def test_a_websocket_closes_when_its_token_expires(any_ws_server):

@@ -28,9 +28,11 @@ from tidings.core.cursor import CURSOR_MAX, CURSOR_RE, parse_cursor
 from tidings.core.receipts import connection_device
 from tidings.errors import (
     CLOSE_FORBIDDEN,
+    CLOSE_RATE_LIMITED,
     CLOSE_TOKEN_EXPIRED,
     BadRequest,
     Forbidden,
+    RateLimited,
     TidingsError,
     Unauthorized,
 )
@@ -55,7 +57,9 @@ class _AuthMessage(msgspec.Struct):
 _decode_auth = msgspec.json.Decoder(_AuthMessage).decode
 
 # the reason sent with a close code the stream chose itself (the others carry none)
-_REASONS = {CLOSE_TOKEN_EXPIRED: "token expired"}
+_REASONS = {CLOSE_TOKEN_EXPIRED: "token expired",
+            CLOSE_RATE_LIMITED: "this user is over the client API's rate limit"}
+WS_ROUTE = "WS /v1/me/stream"  # where the node's error log puts a stream's errors
 
 
 def _headers(scope) -> dict[bytes, bytes]:
@@ -190,7 +194,7 @@ class WebSocketEndpoint:
         app = None
 
         async def refuse(code: int, reason: str, error: str) -> None:
-            service.hub.metrics.error(app, error, 0, "WS /v1/me/stream")
+            service.hub.metrics.error(app, error, 0, WS_ROUTE)
             await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
         origin = headers.get(b"origin")
@@ -232,7 +236,12 @@ class WebSocketEndpoint:
             raw.detach()
             return
         try:
-            while not stream.closed:
+            # Until the peer is gone, not until the stream is closed: a
+            # stream that closes itself (a message over the user's rate, an
+            # expired token) sends its close frame from a task, and the
+            # server queues the disconnect once it has; returning sooner
+            # would close the socket without it (the client would see 1006).
+            while True:
                 msg = await receive()
                 if msg["type"] == "websocket.disconnect":
                     break
@@ -261,13 +270,25 @@ class _Gone(Exception):
 
 
 class _Device:
-    """What one WebSocket's device says after ``hello``: receipts (held as
-    this connection's when the batch names no device, tidings.core.receipts)
-    and fresh tokens (``{"type": "auth", "token": …}`` again: the stream then
-    ends when the new token expires instead of the old one, and answers
-    ``{"type": "token", "until": …}``).  A token that is not valid, or that
-    names another user, closes the stream as the same token would have
-    refused it at connect (4401, 4403).  Anything else is ignored."""
+    """What one WebSocket's device says after its auth message: receipts
+    (held as this connection's when the batch names no device,
+    tidings.core.receipts) and fresh tokens (``{"type": "auth", "token": …}``
+    again: the stream then ends when the new token expires instead of the
+    old one, and answers ``{"type": "token", "until": …}``).  A token that is
+    not valid, or that names another user, closes the stream as the same
+    token would have refused it at connect (4401, 4403).  Anything else is
+    ignored.
+
+    Every message, whatever it holds, first takes a token from the user's
+    bucket, the one the user's requests and stream connects take from
+    (docs/security.md#rate-limits).  A message that finds it empty is not
+    read, and the stream closes with 4005, as a connect over the rate would
+    have: a message has no answer to carry a 429, so a message dropped
+    without a word would leave the device sending, and the node reading
+    each one at socket speed.  Closed, the device reconnects after a backoff
+    (every client of tidings does, from its cursor) and its connect takes a
+    token too, so what the node serves the user, messages, requests and
+    streams, stays within ``user_rate`` whatever the device does."""
 
     __slots__ = ("service", "stream", "device", "_checking")
 
@@ -278,7 +299,16 @@ class _Device:
 
     def on_message(self, raw: bytes | str) -> None:
         stream = self.stream
-        if self.service.device_message(stream.app, stream.user, self.device, raw):
+        if stream.closed:
+            return  # the rest of what one read brought, after a close
+        service = self.service
+        try:
+            service.limits.charge_user(stream.app, stream.user)
+        except RateLimited as exc:
+            service.hub.metrics.error(stream.app, exc.code, 0, WS_ROUTE)
+            stream.close(exc.close_code)
+            return
+        if service.device_message(stream.app, stream.user, self.device, raw):
             return
         try:
             token = _decode_auth(raw).token
@@ -294,7 +324,7 @@ class _Device:
             if (app, user) != (stream.app, stream.user):
                 raise Forbidden("the token names another user", code="other_user")
         except TidingsError as exc:
-            self.service.hub.metrics.error(stream.app, exc.code, 0, "WS /v1/me/stream")
+            self.service.hub.metrics.error(stream.app, exc.code, 0, WS_ROUTE)
             stream.close(exc.close_code)
             return
         finally:

@@ -13,13 +13,15 @@ node, in memory (below).
   costs 500), anything else one.  Over the limit: ``429 rate_limited`` with
   ``Retry-After``, and nothing was done.
 * **Per user** -- every request with a user token (``/v1/me/*``, the direct
-  inbox page and counts included) and every stream connect takes one token
-  from the user's bucket: ``Settings.user_rate`` a second with bursts of
-  ``user_burst`` (50/s and 200 by default; ``user_rate=0`` turns it off).
-  Over it: ``429 rate_limited`` with ``Retry-After`` and nothing done; a
-  WebSocket closes with 4005, a "reconnect" code, so that a page refused
-  once backs off instead of stopping for good.  The buckets are this node's
-  own, like ``max_connections_per_user``: with N nodes behind a load
+  inbox page and counts included), every stream connect and every message a
+  device sends on an open WebSocket (receipts, fresh tokens, anything) takes
+  one token from the user's bucket: ``Settings.user_rate`` a second with
+  bursts of ``user_burst`` (50/s and 200 by default; ``user_rate=0`` turns
+  it off).  Over it: ``429 rate_limited`` with ``Retry-After`` and nothing
+  done; a WebSocket, at its connect or at a message, closes with 4005, a
+  "reconnect" code, so that a page refused once backs off instead of
+  stopping for good (tidings/gateway/transports.py).  The buckets are this
+  node's own, like ``max_connections_per_user``: with N nodes behind a load
   balancer a user can make up to N times the rate.  A shared bucket would
   cost a broker round trip on most page loads -- a user makes a handful of
   requests at a time, too few for a lease to pay, unlike an API key -- and
