@@ -21,7 +21,9 @@ from tests.conftest import run_server
 from tests.gateway.live import publish as publish_to
 from tests.gateway.live import recv_events, ws_connect
 from tidings.cli import HTTP_PROTOCOL, WS_PROTOCOL
+from tidings.client import Subscriber
 from tidings.config import Settings, from_env
+from tidings.core.backoff import Backoff
 from tidings.errors import CLOSE_RATE_LIMITED, should_reconnect
 from tidings.service.ratelimits import RateLimits
 
@@ -407,6 +409,48 @@ async def test_messages_sent_before_hello_take_tokens_on_both_paths(tmp_path, ws
         await sock.send(receipt(1))
         seen, code, _ = await until_closed(sock)
         assert (seen, code) == ([], CLOSE_RATE_LIMITED)
+
+
+async def test_the_python_subscriber_backs_off_and_resumes_after_a_4005(tmp_path):
+    """A Subscriber whose receipts find the user's bucket empty (the user's
+    requests spent it) is closed with 4005 in the middle of its stream: it
+    backs off, connects again once the bucket has tokens, and misses
+    nothing that was published meanwhile."""
+    async with run_server(tmp_path, user_rate=SLOW, user_burst=3) as server:
+        clock = server.service.limits.users.clock = Clock()
+        token = await server.token("carol")
+        retries: list[str] = []
+        got: list[str] = []
+        sub = Subscriber(server.url, token, backoff=Backoff(base=0.05),
+                         on_retry=lambda reason, delay: retries.append(reason))
+
+        async def read() -> None:
+            async for event in sub:
+                if event["type"] == "notification":
+                    got.append(event["notification"]["title"])
+
+        async def until(check) -> None:
+            async with asyncio.timeout(10):
+                while not check():
+                    await asyncio.sleep(0.02)
+
+        async with sub:
+            reader = asyncio.create_task(read())
+            try:
+                await until(lambda: sub.connected)  # the connect: one token
+                async with me(server, token) as carol:  # two more: none left
+                    for _ in range(2):
+                        assert (await carol.get("/v1/me/counts")).status_code == 200
+                await publish_to(server, {"users": ["carol"]}, title="n1")
+                # yielded, then acknowledged a second later: the receipt closes it
+                await until(lambda: retries)
+                assert retries[0] == f"stream closed (code {CLOSE_RATE_LIMITED})"
+                await publish_to(server, {"users": ["carol"]}, title="n2")
+                clock.now += 1000.0  # the bucket refills while the subscriber waits
+                await until(lambda: len(got) == 2)
+            finally:
+                reader.cancel()
+        assert got == ["n1", "n2"] and sub.reconnects >= 1
 
 
 async def test_the_defaults_hold_twenty_tabs_opening_at_once(tmp_path):
