@@ -47,7 +47,9 @@ _CLOSE_CODES = [
     (CLOSE_PING_TIMEOUT, "reconnect", "reserved (a keepalive timeout closes with 1011 today)"),
     (CLOSE_TOKEN_EXPIRED, "reconnect with a new token",
      "the stream's token expired (send a fresh one on the stream before it does)"),
-    (CLOSE_RATE_LIMITED, "reconnect", "the user is over the client API's rate limit; back off"),
+    (CLOSE_RATE_LIMITED, "reconnect",
+     "the user is over the client API's rate limit (at the connect, or at a message sent "
+     "on the stream); back off"),
     (CLOSE_BAD_REQUEST, "do not reconnect", "a malformed first message, cursor or query"),
     (CLOSE_UNAUTHORIZED, "do not reconnect", "missing, expired or forged token"),
     (CLOSE_FORBIDDEN, "do not reconnect", "origin not allowed"),
