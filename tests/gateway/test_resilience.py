@@ -119,6 +119,28 @@ async def test_pings_keep_idle_streams_and_cut_dead_ones(tmp_path):
         dead.transport.abort()  # it never reads the server's close: drop its socket
 
 
+async def test_a_device_that_answers_no_ping_is_closed_with_4003(tmp_path):
+    """A device that still reads but whose pongs never come back (they were
+    lost, it hung) is told why: 4003, tidings' "ping timeout, reconnect",
+    not the 1011 "server error" uvicorn's keepalive closes with."""
+    async with run_server(tmp_path, ping_interval=0.2, ping_timeout=0.3) as server:
+        ws = await ws_connect(server, await server.token("mute"))
+        await recv_events(ws, 1)
+        send_frame = ws.protocol.send_frame
+
+        def no_pongs(frame):
+            if frame.opcode is not websockets.frames.Opcode.PONG:
+                send_frame(frame)
+
+        ws.protocol.send_frame = no_pongs
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4003, "ping timeout")
+        assert await _gone(server, "mute", timeout=5)
+
+
 async def test_sse_sends_ping_comments(tmp_path):
     async with run_server(tmp_path, ping_interval=0.1) as server:
         token = await server.token("s")

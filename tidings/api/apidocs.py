@@ -44,7 +44,7 @@ _CLOSE_CODES = [
     (CLOSE_SLOW_CONSUMER, "reconnect", "the connection fell too far behind (its queue was full)"),
     (CLOSE_SHUTDOWN, "reconnect", "the node is shutting down or draining"),
     (CLOSE_RESYNC, "reconnect", "the stream could not stay gapless; resume from the cursor"),
-    (CLOSE_PING_TIMEOUT, "reconnect", "reserved (a keepalive timeout closes with 1011 today)"),
+    (CLOSE_PING_TIMEOUT, "reconnect", "no pong within the ping timeout"),
     (CLOSE_TOKEN_EXPIRED, "reconnect with a new token",
      "the stream's token expired (send a fresh one on the stream before it does)"),
     (CLOSE_RATE_LIMITED, "reconnect",

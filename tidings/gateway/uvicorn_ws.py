@@ -6,7 +6,8 @@ library's frame serialisation for every message.  Delivery is the hot path
 delivery 7x), so this protocol adds one ASGI scope extension,
 ``tidings.raw_ws``, through which the gateway writes pre-encoded text frames
 synchronously, straight to the transport.  Everything else (handshake,
-close, keepalive pings, reading) stays uvicorn's.
+close, keepalive pings, reading) stays uvicorn's, but for the close codes of
+a ping timeout (4003) and of a shutdown (4001).
 
 Frames written this way are final, unmasked text frames with no extension
 bits (RFC 6455 §5.2); permessage-deflate must be off, which ``tidings serve``
@@ -30,7 +31,7 @@ from websockets.streams import StreamReader
 
 from tidings.api import http_limits
 from tidings.config import Limits
-from tidings.errors import CLOSE_SHUTDOWN
+from tidings.errors import CLOSE_PING_TIMEOUT, CLOSE_SHUTDOWN
 
 EXTENSION = "tidings.raw_ws"
 
@@ -245,6 +246,20 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         self.on_lost = self.on_writable = self.on_message = None
         if callback is not None:
             callback()
+
+    def keepalive_timeout(self) -> None:
+        # uvicorn's, except for the close code: no pong within ``ping_timeout``
+        # is tidings' 4003 (docs/protocol.md#close-codes), not 1011, which
+        # says the server failed.  A device that still reads (its pongs were
+        # lost, it hung for a while) learns why and reconnects.
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.conn.fail(CLOSE_PING_TIMEOUT, "ping timeout")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
     def shutdown(self) -> None:
         # uvicorn closes open WebSockets with 1012 when the server stops, before
