@@ -339,6 +339,24 @@ async def test_user_preferences_roundtrip(server):
         assert r.status_code == 422 and r.json()["error"]["field"] == "quiet_hours.tz"
 
 
+async def test_star_in_preferences_switches_outbound_channels_only(server):
+    """"*" (every category not named) takes outbound switches, not in_app,
+    and comes on top of the 256 categories; it is never a category's name."""
+    async with server.http() as http:
+        r = await http.put("/v1/users/alice/preferences",
+                           json={"categories": {"*": {"in_app": False}}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "categories.*.in_app"
+        r = await http.put("/v1/users/alice/preferences",
+                           json={"categories": {f"c{i}": {} for i in range(257)}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "categories"
+        r = await http.put("/v1/users/alice/preferences",
+                           json={"categories": {f"c{i}": {} for i in range(256)} | {"*": {}}})
+        assert r.status_code == 200, r.text
+        r = await http.post("/v1/notifications", json={"to": {"users": ["alice"]},
+                                                       "category": "*"})
+        assert r.status_code == 422  # never a category's name
+
+
 async def test_muted_category_is_not_delivered(server):
     async with server.http() as http:
         r = await http.put("/v1/users/alice/preferences",

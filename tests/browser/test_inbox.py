@@ -299,6 +299,29 @@ def test_preferences_panel_saves_toggles_and_quiet_hours(context, site, tidings_
     expect(inbox.locator("h2")).to_have_text("Notifications")
 
 
+def test_preferences_panel_shows_every_other_category_last(context, site, tidings_server):
+    """After an unsubscribe link for every category the preferences hold
+    "*": the panel shows it last as "All other categories", with its outbound
+    switches only (no in-app one, no digest), and saving keeps it."""
+    srv = tidings_server
+    assert _api(srv, "PUT", "/v1/users/kai/preferences", json={"categories": {
+        "*": {"email": False}, "billing": {"email": False}}}).status_code == 200
+    _, inbox = _open(context, site, srv, "kai", categories=["social"])
+    inbox.locator("button.bell").click()
+    inbox.get_by_role("button", name="Preferences").click()
+    expect(inbox.locator("tbody th")).to_have_text(["social", "billing", "All other categories"])
+    every = inbox.locator("tbody tr").last
+    expect(every.locator("input[type=checkbox]")).to_have_count(2)   # push, e-mail
+    expect(every.locator("select")).to_have_count(0)
+    expect(inbox.get_by_label("All other categories: E-mail")).not_to_be_checked()
+    inbox.get_by_label("All other categories: Push").uncheck()
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    prefs = _api(srv, "GET", "/v1/users/kai/preferences").json()
+    assert prefs["categories"] == {"*": {"push": False, "email": False},
+                                   "billing": {"email": False}, "social": {}}
+
+
 def test_preferences_panel_sets_digests_and_keeps_the_others(context, site, tidings_server):
     srv = tidings_server
     assert _api(srv, "PUT", "/v1/users/ivy/preferences", json={"digests": {

@@ -205,6 +205,16 @@ def test_mutes_are_per_category():
     assert plan(p, "social", "normal", DAY).muted == ()
 
 
+def test_a_category_the_preferences_do_not_name_follows_star():
+    """"*" is every other category (what an unsubscribe link for all of them
+    writes): a named category keeps its own switches, all of them."""
+    p = prefs({"*": {"email": False}, "billing": {"push": False}})
+    assert plan(p, "social", "normal", DAY).muted == ("email",)
+    assert plan(p, "anything", "normal", DAY).muted == ("email",)
+    assert plan(p, "billing", "normal", DAY).muted == ("push",)  # its own, not "*"'s
+    assert plan(prefs({"*": {}}), "social", "normal", DAY).muted == ()
+
+
 def test_everything_muted_leaves_no_until():
     off = {"in_app": False, "webhook": False, "push": False, "email": False}
     got = plan(prefs({"x": off}, QUIET), "x", "normal", NIGHT)

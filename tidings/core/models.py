@@ -29,7 +29,16 @@ _APP_ID = re.compile(r"^[a-z0-9_\-]{1,64}\Z")
 
 UserId = Annotated[str, Meta(pattern=USER_RE, min_length=1, max_length=128)]
 TopicName = Annotated[str, Meta(pattern=TOPIC_RE, min_length=1, max_length=128)]
-Category = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}\Z")]
+CATEGORY_RE = r"^[A-Za-z0-9_.:\-]{1,64}\Z"
+Category = Annotated[str, Meta(pattern=CATEGORY_RE)]
+# In a user's preferences "*" stands for every category they do not name
+# (tidings.core.quiet.plan): how "no e-mail at all" is said, by the user or
+# by an unsubscribe link (tidings/core/unsubscribe.py).  It cannot be a
+# category's name.  Its in_app switch stays on (Service.put_preferences):
+# in-app mutes are rows per category that a publish reads in SQL.
+ALL_CATEGORIES = "*"
+PrefsCategory = Annotated[str, Meta(pattern=r"^(\*|[A-Za-z0-9_.:\-]{1,64})\Z")]
+MAX_PREF_CATEGORIES = 256  # named categories; "*" comes on top
 GroupKey = Annotated[str, Meta(max_length=256, pattern=NO_CONTROL_RE)]
 Actor = Annotated[str, Meta(max_length=128, pattern=NO_CONTROL_RE)]
 Tag = Annotated[str, Meta(max_length=64, pattern=NO_CONTROL_RE)]
@@ -150,7 +159,8 @@ Digests = Annotated[dict[Category, DigestChannels], Meta(max_length=256)]
 
 
 class Preferences(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    categories: Annotated[dict[Category, ChannelPrefs], Meta(max_length=256)] = {}
+    categories: Annotated[dict[PrefsCategory, ChannelPrefs],
+                          Meta(max_length=MAX_PREF_CATEGORIES + 1)] = {}
     quiet_hours: QuietHours | None = None
     digests: Digests = {}
 

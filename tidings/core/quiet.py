@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tidings.core.models import Preferences, QuietHours
+from tidings.core.models import ALL_CATEGORIES, Preferences, QuietHours
 
 __all__ = [
     "CHANNELS",
@@ -217,7 +217,8 @@ def plan(
 ) -> Plan:
     """Route a notification through a user's preferences.
 
-    A channel the user switched off for the category is muted whatever the
+    A channel the user switched off for the category (or, for a category
+    the preferences do not name, in ``"*"``) is muted whatever the
     priority.  Of the rest, the interrupting channels wait for the end of
     quiet hours unless the notification is ``urgent``.  ``channels`` lets a
     caller leave out channels the app has not configured.
@@ -225,7 +226,13 @@ def plan(
     _aware(now)
     muted: list[str] = []
     on: list[str] = []
-    chosen = prefs.categories.get(category) if prefs is not None else None
+    chosen = None
+    if prefs is not None and prefs.categories:
+        # A category the preferences do not name follows "*" (every other
+        # category), which an unsubscribe link may have switched e-mail off in.
+        chosen = prefs.categories.get(category)
+        if chosen is None:
+            chosen = prefs.categories.get(ALL_CATEGORIES)
     for name in channels:
         if name not in CHANNELS:
             raise ValueError(f"unknown channel {name!r}")

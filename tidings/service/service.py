@@ -40,6 +40,8 @@ from tidings.core.digest import check as check_digests
 from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
 from tidings.core.models import (
+    ALL_CATEGORIES,
+    MAX_PREF_CATEGORIES,
     Notification,
     PatchRequest,
     Preferences,
@@ -701,6 +703,13 @@ class Service:
         return n
 
     async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
+        every = prefs.categories.get(ALL_CATEGORIES)
+        if every is not None and not every.in_app:
+            raise Invalid('"*" switches the outbound channels of every other category; in_app '
+                          "is switched off per category", field="categories.*.in_app")
+        if len(prefs.categories) - (every is not None) > MAX_PREF_CATEGORIES:
+            raise Invalid(f"at most {MAX_PREF_CATEGORIES} categories, and \"*\"",
+                          field="categories")
         if prefs.quiet_hours is not None:
             try:
                 quiet.zone(prefs.quiet_hours.tz)  # refuses "localtime": the server's zone

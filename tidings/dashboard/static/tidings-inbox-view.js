@@ -326,13 +326,15 @@
         if (typeof c === "string") add(c);
         else if (c) add(c.id, c.label);
       });
-      Object.keys(prefs.categories || {}).forEach(function (id) { add(id); });
+      var mine = prefs.categories || {};
+      Object.keys(mine).forEach(function (id) { if (id !== "*") add(id); });
       if (!out.length) {
         this._tabs.forEach(function (t) {
           t.items.forEach(function (it) { add(it.notification.category || "default"); });
         });
       }
       if (!out.length) add("default");
+      if (mine["*"]) add("*");   // every other category, last
       return out;
     },
 
@@ -359,12 +361,17 @@
       var dailyAt = "09:00";
       var body = this._categories(prefs).map(function (cat) {
         var mine = (prefs.categories || {})[cat.id] || {};
+        // "*" is every other category (an unsubscribe link for all of them
+        // writes it): it switches outbound channels, and has no digest rules.
+        var every = cat.id === "*";
         var cells = [el("th", { scope: "row", text: cat.label })].concat(chans.map(function (ch) {
+          if (every && ch === "in_app") return el("td", {});
           return el("td", {}, [el("input", {
             type: "checkbox", "data-cat": cat.id, "data-ch": ch, checked: mine[ch] !== false,
             "aria-label": cat.label + ": " + (S["channel_" + ch] || ch) })]);
         }));
-        if (batched.length) {
+        if (batched.length && every) cells.push(el("td", {}));
+        else if (batched.length) {
           var rules = (prefs.digests || {})[cat.id] || {};
           var values = batched.map(function (ch) {
             var r = rules[ch];
