@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -98,6 +99,31 @@ class EmailConfig(msgspec.Struct, frozen=True):
     timeout: float = 30.0  # seconds per SMTP command
     base_url: str | None = None  # resolves relative notification urls ("/p/42")
     subject_prefix: str = ""  # e.g. "[Acme] "
+    # The URL at which browsers reach this tidings server, e.g.
+    # "https://notify.acme.test" (a path prefix is kept): every e-mail then
+    # carries List-Unsubscribe: <public_url/v1/unsubscribe/TOKEN> and
+    # List-Unsubscribe-Post (RFC 8058).  None: no unsubscribe header.
+    public_url: str | None = None
+
+    def __post_init__(self) -> None:
+        url = self.public_url
+        if url is not None and not _public_url(url):
+            raise ValueError(f"email public_url must be an http(s) URL without query or "
+                             f"fragment, such as https://notify.acme.test, not {url!r}")
+
+
+def _public_url(url: str) -> bool:
+    """Whether ``url`` can start a link in a mail header: http(s), a host,
+    no query or fragment, ASCII without spaces or angle brackets (RFC 2369)."""
+    if not url.isascii() or any(c.isspace() or c in "<>" for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises for a port that is not one
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname)
+            and not parts.query and not parts.fragment)
 
 
 class OutboundConfig(msgspec.Struct, frozen=True):

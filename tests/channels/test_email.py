@@ -18,10 +18,11 @@ from cryptography.x509.oid import NameOID
 
 from tests.channels.memqueue import MemoryQueue, make_job
 from tests.channels.peers import Mailbox, smtp_server
-from tidings.channels.email import EmailChannel, EmailConfig, render
+from tidings.channels.email import EmailChannel, EmailConfig, category_of, render
 from tidings.channels.worker import Lane, Worker
 from tidings.core.models import Notification
 from tidings.core.retry import RetryPolicy
+from tidings.core.unsubscribe import Link, link_secret, verify
 
 HOSTILE = {
     "id": "01HZX3Y2K8M0000000000000AB", "category": "social",
@@ -108,6 +109,79 @@ async def test_delivers_a_multipart_message():
     assert "https://acme.test/p/42?a=1&b=<2>" in text
     assert "&lt;script&gt;" in html and "<script>" not in html
     assert "<b>bold?</b>" not in html
+
+
+# -- List-Unsubscribe (RFC 2369, RFC 8058) ------------------------------------------------
+
+SECRET = link_secret(b"pepper" * 6)
+
+
+async def _sent(config: EmailConfig, job, secret: bytes = SECRET):
+    box = Mailbox()
+    async with smtp_server(box) as port:
+        ch = EmailChannel(msgspec.structs.replace(config, host="127.0.0.1", port=port,
+                                                  starttls=False), link_secret=secret)
+        assert (await ch.send(job)).outcome == "delivered"
+    (env,) = box.messages
+    return env
+
+
+async def test_every_message_carries_a_one_click_unsubscribe_link():
+    config = EmailConfig(public_url="https://notify.acme.test/tidings/")
+    env = await _sent(config, mail_job(user="team/ann é"))
+    msg = parse(env)
+    value = msg["List-Unsubscribe"]
+    prefix = "<https://notify.acme.test/tidings/v1/unsubscribe/"
+    assert value.startswith(prefix) and value.endswith(">"), value
+    token = value[len(prefix):-1]
+    assert verify(SECRET, token) == Link("acme", "team/ann é", "social", "email")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # One header line, the URL whole: not folded, not RFC 2047-encoded (the
+    # email package does both to a long header unless told not to).
+    raw = env.original_content.decode()
+    (line,) = [x for x in raw.split("\r\n") if x.startswith("List-Unsubscribe:")]
+    assert line == f"List-Unsubscribe: {value}"
+    assert "=?" not in line and len(line) <= 998
+
+
+async def test_no_public_url_no_unsubscribe_header():
+    for config, secret in ((EmailConfig(), SECRET),
+                           (EmailConfig(public_url="https://notify.acme.test"), b"")):
+        msg = parse(await _sent(config, mail_job(), secret))
+        assert msg["List-Unsubscribe"] is None and msg["List-Unsubscribe-Post"] is None
+        assert msg["Message-ID"]  # the rest as ever
+
+
+async def test_a_link_too_long_for_a_header_line_is_left_out():
+    """A user id of 128 four-byte characters with a long public URL: the
+    message goes without the header rather than with a broken one."""
+    config = EmailConfig(public_url="https://notify.acme.test/" + "p" * 300)
+    msg = parse(await _sent(config, mail_job(user="🎉" * 128)))
+    assert msg["List-Unsubscribe"] is None
+    assert msg["Subject"] == "user_17 replied"
+
+
+def _digest(*categories: str) -> Notification:
+    items = [{"id": f"01HZX3Y2K8M00000000000000{i}", "category": c, "title": f"n{i}"}
+             for i, c in enumerate(categories)]
+    return Notification(id="digest-abc", category="digest", created_at="t",
+                        title=f"{len(items)} new notifications",
+                        data={"digest": {"count": len(items), "items": items}})
+
+
+def test_a_digests_link_names_its_category_or_all():
+    assert category_of(Notification(**HOSTILE)) == "social"
+    assert category_of(_digest("social", "social")) == "social"
+    assert category_of(_digest("social", "billing")) is None  # every category
+    assert category_of(_digest()) is None
+
+
+def test_public_url_is_checked_when_the_settings_are_read():
+    for bad in ("notify.acme.test", "ftp://notify.acme.test", "https://", "https://a/?x=1",
+                "https://a/#f", "https://a b", "https://a:99999", "https://[::1"):
+        with pytest.raises(ValueError, match="public_url"):
+            EmailConfig(public_url=bad)
+    assert EmailConfig(public_url="http://127.0.0.1:8080").public_url == "http://127.0.0.1:8080"
 
 
 async def test_unicode_survives():

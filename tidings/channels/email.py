@@ -9,6 +9,12 @@ line breaks are stripped from the subject so a title cannot inject headers.
 id and mail systems can drop the duplicate; ``Auto-Submitted:
 auto-generated`` (RFC 3834) keeps vacation responders quiet.
 
+With ``EmailConfig.public_url`` set, every message carries ``List-Unsubscribe:
+<public_url/v1/unsubscribe/TOKEN>`` (RFC 2369) and ``List-Unsubscribe-Post:
+List-Unsubscribe=One-Click`` (RFC 8058): the token names the app, the user,
+the category (a digest of several: none, meaning all) and the channel,
+signed by tidings/core/unsubscribe.py; tidings/api/unsubscribe.py serves it.
+
 Failures: a 5xx refusal of the recipient or of the content fails the job for
 good; 4xx replies, timeouts and connection or TLS errors are retried.
 Refusals that are about the configuration rather than the message (bad
@@ -20,11 +26,13 @@ catches them if nobody does.
 from __future__ import annotations
 
 import html
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime
 from urllib.parse import urljoin, urlsplit
 
@@ -33,12 +41,18 @@ import msgspec
 
 from tidings.channels.base import Job, Result
 from tidings.config import EmailConfig  # defined with the other settings
+from tidings.core import unsubscribe
 from tidings.core.digest import is_digest
 from tidings.core.models import Notification
 
-__all__ = ["EmailChannel", "EmailConfig", "Rendered", "render"]
+__all__ = ["EmailChannel", "EmailConfig", "Rendered", "category_of", "render"]
+
+log = logging.getLogger("tidings.channels.email")
 
 _MAX_SUBJECT = 200
+# RFC 5322 §2.1.1: no header line is longer (the unsubscribe link must fit in one)
+_MAX_LINE = 998
+UNSUBSCRIBE_PATH = "/v1/unsubscribe/"
 
 
 class Rendered(msgspec.Struct, frozen=True):
@@ -117,15 +131,68 @@ def _digest_items(note: Notification) -> list[dict]:
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
+def category_of(note: Notification) -> str | None:
+    """The category an unsubscribe link of this message turns e-mail off
+    for: the notification's; for a digest, its items' when they share one,
+    else None (all of them)."""
+    if not is_digest(note.id):
+        return note.category
+    found = {item.get("category") for item in _digest_items(note)}
+    only = found.pop() if len(found) == 1 else None
+    return only if isinstance(only, str) else None
+
+
+class _Verbatim(str):
+    """A header written as it is.  The email package folds a long
+    unstructured header into RFC 2047 encoded-words, which would turn
+    List-Unsubscribe's URL into something no mail reader follows (RFC 2369
+    §2: the URL stays whole)."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _Verbatim:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
 class EmailChannel:
-    """Sends :class:`Job`s whose destination is ``{"to": addr, "name"?: str}``."""
+    """Sends :class:`Job`s whose destination is ``{"to": addr, "name"?: str}``.
+
+    ``link_secret`` signs the unsubscribe links (tidings/core/unsubscribe.py:
+    ``link_secret(pepper)``); messages carry one when it is given and
+    ``config.public_url`` is set."""
 
     name = "email"
 
-    def __init__(self, config: EmailConfig, *, clock: Callable[[], float] = time.time):
+    def __init__(self, config: EmailConfig, *, clock: Callable[[], float] = time.time,
+                 link_secret: bytes = b""):
         self.config = config
         self.clock = clock
+        self.link_secret = link_secret
         self._domain = config.sender.rpartition("@")[2].rstrip(">").strip() or "localhost"
+
+    def unsubscribe_url(self, job: Job, note: Notification) -> str | None:
+        """The one-click unsubscribe URL of ``job``'s message; None without
+        ``public_url`` (or a key), or when it would not fit in a header line."""
+        base = self.config.public_url
+        if not base or not self.link_secret:
+            return None
+        link = unsubscribe.Link(job.app, job.user, category_of(note), self.name)
+        try:
+            token = unsubscribe.issue(self.link_secret, link)
+        except ValueError:  # an app or user id no store holds: not from a publish
+            return None
+        url = f"{base.rstrip('/')}{UNSUBSCRIBE_PATH}{token}"
+        if len(f"List-Unsubscribe: <{url}>") > _MAX_LINE:
+            log.warning("message %s goes without List-Unsubscribe: the link would be %d "
+                        "characters (a user id of many non-ASCII characters, or a long "
+                        "public_url)", job.id, len(url))
+            return None
+        return url
 
     def message(self, job: Job, note: Notification) -> EmailMessage:
         """The message for ``job``; ValueError for an unusable address."""
@@ -144,6 +211,10 @@ class EmailChannel:
         msg["Message-ID"] = f"<{job.id}@{self._domain}>"
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Tidings-Id"] = job.id
+        url = self.unsubscribe_url(job, note)
+        if url is not None:
+            msg["List-Unsubscribe"] = _Verbatim("List-Unsubscribe", f"<{url}>")
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg.set_content(rendered.text)
         msg.add_alternative(rendered.html, subtype="html")
         return msg

@@ -28,6 +28,12 @@ marks seen.
 
 Channels that are not configured (no VAPID key, no SMTP server) get no
 jobs; webhooks are on by default and need an endpoint registered.
+
+**Unsubscribe links.**  With ``EmailConfig.public_url`` set, every e-mail
+carries a ``List-Unsubscribe`` link signed under :attr:`Outbound.link_secret`
+(tidings/core/unsubscribe.py); :meth:`Outbound.unsubscribe` is what
+following it does: the channel off in the user's preferences, which every
+later publish reads.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from tidings.config import Settings
 from tidings.core import digest, quiet
 from tidings.core.lru import LRU
 from tidings.core.retry import RetryPolicy
+from tidings.core.unsubscribe import Link, switch_off
 from tidings.store.base import Store
 from tidings.store.outbound import DigestItem, NewJob, QueueStats, WebhookEndpoint
 
@@ -142,6 +149,8 @@ class Outbound:
         self.worker: Worker | None = None
         self._webhooks: LRU[str, list[WebhookEndpoint]] = LRU(10_000, ttl=WEBHOOK_CACHE_TTL)
         self._vapid_public: str | None = None
+        # The unsubscribe links' key, from the store's pepper (Service.open).
+        self.link_secret = b""
         self._maintenance: asyncio.Task | None = None
         self._digests: asyncio.Task | None = None
         # /metrics' queue figures: the last read (None: the store did not
@@ -196,8 +205,21 @@ class Outbound:
         if s.email is not None:
             from tidings.channels.email import EmailChannel
 
-            out.append(EmailChannel(s.email, clock=self.clock))
+            out.append(EmailChannel(s.email, clock=self.clock, link_secret=self.link_secret))
         return out
+
+    async def unsubscribe(self, link: Link) -> bool:
+        """Switch ``link.channel`` off for its user, in its category or in
+        all of them (an unsubscribe link was followed).  False when it was off
+        already: nothing is written, so a repeated request costs one read."""
+        prefs = await self.store.get_preferences(link.app, link.user)
+        changed = switch_off(prefs, link.category, link.channel)
+        if changed is None:
+            return False
+        # Read, changed and written back: a change of the user's own made at
+        # the same instant may be lost to this one, or this one to it.
+        await self.store.put_preferences(link.app, link.user, changed)
+        return True
 
     async def stop(self, grace: float = 10.0) -> None:
         for task in (self._maintenance, self._digests):

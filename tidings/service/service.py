@@ -34,7 +34,7 @@ from tidings.broker.base import (
     user_channel,
 )
 from tidings.config import Settings
-from tidings.core import auth, events, quiet
+from tidings.core import auth, events, quiet, unsubscribe
 from tidings.core.digest import InvalidDigest
 from tidings.core.digest import check as check_digests
 from tidings.core.ids import id_at, new_id
@@ -157,6 +157,8 @@ class Service:
         # one channel for every node: revoked keys, rotated secrets, ended sessions
         self.broker.subscribe(KEYS_CHANNEL, self._on_credentials)
         await self.keys.open()
+        # unsubscribe links are signed under a key of the same pepper
+        self.outbound.link_secret = unsubscribe.link_secret(self.keys.pepper)
 
     def _on_credentials(self, channel: str, message: Message) -> None:
         self.keys.on_message(message)
