@@ -114,6 +114,9 @@ async def _serve(tmp_path, **overrides):
     ws = overrides.pop("ws", WS_PROTOCOL)
     key = overrides.pop("api_key", None)  # a key of testapp from an earlier run_server
     http = overrides.pop("http", HTTP_PROTOCOL)
+    # a listening socket to serve on: its port is known before the start
+    # (a setting that names the server's own URL, such as e-mail's public_url)
+    sock = overrides.pop("sock", None)
     settings = Settings(data=str(tmp_path / "data"), port=0, limits=limits, **overrides)
     service = build_service(settings)
     config = uvicorn.Config(
@@ -124,7 +127,8 @@ async def _serve(tmp_path, **overrides):
         ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_timeout,
     )
     server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve())
+    task = asyncio.get_running_loop().create_task(
+        server.serve(sockets=[sock] if sock is not None else None))
     for _ in range(500):
         if server.started:
             break

@@ -14,7 +14,8 @@ from tidings.api.openapi import OPERATIONS
 
 SAMPLE = {"id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "topic": "guild:7", "user": "alice",
           "wid": "wh_0123456789abcdef", "sid": "AAAAAAAAAAAAAAAA",
-          "jid": "01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0", "prefix": "0123abcd"}
+          "jid": "01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0", "prefix": "0123abcd",
+          "token": "WyJ0ZXN0YXBwIiwiYWxpY2UiLG51bGwsImVtYWlsIl0.AAAAAAAAAAAAAAAAAAAAAA"}
 # Live-stream endpoints: a plain GET would start a stream (SSE) or is not a
 # WebSocket handshake; they are checked separately below.
 STREAMS = {"/v1/me/stream", "/v1/me/events"}
@@ -121,16 +122,17 @@ async def test_the_document_states_the_identifier_patterns(server):
     assert "\\Z" not in json.dumps(doc)
     params = {p["name"]: p["schema"] for ops in doc["paths"].values() for op in ops.values()
               for p in op.get("parameters", []) if p["in"] == "path"}
-    for name in ("user", "topic", "id", "wid", "sid", "jid", "prefix"):
+    for name in ("user", "topic", "id", "wid", "sid", "jid", "prefix", "token"):
         assert "pattern" in params[name], name
     good = {"user": ["alice", "team/ann", "x" * 128], "topic": ["guild:7", "a.b-c_d"],
             "id": ["01HZZZZZZZZZZZZZZZZZZZZZZZ"], "wid": ["wh_0123456789abcdef"],
             "sid": ["AAAAAAAAAAAAAAAA"], "jid": ["01HZZZZZZZZZZZZZZZZZZZZZZZ.email.0"],
-            "prefix": ["0123abcd"]}
+            "prefix": ["0123abcd"], "token": [SAMPLE["token"]]}
     bad = {"user": ["", "alice\n", "a\x00", "x" * 129], "topic": ["has space", "t\n", "é"],
            "id": ["nope", "01hzzzzzzzzzzzzzzzzzzzzzzz", "01HZZZZZZZZZZZZZZZZZZZZZZZ\n"],
            "wid": ["wh_x", "wh_0123456789abcdef\n"], "sid": ["A" * 15, "A" * 16 + "\n"],
-           "jid": ["a\x00", ""], "prefix": ["0123ABCD", "0123abc", "0123abcd\n", "tk_0123abcd"]}
+           "jid": ["a\x00", ""], "prefix": ["0123ABCD", "0123abc", "0123abcd\n", "tk_0123abcd"],
+           "token": ["", "no-dot", "a.b.c", "a.b\n", "a+b.c", "a." + "b" * 1024]}
     for name, schema in params.items():
         if name not in good:
             continue

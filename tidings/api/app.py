@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.routing import Match, Route, WebSocketRoute
 
 from tidings import logs, tracing
-from tidings.api import apidocs, client, keys, ops, outbound, server, timeline
+from tidings.api import apidocs, client, keys, ops, outbound, server, timeline, unsubscribe
 from tidings.api.common import JSON, error_response
 from tidings.api.cors import CORS
 from tidings.broker import open_broker
@@ -233,6 +233,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         *server.routes,
         *client.routes,
         *outbound.routes,
+        *unsubscribe.routes,
         *timeline.routes,
         *keys.routes,
         WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),

@@ -44,6 +44,7 @@ from tidings.core.outbound import (
     WebhookRequest,
 )
 from tidings.core.receipts import Receipts
+from tidings.core.unsubscribe import MAX_TOKEN
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 # The path parameters as the routes check them (tidings/api/*.py), so that a
@@ -57,6 +58,8 @@ PATH_PARAMS: dict[str, dict] = {
     "sid": {"type": "string", "pattern": SUBSCRIPTION_ID_RE.pattern},
     "jid": {"type": "string", "minLength": 1, "maxLength": 80, "pattern": NO_CONTROL_RE},
     "prefix": {"type": "string", "pattern": PREFIX_RE},
+    "token": {"type": "string", "minLength": 1, "maxLength": MAX_TOKEN,
+              "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z"},
 }
 # Python's ``\Z`` (end of string, even before a final newline) is not an
 # ECMA-262 escape; a look-ahead for "no character follows" means the same
@@ -141,6 +144,14 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("get", "/v1/me/push-subscriptions", "My push subscriptions", "userToken", None),
     ("delete", "/v1/me/push-subscriptions/{sid}", "Remove a push subscription", "userToken",
      None),
+    # the link in every e-mail's List-Unsubscribe header (docs/channels.md#unsubscribing):
+    # the link is the credential
+    ("get", "/v1/unsubscribe/{token}",
+     "A page saying what the unsubscribe link turns off, with a button that POSTs; changes "
+     "nothing", "none", None),
+    ("post", "/v1/unsubscribe/{token}",
+     "One-click unsubscribe (RFC 8058): the link's channel off for its user, in its category "
+     "or in all of them; idempotent", "none", None),
     ("get", "/healthz", "Liveness", "none", None),
     ("get", "/readyz", "Readiness (store and broker reachable)", "none", None),
     ("get", "/metrics", "Prometheus metrics (admin key; other apps only for the operator app)",
@@ -159,6 +170,11 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
 
 # Routes whose body may be left out (the model's defaults then apply).
 OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate")}
+# Form bodies (not JSON), all optional: what the route is sent, not what it needs.
+FORMS: dict[tuple[str, str], dict] = {
+    ("post", "/v1/unsubscribe/{token}"): {  # what a mailbox provider sends (RFC 8058 §3.1)
+        "type": "object", "properties": {"List-Unsubscribe": {"const": "One-Click"}}},
+}
 
 # What a success answers where it is not "200 OK" (the routes in tidings/api/*.py).
 SUCCESS: dict[tuple[str, str], dict[str, str]] = {
@@ -179,6 +195,10 @@ SUCCESS: dict[tuple[str, str], dict[str, str]] = {
     ("get", "/v1/me/events"): {"200": "The event stream (text/event-stream)"},
     ("get", "/readyz"): {"200": "Ready", "503": "Not ready: the store does not answer, or "
                                                "the node is draining"},
+    ("get", "/v1/unsubscribe/{token}"): {"200": "The page (text/html)"},
+    ("post", "/v1/unsubscribe/{token}"): {
+        "200": "Off, now or already: {\"unsubscribed\": true, \"channel\", \"category\" "
+               "(null: every category), \"changed\"}; a page for Accept: text/html"},
 }
 _ERRORS = {
     "400": "Malformed request (JSON, header)",
@@ -200,6 +220,9 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
     # a bad cursor (its 429s, the user's rate and too many streams, are every user route's)
     ("get", "/v1/me/events"): {"400"},
+    # the link's own rate limit; a body over 4,096 bytes
+    ("get", "/v1/unsubscribe/{token}"): {"429"},
+    ("post", "/v1/unsubscribe/{token}"): {"413", "429"},
 }
 
 
@@ -219,7 +242,9 @@ def _responses(method: str, path: str, auth: str, model: type | None,
     if model is not None:
         errors |= {"400", "413", "422"}
     if "{" in path:
-        errors |= {"404", "422"}
+        errors.add("404")
+        if "{token}" not in path:  # an unsubscribe link is one of ours or none (404)
+            errors.add("422")
     if any(q.validates for q in query):
         errors.add("422")
     if path not in ("/healthz", "/readyz", "/v1/push/vapid-public-key"):
@@ -278,6 +303,9 @@ def openapi_document(routes: Iterable[BaseRoute] = (), limits: Limits | None = N
             if (method, path) in EXAMPLES:
                 op["requestBody"]["content"]["application/json"]["example"] = \
                     EXAMPLES[(method, path)]
+        if (method, path) in FORMS:
+            op["requestBody"] = {"required": False, "content": {
+                "application/x-www-form-urlencoded": {"schema": FORMS[(method, path)]}}}
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
         parameters = [
             {"name": p, "in": "path", "required": True, "schema": PATH_PARAMS[p]}

@@ -29,6 +29,13 @@ node, in memory (below).
   bounded whatever N.  At most ``USER_BUCKETS`` buckets are kept, only the
   ones still refilling (tidings/core/ratelimit.py): memory is bounded with
   any number of users.
+* **Per unsubscribe link** -- ``/v1/unsubscribe/{token}`` needs no
+  credential (the link is one), so each link that verifies takes one token
+  from its own bucket on this node: ``LINK_BURST`` (10) at once, then one
+  per ``1 / LINK_RATE`` seconds (10 s).  A person's click is a GET and a
+  POST, a mailbox provider's one-click a POST or two; what the limit stops is
+  a script writing one user's preferences over and over.  A link that does
+  not verify is refused before any bucket or store (one HMAC).
 * **Frequency caps** -- an app caps a category per user with
   ``PUT /v1/caps`` ``{"categories": {"social": {"per": 3600, "max": 10}}}``:
   a bucket of ``max`` tokens refilled at ``max`` per ``per`` seconds for
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -100,6 +108,10 @@ KEY_LEASE_BURST_PART = 20
 # a full table keeps at most half: 10,000 users mid-refill after a page load
 # each would be some 500,000 requests a second on one node.
 USER_BUCKETS = 20_000
+# Unsubscribe links (tidings/api/unsubscribe.py): per link, on each node.
+LINK_RATE = 0.1
+LINK_BURST = 10
+LINK_BUCKETS = 20_000
 
 
 class RateLimits:
@@ -120,6 +132,7 @@ class RateLimits:
             except ValueError as exc:
                 raise ValueError(f"user_rate and user_burst: {exc}") from None
         self.users = ratelimit.TokenBuckets(max_keys=USER_BUCKETS)
+        self.links = ratelimit.TokenBuckets(max_keys=LINK_BUCKETS)
 
     async def _take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
         try:
@@ -199,6 +212,16 @@ class RateLimits:
             raise RateLimited(
                 f"this user is over the client API's rate limit ({rate:g} requests a second, "
                 f"bursts of {burst})", retry_after=wait)
+
+    # -- per unsubscribe link -------------------------------------------------------------
+    def charge_link(self, link: Hashable) -> None:
+        """Take one token from the bucket of an unsubscribe link that
+        verified, on this node, or raise 429.  Memory only."""
+        wait = self.links.take_checked(link, LINK_RATE, LINK_BURST)
+        if wait > 0:
+            raise RateLimited(
+                f"this unsubscribe link was followed more than {LINK_BURST} times in a row; "
+                f"it works again in {max(1, round(wait))} s", retry_after=wait)
 
     # -- frequency caps ------------------------------------------------------------------
     def caps_now(self, app_id: str) -> Caps | None:
