@@ -158,3 +158,119 @@ async def test_the_group_object_matches_its_openapi_schema(server):
     assert schema["InboxItem"]["properties"]["group"]["anyOf"][0]["$ref"].endswith("/Group")
     assert set(item["group"]) == set(schema["Group"]["properties"]) == set(
         schema["Group"]["required"])
+
+
+def assemble(rows: dict[str, dict], evs: list[dict]) -> dict[str, dict]:
+    """What a device shows after ``evs``, from ``rows`` (inbox items by id),
+    by the client rules of docs/protocol.md#group-entries-group_key."""
+    rows = {k: dict(v) for k, v in rows.items()}
+
+    def of_group(gid: str) -> str | None:
+        return next((k for k, r in rows.items() if r.get("group", {}).get("id") == gid), None)
+
+    for ev in evs:
+        if ev["type"] == "notification":
+            n, g = ev["notification"], ev.get("group")
+            if g and of_group(g["id"]):
+                del rows[of_group(g["id"])]
+            rows[n["id"]] = {"id": n["id"], "state": "unseen", "notification": n,
+                             **({"group": g} if g else {})}
+        elif ev["type"] == "updated" and "group" in ev:
+            old = of_group(ev["group"]["id"])
+            if old is not None:
+                del rows[old]
+                n = ev["notification"]
+                rows[n["id"]] = {"id": n["id"], "state": ev["state"], "notification": n,
+                                 "group": ev["group"]}
+        elif ev["type"] == "updated":
+            if ev["notification"]["id"] in rows:
+                rows[ev["notification"]["id"]]["notification"] = ev["notification"]
+        elif ev["type"] == "deleted":
+            rows.pop(ev["id"], None)
+    return rows
+
+
+async def page_rows(server, token: str) -> dict[str, dict]:
+    """The inbox page as a device keeps it: by id, without the seq."""
+    async with server.http(token) as http:
+        items = (await http.get("/v1/me/notifications")).json()["items"]
+    return {i["id"]: {k: v for k, v in i.items() if k != "seq"} for i in items}
+
+
+async def test_retracting_members_changes_the_entry_live_on_both_transports(each_store):
+    server = each_store
+    alice, bob = await server.token("alice"), await server.token("bob")
+    a, b, c = [(await publish(server, {"users": ["alice", "bob"]}, **like(f"user_{i}")))[0]
+               for i in (1, 2, 3)]
+    async with server.http(bob) as http:
+        await http.post("/v1/me/notifications/read", json={"ids": [c]})
+    ws = await ws_connect(server, alice)
+    await recv_events(ws, 1)  # hello
+    async with SSEReader(server, bob) as sse:
+        await sse.events(1)  # hello
+        shown = {"alice": await page_rows(server, alice), "bob": await page_rows(server, bob)}
+
+        async def retract(nid: str, n_alice: int, n_bob: int) -> tuple[list, list]:
+            async with server.http() as http:
+                r = await http.delete(f"/v1/notifications/{nid}")
+                assert r.json() == {"deleted": True, "status": "retracted"}
+            frames: list = []
+            on_ws = await recv_events(ws, n_alice, frames=frames)
+            assert len(frames) == 1  # one frame: the device never shows a half-done change
+            on_sse = [e for _, e in await sse.events(n_bob)]
+            for user, token, evs in (("alice", alice, on_ws), ("bob", bob, on_sse)):
+                shown[user] = assemble(shown[user], evs)
+                assert shown[user] == await page_rows(server, token)  # as the server has it
+            return on_ws, on_sse
+
+        # the member the entry shows: it shows the next newest, one fewer
+        on_ws, on_sse = await retract(c, 2, 2)
+        updated, deleted = on_ws
+        assert deleted == {"type": "deleted", "id": c}
+        assert (updated["type"], updated["state"], updated["notification"]["id"]) == (
+            "updated", "unseen", b)
+        assert updated["notification"]["title"] == "user_2 liked your post"
+        g = updated["group"]
+        assert (g["id"], g["count"], g["actor_count"], g["actors"]) == (
+            a, 2, 2, ["user_2", "user_1"])
+        assert on_sse == [{**updated, "state": "read"}, deleted]  # bob's is read
+        # an older member: the same head, one fewer
+        on_ws, _ = await retract(a, 2, 2)
+        assert (on_ws[0]["notification"]["id"], on_ws[0]["group"]["count"],
+                on_ws[0]["group"]["first_id"]) == (b, 1, b)
+        # the last member: the entry goes, and the unread one takes the badge with it
+        on_ws, on_sse = await retract(b, 2, 1)
+        assert on_ws == [{"type": "deleted", "id": b},
+                         {"type": "counts", "unread": 0, "unseen": 0}]
+        assert on_sse == [{"type": "deleted", "id": b}]  # bob's was read: counts unchanged
+        assert shown == {"alice": {}, "bob": {}}
+    await ws.close()
+
+
+async def test_correcting_an_older_member_changes_its_members_list_not_the_entry(server):
+    alice = await server.token("alice")
+    a, b = [(await publish(server, {"users": ["alice"]}, **like(f"user_{i}")))[0]
+            for i in (1, 2)]
+    ws = await ws_connect(server, alice)
+    await recv_events(ws, 1)
+    before = await page_rows(server, alice)
+    async with server.http() as http:
+        r = await http.patch(f"/v1/notifications/{a}", json={"title": "user_1 loved it"})
+        assert r.status_code == 200, r.text
+    (ev,) = await recv_events(ws, 1)
+    # every holder hears of it (a members list on screen shows it); the entry shows b
+    assert (ev["type"], ev["notification"]["id"], "group" in ev) == ("updated", a, False)
+    assert assemble(before, [ev]) == before == await page_rows(server, alice)
+    async with server.http(alice) as http:
+        doc = (await http.get(f"/v1/me/notifications/{b}/group")).json()
+    assert [(m["id"], m["notification"]["title"]) for m in doc["items"]] == [
+        (b, "user_2 liked your post"), (a, "user_1 loved it")]
+    assert doc["group"] == before[b]["group"]
+    # once the newer member is retracted, the entry shows the corrected one, live too
+    async with server.http() as http:
+        await http.delete(f"/v1/notifications/{b}")
+    updated, deleted = await recv_events(ws, 2)
+    assert (updated["notification"]["id"], updated["notification"]["title"]) == (
+        a, "user_1 loved it")
+    assert assemble(before, [updated, deleted]) == await page_rows(server, alice)
+    await ws.close()

@@ -140,3 +140,11 @@ def test_sse_event_is_one_data_line(obj, eid):
         assert lines[0] == b"id: " + eid.encode()
     assert lines[-1].startswith(b"data: ")
     assert decode(lines[-1][len(b"data: "):]) == obj
+
+
+def test_group_updated_frame():
+    group = ev.encode({"id": "g", "count": 2})
+    assert decode(ev.group_updated_frame(BODY, group, "seen")) == {
+        "type": "updated", "notification": NOTE_OBJ, "group": {"id": "g", "count": 2},
+        "state": "seen",
+    }

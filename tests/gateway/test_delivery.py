@@ -213,8 +213,11 @@ async def test_updates_and_retractions_are_pushed_live(server):
         assert ev == {"type": "updated", "notification": {**ev["notification"], "title": "fixed"}}
         r = await http.delete(f"/v1/notifications/{nid}")
         assert r.status_code == 200
-        (ev,) = await recv_events(ws, 1)
-        assert ev == {"type": "deleted", "id": nid}
+        # one frame: the retraction, and the badge without the unread entry it took
+        frames: list = []
+        evs = await recv_events(ws, 2, frames=frames)
+        assert evs == [{"type": "deleted", "id": nid}, {"type": "counts", "unread": 0, "unseen": 0}]
+        assert len(frames) == 1
     await ws.close()
 
 

@@ -102,11 +102,12 @@ async def test_a_deletion_during_a_replay_follows_the_replayed_copy(any_ws_serve
         await arrivals.wait(1)
     finally:
         replay.release()
-    got = await recv_events(ws, 6)
+    got = await recv_events(ws, 7)
     assert [e["type"] for e in got] == ["hello", "notification", "notification",
-                                        "notification", "recovered", "deleted"]
+                                        "notification", "recovered", "deleted", "counts"]
     assert [e["notification"]["id"] for e in got[1:4]] == ids
     assert got[5] == {"type": "deleted", "id": ids[0]}
+    assert got[6] == {"type": "counts", "unread": 2, "unseen": 2}  # it was unread
     await ws.close()
 
 

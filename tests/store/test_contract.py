@@ -836,8 +836,11 @@ async def test_delete_notification_hides_it_everywhere(db):
     item = note(users=["u", "v"])
     out = await publish(db, A, item)
     other = await publish(db, A, note(users=["u"]))
-    old = await db.delete_notification(A, out.id)
+    gone = await db.delete_notification(A, out.id)
+    old = gone.notification
     assert (old.id, old.body, old.recipients) == (out.id, item.body, 2)
+    # both held it unread; no group entry held it
+    assert (gone.users, gone.unread, gone.regrouped) == (["u", "v"], ["u", "v"], [])
 
     now = time.time()
     assert await db.get_notification(A, out.id) is None
@@ -861,7 +864,7 @@ async def test_delete_feed_item_hides_it_everywhere(db):
     keep = await publish(db, A, note(all=True))
     gone = await publish(db, A, note(all=True))
     await db.set_state(A, "u", [gone.id], "seen", time.time())
-    old = await db.delete_notification(A, gone.id)
+    old = (await db.delete_notification(A, gone.id)).notification
     assert (old.id, old.feed_offset, old.audience) == (gone.id, gone.feed_offset, "*")
     now = time.time()
     assert await inbox_ids(db, A, "u", state="all") == [keep.id]
@@ -1176,6 +1179,125 @@ async def test_retracting_a_group_member_leaves_the_rest(db):
     await db.delete_notification(A, a.id)
     assert await inbox_ids(db, A, "u", state="all") == []
     assert await db.counts(A, "u", time.time()) == (0, 0)
+
+
+async def test_a_retraction_says_what_each_holder_shows_now(db):
+    t = time.time()
+    a = await publish(db, A, note(users=["u", "v"], group="g", actor="ann", created_at=t - 3))
+    b = await publish(db, A, note(users=["u", "v"], group="g", actor="bob", created_at=t - 2))
+    c = await publish(db, A, note(users=["u", "v", "w"], group="g", actor="cat", created_at=t - 1))
+    plain = await publish(db, A, note(users=["x"]))
+    await db.set_state(A, "v", [c.id], "seen", t)
+    gone = await db.delete_notification(A, c.id, t)  # the member the entries show
+    assert (gone.notification.id, gone.users, gone.unread) == (c.id, ["u", "v", "w"], ["w"])
+    shown = dict(gone.regrouped)
+    assert sorted(shown) == ["u", "v"]  # w's entry held c alone: it went
+    for user, state in (("u", "unseen"), ("v", "seen")):
+        entry = shown[user]
+        (page,) = await db.inbox(A, user, limit=10, before=None, state=None, now=t)
+        # what a device is told is what the inbox page shows
+        assert (entry.id, entry.body, entry.state, entry.seq, entry.created_at, entry.group) == (
+            page.id, page.body, page.state, page.seq, page.created_at, page.group)
+        assert (entry.id, entry.state, entry.seq) == (b.id, state, 3)
+        assert entry.created_at == (await db.get_notification(A, b.id)).created_at
+        g = group_of(entry)
+        assert (g["id"], g["count"], g["actors"], g["first_id"]) == (a.id, 2, ["bob", "ann"], a.id)
+    assert await inbox_ids(db, A, "w", state="all") == []
+    assert await db.counts(A, "w", t) == (0, 0)
+    # an older member: the entry keeps its head, one member fewer
+    gone = await db.delete_notification(A, a.id, t)
+    assert (gone.users, gone.unread) == (["u", "v"], [])
+    assert [(u, e.id, group_of(e)["count"], group_of(e)["first_id"])
+            for u, e in gone.regrouped] == [("u", b.id, 1, b.id), ("v", b.id, 1, b.id)]
+    # the last member: the entry goes, and only an unread one changes the counts
+    await db.set_state(A, "v", [b.id], "read", t)
+    gone = await db.delete_notification(A, b.id, t)
+    assert (gone.users, gone.unread, gone.regrouped) == (["u", "v"], ["u"], [])
+    assert await inbox_ids(db, A, "u", state="all") == []
+    # a plain entry
+    gone = await db.delete_notification(A, plain.id, t)
+    assert (gone.users, gone.unread, gone.regrouped) == (["x"], ["x"], [])
+    assert await db.delete_notification(A, plain.id, t) is None
+
+
+async def test_a_group_entry_takes_the_time_and_expiry_of_the_member_it_shows(db):
+    t = time.time()
+    a = await publish(db, A, note(users=["u"], group="g", created_at=t - 20, expires_at=t + 10))
+    b = await publish(db, A, note(users=["u"], group="g", created_at=t - 10))
+    assert await inbox_ids(db, A, "u", now=t + 20) == [b.id]  # b has no expiry
+    # b retracted, the entry shows a, which expired at t + 10: it is gone
+    gone = await db.delete_notification(A, b.id, t + 20)
+    assert (gone.regrouped, gone.unread) == ([], ["u"])
+    assert await inbox_ids(db, A, "u", now=t + 20) == []
+    assert await db.counts(A, "u", t + 20) == (0, 0)
+    assert await inbox_ids(db, A, "u", now=t) == [a.id]  # it was live until then
+    # and the entry is as old as a for retention: pruning at a's time takes it
+    await db.prune(A, t - 15)
+    assert await inbox_ids(db, A, "u", state="all", now=t) == []
+
+
+async def test_pruning_members_older_than_retention_rebuilds_their_group_entry(db):
+    t = time.time()
+    old = [await publish(db, A, note(users=["u", "v"], group="g", actor=f"old{i}",
+                                     created_at=t - 1000)) for i in range(3)]
+    new = [await publish(db, A, note(users=["u"], group="g", actor=actor, created_at=t))
+           for actor in ("ann", "bob")]
+    gone = await publish(db, A, note(users=["w"], group="g", created_at=t - 1000))
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=t)
+    assert (group_of(entry)["count"], group_of(entry)["actor_count"]) == (5, 5)
+
+    await db.prune(A, t - 500)
+
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=t)
+    g = group_of(entry)
+    # it counts, names and dates only the members it still holds
+    assert (entry.id, g["id"], g["count"], g["actor_count"], g["actors"], g["first_id"]) == (
+        new[1].id, old[0].id, 2, 2, ["bob", "ann"], new[0].id)
+    got, members = await db.group_members(A, "u", new[0].id, limit=10, before=None, now=t)
+    assert (got.id, [m.id for m in members]) == (new[1].id, [n.id for n in new[::-1]])
+    assert await db.group_members(A, "u", old[0].id, limit=10, before=None, now=t) is None
+    assert await db.counts(A, "u", t) == (1, 1)
+    # entries whose members all went are gone, as any entry that old
+    assert await inbox_ids(db, A, "v", state="all", now=t) == []
+    assert await inbox_ids(db, A, "w", state="all", now=t) == []
+    assert gone.id not in await inbox_ids(db, A, "w", state="all", now=t)
+    # a later merge counts from the rebuilt summary
+    more = await publish(db, A, note(users=["u"], group="g", actor="cat", created_at=t))
+    assert (group_of(more.deliveries[0])["count"], group_of(more.deliveries[0])["actor_count"]) \
+        == (3, 3)
+
+
+async def test_correcting_a_group_member_changes_that_member_only(db):
+    a = await publish(db, A, note(users=["u"], group="g", actor="ann"))
+    b = await publish(db, A, note(users=["u"], group="g", actor="bob"))
+    now = time.time()
+    (before,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=now)
+    fixed = msgspec.json.encode({"id": a.id, "title": "fixed", "group_key": "g", "actor": "ann"})
+    await db.update_notification(A, a.id, fixed)
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=now)
+    # the entry shows its newest member, and its summary has nothing a correction changes
+    assert (entry.id, entry.body, entry.group) == (before.id, before.body, before.group)
+    _, members = await db.group_members(A, "u", b.id, limit=10, before=None, now=now)
+    assert [(m.id, m.body) for m in members] == [(b.id, before.body), (a.id, fixed)]
+    # once the member it shows is retracted, it shows the corrected one
+    (_, shown), = (await db.delete_notification(A, b.id, now)).regrouped
+    (entry,) = await db.inbox(A, "u", limit=10, before=None, state=None, now=now)
+    assert (shown.id, shown.body) == (entry.id, entry.body) == (a.id, fixed)
+
+
+async def test_retractions_racing_grouped_publishes_leave_an_exact_count(db):
+    first = [await publish(db, A, note(users=["u", "v"], group="race", actor=f"a{i}"))
+             for i in range(10)]
+    more = [note(users=["u", "v"], group="race", actor=f"b{i}") for i in range(10)]
+    await asyncio.gather(*(db.delete_notification(A, o.id) for o in first[::2]),
+                         *(publish(db, A, item) for item in more))
+    now = time.time()
+    for user in ("u", "v"):
+        (entry,) = await db.inbox(A, user, limit=10, before=None, state=None, now=now)
+        _, members = await db.group_members(A, user, entry.id, limit=100, before=None, now=now)
+        assert len(members) == group_of(entry)["count"] == 15
+        assert group_of(entry)["actor_count"] == 15
+        assert {m.id for m in members} == {o.id for o in first[1::2]} | {i.id for i in more}
 
 
 async def test_feed_items_never_aggregate(db):

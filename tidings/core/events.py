@@ -12,6 +12,7 @@ Event objects (the same JSON on WebSocket and SSE)::
     {"type": "notification", "cursor": ..., "notification": {...}, "group": {...}}
     {"type": "notification", "feed": <offset>, "notification": {...}}
     {"type": "updated", "notification": {...}}
+    {"type": "updated", "notification": {...}, "group": {...}, "state": "..."}
     {"type": "deleted", "id": "..."}
     {"type": "state", "ids": [...], "all": bool, "state": "read"|"seen"|"archived"}
     {"type": "counts", "unread": n, "unseen": n}
@@ -66,6 +67,14 @@ def feed_frame(offset: int, body: bytes) -> bytes:
 
 def updated_frame(body: bytes) -> bytes:
     return b'{"type":"updated","notification":%s}' % body
+
+
+def group_updated_frame(body: bytes, group: bytes, state: str) -> bytes:
+    """A group entry changed without a new member (one was retracted): the
+    entry ``group["id"]`` now shows ``body``, with this summary and state,
+    as the user's inbox page shows it."""
+    return b'{"type":"updated","notification":%s,"group":%s,"state":"%s"}' % (
+        body, group, state.encode())
 
 
 def deleted_frame(nid: str) -> bytes:

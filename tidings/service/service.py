@@ -57,7 +57,14 @@ from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
 from tidings.service.scheduler import Scheduler
 from tidings.service.sessions import Sessions
-from tidings.store.base import AppRecord, KeyRecord, NewNotification, PublishOutcome, Store
+from tidings.store.base import (
+    AppRecord,
+    KeyRecord,
+    NewNotification,
+    PublishOutcome,
+    Retraction,
+    Store,
+)
 
 log = logging.getLogger("tidings")
 _encode = msgspec.json.encode
@@ -76,6 +83,10 @@ def _token_digest(token: str) -> bytes:
 
 
 _FLOAT_MAX = sys.float_info.max
+
+# A retraction reads the counts of each user whose unread entry went, inline
+# on the event loop (SQLite): it yields after every this many users.
+_COUNTS_EVERY = 100
 
 # A fired notification still without its outbound jobs this long after it
 # fired is taken over by the next scheduler pass (of any node).
@@ -619,14 +630,37 @@ class Service:
         returns which ("cancelled" or "retracted")."""
         if await self.store.cancel_scheduled(app_id, nid):
             return "cancelled"  # it never fired: nobody has it
-        # recipients first: the delete removes the inbox rows that name them
-        recipients = await self.store.recipients_of(app_id, nid)
-        old = await self.store.delete_notification(app_id, nid)
-        if old is None:
+        gone = await self.store.delete_notification(app_id, nid, time.time())
+        if gone is None:
             raise NotFound("no such notification", field="id")
         await self.outbound.retracted(app_id, nid)  # a retracted notification is never mailed
-        self._tell(app_id, old.audience, recipients, events.deleted_frame(nid))
+        deleted = events.deleted_frame(nid)
+        if gone.notification.audience is not None:
+            self._tell(app_id, gone.notification.audience, [], deleted)
+        else:
+            await self._tell_retracted(app_id, gone, deleted)
         return "retracted"
+
+    async def _tell_retracted(self, app_id: str, gone: Retraction, deleted: bytes) -> None:
+        """Each holder of a retracted personal notification gets, in one
+        frame, what leaves its devices showing what its inbox page shows
+        now: ``deleted`` for the id, before it the entry that still holds
+        other members (``updated`` with its ``group`` and ``state``), after
+        it fresh ``counts`` when an unread entry went."""
+        regrouped = dict(gone.regrouped)
+        unread = set(gone.unread)
+        now = time.time()
+        for i, user in enumerate(gone.users):
+            if i and not i % _COUNTS_EVERY:
+                await asyncio.sleep(0)  # counts are read inline: let the loop breathe
+            frames = [deleted]
+            entry = regrouped.get(user)
+            if entry is not None and entry.group is not None:
+                frames.insert(0, events.group_updated_frame(entry.body, entry.group, entry.state))
+            self.hub.cache.user_changed((app_id, user))
+            if user in unread:
+                frames.append(events.counts_frame(*await self.hub.counts(app_id, user, now)))
+            self.broker.publish(user_channel(app_id, user), Frames(frames))
 
     def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
         """Send ``frame`` to a notification's audience: the feed's channel for

@@ -26,6 +26,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   now points at the new notification (so the stream replays the update and
   clients, which drop duplicates by id, show it), with the merged summary;
   otherwise it opens a new group entry.  Feed items never aggregate.
+  An entry's summary counts the members it holds now: retracting one
+  (``delete_notification``) or pruning one older than retention (``prune``)
+  rebuilds it from the members left, and the entry shows the newest of
+  them (its id, body, time and expiry); an entry left with none is gone.
 * **Scheduled notifications fire once.**  A publish with ``deliver_at`` only
   stores it; ``fire_due`` claims each due one and publishes it in the same
   transaction, so it fires exactly once however many nodes call
@@ -171,6 +175,21 @@ class StoredNotification:
     feed_offset: int | None
     recipients: int
     stats: dict[str, int]
+
+
+@dataclass(slots=True)
+class Retraction:
+    """What ``Store.delete_notification`` did, for the live events that
+    follow it (docs/delivery.md#group-entries-retract-and-prune)."""
+
+    notification: StoredNotification  # the row as it was
+    # users who held it: an entry of it, or a group entry holding it
+    users: list[str] = field(default_factory=list)
+    # users whose unread entry went with it (their counts dropped)
+    unread: list[str] = field(default_factory=list)
+    # group entries that held it and hold others, as they are now: (user, entry),
+    # the entry showing its newest member left, its summary rebuilt; live ones only
+    regrouped: list[tuple[str, Entry]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -352,8 +371,15 @@ class Store(OutboundStore, abc.ABC):
     ) -> StoredNotification | None: ...
 
     @abc.abstractmethod
-    async def delete_notification(self, app_id: str, nid: str) -> StoredNotification | None:
-        """Retract: hidden from every view and from replay.  Returns the old row."""
+    async def delete_notification(
+        self, app_id: str, nid: str, now: float | None = None
+    ) -> Retraction | None:
+        """Retract: hidden from every view and from replay, in one
+        transaction.  Its plain entries go; every group entry holding it is
+        rebuilt from its other members (module guarantees) or goes with it.
+        Returns what it did (``regrouped`` lists the entries still live at
+        ``now``, the current time when None), or None when there is no such
+        notification (or it was retracted already)."""
 
     @abc.abstractmethod
     async def recipients_of(self, app_id: str, nid: str) -> list[str]:
@@ -528,4 +554,7 @@ class Store(OutboundStore, abc.ABC):
     # -- maintenance ----------------------------------------------------
     @abc.abstractmethod
     async def prune(self, app_id: str | None, older_than: float) -> int:
-        """Drop entries older than retention; returns how many."""
+        """Drop entries and notifications created before ``older_than``
+        (retention), raising the stream floors; returns how many.  A group
+        entry that keeps some members loses the older ones from its summary
+        and its members list (module guarantees)."""

@@ -19,7 +19,7 @@ from tidings.store.base import Delivery, Entry, NewNotification, PublishOutcome
 from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 from tidings.store.postgres.sql import ENTRY_BODY
 
-__all__ = ["fan_out", "members", "personal_entry", "retract", "state_counts"]
+__all__ = ["fan_out", "members", "personal_entry", "prune", "rebuild", "retract", "state_counts"]
 
 STATE_NAME = ("unseen", "seen", "read", "archived")
 _BODY10 = ENTRY_BODY.format("$10::bytea", "$10::bytea")  # the entry's copy of the body
@@ -84,39 +84,91 @@ async def fan_out(conn, seqs_sql: str, app_id: str, item: NewNotification, targe
                           deliveries=deliveries, body=item.body)
 
 
-async def retract(conn, app_id: str, nid: str) -> None:
+async def retract(conn, app_id: str, nid: str,
+                  now: float) -> tuple[list[str], list[tuple[str, Entry]], list[str]]:
     """``nid`` is being retracted: take it out of every group entry holding
-    it (see the SQLite store's ``retract_tx``, which this mirrors)."""
+    it; ``(users, regrouped, unread)`` as the SQLite store's ``retract_tx``,
+    which this mirrors.  The holders' stream rows are locked first, in the
+    one lock order (sql.py), so that no grouped publish to them merges into
+    an entry while it is rebuilt."""
     held = await conn.fetch(
         "DELETE FROM group_members WHERE app_id = $1 AND nid = $2 RETURNING user_id, gid",
         app_id, nid,
     )
+    if not held:
+        return [], [], []
+    await _lock_streams(conn, app_id, sorted({r[0] for r in held}))
+    regrouped: list[tuple[str, Entry]] = []
+    unread: list[str] = []
     for user, gid in sorted(held):
-        entry = await conn.fetchrow(
-            "SELECT seq, group_key FROM inbox WHERE app_id = $1 AND user_id = $2 AND gid = $3 "
-            "FOR UPDATE", app_id, user, gid,
-        )
-        if entry is None:
+        rebuilt = await rebuild(conn, app_id, user, gid)
+        if rebuilt is None:
             continue
-        rest = [tuple(r) for r in await conn.fetch(
-            "SELECT n.id, n.category, n.body, n.created_at FROM group_members m "
-            "JOIN notifications n "
-            "ON n.app_id = m.app_id AND n.id = m.nid WHERE m.app_id = $1 AND m.user_id = $2 "
-            "AND m.gid = $3 AND NOT n.deleted AND n.id <> $4", app_id, user, gid, nid,
-        )]
-        grp = rebuild_group(entry["group_key"], [r[:3] for r in rest])
-        if grp is None:
-            await conn.execute("DELETE FROM inbox WHERE app_id = $1 AND user_id = $2 AND seq = $3",
-                               app_id, user, entry["seq"])
-        else:
-            # the entry shows the newest member left: its id, body and time
-            newest, _, body, created_at = max(rest)
-            await conn.execute(
-                "UPDATE inbox SET nid = $4, grp = $5, created_at = $6, "
-                f"body = {ENTRY_BODY.format('$7::bytea', '$7::bytea')} "
-                "WHERE app_id = $1 AND user_id = $2 AND seq = $3",
-                app_id, user, entry["seq"], newest, grp, created_at, body,
-            )
+        state, entry, expires = rebuilt
+        if entry is not None and (expires is None or expires > now):
+            regrouped.append((user, entry))
+        elif state < 2:
+            unread.append(user)
+    return [r[0] for r in held], regrouped, unread
+
+
+async def _lock_streams(conn, app_id: str, users: list[str]) -> None:
+    await conn.execute(
+        "SELECT 1 FROM streams WHERE app_id = $1 AND user_id = ANY($2::text[]) "
+        "ORDER BY user_id FOR UPDATE", app_id, users,
+    )
+
+
+async def rebuild(conn, app_id: str, user: str,
+                  gid: str) -> tuple[int, Entry | None, float | None] | None:
+    """The SQLite store's ``rebuild_tx``: the user's group entry ``gid``
+    made what its members are now, the entry showing the newest (its id,
+    body, time and expiry), or deleted when none is left."""
+    entry = await conn.fetchrow(
+        "SELECT seq, group_key, state FROM inbox WHERE app_id = $1 AND user_id = $2 "
+        "AND gid = $3 FOR UPDATE", app_id, user, gid,
+    )
+    if entry is None:
+        return None
+    seq, key, state = entry
+    rest = [tuple(r) for r in await conn.fetch(
+        "SELECT n.id, n.category, n.body, n.created_at, n.expires_at FROM group_members m "
+        "JOIN notifications n ON n.app_id = m.app_id AND n.id = m.nid "
+        "WHERE m.app_id = $1 AND m.user_id = $2 AND m.gid = $3 AND NOT n.deleted",
+        app_id, user, gid,
+    )]
+    grp = rebuild_group(key, [r[:3] for r in rest])
+    if grp is None:
+        await conn.execute("DELETE FROM inbox WHERE app_id = $1 AND user_id = $2 AND seq = $3",
+                           app_id, user, seq)
+        return state, None, None
+    newest, _, body, created_at, expires_at = max(rest)
+    await conn.execute(
+        "UPDATE inbox SET nid = $4, grp = $5, created_at = $6, expires_at = $7, "
+        f"body = {ENTRY_BODY.format('$8::bytea', '$8::bytea')} "
+        "WHERE app_id = $1 AND user_id = $2 AND seq = $3",
+        app_id, user, seq, newest, grp, created_at, expires_at, body,
+    )
+    return state, personal_entry(newest, body, state, created_at, seq, gid, grp), expires_at
+
+
+async def prune(conn, app_id: str | None, older_than: float, timeout: float) -> None:
+    """Retention for group memberships (the SQLite store's ``prune_tx``):
+    members older than ``older_than`` leave their entries, and each entry
+    that keeps others is rebuilt from them, one transaction each, under the
+    user's stream lock (no grouped publish merges into it meanwhile)."""
+    where, args = ("", ()) if app_id is None else (" AND m.app_id = $2", (app_id,))
+    touched = await conn.fetch(
+        "SELECT DISTINCT m.app_id, m.user_id, m.gid FROM group_members m JOIN inbox i "
+        "ON i.app_id = m.app_id AND i.user_id = m.user_id AND i.gid = m.gid "
+        "WHERE m.created_at < $1" + where, older_than, *args, timeout=timeout,
+    )
+    await conn.execute("DELETE FROM group_members m WHERE m.created_at < $1" + where,
+                       older_than, *args, timeout=timeout)
+    for app, user, gid in touched:
+        async with conn.transaction():
+            await _lock_streams(conn, app, [user])
+            await rebuild(conn, app, user, gid)
 
 
 async def state_counts(conn, app_id: str, nid: str) -> list:

@@ -165,6 +165,7 @@ async def prune(conn, app_id: str | None, older_than: float) -> int:
             f"DELETE FROM {table} WHERE created_at < $1" + where, *args, timeout=SWEEP_TIMEOUT)
         if table != "idempotency":  # entries and feed items, as SQLite counts them
             n += count(status)
+    await _groups.prune(conn, app_id, older_than, SWEEP_TIMEOUT)
     await _sched.prune(conn, app_id, older_than, id_floor(int(older_than * 1000)), SWEEP_TIMEOUT)
     return n
 

@@ -101,8 +101,8 @@ async def cancel(conn, app_id: str, nid: str) -> bool:
 
 
 async def prune(conn, app_id: str | None, older_than: float, first_id: str, timeout: float):
-    """Retention for this module's tables and for group memberships (see the
-    SQLite store's ``prune_tx``)."""
+    """Retention for this module's tables (see the SQLite store's
+    ``prune_tx``); group memberships: groups.py."""
     args: tuple[str, ...]
     where, args = "", ()
     if app_id is not None:
@@ -115,8 +115,7 @@ async def prune(conn, app_id: str | None, older_than: float, first_id: str, time
                        timeout=timeout)
     await conn.execute("DELETE FROM device_receipts WHERE nid < $1" + where, first_id, *args,
                        timeout=timeout)
-    await conn.execute("DELETE FROM group_members WHERE created_at < $1" + where, older_than,
-                       *args, timeout=timeout)
+
 
 _RECORD = """
 INSERT INTO delivery_counts AS d (app_id, nid, channel, field, n)

@@ -190,16 +190,21 @@ SET_STATE_IDS = _SET_STATE.format(
 
 # Retract: flag the notification (its id and seqs are never reused) and drop
 # every user's entry and state.  Returns whether this call did it.
+# Retract $2 (its group entries were rebuilt first, groups.py): the plain
+# entries that go, (user, state, expires_at) each; no row when it was gone.
 DELETE = """
 WITH gone AS (
   UPDATE notifications SET deleted = true
   WHERE app_id = $1 AND id = $2 AND NOT deleted RETURNING id
 ), entries AS (
-  DELETE FROM inbox WHERE app_id = $1 AND nid = $2
+  DELETE FROM inbox WHERE app_id = $1 AND nid = $2 RETURNING user_id, state, expires_at
 ), states AS (
   DELETE FROM feed_state WHERE app_id = $1 AND nid = $2
 )
-SELECT count(*) > 0 FROM gone
+SELECT coalesce((SELECT array_agg(user_id) FROM entries), '{}'),
+       coalesce((SELECT array_agg(state) FROM entries), '{}'),
+       coalesce((SELECT array_agg(expires_at) FROM entries), '{}')
+FROM gone
 """
 
 

@@ -60,6 +60,7 @@ from tidings.store.base import (
     KeyInfo,
     KeyRecord,
     PublishOutcome,
+    Retraction,
     Store,
     StoredNotification,
     StreamHead,
@@ -467,7 +468,9 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
         return await self._call(update, tx=True)
 
-    async def delete_notification(self, app_id, nid) -> StoredNotification | None:
+    async def delete_notification(self, app_id, nid, now=None) -> Retraction | None:
+        at = time.time() if now is None else now
+
         async def delete(conn):
             # Of two concurrent deletes only one gets past this lock and finds
             # the row not deleted yet; it takes nid out of its groups first.
@@ -477,10 +480,17 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
             ):
                 return None
             old = await _tx.get_notification(conn, app_id, nid)
-            await _groups.retract(conn, app_id, nid)
-            if not await conn.fetchval(DELETE, app_id, nid):
+            if old is None:  # it is there (locked above); for the type checker
                 return None
-            return old
+            users, regrouped, unread = await _groups.retract(conn, app_id, nid, at)
+            plain = await conn.fetchrow(DELETE, app_id, nid)
+            if plain is None:
+                return None
+            for user, state, expires in zip(*plain, strict=True):
+                users.append(user)
+                if state < 2 and (expires is None or expires > at):
+                    unread.append(user)
+            return Retraction(old, sorted(set(users)), sorted(set(unread)), regrouped)
 
         return await self._call(delete, tx=True)
 

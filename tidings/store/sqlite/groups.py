@@ -12,8 +12,8 @@ import sqlite3
 from tidings.store.base import Delivery, Entry, NewNotification
 from tidings.store.codec import group_view, merge_group, new_group, rebuild_group
 
-__all__ = ["current_ids", "insert_entries_tx", "members", "personal_entries", "retract_tx",
-           "state_counts"]
+__all__ = ["current_ids", "insert_entries_tx", "members", "personal_entries", "prune_tx",
+           "rebuild_tx", "retract_tx", "state_counts"]
 
 _CHUNK = 500
 STATE_NAME = ("unseen", "seen", "read", "archived")
@@ -71,34 +71,81 @@ def insert_entries_tx(
     )
 
 
-def retract_tx(conn: sqlite3.Connection, app_id: str, nid: str) -> None:
+def retract_tx(
+    conn: sqlite3.Connection, app_id: str, nid: str, now: float
+) -> tuple[list[str], list[tuple[str, Entry]], list[str]]:
     """``nid`` is being retracted: take it out of every group entry holding
-    it.  An entry left with members points at the newest one (same seq,
-    summary rebuilt); an entry left empty is deleted with the other entries
-    of ``nid`` by the caller."""
+    it.  Returns ``(users, regrouped, unread)``: the users whose entries held
+    it, the entries left with members as they are now (live at ``now``), and
+    the users whose unread entry went (emptied, or now expired)."""
     held = conn.execute(
-        "SELECT user_id, gid FROM group_members WHERE app_id=? AND nid=?", (app_id, nid)
+        "DELETE FROM group_members WHERE app_id=? AND nid=? RETURNING user_id, gid",
+        (app_id, nid),
     ).fetchall()
-    conn.execute("DELETE FROM group_members WHERE app_id=? AND nid=?", (app_id, nid))
-    for user, gid in held:
-        entry = conn.execute(
-            "SELECT seq, group_key FROM inbox WHERE app_id=? AND user_id=? AND gid=?",
-            (app_id, user, gid),
-        ).fetchone()
-        if entry is None:
+    regrouped: list[tuple[str, Entry]] = []
+    unread: list[str] = []
+    for user, gid in sorted(held):
+        rebuilt = rebuild_tx(conn, app_id, user, gid)
+        if rebuilt is None:
             continue
-        rest = conn.execute(
-            "SELECT n.id, n.category, n.body FROM group_members m JOIN notifications n "
-            "ON n.app_id=m.app_id AND n.id=m.nid WHERE m.app_id=? AND m.user_id=? AND m.gid=? "
-            "AND n.deleted=0 AND n.id<>?", (app_id, user, gid, nid),
-        ).fetchall()
-        grp = rebuild_group(entry[1], rest)
-        if grp is None:
-            conn.execute("DELETE FROM inbox WHERE app_id=? AND user_id=? AND seq=?",
-                         (app_id, user, entry[0]))
-        else:
-            conn.execute("UPDATE inbox SET nid=?, grp=? WHERE app_id=? AND user_id=? AND seq=?",
-                         (max(r[0] for r in rest), grp, app_id, user, entry[0]))
+        state, entry, expires = rebuilt
+        if entry is not None and (expires is None or expires > now):
+            regrouped.append((user, entry))
+        elif state < 2:
+            unread.append(user)
+    return [u for u, _ in held], regrouped, unread
+
+
+def rebuild_tx(
+    conn: sqlite3.Connection, app_id: str, user: str, gid: str
+) -> tuple[int, Entry | None, float | None] | None:
+    """Make the user's group entry ``gid`` what its members are now (after
+    one was retracted or pruned): its summary rebuilt from them, the entry
+    showing the newest (its id, time and expiry; same seq).  An entry left
+    with none is deleted.  Returns ``(state, entry or None when deleted,
+    expires_at)``, or None when the user has no such entry."""
+    found = conn.execute(
+        "SELECT seq, group_key, state FROM inbox WHERE app_id=? AND user_id=? AND gid=?",
+        (app_id, user, gid),
+    ).fetchone()
+    if found is None:
+        return None
+    seq, key, state = found
+    rest = conn.execute(
+        "SELECT n.id, n.category, n.body, n.created_at, n.expires_at FROM group_members m "
+        "JOIN notifications n ON n.app_id=m.app_id AND n.id=m.nid "
+        "WHERE m.app_id=? AND m.user_id=? AND m.gid=? AND n.deleted=0", (app_id, user, gid),
+    ).fetchall()
+    grp = rebuild_group(key, [r[:3] for r in rest])
+    if grp is None:
+        conn.execute("DELETE FROM inbox WHERE app_id=? AND user_id=? AND seq=?",
+                     (app_id, user, seq))
+        return state, None, None
+    newest, _, body, created_at, expires_at = max(rest)
+    conn.execute(
+        "UPDATE inbox SET nid=?, grp=?, created_at=?, expires_at=? "
+        "WHERE app_id=? AND user_id=? AND seq=?",
+        (newest, grp, created_at, expires_at, app_id, user, seq),
+    )
+    entry = Entry(newest, body, STATE_NAME[state], created_at, seq=seq, group=group_view(grp, gid))
+    return state, entry, expires_at
+
+
+def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float) -> None:
+    """Retention for group memberships (after the entries and notifications
+    older than ``older_than`` went): members that old leave their entries,
+    and each entry that keeps others is rebuilt from them, so that its
+    count, actors and ``first_id`` claim no member it no longer holds."""
+    where, args = ("", ()) if app_id is None else (" AND m.app_id=?", (app_id,))
+    touched = conn.execute(
+        "SELECT DISTINCT m.app_id, m.user_id, m.gid FROM group_members m JOIN inbox i "
+        "ON i.app_id=m.app_id AND i.user_id=m.user_id AND i.gid=m.gid "
+        "WHERE m.created_at<?" + where, (older_than, *args),
+    ).fetchall()
+    conn.execute("DELETE FROM group_members WHERE created_at<?" + where.replace("m.", ""),
+                 (older_than, *args))
+    for app, user, gid in touched:
+        rebuild_tx(conn, app, user, gid)
 
 
 def current_ids(conn: sqlite3.Connection, app_id: str, user: str, ids: list[str]) -> list[str]:

@@ -273,5 +273,6 @@ def prune_tx(conn, app_id: str | None, older_than: float) -> int:
         "DELETE FROM notifications WHERE created_at<?" + where, (older_than, *args)
     ).rowcount
     conn.execute("DELETE FROM idempotency WHERE created_at<?" + where, (older_than, *args))
+    _groups.prune_tx(conn, app_id, older_than)
     _sched.prune_tx(conn, app_id, older_than, id_floor(int(older_than * 1000)))
     return n

@@ -101,16 +101,15 @@ def cancel_tx(conn: sqlite3.Connection, app_id: str, nid: str) -> bool:
 
 
 def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float, first_id: str):
-    """Retention for the tables of this module and of group entries: finished
-    schedules, and the counters and memberships of notifications pruned
-    (ids are time-ordered: every id below ``first_id`` is older than retention)."""
+    """Retention for the tables of this module: finished schedules, and the
+    counters of notifications pruned (ids are time-ordered: every id below
+    ``first_id`` is older than retention).  Group memberships: groups.py."""
     where, args = ("", ()) if app_id is None else (" AND app_id=?", (app_id,))
     conn.execute("DELETE FROM scheduled WHERE status<>'pending' AND created_at<?" + where,
                  (older_than, *args))
     conn.execute("DELETE FROM delivery_counts WHERE nid<?" + where, (first_id, *args))
     conn.execute("DELETE FROM receipts WHERE nid<?" + where, (first_id, *args))
     conn.execute("DELETE FROM device_receipts WHERE nid<?" + where, (first_id, *args))
-    conn.execute("DELETE FROM group_members WHERE created_at<?" + where, (older_than, *args))
 
 
 def record_deliveries_tx(

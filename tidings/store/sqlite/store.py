@@ -39,6 +39,7 @@ from tidings.store.base import (
     KeyInfo,
     KeyRecord,
     PublishOutcome,
+    Retraction,
     Store,
     StoredNotification,
     StreamHead,
@@ -596,21 +597,31 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
             return None
         return await self.get_notification(app_id, nid)
 
-    async def delete_notification(self, app_id, nid) -> StoredNotification | None:
+    async def delete_notification(self, app_id, nid, now=None) -> Retraction | None:
         old = await self.get_notification(app_id, nid)
         if old is None:
             return None
+        at = time.time() if now is None else now
 
         def delete(conn):
-            conn.execute(
-                "UPDATE notifications SET deleted=1 WHERE app_id=? AND id=?", (app_id, nid)
-            )
-            _groups.retract_tx(conn, app_id, nid)
-            conn.execute("DELETE FROM inbox WHERE app_id=? AND nid=?", (app_id, nid))
+            if not conn.execute(
+                "UPDATE notifications SET deleted=1 WHERE app_id=? AND id=? AND deleted=0",
+                (app_id, nid),
+            ).rowcount:
+                return None  # retracted meanwhile
+            users, regrouped, unread = _groups.retract_tx(conn, app_id, nid, at)
+            # its plain entries (a group entry holding it was rebuilt above)
+            for user, state, expires in conn.execute(
+                "DELETE FROM inbox WHERE app_id=? AND nid=? RETURNING user_id, state, expires_at",
+                (app_id, nid),
+            ).fetchall():
+                users.append(user)
+                if state < 2 and (expires is None or expires > at):
+                    unread.append(user)
             conn.execute("DELETE FROM feed_state WHERE app_id=? AND nid=?", (app_id, nid))
+            return Retraction(old, sorted(set(users)), sorted(set(unread)), regrouped)
 
-        await self._write(delete)
-        return old
+        return await self._write(delete)
 
     async def recipients_of(self, app_id, nid) -> list[str]:
         rows = self._q(
