@@ -3,6 +3,7 @@ a server restart, the SSE fallback, fatal close codes, recovered:false."""
 
 from __future__ import annotations
 
+import httpx
 from playwright.sync_api import expect
 
 
@@ -152,9 +153,9 @@ def test_recovered_false_reloads_the_inbox(context, tidings_server):
 
 def test_a_group_entry_is_one_row_that_updates_in_place(context, tidings_server):
     page = _open_demo(context, tidings_server, "gi")
-    for actor in ("user_17", "user_9", "user_3"):
-        tidings_server.publish({"users": ["gi"]}, title=f"{actor} liked your post",
-                               group_key="post:7:likes", actor=actor)
+    ids = [tidings_server.publish({"users": ["gi"]}, title=f"{actor} liked your post",
+                                  group_key="post:7:likes", actor=actor)
+           for actor in ("user_17", "user_9", "user_3")]
     row = page.locator("#list li")
     expect(row).to_have_count(1)
     expect(row.locator(".title")).to_have_text("user_3 liked your post")
@@ -164,4 +165,11 @@ def test_a_group_entry_is_one_row_that_updates_in_place(context, tidings_server)
     expect(page.locator("#status")).to_have_attribute("data-state", "live")
     expect(page.locator("#list li")).to_have_count(1)
     expect(page.locator("#list li .group")).to_contain_text("3 notifications")
+    expect(page.locator("#badge")).to_have_text("1")
+    # a retracted member leaves the row showing the next newest, live
+    r = httpx.delete(f"{tidings_server.url}/v1/notifications/{ids[2]}", timeout=10,
+                     headers={"Authorization": f"Bearer {tidings_server.api_key}"})
+    assert r.status_code == 200, r.text
+    expect(page.locator("#list li .title")).to_have_text("user_9 liked your post")
+    expect(page.locator("#list li .group")).to_contain_text("2 notifications")
     expect(page.locator("#badge")).to_have_text("1")

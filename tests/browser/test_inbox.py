@@ -239,6 +239,46 @@ def test_updated_and_deleted_apply_in_place_over_sse(context, site, tidings_serv
     expect(_rows(inbox).locator(".title")).to_have_text(["over SSE", "Meeting moved to 11:00"])
 
 
+def test_a_group_entry_follows_its_retracted_members_live(context, site, tidings_server,
+                                                           tmp_path):
+    srv = tidings_server
+    srv.publish({"users": ["gus"]}, title="Welcome")
+    likes = [srv.publish({"users": ["gus"]}, title=f"{who} liked your post", actor=who,
+                         group_key="post:9:likes", category="social")
+             for who in ("user_1", "user_2", "user_3")]
+    page, inbox = _open(context, site, srv, "gus")   # WebSocket
+    inbox.locator("button.bell").click()
+    titles, group = _rows(inbox).locator(".title"), _rows(inbox).first.locator(".group")
+    expect(titles).to_have_text(["user_3 liked your post", "Welcome"])
+    expect(group).to_have_text("user_3 and 2 others")
+    expect(inbox.locator(".badge")).to_have_text("2")
+    assert inbox.evaluate("e => e.client.status") == "live"
+    pages: list[str] = []   # inbox pages asked for from now on: there must be none
+    page.on("request", lambda r: pages.append(r.url) if "/v1/me/notifications?" in r.url
+            else None)
+
+    def server_titles() -> list[str]:
+        items = _api(srv, "GET", "/v1/users/gus/notifications").json()["items"]
+        return [it["notification"]["title"] for it in items]
+
+    # the member the entry shows: it shows the next newest, one fewer, where it was
+    assert _api(srv, "DELETE", f"/v1/notifications/{likes[2]}").status_code == 200
+    expect(titles).to_have_text(["user_2 liked your post", "Welcome"])
+    expect(group).to_have_text("user_2 and user_1")
+    assert titles.all_inner_texts() == server_titles()
+    page.screenshot(path=str(tmp_path / "group-retracted.png"))
+    # an older member: the same title, and no count for one alone
+    assert _api(srv, "DELETE", f"/v1/notifications/{likes[0]}").status_code == 200
+    expect(group).to_have_count(0)
+    expect(titles).to_have_text(["user_2 liked your post", "Welcome"])
+    # the last one: the entry goes, and the badge with it
+    assert _api(srv, "DELETE", f"/v1/notifications/{likes[1]}").status_code == 200
+    expect(titles).to_have_text(["Welcome"])
+    expect(inbox.locator(".badge")).to_have_text("1")
+    assert titles.all_inner_texts() == server_titles()
+    assert pages == []   # all of it from the live events, without a reload
+
+
 def test_empty_offline_and_expired_states(browser, context, site, tidings_server):
     srv = tidings_server
     page, inbox = _open(context, site, srv, "eve")

@@ -45,7 +45,17 @@
     render();
   });
 
-  client.on("updated", function (n) {
+  client.on("updated", function (n, ev) {
+    if (ev.group) {
+      // A group entry lost a member (retracted): the row of the same group.id
+      // shows n now, with this summary and state.
+      var had = false;
+      items.forEach(function (other, id) {
+        if (other.group && other.group.id === ev.group.id) { items.delete(id); had = true; }
+      });
+      if (had) items.set(n.id, { id: n.id, state: ev.state, notification: n, group: ev.group });
+      return render();
+    }
     var it = items.get(n.id);
     if (it) { it.notification = n; render(); }
   });

@@ -74,6 +74,19 @@
     tab.items.set(it.id, it);
   }
 
+  // A group entry changed without a new member (one was retracted): the row of
+  // its group.id shows n now, with this summary and state. A tab that has no such
+  // row takes it only where its loaded pages reach (older rows come with "more").
+  function regroup(tab, n, g, state) {
+    var old = null;
+    tab.items.forEach(function (o) { if (o.group && o.group.id === g.id) old = o; });
+    var it = { id: n.id, state: state || (old ? old.state : "unseen"), notification: n, group: g,
+               arrived: false, v: old ? old.v + 1 : 0 };
+    if (old) tab.items.delete(old.id);
+    if (!matches(tab.def, it)) return;
+    if (old || (tab.loaded && (!tab.next || it.id > tab.next))) tab.items.set(it.id, it);
+  }
+
   function newTab(def) {
     return { def: def, items: new Map(), next: null, loaded: false, stale: false, busy: false,
              error: null, more: false, moreError: null, gen: 0, pending: [] };
@@ -367,24 +380,20 @@
       this._render();
     }
 
-    _onUpdated(n) {
+    _onUpdated(n, ev) {
+      var g = ev && ev.group;
       this._tabs.forEach(function (tab) {
+        if (g) return regroup(tab, n, g, ev.state);
         var it = tab.items.get(n.id);
         if (it) { it.notification = n; it.v += 1; }
       });
       this._render();
     }
 
+    // A group entry that kept other members came as "updated" just before this.
     _onDeleted(id) {
-      var regroup = false;
-      this._tabs.forEach(function (tab) {
-        var it = tab.items.get(id);
-        if (it && it.group && it.group.count > 1) regroup = true;
-        tab.items.delete(id);
-      });
-      // a group entry now shows its next newest member, which no event names: reload
-      if (regroup) this._loadFirst(this._tab());
-      else this._render();
+      this._tabs.forEach(function (tab) { tab.items.delete(id); });
+      this._render();
     }
 
     _onCounts(c) {

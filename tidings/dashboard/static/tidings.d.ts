@@ -93,6 +93,14 @@ declare namespace Tidings {
     group?: Group;
   }
 
+  /** A correction, or (with group) a group entry that lost a member: it shows n now. */
+  interface UpdatedEvent {
+    type: "updated";
+    notification: Notification;
+    group?: Group;
+    state?: State;
+  }
+
   interface StateChange {
     ids: string[];
     all: boolean;
@@ -137,7 +145,7 @@ declare namespace Tidings {
     notification: (n: Notification, event: NotificationEvent) => void;
     counts: (counts: Counts) => void;
     state: (change: StateChange) => void;
-    updated: (n: Notification) => void;
+    updated: (n: Notification, event: UpdatedEvent) => void;
     deleted: (id: string) => void;
     recovered: (r: { ok: boolean; missed: number }) => void;
     hello: (event: { type: "hello"; epoch: string; cursor: string; counts?: Counts }) => void;

@@ -13,6 +13,8 @@
  *   client.on("inbox", (page) => render(page.items));   // first load, and reloads
  *   client.on("notification", (n, ev) =>          // ev.group: a group entry's update
  *     ev.group ? replaceRow(ev.group.id, n, ev.group) : prepend(n));
+ *   client.on("updated", (n, ev) =>               // ev.group: the entry now shows n
+ *     ev.group ? replaceRow(ev.group.id, n, ev.group, ev.state) : replace(n));
  *   client.on("counts", (c) => setBadge(c.unread));
  *   client.on("state", (s) => markLocally(s.ids, s.state));
  *   await client.markRead([id]);
@@ -221,8 +223,8 @@
       case "state":
         this._emit("state", { ids: ev.ids || [], all: !!ev.all, state: ev.state });
         return;
-      case "updated":
-        this._emit("updated", ev.notification);
+      case "updated":                                 // ev.group: a group entry's new form
+        this._emit("updated", ev.notification, ev);
         return;
       case "deleted":
         this._emit("deleted", ev.id);
