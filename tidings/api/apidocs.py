@@ -72,7 +72,8 @@ Events). Both carry the same JSON events; a WebSocket frame may hold a JSON arra
 | `hello` | first, on every connect | `epoch`, `cursor`, `counts` |
 | `notification` | a new notification (live or replayed) | `cursor`, `notification` |
 | `recovered` | after a resume | `ok` (false: reload the inbox page), `missed` |
-| `updated` / `deleted` | a notification was corrected or retracted | the notification / its id |
+| `updated` | corrected; a group entry lost a member | `notification` (+ `group`, `state`) |
+| `deleted` | a notification was retracted | its `id` |
 | `state` | read, seen or archived on a device | `ids` or `all`, `state` |
 | `counts` | the unread counts changed | `unread`, `unseen` |
 | `token` | a fresh token sent on the open WebSocket was taken | `until`: when the stream now ends |

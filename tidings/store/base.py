@@ -180,7 +180,7 @@ class StoredNotification:
 @dataclass(slots=True)
 class Retraction:
     """What ``Store.delete_notification`` did, for the live events that
-    follow it (docs/delivery.md#group-entries-retract-and-prune)."""
+    follow it (docs/delivery.md#group-entries-retract-correct-prune)."""
 
     notification: StoredNotification  # the row as it was
     # users who held it: an entry of it, or a group entry holding it
