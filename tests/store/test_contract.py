@@ -907,6 +907,24 @@ async def test_stream_head_creates_a_stream_with_a_stable_epoch(make_store, stor
         await reopened.close()
 
 
+async def test_counts_of_many_users_are_each_ones_counts(db):
+    t = time.time()
+    await db.subscribe(A, "big", ["u", "w"])
+    a = await publish(db, A, note(users=["u", "v"], created_at=t))
+    await publish(db, A, note(users=["u"], created_at=t, expires_at=t + 5))
+    await publish(db, A, note(all=True, created_at=t))
+    topic = await publish(db, A, note(topic="big", created_at=t), threshold=0)
+    await publish(db, B, note(users=["u"], created_at=t))  # another app's
+    await db.set_state(A, "u", [a.id], "seen", t)
+    await db.set_state(A, "w", [topic.id], "read", t)
+    users = ["u", "v", "w", "nobody"]
+    for now in (t, t + 10):
+        many = await db.counts_many(A, users, now)
+        assert many == {user: await db.counts(A, user, now) for user in users}
+    assert many == {"u": (3, 2), "v": (2, 2), "w": (1, 1), "nobody": (1, 1)}
+    assert await db.counts_many(A, [], t) == {}
+
+
 async def test_prune_raises_the_oldest_position(db):
     t = time.time()
     old = [await publish(db, A, note(users=["u"], created_at=t - 1000)) for _ in range(3)]

@@ -84,9 +84,10 @@ def _token_digest(token: str) -> bytes:
 
 _FLOAT_MAX = sys.float_info.max
 
-# A retraction reads the counts of each user whose unread entry went, inline
-# on the event loop (SQLite): it yields after every this many users.
-_COUNTS_EVERY = 100
+# A retraction tells its holders this many at a time: one read of the counts
+# of those whose unread entry went (inline on the event loop on SQLite), then
+# a turn of the loop for everything else.
+_RETRACT_CHUNK = 100
 
 # A fired notification still without its outbound jobs this long after it
 # fired is taken over by the next scheduler pass (of any node).
@@ -650,17 +651,22 @@ class Service:
         regrouped = dict(gone.regrouped)
         unread = set(gone.unread)
         now = time.time()
-        for i, user in enumerate(gone.users):
-            if i and not i % _COUNTS_EVERY:
-                await asyncio.sleep(0)  # counts are read inline: let the loop breathe
-            frames = [deleted]
-            entry = regrouped.get(user)
-            if entry is not None and entry.group is not None:
-                frames.insert(0, events.group_updated_frame(entry.body, entry.group, entry.state))
-            self.hub.cache.user_changed((app_id, user))
-            if user in unread:
-                frames.append(events.counts_frame(*await self.hub.counts(app_id, user, now)))
-            self.broker.publish(user_channel(app_id, user), Frames(frames))
+        for i in range(0, len(gone.users), _RETRACT_CHUNK):
+            users = gone.users[i:i + _RETRACT_CHUNK]
+            for user in users:
+                self.hub.cache.user_changed((app_id, user))
+            recount = [u for u in users if u in unread]
+            counts = await self.store.counts_many(app_id, recount, now) if recount else {}
+            for user in users:
+                frames = [deleted]
+                entry = regrouped.get(user)
+                if entry is not None and entry.group is not None:
+                    frames.insert(0, events.group_updated_frame(entry.body, entry.group,
+                                                                entry.state))
+                if user in counts:
+                    frames.append(events.counts_frame(*counts[user]))
+                self.broker.publish(user_channel(app_id, user), Frames(frames))
+            await asyncio.sleep(0)  # SQLite reads the counts inline: let the loop breathe
 
     def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
         """Send ``frame`` to a notification's audience: the feed's channel for

@@ -521,6 +521,14 @@ class Store(OutboundStore, abc.ABC):
     async def counts(self, app_id: str, user: str, now: float) -> tuple[int, int]:
         """``(unread, unseen)``."""
 
+    async def counts_many(
+        self, app_id: str, users: list[str], now: float
+    ) -> dict[str, tuple[int, int]]:
+        """``{user: (unread, unseen)}`` for each of ``users`` (the counts a
+        retraction sends, service.py).  One ``counts`` each unless the store
+        has better; PostgreSQL answers a list in one query."""
+        return {user: await self.counts(app_id, user, now) for user in users}
+
     @abc.abstractmethod
     async def set_state(
         self, app_id: str, user: str, ids: list[str] | None, state: str, now: float

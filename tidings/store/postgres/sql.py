@@ -190,6 +190,26 @@ SET_STATE_IDS = _SET_STATE.format(
 
 # Retract: flag the notification (its id and seqs are never reused) and drop
 # every user's entry and state.  Returns whether this call did it.
+# The unread and unseen counts of user {user} ($1 app, $3 now): personal
+# entries and the feed items the user can see, in one pass.
+_COUNTS = """
+SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0)
+FROM (SELECT state FROM inbox WHERE app_id = $1 AND user_id = {user}
+      AND (expires_at IS NULL OR expires_at > $3)
+      UNION ALL
+      SELECT coalesce(fs.state, 0) FROM notifications n
+      LEFT JOIN feed_state fs ON fs.app_id = n.app_id AND fs.user_id = {user}
+        AND fs.nid = n.id
+      WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
+        AND (n.expires_at IS NULL OR n.expires_at > $3)
+        AND (n.audience = '*' OR n.audience IN
+          (SELECT topic FROM topic_subs WHERE app_id = $1 AND user_id = {user}))
+) AS mine"""
+COUNTS = _COUNTS.format(user="$2")
+# The same for each user of the array $2: (user, unread, unseen) rows.
+COUNTS_MANY = ("SELECT t.u, c.* FROM unnest($2::text[]) AS t(u), LATERAL ("
+               + _COUNTS.format(user="t.u") + ") AS c")
+
 # Retract $2 (its group entries were rebuilt first, groups.py): the plain
 # entries that go, (user, state, expires_at) each; no row when it was gone.
 DELETE = """

@@ -76,6 +76,8 @@ from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
 from tidings.store.postgres.outbound import PostgresOutbound
 from tidings.store.postgres.sql import (
+    COUNTS,
+    COUNTS_MANY,
     DELETE,
     ENTRY_BODY,
     HEAD,
@@ -600,22 +602,12 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         return entries[:limit]
 
     async def counts(self, app_id, user, now) -> tuple[int, int]:
-        row = await self._fetchrow(
-            "SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0) "
-            "FROM (SELECT state FROM inbox WHERE app_id = $1 AND user_id = $2 "
-            "      AND (expires_at IS NULL OR expires_at > $3) "
-            "      UNION ALL "
-            "      SELECT coalesce(fs.state, 0) FROM notifications n "
-            "      LEFT JOIN feed_state fs ON fs.app_id = n.app_id AND fs.user_id = $2 "
-            "        AND fs.nid = n.id "
-            "      WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted "
-            "        AND (n.expires_at IS NULL OR n.expires_at > $3) "
-            "        AND (n.audience = '*' OR n.audience IN "
-            "          (SELECT topic FROM topic_subs WHERE app_id = $1 AND user_id = $2))"
-            ") AS mine",
-            app_id, user, now,
-        )
+        row = await self._fetchrow(COUNTS, app_id, user, now)
         return row[0], row[1]
+
+    async def counts_many(self, app_id, users, now) -> dict[str, tuple[int, int]]:
+        rows = await self._fetch(COUNTS_MANY, app_id, list(users), now)
+        return {user: (unread, unseen) for user, unread, unseen in rows}
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         if ids is None:
