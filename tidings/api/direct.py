@@ -50,11 +50,11 @@ class Call:
     lines and error counts read it ("app" once a key or token named one,
     "notification_id" once a publish made one; tidings/logs.py)."""
 
-    __slots__ = ("headers", "query", "_body", "_error", "state", "key", "_index")
+    __slots__ = ("headers", "query", "_body", "_error", "state", "key", "_index", "peer")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], body: bytes = b"",
                  error: TidingsError | None = None, state: dict | None = None,
-                 query: bytes = b""):
+                 query: bytes = b"", peer: Any = None):
         self.headers = headers  # lower-case names, as ASGI and httptools give them
         self.query = query  # the raw query string, without the "?"
         self._body = body
@@ -62,6 +62,13 @@ class Call:
         self.state: dict = {} if state is None else state
         self.key: Any = None
         self._index: dict[bytes, bytes] | None = None
+        self.peer = peer  # the ASGI scope's client: (host, port) or None
+
+    def client(self) -> str | None:
+        """The caller's address, as the limit of failed key checks counts it
+        (tidings/service/keys.py): the socket's peer, or the address a
+        trusted proxy forwarded.  Asked only when a key is not in the cache."""
+        return self.peer[0] if self.peer else None
 
     def params(self) -> dict[str, str]:
         """The query parameters as Starlette reads them (``request.query_params``:
@@ -127,7 +134,8 @@ def starlette_route(route: DirectRoute) -> Route:
         # request.state keeps its fields in scope["state"]: the app the handler
         # names there counts the errors, and the log lines see both fields
         call = Call(request.headers.raw, state=request.scope.setdefault("state", {}),
-                    query=request.scope.get("query_string", b""))
+                    query=request.scope.get("query_string", b""),
+                    peer=request.scope.get("client"))  # proxy headers applied
         try:
             call._body = await read_body(request, body_limit(service.settings))
         except (PayloadTooLarge, BadRequest) as exc:

@@ -7,7 +7,10 @@ the headers, query and body and its answer leaves in one socket write.
 Every other request, and everything about the connection (pipelining, flow
 control, WebSocket upgrades, graceful shutdown) stays uvicorn's.  The
 protocol also bounds the request head (tidings/api/http_limits.py) and
-closes idle keep-alive connections.
+closes idle keep-alive connections.  A direct request skips uvicorn's proxy
+headers middleware too: the client's address it would have set, which the
+limit of failed key checks counts by, is worked out the same way, and only
+when a key is not in the cache (``_Direct.client``).
 
 A direct request goes the ASGI way instead when it cannot be answered
 straight away in order: another request of the same connection is still
@@ -29,6 +32,7 @@ import logging
 from typing import Any
 
 import httptools
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from tidings import logs
@@ -59,22 +63,49 @@ class _Direct(direct.Call):
     connection handling)."""
 
     __slots__ = ("route", "service", "buf", "limit", "version", "keep_alive",
-                 "response_complete", "disconnected", "started", "task")
+                 "response_complete", "disconnected", "started", "task", "origin")
     message_event = _NoEvent()
     task: asyncio.Task  # set by _start, before the task first runs
 
     def __init__(self, route: direct.DirectRoute, service: Any,
                  headers: list[tuple[bytes, bytes]], limit: int, version: str,
-                 keep_alive: bool):
+                 keep_alive: bool, origin: tuple[Any, Any]):
         self.headers, self._body, self._error, self.state, self.key, self._index = (
             headers, b"", None, {}, None, None)
         self.query = b""
+        self.origin = origin  # the connection's (peer, uvicorn's proxy headers), for client()
         self.route, self.service = route, service
         self.version = version
         self.keep_alive = keep_alive
         self.buf: bytes | bytearray = b""
         self.limit = limit
         self.response_complete = self.disconnected = self.started = False
+
+    def client(self) -> str | None:
+        """The peer, or the address it forwarded if it is a trusted proxy:
+        what uvicorn's ProxyHeadersMiddleware makes the scope's client on
+        the ASGI path, which this request did not take."""
+        peer, proxy = self.origin
+        host = peer[0] if peer else None
+        trusted = None if proxy is None else proxy.trusted_hosts
+        if trusted is None or host not in trusted:
+            return host
+        forwarded = [value for name, value in self.headers if name == b"x-forwarded-for"]
+        if not forwarded:
+            return host
+        found, _ = trusted.get_trusted_client_address(b", ".join(forwarded).decode("latin-1"))
+        return found or host  # an empty header names nobody: the peer, as uvicorn does
+
+
+def _proxy_headers(app: Any) -> ProxyHeadersMiddleware | None:
+    """uvicorn's proxy headers middleware around ``app``, if it has one
+    (``proxy_headers``, on by default)."""
+    seen = 0
+    while app is not None and seen < 16:
+        if isinstance(app, ProxyHeadersMiddleware):
+            return app
+        app, seen = getattr(app, "app", None), seen + 1
+    return None
 
 
 _default_headers: tuple[object, bytes] = (None, b"")
@@ -94,6 +125,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         usable = not config.root_path and config.limit_concurrency is None
         self.direct: direct.Table = direct.table(self.app) if usable else {}
+        self._proxy = _proxy_headers(self.app) if self.direct else None
+        self._origin: tuple[Any, Any] = (None, None)  # the peer and _proxy (connection_made)
         self._idle_since: float | None = None  # answered everything at (keep-alive)
         limits = http_limits.limits_of(config)
         self._max_head = limits.max_header_bytes
@@ -107,6 +140,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
     # -- the connection -----------------------------------------------------------------
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self._origin = (self.client, self._proxy)
         self._head_started()  # a connection that never sends a byte
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -205,7 +239,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         route, service = found
         version = parser.get_http_version()
         req = _Direct(route, service, self.headers, route.body_limit(service.settings),
-                      version, version != "1.0" and parser.should_keep_alive())
+                      version, version != "1.0" and parser.should_keep_alive(), self._origin)
         req.query = query
         self.cycle = req  # type: ignore[assignment]  # uvicorn's code reads the same fields
         length = req.header(b"content-length")
