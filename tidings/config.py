@@ -44,6 +44,12 @@ class Limits(msgspec.Struct, frozen=True):
     # address and on one node from all of them (tidings/core/logins.py); 0: no limit
     login_failures_per_address: Annotated[int, msgspec.Meta(ge=0)] = 10
     login_failures_per_node: Annotated[int, msgspec.Meta(ge=0)] = 6000
+    # Failed API key checks (unknown or malformed keys) a minute, in bursts of
+    # as many, from one client address and on one node from all of them: every
+    # route that takes a key (tidings/service/keys.py); 0: no limit.  A backend
+    # with a wrong key retrying fast is held to one check a second.
+    key_failures_per_address: Annotated[int, msgspec.Meta(ge=0)] = 60
+    key_failures_per_node: Annotated[int, msgspec.Meta(ge=0)] = 6000
     # What a connection may cost before its request is known (tidings serve's
     # HTTP protocol, tidings/api/uvicorn_http.py and http_limits.py): the
     # request line and headers, their count, the time they may take to arrive

@@ -116,11 +116,24 @@ def bearer_of(value: str) -> str | None:
     return None
 
 
+def client_host(request: Request) -> str | None:
+    """The caller's address, as the limits of failed logins and key checks
+    count it: the socket's peer, or the address a trusted proxy forwarded
+    (uvicorn's proxy headers, FORWARDED_ALLOW_IPS, have set the scope's
+    client by then); None on a Unix socket."""
+    client = request.scope.get("client")
+    return client[0] if client else None
+
+
 async def server_auth(request: Request, scope: str) -> str:
     """The app id of a valid API key with ``scope``, after taking one token
     from the key's rate limit."""
     service = request.app.state.service
-    record = await service.authenticate_key(bearer(request), scope)
+    key = bearer(request)
+    # a cached key is answered from memory; only the others are checked
+    # within the limit of failed checks, by the caller's address
+    record = service.key_now(key, scope) or await service.authenticate_key(
+        key, scope, client_host(request))
     request.state.app = record.app_id  # errors from here on are counted for this app
     request.state.key = record
     # 429 over Settings.key_rate (tidings/service/ratelimits.py)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.api.common import JSON, bearer
+from tidings.api.common import JSON, bearer, client_host
 from tidings.api.metrics import OutboundCollector, ServiceCollector
 from tidings.api.openapi import openapi_document
 
@@ -54,7 +54,8 @@ async def metrics(request: Request):
     settings = service.settings
     node = getattr(request.app.state, "node", "")
     if not settings.metrics_public:
-        record = await service.authenticate_key(bearer(request), "admin")
+        record = await service.authenticate_key(bearer(request), "admin",
+                                                client_host(request))
         request.state.app = record.app_id
         if record.app_id != settings.operator_app:
             registry = CollectorRegistry()

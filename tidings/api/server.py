@@ -126,7 +126,7 @@ async def _key_auth(service, call: Call, scope: str) -> str:
     """``server_auth`` for a direct route: the app id of a valid key with
     ``scope``, after taking one token from the key's rate limit."""
     record = await service.authenticate_key(
-        bearer_of(call.header(b"authorization") or ""), scope)
+        bearer_of(call.header(b"authorization") or ""), scope, call.client())
     call.state["app"], call.key = record.app_id, record  # errors from here count for it
     await service.limits.charge_key(record)
     return record.app_id

@@ -3,10 +3,12 @@ an injected clock).
 
 The dashboard's login form (tidings/dashboard/routes.py) verifies the API
 key pasted into it: a keyed hash and a read of the key's row from the store,
-which every node of a cluster shares.  An API key has 192 random bits, so
-guessing one is hopeless; what a limit bounds is the work a stranger can make
-a node and its store do, one wrong key after the other.  Two token buckets
-(tidings/core/ratelimit.py), in this node's memory:
+which every node of a cluster shares.  Every other route that takes a key
+does the same with a key that is not in the cache, and a second instance,
+with a backend's numbers, bounds those (tidings/service/keys.py).  An API
+key has 192 random bits, so guessing one is hopeless; what a limit bounds is
+the work a stranger can make a node and its store do, one wrong key after the
+other.  Two token buckets (tidings/core/ratelimit.py), in this node's memory:
 
 * **per client address**: ``per_address`` failures a minute, in bursts of
   as many.  An IPv6 address counts by its /64, which one host usually holds

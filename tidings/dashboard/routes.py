@@ -9,7 +9,8 @@ a key, end when the key is revoked (tidings/service/keys.py); a session
 ends on every node when it is logged out (tidings/service/sessions.py).  Failed
 logins are limited per client address and per node, in this node's memory
 (tidings/core/logins.py): over the limit the form answers 429 with
-``Retry-After``, and no key is checked.
+``Retry-After``, and no key is checked.  A key header is the API's: its
+failures count in the API's limit (tidings/service/keys.py), a 429 in JSON.
 
 Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
 creates on first start) see the whole service; an admin key of any other app
@@ -41,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tidings.api.common import bearer, read_body
+from tidings.api.common import bearer, client_host, read_body
 from tidings.core.logins import Attempt
 from tidings.dashboard import session
 from tidings.dashboard.web import page, static_file, static_text
@@ -74,7 +75,7 @@ async def authorize(request: Request) -> Access:
     service = request.app.state.service
     key = bearer(request)
     if key is not None:
-        record = await service.authenticate_key(key, "admin")
+        record = await service.authenticate_key(key, "admin", client_host(request))
         request.state.app = record.app_id
         return Access(record.app_id, _scope(request, record.app_id), None, record.prefix)
     cookie = request.cookies.get(session.COOKIE)
@@ -175,11 +176,12 @@ async def login(request: Request):
     dash = _dashboard(request)
     # The client's address: the socket's peer, or the address a trusted
     # proxy forwarded (uvicorn's proxy headers, docs/operations.md#dashboard).
-    attempt = dash.logins.admit(request.client.host if request.client else None)
+    attempt = dash.logins.admit(client_host(request))
     if attempt.wait:
         return _login_refused(request, _too_many(attempt))
     try:
-        record = await service.authenticate_key(key, "admin")
+        # within the form's own limit (dash.logins), not the API's
+        record = await service.authenticate_key(key, "admin", None, limited=False)
     except TidingsError as exc:
         if exc.status not in (401, 403):  # not the key's fault (the store away)
             dash.logins.refund(attempt)

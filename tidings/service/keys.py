@@ -19,10 +19,22 @@ A revocation that arrives while a key is being read from the store may be of
 that key: the answer is then used for that request but not cached
 (``_revocations``).  The per-key rate-limit lease of a revoked key is dropped
 with it (tidings/service/ratelimits.py).
+
+Failed checks are limited (``verify_limited``, docs/security.md#failed-key-checks):
+a key that is not in the cache costs a read of the store, and anyone who can
+reach a node can send well-formed wrong keys.  Failures (unknown keys and
+malformed ones) count per client address and per node (``failures``, a
+LoginLimits of its own: the login form's has a human's numbers); over either
+a key is refused with 429 before the store is read, a right one included,
+unless this node found that very key valid within ``GOOD_FOR``
+(``_proven``): a backend whose key works is not held back by a neighbour
+behind the same address retrying with a wrong one.  Only a key that is valid
+can be in ``_proven``, so no guess reaches the store that way.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -31,8 +43,9 @@ from datetime import UTC, datetime
 from tidings.broker.base import KEYS_CHANNEL, Broker, KeyRevoked, Message
 from tidings.config import Settings
 from tidings.core import auth
+from tidings.core.logins import GOOD_FOR, Attempt, LoginLimits
 from tidings.core.lru import LRU
-from tidings.errors import Conflict, Invalid, NotFound, Unauthorized
+from tidings.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from tidings.service.ratelimits import RateLimits
 from tidings.store.base import LAST_ADMIN_KEY, NO_SUCH_KEY, KeyInfo, KeyRecord, Store
 
@@ -41,6 +54,9 @@ __all__ = ["KEY_CACHE_TTL", "Keys", "describe"]
 # Seconds a node trusts a key it verified: the longest a revoked key still
 # works on a node that the broker's message did not reach.
 KEY_CACHE_TTL = 5.0
+# Keys this node found valid (for GOOD_FOR), checked again without the limit
+# of failed checks: about 2 MB
+PROVEN_KEYS = 10_000
 NAME_MAX = 64
 _NAME = re.compile(r"[^\x00-\x1f\x7f]+\Z")
 
@@ -73,6 +89,13 @@ def check_name(name: str | None) -> str | None:
     return name
 
 
+def _too_many(attempt: Attempt) -> RateLimited:
+    seconds = max(1, math.ceil(attempt.wait))
+    where = "from your address" if attempt.limit == "address" else "on this server"
+    return RateLimited(f"too many failed API key checks {where}: try again in {seconds} "
+                       f"second{'s' if seconds > 1 else ''}", retry_after=seconds)
+
+
 class Keys:
     def __init__(self, settings: Settings, store: Store, broker: Broker, limits: RateLimits):
         self.settings = settings
@@ -86,6 +109,11 @@ class Keys:
         # prefix -> app of keys found live (dashboard sessions name a key by prefix)
         self._live: LRU[str, str] = LRU(10_000, ttl=KEY_CACHE_TTL)
         self._revocations = 0  # revocations heard (and broker reconnects)
+        # failed checks per client address and per node (verify_limited)
+        self.failures = LoginLimits(settings.limits.key_failures_per_address,
+                                    settings.limits.key_failures_per_node)
+        # whole key -> prefix of keys found valid here: spared ``failures``
+        self._proven: LRU[str, str] = LRU(PROVEN_KEYS, ttl=GOOD_FOR)
 
     async def open(self) -> None:
         """After the store and broker are open: the pepper, and listening
@@ -98,16 +126,40 @@ class Keys:
 
     # -- verification -----------------------------------------------------------------
     async def verify(self, key: str) -> KeyRecord:
-        """The store's record of ``key`` (cached when the cache is on), or 401."""
+        """The store's record of ``key`` (cached when the cache is on), or 401.
+        Unlimited: for a caller that limits failures itself (the dashboard's
+        login form); the API's routes call ``verify_limited``."""
         prefix = auth.split_api_key(key)
         if prefix is None:
             raise Unauthorized("API key is malformed", code="bad_api_key")
         heard = self._revocations
         record = await self.store.find_api_key(prefix, auth.hash_api_key(key, self.pepper))
         if record is None:
+            self._proven.pop(key)  # revoked: limited like any other wrong key from now on
             raise Unauthorized("API key is not valid", code="bad_api_key")
+        self._proven.put(key, prefix)
         if self.caching and heard == self._revocations:
             self.cache.put(key, record)
+        return record
+
+    async def verify_limited(self, key: str, client: str | None) -> KeyRecord:
+        """``verify`` within the limit of failed checks from ``client`` (the
+        caller's address) and on this node: over either, 429 without reading
+        the store, unless this node found ``key`` valid within ``GOOD_FOR``.
+        The callers look in the cache first: a cached key never gets here."""
+        if key in self._proven:
+            return await self.verify(key)
+        attempt = self.failures.admit(client)  # tokens taken before the read (in flight)
+        if attempt.wait:
+            raise _too_many(attempt)
+        try:
+            record = await self.verify(key)
+        except Unauthorized:
+            raise  # the key's fault: its tokens stay taken
+        except BaseException:
+            self.failures.refund(attempt)  # the store away, or cancelled
+            raise
+        self.failures.succeeded(attempt)
         return record
 
     async def alive(self, app_id: str, prefix: str) -> bool:
@@ -161,6 +213,7 @@ class Keys:
         entries, its session check and its rate-limit lease."""
         self._revocations += 1
         self.cache.pop_where(lambda record: record.prefix == prefix)
+        self._proven.pop_where(lambda proven: proven == prefix)
         self._live.pop(prefix)
         self.limits.forget_key(prefix)
 

@@ -207,12 +207,19 @@ class Service:
             return None
         return record
 
-    async def authenticate_key(self, key: str | None, scope: str) -> KeyRecord:
+    async def authenticate_key(self, key: str | None, scope: str, client: str | None, *,
+                               limited: bool = True) -> KeyRecord:
+        """The record of ``key`` if it has ``scope``, else 401 or 403.  A key
+        not in the cache is checked within the limit of failed key checks
+        from ``client``, the caller's address (429, Keys.verify_limited);
+        ``limited=False`` for a caller that limits failures itself (the
+        dashboard's login form)."""
         if not key:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         record = self._keys.get(key) if self.caching else None
-        if record is None:
-            record = await self.keys.verify(key)  # cached there
+        if record is None:  # cached there
+            record = await (self.keys.verify_limited(key, client) if limited
+                            else self.keys.verify(key))
         if scope not in record.scopes and "admin" not in record.scopes:
             raise Forbidden(f"this key lacks the {scope!r} scope", code="missing_scope")
         return record
