@@ -234,9 +234,9 @@ def _responses(method: str, path: str, auth: str, model: type | None,
         return {code: {"description": text} for code, text in SUCCESS[(method, path)].items()}
     errors = set(EXTRA_ERRORS.get((method, path), ()))
     if auth == "apiKey":
-        errors |= {"401", "403"}
-        if path.startswith("/v1/"):  # the key's rate limit (not on /metrics, /dashboard)
-            errors.add("429")
+        # 429: failed key checks from the address (every route that takes a
+        # key), and the key's rate limit (/v1/ only)
+        errors |= {"401", "403", "429"}
     elif auth == "userToken":
         errors |= {"401", "429"}  # the user's rate limit
     if model is not None:
