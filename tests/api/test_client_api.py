@@ -46,9 +46,11 @@ async def test_my_notifications_newest_first_and_paged(server):
 
 async def test_counts(server):
     async with server.http(await server.token("alice")) as me:
-        assert await counts(me) == {"unread": 0, "unseen": 0}
+        # before alice has any notification: position 0
+        assert await counts(me) == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 0}}
         await seed(server, "alice", 3)
-        assert await counts(me) == {"unread": 3, "unseen": 3}
+        # they count her notifications up to seq 3, read with them
+        assert await counts(me) == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0}}
 
 
 async def test_read_seen_archive_by_ids(server):
@@ -56,10 +58,12 @@ async def test_read_seen_archive_by_ids(server):
     async with server.http(await server.token("alice")) as me:
         r = await me.post("/v1/me/notifications/seen", json={"ids": [ids[0], ids[1]]})
         assert r.status_code == 200, r.text
-        assert r.json() == {"changed": 2, "counts": {"unread": 4, "unseen": 2}}
+        assert r.json() == {"changed": 2, "counts": {
+            "unread": 4, "unseen": 2, "at": {"seq": 4, "feed": 0}}}
 
         r = await me.post("/v1/me/notifications/read", json={"ids": [ids[0]]})
-        assert r.json() == {"changed": 1, "counts": {"unread": 3, "unseen": 2}}
+        assert r.json() == {"changed": 1, "counts": {
+            "unread": 3, "unseen": 2, "at": {"seq": 4, "feed": 0}}}
         # Never backwards: marking a read item seen changes nothing.
         r = await me.post("/v1/me/notifications/seen", json={"ids": [ids[0]]})
         assert r.json()["changed"] == 0
@@ -69,8 +73,9 @@ async def test_read_seen_archive_by_ids(server):
 
         r = await me.post("/v1/me/notifications/archive", json={"ids": [ids[3]]})
         assert r.status_code == 200
-        assert r.json() == {"changed": 1, "counts": {"unread": 2, "unseen": 1}}
-        assert await counts(me) == {"unread": 2, "unseen": 1}
+        assert r.json() == {"changed": 1, "counts": {
+            "unread": 2, "unseen": 1, "at": {"seq": 4, "feed": 0}}}
+        assert await counts(me) == {"unread": 2, "unseen": 1, "at": {"seq": 4, "feed": 0}}
 
         states = {i["id"]: i["state"] for i in
                   (await me.get("/v1/me/notifications", params={"state": "all"})).json()[
@@ -88,9 +93,11 @@ async def test_mark_all(server):
     async with server.http(await server.token("alice")) as me:
         r = await me.post("/v1/me/notifications/seen", json={"all": True})
         assert r.status_code == 200
-        assert r.json() == {"changed": 3, "counts": {"unread": 3, "unseen": 0}}
+        assert r.json() == {"changed": 3, "counts": {
+            "unread": 3, "unseen": 0, "at": {"seq": 3, "feed": 0}}}
         r = await me.post("/v1/me/notifications/read", json={"all": True})
-        assert r.json() == {"changed": 3, "counts": {"unread": 0, "unseen": 0}}
+        assert r.json() == {"changed": 3, "counts": {
+            "unread": 0, "unseen": 0, "at": {"seq": 3, "feed": 0}}}
         r = await me.post("/v1/me/notifications/archive", json={"all": True})
         assert r.json()["changed"] == 3
         assert await me_ids(me) == []
@@ -103,9 +110,9 @@ async def test_mark_all_covers_broadcasts(server):
         bid = r.json()["id"]
     await seed(server, "alice", 1)
     async with server.http(await server.token("alice")) as me:
-        assert await counts(me) == {"unread": 2, "unseen": 2}
+        assert await counts(me) == {"unread": 2, "unseen": 2, "at": {"seq": 1, "feed": 1}}
         r = await me.post("/v1/me/notifications/read", json={"all": True})
-        assert r.json()["counts"] == {"unread": 0, "unseen": 0}
+        assert r.json()["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 1, "feed": 1}}
         r = await me.get("/v1/me/notifications")
         states = {i["id"]: i["state"] for i in r.json()["items"]}
         assert states[bid] == "read"
@@ -156,6 +163,6 @@ async def test_user_state_is_per_user(server):
         nid = r.json()["id"]
     async with server.http(await server.token("alice")) as alice:
         await alice.post("/v1/me/notifications/read", json={"ids": [nid]})
-        assert await counts(alice) == {"unread": 0, "unseen": 0}
+        assert await counts(alice) == {"unread": 0, "unseen": 0, "at": {"seq": 1, "feed": 0}}
     async with server.http(await server.token("bob")) as bob:
-        assert await counts(bob) == {"unread": 1, "unseen": 1}
+        assert await counts(bob) == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}

@@ -285,7 +285,8 @@ async def test_inbox_page_and_counts(live):
         assert page["next_before"] is None
         c.send(get("/v1/me/counts", token))
         status, _, body = await c.response()
-        assert status == 200 and json.loads(body) == {"unread": 3, "unseen": 3}
+        assert status == 200
+        assert json.loads(body) == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0}}
         # the query: percent-decoded, and the last of a repeated name wins (as Starlette)
         c.send(get("/v1/me/notifications?limit=1&limit=2&state=un%72ead", token))
         status, _, body = await c.response()

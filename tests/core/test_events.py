@@ -66,13 +66,17 @@ def test_state_frame():
     }
 
 
-def test_counts_frame():
-    assert decode(ev.counts_frame(3, 10)) == {"type": "counts", "unread": 3, "unseen": 10}
+def test_counts_frame_says_where_the_counts_were_read():
+    frame = ev.counts_frame(3, 10, 17, 4)
+    assert decode(frame) == {"type": "counts", "unread": 3, "unseen": 10,
+                             "at": {"seq": 17, "feed": 4}}
+    assert ev.is_counts(frame)
 
 
 def test_hello_frame():
-    assert decode(ev.hello_frame("ab", "ab:5:9", 1, 2)) == {
-        "type": "hello", "epoch": "ab", "cursor": "ab:5:9", "counts": {"unread": 1, "unseen": 2},
+    assert decode(ev.hello_frame("ab", "ab:5:9", (1, 2, 7, 9))) == {
+        "type": "hello", "epoch": "ab", "cursor": "ab:5:9",
+        "counts": {"unread": 1, "unseen": 2, "at": {"seq": 7, "feed": 9}},
     }
 
 
@@ -83,12 +87,13 @@ def test_recovered_frame(ok, missed):
 
 
 def test_ws_batch_of_one_is_the_frame():
-    f = ev.counts_frame(1, 1)
+    f = ev.counts_frame(1, 1, 1, 0)
     assert ev.ws_batch([f]) is f
 
 
 def test_ws_batch_of_several_is_a_json_array():
-    frames = [ev.counts_frame(1, 2), ev.notification_frame("ab", 1, BODY), ev.deleted_frame("x")]
+    frames = [ev.counts_frame(1, 2, 1, 0), ev.notification_frame("ab", 1, BODY),
+              ev.deleted_frame("x")]
     out = decode(ev.ws_batch(frames))
     assert isinstance(out, list)
     assert out == [decode(f) for f in frames]
@@ -116,8 +121,9 @@ def test_ws_batch_property(objs):
 
 
 def test_sse_event_without_id():
-    f = ev.counts_frame(1, 2)
-    assert ev.sse_event(f) == b'data: {"type":"counts","unread":1,"unseen":2}\n\n'
+    f = ev.counts_frame(1, 2, 1, 0)
+    assert ev.sse_event(f) == (
+        b'data: {"type":"counts","unread":1,"unseen":2,"at":{"seq":1,"feed":0}}\n\n')
 
 
 def test_sse_event_with_id():

@@ -107,7 +107,8 @@ async def test_a_deletion_during_a_replay_follows_the_replayed_copy(any_ws_serve
                                         "notification", "recovered", "deleted", "counts"]
     assert [e["notification"]["id"] for e in got[1:4]] == ids
     assert got[5] == {"type": "deleted", "id": ids[0]}
-    assert got[6] == {"type": "counts", "unread": 2, "unseen": 2}  # it was unread
+    assert got[6] == {"type": "counts", "unread": 2, "unseen": 2,  # it was unread
+                      "at": {"seq": 3, "feed": 0}}
     await ws.close()
 
 
@@ -124,16 +125,18 @@ async def test_state_and_counts_on_a_first_connection_wait_for_hello(server, mon
         await head.reached()
         async with server.http(key=token) as http:
             r = await http.post("/v1/me/notifications/read", json={"ids": [bid]})
-            assert r.json() == {"changed": 1, "counts": {"unread": 0, "unseen": 0}}, r.text
+            assert r.json() == {"changed": 1, "counts": {
+                "unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1}}}, r.text
         await arrivals.wait(1)  # the state and counts events are at the stream
     finally:
         head.release()
+    got = await recv_events(ws, 2)
     await publish(server, {"users": ["newcomer"]}, 1, title="after")
-    got = await recv_events(ws, 3)
+    got += await recv_events(ws, 1)
     assert got[0]["type"] == "hello"
     # hello's counts were read after the change: the held counts event,
-    # older than them, is not sent
-    assert got[0]["counts"] == {"unread": 0, "unseen": 0}
+    # older than them, is not sent (the next event is the notification)
+    assert got[0]["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1}}
     assert got[1] == {"type": "state", "ids": [bid], "all": False, "state": "read"}
     assert got[2]["notification"]["title"] == "after"
     await ws.close()
@@ -159,7 +162,8 @@ async def test_a_gap_fill_holds_state_and_deletions_until_it_is_done(server, mon
                 assert r.status_code == 200, r.text
             async with server.http(key=token) as http:
                 r = await http.post("/v1/me/notifications/read", json={"ids": [second]})
-                assert r.json()["counts"] == {"unread": 0, "unseen": 0}, r.text
+                assert r.json()["counts"] == {
+                    "unread": 0, "unseen": 0, "at": {"seq": 2, "feed": 0}}, r.text
             await arrivals.wait(2)
         finally:
             fill.release()
@@ -171,7 +175,8 @@ async def test_a_gap_fill_holds_state_and_deletions_until_it_is_done(server, mon
     assert got[1][0] == f"{hello['epoch']}:2:0"
     assert got[2][1] == {"type": "deleted", "id": lost}
     assert got[3][1]["ids"] == [second]
-    assert got[4][1] == {"type": "counts", "unread": 0, "unseen": 0}
+    assert got[4][1] == {"type": "counts", "unread": 0, "unseen": 0,
+                         "at": {"seq": 2, "feed": 0}}
 
 
 @pytest.mark.parametrize("limits, body", [

@@ -24,6 +24,7 @@ from tidings.store.base import (
     LAST_ADMIN_KEY,
     NO_SUCH_KEY,
     REVOKED,
+    Counts,
     KeyInfo,
     NewNotification,
     PublishOutcome,
@@ -426,7 +427,7 @@ async def test_same_idempotency_key_returns_the_first_result(db):
     assert await db.get_notification(A, retry.id) is None
     assert await inbox_ids(db, A, "u") == [first.id]
     assert (await db.stream_head(A, "u", time.time())).head_seq == 1
-    assert await db.counts(A, "v", time.time()) == (1, 1)
+    assert (await db.counts(A, "v", time.time()))[:2] == (1, 1)
 
 
 async def test_concurrent_publishes_with_one_key_store_one_notification(db):
@@ -490,7 +491,7 @@ async def test_muted_category_gets_no_entry_and_is_counted(db):
     assert (out.recipients, out.muted) == (1, 1)
     assert [d.user for d in out.deliveries] == ["n"]
     assert await inbox_ids(db, A, "m") == []
-    assert await db.counts(A, "m", time.time()) == (0, 0)
+    assert (await db.counts(A, "m", time.time()))[:2] == (0, 0)
     assert (await db.stream_head(A, "m", time.time())).head_seq == 0
     assert await db.recipients_of(A, out.id) == ["n"]
     # the mute is per category
@@ -557,13 +558,13 @@ async def test_topic_above_threshold_is_one_feed_item(db):
         personal, feed = await replay_all(db, A, user)
         assert personal == []
         assert [(e.id, e.feed) for e in feed] == [(out.id, out.feed_offset)]
-        assert await db.counts(A, user, now) == (1, 1)
+        assert (await db.counts(A, user, now))[:2] == (1, 1)
         head = await db.stream_head(A, user, now)
         assert head.head_seq == 0 and head.head_feed == out.feed_offset
     # not a subscriber: sees nothing
     assert await inbox_ids(db, A, "outsider") == []
     assert await replay_all(db, A, "outsider") == ([], [])
-    assert await db.counts(A, "outsider", now) == (0, 0)
+    assert (await db.counts(A, "outsider", now))[:2] == (0, 0)
     stored = await db.get_notification(A, out.id)
     assert (stored.audience, stored.feed_offset) == ("news", out.feed_offset)
 
@@ -579,7 +580,7 @@ async def test_broadcast_is_one_feed_item_visible_to_every_user(db):
         assert [(e.id, e.feed, e.seq) for e in entries] == [(out.id, out.feed_offset, None)]
         _, feed = await replay_all(db, A, user)
         assert [e.id for e in feed] == [out.id]
-        assert await db.counts(A, user, now) == (1, 1)
+        assert (await db.counts(A, user, now))[:2] == (1, 1)
     second = await publish(db, A, note(all=True))
     assert second.feed_offset > out.feed_offset
     # topic feed items share the app's feed timeline
@@ -688,15 +689,61 @@ async def test_counts(db):
     ids = [(await publish(db, A, note(users=["u"]))).id for _ in range(3)]
     f = (await publish(db, A, note(all=True))).id
     now = time.time()
-    assert await db.counts(A, "u", now) == (4, 4)
+    assert (await db.counts(A, "u", now))[:2] == (4, 4)
     await db.set_state(A, "u", [ids[0]], "seen", now)
-    assert await db.counts(A, "u", now) == (4, 3)
+    assert (await db.counts(A, "u", now))[:2] == (4, 3)
     await db.set_state(A, "u", [ids[1], f], "read", now)
-    assert await db.counts(A, "u", now) == (2, 1)
+    assert (await db.counts(A, "u", now))[:2] == (2, 1)
     await db.set_state(A, "u", [ids[2]], "archived", now)
-    assert await db.counts(A, "u", now) == (1, 0)
-    assert await db.counts(A, "other", now) == (1, 1)  # only the broadcast
-    assert await db.counts(A, "nobody-at-all", now) == (1, 1)
+    assert (await db.counts(A, "u", now))[:2] == (1, 0)
+    assert (await db.counts(A, "other", now))[:2] == (1, 1)  # only the broadcast
+    assert (await db.counts(A, "nobody-at-all", now))[:2] == (1, 1)
+
+
+async def test_counts_say_where_they_were_read(db):
+    """Counts come with the user's head seq and the app's feed head, read in
+    the same snapshot: they count everything up to there, nothing after."""
+    now = time.time()
+    assert await db.counts(A, "u", now) == Counts(0, 0, 0, 0)  # no stream yet
+    p = [(await publish(db, A, note(users=["u"]))).id for _ in range(2)]
+    await publish(db, A, note(users=["v"]))  # another user's seq is theirs
+    await publish(db, A, note(all=True))
+    await publish(db, B, note(all=True))  # another app's feed is its own
+    head = await db.stream_head(A, "u", now)
+    assert (head.head_seq, head.head_feed) == (2, 1)
+    assert await db.counts(A, "u", now) == Counts(3, 3, 2, 1)
+    await db.set_state(A, "u", [p[0]], "read", now)  # state moves no position
+    assert await db.counts(A, "u", now) == Counts(2, 2, 2, 1)
+    await db.subscribe(A, "big", ["u", "x"])
+    await publish(db, A, note(topic="big"), threshold=1)  # above the threshold: a feed item
+    assert await db.counts(A, "u", now) == Counts(3, 3, 2, 2)
+    assert await db.counts(A, "w", now) == Counts(1, 1, 0, 2)  # sees the broadcast only
+
+
+async def test_counts_agree_with_their_position_while_publishes_commit(db):
+    """Every read, however the commits around it fall, counts exactly the
+    entries and feed items up to the position it reports (nothing is marked
+    here, so each one is one unread)."""
+    done = False
+
+    async def publisher():
+        for i in range(40):
+            await publish(db, A, note(all=True) if i % 4 == 3 else note(users=["u"]))
+        nonlocal done
+        done = True
+
+    async def reader() -> int:
+        reads = 0
+        while not done or reads == 0:
+            c = await db.counts(A, "u", time.time())
+            assert (c.unread, c.unseen) == (c.seq + c.feed, c.seq + c.feed), c
+            reads += 1
+            await asyncio.sleep(0)
+        return reads
+
+    _, reads = await asyncio.gather(publisher(), reader())
+    assert reads > 0
+    assert await db.counts(A, "u", time.time()) == Counts(40, 40, 30, 10)
 
 
 # -- set_state --------------------------------------------------------------------
@@ -742,9 +789,9 @@ async def test_set_state_all_covers_personal_and_feed(db):
     assert hidden not in changed
     assert sorted(await db.set_state(A, "u", None, "read", now)) == sorted(p + f + [t])
     assert await db.set_state(A, "u", None, "read", now) == []
-    assert await db.counts(A, "u", now) == (0, 0)
+    assert (await db.counts(A, "u", now))[:2] == (0, 0)
     # other users are untouched
-    assert await db.counts(A, "x", now) == (4, 4)  # f[0], f[1], t, hidden
+    assert (await db.counts(A, "x", now))[:2] == (4, 4)  # f[0], f[1], t, hidden
 
 
 async def test_set_state_on_a_feed_item_outside_the_audience_changes_nothing(db):
@@ -767,14 +814,14 @@ async def test_expired_entries_vanish(db):
     assert set(await inbox_ids(db, A, "u", now=t + 5)) == {keep, gone, gone_feed}
     personal, feed = await replay_all(db, A, "u", now=t + 5)
     assert ([e.id for e in personal], [e.id for e in feed]) == ([keep, gone], [gone_feed])
-    assert await db.counts(A, "u", t + 5) == (3, 3)
+    assert (await db.counts(A, "u", t + 5))[:2] == (3, 3)
 
     later = t + 20
     assert await inbox_ids(db, A, "u", now=later) == [keep]
     assert await inbox_ids(db, A, "u", now=later, state="all") == [keep]
     personal, feed = await replay_all(db, A, "u", now=later)
     assert ([e.id for e in personal], feed) == ([keep], [])
-    assert await db.counts(A, "u", later) == (1, 1)
+    assert (await db.counts(A, "u", later))[:2] == (1, 1)
     assert await db.set_state(A, "u", [gone, gone_feed], "read", later) == []
     assert await db.set_state(A, "u", None, "read", later) == [keep]
 
@@ -849,8 +896,8 @@ async def test_delete_notification_hides_it_everywhere(db):
     personal, _ = await replay_all(db, A, "u")
     assert [e.id for e in personal] == [other.id]
     assert await replay_all(db, A, "v") == ([], [])
-    assert await db.counts(A, "u", now) == (1, 1)
-    assert await db.counts(A, "v", now) == (0, 0)
+    assert (await db.counts(A, "u", now))[:2] == (1, 1)
+    assert (await db.counts(A, "v", now))[:2] == (0, 0)
     assert await db.recipients_of(A, out.id) == []
     assert await db.set_state(A, "v", [out.id], "read", now) == []
     assert await db.update_notification(A, out.id, b"{}") is None
@@ -870,7 +917,7 @@ async def test_delete_feed_item_hides_it_everywhere(db):
     assert await inbox_ids(db, A, "u", state="all") == [keep.id]
     _, feed = await replay_all(db, A, "u")
     assert [e.id for e in feed] == [keep.id]
-    assert await db.counts(A, "u", now) == (1, 1)
+    assert (await db.counts(A, "u", now))[:2] == (1, 1)
     assert await db.get_notification(A, gone.id) is None
 
 
@@ -921,7 +968,9 @@ async def test_counts_of_many_users_are_each_ones_counts(db):
     for now in (t, t + 10):
         many = await db.counts_many(A, users, now)
         assert many == {user: await db.counts(A, user, now) for user in users}
-    assert many == {"u": (3, 2), "v": (2, 2), "w": (1, 1), "nobody": (1, 1)}
+    # each with its own head seq, and the app's feed head (a broadcast, the topic)
+    assert many == {"u": Counts(3, 2, 2, 2), "v": Counts(2, 2, 1, 2), "w": Counts(1, 1, 0, 2),
+                    "nobody": Counts(1, 1, 0, 2)}
     assert await db.counts_many(A, [], t) == {}
 
 
@@ -999,7 +1048,7 @@ async def test_apps_are_isolated(db):
 
     # every read from B sees nothing of A
     assert await inbox_ids(db, B, "u", state="all") == []
-    assert await db.counts(B, "u", now) == (0, 0)
+    assert (await db.counts(B, "u", now))[:2] == (0, 0)
     assert await replay_all(db, B, "u") == ([], [])
     for nid in (p.id, p2.id, t.id, f.id):
         assert await db.get_notification(B, nid) is None
@@ -1022,7 +1071,7 @@ async def test_apps_are_isolated(db):
     states = {e.id: e.state for e in await db.inbox(
         A, "u", limit=10, before=None, state="all", now=now)}
     assert states == {p.id: "read", p2.id: "unseen", t.id: "unseen", f.id: "unseen"}
-    assert await db.counts(A, "u", now) == (3, 3)
+    assert (await db.counts(A, "u", now))[:2] == (3, 3)
     assert (await db.get_notification(A, p.id)).body != b"{}"
 
     # B's streams, feed and mutes are its own
@@ -1124,7 +1173,7 @@ async def test_a_grouped_notification_merges_into_the_unread_entry(db):
     personal, _ = await replay_all(db, A, "u", after_seq=2)
     assert [e.id for e in personal] == [third.id]
     assert (await db.stream_head(A, "u", now)).head_seq == 3
-    assert await db.counts(A, "u", now) == (1, 1)  # a group is one unread entry
+    assert (await db.counts(A, "u", now))[:2] == (1, 1)  # a group is one unread entry
     # v's entry is v's own
     (ventry,) = await db.inbox(A, "v", limit=10, before=None, state=None, now=now)
     assert (ventry.id, group_of(ventry)["count"]) == (first.id, 1)
@@ -1148,7 +1197,7 @@ async def test_a_group_merges_only_into_an_unread_live_entry_of_its_key(db):
     plain = await publish(db, A, note(users=["u"], created_at=t))
     assert plain.deliveries[0].group is None
     assert await inbox_ids(db, A, "u", state="all", now=t) == [plain.id, other.id, c.id, b.id]
-    assert await db.counts(A, "u", t) == (3, 3)
+    assert (await db.counts(A, "u", t))[:2] == (3, 3)
     # an expired entry is gone: a new one opens
     e1 = await publish(db, A, note(users=["w"], group="k", created_at=t, expires_at=t + 5))
     e2 = await publish(db, A, note(users=["w"], group="k", created_at=t + 10))
@@ -1172,7 +1221,7 @@ async def test_members_of_a_group_and_marking_an_older_member(db):
     assert await db.group_members(B, "u", ids[0], limit=10, before=None, now=now) is None
     # a device still showing an older member marks the entry that holds it
     assert await db.set_state(A, "u", [ids[1]], "read", now) == [ids[4]]
-    assert await db.counts(A, "u", now) == (0, 0)
+    assert (await db.counts(A, "u", now))[:2] == (0, 0)
     stats = (await db.get_notification(A, ids[1])).stats
     assert stats == {"unseen": 0, "seen": 0, "read": 1, "archived": 0}
     assert (await db.get_notification(A, ids[4])).stats["read"] == 1
@@ -1196,7 +1245,7 @@ async def test_retracting_a_group_member_leaves_the_rest(db):
     assert (group_of(entry)["count"], group_of(entry)["id"]) == (1, a.id)
     await db.delete_notification(A, a.id)
     assert await inbox_ids(db, A, "u", state="all") == []
-    assert await db.counts(A, "u", time.time()) == (0, 0)
+    assert (await db.counts(A, "u", time.time()))[:2] == (0, 0)
 
 
 async def test_a_retraction_says_what_each_holder_shows_now(db):
@@ -1221,7 +1270,7 @@ async def test_a_retraction_says_what_each_holder_shows_now(db):
         g = group_of(entry)
         assert (g["id"], g["count"], g["actors"], g["first_id"]) == (a.id, 2, ["bob", "ann"], a.id)
     assert await inbox_ids(db, A, "w", state="all") == []
-    assert await db.counts(A, "w", t) == (0, 0)
+    assert (await db.counts(A, "w", t))[:2] == (0, 0)
     # an older member: the entry keeps its head, one member fewer
     gone = await db.delete_notification(A, a.id, t)
     assert (gone.users, gone.unread) == (["u", "v"], [])
@@ -1247,7 +1296,7 @@ async def test_a_group_entry_takes_the_time_and_expiry_of_the_member_it_shows(db
     gone = await db.delete_notification(A, b.id, t + 20)
     assert (gone.regrouped, gone.unread) == ([], ["u"])
     assert await inbox_ids(db, A, "u", now=t + 20) == []
-    assert await db.counts(A, "u", t + 20) == (0, 0)
+    assert (await db.counts(A, "u", t + 20))[:2] == (0, 0)
     assert await inbox_ids(db, A, "u", now=t) == [a.id]  # it was live until then
     # and the entry is as old as a for retention: pruning at a's time takes it
     await db.prune(A, t - 15)
@@ -1274,7 +1323,7 @@ async def test_pruning_members_older_than_retention_rebuilds_their_group_entry(d
     got, members = await db.group_members(A, "u", new[0].id, limit=10, before=None, now=t)
     assert (got.id, [m.id for m in members]) == (new[1].id, [n.id for n in new[::-1]])
     assert await db.group_members(A, "u", old[0].id, limit=10, before=None, now=t) is None
-    assert await db.counts(A, "u", t) == (1, 1)
+    assert (await db.counts(A, "u", t))[:2] == (1, 1)
     # entries whose members all went are gone, as any entry that old
     assert await inbox_ids(db, A, "v", state="all", now=t) == []
     assert await inbox_ids(db, A, "w", state="all", now=t) == []
@@ -1346,7 +1395,7 @@ async def test_concurrent_grouped_publishes_make_one_entry(db):
         _, members = await db.group_members(A, user, entries[0].id, limit=100, before=None,
                                             now=now)
         assert sorted(m.id for m in members) == sorted(o.id for o in outs)
-        assert await db.counts(A, user, now) == (1, 1)
+        assert (await db.counts(A, user, now))[:2] == (1, 1)
 
 
 # -- scheduled delivery -------------------------------------------------------------

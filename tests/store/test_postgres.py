@@ -308,7 +308,8 @@ async def test_entries_written_before_v10_keep_their_bodies_after_the_migration(
             assert [(e.id, e.body, e.seq) for e in page] == [
                 (new.id, new.body, 4), *((it.id, it.body, seq)
                                          for seq, it in reversed(list(enumerate(old, 1))))]
-            assert await store.counts(APP, "u", time.time()) == (4, 2)  # seen, unseen, seen, new
+            # seen, unseen, seen, new
+            assert (await store.counts(APP, "u", time.time()))[:2] == (4, 2)
         finally:
             await store.close()
 

@@ -119,6 +119,40 @@ async def test_reads_see_a_write_as_soon_as_it_returns(db, path):
         other.close()
 
 
+async def test_counts_and_their_position_are_read_in_one_snapshot(db, path):
+    """Counts and the head they were read at come from one read of the WAL:
+    another process's publish that commits while the read is under way (the
+    reader connection's progress handler makes it commit there) is in
+    neither, and in both right after (docs/protocol.md, "Counts and the badge")."""
+    first = await publish(db, note(["u"]))
+    await publish(db, note(["u"]))
+    other = sqlite3.connect(path, isolation_level=None, timeout=30)
+    steps = 0
+
+    def commit_meanwhile() -> int:
+        # what a publish to u writes: its entry at the next seq, and the head
+        nonlocal steps
+        steps += 1
+        if steps == 10:  # well inside the statement (it runs over a hundred steps)
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO inbox(app_id, user_id, seq, nid, state, created_at) "
+                          "VALUES (?, 'u', 3, ?, 0, ?)", (APP, first.id, time.time()))
+            other.execute("UPDATE streams SET head_seq = 3 WHERE app_id = ? AND user_id = 'u'",
+                          (APP,))
+            other.execute("COMMIT")
+        return 0
+
+    db._reader.set_progress_handler(commit_meanwhile, 1)
+    try:
+        during = await db.counts(APP, "u", time.time())
+    finally:
+        db._reader.set_progress_handler(None, 1)
+        other.close()
+    assert steps > 10  # the commit came while the read went on
+    assert during == (2, 2, 2, 0)
+    assert await db.counts(APP, "u", time.time()) == (3, 3, 3, 0)
+
+
 async def test_the_writer_groups_concurrent_writes_into_fewer_commits(db):
     commits0, jobs0 = db.commit_stats
     outs = await asyncio.gather(*(publish(db, note([f"u{i % 50}"])) for i in range(500)))

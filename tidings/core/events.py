@@ -7,7 +7,7 @@ connection.
 
 Event objects (the same JSON on WebSocket and SSE)::
 
-    {"type": "hello", "epoch", "cursor", "counts": {"unread", "unseen"}}
+    {"type": "hello", "epoch", "cursor", "counts": {"unread", "unseen", "at"}}
     {"type": "notification", "cursor": "<epoch>:<seq>", "notification": {...}}
     {"type": "notification", "cursor": ..., "notification": {...}, "group": {...}}
     {"type": "notification", "feed": <offset>, "notification": {...}}
@@ -15,9 +15,14 @@ Event objects (the same JSON on WebSocket and SSE)::
     {"type": "updated", "notification": {...}, "group": {...}, "state": "..."}
     {"type": "deleted", "id": "..."}
     {"type": "state", "ids": [...], "all": bool, "state": "read"|"seen"|"archived"}
-    {"type": "counts", "unread": n, "unseen": n}
+    {"type": "counts", "unread": n, "unseen": n, "at": {"seq": n, "feed": n}}
     {"type": "recovered", "ok": bool, "missed": n}
     {"type": "token", "until": <unix seconds>}   (WebSocket: a fresh token was taken)
+
+Counts (in ``hello``, ``counts``, and the client API's answers) carry ``at``:
+the user's head seq and the app's feed head read in the same snapshot, so a
+client adds to them only the notifications past that position
+(docs/protocol.md, "Counts and the badge").
 
 A WebSocket text frame carries one event object, or a JSON array of several
 when a burst is pending (one write per connection per loop tick).
@@ -85,8 +90,14 @@ def state_frame(ids: list[str] | None, state: str, all_: bool = False) -> bytes:
     return _encode({"type": "state", "ids": ids or [], "all": all_, "state": state})
 
 
-def counts_frame(unread: int, unseen: int) -> bytes:
-    return b'{"type":"counts","unread":%d,"unseen":%d}' % (unread, unseen)
+def counts_object(unread: int, unseen: int, seq: int, feed: int) -> dict:
+    """The counts as every answer carries them: read at ``seq`` and ``feed``."""
+    return {"unread": unread, "unseen": unseen, "at": {"seq": seq, "feed": feed}}
+
+
+def counts_frame(unread: int, unseen: int, seq: int, feed: int) -> bytes:
+    return b'{"type":"counts","unread":%d,"unseen":%d,"at":{"seq":%d,"feed":%d}}' % (
+        unread, unseen, seq, feed)
 
 
 _COUNTS_HEAD = b'{"type":"counts",'
@@ -97,10 +108,10 @@ def is_counts(frame: bytes) -> bool:
     return frame.startswith(_COUNTS_HEAD)
 
 
-def hello_frame(epoch: str, cursor: str, unread: int, unseen: int) -> bytes:
+def hello_frame(epoch: str, cursor: str, counts: tuple[int, int, int, int]) -> bytes:
+    """``counts``: ``(unread, unseen, seq, feed)``, as ``Store.counts`` reads them."""
     return _encode(
-        {"type": "hello", "epoch": epoch, "cursor": cursor,
-         "counts": {"unread": unread, "unseen": unseen}}
+        {"type": "hello", "epoch": epoch, "cursor": cursor, "counts": counts_object(*counts)}
     )
 
 

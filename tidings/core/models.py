@@ -190,9 +190,17 @@ class RotateRequest(msgspec.Struct, forbid_unknown_fields=True):
     overlap: Annotated[int, Meta(ge=0)] | None = None
 
 
+class Position(msgspec.Struct):
+    """Where counts were read: the user's head seq and the app's feed head."""
+
+    seq: int
+    feed: int
+
+
 class Counts(msgspec.Struct):
     unread: int
     unseen: int
+    at: Position  # docs/protocol.md, "Counts and the badge"
 
 
 class Group(msgspec.Struct):

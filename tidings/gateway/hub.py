@@ -59,7 +59,7 @@ from tidings.gateway.stream import StreamEnds
 if TYPE_CHECKING:
     from tidings.config import Settings
     from tidings.gateway.stream import Flushable, Stream
-    from tidings.store.base import Store
+    from tidings.store.base import Counts, Store
 
 log = logging.getLogger("tidings.gateway")
 
@@ -271,9 +271,16 @@ class Hub:
         else:
             stream.last_seq, stream.last_feed = head.head_seq, head.head_feed
         stream.drop_held_counts()  # hello's counts are read from here on
-        unread, unseen = await self.counts(*key, now)
+        # hello's counts hold everything up to where they were read, and the
+        # stream sends what comes after where it starts: counts read at or
+        # past that point, so that nothing falls between the two.  A store
+        # read always is (it comes after the head's); a cached one, filled
+        # before a commit whose broker message is still on its way, may not.
+        counts = await self.counts(*key, now)
+        if counts.seq < stream.last_seq or counts.feed < stream.last_feed:
+            counts = await self.store.counts(stream.app, stream.user, now)
         start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
-        stream.push(events.hello_frame(stream.epoch, start, unread, unseen), start)
+        stream.push(events.hello_frame(stream.epoch, start, counts), start)
         missed = 0
         if recovery is not None and recovery.ok:
             missed = await self.catch_up(stream)
@@ -281,8 +288,10 @@ class Hub:
             stream.push(events.recovered_frame(recovery.ok, missed))
         stream.finish_sync()
 
-    async def counts(self, app: str, user: str, now: float) -> tuple[int, int]:
-        """``(unread, unseen)``, from the cache while the user has a stream here."""
+    async def counts(self, app: str, user: str, now: float) -> Counts:
+        """The user's counts and where they were read (``Store.counts``), from
+        the cache while the user has a stream here.  A cached answer is as
+        exact as a fresh one, only read earlier: its position says so."""
         key = (app, user)
         hit = self.cache.get("counts", key)
         if hit is not None:
@@ -380,7 +389,7 @@ class Hub:
             return
         now = time.time()
         topics = set(await self.store.user_topics(app, user))
-        unread, unseen = await self.store.counts(app, user, now)
+        counts = await self.store.counts(app, user, now)
         streams = tuple(self.users.get((app, user), ()))
         joined = False
         for s in streams:
@@ -391,9 +400,9 @@ class Hub:
                 self._leave_topic(s, topic)
         if joined:
             await self.broker.settle()
-        counts = events.counts_frame(unread, unseen)
+        frame = events.counts_frame(*counts)
         for s in streams:
-            await s.resync(counts)
+            await s.resync(frame)
 
     # -- personal entries whose broker message was lost -----------------------
     async def _repair_loop(self) -> None:

@@ -696,16 +696,15 @@ class Service:
             # A device saw them: their push and e-mail fallbacks are not needed.
             await self.outbound.seen(app_id, user, None if ids is None else changed)
         self.hub.cache.user_changed((app_id, user))
-        unread, unseen = await self.hub.counts(app_id, user, now)
+        counts = await self.hub.counts(app_id, user, now)
         if changed:
             frames = [events.state_frame(changed, state, all_=ids is None),
-                      events.counts_frame(unread, unseen)]
+                      events.counts_frame(*counts)]
             self.broker.publish(user_channel(app_id, user), Frames(frames))
-        return {"changed": len(changed), "counts": {"unread": unread, "unseen": unseen}}
+        return {"changed": len(changed), "counts": events.counts_object(*counts)}
 
     async def counts(self, app_id: str, user: str) -> dict:
-        unread, unseen = await self.hub.counts(app_id, user, time.time())
-        return {"unread": unread, "unseen": unseen}
+        return events.counts_object(*await self.hub.counts(app_id, user, time.time()))
 
     async def inbox(self, app_id: str, user: str, *, limit: int, before: str | None,
                     state: str | None) -> dict:

@@ -38,6 +38,11 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   last key with the ``admin`` scope, and ``add_api_key`` never goes past its
   ``limit``, however many callers on however many nodes (or processes on
   one SQLite file) do so at once.
+* **Counts say where they were read.**  ``counts`` reads the unread and
+  unseen counts, the user's head seq and the app's feed head in one snapshot
+  (one statement): they count every entry up to that seq and every feed item
+  up to that offset, and nothing after (docs/protocol.md, "Counts and the
+  badge").
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
@@ -50,6 +55,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tidings.core.models import Preferences
 from tidings.core.receipts import Row
@@ -140,6 +146,19 @@ class PublishOutcome:
     fingerprint: str = ""  # a "duplicate"'s: the fingerprint its key was first used with
     # (nid, channel) of the pending jobs that ``jobs`` replaced (enqueue_jobs' collapse)
     replaced: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Counts(NamedTuple):
+    """A user's ``unread`` and ``unseen`` counts and the position they were
+    read at, in the same snapshot: the user's head ``seq`` (0 before their
+    stream exists) and the app's ``feed`` head.  A notification committed
+    after the read has a higher seq or feed offset, one before it does not
+    (seqs and offsets commit in order), so a client adds only those past it."""
+
+    unread: int
+    unseen: int
+    seq: int
+    feed: int
 
 
 @dataclass(slots=True)
@@ -518,15 +537,16 @@ class Store(OutboundStore, abc.ABC):
         (``unread`` = unseen or seen).  Archived items show only when asked for."""
 
     @abc.abstractmethod
-    async def counts(self, app_id: str, user: str, now: float) -> tuple[int, int]:
-        """``(unread, unseen)``."""
+    async def counts(self, app_id: str, user: str, now: float) -> Counts:
+        """``(unread, unseen)`` and the position they count up to, read in one
+        snapshot of the store."""
 
     async def counts_many(
         self, app_id: str, users: list[str], now: float
-    ) -> dict[str, tuple[int, int]]:
-        """``{user: (unread, unseen)}`` for each of ``users`` (the counts a
-        retraction sends, service.py).  One ``counts`` each unless the store
-        has better; PostgreSQL answers a list in one query."""
+    ) -> dict[str, Counts]:
+        """``counts`` for each of ``users`` (the counts a retraction sends,
+        service.py), each with its position.  One ``counts`` each unless the
+        store has better; PostgreSQL answers a list in one query."""
         return {user: await self.counts(app_id, user, now) for user in users}
 
     @abc.abstractmethod

@@ -191,9 +191,15 @@ SET_STATE_IDS = _SET_STATE.format(
 # Retract: flag the notification (its id and seqs are never reused) and drop
 # every user's entry and state.  Returns whether this call did it.
 # The unread and unseen counts of user {user} ($1 app, $3 now): personal
-# entries and the feed items the user can see, in one pass.
+# entries and the feed items the user can see, in one pass, with the position
+# they were read at (the user's head seq, the app's feed head).  One
+# statement, so one snapshot (PostgreSQL's READ COMMITTED gives each
+# statement its own, whole), which is what makes the position exact
+# (docs/protocol.md, "Counts and the badge").
 _COUNTS = """
-SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0)
+SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0),
+       coalesce((SELECT head_seq FROM streams WHERE app_id = $1 AND user_id = {user}), 0),
+       coalesce((SELECT head FROM feed_heads WHERE app_id = $1), 0)
 FROM (SELECT state FROM inbox WHERE app_id = $1 AND user_id = {user}
       AND (expires_at IS NULL OR expires_at > $3)
       UNION ALL

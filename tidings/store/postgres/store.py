@@ -56,6 +56,7 @@ from tidings.store import migrations
 from tidings.store.base import (
     REVOKED,
     AppRecord,
+    Counts,
     Entry,
     KeyInfo,
     KeyRecord,
@@ -601,13 +602,14 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         entries.sort(key=lambda e: e.id, reverse=True)
         return entries[:limit]
 
-    async def counts(self, app_id, user, now) -> tuple[int, int]:
-        row = await self._fetchrow(COUNTS, app_id, user, now)
-        return row[0], row[1]
+    async def counts(self, app_id, user, now) -> Counts:
+        # One statement, so one snapshot: the counts and the heads as of the
+        # same commits (docs/protocol.md, "Counts and the badge").
+        return Counts(*await self._fetchrow(COUNTS, app_id, user, now))
 
-    async def counts_many(self, app_id, users, now) -> dict[str, tuple[int, int]]:
+    async def counts_many(self, app_id, users, now) -> dict[str, Counts]:
         rows = await self._fetch(COUNTS_MANY, app_id, list(users), now)
-        return {user: (unread, unseen) for user, unread, unseen in rows}
+        return {row[0]: Counts(*row[1:]) for row in rows}
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         if ids is None:

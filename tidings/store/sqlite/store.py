@@ -35,6 +35,7 @@ from tidings.store import migrations
 from tidings.store.base import (
     REVOKED,
     AppRecord,
+    Counts,
     Entry,
     KeyInfo,
     KeyRecord,
@@ -61,6 +62,21 @@ _STATE_FILTER = {  # inbox ?state= -> SQL predicate on the state column "st"
     None: "st < 3", "unread": "st < 2", "unseen": "st = 0", "seen": "st = 1",
     "read": "st = 2", "archived": "st = 3", "all": "1",
 }
+# A user's counts and the position they were read at (SQLiteStore.counts).
+_COUNTS = (
+    "SELECT p.unread + f.unread, p.unseen + f.unseen, "
+    "coalesce((SELECT head_seq FROM streams WHERE app_id=:app AND user_id=:user), 0), "
+    "coalesce((SELECT head FROM feed_heads WHERE app_id=:app), 0) "
+    "FROM (SELECT coalesce(sum(state < 2), 0) AS unread, coalesce(sum(state = 0), 0) AS unseen "
+    "      FROM inbox WHERE app_id=:app AND user_id=:user "
+    "      AND (expires_at IS NULL OR expires_at>:now)) AS p, "
+    "     (SELECT coalesce(sum(coalesce(fs.state, 0) < 2), 0) AS unread, "
+    "             coalesce(sum(coalesce(fs.state, 0) = 0), 0) AS unseen FROM notifications n "
+    "      LEFT JOIN feed_state fs ON fs.app_id=n.app_id AND fs.user_id=:user AND fs.nid=n.id "
+    "      WHERE n.app_id=:app AND n.feed_offset > 0 AND n.deleted=0 "
+    "      AND (n.expires_at IS NULL OR n.expires_at>:now) AND (n.audience='*' OR n.audience IN "
+    "      (SELECT topic FROM topic_subs WHERE app_id=n.app_id AND user_id=:user))) AS f"
+)
 log = logging.getLogger("tidings.store")
 DIALECT = "sqlite"
 MAX_GROUP = 1000  # jobs per transaction
@@ -443,7 +459,7 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     def _q(self, sql: str, args: tuple | list = ()) -> list:
         return self._reader.execute(sql, args).fetchall()
 
-    def _q1(self, sql: str, args: tuple | list = ()):
+    def _q1(self, sql: str, args: tuple | list | dict = ()):
         return self._reader.execute(sql, args).fetchone()
 
     # -- apps and keys --------------------------------------------------
@@ -767,21 +783,11 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     # than ``IS NOT NULL``: only a range lets SQLite use the partial
     # notifications_feed index instead of reading every notification of the
     # app (2.3 s -> 0.1 ms per call with 100k users, bench/results NOTES).
-    async def counts(self, app_id, user, now) -> tuple[int, int]:
-        unread, unseen = self._q1(
-            "SELECT coalesce(sum(state < 2), 0), coalesce(sum(state = 0), 0) FROM inbox "
-            "WHERE app_id=? AND user_id=? AND (expires_at IS NULL OR expires_at>?)",
-            (app_id, user, now),
-        )
-        f_unread, f_unseen = self._q1(
-            "SELECT coalesce(sum(coalesce(fs.state, 0) < 2), 0), "
-            "coalesce(sum(coalesce(fs.state, 0) = 0), 0) FROM notifications n "
-            "LEFT JOIN feed_state fs ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
-            "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
-            "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed(),
-            (user, app_id, now, user),
-        )
-        return unread + f_unread, unseen + f_unseen
+    async def counts(self, app_id, user, now) -> Counts:
+        # One statement, so one snapshot of the WAL: the counts, the user's
+        # head seq and the app's feed head all as of the same commit, however
+        # the writer commits meanwhile (docs/protocol.md, "Counts and the badge").
+        return Counts(*self._q1(_COUNTS, {"app": app_id, "user": user, "now": now}))
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         return await self._write(_tx.set_state_tx, app_id, user, ids, STATE_CODE[state], now)
