@@ -277,3 +277,25 @@ async def test_correcting_an_older_member_changes_its_members_list_not_the_entry
         a, "user_1 loved it")
     assert assemble(before, [updated, deleted]) == await page_rows(server, alice)
     await ws.close()
+
+
+async def test_the_subscriber_asks_the_counts_when_an_update_makes_an_entry_unseen(server):
+    """Whether an update made a seen entry unseen again only the server
+    knows: the Subscriber's badge asks GET /v1/me/counts, and is exact."""
+    token = await server.token("uma")
+    (first,) = await publish(server, {"users": ["uma"]}, **like("user_1"))
+    async with server.http(token) as http:
+        r = await http.post("/v1/me/notifications/seen", json={"ids": [first]})
+        assert r.json()["counts"] == {"unread": 1, "unseen": 0, "at": {"seq": 1, "feed": 0}}
+    sub = Subscriber(server.url, token, receipts=False)
+    events = sub.__aiter__()
+    hello = await asyncio.wait_for(events.__anext__(), 5)
+    assert hello["type"] == "hello" and sub.counts == {"unread": 1, "unseen": 0}
+    await publish(server, {"users": ["uma"]}, **like("user_2"))
+    update = await asyncio.wait_for(events.__anext__(), 5)
+    assert update["group"]["count"] == 2
+    asking = sub._asking  # the badge cannot tell: it asks
+    assert asking is not None
+    await asyncio.wait_for(asking, 5)
+    assert sub.counts == {"unread": 1, "unseen": 1}
+    await sub.close()

@@ -169,7 +169,9 @@ class _Endpoints:
                           user=True, token=token)
 
     def counts(self, *, token: str | None = None) -> Any:
-        """``{"unread", "unseen"}`` for the badge."""
+        """``{"unread", "unseen", "at"}`` for the badge: ``at`` is where they
+        were read (docs/protocol.md, "Counts and the badge";
+        :class:`tidings.client.badge.Badge` keeps a badge by that rule)."""
         return self._call("GET", "/v1/me/counts", user=True, token=token)
 
     def mark_read(self, ids: Iterable[str] | None = None, *, all: bool = False,

@@ -16,6 +16,10 @@ view, so :class:`Subscriber` does three things a bare WebSocket does not:
 When the server cannot replay (``{"type": "recovered", "ok": false}``), the
 event is still yielded and ``on_resync`` is called: the application must
 reload its inbox page, the stream cannot fill that gap for it.
+
+It also keeps the user's badge, :attr:`Subscriber.counts`: the server's
+counts plus the notifications that arrived past the position they were read
+at (:mod:`tidings.client.badge`, docs/protocol.md "Counts and the badge").
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import httpx
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from tidings.client.badge import Badge
 from tidings.client.errors import StreamClosed, TidingsAPIError, Unreachable, error_from_response
 from tidings.core.backoff import Backoff
 from tidings.core.cursor import Cursor, parse_cursor
@@ -52,6 +58,11 @@ RECEIPTS_DELAY, RECEIPTS_MAX = 1.0, 100
 _DEVICE, _LABEL = re.compile(DEVICE_RE), re.compile(LABEL_RE)
 
 STREAM_PATH = "/v1/me/stream"
+COUNTS_PATH = "/v1/me/counts"
+# An update of a group entry: the server's counts are asked for, and asked
+# again after these delays while an answer read before the update comes back
+# (another node's cache that has not heard of it yet).
+COUNTS_RETRIES = (0.25, 0.5, 1.0)
 Event = dict[str, Any]
 TokenSource = str | Callable[[], str | Awaitable[str]]
 
@@ -104,6 +115,13 @@ class Subscriber:
     subscriber, so pass a stable one to see one device across restarts in a
     notification's timeline) labelled ``device_label`` (at most 64
     characters; default "Python on <OS>").
+
+    :attr:`counts` is the user's badge, ``{"unread": n, "unseen": n}``: the
+    counts of ``hello`` and of ``counts`` events, plus the notifications
+    that arrived past the position they were read at.  An update of a group
+    entry makes it ask ``GET /v1/me/counts`` with the stream's token (in the
+    background, one request at a time), since only the server knows whether
+    the entry became unseen again.
 
     ``on_retry(reason, delay)`` (sync or async) is called before each wait
     for a reconnect, with what went wrong and the seconds until the next
@@ -170,8 +188,9 @@ class Subscriber:
         #: The device id and label this subscriber's receipts carry.
         self.device, self.device_label = device, device_label
         self._delivered: list[str] = []  # ids yielded, not yet acknowledged
-        #: ``{"unread": n, "unseen": n}`` from the last hello/counts event.
-        self.counts: dict[str, int] | None = None
+        self._badge = Badge()
+        self._replaying = False  # between a resuming hello and its recovered
+        self._asking: asyncio.Task | None = None  # GET /v1/me/counts (Badge.ask)
         #: True between a hello and the next drop.
         self.connected = False
         #: How many times the stream was (re)opened after the first attempt.
@@ -180,6 +199,12 @@ class Subscriber:
         self.last_close_code: int | None = None
 
     # -- public surface -------------------------------------------------------
+
+    @property
+    def counts(self) -> dict[str, int] | None:
+        """The badge, ``{"unread": n, "unseen": n}`` (None before the first
+        ``hello``): exact whatever order counts and notifications arrive in."""
+        return self._badge.counts
 
     @property
     def cursor(self) -> str | None:
@@ -202,6 +227,10 @@ class Subscriber:
     async def close(self) -> None:
         """Stop: the iterator finishes instead of reconnecting."""
         self._closing.set()
+        asking, self._asking = self._asking, None
+        if asking is not None:
+            asking.cancel()
+            await asyncio.wait({asking})
         ws = self._ws
         if ws is not None:
             await ws.close()
@@ -413,8 +442,11 @@ class Subscriber:
         application" (a duplicate, or the answer to a renewed token)."""
         kind = event.get("type")
         if kind == "hello":
+            self._replaying = self._cursor is not None  # a cursor was sent: a replay follows
             self._on_hello(event)
+            self._badge.hello(event.get("counts"))
         elif kind == "recovered":
+            self._replaying = False
             hello, self._hello_cursor = self._hello_cursor, None
             if not event.get("ok", True):
                 if hello is not None:
@@ -422,9 +454,12 @@ class Subscriber:
                 if self.on_resync is not None:
                     await _maybe_await(self.on_resync(event))
         elif kind == "notification":
-            return self._on_notification(event)
+            if not self._on_notification(event):
+                return False
+            self._badge.notification(event, self._replaying)
+            self._ask_counts()
         elif kind == "counts":
-            self.counts = {"unread": event.get("unread", 0), "unseen": event.get("unseen", 0)}
+            self._badge.take(event)
         elif kind == "token":
             return False  # the answer to a renewed token: the stream's own business
         return True
@@ -434,9 +469,6 @@ class Subscriber:
         self.failures = 0
         self._auth_retry = callable(self._token)
         self.backoff.reset()
-        counts = event.get("counts")
-        if isinstance(counts, dict):
-            self.counts = {"unread": counts.get("unread", 0), "unseen": counts.get("unseen", 0)}
         try:
             hello = parse_cursor(event.get("cursor"))
         except TidingsError:
@@ -457,6 +489,38 @@ class Subscriber:
                 # We had no feed position; the hello's is where feed replay
                 # would start, so adopt it or later feed drops are unrecoverable.
                 self._cursor = Cursor(self._cursor.epoch, self._cursor.seq, hello.feed)
+
+    def _ask_counts(self) -> None:
+        """Ask the server for the counts when only it knows them (Badge.ask)."""
+        if self._badge.ask and self._asking is None and not self._closing.is_set():
+            self._asking = asyncio.get_running_loop().create_task(self._fetch_counts())
+
+    async def _fetch_counts(self) -> None:
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                for delay in (0.0, *COUNTS_RETRIES):
+                    await asyncio.sleep(delay)
+                    token = self._stream_token
+                    r = await http.get(self._counts_url(),
+                                       headers={"Authorization": f"Bearer {token}"})
+                    if r.status_code != 200:
+                        log.info("GET %s answered %d", COUNTS_PATH, r.status_code)
+                        return
+                    self._badge.take(r.json())
+                    if not self._badge.ask:
+                        return
+        except (httpx.HTTPError, ValueError) as e:
+            log.info("asking for the counts failed: %r", e)
+        finally:
+            self._asking = None
+
+    def _counts_url(self) -> str:
+        parts = urlsplit(self.url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        path = parts.path.rstrip("/")
+        if path.endswith(STREAM_PATH):
+            path = path[:-len(STREAM_PATH)]
+        return urlunsplit((scheme, parts.netloc, path + COUNTS_PATH, "", ""))
 
     def _on_notification(self, event: Event) -> bool:
         cur = self._cursor

@@ -1,0 +1,104 @@
+"""Event sequences a device may get, in racy orders, and the badge each must
+end on (docs/protocol.md, "Counts and the badge").
+
+One table for both clients: ``tests/client/test_badge.py`` feeds them to the
+Python ``Badge``, ``tests/browser/test_badge.py`` to ``tidings.js`` in
+Chromium.  ``cursor`` is the position the client connects with (a resume:
+its replay is not counted by a server without ``at``).
+"""
+
+from __future__ import annotations
+
+EPOCH = "3f9a01c2"
+
+
+def hello(cursor: str, unread: int, unseen: int, seq: int | None = None, feed: int = 0) -> dict:
+    counts: dict = {"unread": unread, "unseen": unseen}
+    if seq is not None:
+        counts["at"] = {"seq": seq, "feed": feed}
+    return {"type": "hello", "epoch": EPOCH, "cursor": f"{EPOCH}:{cursor}", "counts": counts}
+
+
+def counts(unread: int, unseen: int, seq: int | None = None, feed: int = 0) -> dict:
+    ev: dict = {"type": "counts", "unread": unread, "unseen": unseen}
+    if seq is not None:
+        ev["at"] = {"seq": seq, "feed": feed}
+    return ev
+
+
+def personal(seq: int, group: int | None = None) -> dict:
+    ev: dict = {"type": "notification", "cursor": f"{EPOCH}:{seq}",
+                "notification": {"id": f"p{seq}", "title": f"seq {seq}"}}
+    if group is not None:
+        ev["group"] = {"id": "g", "key": "k", "count": group, "actor_count": 1,
+                       "actors": ["a"], "latest_at": "t", "first_id": "g"}
+    return ev
+
+
+def feed(offset: int) -> dict:
+    return {"type": "notification", "feed": offset,
+            "notification": {"id": f"f{offset}", "title": f"feed {offset}"}}
+
+
+def state(*ids: str) -> dict:
+    return {"type": "state", "ids": list(ids), "all": False, "state": "read"}
+
+
+def recovered(missed: int) -> dict:
+    return {"type": "recovered", "ok": True, "missed": missed}
+
+
+SCENARIOS = [
+    {
+        # race 1: the counts of a mark-read were read just before seq 6
+        # committed, and arrive after it
+        "name": "counts overtaken by a notification",
+        "cursor": None,
+        "events": [hello("5:0", 2, 2, 5), personal(6), state("p4"), counts(1, 1, 5)],
+        "badge": {"unread": 2, "unseen": 2},
+    },
+    {
+        # race 2: seq 6 committed between the head read (the cursor) and the
+        # counts: hello counts it, and it arrives live as well
+        "name": "hello counts a notification that arrives live",
+        "cursor": None,
+        "events": [hello("5:0", 3, 3, 6), personal(6), personal(7)],
+        "badge": {"unread": 4, "unseen": 4},
+    },
+    {
+        # seq 6 committed between hello's counts and the replay's read: the
+        # replay brings it, and it is one more
+        "name": "a replay past hello's counts",
+        "cursor": f"{EPOCH}:3:0",
+        "events": [hello("3:0", 5, 5, 5), personal(4), personal(5), personal(6), recovered(3)],
+        "badge": {"unread": 6, "unseen": 6},
+    },
+    {
+        "name": "older counts after newer ones are ignored",
+        "cursor": None,
+        "events": [hello("5:0", 2, 2, 5), personal(6), personal(7), counts(3, 3, 7),
+                   counts(2, 2, 6)],
+        "badge": {"unread": 3, "unseen": 3},
+    },
+    {
+        # a broadcast committed after the counts were read, and arriving first
+        "name": "feed items past the counts",
+        "cursor": None,
+        "events": [hello("0:3", 1, 1, 0, 3), feed(4), personal(1), counts(0, 0, 0, 3)],
+        "badge": {"unread": 2, "unseen": 2},
+    },
+    {
+        "name": "duplicates of a replay are not counted",
+        "cursor": f"{EPOCH}:5:0",
+        "events": [hello("5:0", 3, 3, 6), personal(6), recovered(1), personal(6), personal(7)],
+        "badge": {"unread": 4, "unseen": 4},
+    },
+    {
+        # a server that does not send "at": as clients always did
+        "name": "counts without a position",
+        "cursor": f"{EPOCH}:1:0",
+        "events": [hello("1:0", 2, 2), personal(2), recovered(1), personal(3), counts(1, 1),
+                   personal(4)],
+        "badge": {"unread": 2, "unseen": 2},
+    },
+]
