@@ -80,9 +80,16 @@ declare namespace Tidings {
     reason: "initial" | "unrecovered" | "reconnect" | "manual" | string;
   }
 
+  /** What the "counts" event gives: the badge to show. */
   interface Counts {
     unread: number;
     unseen: number;
+  }
+
+  /** Counts as the server sends them, with the position they were read at
+   *  (docs/protocol.md, "Counts and the badge"). */
+  interface ServerCounts extends Counts {
+    at?: { seq: number; feed: number };
   }
 
   interface NotificationEvent {
@@ -136,7 +143,7 @@ declare namespace Tidings {
   }
 
   interface StateResult {
-    counts?: Counts;
+    counts?: ServerCounts;
     [key: string]: unknown;
   }
 
@@ -148,7 +155,7 @@ declare namespace Tidings {
     updated: (n: Notification, event: UpdatedEvent) => void;
     deleted: (id: string) => void;
     recovered: (r: { ok: boolean; missed: number }) => void;
-    hello: (event: { type: "hello"; epoch: string; cursor: string; counts?: Counts }) => void;
+    hello: (event: { type: "hello"; epoch: string; cursor: string; counts?: ServerCounts }) => void;
     status: (status: Status) => void;
     fatal: (f: { code: number; reason: string }) => void;
     error: (err: TidingsError) => void;
@@ -174,7 +181,7 @@ declare namespace Tidings {
     cursor(): string | null;
     reload(reason?: string): Promise<void>;
     inbox(options?: { limit?: number; before?: string; state?: StateFilter }): Promise<InboxPage>;
-    counts(): Promise<Counts>;
+    counts(): Promise<ServerCounts>;
     markRead(ids: string[]): Promise<StateResult>;
     markAllRead(): Promise<StateResult>;
     markSeen(ids: string[]): Promise<StateResult>;

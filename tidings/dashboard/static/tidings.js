@@ -28,6 +28,12 @@
   // Full jitter, the schedule of tidings/core/backoff.py: 0..min(20 s, 250 ms * 2^n).
   var BACKOFF_BASE_MS = 250, BACKOFF_CAP_MS = 20000;
   var SEEN_MAX = 5000;  // ids remembered for de-duplication
+  // The badge (docs/protocol.md, "Counts and the badge"): notifications
+  // remembered past the last counts taken (a counts event is overtaken only by
+  // the few that commit while it is on its way), and the delays before asking
+  // GET /v1/me/counts again while its answer predates an update of a group
+  // entry (another node's cache that has not heard of it yet).
+  var COUNTED_MAX = 1000, ASK_AGAIN_MS = [250, 500, 1000];
   // A call refused with 429 (the user's rate limit: nothing was done) is sent
   // once more after its Retry-After, at most this many seconds.
   var RETRY_429_MAX_S = 30;
@@ -103,7 +109,12 @@
     this._wsBlocked = false;
     this._hellos = 0;
     this._reloads = 0;
-    this._counts = null;        // {unread, unseen}, as last told by the server
+    this._counts = null;        // {unread, unseen}: the badge, as last emitted
+    this._base = null;          // the counts last taken from the server
+    this._at = null;            // {seq, feed}: where they were read (null: not said)
+    this._counted = [];         // notifications counted since: {kind, pos, unread, unseen, ask}
+    this._lost = [-1, -1];      // the newest seq and feed forgotten for room
+    this._stale = false;        // counts taken from before a forgotten notification
     this.receipts = options.receipts !== false;
     this.device = options.device == null ? deviceId() : String(options.device);
     if (!DEVICE_RE.test(this.device) || Array.from(this.device).length > 64)
@@ -177,7 +188,7 @@
         this._attempt = 0;            // a good connection resets the backoff
         this._setStatus("live");
         this._emit("hello", ev);
-        if (ev.counts) this._setCounts(ev.counts);
+        if (ev.counts) this._helloCounts(ev.counts);
         if (this._hellos === 1) this.reload("initial");
         this._planRefresh(tokenExp(this._token));
         return;
@@ -198,17 +209,7 @@
         if (this._seen.size > SEEN_MAX) this._seen.delete(this._seen.values().next().value);
         this._emit("notification", n, ev);
         this._ack("delivered", [n.id]);               // live or replayed: it arrived
-        // hello's counts already hold what is replayed; a live arrival is one more
-        // unseen item (exact again at the next hello or state change)
-        if (!this._replaying && this._counts) {
-          if (ev.group && ev.group.count > 1) {
-            // an update of an entry that was unread: not one more; whether it was
-            // seen (and is unseen again now) only the server knows, so ask it
-            this._refreshCounts();
-          } else {
-            this._setCounts({ unread: this._counts.unread + 1, unseen: this._counts.unseen + 1 });
-          }
-        }
+        this._countArrival(ev);
         return;
       }
       case "recovered":
@@ -218,7 +219,7 @@
         else if (this._hellos > 1 && this.refreshOnReconnect) this.reload("reconnect");
         return;
       case "counts":
-        this._setCounts({ unread: ev.unread, unseen: ev.unseen });
+        this._takeCounts(ev);
         return;
       case "state":
         this._emit("state", { ids: ev.ids || [], all: !!ev.all, state: ev.state });
@@ -232,8 +233,69 @@
     }
   };
 
-  Client.prototype._setCounts = function (c) {
-    this._counts = { unread: c.unread, unseen: c.unseen };
+  // -- the badge (docs/protocol.md, "Counts and the badge") ---------------------
+  // Every counts object says where it was read (at: the user's head seq and the
+  // app's feed head, in the same snapshot). The badge is the last counts taken
+  // plus the notifications that arrived past that position; counts read before
+  // the ones held are ignored, and newer ones are taken with the notifications
+  // already counted past them added again (they arrived first).
+  function position(c) {
+    var at = c && c.at;
+    return at && typeof at.seq === "number" && typeof at.feed === "number" ? at : null;
+  }
+
+  Client.prototype._helloCounts = function (c) {   // a new stream: start over
+    this._counted = []; this._lost = [-1, -1]; this._stale = false; this._at = null;
+    this._takeCounts(c);
+  };
+
+  /** Take counts from an event or an answer; false when they were read before the ones held. */
+  Client.prototype._takeCounts = function (c) {
+    if (!c || typeof c.unread !== "number" || typeof c.unseen !== "number") return false;
+    var at = position(c), held = this._at;
+    if (at && held && (at.seq < held.seq || at.feed < held.feed)) return false;
+    this._base = { unread: c.unread, unseen: c.unseen };
+    this._at = at ? { seq: at.seq, feed: at.feed } : null;
+    if (!at) this._counted = [];                     // a server that does not say: as they come
+    else {
+      var limit = [at.seq, at.feed];
+      this._counted = this._counted.filter(function (x) { return x.pos > limit[x.kind]; });
+      this._stale = this._lost[0] > at.seq || this._lost[1] > at.feed;
+    }
+    this._showCounts();
+    return true;
+  };
+
+  Client.prototype._countArrival = function (ev) {
+    if (!this._base) return;
+    if (!this._at && this._replaying) return;        // hello's counts hold the replay (no at)
+    var kind, pos;
+    if (typeof ev.cursor === "string") { kind = 0; pos = Number(ev.cursor.split(":")[1]); }
+    else if (typeof ev.feed === "number") { kind = 1; pos = ev.feed; }
+    else return;
+    if (!isFinite(pos)) return;
+    if (this._at && pos <= (kind ? this._at.feed : this._at.seq)) return;   // counted already
+    // an update of a group entry: it was unread, so not one more; whether it was
+    // seen (and is unseen again now) only the server knows, so ask it
+    var update = !!(ev.group && ev.group.count > 1);
+    this._counted.push({ kind: kind, pos: pos, unread: update ? 0 : 1, unseen: update ? 0 : 1, ask: update });
+    if (this._counted.length > COUNTED_MAX) {        // forget the oldest, keep the sum
+      var old = this._counted.shift();
+      this._lost[old.kind] = Math.max(this._lost[old.kind], old.pos);
+      this._base = { unread: this._base.unread + old.unread, unseen: this._base.unseen + old.unseen };
+    }
+    this._showCounts();
+    if (this._mustAsk()) this._refreshCounts();
+  };
+
+  Client.prototype._mustAsk = function () {
+    return this._stale || this._counted.some(function (x) { return x.ask; });
+  };
+
+  Client.prototype._showCounts = function () {
+    var c = { unread: this._base.unread, unseen: this._base.unseen };
+    this._counted.forEach(function (x) { c.unread += x.unread; c.unseen += x.unseen; });
+    this._counts = c;
     this._emit("counts", { unread: c.unread, unseen: c.unseen });
   };
 
@@ -483,20 +545,25 @@
     return this._request("GET", "/v1/me/notifications" + (q.length ? "?" + q.join("&") : ""));
   };
 
-  /** {unread, unseen} */
+  /** {unread, unseen, at}: the server's counts (the badge takes them, unless older than its own). */
   Client.prototype.counts = function () {
     var self = this;
-    return this._request("GET", "/v1/me/counts").then(function (c) { self._setCounts(c); return c; });
+    return this._request("GET", "/v1/me/counts").then(function (c) { self._takeCounts(c); return c; });
   };
 
-  // One counts request at a time; updates arriving meanwhile ask once more after it.
-  Client.prototype._refreshCounts = function () {
+  // One counts request at a time; updates arriving meanwhile ask once more after
+  // it, and an answer read before an update it was asked for is asked again.
+  Client.prototype._refreshCounts = function (again) {
     var self = this;
     if (this._countsBusy) { this._countsAgain = true; return; }
     this._countsBusy = true;
     this.counts().catch(function () {}).then(function () {
       self._countsBusy = false;
+      var tries = again || 0;
       if (self._countsAgain) { self._countsAgain = false; self._refreshCounts(); }
+      else if (self._mustAsk() && tries < ASK_AGAIN_MS.length && !self._stopped) {
+        setTimeout(function () { self._refreshCounts(tries + 1); }, ASK_AGAIN_MS[tries]);
+      }
     });
   };
 
@@ -504,7 +571,7 @@
     var self = this;
     var body = ids === true ? { all: true } : { ids: ids };
     return this._request("POST", "/v1/me/notifications/" + what, body).then(function (res) {
-      if (res.counts) self._setCounts(res.counts);   // every device also gets state + counts live
+      if (res.counts) self._takeCounts(res.counts);   // every device also gets state + counts live
       return res;
     });
   };
