@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -198,4 +199,36 @@ async def test_tidings_js_asks_again_when_an_answer_predates_a_group_update(chro
     assert await page.evaluate("window.badge") == {"unread": 1, "unseen": 1}
     assert len(asked) == 2
     assert not errors
+    await page.close()
+
+
+def protocol_snippet() -> str:
+    """The badge rule's snippet of docs/protocol.md ("Counts and the badge")."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    found = re.search(r"```js\n(// The badge:.*?function tidingsBadge.*?)```", text, re.S)
+    assert found, "the snippet is gone from docs/protocol.md"
+    return found.group(1)
+
+
+async def test_the_protocol_pages_snippet_ends_every_racy_order_on_the_exact_badge(chromium):
+    page = await chromium.new_page()
+    run = protocol_snippet() + """
+      ;(events) => {
+        let shown = null;
+        const badge = tidingsBadge((c) => { shown = c; }), ids = new Set();
+        for (const ev of events) {
+          if (ev.type === "hello") badge.hello(ev.counts);
+          else if (ev.type === "counts") badge.counts(ev);
+          else if (ev.type === "notification" && !ids.has(ev.notification.id)) {
+            ids.add(ev.notification.id);
+            badge.notification(ev);
+          }
+        }
+        return shown;
+      }"""
+    for case in SCENARIOS:
+        said = [e.get("counts", e) for e in case["events"] if e["type"] in ("hello", "counts")]
+        if not all("at" in c for c in said):
+            continue  # the snippet speaks today's protocol only
+        assert await page.evaluate(run, case["events"]) == case["badge"], case["name"]
     await page.close()

@@ -69,13 +69,13 @@ Events). Both carry the same JSON events; a WebSocket frame may hold a JSON arra
 
 | event | when | carries |
 |---|---|---|
-| `hello` | first, on every connect | `epoch`, `cursor`, `counts` |
+| `hello` | first, on every connect | `epoch`, `cursor`, `counts` (with `at`) |
 | `notification` | a new notification (live or replayed) | `cursor`, `notification` |
 | `recovered` | after a resume | `ok` (false: reload the inbox page), `missed` |
 | `updated` | corrected; a group entry lost a member | `notification` (+ `group`, `state`) |
 | `deleted` | a notification was retracted | its `id` |
 | `state` | read, seen or archived on a device | `ids` or `all`, `state` |
-| `counts` | the unread counts changed | `unread`, `unseen` |
+| `counts` | the unread counts changed | `unread`, `unseen`, `at` (where they were read) |
 | `token` | a fresh token sent on the open WebSocket was taken | `until`: when the stream now ends |
 
 **Cursors.** `"<epoch>:<seq>"` (or `"<epoch>:<seq>:<feed>"`): reconnect with `?cursor=` (SSE:
@@ -83,6 +83,10 @@ Events). Both carry the same JSON events; a WebSocket frame may hold a JSON arra
 missed, then goes live. A changed epoch, or a gap older than retention, is answered with
 `recovered` `ok: false`: reload the inbox page instead. Duplicates may cross the wire after a
 resume; drop them by notification `id`.
+
+**The badge.** Counts (in `hello`, `counts`, `GET /v1/me/counts`) carry `at`, the user's seq
+and the feed offset they were read at: show them plus one for each notification that arrives
+past `at`, ignore counts older than yours, and keep counting the notifications past newer ones.
 
 **Close codes.** 4000-4099: reconnect (with jittered backoff) and resume from the cursor.
 4400-4499: do not reconnect with the same credentials.

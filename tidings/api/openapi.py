@@ -93,7 +93,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("get", "/v1/me/notifications", "My inbox, newest first", "userToken", None),
     ("get", "/v1/me/notifications/{id}/group",
      "The members of my group entry holding a notification", "userToken", None),
-    ("get", "/v1/me/counts", "My unread and unseen counts", "userToken", None),
+    ("get", "/v1/me/counts", "My unread and unseen counts, and the seq and feed offset they "
+     "were read at (docs/protocol.md, \"Counts and the badge\")", "userToken", None),
     ("post", "/v1/me/notifications/read", "Mark read", "userToken", StateRequest),
     ("post", "/v1/me/notifications/seen", "Mark seen", "userToken", StateRequest),
     ("post", "/v1/me/notifications/archive", "Archive", "userToken", StateRequest),

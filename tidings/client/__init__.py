@@ -3,7 +3,8 @@
 * :class:`Client` / :class:`AsyncClient` -- the HTTP API: publish, topics,
   tokens, preferences (API key) and a user's inbox and state (user token);
 * :class:`Subscriber` -- a user's live stream over WebSocket, resumable from a
-  cursor, deduplicated, reconnecting with jittered backoff until closed.
+  cursor, deduplicated, reconnecting with jittered backoff until closed, with
+  the user's badge kept exact (:mod:`tidings.client.badge`).
 
 Errors: non-2xx answers raise :class:`TidingsAPIError`; a fatal stream close
 (4400-4499) raises :class:`StreamClosed`, a subclass of it, and a stream that
