@@ -71,6 +71,8 @@ def test_counts_frame_says_where_the_counts_were_read():
     assert decode(frame) == {"type": "counts", "unread": 3, "unseen": 10,
                              "at": {"seq": 17, "feed": 4}}
     assert ev.is_counts(frame)
+    assert ev.counts_position(frame) == (17, 4)
+    assert ev.counts_position(b'{"type":"counts","unread":1,"unseen":1}') == (-1, -1)
 
 
 def test_hello_frame():

@@ -20,6 +20,7 @@ from tests.conftest import run_server
 from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
 from tidings.broker.base import Frames
 from tidings.config import Limits
+from tidings.core.events import counts_frame
 from tidings.gateway.stream import _release_order
 from tidings.store.base import NewNotification
 
@@ -222,8 +223,8 @@ def test_held_events_go_out_in_arrival_order_with_notifications_sorted_between_o
     def f(offset):
         return ("f", offset, b"")
 
-    def c(n):
-        return ("c", 0, b"%d" % n)
+    def c(n, seq=0):
+        return ("c", 0, counts_frame(n, n, seq, 0))
 
     x = ("x", 0, b"deleted")
     # notifications alone: feed items by offset, then personal entries by seq
@@ -232,4 +233,6 @@ def test_held_events_go_out_in_arrival_order_with_notifications_sorted_between_o
     assert _release_order([p(11), x, p(10)]) == [p(11), x, p(10)]
     # of several counts, the last one goes out, where it arrived
     assert _release_order([c(1), p(5), c(2), x, c(3), p(6)]) == [p(5), x, c(3), p(6)]
+    # ... unless an older one (read before the others) arrived last: the newest goes
+    assert _release_order([c(1, 7), p(8), c(2, 8), x, c(3, 6)]) == [p(8), c(2, 8), x]
     assert _release_order([]) == []

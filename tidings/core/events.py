@@ -103,6 +103,24 @@ def counts_frame(unread: int, unseen: int, seq: int, feed: int) -> bytes:
 _COUNTS_HEAD = b'{"type":"counts",'
 
 
+class _Position(msgspec.Struct):
+    seq: int
+    feed: int
+
+
+class _Counts(msgspec.Struct):
+    at: _Position | None = None
+
+
+_decode_counts = msgspec.json.Decoder(_Counts).decode
+
+
+def counts_position(frame: bytes) -> tuple[int, int]:
+    """Where a ``counts`` event was read, ``(seq, feed)``; ``(-1, -1)`` when it does not say."""
+    at = _decode_counts(frame).at
+    return (-1, -1) if at is None else (at.seq, at.feed)
+
+
 def is_counts(frame: bytes) -> bool:
     """Whether ``frame`` is a ``counts`` event (as :func:`counts_frame` makes them)."""
     return frame.startswith(_COUNTS_HEAD)

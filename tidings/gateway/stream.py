@@ -373,12 +373,16 @@ class Stream:
 
 def _release_order(held: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
     """The order held events go out in.  They keep the order they arrived in
-    (a ``counts`` event is worth what it says only where it was sent: a
-    notification after it is one more), except that between two other
-    events, notifications go by position, feed items first: the order a gap
-    fill would have given them.  Of several ``counts`` only the last goes
-    out, in its place: each one holds the whole count."""
-    last = max((i for i, h in enumerate(held) if h[0] == "c"), default=-1)
+    (to a client that ignores a ``counts`` event's ``at``, it is worth what
+    it says only where it was sent: a notification after it is one more),
+    except that between two other events, notifications go by position, feed
+    items first: the order a gap fill would have given them.  Of several
+    ``counts`` only the newest goes out, in its place: each one holds the
+    whole count, and the one read last (by its ``at``; of equal ones, the
+    last to arrive) holds the most -- two state changes' counts can arrive
+    in the order opposite to their reads."""
+    last = max((i for i, h in enumerate(held) if h[0] == "c"),
+               key=lambda i: (events.counts_position(held[i][2]), i), default=-1)
     out: list[tuple[str, int, bytes]] = []
     run: list[tuple[str, int, bytes]] = []  # notifications since the last other event
     for i, h in enumerate(held):
