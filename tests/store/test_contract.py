@@ -282,6 +282,49 @@ async def test_rotations_at_once_on_two_nodes_apply_one_after_the_other(make_sto
         await other.close()
 
 
+async def test_a_users_token_cutoff_is_kept_per_app_and_only_moves_later(make_store, db):
+    """One cutoff per (app, user), seen by every store instance; an earlier
+    cutoff leaves a later one in place; token_revocations lists every app's
+    cutoffs after ``since``, and a revocation forgets the app's cutoffs older
+    than ``forget_before``, never another app's."""
+    assert await db.token_revocations(0) == []
+    assert await db.revoke_tokens(A, "ann", T0 + 10, forget_before=T0) == T0 + 10
+    assert await db.revoke_tokens(A, "ann", T0 + 5, forget_before=T0) == T0 + 10  # earlier
+    assert await db.revoke_tokens(A, "bo/b ü", T0 + 1, forget_before=T0) == T0 + 1
+    assert await db.revoke_tokens(B, "ann", T0 + 2, forget_before=T0) == T0 + 2
+    other = make_store()
+    await other.open()
+    try:
+        assert sorted(await other.token_revocations(0)) == [
+            (A, "ann", T0 + 10), (A, "bo/b ü", T0 + 1), (B, "ann", T0 + 2)]
+        assert sorted(await other.token_revocations(T0 + 2)) == [(A, "ann", T0 + 10)]
+        assert await other.revoke_tokens(A, "ann", T0 + 20, forget_before=T0) == T0 + 20
+        assert (A, "ann", T0 + 20) in await db.token_revocations(T0)
+        # app A's cutoffs before T0 + 5 are forgotten with its next revocation; B's stay
+        assert await db.revoke_tokens(A, "cy", T0 + 30, forget_before=T0 + 5) == T0 + 30
+        assert sorted(await db.token_revocations(0)) == [
+            (A, "ann", T0 + 20), (A, "cy", T0 + 30), (B, "ann", T0 + 2)]
+    finally:
+        await other.close()
+
+
+async def test_revocations_at_once_on_two_nodes_keep_the_later_cutoff(make_store, db):
+    other = make_store()
+    await other.open()
+    try:
+        for i in range(5):
+            user = f"u{i}"
+            answers = await asyncio.gather(
+                db.revoke_tokens(A, user, T0 + 2 * i + 1, forget_before=0),
+                other.revoke_tokens(A, user, T0 + 2 * i, forget_before=0))
+            assert answers[0] == T0 + 2 * i + 1  # the later one, whichever came first
+            assert answers[1] in (T0 + 2 * i, T0 + 2 * i + 1)
+        assert sorted(await db.token_revocations(0)) == [
+            (A, f"u{i}", T0 + 2 * i + 1) for i in range(5)]
+    finally:
+        await other.close()
+
+
 async def test_pepper_is_stable_across_calls_and_reopen(make_store, store):
     first = await store.pepper()
     assert isinstance(first, bytes) and len(first) >= 16

@@ -346,6 +346,33 @@ async def test_keys_made_before_v11_keep_working_after_the_migration(url):
             await store.close()
 
 
+async def test_a_database_at_v13_migrates_to_token_revocations(url):
+    """A database at v13 (no revocations): migrating adds the table and
+    its index, and a revocation is stored and read back."""
+    async with fresh_schema(url, migrated=False) as settings:
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            await conn.execute('CREATE TABLE meta (key text COLLATE "C" PRIMARY KEY, '
+                               "value text NOT NULL)")
+            for _, script in migrations.scripts("postgres")[:13]:
+                await conn.execute(script)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', '13')")
+            await conn.execute("INSERT INTO apps (id, name, signing_secret, created_at) "
+                               "VALUES ($1, 'a', 's', 0)", APP)
+        finally:
+            await conn.close()
+        assert await migrate(url, server_settings=settings) == list(
+            range(14, migrations.latest("postgres") + 1))
+        store = PostgresStore(url, server_settings=settings)
+        await store.open()
+        try:
+            assert await store.token_revocations(0) == []
+            assert await store.revoke_tokens(APP, "ann", 1000.0, forget_before=0) == 1000.0
+            assert await store.token_revocations(0) == [(APP, "ann", 1000.0)]
+        finally:
+            await store.close()
+
+
 # -- schema migrations ---------------------------------------------------------------
 
 

@@ -43,6 +43,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   (one statement): they count every entry up to that seq and every feed item
   up to that offset, and nothing after (docs/protocol.md, "Counts and the
   badge").
+* **A user's token cutoff only moves later.**  ``revoke_tokens`` keeps
+  the later of the cutoff it is given and the one the user has, however
+  many callers on however many nodes revoke at once, so a revocation is
+  never undone by an earlier one that committed after it.
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
@@ -349,6 +353,22 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def dashboard_session_ended(self, session_id: str) -> bool:
         """Whether the session ``session_id`` was logged out (one primary-key read)."""
+
+    # -- users' tokens revoked ---------------------------------------------
+    @abc.abstractmethod
+    async def revoke_tokens(self, app_id: str, user: str, before: float,
+                            forget_before: float) -> float:
+        """Refuse the user's tokens issued before ``before`` (Unix seconds,
+        against a token's ``iat``; tidings/service/revocations.py): the
+        user's cutoff becomes the later of ``before`` and the one it had,
+        which is returned (module guarantees).  The app's revocations whose
+        cutoff is before ``forget_before`` are deleted in the same write:
+        every token they refused has expired."""
+
+    @abc.abstractmethod
+    async def token_revocations(self, since: float) -> list[tuple[str, str, float]]:
+        """``(app, user, cutoff)`` of every revocation whose cutoff is after
+        ``since``, of every app: each node holds them all in memory."""
 
     # -- publishing -----------------------------------------------------
     @abc.abstractmethod

@@ -433,6 +433,26 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         return await self._fetchval(
             "SELECT 1 FROM ended_sessions WHERE id = $1", session_id) is not None
 
+    # -- users' tokens revoked ---------------------------------------------
+    async def revoke_tokens(self, app_id: str, user: str, before: float,
+                            forget_before: float) -> float:
+        async def revoke(conn):
+            await conn.execute("DELETE FROM token_revocations "
+                               "WHERE app_id = $1 AND revoked_before < $2", app_id, forget_before)
+            # under the row's lock: the later cutoff wins whichever node wrote first
+            return await conn.fetchval(
+                "INSERT INTO token_revocations (app_id, user_id, revoked_before) "
+                "VALUES ($1, $2, $3) ON CONFLICT (app_id, user_id) DO UPDATE "
+                "SET revoked_before = GREATEST(token_revocations.revoked_before, "
+                "EXCLUDED.revoked_before) RETURNING revoked_before", app_id, user, before)
+
+        return await self._call(revoke, tx=True)
+
+    async def token_revocations(self, since: float) -> list[tuple[str, str, float]]:
+        rows = await self._fetch("SELECT app_id, user_id, revoked_before FROM token_revocations "
+                                 "WHERE revoked_before > $1", since)
+        return [(app, user, before) for app, user, before in rows]
+
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         if takes(item):  # gathered with the publishes around it (committer.py)

@@ -563,6 +563,29 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     async def dashboard_session_ended(self, session_id: str) -> bool:
         return self._q1("SELECT 1 FROM ended_sessions WHERE id=?", (session_id,)) is not None
 
+    # -- users' tokens revoked ---------------------------------------------
+    async def revoke_tokens(self, app_id: str, user: str, before: float,
+                            forget_before: float) -> float:
+        def revoke(conn):
+            conn.execute("DELETE FROM token_revocations WHERE app_id=? AND revoked_before<?",
+                         (app_id, forget_before))
+            # the writer's transaction holds the file's write lock: the later
+            # cutoff wins whichever process wrote first
+            conn.execute(
+                "INSERT INTO token_revocations(app_id, user_id, revoked_before) VALUES (?,?,?) "
+                "ON CONFLICT(app_id, user_id) DO UPDATE "
+                "SET revoked_before=max(revoked_before, excluded.revoked_before)",
+                (app_id, user, before))
+            return conn.execute("SELECT revoked_before FROM token_revocations "
+                                "WHERE app_id=? AND user_id=?", (app_id, user)).fetchone()[0]
+
+        return await self._write(revoke)
+
+    async def token_revocations(self, since: float) -> list[tuple[str, str, float]]:
+        rows = self._q("SELECT app_id, user_id, revoked_before FROM token_revocations "
+                       "WHERE revoked_before>?", (since,))
+        return [(app, user, before) for app, user, before in rows]
+
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         return await self._write(_tx.publish_tx, app_id, item, fanout_threshold, window)
