@@ -146,11 +146,22 @@ def test_scopes():
 
 def test_mint_verify_round_trip():
     tok = mint_token("app1", "alice", SECRET, ttl=3600)
-    app, user, exp = verify_token(tok, SECRET)
+    app, user, exp, iat = verify_token(tok, SECRET)
     assert (app, user) == ("app1", "alice")
     claims = jwt.decode(tok, SECRET, algorithms=["HS256"])
-    assert exp == claims["exp"]
+    assert (exp, iat) == (claims["exp"], claims["iat"])
     assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_iat_is_read_as_pyjwt_checked_it_and_none_without_one():
+    """The fast path's iat, PyJWT's (a float, a numeric string: int() of it,
+    as PyJWT checks it) and a token without one."""
+    now = int(time_now())
+    base = {"sub": "alice", "app": "app1", "exp": now + 60}
+    assert verify_token(jwt.encode(base, SECRET, algorithm="HS256"), SECRET)[3] is None
+    for iat, read in ((now - 5, now - 5), (now - 5.9, now - 6), (str(now - 7), now - 7)):
+        token = jwt.encode({**base, "iat": iat}, SECRET, algorithm="HS256")
+        assert verify_token(token, SECRET) == ("app1", "alice", now + 60, read), iat
 
 
 def test_mint_uses_injected_clock_and_hs256():
@@ -396,8 +407,10 @@ def test_a_token_of_the_previous_secret_verifies_only_while_it_is_given():
     now = int(time_now())
     old = mint_token("app1", "alice", PREVIOUS, ttl=60, now=now)
     new = mint_token("app1", "alice", SECRET, ttl=60, now=now)
-    assert verify_token_rotated(new, SECRET, PREVIOUS) == ("app1", "alice", now + 60, False)
-    assert verify_token_rotated(old, SECRET, PREVIOUS) == ("app1", "alice", now + 60, True)
+    assert verify_token_rotated(new, SECRET, PREVIOUS) == ("app1", "alice", now + 60, now,
+                                                          False)
+    assert verify_token_rotated(old, SECRET, PREVIOUS) == ("app1", "alice", now + 60, now,
+                                                          True)
     _bad(old, secret=SECRET)  # the overlap is over: no previous secret
     with pytest.raises(Unauthorized) as err:
         verify_token_rotated(old, SECRET, None)

@@ -190,24 +190,28 @@ def _pyjwt_claims(token: str, secret: str) -> dict:
         raise Unauthorized("token is not valid", code="bad_token") from None
 
 
-def verify_token(token: str, secret: str) -> tuple[str, str, int]:
-    """Verify and return ``(app, user, exp)``; raise :class:`Unauthorized`."""
+def verify_token(token: str, secret: str) -> tuple[str, str, int, int | None]:
+    """Verify and return ``(app, user, exp, iat)``, ``iat`` None for a token
+    without one; raise :class:`Unauthorized`.  ``iat`` is read as PyJWT
+    checked it (``int()`` of the claim), and only says which of a user's
+    revocations the token predates (tidings/service/revocations.py)."""
     claims = _fast_claims(token, secret, time.time())
     if claims is None:
         claims = _pyjwt_claims(token, secret)
     app, user = claims.get("app"), claims.get("sub")
     if not isinstance(app, str) or not isinstance(user, str) or not valid_user(user):
         raise Unauthorized("token is missing its app or user", code="bad_token")
-    return app, user, int(claims["exp"])
+    iat = claims.get("iat")
+    return app, user, int(claims["exp"]), None if iat is None else int(iat)
 
 
 def verify_token_rotated(token: str, secret: str,
-                         previous: str | None) -> tuple[str, str, int, bool]:
+                         previous: str | None) -> tuple[str, str, int, int | None, bool]:
     """``verify_token`` with the app's current ``secret`` or, when that
     refuses the token as not signed with it, its ``previous`` secret (None
-    once the overlap is over): ``(app, user, exp, by_previous)``.  A token
-    the current secret finds expired is expired: the previous one is not
-    asked.  Refused by both, the answer is the current secret's."""
+    once the overlap is over): ``(app, user, exp, iat, by_previous)``.  A
+    token the current secret finds expired is expired: the previous one is
+    not asked.  Refused by both, the answer is the current secret's."""
     try:
         return (*verify_token(token, secret), False)
     except Unauthorized as first:

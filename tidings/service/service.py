@@ -256,7 +256,7 @@ class Service:
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
         now = time.time()
-        app, user, exp, by_previous = auth.verify_token_rotated(
+        app, user, exp, _, by_previous = auth.verify_token_rotated(
             token, record.signing_secret, record.previous(now))
         # PyJWT takes any integer exp, even one too large for a float (10**400):
         # such a token never ends a stream, and is cached for as long as any entry
