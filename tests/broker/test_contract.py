@@ -25,6 +25,7 @@ from tidings.broker.base import (
     Personals,
     SecretRotated,
     SessionEnded,
+    TokensRevoked,
     all_channel,
     topic_channel,
     user_channel,
@@ -90,6 +91,7 @@ EXAMPLES = [
     KeyRevoked("app_a", "0a1b2c3d"),
     SecretRotated("app_a"),
     SessionEnded("3q2-7wEjRjmbx9mMZ2h0Qw"),
+    TokensRevoked("app_a", "alice/ü 1", 1_700_000_001.0),
 ]
 
 

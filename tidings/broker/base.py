@@ -15,9 +15,10 @@ node shares):
   the in-process broker also the personal entries of one publish for many
   users (``Personals``, see ``publish_personals``)
 * ``~keys``         -- credentials changed: API keys revoked (``KeyRevoked``),
-  signing secrets rotated (``SecretRotated``) and dashboard sessions logged
-  out (``SessionEnded``), for every node's cache of verified keys, app
-  records, tokens and sessions.  The one channel that is not an
+  signing secrets rotated (``SecretRotated``), dashboard sessions logged
+  out (``SessionEnded``) and users' tokens revoked (``TokensRevoked``), for
+  every node's cache of verified keys, app records, tokens and sessions, and
+  its open streams.  The one channel that is not an
   app's: every node listens to it from the start (``~`` is in no app id,
   so it meets no app's channel).
 
@@ -132,8 +133,19 @@ class SessionEnded(Message, tag="s"):
     session: str
 
 
-# Where KeyRevoked, SecretRotated and SessionEnded travel (the module
-# docstring's list of channels).
+class TokensRevoked(Message, tag="t"):
+    """A user's tokens issued before ``before`` (Unix seconds, against their
+    ``iat``) were revoked: every node refuses them and ends the streams they
+    opened (tidings/service/revocations.py).  The cutoff travels with it, so
+    a node needs no store read to apply it."""
+
+    app: str
+    user: str
+    before: float
+
+
+# Where KeyRevoked, SecretRotated, SessionEnded and TokensRevoked travel (the
+# module docstring's list of channels).
 KEYS_CHANNEL = "~keys"
 
 Handler = Callable[[str, Message], None]
@@ -273,7 +285,7 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(
             Personal | Feed | Frames | Membership | KeyRevoked | SecretRotated
-            | SessionEnded).decode
+            | SessionEnded | TokensRevoked).decode
         # publishing
         self._queue: deque[Item] = deque()
         self._queued_bytes = 0
