@@ -39,6 +39,9 @@ class Limits(msgspec.Struct, frozen=True):
     deliver_at_grace: int = 300
     max_webhooks: int = 10  # webhook endpoints per app
     max_api_keys: int = 100  # API keys per app (POST /v1/keys, tidings key create)
+    # users of an app whose tokens were revoked in the last token_max_ttl
+    # (every node holds their cutoffs in memory: tidings/service/revocations.py)
+    max_token_revocations: int = 100_000
     max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
     # Failed dashboard logins a minute, in bursts of as many, from one client
     # address and on one node from all of them (tidings/core/logins.py); 0: no limit

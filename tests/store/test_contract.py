@@ -308,6 +308,30 @@ async def test_a_users_token_cutoff_is_kept_per_app_and_only_moves_later(make_st
         await other.close()
 
 
+async def test_an_app_has_at_most_limit_users_with_a_cutoff(make_store, db):
+    """Past the limit a new user gets no cutoff (None); a user with one still
+    moves it, another app is counted apart, and cutoffs forgotten make room.
+    Two nodes adding at once never go past it."""
+    for user in ("u1", "u2"):
+        assert await db.revoke_tokens(A, user, T0 + 1, forget_before=0, limit=2) == T0 + 1
+    assert await db.revoke_tokens(A, "u3", T0 + 1, forget_before=0, limit=2) is None
+    assert await db.revoke_tokens(A, "u1", T0 + 9, forget_before=0, limit=2) == T0 + 9
+    assert await db.revoke_tokens(B, "u3", T0 + 1, forget_before=0, limit=2) == T0 + 1
+    assert (A, "u3") not in {(a, u) for a, u, _ in await db.token_revocations(0)}
+    # u2's cutoff (T0 + 1) is forgotten by this one: room for u3
+    assert await db.revoke_tokens(A, "u3", T0 + 5, forget_before=T0 + 2, limit=2) == T0 + 5
+    other = make_store()
+    await other.open()
+    try:
+        answers = await asyncio.gather(
+            db.revoke_tokens(A, "u4", T0 + 6, forget_before=0, limit=3),
+            other.revoke_tokens(A, "u5", T0 + 6, forget_before=0, limit=3))
+        assert sorted(a is None for a in answers) == [False, True]
+        assert len([a for a, _, _ in await db.token_revocations(0) if a == A]) == 3
+    finally:
+        await other.close()
+
+
 async def test_revocations_at_once_on_two_nodes_keep_the_later_cutoff(make_store, db):
     other = make_store()
     await other.open()

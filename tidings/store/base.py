@@ -357,13 +357,15 @@ class Store(OutboundStore, abc.ABC):
     # -- users' tokens revoked ---------------------------------------------
     @abc.abstractmethod
     async def revoke_tokens(self, app_id: str, user: str, before: float,
-                            forget_before: float) -> float:
+                            forget_before: float, *, limit: int | None = None) -> float | None:
         """Refuse the user's tokens issued before ``before`` (Unix seconds,
         against a token's ``iat``; tidings/service/revocations.py): the
         user's cutoff becomes the later of ``before`` and the one it had,
         which is returned (module guarantees).  The app's revocations whose
         cutoff is before ``forget_before`` are deleted in the same write:
-        every token they refused has expired."""
+        every token they refused has expired.  None, and nothing stored,
+        when the user has no cutoff and the app already has ``limit``
+        (counted under the app's write lock, as ``add_api_key``'s)."""
 
     @abc.abstractmethod
     async def token_revocations(self, since: float) -> list[tuple[str, str, float]]:

@@ -435,10 +435,20 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
     # -- users' tokens revoked ---------------------------------------------
     async def revoke_tokens(self, app_id: str, user: str, before: float,
-                            forget_before: float) -> float:
+                            forget_before: float, *, limit: int | None = None) -> float | None:
         async def revoke(conn):
+            if limit is not None:
+                # The app's row serialises revocations, so the limit holds.
+                await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
             await conn.execute("DELETE FROM token_revocations "
                                "WHERE app_id = $1 AND revoked_before < $2", app_id, forget_before)
+            if limit is not None and await conn.fetchval(
+                    "SELECT 1 FROM token_revocations WHERE app_id = $1 AND user_id = $2",
+                    app_id, user) is None:
+                n = await conn.fetchval("SELECT count(*) FROM token_revocations "
+                                        "WHERE app_id = $1", app_id)
+                if n >= limit:
+                    return None
             # under the row's lock: the later cutoff wins whichever node wrote first
             return await conn.fetchval(
                 "INSERT INTO token_revocations (app_id, user_id, revoked_before) "

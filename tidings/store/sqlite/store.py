@@ -565,12 +565,19 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
 
     # -- users' tokens revoked ---------------------------------------------
     async def revoke_tokens(self, app_id: str, user: str, before: float,
-                            forget_before: float) -> float:
+                            forget_before: float, *, limit: int | None = None) -> float | None:
         def revoke(conn):
             conn.execute("DELETE FROM token_revocations WHERE app_id=? AND revoked_before<?",
                          (app_id, forget_before))
             # the writer's transaction holds the file's write lock: the later
-            # cutoff wins whichever process wrote first
+            # cutoff wins whichever process wrote first, and the limit holds
+            if limit is not None and conn.execute(
+                    "SELECT 1 FROM token_revocations WHERE app_id=? AND user_id=?",
+                    (app_id, user)).fetchone() is None:
+                (n,) = conn.execute("SELECT count(*) FROM token_revocations WHERE app_id=?",
+                                    (app_id,)).fetchone()
+                if n >= limit:
+                    return None
             conn.execute(
                 "INSERT INTO token_revocations(app_id, user_id, revoked_before) VALUES (?,?,?) "
                 "ON CONFLICT(app_id, user_id) DO UPDATE "
