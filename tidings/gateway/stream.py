@@ -74,7 +74,7 @@ class Stream:
     # follow, and fewer bytes per connection).
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
                  "closed", "close_code", "_syncing", "_again", "_held", "_held_bytes", "_wake",
-                 "_room", "_writer", "_head_for", "_head", "_end", "secret")
+                 "_room", "_writer", "_head_for", "_head", "_end", "secret", "issued")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -106,6 +106,9 @@ class Stream:
         # the signing secret its token was verified with (end_at): a rotation
         # ends the streams of secrets no longer taken (tidings/service/apps.py)
         self.secret: str | None = None
+        # its token's iat (None: it has none): a revocation of the user's
+        # tokens ends the streams of those it predates (service/revocations.py)
+        self.issued: int | None = None
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
@@ -303,13 +306,14 @@ class Stream:
         if not self.closed:
             self._stop()
 
-    def close(self, code: int) -> None:
-        """Stop and send the close ``code`` to the peer."""
+    def close(self, code: int, reason: str = "") -> None:
+        """Stop and send the close ``code`` (and ``reason``, where the
+        transport has one) to the peer."""
         if self.closed:
             return
         self.close_code = code
         self._stop()
-        asyncio.get_running_loop().create_task(self._close_quietly(code))
+        asyncio.get_running_loop().create_task(self._close_quietly(code, reason))
 
     def _stop(self) -> None:
         self.closed = True
@@ -321,9 +325,9 @@ class Stream:
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    async def _close_quietly(self, code: int) -> None:
+    async def _close_quietly(self, code: int, reason: str) -> None:
         try:
-            await self._close(code)
+            await self._close(code, reason)
         except Exception:  # the peer may already be gone
             pass
 
@@ -367,7 +371,7 @@ class Stream:
     async def _write(self, frames: list[bytes]) -> None:
         raise NotImplementedError
 
-    async def _close(self, code: int) -> None:
+    async def _close(self, code: int, reason: str = "") -> None:
         raise NotImplementedError
 
 
