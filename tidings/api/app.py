@@ -197,6 +197,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         scheduler = loop.create_task(service.scheduler.run())  # deliver_at
         tracking = loop.create_task(_tracking(service))
         apps = loop.create_task(service.apps.sweep())  # rotated secrets (service/apps.py)
+        revoked = loop.create_task(service.revocations.run())  # users' tokens revoked
         restore_sigterm = _drain_on_sigterm(app, service)
         await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
         outbox = None
@@ -216,6 +217,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             scheduler.cancel()
             tracking.cancel()
             apps.cancel()
+            revoked.cancel()
             if outbox is not None:
                 await outbox.stop()
             app.state.draining = True

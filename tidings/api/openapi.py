@@ -125,6 +125,10 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "New signing secret for user tokens, shown once; the old one is taken for "
      "`overlap` seconds more (default token_max_ttl, 0 for a leak) (admin key)", "apiKey",
      RotateRequest),
+    # a user's tokens (docs/security.md#revoking-a-users-tokens)
+    ("post", "/v1/users/{user}/tokens/revoke",
+     "Revoke every token of a user issued until now: refused on every node within seconds, "
+     "its open streams end (a publish key, like minting)", "apiKey", None),
     ("put", "/v1/users/{user}/email", "Set a user's e-mail address", "apiKey", EmailRequest),
     ("get", "/v1/users/{user}/email", "A user's e-mail address", "apiKey", None),
     ("delete", "/v1/users/{user}/email", "Remove a user's e-mail address", "apiKey", None),
@@ -217,6 +221,7 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/webhooks"): {"409"},
     ("post", "/v1/keys"): {"409"},  # max_api_keys
     ("delete", "/v1/keys/{prefix}"): {"409"},  # the app's last admin key
+    ("post", "/v1/users/{user}/tokens/revoke"): {"409"},  # max_token_revocations
     ("get", "/v1/push/vapid-public-key"): {"404"},
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
     # a bad cursor (its 429s, the user's rate and too many streams, are every user route's)

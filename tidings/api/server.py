@@ -35,6 +35,7 @@ from tidings.core.models import (
     valid_user,
 )
 from tidings.errors import Invalid, NotFound, TidingsError
+from tidings.service.revocations import revoked
 
 _IDEMPOTENCY_MAX = 255
 _STATES = ("unread", "unseen", "seen", "read", "archived", "all")
@@ -287,6 +288,16 @@ async def mint_token(request: Request):
     return JSON({"token": token, "user": user, "expires_at": exp}, status_code=201)
 
 
+async def revoke_tokens(request: Request):
+    """Every token of the user issued until now is refused on every node, and
+    the streams they opened end (tidings/service/revocations.py).  The key
+    that may mint the user's tokens may revoke them.  No body."""
+    app = await server_auth(request, "publish")
+    user = _user(request)
+    before = await request.app.state.service.revocations.revoke(app, user)
+    return JSON(revoked(user, before))
+
+
 routes = [
     *(starlette_route(r) for r in direct_routes),
     Route("/v1/notifications/{id}", get_notification, methods=["GET"]),
@@ -302,4 +313,5 @@ routes = [
     Route("/v1/users/{user:user}/preferences", get_user_preferences, methods=["GET"]),
     Route("/v1/users/{user:user}/preferences", put_user_preferences, methods=["PUT"]),
     Route("/v1/users/{user:user}/tokens", mint_token, methods=["POST"]),
+    Route("/v1/users/{user:user}/tokens/revoke", revoke_tokens, methods=["POST"]),
 ]

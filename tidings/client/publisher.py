@@ -161,6 +161,14 @@ class _Endpoints:
         """Mint a user token for a browser/app to open its stream; returns the string."""
         return self._then(self.create_token(user, ttl), lambda r: r["token"])
 
+    def revoke_tokens(self, user: str) -> Any:
+        """Revoke every token of ``user`` issued until now, on every node, and
+        end the streams they opened (a stolen device, a ban, "log out
+        everywhere"); returns ``{"user", "revoked_before"}``: a token whose
+        ``iat`` is before that Unix second is refused, one minted from the
+        answer on is taken (docs/security.md#revoking-a-users-tokens)."""
+        return self._call("POST", f"/v1/users/{_seg(user)}/tokens/revoke")
+
     # -- the user's own view (user token) -------------------------------------
 
     def inbox(self, *, limit: int | None = None, before: str | None = None,

@@ -83,9 +83,14 @@ def new_signing_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def mint_token(app: str, user: str, secret: str, ttl: int, now: float | None = None) -> str:
+def mint_token(app: str, user: str, secret: str, ttl: int, now: float | None = None,
+               issued: int | None = None) -> str:
+    """A token of ``user`` for ``ttl`` seconds from ``now``; its ``iat`` is
+    ``now`` unless ``issued`` says otherwise (a revocation's cutoff, at most
+    a second ahead: tidings/service/revocations.py)."""
     now = time.time() if now is None else now
-    claims = {"sub": user, "app": app, "iat": int(now), "exp": int(now) + int(ttl)}
+    iat = int(now) if issued is None else int(issued)
+    claims = {"sub": user, "app": app, "iat": iat, "exp": int(now) + int(ttl)}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 

@@ -92,9 +92,9 @@ class WebSocketStream(Stream):
     async def _write(self, frames: list[bytes]) -> None:
         await self._send({"type": "websocket.send", "text": events.ws_batch(frames).decode()})
 
-    async def _close(self, code: int) -> None:
+    async def _close(self, code: int, reason: str = "") -> None:
         await self._send({"type": "websocket.close", "code": code,
-                          "reason": _REASONS.get(code, "")})
+                          "reason": reason or _REASONS.get(code, "")})
 
 
 class RawWebSocketStream(Stream):
@@ -135,10 +135,10 @@ class RawWebSocketStream(Stream):
         proto.write_text(events.ws_batch(self.queue.drain()))
         self._room_made()
 
-    async def _close(self, code: int) -> None:
+    async def _close(self, code: int, reason: str = "") -> None:
         self._proto.on_writable = None
         await self._send({"type": "websocket.close", "code": code,
-                          "reason": _REASONS.get(code, "")})
+                          "reason": reason or _REASONS.get(code, "")})
 
 
 class SSEStream(Stream):
@@ -161,7 +161,7 @@ class SSEStream(Stream):
         body = b"".join(frames)
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
-    async def _close(self, code: int) -> None:
+    async def _close(self, code: int, reason: str = "") -> None:
         try:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -205,7 +205,8 @@ class WebSocketEndpoint:
             token = _bearer(headers)
             if token is None:
                 token = await self._first_message_token(receive)
-            app, user, until, secret = await service.token_claims(token)
+            claims = await service.token_claims(token)
+            app, user = claims.app, claims.user
             # a connect is a request of the user's (docs/security.md#rate-limits):
             # over the rate it closes with 4005, which clients reconnect after
             service.limits.charge_user(app, user)
@@ -222,7 +223,8 @@ class WebSocketEndpoint:
             stream: Stream = RawWebSocketStream(raw, send, service.hub, app, user, **caps)
         else:
             stream = WebSocketStream(send, service.hub, app, user, **caps)
-        stream.end_at(until, secret)
+        stream.end_at(claims.until, claims.secret)
+        stream.issued = claims.issued
         try:
             await stream.start(cursor)
         except Exception:
@@ -320,17 +322,18 @@ class _Device:
     async def _refresh(self, token: str) -> None:
         stream = self.stream
         try:
-            app, user, until, secret = await self.service.token_claims(token)
-            if (app, user) != (stream.app, stream.user):
+            claims = await self.service.token_claims(token)
+            if (claims.app, claims.user) != (stream.app, stream.user):
                 raise Forbidden("the token names another user", code="other_user")
         except TidingsError as exc:
             self.service.hub.metrics.error(stream.app, exc.code, 0, WS_ROUTE)
-            stream.close(exc.close_code)
+            stream.close(exc.close_code, exc.message[:120])
             return
         finally:
             self._checking = None
-        stream.end_at(until, secret)
-        stream.push(events.token_frame(until))
+        stream.end_at(claims.until, claims.secret)
+        stream.issued = claims.issued
+        stream.push(events.token_frame(claims.until))
 
 
 class SSEEndpoint:
@@ -354,7 +357,8 @@ class SSEEndpoint:
             cursor = parse_cursor(
                 last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
-            app, user, until, secret = await service.token_claims(token)
+            claims = await service.token_claims(token)
+            app, user = claims.app, claims.user
             service.limits.charge_user(app, user)  # 429 rate_limited, as any request
             service.hub.check_capacity(app, user)
         except TidingsError as exc:
@@ -369,9 +373,10 @@ class SSEEndpoint:
                 (b"x-accel-buffering", b"no"),
             ],
         })
-        if scope.get("method") == "HEAD":
-            # the GET's status and headers, no stream: the client reads no
-            # body, so one left open would hold its connection forever
+        if scope.get("method") == "HEAD" or service.revocations.refuses(app, user, claims.issued):
+            # HEAD: the GET's status and headers, no stream: the client reads
+            # no body, so one left open would hold its connection forever.
+            # Revoked while the headers went out: nothing would end the stream.
             await send({"type": "http.response.body", "body": b""})
             return
         limits = service.settings.limits
@@ -381,7 +386,8 @@ class SSEEndpoint:
         )
         # A retry hint first: EventSource waits this long before reconnecting.
         Stream.push(stream, b"retry: %d\n\n" % random.randint(*SSE_RETRY_MS))
-        stream.end_at(until, secret)  # the response ends: EventSource needs a new token then
+        stream.end_at(claims.until, claims.secret)  # the response ends then: a new token
+        stream.issued = claims.issued
         try:
             await stream.start(cursor)
         except Exception:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -55,6 +55,7 @@ from tidings.service.apps import Apps
 from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
+from tidings.service.revocations import Revocations
 from tidings.service.scheduler import Scheduler
 from tidings.service.sessions import Sessions
 from tidings.store.base import (
@@ -83,6 +84,20 @@ def _token_digest(token: str) -> bytes:
 
 
 _FLOAT_MAX = sys.float_info.max
+
+
+class Claims(NamedTuple):
+    """A verified user token, as ``Service.token_claims`` answers it (and
+    caches it)."""
+
+    app: str
+    user: str
+    # the last moment it is taken: its exp plus the clock leeway, or the end
+    # of the overlap of the previous signing secret it was signed with
+    until: float
+    secret: str  # the signing secret it was verified with (apps.py)
+    issued: int | None  # its iat, None without one (revocations.py)
+
 
 # A retraction tells its holders this many at a time: one read of the counts
 # of those whose unread entry went (inline on the event loop on SQLite), then
@@ -152,8 +167,12 @@ class Service:
         # verified token is cached no longer than its exp, nor than the app
         # record it was verified with: a rotation of the app's signing secret
         # (apps.py) drops both, on every node.
-        self._tokens: LRU[bytes, tuple[str, str, float, str]] = LRU(100_000)
+        self._tokens: LRU[bytes, Claims] = LRU(100_000)
         self.apps = Apps(settings, store, broker, self.hub, self._tokens)
+        # users' tokens revoked before a cutoff: every cutoff in memory, read
+        # by every token check, cached tokens included (revocations.py)
+        self.revocations = Revocations(settings, store, broker, self.hub)
+        self._revoked = self.revocations.before
         self._apps: LRU[str, AppRecord] = self.apps.cache
         self._keys: LRU[str, KeyRecord] = self.keys.cache
         self.caching = settings.cache
@@ -166,9 +185,11 @@ class Service:
         await self.broker.open()
         self.apps.open()
         self.sessions.open()
-        # one channel for every node: revoked keys, rotated secrets, ended sessions
+        # one channel for every node: revoked keys and tokens, rotated secrets,
+        # ended sessions
         self.broker.subscribe(KEYS_CHANNEL, self._on_credentials)
         await self.keys.open()
+        await self.revocations.open()
         # unsubscribe links are signed under a key of the same pepper
         self.outbound.link_secret = unsubscribe.link_secret(self.keys.pepper)
 
@@ -176,6 +197,7 @@ class Service:
         self.keys.on_message(message)
         self.apps.on_message(message)
         self.sessions.on_message(message)
+        self.revocations.on_message(message)
 
     async def close(self) -> None:
         await self.broker.close()
@@ -228,26 +250,30 @@ class Service:
         """The ``(app, user)`` a user token names; raises Unauthorized."""
         if self.caching and token:  # the usual case, without a second coroutine
             hit = self._tokens.get(_token_digest(token))
-            if hit is not None:
+            # (app, user, ..., issued) by index: a field's name costs a lookup
+            # more.  A revoked user's token is checked again; no revocation
+            # at all costs nothing.
+            if hit is not None and not (self._revoked and self.revocations.refuses(
+                    hit[0], hit[1], hit[4])):
                 return hit[0], hit[1]
-        app, user, _, _ = await self.token_claims(token)
-        return app, user
+        claims = await self.token_claims(token)
+        return claims.app, claims.user
 
-    async def token_claims(self, token: str | None) -> tuple[str, str, float, str]:
-        """``(app, user, until, secret)`` of a user token: ``until`` is the
-        last moment it is still taken (its ``exp`` plus the clock leeway, or
-        the end of the overlap of the previous signing secret it was signed
-        with), when a live stream opened with it ends
-        (tidings/gateway/stream.py); ``secret`` the signing secret it was
-        verified with, which a rotation may retire (apps.py)."""
+    async def token_claims(self, token: str | None) -> Claims:
+        """The claims of a user token, whose ``until`` is when a live stream
+        opened with it ends (tidings/gateway/stream.py), its ``secret`` what a
+        rotation may retire (apps.py) and its ``issued`` what a revocation
+        of the user's tokens may refuse (revocations.py)."""
         if not token:
             raise Unauthorized("a user token is required")
         if self.caching:
             # a token verified once is good until it expires (HS256 + PyJWT
-            # costs ~20 us per check; streams and every client call carry one)
+            # costs ~20 us per check; streams and every client call carry one),
+            # unless its user's tokens are revoked
             digest = _token_digest(token)
             hit = self._tokens.get(digest)
             if hit is not None:
+                self.revocations.check(hit.app, hit.user, hit.issued)
                 return hit
         app_id = auth.unverified_app(token)
         if app_id is None:
@@ -256,8 +282,9 @@ class Service:
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
         now = time.time()
-        app, user, exp, _, by_previous = auth.verify_token_rotated(
+        app, user, exp, issued, by_previous = auth.verify_token_rotated(
             token, record.signing_secret, record.previous(now))
+        self.revocations.check(app, user, issued)
         # PyJWT takes any integer exp, even one too large for a float (10**400):
         # such a token never ends a stream, and is cached for as long as any entry
         until = float(exp + auth.LEEWAY) if exp < _FLOAT_MAX else math.inf
@@ -265,7 +292,7 @@ class Service:
         if by_previous:  # taken until the rotation's overlap ends
             secret = record.previous_secret or ""
             until = min(until, record.previous_until or now)
-        claims = (app, user, until, secret)
+        claims = Claims(app, user, until, secret, issued)
         if self.caching:
             # no longer than the record it was verified with (apps.py)
             life = exp - now if exp < _FLOAT_MAX else math.inf
@@ -282,7 +309,12 @@ class Service:
                 f"ttl is at most {self.settings.limits.token_max_ttl} seconds", field="ttl"
             )
         now = int(time.time())
-        return auth.mint_token(app_id, user, record.signing_secret, ttl, now=now), now + ttl
+        # revoked in this second: the token says it was issued at the cutoff
+        # (under a second ahead, within the clock leeway), or it would be refused
+        cutoff = self._revoked.get((app_id, user)) if self._revoked else None
+        issued = math.ceil(cutoff) if cutoff is not None and now < cutoff <= now + 1 else None
+        token = auth.mint_token(app_id, user, record.signing_secret, ttl, now=now, issued=issued)
+        return token, now + ttl
 
     def origin_allowed(self, origin: str) -> bool:
         allowed = self.settings.allowed_origins
