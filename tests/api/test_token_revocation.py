@@ -141,6 +141,24 @@ async def test_the_publisher_client_revokes(server):
     assert server.service.revocations.refuses(server.app, "team/ann", int(time.time()) - 5)
 
 
+async def test_cutoffs_past_token_max_ttl_are_forgotten(each_store):
+    """Every token a cutoff older than token_max_ttl (and the clock leeway)
+    refused has expired: a node's refresh drops it from memory, the app's
+    next revocation from the store; a younger one stays in both."""
+    server = each_store
+    store, rev = server.service.store, server.service.revocations
+    now = time.time()
+    old, young = now - rev.horizon - 1, now - rev.horizon + 60
+    for user, before in (("old", old), ("young", young)):
+        assert await store.revoke_tokens(server.app, user, before, forget_before=0) == before
+        rev.apply(server.app, user, before)  # as a node that read them then
+    await rev.refresh()
+    assert set(rev.before) == {(server.app, "young")}
+    assert len(await store.token_revocations(0)) == 2
+    await revoke(server, "ann")
+    assert sorted(u for _, u, _ in await store.token_revocations(0)) == ["ann", "young"]
+
+
 # -- open streams ------------------------------------------------------------------------
 
 async def test_open_streams_of_the_user_end_and_other_users_stay(any_ws_server):
