@@ -16,6 +16,7 @@ from tests.test_durability import _free_port, _start, read_first_start
 from tidings.core import auth
 from tidings.service.apps import APP_CACHE_TTL, SWEEP_INTERVAL
 from tidings.service.keys import KEY_CACHE_TTL
+from tidings.service.revocations import REFRESH_INTERVAL
 from tidings.store import migrations
 
 
@@ -200,6 +201,96 @@ def test_app_rotate_secret_while_serving_ends_the_old_secret_within_the_cache_tt
         server.terminate()
         server.wait(10)
         server.stdout.close()
+
+
+@pytest.mark.timeout(120)
+def test_revoke_tokens_while_serving_ends_the_old_tokens_within_the_refresh(tmp_path):
+    """``tidings revoke-tokens`` on the SQLite file a server uses: no broker
+    between them, so the server refuses the user's old tokens at its next
+    read of the store, and ends the stream one of them opened."""
+    data = tmp_path / "data"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start(data, port)  # its first start made the app "default"
+    try:
+        def token(user: str) -> str:
+            return tidings("token", "--app", "default", "--user", user,
+                           "--data", str(data)).strip().splitlines()[-1]
+
+        def counts(token: str) -> httpx.Response:
+            return httpx.get(f"{url}/v1/me/counts", timeout=10,
+                             headers={"Authorization": f"Bearer {token}"})
+
+        old, bob = token("ann"), token("bob")
+        assert counts(old).status_code == 200
+        with httpx.stream("GET", f"{url}/v1/me/events", params={"token": old},
+                          timeout=30) as sse:
+            lines = sse.iter_lines()
+            assert '"hello"' in next(line for line in lines if line.startswith("data: "))
+            asked = time.time()
+            out = json.loads(tidings("revoke-tokens", "--app", "default", "--user", "ann",
+                                     "--json", "--data", str(data)))
+            start = time.monotonic()
+            assert set(out) == {"app", "user", "revoked_before"}
+            assert (out["app"], out["user"]) == ("default", "ann")
+            assert asked < out["revoked_before"] <= time.time()
+            for _ in lines:  # until the server ends the response
+                pass
+            took = time.monotonic() - start
+        assert took < REFRESH_INTERVAL + 1.5, took
+        r = counts(old)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "token_revoked"
+        assert counts(bob).status_code == 200
+        assert counts(token("ann")).status_code == 200  # minted after the revocation
+        text = tidings("revoke-tokens", "--app", "default", "--user", "team/ann",
+                       "--data", str(data))
+        assert text.startswith("revoked the tokens of team/ann (app default) issued before ")
+        for args, says in [(("--app", "nope", "--user", "ann"), "no such app 'nope'"),
+                           (("--app", "default", "--user", "a\x01b"), "--user"),
+                           (("--app", "default", "--user", "x" * 129), "--user"),
+                           (("--app", "default"), "--user")]:
+            bad = subprocess.run([sys.executable, "-m", "tidings", "revoke-tokens", *args,
+                                  "--data", str(data)], capture_output=True, text=True,
+                                 timeout=60)
+            assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+            assert says in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_cli_token_revocation_reaches_servers_on_postgres_at_once(tmp_path):
+    """As a key's revocation: the command tells the servers through the
+    store's LISTEN/NOTIFY; this one's own reads of the store find nothing."""
+    from tests.api.test_token_revocation import status, until_refused
+    from tests.conftest import run_server
+    from tests.gateway.live import recv_events, ws_connect
+    from tests.gateway.test_token_expiry import closed_with
+    from tests.services import require_postgres
+    from tests.store.pg import fresh_schema
+
+    base = require_postgres()
+    async with fresh_schema(base) as pg:
+        url = f"{base}?search_path={pg['search_path']}"
+        async with run_server(tmp_path, store=url) as server:
+            server.service.revocations._read_at = time.time() + 10**6
+            old = await server.token("ann")
+            assert await status(server, old) == 200
+            ws = await ws_connect(server, old)
+            try:
+                assert (await recv_events(ws, 1))[0]["type"] == "hello"
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tidings", "revoke-tokens", "--app", server.app,
+                    "--user", "ann", "--store", url, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE)
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, err
+                assert await until_refused(server, old, within=2) < 1
+                assert (await closed_with(ws, timeout=2))[1] == "token revoked"
+            finally:
+                await ws.close()
 
 
 @pytest.mark.timeout(120)

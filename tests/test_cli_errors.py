@@ -151,7 +151,8 @@ def test_app_create_takes_the_name_as_id_and_token_finds_it(tmp_path):
 
 @pytest.mark.parametrize("command", [["token", "--app", "a", "--user", "u"],
                                      ["app", "create", "shop"],
-                                     ["key", "list", "--app", "a"]])
+                                     ["key", "list", "--app", "a"],
+                                     ["revoke-tokens", "--app", "a", "--user", "u"]])
 def test_operator_commands_never_create_a_store(tmp_path, command):
     line = one_error_line(run(*command, cwd=tmp_path))
     assert "no store at tidings-data/tidings.db" in line

@@ -1,7 +1,7 @@
 """First-start setup and the store-side operator actions the CLI runs.
 
 Only ``serve`` and ``migrate`` create a store.  The operator actions (``app
-create``, ``token``, ``key ...``) work on an existing one and say where they
+create``, ``token``, ``revoke-tokens``, ``key ...``) work on an existing one and say where they
 looked when there is none, instead of leaving an empty ``./tidings-data/``
 behind.
 """
@@ -108,6 +108,20 @@ def mint_token(settings: Settings, app_id: str, user: str, ttl: int) -> str:
         await _require_app(service, settings, app_id)
         token, _ = await service.mint_token(app_id, user, ttl)
         return token
+
+    return asyncio.run(_with_service(settings, run))
+
+
+def revoke_tokens(settings: Settings, app_id: str, user: str) -> dict:
+    """Revoke every token of the app's ``user`` issued until now
+    (tidings/service/revocations.py): ``{"app", "user", "revoked_before"}``,
+    once that second has come.  Servers on a shared broker hear of it at
+    once (as for ``revoke_key``); any other server within REFRESH_INTERVAL."""
+    from tidings.service.revocations import revoked
+
+    async def run(service: Service):
+        await _require_app(service, settings, app_id)
+        return {"app": app_id, **revoked(user, await service.revocations.revoke(app_id, user))}
 
     return asyncio.run(_with_service(settings, run))
 

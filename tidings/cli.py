@@ -392,6 +392,37 @@ def token(config, app_id, user, ttl, data, store) -> None:
     click.echo(bootstrap.mint_token(_settings(config, data=data, store=store), app_id, user, ttl))
 
 
+@main.command("revoke-tokens")
+@config_option
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--user", required=True, help="User id.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def revoke_tokens(config, app_id, user, data, store, as_json) -> None:
+    """Revoke every token of a user issued until now (a stolen device, a ban).
+
+    Tokens whose iat is before the printed second are refused, and the open
+    streams they opened end; a token minted after it is taken. Servers on
+    the broker of these settings (a PostgreSQL store's own, or the
+    configured one) refuse them at once, any other within 5 s
+    (docs/security.md#revoking-a-users-tokens)."""
+    from datetime import UTC, datetime
+
+    from tidings.service.revocations import REFRESH_INTERVAL
+
+    if not valid_user(user):
+        raise click.BadParameter("1-128 printable characters", param_hint="--user")
+    out = bootstrap.revoke_tokens(_settings(config, data=data, store=store), app_id, user)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    at = datetime.fromtimestamp(out["revoked_before"], UTC).isoformat()
+    click.echo(f"revoked the tokens of {user} (app {app_id}) issued before {at} "
+               f"({out['revoked_before']}): refused on every server within "
+               f"{REFRESH_INTERVAL:g} s, and their open streams end")
+
+
 @main.command("config")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
