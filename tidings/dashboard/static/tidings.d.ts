@@ -13,7 +13,8 @@ declare namespace Tidings {
     /** A user token (POST /v1/users/{user}/tokens on your backend)... */
     token?: string;
     /** ...or a function giving one, called before every connect, after a 401, and before
-     *  the stream's token expires (the stream then goes on with the new one). */
+     *  the stream's token expires (the stream then goes on with the new one). A live
+     *  stream closed with 4401 (its token revoked) reconnects once with a new one. */
     getToken?: () => string | Promise<string>;
     transport?: Transport;
     /** A saved cursor() to resume from. */

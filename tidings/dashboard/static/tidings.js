@@ -3,7 +3,8 @@
  * Live stream over WebSocket (SSE when WebSockets are blocked or asked for),
  * reconnects with jittered exponential backoff and resumes from its cursor,
  * drops duplicate notifications by id, and never reconnects on a 4400-4499
- * close code. The wire protocol is docs/protocol.md.
+ * close code (but for one reconnect with a new token from getToken after a
+ * 4401 on a live stream: a revoked token). The wire protocol is docs/protocol.md.
  *
  *   <script src="https://notify.example.com/tidings.js"></script>
  *   const client = Tidings.connect({
@@ -25,6 +26,7 @@
   // tidings/errors.py: 4400-4499 mean "do not reconnect"; any other code, or
   // none at all (1006), means "reconnect with backoff and resume".
   var FATAL_MIN = 4400, FATAL_MAX = 4499;
+  var UNAUTHORIZED = 4401;  // the token is refused: do not reconnect with the same one
   // Full jitter, the schedule of tidings/core/backoff.py: 0..min(20 s, 250 ms * 2^n).
   var BACKOFF_BASE_MS = 250, BACKOFF_CAP_MS = 20000;
   var SEEN_MAX = 5000;  // ids remembered for de-duplication
@@ -108,6 +110,7 @@
     this._stopped = false;
     this._wsBlocked = false;
     this._hellos = 0;
+    this._authRetry = false;    // one fresh-token reconnect after a 4401 on a live stream
     this._reloads = 0;
     this._counts = null;        // {unread, unseen}: the badge, as last emitted
     this._base = null;          // the counts last taken from the server
@@ -186,6 +189,7 @@
         this._setCursor(ev.cursor);   // where the server continues on this connection
         this._hellos += 1;
         this._attempt = 0;            // a good connection resets the backoff
+        this._authRetry = !!this._getToken;
         this._setStatus("live");
         this._emit("hello", ev);
         if (ev.counts) this._helloCounts(ev.counts);
@@ -353,6 +357,10 @@
       if (self._sock !== sock) return;
       self._sock = null;
       if (self._stopped) return;
+      // A live stream refused its token (revoked, or a fresh one that is not
+      // valid): one reconnect with a new token from getToken; refused again
+      // before a hello, the token source is broken and the client stops.
+      if (e.code === UNAUTHORIZED && self._authRetry) { self._authRetry = false; return self._retry(); }
       if (e.code >= FATAL_MIN && e.code <= FATAL_MAX) return self._fatal(e.code, e.reason);
       if (opened || self.transport !== "auto") return self._retry();
       // Never opened: the server is down, or something between us blocks
