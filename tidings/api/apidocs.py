@@ -51,7 +51,9 @@ _CLOSE_CODES = [
      "the user is over the client API's rate limit (at the connect, or at a message sent "
      "on the stream); back off"),
     (CLOSE_BAD_REQUEST, "do not reconnect", "a malformed first message, cursor or query"),
-    (CLOSE_UNAUTHORIZED, "do not reconnect", "missing, expired or forged token"),
+    (CLOSE_UNAUTHORIZED, "do not reconnect with the same token",
+     "missing, expired, forged or revoked token (the user's tokens were revoked: "
+     "get a new one)"),
     (CLOSE_FORBIDDEN, "do not reconnect", "origin not allowed"),
     (CLOSE_TOO_MANY, "do not reconnect", "too many open streams for this user"),
 ]
