@@ -123,13 +123,15 @@ class Revocations:
         stored = await self.store.revoke_tokens(app_id, user, cutoff, now - self.horizon,
                                                 limit=limit)
         if stored is None:
-            raise Conflict(f"an app has at most {limit} users with revoked tokens at a time "
-                           f"(token_max_ttl): to end every token of the app, rotate its "
-                           f"signing secret with an overlap of 0", code="limit_reached")
+            raise Conflict(f"an app has at most {limit} users whose tokens were revoked "
+                           "within token_max_ttl: to end every token of the app, rotate its "
+                           "signing secret with an overlap of 0", code="limit_reached")
         self.apply(app_id, user, stored)  # here, before the answer
         self.broker.publish(KEYS_CHANNEL, TokensRevoked(app_id, user, stored))  # every other node
-        # iat is whole seconds: from the cutoff on, a new token is taken
-        await asyncio.sleep(max(0.0, cutoff - time.time()))
+        # iat is whole seconds: from the cutoff on, a new token is taken (the
+        # loop's clock may wake a hair before the wall clock's second)
+        while (wait := cutoff - time.time()) > 0:
+            await asyncio.sleep(wait)
         return stored
 
     def apply(self, app_id: str, user: str, before: float) -> None:
