@@ -25,6 +25,13 @@ docs/security.md#rotating-the-signing-secret):
   records of apps it has streams of whose entry expired, so a stream ends
   too when nothing else asks for its app.
 
+An app id the store does not know is remembered too (``missing``, as long
+and as many as ``cache``): a token naming it is refused without a read, so
+forged tokens naming random apps cost the store at most one read per id per
+``APP_CACHE_TTL``.  An app created on this node is known at once
+(``created``); one created elsewhere (another node, ``tidings app create``)
+within ``APP_CACHE_TTL``, as nothing announces a creation.
+
 "Applying" a record the node had not seen (``_seen``) drops the app's cached
 tokens and ends each open stream of the app whose token was verified with a
 secret the record no longer takes: at the overlap's end for the previous
@@ -84,9 +91,11 @@ class Apps:
         self.tokens = tokens  # Service._tokens: digest -> (app, user, until, secret)
         self.caching = settings.cache
         self.cache: LRU[str, AppRecord] = LRU(10_000, ttl=APP_CACHE_TTL)
+        # app ids the store did not know: bounded, so random ids cannot grow it
+        self.missing: LRU[str, bool] = LRU(10_000, ttl=APP_CACHE_TTL)
         # the secrets of each app as this node last applied them (_seen)
         self._known: dict[str, tuple[str, str | None, float | None]] = {}
-        self._rotations = 0  # rotations heard (and broker reconnects)
+        self._rotations = 0  # rotations heard (and broker reconnects, apps created)
         self._rereads: set[asyncio.Task] = set()
 
     def open(self) -> None:
@@ -94,11 +103,14 @@ class Apps:
 
     # -- records ------------------------------------------------------------------------
     async def get(self, app_id: str) -> AppRecord | None:
-        """The app's record: cached for at most APP_CACHE_TTL, else read."""
+        """The app's record: cached for at most APP_CACHE_TTL, else read; None
+        for an app the store did not know within APP_CACHE_TTL."""
         if self.caching:
             record = self.cache.get(app_id)
             if record is not None:
                 return record
+            if app_id in self.missing:
+                return None
         return await self.read(app_id)
 
     async def read(self, app_id: str) -> AppRecord | None:
@@ -115,7 +127,15 @@ class Apps:
             self._seen(record)
             if self.caching:
                 self.cache.put(app_id, record)
+        elif record is None and heard == self._rotations and self.caching:
+            self.missing.put(app_id, True)
         return record
+
+    def created(self, record: AppRecord) -> None:
+        """This node created the app: it is usable at once, even if a token
+        naming it was refused a moment ago, or a read of it is under way."""
+        self._rotations += 1  # a read under way may predate the creation
+        self.missing.pop(record.id)
 
     def trust_left(self, app_id: str) -> float:
         """Seconds this node still trusts its record of the app: how long a
@@ -180,6 +200,7 @@ class Apps:
         what this node holds of it now, and read the app again."""
         self._rotations += 1
         self.cache.pop(app_id)
+        self.missing.pop(app_id)  # it exists
         self.tokens.pop_where(lambda hit: hit[0] == app_id)
         if app_id in self._known:  # streams need the new record to know what ends
             self._reread(app_id)
@@ -199,6 +220,7 @@ class Apps:
         """The broker reconnected: rotations sent meanwhile may be lost."""
         self._rotations += 1
         self.cache.clear()
+        self.missing.clear()
         self.tokens.clear()
 
     async def sweep(self) -> None:

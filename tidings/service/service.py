@@ -210,6 +210,7 @@ class Service:
         if not valid_app_id(app_id):
             raise Invalid("app id must be 1-64 of a-z 0-9 _ -", field="app")
         record = await self.store.create_app(app_id, name, auth.new_signing_secret())
+        self.apps.created(record)
         key = await self.create_api_key(app_id, auth.SCOPES)
         return record, key
 
