@@ -188,7 +188,9 @@ class OutboxConsumer:
         service = self.service
         try:
             req = decode(payload.encode(), PublishRequest)
-            if await service.app(app) is None:
+            # a row is moved for good only on a fresh read: an app remembered
+            # as missing may have been created on another node since
+            if await service.app(app) is None and await service.apps.read(app) is None:
                 raise NotFound(f"no such app {app!r}", field="app")
             result = await service.publish(app, req, f"{KEY_PREFIX}{row_id}")
         except _TRANSIENT as exc:
