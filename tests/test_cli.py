@@ -266,8 +266,7 @@ async def test_a_cli_token_revocation_reaches_servers_on_postgres_at_once(tmp_pa
     store's LISTEN/NOTIFY; this one's own reads of the store find nothing."""
     from tests.api.test_token_revocation import status, until_refused
     from tests.conftest import run_server
-    from tests.gateway.live import recv_events, ws_connect
-    from tests.gateway.test_token_expiry import closed_with
+    from tests.gateway.live import closed_with, recv_events, ws_connect
     from tests.services import require_postgres
     from tests.store.pg import fresh_schema
 

@@ -19,8 +19,7 @@ import pytest
 
 from tests.api.test_hostile import assert_error
 from tests.conftest import run_server, two_nodes
-from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
-from tests.gateway.test_token_expiry import closed_with
+from tests.gateway.live import SSEReader, closed_with, publish, recv_events, ws_connect
 from tidings.broker.base import KEYS_CHANNEL
 from tidings.client import AsyncClient, StreamClosed, Subscriber
 from tidings.config import Limits

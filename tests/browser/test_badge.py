@@ -23,9 +23,7 @@ from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _require_chromium
 from tests.browser.inbox_pages import Site
 from tests.client.badge_scenarios import SCENARIOS, counts, hello, personal
 from tests.conftest import run_server
-from tests.gateway.live import publish
-from tests.gateway.test_counts import Held
-from tests.gateway.test_held_events import Pause
+from tests.gateway.live import Held, Pause, publish
 
 # <tidings-inbox> for a user; window.seen counts the events its client
 # emitted, by type (the badge is drawn by then: both happen in one handler)

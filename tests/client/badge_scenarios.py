@@ -9,7 +9,31 @@ its replay is not counted by a server without ``at``).
 
 from __future__ import annotations
 
+from tidings.client.badge import Badge
+
 EPOCH = "3f9a01c2"
+
+
+def play(events: list[dict], resumed: bool, *, drop_repeats: bool = True) -> Badge:
+    """What a client following the rule does with each event: replaying
+    between a resuming hello and its recovered, and (``drop_repeats``) a
+    notification whose id it already had dropped."""
+    badge, seen, replaying = Badge(), set(), False
+    for ev in events:
+        if ev["type"] == "hello":
+            replaying = resumed
+            badge.hello(ev["counts"])
+        elif ev["type"] == "recovered":
+            replaying = False
+        elif ev["type"] == "counts":
+            badge.take(ev)
+        elif ev["type"] == "notification":
+            nid = ev["notification"]["id"]
+            if drop_repeats and nid in seen:
+                continue
+            seen.add(nid)
+            badge.notification(ev, replaying)
+    return badge
 
 
 def hello(cursor: str, unread: int, unseen: int, seq: int | None = None, feed: int = 0) -> dict:

@@ -5,26 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.client.badge_scenarios import SCENARIOS, counts, hello, personal
+from tests.client.badge_scenarios import SCENARIOS, counts, hello, personal, play
 from tidings.client.badge import Badge
-
-
-def play(events: list[dict], resumed: bool) -> Badge:
-    """What a client does with each event: duplicates dropped by id, and
-    replaying between a resuming hello and its recovered."""
-    badge, seen, replaying = Badge(), set(), False
-    for ev in events:
-        if ev["type"] == "hello":
-            replaying = resumed
-            badge.hello(ev["counts"])
-        elif ev["type"] == "recovered":
-            replaying = False
-        elif ev["type"] == "counts":
-            badge.take(ev)
-        elif ev["type"] == "notification" and ev["notification"]["id"] not in seen:
-            seen.add(ev["notification"]["id"])
-            badge.notification(ev, replaying)
-    return badge
 
 
 @pytest.mark.parametrize("case", SCENARIOS, ids=[c["name"] for c in SCENARIOS])

@@ -10,6 +10,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tidings.gateway.stream import Stream
+
 
 async def ws_connect(server, token: str, cursor: str | None = None, **kw):
     url = server.ws_url + "/v1/me/stream" + (f"?cursor={cursor}" if cursor else "")
@@ -86,3 +88,56 @@ class SSEReader:
                     out.append((eid, data))
                 eid, data = None, None
         return out
+
+
+class Pause:
+    """Holds the first call of ``obj.name(app, user, ...)`` for ``user`` until
+    :meth:`release`: after the real call (a replay that has read the store
+    and not sent anything yet), or before it (``before=True``)."""
+
+    def __init__(self, monkeypatch, obj, name: str, user: str, *, before: bool = False):
+        self.entered = asyncio.Event()
+        self._go = asyncio.Event()
+        real = getattr(obj, name)
+
+        async def paused(app, who, *args, **kw):
+            if who != user or self.entered.is_set():
+                return await real(app, who, *args, **kw)
+            if before:
+                self.entered.set()
+                await self._go.wait()
+                return await real(app, who, *args, **kw)
+            result = await real(app, who, *args, **kw)
+            self.entered.set()
+            await self._go.wait()
+            return result
+
+        monkeypatch.setattr(obj, name, paused)
+
+    async def reached(self) -> None:
+        await asyncio.wait_for(self.entered.wait(), 5)
+
+    def release(self) -> None:
+        self._go.set()
+
+
+class Held:
+    """Counts the live events streams hold back while they start (what a
+    ``publish`` made while a stream's read was paused has reached it)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        self._more = asyncio.Event()
+        real = Stream._hold
+
+        def hold(stream, kind, pos, payload):
+            real(stream, kind, pos, payload)
+            self.n += 1
+            self._more.set()
+
+        monkeypatch.setattr(Stream, "_hold", hold)
+
+    async def wait(self, n: int) -> None:
+        while self.n < n:
+            self._more.clear()
+            await asyncio.wait_for(self._more.wait(), 5)

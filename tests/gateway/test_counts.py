@@ -20,12 +20,10 @@ import time
 
 import pytest
 
+from tests.client.badge_scenarios import play
 from tests.conftest import run_server
-from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
-from tests.gateway.test_held_events import Pause
+from tests.gateway.live import Held, Pause, SSEReader, publish, recv_events, ws_connect
 from tidings.client import Subscriber
-from tidings.client.badge import Badge
-from tidings.gateway.stream import Stream
 from tidings.store.base import NewNotification
 
 
@@ -45,42 +43,12 @@ async def server(request, tmp_path):
             yield live
 
 
-class Held:
-    """Counts the live events streams hold back while they start (what a
-    ``publish`` made while a stream's read was paused has reached it)."""
-
-    def __init__(self, monkeypatch):
-        self.n = 0
-        self._more = asyncio.Event()
-        real = Stream._hold
-
-        def hold(stream, kind, pos, payload):
-            real(stream, kind, pos, payload)
-            self.n += 1
-            self._more.set()
-
-        monkeypatch.setattr(Stream, "_hold", hold)
-
-    async def wait(self, n: int) -> None:
-        while self.n < n:
-            self._more.clear()
-            await asyncio.wait_for(self._more.wait(), 5)
 
 
 def badge_of(events: list[dict], resumed: bool = False) -> dict | None:
-    """The badge a client following the rule shows after ``events``."""
-    badge, replaying = Badge(), False
-    for ev in events:
-        if ev["type"] == "hello":
-            replaying = resumed
-            badge.hello(ev["counts"])
-        elif ev["type"] == "recovered":
-            replaying = False
-        elif ev["type"] == "counts":
-            badge.take(ev)
-        elif ev["type"] == "notification":
-            badge.notification(ev, replaying)
-    return badge.counts
+    """The badge a client following the rule shows after ``events`` (a
+    notification the server sent twice counts twice: none should be)."""
+    return play(events, resumed, drop_repeats=False).counts
 
 
 async def server_counts(server, token: str) -> dict:

@@ -17,43 +17,12 @@ import pytest
 import websockets
 
 from tests.conftest import run_server
-from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
+from tests.gateway.live import Pause, SSEReader, publish, recv_events, ws_connect
 from tidings.broker.base import Frames
 from tidings.config import Limits
 from tidings.core.events import counts_frame
 from tidings.gateway.stream import _release_order
 from tidings.store.base import NewNotification
-
-
-class Pause:
-    """Holds the first call of ``obj.name(app, user, ...)`` for ``user`` until
-    :meth:`release`: after the real call (a replay that has read the store
-    and not sent anything yet), or before it (``before=True``)."""
-
-    def __init__(self, monkeypatch, obj, name: str, user: str, *, before: bool = False):
-        self.entered = asyncio.Event()
-        self._go = asyncio.Event()
-        real = getattr(obj, name)
-
-        async def paused(app, who, *args, **kw):
-            if who != user or self.entered.is_set():
-                return await real(app, who, *args, **kw)
-            if before:
-                self.entered.set()
-                await self._go.wait()
-                return await real(app, who, *args, **kw)
-            result = await real(app, who, *args, **kw)
-            self.entered.set()
-            await self._go.wait()
-            return result
-
-        monkeypatch.setattr(obj, name, paused)
-
-    async def reached(self) -> None:
-        await asyncio.wait_for(self.entered.wait(), 5)
-
-    def release(self) -> None:
-        self._go.set()
 
 
 class Arrivals:
