@@ -148,3 +148,61 @@ def test_serve_runs_on_the_file(tmp_path):
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_limits_from_the_environment_and_flags_over_the_file(tmp_path, clean_env):
+    path = tmp_path / "tidings.toml"
+    path.write_text(FILE)  # [limits] page_max = 50
+    clean_env.setenv("TIDINGS_LIMITS_MAX_BATCH", "10")
+    clean_env.setenv("TIDINGS_LIMITS_PAGE_MAX", "40")
+    limits = load(str(path))[0].limits
+    assert (limits.page_max, limits.max_batch, limits.ids_max) == (40, 10, 1000)
+    limits = load(str(path), limits={"page_max": "20"})[0].limits
+    assert (limits.page_max, limits.max_batch) == (20, 10)  # a flag over both, the rest kept
+
+    clean_env.setenv("TIDINGS_LIMITS_PAGE_MAX", "many")
+    with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `\$.limits.page_max`"):
+        load(str(path))
+    clean_env.delenv("TIDINGS_LIMITS_PAGE_MAX")
+    clean_env.setenv("TIDINGS_LIMITS_PAGE_MAXX", "40")  # a typo is not silently ignored
+    with pytest.raises(ValueError, match="unknown limit TIDINGS_LIMITS_PAGE_MAXX"):
+        load(str(path))
+
+
+@pytest.mark.parametrize(("flag", "message"), [
+    ("page_maxx=3", "Invalid value for --limit: 'page_maxx' is not a limit"),
+    ("page_max", "Invalid value for --limit: 'page_max' is not NAME=VALUE"),
+    ("page_max=lots", "invalid setting: Expected `int`, got `str` - at `$.limits.page_max`"),
+])
+def test_a_bad_limit_flag_is_one_clear_error(tmp_path, flag, message):
+    r = _cli("serve", "--data", "d", "--port", "0", "--limit", flag, cwd=tmp_path)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(90)
+def test_serve_enforces_a_limit_given_as_a_flag(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--data", "d",
+         "--limit", "max_body_bytes=300"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")})
+    try:
+        key = None
+        for line in proc.stdout:
+            if "API key:" in line:
+                key = line.split()[-1]
+            if "listening on" in line:
+                break
+        assert key is not None
+        url = f"http://127.0.0.1:{port}/v1/notifications"
+        headers = {"Authorization": f"Bearer {key}"}
+        small = {"to": {"users": ["ann"]}, "title": "hi"}
+        assert httpx.post(url, json=small, headers=headers).status_code == 202
+        big = httpx.post(url, json=small | {"body": "x" * 400}, headers=headers)
+        assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()

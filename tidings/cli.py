@@ -115,6 +115,9 @@ def main(debug: bool) -> None:
 @click.option("--allowed-origin", "allowed_origins", multiple=True,
               help="Allowed browser Origin for the WebSocket check and CORS (exact match; "
                    "repeatable). Default: any.")
+@click.option("--limit", multiple=True, metavar="NAME=VALUE",
+              help="Set one of the [limits] (repeatable; over the file and "
+                   "$TIDINGS_LIMITS_NAME), e.g. --limit max_body_bytes=1048576.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--log-format", envvar="TIDINGS_LOG_FORMAT", default="text", show_default=True,
@@ -122,11 +125,11 @@ def main(debug: bool) -> None:
               help="json: one object a line with time, level, node, request id, app "
                    "($TIDINGS_LOG_FORMAT).")
 def serve(config, host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
-          log_level, log_format) -> None:
+          limit, log_level, log_format) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
     settings = _settings(config, host=host, port=port, data=data, store=store, broker=broker,
                          outbox=outbox, node=node, cache=cache,
-                         allowed_origins=allowed_origins or None)
+                         allowed_origins=allowed_origins or None, limits=_limits(limit))
     if not 0 <= settings.port <= 65535:  # TIDINGS_PORT is not checked by click
         raise click.BadParameter(f"{settings.port} is not a port (0-65535)",
                                  param_hint="--port / TIDINGS_PORT")
@@ -187,6 +190,23 @@ def serve(config, host, port, data, store, broker, outbox, workers, node, cache,
 
     if not serving.run(app, sock, options, listening):
         raise click.ClickException("the server did not start (its log above says why)")
+
+
+def _limits(given: tuple[str, ...]) -> dict:
+    """``--limit NAME=VALUE`` flags as a dict for the settings' ``limits``."""
+    from tidings.config import Limits
+
+    limits = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not value.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--limit")
+        if name not in Limits.__struct_fields__:
+            raise click.BadParameter(f"{name!r} is not a limit (`tidings config` lists them)",
+                                     param_hint="--limit")
+        limits[name] = value.strip()
+    return limits
 
 
 def _serve_workers(settings, workers: int, options: dict) -> None:

@@ -226,6 +226,9 @@ def from_env(base: dict | None = None, **overrides) -> Settings:
     raw: dict = dict(base or {})
     for field in Settings.__struct_fields__:
         if field == "limits":
+            found = _limits_from_env()
+            if found:  # variables on top of the file's [limits]
+                raw["limits"] = {**(raw.get("limits") or {}), **found}
             continue
         if field in _SECTIONS:
             section = _section_from_env(field)
@@ -237,8 +240,28 @@ def from_env(base: dict | None = None, **overrides) -> Settings:
         env = os.environ.get(f"TIDINGS_{field.upper()}")
         if env is not None:
             raw[field] = env.split(",") if field == "allowed_origins" else env
+    limits = overrides.pop("limits", None)
+    if limits:  # `tidings serve --limit NAME=VALUE` on top of the file and the variables
+        raw["limits"] = {**(raw.get("limits") or {}), **limits}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(raw, Settings, strict=False)
+
+
+LIMITS_PREFIX = "TIDINGS_LIMITS_"
+
+
+def _limits_from_env() -> dict:
+    """``TIDINGS_LIMITS_<NAME>`` variables as a dict for ``Limits``.  A name
+    that is not a limit is an error, as it is in the file: a typo in a limit
+    must not leave the default in force unnoticed."""
+    found = {}
+    for key, value in os.environ.items():
+        if key.startswith(LIMITS_PREFIX):
+            name = key[len(LIMITS_PREFIX):].lower()
+            if name not in Limits.__struct_fields__:
+                raise ValueError(f"unknown limit {key} (`tidings config` lists the limits)")
+            found[name] = value
+    return found
 
 
 _SECTIONS = {"outbound": OutboundConfig, "webhook": WebhookConfig, "push": WebPushConfig,
