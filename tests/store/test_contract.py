@@ -571,6 +571,70 @@ async def test_muted_category_gets_no_entry_and_is_counted(db):
     assert [(d.user, d.seq) for d in back.deliveries] == [("m", 2)]
 
 
+def off(category: str, channel: str = "email"):
+    """A change switching ``channel`` off for ``category`` (None: it was off)."""
+    def change(prefs: Preferences) -> Preferences | None:
+        current = prefs.categories.get(category, ChannelPrefs())
+        if not getattr(current, channel):
+            return None
+        return msgspec.structs.replace(prefs, categories={
+            **prefs.categories, category: msgspec.structs.replace(current, **{channel: False})})
+    return change
+
+
+async def test_update_preferences_changes_what_is_stored_in_place(db):
+    # a user with none starts from the empty preferences
+    assert await db.update_preferences(A, "u", off("social")) == Preferences(
+        categories={"social": ChannelPrefs(email=False)})
+    quiet = QuietHours(start="22:00", end="07:00", tz="Europe/Paris")
+    await db.put_preferences(A, "u", Preferences(
+        categories={"social": ChannelPrefs(email=False)}, quiet_hours=quiet))
+    # what the change does not touch is kept, and a change to nothing writes nothing
+    assert await db.update_preferences(A, "u", off("social")) is None
+    want = Preferences(categories={"social": ChannelPrefs(email=False),
+                                   "promo": ChannelPrefs(in_app=False)}, quiet_hours=quiet)
+    assert await db.update_preferences(A, "u", off("promo", "in_app")) == want
+    assert await db.get_preferences(A, "u") == want
+    assert await db.get_preferences(B, "u") == Preferences()
+    # an in-app switch changed in place mutes the category like a put does
+    out = await publish(db, A, note(users=["u", "v"], category="promo"))
+    assert (out.recipients, out.muted) == (1, 1)
+    assert await db.update_preferences(A, "nobody", lambda prefs: None) is None
+    assert await db.get_preferences(A, "nobody") == Preferences()
+
+
+async def test_concurrent_preference_updates_on_two_nodes_all_survive(make_store, db):
+    """Each update switches off a category of its own, at the same time on two
+    instances; read-modify-write without a lock would keep only some."""
+    other = make_store()
+    await other.open()
+    try:
+        for user in ("fresh", "stored"):  # with no row yet, and with one
+            if user == "stored":
+                await db.put_preferences(A, user, Preferences(
+                    categories={"keep": ChannelPrefs(push=False)}))
+            names = [f"c{i}" for i in range(16)]
+            done = await asyncio.gather(*(
+                s.update_preferences(A, user, off(name))
+                for s, name in zip(itertools.cycle((db, other)), names)))
+            assert all(d is not None for d in done)
+            got = await db.get_preferences(A, user)
+            assert {c for c, ch in got.categories.items() if not ch.email} == set(names)
+            if user == "stored":
+                assert got.categories["keep"] == ChannelPrefs(push=False)
+        # and a put meanwhile is not undone by an update either: each is whole
+        await asyncio.gather(
+            db.put_preferences(A, "mixed", Preferences(
+                categories={"x": ChannelPrefs(push=False)})),
+            other.update_preferences(A, "mixed", off("y")))
+        # the update after the put, or the put (a whole document) after the update
+        assert (await db.get_preferences(A, "mixed")).categories in (
+            {"x": ChannelPrefs(push=False), "y": ChannelPrefs(email=False)},
+            {"x": ChannelPrefs(push=False)})
+    finally:
+        await other.close()
+
+
 # -- topics -----------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import asyncio
 import msgspec
 
 from tidings.channels.base import Job
+from tidings.core.models import ChannelPrefs, Preferences
 from tidings.store.outbound import DigestItem, NewJob
 
 A = "app_a"
@@ -30,13 +31,16 @@ def held(nid: str, *, user: str = "alice", channel: str = "email", rule: str = "
 
 
 class Builder:
-    """Records the windows it is handed and makes one job per window."""
+    """Records the windows it is handed (and the preferences, in ``prefs``)
+    and makes one job per window."""
 
     def __init__(self) -> None:
         self.windows: list[tuple[str, str, str, str, list[DigestItem]]] = []
+        self.prefs: list[Preferences | None] = []
 
-    def __call__(self, app, user, channel, rule, items):
+    def __call__(self, app, user, channel, rule, items, prefs):
         self.windows.append((app, user, channel, rule, items))
+        self.prefs.append(prefs)
         first = items[0]
         job = Job(id=f"digest-{user}-{rule}-{first.nid}.{channel}.0", channel=channel, app=app,
                   user=user, notification=b'{"n":%d}' % len(items),
@@ -133,3 +137,31 @@ async def test_a_window_with_only_expired_items_queues_nothing(store):
     assert await store.flush_digests(T0 + HOUR, 10, build) == []
     assert build.windows == []
     assert await store.flush_digests(T0 + HOUR, 10, build) == []  # and it is gone
+
+
+async def test_a_closing_window_is_handed_the_preferences_as_they_are_then(store):
+    await store.create_app(A, "app A", "s")
+    await store.enqueue_jobs([held("N1"), held("N2", user="bob")])
+    # changed while the window was open: the close reads them in its transaction
+    now = Preferences(categories={"social": ChannelPrefs(email=False)})
+    await store.put_preferences(A, "alice", now)
+    build = Builder()
+    await store.flush_digests(T0 + HOUR, 10, build)
+    assert sorted(zip((w[1] for w in build.windows), build.prefs, strict=True)) == [
+        ("alice", now), ("bob", None)]
+
+
+async def test_a_window_the_builder_keeps_nothing_of_queues_nothing_and_is_gone(store):
+    await store.create_app(A, "app A", "s")
+    await store.enqueue_jobs([held("N1"), held("N2")])
+    handed = []
+
+    def nothing(app, user, channel, rule, items, prefs):
+        handed.append([i.nid for i in items])
+        return []
+
+    assert await store.flush_digests(T0 + HOUR, 10, nothing) == []
+    assert handed == [["N1", "N2"]]
+    assert await store.claim_jobs("email", 10, T0 + HOUR, 30) == []
+    assert await store.flush_digests(T0 + 2 * HOUR, 10, nothing) == []
+    assert handed == [["N1", "N2"]]

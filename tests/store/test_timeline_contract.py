@@ -231,6 +231,26 @@ async def test_every_attempt_is_logged_with_its_result_and_next_retry(db):
     assert (await db.timeline(A, out.id, "v")).attempts == []
 
 
+async def test_a_muted_job_leaves_the_queue_unsent_and_the_log_says_why(db):
+    out = await publish(db, A, note(users=["u", "v"]))
+    await db.enqueue_jobs([email_job("j.email.u", out.id, "u"),
+                           email_job("j.email.v", out.id, "v")])
+    ju, jv = sorted(await db.claim_jobs("email", 10, T0, 30.0), key=lambda j: j.user)
+    assert await db.mute_job(ju, 'switched off for "social"', T0 + 5) is True
+    assert (await db.timeline(A, out.id, "u")).attempts == [
+        Attempt("j.email.u", "email", 1, T0 + 5, "muted", 'switched off for "social"', None)]
+    assert [j.id for j in await db.list_jobs(A, nid=out.id)] == ["j.email.v"]
+    assert await db.claim_jobs("email", 10, T0 + 100, 30.0) == [jv]  # its lease ran out
+    # once: a job that left the queue meanwhile (seen, retracted) logs nothing
+    assert await db.mute_job(ju, "again", T0 + 6) is False
+    await db.cancel_jobs(A, out.id)
+    assert await db.mute_job(jv, "gone", T0 + 7) is False
+    assert (await db.timeline(A, out.id, "v")).attempts == []
+    # a muted user had a job of the channel: counted as queued, neither sent nor failed
+    assert await db.outbound_users(A, out.id) == {
+        "email": {"queued": 1, "sent": 0, "failed": 0}}
+
+
 async def test_a_redriven_dead_job_logs_its_new_attempts_too(db):
     out = await publish(db, A, note(users=["u"]))
     await db.enqueue_jobs([email_job("j.email.u", out.id, "u")])

@@ -47,6 +47,12 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   the later of the cutoff it is given and the one the user has, however
   many callers on however many nodes revoke at once, so a revocation is
   never undone by an earlier one that committed after it.
+* **A change of preferences is never lost.**  ``update_preferences`` reads,
+  changes and writes one user's preferences holding that user's row (or
+  SQLite's write lock) from the read to the write, so concurrent updates and
+  ``put_preferences`` calls, on any number of nodes, apply one after the
+  other: an unsubscribe link switching e-mail off never undoes the user's
+  own change made at the same instant, nor the other way round.
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
@@ -57,7 +63,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -599,7 +605,19 @@ class Store(OutboundStore, abc.ABC):
     async def get_preferences(self, app_id: str, user: str) -> Preferences: ...
 
     @abc.abstractmethod
-    async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None: ...
+    async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
+        """Replace the user's preferences (and their in-app mutes) as a whole."""
+
+    @abc.abstractmethod
+    async def update_preferences(
+        self, app_id: str, user: str, change: Callable[[Preferences], Preferences | None],
+    ) -> Preferences | None:
+        """Apply ``change`` to the user's stored preferences (``Preferences()``
+        when there are none) and store what it returns, atomically: nothing
+        else writes them between the read and the write (module guarantees).
+        ``change`` is a pure function and may be called more than once (a
+        transaction run again); when it returns None nothing is written.
+        Returns what was stored, or None."""
 
     # -- maintenance ----------------------------------------------------
     @abc.abstractmethod

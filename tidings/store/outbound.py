@@ -107,8 +107,10 @@ class DigestItem:
     expires_at: float | None
 
 
-# (app, user, channel, rule key, items oldest first) -> the digest jobs to queue
-DigestBuilder = Callable[[str, str, str, str, list[DigestItem]], list[NewJob]]
+# (app, user, channel, rule key, items oldest first, the user's preferences as
+# stored when the window closes or None) -> the digest jobs to queue
+DigestBuilder = Callable[[str, str, str, str, list[DigestItem], Preferences | None],
+                         list[NewJob]]
 
 
 @dataclass(slots=True)
@@ -261,6 +263,14 @@ class OutboundStore(abc.ABC):
         """Move it to the dead-letter list with ``reason`` as its last error."""
 
     @abc.abstractmethod
+    async def mute_job(self, job: Job, reason: str, now: float) -> bool:
+        """Not sent, and never to be: its user switched the channel off since
+        it was queued.  The job leaves the queue and the attempt log keeps
+        it with the result ``muted`` and ``reason`` (``Store.timeline``), in
+        one transaction.  False when it had left the queue already
+        (cancelled meanwhile): nothing is logged then."""
+
+    @abc.abstractmethod
     async def cancel_fallbacks(self, app_id: str, user: str, nids: list[str] | None,
                                ) -> list[tuple[str, str]]:
         """Drop the user's queued fallback jobs and held digest items for
@@ -281,8 +291,9 @@ class OutboundStore(abc.ABC):
     @abc.abstractmethod
     async def flush_digests(self, now: float, limit: int, build: DigestBuilder) -> list[str]:
         """Close up to ``limit`` digest windows due by ``now``: in one
-        transaction per window, take its items (dropping expired ones), and
-        queue the jobs ``build`` makes of them.  A window is taken once, by
+        transaction per window, take its items (dropping expired ones), read
+        the user's preferences, and queue the jobs ``build`` makes of both
+        (it may leave items out: a channel switched off meanwhile).  A window is taken once, by
         one caller on one node.  Returns the channels of the jobs queued."""
 
     @abc.abstractmethod

@@ -14,12 +14,14 @@ from typing import Any
 
 import msgspec
 
+from tidings.core.models import Preferences
 from tidings.store.outbound import DigestBuilder, DigestItem, NewJob
 
 __all__ = ["PostgresDigests", "hold"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+_decode_prefs = msgspec.json.Decoder(Preferences).decode
 
 # Each row takes its window's closing time when the window is open.
 _HOLD = """
@@ -82,7 +84,14 @@ class PostgresDigests:
         items = sorted((DigestItem(r[0], _decode(r[1]), r[2], r[3], r[4])
                         for r in rows if r[4] is None or r[4] > now),
                        key=lambda i: (i.nid, i.created_at))
-        jobs = build(app, user, channel, rule, items) if items else []
+        if not items:
+            return []
+        # As they are now, in the closing transaction: a channel the user
+        # switched off while the window was open sends nothing.
+        prefs = await conn.fetchval(
+            "SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2", app, user)
+        jobs = build(app, user, channel, rule, items,
+                     _decode_prefs(prefs) if prefs is not None else None)
         if jobs:
             await conn.execute(_QUEUE, *[list(c) for c in zip(*[
                 (j.id, j.app, j.user, n.nid, j.channel, _encode(j.destination), j.notification,

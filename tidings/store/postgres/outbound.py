@@ -287,6 +287,11 @@ class PostgresOutbound(OutboundStore):
             job.id, job.attempts, reason, now,
         )
 
+    async def mute_job(self, job, reason, now) -> bool:
+        return bool(_count(await self._execute(
+            log_attempt("muted", "$3::float8", "$2::text", "NULL")
+            + "DELETE FROM jobs WHERE id = $1 AND status = 'queued'", job.id, reason, now)))
+
     async def cancel_fallbacks(self, app_id, user, nids) -> list[tuple[str, str]]:
         where = "app_id = $1 AND user_id = $2 AND status = 'queued' AND fallback"
         held = "app_id = $1 AND user_id = $2"

@@ -693,24 +693,34 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         return _decode_prefs(doc) if doc is not None else Preferences()
 
     async def put_preferences(self, app_id, user, prefs) -> None:
-        doc = _encode(prefs)
-        muted = sorted(c for c, ch in prefs.categories.items() if not ch.in_app)
+        await self._call(_put_prefs, app_id, user, prefs, tx=True)
 
-        async def put(conn):
-            await conn.execute(
-                "INSERT INTO prefs (app_id, user_id, doc) VALUES ($1, $2, $3) "
-                "ON CONFLICT (app_id, user_id) DO UPDATE SET doc = EXCLUDED.doc",
-                app_id, user, doc,
-            )
-            await conn.execute(
-                "DELETE FROM mutes WHERE app_id = $1 AND user_id = $2", app_id, user
-            )
-            await conn.execute(
-                "INSERT INTO mutes (app_id, category, user_id) "
-                "SELECT $1, c, $2 FROM unnest($3::text[]) AS t(c)", app_id, user, muted,
-            )
+    async def update_preferences(self, app_id, user, change) -> Preferences | None:
+        async def update(conn):
+            # The user's row is locked from the read to the commit, so
+            # concurrent updates (and puts, whose upsert takes the same lock)
+            # queue behind each other and each reads what the last wrote.
+            # A user with no row yet has nothing to lock: the first writer
+            # inserts it, and one that finds it taken reads it again, locked.
+            for _ in range(2):
+                doc = await conn.fetchval(
+                    "SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2 FOR UPDATE",
+                    app_id, user)
+                changed = change(_decode_prefs(doc) if doc is not None else Preferences())
+                if changed is None:
+                    return None
+                if doc is not None:
+                    await _put_prefs(conn, app_id, user, changed)
+                    return changed
+                if await conn.fetchval(
+                        "INSERT INTO prefs (app_id, user_id, doc) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (app_id, user_id) DO NOTHING RETURNING true",
+                        app_id, user, _encode(changed)):
+                    await _put_mutes(conn, app_id, user, changed)
+                    return changed
+            raise AssertionError("a preferences row that exists was not found")
 
-        await self._call(put, tx=True)
+        return await self._call(update, tx=True)
 
     # -- maintenance ----------------------------------------------------
     async def prune(self, app_id, older_than) -> int:
@@ -718,6 +728,28 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
 
 # -- statements run on one pooled connection ------------------------------------
+
+
+async def _put_prefs(conn, app_id: str, user: str, prefs: Preferences) -> None:
+    """Store ``prefs`` and the in-app mutes they say (the caller's transaction).
+    The upsert comes first: it locks the user's row, so writers of one
+    user's preferences go one at a time."""
+    await conn.execute(
+        "INSERT INTO prefs (app_id, user_id, doc) VALUES ($1, $2, $3) "
+        "ON CONFLICT (app_id, user_id) DO UPDATE SET doc = EXCLUDED.doc",
+        app_id, user, _encode(prefs),
+    )
+    await _put_mutes(conn, app_id, user, prefs)
+
+
+async def _put_mutes(conn, app_id: str, user: str, prefs: Preferences) -> None:
+    await conn.execute("DELETE FROM mutes WHERE app_id = $1 AND user_id = $2", app_id, user)
+    await conn.execute(
+        "INSERT INTO mutes (app_id, category, user_id) "
+        "SELECT $1, c, $2 FROM unnest($3::text[]) AS t(c)", app_id, user,
+        sorted(c for c, ch in prefs.categories.items() if not ch.in_app),
+    )
+
 
 async def _fetch(conn, sql, *args):
     return await conn.fetch(sql, *args)

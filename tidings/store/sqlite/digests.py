@@ -11,12 +11,14 @@ from typing import Any
 
 import msgspec
 
+from tidings.core.models import Preferences
 from tidings.store.outbound import DigestBuilder, DigestItem, NewJob
 
 __all__ = ["SQLiteDigests", "hold_tx"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+_decode_prefs = msgspec.json.Decoder(Preferences).decode
 
 _HOLD = (
     "INSERT INTO digest_items(app_id, user_id, channel, rule, nid, destination, notification, "
@@ -64,7 +66,14 @@ class SQLiteDigests:
                 items = sorted((DigestItem(r[0], _decode(r[1]), r[2], r[3], r[4])
                                 for r in rows if r[4] is None or r[4] > now),
                                key=lambda i: (i.nid, i.created_at))
-                jobs = build(app, user, channel, rule, items) if items else []
+                if not items:
+                    continue
+                # As they are now, in the closing transaction: a channel the
+                # user switched off while the window was open sends nothing.
+                prefs = conn.execute("SELECT doc FROM prefs WHERE app_id=? AND user_id=?",
+                                     (app, user)).fetchone()
+                jobs = build(app, user, channel, rule, items,
+                             _decode_prefs(prefs[0]) if prefs else None)
                 conn.executemany(_QUEUE, [
                     (j.id, j.app, j.user, n.nid, j.channel, _encode(j.destination),
                      j.notification, j.created_at, j.expires_at, n.not_before, j.created_at)

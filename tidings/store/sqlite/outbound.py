@@ -282,6 +282,14 @@ class SQLiteOutbound(OutboundStore):
 
         await self._write(kill)
 
+    async def mute_job(self, job, reason, now) -> bool:
+        def mute(conn):
+            log_attempt_tx(conn, job.id, now, "muted", reason, None)
+            return conn.execute("DELETE FROM jobs WHERE id=? AND status='queued'",
+                                (job.id,)).rowcount
+
+        return bool(await self._write(mute))
+
     async def cancel_fallbacks(self, app_id, user, nids) -> list[tuple[str, str]]:
         def cancel(conn):
             where = "app_id=? AND user_id=? AND status='queued' AND fallback=1"

@@ -868,23 +868,21 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         return _decode_prefs(row[0]) if row else Preferences()
 
     async def put_preferences(self, app_id, user, prefs) -> None:
-        doc = _encode(prefs)
-        muted = [c for c, ch in prefs.categories.items() if not ch.in_app]
+        await self._write(_put_prefs_tx, app_id, user, prefs)
 
-        def put(conn):
-            conn.execute(
-                "INSERT INTO prefs(app_id, user_id, doc) VALUES (?,?,?) "
-                "ON CONFLICT(app_id, user_id) DO UPDATE SET doc=excluded.doc",
-                (app_id, user, doc),
-            )
-            conn.execute("DELETE FROM mutes WHERE app_id=? AND user_id=?", (app_id, user))
-            conn.executemany(
-                "INSERT INTO mutes(app_id, category, user_id) VALUES (?,?,?)",
-                [(app_id, c, user) for c in muted],
-            )
-            conn.mutes_changed()
+    async def update_preferences(self, app_id, user, change) -> Preferences | None:
+        def update(conn):
+            # Read and written in one transaction of the one writer, which
+            # holds the file's write lock (BEGIN IMMEDIATE) from the start:
+            # no other write, from this process or another, comes between.
+            row = conn.execute("SELECT doc FROM prefs WHERE app_id=? AND user_id=?",
+                               (app_id, user)).fetchone()
+            changed = change(_decode_prefs(row[0]) if row else Preferences())
+            if changed is not None:
+                _put_prefs_tx(conn, app_id, user, changed)
+            return changed
 
-        await self._write(put)
+        return await self._write(update)
 
     # -- maintenance ----------------------------------------------------
     async def prune(self, app_id, older_than) -> int:
@@ -902,3 +900,18 @@ def _consteq(a: str, b: str) -> bool:
     import hmac
 
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _put_prefs_tx(conn: WriterConnection, app_id: str, user: str, prefs: Preferences) -> None:
+    """Store ``prefs`` and the in-app mutes they say, inside the caller's transaction."""
+    conn.execute(
+        "INSERT INTO prefs(app_id, user_id, doc) VALUES (?,?,?) "
+        "ON CONFLICT(app_id, user_id) DO UPDATE SET doc=excluded.doc",
+        (app_id, user, _encode(prefs)),
+    )
+    conn.execute("DELETE FROM mutes WHERE app_id=? AND user_id=?", (app_id, user))
+    conn.executemany(
+        "INSERT INTO mutes(app_id, category, user_id) VALUES (?,?,?)",
+        [(app_id, c, user) for c, ch in prefs.categories.items() if not ch.in_app],
+    )
+    conn.mutes_changed()
