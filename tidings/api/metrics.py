@@ -29,7 +29,7 @@ from tidings.core.stats import LATENCY_BUCKETS
 from tidings.service.outbound import OUTBOUND, Outbound, QueueSnapshot
 
 # Worker.counts' outcomes, each exposed from zero so that rate() sees the first one.
-OUTCOMES = ("delivered", "retry", "failed", "dead", "expired", "deferred", "error")
+OUTCOMES = ("delivered", "retry", "failed", "dead", "expired", "deferred", "muted", "error")
 
 
 def stream_gauges(apps: dict[str, set]) -> dict[str, dict]:

@@ -27,6 +27,12 @@ After each attempt the worker settles the job:
   attempts are used up or the next attempt would come after the
   notification expired.
 
+Before a claim's jobs are sent, ``screen`` (when given) may take some out:
+the service's asks whether their users still want them (a channel switched
+off since the job was queued: tidings.service.outbound.Outbound.screen) and
+settles those itself.  Screened-out jobs are counted as ``muted``; a screen
+that fails hands the claim back unattempted, like a host at its limit.
+
 A job whose notification has expired is never sent: it goes to the
 dead-letter list as ``expired``.  ``stop(grace)`` stops claiming, lets the
 sends in flight finish for up to ``grace`` seconds, then cancels the rest
@@ -61,6 +67,9 @@ SLOW_MEMORY = 60.0  # seconds a host that was slow stays slow
 # deleting a destination reported gone (a Web Push subscription).  A retry
 # that ran out of attempts or of time is reported as the failure it became.
 ResultHook = Callable[[Job, Result], Awaitable[None]]
+# Called with each claim's jobs before any is sent: returns those still to
+# send, having settled the others itself (module docstring).
+Screen = Callable[[list[Job]], Awaitable[list[Job]]]
 
 
 @dataclass
@@ -135,6 +144,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         on_result: ResultHook | None = None,
+        screen: Screen | None = None,
     ):
         self.queue = queue
         self.lanes = {lane.channel.name: lane for lane in lanes}
@@ -142,9 +152,11 @@ class Worker:
         self.clock = clock
         self.rand = rand
         self.on_result = on_result
+        self.screen = screen
         # (channel, outcome) -> attempts settled; outcomes: delivered, retry,
         # failed, dead (retries used up), expired, error (a queue call failed),
-        # and deferred (handed back unattempted: its host had its sends).
+        # deferred (handed back unattempted: its host had its sends), and
+        # muted (screened out: its user switched the channel off).
         self.counts: Counter[tuple[str, str]] = Counter()
         self._wake = {name: asyncio.Event() for name in self.lanes}
         self._inflight: dict[str, set[asyncio.Task]] = {name: set() for name in self.lanes}
@@ -208,6 +220,9 @@ class Worker:
                     log.exception("claiming %s jobs failed", name)
                     self.counts[name, "error"] += 1
                     jobs = []
+                claimed = len(jobs)
+                if jobs and self.screen is not None:
+                    jobs = await self._screened(lane, jobs)
                 for job in jobs:
                     host, started = host_of(job) if host_of is not None else None, loop.time()
                     if host is not None:
@@ -218,9 +233,10 @@ class Worker:
                     task = loop.create_task(self._attempt(lane, job))
                     inflight.add(task)
                     task.add_done_callback(self._finished(inflight, wake, hosts, host, started))
-                claimed = len(jobs)
                 if claimed == free:
-                    continue  # the lane is full now; the next turn waits for a slot
+                    # The claim took every free slot: there may be more due.
+                    # The next turn waits for a slot (screened-out jobs took none).
+                    continue
             try:
                 async with asyncio.timeout(self.poll_interval):
                     await wake.wait()
@@ -237,6 +253,21 @@ class Worker:
             wake.set()  # a slot is free
 
         return done
+
+    async def _screened(self, lane: Lane, jobs: list[Job]) -> list[Job]:
+        """The claimed ``jobs`` the screen keeps; all handed back if it fails."""
+        name = lane.channel.name
+        assert self.screen is not None
+        try:
+            kept = await self.screen(jobs)
+        except Exception:
+            log.exception("screening %d %s jobs failed; handing them back", len(jobs), name)
+            self.counts[name, "error"] += 1
+            for job in jobs:
+                await self._release(lane, job)
+            return []
+        self.counts[name, "muted"] += len(jobs) - len(kept)
+        return kept
 
     async def _release(self, lane: Lane, job: Job) -> None:
         """Hand ``job`` back for later: its host has all the sends it may have."""

@@ -33,8 +33,8 @@ import msgspec
 from tidings.core import quiet
 from tidings.core.models import DigestRule, Preferences
 
-__all__ = ["DIGEST_PREFIX", "InvalidDigest", "Rules", "body", "check", "due", "is_digest",
-           "item_ids", "job_id", "key", "rule_for"]
+__all__ = ["DIGEST_PREFIX", "InvalidDigest", "Rules", "body", "category_of", "check", "due",
+           "is_digest", "item_categories", "item_ids", "job_id", "key", "rule_for"]
 
 # Digest jobs' ids start with it: the channels and the statistics tell them apart.
 DIGEST_PREFIX = "digest-"
@@ -132,6 +132,7 @@ def is_digest(job_id_: str) -> bool:
 
 class _Items(msgspec.Struct):
     id: str
+    category: str = "default"
 
 
 class _Digest(msgspec.Struct):
@@ -149,6 +150,21 @@ class _Body(msgspec.Struct):
 def item_ids(doc: bytes) -> list[str]:
     """The ids of the notifications a digest (made by :func:`body`) carries."""
     return [i.id for i in msgspec.json.decode(doc, type=_Body).data.digest.items]
+
+
+def item_categories(doc: bytes) -> list[tuple[str, str]]:
+    """``(id, category)`` of each notification a digest carries."""
+    return [(i.id, i.category) for i in msgspec.json.decode(doc, type=_Body).data.digest.items]
+
+
+class _Category(msgspec.Struct):
+    category: str = "default"
+
+
+def category_of(notification: bytes) -> str:
+    """The category of a stored notification's JSON (msgspec.DecodeError if
+    it is not one)."""
+    return msgspec.json.decode(notification, type=_Category).category
 
 
 def body(jid: str, notes: Sequence[bytes], created_at: float) -> bytes:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tidings.core.models import ALL_CATEGORIES, Preferences, QuietHours
+from tidings.core.models import ALL_CATEGORIES, ChannelPrefs, Preferences, QuietHours
 
 __all__ = [
     "CHANNELS",
@@ -47,6 +47,7 @@ __all__ = [
     "QuietWindow",
     "plan",
     "quiet_until",
+    "switched_off",
     "zone",
 ]
 
@@ -208,6 +209,23 @@ class Plan:
     until: datetime | None = None  # UTC; set exactly when ``later`` is not empty
 
 
+def _switches(prefs: Preferences | None, category: str) -> ChannelPrefs | None:
+    """The switches deciding ``category`` (None: every channel on)."""
+    if prefs is None or not prefs.categories:
+        return None
+    # A category the preferences do not name follows "*" (every other
+    # category), which an unsubscribe link may have switched e-mail off in.
+    chosen = prefs.categories.get(category)
+    return chosen if chosen is not None else prefs.categories.get(ALL_CATEGORIES)
+
+
+def switched_off(prefs: Preferences | None, category: str, channel: str) -> bool:
+    """Whether the user switched ``channel`` off for ``category``: what
+    :func:`plan` calls muted, asked again when a queued job comes due."""
+    chosen = _switches(prefs, category)
+    return chosen is not None and not getattr(chosen, channel)
+
+
 def plan(
     prefs: Preferences | None,
     category: str,
@@ -226,13 +244,7 @@ def plan(
     _aware(now)
     muted: list[str] = []
     on: list[str] = []
-    chosen = None
-    if prefs is not None and prefs.categories:
-        # A category the preferences do not name follows "*" (every other
-        # category), which an unsubscribe link may have switched e-mail off in.
-        chosen = prefs.categories.get(category)
-        if chosen is None:
-            chosen = prefs.categories.get(ALL_CATEGORIES)
+    chosen = _switches(prefs, category)
     for name in channels:
         if name not in CHANNELS:
             raise ValueError(f"unknown channel {name!r}")

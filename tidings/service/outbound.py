@@ -32,8 +32,18 @@ jobs; webhooks are on by default and need an endpoint registered.
 **Unsubscribe links.**  With ``EmailConfig.public_url`` set, every e-mail
 carries a ``List-Unsubscribe`` link signed under :attr:`Outbound.link_secret`
 (tidings/core/unsubscribe.py); :meth:`Outbound.unsubscribe` is what
-following it does: the channel off in the user's preferences, which every
-later publish reads.
+following it does: the channel off in the user's preferences, changed in
+place by the store (``Store.update_preferences``) so that a change the user
+makes at the same instant is kept too.
+
+**Preferences are asked again at send time.**  A job waits (the fallback's
+delay, quiet hours, retries) and a digest window stays open for hours; the
+user may switch the channel off meanwhile.  So the worker's :meth:`screen`
+reads the preferences of each claim's users, once per claim, and a job whose
+channel is now off for its category is not sent (``Store.mute_job``: the
+timeline shows it as ``muted`` with the reason, the delivery counts as
+``muted``); a digest window closing reads them in its own transaction and
+leaves such items out (:meth:`flush_digests`).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from tidings.channels.worker import Lane, Worker
 from tidings.config import Settings
 from tidings.core import digest, quiet
 from tidings.core.lru import LRU
+from tidings.core.models import Preferences
 from tidings.core.retry import RetryPolicy
 from tidings.core.unsubscribe import Link, switch_off
 from tidings.store.base import Store
@@ -183,7 +194,7 @@ class Outbound:
         lanes = [Lane(channel, concurrency=cfg.concurrency, policy=policy,
                       timeout=cfg.send_timeout) for channel in self._make_channels()]
         self.worker = Worker(self.queue, lanes, poll_interval=cfg.poll_interval,
-                             clock=self.clock, on_result=self._on_result)
+                             clock=self.clock, on_result=self._on_result, screen=self.screen)
         await self.worker.start()
         loop = asyncio.get_running_loop()
         self._maintenance = loop.create_task(self._prune())
@@ -211,15 +222,39 @@ class Outbound:
     async def unsubscribe(self, link: Link) -> bool:
         """Switch ``link.channel`` off for its user, in its category or in
         all of them (an unsubscribe link was followed).  False when it was off
-        already: nothing is written, so a repeated request costs one read."""
-        prefs = await self.store.get_preferences(link.app, link.user)
-        changed = switch_off(prefs, link.category, link.channel)
-        if changed is None:
-            return False
-        # Read, changed and written back: a change of the user's own made at
-        # the same instant may be lost to this one, or this one to it.
-        await self.store.put_preferences(link.app, link.user, changed)
-        return True
+        already: nothing is written.  Only that switch changes, in the store's
+        transaction: a change of the user's own made at the same instant (or
+        another link's) is kept, whichever commits first."""
+        changed = await self.store.update_preferences(
+            link.app, link.user, lambda prefs: switch_off(prefs, link.category, link.channel))
+        return changed is not None
+
+    # -- preferences as they are now --------------------------------------------------
+    async def screen(self, jobs: list[Job]) -> list[Job]:
+        """The jobs of one claim that their users still want (the worker's
+        ``screen``).  A job whose channel its user switched off for its
+        category since it was queued -- for a digest, for every category in
+        it -- leaves the queue unsent (``Store.mute_job``) and counts as
+        ``muted``.  One read of preferences per app in the claim."""
+        users: dict[str, set[str]] = {}
+        for job in jobs:
+            users.setdefault(job.app, set()).add(job.user)
+        prefs = {app: await self.store.preferences_of(app, sorted(them))
+                 for app, them in users.items()}
+        keep: list[Job] = []
+        muted: Counter = Counter()
+        now = self.clock()
+        for job in jobs:
+            mine = prefs[job.app].get(job.user)
+            why = _unwanted(mine, job) if mine is not None and mine.categories else None
+            if why is None:
+                keep.append(job)
+                continue
+            reason, nids = why
+            if await self.store.mute_job(job, reason, now):
+                muted.update((job.app, nid, job.channel, "muted") for nid in nids)
+        await self._count(muted)
+        return keep
 
     async def stop(self, grace: float = 10.0) -> None:
         for task in (self._maintenance, self._digests):
@@ -296,9 +331,27 @@ class Outbound:
 
     async def flush_digests(self, now: float | None = None) -> list[str]:
         """Turn the digest windows due by ``now`` into jobs (one per window and
-        destination) and wake their lanes; the channels of those jobs."""
+        destination) and wake their lanes; the channels of those jobs.  Items
+        whose channel the user switched off for their category while the
+        window was open are left out, and count as ``muted``."""
+        # window -> the ids muted in it; a transaction run again builds again
+        muted: dict[tuple[str, str, str, str], list[str]] = {}
+
+        def build(app: str, user: str, channel: str, rule: str, items: list[DigestItem],
+                  prefs: Preferences | None) -> list[NewJob]:
+            off = [prefs is not None and bool(prefs.categories)
+                   and _switched_off(prefs, i.notification, channel) for i in items]
+            wanted = [i for i, o in zip(items, off, strict=True) if not o]
+            muted[app, user, channel, rule] = [
+                i.nid for i, o in zip(items, off, strict=True) if o]
+            return self._digest_jobs(app, user, channel, rule, wanted) if wanted else []
+
         channels = await self.store.flush_digests(
-            self.clock() if now is None else now, DIGEST_BATCH, self._digest_jobs)
+            self.clock() if now is None else now, DIGEST_BATCH, build)
+        counts: Counter = Counter()
+        for (app, _, channel, _), nids in muted.items():
+            counts.update((app, nid, channel, "muted") for nid in nids)
+        await self._count(counts)
         self.wake(channels)
         return channels
 
@@ -503,3 +556,34 @@ class Outbound:
     async def corrected(self, app_id: str, nid: str, body: bytes) -> None:
         """A PATCH: jobs not sent yet send the corrected notification."""
         await self.store.update_jobs(app_id, nid, body)
+
+
+def _switched_off(prefs: Preferences, notification: bytes, channel: str) -> bool:
+    try:
+        category = digest.category_of(notification)
+    except msgspec.DecodeError:  # not a notification: the channel will say so
+        return False
+    return quiet.switched_off(prefs, category, channel)
+
+
+def _unwanted(prefs: Preferences, job: Job) -> tuple[str, list[str]] | None:
+    """Why ``job`` is not to be sent any more, and the notifications it
+    carries; None when its user still wants it."""
+    channel = job.channel
+    if digest.is_digest(job.id):
+        try:
+            items = digest.item_categories(job.notification)
+        except msgspec.DecodeError:
+            return None
+        if items and all(quiet.switched_off(prefs, c, channel) for _, c in items):
+            return (f"the user switched {channel} off for every category in this digest",
+                    [nid for nid, _ in items])
+        return None
+    try:
+        category = digest.category_of(job.notification)
+    except msgspec.DecodeError:
+        return None
+    if quiet.switched_off(prefs, category, channel):
+        return (f'the user switched {channel} off for "{category}" since it was queued',
+                [job.id.split(".", 1)[0]])
+    return None
