@@ -8,6 +8,7 @@ truncated and other apps' links are refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import email
@@ -19,7 +20,8 @@ import msgspec
 import pytest
 
 from tests.api.conftest import store_overrides
-from tests.api.test_outbound_api import until
+from tests.api.test_digests import HOUR, advance
+from tests.api.test_outbound_api import _counted, delivery, until
 from tests.channels.peers import Mailbox, smtp_server
 from tests.conftest import run_server
 from tidings.config import EmailConfig, OutboundConfig
@@ -39,9 +41,10 @@ def _listening() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def mailing(tmp_path, kind: str = "sqlite", public: bool = True):
-    """A server on ``kind`` sending e-mail at once to a local SMTP server,
-    with its own URL as the e-mail's public_url."""
+async def mailing(tmp_path, kind: str = "sqlite", public: bool = True, delay: float = 0):
+    """A server on ``kind`` sending e-mail to a local SMTP server (at once, or
+    ``delay`` seconds after a publish), with its own URL as the e-mail's
+    public_url."""
     mailbox = Mailbox()
     sock = _listening()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -51,7 +54,7 @@ async def mailing(tmp_path, kind: str = "sqlite", public: bool = True):
             email=EmailConfig(host="127.0.0.1", port=port, starttls=False,
                               sender="Acme <notify@acme.test>",
                               public_url=url if public else None),
-            outbound=OutboundConfig(poll_interval=0.05, fallback_delay=0),
+            outbound=OutboundConfig(poll_interval=0.05, fallback_delay=delay),
         ) as server:
             assert server.url == url
             yield server, mailbox
@@ -262,3 +265,101 @@ async def test_without_a_public_url_mail_has_no_link(tmp_path):
         await _publish(server, "dave", "social", "hello")
         (msg,) = await _mail(mailbox, 1)
         assert msg["List-Unsubscribe"] is None and msg["List-Unsubscribe-Post"] is None
+
+
+async def _follow(server, user: str, category: str | None) -> dict:
+    token = issue(server.service.outbound.link_secret, Link(server.app, user, category, "email"))
+    async with _stranger() as http:
+        r = await http.post(f"{server.url}/v1/unsubscribe/{token}", data=ONE_CLICK)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+async def _timeline(server, nid: str, user: str) -> list[dict]:
+    async with server.http() as http:
+        r = await http.get(f"/v1/notifications/{nid}/timeline", params={"user": user})
+        assert r.status_code == 200, r.text
+        return r.json()["events"]
+
+
+async def _nothing_queued(server) -> bool:
+    return await server.service.store.list_jobs(server.app, status="queued") == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_mail_queued_before_the_link_is_not_sent_after_it(tmp_path, kind):
+    """The e-mail waits for the offline fallback's delay; the user follows the
+    link meanwhile: when the job comes due it is not sent, and the timeline
+    and the delivery counts say why.  Another category's mail still goes."""
+    async with mailing(tmp_path, kind, delay=HOUR) as (server, mailbox):
+        await _set_email(server, "alice")
+        social = await _publish(server, "alice", "social", "user_17 replied")
+        bill = await _publish(server, "alice", "billing", "Invoice ready")
+        assert social["outbound"] == bill["outbound"] == {"email": {"queued": 1}}
+        assert (await _follow(server, "alice", "social"))["changed"] is True
+
+        advance(server, HOUR + 1)
+        (msg,) = await _mail(mailbox, 1)
+        assert msg["Subject"] == "Invoice ready"
+        await until(lambda: _nothing_queued(server))
+        stats = await until(lambda: _counted(server, social["id"], "email", "muted"))
+        assert stats["email"] == {"queued": 1, "muted": 1}
+        assert (await delivery(server, bill["id"]))["email"] == {"queued": 1, "sent": 1}
+        (muted,) = [e for e in await _timeline(server, social["id"], "alice")
+                    if e["event"] == "attempt"]
+        assert (muted["channel"], muted["result"]) == ("email", "muted")
+        assert muted["error"] == 'the user switched email off for "social" since it was queued'
+        assert server.service.outbound.worker.counts["email", "muted"] == 1
+        assert len(mailbox.messages) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_items_held_in_a_digest_window_are_left_out_after_the_link(tmp_path, kind):
+    """Hourly e-mail digests: alice unsubscribes from one of two categories
+    sharing her window, bob from all of them; when the windows close alice's
+    digest lists the other category only and bob gets none."""
+    async with mailing(tmp_path, kind) as (server, mailbox):
+        hourly = {"email": {"every": 3600}}
+        for user in ("alice", "bob"):
+            await _set_email(server, user)
+            async with server.http() as http:
+                r = await http.put(f"/v1/users/{user}/preferences", json={
+                    "digests": {"social": hourly, "billing": hourly}})
+                assert r.status_code == 200, r.text
+        social = await _publish(server, "alice", "social", "user_17 replied")
+        bill = await _publish(server, "alice", "billing", "Invoice ready")
+        bobs = await _publish(server, "bob", "social", "user_9 replied")
+        assert social["outbound"] == bill["outbound"] == bobs["outbound"] == {
+            "email": {"digest": 1}}
+        await _follow(server, "alice", "social")
+        await _follow(server, "bob", None)
+        # the link changed its one switch: the digests stay as they were
+        assert await _prefs(server, "alice") == {
+            "categories": {"social": {"email": False}},
+            "digests": {"social": hourly, "billing": hourly}}
+
+        advance(server, HOUR + 1)
+        (msg,) = await _mail(mailbox, 1)
+        assert msg["To"] == "alice@example.test" and msg["Subject"] == "1 new notification"
+        text = msg.get_body(("plain",)).get_content()
+        assert "Invoice ready" in text and "user_17" not in text
+        stats = await until(lambda: _counted(server, social["id"], "email", "muted"))
+        assert stats["email"] == {"digest": 1, "muted": 1}
+        assert (await until(lambda: _counted(server, bobs["id"], "email", "muted")))[
+            "email"] == {"digest": 1, "muted": 1}
+        await until(lambda: _counted(server, bill["id"], "email", "sent"))
+        await until(lambda: _nothing_queued(server))
+        assert await server.service.outbound.flush_digests() == []  # nothing left held
+        assert len(mailbox.messages) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_links_followed_at_the_same_instant_all_count(tmp_path, kind):
+    """Each link switches its own category off, all at once: none is lost
+    to another's read-modify-write."""
+    async with mailing(tmp_path, kind) as (server, _):
+        categories = [f"c{i}" for i in range(12)]
+        answers = await asyncio.gather(*(_follow(server, "erin", c) for c in categories))
+        assert all(a["changed"] for a in answers)
+        assert await _prefs(server, "erin") == {
+            "categories": {c: {"email": False} for c in categories}}

@@ -392,3 +392,49 @@ async def test_many_slow_hosts_together_take_at_most_half_the_lane(monkeypatch):
             queue.put(hosted_job("fast.test", f"f-{i}", at=1000 + i))
         worker.wake()
         await queue.wait(lambda q: {"f-0", "f-1", "f-2"} <= {j.id for j in q.completed})
+
+
+async def test_a_screen_keeps_jobs_from_being_sent_and_a_failing_one_hands_them_back():
+    """The screen sees each claim before anything is sent (the service's
+    checks the users' preferences there): what it keeps goes out, what it
+    takes out is never sent; if it fails, the claim is handed back unsent."""
+    box = Mailbox()
+    queue = MemoryQueue()
+    screened: list[list[str]] = []
+    broken = False
+
+    async def screen(jobs: list[Job]) -> list[Job]:
+        screened.append([j.id for j in jobs])
+        if broken:
+            raise RuntimeError("the store is away")
+        for job in jobs:
+            if job.user == "bob":  # bob switched e-mail off meanwhile
+                await queue.complete(job)  # settled by the screen, as the service does
+        return [j for j in jobs if j.user != "bob"]
+
+    async with smtp_server(box) as port:
+        mail = EmailChannel(EmailConfig(host="127.0.0.1", port=port, starttls=False))
+        queue.put(make_job("email", {"to": "alice@acme.test"}, id="e-a", user="alice"))
+        queue.put(make_job("email", {"to": "bob@acme.test"}, id="e-b", user="bob"))
+        async with Worker(queue, [Lane(mail, concurrency=4, policy=FAST)],
+                          poll_interval=0.02, screen=screen) as worker:
+            await queue.wait(lambda q: len(q.completed) == 2 and not q.jobs)
+            await box_has(box, 1)
+            assert [m.rcpt_tos for m in box.messages] == [["alice@acme.test"]]
+            assert sorted(screened[0]) == ["e-a", "e-b"]
+            assert (worker.counts["email", "muted"], worker.counts["email", "delivered"]) == (1, 1)
+
+            broken = True
+            queue.put(make_job("email", {"to": "carol@acme.test"}, id="e-c", user="carol"))
+            worker.wake("email")
+            await queue.wait(lambda q: [j.id for j, _ in q.released] == ["e-c"])
+            assert "e-c" in queue.jobs and len(box.messages) == 1
+            assert worker.counts["email", "error"] == 1
+        await mail.aclose()
+
+
+async def box_has(box: Mailbox, n: int) -> None:
+    async with asyncio.timeout(10):
+        while len(box.messages) < n:
+            box.arrived.clear()
+            await box.arrived.wait()
