@@ -21,7 +21,9 @@ rather than 32 bytes because the URL must fit in one header line (RFC 5322
 §2.1.1: 998 characters) with a user id of 128 characters.
 
 Nothing here does I/O; :func:`switch_off` is the change to a user's
-preferences, the service stores it.
+preferences, which the store applies in place (``Store.update_preferences``:
+read and written under the user's row lock, so a change the user makes at
+the same instant is not lost).
 """
 
 from __future__ import annotations

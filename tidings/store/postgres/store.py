@@ -22,6 +22,9 @@ Any number of nodes share one database, so every guarantee of the contract
   the group, seqs still handed out by the streams rows' locks.  The other
   kinds of publish (topics, broadcasts, grouped, scheduled, with outbound
   jobs) run on their own, in a transaction when they take several statements.
+* **Preferences** change in place (``update_preferences``) under the user's
+  ``prefs`` row lock, ``SELECT ... FOR UPDATE`` to the commit; a put's upsert
+  takes the same lock, so concurrent writers of one user go one at a time.
 * **Idempotency.**  The key row is claimed first (an upsert that only
   replaces an expired record); a concurrent publish with the same key waits
   on that row and then reads the first result.
