@@ -851,6 +851,31 @@ async def test_counts_say_where_they_were_read(db):
     assert await db.counts(A, "w", now) == Counts(1, 1, 0, 2)  # sees the broadcast only
 
 
+async def test_counts_say_when_the_first_unread_entry_they_count_expires(db):
+    """``Counts.expires``: the gateway reads a device's counts again then
+    (tidings/gateway/recount.py).  Only unread, unexpired entries it counts,
+    personal and feed, and nothing for a user without a ttl."""
+    t = time.time()
+    assert (await db.counts(A, "u", t)).expires is None
+    await publish(db, A, note(users=["u"], created_at=t))
+    assert (await db.counts(A, "u", t)).expires is None
+    mine = await publish(db, A, note(users=["u"], created_at=t, expires_at=t + 50))
+    await db.subscribe(A, "big", ["u"])
+    feed = await publish(db, A, note(topic="big", created_at=t, expires_at=t + 30), threshold=0)
+    await publish(db, A, note(topic="other", created_at=t, expires_at=t + 10), threshold=0)
+    await publish(db, A, note(users=["v"], created_at=t, expires_at=t + 5))  # v's
+    assert (await db.counts(A, "u", t)).expires == t + 30
+    assert (await db.counts(A, "u", t + 35)).expires == t + 50  # the feed item ran out
+    await db.set_state(A, "u", [feed.id], "seen", t)  # seen is still unread
+    assert (await db.counts(A, "u", t)).expires == t + 30
+    await db.set_state(A, "u", [feed.id], "read", t)
+    assert (await db.counts(A, "u", t)).expires == t + 50
+    many = await db.counts_many(A, ["u", "v", "w"], t)
+    assert [many[x].expires for x in ("u", "v", "w")] == [t + 50, t + 5, None]
+    await db.set_state(A, "u", [mine.id], "archived", t)
+    assert (await db.counts(A, "u", t)).expires is None
+
+
 async def test_counts_agree_with_their_position_while_publishes_commit(db):
     """Every read, however the commits around it fall, counts exactly the
     entries and feed items up to the position it reports (nothing is marked

@@ -99,6 +99,11 @@ class Frames(Message, tag="x"):
     stream (a reconnecting client reloads them from hello and the inbox)."""
 
     frames: list[bytes]
+    # and then the counts of each receiving user with a stream on the node,
+    # read again there (a retracted feed item: tidings/gateway/recount.py).
+    # Trailing and defaulted: a node without it ignores it, and one with it
+    # reads a message without it as False.
+    recount: bool = False
 
 
 class Membership(Message, tag="m"):

@@ -31,6 +31,7 @@ when a burst is pending (one write per connection per loop tick).
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import msgspec
 
@@ -90,12 +91,17 @@ def state_frame(ids: list[str] | None, state: str, all_: bool = False) -> bytes:
     return _encode({"type": "state", "ids": ids or [], "all": all_, "state": state})
 
 
-def counts_object(unread: int, unseen: int, seq: int, feed: int) -> dict:
-    """The counts as every answer carries them: read at ``seq`` and ``feed``."""
+def counts_object(unread: int, unseen: int, seq: int, feed: int,
+                  expires: float | None = None) -> dict:
+    """The counts as every answer carries them: read at ``seq`` and ``feed``.
+    (``expires``, the last field of ``Store.counts``' answer, is the
+    gateway's own business: it is not sent.)"""
     return {"unread": unread, "unseen": unseen, "at": {"seq": seq, "feed": feed}}
 
 
-def counts_frame(unread: int, unseen: int, seq: int, feed: int) -> bytes:
+def counts_frame(unread: int, unseen: int, seq: int, feed: int,
+                 expires: float | None = None) -> bytes:
+    """A ``counts`` event (``expires`` is not sent, as in :func:`counts_object`)."""
     return b'{"type":"counts","unread":%d,"unseen":%d,"at":{"seq":%d,"feed":%d}}' % (
         unread, unseen, seq, feed)
 
@@ -126,8 +132,8 @@ def is_counts(frame: bytes) -> bool:
     return frame.startswith(_COUNTS_HEAD)
 
 
-def hello_frame(epoch: str, cursor: str, counts: tuple[int, int, int, int]) -> bytes:
-    """``counts``: ``(unread, unseen, seq, feed)``, as ``Store.counts`` reads them."""
+def hello_frame(epoch: str, cursor: str, counts: tuple) -> bytes:
+    """``counts``: ``(unread, unseen, seq, feed[, expires])``, as ``Store.counts`` reads them."""
     return _encode(
         {"type": "hello", "epoch": epoch, "cursor": cursor, "counts": counts_object(*counts)}
     )
@@ -143,6 +149,77 @@ def token_frame(until: float) -> bytes:
 
 def recovered_frame(ok: bool, missed: int) -> bytes:
     return _encode({"type": "recovered", "ok": ok, "missed": missed})
+
+
+# When a notification runs out of its ttl.  Notification's last field is
+# ``expires_at`` (tidings/core/models.py; msgspec writes fields in order and
+# leaves defaults out), so in a body the service encoded it is within the
+# last bytes when it is there at all: a publish without a ttl costs the
+# gateway one bounded search, whatever the body's size.
+EXPIRES = b'"expires_at":"'
+EXPIRES_TAIL = 64  # '"expires_at":"' + an ISO time with offset + '"}', with room
+
+
+class _Expiring(msgspec.Struct):
+    expires_at: str | None = None
+
+
+class _Carrying(msgspec.Struct):
+    notification: _Expiring | None = None
+
+
+_decode_expiring = msgspec.json.Decoder(_Expiring).decode
+_decode_carrying = msgspec.json.Decoder(_Carrying).decode
+
+
+def _timestamp(iso: str | None) -> float | None:
+    """An ``expires_at`` as the store has it, or just after: the body says it
+    in milliseconds, cut down (service.py's ``_iso``), so the stored time is
+    within the millisecond that follows.  (A time read too early would find
+    the entry still counted.)"""
+    if iso is None:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp() + 0.001
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def expiry(body: bytes, trailing: int = 0) -> float | None:
+    """When the notification ``body`` (as the service encodes it, followed
+    by ``trailing`` more bytes: 1 in a feed frame) expires, None when it has
+    no ``ttl``.  Looks at the last bytes only (see ``EXPIRES``); a body
+    whose ``data`` ends with such a key is read whole, and is answered
+    right."""
+    end = len(body) - trailing
+    if body.find(EXPIRES, max(0, end - EXPIRES_TAIL), end) < 0:
+        return None
+    try:
+        if trailing:  # a feed frame: the notification is its "notification"
+            note = _decode_carrying(body).notification
+            return None if note is None else _timestamp(note.expires_at)
+        return _timestamp(_decode_expiring(body).expires_at)
+    except msgspec.DecodeError:
+        return None
+
+
+def frame_expiry(frame: bytes) -> float | None:
+    """When the notification an event carries (``notification``, ``updated``,
+    a group entry's included) expires; None without one, or for any other
+    event.  Reads the whole frame: for events off the publish path."""
+    if EXPIRES not in frame:
+        return None
+    try:
+        note = _decode_carrying(frame).notification
+    except msgspec.DecodeError:
+        return None
+    return None if note is None else _timestamp(note.expires_at)
+
+
+def payload_expiry(payload: bytes) -> float | None:
+    """:func:`frame_expiry` of a ``Personal`` message's body: the
+    notification, maybe followed by a group entry's summary (:func:`with_group`)."""
+    return frame_expiry(b'{"notification":' + payload + b"}")
 
 
 def ws_batch(frames: list[bytes]) -> bytes:

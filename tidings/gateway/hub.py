@@ -54,6 +54,7 @@ from tidings.errors import (
     Unavailable,
 )
 from tidings.gateway.cache import UserCache
+from tidings.gateway.recount import Expiries, Recounts
 from tidings.gateway.stream import StreamEnds
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ HERE_MAX = 10_000
 REPAIR_INTERVAL = 2.0
 REPAIR_GRACE = 1.0
 REPAIR_CHUNK = 1000  # users per stream_heads query
+# A publish without a ttl costs the gateway one bounded search for it (events.expiry)
+_EXPIRES, _EXPIRES_TAIL = events.EXPIRES, events.EXPIRES_TAIL
 
 
 class Hub:
@@ -117,6 +120,10 @@ class Hub:
         # that cannot be replayed (retracted, expired) is not read again and again
         self._repaired_to: dict[tuple[str, str], int] = {}
         self._repairs: set[asyncio.Task] = set()  # catch-ups running (a task needs a reference)
+        # Counts that change with no event of their own (recount.py): feed
+        # retractions, topic memberships, and the ttls of what users here count
+        self.expiries = Expiries(self._expired)
+        self.recounts = Recounts(self, store, self._noted)
 
     # -- registry -------------------------------------------------------------
     @property
@@ -167,6 +174,7 @@ class Hub:
             if not by_user:
                 del self._by_app[stream.app]
             self.cache.gone(key)
+            self.expiries.forget(key)
             self.broker.unsubscribe(user_channel(*key))
             left = self._app_users.get(stream.app, 1) - 1
             if left:
@@ -279,6 +287,7 @@ class Hub:
         counts = await self.counts(*key, now)
         if counts.seq < stream.last_seq or counts.feed < stream.last_feed:
             counts = await self.store.counts(stream.app, stream.user, now)
+            self._noted(key, counts)
         start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
         stream.push(events.hello_frame(stream.epoch, start, counts), start)
         missed = 0
@@ -295,10 +304,12 @@ class Hub:
         key = (app, user)
         hit = self.cache.get("counts", key)
         if hit is not None:
+            self._noted(key, hit)
             return hit
         version = self.cache.version(key)
         value = await self.store.counts(app, user, now)
         self.cache.put("counts", key, version, value)
+        self._noted(key, value)
         return value
 
     async def user_topics(self, app: str, user: str) -> list[str]:
@@ -325,6 +336,11 @@ class Hub:
         others = [o for o in self.users.get((stream.app, stream.user), ())
                   if o is not stream and not o.closed and o.epoch == stream.epoch]
         add, reached = self.tracking.add, 0
+        # what the replay brings past the stream's counts is counted by the
+        # device until it expires
+        expiries = [x for e in (*personal, *feed) if (x := events.expiry(e.body)) is not None]
+        if expiries and (stream.app, stream.user) in self.users:
+            self.expiries.note((stream.app, stream.user), min(expiries))
         for e in personal:
             assert e.seq is not None  # a personal entry has a seq, a feed item a feed offset
             if not stream.has_room():
@@ -390,6 +406,7 @@ class Hub:
         now = time.time()
         topics = set(await self.store.user_topics(app, user))
         counts = await self.store.counts(app, user, now)
+        self._noted((app, user), counts)
         streams = tuple(self.users.get((app, user), ()))
         joined = False
         for s in streams:
@@ -475,9 +492,11 @@ class Hub:
             del here[next(iter(here))]
         self._on_personals(app, Personals(msg.body, mine, msg.sent_at, msg.trace))
 
-    def _personal(self, app: str, streams: set[Stream], msg: Personal) -> None:
+    def _personal(self, app: str, streams: set[Stream], msg: Personal, user: str) -> None:
         self._routed(app, len(streams), msg.sent_at)
         self.tracking.reached((app, msg.body))  # one user, however many streams
+        if _EXPIRES in msg.body:  # a ttl (the body may end with a group entry's summary)
+            self.expiries.note((app, user), events.payload_expiry(msg.body))
         if msg.trace:  # tracing is on: the same writes inside spans
             tracing.deliver(msg.trace, app, "personal", tuple(streams),
                             lambda s: s.on_personal(msg.epoch, msg.seq, msg.body))
@@ -496,18 +515,24 @@ class Hub:
                 # at the commit: a read filled since then is still right
                 return
             self.cache.user_changed((app, user))
-            self._personal(app, streams, msg)
+            self._personal(app, streams, msg, user)
             return
         self.cache.user_changed((app, user))
         if type(msg) is Frames:
             for s in tuple(streams):
                 s.on_frames(msg.frames)
+            for f in msg.frames:  # a group entry rebuilt may now expire sooner
+                self.expiries.note((app, user), events.frame_expiry(f))
+            if msg.recount:
+                self.recounts.add(app, (user,))
         elif type(msg) is Membership:
             for s in tuple(streams):
                 if msg.added:
                     self._join_topic(s, msg.topic)
                 else:
                     self._leave_topic(s, msg.topic)
+            # the topic's feed items now count for the user, or no longer do
+            self.recounts.add(app, (user,))
 
     def _on_all(self, channel: str, msg: Message) -> None:
         app = channel[:-2]
@@ -515,7 +540,7 @@ class Hub:
             self._on_personals(app, msg)
             return
         self.cache.app_changed(app)
-        self._to_group(app, self.apps.get(app), msg, self._app_users.get(app, 0))
+        self._to_group(app, self.apps.get(app), msg, self._app_users.get(app, 0), ("*", app, ""))
 
     def _on_personals(self, app: str, msg: Personals) -> None:
         """One publish's personal entries (the in-process broker's ``Personals``):
@@ -555,20 +580,30 @@ class Hub:
             self.cache.users_changed(app, here)
             self._routed(app, routed, msg.sent_at)
             self.tracking.reached_users((app, body, len(here)))  # users, not streams
+            if body.find(_EXPIRES, len(body) - _EXPIRES_TAIL) >= 0:  # a ttl (events.expiry)
+                expires = events.expiry(body)
+                for user in here:
+                    self.expiries.note((app, user), expires)
 
     def _on_topic(self, channel: str, msg: Message) -> None:
         app, _, topic = channel.split(":", 2)
         self.cache.app_changed(app)
         key = (app, topic)
-        self._to_group(app, self.topics.get(key), msg, len(self._topic_users.get(key, ())))
+        self._to_group(app, self.topics.get(key), msg, len(self._topic_users.get(key, ())),
+                       ("t", app, topic))
 
-    def _to_group(self, app: str, streams, msg: Message, users: int) -> None:
+    def _to_group(self, app: str, streams, msg: Message, users: int,
+                  channel: tuple[str, str, str]) -> None:
+        """A feed channel's message to its ``streams`` here; ``channel``
+        names it among the expiries: ``("*", app, "")`` or ``("t", app, topic)``."""
         if not streams:
             return
         if type(msg) is Feed:
             self._routed(app, len(streams), msg.sent_at)
             self.tracking.reached_feed((app, msg.frame, users))
             offset, frame = msg.offset, msg.frame
+            if frame.find(_EXPIRES, len(frame) - _EXPIRES_TAIL - 1) >= 0:  # a ttl
+                self.expiries.note(channel, events.expiry(frame, trailing=1))
             if msg.trace:
                 tracing.deliver(msg.trace, app, "feed", tuple(streams),
                                 lambda s: s.on_feed(offset, frame))
@@ -579,6 +614,31 @@ class Hub:
             frames = msg.frames
             for s in tuple(streams):
                 s.on_frames(frames)
+            if msg.recount:  # a feed item retracted: its followers' counts moved
+                self.recounts.add(app, {s.user for s in streams})
+
+    # -- counts that change with no event of their own (recount.py) -----------
+    def _noted(self, key: tuple[str, str], counts: Counts) -> None:
+        """Counts were read for ``key``: if the user has a stream here, watch
+        for the first unread entry they count to expire."""
+        if counts.expires is not None and key in self.users:
+            self.expiries.note(key, counts.expires)
+
+    def _expired(self, keys: list[tuple[str, ...]]) -> None:
+        """Something counted for these users (or these feed channels'
+        followers here) ran out of its ttl: read their counts again."""
+        for key in keys:
+            if len(key) == 2:  # (app, user)
+                app, user = key
+                if (app, user) in self.users:
+                    self.cache.user_changed((app, user))
+                    self.recounts.add(app, (user,))
+                continue
+            kind, app, topic = key
+            streams = self.apps.get(app) if kind == "*" else self.topics.get((app, topic))
+            if streams:
+                self.cache.app_changed(app)
+                self.recounts.add(app, {s.user for s in streams})
 
     # -- shutdown -------------------------------------------------------------
     def drain(self) -> None:
@@ -589,6 +649,8 @@ class Hub:
     def close_all(self, code: int) -> None:
         if self._resync is not None:
             self._resync.cancel()
+        self.recounts.close()
+        self.expiries.close()
         if self._repair_task is not None:
             self._repair_task.cancel()
         for streams in list(self.users.values()):

@@ -676,8 +676,15 @@ class Service:
             raise NotFound("no such notification", field="id")
         await self.outbound.retracted(app_id, nid)  # a retracted notification is never mailed
         deleted = events.deleted_frame(nid)
-        if gone.notification.audience is not None:
-            self._tell(app_id, gone.notification.audience, [], deleted)
+        audience = gone.notification.audience
+        if audience is not None:
+            # A feed item has no recipient list: each node reads the counts
+            # of its own followers again (tidings/gateway/recount.py), unless
+            # it had expired, and so was counted by nobody.
+            expires = gone.notification.expires_at
+            self.hub.cache.app_changed(app_id)
+            self.broker.publish(_feed_channel(app_id, audience), Frames(
+                [deleted], recount=expires is None or expires > time.time()))
         else:
             await self._tell_retracted(app_id, gone, deleted)
         return "retracted"

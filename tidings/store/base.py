@@ -42,7 +42,7 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   unseen counts, the user's head seq and the app's feed head in one snapshot
   (one statement): they count every entry up to that seq and every feed item
   up to that offset, and nothing after (docs/protocol.md, "Counts and the
-  badge").
+  badge"), and when the first unread entry they count expires.
 * **A user's token cutoff only moves later.**  ``revoke_tokens`` keeps
   the later of the cutoff it is given and the one the user has, however
   many callers on however many nodes revoke at once, so a revocation is
@@ -163,12 +163,17 @@ class Counts(NamedTuple):
     read at, in the same snapshot: the user's head ``seq`` (0 before their
     stream exists) and the app's ``feed`` head.  A notification committed
     after the read has a higher seq or feed offset, one before it does not
-    (seqs and offsets commit in order), so a client adds only those past it."""
+    (seqs and offsets commit in order), so a client adds only those past it.
+
+    ``expires``: when the first unread entry (personal or feed) they count
+    runs out of its ``ttl``, None when none has one.  Not sent to clients:
+    the gateway reads the counts again then (tidings/gateway/recount.py)."""
 
     unread: int
     unseen: int
     seq: int
     feed: int
+    expires: float | None = None
 
 
 @dataclass(slots=True)

@@ -192,18 +192,20 @@ SET_STATE_IDS = _SET_STATE.format(
 # every user's entry and state.  Returns whether this call did it.
 # The unread and unseen counts of user {user} ($1 app, $3 now): personal
 # entries and the feed items the user can see, in one pass, with the position
-# they were read at (the user's head seq, the app's feed head).  One
+# they were read at (the user's head seq, the app's feed head) and when the
+# first unread entry they count expires (NULL: none does).  One
 # statement, so one snapshot (PostgreSQL's READ COMMITTED gives each
 # statement its own, whole), which is what makes the position exact
 # (docs/protocol.md, "Counts and the badge").
 _COUNTS = """
 SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0),
        coalesce((SELECT head_seq FROM streams WHERE app_id = $1 AND user_id = {user}), 0),
-       coalesce((SELECT head FROM feed_heads WHERE app_id = $1), 0)
-FROM (SELECT state FROM inbox WHERE app_id = $1 AND user_id = {user}
+       coalesce((SELECT head FROM feed_heads WHERE app_id = $1), 0),
+       min(expires_at) FILTER (WHERE state < 2)
+FROM (SELECT state, expires_at FROM inbox WHERE app_id = $1 AND user_id = {user}
       AND (expires_at IS NULL OR expires_at > $3)
       UNION ALL
-      SELECT coalesce(fs.state, 0) FROM notifications n
+      SELECT coalesce(fs.state, 0), n.expires_at FROM notifications n
       LEFT JOIN feed_state fs ON fs.app_id = n.app_id AND fs.user_id = {user}
         AND fs.nid = n.id
       WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted

@@ -62,16 +62,22 @@ _STATE_FILTER = {  # inbox ?state= -> SQL predicate on the state column "st"
     None: "st < 3", "unread": "st < 2", "unseen": "st = 0", "seen": "st = 1",
     "read": "st = 2", "archived": "st = 3", "all": "1",
 }
-# A user's counts and the position they were read at (SQLiteStore.counts).
+# A user's counts, the position they were read at and when the first unread
+# entry they count expires (SQLiteStore.counts; the scalar min() of SQLite is
+# NULL when either side is, hence the coalesces).
 _COUNTS = (
     "SELECT p.unread + f.unread, p.unseen + f.unseen, "
     "coalesce((SELECT head_seq FROM streams WHERE app_id=:app AND user_id=:user), 0), "
-    "coalesce((SELECT head FROM feed_heads WHERE app_id=:app), 0) "
-    "FROM (SELECT coalesce(sum(state < 2), 0) AS unread, coalesce(sum(state = 0), 0) AS unseen "
+    "coalesce((SELECT head FROM feed_heads WHERE app_id=:app), 0), "
+    "min(coalesce(p.expires, f.expires), coalesce(f.expires, p.expires)) "
+    "FROM (SELECT coalesce(sum(state < 2), 0) AS unread, coalesce(sum(state = 0), 0) AS unseen, "
+    "             min(CASE WHEN state < 2 THEN expires_at END) AS expires "
     "      FROM inbox WHERE app_id=:app AND user_id=:user "
     "      AND (expires_at IS NULL OR expires_at>:now)) AS p, "
     "     (SELECT coalesce(sum(coalesce(fs.state, 0) < 2), 0) AS unread, "
-    "             coalesce(sum(coalesce(fs.state, 0) = 0), 0) AS unseen FROM notifications n "
+    "             coalesce(sum(coalesce(fs.state, 0) = 0), 0) AS unseen, "
+    "             min(CASE WHEN coalesce(fs.state, 0) < 2 THEN n.expires_at END) AS expires "
+    "      FROM notifications n "
     "      LEFT JOIN feed_state fs ON fs.app_id=n.app_id AND fs.user_id=:user AND fs.nid=n.id "
     "      WHERE n.app_id=:app AND n.feed_offset > 0 AND n.deleted=0 "
     "      AND (n.expires_at IS NULL OR n.expires_at>:now) AND (n.audience='*' OR n.audience IN "
