@@ -10,6 +10,7 @@ seq (so a device that missed it replays it).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
 from tidings.client import Subscriber
@@ -247,6 +248,44 @@ async def test_retracting_members_changes_the_entry_live_on_both_transports(each
                           "at": {"seq": 3, "feed": 0}}]
         assert on_sse == [{"type": "deleted", "id": b}]  # bob's was read: counts unchanged
         assert shown == {"alice": {}, "bob": {}}
+    await ws.close()
+
+
+async def test_pruning_old_members_changes_the_entry_live_on_both_transports(each_store):
+    """Retention takes the members older than its horizon out of the entry:
+    each holder's devices get the entry as the inbox page now shows it (the
+    same notification, a smaller group), as for a retracted member."""
+    server = each_store
+    alice, bob = await server.token("alice"), await server.token("bob")
+    a = (await publish(server, {"users": ["alice", "bob"]}, **like("user_1")))[0]
+    await asyncio.sleep(0.05)
+    horizon = time.time()  # the sweep's horizon, between the members
+    await asyncio.sleep(0.05)
+    b, c = [(await publish(server, {"users": ["alice", "bob"]}, **like(f"user_{i}")))[0]
+            for i in (2, 3)]
+    ws = await ws_connect(server, alice)
+    await recv_events(ws, 1)  # hello
+    async with SSEReader(server, bob) as sse:
+        await sse.events(1)  # hello
+        async with server.http(bob) as http:
+            await http.post("/v1/me/notifications/seen", json={"ids": [c]})
+        assert [e["type"] for _, e in await sse.events(2)] == ["state", "counts"]
+        shown = {"alice": await page_rows(server, alice), "bob": await page_rows(server, bob)}
+        assert shown["alice"][c]["group"]["count"] == 3
+
+        assert await server.service.prune(horizon) >= 1  # what the hourly sweep runs
+        frames: list = []
+        (on_ws,) = await recv_events(ws, 1, frames=frames)
+        (_, on_sse), = await sse.events(1)
+        assert (on_ws["type"], on_ws["state"], on_ws["notification"]["id"]) == (
+            "updated", "unseen", c)
+        g = on_ws["group"]
+        assert (g["id"], g["count"], g["actor_count"], g["actors"], g["first_id"]) == (
+            a, 2, 2, ["user_3", "user_2"], b)
+        assert on_sse == {**on_ws, "state": "seen"}
+        for user, token, ev in (("alice", alice, on_ws), ("bob", bob, on_sse)):
+            shown[user] = assemble(shown[user], [ev])
+            assert shown[user] == await page_rows(server, token)  # as the server has it
     await ws.close()
 
 

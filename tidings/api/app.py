@@ -95,7 +95,7 @@ async def _retention(service: Service) -> None:
     settings = service.settings
     while True:
         try:
-            await service.store.prune(None, time.time() - settings.retention_days * 86400)
+            await service.prune(time.time() - settings.retention_days * 86400)
         except Exception:
             log.exception("retention sweep failed; retrying at the next interval")
         await asyncio.sleep(settings.prune_interval)

@@ -715,6 +715,23 @@ class Service:
                 self.broker.publish(user_channel(app_id, user), Frames(frames))
             await asyncio.sleep(0)  # SQLite reads the counts inline: let the loop breathe
 
+    async def prune(self, older_than: float) -> int:
+        """Retention (the app's sweeper, every ``prune_interval``): drop what
+        was created before ``older_than``, and send each group entry that
+        lost members to them its holder's devices, as a retraction does:
+        ``updated`` with the entry as the inbox page now shows it (the same
+        notification, a smaller ``group``).  Returns how many entries and
+        notifications went."""
+        pruned = await self.store.prune(None, older_than)
+        for i in range(0, len(pruned.regrouped), _RETRACT_CHUNK):
+            for app_id, user, entry in pruned.regrouped[i:i + _RETRACT_CHUNK]:
+                assert entry.group is not None  # a group entry
+                self.hub.cache.user_changed((app_id, user))
+                self.broker.publish(user_channel(app_id, user), Frames(
+                    [events.group_updated_frame(entry.body, entry.group, entry.state)]))
+            await asyncio.sleep(0)
+        return pruned.removed
+
     def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
         """Send ``frame`` to a notification's audience: the feed's channel for
         items fanned out on read, else each recipient's own channel."""

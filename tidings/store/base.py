@@ -227,6 +227,16 @@ class Retraction:
 
 
 @dataclass(slots=True)
+class Pruned:
+    """What ``Store.prune`` did."""
+
+    removed: int  # entries and notifications (feed items included) deleted
+    # group entries that lost members and keep others, as they are now:
+    # (app, user, entry), live ones only (for the ``updated`` events, service.py)
+    regrouped: list[tuple[str, str, Entry]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ScheduledNotification:
     id: str
     body: bytes
@@ -626,8 +636,8 @@ class Store(OutboundStore, abc.ABC):
 
     # -- maintenance ----------------------------------------------------
     @abc.abstractmethod
-    async def prune(self, app_id: str | None, older_than: float) -> int:
+    async def prune(self, app_id: str | None, older_than: float) -> Pruned:
         """Drop entries and notifications created before ``older_than``
-        (retention), raising the stream floors; returns how many.  A group
+        (retention), raising the stream floors; says how many.  A group
         entry that keeps some members loses the older ones from its summary
-        and its members list (module guarantees)."""
+        and its members list (module guarantees), and is in ``regrouped``."""

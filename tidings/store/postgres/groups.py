@@ -152,11 +152,13 @@ async def rebuild(conn, app_id: str, user: str,
     return state, personal_entry(newest, body, state, created_at, seq, gid, grp), expires_at
 
 
-async def prune(conn, app_id: str | None, older_than: float, timeout: float) -> None:
+async def prune(conn, app_id: str | None, older_than: float, now: float,
+                timeout: float) -> list[tuple[str, str, Entry]]:
     """Retention for group memberships (the SQLite store's ``prune_tx``):
     members older than ``older_than`` leave their entries, and each entry
     that keeps others is rebuilt from them, one transaction each, under the
-    user's stream lock (no grouped publish merges into it meanwhile)."""
+    user's stream lock (no grouped publish merges into it meanwhile).
+    Returns those entries, ``(app, user, entry)``, the ones live at ``now``."""
     where, args = ("", ()) if app_id is None else (" AND m.app_id = $2", (app_id,))
     touched = await conn.fetch(
         "SELECT DISTINCT m.app_id, m.user_id, m.gid FROM group_members m JOIN inbox i "
@@ -165,10 +167,15 @@ async def prune(conn, app_id: str | None, older_than: float, timeout: float) -> 
     )
     await conn.execute("DELETE FROM group_members m WHERE m.created_at < $1" + where,
                        older_than, *args, timeout=timeout)
+    regrouped: list[tuple[str, str, Entry]] = []
     for app, user, gid in touched:
         async with conn.transaction():
             await _lock_streams(conn, app, [user])
-            await rebuild(conn, app, user, gid)
+            rebuilt = await rebuild(conn, app, user, gid)
+        if rebuilt is not None and rebuilt[1] is not None and (
+                rebuilt[2] is None or rebuilt[2] > now):
+            regrouped.append((app, user, rebuilt[1]))
+    return regrouped
 
 
 async def state_counts(conn, app_id: str, nid: str) -> list:

@@ -7,10 +7,18 @@ they follow are in store.py's module docstring and in sql.py.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from tidings.core.ids import id_floor
-from tidings.store.base import Delivery, NewNotification, PublishOutcome, StoredNotification
+from tidings.store.base import (
+    Delivery,
+    NewNotification,
+    Pruned,
+    PublishOutcome,
+    StoredNotification,
+)
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import schedule as _sched
 from tidings.store.postgres.outbound import insert_jobs
@@ -128,7 +136,7 @@ async def get_notification(conn, app_id: str, nid: str) -> StoredNotification | 
     return StoredNotification(**row, stats=stats)  # the columns are named as the fields
 
 
-async def prune(conn, app_id: str | None, older_than: float) -> int:
+async def prune(conn, app_id: str | None, older_than: float) -> Pruned:
     args: tuple[float | str, ...]
     where, args = "", (older_than,)
     if app_id is not None:
@@ -165,9 +173,9 @@ async def prune(conn, app_id: str | None, older_than: float) -> int:
             f"DELETE FROM {table} WHERE created_at < $1" + where, *args, timeout=SWEEP_TIMEOUT)
         if table != "idempotency":  # entries and feed items, as SQLite counts them
             n += count(status)
-    await _groups.prune(conn, app_id, older_than, SWEEP_TIMEOUT)
+    regrouped = await _groups.prune(conn, app_id, older_than, time.time(), SWEEP_TIMEOUT)
     await _sched.prune(conn, app_id, older_than, id_floor(int(older_than * 1000)), SWEEP_TIMEOUT)
-    return n
+    return Pruned(n, regrouped)
 
 
 def count(status: str) -> int:

@@ -63,6 +63,7 @@ from tidings.store.base import (
     Entry,
     KeyInfo,
     KeyRecord,
+    Pruned,
     PublishOutcome,
     Retraction,
     Store,
@@ -726,7 +727,7 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         return await self._call(update, tx=True)
 
     # -- maintenance ----------------------------------------------------
-    async def prune(self, app_id, older_than) -> int:
+    async def prune(self, app_id, older_than) -> Pruned:
         return await self._call(_tx.prune, app_id, older_than)
 
 

@@ -131,11 +131,14 @@ def rebuild_tx(
     return state, entry, expires_at
 
 
-def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float) -> None:
+def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float,
+             now: float) -> list[tuple[str, str, Entry]]:
     """Retention for group memberships (after the entries and notifications
     older than ``older_than`` went): members that old leave their entries,
     and each entry that keeps others is rebuilt from them, so that its
-    count, actors and ``first_id`` claim no member it no longer holds."""
+    count, actors and ``first_id`` claim no member it no longer holds.
+    Returns those entries as they are now, ``(app, user, entry)``, the ones
+    live at ``now``."""
     where, args = ("", ()) if app_id is None else (" AND m.app_id=?", (app_id,))
     touched = conn.execute(
         "SELECT DISTINCT m.app_id, m.user_id, m.gid FROM group_members m JOIN inbox i "
@@ -144,8 +147,13 @@ def prune_tx(conn: sqlite3.Connection, app_id: str | None, older_than: float) ->
     ).fetchall()
     conn.execute("DELETE FROM group_members WHERE created_at<?" + where.replace("m.", ""),
                  (older_than, *args))
+    regrouped: list[tuple[str, str, Entry]] = []
     for app, user, gid in touched:
-        rebuild_tx(conn, app, user, gid)
+        rebuilt = rebuild_tx(conn, app, user, gid)
+        if rebuilt is not None and rebuilt[1] is not None and (
+                rebuilt[2] is None or rebuilt[2] > now):
+            regrouped.append((app, user, rebuilt[1]))
+    return regrouped
 
 
 def current_ids(conn: sqlite3.Connection, app_id: str, user: str, ids: list[str]) -> list[str]:

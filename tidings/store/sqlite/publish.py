@@ -15,7 +15,7 @@ import time
 import msgspec
 
 from tidings.core.ids import id_floor, new_epoch
-from tidings.store.base import Delivery, NewNotification, PublishOutcome
+from tidings.store.base import Delivery, NewNotification, Pruned, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.appends import WriterConnection
@@ -250,7 +250,7 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
     return changed
 
 
-def prune_tx(conn, app_id: str | None, older_than: float) -> int:
+def prune_tx(conn, app_id: str | None, older_than: float) -> Pruned:
     where, args = ("", ()) if app_id is None else (" AND app_id=?", (app_id,))
     floors = conn.execute(
         "SELECT app_id, user_id, max(seq) FROM inbox WHERE created_at<?" + where +
@@ -273,6 +273,6 @@ def prune_tx(conn, app_id: str | None, older_than: float) -> int:
         "DELETE FROM notifications WHERE created_at<?" + where, (older_than, *args)
     ).rowcount
     conn.execute("DELETE FROM idempotency WHERE created_at<?" + where, (older_than, *args))
-    _groups.prune_tx(conn, app_id, older_than)
+    regrouped = _groups.prune_tx(conn, app_id, older_than, time.time())
     _sched.prune_tx(conn, app_id, older_than, id_floor(int(older_than * 1000)))
-    return n
+    return Pruned(n, regrouped)

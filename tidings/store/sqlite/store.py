@@ -39,6 +39,7 @@ from tidings.store.base import (
     Entry,
     KeyInfo,
     KeyRecord,
+    Pruned,
     PublishOutcome,
     Retraction,
     Store,
@@ -891,7 +892,7 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         return await self._write(update)
 
     # -- maintenance ----------------------------------------------------
-    async def prune(self, app_id, older_than) -> int:
+    async def prune(self, app_id, older_than) -> Pruned:
         return await self._write(_tx.prune_tx, app_id, older_than)
 
     # -- test and bench helpers -----------------------------------------
