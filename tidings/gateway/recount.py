@@ -16,14 +16,14 @@ Each node reads the counts again for its own users only (those with a
 stream here) and sends each of their streams a ``counts`` event with its
 ``at``.  :class:`Recounts` does the reading: the users asked for wait in a
 queue (one entry per user, however often asked), and one task reads them
-``RECOUNT_CHUNK`` at a time with ``Store.counts_many`` (one query on
-PostgreSQL, one read each on SQLite), one read at a time, with a turn of
-the event loop between reads.  So a feed item retracted for 100,000 users
-online on a node costs that node 100,000 / ``RECOUNT_CHUNK`` queries, one
-after the other, and nothing else waits for them (docs/delivery.md has
-the measurements).  A user asked for again while their read is on its way
-is read once more after it: the change may have committed after that read
-began.
+``Store.counts_batch`` at a time with ``Store.counts_many`` (500 in one
+query on PostgreSQL; 100 read one by one on SQLite, whose reads hold the
+event loop), one batch at a time, with a turn of the event loop between
+batches.  So a feed item retracted for 100,000 users online on a node
+costs that node 200 queries on PostgreSQL, one after the other, and
+nothing else waits for them (docs/delivery.md has the measurements).  A
+user asked for again while their read is on its way is read once more
+after it: the change may have committed after that read began.
 
 Expiries cost nothing until a notification has a ttl.  The counts say when
 the first unread entry they count expires (``Counts.expires``), and the
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings.gateway")
 
-# Users read a query (Store.counts_many); one query at a time per node.
-RECOUNT_CHUNK = 500
 # What Expiries watches: a user ``(app, user)``, or a feed channel
 # ``("*", app, "")`` / ``("t", app, topic)`` (hub.py)
 Key = tuple[str, ...]
@@ -79,11 +77,11 @@ class Recounts:
     ``expires``)."""
 
     def __init__(self, hub: Users, store: Store,
-                 noted: Callable[[tuple[str, str], Counts], None], chunk: int = RECOUNT_CHUNK):
+                 noted: Callable[[tuple[str, str], Counts], None]):
         self.hub = hub
         self.store = store
         self.noted = noted
-        self.chunk = chunk
+        self.chunk = store.counts_batch  # users a read
         # app -> users waiting to be read (a dict: insertion order, one entry each)
         self._pending: dict[str, dict[str, None]] = {}
         self._task: asyncio.Task | None = None

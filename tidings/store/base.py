@@ -303,6 +303,11 @@ class Store(OutboundStore, abc.ABC):
     contract of tidings/store/outbound.py, which every store implements too.
     """
 
+    # Users per ``counts_many`` call when many are read again at once
+    # (tidings/gateway/recount.py): the default reads one at a time, and a
+    # store that reads on the event loop (SQLite) holds it that long.
+    counts_batch = 100
+
     # -- lifecycle ------------------------------------------------------
     @abc.abstractmethod
     async def open(self) -> None: ...

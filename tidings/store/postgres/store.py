@@ -184,6 +184,8 @@ _APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
 
 
 class PostgresStore(PostgresOutbound, PostgresDigests, Store):
+    counts_batch = 500  # one query (COUNTS_MANY), off the event loop: about 12 ms
+
     def __init__(
         self, url: str, *, server_settings: dict[str, str] | None = None,
         min_size: int = 1, max_size: int = 10, command_timeout: float = 60.0,
