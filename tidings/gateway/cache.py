@@ -7,9 +7,9 @@ answers crosses that channel (a new entry, a state change, a retraction, a
 membership change) or the app's feed channels (broadcasts, large topics),
 and the hub invalidates on each of them.  Two safety nets cover what the
 broker, being at most once, may lose: a broker reconnect invalidates
-everything, and entries expire after a few seconds anyway (which also bounds
-how long an item that expires by ``ttl`` -- no event marks that -- stays
-counted).
+everything, and entries expire after a few seconds anyway.  An item that
+expires by ``ttl`` has no event: the hub drops the user's entries at the
+expiry it watches for them (recount.py).
 
 Invalidation is O(1): it gives the user (or the app, for feed items) a new
 version, and every entry remembers the versions it was read under.  Versions
