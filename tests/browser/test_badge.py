@@ -230,3 +230,36 @@ async def test_the_protocol_pages_snippet_ends_every_racy_order_on_the_exact_bad
             continue  # the snippet speaks today's protocol only
         assert await page.evaluate(run, case["events"]) == case["badge"], case["name"]
     await page.close()
+
+
+async def badge_becomes(page, text: str, timeout: float = 8.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (shown := await badge_text(page)) != text:
+        assert loop.time() < deadline, f"the bell shows {shown!r}, not {text!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_bell_follows_counts_that_move_with_no_event_of_their_own(chromium, tmp_path,
+                                                                            site):
+    """An unread notification running out of its ttl, a large topic joined,
+    a broadcast retracted: each sends counts, and <tidings-inbox> shows them
+    (docs/protocol.md, "Counts with no event of their own")."""
+    async with run_server(tmp_path, fanout_threshold=0) as server:
+        token = await server.token("ivy")
+        page, errors = await open_page(chromium, site, INBOX.format(url=server.url, token=token))
+        await until(page, "window.seen.hello === 1")
+        await publish(server, {"users": ["ivy"]}, 1, ttl=1)
+        await badge_becomes(page, "1")
+        await badge_becomes(page, "")  # it expired: nothing unread
+        async with server.http() as http:
+            assert (await http.put("/v1/topics/big/subscribers/other")).status_code < 300
+            await publish(server, {"topic": "big"}, 2)  # feed items ivy does not see yet
+            assert (await http.put("/v1/topics/big/subscribers/ivy")).status_code < 300
+            await badge_becomes(page, "2")
+            (nid,) = await publish(server, {"all": True}, 1)
+            await badge_becomes(page, "3")
+            assert (await http.delete(f"/v1/notifications/{nid}")).status_code == 200
+            await badge_becomes(page, "2")
+        assert not errors
+        await page.close()

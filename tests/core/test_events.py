@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -156,3 +158,27 @@ def test_group_updated_frame():
         "type": "updated", "notification": NOTE_OBJ, "group": {"id": "g", "count": 2},
         "state": "seen",
     }
+
+
+def test_a_bodys_expiry_is_found_in_its_last_bytes():
+    """``expires_at`` is a notification's last field (what lets the hub look
+    for a ttl in a bounded tail, once per publish)."""
+    assert Notification.__struct_fields__[-1] == "expires_at"
+    iso = "2026-01-01T00:00:05.123+00:00"
+    stored = datetime.fromisoformat(iso).timestamp()
+    note = Notification(id="01J9", category="c", created_at="t", title="x" * 500,
+                        data={"k": 1}, tags=["a"], group_key="g", actor="ann",
+                        deliver_at="2026-01-01T00:00:00.000+00:00", expires_at=iso)
+    body = msgspec.json.encode(note)
+    assert body.find(ev.EXPIRES, len(body) - ev.EXPIRES_TAIL) >= 0
+    # the millisecond the body says, and the one after: the store's time is within it
+    for found in (ev.expiry(body), ev.expiry(ev.feed_frame(3, body), trailing=1),
+                  ev.frame_expiry(ev.group_updated_frame(body, b'{"id":"x"}', "seen")),
+                  ev.payload_expiry(ev.with_group(body, b'{"id":"x","count":2}'))):
+        assert found is not None and stored < found <= stored + 0.001
+    plain = msgspec.json.encode(Notification(id="01J9", category="c", created_at="t"))
+    assert ev.expiry(plain) is None and ev.frame_expiry(ev.counts_frame(1, 1, 1, 0)) is None
+    # a key of that name in data is no ttl, and is read as none
+    fake = msgspec.json.encode(Notification(id="01J9", category="c", created_at="t",
+                                            data={"expires_at": "soon"}))
+    assert ev.expiry(fake) is None

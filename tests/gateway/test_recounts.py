@@ -19,6 +19,7 @@ import pytest
 from tests.client.badge_scenarios import play
 from tests.conftest import run_server, two_nodes
 from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
+from tidings.client import Subscriber
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -299,3 +300,36 @@ async def test_recounts_reach_devices_on_another_node(tmp_path):
         assert (await until_counts(ws, got, timeout=5))["unread"] == 1
         assert badge(got) == {"unread": 1, "unseen": 1}
         await ws.close()
+
+
+async def test_the_python_subscribers_badge_follows_them(tmp_path):
+    """The SDK takes these counts by the rule, as it takes any (tidings.client.badge)."""
+    async with run_server(tmp_path) as server:
+        token = await server.token("kit")
+        sub = Subscriber(server.url, token, receipts=False)
+        badges: list[dict | None] = []
+
+        async def listen():
+            async for ev in sub:
+                if ev["type"] in ("hello", "notification", "counts"):
+                    badges.append(sub.counts)
+
+        listening = asyncio.create_task(listen())
+        try:
+            while not badges:
+                await asyncio.sleep(0.02)
+            await publish(server, {"users": ["kit"]}, 1, ttl=1)
+            (nid,) = await publish(server, {"all": True}, 1)
+            async with asyncio.timeout(5):
+                while {"unread": 2, "unseen": 2} not in badges:
+                    await asyncio.sleep(0.02)
+                while badges[-1] != {"unread": 1, "unseen": 1}:  # the first ran out
+                    await asyncio.sleep(0.02)
+            async with server.http() as http:
+                assert (await http.delete(f"/v1/notifications/{nid}")).status_code == 200
+            async with asyncio.timeout(5):
+                while badges[-1] != {"unread": 0, "unseen": 0}:
+                    await asyncio.sleep(0.02)
+        finally:
+            await sub.close()
+            await listening
