@@ -160,7 +160,7 @@ async def test_405_lists_every_method_of_the_path(server):
                               ("/v1/topics/t/subscribers/alice", {"PUT", "DELETE"}),
                               ("/v1/users/alice/email", {"GET", "PUT", "DELETE"}),
                               ("/v1/webhooks", {"GET", "POST"}),
-                              ("/v1/me/preferences", {"GET", "PUT"})]:
+                              ("/v1/me/preferences", {"GET", "PUT", "PATCH"})]:
             r = await http.request("POST" if "POST" not in allowed else "PATCH", path)
             assert r.status_code == 405, (path, r.text)
             got = {m.strip() for m in r.headers["allow"].split(",")}

@@ -93,6 +93,23 @@ def test_me_calls_use_the_user_token():
         Client("http://t.test", api_key="k").counts()
 
 
+def test_preferences_are_replaced_with_put_and_changed_with_patch():
+    rec = Recorder(httpx.Response(200, json={"categories": {"promo": {"email": False}}}))
+    c = client(rec)
+    patch = {"categories": {"promo": {"email": False}}, "quiet_hours": None}
+    assert c.update_preferences(patch) == {"categories": {"promo": {"email": False}}}
+    req = rec.requests[-1]
+    assert (req.method, req.url.path) == ("PATCH", "/v1/me/preferences")
+    assert req.headers["Authorization"] == "Bearer ut_1" and rec.body() == patch
+    c.update_user_preferences("a/b", {"digests": {"social": None}})
+    req = rec.requests[-1]
+    assert (req.method, req.url.raw_path) == ("PATCH", b"/v1/users/a%2Fb/preferences")
+    assert req.headers["Authorization"] == "Bearer tk_1"
+    assert rec.body() == {"digests": {"social": None}}
+    c.set_user_preferences("ann", {"categories": {}})
+    assert rec.requests[-1].method == "PUT"
+
+
 def test_errors_are_parsed():
     rec = Recorder(httpx.Response(
         422, json={"error": {"code": "invalid", "message": "bad title", "field": "title"}}))

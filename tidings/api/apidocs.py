@@ -118,6 +118,8 @@ EXAMPLES = {
     ("put", "/v1/me/preferences"): {
         "categories": {"marketing": {"push": False, "email": False}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"}},
+    ("patch", "/v1/me/preferences"): {
+        "categories": {"social": {"email": False}}, "quiet_hours": None},
 }
 
 

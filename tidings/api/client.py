@@ -10,6 +10,7 @@ from tidings.api.common import JSON, bearer_of, body_of, takes, user_auth
 from tidings.api.direct import Call, DirectRoute, starlette_route
 from tidings.api.server import BEFORE, PAGE_LIMIT, STATE, _group
 from tidings.core.models import Preferences, StateRequest
+from tidings.core.preferences import PreferencesPatch
 from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
 
@@ -89,6 +90,14 @@ async def put_my_preferences(request: Request):
     return JSON(prefs)
 
 
+async def patch_my_preferences(request: Request):
+    """Change part of my preferences (tidings/core/preferences.py): what
+    the body does not name stays as it is, whoever set it."""
+    app, user = await user_auth(request)
+    patch = await body_of(request, PreferencesPatch)
+    return JSON(await request.app.state.service.update_preferences(app, user, patch))
+
+
 def _any_body(settings) -> int:
     return settings.limits.max_body_bytes  # a GET's body is never read
 
@@ -107,4 +116,5 @@ routes = [
     Route("/v1/me/receipts", post_receipts, methods=["POST"]),
     Route("/v1/me/preferences", get_my_preferences, methods=["GET"]),
     Route("/v1/me/preferences", put_my_preferences, methods=["PUT"]),
+    Route("/v1/me/preferences", patch_my_preferences, methods=["PATCH"]),
 ]

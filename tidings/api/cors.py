@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # Paths a page on another origin may call (matched on the raw path).
 _PATHS = re.compile(r"^/v1/me(/|$)|^/v1/push/vapid-public-key$|^/v1/users/[^/]+/tokens$"
                     r"|^/tidings\.js$|^/tidings-inbox\.js$")
-ALLOW_METHODS = "GET, POST, PUT, DELETE"
+ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
 # What tidings.js and the client API send: the token, JSON bodies, and the
 # SSE resume header (an EventSource never sets it on the first request, but a
 # fetch-based SSE reader may).

@@ -43,6 +43,7 @@ from tidings.core.outbound import (
     PushSubscriptionRequest,
     WebhookRequest,
 )
+from tidings.core.preferences import PreferencesPatch
 from tidings.core.receipts import Receipts
 from tidings.core.unsubscribe import MAX_TOKEN
 
@@ -89,6 +90,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("get", "/v1/users/{user}/preferences", "A user's preferences", "apiKey", None),
     ("put", "/v1/users/{user}/preferences", "Replace a user's preferences", "apiKey",
      Preferences),
+    ("patch", "/v1/users/{user}/preferences", "Change part of a user's preferences (a JSON "
+     "merge patch: what it does not name is kept)", "apiKey", PreferencesPatch),
     ("post", "/v1/users/{user}/tokens", "Mint a user token", "apiKey", TokenRequest),
     ("get", "/v1/me/notifications", "My inbox, newest first", "userToken", None),
     ("get", "/v1/me/notifications/{id}/group",
@@ -102,6 +105,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "(docs/protocol.md#receipts)", "userToken", Receipts),
     ("get", "/v1/me/preferences", "My preferences", "userToken", None),
     ("put", "/v1/me/preferences", "Replace my preferences", "userToken", Preferences),
+    ("patch", "/v1/me/preferences", "Change part of my preferences (a JSON merge patch: what "
+     "it does not name is kept)", "userToken", PreferencesPatch),
     ("get", "/v1/me/stream", "Live events over WebSocket (see docs/protocol.md)", "userToken",
      None),
     ("get", "/v1/me/events", "Live events over Server-Sent Events", "userToken", None),

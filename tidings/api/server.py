@@ -34,6 +34,7 @@ from tidings.core.models import (
     valid_topic,
     valid_user,
 )
+from tidings.core.preferences import PreferencesPatch
 from tidings.errors import Invalid, NotFound, TidingsError
 from tidings.service.revocations import revoked
 
@@ -278,6 +279,12 @@ async def put_user_preferences(request: Request):
     return JSON(prefs)
 
 
+async def patch_user_preferences(request: Request):
+    app = await server_auth(request, "publish")
+    patch = await body_of(request, PreferencesPatch)
+    return JSON(await request.app.state.service.update_preferences(app, _user(request), patch))
+
+
 async def mint_token(request: Request):
     app = await server_auth(request, "publish")
     service = request.app.state.service
@@ -312,6 +319,7 @@ routes = [
           methods=["GET"]),
     Route("/v1/users/{user:user}/preferences", get_user_preferences, methods=["GET"]),
     Route("/v1/users/{user:user}/preferences", put_user_preferences, methods=["PUT"]),
+    Route("/v1/users/{user:user}/preferences", patch_user_preferences, methods=["PATCH"]),
     Route("/v1/users/{user:user}/tokens", mint_token, methods=["POST"]),
     Route("/v1/users/{user:user}/tokens/revoke", revoke_tokens, methods=["POST"]),
 ]

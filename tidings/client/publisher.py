@@ -153,6 +153,11 @@ class _Endpoints:
     def set_user_preferences(self, user: str, preferences: dict) -> Any:
         return self._call("PUT", f"/v1/users/{_seg(user)}/preferences", json=preferences)
 
+    def update_user_preferences(self, user: str, patch: dict) -> Any:
+        """Change only what ``patch`` names (a JSON merge patch; ``None``
+        removes); returns the preferences as stored."""
+        return self._call("PATCH", f"/v1/users/{_seg(user)}/preferences", json=patch)
+
     def create_token(self, user: str, ttl: int = 3600) -> Any:
         """Mint a user token; returns ``{"token", "expires_at"}``."""
         return self._call("POST", f"/v1/users/{_seg(user)}/tokens", json={"ttl": ttl})
@@ -209,6 +214,10 @@ class _Endpoints:
 
     def set_preferences(self, preferences: dict, *, token: str | None = None) -> Any:
         return self._call("PUT", "/v1/me/preferences", json=preferences, user=True, token=token)
+
+    def update_preferences(self, patch: dict, *, token: str | None = None) -> Any:
+        """Change only what ``patch`` names (see :meth:`update_user_preferences`)."""
+        return self._call("PATCH", "/v1/me/preferences", json=patch, user=True, token=token)
 
 
 def _page(limit: int | None, before: str | None, state: str | None) -> dict:

@@ -34,14 +34,10 @@ from tidings.broker.base import (
     user_channel,
 )
 from tidings.config import Settings
-from tidings.core import auth, events, quiet, unsubscribe
-from tidings.core.digest import InvalidDigest
-from tidings.core.digest import check as check_digests
+from tidings.core import auth, events, preferences, unsubscribe
 from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
 from tidings.core.models import (
-    ALL_CATEGORIES,
-    MAX_PREF_CATEGORIES,
     Notification,
     PatchRequest,
     Preferences,
@@ -808,23 +804,17 @@ class Service:
         return n
 
     async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
-        every = prefs.categories.get(ALL_CATEGORIES)
-        if every is not None and not every.in_app:
-            raise Invalid('"*" switches the outbound channels of every other category; in_app '
-                          "is switched off per category", field="categories.*.in_app")
-        if len(prefs.categories) - (every is not None) > MAX_PREF_CATEGORIES:
-            raise Invalid(f"at most {MAX_PREF_CATEGORIES} categories, and \"*\"",
-                          field="categories")
-        if prefs.quiet_hours is not None:
-            try:
-                quiet.zone(prefs.quiet_hours.tz)  # refuses "localtime": the server's zone
-            except quiet.InvalidTimeZone:
-                raise Invalid("unknown time zone", field="quiet_hours.tz") from None
-        try:
-            check_digests(prefs.digests, "digests")
-        except InvalidDigest as exc:
-            raise Invalid(str(exc), field=exc.field) from None
-        await self.store.put_preferences(app_id, user, prefs)
+        await self.store.put_preferences(app_id, user, preferences.check(prefs))
+
+    async def update_preferences(self, app_id: str, user: str,
+                                 patch: preferences.PreferencesPatch) -> Preferences:
+        """Apply ``patch`` to the user's preferences in the store's
+        transaction (tidings/core/preferences.py): what it does not name is
+        left as it is then, whoever changed it last.  Returns the result."""
+        stored = await self.store.update_preferences(
+            app_id, user, lambda prefs: preferences.check(preferences.merged(prefs, patch)))
+        assert stored is not None  # the change always returns the preferences
+        return stored
 
     async def group_members(self, app_id: str, user: str, nid: str, *, limit: int,
                             before: str | None) -> dict:

@@ -1,0 +1,120 @@
+"""A user's preferences: what makes a document valid, and a change to part of it.
+
+``PUT .../preferences`` replaces the whole document; ``PATCH`` changes only
+what its body names, as a JSON merge patch (RFC 7396) of the document:
+
+* ``{"categories": {"social": {"email": false}}}`` switches e-mail off for
+  ``social`` and leaves its other switches as they were.  A category the
+  preferences did not name starts from the switches it followed until then,
+  those of ``"*"`` (every category not named), so naming it changes nothing
+  but the switch given.  ``{"categories": {"social": null}}`` forgets the
+  category: it follows ``"*"`` again.
+* ``{"quiet_hours": {...}}`` sets the quiet hours as a whole, ``null``
+  removes them.
+* ``{"digests": {"social": {"email": {"every": 3600}}}}`` sets one channel's
+  rule, ``{"digests": {"social": {"email": null}}}`` removes it, and
+  ``{"digests": {"social": null}}`` every rule of the category.
+
+The store applies the change under the user's row lock
+(``Store.update_preferences``), so two changes made at the same instant, from
+two devices, an unsubscribe link or the app's backend, are both kept: the
+point of a patch over a read-change-write of the whole document.  Nothing
+here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from tidings.core import quiet
+from tidings.core.digest import InvalidDigest
+from tidings.core.digest import check as check_digests
+from tidings.core.models import (
+    ALL_CATEGORIES,
+    MAX_PREF_CATEGORIES,
+    Category,
+    ChannelPrefs,
+    DigestRule,
+    Preferences,
+    PrefsCategory,
+    QuietHours,
+)
+from tidings.errors import Invalid
+
+__all__ = ["ChannelPrefsPatch", "PreferencesPatch", "check", "merged"]
+
+
+class ChannelPrefsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The switches of one category to change; the others keep their value."""
+
+    in_app: bool | UnsetType = UNSET
+    webhook: bool | UnsetType = UNSET
+    push: bool | UnsetType = UNSET
+    email: bool | UnsetType = UNSET
+
+
+class PreferencesPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a ``PATCH .../preferences`` may change (module docstring)."""
+
+    categories: Annotated[dict[PrefsCategory, ChannelPrefsPatch | None],
+                          Meta(max_length=MAX_PREF_CATEGORIES + 1)] = {}
+    quiet_hours: QuietHours | None | UnsetType = UNSET
+    digests: Annotated[
+        dict[Category, dict[Literal["webhook", "push", "email"], DigestRule | None] | None],
+        Meta(max_length=256)] = {}
+
+
+def merged(prefs: Preferences, patch: PreferencesPatch) -> Preferences:
+    """``prefs`` with ``patch`` applied (not checked: see :func:`check`)."""
+    categories = dict(prefs.categories)
+    every = categories.get(ALL_CATEGORIES)
+    for name, change in patch.categories.items():
+        if change is None:
+            categories.pop(name, None)
+            continue
+        # what the category followed until now: its own switches, else "*"'s
+        # (whose in_app is always on), else every switch on
+        base = categories.get(name) or every or ChannelPrefs()
+        given = {f: v for f in change.__struct_fields__
+                 if (v := getattr(change, f)) is not UNSET}
+        categories[name] = msgspec.structs.replace(base, **given)
+    digests = {category: dict(rules) for category, rules in prefs.digests.items()}
+    for category, changes in patch.digests.items():
+        if changes is None:
+            digests.pop(category, None)
+            continue
+        rules = digests.setdefault(category, {})
+        for channel, rule in changes.items():
+            if rule is None:
+                rules.pop(channel, None)
+            else:
+                rules[channel] = rule
+        if not rules:
+            del digests[category]
+    quiet_hours = prefs.quiet_hours if patch.quiet_hours is UNSET else patch.quiet_hours
+    return Preferences(categories=categories, quiet_hours=quiet_hours,
+                       digests=digests)
+
+
+def check(prefs: Preferences) -> Preferences:
+    """``prefs`` if a user may have them, else :class:`Invalid` naming the field."""
+    every = prefs.categories.get(ALL_CATEGORIES)
+    if every is not None and not every.in_app:
+        raise Invalid('"*" switches the outbound channels of every other category; in_app '
+                      "is switched off per category", field="categories.*.in_app")
+    if len(prefs.categories) - (every is not None) > MAX_PREF_CATEGORIES:
+        raise Invalid(f"at most {MAX_PREF_CATEGORIES} categories, and \"*\"",
+                      field="categories")
+    if prefs.quiet_hours is not None:
+        try:
+            quiet.zone(prefs.quiet_hours.tz)  # refuses "localtime": the server's zone
+        except quiet.InvalidTimeZone:
+            raise Invalid("unknown time zone", field="quiet_hours.tz") from None
+    try:
+        check_digests(prefs.digests, "digests")
+    except InvalidDigest as exc:
+        raise Invalid(str(exc), field=exc.field) from None
+    return prefs
