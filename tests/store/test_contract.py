@@ -349,6 +349,58 @@ async def test_revocations_at_once_on_two_nodes_keep_the_later_cutoff(make_store
         await other.close()
 
 
+async def test_a_token_revoked_by_its_jti_is_kept_until_it_expires(make_store, db):
+    """One row per (app, user, jti), seen by every store instance; an earlier
+    end leaves a later one in place; token_id_revocations lists every app's
+    rows written after ``since`` that have not ended at ``now``, and a
+    revocation forgets the app's ended rows, never another app's."""
+    assert await db.token_id_revocations(0, T0) == []
+    assert await db.revoke_token_id(A, "ann", "j1", T0 + 100, T0) == T0 + 100
+    assert await db.revoke_token_id(A, "ann", "j1", T0 + 50, T0 + 1) == T0 + 100  # earlier
+    assert await db.revoke_token_id(A, "bo/b ü", "j1", T0 + 10, T0 + 2) == T0 + 10
+    assert await db.revoke_token_id(B, "ann", "j1", T0 + 20, T0 + 3) == T0 + 20
+    other = make_store()
+    await other.open()
+    try:
+        assert sorted(await other.token_id_revocations(0, T0)) == [
+            (A, "ann", "j1", T0 + 100), (A, "bo/b ü", "j1", T0 + 10), (B, "ann", "j1", T0 + 20)]
+        # written after T0 + 1.5 (the second write of ann's marked it T0 + 1)
+        assert sorted(await other.token_id_revocations(T0 + 1.5, T0)) == [
+            (A, "bo/b ü", "j1", T0 + 10), (B, "ann", "j1", T0 + 20)]
+        assert sorted(await other.token_id_revocations(0, T0 + 15)) == [
+            (A, "ann", "j1", T0 + 100), (B, "ann", "j1", T0 + 20)]  # ended ones are not read
+        assert await other.revoke_token_id(A, "ann", "j2", T0 + 200, T0 + 30) == T0 + 200
+        # app A's ended rows went with that write; B's stay until its own next one
+        assert sorted(await db.token_id_revocations(0, 0)) == [
+            (A, "ann", "j1", T0 + 100), (A, "ann", "j2", T0 + 200), (B, "ann", "j1", T0 + 20)]
+    finally:
+        await other.close()
+
+
+async def test_an_app_has_at_most_limit_tokens_revoked_by_jti(make_store, db):
+    """Past the limit a new jti gets no row (None); one revoked already still
+    moves its end, another app is counted apart, and ended rows make room.
+    Two nodes adding at once never go past it."""
+    for jti in ("j1", "j2"):
+        assert await db.revoke_token_id(A, "ann", jti, T0 + 10, T0, limit=2) == T0 + 10
+    assert await db.revoke_token_id(A, "ann", "j3", T0 + 10, T0, limit=2) is None
+    assert await db.revoke_token_id(A, "ann", "j1", T0 + 90, T0, limit=2) == T0 + 90
+    assert await db.revoke_token_id(B, "ann", "j3", T0 + 10, T0, limit=2) == T0 + 10
+    assert (A, "ann", "j3") not in {r[:3] for r in await db.token_id_revocations(0, 0)}
+    # j2 has ended by T0 + 20: room for j3
+    assert await db.revoke_token_id(A, "ann", "j3", T0 + 99, T0 + 20, limit=2) == T0 + 99
+    other = make_store()
+    await other.open()
+    try:
+        answers = await asyncio.gather(
+            db.revoke_token_id(A, "ann", "j4", T0 + 99, T0 + 20, limit=3),
+            other.revoke_token_id(A, "ann", "j5", T0 + 99, T0 + 20, limit=3))
+        assert sorted(a is None for a in answers) == [False, True]
+        assert len([r for r in await db.token_id_revocations(0, 0) if r[0] == A]) == 3
+    finally:
+        await other.close()
+
+
 async def test_pepper_is_stable_across_calls_and_reopen(make_store, store):
     first = await store.pepper()
     assert isinstance(first, bytes) and len(first) >= 16

@@ -373,6 +373,33 @@ async def test_a_database_at_v13_migrates_to_token_revocations(url):
             await store.close()
 
 
+async def test_a_database_at_v14_migrates_to_revoked_tokens(url):
+    """A database at v14 (no token revoked by its jti): migrating adds the
+    table and its index, and a revocation is stored and read back."""
+    async with fresh_schema(url, migrated=False) as settings:
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            await conn.execute('CREATE TABLE meta (key text COLLATE "C" PRIMARY KEY, '
+                               "value text NOT NULL)")
+            for _, script in migrations.scripts("postgres")[:14]:
+                await conn.execute(script)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', '14')")
+            await conn.execute("INSERT INTO apps (id, name, signing_secret, created_at) "
+                               "VALUES ($1, 'a', 's', 0)", APP)
+        finally:
+            await conn.close()
+        assert await migrate(url, server_settings=settings) == list(
+            range(15, migrations.latest("postgres") + 1))
+        store = PostgresStore(url, server_settings=settings)
+        await store.open()
+        try:
+            assert await store.token_id_revocations(0, 0) == []
+            assert await store.revoke_token_id(APP, "ann", "j1", 1000.0, 10.0) == 1000.0
+            assert await store.token_id_revocations(0, 0) == [(APP, "ann", "j1", 1000.0)]
+        finally:
+            await store.close()
+
+
 # -- schema migrations ---------------------------------------------------------------
 
 

@@ -323,6 +323,43 @@ async def test_a_file_at_v13_migrates_to_token_revocations(path):
         await store.close()
 
 
+async def test_a_file_at_v14_migrates_to_revoked_tokens(path):
+    """A file at v14 (no token revoked by its jti): migrating adds the table
+    and its index, and a revocation is stored and read back; applying v15
+    again (a file whose version was set back) changes nothing."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for _, script in migrations.scripts("sqlite")[:14]:
+            conn.executescript(script)
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '14')")
+            conn.execute("INSERT INTO apps(id, name, signing_secret, created_at) "
+                         "VALUES (?, 'a', 's', 0)", (APP,))
+    finally:
+        conn.close()
+    assert migrate(path) == list(range(15, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.token_id_revocations(0, 0) == []
+        assert await store.revoke_token_id(APP, "ann", "j1", 1000.0, 10.0) == 1000.0
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value='14' WHERE key='schema_version'")
+    conn.close()
+    assert migrate(path) == list(range(15, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.token_id_revocations(0, 0) == [(APP, "ann", "j1", 1000.0)]
+    finally:
+        await store.close()
+
+
 async def test_two_stores_on_one_file_keep_one_gapless_seq_per_user(db, path):
     """The writer keeps stream heads in memory; a second process (here a
     second store) writing the same file makes it read them again."""

@@ -46,7 +46,8 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
 * **A user's token cutoff only moves later.**  ``revoke_tokens`` keeps
   the later of the cutoff it is given and the one the user has, however
   many callers on however many nodes revoke at once, so a revocation is
-  never undone by an earlier one that committed after it.
+  never undone by an earlier one that committed after it.  So does one
+  token's: ``revoke_token_id`` keeps the later of the two ends.
 * **A change of preferences is never lost.**  ``update_preferences`` reads,
   changes and writes one user's preferences holding that user's row (or
   SQLite's write lock) from the read to the write, so concurrent updates and
@@ -397,6 +398,25 @@ class Store(OutboundStore, abc.ABC):
     async def token_revocations(self, since: float) -> list[tuple[str, str, float]]:
         """``(app, user, cutoff)`` of every revocation whose cutoff is after
         ``since``, of every app: each node holds them all in memory."""
+
+    @abc.abstractmethod
+    async def revoke_token_id(self, app_id: str, user: str, jti: str, until: float,
+                              now: float, *, limit: int | None = None) -> float | None:
+        """Refuse the user's token whose ``jti`` is ``jti`` until ``until``
+        (Unix seconds: when it expires; tidings/service/revocations.py).  The
+        token's row keeps the later of ``until`` and the one it had, which is
+        returned, and is marked written at ``now``.  The app's rows whose end
+        is at or before ``now`` are deleted in the same write: their tokens
+        have expired.  None, and nothing stored, when the token is not
+        revoked yet and the app already has ``limit`` (counted under the
+        app's write lock, as ``add_api_key``'s)."""
+
+    @abc.abstractmethod
+    async def token_id_revocations(self, since: float,
+                                   now: float) -> list[tuple[str, str, str, float]]:
+        """``(app, user, jti, until)`` of every token revoked by its jti whose
+        row was written after ``since`` and whose ``until`` is after ``now``,
+        of every app: each node holds them all in memory."""
 
     # -- publishing -----------------------------------------------------
     @abc.abstractmethod

@@ -469,6 +469,37 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
                                  "WHERE revoked_before > $1", since)
         return [(app, user, before) for app, user, before in rows]
 
+    async def revoke_token_id(self, app_id: str, user: str, jti: str, until: float,
+                              now: float, *, limit: int | None = None) -> float | None:
+        async def revoke(conn):
+            if limit is not None:
+                # The app's row serialises revocations, so the limit holds.
+                await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
+            await conn.execute("DELETE FROM revoked_tokens "
+                               "WHERE app_id = $1 AND revoked_until <= $2", app_id, now)
+            if limit is not None and await conn.fetchval(
+                    "SELECT 1 FROM revoked_tokens WHERE app_id = $1 AND user_id = $2 "
+                    "AND jti = $3", app_id, user, jti) is None:
+                n = await conn.fetchval("SELECT count(*) FROM revoked_tokens "
+                                        "WHERE app_id = $1", app_id)
+                if n >= limit:
+                    return None
+            # under the row's lock: the later end wins whichever node wrote first
+            return await conn.fetchval(
+                "INSERT INTO revoked_tokens (app_id, user_id, jti, revoked_until, revoked_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, user_id, jti) DO UPDATE "
+                "SET revoked_until = GREATEST(revoked_tokens.revoked_until, "
+                "EXCLUDED.revoked_until), revoked_at = EXCLUDED.revoked_at "
+                "RETURNING revoked_until", app_id, user, jti, until, now)
+
+        return await self._call(revoke, tx=True)
+
+    async def token_id_revocations(self, since: float,
+                                   now: float) -> list[tuple[str, str, str, float]]:
+        rows = await self._fetch("SELECT app_id, user_id, jti, revoked_until FROM revoked_tokens "
+                                 "WHERE revoked_at > $1 AND revoked_until > $2", since, now)
+        return [(app, user, jti, until) for app, user, jti, until in rows]
+
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         if takes(item):  # gathered with the publishes around it (committer.py)

@@ -600,6 +600,37 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
                        "WHERE revoked_before>?", (since,))
         return [(app, user, before) for app, user, before in rows]
 
+    async def revoke_token_id(self, app_id: str, user: str, jti: str, until: float,
+                              now: float, *, limit: int | None = None) -> float | None:
+        def revoke(conn):
+            conn.execute("DELETE FROM revoked_tokens WHERE app_id=? AND revoked_until<=?",
+                         (app_id, now))
+            # the writer's transaction holds the file's write lock: the later
+            # end wins whichever process wrote first, and the limit holds
+            if limit is not None and conn.execute(
+                    "SELECT 1 FROM revoked_tokens WHERE app_id=? AND user_id=? AND jti=?",
+                    (app_id, user, jti)).fetchone() is None:
+                (n,) = conn.execute("SELECT count(*) FROM revoked_tokens WHERE app_id=?",
+                                    (app_id,)).fetchone()
+                if n >= limit:
+                    return None
+            conn.execute(
+                "INSERT INTO revoked_tokens(app_id, user_id, jti, revoked_until, revoked_at) "
+                "VALUES (?,?,?,?,?) ON CONFLICT(app_id, user_id, jti) DO UPDATE "
+                "SET revoked_until=max(revoked_until, excluded.revoked_until), "
+                "revoked_at=excluded.revoked_at", (app_id, user, jti, until, now))
+            return conn.execute("SELECT revoked_until FROM revoked_tokens "
+                                "WHERE app_id=? AND user_id=? AND jti=?",
+                                (app_id, user, jti)).fetchone()[0]
+
+        return await self._write(revoke)
+
+    async def token_id_revocations(self, since: float,
+                                   now: float) -> list[tuple[str, str, str, float]]:
+        rows = self._q("SELECT app_id, user_id, jti, revoked_until FROM revoked_tokens "
+                       "WHERE revoked_at>? AND revoked_until>?", (since, now))
+        return [(app, user, jti, until) for app, user, jti, until in rows]
+
     # -- publishing -----------------------------------------------------
     async def publish(self, app_id, item, *, fanout_threshold, window) -> PublishOutcome:
         return await self._write(_tx.publish_tx, app_id, item, fanout_threshold, window)
