@@ -35,7 +35,7 @@ class LiveServer:
     uvicorn: uvicorn.Server
 
     async def token(self, user: str, ttl: int = 3600, app: str | None = None) -> str:
-        token, _ = await self.service.mint_token(app or self.app, user, ttl)
+        token, *_ = await self.service.mint_token(app or self.app, user, ttl)
         return token
 
     def http(self, key: str | None = None) -> httpx.AsyncClient:

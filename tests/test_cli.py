@@ -261,6 +261,68 @@ def test_revoke_tokens_while_serving_ends_the_old_tokens_within_the_refresh(tmp_
 
 
 @pytest.mark.timeout(120)
+def test_revoke_one_token_while_serving_ends_it_alone_within_the_refresh(tmp_path):
+    """``tidings revoke-tokens --jti`` (and ``--token -``, the token on stdin)
+    on the SQLite file a server uses: the server refuses that token at its
+    next read of the store and ends the stream it opened; the user's other
+    token goes on.  Bad arguments are one-line errors."""
+    import jwt
+
+    data = tmp_path / "data"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start(data, port)  # its first start made the app "default"
+    try:
+        def token(user: str) -> str:
+            return tidings("token", "--app", "default", "--user", user,
+                           "--data", str(data)).strip().splitlines()[-1]
+
+        def counts(token: str) -> httpx.Response:
+            return httpx.get(f"{url}/v1/me/counts", timeout=10,
+                             headers={"Authorization": f"Bearer {token}"})
+
+        phone, laptop, tablet = token("ann"), token("ann"), token("ann")
+        jti = jwt.decode(phone, options={"verify_signature": False})["jti"]
+        with httpx.stream("GET", f"{url}/v1/me/events", params={"token": phone},
+                          timeout=30) as sse:
+            lines = sse.iter_lines()
+            assert '"hello"' in next(line for line in lines if line.startswith("data: "))
+            out = json.loads(tidings("revoke-tokens", "--app", "default", "--user", "ann",
+                                     "--jti", jti, "--json", "--data", str(data)))
+            start = time.monotonic()
+            assert out["jti"] == jti and set(out) == {"app", "user", "jti", "revoked_until"}
+            for _ in lines:  # until the server ends the response
+                pass
+            took = time.monotonic() - start
+        assert took < REFRESH_INTERVAL + 1.5, took
+        r = counts(phone)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "token_revoked"
+        assert counts(laptop).status_code == 200
+        text = tidings("revoke-tokens", "--app", "default", "--user", "ann", "--token", "-",
+                       "--data", str(data), input=tablet + "\n")
+        assert text.startswith("revoked the token "), text
+        assert "of ann (app default) until it expires" in text
+        for args, says in [(("--jti", "a", "--token", "b"), "--jti"),
+                           (("--jti", "a\x01b"), "--jti"),
+                           (("--token", laptop + "x"), "not a token of this app"),
+                           (("--token", token("bob")), "not a token of this user")]:
+            bad = subprocess.run([sys.executable, "-m", "tidings", "revoke-tokens", "--app",
+                                  "default", "--user", "ann", *args, "--data", str(data)],
+                                 capture_output=True, text=True, timeout=60)
+            assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+            assert says in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+        deadline = time.monotonic() + REFRESH_INTERVAL + 2
+        while counts(tablet).status_code != 401:
+            assert time.monotonic() < deadline, "the token revoked from stdin still works"
+            time.sleep(0.1)
+        assert counts(laptop).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+
+
+@pytest.mark.timeout(120)
 async def test_a_cli_token_revocation_reaches_servers_on_postgres_at_once(tmp_path):
     """As a key's revocation: the command tells the servers through the
     store's LISTEN/NOTIFY; this one's own reads of the store find nothing."""

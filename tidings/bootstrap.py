@@ -18,6 +18,7 @@ from tidings.core.models import valid_app_id
 from tidings.errors import Conflict, NotFound
 from tidings.service import Service
 from tidings.service.keys import describe
+from tidings.store.base import AppRecord
 
 DEMO_USER = "demo-user"
 
@@ -73,7 +74,7 @@ def first_start(settings: Settings) -> dict | None:
             if await service.store.get_app("default") is not None:
                 return None
             raise
-        token, _ = await service.mint_token(app.id, DEMO_USER, 7 * 24 * 3600)
+        token, *_ = await service.mint_token(app.id, DEMO_USER, 7 * 24 * 3600)
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret,
                 "demo_user": DEMO_USER, "demo_token": token}
 
@@ -96,32 +97,41 @@ def create_app(settings: Settings, name: str, app_id: str | None = None) -> dict
     return asyncio.run(_with_service(settings, run))
 
 
-async def _require_app(service: Service, settings: Settings, app_id: str) -> None:
-    if await service.app(app_id) is None:
+async def _require_app(service: Service, settings: Settings, app_id: str) -> AppRecord:
+    record = await service.app(app_id)
+    if record is None:
         apps = ", ".join(a.id for a in await service.store.list_apps()) or "none"
         raise NotFound(f"no such app {app_id!r} in {store_location(settings)} "
                        f"(apps there: {apps})", field="app")
+    return record
 
 
 def mint_token(settings: Settings, app_id: str, user: str, ttl: int) -> str:
     async def run(service: Service):
         await _require_app(service, settings, app_id)
-        token, _ = await service.mint_token(app_id, user, ttl)
+        token, *_ = await service.mint_token(app_id, user, ttl)
         return token
 
     return asyncio.run(_with_service(settings, run))
 
 
-def revoke_tokens(settings: Settings, app_id: str, user: str) -> dict:
+def revoke_tokens(settings: Settings, app_id: str, user: str, *, jti: str | None = None,
+                  token: str | None = None) -> dict:
     """Revoke every token of the app's ``user`` issued until now
     (tidings/service/revocations.py): ``{"app", "user", "revoked_before"}``,
-    once that second has come.  Servers on a shared broker hear of it at
-    once (as for ``revoke_key``); any other server within REFRESH_INTERVAL."""
-    from tidings.service.revocations import revoked
+    once that second has come; or, with ``jti`` or ``token``, that one token
+    of the user until it expires: ``{"app", "user", "jti", "revoked_until"}``.
+    Servers on a shared broker hear of it at once (as for ``revoke_key``);
+    any other server within REFRESH_INTERVAL."""
+    from tidings.service.revocations import revoked, revoked_one
 
     async def run(service: Service):
-        await _require_app(service, settings, app_id)
-        return {"app": app_id, **revoked(user, await service.revocations.revoke(app_id, user))}
+        record = await _require_app(service, settings, app_id)
+        if jti is None and token is None:
+            return {"app": app_id,
+                    **revoked(user, await service.revocations.revoke(app_id, user))}
+        one, until = await service.revocations.revoke_one(record, user, jti=jti, token=token)
+        return {"app": app_id, **revoked_one(user, one, until)}
 
     return asyncio.run(_with_service(settings, run))
 

@@ -416,31 +416,54 @@ def token(config, app_id, user, ttl, data, store) -> None:
 @config_option
 @click.option("--app", "app_id", required=True, help="App id.")
 @click.option("--user", required=True, help="User id.")
+@click.option("--jti", default=None,
+              help="Revoke only the user's token with this jti (its id: the jti of the "
+                   "minting answer), until it expires.")
+@click.option("--token", "one_token", default=None,
+              help="Revoke only this token of the user, until it expires ('-': read it "
+                   "from stdin; on the command line it shows in the process list).")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def revoke_tokens(config, app_id, user, data, store, as_json) -> None:
-    """Revoke every token of a user issued until now (a stolen device, a ban).
+def revoke_tokens(config, app_id, user, jti, one_token, data, store, as_json) -> None:
+    """Revoke every token of a user issued until now (a ban, "log out
+    everywhere"), or one token of the user (a stolen device).
 
-    Tokens whose iat is before the printed second are refused, and the open
-    streams they opened end; a token minted after it is taken. Servers on
-    the broker of these settings (a PostgreSQL store's own, or the
-    configured one) refuse them at once, any other within 5 s
+    Without --jti or --token: tokens whose iat is before the printed second
+    are refused, and the open streams they opened end; a token minted after
+    it is taken. With --jti or --token: that one token is refused until it
+    expires, and the streams it opened end; the user's other tokens go on.
+    Servers on the broker of these settings (a PostgreSQL store's own, or
+    the configured one) refuse them at once, any other within 5 s
     (docs/security.md#revoking-a-users-tokens)."""
     from datetime import UTC, datetime
 
+    from tidings.core.auth import valid_jti
     from tidings.service.revocations import REFRESH_INTERVAL
 
     if not valid_user(user):
         raise click.BadParameter("1-128 printable characters", param_hint="--user")
-    out = bootstrap.revoke_tokens(_settings(config, data=data, store=store), app_id, user)
+    if jti is not None and one_token is not None:
+        raise click.BadParameter("give --jti or --token, not both", param_hint="--jti")
+    if jti is not None and not valid_jti(jti):
+        raise click.BadParameter("1-128 printable characters", param_hint="--jti")
+    if one_token == "-":
+        one_token = sys.stdin.read().strip()
+    settings = _settings(config, data=data, store=store)
+    out = bootstrap.revoke_tokens(settings, app_id, user, jti=jti, token=one_token)
     if as_json:
         click.echo(json.dumps(out))
         return
+    within = f"refused on every server within {REFRESH_INTERVAL:g} s"
+    if "jti" in out:
+        at = datetime.fromtimestamp(out["revoked_until"], UTC).isoformat()
+        click.echo(f"revoked the token {out['jti']} of {user} (app {app_id}) until it "
+                   f"expires, {at} ({out['revoked_until']}): {within}, and its open streams "
+                   "end")
+        return
     at = datetime.fromtimestamp(out["revoked_before"], UTC).isoformat()
     click.echo(f"revoked the tokens of {user} (app {app_id}) issued before {at} "
-               f"({out['revoked_before']}): refused on every server within "
-               f"{REFRESH_INTERVAL:g} s, and their open streams end")
+               f"({out['revoked_before']}): {within}, and their open streams end")
 
 
 @main.command("config")

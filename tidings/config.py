@@ -42,6 +42,9 @@ class Limits(msgspec.Struct, frozen=True):
     # users of an app whose tokens were revoked in the last token_max_ttl
     # (every node holds their cutoffs in memory: tidings/service/revocations.py)
     max_token_revocations: int = 100_000
+    # tokens of an app revoked one by one (by their jti) that have not expired
+    # (every node holds them in memory too)
+    max_revoked_tokens: int = 100_000
     max_push_subscriptions: int = 10  # per user; registering one more drops the oldest
     # Failed dashboard logins a minute, in bursts of as many, from one client
     # address and on one node from all of them (tidings/core/logins.py); 0: no limit

@@ -382,3 +382,286 @@ async def test_a_node_started_after_the_revocation_refuses_the_old_tokens(tmp_pa
     async with run_server(tmp_path, api_key=key) as again:
         assert await status(again, old) == 401
         assert await status(again, await again.token("ann")) == 200
+
+
+# -- one token, by its jti or itself -------------------------------------------------------
+
+async def minted(server, user: str, ttl: int = 3600, app_key: str | None = None) -> dict:
+    """``POST /v1/users/{user}/tokens``: ``{"token", "user", "expires_at", "jti"}``."""
+    async with server.http(app_key) as http:
+        r = await http.post(f"/v1/users/{user}/tokens", json={"ttl": ttl})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def revoke_one(server, user: str, body: dict, key: str | None = None) -> dict:
+    async with server.http(key) as http:
+        r = await http.post(revoke_path(user), json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_one_token_is_refused_and_the_users_others_are_taken(each_store):
+    """By its jti (from the minting answer) or by the token itself: that token
+    is refused, cached or not and on the direct routes too; the user's other
+    tokens, and a new one, are taken; the answer says until when."""
+    server = each_store
+    phone, laptop, tablet = [await minted(server, "ann") for _ in range(3)]
+    assert len({phone["jti"], laptop["jti"], tablet["jti"]}) == 3
+    claims = jwt.decode(phone["token"], options={"verify_signature": False})
+    assert claims["jti"] == phone["jti"]
+    for t in (phone, laptop, tablet):
+        assert await status(server, t["token"]) == 200  # verified, and cached
+    out = await revoke_one(server, "ann", {"jti": phone["jti"]})
+    # a jti alone: kept as long as a token tidings mints can live
+    assert set(out) == {"user", "jti", "revoked_until"}
+    assert (out["user"], out["jti"]) == ("ann", phone["jti"])
+    limit = server.service.revocations.horizon
+    assert time.time() + limit - 5 < out["revoked_until"] <= time.time() + limit + 1
+    for path in ("/v1/me/counts", "/v1/me/notifications", "/v1/me/preferences"):
+        assert await status(server, phone["token"], path) == 401, path
+    assert await status(server, laptop["token"]) == 200
+    # by the token itself: kept until the token expires (its exp and the leeway)
+    out = await revoke_one(server, "ann", {"token": tablet["token"]})
+    assert out == {"user": "ann", "jti": tablet["jti"], "revoked_until": tablet["expires_at"] + 5}
+    assert await status(server, tablet["token"]) == 401
+    assert await status(server, laptop["token"]) == 200
+    assert await status(server, (await minted(server, "ann"))["token"]) == 200
+    # again: taken, the same answer
+    assert (await revoke_one(server, "ann", {"jti": tablet["jti"]}))["jti"] == tablet["jti"]
+    # the per-user cutoff is untouched: nothing else of ann's is refused
+    assert server.service.revocations.before == {}
+
+
+async def test_a_jti_names_a_token_of_that_user_of_that_app_only(server):
+    """The same jti in another user's or another app's token is another
+    token (a backend signing its own may reuse one): untouched."""
+    mine = signed_with_jti(server, "ann", "j-1")
+    bobs = signed_with_jti(server, "bob", "j-1")
+    other_app, other_key = await server.new_app("other")
+    secret = (await server.service.app(other_app)).signing_secret
+    theirs = signed_with_jti(server, "ann", "j-1", app=other_app, secret=secret)
+    await revoke_one(server, "ann", {"jti": "j-1"})
+    assert await status(server, mine) == 401
+    assert await status(server, bobs) == 200
+    assert await status(server, theirs) == 200
+    await revoke_one(server, "ann", {"jti": "j-1"}, key=other_key)
+    assert await status(server, theirs) == 401
+
+
+def signed_with_jti(server, user: str, jti: str, app: str | None = None,
+                    secret: str | None = None, exp: int | None = None) -> str:
+    claims = {"sub": user, "app": app or server.app, "iat": int(time.time()),
+              "exp": exp or int(time.time()) + 3600, "jti": jti}
+    return jwt.encode(claims, secret or server.signing_secret, algorithm="HS256")
+
+
+BAD_ONES = [
+    ({}, "jti"),  # neither: never "every token" by accident
+    ({"jti": None}, "jti"),
+    ({"jti": "a", "token": "b"}, "jti"),
+    ({"jti": ""}, "jti"),
+    ({"jti": "a\x01b"}, "jti"),
+    ({"jti": "x" * 129}, "jti"),
+    ({"jti": 7}, "jti"),
+    ({"token": ""}, "token"),
+    ({"token": "x" * 4097}, "token"),
+    ({"token": "not.a.token"}, "token"),
+    ({"jtii": "a"}, "jtii"),
+]
+
+
+async def test_bad_revocations_of_one_token_are_clear_errors_and_revoke_nothing(each_store):
+    server = each_store
+    token = (await minted(server, "ann"))["token"]
+    forged = signed_with_jti(server, "ann", "j", secret="another-secret-another-secret-xx")
+    no_jti = signed(server, "ann", int(time.time()))
+    odd_jti = signed_with_jti(server, "ann", "a\x01b")
+    async with server.http() as http:
+        for body, field in BAD_ONES:
+            assert_error(await http.post(revoke_path("ann"), json=body), 422, "invalid", field,
+                         case=body)
+        for bad, says in ((forged, "not a token of this app"),
+                          (token, "not a token of this user"),  # revoking it as bob's
+                          (no_jti, "has no jti"), (odd_jti, "jti is not")):
+            user = "bob" if bad is token else "ann"
+            err = assert_error(await http.post(revoke_path(user), json={"token": bad}), 422,
+                               "invalid", "token", case=says)
+            assert says in err["message"], err
+        r = await http.post(revoke_path("ann"), content=b"{nope")
+        assert_error(r, 400, "malformed_json")
+        r = await http.post(revoke_path("ann"), content=b"x" * 9000)
+        assert_error(r, 413, "payload_too_large")
+    assert await status(server, token) == 200
+    assert server.service.revocations.ids == {} and server.service.revocations.before == {}
+    assert await server.service.store.token_id_revocations(0, 0) == []
+
+
+async def test_an_expired_token_is_revoked_without_being_kept(server):
+    """It is refused anyway: the answer says when it stopped, nothing is stored."""
+    gone = signed_with_jti(server, "ann", "old", exp=int(time.time()) - 60)
+    out = await revoke_one(server, "ann", {"token": gone})
+    assert out["jti"] == "old" and out["revoked_until"] <= time.time()
+    assert server.service.revocations.ids == {}
+    assert await server.service.store.token_id_revocations(0, 0) == []
+
+
+async def test_a_token_of_the_previous_secret_can_be_revoked_while_it_is_taken(server):
+    old = (await minted(server, "ann"))
+    async with server.http() as http:
+        r = await http.post("/v1/signing-secret/rotate", json={"overlap": 600})
+        assert r.status_code == 200, r.text
+    assert await status(server, old["token"]) == 200
+    assert (await revoke_one(server, "ann", {"token": old["token"]}))["jti"] == old["jti"]
+    assert await status(server, old["token"]) == 401
+
+
+async def test_tokens_revoked_one_by_one_are_forgotten_once_expired(each_store):
+    """A node's refresh drops those whose end has passed, the app's next
+    revocation of a token deletes them from the store; a live one stays."""
+    server = each_store
+    store, rev = server.service.store, server.service.revocations
+    now = time.time()
+    assert await store.revoke_token_id(server.app, "ann", "gone", now + 0.2, now) == now + 0.2
+    rev.apply_one(server.app, "ann", "gone", now + 0.2)
+    await revoke_one(server, "ann", {"jti": "live"})
+    await asyncio.sleep(0.3)
+    await rev.refresh()
+    assert set(rev.ids) == {(server.app, "ann", "live")}
+    await revoke_one(server, "bob", {"jti": "next"})
+    assert sorted(j for _, _, j, _ in await store.token_id_revocations(0, 0)) == ["live", "next"]
+
+
+async def test_an_app_has_at_most_max_revoked_tokens(tmp_path):
+    async with run_server(tmp_path, limits=Limits(max_revoked_tokens=2)) as server:
+        await revoke_one(server, "ann", {"jti": "a"})
+        await revoke_one(server, "bob", {"jti": "b"})
+        async with server.http() as http:
+            err = assert_error(await http.post(revoke_path("cy"), json={"jti": "c"}), 409,
+                               "limit_reached")
+        assert "2" in err["message"]
+        assert (await revoke_one(server, "ann", {"jti": "a"}))["jti"] == "a"  # again: taken
+        await revoke(server, "cy")  # every token of a user: its own limit
+
+
+async def test_the_publisher_client_revokes_one_token(server):
+    async with AsyncClient(server.url, server.api_key) as client:
+        phone = await client.create_token("ann")
+        laptop = await client.create_token("ann")
+        assert set(phone) == {"token", "user", "expires_at", "jti"}
+        out = await client.revoke_tokens("ann", jti=phone["jti"])
+        assert out["jti"] == phone["jti"]
+        assert await status(server, phone["token"]) == 401
+        assert await status(server, laptop["token"]) == 200
+        assert (await client.revoke_tokens("ann", token=laptop["token"]))["jti"] == laptop["jti"]
+        with pytest.raises(ValueError):
+            await client.revoke_tokens("ann", jti="a", token="b")
+    assert await status(server, laptop["token"]) == 401
+
+
+async def test_only_the_streams_of_the_revoked_token_end(any_ws_server):
+    """The WebSocket and SSE streams opened with the revoked token close
+    (4401, "token revoked"; the response ends) at once; the user's streams
+    of another token, and a stream that took a fresh token since, go on."""
+    server = any_ws_server
+    phone, laptop, moved = [await minted(server, "ann") for _ in range(3)]
+    ws = await ws_connect(server, phone["token"])
+    other = await ws_connect(server, laptop["token"])
+    refreshed = await ws_connect(server, phone["token"])
+    try:
+        async with SSEReader(server, phone["token"]) as sse, \
+                SSEReader(server, laptop["token"]) as other_sse:
+            for reader in (sse, other_sse):
+                assert (await reader.events(1))[0][1]["type"] == "hello"
+            for sock in (ws, other, refreshed):
+                assert (await recv_events(sock, 1))[0]["type"] == "hello"
+            await refreshed.send(json.dumps({"type": "auth", "token": moved["token"]}))
+            assert (await recv_events(refreshed, 1))[0]["type"] == "token"
+            start = time.monotonic()
+            await revoke_one(server, "ann", {"jti": phone["jti"]})
+            assert await closed_with(ws, timeout=2) == (CLOSE_UNAUTHORIZED, "token revoked")
+            with pytest.raises(StopAsyncIteration):
+                await sse.events(1, timeout=2)
+            assert time.monotonic() - start < 1  # no second to wait for
+            (nid,) = await publish(server, {"users": ["ann"]})
+            for sock in (other, refreshed):
+                got = await recv_events(sock, 1)
+                assert got[0]["notification"]["id"] == nid
+            assert (await other_sse.events(1))[0][1]["notification"]["id"] == nid
+    finally:
+        for sock in (ws, other, refreshed):
+            await sock.close()
+    again = await ws_connect(server, phone["token"])
+    assert await closed_with(again) == (CLOSE_UNAUTHORIZED, "token revoked")
+    async with server.http() as http:
+        assert_error(await http.get("/v1/me/events", params={"token": phone["token"]}), 401,
+                     "token_revoked")
+
+
+async def test_a_revoked_token_sent_on_an_open_stream_closes_it_alone(server):
+    phone, laptop = [await minted(server, "ann") for _ in range(2)]
+    await revoke_one(server, "ann", {"jti": phone["jti"]})
+    ws = await ws_connect(server, laptop["token"])
+    try:
+        assert (await recv_events(ws, 1))[0]["type"] == "hello"
+        await ws.send(json.dumps({"type": "auth", "token": phone["token"]}))
+        assert await closed_with(ws) == (CLOSE_UNAUTHORIZED, "token revoked")
+    finally:
+        await ws.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("broker", ["redis", "postgres"])
+async def test_a_token_revocation_reaches_the_other_node_within_a_second(tmp_path, broker):
+    """As a user's revocation: node B's own reads find nothing, so only the
+    broker's message can make it refuse the token and end its stream; the
+    user's other token and stream on B go on."""
+    overrides = {} if broker == "redis" else {"broker": None}
+    async with two_nodes(tmp_path, **overrides) as (a, b):
+        b.service.revocations._read_at = time.time() + 10**6
+        phone, laptop = [await minted(b, "ann") for _ in range(2)]
+        assert await status(b, phone["token"]) == 200  # cached on B
+        ws = await ws_connect(b, phone["token"])
+        other = await ws_connect(b, laptop["token"])
+        try:
+            for sock in (ws, other):
+                assert (await recv_events(sock, 1))[0]["type"] == "hello"
+            await revoke_one(a, "ann", {"jti": phone["jti"]})
+            start = time.monotonic()
+            assert await until_refused(b, phone["token"], within=2) < 1
+            assert await closed_with(ws, timeout=2) == (CLOSE_UNAUTHORIZED, "token revoked")
+            assert time.monotonic() - start < 1.5
+            assert await status(b, laptop["token"]) == 200
+            await publish(a, {"users": ["ann"]})
+            assert (await recv_events(other, 1))[0]["type"] == "notification"
+        finally:
+            await ws.close()
+            await other.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_lost_token_revocation_message_still_ends_within_the_refresh(tmp_path):
+    async with two_nodes(tmp_path) as (a, b):
+        b.service.broker.unsubscribe(KEYS_CHANNEL)  # deaf to revocations
+        phone, laptop = [await minted(b, "ann") for _ in range(2)]
+        ws = await ws_connect(b, phone["token"])
+        try:
+            assert (await recv_events(ws, 1))[0]["type"] == "hello"
+            await revoke_one(a, "ann", {"token": phone["token"]})
+            start = time.monotonic()
+            await until_refused(b, phone["token"], within=REFRESH_INTERVAL + 2)
+            assert (await closed_with(ws, timeout=2))[0] == CLOSE_UNAUTHORIZED
+            assert time.monotonic() - start <= REFRESH_INTERVAL + 1.5
+            assert await status(b, laptop["token"]) == 200
+        finally:
+            await ws.close()
+
+
+async def test_a_node_started_after_a_token_revocation_refuses_it(tmp_path):
+    async with run_server(tmp_path) as server:
+        phone, laptop = [await minted(server, "ann") for _ in range(2)]
+        await revoke_one(server, "ann", {"jti": phone["jti"]})
+        key = server.api_key
+    async with run_server(tmp_path, api_key=key) as again:
+        assert await status(again, phone["token"]) == 401
+        assert await status(again, laptop["token"]) == 200

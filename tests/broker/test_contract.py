@@ -25,6 +25,7 @@ from tidings.broker.base import (
     Personals,
     SecretRotated,
     SessionEnded,
+    TokenRevoked,
     TokensRevoked,
     all_channel,
     topic_channel,
@@ -92,6 +93,7 @@ EXAMPLES = [
     SecretRotated("app_a"),
     SessionEnded("3q2-7wEjRjmbx9mMZ2h0Qw"),
     TokensRevoked("app_a", "alice/ü 1", 1_700_000_001.0),
+    TokenRevoked("app_a", "alice/ü 1", "Qm9_xY-1abcdefgh", 1_700_003_601.0),
 ]
 
 

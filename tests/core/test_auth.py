@@ -146,11 +146,50 @@ def test_scopes():
 
 def test_mint_verify_round_trip():
     tok = mint_token("app1", "alice", SECRET, ttl=3600)
-    app, user, exp, iat = verify_token(tok, SECRET)
+    app, user, exp, iat, jti = verify_token(tok, SECRET)
     assert (app, user) == ("app1", "alice")
     claims = jwt.decode(tok, SECRET, algorithms=["HS256"])
-    assert (exp, iat) == (claims["exp"], claims["iat"])
+    assert (exp, iat, jti) == (claims["exp"], claims["iat"], claims["jti"])
     assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_every_minted_token_carries_a_random_jti_the_fast_path_reads():
+    """A jti of 96 random bits (16 URL-safe characters), another each time;
+    the fast path takes the shape and reads it as PyJWT does, and a token
+    without one has None."""
+    tokens = [mint_token("app1", "alice", SECRET, ttl=60, now=NOW) for _ in range(50)]
+    jtis = [jwt.decode(t, options={"verify_signature": False})["jti"] for t in tokens]
+    assert len(set(jtis)) == 50
+    assert all(len(j) == 16 and auth.valid_jti(j) for j in jtis)
+    tok = mint_token("app1", "alice", SECRET, ttl=60)
+    assert auth._fast_claims(tok, SECRET, time_now()) is not None
+    assert verify_token(tok, SECRET)[4] == _pyjwt_outcome(tok, SECRET)[4]
+    assert verify_token(mint_token("app1", "alice", SECRET, ttl=60, jti="j-1"), SECRET)[4] \
+        == "j-1"
+    base = {"sub": "alice", "app": "app1", "exp": int(time_now()) + 60}
+    assert verify_token(jwt.encode(base, SECRET, algorithm="HS256"), SECRET)[4] is None
+    # a jti that is not a string: PyJWT refuses it, and so does the fast path
+    _bad(jwt.encode({**base, "jti": 5}, SECRET, algorithm="HS256"))
+
+
+def test_revocable_reads_an_expired_token_of_either_secret():
+    """What a revocation of one token reads: (app, user, exp, jti) of a token
+    signed with one of the secrets, expired or not; anything else is bad."""
+    old = mint_token("app1", "alice", PREVIOUS, ttl=60, now=NOW, jti="j1")
+    assert auth.revocable(old, (SECRET, PREVIOUS)) == ("app1", "alice", int(NOW) + 60, "j1")
+    for bad in (old, "junk", "x" * 5000, mint_token("app1", "alice", OTHER, ttl=60)):
+        with pytest.raises(Unauthorized):
+            auth.revocable(bad, (SECRET,))
+    odd = jwt.encode({"sub": "alice", "app": "app1", "exp": "soon"}, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthorized):
+        auth.revocable(odd, (SECRET,))
+
+
+def test_signed_by_tells_the_secret_that_signed_a_token():
+    tok = mint_token("app1", "alice", PREVIOUS, ttl=60, now=NOW)
+    assert auth.signed_by(tok, PREVIOUS)
+    assert not auth.signed_by(tok, SECRET)
+    assert not auth.signed_by("a.b", PREVIOUS) and not auth.signed_by("a.b.c", PREVIOUS)
 
 
 def test_iat_is_read_as_pyjwt_checked_it_and_none_without_one():
@@ -161,15 +200,16 @@ def test_iat_is_read_as_pyjwt_checked_it_and_none_without_one():
     assert verify_token(jwt.encode(base, SECRET, algorithm="HS256"), SECRET)[3] is None
     for iat, read in ((now - 5, now - 5), (now - 5.9, now - 6), (str(now - 7), now - 7)):
         token = jwt.encode({**base, "iat": iat}, SECRET, algorithm="HS256")
-        assert verify_token(token, SECRET) == ("app1", "alice", now + 60, read), iat
+        assert verify_token(token, SECRET) == ("app1", "alice", now + 60, read, None), iat
 
 
 def test_mint_uses_injected_clock_and_hs256():
-    tok = mint_token("app1", "bob", SECRET, ttl=60, now=NOW)
+    tok = mint_token("app1", "bob", SECRET, ttl=60, now=NOW, jti="j")
     header = jwt.get_unverified_header(tok)
     assert header["alg"] == "HS256"
     claims = jwt.decode(tok, options={"verify_signature": False})
-    assert claims == {"sub": "bob", "app": "app1", "iat": int(NOW), "exp": int(NOW) + 60}
+    assert claims == {"sub": "bob", "app": "app1", "iat": int(NOW), "exp": int(NOW) + 60,
+                      "jti": "j"}
 
 
 def test_unicode_user_round_trip():
@@ -326,12 +366,13 @@ def _tokens(draw):
     import time
 
     now = int(time.time())
-    claims: dict = {"sub": "alice", "app": "app1", "iat": now, "exp": now + 60}
+    claims: dict = {"sub": "alice", "app": "app1", "iat": now, "exp": now + 60,
+                    "jti": "Qm9_xY-1abcdefgh"}
     headers, alg, secret = None, "HS256", SECRET
     changes = draw(st.lists(st.sampled_from(_CHANGES), max_size=2))
     for change in changes:
-        if change == "claim":  # another value, or none, for one of the four
-            name = draw(st.sampled_from(["sub", "app", "iat", "exp"]))
+        if change == "claim":  # another value, or none, for one of the five
+            name = draw(st.sampled_from(["sub", "app", "iat", "exp", "jti"]))
             value = draw(st.one_of(
                 st.just(None), _CLAIM_VALUES,
                 st.sampled_from([now - 3, now - 5, now - 6, now - 60, now + 4, now + 6,
@@ -405,12 +446,12 @@ def test_fast_path_decides_like_pyjwt_with_both_secrets(token, previous):
 
 def test_a_token_of_the_previous_secret_verifies_only_while_it_is_given():
     now = int(time_now())
-    old = mint_token("app1", "alice", PREVIOUS, ttl=60, now=now)
-    new = mint_token("app1", "alice", SECRET, ttl=60, now=now)
+    old = mint_token("app1", "alice", PREVIOUS, ttl=60, now=now, jti="o")
+    new = mint_token("app1", "alice", SECRET, ttl=60, now=now, jti="n")
     assert verify_token_rotated(new, SECRET, PREVIOUS) == ("app1", "alice", now + 60, now,
-                                                          False)
+                                                          "n", False)
     assert verify_token_rotated(old, SECRET, PREVIOUS) == ("app1", "alice", now + 60, now,
-                                                          True)
+                                                          "o", True)
     _bad(old, secret=SECRET)  # the overlap is over: no previous secret
     with pytest.raises(Unauthorized) as err:
         verify_token_rotated(old, SECRET, None)

@@ -30,6 +30,7 @@ from tidings.core.models import (
     PatchRequest,
     Preferences,
     PublishRequest,
+    RevokeRequest,
     RotateRequest,
     StateRequest,
     SubscribersRequest,
@@ -132,8 +133,9 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      RotateRequest),
     # a user's tokens (docs/security.md#revoking-a-users-tokens)
     ("post", "/v1/users/{user}/tokens/revoke",
-     "Revoke every token of a user issued until now: refused on every node within seconds, "
-     "its open streams end (a publish key, like minting)", "apiKey", None),
+     "Revoke every token of a user issued until now (no body), or one token of the user "
+     "by its jti or itself ({\"jti\"} or {\"token\"}): refused on every node within "
+     "seconds, its open streams end (a publish key, like minting)", "apiKey", RevokeRequest),
     ("put", "/v1/users/{user}/email", "Set a user's e-mail address", "apiKey", EmailRequest),
     ("get", "/v1/users/{user}/email", "A user's e-mail address", "apiKey", None),
     ("delete", "/v1/users/{user}/email", "Remove a user's e-mail address", "apiKey", None),
@@ -179,7 +181,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
 
 
 # Routes whose body may be left out (the model's defaults then apply).
-OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate")}
+OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate"),
+                 ("post", "/v1/users/{user}/tokens/revoke")}
 # Form bodies (not JSON), all optional: what the route is sent, not what it needs.
 FORMS: dict[tuple[str, str], dict] = {
     ("post", "/v1/unsubscribe/{token}"): {  # what a mailbox provider sends (RFC 8058 §3.1)
@@ -226,7 +229,8 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/webhooks"): {"409"},
     ("post", "/v1/keys"): {"409"},  # max_api_keys
     ("delete", "/v1/keys/{prefix}"): {"409"},  # the app's last admin key
-    ("post", "/v1/users/{user}/tokens/revoke"): {"409"},  # max_token_revocations
+    # max_token_revocations, max_revoked_tokens
+    ("post", "/v1/users/{user}/tokens/revoke"): {"409"},
     ("get", "/v1/push/vapid-public-key"): {"404"},
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
     # a bad cursor (its 429s, the user's rate and too many streams, are every user route's)

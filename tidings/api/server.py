@@ -29,6 +29,7 @@ from tidings.core.models import (
     PatchRequest,
     Preferences,
     PublishRequest,
+    RevokeRequest,
     SubscribersRequest,
     TokenRequest,
     valid_topic,
@@ -36,7 +37,7 @@ from tidings.core.models import (
 )
 from tidings.core.preferences import PreferencesPatch
 from tidings.errors import Invalid, NotFound, TidingsError
-from tidings.service.revocations import revoked
+from tidings.service.revocations import revoked, revoked_one
 
 _IDEMPOTENCY_MAX = 255
 _STATES = ("unread", "unseen", "seen", "read", "archived", "all")
@@ -291,18 +292,38 @@ async def mint_token(request: Request):
     user = _user(request)
     raw = await read_body(request, 4096)
     req = decode(raw, TokenRequest) if raw.strip() else TokenRequest()
-    token, exp = await service.mint_token(app, user, req.ttl)
-    return JSON({"token": token, "user": user, "expires_at": exp}, status_code=201)
+    token, exp, jti = await service.mint_token(app, user, req.ttl)
+    return JSON({"token": token, "user": user, "expires_at": exp, "jti": jti},
+                status_code=201)
+
+
+# A revocation's body names one token, which may be the token itself (at
+# most 4,096 characters) in JSON.
+REVOKE_BODY_MAX = 8192
 
 
 async def revoke_tokens(request: Request):
-    """Every token of the user issued until now is refused on every node, and
-    the streams they opened end (tidings/service/revocations.py).  The key
-    that may mint the user's tokens may revoke them.  No body."""
+    """No body: every token of the user issued until now is refused on every
+    node.  ``{"jti": …}`` or ``{"token": …}``: that one token of the user,
+    until it expires.  The streams they opened end
+    (tidings/service/revocations.py).  The key that may mint the user's
+    tokens may revoke them."""
     app = await server_auth(request, "publish")
+    service = request.app.state.service
     user = _user(request)
-    before = await request.app.state.service.revocations.revoke(app, user)
-    return JSON(revoked(user, before))
+    raw = await read_body(request, REVOKE_BODY_MAX)
+    if not raw.strip():
+        return JSON(revoked(user, await service.revocations.revoke(app, user)))
+    req = decode(raw, RevokeRequest)
+    if (req.jti is None) == (req.token is None):
+        raise Invalid('send either "jti" or "token" to revoke one token, or no body to '
+                      "revoke every token of the user", field="jti")
+    record = await service.app(app)
+    if record is None:  # the key's app was deleted meanwhile
+        raise NotFound("no such app")
+    jti, until = await service.revocations.revoke_one(record, user, jti=req.jti,
+                                                      token=req.token)
+    return JSON(revoked_one(user, jti, until))
 
 
 routes = [

@@ -16,7 +16,8 @@ node shares):
   users (``Personals``, see ``publish_personals``)
 * ``~keys``         -- credentials changed: API keys revoked (``KeyRevoked``),
   signing secrets rotated (``SecretRotated``), dashboard sessions logged
-  out (``SessionEnded``) and users' tokens revoked (``TokensRevoked``), for
+  out (``SessionEnded``), users' tokens revoked (``TokensRevoked``) and one
+  token revoked (``TokenRevoked``), for
   every node's cache of verified keys, app records, tokens and sessions, and
   its open streams.  The one channel that is not an
   app's: every node listens to it from the start (``~`` is in no app id,
@@ -149,8 +150,20 @@ class TokensRevoked(Message, tag="t"):
     before: float
 
 
-# Where KeyRevoked, SecretRotated, SessionEnded and TokensRevoked travel (the
-# module docstring's list of channels).
+class TokenRevoked(Message, tag="j"):
+    """One token of a user, named by its ``jti``, was revoked until
+    ``until`` (Unix seconds, when it expires): every node refuses it and ends
+    the streams it opened (tidings/service/revocations.py).  The jti names
+    the token without being it: it opens nothing."""
+
+    app: str
+    user: str
+    jti: str
+    until: float
+
+
+# Where KeyRevoked, SecretRotated, SessionEnded, TokensRevoked and TokenRevoked
+# travel (the module docstring's list of channels).
 KEYS_CHANNEL = "~keys"
 
 Handler = Callable[[str, Message], None]
@@ -290,7 +303,7 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(
             Personal | Feed | Frames | Membership | KeyRevoked | SecretRotated
-            | SessionEnded | TokensRevoked).decode
+            | SessionEnded | TokensRevoked | TokenRevoked).decode
         # publishing
         self._queue: deque[Item] = deque()
         self._queued_bytes = 0

@@ -159,20 +159,32 @@ class _Endpoints:
         return self._call("PATCH", f"/v1/users/{_seg(user)}/preferences", json=patch)
 
     def create_token(self, user: str, ttl: int = 3600) -> Any:
-        """Mint a user token; returns ``{"token", "expires_at"}``."""
+        """Mint a user token; returns ``{"token", "user", "expires_at", "jti"}``
+        (keep the ``jti`` to revoke that one token: ``revoke_tokens(user, jti=…)``)."""
         return self._call("POST", f"/v1/users/{_seg(user)}/tokens", json={"ttl": ttl})
 
     def mint_token(self, user: str, ttl: int = 3600) -> Any:
         """Mint a user token for a browser/app to open its stream; returns the string."""
         return self._then(self.create_token(user, ttl), lambda r: r["token"])
 
-    def revoke_tokens(self, user: str) -> Any:
+    def revoke_tokens(self, user: str, *, jti: str | None = None,
+                      token: str | None = None) -> Any:
         """Revoke every token of ``user`` issued until now, on every node, and
-        end the streams they opened (a stolen device, a ban, "log out
-        everywhere"); returns ``{"user", "revoked_before"}``: a token whose
-        ``iat`` is before that Unix second is refused, one minted from the
-        answer on is taken (docs/security.md#revoking-a-users-tokens)."""
-        return self._call("POST", f"/v1/users/{_seg(user)}/tokens/revoke")
+        end the streams they opened (a ban, "log out everywhere"); returns
+        ``{"user", "revoked_before"}``: a token whose ``iat`` is before that
+        Unix second is refused, one minted from the answer on is taken.
+
+        With ``jti`` (the ``jti`` of ``create_token``'s answer) or ``token``:
+        only that token of the user (a stolen device), until it expires;
+        returns ``{"user", "jti", "revoked_until"}``, and the user's other
+        tokens go on (docs/security.md#revoking-a-users-tokens)."""
+        path = f"/v1/users/{_seg(user)}/tokens/revoke"
+        if jti is None and token is None:
+            return self._call("POST", path)
+        if jti is not None and token is not None:
+            raise ValueError("give jti or token, not both")
+        body = {"jti": jti} if token is None else {"token": token}
+        return self._call("POST", path, json=body)
 
     # -- the user's own view (user token) -------------------------------------
 

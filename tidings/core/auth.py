@@ -7,12 +7,15 @@ not leak usable keys.
 User tokens: JWT signed HS256 with the app's signing secret.  The algorithm is
 pinned (RFC 8725 §3.1): ``alg: none`` and every other algorithm are refused,
 ``exp`` is required, and ``sub`` (user) and ``app`` claims must be present.
+A token tidings mints carries a random ``jti`` (RFC 7519 §4.1.7), by which
+that one token can be revoked (tidings/service/revocations.py).
 
 PyJWT decides every token, but the cost of its checks (about 55 µs to read
 the app and verify, on this project's machines) is more than the rest of a
 request that reads an inbox page.  A token in the one shape tidings mints
 (and most libraries' HS256 default: this exact header, the claims ``sub``,
-``app``, ``exp`` and optionally ``iat``, integers where PyJWT wants them,
+``app``, ``exp`` and optionally ``iat`` and ``jti``, integers where PyJWT
+wants them, a string where it wants one,
 canonical base64url) is therefore checked here first with ``hmac`` and
 msgspec, in about 5 µs; anything else, including every token this check
 does not accept, goes to PyJWT as before.  The fast path accepts a token
@@ -32,6 +35,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -83,21 +87,34 @@ def new_signing_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def new_token_id() -> str:
+    """A token's ``jti``: 96 random bits, 16 URL-safe characters."""
+    return secrets.token_urlsafe(12)
+
+
+def valid_jti(jti: object) -> bool:
+    """Whether ``jti`` can name a revoked token: 1-128 characters without
+    control characters (the rule of user ids; PostgreSQL cannot hold a NUL)."""
+    return isinstance(jti, str) and valid_user(jti)
+
+
 def mint_token(app: str, user: str, secret: str, ttl: int, now: float | None = None,
-               issued: int | None = None) -> str:
+               issued: int | None = None, jti: str | None = None) -> str:
     """A token of ``user`` for ``ttl`` seconds from ``now``; its ``iat`` is
     ``now`` unless ``issued`` says otherwise (a revocation's cutoff, at most
-    a second ahead: tidings/service/revocations.py)."""
+    a second ahead: tidings/service/revocations.py), its ``jti`` a new one
+    unless given."""
     now = time.time() if now is None else now
     iat = int(now) if issued is None else int(issued)
-    claims = {"sub": user, "app": app, "iat": iat, "exp": int(now) + int(ttl)}
+    claims = {"sub": user, "app": app, "iat": iat, "exp": int(now) + int(ttl),
+              "jti": new_token_id() if jti is None else jti}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
 LEEWAY = 5  # seconds a token is still taken after its exp
 # base64url of {"alg":"HS256","typ":"JWT"}: the header PyJWT writes for HS256
 _HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
-_FAST_CLAIMS = frozenset({"sub", "app", "exp", "iat"})
+_FAST_CLAIMS = frozenset({"sub", "app", "exp", "iat", "jti"})
 _claims_of = msgspec.json.Decoder(dict).decode
 
 
@@ -175,6 +192,8 @@ def _fast_claims(token: str, secret: str, now: float) -> dict | None:
     iat = claims.get("iat", 0)
     if type(iat) is not int or iat > now + LEEWAY:
         return None
+    if not isinstance(claims.get("jti", ""), str):  # PyJWT: "JWT ID must be a string"
+        return None
     if claims["exp"] <= now - LEEWAY:
         raise Unauthorized("token expired", code="token_expired")
     return claims
@@ -195,11 +214,12 @@ def _pyjwt_claims(token: str, secret: str) -> dict:
         raise Unauthorized("token is not valid", code="bad_token") from None
 
 
-def verify_token(token: str, secret: str) -> tuple[str, str, int, int | None]:
-    """Verify and return ``(app, user, exp, iat)``, ``iat`` None for a token
-    without one; raise :class:`Unauthorized`.  ``iat`` is read as PyJWT
-    checked it (``int()`` of the claim), and only says which of a user's
-    revocations the token predates (tidings/service/revocations.py)."""
+def verify_token(token: str, secret: str) -> tuple[str, str, int, int | None, str | None]:
+    """Verify and return ``(app, user, exp, iat, jti)``, ``iat`` and ``jti``
+    None for a token without them; raise :class:`Unauthorized`.  ``iat`` is
+    read as PyJWT checked it (``int()`` of the claim), and only says which of
+    a user's revocations the token predates; ``jti`` names the token for a
+    revocation of it alone (tidings/service/revocations.py)."""
     claims = _fast_claims(token, secret, time.time())
     if claims is None:
         claims = _pyjwt_claims(token, secret)
@@ -207,14 +227,14 @@ def verify_token(token: str, secret: str) -> tuple[str, str, int, int | None]:
     if not isinstance(app, str) or not isinstance(user, str) or not valid_user(user):
         raise Unauthorized("token is missing its app or user", code="bad_token")
     iat = claims.get("iat")
-    return app, user, int(claims["exp"]), None if iat is None else int(iat)
+    return app, user, int(claims["exp"]), None if iat is None else int(iat), claims.get("jti")
 
 
-def verify_token_rotated(token: str, secret: str,
-                         previous: str | None) -> tuple[str, str, int, int | None, bool]:
+def verify_token_rotated(token: str, secret: str, previous: str | None
+                         ) -> tuple[str, str, int, int | None, str | None, bool]:
     """``verify_token`` with the app's current ``secret`` or, when that
     refuses the token as not signed with it, its ``previous`` secret (None
-    once the overlap is over): ``(app, user, exp, iat, by_previous)``.  A
+    once the overlap is over): ``(app, user, exp, iat, jti, by_previous)``.  A
     token the current secret finds expired is expired: the previous one is
     not asked.  Refused by both, the answer is the current secret's."""
     try:
@@ -228,3 +248,39 @@ def verify_token_rotated(token: str, secret: str,
             if second.code == "bad_token":
                 raise first from None
             raise
+
+
+def signed_by(token: str, secret: str) -> bool:
+    """Whether ``token``'s signature is the HS256 MAC of its header and
+    claims under ``secret``, whatever else it holds: only says that a token
+    refused as not valid was signed with a secret its app no longer takes
+    (a retired previous one), which is routine, not a guess."""
+    if not isinstance(token, str) or len(token) > 4096 or token.count(".") != 2:
+        return False
+    key = _hmac_key(secret) if isinstance(secret, str) else None
+    if key is None:
+        return False
+    signed, _, signature = token.rpartition(".")
+    mac = base64.urlsafe_b64encode(hmac.new(key, signed.encode(), hashlib.sha256).digest())
+    return hmac.compare_digest(mac.rstrip(b"="), signature.encode())
+
+
+def revocable(token: str, secrets_: tuple[str, ...]) -> tuple[str, str, int, str | None]:
+    """``(app, user, exp, jti)`` of a token signed with one of ``secrets_``
+    (an app's current and previous signing secret), expired or not: what a
+    revocation of that one token needs (tidings/service/revocations.py).
+    Raises :class:`Unauthorized` (``bad_token``) for any other."""
+    if isinstance(token, str) and len(token) <= 4096:
+        for secret in secrets_:
+            try:
+                claims = jwt.decode(token, secret, algorithms=[ALGORITHM], leeway=LEEWAY,
+                                    options={"require": ["exp", "sub"], "verify_exp": False})
+            except jwt.PyJWTError:
+                continue
+            app, user, exp = claims.get("app"), claims.get("sub"), claims["exp"]
+            if isinstance(exp, float) and math.isfinite(exp):
+                exp = int(exp)
+            if isinstance(app, str) and isinstance(user, str) and valid_user(user) \
+                    and type(exp) is int:
+                return app, user, exp, claims.get("jti")
+    raise Unauthorized("token is not valid", code="bad_token")

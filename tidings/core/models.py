@@ -174,6 +174,16 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     ttl: Annotated[int, Meta(ge=1)] = 3600
 
 
+class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One token of the user to revoke (``POST /v1/users/{user}/tokens/revoke``
+    with a body): by its ``jti`` or by the token itself, exactly one of the
+    two (tidings/service/revocations.py).  No body revokes every token of
+    the user."""
+
+    jti: UserId | None = None  # the rule of user ids: 1-128, no control characters
+    token: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+
+
 class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     """A new API key of the caller's app (``POST /v1/keys``): what it may do
     (tidings.core.auth.SCOPES), and a name that says what it is for."""

@@ -74,7 +74,7 @@ class Stream:
     # follow, and fewer bytes per connection).
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
                  "closed", "close_code", "_syncing", "_again", "_held", "_held_bytes", "_wake",
-                 "_room", "_writer", "_head_for", "_head", "_end", "secret", "issued")
+                 "_room", "_writer", "_head_for", "_head", "_end", "secret", "issued", "jti")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -109,6 +109,9 @@ class Stream:
         # its token's iat (None: it has none): a revocation of the user's
         # tokens ends the streams of those it predates (service/revocations.py)
         self.issued: int | None = None
+        # its token's jti (None: it has none): a revocation of that one token
+        # ends the streams opened with it (service/revocations.py)
+        self.jti: str | None = None
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:

@@ -224,7 +224,7 @@ class WebSocketEndpoint:
         else:
             stream = WebSocketStream(send, service.hub, app, user, **caps)
         stream.end_at(claims.until, claims.secret)
-        stream.issued = claims.issued
+        stream.issued, stream.jti = claims.issued, claims.jti
         try:
             await stream.start(cursor)
         except Exception:
@@ -332,7 +332,7 @@ class _Device:
         finally:
             self._checking = None
         stream.end_at(claims.until, claims.secret)
-        stream.issued = claims.issued
+        stream.issued, stream.jti = claims.issued, claims.jti
         stream.push(events.token_frame(claims.until))
 
 
@@ -373,7 +373,8 @@ class SSEEndpoint:
                 (b"x-accel-buffering", b"no"),
             ],
         })
-        if scope.get("method") == "HEAD" or service.revocations.refuses(app, user, claims.issued):
+        if scope.get("method") == "HEAD" or service.revocations.refuses(
+                app, user, claims.issued, claims.jti):
             # HEAD: the GET's status and headers, no stream: the client reads
             # no body, so one left open would hold its connection forever.
             # Revoked while the headers went out: nothing would end the stream.
@@ -387,7 +388,7 @@ class SSEEndpoint:
         # A retry hint first: EventSource waits this long before reconnecting.
         Stream.push(stream, b"retry: %d\n\n" % random.randint(*SSE_RETRY_MS))
         stream.end_at(claims.until, claims.secret)  # the response ends then: a new token
-        stream.issued = claims.issued
+        stream.issued, stream.jti = claims.issued, claims.jti
         try:
             await stream.start(cursor)
         except Exception:

@@ -43,6 +43,22 @@ that has not expired: no token tidings mints lives longer.  A node forgets
 it at its next refresh, the store at the app's next revocation, which keeps
 the table to the revocations of the last 30 days; at most
 ``max_token_revocations`` users of an app are in it at a time.
+
+**One token** (``revoke_one``: the same route with ``{"jti": …}`` or
+``{"token": …}`` as its body, ``tidings revoke-tokens --jti``): a stolen
+phone's token, the user's other devices untouched.  Every token tidings
+mints carries a random ``jti`` (tidings/core/auth.py); a revocation of one
+refuses the user's token carrying it (``ids``: ``(app, user, jti) ->
+until``) until it expires: ``until`` is the token's ``exp`` (plus the
+leeway) when the revocation names the token, ``horizon`` from now when it
+names only the jti (no token tidings mints lives longer).  It travels as a
+cutoff does (``TokenRevoked`` on the broker, the same refresh), and ends the
+open streams opened with that token at once (no second to wait for: the
+token is refused whatever its ``iat``).  A token without a ``jti`` is never
+looked up: the check is a set lookup for a token with one, nothing while no
+token is revoked.  At most ``max_revoked_tokens`` tokens of an app are
+revoked at a time; a node forgets one once it has expired, the store at the
+app's next revocation of a token.
 """
 
 from __future__ import annotations
@@ -52,14 +68,15 @@ import logging
 import math
 import time
 
-from tidings.broker.base import KEYS_CHANNEL, Broker, Message, TokensRevoked
+from tidings.broker.base import KEYS_CHANNEL, Broker, Message, TokenRevoked, TokensRevoked
 from tidings.config import Settings
 from tidings.core import auth
-from tidings.errors import CLOSE_UNAUTHORIZED, Conflict, Unauthorized
+from tidings.errors import CLOSE_UNAUTHORIZED, Conflict, Invalid, Unauthorized
 from tidings.gateway.hub import Hub
-from tidings.store.base import Store
+from tidings.store.base import AppRecord, Store
 
-__all__ = ["REFRESH_INTERVAL", "REFRESH_SLACK", "REVOKED_REASON", "Revocations", "revoked"]
+__all__ = ["REFRESH_INTERVAL", "REFRESH_SLACK", "REVOKED_REASON", "Revocations", "revoked",
+           "revoked_one"]
 
 log = logging.getLogger("tidings")
 
@@ -80,6 +97,18 @@ def revoked(user: str, before: float) -> dict:
     return {"user": user, "revoked_before": math.ceil(before)}
 
 
+def revoked_one(user: str, jti: str, until: float) -> dict:
+    """What a revocation of one token answers: the token of ``user`` whose
+    ``jti`` is this is refused until ``revoked_until`` (Unix seconds, when it
+    expires; in the past: it had, and nothing was stored)."""
+    return {"user": user, "jti": jti, "revoked_until": math.ceil(until)}
+
+
+# The latest end a revocation of one token is kept until: a token signed
+# with an exp beyond any float (PyJWT takes any integer) is kept "forever".
+_FOREVER = 2**53
+
+
 class Revocations:
     def __init__(self, settings: Settings, store: Store, broker: Broker, hub: Hub):
         self.settings = settings
@@ -89,6 +118,9 @@ class Revocations:
         # (app, user) -> cutoff: the one table every token check reads.  The
         # dict is never replaced (Service holds it too).
         self.before: dict[tuple[str, str], float] = {}
+        # (app, user, jti) -> until: the tokens revoked one by one, read by
+        # every check of a token with a jti (never replaced either)
+        self.ids: dict[tuple[str, str, str], float] = {}
         self._read_at: float | None = None  # when the last read began (refresh)
 
     @property
@@ -102,15 +134,18 @@ class Revocations:
         await self.refresh()
 
     # -- the check ------------------------------------------------------------------------
-    def refuses(self, app: str, user: str, issued: int | None) -> bool:
+    def refuses(self, app: str, user: str, issued: int | None, jti: str | None = None) -> bool:
         """Whether a token of ``user`` issued at ``issued`` (its ``iat``;
-        None: it has none) is revoked."""
+        None: it has none) with the ``jti`` (None: it has none) is revoked."""
         before = self.before.get((app, user))
-        return before is not None and (issued is None or issued < before)
+        if before is not None and (issued is None or issued < before):
+            return True
+        ids = self.ids  # a set lookup for a token with a jti, while any is revoked
+        return bool(ids) and jti is not None and (app, user, jti) in ids
 
-    def check(self, app: str, user: str, issued: int | None) -> None:
+    def check(self, app: str, user: str, issued: int | None, jti: str | None) -> None:
         """``refuses``, as the 401 it means."""
-        if self.refuses(app, user, issued):
+        if (self.before or self.ids) and self.refuses(app, user, issued, jti):
             raise Unauthorized(REVOKED_REASON, code="token_revoked")
 
     # -- revoking -------------------------------------------------------------------------
@@ -163,23 +198,96 @@ class Revocations:
             log.info("app %s: the tokens of a user were revoked, %d open streams end",
                      app_id, ended)
 
+    # -- one token -----------------------------------------------------------------------
+    async def revoke_one(self, record: AppRecord, user: str, *, jti: str | None = None,
+                         token: str | None = None) -> tuple[str, float]:
+        """Revoke the token of the app's ``user`` named by ``jti``, or the
+        ``token`` itself (exactly one): ``(jti, until)``, refused on this
+        node from the answer on.  ``record`` is the app's (the caller
+        checked the user); 422 for a token that is not the user's, or has no
+        jti to be refused by."""
+        now = time.time()
+        if token is not None:
+            previous = record.previous(now)
+            secrets = (record.signing_secret,) if previous is None \
+                else (record.signing_secret, previous)
+            try:
+                app, owner, exp, jti = auth.revocable(token, secrets)
+            except Unauthorized:
+                raise Invalid("token is not a token of this app (malformed, or not signed "
+                              "with its signing secret)", field="token") from None
+            if (app, owner) != (record.id, user):
+                raise Invalid("token is not a token of this user", field="token")
+            if jti is None:
+                raise Invalid("token has no jti to revoke it by: revoke every token of the "
+                              "user (no body)", field="token")
+            if not auth.valid_jti(jti):
+                raise Invalid("token's jti is not 1-128 characters without control "
+                              "characters: revoke every token of the user (no body)",
+                              field="token")
+            end = exp + auth.LEEWAY
+            if end <= now:  # expired: already refused everywhere
+                return jti, max(end, 0)
+            until = float(min(end, _FOREVER))
+        elif jti is not None and auth.valid_jti(jti):
+            until = now + self.horizon  # no token tidings mints lives longer
+        else:
+            raise Invalid("jti is 1-128 characters without control characters", field="jti")
+        limit = self.settings.limits.max_revoked_tokens
+        stored = await self.store.revoke_token_id(record.id, user, jti, until, now, limit=limit)
+        if stored is None:
+            raise Conflict(f"an app has at most {limit} tokens revoked one by one that have "
+                           "not expired: revoke every token of the user (no body), or rotate "
+                           "the app's signing secret", code="limit_reached")
+        self.apply_one(record.id, user, jti, stored)  # here, before the answer
+        self.broker.publish(KEYS_CHANNEL, TokenRevoked(record.id, user, jti, stored))
+        return jti, stored
+
+    def apply_one(self, app_id: str, user: str, jti: str, until: float) -> None:
+        """The user's token ``jti`` is refused until ``until`` (or later):
+        refuse it, and end the streams this node holds of it, at once."""
+        if until <= time.time():
+            return  # expired: refused anyway
+        key = (app_id, user, jti)
+        known = self.ids.get(key)
+        if known is not None and known >= until:
+            return
+        self.ids[key] = until
+        ended = 0
+        for stream in list(self.hub.users.get((app_id, user), ())):
+            if stream.jti == jti:
+                stream.close(CLOSE_UNAUTHORIZED, REVOKED_REASON)
+                ended += 1
+        if ended:
+            log.info("app %s: a token was revoked, %d open streams end", app_id, ended)
+
     # -- what other nodes say -------------------------------------------------------------
     def on_message(self, message: Message) -> None:
         if isinstance(message, TokensRevoked):
             self.apply(message.app, message.user, message.before)
+        elif isinstance(message, TokenRevoked):
+            self.apply_one(message.app, message.user, message.jti, message.until)
 
     async def refresh(self) -> None:
-        """Read the cutoffs written since the last read (all of them the first
-        time), apply them, and forget those past the horizon."""
+        """Read the cutoffs and the tokens revoked one by one written since
+        the last read (all of them the first time), apply them, and forget
+        the cutoffs past the horizon and the tokens that have expired."""
         started = time.time()
         since = started - self.horizon if self._read_at is None \
             else self._read_at - REFRESH_SLACK
         for app_id, user, before in await self.store.token_revocations(since):
             self.apply(app_id, user, before)
+        # a token's row is as old as its revocation, which may be older than
+        # the horizon for a token a backend signed for longer
+        since = 0.0 if self._read_at is None else self._read_at - REFRESH_SLACK
+        for app_id, user, jti, until in await self.store.token_id_revocations(since, started):
+            self.apply_one(app_id, user, jti, until)
         self._read_at = started
         oldest = started - self.horizon
         for key in [k for k, before in self.before.items() if before <= oldest]:
             del self.before[key]
+        for one in [k for k, until in self.ids.items() if until <= started]:
+            del self.ids[one]
 
     async def run(self) -> None:
         """Forever: ``refresh`` every REFRESH_INTERVAL (a read that fails

@@ -93,6 +93,7 @@ class Claims(NamedTuple):
     until: float
     secret: str  # the signing secret it was verified with (apps.py)
     issued: int | None  # its iat, None without one (revocations.py)
+    jti: str | None  # its jti, None without one (revocations.py)
 
 
 # A retraction tells its holders this many at a time: one read of the counts
@@ -169,6 +170,7 @@ class Service:
         # by every token check, cached tokens included (revocations.py)
         self.revocations = Revocations(settings, store, broker, self.hub)
         self._revoked = self.revocations.before
+        self._revoked_ids = self.revocations.ids
         self._apps: LRU[str, AppRecord] = self.apps.cache
         self._keys: LRU[str, KeyRecord] = self.keys.cache
         self.caching = settings.cache
@@ -247,11 +249,13 @@ class Service:
         """The ``(app, user)`` a user token names; raises Unauthorized."""
         if self.caching and token:  # the usual case, without a second coroutine
             hit = self._tokens.get(_token_digest(token))
-            # (app, user, ..., issued) by index: a field's name costs a lookup
-            # more.  A revoked user's token is checked again; no revocation
-            # at all costs nothing.
-            if hit is not None and not (self._revoked and self.revocations.refuses(
-                    hit[0], hit[1], hit[4])):
+            # (app, user, ..., issued, jti) by index: a field's name costs a
+            # lookup more.  A revoked user's token, and a token of a user with
+            # a token revoked, is checked again; no revocation at all costs
+            # nothing.
+            if hit is not None and not ((self._revoked or self._revoked_ids) and
+                                        self.revocations.refuses(hit[0], hit[1], hit[4],
+                                                                 hit[5])):
                 return hit[0], hit[1]
         claims = await self.token_claims(token)
         return claims.app, claims.user
@@ -259,18 +263,18 @@ class Service:
     async def token_claims(self, token: str | None) -> Claims:
         """The claims of a user token, whose ``until`` is when a live stream
         opened with it ends (tidings/gateway/stream.py), its ``secret`` what a
-        rotation may retire (apps.py) and its ``issued`` what a revocation
-        of the user's tokens may refuse (revocations.py)."""
+        rotation may retire (apps.py) and its ``issued`` and ``jti`` what a
+        revocation may refuse (revocations.py)."""
         if not token:
             raise Unauthorized("a user token is required")
         if self.caching:
             # a token verified once is good until it expires (HS256 + PyJWT
             # costs ~20 us per check; streams and every client call carry one),
-            # unless its user's tokens are revoked
+            # unless it, or its user's tokens, are revoked
             digest = _token_digest(token)
             hit = self._tokens.get(digest)
             if hit is not None:
-                self.revocations.check(hit.app, hit.user, hit.issued)
+                self.revocations.check(hit.app, hit.user, hit.issued, hit.jti)
                 return hit
         app_id = auth.unverified_app(token)
         if app_id is None:
@@ -279,9 +283,9 @@ class Service:
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
         now = time.time()
-        app, user, exp, issued, by_previous = auth.verify_token_rotated(
+        app, user, exp, issued, jti, by_previous = auth.verify_token_rotated(
             token, record.signing_secret, record.previous(now))
-        self.revocations.check(app, user, issued)
+        self.revocations.check(app, user, issued, jti)
         # PyJWT takes any integer exp, even one too large for a float (10**400):
         # such a token never ends a stream, and is cached for as long as any entry
         until = float(exp + auth.LEEWAY) if exp < _FLOAT_MAX else math.inf
@@ -289,7 +293,7 @@ class Service:
         if by_previous:  # taken until the rotation's overlap ends
             secret = record.previous_secret or ""
             until = min(until, record.previous_until or now)
-        claims = Claims(app, user, until, secret, issued)
+        claims = Claims(app, user, until, secret, issued, jti)
         if self.caching:
             # no longer than the record it was verified with (apps.py)
             life = exp - now if exp < _FLOAT_MAX else math.inf
@@ -297,7 +301,8 @@ class Service:
             self._tokens.put(digest, claims, ttl=ttl)
         return claims
 
-    async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int]:
+    async def mint_token(self, app_id: str, user: str, ttl: int) -> tuple[str, int, str]:
+        """A new token of ``user``: ``(token, exp, jti)``."""
         record = await self.app(app_id)
         if record is None:
             raise NotFound("no such app")
@@ -310,8 +315,10 @@ class Service:
         # (under a second ahead, within the clock leeway), or it would be refused
         cutoff = self._revoked.get((app_id, user)) if self._revoked else None
         issued = math.ceil(cutoff) if cutoff is not None and now < cutoff <= now + 1 else None
-        token = auth.mint_token(app_id, user, record.signing_secret, ttl, now=now, issued=issued)
-        return token, now + ttl
+        jti = auth.new_token_id()
+        token = auth.mint_token(app_id, user, record.signing_secret, ttl, now=now, issued=issued,
+                                jti=jti)
+        return token, now + ttl, jti
 
     def origin_allowed(self, origin: str) -> bool:
         allowed = self.settings.allowed_origins
