@@ -56,6 +56,12 @@ class Limits(msgspec.Struct, frozen=True):
     # with a wrong key retrying fast is held to one check a second.
     key_failures_per_address: Annotated[int, msgspec.Meta(ge=0)] = 60
     key_failures_per_node: Annotated[int, msgspec.Meta(ge=0)] = 6000
+    # User tokens refused as not valid (malformed, forged, of no app; not an
+    # expired or revoked one) a minute, in bursts of as many, from one client
+    # address and on one node from all of them: the client API, SSE and
+    # WebSocket connects (Service.token_claims); 0: no limit.
+    token_failures_per_address: Annotated[int, msgspec.Meta(ge=0)] = 60
+    token_failures_per_node: Annotated[int, msgspec.Meta(ge=0)] = 6000
     # What a connection may cost before its request is known (tidings serve's
     # HTTP protocol, tidings/api/uvicorn_http.py and http_limits.py): the
     # request line and headers, their count, the time they may take to arrive

@@ -19,6 +19,18 @@ import pytest
 from tests.conftest import run_server
 
 
+@pytest.fixture
+async def unlimited(tmp_path):
+    """The server without the limits of invalid user tokens, for a test that
+    sends more than 60 of them from one address about something else
+    (docs/security.md#invalid-user-tokens)."""
+    from tidings.config import Limits
+
+    limits = Limits(token_failures_per_address=0, token_failures_per_node=0)
+    async with run_server(tmp_path, limits=limits) as live:
+        yield live
+
+
 @contextlib.asynccontextmanager
 async def store_overrides(kind: str):
     """The run_server overrides of store ``kind`` ("sqlite" or "postgres")."""

@@ -422,7 +422,8 @@ def _hs256_by_hand(header: dict, claims: dict, secret: str) -> str:
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-async def test_user_token_hostility(server):
+async def test_user_token_hostility(unlimited):
+    server = unlimited
     nid = await _publish_good(server)
     secret = server.signing_secret
     app = server.app

@@ -64,7 +64,8 @@ async def _counts(server, token: str):
         return await http.get("/v1/me/counts", headers={"Authorization": f"Bearer {token}"})
 
 
-async def test_tokens_naming_a_missing_app_cost_one_read(server):
+async def test_tokens_naming_a_missing_app_cost_one_read(unlimited):
+    server = unlimited
     _count_app_reads(server)
     token = _token("app_nothere")
     async with server.http() as http:

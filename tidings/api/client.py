@@ -20,7 +20,7 @@ _encode = msgspec.json.encode
 async def _user_of(service, call: Call) -> tuple[str, str]:
     """:func:`user_auth` for a direct route (the user's rate limit included)."""
     app, user = await service.authenticate_token(
-        bearer_of(call.header(b"authorization") or ""))
+        bearer_of(call.header(b"authorization") or ""), call.client)
     call.state["app"] = app
     service.limits.charge_user(app, user)
     return app, user

@@ -117,8 +117,8 @@ def bearer_of(value: str) -> str | None:
 
 
 def client_host(request: Request) -> str | None:
-    """The caller's address, as the limits of failed logins and key checks
-    count it: the socket's peer, or the address a trusted proxy forwarded
+    """The caller's address, as the limits of failed logins, key checks and
+    user tokens count it: the socket's peer, or the address a trusted proxy forwarded
     (uvicorn's proxy headers, FORWARDED_ALLOW_IPS, have set the scope's
     client by then); None on a Unix socket."""
     client = request.scope.get("client")
@@ -145,7 +145,9 @@ async def user_auth(request: Request) -> tuple[str, str]:
     """The ``(app, user)`` of a valid user token, after taking one token from
     the user's rate limit."""
     service = request.app.state.service
-    app, user = await service.authenticate_token(bearer(request))
+    # a token that is not valid counts against the limits of invalid tokens
+    # from the caller's address (client_host's rule)
+    app, user = await service.authenticate_token(bearer(request), lambda: client_host(request))
     request.state.app = app
     # 429 over Settings.user_rate (tidings/service/ratelimits.py)
     service.limits.charge_user(app, user)

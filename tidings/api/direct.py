@@ -65,9 +65,10 @@ class Call:
         self.peer = peer  # the ASGI scope's client: (host, port) or None
 
     def client(self) -> str | None:
-        """The caller's address, as the limit of failed key checks counts it
-        (tidings/service/keys.py): the socket's peer, or the address a
-        trusted proxy forwarded.  Asked only when a key is not in the cache."""
+        """The caller's address, as the limits of failed key checks and of
+        invalid user tokens count it (tidings/service/keys.py, Service.token_claims):
+        the socket's peer, or the address a trusted proxy forwarded.  Asked
+        only when a key is not in the cache, or a token failed."""
         return self.peer[0] if self.peer else None
 
     def params(self) -> dict[str, str]:

@@ -202,9 +202,13 @@ SUCCESS: dict[tuple[str, str], dict[str, str]] = {
     ("delete", "/v1/keys/{prefix}"): {"204": "Revoked"},
     ("post", "/v1/me/push-subscriptions"): {"201": "Subscription registered"},
     ("post", "/v1/outbound/dead/{jid}/retry"): {"202": "Queued again"},
-    # every refusal comes after the upgrade, as a close code (the protocol, above)
+    # every refusal comes after the upgrade, as a close code (the protocol,
+    # above), but for too many invalid tokens in the Authorization header
     ("get", "/v1/me/stream"): {"101": "Switching Protocols: the WebSocket stream; a refusal "
-                                      "closes it with a 44xx code"},
+                                      "closes it with a 44xx code",
+                               "429": "Too many invalid user tokens from the address or on "
+                                      "the node, the token in the Authorization header: "
+                                      "refused before the upgrade, with Retry-After"},
     ("get", "/v1/me/events"): {"200": "The event stream (text/event-stream)"},
     ("get", "/readyz"): {"200": "Ready", "503": "Not ready: the store does not answer, or "
                                                "the node is draining"},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
@@ -41,6 +42,7 @@ from tidings.gateway.uvicorn_ws import EXTENSION as RAW_EXTENSION
 
 if TYPE_CHECKING:
     from tidings.service import Service
+    from tidings.service.service import Claims
 
 AUTH_TIMEOUT = 10.0
 # The reconnect delay each SSE response asks of its EventSource, drawn per
@@ -71,6 +73,20 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
     if value and value[:7].lower() == b"bearer ":
         return value[7:].decode("latin-1").strip()
     return None
+
+
+def _address(scope) -> Callable[[], str | None]:
+    """The caller's address (the scope's client, proxy headers applied), as
+    the limits of invalid user tokens ask it: only when a token failed."""
+    def address() -> str | None:
+        client = scope.get("client")
+        return client[0] if client else None
+    return address
+
+
+# The ASGI extension by which a WebSocket's upgrade is answered with an HTTP
+# response instead of being accepted (uvicorn's websockets-sansio offers it).
+DENIAL = "websocket.http.response"
 
 
 def _query(scope) -> dict[str, str]:
@@ -189,6 +205,25 @@ class WebSocketEndpoint:
         if (await receive())["type"] != "websocket.connect":
             return
         headers = _headers(scope)
+        origin = headers.get(b"origin")
+        allowed = origin is None or service.origin_allowed(origin.decode("latin-1"))
+        token = _bearer(headers)
+        address = _address(scope)
+        # A token in the header is checked before the upgrade, so that one
+        # refused past the limits of invalid tokens is answered 429 without
+        # a WebSocket where the server can (docs/security.md#invalid-user-tokens).
+        # Any other answer waits for the accept, as a close code, as before.
+        checked: Claims | TidingsError | None = None
+        if allowed and token is not None:
+            try:
+                checked = await service.token_claims(token, address)
+            except RateLimited as exc:
+                if DENIAL in scope.get("extensions", {}):
+                    service.hub.metrics.error(None, exc.code, exc.status, WS_ROUTE)
+                    return await service.send_error(send, exc, prefix="websocket.http")
+                checked = exc
+            except TidingsError as exc:
+                checked = exc
         await send({"type": "websocket.accept"})
 
         app = None
@@ -197,15 +232,15 @@ class WebSocketEndpoint:
             service.hub.metrics.error(app, error, 0, WS_ROUTE)
             await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
-        origin = headers.get(b"origin")
-        if origin is not None and not service.origin_allowed(origin.decode("latin-1")):
+        if not allowed:
             return await refuse(CLOSE_FORBIDDEN, "origin not allowed", "origin_not_allowed")
         try:
             cursor = parse_cursor(_query(scope).get(CURSOR.name))
-            token = _bearer(headers)
             if token is None:
                 token = await self._first_message_token(receive)
-            claims = await service.token_claims(token)
+            if isinstance(checked, TidingsError):
+                raise checked
+            claims = checked or await service.token_claims(token, address)
             app, user = claims.app, claims.user
             # a connect is a request of the user's (docs/security.md#rate-limits):
             # over the rate it closes with 4005, which clients reconnect after
@@ -322,7 +357,9 @@ class _Device:
     async def _refresh(self, token: str) -> None:
         stream = self.stream
         try:
-            claims = await self.service.token_claims(token)
+            # not counted as an invalid token: one closes the stream, and the
+            # connect that must come before the next is
+            claims = await self.service.token_claims(token, limited=False)
             if (claims.app, claims.user) != (stream.app, stream.user):
                 raise Forbidden("the token names another user", code="other_user")
         except TidingsError as exc:
@@ -357,7 +394,7 @@ class SSEEndpoint:
             cursor = parse_cursor(
                 last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
-            claims = await service.token_claims(token)
+            claims = await service.token_claims(token, _address(scope))
             app, user = claims.app, claims.user
             service.limits.charge_user(app, user)  # 429 rate_limited, as any request
             service.hub.check_capacity(app, user)

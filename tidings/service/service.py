@@ -36,6 +36,7 @@ from tidings.broker.base import (
 from tidings.config import Settings
 from tidings.core import auth, events, preferences, unsubscribe
 from tidings.core.ids import id_at, new_id
+from tidings.core.logins import LoginLimits
 from tidings.core.lru import LRU
 from tidings.core.models import (
     Notification,
@@ -45,7 +46,15 @@ from tidings.core.models import (
     valid_app_id,
 )
 from tidings.core.receipts import HTTP_DEVICE, ReceiptBuffer, Receipts, decode_receipts
-from tidings.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, TidingsError, Unauthorized
+from tidings.errors import (
+    Forbidden,
+    Invalid,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    TidingsError,
+    Unauthorized,
+)
 from tidings.gateway.hub import Hub
 from tidings.service.apps import Apps
 from tidings.service.keys import Keys
@@ -80,6 +89,12 @@ def _token_digest(token: str) -> bytes:
 
 
 _FLOAT_MAX = sys.float_info.max
+
+
+class _Retired(Unauthorized):
+    """A token refused as not valid that its app's previous signing secret
+    signed (its overlap over): answered as any other, not counted as one
+    (Service.token_claims)."""
 
 
 class Claims(NamedTuple):
@@ -171,6 +186,10 @@ class Service:
         self.revocations = Revocations(settings, store, broker, self.hub)
         self._revoked = self.revocations.before
         self._revoked_ids = self.revocations.ids
+        # user tokens refused as not valid, per client address and per node:
+        # counted after the check fails, never on the way of one that works
+        self.token_failures = LoginLimits(settings.limits.token_failures_per_address,
+                                          settings.limits.token_failures_per_node)
         self._apps: LRU[str, AppRecord] = self.apps.cache
         self._keys: LRU[str, KeyRecord] = self.keys.cache
         self.caching = settings.cache
@@ -245,8 +264,12 @@ class Service:
             raise Forbidden(f"this key lacks the {scope!r} scope", code="missing_scope")
         return record
 
-    async def authenticate_token(self, token: str | None) -> tuple[str, str]:
-        """The ``(app, user)`` a user token names; raises Unauthorized."""
+    async def authenticate_token(self, token: str | None,
+                                 client: Callable[[], str | None] | None = None
+                                 ) -> tuple[str, str]:
+        """The ``(app, user)`` a user token names; raises Unauthorized, or
+        RateLimited for a token that is not valid past the limits of invalid
+        tokens (``token_claims``)."""
         if self.caching and token:  # the usual case, without a second coroutine
             hit = self._tokens.get(_token_digest(token))
             # (app, user, ..., issued, jti) by index: a field's name costs a
@@ -257,16 +280,26 @@ class Service:
                                         self.revocations.refuses(hit[0], hit[1], hit[4],
                                                                  hit[5])):
                 return hit[0], hit[1]
-        claims = await self.token_claims(token)
+        claims = await self.token_claims(token, client)
         return claims.app, claims.user
 
-    async def token_claims(self, token: str | None) -> Claims:
+    async def token_claims(self, token: str | None,
+                           client: Callable[[], str | None] | None = None, *,
+                           limited: bool = True) -> Claims:
         """The claims of a user token, whose ``until`` is when a live stream
         opened with it ends (tidings/gateway/stream.py), its ``secret`` what a
         rotation may retire (apps.py) and its ``issued`` and ``jti`` what a
-        revocation may refuse (revocations.py)."""
+        revocation may refuse (revocations.py).
+
+        A token refused as not valid (``bad_token``: malformed, forged, of
+        no app) counts against the limits of invalid tokens from the
+        caller's address (``client()``, asked only then) and on this node,
+        unless ``limited`` is False; past either the answer is 429 instead
+        of the 401 (docs/security.md#invalid-user-tokens).  Only after the
+        check failed: a token that works never touches the limits."""
         if not token:
             raise Unauthorized("a user token is required")
+        digest = b""
         if self.caching:
             # a token verified once is good until it expires (HS256 + PyJWT
             # costs ~20 us per check; streams and every client call carry one),
@@ -276,6 +309,24 @@ class Service:
             if hit is not None:
                 self.revocations.check(hit.app, hit.user, hit.issued, hit.jti)
                 return hit
+        try:
+            return await self._verify_token(token, digest)
+        except Unauthorized as exc:
+            if limited and exc.code == "bad_token" and not isinstance(exc, _Retired):
+                self._token_failed(client() if client is not None else None)
+            raise
+
+    def _token_failed(self, address: str | None) -> None:
+        """Count a token refused as not valid; RateLimited past the limits."""
+        attempt = self.token_failures.admit(address)
+        if attempt.wait:
+            seconds = max(1, math.ceil(attempt.wait))
+            where = "from your address" if attempt.limit == "address" else "on this server"
+            raise RateLimited(f"too many invalid user tokens {where}: try again in {seconds} "
+                              f"second{'s' if seconds > 1 else ''}", retry_after=seconds)
+
+    async def _verify_token(self, token: str, digest: bytes) -> Claims:
+        """``token_claims`` for a token that is not in the cache."""
         app_id = auth.unverified_app(token)
         if app_id is None:
             raise Unauthorized("token is not valid", code="bad_token")
@@ -283,8 +334,17 @@ class Service:
         if record is None:
             raise Unauthorized("token is not valid", code="bad_token")
         now = time.time()
-        app, user, exp, issued, jti, by_previous = auth.verify_token_rotated(
-            token, record.signing_secret, record.previous(now))
+        try:
+            app, user, exp, issued, jti, by_previous = auth.verify_token_rotated(
+                token, record.signing_secret, record.previous(now))
+        except Unauthorized as exc:
+            # Signed with the secret the last rotation replaced, its overlap
+            # over: routine (a device that got it before the rotation, and
+            # now asks for a new one), like an expired token, not a guess.
+            if exc.code == "bad_token" and record.previous_secret is not None \
+                    and auth.signed_by(token, record.previous_secret):
+                raise _Retired(exc.message, code=exc.code) from None
+            raise
         self.revocations.check(app, user, issued, jti)
         # PyJWT takes any integer exp, even one too large for a float (10**400):
         # such a token never ends a stream, and is cached for as long as any entry
@@ -948,13 +1008,17 @@ class Service:
         return True
 
     @staticmethod
-    async def send_error(send: Callable[[dict], Awaitable[None]], exc: TidingsError) -> None:
-        """Answer a raw ASGI HTTP request with the JSON error for ``exc``."""
+    async def send_error(send: Callable[[dict], Awaitable[None]], exc: TidingsError, *,
+                         prefix: str = "http") -> None:
+        """Answer a raw ASGI HTTP request with the JSON error for ``exc``;
+        ``prefix="websocket.http"``: a WebSocket's upgrade, refused before
+        it is accepted (the ASGI WebSocket Denial Response extension)."""
         body = _encode(exc.to_dict())
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
         retry = getattr(exc, "retry_after", None)
         if retry is not None:
             headers.append((b"retry-after", str(max(1, int(retry + 0.999))).encode()))
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": f"{prefix}.response.start", "status": exc.status,
+                    "headers": headers})
+        await send({"type": f"{prefix}.response.body", "body": body})
