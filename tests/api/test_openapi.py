@@ -171,9 +171,9 @@ async def test_405_lists_every_method_of_the_path(server):
 # Every operation that reads the query string, and what it reads.
 QUERY = {
     ("get", "/v1/topics/{topic}"): {"limit"},
-    ("get", "/v1/users/{user}/notifications"): {"limit", "before", "state"},
+    ("get", "/v1/users/{user}/notifications"): {"limit", "before", "state", "category", "tag"},
     ("get", "/v1/users/{user}/notifications/{id}/group"): {"limit", "before"},
-    ("get", "/v1/me/notifications"): {"limit", "before", "state"},
+    ("get", "/v1/me/notifications"): {"limit", "before", "state", "category", "tag"},
     ("get", "/v1/me/notifications/{id}/group"): {"limit", "before"},
     ("get", "/v1/notifications/{id}/timeline"): {"user"},
     ("get", "/v1/outbound/dead"): {"limit", "before"},
@@ -221,6 +221,10 @@ async def test_query_parameters_are_documented_as_the_routes_read_them(server):
                              ("ten", False)]
                 elif "enum" in schema:
                     tries = [(v, True) for v in schema["enum"]] + [("bogus", False)]
+                elif schema.get("type") == "array":  # repeated: ?tag=a&tag=b
+                    most = [f"v{i}" for i in range(schema["maxItems"])]
+                    tries = [(most, True), (["v0"], True), ([*most, "one-more"], False),
+                             ([""], False), (["v0", "v" * 65], False)]
                 elif param["required"]:
                     r = await http.get(url, headers={"Authorization": f"Bearer {key}"})
                     assert r.status_code in (404, 422), (path, name, r.text)

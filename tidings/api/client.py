@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from tidings.api.common import JSON, bearer_of, body_of, takes, user_auth
 from tidings.api.direct import Call, DirectRoute, starlette_route
-from tidings.api.server import BEFORE, PAGE_LIMIT, STATE, _group
+from tidings.api.server import BEFORE, CATEGORY, PAGE_LIMIT, STATE, TAG, _group
 from tidings.core.models import Preferences, StateRequest
 from tidings.core.preferences import PreferencesPatch
 from tidings.core.receipts import Receipts
@@ -28,13 +28,17 @@ async def _user_of(service, call: Call) -> tuple[str, str]:
 
 # The two reads a device makes each time its inbox opens are direct routes
 # (tidings/api/direct.py), served without ASGI when no Origin asks for CORS.
-@takes(PAGE_LIMIT, BEFORE, STATE)
+@takes(PAGE_LIMIT, BEFORE, STATE, CATEGORY, TAG)
 async def my_notifications(service, call: Call) -> tuple[int, bytes]:
     app, user = await _user_of(service, call)
     params, limits = call.params(), service.settings.limits
+    # the repeated parameters are parsed only when there are some
+    categories = CATEGORY.values(call.param_list("category")) if "category" in params else ()
+    tags = TAG.values(call.param_list("tag")) if "tag" in params else ()
     page = await service.inbox(app, user, limit=PAGE_LIMIT.read(params, limits),
                                before=BEFORE.read(params, limits),
-                               state=STATE.read(params, limits))
+                               state=STATE.read(params, limits),
+                               categories=categories, tags=tags)
     return 200, _encode(page)
 
 

@@ -220,6 +220,31 @@ class IntQuery(Query):
         return int_of(params.get(self.name), self.name, self.default, self.lo, hi)
 
 
+class ListQuery(Query):
+    """A parameter that may be repeated (``?tag=a&tag=b``), up to ``most``
+    times, each value checked like a :class:`Query`'s: a tuple of the values
+    in order, duplicates dropped, or ``()`` when absent."""
+
+    def __init__(self, name: str, description: str, item: dict, most: int, *,
+                 check: Callable[[str], bool], message: str):
+        super().__init__(name, description, item, check=check, message=message)
+        self.most = most
+
+    def schema(self, limits) -> dict:
+        return {"type": "array", "items": dict(self._schema), "maxItems": self.most}
+
+    def values(self, raw: list[str]) -> tuple[str, ...]:
+        if len(raw) > self.most:
+            raise Invalid(f"at most {self.most} {self.name} values", field=self.name)
+        return tuple(dict.fromkeys(self.parse(value) for value in raw))
+
+    def get(self, request: Request) -> tuple[str, ...]:  # type: ignore[override]
+        return self.values(request.query_params.getlist(self.name))
+
+    def read(self, params: Mapping[str, str], limits: Any):
+        raise TypeError(f"?{self.name}= may repeat: read it with values()")
+
+
 def takes(*params: Query):
     """Declare the query parameters a route reads (for /openapi.json)."""
     def mark(endpoint: F) -> F:

@@ -78,6 +78,12 @@ class Call:
             return {}
         return dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
 
+    def param_list(self, name: str) -> list[str]:
+        """Every value of the query parameter ``name``, in order (as
+        ``request.query_params.getlist``)."""
+        return [v for k, v in parse_qsl(self.query.decode("latin-1"), keep_blank_values=True)
+                if k == name]
+
     @property
     def app(self) -> str | None:
         return self.state.get("app")

@@ -13,6 +13,7 @@ from tidings.api.common import (
     ID_SCHEMA,
     JSON,
     IntQuery,
+    ListQuery,
     Query,
     bearer_of,
     body_of,
@@ -25,6 +26,8 @@ from tidings.api.common import (
 from tidings.api.direct import Call, DirectRoute, starlette_route
 from tidings.core.ids import is_id
 from tidings.core.models import (
+    CATEGORY_RE,
+    NO_CONTROL_RE,
     BatchRequest,
     PatchRequest,
     Preferences,
@@ -32,6 +35,8 @@ from tidings.core.models import (
     RevokeRequest,
     SubscribersRequest,
     TokenRequest,
+    valid_category,
+    valid_tag,
     valid_topic,
     valid_user,
 )
@@ -51,6 +56,17 @@ BEFORE = Query("before", "The page after this notification id (the last one of t
 STATE = Query("state", "Only the entries in this state",
               {"type": "string", "enum": list(_STATES)}, check=_STATES.__contains__,
               message=f"state must be one of {', '.join(_STATES)}")
+# ?category= and ?tag= may repeat: any of the values (both given: both hold).
+FILTER_VALUES_MAX = 20
+CATEGORY = ListQuery("category", "Only the items of this category (repeat it for any of "
+                     f"several, at most {FILTER_VALUES_MAX})",
+                     {"type": "string", "pattern": CATEGORY_RE}, FILTER_VALUES_MAX,
+                     check=valid_category, message="category must be 1-64 of A-Z a-z 0-9 _ . : -")
+TAG = ListQuery("tag", "Only the items carrying this tag (repeat it for any of several, at most "
+                f"{FILTER_VALUES_MAX})",
+                {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NO_CONTROL_RE},
+                FILTER_VALUES_MAX, check=valid_tag,
+                message="tag must be 1-64 characters, none a control character")
 _INTERNAL = {"error": {"code": "internal", "message": "internal error"}}
 log = logging.getLogger("tidings.api")
 _encode = msgspec.json.encode
@@ -242,7 +258,7 @@ async def get_topic(request: Request):
     })
 
 
-@takes(PAGE_LIMIT, BEFORE, STATE)
+@takes(PAGE_LIMIT, BEFORE, STATE, CATEGORY, TAG)
 async def user_notifications(request: Request):
     app = await server_auth(request, "read")
     return await _inbox(request, app, _user(request))
@@ -251,7 +267,8 @@ async def user_notifications(request: Request):
 async def _inbox(request: Request, app: str, user: str):
     service = request.app.state.service
     limit, before, state = PAGE_LIMIT.get(request), BEFORE.get(request), STATE.get(request)
-    return JSON(await service.inbox(app, user, limit=limit, before=before, state=state))
+    return JSON(await service.inbox(app, user, limit=limit, before=before, state=state,
+                                    categories=CATEGORY.get(request), tags=TAG.get(request)))
 
 
 @takes(PAGE_LIMIT, BEFORE)

@@ -63,6 +63,19 @@ def valid_app_id(app_id: str) -> bool:
     return isinstance(app_id, str) and bool(_APP_ID.match(app_id))
 
 
+_CATEGORY = re.compile(CATEGORY_RE)
+_TAG = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")
+
+
+def valid_category(category: str) -> bool:
+    return isinstance(category, str) and bool(_CATEGORY.match(category))
+
+
+def valid_tag(tag: str) -> bool:
+    """A tag to filter by: one a publish could have set (Tag), not empty."""
+    return isinstance(tag, str) and bool(_TAG.match(tag))
+
+
 def valid_topic(topic: str) -> bool:
     return isinstance(topic, str) and bool(_TOPIC.match(topic))
 

@@ -827,24 +827,28 @@ class Service:
         return events.counts_object(*await self.hub.counts(app_id, user, time.time()))
 
     async def inbox(self, app_id: str, user: str, *, limit: int, before: str | None,
-                    state: str | None) -> dict:
+                    state: str | None, categories: tuple[str, ...] = (),
+                    tags: tuple[str, ...] = ()) -> dict:
         # The first page is what every device opens with: cached while the
-        # user has a stream on this node (tidings/gateway/cache.py).
+        # user has a stream on this node (tidings/gateway/cache.py); a tab's
+        # filtered first page too, under its filter, invalidated alike.
         key, cache = (app_id, user), self.hub.cache
+        extra = (limit, state) if not (categories or tags) else (limit, state, categories, tags)
         if before is None:
-            hit = cache.get("page", key, limit, state)
+            hit = cache.get("page", key, *extra)
             if hit is not None:
                 return hit
         version = cache.version(key) if before is None else None
-        page = await self._inbox_page(app_id, user, limit=limit, before=before, state=state)
-        cache.put("page", key, version, page, limit, state)
+        page = await self._inbox_page(app_id, user, limit=limit, before=before, state=state,
+                                      categories=categories, tags=tags)
+        cache.put("page", key, version, page, *extra)
         return page
 
     async def _inbox_page(self, app_id: str, user: str, *, limit: int, before: str | None,
-                          state: str | None) -> dict:
-        entries = await self.store.inbox(
-            app_id, user, limit=limit, before=before, state=state, now=time.time()
-        )
+                          state: str | None, categories: tuple[str, ...] = (),
+                          tags: tuple[str, ...] = ()) -> dict:
+        entries = await self.store.inbox(app_id, user, limit=limit, before=before, state=state,
+                                         now=time.time(), categories=categories, tags=tags)
         items = []
         for e in entries:
             item: dict[str, Any] = {"id": e.id, "state": e.state,

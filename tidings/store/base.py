@@ -599,10 +599,17 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def inbox(
         self, app_id: str, user: str, *, limit: int, before: str | None,
-        state: str | None, now: float,
+        state: str | None, now: float, categories: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (),
     ) -> list[Entry]:
         """Newest first; ``before`` is a notification id; ``state`` filters
-        (``unread`` = unseen or seen).  Archived items show only when asked for."""
+        (``unread`` = unseen or seen).  Archived items show only when asked for.
+        ``categories`` keeps the items of any of them, ``tags`` those carrying
+        any of them (both: both hold), judged by the notification an entry
+        shows (a group entry's newest member), personal entries and feed items
+        alike; a page is full unless fewer match.  Unfiltered, the page is read
+        as before; a filter may read every entry of the user (and every feed
+        item of the app they can see) past ``before`` to fill it."""
 
     @abc.abstractmethod
     async def counts(self, app_id: str, user: str, now: float) -> Counts:

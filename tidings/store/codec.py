@@ -16,6 +16,9 @@ stale copy in the blob.
 **API keys.**  Scopes are stored as one text, sorted and comma-separated
 (``admin,publish``); a revocation is decided on the app's keys read under
 its write lock (``revocation``).
+
+**Inbox filters.**  ``shown_by`` decides the inbox's ``?category=`` and
+``?tag=`` on a stored body, for what a store cannot decide in SQL.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from tidings.core.models import Notification
 from tidings.store.base import LAST_ADMIN_KEY, NO_SUCH_KEY, REVOKED, NewNotification
 
 __all__ = ["group_view", "merge_group", "new_group", "rebuild_group",
-           "decode_payload", "encode_payload", "scopes_text", "scopes_of", "revocation"]
+           "decode_payload", "encode_payload", "scopes_text", "scopes_of", "revocation",
+           "shown_by"]
 
 
 def scopes_text(scopes: frozenset[str]) -> str:
@@ -50,6 +54,25 @@ def revocation(keys: list[tuple[str, str]], prefix: str) -> str:
             "admin" in scopes_of(s) for p, s in keys if p != prefix):
         return LAST_ADMIN_KEY
     return REVOKED
+
+
+class _Labels(msgspec.Struct):
+    """The fields of a stored notification body that the inbox filters read."""
+
+    category: str = "default"
+    tags: list[str] = []
+
+
+_decode_labels = msgspec.json.Decoder(_Labels).decode
+
+
+def shown_by(body: bytes, categories: tuple[str, ...], tags: tuple[str, ...]) -> bool:
+    """Whether a stored notification ``body`` is in a page filtered by
+    ``categories`` (any of them, or none given) and ``tags`` (it carries any
+    of them, or none given)."""
+    labels = _decode_labels(body)
+    return ((not categories or labels.category in categories)
+            and (not tags or any(t in tags for t in labels.tags)))
 
 
 class _Meta(msgspec.Struct):

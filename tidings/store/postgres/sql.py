@@ -154,6 +154,59 @@ UNION ALL
 INBOX = {(state, paged): _inbox_sql(state, paged) for state in _STATE_FILTER
          for paged in (False, True)}
 
+# A body holding the escape \u0000 (a NUL in a title, say) cannot be read by
+# PostgreSQL's JSON functions, which refuse to turn it into text.  Such a body
+# passes the SQL filter below and is judged in Python (codec.shown_by); every
+# other body is judged here, so a page comes back full in one round trip.
+_NUL_ESCAPE = "'\\x5c7530303030'::bytea"
+_JSON = f"CASE WHEN position({_NUL_ESCAPE} IN {{}}) = 0 THEN convert_from({{}}, 'UTF8')::json END"
+
+
+def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: bool) -> str:
+    """``INBOX[state, paged]`` keeping only the items of some categories
+    (``$6``, ``$5`` unpaged: text[]) and carrying some tags (the parameter
+    after).  Read in the same order, newest first, from the same index: a
+    personal entry's category and tags come from the body it carries
+    (inbox_page), so a filter adds no read of the notification row (except
+    for a body too large to copy, as the page itself does); a feed item's
+    category is its column.  The JSON is parsed once per row read (OFFSET 0
+    keeps the LATERAL from being inlined into each test); ``x.j`` is NULL
+    for a body with a NUL escape, which passes here and is judged in Python."""
+    personal = _STATE_FILTER[state].format("i.state")
+    feed = _STATE_FILTER[state].format("coalesce(fs.state, 0)")
+    n = 5 + paged
+    cats = f"${n}::text[]" if categories else ""
+    tag_list = f"${n + categories}::text[]" if tags else ""
+    # json -> 'tags' is NULL for a body without tags: no row, no match
+    has_tag = ("EXISTS (SELECT 1 FROM json_array_elements_text(x.j -> 'tags') t "
+               f"WHERE t = ANY({tag_list}))")
+    personal_test = " AND ".join(
+        ([f"(x.j ->> 'category') = ANY({cats})"] if cats else []) + ([has_tag] if tags else []))
+    feed_test = " AND ".join(
+        ([f"n.category = ANY({cats})"] if cats else []) + ([f"(x.j IS NULL OR {has_tag})"]
+                                                           if tags else []))
+    feed_json = (f"CROSS JOIN LATERAL (SELECT {_JSON.format('n.body', 'n.body')} AS j OFFSET 0) x"
+                 if tags else "")
+    return f"""
+(SELECT false, i.nid, b.body, i.state, i.created_at, i.seq, i.gid, {_GROUP_SUMMARY}
+ FROM inbox i
+ CROSS JOIN LATERAL (SELECT {_ENTRY_BODY_OR_NOTIFICATION} AS body OFFSET 0) b
+ CROSS JOIN LATERAL (SELECT {_JSON.format("b.body", "b.body")} AS j OFFSET 0) x
+ WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
+   AND {personal} {"AND i.nid < $5" if paged else ""} AND (x.j IS NULL OR ({personal_test}))
+ ORDER BY i.nid DESC LIMIT $4)
+UNION ALL
+(SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
+        NULL::text, NULL::bytea
+ FROM notifications n LEFT JOIN feed_state fs
+   ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
+ {feed_json}
+ WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
+   AND (n.expires_at IS NULL OR n.expires_at > $3) AND {_VISIBLE}
+   AND {feed} {"AND n.id < $5" if paged else ""} AND {feed_test}
+ ORDER BY n.id DESC LIMIT $4)
+"""
+
 # Move entries forward: personal rows in place, feed items by upserting the
 # user's lazy feed_state row.  $3 state code, $4 now, $5 the ids (if given).
 # When an entry first became seen, read, archived rides on the same UPDATE

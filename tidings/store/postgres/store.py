@@ -44,6 +44,7 @@ Schema changes are explicit here: ``tidings migrate`` applies them, and
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -71,7 +72,7 @@ from tidings.store.base import (
     StreamHead,
     UserTimeline,
 )
-from tidings.store.codec import revocation, scopes_of, scopes_text
+from tidings.store.codec import revocation, scopes_of, scopes_text, shown_by
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
@@ -94,6 +95,7 @@ from tidings.store.postgres.sql import (
     SET_STATE_IDS,
     STATE_CODE,
     STATE_NAME,
+    inbox_filtered_sql,
 )
 
 __all__ = ["PostgresStore", "migrate"]
@@ -108,6 +110,7 @@ MIGRATION_LOCK = 0x74696469_6E6773
 
 
 _decode_prefs = msgspec.json.Decoder(Preferences).decode
+_filtered_sql = functools.cache(inbox_filtered_sql)
 _encode = msgspec.json.encode
 
 
@@ -657,7 +660,11 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
                 personal.append(_groups.personal_entry(nid, body, state, created, pos, gid, grp))
         return personal, feed
 
-    async def inbox(self, app_id, user, *, limit, before, state, now) -> list[Entry]:
+    async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
+                    tags=()) -> list[Entry]:
+        if categories or tags:
+            return await self._inbox_filtered(app_id, user, limit, before, state, now,
+                                              tuple(categories), tuple(tags))
         sql = INBOX[state, before is not None]
         args = (app_id, user, now, limit) if before is None else (
             app_id, user, now, limit, before)
@@ -666,6 +673,33 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
             else _groups.personal_entry(nid, body, st, created, pos, gid, grp)
             for is_feed, nid, body, st, created, pos, gid, grp in await self._fetch(sql, *args)
         ]
+        entries.sort(key=lambda e: e.id, reverse=True)
+        return entries[:limit]
+
+    async def _inbox_filtered(self, app_id, user, limit, before, state, now,
+                              categories: tuple[str, ...], tags: tuple[str, ...]) -> list[Entry]:
+        """A filtered page (sql.inbox_filtered_sql).  The SQL judges every body
+        but those with a NUL escape, which ``shown_by`` judges here; when that
+        drops some, the rows past the last one both halves were sure of are
+        read again, from there, until the page is full or the rows run out."""
+        entries: list[Entry] = []
+        filters = [f for f in (categories, tags) if f]
+        while True:
+            sql = _filtered_sql(state, before is not None, bool(categories), bool(tags))
+            args = (app_id, user, now, limit, *(() if before is None else (before,)), *filters)
+            rows = await self._fetch(sql, *args)
+            # a half that filled its LIMIT may hold more below its last row
+            floor = max((half[-1][1] for half in (
+                [r for r in rows if not r[0]], [r for r in rows if r[0]]) if len(half) == limit),
+                default=None)
+            for is_feed, nid, body, st, created, pos, gid, grp in rows:
+                if floor is not None and nid < floor or not shown_by(body, categories, tags):
+                    continue
+                entries.append(Entry(nid, body, STATE_NAME[st], created, feed=pos) if is_feed
+                               else _groups.personal_entry(nid, body, st, created, pos, gid, grp))
+            if floor is None or len(entries) >= limit:
+                break
+            before = floor
         entries.sort(key=lambda e: e.id, reverse=True)
         return entries[:limit]
 
