@@ -360,6 +360,32 @@ async def test_a_file_at_v14_migrates_to_revoked_tokens(path):
         await store.close()
 
 
+async def test_a_file_at_v15_migrates_to_app_categories(path):
+    """A file at v15 (no categories): migrating adds the table, and an app's
+    categories are stored, replaced and read back."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for _, script in migrations.scripts("sqlite")[:15]:
+            conn.executescript(script)
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '15')")
+    finally:
+        conn.close()
+    assert migrate(path) == list(range(16, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.get_categories(APP) is None
+        await store.put_categories(APP, b'{"categories":[]}')
+        await store.put_categories(APP, b'{"categories":[{"id":"ci","label":"Builds"}]}')
+        assert await store.get_categories(APP) == b'{"categories":[{"id":"ci","label":"Builds"}]}'
+        assert await store.get_categories("other") is None
+    finally:
+        await store.close()
+
+
 async def test_two_stores_on_one_file_keep_one_gapless_seq_per_user(db, path):
     """The writer keeps stream heads in memory; a second process (here a
     second store) writing the same file makes it read them again."""

@@ -115,6 +115,10 @@ EXAMPLES = {
     ("post", "/v1/me/notifications/read"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
     ("post", "/v1/me/notifications/seen"): {"all": True},
     ("post", "/v1/me/notifications/archive"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
+    ("put", "/v1/categories"): {"categories": [
+        {"id": "social", "label": "Replies and mentions",
+         "description": "When someone answers you or mentions you"},
+        {"id": "ci", "label": "Builds"}]},
     ("put", "/v1/me/preferences"): {
         "categories": {"marketing": {"push": False, "email": False}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"}},

@@ -20,7 +20,17 @@ from starlette.requests import Request
 from starlette.routing import Match, Route, WebSocketRoute
 
 from tidings import logs, tracing
-from tidings.api import apidocs, client, keys, ops, outbound, server, timeline, unsubscribe
+from tidings.api import (
+    apidocs,
+    categories,
+    client,
+    keys,
+    ops,
+    outbound,
+    server,
+    timeline,
+    unsubscribe,
+)
 from tidings.api.common import JSON, error_response
 from tidings.api.cors import CORS
 from tidings.broker import open_broker
@@ -238,6 +248,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         *unsubscribe.routes,
         *timeline.routes,
         *keys.routes,
+        *categories.routes,
         WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),
         Route("/v1/me/events", SSEEndpoint(service), methods=["GET"]),
         *ops.routes,

@@ -178,6 +178,26 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     digests: Digests = {}
 
 
+MAX_APP_CATEGORIES = 256  # as many as a user's preferences may name
+
+
+class CategoryInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One category an app declares (``PUT /v1/categories``): its key (the
+    ``category`` its notifications carry), what a preferences screen calls
+    it, and optionally a line saying what it sends."""
+
+    id: Category
+    label: Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_CONTROL_RE)]
+    description: Annotated[str, Meta(max_length=512, pattern=NO_CONTROL_RE)] = ""
+
+
+class Categories(msgspec.Struct, forbid_unknown_fields=True):
+    """The app's categories, in the order a preferences screen lists them;
+    each id once (checked by tidings/api/categories.py)."""
+
+    categories: Annotated[list[CategoryInfo], Meta(max_length=MAX_APP_CATEGORIES)]
+
+
 class SubscribersRequest(msgspec.Struct, forbid_unknown_fields=True):
     users: Annotated[list[UserId], Meta(min_length=1)]
     action: Literal["add", "remove"] = "add"

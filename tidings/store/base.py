@@ -666,6 +666,16 @@ class Store(OutboundStore, abc.ABC):
         transaction run again); when it returns None nothing is written.
         Returns what was stored, or None."""
 
+    # -- the app's categories -------------------------------------------
+    @abc.abstractmethod
+    async def get_categories(self, app_id: str) -> bytes | None:
+        """The categories the app declared (JSON, tidings.core.models.Categories),
+        None before it declared any."""
+
+    @abc.abstractmethod
+    async def put_categories(self, app_id: str, doc: bytes) -> None:
+        """Replace the app's categories document."""
+
     # -- maintenance ----------------------------------------------------
     @abc.abstractmethod
     async def prune(self, app_id: str | None, older_than: float) -> Pruned:

@@ -763,6 +763,16 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         )
         return _decode_prefs(doc) if doc is not None else Preferences()
 
+    # -- the app's categories -------------------------------------------
+    async def get_categories(self, app_id) -> bytes | None:
+        return await self._fetchval("SELECT doc FROM app_categories WHERE app_id = $1", app_id)
+
+    async def put_categories(self, app_id, doc) -> None:
+        await self._execute(
+            "INSERT INTO app_categories (app_id, doc) VALUES ($1, $2) "
+            "ON CONFLICT (app_id) DO UPDATE SET doc = EXCLUDED.doc", app_id, doc,
+        )
+
     async def put_preferences(self, app_id, user, prefs) -> None:
         await self._call(_put_prefs, app_id, user, prefs, tx=True)
 

@@ -928,6 +928,18 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         row = self._q1("SELECT doc FROM prefs WHERE app_id=? AND user_id=?", (app_id, user))
         return _decode_prefs(row[0]) if row else Preferences()
 
+    # -- the app's categories -------------------------------------------
+    async def get_categories(self, app_id) -> bytes | None:
+        row = self._q1("SELECT doc FROM app_categories WHERE app_id=?", (app_id,))
+        return row[0] if row else None
+
+    async def put_categories(self, app_id, doc) -> None:
+        def put(conn):
+            conn.execute("INSERT INTO app_categories(app_id, doc) VALUES (?,?) "
+                         "ON CONFLICT(app_id) DO UPDATE SET doc=excluded.doc", (app_id, doc))
+
+        await self._write(put)
+
     async def put_preferences(self, app_id, user, prefs) -> None:
         await self._write(_put_prefs_tx, app_id, user, prefs)
 

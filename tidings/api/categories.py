@@ -1,0 +1,66 @@
+"""The app's categories: declared by its admin, read by its users' devices.
+
+An app declares the categories its notifications use, each with the label a
+preferences screen shows and optionally a line saying what it sends
+(``PUT /v1/categories``, admin key: like the frequency caps and digest
+defaults of ``PUT /v1/caps``, it is app-wide configuration that every user
+sees, not something each backend that publishes should be able to rewrite).
+``GET /v1/categories`` reads it back with any key that may read.
+
+A device reads it with the user's token (``GET /v1/me/categories``) together
+with the app's digest defaults, so that a preferences screen lists the
+categories by name and says what "the app's default" is for each
+(``<tidings-inbox>``, docs/inbox.md#preferences).  Publishing never reads the
+list: a notification may carry any category, declared or not.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidings.api.common import JSON, body_of, server_auth, user_auth
+from tidings.core.models import Categories
+from tidings.errors import Invalid
+
+_decode = msgspec.json.Decoder(Categories).decode
+
+
+async def _read(service, app: str) -> Categories:
+    doc = await service.store.get_categories(app)
+    return _decode(doc) if doc else Categories([])
+
+
+async def get_categories(request: Request):
+    app = await server_auth(request, "read")
+    return JSON(await _read(request.app.state.service, app))
+
+
+async def put_categories(request: Request):
+    app = await server_auth(request, "admin")
+    doc = await body_of(request, Categories)
+    seen: set[str] = set()
+    for i, category in enumerate(doc.categories):
+        if category.id in seen:
+            raise Invalid(f"category {category.id} is listed twice",
+                          field=f"categories[{i}].id")
+        seen.add(category.id)
+    await request.app.state.service.store.put_categories(app, msgspec.json.encode(doc))
+    return JSON(doc)
+
+
+async def my_categories(request: Request):
+    """The app's categories and its digest defaults (``PUT /v1/caps``): what
+    a category whose user has no rule of their own gets."""
+    app, _user = await user_auth(request)
+    service = request.app.state.service
+    return JSON({"categories": (await _read(service, app)).categories,
+                 "digests": await service.limits.digests(app)})
+
+
+routes = [
+    Route("/v1/categories", get_categories, methods=["GET"]),
+    Route("/v1/categories", put_categories, methods=["PUT"]),
+    Route("/v1/me/categories", my_categories, methods=["GET"]),
+]
