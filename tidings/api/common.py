@@ -238,7 +238,7 @@ class ListQuery(Query):
             raise Invalid(f"at most {self.most} {self.name} values", field=self.name)
         return tuple(dict.fromkeys(self.parse(value) for value in raw))
 
-    def get(self, request: Request) -> tuple[str, ...]:  # type: ignore[override]
+    def get(self, request: Request) -> tuple[str, ...]:
         return self.values(request.query_params.getlist(self.name))
 
     def read(self, params: Mapping[str, str], limits: Any):

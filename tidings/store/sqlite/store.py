@@ -72,7 +72,8 @@ def _filter(categories: tuple[str, ...], tags: tuple[str, ...]) -> tuple[str, tu
     SQLite 3.45 reads a BLOB given to a JSON function as JSONB).  Both halves
     of a page sort the user's rows already (ORDER BY +nid): a filter adds a
     test per row read, not a different plan."""
-    sql, args = "", ()
+    sql = ""
+    args: tuple[str, ...] = ()
     if categories:
         sql += f" AND n.category IN ({','.join('?' * len(categories))})"
         args += tuple(categories)
