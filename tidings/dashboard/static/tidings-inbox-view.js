@@ -303,8 +303,13 @@
       this._renderForm();
       this.$back.focus();
       if (!this._client) return;
-      this._client.preferences().then(function (p) {
-        self._prefs = p || {};
+      // The app's categories and digest defaults come with the preferences; a
+      // server without them (or a failed read) leaves the panel as it was.
+      var app = this._client.categories ? this._client.categories().catch(function () { return null; })
+                                        : Promise.resolve(null);
+      Promise.all([this._client.preferences(), app]).then(function (both) {
+        self._appCategories = both[1] || { categories: [], digests: null };
+        self._prefs = both[0] || {};
         self._renderForm();
       }, function (err) {
         self._prefsError = err;
@@ -312,19 +317,25 @@
       });
     },
 
-    // Categories: the `categories` attribute, then those the user has preferences
-    // for, then those in the loaded feed.
+    // Categories: the `categories` attribute, else the app's (GET /v1/me/categories),
+    // then those the user has preferences for, then those in the loaded feed. A
+    // label: the attribute's, a `category_<id>` string set on the element, the
+    // app's, the language's, the id.
     _categories: function (prefs) {
-      var S = this._s(), out = [], seen = new Set();
+      var S = this._s(), own = this._strings, out = [], seen = new Set();
+      var app = (this._appCategories && this._appCategories.categories) || [], byId = {};
+      app.forEach(function (c) { if (c && typeof c.id === "string") byId[c.id] = c; });
       function add(id, name) {
         if (typeof id !== "string" || seen.has(id)) return;
         seen.add(id);
-        out.push({ id: id, label: name || S["category_" + id] || id });
+        var declared = byId[id] || {};
+        out.push({ id: id, label: name || own["category_" + id] || declared.label || S["category_" + id] || id,
+                   description: declared.description || "" });
       }
       var listed = parseJSON(this.getAttribute("categories"), "categories");
-      (Array.isArray(listed) ? listed : []).forEach(function (c) {
+      (Array.isArray(listed) ? listed : app).forEach(function (c) {
         if (typeof c === "string") add(c);
-        else if (c) add(c.id, c.label);
+        else if (c) add(c.id, Array.isArray(listed) ? c.label : null);
       });
       var mine = prefs.categories || {};
       Object.keys(mine).forEach(function (id) { if (id !== "*") add(id); });
@@ -336,6 +347,25 @@
       if (!out.length) add("default");
       if (mine["*"]) add("*");   // every other category, last
       return out;
+    },
+
+    // "App default" says what the app's default is for a category's batched
+    // channels (its digest rules, PUT /v1/caps): each one, at most every N
+    // minutes, once a day at a time, or per channel when they differ.
+    _appDefault: function (category, batched) {
+      var S = this._s(), app = this._appCategories && this._appCategories.digests;
+      if (!app) return null;   // not known: the server did not say
+      var rules = app[category] || {}, zone = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC";
+      var says = batched.map(function (ch) {
+        var r = rules[ch];
+        if (!r || (!r.every && !r.daily)) return S.digestEach;
+        if (r.every === 3600) return S.digestHourly;
+        if (r.every) return fill(S.digestEvery, { minutes: Math.round(r.every / 60) });
+        var tz = r.tz || "UTC";
+        return fill(S.digestDailyAt, { time: r.daily + (tz === zone ? "" : " " + tz) });
+      });
+      var rule = says.every(function (x) { return x === says[0]; }) ? says[0] : S.digestPerChannel;
+      return fill(S.digestDefaultIs, { rule: rule.charAt(0).toLocaleLowerCase(this._locale()) + rule.slice(1) });
     },
 
     _channels: function () {
@@ -358,13 +388,16 @@
       })));
       // Digests batch the channels that interrupt (push, e-mail; webhook when shown).
       var batched = chans.filter(function (c) { return c !== "in_app"; });
-      var dailyAt = "09:00";
+      var dailyAt = "09:00", self = this;
+      this._ids = this._ids || 0;
       var body = this._categories(prefs).map(function (cat) {
         var mine = (prefs.categories || {})[cat.id] || {};
         // "*" is every other category (an unsubscribe link for all of them
         // writes it): it switches outbound channels, and has no digest rules.
         var every = cat.id === "*";
-        var cells = [el("th", { scope: "row", text: cat.label })].concat(chans.map(function (ch) {
+        var head = el("th", { scope: "row" }, [text(cat.label), cat.description
+          ? el("span", { class: "desc", part: "category-description", text: cat.description }) : null]);
+        var cells = [head].concat(chans.map(function (ch) {
           if (every && ch === "in_app") return el("td", {});
           return el("td", {}, [el("input", {
             type: "checkbox", "data-cat": cat.id, "data-ch": ch, checked: mine[ch] !== false,
@@ -386,10 +419,13 @@
             options.splice(2, 0, [value, fill(S.digestEvery, { minutes: Math.round(Number(value.slice(6)) / 60) })]);
           }
           if (value === "mixed") options.unshift(["mixed", S.digestMixed]);
-          cells.push(el("td", {}, [el("select", {
-            "data-digest": cat.id, "data-was": value, "aria-label": cat.label + ": " + S.digest }, options.map(function (o) {
+          // what "App default" is, under the choice (and read with it)
+          var said = self._appDefault(cat.id, batched), id = "default-" + (++self._ids);
+          cells.push(el("td", { class: "digest" }, [el("select", {
+            "data-digest": cat.id, "data-was": value, "aria-label": cat.label + ": " + S.digest,
+            "aria-describedby": said ? id : null }, options.map(function (o) {
             return el("option", { value: o[0], selected: o[0] === value, text: o[1] });
-          }))]));
+          })), said ? el("span", { class: "default", id: id, part: "digest-default", text: said }) : null]));
         }
         return el("tr", {}, cells);
       });

@@ -5,7 +5,7 @@
 import Tidings = require("./tidings");
 
 declare namespace TidingsInboxElement {
-  /** One tab: the state is asked of the server, category and tags are matched in the browser. */
+  /** One tab, filtered by the server: its state, category (any of them) and tags (any of them). */
   interface Tab {
     label?: string;
     state?: "unread" | "unseen" | "seen" | "read" | "archived" | "all";
@@ -26,7 +26,8 @@ declare namespace TidingsInboxElement {
     | "channel_push" | "channel_email" | "channel_webhook" | "category_default" | "quietHours"
     | "quietOn" | "quietFrom" | "quietTo" | "timeZone" | "quietHint" | "digest"
     | "digestDefault" | "digestEach" | "digestEvery" | "digestHourly" | "digestDaily"
-    | "digestMixed" | "digestAt" | "digestHint" | "save" | "saving" | "saved",
+    | "digestMixed" | "digestAt" | "digestHint" | "digestDefaultIs" | "digestDailyAt"
+    | "digestPerChannel" | "save" | "saving" | "saved",
     string>> & Partial<Record<"bellUnread" | "others" | "count", Plural>> &
     { [categoryLabel: `category_${string}`]: string };
 

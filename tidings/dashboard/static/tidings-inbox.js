@@ -31,7 +31,6 @@
   var DEFAULT_TABS = [{ key: "tabAll" }, { key: "tabUnread", state: "unread" },
                       { key: "tabArchived", state: "archived" }];
   var OFFLINE_AFTER_MS = 1500;   // a reconnect quicker than this shows nothing
-  var FILTERED_PAGES = 5;        // pages read per scroll for a tab filtered in the browser
   var PENDING_MAX = 100;         // live arrivals kept for a tab that has not loaded yet
   var SEEN_FLUSH_MS = 300;       // rows that came into view, marked seen together
 
@@ -44,8 +43,8 @@
 
   function filtered(def) { return def.category !== undefined || def.tags !== undefined; }
 
-  // A tab is {label, state?, category?, tags?}: the state is asked of the server,
-  // category and tags are applied here (the inbox API filters by state only).
+  // A tab is {label, state?, category?, tags?}, which the server filters its pages
+  // by; live items and state changes are matched here, by the same rules.
   function matches(def, it) {
     if (!stateMatches(def.state, it.state)) return false;
     var n = it.notification;
@@ -245,24 +244,12 @@
     _tab() { return this._tabs[this._active]; }
 
     // -- loading pages -------------------------------------------------------------
-    // One server page, or for a tab filtered here, pages until a page's worth matched.
+    // One server page of the tab: its state, category and tags are the inbox API's
+    // filters, so the page is full however rare they are.
     _fetch(tab, before) {
-      var self = this, def = tab.def, size = this._pageSize(), pages = 0;
-      var out = { items: [], next_before: null };
-      function step(cursor) {
-        return self._client.inbox({ limit: size, before: cursor || undefined, state: def.state })
-          .then(function (page) {
-            out.items = out.items.concat(page.items);
-            out.next_before = page.next_before;
-            pages += 1;
-            var hits = out.items.filter(function (r) { return matches(def, toItem(r)); }).length;
-            if (filtered(def) && page.next_before && hits < size && pages < FILTERED_PAGES) {
-              return step(page.next_before);
-            }
-            return out;
-          });
-      }
-      return step(before);
+      var def = tab.def;
+      return this._client.inbox({ limit: this._pageSize(), before: before || undefined, state: def.state,
+                                  category: def.category, tags: def.tags });
     }
 
     // The first page of a tab; with `page`, that page is already here (the client's).

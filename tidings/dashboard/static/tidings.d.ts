@@ -138,9 +138,32 @@ declare namespace Tidings {
     tz?: string;
   }
 
+  /** {"every": seconds}, {"daily": "HH:MM", "tz": zone}, or {} (each one on its own). */
+  interface DigestRule {
+    every?: number;
+    daily?: string;
+    tz?: string;
+  }
+
+  type DigestRules = Record<string, Partial<Record<"webhook" | "push" | "email", DigestRule>>>;
+
   interface Preferences {
     categories?: Record<string, ChannelPrefs>;
     quiet_hours?: QuietHours | null;
+    digests?: DigestRules;
+  }
+
+  interface Category {
+    id: string;
+    label: string;
+    description?: string;
+  }
+
+  interface AppCategories {
+    /** in the order the app declared them */
+    categories: Category[];
+    /** the app's digest defaults, for a user who has no rule of their own */
+    digests: DigestRules;
   }
 
   interface StateResult {
@@ -181,7 +204,9 @@ declare namespace Tidings {
     /** "<epoch>:<seq>[:<feed>]", or null before the first hello. */
     cursor(): string | null;
     reload(reason?: string): Promise<void>;
-    inbox(options?: { limit?: number; before?: string; state?: StateFilter }): Promise<InboxPage>;
+    /** category and tags: any of them, filtered by the server (at most 20 of each). */
+    inbox(options?: { limit?: number; before?: string; state?: StateFilter;
+                      category?: string | string[]; tags?: string | string[] }): Promise<InboxPage>;
     counts(): Promise<ServerCounts>;
     markRead(ids: string[]): Promise<StateResult>;
     markAllRead(): Promise<StateResult>;
@@ -189,6 +214,8 @@ declare namespace Tidings {
     archive(ids: string[]): Promise<StateResult>;
     preferences(): Promise<Preferences>;
     setPreferences(prefs: Preferences): Promise<Preferences>;
+    /** The app's categories and digest defaults (GET /v1/me/categories). */
+    categories(): Promise<AppCategories>;
     /** Report notifications the user had on screen (a "displayed" receipt, batched). */
     displayed(ids: string[]): void;
     close(): void;

@@ -544,12 +544,18 @@
   };
 
   /** One inbox page, newest first: {items: [{id, state, notification}], next_before}. */
+  // opts.category and opts.tags (a string or a list: any of them) are filtered
+  // by the server, so a page is full however rare they are.
   Client.prototype.inbox = function (opts) {
     opts = opts || {};
     var q = [];
     if (opts.limit) q.push("limit=" + encodeURIComponent(opts.limit));
     if (opts.before) q.push("before=" + encodeURIComponent(opts.before));
     if (opts.state) q.push("state=" + encodeURIComponent(opts.state));
+    [["category", opts.category], ["tag", opts.tags]].forEach(function (p) {
+      if (p[1] === undefined || p[1] === null) return;
+      [].concat(p[1]).forEach(function (v) { q.push(p[0] + "=" + encodeURIComponent(v)); });
+    });
     return this._request("GET", "/v1/me/notifications" + (q.length ? "?" + q.join("&") : ""));
   };
 
@@ -592,6 +598,12 @@
   /** The user's preferences: {categories: {name: {in_app, webhook, push, email}}, quiet_hours}. */
   Client.prototype.preferences = function () {
     return this._request("GET", "/v1/me/preferences");
+  };
+
+  /** The app's categories ({id, label, description?}, in its order) and its digest
+   * defaults ({category: {channel: rule}}): {categories, digests}. */
+  Client.prototype.categories = function () {
+    return this._request("GET", "/v1/me/categories");
   };
 
   /** Replace the user's preferences (the whole object, as preferences() returns it). */
