@@ -114,6 +114,16 @@ def main() -> int:
             "digests": {"social": {"push": {"every": 3600}, "email": {"every": 3600}},
                         "billing": {"push": {"daily": "09:00", "tz": "Europe/Paris"},
                                     "email": {"daily": "09:00", "tz": "Europe/Paris"}}}})
+        # the app's categories and its digest defaults: the preferences panel's rows
+        h.put("/v1/categories", json={"categories": [
+            {"id": "social", "label": "Replies and likes",
+             "description": "Answers to you, likes of your posts"},
+            {"id": "ci", "label": "Builds", "description": "Failed and fixed builds"},
+            {"id": "billing", "label": "Billing"},
+            {"id": "digest", "label": "Weekly summary"}]}).raise_for_status()
+        h.put("/v1/caps", json={"digests": {
+            "social": {"push": {"every": 600}, "email": {"every": 600}},
+            "digest": {"email": {"daily": "09:00", "tz": "Europe/Paris"}}}}).raise_for_status()
         token = mint_token("default", "maria", secret, 3600)
 
         def shot(browser, name, attrs, dark=False, prefs=False, read_first=False, hover=None):
@@ -146,11 +156,9 @@ def main() -> int:
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            cats = ('categories=\'["social", {"id": "ci", "label": "Builds"}, '
-                    '{"id": "billing", "label": "Billing"}, {"id": "digest", "label": "Digest"}]\'')
             shot(browser, "inbox", "", read_first=True, hover=1)
             shot(browser, "inbox-dark", 'theme="dark" locale="fr"', dark=True)
-            shot(browser, "inbox-preferences", cats, prefs=True)
+            shot(browser, "inbox-preferences", "", prefs=True)   # the app's categories
             browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
