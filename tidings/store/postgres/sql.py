@@ -177,9 +177,11 @@ def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: b
     n = 5 + paged
     cats = f"${n}::text[]" if categories else ""
     tag_list = f"${n + categories}::text[]" if tags else ""
-    # json -> 'tags' is NULL for a body without tags: no row, no match
-    has_tag = ("EXISTS (SELECT 1 FROM json_array_elements_text(x.j -> 'tags') t "
-               f"WHERE t = ANY({tag_list}))")
+    # Only the tags become jsonb (for ?|, "any of these strings"): a body
+    # without tags has none, NULL, no match.  Twice as fast as testing each
+    # element (json_array_elements_text): 4.7 ms against 10.5 ms for a tag
+    # that none of a user's 2,000 entries carries.
+    has_tag = f"coalesce((x.j -> 'tags')::jsonb ?| {tag_list}, false)"
     personal_test = " AND ".join(
         ([f"(x.j ->> 'category') = ANY({cats})"] if cats else []) + ([has_tag] if tags else []))
     feed_test = " AND ".join(
