@@ -327,10 +327,9 @@ def test_preferences_panel_saves_toggles_and_quiet_hours(context, site, tidings_
     inbox.get_by_role("button", name="Save").click()
     expect(inbox.locator(".saved")).to_have_text("Saved.")
     prefs = _api(srv, "GET", "/v1/users/fay/preferences").json()
-    assert prefs == {"categories": {"billing": {"push": False}, "social": {"email": False},
-                                    "ci": {}},
+    assert prefs == {"categories": {"billing": {"push": False}, "social": {"email": False}},
                      "quiet_hours": {"start": "21:30", "end": "06:45", "tz": "Europe/Paris"},
-                     "digests": digests}   # what the panel does not edit is kept
+                     "digests": digests}   # what the panel does not change is kept
 
     inbox.locator("input[name=tz]").fill("Mars/Olympus")      # the server's 400, shown
     inbox.get_by_role("button", name="Save").click()
@@ -359,7 +358,42 @@ def test_preferences_panel_shows_every_other_category_last(context, site, tiding
     expect(inbox.locator(".saved")).to_have_text("Saved.")
     prefs = _api(srv, "GET", "/v1/users/kai/preferences").json()
     assert prefs["categories"] == {"*": {"push": False, "email": False},
-                                   "billing": {"email": False}, "social": {}}
+                                   "billing": {"email": False}}
+
+
+def test_preferences_panel_keeps_changes_made_while_it_was_open(context, site, tidings_server):
+    """The panel saves what the user changed in it, not the document it
+    loaded: an unsubscribe link followed (or another device's change) while
+    it is open stays; a category the preferences do not name shows the
+    switches of "*" it follows, and saving the panel does not name it."""
+    srv = tidings_server
+    assert _api(srv, "PUT", "/v1/users/lea/preferences",
+                json={"categories": {"*": {"email": False}}}).status_code == 200
+    _, inbox = _open(context, site, srv, "lea", categories=["social", "billing"])
+    inbox.locator("button.bell").click()
+    inbox.get_by_role("button", name="Preferences").click()
+    expect(inbox.get_by_label("social: E-mail")).not_to_be_checked()   # follows "*"
+    expect(inbox.get_by_label("social: Push")).to_be_checked()
+    # meanwhile, elsewhere: billing's push off (an e-mail's link, another device)
+    assert _api(srv, "PATCH", "/v1/users/lea/preferences",
+                json={"categories": {"billing": {"push": False}}}).status_code == 200
+    inbox.get_by_label("social: Push").uncheck()
+    inbox.get_by_label("Hold push and e-mail during quiet hours").check()
+    inbox.locator("input[name=tz]").fill("UTC")
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    prefs = _api(srv, "GET", "/v1/users/lea/preferences").json()
+    assert prefs["categories"] == {"*": {"email": False},
+                                   "billing": {"push": False, "email": False},
+                                   "social": {"push": False, "email": False}}
+    assert prefs["quiet_hours"] == {"start": "22:00", "end": "07:00", "tz": "UTC"}
+    # a second save with nothing changed writes nothing new
+    assert _api(srv, "PATCH", "/v1/users/lea/preferences",
+                json={"categories": {"social": {"email": True}}}).status_code == 200
+    inbox.get_by_role("button", name="Save").click()
+    expect(inbox.locator(".saved")).to_have_text("Saved.")
+    assert _api(srv, "GET", "/v1/users/lea/preferences").json()["categories"]["social"] == {
+        "push": False}
 
 
 def test_preferences_panel_sets_digests_and_keeps_the_others(context, site, tidings_server):

@@ -391,16 +391,20 @@
       var dailyAt = "09:00", self = this;
       this._ids = this._ids || 0;
       var body = this._categories(prefs).map(function (cat) {
-        var mine = (prefs.categories || {})[cat.id] || {};
+        var named = (prefs.categories || {})[cat.id];
         // "*" is every other category (an unsubscribe link for all of them
         // writes it): it switches outbound channels, and has no digest rules.
+        // A category the preferences do not name follows it, and shows so.
         var every = cat.id === "*";
+        var star = (!every && !named && (prefs.categories || {})["*"]) || {};
+        var mine = named || {};
         var head = el("th", { scope: "row" }, [text(cat.label), cat.description
           ? el("span", { class: "desc", part: "category-description", text: cat.description }) : null]);
         var cells = [head].concat(chans.map(function (ch) {
           if (every && ch === "in_app") return el("td", {});
+          var on = ch in mine ? mine[ch] !== false : (ch === "in_app" || star[ch] !== false);
           return el("td", {}, [el("input", {
-            type: "checkbox", "data-cat": cat.id, "data-ch": ch, checked: mine[ch] !== false,
+            type: "checkbox", "data-cat": cat.id, "data-ch": ch, checked: on, "data-was": String(on),
             "aria-label": cat.label + ": " + (S["channel_" + ch] || ch) })]);
         }));
         if (batched.length && every) cells.push(el("td", {}));
@@ -470,46 +474,52 @@
     _savePrefs: function (e) {
       e.preventDefault();
       if (!this._prefs || !this._client) return;
-      // the whole object goes back: fields the form does not edit are kept
-      var self = this, S = this._s(), f = this.$form;
-      var out = Object.assign({}, this._prefs, { categories: {} });
-      var mine = this._prefs.categories || {};
-      // keep what the form does not show: other categories, other channels
-      Object.keys(mine).forEach(function (k) { out.categories[k] = Object.assign({}, mine[k]); });
+      // Only what the user changed here goes back, as a patch (PATCH
+      // /v1/me/preferences): a switch flipped, the quiet hours if they differ,
+      // a digest choice made. What the panel did not change -- other
+      // categories and channels, and whatever another device or an unsubscribe
+      // link changed while it was open -- stays as the server has it.
+      var self = this, S = this._s(), f = this.$form, patch = {};
       f.querySelectorAll("input[data-cat]").forEach(function (box) {
-        var cat = out.categories[box.dataset.cat] = out.categories[box.dataset.cat] || {};
+        if (String(box.checked) === box.dataset.was) return;   // untouched
+        patch.categories = patch.categories || {};
+        var cat = patch.categories[box.dataset.cat] = patch.categories[box.dataset.cat] || {};
         cat[box.dataset.ch] = box.checked;
       });
       var el2 = f.elements;
-      out.quiet_hours = el2.quiet.checked
+      var quiet = el2.quiet.checked
         ? { start: el2.start.value, end: el2.end.value, tz: el2.tz.value.trim() || "UTC" } : null;
-      // Digests: the shown categories' batched channels follow their select;
-      // every other rule is kept as it was.
+      if (JSON.stringify(quiet) !== JSON.stringify(this._prefs.quiet_hours || null)) patch.quiet_hours = quiet;
+      // Digests: a shown category's batched channels follow its select when
+      // it was changed (or is "once a day", whose time may have been).
       var zone = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC";
       var batched = this._channels().filter(function (c) { return c !== "in_app"; });
-      var digests = JSON.parse(JSON.stringify(this._prefs.digests || {}));
+      var had = this._prefs.digests || {};
       f.querySelectorAll("select[data-digest]").forEach(function (sel) {
         var v = sel.value;
         if (v === "mixed" || (v === sel.dataset.was && v !== "daily")) return;   // untouched
-        var cat = digests[sel.dataset.digest] = digests[sel.dataset.digest] || {};
+        var was = had[sel.dataset.digest] || {}, rules = {};
         batched.forEach(function (ch) {
-          if (v === "") delete cat[ch];
-          else if (v === "each") cat[ch] = {};
+          if (v === "") rules[ch] = null;
+          else if (v === "each") rules[ch] = {};
           else if (v === "daily") {
-            cat[ch] = { daily: el2.digestAt.value || "09:00", tz: (cat[ch] && cat[ch].tz) || zone };
+            rules[ch] = { daily: el2.digestAt.value || "09:00", tz: (was[ch] && was[ch].tz) || zone };
           }
-          else cat[ch] = { every: Number(v.slice(6)) };
+          else rules[ch] = { every: Number(v.slice(6)) };
         });
-        if (!Object.keys(cat).length) delete digests[sel.dataset.digest];
+        patch.digests = patch.digests || {};
+        patch.digests[sel.dataset.digest] = rules;
       });
-      out.digests = digests;   // all of them: a digest turned off must go
       var button = f.querySelector("button[type=submit]");
       button.disabled = true;
       this.$saved.textContent = S.saving;
-      this._client.setPreferences(out).then(function (saved) {
-        self._prefs = saved || out;
+      this._client.updatePreferences(patch).then(function (saved) {
+        if (saved) self._prefs = saved;
+        f.querySelectorAll("input[data-cat]").forEach(function (box) {
+          box.dataset.was = String(box.checked);   // what is saved now
+        });
         f.querySelectorAll("select[data-digest]").forEach(function (sel) {
-          if (sel.value !== "mixed") sel.dataset.was = sel.value;   // what is saved now
+          if (sel.value !== "mixed") sel.dataset.was = sel.value;
         });
         self.$saved.textContent = S.saved;
       }, function (err) {

@@ -153,6 +153,14 @@ declare namespace Tidings {
     digests?: DigestRules;
   }
 
+  /** A change to part of the preferences (a JSON merge patch): what it names
+   * changes, `null` removes, the rest is kept. */
+  interface PreferencesPatch {
+    categories?: Record<string, Partial<ChannelPrefs> | null>;
+    quiet_hours?: QuietHours | null;
+    digests?: Record<string, Record<string, DigestRule | null> | null>;
+  }
+
   interface Category {
     id: string;
     label: string;
@@ -214,6 +222,8 @@ declare namespace Tidings {
     archive(ids: string[]): Promise<StateResult>;
     preferences(): Promise<Preferences>;
     setPreferences(prefs: Preferences): Promise<Preferences>;
+    /** Change only what `patch` names; the preferences as stored. */
+    updatePreferences(patch: PreferencesPatch): Promise<Preferences>;
     /** The app's categories and digest defaults (GET /v1/me/categories). */
     categories(): Promise<AppCategories>;
     /** Report notifications the user had on screen (a "displayed" receipt, batched). */

@@ -611,6 +611,13 @@
     return this._request("PUT", "/v1/me/preferences", prefs);
   };
 
+  /** Change only what `patch` names (a JSON merge patch: `null` removes), e.g.
+   * {categories: {social: {email: false}}}; resolves to the preferences as stored.
+   * Changes made elsewhere meanwhile (another device, an unsubscribe link) are kept. */
+  Client.prototype.updatePreferences = function (patch) {
+    return this._request("PATCH", "/v1/me/preferences", patch);
+  };
+
   var Tidings = {
     version: "1",
     Client: Client,
