@@ -34,7 +34,7 @@ from tidings.core import quiet
 from tidings.core.models import DigestRule, Preferences
 
 __all__ = ["DIGEST_PREFIX", "InvalidDigest", "Rules", "body", "category_of", "check", "due",
-           "is_digest", "item_categories", "item_ids", "job_id", "key", "rule_for"]
+           "is_digest", "item_categories", "item_ids", "job_id", "key", "retimed", "rule_for"]
 
 # Digest jobs' ids start with it: the channels and the statistics tell them apart.
 DIGEST_PREFIX = "digest-"
@@ -89,25 +89,44 @@ def key(rule: DigestRule) -> str:
 def due(rule: DigestRule, now: datetime, prefs: Preferences | None = None) -> datetime:
     """When a window opened at ``now`` closes (UTC), moved to the end of the
     user's quiet hours if it would close inside them."""
+    return _after_quiet(_closing(rule, now), prefs)
+
+
+def retimed(rule: DigestRule | None, opened: datetime, now: datetime,
+            prefs: Preferences | None) -> datetime:
+    """When a window opened at ``opened`` closes under the user's preferences
+    as they are ``now`` (they changed while it was open): the interval or the
+    daily time counted from ``opened``, not before ``now``, moved to the end
+    of quiet hours.  ``rule`` None (the user removed it) closes it now, or
+    when quiet hours end: what it holds goes out as one digest rather than
+    as a burst of single messages."""
+    at = now.astimezone(UTC) if rule is None else max(_closing(rule, opened), now)
+    return _after_quiet(at, prefs)
+
+
+def _closing(rule: DigestRule, opened: datetime) -> datetime:
+    """The interval after ``opened``, or the first daily time after it."""
     if rule.every is not None:
-        at = now.astimezone(UTC) + timedelta(seconds=rule.every)
-    else:
-        assert rule.daily is not None
-        try:
-            zone = quiet.zone(rule.tz)
-        except quiet.InvalidTimeZone:  # checked when written; removed from tzdata since
-            zone = quiet.zone("UTC")
-        hh, mm = map(int, rule.daily.split(":"))
-        local = now.astimezone(zone)
-        at = now.astimezone(UTC)
-        for days in (0, 1, 2):
-            wall = (local + timedelta(days=days)).replace(hour=hh, minute=mm, second=0,
-                                                          microsecond=0, tzinfo=None)
-            # fold=0 maps a wall time in a spring-forward gap past the jump
-            candidate = wall.replace(tzinfo=zone).astimezone(UTC)
-            if candidate > now:
-                at = candidate
-                break
+        return opened.astimezone(UTC) + timedelta(seconds=rule.every)
+    assert rule.daily is not None
+    try:
+        zone = quiet.zone(rule.tz)
+    except quiet.InvalidTimeZone:  # checked when written; removed from tzdata since
+        zone = quiet.zone("UTC")
+    hh, mm = map(int, rule.daily.split(":"))
+    local = opened.astimezone(zone)
+    for days in (0, 1, 2):
+        wall = (local + timedelta(days=days)).replace(hour=hh, minute=mm, second=0,
+                                                      microsecond=0, tzinfo=None)
+        # fold=0 maps a wall time in a spring-forward gap past the jump
+        candidate = wall.replace(tzinfo=zone).astimezone(UTC)
+        if candidate > opened:
+            return candidate
+    return opened.astimezone(UTC)
+
+
+def _after_quiet(at: datetime, prefs: Preferences | None) -> datetime:
+    """``at``, or the end of the user's quiet hours when it falls inside them."""
     if prefs is not None and prefs.quiet_hours is not None:
         try:
             window = quiet.QuietWindow.of(prefs.quiet_hours)
@@ -115,7 +134,7 @@ def due(rule: DigestRule, now: datetime, prefs: Preferences | None = None) -> da
             window = None
         end = window.ends_after(at) if window is not None else None
         if end is not None:
-            at = end
+            return end
     return at
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "plan",
     "quiet_until",
     "switched_off",
+    "window_of",
     "zone",
 ]
 
@@ -226,6 +227,19 @@ def switched_off(prefs: Preferences | None, category: str, channel: str) -> bool
     return chosen is not None and not getattr(chosen, channel)
 
 
+def window_of(prefs: Preferences | None) -> QuietWindow | None:
+    """The user's quiet hours, if they have any."""
+    if prefs is None or prefs.quiet_hours is None:
+        return None
+    try:
+        return QuietWindow.of(prefs.quiet_hours)
+    except ValueError:
+        # Preferences are validated when they are written; a stored zone
+        # that no longer loads (removed from tzdata) reads as UTC rather
+        # than failing a publish that has nothing to do with it.
+        return QuietWindow.parse(prefs.quiet_hours.start, prefs.quiet_hours.end, "UTC")
+
+
 def plan(
     prefs: Preferences | None,
     category: str,
@@ -250,16 +264,7 @@ def plan(
             raise ValueError(f"unknown channel {name!r}")
         # A channel left out of the stored preferences is on (docs/design.md §4).
         (on if chosen is None or getattr(chosen, name) else muted).append(name)
-    window = None
-    if prefs is not None and prefs.quiet_hours is not None:
-        try:
-            window = QuietWindow.of(prefs.quiet_hours)
-        except ValueError:
-            # Preferences are validated when they are written; a stored zone
-            # that no longer loads (removed from tzdata) reads as UTC rather
-            # than failing a publish that has nothing to do with it.
-            window = QuietWindow.parse(prefs.quiet_hours.start, prefs.quiet_hours.end, "UTC")
-    until = quiet_until(window, priority, now)
+    until = quiet_until(window_of(prefs), priority, now)
     later = [c for c in on if until is not None and c in HELD_IN_QUIET_HOURS]
     return Plan(
         now=tuple(c for c in on if c not in later),

@@ -61,7 +61,7 @@ import msgspec
 from tidings.channels.base import Channel, Job, Result
 from tidings.channels.worker import Lane, Worker
 from tidings.config import Settings
-from tidings.core import digest, quiet
+from tidings.core import digest, quiet, retime
 from tidings.core.lru import LRU
 from tidings.core.models import Preferences
 from tidings.core.retry import RetryPolicy
@@ -225,9 +225,35 @@ class Outbound:
         already: nothing is written.  Only that switch changes, in the store's
         transaction: a change of the user's own made at the same instant (or
         another link's) is kept, whichever commits first."""
-        changed = await self.store.update_preferences(
+        changed = await self.change_preferences(
             link.app, link.user, lambda prefs: switch_off(prefs, link.category, link.channel))
         return changed is not None
+
+    async def change_preferences(
+        self, app_id: str, user: str, change: Callable[[Preferences], Preferences | None],
+    ) -> Preferences | None:
+        """Apply ``change`` to the user's preferences (``Store.update_preferences``)
+        and, in the same transaction, re-time what waits for them when their
+        quiet hours or digest rules changed (tidings/core/retime.py): jobs
+        held by quiet hours, digest windows.  Lanes with a job due sooner
+        are woken."""
+        defaults = await self.defaults(app_id) if self.defaults is not None else {}
+        made: list[retime.Retimer] = []
+
+        def retiming(old: Preferences, new: Preferences) -> retime.Retimer | None:
+            # called in the transaction (again, if it runs again): the time is then
+            made.clear()
+            found = retime.retimer(old, new, now=self.clock(),
+                                   fallback_delay=self.config.fallback_delay, defaults=defaults)
+            if found is not None:
+                made.append(found)
+            return found
+
+        stored = await self.store.update_preferences(app_id, user, change, retiming)
+        for retimer in made:
+            if retimer.result is not None:
+                self.wake(retimer.result.sooner)
+        return stored
 
     # -- preferences as they are now --------------------------------------------------
     async def screen(self, jobs: list[Job]) -> list[Job]:

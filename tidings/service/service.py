@@ -875,14 +875,18 @@ class Service:
         return n
 
     async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
-        await self.store.put_preferences(app_id, user, preferences.check(prefs))
+        """Replace the user's preferences; what waits for them follows the new
+        quiet hours and digest rules (Outbound.change_preferences)."""
+        checked = preferences.check(prefs)
+        await self.outbound.change_preferences(app_id, user, lambda _: checked)
 
     async def update_preferences(self, app_id: str, user: str,
                                  patch: preferences.PreferencesPatch) -> Preferences:
         """Apply ``patch`` to the user's preferences in the store's
         transaction (tidings/core/preferences.py): what it does not name is
-        left as it is then, whoever changed it last.  Returns the result."""
-        stored = await self.store.update_preferences(
+        left as it is then, whoever changed it last; what waits for the user
+        follows the new quiet hours and digest rules.  Returns the result."""
+        stored = await self.outbound.change_preferences(
             app_id, user, lambda prefs: preferences.check(preferences.merged(prefs, patch)))
         assert stored is not None  # the change always returns the preferences
         return stored

@@ -70,6 +70,7 @@ from typing import NamedTuple
 
 from tidings.core.models import Preferences
 from tidings.core.receipts import Row
+from tidings.core.retime import Retime
 from tidings.store.outbound import NewJob, OutboundStore
 
 
@@ -658,13 +659,22 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def update_preferences(
         self, app_id: str, user: str, change: Callable[[Preferences], Preferences | None],
+        retime: Retime | None = None,
     ) -> Preferences | None:
         """Apply ``change`` to the user's stored preferences (``Preferences()``
         when there are none) and store what it returns, atomically: nothing
         else writes them between the read and the write (module guarantees).
         ``change`` is a pure function and may be called more than once (a
         transaction run again); when it returns None nothing is written.
-        Returns what was stored, or None."""
+        Returns what was stored, or None.
+
+        ``retime`` (tidings/core/retime.py) is called with the preferences
+        before and after, in the same transaction; when it returns a
+        retimer, the store hands it the user's waiting jobs (queued, not
+        attempted, due after ``retimer.now``, not leased; up to
+        ``retime.MAX_JOBS``, soonest first) and held digest items (up to
+        ``retime.MAX_ITEMS``, oldest first) and writes the times and windows
+        it returns, still in that transaction."""
 
     # -- the app's categories -------------------------------------------
     @abc.abstractmethod

@@ -14,10 +14,11 @@ from typing import Any
 
 import msgspec
 
+from tidings.core import retime
 from tidings.core.models import Preferences
 from tidings.store.outbound import DigestBuilder, DigestItem, NewJob
 
-__all__ = ["PostgresDigests", "hold"]
+__all__ = ["PostgresDigests", "held", "hold", "move"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -57,6 +58,32 @@ async def hold(conn: Any, held: list[NewJob]) -> None:
          j.created_at, j.expires_at, n.not_before)
         for n in held for j in (n.job,)], strict=True)]
     await conn.execute(_HOLD, *cols)
+
+
+async def held(conn: Any, app_id: str, user: str) -> list[retime.HeldItem]:
+    """The user's held items, oldest first, up to ``retime.MAX_ITEMS``."""
+    return [retime.HeldItem(*r) for r in await conn.fetch(
+        "SELECT channel, rule, nid, created_at, due_at, notification FROM digest_items "
+        "WHERE app_id = $1 AND user_id = $2 ORDER BY created_at, nid LIMIT $3",
+        app_id, user, retime.MAX_ITEMS)]
+
+
+async def move(conn: Any, app_id: str, user: str, out: retime.Retimed) -> None:
+    """Items to the windows of their new rules, then the windows' closing times."""
+    if out.moves:
+        await conn.execute(
+            "UPDATE digest_items d SET rule = m.new FROM unnest($3::text[], $4::text[], "
+            "$5::text[], $6::text[]) AS m(channel, rule, nid, new) WHERE d.app_id = $1 "
+            "AND d.user_id = $2 AND d.channel = m.channel AND d.rule = m.rule AND d.nid = m.nid",
+            app_id, user, *map(list, zip(*[(*k, new) for k, new in out.moves.items()],
+                                         strict=True)))
+    if out.windows:
+        await conn.execute(
+            "UPDATE digest_items d SET due_at = w.due FROM unnest($3::text[], $4::text[], "
+            "$5::float8[]) AS w(channel, rule, due) WHERE d.app_id = $1 AND d.user_id = $2 "
+            "AND d.channel = w.channel AND d.rule = w.rule",
+            app_id, user, *map(list, zip(*[(*k, due) for k, due in out.windows.items()],
+                                         strict=True)))
 
 
 class PostgresDigests:

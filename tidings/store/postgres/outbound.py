@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from tidings.channels.base import Job
+from tidings.core import retime
 from tidings.core.models import Preferences
 from tidings.store.outbound import (
     Destinations,
@@ -31,10 +32,10 @@ from tidings.store.outbound import (
     QueueStats,
     WebhookEndpoint,
 )
-from tidings.store.postgres.digests import hold
+from tidings.store.postgres.digests import held, hold, move
 from tidings.store.postgres.timeline import log_attempt
 
-__all__ = ["PostgresOutbound"]
+__all__ = ["PostgresOutbound", "insert_jobs", "retime_jobs"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -375,3 +376,26 @@ async def insert_jobs(conn, jobs: list[NewJob]) -> list[tuple[str, str]]:
     # One statement whatever the number of jobs (a fan-out to 10,000 users).
     await conn.execute(_ENQUEUE, *cols)
     return [tuple(r) for r in replaced]
+
+
+# Queued, never attempted, due later and not being sent: what re-timing moves.
+_WAITING = ("j.app_id = $1 AND j.user_id = $2 AND j.status = 'queued' AND j.attempts = 0 "
+            "AND j.not_before > $3 AND (j.lease_until IS NULL OR j.lease_until <= $3)")
+
+
+async def retime_jobs(conn, app_id: str, user: str, retimer: retime.Retimer) -> None:
+    """Re-time the user's waiting jobs and held digest items (their
+    preferences changed), inside the caller's transaction.  A job a claim
+    leases meanwhile is left to it: the update checks the lease again."""
+    now = retimer.now
+    rows = await conn.fetch(
+        "SELECT j.id, j.channel, j.created_at, j.not_before, j.fallback, j.notification "
+        f"FROM jobs j WHERE {_WAITING} ORDER BY j.not_before, j.id LIMIT $4",
+        app_id, user, now, retime.MAX_JOBS)
+    out = retimer([retime.WaitingJob(*r) for r in rows], await held(conn, app_id, user))
+    if out.jobs:
+        await conn.execute(
+            "UPDATE jobs j SET not_before = t.at, updated_at = $3 FROM unnest($4::text[], "
+            f"$5::float8[]) AS t(id, at) WHERE j.id = t.id AND {_WAITING}",
+            app_id, user, now, list(out.jobs), list(out.jobs.values()))
+    await move(conn, app_id, user, out)

@@ -80,7 +80,7 @@ from tidings.store.postgres import timeline as _timeline
 from tidings.store.postgres.committer import Committer, takes
 from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
-from tidings.store.postgres.outbound import PostgresOutbound
+from tidings.store.postgres.outbound import PostgresOutbound, retime_jobs
 from tidings.store.postgres.sql import (
     COUNTS,
     COUNTS_MANY,
@@ -776,7 +776,13 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     async def put_preferences(self, app_id, user, prefs) -> None:
         await self._call(_put_prefs, app_id, user, prefs, tx=True)
 
-    async def update_preferences(self, app_id, user, change) -> Preferences | None:
+    async def update_preferences(self, app_id, user, change, retime=None) -> Preferences | None:
+        async def stored(conn, old: Preferences, changed: Preferences) -> Preferences:
+            retimer = retime(old, changed) if retime is not None else None
+            if retimer is not None:
+                await retime_jobs(conn, app_id, user, retimer)
+            return changed
+
         async def update(conn):
             # The user's row is locked from the read to the commit, so
             # concurrent updates (and puts, whose upsert takes the same lock)
@@ -787,18 +793,19 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
                 doc = await conn.fetchval(
                     "SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2 FOR UPDATE",
                     app_id, user)
-                changed = change(_decode_prefs(doc) if doc is not None else Preferences())
+                old = _decode_prefs(doc) if doc is not None else Preferences()
+                changed = change(old)
                 if changed is None:
                     return None
                 if doc is not None:
                     await _put_prefs(conn, app_id, user, changed)
-                    return changed
+                    return await stored(conn, old, changed)
                 if await conn.fetchval(
                         "INSERT INTO prefs (app_id, user_id, doc) VALUES ($1, $2, $3) "
                         "ON CONFLICT (app_id, user_id) DO NOTHING RETURNING true",
                         app_id, user, _encode(changed)):
                     await _put_mutes(conn, app_id, user, changed)
-                    return changed
+                    return await stored(conn, old, changed)
             raise AssertionError("a preferences row that exists was not found")
 
         return await self._call(update, tx=True)

@@ -11,10 +11,11 @@ from typing import Any
 
 import msgspec
 
+from tidings.core import retime
 from tidings.core.models import Preferences
 from tidings.store.outbound import DigestBuilder, DigestItem, NewJob
 
-__all__ = ["SQLiteDigests", "hold_tx"]
+__all__ = ["SQLiteDigests", "held_tx", "hold_tx", "move_tx"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -41,6 +42,25 @@ def hold_tx(conn: Any, held: list[NewJob]) -> None:
          j.created_at, j.expires_at, j.app, j.user, j.channel, n.digest, n.not_before)
         for n in held for j in (n.job,)
     ])
+
+
+def held_tx(conn: Any, app_id: str, user: str) -> list[retime.HeldItem]:
+    """The user's held items, oldest first, up to ``retime.MAX_ITEMS``."""
+    return [retime.HeldItem(*r) for r in conn.execute(
+        "SELECT channel, rule, nid, created_at, due_at, notification FROM digest_items "
+        "WHERE app_id=? AND user_id=? ORDER BY created_at, nid LIMIT ?",
+        (app_id, user, retime.MAX_ITEMS)).fetchall()]
+
+
+def move_tx(conn: Any, app_id: str, user: str, out: retime.Retimed) -> None:
+    """Items to the windows of their new rules, then the windows' closing times."""
+    conn.executemany(
+        "UPDATE digest_items SET rule=? WHERE app_id=? AND user_id=? AND channel=? AND rule=? "
+        "AND nid=?", [(new, app_id, user, channel, rule, nid)
+                      for (channel, rule, nid), new in out.moves.items()])
+    conn.executemany(
+        "UPDATE digest_items SET due_at=? WHERE app_id=? AND user_id=? AND channel=? AND rule=?",
+        [(due, app_id, user, channel, rule) for (channel, rule), due in out.windows.items()])
 
 
 class SQLiteDigests:

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from tidings.channels.base import Job
+from tidings.core import retime
 from tidings.core.models import Preferences
 from tidings.store.outbound import (
     Destinations,
@@ -31,10 +32,10 @@ from tidings.store.outbound import (
     QueueStats,
     WebhookEndpoint,
 )
-from tidings.store.sqlite.digests import hold_tx
+from tidings.store.sqlite.digests import held_tx, hold_tx, move_tx
 from tidings.store.sqlite.timeline import log_attempt_tx, prune_attempts_tx
 
-__all__ = ["SQLiteOutbound"]
+__all__ = ["SQLiteOutbound", "insert_jobs_tx", "retime_tx"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -407,3 +408,23 @@ def insert_jobs_tx(conn, jobs: list[NewJob]) -> list[tuple[str, str]]:
         rows,
     )
     return [tuple(r) for r in replaced]
+
+
+# Queued, never attempted, due later and not being sent: what re-timing moves.
+_WAITING = ("app_id=? AND user_id=? AND status='queued' AND attempts=0 AND not_before>? "
+            "AND (lease_until IS NULL OR lease_until<=?)")
+
+
+def retime_tx(conn, app_id: str, user: str, retimer: retime.Retimer) -> None:
+    """Re-time the user's waiting jobs and held digest items (their
+    preferences changed), inside the caller's transaction."""
+    now = retimer.now
+    jobs = [retime.WaitingJob(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in conn.execute(
+        "SELECT id, channel, created_at, not_before, fallback, notification FROM jobs "
+        f"WHERE {_WAITING} ORDER BY not_before, id LIMIT ?",
+        (app_id, user, now, now, retime.MAX_JOBS)).fetchall()]
+    out = retimer(jobs, held_tx(conn, app_id, user))
+    conn.executemany(
+        f"UPDATE jobs SET not_before=?, updated_at=? WHERE id=? AND {_WAITING}",
+        [(at, now, jid, app_id, user, now, now) for jid, at in out.jobs.items()])
+    move_tx(conn, app_id, user, out)

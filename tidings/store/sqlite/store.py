@@ -55,7 +55,7 @@ from tidings.store.sqlite import timeline as _timeline
 from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.digests import SQLiteDigests
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
-from tidings.store.sqlite.outbound import SQLiteOutbound
+from tidings.store.sqlite.outbound import SQLiteOutbound, retime_tx
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
 STATE_NAME = ("unseen", "seen", "read", "archived")
@@ -944,16 +944,20 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     async def put_preferences(self, app_id, user, prefs) -> None:
         await self._write(_put_prefs_tx, app_id, user, prefs)
 
-    async def update_preferences(self, app_id, user, change) -> Preferences | None:
+    async def update_preferences(self, app_id, user, change, retime=None) -> Preferences | None:
         def update(conn):
             # Read and written in one transaction of the one writer, which
             # holds the file's write lock (BEGIN IMMEDIATE) from the start:
             # no other write, from this process or another, comes between.
             row = conn.execute("SELECT doc FROM prefs WHERE app_id=? AND user_id=?",
                                (app_id, user)).fetchone()
-            changed = change(_decode_prefs(row[0]) if row else Preferences())
+            old = _decode_prefs(row[0]) if row else Preferences()
+            changed = change(old)
             if changed is not None:
                 _put_prefs_tx(conn, app_id, user, changed)
+                retimer = retime(old, changed) if retime is not None else None
+                if retimer is not None:
+                    retime_tx(conn, app_id, user, retimer)
             return changed
 
         return await self._write(update)
