@@ -28,6 +28,7 @@ from tidings.store.base import (
     KeyInfo,
     NewNotification,
     PublishOutcome,
+    ScheduledEdit,
     StoredNotification,
 )
 
@@ -1707,6 +1708,50 @@ async def test_scheduled_notifications_fire_once_across_callers_and_nodes(make_s
         mine = [it.id for it in items if it.users == [user]]
         assert sorted(await inbox_ids(db, A, user, now=t + 10)) == sorted(mine)
         assert (await db.stream_head(A, user, t)).head_seq == len(mine)
+
+
+async def test_an_edit_before_it_fires_is_what_fires(db):
+    t = time.time()
+    item = note(users=["u", "v"], created_at=t, deliver_at=t + 100, expires_at=t + 160)
+    await publish(db, A, item)
+
+    def move(s):
+        assert (s.body, s.due_at, s.expires_at, s.status) == (
+            item.body, t + 100, t + 160, "pending")
+        return ScheduledEdit(b'{"title": "edited"}', t + 10, t + 70)
+
+    assert await db.edit_scheduled(B, item.id, move) is None  # another app's
+    edited = await db.edit_scheduled(A, item.id, move)
+    assert (edited.body, edited.due_at, edited.expires_at) == (b'{"title": "edited"}', t + 10,
+                                                              t + 70)
+    got = await db.get_scheduled(A, item.id)
+    assert (got.body, got.due_at, got.expires_at, got.status) == (
+        b'{"title": "edited"}', t + 10, t + 70, "pending")
+    assert await db.next_due() == t + 10
+    (due,) = await db.due_scheduled(t + 11, 10)
+    assert (due[0], due[1].id, due[1].users, due[1].body) == (A, item.id, ["u", "v"],
+                                                              b'{"title": "edited"}')
+
+    def refuse(s):
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await db.edit_scheduled(A, item.id, refuse)
+    assert (await db.get_scheduled(A, item.id)).body == b'{"title": "edited"}'
+    # only what is named fires, to the users given
+    other = note(users=["u"], created_at=t, deliver_at=t + 5)
+    await publish(db, A, other)
+    fired = await db.fire_due(t + 11, 10, fanout_threshold=THRESHOLD,
+                              only={(A, item.id): ["v"]})
+    assert [(app, o.id, o.recipients, o.body) for app, o in fired] == [
+        (A, item.id, 1, b'{"title": "edited"}')]
+    stored = await db.get_notification(A, item.id)
+    assert (stored.created_at, stored.expires_at) == (t + 10, t + 70)
+    assert await inbox_ids(db, A, "u", now=t + 11) == []
+    assert await inbox_ids(db, A, "v", now=t + 11) == [item.id]
+    assert (await db.get_scheduled(A, other.id)).status == "pending"
+    # fired: no longer edited here
+    assert await db.edit_scheduled(A, item.id, move) is None
 
 
 async def test_cancel_a_scheduled_notification(db):

@@ -34,6 +34,11 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   stores it; ``fire_due`` claims each due one and publishes it in the same
   transaction, so it fires exactly once however many nodes call
   ``fire_due`` at the same time, and one cancelled first never fires.
+  ``edit_scheduled`` changes a pending one holding its row (or SQLite's
+  write lock) from the read to the write, so an edit and a fire of the same
+  notification apply one after the other: the fire publishes the edit, or
+  the edit finds it no longer pending (and the caller edits what was
+  published).  Never both, never neither.
 * **An app keeps an admin key.**  ``revoke_api_key`` never removes an app's
   last key with the ``admin`` scope, and ``add_api_key`` never goes past its
   ``limit``, however many callers on however many nodes (or processes on
@@ -249,6 +254,15 @@ class ScheduledNotification:
     status: str
     created_at: float  # when it was published
     fired_at: float | None
+
+
+class ScheduledEdit(NamedTuple):
+    """What ``Store.edit_scheduled``'s ``change`` answers: a pending
+    notification's new client-facing body, due time and expiry."""
+
+    body: bytes
+    due_at: float
+    expires_at: float | None
 
 
 @dataclass(slots=True)
@@ -477,12 +491,24 @@ class Store(OutboundStore, abc.ABC):
     # -- scheduled delivery ---------------------------------------------
     @abc.abstractmethod
     async def fire_due(
-        self, now: float, limit: int, *, fanout_threshold: int
+        self, now: float, limit: int, *, fanout_threshold: int,
+        only: Mapping[tuple[str, str], list[str] | None] | None = None,
     ) -> list[tuple[str, PublishOutcome]]:
         """Publish up to ``limit`` scheduled notifications due by ``now``,
         oldest first: ``(app, outcome)`` each.  A claimed one whose expiry
         passed is dropped instead (status ``expired``, nothing stored).
-        Exactly once across callers and nodes (module guarantees)."""
+        Exactly once across callers and nodes (module guarantees).
+
+        ``only``: fire none but these ``(app, id)`` (the ones the caller
+        looked at with ``due_scheduled``), each to the users given instead
+        of its target when those are not None (what the frequency caps left
+        of it); the others stay pending."""
+
+    @abc.abstractmethod
+    async def due_scheduled(self, now: float, limit: int) -> list[tuple[str, NewNotification]]:
+        """``(app, notification)`` of up to ``limit`` pending scheduled
+        notifications due by ``now``, oldest first, as ``fire_due`` would
+        publish them (a read: nothing is claimed)."""
 
     @abc.abstractmethod
     async def fired_unqueued(self, before: float, limit: int) -> list[tuple[str, str, float]]:
@@ -501,6 +527,19 @@ class Store(OutboundStore, abc.ABC):
 
     @abc.abstractmethod
     async def get_scheduled(self, app_id: str, nid: str) -> ScheduledNotification | None: ...
+
+    @abc.abstractmethod
+    async def edit_scheduled(
+        self, app_id: str, nid: str,
+        change: Callable[[ScheduledNotification], ScheduledEdit],
+    ) -> ScheduledNotification | None:
+        """Apply ``change`` to a pending scheduled notification and store its
+        answer (the new body, due time and expiry), atomically against
+        ``fire_due`` and other edits (module guarantees).  ``change`` is a
+        pure function and may be called more than once (a transaction run
+        again); what it raises propagates, with nothing written.  Returns
+        the notification as stored now, or None when it is not pending
+        (fired, cancelled, dropped, or never scheduled in this app)."""
 
     @abc.abstractmethod
     async def cancel_scheduled(self, app_id: str, nid: str) -> bool:

@@ -29,8 +29,8 @@ from tidings.core import aggregate
 from tidings.core.models import Notification
 from tidings.store.base import LAST_ADMIN_KEY, NO_SUCH_KEY, REVOKED, NewNotification
 
-__all__ = ["group_view", "merge_group", "new_group", "rebuild_group",
-           "decode_payload", "encode_payload", "scopes_text", "scopes_of", "revocation",
+__all__ = ["group_view", "merge_group", "new_group", "rebuild_group", "decode_payload",
+           "edit_payload", "encode_payload", "scopes_text", "scopes_of", "revocation",
            "shown_by"]
 
 
@@ -154,3 +154,11 @@ def decode_payload(blob: bytes, due_at: float) -> NewNotification:
         expires_at=p.expires_at, users=p.users, topic=p.topic, all=p.all,
         group_key=p.group_key,
     )
+
+
+def edit_payload(blob: bytes, body: bytes, expires_at: float | None) -> bytes:
+    """A stored payload with a new body and expiry (an edit before it fires):
+    its target, category and group key stay as they were booked."""
+    p = _decode_payload(blob)
+    p.body, p.expires_at = body, expires_at
+    return _encode_payload(p)

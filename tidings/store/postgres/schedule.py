@@ -9,15 +9,20 @@ rows are written in key order so that two flushes never deadlock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from tidings.core.receipts import MAX_DEVICES, Row, first_per_user, per_device
-from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
-from tidings.store.codec import decode_payload, encode_payload
+from tidings.store.base import (
+    NewNotification,
+    PublishOutcome,
+    ScheduledEdit,
+    ScheduledNotification,
+)
+from tidings.store.codec import decode_payload, edit_payload, encode_payload
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, RETRY, STALE
 
-__all__ = ["cancel", "delivery_counts", "fire_one", "fired_unqueued", "get_scheduled",
-           "mark_queued", "next_due", "prune", "record_deliveries", "schedule"]
+__all__ = ["cancel", "delivery_counts", "due", "edit", "fire_one", "fired_unqueued",
+           "get_scheduled", "mark_queued", "next_due", "prune", "record_deliveries", "schedule"]
 
 log = logging.getLogger("tidings.store")
 
@@ -32,14 +37,17 @@ async def schedule(conn, app_id: str, item: NewNotification) -> PublishOutcome:
     return PublishOutcome(item.id, "scheduled", 0, body=item.body)
 
 
-# The claim.  SKIP LOCKED: a row another node is firing right now is not
-# waited for but passed over, so nodes polling together fire different rows;
-# the row lock lasts until the caller's transaction (claim, publish, status)
-# commits, and a node that dies before that commits nothing, so the row is
-# pending again for the next poll.
+# The claim.  SKIP LOCKED: a row another node is firing (or an edit is
+# changing) right now is not waited for but passed over, so nodes polling
+# together fire different rows; the row lock lasts until the caller's
+# transaction (claim, publish, status) commits, and a node that dies before
+# that commits nothing, so the row is pending again for the next poll.
+# $2, $3: the (app, id) pairs to fire, when the caller names them (NULL: any).
 _CLAIM = """
 WITH due AS (
   SELECT app_id, id FROM scheduled WHERE status = 'pending' AND due_at <= $1
+    AND ($2::text[] IS NULL
+         OR (app_id, id) IN (SELECT * FROM unnest($2::text[], $3::text[])))
   ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED
 )
 UPDATE scheduled s SET
@@ -51,20 +59,30 @@ RETURNING s.app_id, s.id, s.status, s.due_at, s.payload
 """
 
 
-async def fire_one(conn, now: float, publish) -> tuple[str, PublishOutcome] | None:
+async def fire_one(conn, now: float, publish,
+                   only: Mapping[tuple[str, str], list[str] | None] | None = None,
+                   ) -> tuple[str, PublishOutcome] | None:
     """Claim the oldest due notification and publish it, inside the caller's
     transaction; None when nothing is due.  One per transaction: a publish
     locks its recipients' streams until commit, and several in one
-    transaction would take those locks out of the one lock order."""
-    row = await conn.fetchrow(_CLAIM, now)
+    transaction would take those locks out of the one lock order.
+    ``only``: as ``Store.fire_due``'s."""
+    pairs: tuple[list[str] | None, list[str] | None] = (None, None)
+    if only is not None:
+        pairs = [a for a, _ in only], [n for _, n in only]
+    row = await conn.fetchrow(_CLAIM, now, *pairs)
     if row is None:
         return None
     app_id, nid, status, due_at, payload = row
     if status == "expired":
         return app_id, PublishOutcome(nid, "expired", 0)
+    item = decode_payload(payload, due_at)
+    users = None if only is None else only[app_id, nid]
+    if users is not None:  # what the frequency caps left of its recipients
+        item.users, item.topic = users, None
     try:
         async with conn.transaction():  # a savepoint: a publish that fails is marked alone
-            out = await publish(conn, app_id, decode_payload(payload, due_at))
+            out = await publish(conn, app_id, item)
     except Exception as exc:
         if isinstance(exc, (*DOWN, *STALE, *RETRY, *CANNOT_WRITE)):
             raise  # the connection, not the notification: the claim rolls back
@@ -89,6 +107,39 @@ async def get_scheduled(conn, app_id: str, nid: str) -> ScheduledNotification | 
     nid, payload, due_at, expires_at, status, created_at, fired_at = row
     body = decode_payload(payload, due_at).body
     return ScheduledNotification(nid, body, due_at, expires_at, status, created_at, fired_at)
+
+
+async def due(conn, now: float, limit: int) -> list[tuple[str, NewNotification]]:
+    rows = await conn.fetch(
+        "SELECT app_id, due_at, payload FROM scheduled WHERE status = 'pending' "
+        "AND due_at <= $1 ORDER BY due_at LIMIT $2", now, limit)
+    return [(app_id, decode_payload(payload, due_at)) for app_id, due_at, payload in rows]
+
+
+async def edit(conn, app_id: str, nid: str,
+               change: Callable[[ScheduledNotification], ScheduledEdit],
+               ) -> ScheduledNotification | None:
+    """Read, change and write a pending notification holding its row lock
+    (in the caller's transaction).  A fire in progress holds that lock: the
+    read waits for its commit, then finds the row no longer pending (READ
+    COMMITTED reads the row again once the lock is free) and answers None.
+    A fire that comes second skips the locked row (SKIP LOCKED) and takes
+    it, edited, at its next poll."""
+    row = await conn.fetchrow(
+        "SELECT payload, due_at, expires_at, created_at FROM scheduled "
+        "WHERE app_id = $1 AND id = $2 AND status = 'pending' FOR UPDATE", app_id, nid)
+    if row is None:
+        return None
+    payload, due_at, expires_at, created_at = row
+    before = ScheduledNotification(nid, decode_payload(payload, due_at).body, due_at,
+                                   expires_at, "pending", created_at, None)
+    new = change(before)
+    await conn.execute(
+        "UPDATE scheduled SET payload = $3, due_at = $4, expires_at = $5 "
+        "WHERE app_id = $1 AND id = $2", app_id, nid,
+        edit_payload(payload, new.body, new.expires_at), new.due_at, new.expires_at)
+    return ScheduledNotification(nid, new.body, new.due_at, new.expires_at, "pending",
+                                 created_at, None)
 
 
 async def cancel(conn, app_id: str, nid: str) -> bool:

@@ -575,17 +575,20 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
         return [r[0] for r in rows]
 
     # -- scheduled delivery ---------------------------------------------
-    async def fire_due(self, now, limit, *, fanout_threshold) -> list:
+    async def fire_due(self, now, limit, *, fanout_threshold, only=None) -> list:
         async def publish(conn, app_id, item):
             return await _tx.publish(conn, app_id, item, fanout_threshold)
 
         fired = []
         for _ in range(limit):  # one transaction each (schedule.fire_one)
-            one = await self._call(_sched.fire_one, now, publish, tx=True)
+            one = await self._call(_sched.fire_one, now, publish, only, tx=True)
             if one is None:
                 break
             fired.append(one)
         return fired
+
+    async def due_scheduled(self, now, limit) -> list:
+        return await self._call(_sched.due, now, limit)
 
     async def next_due(self) -> float | None:
         return await self._call(_sched.next_due)
@@ -599,6 +602,9 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
 
     async def get_scheduled(self, app_id, nid):
         return await self._call(_sched.get_scheduled, app_id, nid)
+
+    async def edit_scheduled(self, app_id, nid, change):
+        return await self._call(_sched.edit, app_id, nid, change, tx=True)
 
     async def cancel_scheduled(self, app_id, nid) -> bool:
         return await self._call(_sched.cancel, app_id, nid)

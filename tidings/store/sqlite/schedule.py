@@ -13,16 +13,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from tidings.core.receipts import MAX_DEVICES, Row, per_device
-from tidings.store.base import NewNotification, PublishOutcome, ScheduledNotification
-from tidings.store.codec import decode_payload, encode_payload
+from tidings.store.base import (
+    NewNotification,
+    PublishOutcome,
+    ScheduledEdit,
+    ScheduledNotification,
+)
+from tidings.store.codec import decode_payload, edit_payload, encode_payload
 from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.errors import transient
 
-__all__ = ["cancel_tx", "delivery_counts", "fire_due_tx", "fired_unqueued", "get_scheduled",
-           "mark_queued_tx", "next_due", "prune_tx", "receipt_counts", "record_deliveries_tx",
-           "record_receipts_tx", "schedule_tx"]
+__all__ = ["cancel_tx", "delivery_counts", "due", "edit_tx", "fire_due_tx", "fired_unqueued",
+           "get_scheduled", "mark_queued_tx", "next_due", "prune_tx", "receipt_counts",
+           "record_deliveries_tx", "record_receipts_tx", "schedule_tx"]
 
 log = logging.getLogger("tidings.store")
 
@@ -37,26 +43,39 @@ def schedule_tx(conn: sqlite3.Connection, app_id: str, item: NewNotification) ->
     return PublishOutcome(item.id, "scheduled", 0, body=item.body)
 
 
+_DUE = ("SELECT app_id, id, due_at, payload, expires_at FROM scheduled "
+        "WHERE status='pending' AND due_at<=? ORDER BY due_at LIMIT ?")
+
+
+def due(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, NewNotification]]:
+    return [(app_id, decode_payload(payload, due_at))
+            for app_id, _, due_at, payload, _ in conn.execute(_DUE, (now, limit))]
+
+
 def fire_due_tx(
-    conn: WriterConnection, now: float, limit: int, publish: Callable
+    conn: WriterConnection, now: float, limit: int, publish: Callable,
+    only: Mapping[tuple[str, str], list[str] | None] | None = None,
 ) -> list[tuple[str, PublishOutcome]]:
     """Claim and publish what is due, each in a savepoint of this one
     transaction: a notification that cannot be published is marked
-    ``failed`` alone, and nothing is published twice (one writer)."""
-    due = conn.execute(
-        "SELECT app_id, id, due_at, payload, expires_at FROM scheduled "
-        "WHERE status='pending' AND due_at<=? ORDER BY due_at LIMIT ?", (now, limit),
-    ).fetchall()
+    ``failed`` alone, and nothing is published twice (one writer).
+    ``only``: as ``Store.fire_due``'s."""
     fired: list[tuple[str, PublishOutcome]] = []
-    for app_id, nid, due_at, payload, expires_at in due:
+    for app_id, nid, due_at, payload, expires_at in conn.execute(_DUE, (now, limit)).fetchall():
+        if only is not None and (app_id, nid) not in only:
+            continue  # not looked at by the caller (its caps): the next pass
         if expires_at is not None and expires_at <= now:
             status, out = "expired", PublishOutcome(nid, "expired", 0)
         else:
+            item = decode_payload(payload, due_at)
+            users = None if only is None else only[app_id, nid]
+            if users is not None:  # what the frequency caps left of its recipients
+                item.users, item.topic = users, None
             # the writer's savepoint: a failed publish also leaves nothing
             # gathered behind and gives back the seqs it took (appends.py)
             heads = conn.savepoint()
             try:
-                out = publish(conn, app_id, decode_payload(payload, due_at))
+                out = publish(conn, app_id, item)
             except Exception as exc:
                 conn.rollback_to(heads)
                 if transient(exc):
@@ -91,6 +110,30 @@ def get_scheduled(conn: sqlite3.Connection, app_id: str, nid: str) -> ScheduledN
     nid, payload, due_at, expires_at, status, created_at, fired_at = row
     body = decode_payload(payload, due_at).body
     return ScheduledNotification(nid, body, due_at, expires_at, status, created_at, fired_at)
+
+
+def edit_tx(conn: sqlite3.Connection, app_id: str, nid: str,
+            change: Callable[[ScheduledNotification], ScheduledEdit],
+            ) -> ScheduledNotification | None:
+    """Read, change and write a pending notification in one transaction of
+    the one writer, which holds the file's write lock (``BEGIN IMMEDIATE``):
+    no fire, from this process or another, comes between the two."""
+    row: Any = conn.execute(
+        "SELECT payload, due_at, expires_at, created_at FROM scheduled "
+        "WHERE app_id=? AND id=? AND status='pending'", (app_id, nid)).fetchone()
+    if row is None:
+        return None
+    payload, due_at, expires_at, created_at = row
+    before = ScheduledNotification(nid, decode_payload(payload, due_at).body, due_at,
+                                   expires_at, "pending", created_at, None)
+    edit = change(before)
+    conn.execute(
+        "UPDATE scheduled SET payload=?, due_at=?, expires_at=? WHERE app_id=? AND id=? "
+        "AND status='pending'",
+        (edit_payload(payload, edit.body, edit.expires_at), edit.due_at, edit.expires_at,
+         app_id, nid))
+    return ScheduledNotification(nid, edit.body, edit.due_at, edit.expires_at, "pending",
+                                 created_at, None)
 
 
 def cancel_tx(conn: sqlite3.Connection, app_id: str, nid: str) -> bool:

@@ -735,13 +735,16 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         return [r[0] for r in rows]
 
     # -- scheduled delivery ---------------------------------------------
-    async def fire_due(self, now, limit, *, fanout_threshold) -> list:
+    async def fire_due(self, now, limit, *, fanout_threshold, only=None) -> list:
         def publish(conn, app_id, item):
             out = _tx.publish_tx(conn, app_id, item, fanout_threshold, 0.0)
             conn.flush()  # inside fire_due_tx's savepoint: a bad row fails this one alone
             return out
 
-        return await self._write(_sched.fire_due_tx, now, limit, publish)
+        return await self._write(_sched.fire_due_tx, now, limit, publish, only)
+
+    async def due_scheduled(self, now, limit) -> list:
+        return _sched.due(self._reader, now, limit)
 
     async def next_due(self) -> float | None:
         return _sched.next_due(self._reader)
@@ -755,6 +758,9 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
 
     async def get_scheduled(self, app_id, nid):
         return _sched.get_scheduled(self._reader, app_id, nid)
+
+    async def edit_scheduled(self, app_id, nid, change):
+        return await self._write(_sched.edit_tx, app_id, nid, change)
 
     async def cancel_scheduled(self, app_id, nid) -> bool:
         return await self._write(_sched.cancel_tx, app_id, nid)
