@@ -76,8 +76,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      BatchRequest),
     ("get", "/v1/notifications/{id}", "A notification and its delivery statistics", "apiKey",
      None),
-    ("patch", "/v1/notifications/{id}", "Correct a notification (devices updated live)",
-     "apiKey", PatchRequest),
+    ("patch", "/v1/notifications/{id}", "Correct a notification (devices updated live), "
+     "or a scheduled one and its deliver_at before it fires", "apiKey", PatchRequest),
     ("delete", "/v1/notifications/{id}", "Retract a notification (devices updated live)",
      "apiKey", None),
     ("put", "/v1/topics/{topic}/subscribers/{user}", "Subscribe a user to a topic", "apiKey",
@@ -239,6 +239,7 @@ _ERRORS = {
 # Error statuses beyond what the auth, body and parameters of a route imply.
 EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/webhooks"): {"409"},
+    ("patch", "/v1/notifications/{id}"): {"409"},  # deliver_at of one published already
     ("post", "/v1/keys"): {"409"},  # max_api_keys
     ("delete", "/v1/keys/{prefix}"): {"409"},  # the app's last admin key
     # max_token_revocations, max_revoked_tokens

@@ -112,6 +112,8 @@ class PatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     data: dict[str, Any] | None = None
     priority: Priority | None = None
     tags: Annotated[list[Tag], Meta(max_length=32)] | None = None
+    # only before it fires: moves a scheduled notification (docs/delivery.md)
+    deliver_at: datetime | None = None
 
 
 class Notification(msgspec.Struct, omit_defaults=True):

@@ -46,7 +46,9 @@ node, in memory (below).
   dropped for that user (``dropped``).  The publish answer counts them in
   ``rate_limited`` and says which in ``rate_limit``.  Caps apply to
   notifications fanned out on write (users, and topics up to
-  ``fanout_threshold``); broadcasts and larger topics are not capped.
+  ``fanout_threshold``); broadcasts and larger topics are not capped.  A
+  scheduled notification takes its tokens when it fires, not when it is
+  booked (``Service.fire_due``).
 
 A broker that cannot be reached lets requests through (logged once per
 outage): the limits protect the service, and refusing every publish because
@@ -255,7 +257,7 @@ class RateLimits:
         notification has a ``group_key``."""
         capped = Capped()
         if getattr(item, "deliver_at", None) is not None:
-            return capped  # scheduled: capped when it fires, not when it is booked
+            return capped  # scheduled: capped when it fires (Service.fire_due), not now
         cap = (await self.caps(app_id)).categories.get(item.category)
         if cap is None or item.all:
             return capped

@@ -21,14 +21,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
-from tidings.store.base import PublishOutcome
+import msgspec
+
+from tidings.core.models import Notification, PatchRequest
+from tidings.errors import PayloadTooLarge
+from tidings.store.base import PublishOutcome, ScheduledEdit, ScheduledNotification
 
 log = logging.getLogger("tidings.service.scheduler")
 
 POLL_INTERVAL = 1.0  # seconds: the latest a notification scheduled elsewhere fires
 BATCH = 100  # fired per store call; a full batch loops at once
+
+_decode_notification = msgspec.json.Decoder(Notification).decode
 
 
 class Due(Protocol):
@@ -94,3 +101,35 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
+
+
+def _iso(ts: float) -> str:
+    # not the service's cached _iso: this runs on the SQLite store's writer thread
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+
+
+def scheduled_edit(sched: ScheduledNotification, patch: PatchRequest, due_at: float | None,
+         max_bytes: int) -> ScheduledEdit:
+    """A PATCH of a scheduled notification that has not fired: its body with
+    the fields ``patch`` names, and, when ``due_at`` is given, moved to that
+    time.  Moved, it is created then and its ``ttl`` runs from then, as at
+    publish; its id stays the one it was booked with.  A pure function
+    (``Store.edit_scheduled`` may call it again); raises 413 when the body
+    grows past ``max_bytes``."""
+    note = _decode_notification(sched.body)
+    for field in PatchRequest.__struct_fields__:
+        value = getattr(patch, field)
+        if value is not None and field != "deliver_at":
+            setattr(note, field, value)
+    expires_at = sched.expires_at
+    if due_at is None:
+        due_at = sched.due_at
+    else:
+        if expires_at is not None:
+            expires_at += due_at - sched.due_at
+        note.created_at = note.deliver_at = _iso(due_at)
+        note.expires_at = None if expires_at is None else _iso(expires_at)
+    body = msgspec.json.encode(note)
+    if len(body) > max_bytes:
+        raise PayloadTooLarge("the corrected notification is too large")
+    return ScheduledEdit(body, due_at, expires_at)

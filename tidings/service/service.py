@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -47,6 +48,7 @@ from tidings.core.models import (
 )
 from tidings.core.receipts import HTTP_DEVICE, ReceiptBuffer, Receipts, decode_receipts
 from tidings.errors import (
+    Conflict,
     Forbidden,
     Invalid,
     NotFound,
@@ -61,7 +63,7 @@ from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
 from tidings.service.revocations import Revocations
-from tidings.service.scheduler import Scheduler
+from tidings.service.scheduler import Scheduler, scheduled_edit
 from tidings.service.sessions import Sessions
 from tidings.store.base import (
     AppRecord,
@@ -425,7 +427,7 @@ class Service:
             idem_key, "" if idem_key is None else _fingerprint(req), req.group_key,
             deliver_at, [])
 
-    def _deliver_at(self, req: PublishRequest, now: float) -> float | None:
+    def _deliver_at(self, req: PublishRequest | PatchRequest, now: float) -> float | None:
         """The time to deliver at, or None for now."""
         if req.deliver_at is None:
             return None
@@ -710,13 +712,31 @@ class Service:
         }
 
     async def patch_notification(self, app_id: str, nid: str, patch: PatchRequest) -> dict:
+        """Correct a notification: one still scheduled before it fires (and
+        move it, with ``deliver_at``), else the published one, whose holders
+        are told."""
+        due_at = None
+        if patch.deliver_at is not None:  # the bounds of a publish, from now
+            now = time.time()
+            due_at = self._deliver_at(patch, now) or now
+        max_bytes = self.settings.limits.max_notification_bytes
+        # One transaction holding the row against the scheduler (the store's
+        # guarantee): edited before it fires, or found fired and edited below.
+        sched = await self.store.edit_scheduled(
+            app_id, nid, lambda s: scheduled_edit(s, patch, due_at, max_bytes))
+        if sched is not None:
+            self.scheduler.wake(sched.due_at)
+            return json.loads(sched.body)
         stored = await self.store.get_notification(app_id, nid)
         if stored is None:
             raise NotFound("no such notification", field="id")
+        if due_at is not None:
+            raise Conflict("this notification was published already; its deliver_at cannot "
+                           "change", field="deliver_at", code="already_published")
         note = _decode_notification(stored.body)
         for field in PatchRequest.__struct_fields__:
             value = getattr(patch, field)
-            if value is not None:
+            if value is not None and field != "deliver_at":
                 setattr(note, field, value)
         body = _encode(note)
         if len(body) > self.settings.limits.max_notification_bytes:
@@ -909,10 +929,34 @@ class Service:
 
     # -- scheduled delivery and delivery tracking -----------------------------------
     async def fire_due(self, now: float, limit: int) -> list[PublishOutcome]:
-        """Publish the scheduled notifications due by ``now`` (scheduler.py)."""
+        """Publish the scheduled notifications due by ``now`` (scheduler.py),
+        under the app's frequency caps as they stand now: each recipient's
+        token is taken when it fires, not when it was booked (a cap limits
+        interruptions, and this is when it interrupts)."""
         await self._requeue_fired(now)
+        due = await self.store.due_scheduled(now, limit)
+        if not due:
+            return []
+        # What the caps leave of each (a read of the rows it fires anyway,
+        # the app's cached caps, and a topic's members when its category is
+        # capped, as at publish), and whom its outbound jobs go to: those it
+        # was published to, minus the ones over their cap.
+        only: dict[tuple[str, str], list[str] | None] = {}
+        over: dict[tuple[str, str], AbstractSet[str]] = {}
+        planned: dict[tuple[str, str], list[str]] = {}
+        for app_id, item in due:
+            key = (app_id, item.id)
+            only[key] = None  # its own target
+            if item.expires_at is not None and item.expires_at <= now:
+                continue  # dropped when claimed: no token is taken for it
+            capped = await self.limits.apply_caps(app_id, item, item.group_key)
+            over[key] = capped.over
+            if capped.action == "dropped":  # the others (a topic: its members of now)
+                only[key] = item.users
+            if item.users is not None:
+                planned[key] = list(dict.fromkeys(item.users))
         fired = await self.store.fire_due(
-            now, limit, fanout_threshold=self.settings.fanout_threshold)
+            now, limit, fanout_threshold=self.settings.fanout_threshold, only=only)
         outcomes, nothing_to_queue = [], []
         for app_id, out in fired:
             if out.status == "accepted":
@@ -920,7 +964,13 @@ class Service:
                 self.published += 1
                 topic = out.audience if out.audience not in (None, "*") else None
                 self.hub.metrics.published(app_id, "accepted", out.recipients, topic)
-                users = list(dict.fromkeys(d.user for d in out.deliveries))
+                # the users it was published to (a topic: the members it
+                # reached in-app), none of them over their cap
+                key, skip = (app_id, out.id), over.get((app_id, out.id), frozenset())
+                users = planned.get(key) if out.feed_offset is None else []
+                if users is None:
+                    users = list(dict.fromkeys(d.user for d in out.deliveries))
+                users = [u for u in users if u not in skip]
                 if not await self._fired_outbound(app_id, out.id, out.body, users, now):
                     nothing_to_queue.append((app_id, out.id))
             outcomes.append(out)
@@ -946,8 +996,9 @@ class Service:
     async def _fired_outbound(self, app_id: str, nid: str, body: bytes, users: list[str],
                               now: float) -> bool:
         """A scheduled notification fired: queue its webhooks, pushes and
-        e-mails for the recipients it reached in-app, the fallback delay and
-        quiet hours counting from now.  (Not capped: it was booked before.)
+        e-mails for ``users`` (those it was published to, less the ones over
+        their frequency cap: :meth:`fire_due`), the fallback delay and quiet
+        hours counting from now.
         The jobs commit with the notification's "fired" -> "sent"; False
         when there is nothing to queue.  A store error is logged and leaves
         it "fired", for a later pass (:meth:`_requeue_fired`)."""
