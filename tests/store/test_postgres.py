@@ -400,6 +400,36 @@ async def test_a_database_at_v14_migrates_to_revoked_tokens(url):
             await store.close()
 
 
+async def test_a_database_at_v16_migrates_to_keys_that_expire_and_keep_their_last_use(url):
+    """A database at v16: migrating gives API keys an expiry and a last use,
+    both empty for the keys it has, which keep working."""
+    async with fresh_schema(url, migrated=False) as settings:
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            await conn.execute('CREATE TABLE meta (key text COLLATE "C" PRIMARY KEY, '
+                               "value text NOT NULL)")
+            for _, script in migrations.scripts("postgres")[:16]:
+                await conn.execute(script)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', '16')")
+            await conn.execute("INSERT INTO apps (id, name, signing_secret, created_at) "
+                               "VALUES ($1, 'a', 's', 0)", APP)
+            await conn.execute("INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at) "
+                               "VALUES ('0123abcd', $1, 'h-old', 'admin,publish,read', 5)", APP)
+        finally:
+            await conn.close()
+        assert await migrate(url, server_settings=settings) == list(
+            range(17, migrations.latest("postgres") + 1))
+        store = PostgresStore(url, server_settings=settings)
+        await store.open()
+        try:
+            assert (await store.find_api_key("0123abcd", "h-old")).expires_at is None
+            await store.note_api_keys_used([(APP, "0123abcd", 7.0)])
+            old = (await store.list_api_keys(APP))[0]
+            assert (old.expires_at, old.last_used_at) == (None, 7.0)
+        finally:
+            await store.close()
+
+
 # -- schema migrations ---------------------------------------------------------------
 
 

@@ -386,6 +386,47 @@ async def test_a_file_at_v15_migrates_to_app_categories(path):
         await store.close()
 
 
+async def test_a_file_at_v16_migrates_to_keys_that_expire_and_keep_their_last_use(path):
+    """A file at v16: migrating gives API keys an expiry and a last use,
+    both empty for the keys it has, which keep working; applying v17 again
+    (a file whose version was set back) skips the columns it already has."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for _, script in migrations.scripts("sqlite")[:16]:
+            conn.executescript(script)
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '16')")
+            conn.execute("INSERT INTO apps(id, name, signing_secret, created_at) "
+                         "VALUES (?, 'a', 's', 0)", (APP,))
+            conn.execute("INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at) "
+                         "VALUES ('0123abcd', ?, 'h-old', 'admin,publish,read', 5)", (APP,))
+    finally:
+        conn.close()
+    assert migrate(path) == list(range(17, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert (await store.find_api_key("0123abcd", "h-old")).expires_at is None
+        await store.note_api_keys_used([(APP, "0123abcd", 7.0)])
+        old = (await store.list_api_keys(APP))[0]
+        assert (old.expires_at, old.last_used_at) == (None, 7.0)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value='16' WHERE key='schema_version'")
+    conn.close()
+    assert migrate(path) == list(range(17, migrations.latest("sqlite") + 1))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert (await store.list_api_keys(APP))[0].last_used_at == 7.0
+    finally:
+        await store.close()
+
+
 async def test_two_stores_on_one_file_keep_one_gapless_seq_per_user(db, path):
     """The writer keeps stream heads in memory; a second process (here a
     second store) writing the same file makes it read them again."""

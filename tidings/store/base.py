@@ -39,10 +39,15 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   notification apply one after the other: the fire publishes the edit, or
   the edit finds it no longer pending (and the caller edits what was
   published).  Never both, never neither.
-* **An app keeps an admin key.**  ``revoke_api_key`` never removes an app's
-  last key with the ``admin`` scope, and ``add_api_key`` never goes past its
-  ``limit``, however many callers on however many nodes (or processes on
-  one SQLite file) do so at once.
+* **An app keeps an admin key that does not expire.**  ``revoke_api_key``
+  never removes an app's last key with the ``admin`` scope and no
+  ``expires_at``, ``rotate_api_key`` gives the key it replaces a
+  successor with the same scopes and no expiry, and ``add_api_key`` and
+  ``rotate_api_key`` never go past their ``limit``, however many callers on
+  however many nodes (or processes on one SQLite file) do so at once.
+* **A key's last use only moves later.**  ``note_api_keys_used`` keeps the
+  later of the time it is given and the one the key has, so nodes writing
+  their notes in any order never set it back.
 * **Counts say where they were read.**  ``counts`` reads the unread and
   unseen counts, the user's head seq and the app's feed head in one snapshot
   (one statement): they count every entry up to that seq and every feed item
@@ -101,6 +106,8 @@ class KeyRecord:
     app_id: str
     prefix: str
     scopes: frozenset[str]
+    # Unix seconds from which the key is refused (401 key_expired); None: never
+    expires_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -111,10 +118,24 @@ class KeyInfo:
     scopes: frozenset[str]
     name: str | None
     created_at: float
+    expires_at: float | None = None
+    # when a node last noted the key used (tidings/service/keys.py says how
+    # closely); None: not since it was made (or since schema v17)
+    last_used_at: float | None = None
 
 
-# What revoke_api_key did.
+@dataclass(slots=True)
+class Rotated:
+    """What ``rotate_api_key`` did: the key it replaced, with its expiry
+    now, and the new one."""
+
+    old: KeyInfo
+    new: KeyInfo
+
+
+# What revoke_api_key (and rotate_api_key, when it did not rotate) did.
 REVOKED, NO_SUCH_KEY, LAST_ADMIN_KEY = "revoked", "no_such_key", "last_admin_key"
+LIMIT_REACHED = "limit_reached"
 
 
 @dataclass(slots=True)
@@ -363,24 +384,45 @@ class Store(OutboundStore, abc.ABC):
     async def add_api_key(
         self, app_id: str, prefix: str, key_hash: str, scopes: frozenset[str],
         name: str | None = None, *, limit: int | None = None, created_at: float | None = None,
+        expires_at: float | None = None,
     ) -> bool:
         """Store a key of ``app_id`` (created now unless ``created_at``
-        says when); False (nothing stored) when the app already has
-        ``limit`` keys."""
+        says when; refused from ``expires_at`` on, if given); False (nothing
+        stored) when the app already has ``limit`` keys."""
 
     @abc.abstractmethod
-    async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None: ...
+    async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
+        """The key whose prefix and hash these are, expired or not (the
+        caller compares ``expires_at`` with its clock); None when there is
+        none."""
 
     @abc.abstractmethod
     async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
-        """The app's keys, oldest first."""
+        """The app's keys, oldest first, expired ones included."""
 
     @abc.abstractmethod
     async def revoke_api_key(self, app_id: str, prefix: str) -> str:
         """Delete the app's key ``prefix``: ``REVOKED``; ``NO_SUCH_KEY`` when
         the app has no such key (another app's included); ``LAST_ADMIN_KEY``,
         deleting nothing, when it is the app's last key with the ``admin``
-        scope (module guarantees)."""
+        scope and no expiry (module guarantees)."""
+
+    @abc.abstractmethod
+    async def rotate_api_key(self, app_id: str, prefix: str, new_prefix: str, new_hash: str,
+                             *, expires_at: float, limit: int | None = None,
+                             created_at: float | None = None) -> Rotated | str:
+        """In one transaction: store a key ``new_prefix`` with the scopes and
+        name of the app's key ``prefix`` and no expiry, and make ``prefix``
+        expire at ``expires_at``, or keep the expiry it has when that is
+        sooner (a rotation never lengthens a key's life).  ``NO_SUCH_KEY``
+        when the app has no key ``prefix``, ``LIMIT_REACHED`` when it
+        already has ``limit`` keys; nothing changes then."""
+
+    @abc.abstractmethod
+    async def note_api_keys_used(self, used: Iterable[tuple[str, str, float]]) -> None:
+        """For each ``(app, prefix, at)``: the key's ``last_used_at``
+        becomes the later of ``at`` and the one it has (module guarantees);
+        a key that is gone is skipped.  One write for them all."""
 
     # -- dashboard sessions -------------------------------------------------
     @abc.abstractmethod

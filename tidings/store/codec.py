@@ -42,16 +42,17 @@ def scopes_of(text: str) -> frozenset[str]:
     return frozenset(text.split(","))
 
 
-def revocation(keys: list[tuple[str, str]], prefix: str) -> str:
+def revocation(keys: list[tuple[str, str, float | None]], prefix: str) -> str:
     """What revoking ``prefix`` does to an app whose keys are ``keys``
-    (``(prefix, scopes text)``, read under the app's write lock, so that two
-    revocations at once cannot each leave the other's key as the last admin
-    key and both go): ``REVOKED``, ``NO_SUCH_KEY`` or ``LAST_ADMIN_KEY``."""
-    scopes = dict(keys).get(prefix)
-    if scopes is None:
+    (``(prefix, scopes text, expires_at)``, read under the app's write lock,
+    so that two revocations at once cannot each leave the other's key as the
+    last admin key and both go): ``REVOKED``, ``NO_SUCH_KEY`` or
+    ``LAST_ADMIN_KEY``.  Only an admin key without an expiry counts as one
+    the app keeps: one that expires will not manage the app for long."""
+    lasting = {p for p, s, expires in keys if expires is None and "admin" in scopes_of(s)}
+    if not any(p == prefix for p, _, _ in keys):
         return NO_SUCH_KEY
-    if "admin" in scopes_of(scopes) and not any(
-            "admin" in scopes_of(s) for p, s in keys if p != prefix):
+    if lasting == {prefix}:
         return LAST_ADMIN_KEY
     return REVOKED
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import os
 import time
@@ -58,12 +57,9 @@ from tidings.core.models import Preferences
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
-    REVOKED,
     AppRecord,
     Counts,
     Entry,
-    KeyInfo,
-    KeyRecord,
     Pruned,
     PublishOutcome,
     Retraction,
@@ -72,7 +68,7 @@ from tidings.store.base import (
     StreamHead,
     UserTimeline,
 )
-from tidings.store.codec import revocation, scopes_of, scopes_text, shown_by
+from tidings.store.codec import shown_by
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
@@ -80,6 +76,7 @@ from tidings.store.postgres import timeline as _timeline
 from tidings.store.postgres.committer import Committer, takes
 from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
+from tidings.store.postgres.keys import PostgresKeys
 from tidings.store.postgres.outbound import PostgresOutbound, retime_jobs
 from tidings.store.postgres.sql import (
     COUNTS,
@@ -186,7 +183,7 @@ async def _keep_session(conn) -> None:
 _APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
 
 
-class PostgresStore(PostgresOutbound, PostgresDigests, Store):
+class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
     counts_batch = 500  # one query (COUNTS_MANY), off the event loop: about 12 ms
 
     def __init__(
@@ -340,7 +337,7 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
     async def _execute(self, sql: str, *args) -> str:
         return await self._call(_execute, sql, *args)
 
-    # -- apps and keys --------------------------------------------------
+    # -- apps (keys: tidings/store/postgres/keys.py) --------------------
     async def pepper(self) -> bytes:
         async def get_or_make(conn):
             await conn.execute(
@@ -379,56 +376,6 @@ class PostgresStore(PostgresOutbound, PostgresDigests, Store):
             f"signing_secret = $3 WHERE id = $1 RETURNING {_APP}",
             app_id, previous_until, secret)
         return AppRecord(*row) if row else None
-
-    async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
-                          limit=None, created_at=None) -> bool:
-        now = time.time() if created_at is None else created_at
-
-        async def add(conn):
-            if limit is not None:
-                # The app's row serialises concurrent adds, so the limit holds.
-                await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
-                n = await conn.fetchval("SELECT count(*) FROM api_keys WHERE app_id = $1",
-                                        app_id)
-                if n >= limit:
-                    return False
-            await conn.execute(
-                "INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at, name) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                prefix, app_id, key_hash, scopes_text(scopes), now, name,
-            )
-            return True
-
-        return await self._call(add, tx=limit is not None)
-
-    async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
-        row = await self._fetchrow(
-            "SELECT app_id, hash, scopes FROM api_keys WHERE prefix = $1", prefix
-        )
-        if not row or not hmac.compare_digest(row[1].encode(), key_hash.encode()):
-            return None
-        return KeyRecord(row[0], prefix, scopes_of(row[2]))
-
-    async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
-        rows = await self._fetch(
-            "SELECT prefix, scopes, name, created_at FROM api_keys WHERE app_id = $1 "
-            "ORDER BY created_at, prefix", app_id)
-        return [KeyInfo(prefix, scopes_of(scopes), name, at) for prefix, scopes, name, at in rows]
-
-    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
-        async def revoke(conn):
-            # The app's row serialises revocations: two at once cannot each
-            # see the other's admin key and both go (codec.revocation).
-            await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
-            keys = await conn.fetch("SELECT prefix, scopes FROM api_keys WHERE app_id = $1",
-                                    app_id)
-            outcome = revocation([(k, s) for k, s in keys], prefix)
-            if outcome == REVOKED:
-                await conn.execute("DELETE FROM api_keys WHERE app_id = $1 AND prefix = $2",
-                                   app_id, prefix)
-            return outcome
-
-        return await self._call(revoke, tx=True)
 
     async def end_dashboard_session(self, session_id: str, expires: float,
                                     now: float) -> None:

@@ -33,12 +33,9 @@ from tidings.core.models import Preferences
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
-    REVOKED,
     AppRecord,
     Counts,
     Entry,
-    KeyInfo,
-    KeyRecord,
     Pruned,
     PublishOutcome,
     Retraction,
@@ -47,7 +44,6 @@ from tidings.store.base import (
     StreamHead,
     UserTimeline,
 )
-from tidings.store.codec import revocation, scopes_of, scopes_text
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
@@ -55,6 +51,7 @@ from tidings.store.sqlite import timeline as _timeline
 from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.digests import SQLiteDigests
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
+from tidings.store.sqlite.keys import SQLiteKeys
 from tidings.store.sqlite.outbound import SQLiteOutbound, retime_tx
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
@@ -418,7 +415,7 @@ def _settle(items: list) -> None:
 _APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
 
 
-class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
+class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
     # same throughput as NORMAL (docs/delivery.md).
@@ -488,7 +485,7 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
     def _q1(self, sql: str, args: tuple | list | dict = ()):
         return self._reader.execute(sql, args).fetchone()
 
-    # -- apps and keys --------------------------------------------------
+    # -- apps (keys: tidings/store/sqlite/keys.py) ----------------------
     async def pepper(self) -> bytes:
         row = self._q1("SELECT value FROM meta WHERE key='pepper'")
         if row:
@@ -533,49 +530,6 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
 
         row = await self._write(rotate)
         return AppRecord(*row) if row else None
-
-    async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
-                          limit=None, created_at=None) -> bool:
-        now = time.time() if created_at is None else created_at
-
-        def insert(conn):
-            # the writer's transaction holds the file's write lock (BEGIN
-            # IMMEDIATE): no other process adds a key between count and insert
-            if limit is not None:
-                (n,) = conn.execute("SELECT count(*) FROM api_keys WHERE app_id=?",
-                                    (app_id,)).fetchone()
-                if n >= limit:
-                    return False
-            conn.execute(
-                "INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at, name) "
-                "VALUES (?,?,?,?,?,?)",
-                (prefix, app_id, key_hash, scopes_text(scopes), now, name),
-            )
-            return True
-
-        return await self._write(insert)
-
-    async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
-        row = self._q1("SELECT app_id, hash, scopes FROM api_keys WHERE prefix=?", (prefix,))
-        if not row or not _consteq(row[1], key_hash):
-            return None
-        return KeyRecord(row[0], prefix, scopes_of(row[2]))
-
-    async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
-        rows = self._q("SELECT prefix, scopes, name, created_at FROM api_keys WHERE app_id=? "
-                       "ORDER BY created_at, prefix", (app_id,))
-        return [KeyInfo(prefix, scopes_of(scopes), name, at) for prefix, scopes, name, at in rows]
-
-    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
-        def revoke(conn):
-            keys = conn.execute("SELECT prefix, scopes FROM api_keys WHERE app_id=?",
-                                (app_id,)).fetchall()
-            outcome = revocation(keys, prefix)
-            if outcome == REVOKED:
-                conn.execute("DELETE FROM api_keys WHERE app_id=? AND prefix=?", (app_id, prefix))
-            return outcome
-
-        return await self._write(revoke)
 
     async def end_dashboard_session(self, session_id: str, expires: float,
                                     now: float) -> None:
@@ -978,12 +932,6 @@ class SQLiteStore(SQLiteOutbound, SQLiteDigests, Store):
         """``(commits, jobs)`` done by the writer: jobs/commit is the group size."""
         w = self._writer
         return (w.commits, w.jobs_done) if w else (0, 0)
-
-
-def _consteq(a: str, b: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _put_prefs_tx(conn: WriterConnection, app_id: str, user: str, prefs: Preferences) -> None:
