@@ -21,7 +21,7 @@ from tidings.config import Limits
 from tidings.service.keys import KEY_CACHE_TTL
 
 KEYS = "/v1/keys"
-FIELDS = {"prefix", "scopes", "name", "created_at"}
+FIELDS = {"prefix", "scopes", "name", "created_at", "expires_at", "last_used_at"}
 
 
 async def _create(http, scopes, name=None, status=201) -> dict:

@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         tracking = loop.create_task(_tracking(service))
         apps = loop.create_task(service.apps.sweep())  # rotated secrets (service/apps.py)
         revoked = loop.create_task(service.revocations.run())  # users' tokens revoked
+        used = loop.create_task(service.keys.run())  # API keys' last use, once a minute
         restore_sigterm = _drain_on_sigterm(app, service)
         await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
         outbox = None
@@ -228,6 +229,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             tracking.cancel()
             apps.cancel()
             revoked.cancel()
+            used.cancel()
             if outbox is not None:
                 await outbox.stop()
             app.state.draining = True
@@ -238,6 +240,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
                 await service.flush_tracking()  # what the last seconds counted
             except Exception:
                 log.warning("delivery counters lost at shutdown", exc_info=True)
+            try:
+                await service.keys.write_used()  # what the last minute noted
+            except Exception:
+                log.warning("API keys' last use lost at shutdown", exc_info=True)
             await service.close()
             tracing.shutdown()  # export the last spans
 

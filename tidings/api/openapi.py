@@ -27,6 +27,7 @@ from tidings.core.models import (
     Categories,
     InboxItem,
     KeyRequest,
+    KeyRotateRequest,
     Notification,
     PatchRequest,
     Preferences,
@@ -127,6 +128,9 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("delete", "/v1/keys/{prefix}",
      "Revoke an API key: it stops working on every node within seconds (admin key)",
      "apiKey", None),
+    ("post", "/v1/keys/{prefix}/rotate",
+     "A new key with the same scopes and name, shown once; the old one expires after "
+     "`grace` seconds (default 24 h, 0 for a leak) (admin key)", "apiKey", KeyRotateRequest),
     # the app's signing secret (admin key; docs/security.md#rotating-the-signing-secret)
     ("post", "/v1/signing-secret/rotate",
      "New signing secret for user tokens, shown once; the old one is taken for "
@@ -189,7 +193,7 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
 
 
 # Routes whose body may be left out (the model's defaults then apply).
-OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate"),
+OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate"), ("post", "/v1/keys/{prefix}/rotate"),
                  ("post", "/v1/users/{user}/tokens/revoke")}
 # Form bodies (not JSON), all optional: what the route is sent, not what it needs.
 FORMS: dict[tuple[str, str], dict] = {
@@ -208,6 +212,8 @@ SUCCESS: dict[tuple[str, str], dict[str, str]] = {
     ("post", "/v1/webhooks"): {"201": "Endpoint added"},
     ("post", "/v1/keys"): {"201": "Key created (the only time it is shown)"},
     ("delete", "/v1/keys/{prefix}"): {"204": "Revoked"},
+    ("post", "/v1/keys/{prefix}/rotate"): {"201": "Key created (the only time it is shown); "
+                                                  "the old one expires after the grace"},
     ("post", "/v1/me/push-subscriptions"): {"201": "Subscription registered"},
     ("post", "/v1/outbound/dead/{jid}/retry"): {"202": "Queued again"},
     # every refusal comes after the upgrade, as a close code (the protocol,
@@ -242,6 +248,7 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("patch", "/v1/notifications/{id}"): {"409"},  # deliver_at of one published already
     ("post", "/v1/keys"): {"409"},  # max_api_keys
     ("delete", "/v1/keys/{prefix}"): {"409"},  # the app's last admin key
+    ("post", "/v1/keys/{prefix}/rotate"): {"409"},  # max_api_keys
     # max_token_revocations, max_revoked_tokens
     ("post", "/v1/users/{user}/tokens/revoke"): {"409"},
     ("get", "/v1/push/vapid-public-key"): {"404"},

@@ -14,7 +14,7 @@ node shares):
 * ``<app>:*``       -- broadcasts (feed items for every user of the app); on
   the in-process broker also the personal entries of one publish for many
   users (``Personals``, see ``publish_personals``)
-* ``~keys``         -- credentials changed: API keys revoked (``KeyRevoked``),
+* ``~keys``         -- credentials changed: API keys revoked or rotated (``KeyRevoked``),
   signing secrets rotated (``SecretRotated``), dashboard sessions logged
   out (``SessionEnded``), users' tokens revoked (``TokensRevoked``) and one
   token revoked (``TokenRevoked``), for
@@ -116,7 +116,8 @@ class Membership(Message, tag="m"):
 
 
 class KeyRevoked(Message, tag="k"):
-    """An API key was revoked: every node forgets it (tidings/service/keys.py).
+    """An API key was revoked, or a rotation moved its expiry: every node
+    forgets it, and reads it again at its next use (tidings/service/keys.py).
     Names the key by its prefix, never by the key or its hash."""
 
     app: str

@@ -221,10 +221,20 @@ class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     """A new API key of the caller's app (``POST /v1/keys``): what it may do
-    (tidings.core.auth.SCOPES), and a name that says what it is for."""
+    (tidings.core.auth.SCOPES), a name that says what it is for, and when it
+    stops working (ISO 8601 with a zone; checked by tidings/service/keys.py)."""
 
     scopes: Annotated[list[Literal["publish", "read", "admin"]], Meta(min_length=1)]
     name: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_CONTROL_RE)] | None = None
+    expires_at: datetime | None = None
+
+
+class KeyRotateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A rotation of one API key (``POST /v1/keys/{prefix}/rotate``): how
+    long, in seconds, the key it replaces still works (0 to 30 days, 24 h by
+    default; checked by tidings/service/keys.py)."""
+
+    grace: Annotated[int, Meta(ge=0)] | None = None
 
 
 class RotateRequest(msgspec.Struct, forbid_unknown_fields=True):

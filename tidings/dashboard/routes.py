@@ -93,8 +93,8 @@ async def authorize(request: Request) -> Access:
         raise Unauthorized("this dashboard session was logged out; log in again",
                            code="session_ended")
     if not await service.keys.alive(s.app, s.prefix):
-        raise Unauthorized("the API key this session was opened with was revoked; log in "
-                           "again", code="session_revoked")
+        raise Unauthorized("the API key this session was opened with was revoked or has "
+                           "expired; log in again", code="session_revoked")
     return Access(s.app, _scope(request, s.app), s.expires, s.prefix, s.id)
 
 

@@ -172,8 +172,9 @@ class Service:
         # the app's default digests come with its caps (cached by limits)
         self.outbound = Outbound(settings, store, track=self.track,
                                  defaults=self.limits.digests)
-        # API keys: created, listed, revoked, and verified ones cached until
-        # revoked (keys.py says how a revocation reaches every node)
+        # API keys: created, listed, rotated, revoked, verified ones cached
+        # until revoked or expired, their last use noted (keys.py says how a
+        # revocation reaches every node)
         self.keys = Keys(settings, store, broker, self.limits)
         # dashboard sessions ended by a logout, on every node (sessions.py)
         self.sessions = Sessions(settings, store, broker)
