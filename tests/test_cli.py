@@ -115,7 +115,8 @@ def test_key_commands_while_serving_and_a_revoke_within_the_cache_ttl(tmp_path):
     try:
         made = json.loads(tidings("key", "create", "--app", "default", "--scope", "publish",
                                   "--name", "ci", "--json", "--data", str(data)))
-        assert set(made) == {"app", "api_key", "prefix", "scopes", "name", "created_at"}
+        assert set(made) == {"app", "api_key", "prefix", "scopes", "name", "created_at",
+                             "expires_at", "last_used_at"}
         assert (made["app"], made["scopes"], made["name"]) == ("default", ["publish"], "ci")
         assert made["api_key"].startswith(f"tk_{made['prefix']}_")
         auth = {"Authorization": f"Bearer {made['api_key']}"}
@@ -129,8 +130,9 @@ def test_key_commands_while_serving_and_a_revoke_within_the_cache_ttl(tmp_path):
             (None, ["admin", "publish", "read"]), ("ci", ["publish"])]
         assert made["api_key"] not in json.dumps(listed)
         table = tidings("key", "list", "--app", "default", "--data", str(data)).splitlines()
-        assert table[0].split() == ["PREFIX", "SCOPES", "CREATED", "NAME"]
-        assert table[2].split()[::3] == [made["prefix"], "ci"]
+        assert table[0].split() == ["PREFIX", "SCOPES", "CREATED", "EXPIRES", "LAST", "USED",
+                                    "NAME"]
+        assert table[2].split()[::5] == [made["prefix"], "ci"]  # no expiry, never used
         out = tidings("key", "revoke", "--app", "default", made["prefix"], "--data", str(data))
         assert f"revoked {made['prefix']}" in out
         start = time.monotonic()

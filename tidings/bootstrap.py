@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
 from tidings.core.models import valid_app_id
 from tidings.errors import Conflict, NotFound
 from tidings.service import Service
-from tidings.service.keys import describe
+from tidings.service.keys import describe, rotated
 from tidings.store.base import AppRecord
 
 DEMO_USER = "demo-user"
@@ -137,13 +138,32 @@ def revoke_tokens(settings: Settings, app_id: str, user: str, *, jti: str | None
 
 
 def create_key(settings: Settings, app_id: str, scopes: Iterable[str],
-               name: str | None) -> dict:
+               name: str | None, expires_at: datetime | None = None) -> dict:
     """A new API key of the app: ``{"app", "api_key", "prefix", "scopes",
-    "name", "created_at"}`` (the key is shown this once)."""
+    "name", "created_at", "expires_at", "last_used_at"}`` (the key is shown
+    this once)."""
     async def run(service: Service):
         await _require_app(service, settings, app_id)
-        key, info = await service.keys.create(app_id, scopes, name)
+        key, info = await service.keys.create(app_id, scopes, name, expires_at)
         return {"app": app_id, "api_key": key, **describe(info)}
+
+    return asyncio.run(_with_service(settings, run))
+
+
+def rotate_key(settings: Settings, app_id: str, prefix: str, grace: int | None) -> dict:
+    """A new key with the scopes and name of the app's key ``prefix``, which
+    expires after ``grace`` seconds (tidings/service/keys.py): ``{"app",
+    "api_key", ..., "replaces": {...}}``, the new key shown this once.
+    Servers on a shared broker read the old key again at once (as for
+    ``revoke_key``); any other within KEY_CACHE_TTL."""
+    async def run(service: Service):
+        await _require_app(service, settings, app_id)
+        try:
+            key, rotation = await service.keys.rotate(app_id, prefix, grace)
+        except NotFound:
+            raise NotFound(f"app {app_id!r} has no API key {prefix!r}",
+                           field="prefix") from None
+        return {"app": app_id, **rotated(key, rotation)}
 
     return asyncio.run(_with_service(settings, run))
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import UTC, datetime
 
 import click
 import msgspec
@@ -334,7 +335,19 @@ def app_rotate_secret(config, app_id, overlap, data, store, as_json) -> None:
 
 @main.group()
 def key() -> None:
-    """Manage an app's API keys: create, list, revoke (docs/security.md#api-keys)."""
+    """Manage an app's API keys: create, list, rotate, revoke (docs/security.md#api-keys)."""
+
+
+def _when(value: str | None) -> datetime | None:
+    """An ISO 8601 time (``--expires-at``); its zone and range are the
+    service's to check (tidings/service/keys.py)."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("an ISO 8601 time with a zone, e.g. 2030-01-01T00:00:00Z",
+                                 param_hint="--expires-at") from None
 
 
 @key.command("create")
@@ -345,17 +358,27 @@ def key() -> None:
               help="What the key may do; repeat for several (admin covers the other two).")
 @click.option("--name", default=None,
               help="What the key is for (1-64 characters), shown by `key list`.")
+@click.option("--expires-at", default=None,
+              help="When the key stops working: ISO 8601 with a zone "
+                   "(2030-01-01T00:00:00Z), at most 5 years ahead. Default: never.")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def key_create(config, app_id, scopes, name, data, store, as_json) -> None:
+def key_create(config, app_id, scopes, name, expires_at, data, store, as_json) -> None:
     """Create an API key of an app; prints it (shown this once) with its prefix."""
-    out = bootstrap.create_key(_settings(config, data=data, store=store), app_id, scopes, name)
+    out = bootstrap.create_key(_settings(config, data=data, store=store), app_id, scopes, name,
+                               _when(expires_at))
+    _print_key(out, as_json)
+
+
+def _print_key(out: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(out))
-    else:
-        for k, v in out.items():
-            click.echo(f"{k}: {','.join(v) if isinstance(v, list) else v}")
+        return
+    for k, v in out.items():
+        if isinstance(v, dict):  # the key a rotation replaced
+            v = f"{v['prefix']}, expires at {v['expires_at']}"
+        click.echo(f"{k}: {','.join(v) if isinstance(v, list) else v}")
 
 
 @key.command("list")
@@ -365,17 +388,47 @@ def key_create(config, app_id, scopes, name, data, store, as_json) -> None:
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def key_list(config, app_id, data, store, as_json) -> None:
-    """List an app's API keys: prefix, scopes, creation time, name (never the keys)."""
+    """List an app's API keys: prefix, scopes, creation, expiry, last use (to
+    about a minute), name; never the keys."""
     keys = bootstrap.list_keys(_settings(config, data=data, store=store), app_id)
     if as_json:
         click.echo(json.dumps({"app": app_id, "keys": keys}))
         return
-    rows = [("PREFIX", "SCOPES", "CREATED", "NAME")] + [
-        (k["prefix"], ",".join(k["scopes"]), k["created_at"], k["name"] or "-") for k in keys]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    now = datetime.now(UTC)
+
+    def expiry(at: str | None) -> str:
+        if at is None:
+            return "-"
+        return at + (" (expired)" if datetime.fromisoformat(at) <= now else "")
+
+    rows = [("PREFIX", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "NAME")] + [
+        (k["prefix"], ",".join(k["scopes"]), k["created_at"], expiry(k["expires_at"]),
+         k["last_used_at"] or "never", k["name"] or "-") for k in keys]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  "
-                   + row[3])
+                   + row[5])
+
+
+@key.command("rotate")
+@click.argument("prefix")
+@config_option
+@click.option("--app", "app_id", required=True, help="App id.")
+@click.option("--grace", default=None, type=click.IntRange(min=0),
+              help="Seconds the old key still works, for the new one to be deployed. "
+                   "Default 86400 (24 h), at most 30 days; 0 for a leaked key.")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key_rotate(prefix, config, app_id, grace, data, store, as_json) -> None:
+    """Replace an app's API key PREFIX: prints a new key (shown this once) with
+    the same scopes and name, and the old one expires after --grace.
+
+    Servers on the broker of these settings (a PostgreSQL store's own, or
+    the configured one) read the old key's expiry again at once, any other
+    within 5 s."""
+    out = bootstrap.rotate_key(_settings(config, data=data, store=store), app_id, prefix, grace)
+    _print_key(out, as_json)
 
 
 @key.command("revoke")
@@ -436,8 +489,6 @@ def revoke_tokens(config, app_id, user, jti, one_token, data, store, as_json) ->
     Servers on the broker of these settings (a PostgreSQL store's own, or
     the configured one) refuse them at once, any other within 5 s
     (docs/security.md#revoking-a-users-tokens)."""
-    from datetime import UTC, datetime
-
     from tidings.core.auth import valid_jti
     from tidings.service.revocations import REFRESH_INTERVAL
 
