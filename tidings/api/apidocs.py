@@ -111,6 +111,7 @@ EXAMPLES = {
     ("post", "/v1/topics/{topic}/subscribers"): {"users": ["ann", "bo"], "action": "add"},
     ("post", "/v1/users/{user}/tokens"): {"ttl": 3600},
     ("post", "/v1/keys"): {"scopes": ["publish"], "name": "ci"},
+    ("post", "/v1/keys/{prefix}/rotate"): {"grace": 86400},
     ("post", "/v1/signing-secret/rotate"): {"overlap": 3600},
     ("post", "/v1/me/notifications/read"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
     ("post", "/v1/me/notifications/seen"): {"all": True},
