@@ -148,6 +148,24 @@ async def test_an_expired_key_is_not_a_guess_and_costs_one_read_per_cache_ttl(tm
             assert_error(r, 401, "key_expired")  # known expired: answered, even now
 
 
+async def test_an_expired_key_at_the_login_form_is_not_a_failed_login(tmp_path):
+    limits = Limits(login_failures_per_address=2, login_failures_per_node=20)
+    async with run_server(tmp_path, limits=limits) as server:
+        clock = _on_clock(server)
+        async with server.http() as http:
+            r = await http.post(KEYS, json={"scopes": ["admin"],
+                                            "expires_at": _iso(clock.now + 10)})
+            key = r.json()["api_key"]
+        clock.now += 11
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as browser:
+            for _ in range(5):
+                r = await browser.post("/dashboard/login", data={"key": key})
+                assert r.status_code == 401 and "expired" in r.text
+            wrong = [(await browser.post("/dashboard/login", data={"key": k})).status_code
+                     for k in ("tk_0123abcd_not-a-key", "tk_0123abcd_not-a-key2", "x")]
+            assert wrong == [401, 401, 429]  # the address's budget was whole
+
+
 async def test_a_dashboard_session_ends_when_its_key_expires(server):
     clock = _on_clock(server)
     async with server.http() as http:

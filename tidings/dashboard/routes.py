@@ -183,7 +183,9 @@ async def login(request: Request):
         # within the form's own limit (dash.logins), not the API's
         record = await service.authenticate_key(key, "admin", None, limited=False)
     except TidingsError as exc:
-        if exc.status not in (401, 403):  # not the key's fault (the store away)
+        # not the key's fault (the store away), or the right key, expired:
+        # no guess, so no failed login
+        if exc.status not in (401, 403) or exc.code == "key_expired":
             dash.logins.refund(attempt)
         return _login_refused(request, exc)
     dash.logins.succeeded(attempt)
