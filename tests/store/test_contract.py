@@ -512,10 +512,14 @@ async def test_publish_many_answers_each_item_in_order_with_gapless_seqs(db):
 
 
 async def test_publish_many_fails_a_bad_item_alone(db):
-    # the second item reuses the first one's id: it cannot be stored, and
-    # the items around it are published as if it were not there
+    # the second item reuses the id of a notification stored before the
+    # batch: it cannot be stored, and the items around it are published as
+    # if it were not there.  (Not the id of another item of the batch: a
+    # store may publish the items concurrently, and either of two equal ids
+    # may then be the one that fails.)
+    stored = await publish(db, A, note(users=["x"]))
     first, after = note(users=["u"]), note(users=["v", "u"])
-    clash = dataclasses.replace(note(users=["u", "w"]), id=first.id)
+    clash = dataclasses.replace(note(users=["u", "w"]), id=stored.id)
     outs = await db.publish_many(A, [first, clash, after], fanout_threshold=THRESHOLD,
                                  window=WINDOW)
     assert isinstance(outs[1], Exception)
@@ -529,6 +533,7 @@ async def test_publish_many_fails_a_bad_item_alone(db):
     # the failed item took no seq: the next publish follows on
     nxt = await publish(db, A, note(users=["u", "w"]))
     assert [(d.user, d.seq) for d in nxt.deliveries] == [("u", 3), ("w", 1)]
+    assert await inbox_ids(db, A, "x") == [stored.id]  # the stored one untouched
 
 
 # -- idempotency ------------------------------------------------------------------
