@@ -629,6 +629,58 @@ async def test_muted_category_gets_no_entry_and_is_counted(db):
     assert [(d.user, d.seq) for d in back.deliveries] == [("m", 2)]
 
 
+async def test_muted_feed_items_are_left_out_of_inbox_counts_and_replay(db):
+    """An in-app mute hides a broadcast and a large topic's item of its
+    category from that user (module guarantees), read at read time:
+    unmuted, they are back, past ones included."""
+    await db.subscribe(A, "big", ["m", "n"])
+    await db.put_preferences(A, "m", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    mine = (await publish(db, A, note(users=["m"], category="default"))).id
+    promo = (await publish(db, A, note(all=True, category="promo"))).id
+    big = (await publish(db, A, note(topic="big", category="promo"), threshold=1)).id
+    plain = (await publish(db, A, note(all=True, category="default"))).id
+    news = (await publish(db, A, note(topic="big", category="news"), threshold=1)).id
+    now = time.time()
+    everything = [news, plain, big, promo]
+    assert await inbox_ids(db, A, "n") == everything
+    assert await inbox_ids(db, A, "m") == [news, plain, mine]
+    assert await inbox_ids(db, A, "m", state="unseen") == [news, plain, mine]
+    assert await inbox_ids(db, A, "m", before=plain) == [mine]
+    assert await inbox_ids(db, A, "m", limit=1, before=news) == [plain]
+    assert await db.counts(A, "m", now) == Counts(3, 3, 1, 4)
+    assert await db.counts(A, "n", now) == Counts(4, 4, 0, 4)
+    _, feed = await db.replay(A, "m", 0, 0, 100, now)
+    assert [e.id for e in feed] == [plain, news]
+    _, feed = await db.replay(A, "n", 0, 0, 100, now)
+    assert [e.id for e in feed] == [promo, big, plain, news]
+    assert (await db.stream_head(A, "m", now)).muted == {"promo"}
+    assert (await db.stream_head(A, "n", now)).muted == frozenset()
+    assert await db.muted(A, "m") == {"promo"}
+    assert await db.muted_many(A, ["m", "n", "nobody"]) == {"m": {"promo"}}
+    many = await db.counts_many(A, ["m", "n"], now)
+    assert many == {"m": Counts(3, 3, 1, 4), "n": Counts(4, 4, 0, 4)}
+    # mutes the caller holds are taken as they are (the gateway's streams)
+    given = await db.counts_many(A, ["m", "n"], now, {"m": frozenset(), "n": frozenset({"news"})})
+    assert given == {"m": Counts(5, 5, 1, 4), "n": Counts(3, 3, 0, 4)}
+    assert await db.counts(A, "n", now, frozenset({"promo", "news"})) == Counts(1, 1, 0, 4)
+    assert [e.id for e in await db.inbox(A, "n", limit=10, before=None, state=None, now=now,
+                                         muted=frozenset({"news"}))] == [plain, big, promo]
+    _, feed = await db.replay(A, "n", 0, 0, 100, now, frozenset({"promo"}))
+    assert [e.id for e in feed] == [plain, news]
+    # another category muted with a patch: hidden at once
+    await db.update_preferences(A, "m", lambda p: Preferences(categories={
+        **p.categories, "news": ChannelPrefs(in_app=False)}))
+    assert await inbox_ids(db, A, "m") == [plain, mine]
+    assert (await db.counts(A, "m", now))[:2] == (2, 2)
+    # unmuted: every past item of the category is back, in its place
+    await db.put_preferences(A, "m", Preferences())
+    assert await inbox_ids(db, A, "m") == [*everything, mine]
+    assert (await db.counts(A, "m", now))[:2] == (5, 5)
+    _, feed = await db.replay(A, "m", 0, 0, 100, now)
+    assert [e.id for e in feed] == [promo, big, plain, news]
+    assert await db.muted_many(A, ["m", "n"]) == {}
+
+
 def off(category: str, channel: str = "email"):
     """A change switching ``channel`` off for ``category`` (None: it was off)."""
     def change(prefs: Preferences) -> Preferences | None:

@@ -44,7 +44,18 @@ from tidings.core.models import (
 )
 from tidings.errors import Invalid
 
-__all__ = ["ChannelPrefsPatch", "PreferencesPatch", "check", "merged"]
+__all__ = ["NONE_MUTED", "ChannelPrefsPatch", "PreferencesPatch", "check", "merged", "muted"]
+
+# The in-app mutes of a user who has none, shared (most users).
+NONE_MUTED: frozenset[str] = frozenset()
+
+
+def muted(prefs: Preferences) -> frozenset[str]:
+    """The categories ``prefs`` switch off in-app (``in_app: false``): the
+    user gets no inbox entry of them, and sees no feed item of them
+    (docs/channels.md).  ``"*"`` never does (``check``)."""
+    cats = [c for c, ch in prefs.categories.items() if not ch.in_app]
+    return frozenset(cats) if cats else NONE_MUTED
 
 
 class ChannelPrefsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -53,6 +53,14 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   (one statement): they count every entry up to that seq and every feed item
   up to that offset, and nothing after (docs/protocol.md, "Counts and the
   badge"), and when the first unread entry they count expires.
+* **In-app mutes hold for feed items too.**  A feed item (a broadcast, a
+  large topic's item) of a category the user switched off in-app is left
+  out of that user's ``inbox``, ``counts``, ``counts_many`` and ``replay``,
+  read at read time: switched on again, the category's items are back,
+  past ones included.  These methods take the user's mutes as ``muted``
+  when the caller holds them (the gateway, for users with a stream on the
+  node), else read them (``muted``, one primary-key read); a user with
+  none runs the same statements as if mutes did not exist.
 * **A user's token cutoff only moves later.**  ``revoke_tokens`` keeps
   the later of the cutoff it is given and the one the user has, however
   many callers on however many nodes revoke at once, so a revocation is
@@ -79,6 +87,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tidings.core.models import Preferences
+from tidings.core.preferences import muted as muted_in
 from tidings.core.receipts import Row
 from tidings.core.retime import Retime
 from tidings.store.outbound import NewJob, OutboundStore
@@ -184,6 +193,7 @@ class PublishOutcome:
     fingerprint: str = ""  # a "duplicate"'s: the fingerprint its key was first used with
     # (nid, channel) of the pending jobs that ``jobs`` replaced (enqueue_jobs' collapse)
     replaced: list[tuple[str, str]] = field(default_factory=list)
+    category: str = ""  # a feed item's: a stream skips it when its user muted it
 
 
 class Counts(NamedTuple):
@@ -211,6 +221,9 @@ class StreamHead:
     oldest_seq: int  # oldest retained seq (head_seq + 1 when none)
     head_feed: int
     oldest_feed: int
+    # the categories the user muted in-app (``Store.muted``), read with the
+    # head: a stream skips live feed items of them (tidings/gateway/stream.py)
+    muted: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -652,7 +665,8 @@ class Store(OutboundStore, abc.ABC):
     # -- streams and inboxes --------------------------------------------
     @abc.abstractmethod
     async def stream_head(self, app_id: str, user: str, now: float) -> StreamHead:
-        """The user's position, creating their stream (and epoch) if new."""
+        """The user's position, creating their stream (and epoch) if new,
+        and their in-app mutes (``muted``)."""
 
     @abc.abstractmethod
     async def key_used_since(self, app_id: str, key: str, since: float) -> bool:
@@ -673,16 +687,19 @@ class Store(OutboundStore, abc.ABC):
 
     @abc.abstractmethod
     async def replay(
-        self, app_id: str, user: str, after_seq: int, after_feed: int, limit: int, now: float
+        self, app_id: str, user: str, after_seq: int, after_feed: int, limit: int, now: float,
+        muted: frozenset[str] | None = None,
     ) -> tuple[list[Entry], list[Entry]]:
         """Personal entries with seq > after_seq and feed items with offset >
-        after_feed visible to the user, oldest first, live ones only."""
+        after_feed visible to the user, oldest first, live ones only.
+        ``muted``: the user's in-app mutes, None to read them (module
+        guarantees); feed items of those categories are left out."""
 
     @abc.abstractmethod
     async def inbox(
         self, app_id: str, user: str, *, limit: int, before: str | None,
         state: str | None, now: float, categories: tuple[str, ...] = (),
-        tags: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (), muted: frozenset[str] | None = None,
     ) -> list[Entry]:
         """Newest first; ``before`` is a notification id; ``state`` filters
         (``unread`` = unseen or seen).  Archived items show only when asked for.
@@ -691,20 +708,37 @@ class Store(OutboundStore, abc.ABC):
         shows (a group entry's newest member), personal entries and feed items
         alike; a page is full unless fewer match.  Unfiltered, the page is read
         as before; a filter may read every entry of the user (and every feed
-        item of the app they can see) past ``before`` to fill it."""
+        item of the app they can see) past ``before`` to fill it.  ``muted``
+        as in ``replay``."""
 
     @abc.abstractmethod
-    async def counts(self, app_id: str, user: str, now: float) -> Counts:
+    async def counts(self, app_id: str, user: str, now: float,
+                     muted: frozenset[str] | None = None) -> Counts:
         """``(unread, unseen)`` and the position they count up to, read in one
-        snapshot of the store."""
+        snapshot of the store.  ``muted`` as in ``replay``: the counts leave
+        out the feed items a stream of the user skips."""
 
     async def counts_many(
-        self, app_id: str, users: list[str], now: float
+        self, app_id: str, users: list[str], now: float,
+        muted: Mapping[str, frozenset[str]] | None = None,
     ) -> dict[str, Counts]:
         """``counts`` for each of ``users`` (the counts a retraction sends,
-        service.py), each with its position.  One ``counts`` each unless the
-        store has better; PostgreSQL answers a list in one query."""
-        return {user: await self.counts(app_id, user, now) for user in users}
+        service.py), each with its position; ``muted``: the in-app mutes of
+        those of them the caller holds, the others' are read.  One ``counts``
+        each unless the store has better; PostgreSQL answers a list in one
+        query (two when some of them muted a category)."""
+        known = muted or {}
+        return {user: await self.counts(app_id, user, now, known.get(user)) for user in users}
+
+    async def muted(self, app_id: str, user: str) -> frozenset[str]:
+        """The categories the user switched off in-app (their preferences)."""
+        return muted_in(await self.get_preferences(app_id, user))
+
+    async def muted_many(self, app_id: str, users: list[str]) -> dict[str, frozenset[str]]:
+        """``muted`` of those of ``users`` who muted a category (the others
+        are left out).  One ``muted`` each unless the store has better."""
+        out = {user: await self.muted(app_id, user) for user in users}
+        return {user: m for user, m in out.items() if m}
 
     @abc.abstractmethod
     async def set_state(

@@ -74,7 +74,7 @@ async def _publish(conn, app_id: str, item: NewNotification, threshold: int) -> 
         item.expires_at,
     )
     return PublishOutcome(item.id, "accepted", 0, feed_offset=offset, audience=audience,
-                          body=item.body)
+                          body=item.body, category=item.category)
 
 
 async def _fan_out(conn, sql: str, app_id: str, item: NewNotification, target) -> PublishOutcome:

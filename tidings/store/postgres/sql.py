@@ -18,6 +18,15 @@ _VISIBLE = (
     "(SELECT topic FROM topic_subs WHERE app_id = n.app_id AND user_id = $2))"
 )
 
+
+def _not_muted(array: str | None) -> str:
+    """The predicate that leaves out feed items of the categories in
+    ``array`` (a text[] expression), a user's in-app mutes.  None: the user
+    has none, and the statement is the one it was before mutes hid feed
+    items, whose plans were tuned (bench/inboxplans.py)."""
+    return "" if array is None else f" AND n.category <> ALL({array})"
+
+
 # Write fan-out, one statement: $1 app, $2 id, $3 category, $4 body,
 # $5 created_at, $6 expires_at, $7 the audience (users array or topic).
 # Returns the audience size before muting and the deliveries as three arrays.
@@ -71,7 +80,9 @@ RETURNING feed_offset
 """
 
 HEAD = (
-    "SELECT s.epoch, s.head_seq, s.floor_seq, coalesce(f.head, 0), coalesce(f.floor, 0) "
+    "SELECT s.epoch, s.head_seq, s.floor_seq, coalesce(f.head, 0), coalesce(f.floor, 0), "
+    # the user's preferences, for their in-app mutes: one primary-key read more
+    "(SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2) "
     "FROM streams s LEFT JOIN feed_heads f ON f.app_id = s.app_id "
     "WHERE s.app_id = $1 AND s.user_id = $2"
 )
@@ -87,8 +98,8 @@ NEW_STREAM = (
 
 # Personal entries and feed items in one round trip: (is_feed, id, body,
 # state, created_at, seq or offset, gid, grp).  $3 after_seq, $4 after_feed,
-# $5 now, $6 limit.
-REPLAY = f"""
+# $5 now, $6 limit; REPLAY_MUTED: $7 the user's in-app mutes.
+_REPLAY = """
 (SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp
  FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
  WHERE i.app_id = $1 AND i.user_id = $2 AND i.seq > $3
@@ -100,9 +111,11 @@ UNION ALL
  FROM notifications n LEFT JOIN feed_state fs
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
  WHERE n.app_id = $1 AND n.feed_offset > $4 AND NOT n.deleted
-   AND (n.expires_at IS NULL OR n.expires_at > $5) AND {_VISIBLE}
+   AND (n.expires_at IS NULL OR n.expires_at > $5) AND {visible}{mutes}
  ORDER BY n.feed_offset LIMIT $6)
 """
+REPLAY = _REPLAY.format(visible=_VISIBLE, mutes="")
+REPLAY_MUTED = _REPLAY.format(visible=_VISIBLE, mutes=_not_muted("$7::text[]"))
 
 # COALESCE and CASE evaluate these subqueries only for the rows that need them.
 _ENTRY_BODY_OR_NOTIFICATION = (
@@ -120,10 +133,12 @@ _STATE_FILTER = {  # inbox ?state= -> predicate on a state expression
 }
 
 
-def _inbox_sql(state: str | None, paged: bool) -> str:
-    """Newest first, both halves; $3 now, $4 limit, $5 the ``before`` id."""
+def _inbox_sql(state: str | None, paged: bool, muted: bool = False) -> str:
+    """Newest first, both halves; $3 now, $4 limit, $5 the ``before`` id,
+    then (``muted``) the user's in-app mutes."""
     personal = _STATE_FILTER[state].format("i.state")
     feed = _STATE_FILTER[state].format("coalesce(fs.state, 0)")
+    mutes = _not_muted(("$6" if paged else "$5") + "::text[]" if muted else None)
     # Personal entries page by id, not by seq as in SQLite: seqs follow the
     # order in which concurrent publishes (from several connections and nodes)
     # took the stream's lock, which need not be the order of their ids, and
@@ -146,13 +161,16 @@ UNION ALL
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
  WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
    AND (n.expires_at IS NULL OR n.expires_at > $3) AND {_VISIBLE}
-   AND {feed} {"AND n.id < $5" if paged else ""}
+   AND {feed} {"AND n.id < $5" if paged else ""}{mutes}
  ORDER BY n.id DESC LIMIT $4)
 """
 
 
 INBOX = {(state, paged): _inbox_sql(state, paged) for state in _STATE_FILTER
          for paged in (False, True)}
+# for a user who muted categories in-app
+INBOX_MUTED = {(state, paged): _inbox_sql(state, paged, True) for state in _STATE_FILTER
+               for paged in (False, True)}
 
 # A body holding the escape \u0000 (a NUL in a title, say) cannot be read by
 # PostgreSQL's JSON functions, which refuse to turn it into text.  Such a body
@@ -162,7 +180,8 @@ _NUL_ESCAPE = "'\\x5c7530303030'::bytea"
 _JSON = f"CASE WHEN position({_NUL_ESCAPE} IN {{}}) = 0 THEN convert_from({{}}, 'UTF8')::json END"
 
 
-def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: bool) -> str:
+def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: bool,
+                       muted: bool = False) -> str:
     """``INBOX[state, paged]`` keeping only the items of some categories
     (``$6``, ``$5`` unpaged: text[]) and carrying some tags (the parameter
     after).  Read in the same order, newest first, from the same index: a
@@ -171,12 +190,14 @@ def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: b
     for a body too large to copy, as the page itself does); a feed item's
     category is its column.  The JSON is parsed once per row read (OFFSET 0
     keeps the LATERAL from being inlined into each test); ``x.j`` is NULL
-    for a body with a NUL escape, which passes here and is judged in Python."""
+    for a body with a NUL escape, which passes here and is judged in Python.
+    ``muted``: the user's in-app mutes are the last parameter (text[])."""
     personal = _STATE_FILTER[state].format("i.state")
     feed = _STATE_FILTER[state].format("coalesce(fs.state, 0)")
     n = 5 + paged
     cats = f"${n}::text[]" if categories else ""
     tag_list = f"${n + categories}::text[]" if tags else ""
+    mutes = _not_muted(f"${n + categories + tags}::text[]" if muted else None)
     # Only the tags become jsonb (for ?|, "any of these strings"): a body
     # without tags has none, NULL, no match.  Twice as fast as testing each
     # element (json_array_elements_text): 4.7 ms against 10.5 ms for a tag
@@ -205,7 +226,7 @@ UNION ALL
  {feed_json}
  WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
    AND (n.expires_at IS NULL OR n.expires_at > $3) AND {_VISIBLE}
-   AND {feed} {"AND n.id < $5" if paged else ""} AND {feed_test}
+   AND {feed} {"AND n.id < $5" if paged else ""} AND {feed_test}{mutes}
  ORDER BY n.id DESC LIMIT $4)
 """
 
@@ -266,12 +287,19 @@ FROM (SELECT state, expires_at FROM inbox WHERE app_id = $1 AND user_id = {user}
       WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
         AND (n.expires_at IS NULL OR n.expires_at > $3)
         AND (n.audience = '*' OR n.audience IN
-          (SELECT topic FROM topic_subs WHERE app_id = $1 AND user_id = {user}))
+          (SELECT topic FROM topic_subs WHERE app_id = $1 AND user_id = {user})){mutes}
 ) AS mine"""
-COUNTS = _COUNTS.format(user="$2")
+COUNTS = _COUNTS.format(user="$2", mutes="")
+# The same leaving out the feed items of the categories $4 (in-app mutes).
+COUNTS_MUTED = _COUNTS.format(user="$2", mutes=_not_muted("$4::text[]"))
 # The same for each user of the array $2: (user, unread, unseen) rows.
 COUNTS_MANY = ("SELECT t.u, c.* FROM unnest($2::text[]) AS t(u), LATERAL ("
-               + _COUNTS.format(user="t.u") + ") AS c")
+               + _COUNTS.format(user="t.u", mutes="") + ") AS c")
+# ... for users who muted categories: $4 each one's, joined by "," (which
+# no category name holds, tidings/core/models.py).
+COUNTS_MANY_MUTED = (
+    "SELECT t.u, c.* FROM unnest($2::text[], $4::text[]) AS t(u, m), LATERAL ("
+    + _COUNTS.format(user="t.u", mutes=_not_muted("string_to_array(t.m, ',')")) + ") AS c")
 
 # Retract $2 (its group entries were rebuilt first, groups.py): the plain
 # entries that go, (user, state, expires_at) each; no row when it was gone.

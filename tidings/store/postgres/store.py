@@ -54,6 +54,8 @@ import asyncpg
 import msgspec
 
 from tidings.core.models import Preferences
+from tidings.core.preferences import NONE_MUTED
+from tidings.core.preferences import muted as muted_in
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
@@ -81,13 +83,17 @@ from tidings.store.postgres.outbound import PostgresOutbound, retime_jobs
 from tidings.store.postgres.sql import (
     COUNTS,
     COUNTS_MANY,
+    COUNTS_MANY_MUTED,
+    COUNTS_MUTED,
     DELETE,
     ENTRY_BODY,
     HEAD,
     HEADS,
     INBOX,
+    INBOX_MUTED,
     NEW_STREAM,
     REPLAY,
+    REPLAY_MUTED,
     SET_STATE,
     SET_STATE_IDS,
     STATE_CODE,
@@ -590,8 +596,9 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
                 row = await conn.fetchrow(HEAD, app_id, user)
             return row
 
-        epoch, head_seq, floor_seq, head_feed, floor_feed = await self._call(head)
-        return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1)
+        epoch, head_seq, floor_seq, head_feed, floor_feed, prefs = await self._call(head)
+        return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1,
+                          NONE_MUTED if prefs is None else muted_in(_decode_prefs(prefs)))
 
     async def key_used_since(self, app_id, key, since) -> bool:
         return await self._fetchval(
@@ -602,8 +609,12 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         return {user: (epoch, seq) for user, epoch, seq in
                 await self._fetch(HEADS, app_id, list(users))}
 
-    async def replay(self, app_id, user, after_seq, after_feed, limit, now):
-        rows = await self._fetch(REPLAY, app_id, user, after_seq, after_feed, now, limit)
+    async def replay(self, app_id, user, after_seq, after_feed, limit, now, muted=None):
+        if muted is None:
+            muted = await self.muted(app_id, user)
+        args = (app_id, user, after_seq, after_feed, now, limit)
+        rows = await (self._fetch(REPLAY_MUTED, *args, sorted(muted)) if muted
+                      else self._fetch(REPLAY, *args))
         personal: list[Entry] = []
         feed: list[Entry] = []
         for is_feed, nid, body, state, created, pos, gid, grp in rows:
@@ -614,13 +625,17 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         return personal, feed
 
     async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
-                    tags=()) -> list[Entry]:
+                    tags=(), muted=None) -> list[Entry]:
+        if muted is None:
+            muted = await self.muted(app_id, user)
         if categories or tags:
             return await self._inbox_filtered(app_id, user, limit, before, state, now,
-                                              tuple(categories), tuple(tags))
-        sql = INBOX[state, before is not None]
-        args = (app_id, user, now, limit) if before is None else (
+                                              tuple(categories), tuple(tags), muted)
+        sql = (INBOX_MUTED if muted else INBOX)[state, before is not None]
+        args: tuple = (app_id, user, now, limit) if before is None else (
             app_id, user, now, limit, before)
+        if muted:
+            args += (sorted(muted),)
         entries = [
             Entry(nid, body, STATE_NAME[st], created, feed=pos) if is_feed
             else _groups.personal_entry(nid, body, st, created, pos, gid, grp)
@@ -630,7 +645,8 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         return entries[:limit]
 
     async def _inbox_filtered(self, app_id, user, limit, before, state, now,
-                              categories: tuple[str, ...], tags: tuple[str, ...]) -> list[Entry]:
+                              categories: tuple[str, ...], tags: tuple[str, ...],
+                              muted: frozenset[str]) -> list[Entry]:
         """A filtered page (sql.inbox_filtered_sql).  The SQL judges every body
         but those with a NUL escape, which ``shown_by`` judges here; when that
         drops some, the rows past the last one both halves were sure of are
@@ -638,8 +654,10 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         entries: list[Entry] = []
         filters = [f for f in (categories, tags) if f]
         while True:
-            sql = _filtered_sql(state, before is not None, bool(categories), bool(tags))
-            args = (app_id, user, now, limit, *(() if before is None else (before,)), *filters)
+            sql = _filtered_sql(state, before is not None, bool(categories), bool(tags),
+                                bool(muted))
+            args = (app_id, user, now, limit, *(() if before is None else (before,)), *filters,
+                    *([sorted(muted)] if muted else []))
             rows = await self._fetch(sql, *args)
             # a half that filled its LIMIT may hold more below its last row
             floor = max((half[-1][1] for half in (
@@ -656,14 +674,32 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         entries.sort(key=lambda e: e.id, reverse=True)
         return entries[:limit]
 
-    async def counts(self, app_id, user, now) -> Counts:
+    async def counts(self, app_id, user, now, muted=None) -> Counts:
         # One statement, so one snapshot: the counts and the heads as of the
         # same commits (docs/protocol.md, "Counts and the badge").
+        if muted is None:
+            muted = await self.muted(app_id, user)
+        if muted:
+            return Counts(*await self._fetchrow(COUNTS_MUTED, app_id, user, now, sorted(muted)))
         return Counts(*await self._fetchrow(COUNTS, app_id, user, now))
 
-    async def counts_many(self, app_id, users, now) -> dict[str, Counts]:
-        rows = await self._fetch(COUNTS_MANY, app_id, list(users), now)
-        return {row[0]: Counts(*row[1:]) for row in rows}
+    async def counts_many(self, app_id, users, now, muted=None) -> dict[str, Counts]:
+        known = muted or {}
+        unknown = [u for u in users if u not in known]
+        mutes = {u: m for u, m in known.items() if m}
+        if unknown:
+            mutes.update(await self.muted_many(app_id, unknown))
+        plain = [u for u in users if u not in mutes]
+        out: dict[str, Counts] = {}
+        if plain:
+            rows = await self._fetch(COUNTS_MANY, app_id, plain, now)
+            out.update((row[0], Counts(*row[1:])) for row in rows)
+        muting = [u for u in users if u in mutes]
+        if muting:
+            rows = await self._fetch(COUNTS_MANY_MUTED, app_id, muting, now,
+                                     [",".join(sorted(mutes[u])) for u in muting])
+            out.update((row[0], Counts(*row[1:])) for row in rows)
+        return out
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         if ids is None:
@@ -715,6 +751,19 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
             "SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2", app_id, user
         )
         return _decode_prefs(doc) if doc is not None else Preferences()
+
+    async def muted(self, app_id, user) -> frozenset[str]:
+        doc = await self._fetchval(
+            "SELECT doc FROM prefs WHERE app_id = $1 AND user_id = $2", app_id, user
+        )
+        return muted_in(_decode_prefs(doc)) if doc is not None else NONE_MUTED
+
+    async def muted_many(self, app_id, users) -> dict[str, frozenset[str]]:
+        rows = await self._fetch(
+            "SELECT user_id, doc FROM prefs WHERE app_id = $1 AND user_id = ANY($2::text[])",
+            app_id, list(users))
+        out = {user: muted_in(_decode_prefs(doc)) for user, doc in rows}
+        return {user: m for user, m in out.items() if m}
 
     # -- the app's categories -------------------------------------------
     async def get_categories(self, app_id) -> bytes | None:

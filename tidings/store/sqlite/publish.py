@@ -92,7 +92,7 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
             (app_id, item.id, item.category, item.body, audience, offset,
              item.created_at, item.expires_at, time.time()),
         )
-        out.feed_offset, out.audience = offset, audience
+        out.feed_offset, out.audience, out.category = offset, audience, item.category
     else:
         muted: set[str] = set()
         if conn.has_mutes(app_id, item.category):

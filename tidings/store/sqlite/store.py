@@ -15,6 +15,7 @@ less than a thread hop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -30,6 +31,8 @@ from typing import Any
 import msgspec
 
 from tidings.core.models import Preferences
+from tidings.core.preferences import NONE_MUTED
+from tidings.core.preferences import muted as muted_in
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
@@ -98,8 +101,22 @@ _COUNTS = (
     "      LEFT JOIN feed_state fs ON fs.app_id=n.app_id AND fs.user_id=:user AND fs.nid=n.id "
     "      WHERE n.app_id=:app AND n.feed_offset > 0 AND n.deleted=0 "
     "      AND (n.expires_at IS NULL OR n.expires_at>:now) AND (n.audience='*' OR n.audience IN "
-    "      (SELECT topic FROM topic_subs WHERE app_id=n.app_id AND user_id=:user))) AS f"
+    "      (SELECT topic FROM topic_subs WHERE app_id=n.app_id AND user_id=:user)){mutes}) AS f"
 )
+
+
+@functools.cache
+def _counts_sql(mutes: int) -> str:
+    """_COUNTS leaving out feed items of ``mutes`` categories (:m0, :m1, ...)."""
+    return _COUNTS.format(mutes=_not_muted(mutes, ":m{}"))
+
+
+def _not_muted(n: int, mark: str = "?") -> str:
+    """The predicate that leaves out feed items of ``n`` muted categories
+    (none: nothing, so a user with no mutes runs the statement as before)."""
+    if not n:
+        return ""
+    return " AND n.category NOT IN (%s)" % ",".join(mark.format(i) for i in range(n))
 log = logging.getLogger("tidings.store")
 DIALECT = "sqlite"
 MAX_GROUP = 1000  # jobs per transaction
@@ -759,7 +776,8 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         epoch, head, floor = row
         feed = self._q1("SELECT head, floor FROM feed_heads WHERE app_id=?", (app_id,))
         head_feed, floor_feed = feed if feed else (0, 0)
-        return StreamHead(epoch, head, floor + 1, head_feed, floor_feed + 1)
+        return StreamHead(epoch, head, floor + 1, head_feed, floor_feed + 1,
+                          await self.muted(app_id, user))
 
     def _visible_feed(self) -> str:
         return (
@@ -767,7 +785,9 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
             "(SELECT topic FROM topic_subs WHERE app_id=n.app_id AND user_id=?))"
         )
 
-    async def replay(self, app_id, user, after_seq, after_feed, limit, now):
+    async def replay(self, app_id, user, after_seq, after_feed, limit, now, muted=None):
+        if muted is None:
+            muted = await self.muted(app_id, user)
         personal = self._q(
             "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp FROM inbox i "
             "JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
@@ -781,9 +801,9 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
             "FROM notifications n LEFT JOIN feed_state fs "
             "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
             "WHERE n.app_id=? AND n.feed_offset>? AND n.deleted=0 "
-            "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() +
-            " ORDER BY n.feed_offset LIMIT ?",
-            (user, app_id, after_feed, now, user, limit),
+            "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed()
+            + _not_muted(len(muted)) + " ORDER BY n.feed_offset LIMIT ?",
+            (user, app_id, after_feed, now, user, *muted, limit),
         )
         return (
             _groups.personal_entries(personal),
@@ -791,7 +811,9 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         )
 
     async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
-                    tags=()) -> list[Entry]:
+                    tags=(), muted=None) -> list[Entry]:
+        if muted is None:
+            muted = await self.muted(app_id, user)
         pred = _STATE_FILTER[state]
         bound = "" if before is None else " AND n.id < ?"
         args_b = () if before is None else (before,)
@@ -820,11 +842,12 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
             "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
             "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
             "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() + bound
+            + _not_muted(len(muted))
             # ``+n.id``: sort the app's feed items rather than walk every
             # notification of the app in id order to avoid the sort.
             + " AND " + pred.replace("st", "coalesce(fs.state, 0)")
             + " ORDER BY +n.id DESC LIMIT ?",
-            (user, app_id, now, user, *args_b, limit),
+            (user, app_id, now, user, *args_b, *muted, limit),
         )
         entries = _groups.personal_entries(personal)
         entries += [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed]
@@ -835,11 +858,15 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
     # than ``IS NOT NULL``: only a range lets SQLite use the partial
     # notifications_feed index instead of reading every notification of the
     # app (2.3 s -> 0.1 ms per call with 100k users, bench/results NOTES).
-    async def counts(self, app_id, user, now) -> Counts:
+    async def counts(self, app_id, user, now, muted=None) -> Counts:
         # One statement, so one snapshot of the WAL: the counts, the user's
         # head seq and the app's feed head all as of the same commit, however
         # the writer commits meanwhile (docs/protocol.md, "Counts and the badge").
-        return Counts(*self._q1(_COUNTS, {"app": app_id, "user": user, "now": now}))
+        if muted is None:
+            muted = await self.muted(app_id, user)
+        args = {"app": app_id, "user": user, "now": now}
+        args.update((f"m{i}", c) for i, c in enumerate(muted))
+        return Counts(*self._q1(_counts_sql(len(muted)), args))
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         return await self._write(_tx.set_state_tx, app_id, user, ids, STATE_CODE[state], now)
@@ -888,6 +915,10 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
     async def get_preferences(self, app_id, user) -> Preferences:
         row = self._q1("SELECT doc FROM prefs WHERE app_id=? AND user_id=?", (app_id, user))
         return _decode_prefs(row[0]) if row else Preferences()
+
+    async def muted(self, app_id, user) -> frozenset[str]:
+        row = self._q1("SELECT doc FROM prefs WHERE app_id=? AND user_id=?", (app_id, user))
+        return muted_in(_decode_prefs(row[0])) if row else NONE_MUTED
 
     # -- the app's categories -------------------------------------------
     async def get_categories(self, app_id) -> bytes | None:
