@@ -138,14 +138,14 @@ async def test_a_feed_item_retracted_for_many_users_is_counted_in_bounded_batche
         in_flight = peak = 0
         real = server.service.store.counts_many
 
-        async def counts_many(app, who, now):
+        async def counts_many(app, who, now, *muted):
             nonlocal in_flight, peak
             in_flight += 1
             peak = max(peak, in_flight)
             sizes.append(len(who))
             try:
                 await asyncio.sleep(0.01)  # long enough for a second one to overlap
-                return await real(app, who, now)
+                return await real(app, who, now, *muted)
             finally:
                 in_flight -= 1
 

@@ -9,7 +9,8 @@ carries its ``seq``, and the gateway fills any gap it sees from the store.
 Channels (app-scoped, so no message can cross apps, but for one that every
 node shares):
 
-* ``<app>:u:<user>`` -- everything for one user (notifications, state, counts)
+* ``<app>:u:<user>`` -- everything for one user (notifications, state, counts,
+  topic memberships, in-app mutes changed)
 * ``<app>:t:<topic>`` -- feed items of a topic fanned out on read
 * ``<app>:*``       -- broadcasts (feed items for every user of the app); on
   the in-process broker also the personal entries of one publish for many
@@ -92,6 +93,11 @@ class Feed(Message, tag="f"):
     frame: bytes
     sent_at: float = 0.0  # as in Personal
     trace: str = ""  # as in Personal
+    # the item's category: a stream whose user muted it in-app skips the
+    # frame without decoding it (tidings/gateway/stream.py).  Trailing and
+    # defaulted, as sent_at: a node without it ignores it, and one with it
+    # reads a message without it as "" (no user mutes "").
+    category: str = ""
 
 
 class Frames(Message, tag="x"):
@@ -113,6 +119,14 @@ class Membership(Message, tag="m"):
 
     topic: str
     added: bool
+
+
+class MutesChanged(Message, tag="mu"):
+    """The user's preferences changed, and with them perhaps the categories
+    they muted in-app: each node with a stream of the user reads them again,
+    then the user's counts (tidings/gateway/recount.py).  Names nothing: the
+    store is read after the message, so two changes crossing on their way
+    leave every node with the last one."""
 
 
 class KeyRevoked(Message, tag="k"):
@@ -303,7 +317,7 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._lost_or_timeout: tuple[type[Exception], ...] = (*self.lost, TimeoutError)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(
-            Personal | Feed | Frames | Membership | KeyRevoked | SecretRotated
+            Personal | Feed | Frames | Membership | MutesChanged | KeyRevoked | SecretRotated
             | SessionEnded | TokensRevoked | TokenRevoked).decode
         # publishing
         self._queue: deque[Item] = deque()

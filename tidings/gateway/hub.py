@@ -35,6 +35,7 @@ from tidings.broker.base import (
     Frames,
     Membership,
     Message,
+    MutesChanged,
     Personal,
     Personals,
     all_channel,
@@ -124,6 +125,10 @@ class Hub:
         # retractions, topic memberships, and the ttls of what users here count
         self.expiries = Expiries(self._expired)
         self.recounts = Recounts(self, store, self._noted)
+        # (app, user) -> MutesChanged messages seen while the user had a
+        # stream here: a stream whose start read the mutes while one came
+        # reads them once more (begin)
+        self._mutes_seen: dict[tuple[str, str], int] = {}
 
     # -- registry -------------------------------------------------------------
     @property
@@ -175,6 +180,7 @@ class Hub:
                 del self._by_app[stream.app]
             self.cache.gone(key)
             self.expiries.forget(key)
+            self._mutes_seen.pop(key, None)
             self.broker.unsubscribe(user_channel(*key))
             left = self._app_users.get(stream.app, 1) - 1
             if left:
@@ -267,7 +273,13 @@ class Hub:
         await self.broker.settle()
         if key in self.users:
             self.cache.live(key)  # from now on every change to this user reaches us
+        seen = self._mutes_seen.get(key, 0)
         head = await self.store.stream_head(stream.app, stream.user, now)
+        self.set_muted(key, head.muted)
+        if self._mutes_seen.get(key, 0) != seen:
+            # they changed while being read, and their reread may have been
+            # done before this read was: read them (and the counts) again
+            self.recounts.add(stream.app, (stream.user,), mutes=True)
         limits = self.settings.limits
         recovery = decide_recovery(
             cursor, epoch=head.epoch, head_seq=head.head_seq, oldest_seq=head.oldest_seq,
@@ -286,7 +298,7 @@ class Hub:
         # before a commit whose broker message is still on its way, may not.
         counts = await self.counts(*key, now)
         if counts.seq < stream.last_seq or counts.feed < stream.last_feed:
-            counts = await self.store.counts(stream.app, stream.user, now)
+            counts = await self.store.counts(stream.app, stream.user, now, stream.muted)
             self._noted(key, counts)
         start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
         stream.push(events.hello_frame(stream.epoch, start, counts), start)
@@ -307,10 +319,29 @@ class Hub:
             self._noted(key, hit)
             return hit
         version = self.cache.version(key)
-        value = await self.store.counts(app, user, now)
+        value = await self.store.counts(app, user, now, self.muted_of(key))
         self.cache.put("counts", key, version, value)
         self._noted(key, value)
         return value
+
+    def muted_of(self, key: tuple[str, str]) -> frozenset[str] | None:
+        """The categories the user muted in-app, as their streams here hold
+        them (None: no stream here has read them; the store reads them)."""
+        for s in self.users.get(key, ()):
+            if s.muted is not None:
+                return s.muted
+        return None
+
+    def set_muted(self, key: tuple[str, str], muted: frozenset[str]) -> None:
+        """The user's in-app mutes, just read: every stream of theirs here
+        skips live feed items of those categories from now on."""
+        changed = False
+        for s in self.users.get(key, ()):
+            if s.muted is not None and s.muted != muted:
+                changed = True
+            s.muted = muted
+        if changed:  # counts and pages cached meanwhile were read with the old ones
+            self.cache.user_changed(key)
 
     async def user_topics(self, app: str, user: str) -> list[str]:
         key = (app, user)
@@ -326,7 +357,8 @@ class Hub:
         """Send what the store has past the stream's position; return how many."""
         limit = self.settings.limits.replay_max
         personal, feed = await self.store.replay(
-            stream.app, stream.user, stream.last_seq, stream.last_feed, limit + 1, time.time()
+            stream.app, stream.user, stream.last_seq, stream.last_feed, limit + 1, time.time(),
+            stream.muted,
         )
         if len(personal) > limit or len(feed) > limit:
             stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
@@ -399,13 +431,16 @@ class Hub:
         await asyncio.gather(*(worker() for _ in range(RESYNC_CONCURRENCY)))
 
     async def _resync_user(self, app: str, user: str) -> None:
-        """Topic memberships, counts, then every personal entry and feed item
-        past each stream's position: what lost broker messages would have brought."""
+        """Topic memberships, in-app mutes, counts, then every personal entry
+        and feed item past each stream's position: what lost broker messages
+        would have brought."""
         if not self.users.get((app, user)):
             return
         now = time.time()
         topics = set(await self.store.user_topics(app, user))
-        counts = await self.store.counts(app, user, now)
+        muted = await self.store.muted(app, user)
+        self.set_muted((app, user), muted)
+        counts = await self.store.counts(app, user, now, muted)
         self._noted((app, user), counts)
         streams = tuple(self.users.get((app, user), ()))
         joined = False
@@ -533,6 +568,10 @@ class Hub:
                     self._leave_topic(s, msg.topic)
             # the topic's feed items now count for the user, or no longer do
             self.recounts.add(app, (user,))
+        elif type(msg) is MutesChanged:
+            # read the mutes again, then the counts, which they change
+            self._mutes_seen[app, user] = self._mutes_seen.get((app, user), 0) + 1
+            self.recounts.add(app, (user,), mutes=True)
 
     def _on_all(self, channel: str, msg: Message) -> None:
         app = channel[:-2]
@@ -601,15 +640,15 @@ class Hub:
         if type(msg) is Feed:
             self._routed(app, len(streams), msg.sent_at)
             self.tracking.reached_feed((app, msg.frame, users))
-            offset, frame = msg.offset, msg.frame
+            offset, frame, category = msg.offset, msg.frame, msg.category
             if frame.find(_EXPIRES, len(frame) - _EXPIRES_TAIL - 1) >= 0:  # a ttl
                 self.expiries.note(channel, events.expiry(frame, trailing=1))
             if msg.trace:
                 tracing.deliver(msg.trace, app, "feed", tuple(streams),
-                                lambda s: s.on_feed(offset, frame))
+                                lambda s: s.on_feed(offset, frame, category))
                 return
             for s in tuple(streams):
-                s.on_feed(offset, frame)
+                s.on_feed(offset, frame, category)
         elif type(msg) is Frames:
             frames = msg.frames
             for s in tuple(streams):

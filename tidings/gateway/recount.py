@@ -10,6 +10,11 @@ of their own to read counts for, or happen with no request at all:
   every follower of a broadcast or a large topic, on every node;
 * a user **joins or leaves a topic**, and sees its feed items or stops
   seeing them (``Membership`` on the user's channel);
+* a user **mutes a category in-app or unmutes it** (``MutesChanged`` on the
+  user's channel): the node reads their mutes again first
+  (``Store.muted_many``, in the same batches), hands them to their streams,
+  which skip live feed items of those categories from then on, and reads
+  the counts with them;
 * an unread notification **runs out of its ttl**: nothing happens then.
 
 Each node reads the counts again for its own users only (those with a
@@ -49,6 +54,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from tidings.core import events
+from tidings.core.preferences import NONE_MUTED
 from tidings.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -70,6 +76,10 @@ class Users(Protocol):
     users: dict[tuple[str, str], set[Stream]]
     cache: UserCache
 
+    def muted_of(self, key: tuple[str, str]) -> frozenset[str] | None: ...
+
+    def set_muted(self, key: tuple[str, str], muted: frozenset[str]) -> None: ...
+
 
 class Recounts:
     """The users whose counts are to be read again, and the task that reads
@@ -82,19 +92,25 @@ class Recounts:
         self.store = store
         self.noted = noted
         self.chunk = store.counts_batch  # users a read
-        # app -> users waiting to be read (a dict: insertion order, one entry each)
-        self._pending: dict[str, dict[str, None]] = {}
+        # app -> users waiting to be read (a dict: insertion order, one entry
+        # each), and whether their in-app mutes are to be read first
+        self._pending: dict[str, dict[str, bool]] = {}
         self._task: asyncio.Task | None = None
         self.users_read = 0  # counts read (tests, bench)
         self.queries = 0  # counts_many calls made
 
-    def add(self, app: str, users: Iterable[str]) -> None:
+    def add(self, app: str, users: Iterable[str], *, mutes: bool = False) -> None:
         """Read these users' counts again (those with a stream here) and
-        send them to their streams, soon."""
+        send them to their streams, soon; ``mutes``: their in-app mutes
+        first."""
         waiting = self._pending.get(app)
         if waiting is None:
             waiting = self._pending[app] = {}
-        waiting.update(dict.fromkeys(users))
+        if mutes:
+            waiting.update(dict.fromkeys(users, True))
+        else:
+            for user in users:
+                waiting.setdefault(user, False)
         if not waiting:
             del self._pending[app]
             return
@@ -105,11 +121,9 @@ class Recounts:
     def waiting(self) -> int:
         return sum(len(u) for u in self._pending.values())
 
-    def _take(self) -> tuple[str, list[str]]:
+    def _take(self) -> tuple[str, dict[str, bool]]:
         app, waiting = next(iter(self._pending.items()))
-        users = list(itertools.islice(waiting, self.chunk))
-        for user in users:
-            del waiting[user]
+        users = {u: waiting.pop(u) for u in list(itertools.islice(waiting, self.chunk))}
         if not waiting:
             del self._pending[app]
         return app, users
@@ -117,15 +131,17 @@ class Recounts:
     async def _run(self) -> None:
         try:
             while self._pending:
-                app, users = self._take()
+                app, taken = self._take()
                 here = self.hub.users
-                users = [u for u in users if (app, u) in here]
+                users = {u: m for u, m in taken.items() if (app, u) in here}
                 if not users:
                     continue
                 try:
-                    await self._recount(app, users)
+                    await self._recount(app, list(users), [u for u, m in users.items() if m])
                 except Unavailable:
-                    self.add(app, users)  # the store is away: the same users again, later
+                    # the store is away: the same users again, later
+                    self.add(app, [u for u, m in users.items() if not m])
+                    self.add(app, [u for u, m in users.items() if m], mutes=True)
                     await asyncio.sleep(RETRY_DELAY)
                     continue
                 except Exception:
@@ -135,10 +151,20 @@ class Recounts:
         finally:
             self._task = None
 
-    async def _recount(self, app: str, users: list[str]) -> None:
-        cache = self.hub.cache
+    async def _recount(self, app: str, users: list[str], mutes: list[str]) -> None:
+        hub, cache = self.hub, self.hub.cache
         versions = {u: cache.version((app, u)) for u in users}  # before the read
-        counts = await self.store.counts_many(app, users, time.time())
+        if mutes:
+            fresh = await self.store.muted_many(app, mutes)
+            for user in mutes:
+                hub.set_muted((app, user), fresh.get(user, NONE_MUTED))
+            versions.update((u, cache.version((app, u))) for u in mutes)
+        known = {}
+        for user in users:
+            muted = hub.muted_of((app, user))
+            if muted is not None:
+                known[user] = muted
+        counts = await self.store.counts_many(app, users, time.time(), known)
         self.queries += 1
         self.users_read += len(users)
         for user, c in counts.items():

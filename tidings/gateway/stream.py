@@ -15,7 +15,10 @@ Ordering rules (docs/design.md §2.3):
   ``updated``, ``counts``) never goes ahead of the replayed notification it
   is about (``finish_sync``);
 * feed items (broadcasts, large topics) carry the app's feed offset; they are
-  delivered when newer than the last one seen.
+  delivered when newer than the last one seen, unless their category is one
+  the user muted in-app (``muted``, read when the stream starts and again
+  when the user's preferences change: the hub's ``MutesChanged``), which the
+  user's counts and replay leave out too.
 
 Coalescing: pushes only append to an :class:`OutboundQueue`; the writer task
 wakes once, takes everything pending and writes it in one go -- one write
@@ -74,7 +77,8 @@ class Stream:
     # follow, and fewer bytes per connection).
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
                  "closed", "close_code", "_syncing", "_again", "_held", "_held_bytes", "_wake",
-                 "_room", "_writer", "_head_for", "_head", "_end", "secret", "issued", "jti")
+                 "_room", "_writer", "_head_for", "_head", "_end", "secret", "issued", "jti",
+                 "muted")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -112,6 +116,9 @@ class Stream:
         # its token's jti (None: it has none): a revocation of that one token
         # ends the streams opened with it (service/revocations.py)
         self.jti: str | None = None
+        # the categories its user muted in-app (None until the hub read them
+        # at the start; most users have none: one shared empty frozenset)
+        self.muted: frozenset[str] | None = None
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes) -> None:
@@ -154,7 +161,11 @@ class Stream:
             self.position() if self.wants_ids else None,
         )
 
-    def on_feed(self, offset: int, frame: bytes) -> None:
+    def on_feed(self, offset: int, frame: bytes, category: str = "") -> None:
+        """Feed item ``offset`` of ``category`` arrived live."""
+        muted = self.muted
+        if muted and category in muted:
+            return  # muted in-app: the counts and the replay leave it out too
         if self._syncing:
             self._hold("f", offset, frame)
             return

@@ -28,6 +28,7 @@ from tidings.broker.base import (
     Feed,
     Frames,
     Membership,
+    MutesChanged,
     Message,
     Personals,
     all_channel,
@@ -651,7 +652,7 @@ class Service:
             cache.app_changed(app_id)
             frame = events.feed_frame(out.feed_offset, out.body)
             publish(_feed_channel(app_id, out.audience),
-                    Feed(out.feed_offset, frame, committed, trace))
+                    Feed(out.feed_offset, frame, committed, trace, out.category))
             return
         deliveries = out.deliveries
         message = Personals(out.body, deliveries, committed, trace)
@@ -869,7 +870,8 @@ class Service:
                           state: str | None, categories: tuple[str, ...] = (),
                           tags: tuple[str, ...] = ()) -> dict:
         entries = await self.store.inbox(app_id, user, limit=limit, before=before, state=state,
-                                         now=time.time(), categories=categories, tags=tags)
+                                         now=time.time(), categories=categories, tags=tags,
+                                         muted=self.hub.muted_of((app_id, user)))
         items = []
         for e in entries:
             item: dict[str, Any] = {"id": e.id, "state": e.state,
@@ -899,7 +901,7 @@ class Service:
         """Replace the user's preferences; what waits for them follows the new
         quiet hours and digest rules (Outbound.change_preferences)."""
         checked = preferences.check(prefs)
-        await self.outbound.change_preferences(app_id, user, lambda _: checked)
+        await self._change_preferences(app_id, user, lambda _: checked)
 
     async def update_preferences(self, app_id: str, user: str,
                                  patch: preferences.PreferencesPatch) -> Preferences:
@@ -907,10 +909,31 @@ class Service:
         transaction (tidings/core/preferences.py): what it does not name is
         left as it is then, whoever changed it last; what waits for the user
         follows the new quiet hours and digest rules.  Returns the result."""
-        stored = await self.outbound.change_preferences(
+        return await self._change_preferences(
             app_id, user, lambda prefs: preferences.check(preferences.merged(prefs, patch)))
+
+    async def _change_preferences(self, app_id: str, user: str,
+                                  change: Callable[[Preferences], Preferences]) -> Preferences:
+        """``change`` the user's preferences (Outbound.change_preferences);
+        when it changed their in-app mutes, tell their streams."""
+        before: list[frozenset[str]] = []  # the in-app mutes it changed (last call's)
+
+        def changing(prefs: Preferences) -> Preferences:
+            before[:] = [preferences.muted(prefs)]
+            return change(prefs)
+
+        stored = await self.outbound.change_preferences(app_id, user, changing)
         assert stored is not None  # the change always returns the preferences
+        if preferences.muted(stored) != before[0]:
+            self._mutes_changed(app_id, user)
         return stored
+
+    def _mutes_changed(self, app_id: str, user: str) -> None:
+        """The user's in-app mutes may have changed (committed): their
+        streams, on every node, read them again, and then their counts
+        (docs/delivery.md#in-app-mutes-and-feed-items)."""
+        self.hub.cache.user_changed((app_id, user))
+        self.broker.publish(user_channel(app_id, user), MutesChanged())
 
     async def group_members(self, app_id: str, user: str, nid: str, *, limit: int,
                             before: str | None) -> dict:
