@@ -667,6 +667,18 @@ async def test_muted_feed_items_are_left_out_of_inbox_counts_and_replay(db):
                                          muted=frozenset({"news"}))] == [plain, big, promo]
     _, feed = await db.replay(A, "n", 0, 0, 100, now, frozenset({"promo"}))
     assert [e.id for e in feed] == [plain, news]
+    # a filtered page too (its bodies say their category, as the service's do)
+    shown = [note(all=True, category=c) for c in ("promo", "news")]
+    for item in shown:
+        item.body = msgspec.json.encode({**msgspec.json.decode(item.body),
+                                         "category": item.category})
+        await publish(db, A, item)
+    filtered = await db.inbox(A, "m", limit=10, before=None, state=None, now=time.time(),
+                              categories=("promo", "news"))
+    assert [e.id for e in filtered][0] == shown[1].id
+    assert not {shown[0].id, promo, big} & {e.id for e in filtered}
+    for item in shown:
+        await db.delete_notification(A, item.id)
     # another category muted with a patch: hidden at once
     await db.update_preferences(A, "m", lambda p: Preferences(categories={
         **p.categories, "news": ChannelPrefs(in_app=False)}))
