@@ -116,7 +116,9 @@ def _not_muted(n: int, mark: str = "?") -> str:
     (none: nothing, so a user with no mutes runs the statement as before)."""
     if not n:
         return ""
-    return " AND n.category NOT IN (%s)" % ",".join(mark.format(i) for i in range(n))
+    return " AND n.category NOT IN ({})".format(",".join(mark.format(i) for i in range(n)))
+
+
 log = logging.getLogger("tidings.store")
 DIALECT = "sqlite"
 MAX_GROUP = 1000  # jobs per transaction
