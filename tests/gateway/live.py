@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -51,6 +52,52 @@ async def publish(server, to: dict, n: int = 1, **fields) -> list[str]:
             assert r.status_code == 202, r.text
             ids.append(r.json()["id"])
     return ids
+
+
+async def until_counts(ws, got: list[dict], timeout: float = 5.0) -> dict:
+    """Read WebSocket events into ``got`` until a ``counts`` event; return it."""
+    while True:
+        raw = await recv_events(ws, 1, timeout)
+        got += raw
+        for ev in raw:
+            if ev["type"] == "counts":
+                return ev
+
+
+async def sse_until_counts(sse, got: list[dict], timeout: float = 5.0) -> dict:
+    """:func:`until_counts` on an :class:`SSEReader`."""
+    while True:
+        (_, ev), = await sse.events(1, timeout)
+        got.append(ev)
+        if ev["type"] == "counts":
+            return ev
+
+
+def badge(events: list[dict]) -> dict | None:
+    """The badge a device works out from ``events`` (tidings.client.badge's rule)."""
+    from tests.client.badge_scenarios import play
+
+    return play(events, False, drop_repeats=False).counts
+
+
+@contextlib.asynccontextmanager
+async def serve_on(kind: str, tmp_path, **overrides):
+    """A server on ``kind`` ("sqlite", or "postgres": a fresh schema, the
+    in-process broker)."""
+    from tests.conftest import run_server
+
+    if kind == "sqlite":
+        async with run_server(tmp_path, store=None, **overrides) as live:
+            yield live
+        return
+    from tests.services import require_postgres
+    from tests.store.pg import fresh_schema
+
+    url = require_postgres()
+    async with fresh_schema(url) as pg:
+        async with run_server(tmp_path, store=f"{url}?search_path={pg['search_path']}",
+                              broker="local", **overrides) as live:
+            yield live
 
 
 class SSEReader:

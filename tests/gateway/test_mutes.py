@@ -11,40 +11,25 @@ server's counts.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
-from tests.client.badge_scenarios import play
-from tests.conftest import run_server, two_nodes
-from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
+from tests.conftest import two_nodes
+from tests.gateway.live import (
+    SSEReader,
+    badge,
+    publish,
+    recv_events,
+    serve_on,
+    sse_until_counts,
+    until_counts,
+    ws_connect,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
     """``store(**settings)``: a server on SQLite or on PostgreSQL (a fresh schema)."""
-    def serve(**overrides):
-        if request.param == "sqlite":
-            return run_server(tmp_path, store=None, **overrides)
-        return _pg_server(tmp_path, **overrides)
-
-    return serve
-
-
-@contextlib.asynccontextmanager
-async def _pg_server(tmp_path, **overrides):
-    from tests.services import require_postgres
-    from tests.store.pg import fresh_schema
-
-    url = require_postgres()
-    async with fresh_schema(url) as pg:
-        async with run_server(tmp_path, store=f"{url}?search_path={pg['search_path']}",
-                              broker="local", **overrides) as live:
-            yield live
-
-
-def badge(events: list[dict]) -> dict | None:
-    return play(events, False, drop_repeats=False).counts
+    return lambda **overrides: serve_on(request.param, tmp_path, **overrides)
 
 
 async def switch(server, token: str, category: str, on: bool, *, put: bool = False) -> None:
@@ -75,24 +60,6 @@ async def server_page(server, user: str) -> list[str]:
         r = await http.get(f"/v1/users/{user}/notifications")
         assert r.status_code == 200, r.text
         return [item["id"] for item in r.json()["items"]]
-
-
-async def until_counts(ws, got: list[dict], timeout: float = 5.0) -> dict:
-    """Read events into ``got`` until a ``counts`` event; return it."""
-    while True:
-        raw = await recv_events(ws, 1, timeout)
-        got += raw
-        for ev in raw:
-            if ev["type"] == "counts":
-                return ev
-
-
-async def sse_until_counts(sse, got: list[dict], timeout: float = 5.0) -> dict:
-    while True:
-        (_, ev), = await sse.events(1, timeout)
-        got.append(ev)
-        if ev["type"] == "counts":
-            return ev
 
 
 def ids(events: list[dict]) -> list[str]:

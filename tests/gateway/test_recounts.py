@@ -11,38 +11,28 @@ server's counts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
 
-from tests.client.badge_scenarios import play
 from tests.conftest import run_server, two_nodes
-from tests.gateway.live import SSEReader, publish, recv_events, ws_connect
+from tests.gateway.live import (
+    SSEReader,
+    badge,
+    publish,
+    recv_events,
+    serve_on,
+    sse_until_counts,
+    until_counts,
+    ws_connect,
+)
 from tidings.client import Subscriber
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
     """``store(**settings)``: a server on SQLite or on PostgreSQL (a fresh schema)."""
-    def serve(**overrides):
-        if request.param == "sqlite":
-            return run_server(tmp_path, store=None, **overrides)
-        return _pg_server(tmp_path, **overrides)
-
-    return serve
-
-
-@contextlib.asynccontextmanager
-async def _pg_server(tmp_path, **overrides):
-    from tests.services import require_postgres
-    from tests.store.pg import fresh_schema
-
-    url = require_postgres()
-    async with fresh_schema(url) as pg:
-        async with run_server(tmp_path, store=f"{url}?search_path={pg['search_path']}",
-                              broker="local", **overrides) as live:
-            yield live
+    return lambda **overrides: serve_on(request.param, tmp_path, **overrides)
 
 
 async def server_counts(server, token: str) -> dict:
@@ -50,28 +40,6 @@ async def server_counts(server, token: str) -> dict:
         r = await http.get("/v1/me/counts")
         assert r.status_code == 200, r.text
         return r.json()
-
-
-async def until_counts(ws, got: list[dict], timeout: float = 5.0) -> dict:
-    """Read events into ``got`` until a ``counts`` event; return it."""
-    while True:
-        raw = await recv_events(ws, 1, timeout)
-        got += raw
-        for ev in raw:
-            if ev["type"] == "counts":
-                return ev
-
-
-async def sse_until_counts(sse, got: list[dict], timeout: float = 5.0) -> dict:
-    while True:
-        (_, ev), = await sse.events(1, timeout)
-        got.append(ev)
-        if ev["type"] == "counts":
-            return ev
-
-
-def badge(events: list[dict]) -> dict | None:
-    return play(events, False, drop_repeats=False).counts
 
 
 # -- a retracted feed item -------------------------------------------------------
