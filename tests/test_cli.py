@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from functools import partial
 
 import httpx
 import pytest
@@ -205,6 +206,17 @@ def test_app_rotate_secret_while_serving_ends_the_old_secret_within_the_cache_tt
         server.stdout.close()
 
 
+def _minted(data, user: str) -> str:
+    """A token of ``user`` of the app "default", minted by ``tidings token``."""
+    return tidings("token", "--app", "default", "--user", user,
+                   "--data", str(data)).strip().splitlines()[-1]
+
+
+def _counts(url: str, token: str) -> httpx.Response:
+    return httpx.get(f"{url}/v1/me/counts", timeout=10,
+                     headers={"Authorization": f"Bearer {token}"})
+
+
 @pytest.mark.timeout(120)
 def test_revoke_tokens_while_serving_ends_the_old_tokens_within_the_refresh(tmp_path):
     """``tidings revoke-tokens`` on the SQLite file a server uses: no broker
@@ -215,13 +227,7 @@ def test_revoke_tokens_while_serving_ends_the_old_tokens_within_the_refresh(tmp_
     url = f"http://127.0.0.1:{port}"
     server = _start(data, port)  # its first start made the app "default"
     try:
-        def token(user: str) -> str:
-            return tidings("token", "--app", "default", "--user", user,
-                           "--data", str(data)).strip().splitlines()[-1]
-
-        def counts(token: str) -> httpx.Response:
-            return httpx.get(f"{url}/v1/me/counts", timeout=10,
-                             headers={"Authorization": f"Bearer {token}"})
+        token, counts = partial(_minted, data), partial(_counts, url)
 
         old, bob = token("ann"), token("bob")
         assert counts(old).status_code == 200
@@ -275,13 +281,7 @@ def test_revoke_one_token_while_serving_ends_it_alone_within_the_refresh(tmp_pat
     url = f"http://127.0.0.1:{port}"
     server = _start(data, port)  # its first start made the app "default"
     try:
-        def token(user: str) -> str:
-            return tidings("token", "--app", "default", "--user", user,
-                           "--data", str(data)).strip().splitlines()[-1]
-
-        def counts(token: str) -> httpx.Response:
-            return httpx.get(f"{url}/v1/me/counts", timeout=10,
-                             headers={"Authorization": f"Bearer {token}"})
+        token, counts = partial(_minted, data), partial(_counts, url)
 
         phone, laptop, tablet = token("ann"), token("ann"), token("ann")
         jti = jwt.decode(phone, options={"verify_signature": False})["jti"]
