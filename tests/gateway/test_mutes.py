@@ -11,25 +11,16 @@ server's counts.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import two_nodes
 from tests.gateway.live import (
     SSEReader,
     badge,
     publish,
     recv_events,
-    serve_on,
     sse_until_counts,
     until_counts,
     ws_connect,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    """``store(**settings)``: a server on SQLite or on PostgreSQL (a fresh schema)."""
-    return lambda **overrides: serve_on(request.param, tmp_path, **overrides)
 
 
 async def switch(server, token: str, category: str, on: bool, *, put: bool = False) -> None:

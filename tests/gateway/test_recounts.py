@@ -13,26 +13,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from tests.conftest import run_server, two_nodes
 from tests.gateway.live import (
     SSEReader,
     badge,
     publish,
     recv_events,
-    serve_on,
     sse_until_counts,
     until_counts,
     ws_connect,
 )
 from tidings.client import Subscriber
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    """``store(**settings)``: a server on SQLite or on PostgreSQL (a fresh schema)."""
-    return lambda **overrides: serve_on(request.param, tmp_path, **overrides)
 
 
 async def server_counts(server, token: str) -> dict:
