@@ -1,7 +1,8 @@
 """Counts that change with no event of their own reach every open stream
 (tidings/gateway/recount.py, docs/protocol.md "Counts and the badge"): a
 retracted feed item, a topic joined or left, an unread notification whose
-ttl runs out.  Over real sockets, on both stores, and across two nodes.
+ttl runs out, an unread one the retention sweep deletes.  Over real
+sockets, on both stores, and across two nodes.
 
 Each test works the badge out from what the device received, with the rule
 every client follows (``tidings.client.badge``), and compares it with the
@@ -234,6 +235,108 @@ async def test_a_group_entry_retracted_down_to_a_sooner_expiry_sends_counts(stor
         await ws.close()
 
 
+# -- the retention sweep -----------------------------------------------------------
+
+async def mark_read(server, token: str, ids: list[str]) -> None:
+    async with server.http(key=token) as http:
+        r = await http.post("/v1/me/notifications/read", json={"ids": ids})
+        assert r.status_code == 200, r.text
+
+
+async def past_retention(server) -> float:
+    """A cutoff after everything published so far: a sweep at it deletes
+    all of that (the sweep's ``retention_days`` ago, now)."""
+    cutoff = time.time()
+    await asyncio.sleep(0.01)  # what is published next is strictly younger
+    return cutoff
+
+
+async def test_the_retention_sweep_sends_counts_without_the_unread_entries_it_deleted(store):
+    """An unread entry and a read one go: the device gets counts without
+    the unread one (the read one was not counted); a sweep that deletes only
+    read entries reads no counts at all."""
+    async with store() as server:
+        token = await server.token("ida")
+        old_unread, old_read = await publish(server, {"users": ["ida"]}, 2)
+        await mark_read(server, token, [old_read])
+        cutoff = await past_retention(server)
+        (kept,) = await publish(server, {"users": ["ida"]}, 1, title="kept")
+        ws = await ws_connect(server, token)
+        got = await recv_events(ws, 1)
+        assert got[0]["counts"]["unread"] == 2
+
+        await server.service.prune(cutoff)
+        counts = await until_counts(ws, got)
+        assert counts == {"type": "counts", "unread": 1, "unseen": 1,
+                          "at": {"seq": 3, "feed": 0}}
+        assert badge(got) == {"unread": 1, "unseen": 1}
+        assert (await server_counts(server, token))["unread"] == 1
+
+        await mark_read(server, token, [kept])
+        await recv_events(ws, 2)  # its state, its counts
+        recounts = server.service.hub.recounts
+        read = recounts.users_read
+        await server.service.prune(await past_retention(server))  # a read entry only
+        await asyncio.sleep(0.2)
+        assert recounts.users_read == read  # nothing counted lower: nothing read
+        assert (await server_counts(server, token))["unread"] == 0
+        await ws.close()
+
+
+async def test_the_retention_sweep_sends_counts_without_the_feed_items_it_deleted(store):
+    """A broadcast and a large topic's item go: each follower's streams
+    get counts without them; one who had read the broadcast is counted
+    again too, and keeps the number they had."""
+    async with store(fanout_threshold=0) as server:
+        async with server.http() as http:
+            assert (await http.put("/v1/topics/news/subscribers/ana")).status_code < 300
+        ana, ben = await server.token("ana"), await server.token("ben")
+        (everyone,) = await publish(server, {"all": True}, 1, title="for all")
+        await publish(server, {"topic": "news"}, 1, title="news")
+        await mark_read(server, ben, [everyone])
+        cutoff = await past_retention(server)
+        await publish(server, {"all": True}, 1, title="kept")
+        ws = await ws_connect(server, ana)
+        got = await recv_events(ws, 1)
+        assert got[0]["counts"]["unread"] == 3
+        async with SSEReader(server, ben) as sse:
+            seen = [e for _, e in await sse.events(1)]
+            assert seen[0]["counts"]["unread"] == 1
+
+            await server.service.prune(cutoff)
+            counts = await until_counts(ws, got)
+            assert counts == {"type": "counts", "unread": 1, "unseen": 1,
+                              "at": {"seq": 0, "feed": 3}}
+            assert badge(got) == {"unread": 1, "unseen": 1}
+            ben_counts = await sse_until_counts(sse, seen)
+            assert (ben_counts["unread"], ben_counts["unseen"]) == (1, 1)
+        await ws.close()
+        for token in (ana, ben):
+            assert (await server_counts(server, token))["unread"] == 1
+
+
+async def test_a_sweep_past_the_named_users_counts_every_stream_of_the_app(store,
+                                                                            monkeypatch):
+    """More users lost an unread entry than a sweep names (RECOUNT_MAX):
+    the store names their app, and every stream of it is counted again."""
+    from tidings.store.postgres import publish as pg_publish
+    from tidings.store.sqlite import publish as sqlite_publish
+
+    for module in (sqlite_publish, pg_publish):
+        monkeypatch.setattr(module, "RECOUNT_MAX", 1)
+    async with store() as server:
+        users = ["jo", "kai", "lu"]
+        await publish(server, {"users": users[:2]}, 1)
+        cutoff = await past_retention(server)
+        devices = [await ws_connect(server, await server.token(u)) for u in users]
+        for ws in devices:
+            await recv_events(ws, 1)
+        await server.service.prune(cutoff)
+        for ws in devices:  # lu lost nothing: counted again all the same
+            assert (await until_counts(ws, []))["unread"] == 0
+            await ws.close()
+
+
 # -- across nodes ------------------------------------------------------------------
 
 async def test_recounts_reach_devices_on_another_node(tmp_path):
@@ -258,6 +361,23 @@ async def test_recounts_reach_devices_on_another_node(tmp_path):
         assert badge(got) == {"unread": 2, "unseen": 2}
         assert (await until_counts(ws, got, timeout=5))["unread"] == 1
         assert badge(got) == {"unread": 1, "unseen": 1}
+        await ws.close()
+
+
+async def test_a_retention_sweep_on_one_node_sends_counts_on_another(tmp_path):
+    """The sweep runs on node a (every node runs one): the device on node
+    b loses a personal entry and a broadcast, and gets its counts."""
+    async with two_nodes(tmp_path) as (a, b):
+        await publish(a, {"users": ["max"]}, 1)
+        await publish(a, {"all": True}, 1)
+        cutoff = await past_retention(a)
+        await publish(a, {"users": ["max"]}, 1, title="kept")
+        ws = await ws_connect(b, await b.token("max"))
+        got = await recv_events(ws, 1)
+        assert got[0]["counts"]["unread"] == 3
+        await a.service.prune(cutoff)
+        counts = await until_counts(ws, got)  # read after the sweep's deletes
+        assert (counts["unread"], counts["at"]) == (1, {"seq": 2, "feed": 1})
         await ws.close()
 
 

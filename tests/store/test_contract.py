@@ -1309,6 +1309,46 @@ async def test_prune_drops_old_idempotency_records(db):
     assert again.status == "accepted" and again.id != first.id
 
 
+async def test_prune_names_whose_counts_it_lowered(db):
+    """Users who lost an unread entry, feeds that lost a feed item, both
+    live until then (the sweep's counts events, tidings/gateway/recount.py)."""
+    t, old = time.time(), time.time() - 1000
+    await db.subscribe(A, "news", ["s"])
+    await publish(db, A, note(users=["u", "v"], created_at=old))
+    read = await publish(db, A, note(users=["r"], created_at=old))
+    await db.set_state(A, "r", [read.id], "read", t)
+    await publish(db, A, note(users=["x"], created_at=old, expires_at=t - 1))  # ran out
+    await publish(db, A, note(topic="news", created_at=old), threshold=0)
+    await publish(db, B, note(all=True, created_at=old))
+    gone = await publish(db, A, note(all=True, created_at=old))
+    await db.delete_notification(A, gone.id, t)  # retracted: counted by nobody
+    await publish(db, A, note(users=["w"], created_at=t))  # kept
+
+    pruned = await db.prune(None, t - 500)
+
+    assert sorted(pruned.unread) == [(A, "u"), (A, "v")]
+    assert sorted(pruned.feeds) == [(A, "news"), (B, "*")]
+    assert pruned.apps == []
+
+
+async def test_prune_past_the_named_users_names_their_apps(db, monkeypatch):
+    """Bounded: past RECOUNT_MAX users (or feeds), their apps instead."""
+    from tidings.store.postgres import publish as pg_publish
+    from tidings.store.sqlite import publish as sqlite_publish
+
+    for module in (sqlite_publish, pg_publish):
+        monkeypatch.setattr(module, "RECOUNT_MAX", 2)
+    t, old = time.time(), time.time() - 1000
+    await publish(db, A, note(users=["u", "v"], created_at=old))
+    await publish(db, B, note(users=["u"], created_at=old))
+    await publish(db, B, note(all=True, created_at=old))
+
+    pruned = await db.prune(None, t - 500)
+
+    assert (pruned.unread, pruned.apps) == ([], [A, B])
+    assert pruned.feeds == [(B, "*")]  # as many as may be named
+
+
 # -- isolation --------------------------------------------------------------------
 
 

@@ -70,6 +70,7 @@ from tidings.store.base import (
     AppRecord,
     KeyRecord,
     NewNotification,
+    Pruned,
     PublishOutcome,
     Retraction,
     Store,
@@ -805,8 +806,10 @@ class Service:
         was created before ``older_than``, and send each group entry that
         lost members to them its holder's devices, as a retraction does:
         ``updated`` with the entry as the inbox page now shows it (the same
-        notification, a smaller ``group``).  Returns how many entries and
-        notifications went."""
+        notification, a smaller ``group``).  Then fresh ``counts`` to the
+        open streams of each user whose unread entry or feed item went
+        (``_recount_pruned``).  Returns how many entries and notifications
+        went."""
         pruned = await self.store.prune(None, older_than)
         for i in range(0, len(pruned.regrouped), _RETRACT_CHUNK):
             for app_id, user, entry in pruned.regrouped[i:i + _RETRACT_CHUNK]:
@@ -815,7 +818,32 @@ class Service:
                 self.broker.publish(user_channel(app_id, user), Frames(
                     [events.group_updated_frame(entry.body, entry.group, entry.state)]))
             await asyncio.sleep(0)
+        await self._recount_pruned(pruned)
         return pruned.removed
+
+    async def _recount_pruned(self, pruned: Pruned) -> None:
+        """Counts the sweep lowered, read again on every node by its own
+        users with a stream (tidings/gateway/recount.py), as for a retracted
+        feed item: an empty ``Frames`` with ``recount`` on each user's
+        channel, on each feed's channel (its followers: those who had not
+        read the item are counted lower), and, for an app the store did not
+        name user by user (``RECOUNT_MAX``), on the app's channel, which
+        every stream of the app follows."""
+        whole = set(pruned.apps)
+        sends = [(app, user, user_channel(app, user))
+                 for app, user in pruned.unread if app not in whole]
+        sends += [(app, None, _feed_channel(app, audience))
+                  for app, audience in pruned.feeds if app not in whole]
+        sends += [(app, None, _feed_channel(app, "*")) for app in pruned.apps]
+        recount = Frames([], recount=True)
+        for i, (app, user, channel) in enumerate(sends, 1):
+            if user is None:
+                self.hub.cache.app_changed(app)
+            else:
+                self.hub.cache.user_changed((app, user))
+            self.broker.publish(channel, recount)
+            if i % _RETRACT_CHUNK == 0:
+                await asyncio.sleep(0)
 
     def _tell(self, app_id: str, audience: str | None, users: list[str], frame: bytes) -> None:
         """Send ``frame`` to a notification's audience: the feed's channel for

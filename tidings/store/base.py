@@ -267,6 +267,13 @@ class Retraction:
     regrouped: list[tuple[str, Entry]] = field(default_factory=list)
 
 
+# Users (or feed channels) whose counts a sweep names one by one, at most:
+# past that, ``Pruned`` names their apps instead (every stream of the app is
+# counted again), so that a sweep deleting millions of unread entries
+# builds no list of millions (docs/delivery.md, "Retention").
+RECOUNT_MAX = 10_000
+
+
 @dataclass(slots=True)
 class Pruned:
     """What ``Store.prune`` did."""
@@ -275,6 +282,15 @@ class Pruned:
     # group entries that lost members and keep others, as they are now:
     # (app, user, entry), live ones only (for the ``updated`` events, service.py)
     regrouped: list[tuple[str, str, Entry]] = field(default_factory=list)
+    # whose counts dropped, for the ``counts`` events (tidings/gateway/recount.py):
+    # users who lost an unread entry, live until then, (app, user) ...
+    unread: list[tuple[str, str]] = field(default_factory=list)
+    # ... the feeds ((app, "*" or topic)) that lost a live feed item: its
+    # followers who had not read it ...
+    feeds: list[tuple[str, str]] = field(default_factory=list)
+    # ... and, when either list would have passed RECOUNT_MAX, it is empty
+    # and its apps are here: every follower of the app is counted again
+    apps: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -807,4 +823,7 @@ class Store(OutboundStore, abc.ABC):
         """Drop entries and notifications created before ``older_than``
         (retention), raising the stream floors; says how many.  A group
         entry that keeps some members loses the older ones from its summary
-        and its members list (module guarantees), and is in ``regrouped``."""
+        and its members list (module guarantees), and is in ``regrouped``.
+        Says whose counts dropped (``unread``, ``feeds``, ``apps``): found
+        before the deletes, so a name too many (an entry read meanwhile)
+        costs one read of counts, and none is missing."""

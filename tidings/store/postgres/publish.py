@@ -13,6 +13,7 @@ import msgspec
 
 from tidings.core.ids import id_floor
 from tidings.store.base import (
+    RECOUNT_MAX,
     Delivery,
     NewNotification,
     Pruned,
@@ -136,11 +137,41 @@ async def get_notification(conn, app_id: str, nid: str) -> StoredNotification | 
     return StoredNotification(**row, stats=stats)  # the columns are named as the fields
 
 
+# What a sweep deletes that counts dropped with, as counts count them
+# (store.py): unread entries, feed items; live until then.  (The column that
+# names whose, the table, what else makes a row count.)
+_LOST = (("user_id", "inbox", "state < 2"),
+         ("audience", "notifications", "feed_offset > 0 AND NOT deleted"))
+
+
+async def _lost(conn, where: str, args: tuple, now: float) -> Pruned:
+    """Whose counts the sweep's deletes will lower (``Pruned.unread``,
+    ``feeds`` and ``apps``): at most RECOUNT_MAX users and feeds named,
+    past that their apps (store/base.py).  Read before the deletes, which
+    commit one by one: a row read meanwhile names one user too many."""
+    lost = Pruned(0)
+    apps: set[str] = set()
+    n = len(args)
+    for (column, table, counted), named in zip(_LOST, (lost.unread, lost.feeds), strict=True):
+        sql = (f"SELECT DISTINCT app_id{{}} FROM {table} WHERE created_at < $1{where} "
+               f"AND {counted} AND (expires_at IS NULL OR expires_at > ${n + 1})")
+        rows = await conn.fetch(sql.format(f", {column}") + f" LIMIT ${n + 2}",
+                                *args, now, RECOUNT_MAX + 1, timeout=SWEEP_TIMEOUT)
+        named += [tuple(r) for r in rows]
+        if len(named) > RECOUNT_MAX:
+            named.clear()
+            rows = await conn.fetch(sql.format(""), *args, now, timeout=SWEEP_TIMEOUT)
+            apps.update(r[0] for r in rows)
+    lost.apps = sorted(apps)
+    return lost
+
+
 async def prune(conn, app_id: str | None, older_than: float) -> Pruned:
     args: tuple[float | str, ...]
     where, args = "", (older_than,)
     if app_id is not None:
         where, args = " AND app_id = $2", (older_than, app_id)
+    pruned = await _lost(conn, where, args, time.time())
     # The floors rise first, in a short transaction of their own: from then
     # on a cursor below a floor is answered "reload" (recovered: false), so
     # the entries can go afterwards without a replay ever seeing a hole, and
@@ -173,9 +204,11 @@ async def prune(conn, app_id: str | None, older_than: float) -> Pruned:
             f"DELETE FROM {table} WHERE created_at < $1" + where, *args, timeout=SWEEP_TIMEOUT)
         if table != "idempotency":  # entries and feed items, as SQLite counts them
             n += count(status)
-    regrouped = await _groups.prune(conn, app_id, older_than, time.time(), SWEEP_TIMEOUT)
+    pruned.regrouped = await _groups.prune(conn, app_id, older_than, time.time(),
+                                           SWEEP_TIMEOUT)
     await _sched.prune(conn, app_id, older_than, id_floor(int(older_than * 1000)), SWEEP_TIMEOUT)
-    return Pruned(n, regrouped)
+    pruned.removed = n
+    return pruned
 
 
 def count(status: str) -> int:

@@ -15,7 +15,7 @@ import time
 import msgspec
 
 from tidings.core.ids import id_floor, new_epoch
-from tidings.store.base import Delivery, NewNotification, Pruned, PublishOutcome
+from tidings.store.base import RECOUNT_MAX, Delivery, NewNotification, Pruned, PublishOutcome
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.appends import WriterConnection
@@ -250,8 +250,34 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
     return changed
 
 
+# What a sweep deletes that counts dropped with, as _COUNTS counts them
+# (store.py): unread entries, feed items; live until then.  (The column that
+# names whose, the table, what else makes a row count.)
+_LOST = (("user_id", "inbox", "state<2"),
+         ("audience", "notifications", "feed_offset>0 AND deleted=0"))
+
+
+def _lost_tx(conn, where: str, args: tuple, older_than: float, now: float) -> Pruned:
+    """Whose counts the sweep's deletes will lower (``Pruned.unread``,
+    ``feeds`` and ``apps``): at most RECOUNT_MAX users and feeds named,
+    past that their apps (store/base.py)."""
+    lost = Pruned(0)
+    apps: set[str] = set()
+    for (column, table, counted), named in zip(_LOST, (lost.unread, lost.feeds), strict=True):
+        sql = (f"SELECT DISTINCT app_id{{}} FROM {table} WHERE created_at<?{where} "
+               f"AND {counted} AND (expires_at IS NULL OR expires_at>?)")
+        named += conn.execute(sql.format(f", {column}") + " LIMIT ?",
+                              (older_than, *args, now, RECOUNT_MAX + 1)).fetchall()
+        if len(named) > RECOUNT_MAX:
+            named.clear()
+            apps.update(r[0] for r in conn.execute(sql.format(""), (older_than, *args, now)))
+    lost.apps = sorted(apps)
+    return lost
+
+
 def prune_tx(conn, app_id: str | None, older_than: float) -> Pruned:
     where, args = ("", ()) if app_id is None else (" AND app_id=?", (app_id,))
+    pruned = _lost_tx(conn, where, args, older_than, time.time())
     floors = conn.execute(
         "SELECT app_id, user_id, max(seq) FROM inbox WHERE created_at<?" + where +
         " GROUP BY app_id, user_id", (older_than, *args),
@@ -273,6 +299,7 @@ def prune_tx(conn, app_id: str | None, older_than: float) -> Pruned:
         "DELETE FROM notifications WHERE created_at<?" + where, (older_than, *args)
     ).rowcount
     conn.execute("DELETE FROM idempotency WHERE created_at<?" + where, (older_than, *args))
-    regrouped = _groups.prune_tx(conn, app_id, older_than, time.time())
+    pruned.regrouped = _groups.prune_tx(conn, app_id, older_than, time.time())
     _sched.prune_tx(conn, app_id, older_than, id_floor(int(older_than * 1000)))
-    return Pruned(n, regrouped)
+    pruned.removed = n
+    return pruned
