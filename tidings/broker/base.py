@@ -107,7 +107,8 @@ class Frames(Message, tag="x"):
 
     frames: list[bytes]
     # and then the counts of each receiving user with a stream on the node,
-    # read again there (a retracted feed item: tidings/gateway/recount.py).
+    # read again there (a retracted feed item, or the retention sweep's
+    # deletes with no frame: tidings/gateway/recount.py).
     # Trailing and defaulted: a node without it ignores it, and one with it
     # reads a message without it as False.
     recount: bool = False

@@ -3,7 +3,7 @@
 A device's badge is the last counts the server sent plus the notifications
 that arrived past where those were read (docs/protocol.md, "Counts and the
 badge").  A state change and a retraction of a personal notification send
-fresh counts with their events (service.py).  Three changes have no user
+fresh counts with their events (service.py).  Five changes have no user
 of their own to read counts for, or happen with no request at all:
 
 * a **feed item is retracted**: one message on the feed's channel, for
@@ -15,7 +15,10 @@ of their own to read counts for, or happen with no request at all:
   (``Store.muted_many``, in the same batches), hands them to their streams,
   which skip live feed items of those categories from then on, and reads
   the counts with them;
-* an unread notification **runs out of its ttl**: nothing happens then.
+* an unread notification **runs out of its ttl**: nothing happens then;
+* the **retention sweep deletes** unread notifications: an empty ``Frames``
+  with ``recount`` on the channel of each user, feed or app whose counts it
+  lowered (``Service.prune``).
 
 Each node reads the counts again for its own users only (those with a
 stream here) and sends each of their streams a ``counts`` event with its
