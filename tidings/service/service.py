@@ -830,8 +830,9 @@ class Service:
         name user by user (``RECOUNT_MAX``), on the app's channel, which
         every stream of the app follows."""
         whole = set(pruned.apps)
-        sends = [(app, user, user_channel(app, user))
-                 for app, user in pruned.unread if app not in whole]
+        sends: list[tuple[str, str | None, str]] = [
+            (app, user, user_channel(app, user))
+            for app, user in pruned.unread if app not in whole]
         sends += [(app, None, _feed_channel(app, audience))
                   for app, audience in pruned.feeds if app not in whole]
         sends += [(app, None, _feed_channel(app, "*")) for app in pruned.apps]
