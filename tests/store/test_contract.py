@@ -774,6 +774,26 @@ async def test_subscribe_unsubscribe_and_topic_info(db):
     assert await db.topic_info(A, "empty", 10) == (0, [])
 
 
+async def test_topics_and_mutes_of_a_list_of_users_at_once(db):
+    """The followed topics and in-app mutes of a batch of users (the hub's
+    sweep after a broker outage), topics sorted; users who follow none (mute
+    none) are left out, and so is another app's.  More users than one
+    statement's list (SQLite) too."""
+    crowd = [f"c{i:04}" for i in range(1100)]
+    await db.subscribe(A, "sport", ["x", *crowd])
+    await db.subscribe(A, "news", ["x", "y"])
+    await db.subscribe(B, "news", ["z"])
+    assert await db.topics_many(A, ["x", "y", "z", "nobody"]) == {
+        "x": ["news", "sport"], "y": ["news"]}
+    many = await db.topics_many(A, crowd)
+    assert len(many) == 1100 and set(map(tuple, many.values())) == {("sport",)}
+    assert await db.topics_many(A, []) == {}
+    await db.put_preferences(A, crowd[-1], Preferences(categories={
+        "promo": ChannelPrefs(in_app=False)}))
+    assert await db.muted_many(A, crowd) == {crowd[-1]: {"promo"}}
+    assert await db.muted_many(B, crowd) == {}
+
+
 async def test_topic_up_to_threshold_fans_out_per_subscriber(db):
     await db.subscribe(A, "news", ["s1", "s2", "s3"])
     out = await publish(db, A, note(topic="news"), threshold=3)  # size == threshold

@@ -779,6 +779,14 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def user_topics(self, app_id: str, user: str) -> list[str]: ...
 
+    async def topics_many(self, app_id: str, users: list[str]) -> dict[str, list[str]]:
+        """``user_topics`` of those of ``users`` who follow a topic (the
+        others are left out), each sorted: the hub's sweep after a broker
+        outage reads a batch of users at once.  One ``user_topics`` each
+        unless the store has better; both stores answer a list in one query."""
+        out = {user: await self.user_topics(app_id, user) for user in users}
+        return {user: topics for user, topics in out.items() if topics}
+
     # -- preferences ----------------------------------------------------
     @abc.abstractmethod
     async def get_preferences(self, app_id: str, user: str) -> Preferences: ...

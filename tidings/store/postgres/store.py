@@ -745,6 +745,14 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         )
         return [r[0] for r in rows]
 
+    async def topics_many(self, app_id, users) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for user, topic in await self._fetch(
+                "SELECT user_id, topic FROM topic_subs WHERE app_id = $1 "
+                "AND user_id = ANY($2::text[]) ORDER BY user_id, topic", app_id, list(users)):
+            out.setdefault(user, []).append(topic)
+        return out
+
     # -- preferences ----------------------------------------------------
     async def get_preferences(self, app_id, user) -> Preferences:
         doc = await self._fetchval(

@@ -124,6 +124,7 @@ DIALECT = "sqlite"
 MAX_GROUP = 1000  # jobs per transaction
 PROBE_ROOM = 1 << 20  # free bytes a store that hit a full disk needs to be ready again
 WAL_LIMIT_BYTES = 64 << 20
+IN_CHUNK = 500  # host parameters per IN (...) list
 # SQLite's own checkpoint runs inside the COMMIT that takes the WAL past
 # 1,000 pages, so every job of that group waits for the copy and its syncs
 # (under write fan-out that is nearly every commit).  The writer turns it off
@@ -913,6 +914,23 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         )
         return [r[0] for r in rows]
 
+    async def topics_many(self, app_id, users) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for user, topic in self._q_users(
+                "SELECT user_id, topic FROM topic_subs WHERE app_id=? AND user_id IN ({}) "
+                "ORDER BY user_id, topic", app_id, users):
+            out.setdefault(user, []).append(topic)
+        return out
+
+    def _q_users(self, sql: str, app_id: str, users: list[str]) -> list:
+        """The rows of ``sql`` (``{}`` where the list of users goes) for
+        ``users``, ``IN_CHUNK`` of them a statement."""
+        rows: list = []
+        for i in range(0, len(users), IN_CHUNK):
+            part = users[i:i + IN_CHUNK]
+            rows += self._q(sql.format(",".join("?" * len(part))), (app_id, *part))
+        return rows
+
     # -- preferences ----------------------------------------------------
     async def get_preferences(self, app_id, user) -> Preferences:
         row = self._q1("SELECT doc FROM prefs WHERE app_id=? AND user_id=?", (app_id, user))
@@ -921,6 +939,11 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
     async def muted(self, app_id, user) -> frozenset[str]:
         row = self._q1("SELECT doc FROM prefs WHERE app_id=? AND user_id=?", (app_id, user))
         return muted_in(_decode_prefs(row[0])) if row else NONE_MUTED
+
+    async def muted_many(self, app_id, users) -> dict[str, frozenset[str]]:
+        out = {user: muted_in(_decode_prefs(doc)) for user, doc in self._q_users(
+            "SELECT user_id, doc FROM prefs WHERE app_id=? AND user_id IN ({})", app_id, users)}
+        return {user: m for user, m in out.items() if m}
 
     # -- the app's categories -------------------------------------------
     async def get_categories(self, app_id) -> bytes | None:
