@@ -6,7 +6,7 @@ counted, so a node's broker subscriptions track exactly its audience.
 
 When the broker reconnects after an outage (Redis restarted), messages
 published meanwhile may be lost: the hub then catches every open stream up
-from the store, the source of truth (``_resync_all``).
+from the store, the source of truth (tidings/gateway/sweep.py).
 
 A networked broker can also lose a message with no outage to show for it: a
 batch that failed, a full publish queue (broker/base.py, at most once).  A
@@ -43,7 +43,6 @@ from tidings.broker.base import (
     user_channel,
 )
 from tidings.core import events
-from tidings.core.backoff import Backoff
 from tidings.core.cursor import decide_recovery
 from tidings.core.stats import Stats
 from tidings.core.tracking import DeliveryTracker
@@ -57,6 +56,7 @@ from tidings.errors import (
 from tidings.gateway.cache import UserCache
 from tidings.gateway.recount import Expiries, Recounts
 from tidings.gateway.stream import StreamEnds
+from tidings.gateway.sweep import OutageSweep
 
 if TYPE_CHECKING:
     from tidings.config import Settings
@@ -65,12 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings.gateway")
 
-# Users caught up at a time after a broker outage: a node with 100k streams
-# must not send 100k queries to the store at once.  Streams not reached yet
-# stay live meanwhile, and fill any personal gap themselves as soon as the
-# next event shows one.
-RESYNC_CONCURRENCY = 16
-RESYNC_ATTEMPTS = 20  # per user, while the store answers Unavailable (~30 s)
 # Personal events delivered here before their broker copy came back (deliver_here).
 HERE_MAX = 10_000
 # The repair pass (see the module docstring): personal entries whose broker
@@ -112,6 +106,7 @@ class Hub:
         # publish -> device latency is observed once the tick's frames are written.
         self._sent: list = []
         self._resync: asyncio.Task | None = None
+        self.sweep: OutageSweep | None = None  # the last one (tests, bench)
         # (app, user, epoch, seq) handed to streams here ahead of the broker's copy
         self._here: dict[tuple[str, str, str, int], None] = {}
         broker.on_reconnect(self._on_broker_reconnect)
@@ -402,59 +397,21 @@ class Hub:
         self.cache.clear()
         if self._resync is not None:
             self._resync.cancel()  # a newer outage: start the sweep over
-        self._resync = asyncio.get_running_loop().create_task(self._resync_all())
+        self.sweep = OutageSweep(self, self.store, self._noted)
+        self._resync = asyncio.get_running_loop().create_task(self.sweep.run())
 
-    async def _resync_all(self) -> None:
-        users = iter(list(self.users))
-
-        async def worker() -> None:
-            for app, user in users:
-                # With PostgreSQL as the broker, the store's outage and the
-                # broker's are one: the broker may be back a moment before
-                # the store's pool is, so a store that is not there yet is
-                # waited for instead of leaving the user's streams behind.
-                backoff = Backoff(base=0.2, cap=2.0)
-                for _ in range(RESYNC_ATTEMPTS):
-                    try:
-                        await self._resync_user(app, user)
-                        break
-                    except Unavailable:
-                        await asyncio.sleep(backoff.next_delay())
-                    except Exception:
-                        log.exception("resync after a broker outage failed for %s/%s",
-                                      app, user)
-                        break
-                else:
-                    log.warning("resync after a broker outage gave up on %s/%s: the store "
-                                "stayed unavailable", app, user)
-
-        await asyncio.gather(*(worker() for _ in range(RESYNC_CONCURRENCY)))
-
-    async def _resync_user(self, app: str, user: str) -> None:
-        """Topic memberships, in-app mutes, counts, then every personal entry
-        and feed item past each stream's position: what lost broker messages
-        would have brought."""
-        if not self.users.get((app, user)):
-            return
-        now = time.time()
-        topics = set(await self.store.user_topics(app, user))
-        muted = await self.store.muted(app, user)
-        self.set_muted((app, user), muted)
-        counts = await self.store.counts(app, user, now, muted)
-        self._noted((app, user), counts)
-        streams = tuple(self.users.get((app, user), ()))
+    def follow(self, key: tuple[str, str], topics: set[str]) -> bool:
+        """Make the user's streams here follow exactly ``topics`` (read from
+        the store); whether one joined a topic (settle the broker before
+        reading what its channel carries)."""
         joined = False
-        for s in streams:
+        for s in tuple(self.users.get(key, ())):
             for topic in topics - s.topics:
                 self._join_topic(s, topic)
                 joined = True
             for topic in s.topics - topics:
                 self._leave_topic(s, topic)
-        if joined:
-            await self.broker.settle()
-        frame = events.counts_frame(*counts)
-        for s in streams:
-            await s.resync(frame)
+        return joined
 
     # -- personal entries whose broker message was lost -----------------------
     async def _repair_loop(self) -> None:

@@ -196,6 +196,12 @@ class Stream:
             self._held = [h for h in self._held if h[0] != "c"]
             self._held_bytes = sum(len(h[2]) for h in self._held)
 
+    def holds(self, seq: int, feed: int) -> bool:
+        """Whether the stream has sent every personal entry up to ``seq`` and
+        is past feed offset ``feed``, and is not syncing: a replay from its
+        position would read nothing committed by the read that gave them."""
+        return not self._syncing and self.last_seq >= seq and self.last_feed >= feed
+
     def position(self) -> str:
         """The full resume cursor after everything pushed so far."""
         return f"{self.epoch}:{self.last_seq}:{self.last_feed}"
