@@ -10,7 +10,9 @@ Each device's badge, worked out from what it received, is the server's.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 
 from tests.gateway.live import badge, publish, recv_events, until_counts, ws_connect
 from tidings.core.models import ChannelPrefs, Preferences
@@ -147,3 +149,44 @@ async def test_a_broadcast_lost_reaches_every_stream_without_what_it_muted(
         assert first["notification"]["title"] == "news"
         for ws in devices.values():
             await ws.close()
+
+
+async def test_a_newer_outage_does_not_strand_a_replay_under_way(store, monkeypatch):
+    """The broker drops again while a stream's replay waits on the store:
+    the newer sweep cancels the first, not that replay, which finishes and
+    goes once more.  The device gets what it missed once, exact counts, and
+    live notifications after (a stranded stream would hold them)."""
+    async with store() as server:
+        service = server.service
+        ws = await ws_connect(server, await server.token("ann"))
+        got = await recv_events(ws, 1)
+        await lost(server, monkeypatch, {"users": ["ann"]})
+
+        real, release, waiting = service.store.replay, asyncio.Event(), asyncio.Event()
+
+        async def slow_replay(*args, **kwargs):
+            waiting.set()
+            await release.wait()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(service.store, "replay", slow_replay)
+        hub = service.hub
+        hub._on_broker_reconnect()
+        await asyncio.wait_for(waiting.wait(), 10)
+        first = hub._resync
+        hub._on_broker_reconnect()  # the broker dropped again
+        assert first is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        assert first.cancelled()
+        release.set()
+        await hub._resync
+
+        counts = await until_counts(ws, got)
+        assert [e["notification"]["title"] for e in got[1:-1]] == ["lost"]
+        assert counts["at"]["seq"] == 1
+        await publish(server, {"users": ["ann"]}, title="live")
+        (live,) = await recv_events(ws, 1)
+        assert live["notification"]["title"] == "live"
+        assert badge(got + [live]) == await truth(server, "ann")
+        await ws.close()

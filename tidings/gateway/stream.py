@@ -282,6 +282,11 @@ class Stream:
     async def _fill_gap(self) -> None:
         try:
             await self.hub.catch_up(self)
+        except asyncio.CancelledError:
+            # Cut short (the node stopping): never leave the stream syncing,
+            # holding live events; its client resumes from its cursor.
+            self.close(CLOSE_RESYNC)
+            raise
         except Exception:
             log.exception("gap fill failed for %s/%s", self.app, self.user)
             self.close(CLOSE_RESYNC)

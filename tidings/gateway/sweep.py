@@ -160,7 +160,11 @@ class OutageSweep:
             stream, frame = item
             self.replays += 1
             try:
-                await stream.resync(frame)
+                # Shielded: a newer outage cancels this sweep, not the replay
+                # under way, which would leave its stream syncing, holding
+                # live events until it closed as a slow consumer.  The newer
+                # sweep finds the stream syncing and has it go once more.
+                await asyncio.shield(stream.resync(frame))
             except Exception:
                 log.exception("resync after a broker outage failed for %s/%s",
                               stream.app, stream.user)
