@@ -12,6 +12,7 @@ from tidings.errors import (
     Invalid,
     NotFound,
     PayloadTooLarge,
+    PreconditionFailed,
     RateLimited,
     TidingsError,
     TooManyConnections,
@@ -26,6 +27,7 @@ TABLE = [
     (Forbidden, 403, "forbidden", E.CLOSE_FORBIDDEN),
     (NotFound, 404, "not_found", E.CLOSE_BAD_REQUEST),
     (Conflict, 409, "conflict", E.CLOSE_BAD_REQUEST),
+    (PreconditionFailed, 412, "precondition_failed", E.CLOSE_BAD_REQUEST),
     (PayloadTooLarge, 413, "payload_too_large", E.CLOSE_BAD_REQUEST),
     (Invalid, 422, "invalid", E.CLOSE_BAD_REQUEST),
     # over the user's request rate: reconnect later; over the user's

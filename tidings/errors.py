@@ -88,6 +88,13 @@ class Conflict(TidingsError):
     status, code = 409, "conflict"
 
 
+class PreconditionFailed(TidingsError):
+    """A conditional request's condition is false (RFC 9110 §13.1.1: an
+    ``If-Match`` that is not the current ETag); nothing was changed."""
+
+    status, code = 412, "precondition_failed"
+
+
 class PayloadTooLarge(TidingsError):
     status, code = 413, "payload_too_large"
 
@@ -125,7 +132,8 @@ class Unavailable(TidingsError):
 
 __all__ = [
     "TidingsError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
-    "PayloadTooLarge", "Invalid", "RateLimited", "TooManyConnections", "Unavailable",
+    "PreconditionFailed", "PayloadTooLarge", "Invalid", "RateLimited", "TooManyConnections",
+    "Unavailable",
     "should_reconnect",
     "CLOSE_SLOW_CONSUMER", "CLOSE_SHUTDOWN", "CLOSE_RESYNC", "CLOSE_PING_TIMEOUT",
     "CLOSE_TOKEN_EXPIRED", "CLOSE_RATE_LIMITED",

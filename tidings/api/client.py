@@ -8,9 +8,18 @@ from starlette.routing import Route
 
 from tidings.api.common import JSON, bearer_of, body_of, takes, user_auth
 from tidings.api.direct import Call, DirectRoute, starlette_route
-from tidings.api.server import BEFORE, CATEGORY, PAGE_LIMIT, STATE, TAG, _group
-from tidings.core.models import Preferences, StateRequest
-from tidings.core.preferences import PreferencesPatch
+from tidings.api.server import (
+    BEFORE,
+    CATEGORY,
+    PAGE_LIMIT,
+    STATE,
+    TAG,
+    _group,
+    patch_preferences,
+    put_preferences,
+    read_preferences,
+)
+from tidings.core.models import StateRequest
 from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
 
@@ -84,22 +93,17 @@ async def post_receipts(request: Request):
 
 async def get_my_preferences(request: Request):
     app, user = await user_auth(request)
-    return JSON(await request.app.state.service.store.get_preferences(app, user))
+    return await read_preferences(request, app, user)
 
 
 async def put_my_preferences(request: Request):
     app, user = await user_auth(request)
-    prefs = await body_of(request, Preferences)
-    await request.app.state.service.put_preferences(app, user, prefs)
-    return JSON(prefs)
+    return await put_preferences(request, app, user)
 
 
 async def patch_my_preferences(request: Request):
-    """Change part of my preferences (tidings/core/preferences.py): what
-    the body does not name stays as it is, whoever set it."""
     app, user = await user_auth(request)
-    patch = await body_of(request, PreferencesPatch)
-    return JSON(await request.app.state.service.update_preferences(app, user, patch))
+    return await patch_preferences(request, app, user)
 
 
 def _any_body(settings) -> int:

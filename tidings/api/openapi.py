@@ -237,6 +237,8 @@ _ERRORS = {
     "403": "The API key lacks the scope this needs",
     "404": "No such resource",
     "409": "A limit or state forbids it",
+    "412": "If-Match is not the current ETag: the document changed since it was read; "
+           "nothing was changed",
     "413": "Request body too large",
     "422": "A field or parameter breaks a rule",
     "429": "Rate limited: retry after Retry-After seconds",
@@ -258,7 +260,26 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     # the link's own rate limit; a body over 4,096 bytes
     ("get", "/v1/unsubscribe/{token}"): {"429"},
     ("post", "/v1/unsubscribe/{token}"): {"413", "429"},
+    # If-Match (docs/channels.md#writing-back-what-was-read)
+    **{(method, path): {"412"} for path in ("/v1/me/preferences", "/v1/users/{user}/preferences")
+       for method in ("put", "patch")},
 }
+# "*" or a list of entity-tags (RFC 9110 §8.8.3), as tidings/core/etag.py reads them
+_TAG_RE = r'(W/)?"[\x21\x23-\x7e]*"'
+_IF_MATCH_RE = rf"^[ \t]*(\*|{_TAG_RE}([ \t]*,[ \t]*{_TAG_RE})*)[ \t]*\Z"
+# Operations that answer an ETag, and those of them that take If-Match.
+ETAGGED = {(method, path) for path in ("/v1/me/preferences", "/v1/users/{user}/preferences")
+           for method in ("get", "put", "patch")}
+_IF_MATCH = {
+    "name": "If-Match", "in": "header", "required": False,
+    "description": "Apply only if the preferences are still those of this ETag (a GET's, or "
+                   "the last write's): else 412 precondition_failed and nothing changes. * "
+                   "matches always (a user's preferences always exist, the defaults at first)",
+    "schema": {"type": "string", "maxLength": 4096, "pattern": _IF_MATCH_RE},
+}
+_ETAG = {"ETag": {"description": "The strong validator of the preferences answered: send "
+                                 "it as If-Match to write them back",
+                  "schema": {"type": "string"}}}
 
 
 def _responses(method: str, path: str, auth: str, model: type | None,
@@ -286,6 +307,8 @@ def _responses(method: str, path: str, auth: str, model: type | None,
         errors.add("503")
     responses: dict = {code: {"description": text} for code, text in
                        SUCCESS.get((method, path), {"200": "OK"}).items()}
+    if (method, path) in ETAGGED:
+        responses["200"]["headers"] = _ETAG
     for code in sorted(errors):
         responses[code] = {"description": _ERRORS[code],
                            "content": {"application/json": {"schema": _ERROR}}}
@@ -349,7 +372,7 @@ def openapi_document(routes: Iterable[BaseRoute] = (), limits: Limits | None = N
             {"name": q.name, "in": "query", "required": q.required,
              "description": q.description, "schema": q.schema(limits)}
             for q in query.get((method, path), ())
-        ]
+        ] + ([_IF_MATCH] if (method, path) in ETAGGED and method != "get" else [])
         if parameters:
             op["parameters"] = parameters
         paths.setdefault(path, {})[method] = op

@@ -7,6 +7,7 @@ import logging
 import msgspec
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.api.common import (
@@ -24,6 +25,7 @@ from tidings.api.common import (
     takes,
 )
 from tidings.api.direct import Call, DirectRoute, starlette_route
+from tidings.core import etag, preferences
 from tidings.core.ids import is_id
 from tidings.core.models import (
     CATEGORY_RE,
@@ -287,20 +289,50 @@ async def _group(request: Request, app: str, user: str):
 
 async def get_user_preferences(request: Request):
     app = await server_auth(request, "read")
-    return JSON(await request.app.state.service.store.get_preferences(app, _user(request)))
+    return await read_preferences(request, app, _user(request))
 
 
 async def put_user_preferences(request: Request):
     app = await server_auth(request, "publish")
-    prefs = await body_of(request, Preferences)
-    await request.app.state.service.put_preferences(app, _user(request), prefs)
-    return JSON(prefs)
+    return await put_preferences(request, app, _user(request))
 
 
 async def patch_user_preferences(request: Request):
     app = await server_auth(request, "publish")
+    return await patch_preferences(request, app, _user(request))
+
+
+# -- a user's preferences, for both routes (``/v1/users/{user}`` and ``/v1/me``) --
+# Each answer carries the document's ETag; a PUT or PATCH with If-Match is
+# applied only while the document is still the one that tag names (checked
+# under the store's lock, tidings.service.Service._change_preferences), so a
+# client that writes back what it read cannot undo a change made in between
+# (docs/channels.md#writing-back-what-was-read).
+
+def _preferences_answer(prefs: Preferences) -> Response:
+    body = preferences.encoded(prefs)
+    return Response(body, media_type="application/json",
+                    headers={"ETag": etag.of(body)})
+
+
+async def read_preferences(request: Request, app: str, user: str) -> Response:
+    return _preferences_answer(await request.app.state.service.store.get_preferences(app, user))
+
+
+async def put_preferences(request: Request, app: str, user: str) -> Response:
+    if_match = etag.parse_if_match(request.headers.get("if-match"))
+    prefs = await body_of(request, Preferences)
+    return _preferences_answer(
+        await request.app.state.service.put_preferences(app, user, prefs, if_match))
+
+
+async def patch_preferences(request: Request, app: str, user: str) -> Response:
+    """Change part of the preferences (tidings/core/preferences.py): what
+    the body does not name stays as it is, whoever set it."""
+    if_match = etag.parse_if_match(request.headers.get("if-match"))
     patch = await body_of(request, PreferencesPatch)
-    return JSON(await request.app.state.service.update_preferences(app, _user(request), patch))
+    return _preferences_answer(
+        await request.app.state.service.update_preferences(app, user, patch, if_match))
 
 
 async def mint_token(request: Request):

@@ -18,8 +18,11 @@ what its body names, as a JSON merge patch (RFC 7396) of the document:
 The store applies the change under the user's row lock
 (``Store.update_preferences``), so two changes made at the same instant, from
 two devices, an unsubscribe link or the app's backend, are both kept: the
-point of a patch over a read-change-write of the whole document.  Nothing
-here does I/O.
+point of a patch over a read-change-write of the whole document.  A client
+that does read, change and write the whole document back sends the ``ETag``
+its read gave as ``If-Match`` (tidings/core/etag.py): the tag is a hash of
+the document's canonical encoding (:func:`encoded`), checked under the same
+lock.  Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from tidings.core import etag as etags
 from tidings.core import quiet
 from tidings.core.digest import InvalidDigest
 from tidings.core.digest import check as check_digests
@@ -44,7 +48,8 @@ from tidings.core.models import (
 )
 from tidings.errors import Invalid
 
-__all__ = ["NONE_MUTED", "ChannelPrefsPatch", "PreferencesPatch", "check", "merged", "muted"]
+__all__ = ["NONE_MUTED", "ChannelPrefsPatch", "PreferencesPatch", "check", "encoded", "etag",
+           "merged", "muted"]
 
 # The in-app mutes of a user who has none, shared (most users).
 NONE_MUTED: frozenset[str] = frozenset()
@@ -56,6 +61,19 @@ def muted(prefs: Preferences) -> frozenset[str]:
     (docs/channels.md).  ``"*"`` never does (``check``)."""
     cats = [c for c, ch in prefs.categories.items() if not ch.in_app]
     return frozenset(cats) if cats else NONE_MUTED
+
+
+def encoded(prefs: Preferences) -> bytes:
+    """``prefs`` as the API answers them: JSON with its keys sorted, so that
+    equal documents are equal bytes whatever order their keys were written
+    in and whichever store kept them (PostgreSQL's ``jsonb`` reorders keys)."""
+    return msgspec.json.encode(prefs, order="sorted")
+
+
+def etag(prefs: Preferences) -> str:
+    """The strong ETag of ``prefs``: a hash of :func:`encoded`, the bytes a
+    ``GET`` answers.  A user never written has the defaults' tag."""
+    return etags.of(encoded(prefs))
 
 
 class ChannelPrefsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -37,6 +37,7 @@ from tidings.broker.base import (
 )
 from tidings.config import Settings
 from tidings.core import auth, events, preferences, unsubscribe
+from tidings.core.etag import IfMatch
 from tidings.core.ids import id_at, new_id
 from tidings.core.logins import LoginLimits
 from tidings.core.lru import LRU
@@ -926,28 +927,38 @@ class Service:
             self.broker.publish(user_channel(app_id, user), Membership(topic, add))
         return n
 
-    async def put_preferences(self, app_id: str, user: str, prefs: Preferences) -> None:
+    async def put_preferences(self, app_id: str, user: str, prefs: Preferences,
+                              if_match: IfMatch | None = None) -> Preferences:
         """Replace the user's preferences; what waits for them follows the new
-        quiet hours and digest rules (Outbound.change_preferences)."""
+        quiet hours and digest rules (Outbound.change_preferences).  Returns
+        them as stored."""
         checked = preferences.check(prefs)
-        await self._change_preferences(app_id, user, lambda _: checked)
+        return await self._change_preferences(app_id, user, lambda _: checked, if_match)
 
     async def update_preferences(self, app_id: str, user: str,
-                                 patch: preferences.PreferencesPatch) -> Preferences:
+                                 patch: preferences.PreferencesPatch,
+                                 if_match: IfMatch | None = None) -> Preferences:
         """Apply ``patch`` to the user's preferences in the store's
         transaction (tidings/core/preferences.py): what it does not name is
         left as it is then, whoever changed it last; what waits for the user
         follows the new quiet hours and digest rules.  Returns the result."""
         return await self._change_preferences(
-            app_id, user, lambda prefs: preferences.check(preferences.merged(prefs, patch)))
+            app_id, user, lambda prefs: preferences.check(preferences.merged(prefs, patch)),
+            if_match)
 
     async def _change_preferences(self, app_id: str, user: str,
-                                  change: Callable[[Preferences], Preferences]) -> Preferences:
+                                  change: Callable[[Preferences], Preferences],
+                                  if_match: IfMatch | None) -> Preferences:
         """``change`` the user's preferences (Outbound.change_preferences);
-        when it changed their in-app mutes, tell their streams."""
+        when it changed their in-app mutes, tell their streams.  ``if_match``
+        is checked against the preferences the store read under the user's
+        lock, so a writer that commits in between makes this one a 412
+        (PreconditionFailed) that writes nothing, on any node."""
         before: list[frozenset[str]] = []  # the in-app mutes it changed (last call's)
 
         def changing(prefs: Preferences) -> Preferences:
+            if if_match is not None:
+                if_match.check(preferences.etag(prefs))
             before[:] = [preferences.muted(prefs)]
             return change(prefs)
 

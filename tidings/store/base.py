@@ -71,7 +71,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   SQLite's write lock) from the read to the write, so concurrent updates and
   ``put_preferences`` calls, on any number of nodes, apply one after the
   other: an unsubscribe link switching e-mail off never undoes the user's
-  own change made at the same instant, nor the other way round.
+  own change made at the same instant, nor the other way round.  A
+  ``change`` that raises writes nothing, which makes ``If-Match`` atomic:
+  of writers sending the same ETag at once, the first to hold the lock
+  writes, and a change it made refuses every other.
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
@@ -805,6 +808,10 @@ class Store(OutboundStore, abc.ABC):
         else writes them between the read and the write (module guarantees).
         ``change`` is a pure function and may be called more than once (a
         transaction run again); when it returns None nothing is written.
+        When it raises (a patch that breaks a rule, an ``If-Match`` that is
+        not the ETag of what it was given: tidings/core/etag.py), nothing is
+        written either and the error reaches the caller: so a conditional
+        write is checked against the document as it is under the lock.
         Returns what was stored, or None.
 
         ``retime`` (tidings/core/retime.py) is called with the preferences
