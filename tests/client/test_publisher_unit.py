@@ -110,6 +110,31 @@ def test_preferences_are_replaced_with_put_and_changed_with_patch():
     assert rec.requests[-1].method == "PUT"
 
 
+def test_preferences_come_with_their_etag_and_writes_send_it_as_if_match():
+    tag = '"0123456789abcdef0123456789abcdef"'
+    rec = Recorder(httpx.Response(200, json={"categories": {}}, headers={"ETag": tag}))
+    c = client(rec)
+    prefs = c.get_preferences()
+    assert prefs == {"categories": {}} and prefs.etag == tag
+    assert c.get_user_preferences("ann").etag == tag
+    c.set_preferences(prefs, if_match=prefs.etag)
+    assert rec.requests[-1].headers["If-Match"] == tag and rec.body() == {"categories": {}}
+    c.update_preferences({"quiet_hours": None}, if_match=tag)
+    c.set_user_preferences("ann", prefs, if_match=tag)
+    c.update_user_preferences("ann", {}, if_match=tag)
+    assert [r.headers["If-Match"] for r in rec.requests[-4:]] == [tag] * 4
+    c.update_preferences({})  # no if_match: no condition
+    assert "If-Match" not in rec.requests[-1].headers
+    rec.responses = [httpx.Response(200, json={"items": []})]  # no ETag: a plain dict
+    assert not hasattr(c.inbox(), "etag")
+    rec.responses = [httpx.Response(412, json={"error": {
+        "code": "precondition_failed", "message": "changed", "field": "If-Match"}})]
+    with pytest.raises(TidingsAPIError) as stale:
+        c.set_preferences({}, if_match=tag)
+    assert (stale.value.status, stale.value.code) == (412, "precondition_failed")
+    assert len(rec.requests) == 9  # a 412 is not retried
+
+
 def test_errors_are_parsed():
     rec = Recorder(httpx.Response(
         422, json={"error": {"code": "invalid", "message": "bad title", "field": "title"}}))

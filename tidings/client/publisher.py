@@ -46,6 +46,18 @@ def _target(to: Any) -> dict:
     raise TypeError(f"to= must be a dict or a list of user ids, not {type(to).__name__}")
 
 
+class Tagged(dict):
+    """A JSON object and the ``ETag`` it came with (the preferences'):
+    ``prefs.etag``, to send back as ``if_match=`` so that a write of what was
+    read is refused (412 ``precondition_failed``) when it changed meanwhile."""
+
+    etag: str | None = None
+
+
+def _if_match(etag: str | None) -> dict | None:
+    return {"If-Match": etag} if etag is not None else None
+
+
 def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
@@ -148,15 +160,24 @@ class _Endpoints:
                           params=_page(limit, before, state))
 
     def get_user_preferences(self, user: str) -> Any:
+        """The user's preferences, a :class:`Tagged` dict: ``.etag`` is what
+        ``if_match=`` of the writes below takes."""
         return self._call("GET", f"/v1/users/{_seg(user)}/preferences")
 
-    def set_user_preferences(self, user: str, preferences: dict) -> Any:
-        return self._call("PUT", f"/v1/users/{_seg(user)}/preferences", json=preferences)
+    def set_user_preferences(self, user: str, preferences: dict, *,
+                             if_match: str | None = None) -> Any:
+        """Replace the user's preferences; with ``if_match`` (an ``etag``
+        read), only if they are still those: else a 412
+        :class:`TidingsAPIError` and nothing changes."""
+        return self._call("PUT", f"/v1/users/{_seg(user)}/preferences", json=preferences,
+                          headers=_if_match(if_match))
 
-    def update_user_preferences(self, user: str, patch: dict) -> Any:
+    def update_user_preferences(self, user: str, patch: dict, *,
+                                if_match: str | None = None) -> Any:
         """Change only what ``patch`` names (a JSON merge patch; ``None``
         removes); returns the preferences as stored."""
-        return self._call("PATCH", f"/v1/users/{_seg(user)}/preferences", json=patch)
+        return self._call("PATCH", f"/v1/users/{_seg(user)}/preferences", json=patch,
+                          headers=_if_match(if_match))
 
     def create_token(self, user: str, ttl: int = 3600) -> Any:
         """Mint a user token; returns ``{"token", "user", "expires_at", "jti"}``
@@ -222,14 +243,20 @@ class _Endpoints:
                           user=True, token=token)
 
     def get_preferences(self, *, token: str | None = None) -> Any:
+        """My preferences, a :class:`Tagged` dict (``.etag``)."""
         return self._call("GET", "/v1/me/preferences", user=True, token=token)
 
-    def set_preferences(self, preferences: dict, *, token: str | None = None) -> Any:
-        return self._call("PUT", "/v1/me/preferences", json=preferences, user=True, token=token)
+    def set_preferences(self, preferences: dict, *, if_match: str | None = None,
+                        token: str | None = None) -> Any:
+        """Replace my preferences (see :meth:`set_user_preferences`)."""
+        return self._call("PUT", "/v1/me/preferences", json=preferences,
+                          headers=_if_match(if_match), user=True, token=token)
 
-    def update_preferences(self, patch: dict, *, token: str | None = None) -> Any:
+    def update_preferences(self, patch: dict, *, if_match: str | None = None,
+                           token: str | None = None) -> Any:
         """Change only what ``patch`` names (see :meth:`update_user_preferences`)."""
-        return self._call("PATCH", "/v1/me/preferences", json=patch, user=True, token=token)
+        return self._call("PATCH", "/v1/me/preferences", json=patch,
+                          headers=_if_match(if_match), user=True, token=token)
 
 
 def _page(limit: int | None, before: str | None, state: str | None) -> dict:
@@ -289,7 +316,13 @@ class _Transport(_Endpoints):
         if response.is_success:
             if response.status_code == 204 or not response.content:
                 return None
-            return response.json()
+            body = response.json()
+            etag = response.headers.get("etag")
+            if etag is None or not isinstance(body, dict):
+                return body
+            tagged = Tagged(body)
+            tagged.etag = etag
+            return tagged
         raise error_from_response(response.status_code, response.headers, response.content)
 
 
@@ -403,4 +436,4 @@ class AsyncClient(_Transport):
         await self.aclose()
 
 
-__all__ = ["Client", "AsyncClient", "TidingsAPIError", "notification"]
+__all__ = ["Client", "AsyncClient", "Tagged", "TidingsAPIError", "notification"]
