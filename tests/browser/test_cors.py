@@ -147,3 +147,44 @@ def test_preflight_and_headers(tidings_server):
         json={"to": {"users": ["u1"]}, "title": "x"})
     assert publish.status_code == 202
     assert "access-control-allow-origin" not in publish.headers
+
+
+def test_preferences_written_back_with_their_etag_across_origins(context, tidings_server,
+                                                                 frontends):
+    """tidings.js from another origin reads the preferences' ETag (exposed by
+    CORS) and sends it as If-Match (allowed by the preflight): a write of
+    what it read is refused once another writer changed them."""
+    site = frontends(tidings_server.url)
+    token = tidings_server.token("ella")
+    page = context.new_page()
+    page.goto(f"{site.origin}/index.html?token={token}&transport=sse")
+    expect(page.locator("#state")).to_have_text("live")
+    read = page.evaluate("""async () => {
+        const prefs = await client.preferences();
+        prefs.categories = {promo: {email: false}};
+        const saved = await client.setPreferences(prefs, {ifMatch: prefs.etag});
+        return [prefs.etag, JSON.stringify(prefs), saved.etag, Object.keys(saved)];
+    }""")
+    first, sent, tag, keys = read
+    assert first and tag and tag != first
+    assert sent == '{"categories":{"promo":{"email":false}}}' and keys == ["categories"]
+    # another writer (the app's backend) changes them: the tag the page holds is stale
+    elsewhere = httpx.patch(f"{tidings_server.url}/v1/users/ella/preferences",
+                            headers={"Authorization": f"Bearer {tidings_server.api_key}"},
+                            json={"categories": {"social": {"push": False}}})
+    assert elsewhere.status_code == 200
+    stale = page.evaluate("""async (tag) => {
+        try { await client.updatePreferences({quiet_hours: null}, {ifMatch: tag}); }
+        catch (e) { return [e.status, e.code]; }
+        return "written";
+    }""", tag)
+    assert stale == [412, "precondition_failed"]
+    now = httpx.get(f"{tidings_server.url}/v1/users/ella/preferences",
+                    headers={"Authorization": f"Bearer {tidings_server.api_key}"})
+    assert now.json()["categories"] == {"promo": {"email": False}, "social": {"push": False}}
+    again = page.evaluate("""async (tag) => {
+        const saved = await client.updatePreferences({categories: {promo: null}},
+                                                     {ifMatch: tag});
+        return [saved.etag, saved.categories];
+    }""", now.headers["etag"])
+    assert again[0] != now.headers["etag"] and again[1] == {"social": {"push": False}}

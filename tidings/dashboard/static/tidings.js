@@ -513,11 +513,12 @@
   };
 
   // -- the client API (docs/design.md §4), with the user token ---------------------------
-  Client.prototype._request = function (method, path, body, retried) {
+  Client.prototype._request = function (method, path, body, retried, headers) {
     var self = this;
     var token = this._token ? Promise.resolve(this._token) : this._freshToken();
     return token.then(function (t) {
-      var init = { method: method, headers: { Authorization: "Bearer " + t }, cache: "no-store" };
+      var init = { method: method, headers: Object.assign({ Authorization: "Bearer " + t }, headers),
+                   cache: "no-store" };
       // keepalive: a "mark read" sent as the page follows a link still arrives
       if (method !== "GET") init.keepalive = true;
       if (body !== undefined) {
@@ -528,15 +529,15 @@
     }).then(function (r) {
       if (r.status === 401 && self._getToken && !retried) {   // expired: one fresh token
         self._token = null;
-        return self._request(method, path, body, true);
+        return self._request(method, path, body, true, headers);
       }
       if (r.status === 429 && !retried) {   // over the user's rate limit: nothing was done
         var wait = Math.min(RETRY_429_MAX_S, Number(r.headers.get("Retry-After")) || 1);
         return new Promise(function (resolve) { setTimeout(resolve, wait * 1000); })
-          .then(function () { return self._request(method, path, body, true); });
+          .then(function () { return self._request(method, path, body, true, headers); });
       }
       return r.json().catch(function () { return {}; }).then(function (doc) {
-        if (r.ok) return doc;
+        if (r.ok) return tagged(doc, r.headers.get("ETag"));
         var e = doc.error || {};
         throw TidingsError(r.status, e.code || "http_" + r.status, e.message || r.statusText);
       });
@@ -595,7 +596,21 @@
   Client.prototype.markSeen = function (ids) { return this._setState("seen", ids); };
   Client.prototype.archive = function (ids) { return this._setState("archive", ids); };
 
-  /** The user's preferences: {categories: {name: {in_app, webhook, push, email}}, quiet_hours}. */
+  // An answer's ETag (the preferences'), as a property JSON.stringify and a spread
+  // leave out: the object can be edited and sent back as it is.
+  function tagged(doc, etag) {
+    if (etag && doc && typeof doc === "object") {
+      Object.defineProperty(doc, "etag", { value: etag, enumerable: false });
+    }
+    return doc;
+  }
+
+  function ifMatch(opts) {
+    return opts && opts.ifMatch ? { "If-Match": opts.ifMatch } : undefined;
+  }
+
+  /** The user's preferences: {categories: {name: {in_app, webhook, push, email}}, quiet_hours};
+   * `prefs.etag` (not enumerable) is what the writes below take as {ifMatch}. */
   Client.prototype.preferences = function () {
     return this._request("GET", "/v1/me/preferences");
   };
@@ -606,16 +621,19 @@
     return this._request("GET", "/v1/me/categories");
   };
 
-  /** Replace the user's preferences (the whole object, as preferences() returns it). */
-  Client.prototype.setPreferences = function (prefs) {
-    return this._request("PUT", "/v1/me/preferences", prefs);
+  /** Replace the user's preferences (the whole object, as preferences() returns it).
+   * With {ifMatch: prefs.etag}, only if they are still those read: else it rejects with
+   * status 412, code "precondition_failed", and nothing changes. Resolves to them as stored. */
+  Client.prototype.setPreferences = function (prefs, opts) {
+    return this._request("PUT", "/v1/me/preferences", prefs, false, ifMatch(opts));
   };
 
   /** Change only what `patch` names (a JSON merge patch: `null` removes), e.g.
    * {categories: {social: {email: false}}}; resolves to the preferences as stored.
-   * Changes made elsewhere meanwhile (another device, an unsubscribe link) are kept. */
-  Client.prototype.updatePreferences = function (patch) {
-    return this._request("PATCH", "/v1/me/preferences", patch);
+   * Changes made elsewhere meanwhile (another device, an unsubscribe link) are kept;
+   * {ifMatch: etag} refuses it (412) when anything changed since that etag was read. */
+  Client.prototype.updatePreferences = function (patch, opts) {
+    return this._request("PATCH", "/v1/me/preferences", patch, false, ifMatch(opts));
   };
 
   var Tidings = {
