@@ -114,11 +114,14 @@ async def test_if_match_star_matches_a_user_never_written_too(each_store):
     ``*`` always matches: GET answers 200 with a representation (RFC 9110
     §13.1.1)."""
     async with each_store.http(await each_store.token("bob")) as bob:
+        defaults = (await bob.get(ME)).headers["etag"]
         r = await bob.patch(ME, json={"categories": {"promo": {"email": False}}},
                             headers={"If-Match": "*"})
         assert r.status_code == 200, r.text
+        assert r.headers["etag"] not in (defaults, None)
         r = await bob.put(ME, json={}, headers={"If-Match": "*"})
         assert r.status_code == 200 and r.json() == {}
+        assert r.headers["etag"] == defaults  # the defaults again, the defaults' tag
 
 
 async def test_a_weak_or_foreign_etag_never_matches(each_store):
