@@ -9,6 +9,7 @@ itself once the app has started and the socket accepts connections.
 from __future__ import annotations
 
 import gc
+import signal
 import socket
 from collections.abc import Callable
 
@@ -64,10 +65,18 @@ def quiet_gc() -> None:
     gc.set_threshold(GC_YOUNG, middle, old)
 
 
+def ignore_drain_signals() -> None:
+    """SIGUSR1 / SIGUSR2 (drain, undrain) would end the process until the
+    app's start-up installs their handlers (tidings/api/app.py): ignored till then."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run(app, sock: socket.socket, options: dict, on_started: Callable[[], None]) -> bool:
     """Serve ``app`` on ``sock`` until a signal stops it; False if it never started
     (the app's start-up failed: uvicorn has logged why)."""
     options = {k: v for k, v in options.items() if k not in ("host", "port")}
+    ignore_drain_signals()
     server = _Server(uvicorn.Config(app, **options), on_started)
     try:
         server.run(sockets=[sock])

@@ -9,7 +9,10 @@ would hit the per-process file-descriptor limit long before the others.
 
 The supervisor here only starts workers, restarts one that dies, and passes
 SIGTERM / SIGINT on, so that each worker drains (tidings/api/app.py) and
-exits.  Workers are spawned, not forked: they share nothing with the parent
+exits; and SIGUSR1 / SIGUSR2, so that each worker drains without stopping,
+or takes streams again (an HTTP ``POST /v1/node/drain`` reaches only the
+worker its connection landed on).  A worker started again after it died
+starts undrained.  Workers are spawned, not forked: they share nothing with the parent
 but the settings, passed as JSON in the environment.
 """
 
@@ -44,6 +47,8 @@ def _worker(settings_json: str, options: dict, started) -> None:
     """One worker process: its own socket on the shared port, one uvicorn server.
     ``started`` is released once it accepts connections."""
     from tidings import serving
+
+    serving.ignore_drain_signals()  # a restarted worker: until its app installs them
     from tidings.api.app import SETTINGS_ENV, app_from_env
 
     os.environ[SETTINGS_ENV] = settings_json
@@ -79,9 +84,20 @@ def supervise(workers: int, settings_json: str, options: dict,
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: each drains, then exits
 
+    def pass_on(sig, frame) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, sig)
+
+    # ignored until the workers exist (the default would end the supervisor),
+    # and by the first workers, which inherit it, until their apps start
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     procs = [start() for _ in range(workers)]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, pass_on)
+    signal.signal(signal.SIGUSR2, pass_on)
     while not stopping:
         time.sleep(0.5 if waiting <= 0 else 0.05)
         while waiting > 0 and started.acquire(block=False):

@@ -25,6 +25,7 @@ from tidings.api import (
     categories,
     client,
     keys,
+    nodes,
     ops,
     outbound,
     server,
@@ -125,34 +126,53 @@ async def _tracking(service: Service) -> None:
             log.warning("delivery counters not written; kept for the next try", exc_info=True)
 
 
-def _drain_on_sigterm(app: Starlette, service: Service) -> Callable[[], None]:
-    """Start draining the moment SIGTERM arrives, before the server stops.
+def _drain_on_signals(app: Starlette, service: Service) -> Callable[[], None]:
+    """Start draining the moment SIGTERM arrives, before the server stops;
+    drain without stopping on SIGUSR1, and take streams again on SIGUSR2.
 
     uvicorn handles SIGTERM by closing its listeners, then every connection,
     then running the lifespan shutdown.  Draining first turns readiness red
     (a load balancer stops sending new clients here) and ends every stream,
     SSE included, with the "shutdown: reconnect elsewhere" close code, so
     devices move to another node and resume from their cursors at once.
-    Returns a function that restores the previous handler."""
+
+    SIGUSR1 and SIGUSR2 are ``POST /v1/node/drain`` (its default spread) and
+    ``/v1/node/undrain`` for a whole ``tidings serve --workers N``: an HTTP
+    request reaches one worker, a signal to the supervisor reaches each
+    (tidings/workers.py passes them on).
+    Returns a function that restores the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # signals only reach the main thread (tests run servers in-loop)
     loop = asyncio.get_running_loop()
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def drain() -> None:
+    def shutdown() -> None:
         app.state.draining = True
         service.hub.drain()
 
-    def on_sigterm(sig, frame) -> None:
-        # A signal handler interrupts the loop between bytecodes: only schedule.
-        loop.call_soon_threadsafe(drain)
-        if callable(previous):
-            previous(sig, frame)
+    def drain() -> None:
+        service.hub.shedding.drain()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    def undrain() -> None:
+        if not app.state.draining:  # a SIGTERM drain is not undone
+            service.hub.shedding.undrain()
+
+    actions: dict[int, Callable[[], None]] = {
+        signal.SIGTERM: shutdown, signal.SIGUSR1: drain, signal.SIGUSR2: undrain}
+    previous = {sig: signal.getsignal(sig) for sig in actions}
+
+    def on_signal(sig, frame) -> None:
+        # A signal handler interrupts the loop between bytecodes: only schedule.
+        loop.call_soon_threadsafe(actions[sig])
+        stop = previous[sig]
+        if sig == signal.SIGTERM and callable(stop):
+            stop(sig, frame)  # uvicorn's: stop the server
+
+    for sig in actions:
+        signal.signal(sig, on_signal)
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     return restore
 
@@ -209,7 +229,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         apps = loop.create_task(service.apps.sweep())  # rotated secrets (service/apps.py)
         revoked = loop.create_task(service.revocations.run())  # users' tokens revoked
         used = loop.create_task(service.keys.run())  # API keys' last use, once a minute
-        restore_sigterm = _drain_on_sigterm(app, service)
+        restore_signals = _drain_on_signals(app, service)
         await service.outbound.start()  # the delivery worker: webhooks, push, e-mail
         outbox = None
         if settings.outbox is not None:  # the transactional outbox (docs/outbox.md)
@@ -221,7 +241,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         try:
             yield
         finally:
-            restore_sigterm()
+            restore_signals()
             sweeper.cancel()
             recorder.cancel()
             heartbeat.cancel()
@@ -258,6 +278,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),
         Route("/v1/me/events", SSEEndpoint(service), methods=["GET"]),
         *ops.routes,
+        *nodes.routes,
         *apidocs.routes,
         *dashboard_routes,
         *dashboard_browser_routes,

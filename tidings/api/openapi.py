@@ -25,6 +25,7 @@ from tidings.core.models import (
     USER_RE,
     BatchRequest,
     Categories,
+    DrainRequest,
     InboxItem,
     KeyRequest,
     KeyRotateRequest,
@@ -34,6 +35,7 @@ from tidings.core.models import (
     PublishRequest,
     RevokeRequest,
     RotateRequest,
+    ShedRequest,
     StateRequest,
     SubscribersRequest,
     TokenRequest,
@@ -178,6 +180,18 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "or in all of them; idempotent", "none", None),
     ("get", "/healthz", "Liveness", "none", None),
     ("get", "/readyz", "Readiness (store and broker reachable)", "none", None),
+    # this node alone: send them to its own address, not through the balancer
+    # (docs/deploy.md#draining-a-node-without-stopping-it)
+    ("get", "/v1/node", "This node: draining, open streams, the drain or shed running "
+     "(operator app's admin key)", "apiKey", None),
+    ("post", "/v1/node/drain", "Drain this node without stopping it: not ready, new streams "
+     "refused, open ones ended with 4001 spread over `over` seconds (default 30) "
+     "(operator app's admin key)", "apiKey", DrainRequest),
+    ("post", "/v1/node/undrain", "Ready again: this node takes streams (operator app's "
+     "admin key)", "apiKey", None),
+    ("post", "/v1/node/shed", "End `fraction` of this node's open streams with 4001, spread "
+     "over `over` seconds; readiness unchanged (operator app's admin key)", "apiKey",
+     ShedRequest),
     ("get", "/metrics", "Prometheus metrics (admin key; other apps only for the operator app)",
      "apiKey", None),
     # the dashboard's data (an admin key, or the dashboard's session cookie);
@@ -194,7 +208,7 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
 
 # Routes whose body may be left out (the model's defaults then apply).
 OPTIONAL_BODY = {("post", "/v1/signing-secret/rotate"), ("post", "/v1/keys/{prefix}/rotate"),
-                 ("post", "/v1/users/{user}/tokens/revoke")}
+                 ("post", "/v1/users/{user}/tokens/revoke"), ("post", "/v1/node/drain")}
 # Form bodies (not JSON), all optional: what the route is sent, not what it needs.
 FORMS: dict[tuple[str, str], dict] = {
     ("post", "/v1/unsubscribe/{token}"): {  # what a mailbox provider sends (RFC 8058 §3.1)
@@ -216,6 +230,8 @@ SUCCESS: dict[tuple[str, str], dict[str, str]] = {
                                                   "the old one expires after the grace"},
     ("post", "/v1/me/push-subscriptions"): {"201": "Subscription registered"},
     ("post", "/v1/outbound/dead/{jid}/retry"): {"202": "Queued again"},
+    ("post", "/v1/node/drain"): {"202": "Draining: the node's state, the ends under way"},
+    ("post", "/v1/node/shed"): {"202": "Shedding: the node's state, the ends under way"},
     # every refusal comes after the upgrade, as a close code (the protocol,
     # above), but for too many invalid tokens in the Authorization header
     ("get", "/v1/me/stream"): {"101": "Switching Protocols: the WebSocket stream; a refusal "
@@ -254,6 +270,8 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     # max_token_revocations, max_revoked_tokens
     ("post", "/v1/users/{user}/tokens/revoke"): {"409"},
     ("get", "/v1/push/vapid-public-key"): {"404"},
+    ("post", "/v1/node/undrain"): {"409"},  # shutting down (SIGTERM)
+    ("post", "/v1/node/shed"): {"409"},  # draining
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
     # a bad cursor (its 429s, the user's rate and too many streams, are every user route's)
     ("get", "/v1/me/events"): {"400"},

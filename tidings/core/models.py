@@ -245,6 +245,28 @@ class RotateRequest(msgspec.Struct, forbid_unknown_fields=True):
     overlap: Annotated[int, Meta(ge=0)] | None = None
 
 
+# How long a drain or a shed of a node's streams spreads their ends over
+# (tidings/gateway/shedding.py): 30 s by default, at most an hour.
+SPREAD_DEFAULT = 30.0
+SPREAD_MAX = 3600.0
+Spread = Annotated[float, Meta(ge=0, le=SPREAD_MAX)]
+
+
+class DrainRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A drain of this node (``POST /v1/node/drain``, the body optional): the
+    seconds its open streams' ends are spread over (0: all at once)."""
+
+    over: Spread = SPREAD_DEFAULT
+
+
+class ShedRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A shed of this node's streams (``POST /v1/node/shed``): the fraction of
+    the open streams to end (0 to 1), and the seconds to spread it over."""
+
+    fraction: Annotated[float, Meta(ge=0, le=1)]
+    over: Spread = SPREAD_DEFAULT
+
+
 class Position(msgspec.Struct):
     """Where counts were read: the user's head seq and the app's feed head."""
 

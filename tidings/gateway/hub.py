@@ -55,6 +55,7 @@ from tidings.errors import (
 )
 from tidings.gateway.cache import UserCache
 from tidings.gateway.recount import Expiries, Recounts
+from tidings.gateway.shedding import Shedding
 from tidings.gateway.stream import StreamEnds
 from tidings.gateway.sweep import OutageSweep
 
@@ -81,7 +82,8 @@ class Hub:
         self.store = store
         self.broker = broker
         self.settings = settings
-        self.draining = False  # set by drain(): no new streams
+        self.draining = False  # set by drain() and shedding.drain(): no new streams
+        self.shedding = Shedding(self)  # a drain that keeps the node up, a shed
         # counts, memberships and first inbox pages of users with a stream here
         self.cache = UserCache(settings.cache)
         # Plain per-app counters (tidings.core.stats); /metrics and the dashboard read them.
@@ -133,7 +135,7 @@ class Hub:
     def check_capacity(self, app: str, user: str) -> None:
         if self.draining:
             # a device reconnecting here during a drain would only be cut again
-            raise Unavailable("this node is shutting down; reconnect", retry_after=1)
+            raise Unavailable("this node is draining; reconnect", retry_after=1)
         streams = self.users.get((app, user))
         limit = self.settings.limits.max_connections_per_user
         if streams is not None and len(streams) >= limit:
@@ -141,6 +143,11 @@ class Hub:
 
     def attach(self, stream: Stream) -> None:
         key = (stream.app, stream.user)
+        if self.draining:
+            # past check_capacity before the drain began (an SSE response
+            # sends its headers in between): refused as it would be now
+            stream.close(CLOSE_SHUTDOWN)
+            return
         streams = self.users.get(key)
         if streams is None:
             streams = self.users[key] = set()
@@ -643,6 +650,7 @@ class Hub:
         self.close_all(CLOSE_SHUTDOWN)
 
     def close_all(self, code: int) -> None:
+        self.shedding.stop()
         if self._resync is not None:
             self._resync.cancel()
         self.recounts.close()
