@@ -16,7 +16,7 @@ import click
 import msgspec
 
 from tidings import bootstrap, config_file, logs
-from tidings.core.models import valid_user
+from tidings.core.models import SPREAD_DEFAULT, SPREAD_MAX, valid_user
 from tidings.errors import TidingsError
 
 WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
@@ -635,6 +635,97 @@ def listen(url, token, cursor, count, retries, forever) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+
+
+@main.group()
+def node() -> None:
+    """Drain one node without stopping it, or shed its streams after a scale-out.
+
+    Each command acts on the node (the worker process) at --url: give the
+    node's own address, not the load balancer's. An admin key of the
+    operator app is needed. With `serve --workers N`, a request reaches one
+    worker; SIGUSR1 / SIGUSR2 to the serve process drain / undrain every
+    worker (docs/deploy.md#draining-a-node-without-stopping-it)."""
+
+
+def _node_options(command):
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+    command = click.option("--key", envvar="TIDINGS_API_KEY", required=True,
+                           help="An admin key of the operator app ($TIDINGS_API_KEY).")(command)
+    return click.option("--url", envvar="TIDINGS_URL", default="http://127.0.0.1:8080",
+                        show_default=True,
+                        help="The node's own address, not the balancer's ($TIDINGS_URL)."
+                        )(command)
+
+
+def _on_node(url: str, key: str, as_json: bool, call) -> None:
+    """Run ``call(client)`` against the node at ``url`` and print its state."""
+    import httpx
+
+    from tidings.client import Client
+
+    with Client(url, api_key=key, max_retries=0) as client:
+        try:
+            state = call(client)
+        except httpx.TransportError as exc:
+            raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    click.echo(json.dumps(state) if as_json else node_summary(state))
+
+
+def node_summary(state: dict) -> str:
+    """One node's state in a few lines (``GET /v1/node``)."""
+    mode = ("shutting down" if state["shutting_down"] else
+            "draining (not ready, new streams refused)" if state["draining"] else "taking streams")
+    lines = [f"node {state['node']} (pid {state['pid']}): {mode}",
+             f"open streams: {state['streams']}"]
+    plan = state.get("plan")
+    if plan is not None:
+        at = datetime.fromtimestamp(plan["ends_by"], UTC).isoformat(timespec="seconds")
+        how = "done" if plan["done"] else f"running, ends by {at}"
+        lines.append(f"{plan['kind']}: ended {plan['ended']} of {plan['planned']} streams "
+                     f"over {plan['over']:g} s ({how})")
+    return "\n".join(lines)
+
+
+_OVER = click.FloatRange(0, SPREAD_MAX)
+
+
+@node.command("status")
+@_node_options
+def node_status(url, key, as_json) -> None:
+    """Show the node: draining or not, open streams, the drain or shed running."""
+    _on_node(url, key, as_json, lambda c: c.node_state())
+
+
+@node.command("drain")
+@_node_options
+@click.option("--over", default=SPREAD_DEFAULT, show_default=True, type=_OVER,
+              help="Seconds to spread the streams' ends over (0: all at once).")
+def node_drain(url, key, as_json, over) -> None:
+    """Drain the node and keep it running: readiness turns red, new streams
+    are refused, open ones end with 4001 (reconnect) spread over --over
+    seconds; HTTP publishes and reads go on. `tidings node undrain` undoes it."""
+    _on_node(url, key, as_json, lambda c: c.drain_node(over))
+
+
+@node.command("undrain")
+@_node_options
+def node_undrain(url, key, as_json) -> None:
+    """Make a drained node ready again: it takes streams."""
+    _on_node(url, key, as_json, lambda c: c.undrain_node())
+
+
+@node.command("shed")
+@_node_options
+@click.option("--fraction", required=True, type=click.FloatRange(0, 1),
+              help="Fraction of the open streams to end (0-1), picked at random.")
+@click.option("--over", default=SPREAD_DEFAULT, show_default=True, type=_OVER,
+              help="Seconds to spread the streams' ends over (0: all at once).")
+def node_shed(url, key, as_json, fraction, over) -> None:
+    """End a fraction of the node's open streams with 4001, readiness
+    unchanged: the devices reconnect through the balancer and spread over
+    every node (after a scale-out)."""
+    _on_node(url, key, as_json, lambda c: c.shed_streams(fraction, over))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -207,6 +207,33 @@ class _Endpoints:
         body = {"jti": jti} if token is None else {"token": token}
         return self._call("POST", path, json=body)
 
+    # -- one node (an admin key of the operator app; its own address) --------
+
+    def node_state(self) -> Any:
+        """The node the request reaches: ``{"node", "pid", "draining",
+        "shutting_down", "streams", "plan"}`` (the drain or shed running, or
+        the last one)."""
+        return self._call("GET", "/v1/node")
+
+    def drain_node(self, over: float | None = None) -> Any:
+        """Drain the node without stopping it: not ready, new streams refused,
+        the open ones ended with 4001 spread over ``over`` seconds (default
+        30); returns its state."""
+        return self._call("POST", "/v1/node/drain",
+                          json=None if over is None else {"over": over})
+
+    def undrain_node(self) -> Any:
+        """Make a drained node ready again; returns its state."""
+        return self._call("POST", "/v1/node/undrain")
+
+    def shed_streams(self, fraction: float, over: float | None = None) -> Any:
+        """End ``fraction`` of the node's open streams with 4001, spread over
+        ``over`` seconds (default 30), readiness unchanged; returns its state."""
+        body: dict = {"fraction": fraction}
+        if over is not None:
+            body["over"] = over
+        return self._call("POST", "/v1/node/shed", json=body)
+
     # -- the user's own view (user token) -------------------------------------
 
     def inbox(self, *, limit: int | None = None, before: str | None = None,
