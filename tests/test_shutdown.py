@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -87,3 +88,33 @@ async def test_a_draining_node_refuses_new_streams_and_is_not_ready(tmp_path):
             r = await http.get("/v1/me/events", params={"token": token})
             assert r.status_code == 503 and r.headers["Retry-After"] == "1"
             assert r.json()["error"]["code"] == "unavailable"
+
+
+def _until(check, timeout: float = 15.0) -> None:
+    """Poll ``check()`` until it is true (a signal is handled asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_sigusr1_drains_without_stopping_and_sigusr2_undrains(tmp_path):
+    port = _free_port()
+    proc = _start(tmp_path / "data", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        key = read_first_start(proc)["api_key"]  # the "default" app's: the operator app
+        proc.send_signal(signal.SIGUSR1)
+        _until(lambda: httpx.get(url + "/readyz").status_code == 503)
+        state = httpx.get(url + "/v1/node", headers={"Authorization": f"Bearer {key}"}).json()
+        assert state["draining"] is True and state["plan"]["kind"] == "drain"
+        assert httpx.get(url + "/healthz").status_code == 200 and proc.poll() is None
+        proc.send_signal(signal.SIGUSR2)
+        _until(lambda: httpx.get(url + "/readyz").status_code == 200)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        assert "Traceback" not in proc.stdout.read()
+        proc.stdout.close()

@@ -4,6 +4,9 @@ delivery between them through the Redis broker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import pytest
 
 from tests.services import require_redis
 from tests.test_durability import _free_port, read_first_start
+from tests.test_shutdown import _until
 from tidings.broker import open_broker
 from tidings.client import Subscriber
 from tidings.core import auth
@@ -103,4 +107,45 @@ async def test_workers_share_a_port_and_deliver_across_processes(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigusr1_drains_every_worker_and_sigusr2_undrains_them(tmp_path):
+    """An HTTP drain reaches the one worker its connection lands on; the
+    signals, sent to the supervisor, reach every worker."""
+    port = _free_port()
+    redis_url = f"{require_redis()}?prefix=tidings-test-drain-{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--data", str(tmp_path / "data"),
+         "--port", str(port), "--workers", "2", "--broker", redis_url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    seen: dict[int, bool] = {}  # worker pid -> draining, as it last answered
+
+    def every_worker(draining: bool) -> bool:
+        # a new connection each time: the kernel spreads them over the workers
+        state = httpx.get(url + "/v1/node", headers=headers, timeout=5).json()
+        seen[state["pid"]] = state["draining"]
+        return len(seen) == 2 and all(d is draining for d in seen.values())
+
+    try:
+        headers = {"Authorization": f"Bearer {read_first_start(proc)['api_key']}"}
+        _until(lambda: every_worker(False), 60)
+        proc.send_signal(signal.SIGUSR1)
+        _until(lambda: every_worker(True))
+        assert httpx.get(url + "/readyz").status_code == 503 and proc.poll() is None
+        proc.send_signal(signal.SIGUSR2)
+        _until(lambda: every_worker(False))
+        assert httpx.get(url + "/readyz").status_code == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        for pid in seen:  # workers a dead supervisor left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.stdout.close()
