@@ -42,7 +42,8 @@ _ASSETS = {"swagger-ui.css": "text/css; charset=utf-8",
 
 _CLOSE_CODES = [
     (CLOSE_SLOW_CONSUMER, "reconnect", "the connection fell too far behind (its queue was full)"),
-    (CLOSE_SHUTDOWN, "reconnect", "the node is shutting down or draining"),
+    (CLOSE_SHUTDOWN, "reconnect",
+     "the node is shutting down or draining, or shed this stream (another node may take it)"),
     (CLOSE_RESYNC, "reconnect", "the stream could not stay gapless; resume from the cursor"),
     (CLOSE_PING_TIMEOUT, "reconnect", "no pong within the ping timeout"),
     (CLOSE_TOKEN_EXPIRED, "reconnect with a new token",
@@ -125,6 +126,8 @@ EXAMPLES = {
         "quiet_hours": {"start": "22:00", "end": "07:00", "tz": "Europe/Paris"}},
     ("patch", "/v1/me/preferences"): {
         "categories": {"social": {"email": False}}, "quiet_hours": None},
+    ("post", "/v1/node/drain"): {"over": 30},
+    ("post", "/v1/node/shed"): {"fraction": 0.5, "over": 60},
 }
 
 
