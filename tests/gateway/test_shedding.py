@@ -12,12 +12,13 @@ import pytest
 from tests.conftest import run_server
 from tests.gateway.live import SSEReader, closed_with, publish, recv_events, ws_connect
 from tidings.errors import CLOSE_SHUTDOWN
-from tidings.gateway.shedding import shed_count, spread
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_the_ends_fall_evenly_inside_the_spread():
+    from tidings.gateway.shedding import shed_count, spread
+
     assert spread(4, 2.0) == [0.0, 0.5, 1.0, 1.5]
     assert spread(3, 0) == [0, 0, 0]
     assert spread(0, 30) == []
