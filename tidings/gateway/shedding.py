@@ -32,13 +32,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.core.models import SPREAD_DEFAULT
 from tidings.errors import CLOSE_SHUTDOWN, Conflict
 
 if TYPE_CHECKING:
-    from tidings.gateway.hub import Hub
     from tidings.gateway.stream import Stream
 
 log = logging.getLogger("tidings.gateway")
@@ -58,6 +57,14 @@ def shed_count(open_streams: int, fraction: float) -> int:
     """How many of ``open_streams`` a shed of ``fraction`` ends: the nearest
     whole number (Python's ``round``: halves go to the even one)."""
     return round(open_streams * fraction)
+
+
+class Streams(Protocol):
+    """What shedding needs of the node (hub.py's ``Hub``, which owns it): its
+    open streams by user, and the flag that refuses new ones."""
+
+    draining: bool
+    users: dict[tuple[str, str], set[Stream]]
 
 
 @dataclass
@@ -80,7 +87,7 @@ class Plan:
 class Shedding:
     """The drain and shed of one hub's streams (the module docstring)."""
 
-    def __init__(self, hub: Hub, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, hub: Streams, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None):
         self._hub = hub
         self._clock = clock
