@@ -693,6 +693,70 @@ async def test_muted_feed_items_are_left_out_of_inbox_counts_and_replay(db):
     assert await db.muted_many(A, ["m", "n"]) == {}
 
 
+def labelled(item: NewNotification, *tags: str) -> NewNotification:
+    """``item`` with a body that says its category and ``tags``, as the
+    service's bodies do (a filtered page judges the body)."""
+    item.body = msgspec.json.encode({**msgspec.json.decode(item.body),
+                                     "category": item.category, "tags": list(tags)})
+    return item
+
+
+# every way a page is asked for: (state, categories, tags)
+PAGE_ASKS = [(state, cats, tags) for state in (None, "unseen")
+             for cats in ((), ("promo", "news")) for tags in ((), ("hot",))]
+
+
+async def pages_and_counts(db, user: str, muted: frozenset[str] | None, before: str):
+    """Every page of PAGE_ASKS, first and from ``before``, and the counts,
+    for ``user`` with ``muted`` given (None: the store finds them)."""
+    now = time.time()
+    pages = [[e.id for e in await db.inbox(A, user, limit=3, before=b, state=state, now=now,
+                                           categories=cats, tags=tags, muted=muted)]
+             for state, cats, tags in PAGE_ASKS for b in (None, before)]
+    return pages, await db.counts(A, user, now, muted)
+
+
+async def test_pages_and_counts_read_the_mutes_they_are_not_given_in_their_own_statement(
+        db, monkeypatch):
+    """Without the caller's mutes (no stream of the user on the node), the
+    page and counts statements read them themselves: no read of the
+    preferences before them, and the same pages and counts, filtered or
+    not, as with the mutes given (module guarantees)."""
+    await db.subscribe(A, "big", ["m", "k", "n"])
+    await db.put_preferences(A, "m", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    await db.put_preferences(A, "k", Preferences(categories={
+        "promo": ChannelPrefs(in_app=False), "news": ChannelPrefs(in_app=False),
+        "default": ChannelPrefs(email=False)}))
+    items = [labelled(note(users=["m", "k", "n"], category="promo"), "hot"),
+             labelled(note(all=True, category="promo"), "hot"),
+             labelled(note(all=True, category="news")),
+             labelled(note(topic="big", category="promo")),
+             labelled(note(all=True, category="default"), "hot"),
+             labelled(note(topic="big", category="news"), "hot"),
+             labelled(note(users=["m", "k", "n"], category="news"), "hot"),
+             labelled(note(all=True, category="promo"), "hot")]
+    for item in items:
+        await publish(db, A, item, threshold=2)
+    await db.set_state(A, "m", [items[2].id, items[4].id], "seen", time.time())
+    users = {"m": {"promo"}, "k": {"promo", "news"}, "n": set()}
+    given = {u: await pages_and_counts(db, u, frozenset(m), items[5].id) for u, m in users.items()}
+
+    async def no_read(*args):
+        raise AssertionError("the mutes were read before the statement")
+
+    monkeypatch.setattr(db, "muted", no_read)
+    monkeypatch.setattr(db, "get_preferences", no_read)
+    for user in users:
+        assert await pages_and_counts(db, user, None, items[5].id) == given[user], user
+    # what the mutes leave out of the unfiltered pages, first and from item 5
+    def ids(*at: int) -> list[str]:
+        return [items[i].id for i in at]
+
+    assert [given[u][0][:2] for u in users] == [
+        [ids(6, 5, 4), ids(4, 2)], [ids(4), ids(4)], [ids(7, 6, 5), ids(4, 3, 2)]]
+    assert [given[u][1][:2] for u in users] == [(4, 2), (1, 1), (8, 8)]
+
+
 def off(category: str, channel: str = "email"):
     """A change switching ``channel`` off for ``category`` (None: it was off)."""
     def change(prefs: Preferences) -> Preferences | None:

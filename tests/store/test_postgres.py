@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import secrets
 import time
@@ -20,10 +21,12 @@ import pytest
 from tests.services import require_postgres
 from tests.store.pg import fresh_schema
 from tidings.core.ids import new_id
+from tidings.core.models import ChannelPrefs, Preferences
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import REVOKED, NewNotification
 from tidings.store.postgres import PostgresStore, committer, migrate
+from tidings.store.postgres.sql import COUNTS, COUNTS_STORED_MUTES, INBOX, INBOX_STORED_MUTES
 
 APP = "app_a"
 
@@ -428,6 +431,60 @@ async def test_a_database_at_v16_migrates_to_keys_that_expire_and_keep_their_las
             assert (old.expires_at, old.last_used_at) == (None, 7.0)
         finally:
             await store.close()
+
+
+# -- in-app mutes read by the page and counts (postgres_018.sql) ------------------------
+
+def _indexes(plan: dict) -> set[str]:
+    """The indexes an EXPLAIN (FORMAT JSON) plan node and those under it scan."""
+    found = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", ()):
+        found |= _indexes(child)
+    return found
+
+
+async def test_statements_reading_the_mutes_find_them_by_user_and_keep_their_plans(
+        url, schema, nodes):
+    """A page and counts that read the user's mutes themselves do it by
+    mutes_user (v18), once, beside the plan of the statement without mutes:
+    the page still reads the user's entries from inbox_page.  A database
+    migrated from v17 gets the index."""
+    users = ["m", "n"]
+    await nodes[0].put_preferences(APP, "m", Preferences(
+        categories={"promo": ChannelPrefs(in_app=False)}))
+    for _ in range(20):
+        await publish(nodes[0], note(users=users))
+    conn = await asyncpg.connect(url, server_settings=schema)
+    try:
+        # other users' entries and mutes, which the mutes' primary key
+        # (category first) mixes in
+        await conn.execute("INSERT INTO inbox (app_id, user_id, seq, nid, created_at) "
+                           "SELECT $1, 'x' || (i % 1000), i, 'y' || i, 0 "
+                           "FROM generate_series(1, 20000) AS i", APP)
+        await conn.execute("INSERT INTO mutes (app_id, category, user_id) SELECT $1, "
+                           "'c' || (i % 7), 'x' || i FROM generate_series(1, 5000) AS i", APP)
+        await conn.execute("DROP INDEX mutes_user")
+        await conn.execute("UPDATE meta SET value = '17' WHERE key = 'schema_version'")
+        assert await migrate(url, server_settings=schema) == list(
+            range(18, migrations.latest("postgres") + 1))
+        await conn.execute("ANALYZE")
+        now = time.time()
+
+        async def indexes(sql: str, *args) -> set[str]:
+            plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, APP, "m", now, *args)
+            return _indexes(json.loads(plan)[0]["Plan"])
+
+        page = await indexes(INBOX[None, False], 20)
+        assert "inbox_page" in page
+        assert await indexes(INBOX_STORED_MUTES[None, False], 20) == page | {"mutes_user"}
+        assert await indexes(COUNTS_STORED_MUTES) == await indexes(COUNTS) | {"mutes_user"}
+    finally:
+        await conn.close()
+    for store in nodes:
+        assert [e.id for e in await store.inbox(APP, "m", limit=30, before=None, state=None,
+                                                now=now)] == [
+            e.id for e in await store.inbox(APP, "n", limit=30, before=None, state=None,
+                                            now=now, muted=frozenset())][:20]
 
 
 # -- schema migrations ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -15,10 +16,12 @@ import msgspec
 import pytest
 
 from tidings.core.ids import new_id
+from tidings.core.models import ChannelPrefs, Preferences
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import REVOKED, NewNotification
 from tidings.store.sqlite import SQLiteStore, migrate
+from tidings.store.sqlite.store import _counts_sql
 
 APP = "app_a"
 
@@ -119,11 +122,14 @@ async def test_reads_see_a_write_as_soon_as_it_returns(db, path):
         other.close()
 
 
-async def test_counts_and_their_position_are_read_in_one_snapshot(db, path):
+@pytest.mark.parametrize("muted", [frozenset(), None], ids=["mutes_given", "mutes_read"])
+async def test_counts_and_their_position_are_read_in_one_snapshot(db, path, muted):
     """Counts and the head they were read at come from one read of the WAL:
     another process's publish that commits while the read is under way (the
     reader connection's progress handler makes it commit there) is in
-    neither, and in both right after (docs/protocol.md, "Counts and the badge")."""
+    neither, and in both right after (docs/protocol.md, "Counts and the badge").
+    Whether the user's in-app mutes are given, as a stream's are, or not:
+    then the statement reads them too, and nothing is read before it."""
     first = await publish(db, note(["u"]))
     await publish(db, note(["u"]))
     other = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -144,9 +150,7 @@ async def test_counts_and_their_position_are_read_in_one_snapshot(db, path):
 
     db._reader.set_progress_handler(commit_meanwhile, 1)
     try:
-        # the user's in-app mutes given, as a stream's are: the store reads
-        # nothing else first, and the commit comes inside the counts' statement
-        during = await db.counts(APP, "u", time.time(), frozenset())
+        during = await db.counts(APP, "u", time.time(), muted)
     finally:
         db._reader.set_progress_handler(None, 1)
         other.close()
@@ -427,6 +431,26 @@ async def test_a_file_at_v16_migrates_to_keys_that_expire_and_keep_their_last_us
         assert (await store.list_api_keys(APP))[0].last_used_at == 7.0
     finally:
         await store.close()
+
+
+async def test_counts_read_the_mutes_they_are_not_given_by_user_from_v18(db, path):
+    """Counts that read the user's in-app mutes themselves find them by
+    mutes_user (v18), not by walking the app's mutes in the primary key's
+    category order; a file migrated from v17 gets the index."""
+    await db.put_preferences(APP, "m", Preferences(
+        categories={"promo": ChannelPrefs(in_app=False)}))
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP INDEX mutes_user")
+        conn.execute("UPDATE meta SET value='17' WHERE key='schema_version'")
+    assert migrate(path) == list(range(18, migrations.latest("sqlite") + 1))
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        plan = conn.execute("EXPLAIN QUERY PLAN " + _counts_sql(None),
+                            {"app": APP, "user": "m", "now": time.time()}).fetchall()
+    assert any("mutes USING COVERING INDEX mutes_user" in row[3] for row in plan), plan
+    await publish(db, NewNotification(id=new_id(), category="promo", body=b"{}",
+                                      created_at=time.time(), expires_at=None, all=True))
+    assert (await db.counts(APP, "m", time.time()))[:2] == (0, 0)
+    assert (await db.counts(APP, "n", time.time()))[:2] == (1, 1)
 
 
 async def test_two_stores_on_one_file_keep_one_gapless_seq_per_user(db, path):

@@ -27,6 +27,21 @@ def _not_muted(array: str | None) -> str:
     return "" if array is None else f" AND n.category <> ALL({array})"
 
 
+# User $2's in-app mutes read by the statement itself, for a caller that does
+# not hold them: the mutes table says what the preferences do (every write of
+# them rewrites its rows in the same transaction), and mutes_user
+# (postgres_018.sql) finds them.  Not correlated with the row, so an InitPlan
+# reads them once per statement, in the statement's snapshot, and saves the
+# round trip of reading them first (docs/delivery.md).
+STORED_MUTES = "ARRAY(SELECT category FROM mutes WHERE app_id = $1 AND user_id = $2)"
+
+
+def _mutes_array(muted: str | None, given: str) -> str | None:
+    """The text[] expression of the mutes for ``muted``: None (the user has
+    none), ``"given"`` (the parameter ``given``) or ``"stored"``."""
+    return {None: None, "given": given, "stored": STORED_MUTES}[muted]
+
+
 # Write fan-out, one statement: $1 app, $2 id, $3 category, $4 body,
 # $5 created_at, $6 expires_at, $7 the audience (users array or topic).
 # Returns the audience size before muting and the deliveries as three arrays.
@@ -133,12 +148,13 @@ _STATE_FILTER = {  # inbox ?state= -> predicate on a state expression
 }
 
 
-def _inbox_sql(state: str | None, paged: bool, muted: bool = False) -> str:
+def _inbox_sql(state: str | None, paged: bool, muted: str | None = None) -> str:
     """Newest first, both halves; $3 now, $4 limit, $5 the ``before`` id,
-    then (``muted``) the user's in-app mutes."""
+    then (``muted="given"``) the user's in-app mutes; ``muted="stored"``
+    reads them (STORED_MUTES)."""
     personal = _STATE_FILTER[state].format("i.state")
     feed = _STATE_FILTER[state].format("coalesce(fs.state, 0)")
-    mutes = _not_muted(("$6" if paged else "$5") + "::text[]" if muted else None)
+    mutes = _not_muted(_mutes_array(muted, ("$6" if paged else "$5") + "::text[]"))
     # Personal entries page by id, not by seq as in SQLite: seqs follow the
     # order in which concurrent publishes (from several connections and nodes)
     # took the stream's lock, which need not be the order of their ids, and
@@ -169,8 +185,11 @@ UNION ALL
 INBOX = {(state, paged): _inbox_sql(state, paged) for state in _STATE_FILTER
          for paged in (False, True)}
 # for a user who muted categories in-app
-INBOX_MUTED = {(state, paged): _inbox_sql(state, paged, True) for state in _STATE_FILTER
+INBOX_MUTED = {(state, paged): _inbox_sql(state, paged, "given") for state in _STATE_FILTER
                for paged in (False, True)}
+# for a user whose mutes the caller does not hold
+INBOX_STORED_MUTES = {(state, paged): _inbox_sql(state, paged, "stored")
+                      for state in _STATE_FILTER for paged in (False, True)}
 
 # A body holding the escape \u0000 (a NUL in a title, say) cannot be read by
 # PostgreSQL's JSON functions, which refuse to turn it into text.  Such a body
@@ -181,7 +200,7 @@ _JSON = f"CASE WHEN position({_NUL_ESCAPE} IN {{}}) = 0 THEN convert_from({{}}, 
 
 
 def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: bool,
-                       muted: bool = False) -> str:
+                       muted: str | None = None) -> str:
     """``INBOX[state, paged]`` keeping only the items of some categories
     (``$6``, ``$5`` unpaged: text[]) and carrying some tags (the parameter
     after).  Read in the same order, newest first, from the same index: a
@@ -191,13 +210,14 @@ def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: b
     category is its column.  The JSON is parsed once per row read (OFFSET 0
     keeps the LATERAL from being inlined into each test); ``x.j`` is NULL
     for a body with a NUL escape, which passes here and is judged in Python.
-    ``muted``: the user's in-app mutes are the last parameter (text[])."""
+    ``muted="given"``: the user's in-app mutes are the last parameter
+    (text[]); ``"stored"``: the statement reads them (STORED_MUTES)."""
     personal = _STATE_FILTER[state].format("i.state")
     feed = _STATE_FILTER[state].format("coalesce(fs.state, 0)")
     n = 5 + paged
     cats = f"${n}::text[]" if categories else ""
     tag_list = f"${n + categories}::text[]" if tags else ""
-    mutes = _not_muted(f"${n + categories + tags}::text[]" if muted else None)
+    mutes = _not_muted(_mutes_array(muted, f"${n + categories + tags}::text[]"))
     # Only the tags become jsonb (for ?|, "any of these strings"): a body
     # without tags has none, NULL, no match.  Twice as fast as testing each
     # element (json_array_elements_text): 4.7 ms against 10.5 ms for a tag
@@ -292,6 +312,8 @@ FROM (SELECT state, expires_at FROM inbox WHERE app_id = $1 AND user_id = {user}
 COUNTS = _COUNTS.format(user="$2", mutes="")
 # The same leaving out the feed items of the categories $4 (in-app mutes).
 COUNTS_MUTED = _COUNTS.format(user="$2", mutes=_not_muted("$4::text[]"))
+# ... of the categories the user muted, read by the statement.
+COUNTS_STORED_MUTES = _COUNTS.format(user="$2", mutes=_not_muted(STORED_MUTES))
 # The same for each user of the array $2: (user, unread, unseen) rows.
 COUNTS_MANY = ("SELECT t.u, c.* FROM unnest($2::text[]) AS t(u), LATERAL ("
                + _COUNTS.format(user="t.u", mutes="") + ") AS c")

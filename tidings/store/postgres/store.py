@@ -85,12 +85,14 @@ from tidings.store.postgres.sql import (
     COUNTS_MANY,
     COUNTS_MANY_MUTED,
     COUNTS_MUTED,
+    COUNTS_STORED_MUTES,
     DELETE,
     ENTRY_BODY,
     HEAD,
     HEADS,
     INBOX,
     INBOX_MUTED,
+    INBOX_STORED_MUTES,
     NEW_STREAM,
     REPLAY,
     REPLAY_MUTED,
@@ -114,6 +116,18 @@ MIGRATION_LOCK = 0x74696469_6E6773
 
 _decode_prefs = msgspec.json.Decoder(Preferences).decode
 _filtered_sql = functools.cache(inbox_filtered_sql)
+# The unfiltered page statements by where the user's in-app mutes come from.
+_INBOX = {None: INBOX, "given": INBOX_MUTED, "stored": INBOX_STORED_MUTES}
+
+
+def _mutes_kind(muted: frozenset[str] | None) -> str | None:
+    """How a statement takes the mutes ``muted`` (sql._mutes_array): read by
+    it (None, the caller holds none), given (some), or not at all (none)."""
+    if muted is None:
+        return "stored"
+    return "given" if muted else None
+
+
 _encode = msgspec.json.encode
 
 
@@ -626,12 +640,11 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
 
     async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
                     tags=(), muted=None) -> list[Entry]:
-        if muted is None:
-            muted = await self.muted(app_id, user)
+        # Mutes not given are read by the statement (sql.STORED_MUTES).
         if categories or tags:
             return await self._inbox_filtered(app_id, user, limit, before, state, now,
                                               tuple(categories), tuple(tags), muted)
-        sql = (INBOX_MUTED if muted else INBOX)[state, before is not None]
+        sql = _INBOX[_mutes_kind(muted)][state, before is not None]
         args: tuple = (app_id, user, now, limit) if before is None else (
             app_id, user, now, limit, before)
         if muted:
@@ -646,7 +659,7 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
 
     async def _inbox_filtered(self, app_id, user, limit, before, state, now,
                               categories: tuple[str, ...], tags: tuple[str, ...],
-                              muted: frozenset[str]) -> list[Entry]:
+                              muted: frozenset[str] | None) -> list[Entry]:
         """A filtered page (sql.inbox_filtered_sql).  The SQL judges every body
         but those with a NUL escape, which ``shown_by`` judges here; when that
         drops some, the rows past the last one both halves were sure of are
@@ -655,7 +668,7 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         filters = [f for f in (categories, tags) if f]
         while True:
             sql = _filtered_sql(state, before is not None, bool(categories), bool(tags),
-                                bool(muted))
+                                _mutes_kind(muted))
             args = (app_id, user, now, limit, *(() if before is None else (before,)), *filters,
                     *([sorted(muted)] if muted else []))
             rows = await self._fetch(sql, *args)
@@ -676,9 +689,10 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
 
     async def counts(self, app_id, user, now, muted=None) -> Counts:
         # One statement, so one snapshot: the counts and the heads as of the
-        # same commits (docs/protocol.md, "Counts and the badge").
+        # same commits (docs/protocol.md, "Counts and the badge"), and, when
+        # the caller holds no mutes, as the mutes of that snapshot say.
         if muted is None:
-            muted = await self.muted(app_id, user)
+            return Counts(*await self._fetchrow(COUNTS_STORED_MUTES, app_id, user, now))
         if muted:
             return Counts(*await self._fetchrow(COUNTS_MUTED, app_id, user, now, sorted(muted)))
         return Counts(*await self._fetchrow(COUNTS, app_id, user, now))

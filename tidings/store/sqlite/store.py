@@ -106,17 +106,30 @@ _COUNTS = (
 
 
 @functools.cache
-def _counts_sql(mutes: int) -> str:
-    """_COUNTS leaving out feed items of ``mutes`` categories (:m0, :m1, ...)."""
-    return _COUNTS.format(mutes=_not_muted(mutes, ":m{}"))
+def _counts_sql(mutes: int | None) -> str:
+    """_COUNTS leaving out feed items of ``mutes`` categories (:m0, :m1, ...),
+    or (None) of those the user muted, read by the statement."""
+    return _COUNTS.format(mutes=_not_muted(mutes, ":m{}", ":app", ":user"))
 
 
-def _not_muted(n: int, mark: str = "?") -> str:
+def _not_muted(n: int | None, mark: str = "?", app: str = "?", user: str = "?") -> str:
     """The predicate that leaves out feed items of ``n`` muted categories
-    (none: nothing, so a user with no mutes runs the statement as before)."""
+    (none: nothing, so a user with no mutes runs the statement as before).
+    None: the caller does not hold the user's mutes, and the statement reads
+    them itself (parameters ``app`` and ``user``), from the mutes table that
+    every write of the preferences rewrites in the same transaction, by its
+    mutes_user index (sqlite_018.sql): once per statement, in its snapshot."""
+    if n is None:
+        return (" AND n.category NOT IN (SELECT category FROM mutes "
+                f"WHERE app_id={app} AND user_id={user})")
     if not n:
         return ""
     return " AND n.category NOT IN ({})".format(",".join(mark.format(i) for i in range(n)))
+
+
+def _mutes_args(app_id: str, user: str, muted: frozenset[str] | None) -> tuple[str, ...]:
+    """The parameters of ``_not_muted`` for ``muted`` (None: read by the statement)."""
+    return (app_id, user) if muted is None else tuple(muted)
 
 
 log = logging.getLogger("tidings.store")
@@ -815,8 +828,6 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
 
     async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
                     tags=(), muted=None) -> list[Entry]:
-        if muted is None:
-            muted = await self.muted(app_id, user)
         pred = _STATE_FILTER[state]
         bound = "" if before is None else " AND n.id < ?"
         args_b = () if before is None else (before,)
@@ -845,12 +856,12 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
             "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
             "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
             "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() + bound
-            + _not_muted(len(muted))
+            + _not_muted(None if muted is None else len(muted))
             # ``+n.id``: sort the app's feed items rather than walk every
             # notification of the app in id order to avoid the sort.
             + " AND " + pred.replace("st", "coalesce(fs.state, 0)")
             + " ORDER BY +n.id DESC LIMIT ?",
-            (user, app_id, now, user, *args_b, *muted, limit),
+            (user, app_id, now, user, *args_b, *_mutes_args(app_id, user, muted), limit),
         )
         entries = _groups.personal_entries(personal)
         entries += [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed]
@@ -865,11 +876,10 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         # One statement, so one snapshot of the WAL: the counts, the user's
         # head seq and the app's feed head all as of the same commit, however
         # the writer commits meanwhile (docs/protocol.md, "Counts and the badge").
-        if muted is None:
-            muted = await self.muted(app_id, user)
+        # Mutes not given are read by the statement too, in that snapshot.
         args = {"app": app_id, "user": user, "now": now}
-        args.update((f"m{i}", c) for i, c in enumerate(muted))
-        return Counts(*self._q1(_counts_sql(len(muted)), args))
+        args.update((f"m{i}", c) for i, c in enumerate(muted or ()))
+        return Counts(*self._q1(_counts_sql(None if muted is None else len(muted)), args))
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         return await self._write(_tx.set_state_tx, app_id, user, ids, STATE_CODE[state], now)
