@@ -59,8 +59,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   read at read time: switched on again, the category's items are back,
   past ones included.  These methods take the user's mutes as ``muted``
   when the caller holds them (the gateway, for users with a stream on the
-  node), else read them (``muted``, one primary-key read); a user with
-  none runs the same statements as if mutes did not exist.
+  node); a user with none given runs the same statements as if mutes did
+  not exist.  Not given, ``inbox`` and ``counts`` read them inside their own
+  statement (so in its snapshot, with no round trip of their own), and
+  ``replay`` and ``counts_many`` read them first (``muted``, ``muted_many``).
 * **A user's token cutoff only moves later.**  ``revoke_tokens`` keeps
   the later of the cutoff it is given and the one the user has, however
   many callers on however many nodes revoke at once, so a revocation is
