@@ -16,10 +16,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
 from tidings.core.models import valid_app_id
+from tidings.core.seal import PLAIN, Seal, SealError
 from tidings.errors import Conflict, NotFound
 from tidings.service import Service
 from tidings.service.keys import describe, rotated
 from tidings.store.base import AppRecord
+from tidings.store.sealed import KEY_CHECK, check_of
 
 DEMO_USER = "demo-user"
 
@@ -219,3 +221,58 @@ def check_outbox(settings: Settings) -> None:
     from tidings.outbox.consumer import check
 
     asyncio.run(check(settings.outbox_url))
+
+
+# -- sealed secrets (docs/security.md#sealed-secrets) --------------------------------
+async def _on_store(settings: Settings, fn):
+    """Run ``fn(store)`` on the store alone: no service, so no key is checked
+    before ``fn`` has said what it expects."""
+    from tidings.store import open_store
+
+    store = open_store(settings.store, settings.sqlite_path)
+    await store.open()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _operator_key(settings: Settings) -> bytes:
+    key = settings.operator_key()
+    if key is None:
+        raise SealError("no secret key: set TIDINGS_SECRET_KEY or TIDINGS_SECRET_KEY_FILE "
+                        "(`tidings secrets keygen` makes one)")
+    return key
+
+
+def seal_secrets(settings: Settings) -> int:
+    """Seal every secret of the store under the operator's key, in one
+    transaction: how many rows it rewrote.  Creates an embedded store that is
+    not there yet, so that a new install starts sealed."""
+    after = Seal(_operator_key(settings))
+
+    async def run(store):
+        check = check_of(await store.secret_rows(KEY_CHECK))
+        if check is not None:
+            raise SealError("the store's secrets are already sealed" + (
+                " under this key" if check == after.check
+                else ": `tidings secrets rekey` changes the key"))
+        return await store.reseal(PLAIN, after)
+
+    return asyncio.run(_on_store(settings, run))
+
+
+def unseal_secrets(settings: Settings) -> int:
+    """Store every secret plain again (the key is checked first)."""
+    _require_store(settings)
+    before = Seal(_operator_key(settings))
+    return asyncio.run(_on_store(settings, lambda store: store.reseal(before, PLAIN)))
+
+
+def rekey_secrets(settings: Settings, new_key: bytes) -> int:
+    """Seal every secret under ``new_key`` instead of the current key."""
+    _require_store(settings)
+    before, after = Seal(_operator_key(settings)), Seal(new_key)
+    if before.check == after.check:
+        raise SealError("the new key is the store's key already")
+    return asyncio.run(_on_store(settings, lambda store: store.reseal(before, after)))

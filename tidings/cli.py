@@ -25,11 +25,25 @@ WS_PROTOCOL = "tidings.gateway.uvicorn_ws:TidingsWebSocketProtocol"
 HTTP_PROTOCOL = "tidings.api.uvicorn_http:TidingsHttpProtocol"
 DATA_HELP = "Data directory of the embedded store (default ./tidings-data)."
 STORE_HELP = "Store URL (default: SQLite file in --data)."
+KEY_FILE_HELP = ("File holding the key the store's secrets are sealed under "
+                 "($TIDINGS_SECRET_KEY_FILE; or the key itself in $TIDINGS_SECRET_KEY; "
+                 "`tidings secrets`).")
 
 
 def _settings(config: str | None, **flags):
     """defaults < the configuration file < TIDINGS_* variables < flags."""
     return config_file.load(config, **flags)[0]
+
+
+def _key_flags(secret_key_file: str | None) -> dict:
+    """``--secret-key-file`` as settings: over both variables, as a flag is."""
+    if secret_key_file is None:
+        return {}
+    return {"secret_key_file": secret_key_file, "secret_key": ""}
+
+
+key_file_option = click.option("--secret-key-file", default=None, metavar="FILE",
+                               help=KEY_FILE_HELP)
 
 
 # Every command that reads the settings takes the file they start from.
@@ -119,6 +133,7 @@ def main(debug: bool) -> None:
 @click.option("--limit", multiple=True, metavar="NAME=VALUE",
               help="Set one of the [limits] (repeatable; over the file and "
                    "$TIDINGS_LIMITS_NAME), e.g. --limit max_body_bytes=1048576.")
+@key_file_option
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--log-format", envvar="TIDINGS_LOG_FORMAT", default="text", show_default=True,
@@ -126,11 +141,12 @@ def main(debug: bool) -> None:
               help="json: one object a line with time, level, node, request id, app "
                    "($TIDINGS_LOG_FORMAT).")
 def serve(config, host, port, data, store, broker, outbox, workers, node, cache, allowed_origins,
-          limit, log_level, log_format) -> None:
+          limit, secret_key_file, log_level, log_format) -> None:
     """Run the service (zero configuration: SQLite in ./tidings-data)."""
     settings = _settings(config, host=host, port=port, data=data, store=store, broker=broker,
                          outbox=outbox, node=node, cache=cache,
-                         allowed_origins=allowed_origins or None, limits=_limits(limit))
+                         allowed_origins=allowed_origins or None, limits=_limits(limit),
+                         **_key_flags(secret_key_file))
     if not 0 <= settings.port <= 65535:  # TIDINGS_PORT is not checked by click
         raise click.BadParameter(f"{settings.port} is not a port (0-65535)",
                                  param_hint="--port / TIDINGS_PORT")
@@ -515,6 +531,67 @@ def revoke_tokens(config, app_id, user, jti, one_token, data, store, as_json) ->
     at = datetime.fromtimestamp(out["revoked_before"], UTC).isoformat()
     click.echo(f"revoked the tokens of {user} (app {app_id}) issued before {at} "
                f"({out['revoked_before']}): {within}, and their open streams end")
+
+
+@main.group()
+def secrets() -> None:
+    """Seal the store's secrets under a key it does not hold (docs/security.md#sealed-secrets).
+
+    Stop every node first; start each again with the key."""
+
+
+@secrets.command("keygen")
+def secrets_keygen() -> None:
+    """Print a new secret key (32 random bytes, base64url) for TIDINGS_SECRET_KEY."""
+    from tidings.core.seal import new_key
+
+    click.echo(new_key())
+
+
+def _store_options(fn):
+    for option in (config_option, click.option("--data", default=None, help=DATA_HELP),
+                   click.option("--store", default=None, help=STORE_HELP), key_file_option):
+        fn = option(fn)
+    return fn
+
+
+def _resealed(verb: str, n: int, settings) -> None:
+    click.echo(f"{verb} the secrets of {n} rows in {bootstrap.store_location(settings)}")
+
+
+@secrets.command("seal")
+@_store_options
+def secrets_seal(config, data, store, secret_key_file) -> None:
+    """Seal every secret of the store under the key, in one transaction."""
+    settings = _settings(config, data=data, store=store, **_key_flags(secret_key_file))
+    _resealed("sealed", bootstrap.seal_secrets(settings), settings)
+    click.echo("start every node with this key (TIDINGS_SECRET_KEY or TIDINGS_SECRET_KEY_FILE)")
+
+
+@secrets.command("unseal")
+@_store_options
+def secrets_unseal(config, data, store, secret_key_file) -> None:
+    """Store every secret plain again, in one transaction (the key is checked first)."""
+    settings = _settings(config, data=data, store=store, **_key_flags(secret_key_file))
+    _resealed("unsealed", bootstrap.unseal_secrets(settings), settings)
+    click.echo("start every node without a key")
+
+
+@secrets.command("rekey")
+@_store_options
+@click.option("--new-key-file", required=True, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="File holding the new key (`tidings secrets keygen`).")
+def secrets_rekey(config, data, store, secret_key_file, new_key_file) -> None:
+    """Seal every secret under a new key instead, in one transaction."""
+    from pathlib import Path
+
+    from tidings.core.seal import parse_key
+
+    settings = _settings(config, data=data, store=store, **_key_flags(secret_key_file))
+    new = parse_key(Path(new_key_file).read_text(), f"the new key file {new_key_file}")
+    _resealed("resealed", bootstrap.rekey_secrets(settings, new), settings)
+    click.echo("start every node with the new key")
 
 
 @main.command("config")

@@ -194,6 +194,12 @@ class Settings(msgspec.Struct):
     # to whoever reaches the port; only where the port is the monitoring
     # network's.  Otherwise it takes an admin key, scoped like /dashboard.
     metrics_public: bool = False
+    # The operator's key the store's secrets are sealed under
+    # (docs/security.md#sealed-secrets): the key itself (base64url, 32 bytes;
+    # `tidings secrets keygen`), or a file holding it.  None of both: the
+    # store's secrets are plain, and a sealed store refuses to open.
+    secret_key: str | None = None
+    secret_key_file: str | None = None
     limits: Limits = Limits()
     # Requests per second per API key, shared by every node through the broker
     # (a token bucket: ``key_burst`` at once).  0 turns the limit off.
@@ -222,6 +228,19 @@ class Settings(msgspec.Struct):
             raise ValueError("the outbox is a PostgreSQL table: give --outbox postgresql://... "
                              "or use a PostgreSQL store")
         return url
+
+    def operator_key(self) -> bytes | None:
+        """The 32 bytes of ``secret_key`` or of the file ``secret_key_file``, else None."""
+        from tidings.core.seal import parse_key
+
+        if self.secret_key and self.secret_key_file:
+            raise ValueError("give TIDINGS_SECRET_KEY or TIDINGS_SECRET_KEY_FILE, not both")
+        if self.secret_key:
+            return parse_key(self.secret_key)
+        if self.secret_key_file:
+            text = Path(self.secret_key_file).read_text()
+            return parse_key(text, f"the secret key file {self.secret_key_file}")
+        return None
 
     @property
     def sqlite_path(self) -> Path:

@@ -37,6 +37,7 @@ DEFAULT_FILE = "tidings.toml"
 MASK = "***"
 # Secrets among the settings: shown masked by `tidings config`.
 _SECRET_FIELDS = {("push", "vapid_private_key"), ("email", "password")}
+_SECRET_SETTINGS = {"secret_key"}
 _URL_FIELDS = {"store", "broker", "outbox"}
 SECTIONS = {"limits": Limits, "outbound": OutboundConfig, "webhook": WebhookConfig,
             "push": WebPushConfig, "email": EmailConfig}
@@ -103,6 +104,9 @@ def effective(settings: Settings) -> dict:
     for section, name in _SECRET_FIELDS:
         if doc.get(section) and doc[section].get(name):
             doc[section][name] = MASK
+    for key in _SECRET_SETTINGS:
+        if doc.get(key):
+            doc[key] = MASK
     return doc
 
 

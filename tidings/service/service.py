@@ -205,6 +205,13 @@ class Service:
 
     async def open(self) -> None:
         await self.store.open()
+        # the operator's key, checked once; secrets are opened as they are
+        # read into the caches, never on a request (tidings/core/seal.py)
+        try:
+            await self.store.unlock(self.settings.operator_key())
+        except BaseException:
+            await self.store.close()
+            raise
         await self.broker.open()
         self.apps.open()
         self.sessions.open()

@@ -89,13 +89,17 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from tidings.core.models import Preferences
 from tidings.core.preferences import muted as muted_in
 from tidings.core.receipts import Row
 from tidings.core.retime import Retime
+from tidings.core.seal import PLAIN, Seal
 from tidings.store.outbound import NewJob, OutboundStore
+
+if TYPE_CHECKING:
+    from tidings.store.sealed import Place
 
 
 @dataclass(slots=True)
@@ -390,10 +394,40 @@ class Store(OutboundStore, abc.ABC):
     async def ping(self) -> bool:
         """True when the store answers (readiness)."""
 
+    # -- sealed secrets (tidings/core/seal.py, tidings/store/sealed.py) --
+    # The key this store's secrets are sealed and opened with: PLAIN until
+    # ``unlock`` has checked the operator's key against the store's.
+    seal: Seal = PLAIN
+
+    async def unlock(self, key: bytes | None) -> None:
+        """Check ``key`` (None: no key) against the store's key check, and
+        open every secret once under it, so that a missing or wrong key, or
+        a sealed value moved from another row, stops the start with one
+        clear ``SealError``; from then on secrets are sealed and opened
+        with it."""
+        from tidings.store.sealed import KEY_CHECK, PLACES, check_of, resealed
+
+        seal = Seal(key)
+        seal.expect(check_of(await self.secret_rows(KEY_CHECK)))
+        for place in PLACES:
+            resealed(place, await self.secret_rows(place), seal, PLAIN)
+        self.seal = seal
+
+    @abc.abstractmethod
+    async def secret_rows(self, place: Place) -> list[tuple]:
+        """The rows of ``place.select()``: a place's keys, then its secrets as stored."""
+
+    @abc.abstractmethod
+    async def reseal(self, before: Seal, after: Seal) -> int:
+        """In one transaction: check that the store is sealed as ``before``
+        (``Seal.expect``), turn every secret of ``PLACES`` from ``before``'s
+        seal to ``after``'s, and keep ``after``'s key check (none for a plain
+        store).  Returns how many rows it rewrote."""
+
     # -- apps and keys --------------------------------------------------
     @abc.abstractmethod
     async def pepper(self) -> bytes:
-        """The install-wide secret that keys API-key hashes."""
+        """The install-wide secret that keys API-key hashes (sealed with ``seal``)."""
 
     @abc.abstractmethod
     async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord: ...

@@ -22,6 +22,7 @@ import msgspec
 from tidings.channels.base import Job
 from tidings.core import retime
 from tidings.core.models import Preferences
+from tidings.core.seal import Seal
 from tidings.store.outbound import (
     Destinations,
     EmailAddress,
@@ -34,6 +35,7 @@ from tidings.store.outbound import (
 )
 from tidings.store.postgres.digests import held, hold, move
 from tidings.store.postgres.timeline import log_attempt
+from tidings.store.sealed import open_webhook, webhook_place
 
 __all__ = ["PostgresOutbound", "insert_jobs", "retime_jobs"]
 
@@ -119,9 +121,12 @@ class PostgresOutbound(OutboundStore):
     _fetchrow: Callable[..., Awaitable[Any]]
     _fetchval: Callable[..., Awaitable[Any]]
     _execute: Callable[..., Awaitable[str]]
+    seal: Seal  # the store's (tidings/store/base.py)
 
     # -- webhook endpoints ------------------------------------------------------------
     async def add_webhook(self, app_id, endpoint, limit) -> bool:
+        stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id))
+
         async def add(conn):
             # The app's row serialises concurrent adds, so the limit holds.
             await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
@@ -131,7 +136,7 @@ class PostgresOutbound(OutboundStore):
             await conn.execute(
                 "INSERT INTO webhooks (app_id, id, url, secret, created_at) "
                 "VALUES ($1, $2, $3, $4, $5)",
-                app_id, endpoint.id, endpoint.url, endpoint.secret, endpoint.created_at,
+                app_id, endpoint.id, endpoint.url, stored, endpoint.created_at,
             )
             return True
 
@@ -141,15 +146,15 @@ class PostgresOutbound(OutboundStore):
         rows = await self._fetch(
             f"SELECT {_WEBHOOK} FROM webhooks WHERE app_id = $1 ORDER BY created_at, id", app_id
         )
-        return [WebhookEndpoint(*r) for r in rows]
+        return [open_webhook(self.seal, app_id, r) for r in rows]
 
     async def rotate_webhook(self, app_id, wid, secret, overlap_until):
         row = await self._fetchrow(
             "UPDATE webhooks SET previous_secret = secret, previous_until = $3, secret = $4 "
             f"WHERE app_id = $1 AND id = $2 RETURNING {_WEBHOOK}",
-            app_id, wid, overlap_until, secret,
+            app_id, wid, overlap_until, self.seal.wrap(secret, webhook_place(app_id, wid)),
         )
-        return WebhookEndpoint(*row) if row else None
+        return open_webhook(self.seal, app_id, row) if row else None
 
     async def delete_webhook(self, app_id, wid) -> bool:
         return _count(await self._execute(

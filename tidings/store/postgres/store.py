@@ -56,6 +56,7 @@ import msgspec
 from tidings.core.models import Preferences
 from tidings.core.preferences import NONE_MUTED
 from tidings.core.preferences import muted as muted_in
+from tidings.core.seal import Seal
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
@@ -101,6 +102,19 @@ from tidings.store.postgres.sql import (
     STATE_CODE,
     STATE_NAME,
     inbox_filtered_sql,
+)
+from tidings.store.sealed import (
+    DROP_CHECK,
+    KEY_CHECK,
+    PEPPER_PLACE,
+    PLACES,
+    Place,
+    app_place,
+    check_of,
+    open_app,
+    open_pepper,
+    resealed,
+    set_check,
 )
 
 __all__ = ["PostgresStore", "migrate"]
@@ -357,35 +371,59 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
     async def _execute(self, sql: str, *args) -> str:
         return await self._call(_execute, sql, *args)
 
+    # -- sealed secrets (tidings/store/sealed.py) -----------------------
+    async def secret_rows(self, place: Place) -> list[tuple]:
+        return [tuple(r) for r in await self._fetch(place.select())]
+
+    async def reseal(self, before: Seal, after: Seal) -> int:
+        async def reseal(conn):
+            # one transaction; the key check's row (or the table, when there is
+            # none) is locked first, so two reseals apply one after the other
+            await conn.execute("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")
+            before.expect(check_of(await conn.fetch(KEY_CHECK.select())))
+            n = 0
+            for place in PLACES:
+                rows = await conn.fetch(place.select() + " FOR UPDATE")
+                changed = resealed(place, rows, before, after)
+                await conn.executemany(place.update(lambda i: f"${i}"), changed)
+                n += len(changed)
+            if after.check is None:
+                await conn.execute(DROP_CHECK)
+            else:
+                await conn.execute(set_check(lambda i: f"${i}"), after.check)
+            return n
+
+        return await self._call(reseal, tx=True)
+
     # -- apps (keys: tidings/store/postgres/keys.py) --------------------
     async def pepper(self) -> bytes:
         async def get_or_make(conn):
             await conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('pepper', $1) ON CONFLICT DO NOTHING",
-                os.urandom(32).hex(),
+                self.seal.wrap(os.urandom(32).hex(), PEPPER_PLACE),
             )
             return await conn.fetchval("SELECT value FROM meta WHERE key = 'pepper'")
 
         value = await self._fetchval("SELECT value FROM meta WHERE key = 'pepper'")
         if value is None:
             value = await self._call(get_or_make)
-        return bytes.fromhex(value)
+        return open_pepper(self.seal, value)
 
     async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord:
         now = time.time()
         await self._execute(
             "INSERT INTO apps (id, name, signing_secret, created_at) VALUES ($1, $2, $3, $4)",
-            app_id, name, signing_secret, now,
+            app_id, name, self.seal.wrap(signing_secret, app_place(app_id)), now,
         )
         return AppRecord(app_id, name, signing_secret, now)
 
     async def get_app(self, app_id: str) -> AppRecord | None:
         row = await self._fetchrow(f"SELECT {_APP} FROM apps WHERE id = $1", app_id)
-        return AppRecord(*row) if row else None
+        return open_app(self.seal, row) if row else None
 
     async def list_apps(self) -> list[AppRecord]:
         rows = await self._fetch(f"SELECT {_APP} FROM apps ORDER BY created_at")
-        return [AppRecord(*r) for r in rows]
+        return [open_app(self.seal, r) for r in rows]
 
     async def rotate_signing_secret(self, app_id: str, secret: str,
                                     previous_until: float) -> AppRecord | None:
@@ -394,8 +432,8 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         row = await self._fetchrow(
             "UPDATE apps SET previous_secret = signing_secret, previous_until = $2, "
             f"signing_secret = $3 WHERE id = $1 RETURNING {_APP}",
-            app_id, previous_until, secret)
-        return AppRecord(*row) if row else None
+            app_id, previous_until, self.seal.wrap(secret, app_place(app_id)))
+        return open_app(self.seal, row) if row else None
 
     async def end_dashboard_session(self, session_id: str, expires: float,
                                     now: float) -> None:

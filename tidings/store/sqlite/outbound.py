@@ -22,6 +22,7 @@ import msgspec
 from tidings.channels.base import Job
 from tidings.core import retime
 from tidings.core.models import Preferences
+from tidings.core.seal import Seal
 from tidings.store.outbound import (
     Destinations,
     EmailAddress,
@@ -32,6 +33,7 @@ from tidings.store.outbound import (
     QueueStats,
     WebhookEndpoint,
 )
+from tidings.store.sealed import open_webhook, webhook_place
 from tidings.store.sqlite.digests import held_tx, hold_tx, move_tx
 from tidings.store.sqlite.timeline import log_attempt_tx, prune_attempts_tx
 
@@ -73,9 +75,12 @@ class SQLiteOutbound(OutboundStore):
     _write: Callable[..., asyncio.Future]
     _q: Callable[..., list]
     _q1: Callable[..., Any]
+    seal: Seal  # the store's (tidings/store/base.py)
 
     # -- webhook endpoints ------------------------------------------------------------
     async def add_webhook(self, app_id, endpoint, limit) -> bool:
+        stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id))
+
         def add(conn):
             (n,) = conn.execute("SELECT count(*) FROM webhooks WHERE app_id=?",
                                 (app_id,)).fetchone()
@@ -83,7 +88,7 @@ class SQLiteOutbound(OutboundStore):
                 return False
             conn.execute(
                 "INSERT INTO webhooks(app_id, id, url, secret, created_at) VALUES (?,?,?,?,?)",
-                (app_id, endpoint.id, endpoint.url, endpoint.secret, endpoint.created_at),
+                (app_id, endpoint.id, endpoint.url, stored, endpoint.created_at),
             )
             return True
 
@@ -94,19 +99,21 @@ class SQLiteOutbound(OutboundStore):
             "SELECT id, url, secret, created_at, previous_secret, previous_until FROM webhooks "
             "WHERE app_id=? ORDER BY created_at, id", (app_id,),
         )
-        return [WebhookEndpoint(*r) for r in rows]
+        return [open_webhook(self.seal, app_id, r) for r in rows]
 
     async def rotate_webhook(self, app_id, wid, secret, overlap_until):
+        stored = self.seal.wrap(secret, webhook_place(app_id, wid))
+
         def rotate(conn):
             return conn.execute(
                 "UPDATE webhooks SET previous_secret=secret, previous_until=?, secret=? "
                 "WHERE app_id=? AND id=? "
                 "RETURNING id, url, secret, created_at, previous_secret, previous_until",
-                (overlap_until, secret, app_id, wid),
+                (overlap_until, stored, app_id, wid),
             ).fetchone()
 
         row = await self._write(rotate)
-        return WebhookEndpoint(*row) if row else None
+        return open_webhook(self.seal, app_id, row) if row else None
 
     async def delete_webhook(self, app_id, wid) -> bool:
         def delete(conn):

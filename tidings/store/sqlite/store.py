@@ -33,6 +33,7 @@ import msgspec
 from tidings.core.models import Preferences
 from tidings.core.preferences import NONE_MUTED
 from tidings.core.preferences import muted as muted_in
+from tidings.core.seal import Seal
 from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import (
@@ -46,6 +47,19 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
     UserTimeline,
+)
+from tidings.store.sealed import (
+    DROP_CHECK,
+    KEY_CHECK,
+    PEPPER_PLACE,
+    PLACES,
+    Place,
+    app_place,
+    check_of,
+    open_app,
+    open_pepper,
+    resealed,
+    set_check,
 )
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
@@ -518,28 +532,51 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
     def _q1(self, sql: str, args: tuple | list | dict = ()):
         return self._reader.execute(sql, args).fetchone()
 
+    # -- sealed secrets (tidings/store/sealed.py) -----------------------
+    async def secret_rows(self, place: Place) -> list[tuple]:
+        return [tuple(r) for r in self._q(place.select())]
+
+    async def reseal(self, before: Seal, after: Seal) -> int:
+        def reseal(conn):
+            # the writer's transaction: every row and the key check, or nothing
+            before.expect(check_of(conn.execute(KEY_CHECK.select()).fetchall()))
+            n = 0
+            for place in PLACES:
+                rows = resealed(place, conn.execute(place.select()).fetchall(), before, after)
+                conn.executemany(place.update(lambda i: "?"), rows)
+                n += len(rows)
+            if after.check is None:
+                conn.execute(DROP_CHECK)
+            else:
+                conn.execute(set_check(lambda i: "?"), (after.check,))
+            return n
+
+        return await self._write(reseal)
+
     # -- apps (keys: tidings/store/sqlite/keys.py) ----------------------
     async def pepper(self) -> bytes:
         row = self._q1("SELECT value FROM meta WHERE key='pepper'")
         if row:
-            return bytes.fromhex(row[0])
+            return open_pepper(self.seal, row[0])
+        made = self.seal.wrap(os.urandom(32).hex(), PEPPER_PLACE)
 
         def make(conn):
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES('pepper', ?) ON CONFLICT(key) DO NOTHING",
-                (os.urandom(32).hex(),),
+                (made,),
             )
             return conn.execute("SELECT value FROM meta WHERE key='pepper'").fetchone()[0]
 
-        return bytes.fromhex(await self._write(make))
+        return open_pepper(self.seal, await self._write(make))
 
     async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord:
         now = time.time()
+        stored = self.seal.wrap(signing_secret, app_place(app_id))
 
         def insert(conn):
             conn.execute(
                 "INSERT INTO apps(id, name, signing_secret, created_at) VALUES (?,?,?,?)",
-                (app_id, name, signing_secret, now),
+                (app_id, name, stored, now),
             )
 
         await self._write(insert)
@@ -547,22 +584,24 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
 
     async def get_app(self, app_id: str) -> AppRecord | None:
         row = self._q1(f"SELECT {_APP} FROM apps WHERE id=?", (app_id,))
-        return AppRecord(*row) if row else None
+        return open_app(self.seal, row) if row else None
 
     async def list_apps(self) -> list[AppRecord]:
         rows = self._q(f"SELECT {_APP} FROM apps ORDER BY created_at")
-        return [AppRecord(*r) for r in rows]
+        return [open_app(self.seal, r) for r in rows]
 
     async def rotate_signing_secret(self, app_id: str, secret: str,
                                     previous_until: float) -> AppRecord | None:
+        stored = self.seal.wrap(secret, app_place(app_id))
+
         def rotate(conn):
             # the right-hand side reads the row as it was: the old secret
             conn.execute("UPDATE apps SET previous_secret=signing_secret, previous_until=?, "
-                         "signing_secret=? WHERE id=?", (previous_until, secret, app_id))
+                         "signing_secret=? WHERE id=?", (previous_until, stored, app_id))
             return conn.execute(f"SELECT {_APP} FROM apps WHERE id=?", (app_id,)).fetchone()
 
         row = await self._write(rotate)
-        return AppRecord(*row) if row else None
+        return open_app(self.seal, row) if row else None
 
     async def end_dashboard_session(self, session_id: str, expires: float,
                                     now: float) -> None:
