@@ -21,10 +21,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(data, port) -> subprocess.Popen:
+def _start(data, port, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``tidings serve`` on ``data`` (more flags in ``args``, the environment
+    ``env``), once it answers ``/healthz``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "serve", "--data", str(data), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "tidings", "serve", "--data", str(data), "--port", str(port),
+         *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -538,18 +538,12 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
 
     async def reseal(self, before: Seal, after: Seal) -> int:
         def reseal(conn):
-            # the writer's transaction: every row and the key check, or nothing
-            before.expect(check_of(conn.execute(KEY_CHECK.select()).fetchall()))
-            n = 0
-            for place in PLACES:
-                rows = resealed(place, conn.execute(place.select()).fetchall(), before, after)
-                conn.executemany(place.update(lambda i: "?"), rows)
-                n += len(rows)
-            if after.check is None:
-                conn.execute(DROP_CHECK)
-            else:
-                conn.execute(set_check(lambda i: "?"), (after.check,))
-            return n
+            # the cells the old values leave are zeroed, not left in the file
+            conn.execute("PRAGMA secure_delete=ON")
+            try:
+                return _reseal_tx(conn, before, after)
+            finally:
+                conn.execute("PRAGMA secure_delete=OFF")  # the writer's other work needs none
 
         return await self._write(reseal)
 
@@ -1037,6 +1031,21 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         """``(commits, jobs)`` done by the writer: jobs/commit is the group size."""
         w = self._writer
         return (w.commits, w.jobs_done) if w else (0, 0)
+
+
+def _reseal_tx(conn: WriterConnection, before: Seal, after: Seal) -> int:
+    """The writer's transaction of ``reseal``: every row and the key check, or nothing."""
+    before.expect(check_of(conn.execute(KEY_CHECK.select()).fetchall()))
+    n = 0
+    for place in PLACES:
+        rows = resealed(place, conn.execute(place.select()).fetchall(), before, after)
+        conn.executemany(place.update(lambda i: "?"), rows)
+        n += len(rows)
+    if after.check is None:
+        conn.execute(DROP_CHECK)
+    else:
+        conn.execute(set_check(lambda i: "?"), (after.check,))
+    return n
 
 
 def _put_prefs_tx(conn: WriterConnection, app_id: str, user: str, prefs: Preferences) -> None:
