@@ -98,9 +98,11 @@ def test_secrets_are_masked(tmp_path, clean_env):
     path.write_text(FILE + '\n[push]\nvapid_private_key = "pushkey-secret"\n'
                            'vapid_subject = "mailto:ops@acme.test"\n')
     clean_env.setenv("TIDINGS_BROKER", "redis://:redispass@127.0.0.1:6379/0")
+    clean_env.setenv("TIDINGS_SECRET_KEY", "sealkey-secret")
     doc = effective(load(str(path))[0])
     text = json.dumps(doc)
-    for secret in ("s3cret", "mailpass", "pushkey-secret", "redispass"):
+    assert doc["secret_key"] == "***"
+    for secret in ("s3cret", "mailpass", "pushkey-secret", "redispass", "sealkey-secret"):
         assert secret not in text
     assert doc["store"] == "postgresql://ann:***@db.internal:5432/tidings"
     assert doc["email"]["password"] == "***" and doc["push"]["vapid_private_key"] == "***"

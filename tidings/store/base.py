@@ -45,6 +45,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   successor with the same scopes and no expiry, and ``add_api_key`` and
   ``rotate_api_key`` never go past their ``limit``, however many callers on
   however many nodes (or processes on one SQLite file) do so at once.
+* **Secrets are sealed when the store is.**  Once ``unlock`` has taken the
+  operator's key, every secret of ``tidings/store/sealed.py``'s ``PLACES`` is
+  written sealed under it and opened as it is read (``seal``); ``reseal``
+  changes all of them and the key check in one transaction, or none.
 * **A key's last use only moves later.**  ``note_api_keys_used`` keeps the
   later of the time it is given and the one the key has, so nodes writing
   their notes in any order never set it back.
