@@ -39,7 +39,8 @@ def test_the_key_check_tells_a_missing_a_wrong_and_an_unneeded_key():
     assert key.hex() not in (seal.check or "")
 
 
-@pytest.mark.parametrize("text", ["", "short", "A" * 44, "!" * 43, new_key()[:-2]])
+# 33 bytes, not base64url, 30 bytes
+@pytest.mark.parametrize("text", ["", "short", "A" * 44, "!" * 43, "A" * 40])
 def test_a_key_is_32_bytes_of_base64url(text):
     with pytest.raises(SealError, match="is not a secret key: 32 bytes in base64url"):
         parse_key(text)
