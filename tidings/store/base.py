@@ -93,7 +93,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from tidings.core.models import Preferences
 from tidings.core.preferences import muted as muted_in
@@ -101,9 +101,7 @@ from tidings.core.receipts import Row
 from tidings.core.retime import Retime
 from tidings.core.seal import PLAIN, Seal
 from tidings.store.outbound import NewJob, OutboundStore
-
-if TYPE_CHECKING:
-    from tidings.store.sealed import Place
+from tidings.store.sealed import KEY_CHECK, PLACES, Place, app_place, check_of, resealed
 
 
 @dataclass(slots=True)
@@ -121,6 +119,14 @@ class AppRecord:
         """The previous secret while its overlap lasts, else None."""
         until = self.previous_until
         return self.previous_secret if until is not None and now < until else None
+
+
+def open_app(seal: Seal, row) -> AppRecord:
+    """An app's record from its row (``id, name, signing_secret, created_at,
+    previous_secret, previous_until``), its secrets opened."""
+    where = app_place(row[0])
+    return AppRecord(row[0], row[1], seal.unwrap(row[2], where), row[3],
+                     seal.unwrap(row[4], where), row[5])
 
 
 @dataclass(slots=True)
@@ -409,8 +415,6 @@ class Store(OutboundStore, abc.ABC):
         a sealed value moved from another row, stops the start with one
         clear ``SealError``; from then on secrets are sealed and opened
         with it."""
-        from tidings.store.sealed import KEY_CHECK, PLACES, check_of, resealed
-
         seal = Seal(key)
         seal.expect(check_of(await self.secret_rows(KEY_CHECK)))
         for place in PLACES:

@@ -20,11 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tidings.core.seal import Seal
-from tidings.store.base import AppRecord
 from tidings.store.outbound import WebhookEndpoint
 
 __all__ = ["DROP_CHECK", "KEY_CHECK", "PEPPER", "PEPPER_PLACE", "PLACES", "Place", "app_place",
-           "check_of", "open_app", "open_pepper", "open_webhook", "resealed", "set_check",
+           "check_of", "open_pepper", "open_webhook", "resealed", "set_check",
            "webhook_place"]
 
 Mark = Callable[[int], str]  # the n-th placeholder (1-based): "?" or "$n"
@@ -88,14 +87,6 @@ def resealed(place: Place, rows: Sequence[Sequence], before: Seal,
         values = tuple(after.wrap(before.unwrap(v, where), where) for v in row[n:])
         out.append((*values, *row[:n]))
     return out
-
-
-def open_app(seal: Seal, row: Sequence) -> AppRecord:
-    """An app's record from its row (``id, name, signing_secret, created_at,
-    previous_secret, previous_until``), its secrets opened."""
-    where = app_place(row[0])
-    return AppRecord(row[0], row[1], seal.unwrap(row[2], where), row[3],
-                     seal.unwrap(row[4], where), row[5])
 
 
 def open_webhook(seal: Seal, app_id: str, row: Sequence) -> WebhookEndpoint:

@@ -70,6 +70,7 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
     UserTimeline,
+    open_app,
 )
 from tidings.store.codec import shown_by
 from tidings.store.postgres import groups as _groups
@@ -111,7 +112,6 @@ from tidings.store.sealed import (
     Place,
     app_place,
     check_of,
-    open_app,
     open_pepper,
     resealed,
     set_check,

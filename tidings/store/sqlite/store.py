@@ -47,6 +47,7 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
     UserTimeline,
+    open_app,
 )
 from tidings.store.sealed import (
     DROP_CHECK,
@@ -56,7 +57,6 @@ from tidings.store.sealed import (
     Place,
     app_place,
     check_of,
-    open_app,
     open_pepper,
     resealed,
     set_check,
