@@ -8,16 +8,10 @@ the outbound channels add their own counters through Service.track.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
-from tests.gateway.live import publish, recv_events, ws_connect
-
-
-async def delivery(server, nid: str) -> dict:
-    async with server.http() as http:
-        r = await http.get(f"/v1/notifications/{nid}")
-    assert r.status_code == 200, r.text
-    return r.json()["delivery"]
+from tests.gateway.live import delivery, publish, recv_events, ws_connect
 
 
 async def test_in_app_counts_users_reached_then_seen_and_read(server):
@@ -83,6 +77,37 @@ async def test_channels_report_into_the_same_structure_and_metrics(server):
             in text)
     assert 'tidings_delivery_tracking_total{app="testapp",channel="email",field="failed"} 2.0' \
         in text
+
+
+async def test_a_read_waits_for_the_flush_under_way(server, monkeypatch):
+    """The 1 s task took the counters and is writing them when GET
+    /v1/notifications/{id} comes: the read waits for that write instead of
+    reading the store without them."""
+    (nid,) = await publish(server, {"users": ["alice"]})
+    service, store = server.service, server.service.store
+    write, count = store.record_deliveries, store.delivery_counts
+    writing, go, counted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_write(counts):
+        writing.set()
+        await go.wait()
+        await write(counts)
+
+    async def counts(app, nid):
+        counted.set()
+        return await count(app, nid)
+
+    monkeypatch.setattr(store, "record_deliveries", slow_write)
+    monkeypatch.setattr(store, "delivery_counts", counts)
+    service.track(server.app, nid, "webhook", "sent")
+    flush = asyncio.create_task(service.flush_tracking())
+    await asyncio.wait_for(writing.wait(), 5)
+    read = asyncio.create_task(delivery(server, nid))
+    with contextlib.suppress(TimeoutError):  # a read that does not wait reads now
+        await asyncio.wait_for(counted.wait(), 0.5)
+    go.set()
+    assert (await read)["webhook"] == {"sent": 1}
+    await flush
 
 
 async def test_a_large_topic_counts_its_connected_followers_once(tmp_path):

@@ -54,6 +54,15 @@ async def publish(server, to: dict, n: int = 1, **fields) -> list[str]:
     return ids
 
 
+async def delivery(server, nid: str) -> dict:
+    """The notification's ``delivery`` as GET /v1/notifications/{id} answers
+    it (after this node's tracking flush, which the call makes)."""
+    async with server.http() as http:
+        r = await http.get(f"/v1/notifications/{nid}")
+    assert r.status_code == 200, r.text
+    return r.json()["delivery"]
+
+
 async def until_counts(ws, got: list[dict], timeout: float = 5.0) -> dict:
     """Read WebSocket events into ``got`` until a ``counts`` event; return it."""
     while True:

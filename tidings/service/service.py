@@ -199,6 +199,10 @@ class Service:
         self._apps: LRU[str, AppRecord] = self.apps.cache
         self._keys: LRU[str, KeyRecord] = self.keys.cache
         self.caching = settings.cache
+        # one flush of the delivery counters at a time: GET /v1/notifications/{id}
+        # flushes before it reads, and must wait for the counters a flush
+        # already under way took (else it reads the store without them)
+        self._flushing = asyncio.Lock()
         self.started_at = time.time()
         self.published = 0
         self.publish_errors = 0
@@ -1101,7 +1105,13 @@ class Service:
     async def flush_tracking(self) -> None:
         """Write the delivery counters gathered since the last flush (the
         app runs this every second and at shutdown).  On a store error they
-        are kept for the next try, and the error propagates."""
+        are kept for the next try, and the error propagates.  A flush waits
+        for one under way, so that once it returns every counter gathered
+        before it was called is in the store (or kept after an error)."""
+        async with self._flushing:
+            await self._flush_tracking()
+
+    async def _flush_tracking(self) -> None:
         tracking = self.hub.tracking
         for app, n in tracking.fold().items():
             self.hub.metrics.track(app, "in_app", "delivered", n)
