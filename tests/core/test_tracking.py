@@ -32,13 +32,28 @@ def test_fold_counts_users_per_notification_and_app():
     t.reached(("app1", body(b)))
     t.reached_feed(("app1", events.feed_frame(1, body(b)), 5))
     t.reached_feed(("app1", events.feed_frame(2, body(a)), 0))  # nobody here: nothing
-    assert t.fold() == {"app1": 9, "app2": 1}
+    assert t.fold() == {("app1", "delivered"): 9, ("app2", "delivered"): 1}
     assert t.take() == {
         ("app1", a, "in_app", "delivered"): 3,
         ("app2", a, "in_app", "delivered"): 1,
         ("app1", b, "in_app", "delivered"): 6,
     }
     assert t.fold() == {} and t.take() == {}
+
+
+def test_users_whose_streams_skipped_a_muted_feed_item_count_as_muted():
+    t = DeliveryTracker()
+    nid = new_id()
+    frame = events.feed_frame(3, body(nid))
+    t.reached_feed(("app1", frame, 4))  # four users follow it here...
+    for user in ("mia", "mia", "zoe"):  # ...two muted it, mia on two devices
+        t.muted_feed(("app1", frame, user))
+    assert t.fold() == {("app1", "delivered"): 2, ("app1", "muted"): 2}
+    assert t.take() == {("app1", nid, "in_app", "delivered"): 2,
+                        ("app1", nid, "in_app", "muted"): 2}
+    t.reached_feed(("app1", frame, 1))  # the only user here muted it: nothing delivered
+    t.muted_feed(("app1", frame, "mia"))
+    assert t.fold() == {("app1", "muted"): 1}
 
 
 def test_a_failed_write_is_restored_and_memory_is_bounded():

@@ -15,6 +15,7 @@ from tests.conftest import two_nodes
 from tests.gateway.live import (
     SSEReader,
     badge,
+    delivery,
     publish,
     recv_events,
     sse_until_counts,
@@ -113,6 +114,40 @@ async def test_a_muted_feed_item_is_in_no_page_count_replay_or_stream(store):
             replayed = [e for _, e in await sse.events(4)]
             assert ids(replayed) == [plain, marker]
         assert await page(server, mia) == [marker, plain]
+
+
+async def test_a_muted_feed_item_counts_as_muted_not_delivered(store):
+    """A broadcast and a large topic's item of ``promo`` reach Ann and Ned
+    live; Mia muted ``promo``, and her two devices skip both: each counts
+    two users delivered and one muted (once, whatever her devices), in
+    ``delivery`` and in /metrics."""
+    async with store(fanout_threshold=0) as server:
+        async with server.http() as http:
+            r = await http.post("/v1/topics/big/subscribers",
+                                json={"users": ["ann", "mia", "ned"]})
+            assert r.status_code == 200, r.text
+        mia = await server.token("mia")
+        await switch(server, mia, "promo", False)
+        streams = [await ws_connect(server, await server.token(user))
+                   for user in ("ann", "ned")]
+        theirs = [await ws_connect(server, mia), await ws_connect(server, mia)]
+        for ws in (*streams, *theirs):
+            await recv_events(ws, 1)
+        items = [*await publish(server, {"all": True}, 1, category="promo"),
+                 *await publish(server, {"topic": "big"}, 1, category="promo")]
+        for ws in streams:  # Mia's streams skipped them in the same pass
+            assert ids(await recv_events(ws, 2)) == items
+        for nid in items:
+            assert (await delivery(server, nid))["in_app"] == {
+                "delivered": 2, "muted": 1, "seen": 0, "read": 0,
+                "acknowledged": 0, "displayed": 0}
+        async with server.http() as http:
+            text = (await http.get("/metrics")).text
+        for field, n in (("delivered", 4), ("muted", 2)):
+            assert (f'tidings_delivery_tracking_total{{app="testapp",channel="in_app",'
+                    f'field="{field}"}} {n}.0') in text
+        for ws in (*streams, *theirs):
+            await ws.close()
 
 
 async def test_muting_and_unmuting_reach_open_streams_with_exact_counts(store):

@@ -107,7 +107,8 @@ class ServiceCollector:
         tracked = CounterMetricFamily(
             "tidings_delivery_tracking",
             "Delivery tracking by channel and field (in_app delivered: users a live stream "
-            "reached, once per node; seen/read: entries marked; outbound channels: their "
+            "reached, once per node; in_app muted: users whose streams skipped a feed item "
+            "they muted; seen/read: entries marked; outbound channels: their "
             "queued/sent/delivered/failed)", labels=["app", "channel", "field"])
         for app, st in apps:
             for (channel, field), n in sorted(st.tracked.items()):

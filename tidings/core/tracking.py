@@ -19,6 +19,12 @@ node already had is not counted again (the hub checks), one that replays
 after every device of the user had gone may be.  docs/delivery.md has the
 whole rule.
 
+A feed item skipped by a stream because its user muted the category in-app
+(tidings/gateway/stream.py) is not delivered to that user: the stream
+appends ``(app, frame, user)`` (:meth:`DeliveryTracker.muted_feed`, on the
+muted path only), and the fold counts those users under ``in_app`` /
+``muted`` instead of ``delivered``.
+
 Sans I/O: the caller owns the clock and the store.
 """
 
@@ -63,9 +69,13 @@ class DeliveryTracker:
         # (app, encoded body, users) per message for many users (broker.base.Personals)
         self._personals: list[tuple[str, bytes, int]] = []
         self._feed: list[tuple[str, bytes, int]] = []
+        # (app, frame, user) per stream that skipped a feed message its user
+        # muted: the same broker message as one of ``_feed``, in the same fold
+        self._muted: list[tuple[str, bytes, str]] = []
         self.reached = self._personal.append  # the hot path: one bound-method call
         self.reached_users = self._personals.append
         self.reached_feed = self._feed.append
+        self.muted_feed = self._muted.append
 
     def add(self, app: str, nid: str, channel: str, field: str, n: int = 1) -> None:
         key = (app, nid, channel, field)
@@ -77,27 +87,45 @@ class DeliveryTracker:
         else:
             self.dropped += n
 
-    def fold(self) -> dict[str, int]:
-        """Turn what the gateway routed into ``in_app`` ``delivered``
-        counters; returns the number of deliveries per app (for /metrics)."""
+    def fold(self) -> dict[tuple[str, str], int]:
+        """Turn what the gateway routed into ``in_app`` ``delivered`` and
+        ``muted`` counters; returns them per app and field (for /metrics)."""
         personal, self._personal[:] = list(self._personal), []
         personals, self._personals[:] = list(self._personals), []
         feed, self._feed[:] = list(self._feed), []
-        per_app: Counter[str] = Counter()
+        muted = self._muted_users()
+        per_app: Counter[tuple[str, str]] = Counter()
         reached: Counter[tuple[str, bytes | None]] = Counter(
             (app, personal_nid(body)) for app, body in personal)
         for app, body, users in personals:
             reached[(app, personal_nid(body))] += users
-        for (app, raw), n in reached.items():
-            if raw is not None:
-                self.add(app, raw.decode("ascii", "replace"), "in_app", "delivered", n)
-                per_app[app] += n
         for app, frame, users in feed:
             raw = feed_nid(frame)
             if raw is not None and users:
-                self.add(app, raw.decode("ascii", "replace"), "in_app", "delivered", users)
-                per_app[app] += users
+                skipped = min(muted.pop((app, raw), 0), users)
+                reached[(app, raw)] += users - skipped
+                if skipped:
+                    self._count(per_app, app, raw, "muted", skipped)
+        for (app, raw), n in reached.items():
+            if raw is not None and n:
+                self._count(per_app, app, raw, "delivered", n)
         return dict(per_app)
+
+    def _muted_users(self) -> Counter[tuple[str, bytes]]:
+        """The users who muted each feed item, per (app, id): once per user,
+        however many of their streams here skipped it."""
+        muted, self._muted[:] = set(self._muted), []
+        out: Counter[tuple[str, bytes]] = Counter()
+        for app, frame, _user in muted:
+            raw = feed_nid(frame)
+            if raw is not None:
+                out[(app, raw)] += 1
+        return out
+
+    def _count(self, per_app: Counter[tuple[str, str]], app: str, raw: bytes, field: str,
+               n: int) -> None:
+        self.add(app, raw.decode("ascii", "replace"), "in_app", field, n)
+        per_app[(app, field)] += n
 
     def take(self) -> dict[Key, int]:
         """Everything pending, to write; the tracker starts empty again."""

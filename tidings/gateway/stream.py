@@ -37,6 +37,7 @@ from typing import Protocol
 from tidings.core import events
 from tidings.core.queue import OutboundQueue
 from tidings.core.stats import Stats
+from tidings.core.tracking import DeliveryTracker
 from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
 
 log = logging.getLogger("tidings.gateway")
@@ -57,6 +58,7 @@ class Host(Protocol):
 
     metrics: Stats
     ends: StreamEnds
+    tracking: DeliveryTracker
 
     def mark_dirty(self, stream: Flushable) -> None: ...
 
@@ -165,7 +167,10 @@ class Stream:
         """Feed item ``offset`` of ``category`` arrived live."""
         muted = self.muted
         if muted and category in muted:
-            return  # muted in-app: the counts and the replay leave it out too
+            # muted in-app: the counts and the replay leave it out too, and
+            # delivery tracking counts the user under "muted", not "delivered"
+            self.hub.tracking.muted_feed((self.app, frame, self.user))
+            return
         if self._syncing:
             self._hold("f", offset, frame)
             return

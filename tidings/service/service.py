@@ -690,9 +690,12 @@ class Service:
         stats, feed = stored.stats, stored.feed_offset is not None
         # in_app: seen counts entries seen or further along (read and
         # archived are both past seen), read those read or archived
-        in_app = {"delivered": delivery.get("in_app", {}).get("delivered", 0),
+        counted = delivery.get("in_app", {})
+        in_app = {"delivered": counted.get("delivered", 0),
                   "seen": stats["seen"] + stats["read"] + stats["archived"],
                   "read": stats["read"] + stats["archived"]}
+        if counted.get("muted"):  # a feed item's users whose streams skipped it
+            in_app["muted"] = counted["muted"]
         # what devices acknowledged (tidings.core.receipts): unique users
         receipts = await self.store.receipt_counts(app_id, nid)
         in_app["acknowledged"] = receipts.get("delivered", 0)
@@ -1113,8 +1116,8 @@ class Service:
 
     async def _flush_tracking(self) -> None:
         tracking = self.hub.tracking
-        for app, n in tracking.fold().items():
-            self.hub.metrics.track(app, "in_app", "delivered", n)
+        for (app, field), n in tracking.fold().items():
+            self.hub.metrics.track(app, "in_app", field, n)
         counts = tracking.take()
         if counts:
             try:
