@@ -38,7 +38,7 @@ class Limits(msgspec.Struct, frozen=True):
     max_schedule_ahead: int = 365 * 24 * 3600
     deliver_at_grace: int = 300
     max_webhooks: int = 10  # webhook endpoints per app
-    max_api_keys: int = 100  # API keys per app (POST /v1/keys, tidings key create)
+    max_api_keys: int = 100  # unexpired API keys per app (POST /v1/keys, tidings key create)
     # how far ahead a key's expires_at may be (POST /v1/keys, tidings key create)
     max_key_lifetime: int = 5 * 365 * 24 * 3600
     # users of an app whose tokens were revoked in the last token_max_ttl

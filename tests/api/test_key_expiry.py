@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from tests.api.conftest import store_overrides
 from tests.api.test_hostile import assert_error
 from tests.api.test_key_failures import _client, _codes, _count_key_reads, _reads, wrong
 from tests.api.test_keys import KEYS, _publish
@@ -243,6 +244,32 @@ async def test_a_rotation_stays_within_max_api_keys(tmp_path):
             assert_error(r, 409, "limit_reached")
             assert [k["expires_at"] for k in (await http.get(KEYS)).json()["keys"]] == [
                 None, None]  # nothing changed
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_expired_keys_take_no_place_under_max_api_keys(tmp_path, kind):
+    """At the limit with keys that expire: 409 while they live, a new key
+    once they expired (still listed), 409 again at the limit of live keys;
+    the retention sweep deletes them ``retention_days`` after their expiry."""
+    async with store_overrides(kind) as store, \
+            run_server(tmp_path, limits=Limits(max_api_keys=3), **store) as server:
+        clock = _on_clock(server)
+        async with server.http() as http:
+            expiring = [(await _made(http, expires_at=_iso(clock.now + 60)))["prefix"]
+                        for _ in range(2)]  # with the app's first key: 3
+            assert_error(await http.post(KEYS, json={"scopes": ["read"]}), 409, "limit_reached")
+            clock.now += 60
+            fresh = (await _made(http))["prefix"]
+            listed = [k["prefix"] for k in (await http.get(KEYS)).json()["keys"]]
+            assert listed[1:] == [*sorted(expiring), fresh]  # made at one time: by prefix
+            await _made(http)  # three that have not expired: the limit again
+            assert_error(await http.post(KEYS, json={"scopes": ["read"]}), 409, "limit_reached")
+            # the sweep's cutoff (retention_days ago) before their expiry: kept...
+            await server.service.prune(clock.now - 1)
+            assert len((await http.get(KEYS)).json()["keys"]) == 5
+            await server.service.prune(clock.now + 1)  # ...past it: deleted
+            listed = [k["prefix"] for k in (await http.get(KEYS)).json()["keys"]]
+            assert len(listed) == 3 and not set(expiring) & set(listed)
 
 
 @pytest.mark.parametrize("broker", ["redis", "postgres"])

@@ -23,6 +23,7 @@ from tidings.store.base import (
 
 A, B = "app_a", "app_b"
 T0 = 1_700_000_000.0
+LATER = 4_000_000_000.0  # an expiry that is in the future whenever the test runs
 ADMIN, PUBLISH = frozenset({"admin"}), frozenset({"publish", "read"})
 
 
@@ -80,6 +81,36 @@ async def test_a_rotation_stays_within_the_key_limit(db):
                                               limit=3), Rotated)
 
 
+async def test_expired_keys_are_listed_but_take_no_place_under_the_limit(db):
+    await db.add_api_key(A, "pfx_a", "ha", ADMIN, created_at=T0)
+    for i in range(2):
+        assert await db.add_api_key(A, f"pfx_e{i}", "he", PUBLISH, created_at=T0,
+                                    expires_at=T0 + 60, limit=3)
+    # at the limit while they live, for a new key and for a rotation's
+    assert not await db.add_api_key(A, "pfx_x", "hx", PUBLISH, created_at=T0 + 59, limit=3)
+    assert await db.rotate_api_key(A, "pfx_a", "pfx_r", "hr", expires_at=T0 + 9999,
+                                   limit=3, created_at=T0 + 59) == LIMIT_REACHED
+    # expired (at their expires_at, as the service refuses them): no place
+    assert await db.add_api_key(A, "pfx_n", "hn", PUBLISH, created_at=T0 + 60, limit=3)
+    assert isinstance(await db.rotate_api_key(A, "pfx_n", "pfx_r", "hr", expires_at=T0 + 9999,
+                                              limit=3, created_at=T0 + 61), Rotated)
+    assert not await db.add_api_key(A, "pfx_x", "hx", PUBLISH, created_at=T0 + 61, limit=3)
+    assert [k.prefix for k in await db.list_api_keys(A)] == [
+        "pfx_a", "pfx_e0", "pfx_e1", "pfx_n", "pfx_r"]
+
+
+async def test_expired_keys_are_dropped_once_past_the_cutoff(db):
+    await db.add_api_key(A, "pfx_a", "ha", ADMIN, created_at=T0)
+    await db.add_api_key(A, "pfx_old", "ho", PUBLISH, created_at=T0, expires_at=T0 + 10)
+    await db.add_api_key(A, "pfx_new", "hn", PUBLISH, created_at=T0, expires_at=T0 + 100)
+    await db.add_api_key(B, "pfx_b", "hb", PUBLISH, created_at=T0, expires_at=T0 + 20)
+    assert await db.drop_expired_api_keys(T0 + 50) == 2  # every app's
+    assert [k.prefix for k in await db.list_api_keys(A)] == ["pfx_a", "pfx_new"]
+    assert await db.list_api_keys(B) == []
+    assert await db.find_api_key("pfx_old", "ho") is None
+    assert await db.drop_expired_api_keys(T0 + 50) == 0
+
+
 async def test_an_app_keeps_an_admin_key_that_does_not_expire(db):
     await db.add_api_key(A, "pfx_a", "ha", ADMIN)
     await db.add_api_key(A, "pfx_soon", "hs", ADMIN, expires_at=T0 + 3600)
@@ -99,12 +130,13 @@ async def test_rotations_at_once_on_two_nodes_stay_within_the_limit(make_store, 
     try:
         await db.add_api_key(A, "pfx_0", "h0", ADMIN)
         outcomes = await asyncio.gather(*(
-            s.rotate_api_key(A, "pfx_0", f"pfx_r{i}", "h", expires_at=T0 + i, limit=3)
+            # made now, each old key still live (an expired one takes no place)
+            s.rotate_api_key(A, "pfx_0", f"pfx_r{i}", "h", expires_at=LATER + i, limit=3)
             for i, s in enumerate((db, other) * 3)))
         assert sum(isinstance(o, Rotated) for o in outcomes) == 2
         assert outcomes.count(LIMIT_REACHED) == 4
         keys = await other.list_api_keys(A)
-        assert len(keys) == 3 and keys[0].expires_at in {T0 + i for i in range(6)}
+        assert len(keys) == 3 and keys[0].expires_at in {LATER + i for i in range(6)}
     finally:
         await other.close()
 

@@ -32,7 +32,10 @@ rotating node sends the key's prefix on ``KEYS_CHANNEL`` as for a revocation,
 and every node forgets the key and reads it again.  An expired key is the
 right key, not a guess: it is not counted as a failed check, and a node
 remembers it for ``KEY_CACHE_TTL`` (``_expired``), so that sending it again
-and again costs the store no more than a valid key does.
+and again costs the store no more than a valid key does.  An expired key
+stays listed but takes no place under ``max_api_keys`` (the store counts
+the keys live at the caller's clock), and the retention sweep deletes it
+``retention_days`` after its expiry (``prune``).
 
 **Last use** (``used``, ``write_used``).  A node notes, in memory, when it
 read a valid key from the store (``verify``): with the cache on that is at
@@ -348,12 +351,20 @@ class Keys:
     async def list(self, app_id: str) -> list[KeyInfo]:
         return await self.store.list_api_keys(app_id)
 
+    async def prune(self, older_than: float) -> int:
+        """Retention: delete the keys that expired before ``older_than``.
+        An expired key takes no place under ``max_api_keys``, so without
+        this an app could pile up keys made to expire; listed for
+        ``retention_days`` after its expiry, it then goes (docs/security.md)."""
+        return await self.store.drop_expired_api_keys(older_than)
+
     async def rotate(self, app_id: str, prefix: str,
                      grace: int | None = None) -> tuple[str, Rotated]:
         """A new key with the scopes and name of the app's key ``prefix``,
         which expires ``grace`` seconds from now (ROTATION_GRACE by default;
         sooner if it already did): ``(new key, what changed)``.  404 as
-        ``revoke``; 409 ``limit_reached`` when the app has ``max_api_keys``.
+        ``revoke``; 409 ``limit_reached`` when the app has ``max_api_keys``
+        that have not expired.
         The new key never expires, so the app keeps an admin key that does
         not (tidings/store/base.py)."""
         grace = check_grace(grace)

@@ -823,8 +823,8 @@ class Service:
         ``updated`` with the entry as the inbox page now shows it (the same
         notification, a smaller ``group``).  Then fresh ``counts`` to the
         open streams of each user whose unread entry or feed item went
-        (``_recount_pruned``).  Returns how many entries and notifications
-        went."""
+        (``_recount_pruned``), and delete the API keys that expired before
+        ``older_than``.  Returns how many entries and notifications went."""
         pruned = await self.store.prune(None, older_than)
         for i in range(0, len(pruned.regrouped), _RETRACT_CHUNK):
             for app_id, user, entry in pruned.regrouped[i:i + _RETRACT_CHUNK]:
@@ -834,6 +834,7 @@ class Service:
                     [events.group_updated_frame(entry.body, entry.group, entry.state)]))
             await asyncio.sleep(0)
         await self._recount_pruned(pruned)
+        await self.keys.prune(older_than)
         return pruned.removed
 
     async def _recount_pruned(self, pruned: Pruned) -> None:

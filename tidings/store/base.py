@@ -43,8 +43,9 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   never removes an app's last key with the ``admin`` scope and no
   ``expires_at``, ``rotate_api_key`` gives the key it replaces a
   successor with the same scopes and no expiry, and ``add_api_key`` and
-  ``rotate_api_key`` never go past their ``limit``, however many callers on
-  however many nodes (or processes on one SQLite file) do so at once.
+  ``rotate_api_key`` never go past their ``limit`` of keys that have not
+  expired, however many callers on however many nodes (or processes on one
+  SQLite file) do so at once.
 * **Secrets are sealed when the store is.**  Once ``unlock`` has taken the
   operator's key, every secret of ``tidings/store/sealed.py``'s ``PLACES`` is
   written sealed under it and opened as it is read (``seal``); ``reseal``
@@ -464,7 +465,8 @@ class Store(OutboundStore, abc.ABC):
     ) -> bool:
         """Store a key of ``app_id`` (created now unless ``created_at``
         says when; refused from ``expires_at`` on, if given); False (nothing
-        stored) when the app already has ``limit`` keys."""
+        stored) when the app already has ``limit`` keys that have not
+        expired at that time (an expired key is listed, not counted)."""
 
     @abc.abstractmethod
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
@@ -492,7 +494,13 @@ class Store(OutboundStore, abc.ABC):
         expire at ``expires_at``, or keep the expiry it has when that is
         sooner (a rotation never lengthens a key's life).  ``NO_SUCH_KEY``
         when the app has no key ``prefix``, ``LIMIT_REACHED`` when it
-        already has ``limit`` keys; nothing changes then."""
+        already has ``limit`` keys that have not expired at ``created_at``
+        (``add_api_key``'s count); nothing changes then."""
+
+    @abc.abstractmethod
+    async def drop_expired_api_keys(self, before: float) -> int:
+        """Delete every app's keys that expired before ``before`` (the
+        retention sweep's cutoff); how many.  Keys without an expiry stay."""
 
     @abc.abstractmethod
     async def note_api_keys_used(self, used: Iterable[tuple[str, str, float]]) -> None:

@@ -46,10 +46,13 @@ async def _lock_app(conn: Any, app_id: str) -> None:
     await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
 
 
-async def _full(conn: Any, app_id: str, limit: int | None) -> bool:
+async def _full(conn: Any, app_id: str, limit: int | None, now: float) -> bool:
+    """The app has ``limit`` keys that have not expired at ``now`` (an
+    expired one is listed until it is revoked or pruned, but takes no place)."""
     if limit is None:
         return False
-    n = await conn.fetchval("SELECT count(*) FROM api_keys WHERE app_id = $1", app_id)
+    n = await conn.fetchval("SELECT count(*) FROM api_keys WHERE app_id = $1 "
+                            "AND (expires_at IS NULL OR expires_at > $2)", app_id, now)
     return n >= limit
 
 
@@ -67,7 +70,7 @@ class PostgresKeys:
         async def add(conn):
             if limit is not None:
                 await _lock_app(conn, app_id)
-                if await _full(conn, app_id, limit):
+                if await _full(conn, app_id, limit, now):
                     return False
             await conn.execute(
                 "INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at, name, "
@@ -115,7 +118,7 @@ class PostgresKeys:
                 app_id, prefix)
             if old is None:
                 return NO_SUCH_KEY
-            if await _full(conn, app_id, limit):
+            if await _full(conn, app_id, limit, now):
                 return LIMIT_REACHED
             await conn.execute(
                 "INSERT INTO api_keys (prefix, app_id, hash, scopes, created_at, name) "
@@ -132,6 +135,10 @@ class PostgresKeys:
             return Rotated(_info(before), _info(after))
 
         return await self._call(rotate, tx=True)
+
+    async def drop_expired_api_keys(self, before: float) -> int:
+        status = await self._execute("DELETE FROM api_keys WHERE expires_at < $1", before)
+        return int(status.split()[-1])  # "DELETE <n>"
 
     async def note_api_keys_used(self, used: Iterable[tuple[str, str, float]]) -> None:
         notes = list(used)

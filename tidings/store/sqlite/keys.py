@@ -35,10 +35,13 @@ def _info(row: Any) -> KeyInfo:
     return KeyInfo(prefix, scopes_of(scopes), name, created_at, expires_at, last_used_at)
 
 
-def _full(conn: Any, app_id: str, limit: int | None) -> bool:
+def _full(conn: Any, app_id: str, limit: int | None, now: float) -> bool:
+    """The app has ``limit`` keys that have not expired at ``now`` (an
+    expired one is listed until it is revoked or pruned, but takes no place)."""
     if limit is None:
         return False
-    (n,) = conn.execute("SELECT count(*) FROM api_keys WHERE app_id=?", (app_id,)).fetchone()
+    (n,) = conn.execute("SELECT count(*) FROM api_keys WHERE app_id=? "
+                        "AND (expires_at IS NULL OR expires_at > ?)", (app_id, now)).fetchone()
     return n >= limit
 
 
@@ -53,7 +56,7 @@ class SQLiteKeys:
         now = time.time() if created_at is None else created_at
 
         def insert(conn):
-            if _full(conn, app_id, limit):
+            if _full(conn, app_id, limit, now):
                 return False
             conn.execute(
                 "INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at, name, "
@@ -96,7 +99,7 @@ class SQLiteKeys:
                                (app_id, prefix)).fetchone()
             if old is None:
                 return NO_SUCH_KEY
-            if _full(conn, app_id, limit):
+            if _full(conn, app_id, limit, now):
                 return LIMIT_REACHED
             conn.execute("INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at, name) "
                          "VALUES (?,?,?,?,?,?)", (new_prefix, app_id, new_hash, old[0], now,
@@ -109,6 +112,12 @@ class SQLiteKeys:
                 for p in (prefix, new_prefix)))
 
         return await self._write(rotate)
+
+    async def drop_expired_api_keys(self, before: float) -> int:
+        def drop(conn):
+            return conn.execute("DELETE FROM api_keys WHERE expires_at < ?", (before,)).rowcount
+
+        return await self._write(drop)
 
     async def note_api_keys_used(self, used: Iterable[tuple[str, str, float]]) -> None:
         rows = [(at, at, app, prefix) for app, prefix, at in used]
