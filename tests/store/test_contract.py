@@ -956,6 +956,39 @@ async def test_replay_after_positions_in_order_with_limits(db):
     assert (personal, feed) == ([], [])
 
 
+async def test_a_paged_replay_reads_one_kind_at_a_time_and_knows_its_size_first(db):
+    """The gateway reads a replay a page and a kind at a time (a position of
+    None leaves its kind out), after ``replay_exceeds`` said whether more
+    than ``replay_max`` of either kind lie past the positions: exactly what
+    ``replay`` finds, expired, invisible and muted items left out alike."""
+    t = time.time()
+    await db.subscribe(A, "big", ["u"])
+    await db.put_preferences(A, "u", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    for _ in range(3):
+        await publish(db, A, note(users=["u"]))
+        await publish(db, A, note(all=True))
+    await publish(db, A, note(users=["u"], created_at=t, expires_at=t + 1))  # seq 4
+    await publish(db, A, note(users=["u"]))  # seq 5
+    await publish(db, A, note(topic="big"), threshold=0)  # u sees it
+    await publish(db, A, note(topic="other"), threshold=0)  # u does not
+    await publish(db, A, note(all=True, category="promo"))  # u muted it
+    await publish(db, A, note(all=True, created_at=t, expires_at=t + 1))
+    head = await db.stream_head(A, "u", t)
+    now = t + 2  # the two that expire are gone
+    personal, feed = await db.replay(A, "u", 1, None, 10, now)
+    assert ([e.seq for e in personal], feed) == ([2, 3, 5], [])
+    personal, feed = await db.replay(A, "u", None, 0, 2, now)
+    assert personal == [] and len(feed) == 2
+    for muted in (None, frozenset(), frozenset({"promo"})):
+        for after_seq in range(head.head_seq + 1):
+            for after_feed in range(head.head_feed + 1):
+                for limit in range(6):
+                    p, f = await db.replay(A, "u", after_seq, after_feed, limit + 1, now, muted)
+                    assert await db.replay_exceeds(
+                        A, "u", after_seq, after_feed, limit, now, muted,
+                    ) is (len(p) > limit or len(f) > limit), (muted, after_seq, after_feed, limit)
+
+
 async def test_replay_reports_current_state_and_body(db):
     item = note(users=["u"], title="state")
     out = await publish(db, A, item)

@@ -758,13 +758,26 @@ class Store(OutboundStore, abc.ABC):
 
     @abc.abstractmethod
     async def replay(
+        self, app_id: str, user: str, after_seq: int | None, after_feed: int | None,
+        limit: int, now: float, muted: frozenset[str] | None = None,
+    ) -> tuple[list[Entry], list[Entry]]:
+        """Up to ``limit`` personal entries with seq > after_seq and up to
+        ``limit`` feed items with offset > after_feed visible to the user,
+        oldest first, live ones only.  A position of None leaves its kind
+        out: the gateway reads a replay one kind and one page at a time
+        (gateway/replay.py).  ``muted``: the user's in-app mutes, None to
+        read them (module guarantees); feed items of those categories are
+        left out."""
+
+    @abc.abstractmethod
+    async def replay_exceeds(
         self, app_id: str, user: str, after_seq: int, after_feed: int, limit: int, now: float,
         muted: frozenset[str] | None = None,
-    ) -> tuple[list[Entry], list[Entry]]:
-        """Personal entries with seq > after_seq and feed items with offset >
-        after_feed visible to the user, oldest first, live ones only.
-        ``muted``: the user's in-app mutes, None to read them (module
-        guarantees); feed items of those categories are left out."""
+    ) -> bool:
+        """Whether ``replay`` from these positions would find more than
+        ``limit`` personal entries or more than ``limit`` feed items: the
+        ``replay_max`` rule, decided before a paged replay sends anything,
+        without reading the entries' bodies."""
 
     @abc.abstractmethod
     async def inbox(

@@ -111,26 +111,45 @@ NEW_STREAM = (
     "VALUES ($1, $2, left(gen_random_uuid()::text, 8), 0) ON CONFLICT DO NOTHING"
 )
 
-# Personal entries and feed items in one round trip: (is_feed, id, body,
-# state, created_at, seq or offset, gid, grp).  $3 after_seq, $4 after_feed,
-# $5 now, $6 limit; REPLAY_MUTED: $7 the user's in-app mutes.
-_REPLAY = """
-(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp
+# What a replay reads past a stream's position: personal entries after $3
+# (seq) and visible feed items after $4 (offset), live at $5 (now), oldest
+# first.  A NULL position leaves its kind out (a paged replay reads one kind
+# at a time).
+_PERSONAL_PAST = """
  FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
  WHERE i.app_id = $1 AND i.user_id = $2 AND i.seq > $3
    AND (i.expires_at IS NULL OR i.expires_at > $5)
- ORDER BY i.seq LIMIT $6)
+ ORDER BY i.seq"""
+_FEED_PAST = """
+ WHERE n.app_id = $1 AND n.feed_offset > $4 AND NOT n.deleted
+   AND (n.expires_at IS NULL OR n.expires_at > $5) AND {visible}{mutes}
+ ORDER BY n.feed_offset"""
+
+# Personal entries and feed items in one round trip: (is_feed, id, body,
+# state, created_at, seq or offset, gid, grp).  $6 limit; REPLAY_MUTED: $7
+# the user's in-app mutes.
+_REPLAY = f"""
+(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp{_PERSONAL_PAST}
+ LIMIT $6)
 UNION ALL
 (SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
         NULL::text, NULL::bytea
  FROM notifications n LEFT JOIN feed_state fs
-   ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
- WHERE n.app_id = $1 AND n.feed_offset > $4 AND NOT n.deleted
-   AND (n.expires_at IS NULL OR n.expires_at > $5) AND {visible}{mutes}
- ORDER BY n.feed_offset LIMIT $6)
+   ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id{_FEED_PAST}
+ LIMIT $6)
 """
 REPLAY = _REPLAY.format(visible=_VISIBLE, mutes="")
 REPLAY_MUTED = _REPLAY.format(visible=_VISIBLE, mutes=_not_muted("$7::text[]"))
+
+# Whether a replay would find more than $6 entries of either kind: the row
+# after the first $6, looked for without reading a body (the ``replay_max``
+# rule, decided before a paged replay sends anything).
+_REPLAY_EXCEEDS = f"""
+SELECT EXISTS (SELECT 1{_PERSONAL_PAST} OFFSET $6 LIMIT 1)
+    OR EXISTS (SELECT 1 FROM notifications n{_FEED_PAST} OFFSET $6 LIMIT 1)
+"""
+REPLAY_EXCEEDS = _REPLAY_EXCEEDS.format(visible=_VISIBLE, mutes="")
+REPLAY_EXCEEDS_MUTED = _REPLAY_EXCEEDS.format(visible=_VISIBLE, mutes=_not_muted("$7::text[]"))
 
 # COALESCE and CASE evaluate these subqueries only for the rows that need them.
 _ENTRY_BODY_OR_NOTIFICATION = (

@@ -97,6 +97,8 @@ from tidings.store.postgres.sql import (
     INBOX_STORED_MUTES,
     NEW_STREAM,
     REPLAY,
+    REPLAY_EXCEEDS,
+    REPLAY_EXCEEDS_MUTED,
     REPLAY_MUTED,
     SET_STATE,
     SET_STATE_IDS,
@@ -675,6 +677,14 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
             else:
                 personal.append(_groups.personal_entry(nid, body, state, created, pos, gid, grp))
         return personal, feed
+
+    async def replay_exceeds(self, app_id, user, after_seq, after_feed, limit, now,
+                             muted=None) -> bool:
+        if muted is None:
+            muted = await self.muted(app_id, user)
+        args = (app_id, user, after_seq, after_feed, now, limit)
+        return await (self._fetchval(REPLAY_EXCEEDS_MUTED, *args, sorted(muted)) if muted
+                      else self._fetchval(REPLAY_EXCEEDS, *args))
 
     async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
                     tags=(), muted=None) -> list[Entry]:

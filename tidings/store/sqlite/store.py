@@ -126,6 +126,30 @@ def _counts_sql(mutes: int | None) -> str:
     return _COUNTS.format(mutes=_not_muted(mutes, ":m{}", ":app", ":user"))
 
 
+# A feed item the user sees: a broadcast, or an item of a topic they follow.
+_VISIBLE_FEED = (
+    "(n.audience='*' OR n.audience IN "
+    "(SELECT topic FROM topic_subs WHERE app_id=n.app_id AND user_id=?))"
+)
+# What a replay reads past a stream's position, oldest first (SQLiteStore.replay
+# and replay_exceeds).  Personal entries: app, user, after seq, now.  Feed
+# items visible to the user: app, after offset, now, user, then the mutes.
+_PERSONAL_PAST = (
+    " FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
+    "WHERE i.app_id=? AND i.user_id=? AND i.seq>? "
+    "AND (i.expires_at IS NULL OR i.expires_at>?) ORDER BY i.seq"
+)
+
+
+@functools.cache
+def _feed_past(mutes: int) -> str:
+    return (
+        " WHERE n.app_id=? AND n.feed_offset>? AND n.deleted=0 "
+        "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + _VISIBLE_FEED
+        + _not_muted(mutes) + " ORDER BY n.feed_offset"
+    )
+
+
 def _not_muted(n: int | None, mark: str = "?", app: str = "?", user: str = "?") -> str:
     """The predicate that leaves out feed items of ``n`` muted categories
     (none: nothing, so a user with no mutes runs the statement as before).
@@ -828,36 +852,32 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         return StreamHead(epoch, head, floor + 1, head_feed, floor_feed + 1,
                           await self.muted(app_id, user))
 
-    def _visible_feed(self) -> str:
-        return (
-            "(n.audience='*' OR n.audience IN "
-            "(SELECT topic FROM topic_subs WHERE app_id=n.app_id AND user_id=?))"
-        )
-
     async def replay(self, app_id, user, after_seq, after_feed, limit, now, muted=None):
         if muted is None:
             muted = await self.muted(app_id, user)
-        personal = self._q(
-            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp FROM inbox i "
-            "JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
-            "WHERE i.app_id=? AND i.user_id=? AND i.seq>? "
-            "AND (i.expires_at IS NULL OR i.expires_at>?) "
-            "ORDER BY i.seq LIMIT ?",
-            (app_id, user, after_seq, now, limit),
-        )
-        feed = self._q(
+        personal = [] if after_seq is None else self._q(
+            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp"
+            + _PERSONAL_PAST + " LIMIT ?", (app_id, user, after_seq, now, limit))
+        feed = [] if after_feed is None else self._q(
             "SELECT n.id, n.body, coalesce(fs.state, 0), n.created_at, n.feed_offset "
             "FROM notifications n LEFT JOIN feed_state fs "
-            "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
-            "WHERE n.app_id=? AND n.feed_offset>? AND n.deleted=0 "
-            "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed()
-            + _not_muted(len(muted)) + " ORDER BY n.feed_offset LIMIT ?",
-            (user, app_id, after_feed, now, user, *muted, limit),
-        )
+            "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id" + _feed_past(len(muted))
+            + " LIMIT ?", (user, app_id, after_feed, now, user, *muted, limit))
         return (
             _groups.personal_entries(personal),
             [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed],
         )
+
+    async def replay_exceeds(self, app_id, user, after_seq, after_feed, limit, now,
+                             muted=None) -> bool:
+        if muted is None:
+            muted = await self.muted(app_id, user)
+        row = self._q1(
+            "SELECT EXISTS (SELECT 1" + _PERSONAL_PAST + " LIMIT 1 OFFSET ?) "
+            "OR EXISTS (SELECT 1 FROM notifications n" + _feed_past(len(muted))
+            + " LIMIT 1 OFFSET ?)",
+            (app_id, user, after_seq, now, limit, app_id, after_feed, now, user, *muted, limit))
+        return bool(row[0])
 
     async def inbox(self, app_id, user, *, limit, before, state, now, categories=(),
                     tags=(), muted=None) -> list[Entry]:
@@ -888,7 +908,7 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
             "n.feed_offset FROM notifications n LEFT JOIN feed_state fs "
             "ON fs.app_id=n.app_id AND fs.user_id=? AND fs.nid=n.id "
             "WHERE n.app_id=? AND n.feed_offset > 0 AND n.deleted=0 "
-            "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + self._visible_feed() + bound
+            "AND (n.expires_at IS NULL OR n.expires_at>?) AND " + _VISIBLE_FEED + bound
             + _not_muted(None if muted is None else len(muted))
             # ``+n.id``: sort the app's feed items rather than walk every
             # notification of the app in id order to avoid the sort.
