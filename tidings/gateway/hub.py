@@ -55,6 +55,7 @@ from tidings.errors import (
 )
 from tidings.gateway.cache import UserCache
 from tidings.gateway.recount import Expiries, Recounts
+from tidings.gateway.replay import Replays
 from tidings.gateway.shedding import Shedding
 from tidings.gateway.stream import StreamEnds
 from tidings.gateway.sweep import OutageSweep
@@ -62,7 +63,7 @@ from tidings.gateway.sweep import OutageSweep
 if TYPE_CHECKING:
     from tidings.config import Settings
     from tidings.gateway.stream import Flushable, Stream
-    from tidings.store.base import Counts, Store
+    from tidings.store.base import Counts, Entry, Store
 
 log = logging.getLogger("tidings.gateway")
 
@@ -122,6 +123,7 @@ class Hub:
         # retractions, topic memberships, and the ttls of what users here count
         self.expiries = Expiries(self._expired)
         self.recounts = Recounts(self, store, self._noted)
+        self.replays = Replays(store)  # paged, a bounded number of reads at a time
         # (app, user) -> MutesChanged messages seen while the user had a
         # stream here: a stream whose start read the mutes while one came
         # reads them once more (begin)
@@ -356,46 +358,53 @@ class Hub:
         return value
 
     async def catch_up(self, stream: Stream) -> int:
-        """Send what the store has past the stream's position; return how many."""
+        """Send what the store has past the stream's position, a page at a
+        time (replay.py); return how many."""
         limit = self.settings.limits.replay_max
-        personal, feed = await self.store.replay(
-            stream.app, stream.user, stream.last_seq, stream.last_feed, limit + 1, time.time(),
-            stream.muted,
-        )
-        if len(personal) > limit or len(feed) > limit:
+        if await self.replays.too_many(stream, limit):
             stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
             return 0
         # A replayed item counts as delivered unless another stream of the
         # user on this node is already past it (it had it live, or earlier).
         others = [o for o in self.users.get((stream.app, stream.user), ())
                   if o is not stream and not o.closed and o.epoch == stream.epoch]
-        add, reached = self.tracking.add, 0
-        # what the replay brings past the stream's counts is counted by the
-        # device until it expires
-        expiries = [x for e in (*personal, *feed) if (x := events.expiry(e.body)) is not None]
-        if expiries and (stream.app, stream.user) in self.users:
-            self.expiries.note((stream.app, stream.user), min(expiries))
-        for e in personal:
-            assert e.seq is not None  # a personal entry has a seq, a feed item a feed offset
-            if not stream.has_room():
-                await stream.wait_room()
-            stream.emit_personal(e.seq, e.body if e.group is None
-                                 else events.with_group(e.body, e.group))
-            if not any(o.last_seq >= e.seq for o in others):
-                add(stream.app, e.id, "in_app", "delivered")
-                reached += 1
-        for e in feed:
-            assert e.feed is not None
-            if not stream.has_room():
-                await stream.wait_room()
-            stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
-            if not any(o.last_feed >= e.feed for o in others):
-                add(stream.app, e.id, "in_app", "delivered")
-                reached += 1
+        sent = reached = 0
+
+        async def send(page: list[Entry]) -> None:
+            nonlocal sent, reached
+            reached += await self._replay_page(stream, page, others)
+            sent += len(page)
+
+        await self.replays.run(stream, limit, send)
         if reached:
             self.metrics.track(stream.app, "in_app", "delivered", reached)
-        self.metrics.app(stream.app).replayed += len(personal) + len(feed)
-        return len(personal) + len(feed)
+        self.metrics.app(stream.app).replayed += sent
+        return sent
+
+    async def _replay_page(self, stream: Stream, page: list[Entry], others: list[Stream]) -> int:
+        """Queue one page of a replay (waiting for room as it goes); return
+        how many of its items no other stream of the user here had."""
+        # what the replay brings past the stream's counts is counted by the
+        # device until it expires
+        expiries = [x for e in page if (x := events.expiry(e.body)) is not None]
+        if expiries and (stream.app, stream.user) in self.users:
+            self.expiries.note((stream.app, stream.user), min(expiries))
+        add, reached = self.tracking.add, 0
+        for e in page:
+            if not stream.has_room():
+                await stream.wait_room()
+            if e.feed is None:
+                assert e.seq is not None  # a personal entry has a seq, a feed item a feed offset
+                stream.emit_personal(e.seq, e.body if e.group is None
+                                     else events.with_group(e.body, e.group))
+                had = any(o.last_seq >= e.seq for o in others)
+            else:
+                stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
+                had = any(o.last_feed >= e.feed for o in others)
+            if not had:
+                add(stream.app, e.id, "in_app", "delivered")
+                reached += 1
+        return reached
 
     # -- after a broker outage -------------------------------------------------
     def _on_broker_reconnect(self) -> None:
