@@ -36,15 +36,17 @@ def spy(monkeypatch, store, names) -> collections.Counter:
 
 
 def replays(monkeypatch, store) -> list[str]:
-    """The users ``store.replay`` is called for, one entry a call (a stream)."""
+    """The users a stream replays for, one entry a stream: the calls of
+    ``store.replay_exceeds``, a replay's first read (its pages follow,
+    tidings/gateway/replay.py)."""
     users: list[str] = []
-    real = store.replay
+    real = store.replay_exceeds
 
-    async def replay(app, user, *args, **kwargs):
+    async def first_read(app, user, *args, **kwargs):
         users.append(user)
         return await real(app, user, *args, **kwargs)
 
-    monkeypatch.setattr(store, "replay", replay)
+    monkeypatch.setattr(store, "replay_exceeds", first_read)
     return users
 
 
