@@ -42,7 +42,7 @@ from tidings.gateway.stream import Stream
 from tidings.store.postgres import migrate
 
 CALLS = ("user_topics", "topics_many", "muted", "muted_many", "counts", "counts_many",
-         "replay")
+         "replay_exceeds", "replay")
 
 
 class Quiet(Stream):
