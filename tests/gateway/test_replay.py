@@ -34,7 +34,8 @@ async def test_a_replay_of_many_pages_arrives_whole_and_reads_a_page_at_a_time(
     arrive once, personal ones in seq order then feed items in offset order,
     and the last cursor is the head.  No store read returned more than a
     page of a kind, and each page after the first was read with the
-    stream's queue empty (the writer had taken the page before)."""
+    stream's queue empty (the writer had taken the page before).  The first
+    read takes a page of both kinds."""
     async with store() as server:
         token = await server.token("pat")
         cursor = await _cursor(server, token)
@@ -73,7 +74,7 @@ async def test_a_replay_of_many_pages_arrives_whole_and_reads_a_page_at_a_time(
     assert end == f"{epoch}:{len(mine)}:{offsets[-1]}"
     assert again[1] == {"type": "recovered", "ok": True, "missed": 0}
     assert [(p, f) for p, f, _ in pages] == [
-        (REPLAY_PAGE, 0), (extra, 0), (0, REPLAY_PAGE), (0, extra)]
+        (REPLAY_PAGE, REPLAY_PAGE), (extra, 0), (0, extra)]
     assert all(queued == [0] for _, _, queued in pages[1:])
 
 
@@ -118,3 +119,30 @@ async def test_the_node_runs_a_bounded_number_of_replay_reads_at_once(store, mon
                 with contextlib.suppress(Exception):
                     await ws.close()
     assert set(inside) == set(users)  # a read of each kind each
+
+
+async def test_a_short_replay_is_one_read(store, monkeypatch):
+    """A device back after missing a few notifications of each kind: one
+    read of the store brings them all, with no question of how many there
+    are (``replay_exceeds``) and no second page."""
+    async with store() as server:
+        token = await server.token("pat")
+        cursor = await _cursor(server, token)
+        mine = await _batch(server, {"users": ["pat"]}, 3)
+        broadcasts = await _batch(server, {"all": True}, 2)
+        store_, calls = server.service.store, []
+        for name in ("replay", "replay_exceeds"):
+            real = getattr(store_, name)
+
+            async def counted(*args, _real=real, _name=name, **kw):
+                calls.append(_name)
+                return await _real(*args, **kw)
+
+            monkeypatch.setattr(store_, name, counted)
+        ws = await ws_connect(server, token, cursor=cursor)
+        hello, *got, recovered = await recv_events(ws, 3 + 2 + 2)
+        await ws.close()
+    ids = [e["notification"]["id"] for e in got]
+    assert ids[:3] == mine and sorted(ids[3:]) == sorted(broadcasts), (got, mine)  # feed: by offset
+    assert recovered == {"type": "recovered", "ok": True, "missed": 5}
+    assert calls == ["replay"]

@@ -361,9 +361,6 @@ class Hub:
         """Send what the store has past the stream's position, a page at a
         time (replay.py); return how many."""
         limit = self.settings.limits.replay_max
-        if await self.replays.too_many(stream, limit):
-            stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
-            return 0
         # A replayed item counts as delivered unless another stream of the
         # user on this node is already past it (it had it live, or earlier).
         others = [o for o in self.users.get((stream.app, stream.user), ())
@@ -375,7 +372,9 @@ class Hub:
             reached += await self._replay_page(stream, page, others)
             sent += len(page)
 
-        await self.replays.run(stream, limit, send)
+        if not await self.replays.run(stream, limit, send):
+            stream.close(CLOSE_RESYNC)  # too far behind to fill live: reconnect and decide
+            return 0
         if reached:
             self.metrics.track(stream.app, "in_app", "delivered", reached)
         self.metrics.app(stream.app).replayed += sent

@@ -8,13 +8,16 @@ held while the queue's flow control paced their writes; after a node dies,
 its devices reconnect to the others all at once, and so many replays held
 at the same time can take down the next node.
 
-So a replay first asks the store whether more than ``replay_max`` of either
-kind lie past the position (``Store.replay_exceeds``, which reads no body):
-the rule stays exact, decided before anything is sent.  It then reads
-``REPLAY_PAGE`` entries of one kind at a time, and reads the next page only
-once the stream's writer has taken every frame of the one before
-(``Stream.wait_room``, the replay's flow control): a stream holds at most
-one page of entries and the frames its queue holds.
+So a replay first reads one page of both kinds in one statement: most
+replays (a device back from a tunnel) end there, one query as before.  When
+a kind fills its page, the replay asks the store whether more than
+``replay_max`` of either kind lie past the position (``Store.replay_exceeds``,
+which reads no body), so the rule stays exact, decided before anything is
+sent.  It then reads ``REPLAY_PAGE`` entries of one kind at a time, and reads
+the next page only once the stream's writer has taken every frame of the one
+before (``Stream.wait_room``, the replay's flow control): a stream holds at
+most the first page of each kind, then one page, and the frames its queue
+holds.
 
 And the node as a whole reads at most ``REPLAY_READS`` pages at a time (one
 semaphore): thousands of devices reconnecting at once take turns at the
@@ -51,22 +54,40 @@ class Replays:
         self.page = page
         self._reads = asyncio.Semaphore(reads)
 
-    async def too_many(self, stream: Stream, limit: int) -> bool:
+    async def run(self, stream: Stream, limit: int, send: Send) -> bool:
+        """Hand ``send`` the stream's personal entries past its position,
+        then its feed items, oldest first, a page at a time; False, having
+        sent nothing, when more than ``limit`` of a kind lie past it.  A page
+        is read once the writer has taken every frame ``send`` queued from
+        the one before."""
+        n = min(self.page, limit + 1)
+        await stream.wait_room()
+        if stream.closed:
+            return True
+        async with self._reads:
+            personal, feed = await self.store.replay(
+                stream.app, stream.user, stream.last_seq, stream.last_feed, n, time.time(),
+                stream.muted)
+        if (len(personal) == n or len(feed) == n) and (n > limit or await self._too_many(
+                stream, limit)):
+            return False
+        for first, to_seq in ((personal, True), (feed, False)):
+            if first:
+                await send(first)
+            if len(first) == n:  # a full page: more may follow
+                last = first[-1]
+                await self._kind(stream, limit - n, send, last.seq if to_seq else None,
+                                 None if to_seq else last.feed)
+            first.clear()  # not held while the writer works
+        return True
+
+    async def _too_many(self, stream: Stream, limit: int) -> bool:
         """Whether more than ``limit`` personal entries, or more than
         ``limit`` feed items, lie past the stream's position."""
         async with self._reads:
             return await self.store.replay_exceeds(
                 stream.app, stream.user, stream.last_seq, stream.last_feed, limit,
                 time.time(), stream.muted)
-
-    async def run(self, stream: Stream, limit: int, send: Send) -> None:
-        """Hand ``send`` the stream's personal entries past its position,
-        then its feed items, oldest first, at most ``limit`` of each kind, a
-        page at a time.  A page is read once the writer has taken every
-        frame ``send`` queued from the one before."""
-        after_seq, after_feed = stream.last_seq, stream.last_feed
-        await self._kind(stream, limit, send, after_seq, None)
-        await self._kind(stream, limit, send, None, after_feed)
 
     async def _kind(self, stream: Stream, left: int, send: Send, after_seq: int | None,
                     after_feed: int | None) -> None:
