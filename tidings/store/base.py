@@ -90,7 +90,6 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
 from __future__ import annotations
 
 import abc
-import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -578,17 +577,17 @@ class Store(OutboundStore, abc.ABC):
         """``publish`` each of ``items`` (a batch request), in order: one
         result per item, its outcome or the exception that failed it.  An
         item fails alone: the others are published as if it were not there.
-        A store may commit them together; by default they are published
-        concurrently, each as ``publish`` would."""
-
-        async def one(item: NewNotification) -> PublishOutcome | Exception:
+        A user's seqs follow the items' order.  A store may commit them
+        together; by default they are published one after the other, each
+        as ``publish`` would."""
+        out: list[PublishOutcome | Exception] = []
+        for item in items:
             try:
-                return await self.publish(app_id, item, fanout_threshold=fanout_threshold,
-                                          window=window)
-            except Exception as exc:
-                return exc
-
-        return list(await asyncio.gather(*(one(item) for item in items)))
+                out.append(await self.publish(app_id, item, fanout_threshold=fanout_threshold,
+                                              window=window))
+            except Exception as exc:  # noqa: BLE001 - this item fails alone
+                out.append(exc)
+        return out
 
     @abc.abstractmethod
     async def get_notification(self, app_id: str, nid: str) -> StoredNotification | None: ...

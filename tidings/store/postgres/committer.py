@@ -71,12 +71,14 @@ def takes(item: NewNotification) -> bool:
 
 
 class _Pending:
-    __slots__ = ("item", "users", "fut")
+    __slots__ = ("item", "users", "fut", "run")
 
-    def __init__(self, item: NewNotification, fut: asyncio.Future):
+    def __init__(self, item: NewNotification, fut: asyncio.Future,
+                 run: list[_Pending] | None = None):
         self.item = item
         self.users = list(dict.fromkeys(item.users or ()))
         self.fut = fut
+        self.run = run  # the batch run it belongs to: one group, whole (publish_run)
 
 
 class Committer:
@@ -112,6 +114,25 @@ class Committer:
         if self._writers < self._in_flight:
             self._start_writer()
         return await fut
+
+    async def publish_run(self, app_id: str, items: list[NewNotification], window: float
+                          ) -> list[PublishOutcome | Exception]:
+        """Consecutive items of one batch request, in their order: each
+        chunk (at most a group's size) goes into one group whole, whose
+        statement hands out seqs in item order, and the next chunk is queued
+        once it is committed.  Gathered as single publishes, a batch's items
+        could commit in two groups at once, or one alone beside a group, and
+        a user's seqs come out of the request's order."""
+        loop = asyncio.get_running_loop()
+        out: list[PublishOutcome | Exception] = []
+        for chunk in _chunks(items):
+            run: list[_Pending] = []
+            run += [_Pending(item, loop.create_future(), run) for item in chunk]
+            self._queues.setdefault((app_id, window), []).extend(run)
+            if self._writers < self._in_flight:
+                self._start_writer()
+            out += await asyncio.gather(*(p.fut for p in run), return_exceptions=True)
+        return out
 
     def _start_writer(self) -> None:
         self._writers += 1
@@ -186,10 +207,21 @@ class Committer:
         keys: set[str] = set()
         pairs = 0
         rest: list[_Pending] = []
+        later: set[int] = set()  # the runs left whole for a later group
         for p in self._queues[key]:
             k = p.item.idempotency_key
-            if (k is not None and (k in keys or (app_id, k) in self._claiming)) or (
-                    group and (len(group) >= MAX_ITEMS or pairs + len(p.users) > MAX_PAIRS)):
+            run = p.run
+            if run is None:
+                full = bool(group) and (len(group) >= MAX_ITEMS
+                                        or pairs + len(p.users) > MAX_PAIRS)
+            elif p is run[0]:  # a run joins whole or waits whole
+                full = bool(group) and (len(group) + len(run) > MAX_ITEMS
+                                        or pairs + sum(len(q.users) for q in run) > MAX_PAIRS)
+                if full:
+                    later.add(id(run))
+            else:
+                full = id(run) in later
+            if full or (k is not None and (k in keys or (app_id, k) in self._claiming)):
                 rest.append(p)
                 continue
             group.append(p)
@@ -216,8 +248,9 @@ class Committer:
             for p in group:
                 _settle(p.fut, exc=exc)
             return
-        except Exception:  # noqa: BLE001 - one item's fault: each on its own
-            await asyncio.gather(*(self._one(app_id, window, p) for p in group))
+        except Exception:  # noqa: BLE001 - one item's fault: each on its own, in order
+            for p in group:
+                await self._one(app_id, window, p)
             return
         self.groups += 1
         self.items += len(group)
@@ -249,6 +282,23 @@ class Committer:
             return
         _settle(p.fut, PublishOutcome(first["id"], "duplicate", first["recipients"],
                                       first.get("muted", 0), fingerprint=first.get("fp", "")))
+
+
+def _chunks(items: list[NewNotification]) -> list[list[NewNotification]]:
+    """``items`` in order, cut where a group would be full."""
+    chunks: list[list[NewNotification]] = []
+    chunk: list[NewNotification] = []
+    pairs = 0
+    for item in items:
+        n = len(set(item.users or ()))
+        if chunk and (len(chunk) >= MAX_ITEMS or pairs + n > MAX_PAIRS):
+            chunks.append(chunk)
+            chunk, pairs = [], 0
+        chunk.append(item)
+        pairs += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 async def _publish_many(conn, app_id: str, window: float, group: list[_Pending]) -> list:

@@ -516,6 +516,27 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
             return await self.committer.publish(app_id, item, window)
         return await self._publish(app_id, item, fanout_threshold, window)
 
+    async def publish_many(self, app_id, items, *, fanout_threshold, window) -> list:
+        # In the request's order: the runs of items group commit takes go
+        # whole into a group each (committer.publish_run), any other item is
+        # published alone in its place, one after the other.
+        out: list[PublishOutcome | Exception] = []
+        i = 0
+        while i < len(items):
+            j = i
+            while j < len(items) and takes(items[j]):
+                j += 1
+            if j > i:
+                out += await self.committer.publish_run(app_id, items[i:j], window)
+                i = j
+                continue
+            try:
+                out.append(await self._publish(app_id, items[i], fanout_threshold, window))
+            except Exception as exc:  # noqa: BLE001 - this item fails alone
+                out.append(exc)
+            i += 1
+        return out
+
     async def _publish_alone(self, app_id, item, window) -> PublishOutcome:
         # fanout_threshold is only read for topics, which the committer leaves here
         return await self._publish(app_id, item, 0, window)
