@@ -11,6 +11,8 @@ server's counts.
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.conftest import two_nodes
 from tests.gateway.live import (
     SSEReader,
@@ -237,4 +239,34 @@ async def test_mutes_changed_on_one_node_hold_on_the_other(tmp_path):
             assert ids(got)[-1] == ids(seen)[-1] == promo
             assert badge(got) == badge(seen) == await truth(b, mia) == {
                 "unread": 4, "unseen": 4}
+        await ws.close()
+
+
+async def test_a_muted_feed_item_arriving_as_a_stream_starts_is_skipped(store, monkeypatch):
+    """A broadcast Mia muted arrives while her stream starts, after its read
+    of the stream head (and her mutes) but before the answer: it is held with
+    its category and skipped as it goes out, like one arriving later; the
+    next one she sees."""
+    async with store(fanout_threshold=0) as server:
+        mia = await server.token("mia")
+        await switch(server, mia, "promo", False)
+        real, gate, waiting = server.service.store.stream_head, asyncio.Event(), asyncio.Event()
+
+        async def slow_head(*args, **kwargs):
+            head = await real(*args, **kwargs)  # read before the publishes below
+            waiting.set()
+            await gate.wait()
+            return head
+
+        monkeypatch.setattr(server.service.store, "stream_head", slow_head)
+        ws = await ws_connect(server, mia)
+        await asyncio.wait_for(waiting.wait(), 5)
+        await publish(server, {"all": True}, 1, category="promo")  # held, mutes unknown yet
+        (news,) = await publish(server, {"all": True}, 1, category="news")
+        await asyncio.sleep(0.2)  # both reached the stream, held
+        gate.set()
+        hello, *live = await recv_events(ws, 2)
+        assert hello["type"] == "hello"
+        assert ids(live) == [news]
+        assert badge([hello, *live]) == await truth(server, mia)
         await ws.close()

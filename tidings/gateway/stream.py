@@ -42,6 +42,11 @@ from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRE
 
 log = logging.getLogger("tidings.gateway")
 
+# An event held back while a stream syncs: kind ("p" personal, "f" feed item,
+# "c" counts, "x" another), position, encoded frame, and a feed item's
+# category (its user's mutes are checked again as it goes out).
+Held = tuple[str, int, bytes, str]
+
 
 _NO_TOPICS: frozenset[str] = frozenset()
 
@@ -100,7 +105,7 @@ class Stream:
         # (kind, position, payload) in the order they arrived; kind is "p"
         # (personal entry, position its seq), "f" (feed item, its offset),
         # "c" (a counts event) or "x" (state, updated, deleted)
-        self._held: list[tuple[str, int, bytes]] = []
+        self._held: list[Held] = []
         self._held_bytes = 0
         self._wake: asyncio.Future | None = None
         self._room: asyncio.Future | None = None
@@ -123,7 +128,7 @@ class Stream:
         self.muted: frozenset[str] | None = None
 
     # -- what the hub calls -----------------------------------------------
-    def _hold(self, kind: str, pos: int, payload: bytes) -> None:
+    def _hold(self, kind: str, pos: int, payload: bytes, category: str = "") -> None:
         # Held-back events count against the same caps as queued ones, by
         # number and by bytes (a slow reader's queue and a long replay's
         # held events are two bounds, each as large as the queue's).
@@ -134,7 +139,7 @@ class Stream:
             self.hub.metrics.slow_consumer(self.app)
             self.close(CLOSE_SLOW_CONSUMER)
             return
-        self._held.append((kind, pos, payload))
+        self._held.append((kind, pos, payload, category))
         self._held_bytes = size
 
     def on_personal(self, epoch: str, seq: int, body: bytes, tail: bytes | None = None) -> None:
@@ -172,7 +177,7 @@ class Stream:
             self.hub.tracking.muted_feed((self.app, frame, self.user))
             return
         if self._syncing:
-            self._hold("f", offset, frame)
+            self._hold("f", offset, frame, category)  # mutes may not be read yet
             return
         if offset > self.last_feed:
             self.emit_feed(offset, frame)
@@ -251,14 +256,15 @@ class Stream:
             return
         held, self._held, self._held_bytes = self._held, [], 0
         self._syncing = False
-        for kind, pos, payload in _release_order(held):
+        for h in _release_order(held):
+            kind, pos, payload, category = h
             if self._syncing:  # a gap restarted syncing: keep the rest held
-                self._held.append((kind, pos, payload))
+                self._held.append(h)
                 self._held_bytes += len(payload)
             elif kind == "p":
                 self.on_personal(self.epoch, pos, payload)
             elif kind == "f":
-                self.on_feed(pos, payload)
+                self.on_feed(pos, payload, category)
             else:
                 self.push(payload)
 
@@ -405,7 +411,7 @@ class Stream:
         raise NotImplementedError
 
 
-def _release_order(held: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
+def _release_order(held: list[Held]) -> list[Held]:
     """The order held events go out in.  They keep the order they arrived in
     (to a client that ignores a ``counts`` event's ``at``, it is worth what
     it says only where it was sent: a notification after it is one more),
@@ -417,8 +423,8 @@ def _release_order(held: list[tuple[str, int, bytes]]) -> list[tuple[str, int, b
     in the order opposite to their reads."""
     last = max((i for i, h in enumerate(held) if h[0] == "c"),
                key=lambda i: (events.counts_position(held[i][2]), i), default=-1)
-    out: list[tuple[str, int, bytes]] = []
-    run: list[tuple[str, int, bytes]] = []  # notifications since the last other event
+    out: list[Held] = []
+    run: list[Held] = []  # notifications since the last other event
     for i, h in enumerate(held):
         kind = h[0]
         if kind == "p" or kind == "f":
@@ -433,7 +439,7 @@ def _release_order(held: list[tuple[str, int, bytes]]) -> list[tuple[str, int, b
     return out
 
 
-def _by_position(h: tuple[str, int, bytes]) -> tuple[str, int]:
+def _by_position(h: Held) -> tuple[str, int]:
     return h[0], h[1]
 
 
