@@ -42,8 +42,9 @@ from tidings.errors import CLOSE_RESYNC, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRE
 
 log = logging.getLogger("tidings.gateway")
 
-# An event held back while a stream syncs: kind ("p" personal, "f" feed item,
-# "c" counts, "x" another), position, encoded frame, and a feed item's
+# An event held back while a stream syncs: kind ("p" a personal entry, its
+# position the seq; "f" a feed item, its offset; "c" a counts event; "x"
+# state, updated or deleted), position, encoded frame, and a feed item's
 # category (its user's mutes are checked again as it goes out).
 Held = tuple[str, int, bytes, str]
 
@@ -102,10 +103,7 @@ class Stream:
         self.close_code: int | None = None
         self._syncing = True  # held back until the first replay is done
         self._again = False  # the broker may have lost events during a sync: one more
-        # (kind, position, payload) in the order they arrived; kind is "p"
-        # (personal entry, position its seq), "f" (feed item, its offset),
-        # "c" (a counts event) or "x" (state, updated, deleted)
-        self._held: list[Held] = []
+        self._held: list[Held] = []  # in the order they arrived
         self._held_bytes = 0
         self._wake: asyncio.Future | None = None
         self._room: asyncio.Future | None = None
