@@ -61,13 +61,10 @@ class Replays:
         is read once the writer has taken every frame ``send`` queued from
         the one before."""
         n = min(self.page, limit + 1)
-        await stream.wait_room()
-        if stream.closed:
-            return True
-        async with self._reads:
-            personal, feed = await self.store.replay(
-                stream.app, stream.user, stream.last_seq, stream.last_feed, n, time.time(),
-                stream.muted)
+        read = await self._read(stream, stream.last_seq, stream.last_feed, n)
+        if read is None:
+            return True  # closed meanwhile
+        personal, feed = read
         if (len(personal) == n or len(feed) == n) and (n > limit or await self._too_many(
                 stream, limit)):
             return False
@@ -93,16 +90,12 @@ class Replays:
                     after_feed: int | None) -> None:
         """One kind's pages (the other's position is None)."""
         while left > 0:
-            await stream.wait_room()  # the writer took what came before: read on
-            if stream.closed:
-                return
             n = min(self.page, left)
-            async with self._reads:
-                personal, feed = await self.store.replay(
-                    stream.app, stream.user, after_seq, after_feed, n, time.time(),
-                    stream.muted)
-            page = personal or feed
-            del personal, feed
+            read = await self._read(stream, after_seq, after_feed, n)
+            if read is None:
+                return
+            page = read[0] or read[1]
+            del read
             if page:
                 await send(page)
             if len(page) < n:
@@ -113,3 +106,15 @@ class Replays:
             else:
                 after_feed = page[-1].feed
             del page  # not held while the writer works
+
+    async def _read(self, stream: Stream, after_seq: int | None, after_feed: int | None,
+                    n: int) -> tuple[list[Entry], list[Entry]] | None:
+        """``n`` entries of each kind past the positions (a kind whose
+        position is None is left out), read once the writer has taken what
+        came before, in a turn at the store; None if the stream closed."""
+        await stream.wait_room()
+        if stream.closed:
+            return None
+        async with self._reads:
+            return await self.store.replay(stream.app, stream.user, after_seq, after_feed, n,
+                                           time.time(), stream.muted)
