@@ -110,9 +110,7 @@ class Committer:
         if not self._writers and not self._queues and loop.time() - self._done_at >= IDLE_GAP:
             return await self._idle(app_id, item, window)
         fut = loop.create_future()
-        self._queues.setdefault((app_id, window), []).append(_Pending(item, fut))
-        if self._writers < self._in_flight:
-            self._start_writer()
+        self._enqueue(app_id, window, [_Pending(item, fut)])
         return await fut
 
     async def publish_run(self, app_id: str, items: list[NewNotification], window: float
@@ -128,11 +126,15 @@ class Committer:
         for chunk in _chunks(items):
             run: list[_Pending] = []
             run += [_Pending(item, loop.create_future(), run) for item in chunk]
-            self._queues.setdefault((app_id, window), []).extend(run)
-            if self._writers < self._in_flight:
-                self._start_writer()
+            self._enqueue(app_id, window, run)
             out += await asyncio.gather(*(p.fut for p in run), return_exceptions=True)
         return out
+
+    def _enqueue(self, app_id: str, window: float, pending: list[_Pending]) -> None:
+        """Queue ``pending`` for the next groups, with a writer to take them."""
+        self._queues.setdefault((app_id, window), []).extend(pending)
+        if self._writers < self._in_flight:
+            self._start_writer()
 
     def _start_writer(self) -> None:
         self._writers += 1
