@@ -88,24 +88,36 @@ async def run_server(tmp_path, **overrides):
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(tmp_path, **overrides):
-    """Two servers over one fresh PostgreSQL schema and one Redis key prefix:
-    two nodes of a cluster, in the test's loop (``overrides`` as run_server's)."""
+async def cluster_backends(broker: str = "redis"):
+    """The ``store`` and ``broker`` overrides of one cluster's nodes: a fresh
+    PostgreSQL schema, and Redis under a key prefix of its own
+    (``broker="redis"``) or the PostgreSQL broker on that schema
+    (``"postgres"``).  A node started on them later is a restarted node."""
     from tests.broker.conftest import delete_prefixed, unique_prefix
     from tests.services import require_postgres, require_redis
     from tests.store.pg import fresh_schema
 
-    pg, redis = require_postgres(), require_redis()
+    pg = require_postgres()
+    redis = require_redis() if broker == "redis" else None
     prefix = unique_prefix()
     try:
         async with fresh_schema(pg) as schema:
-            common = {"store": f"{pg}?search_path={schema['search_path']}",
-                      "broker": f"{redis}?prefix={prefix}", **overrides}
-            async with run_server(tmp_path / "a", **common) as a:
-                async with run_server(tmp_path / "b", **common) as b:
-                    yield a, b
+            store = f"{pg}?search_path={schema['search_path']}"
+            yield {"store": store, "broker": f"{redis}?prefix={prefix}" if redis else store}
     finally:
-        await delete_prefixed(redis, prefix)
+        if redis:
+            await delete_prefixed(redis, prefix)
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(tmp_path, **overrides):
+    """Two servers over one fresh PostgreSQL schema and one Redis key prefix:
+    two nodes of a cluster, in the test's loop (``overrides`` as run_server's)."""
+    async with cluster_backends() as backends:
+        common = {**backends, **overrides}
+        async with run_server(tmp_path / "a", **common) as a:
+            async with run_server(tmp_path / "b", **common) as b:
+                yield a, b
 
 
 @contextlib.asynccontextmanager

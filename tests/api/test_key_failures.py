@@ -94,7 +94,9 @@ async def limited(request, tmp_path):
     other server."""
     http = HTTP_PROTOCOL if request.param == "direct" else "httptools"
     limits = Limits(key_failures_per_address=3, key_failures_per_node=20)
-    async with run_server(tmp_path, limits=limits, http=http) as server:
+    # the in-process broker whatever TIDINGS_TEST_BROKER says: the test's clock
+    # moves this node's buckets, not a shared broker's (tests/service/test_failures.py)
+    async with run_server(tmp_path, limits=limits, http=http, broker="local") as server:
         clock = Clock()
         keys = server.service.keys
         keys.failures.clock = keys.cache.clock = keys._proven.clock = clock

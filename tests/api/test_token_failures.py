@@ -48,7 +48,9 @@ def forged(server, i: int = 0, user: str = "ann") -> str:
 async def limited_server(tmp_path, **overrides):
     """3 invalid tokens a minute per address, 20 per node, on a clock the test moves."""
     limits = Limits(token_failures_per_address=3, token_failures_per_node=20)
-    async with run_server(tmp_path, limits=limits, **overrides) as server:
+    # the in-process broker whatever TIDINGS_TEST_BROKER says: the test's clock
+    # moves this node's buckets, not a shared broker's (tests/service/test_failures.py)
+    async with run_server(tmp_path, limits=limits, broker="local", **overrides) as server:
         clock = Clock()
         server.service.token_failures.clock = clock
         server.clock = clock  # type: ignore[attr-defined]

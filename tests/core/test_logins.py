@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.core.logins import GOOD_FOR, LoginLimits, address_key
+from tidings.core.logins import GOOD_FOR, OWED_FOR, LoginLimits, address_key
 
 
 class Clock:
@@ -127,3 +127,40 @@ def test_memory_is_bounded():
     for i in range(10_000):
         limits.admit(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
     assert len(limits._addresses) <= 100
+
+
+def test_the_clusters_empty_bucket_holds_an_address_back_and_what_it_missed_is_owed():
+    clock = Clock()
+    limits = LoginLimits(per_address=3, per_node=0, clock=clock)  # a token every 20 s
+    attempt = limits.admit("192.0.2.1")
+    assert limits.cost(attempt) == 1
+    assert limits.charged(attempt, 1, 0.0) == 0.0  # taken: nothing held, nothing owed
+    assert limits.admit("192.0.2.1").wait == 0.0
+    # the cluster's bucket had no token for 5 s: held back until it has two,
+    # the one owed and the next failure's
+    assert limits.charged(attempt, 1, 5.0) == pytest.approx(25.0)
+    refused = limits.admit("192.0.2.1")
+    assert refused.limit == "address" and refused.wait == pytest.approx(25.0)
+    assert limits.admit("192.0.2.2").wait == 0.0
+    clock.now += 25.0
+    attempt = limits.admit("192.0.2.1")
+    assert attempt.wait == 0.0 and limits.cost(attempt) == 2
+    # what is owed never makes a take larger than the bucket
+    assert limits.charged(attempt, 2, 10.0) == pytest.approx(30.0)
+    assert limits.cost(attempt) == 3
+    assert limits.charged(attempt, 3, 10.0) == pytest.approx(10.0)
+    assert limits.cost(attempt) == 3
+    limits.charged(attempt, 3, 0.0)  # paid
+    assert limits.cost(attempt) == 1
+
+
+def test_a_hold_ends_and_what_is_owed_is_forgotten_a_minute_later():
+    clock = Clock()
+    limits = LoginLimits(per_address=3, per_node=0, clock=clock)
+    attempt = limits.admit("192.0.2.1")
+    hold = limits.charged(attempt, 1, 5.0)
+    clock.now += hold
+    assert limits.admit("192.0.2.1").wait == 0.0
+    assert limits.cost(attempt) == 2
+    clock.now += OWED_FOR
+    assert limits.cost(attempt) == 1

@@ -37,7 +37,9 @@ async def limited(tmp_path):
     """A server allowing 3 failed logins a minute per address, 20 per node,
     on a clock the test moves."""
     limits = Limits(login_failures_per_address=3, login_failures_per_node=20)
-    async with run_server(tmp_path, limits=limits) as server:
+    # the in-process broker whatever TIDINGS_TEST_BROKER says: the test's clock
+    # moves this node's buckets, not a shared broker's (tests/service/test_failures.py)
+    async with run_server(tmp_path, limits=limits, broker="local") as server:
         clock = Clock()
         server.uvicorn.config.app.state.dashboard.logins.clock = clock
         server.clock = clock  # type: ignore[attr-defined]

@@ -208,6 +208,10 @@ class Broker(abc.ABC):
     # in-process broker): what this node learns from a message, it has then
     # learnt by the time ``publish`` returns.
     inline = False
+    # False when no other node, nor this one once restarted, sees what
+    # ``take`` keeps (the in-process broker): a limit a node also keeps in its
+    # own memory gains nothing from asking it (tidings/service/failures.py).
+    shared = True
 
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -18,6 +18,7 @@ from tidings.core.ratelimit import TokenBuckets
 
 class LocalBroker(Broker):
     inline = True
+    shared = False
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}

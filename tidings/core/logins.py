@@ -30,6 +30,16 @@ attempts in flight at the same moment count too.  One that succeeds, or that
 failed for a reason other than its key (the store away), gives them back
 (``succeeded``, ``refund``): only failures are limited, and a successful
 login never uses up anyone's budget.  0 turns a bucket off.
+
+**The cluster's count** (tidings/service/failures.py).  With a broker that
+other nodes share, a failure is also taken from the address's bucket in the
+broker, after it failed, and that bucket's answer comes back here
+(``cost``, ``charged``): when it had no token, this node holds the address
+back until it has, as its own bucket would.  A failure the cluster's bucket
+had no token for is owed, and charged with the address's next failure on
+this node (the hold lasts until the bucket can pay for both): every failure
+a node let through is counted, however many nodes an address spreads them
+over.
 """
 
 from __future__ import annotations
@@ -42,8 +52,8 @@ from dataclasses import dataclass
 from tidings.core.lru import LRU
 from tidings.core.ratelimit import TokenBuckets, check
 
-__all__ = ["ADDRESS_BUCKETS", "GOOD_ADDRESSES", "GOOD_FOR", "Attempt", "LoginLimits",
-           "address_key"]
+__all__ = ["ADDRESS_BUCKETS", "GOOD_ADDRESSES", "GOOD_FOR", "OWED_FOR", "Attempt",
+           "LoginLimits", "address_key"]
 
 # Addresses whose buckets are still refilling that a node keeps (a missing
 # bucket is a full one, so only those count; tidings/core/ratelimit.py
@@ -53,6 +63,9 @@ ADDRESS_BUCKETS = 10_000
 # long (a session's life, tidings/dashboard/session.py).
 GOOD_ADDRESSES = 1_000
 GOOD_FOR = 12 * 3600.0
+# Seconds a node remembers what an address owes the cluster's bucket after
+# its hold ends: the time a bucket takes to fill up (a minute's failures).
+OWED_FOR = 60.0
 
 
 def address_key(host: str | None) -> str:
@@ -100,11 +113,17 @@ class LoginLimits:
         self._node = TokenBuckets(lambda: self.clock(), max_keys=1)
         self._good: LRU[str, bool] = LRU(GOOD_ADDRESSES, ttl=GOOD_FOR,
                                          clock=lambda: self.clock())
+        # address -> (held back until, failures owed) for the cluster (charged)
+        self._held: LRU[str, tuple[float, int]] = LRU(max_addresses,
+                                                      clock=lambda: self.clock())
 
     def admit(self, host: str | None) -> Attempt:
         """May a login from ``host`` be verified now?  Takes its tokens if so."""
         address = address_key(host)
         if self.per_address:
+            held = self._held.get(address) if self._held else None
+            if held is not None and (left := held[0] - self.clock()) > 0:
+                return Attempt(address, wait=left, limit="address")
             wait = self._addresses.take_checked(address, self.per_address / 60,
                                                 self.per_address)
             if wait:
@@ -133,3 +152,23 @@ class LoginLimits:
         self.refund(attempt)
         if not attempt.wait:
             self._good.put(attempt.address, True)
+
+    def cost(self, attempt: Attempt) -> int:
+        """The tokens the attempt's failure is to take from its address's
+        bucket in the cluster: its own, and those of the failures from there
+        this node let through that the bucket had none for."""
+        held = self._held.get(attempt.address)
+        return min(self.per_address, 1 + (held[1] if held is not None else 0))
+
+    def charged(self, attempt: Attempt, cost: int, wait: float) -> float:
+        """The cluster's bucket answered ``wait`` to a take of ``cost``
+        tokens: 0.0, taken, and nothing is owed.  Else they are owed, and
+        the address is held back on this node until the bucket can pay for
+        them and one more failure; the seconds it is held back."""
+        if not wait:
+            self._held.pop(attempt.address)
+            return 0.0
+        owed = min(cost, self.per_address - 1)  # a take is at most the burst
+        hold = wait + (owed + 1 - cost) / (self.per_address / 60)
+        self._held.put(attempt.address, (self.clock() + hold, owed), ttl=hold + OWED_FOR)
+        return hold

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from tidings.core.logins import LoginLimits
 from tidings.dashboard import notification as _notification
 from tidings.dashboard import routes as _routes
 from tidings.dashboard import web
 from tidings.dashboard.recorder import Recorder
 from tidings.dashboard.session import session_secret
 from tidings.dashboard.views import Views
+from tidings.service.failures import ClusterLimits
 
 
 class Dashboard:
@@ -29,10 +29,11 @@ class Dashboard:
         self.recorder = Recorder(service.hub)
         self.views = Views(service, self.recorder, node, cache=service.settings.cache)
         self.secret = b""
-        # failed logins, per client address and for the node (routes.login)
+        # failed logins, per client address (in the cluster too) and for the
+        # node (routes.login)
         limits = service.settings.limits
-        self.logins = LoginLimits(limits.login_failures_per_address,
-                                  limits.login_failures_per_node)
+        self.logins = ClusterLimits("login", limits.login_failures_per_address,
+                                    limits.login_failures_per_node, service.broker)
 
     async def open(self) -> None:
         """After the store is open: derive the session key from its pepper."""

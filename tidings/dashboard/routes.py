@@ -8,7 +8,8 @@ Nothing is shown anonymously.  A session, and an event stream opened with
 a key, end when the key is revoked (tidings/service/keys.py); a session
 ends on every node when it is logged out (tidings/service/sessions.py).  Failed
 logins are limited per client address and per node, in this node's memory
-(tidings/core/logins.py): over the limit the form answers 429 with
+(tidings/core/logins.py), and per address in the cluster when the broker is
+shared (tidings/service/failures.py): over the limit the form answers 429 with
 ``Retry-After``, and no key is checked.  A key header is the API's: its
 failures count in the API's limit (tidings/service/keys.py), a 429 in JSON.
 
@@ -187,6 +188,8 @@ async def login(request: Request):
         # no guess, so no failed login
         if exc.status not in (401, 403) or exc.code == "key_expired":
             dash.logins.refund(attempt)
+        else:
+            await dash.logins.failed(attempt)
         return _login_refused(request, exc)
     dash.logins.succeeded(attempt)
     value = session.issue(dash.secret, record.app_id, record.prefix, time.time())

@@ -50,7 +50,9 @@ Failed checks are limited (``verify_limited``, docs/security.md#failed-key-check
 a key that is not in the cache costs a read of the store, and anyone who can
 reach a node can send well-formed wrong keys.  Failures (unknown keys and
 malformed ones) count per client address and per node (``failures``, a
-LoginLimits of its own: the login form's has a human's numbers); over either
+ClusterLimits of its own: the login form's has a human's numbers), and per
+address in the cluster when the broker is shared (tidings/service/failures.py,
+which the success path never reaches); over either
 a key is refused with 429 before the store is read, a right one included,
 unless this node found that very key valid within ``GOOD_FOR``
 (``_proven``): a backend whose key works is not held back by a neighbour
@@ -71,9 +73,10 @@ from datetime import UTC, datetime
 from tidings.broker.base import KEYS_CHANNEL, Broker, KeyRevoked, Message
 from tidings.config import Settings
 from tidings.core import auth
-from tidings.core.logins import GOOD_FOR, Attempt, LoginLimits
+from tidings.core.logins import GOOD_FOR, Attempt
 from tidings.core.lru import LRU
 from tidings.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from tidings.service.failures import ClusterLimits
 from tidings.service.ratelimits import RateLimits
 from tidings.store.base import (
     LAST_ADMIN_KEY,
@@ -213,9 +216,10 @@ class Keys:
         # prefix -> app of keys found live (dashboard sessions name a key by prefix)
         self._live: LRU[str, str] = LRU(10_000, ttl=KEY_CACHE_TTL)
         self._revocations = 0  # revocations heard (and broker reconnects)
-        # failed checks per client address and per node (verify_limited)
-        self.failures = LoginLimits(settings.limits.key_failures_per_address,
-                                    settings.limits.key_failures_per_node)
+        # failed checks per client address, in the cluster too, and per node
+        # (verify_limited)
+        self.failures = ClusterLimits("key", settings.limits.key_failures_per_address,
+                                      settings.limits.key_failures_per_node, broker)
         # whole key -> prefix of keys found valid here: spared ``failures``
         self._proven: LRU[str, str] = LRU(PROVEN_KEYS, ttl=GOOD_FOR)
         # whole key -> record of keys found expired: refused without a read
@@ -284,7 +288,9 @@ class Keys:
         except Unauthorized as exc:
             if exc.code == "key_expired":  # not a guess: its tokens go back
                 self.failures.refund(attempt)
-            raise  # otherwise the key's fault: its tokens stay taken
+            else:  # the key's fault: its tokens stay taken, and the cluster counts it
+                await self.failures.failed(attempt)
+            raise
         except BaseException:
             self.failures.refund(attempt)  # the store away, or cancelled
             raise

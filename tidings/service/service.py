@@ -39,7 +39,6 @@ from tidings.config import Settings
 from tidings.core import auth, events, preferences, unsubscribe
 from tidings.core.etag import IfMatch
 from tidings.core.ids import id_at, new_id
-from tidings.core.logins import LoginLimits
 from tidings.core.lru import LRU
 from tidings.core.models import (
     Notification,
@@ -61,6 +60,7 @@ from tidings.errors import (
 )
 from tidings.gateway.hub import Hub
 from tidings.service.apps import Apps
+from tidings.service.failures import ClusterLimits
 from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
 from tidings.service.ratelimits import NOT_CAPPED, Capped, RateLimits
@@ -192,10 +192,11 @@ class Service:
         self.revocations = Revocations(settings, store, broker, self.hub)
         self._revoked = self.revocations.before
         self._revoked_ids = self.revocations.ids
-        # user tokens refused as not valid, per client address and per node:
-        # counted after the check fails, never on the way of one that works
-        self.token_failures = LoginLimits(settings.limits.token_failures_per_address,
-                                          settings.limits.token_failures_per_node)
+        # user tokens refused as not valid, per client address (in the
+        # cluster too) and per node: counted after the check fails, never on
+        # the way of one that works
+        self.token_failures = ClusterLimits("token", settings.limits.token_failures_per_address,
+                                            settings.limits.token_failures_per_node, broker)
         self._apps: LRU[str, AppRecord] = self.apps.cache
         self._keys: LRU[str, KeyRecord] = self.keys.cache
         self.caching = settings.cache
@@ -330,15 +331,17 @@ class Service:
             return await self._verify_token(token, digest)
         except Unauthorized as exc:
             if limited and exc.code == "bad_token" and not isinstance(exc, _Retired):
-                self._token_failed(client() if client is not None else None)
+                await self._token_failed(client() if client is not None else None)
             raise
 
-    def _token_failed(self, address: str | None) -> None:
-        """Count a token refused as not valid; RateLimited past the limits."""
+    async def _token_failed(self, address: str | None) -> None:
+        """Count a token refused as not valid; RateLimited past the limits,
+        this node's or the cluster's."""
         attempt = self.token_failures.admit(address)
-        if attempt.wait:
-            seconds = max(1, math.ceil(attempt.wait))
-            where = "from your address" if attempt.limit == "address" else "on this server"
+        wait = attempt.wait or await self.token_failures.failed(attempt)
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            where = "on this server" if attempt.limit == "node" else "from your address"
             raise RateLimited(f"too many invalid user tokens {where}: try again in {seconds} "
                               f"second{'s' if seconds > 1 else ''}", retry_after=seconds)
 
