@@ -245,34 +245,43 @@ def _operator_key(settings: Settings) -> bytes:
     return key
 
 
-def seal_secrets(settings: Settings) -> int:
+def seal_secrets(settings: Settings, force: bool = False) -> int:
     """Seal every secret of the store under the operator's key, in one
     transaction: how many rows it rewrote.  Creates an embedded store that is
-    not there yet, so that a new install starts sealed."""
+    not there yet, so that a new install starts sealed.  Refused while a node
+    serves the store, unless ``force`` (``Store.reseal``)."""
     after = Seal(_operator_key(settings))
 
     async def run(store):
         check = check_of(await store.secret_rows(KEY_CHECK))
         if check is not None:
             raise SealError("the store's secrets are already sealed" + (
-                " under this key" if check == after.check
+                " under this key" if after.knows(check)
                 else ": `tidings secrets rekey` changes the key"))
-        return await store.reseal(PLAIN, after)
+        return await store.reseal(PLAIN, after, force=force)
 
     return asyncio.run(_on_store(settings, run))
 
 
-def unseal_secrets(settings: Settings) -> int:
+def unseal_secrets(settings: Settings, force: bool = False) -> int:
     """Store every secret plain again (the key is checked first)."""
     _require_store(settings)
     before = Seal(_operator_key(settings))
-    return asyncio.run(_on_store(settings, lambda store: store.reseal(before, PLAIN)))
+    return asyncio.run(_on_store(settings,
+                                 lambda store: store.reseal(before, PLAIN, force=force)))
 
 
-def rekey_secrets(settings: Settings, new_key: bytes) -> int:
-    """Seal every secret under ``new_key`` instead of the current key."""
+def rekey_secrets(settings: Settings, new_key: bytes, force: bool = False) -> int:
+    """Seal every secret under ``new_key`` instead of the current key.  The
+    same key again rewrites a store sealed in the first format in the current
+    one (tidings/core/seal.py)."""
     _require_store(settings)
     before, after = Seal(_operator_key(settings)), Seal(new_key)
-    if before.check == after.check:
-        raise SealError("the new key is the store's key already")
-    return asyncio.run(_on_store(settings, lambda store: store.reseal(before, after)))
+
+    async def run(store):
+        if before.check == after.check == check_of(await store.secret_rows(KEY_CHECK)):
+            raise SealError("the new key is the store's key already, and every secret is "
+                            "sealed in the current format")
+        return await store.reseal(before, after, force=force)
+
+    return asyncio.run(_on_store(settings, run))

@@ -537,7 +537,8 @@ def revoke_tokens(config, app_id, user, jti, one_token, data, store, as_json) ->
 def secrets() -> None:
     """Seal the store's secrets under a key it does not hold (docs/security.md#sealed-secrets).
 
-    Stop every node first; start each again with the key."""
+    Stop every node first (`seal`, `unseal` and `rekey` refuse while a node
+    holds its lease on the store); start each again with the key."""
 
 
 @secrets.command("keygen")
@@ -548,9 +549,15 @@ def secrets_keygen() -> None:
     click.echo(new_key())
 
 
+FORCE_HELP = ("Change the secrets even though a node holds a lease on the store: a node "
+              "killed before its lease expired, or one you will restart with the new key "
+              "at once (until then it fails to open secrets, or writes them under its key).")
+
+
 def _store_options(fn):
     for option in (config_option, click.option("--data", default=None, help=DATA_HELP),
-                   click.option("--store", default=None, help=STORE_HELP), key_file_option):
+                   click.option("--store", default=None, help=STORE_HELP), key_file_option,
+                   click.option("--force", is_flag=True, help=FORCE_HELP)):
         fn = option(fn)
     return fn
 
@@ -561,19 +568,23 @@ def _resealed(verb: str, n: int, settings) -> None:
 
 @secrets.command("seal")
 @_store_options
-def secrets_seal(config, data, store, secret_key_file) -> None:
-    """Seal every secret of the store under the key, in one transaction."""
+def secrets_seal(config, data, store, secret_key_file, force) -> None:
+    """Seal every secret of the store under the key, in one transaction.
+
+    Refused while a node serves the store, unless --force."""
     settings = _settings(config, data=data, store=store, **_key_flags(secret_key_file))
-    _resealed("sealed", bootstrap.seal_secrets(settings), settings)
+    _resealed("sealed", bootstrap.seal_secrets(settings, force), settings)
     click.echo("start every node with this key (TIDINGS_SECRET_KEY or TIDINGS_SECRET_KEY_FILE)")
 
 
 @secrets.command("unseal")
 @_store_options
-def secrets_unseal(config, data, store, secret_key_file) -> None:
-    """Store every secret plain again, in one transaction (the key is checked first)."""
+def secrets_unseal(config, data, store, secret_key_file, force) -> None:
+    """Store every secret plain again, in one transaction (the key is checked first).
+
+    Refused while a node serves the store, unless --force."""
     settings = _settings(config, data=data, store=store, **_key_flags(secret_key_file))
-    _resealed("unsealed", bootstrap.unseal_secrets(settings), settings)
+    _resealed("unsealed", bootstrap.unseal_secrets(settings, force), settings)
     click.echo("start every node without a key")
 
 
@@ -581,16 +592,20 @@ def secrets_unseal(config, data, store, secret_key_file) -> None:
 @_store_options
 @click.option("--new-key-file", required=True, metavar="FILE",
               type=click.Path(exists=True, dir_okay=False),
-              help="File holding the new key (`tidings secrets keygen`).")
-def secrets_rekey(config, data, store, secret_key_file, new_key_file) -> None:
-    """Seal every secret under a new key instead, in one transaction."""
+              help="File holding the new key (`tidings secrets keygen`); the current key "
+                   "again rewrites a store sealed in the first format (sealed1) in the "
+                   "current one.")
+def secrets_rekey(config, data, store, secret_key_file, force, new_key_file) -> None:
+    """Seal every secret under a new key instead, in one transaction.
+
+    Refused while a node serves the store, unless --force."""
     from pathlib import Path
 
     from tidings.core.seal import parse_key
 
     settings = _settings(config, data=data, store=store, **_key_flags(secret_key_file))
     new = parse_key(Path(new_key_file).read_text(), f"the new key file {new_key_file}")
-    _resealed("resealed", bootstrap.rekey_secrets(settings, new), settings)
+    _resealed("resealed", bootstrap.rekey_secrets(settings, new, force), settings)
     click.echo("start every node with the new key")
 
 

@@ -187,6 +187,9 @@ class Settings(msgspec.Struct):
     prune_interval: float = 3600.0  # seconds between retention sweeps
     cache: bool = True  # the hot-path cache (keys, tokens, memberships, counts); off to measure
     node: str | None = None  # this node's name in the cluster; None = host:port:pid
+    # seconds a serving node's lease on the store lasts (renewed every third):
+    # while one has not expired, `tidings secrets seal|unseal|rekey` refuse
+    node_lease: float = 15.0
     # admin keys of this app see the whole service on /dashboard; every other
     # app's admin keys see their own app only (docs/operations.md#dashboard)
     operator_app: str | None = "default"

@@ -20,6 +20,7 @@ import pytest
 from tidings.core.cursor import Cursor, decide_recovery
 from tidings.core.ids import new_id
 from tidings.core.models import ChannelPrefs, Preferences, QuietHours
+from tidings.core.seal import PLAIN, Seal, new_key, parse_key
 from tidings.store.base import (
     LAST_ADMIN_KEY,
     NO_SUCH_KEY,
@@ -31,6 +32,8 @@ from tidings.store.base import (
     ScheduledEdit,
     StoredNotification,
 )
+from tidings.store.outbound import WebhookEndpoint
+from tidings.store.sealed import KEY_CHECK, PLACES, Serving, check_of
 
 A, B = "app_a", "app_b"
 T0 = 1_700_000_000.0
@@ -261,6 +264,67 @@ async def test_a_rotation_keeps_the_replaced_secret_until_its_end(make_store, db
             (A, "secret-a3", "secret-a2"), (B, "secret-b", None)]
         assert await db.rotate_signing_secret("app_none", "s", T0) is None
         assert await db.get_app("app_none") is None
+    finally:
+        await other.close()
+
+
+async def test_a_sealed_store_seals_a_rotated_secret_again_for_its_new_column(make_store, db):
+    """The current secret a rotation keeps as the previous one is sealed for
+    that column (tidings/core/seal.py), so it opens there, on another
+    instance too, and every value is in the current format."""
+    key = parse_key(new_key())
+    await db.add_webhook(A, WebhookEndpoint("w0", "https://h.test/x", "wh-0", T0), 10)
+    assert await db.reseal(PLAIN, Seal(key)) == 3  # two apps, one endpoint, no pepper yet
+    await db.unlock(key)
+    await db.rotate_signing_secret(A, "secret-a2", T0 + 60)
+    await db.rotate_webhook(A, "w0", "wh-1", T0 + 60)
+    other = make_store()
+    await other.open()
+    try:
+        await other.unlock(key)
+        seen = await other.get_app(A)
+        assert (seen.signing_secret, seen.previous_secret) == ("secret-a2", "secret-a")
+        (hook,) = await other.list_webhooks(A)
+        assert (hook.secret, hook.previous_secret) == ("wh-1", "wh-0")
+        again = await other.rotate_signing_secret(A, "secret-a3", T0)
+        assert (again.signing_secret, again.previous_secret) == ("secret-a3", "secret-a2")
+        stored = [v for place in PLACES[1:] for row in await other.secret_rows(place)
+                  for v in row[len(place.keys):] if v is not None]
+        assert len(stored) == 5 and all(v.startswith("sealed2:") for v in stored)
+    finally:
+        await other.close()
+
+
+async def test_a_reseal_waits_for_no_node_to_hold_a_lease(make_store, store):
+    """A serving node's lease lasts its ttl unless renewed or released; while
+    one has not expired a reseal is refused (``Serving``, naming the node)
+    unless forced, and changes nothing."""
+    await store.lease("node-a", "10.0.0.1:8080", 41, ttl=30)
+    await store.lease("node-b", "10.0.0.2:8080", 42, ttl=30)
+    await store.lease("node-c", "10.0.0.3:8080", 43, ttl=-1)  # a killed node's, expired
+    await store.lease("node-a", "10.0.0.9:8080", 44, ttl=30)  # a renewal replaces the row
+    live = await store.leases()
+    assert [(x.node, x.address, x.pid) for x in live] == [
+        ("node-a", "10.0.0.9:8080", 44), ("node-b", "10.0.0.2:8080", 42)]
+    assert all(x.expires_at > time.time() + 20 for x in live)
+    key = Seal(parse_key(new_key()))
+    with pytest.raises(Serving, match=r"2 node\(s\) serving this store: node-a \(pid 44, "
+                                      r"10.0.0.9:8080\), node-b .* or give --force"):
+        await store.reseal(PLAIN, key)
+    assert check_of(await store.secret_rows(KEY_CHECK)) is None
+    await store.release("node-a")
+    other = make_store()
+    await other.open()
+    try:
+        assert [x.node for x in await other.leases()] == ["node-b"]
+        await other.lease("node-b", "10.0.0.2:8080", 42, ttl=-1)
+        assert await other.leases() == []
+        await store.lease("node-d", "10.0.0.4:8080", 45, ttl=30)
+        await store.reseal(PLAIN, key, force=True)
+        assert check_of(await other.secret_rows(KEY_CHECK)) == key.check
+        await store.release("node-d")
+        await other.reseal(key, PLAIN)
+        assert check_of(await store.secret_rows(KEY_CHECK)) is None
     finally:
         await other.close()
 

@@ -202,6 +202,19 @@ async def _heartbeat(service: Service, dashboard: Dashboard, node: str) -> None:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
+async def _lease(service: Service, node: str, address: str) -> None:
+    """Renew this node's lease on the store (taken in ``Service.open``) every
+    third of its life, so that `tidings secrets` refuses to reseal under it
+    and a killed node's lease expires by itself."""
+    ttl = service.settings.node_lease
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            await service.store.lease(node, address, os.getpid(), ttl)
+        except Exception as exc:  # the store is away: the next renewal retries
+            log.warning("node lease renewal failed: %s", exc)
+
+
 def build_service(settings: Settings) -> Service:
     store = open_store(settings.store, settings.sqlite_path)
     broker = open_broker(settings.broker, settings.store)
@@ -215,15 +228,17 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     logs.NODE["name"] = node
     tracing.configure(node)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     dashboard = Dashboard(service, node)
+    address = f"{settings.host}:{settings.port}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        await service.open()
+        await service.open(lease=(node, address))
         await dashboard.open()
         loop = asyncio.get_running_loop()
         sweeper = loop.create_task(_retention(service))
         recorder = loop.create_task(dashboard.run())
         heartbeat = loop.create_task(_heartbeat(service, dashboard, node))
+        lease = loop.create_task(_lease(service, node, address))
         scheduler = loop.create_task(service.scheduler.run())  # deliver_at
         tracking = loop.create_task(_tracking(service))
         apps = loop.create_task(service.apps.sweep())  # rotated secrets (service/apps.py)
@@ -245,6 +260,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             sweeper.cancel()
             recorder.cancel()
             heartbeat.cancel()
+            lease.cancel()
             scheduler.cancel()
             tracking.cancel()
             apps.cancel()
@@ -264,6 +280,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
                 await service.keys.write_used()  # what the last minute noted
             except Exception:
                 log.warning("API keys' last use lost at shutdown", exc_info=True)
+            try:
+                await service.store.release(node)
+            except Exception:  # it expires by itself
+                log.warning("node lease not released at shutdown", exc_info=True)
             await service.close()
             tracing.shutdown()  # export the last spans
 

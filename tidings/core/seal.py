@@ -9,11 +9,18 @@ the database does not hold (``TIDINGS_SECRET_KEY``), with:
 
 * a fresh 96-bit nonce per value (NIST SP 800-38D §8.2.2: random nonces are
   safe far beyond the few thousand values a store seals under one key);
-* the value's place (``apps/<id>``, ``webhooks/<app>/<id>``, ``meta/pepper``)
-  as associated data, so a sealed value copied into another row does not
-  open there;
+* the value's place and column (``apps/<id>#signing_secret``,
+  ``webhooks/<app>/<id>#previous_secret``, ``meta/pepper#value``) as
+  associated data, so a sealed value copied into another row, or into the
+  other column of its row (the previous secret swapped with the current),
+  does not open there;
 * the versioned text prefix, so sealed and plain values are told apart, and
   a later format can come beside this one.
+
+The first format, ``sealed1:``, bound the row only: it is still read in a
+store whose key check is the first one (``_CHECK_V1``), and ``tidings secrets
+rekey`` rewrites every value in the current format and the current check,
+after which a ``sealed1:`` value is refused like a moved one.
 
 A sealed store also keeps a key check, an HMAC-SHA256 of a constant under the
 key, so a wrong key is refused at start rather than at the first secret.
@@ -32,12 +39,14 @@ from typing import overload
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["PLAIN", "PREFIX", "Seal", "SealError", "new_key", "parse_key"]
+__all__ = ["PLAIN", "PREFIX", "PREFIX_V1", "Seal", "SealError", "new_key", "parse_key"]
 
-PREFIX = "sealed1:"
+PREFIX = "sealed2:"  # bound to the value's row and column
+PREFIX_V1 = "sealed1:"  # bound to its row only; read, never written
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # 96 bits, GCM's native nonce size
-_CHECK_LABEL = b"tidings secret key check v1"
+_CHECK_V1 = b"tidings secret key check v1"  # a store that may hold sealed1 values
+_CHECK = b"tidings secret key check v2"  # every value is sealed2
 KEY_HELP = "TIDINGS_SECRET_KEY or TIDINGS_SECRET_KEY_FILE"
 
 
@@ -70,65 +79,96 @@ def parse_key(text: str, source: str = "TIDINGS_SECRET_KEY") -> bytes:
     return raw
 
 
+def _check(key: bytes, label: bytes) -> str:
+    return hmac.new(key, label, hashlib.sha256).hexdigest()
+
+
 class Seal:
     """Seals and opens a store's secrets under one key, or none (``PLAIN``).
 
     ``check`` is what the store keeps to know its key: None for a plain store.
+    A seal reads ``sealed1:`` values only once ``expect`` has found the first
+    key check, the mark of a store sealed before the current format.
     """
 
-    __slots__ = ("_aead", "check")
+    __slots__ = ("_aead", "_key", "check", "old")
 
-    def __init__(self, key: bytes | None = None):
+    def __init__(self, key: bytes | None = None, old: bool = False):
+        self._key = key
         self._aead = AESGCM(key) if key is not None else None
-        self.check = (hmac.new(key, _CHECK_LABEL, hashlib.sha256).hexdigest()
-                      if key is not None else None)
+        self.check = _check(key, _CHECK) if key is not None else None
+        self.old = old and key is not None
 
     @property
     def sealed(self) -> bool:
         return self._aead is not None
 
     @overload
-    def wrap(self, value: str, where: str) -> str: ...
+    def wrap(self, value: str, where: str, column: str) -> str: ...
     @overload
-    def wrap(self, value: None, where: str) -> None: ...
+    def wrap(self, value: None, where: str, column: str) -> None: ...
 
-    def wrap(self, value: str | None, where: str) -> str | None:
-        """``value`` as the store keeps it at ``where``: sealed under the key, if any."""
+    def wrap(self, value: str | None, where: str, column: str) -> str | None:
+        """``value`` as the store keeps it in ``column`` of the row ``where``:
+        sealed under the key, if any."""
         if value is None or self._aead is None:
             return value
         nonce = os.urandom(NONCE_BYTES)
-        return PREFIX + _b64(nonce + self._aead.encrypt(nonce, value.encode(), where.encode()))
+        ad = f"{where}#{column}".encode()
+        return PREFIX + _b64(nonce + self._aead.encrypt(nonce, value.encode(), ad))
 
     @overload
-    def unwrap(self, value: str, where: str) -> str: ...
+    def unwrap(self, value: str, where: str, column: str) -> str: ...
     @overload
-    def unwrap(self, value: str | None, where: str) -> str | None: ...
+    def unwrap(self, value: str | None, where: str, column: str) -> str | None: ...
 
-    def unwrap(self, value: str | None, where: str) -> str | None:
-        """The secret the store keeps at ``where``.  A sealed value needs the
-        key; a plain value in a sealed store is refused too, since only a
-        hand or a node without the key could have put it there."""
+    def unwrap(self, value: str | None, where: str, column: str) -> str | None:
+        """The secret the store keeps in ``column`` of the row ``where``.  A
+        sealed value needs the key; a plain value in a sealed store is refused
+        too, since only a hand or a node without the key could have put it
+        there."""
         if value is None:
             return None
-        if not value.startswith(PREFIX):
+        what = f"{where} ({column})"
+        prefix, ad = PREFIX, f"{where}#{column}"
+        if value.startswith(PREFIX_V1):
+            if self._aead is not None and not self.old:
+                raise SealError(f"the sealed secret of {what} is in the first format in a "
+                                "store resealed since (put back by hand, or from a backup)")
+            prefix, ad = PREFIX_V1, where
+        elif not value.startswith(PREFIX):
             if self._aead is not None:
-                raise SealError(f"the secret of {where} is not sealed in a sealed store "
+                raise SealError(f"the secret of {what} is not sealed in a sealed store "
                                 "(written by a node without the key, or by hand)")
             return value
         if self._aead is None:
-            raise SealError(f"the secret of {where} is sealed: give the store's key ({KEY_HELP})")
+            raise SealError(f"the secret of {what} is sealed: give the store's key ({KEY_HELP})")
         try:
-            raw = _unb64(value[len(PREFIX):])
-            plain = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], where.encode())
+            raw = _unb64(value[len(prefix):])
+            plain = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], ad.encode())
         except (InvalidTag, binascii.Error, ValueError):
-            raise SealError(f"the sealed secret of {where} does not open under this key here: "
-                            "a wrong key, or a value moved from another row") from None
+            raise SealError(f"the sealed secret of {what} does not open under this key here: "
+                            "a wrong key, or a value moved from another row or column") from None
         return plain.decode()
 
-    def expect(self, check: str | None) -> None:
-        """Refuse a store whose key check (None: plain) is not this seal's."""
+    def moved(self, value: str | None, where: str, before: str, after: str) -> str | None:
+        """The value kept in ``before`` of the row ``where``, as kept in ``after``
+        (a rotation's current secret becoming the previous one)."""
+        return self.wrap(self.unwrap(value, where, before), where, after)
+
+    def knows(self, check: str | None) -> bool:
+        """Whether ``check`` is this key's, in either format."""
+        return check is not None and self._key is not None and check in (
+            self.check, _check(self._key, _CHECK_V1))
+
+    def expect(self, check: str | None) -> Seal:
+        """This seal for a store whose key check is ``check`` (None: plain),
+        reading ``sealed1:`` values if the check is the first format's;
+        a store sealed under another key, or not as this seal is, is refused."""
         if check == self.check:
-            return
+            return self
+        if self.knows(check):
+            return Seal(self._key, old=True)
         if self.check is None:
             raise SealError(f"the store's secrets are sealed: give its key ({KEY_HELP})")
         if check is None:

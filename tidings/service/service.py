@@ -8,10 +8,12 @@ ever announced that is not durable (docs/design.md §2.1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -208,13 +210,22 @@ class Service:
         self.published = 0
         self.publish_errors = 0
 
-    async def open(self) -> None:
+    async def open(self, lease: tuple[str, str] | None = None) -> None:
+        """Open the store and the broker.  ``lease`` (``(node, address)``, for
+        a serving node) is taken on the store before the key is checked: a
+        reseal either sees it and refuses, or is over before this node reads
+        a secret (``Store.reseal``)."""
         await self.store.open()
         # the operator's key, checked once; secrets are opened as they are
         # read into the caches, never on a request (tidings/core/seal.py)
         try:
+            if lease is not None:
+                await self.store.lease(*lease, os.getpid(), self.settings.node_lease)
             await self.store.unlock(self.settings.operator_key())
         except BaseException:
+            if lease is not None:  # a node that does not start holds no lease
+                with contextlib.suppress(Exception):
+                    await self.store.release(lease[0])
             await self.store.close()
             raise
         await self.broker.open()

@@ -101,7 +101,15 @@ from tidings.core.receipts import Row
 from tidings.core.retime import Retime
 from tidings.core.seal import PLAIN, Seal
 from tidings.store.outbound import NewJob, OutboundStore
-from tidings.store.sealed import KEY_CHECK, PLACES, Place, app_place, check_of, resealed
+from tidings.store.sealed import (
+    KEY_CHECK,
+    PLACES,
+    Lease,
+    Place,
+    app_place,
+    check_of,
+    resealed,
+)
 
 
 @dataclass(slots=True)
@@ -125,8 +133,8 @@ def open_app(seal: Seal, row) -> AppRecord:
     """An app's record from its row (``id, name, signing_secret, created_at,
     previous_secret, previous_until``), its secrets opened."""
     where = app_place(row[0])
-    return AppRecord(row[0], row[1], seal.unwrap(row[2], where), row[3],
-                     seal.unwrap(row[4], where), row[5])
+    return AppRecord(row[0], row[1], seal.unwrap(row[2], where, "signing_secret"), row[3],
+                     seal.unwrap(row[4], where, "previous_secret"), row[5])
 
 
 @dataclass(slots=True)
@@ -415,8 +423,7 @@ class Store(OutboundStore, abc.ABC):
         a sealed value moved from another row, stops the start with one
         clear ``SealError``; from then on secrets are sealed and opened
         with it."""
-        seal = Seal(key)
-        seal.expect(check_of(await self.secret_rows(KEY_CHECK)))
+        seal = Seal(key).expect(check_of(await self.secret_rows(KEY_CHECK)))
         for place in PLACES:
             resealed(place, await self.secret_rows(place), seal, PLAIN)
         self.seal = seal
@@ -426,11 +433,28 @@ class Store(OutboundStore, abc.ABC):
         """The rows of ``place.select()``: a place's keys, then its secrets as stored."""
 
     @abc.abstractmethod
-    async def reseal(self, before: Seal, after: Seal) -> int:
-        """In one transaction: check that the store is sealed as ``before``
+    async def reseal(self, before: Seal, after: Seal, *, force: bool = False) -> int:
+        """In one transaction: check that no node holds a lease (``Serving``,
+        unless ``force``) and that the store is sealed as ``before``
         (``Seal.expect``), turn every secret of ``PLACES`` from ``before``'s
         seal to ``after``'s, and keep ``after``'s key check (none for a plain
-        store).  Returns how many rows it rewrote."""
+        store).  Returns how many rows it rewrote.  A lease taken meanwhile
+        waits for the transaction, so a node starting then checks its key
+        against the new state."""
+
+    # -- the nodes serving the store (tidings/api/app.py holds the lease) --
+    @abc.abstractmethod
+    async def lease(self, node: str, address: str, pid: int, ttl: float) -> None:
+        """Take or renew ``node``'s lease for ``ttl`` seconds (on the
+        database's clock for PostgreSQL), and drop the leases expired."""
+
+    @abc.abstractmethod
+    async def release(self, node: str) -> None:
+        """End ``node``'s lease (a clean stop)."""
+
+    @abc.abstractmethod
+    async def leases(self) -> list[Lease]:
+        """The leases that have not expired, by node."""
 
     # -- apps and keys --------------------------------------------------
     @abc.abstractmethod

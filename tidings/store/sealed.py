@@ -8,9 +8,9 @@ and the SMTP password live in the settings, never in the store; a Web Push
 subscription's ``auth`` is the browser's and opens nothing without the
 VAPID private key.
 
-A value's place is its table and row (``apps/<id>``), the associated data it
-is sealed with (tidings/core/seal.py).  The current and previous secret of
-one row share it, as a rotation moves one into the other in one statement.
+A value's place is its table and row (``apps/<id>``); the place and the
+column are the associated data it is sealed with (tidings/core/seal.py), so
+a rotation opens the current secret and seals it again as the previous one.
 The SQL here is the same in both dialects but for its placeholders.
 """
 
@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tidings.core.seal import Seal
+from tidings.core.seal import Seal, SealError
 from tidings.store.outbound import WebhookEndpoint
 
-__all__ = ["DROP_CHECK", "KEY_CHECK", "PEPPER", "PEPPER_PLACE", "PLACES", "Place", "app_place",
-           "check_of", "open_pepper", "open_webhook", "resealed", "set_check",
-           "webhook_place"]
+__all__ = ["DROP_CHECK", "KEY_CHECK", "LEASE", "PEPPER", "PEPPER_PLACE", "PLACES", "Lease",
+           "Place", "Serving", "app_place", "check_of", "open_pepper", "open_webhook",
+           "refuse_serving", "resealed", "set_check", "webhook_place"]
 
 Mark = Callable[[int], str]  # the n-th placeholder (1-based): "?" or "$n"
 
@@ -84,7 +84,8 @@ def resealed(place: Place, rows: Sequence[Sequence], before: Seal,
     n = len(place.keys)
     for row in rows:
         where = place.where(row)
-        values = tuple(after.wrap(before.unwrap(v, where), where) for v in row[n:])
+        values = tuple(after.wrap(before.unwrap(v, where, c), where, c)
+                       for v, c in zip(row[n:], place.columns, strict=True))
         out.append((*values, *row[:n]))
     return out
 
@@ -93,12 +94,12 @@ def open_webhook(seal: Seal, app_id: str, row: Sequence) -> WebhookEndpoint:
     """An endpoint from its row (``id, url, secret, created_at,
     previous_secret, previous_until``), its secrets opened."""
     where = webhook_place(app_id, row[0])
-    return WebhookEndpoint(row[0], row[1], seal.unwrap(row[2], where),
-                           row[3], seal.unwrap(row[4], where), row[5])
+    return WebhookEndpoint(row[0], row[1], seal.unwrap(row[2], where, "secret"),
+                           row[3], seal.unwrap(row[4], where, "previous_secret"), row[5])
 
 
 def open_pepper(seal: Seal, value: str) -> bytes:
-    return bytes.fromhex(seal.unwrap(value, PEPPER_PLACE))
+    return bytes.fromhex(seal.unwrap(value, PEPPER_PLACE, "value"))
 
 
 def app_place(app_id: str) -> str:
@@ -107,3 +108,35 @@ def app_place(app_id: str) -> str:
 
 def webhook_place(app_id: str, wid: str) -> str:
     return f"webhooks/{app_id}/{wid}"
+
+
+# -- the nodes serving the store ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A node serving the store (``Store.lease``) until ``expires_at`` (Unix seconds)."""
+
+    node: str
+    address: str
+    pid: int
+    expires_at: float
+
+
+LEASE = ("INSERT INTO node_leases (node, address, pid, expires_at) VALUES ({}, {}, {}, {}) "
+         "ON CONFLICT (node) DO UPDATE SET address = excluded.address, pid = excluded.pid, "
+         "expires_at = excluded.expires_at")
+
+
+class Serving(SealError):
+    """A node holds a lease on the store, so its secrets must not change."""
+
+
+def refuse_serving(leases: Sequence[Lease]) -> None:
+    """Refuse a reseal while any node serves the store: a node keeps the key
+    it started with, so it would fail to open the secrets it reads later, or
+    write new ones under its old key (or plain)."""
+    if not leases:
+        return
+    nodes = ", ".join(f"{x.node} (pid {x.pid}, {x.address})" for x in leases)
+    raise Serving(f"{len(leases)} node(s) serving this store: {nodes}; stop every node "
+                  "first (a killed node's lease expires after node_lease seconds), "
+                  "or give --force")

@@ -125,7 +125,7 @@ class PostgresOutbound(OutboundStore):
 
     # -- webhook endpoints ------------------------------------------------------------
     async def add_webhook(self, app_id, endpoint, limit) -> bool:
-        stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id))
+        stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id), "secret")
 
         async def add(conn):
             # The app's row serialises concurrent adds, so the limit holds.
@@ -149,11 +149,22 @@ class PostgresOutbound(OutboundStore):
         return [open_webhook(self.seal, app_id, r) for r in rows]
 
     async def rotate_webhook(self, app_id, wid, secret, overlap_until):
-        row = await self._fetchrow(
-            "UPDATE webhooks SET previous_secret = secret, previous_until = $3, secret = $4 "
-            f"WHERE app_id = $1 AND id = $2 RETURNING {_WEBHOOK}",
-            app_id, wid, overlap_until, self.seal.wrap(secret, webhook_place(app_id, wid)),
-        )
+        where = webhook_place(app_id, wid)
+        stored = self.seal.wrap(secret, where, "secret")
+
+        async def rotate(conn):
+            # the row's lock from the read of the old secret to its move
+            old = await conn.fetchrow("SELECT secret FROM webhooks WHERE app_id = $1 "
+                                      "AND id = $2 FOR UPDATE", app_id, wid)
+            if old is None:
+                return None
+            return await conn.fetchrow(
+                "UPDATE webhooks SET previous_secret = $3, previous_until = $4, secret = $5 "
+                f"WHERE app_id = $1 AND id = $2 RETURNING {_WEBHOOK}",
+                app_id, wid, self.seal.moved(old[0], where, "secret", "previous_secret"),
+                overlap_until, stored)
+
+        row = await self._call(rotate, tx=True)
         return open_webhook(self.seal, app_id, row) if row else None
 
     async def delete_webhook(self, app_id, wid) -> bool:

@@ -109,12 +109,15 @@ from tidings.store.postgres.sql import (
 from tidings.store.sealed import (
     DROP_CHECK,
     KEY_CHECK,
+    LEASE,
     PEPPER_PLACE,
     PLACES,
+    Lease,
     Place,
     app_place,
     check_of,
     open_pepper,
+    refuse_serving,
     resealed,
     set_check,
 )
@@ -377,16 +380,21 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
     async def secret_rows(self, place: Place) -> list[tuple]:
         return [tuple(r) for r in await self._fetch(place.select())]
 
-    async def reseal(self, before: Seal, after: Seal) -> int:
+    async def reseal(self, before: Seal, after: Seal, *, force: bool = False) -> int:
         async def reseal(conn):
             # one transaction; the key check's row (or the table, when there is
             # none) is locked first, so two reseals apply one after the other
             await conn.execute("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")
-            before.expect(check_of(await conn.fetch(KEY_CHECK.select())))
+            # a node's lease (a write) waits for the end of this one: a node
+            # starting meanwhile checks its key against what it leaves
+            await conn.execute("LOCK TABLE node_leases IN SHARE MODE")
+            if not force:
+                refuse_serving(await _leases(conn))
+            opener = before.expect(check_of(await conn.fetch(KEY_CHECK.select())))
             n = 0
             for place in PLACES:
                 rows = await conn.fetch(place.select() + " FOR UPDATE")
-                changed = resealed(place, rows, before, after)
+                changed = resealed(place, rows, opener, after)
                 await conn.executemany(place.update(lambda i: f"${i}"), changed)
                 n += len(changed)
             if after.check is None:
@@ -397,12 +405,29 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
 
         return await self._call(reseal, tx=True)
 
+    # -- the nodes serving the store ------------------------------------
+    async def lease(self, node: str, address: str, pid: int, ttl: float) -> None:
+        async def lease(conn):
+            await conn.execute("DELETE FROM node_leases "
+                               "WHERE expires_at <= extract(epoch FROM clock_timestamp())")
+            await conn.execute(LEASE.format(
+                "$1", "$2", "$3", "extract(epoch FROM clock_timestamp()) + $4"),
+                node, address, pid, float(ttl))
+
+        await self._call(lease, tx=True)
+
+    async def release(self, node: str) -> None:
+        await self._execute("DELETE FROM node_leases WHERE node = $1", node)
+
+    async def leases(self) -> list[Lease]:
+        return await self._call(_leases)
+
     # -- apps (keys: tidings/store/postgres/keys.py) --------------------
     async def pepper(self) -> bytes:
         async def get_or_make(conn):
             await conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('pepper', $1) ON CONFLICT DO NOTHING",
-                self.seal.wrap(os.urandom(32).hex(), PEPPER_PLACE),
+                self.seal.wrap(os.urandom(32).hex(), PEPPER_PLACE, "value"),
             )
             return await conn.fetchval("SELECT value FROM meta WHERE key = 'pepper'")
 
@@ -415,7 +440,7 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         now = time.time()
         await self._execute(
             "INSERT INTO apps (id, name, signing_secret, created_at) VALUES ($1, $2, $3, $4)",
-            app_id, name, self.seal.wrap(signing_secret, app_place(app_id)), now,
+            app_id, name, self.seal.wrap(signing_secret, app_place(app_id), "signing_secret"), now,
         )
         return AppRecord(app_id, name, signing_secret, now)
 
@@ -429,12 +454,22 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
 
     async def rotate_signing_secret(self, app_id: str, secret: str,
                                     previous_until: float) -> AppRecord | None:
-        # one statement, under the row's lock; the right-hand side reads the
-        # row as it was (the old secret)
-        row = await self._fetchrow(
-            "UPDATE apps SET previous_secret = signing_secret, previous_until = $2, "
-            f"signing_secret = $3 WHERE id = $1 RETURNING {_APP}",
-            app_id, previous_until, self.seal.wrap(secret, app_place(app_id)))
+        where = app_place(app_id)
+        stored = self.seal.wrap(secret, where, "signing_secret")
+
+        async def rotate(conn):
+            # the row's lock from the read of the old secret to its move
+            old = await conn.fetchrow("SELECT signing_secret FROM apps WHERE id = $1 "
+                                      "FOR UPDATE", app_id)
+            if old is None:
+                return None
+            return await conn.fetchrow(
+                "UPDATE apps SET previous_secret = $2, previous_until = $3, "
+                f"signing_secret = $4 WHERE id = $1 RETURNING {_APP}",
+                app_id, self.seal.moved(old[0], where, "signing_secret", "previous_secret"),
+                previous_until, stored)
+
+        row = await self._call(rotate, tx=True)
         return open_app(self.seal, row) if row else None
 
     async def end_dashboard_session(self, session_id: str, expires: float,
@@ -946,3 +981,9 @@ async def _fetchval(conn, sql, *args):
 
 async def _execute(conn, sql, *args):
     return await conn.execute(sql, *args)
+
+
+async def _leases(conn) -> list[Lease]:
+    return [Lease(*r) for r in await conn.fetch(
+        "SELECT node, address, pid, expires_at FROM node_leases "
+        "WHERE expires_at > extract(epoch FROM clock_timestamp()) ORDER BY node")]

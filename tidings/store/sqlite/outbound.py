@@ -79,7 +79,7 @@ class SQLiteOutbound(OutboundStore):
 
     # -- webhook endpoints ------------------------------------------------------------
     async def add_webhook(self, app_id, endpoint, limit) -> bool:
-        stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id))
+        stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id), "secret")
 
         def add(conn):
             (n,) = conn.execute("SELECT count(*) FROM webhooks WHERE app_id=?",
@@ -102,14 +102,20 @@ class SQLiteOutbound(OutboundStore):
         return [open_webhook(self.seal, app_id, r) for r in rows]
 
     async def rotate_webhook(self, app_id, wid, secret, overlap_until):
-        stored = self.seal.wrap(secret, webhook_place(app_id, wid))
+        where = webhook_place(app_id, wid)
+        stored = self.seal.wrap(secret, where, "secret")
 
         def rotate(conn):
+            row = conn.execute("SELECT secret FROM webhooks WHERE app_id=? AND id=?",
+                               (app_id, wid)).fetchone()
+            if row is None:
+                return None
+            previous = self.seal.moved(row[0], where, "secret", "previous_secret")
             return conn.execute(
-                "UPDATE webhooks SET previous_secret=secret, previous_until=?, secret=? "
+                "UPDATE webhooks SET previous_secret=?, previous_until=?, secret=? "
                 "WHERE app_id=? AND id=? "
                 "RETURNING id, url, secret, created_at, previous_secret, previous_until",
-                (overlap_until, stored, app_id, wid),
+                (previous, overlap_until, stored, app_id, wid),
             ).fetchone()
 
         row = await self._write(rotate)

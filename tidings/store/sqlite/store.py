@@ -52,12 +52,15 @@ from tidings.store.base import (
 from tidings.store.sealed import (
     DROP_CHECK,
     KEY_CHECK,
+    LEASE,
     PEPPER_PLACE,
     PLACES,
+    Lease,
     Place,
     app_place,
     check_of,
     open_pepper,
+    refuse_serving,
     resealed,
     set_check,
 )
@@ -560,8 +563,12 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
     async def secret_rows(self, place: Place) -> list[tuple]:
         return [tuple(r) for r in self._q(place.select())]
 
-    async def reseal(self, before: Seal, after: Seal) -> int:
+    async def reseal(self, before: Seal, after: Seal, *, force: bool = False) -> int:
         def reseal(conn):
+            # the writer's transaction holds the file's write lock, so a node's
+            # lease (a write) comes before it, seen here, or after it
+            if not force:
+                refuse_serving(_leases(conn))
             # the cells the old values leave are zeroed, not left in the file
             conn.execute("PRAGMA secure_delete=ON")
             try:
@@ -571,12 +578,28 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
 
         return await self._write(reseal)
 
+    # -- the nodes serving the store ------------------------------------
+    async def lease(self, node: str, address: str, pid: int, ttl: float) -> None:
+        def lease(conn):
+            now = time.time()
+            conn.execute("DELETE FROM node_leases WHERE expires_at <= ?", (now,))
+            conn.execute(LEASE.format("?", "?", "?", "?"), (node, address, pid, now + ttl))
+
+        await self._write(lease)
+
+    async def release(self, node: str) -> None:
+        await self._write(lambda conn: conn.execute("DELETE FROM node_leases WHERE node=?",
+                                                    (node,)))
+
+    async def leases(self) -> list[Lease]:
+        return _leases(self._reader)
+
     # -- apps (keys: tidings/store/sqlite/keys.py) ----------------------
     async def pepper(self) -> bytes:
         row = self._q1("SELECT value FROM meta WHERE key='pepper'")
         if row:
             return open_pepper(self.seal, row[0])
-        made = self.seal.wrap(os.urandom(32).hex(), PEPPER_PLACE)
+        made = self.seal.wrap(os.urandom(32).hex(), PEPPER_PLACE, "value")
 
         def make(conn):
             conn.execute(
@@ -589,7 +612,7 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
 
     async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord:
         now = time.time()
-        stored = self.seal.wrap(signing_secret, app_place(app_id))
+        stored = self.seal.wrap(signing_secret, app_place(app_id), "signing_secret")
 
         def insert(conn):
             conn.execute(
@@ -610,12 +633,18 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
 
     async def rotate_signing_secret(self, app_id: str, secret: str,
                                     previous_until: float) -> AppRecord | None:
-        stored = self.seal.wrap(secret, app_place(app_id))
+        where = app_place(app_id)
+        stored = self.seal.wrap(secret, where, "signing_secret")
 
         def rotate(conn):
-            # the right-hand side reads the row as it was: the old secret
-            conn.execute("UPDATE apps SET previous_secret=signing_secret, previous_until=?, "
-                         "signing_secret=? WHERE id=?", (previous_until, stored, app_id))
+            # the writer's transaction: nothing changes the row between the
+            # read of the old secret and its move
+            row = conn.execute("SELECT signing_secret FROM apps WHERE id=?", (app_id,)).fetchone()
+            if row is None:
+                return None
+            previous = self.seal.moved(row[0], where, "signing_secret", "previous_secret")
+            conn.execute("UPDATE apps SET previous_secret=?, previous_until=?, "
+                         "signing_secret=? WHERE id=?", (previous, previous_until, stored, app_id))
             return conn.execute(f"SELECT {_APP} FROM apps WHERE id=?", (app_id,)).fetchone()
 
         row = await self._write(rotate)
@@ -1053,9 +1082,15 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         return (w.commits, w.jobs_done) if w else (0, 0)
 
 
+def _leases(conn) -> list[Lease]:
+    return [Lease(*r) for r in conn.execute(
+        "SELECT node, address, pid, expires_at FROM node_leases WHERE expires_at > ? "
+        "ORDER BY node", (time.time(),)).fetchall()]
+
+
 def _reseal_tx(conn: WriterConnection, before: Seal, after: Seal) -> int:
     """The writer's transaction of ``reseal``: every row and the key check, or nothing."""
-    before.expect(check_of(conn.execute(KEY_CHECK.select()).fetchall()))
+    before = before.expect(check_of(conn.execute(KEY_CHECK.select()).fetchall()))
     n = 0
     for place in PLACES:
         rows = resealed(place, conn.execute(place.select()).fetchall(), before, after)
