@@ -555,9 +555,9 @@ FORCE_HELP = ("Change the secrets even though a node holds a lease on the store:
 
 
 def _store_options(fn):
-    for option in (config_option, click.option("--data", default=None, help=DATA_HELP),
-                   click.option("--store", default=None, help=STORE_HELP), key_file_option,
-                   click.option("--force", is_flag=True, help=FORCE_HELP)):
+    for option in (click.option("--force", is_flag=True, help=FORCE_HELP), config_option,
+                   click.option("--data", default=None, help=DATA_HELP),
+                   click.option("--store", default=None, help=STORE_HELP), key_file_option):
         fn = option(fn)
     return fn
 
