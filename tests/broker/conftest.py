@@ -12,6 +12,10 @@ The Redis backend talks to a real Redis (``tests/services.py``: skipped on a
 laptop without one, a failure in CI).  Each test gets its own key and
 channel prefix, so parallel runs sharing one Redis never see each other's
 messages, and its keys are deleted afterwards.
+
+The Redis Cluster backend runs on three masters of a Redis Cluster started
+for the test session (tests/broker/rediscluster.py), prefixes apart as on
+the shared Redis.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from tests.services import require_postgres, require_redis
 from tidings.broker.base import Broker
 from tidings.broker.local import LocalBroker
 from tidings.broker.redis import RedisBroker
+from tidings.broker.redis_cluster import RedisClusterBroker
 
-BACKENDS = ["local", "redis", "postgres"]
+BACKENDS = ["local", "redis", "redis-cluster", "postgres"]
 
 
 def unique_prefix() -> str:
@@ -44,6 +49,16 @@ async def delete_prefixed(url: str, prefix: str) -> None:
         await client.aclose()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A three-master Redis Cluster for the session, stopped at its end."""
+    from tests.broker.rediscluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(params=BACKENDS)
 async def make_broker(request) -> Callable[[], Broker]:
     """A factory of unopened brokers of one backend; for Redis, every broker
@@ -54,6 +69,9 @@ async def make_broker(request) -> Callable[[], Broker]:
         url, prefix = require_redis(), unique_prefix()
         yield lambda: RedisBroker(url, prefix=prefix)
         await delete_prefixed(url, prefix)
+    elif request.param == "redis-cluster":
+        cluster, prefix = request.getfixturevalue("redis_cluster"), unique_prefix()
+        yield lambda: RedisClusterBroker(cluster.url, prefix=prefix)
     elif request.param == "postgres":
         from tests.store.pg import fresh_schema
         from tidings.broker.postgres import PostgresBroker

@@ -411,7 +411,7 @@ async def test_a_redis_restart(private_redis, make):
     event = reconnected(b)
 
     private_redis.stop()
-    await until(lambda: b._sub_conn is None, "the broker to notice")
+    await until(lambda: b._sub is None, "the broker to notice")
     assert not await b.ping()
     for i in range(10):
         b.publish(channel, Feed(i, b"lost or late"))  # never raises, never blocks
@@ -436,7 +436,7 @@ async def test_a_frozen_redis_is_detected_by_the_health_check(private_redis, mak
     event = reconnected(b)
     private_redis.proc.send_signal(signal.SIGSTOP)  # silent: no reset, no close
     try:
-        await until(lambda: b._sub_conn is None, "the health check to give up")
+        await until(lambda: b._sub is None, "the health check to give up")
     finally:
         private_redis.proc.send_signal(signal.SIGCONT)
     await asyncio.wait_for(event.wait(), TIMEOUT)

@@ -1,6 +1,6 @@
 """Live fan-out between nodes behind one contract (base.py): in-process for one
-node, PostgreSQL LISTEN/NOTIFY for a cluster on PostgreSQL alone, Redis for the
-largest fan-outs."""
+node, PostgreSQL LISTEN/NOTIFY for a cluster on PostgreSQL alone, Redis (or a
+Redis Cluster) for the largest fan-outs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def open_broker(url: str | None, store: str | None = None) -> Broker:
         from tidings.broker.local import LocalBroker
 
         return LocalBroker()
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        from tidings.broker.redis_cluster import RedisClusterBroker
+
+        return RedisClusterBroker(url)
     if url.startswith(("redis://", "rediss://")):
         from tidings.broker.redis import RedisBroker
 
@@ -28,6 +32,7 @@ def open_broker(url: str | None, store: str | None = None) -> Broker:
         return PostgresBroker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: use redis://HOST:PORT/DB, rediss://... (TLS), "
-        "postgresql://... (LISTEN/NOTIFY), local (in-process), or leave it out: the "
-        "PostgreSQL store's database, else in-process"
+        "redis+cluster://HOST:PORT[,HOST:PORT...] (Redis Cluster), postgresql://... "
+        "(LISTEN/NOTIFY), local (in-process), or leave it out: the PostgreSQL store's "
+        "database, else in-process"
     )

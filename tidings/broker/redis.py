@@ -21,14 +21,18 @@ is unreachable the queue fills up and further messages are dropped and
 counted -- at most once is the contract, and the store is the source of
 truth.
 
-Subscriptions go over one dedicated pub/sub connection per process.
+Subscriptions go over one dedicated pub/sub connection per process (per
+shard on Redis Cluster: redis_cluster.py; a ``Link`` holds a role's
+connections and knows which of them owns a channel).
 ``subscribe`` and ``unsubscribe`` only record the wish; a control task sends
-the difference once per loop tick, each batch followed by ``PING <n>``, so
-that the ``pong`` tells exactly which batches Redis has applied
-(``settle``).  A reader task blocks on the socket (no ``get_message(timeout=0)``
-polling) and calls the handlers on the event loop thread.  When the
-connection is lost, the broker reconnects with jittered backoff, subscribes
-to every channel again, and then calls the ``on_reconnect`` callbacks.
+the difference once per loop tick, each batch followed by ``PING <n>`` on
+every connection, so that the ``pong`` tells exactly which batches Redis has
+applied (``settle``).  A reader task per connection blocks on the socket (no
+``get_message(timeout=0)`` polling) and calls the handlers on the event loop
+thread.  When a connection is lost, or Redis unsubscribes a channel itself
+(its slot moved to another shard), the broker drops them all, reconnects with
+jittered backoff, subscribes to every channel again, and then calls the
+``on_reconnect`` callbacks.
 
 The node registry and the token bucket are Lua scripts kept beside this
 module (``lua/*.lua``), so each is one atomic step on the Redis clock.
@@ -39,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -89,7 +94,37 @@ def _spublish(channel: bytes, data: bytes) -> bytes:
     )
 
 
-class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
+class Link:
+    """The connections of one role (publishing, or pub/sub), one per shard,
+    and which of them owns a channel: ``owner(channel)`` is an index into
+    ``conns``.  On a single Redis one connection owns every channel."""
+
+    def __init__(self, conns: list[AbstractConnection],
+                 owner: Callable[[bytes], int] | None = None):
+        self.conns = conns
+        self.owner = owner or (lambda channel: 0)
+        self.rx = [False] * len(conns)  # heard from since the last health check
+        self.confirmed = [0] * len(conns)  # the last subscription batch each answered
+        # SUNSUBSCRIBEs sent and not yet answered, by channel: a ``sunsubscribe``
+        # beyond them is Redis's own (the channel's slot moved away).
+        self.unsubscribing: dict[bytes, int] = {}
+
+    def split(self, items: list[tuple[bytes, Any]]) -> list[list[Any]]:
+        """``(channel, x)`` pairs -> each connection's ``x``, in order."""
+        if len(self.conns) == 1:
+            return [[x for _, x in items]]
+        out: list[list[Any]] = [[] for _ in self.conns]
+        owner = self.owner
+        for channel, x in items:
+            out[owner(channel)].append(x)
+        return out
+
+    async def disconnect(self) -> None:
+        for conn in self.conns:
+            await conn.disconnect(nowait=True)
+
+
+class RedisBroker(QueuedBroker[tuple[bytes, bytes], Link]):
     """``RedisBroker("redis://host:6379/0")``; ``rediss://`` for TLS.
 
     ``prefix`` namespaces every channel and key (several deployments, or
@@ -115,10 +150,9 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
         self._handlers: dict[bytes, tuple[str, Handler]] = {}
         self._server: set[bytes] = set()  # sent to the current pub/sub connection
         self._changed: set[bytes] = set()  # wished for, not yet sent
-        self._sub_conn: AbstractConnection | None = None
+        self._sub: Link | None = None
         self._control_wake: asyncio.Future | None = None
         self._ping_due = False
-        self._rx = False
         self._sent = 0  # subscription batches sent (each ends with PING <n>)
         self._confirmed = 0  # the last batch Redis has answered
         self._settle_waiters: list[tuple[int, asyncio.Future]] = []
@@ -133,27 +167,47 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
 
     # -- life cycle -----------------------------------------------------------
     async def open(self) -> None:
-        self._redis = aioredis.Redis.from_url(
-            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-            # one retry on a fresh connection covers a pooled socket that a
-            # Redis restart left dead; longer outages are the caller's call
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1),
-            client_name=f"{self.client_name}:cmd",
-        )
+        self._redis = self._client()
         nodes = f"{self.prefix}:{{nodes}}"
         self._node_keys = [f"{nodes}:expiry", f"{nodes}:info"]
         self._heartbeat = self._redis.register_script(_load("heartbeat.lua"))
         self._nodes = self._redis.register_script(_load("nodes.lua"))
         self._take = self._redis.register_script(_load("take.lua"))
         try:
-            # fail fast on a wrong URL or a Redis without sharded pub/sub (< 7.0)
-            await self._redis.execute_command("SPUBLISH", self.channel_name("probe"), b"")
-            conn = await self._receiver_connect()
+            await self._probe()
+            link = await self._receiver_connect()
+        except BrokerUnavailable:
+            await self._redis.aclose()
+            raise
         except (RedisError, OSError) as e:
             await self._redis.aclose()
             raise BrokerUnavailable(f"Redis broker at {self._where()}: {e}") from e
-        self._sub_conn = conn  # up from now on: settle() waits for the first batch
-        self._start(conn)
+        self._sub = link  # up from now on: settle() waits for the first batch
+        self._start(link)
+
+    def _client(self) -> Any:
+        """The client that runs commands and scripts."""
+        return aioredis.Redis.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            # one retry on a fresh connection covers a pooled socket that a
+            # Redis restart left dead; longer outages are the caller's call
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1),
+            client_name=f"{self.client_name}:cmd",
+        )
+
+    async def _probe(self) -> None:
+        """Fail fast on a wrong URL, a Redis without sharded pub/sub (< 7.0),
+        or one shard of a Redis Cluster, which would answer MOVED for the
+        channels of the other shards."""
+        assert self._redis is not None
+        if (await self._redis.info("cluster")).get("cluster_enabled"):
+            info = (await self._redis.execute_command("CLUSTER", "INFO")).decode()
+            shards = int(re.search(r"cluster_size:(\d+)", info)[1])  # type: ignore[index]
+            if shards > 1:
+                raise BrokerUnavailable(
+                    f"Redis broker at {self._where()}: this Redis is one of {shards} shards "
+                    f"of a Redis Cluster; use redis+cluster://{self._where()}")
+        await self._redis.execute_command("SPUBLISH", self.channel_name("probe"), b"")
 
     async def _shutdown(self) -> None:
         self._handlers.clear()
@@ -164,19 +218,28 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
         parts = urlsplit(self.url)
         return f"{parts.hostname}:{parts.port or 6379}"
 
+    def _connection_settings(self) -> tuple[type[AbstractConnection], dict[str, Any]]:
+        """The class and arguments of the command client's connections."""
+        assert self._redis is not None
+        pool = self._redis.connection_pool
+        return pool.connection_class, pool.connection_kwargs
+
     async def _connect(self, role: str, **overrides) -> AbstractConnection:
         """A dedicated connection, outside the pool: this module owns its
         reconnection, so redis-py must not retry or resubscribe behind it."""
         if self._redis is None:
             raise BrokerUnavailable("the Redis broker is not open")
-        pool = self._redis.connection_pool
-        kwargs = {
-            **pool.connection_kwargs, "retry": Retry(NoBackoff(), 0),
+        cls, kwargs = self._connection_settings()
+        conn = cls(**{
+            **kwargs, "retry": Retry(NoBackoff(), 0),
             "client_name": f"{self.client_name}:{role}", **overrides,
-        }
-        conn = pool.connection_class(**kwargs)
+        })
         await conn.connect()
         return conn
+
+    async def _link(self, role: str, **overrides) -> Link:
+        """The connections of ``role``: one, to the one Redis."""
+        return Link([await self._connect(role, **overrides)])
 
     # -- publishing: each item is (Redis channel, message in msgpack) ----------
     def _item(self, channel: str, message: Message) -> tuple[bytes, bytes]:
@@ -186,18 +249,24 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
     def _size(item: tuple[bytes, bytes]) -> int:
         return len(item[1])
 
-    async def _writer_connect(self) -> AbstractConnection:
-        return await self._connect("pub", socket_timeout=None)
+    async def _writer_connect(self) -> Link:
+        return await self._link("pub", socket_timeout=None)
 
-    async def _send(self, conn: AbstractConnection, batch: list[tuple[bytes, bytes]]) -> None:
+    async def _send(self, link: Link, batch: list[tuple[bytes, bytes]]) -> None:
+        """Every shard's part of the batch written first, then the replies read:
+        one round trip however many shards.  A ``MOVED`` reply (the slot map
+        changed) fails the batch, and the writer connects again afresh."""
+        parts = link.split([(c, _spublish(c, d)) for c, d in batch])
         async with asyncio.timeout(self.timeout):
-            await conn.send_packed_command([_spublish(c, d) for c, d in batch],
-                                           check_health=False)
-            for _ in batch:
-                await conn.read_response()
+            for conn, packed in zip(link.conns, parts, strict=True):
+                if packed:
+                    await conn.send_packed_command(packed, check_health=False)
+            for conn, packed in zip(link.conns, parts, strict=True):
+                for _ in packed:
+                    await conn.read_response()
 
-    async def _discard(self, conn: AbstractConnection) -> None:
-        await conn.disconnect(nowait=True)
+    async def _discard(self, link: Link) -> None:
+        await link.disconnect()
 
     # -- subscriptions --------------------------------------------------------
     def subscribe(self, channel: str, handler: Handler) -> None:
@@ -214,7 +283,7 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
             self._wake_control()
 
     async def settle(self) -> None:
-        if self._sub_conn is None:
+        if self._sub is None:
             return
         if self._changed:
             target = self._sent + 1  # the batch the control task sends next
@@ -240,13 +309,13 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
                 if t <= n and not f.done():
                     f.set_result(None)
 
-    async def _receiver_connect(self) -> AbstractConnection:
+    async def _receiver_connect(self) -> Link:
         # RESP2: pub/sub replies are plain arrays read in order with the
         # PING confirmations; no read timeout, the health check covers it.
-        return await self._connect("sub", socket_timeout=None, protocol=2)
+        return await self._link("sub", socket_timeout=None, protocol=2)
 
-    async def _receiver_down(self, conn: AbstractConnection) -> None:
-        self._sub_conn = None
+    async def _receiver_down(self, link: Link) -> None:
+        self._sub = None
         self._server.clear()
         self._changed.update(self._handlers)
         # Batches sent on the old connection are moot (the next one
@@ -256,20 +325,16 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
         for _, fut in waiters:
             if not fut.done():
                 fut.set_result(None)
-        await conn.disconnect(nowait=True)
+        await link.disconnect()
 
-    async def _receive(self, conn: AbstractConnection, lost: bool, backoff: Backoff) -> None:
-        """Subscribe everything on ``conn``, then read, send changes and
-        health-check it until it breaks."""
+    async def _receive(self, link: Link, lost: bool, backoff: Backoff) -> None:
+        """Subscribe everything on ``link``, then read, send changes and
+        health-check it until one of its connections breaks."""
         loop = asyncio.get_running_loop()
-        self._sub_conn = conn
+        self._sub = link
         self._changed.update(self._handlers)
-        self._rx = True
-        workers = {
-            loop.create_task(self._read(conn)),
-            loop.create_task(self._control(conn)),
-            loop.create_task(self._health()),
-        }
+        workers = {loop.create_task(self._read(link, i)) for i in range(len(link.conns))}
+        workers |= {loop.create_task(self._control(link)), loop.create_task(self._health(link))}
         settled = loop.create_task(self.settle())
         pending = workers | {settled}
         try:
@@ -289,9 +354,9 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
                 task.cancel()
             await asyncio.gather(*workers, settled, return_exceptions=True)
 
-    async def _control(self, conn) -> None:
+    async def _control(self, link: Link) -> None:
         """Send subscription changes, one batch per wake-up, each ending with
-        ``PING <n>``; and health-check pings."""
+        ``PING <n>`` on every connection; and health-check pings."""
         loop = asyncio.get_running_loop()
         while True:
             if not self._changed and not self._ping_due:
@@ -299,52 +364,57 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
                 await self._control_wake
                 self._control_wake = None
                 continue
-            commands: list[tuple] = []
-            if self._changed:
+            changes: list[tuple[bytes, tuple]] = []
+            batch = bool(self._changed)
+            if batch:
                 changed, self._changed = self._changed, set()
                 for name in changed:
                     wanted, there = name in self._handlers, name in self._server
                     # One channel per command: on Redis Cluster all channels
                     # of one SSUBSCRIBE must hash to the same slot.
                     if wanted and not there:
-                        commands.append(("SSUBSCRIBE", name))
+                        changes.append((name, ("SSUBSCRIBE", name)))
                         self._server.add(name)
                     elif there and not wanted:
-                        commands.append(("SUNSUBSCRIBE", name))
+                        changes.append((name, ("SUNSUBSCRIBE", name)))
                         self._server.discard(name)
+                        link.unsubscribing[name] = link.unsubscribing.get(name, 0) + 1
                 self._sent += 1
-                commands.append(("PING", str(self._sent)))
-            if self._ping_due:
-                self._ping_due = False
-                commands.append(("PING",))
-            for i in range(0, len(commands), _SUBSCRIBE_CHUNK):
-                packed = conn.pack_commands(commands[i:i + _SUBSCRIBE_CHUNK])
-                async with asyncio.timeout(self.timeout):
-                    await conn.send_packed_command(packed, check_health=False)
+            parts = link.split(changes)
+            for conn, commands in zip(link.conns, parts, strict=True):
+                if batch:
+                    commands.append(("PING", str(self._sent)))
+                if self._ping_due:
+                    commands.append(("PING",))
+                for i in range(0, len(commands), _SUBSCRIBE_CHUNK):
+                    packed = conn.pack_commands(commands[i:i + _SUBSCRIBE_CHUNK])
+                    async with asyncio.timeout(self.timeout):
+                        await conn.send_packed_command(packed, check_health=False)
+            self._ping_due = False
 
-    async def _health(self) -> None:
+    async def _health(self, link: Link) -> None:
         """A silent connection is pinged; one that stays silent is dead
         (a vanished peer sends no reset)."""
         while True:
-            self._rx = False
+            link.rx = [False] * len(link.conns)
             await asyncio.sleep(self.health_interval)
-            if self._rx:
+            if all(link.rx):
                 continue
             self._ping_due = True
             self._wake_control()
             await asyncio.sleep(self.health_interval)
-            if not self._rx:
+            if not all(link.rx):
                 raise TimeoutError("Redis did not answer a health check")
 
-    async def _read(self, conn) -> None:
-        handlers = self._handlers
+    async def _read(self, link: Link, i: int) -> None:
+        handlers, conn = self._handlers, link.conns[i]
         while True:
             # Block until Redis sends something: no polling, no busy loop.
             reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
-            self._rx = True
+            link.rx[i] = True
             if isinstance(reply, bytes):  # PING outside subscribed mode: no array
                 if reply.isdigit():
-                    self._confirm(int(reply))
+                    self._pong(link, i, int(reply))
                 continue
             kind = reply[0]
             if kind == b"smessage":
@@ -352,7 +422,21 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
                 if entry is not None:  # else unsubscribed while it was in flight
                     self._deliver(entry[1], entry[0], reply[2])
             elif kind == b"pong" and reply[1].isdigit():
-                self._confirm(int(reply[1]))
+                self._pong(link, i, int(reply[1]))
+            elif kind == b"sunsubscribe":
+                name, pending = reply[1], link.unsubscribing
+                if name in pending:
+                    pending[name] -= 1
+                    if not pending[name]:
+                        del pending[name]
+                elif name in self._server:
+                    # Redis Cluster unsubscribes the channels of a slot that
+                    # moved to another shard (a failover, a resharding).
+                    raise ConnectionError(f"Redis unsubscribed {name!r}: its slot moved")
+
+    def _pong(self, link: Link, i: int, n: int) -> None:
+        link.confirmed[i] = max(link.confirmed[i], n)
+        self._confirm(min(link.confirmed))
 
     # -- node registry and rate limits (Lua, one atomic step each) -------------
     async def heartbeat(self, node: str, info: dict, ttl: float) -> None:
@@ -372,12 +456,15 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], AbstractConnection]):
 
     async def _call(self, script, keys: list, args: list):
         try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as e:
+            # Redis Cluster's client retries on other shards and after
+            # refreshing its slot map: bounded all the same.
+            async with asyncio.timeout(self.timeout):
+                return await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as e:
             raise BrokerUnavailable(f"Redis broker at {self._where()}: {e}") from e
 
     async def ping(self) -> bool:
-        if self._redis is None or self._sub_conn is None:
+        if self._redis is None or self._sub is None:
             return False
         try:
             return bool(await asyncio.wait_for(self._redis.ping(), self.timeout))
