@@ -115,7 +115,8 @@ def main(debug: bool) -> None:
 @click.option("--store", default=None, help=STORE_HELP + " Cluster: postgresql://...")
 @click.option("--broker", default=None,
               help="Broker URL (default: the PostgreSQL store's LISTEN/NOTIFY, else "
-                   "in-process). Largest fan-outs: redis://HOST:PORT.")
+                   "in-process). Largest fan-outs: redis://HOST:PORT, or "
+                   "redis+cluster://HOST:PORT[,HOST:PORT...] for a Redis Cluster.")
 @click.option("--outbox", is_flag=False, flag_value="store", default=None,
               metavar="[postgresql://...]",
               help="Consume the transactional outbox table of this database "
