@@ -66,16 +66,24 @@ class Recorder:
             self._waiters.remove((n, event))
 
 
+# Order is kept per channel only, and a Redis Cluster carries each shard's
+# channels on connections of their own: the sentinel is a channel on every
+# shard (these names cover a three-master cluster: test_redis_cluster.py).
+FLUSH = [user_channel("app_sentinel", f"flush{i}") for i in range(16)]
+
+
 @pytest.fixture
 async def sentinel(broker):
-    """A subscribed channel used to flush: ``await sentinel()`` returns once
+    """Subscribed channels used to flush: ``await sentinel()`` returns once
     everything published before it has had its chance to arrive."""
     rec = Recorder()
-    broker.subscribe(user_channel("app_sentinel", "flush"), rec)
+    for channel in FLUSH:
+        broker.subscribe(channel, rec)
 
     async def flush() -> None:
-        n = len(rec.got) + 1
-        broker.publish(user_channel("app_sentinel", "flush"), Frames([b"flush"]))
+        n = len(rec.got) + len(FLUSH)
+        for channel in FLUSH:
+            broker.publish(channel, Frames([b"flush"]))
         await rec.wait_for(n)
 
     return flush

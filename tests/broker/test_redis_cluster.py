@@ -14,7 +14,7 @@ import pytest
 
 from tests.broker.conftest import unique_prefix
 from tests.broker.rediscluster import LocalRedisCluster
-from tests.broker.test_contract import Recorder
+from tests.broker.test_contract import FLUSH, Recorder
 from tests.broker.test_redis import TIMEOUT, reconnected, until
 from tidings.broker import open_broker
 from tidings.broker.base import (
@@ -107,6 +107,12 @@ async def test_a_redis_url_naming_one_shard_says_to_use_redis_cluster(redis_clus
 
 
 # -- delivery across shards ----------------------------------------------------------
+def test_the_contract_suites_flush_channels_cover_every_shard(redis_cluster):
+    b = RedisClusterBroker(redis_cluster.url)
+    shards = {redis_cluster.owner(b.channel_name(c)) for c in FLUSH}
+    assert shards == set(range(len(redis_cluster.servers)))
+
+
 async def test_personal_topic_and_broadcast_messages_cross_every_shard(redis_cluster, make):
     a, b = await make(), await make()
     users = one_per_shard(redis_cluster, lambda i: user_channel("app_a", f"user{i}"))
