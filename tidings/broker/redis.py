@@ -53,7 +53,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry  # the asyncio one: redis-py warns on the other
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroker
 from tidings.core import ratelimit
@@ -200,13 +200,15 @@ class RedisBroker(QueuedBroker[tuple[bytes, bytes], Link]):
         or one shard of a Redis Cluster, which would answer MOVED for the
         channels of the other shards."""
         assert self._redis is not None
-        if (await self._redis.info("cluster")).get("cluster_enabled"):
-            info = (await self._redis.execute_command("CLUSTER", "INFO")).decode()
-            shards = int(re.search(r"cluster_size:(\d+)", info)[1])  # type: ignore[index]
-            if shards > 1:
-                raise BrokerUnavailable(
-                    f"Redis broker at {self._where()}: this Redis is one of {shards} shards "
-                    f"of a Redis Cluster; use redis+cluster://{self._where()}")
+        try:
+            info = await self._redis.execute_command("CLUSTER", "INFO")
+        except ResponseError:  # not a cluster (or not allowed to ask)
+            info = b""
+        shards = re.search(rb"cluster_size:(\d+)", info)
+        if shards and int(shards[1]) > 1:
+            raise BrokerUnavailable(
+                f"Redis broker at {self._where()}: this Redis is one of {int(shards[1])} "
+                f"shards of a Redis Cluster; use redis+cluster://{self._where()}")
         await self._redis.execute_command("SPUBLISH", self.channel_name("probe"), b"")
 
     async def _shutdown(self) -> None:
