@@ -109,6 +109,21 @@ def test_secrets_are_masked(tmp_path, clean_env):
     assert doc["push"]["vapid_subject"] == "mailto:ops@acme.test"
 
 
+def test_the_egress_proxy_is_a_variable_masked_and_checked(tmp_path, clean_env):
+    clean_env.chdir(tmp_path)
+    assert load()[0].egress_proxy is None
+    clean_env.setenv("TIDINGS_EGRESS_PROXY", "http://egress:proxypass@proxy.internal:3128")
+    settings, _ = load()
+    assert settings.egress_proxy == "http://egress:proxypass@proxy.internal:3128"
+    assert effective(settings)["egress_proxy"] == "http://egress:***@proxy.internal:3128"
+    clean_env.setenv("TIDINGS_EGRESS_PROXY", "")
+    assert load()[0].egress_proxy is None  # empty: none
+    clean_env.setenv("TIDINGS_EGRESS_PROXY", "https://egress:proxypass@proxy.internal:3128")
+    with pytest.raises(ConfigError, match="egress_proxy must be an http:// URL") as err:
+        load()
+    assert "proxypass" not in str(err.value)
+
+
 def _cli(*args, cwd, env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | (env or {})
     return subprocess.run([sys.executable, "-m", "tidings", *args], cwd=cwd, env=env,

@@ -146,6 +146,22 @@ def _public_url(url: str) -> bool:
             and not parts.query and not parts.fragment)
 
 
+def check_proxy_url(url: str) -> str:
+    """``url`` if it names an HTTP proxy (``http://[user:password@]host[:port]``,
+    port 80 by default), else ValueError.  The message never repeats the URL:
+    it may hold the proxy's password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises for a port that is not one
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme != "http" or not parts.hostname
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ValueError("egress_proxy must be an http:// URL of a proxy's host and port, such "
+                         "as http://proxy.internal:3128 (credentials: http://user:password@...)")
+    return url
+
+
 class OutboundConfig(msgspec.Struct, frozen=True):
     """How this node drives the outbound channels (docs/channels.md)."""
 
@@ -218,6 +234,17 @@ class Settings(msgspec.Struct):
     webhook: WebhookConfig | None = WebhookConfig()  # None: no webhook jobs
     push: WebPushConfig | None = None  # None (no VAPID key): no push jobs
     email: EmailConfig | None = None  # None (no SMTP server): no e-mail jobs
+    # The HTTP proxy webhooks and Web Push go out through, for a node with no
+    # other way out: "http://proxy.internal:3128", credentials as
+    # "http://user:password@...".  Destinations are still resolved and checked
+    # here, and the proxy asked to CONNECT to the checked address
+    # (docs/channels.md#egress-proxy).  None (or empty): straight out.
+    egress_proxy: str | None = None
+
+    def __post_init__(self) -> None:
+        self.egress_proxy = self.egress_proxy or None
+        if self.egress_proxy is not None:
+            check_proxy_url(self.egress_proxy)
 
     @property
     def data_dir(self) -> Path:

@@ -38,7 +38,7 @@ MASK = "***"
 # Secrets among the settings: shown masked by `tidings config`.
 _SECRET_FIELDS = {("push", "vapid_private_key"), ("email", "password")}
 _SECRET_SETTINGS = {"secret_key"}
-_URL_FIELDS = {"store", "broker", "outbox"}
+_URL_FIELDS = {"store", "broker", "outbox", "egress_proxy"}
 SECTIONS = {"limits": Limits, "outbound": OutboundConfig, "webhook": WebhookConfig,
             "push": WebPushConfig, "email": EmailConfig}
 

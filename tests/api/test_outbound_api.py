@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.channels.peers import WebhookReceiver, serve
+from tests.channels.proxy_peer import connect_proxy
 from tests.conftest import run_server
 from tidings.config import OutboundConfig, WebhookConfig
 from tidings.core.quiet import QuietWindow
@@ -100,6 +101,15 @@ async def _counted(server, nid, channel, field):
     """The delivery counters once ``field`` is there (the worker counts after it settles)."""
     stats = await delivery(server, nid)
     return stats if stats.get(channel, {}).get(field) else None
+
+
+async def test_webhooks_go_out_through_the_egress_proxy_of_the_settings(tmp_path):
+    async with connect_proxy() as proxy, \
+            hooked(tmp_path, egress_proxy=proxy.url()) as (server, receiver):
+        await publish(server, title="through the proxy")
+        await until(lambda: _accepted(receiver))
+    assert receiver.accepted[0]["notification"]["title"] == "through the proxy"
+    assert len(proxy.targets) == 1 and proxy.targets[0].startswith("127.0.0.1:")
 
 
 async def test_a_failing_webhook_goes_dead_and_is_redriven_by_the_admin(tmp_path):

@@ -11,9 +11,11 @@ import httpcore
 import httpx
 import pytest
 
+from tests.channels.proxy_peer import connect_proxy
 from tests.channels.tls_peer import local_name, tls_receiver
 from tidings.channels.base import (
     NonPublicAddress,
+    ProxyTunnel,
     VettedBackend,
     check_url,
     http_client,
@@ -221,3 +223,56 @@ async def test_proxies_from_the_environment_are_not_used(tmp_path, monkeypatch):
         async with http_client(WebhookConfig(allow_insecure=True)) as client:
             response = await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
     assert response.status_code == 204 and len(receiver.requests) == 1
+
+
+# -- through an egress proxy (docs/channels.md#egress-proxy) ----------------------------------
+
+
+async def test_the_proxy_is_asked_for_the_checked_address_never_for_the_name(tmp_path,
+                                                                            monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver, connect_proxy() as proxy:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        async with http_client(WebhookConfig(allow_insecure=True), proxy.url()) as client:
+            response = await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
+    assert response.status_code == 204
+    address, = receiver.connections  # the proxy's own connection, to the address it was given
+    assert proxy.targets == [f"{address}:{receiver.port}"] and address in addresses
+    assert receiver.server_names == [name]  # TLS inside the tunnel: SNI and the check, the name
+    head, body = receiver.requests[0]
+    assert f"\r\nHost: {name}:{receiver.port}\r\n".encode() in head and body == b"{}"
+
+
+async def test_a_non_public_destination_is_refused_before_the_proxy_is_asked(tmp_path,
+                                                                            monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver, connect_proxy() as proxy:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        async with http_client(WebhookConfig(), proxy.url()) as client:
+            with pytest.raises(NonPublicAddress):
+                await client.post(f"https://{name}:{receiver.port}/hook", content=b"{}")
+    assert proxy.connections == 0 and receiver.connections == []
+
+
+async def test_a_rebinding_name_cannot_lead_the_proxy_elsewhere():
+    # the proxy wants credentials this tunnel lacks: it answers 407 after recording the target
+    resolve, calls = resolver(["2606:4700:4700::1111"], ["10.0.0.5"])
+    async with connect_proxy(credentials="tidings:pw") as proxy:
+        backend = VettedBackend(resolve=resolve, inner=ProxyTunnel(proxy.url()))
+        with pytest.raises(httpcore.ConnectError, match=r"the egress proxy refused CONNECT "
+                           r"\[2606:4700:4700::1111\]:443: 407 Proxy Authentication Required$"):
+            await backend.connect_tcp("rebind.acme.test", 443, timeout=5)
+        with pytest.raises(NonPublicAddress):
+            await backend.connect_tcp("rebind.acme.test", 443, timeout=5)
+    assert proxy.targets == ["[2606:4700:4700::1111]:443"] and proxy.connections == 1
+    assert calls == ["rebind.acme.test"] * 2
+
+
+@pytest.mark.parametrize("url", ["https://proxy.internal:3128", "proxy.internal:3128",
+                                 "http://", "http://proxy.internal:99999",
+                                 "http://u:secret@proxy.internal:3128/path",
+                                 "socks5://u:secret@proxy.internal:1080"])
+def test_a_proxy_url_that_is_not_one_is_refused_without_repeating_it(url):
+    with pytest.raises(ValueError, match="egress_proxy must be an http:// URL") as caught:
+        ProxyTunnel(url)
+    assert "secret" not in str(caught.value)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
+import logging
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.channels.memqueue import MemoryQueue, make_job
 from tests.channels.peers import WebhookReceiver, serve
+from tests.channels.proxy_peer import connect_proxy
 from tests.channels.tls_peer import local_name, tls_receiver
 from tidings.channels.base import JobQueue, check_url
 from tidings.channels.webhook import (
@@ -39,8 +43,8 @@ async def secret_for(job):
     return SECRET
 
 
-def channel(**kw) -> WebhookChannel:
-    return WebhookChannel(secret_for, WebhookConfig(allow_insecure=True, **kw))
+def channel(proxy: str | None = None, **kw) -> WebhookChannel:
+    return WebhookChannel(secret_for, WebhookConfig(allow_insecure=True, **kw), proxy=proxy)
 
 
 def hook(url: str, **kw):
@@ -290,6 +294,98 @@ async def test_allow_insecure_lets_the_same_name_through_with_tls_checked(tmp_pa
     (head, _), = receiver.requests
     assert head.startswith(b"POST /hooks/tidings HTTP/1.1\r\n")
     assert b"\r\ntidings-id: d-ok\r\n" in head.lower()
+
+
+# -- through an egress proxy (docs/channels.md#egress-proxy) ---------------------------------
+
+PROXY_USER, PROXY_PASSWORD = "tidings-egress", "pr0xy@pass"  # "@" is %40 in the URL
+
+
+async def test_a_webhook_goes_through_the_egress_proxy_with_its_credentials(tmp_path,
+                                                                           monkeypatch):
+    name, addresses = local_name()
+    async with tls_receiver(tmp_path, name, addresses) as receiver, \
+            connect_proxy(credentials=f"{PROXY_USER}:{PROXY_PASSWORD}") as proxy:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        wh = WebhookChannel(secret_for, WebhookConfig(allow_insecure=True),
+                            proxy=proxy.url(f"{PROXY_USER}:pr0xy%40pass"))
+        result = await wh.send(hook(f"https://{name}:{receiver.port}/hooks/tidings", id="d-px"))
+        await wh.aclose()
+    assert result.outcome == "delivered" and result.status == 204
+    token = base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+    assert proxy.authorizations == [f"Basic {token}"]
+    assert proxy.targets == [f"{receiver.connections[0]}:{receiver.port}"]  # not the name
+    assert receiver.server_names == [name]
+    (head, _), = receiver.requests
+    assert b"\r\ntidings-id: d-px\r\n" in head.lower()
+    assert b"proxy-authorization" not in head.lower()  # for the proxy only
+
+
+async def test_a_non_public_destination_is_dead_before_the_proxy_sees_it(tmp_path, monkeypatch):
+    name, addresses = local_name()
+    queue = MemoryQueue()
+    async with tls_receiver(tmp_path, name, addresses) as receiver, connect_proxy() as proxy:
+        monkeypatch.setenv("SSL_CERT_FILE", str(receiver.ca_file))
+        queue.put(hook(f"https://{name}:{receiver.port}/hooks/tidings", id="d-ssrf"))
+        await run_worker(queue, WebhookChannel(secret_for, proxy=proxy.url()),
+                         until=lambda q: q.dead_letters or q.completed or q.retries)
+    (job, reason), = queue.dead_letters
+    assert reason == f"the destination {name} resolves to a non-public address"
+    assert proxy.connections == 0 and receiver.connections == []
+
+
+async def test_a_proxy_that_refuses_the_connect_is_retried_without_its_credentials(caplog):
+    queue = MemoryQueue()
+    async with serve(WebhookReceiver(SECRET)) as url, \
+            connect_proxy(credentials=f"{PROXY_USER}:another") as proxy:
+        queue.put(hook(url, id="d-407"))
+        with caplog.at_level(logging.DEBUG):
+            await run_worker(queue, channel(proxy=proxy.url(f"{PROXY_USER}:pr0xy%40pass")),
+                             until=lambda q: q.retries)
+    job, _ = queue.retries[0]
+    port = url.rsplit(":", 1)[1]
+    assert job.last_error == (f"ConnectError: the egress proxy refused CONNECT 127.0.0.1:{port}: "
+                              "407 Proxy Authentication Required")
+    for secret in (PROXY_USER, "pr0xy", PROXY_PASSWORD):
+        assert secret not in job.last_error and secret not in caplog.text
+
+
+async def test_an_unreachable_egress_proxy_is_a_retried_connection_error(caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once it is closed
+    queue = MemoryQueue()
+    async with serve(WebhookReceiver(SECRET)) as url:
+        queue.put(hook(url, id="d-down"))
+        with caplog.at_level(logging.WARNING, logger="tidings.channels"):
+            await run_worker(queue, channel(proxy=f"http://{PROXY_USER}:pr0xy%40pass@127.0.0.1:"
+                                            f"{port}"), until=lambda q: q.retries)
+    job, _ = queue.retries[0]
+    # the reason is the app admins' to read: neither the proxy's address nor its credentials
+    assert job.last_error == "ConnectError: the egress proxy cannot be reached"
+    assert f"the egress proxy 127.0.0.1:{port} cannot be reached" in caplog.text  # the log's
+    assert PROXY_USER not in caplog.text and "pr0xy" not in caplog.text
+
+
+async def test_an_egress_proxy_that_does_not_answer_times_out():
+    hold = asyncio.Event()
+    async with serve(WebhookReceiver(SECRET)) as url, connect_proxy(hold=hold) as proxy:
+        wh = channel(proxy=proxy.url(), connect_timeout=0.2)
+        result = await wh.send(hook(url))
+        hold.set()
+        await wh.aclose()
+    assert result.outcome == "retry" and result.detail == "timed out: ConnectTimeout"
+    assert len(proxy.targets) == 1
+
+
+async def test_http_destinations_are_tunnelled_through_the_proxy_too():
+    receiver = WebhookReceiver(SECRET)
+    async with serve(receiver) as url, connect_proxy() as proxy:
+        wh = channel(proxy=proxy.url())
+        result = await wh.send(hook(url + "/hooks/tidings"))
+        await wh.aclose()
+    assert result.outcome == "delivered" and receiver.rejected == []
+    assert proxy.targets == [url.removeprefix("http://")]
 
 
 # -- through the worker: retries, backoff, dead letters -------------------------------------

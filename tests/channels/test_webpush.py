@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.channels.memqueue import MemoryQueue, make_job
 from tests.channels.peers import PushService, Subscriber, serve, unb64url
+from tests.channels.proxy_peer import connect_proxy
 from tests.channels.tls_peer import local_name, tls_receiver
 from tidings.channels.webpush import (
     MAX_PLAINTEXT,
@@ -109,6 +110,16 @@ async def test_delivers_an_encrypted_payload_with_vapid():
     assert len(topic) <= 32 and set(topic) <= set(
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     assert got["headers"]["content-type"] == "application/octet-stream"
+
+
+async def test_a_push_goes_through_the_egress_proxy():
+    async with push_service() as stub, connect_proxy() as proxy:
+        ch = WebPushChannel(config(), proxy=proxy.url())
+        result = await ch.send(push_job(subscribe(stub, "alice-laptop")))
+        await ch.aclose()
+    assert result.outcome == "delivered" and stub.errors == []
+    assert [got["payload"] for got in stub.received] == [NOTE]
+    assert proxy.targets == [stub.origin.removeprefix("http://")]
 
 
 async def test_topic_is_per_group_and_absent_without_one():

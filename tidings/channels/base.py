@@ -19,6 +19,7 @@ attempts for exactly that reason (webhooks send it as ``Tidings-Id``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import logging
 import re
@@ -26,13 +27,14 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpcore
 import httpx
 import msgspec
 
+from tidings.config import check_proxy_url
 from tidings.core.retry import parse_retry_after
 
 if TYPE_CHECKING:
@@ -40,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings.channels")
 
-__all__ = ["Channel", "Job", "JobQueue", "NonPublicAddress", "Result", "VettedBackend",
-           "check_url", "http_client", "http_post", "http_result", "is_public"]
+__all__ = ["Channel", "Job", "JobQueue", "NonPublicAddress", "ProxyTunnel", "Result",
+           "VettedBackend", "check_url", "http_client", "http_post", "http_result", "is_public"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -329,7 +331,8 @@ class VettedBackend(httpcore.AsyncNetworkBackend):
     rebinding) changes nothing.  Any non-public address refuses the name, rather
     than only being skipped: a name that mixes public and private addresses
     is a rebinding set-up or an internal name, and skipping would make it
-    work or fail depending on which records are up.  TLS is untouched:
+    work or fail depending on which records are up.  ``inner`` makes the
+    connection: straight, or a :class:`ProxyTunnel`.  TLS is untouched:
     httpcore hands ``start_tls`` the URL's host name, so SNI and the
     certificate check are against the name, not the address.
     """
@@ -431,6 +434,97 @@ class VettedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+# A proxy's answer to CONNECT is a status line and a few headers; more is not one.
+_MAX_PROXY_ANSWER = 16 * 1024
+
+
+class ProxyTunnel(httpcore.AsyncNetworkBackend):
+    """The inner backend of a :class:`VettedBackend` when an egress proxy is
+    set: every connection is an HTTP ``CONNECT`` tunnel (RFC 9110 §9.3.6)
+    through the proxy to the address the VettedBackend checked, never to the
+    name, so the proxy cannot resolve it again and pick another address.
+    httpcore then runs TLS inside the tunnel against the host name, as on a
+    direct connection.
+
+    The proxy's credentials (the URL's user and password) go only into the
+    ``Proxy-Authorization`` header: no error or log line names them, and an
+    error the job's reason shows does not name the proxy either (its
+    address is the server's network, not the app admins')."""
+
+    def __init__(self, url: str, *, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        parts = urlsplit(check_proxy_url(url))
+        self._host, self._port = parts.hostname or "", parts.port or 80
+        self._authorization = ""
+        if parts.username is not None:
+            user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            token = base64.b64encode(user_pass.encode()).decode("ascii")
+            self._authorization = f"Proxy-Authorization: Basic {token}\r\n"
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            stream = await self._inner.connect_tcp(self._host, self._port, timeout=timeout,
+                                                   local_address=local_address,
+                                                   socket_options=socket_options)
+        except httpcore.ConnectError as exc:
+            log.warning("the egress proxy %s:%s cannot be reached: %s", self._host, self._port,
+                        exc)
+            raise httpcore.ConnectError("the egress proxy cannot be reached") from None
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            try:
+                await self._connect(stream, target)
+            except (httpcore.ReadError, httpcore.WriteError) as exc:
+                raise httpcore.ConnectError(
+                    f"the egress proxy broke off CONNECT {target}: {exc}") from None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        return stream
+
+    async def _connect(self, stream: httpcore.AsyncNetworkStream, target: str) -> None:
+        await stream.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                           f"{self._authorization}\r\n".encode("ascii"))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = await stream.read(4096)
+            if not chunk:
+                raise httpcore.ConnectError(
+                    f"the egress proxy closed the connection without answering CONNECT {target}")
+            answer += chunk
+            if len(answer) > _MAX_PROXY_ANSWER:
+                raise httpcore.ConnectError("the egress proxy's answer to CONNECT is too long")
+        status = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        version, _, rest = status.partition(" ")
+        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+            raise httpcore.ConnectError("the egress proxy did not answer CONNECT in HTTP/1.1")
+        if not rest.startswith("2"):
+            raise httpcore.ConnectError(
+                f"the egress proxy refused CONNECT {target}: {one_line(rest)[:100]}")
+        if not answer.endswith(b"\r\n\r\n"):
+            # the destination cannot have spoken first (neither TLS nor HTTP does)
+            raise httpcore.ConnectError("the egress proxy sent data after its answer to CONNECT")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("outbound channels connect over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
 class _VettedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a connection pool that connects through a
     :class:`VettedBackend`.  ``AsyncHTTPTransport`` takes no network backend,
@@ -448,20 +542,24 @@ class _VettedTransport(httpx.AsyncHTTPTransport):
         )
 
 
-def http_client(config: WebhookConfig | WebPushConfig) -> httpx.AsyncClient:
+def http_client(config: WebhookConfig | WebPushConfig,
+                proxy: str | None = None) -> httpx.AsyncClient:
     """The client an HTTP channel sends with: per-phase timeouts, at most
     ``max_connections``, no redirects (a 3xx is the job's answer, see
     :func:`http_result`; a signed request is never re-sent elsewhere), and
     connections only to public addresses (:class:`VettedBackend`; all of them
-    with ``allow_insecure``).
+    with ``allow_insecure``), through the egress ``proxy`` if one is given
+    (:class:`ProxyTunnel`; ``http://`` destinations too).
 
     No proxy from the environment (``HTTP(S)_PROXY``, ``ALL_PROXY``) is used:
-    through a proxy, the proxy resolves the name and picks the address, so
-    neither could be vetted here.  An egress proxy is not supported yet.
+    httpx's proxies CONNECT to the name, so the proxy would resolve it and
+    pick the address, and neither could be vetted here.
     """
     limits = httpx.Limits(max_connections=config.max_connections)
+    backend = VettedBackend(allow_private=config.allow_insecure,
+                            inner=ProxyTunnel(proxy) if proxy else None)
     return httpx.AsyncClient(
-        transport=_VettedTransport(limits, VettedBackend(allow_private=config.allow_insecure)),
+        transport=_VettedTransport(limits, backend),
         trust_env=False,
         timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
         follow_redirects=False,

@@ -142,13 +142,14 @@ class WebhookChannel:
         config: WebhookConfig | None = None,
         *,
         client: httpx.AsyncClient | None = None,
+        proxy: str | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.secrets = secrets
         self.config = config = config or WebhookConfig()
         self.clock = clock
         self._own_client = client is None
-        self.client = client or http_client(config)
+        self.client = client or http_client(config, proxy)
 
     def body(self, job: Job) -> bytes:
         """The exact bytes POSTed (and signed) for ``job``."""

@@ -179,6 +179,7 @@ class WebPushChannel:
         config: WebPushConfig,
         *,
         client: httpx.AsyncClient | None = None,
+        proxy: str | None = None,
         clock: Callable[[], float] = time.time,
     ):
         if not config.vapid_subject.startswith(("mailto:", "https://")):
@@ -191,7 +192,7 @@ class WebPushChannel:
         self.public_key = _public_key(self.vapid)
         self._signed: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, exp)
         self._own_client = client is None
-        self.client = client or http_client(config)
+        self.client = client or http_client(config, proxy)
 
     def authorization(self, endpoint: str) -> str:
         """The VAPID ``Authorization`` header for ``endpoint``'s push service."""

@@ -208,11 +208,12 @@ class Outbound:
         if s.webhook is not None:
             from tidings.channels.webhook import WebhookChannel
 
-            out.append(WebhookChannel(self._webhook_secrets, s.webhook, clock=self.clock))
+            out.append(WebhookChannel(self._webhook_secrets, s.webhook, proxy=s.egress_proxy,
+                                      clock=self.clock))
         if s.push is not None:
             from tidings.channels.webpush import WebPushChannel
 
-            out.append(WebPushChannel(s.push, clock=self.clock))
+            out.append(WebPushChannel(s.push, proxy=s.egress_proxy, clock=self.clock))
         if s.email is not None:
             from tidings.channels.email import EmailChannel
 
