@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from tidings.client import AsyncClient, TidingsAPIError
@@ -79,7 +80,8 @@ async def test_a_stale_etag_is_refused_and_changes_nothing(each_store, between, 
         now = await http.get(USER)
         assert now.headers["etag"] != read
         client = me if path == ME else http
-        r = await client.request(method, path, json={"categories": {"promo": {}}},
+        # a change of the document as it is now: one it already holds succeeds (below)
+        r = await client.request(method, path, json={"categories": {"promo": {"email": False}}},
                                  headers={"If-Match": read})
         assert r.status_code == 412, r.text
         error = r.json()["error"]
@@ -169,8 +171,8 @@ async def test_the_python_client_reads_the_etag_and_sends_if_match(each_store):
         saved = await client.set_preferences(START, if_match=prefs.etag)
         assert saved == START and saved.etag != prefs.etag
         with pytest.raises(TidingsAPIError) as stale:
-            await client.update_user_preferences("alice", {"quiet_hours": None},
-                                                 if_match=prefs.etag)
+            await client.update_user_preferences(
+                "alice", {"categories": {"social": {"email": False}}}, if_match=prefs.etag)
         assert (stale.value.status, stale.value.code) == (412, "precondition_failed")
         mine = await client.get_user_preferences("alice")
         assert mine.etag == saved.etag
@@ -180,3 +182,110 @@ async def test_the_python_client_reads_the_etag_and_sends_if_match(each_store):
             await client.set_user_preferences("alice", mine, if_match=mine.etag)
         assert again.value.status == 412
         assert (await client.get_preferences()).etag == changed.etag
+
+
+NIGHT = {"start": "22:00", "end": "07:00"}
+
+
+@pytest.mark.parametrize(("method", "body"), [
+    ("PUT", {"categories": {"promo": {"push": False}, "social": {"email": False}},
+             "quiet_hours": NIGHT}),
+    ("PATCH", {"categories": {"social": {"email": False}}, "quiet_hours": NIGHT}),
+])
+@pytest.mark.parametrize("path", [ME, USER])
+async def test_a_write_sent_again_after_it_was_made_succeeds(each_store, method, body, path):
+    """A write whose answer was lost is sent again with the tag it was sent
+    with, stale now that it made its change: the preferences are already
+    what it asks for, so it succeeds with their tag (RFC 9110 §13.1.1).
+    Once another writer changed what it sets, it is a 412 again: sending it
+    then would undo that change."""
+    tag = await _written(each_store)
+    async with each_store.http() as http, \
+            each_store.http(await each_store.token("alice")) as me:
+        client = me if path == ME else http
+        first = await client.request(method, path, json=body, headers={"If-Match": tag})
+        assert first.status_code == 200 and first.headers["etag"] != tag, first.text
+        again = await client.request(method, path, json=body, headers={"If-Match": tag})
+        assert again.status_code == 200, again.text
+        assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+
+        r = await http.patch(USER, json={"quiet_hours": {"start": "23:00", "end": "06:00"}})
+        assert r.status_code == 200, r.text
+        now = await http.get(USER)
+        r = await client.request(method, path, json=body, headers={"If-Match": tag})
+        assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed"
+        assert (await http.get(USER)).content == now.content
+
+
+async def test_a_patch_made_already_keeps_a_change_made_beside_it(each_store):
+    """A patch sent again after another writer changed something it does not
+    name: applied to the preferences as they are, it changes nothing, so it
+    succeeds, writes nothing and answers them with the other change."""
+    tag = await _written(each_store)
+    async with each_store.http(await each_store.token("alice")) as me:
+        patch = {"categories": {"social": {"email": False}}}
+        assert (await me.patch(ME, json=patch, headers={"If-Match": tag})).status_code == 200
+        async with each_store.http() as http:
+            assert (await http.patch(USER, json={"quiet_hours": {
+                "start": "22:00", "end": "07:00"}})).status_code == 200
+            now = await http.get(USER)
+        r = await me.patch(ME, json=patch, headers={"If-Match": tag})
+        assert r.status_code == 200, r.text
+        assert r.content == now.content and r.headers["etag"] == now.headers["etag"]
+        assert r.json()["quiet_hours"]["start"] == "22:00"
+        # a PUT of what the patch made is not what they are now: refused
+        r = await me.put(ME, json={"categories": {**START["categories"], **patch["categories"]}},
+                         headers={"If-Match": tag})
+        assert r.status_code == 412, r.text
+
+
+class _AnswerLost(httpx.AsyncBaseTransport):
+    """Real HTTP to the server, but the answer to the first write never
+    reaches the client: the connection drops after the server committed."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method in ("PUT", "PATCH") and not self.lost:
+            await response.aread()
+            await response.aclose()
+            self.lost += 1
+            raise httpx.ReadError("the answer was lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_the_python_client_retries_a_write_whose_answer_was_lost(each_store, method):
+    """The client sends a PUT, or a PATCH with If-Match, again when the
+    connection drops before the answer: the retry succeeds, once written."""
+    tag = await _written(each_store)
+    transport = _AnswerLost()
+    async with AsyncClient(each_store.url, each_store.api_key, transport=transport) as client:
+        body = {"categories": {"promo": {"push": False}, "social": {"email": False}}}
+        write = client.set_user_preferences if method == "PUT" else \
+            client.update_user_preferences
+        saved = await write("alice", body, if_match=tag)
+        assert transport.lost == 1
+        assert saved == body and saved.etag != tag
+        assert (await client.get_user_preferences("alice")).etag == saved.etag
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_writers_sending_the_same_write_at_once_all_succeed(each_store, method):
+    """Eight copies of one write with one tag (a client's retries racing its
+    first attempt): the first to hold the lock makes it, and every other
+    finds it made."""
+    tag = await _written(each_store)
+    body = {"categories": {"promo": {"push": False}, "social": {"email": False}}}
+    async with each_store.http(await each_store.token("alice")) as me:
+        answers = await asyncio.gather(*(
+            me.request(method, ME, json=body, headers={"If-Match": tag}) for _ in range(8)))
+        assert [r.status_code for r in answers] == [200] * 8, [r.text for r in answers]
+        assert len({(r.content, r.headers["etag"]) for r in answers}) == 1
+        assert (await me.get(ME)).json() == body

@@ -47,3 +47,26 @@ def test_anything_else_is_a_400(raw):
         etag.parse_if_match(raw)
     assert bad.value.status == 400 and bad.value.code == "malformed_if_match"
     assert bad.value.field == "If-Match"
+
+
+@pytest.mark.parametrize(("raw", "held"), [
+    ('"x"', '"x"'), ('W/"x"', '"x"'), ('"y", W/"x"', '"x"'), (' "y" ,"x" ', '"x"'),
+    ("*", '"anything"'), ("  *  ", '"x"'),
+])
+def test_if_none_match_compares_weakly(raw, held):
+    parsed = etag.parse_if_none_match(raw)
+    assert parsed is not None and parsed.matches(held)
+    assert raw.strip() == "*" or not parsed.matches('"other"')
+
+
+def test_no_if_none_match_is_no_condition():
+    assert etag.parse_if_none_match(None) is None
+
+
+@pytest.mark.parametrize("raw", ["", "x", '"x', '"x",', '"x" "y"', "**", '"x", *', 'W/ "x"',
+                                 ", ".join(['"x"'] * 65)])
+def test_a_malformed_if_none_match_is_a_400(raw):
+    with pytest.raises(BadRequest) as bad:
+        etag.parse_if_none_match(raw)
+    assert bad.value.status == 400 and bad.value.code == "malformed_if_none_match"
+    assert bad.value.field == "If-None-Match" and "If-None-Match" in bad.value.message

@@ -49,13 +49,18 @@ def _target(to: Any) -> dict:
 class Tagged(dict):
     """A JSON object and the ``ETag`` it came with (the preferences'):
     ``prefs.etag``, to send back as ``if_match=`` so that a write of what was
-    read is refused (412 ``precondition_failed``) when it changed meanwhile."""
+    read is refused (412 ``precondition_failed``) when it changed meanwhile,
+    or as ``if_none_match=`` to read them again only if they changed."""
 
     etag: str | None = None
 
 
 def _if_match(etag: str | None) -> dict | None:
     return {"If-Match": etag} if etag is not None else None
+
+
+def _if_none_match(etag: str | None) -> dict | None:
+    return {"If-None-Match": etag} if etag is not None else None
 
 
 def _jsonable(value: Any) -> Any:
@@ -159,10 +164,12 @@ class _Endpoints:
         return self._call("GET", f"/v1/users/{_seg(user)}/notifications",
                           params=_page(limit, before, state))
 
-    def get_user_preferences(self, user: str) -> Any:
+    def get_user_preferences(self, user: str, *, if_none_match: str | None = None) -> Any:
         """The user's preferences, a :class:`Tagged` dict: ``.etag`` is what
-        ``if_match=`` of the writes below takes."""
-        return self._call("GET", f"/v1/users/{_seg(user)}/preferences")
+        ``if_match=`` of the writes below takes.  With ``if_none_match`` (an
+        ``etag`` read), ``None`` while they are still those (304)."""
+        return self._call("GET", f"/v1/users/{_seg(user)}/preferences",
+                          headers=_if_none_match(if_none_match))
 
     def set_user_preferences(self, user: str, preferences: dict, *,
                              if_match: str | None = None) -> Any:
@@ -269,9 +276,13 @@ class _Endpoints:
         return self._call("POST", f"/v1/me/notifications/{action}", json=payload,
                           user=True, token=token)
 
-    def get_preferences(self, *, token: str | None = None) -> Any:
-        """My preferences, a :class:`Tagged` dict (``.etag``)."""
-        return self._call("GET", "/v1/me/preferences", user=True, token=token)
+    def get_preferences(self, *, if_none_match: str | None = None,
+                        token: str | None = None) -> Any:
+        """My preferences, a :class:`Tagged` dict (``.etag``); ``None`` while
+        they are still those of ``if_none_match`` (see
+        :meth:`get_user_preferences`)."""
+        return self._call("GET", "/v1/me/preferences", headers=_if_none_match(if_none_match),
+                          user=True, token=token)
 
     def set_preferences(self, preferences: dict, *, if_match: str | None = None,
                         token: str | None = None) -> Any:
@@ -323,7 +334,9 @@ class _Transport(_Endpoints):
         429/503 and refused connections are always safe to retry: the server
         did not act.  Timeouts and dropped connections are ambiguous (it may
         have acted), so only idempotent requests -- including a POST that
-        carries an Idempotency-Key -- are retried then.
+        carries an Idempotency-Key, and a PATCH that carries If-Match (the
+        server answers a retry of one it made with success, not 412) -- are
+        retried then.
         """
         if attempt >= self.max_retries:
             return None
@@ -335,11 +348,13 @@ class _Transport(_Endpoints):
             return min(_MAX_RETRY_WAIT, hint) if hint is not None else fallback
         if isinstance(exc, httpx.ConnectError):
             return fallback
-        safe = method in _IDEMPOTENT or "Idempotency-Key" in headers
+        safe = method in _IDEMPOTENT or "Idempotency-Key" in headers or "If-Match" in headers
         return fallback if safe and isinstance(exc, httpx.TransportError) else None
 
     @staticmethod
     def _decode(response: httpx.Response) -> Any:
+        if response.status_code == 304:  # if_none_match: the copy the caller has is current
+            return None
         if response.is_success:
             if response.status_code == 204 or not response.content:
                 return None

@@ -141,6 +141,16 @@ _last_second: tuple[int, str, str] = (-1, "", "")  # second, date and time, UTC 
 _last_iso: tuple[float, str, object] = (-1.0, "", None)
 
 
+def _made_already(change: Callable[[Preferences], Preferences], prefs: Preferences) -> bool:
+    """Whether ``change`` leaves ``prefs`` as they are (the document a PUT
+    sends, or a patch applied to them): a write that has nothing left to do.
+    A patch that breaks a rule on them has not been made."""
+    try:
+        return preferences.encoded(change(prefs)) == preferences.encoded(prefs)
+    except Invalid:
+        return False
+
+
 def _iso(ts: float) -> str:
     """``datetime.fromtimestamp(ts).astimezone().isoformat(timespec=
     "milliseconds")``, the server's local time, in a quarter of the time:
@@ -982,18 +992,24 @@ class Service:
         when it changed their in-app mutes, tell their streams.  ``if_match``
         is checked against the preferences the store read under the user's
         lock, so a writer that commits in between makes this one a 412
-        (PreconditionFailed) that writes nothing, on any node."""
-        before: list[frozenset[str]] = []  # the in-app mutes it changed (last call's)
+        (PreconditionFailed) that writes nothing, on any node -- unless the
+        change would leave them as they are: then it has been made already
+        (most often by this very request, sent again because its answer was
+        lost), and it succeeds without writing (RFC 9110 §13.1.1)."""
+        read: list[Preferences] = []  # what the store read (its last call's)
 
-        def changing(prefs: Preferences) -> Preferences:
-            if if_match is not None:
-                if_match.check(preferences.etag(prefs))
-            before[:] = [preferences.muted(prefs)]
-            return change(prefs)
+        def changing(prefs: Preferences) -> Preferences | None:
+            read[:] = [prefs]
+            if if_match is None or if_match.matches(preferences.etag(prefs)):
+                return change(prefs)
+            if _made_already(change, prefs):
+                return None
+            raise if_match.refused(preferences.etag(prefs))
 
         stored = await self.outbound.change_preferences(app_id, user, changing)
-        assert stored is not None  # the change always returns the preferences
-        if preferences.muted(stored) != before[0]:
+        if stored is None:  # made already: nothing was written
+            return read[0]
+        if preferences.muted(stored) != preferences.muted(read[0]):
             self._mutes_changed(app_id, user)
         return stored
 
