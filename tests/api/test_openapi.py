@@ -246,3 +246,28 @@ def test_query_parameters_are_read_through_their_declarations():
     found = {(str(path.relative_to(root)), m.group(3))
              for path in root.rglob("*.py") for m in by_hand.finditer(path.read_text())}
     assert found == {("dashboard/routes.py", "reason")}
+
+
+async def test_conditional_reads_and_writes_are_documented(server):
+    """The ETag, the 304 and If-None-Match of the reads a client asks again;
+    If-Match and the 412 of the preferences' writes."""
+    async with server.http() as http:
+        doc = (await http.get("/openapi.json")).json()
+    pattern = re.compile(
+        doc["paths"]["/v1/me/preferences"]["get"]["parameters"][0]["schema"]["pattern"])
+    for path in ("/v1/me/preferences", "/v1/users/{user}/preferences", "/v1/me/categories",
+                 "/v1/categories", "/v1/caps"):
+        op = doc["paths"][path]["get"]
+        names = [p["name"] for p in op.get("parameters", []) if p["in"] == "header"]
+        assert names == ["If-None-Match"], path
+        assert "ETag" in op["responses"]["200"]["headers"]
+        assert "ETag" in op["responses"]["304"]["headers"]
+        assert "content" not in op["responses"]["304"] and "400" in op["responses"]
+    for path in ("/v1/me/preferences", "/v1/users/{user}/preferences"):
+        for method in ("put", "patch"):
+            op = doc["paths"][path][method]
+            assert [p["name"] for p in op["parameters"] if p["in"] == "header"] == ["If-Match"]
+            assert "412" in op["responses"] and "304" not in op["responses"]
+    for value in ('"a"', 'W/"a", "b"', "*"):
+        assert pattern.match(value), value
+    assert not pattern.match('"a" "b"')

@@ -12,6 +12,10 @@ with the app's digest defaults, so that a preferences screen lists the
 categories by name and says what "the app's default" is for each
 (``<tidings-inbox>``, docs/inbox.md#preferences).  Publishing never reads the
 list: a notification may carry any category, declared or not.
+
+Both reads answer an ``ETag``, and ``304`` to an ``If-None-Match`` naming it:
+the list changes seldom, and a device reads it each time its preferences
+screen opens.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, body_of, server_auth, user_auth
+from tidings.api.common import JSON, body_of, server_auth, tagged, user_auth
 from tidings.core.models import Categories
 from tidings.errors import Invalid
 
 _decode = msgspec.json.Decoder(Categories).decode
+_encode = msgspec.json.encode
 
 
 async def _read(service, app: str) -> Categories:
@@ -34,7 +39,7 @@ async def _read(service, app: str) -> Categories:
 
 async def get_categories(request: Request):
     app = await server_auth(request, "read")
-    return JSON(await _read(request.app.state.service, app))
+    return tagged(request, _encode(await _read(request.app.state.service, app)))
 
 
 async def put_categories(request: Request):
@@ -46,7 +51,7 @@ async def put_categories(request: Request):
             raise Invalid(f"category {category.id} is listed twice",
                           field=f"categories[{i}].id")
         seen.add(category.id)
-    await request.app.state.service.store.put_categories(app, msgspec.json.encode(doc))
+    await request.app.state.service.store.put_categories(app, _encode(doc))
     return JSON(doc)
 
 
@@ -55,8 +60,8 @@ async def my_categories(request: Request):
     a category whose user has no rule of their own gets."""
     app, _user = await user_auth(request)
     service = request.app.state.service
-    return JSON({"categories": (await _read(service, app)).categories,
-                 "digests": await service.limits.digests(app)})
+    return tagged(request, _encode({"categories": (await _read(service, app)).categories,
+                                    "digests": await service.limits.digests(app)}))
 
 
 routes = [

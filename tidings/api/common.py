@@ -10,6 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.core import etag
 from tidings.errors import BadRequest, Invalid, PayloadTooLarge, TidingsError, Unauthorized
 
 log = logging.getLogger("tidings.api")
@@ -23,6 +24,20 @@ class JSON(Response):
 
     def render(self, content) -> bytes:
         return _encode(content)
+
+
+def tagged(request: Request, body: bytes) -> Response:
+    """``body`` (JSON) with its ``ETag``, or, for a ``GET`` whose
+    ``If-None-Match`` names that tag (or ``*``), ``304 Not Modified`` with the
+    tag and no body (RFC 9110 §13.1.2): the client has the document already.
+    The tag is a hash of the body, so only a small document that is not read
+    on every page view should be answered this way (docs/channels.md)."""
+    tag = etag.of(body)
+    if request.method == "GET":
+        condition = etag.parse_if_none_match(request.headers.get("if-none-match"))
+        if condition is not None and condition.matches(tag):
+            return Response(status_code=304, headers={"ETag": tag})
+    return Response(body, media_type="application/json", headers={"ETag": tag})
 
 
 def error_response(exc: TidingsError) -> Response:

@@ -33,9 +33,12 @@ _PATHS = re.compile(r"^/v1/me(/|$)|^/v1/push/vapid-public-key$|^/v1/users/[^/]+/
                     r"|^/tidings\.js$|^/tidings-inbox\.js$")
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
 # What tidings.js and the client API send: the token, JSON bodies, the
-# preferences' If-Match, and the SSE resume header (an EventSource never sets
-# it on the first request, but a fetch-based SSE reader may).
-ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, Last-Event-ID"
+# preferences' If-Match and the If-None-Match of a page that asks again for a
+# document it has (preferences, categories), and the SSE resume header (an
+# EventSource never sets it on the first request, but a fetch-based SSE
+# reader may).
+ALLOW_HEADERS = ("Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, "
+                 "Last-Event-ID")
 # ETag: the preferences' tag, which a page sends back as If-Match
 EXPOSE_HEADERS = "ETag, Retry-After, X-Request-Id"
 MAX_AGE = "600"  # seconds a browser may reuse a preflight answer

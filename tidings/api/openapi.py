@@ -247,6 +247,13 @@ SUCCESS: dict[tuple[str, str], dict[str, str]] = {
         "200": "Off, now or already: {\"unsubscribed\": true, \"channel\", \"category\" "
                "(null: every category), \"changed\"}; a page for Accept: text/html"},
 }
+# The writes that take If-Match (docs/channels.md#writing-back-what-was-read),
+# and the reads that take If-None-Match: every one answers an ETag.
+_PREFERENCES = ("/v1/me/preferences", "/v1/users/{user}/preferences")
+IF_MATCH = {(method, path) for path in _PREFERENCES for method in ("put", "patch")}
+IF_NONE_MATCH = {("get", path) for path in (*_PREFERENCES, "/v1/categories",
+                                            "/v1/me/categories", "/v1/caps")}
+ETAGGED = IF_MATCH | IF_NONE_MATCH
 _ERRORS = {
     "400": "Malformed request (JSON, header)",
     "401": "Missing, malformed or invalid credential",
@@ -278,26 +285,33 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     # the link's own rate limit; a body over 4,096 bytes
     ("get", "/v1/unsubscribe/{token}"): {"429"},
     ("post", "/v1/unsubscribe/{token}"): {"413", "429"},
-    # If-Match (docs/channels.md#writing-back-what-was-read)
-    **{(method, path): {"412"} for path in ("/v1/me/preferences", "/v1/users/{user}/preferences")
-       for method in ("put", "patch")},
+    **{op: {"412"} for op in IF_MATCH},  # a stale If-Match
+    **{op: {"400"} for op in IF_NONE_MATCH},  # a malformed If-None-Match
 }
 # "*" or a list of entity-tags (RFC 9110 §8.8.3), as tidings/core/etag.py reads them
 _TAG_RE = r'(W/)?"[\x21\x23-\x7e]*"'
-_IF_MATCH_RE = rf"^[ \t]*(\*|{_TAG_RE}([ \t]*,[ \t]*{_TAG_RE})*)[ \t]*\Z"
-# Operations that answer an ETag, and those of them that take If-Match.
-ETAGGED = {(method, path) for path in ("/v1/me/preferences", "/v1/users/{user}/preferences")
-           for method in ("get", "put", "patch")}
+_TAGS_RE = rf"^[ \t]*(\*|{_TAG_RE}([ \t]*,[ \t]*{_TAG_RE})*)[ \t]*\Z"
 _IF_MATCH = {
     "name": "If-Match", "in": "header", "required": False,
     "description": "Apply only if the preferences are still those of this ETag (a GET's, or "
-                   "the last write's): else 412 precondition_failed and nothing changes. * "
-                   "matches always (a user's preferences always exist, the defaults at first)",
-    "schema": {"type": "string", "maxLength": 4096, "pattern": _IF_MATCH_RE},
+                   "the last write's): else 412 precondition_failed and nothing changes, "
+                   "unless the write would leave them as they are (made already, e.g. a "
+                   "retry whose answer was lost: 200). * matches always (a user's "
+                   "preferences always exist, the defaults at first)",
+    "schema": {"type": "string", "maxLength": 4096, "pattern": _TAGS_RE},
 }
-_ETAG = {"ETag": {"description": "The strong validator of the preferences answered: send "
-                                 "it as If-Match to write them back",
+_IF_NONE_MATCH = {
+    "name": "If-None-Match", "in": "header", "required": False,
+    "description": "The ETags of the copies the client holds (W/ tags match too), or *: "
+                   "304 Not Modified, without a body, when one is the current ETag",
+    "schema": {"type": "string", "maxLength": 4096, "pattern": _TAGS_RE},
+}
+_ETAG = {"ETag": {"description": "The strong validator of the document answered: send it "
+                                 "as If-None-Match to read it again only if it changed "
+                                 "(and, for the preferences, as If-Match to write them back)",
                   "schema": {"type": "string"}}}
+_NOT_MODIFIED = {"description": "Not Modified: If-None-Match names the current ETag; no body",
+                 "headers": _ETAG}
 
 
 def _responses(method: str, path: str, auth: str, model: type | None,
@@ -327,6 +341,8 @@ def _responses(method: str, path: str, auth: str, model: type | None,
                        SUCCESS.get((method, path), {"200": "OK"}).items()}
     if (method, path) in ETAGGED:
         responses["200"]["headers"] = _ETAG
+    if (method, path) in IF_NONE_MATCH:
+        responses["304"] = _NOT_MODIFIED
     for code in sorted(errors):
         responses[code] = {"description": _ERRORS[code],
                            "content": {"application/json": {"schema": _ERROR}}}
@@ -390,7 +406,8 @@ def openapi_document(routes: Iterable[BaseRoute] = (), limits: Limits | None = N
             {"name": q.name, "in": "query", "required": q.required,
              "description": q.description, "schema": q.schema(limits)}
             for q in query.get((method, path), ())
-        ] + ([_IF_MATCH] if (method, path) in ETAGGED and method != "get" else [])
+        ] + ([_IF_MATCH] if (method, path) in IF_MATCH else []) + (
+            [_IF_NONE_MATCH] if (method, path) in IF_NONE_MATCH else [])
         if parameters:
             op["parameters"] = parameters
         paths.setdefault(path, {})[method] = op

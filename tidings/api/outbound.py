@@ -20,10 +20,20 @@ import time
 from datetime import UTC, datetime
 from typing import overload
 
+import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, IntQuery, Query, body_of, server_auth, takes, user_auth
+from tidings.api.common import (
+    JSON,
+    IntQuery,
+    Query,
+    body_of,
+    server_auth,
+    tagged,
+    takes,
+    user_auth,
+)
 from tidings.api.server import _nid, _user
 from tidings.channels.base import check_url
 from tidings.core.models import NO_CONTROL_RE
@@ -217,7 +227,7 @@ async def delete_push_subscription(request: Request):
 
 async def get_caps(request: Request):
     app = await server_auth(request, "read")
-    return JSON(await request.app.state.service.limits.caps(app))
+    return tagged(request, msgspec.json.encode(await request.app.state.service.limits.caps(app)))
 
 
 async def put_caps(request: Request):

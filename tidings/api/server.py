@@ -22,6 +22,7 @@ from tidings.api.common import (
     decoder,
     read_body,
     server_auth,
+    tagged,
     takes,
 )
 from tidings.api.direct import Call, DirectRoute, starlette_route
@@ -307,23 +308,24 @@ async def patch_user_preferences(request: Request):
 # applied only while the document is still the one that tag names (checked
 # under the store's lock, tidings.service.Service._change_preferences), so a
 # client that writes back what it read cannot undo a change made in between
-# (docs/channels.md#writing-back-what-was-read).
+# (docs/channels.md#writing-back-what-was-read).  A GET with If-None-Match
+# naming the tag is a 304 (tidings.api.common.tagged).
 
-def _preferences_answer(prefs: Preferences) -> Response:
-    body = preferences.encoded(prefs)
-    return Response(body, media_type="application/json",
-                    headers={"ETag": etag.of(body)})
+def _preferences_answer(request: Request, prefs: Preferences) -> Response:
+    return tagged(request, preferences.encoded(prefs))
 
 
 async def read_preferences(request: Request, app: str, user: str) -> Response:
-    return _preferences_answer(await request.app.state.service.store.get_preferences(app, user))
+    """The preferences, or ``304`` for a client that has them (If-None-Match)."""
+    return _preferences_answer(
+        request, await request.app.state.service.store.get_preferences(app, user))
 
 
 async def put_preferences(request: Request, app: str, user: str) -> Response:
     if_match = etag.parse_if_match(request.headers.get("if-match"))
     prefs = await body_of(request, Preferences)
     return _preferences_answer(
-        await request.app.state.service.put_preferences(app, user, prefs, if_match))
+        request, await request.app.state.service.put_preferences(app, user, prefs, if_match))
 
 
 async def patch_preferences(request: Request, app: str, user: str) -> Response:
@@ -332,7 +334,7 @@ async def patch_preferences(request: Request, app: str, user: str) -> Response:
     if_match = etag.parse_if_match(request.headers.get("if-match"))
     patch = await body_of(request, PreferencesPatch)
     return _preferences_answer(
-        await request.app.state.service.update_preferences(app, user, patch, if_match))
+        request, await request.app.state.service.update_preferences(app, user, patch, if_match))
 
 
 async def mint_token(request: Request):
