@@ -174,7 +174,8 @@ def test_preferences_written_back_with_their_etag_across_origins(context, tiding
                             json={"categories": {"social": {"push": False}}})
     assert elsewhere.status_code == 200
     stale = page.evaluate("""async (tag) => {
-        try { await client.updatePreferences({quiet_hours: null}, {ifMatch: tag}); }
+        try { await client.updatePreferences({categories: {promo: {push: false}}},
+                                             {ifMatch: tag}); }
         catch (e) { return [e.status, e.code]; }
         return "written";
     }""", tag)
@@ -182,6 +183,13 @@ def test_preferences_written_back_with_their_etag_across_origins(context, tiding
     now = httpx.get(f"{tidings_server.url}/v1/users/ella/preferences",
                     headers={"Authorization": f"Bearer {tidings_server.api_key}"})
     assert now.json()["categories"] == {"promo": {"email": False}, "social": {"push": False}}
+    # If-None-Match (allowed by the preflight): null while the copy held is current
+    held = page.evaluate("""async (tag) => {
+        const same = await client.preferences({ifNoneMatch: tag});
+        const fresh = await client.preferences({ifNoneMatch: '"other"'});
+        return [same, fresh.etag, fresh.categories];
+    }""", now.headers["etag"])
+    assert held == [None, now.headers["etag"], now.json()["categories"]]
     again = page.evaluate("""async (tag) => {
         const saved = await client.updatePreferences({categories: {promo: null}},
                                                      {ifMatch: tag});

@@ -23,6 +23,9 @@ console.log(client.device.length, client.deviceLabel.trim());
 client.on("notification", (n, ev) => console.log(n.title ?? "", ev.group?.count));
 client.on("counts", ({ unread }) => unread.toFixed());
 client.preferences().then((p) => p.quiet_hours?.tz);
+client.preferences({ ifNoneMatch: "\\"x\\"" }).then((p) => p?.etag.trim());
+client.setPreferences({}, { ifMatch: "*" }).then((p) => p.etag.trim());
+client.categories({ ifNoneMatch: undefined }).then((c) => c?.categories.length);
 const inbox = document.createElement("tidings-inbox");
 inbox.getToken = () => Promise.resolve("token");
 inbox.addEventListener("tidings-click", (e) => {

@@ -161,6 +161,9 @@ declare namespace Tidings {
     digests?: Record<string, Record<string, DigestRule | null> | null>;
   }
 
+  /** A document and its ETag (not enumerable: the object can be sent back as it is). */
+  type Tagged<T> = T & { readonly etag: string };
+
   interface Category {
     id: string;
     label: string;
@@ -220,12 +223,19 @@ declare namespace Tidings {
     markAllRead(): Promise<StateResult>;
     markSeen(ids: string[]): Promise<StateResult>;
     archive(ids: string[]): Promise<StateResult>;
-    preferences(): Promise<Preferences>;
-    setPreferences(prefs: Preferences): Promise<Preferences>;
+    preferences(): Promise<Tagged<Preferences>>;
+    /** With {ifNoneMatch: prefs.etag}: null while they are still those. */
+    preferences(options: { ifNoneMatch?: string }): Promise<Tagged<Preferences> | null>;
+    /** With {ifMatch: prefs.etag}: rejects with status 412 when they changed since. */
+    setPreferences(prefs: Preferences, options?: { ifMatch?: string }):
+      Promise<Tagged<Preferences>>;
     /** Change only what `patch` names; the preferences as stored. */
-    updatePreferences(patch: PreferencesPatch): Promise<Preferences>;
-    /** The app's categories and digest defaults (GET /v1/me/categories). */
-    categories(): Promise<AppCategories>;
+    updatePreferences(patch: PreferencesPatch, options?: { ifMatch?: string }):
+      Promise<Tagged<Preferences>>;
+    /** The app's categories and digest defaults (GET /v1/me/categories);
+     * with {ifNoneMatch: etag}: null while they are still those. */
+    categories(): Promise<Tagged<AppCategories>>;
+    categories(options: { ifNoneMatch?: string }): Promise<Tagged<AppCategories> | null>;
     /** Report notifications the user had on screen (a "displayed" receipt, batched). */
     displayed(ids: string[]): void;
     close(): void;

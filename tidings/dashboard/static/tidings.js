@@ -536,6 +536,7 @@
         return new Promise(function (resolve) { setTimeout(resolve, wait * 1000); })
           .then(function () { return self._request(method, path, body, true, headers); });
       }
+      if (r.status === 304) return null;   // {ifNoneMatch}: the copy the caller has is current
       return r.json().catch(function () { return {}; }).then(function (doc) {
         if (r.ok) return tagged(doc, r.headers.get("ETag"));
         var e = doc.error || {};
@@ -596,8 +597,8 @@
   Client.prototype.markSeen = function (ids) { return this._setState("seen", ids); };
   Client.prototype.archive = function (ids) { return this._setState("archive", ids); };
 
-  // An answer's ETag (the preferences'), as a property JSON.stringify and a spread
-  // leave out: the object can be edited and sent back as it is.
+  // An answer's ETag (the preferences', the categories'), as a property JSON.stringify
+  // and a spread leave out: the object can be edited and sent back as it is.
   function tagged(doc, etag) {
     if (etag && doc && typeof doc === "object") {
       Object.defineProperty(doc, "etag", { value: etag, enumerable: false });
@@ -609,16 +610,22 @@
     return opts && opts.ifMatch ? { "If-Match": opts.ifMatch } : undefined;
   }
 
+  function ifNoneMatch(opts) {
+    return opts && opts.ifNoneMatch ? { "If-None-Match": opts.ifNoneMatch } : undefined;
+  }
+
   /** The user's preferences: {categories: {name: {in_app, webhook, push, email}}, quiet_hours};
-   * `prefs.etag` (not enumerable) is what the writes below take as {ifMatch}. */
-  Client.prototype.preferences = function () {
-    return this._request("GET", "/v1/me/preferences");
+   * `prefs.etag` (not enumerable) is what the writes below take as {ifMatch}.
+   * With {ifNoneMatch: prefs.etag}, resolves to null while they are still those. */
+  Client.prototype.preferences = function (opts) {
+    return this._request("GET", "/v1/me/preferences", undefined, false, ifNoneMatch(opts));
   };
 
   /** The app's categories ({id, label, description?}, in its order) and its digest
-   * defaults ({category: {channel: rule}}): {categories, digests}. */
-  Client.prototype.categories = function () {
-    return this._request("GET", "/v1/me/categories");
+   * defaults ({category: {channel: rule}}): {categories, digests}, with an `etag`;
+   * with {ifNoneMatch: etag}, null while they are still those. */
+  Client.prototype.categories = function (opts) {
+    return this._request("GET", "/v1/me/categories", undefined, false, ifNoneMatch(opts));
   };
 
   /** Replace the user's preferences (the whole object, as preferences() returns it).
