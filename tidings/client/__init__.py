@@ -8,7 +8,8 @@
 
 Preferences come back as a :class:`Tagged` dict whose ``etag`` the writes
 take as ``if_match=``: a write of what was read is refused (412) when the
-preferences changed meanwhile (docs/channels.md#writing-back-what-was-read).
+preferences changed meanwhile (docs/channels.md#writing-back-what-was-read);
+the reads take it as ``if_none_match=`` and return None while they did not.
 
 Errors: non-2xx answers raise :class:`TidingsAPIError`; a fatal stream close
 (4400-4499) raises :class:`StreamClosed`, a subclass of it, and a stream that

@@ -81,7 +81,8 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   own change made at the same instant, nor the other way round.  A
   ``change`` that raises writes nothing, which makes ``If-Match`` atomic:
   of writers sending the same ETag at once, the first to hold the lock
-  writes, and a change it made refuses every other.
+  writes, and a change it made refuses every other that would change them
+  again (one that returns None, a write made already, writes nothing).
 * **Delivery counters add up.**  ``record_deliveries`` adds to per
   (notification, channel, field) counters atomically; concurrent callers on
   any number of nodes never lose an increment.
