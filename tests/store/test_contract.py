@@ -9,7 +9,6 @@ first" is the publish order and every run is the same.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import random
 import time
@@ -601,7 +600,7 @@ async def test_publish_many_fails_a_bad_item_alone(db):
     # may then be the one that fails.)
     stored = await publish(db, A, note(users=["x"]))
     first, after = note(users=["u"]), note(users=["v", "u"])
-    clash = dataclasses.replace(note(users=["u", "w"]), id=stored.id)
+    clash = msgspec.structs.replace(note(users=["u", "w"]), id=stored.id)
     outs = await db.publish_many(A, [first, clash, after], fanout_threshold=THRESHOLD,
                                  window=WINDOW)
     assert isinstance(outs[1], Exception)
@@ -1963,8 +1962,8 @@ async def test_a_scheduled_notification_that_cannot_be_published_fails_alone(db)
     # so its notification row cannot be stored when it fires
     t = time.time()
     taken = await publish(db, A, note(users=["u"], created_at=t))
-    bad = dataclasses.replace(note(users=["u", "v"], created_at=t, deliver_at=t + 100),
-                              id=taken.id)
+    bad = msgspec.structs.replace(note(users=["u", "v"], created_at=t, deliver_at=t + 100),
+                                  id=taken.id)
     good = note(users=["v", "u"], created_at=t, deliver_at=t + 100)
     assert (await publish(db, A, bad)).status == "scheduled"
     assert (await publish(db, A, good)).status == "scheduled"

@@ -96,6 +96,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import msgspec
+
 from tidings.core.models import Preferences
 from tidings.core.preferences import muted as muted_in
 from tidings.core.receipts import Row
@@ -175,8 +177,11 @@ REVOKED, NO_SUCH_KEY, LAST_ADMIN_KEY = "revoked", "no_such_key", "last_admin_key
 LIMIT_REACHED = "limit_reached"
 
 
-@dataclass(slots=True)
-class NewNotification:
+# NewNotification, Delivery and PublishOutcome are made for every publish
+# (Delivery for every recipient), on the event loop and on the SQLite
+# writer's thread: msgspec Structs, whose __init__ is C, where a dataclass's
+# is Python (a publish's outcome and delivery: 0.62 against 0.24 µs).
+class NewNotification(msgspec.Struct):
     """What the service hands the store to publish (already validated)."""
 
     id: str
@@ -197,30 +202,28 @@ class NewNotification:
     deliver_at: float | None = None
     # Its webhook, push and e-mail jobs, committed with the inbox rows when
     # it is fanned out on write (docs/design.md §2.1); none for a duplicate.
-    jobs: list[NewJob] = field(default_factory=list)
+    jobs: list[NewJob] = []  # a new list for each (msgspec copies an empty default)
 
 
-@dataclass(slots=True)
-class Delivery:
+class Delivery(msgspec.Struct):
     user: str
     epoch: str
     seq: int
     group: bytes | None = None  # the user's group entry after the merge (JSON), if grouped
 
 
-@dataclass(slots=True)
-class PublishOutcome:
+class PublishOutcome(msgspec.Struct):
     id: str
     status: str  # "accepted" | "duplicate" | "scheduled"; from fire_due also "expired"
     recipients: int
     muted: int = 0
-    deliveries: list[Delivery] = field(default_factory=list)
+    deliveries: list[Delivery] = []
     feed_offset: int | None = None  # set when fanned out on read
     audience: str | None = None  # "*" or the topic, for feed items
     body: bytes = b""
     fingerprint: str = ""  # a "duplicate"'s: the fingerprint its key was first used with
     # (nid, channel) of the pending jobs that ``jobs`` replaced (enqueue_jobs' collapse)
-    replaced: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[tuple[str, str]] = []
     category: str = ""  # a feed item's: a stream skips it when its user muted it
 
 
