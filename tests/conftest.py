@@ -180,3 +180,14 @@ async def any_ws_server(request, tmp_path):
     ws = WS_PROTOCOL if request.param == "raw" else "websockets-sansio"
     async with run_server(tmp_path, ws=ws) as live:
         yield live
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A three-master Redis Cluster (tests/rediscluster.py) for the session,
+    stopped at its end: the broker tests and the cluster tests share it."""
+    from tests.rediscluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()

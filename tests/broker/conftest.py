@@ -14,8 +14,8 @@ channel prefix, so parallel runs sharing one Redis never see each other's
 messages, and its keys are deleted afterwards.
 
 The Redis Cluster backend runs on three masters of a Redis Cluster started
-for the test session (tests/broker/rediscluster.py), prefixes apart as on
-the shared Redis.
+for the test session (``redis_cluster``, tests/rediscluster.py), prefixes
+apart as on the shared Redis.
 """
 
 from __future__ import annotations
@@ -47,16 +47,6 @@ async def delete_prefixed(url: str, prefix: str) -> None:
             await client.delete(*keys)
     finally:
         await client.aclose()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory):
-    """A three-master Redis Cluster for the session, stopped at its end."""
-    from tests.broker.rediscluster import LocalRedisCluster
-
-    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,5 +1,5 @@
 """The Redis broker on a real three-master Redis Cluster
-(tests/broker/rediscluster.py): messages and buckets on every shard, a
+(tests/rediscluster.py): messages and buckets on every shard, a
 master killed and started again, a slot moved to another master.
 
 What every broker promises runs on the cluster too, in test_contract.py
@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from tests.broker.conftest import unique_prefix
-from tests.broker.rediscluster import LocalRedisCluster
+from tests.rediscluster import LocalRedisCluster
 from tests.broker.test_contract import FLUSH, Recorder
 from tests.broker.test_redis import TIMEOUT, reconnected, until
 from tidings.broker import open_broker

@@ -1,10 +1,12 @@
 """A real cluster on loopback for the failover tests: nodes over a fresh
 PostgreSQL schema behind HAProxy (scripts/cluster.py), in both deployment
 shapes: with the shared Redis as the broker, and on PostgreSQL alone
-(LISTEN/NOTIFY on the store's database).
+(LISTEN/NOTIFY on the store's database).  A test that names it with
+``@pytest.mark.parametrize("broker_url", [...], indirect=True)`` runs on the
+session's three-master Redis Cluster too (``redis-cluster``).
 
-Skips on a laptop without PostgreSQL, Redis or HAProxy; fails in CI
-(tests/services.py)."""
+Skips on a laptop without PostgreSQL, Redis, HAProxy or redis-server; fails
+in CI (tests/services.py)."""
 
 from __future__ import annotations
 
@@ -31,12 +33,15 @@ BROKERS = ["redis", "postgres"]
 
 @pytest.fixture(params=BROKERS)
 def broker_url(request) -> str | None:
-    """The cluster's ``--broker``: the shared Redis under a key prefix of its
-    own (parallel runs never see each other's channels or node registry), or
-    None for PostgreSQL alone (the schema is the channel)."""
+    """The cluster's ``--broker``: the shared Redis (or Redis Cluster) under a
+    key prefix of its own (parallel runs never see each other's channels or
+    node registry), or None for PostgreSQL alone (the schema is the channel)."""
     if request.param == "postgres":
         return None
-    return f"{require_redis()}?prefix=tidings-test-{secrets.token_hex(5)}"
+    prefix = f"tidings-test-{secrets.token_hex(5)}"
+    if request.param == "redis-cluster":
+        return f"{request.getfixturevalue('redis_cluster').url}?prefix={prefix}"
+    return f"{require_redis()}?prefix={prefix}"
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """Failover on loopback (issue: "a node can die without losing a notification").
 
-Two nodes over PostgreSQL and Redis behind HAProxy; 1,000 devices (500 users,
-two devices each) split across the nodes receive a stream of numbered
-notifications.  One node is killed with SIGKILL (or stopped with SIGTERM)
-mid-stream.  Every device must reconnect through the balancer and end with
+Two nodes behind HAProxy, over PostgreSQL with Redis as the broker and on
+PostgreSQL alone (the SIGKILL on a three-master Redis Cluster too); 1,000
+devices (500 users, two devices each) split across the nodes receive a stream
+of numbered notifications.  One node is killed with SIGKILL (or stopped with
+SIGTERM) mid-stream.  Every device must reconnect through the balancer and end with
 every notification exactly once, in order: lost == duplicated == 0.
 """
 
@@ -15,6 +16,7 @@ import signal
 import httpx
 import pytest
 
+from tests.cluster.conftest import BROKERS
 from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
 
 USERS = 500
@@ -63,6 +65,7 @@ async def _kill_mid_stream(cluster, sig: int) -> None:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("broker_url", [*BROKERS, "redis-cluster"], indirect=True)
 async def test_sigkill_a_node_mid_stream_loses_and_duplicates_nothing(make_cluster):
     cluster = make_cluster(nodes=2)
     await _kill_mid_stream(cluster, signal.SIGKILL)

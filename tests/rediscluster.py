@@ -1,6 +1,7 @@
 """A real Redis Cluster on loopback: three masters (``redis-server
 --cluster-enabled yes``) on free ports in a temporary directory, joined
-with ``redis-cli --cluster create``, for the cluster broker's tests.
+with ``redis-cli --cluster create``, for the cluster broker's tests
+(tests/broker/) and for tidings nodes on a Redis Cluster (tests/cluster/).
 
 A master can be killed and started again on the same port: it reads its
 ``nodes.conf`` back and rejoins with the same slots (no replicas, so no
@@ -82,7 +83,10 @@ class LocalRedisCluster:
 
     def owner(self, key: bytes) -> int:
         """The index of the master that serves ``key``'s slot."""
-        slot = self.servers[0].command("CLUSTER", "KEYSLOT", key)
+        return self.master_of(self.servers[0].command("CLUSTER", "KEYSLOT", key))
+
+    def master_of(self, slot: int) -> int:
+        """The index of the master that serves ``slot``."""
         for start, end, master, *_ in self.servers[0].command("CLUSTER", "SLOTS"):
             if start <= slot <= end:
                 return [s.port for s in self.servers].index(master[1])
