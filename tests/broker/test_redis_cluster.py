@@ -13,9 +13,9 @@ import asyncio
 import pytest
 
 from tests.broker.conftest import unique_prefix
-from tests.rediscluster import LocalRedisCluster
 from tests.broker.test_contract import FLUSH, Recorder
 from tests.broker.test_redis import TIMEOUT, reconnected, until
+from tests.rediscluster import LocalRedisCluster
 from tidings.broker import open_broker
 from tidings.broker.base import (
     BrokerUnavailable,

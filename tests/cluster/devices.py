@@ -98,6 +98,24 @@ async def connections(node_url: str) -> int:
                                                    text, re.M)))
 
 
+async def counter(node_url: str, name: str, app: str) -> float:
+    """One app's counter on one node, from its /metrics (0 before its first)."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(node_url + "/metrics")).text
+    found = re.search(rf'^{name}_total\{{app="{re.escape(app)}"\}} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+async def eventually(check, timeout: float, what: str) -> None:
+    """Until the awaitable ``check()`` is true, or fail saying ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
 async def wait_all(devices: list[Device], total: int, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

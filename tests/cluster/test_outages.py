@@ -1,9 +1,10 @@
 """Backend outages on a live cluster: PostgreSQL unreachable, Redis restarted,
-one node cut off from PostgreSQL.
+a master of a Redis Cluster restarted, one node cut off from PostgreSQL.
 
 PostgreSQL is cut off by killing a TCP forwarder between the nodes and the
 database (a network partition; the shared server keeps running).  Redis is a
-private ``redis-server`` of the test, killed and restarted on the same port.
+private ``redis-server`` of the test, killed and restarted on the same port;
+so is one master of a private three-master Redis Cluster (tests/rediscluster.py).
 The PostgreSQL outage runs in both deployment shapes (``broker_url``: with
 Redis, and on PostgreSQL alone, where the outage takes the broker away too).
 """
@@ -13,18 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from redis.crc import key_slot
 
 from bench.faultkit import PrivateRedis
 from scripts.cluster import free_port_block, wait_until
-from tests.cluster.devices import Device, connections, publish_numbered, tally, wait_all
+from tests.cluster.devices import (
+    Device,
+    connections,
+    counter,
+    eventually,
+    publish_numbered,
+    tally,
+    wait_all,
+)
+from tests.rediscluster import LocalRedisCluster
 from tests.services import require_haproxy
+from tidings.broker.base import topic_channel
+from tidings.broker.redis_cluster import RedisClusterBroker
 
 
 class Proxy:
@@ -118,20 +133,24 @@ async def test_postgres_unreachable_gives_503_then_recovers_by_itself(pg_url, br
         await device.stop()
 
 
-@pytest.mark.timeout(240)
-async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
-        pg_url, tmp_path):
-    from scripts.cluster import Cluster
+async def _logged(node, line: str) -> bool:
+    return line in node.log.read_text()
 
-    require_haproxy()
-    base = free_port_block(4)
-    redis = PrivateRedis(base + 3, tmp_path)
-    redis.start()
-    cluster = Cluster(pg_url, redis.url(), nodes=2, base_port=base, workdir=tmp_path / "c")
+
+async def _routed(node, app: dict, want: float) -> bool:
+    return await counter(node.url, "tidings_deliveries", app["app"]) >= want
+
+
+async def _broker_outage_mid_stream(cluster, down, up) -> None:
+    """50 users with two devices each, spread over the nodes, follow a topic;
+    the broker goes ``down(app)`` after notification 10 of 40 and comes
+    ``up(app)`` after 25.  Every device must end with every notification
+    exactly once, on the connection it had: publishing never waited for the
+    broker, and the nodes' sweep caught the streams up from the store.  Then
+    live delivery between the nodes resumes."""
     devices: list[Device] = []
     try:
-        cluster.start()
-        app = cluster.create_app("redis-restart")
+        app = cluster.create_app("broker-outage")
         users = [f"r{i}" for i in range(50)]
         async with httpx.AsyncClient(base_url=cluster.url, timeout=30, headers={
                 "Authorization": f"Bearer {app['api_key']}"}) as http:
@@ -147,23 +166,93 @@ async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
 
         async def outage(n: int) -> None:
             if n == 10:
-                redis.kill()
+                down(app)
             elif n == 25:
-                redis.start()
+                up(app)
 
         stats = await publish_numbered(cluster.url, app["api_key"], {"topic": "room"},
                                        range(total), pause=0.05, on_sent=outage)
-        # every publish was acknowledged on the first try: Redis is not on the
-        # durable path
+        # every publish was acknowledged on the first try: the broker is not
+        # on the durable path
         assert stats["retries"] == 0, stats
         await wait_all(devices, total, timeout=60)
         assert tally(devices, total) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
         # the catch-up came from the store, not from reconnecting devices
         assert sum(d.sub.reconnects for d in devices) == 0
+
+        # Live delivery resumes once every node has resubscribed: each node
+        # routes to its streams the notifications the others took, which only
+        # the broker brings it (the repair pass would fill a device too).
+        for node in cluster.members:
+            await eventually(partial(_logged, node, "reconnected and resubscribed"), 30,
+                             f"{node.name} to resubscribe")
+        routed = [await counter(n.url, "tidings_deliveries", app["app"])
+                  for n in cluster.members]
+        more = range(total, total + 2 * len(cluster.members))
+        for i, node in enumerate(cluster.members):
+            await publish_numbered(node.url, app["api_key"], {"topic": "room"},
+                                   more[2 * i:2 * i + 2])
+        for i, node in enumerate(cluster.members):
+            want = routed[i] + len(more) * split[i]
+            await eventually(partial(_routed, node, app, want), 20,
+                             f"{node.name} to route every later notification live")
+        await wait_all(devices, more.stop, timeout=30)
+        assert tally(devices, more.stop) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
     finally:
         await asyncio.gather(*(d.stop() for d in devices))
+
+
+@pytest.mark.timeout(240)
+async def test_redis_restart_mid_stream_loses_nothing_and_delivery_resumes(
+        pg_url, tmp_path):
+    from scripts.cluster import Cluster
+
+    require_haproxy()
+    base = free_port_block(4)
+    redis = PrivateRedis(base + 3, tmp_path)
+    redis.start()
+    cluster = Cluster(pg_url, redis.url(), nodes=2, base_port=base, workdir=tmp_path / "c")
+    try:
+        cluster.start()
+        await _broker_outage_mid_stream(cluster, lambda app: redis.kill(),
+                                        lambda app: redis.start())
+    finally:
         cluster.stop()
         redis.kill()
+
+
+@pytest.mark.timeout(240)
+async def test_a_redis_cluster_master_restart_mid_stream_loses_nothing(pg_url, tmp_path):
+    """The master that serves the topic's channel, of a three-master Redis
+    Cluster, is killed and started again on its port, empty.  Without a
+    replica the cluster refuses commands on every shard meanwhile; then every
+    node connects to every master again (docs/deploy.md, On a Redis Cluster)."""
+    from scripts.cluster import Cluster
+
+    require_haproxy()
+    redis = LocalRedisCluster(tmp_path)
+    prefix = f"tidings-test-{secrets.token_hex(5)}"
+    base = free_port_block(3)
+    cluster = Cluster(pg_url, f"{redis.url}?prefix={prefix}", nodes=2, base_port=base,
+                      workdir=tmp_path / "c")
+    victim: list[int] = []
+
+    def down(app: dict) -> None:
+        channel = RedisClusterBroker(redis.url, prefix=prefix).channel_name(
+            topic_channel(app["app"], "room"))
+        victim.append(redis.master_of(key_slot(channel)))
+        redis.servers[victim[0]].stop()
+
+    def up(app: dict) -> None:
+        redis.servers[victim[0]].start()
+
+    try:
+        redis.start()
+        cluster.start()
+        await _broker_outage_mid_stream(cluster, down, up)
+    finally:
+        cluster.stop()
+        redis.stop()
 
 
 @pytest.mark.timeout(240)
