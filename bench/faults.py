@@ -765,6 +765,13 @@ API from the store.
   every write, for root too: `chmod` does not bind root, which runs the
   report), and restarted once more when the mount is gone.
 
+The test suite runs shorter versions of some of these on every change, with the
+same devices and bitsets (`tests/cluster/`): a node killed (with Redis, on
+PostgreSQL alone and on a three-master Redis Cluster) or drained; PostgreSQL
+unreachable or silent; Redis restarted, and one master of a Redis Cluster
+killed and started again; a node cut off from PostgreSQL.  This report does
+not run a Redis Cluster yet.
+
 ## Results
 
 {header}
