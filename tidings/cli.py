@@ -653,13 +653,15 @@ def vapid(as_json) -> None:
 @click.option("--all", "to_all", is_flag=True, help="Broadcast to every user of the app.")
 @click.option("--title", default="")
 @click.option("--body", default="")
+@click.option("--format", "body_format", default="text", show_default=True,
+              type=click.Choice(["text", "markdown"]), help="How the body is shown.")
 @click.option("--category", default="default", show_default=True)
 @click.option("--priority", default="normal", show_default=True,
               type=click.Choice(["low", "normal", "high", "urgent"]))
 @click.option("--data-json", default=None, help="The data object, as JSON.")
 @click.option("--idempotency-key", default=None)
-def send(url, key, users, topic, to_all, title, body, category, priority, data_json,
-         idempotency_key) -> None:
+def send(url, key, users, topic, to_all, title, body, body_format, category, priority,
+         data_json, idempotency_key) -> None:
     """Publish a notification."""
     import httpx
 
@@ -669,6 +671,8 @@ def send(url, key, users, topic, to_all, title, body, category, priority, data_j
         raise click.UsageError("give exactly one of --user, --topic or --all")
     to = {"users": list(users)} if users else {"topic": topic} if topic else {"all": True}
     fields = {"title": title, "body": body, "category": category, "priority": priority}
+    if body_format != "text":
+        fields["format"] = body_format
     if data_json:
         try:
             fields["data"] = json.loads(data_json)

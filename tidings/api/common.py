@@ -86,6 +86,21 @@ def decode(raw: bytes, type_: type[T]) -> T:
 _decoders: dict[type, Callable[[bytes], Any]] = {}
 
 
+def _choices(type_: type, field: str | None, message: str) -> str:
+    """msgspec's "Invalid enum value 'html'", with the values a top-level
+    field of ``type_`` takes ("format", "priority")."""
+    if not message.startswith("Invalid enum value") or field is None:
+        return message
+    info = msgspec.inspect.type_info(type_)
+    for f in getattr(info, "fields", ()):
+        kind = f.type.types[0] if isinstance(f.type, msgspec.inspect.UnionType) else f.type
+        if isinstance(kind, msgspec.inspect.Metadata):
+            kind = kind.type
+        if f.encode_name == field and isinstance(kind, msgspec.inspect.LiteralType):
+            return f"{message}: {field} is one of " + ", ".join(f'"{v}"' for v in kind.values)
+    return message
+
+
 def decoder(type_: type[T]) -> Callable[[bytes], T]:
     """:func:`decode` for ``type_`` as a function of the body alone (one
     msgspec decoder per type, made once)."""
@@ -99,7 +114,8 @@ def decoder(type_: type[T]) -> Callable[[bytes], T]:
             return decode_raw(raw)
         except msgspec.ValidationError as exc:
             text = str(exc)
-            raise Invalid(text.split(" - at ")[0], field=_field_of(text)) from None
+            field = _field_of(text)
+            raise Invalid(_choices(type_, field, text.split(" - at ")[0]), field=field) from None
         except msgspec.DecodeError as exc:
             # an empty body never decodes: told apart only once it failed
             if not bytes(raw).strip():

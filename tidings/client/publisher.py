@@ -95,11 +95,12 @@ class _Endpoints:
     # -- publishing -----------------------------------------------------------
 
     def publish(self, to: Any, *, category: str | None = None, title: str | None = None,
-                body: str | None = None, url: str | None = None, data: dict | None = None,
-                priority: str | None = None, tags: list[str] | None = None,
-                group_key: str | None = None, actor: str | None = None,
-                deliver_at: datetime | str | None = None, ttl: int | None = None,
-                idempotency_key: str | None = None, **extra: Any) -> Any:
+                body: str | None = None, format: str | None = None, url: str | None = None,
+                data: dict | None = None, priority: str | None = None,
+                tags: list[str] | None = None, group_key: str | None = None,
+                actor: str | None = None, deliver_at: datetime | str | None = None,
+                ttl: int | None = None, idempotency_key: str | None = None,
+                **extra: Any) -> Any:
         """Publish one notification; returns ``{"id", "recipients", "status", ...}``.
 
         Pass ``idempotency_key`` whenever a retry could duplicate a
@@ -107,7 +108,7 @@ class _Endpoints:
         result instead of notifying twice.
         """
         payload = notification(
-            to, category=category, title=title, body=body, url=url, data=data,
+            to, category=category, title=title, body=body, format=format, url=url, data=data,
             priority=priority, tags=tags, group_key=group_key, actor=actor,
             deliver_at=deliver_at, ttl=ttl, **extra,
         )
@@ -131,7 +132,7 @@ class _Endpoints:
         return self._call("GET", f"/v1/notifications/{_seg(notification_id)}")
 
     def update_notification(self, notification_id: str, **fields: Any) -> Any:
-        """PATCH title/body/url/data/priority/tags; recipients see an ``updated`` event."""
+        """PATCH title/body/format/url/data/priority/tags; recipients see an ``updated`` event."""
         patch = {k: _jsonable(v) for k, v in fields.items() if v is not None}
         return self._call("PATCH", f"/v1/notifications/{_seg(notification_id)}", json=patch)
 

@@ -52,6 +52,12 @@ Url = Annotated[str, Meta(max_length=2048, pattern=URL_RE)]
 # control character is refused like any identifier's
 BodyId = Annotated[str, Meta(max_length=32, pattern=NO_CONTROL_RE)]
 Priority = Literal["low", "normal", "high", "urgent"]
+# How clients show a body: as it is, or as the Markdown subset of docs/protocol.md
+# (the inbox element and the e-mail's HTML part render it; the text stays the source).
+Format = Annotated[Literal["text", "markdown"], Meta(
+    description='How clients show the body: "text" as it is, "markdown" as the Markdown '
+                "subset of docs/protocol.md (paragraphs, line breaks, emphasis, code, "
+                "http(s) and mailto links, lists); the body stays the source.")]
 State = Literal["unseen", "seen", "read", "archived"]
 
 
@@ -91,6 +97,7 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     category: Category = "default"
     title: Annotated[str, Meta(max_length=1024)] = ""
     body: Annotated[str, Meta(max_length=8192)] = ""
+    format: Format = "text"
     url: Url = ""
     data: dict[str, Any] = {}
     priority: Priority = "normal"
@@ -108,6 +115,7 @@ class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
 class PatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     title: Annotated[str, Meta(max_length=1024)] | None = None
     body: Annotated[str, Meta(max_length=8192)] | None = None
+    format: Format | None = None
     url: Url | None = None
     data: dict[str, Any] | None = None
     priority: Priority | None = None
@@ -124,6 +132,7 @@ class Notification(msgspec.Struct, omit_defaults=True):
     created_at: str
     title: str = ""
     body: str = ""
+    format: Format = "text"
     url: str = ""
     data: dict[str, Any] = {}
     priority: str = "normal"

@@ -446,8 +446,8 @@ class Service:
         expires_at = at + req.ttl if req.ttl else None  # ttl runs from delivery
         note = Notification(
             id=nid, category=req.category, created_at=_iso(at), title=req.title,
-            body=req.body, url=req.url, data=req.data, priority=req.priority, tags=req.tags,
-            group_key=req.group_key, actor=req.actor,
+            body=req.body, format=req.format, url=req.url, data=req.data,
+            priority=req.priority, tags=req.tags, group_key=req.group_key, actor=req.actor,
             deliver_at=None if deliver_at is None else _iso(deliver_at),
             expires_at=_iso(expires_at) if expires_at else None,
         )

@@ -40,6 +40,8 @@ declare namespace Tidings {
     created_at: string;
     title?: string;
     body?: string;
+    /** "markdown": the body is the Markdown subset of docs/protocol.md; absent: plain text. */
+    format?: "text" | "markdown";
     url?: string;
     data?: Record<string, unknown>;
     priority?: "low" | "normal" | "high" | "urgent";
