@@ -1,15 +1,31 @@
 """Markdown bodies (``"format": "markdown"``) on both stores: refused when
 unknown, stored as published and given back as-is wherever a notification
 is read (the app's GET, inbox pages on both APIs, live events, a replay,
-PATCH, a batch, a scheduled one); a text notification carries no format."""
+PATCH, a batch, a scheduled one); a text notification carries no format.
+Webhooks and Web Push carry both fields unchanged; e-mail renders the body
+(tests/channels/test_email.py has the hostile bodies)."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import time
 from datetime import UTC, datetime
 
+from tests.api.test_fallback import HOUR, KEYS, advance, publish, set_email
 from tests.api.test_hostile import assert_error
+from tests.api.test_outbound_api import until
+from tests.channels.peers import (
+    Mailbox,
+    PushService,
+    Subscriber,
+    WebhookReceiver,
+    serve,
+    smtp_server,
+)
+from tests.conftest import run_server
 from tests.gateway.live import recv_events, ws_connect
+from tidings.config import EmailConfig, OutboundConfig, WebhookConfig, WebPushConfig
 
 PUBLISH = "/v1/notifications"
 BODY = "**Build 812** failed on `main`:\n\n- [log](https://ci.example/812)\n- *retry* soon"
@@ -96,3 +112,47 @@ async def test_the_format_round_trips_through_the_store_and_the_stream(each_stor
         "markdown", "markdown", None, "markdown"]
     assert replayed[0]["notification"]["body"] == BODY
     await ws.close()
+
+
+async def test_webhooks_and_push_carry_it_as_published_and_the_mail_renders_it(tmp_path):
+    mailbox, receiver = Mailbox(), WebhookReceiver(secret="")
+    stub = PushService(app_server_key=KEYS.public_key)
+    async with smtp_server(mailbox) as port, serve(stub) as origin, serve(receiver) as hooks:
+        stub.origin = origin
+        async with run_server(
+                tmp_path, webhook=WebhookConfig(allow_insecure=True),
+                email=EmailConfig(host="127.0.0.1", port=port, starttls=False,
+                                  sender="Acme <notify@acme.test>"),
+                push=WebPushConfig(vapid_private_key=KEYS.private_key,
+                                   vapid_subject="mailto:ops@acme.test", allow_insecure=True),
+                outbound=OutboundConfig(poll_interval=0.05, fallback_delay=HOUR,
+                                        retry_base=0.01)) as server:
+            async with server.http() as http:
+                r = await http.post("/v1/webhooks", json={"url": f"{hooks}/hooks"})
+                receiver.secret = r.json()["secret"]
+            await set_email(server, "ana", "ana@example.test")
+            phone = stub.subscribers.setdefault("ana", Subscriber())
+            async with server.http(await server.token("ana")) as me:
+                r = await me.post("/v1/me/push-subscriptions",
+                                  json=phone.subscription(f"{origin}/push/ana"))
+                assert r.status_code == 201, r.text
+            res = await publish(server, ["ana"], title="CI", body=BODY, format="markdown")
+            assert res["outbound"] == {"webhook": {"queued": 1}, "push": {"queued": 1},
+                                       "email": {"queued": 1}}
+            await until(lambda: _all(receiver.accepted))  # at once; push and mail wait
+            advance(server, HOUR + 1)
+            await until(lambda: _all(stub.received, mailbox.messages))
+    (hooked,) = receiver.accepted
+    assert hooked["notification"]["format"] == "markdown"
+    assert hooked["notification"]["body"] == BODY
+    (pushed,) = stub.received
+    assert (pushed["payload"]["format"], pushed["payload"]["body"]) == ("markdown", BODY)
+    msg = email.message_from_bytes(mailbox.messages[0].content, policy=email.policy.default)
+    html = msg.get_body(("html",)).get_content()
+    assert "<strong>Build 812</strong>" in html
+    assert '<li><a href="https://ci.example/812">log</a></li>' in html
+    assert BODY in msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+
+
+async def _all(*lists):
+    return all(lists)

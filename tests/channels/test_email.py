@@ -6,7 +6,9 @@ import datetime
 import email
 import email.policy
 import ipaddress
+import re
 import ssl
+from html.parser import HTMLParser
 
 import msgspec
 import pytest
@@ -359,3 +361,104 @@ async def test_control_characters_of_the_free_text_stay_out_of_the_mail():
     raw = box.messages[0].original_content
     assert b"\x00" not in raw and b"\x1b" not in raw and b"\x7f" not in raw
     assert parse(box.messages[0])["Subject"] == "ab[31mred"
+
+
+# -- Markdown bodies --------------------------------------------------------------------
+
+MARKDOWN = ("Build **812** failed on `main`, *again*.\nSee the log:\n\n"
+            "- [the log](https://ci.example/812?a=1&b=2)\n- [mail us](mailto:ci@acme.test)\n\n"
+            "1. retry\n2. fix")
+
+
+class _Markup(HTMLParser):
+    """Every tag and attribute of an HTML document."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def markup(doc: str) -> _Markup:
+    parser = _Markup()
+    parser.feed(doc)
+    parser.close()
+    return parser
+
+
+# the tags of the mail's frame and of the subset, and what attributes each may have
+ALLOWED = {"html": set(), "head": set(), "meta": {"charset"}, "body": set(), "h1": set(),
+           "p": set(), "br": set(), "strong": set(), "em": set(), "code": set(), "ul": set(),
+           "ol": {"start"}, "li": set(), "a": {"href", "title"}}
+
+
+def assert_inert(doc: str) -> None:
+    """Only the subset's tags, no attribute but those, every link a web or mail link."""
+    for tag, attrs in markup(doc).tags:
+        assert tag in ALLOWED and set(attrs) <= ALLOWED[tag], (tag, attrs, doc)
+        if tag == "a":
+            assert re.match(r"(https?|mailto):", attrs["href"] or ""), (attrs, doc)
+
+
+def test_a_markdown_body_becomes_the_html_part_and_stays_the_source_in_the_text():
+    note = Notification(id="x", category="ci", created_at="t", title="CI", body=MARKDOWN,
+                        format="markdown")
+    r = render(note)
+    assert ("<p>Build <strong>812</strong> failed on <code>main</code>, <em>again</em>.<br>\n"
+            "See the log:</p>") in r.html
+    assert ('<ul>\n<li><a href="https://ci.example/812?a=1&amp;b=2">the log</a></li>\n'
+            '<li><a href="mailto:ci@acme.test">mail us</a></li>\n</ul>\n'
+            "<ol>\n<li>retry</li>\n<li>fix</li>\n</ol>") in r.html
+    assert "<p><p>" not in r.html
+    assert_inert(r.html)
+    assert r.text == f"CI\n\n{MARKDOWN}\n"   # the source, as written
+    # the same body as text stays text
+    plain = render(Notification(id="x", category="ci", created_at="t", body=MARKDOWN))
+    assert "<strong>" not in plain.html and "**812**" in plain.html
+
+
+@pytest.mark.parametrize("body", [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "![pixel](https://track.example/p.png)",
+    '<a href="javascript:alert(1)">x</a>',
+    "<iframe src=https://evil.example></iframe><style>*{}</style>",
+    "[x](javascript:alert(1))",
+    "[x](JaVaScRiPt:alert(1))",
+    "[x](<javascript:alert(1)>)",
+    "[x](data:text/html,<script>alert(1)</script>)",
+    "[x](vbscript:msgbox(1))",
+    "[x](/relative)",
+    '[x](https://ok.example/" onclick="alert(1))',
+    "[x](https://ok.example 'a\" onmouseover=\"alert(1)')",
+    "[x][1]\n\n[1]: javascript:alert(1)",
+    "<javascript:alert(1)>",
+    "&#x3C;script&#x3E;alert(1)&#x3C;/script&#x3E;",
+    "**<b onclick=alert(1)>bold</b>**\n- <svg onload=alert(1)>",
+])
+def test_hostile_markdown_renders_no_active_content(body):
+    r = render(Notification(id="x", category="c", created_at="t", title="T", body=body,
+                            format="markdown"))
+    assert_inert(r.html)
+    assert r.text == f"T\n\n{body}\n"
+
+
+async def test_a_markdown_notification_is_mailed_with_its_html_part():
+    note = {"id": "01HZX3Y2K8M0000000000000AB", "category": "ci", "title": "CI",
+            "created_at": "2024-06-01T12:00:00.000+00:00", "format": "markdown",
+            "body": "**812** <script>alert(1)</script> [x](javascript:alert(1))"}
+    box = Mailbox()
+    async with smtp_server(box) as port:
+        ch = EmailChannel(EmailConfig(host="127.0.0.1", port=port, starttls=False))
+        assert (await ch.send(mail_job(notification=note))).outcome == "delivered"
+    msg = parse(box.messages[0])
+    html = msg.get_body(("html",)).get_content()
+    assert "<strong>812</strong> &lt;script&gt;" in html
+    assert_inert(html)
+    assert note["body"] in msg.get_body(("plain",)).get_content()

@@ -5,6 +5,12 @@ rendered from the notification's title, body and url.  Everything from the
 notification is escaped in the HTML part (``html.escape``), only ``http``
 and ``https`` links are rendered (a ``javascript:`` url is dropped), and
 line breaks are stripped from the subject so a title cannot inject headers.
+A body published with ``"format": "markdown"`` becomes the HTML part through
+markdown-it-py, held to the subset the inbox element renders (paragraphs,
+line breaks, emphasis, code, lists, links): raw HTML comes out escaped, a
+link that is not ``http``, ``https`` or ``mailto`` stays text, and images are
+not a rule, so nothing in the mail is fetched.  The text part is the
+Markdown source.
 ``Message-ID`` is derived from the job id, so a retried job carries the same
 id and mail systems can drop the duplicate; ``Auto-Submitted:
 auto-generated`` (RFC 3834) keeps vacation responders quiet.
@@ -38,6 +44,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiosmtplib
 import msgspec
+from markdown_it import MarkdownIt
 
 from tidings.channels.base import Job, Result
 from tidings.config import EmailConfig  # defined with the other settings
@@ -70,6 +77,26 @@ def _link(url: str, base_url: str | None) -> str | None:
     return url if urlsplit(url).scheme in ("http", "https") else None
 
 
+_LINK_SCHEMES = ("http", "https", "mailto")
+
+
+class _Subset(MarkdownIt):
+    """Markdown as docs/protocol.md defines it for a body: CommonMark's
+    paragraphs, hard line breaks at every newline (a body is typed like
+    text), emphasis, code spans, lists and links, and nothing else: no raw
+    HTML, no images, no headings; what no rule takes is shown as written."""
+
+    def __init__(self) -> None:
+        super().__init__("zero", {"html": False, "breaks": True})
+        self.enable(["list", "emphasis", "backticks", "link", "newline", "escape"])
+
+    def validateLink(self, url: str) -> bool:
+        return urlsplit(url).scheme.lower() in _LINK_SCHEMES
+
+
+_markdown = _Subset()
+
+
 # Control characters but TAB and LF, and DEL: a notification's free text may
 # hold any (docs/security.md#input), a message may not hold NUL (RFC 2045
 # §2.8, RFC 5322 §3.5), strict servers refuse one that does, and a mail
@@ -95,7 +122,10 @@ def render(note: Notification, base_url: str | None = None, subject_prefix: str 
     if link:
         text_parts.append(link)
     text = "\n\n".join(text_parts) + "\n"
-    body_html = "<br>\n".join(html.escape(line) for line in body.splitlines())
+    if note.format == "markdown":
+        body_html = _markdown.render(body).strip()
+    else:
+        body_html = "<br>\n".join(html.escape(line) for line in body.splitlines())
     items = _digest_items(note)
     if items:  # a digest: each notification a line, linked to its url when it has one
         lines, rows = [], []
@@ -114,7 +144,8 @@ def render(note: Notification, base_url: str | None = None, subject_prefix: str 
         f"<h1>{html.escape(title)}</h1>",
     ]
     if body_html:
-        parts.append(body_html if items else f"<p>{body_html}</p>")
+        block = items or note.format == "markdown"  # already its own paragraphs or list
+        parts.append(body_html if block else f"<p>{body_html}</p>")
     if link:
         parts.append(f'<p><a href="{html.escape(link, quote=True)}">Open</a></p>')
     parts.append("</body></html>")
