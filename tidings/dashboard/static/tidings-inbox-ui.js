@@ -279,6 +279,18 @@
     ".body { color: var(--_muted); font-size: .93em; overflow: hidden; display: -webkit-box;",
     "  -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow-wrap: anywhere; }",
     ".meta { color: var(--_muted); font-size: .85em; margin-top: 2px; }",
+    // a Markdown body: its links above the row's link, which covers the rest of the row
+    ".content { position: relative; flex: 1; min-width: 0; padding: 11px 16px 11px 10px; }",
+    ".content > .main { padding: 0; }",
+    ".content > .main::after { content: ''; position: absolute; inset: 0; }",
+    ".content > .body, .content > .meta { display: block; }",
+    ".md { -webkit-line-clamp: 4; }",
+    ".md p, .md ul, .md ol { margin: 0; }",
+    ".md ul, .md ol { padding-inline-start: 1.4em; }",
+    ".md ul { list-style: disc; }",
+    ".md a { position: relative; z-index: 1; color: var(--_accent); }",
+    ".md code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;",
+    "  font-size: .92em; padding: 0 .25em; border-radius: 4px; background: var(--_hover); }",
     // the row's buttons float over its top right corner on hover and focus, so
     // the text has the whole width; touch screens, with no hover, get them in line
     ".actions { position: absolute; top: 6px; right: 8px; display: flex; gap: 2px; padding: 2px;",

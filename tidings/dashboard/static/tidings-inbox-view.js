@@ -61,6 +61,167 @@
 
   function isUnread(it) { return it.state === "unseen" || it.state === "seen"; }
 
+  // -- Markdown bodies ("format": "markdown", docs/protocol.md#markdown-bodies) --------
+  // The subset, written here because this file has no dependencies and no build
+  // step: paragraphs, a line break at every newline, *em*, **strong**, `code`,
+  // [links](url) and bullet or numbered lists. It builds nodes, text goes in as
+  // text, so markup in a body stays characters on the screen; a link is made only
+  // for an absolute http:, https: or mailto: URL, else it stays as written.
+  var ITEM = /^ {0,3}(?:([-*+])|(\d{1,9})([.)]))[ \t]+(\S.*)$/;
+  var PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+  var LINK_SCHEMES = ["http:", "https:", "mailto:"];
+
+  function markdown(src) {
+    var out = root.document.createDocumentFragment(), para = null, list = null, item = null;
+    var gap = false;                                  // a blank line since the last item
+    function flush() {
+      if (para) out.append(el("p", {}, [inline(para.join("\n"))]));
+      if (item) item.li.append(inline(item.lines.join("\n")));
+      para = item = null;
+    }
+    String(src).replace(/\r\n?/g, "\n").split("\n").forEach(function (line) {
+      var m = ITEM.exec(line);
+      if (!line.trim()) { flush(); gap = true; return; }
+      // a numbered list interrupts a paragraph only from 1 (CommonMark, as e-mail renders it)
+      if (m && para && !list && m[2] !== undefined && Number(m[2]) !== 1) m = null;
+      if (m) {
+        var kind = m[1] || m[3];
+        flush();
+        if (!list || list.kind !== kind) {
+          var start = m[2] !== undefined ? Number(m[2]) : 1;
+          list = { kind: kind, node: el(m[1] ? "ul" : "ol", { start: start !== 1 ? String(start) : null }) };
+          out.append(list.node);
+        }
+        item = { li: el("li"), lines: [m[4]] };
+        list.node.append(item.li);
+      } else if (item && !gap) {
+        item.lines.push(line.trim());                 // a line of the item above
+      } else {
+        if (item) flush();
+        list = null;
+        (para = para || []).push(line.trim());
+      }
+      gap = false;
+    });
+    flush();
+    return out;
+  }
+
+  // The run of n backticks at i closes where the next run of exactly n starts.
+  function codeEnd(s, i, n) {
+    var j = i + n;
+    while ((j = s.indexOf("`", j)) >= 0) {
+      var k = j;
+      while (s[k] === "`") k++;
+      if (k - j === n) return j;
+      j = k;
+    }
+    return -1;
+  }
+
+  function runOf(s, i, ch) { var k = i; while (s[k] === ch) k++; return k - i; }
+
+  // Where the delimiter d opened at i closes, skipping escapes and code spans;
+  // -1 when nothing closes it. A closer follows a non-space; "_" not inside a word.
+  function closer(s, i, d) {
+    for (var j = i + d.length; j < s.length; j++) {
+      var c = s[j];
+      if (c === "\\") { j++; continue; }
+      if (c === "`") {
+        var n = runOf(s, j, "`"), e = codeEnd(s, j, n);
+        j = e < 0 ? j + n - 1 : e + n - 1;
+        continue;
+      }
+      if (c !== d[0]) continue;
+      var n2 = runOf(s, j, c);
+      if (n2 >= d.length && j > i + d.length && !/\s/.test(s[j - 1]) &&
+          (c !== "_" || !/[\p{L}\p{N}]/u.test(s[j + n2] || ""))) {
+        if (d.length === 1 && n2 === 2) { j++; continue; }   // a ** inside *...*
+        return j + n2 - d.length;
+      }
+      j += n2 - 1;
+    }
+    return -1;
+  }
+
+  // [label](destination "title"): its parts, or null when it is not one.
+  function linkAt(s, i) {
+    var depth = 0, j = i;
+    for (; j < s.length; j++) {
+      if (s[j] === "\\") { j++; continue; }
+      if (s[j] === "[") depth++;
+      else if (s[j] === "]" && --depth === 0) break;
+    }
+    var m = j < s.length && /^\(\s*(?:<([^<>\n]*)>|((?:[^\s()\\]|\\.|\([^\s()]*\))+))(?:\s+("[^"]*"|'[^']*'))?\s*\)/
+      .exec(s.slice(j + 1));
+    if (!m) return null;
+    var dest = unescape(m[1] !== undefined ? m[1] : m[2]), href = null;
+    try {
+      var u = new URL(dest);                        // no base: a relative link is not one
+      if (LINK_SCHEMES.indexOf(u.protocol) >= 0) href = u.href;
+    } catch (e) { /* not a URL: stays text */ }
+    if (!href) return null;
+    return { label: s.slice(i + 1, j), href: href, title: m[3] ? unescape(m[3].slice(1, -1)) : null,
+             end: j + 1 + m[0].length };
+  }
+
+  function unescape(s) {
+    return s.replace(/\\(.)/g, function (m, c) { return PUNCT.indexOf(c) >= 0 ? c : m; });
+  }
+
+  function inline(s, inLink) {
+    var frag = root.document.createDocumentFragment(), buf = "";
+    function text() {
+      buf.split("\n").forEach(function (part, k) {
+        if (k) frag.append(el("br"));
+        if (part) frag.append(root.document.createTextNode(part));
+      });
+      buf = "";
+    }
+    for (var i = 0; i < s.length;) {
+      var c = s[i];
+      if (c === "\\" && PUNCT.indexOf(s[i + 1]) >= 0) { buf += s[i + 1]; i += 2; continue; }
+      if (c === "`") {
+        var n = runOf(s, i, "`"), e = codeEnd(s, i, n);
+        if (e < 0) { buf += s.slice(i, i + n); i += n; continue; }
+        var code = s.slice(i + n, e).replace(/\n/g, " ");
+        if (/^ .* $/.test(code) && code.trim()) code = code.slice(1, -1);
+        text();
+        frag.append(el("code", { text: code }));
+        i = e + n;
+        continue;
+      }
+      if (c === "[" && !inLink) {
+        var link = linkAt(s, i);
+        if (link) {
+          text();
+          var a = el("a", { href: link.href, rel: "noopener noreferrer", title: link.title });
+          a.append(inline(link.label, true));
+          frag.append(a);
+          i = link.end;
+          continue;
+        }
+      }
+      if ((c === "*" || c === "_") && s[i + 1] !== undefined && !/\s/.test(s[i + 1 + (s[i + 1] === c)] || " ") &&
+          (c === "*" || !/[\p{L}\p{N}]/u.test(s[i - 1] || ""))) {
+        var d = s[i + 1] === c ? c + c : c, close = closer(s, i, d);
+        if (close < 0 && d.length === 2) { d = c; close = closer(s, i, d); }
+        if (close >= 0) {
+          text();
+          var node = el(d.length === 2 ? "strong" : "em");
+          node.append(inline(s.slice(i + d.length, close), inLink));
+          frag.append(node);
+          i = close + d.length;
+          continue;
+        }
+      }
+      buf += c;
+      i++;
+    }
+    text();
+    return frag;
+  }
+
   var ALL_CHANNELS = ["in_app", "webhook", "push", "email"];
   var DEFAULT_CHANNELS = ["in_app", "push", "email"];   // webhooks are the app's, not the user's
 
@@ -215,15 +376,20 @@
       if (it.group && it.group.count > 1) {
         main.append(el("span", { class: "group", part: "item-group", text: this._groupText(it.group) }));
       }
-      if (n.body) main.append(el("span", { class: "body", part: "item-body", text: n.body }));
+      // A Markdown body's links cannot sit inside the row's own link or button:
+      // the body follows it, and the row's link still covers the row (CSS).
+      var md = n.format === "markdown" && n.body, box = main;
+      if (md) box = el("div", { class: "content" }, [main]);
+      if (md) box.append(el("div", { class: "body md", part: "item-body" }, [markdown(n.body)]));
+      else if (n.body) main.append(el("span", { class: "body", part: "item-body", text: n.body }));
       var when = new Date(Date.parse(n.created_at));
-      main.append(el("span", { class: "meta" }, [el("time", {
+      box.append(el("span", { class: "meta" }, [el("time", {
         part: "item-time", datetime: n.created_at, text: this._ago(n.created_at),
         title: isFinite(when) ? when.toLocaleString(this._locale()) : null })]));
       var actions = el("span", { class: "actions" });
       if (unread) actions.append(this._action("read", S.markRead, n.title, "check"));
       if (it.state !== "archived") actions.append(this._action("archive", S.archive, n.title, "archive"));
-      li.append(el("span", { class: "dot", part: "dot", "aria-hidden": "true" }), main, actions);
+      li.append(el("span", { class: "dot", part: "dot", "aria-hidden": "true" }), box, actions);
       if (this._seenIO && !this._shown.has(it.id)) this._seenIO.observe(li);
       return li;
     },
@@ -528,5 +694,6 @@
     },
   };
 
-  return { el: el, fill: fill, parseJSON: parseJSON, isUnread: isUnread, methods: methods };
+  return { el: el, fill: fill, parseJSON: parseJSON, isUnread: isUnread, markdown: markdown,
+           methods: methods };
 });
