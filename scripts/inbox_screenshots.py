@@ -6,8 +6,9 @@ Starts ``tidings serve`` on a temporary data directory, publishes a small
 inbox for one user (some of it ``--wait`` seconds before the rest, so the
 times differ, and a group entry of 42 likes), serves a host page on another
 loopback port and has Chromium (``/usr/bin/chromium``, through Playwright)
-take: the light panel (inbox.png), the dark one in French (inbox-dark.png) and
-the preferences (inbox-preferences.png).  Everything stays on 127.0.0.1.
+take: the light panel (inbox.png), the dark one in French (inbox-dark.png),
+the preferences (inbox-preferences.png) and another user's inbox with a
+Markdown body (inbox-markdown.png).  Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _publish(h: httpx.Client, **fields) -> None:
-    r = h.post("/v1/notifications", json={"to": {"users": ["maria"]}, **fields})
+def _publish(h: httpx.Client, user: str = "maria", **fields) -> None:
+    r = h.post("/v1/notifications", json={"to": {"users": [user]}, **fields})
     r.raise_for_status()
 
 
@@ -102,7 +103,18 @@ def main() -> int:
         for i in range(42):
             _publish(h, title=f"user_{i} liked your post", body="“Sunset over the harbour”",
                      category="social", group_key="post:7:likes", actor=f"user_{i}")
+        _publish(h, "sam", title="Invoice #2024-121 is ready", body="€310.00, due on 3 January.",
+                 category="billing", url=origin + "/invoices/121")
         time.sleep(a.wait)
+        _publish(h, "sam", title="night_owl replied to your comment",
+                 body="“Totally agree, the second half was better.”", category="social",
+                 url=origin + "/posts/7#c12")
+        _publish(h, "sam", title="Deploy of api v2.14 needs your approval", category="ci",
+                 url=origin + "/deploys/214", format="markdown",
+                 body="**3 checks** passed, *1 needs review*:\n\n"
+                      "- `migrations/019` adds a column\n"
+                      "- the [diff](https://example.com/diff/214) and the "
+                      "[runbook](https://example.com/runbook)")
         _publish(h, title="Build #8812 failed on main", body="2 tests failed in api/test_publish.",
                  category="ci", url=origin + "/builds/8812", priority="high")
         _publish(h, title="night_owl replied to your comment",
@@ -124,9 +136,10 @@ def main() -> int:
         h.put("/v1/caps", json={"digests": {
             "social": {"push": {"every": 600}, "email": {"every": 600}},
             "digest": {"email": {"daily": "09:00", "tz": "Europe/Paris"}}}}).raise_for_status()
-        token = mint_token("default", "maria", secret, 3600)
 
-        def shot(browser, name, attrs, dark=False, prefs=False, read_first=False, hover=None):
+        def shot(browser, name, attrs, dark=False, prefs=False, read_first=False, hover=None,
+                 user="maria"):
+            token = mint_token("default", user, secret, 3600)
             (site / f"{name}.html").write_text(PAGE.format(
                 server=html.escape(url), token=html.escape(token), attrs=attrs,
                 bg="#0d1117" if dark else "#f6f8fa", fg="#e6edf3" if dark else "#1f2328"))
@@ -142,7 +155,7 @@ def main() -> int:
                         p.items.filter(i => i.notification.category === 'billing').map(i => i.id)));
                 }""")
             inbox.locator("button.bell").click()
-            inbox.locator("li.item").nth(3).wait_for()
+            inbox.locator("li.item").nth(2).wait_for()
             if prefs:
                 inbox.locator("[data-act=prefs]").click()
                 inbox.locator("input[data-cat]").first.wait_for()
@@ -159,6 +172,7 @@ def main() -> int:
             shot(browser, "inbox", "", read_first=True, hover=1)
             shot(browser, "inbox-dark", 'theme="dark" locale="fr"', dark=True)
             shot(browser, "inbox-preferences", "", prefs=True)   # the app's categories
+            shot(browser, "inbox-markdown", "", user="sam")
             browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
@@ -166,7 +180,8 @@ def main() -> int:
         log.close()
         host.shutdown()
         shutil.rmtree(data, ignore_errors=True)
-    print(f"wrote inbox.png, inbox-dark.png and inbox-preferences.png in {a.out}")
+    print(f"wrote inbox.png, inbox-dark.png, inbox-preferences.png and inbox-markdown.png "
+          f"in {a.out}")
     return 0
 
 
