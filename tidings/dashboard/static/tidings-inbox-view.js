@@ -70,6 +70,8 @@
   var ITEM = /^ {0,3}(?:([-*+])|(\d{1,9})([.)]))[ \t]+(\S.*)$/;
   var PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
   var LINK_SCHEMES = ["http:", "https:", "mailto:"];
+  // Bounds that keep a hostile body (8 KB of "[" or of nested "**") linear, or near it.
+  var MAX_DEPTH = 8, MAX_LABEL = 500;
 
   function markdown(src) {
     var out = root.document.createDocumentFragment(), para = null, list = null, item = null;
@@ -123,7 +125,9 @@
 
   // Where the delimiter d opened at i closes, skipping escapes and code spans;
   // -1 when nothing closes it. A closer follows a non-space; "_" not inside a word.
-  function closer(s, i, d) {
+  // failed[d] is where a search for d found nothing: none after it can either.
+  function closer(s, i, d, failed) {
+    if (failed[d] !== undefined && failed[d] <= i) return -1;
     for (var j = i + d.length; j < s.length; j++) {
       var c = s[j];
       if (c === "\\") { j++; continue; }
@@ -141,18 +145,20 @@
       }
       j += n2 - 1;
     }
+    failed[d] = i;
     return -1;
   }
 
-  // [label](destination "title"): its parts, or null when it is not one.
-  function linkAt(s, i) {
-    var depth = 0, j = i;
-    for (; j < s.length; j++) {
+  // [label](destination "title"): its parts, or null when it is not one; the
+  // label ends before s's last "]" (lastClose).
+  function linkAt(s, i, lastClose) {
+    var depth = 0, j = i, stop = Math.min(lastClose + 1, i + MAX_LABEL);
+    for (; j < stop; j++) {
       if (s[j] === "\\") { j++; continue; }
       if (s[j] === "[") depth++;
       else if (s[j] === "]" && --depth === 0) break;
     }
-    var m = j < s.length && /^\(\s*(?:<([^<>\n]*)>|((?:[^\s()\\]|\\.|\([^\s()]*\))+))(?:\s+("[^"]*"|'[^']*'))?\s*\)/
+    var m = j < stop && /^\(\s*(?:<([^<>\n]*)>|((?:[^\s()\\]|\\.|\([^\s()]*\))+))(?:\s+("[^"]*"|'[^']*'))?\s*\)/
       .exec(s.slice(j + 1));
     if (!m) return null;
     var dest = unescape(m[1] !== undefined ? m[1] : m[2]), href = null;
@@ -169,8 +175,10 @@
     return s.replace(/\\(.)/g, function (m, c) { return PUNCT.indexOf(c) >= 0 ? c : m; });
   }
 
-  function inline(s, inLink) {
-    var frag = root.document.createDocumentFragment(), buf = "";
+  function inline(s, inLink, depth) {
+    depth = depth || 0;
+    var frag = root.document.createDocumentFragment(), buf = "", failed = {};
+    var lastClose = s.lastIndexOf("]");
     function text() {
       buf.split("\n").forEach(function (part, k) {
         if (k) frag.append(el("br"));
@@ -191,29 +199,36 @@
         i = e + n;
         continue;
       }
-      if (c === "[" && !inLink) {
-        var link = linkAt(s, i);
+      if (c === "[" && !inLink && depth < MAX_DEPTH) {
+        var link = linkAt(s, i, lastClose);
         if (link) {
           text();
           var a = el("a", { href: link.href, rel: "noopener noreferrer", title: link.title });
-          a.append(inline(link.label, true));
+          a.append(inline(link.label, true, depth + 1));
           frag.append(a);
           i = link.end;
           continue;
         }
       }
-      if ((c === "*" || c === "_") && s[i + 1] !== undefined && !/\s/.test(s[i + 1 + (s[i + 1] === c)] || " ") &&
-          (c === "*" || !/[\p{L}\p{N}]/u.test(s[i - 1] || ""))) {
-        var d = s[i + 1] === c ? c + c : c, close = closer(s, i, d);
-        if (close < 0 && d.length === 2) { d = c; close = closer(s, i, d); }
+      if (c === "*" || c === "_") {
+        var close = -1, d = s[i + 1] === c ? c + c : c;
+        if (depth < MAX_DEPTH && !/\s/.test(s[i + d.length] || " ") &&
+            (c === "*" || !/[\p{L}\p{N}]/u.test(s[i - 1] || ""))) {
+          close = closer(s, i, d, failed);
+          if (close < 0 && d.length === 2) { d = c; close = closer(s, i, d, failed); }
+        }
         if (close >= 0) {
           text();
           var node = el(d.length === 2 ? "strong" : "em");
-          node.append(inline(s.slice(i + d.length, close), inLink));
+          node.append(inline(s.slice(i + d.length, close), inLink, depth + 1));
           frag.append(node);
           i = close + d.length;
-          continue;
+        } else {                                      // the whole run opens nothing
+          var run = runOf(s, i, c);
+          buf += s.slice(i, i + run);
+          i += run;
         }
+        continue;
       }
       buf += c;
       i++;
