@@ -728,8 +728,9 @@ async def test_muted_feed_items_are_left_out_of_inbox_counts_and_replay(db):
     assert await inbox_ids(db, A, "m", state="unseen") == [news, plain, mine]
     assert await inbox_ids(db, A, "m", before=plain) == [mine]
     assert await inbox_ids(db, A, "m", limit=1, before=news) == [plain]
-    assert await db.counts(A, "m", now) == Counts(3, 3, 1, 4)
-    assert await db.counts(A, "n", now) == Counts(4, 4, 0, 4)
+    # (the revision: m joined a topic and muted a category, n joined)
+    assert await db.counts(A, "m", now) == Counts(3, 3, 1, 4, rev=2)
+    assert await db.counts(A, "n", now) == Counts(4, 4, 0, 4, rev=1)
     _, feed = await db.replay(A, "m", 0, 0, 100, now)
     assert [e.id for e in feed] == [plain, news]
     _, feed = await db.replay(A, "n", 0, 0, 100, now)
@@ -739,11 +740,11 @@ async def test_muted_feed_items_are_left_out_of_inbox_counts_and_replay(db):
     assert await db.muted(A, "m") == {"promo"}
     assert await db.muted_many(A, ["m", "n", "nobody"]) == {"m": {"promo"}}
     many = await db.counts_many(A, ["m", "n"], now)
-    assert many == {"m": Counts(3, 3, 1, 4), "n": Counts(4, 4, 0, 4)}
+    assert many == {"m": Counts(3, 3, 1, 4, rev=2), "n": Counts(4, 4, 0, 4, rev=1)}
     # mutes the caller holds are taken as they are (the gateway's streams)
     given = await db.counts_many(A, ["m", "n"], now, {"m": frozenset(), "n": frozenset({"news"})})
-    assert given == {"m": Counts(5, 5, 1, 4), "n": Counts(3, 3, 0, 4)}
-    assert await db.counts(A, "n", now, frozenset({"promo", "news"})) == Counts(1, 1, 0, 4)
+    assert given == {"m": Counts(5, 5, 1, 4, rev=2), "n": Counts(3, 3, 0, 4, rev=1)}
+    assert await db.counts(A, "n", now, frozenset({"promo", "news"})) == Counts(1, 1, 0, 4, rev=1)
     assert [e.id for e in await db.inbox(A, "n", limit=10, before=None, state=None, now=now,
                                          muted=frozenset({"news"}))] == [plain, big, promo]
     _, feed = await db.replay(A, "n", 0, 0, 100, now, frozenset({"promo"}))
@@ -1163,12 +1164,56 @@ async def test_counts_say_where_they_were_read(db):
     head = await db.stream_head(A, "u", now)
     assert (head.head_seq, head.head_feed) == (2, 1)
     assert await db.counts(A, "u", now) == Counts(3, 3, 2, 1)
-    await db.set_state(A, "u", [p[0]], "read", now)  # state moves no position
-    assert await db.counts(A, "u", now) == Counts(2, 2, 2, 1)
+    await db.set_state(A, "u", [p[0]], "read", now)  # state moves no position: the revision
+    assert await db.counts(A, "u", now) == Counts(2, 2, 2, 1, rev=1)
     await db.subscribe(A, "big", ["u", "x"])
     await publish(db, A, note(topic="big"), threshold=1)  # above the threshold: a feed item
-    assert await db.counts(A, "u", now) == Counts(3, 3, 2, 2)
+    assert await db.counts(A, "u", now) == Counts(3, 3, 2, 2, rev=2)
     assert await db.counts(A, "w", now) == Counts(1, 1, 0, 2)  # sees the broadcast only
+
+
+async def test_every_change_that_moves_counts_without_a_position_raises_their_revision(db):
+    """``Counts.rev``: a change that moves a user's counts but no seq or feed
+    offset raises it in its own transaction, so that of two counts read at
+    the same position the later says so; a publish moves a position, and
+    leaves it (docs/protocol.md, "Counts and the badge")."""
+    t = time.time()
+
+    async def rev(user: str, app: str = A) -> int:
+        return (await db.counts(app, user, time.time())).rev
+
+    mine = await publish(db, A, note(users=["u", "v"]))
+    broadcast = await publish(db, A, note(all=True))
+    await publish(db, B, note(users=["u"]))
+    assert [await rev(u) for u in ("u", "v", "w")] == [0, 0, 0]
+    await db.set_state(A, "u", [mine.id], "read", t)
+    assert [await rev(u) for u in ("u", "v", "w")] == [1, 0, 0]
+    await db.set_state(A, "u", [mine.id], "seen", t)  # moved nothing: not raised
+    await db.set_state(A, "u", None, "seen", t)  # the broadcast's feed_state
+    assert await rev("u") == 2
+    await db.subscribe(A, "big", ["u", "w"])
+    assert [await rev(u) for u in ("u", "v", "w")] == [3, 0, 1]
+    await db.unsubscribe(A, "big", ["w"])
+    assert await rev("w") == 2
+    await db.put_preferences(A, "v", Preferences(categories={"promo": ChannelPrefs(in_app=False)}))
+    assert await rev("v") == 1
+    await db.update_preferences(A, "v", lambda p: Preferences())
+    assert await rev("v") == 2
+    # a retraction, personal or a feed item: every user of the app's (the
+    # followers of a feed item are nobody's list)
+    await db.delete_notification(A, broadcast.id)
+    assert [await rev(u) for u in ("u", "v", "w", "nobody")] == [4, 3, 3, 1]
+    await db.delete_notification(A, mine.id)
+    assert [await rev(u) for u in ("u", "v", "w", "nobody")] == [5, 4, 4, 2]
+    await publish(db, A, note(users=["u"]))
+    await publish(db, A, note(all=True))
+    assert await rev("u") == 5
+    # the retention sweep, of each app whose counts it lowered
+    await publish(db, A, note(users=["v"], created_at=t - 100))
+    await db.prune(None, t - 50)
+    assert [await rev(u) for u in ("u", "v", "nobody")] == [6, 5, 3]
+    assert await rev("u", B) == 0
+    assert (await db.counts_many(A, ["u", "nobody"], time.time()))["u"].rev == 6
 
 
 async def test_counts_say_when_the_first_unread_entry_they_count_expires(db):
@@ -1445,8 +1490,8 @@ async def test_counts_of_many_users_are_each_ones_counts(db):
         many = await db.counts_many(A, users, now)
         assert many == {user: await db.counts(A, user, now) for user in users}
     # each with its own head seq, and the app's feed head (a broadcast, the topic)
-    assert many == {"u": Counts(3, 2, 2, 2), "v": Counts(2, 2, 1, 2), "w": Counts(1, 1, 0, 2),
-                    "nobody": Counts(1, 1, 0, 2)}
+    assert many == {"u": Counts(3, 2, 2, 2, rev=2), "v": Counts(2, 2, 1, 2),
+                    "w": Counts(1, 1, 0, 2, rev=2), "nobody": Counts(1, 1, 0, 2)}
     assert await db.counts_many(A, [], t) == {}
 
 

@@ -145,6 +145,9 @@ async def test_counts_and_their_position_are_read_in_one_snapshot(db, path, mute
                           "VALUES (?, 'u', 3, ?, 0, ?)", (APP, first.id, time.time()))
             other.execute("UPDATE streams SET head_seq = 3 WHERE app_id = ? AND user_id = 'u'",
                           (APP,))
+            # and what a state change writes with its change: the revision
+            other.execute("INSERT INTO counts_revs(app_id, user_id, rev) VALUES (?, 'u', 1)",
+                          (APP,))
             other.execute("COMMIT")
         return 0
 
@@ -155,8 +158,8 @@ async def test_counts_and_their_position_are_read_in_one_snapshot(db, path, mute
         db._reader.set_progress_handler(None, 1)
         other.close()
     assert steps > 10  # the commit came while the read went on
-    assert during == (2, 2, 2, 0, None)  # nothing expires
-    assert await db.counts(APP, "u", time.time()) == (3, 3, 3, 0, None)
+    assert during == (2, 2, 2, 0, None, 0)  # nothing expires
+    assert await db.counts(APP, "u", time.time()) == (3, 3, 3, 0, None, 1)
 
 
 async def test_the_writer_groups_concurrent_writes_into_fewer_commits(db):

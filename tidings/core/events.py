@@ -15,14 +15,16 @@ Event objects (the same JSON on WebSocket and SSE)::
     {"type": "updated", "notification": {...}, "group": {...}, "state": "..."}
     {"type": "deleted", "id": "..."}
     {"type": "state", "ids": [...], "all": bool, "state": "read"|"seen"|"archived"}
-    {"type": "counts", "unread": n, "unseen": n, "at": {"seq": n, "feed": n}}
+    {"type": "counts", "unread": n, "unseen": n, "at": {"seq": n, "feed": n, "rev": n}}
     {"type": "recovered", "ok": bool, "missed": n}
     {"type": "token", "until": <unix seconds>}   (WebSocket: a fresh token was taken)
 
 Counts (in ``hello``, ``counts``, and the client API's answers) carry ``at``:
 the user's head seq and the app's feed head read in the same snapshot, so a
-client adds to them only the notifications past that position
-(docs/protocol.md, "Counts and the badge").
+client adds to them only the notifications past that position, and the
+revision of the user's counts (``Store.counts``' ``rev``), so that of two
+counts read at the same position it keeps the later (docs/protocol.md,
+"Counts and the badge").
 
 A WebSocket text frame carries one event object, or a JSON array of several
 when a burst is pending (one write per connection per loop tick).
@@ -92,18 +94,17 @@ def state_frame(ids: list[str] | None, state: str, all_: bool = False) -> bytes:
 
 
 def counts_object(unread: int, unseen: int, seq: int, feed: int,
-                  expires: float | None = None) -> dict:
-    """The counts as every answer carries them: read at ``seq`` and ``feed``.
-    (``expires``, the last field of ``Store.counts``' answer, is the
-    gateway's own business: it is not sent.)"""
-    return {"unread": unread, "unseen": unseen, "at": {"seq": seq, "feed": feed}}
+                  expires: float | None = None, rev: int = 0) -> dict:
+    """The counts as every answer carries them: read at ``seq``, ``feed``
+    and ``rev``.  (``expires`` is the gateway's own business: it is not sent.)"""
+    return {"unread": unread, "unseen": unseen, "at": {"seq": seq, "feed": feed, "rev": rev}}
 
 
 def counts_frame(unread: int, unseen: int, seq: int, feed: int,
-                 expires: float | None = None) -> bytes:
+                 expires: float | None = None, rev: int = 0) -> bytes:
     """A ``counts`` event (``expires`` is not sent, as in :func:`counts_object`)."""
-    return b'{"type":"counts","unread":%d,"unseen":%d,"at":{"seq":%d,"feed":%d}}' % (
-        unread, unseen, seq, feed)
+    return (b'{"type":"counts","unread":%d,"unseen":%d,"at":{"seq":%d,"feed":%d,"rev":%d}}'
+            % (unread, unseen, seq, feed, rev))
 
 
 _COUNTS_HEAD = b'{"type":"counts",'
@@ -112,19 +113,27 @@ _COUNTS_HEAD = b'{"type":"counts",'
 class _Position(msgspec.Struct):
     seq: int
     feed: int
+    rev: int = 0
 
 
 class _Counts(msgspec.Struct):
+    unread: int = 0
+    unseen: int = 0
     at: _Position | None = None
 
 
 _decode_counts = msgspec.json.Decoder(_Counts).decode
 
 
-def counts_position(frame: bytes) -> tuple[int, int]:
-    """Where a ``counts`` event was read, ``(seq, feed)``; ``(-1, -1)`` when it does not say."""
-    at = _decode_counts(frame).at
-    return (-1, -1) if at is None else (at.seq, at.feed)
+def counts_position(frame: bytes) -> tuple[int, int, int, int, int]:
+    """How late a ``counts`` event was read, to compare with another's:
+    ``(seq, feed, rev, -unread, -unseen)``, all -1 when it does not say.
+    At an equal ``at`` only expiries, which write nothing, tell two reads
+    apart, and an expiry only lowers the counts: the lower is the later."""
+    c = _decode_counts(frame)
+    if c.at is None:
+        return (-1, -1, -1, -1, -1)
+    return (c.at.seq, c.at.feed, c.at.rev, -c.unread, -c.unseen)
 
 
 def is_counts(frame: bytes) -> bool:

@@ -236,13 +236,22 @@ class Counts(NamedTuple):
 
     ``expires``: when the first unread entry (personal or feed) they count
     runs out of its ``ttl``, None when none has one.  Not sent to clients:
-    the gateway reads the counts again then (tidings/gateway/recount.py)."""
+    the gateway reads the counts again then (tidings/gateway/recount.py).
+
+    ``rev``: the revision of the user's counts, in the same snapshot.  Every
+    change that moves them without a seq or an offset (a state change, a
+    retraction, a topic joined or left, an in-app mute, a retention sweep)
+    raises it in its own transaction, so of two counts read at the same
+    position the one with the higher ``rev`` holds every change the other
+    does.  Only an expiry writes nothing: at an equal ``rev`` the lower
+    counts are the later ones (docs/protocol.md, "Counts and the badge")."""
 
     unread: int
     unseen: int
     seq: int
     feed: int
     expires: float | None = None
+    rev: int = 0
 
 
 @dataclass(slots=True)
@@ -322,6 +331,11 @@ class Pruned:
     # ... and, when either list would have passed RECOUNT_MAX, it is empty
     # and its apps are here: every follower of the app is counted again
     apps: list[str] = field(default_factory=list)
+
+    def moved(self) -> list[str]:
+        """The apps whose counts revision the sweep raises (``Counts.rev``,
+        the app's own: one row however many users lost an entry)."""
+        return sorted({a for a, _ in self.unread} | {a for a, _ in self.feeds} | set(self.apps))
 
 
 @dataclass(slots=True)

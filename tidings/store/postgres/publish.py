@@ -24,9 +24,11 @@ from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import schedule as _sched
 from tidings.store.postgres.outbound import insert_jobs
 from tidings.store.postgres.sql import (
+    BUMP_REV,
     FANOUT_TOPIC,
     FANOUT_USERS,
     FEED,
+    ON_REV,
     SEQS_TOPIC,
     SEQS_USERS,
     STATE_NAME,
@@ -207,6 +209,11 @@ async def prune(conn, app_id: str | None, older_than: float) -> Pruned:
     pruned.regrouped = await _groups.prune(conn, app_id, older_than, time.time(),
                                            SWEEP_TIMEOUT)
     await _sched.prune(conn, app_id, older_than, id_floor(int(older_than * 1000)), SWEEP_TIMEOUT)
+    # The apps' revisions, after the deletes (each committed on its own): a
+    # read between the two is at the old revision with lower counts, and at
+    # an equal revision the lower counts are the later (Counts.rev).
+    await conn.execute(
+        f"{BUMP_REV} SELECT a, '', 1 FROM unnest($1::text[]) AS t(a) {ON_REV}", pruned.moved())
     pruned.removed = n
     return pruned
 

@@ -269,8 +269,16 @@ UNION ALL
  ORDER BY n.id DESC LIMIT $4)
 """
 
+# Raise the revision of users' counts (``Counts.rev``; user '': every user
+# of the app), as the tail of a statement that changed them: ``BUMP_REV``
+# rows (app, user, 1) ``ON_REV``.  It comes last in each transaction that
+# takes it, and several users' rows are taken sorted: no deadlock.
+BUMP_REV = "INSERT INTO counts_revs AS r (app_id, user_id, rev)"
+ON_REV = "ON CONFLICT (app_id, user_id) DO UPDATE SET rev = r.rev + 1"
+
 # Move entries forward: personal rows in place, feed items by upserting the
-# user's lazy feed_state row.  $3 state code, $4 now, $5 the ids (if given).
+# user's lazy feed_state row, and the user's revision if anything moved.
+# $3 state code, $4 now, $5 the ids (if given).
 # When an entry first became seen, read, archived rides on the same UPDATE
 # (moving to read marks it seen too when it skipped that step).
 _STAMPS = ", ".join(
@@ -293,6 +301,9 @@ WITH personal AS (
     {_STAMPS.format(table="fs.")}
     WHERE fs.state < EXCLUDED.state
   RETURNING nid
+), bumped AS (
+  {BUMP_REV} SELECT $1, $2, 1 WHERE EXISTS (SELECT FROM personal) OR EXISTS (SELECT FROM feed)
+  {ON_REV}
 )
 SELECT nid FROM personal UNION ALL SELECT nid FROM feed
 """
@@ -307,8 +318,9 @@ SET_STATE_IDS = _SET_STATE.format(
 # every user's entry and state.  Returns whether this call did it.
 # The unread and unseen counts of user {user} ($1 app, $3 now): personal
 # entries and the feed items the user can see, in one pass, with the position
-# they were read at (the user's head seq, the app's feed head) and when the
-# first unread entry they count expires (NULL: none does).  One
+# they were read at (the user's head seq, the app's feed head), when the
+# first unread entry they count expires (NULL: none does) and their
+# revision (the user's and the app's, counts_revs).  One
 # statement, so one snapshot (PostgreSQL's READ COMMITTED gives each
 # statement its own, whole), which is what makes the position exact
 # (docs/protocol.md, "Counts and the badge").
@@ -316,7 +328,9 @@ _COUNTS = """
 SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 0),
        coalesce((SELECT head_seq FROM streams WHERE app_id = $1 AND user_id = {user}), 0),
        coalesce((SELECT head FROM feed_heads WHERE app_id = $1), 0),
-       min(expires_at) FILTER (WHERE state < 2)
+       min(expires_at) FILTER (WHERE state < 2),
+       (SELECT coalesce(sum(rev), 0)::bigint FROM counts_revs
+        WHERE app_id = $1 AND user_id IN ('', {user}))
 FROM (SELECT state, expires_at FROM inbox WHERE app_id = $1 AND user_id = {user}
       AND (expires_at IS NULL OR expires_at > $3)
       UNION ALL
@@ -344,7 +358,7 @@ COUNTS_MANY_MUTED = (
 
 # Retract $2 (its group entries were rebuilt first, groups.py): the plain
 # entries that go, (user, state, expires_at) each; no row when it was gone.
-DELETE = """
+DELETE = f"""
 WITH gone AS (
   UPDATE notifications SET deleted = true
   WHERE app_id = $1 AND id = $2 AND NOT deleted RETURNING id
@@ -352,10 +366,12 @@ WITH gone AS (
   DELETE FROM inbox WHERE app_id = $1 AND nid = $2 RETURNING user_id, state, expires_at
 ), states AS (
   DELETE FROM feed_state WHERE app_id = $1 AND nid = $2
+), bumped AS (  -- the app's revision: a feed item's followers are not listed
+  {BUMP_REV} SELECT $1, '', 1 FROM gone {ON_REV}
 )
-SELECT coalesce((SELECT array_agg(user_id) FROM entries), '{}'),
-       coalesce((SELECT array_agg(state) FROM entries), '{}'),
-       coalesce((SELECT array_agg(expires_at) FROM entries), '{}')
+SELECT coalesce((SELECT array_agg(user_id) FROM entries), '{{}}'),
+       coalesce((SELECT array_agg(state) FROM entries), '{{}}'),
+       coalesce((SELECT array_agg(expires_at) FROM entries), '{{}}')
 FROM gone
 """
 

@@ -83,6 +83,7 @@ from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN
 from tidings.store.postgres.keys import PostgresKeys
 from tidings.store.postgres.outbound import PostgresOutbound, retime_jobs
 from tidings.store.postgres.sql import (
+    BUMP_REV,
     COUNTS,
     COUNTS_MANY,
     COUNTS_MANY_MUTED,
@@ -96,6 +97,7 @@ from tidings.store.postgres.sql import (
     INBOX_MUTED,
     INBOX_STORED_MUTES,
     NEW_STREAM,
+    ON_REV,
     REPLAY,
     REPLAY_EXCEEDS,
     REPLAY_EXCEEDS_MUTED,
@@ -835,17 +837,18 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         return await self._fetchval(
             "WITH added AS (INSERT INTO topic_subs (app_id, topic, user_id) "
             '  SELECT $1, $2, u FROM unnest($3::text[]) AS t(u) ORDER BY u COLLATE "C" '
-            "  ON CONFLICT DO NOTHING RETURNING 1) "
+            "  ON CONFLICT DO NOTHING RETURNING 1) " + _BUMP_USERS +
             "SELECT count(*) FROM added",
             app_id, topic, list(dict.fromkeys(users)),
         )
 
     async def unsubscribe(self, app_id, topic, users) -> int:
-        status = await self._execute(
-            "DELETE FROM topic_subs WHERE app_id = $1 AND topic = $2 AND user_id = ANY($3)",
-            app_id, topic, list(users),
+        return await self._fetchval(
+            "WITH gone AS (DELETE FROM topic_subs WHERE app_id = $1 AND topic = $2 "
+            "  AND user_id = ANY($3) RETURNING 1) " + _BUMP_USERS +
+            "SELECT count(*) FROM gone",
+            app_id, topic, list(dict.fromkeys(users)),
         )
-        return _tx.count(status)
 
     async def topic_info(self, app_id, topic, limit) -> tuple[int, list[str]]:
         row = await self._fetchrow(
@@ -945,6 +948,11 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
 
 # -- statements run on one pooled connection ------------------------------------
 
+# The tail of a topic's membership change: the revision of each user of $3
+# (Counts.rev), sorted.
+_BUMP_USERS = (", bumped AS (" + BUMP_REV + ' SELECT $1, u, 1 FROM unnest($3::text[]) AS t(u) '
+               'ORDER BY u COLLATE "C" ' + ON_REV + ") ")
+
 
 async def _put_prefs(conn, app_id: str, user: str, prefs: Preferences) -> None:
     """Store ``prefs`` and the in-app mutes they say (the caller's transaction).
@@ -959,8 +967,10 @@ async def _put_prefs(conn, app_id: str, user: str, prefs: Preferences) -> None:
 
 
 async def _put_mutes(conn, app_id: str, user: str, prefs: Preferences) -> None:
+    """The user's in-app mutes, and the revision of their counts (``Counts.rev``)."""
     await conn.execute("DELETE FROM mutes WHERE app_id = $1 AND user_id = $2", app_id, user)
     await conn.execute(
+        "WITH bumped AS (" + BUMP_REV + " VALUES ($1, $2, 1) " + ON_REV + ") "
         "INSERT INTO mutes (app_id, category, user_id) "
         "SELECT $1, c, $2 FROM unnest($3::text[]) AS t(c)", app_id, user,
         sorted(c for c, ch in prefs.categories.items() if not ch.in_app),

@@ -22,7 +22,8 @@ from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.errors import transient
 from tidings.store.sqlite.outbound import insert_jobs_tx
 
-__all__ = ["ensure_stream", "prune_tx", "publish_many_tx", "publish_tx", "set_state_tx"]
+__all__ = ["bump_revs_tx", "ensure_stream", "prune_tx", "publish_many_tx", "publish_tx",
+           "set_state_tx"]
 
 _CHUNK = 500  # host parameters per IN (...) list
 _encode = msgspec.json.encode
@@ -31,6 +32,17 @@ _encode = msgspec.json.encode
 def _chunks(items: list, n: int = _CHUNK):
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+def bump_revs_tx(conn: sqlite3.Connection, app_id: str, users: list[str]) -> None:
+    """These users' counts moved with no seq or offset: raise their revision
+    (``Counts.rev``; user ``''``: every user of the app), in the caller's
+    transaction."""
+    conn.executemany(
+        "INSERT INTO counts_revs(app_id, user_id, rev) VALUES (?,?,1) "
+        "ON CONFLICT(app_id, user_id) DO UPDATE SET rev=rev+1",
+        [(app_id, u) for u in users],
+    )
 
 
 def ensure_stream(conn: sqlite3.Connection, app_id: str, user: str):
@@ -247,6 +259,8 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
         ).fetchone()
         if row:
             changed.append(nid)
+    if changed:
+        bump_revs_tx(conn, app_id, [user])
     return changed
 
 
@@ -301,5 +315,7 @@ def prune_tx(conn, app_id: str | None, older_than: float) -> Pruned:
     conn.execute("DELETE FROM idempotency WHERE created_at<?" + where, (older_than, *args))
     pruned.regrouped = _groups.prune_tx(conn, app_id, older_than, time.time())
     _sched.prune_tx(conn, app_id, older_than, id_floor(int(older_than * 1000)))
+    for app in pruned.moved():
+        bump_revs_tx(conn, app, [""])
     pruned.removed = n
     return pruned

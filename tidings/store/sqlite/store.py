@@ -99,14 +99,16 @@ def _filter(categories: tuple[str, ...], tags: tuple[str, ...]) -> tuple[str, tu
                 f"WHERE t.value IN ({','.join('?' * len(tags))}))")
         args += tuple(tags)
     return sql, args
-# A user's counts, the position they were read at and when the first unread
-# entry they count expires (SQLiteStore.counts; the scalar min() of SQLite is
-# NULL when either side is, hence the coalesces).
+# A user's counts, the position they were read at, when the first unread
+# entry they count expires (the scalar min() of SQLite is NULL when either
+# side is, hence the coalesces) and their revision, the user's and the app's
+# (SQLiteStore.counts).
 _COUNTS = (
     "SELECT p.unread + f.unread, p.unseen + f.unseen, "
     "coalesce((SELECT head_seq FROM streams WHERE app_id=:app AND user_id=:user), 0), "
     "coalesce((SELECT head FROM feed_heads WHERE app_id=:app), 0), "
-    "min(coalesce(p.expires, f.expires), coalesce(f.expires, p.expires)) "
+    "min(coalesce(p.expires, f.expires), coalesce(f.expires, p.expires)), "
+    "(SELECT coalesce(sum(rev), 0) FROM counts_revs WHERE app_id=:app AND user_id IN ('', :user)) "
     "FROM (SELECT coalesce(sum(state < 2), 0) AS unread, coalesce(sum(state = 0), 0) AS unseen, "
     "             min(CASE WHEN state < 2 THEN expires_at END) AS expires "
     "      FROM inbox WHERE app_id=:app AND user_id=:user "
@@ -795,6 +797,7 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
                 if state < 2 and (expires is None or expires > at):
                     unread.append(user)
             conn.execute("DELETE FROM feed_state WHERE app_id=? AND nid=?", (app_id, nid))
+            _tx.bump_revs_tx(conn, app_id, [""])  # a feed item's followers are not listed
             return Retraction(old, sorted(set(users)), sorted(set(unread)), regrouped)
 
         return await self._write(delete)
@@ -973,6 +976,7 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
                 "INSERT INTO topic_subs(app_id, topic, user_id) VALUES (?,?,?) "
                 "ON CONFLICT DO NOTHING", [(app_id, topic, u) for u in users],
             )
+            _tx.bump_revs_tx(conn, app_id, list(dict.fromkeys(users)))
             conn.topics_changed()
             return cur.rowcount
 
@@ -984,6 +988,7 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
                 "DELETE FROM topic_subs WHERE app_id=? AND topic=? AND user_id=?",
                 [(app_id, topic, u) for u in users],
             )
+            _tx.bump_revs_tx(conn, app_id, list(dict.fromkeys(users)))
             conn.topics_changed()
             return cur.rowcount
 
@@ -1115,4 +1120,5 @@ def _put_prefs_tx(conn: WriterConnection, app_id: str, user: str, prefs: Prefere
         "INSERT INTO mutes(app_id, category, user_id) VALUES (?,?,?)",
         [(app_id, c, user) for c, ch in prefs.categories.items() if not ch.in_app],
     )
+    _tx.bump_revs_tx(conn, app_id, [user])
     conn.mutes_changed()
