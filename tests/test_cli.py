@@ -91,7 +91,7 @@ def test_serve_prints_credentials_that_work(tmp_path):
         assert subprocess.run(curl, shell=True, capture_output=True, timeout=30).returncode == 0
         r = httpx.get(f"http://127.0.0.1:{port}/v1/me/counts",
                       headers={"Authorization": f"Bearer {token}"})
-        assert r.json() == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+        assert r.json() == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
         assert key.startswith("tk_")
         demo = re.search(r"in a browser: (\S+)", text).group(1)
         assert demo == f"http://127.0.0.1:{port}/demo?token={token}"

@@ -113,7 +113,7 @@ def test_the_shell_quickstart(quickstart):
     counts = out[end:].strip()
     assert [i["notification"]["title"] for i in inbox["items"]] == [
         "Your order shipped"]
-    assert json.loads(counts) == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+    assert json.loads(counts) == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
 
 
 @pytest.mark.timeout(120)

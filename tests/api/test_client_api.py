@@ -47,10 +47,10 @@ async def test_my_notifications_newest_first_and_paged(server):
 async def test_counts(server):
     async with server.http(await server.token("alice")) as me:
         # before alice has any notification: position 0
-        assert await counts(me) == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 0}}
+        assert await counts(me) == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 0, "rev": 0}}
         await seed(server, "alice", 3)
         # they count her notifications up to seq 3, read with them
-        assert await counts(me) == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0}}
+        assert await counts(me) == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0, "rev": 0}}
 
 
 async def test_read_seen_archive_by_ids(server):
@@ -59,11 +59,11 @@ async def test_read_seen_archive_by_ids(server):
         r = await me.post("/v1/me/notifications/seen", json={"ids": [ids[0], ids[1]]})
         assert r.status_code == 200, r.text
         assert r.json() == {"changed": 2, "counts": {
-            "unread": 4, "unseen": 2, "at": {"seq": 4, "feed": 0}}}
+            "unread": 4, "unseen": 2, "at": {"seq": 4, "feed": 0, "rev": 1}}}
 
         r = await me.post("/v1/me/notifications/read", json={"ids": [ids[0]]})
         assert r.json() == {"changed": 1, "counts": {
-            "unread": 3, "unseen": 2, "at": {"seq": 4, "feed": 0}}}
+            "unread": 3, "unseen": 2, "at": {"seq": 4, "feed": 0, "rev": 2}}}
         # Never backwards: marking a read item seen changes nothing.
         r = await me.post("/v1/me/notifications/seen", json={"ids": [ids[0]]})
         assert r.json()["changed"] == 0
@@ -74,8 +74,8 @@ async def test_read_seen_archive_by_ids(server):
         r = await me.post("/v1/me/notifications/archive", json={"ids": [ids[3]]})
         assert r.status_code == 200
         assert r.json() == {"changed": 1, "counts": {
-            "unread": 2, "unseen": 1, "at": {"seq": 4, "feed": 0}}}
-        assert await counts(me) == {"unread": 2, "unseen": 1, "at": {"seq": 4, "feed": 0}}
+            "unread": 2, "unseen": 1, "at": {"seq": 4, "feed": 0, "rev": 3}}}
+        assert await counts(me) == {"unread": 2, "unseen": 1, "at": {"seq": 4, "feed": 0, "rev": 3}}
 
         states = {i["id"]: i["state"] for i in
                   (await me.get("/v1/me/notifications", params={"state": "all"})).json()[
@@ -94,10 +94,10 @@ async def test_mark_all(server):
         r = await me.post("/v1/me/notifications/seen", json={"all": True})
         assert r.status_code == 200
         assert r.json() == {"changed": 3, "counts": {
-            "unread": 3, "unseen": 0, "at": {"seq": 3, "feed": 0}}}
+            "unread": 3, "unseen": 0, "at": {"seq": 3, "feed": 0, "rev": 1}}}
         r = await me.post("/v1/me/notifications/read", json={"all": True})
         assert r.json() == {"changed": 3, "counts": {
-            "unread": 0, "unseen": 0, "at": {"seq": 3, "feed": 0}}}
+            "unread": 0, "unseen": 0, "at": {"seq": 3, "feed": 0, "rev": 2}}}
         r = await me.post("/v1/me/notifications/archive", json={"all": True})
         assert r.json()["changed"] == 3
         assert await me_ids(me) == []
@@ -110,9 +110,10 @@ async def test_mark_all_covers_broadcasts(server):
         bid = r.json()["id"]
     await seed(server, "alice", 1)
     async with server.http(await server.token("alice")) as me:
-        assert await counts(me) == {"unread": 2, "unseen": 2, "at": {"seq": 1, "feed": 1}}
+        assert await counts(me) == {"unread": 2, "unseen": 2, "at": {"seq": 1, "feed": 1, "rev": 0}}
         r = await me.post("/v1/me/notifications/read", json={"all": True})
-        assert r.json()["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 1, "feed": 1}}
+        assert r.json()["counts"] == {"unread": 0, "unseen": 0,
+                                      "at": {"seq": 1, "feed": 1, "rev": 1}}
         r = await me.get("/v1/me/notifications")
         states = {i["id"]: i["state"] for i in r.json()["items"]}
         assert states[bid] == "read"
@@ -163,6 +164,8 @@ async def test_user_state_is_per_user(server):
         nid = r.json()["id"]
     async with server.http(await server.token("alice")) as alice:
         await alice.post("/v1/me/notifications/read", json={"ids": [nid]})
-        assert await counts(alice) == {"unread": 0, "unseen": 0, "at": {"seq": 1, "feed": 0}}
+        assert await counts(alice) == {"unread": 0, "unseen": 0,
+                                       "at": {"seq": 1, "feed": 0, "rev": 1}}
     async with server.http(await server.token("bob")) as bob:
-        assert await counts(bob) == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+        assert await counts(bob) == {"unread": 1, "unseen": 1,
+                                     "at": {"seq": 1, "feed": 0, "rev": 0}}

@@ -286,7 +286,7 @@ async def test_inbox_page_and_counts(live):
         c.send(get("/v1/me/counts", token))
         status, _, body = await c.response()
         assert status == 200
-        assert json.loads(body) == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0}}
+        assert json.loads(body) == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0, "rev": 0}}
         # the query: percent-decoded, and the last of a repeated name wins (as Starlette)
         c.send(get("/v1/me/notifications?limit=1&limit=2&state=un%72ead", token))
         status, _, body = await c.response()

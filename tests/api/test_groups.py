@@ -41,7 +41,7 @@ async def test_the_inbox_lists_one_entry_per_group(server):
     assert items[2]["notification"]["title"] == "user_1 liked your post"
     assert items[1]["group"]["count"] == 1
     # a group is one unread entry (its last update took seq 3; then 4 and 5)
-    assert counts == {"unread": 3, "unseen": 3, "at": {"seq": 5, "feed": 0}}
+    assert counts == {"unread": 3, "unseen": 3, "at": {"seq": 5, "feed": 0, "rev": 0}}
 
 
 async def test_members_of_a_group_and_reading_it(server):
@@ -62,7 +62,7 @@ async def test_members_of_a_group_and_reading_it(server):
         # marking an older member (a device that showed it) reads the group
         r = await http.post("/v1/me/notifications/read", json={"ids": [ids[1]]})
         assert r.json() == {"changed": 1, "counts": {
-            "unread": 0, "unseen": 0, "at": {"seq": 4, "feed": 0}}}
+            "unread": 0, "unseen": 0, "at": {"seq": 4, "feed": 0, "rev": 1}}}
     # the server API sees the same; bob's group is bob's
     async with server.http() as http:
         r = await http.get(f"/v1/users/bob/notifications/{ids[2]}/group")
@@ -245,7 +245,7 @@ async def test_retracting_members_changes_the_entry_live_on_both_transports(each
         on_ws, on_sse = await retract(b, 2, 1)
         assert on_ws == [{"type": "deleted", "id": b},
                          {"type": "counts", "unread": 0, "unseen": 0,
-                          "at": {"seq": 3, "feed": 0}}]
+                          "at": {"seq": 3, "feed": 0, "rev": 3}}]
         assert on_sse == [{"type": "deleted", "id": b}]  # bob's was read: counts unchanged
         assert shown == {"alice": {}, "bob": {}}
     await ws.close()
@@ -325,7 +325,8 @@ async def test_the_subscriber_asks_the_counts_when_an_update_makes_an_entry_unse
     (first,) = await publish(server, {"users": ["uma"]}, **like("user_1"))
     async with server.http(token) as http:
         r = await http.post("/v1/me/notifications/seen", json={"ids": [first]})
-        assert r.json()["counts"] == {"unread": 1, "unseen": 0, "at": {"seq": 1, "feed": 0}}
+        assert r.json()["counts"] == {"unread": 1, "unseen": 0,
+                                      "at": {"seq": 1, "feed": 0, "rev": 1}}
     sub = Subscriber(server.url, token, receipts=False)
     events = sub.__aiter__()
     hello = await asyncio.wait_for(events.__anext__(), 5)

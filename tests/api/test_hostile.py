@@ -57,7 +57,7 @@ async def _assert_intact(server, nid: str) -> None:
         assert [i["id"] for i in r.json()["items"]] == [nid]
     async with server.http(await server.token("alice")) as me:
         assert (await me.get("/v1/me/counts")).json() == {
-            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
 
 
 # -- bodies --------------------------------------------------------------------------
@@ -556,14 +556,14 @@ async def test_user_sees_only_own_inbox(server):
         assert "bob's secret" not in r.text
     async with server.http(await server.token("bob")) as bob:
         assert (await bob.get("/v1/me/counts")).json() == {
-            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
         r = await bob.get("/v1/me/notifications")
         assert r.json()["items"][0]["state"] == "unseen"
     async with server.http(await server.token("alice")) as alice:
         await alice.post("/v1/me/notifications/read", json={"all": True})
     async with server.http(await server.token("bob")) as bob:
         assert (await bob.get("/v1/me/counts")).json() == {
-            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
 
 
 async def test_app_isolation(server):
@@ -597,13 +597,13 @@ async def test_app_isolation(server):
     alice_b = await server.token("alice", app=other_app)
     async with server.http(alice_b) as me:
         assert (await me.get("/v1/me/counts")).json() == {
-            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+            "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 1}}
         r = await me.get("/v1/me/notifications", params={"state": "all"})
         assert "app A" not in r.text
         await me.post("/v1/me/notifications/read", json={"all": True})
     async with server.http(await server.token("alice")) as me:
         assert (await me.get("/v1/me/counts")).json() == {
-            "unread": 3, "unseen": 3, "at": {"seq": 2, "feed": 1}}
+            "unread": 3, "unseen": 3, "at": {"seq": 2, "feed": 1, "rev": 2}}
 
     # A token claiming app B but signed with app A's secret is refused.
     now = int(time.time())

@@ -267,7 +267,7 @@ async def test_a_refused_request_changes_nothing(tmp_path):
             nid = r.json()["id"]
         async with me(server, await server.token("alice")) as alice:
             assert (await alice.get("/v1/me/counts")).json() == {
-                "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+                "unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
             refused(await alice.post("/v1/me/notifications/read", json={"ids": [nid]}))
             refused(await alice.post("/v1/me/notifications/archive", json={"all": True}))
             refused(await alice.put("/v1/me/preferences", json={

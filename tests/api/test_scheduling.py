@@ -109,7 +109,7 @@ async def test_a_stream_never_replays_an_expired_item(server):
     await asyncio.sleep(1.2)  # wall time has to pass for a ttl to run out
     ws = await ws_connect(server, token, cursor=hello["cursor"])
     hello2, replayed, recovered = await recv_events(ws, 3)
-    assert hello2["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 2, "feed": 0}}
+    assert hello2["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 2, "feed": 0, "rev": 0}}
     assert replayed["notification"]["id"] == keep
     assert recovered == {"type": "recovered", "ok": True, "missed": 1}
     await ws.close()

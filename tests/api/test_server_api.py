@@ -389,7 +389,7 @@ async def test_minted_token_works_on_client_api(server):
     async with server.http(doc["token"]) as me:
         r = await me.get("/v1/me/counts")
         assert r.status_code == 200
-        assert r.json() == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+        assert r.json() == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
 
 
 async def test_read_only_key_cannot_publish(server):

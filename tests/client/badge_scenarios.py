@@ -36,17 +36,23 @@ def play(events: list[dict], resumed: bool, *, drop_repeats: bool = True) -> Bad
     return badge
 
 
-def hello(cursor: str, unread: int, unseen: int, seq: int | None = None, feed: int = 0) -> dict:
+def _at(seq: int, feed: int, rev: int | None) -> dict:
+    return {"seq": seq, "feed": feed} if rev is None else {"seq": seq, "feed": feed, "rev": rev}
+
+
+def hello(cursor: str, unread: int, unseen: int, seq: int | None = None, feed: int = 0,
+          rev: int | None = None) -> dict:
     counts: dict = {"unread": unread, "unseen": unseen}
     if seq is not None:
-        counts["at"] = {"seq": seq, "feed": feed}
+        counts["at"] = _at(seq, feed, rev)
     return {"type": "hello", "epoch": EPOCH, "cursor": f"{EPOCH}:{cursor}", "counts": counts}
 
 
-def counts(unread: int, unseen: int, seq: int | None = None, feed: int = 0) -> dict:
+def counts(unread: int, unseen: int, seq: int | None = None, feed: int = 0,
+           rev: int | None = None) -> dict:
     ev: dict = {"type": "counts", "unread": unread, "unseen": unseen}
     if seq is not None:
-        ev["at"] = {"seq": seq, "feed": feed}
+        ev["at"] = _at(seq, feed, rev)
     return ev
 
 
@@ -116,6 +122,39 @@ SCENARIOS = [
         "cursor": f"{EPOCH}:5:0",
         "events": [hello("5:0", 3, 3, 6), personal(6), recovered(1), personal(6), personal(7)],
         "badge": {"unread": 4, "unseen": 4},
+    },
+    {
+        # two devices mark one entry read each at the same moment: the counts
+        # of the first (one unread) are read first and arrive last
+        "name": "counts of two changes cross",
+        "cursor": None,
+        "events": [hello("2:0", 2, 2, 2, rev=0), counts(0, 0, 2, rev=2),
+                   counts(1, 1, 2, rev=1)],
+        "badge": {"unread": 0, "unseen": 0},
+    },
+    {
+        # a mark-read's counts are read just before the other unread entry
+        # expires, and arrive after the node's read of the expiry (which
+        # writes nothing: the same revision, lower counts)
+        "name": "counts of a mark-read cross an expiry",
+        "cursor": None,
+        "events": [hello("2:0", 2, 2, 2, rev=0), counts(0, 0, 2, rev=1), personal(3),
+                   counts(1, 1, 2, rev=1)],
+        "badge": {"unread": 1, "unseen": 1},
+    },
+    {
+        # a topic joined: more at the same position, a higher revision
+        "name": "counts that rise with their revision",
+        "cursor": None,
+        "events": [hello("2:0", 1, 1, 2, rev=3), counts(4, 4, 2, rev=4)],
+        "badge": {"unread": 4, "unseen": 4},
+    },
+    {
+        # a server that does not send "rev": at the same position, as they come
+        "name": "counts without a revision",
+        "cursor": None,
+        "events": [hello("2:0", 1, 1, 2), counts(4, 4, 2), counts(3, 3, 2)],
+        "badge": {"unread": 3, "unseen": 3},
     },
     {
         # a server that does not send "at": as clients always did

@@ -86,4 +86,4 @@ def test_the_compose_topology_on_loopback(make_cluster):
             assert r.status_code == 202, r.text
         token = http.post("/v1/users/ann/tokens", headers=auth, json={"ttl": 60}).json()["token"]
         counts = http.get("/v1/me/counts", headers={"Authorization": f"Bearer {token}"})
-        assert counts.json() == {"unread": 4, "unseen": 4, "at": {"seq": 4, "feed": 0}}
+        assert counts.json() == {"unread": 4, "unseen": 4, "at": {"seq": 4, "feed": 0, "rev": 0}}

@@ -69,18 +69,19 @@ def test_state_frame():
 
 
 def test_counts_frame_says_where_the_counts_were_read():
-    frame = ev.counts_frame(3, 10, 17, 4)
+    frame = ev.counts_frame(3, 10, 17, 4, None, 6)
     assert decode(frame) == {"type": "counts", "unread": 3, "unseen": 10,
-                             "at": {"seq": 17, "feed": 4}}
+                             "at": {"seq": 17, "feed": 4, "rev": 6}}
     assert ev.is_counts(frame)
-    assert ev.counts_position(frame) == (17, 4)
-    assert ev.counts_position(b'{"type":"counts","unread":1,"unseen":1}') == (-1, -1)
+    # how late: by position, then revision, then (an expiry between) the lower counts
+    assert ev.counts_position(frame) == (17, 4, 6, -3, -10)
+    assert ev.counts_position(b'{"type":"counts","unread":1,"unseen":1}') == (-1,) * 5
 
 
 def test_hello_frame():
     assert decode(ev.hello_frame("ab", "ab:5:9", (1, 2, 7, 9))) == {
         "type": "hello", "epoch": "ab", "cursor": "ab:5:9",
-        "counts": {"unread": 1, "unseen": 2, "at": {"seq": 7, "feed": 9}},
+        "counts": {"unread": 1, "unseen": 2, "at": {"seq": 7, "feed": 9, "rev": 0}},
     }
 
 
@@ -127,7 +128,7 @@ def test_ws_batch_property(objs):
 def test_sse_event_without_id():
     f = ev.counts_frame(1, 2, 1, 0)
     assert ev.sse_event(f) == (
-        b'data: {"type":"counts","unread":1,"unseen":2,"at":{"seq":1,"feed":0}}\n\n')
+        b'data: {"type":"counts","unread":1,"unseen":2,"at":{"seq":1,"feed":0,"rev":0}}\n\n')
 
 
 def test_sse_event_with_id():

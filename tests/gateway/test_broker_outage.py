@@ -55,7 +55,7 @@ async def test_streams_catch_up_from_the_store_after_a_broker_outage(tmp_path, m
                 # the fresh counts come last: a client adds each notification
                 # that arrives to its badge, and then takes the server's numbers
                 assert got[2] == {"type": "counts", "unread": 3, "unseen": 3,
-                                  "at": {"seq": 2, "feed": 1}}
+                                  "at": {"seq": 2, "feed": 1, "rev": 1}}
                 # SSE gets the same, each with its resume position as the event id
                 sse_got = await sse.events(3)
                 assert [e["type"] for _, e in sse_got] == ["notification", "notification",

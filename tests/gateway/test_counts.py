@@ -65,7 +65,7 @@ async def test_counts_overtaken_by_a_notification(server, monkeypatch):
     ids = await publish(server, {"users": ["rae"]}, 2)
     ws = await ws_connect(server, token)
     got = await recv_events(ws, 1)
-    assert got[0]["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 2, "feed": 0}}
+    assert got[0]["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 2, "feed": 0, "rev": 0}}
     sub = Subscriber(server.url, token, receipts=False)
     seen: list[dict] = []
     arrived = asyncio.Event()
@@ -103,13 +103,71 @@ async def test_counts_overtaken_by_a_notification(server, monkeypatch):
     await ws.close()
     assert [e["type"] for e in got] == ["hello", "notification", "state", "counts"]
     assert got[1]["cursor"].endswith(":3")
-    assert got[3] == {"type": "counts", "unread": 1, "unseen": 1, "at": {"seq": 2, "feed": 0}}
-    assert answer["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 2, "feed": 0}}
+    assert got[3] == {"type": "counts", "unread": 1, "unseen": 1,
+                      "at": {"seq": 2, "feed": 0, "rev": 1}}
+    assert answer["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 2, "feed": 0, "rev": 1}}
     truth = await server_counts(server, token)
-    assert truth == {"unread": 2, "unseen": 2, "at": {"seq": 3, "feed": 0}}
+    assert truth == {"unread": 2, "unseen": 2, "at": {"seq": 3, "feed": 0, "rev": 1}}
     assert badge_of(got) == {"unread": 2, "unseen": 2}
     assert [e["type"] for e in seen] == ["hello", "notification", "state", "counts"]
     assert sub.counts == {"unread": 2, "unseen": 2}
+
+
+async def test_counts_of_two_changes_made_at_once_arrive_crossed(server, monkeypatch):
+    """Two devices mark an entry read each at the same moment: the first
+    change's counts are read (one unread), then the second commits, and its
+    counts (none) reach the devices before the first's.  Both are read at
+    the same position: their revisions tell which was read last."""
+    token = await server.token("kai")
+    ids = await publish(server, {"users": ["kai"]}, 2)
+    ws = await ws_connect(server, token)
+    got = await recv_events(ws, 1)
+    assert got[0]["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 2, "feed": 0, "rev": 0}}
+    sub = Subscriber(server.url, token, receipts=False)
+    seen: list[dict] = []
+    arrived = asyncio.Event()
+
+    async def listen():
+        async for ev in sub:
+            seen.append(ev)
+            arrived.set()
+
+    listening = asyncio.create_task(listen())
+    try:
+        async def wait_sub(n: int) -> None:
+            while len(seen) < n:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 5)
+
+        await wait_sub(1)  # its hello
+        first = Pause(monkeypatch, server.service.store, "counts", "kai")
+        async with server.http(key=token) as http:
+            marking = asyncio.create_task(
+                http.post("/v1/me/notifications/read", json={"ids": [ids[0]]}))
+            await first.reached()  # read: one unread; not sent yet
+            try:
+                second = await http.post("/v1/me/notifications/read", json={"ids": [ids[1]]})
+                assert second.status_code == 200, second.text
+                got += await recv_events(ws, 2)  # the second's state and counts, first
+                await wait_sub(3)
+            finally:
+                first.release()
+            answer = (await marking).json()
+        got += await recv_events(ws, 2)
+        await wait_sub(5)
+    finally:
+        await sub.close()
+        await listening
+    await ws.close()
+    assert [e["type"] for e in got] == ["hello", "state", "counts", "state", "counts"]
+    assert got[2] == {"type": "counts", "unread": 0, "unseen": 0,
+                      "at": {"seq": 2, "feed": 0, "rev": 2}}
+    assert got[4] == {"type": "counts", "unread": 1, "unseen": 1,
+                      "at": {"seq": 2, "feed": 0, "rev": 1}}
+    assert answer["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 2, "feed": 0, "rev": 1}}
+    assert (await server_counts(server, token))["unread"] == 0
+    assert badge_of(got) == {"unread": 0, "unseen": 0}
+    assert sub.counts == {"unread": 0, "unseen": 0}
 
 
 async def test_hello_counts_a_notification_that_then_arrives_live(server, monkeypatch):
@@ -128,7 +186,7 @@ async def test_hello_counts_a_notification_that_then_arrives_live(server, monkey
             counts.release()
         got = [e for _, e in await sse.events(2)]
     assert got[0]["cursor"].endswith(":0:0")  # the stream starts before it...
-    assert got[0]["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+    assert got[0]["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
     assert got[1]["cursor"].endswith(":1")  # ...so it comes live, already counted
     assert badge_of(got) == {"unread": 1, "unseen": 1}
     assert (await server_counts(server, token))["unread"] == 1
@@ -163,7 +221,7 @@ async def test_a_replay_past_hello_counts_what_it_brings_after_them(server, monk
     await asyncio.wait_for(listening, 5)
     await sub.close()
     assert [e["type"] for e in seen] == ["hello", "notification", "notification", "recovered"]
-    assert seen[0]["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+    assert seen[0]["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
     assert [e["notification"]["title"] for e in seen[1:3]] == ["missed", "meanwhile"]
     assert badge_of(seen, resumed=True) == {"unread": 2, "unseen": 2}
     assert sub.counts == {"unread": 2, "unseen": 2}
@@ -182,7 +240,7 @@ async def test_hello_never_counts_from_before_where_the_stream_starts(server, mo
     try:
         await head.reached()
         # an answer read now is cached (this node hears of every change to kai)
-        assert (await server_counts(server, token))["at"] == {"seq": 0, "feed": 0}
+        assert (await server_counts(server, token))["at"] == {"seq": 0, "feed": 0, "rev": 0}
         # committed without a broker message: as if it were still on its way
         nid = "01" + "0" * 23 + "2"
         await server.service.store.publish(server.app, NewNotification(
@@ -193,7 +251,7 @@ async def test_hello_never_counts_from_before_where_the_stream_starts(server, mo
         head.release()
     (hello,) = await recv_events(second, 1)
     assert hello["cursor"].endswith(":1:0")  # the stream starts after it
-    assert hello["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0}}
+    assert hello["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 1, "feed": 0, "rev": 0}}
     for ws in (first, second):
         with contextlib.suppress(Exception):
             await ws.close()

@@ -19,7 +19,7 @@ async def test_live_then_resume_replays_exactly_the_missed_ones(any_ws_server):
     ws = await ws_connect(server, token)
     (hello,) = await recv_events(ws, 1)
     assert hello["type"] == "hello"
-    assert hello["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 0}}
+    assert hello["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 0, "rev": 0}}
     await publish(server, {"users": ["alice"]}, 3)
     live = await recv_events(ws, 3)
     assert [e["notification"]["title"] for e in live] == ["n0", "n1", "n2"]
@@ -114,14 +114,16 @@ async def test_marking_read_on_one_device_reaches_the_other(server):
     laptop = await ws_connect(server, token)
     await recv_events(phone, 1)
     (hello,) = await recv_events(laptop, 1)
-    assert hello["counts"] == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0}}
+    assert hello["counts"] == {"unread": 3, "unseen": 3, "at": {"seq": 3, "feed": 0, "rev": 0}}
     async with server.http(key=token) as http:  # the phone marks one read
         r = await http.post("/v1/me/notifications/read", json={"ids": [ids[0]]})
         assert r.status_code == 200, r.text
-        assert r.json()["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 3, "feed": 0}}
+        assert r.json()["counts"] == {"unread": 2, "unseen": 2,
+                                      "at": {"seq": 3, "feed": 0, "rev": 1}}
     state, counts = await recv_events(laptop, 2)
     assert state == {"type": "state", "ids": [ids[0]], "all": False, "state": "read"}
-    assert counts == {"type": "counts", "unread": 2, "unseen": 2, "at": {"seq": 3, "feed": 0}}
+    assert counts == {"type": "counts", "unread": 2, "unseen": 2,
+                      "at": {"seq": 3, "feed": 0, "rev": 1}}
     await phone.close()
     await laptop.close()
 
@@ -218,7 +220,8 @@ async def test_updates_and_retractions_are_pushed_live(server):
         frames: list = []
         evs = await recv_events(ws, 2, frames=frames)
         assert evs == [{"type": "deleted", "id": nid},
-                       {"type": "counts", "unread": 0, "unseen": 0, "at": {"seq": 1, "feed": 0}}]
+                       {"type": "counts", "unread": 0, "unseen": 0,
+                        "at": {"seq": 1, "feed": 0, "rev": 1}}]
         assert len(frames) == 1
     await ws.close()
 

@@ -78,7 +78,7 @@ async def test_a_deletion_during_a_replay_follows_the_replayed_copy(any_ws_serve
     assert [e["notification"]["id"] for e in got[1:4]] == ids
     assert got[5] == {"type": "deleted", "id": ids[0]}
     assert got[6] == {"type": "counts", "unread": 2, "unseen": 2,  # it was unread
-                      "at": {"seq": 3, "feed": 0}}
+                      "at": {"seq": 3, "feed": 0, "rev": 1}}
     await ws.close()
 
 
@@ -96,7 +96,7 @@ async def test_state_and_counts_on_a_first_connection_wait_for_hello(server, mon
         async with server.http(key=token) as http:
             r = await http.post("/v1/me/notifications/read", json={"ids": [bid]})
             assert r.json() == {"changed": 1, "counts": {
-                "unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1}}}, r.text
+                "unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1, "rev": 1}}}, r.text
         await arrivals.wait(1)  # the state and counts events are at the stream
     finally:
         head.release()
@@ -106,7 +106,7 @@ async def test_state_and_counts_on_a_first_connection_wait_for_hello(server, mon
     assert got[0]["type"] == "hello"
     # hello's counts were read after the change: the held counts event,
     # older than them, is not sent (the next event is the notification)
-    assert got[0]["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1}}
+    assert got[0]["counts"] == {"unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1, "rev": 1}}
     assert got[1] == {"type": "state", "ids": [bid], "all": False, "state": "read"}
     assert got[2]["notification"]["title"] == "after"
     await ws.close()
@@ -133,7 +133,7 @@ async def test_a_gap_fill_holds_state_and_deletions_until_it_is_done(server, mon
             async with server.http(key=token) as http:
                 r = await http.post("/v1/me/notifications/read", json={"ids": [second]})
                 assert r.json()["counts"] == {
-                    "unread": 0, "unseen": 0, "at": {"seq": 2, "feed": 0}}, r.text
+                    "unread": 0, "unseen": 0, "at": {"seq": 2, "feed": 0, "rev": 2}}, r.text
             await arrivals.wait(2)
         finally:
             fill.release()
@@ -146,7 +146,7 @@ async def test_a_gap_fill_holds_state_and_deletions_until_it_is_done(server, mon
     assert got[2][1] == {"type": "deleted", "id": lost}
     assert got[3][1]["ids"] == [second]
     assert got[4][1] == {"type": "counts", "unread": 0, "unseen": 0,
-                         "at": {"seq": 2, "feed": 0}}
+                         "at": {"seq": 2, "feed": 0, "rev": 2}}
 
 
 @pytest.mark.parametrize("limits, body", [
@@ -192,8 +192,8 @@ def test_held_events_go_out_in_arrival_order_with_notifications_sorted_between_o
     def f(offset):
         return ("f", offset, b"")
 
-    def c(n, seq=0):
-        return ("c", 0, counts_frame(n, n, seq, 0))
+    def c(n, seq=0, rev=0):
+        return ("c", 0, counts_frame(n, n, seq, 0, None, rev))
 
     x = ("x", 0, b"deleted")
     # notifications alone: feed items by offset, then personal entries by seq
@@ -201,7 +201,11 @@ def test_held_events_go_out_in_arrival_order_with_notifications_sorted_between_o
     # another event keeps its place: what arrived after it stays after it
     assert _release_order([p(11), x, p(10)]) == [p(11), x, p(10)]
     # of several counts, the last one goes out, where it arrived
-    assert _release_order([c(1), p(5), c(2), x, c(3), p(6)]) == [p(5), x, c(3), p(6)]
+    assert _release_order([c(1), p(5), c(1), x, c(1), p(6)]) == [p(5), x, c(1), p(6)]
     # ... unless an older one (read before the others) arrived last: the newest goes
     assert _release_order([c(1, 7), p(8), c(2, 8), x, c(3, 6)]) == [p(8), c(2, 8), x]
+    # ... read at the same position after another change (a higher revision)
+    assert _release_order([c(1, 5, 2), x, c(2, 5, 1)]) == [c(1, 5, 2), x]
+    # ... or after an expiry, which writes nothing: the lower counts
+    assert _release_order([c(1, 5, 2), x, c(2, 5, 2)]) == [c(1, 5, 2), x]
     assert _release_order([]) == []

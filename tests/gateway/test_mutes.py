@@ -84,7 +84,7 @@ async def test_a_muted_feed_item_is_in_no_page_count_replay_or_stream(store):
         ws = await ws_connect(server, mia)
         other = await ws_connect(server, ned)
         got, theirs = await recv_events(ws, 1), await recv_events(other, 1)
-        assert got[0]["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 0, "feed": 3}}
+        assert got[0]["counts"] == {"unread": 1, "unseen": 1, "at": {"seq": 0, "feed": 3, "rev": 2}}
         assert theirs[0]["counts"]["unread"] == 3
         async with SSEReader(server, mia) as sse:
             seen = [e for _, e in await sse.events(1)]
@@ -176,7 +176,7 @@ async def test_muting_and_unmuting_reach_open_streams_with_exact_counts(store):
             await switch(server, mia, "promo", False)
             counts = await until_counts(ws, got)
             assert counts == {"type": "counts", "unread": 0, "unseen": 0,
-                              "at": {"seq": 0, "feed": 2}}
+                              "at": {"seq": 0, "feed": 2, "rev": 2}}
             assert (await sse_until_counts(sse, seen))["unread"] == 0
             assert badge(got) == badge(seen) == await truth(server, mia)
             assert await page(server, mia) == []
@@ -192,7 +192,7 @@ async def test_muting_and_unmuting_reach_open_streams_with_exact_counts(store):
             # a PUT that leaves promo out switches it on again
             await switch(server, mia, "other", True, put=True)
             counts = await until_counts(ws, got)
-            assert (counts["unread"], counts["at"]) == (4, {"seq": 0, "feed": 4})
+            assert (counts["unread"], counts["at"]) == (4, {"seq": 0, "feed": 4, "rev": 3})
             assert (await sse_until_counts(sse, seen))["unread"] == 4
             assert badge(got) == badge(seen) == await truth(server, mia) == {
                 "unread": 4, "unseen": 4}

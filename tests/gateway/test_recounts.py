@@ -61,7 +61,7 @@ async def test_a_retracted_feed_item_sends_its_followers_counts(store):
             counts = await until_counts(ws, got)
             assert [e["type"] for e in got[-2:]] == ["deleted", "counts"]
             assert counts == {"type": "counts", "unread": 1, "unseen": 1,
-                              "at": {"seq": 0, "feed": 2}}
+                              "at": {"seq": 0, "feed": 2, "rev": 2}}
             assert badge(got) == {"unread": 1, "unseen": 1}
 
             async with server.http() as http:
@@ -72,7 +72,7 @@ async def test_a_retracted_feed_item_sends_its_followers_counts(store):
             # (sent to the app's followers here is not his), then his counts
             ben_counts = await sse_until_counts(sse, seen)
             assert ben_counts == {"type": "counts", "unread": 0, "unseen": 0,
-                                  "at": {"seq": 0, "feed": 2}}
+                                  "at": {"seq": 0, "feed": 2, "rev": 2}}
             assert badge(seen) == {"unread": 0, "unseen": 0}
         await ws.close()
         for user, token in (("ana", ana), ("ben", ben)):
@@ -154,7 +154,7 @@ async def test_joining_and_leaving_a_large_topic_sends_counts(store):
             assert (await http.put("/v1/topics/big/subscribers/cy")).status_code < 300
         counts = await until_counts(ws, got)
         assert counts == {"type": "counts", "unread": 2, "unseen": 2,
-                          "at": {"seq": 0, "feed": 2}}
+                          "at": {"seq": 0, "feed": 2, "rev": 1}}
         await publish(server, {"topic": "big"}, 1)  # and the stream follows it live
         got += await recv_events(ws, 1)
         assert got[-1]["feed"] == 3 and badge(got) == {"unread": 3, "unseen": 3}
@@ -181,8 +181,9 @@ async def test_an_unread_notification_that_expires_sends_counts(store):
         await publish(server, {"users": ["dee"]}, 1, title="stays")
         ws = await ws_connect(server, token)
         got = await recv_events(ws, 1)
-        for to, at in (({"users": ["dee"]}, {"seq": 2, "feed": 0}),
-                       ({"all": True}, {"seq": 2, "feed": 1})):
+        # (an expiry writes nothing: the revision stays)
+        for to, at in (({"users": ["dee"]}, {"seq": 2, "feed": 0, "rev": 0}),
+                       ({"all": True}, {"seq": 2, "feed": 1, "rev": 0})):
             await publish(server, to, 1, title="live", ttl=1)
             got += await recv_events(ws, 1)
             sent = time.time()
@@ -197,7 +198,7 @@ async def test_an_unread_notification_that_expires_sends_counts(store):
         got = await recv_events(ws, 1)
         assert got[0]["counts"]["unread"] == 2
         counts = await until_counts(ws, got, timeout=5)
-        assert (counts["unread"], counts["at"]) == (1, {"seq": 3, "feed": 1})
+        assert (counts["unread"], counts["at"]) == (1, {"seq": 3, "feed": 1, "rev": 0})
         assert (await server_counts(server, token))["unread"] == 1
         await ws.close()
 
@@ -268,7 +269,7 @@ async def test_the_retention_sweep_sends_counts_without_the_unread_entries_it_de
         await server.service.prune(cutoff)
         counts = await until_counts(ws, got)
         assert counts == {"type": "counts", "unread": 1, "unseen": 1,
-                          "at": {"seq": 3, "feed": 0}}
+                          "at": {"seq": 3, "feed": 0, "rev": 2}}
         assert badge(got) == {"unread": 1, "unseen": 1}
         assert (await server_counts(server, token))["unread"] == 1
 
@@ -306,7 +307,7 @@ async def test_the_retention_sweep_sends_counts_without_the_feed_items_it_delete
             await server.service.prune(cutoff)
             counts = await until_counts(ws, got)
             assert counts == {"type": "counts", "unread": 1, "unseen": 1,
-                              "at": {"seq": 0, "feed": 3}}
+                              "at": {"seq": 0, "feed": 3, "rev": 2}}
             assert badge(got) == {"unread": 1, "unseen": 1}
             ben_counts = await sse_until_counts(sse, seen)
             assert (ben_counts["unread"], ben_counts["unseen"]) == (1, 1)
@@ -377,7 +378,7 @@ async def test_a_retention_sweep_on_one_node_sends_counts_on_another(tmp_path):
         assert got[0]["counts"]["unread"] == 3
         await a.service.prune(cutoff)
         counts = await until_counts(ws, got)  # read after the sweep's deletes
-        assert (counts["unread"], counts["at"]) == (1, {"seq": 2, "feed": 1})
+        assert (counts["unread"], counts["at"]) == (1, {"seq": 2, "feed": 1, "rev": 1})
         await ws.close()
 
 

@@ -3,8 +3,10 @@
 Every counts object the server sends (in ``hello``, in a ``counts`` event, in
 the answers of ``GET /v1/me/counts`` and of a state change) says where it was
 read: ``at``, the user's head seq and the app's feed head, read in the same
-snapshot as the counts.  They count every notification up to that position
-and none after it.  The badge is the last counts taken plus the
+snapshot as the counts, and ``rev``, the revision of the user's counts, which
+every change that moves them without a position raises (a state change, a
+retraction, a topic joined or left...).  They count every notification up to
+that position and none after it.  The badge is the last counts taken plus the
 notifications that arrived past their position (docs/protocol.md, "Counts
 and the badge"):
 
@@ -14,15 +16,20 @@ and the badge"):
   was unread), and whether it made the entry unseen again only the server
   knows: :attr:`Badge.ask` turns true, and the answer of
   ``GET /v1/me/counts`` goes to :meth:`Badge.take`;
-* counts read before the ones held (a lower seq or feed) are ignored: a
-  ``counts`` event that was on its way while a notification committed and
-  overtook it.  Others are taken, and the notifications already counted past
+* counts read before the ones held (a lower seq, feed or rev) are ignored:
+  a ``counts`` event that was on its way while a notification committed and
+  overtook it, or while another change was made (another device's, at the
+  same moment).  So are counts at the same ``at`` that count more than the
+  ones held: only an expiry tells two such reads apart, and it only lowers
+  the counts.  Others are taken, and the notifications already counted past
   their position are added to them again (they arrived before the counts
   did);
 * ``hello``'s counts are always taken, and the count starts over.
 
 Counts without ``at`` (a server older than it) are taken as they come, and
-every live notification after them adds one, as clients always did.
+every live notification after them adds one, as clients always did.  Counts
+without ``rev`` (a server older than it) are compared by seq and feed only,
+and of two at the same position the later to arrive is taken.
 
 Sans-I/O: events in, counts out.  The Python :class:`~tidings.client.Subscriber`
 keeps one; ``tidings.js`` does the same in JavaScript.
@@ -41,14 +48,29 @@ COUNTED_MAX = 1000
 _SEQ, _FEED = 0, 1
 
 
-def _position(counts: dict) -> tuple[int, int] | None:
+def _position(counts: dict) -> tuple[int, int, int | None] | None:
+    """``(seq, feed, rev)`` of ``at``; rev None from a server that does not say it."""
     at = counts.get("at")
     if not isinstance(at, dict):
         return None
-    seq, feed = at.get("seq"), at.get("feed")
+    seq, feed, rev = at.get("seq"), at.get("feed"), at.get("rev")
     if type(seq) is not int or type(feed) is not int:
         return None
-    return seq, feed
+    return seq, feed, rev if type(rev) is int else None
+
+
+def _older(at: tuple[int, int, int | None], numbers: tuple[int, int],
+           held: tuple[int, int, int | None], held_numbers: tuple[int, int]) -> bool:
+    """Whether counts ``numbers`` read at ``at`` were read before the ones held."""
+    if at[0] < held[0] or at[1] < held[1]:
+        return True
+    if at[2] is None or held[2] is None:
+        return False
+    if at[2] != held[2]:
+        return at[2] < held[2]
+    # the same position and revision: only expiries (which write nothing)
+    # came between the two reads, and they only lower the counts
+    return at[:2] == held[:2] and (numbers[0] > held_numbers[0] or numbers[1] > held_numbers[1])
 
 
 def _numbers(counts: Any) -> tuple[int, int] | None:
@@ -65,8 +87,9 @@ class Badge:
 
     def __init__(self, counted_max: int = COUNTED_MAX):
         self._max = counted_max
-        self._base: tuple[int, int] | None = None  # the counts last taken
-        self._at: tuple[int, int] | None = None  # where they were read (None: not said)
+        self._base: tuple[int, int] | None = None  # the counts last taken (and forgotten)
+        self._taken: tuple[int, int] = (0, 0)  # the counts last taken, as the server said
+        self._at: tuple[int, int, int | None] | None = None  # where (None: not said)
         # notifications counted since: (kind, position, unread, unseen, unknown)
         self._counted: deque[tuple[int, int, int, int, bool]] = deque()
         self._plus = [0, 0]  # what they add: unread, unseen
@@ -112,10 +135,11 @@ class Badge:
             self._unknown = 0
             return True
         held = self._at
-        if held is not None and (at[0] < held[0] or at[1] < held[1]):
+        if held is not None and _older(at, numbers, held, self._taken):
             return False
-        self._base, self._at = numbers, at
-        kept = [c for c in self._counted if c[1] > at[c[0]]]
+        self._base, self._taken, self._at = numbers, numbers, at
+        position = at[:2]
+        kept = [c for c in self._counted if c[1] > position[c[0]]]
         self._counted = deque(kept)
         self._plus = [sum(c[2] for c in kept), sum(c[3] for c in kept)]
         self._unknown = sum(c[4] for c in kept)
@@ -142,7 +166,7 @@ class Badge:
             kind, pos = _FEED, feed
         else:
             return
-        if self._at is not None and pos <= self._at[kind]:
+        if self._at is not None and pos <= self._at[:2][kind]:
             return  # read into the counts already
         group = event.get("group")
         if isinstance(group, dict) and isinstance(group.get("count"), int) and group["count"] > 1:

@@ -416,9 +416,11 @@ def _release_order(held: list[Held]) -> list[Held]:
     except that between two other events, notifications go by position, feed
     items first: the order a gap fill would have given them.  Of several
     ``counts`` only the newest goes out, in its place: each one holds the
-    whole count, and the one read last (by its ``at``; of equal ones, the
-    last to arrive) holds the most -- two state changes' counts can arrive
-    in the order opposite to their reads."""
+    whole count, and the one read last holds the most -- two changes'
+    counts can arrive in the order opposite to their reads.  The last read
+    is the one with the greatest ``at`` (seq, feed, rev); at an equal one,
+    the lower counts (an expiry, which writes nothing, only lowers them:
+    ``events.counts_position``); of equal ones, the last to arrive."""
     last = max((i for i, h in enumerate(held) if h[0] == "c"),
                key=lambda i: (events.counts_position(held[i][2]), i), default=-1)
     out: list[Held] = []

@@ -89,10 +89,10 @@ declare namespace Tidings {
     unseen: number;
   }
 
-  /** Counts as the server sends them, with the position they were read at
-   *  (docs/protocol.md, "Counts and the badge"). */
+  /** Counts as the server sends them, with the position they were read at and
+   *  the revision of the user's counts (docs/protocol.md, "Counts and the badge"). */
   interface ServerCounts extends Counts {
-    at?: { seq: number; feed: number };
+    at?: { seq: number; feed: number; rev?: number };
   }
 
   interface NotificationEvent {

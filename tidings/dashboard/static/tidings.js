@@ -239,13 +239,26 @@
 
   // -- the badge (docs/protocol.md, "Counts and the badge") ---------------------
   // Every counts object says where it was read (at: the user's head seq and the
-  // app's feed head, in the same snapshot). The badge is the last counts taken
-  // plus the notifications that arrived past that position; counts read before
-  // the ones held are ignored, and newer ones are taken with the notifications
-  // already counted past them added again (they arrived first).
+  // app's feed head, in the same snapshot, and rev, the revision of the user's
+  // counts that every change moving them without a position raises). The badge
+  // is the last counts taken plus the notifications that arrived past that
+  // position; counts read before the ones held are ignored, and newer ones are
+  // taken with the notifications already counted past them added again (they
+  // arrived first).
   function position(c) {
     var at = c && c.at;
     return at && typeof at.seq === "number" && typeof at.feed === "number" ? at : null;
+  }
+
+  // Whether counts c, read at `at`, were read before the ones held. At the same
+  // position and rev only expiries (which write nothing) came between two reads,
+  // and they only lower the counts: the higher ones are the older.
+  function older(at, c, held, taken) {
+    if (at.seq < held.seq || at.feed < held.feed) return true;
+    if (typeof at.rev !== "number" || typeof held.rev !== "number") return false;   // an older server
+    if (at.rev !== held.rev) return at.rev < held.rev;
+    return at.seq === held.seq && at.feed === held.feed &&
+      (c.unread > taken.unread || c.unseen > taken.unseen);
   }
 
   Client.prototype._helloCounts = function (c) {   // a new stream: start over
@@ -257,9 +270,10 @@
   Client.prototype._takeCounts = function (c) {
     if (!c || typeof c.unread !== "number" || typeof c.unseen !== "number") return false;
     var at = position(c), held = this._at;
-    if (at && held && (at.seq < held.seq || at.feed < held.feed)) return false;
+    if (at && held && older(at, c, held, this._taken)) return false;
     this._base = { unread: c.unread, unseen: c.unseen };
-    this._at = at ? { seq: at.seq, feed: at.feed } : null;
+    this._taken = this._base;                        // as the server said (_base absorbs the forgotten)
+    this._at = at ? { seq: at.seq, feed: at.feed, rev: at.rev } : null;
     if (!at) this._counted = [];                     // a server that does not say: as they come
     else {
       var limit = [at.seq, at.feed];
