@@ -59,6 +59,7 @@ from tidings.errors import (
     RateLimited,
     TidingsError,
     Unauthorized,
+    Unavailable,
 )
 from tidings.gateway.hub import Hub
 from tidings.service.apps import Apps
@@ -220,6 +221,18 @@ class Service:
         self.published = 0
         self.publish_errors = 0
 
+    async def _take_lease(self, node: str, address: str) -> None:
+        """Take the node's lease; a store that cannot be written now (read
+        only, a full disk, a standby) does not stop the node, which serves
+        what it can and answers writes 503 as it always did: the renewals
+        (tidings/api/app.py) take the lease once the store can be written."""
+        try:
+            await self.store.lease(node, address, os.getpid(), self.settings.node_lease)
+        except Unavailable as exc:
+            log.warning("node lease not taken, the store cannot be written now (%s): "
+                        "`tidings secrets` does not see this node until a renewal takes it",
+                        exc)
+
     async def open(self, lease: tuple[str, str] | None = None) -> None:
         """Open the store and the broker.  ``lease`` (``(node, address)``, for
         a serving node) is taken on the store before the key is checked: a
@@ -230,7 +243,7 @@ class Service:
         # read into the caches, never on a request (tidings/core/seal.py)
         try:
             if lease is not None:
-                await self.store.lease(*lease, os.getpid(), self.settings.node_lease)
+                await self._take_lease(*lease)
             await self.store.unlock(self.settings.operator_key())
         except BaseException:
             if lease is not None:  # a node that does not start holds no lease
