@@ -15,6 +15,7 @@ from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
+from tidings.core.audit import CLI, OPERATOR, new_entry
 from tidings.core.models import valid_app_id
 from tidings.core.seal import PLAIN, Seal, SealError
 from tidings.errors import Conflict, NotFound
@@ -70,7 +71,7 @@ def first_start(settings: Settings) -> dict | None:
         if await service.store.list_apps():
             return None
         try:
-            app, key = await service.create_app("default", app_id="default")
+            app, key = await service.create_app("default", app_id="default", actor=OPERATOR)
         except Exception:
             # Nodes of a cluster started together on an empty database: one
             # of them created it first, and this one starts like any other.
@@ -94,7 +95,7 @@ def create_app(settings: Settings, name: str, app_id: str | None = None) -> dict
         if app_id is not None and await service.store.get_app(app_id) is not None:
             raise Conflict(f"app {app_id!r} already exists in {store_location(settings)}",
                            field="app")
-        app, key = await service.create_app(name, app_id=app_id)
+        app, key = await service.create_app(name, app_id=app_id, actor=CLI)
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret}
 
     return asyncio.run(_with_service(settings, run))
@@ -131,9 +132,11 @@ def revoke_tokens(settings: Settings, app_id: str, user: str, *, jti: str | None
     async def run(service: Service):
         record = await _require_app(service, settings, app_id)
         if jti is None and token is None:
-            return {"app": app_id,
-                    **revoked(user, await service.revocations.revoke(app_id, user))}
+            before = await service.revocations.revoke(app_id, user)
+            await service.audit.record(app_id, CLI, "tokens.revoke", user, before=before)
+            return {"app": app_id, **revoked(user, before)}
         one, until = await service.revocations.revoke_one(record, user, jti=jti, token=token)
+        await service.audit.record(app_id, CLI, "token.revoke", user, jti=one, until=until)
         return {"app": app_id, **revoked_one(user, one, until)}
 
     return asyncio.run(_with_service(settings, run))
@@ -146,7 +149,7 @@ def create_key(settings: Settings, app_id: str, scopes: Iterable[str],
     this once)."""
     async def run(service: Service):
         await _require_app(service, settings, app_id)
-        key, info = await service.keys.create(app_id, scopes, name, expires_at)
+        key, info = await service.keys.create(app_id, scopes, name, expires_at, actor=CLI)
         return {"app": app_id, "api_key": key, **describe(info)}
 
     return asyncio.run(_with_service(settings, run))
@@ -161,7 +164,7 @@ def rotate_key(settings: Settings, app_id: str, prefix: str, grace: int | None) 
     async def run(service: Service):
         await _require_app(service, settings, app_id)
         try:
-            key, rotation = await service.keys.rotate(app_id, prefix, grace)
+            key, rotation = await service.keys.rotate(app_id, prefix, grace, actor=CLI)
         except NotFound:
             raise NotFound(f"app {app_id!r} has no API key {prefix!r}",
                            field="prefix") from None
@@ -186,7 +189,7 @@ def revoke_key(settings: Settings, app_id: str, prefix: str) -> None:
     async def run(service: Service):
         await _require_app(service, settings, app_id)
         try:
-            await service.keys.revoke(app_id, prefix)
+            await service.keys.revoke(app_id, prefix, actor=CLI)
         except NotFound:
             raise NotFound(f"app {app_id!r} has no API key {prefix!r}",
                            field="prefix") from None
@@ -203,7 +206,7 @@ def rotate_secret(settings: Settings, app_id: str, overlap: int | None) -> dict:
 
     async def run(service: Service):
         await _require_app(service, settings, app_id)
-        record = await service.apps.rotate(app_id, overlap)
+        record = await service.apps.rotate(app_id, overlap, actor=CLI)
         return rotated(record, time.time())
 
     return asyncio.run(_with_service(settings, run))
@@ -237,6 +240,15 @@ async def _on_store(settings: Settings, fn):
         await store.close()
 
 
+async def _resealed(settings: Settings, store, action: str, n: int) -> int:
+    """Record a change of the store's seal in the operator app's audit log
+    (the secrets are every app's), after its commit."""
+    if settings.operator_app:
+        await store.add_audit(new_entry(settings.operator_app, CLI, action, None, time.time(),
+                                        rows=n))
+    return n
+
+
 def _operator_key(settings: Settings) -> bytes:
     key = settings.operator_key()
     if key is None:
@@ -258,7 +270,8 @@ def seal_secrets(settings: Settings, force: bool = False) -> int:
             raise SealError("the store's secrets are already sealed" + (
                 " under this key" if after.knows(check)
                 else ": `tidings secrets rekey` changes the key"))
-        return await store.reseal(PLAIN, after, force=force)
+        return await _resealed(settings, store, "secrets.seal",
+                               await store.reseal(PLAIN, after, force=force))
 
     return asyncio.run(_on_store(settings, run))
 
@@ -267,8 +280,11 @@ def unseal_secrets(settings: Settings, force: bool = False) -> int:
     """Store every secret plain again (the key is checked first)."""
     _require_store(settings)
     before = Seal(_operator_key(settings))
-    return asyncio.run(_on_store(settings,
-                                 lambda store: store.reseal(before, PLAIN, force=force)))
+    async def run(store):
+        return await _resealed(settings, store, "secrets.unseal",
+                               await store.reseal(before, PLAIN, force=force))
+
+    return asyncio.run(_on_store(settings, run))
 
 
 def rekey_secrets(settings: Settings, new_key: bytes, force: bool = False) -> int:
@@ -282,6 +298,7 @@ def rekey_secrets(settings: Settings, new_key: bytes, force: bool = False) -> in
         if before.check == after.check == check_of(await store.secret_rows(KEY_CHECK)):
             raise SealError("the new key is the store's key already, and every secret is "
                             "sealed in the current format")
-        return await store.reseal(before, after, force=force)
+        return await _resealed(settings, store, "secrets.rekey",
+                               await store.reseal(before, after, force=force))
 
     return asyncio.run(_on_store(settings, run))

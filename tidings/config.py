@@ -198,6 +198,8 @@ class Settings(msgspec.Struct):
     allowed_origins: tuple[str, ...] = ()  # exact WebSocket Origin matches; empty = no check
     fanout_threshold: int = 10_000  # topic size above which fan-out happens on read
     retention_days: int = 30
+    # days the audit log keeps a record (docs/security.md#audit-log)
+    audit_retention_days: int = 365
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     prune_interval: float = 3600.0  # seconds between retention sweeps

@@ -178,6 +178,8 @@ QUERY = {
     ("get", "/v1/notifications/{id}/timeline"): {"user"},
     ("get", "/v1/outbound/dead"): {"limit", "before"},
     ("get", "/dashboard/api/notification"): {"id", "user", "app"},
+    ("get", "/v1/audit"): {"limit", "before", "action", "since"},
+    ("get", "/dashboard/api/audit"): {"limit", "before", "action", "since"},
     ("get", "/v1/me/events"): {"cursor", "token"},
     ("get", "/v1/me/stream"): {"cursor"},
 }

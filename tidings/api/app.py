@@ -22,6 +22,7 @@ from starlette.routing import Match, Route, WebSocketRoute
 from tidings import logs, tracing
 from tidings.api import (
     apidocs,
+    audit,
     categories,
     client,
     keys,
@@ -295,6 +296,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         *timeline.routes,
         *keys.routes,
         *categories.routes,
+        *audit.routes,
         WebSocketRoute("/v1/me/stream", WebSocketEndpoint(service)),
         Route("/v1/me/events", SSEEndpoint(service), methods=["GET"]),
         *ops.routes,

@@ -24,7 +24,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, body_of, server_auth, tagged, user_auth
+from tidings.api.common import JSON, actor_of, body_of, server_auth, tagged, user_auth
+from tidings.core.audit import LISTED
 from tidings.core.models import Categories
 from tidings.errors import Invalid
 
@@ -51,7 +52,11 @@ async def put_categories(request: Request):
             raise Invalid(f"category {category.id} is listed twice",
                           field=f"categories[{i}].id")
         seen.add(category.id)
-    await request.app.state.service.store.put_categories(app, _encode(doc))
+    service = request.app.state.service
+    await service.store.put_categories(app, _encode(doc))
+    await service.audit.record(app, actor_of(request), "categories.update", None,
+                               categories=[c.id for c in doc.categories][:LISTED],
+                               count=len(doc.categories))
     return JSON(doc)
 
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.core import etag
+from tidings.core.audit import Actor, key_actor
 from tidings.errors import BadRequest, Invalid, PayloadTooLarge, TidingsError, Unauthorized
 
 log = logging.getLogger("tidings.api")
@@ -170,6 +171,13 @@ async def server_auth(request: Request, scope: str) -> str:
     # 429 over Settings.key_rate (tidings/service/ratelimits.py)
     await service.limits.charge_key(record)
     return record.app_id
+
+
+def actor_of(request: Request) -> Actor:
+    """Who the audit log says made a change: the key ``server_auth`` took
+    (its prefix and name) and the client's address."""
+    record = request.state.key
+    return key_actor(record.prefix, record.name, client_host(request))
 
 
 async def user_auth(request: Request) -> tuple[str, str]:

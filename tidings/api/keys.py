@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.api.common import JSON, decode, read_body, server_auth
+from tidings.api.common import JSON, actor_of, decode, read_body, server_auth
 from tidings.core.models import KeyRequest, KeyRotateRequest, RotateRequest
 from tidings.service.apps import rotated
 from tidings.service.keys import describe
@@ -43,8 +43,8 @@ BODY_MAX = 4096  # a key's request is a few scopes and a name
 async def create_key(request: Request):
     app = await server_auth(request, "admin")
     req = decode(await read_body(request, BODY_MAX), KeyRequest)
-    key, info = await request.app.state.service.keys.create(app, req.scopes, req.name,
-                                                            req.expires_at)
+    key, info = await request.app.state.service.keys.create(
+        app, req.scopes, req.name, req.expires_at, actor=actor_of(request))
     return JSON({"api_key": key, **describe(info)}, status_code=201)
 
 
@@ -61,13 +61,14 @@ async def rotate_key(request: Request):
     raw = await read_body(request, BODY_MAX)
     req = decode(raw, KeyRotateRequest) if raw.strip() else KeyRotateRequest()
     key, rotation = await request.app.state.service.keys.rotate(
-        app, request.path_params["prefix"], req.grace)
+        app, request.path_params["prefix"], req.grace, actor=actor_of(request))
     return JSON(key_rotated(key, rotation), status_code=201)
 
 
 async def revoke_key(request: Request):
     app = await server_auth(request, "admin")
-    await request.app.state.service.keys.revoke(app, request.path_params["prefix"])
+    await request.app.state.service.keys.revoke(app, request.path_params["prefix"],
+                                                actor=actor_of(request))
     return Response(status_code=204)
 
 
@@ -78,7 +79,7 @@ async def rotate_signing_secret(request: Request):
     raw = await read_body(request, BODY_MAX)
     req = decode(raw, RotateRequest) if raw.strip() else RotateRequest()
     service = request.app.state.service
-    record = await service.apps.rotate(app, req.overlap)
+    record = await service.apps.rotate(app, req.overlap, actor=actor_of(request))
     return JSON(rotated(record, time.time()))
 
 

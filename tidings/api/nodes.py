@@ -27,7 +27,7 @@ import os
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, bearer, client_host, decode, read_body
+from tidings.api.common import JSON, actor_of, bearer, client_host, decode, read_body
 from tidings.core.models import DrainRequest, ShedRequest
 from tidings.errors import Conflict, Forbidden
 
@@ -40,10 +40,17 @@ async def _operator(request: Request) -> None:
     service = request.app.state.service
     record = await service.authenticate_key(bearer(request), "admin", client_host(request))
     request.state.app = record.app_id  # errors from here on are counted for this app
+    request.state.key = record
     operator = service.settings.operator_app
     if not operator or record.app_id != operator:
         raise Forbidden("only an admin key of the operator app may drain or shed a node",
                         code="not_operator")
+
+
+async def _record(request: Request, action: str, **details) -> None:
+    """In the operator app's audit log, the node as the target."""
+    await request.app.state.service.audit.record(
+        request.state.app, actor_of(request), action, request.app.state.node, **details)
 
 
 def _state(request: Request) -> dict:
@@ -65,6 +72,7 @@ async def drain(request: Request):
     raw = await read_body(request, BODY_MAX)
     req = decode(raw, DrainRequest) if raw.strip() else DrainRequest()
     request.app.state.service.hub.shedding.drain(req.over)
+    await _record(request, "node.drain", over=req.over)
     return JSON(_state(request), status_code=202)
 
 
@@ -74,6 +82,7 @@ async def undrain(request: Request):
         raise Conflict("this node is shutting down (SIGTERM): it cannot take streams again",
                        code="shutting_down")
     request.app.state.service.hub.shedding.undrain()
+    await _record(request, "node.undrain")
     return JSON(_state(request))
 
 
@@ -81,6 +90,7 @@ async def shed(request: Request):
     await _operator(request)
     req = decode(await read_body(request, BODY_MAX), ShedRequest)
     request.app.state.service.hub.shedding.shed(req.fraction, req.over)
+    await _record(request, "node.shed", fraction=req.fraction, over=req.over)
     return JSON(_state(request), status_code=202)
 
 

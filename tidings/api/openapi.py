@@ -133,6 +133,9 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("post", "/v1/keys/{prefix}/rotate",
      "A new key with the same scopes and name, shown once; the old one expires after "
      "`grace` seconds (default 24 h, 0 for a leak) (admin key)", "apiKey", KeyRotateRequest),
+    ("get", "/v1/audit", "The app's audit log, newest first: every change of its keys, "
+     "secrets, webhooks, caps, categories, dead letters, users' tokens and dashboard "
+     "logins (admin key)", "apiKey", None),
     # the app's signing secret (admin key; docs/security.md#rotating-the-signing-secret)
     ("post", "/v1/signing-secret/rotate",
      "New signing secret for user tokens, shown once; the old one is taken for "
@@ -202,6 +205,8 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "apiKey", None),
     ("get", "/dashboard/api/notification",
      "Dashboard: a notification's counts and recipients, and a user's timeline (?id=&user=)",
+     "apiKey", None),
+    ("get", "/dashboard/api/audit", "Dashboard: the app's audit log, as GET /v1/audit",
      "apiKey", None),
 ]
 
@@ -280,6 +285,8 @@ EXTRA_ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/node/undrain"): {"409"},  # shutting down (SIGTERM)
     ("post", "/v1/node/shed"): {"409"},  # draining
     ("get", "/dashboard/api/notification"): {"404"},  # ?id= none of the app's
+    ("get", "/v1/audit"): {"400"},  # a bad cursor
+    ("get", "/dashboard/api/audit"): {"400"},
     # a bad cursor (its 429s, the user's rate and too many streams, are every user route's)
     ("get", "/v1/me/events"): {"400"},
     # the link's own rate limit; a body over 4,096 bytes

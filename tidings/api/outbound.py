@@ -28,6 +28,7 @@ from tidings.api.common import (
     JSON,
     IntQuery,
     Query,
+    actor_of,
     body_of,
     server_auth,
     tagged,
@@ -36,6 +37,7 @@ from tidings.api.common import (
 )
 from tidings.api.server import _nid, _user
 from tidings.channels.base import check_url
+from tidings.core.audit import LISTED, origin
 from tidings.core.models import NO_CONTROL_RE
 from tidings.core.outbound import (
     SUBSCRIPTION_ID_RE,
@@ -108,6 +110,8 @@ async def add_webhook(request: Request):
     if not await service.store.add_webhook(app, endpoint, limit):
         raise Conflict(f"an app has at most {limit} webhook endpoints", code="limit_reached")
     service.outbound.forget_webhooks(app)
+    await service.audit.record(app, actor_of(request), "webhook.create", endpoint.id,
+                               origin=origin(url))
     return JSON({**_endpoint(endpoint, now), "secret": endpoint.secret,
                  "enabled": service.outbound.enabled("webhook")}, status_code=201)
 
@@ -129,15 +133,19 @@ async def rotate_webhook(request: Request):
     if ep is None:
         raise NotFound("no such webhook endpoint", field="id")
     service.outbound.forget_webhooks(app)
+    await service.audit.record(app, actor_of(request), "webhook.rotate_secret", ep.id,
+                               overlap=overlap)
     return JSON({**_endpoint(ep, now), "secret": ep.secret})
 
 
 async def delete_webhook(request: Request):
     app = await server_auth(request, "admin")
     service = request.app.state.service
-    if not await service.store.delete_webhook(app, _wid(request)):
+    wid = _wid(request)
+    if not await service.store.delete_webhook(app, wid):
         raise NotFound("no such webhook endpoint", field="id")
     service.outbound.forget_webhooks(app)
+    await service.audit.record(app, actor_of(request), "webhook.delete", wid)
     return JSON({"deleted": True})
 
 
@@ -233,7 +241,10 @@ async def get_caps(request: Request):
 async def put_caps(request: Request):
     app = await server_auth(request, "admin")
     caps = await body_of(request, Caps)
-    await request.app.state.service.limits.put_caps(app, caps)
+    service = request.app.state.service
+    await service.limits.put_caps(app, caps)
+    await service.audit.record(app, actor_of(request), "caps.update", None,
+                               categories=sorted(caps.categories)[:LISTED])
     return JSON(caps)
 
 
@@ -276,6 +287,7 @@ async def retry_dead_job(request: Request):
     jid = _job_id(request.path_params["jid"], "id")
     if not await service.store.redrive_job(app, jid, time.time()):
         raise NotFound("no such dead job", field="id")
+    await service.audit.record(app, actor_of(request), "dead_letter.retry", jid)
     channel = jid.split(".")[1] if jid.count(".") >= 2 else None
     if channel:
         service.outbound.wake([channel])

@@ -16,6 +16,7 @@ from tidings.api.common import (
     IntQuery,
     ListQuery,
     Query,
+    actor_of,
     bearer_of,
     body_of,
     decode,
@@ -364,7 +365,9 @@ async def revoke_tokens(request: Request):
     user = _user(request)
     raw = await read_body(request, REVOKE_BODY_MAX)
     if not raw.strip():
-        return JSON(revoked(user, await service.revocations.revoke(app, user)))
+        before = await service.revocations.revoke(app, user)
+        await service.audit.record(app, actor_of(request), "tokens.revoke", user, before=before)
+        return JSON(revoked(user, before))
     req = decode(raw, RevokeRequest)
     if (req.jti is None) == (req.token is None):
         raise Invalid('send either "jti" or "token" to revoke one token, or no body to '
@@ -374,6 +377,8 @@ async def revoke_tokens(request: Request):
         raise NotFound("no such app")
     jti, until = await service.revocations.revoke_one(record, user, jti=req.jti,
                                                       token=req.token)
+    await service.audit.record(app, actor_of(request), "token.revoke", user, jti=jti,
+                               until=until)
     return JSON(revoked_one(user, jti, until))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
+from tidings.dashboard import audit as _audit
 from tidings.dashboard import notification as _notification
 from tidings.dashboard import routes as _routes
 from tidings.dashboard import web
@@ -57,6 +58,8 @@ routes = [
     *_routes.routes,
     Route("/dashboard/notification", _notification.notification_page, methods=["GET"]),
     Route("/dashboard/api/notification", _notification.api_notification, methods=["GET"]),
+    Route("/dashboard/audit", _audit.audit_page, methods=["GET"]),
+    Route("/dashboard/api/audit", _audit.api_audit, methods=["GET"]),
 ]
 browser_routes = [
     Route("/", web.landing, methods=["GET"]),

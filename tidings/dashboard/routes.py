@@ -44,6 +44,8 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tidings.api.common import bearer, client_host, read_body
+from tidings.core.audit import Actor, key_actor, session_actor
+from tidings.core.auth import split_api_key
 from tidings.core.logins import Attempt
 from tidings.dashboard import session
 from tidings.dashboard.web import page, static_file, static_text
@@ -190,14 +192,30 @@ async def login(request: Request):
             dash.logins.refund(attempt)
         else:
             await dash.logins.failed(attempt)
+        if exc.status in (401, 403):
+            await _login_failed(request, key, exc.code)
         return _login_refused(request, exc)
     dash.logins.succeeded(attempt)
+    await service.audit.record(record.app_id, key_actor(record.prefix, record.name,
+                                                        client_host(request)),
+                               "dashboard.login", record.prefix)
     value = session.issue(dash.secret, record.app_id, record.prefix, time.time())
     response = RedirectResponse("/dashboard", status_code=303,
                                 headers={"Cache-Control": "no-store"})
     response.set_cookie(session.COOKIE, value, max_age=session.SESSION_TTL,
                         **_cookie_attrs(request))
     return response
+
+
+async def _login_failed(request: Request, key: str, code: str) -> None:
+    """A refused login, in the operator app's audit log (a key that names
+    no key has no app of its own): the prefix the pasted text claims, never
+    the text, and why it was refused."""
+    service = request.app.state.service
+    operator = service.settings.operator_app
+    if operator:
+        await service.audit.record(operator, Actor("login form", client_host(request)),
+                                   "dashboard.login_failed", split_api_key(key), reason=code)
 
 
 async def logout(request: Request):
@@ -212,7 +230,10 @@ async def logout(request: Request):
     if s is not None:
         # a store that cannot record it is a 503, and the cookie stays: a
         # session that still works is not answered "logged out"
-        await request.app.state.service.sessions.end(s.id, s.expires, now)
+        service = request.app.state.service
+        await service.sessions.end(s.id, s.expires, now)
+        await service.audit.record(s.app, session_actor(s.prefix, client_host(request)),
+                                   "dashboard.logout", s.prefix)
     return _to_login(request, "logout")
 
 

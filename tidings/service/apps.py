@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from tidings.broker.base import KEYS_CHANNEL, Broker, Message, SecretRotated
 from tidings.config import Settings
 from tidings.core import auth
+from tidings.core.audit import Actor, new_entry
 from tidings.core.lru import LRU
 from tidings.errors import Invalid, NotFound
 from tidings.gateway.hub import Hub
@@ -143,19 +144,24 @@ class Apps:
         return self.cache.remaining(app_id)
 
     # -- rotation -------------------------------------------------------------------------
-    async def rotate(self, app_id: str, overlap: float | None = None) -> AppRecord:
+    async def rotate(self, app_id: str, overlap: float | None = None, *,
+                     actor: Actor | None = None) -> AppRecord:
         """A new signing secret for the app; the one it replaces is still
         taken for ``overlap`` seconds (default and maximum: the limit
         ``token_max_ttl``, so that a token minted just before lives its whole
-        life; 0: refused at once)."""
+        life; 0: refused at once).  ``actor``: who asks, recorded in the
+        app's audit log in the rotation's transaction (None: not recorded)."""
         longest = self.settings.limits.token_max_ttl
         if overlap is None:
             overlap = longest
         if not 0 <= overlap <= longest:
             raise Invalid(f"overlap is 0 to {longest} seconds (token_max_ttl)",
                           field="overlap")
+        now = time.time()
+        audit = None if actor is None else new_entry(
+            app_id, actor, "signing_secret.rotate", app_id, now, overlap=overlap)
         record = await self.store.rotate_signing_secret(
-            app_id, auth.new_signing_secret(), time.time() + overlap)
+            app_id, auth.new_signing_secret(), now + overlap, audit=audit)
         if record is None:
             raise NotFound(f"no such app {app_id!r}", field="app")
         self._rotations += 1

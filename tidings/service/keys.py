@@ -73,6 +73,7 @@ from datetime import UTC, datetime
 from tidings.broker.base import KEYS_CHANNEL, Broker, KeyRevoked, Message
 from tidings.config import Settings
 from tidings.core import auth
+from tidings.core.audit import Actor, new_entry
 from tidings.core.logins import GOOD_FOR, Attempt
 from tidings.core.lru import LRU
 from tidings.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
@@ -338,19 +339,25 @@ class Keys:
 
     # -- management (/v1/keys, /v1/keys/{prefix}/rotate; tidings key) ------------------
     async def create(self, app_id: str, scopes: Iterable[str], name: str | None = None,
-                     expires_at: datetime | None = None) -> tuple[str, KeyInfo]:
+                     expires_at: datetime | None = None, *,
+                     actor: Actor | None = None) -> tuple[str, KeyInfo]:
         """A new key of ``app_id``, refused from ``expires_at`` on if given:
         ``(key, what is stored of it)``.  The key itself is shown once, by
-        the caller, and never stored."""
+        the caller, and never stored.  ``actor``, here and in ``rotate`` and
+        ``revoke``: who asks, recorded in the app's audit log in the change's
+        transaction (None: not recorded, a key the service makes itself)."""
         scopes = check_scopes(scopes)
         name = check_name(name)
         now = self.clock()
         expires = check_expiry(expires_at, now, self.settings.limits.max_key_lifetime)
         key, prefix = auth.new_api_key()
         limit = self.settings.limits.max_api_keys
+        audit = None if actor is None else new_entry(
+            app_id, actor, "key.create", prefix, now, scopes=sorted(scopes), name=name,
+            expires_at=expires)
         if not await self.store.add_api_key(app_id, prefix, auth.hash_api_key(key, self.pepper),
                                             scopes, name, limit=limit, created_at=now,
-                                            expires_at=expires):
+                                            expires_at=expires, audit=audit):
             raise _full(limit)
         return key, KeyInfo(prefix, scopes, name, now, expires)
 
@@ -364,8 +371,8 @@ class Keys:
         ``retention_days`` after its expiry, it then goes (docs/security.md)."""
         return await self.store.drop_expired_api_keys(older_than)
 
-    async def rotate(self, app_id: str, prefix: str,
-                     grace: int | None = None) -> tuple[str, Rotated]:
+    async def rotate(self, app_id: str, prefix: str, grace: int | None = None, *,
+                     actor: Actor | None = None) -> tuple[str, Rotated]:
         """A new key with the scopes and name of the app's key ``prefix``,
         which expires ``grace`` seconds from now (ROTATION_GRACE by default;
         sooner if it already did): ``(new key, what changed)``.  404 as
@@ -378,9 +385,11 @@ class Keys:
             raise NotFound("no such API key", field="prefix")
         key, new_prefix = auth.new_api_key()
         limit, now = self.settings.limits.max_api_keys, self.clock()
+        audit = None if actor is None else new_entry(
+            app_id, actor, "key.rotate", prefix, now, new_prefix=new_prefix, grace=grace)
         outcome = await self.store.rotate_api_key(
             app_id, prefix, new_prefix, auth.hash_api_key(key, self.pepper),
-            expires_at=now + grace, limit=limit, created_at=now)
+            expires_at=now + grace, limit=limit, created_at=now, audit=audit)
         if outcome == NO_SUCH_KEY:
             raise NotFound("no such API key", field="prefix")
         if outcome == LIMIT_REACHED or not isinstance(outcome, Rotated):
@@ -390,13 +399,15 @@ class Keys:
         self.broker.publish(KEYS_CHANNEL, KeyRevoked(app_id, prefix))
         return key, outcome
 
-    async def revoke(self, app_id: str, prefix: str) -> None:
+    async def revoke(self, app_id: str, prefix: str, *, actor: Actor | None = None) -> None:
         """Revoke the app's key ``prefix``: 404 when the app has none such
         (another app's is none of its business), 409 ``last_admin_key``
         when it is the app's last key with the admin scope."""
         if not auth.valid_prefix(prefix):
             raise NotFound("no such API key", field="prefix")  # cannot be one
-        outcome = await self.store.revoke_api_key(app_id, prefix)
+        audit = None if actor is None else new_entry(app_id, actor, "key.revoke", prefix,
+                                                     self.clock())
+        outcome = await self.store.revoke_api_key(app_id, prefix, audit=audit)
         if outcome == NO_SUCH_KEY:
             raise NotFound("no such API key", field="prefix")
         if outcome == LAST_ADMIN_KEY:

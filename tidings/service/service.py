@@ -39,6 +39,7 @@ from tidings.broker.base import (
 )
 from tidings.config import Settings
 from tidings.core import auth, events, preferences, unsubscribe
+from tidings.core.audit import Actor
 from tidings.core.etag import IfMatch
 from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
@@ -63,6 +64,7 @@ from tidings.errors import (
 )
 from tidings.gateway.hub import Hub
 from tidings.service.apps import Apps
+from tidings.service.audit import Audit
 from tidings.service.failures import ClusterLimits
 from tidings.service.keys import Keys
 from tidings.service.outbound import Outbound, OutboundCounts
@@ -194,6 +196,8 @@ class Service:
         self.keys = Keys(settings, store, broker, self.limits)
         # dashboard sessions ended by a logout, on every node (sessions.py)
         self.sessions = Sessions(settings, store, broker)
+        # each app's log of changes made by its admins and the operator (audit.py)
+        self.audit = Audit(settings, store)
         # The hot-path cache (Settings.cache; off only to measure it).  A
         # verified token is cached no longer than its exp, nor than the app
         # record it was verified with: a rotation of the app's signing secret
@@ -273,14 +277,19 @@ class Service:
         await self.store.close()
 
     # -- apps, keys and tokens --------------------------------------------------
-    async def create_app(self, name: str, app_id: str | None = None) -> tuple[AppRecord, str]:
-        """Create an app with an all-scopes API key; returns ``(app, key)``."""
+    async def create_app(self, name: str, app_id: str | None = None, *,
+                         actor: Actor | None = None) -> tuple[AppRecord, str]:
+        """Create an app with an all-scopes API key; returns ``(app, key)``.
+        ``actor``: who asked, for the app's audit log (None: not recorded)."""
         app_id = app_id or "app_" + new_id().lower()[-12:]
         if not valid_app_id(app_id):
             raise Invalid("app id must be 1-64 of a-z 0-9 _ -", field="app")
         record = await self.store.create_app(app_id, name, auth.new_signing_secret())
         self.apps.created(record)
-        key = await self.create_api_key(app_id, auth.SCOPES)
+        key, info = await self.keys.create(app_id, auth.SCOPES)
+        if actor is not None:
+            await self.audit.record(app_id, actor, "app.create", app_id, name=name,
+                                    prefix=info.prefix)
         return record, key
 
     async def create_api_key(self, app_id: str, scopes: Iterable[str],
@@ -861,7 +870,9 @@ class Service:
         notification, a smaller ``group``).  Then fresh ``counts`` to the
         open streams of each user whose unread entry or feed item went
         (``_recount_pruned``), and delete the API keys that expired before
-        ``older_than``.  Returns how many entries and notifications went."""
+        ``older_than``, and the audit records older than
+        ``audit_retention_days``.  Returns how many entries and notifications
+        went."""
         pruned = await self.store.prune(None, older_than)
         for i in range(0, len(pruned.regrouped), _RETRACT_CHUNK):
             for app_id, user, entry in pruned.regrouped[i:i + _RETRACT_CHUNK]:
@@ -872,6 +883,7 @@ class Service:
             await asyncio.sleep(0)
         await self._recount_pruned(pruned)
         await self.keys.prune(older_than)
+        await self.audit.prune()
         return pruned.removed
 
     async def _recount_pruned(self, pruned: Pruned) -> None:

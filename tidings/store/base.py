@@ -98,11 +98,13 @@ from typing import NamedTuple
 
 import msgspec
 
+from tidings.core.audit import AuditEntry
 from tidings.core.models import Preferences
 from tidings.core.preferences import muted as muted_in
 from tidings.core.receipts import Row
 from tidings.core.retime import Retime
 from tidings.core.seal import PLAIN, Seal
+from tidings.store.audit import AuditStore
 from tidings.store.outbound import NewJob, OutboundStore
 from tidings.store.sealed import (
     KEY_CHECK,
@@ -147,6 +149,7 @@ class KeyRecord:
     scopes: frozenset[str]
     # Unix seconds from which the key is refused (401 key_expired); None: never
     expires_at: float | None = None
+    name: str | None = None  # what the audit log names the key by, with its prefix
 
 
 @dataclass(slots=True)
@@ -407,11 +410,12 @@ STATES = ("unseen", "seen", "read", "archived")
 DELIVERY_FIELDS = ("queued", "sent", "delivered", "seen", "read", "failed")
 
 
-class Store(OutboundStore, abc.ABC):
+class Store(OutboundStore, AuditStore, abc.ABC):
     """Durable state.  All methods are coroutines; see the module docstring.
 
     The outbound channels' state (destinations, the job queue) is the
-    contract of tidings/store/outbound.py, which every store implements too.
+    contract of tidings/store/outbound.py, and each app's audit log that of
+    tidings/store/audit.py, which every store implements too.
     """
 
     # Users per ``counts_many`` call when many are read again at once
@@ -489,25 +493,28 @@ class Store(OutboundStore, abc.ABC):
     async def list_apps(self) -> list[AppRecord]: ...
 
     @abc.abstractmethod
-    async def rotate_signing_secret(self, app_id: str, secret: str,
-                                    previous_until: float) -> AppRecord | None:
+    async def rotate_signing_secret(self, app_id: str, secret: str, previous_until: float,
+                                    *, audit: AuditEntry | None = None) -> AppRecord | None:
         """Make ``secret`` the app's signing secret, and the one it replaces
         its previous secret until ``previous_until`` (a secret older than
         that is forgotten): the app's record after it, or None when there is
-        no such app.  One statement, so two rotations at once both apply, one
-        after the other, and the app never ends up with a secret neither
-        caller was answered."""
+        no such app.  One statement, so two rotations at once both apply,
+        one after the other, and the app never ends up with a secret neither
+        caller was answered.  ``audit``: the record of the change, written in
+        its transaction (tidings/store/audit.py)."""
 
     @abc.abstractmethod
     async def add_api_key(
         self, app_id: str, prefix: str, key_hash: str, scopes: frozenset[str],
         name: str | None = None, *, limit: int | None = None, created_at: float | None = None,
-        expires_at: float | None = None,
+        expires_at: float | None = None, audit: AuditEntry | None = None,
     ) -> bool:
         """Store a key of ``app_id`` (created now unless ``created_at``
         says when; refused from ``expires_at`` on, if given); False (nothing
         stored) when the app already has ``limit`` keys that have not
-        expired at that time (an expired key is listed, not counted)."""
+        expired at that time (an expired key is listed, not counted).
+        ``audit`` as in ``rotate_signing_secret``, for this method and the
+        two below: written only when the key is stored."""
 
     @abc.abstractmethod
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
@@ -520,7 +527,8 @@ class Store(OutboundStore, abc.ABC):
         """The app's keys, oldest first, expired ones included."""
 
     @abc.abstractmethod
-    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
+    async def revoke_api_key(self, app_id: str, prefix: str, *,
+                             audit: AuditEntry | None = None) -> str:
         """Delete the app's key ``prefix``: ``REVOKED``; ``NO_SUCH_KEY`` when
         the app has no such key (another app's included); ``LAST_ADMIN_KEY``,
         deleting nothing, when it is the app's last key with the ``admin``
@@ -529,7 +537,8 @@ class Store(OutboundStore, abc.ABC):
     @abc.abstractmethod
     async def rotate_api_key(self, app_id: str, prefix: str, new_prefix: str, new_hash: str,
                              *, expires_at: float, limit: int | None = None,
-                             created_at: float | None = None) -> Rotated | str:
+                             created_at: float | None = None,
+                             audit: AuditEntry | None = None) -> Rotated | str:
         """In one transaction: store a key ``new_prefix`` with the scopes and
         name of the app's key ``prefix`` and no expiry, and make ``prefix``
         expire at ``expires_at``, or keep the expiry it has when that is

@@ -23,6 +23,7 @@ from tidings.store.base import (
     Rotated,
 )
 from tidings.store.codec import revocation, scopes_of, scopes_text
+from tidings.store.postgres.audit import insert_audit
 
 __all__ = ["PostgresKeys"]
 
@@ -64,7 +65,7 @@ class PostgresKeys:
     _execute: Callable[..., Awaitable[str]]
 
     async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
-                          limit=None, created_at=None, expires_at=None) -> bool:
+                          limit=None, created_at=None, expires_at=None, audit=None) -> bool:
         now = time.time() if created_at is None else created_at
 
         async def add(conn):
@@ -77,16 +78,18 @@ class PostgresKeys:
                 "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 prefix, app_id, key_hash, scopes_text(scopes), now, name, expires_at,
             )
+            await insert_audit(conn, audit)
             return True
 
-        return await self._call(add, tx=limit is not None)
+        return await self._call(add, tx=limit is not None or audit is not None)
 
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
         row = await self._fetchrow(
-            "SELECT app_id, hash, scopes, expires_at FROM api_keys WHERE prefix = $1", prefix)
+            "SELECT app_id, hash, scopes, expires_at, name FROM api_keys WHERE prefix = $1",
+            prefix)
         if not row or not hmac.compare_digest(row[1].encode(), key_hash.encode()):
             return None
-        return KeyRecord(row[0], prefix, scopes_of(row[2]), row[3])
+        return KeyRecord(row[0], prefix, scopes_of(row[2]), row[3], row[4])
 
     async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
         rows = await self._fetch(
@@ -94,7 +97,7 @@ class PostgresKeys:
             app_id)
         return [_info(row) for row in rows]
 
-    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
+    async def revoke_api_key(self, app_id: str, prefix: str, *, audit=None) -> str:
         async def revoke(conn):
             await _lock_app(conn, app_id)
             keys = await conn.fetch(
@@ -103,12 +106,13 @@ class PostgresKeys:
             if outcome == REVOKED:
                 await conn.execute("DELETE FROM api_keys WHERE app_id = $1 AND prefix = $2",
                                    app_id, prefix)
+                await insert_audit(conn, audit)
             return outcome
 
         return await self._call(revoke, tx=True)
 
     async def rotate_api_key(self, app_id, prefix, new_prefix, new_hash, *, expires_at,
-                             limit=None, created_at=None) -> Rotated | str:
+                             limit=None, created_at=None, audit=None) -> Rotated | str:
         now = time.time() if created_at is None else created_at
 
         async def rotate(conn):
@@ -132,6 +136,7 @@ class PostgresKeys:
                 expires_at)
             after = await conn.fetchrow(f"SELECT {_INFO} FROM api_keys WHERE prefix = $1",
                                         new_prefix)
+            await insert_audit(conn, audit)
             return Rotated(_info(before), _info(after))
 
         return await self._call(rotate, tx=True)

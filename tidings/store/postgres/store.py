@@ -53,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
+from tidings.core.audit import AuditEntry
 from tidings.core.models import Preferences
 from tidings.core.preferences import NONE_MUTED
 from tidings.core.preferences import muted as muted_in
@@ -77,6 +78,7 @@ from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
 from tidings.store.postgres import timeline as _timeline
+from tidings.store.postgres.audit import PostgresAudit, insert_audit
 from tidings.store.postgres.committer import Committer, takes
 from tidings.store.postgres.digests import PostgresDigests
 from tidings.store.postgres.errors import ATTEMPTS, CANNOT_WRITE, DOWN, NOT_DOWN, RETRY, STALE
@@ -224,7 +226,7 @@ async def _keep_session(conn) -> None:
 _APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
 
 
-class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
+class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDigests, Store):
     counts_batch = 500  # one query (COUNTS_MANY), off the event loop: about 12 ms
 
     def __init__(
@@ -454,8 +456,8 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
         rows = await self._fetch(f"SELECT {_APP} FROM apps ORDER BY created_at")
         return [open_app(self.seal, r) for r in rows]
 
-    async def rotate_signing_secret(self, app_id: str, secret: str,
-                                    previous_until: float) -> AppRecord | None:
+    async def rotate_signing_secret(self, app_id: str, secret: str, previous_until: float,
+                                    *, audit: AuditEntry | None = None) -> AppRecord | None:
         where = app_place(app_id)
         stored = self.seal.wrap(secret, where, "signing_secret")
 
@@ -465,11 +467,13 @@ class PostgresStore(PostgresKeys, PostgresOutbound, PostgresDigests, Store):
                                       "FOR UPDATE", app_id)
             if old is None:
                 return None
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "UPDATE apps SET previous_secret = $2, previous_until = $3, "
                 f"signing_secret = $4 WHERE id = $1 RETURNING {_APP}",
                 app_id, self.seal.moved(old[0], where, "signing_secret", "previous_secret"),
                 previous_until, stored)
+            await insert_audit(conn, audit)
+            return row
 
         row = await self._call(rotate, tx=True)
         return open_app(self.seal, row) if row else None

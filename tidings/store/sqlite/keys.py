@@ -24,6 +24,7 @@ from tidings.store.base import (
     Rotated,
 )
 from tidings.store.codec import revocation, scopes_of, scopes_text
+from tidings.store.sqlite.audit import insert_audit
 
 __all__ = ["SQLiteKeys"]
 
@@ -52,7 +53,7 @@ class SQLiteKeys:
     _q1: Callable[..., Any]
 
     async def add_api_key(self, app_id, prefix, key_hash, scopes, name=None, *,
-                          limit=None, created_at=None, expires_at=None) -> bool:
+                          limit=None, created_at=None, expires_at=None, audit=None) -> bool:
         now = time.time() if created_at is None else created_at
 
         def insert(conn):
@@ -63,35 +64,37 @@ class SQLiteKeys:
                 "expires_at) VALUES (?,?,?,?,?,?,?)",
                 (prefix, app_id, key_hash, scopes_text(scopes), now, name, expires_at),
             )
+            insert_audit(conn, audit)
             return True
 
         return await self._write(insert)
 
     async def find_api_key(self, prefix: str, key_hash: str) -> KeyRecord | None:
-        row = self._q1("SELECT app_id, hash, scopes, expires_at FROM api_keys WHERE prefix=?",
-                       (prefix,))
+        row = self._q1("SELECT app_id, hash, scopes, expires_at, name FROM api_keys "
+                       "WHERE prefix=?", (prefix,))
         if not row or not hmac.compare_digest(row[1].encode(), key_hash.encode()):
             return None
-        return KeyRecord(row[0], prefix, scopes_of(row[2]), row[3])
+        return KeyRecord(row[0], prefix, scopes_of(row[2]), row[3], row[4])
 
     async def list_api_keys(self, app_id: str) -> list[KeyInfo]:
         rows = self._q(f"SELECT {_INFO} FROM api_keys WHERE app_id=? "
                        "ORDER BY created_at, prefix", (app_id,))
         return [_info(row) for row in rows]
 
-    async def revoke_api_key(self, app_id: str, prefix: str) -> str:
+    async def revoke_api_key(self, app_id: str, prefix: str, *, audit=None) -> str:
         def revoke(conn):
             keys = conn.execute("SELECT prefix, scopes, expires_at FROM api_keys "
                                 "WHERE app_id=?", (app_id,)).fetchall()
             outcome = revocation(keys, prefix)
             if outcome == REVOKED:
                 conn.execute("DELETE FROM api_keys WHERE app_id=? AND prefix=?", (app_id, prefix))
+                insert_audit(conn, audit)
             return outcome
 
         return await self._write(revoke)
 
     async def rotate_api_key(self, app_id, prefix, new_prefix, new_hash, *, expires_at,
-                             limit=None, created_at=None) -> Rotated | str:
+                             limit=None, created_at=None, audit=None) -> Rotated | str:
         now = time.time() if created_at is None else created_at
 
         def rotate(conn):
@@ -107,6 +110,7 @@ class SQLiteKeys:
             # the sooner of the two: a rotation never lengthens a key's life
             conn.execute("UPDATE api_keys SET expires_at=min(coalesce(expires_at, ?), ?) "
                          "WHERE app_id=? AND prefix=?", (expires_at, expires_at, app_id, prefix))
+            insert_audit(conn, audit)
             return Rotated(*(_info(conn.execute(
                 f"SELECT {_INFO} FROM api_keys WHERE prefix=?", (p,)).fetchone())
                 for p in (prefix, new_prefix)))

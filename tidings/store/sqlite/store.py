@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from tidings.core.audit import AuditEntry
 from tidings.core.models import Preferences
 from tidings.core.preferences import NONE_MUTED
 from tidings.core.preferences import muted as muted_in
@@ -69,6 +70,7 @@ from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite import timeline as _timeline
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.audit import SQLiteAudit, insert_audit
 from tidings.store.sqlite.digests import SQLiteDigests
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
 from tidings.store.sqlite.keys import SQLiteKeys
@@ -491,7 +493,7 @@ def _settle(items: list) -> None:
 _APP = "id, name, signing_secret, created_at, previous_secret, previous_until"
 
 
-class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
+class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store):
     # FULL: a commit survives power loss, not only a crash of the process.
     # With group commits it costs one fsync per group, which measured the
     # same throughput as NORMAL (docs/delivery.md).
@@ -633,8 +635,8 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
         rows = self._q(f"SELECT {_APP} FROM apps ORDER BY created_at")
         return [open_app(self.seal, r) for r in rows]
 
-    async def rotate_signing_secret(self, app_id: str, secret: str,
-                                    previous_until: float) -> AppRecord | None:
+    async def rotate_signing_secret(self, app_id: str, secret: str, previous_until: float,
+                                    *, audit: AuditEntry | None = None) -> AppRecord | None:
         where = app_place(app_id)
         stored = self.seal.wrap(secret, where, "signing_secret")
 
@@ -647,6 +649,7 @@ class SQLiteStore(SQLiteKeys, SQLiteOutbound, SQLiteDigests, Store):
             previous = self.seal.moved(row[0], where, "signing_secret", "previous_secret")
             conn.execute("UPDATE apps SET previous_secret=?, previous_until=?, "
                          "signing_secret=? WHERE id=?", (previous, previous_until, stored, app_id))
+            insert_audit(conn, audit)
             return conn.execute(f"SELECT {_APP} FROM apps WHERE id=?", (app_id,)).fetchone()
 
         row = await self._write(rotate)

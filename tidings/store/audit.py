@@ -1,0 +1,57 @@
+"""The audit half of the store contract: each app's log of changes.
+
+Guarantees every implementation gives (tests/store/test_audit_contract.py):
+
+* **In the change's transaction where it is given.**  ``add_api_key``,
+  ``rotate_api_key``, ``revoke_api_key`` and ``rotate_signing_secret`` take
+  an ``audit`` record and write it in the transaction of the change, only
+  when the change is made: a key is never made without its record, nor a
+  record left of a change refused.  Every other change's record is written
+  by ``add_audit`` after it commits (tidings/service/audit.py).
+* **Newest first, one app at a time.**  ``audit_log`` reads one app's
+  records by id (time-ordered), never another app's.
+* **Bounded.**  ``prune_audit`` deletes every app's records older than a
+  time (the retention sweep's, ``audit_retention_days``).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import msgspec
+
+from tidings.core.audit import AuditEntry
+
+__all__ = ["AuditStore", "audit_row", "entry_of"]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+def audit_row(entry: AuditEntry) -> tuple:
+    """The columns of ``audit_log`` in their order, details as JSON text."""
+    return (entry.app, entry.id, entry.at, entry.actor, entry.address, entry.action,
+            entry.target, _encode(entry.details).decode())
+
+
+def entry_of(row) -> AuditEntry:
+    app, rid, at, actor, address, action, target, details = row
+    return AuditEntry(rid, app, at, actor, address, action, target, _decode(details))
+
+
+class AuditStore(abc.ABC):
+    @abc.abstractmethod
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Write one record, in a transaction of its own."""
+
+    @abc.abstractmethod
+    async def audit_log(self, app_id: str, *, limit: int, before: str | None = None,
+                        action: str | None = None, since: float | None = None
+                        ) -> list[AuditEntry]:
+        """Up to ``limit`` of the app's records, newest first: with an id
+        below ``before`` (the previous page's last), of ``action``, made at
+        or after ``since`` (Unix seconds) when given."""
+
+    @abc.abstractmethod
+    async def prune_audit(self, older_than: float) -> int:
+        """Delete every app's records made before ``older_than``; how many."""
