@@ -17,6 +17,10 @@ Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
 creates on first start) see the whole service; an admin key of any other app
 sees that app only (docs/design.md §2.7: no request sees another app's data).
 
+Logins, refused logins and logouts are recorded in the audit log
+(docs/security.md#audit-log): a login and a logout in the key's app's, a
+refused login in the operator app's.
+
 Routes::
 
     GET  /dashboard                 the page (a session or a key), else -> login
@@ -29,6 +33,7 @@ Routes::
     GET  /dashboard/static/{name}   scripts, styles, uPlot
     GET  /dashboard/notification    one notification and a user's timeline
                                     (tidings.dashboard.notification)
+    GET  /dashboard/audit           the app's audit log (tidings.dashboard.audit)
 """
 
 from __future__ import annotations
