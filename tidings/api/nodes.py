@@ -72,8 +72,9 @@ async def drain(request: Request):
     raw = await read_body(request, BODY_MAX)
     req = decode(raw, DrainRequest) if raw.strip() else DrainRequest()
     request.app.state.service.hub.shedding.drain(req.over)
+    state = _state(request)  # as the drain starts: its first ends come during the record
     await _record(request, "node.drain", over=req.over)
-    return JSON(_state(request), status_code=202)
+    return JSON(state, status_code=202)
 
 
 async def undrain(request: Request):
@@ -82,16 +83,18 @@ async def undrain(request: Request):
         raise Conflict("this node is shutting down (SIGTERM): it cannot take streams again",
                        code="shutting_down")
     request.app.state.service.hub.shedding.undrain()
+    state = _state(request)
     await _record(request, "node.undrain")
-    return JSON(_state(request))
+    return JSON(state)
 
 
 async def shed(request: Request):
     await _operator(request)
     req = decode(await read_body(request, BODY_MAX), ShedRequest)
     request.app.state.service.hub.shedding.shed(req.fraction, req.over)
+    state = _state(request)
     await _record(request, "node.shed", fraction=req.fraction, over=req.over)
-    return JSON(_state(request), status_code=202)
+    return JSON(state, status_code=202)
 
 
 routes = [
