@@ -48,6 +48,35 @@ async def test_idle_streams_hold_no_asgi_task_and_still_work(server):
     ]
 
 
+async def test_an_upgraded_connection_leaves_nothing_for_the_collector(server):
+    # What a WebSocket upgrade leaves in a reference cycle waits for a
+    # collection, and a burst of reconnects makes those collections long:
+    # the HTTP protocol object must go by reference counting alone.
+    import gc
+
+    from tidings.api.uvicorn_http import TidingsHttpProtocol
+
+    def alive() -> int:
+        return sum(isinstance(o, TidingsHttpProtocol) for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        sockets = []
+        for i in range(5):
+            ws = await ws_connect(server, await server.token(f"acyclic{i}"))
+            await recv_events(ws, 1)  # hello
+            sockets.append(ws)
+        tasks = server.uvicorn.server_state.tasks
+        assert await _until(lambda: len(tasks) == 0), tasks
+        assert alive() <= before
+    finally:
+        gc.enable()
+    for ws in sockets:
+        await ws.close()
+
+
 async def test_idle_streams_keep_nothing_of_the_handshake(server):
     # What an idle connection holds is what the design's memory target is
     # about (docs/design.md §5): neither the HTTP protocol object it was

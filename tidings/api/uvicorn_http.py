@@ -197,6 +197,13 @@ class TidingsHttpProtocol(HttpToolsProtocol):
                          f"{self._max_headers} headers")
             return
         super().handle_websocket_upgrade()
+        # The parser holds this object's bound methods, and this object the
+        # parser: a cycle that only the garbage collector would free, and a
+        # node taking over a failed node's devices upgrades thousands of
+        # connections in a few seconds (at 10,000 connects, young collections
+        # of 13-44 ms every 0.45 s and a middle one of 200 ms, bench NOTES).
+        # Dropped here, this object goes when data_received returns.
+        self.parser = None  # type: ignore[assignment]
 
     # -- parsing: the ASGI scope only for requests that go the ASGI way ----------------
     def on_message_begin(self) -> None:
