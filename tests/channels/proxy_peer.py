@@ -14,16 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        writer.close()
+from tests.cluster.tcpproxy import pipe
 
 
 @dataclass
@@ -67,7 +58,7 @@ class ConnectProxy:
                     writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                 else:
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
+                    await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer))
                     return
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError, ValueError):

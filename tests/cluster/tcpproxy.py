@@ -36,7 +36,7 @@ def _enter(name: str) -> None:
         os.close(fd)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
             writer.write(data)
@@ -78,7 +78,7 @@ async def main(a: argparse.Namespace) -> None:
             w2.close()
             w1.close()
             return
-        await asyncio.gather(_pipe(r1, w2), _pipe(r2, w1))
+        await asyncio.gather(pipe(r1, w2), pipe(r2, w1))
 
     server = await asyncio.start_server(handle, sock=sock)
     print("ready", flush=True)

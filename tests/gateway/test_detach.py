@@ -48,6 +48,18 @@ async def test_idle_streams_hold_no_asgi_task_and_still_work(server):
     ]
 
 
+async def _idle_streams(server, prefix: str, n: int = 5) -> list:
+    """``n`` WebSockets past their hello, with every handshake task done."""
+    sockets = []
+    for i in range(n):
+        ws = await ws_connect(server, await server.token(f"{prefix}{i}"))
+        await recv_events(ws, 1)  # hello
+        sockets.append(ws)
+    tasks = server.uvicorn.server_state.tasks
+    assert await _until(lambda: len(tasks) == 0), tasks
+    return sockets
+
+
 async def test_an_upgraded_connection_leaves_nothing_for_the_collector(server):
     # What a WebSocket upgrade leaves in a reference cycle waits for a
     # collection, and a burst of reconnects makes those collections long:
@@ -63,13 +75,7 @@ async def test_an_upgraded_connection_leaves_nothing_for_the_collector(server):
     gc.disable()
     try:
         before = alive()
-        sockets = []
-        for i in range(5):
-            ws = await ws_connect(server, await server.token(f"acyclic{i}"))
-            await recv_events(ws, 1)  # hello
-            sockets.append(ws)
-        tasks = server.uvicorn.server_state.tasks
-        assert await _until(lambda: len(tasks) == 0), tasks
+        sockets = await _idle_streams(server, "acyclic")
         assert alive() <= before
     finally:
         gc.enable()
@@ -95,13 +101,7 @@ async def test_idle_streams_keep_nothing_of_the_handshake(server):
         return sum(isinstance(o, kind) for o in gc.get_objects())
 
     http_before = alive(TidingsHttpProtocol)
-    sockets = []
-    for i in range(5):
-        ws = await ws_connect(server, await server.token(f"lean{i}"))
-        await recv_events(ws, 1)  # hello
-        sockets.append(ws)
-    tasks = server.uvicorn.server_state.tasks
-    assert await _until(lambda: len(tasks) == 0), tasks
+    sockets = await _idle_streams(server, "lean")
     assert alive(TidingsHttpProtocol) <= http_before
     # (the test's clients keep their own requests: only a parser may not)
     gc.collect()
