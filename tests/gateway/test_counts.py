@@ -58,14 +58,10 @@ async def server_counts(server, token: str) -> dict:
         return r.json()
 
 
-async def test_counts_overtaken_by_a_notification(server, monkeypatch):
-    """A mark-read's counts are read, then a notification commits and reaches
-    the devices before those counts do: they are one short of the badge."""
-    token = await server.token("rae")
-    ids = await publish(server, {"users": ["rae"]}, 2)
-    ws = await ws_connect(server, token)
-    got = await recv_events(ws, 1)
-    assert got[0]["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 2, "feed": 0, "rev": 0}}
+@contextlib.asynccontextmanager
+async def _subscribed(server, token: str):
+    """The Python Subscriber on ``token``'s stream: itself, the events it got,
+    and a wait for its n-th."""
     sub = Subscriber(server.url, token, receipts=False)
     seen: list[dict] = []
     arrived = asyncio.Event()
@@ -75,13 +71,28 @@ async def test_counts_overtaken_by_a_notification(server, monkeypatch):
             seen.append(ev)
             arrived.set()
 
+    async def wait_sub(n: int) -> None:
+        while len(seen) < n:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+
     listening = asyncio.create_task(listen())
     try:
-        async def wait_sub(n: int) -> None:
-            while len(seen) < n:
-                arrived.clear()
-                await asyncio.wait_for(arrived.wait(), 5)
+        yield sub, seen, wait_sub
+    finally:
+        await sub.close()
+        await listening
 
+
+async def test_counts_overtaken_by_a_notification(server, monkeypatch):
+    """A mark-read's counts are read, then a notification commits and reaches
+    the devices before those counts do: they are one short of the badge."""
+    token = await server.token("rae")
+    ids = await publish(server, {"users": ["rae"]}, 2)
+    ws = await ws_connect(server, token)
+    got = await recv_events(ws, 1)
+    assert got[0]["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 2, "feed": 0, "rev": 0}}
+    async with _subscribed(server, token) as (sub, seen, wait_sub):
         await wait_sub(1)  # its hello
         counts = Pause(monkeypatch, server.service.store, "counts", "rae")
         async with server.http(key=token) as http:
@@ -97,9 +108,6 @@ async def test_counts_overtaken_by_a_notification(server, monkeypatch):
             answer = (await marking).json()
         got += await recv_events(ws, 2)
         await wait_sub(4)
-    finally:
-        await sub.close()
-        await listening
     await ws.close()
     assert [e["type"] for e in got] == ["hello", "notification", "state", "counts"]
     assert got[1]["cursor"].endswith(":3")
@@ -123,22 +131,7 @@ async def test_counts_of_two_changes_made_at_once_arrive_crossed(server, monkeyp
     ws = await ws_connect(server, token)
     got = await recv_events(ws, 1)
     assert got[0]["counts"] == {"unread": 2, "unseen": 2, "at": {"seq": 2, "feed": 0, "rev": 0}}
-    sub = Subscriber(server.url, token, receipts=False)
-    seen: list[dict] = []
-    arrived = asyncio.Event()
-
-    async def listen():
-        async for ev in sub:
-            seen.append(ev)
-            arrived.set()
-
-    listening = asyncio.create_task(listen())
-    try:
-        async def wait_sub(n: int) -> None:
-            while len(seen) < n:
-                arrived.clear()
-                await asyncio.wait_for(arrived.wait(), 5)
-
+    async with _subscribed(server, token) as (sub, seen, wait_sub):
         await wait_sub(1)  # its hello
         first = Pause(monkeypatch, server.service.store, "counts", "kai")
         async with server.http(key=token) as http:
@@ -155,9 +148,6 @@ async def test_counts_of_two_changes_made_at_once_arrive_crossed(server, monkeyp
             answer = (await marking).json()
         got += await recv_events(ws, 2)
         await wait_sub(5)
-    finally:
-        await sub.close()
-        await listening
     await ws.close()
     assert [e["type"] for e in got] == ["hello", "state", "counts", "state", "counts"]
     assert got[2] == {"type": "counts", "unread": 0, "unseen": 0,
