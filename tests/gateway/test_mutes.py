@@ -15,6 +15,7 @@ import asyncio
 
 from tests.conftest import two_nodes
 from tests.gateway.live import (
+    Pause,
     SSEReader,
     badge,
     delivery,
@@ -203,6 +204,38 @@ async def test_muting_and_unmuting_reach_open_streams_with_exact_counts(store):
             assert ids(got)[-1] == ids(seen)[-1] == again
             assert badge(got) == badge(seen) == {"unread": 5, "unseen": 5}
         await ws.close()
+
+
+async def test_counts_read_as_an_unmute_commits_do_not_outlast_its_recount(store, monkeypatch):
+    """A mark-read's counts are read just after Mia switched a category on
+    again, before her streams read her mutes anew: they hold the category's
+    items, as the unmute's own counts (same position, same revision) do, so
+    whichever arrives last, her badge is what the server counts."""
+    async with store(fanout_threshold=0) as server:
+        mia = await server.token("mia")
+        await switch(server, mia, "promo", False)
+        await publish(server, {"all": True}, 1, category="promo")
+        mine = await publish(server, {"users": ["mia"]}, 2)
+        ws = await ws_connect(server, mia)
+        got = await recv_events(ws, 1)
+        assert got[0]["counts"]["unread"] == 2
+        counts = Pause(monkeypatch, server.service.store, "counts", "mia", before=True)
+        async with server.http(key=mia) as http:
+            marking = asyncio.create_task(
+                http.post("/v1/me/notifications/read", json={"ids": [mine[0]]}))
+            await counts.reached()  # marked read; its counts not read yet
+            try:
+                await switch(server, mia, "promo", True)
+                recounted = await until_counts(ws, got)  # the unmute's counts
+            finally:
+                counts.release()
+            answer = (await marking).json()
+        got += await recv_events(ws, 2)
+        await ws.close()
+    assert [e["type"] for e in got] == ["hello", "counts", "state", "counts"]
+    assert recounted["unread"] == 2
+    assert got[-1] == answer["counts"] | {"type": "counts"} == recounted
+    assert badge(got) == {"unread": 2, "unseen": 2}
 
 
 async def test_mutes_changed_on_one_node_hold_on_the_other(tmp_path):

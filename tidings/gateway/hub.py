@@ -302,7 +302,7 @@ class Hub:
         # before a commit whose broker message is still on its way, may not.
         counts = await self.counts(*key, now)
         if counts.seq < stream.last_seq or counts.feed < stream.last_feed:
-            counts = await self.store.counts(stream.app, stream.user, now, stream.muted)
+            counts = await self.store.counts(stream.app, stream.user, now)
             self._noted(key, counts)
         start = f"{stream.epoch}:{stream.last_seq}:{stream.last_feed}"
         stream.push(events.hello_frame(stream.epoch, start, counts), start)
@@ -316,14 +316,19 @@ class Hub:
     async def counts(self, app: str, user: str, now: float) -> Counts:
         """The user's counts and where they were read (``Store.counts``), from
         the cache while the user has a stream here.  A cached answer is as
-        exact as a fresh one, only read earlier: its position says so."""
+        exact as a fresh one, only read earlier: its position says so.  The
+        store reads the user's mutes in the counts' own statement, never the
+        ones the streams here hold: those may be older than the revision the
+        counts are read at (an in-app mute committed, its ``MutesChanged``
+        still on its way), and counts of the old mutes at the new revision
+        would outlast the right ones on a device (docs/protocol.md)."""
         key = (app, user)
         hit = self.cache.get("counts", key)
         if hit is not None:
             self._noted(key, hit)
             return hit
         version = self.cache.version(key)
-        value = await self.store.counts(app, user, now, self.muted_of(key))
+        value = await self.store.counts(app, user, now)
         self.cache.put("counts", key, version, value)
         self._noted(key, value)
         return value

@@ -14,7 +14,7 @@ of their own to read counts for, or happen with no request at all:
   user's channel): the node reads their mutes again first
   (``Store.muted_many``, in the same batches), hands them to their streams,
   which skip live feed items of those categories from then on, and reads
-  the counts with them;
+  the counts (whose statement reads the mutes again, in its own snapshot);
 * an unread notification **runs out of its ttl**: nothing happens then;
 * the **retention sweep deletes** unread notifications: an empty ``Frames``
   with ``recount`` on the channel of each user, feed or app whose counts it
@@ -78,8 +78,6 @@ class Users(Protocol):
 
     users: dict[tuple[str, str], set[Stream]]
     cache: UserCache
-
-    def muted_of(self, key: tuple[str, str]) -> frozenset[str] | None: ...
 
     def set_muted(self, key: tuple[str, str], muted: frozenset[str]) -> None: ...
 
@@ -162,12 +160,9 @@ class Recounts:
             for user in mutes:
                 hub.set_muted((app, user), fresh.get(user, NONE_MUTED))
             versions.update((u, cache.version((app, u))) for u in mutes)
-        known = {}
-        for user in users:
-            muted = hub.muted_of((app, user))
-            if muted is not None:
-                known[user] = muted
-        counts = await self.store.counts_many(app, users, time.time(), known)
+        # the counts read the mutes themselves, in their own snapshot: those
+        # just read may be older already (hub.counts)
+        counts = await self.store.counts_many(app, users, time.time())
         self.queries += 1
         self.users_read += len(users)
         for user, c in counts.items():

@@ -134,7 +134,7 @@ class OutageSweep:
         muted = {u: found.get(u, NONE_MUTED) for u in users}
         for user in users:
             hub.set_muted((app, user), muted[user])
-        counts = await store.counts_many(app, users, time.time(), muted)
+        counts = await store.counts_many(app, users, time.time())
         self.batches += 1
         joined = False
         for user in users:

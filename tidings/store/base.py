@@ -850,7 +850,10 @@ class Store(OutboundStore, AuditStore, abc.ABC):
                      muted: frozenset[str] | None = None) -> Counts:
         """``(unread, unseen)`` and the position they count up to, read in one
         snapshot of the store.  ``muted`` as in ``replay``: the counts leave
-        out the feed items a stream of the user skips."""
+        out the feed items a stream of the user skips; None: the statement
+        reads the user's mutes itself, in the same snapshot.  Counts sent to
+        devices are read that way: mutes read before may be older than the
+        revision the counts carry (docs/protocol.md, "Counts and the badge")."""
 
     async def counts_many(
         self, app_id: str, users: list[str], now: float,
@@ -858,9 +861,10 @@ class Store(OutboundStore, AuditStore, abc.ABC):
     ) -> dict[str, Counts]:
         """``counts`` for each of ``users`` (the counts a retraction sends,
         service.py), each with its position; ``muted``: the in-app mutes of
-        those of them the caller holds, the others' are read.  One ``counts``
-        each unless the store has better; PostgreSQL answers a list in one
-        query (two when some of them muted a category)."""
+        those of them the caller holds, the others' are read by the counts'
+        statement.  One ``counts`` each unless the store has better;
+        PostgreSQL answers a list in one query (two or three when mutes are
+        given)."""
         known = muted or {}
         return {user: await self.counts(app_id, user, now, known.get(user)) for user in users}
 

@@ -350,6 +350,13 @@ COUNTS_STORED_MUTES = _COUNTS.format(user="$2", mutes=_not_muted(STORED_MUTES))
 # The same for each user of the array $2: (user, unread, unseen) rows.
 COUNTS_MANY = ("SELECT t.u, c.* FROM unnest($2::text[]) AS t(u), LATERAL ("
                + _COUNTS.format(user="t.u", mutes="") + ") AS c")
+# ... each leaving out the categories that user muted, read by the
+# statement (an InitPlan per user, in the statement's snapshot).
+COUNTS_MANY_STORED_MUTES = (
+    "SELECT t.u, c.* FROM unnest($2::text[]) AS t(u), LATERAL ("
+    + _COUNTS.format(user="t.u", mutes=_not_muted(
+        "ARRAY(SELECT category FROM mutes WHERE app_id = $1 AND user_id = t.u)"))
+    + ") AS c")
 # ... for users who muted categories: $4 each one's, joined by "," (which
 # no category name holds, tidings/core/models.py).
 COUNTS_MANY_MUTED = (

@@ -89,6 +89,7 @@ from tidings.store.postgres.sql import (
     COUNTS,
     COUNTS_MANY,
     COUNTS_MANY_MUTED,
+    COUNTS_MANY_STORED_MUTES,
     COUNTS_MUTED,
     COUNTS_STORED_MUTES,
     DELETE,
@@ -808,13 +809,16 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
         return Counts(*await self._fetchrow(COUNTS, app_id, user, now))
 
     async def counts_many(self, app_id, users, now, muted=None) -> dict[str, Counts]:
+        # The mutes not given are read by the statement, in its snapshot,
+        # like ``counts``'s: never a statement before it.
         known = muted or {}
         unknown = [u for u in users if u not in known]
         mutes = {u: m for u, m in known.items() if m}
-        if unknown:
-            mutes.update(await self.muted_many(app_id, unknown))
-        plain = [u for u in users if u not in mutes]
         out: dict[str, Counts] = {}
+        if unknown:
+            rows = await self._fetch(COUNTS_MANY_STORED_MUTES, app_id, unknown, now)
+            out.update((row[0], Counts(*row[1:])) for row in rows)
+        plain = [u for u in users if u in known and u not in mutes]
         if plain:
             rows = await self._fetch(COUNTS_MANY, app_id, plain, now)
             out.update((row[0], Counts(*row[1:])) for row in rows)
