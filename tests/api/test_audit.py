@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.api.conftest import refuse_inserts, store_overrides
+from tests.api.conftest import allow_inserts, refuse_inserts, store_overrides
 from tests.api.test_hostile import assert_error
 from tests.api.test_outbound_api import hooked, publish, until
 from tests.conftest import run_server
@@ -250,3 +250,74 @@ async def test_a_key_is_not_made_without_its_record(each_store):
         r = await http.post("/v1/keys", json={"scopes": ["read"]})
         assert r.status_code >= 500, r.text
         assert (await http.get("/v1/keys")).json()["keys"] == before
+
+
+async def test_each_change_commits_with_its_record_or_not_at_all(tmp_path, kind):
+    """Webhooks, caps, categories and the dead-letter list write their record
+    in the change's transaction: a store that refuses the record makes none
+    of the changes (and, refusing no more, makes them with their records)."""
+    async with store_overrides(kind) as store, \
+            hooked(tmp_path, fail_first=1000, **store) as (server, _):
+        db = server.service.store
+        async with server.http() as http:
+            await publish(server)
+
+            async def dead():
+                return (await http.get("/v1/outbound/dead")).json()["jobs"]
+
+            (job,) = await until(dead)
+            (hook,) = (await http.get("/v1/webhooks")).json()["endpoints"]
+
+            async def state():
+                return ((await http.get("/v1/webhooks")).json()["endpoints"], await dead(),
+                        await db.get_caps(server.app), await db.get_categories(server.app))
+
+            before, recorded = await state(), await _records(http)
+            changes = [
+                ("post", "/v1/webhooks", {"url": hook["url"]}),
+                ("post", f"/v1/webhooks/{hook['id']}/rotate", None),
+                ("put", "/v1/caps", {"categories": {"promo": {"max": 2, "per": 86400}}}),
+                ("put", "/v1/categories", {"categories": [{"id": "promo", "label": "P"}]}),
+                ("post", f"/v1/outbound/dead/{job['id']}/retry", None),
+                ("delete", f"/v1/webhooks/{hook['id']}", None),
+            ]
+            await refuse_inserts(server, "audit_log")
+            for method, path, body in changes:
+                r = await http.request(method, path, json=body)
+                assert r.status_code >= 500, (path, r.text)
+            assert await state() == before
+            assert await _records(http) == recorded
+            await allow_inserts(server, "audit_log")
+            for method, path, body in changes:
+                r = await http.request(method, path, json=body)
+                assert r.status_code < 300, (path, r.text)
+            assert [r["action"] for r in await _records(http)] == [
+                "webhook.delete", "dead_letter.retry", "categories.update", "caps.update",
+                "webhook.rotate_secret", "webhook.create", *(r["action"] for r in recorded)]
+
+
+async def test_the_sweep_records_each_expired_key_it_deletes(each_store):
+    """A key's expiry writes nothing (it is refused from its expires_at on);
+    the retention sweep's deletion of it is a change, recorded in the same
+    transaction as ``key.drop`` by the operator."""
+    server = each_store
+    keys = server.service.keys
+    async with server.http() as http:
+        soon = datetime.fromtimestamp(time.time() + 60, UTC).isoformat()
+        made = (await http.post("/v1/keys", json={"scopes": ["read"],
+                                                   "expires_at": soon})).json()
+
+        async def listed() -> list[str]:
+            return [k["prefix"] for k in (await http.get("/v1/keys")).json()["keys"]]
+
+        await refuse_inserts(server, "audit_log")
+        with pytest.raises(Exception, match="refused by a test trigger"):
+            await keys.prune(time.time() + 120)  # as if it expired long ago
+        assert made["prefix"] in await listed()
+        await allow_inserts(server, "audit_log")
+        assert await keys.prune(time.time() + 120) == 1
+        assert made["prefix"] not in await listed()
+        record = await _one(http, "key.drop")
+        assert (record["actor"], record["address"], record["target"]) == (
+            "operator", None, made["prefix"])
+        assert record["details"]["expires_at"] == pytest.approx(time.time() + 60, abs=5)

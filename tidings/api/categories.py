@@ -53,10 +53,9 @@ async def put_categories(request: Request):
                           field=f"categories[{i}].id")
         seen.add(category.id)
     service = request.app.state.service
-    await service.store.put_categories(app, _encode(doc))
-    await service.audit.record(app, actor_of(request), "categories.update", None,
-                               categories=[c.id for c in doc.categories][:LISTED],
-                               count=len(doc.categories))
+    await service.store.put_categories(app, _encode(doc), audit=service.audit.entry(
+        app, actor_of(request), "categories.update", None,
+        categories=[c.id for c in doc.categories][:LISTED], count=len(doc.categories)))
     return JSON(doc)
 
 

@@ -107,11 +107,11 @@ async def add_webhook(request: Request):
     now = time.time()
     endpoint = WebhookEndpoint("wh_" + secrets.token_hex(8), url, _new_secret(), now)
     limit = service.settings.limits.max_webhooks
-    if not await service.store.add_webhook(app, endpoint, limit):
+    audit = service.audit.entry(app, actor_of(request), "webhook.create", endpoint.id,
+                                origin=origin(url))
+    if not await service.store.add_webhook(app, endpoint, limit, audit=audit):
         raise Conflict(f"an app has at most {limit} webhook endpoints", code="limit_reached")
     service.outbound.forget_webhooks(app)
-    await service.audit.record(app, actor_of(request), "webhook.create", endpoint.id,
-                               origin=origin(url))
     return JSON({**_endpoint(endpoint, now), "secret": endpoint.secret,
                  "enabled": service.outbound.enabled("webhook")}, status_code=201)
 
@@ -128,13 +128,13 @@ async def rotate_webhook(request: Request):
     app = await server_auth(request, "admin")
     service, now = request.app.state.service, time.time()
     overlap = service.settings.outbound.rotation_overlap
-    ep = await service.store.rotate_webhook(app, _wid(request), _new_secret(),
-                                            now + overlap)
+    wid = _wid(request)
+    ep = await service.store.rotate_webhook(
+        app, wid, _new_secret(), now + overlap, audit=service.audit.entry(
+            app, actor_of(request), "webhook.rotate_secret", wid, overlap=overlap))
     if ep is None:
         raise NotFound("no such webhook endpoint", field="id")
     service.outbound.forget_webhooks(app)
-    await service.audit.record(app, actor_of(request), "webhook.rotate_secret", ep.id,
-                               overlap=overlap)
     return JSON({**_endpoint(ep, now), "secret": ep.secret})
 
 
@@ -142,10 +142,10 @@ async def delete_webhook(request: Request):
     app = await server_auth(request, "admin")
     service = request.app.state.service
     wid = _wid(request)
-    if not await service.store.delete_webhook(app, wid):
+    if not await service.store.delete_webhook(
+            app, wid, audit=service.audit.entry(app, actor_of(request), "webhook.delete", wid)):
         raise NotFound("no such webhook endpoint", field="id")
     service.outbound.forget_webhooks(app)
-    await service.audit.record(app, actor_of(request), "webhook.delete", wid)
     return JSON({"deleted": True})
 
 
@@ -242,9 +242,9 @@ async def put_caps(request: Request):
     app = await server_auth(request, "admin")
     caps = await body_of(request, Caps)
     service = request.app.state.service
-    await service.limits.put_caps(app, caps)
-    await service.audit.record(app, actor_of(request), "caps.update", None,
-                               categories=sorted(caps.categories)[:LISTED])
+    await service.limits.put_caps(app, caps, audit=service.audit.entry(
+        app, actor_of(request), "caps.update", None,
+        categories=sorted(caps.categories)[:LISTED]))
     return JSON(caps)
 
 
@@ -285,9 +285,9 @@ async def retry_dead_job(request: Request):
     app = await server_auth(request, "admin")
     service = request.app.state.service
     jid = _job_id(request.path_params["jid"], "id")
-    if not await service.store.redrive_job(app, jid, time.time()):
+    if not await service.store.redrive_job(app, jid, time.time(), audit=service.audit.entry(
+            app, actor_of(request), "dead_letter.retry", jid)):
         raise NotFound("no such dead job", field="id")
-    await service.audit.record(app, actor_of(request), "dead_letter.retry", jid)
     channel = jid.split(".")[1] if jid.count(".") >= 2 else None
     if channel:
         service.outbound.wake([channel])

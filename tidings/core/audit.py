@@ -27,7 +27,7 @@ __all__ = ["ACTIONS", "CLI", "LISTED", "OPERATOR", "Actor", "AuditEntry", "descr
 # Stable verbs: clients filter on them (?action=), so one is never renamed.
 ACTIONS = (
     "app.create",
-    "key.create", "key.rotate", "key.revoke",
+    "key.create", "key.rotate", "key.revoke", "key.drop",
     "signing_secret.rotate",
     "webhook.create", "webhook.rotate_secret", "webhook.delete",
     "caps.update", "categories.update",

@@ -73,7 +73,7 @@ from datetime import UTC, datetime
 from tidings.broker.base import KEYS_CHANNEL, Broker, KeyRevoked, Message
 from tidings.config import Settings
 from tidings.core import auth
-from tidings.core.audit import Actor, new_entry
+from tidings.core.audit import OPERATOR, Actor, AuditEntry, new_entry
 from tidings.core.logins import GOOD_FOR, Attempt
 from tidings.core.lru import LRU
 from tidings.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
@@ -368,8 +368,14 @@ class Keys:
         """Retention: delete the keys that expired before ``older_than``.
         An expired key takes no place under ``max_api_keys``, so without
         this an app could pile up keys made to expire; listed for
-        ``retention_days`` after its expiry, it then goes (docs/security.md)."""
-        return await self.store.drop_expired_api_keys(older_than)
+        ``retention_days`` after its expiry, it then goes (docs/security.md),
+        recorded in its app's audit log (``key.drop``, by the operator)."""
+        now = self.clock()
+
+        def record(app_id: str, prefix: str, expires_at: float) -> AuditEntry:
+            return new_entry(app_id, OPERATOR, "key.drop", prefix, now, expires_at=expires_at)
+
+        return await self.store.drop_expired_api_keys(older_than, audit=record)
 
     async def rotate(self, app_id: str, prefix: str, grace: int | None = None, *,
                      actor: Actor | None = None) -> tuple[str, Rotated]:

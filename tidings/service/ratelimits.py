@@ -68,6 +68,7 @@ import msgspec
 from tidings.broker.base import Broker, BrokerUnavailable
 from tidings.config import Settings
 from tidings.core import digest, ratelimit
+from tidings.core.audit import AuditEntry
 from tidings.core.lru import LRU
 from tidings.core.outbound import Caps
 from tidings.errors import Invalid, RateLimited
@@ -242,12 +243,14 @@ class RateLimits:
         """The app's default digests per category and channel (tidings/core/digest.py)."""
         return (await self.caps(app_id)).digests
 
-    async def put_caps(self, app_id: str, caps: Caps) -> None:
+    async def put_caps(self, app_id: str, caps: Caps, audit: AuditEntry | None = None) -> None:
+        """Replace the app's caps; ``audit``, the change's record, is written
+        in its transaction."""
         try:
             digest.check(caps.digests, "digests")
         except digest.InvalidDigest as exc:
             raise Invalid(str(exc), field=exc.field) from None
-        await self.store.put_caps(app_id, msgspec.json.encode(caps))
+        await self.store.put_caps(app_id, msgspec.json.encode(caps), audit=audit)
         self._caps.pop(app_id)
 
     async def apply_caps(self, app_id: str, item: NewNotification, group_key: str | None,

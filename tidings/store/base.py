@@ -548,9 +548,14 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         (``add_api_key``'s count); nothing changes then."""
 
     @abc.abstractmethod
-    async def drop_expired_api_keys(self, before: float) -> int:
+    async def drop_expired_api_keys(
+        self, before: float, *,
+        audit: Callable[[str, str, float], AuditEntry] | None = None,
+    ) -> int:
         """Delete every app's keys that expired before ``before`` (the
-        retention sweep's cutoff); how many.  Keys without an expiry stay."""
+        retention sweep's cutoff); how many.  Keys without an expiry stay.
+        ``audit(app, prefix, expires_at)``: the record of each key deleted,
+        written in the same transaction."""
 
     @abc.abstractmethod
     async def note_api_keys_used(self, used: Iterable[tuple[str, str, float]]) -> None:
@@ -948,8 +953,10 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         None before it declared any."""
 
     @abc.abstractmethod
-    async def put_categories(self, app_id: str, doc: bytes) -> None:
-        """Replace the app's categories document."""
+    async def put_categories(self, app_id: str, doc: bytes, *,
+                             audit: AuditEntry | None = None) -> None:
+        """Replace the app's categories document; ``audit``: the change's
+        record, written in its transaction."""
 
     # -- maintenance ----------------------------------------------------
     @abc.abstractmethod

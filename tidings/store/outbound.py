@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.channels.base import Job
+from tidings.core.audit import AuditEntry
 from tidings.core.models import Preferences
 
 __all__ = ["DigestBuilder", "DigestItem", "EmailAddress", "JobRecord", "NewJob", "OutboundStore",
@@ -161,8 +162,11 @@ class QueueStats:
 class OutboundStore(abc.ABC):
     # -- webhook endpoints (per app) --------------------------------------------------
     @abc.abstractmethod
-    async def add_webhook(self, app_id: str, endpoint: WebhookEndpoint, limit: int) -> bool:
-        """Add ``endpoint`` unless the app has ``limit`` already (False then)."""
+    async def add_webhook(self, app_id: str, endpoint: WebhookEndpoint, limit: int, *,
+                          audit: AuditEntry | None = None) -> bool:
+        """Add ``endpoint`` unless the app has ``limit`` already (False then).
+        ``audit``, here and below: the change's record, written in its
+        transaction when the change is made (tidings/store/audit.py)."""
 
     @abc.abstractmethod
     async def list_webhooks(self, app_id: str) -> list[WebhookEndpoint]:
@@ -170,12 +174,13 @@ class OutboundStore(abc.ABC):
 
     @abc.abstractmethod
     async def rotate_webhook(self, app_id: str, wid: str, secret: str, overlap_until: float,
-                             ) -> WebhookEndpoint | None:
+                             *, audit: AuditEntry | None = None) -> WebhookEndpoint | None:
         """Give endpoint ``wid`` a new secret; the current one keeps signing
         until ``overlap_until``.  None when there is no such endpoint."""
 
     @abc.abstractmethod
-    async def delete_webhook(self, app_id: str, wid: str) -> bool: ...
+    async def delete_webhook(self, app_id: str, wid: str, *,
+                             audit: AuditEntry | None = None) -> bool: ...
 
     # -- a user's push subscriptions and e-mail address -------------------------------
     @abc.abstractmethod
@@ -213,7 +218,8 @@ class OutboundStore(abc.ABC):
         """The app's caps document (JSON, tidings.core.destinations.Caps)."""
 
     @abc.abstractmethod
-    async def put_caps(self, app_id: str, doc: bytes) -> None: ...
+    async def put_caps(self, app_id: str, doc: bytes, *,
+                       audit: AuditEntry | None = None) -> None: ...
 
     # -- the job queue -----------------------------------------------------------------
     @abc.abstractmethod
@@ -309,7 +315,8 @@ class OutboundStore(abc.ABC):
         """Jobs of the app, newest id first; ``before`` is a job id."""
 
     @abc.abstractmethod
-    async def redrive_job(self, app_id: str, job_id: str, now: float) -> bool:
+    async def redrive_job(self, app_id: str, job_id: str, now: float, *,
+                          audit: AuditEntry | None = None) -> bool:
         """A dead job is queued again, due now, with a fresh attempt budget."""
 
     @abc.abstractmethod

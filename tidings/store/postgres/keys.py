@@ -141,9 +141,16 @@ class PostgresKeys:
 
         return await self._call(rotate, tx=True)
 
-    async def drop_expired_api_keys(self, before: float) -> int:
-        status = await self._execute("DELETE FROM api_keys WHERE expires_at < $1", before)
-        return int(status.split()[-1])  # "DELETE <n>"
+    async def drop_expired_api_keys(self, before: float, *, audit=None) -> int:
+        async def drop(conn):
+            rows = await conn.fetch("DELETE FROM api_keys WHERE expires_at < $1 "
+                                    "RETURNING app_id, prefix, expires_at", before)
+            if audit is not None:
+                for row in rows:
+                    await insert_audit(conn, audit(*row))
+            return len(rows)
+
+        return await self._call(drop, tx=True)
 
     async def note_api_keys_used(self, used: Iterable[tuple[str, str, float]]) -> None:
         notes = list(used)

@@ -33,6 +33,7 @@ from tidings.store.outbound import (
     QueueStats,
     WebhookEndpoint,
 )
+from tidings.store.postgres.audit import insert_audit
 from tidings.store.postgres.digests import held, hold, move
 from tidings.store.postgres.timeline import log_attempt
 from tidings.store.sealed import open_webhook, webhook_place
@@ -124,7 +125,7 @@ class PostgresOutbound(OutboundStore):
     seal: Seal  # the store's (tidings/store/base.py)
 
     # -- webhook endpoints ------------------------------------------------------------
-    async def add_webhook(self, app_id, endpoint, limit) -> bool:
+    async def add_webhook(self, app_id, endpoint, limit, *, audit=None) -> bool:
         stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id), "secret")
 
         async def add(conn):
@@ -138,6 +139,7 @@ class PostgresOutbound(OutboundStore):
                 "VALUES ($1, $2, $3, $4, $5)",
                 app_id, endpoint.id, endpoint.url, stored, endpoint.created_at,
             )
+            await insert_audit(conn, audit)
             return True
 
         return await self._call(add, tx=True)
@@ -148,7 +150,7 @@ class PostgresOutbound(OutboundStore):
         )
         return [open_webhook(self.seal, app_id, r) for r in rows]
 
-    async def rotate_webhook(self, app_id, wid, secret, overlap_until):
+    async def rotate_webhook(self, app_id, wid, secret, overlap_until, *, audit=None):
         where = webhook_place(app_id, wid)
         stored = self.seal.wrap(secret, where, "secret")
 
@@ -158,18 +160,26 @@ class PostgresOutbound(OutboundStore):
                                       "AND id = $2 FOR UPDATE", app_id, wid)
             if old is None:
                 return None
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "UPDATE webhooks SET previous_secret = $3, previous_until = $4, secret = $5 "
                 f"WHERE app_id = $1 AND id = $2 RETURNING {_WEBHOOK}",
                 app_id, wid, self.seal.moved(old[0], where, "secret", "previous_secret"),
                 overlap_until, stored)
+            await insert_audit(conn, audit)
+            return row
 
         row = await self._call(rotate, tx=True)
         return open_webhook(self.seal, app_id, row) if row else None
 
-    async def delete_webhook(self, app_id, wid) -> bool:
-        return _count(await self._execute(
-            "DELETE FROM webhooks WHERE app_id = $1 AND id = $2", app_id, wid)) > 0
+    async def delete_webhook(self, app_id, wid, *, audit=None) -> bool:
+        async def delete(conn):
+            if not _count(await conn.execute(
+                    "DELETE FROM webhooks WHERE app_id = $1 AND id = $2", app_id, wid)):
+                return False
+            await insert_audit(conn, audit)
+            return True
+
+        return await self._call(delete, tx=True)
 
     # -- push subscriptions and e-mail ------------------------------------------------
     async def add_push_subscription(self, app_id, user, sub, keep) -> None:
@@ -250,11 +260,15 @@ class PostgresOutbound(OutboundStore):
     async def get_caps(self, app_id) -> bytes | None:
         return await self._fetchval("SELECT doc FROM caps WHERE app_id = $1", app_id)
 
-    async def put_caps(self, app_id, doc) -> None:
-        await self._execute(
-            "INSERT INTO caps (app_id, doc) VALUES ($1, $2) "
-            "ON CONFLICT (app_id) DO UPDATE SET doc = EXCLUDED.doc", app_id, doc,
-        )
+    async def put_caps(self, app_id, doc, *, audit=None) -> None:
+        async def put(conn):
+            await conn.execute(
+                "INSERT INTO caps (app_id, doc) VALUES ($1, $2) "
+                "ON CONFLICT (app_id) DO UPDATE SET doc = EXCLUDED.doc", app_id, doc,
+            )
+            await insert_audit(conn, audit)
+
+        await self._call(put, tx=True)
 
     # -- the job queue --------------------------------------------------------------
     async def enqueue_jobs(self, jobs: list[NewJob],
@@ -356,11 +370,17 @@ class PostgresOutbound(OutboundStore):
         )
         return [_record(r) for r in rows]
 
-    async def redrive_job(self, app_id, job_id, now) -> bool:
-        return _count(await self._execute(
-            "UPDATE jobs SET status = 'queued', attempts = 0, not_before = $3, lease_until = NULL, "
-            "updated_at = $3 WHERE app_id = $1 AND id = $2 AND status = 'dead'",
-            app_id, job_id, now)) > 0
+    async def redrive_job(self, app_id, job_id, now, *, audit=None) -> bool:
+        async def redrive(conn):
+            if not _count(await conn.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = 0, not_before = $3, "
+                    "lease_until = NULL, updated_at = $3 "
+                    "WHERE app_id = $1 AND id = $2 AND status = 'dead'", app_id, job_id, now)):
+                return False
+            await insert_audit(conn, audit)
+            return True
+
+        return await self._call(redrive, tx=True)
 
     async def prune_jobs(self, older_than) -> int:
         return _count(await self._execute(

@@ -906,11 +906,15 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
     async def get_categories(self, app_id) -> bytes | None:
         return await self._fetchval("SELECT doc FROM app_categories WHERE app_id = $1", app_id)
 
-    async def put_categories(self, app_id, doc) -> None:
-        await self._execute(
-            "INSERT INTO app_categories (app_id, doc) VALUES ($1, $2) "
-            "ON CONFLICT (app_id) DO UPDATE SET doc = EXCLUDED.doc", app_id, doc,
-        )
+    async def put_categories(self, app_id, doc, *, audit=None) -> None:
+        async def put(conn):
+            await conn.execute(
+                "INSERT INTO app_categories (app_id, doc) VALUES ($1, $2) "
+                "ON CONFLICT (app_id) DO UPDATE SET doc = EXCLUDED.doc", app_id, doc,
+            )
+            await insert_audit(conn, audit)
+
+        await self._call(put, tx=True)
 
     async def put_preferences(self, app_id, user, prefs) -> None:
         await self._call(_put_prefs, app_id, user, prefs, tx=True)

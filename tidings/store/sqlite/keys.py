@@ -117,9 +117,14 @@ class SQLiteKeys:
 
         return await self._write(rotate)
 
-    async def drop_expired_api_keys(self, before: float) -> int:
+    async def drop_expired_api_keys(self, before: float, *, audit=None) -> int:
         def drop(conn):
-            return conn.execute("DELETE FROM api_keys WHERE expires_at < ?", (before,)).rowcount
+            rows = conn.execute("DELETE FROM api_keys WHERE expires_at < ? "
+                                "RETURNING app_id, prefix, expires_at", (before,)).fetchall()
+            if audit is not None:
+                for row in rows:
+                    insert_audit(conn, audit(*row))
+            return len(rows)
 
         return await self._write(drop)
 

@@ -34,6 +34,7 @@ from tidings.store.outbound import (
     WebhookEndpoint,
 )
 from tidings.store.sealed import open_webhook, webhook_place
+from tidings.store.sqlite.audit import insert_audit
 from tidings.store.sqlite.digests import held_tx, hold_tx, move_tx
 from tidings.store.sqlite.timeline import log_attempt_tx, prune_attempts_tx
 
@@ -78,7 +79,7 @@ class SQLiteOutbound(OutboundStore):
     seal: Seal  # the store's (tidings/store/base.py)
 
     # -- webhook endpoints ------------------------------------------------------------
-    async def add_webhook(self, app_id, endpoint, limit) -> bool:
+    async def add_webhook(self, app_id, endpoint, limit, *, audit=None) -> bool:
         stored = self.seal.wrap(endpoint.secret, webhook_place(app_id, endpoint.id), "secret")
 
         def add(conn):
@@ -90,6 +91,7 @@ class SQLiteOutbound(OutboundStore):
                 "INSERT INTO webhooks(app_id, id, url, secret, created_at) VALUES (?,?,?,?,?)",
                 (app_id, endpoint.id, endpoint.url, stored, endpoint.created_at),
             )
+            insert_audit(conn, audit)
             return True
 
         return await self._write(add)
@@ -101,7 +103,7 @@ class SQLiteOutbound(OutboundStore):
         )
         return [open_webhook(self.seal, app_id, r) for r in rows]
 
-    async def rotate_webhook(self, app_id, wid, secret, overlap_until):
+    async def rotate_webhook(self, app_id, wid, secret, overlap_until, *, audit=None):
         where = webhook_place(app_id, wid)
         stored = self.seal.wrap(secret, where, "secret")
 
@@ -111,20 +113,25 @@ class SQLiteOutbound(OutboundStore):
             if row is None:
                 return None
             previous = self.seal.moved(row[0], where, "secret", "previous_secret")
-            return conn.execute(
+            row = conn.execute(
                 "UPDATE webhooks SET previous_secret=?, previous_until=?, secret=? "
                 "WHERE app_id=? AND id=? "
                 "RETURNING id, url, secret, created_at, previous_secret, previous_until",
                 (previous, overlap_until, stored, app_id, wid),
             ).fetchone()
+            insert_audit(conn, audit)
+            return row
 
         row = await self._write(rotate)
         return open_webhook(self.seal, app_id, row) if row else None
 
-    async def delete_webhook(self, app_id, wid) -> bool:
+    async def delete_webhook(self, app_id, wid, *, audit=None) -> bool:
         def delete(conn):
-            return conn.execute("DELETE FROM webhooks WHERE app_id=? AND id=?",
-                                (app_id, wid)).rowcount
+            if not conn.execute("DELETE FROM webhooks WHERE app_id=? AND id=?",
+                                (app_id, wid)).rowcount:
+                return False
+            insert_audit(conn, audit)
+            return True
 
         return bool(await self._write(delete))
 
@@ -220,10 +227,11 @@ class SQLiteOutbound(OutboundStore):
         row = self._q1("SELECT doc FROM caps WHERE app_id=?", (app_id,))
         return row[0] if row else None
 
-    async def put_caps(self, app_id, doc) -> None:
+    async def put_caps(self, app_id, doc, *, audit=None) -> None:
         def put(conn):
             conn.execute("INSERT INTO caps(app_id, doc) VALUES (?,?) "
                          "ON CONFLICT(app_id) DO UPDATE SET doc=excluded.doc", (app_id, doc))
+            insert_audit(conn, audit)
 
         await self._write(put)
 
@@ -372,13 +380,16 @@ class SQLiteOutbound(OutboundStore):
                        "ORDER BY id DESC LIMIT ?", (*args, limit))
         return [_record(r) for r in rows]
 
-    async def redrive_job(self, app_id, job_id, now) -> bool:
+    async def redrive_job(self, app_id, job_id, now, *, audit=None) -> bool:
         def redrive(conn):
-            return conn.execute(
+            if not conn.execute(
                 "UPDATE jobs SET status='queued', attempts=0, not_before=?, lease_until=NULL, "
                 "updated_at=? WHERE app_id=? AND id=? AND status='dead'",
                 (now, now, app_id, job_id),
-            ).rowcount
+            ).rowcount:
+                return False
+            insert_audit(conn, audit)
+            return True
 
         return bool(await self._write(redrive))
 

@@ -1050,10 +1050,11 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         row = self._q1("SELECT doc FROM app_categories WHERE app_id=?", (app_id,))
         return row[0] if row else None
 
-    async def put_categories(self, app_id, doc) -> None:
+    async def put_categories(self, app_id, doc, *, audit=None) -> None:
         def put(conn):
             conn.execute("INSERT INTO app_categories(app_id, doc) VALUES (?,?) "
                          "ON CONFLICT(app_id) DO UPDATE SET doc=excluded.doc", (app_id, doc))
+            insert_audit(conn, audit)
 
         await self._write(put)
 
