@@ -303,3 +303,28 @@ async def test_a_muted_feed_item_arriving_as_a_stream_starts_is_skipped(store, m
         assert ids(live) == [news]
         assert badge([hello, *live]) == await truth(server, mia)
         await ws.close()
+
+
+async def test_a_correction_moves_no_category_and_no_counts(store):
+    """A PATCH cannot move a notification between a muted category and
+    another (``category`` is refused), so what it corrects leaves every
+    user's counts, revision included, as they were."""
+    async with store(fanout_threshold=0) as server:
+        mia = await server.token("mia")
+        await switch(server, mia, "promo", False)
+        (promo,) = await publish(server, {"all": True}, 1, category="promo")
+        before = await truth_at(server, mia)
+        async with server.http() as http:
+            r = await http.patch(f"/v1/notifications/{promo}", json={"category": "news"})
+            assert (r.status_code, r.json()["error"]["field"]) == (422, "category"), r.text
+            r = await http.patch(f"/v1/notifications/{promo}", json={"title": "fixed"})
+            assert r.status_code == 200, r.text
+        assert await truth_at(server, mia) == before == {
+            "unread": 0, "unseen": 0, "at": {"seq": 0, "feed": 1, "rev": 1}}
+
+
+async def truth_at(server, token: str) -> dict:
+    async with server.http(key=token) as http:
+        r = await http.get("/v1/me/counts")
+        assert r.status_code == 200, r.text
+        return r.json()

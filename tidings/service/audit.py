@@ -1,13 +1,14 @@
 """The audit log: writing the records the store does not write in a change's
 transaction, reading them, and their retention (docs/security.md#audit-log).
 
-API keys' changes and the signing secret's rotation hand their record to
-the store, which writes it in the change's transaction (tidings/store/audit.py).
-Every other change (webhooks, caps, categories, dead letters, users' tokens,
-nodes, dashboard logins and logouts, the CLI's sealing of secrets) is
-recorded by ``record`` right after it commits: a crash between the two loses
-the record, and a store that refuses the record's write is logged as an
-error, the change standing (it was made, and its answer says so).
+API keys' changes, the signing secret's rotation, webhooks, caps,
+categories, dead-letter retries and the sweep's deletion of expired keys hand
+their record (``entry``) to the store, which writes it in the change's
+transaction (tidings/store/audit.py).  Every other change (an app's creation,
+users' tokens, nodes, dashboard logins and logouts, the CLI's sealing of
+secrets) is recorded by ``record`` right after it commits: a crash between
+the two loses the record, and a store that refuses the record's write is
+logged as an error, the change standing (it was made, and its answer says so).
 """
 
 from __future__ import annotations

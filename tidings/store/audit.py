@@ -3,11 +3,14 @@
 Guarantees every implementation gives (tests/store/test_audit_contract.py):
 
 * **In the change's transaction where it is given.**  ``add_api_key``,
-  ``rotate_api_key``, ``revoke_api_key`` and ``rotate_signing_secret`` take
-  an ``audit`` record and write it in the transaction of the change, only
-  when the change is made: a key is never made without its record, nor a
-  record left of a change refused.  Every other change's record is written
-  by ``add_audit`` after it commits (tidings/service/audit.py).
+  ``rotate_api_key``, ``revoke_api_key``, ``rotate_signing_secret``,
+  ``add_webhook``, ``rotate_webhook``, ``delete_webhook``, ``put_caps``,
+  ``put_categories`` and ``redrive_job`` take an ``audit`` record (and
+  ``drop_expired_api_keys`` a function making one per key) and write it in
+  the transaction of the change, only when the change is made: a key is
+  never made without its record, nor a record left of a change refused.
+  Every other change's record is written by ``add_audit`` after it commits
+  (tidings/service/audit.py; docs/security.md says which and why).
 * **Newest first, one app at a time.**  ``audit_log`` reads one app's
   records by id (time-ordered), never another app's.
 * **Bounded.**  ``prune_audit`` deletes every app's records older than a
