@@ -6,7 +6,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, bearer_of, body_of, takes, user_auth
+from tidings.api.common import JSON, LOCALE, bearer_of, body_of, takes, user_auth
 from tidings.api.direct import Call, DirectRoute, starlette_route
 from tidings.api.server import (
     BEFORE,
@@ -37,7 +37,7 @@ async def _user_of(service, call: Call) -> tuple[str, str]:
 
 # The two reads a device makes each time its inbox opens are direct routes
 # (tidings/api/direct.py), served without ASGI when no Origin asks for CORS.
-@takes(PAGE_LIMIT, BEFORE, STATE, CATEGORY, TAG)
+@takes(PAGE_LIMIT, BEFORE, STATE, CATEGORY, TAG, LOCALE)
 async def my_notifications(service, call: Call) -> tuple[int, bytes]:
     app, user = await _user_of(service, call)
     params, limits = call.params(), service.settings.limits
@@ -47,7 +47,8 @@ async def my_notifications(service, call: Call) -> tuple[int, bytes]:
     page = await service.inbox(app, user, limit=PAGE_LIMIT.read(params, limits),
                                before=BEFORE.read(params, limits),
                                state=STATE.read(params, limits),
-                               categories=categories, tags=tags)
+                               categories=categories, tags=tags,
+                               locale=LOCALE.read(params, limits))
     return 200, _encode(page)
 
 
@@ -56,7 +57,7 @@ async def my_counts(service, call: Call) -> tuple[int, bytes]:
     return 200, _encode(await service.counts(app, user))
 
 
-@takes(PAGE_LIMIT, BEFORE)
+@takes(PAGE_LIMIT, BEFORE, LOCALE)
 async def my_notification_group(request: Request):
     app, user = await user_auth(request)
     return await _group(request, app, user)

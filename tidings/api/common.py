@@ -12,6 +12,8 @@ from starlette.responses import Response
 
 from tidings.core import etag
 from tidings.core.audit import Actor, key_actor
+from tidings.core.locales import valid_tag
+from tidings.core.models import LOCALE_RE
 from tidings.errors import BadRequest, Invalid, PayloadTooLarge, TidingsError, Unauthorized
 
 log = logging.getLogger("tidings.api")
@@ -282,6 +284,15 @@ class ListQuery(Query):
 
     def read(self, params: Mapping[str, str], limits: Any):
         raise TypeError(f"?{self.name}= may repeat: read it with values()")
+
+
+# A device whose language differs from its user's preferences' asks for its
+# own (the inbox page, the group members, the live streams): docs/inbox.md.
+LOCALE = Query("locale", "Show the notifications in this language (a BCP 47 tag) instead of "
+               "the one of the user's preferences", {"type": "string", "maxLength": 35,
+                                                     "pattern": LOCALE_RE},
+               check=valid_tag, message='locale must be a BCP 47 language tag, such as "de" '
+               'or "pt-BR"')
 
 
 def takes(*params: Query):

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from tidings.api.common import (
     ID_SCHEMA,
     JSON,
+    LOCALE,
     IntQuery,
     ListQuery,
     Query,
@@ -262,7 +263,7 @@ async def get_topic(request: Request):
     })
 
 
-@takes(PAGE_LIMIT, BEFORE, STATE, CATEGORY, TAG)
+@takes(PAGE_LIMIT, BEFORE, STATE, CATEGORY, TAG, LOCALE)
 async def user_notifications(request: Request):
     app = await server_auth(request, "read")
     return await _inbox(request, app, _user(request))
@@ -272,10 +273,11 @@ async def _inbox(request: Request, app: str, user: str):
     service = request.app.state.service
     limit, before, state = PAGE_LIMIT.get(request), BEFORE.get(request), STATE.get(request)
     return JSON(await service.inbox(app, user, limit=limit, before=before, state=state,
-                                    categories=CATEGORY.get(request), tags=TAG.get(request)))
+                                    categories=CATEGORY.get(request), tags=TAG.get(request),
+                                    locale=LOCALE.get(request)))
 
 
-@takes(PAGE_LIMIT, BEFORE)
+@takes(PAGE_LIMIT, BEFORE, LOCALE)
 async def user_notification_group(request: Request):
     app = await server_auth(request, "read")
     return await _group(request, app, _user(request))
@@ -286,7 +288,8 @@ async def _group(request: Request, app: str, user: str):
     service = request.app.state.service
     nid = _nid(request)
     limit, before = PAGE_LIMIT.get(request), BEFORE.get(request)
-    return JSON(await service.group_members(app, user, nid, limit=limit, before=before))
+    return JSON(await service.group_members(app, user, nid, limit=limit, before=before,
+                                            locale=LOCALE.get(request)))
 
 
 async def get_user_preferences(request: Request):

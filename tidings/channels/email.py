@@ -48,7 +48,7 @@ from markdown_it import MarkdownIt
 
 from tidings.channels.base import Job, Result
 from tidings.config import EmailConfig  # defined with the other settings
-from tidings.core import unsubscribe
+from tidings.core import locales, unsubscribe
 from tidings.core.digest import is_digest
 from tidings.core.models import Notification
 
@@ -242,6 +242,8 @@ class EmailChannel:
         msg["Message-ID"] = f"<{job.id}@{self._domain}>"
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Tidings-Id"] = job.id
+        if note.locale:  # the language its text was resolved to (RFC 3282)
+            msg["Content-Language"] = note.locale
         url = self.unsubscribe_url(job, note)
         if url is not None:
             msg["List-Unsubscribe"] = _Verbatim("List-Unsubscribe", f"<{url}>")
@@ -252,7 +254,9 @@ class EmailChannel:
 
     async def send(self, job: Job) -> Result:
         try:
-            note = msgspec.json.decode(job.notification, type=Notification)
+            note = msgspec.json.decode(
+                locales.resolve(job.notification, job.destination.get("locale", "")),
+                type=Notification)
         except msgspec.DecodeError as exc:
             return Result.failed(f"bad notification JSON: {exc}")
         try:

@@ -51,6 +51,7 @@ from pywebpush import WebPusher, WebPushException
 
 from tidings.channels.base import Job, Result, check_url, http_client, http_post, url_host
 from tidings.config import WebPushConfig  # defined with the other settings
+from tidings.core import locales
 
 __all__ = [
     "MAX_PLAINTEXT",
@@ -228,13 +229,15 @@ class WebPushChannel:
             subscription = parse_subscription(job.destination, self.config.allow_insecure)
         except ValueError as exc:
             return Result.failed(f"invalid subscription: {exc}", gone=True)
+        # in the user's language, kept with the job (tidings/core/locales.py)
+        notification = locales.resolve(job.notification, job.destination.get("locale", ""))
         try:
-            note = msgspec.json.decode(job.notification)
+            note = msgspec.json.decode(notification)
         except msgspec.DecodeError as exc:
             return Result.failed(f"bad notification JSON: {exc}")
         if not isinstance(note, dict):
             return Result.failed("bad notification JSON: not an object")
-        payload = fit_payload(job.notification)
+        payload = fit_payload(notification)
         try:
             encrypted = await asyncio.to_thread(_encrypt, subscription, payload)
         except (WebPushException, ECEException, ValueError) as exc:

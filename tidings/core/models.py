@@ -60,6 +60,33 @@ Format = Annotated[Literal["text", "markdown"], Meta(
                 "http(s) and mailto links, lists); the body stays the source.")]
 State = Literal["unseen", "seen", "read", "archived"]
 
+# A BCP 47 language tag (tidings/core/locales.py): the langtag or private-use
+# production of RFC 5646 §2.1, case-insensitive, 35 characters at most (the
+# buffer its §4.4.1 says every well-formed tag of interest fits in).
+_LANGTAG = (r"(?:[A-Za-z]{2,3}(?:-[A-Za-z]{3}){0,3}|[A-Za-z]{4,8})"  # language
+            r"(?:-[A-Za-z]{4})?"  # script
+            r"(?:-(?:[A-Za-z]{2}|[0-9]{3}))?"  # region
+            r"(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*"  # variants
+            r"(?:-[0-9A-WYZa-wyz](?:-[A-Za-z0-9]{2,8})+)*"  # extensions
+            r"(?:-[Xx](?:-[A-Za-z0-9]{1,8})+)?")  # private use
+LOCALE_RE = rf"^(?=.{{2,35}}\Z)(?:{_LANGTAG}|[Xx](?:-[A-Za-z0-9]{{1,8}})+)\Z"
+MAX_LOCALES = 32  # overrides per notification
+
+
+class LocaleText(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One language's text of a notification (tidings/core/locales.py): each
+    field given replaces the notification's own for users of that language,
+    one left out keeps it.  The limits are the notification's own."""
+
+    title: Annotated[str, Meta(max_length=1024)] | None = None
+    body: Annotated[str, Meta(max_length=8192)] | None = None
+    url: Url | None = None
+
+
+# The tags are checked by tidings.core.locales.check, whose 422 names the tag
+# (msgspec's would quote the whole expression).
+Locales = Annotated[dict[str, LocaleText], Meta(max_length=MAX_LOCALES)]
+
 
 def valid_user(user: str) -> bool:
     return isinstance(user, str) and bool(_USER.match(user))
@@ -104,6 +131,7 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     tags: Annotated[list[Tag], Meta(max_length=32)] = []
     group_key: GroupKey | None = None
     actor: Actor | None = None
+    locales: Locales | None = None
     deliver_at: datetime | None = None
     ttl: Annotated[int, Meta(ge=1, le=365 * 24 * 3600)] | None = None
 
@@ -120,6 +148,8 @@ class PatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     data: dict[str, Any] | None = None
     priority: Priority | None = None
     tags: Annotated[list[Tag], Meta(max_length=32)] | None = None
+    # replaces the notification's overrides as a whole ({}: none any more)
+    locales: Locales | None = None
     # only before it fires: moves a scheduled notification (docs/delivery.md)
     deliver_at: datetime | None = None
 
@@ -139,6 +169,12 @@ class Notification(msgspec.Struct, omit_defaults=True):
     tags: list[str] = []
     group_key: str | None = None
     actor: str | None = None
+    # its text in other languages (tidings/core/locales.py), as published;
+    # what a user is shown has them resolved: ``locale`` names the one taken
+    locales: dict[str, LocaleText] | None = None
+    locale: str | None = None
+    # ``expires_at`` stays last: the gateway finds it in a body's last bytes
+    # (tidings/core/events.py, EXPIRES)
     deliver_at: str | None = None
     expires_at: str | None = None
 
@@ -187,6 +223,8 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
                           Meta(max_length=MAX_PREF_CATEGORIES + 1)] = {}
     quiet_hours: QuietHours | None = None
     digests: Digests = {}
+    # the language the user reads notifications in (tidings/core/locales.py)
+    locale: Annotated[str, Meta(max_length=35)] | None = None  # a BCP 47 tag (preferences.check)
 
 
 MAX_APP_CATEGORIES = 256  # as many as a user's preferences may name

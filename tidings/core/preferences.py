@@ -11,6 +11,8 @@ what its body names, as a JSON merge patch (RFC 7396) of the document:
   category: it follows ``"*"`` again.
 * ``{"quiet_hours": {...}}`` sets the quiet hours as a whole, ``null``
   removes them.
+* ``{"locale": "de-AT"}`` sets the language notifications are shown in
+  (tidings/core/locales.py), ``null`` removes it.
 * ``{"digests": {"social": {"email": {"every": 3600}}}}`` sets one channel's
   rule, ``{"digests": {"social": {"email": null}}}`` removes it, and
   ``{"digests": {"social": null}}`` every rule of the category.
@@ -33,7 +35,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from tidings.core import etag as etags
-from tidings.core import quiet
+from tidings.core import locales, quiet
 from tidings.core.digest import InvalidDigest
 from tidings.core.digest import check as check_digests
 from tidings.core.models import (
@@ -94,6 +96,7 @@ class PreferencesPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     digests: Annotated[
         dict[Category, dict[Literal["webhook", "push", "email"], DigestRule | None] | None],
         Meta(max_length=256)] = {}
+    locale: Annotated[str, Meta(max_length=35)] | None | UnsetType = UNSET
 
 
 def merged(prefs: Preferences, patch: PreferencesPatch) -> Preferences:
@@ -124,8 +127,9 @@ def merged(prefs: Preferences, patch: PreferencesPatch) -> Preferences:
         if not rules:
             del digests[category]
     quiet_hours = prefs.quiet_hours if patch.quiet_hours is UNSET else patch.quiet_hours
+    locale = prefs.locale if patch.locale is UNSET else patch.locale
     return Preferences(categories=categories, quiet_hours=quiet_hours,
-                       digests=digests)
+                       digests=digests, locale=locale)
 
 
 def check(prefs: Preferences) -> Preferences:
@@ -142,6 +146,9 @@ def check(prefs: Preferences) -> Preferences:
             quiet.zone(prefs.quiet_hours.tz)  # refuses "localtime": the server's zone
         except quiet.InvalidTimeZone:
             raise Invalid("unknown time zone", field="quiet_hours.tz") from None
+    if prefs.locale is not None and not locales.valid_tag(prefs.locale):
+        raise Invalid('locale must be a BCP 47 language tag, such as "de" or "pt-BR"',
+                      field="locale")
     try:
         check_digests(prefs.digests, "digests")
     except InvalidDigest as exc:

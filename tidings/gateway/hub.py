@@ -44,6 +44,7 @@ from tidings.broker.base import (
 )
 from tidings.core import events
 from tidings.core.cursor import decide_recovery
+from tidings.core.locales import has_locales, resolve, resolve_frame, resolve_payload
 from tidings.core.stats import Stats
 from tidings.core.tracking import DeliveryTracker
 from tidings.errors import (
@@ -280,6 +281,7 @@ class Hub:
         seen = self._mutes_seen.get(key, 0)
         head = await self.store.stream_head(stream.app, stream.user, now)
         self.set_muted(key, head.muted)
+        self.set_locale(key, head.locale)
         if self._mutes_seen.get(key, 0) != seen:
             # they changed while being read, and their reread may have been
             # done before this read was: read them (and the counts) again
@@ -352,6 +354,21 @@ class Hub:
         if changed:  # counts and pages cached meanwhile were read with the old ones
             self.cache.user_changed(key)
 
+    def locale_of(self, key: tuple[str, str]) -> str | None:
+        """The user's preferences' locale as their streams here hold it
+        (None: no stream here has read it)."""
+        for s in self.users.get(key, ()):
+            if s.muted is not None and not s.pinned:
+                return s.locale
+        return None
+
+    def set_locale(self, key: tuple[str, str], locale: str) -> None:
+        """The user's locale, just read from their preferences: every stream
+        of theirs here not pinned to its own shows notifications in it."""
+        for s in self.users.get(key, ()):
+            if not s.pinned:
+                s.locale = locale
+
     async def user_topics(self, app: str, user: str) -> list[str]:
         key = (app, user)
         hit = self.cache.get("topics", key)
@@ -393,17 +410,18 @@ class Hub:
         expiries = [x for e in page if (x := events.expiry(e.body)) is not None]
         if expiries and (stream.app, stream.user) in self.users:
             self.expiries.note((stream.app, stream.user), min(expiries))
-        add, reached = self.tracking.add, 0
+        add, reached, locale = self.tracking.add, 0, stream.locale
         for e in page:
             if not stream.has_room():
                 await stream.wait_room()
             if e.feed is None:
                 assert e.seq is not None  # a personal entry has a seq, a feed item a feed offset
-                stream.emit_personal(e.seq, e.body if e.group is None
-                                     else events.with_group(e.body, e.group))
+                body = resolve(e.body, locale)  # as it is without locales
+                stream.emit_personal(e.seq, body if e.group is None
+                                     else events.with_group(body, e.group))
                 had = any(o.last_seq >= e.seq for o in others)
             else:
-                stream.emit_feed(e.feed, events.feed_frame(e.feed, e.body))
+                stream.emit_feed(e.feed, events.feed_frame(e.feed, resolve(e.body, locale)))
                 had = any(o.last_feed >= e.feed for o in others)
             if not had:
                 add(stream.app, e.id, "in_app", "delivered")
@@ -509,6 +527,11 @@ class Hub:
         self.tracking.reached((app, msg.body))  # one user, however many streams
         if _EXPIRES in msg.body:  # a ttl (the body may end with a group entry's summary)
             self.expiries.note((app, user), events.payload_expiry(msg.body))
+        if has_locales(msg.body):  # each stream its language
+            body = msg.body
+            for s in tuple(streams):
+                s.on_personal(msg.epoch, msg.seq, resolve_payload(body, s.locale))
+            return
         if msg.trace:  # tracing is on: the same writes inside spans
             tracing.deliver(msg.trace, app, "personal", tuple(streams),
                             lambda s: s.on_personal(msg.epoch, msg.seq, msg.body))
@@ -531,8 +554,7 @@ class Hub:
             return
         self.cache.user_changed((app, user))
         if type(msg) is Frames:
-            for s in tuple(streams):
-                s.on_frames(msg.frames)
+            _frames_to(streams, msg.frames)
             for f in msg.frames:  # a group entry rebuilt may now expire sooner
                 self.expiries.note((app, user), events.frame_expiry(f))
             if msg.recount:
@@ -546,7 +568,7 @@ class Hub:
             # the topic's feed items now count for the user, or no longer do
             self.recounts.add(app, (user,))
         elif type(msg) is MutesChanged:
-            # read the mutes again, then the counts, which they change
+            # read the mutes (and the locale) again, then the counts, which they change
             self._mutes_seen[app, user] = self._mutes_seen.get((app, user), 0) + 1
             self.recounts.add(app, (user,), mutes=True)
 
@@ -565,6 +587,10 @@ class Hub:
         if not users:
             return
         body, trace = msg.body, msg.trace
+        if has_locales(body):  # each stream its language: resolved once per language
+            resolved: dict[str, bytes] | None = {}
+        else:
+            resolved = None
         tail: bytes | None = None  # made once, when the first recipient is here
         here: list[str] = []  # the recipients with a stream here
         routed = 0
@@ -575,6 +601,9 @@ class Hub:
             here.append(d.user)
             routed += len(streams)
             epoch, seq = d.epoch, d.seq
+            if resolved is not None:
+                _localized(streams, epoch, seq, body, d.group, resolved)
+                continue
             if d.group is None:
                 payload = body
                 if tail is None:
@@ -620,6 +649,14 @@ class Hub:
             offset, frame, category = msg.offset, msg.frame, msg.category
             if frame.find(_EXPIRES, len(frame) - _EXPIRES_TAIL - 1) >= 0:  # a ttl
                 self.expiries.note(channel, events.expiry(frame, trailing=1))
+            if has_locales(frame):  # each stream its language, resolved once per language
+                frames: dict[str, bytes] = {}
+                for s in tuple(streams):
+                    mine = frames.get(s.locale)
+                    if mine is None:
+                        mine = frames[s.locale] = resolve_frame(frame, s.locale)
+                    s.on_feed(offset, mine, category)
+                return
             if msg.trace:
                 tracing.deliver(msg.trace, app, "feed", tuple(streams),
                                 lambda s: s.on_feed(offset, frame, category))
@@ -627,9 +664,7 @@ class Hub:
             for s in tuple(streams):
                 s.on_feed(offset, frame, category)
         elif type(msg) is Frames:
-            frames = msg.frames
-            for s in tuple(streams):
-                s.on_frames(frames)
+            _frames_to(streams, msg.frames)
             if msg.recount:  # a feed item retracted: its followers' counts moved
                 self.recounts.add(app, {s.user for s in streams})
 
@@ -673,3 +708,30 @@ class Hub:
         for streams in list(self.users.values()):
             for s in list(streams):
                 s.close(code)
+
+
+def _localized(streams, epoch: str, seq: int, body: bytes, group: bytes | None,
+               resolved: dict[str, bytes]) -> None:
+    """A personal entry of a notification with ``locales`` to the user's
+    ``streams``: each its language, each language resolved once per publish
+    (``resolved``: language -> body)."""
+    for s in tuple(streams):
+        mine = resolved.get(s.locale)
+        if mine is None:
+            mine = resolved[s.locale] = resolve(body, s.locale)
+        s.on_personal(epoch, seq, mine if group is None else events.with_group(mine, group))
+
+
+def _frames_to(streams, frames: list[bytes]) -> None:
+    """Events (``Frames``) to ``streams``; one carrying a notification with
+    ``locales`` goes to each stream in its language."""
+    if not any(has_locales(f) for f in frames):
+        for s in tuple(streams):
+            s.on_frames(frames)
+        return
+    by_locale: dict[str, list[bytes]] = {}
+    for s in tuple(streams):
+        mine = by_locale.get(s.locale)
+        if mine is None:
+            mine = by_locale[s.locale] = [resolve_frame(f, s.locale) for f in frames]
+        s.on_frames(mine)

@@ -81,6 +81,8 @@ class Users(Protocol):
 
     def set_muted(self, key: tuple[str, str], muted: frozenset[str]) -> None: ...
 
+    def set_locale(self, key: tuple[str, str], locale: str) -> None: ...
+
 
 class Recounts:
     """The users whose counts are to be read again, and the task that reads
@@ -157,8 +159,10 @@ class Recounts:
         versions = {u: cache.version((app, u)) for u in users}  # before the read
         if mutes:
             fresh = await self.store.muted_many(app, mutes)
+            locales = await self.store.locales_many(app, mutes)  # changed with the mutes
             for user in mutes:
                 hub.set_muted((app, user), fresh.get(user, NONE_MUTED))
+                hub.set_locale((app, user), locales.get(user, ""))
             versions.update((u, cache.version((app, u))) for u in mutes)
         # the counts read the mutes themselves, in their own snapshot: those
         # just read may be older already (hub.counts)

@@ -86,7 +86,7 @@ class Stream:
     __slots__ = ("hub", "app", "user", "epoch", "last_seq", "last_feed", "queue", "topics",
                  "closed", "close_code", "_syncing", "_again", "_held", "_held_bytes", "_wake",
                  "_room", "_writer", "_head_for", "_head", "_end", "secret", "issued", "jti",
-                 "muted")
+                 "muted", "locale", "pinned")
 
     def __init__(self, hub: Host, app: str, user: str, *, max_events: int, max_bytes: int):
         self.hub = hub
@@ -124,6 +124,11 @@ class Stream:
         # the categories its user muted in-app (None until the hub read them
         # at the start; most users have none: one shared empty frozenset)
         self.muted: frozenset[str] | None = None
+        # the language its notifications are shown in (tidings/core/locales.py):
+        # the user's preferences' (read with the mutes), or the device's own
+        # (``?locale=``: pinned, the preferences' then do not change it)
+        self.locale = ""
+        self.pinned = False
 
     # -- what the hub calls -----------------------------------------------
     def _hold(self, kind: str, pos: int, payload: bytes, category: str = "") -> None:

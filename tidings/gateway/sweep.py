@@ -61,6 +61,8 @@ class Users(Protocol):
 
     def set_muted(self, key: tuple[str, str], muted: frozenset[str]) -> None: ...
 
+    def set_locale(self, key: tuple[str, str], locale: str) -> None: ...
+
     def follow(self, key: tuple[str, str], topics: set[str]) -> bool: ...
 
 
@@ -131,9 +133,11 @@ class OutageSweep:
             return []
         topics = await store.topics_many(app, users)
         found = await store.muted_many(app, users)
+        locales = await store.locales_many(app, users)
         muted = {u: found.get(u, NONE_MUTED) for u in users}
         for user in users:
             hub.set_muted((app, user), muted[user])
+            hub.set_locale((app, user), locales.get(user, ""))
         counts = await store.counts_many(app, users, time.time())
         self.batches += 1
         joined = False

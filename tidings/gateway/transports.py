@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from tidings.api.common import Query
+from tidings.api.common import LOCALE, Query
 from tidings.core import events
 from tidings.core.cursor import CURSOR_MAX, CURSOR_RE, parse_cursor
 from tidings.core.receipts import connection_device
@@ -192,10 +192,17 @@ TOKEN = Query("token", "The user token, for clients that cannot send an Authoriz
               "header (EventSource)", {"type": "string"})
 
 
+def _pin(stream: Stream, locale: str | None) -> None:
+    """A device's own language (``?locale=``): its stream shows notifications
+    in it, whatever the user's preferences say (tidings/core/locales.py)."""
+    if locale is not None:
+        stream.locale, stream.pinned = locale, True
+
+
 class WebSocketEndpoint:
     """``GET /v1/me/stream``"""
 
-    query = (CURSOR,)
+    query = (CURSOR, LOCALE)
 
     def __init__(self, service: Service):
         self.service = service
@@ -235,7 +242,9 @@ class WebSocketEndpoint:
         if not allowed:
             return await refuse(CLOSE_FORBIDDEN, "origin not allowed", "origin_not_allowed")
         try:
-            cursor = parse_cursor(_query(scope).get(CURSOR.name))
+            query = _query(scope)
+            cursor = parse_cursor(query.get(CURSOR.name))
+            locale = LOCALE.parse(query.get(LOCALE.name))
             if token is None:
                 token = await self._first_message_token(receive)
             if isinstance(checked, TidingsError):
@@ -258,6 +267,7 @@ class WebSocketEndpoint:
             stream: Stream = RawWebSocketStream(raw, send, service.hub, app, user, **caps)
         else:
             stream = WebSocketStream(send, service.hub, app, user, **caps)
+        _pin(stream, locale)
         stream.end_at(claims.until, claims.secret)
         stream.issued, stream.jti = claims.issued, claims.jti
         try:
@@ -376,7 +386,7 @@ class _Device:
 class SSEEndpoint:
     """``GET /v1/me/events``"""
 
-    query = (CURSOR, TOKEN)
+    query = (CURSOR, TOKEN, LOCALE)
 
     def __init__(self, service: Service):
         self.service = service
@@ -394,6 +404,7 @@ class SSEEndpoint:
             cursor = parse_cursor(
                 last_id.decode("latin-1") if last_id else query.get(CURSOR.name)
             )
+            locale = LOCALE.parse(query.get(LOCALE.name))
             claims = await service.token_claims(token, _address(scope))
             app, user = claims.app, claims.user
             service.limits.charge_user(app, user)  # 429 rate_limited, as any request
@@ -422,6 +433,7 @@ class SSEEndpoint:
             send, service.hub, app, user,
             max_events=limits.queue_max_events, max_bytes=limits.queue_max_bytes,
         )
+        _pin(stream, locale)
         # A retry hint first: EventSource waits this long before reconnecting.
         Stream.push(stream, b"retry: %d\n\n" % random.randint(*SSE_RETRY_MS))
         stream.end_at(claims.until, claims.secret)  # the response ends then: a new token

@@ -61,7 +61,7 @@ import msgspec
 from tidings.channels.base import Channel, Job, Result
 from tidings.channels.worker import Lane, Worker
 from tidings.config import Settings
-from tidings.core import digest, quiet, retime
+from tidings.core import digest, locales, quiet, retime
 from tidings.core.lru import LRU
 from tidings.core.models import Preferences
 from tidings.core.retry import RetryPolicy
@@ -393,7 +393,8 @@ class Outbound:
         for n, (_, mine) in enumerate(sorted(by_dest.items())):
             jid = digest.job_id(app, user, channel, rule, mine[0].nid, n)
             job = Job(id=jid, channel=channel, app=app, user=user,
-                      notification=digest.body(jid, [i.notification for i in mine], now),
+                      notification=digest.body(jid, [locales.resolve(
+                          i.notification, i.destination.get("locale", "")) for i in mine], now),
                       destination=mine[0].destination, created_at=now)
             jobs.append(NewJob(job=job, nid=jid.split(".", 1)[0], not_before=now))
         return jobs
@@ -530,6 +531,10 @@ class Outbound:
                     targets = [dest.email.destination()] if dest and dest.email else []
                 if not targets:
                     continue
+                if mine is not None and mine.locale and channel != "webhook":
+                    # the language the channel renders it in (tidings/core/locales.py),
+                    # kept with the job: a PATCH's new locales are sent in it too
+                    targets = [{**t, "locale": mine.locale} for t in targets]
                 if channel in plan.muted:
                     counts.muted[channel] += len(targets)
                     continue

@@ -121,6 +121,7 @@ def scheduled_edit(sched: ScheduledNotification, patch: PatchRequest, due_at: fl
         value = getattr(patch, field)
         if value is not None and field != "deliver_at":
             setattr(note, field, value)
+    note.locales = note.locales or None  # {}: none any more
     expires_at = sched.expires_at
     if due_at is None:
         due_at = sched.due_at

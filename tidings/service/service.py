@@ -38,7 +38,7 @@ from tidings.broker.base import (
     user_channel,
 )
 from tidings.config import Settings
-from tidings.core import auth, events, preferences, unsubscribe
+from tidings.core import auth, events, locales, preferences, unsubscribe
 from tidings.core.audit import Actor
 from tidings.core.etag import IfMatch
 from tidings.core.ids import id_at, new_id
@@ -99,6 +99,9 @@ def _token_digest(token: str) -> bytes:
 
 
 _FLOAT_MAX = sys.float_info.max
+# Marks a cached inbox page holding a notification with locales (never
+# encoded: ``Service.inbox`` answers such a page resolved, without it).
+_LOCALIZABLE = "\x00locales"
 
 
 class _Retired(Unauthorized):
@@ -470,6 +473,7 @@ class Service:
             id=nid, category=req.category, created_at=_iso(at), title=req.title,
             body=req.body, format=req.format, url=req.url, data=req.data,
             priority=req.priority, tags=req.tags, group_key=req.group_key, actor=req.actor,
+            locales=None if req.locales is None else locales.check(req.locales),
             deliver_at=None if deliver_at is None else _iso(deliver_at),
             expires_at=_iso(expires_at) if expires_at else None,
         )
@@ -780,6 +784,8 @@ class Service:
         move it, with ``deliver_at``), else the published one, whose holders
         are told."""
         due_at = None
+        if patch.locales is not None:
+            locales.check(patch.locales)
         if patch.deliver_at is not None:  # the bounds of a publish, from now
             now = time.time()
             due_at = self._deliver_at(patch, now) or now
@@ -802,6 +808,7 @@ class Service:
             value = getattr(patch, field)
             if value is not None and field != "deliver_at":
                 setattr(note, field, value)
+        note.locales = note.locales or None  # {}: none any more
         body = _encode(note)
         if len(body) > self.settings.limits.max_notification_bytes:
             raise PayloadTooLarge("the corrected notification is too large")
@@ -944,7 +951,37 @@ class Service:
 
     async def inbox(self, app_id: str, user: str, *, limit: int, before: str | None,
                     state: str | None, categories: tuple[str, ...] = (),
-                    tags: tuple[str, ...] = ()) -> dict:
+                    tags: tuple[str, ...] = (), locale: str | None = None) -> dict:
+        """A page of the user's inbox, its notifications in ``locale`` (None:
+        the one of the user's preferences; tidings/core/locales.py)."""
+        page = await self._cached_page(app_id, user, limit=limit, before=before, state=state,
+                                       categories=categories, tags=tags)
+        if _LOCALIZABLE not in page:  # no notification of it has locales: as it is
+            return page
+        locale = await self._locale(app_id, user, locale)
+        items = []
+        for item in page["items"]:
+            note = bytes(item["notification"])
+            if locales.has_locales(note):
+                item = {**item, "notification": msgspec.Raw(locales.resolve(note, locale))}
+            items.append(item)
+        return {"items": items, "next_before": page["next_before"]}
+
+    async def _locale(self, app_id: str, user: str, given: str | None) -> str:
+        """The language to show the user's notifications in: ``given`` (a
+        device's own), else their preferences' as their streams here hold
+        it, else read ("" for none).  Asked only for notifications with
+        locales."""
+        if given is not None:
+            return given
+        held = self.hub.locale_of((app_id, user))
+        if held is not None:
+            return held
+        return (await self.store.get_preferences(app_id, user)).locale or ""
+
+    async def _cached_page(self, app_id: str, user: str, *, limit: int, before: str | None,
+                           state: str | None, categories: tuple[str, ...] = (),
+                           tags: tuple[str, ...] = ()) -> dict:
         # The first page is what every device opens with: cached while the
         # user has a stream on this node (tidings/gateway/cache.py); a tab's
         # filtered first page too, under its filter, invalidated alike.
@@ -978,6 +1015,8 @@ class Service:
                 item["group"] = msgspec.Raw(e.group)
             items.append(item)
         nxt = entries[-1].id if len(entries) == limit else None
+        if any(locales.has_locales(e.body) for e in entries):
+            return {"items": items, "next_before": nxt, _LOCALIZABLE: True}
         return {"items": items, "next_before": nxt}
 
     # -- topics and preferences -------------------------------------------------------
@@ -1034,19 +1073,20 @@ class Service:
         stored = await self.outbound.change_preferences(app_id, user, changing)
         if stored is None:  # made already: nothing was written
             return read[0]
-        if preferences.muted(stored) != preferences.muted(read[0]):
-            self._mutes_changed(app_id, user)
+        if (preferences.muted(stored) != preferences.muted(read[0])
+                or stored.locale != read[0].locale):
+            self._mutes_changed(app_id, user)  # their streams read both again
         return stored
 
     def _mutes_changed(self, app_id: str, user: str) -> None:
-        """The user's in-app mutes may have changed (committed): their
-        streams, on every node, read them again, and then their counts
+        """The user's in-app mutes or locale may have changed (committed):
+        their streams, on every node, read them again, and then their counts
         (docs/delivery.md#in-app-mutes-and-feed-items)."""
         self.hub.cache.user_changed((app_id, user))
         self.broker.publish(user_channel(app_id, user), MutesChanged())
 
     async def group_members(self, app_id: str, user: str, nid: str, *, limit: int,
-                            before: str | None) -> dict:
+                            before: str | None, locale: str | None = None) -> dict:
         """The user's group entry holding ``nid`` and its members, newest first."""
         found = await self.store.group_members(app_id, user, nid, limit=limit, before=before,
                                                now=time.time())
@@ -1054,10 +1094,15 @@ class Service:
             raise NotFound("no group entry of this inbox holds that notification", field="id")
         entry, members = found
         assert entry.group is not None  # a group entry
+        lang = ""
+        if any(locales.has_locales(e.body) for e in (entry, *members)):
+            lang = await self._locale(app_id, user, locale)
         return {
             "id": entry.id, "state": entry.state, "seq": entry.seq,
-            "notification": msgspec.Raw(entry.body), "group": msgspec.Raw(entry.group),
-            "items": [{"id": m.id, "notification": msgspec.Raw(m.body)} for m in members],
+            "notification": msgspec.Raw(locales.resolve(entry.body, lang)),
+            "group": msgspec.Raw(entry.group),
+            "items": [{"id": m.id, "notification": msgspec.Raw(locales.resolve(m.body, lang))}
+                      for m in members],
             "next_before": members[-1].id if len(members) == limit else None,
         }
 

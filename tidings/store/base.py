@@ -267,6 +267,9 @@ class StreamHead:
     # the categories the user muted in-app (``Store.muted``), read with the
     # head: a stream skips live feed items of them (tidings/gateway/stream.py)
     muted: frozenset[str] = frozenset()
+    # the locale of their preferences ("" for none), read in the same read:
+    # the language a stream shows notifications in (tidings/core/locales.py)
+    locale: str = ""
 
 
 @dataclass(slots=True)
@@ -792,7 +795,7 @@ class Store(OutboundStore, AuditStore, abc.ABC):
     @abc.abstractmethod
     async def stream_head(self, app_id: str, user: str, now: float) -> StreamHead:
         """The user's position, creating their stream (and epoch) if new,
-        and their in-app mutes (``muted``)."""
+        and their in-app mutes (``muted``) and locale, read with them."""
 
     @abc.abstractmethod
     async def key_used_since(self, app_id: str, key: str, since: float) -> bool:
@@ -882,6 +885,13 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         are left out).  One ``muted`` each unless the store has better."""
         out = {user: await self.muted(app_id, user) for user in users}
         return {user: m for user, m in out.items() if m}
+
+    async def locales_many(self, app_id: str, users: list[str]) -> dict[str, str]:
+        """The ``locale`` of the preferences of those of ``users`` who set
+        one (the others are left out).  One read each unless the store has
+        better."""
+        out = {user: (await self.get_preferences(app_id, user)).locale for user in users}
+        return {user: locale for user, locale in out.items() if locale}
 
     @abc.abstractmethod
     async def set_state(

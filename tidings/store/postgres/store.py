@@ -714,8 +714,12 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
             return row
 
         epoch, head_seq, floor_seq, head_feed, floor_feed, prefs = await self._call(head)
+        if prefs is None:
+            return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1,
+                              NONE_MUTED)
+        doc = _decode_prefs(prefs)
         return StreamHead(epoch, head_seq, floor_seq + 1, head_feed, floor_feed + 1,
-                          NONE_MUTED if prefs is None else muted_in(_decode_prefs(prefs)))
+                          muted_in(doc), doc.locale or "")
 
     async def key_used_since(self, app_id, key, since) -> bool:
         return await self._fetchval(
@@ -901,6 +905,13 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
             app_id, list(users))
         out = {user: muted_in(_decode_prefs(doc)) for user, doc in rows}
         return {user: m for user, m in out.items() if m}
+
+    async def locales_many(self, app_id, users) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT user_id, doc FROM prefs WHERE app_id = $1 AND user_id = ANY($2::text[])",
+            app_id, list(users))
+        out = {user: _decode_prefs(doc).locale for user, doc in rows}
+        return {user: locale for user, locale in out.items() if locale}
 
     # -- the app's categories -------------------------------------------
     async def get_categories(self, app_id) -> bytes | None:

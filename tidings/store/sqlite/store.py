@@ -884,8 +884,12 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         epoch, head, floor = row
         feed = self._q1("SELECT head, floor FROM feed_heads WHERE app_id=?", (app_id,))
         head_feed, floor_feed = feed if feed else (0, 0)
-        return StreamHead(epoch, head, floor + 1, head_feed, floor_feed + 1,
-                          await self.muted(app_id, user))
+        prefs = self._q1("SELECT doc FROM prefs WHERE app_id=? AND user_id=?", (app_id, user))
+        if prefs is None:
+            return StreamHead(epoch, head, floor + 1, head_feed, floor_feed + 1, NONE_MUTED)
+        doc = _decode_prefs(prefs[0])
+        return StreamHead(epoch, head, floor + 1, head_feed, floor_feed + 1, muted_in(doc),
+                          doc.locale or "")
 
     async def replay(self, app_id, user, after_seq, after_feed, limit, now, muted=None):
         if muted is None:
@@ -1044,6 +1048,11 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         out = {user: muted_in(_decode_prefs(doc)) for user, doc in self._q_users(
             "SELECT user_id, doc FROM prefs WHERE app_id=? AND user_id IN ({})", app_id, users)}
         return {user: m for user, m in out.items() if m}
+
+    async def locales_many(self, app_id, users) -> dict[str, str]:
+        out = {user: _decode_prefs(doc).locale for user, doc in self._q_users(
+            "SELECT user_id, doc FROM prefs WHERE app_id=? AND user_id IN ({})", app_id, users)}
+        return {user: locale for user, locale in out.items() if locale}
 
     # -- the app's categories -------------------------------------------
     async def get_categories(self, app_id) -> bytes | None:
