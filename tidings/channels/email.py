@@ -242,14 +242,14 @@ class EmailChannel:
         msg["Message-ID"] = f"<{job.id}@{self._domain}>"
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Tidings-Id"] = job.id
-        if note.locale:  # the language its text was resolved to (RFC 3282)
-            msg["Content-Language"] = note.locale
         url = self.unsubscribe_url(job, note)
         if url is not None:
             msg["List-Unsubscribe"] = _Verbatim("List-Unsubscribe", f"<{url}>")
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg.set_content(rendered.text)
         msg.add_alternative(rendered.html, subtype="html")
+        if note.locale:  # the language its text was resolved to (RFC 3282); after
+            msg["Content-Language"] = note.locale  # set_content, which drops Content-*
         return msg
 
     async def send(self, job: Job) -> Result:
