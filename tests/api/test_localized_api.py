@@ -25,6 +25,8 @@ BAD_LOCALES = [
     ({f"x-{i:04d}": {"title": "x"} for i in range(33)}, 422, "locales"),  # too many
     (["de"], 422, "locales"),
 ]
+# what each error says, past naming the field (not "unknown field": the old answer)
+SAYS = {"locales": ("length <= 32", "got `array`")}
 
 
 @pytest.mark.parametrize(("locales", "status", "field"), BAD_LOCALES)
@@ -41,6 +43,9 @@ async def test_bad_locales_are_refused_and_change_nothing(each_store, locales, s
             r = await send()
             assert r.status_code == status, r.text
             assert r.json()["error"]["field"] == field
+            assert "unknown field `locales`" not in r.json()["error"]["message"]
+            if field in SAYS:
+                assert any(part in r.json()["error"]["message"] for part in SAYS[field])
         r = await http.post("/v1/notifications/batch", json={"notifications": [
             {"to": {"users": ["u"]}, "locales": locales}]})
         (result,) = r.json()["results"]
