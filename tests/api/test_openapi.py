@@ -171,17 +171,18 @@ async def test_405_lists_every_method_of_the_path(server):
 # Every operation that reads the query string, and what it reads.
 QUERY = {
     ("get", "/v1/topics/{topic}"): {"limit"},
-    ("get", "/v1/users/{user}/notifications"): {"limit", "before", "state", "category", "tag"},
-    ("get", "/v1/users/{user}/notifications/{id}/group"): {"limit", "before"},
-    ("get", "/v1/me/notifications"): {"limit", "before", "state", "category", "tag"},
-    ("get", "/v1/me/notifications/{id}/group"): {"limit", "before"},
+    ("get", "/v1/users/{user}/notifications"): {"limit", "before", "state", "category", "tag",
+                                                "locale"},
+    ("get", "/v1/users/{user}/notifications/{id}/group"): {"limit", "before", "locale"},
+    ("get", "/v1/me/notifications"): {"limit", "before", "state", "category", "tag", "locale"},
+    ("get", "/v1/me/notifications/{id}/group"): {"limit", "before", "locale"},
     ("get", "/v1/notifications/{id}/timeline"): {"user"},
     ("get", "/v1/outbound/dead"): {"limit", "before"},
     ("get", "/dashboard/api/notification"): {"id", "user", "app"},
     ("get", "/v1/audit"): {"limit", "before", "action", "since"},
     ("get", "/dashboard/api/audit"): {"limit", "before", "action", "since"},
-    ("get", "/v1/me/events"): {"cursor", "token"},
-    ("get", "/v1/me/stream"): {"cursor"},
+    ("get", "/v1/me/events"): {"cursor", "token", "locale"},
+    ("get", "/v1/me/stream"): {"cursor", "locale"},
 }
 
 

@@ -100,8 +100,13 @@ class _Endpoints:
                 tags: list[str] | None = None, group_key: str | None = None,
                 actor: str | None = None, deliver_at: datetime | str | None = None,
                 ttl: int | None = None, idempotency_key: str | None = None,
+                locales: dict[str, dict[str, str]] | None = None,
                 **extra: Any) -> Any:
         """Publish one notification; returns ``{"id", "recipients", "status", ...}``.
+
+        ``locales`` gives its text in other languages (``{"de": {"title":
+        ..., "body": ...}}``): each user sees the one of their preferences'
+        ``locale`` (docs/channels.md#languages).
 
         Pass ``idempotency_key`` whenever a retry could duplicate a
         notification (timeouts): the server answers a repeat with the first
@@ -110,7 +115,7 @@ class _Endpoints:
         payload = notification(
             to, category=category, title=title, body=body, format=format, url=url, data=data,
             priority=priority, tags=tags, group_key=group_key, actor=actor,
-            deliver_at=deliver_at, ttl=ttl, **extra,
+            deliver_at=deliver_at, ttl=ttl, locales=locales, **extra,
         )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._call("POST", "/v1/notifications", json=payload, headers=headers)
@@ -132,7 +137,8 @@ class _Endpoints:
         return self._call("GET", f"/v1/notifications/{_seg(notification_id)}")
 
     def update_notification(self, notification_id: str, **fields: Any) -> Any:
-        """PATCH title/body/format/url/data/priority/tags; recipients see an ``updated`` event."""
+        """PATCH title/body/format/url/data/priority/tags/locales (``{}`` removes the
+        locales); recipients see an ``updated`` event."""
         patch = {k: _jsonable(v) for k, v in fields.items() if v is not None}
         return self._call("PATCH", f"/v1/notifications/{_seg(notification_id)}", json=patch)
 

@@ -19,6 +19,10 @@ declare namespace Tidings {
     transport?: Transport;
     /** A saved cursor() to resume from. */
     cursor?: string | null;
+    /** This device's language (a BCP 47 tag such as "de-AT"), when it differs from the
+     *  `locale` of the user's preferences: the inbox pages and the live stream show
+     *  notifications in it (docs/inbox.md#languages). Default: the preferences'. */
+    locale?: string;
     /** The size of the inbox page loaded on "inbox" (default 20). */
     pageSize?: number;
     /** Reload the inbox page after every resumed reconnect (default true). */
@@ -48,6 +52,9 @@ declare namespace Tidings {
     tags?: string[];
     group_key?: string;
     actor?: string;
+    /** The language of the notification's text, when the server took one of its
+     *  `locales` for this user (a BCP 47 tag; docs/channels.md#languages). */
+    locale?: string;
     deliver_at?: string;
     expires_at?: string;
     /** Set on a Web Push payload that had to be shortened. */
@@ -153,6 +160,8 @@ declare namespace Tidings {
     categories?: Record<string, ChannelPrefs>;
     quiet_hours?: QuietHours | null;
     digests?: DigestRules;
+    /** The language notifications are shown in (a BCP 47 tag such as "de-AT"). */
+    locale?: string;
   }
 
   /** A change to part of the preferences (a JSON merge patch): what it names
@@ -161,6 +170,7 @@ declare namespace Tidings {
     categories?: Record<string, Partial<ChannelPrefs> | null>;
     quiet_hours?: QuietHours | null;
     digests?: Record<string, Record<string, DigestRule | null> | null>;
+    locale?: string | null;
   }
 
   /** A document and its ETag (not enumerable: the object can be sent back as it is). */

@@ -99,6 +99,8 @@
     this._getToken = options.getToken || null;
     this.transport = options.transport || "auto";  // "auto" | "websocket" | "sse"
     this.pageSize = options.pageSize || 20;
+    // this device's language, when it differs from the user's preferences' (a BCP 47 tag)
+    this.locale = options.locale || null;
     this.refreshOnReconnect = options.refreshOnReconnect !== false;
     this._handlers = {};
     this._epoch = null; this._seq = 0; this._feed = null;
@@ -354,8 +356,11 @@
 
   Client.prototype._openWebSocket = function (token) {
     var self = this, pos = this.cursor(), opened = false;
+    var q = [];
+    if (pos) q.push("cursor=" + encodeURIComponent(pos));
+    if (this.locale) q.push("locale=" + encodeURIComponent(this.locale));
     var sock = new root.WebSocket(this.url.replace(/^http/, "ws") + "/v1/me/stream" +
-                                  (pos ? "?cursor=" + encodeURIComponent(pos) : ""));
+                                  (q.length ? "?" + q.join("&") : ""));
     this._sock = sock; this._using = "websocket";
     sock.onopen = function () {
       opened = true;
@@ -390,7 +395,8 @@
 
   Client.prototype._openEventSource = function (token) {
     var self = this, pos = this.cursor();
-    var qs = "token=" + encodeURIComponent(token) + (pos ? "&cursor=" + encodeURIComponent(pos) : "");
+    var qs = "token=" + encodeURIComponent(token) + (pos ? "&cursor=" + encodeURIComponent(pos) : "") +
+             (this.locale ? "&locale=" + encodeURIComponent(this.locale) : "");
     var es = new root.EventSource(this.url + "/v1/me/events?" + qs);
     this._sock = es; this._using = "sse";
     es.onmessage = function (m) {
@@ -568,6 +574,7 @@
     if (opts.limit) q.push("limit=" + encodeURIComponent(opts.limit));
     if (opts.before) q.push("before=" + encodeURIComponent(opts.before));
     if (opts.state) q.push("state=" + encodeURIComponent(opts.state));
+    if (this.locale) q.push("locale=" + encodeURIComponent(this.locale));
     [["category", opts.category], ["tag", opts.tags]].forEach(function (p) {
       if (p[1] === undefined || p[1] === null) return;
       [].concat(p[1]).forEach(function (v) { q.push(p[0] + "=" + encodeURIComponent(v)); });
