@@ -5,26 +5,36 @@ the secrets they print in any record."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from tests.api.conftest import allow_inserts, refuse_inserts
 from tests.test_cli_keys import _run, _store
 from tidings.config import Settings
 from tidings.store import open_store
+from tidings.store.sealed import KEY_CHECK, check_of
 
 pytestmark = pytest.mark.timeout(180)
 
 
-async def _log(where: list[str], app: str) -> list:
+@contextlib.asynccontextmanager
+async def _opened(where: list[str]):
     flag, value = where
     settings = Settings(data=value) if flag == "--data" else Settings(store=value)
     store = open_store(settings.store, settings.sqlite_path)
     await store.open()
     try:
-        return await store.audit_log(app, limit=100)
+        yield store
     finally:
         await store.close()
+
+
+async def _log(where: list[str], app: str) -> list:
+    async with _opened(where) as store:
+        return await store.audit_log(app, limit=100)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -67,3 +77,27 @@ async def test_sealing_the_secrets_is_recorded_in_the_operator_apps_log(tmp_path
     assert [(r.action, r.actor) for r in records[:2]] == [("secrets.unseal", "cli"),
                                                           ("secrets.seal", "cli")]
     assert records[0].details["rows"] >= 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_seal_commits_with_its_record_or_not_at_all(tmp_path, kind):
+    """A store that refuses the record of ``secrets seal`` stays plain (the
+    CLI says why, in one line); refusing no more, it is sealed, recorded."""
+    key_file = tmp_path / "key"
+    key_file.write_text((await _run("secrets", "keygen")).stdout.strip())
+    async with _store(kind, tmp_path) as where:
+        assert (await _run("app", "create", "default", *where)).returncode == 0
+        async with _opened(where) as store:
+            holder = SimpleNamespace(service=SimpleNamespace(store=store))
+            await refuse_inserts(holder, "audit_log")
+            r = await _run("secrets", "seal", "--secret-key-file", str(key_file), *where)
+            assert r.returncode != 0 and "Traceback" not in r.stderr
+            assert r.stderr.strip().splitlines()[-1] == (
+                "Error: the store refused the audit record of secrets.seal, so nothing "
+                "changed; retry later")
+            assert check_of(await store.secret_rows(KEY_CHECK)) is None
+            await allow_inserts(holder, "audit_log")
+        r = await _run("secrets", "seal", "--secret-key-file", str(key_file), *where)
+        assert r.returncode == 0, r.stderr
+        records = await _log(where, "default")
+    assert [r.action for r in records[:2]] == ["secrets.seal", "app.create"]

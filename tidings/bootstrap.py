@@ -15,7 +15,7 @@ from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
-from tidings.core.audit import CLI, OPERATOR, new_entry
+from tidings.core.audit import CLI, OPERATOR, AuditEntry, new_entry
 from tidings.core.models import valid_app_id
 from tidings.core.seal import PLAIN, Seal, SealError
 from tidings.errors import Conflict, NotFound
@@ -132,11 +132,10 @@ def revoke_tokens(settings: Settings, app_id: str, user: str, *, jti: str | None
     async def run(service: Service):
         record = await _require_app(service, settings, app_id)
         if jti is None and token is None:
-            before = await service.revocations.revoke(app_id, user)
-            await service.audit.record(app_id, CLI, "tokens.revoke", user, before=before)
+            before = await service.revocations.revoke(app_id, user, actor=CLI)
             return {"app": app_id, **revoked(user, before)}
-        one, until = await service.revocations.revoke_one(record, user, jti=jti, token=token)
-        await service.audit.record(app_id, CLI, "token.revoke", user, jti=one, until=until)
+        one, until = await service.revocations.revoke_one(record, user, jti=jti, token=token,
+                                                          actor=CLI)
         return {"app": app_id, **revoked_one(user, one, until)}
 
     return asyncio.run(_with_service(settings, run))
@@ -240,13 +239,18 @@ async def _on_store(settings: Settings, fn):
         await store.close()
 
 
-async def _resealed(settings: Settings, store, action: str, n: int) -> int:
-    """Record a change of the store's seal in the operator app's audit log
-    (the secrets are every app's), after its commit."""
-    if settings.operator_app:
-        await store.add_audit(new_entry(settings.operator_app, CLI, action, None, time.time(),
-                                        rows=n))
-    return n
+async def _resealed(settings: Settings, store, action: str, before: Seal, after: Seal,
+                    force: bool) -> int:
+    """``store.reseal``, its change recorded in the operator app's audit log
+    (the secrets are every app's) in the same transaction."""
+    operator, now = settings.operator_app, time.time()
+
+    def record(rows: int) -> AuditEntry:
+        assert operator is not None
+        return new_entry(operator, CLI, action, None, now, rows=rows)
+
+    return await store.reseal(before, after, force=force,
+                              audit=record if operator else None)
 
 
 def _operator_key(settings: Settings) -> bytes:
@@ -270,8 +274,7 @@ def seal_secrets(settings: Settings, force: bool = False) -> int:
             raise SealError("the store's secrets are already sealed" + (
                 " under this key" if after.knows(check)
                 else ": `tidings secrets rekey` changes the key"))
-        return await _resealed(settings, store, "secrets.seal",
-                               await store.reseal(PLAIN, after, force=force))
+        return await _resealed(settings, store, "secrets.seal", PLAIN, after, force)
 
     return asyncio.run(_on_store(settings, run))
 
@@ -281,8 +284,7 @@ def unseal_secrets(settings: Settings, force: bool = False) -> int:
     _require_store(settings)
     before = Seal(_operator_key(settings))
     async def run(store):
-        return await _resealed(settings, store, "secrets.unseal",
-                               await store.reseal(before, PLAIN, force=force))
+        return await _resealed(settings, store, "secrets.unseal", before, PLAIN, force)
 
     return asyncio.run(_on_store(settings, run))
 
@@ -298,7 +300,6 @@ def rekey_secrets(settings: Settings, new_key: bytes, force: bool = False) -> in
         if before.check == after.check == check_of(await store.secret_rows(KEY_CHECK)):
             raise SealError("the new key is the store's key already, and every secret is "
                             "sealed in the current format")
-        return await _resealed(settings, store, "secrets.rekey",
-                               await store.reseal(before, after, force=force))
+        return await _resealed(settings, store, "secrets.rekey", before, after, force)
 
     return asyncio.run(_on_store(settings, run))

@@ -17,7 +17,9 @@ from tests.api.conftest import allow_inserts, refuse_inserts, store_overrides
 from tests.api.test_hostile import assert_error
 from tests.api.test_outbound_api import hooked, publish, until
 from tests.conftest import run_server
+from tests.dashboard.test_logout import _logout, _session, _snapshot
 from tidings.core.audit import CLI, new_entry
+from tidings.errors import Unavailable
 
 AUDIT = "/v1/audit"
 
@@ -248,14 +250,15 @@ async def test_a_key_is_not_made_without_its_record(each_store):
     async with server.http() as http:
         before = (await http.get("/v1/keys")).json()["keys"]
         r = await http.post("/v1/keys", json={"scopes": ["read"]})
-        assert r.status_code >= 500, r.text
+        assert_error(r, 503, "unavailable")
         assert (await http.get("/v1/keys")).json()["keys"] == before
 
 
 async def test_each_change_commits_with_its_record_or_not_at_all(tmp_path, kind):
-    """Webhooks, caps, categories and the dead-letter list write their record
-    in the change's transaction: a store that refuses the record makes none
-    of the changes (and, refusing no more, makes them with their records)."""
+    """Webhooks, caps, categories, the dead-letter list and users' tokens
+    write their record in the change's transaction: a store that refuses the
+    record makes none of the changes, each answered with a 503 (and, refusing
+    no more, makes them with their records)."""
     async with store_overrides(kind) as store, \
             hooked(tmp_path, fail_first=1000, **store) as (server, _):
         db = server.service.store
@@ -270,7 +273,9 @@ async def test_each_change_commits_with_its_record_or_not_at_all(tmp_path, kind)
 
             async def state():
                 return ((await http.get("/v1/webhooks")).json()["endpoints"], await dead(),
-                        await db.get_caps(server.app), await db.get_categories(server.app))
+                        await db.get_caps(server.app), await db.get_categories(server.app),
+                        await db.token_revocations(0),
+                        await db.token_id_revocations(0, time.time()))
 
             before, recorded = await state(), await _records(http)
             changes = [
@@ -280,11 +285,13 @@ async def test_each_change_commits_with_its_record_or_not_at_all(tmp_path, kind)
                 ("put", "/v1/categories", {"categories": [{"id": "promo", "label": "P"}]}),
                 ("post", f"/v1/outbound/dead/{job['id']}/retry", None),
                 ("delete", f"/v1/webhooks/{hook['id']}", None),
+                ("post", "/v1/users/ann/tokens/revoke", None),
+                ("post", "/v1/users/bob/tokens/revoke", {"jti": "j-1"}),
             ]
             await refuse_inserts(server, "audit_log")
             for method, path, body in changes:
                 r = await http.request(method, path, json=body)
-                assert r.status_code >= 500, (path, r.text)
+                assert_error(r, 503, "unavailable")
             assert await state() == before
             assert await _records(http) == recorded
             await allow_inserts(server, "audit_log")
@@ -292,8 +299,34 @@ async def test_each_change_commits_with_its_record_or_not_at_all(tmp_path, kind)
                 r = await http.request(method, path, json=body)
                 assert r.status_code < 300, (path, r.text)
             assert [r["action"] for r in await _records(http)] == [
+                "token.revoke", "tokens.revoke",
                 "webhook.delete", "dead_letter.retry", "categories.update", "caps.update",
                 "webhook.rotate_secret", "webhook.create", *(r["action"] for r in recorded)]
+
+
+async def test_an_app_and_a_logout_commit_with_their_record_or_not_at_all(tmp_path, kind):
+    """An app's creation and a dashboard logout write their record in their
+    transaction too: refused, no app is made (the CLI's error is the 503's)
+    and the session goes on working."""
+    async with store_overrides(kind) as store, run_server(tmp_path, **store) as server:
+        service, db = server.service, server.service.store
+        cookie = await _session(server)
+        await refuse_inserts(server, "audit_log")
+        with pytest.raises(Unavailable, match="audit record of app.create"):
+            await service.create_app("shop", app_id="shop", actor=CLI)
+        assert await db.get_app("shop") is None
+        assert_error(await _logout(server, cookie), 503, "unavailable")
+        assert (await _snapshot(server, cookie)).status_code == 200
+        await allow_inserts(server, "audit_log")
+        record, _ = await service.create_app("shop", app_id="shop", actor=CLI)
+        assert (await _logout(server, cookie)).status_code == 303
+        assert (await _snapshot(server, cookie)).status_code == 401
+        shop = await db.audit_log("shop", limit=10)
+        assert [(r.action, r.target) for r in shop] == [("app.create", "shop")]
+        assert shop[0].details["prefix"] in [k.prefix for k in await db.list_api_keys("shop")]
+        async with server.http() as http:
+            assert [r["action"] for r in await _records(http)] == ["dashboard.logout",
+                                                                   "dashboard.login"]
 
 
 async def test_the_sweep_records_each_expired_key_it_deletes(each_store):
@@ -311,7 +344,7 @@ async def test_the_sweep_records_each_expired_key_it_deletes(each_store):
             return [k["prefix"] for k in (await http.get("/v1/keys")).json()["keys"]]
 
         await refuse_inserts(server, "audit_log")
-        with pytest.raises(Exception, match="refused by a test trigger"):
+        with pytest.raises(Unavailable, match="audit record of key.drop"):
             await keys.prune(time.time() + 120)  # as if it expired long ago
         assert made["prefix"] in await listed()
         await allow_inserts(server, "audit_log")

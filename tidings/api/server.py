@@ -368,8 +368,7 @@ async def revoke_tokens(request: Request):
     user = _user(request)
     raw = await read_body(request, REVOKE_BODY_MAX)
     if not raw.strip():
-        before = await service.revocations.revoke(app, user)
-        await service.audit.record(app, actor_of(request), "tokens.revoke", user, before=before)
+        before = await service.revocations.revoke(app, user, actor=actor_of(request))
         return JSON(revoked(user, before))
     req = decode(raw, RevokeRequest)
     if (req.jti is None) == (req.token is None):
@@ -379,9 +378,7 @@ async def revoke_tokens(request: Request):
     if record is None:  # the key's app was deleted meanwhile
         raise NotFound("no such app")
     jti, until = await service.revocations.revoke_one(record, user, jti=req.jti,
-                                                      token=req.token)
-    await service.audit.record(app, actor_of(request), "token.revoke", user, jti=jti,
-                               until=until)
+                                                      token=req.token, actor=actor_of(request))
     return JSON(revoked_one(user, jti, until))
 
 

@@ -236,9 +236,8 @@ async def logout(request: Request):
         # a store that cannot record it is a 503, and the cookie stays: a
         # session that still works is not answered "logged out"
         service = request.app.state.service
-        await service.sessions.end(s.id, s.expires, now)
-        await service.audit.record(s.app, session_actor(s.prefix, client_host(request)),
-                                   "dashboard.logout", s.prefix)
+        await service.sessions.end(s.id, s.expires, now, audit=service.audit.entry(
+            s.app, session_actor(s.prefix, client_host(request)), "dashboard.logout", s.prefix))
     return _to_login(request, "logout")
 
 

@@ -339,18 +339,20 @@ class Keys:
 
     # -- management (/v1/keys, /v1/keys/{prefix}/rotate; tidings key) ------------------
     async def create(self, app_id: str, scopes: Iterable[str], name: str | None = None,
-                     expires_at: datetime | None = None, *,
-                     actor: Actor | None = None) -> tuple[str, KeyInfo]:
+                     expires_at: datetime | None = None, *, actor: Actor | None = None,
+                     made: tuple[str, str] | None = None) -> tuple[str, KeyInfo]:
         """A new key of ``app_id``, refused from ``expires_at`` on if given:
         ``(key, what is stored of it)``.  The key itself is shown once, by
         the caller, and never stored.  ``actor``, here and in ``rotate`` and
         ``revoke``: who asks, recorded in the app's audit log in the change's
-        transaction (None: not recorded, a key the service makes itself)."""
+        transaction (None: not recorded, a key the service makes itself).
+        ``made``: the ``(key, prefix)`` the caller minted
+        (``auth.new_api_key``), to name it before it is stored."""
         scopes = check_scopes(scopes)
         name = check_name(name)
         now = self.clock()
         expires = check_expiry(expires_at, now, self.settings.limits.max_key_lifetime)
-        key, prefix = auth.new_api_key()
+        key, prefix = made or auth.new_api_key()
         limit = self.settings.limits.max_api_keys
         audit = None if actor is None else new_entry(
             app_id, actor, "key.create", prefix, now, scopes=sorted(scopes), name=name,

@@ -71,6 +71,7 @@ import time
 from tidings.broker.base import KEYS_CHANNEL, Broker, Message, TokenRevoked, TokensRevoked
 from tidings.config import Settings
 from tidings.core import auth
+from tidings.core.audit import Actor, AuditEntry, new_entry
 from tidings.errors import CLOSE_UNAUTHORIZED, Conflict, Invalid, Unauthorized
 from tidings.gateway.hub import Hub
 from tidings.store.base import AppRecord, Store
@@ -149,14 +150,22 @@ class Revocations:
             raise Unauthorized(REVOKED_REASON, code="token_revoked")
 
     # -- revoking -------------------------------------------------------------------------
-    async def revoke(self, app_id: str, user: str) -> float:
+    async def revoke(self, app_id: str, user: str, *, actor: Actor | None = None) -> float:
         """Revoke every token of the app's ``user`` issued until now: the
-        cutoff, once it has come (the caller checked the app and the user)."""
+        cutoff, once it has come (the caller checked the app and the user).
+        ``actor``, here and in ``revoke_one``: who asks, recorded in the
+        app's audit log in the change's transaction (None: not recorded)."""
         now = time.time()
         cutoff = float(math.floor(now) + 1)
         limit = self.settings.limits.max_token_revocations
+
+        def record(before: float) -> AuditEntry:
+            assert actor is not None
+            return new_entry(app_id, actor, "tokens.revoke", user, now, before=before)
+
         stored = await self.store.revoke_tokens(app_id, user, cutoff, now - self.horizon,
-                                                limit=limit)
+                                                limit=limit,
+                                                audit=None if actor is None else record)
         if stored is None:
             raise Conflict(f"an app has at most {limit} users whose tokens were revoked "
                            "within token_max_ttl: to end every token of the app, rotate its "
@@ -200,7 +209,8 @@ class Revocations:
 
     # -- one token -----------------------------------------------------------------------
     async def revoke_one(self, record: AppRecord, user: str, *, jti: str | None = None,
-                         token: str | None = None) -> tuple[str, float]:
+                         token: str | None = None,
+                         actor: Actor | None = None) -> tuple[str, float]:
         """Revoke the token of the app's ``user`` named by ``jti``, or the
         ``token`` itself (exactly one): ``(jti, until)``, refused on this
         node from the answer on.  ``record`` is the app's (the caller
@@ -226,7 +236,10 @@ class Revocations:
                               "characters: revoke every token of the user (no body)",
                               field="token")
             end = exp + auth.LEEWAY
-            if end <= now:  # expired: already refused everywhere
+            if end <= now:  # expired: already refused everywhere, nothing to store
+                if actor is not None:
+                    await self.store.add_audit(new_entry(record.id, actor, "token.revoke", user,
+                                                         now, jti=jti, until=max(end, 0)))
                 return jti, max(end, 0)
             until = float(min(end, _FOREVER))
         elif jti is not None and auth.valid_jti(jti):
@@ -234,7 +247,15 @@ class Revocations:
         else:
             raise Invalid("jti is 1-128 characters without control characters", field="jti")
         limit = self.settings.limits.max_revoked_tokens
-        stored = await self.store.revoke_token_id(record.id, user, jti, until, now, limit=limit)
+        revoked_jti = jti
+
+        def entry(until: float) -> AuditEntry:
+            assert actor is not None
+            return new_entry(record.id, actor, "token.revoke", user, now, jti=revoked_jti,
+                             until=until)
+
+        stored = await self.store.revoke_token_id(record.id, user, jti, until, now, limit=limit,
+                                                  audit=None if actor is None else entry)
         if stored is None:
             raise Conflict(f"an app has at most {limit} tokens revoked one by one that have "
                            "not expired: revoke every token of the user (no body), or rotate "

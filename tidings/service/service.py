@@ -283,16 +283,19 @@ class Service:
     async def create_app(self, name: str, app_id: str | None = None, *,
                          actor: Actor | None = None) -> tuple[AppRecord, str]:
         """Create an app with an all-scopes API key; returns ``(app, key)``.
-        ``actor``: who asked, for the app's audit log (None: not recorded)."""
+        ``actor``: who asked, recorded in the app's audit log in the app's
+        transaction (None: not recorded).  The record names the key's prefix,
+        so the key is minted first; it is stored right after the app."""
         app_id = app_id or "app_" + new_id().lower()[-12:]
         if not valid_app_id(app_id):
             raise Invalid("app id must be 1-64 of a-z 0-9 _ -", field="app")
-        record = await self.store.create_app(app_id, name, auth.new_signing_secret())
+        made = auth.new_api_key()
+        audit = None if actor is None else self.audit.entry(
+            app_id, actor, "app.create", app_id, name=name, prefix=made[1])
+        record = await self.store.create_app(app_id, name, auth.new_signing_secret(),
+                                             audit=audit)
         self.apps.created(record)
-        key, info = await self.keys.create(app_id, auth.SCOPES)
-        if actor is not None:
-            await self.audit.record(app_id, actor, "app.create", app_id, name=name,
-                                    prefix=info.prefix)
+        key, _ = await self.keys.create(app_id, auth.SCOPES, made=made)
         return record, key
 
     async def create_api_key(self, app_id: str, scopes: Iterable[str],

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from tidings.broker.base import KEYS_CHANNEL, Broker, Message, SessionEnded
 from tidings.config import Settings
+from tidings.core.audit import AuditEntry
 from tidings.core.lru import LRU
 from tidings.store.base import Store
 
@@ -52,10 +53,12 @@ class Sessions:
         messages of ``KEYS_CHANNEL``)."""
         self.broker.on_reconnect(self._forget_all)
 
-    async def end(self, session_id: str, expires: float, now: float) -> None:
+    async def end(self, session_id: str, expires: float, now: float, *,
+                  audit: AuditEntry | None = None) -> None:
         """Log the session out, on every node: kept in the store until
-        ``expires``, forgotten here at once, announced to the others."""
-        await self.store.end_dashboard_session(session_id, expires, now)
+        ``expires``, forgotten here at once, announced to the others.
+        ``audit``: the logout's record, written in the same transaction."""
+        await self.store.end_dashboard_session(session_id, expires, now, audit=audit)
         self._forget(session_id)  # here, before the answer
         self.broker.publish(KEYS_CHANNEL, SessionEnded(session_id))  # every other node
 

@@ -11,6 +11,10 @@ Guarantees every implementation gives (tests/store/test_audit_contract.py):
   never made without its record, nor a record left of a change refused.
   Every other change's record is written by ``add_audit`` after it commits
   (tidings/service/audit.py; docs/security.md says which and why).
+* **A record refused is the change refused.**  A record the database
+  refuses (a constraint, a trigger, a bug) rolls the change back and raises
+  ``Unavailable`` (503 ``unavailable``, as a store that cannot write),
+  never the database's own error.
 * **Newest first, one app at a time.**  ``audit_log`` reads one app's
   records by id (time-ordered), never another app's.
 * **Bounded.**  ``prune_audit`` deletes every app's records older than a
@@ -20,12 +24,16 @@ Guarantees every implementation gives (tests/store/test_audit_contract.py):
 from __future__ import annotations
 
 import abc
+import logging
 
 import msgspec
 
 from tidings.core.audit import AuditEntry
+from tidings.errors import Unavailable
 
-__all__ = ["AuditStore", "audit_row", "entry_of"]
+__all__ = ["AuditStore", "audit_row", "entry_of", "refused"]
+
+log = logging.getLogger("tidings")
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -35,6 +43,21 @@ def audit_row(entry: AuditEntry) -> tuple:
     """The columns of ``audit_log`` in their order, details as JSON text."""
     return (entry.app, entry.id, entry.at, entry.actor, entry.address, entry.action,
             entry.target, _encode(entry.details).decode())
+
+
+_last_refused: list[str] = [""]  # the id of the last record logged as refused
+
+
+def refused(entry: AuditEntry, exc: BaseException) -> Unavailable:
+    """What a change whose record the database refused (``exc``) raises: the
+    operator reads why in the log (once: the SQLite writer runs a job that
+    failed in a batch again alone), the client sees no internals."""
+    if _last_refused[0] != entry.id:
+        _last_refused[0] = entry.id
+        log.error("audit record refused, change rolled back: app %s, %s %s by %s: %r",
+                  entry.app, entry.action, entry.target, entry.actor, exc)
+    return Unavailable(f"the store refused the audit record of {entry.action}, so nothing "
+                       "changed; retry later")
 
 
 def entry_of(row) -> AuditEntry:

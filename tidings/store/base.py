@@ -458,14 +458,16 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         """The rows of ``place.select()``: a place's keys, then its secrets as stored."""
 
     @abc.abstractmethod
-    async def reseal(self, before: Seal, after: Seal, *, force: bool = False) -> int:
+    async def reseal(self, before: Seal, after: Seal, *, force: bool = False,
+                     audit: Callable[[int], AuditEntry] | None = None) -> int:
         """In one transaction: check that no node holds a lease (``Serving``,
         unless ``force``) and that the store is sealed as ``before``
         (``Seal.expect``), turn every secret of ``PLACES`` from ``before``'s
         seal to ``after``'s, and keep ``after``'s key check (none for a plain
         store).  Returns how many rows it rewrote.  A lease taken meanwhile
         waits for the transaction, so a node starting then checks its key
-        against the new state."""
+        against the new state.  ``audit(rows)``: the change's record, written
+        in the same transaction (tidings/store/audit.py)."""
 
     # -- the nodes serving the store (tidings/api/app.py holds the lease) --
     @abc.abstractmethod
@@ -487,7 +489,11 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         """The install-wide secret that keys API-key hashes (sealed with ``seal``)."""
 
     @abc.abstractmethod
-    async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord: ...
+    async def create_app(self, app_id: str, name: str, signing_secret: str, *,
+                         audit: AuditEntry | None = None) -> AppRecord:
+        """Store a new app (an id taken is the database's unique violation);
+        ``audit``: the record of its creation, written in the same
+        transaction."""
 
     @abc.abstractmethod
     async def get_app(self, app_id: str) -> AppRecord | None: ...
@@ -569,12 +575,13 @@ class Store(OutboundStore, AuditStore, abc.ABC):
     # -- dashboard sessions -------------------------------------------------
     @abc.abstractmethod
     async def end_dashboard_session(self, session_id: str, expires: float,
-                                    now: float) -> None:
+                                    now: float, *, audit: AuditEntry | None = None) -> None:
         """Record that the dashboard session ``session_id`` was logged out:
         ``dashboard_session_ended`` answers True for it on every node until
         ``expires`` (the session's own end, after which its cookie is refused
         anyway).  Ending it again changes nothing; sessions whose
-        ``expires`` is past ``now`` are forgotten meanwhile."""
+        ``expires`` is past ``now`` are forgotten meanwhile.  ``audit``: the
+        logout's record, written in the same transaction."""
 
     @abc.abstractmethod
     async def dashboard_session_ended(self, session_id: str) -> bool:
@@ -583,7 +590,9 @@ class Store(OutboundStore, AuditStore, abc.ABC):
     # -- users' tokens revoked ---------------------------------------------
     @abc.abstractmethod
     async def revoke_tokens(self, app_id: str, user: str, before: float,
-                            forget_before: float, *, limit: int | None = None) -> float | None:
+                            forget_before: float, *, limit: int | None = None,
+                            audit: Callable[[float], AuditEntry] | None = None,
+                            ) -> float | None:
         """Refuse the user's tokens issued before ``before`` (Unix seconds,
         against a token's ``iat``; tidings/service/revocations.py): the
         user's cutoff becomes the later of ``before`` and the one it had,
@@ -591,7 +600,10 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         cutoff is before ``forget_before`` are deleted in the same write:
         every token they refused has expired.  None, and nothing stored,
         when the user has no cutoff and the app already has ``limit``
-        (counted under the app's write lock, as ``add_api_key``'s)."""
+        (counted under the app's write lock, as ``add_api_key``'s).
+        ``audit(cutoff)``, here and in ``revoke_token_id``: the record of
+        the change given what it stored, written in the same transaction
+        (none when nothing is stored)."""
 
     @abc.abstractmethod
     async def token_revocations(self, since: float) -> list[tuple[str, str, float]]:
@@ -600,7 +612,9 @@ class Store(OutboundStore, AuditStore, abc.ABC):
 
     @abc.abstractmethod
     async def revoke_token_id(self, app_id: str, user: str, jti: str, until: float,
-                              now: float, *, limit: int | None = None) -> float | None:
+                              now: float, *, limit: int | None = None,
+                              audit: Callable[[float], AuditEntry] | None = None,
+                              ) -> float | None:
         """Refuse the user's token whose ``jti`` is ``jti`` until ``until``
         (Unix seconds: when it expires; tidings/service/revocations.py).  The
         token's row keeps the later of ``until`` and the one it had, which is

@@ -1,16 +1,18 @@
 """The PostgreSQL store's audit log (contract: tidings/store/audit.py;
 schema: sql/postgres_021.sql).  ``insert_audit`` runs on the connection of a
-transaction: the key methods (keys.py) and the signing secret's rotation
-call it there."""
+transaction: the methods of the changes recorded with them call it there."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asyncpg import PostgresError
+
 from tidings.core.audit import AuditEntry
 from tidings.core.ids import id_floor
-from tidings.store.audit import audit_row, entry_of
+from tidings.store.audit import audit_row, entry_of, refused
+from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, RETRY
 
 __all__ = ["PostgresAudit", "insert_audit"]
 
@@ -18,9 +20,15 @@ _COLUMNS = "app_id, id, at, actor, address, action, target, details"
 
 
 async def insert_audit(conn: Any, entry: AuditEntry | None) -> None:
-    if entry is not None:
+    if entry is None:
+        return
+    try:
         await conn.execute(f"INSERT INTO audit_log ({_COLUMNS}) "
                            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *audit_row(entry))
+    except PostgresError as exc:
+        if isinstance(exc, (*DOWN, *CANNOT_WRITE, *RETRY)):  # the store's own 503 or retry
+            raise
+        raise refused(entry, exc) from exc
 
 
 class PostgresAudit:

@@ -385,7 +385,8 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
     async def secret_rows(self, place: Place) -> list[tuple]:
         return [tuple(r) for r in await self._fetch(place.select())]
 
-    async def reseal(self, before: Seal, after: Seal, *, force: bool = False) -> int:
+    async def reseal(self, before: Seal, after: Seal, *, force: bool = False,
+                     audit=None) -> int:
         async def reseal(conn):
             # one transaction; the key check's row (or the table, when there is
             # none) is locked first, so two reseals apply one after the other
@@ -406,6 +407,8 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
                 await conn.execute(DROP_CHECK)
             else:
                 await conn.execute(set_check(lambda i: f"${i}"), after.check)
+            if audit is not None:
+                await insert_audit(conn, audit(n))
             return n
 
         return await self._call(reseal, tx=True)
@@ -441,12 +444,19 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
             value = await self._call(get_or_make)
         return open_pepper(self.seal, value)
 
-    async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord:
+    async def create_app(self, app_id: str, name: str, signing_secret: str, *,
+                         audit: AuditEntry | None = None) -> AppRecord:
         now = time.time()
-        await self._execute(
-            "INSERT INTO apps (id, name, signing_secret, created_at) VALUES ($1, $2, $3, $4)",
-            app_id, name, self.seal.wrap(signing_secret, app_place(app_id), "signing_secret"), now,
-        )
+        stored = self.seal.wrap(signing_secret, app_place(app_id), "signing_secret")
+
+        async def create(conn):
+            await conn.execute(
+                "INSERT INTO apps (id, name, signing_secret, created_at) VALUES ($1, $2, $3, $4)",
+                app_id, name, stored, now,
+            )
+            await insert_audit(conn, audit)
+
+        await self._call(create, tx=audit is not None)
         return AppRecord(app_id, name, signing_secret, now)
 
     async def get_app(self, app_id: str) -> AppRecord | None:
@@ -480,12 +490,16 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
         return open_app(self.seal, row) if row else None
 
     async def end_dashboard_session(self, session_id: str, expires: float,
-                                    now: float) -> None:
-        # one statement: the sweep of expired rows and the insert commit together
-        await self._execute(
-            "WITH gone AS (DELETE FROM ended_sessions WHERE expires <= $3) "
-            "INSERT INTO ended_sessions (id, expires) VALUES ($1, $2) "
-            "ON CONFLICT (id) DO NOTHING", session_id, expires, now)
+                                    now: float, *, audit: AuditEntry | None = None) -> None:
+        async def end(conn):
+            # one statement: the sweep of expired rows and the insert commit together
+            await conn.execute(
+                "WITH gone AS (DELETE FROM ended_sessions WHERE expires <= $3) "
+                "INSERT INTO ended_sessions (id, expires) VALUES ($1, $2) "
+                "ON CONFLICT (id) DO NOTHING", session_id, expires, now)
+            await insert_audit(conn, audit)
+
+        await self._call(end, tx=audit is not None)
 
     async def dashboard_session_ended(self, session_id: str) -> bool:
         return await self._fetchval(
@@ -493,7 +507,8 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
 
     # -- users' tokens revoked ---------------------------------------------
     async def revoke_tokens(self, app_id: str, user: str, before: float,
-                            forget_before: float, *, limit: int | None = None) -> float | None:
+                            forget_before: float, *, limit: int | None = None,
+                            audit=None) -> float | None:
         async def revoke(conn):
             if limit is not None:
                 # The app's row serialises revocations, so the limit holds.
@@ -508,11 +523,14 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
                 if n >= limit:
                     return None
             # under the row's lock: the later cutoff wins whichever node wrote first
-            return await conn.fetchval(
+            stored = await conn.fetchval(
                 "INSERT INTO token_revocations (app_id, user_id, revoked_before) "
                 "VALUES ($1, $2, $3) ON CONFLICT (app_id, user_id) DO UPDATE "
                 "SET revoked_before = GREATEST(token_revocations.revoked_before, "
                 "EXCLUDED.revoked_before) RETURNING revoked_before", app_id, user, before)
+            if audit is not None:
+                await insert_audit(conn, audit(stored))
+            return stored
 
         return await self._call(revoke, tx=True)
 
@@ -522,7 +540,8 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
         return [(app, user, before) for app, user, before in rows]
 
     async def revoke_token_id(self, app_id: str, user: str, jti: str, until: float,
-                              now: float, *, limit: int | None = None) -> float | None:
+                              now: float, *, limit: int | None = None,
+                              audit=None) -> float | None:
         async def revoke(conn):
             if limit is not None:
                 # The app's row serialises revocations, so the limit holds.
@@ -537,12 +556,15 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
                 if n >= limit:
                     return None
             # under the row's lock: the later end wins whichever node wrote first
-            return await conn.fetchval(
+            stored = await conn.fetchval(
                 "INSERT INTO revoked_tokens (app_id, user_id, jti, revoked_until, revoked_at) "
                 "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, user_id, jti) DO UPDATE "
                 "SET revoked_until = GREATEST(revoked_tokens.revoked_until, "
                 "EXCLUDED.revoked_until), revoked_at = EXCLUDED.revoked_at "
                 "RETURNING revoked_until", app_id, user, jti, until, now)
+            if audit is not None:
+                await insert_audit(conn, audit(stored))
+            return stored
 
         return await self._call(revoke, tx=True)
 

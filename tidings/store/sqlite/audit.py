@@ -1,15 +1,17 @@
 """The SQLite store's audit log (contract: tidings/store/audit.py; schema:
 sql/sqlite_021.sql).  ``insert_audit`` runs inside a writer's transaction:
-the key methods (keys.py) and the signing secret's rotation call it there."""
+the methods of the changes recorded with them call it there."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 
 from tidings.core.audit import AuditEntry
 from tidings.core.ids import id_floor
-from tidings.store.audit import audit_row, entry_of
+from tidings.store.audit import audit_row, entry_of, refused
+from tidings.store.sqlite.errors import transient
 
 __all__ = ["SQLiteAudit", "insert_audit"]
 
@@ -17,9 +19,15 @@ _COLUMNS = "app_id, id, at, actor, address, action, target, details"
 
 
 def insert_audit(conn, entry: AuditEntry | None) -> None:
-    if entry is not None:
+    if entry is None:
+        return
+    try:
         conn.execute(f"INSERT INTO audit_log({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
                      audit_row(entry))
+    except sqlite3.Error as exc:
+        if transient(exc):  # the file or its lock: the writer's own 503
+            raise
+        raise refused(entry, exc) from exc
 
 
 class SQLiteAudit:

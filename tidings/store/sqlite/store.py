@@ -567,7 +567,8 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
     async def secret_rows(self, place: Place) -> list[tuple]:
         return [tuple(r) for r in self._q(place.select())]
 
-    async def reseal(self, before: Seal, after: Seal, *, force: bool = False) -> int:
+    async def reseal(self, before: Seal, after: Seal, *, force: bool = False,
+                     audit=None) -> int:
         def reseal(conn):
             # the writer's transaction holds the file's write lock, so a node's
             # lease (a write) comes before it, seen here, or after it
@@ -576,9 +577,12 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
             # the cells the old values leave are zeroed, not left in the file
             conn.execute("PRAGMA secure_delete=ON")
             try:
-                return _reseal_tx(conn, before, after)
+                n = _reseal_tx(conn, before, after)
             finally:
                 conn.execute("PRAGMA secure_delete=OFF")  # the writer's other work needs none
+            if audit is not None:
+                insert_audit(conn, audit(n))
+            return n
 
         return await self._write(reseal)
 
@@ -614,7 +618,8 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
 
         return open_pepper(self.seal, await self._write(make))
 
-    async def create_app(self, app_id: str, name: str, signing_secret: str) -> AppRecord:
+    async def create_app(self, app_id: str, name: str, signing_secret: str, *,
+                         audit: AuditEntry | None = None) -> AppRecord:
         now = time.time()
         stored = self.seal.wrap(signing_secret, app_place(app_id), "signing_secret")
 
@@ -623,6 +628,7 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
                 "INSERT INTO apps(id, name, signing_secret, created_at) VALUES (?,?,?,?)",
                 (app_id, name, stored, now),
             )
+            insert_audit(conn, audit)
 
         await self._write(insert)
         return AppRecord(app_id, name, signing_secret, now)
@@ -656,11 +662,12 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         return open_app(self.seal, row) if row else None
 
     async def end_dashboard_session(self, session_id: str, expires: float,
-                                    now: float) -> None:
+                                    now: float, *, audit: AuditEntry | None = None) -> None:
         def end(conn):
             conn.execute("DELETE FROM ended_sessions WHERE expires <= ?", (now,))
             conn.execute("INSERT INTO ended_sessions(id, expires) VALUES (?,?) "
                          "ON CONFLICT(id) DO NOTHING", (session_id, expires))
+            insert_audit(conn, audit)
 
         await self._write(end)
 
@@ -669,7 +676,8 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
 
     # -- users' tokens revoked ---------------------------------------------
     async def revoke_tokens(self, app_id: str, user: str, before: float,
-                            forget_before: float, *, limit: int | None = None) -> float | None:
+                            forget_before: float, *, limit: int | None = None,
+                            audit=None) -> float | None:
         def revoke(conn):
             conn.execute("DELETE FROM token_revocations WHERE app_id=? AND revoked_before<?",
                          (app_id, forget_before))
@@ -687,8 +695,11 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
                 "ON CONFLICT(app_id, user_id) DO UPDATE "
                 "SET revoked_before=max(revoked_before, excluded.revoked_before)",
                 (app_id, user, before))
-            return conn.execute("SELECT revoked_before FROM token_revocations "
-                                "WHERE app_id=? AND user_id=?", (app_id, user)).fetchone()[0]
+            (stored,) = conn.execute("SELECT revoked_before FROM token_revocations "
+                                     "WHERE app_id=? AND user_id=?", (app_id, user)).fetchone()
+            if audit is not None:
+                insert_audit(conn, audit(stored))
+            return stored
 
         return await self._write(revoke)
 
@@ -698,7 +709,8 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         return [(app, user, before) for app, user, before in rows]
 
     async def revoke_token_id(self, app_id: str, user: str, jti: str, until: float,
-                              now: float, *, limit: int | None = None) -> float | None:
+                              now: float, *, limit: int | None = None,
+                              audit=None) -> float | None:
         def revoke(conn):
             conn.execute("DELETE FROM revoked_tokens WHERE app_id=? AND revoked_until<=?",
                          (app_id, now))
@@ -716,9 +728,12 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
                 "VALUES (?,?,?,?,?) ON CONFLICT(app_id, user_id, jti) DO UPDATE "
                 "SET revoked_until=max(revoked_until, excluded.revoked_until), "
                 "revoked_at=excluded.revoked_at", (app_id, user, jti, until, now))
-            return conn.execute("SELECT revoked_until FROM revoked_tokens "
-                                "WHERE app_id=? AND user_id=? AND jti=?",
-                                (app_id, user, jti)).fetchone()[0]
+            (stored,) = conn.execute("SELECT revoked_until FROM revoked_tokens "
+                                     "WHERE app_id=? AND user_id=? AND jti=?",
+                                     (app_id, user, jti)).fetchone()
+            if audit is not None:
+                insert_audit(conn, audit(stored))
+            return stored
 
         return await self._write(revoke)
 
