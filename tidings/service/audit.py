@@ -1,14 +1,13 @@
 """The audit log: writing the records the store does not write in a change's
 transaction, reading them, and their retention (docs/security.md#audit-log).
 
-API keys' changes, the signing secret's rotation, webhooks, caps,
-categories, dead-letter retries and the sweep's deletion of expired keys hand
-their record (``entry``) to the store, which writes it in the change's
-transaction (tidings/store/audit.py).  Every other change (an app's creation,
-users' tokens, nodes, dashboard logins and logouts, the CLI's sealing of
-secrets) is recorded by ``record`` right after it commits: a crash between
-the two loses the record, and a store that refuses the record's write is
-logged as an error, the change standing (it was made, and its answer says so).
+Every change the store holds hands its record (``entry``, or one made by
+the service that makes the change) to the store, which writes it in the
+change's transaction (tidings/store/audit.py).  The changes the store does
+not hold (a node's drain, a dashboard login, a failed one) are recorded by
+``record`` right after them: a crash between the two loses the record, and a
+store that refuses the record's write is logged as an error, the change
+standing (it was made, and its answer says so).
 """
 
 from __future__ import annotations

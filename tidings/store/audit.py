@@ -2,13 +2,15 @@
 
 Guarantees every implementation gives (tests/store/test_audit_contract.py):
 
-* **In the change's transaction where it is given.**  ``add_api_key``,
-  ``rotate_api_key``, ``revoke_api_key``, ``rotate_signing_secret``,
-  ``add_webhook``, ``rotate_webhook``, ``delete_webhook``, ``put_caps``,
-  ``put_categories`` and ``redrive_job`` take an ``audit`` record (and
-  ``drop_expired_api_keys`` a function making one per key) and write it in
-  the transaction of the change, only when the change is made: a key is
-  never made without its record, nor a record left of a change refused.
+* **In the change's transaction where it is given.**  ``create_app``,
+  ``add_api_key``, ``rotate_api_key``, ``revoke_api_key``,
+  ``rotate_signing_secret``, ``end_dashboard_session``, ``add_webhook``,
+  ``rotate_webhook``, ``delete_webhook``, ``put_caps``, ``put_categories``
+  and ``redrive_job`` take an ``audit`` record (``drop_expired_api_keys``
+  a function making one per key, ``revoke_tokens``, ``revoke_token_id`` and
+  ``reseal`` one making it of what they stored) and write it in the
+  transaction of the change, only when the change is made: a key is never
+  made without its record, nor a record left of a change refused.
   Every other change's record is written by ``add_audit`` after it commits
   (tidings/service/audit.py; docs/security.md says which and why).
 * **A record refused is the change refused.**  A record the database
