@@ -1,6 +1,6 @@
 """The audit half of the store contract: each app's log of changes.
 
-Guarantees every implementation gives (tests/store/test_audit_contract.py):
+Guarantees every implementation gives (tests/api/test_audit.py, through the API on both stores):
 
 * **In the change's transaction where it is given.**  ``create_app``,
   ``add_api_key``, ``rotate_api_key``, ``revoke_api_key``,
