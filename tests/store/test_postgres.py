@@ -176,6 +176,33 @@ async def test_a_publish_right_after_a_write_is_grouped_not_written_alone(nodes,
     assert [[d.seq for d in o.deliveries] for o in outs] == [[2], [1], [1]]
 
 
+async def test_under_load_a_group_waits_for_the_publishers_its_last_commit_answered(
+        nodes, monkeypatch):
+    # Publishers that publish again once answered come back one by one
+    # (each request costs the node its HTTP work first): the next group
+    # waits for as many as the last commit answered, not leaving with the
+    # first of them alone.
+    monkeypatch.setattr(committer, "IDLE_GAP", 60.0)
+    monkeypatch.setattr(committer, "GATHER", 60.0, raising=False)
+    store = nodes[0]
+    await publish(store, note(users=["x"]))  # the idle store's publish, written alone
+    await asyncio.gather(*(publish(store, note(users=[u])) for u in ("u", "v", "w")))
+    groups = store.committer.groups
+
+    async def later(delay: float, user: str):
+        await asyncio.sleep(delay)
+        return await publish(store, note(users=[user]))
+
+    outs = await asyncio.gather(*(later(0.02 * i, u) for i, u in enumerate(("u", "v", "w"))))
+    assert store.committer.groups == groups + 1  # one statement for the three
+    assert [[d.seq for d in o.deliveries] for o in outs] == [[2], [2], [2]]
+    # the wait is bounded: fewer than expected commit once it is over
+    monkeypatch.setattr(committer, "GATHER", 0.01, raising=False)
+    out = await publish(store, note(users=["u"]))
+    assert [d.seq for d in out.deliveries] == [3]
+    assert store.committer.groups == groups + 2
+
+
 async def test_a_failing_publish_fails_alone_and_the_rest_of_its_group_commits(nodes):
     store = nodes[0]
     first = note(users=["u"])
