@@ -15,6 +15,12 @@ single publish's statements (publish.py), and so is a group of one.  Arrays,
 a writer task and a hand-off back cost a one-publish group about as much
 node CPU as the statement itself (~60-90 us a publish, bench NOTES).
 
+Under load a group waits, at most ``GATHER``, until as many publishes have
+arrived since the last commits as those commits answered: callers that
+publish again once answered come back one by one through HTTP, and the
+first of them would otherwise leave in a group of its own.  A publish to an
+idle store never waits.
+
 Seqs still come from the database, so nodes sharing it stay consistent:
 the group's streams upsert moves every recipient's ``head_seq`` by the
 number of the group's items addressed to them, under that row's lock, and
@@ -60,15 +66,15 @@ IN_FLIGHT = 2
 # commit's answer, and writing those alone split the groups (PostgreSQL CPU per
 # publish +33% at 16 publishers, bench NOTES "Final pairs of the evening").
 IDLE_GAP = 0.001
-# Under load a group waits up to this long (s) for the publishes expected
-# back: as many as the last commit answered plus those waiting when it did.
+# Under load a group waits up to this long (s) for the callers that commits
+# answered to publish again, until as many publishes arrived as were answered.
 # Publishers that publish again once answered (an app's workers, a queue's
 # consumers) are back within a few hundred microseconds, while each request
 # still costs this node its HTTP work: without the wait the first of them
 # left in a group of one or two and the rest followed in the next, so
 # through HTTP at 16 publishers groups held 6 publishes where the same store
 # in process gathered 16, and each statement costs the database ~200 us and
-# this node ~60 us whatever its size (bench NOTES).
+# this node ~60 us whatever its size (docs/deploy.md).
 GATHER = 0.001
 
 _decode = msgspec.json.decode
@@ -113,9 +119,9 @@ class Committer:
         self.groups = 0  # statements run, for tests and /metrics
         self.items = 0
         self._done_at = float("-inf")  # loop time the last write ended
-        # publishes the next group waits for (GATHER), and the future that
-        # wakes it when they are queued
-        self._expect = 0
+        # publishes answered by commits and not yet followed by as many new
+        # ones: the next group waits for them (GATHER), woken by the future
+        self._out = 0
         self._gathered: asyncio.Future | None = None
 
     async def publish(self, app_id: str, item: NewNotification, window: float
@@ -147,8 +153,9 @@ class Committer:
     def _enqueue(self, app_id: str, window: float, pending: list[_Pending]) -> None:
         """Queue ``pending`` for the next groups, with a writer to take them."""
         self._queues.setdefault((app_id, window), []).extend(pending)
+        self._out = max(self._out - len(pending), 0)
         gathered = self._gathered
-        if gathered is not None and self._queued() >= self._expect:
+        if gathered is not None and not self._out:
             self._gathered = None
             _settle(gathered)
         if self._writers < self._in_flight:
@@ -168,7 +175,7 @@ class Committer:
         as a writer meanwhile: what arrives now is grouped as usual."""
         claimed = (app_id, item.idempotency_key) if item.idempotency_key is not None else None
         self._writers += 1
-        self._expect = 0  # no load: nothing to wait for
+        self._out = 0  # no load: nothing to wait for
         if claimed is not None:
             self._claiming.add(claimed)
         try:
@@ -190,7 +197,7 @@ class Committer:
             # were read in the same pass join this group.
             await asyncio.sleep(0)
             while True:
-                if self._queues and self._queued() < self._expect:
+                if self._queues and self._out:
                     await self._gather()
                 key, group = self._next_group()
                 if not group:
@@ -202,7 +209,7 @@ class Committer:
                     await self._commit(key[0], key[1], group)
                     # these callers are likely to publish again: the next
                     # group waits for them (GATHER)
-                    self._expect = len(group) + self._queued()
+                    self._out += len(group)
                 except BaseException as exc:  # never leave a caller waiting
                     for p in group:
                         _settle(p.fut, exc=exc if isinstance(exc, Exception)
@@ -215,11 +222,8 @@ class Committer:
             self._writers -= 1
             self._done_at = asyncio.get_running_loop().time()
 
-    def _queued(self) -> int:
-        return sum(map(len, self._queues.values()))
-
     async def _gather(self) -> None:
-        """Wait until ``_expect`` publishes are queued, at most GATHER."""
+        """Wait until the answered callers are back (``_out``), at most GATHER."""
         gathered = self._gathered
         if gathered is None:
             gathered = self._gathered = asyncio.get_running_loop().create_future()
@@ -230,7 +234,7 @@ class Committer:
             timer.cancel()
             if self._gathered is gathered:
                 self._gathered = None
-        self._expect = 0  # waited once: what has come is the group
+        self._out = 0  # waited once: what has come is the group
 
     def _next_group(self) -> tuple[tuple[str, float], list[_Pending]]:
         for key in list(self._queues):
