@@ -183,6 +183,7 @@ QUERY = {
     ("get", "/dashboard/api/audit"): {"limit", "before", "action", "since"},
     ("get", "/v1/me/events"): {"cursor", "token", "locale"},
     ("get", "/v1/me/stream"): {"cursor", "locale"},
+    ("get", "/v1/me/categories"): {"locale"},
 }
 
 

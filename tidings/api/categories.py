@@ -13,9 +13,21 @@ categories by name and says what "the app's default" is for each
 (``<tidings-inbox>``, docs/inbox.md#preferences).  Publishing never reads the
 list: a notification may carry any category, declared or not.
 
+Each category may carry its label and description in other languages
+(``"labels": {"de": "Antworten"}``, ``"descriptions"`` likewise), by BCP 47
+tag.  ``GET /v1/categories`` answers the document as it was put; the user's
+read answers each category in the user's language (``?locale=``, else their
+preferences' ``locale``), by the lookup notifications take
+(tidings/core/locales.py): ``label`` and ``description`` the best fitting
+ones, ``locale`` on a category naming the tag taken, ``labels`` and
+``descriptions`` left out, and ``locale`` at the top naming the reader's
+language.  A document without translations is answered as it is, without
+reading the user's preferences.
+
 Both reads answer an ``ETag``, and ``304`` to an ``If-None-Match`` naming it:
 the list changes seldom, and a device reads it each time its preferences
-screen opens.
+screen opens.  The tag is a hash of the answer, which names the reader's
+language: a device that changes language gets the new labels, not a ``304``.
 """
 
 from __future__ import annotations
@@ -24,9 +36,19 @@ import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidings.api.common import JSON, actor_of, body_of, server_auth, tagged, user_auth
+from tidings.api.common import (
+    JSON,
+    LOCALE,
+    actor_of,
+    body_of,
+    server_auth,
+    tagged,
+    takes,
+    user_auth,
+)
+from tidings.core import locales
 from tidings.core.audit import LISTED
-from tidings.core.models import Categories
+from tidings.core.models import Categories, CategoryInfo
 from tidings.errors import Invalid
 
 _decode = msgspec.json.Decoder(Categories).decode
@@ -52,6 +74,10 @@ async def put_categories(request: Request):
             raise Invalid(f"category {category.id} is listed twice",
                           field=f"categories[{i}].id")
         seen.add(category.id)
+        if category.labels is not None:
+            locales.check_tags(category.labels, f"categories[{i}].labels")
+        if category.descriptions is not None:
+            locales.check_tags(category.descriptions, f"categories[{i}].descriptions")
     service = request.app.state.service
     await service.store.put_categories(app, _encode(doc), audit=service.audit.entry(
         app, actor_of(request), "categories.update", None,
@@ -59,13 +85,39 @@ async def put_categories(request: Request):
     return JSON(doc)
 
 
+def _translated(doc: Categories) -> bool:
+    return any(c.labels or c.descriptions for c in doc.categories)
+
+
+def _localized(category: CategoryInfo, want: str) -> dict:
+    """``category`` as a reader of language ``want`` sees it."""
+    label, tag = locales.text(category.labels, want, category.label)
+    description, other = locales.text(category.descriptions, want, category.description)
+    shown: dict = {"id": category.id, "label": label}
+    if description:
+        shown["description"] = description
+    if tag or other:
+        shown["locale"] = tag or other
+    return shown
+
+
+@takes(LOCALE)
 async def my_categories(request: Request):
-    """The app's categories and its digest defaults (``PUT /v1/caps``): what
-    a category whose user has no rule of their own gets."""
-    app, _user = await user_auth(request)
+    """The app's categories, in the user's language, and its digest defaults
+    (``PUT /v1/caps``): what a category whose user has no rule of their own
+    gets."""
+    app, user = await user_auth(request)
+    given = LOCALE.get(request)  # checked whether or not the document needs it
     service = request.app.state.service
-    return tagged(request, _encode({"categories": (await _read(service, app)).categories,
-                                    "digests": await service.limits.digests(app)}))
+    doc = await _read(service, app)
+    answer: dict = {"categories": doc.categories}
+    if _translated(doc):
+        want = await service.reader_locale(app, user, given)
+        answer = {"categories": [_localized(c, want) for c in doc.categories]}
+        if want:
+            answer["locale"] = want
+    answer["digests"] = await service.limits.digests(app)
+    return tagged(request, _encode(answer))
 
 
 routes = [

@@ -150,12 +150,14 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("get", "/v1/users/{user}/email", "A user's e-mail address", "apiKey", None),
     ("delete", "/v1/users/{user}/email", "Remove a user's e-mail address", "apiKey", None),
     # the app's categories, for preferences screens (docs/inbox.md#preferences)
-    ("get", "/v1/categories", "The categories the app declared, with their labels", "apiKey",
-     None),
-    ("put", "/v1/categories", "Replace the app's categories: id, label, description "
-     "(admin key)", "apiKey", Categories),
-    ("get", "/v1/me/categories", "The app's categories and its digest defaults, for a "
-     "preferences screen", "userToken", None),
+    ("get", "/v1/categories", "The categories the app declared, with their labels and "
+     "their translations, as put", "apiKey", None),
+    ("put", "/v1/categories", "Replace the app's categories: id, label, description, and "
+     "labels and descriptions in other languages by BCP 47 tag (admin key)", "apiKey",
+     Categories),
+    ("get", "/v1/me/categories", "The app's categories in the user's language (?locale=, "
+     "else their preferences'; a category's locale names the translation taken) and its "
+     "digest defaults, for a preferences screen", "userToken", None),
     ("get", "/v1/caps", "The app's frequency caps per category", "apiKey", None),
     ("put", "/v1/caps", "Replace the app's frequency caps (admin key)", "apiKey", Caps),
     ("get", "/v1/notifications/{id}/outbound", "A notification's queued and dead jobs",

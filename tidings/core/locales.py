@@ -14,7 +14,8 @@ The best override is the lookup of RFC 4647 §3.4: the tag itself, then the
 tag cut short one subtag at a time (``de-Latn-AT`` → ``de-Latn`` → ``de``;
 a single-letter subtag goes with the one after it), compared without regard
 to case (BCP 47 tags are case-insensitive).  None found: the notification's
-own text.  A tag is well-formed when it follows the ``langtag`` (or
+own text.  An app's categories take the same lookup for their labels and
+descriptions (:func:`text`).  A tag is well-formed when it follows the ``langtag`` (or
 private-use) production of RFC 5646 §2.1; the grandfathered irregular tags
 (``i-klingon``) are not taken.
 
@@ -32,8 +33,8 @@ import msgspec
 from tidings.core.models import LOCALE_RE, MAX_LOCALES, LocaleText
 from tidings.errors import Invalid
 
-__all__ = ["MAX_LOCALES", "best", "check", "has_locales", "resolve", "resolve_frame",
-           "resolve_payload", "valid_tag"]
+__all__ = ["MAX_LOCALES", "best", "check", "check_tags", "has_locales", "resolve",
+           "resolve_frame", "resolve_payload", "text", "valid_tag"]
 
 _TAG = re.compile(LOCALE_RE)
 
@@ -47,17 +48,31 @@ def check(locales: dict[str, LocaleText] | None) -> dict[str, LocaleText] | None
     rules msgspec does not say: each tag well-formed, and once whatever its case."""
     if not locales:
         return None
+    check_tags(locales, "locales")
+    return locales
+
+
+def check_tags(tags: Iterable[str], where: str) -> None:
+    """Refuse (422 naming ``where.<tag>``) a tag of ``tags`` that is not
+    well-formed, or that comes twice whatever its case."""
     seen: set[str] = set()
-    for tag in locales:
+    for tag in tags:
         if not valid_tag(tag):
             raise Invalid(f"locale {tag!r} is not a BCP 47 language tag (such as \"de\" or "
-                          "\"pt-BR\")", field=f"locales.{tag}")
+                          "\"pt-BR\")", field=f"{where}.{tag}")
         low = tag.lower()
         if low in seen:
             raise Invalid(f"locale {tag!r} is given twice (tags are compared without "
-                          "regard to case)", field=f"locales.{tag}")
+                          "regard to case)", field=f"{where}.{tag}")
         seen.add(low)
-    return locales
+
+
+def text(texts: dict[str, str] | None, want: str, default: str) -> tuple[str, str | None]:
+    """The text of ``texts`` (by tag) that a reader of ``want`` is shown, and
+    its tag; ``default`` and None when no tag fits (a category's label and
+    description: tidings/api/categories.py)."""
+    tag = best(texts, want) if texts else None
+    return (default, None) if tag is None else (texts[tag], tag)  # type: ignore[index]
 
 
 def best(tags: Iterable[str], want: str) -> str | None:

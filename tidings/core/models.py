@@ -228,6 +228,8 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 
 
 MAX_APP_CATEGORIES = 256  # as many as a user's preferences may name
+Label = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_CONTROL_RE)]
+Description = Annotated[str, Meta(max_length=512, pattern=NO_CONTROL_RE)]
 
 
 class CategoryInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -236,8 +238,13 @@ class CategoryInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     it, and optionally a line saying what it sends."""
 
     id: Category
-    label: Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_CONTROL_RE)]
-    description: Annotated[str, Meta(max_length=512, pattern=NO_CONTROL_RE)] = ""
+    label: Label
+    description: Description = ""
+    # the label and description in other languages, by BCP 47 tag: what a
+    # user of that language is shown instead (tidings/core/locales.py); the
+    # tags are checked by tidings/api/categories.py, whose 422 names the tag
+    labels: Annotated[dict[str, Label], Meta(max_length=MAX_LOCALES)] | None = None
+    descriptions: Annotated[dict[str, Description], Meta(max_length=MAX_LOCALES)] | None = None
 
 
 class Categories(msgspec.Struct, forbid_unknown_fields=True):

@@ -970,6 +970,11 @@ class Service:
             items.append(item)
         return {"items": items, "next_before": page["next_before"]}
 
+    async def reader_locale(self, app_id: str, user: str, given: str | None) -> str:
+        """The language to show the user's text in (their categories'
+        labels: tidings/api/categories.py), as for their notifications."""
+        return await self._locale(app_id, user, given)
+
     async def _locale(self, app_id: str, user: str, given: str | None) -> str:
         """The language to show the user's notifications in: ``given`` (a
         device's own), else their preferences' as their streams here hold
