@@ -48,6 +48,7 @@ from tidings.client.badge import Badge
 from tidings.client.errors import StreamClosed, TidingsAPIError, Unreachable, error_from_response
 from tidings.core.backoff import Backoff
 from tidings.core.cursor import Cursor, parse_cursor
+from tidings.core.locales import valid_tag as valid_locale
 from tidings.core.receipts import DEVICE_RE, LABEL_RE
 from tidings.errors import CLOSE_UNAUTHORIZED, TidingsError, should_reconnect
 
@@ -103,6 +104,11 @@ class Subscriber:
     ``auth="message"`` sends the token as the first message instead of an
     ``Authorization`` header.  ``cursor`` resumes from a saved position
     (persist :attr:`cursor` to resume across process restarts).
+    ``locale`` (a BCP 47 tag such as ``"de-AT"``) is this device's language
+    when it differs from the ``locale`` of the user's preferences: the
+    stream's notifications come in it (``?locale=``, docs/channels.md#languages);
+    default: the preferences'.  Set :attr:`locale` later and it holds from
+    the next connect.
 
     Iteration ends normally after :meth:`close`; it raises
     :class:`StreamClosed` on a fatal close code and :class:`TidingsAPIError`
@@ -136,6 +142,7 @@ class Subscriber:
         token: TokenSource,
         *,
         cursor: str | None = None,
+        locale: str | None = None,
         auth: str = "header",
         on_resync: Callable[[Event], Any] | None = None,
         dedup_size: int = 10_000,
@@ -162,7 +169,11 @@ class Subscriber:
             raise ValueError("device_label must be 1-64 printable characters")
         if not token:
             raise ValueError("a user token (or a callable returning one) is required")
+        if locale is not None and not valid_locale(locale):
+            raise ValueError('locale must be a BCP 47 language tag, such as "de" or "pt-BR"')
         self.url = url
+        #: The language asked for at each connect (None: the user's preferences').
+        self.locale = locale
         self.auth = auth
         self.on_resync = on_resync
         self.dedup_size = dedup_size
@@ -419,9 +430,12 @@ class Subscriber:
         path = parts.path.rstrip("/")
         if not path.endswith(STREAM_PATH):
             path += STREAM_PATH
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "cursor"]
+        given = ("cursor", "locale") if self.locale else ("cursor",)  # ours win over the url's
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in given]
         if self._cursor is not None:
             query.append(("cursor", str(self._cursor)))
+        if self.locale:
+            query.append(("locale", self.locale))
         return urlunsplit((scheme, parts.netloc, path, urlencode(query, safe=":"), ""))
 
     # -- event handling -------------------------------------------------------
