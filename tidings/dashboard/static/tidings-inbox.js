@@ -177,7 +177,16 @@
         return this._startSoon();
       }
       if (name === "tabs") this._setTabs();
-      if (name === "locale") this._cachedStrings = null;
+      if (name === "locale") {
+        this._cachedStrings = null;
+        // the server's text too: the pages and labels read from now on (the live
+        // stream keeps the language it opened with until it reconnects)
+        var locale = this.getAttribute("locale") || null;
+        if (this._client && this._client.locale !== locale) {
+          this._client.locale = locale;
+          this._setTabs();
+        }
+      }
       this._renderAll();
     }
 
@@ -202,6 +211,8 @@
         getToken: function () { return self._token(); },
         transport: this.getAttribute("transport") || "auto",
         pageSize: this._pageSize(),
+        // only the attribute, not <html lang>: without it the user's preferences choose
+        locale: this.getAttribute("locale") || undefined,
       });
       function on(type, fn) { c.on(type, function () { if (self._client === c) fn.apply(self, arguments); }); }
       on("inbox", this._onInbox);

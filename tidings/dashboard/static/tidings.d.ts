@@ -21,7 +21,9 @@ declare namespace Tidings {
     cursor?: string | null;
     /** This device's language (a BCP 47 tag such as "de-AT"), when it differs from the
      *  `locale` of the user's preferences: the inbox pages and the live stream show
-     *  notifications in it (docs/inbox.md#languages). Default: the preferences'. */
+     *  notifications in it, and categories() the labels (docs/inbox.md#languages).
+     *  Default: the preferences'. Set later, it holds for what is read from then on
+     *  (the live stream: from its next connect). */
     locale?: string;
     /** The size of the inbox page loaded on "inbox" (default 20). */
     pageSize?: number;
@@ -178,13 +180,18 @@ declare namespace Tidings {
 
   interface Category {
     id: string;
+    /** in the reader's language when the app gave one that fits */
     label: string;
     description?: string;
+    /** the tag of the translation taken; absent: the app's own label */
+    locale?: string;
   }
 
   interface AppCategories {
     /** in the order the app declared them */
     categories: Category[];
+    /** the language the labels were asked in, when the app has translations */
+    locale?: string;
     /** the app's digest defaults, for a user who has no rule of their own */
     digests: DigestRules;
   }

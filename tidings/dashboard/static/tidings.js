@@ -642,11 +642,13 @@
     return this._request("GET", "/v1/me/preferences", undefined, false, ifNoneMatch(opts));
   };
 
-  /** The app's categories ({id, label, description?}, in its order) and its digest
-   * defaults ({category: {channel: rule}}): {categories, digests}, with an `etag`;
+  /** The app's categories ({id, label, description?, locale?}, in its order, in the
+   * user's language or the client's `locale`) and its digest defaults ({category:
+   * {channel: rule}}): {categories, digests, locale?}, with an `etag`;
    * with {ifNoneMatch: etag}, null while they are still those. */
   Client.prototype.categories = function (opts) {
-    return this._request("GET", "/v1/me/categories", undefined, false, ifNoneMatch(opts));
+    var q = this.locale ? "?locale=" + encodeURIComponent(this.locale) : "";
+    return this._request("GET", "/v1/me/categories" + q, undefined, false, ifNoneMatch(opts));
   };
 
   /** Replace the user's preferences (the whole object, as preferences() returns it).
