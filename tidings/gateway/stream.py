@@ -149,16 +149,15 @@ class Stream:
         """Personal entry ``seq`` of ``epoch`` arrived live; ``tail`` is
         ``events.notification_tail(body)`` when the caller has it (one per
         publish, shared by its recipients)."""
-        if self._syncing:
+        if seq == self.last_seq + 1 and epoch == self.epoch and not self._syncing:
+            self.emit_personal(seq, body, tail)  # the next one, live: as usual
+        elif self._syncing:
             self._hold("p", seq, body)
-            return
-        if epoch != self.epoch or seq <= self.last_seq:
+        elif epoch != self.epoch or seq <= self.last_seq:
             return  # old, duplicate, or from a history this stream does not follow
-        if seq != self.last_seq + 1:
+        else:  # past a gap
             self._hold("p", seq, body)
             self._start_sync()
-            return
-        self.emit_personal(seq, body, tail)
 
     def emit_personal(self, seq: int, body: bytes, tail: bytes | None = None) -> None:
         """Queue personal entry ``seq`` (in order; live or replayed)."""
@@ -166,10 +165,20 @@ class Stream:
         epoch = self.epoch
         if self._head_for is not epoch:
             self._head_for, self._head = epoch, events.notification_head(epoch)
-        self.push(
-            b"%s%d%s" % (self._head, seq, events.notification_tail(body) if tail is None else tail),
-            self.position() if self.wants_ids else None,
-        )
+        frame = b"%s%d%s" % (self._head, seq,
+                             events.notification_tail(body) if tail is None else tail)
+        if self.wants_ids:
+            self.push(frame, self.position())
+            return
+        # push(frame), without its call: under write fan-out this runs once
+        # per recipient
+        if self.closed:
+            return
+        if not self.queue.push(frame):
+            self.hub.metrics.slow_consumer(self.app)
+            self.close(CLOSE_SLOW_CONSUMER)
+            return
+        self._schedule()
 
     def on_feed(self, offset: int, frame: bytes, category: str = "") -> None:
         """Feed item ``offset`` of ``category`` arrived live."""
