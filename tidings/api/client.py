@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
@@ -19,7 +22,7 @@ from tidings.api.server import (
     put_preferences,
     read_preferences,
 )
-from tidings.core.models import StateRequest
+from tidings.core.models import SNOOZE_MAX_AHEAD, SnoozeRequest, StateRequest, UnsnoozeRequest
 from tidings.core.receipts import Receipts
 from tidings.errors import Invalid
 
@@ -80,6 +83,48 @@ def _state_route(state: str):
     return set_state
 
 
+def _ids_capped(request: Request, ids: list[str]) -> None:
+    cap = request.app.state.service.settings.limits.ids_max
+    if not ids:
+        raise Invalid('"ids" names no entry', field="ids")
+    if len(ids) > cap:
+        raise Invalid(f"at most {cap} ids per call", field="ids")
+
+
+def _snooze_until(until: datetime, now: float) -> float:
+    """``until`` as a Unix time: with a zone, in the future, at most
+    SNOOZE_MAX_AHEAD ahead (docs/inbox.md#snooze)."""
+    if until.tzinfo is None:
+        raise Invalid("until needs a time zone (e.g. 2025-01-01T09:00:00+01:00)",
+                      field="until")
+    try:
+        at = until.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise Invalid("until is out of range", field="until") from None
+    if at <= now:
+        raise Invalid("until must be in the future", field="until")
+    if at > now + SNOOZE_MAX_AHEAD:
+        raise Invalid(f"until is at most {SNOOZE_MAX_AHEAD // 86400} days ahead", field="until")
+    return at
+
+
+async def snooze(request: Request):
+    """Out of the inbox and the counts until ``until`` (docs/inbox.md#snooze)."""
+    app, user = await user_auth(request)
+    req = await body_of(request, SnoozeRequest)
+    _ids_capped(request, req.ids)
+    until = _snooze_until(req.until, time.time())
+    return JSON(await request.app.state.service.snooze(app, user, req.ids, until))
+
+
+async def unsnooze(request: Request):
+    """Snoozed entries back now, first in the inbox and unread."""
+    app, user = await user_auth(request)
+    req = await body_of(request, UnsnoozeRequest)
+    _ids_capped(request, req.ids)
+    return JSON(await request.app.state.service.unsnooze(app, user, req.ids))
+
+
 async def post_receipts(request: Request):
     """Receipts from a device on SSE, or any device that prefers HTTP
     (tidings.core.receipts): held in memory, written within a second."""
@@ -122,6 +167,8 @@ routes = [
     Route("/v1/me/notifications/read", _state_route("read"), methods=["POST"]),
     Route("/v1/me/notifications/seen", _state_route("seen"), methods=["POST"]),
     Route("/v1/me/notifications/archive", _state_route("archived"), methods=["POST"]),
+    Route("/v1/me/notifications/snooze", snooze, methods=["POST"]),
+    Route("/v1/me/notifications/unsnooze", unsnooze, methods=["POST"]),
     Route("/v1/me/receipts", post_receipts, methods=["POST"]),
     Route("/v1/me/preferences", get_my_preferences, methods=["GET"]),
     Route("/v1/me/preferences", put_my_preferences, methods=["PUT"]),

@@ -50,7 +50,7 @@ from tidings.errors import Invalid, NotFound, TidingsError
 from tidings.service.revocations import revoked, revoked_one
 
 _IDEMPOTENCY_MAX = 255
-_STATES = ("unread", "unseen", "seen", "read", "archived", "all")
+_STATES = ("unread", "unseen", "seen", "read", "archived", "snoozed", "all")
 # The query parameters of the routes below (and of the client API's inbox).
 SUBSCRIBERS_LIMIT = IntQuery("limit", "How many subscribers to list", 100, 1, 1000)
 PAGE_LIMIT = IntQuery("limit", "Page size (at most the server's page_max)", 50, 1,

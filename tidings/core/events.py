@@ -15,6 +15,8 @@ Event objects (the same JSON on WebSocket and SSE)::
     {"type": "updated", "notification": {...}, "group": {...}, "state": "..."}
     {"type": "deleted", "id": "..."}
     {"type": "state", "ids": [...], "all": bool, "state": "read"|"seen"|"archived"}
+    {"type": "state", "ids": [...], "all": false, "state": "snoozed", "until": "<ISO 8601>"}
+    {"type": "notification", "cursor": ..., "notification": {...}, "resurfaced": true}
     {"type": "counts", "unread": n, "unseen": n, "at": {"seq": n, "feed": n, "rev": n}}
     {"type": "recovered", "ok": bool, "missed": n}
     {"type": "token", "until": <unix seconds>}   (WebSocket: a fresh token was taken)
@@ -91,6 +93,22 @@ def deleted_frame(nid: str) -> bytes:
 
 def state_frame(ids: list[str] | None, state: str, all_: bool = False) -> bytes:
     return _encode({"type": "state", "ids": ids or [], "all": all_, "state": state})
+
+
+def snoozed_frame(ids: list[str], until: str) -> bytes:
+    """Entries snoozed on some device: out of the inbox until ``until``."""
+    return _encode({"type": "state", "ids": ids, "all": False, "state": "snoozed",
+                    "until": until})
+
+
+RESURFACED = b',"resurfaced":true'
+
+
+def resurfaced(body: bytes) -> bytes:
+    """The personal event payload of an entry back from a snooze: the
+    notification, then ``"resurfaced": true`` (before a group entry's
+    ``group``, :func:`with_group`), spliced as ``with_group`` is."""
+    return body + RESURFACED
 
 
 def counts_object(unread: int, unseen: int, seq: int, feed: int,

@@ -184,6 +184,20 @@ class StateRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     all: bool = False
 
 
+# How far ahead a snooze may end (docs/inbox.md#snooze): a quarter, the
+# horizon of "remind me later", kept well inside retention.
+SNOOZE_MAX_AHEAD = 90 * 86400
+
+
+class SnoozeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[BodyId]  # cap: Limits.ids_max
+    until: datetime  # ISO 8601 with a zone, in the future, at most SNOOZE_MAX_AHEAD ahead
+
+
+class UnsnoozeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[BodyId]  # cap: Limits.ids_max
+
+
 class ChannelPrefs(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     in_app: bool = True
     webhook: bool = True

@@ -417,6 +417,8 @@ class Hub:
             if e.feed is None:
                 assert e.seq is not None  # a personal entry has a seq, a feed item a feed offset
                 body = resolve(e.body, locale)  # as it is without locales
+                if e.key is not None:  # back from a snooze: marked so (docs/inbox.md#snooze)
+                    body = events.resurfaced(body)
                 stream.emit_personal(e.seq, body if e.group is None
                                      else events.with_group(body, e.group))
                 had = any(o.last_seq >= e.seq for o in others)

@@ -1,4 +1,5 @@
-"""The loop that fires scheduled notifications (``deliver_at``).
+"""The loop that fires scheduled notifications (``deliver_at``) and brings
+snoozed inbox entries back when their time comes (docs/inbox.md#snooze).
 
 Every node runs one (the app's lifespan starts it).  Scheduled
 notifications are rows in the store; the store's ``fire_due`` claims each
@@ -13,6 +14,10 @@ this loop adds is timing:
 * after a restart the first pass fires whatever fell due while the node
   was down (and drops what expired meanwhile);
 * a store error is logged and retried at the next interval.
+
+Snoozes ride on the same loop: ``next_due`` is the earliest of both, and
+each pass wakes what is due after firing (``Due.wake_snoozed``, which the
+store makes once-only on every node as ``fire_due`` is).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class Due(Protocol):
         """When the earliest pending notification is due (None: none is)."""
         ...
 
+    async def wake_snoozed(self, now: float, limit: int) -> int:
+        """Bring back up to ``limit`` snoozed entries due by ``now``; how many."""
+        ...
+
 
 class Scheduler:
     def __init__(self, due: Due, *, poll_interval: float = POLL_INTERVAL,
@@ -58,6 +67,7 @@ class Scheduler:
         self.clock = clock
         self.fired = 0  # notifications published by this node's scheduler
         self.expired = 0  # dropped: their ttl ran out before they could fire
+        self.woken = 0  # snoozed entries this node's scheduler brought back
         self._wake = asyncio.Event()
         self._next = 0.0  # when the loop means to look next (clock time)
 
@@ -78,7 +88,15 @@ class Scheduler:
                 elif out.status == "expired":
                     self.expired += 1
             if len(outcomes) < BATCH:
-                return done
+                break
+        wake = getattr(self.due, "wake_snoozed", None)  # a Due without snoozes: tests
+        while wake is not None:
+            n = await wake(self.clock(), BATCH)
+            self.woken += n
+            done += n
+            if n < BATCH:
+                break
+        return done
 
     async def run(self) -> None:
         while True:

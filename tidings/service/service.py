@@ -74,10 +74,12 @@ from tidings.service.scheduler import Scheduler, scheduled_edit
 from tidings.service.sessions import Sessions
 from tidings.store.base import (
     AppRecord,
+    Delivery,
     KeyRecord,
     NewNotification,
     Pruned,
     PublishOutcome,
+    Resurfaced,
     Retraction,
     Store,
 )
@@ -949,6 +951,53 @@ class Service:
             self.broker.publish(user_channel(app_id, user), Frames(frames))
         return {"changed": len(changed), "counts": events.counts_object(*counts)}
 
+    # -- snooze (docs/inbox.md#snooze) --------------------------------------------
+    async def snooze(self, app_id: str, user: str, ids: list[str], until: float) -> dict:
+        """Out of the inbox and the counts until ``until``: every device of
+        the user hears it (a ``state`` event with ``until``) with the new
+        counts, and the scheduler brings them back then."""
+        now = time.time()
+        changed = await self.store.snooze(app_id, user, ids, until, now)
+        self.hub.cache.user_changed((app_id, user))
+        counts = await self.hub.counts(app_id, user, now)
+        if changed:
+            self.broker.publish(user_channel(app_id, user), Frames([
+                events.snoozed_frame(changed, _iso(until)), events.counts_frame(*counts)]))
+            self.scheduler.wake(until)
+        return {"changed": len(changed), "until": _iso(until),
+                "counts": events.counts_object(*counts)}
+
+    async def unsnooze(self, app_id: str, user: str, ids: list[str]) -> dict:
+        """Bring snoozed entries back now, as their time coming would."""
+        now = time.time()
+        back = await self.store.resurface(app_id, user, ids, now)
+        self._resurfaced(back)
+        counts = await self.hub.counts(app_id, user, now)
+        return {"changed": len(back), "counts": events.counts_object(*counts)}
+
+    async def wake_snoozed(self, now: float, limit: int) -> int:
+        """Entries whose snooze ended by ``now`` back (the scheduler's pass);
+        returns how many."""
+        back = await self.store.wake_snoozed(now, limit)
+        self._resurfaced(back)
+        return len(back)
+
+    def _resurfaced(self, back: list[Resurfaced]) -> None:
+        """Entries back from a snooze, each at a new seq of its user's stream:
+        a ``notification`` event marked ``resurfaced`` to every open device
+        (on the personal path, so a stream that misses it replays it), which
+        counts it as a publish is counted."""
+        committed = time.time()
+        for r in back:
+            e = r.entry
+            assert e.seq is not None  # a personal entry
+            message = Personals(events.resurfaced(e.body),
+                                [Delivery(r.user, r.epoch, e.seq, e.group)], committed)
+            self.hub.cache.user_changed((r.app_id, r.user))
+            if not self.broker.inline:
+                self.hub.deliver_here(r.app_id, message)
+            self.broker.publish_personals(r.app_id, message)
+
     async def counts(self, app_id: str, user: str) -> dict:
         return events.counts_object(*await self.hub.counts(app_id, user, time.time()))
 
@@ -1021,8 +1070,11 @@ class Service:
                 item["feed"] = e.feed
             if e.group is not None:
                 item["group"] = msgspec.Raw(e.group)
+            if e.snoozed_until is not None and e.state == "snoozed":
+                item["snoozed_until"] = _iso(e.snoozed_until)
             items.append(item)
-        nxt = entries[-1].id if len(entries) == limit else None
+        # an entry back from a snooze sits where it came back: its place
+        nxt = entries[-1].place if len(entries) == limit else None
         if any(locales.has_locales(e.body) for e in entries):
             return {"items": items, "next_before": nxt, _LOCALIZABLE: True}
         return {"items": items, "next_before": nxt}
@@ -1177,8 +1229,11 @@ class Service:
                 await self.store.mark_queued([(app_id, nid)])
 
     async def next_due(self) -> float | None:
-        """When the earliest scheduled notification is due (the scheduler's sleep)."""
-        return await self.store.next_due()
+        """When the earliest scheduled notification or snooze is due (the
+        scheduler's sleep)."""
+        due = [t for t in (await self.store.next_due(), await self.store.next_snooze())
+               if t is not None]
+        return min(due, default=None)
 
     async def _fired_outbound(self, app_id: str, nid: str, body: bytes, users: list[str],
                               now: float) -> bool:

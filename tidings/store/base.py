@@ -283,6 +283,26 @@ class Entry:
     seq: int | None = None
     feed: int | None = None
     group: bytes | None = None  # a group entry's ``group`` object (JSON)
+    # where a page puts it: an entry that came back from a snooze sorts by the
+    # moment it did (a time-ordered id); None: by its own id
+    key: str | None = None
+    snoozed_until: float | None = None  # a snoozed entry's wake-up (pages that show them)
+
+    @property
+    def place(self) -> str:
+        """What a page sorts by, newest first, and what ``before=`` names."""
+        return self.key or self.id
+
+
+@dataclass(slots=True)
+class Resurfaced:
+    """A snoozed entry that came back (``Store.resurface``, ``Store.wake_snoozed``):
+    unseen, at a new seq of its user's stream, placed at ``entry.key`` in pages."""
+
+    app_id: str
+    user: str
+    epoch: str
+    entry: Entry
 
 
 @dataclass(slots=True)
@@ -914,6 +934,35 @@ class Store(OutboundStore, AuditStore, abc.ABC):
         """Move the user's entries (``ids``, or all when None) forward to
         ``state`` (unseen → seen → read; archived aside).  Never moves an entry
         backwards.  Returns the ids that changed."""
+
+    # -- snooze (docs/inbox.md#snooze) ----------------------------------
+    @abc.abstractmethod
+    async def snooze(self, app_id: str, user: str, ids: list[str], until: float,
+                     now: float) -> list[str]:
+        """Snooze the user's personal entries ``ids`` (a group entry by any of
+        its members' ids) until ``until``: state ``snoozed``, out of pages and
+        counts, which raises the user's counts revision.  An entry snoozed
+        already gets the new time; archived, expired, feed items and ids not
+        the user's are left.  Returns the ids that changed."""
+
+    @abc.abstractmethod
+    async def resurface(self, app_id: str, user: str, ids: list[str] | None,
+                        now: float) -> list[Resurfaced]:
+        """Bring the user's snoozed entries ``ids`` back now (None: every
+        snoozed entry of theirs due by ``now``): each unseen, at the next seq
+        of the user's stream and first in pages, in one transaction.  Only a
+        row still snoozed comes back: never twice."""
+
+    @abc.abstractmethod
+    async def wake_snoozed(self, now: float, limit: int) -> list[Resurfaced]:
+        """``resurface`` up to ``limit`` snoozed entries of any user that are
+        due by ``now``.  Several nodes may call it at once: each entry comes
+        back once (SQLite: the one writer; PostgreSQL: ``FOR UPDATE SKIP
+        LOCKED`` and the state test under the row's lock)."""
+
+    @abc.abstractmethod
+    async def next_snooze(self) -> float | None:
+        """When the earliest snoozed entry is due (None: none is snoozed)."""
 
     # -- topics ---------------------------------------------------------
     @abc.abstractmethod

@@ -21,7 +21,7 @@ from tidings.store.postgres.sql import ENTRY_BODY
 
 __all__ = ["fan_out", "members", "personal_entry", "prune", "rebuild", "retract", "state_counts"]
 
-STATE_NAME = ("unseen", "seen", "read", "archived")
+STATE_NAME = ("unseen", "seen", "read", "archived", "snoozed")
 _BODY10 = ENTRY_BODY.format("$10::bytea", "$10::bytea")  # the entry's copy of the body
 
 
@@ -187,9 +187,11 @@ async def state_counts(conn, app_id: str, nid: str) -> list:
     )
 
 
-def personal_entry(nid, body, state, created, seq, gid, grp) -> Entry:
+def personal_entry(nid, body, state, created, seq, gid, grp, key=None,
+                   snoozed_until=None) -> Entry:
     return Entry(nid, body, STATE_NAME[state], created, seq=seq,
-                 group=None if gid is None else group_view(grp, gid))
+                 group=None if gid is None else group_view(grp, gid), key=key,
+                 snoozed_until=snoozed_until)
 
 
 async def members(conn, app_id: str, user: str, nid: str, limit: int, before: str | None,

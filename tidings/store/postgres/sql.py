@@ -10,7 +10,8 @@ is involved, ``$2`` the user id.
 from __future__ import annotations
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
-STATE_NAME = ("unseen", "seen", "read", "archived")
+STATE_NAME = ("unseen", "seen", "read", "archived", "snoozed")
+SNOOZED = 4  # the state code of a snoozed entry (postgres_022.sql)
 
 # A user sees a feed item addressed to everyone or to a topic they follow.
 _VISIBLE = (
@@ -117,7 +118,7 @@ NEW_STREAM = (
 # at a time).
 _PERSONAL_PAST = """
  FROM inbox i JOIN notifications n ON n.app_id = i.app_id AND n.id = i.nid
- WHERE i.app_id = $1 AND i.user_id = $2 AND i.seq > $3
+ WHERE i.app_id = $1 AND i.user_id = $2 AND i.seq > $3 AND i.state <> 4
    AND (i.expires_at IS NULL OR i.expires_at > $5)
  ORDER BY i.seq"""
 _FEED_PAST = """
@@ -126,14 +127,15 @@ _FEED_PAST = """
  ORDER BY n.feed_offset"""
 
 # Personal entries and feed items in one round trip: (is_feed, id, body,
-# state, created_at, seq or offset, gid, grp).  $6 limit; REPLAY_MUTED: $7
-# the user's in-app mutes.
+# state, created_at, seq or offset, gid, grp, page_key: set for an entry back
+# from a snooze).  $6 limit; REPLAY_MUTED: $7 the user's in-app mutes.
 _REPLAY = f"""
-(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp{_PERSONAL_PAST}
+(SELECT false, n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp,
+        i.page_key{_PERSONAL_PAST}
  LIMIT $6)
 UNION ALL
 (SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
-        NULL::text, NULL::bytea
+        NULL::text, NULL::bytea, NULL::text
  FROM notifications n LEFT JOIN feed_state fs
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id{_FEED_PAST}
  LIMIT $6)
@@ -163,8 +165,36 @@ _GROUP_SUMMARY = (
 
 _STATE_FILTER = {  # inbox ?state= -> predicate on a state expression
     None: "{} < 3", "unread": "{} < 2", "unseen": "{} = 0", "seen": "{} = 1",
-    "read": "{} = 2", "archived": "{} = 3", "all": "true",
+    "read": "{} = 2", "archived": "{} = 3", "snoozed": "{} = 4", "all": "true",
 }
+
+
+# A page's personal entries come in two halves: those in their notification's
+# place (inbox_page, by id), and those back from a snooze, in the place of
+# the moment they came back (inbox_resurfaced, by page_key: postgres_022.sql),
+# which the first half leaves out.  NOT IN reads only nid, so the first half
+# stays an index-only scan; with no entry back from a snooze (most users) the
+# subquery is one probe of an empty partial index.
+_NOT_BACK = ("AND i.nid NOT IN (SELECT r.nid FROM inbox r WHERE r.app_id = $1 "
+             "AND r.user_id = $2 AND r.page_key IS NOT NULL)")
+
+
+def _snoozed_column(state: str | None) -> str:
+    """A snoozed entry's wake-up, read only by the pages that can show one
+    (reading it elsewhere would cost the index-only scan)."""
+    return "i.snoozed_until" if state in ("snoozed", "all") else "NULL::float8"
+
+
+def _personal_halves(half: str, state: str | None, paged: bool) -> str:
+    """``half`` (a personal half with ``{key}``, ``{place}``, ``{where}``
+    and ``{snoozed}`` to fill) as the two halves above, joined by UNION ALL."""
+    snoozed = _snoozed_column(state)
+    by_id = half.format(key="NULL::text", place="i.nid", snoozed=snoozed,
+                        where=_NOT_BACK + (" AND i.nid < $5" if paged else ""))
+    back = half.format(key="i.page_key", place="i.page_key", snoozed=snoozed,
+                       where="AND i.page_key IS NOT NULL"
+                             + (" AND i.page_key < $5" if paged else ""))
+    return f"{by_id}\nUNION ALL\n{back}"
 
 
 def _inbox_sql(state: str | None, paged: bool, muted: str | None = None) -> str:
@@ -182,16 +212,18 @@ def _inbox_sql(state: str | None, paged: bool, muted: str | None = None) -> str:
     # shows: an index-only scan, newest first.  Only a body too large to be
     # copied into the entry (or one written before v10) is read from its
     # notification, and only a group entry's summary from the heap.
-    return f"""
+    half = f"""
 (SELECT false, i.nid, {_ENTRY_BODY_OR_NOTIFICATION}, i.state, i.created_at, i.seq, i.gid,
-        {_GROUP_SUMMARY}
+        {_GROUP_SUMMARY}, {{key}}, {{snoozed}}
  FROM inbox i
  WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
-   AND {personal} {"AND i.nid < $5" if paged else ""}
- ORDER BY i.nid DESC LIMIT $4)
+   AND {personal} {{where}}
+ ORDER BY {{place}} DESC LIMIT $4)"""
+    return f"""
+{_personal_halves(half, state, paged)}
 UNION ALL
 (SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
-        NULL::text, NULL::bytea
+        NULL::text, NULL::bytea, NULL::text, NULL::float8
  FROM notifications n LEFT JOIN feed_state fs
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
  WHERE n.app_id = $1 AND n.feed_offset IS NOT NULL AND NOT n.deleted
@@ -249,17 +281,20 @@ def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: b
                                                            if tags else []))
     feed_json = (f"CROSS JOIN LATERAL (SELECT {_JSON.format('n.body', 'n.body')} AS j OFFSET 0) x"
                  if tags else "")
-    return f"""
-(SELECT false, i.nid, b.body, i.state, i.created_at, i.seq, i.gid, {_GROUP_SUMMARY}
+    half = f"""
+(SELECT false, i.nid, b.body, i.state, i.created_at, i.seq, i.gid, {_GROUP_SUMMARY},
+        {{key}}, {{snoozed}}
  FROM inbox i
  CROSS JOIN LATERAL (SELECT {_ENTRY_BODY_OR_NOTIFICATION} AS body OFFSET 0) b
  CROSS JOIN LATERAL (SELECT {_JSON.format("b.body", "b.body")} AS j OFFSET 0) x
  WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
-   AND {personal} {"AND i.nid < $5" if paged else ""} AND (x.j IS NULL OR ({personal_test}))
- ORDER BY i.nid DESC LIMIT $4)
+   AND {personal} {{where}} AND (x.j IS NULL OR ({personal_test}))
+ ORDER BY {{place}} DESC LIMIT $4)"""
+    return f"""
+{_personal_halves(half, state, paged)}
 UNION ALL
 (SELECT true, n.id, n.body, coalesce(fs.state, 0)::smallint, n.created_at, n.feed_offset,
-        NULL::text, NULL::bytea
+        NULL::text, NULL::bytea, NULL::text, NULL::float8
  FROM notifications n LEFT JOIN feed_state fs
    ON fs.app_id = n.app_id AND fs.user_id = $2 AND fs.nid = n.id
  {feed_json}

@@ -66,6 +66,7 @@ from tidings.store.base import (
     Entry,
     Pruned,
     PublishOutcome,
+    Resurfaced,
     Retraction,
     Store,
     StoredNotification,
@@ -77,6 +78,7 @@ from tidings.store.codec import shown_by
 from tidings.store.postgres import groups as _groups
 from tidings.store.postgres import publish as _tx
 from tidings.store.postgres import schedule as _sched
+from tidings.store.postgres import snooze as _snooze
 from tidings.store.postgres import timeline as _timeline
 from tidings.store.postgres.audit import PostgresAudit, insert_audit
 from tidings.store.postgres.committer import Committer, takes
@@ -760,11 +762,12 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
                       else self._fetch(REPLAY, *args))
         personal: list[Entry] = []
         feed: list[Entry] = []
-        for is_feed, nid, body, state, created, pos, gid, grp in rows:
+        for is_feed, nid, body, state, created, pos, gid, grp, key in rows:
             if is_feed:
                 feed.append(Entry(nid, body, STATE_NAME[state], created, feed=pos))
             else:
-                personal.append(_groups.personal_entry(nid, body, state, created, pos, gid, grp))
+                personal.append(_groups.personal_entry(nid, body, state, created, pos, gid, grp,
+                                                       key))
         return personal, feed
 
     async def replay_exceeds(self, app_id, user, after_seq, after_feed, limit, now,
@@ -788,10 +791,11 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
             args += (sorted(muted),)
         entries = [
             Entry(nid, body, STATE_NAME[st], created, feed=pos) if is_feed
-            else _groups.personal_entry(nid, body, st, created, pos, gid, grp)
-            for is_feed, nid, body, st, created, pos, gid, grp in await self._fetch(sql, *args)
+            else _groups.personal_entry(nid, body, st, created, pos, gid, grp, key, snoozed)
+            for is_feed, nid, body, st, created, pos, gid, grp, key, snoozed
+            in await self._fetch(sql, *args)
         ]
-        entries.sort(key=lambda e: e.id, reverse=True)
+        entries.sort(key=lambda e: e.place, reverse=True)
         return entries[:limit]
 
     async def _inbox_filtered(self, app_id, user, limit, before, state, now,
@@ -810,18 +814,23 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
                     *([sorted(muted)] if muted else []))
             rows = await self._fetch(sql, *args)
             # a half that filled its LIMIT may hold more below its last row
-            floor = max((half[-1][1] for half in (
-                [r for r in rows if not r[0]], [r for r in rows if r[0]]) if len(half) == limit),
-                default=None)
-            for is_feed, nid, body, st, created, pos, gid, grp in rows:
-                if floor is not None and nid < floor or not shown_by(body, categories, tags):
+            # (three halves: by id, back from a snooze, feed items; a row's
+            # place is its page_key or its id)
+            halves = ([r for r in rows if not r[0] and r[8] is None],
+                      [r for r in rows if r[8] is not None], [r for r in rows if r[0]])
+            floor = max((half[-1][8] or half[-1][1] for half in halves if len(half) == limit),
+                        default=None)
+            for is_feed, nid, body, st, created, pos, gid, grp, key, snoozed in rows:
+                if floor is not None and (key or nid) < floor or not shown_by(
+                        body, categories, tags):
                     continue
                 entries.append(Entry(nid, body, STATE_NAME[st], created, feed=pos) if is_feed
-                               else _groups.personal_entry(nid, body, st, created, pos, gid, grp))
+                               else _groups.personal_entry(nid, body, st, created, pos, gid, grp,
+                                                           key, snoozed))
             if floor is None or len(entries) >= limit:
                 break
             before = floor
-        entries.sort(key=lambda e: e.id, reverse=True)
+        entries.sort(key=lambda e: e.place, reverse=True)
         return entries[:limit]
 
     async def counts(self, app_id, user, now, muted=None) -> Counts:
@@ -863,6 +872,24 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
                 SET_STATE_IDS, app_id, user, STATE_CODE[state], now, list(ids)
             )
         return [r[0] for r in rows]
+
+    async def snooze(self, app_id, user, ids, until, now) -> list[str]:
+        return await self._call(_snooze.snooze, app_id, user, list(ids), until, now, tx=True)
+
+    async def resurface(self, app_id, user, ids, now) -> list[Resurfaced]:
+        return await self._call(_snooze.resurface, app_id, user, list(ids), now, tx=True)
+
+    async def wake_snoozed(self, now, limit) -> list[Resurfaced]:
+        back = []
+        for _ in range(limit):  # one transaction each (snooze.wake_one)
+            one = await self._call(_snooze.wake_one, now, tx=True)
+            if one is None:
+                break
+            back.append(one)
+        return back
+
+    async def next_snooze(self) -> float | None:
+        return await self._call(_snooze.next_snooze)
 
     # -- topics ---------------------------------------------------------
     async def subscribe(self, app_id, topic, users) -> int:

@@ -16,7 +16,7 @@ __all__ = ["current_ids", "insert_entries_tx", "members", "personal_entries", "p
            "rebuild_tx", "retract_tx", "state_counts"]
 
 _CHUNK = 500
-STATE_NAME = ("unseen", "seen", "read", "archived")
+STATE_NAME = ("unseen", "seen", "read", "archived", "snoozed")
 
 
 def _chunks(items: list, n: int = _CHUNK):
@@ -206,9 +206,11 @@ def members(
 
 
 def personal_entries(rows) -> list[Entry]:
-    """Entries from ``(id, body, state, created_at, seq, gid, grp)`` rows."""
+    """Entries from ``(id, body, state, created_at, seq, gid, grp)`` rows,
+    perhaps followed by the entry's ``page_key`` and ``snoozed_until``."""
     return [
         Entry(r[0], r[1], STATE_NAME[r[2]], r[3], seq=r[4],
-              group=None if r[5] is None else group_view(r[6], r[5]))
+              group=None if r[5] is None else group_view(r[6], r[5]),
+              key=r[7] if len(r) > 7 else None, snoozed_until=r[8] if len(r) > 8 else None)
         for r in rows
     ]

@@ -43,6 +43,7 @@ from tidings.store.base import (
     Entry,
     Pruned,
     PublishOutcome,
+    Resurfaced,
     Retraction,
     Store,
     StoredNotification,
@@ -68,6 +69,7 @@ from tidings.store.sealed import (
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
+from tidings.store.sqlite import snooze as _snooze
 from tidings.store.sqlite import timeline as _timeline
 from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.audit import SQLiteAudit, insert_audit
@@ -77,10 +79,10 @@ from tidings.store.sqlite.keys import SQLiteKeys
 from tidings.store.sqlite.outbound import SQLiteOutbound, retime_tx
 
 STATE_CODE = {"unseen": 0, "seen": 1, "read": 2, "archived": 3}
-STATE_NAME = ("unseen", "seen", "read", "archived")
+STATE_NAME = ("unseen", "seen", "read", "archived", "snoozed")
 _STATE_FILTER = {  # inbox ?state= -> SQL predicate on the state column "st"
     None: "st < 3", "unread": "st < 2", "unseen": "st = 0", "seen": "st = 1",
-    "read": "st = 2", "archived": "st = 3", "all": "1",
+    "read": "st = 2", "archived": "st = 3", "snoozed": "st = 4", "all": "1",
 }
 
 
@@ -143,7 +145,7 @@ _VISIBLE_FEED = (
 # items visible to the user: app, after offset, now, user, then the mutes.
 _PERSONAL_PAST = (
     " FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
-    "WHERE i.app_id=? AND i.user_id=? AND i.seq>? "
+    "WHERE i.app_id=? AND i.user_id=? AND i.seq>? AND i.state<>4 "
     "AND (i.expires_at IS NULL OR i.expires_at>?) ORDER BY i.seq"
 )
 
@@ -176,6 +178,10 @@ def _mutes_args(app_id: str, user: str, muted: frozenset[str] | None) -> tuple[s
     """The parameters of ``_not_muted`` for ``muted`` (None: read by the statement)."""
     return (app_id, user) if muted is None else tuple(muted)
 
+
+# Where a personal entry sorts in a page: its id, or when it came back from a
+# snooze (sqlite_022.sql).  ``+``: as ``+i.nid`` was, no app-wide index walk.
+_PLACE = "coalesce(i.page_key, +i.nid)"
 
 log = logging.getLogger("tidings.store")
 DIALECT = "sqlite"
@@ -917,7 +923,7 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         if muted is None:
             muted = await self.muted(app_id, user)
         personal = [] if after_seq is None else self._q(
-            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp"
+            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp, i.page_key"
             + _PERSONAL_PAST + " LIMIT ?", (app_id, user, after_seq, now, limit))
         feed = [] if after_feed is None else self._q(
             "SELECT n.id, n.body, coalesce(fs.state, 0), n.created_at, n.feed_offset "
@@ -950,10 +956,11 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         args_b += args_f
         bound += where
         personal = self._q(
-            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp "
+            "SELECT n.id, n.body, i.state, n.created_at, i.seq, i.gid, i.grp, i.page_key, "
+            "i.snoozed_until "
             "FROM inbox i JOIN notifications n ON n.app_id=i.app_id AND n.id=i.nid "
             "WHERE i.app_id=? AND i.user_id=? AND (i.expires_at IS NULL OR i.expires_at>?) AND "
-            + pred.replace("st", "i.state") + bound.replace("n.id <", "+i.nid <")
+            + pred.replace("st", "i.state") + bound.replace("n.id <", _PLACE + " <")
             # By id, not by seq, as on PostgreSQL: a scheduled notification that
             # fires late has an older id than entries published meanwhile and a
             # later seq, and so does a group entry whose newest member was
@@ -961,7 +968,8 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
             # sort covers one user's rows, found by the primary key prefix: the
             # unary ``+`` keeps SQLite from walking the app-wide (app_id, nid)
             # index instead (seconds at 100k users).
-            + " ORDER BY +i.nid DESC LIMIT ?",
+            # An entry back from a snooze sorts by when it came back (page_key).
+            + " ORDER BY " + _PLACE + " DESC LIMIT ?",
             (app_id, user, now, *args_b, limit),
         )
         feed = self._q(
@@ -979,7 +987,7 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         )
         entries = _groups.personal_entries(personal)
         entries += [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed]
-        entries.sort(key=lambda e: e.id, reverse=True)
+        entries.sort(key=lambda e: e.place, reverse=True)
         return entries[:limit]
 
     # Feed items are found with ``feed_offset > 0`` (offsets start at 1) rather
@@ -997,6 +1005,18 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
 
     async def set_state(self, app_id, user, ids, state, now) -> list[str]:
         return await self._write(_tx.set_state_tx, app_id, user, ids, STATE_CODE[state], now)
+
+    async def snooze(self, app_id, user, ids, until, now) -> list[str]:
+        return await self._write(_snooze.snooze_tx, app_id, user, list(ids), until, now)
+
+    async def resurface(self, app_id, user, ids, now) -> list[Resurfaced]:
+        return await self._write(_snooze.resurface_tx, app_id, user, list(ids), now)
+
+    async def wake_snoozed(self, now, limit) -> list[Resurfaced]:
+        return await self._write(_snooze.wake_tx, now, limit)
+
+    async def next_snooze(self) -> float | None:
+        return _snooze.next_snooze(self._reader)
 
     # -- topics ---------------------------------------------------------
     async def subscribe(self, app_id, topic, users) -> int:
