@@ -73,11 +73,11 @@ Events). Both carry the same JSON events; a WebSocket frame may hold a JSON arra
 | event | when | carries |
 |---|---|---|
 | `hello` | first, on every connect | `epoch`, `cursor`, `counts` (with `at`) |
-| `notification` | a new notification (live or replayed) | `cursor`, `notification` |
+| `notification` | new (live, replayed), back from a snooze | `cursor`, `notification` |
 | `recovered` | after a resume | `ok` (false: reload the inbox page), `missed` |
 | `updated` | corrected; a group entry lost a member | `notification` (+ `group`, `state`) |
 | `deleted` | a notification was retracted | its `id` |
-| `state` | read, seen or archived on a device | `ids` or `all`, `state` |
+| `state` | read, seen, archived or snoozed on a device | `ids` or `all`, `state` (+ `until`) |
 | `counts` | the unread counts changed | `unread`, `unseen`, `at` (where they were read) |
 | `token` | a fresh token sent on the open WebSocket was taken | `until`: when the stream now ends |
 
@@ -117,6 +117,9 @@ EXAMPLES = {
     ("post", "/v1/me/notifications/read"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
     ("post", "/v1/me/notifications/seen"): {"all": True},
     ("post", "/v1/me/notifications/archive"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
+    ("post", "/v1/me/notifications/snooze"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"],
+                                              "until": "2030-01-06T09:00:00+01:00"},
+    ("post", "/v1/me/notifications/unsnooze"): {"ids": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
     ("put", "/v1/categories"): {"categories": [
         {"id": "social", "label": "Replies and mentions",
          "description": "When someone answers you or mentions you"},

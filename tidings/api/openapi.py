@@ -36,9 +36,11 @@ from tidings.core.models import (
     RevokeRequest,
     RotateRequest,
     ShedRequest,
+    SnoozeRequest,
     StateRequest,
     SubscribersRequest,
     TokenRequest,
+    UnsnoozeRequest,
 )
 from tidings.core.outbound import (
     SUBSCRIPTION_ID_RE,
@@ -106,6 +108,11 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
     ("post", "/v1/me/notifications/read", "Mark read", "userToken", StateRequest),
     ("post", "/v1/me/notifications/seen", "Mark seen", "userToken", StateRequest),
     ("post", "/v1/me/notifications/archive", "Archive", "userToken", StateRequest),
+    ("post", "/v1/me/notifications/snooze", "Snooze: out of the inbox and the counts until "
+     "`until` (ISO 8601 with a zone, at most 90 days ahead), then back first and unread "
+     "(docs/inbox.md#snooze)", "userToken", SnoozeRequest),
+    ("post", "/v1/me/notifications/unsnooze", "Bring snoozed entries back now, first and "
+     "unread", "userToken", UnsnoozeRequest),
     ("post", "/v1/me/receipts", "Receipts: what reached this device and what it showed "
      "(docs/protocol.md#receipts)", "userToken", Receipts),
     ("get", "/v1/me/preferences", "My preferences", "userToken", None),
