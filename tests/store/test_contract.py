@@ -2187,3 +2187,47 @@ async def test_inbox_pages_by_id_when_a_late_entry_has_an_older_id(db):
         pages += page
         before = page[-1]
     assert pages == expected
+
+
+# -- snooze (docs/inbox.md#snooze) -------------------------------------------------
+
+
+async def test_a_snoozed_entry_is_out_of_pages_counts_and_replay_until_it_is_back(db):
+    ids = [(await publish(db, A, note(users=["u"]))).id for _ in range(3)]
+    feed = (await publish(db, A, note(all=True))).id
+    now = time.time()
+    await db.set_state(A, "u", [ids[0]], "read", now)
+    rev = (await db.counts(A, "u", now)).rev
+    # a feed item, another user's entry and an unknown id are left as they are
+    assert sorted(await db.snooze(A, "u", [ids[0], ids[1], feed, next_id()], now + 60,
+                                  now)) == [ids[0], ids[1]]
+    assert await db.snooze(A, "other", [ids[2]], now + 60, now) == []
+    counts = await db.counts(A, "u", now)
+    assert (counts.unread, counts.rev > rev) == (2, True)  # ids[2] and the feed item
+    assert await inbox_ids(db, A, "u", now=now) == [feed, ids[2]]
+    snoozed = await db.inbox(A, "u", limit=10, before=None, state="snoozed", now=now)
+    assert [(e.id, e.state, e.snoozed_until) for e in snoozed] == [
+        (ids[1], "snoozed", now + 60), (ids[0], "snoozed", now + 60)]
+    assert sorted(await db.set_state(A, "u", None, "archived", now)) == sorted([ids[2], feed])
+    personal, _ = await replay_all(db, A, "u", now=now)
+    assert [e.id for e in personal] == [ids[2]]
+    assert await db.next_snooze() == now + 60
+
+    assert await db.wake_snoozed(now + 59, 10) == []
+    (back,) = await db.resurface(A, "u", [ids[1]], now + 1)  # unsnoozed early
+    assert (back.user, back.entry.id, back.entry.seq, back.entry.state) == ("u", ids[1], 4,
+                                                                               "unseen")
+    assert await db.resurface(A, "u", [ids[1]], now + 1) == []  # once
+    (woken,) = await db.wake_snoozed(now + 61, 10)
+    assert (woken.app_id, woken.user, woken.entry.id, woken.entry.seq) == (A, "u", ids[0], 5)
+    assert await db.wake_snoozed(now + 61, 10) == []
+    assert await db.next_snooze() is None
+    # first in the page (newest back first), unread; the replay brings them at their new seqs
+    assert await inbox_ids(db, A, "u", now=now + 61) == [ids[0], ids[1]]
+    assert (await db.counts(A, "u", now + 61)).unread == 2
+    page = await db.inbox(A, "u", limit=1, before=None, state=None, now=now + 61)
+    assert await inbox_ids(db, A, "u", before=page[0].place, now=now + 61) == [ids[1]]
+    personal, _ = await replay_all(db, A, "u", after_seq=3, now=now + 61)
+    assert [(e.id, e.seq, e.key is not None) for e in personal] == [(ids[1], 4, True),
+                                                                      (ids[0], 5, True)]
+    assert (await db.stream_head(A, "u", now)).head_seq == 5

@@ -133,9 +133,10 @@ async def get_notification(conn, app_id: str, nid: str) -> StoredNotification | 
             "SELECT state, count(*) FROM feed_state WHERE app_id = $1 AND nid = $2 "
             "GROUP BY state", app_id, nid,
         )
-    stats = dict.fromkeys(STATE_NAME, 0)
+    stats = dict.fromkeys(STATE_NAME[:4], 0)
     for code, n in counts:
-        stats[STATE_NAME[code]] += n
+        # a snoozed entry (4) is back unseen: counted so until then
+        stats[STATE_NAME[code if code < 4 else 0]] += n
     return StoredNotification(**row, stats=stats)  # the columns are named as the fields
 
 

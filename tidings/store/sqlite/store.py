@@ -787,9 +787,10 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
                 "SELECT state, count(*) FROM feed_state WHERE app_id=? AND nid=? GROUP BY state",
                 (app_id, nid),
             )
-        stats = {name: 0 for name in STATE_NAME}
+        stats = {name: 0 for name in STATE_NAME[:4]}
         for code, n in rows:
-            stats[STATE_NAME[code]] += n
+            # a snoozed entry (4) is back unseen: counted so until then
+            stats[STATE_NAME[code if code < 4 else 0]] += n
         return StoredNotification(
             id=row[0], body=row[1], category=row[2], created_at=row[3], expires_at=row[4],
             audience=row[5], feed_offset=row[6], recipients=row[7], stats=stats,
