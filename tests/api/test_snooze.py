@@ -247,3 +247,21 @@ async def test_bad_snoozes_get_a_clear_4xx(each_store):
     bob = await server.token("bob")
     assert [i["id"] for i in (await page(server, bob))["items"]] == [bobs]
     assert [i["id"] for i in (await page(server, token))["items"]] == [nid]
+
+
+async def test_the_python_client_snoozes_and_unsnoozes(server):
+    import asyncio
+
+    from tidings.client.publisher import Client
+
+    token = await server.token("alice")
+    (nid,) = await publish(server, {"users": ["alice"]})
+    c = Client(server.url, token=token)
+    until = datetime.now(UTC) + timedelta(hours=1)
+    out = await asyncio.to_thread(c.snooze, nid, until)
+    assert out["changed"] == 1
+    assert datetime.fromisoformat(out["until"]) == until.replace(microsecond=until.microsecond
+                                                                 // 1000 * 1000)
+    assert (await asyncio.to_thread(c.inbox, state="snoozed"))["items"][0]["id"] == nid
+    assert (await asyncio.to_thread(c.unsnooze, [nid]))["changed"] == 1
+    assert (await asyncio.to_thread(c.counts))["unread"] == 1

@@ -273,6 +273,22 @@ class _Endpoints:
                 token: str | None = None) -> Any:
         return self._mark("archive", ids, all, token)
 
+    def snooze(self, ids: Iterable[str], until: datetime | str, *,
+               token: str | None = None) -> Any:
+        """Out of the inbox and the counts until ``until`` (an aware datetime,
+        or ISO 8601 with a zone; at most 90 days ahead), then back first and
+        unread (docs/inbox.md#snooze)."""
+        at = until.isoformat() if isinstance(until, datetime) else until
+        payload = {"ids": [ids] if isinstance(ids, str) else list(ids), "until": at}
+        return self._call("POST", "/v1/me/notifications/snooze", json=payload,
+                          user=True, token=token)
+
+    def unsnooze(self, ids: Iterable[str], *, token: str | None = None) -> Any:
+        """Snoozed entries back now, first and unread."""
+        payload = {"ids": [ids] if isinstance(ids, str) else list(ids)}
+        return self._call("POST", "/v1/me/notifications/unsnooze", json=payload,
+                          user=True, token=token)
+
     def _mark(self, action: str, ids: Iterable[str] | None, all_: bool, token: str | None) -> Any:
         if all_ == (ids is not None):
             raise ValueError("pass either ids or all=True")

@@ -3,8 +3,8 @@
 
 declare namespace Tidings {
   type Transport = "auto" | "websocket" | "sse";
-  type State = "unseen" | "seen" | "read" | "archived";
-  type StateFilter = "unread" | "unseen" | "seen" | "read" | "archived" | "all";
+  type State = "unseen" | "seen" | "read" | "archived" | "snoozed";
+  type StateFilter = "unread" | "unseen" | "seen" | "read" | "archived" | "snoozed" | "all";
   type Channel = "in_app" | "webhook" | "push" | "email";
 
   interface Options {
@@ -81,6 +81,8 @@ declare namespace Tidings {
     seq?: number;
     feed?: number;
     group?: Group;
+    /** A snoozed item (state=snoozed or all): when it comes back (ISO 8601). */
+    snoozed_until?: string;
   }
 
   interface InboxPage {
@@ -110,6 +112,8 @@ declare namespace Tidings {
     cursor?: string;
     feed?: number;
     group?: Group;
+    /** A snoozed entry back at its time (or unsnoozed): put it first, unread. */
+    resurfaced?: boolean;
   }
 
   /** A correction, or (with group) a group entry that lost a member: it shows n now. */
@@ -123,7 +127,9 @@ declare namespace Tidings {
   interface StateChange {
     ids: string[];
     all: boolean;
-    state: "seen" | "read" | "archived";
+    state: "seen" | "read" | "archived" | "snoozed";
+    /** With state "snoozed": when the entries come back (ISO 8601). */
+    until?: string;
   }
 
   interface Status {
@@ -242,6 +248,11 @@ declare namespace Tidings {
     markAllRead(): Promise<StateResult>;
     markSeen(ids: string[]): Promise<StateResult>;
     archive(ids: string[]): Promise<StateResult>;
+    /** Out of the inbox and the counts until `until` (a Date, or ISO 8601 with a zone;
+     *  at most 90 days ahead); every device gets a "state" event "snoozed". */
+    snooze(ids: string[], until: Date | string): Promise<StateResult & { until: string }>;
+    /** Snoozed entries back now: each arrives as a "notification" with resurfaced. */
+    unsnooze(ids: string[]): Promise<StateResult>;
     preferences(): Promise<Tagged<Preferences>>;
     /** With {ifNoneMatch: prefs.etag}: null while they are still those. */
     preferences(options: { ifNoneMatch?: string }): Promise<Tagged<Preferences> | null>;

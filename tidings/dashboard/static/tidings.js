@@ -210,8 +210,10 @@
           this._feed = ev.feed;                       // broadcast or large topic
         }
         var n = ev.notification;
-        if (!n || this._seen.has(n.id)) return;       // a replay overlap: already shown
-        this._seen.add(n.id);
+        // an entry back from a snooze comes again under its id, once per position
+        var seenKey = n && ev.resurfaced ? n.id + "@" + ev.cursor : n && n.id;
+        if (!n || this._seen.has(seenKey)) return;    // a replay overlap: already shown
+        this._seen.add(seenKey);
         if (this._seen.size > SEEN_MAX) this._seen.delete(this._seen.values().next().value);
         this._emit("notification", n, ev);
         this._ack("delivered", [n.id]);               // live or replayed: it arrived
@@ -227,9 +229,12 @@
       case "counts":
         this._takeCounts(ev);
         return;
-      case "state":
-        this._emit("state", { ids: ev.ids || [], all: !!ev.all, state: ev.state });
+      case "state": {
+        var change = { ids: ev.ids || [], all: !!ev.all, state: ev.state };
+        if (ev.until) change.until = ev.until;        // snoozed until then
+        this._emit("state", change);
         return;
+      }
       case "updated":                                 // ev.group: a group entry's new form
         this._emit("updated", ev.notification, ev);
         return;
@@ -617,6 +622,17 @@
   Client.prototype.markAllRead = function () { return this._setState("read", true); };
   Client.prototype.markSeen = function (ids) { return this._setState("seen", ids); };
   Client.prototype.archive = function (ids) { return this._setState("archive", ids); };
+
+  /** Out of the inbox and the counts until `until` (a Date, or ISO 8601 with a zone). */
+  Client.prototype.snooze = function (ids, until) {
+    var self = this;
+    var at = until instanceof Date ? until.toISOString() : until;
+    return this._request("POST", "/v1/me/notifications/snooze", { ids: ids, until: at })
+      .then(function (res) { if (res.counts) self._takeCounts(res.counts); return res; });
+  };
+
+  /** Snoozed entries back now: each arrives as a "notification" event with resurfaced. */
+  Client.prototype.unsnooze = function (ids) { return this._setState("unsnooze", ids); };
 
   // An answer's ETag (the preferences', the categories'), as a property JSON.stringify
   // and a spread leave out: the object can be edited and sent back as it is.
