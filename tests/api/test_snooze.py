@@ -172,6 +172,61 @@ async def test_unsnooze_brings_it_back_now(each_store):
             "changed"] == 0
 
 
+async def test_a_resurfaced_entry_comes_back_in_the_users_language(each_store):
+    """Live (one publish's path, resolved per language) and in the replay of
+    a device that was away, as any personal entry of a notification with
+    ``locales`` (docs/channels.md#languages)."""
+    server = each_store
+    async with server.http() as http:
+        r = await http.patch("/v1/users/hans/preferences", json={"locale": "de-AT"})
+        assert r.status_code == 200, r.text
+    token = await server.token("hans")
+    (nid,) = await publish(server, {"users": ["hans"]}, title="Your order",
+                           locales={"de": {"title": "Deine Bestellung"}})
+    away = await ws_connect(server, token)
+    cursor = (await recv_events(away, 1))[0]["cursor"]
+    await away.close()
+    await snooze(server, token, [nid], 600)
+    live = await ws_connect(server, token)
+    await recv_events(live, 1)
+
+    assert await server.service.wake_snoozed(time.time() + 601, 100) == 1
+    (ev,) = await recv_events(live, 1)
+    await live.close()
+    back = await ws_connect(server, token, cursor=cursor)
+    replayed = [e for e in await recv_events(back, 3) if e["type"] == "notification"]
+    await back.close()
+    for e in (ev, *replayed):
+        note = e["notification"]
+        assert (note["id"], note["title"], note.get("locale"), e["resurfaced"]) == (
+            nid, "Deine Bestellung", "de", True)
+        assert "locales" not in note
+    assert len(replayed) == 1
+
+
+async def test_a_resurfaced_entry_with_a_ttl_sends_counts_when_it_runs_out(each_store):
+    """Back unseen and counted by the device; when its ttl runs out the
+    device gets counts without it, as for a new notification with a ttl
+    (the gateway reads ``expires_at`` from the notification, not from the
+    mark that follows it)."""
+    server = each_store
+    token = await server.token("alice")
+    (nid,) = await publish(server, {"users": ["alice"]}, ttl=3)
+    await snooze(server, token, [nid], 1)
+    # connected while it is snoozed: its hello counts (and the expiry they
+    # note) leave it out, so only its coming back can tell of its ttl
+    ws = await ws_connect(server, token)
+    (hello,) = await recv_events(ws, 1)
+    assert hello["counts"]["unread"] == 0
+    got: list[dict] = []
+    assert await server.service.wake_snoozed(time.time() + 2, 100) == 1
+    (ev,) = await recv_events(ws, 1)
+    assert ev["resurfaced"] is True and "expires_at" in ev["notification"]
+    ran_out = await until_counts(ws, got, timeout=10)
+    assert (ran_out["unread"], ran_out["unseen"]) == (0, 0)
+    await ws.close()
+
+
 @contextlib.asynccontextmanager
 async def _same_store(kind: str, tmp_path):
     async with store_overrides(kind) as store:

@@ -111,6 +111,16 @@ def resurfaced(body: bytes) -> bytes:
     return body + RESURFACED
 
 
+def unmarked(payload: bytes) -> tuple[bytes, bytes]:
+    """A ``Personals`` body as (the notification, the mark :func:`resurfaced`
+    added, b"" for none): what reads the notification (its ``expires_at``
+    near its end, its ``locales``) reads the first, and the second follows
+    it again."""
+    if payload.endswith(RESURFACED):
+        return payload[:-len(RESURFACED)], RESURFACED
+    return payload, b""
+
+
 def counts_object(unread: int, unseen: int, seq: int, feed: int,
                   expires: float | None = None, rev: int = 0) -> dict:
     """The counts as every answer carries them: read at ``seq``, ``feed``

@@ -589,7 +589,9 @@ class Hub:
         if not users:
             return
         body, trace = msg.body, msg.trace
-        if has_locales(body):  # each stream its language: resolved once per language
+        # an entry back from a snooze: the notification, then its mark
+        note, mark = events.unmarked(body)
+        if has_locales(note):  # each stream its language: resolved once per language
             resolved: dict[str, bytes] | None = {}
         else:
             resolved = None
@@ -604,7 +606,7 @@ class Hub:
             routed += len(streams)
             epoch, seq = d.epoch, d.seq
             if resolved is not None:
-                _localized(streams, epoch, seq, body, d.group, resolved)
+                _localized(streams, epoch, seq, note, mark, d.group, resolved)
                 continue
             if d.group is None:
                 payload = body
@@ -627,8 +629,8 @@ class Hub:
             self.cache.users_changed(app, here)
             self._routed(app, routed, msg.sent_at)
             self.tracking.reached_users((app, body, len(here)))  # users, not streams
-            if body.find(_EXPIRES, len(body) - _EXPIRES_TAIL) >= 0:  # a ttl (events.expiry)
-                expires = events.expiry(body)
+            if note.find(_EXPIRES, len(note) - _EXPIRES_TAIL) >= 0:  # a ttl (events.expiry)
+                expires = events.expiry(note)
                 for user in here:
                     self.expiries.note((app, user), expires)
 
@@ -712,15 +714,15 @@ class Hub:
                 s.close(code)
 
 
-def _localized(streams, epoch: str, seq: int, body: bytes, group: bytes | None,
-               resolved: dict[str, bytes]) -> None:
+def _localized(streams, epoch: str, seq: int, body: bytes, mark: bytes,
+               group: bytes | None, resolved: dict[str, bytes]) -> None:
     """A personal entry of a notification with ``locales`` to the user's
     ``streams``: each its language, each language resolved once per publish
-    (``resolved``: language -> body)."""
+    (``resolved``: language -> body), followed by ``mark`` (events.unmarked)."""
     for s in tuple(streams):
         mine = resolved.get(s.locale)
         if mine is None:
-            mine = resolved[s.locale] = resolve(body, s.locale)
+            mine = resolved[s.locale] = resolve(body, s.locale) + mark
         s.on_personal(epoch, seq, mine if group is None else events.with_group(mine, group))
 
 
