@@ -294,6 +294,12 @@ class Entry:
         return self.key or self.id
 
 
+def by_place(e: Entry) -> str:
+    """``e.place``, as the key pages sort by (a plain function: a page sorts
+    every entry it read)."""
+    return e.key or e.id
+
+
 @dataclass(slots=True)
 class Resurfaced:
     """A snoozed entry that came back (``Store.resurface``, ``Store.wake_snoozed``):

@@ -171,12 +171,17 @@ _STATE_FILTER = {  # inbox ?state= -> predicate on a state expression
 
 # A page's personal entries come in two halves: those in their notification's
 # place (inbox_page, by id), and those back from a snooze, in the place of
-# the moment they came back (inbox_resurfaced, by page_key: postgres_022.sql),
-# which the first half leaves out.  NOT IN reads only nid, so the first half
-# stays an index-only scan; with no entry back from a snooze (most users) the
-# subquery is one probe of an empty partial index.
-_NOT_BACK = ("AND i.nid NOT IN (SELECT r.nid FROM inbox r WHERE r.app_id = $1 "
-             "AND r.user_id = $2 AND r.page_key IS NOT NULL)")
+# the moment they came back (page_key: postgres_022.sql), which the first
+# half leaves out.  Both read the user's entries back from a snooze from
+# ``back``, one probe of inbox_resurfaced, index-only (it includes nid):
+# NOT IN reads only nid, so the first half stays the index-only scan of
+# inbox_page it was, and the second half reads its rows from inbox_page by
+# nid.  With no entry back from a snooze (most users) the page costs that
+# one probe of an empty partial index, and the second half reads nothing.
+_BACK = ("WITH back AS MATERIALIZED (SELECT r.nid, r.page_key FROM inbox r "
+         "WHERE r.app_id = $1 AND r.user_id = $2 AND r.page_key IS NOT NULL)")
+_NOT_BACK = "AND i.nid NOT IN (SELECT nid FROM back)"
+_FROM_BACK = "back b JOIN inbox i ON i.app_id = $1 AND i.user_id = $2 AND i.nid = b.nid"
 
 
 def _snoozed_column(state: str | None) -> str:
@@ -186,15 +191,15 @@ def _snoozed_column(state: str | None) -> str:
 
 
 def _personal_halves(half: str, state: str | None, paged: bool) -> str:
-    """``half`` (a personal half with ``{key}``, ``{place}``, ``{where}``
-    and ``{snoozed}`` to fill) as the two halves above, joined by UNION ALL."""
+    """``half`` (a personal half with ``{source}``, ``{key}``, ``{place}``,
+    ``{where}`` and ``{snoozed}`` to fill) as the two halves above, joined by
+    UNION ALL, after the ``WITH`` they share: the start of a statement."""
     snoozed = _snoozed_column(state)
-    by_id = half.format(key="NULL::text", place="i.nid", snoozed=snoozed,
+    by_id = half.format(source="inbox i", key="NULL::text", place="i.nid", snoozed=snoozed,
                         where=_NOT_BACK + (" AND i.nid < $5" if paged else ""))
-    back = half.format(key="i.page_key", place="i.page_key", snoozed=snoozed,
-                       where="AND i.page_key IS NOT NULL"
-                             + (" AND i.page_key < $5" if paged else ""))
-    return f"{by_id}\nUNION ALL\n{back}"
+    back = half.format(source=_FROM_BACK, key="b.page_key", place="b.page_key",
+                       snoozed=snoozed, where="AND b.page_key < $5" if paged else "")
+    return f"{_BACK}\n{by_id}\nUNION ALL\n{back}"
 
 
 def _inbox_sql(state: str | None, paged: bool, muted: str | None = None) -> str:
@@ -215,7 +220,7 @@ def _inbox_sql(state: str | None, paged: bool, muted: str | None = None) -> str:
     half = f"""
 (SELECT false, i.nid, {_ENTRY_BODY_OR_NOTIFICATION}, i.state, i.created_at, i.seq, i.gid,
         {_GROUP_SUMMARY}, {{key}}, {{snoozed}}
- FROM inbox i
+ FROM {{source}}
  WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
    AND {personal} {{where}}
  ORDER BY {{place}} DESC LIMIT $4)"""
@@ -282,11 +287,11 @@ def inbox_filtered_sql(state: str | None, paged: bool, categories: bool, tags: b
     feed_json = (f"CROSS JOIN LATERAL (SELECT {_JSON.format('n.body', 'n.body')} AS j OFFSET 0) x"
                  if tags else "")
     half = f"""
-(SELECT false, i.nid, b.body, i.state, i.created_at, i.seq, i.gid, {_GROUP_SUMMARY},
+(SELECT false, i.nid, e.body, i.state, i.created_at, i.seq, i.gid, {_GROUP_SUMMARY},
         {{key}}, {{snoozed}}
- FROM inbox i
- CROSS JOIN LATERAL (SELECT {_ENTRY_BODY_OR_NOTIFICATION} AS body OFFSET 0) b
- CROSS JOIN LATERAL (SELECT {_JSON.format("b.body", "b.body")} AS j OFFSET 0) x
+ FROM {{source}}
+ CROSS JOIN LATERAL (SELECT {_ENTRY_BODY_OR_NOTIFICATION} AS body OFFSET 0) e
+ CROSS JOIN LATERAL (SELECT {_JSON.format("e.body", "e.body")} AS j OFFSET 0) x
  WHERE i.app_id = $1 AND i.user_id = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)
    AND {personal} {{where}} AND (x.j IS NULL OR ({personal_test}))
  ORDER BY {{place}} DESC LIMIT $4)"""

@@ -72,6 +72,7 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
     UserTimeline,
+    by_place,
     open_app,
 )
 from tidings.store.codec import shown_by
@@ -795,7 +796,7 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
             for is_feed, nid, body, st, created, pos, gid, grp, key, snoozed
             in await self._fetch(sql, *args)
         ]
-        entries.sort(key=lambda e: e.place, reverse=True)
+        entries.sort(key=by_place, reverse=True)
         return entries[:limit]
 
     async def _inbox_filtered(self, app_id, user, limit, before, state, now,
@@ -830,7 +831,7 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
             if floor is None or len(entries) >= limit:
                 break
             before = floor
-        entries.sort(key=lambda e: e.place, reverse=True)
+        entries.sort(key=by_place, reverse=True)
         return entries[:limit]
 
     async def counts(self, app_id, user, now, muted=None) -> Counts:

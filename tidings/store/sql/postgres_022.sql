@@ -8,8 +8,9 @@
 ALTER TABLE inbox ADD COLUMN IF NOT EXISTS snoozed_until double precision;
 ALTER TABLE inbox ADD COLUMN IF NOT EXISTS page_key text COLLATE "C";
 -- The scheduler's look for snoozes that are due (FOR UPDATE SKIP LOCKED),
--- and a page's entries that came back: small, only the rows concerned.
+-- and a page's entries that came back (with nid: a page reads them from it
+-- alone, postgres/sql.py): small, only the rows concerned.
 CREATE INDEX IF NOT EXISTS inbox_snoozed ON inbox (snoozed_until)
   WHERE snoozed_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inbox_resurfaced ON inbox (app_id, user_id, page_key)
-  WHERE page_key IS NOT NULL;
+  INCLUDE (nid) WHERE page_key IS NOT NULL;

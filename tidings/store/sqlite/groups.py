@@ -208,9 +208,10 @@ def members(
 def personal_entries(rows) -> list[Entry]:
     """Entries from ``(id, body, state, created_at, seq, gid, grp)`` rows,
     perhaps followed by the entry's ``page_key`` and ``snoozed_until``."""
+    width = len(rows[0]) if rows else 0  # one statement's rows: all alike
     return [
         Entry(r[0], r[1], STATE_NAME[r[2]], r[3], seq=r[4],
               group=None if r[5] is None else group_view(r[6], r[5]),
-              key=r[7] if len(r) > 7 else None, snoozed_until=r[8] if len(r) > 8 else None)
+              key=r[7] if width > 7 else None, snoozed_until=r[8] if width > 8 else None)
         for r in rows
     ]

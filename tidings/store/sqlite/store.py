@@ -49,6 +49,7 @@ from tidings.store.base import (
     StoredNotification,
     StreamHead,
     UserTimeline,
+    by_place,
     open_app,
 )
 from tidings.store.sealed import (
@@ -988,7 +989,7 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         )
         entries = _groups.personal_entries(personal)
         entries += [Entry(r[0], r[1], STATE_NAME[r[2]], r[3], feed=r[4]) for r in feed]
-        entries.sort(key=lambda e: e.place, reverse=True)
+        entries.sort(key=by_place, reverse=True)
         return entries[:limit]
 
     # Feed items are found with ``feed_offset > 0`` (offsets start at 1) rather
