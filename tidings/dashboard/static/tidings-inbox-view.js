@@ -359,7 +359,8 @@
     // removed rows touch the DOM, so scrolling and focus survive live updates.
     _renderFeed: function () {
       var self = this, tab = this._tab(), feed = this.$feed, focus = this._focusKey();
-      var items = Array.from(tab.items.values()).sort(function (a, b) { return a.id < b.id ? 1 : -1; });
+      // newest first by place: the id, or (back from a snooze) where it came back
+      var items = Array.from(tab.items.values()).sort(function (a, b) { return a.key < b.key ? 1 : -1; });
       var rows = new Map();
       var wanted = items.map(function (it) {
         var sig = it.state + "|" + it.v, old = self._rows.get(it.id);
@@ -398,12 +399,21 @@
       if (md) box.append(el("div", { class: "body md", part: "item-body" }, [markdown(n.body)]));
       else if (n.body) main.append(el("span", { class: "body", part: "item-body", text: n.body }));
       var when = new Date(Date.parse(n.created_at));
-      box.append(el("span", { class: "meta" }, [el("time", {
+      var meta = el("span", { class: "meta" }, [el("time", {
         part: "item-time", datetime: n.created_at, text: this._ago(n.created_at),
-        title: isFinite(when) ? when.toLocaleString(this._locale()) : null })]));
+        title: isFinite(when) ? when.toLocaleString(this._locale()) : null })]);
+      var back = it.state === "snoozed" && it.until ? new Date(Date.parse(it.until)) : null;
+      if (back && isFinite(back)) {                   // a tab that shows snoozed rows
+        meta.append(text(" · "), el("span", { part: "item-snoozed", text: fill(S.snoozedUntil, {
+          time: back.toLocaleString(this._locale(), { dateStyle: "medium", timeStyle: "short" }) }) }));
+      }
+      box.append(meta);
       var actions = el("span", { class: "actions" });
       if (unread) actions.append(this._action("read", S.markRead, n.title, "check"));
-      if (it.state !== "archived") actions.append(this._action("archive", S.archive, n.title, "archive"));
+      if (it.state !== "archived" && it.state !== "snoozed") {
+        actions.append(this._action("archive", S.archive, n.title, "archive"));
+        actions.append.apply(actions, this._snoozeMenu(it));
+      }
       li.append(el("span", { class: "dot", part: "dot", "aria-hidden": "true" }), box, actions);
       if (this._seenIO && !this._shown.has(it.id)) this._seenIO.observe(li);
       return li;
@@ -412,6 +422,27 @@
     _action: function (act, name, title, iconName) {
       return el("button", { type: "button", class: "icon", part: "action action-" + act, "data-act": act,
                             "aria-label": name + (title ? ": " + title : ""), title: name }, [icon(iconName)]);
+    },
+
+    // The Snooze button and its menu (closed): "1 hour", "Tomorrow, 9:00 AM" in
+    // the user's language and time (tidings-inbox.js, _openMenu).
+    _snoozeMenu: function (it) {
+      var S = this._s(), title = it.notification.title, id = "snooze-" + it.id;
+      var button = this._action("snooze-menu", S.snooze, title, "snooze");
+      button.setAttribute("aria-haspopup", "menu");
+      button.setAttribute("aria-expanded", "false");
+      button.setAttribute("aria-controls", id);
+      var at = this._snoozeUntil("tomorrow").toLocaleTimeString(this._locale(), { hour: "numeric",
+                                                                                  minute: "2-digit" });
+      var options = [["hour", S.snoozeHour], ["tomorrow", fill(S.snoozeTomorrow, { time: at })]];
+      var menu = el("div", { class: "menu", part: "snooze-menu", role: "menu", id: id, hidden: true,
+                             "aria-label": S.snooze + (title ? ": " + title : "") },
+                    options.map(function (o) {
+                      return el("button", { type: "button", role: "menuitem", tabindex: "-1",
+                                            part: "snooze-option", "data-act": "snooze",
+                                            "data-until": o[0], text: o[1] });
+                    }));
+      return [button, menu];
     },
 
     _focusKey: function () {

@@ -8,7 +8,7 @@ declare namespace TidingsInboxElement {
   /** One tab, filtered by the server: its state, category (any of them) and tags (any of them). */
   interface Tab {
     label?: string;
-    state?: "unread" | "unseen" | "seen" | "read" | "archived" | "all";
+    state?: "unread" | "unseen" | "seen" | "read" | "archived" | "snoozed" | "all";
     category?: string | string[];
     /** any of these */
     tags?: string[];
@@ -20,6 +20,7 @@ declare namespace TidingsInboxElement {
   type Plural = { one?: string; other: string; [form: string]: string | undefined };
   type Strings = Partial<Record<
     | "bell" | "title" | "markAllRead" | "markRead" | "archive" | "unread" | "preferences"
+    | "snooze" | "snoozeHour" | "snoozeTomorrow" | "snoozedUntil"
     | "close" | "back" | "tabAll" | "tabUnread" | "tabArchived" | "loading" | "loadingMore"
     | "empty" | "emptyUnread" | "emptyArchived" | "offline" | "error" | "actionFailed"
     | "expired" | "retry" | "justNow" | "two" | "prefsTitle" | "category" | "channel_in_app"

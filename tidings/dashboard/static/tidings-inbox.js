@@ -27,7 +27,9 @@
   if (defined) return defined;
 
   var fill = View.fill, parseJSON = View.parseJSON, isUnread = View.isUnread;
-  var ORDER = { unseen: 0, seen: 1, read: 2, archived: 3 };   // states only move forward
+  // States only move forward; a snoozed entry stays snoozed (read and archive
+  // leave it alone) until it comes back as a "notification" event, resurfaced.
+  var ORDER = { unseen: 0, seen: 1, read: 2, archived: 3, snoozed: 4 };
   var DEFAULT_TABS = [{ key: "tabAll" }, { key: "tabUnread", state: "unread" },
                       { key: "tabArchived", state: "archived" }];
   var OFFLINE_AFTER_MS = 1500;   // a reconnect quicker than this shows nothing
@@ -35,7 +37,8 @@
   var SEEN_FLUSH_MS = 300;       // rows that came into view, marked seen together
 
   function stateMatches(want, state) {
-    if (!want) return state !== "archived";        // the inbox's default: all but archived
+    // the inbox's default: all but archived and snoozed
+    if (!want) return state !== "archived" && state !== "snoozed";
     if (want === "all") return true;
     if (want === "unread") return isUnread({ state: state });
     return state === want;
@@ -59,7 +62,32 @@
   }
 
   function toItem(raw) {
-    return { id: raw.id, state: raw.state, notification: raw.notification, group: raw.group || null, v: 0 };
+    return { id: raw.id, key: raw.id, state: raw.state, notification: raw.notification,
+             group: raw.group || null, until: raw.snoozed_until || null, v: 0 };
+  }
+
+  // A page's items with their places (`key`, what rows sort by, newest first).
+  // The server sorts an entry back from a snooze by when it came back, not by
+  // its id, and does not say so: an item above a larger id is placed just above
+  // the one under it ("~" sorts after every id character); the last item's place
+  // is the page's next_before.
+  function placed(res) {
+    var items = res.items.map(toItem), below = null;
+    for (var i = items.length - 1; i >= 0; i--) {
+      var it = items[i];
+      if (i === items.length - 1 && res.next_before) it.key = res.next_before;
+      else if (below !== null && it.id <= below) it.key = below + "~";
+      below = it.key;
+    }
+    return items;
+  }
+
+  // Above every row of the tab: where an entry back from a snooze goes. A newer
+  // notification's id is larger still (ids are time-ordered, of one length).
+  function topKey(tab, id) {
+    var top = id;
+    tab.items.forEach(function (o) { if (o.key >= top) top = o.key + "~"; });
+    return top;
   }
 
   // One row per group entry: a newer member replaces the row of its group.id.
@@ -67,7 +95,7 @@
     if (it.group) {
       var stale = null;
       tab.items.forEach(function (o, id) { if (o.group && o.group.id === it.group.id) stale = id; });
-      if (stale !== null && stale > it.id) return;
+      if (stale !== null && tab.items.get(stale).key > it.key) return;
       if (stale !== null) tab.items.delete(stale);
     }
     tab.items.set(it.id, it);
@@ -79,11 +107,12 @@
   function regroup(tab, n, g, state) {
     var old = null;
     tab.items.forEach(function (o) { if (o.group && o.group.id === g.id) old = o; });
-    var it = { id: n.id, state: state || (old ? old.state : "unseen"), notification: n, group: g,
+    var it = { id: n.id, key: old && old.key > old.id ? old.key : n.id,   // a resurfaced row stays up
+               state: state || (old ? old.state : "unseen"), notification: n, group: g,
                arrived: false, v: old ? old.v + 1 : 0 };
     if (old) tab.items.delete(old.id);
     if (!matches(tab.def, it)) return;
-    if (old || (tab.loaded && (!tab.next || it.id > tab.next))) tab.items.set(it.id, it);
+    if (old || (tab.loaded && (!tab.next || it.key > tab.next))) tab.items.set(it.id, it);
   }
 
   function newTab(def) {
@@ -276,10 +305,7 @@
         if (gen !== tab.gen) return;                 // a newer load won
         var live = tab.pending;
         tab.items = new Map();
-        res.items.forEach(function (raw) {
-          var it = toItem(raw);
-          if (matches(tab.def, it)) put(tab, it);
-        });
+        placed(res).forEach(function (it) { if (matches(tab.def, it)) put(tab, it); });
         live.forEach(function (it) { if (!tab.items.has(it.id)) put(tab, it); });   // arrived meanwhile
         tab.next = res.next_before;
         tab.loaded = true;
@@ -302,8 +328,7 @@
       this._render();
       this._fetch(tab, tab.next).then(function (res) {
         if (gen !== tab.gen) return;
-        res.items.forEach(function (raw) {
-          var it = toItem(raw);
+        placed(res).forEach(function (it) {
           if (!tab.items.has(it.id) && matches(tab.def, it)) put(tab, it);
         });
         tab.next = res.next_before;
@@ -340,11 +365,14 @@
       this._render();
     }
 
+    // A new notification, or (resurfaced) an entry back from a snooze: the same
+    // id again, now first and unread, wherever its row was (or had gone).
     _onNotification(n, ev) {
       this._tabs.forEach(function (tab) {
-        var it = { id: n.id, state: "unseen", notification: n, group: ev.group || null,
-                   arrived: true, v: 0 };
+        var it = { id: n.id, key: ev.resurfaced ? topKey(tab, n.id) : n.id, state: "unseen",
+                   notification: n, group: ev.group || null, until: null, arrived: true, v: 0 };
         if (!matches(tab.def, it)) return;
+        if (ev.resurfaced) tab.items.delete(n.id);   // its place is new
         if (tab.loaded) put(tab, it);
         if (!tab.loaded || tab.busy) {
           tab.pending.push(it);
@@ -354,15 +382,18 @@
       this._render();
     }
 
-    _onState(change) { this._applyState(change.ids, change.state); }
+    // "snoozed" (here or on another device): out of the default view until it
+    // comes back; the counts follow in their own event.
+    _onState(change) { this._applyState(change.ids, change.state, change.until); }
 
-    _applyState(ids, state) {
+    _applyState(ids, state, until) {
       var tabs = this._tabs, moved = new Map();
       tabs.forEach(function (tab) {
         ids.forEach(function (id) {
           var it = tab.items.get(id);
           if (!it) return;
           if (ORDER[state] > ORDER[it.state]) { it.state = state; it.v += 1; }
+          if (state === "snoozed" && until && it.until !== until) { it.until = until; it.v += 1; }
           if (!matches(tab.def, it)) tab.items.delete(id);
           moved.set(id, it);
         });
@@ -421,11 +452,11 @@
     }
 
     // -- what the user does -------------------------------------------------------------
-    _act(kind, id) {
+    _act(kind, id, until) {
       var c = this._client, self = this;
       if (!c) return;
       var call = kind === "read" ? c.markRead([id]) : kind === "archive" ? c.archive([id])
-                                                                          : c.markAllRead();
+               : kind === "snooze" ? c.snooze([id], until) : c.markAllRead();
       call.then(function () {
         if (kind === "all") {
           var ids = [];
@@ -433,6 +464,8 @@
             t.items.forEach(function (it) { if (isUnread(it)) ids.push(it.id); });
           });
           self._applyState(ids, "read");
+        } else if (kind === "snooze") {
+          self._applyState([id], "snoozed", until.toISOString());
         } else {
           self._applyState([id], kind === "archive" ? "archived" : "read");
         }
@@ -512,6 +545,7 @@
         first.focus();
       } else {
         document.removeEventListener("pointerdown", this._onOutside, true);
+        this._closeMenu();
         var wasInside = this.$panel.contains(this.shadowRoot.activeElement);
         this._view = "feed";
         this._render();
@@ -525,6 +559,14 @@
     _onKey(e) {
       if (!this.open) return;
       var a = this.shadowRoot.activeElement;
+      if (this._menu && this._menu.contains(a)) {
+        this._menuKey(e);
+        if (e.defaultPrevented) return;
+      }
+      if (a && a.dataset.act === "snooze-menu" && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
+        e.preventDefault();
+        return this._openMenu(a, e.key === "ArrowUp");
+      }
       if (e.key === "Escape") {
         e.preventDefault();
         this.open = false;
@@ -568,8 +610,54 @@
       f[j].focus();
     }
 
+    // -- the row's Snooze menu (the WAI-ARIA menu button pattern) -----------------
+    // One menu open at a time, under its button; it closes on a choice, Escape,
+    // Tab or a click elsewhere in the panel.
+    _openMenu(button, focusLast) {
+      this._closeMenu();
+      var menu = button.nextElementSibling;
+      button.setAttribute("aria-expanded", "true");
+      button.parentNode.classList.add("open");
+      menu.hidden = false;
+      this._menu = menu;
+      var items = menu.querySelectorAll("[role=menuitem]");
+      items[focusLast ? items.length - 1 : 0].focus();
+    }
+
+    _closeMenu(refocus) {
+      var menu = this._menu;
+      this._menu = null;
+      if (!menu) return;
+      var button = menu.previousElementSibling;
+      menu.hidden = true;
+      button.setAttribute("aria-expanded", "false");
+      button.parentNode.classList.remove("open");
+      if (refocus && button.isConnected) button.focus();
+    }
+
+    _menuKey(e) {
+      var items = Array.prototype.slice.call(this._menu.querySelectorAll("[role=menuitem]"));
+      var i = items.indexOf(this.shadowRoot.activeElement);
+      if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); return this._closeMenu(true); }
+      if (e.key === "Tab") return this._closeMenu(true);   // then the panel's own Tab
+      var to = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: items.length - 1 }[e.key];
+      if (to === undefined) return;
+      e.preventDefault();
+      items[(to + items.length) % items.length].focus();
+    }
+
+    // When a choice of the menu ends, in local time: in an hour, tomorrow at 09:00.
+    _snoozeUntil(choice) {
+      var d = new Date();
+      if (choice === "hour") return new Date(d.getTime() + 3600 * 1000);
+      d.setDate(d.getDate() + 1);
+      d.setHours(9, 0, 0, 0);
+      return d;
+    }
+
     _onClick(e) {
       var t = e.target.closest("[data-act], [data-tab]");
+      if (this._menu && !(t && this._menu.parentNode.contains(t))) this._closeMenu();
       if (!t) return;
       if (t.dataset.tab !== undefined) return this._selectTab(Number(t.dataset.tab));
       var li = t.closest("li[data-id]");
@@ -582,6 +670,12 @@
         case "retry-more": this._tab().moreError = null; return this._loadMore();
         case "read": return this._act("read", li.dataset.id);
         case "archive": return this._act("archive", li.dataset.id);
+        case "snooze-menu":
+          if (this._menu && this._menu.previousElementSibling === t) return this._closeMenu();
+          return this._openMenu(t);
+        case "snooze":
+          this._closeMenu(true);
+          return this._act("snooze", li.dataset.id, this._snoozeUntil(t.dataset.until));
         case "open": return this._openItem(e, li);
       }
     }
