@@ -7,8 +7,9 @@ inbox for one user (some of it ``--wait`` seconds before the rest, so the
 times differ, and a group entry of 42 likes), serves a host page on another
 loopback port and has Chromium (``/usr/bin/chromium``, through Playwright)
 take: the light panel (inbox.png), the dark one in French (inbox-dark.png),
-the preferences (inbox-preferences.png) and another user's inbox with a
-Markdown body (inbox-markdown.png).  Everything stays on 127.0.0.1.
+the preferences (inbox-preferences.png), another user's inbox with a
+Markdown body (inbox-markdown.png) and a row's Snooze menu open
+(inbox-snooze.png).  Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def main() -> int:
             "digest": {"email": {"daily": "09:00", "tz": "Europe/Paris"}}}}).raise_for_status()
 
         def shot(browser, name, attrs, dark=False, prefs=False, read_first=False, hover=None,
-                 user="maria"):
+                 user="maria", snooze=None):
             token = mint_token("default", user, secret, 3600)
             (site / f"{name}.html").write_text(PAGE.format(
                 server=html.escape(url), token=html.escape(token), attrs=attrs,
@@ -160,7 +161,11 @@ def main() -> int:
                 inbox.locator("[data-act=prefs]").click()
                 inbox.locator("input[data-cat]").first.wait_for()
             time.sleep(0.6)   # the slide-in animation
-            if hover is None:
+            if snooze is not None:   # that row's Snooze menu, opened from the keyboard
+                inbox.locator("li.item").nth(snooze).locator("[data-act=snooze-menu]").focus()
+                page.keyboard.press("Enter")
+                page.mouse.move(0, 0)
+            elif hover is None:
                 page.mouse.move(0, 0)
             else:   # a row's buttons show on hover
                 inbox.locator("li.item").nth(hover).hover()
@@ -173,6 +178,7 @@ def main() -> int:
             shot(browser, "inbox-dark", 'theme="dark" locale="fr"', dark=True)
             shot(browser, "inbox-preferences", "", prefs=True)   # the app's categories
             shot(browser, "inbox-markdown", "", user="sam")
+            shot(browser, "inbox-snooze", "", snooze=1)
             browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
@@ -180,8 +186,8 @@ def main() -> int:
         log.close()
         host.shutdown()
         shutil.rmtree(data, ignore_errors=True)
-    print(f"wrote inbox.png, inbox-dark.png, inbox-preferences.png and inbox-markdown.png "
-          f"in {a.out}")
+    print(f"wrote inbox.png, inbox-dark.png, inbox-preferences.png, inbox-markdown.png and "
+          f"inbox-snooze.png in {a.out}")
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -71,7 +71,7 @@ def test_snooze_from_the_row_menu_by_mouse_and_keyboard_leaves_every_tab(browser
         expect(button).to_have_attribute("aria-expanded", "true")
         expect(menu.get_by_role("menuitem")).to_have_text(["1 hour", "Tomorrow, 9:00 AM"])
         expect(menu.get_by_role("menuitem").first).to_be_focused()
-        clicked = datetime.now(timezone.utc)
+        clicked = datetime.now(UTC)
         menu.get_by_role("menuitem", name="1 hour").click()
         expect(_titles(a)).to_have_text(["news 3", "news 1", "news 0"])
         expect(_titles(b)).to_have_text(["news 3", "news 1", "news 0"])   # live, elsewhere
@@ -154,7 +154,7 @@ def test_a_snoozed_row_comes_back_first_and_unread_live_and_after_a_reload(brows
 
         # snoozed elsewhere (the API), for a second or two
         nid = _items(srv, "max")["note 0"]["id"]
-        until = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+        until = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
         r = httpx.post(srv.url + "/v1/me/notifications/snooze", json={"ids": [nid], "until": until},
                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.status_code == 200 and r.json()["changed"] == 1, r.text
@@ -186,7 +186,7 @@ def test_a_page_boundary_after_a_row_back_from_a_snooze(context, site, tidings_s
         srv.publish({"users": ["ivy"]}, title=f"item {i}")
     token = srv.token("ivy")
     nid = _items(srv, "ivy")["item 0"]["id"]
-    until = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    until = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     r = httpx.post(srv.url + "/v1/me/notifications/snooze", json={"ids": [nid], "until": until},
                    headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert r.json()["changed"] == 1, r.text
