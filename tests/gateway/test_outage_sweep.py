@@ -186,7 +186,11 @@ async def test_a_newer_outage_does_not_strand_a_replay_under_way(store, monkeypa
         await hub._resync
 
         counts = await until_counts(ws, got)
-        assert [e["notification"]["title"] for e in got[1:-1]] == ["lost"]
+        # what was missed, once, then counts only: the newer sweep's counts
+        # may share the frame of the first's
+        _, missed, *after = got
+        assert missed["notification"]["title"] == "lost"
+        assert {e["type"] for e in after} == {"counts"}
         assert counts["at"]["seq"] == 1
         await publish(server, {"users": ["ann"]}, title="live")
         more = await recv_events(ws, 1)
