@@ -31,30 +31,50 @@ from operator import itemgetter
 
 from tidings.core.ids import new_epoch
 
-__all__ = ["HEADS_CACHED", "WriterConnection"]
+__all__ = ["HEADS_CACHED", "STATEMENTS_CACHED", "WriterConnection"]
 
 HEADS_CACHED = 100_000  # (app, user) heads kept; ~150 bytes each
 TOPIC_MEMBERS_CACHED = 100_000  # user ids kept over all cached topics
 _CHUNK = 500  # host parameters per IN (...) list
 ROWS_PER_INSERT = 128
+# A rest of up to this many rows is written by one statement of its exact
+# size; a larger rest in power-of-two pieces down to it (see _insert).
+EXACT_ROWS = 32
+# the writer's prepared statements kept (store.py): EXACT_ROWS + 2 shapes a
+# table (about 13 KiB each at 32 rows) besides every other statement
+STATEMENTS_CACHED = 512
 _first = itemgetter(0)
 _by_user = itemgetter(1)
 _flat = chain.from_iterable
+_blob = bytearray  # see WriterConnection.__init__
+_NONE = object()  # _insert: no shared first column
 
 
 class WriterConnection(sqlite3.Connection):
     """The write connection of the store's writer thread (store.py)."""
+
+    # Slots, not a __dict__: the interpreter reads an attribute of a slot
+    # directly, while one in the __dict__ of a subclass of this C type was
+    # looked up generically, about 200 instructions each, several a publish.
+    __slots__ = ("_heads", "_txn", "_dirty", "_notes", "_notes_forever", "_inbox",
+                 "_inbox_forever", "_sql", "_keys", "_unmuted", "_topics", "_topic_ids",
+                 "_data_version", "rows_written")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._heads: dict[tuple[str, str], tuple[str, int]] = {}  # committed
         self._txn: dict[tuple[str, str], tuple[str, int]] = {}  # this transaction's
         self._dirty: set[tuple[str, str]] = set()  # heads of _txn not written yet
-        self._notes: list[tuple] = []
-        self._inbox: list[tuple] = []
         # rows without an expiry, without the column: the sqlite3 module binds
-        # int, float and str directly but looks an adapter up for None
+        # int, float, str and bytearray directly, but for None (and bytes) it
+        # looks an adapter up, and failing to find one costs more (3,300
+        # instructions a value, an AttributeError formatted) than the rest of
+        # the row's binding: a body is bound as a bytearray (``_blob``)
+        self._notes: list[tuple] = []
+        self._notes_forever: list[tuple] = []
+        self._inbox: list[tuple] = []
         self._inbox_forever: list[tuple] = []
+        self._sql: dict[tuple[str, int], str] = {}  # _insert's statements
         self._keys: dict[tuple[str, str], tuple] = {}
         self._unmuted: set[tuple[str, str]] = set()  # (app, category) with no mutes
         # (app, topic) -> (limit, its first ``limit`` members): see topic_members
@@ -117,6 +137,7 @@ class WriterConnection(sqlite3.Connection):
         self._txn.clear()
         self._dirty.clear()
         self._notes.clear()
+        self._notes_forever.clear()
         self._inbox.clear()
         self._inbox_forever.clear()
         self._keys.clear()
@@ -152,12 +173,11 @@ class WriterConnection(sqlite3.Connection):
         self._dirty.update(keys)
         return epochs, seqs
 
-    def append_one(self, app_id: str, user: str, note: tuple) -> tuple[str, int]:
-        """A publish to one user, as ``add_notification(note)``, ``next_seqs``
-        and ``add_entries`` make it, in one call (the writer's usual job):
-        the user's epoch and new seq.  ``note`` as ``add_notification``
-        takes it."""
-        self._notes.append(note)
+    def append_one(self, app_id: str, user: str, nid: str, category: str, body: bytes,
+                   created: float, expires: float | None) -> tuple[str, int]:
+        """A publish to one user, as ``add_notification``, ``next_seqs`` and
+        ``add_entries`` make it, in one call (the writer's usual job): the
+        user's epoch and new seq."""
         key = (app_id, user)
         txn = self._txn
         head = txn.get(key) or self._heads.get(key)
@@ -166,10 +186,12 @@ class WriterConnection(sqlite3.Connection):
             head = txn[key]
         txn[key] = head = (head[0], head[1] + 1)
         self._dirty.add(key)
-        if note[6] is None:
-            self._inbox_forever.append((app_id, user, head[1], note[1], note[5]))
+        if expires is None:
+            self._notes_forever.append((app_id, nid, category, _blob(body), 1, created))
+            self._inbox_forever.append((app_id, user, head[1], nid, created))
         else:
-            self._inbox.append((app_id, user, head[1], note[1], note[5], note[6]))
+            self._notes.append((app_id, nid, category, _blob(body), 1, created, expires))
+            self._inbox.append((app_id, user, head[1], nid, created, expires))
         return head
 
     def _load_heads(self, app_id: str, users: list[str]) -> None:
@@ -189,7 +211,11 @@ class WriterConnection(sqlite3.Connection):
 
     def add_notification(self, row: tuple) -> None:
         """``(app, id, category, body, recipients, created_at, expires_at)``"""
-        self._notes.append(row)
+        app_id, nid, category, body, recipients, created, expires = row
+        if expires is None:
+            self._notes_forever.append((app_id, nid, category, _blob(body), recipients, created))
+        else:
+            self._notes.append((app_id, nid, category, _blob(body), recipients, created, expires))
 
     def add_entries(self, app_id: str, users: list[str], seqs: list[int], nid: str,
                     created_at: float, expires_at: float | None) -> None:
@@ -261,13 +287,18 @@ class WriterConnection(sqlite3.Connection):
 
     def flush(self) -> None:
         """Write what the group's publishes gathered, one statement per table."""
-        if self._notes:
+        if self._notes_forever or self._notes:
             committed = time.time()  # just before COMMIT: the timeline's "committed"
-            self._insert(
-                "notifications(app_id, id, category, body, recipients, created_at, "
-                "expires_at, committed_at) VALUES ", 8,
-                [(*row, committed) for row in self._notes])
-            self._notes.clear()
+            if self._notes_forever:
+                self._insert(
+                    "notifications(committed_at, app_id, id, category, body, recipients, "
+                    "created_at) VALUES ", 6, self._notes_forever, first=committed)
+                self._notes_forever.clear()
+            if self._notes:
+                self._insert(
+                    "notifications(committed_at, app_id, id, category, body, recipients, "
+                    "created_at, expires_at) VALUES ", 7, self._notes, first=committed)
+                self._notes.clear()
         if self._inbox_forever:
             # in key order: each user's rows land on that user's pages together
             self._inbox_forever.sort(key=_by_user)
@@ -295,12 +326,17 @@ class WriterConnection(sqlite3.Connection):
                 "created_at=excluded.created_at")
             self._keys.clear()
 
-    def _insert(self, into: str, width: int, rows: list[tuple], tail: str = "") -> None:
-        """``rows`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows (the rest
-        in power-of-two pieces: few statement shapes, all in the statement
-        cache).  One statement per row (``executemany``) releases and takes
-        back the GIL around every row, and the event loop's thread takes it
-        each time: a thread switch per row.
+    def _insert(self, into: str, width: int, rows: list[tuple], tail: str = "",
+                first: object = _NONE) -> None:
+        """``rows`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows, the rest
+        in power-of-two pieces down to ``EXACT_ROWS`` and then in one piece
+        of its own size: a group of 15 publishes writes a table with one
+        statement, not four (8, 4, 2 and 1 rows, 11,000 instructions more a
+        publish), and there are still few statement shapes, all in the
+        statement cache (``STATEMENTS_CACHED``).  One statement per row
+        (``executemany``) releases and takes back the GIL around every row,
+        and the event loop's thread takes it each time: a thread switch per
+        row.
 
         ``OR FAIL``: a statement that writes many rows and may stop at a
         constraint (the default ``ABORT``) first copies every page it is about
@@ -311,13 +347,29 @@ class WriterConnection(sqlite3.Connection):
         the rows before it, which nothing here needs: whatever raises out of
         ``flush`` rolls back the whole transaction (store.py) or the savepoint
         around it (``rollback_to``), so a failed statement's rows never
-        commit."""
+        commit.
+
+        ``first``, when given, is one more value of every row, its first
+        column, bound once per statement as ``?1`` rather than copied into
+        every row's tuple."""
         i, n = 0, len(rows)
         self.rows_written += n
-        head = "INSERT OR FAIL INTO " + into
+        shared = first is not _NONE
         while i < n:
-            size = ROWS_PER_INSERT if n - i >= ROWS_PER_INSERT else 1 << ((n - i).bit_length() - 1)
-            one = "(" + ",".join("?" * width) + ")"
-            params = list(_flat(rows[i:i + size]))
-            self.execute(head + ",".join([one] * size) + tail, params)
+            rest = n - i
+            if rest >= ROWS_PER_INSERT:
+                size = ROWS_PER_INSERT
+            elif rest > EXACT_ROWS:
+                size = 1 << (rest.bit_length() - 1)
+            else:
+                size = rest
+            sql = self._sql.get((into, size))
+            if sql is None:
+                one = "(" + "?1," * shared + ",".join("?" * width) + ")"
+                sql = self._sql[(into, size)] = (
+                    "INSERT OR FAIL INTO " + into + ",".join([one] * size) + tail)
+            if shared:
+                self.execute(sql, [first, *_flat(rows[i:i + size])])
+            else:
+                self.execute(sql, list(_flat(rows[i:i + size])))
             i += size

@@ -65,6 +65,17 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
             and item.group_key is None and not item.jobs
             and not conn.has_mutes(app_id, item.category)):
         return _append(conn, app_id, item, item.users)
+    return _publish(conn, app_id, item, threshold, window)
+
+
+publish_tx.appends = True  # type: ignore[attr-defined]  # store.py: needs no flush first
+
+
+def _publish(conn: WriterConnection, app_id: str, item: NewNotification, threshold: int,
+             window: float):
+    """:func:`publish_tx`'s other publishes.  A function of its own: its
+    comprehensions make cells of its variables on every call, which the
+    plain publish has no need to pay for."""
     if item.idempotency_key is not None:
         row = conn.find_key(app_id, item.idempotency_key)
         if row and row[1] > item.created_at - window:
@@ -136,9 +147,6 @@ def publish_tx(conn: WriterConnection, app_id: str, item: NewNotification, thres
     return out
 
 
-publish_tx.appends = True  # type: ignore[attr-defined]  # store.py: needs no flush first
-
-
 def _append(conn: WriterConnection, app_id: str, item: NewNotification,
             users: list[str]) -> PublishOutcome:
     """The usual publish, as :func:`publish_tx` makes it with fewer steps:
@@ -147,8 +155,8 @@ def _append(conn: WriterConnection, app_id: str, item: NewNotification,
     nid, created, expires = item.id, item.created_at, item.expires_at
     if len(users) == 1:  # the usual publish: its steps in one call, the outcome positional
         user = users[0]
-        epoch, seq = conn.append_one(
-            app_id, user, (app_id, nid, item.category, item.body, 1, created, expires))
+        epoch, seq = conn.append_one(app_id, user, nid, item.category, item.body, created,
+                                     expires)
         return PublishOutcome(nid, "accepted", 1, 0, [Delivery(user, epoch, seq)], None, None,
                               item.body)
     users = list(dict.fromkeys(users))

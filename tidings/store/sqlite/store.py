@@ -72,7 +72,7 @@ from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite import snooze as _snooze
 from tidings.store.sqlite import timeline as _timeline
-from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.appends import STATEMENTS_CACHED, WriterConnection
 from tidings.store.sqlite.audit import SQLiteAudit, insert_audit
 from tidings.store.sqlite.digests import SQLiteDigests
 from tidings.store.sqlite.errors import BUSY, CANNOT_WRITE, primary_code
@@ -214,9 +214,10 @@ _encode = msgspec.json.encode
 
 
 def _connect(path: str, synchronous: str,
-             factory: type[sqlite3.Connection] = sqlite3.Connection) -> sqlite3.Connection:
+             factory: type[sqlite3.Connection] = sqlite3.Connection,
+             statements: int = 128) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
-                           factory=factory)
+                           factory=factory, cached_statements=statements)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -225,7 +226,7 @@ def _connect(path: str, synchronous: str,
 
 
 def _connect_writer(path: str, synchronous: str) -> WriterConnection:
-    conn = _connect(path, synchronous, WriterConnection)
+    conn = _connect(path, synchronous, WriterConnection, STATEMENTS_CACHED)
     assert isinstance(conn, WriterConnection)
     # The writer checkpoints between groups, after answering (_Writer.run);
     # a WAL that grew under load is cut back to this size when it restarts.
