@@ -45,16 +45,17 @@ async def store_overrides(kind: str):
         yield {"store": f"{url}?search_path={pg['search_path']}"}
 
 
-async def refuse_inserts(server, table: str, when: str = "true") -> None:
+async def refuse_inserts(server, table: str, when: str = "true", event: str = "INSERT") -> None:
     """Make the store itself refuse rows of ``table`` (where ``when`` holds, in
     terms of NEW): a trigger in the real database, so the failure happens
-    inside the statement, as a failing disk or a bug would."""
+    inside the statement, as a failing disk or a bug would.  ``event``:
+    "UPDATE" refuses changes of rows instead."""
     store = server.service.store
     if hasattr(store, "path"):
         import sqlite3
 
         conn = sqlite3.connect(store.path)
-        conn.execute(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {when} "
+        conn.execute(f"CREATE TRIGGER refuse_{table} BEFORE {event} ON {table} WHEN {when} "
                      f"BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
         conn.close()
         return
@@ -65,7 +66,7 @@ async def refuse_inserts(server, table: str, when: str = "true") -> None:
         await conn.execute(f"""
             CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$;
-            CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW
+            CREATE TRIGGER refuse_{table} BEFORE {event} ON {table} FOR EACH ROW
             WHEN ({when}) EXECUTE FUNCTION refuse_{table}();""")
     finally:
         await conn.close()

@@ -5,6 +5,7 @@ it whole instead of answering "duplicate" without the jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -78,3 +79,36 @@ async def test_a_fired_notification_whose_jobs_failed_queues_them_later(tmp_path
                 await server.service.fire_due(now + 600, 100)
                 jobs = (await http.get(f"/v1/notifications/{nid}/outbound")).json()["jobs"]
                 assert len(jobs) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_scheduled_notification_fires_with_its_jobs_or_not_at_all(tmp_path, kind):
+    """Its jobs commit in the fire's transaction: when the last step of that
+    transaction fails (as a node stopping right after the fire would end
+    it), nothing is kept, and the next pass fires it whole, at once, rather
+    than leaving its jobs for a pass a minute later."""
+    async with store_overrides(kind) as store:
+        async with run_server(tmp_path, webhook=WebhookConfig(allow_insecure=True),
+                              **store) as server:
+            async with server.http() as http:
+                r = await http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+                assert r.status_code == 201, r.text
+                at = datetime.fromtimestamp(time.time() + 60, UTC).isoformat()
+                r = await http.post("/v1/notifications", json={**NOTE, "deliver_at": at})
+                nid = r.json()["id"]
+                # the row's change to "sent", the fire's last write, is refused
+                await refuse_inserts(server, "scheduled", "NEW.status = 'sent'", event="UPDATE")
+                now = time.time() + 61
+                with contextlib.suppress(Exception):
+                    await server.service.fire_due(now, 100)
+                inbox = await http.get("/v1/users/u1/notifications", params={"state": "all"})
+                assert inbox.json()["items"] == []  # not published without its jobs
+                assert (await server.service.store.get_scheduled(server.app, nid)).status \
+                    == "pending"
+                await allow_inserts(server, "scheduled")
+                (out,) = await server.service.fire_due(now + 1, 100)  # the next pass
+                assert (out.id, out.status) == (nid, "accepted")
+                jobs = (await http.get(f"/v1/notifications/{nid}/outbound")).json()["jobs"]
+                assert [j["channel"] for j in jobs] == ["webhook"], jobs
+                assert (await server.service.store.get_scheduled(server.app, nid)).status \
+                    == "sent"

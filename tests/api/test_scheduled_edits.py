@@ -12,6 +12,7 @@ from datetime import datetime
 from tests.api.conftest import store_overrides
 from tests.api.test_outbound_api import hooked, jobs_of
 from tests.api.test_scheduling import at, inbox, schedule
+from tests.conftest import two_nodes
 from tests.gateway.live import recv_events, ws_connect
 
 PUBLISH = "/v1/notifications"
@@ -165,3 +166,21 @@ async def test_a_grouped_one_over_the_cap_when_it_fires_lands_but_sends_nothing(
             assert out["id"] in await inbox(server, "alice")
             jobs = await jobs_of(server, out["id"])
             assert [j["user"] for j in jobs] == ["bob"], jobs  # no webhook for alice's
+
+
+async def test_two_nodes_charge_a_scheduled_notifications_caps_once(tmp_path):
+    """Only the node that claims a due notification takes its recipients'
+    tokens, however many look at it at the same instant."""
+    async with two_nodes(tmp_path) as (a, b):
+        async with a.http() as http:
+            await http.put("/v1/caps", json={"categories": {"social": {"per": 3600, "max": 2}}})
+        out = await schedule(a, 60, category="social")
+        now = time.time() + 61
+        fired = await asyncio.gather(*(n.service.fire_due(now, 100) for n in (a, b, a, b)))
+        assert [o.id for run in fired for o in run] == [out["id"]]
+        assert await inbox(a, "alice") == [out["id"]]
+        # one of alice's two tokens is left
+        async with b.http() as http:
+            r = await http.post(PUBLISH, json={"to": {"users": ["alice"]}, "category": "social",
+                                               "title": "now"})
+        assert r.status_code == 202 and "rate_limited" not in r.json(), r.text

@@ -16,6 +16,7 @@ import time
 import msgspec
 import pytest
 
+from tidings.channels.base import Job
 from tidings.core.cursor import Cursor, decide_recovery
 from tidings.core.ids import new_id
 from tidings.core.models import ChannelPrefs, Preferences, QuietHours
@@ -31,7 +32,7 @@ from tidings.store.base import (
     ScheduledEdit,
     StoredNotification,
 )
-from tidings.store.outbound import WebhookEndpoint
+from tidings.store.outbound import NewJob, WebhookEndpoint
 from tidings.store.sealed import KEY_CHECK, PLACES, Serving, check_of
 
 A, B = "app_a", "app_b"
@@ -2002,6 +2003,47 @@ async def test_a_scheduled_notification_fires_at_its_time(db):
     assert await fire_all(db, t + 500) == []  # once
 
 
+async def test_a_prepared_fire_commits_its_outbound_jobs_with_it(db):
+    """``prepare`` runs after the claim; what it sets commits with the fire,
+    and the row is "sent" at once: a node that stops right after the fire's
+    commit leaves no job behind for a later pass."""
+    t = time.time()
+    item = note(users=["u", "v"], created_at=t, deliver_at=t + 1, expires_at=t + 600)
+    gone = note(users=["u"], created_at=t, deliver_at=t + 1, expires_at=t + 2)
+    for it in (item, gone):
+        await publish(db, A, it)
+    seen = []
+
+    async def refuse(app, it):
+        raise RuntimeError("the broker is down")
+
+    with pytest.raises(RuntimeError):
+        await db.fire_due(t + 1.5, 10, fanout_threshold=THRESHOLD, prepare=refuse)
+    assert (await db.get_scheduled(A, item.id)).status == "pending"  # nothing fired
+    assert await db.get_notification(A, item.id) is None
+
+    async def prepare(app, it):
+        seen.append((app, it.id))
+        it.users = ["u"]  # v over its cap
+        job = Job(id=f"{it.id}.webhook.0", channel="webhook", app=app, user="u",
+                  notification=it.body, destination={"url": "https://h.test/"},
+                  created_at=t + 3, expires_at=it.expires_at)
+        it.jobs = [NewJob(job=job, nid=it.id, not_before=t + 3)]
+
+    fired = await db.fire_due(t + 3, 10, fanout_threshold=THRESHOLD, prepare=prepare)
+    assert seen == [(A, item.id)]  # not the expired one
+    assert sorted((o.id, o.status, o.recipients, o.unqueued) for _, o in fired) == sorted([
+        (item.id, "accepted", 1, False), (gone.id, "expired", 0, False)])
+    assert (await db.get_scheduled(A, item.id)).status == "sent"
+    assert await db.fired_unqueued(t + 1000, 10) == []
+    assert [(j.id, j.user) for j in await db.list_jobs(A, nid=item.id)] == [
+        (f"{item.id}.webhook.0", "u")]
+    assert await inbox_ids(db, A, "u", now=t + 3) == [item.id]
+    assert await inbox_ids(db, A, "v", now=t + 3) == []
+    assert await db.fire_due(t + 10, 10, fanout_threshold=THRESHOLD, prepare=prepare) == []
+    assert seen == [(A, item.id)]
+
+
 async def test_a_scheduled_notification_that_cannot_be_published_fails_alone(db):
     # its id is taken by then (a published notification with the same id),
     # so its notification row cannot be stored when it fires
@@ -2080,9 +2122,6 @@ async def test_an_edit_before_it_fires_is_what_fires(db):
     assert (got.body, got.due_at, got.expires_at, got.status) == (
         b'{"title": "edited"}', t + 10, t + 70, "pending")
     assert await db.next_due() == t + 10
-    (due,) = await db.due_scheduled(t + 11, 10)
-    assert (due[0], due[1].id, due[1].users, due[1].body) == (A, item.id, ["u", "v"],
-                                                              b'{"title": "edited"}')
 
     def refuse(s):
         raise ValueError("no")
@@ -2090,18 +2129,22 @@ async def test_an_edit_before_it_fires_is_what_fires(db):
     with pytest.raises(ValueError):
         await db.edit_scheduled(A, item.id, refuse)
     assert (await db.get_scheduled(A, item.id)).body == b'{"title": "edited"}'
-    # only what is named fires, to the users given
-    other = note(users=["u"], created_at=t, deliver_at=t + 5)
-    await publish(db, A, other)
-    fired = await db.fire_due(t + 11, 10, fanout_threshold=THRESHOLD,
-                              only={(A, item.id): ["v"]})
+    # what prepare is handed (the edited notification) is what fires, to the
+    # users it leaves
+    prepared = []
+
+    async def prepare(app, it):
+        prepared.append((app, it.id, it.users, it.body))
+        it.users = ["v"]
+
+    fired = await db.fire_due(t + 11, 10, fanout_threshold=THRESHOLD, prepare=prepare)
+    assert prepared == [(A, item.id, ["u", "v"], b'{"title": "edited"}')]
     assert [(app, o.id, o.recipients, o.body) for app, o in fired] == [
         (A, item.id, 1, b'{"title": "edited"}')]
     stored = await db.get_notification(A, item.id)
     assert (stored.created_at, stored.expires_at) == (t + 10, t + 70)
     assert await inbox_ids(db, A, "u", now=t + 11) == []
     assert await inbox_ids(db, A, "v", now=t + 11) == [item.id]
-    assert (await db.get_scheduled(A, other.id)).status == "pending"
     # fired: no longer edited here
     assert await db.edit_scheduled(A, item.id, move) is None
 

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -667,13 +666,15 @@ class Service:
         return result
 
     async def _plan_outbound(self, app_id: str, item: NewNotification, priority: str,
-                             capped: Capped) -> OutboundCounts | None:
+                             capped: Capped, since: float | None = None,
+                             ) -> OutboundCounts | None:
         """Plan the webhooks, pushes and e-mails of a notification fanned out
         on write (outbound.py) into ``item.jobs``, which the store commits in
         the publish's own transaction (docs/design.md §2.1: a crash never keeps the
         inbox rows without them).  Recipients over a frequency cap get none.
         None when there is nothing to plan: a scheduled notification (its
-        jobs are queued when it fires), a broadcast or a topic fanned out on
+        jobs are planned when it fires, :meth:`fire_due`, the delay and quiet
+        hours counting from ``since``), a broadcast or a topic fanned out on
         read, or an app without outbound destinations."""
         if item.deliver_at is not None or item.all or not await self.outbound.wanted(app_id):
             return None
@@ -687,7 +688,7 @@ class Service:
                 return None  # fanned out on read: no outbound jobs
         item.jobs, counts = await self.outbound.plan(
             app_id, item.id, item.body, category=item.category, priority=priority,
-            created_at=item.created_at, expires_at=item.expires_at,
+            created_at=item.created_at if since is None else since, expires_at=item.expires_at,
             users=[u for u in users if u not in capped.over], group_key=item.group_key,
         )
         return counts
@@ -1171,56 +1172,49 @@ class Service:
         """Publish the scheduled notifications due by ``now`` (scheduler.py),
         under the app's frequency caps as they stand now: each recipient's
         token is taken when it fires, not when it was booked (a cap limits
-        interruptions, and this is when it interrupts)."""
+        interruptions, and this is when it interrupts), and only by the node
+        that fires it.  Its outbound jobs commit with it."""
         await self._requeue_fired(now)
-        due = await self.store.due_scheduled(now, limit)
-        if not due:
-            return []
-        # What the caps leave of each (a read of the rows it fires anyway,
-        # the app's cached caps, and a topic's members when its category is
-        # capped, as at publish), and whom its outbound jobs go to: those it
-        # was published to, minus the ones over their cap.
-        only: dict[tuple[str, str], list[str] | None] = {}
-        over: dict[tuple[str, str], AbstractSet[str]] = {}
-        planned: dict[tuple[str, str], list[str]] = {}
-        for app_id, item in due:
+        # What each one fired was prepared with, by (app, id): the store may
+        # run a fire's transaction again (a retry), and the tokens were taken.
+        prepared: dict[tuple[str, str], tuple[NewNotification, OutboundCounts | None]] = {}
+
+        async def prepare(app_id: str, item: NewNotification) -> None:
+            # after the store's claim, in the fire's transaction (Store.fire_due)
             key = (app_id, item.id)
-            only[key] = None  # its own target
-            if item.expires_at is not None and item.expires_at <= now:
-                continue  # dropped when claimed: no token is taken for it
+            if key in prepared:
+                done, _ = prepared[key]
+                item.users, item.topic, item.jobs = done.users, done.topic, done.jobs
+                return
+            # as at publish: the others when some are over their cap and it
+            # has no group key (a topic becomes its members of now), and no
+            # jobs for those over it; the delay and quiet hours count from now
             capped = await self.limits.apply_caps(app_id, item, item.group_key)
-            over[key] = capped.over
-            if capped.action == "dropped":  # the others (a topic: its members of now)
-                only[key] = item.users
-            if item.users is not None:
-                planned[key] = list(dict.fromkeys(item.users))
+            priority = _decode_notification(item.body).priority
+            counts = await self._plan_outbound(app_id, item, priority, capped, since=now)
+            prepared[key] = (item, counts)
+
         fired = await self.store.fire_due(
-            now, limit, fanout_threshold=self.settings.fanout_threshold, only=only)
-        outcomes, nothing_to_queue = [], []
+            now, limit, fanout_threshold=self.settings.fanout_threshold, prepare=prepare)
+        outcomes = []
         for app_id, out in fired:
             if out.status == "accepted":
                 self._announce(app_id, out)
                 self.published += 1
                 topic = out.audience if out.audience not in (None, "*") else None
                 self.hub.metrics.published(app_id, "accepted", out.recipients, topic)
-                # the users it was published to (a topic: the members it
-                # reached in-app), none of them over their cap
-                key, skip = (app_id, out.id), over.get((app_id, out.id), frozenset())
-                users = planned.get(key) if out.feed_offset is None else []
-                if users is None:
-                    users = list(dict.fromkeys(d.user for d in out.deliveries))
-                users = [u for u in users if u not in skip]
-                if not await self._fired_outbound(app_id, out.id, out.body, users, now):
-                    nothing_to_queue.append((app_id, out.id))
+                item, counts = prepared.get((app_id, out.id), (None, None))
+                if item is not None and item.jobs and counts is not None and not out.unqueued:
+                    await self.outbound.queued(app_id, out.id, counts, out.replaced)
             outcomes.append(out)
-        await self.store.mark_queued(nothing_to_queue)
         return outcomes
 
     async def _requeue_fired(self, now: float) -> None:
         """Queue the outbound jobs of notifications that fired more than
-        REQUEUE_AFTER ago and still have none: the node that fired them
-        stopped (or its store write failed) between the fire's commit and
-        the jobs' (store.fired_unqueued)."""
+        REQUEUE_AFTER ago and still have none: their jobs could not be
+        written with the fire (it published them without), or a node of an
+        older version fired them and stopped before queueing them
+        (store.fired_unqueued)."""
         for app_id, nid, fired_at in await self.store.fired_unqueued(now - REQUEUE_AFTER, 100):
             stored = await self.store.get_notification(app_id, nid)
             users = await self.store.recipients_of(app_id, nid) if stored else []
@@ -1237,13 +1231,13 @@ class Service:
 
     async def _fired_outbound(self, app_id: str, nid: str, body: bytes, users: list[str],
                               now: float) -> bool:
-        """A scheduled notification fired: queue its webhooks, pushes and
-        e-mails for ``users`` (those it was published to, less the ones over
-        their frequency cap: :meth:`fire_due`), the fallback delay and quiet
-        hours counting from now.
+        """A scheduled notification fired without its jobs: queue its
+        webhooks, pushes and e-mails for ``users`` (the holders of its inbox
+        entries: :meth:`_requeue_fired`), the fallback delay and quiet hours
+        counting from ``now``.
         The jobs commit with the notification's "fired" -> "sent"; False
         when there is nothing to queue.  A store error is logged and leaves
-        it "fired", for a later pass (:meth:`_requeue_fired`)."""
+        it "fired", for a later pass."""
         try:
             if not users or not await self.outbound.wanted(app_id):
                 return False

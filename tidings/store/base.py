@@ -31,9 +31,10 @@ Guarantees every implementation gives (tests/store/test_contract.py checks them)
   rebuilds it from the members left, and the entry shows the newest of
   them (its id, body, time and expiry); an entry left with none is gone.
 * **Scheduled notifications fire once.**  A publish with ``deliver_at`` only
-  stores it; ``fire_due`` claims each due one and publishes it in the same
-  transaction, so it fires exactly once however many nodes call
-  ``fire_due`` at the same time, and one cancelled first never fires.
+  stores it; ``fire_due`` claims each due one and publishes it, with its
+  outbound jobs, in the same transaction, so it fires exactly once however
+  many nodes call ``fire_due`` at the same time, and one cancelled first
+  never fires.
   ``edit_scheduled`` changes a pending one holding its row (or SQLite's
   write lock) from the read to the write, so an edit and a fire of the same
   notification apply one after the other: the fire publishes the edit, or
@@ -92,7 +93,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -228,6 +229,8 @@ class PublishOutcome(msgspec.Struct):
     # (nid, channel) of the pending jobs that ``jobs`` replaced (enqueue_jobs' collapse)
     replaced: list[tuple[str, str]] = []
     category: str = ""  # a feed item's: a stream skips it when its user muted it
+    # fire_due's: published with its outbound jobs not written (Store.fired_unqueued)
+    unqueued: bool = False
 
 
 class Counts(NamedTuple):
@@ -716,23 +719,25 @@ class Store(OutboundStore, AuditStore, abc.ABC):
     @abc.abstractmethod
     async def fire_due(
         self, now: float, limit: int, *, fanout_threshold: int,
-        only: Mapping[tuple[str, str], list[str] | None] | None = None,
+        prepare: Callable[[str, NewNotification], Awaitable[None]] | None = None,
     ) -> list[tuple[str, PublishOutcome]]:
         """Publish up to ``limit`` scheduled notifications due by ``now``,
         oldest first: ``(app, outcome)`` each.  A claimed one whose expiry
         passed is dropped instead (status ``expired``, nothing stored).
         Exactly once across callers and nodes (module guarantees).
 
-        ``only``: fire none but these ``(app, id)`` (the ones the caller
-        looked at with ``due_scheduled``), each to the users given instead
-        of its target when those are not None (what the frequency caps left
-        of it); the others stay pending."""
-
-    @abc.abstractmethod
-    async def due_scheduled(self, now: float, limit: int) -> list[tuple[str, NewNotification]]:
-        """``(app, notification)`` of up to ``limit`` pending scheduled
-        notifications due by ``now``, oldest first, as ``fire_due`` would
-        publish them (a read: nothing is claimed)."""
+        ``prepare(app, notification)`` is awaited for each one claimed that
+        has not expired, after the claim and before its publish, in the
+        fire's transaction: no other caller fires, cancels or edits it
+        meanwhile, so what it does is done once for each notification fired
+        (but again if the transaction is run again: it is a caller's to make
+        that idempotent).  It may narrow the notification's ``users`` (what
+        its frequency caps leave) and set its outbound ``jobs``; these commit
+        with the publish and the row goes to "sent".  An error of
+        ``prepare`` leaves the row pending.  Without ``prepare``, or when
+        the jobs could not be written (it is published without them,
+        ``PublishOutcome.unqueued``), the row stays "fired" for
+        ``fired_unqueued``."""
 
     @abc.abstractmethod
     async def fired_unqueued(self, before: float, limit: int) -> list[tuple[str, str, float]]:

@@ -21,7 +21,7 @@ from tidings.store.base import (
 from tidings.store.codec import decode_payload, edit_payload, encode_payload
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, RETRY, STALE
 
-__all__ = ["cancel", "delivery_counts", "due", "edit", "fire_one", "fired_unqueued",
+__all__ = ["cancel", "delivery_counts", "edit", "fire_one", "fired_unqueued",
            "get_scheduled", "mark_queued", "next_due", "prune", "record_deliveries", "schedule"]
 
 log = logging.getLogger("tidings.store")
@@ -40,14 +40,11 @@ async def schedule(conn, app_id: str, item: NewNotification) -> PublishOutcome:
 # The claim.  SKIP LOCKED: a row another node is firing (or an edit is
 # changing) right now is not waited for but passed over, so nodes polling
 # together fire different rows; the row lock lasts until the caller's
-# transaction (claim, publish, status) commits, and a node that dies before
-# that commits nothing, so the row is pending again for the next poll.
-# $2, $3: the (app, id) pairs to fire, when the caller names them (NULL: any).
+# transaction (claim, prepare, publish, status) commits, and a node that dies
+# before that commits nothing, so the row is pending again for the next poll.
 _CLAIM = """
 WITH due AS (
   SELECT app_id, id FROM scheduled WHERE status = 'pending' AND due_at <= $1
-    AND ($2::text[] IS NULL
-         OR (app_id, id) IN (SELECT * FROM unnest($2::text[], $3::text[])))
   ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED
 )
 UPDATE scheduled s SET
@@ -59,37 +56,44 @@ RETURNING s.app_id, s.id, s.status, s.due_at, s.payload
 """
 
 
-async def fire_one(conn, now: float, publish,
-                   only: Mapping[tuple[str, str], list[str] | None] | None = None,
-                   ) -> tuple[str, PublishOutcome] | None:
+async def fire_one(conn, now: float, publish, prepare=None) -> tuple[str, PublishOutcome] | None:
     """Claim the oldest due notification and publish it, inside the caller's
     transaction; None when nothing is due.  One per transaction: a publish
     locks its recipients' streams until commit, and several in one
     transaction would take those locks out of the one lock order.
-    ``only``: as ``Store.fire_due``'s."""
-    pairs: tuple[list[str] | None, list[str] | None] = (None, None)
-    if only is not None:
-        pairs = [a for a, _ in only], [n for _, n in only]
-    row = await conn.fetchrow(_CLAIM, now, *pairs)
+    ``prepare``: as ``Store.fire_due``'s; it runs holding the row's lock, so
+    only the node that fires a notification prepares it, and a cancel or an
+    edit of it waits for the commit."""
+    row = await conn.fetchrow(_CLAIM, now)
     if row is None:
         return None
     app_id, nid, status, due_at, payload = row
     if status == "expired":
         return app_id, PublishOutcome(nid, "expired", 0)
     item = decode_payload(payload, due_at)
-    users = None if only is None else only[app_id, nid]
-    if users is not None:  # what the frequency caps left of its recipients
-        item.users, item.topic = users, None
-    try:
-        async with conn.transaction():  # a savepoint: a publish that fails is marked alone
-            out = await publish(conn, app_id, item)
-    except Exception as exc:
-        if isinstance(exc, (*DOWN, *STALE, *RETRY, *CANNOT_WRITE)):
-            raise  # the connection, not the notification: the claim rolls back
-        log.exception("scheduled notification %s/%s could not be published", app_id, nid)
-        await conn.execute("UPDATE scheduled SET status = 'failed' WHERE app_id = $1 AND id = $2",
-                           app_id, nid)
-        return app_id, PublishOutcome(nid, "failed", 0)
+    if prepare is not None:
+        await prepare(app_id, item)  # an error rolls the claim back: it stays pending
+    while True:
+        try:
+            async with conn.transaction():  # a savepoint: a publish that fails is marked alone
+                out = await publish(conn, app_id, item)
+        except Exception as exc:
+            if isinstance(exc, (*DOWN, *STALE, *RETRY, *CANNOT_WRITE)):
+                raise  # the connection, not the notification: the claim rolls back
+            if item.jobs:  # published without them, "fired" for a later pass
+                log.exception("outbound jobs of scheduled notification %s/%s could not be "
+                              "written; it is published without them", app_id, nid)
+                item.jobs, prepare = [], None
+                continue
+            log.exception("scheduled notification %s/%s could not be published", app_id, nid)
+            await conn.execute("UPDATE scheduled SET status = 'failed' "
+                               "WHERE app_id = $1 AND id = $2", app_id, nid)
+            return app_id, PublishOutcome(nid, "failed", 0)
+        break
+    if prepare is None:  # its jobs are queued after the commit (fired_unqueued)
+        out.unqueued = True
+    else:  # its jobs committed with it, or it has none
+        await conn.execute(MARK_QUEUED, app_id, nid)
     return app_id, out
 
 
@@ -107,13 +111,6 @@ async def get_scheduled(conn, app_id: str, nid: str) -> ScheduledNotification | 
     nid, payload, due_at, expires_at, status, created_at, fired_at = row
     body = decode_payload(payload, due_at).body
     return ScheduledNotification(nid, body, due_at, expires_at, status, created_at, fired_at)
-
-
-async def due(conn, now: float, limit: int) -> list[tuple[str, NewNotification]]:
-    rows = await conn.fetch(
-        "SELECT app_id, due_at, payload FROM scheduled WHERE status = 'pending' "
-        "AND due_at <= $1 ORDER BY due_at LIMIT $2", now, limit)
-    return [(app_id, decode_payload(payload, due_at)) for app_id, due_at, payload in rows]
 
 
 async def edit(conn, app_id: str, nid: str,

@@ -670,20 +670,17 @@ class PostgresStore(PostgresKeys, PostgresAudit, PostgresOutbound, PostgresDiges
         return [r[0] for r in rows]
 
     # -- scheduled delivery ---------------------------------------------
-    async def fire_due(self, now, limit, *, fanout_threshold, only=None) -> list:
+    async def fire_due(self, now, limit, *, fanout_threshold, prepare=None) -> list:
         async def publish(conn, app_id, item):
             return await _tx.publish(conn, app_id, item, fanout_threshold)
 
         fired = []
         for _ in range(limit):  # one transaction each (schedule.fire_one)
-            one = await self._call(_sched.fire_one, now, publish, only, tx=True)
+            one = await self._call(_sched.fire_one, now, publish, prepare, tx=True)
             if one is None:
                 break
             fired.append(one)
         return fired
-
-    async def due_scheduled(self, now, limit) -> list:
-        return await self._call(_sched.due, now, limit)
 
     async def next_due(self) -> float | None:
         return await self._call(_sched.next_due)

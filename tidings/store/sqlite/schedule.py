@@ -3,9 +3,10 @@
 Functions named ``*_tx`` run on the store's writer thread inside its group
 commit (store.py); the others are reads on the event loop's connection.
 One writer is what makes a scheduled notification fire once on SQLite: the
-claim, the publish and the status change are one transaction of the only
-connection that writes, and several processes sharing the file queue on
-SQLite's write lock (``BEGIN IMMEDIATE``).
+claim, the frequency caps and outbound plan (``prepare``), the publish with
+its jobs and the status change are one transaction of the only connection
+that writes, and several processes sharing the file queue on SQLite's write
+lock (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tidings.store.codec import decode_payload, edit_payload, encode_payload
 from tidings.store.sqlite.appends import WriterConnection
 from tidings.store.sqlite.errors import transient
 
-__all__ = ["cancel_tx", "delivery_counts", "due", "edit_tx", "fire_due_tx", "fired_unqueued",
+__all__ = ["cancel_tx", "delivery_counts", "edit_tx", "fire_due_tx", "fired_unqueued",
            "get_scheduled", "mark_queued_tx", "next_due", "prune_tx", "receipt_counts",
            "record_deliveries_tx", "record_receipts_tx", "schedule_tx"]
 
@@ -47,44 +48,26 @@ _DUE = ("SELECT app_id, id, due_at, payload, expires_at FROM scheduled "
         "WHERE status='pending' AND due_at<=? ORDER BY due_at LIMIT ?")
 
 
-def due(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, NewNotification]]:
-    return [(app_id, decode_payload(payload, due_at))
-            for app_id, _, due_at, payload, _ in conn.execute(_DUE, (now, limit))]
-
-
 def fire_due_tx(
     conn: WriterConnection, now: float, limit: int, publish: Callable,
-    only: Mapping[tuple[str, str], list[str] | None] | None = None,
+    prepare: Callable[[str, NewNotification], None] | None = None,
 ) -> list[tuple[str, PublishOutcome]]:
     """Claim and publish what is due, each in a savepoint of this one
     transaction: a notification that cannot be published is marked
-    ``failed`` alone, and nothing is published twice (one writer).
-    ``only``: as ``Store.fire_due``'s."""
+    ``failed`` alone, and nothing is published twice (one writer, holding
+    the file's write lock from the read of the due rows to the commit).
+    ``prepare``: as ``Store.fire_due``'s, here a blocking call; it runs
+    after the claim, so only the writer that fires a notification prepares
+    it, and a cancel or an edit waits for the commit (they are writes)."""
     fired: list[tuple[str, PublishOutcome]] = []
     for app_id, nid, due_at, payload, expires_at in conn.execute(_DUE, (now, limit)).fetchall():
-        if only is not None and (app_id, nid) not in only:
-            continue  # not looked at by the caller (its caps): the next pass
         if expires_at is not None and expires_at <= now:
             status, out = "expired", PublishOutcome(nid, "expired", 0)
         else:
             item = decode_payload(payload, due_at)
-            users = None if only is None else only[app_id, nid]
-            if users is not None:  # what the frequency caps left of its recipients
-                item.users, item.topic = users, None
-            # the writer's savepoint: a failed publish also leaves nothing
-            # gathered behind and gives back the seqs it took (appends.py)
-            heads = conn.savepoint()
-            try:
-                out = publish(conn, app_id, item)
-            except Exception as exc:
-                conn.rollback_to(heads)
-                if transient(exc):
-                    raise  # the file, not the notification: it stays pending
-                log.exception("scheduled notification %s/%s could not be published", app_id, nid)
-                status, out = "failed", PublishOutcome(nid, "failed", 0)
-            else:
-                conn.release()
-                status = "fired"  # "sent" once its outbound jobs are queued
+            if prepare is not None:
+                prepare(app_id, item)  # an error leaves every row of this call pending
+            status, out = _publish(conn, app_id, item, publish, prepared=prepare is not None)
         # the claim: only a row still pending changes, so nothing fires twice
         claimed = conn.execute(
             "UPDATE scheduled SET status=?, fired_at=? WHERE app_id=? AND id=? "
@@ -94,6 +77,37 @@ def fire_due_tx(
             raise RuntimeError("a scheduled notification changed under the writer")
         fired.append((app_id, out))
     return fired
+
+
+def _publish(conn: WriterConnection, app_id: str, item: NewNotification, publish: Callable,
+             *, prepared: bool) -> tuple[str, PublishOutcome]:
+    """Publish one claimed notification in a savepoint; its new status and
+    outcome.  Its outbound jobs commit with it ("sent"); if they cannot be
+    written it is published without them ("fired", for a later pass)."""
+    while True:
+        # the writer's savepoint: a failed publish also leaves nothing
+        # gathered behind and gives back the seqs it took (appends.py)
+        heads = conn.savepoint()
+        try:
+            out = publish(conn, app_id, item)
+        except Exception as exc:
+            conn.rollback_to(heads)
+            if transient(exc):
+                raise  # the file, not the notification: it stays pending
+            if item.jobs:
+                log.exception("outbound jobs of scheduled notification %s/%s could not be "
+                              "written; it is published without them", app_id, item.id)
+                item.jobs = []
+                prepared = False
+                continue
+            log.exception("scheduled notification %s/%s could not be published",
+                          app_id, item.id)
+            return "failed", PublishOutcome(item.id, "failed", 0)
+        conn.release()
+        if not prepared:  # its jobs are queued after the commit (Store.fired_unqueued)
+            out.unqueued = True
+            return "fired", out
+        return "sent", out
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:

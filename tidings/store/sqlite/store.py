@@ -313,6 +313,7 @@ def migrate(path: str | Path) -> list[int]:
 
 
 RETRY_AFTER = 2.0  # seconds a client is told to wait while the file cannot be written
+PREPARE_TIMEOUT = 5.0  # seconds the writer waits for a scheduled notification's caps and plan
 
 
 class _Writer(threading.Thread):
@@ -845,16 +846,30 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         return [r[0] for r in rows]
 
     # -- scheduled delivery ---------------------------------------------
-    async def fire_due(self, now, limit, *, fanout_threshold, only=None) -> list:
+    async def fire_due(self, now, limit, *, fanout_threshold, prepare=None) -> list:
         def publish(conn, app_id, item):
             out = _tx.publish_tx(conn, app_id, item, fanout_threshold, 0.0)
             conn.flush()  # inside fire_due_tx's savepoint: a bad row fails this one alone
             return out
 
-        return await self._write(_sched.fire_due_tx, now, limit, publish, only)
+        ready = None
+        if prepare is not None:
+            loop = asyncio.get_running_loop()
 
-    async def due_scheduled(self, now, limit) -> list:
-        return _sched.due(self._reader, now, limit)
+            def ready(app_id, item):
+                # On the writer's thread, holding the write lock: the event
+                # loop runs ``prepare`` (reads and the broker's token buckets,
+                # never a write of this store, which would wait for this
+                # transaction) while the writer waits.  The timeout bounds a
+                # wait on a loop that stopped (a close joins this thread).
+                done = asyncio.run_coroutine_threadsafe(prepare(app_id, item), loop)
+                try:
+                    done.result(PREPARE_TIMEOUT)
+                except TimeoutError:
+                    done.cancel()
+                    raise
+
+        return await self._write(_sched.fire_due_tx, now, limit, publish, ready)
 
     async def next_due(self) -> float | None:
         return _sched.next_due(self._reader)
