@@ -110,10 +110,11 @@ async def cluster_backends(broker: str = "redis"):
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(tmp_path, **overrides):
-    """Two servers over one fresh PostgreSQL schema and one Redis key prefix:
-    two nodes of a cluster, in the test's loop (``overrides`` as run_server's)."""
-    async with cluster_backends() as backends:
+async def two_nodes(tmp_path, via: str = "redis", **overrides):
+    """Two servers over one fresh PostgreSQL schema and one Redis key prefix
+    (``via="postgres"``: PostgreSQL alone): two nodes of a cluster, in the
+    test's loop (``overrides`` as run_server's)."""
+    async with cluster_backends(via) as backends:
         common = {**backends, **overrides}
         async with run_server(tmp_path / "a", **common) as a:
             async with run_server(tmp_path / "b", **common) as b:

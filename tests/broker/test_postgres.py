@@ -22,6 +22,8 @@ import pytest
 
 from scripts.cluster import free_port_block
 from tests.broker.test_contract import Recorder
+from tests.conftest import two_nodes
+from tests.gateway.live import publish, recv_events, ws_connect
 from tests.services import require_postgres
 from tests.store.pg import fresh_schema
 from tidings.broker import open_broker
@@ -53,6 +55,24 @@ async def make(schema_url):
     yield factory
     for b in made:
         await b.close()
+
+
+@pytest.fixture
+def sentinel_pair():
+    """``await flush(a, b)``: returns once everything each of two brokers
+    published before it has reached the other (and itself)."""
+    async def flush(*brokers: PostgresBroker) -> None:
+        recs = []
+        for i, broker in enumerate(brokers):
+            rec = Recorder()
+            broker.subscribe(user_channel("app_sentinel", f"s{i}"), rec)
+            recs.append(rec)
+        for broker in brokers:
+            for i in range(len(brokers)):
+                broker.publish(user_channel("app_sentinel", f"s{i}"), Frames([b"flush"]))
+        for rec in recs:
+            await rec.wait_for(len(brokers))
+    return flush
 
 
 async def terminate(broker: PostgresBroker, role: str) -> None:
@@ -88,6 +108,11 @@ def test_pack_keeps_every_payload_under_the_limit_and_splits_big_items():
     # "k": parts still to come; a batch ends on 0
     rest = [int(p.split(":")[1]) for p in payloads]
     assert rest[-1] == 0 and max(rest) >= 50_000 // CHUNK
+    # a broker's payloads start with its origin (letters), then the same
+    marked = pack(items, 7, "qwertzui")
+    assert all(p.startswith("qwertzui") for p in marked)
+    assert [p[8:] for p in marked] == payloads
+    assert all(len(p.encode()) <= CHUNK for p in marked)
 
 
 async def test_messages_of_every_size_arrive_whole_and_in_order(make):
@@ -114,6 +139,58 @@ async def test_thousands_of_messages_across_nodes_keep_order(make):
     await ra.wait_for(5000)
     await rb.wait_for(5000)
     assert [m.seq for m in ra.messages] == [m.seq for m in rb.messages] == list(range(1, 5001))
+
+
+async def test_each_node_gets_its_own_messages_and_the_others_once(make, sentinel_pair):
+    a, b = await make(), await make()
+    assert a.origin != b.origin and a.origin.isalpha() and len(a.origin) == 8
+    ra, rb = Recorder(), Recorder()
+    for broker, rec in ((a, ra), (b, rb)):
+        broker.subscribe(user_channel("app_a", "x"), rec)
+    for i in range(1, 301):  # interleaved, and some large enough to be split
+        body = b"%d" % i * (3000 if i % 50 == 0 else 1)
+        (a if i % 2 else b).publish(user_channel("app_a", "x"), Personal("e", i, body))
+    await ra.wait_for(300)
+    await rb.wait_for(300)
+    await sentinel_pair(a, b)
+    for rec in (ra, rb):
+        seqs = [m.seq for m in rec.messages]
+        assert sorted(seqs) == list(range(1, 301))  # each once
+        # in publish order per publisher
+        assert [s for s in seqs if s % 2] == list(range(1, 301, 2))
+        assert [s for s in seqs if not s % 2] == list(range(2, 301, 2))
+    assert a.undecodable == b.undecodable == 0
+
+
+async def test_a_node_cut_off_from_postgresql_still_gets_its_own_messages(make, schema_url):
+    """Its own messages never go through PostgreSQL: they reach its handlers
+    while it cannot notify (the others' are lost meanwhile, at most once)."""
+    port = free_port_block(1)
+    target = urlsplit(schema_url)
+    args = [sys.executable, "-m", "tests.cluster.tcpproxy", str(port), target.hostname,
+            str(target.port or 5432)]
+    proxy = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout.readline().strip() == "ready"
+        cut = await make(_via(schema_url, port), health_interval=0.5, timeout=2)
+        rec = Recorder()
+        cut.subscribe(user_channel("app_a", "ann"), rec)
+        back = reconnected(cut)
+        proxy.kill()
+        proxy.wait(10)
+        proxy.stdout.close()
+        for seq in range(1, 11):
+            cut.publish(user_channel("app_a", "ann"), Personal("e", seq, b"mine"))
+        await rec.wait_for(10)
+        assert [m.seq for m in rec.messages] == list(range(1, 11))
+        # reachable again, for the broker's close
+        proxy = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert proxy.stdout.readline().strip() == "ready"
+        await asyncio.wait_for(back.wait(), TIMEOUT)
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+        proxy.stdout.close()
 
 
 async def test_a_schema_is_a_deployment_of_its_own(make):
@@ -274,6 +351,37 @@ async def test_a_partition_drops_at_most_once_and_heals_by_itself(make, schema_u
         proxy.kill()
         proxy.wait(10)
         proxy.stdout.close()
+
+
+async def test_two_nodes_on_postgresql_alone_deliver_each_event_once(tmp_path):
+    """A node's own announcements reach its streams from publish, the other
+    node's through LISTEN: every stream gets each once, from either node."""
+    async with two_nodes(tmp_path, via="postgres") as (a, b):
+        streams = {}
+        for name, node in (("ann", a), ("bob", b), ("cy", a), ("cy2", b)):
+            user = name[:2] if name.startswith("cy") else name
+            streams[name] = await ws_connect(node, await node.token(user))
+            await recv_events(streams[name], 1)  # hello
+        sent = []
+        for i in range(6):  # personal entries and broadcasts, from both nodes
+            node = (a, b)[i % 2]
+            to = {"all": True} if i % 3 == 2 else {"users": ["ann", "bob", "cy"]}
+            sent += await publish(node, to, title=f"n{i}")
+        async def notifications(ws, n):
+            got: list[dict] = []
+            while len(got) < n:
+                got += [e for e in await recv_events(ws, 1, timeout=10)
+                        if e["type"] == "notification"]
+            return [e["notification"]["id"] for e in got]
+
+        for ws in streams.values():
+            assert sorted(await notifications(ws, len(sent))) == sorted(sent)
+        # nothing more: the next notification each stream gets is the next one
+        (last,) = await publish(a, {"users": ["ann", "bob", "cy"]}, title="last")
+        for ws in streams.values():
+            assert await notifications(ws, 1) == [last]
+            await ws.close()
+        assert a.service.broker.undecodable == b.service.broker.undecodable == 0
 
 
 # -- registry and buckets -------------------------------------------------------

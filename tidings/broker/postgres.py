@@ -26,6 +26,14 @@ at every size (docs/deploy.md has the figures).  The writer's session runs
 with ``synchronous_commit = off``: a notifying commit needs no fsync for a
 message that is at most once anyway.
 
+**A node's own messages** reach its handlers from ``publish`` (on the
+next tick of the loop, in publish order), not back through PostgreSQL:
+every payload starts with its broker's ``origin`` (eight random letters,
+where the payloads of earlier versions start with a digit), and the
+listener drops its own unread, before any base64 or msgpack decoding.  So
+the node that publishes needs neither the round trip nor a working
+``NOTIFY`` for its own streams.
+
 **At most once.**  When PostgreSQL is unreachable the queue fills up and
 further messages are dropped and counted; a batch that failed is dropped.
 A notification is delivered only to sessions listening when it commits, so
@@ -44,6 +52,9 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
+import secrets
+import string
 from typing import Any
 
 import asyncpg
@@ -53,6 +64,8 @@ from tidings.broker.base import BrokerUnavailable, Handler, Message, QueuedBroke
 from tidings.core import ratelimit
 from tidings.core.backoff import Backoff
 from tidings.store.postgres.errors import CANNOT_WRITE, DOWN, STALE
+
+log = logging.getLogger("tidings.broker")
 
 CHUNK = 7800  # payload bytes per notification (PostgreSQL refuses 8,000 and more)
 _RAW_CHUNK = CHUNK // 4 * 3 - 30  # raw bytes that stay under CHUNK in base64 with the header
@@ -70,11 +83,13 @@ def channel_for(schema: str) -> str:
     return name
 
 
-def pack(items: list[bytes], first: int) -> list[str]:
-    """Payloads for encoded items: each ``"<n>:<k>:<base64>"``, ``n`` counting
-    payloads from ``first`` (PostgreSQL folds equal payloads of one
-    transaction into one), ``k`` the number of parts of the same batch still
-    to come.  A batch is a msgpack array of items."""
+def pack(items: list[bytes], first: int, origin: str = "") -> list[str]:
+    """Payloads for encoded items: each ``"<origin><n>:<k>:<base64>"``,
+    ``origin`` the sending broker's (letters), ``n`` counting payloads from
+    ``first`` (PostgreSQL folds equal payloads of one transaction into one),
+    ``k`` the number of parts of the same batch still to come.  A batch is a
+    msgpack array of items.  A receiver reads nothing of the first field but
+    the origin (earlier versions, none of it)."""
     out: list[str] = []
     batch: list[bytes] = []
     size = 0
@@ -86,7 +101,7 @@ def pack(items: list[bytes], first: int) -> list[str]:
         data = _array_header(len(batch)) + b"".join(batch)
         parts = [data[i:i + _RAW_CHUNK] for i in range(0, len(data), _RAW_CHUNK)]
         for k, part in enumerate(parts):
-            out.append(f"{first + len(out)}:{len(parts) - 1 - k}:"
+            out.append(f"{origin}{first + len(out)}:{len(parts) - 1 - k}:"
                        + base64.b64encode(part).decode())
         batch, size = [], 0
 
@@ -128,9 +143,15 @@ class PostgresBroker(QueuedBroker[bytes, asyncpg.Connection]):
         self._handlers: dict[str, Handler] = {}
         self._parts: list[bytes] = []
         self._listening = False
+        # what starts this broker's payloads: no other broker's (26^8), and
+        # never an earlier version's (a digit)
+        self.origin = "".join(secrets.choice(string.ascii_lowercase) for _ in range(8))
+        self._own: list[tuple[str, Message]] = []  # published, for this node's handlers
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life cycle -----------------------------------------------------------
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=4, timeout=self.timeout,
@@ -171,6 +192,29 @@ class PostgresBroker(QueuedBroker[bytes, asyncpg.Connection]):
             "application_name": f"{self.client_name}:{role}", **settings})
 
     # -- publishing: each item is (channel, message) in msgpack ---------------
+    def publish(self, channel: str, message: Message) -> None:
+        super().publish(channel, message)
+        if self._closed or self._loop is None:
+            return
+        # this node's handlers: on the next tick, as the other nodes' get it
+        # from the listener (a handler never runs inside publish), in order
+        if not self._own:
+            self._loop.call_soon(self._deliver_own)
+        self._own.append((channel, message))
+
+    def _deliver_own(self) -> None:
+        own, self._own = self._own, []
+        handlers = self._handlers
+        for channel, message in own:
+            handler = handlers.get(channel)
+            if handler is None:  # nobody on this node
+                continue
+            self.received += 1
+            try:
+                handler(channel, message)
+            except Exception:
+                log.exception("broker handler failed on %s", channel)
+
     def _item(self, channel: str, message: Message) -> bytes:
         return self._encode((channel, message))
 
@@ -185,7 +229,7 @@ class PostgresBroker(QueuedBroker[bytes, asyncpg.Connection]):
         return not conn.is_closed()
 
     async def _send(self, conn: asyncpg.Connection, batch: list[bytes]) -> None:
-        payloads = pack(batch, self._sent_payloads)
+        payloads = pack(batch, self._sent_payloads, self.origin)
         self._sent_payloads = (self._sent_payloads + len(payloads)) % 1_000_000_000
         # Nothing of a failed transaction is delivered.
         await conn.execute(_NOTIFY, self.channel, payloads, timeout=self.timeout)
@@ -232,6 +276,8 @@ class PostgresBroker(QueuedBroker[bytes, asyncpg.Connection]):
         conn.terminate()
 
     def _on_notify(self, conn, pid, channel, payload: str) -> None:
+        if payload.startswith(self.origin):
+            return  # this broker's own: its handlers had it at publish
         try:
             _, rest, data = payload.split(":", 2)
             self._parts.append(base64.b64decode(data))
