@@ -247,9 +247,9 @@ async def test_a_killed_listener_reconnects_and_says_so(make):
 
 
 async def test_a_killed_publisher_reconnects_and_keeps_order(make):
-    a = await make()
+    a, b = await make(), await make()  # b hears what a's notifying session sent
     rec = Recorder()
-    a.subscribe(user_channel("app_a", "ann"), rec)
+    b.subscribe(user_channel("app_a", "ann"), rec)
     a.publish(user_channel("app_a", "ann"), Personal("e", 1, b"1"))
     await rec.wait_for(1)
     await terminate(a, "notify")
@@ -273,9 +273,9 @@ async def test_a_killed_publisher_reconnects_and_keeps_order(make):
 
 
 async def test_a_publisher_connection_lost_while_idle_drops_nothing(make):
-    a = await make()
+    a, b = await make(), await make()  # b hears what a's notifying session sent
     rec = Recorder()
-    a.subscribe(user_channel("app_a", "ann"), rec)
+    b.subscribe(user_channel("app_a", "ann"), rec)
     a.publish(user_channel("app_a", "ann"), Personal("e", 1, b""))
     await rec.wait_for(1)
     await terminate(a, "notify")
@@ -293,7 +293,11 @@ async def test_close_leaves_no_session_behind(schema_url):
     rec = Recorder()
     b.subscribe(user_channel("app_a", "ann"), rec)
     b.publish(user_channel("app_a", "ann"), Personal("e", 1, b""))
-    await rec.wait_for(1)  # the notifying session is up too
+    await rec.wait_for(1)
+    for _ in range(200):  # the notifying session is up too
+        if b.published:
+            break
+        await asyncio.sleep(0.02)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         await b.close()
