@@ -177,3 +177,14 @@ def tidings_server(tmp_path):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def site(tmp_path):
+    """The app's pages that embed the inbox, on a loopback origin of their own
+    (inbox_pages.Site)."""
+    from tests.browser.inbox_pages import Site
+
+    s = Site(tmp_path / "site")
+    yield s
+    s.close()

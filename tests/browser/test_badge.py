@@ -71,14 +71,6 @@ async def server(tmp_path):
         yield live
 
 
-@pytest.fixture
-def site(tmp_path):
-    """The app's pages, on a loopback origin of their own (as tests/browser's)."""
-    s = Site(tmp_path / "site")
-    yield s
-    s.close()
-
-
 async def open_page(chromium, site: Site, html: str):
     """A page of ``site`` showing ``html``; uncaught errors are collected."""
     page = await chromium.new_page()

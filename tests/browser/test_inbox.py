@@ -9,18 +9,9 @@ import re
 import time
 
 import httpx
-import pytest
 from playwright.sync_api import expect
 
-from tests.browser.inbox_pages import Site, attr, open_plain, open_react, open_vue
-
-
-@pytest.fixture
-def site(tmp_path):
-    """The app's frontend, on an origin of its own."""
-    s = Site(tmp_path / "site")
-    yield s
-    s.close()
+from tests.browser.inbox_pages import attr, open_plain, open_react, open_vue
 
 
 def _api(server, method: str, path: str, **kw) -> httpx.Response:

@@ -9,17 +9,9 @@ from __future__ import annotations
 import re
 
 import httpx
-import pytest
 from playwright.sync_api import expect
 
-from tests.browser.inbox_pages import Site, attr, open_plain
-
-
-@pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path / "site")
-    yield s
-    s.close()
+from tests.browser.inbox_pages import attr, open_plain
 
 
 def _api(server, method: str, path: str, **kw) -> httpx.Response:

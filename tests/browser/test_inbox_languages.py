@@ -8,23 +8,15 @@ the pages are read again in the new language, on the same client."""
 from __future__ import annotations
 
 import httpx
-import pytest
 from playwright.sync_api import expect
 
-from tests.browser.inbox_pages import Site, attr, open_plain
+from tests.browser.inbox_pages import attr, open_plain
 
 LOCALES = {"fr": {"title": "Bonjour"}, "de": {"title": "Hallo"}}
 CATEGORIES = {"categories": [
     {"id": "ci", "label": "Builds", "description": "When a build ends",
      "labels": {"fr": "Compilations", "de": "Bauten"},
      "descriptions": {"fr": "Quand une compilation finit"}}]}
-
-
-@pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path / "site")
-    yield s
-    s.close()
 
 
 def _api(server, method: str, path: str, **kw) -> httpx.Response:

@@ -6,10 +6,9 @@ hostile bodies shown as text: no script runs, no attribute is injected, no
 
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import expect
 
-from tests.browser.inbox_pages import Site, attr, open_plain
+from tests.browser.inbox_pages import attr, open_plain
 
 BODY = ("Build **812** failed on `main`, *again*.\nSee [the log](https://ci.example/812) "
         "or [mail us](mailto:ci@acme.test):\n\n- flaky `test_sync`\n- disk **full**\n\n"
@@ -49,13 +48,6 @@ INERT = """root => {
   }
   return bad;
 }"""
-
-
-@pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path / "site")
-    yield s
-    s.close()
 
 
 def _open(context, site, server, user: str):

@@ -11,19 +11,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 from playwright.sync_api import expect
 
-from tests.browser.inbox_pages import Site, attr, open_plain
+from tests.browser.inbox_pages import attr, open_plain
 
 ZONE = "America/New_York"   # the browser's, not the machine's: "Tomorrow" is the user's
-
-
-@pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path / "site")
-    yield s
-    s.close()
 
 
 def _open(context, site, server, user: str, **attrs):
