@@ -126,6 +126,39 @@ def test_snooze_from_the_row_menu_by_mouse_and_keyboard_leaves_every_tab(browser
         ctx.close()
 
 
+def test_an_open_snooze_menu_survives_its_row_drawn_again(browser, site, tidings_server):
+    """The row turns read on another device while its menu is open: the row is
+    drawn again and its menu stays open on the same item, and the choice works."""
+    srv = tidings_server
+    nid = srv.publish({"users": ["kim"]}, title="build failed")
+    srv.publish({"users": ["kim"]}, title="build passed")
+    ctx = browser.new_context(timezone_id=ZONE)
+    try:
+        _, a = _open(ctx, site, srv, "kim")
+        a.locator("button.bell").click()
+        row = a.locator("li.item").filter(has_text="build failed")
+        expect(row).to_have_class(re.compile(r"\bseen\b"))      # the panel's own redraw is done
+        row.hover()
+        row.locator("[data-act=snooze-menu]").click()
+        menu = row.get_by_role("menu", name="Snooze: build failed")
+        a.page.keyboard.press("ArrowDown")
+        expect(menu.get_by_role("menuitem").nth(1)).to_be_focused()
+        first = row.element_handle()
+        r = httpx.post(srv.url + "/v1/me/notifications/read", json={"ids": [nid]},
+                       headers={"Authorization": f"Bearer {srv.token('kim')}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        expect(row).to_have_class(re.compile(r"\bread\b"))        # drawn again, live
+        assert not first.evaluate("li => li.isConnected")          # a new row, not the old one
+        expect(menu).to_be_visible()
+        expect(row.locator("[data-act=snooze-menu]")).to_have_attribute("aria-expanded", "true")
+        expect(menu.get_by_role("menuitem").nth(1)).to_be_focused()
+        menu.get_by_role("menuitem", name="1 hour").click()
+        expect(_titles(a)).to_have_text(["build passed"])
+        assert _items(srv, "kim")["build failed"]["state"] == "snoozed"
+    finally:
+        ctx.close()
+
+
 def test_a_snoozed_row_comes_back_first_and_unread_live_and_after_a_reload(browser, site,
                                                                            tidings_server):
     srv = tidings_server

@@ -359,6 +359,7 @@
     // removed rows touch the DOM, so scrolling and focus survive live updates.
     _renderFeed: function () {
       var self = this, tab = this._tab(), feed = this.$feed, focus = this._focusKey();
+      var menu = this._openMenuKey();
       // newest first by place: the id, or (back from a snooze) where it came back
       var items = Array.from(tab.items.values()).sort(function (a, b) { return a.key < b.key ? 1 : -1; });
       var rows = new Map();
@@ -377,6 +378,27 @@
       });
       while (cursor) { next = cursor.nextElementSibling; cursor.remove(); cursor = next; }
       this._restoreFocus(focus);
+      this._restoreMenu(menu);
+    },
+
+    // A row's Snooze menu stays open while its row is drawn again (it turned
+    // seen or read here or on another device): the new row's menu opens on the
+    // same item. It closes with a row that left the view.
+    _openMenuKey: function () {
+      var menu = this._menu, li = menu && menu.closest("li[data-id]");
+      if (!li) return null;
+      var items = Array.prototype.slice.call(menu.querySelectorAll("[role=menuitem]"));
+      return { menu: menu, id: li.dataset.id, item: items.indexOf(this.shadowRoot.activeElement) };
+    },
+
+    _restoreMenu: function (k) {
+      if (!k || k.menu.isConnected) return;
+      this._menu = null;
+      var row = this._rows.get(k.id), button = row && row.li.querySelector('[data-act="snooze-menu"]');
+      if (!button) return;
+      this._openMenu(button);
+      var items = button.nextElementSibling.querySelectorAll("[role=menuitem]");
+      if (k.item >= 0 && k.item < items.length) items[k.item].focus();
     },
 
     _row: function (it) {
