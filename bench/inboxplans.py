@@ -7,10 +7,16 @@ does for one request, which the machine's CPU contention hardly moves: for
 ``--n`` random users of the set (bench/inboxpg.py), ``EXPLAIN (ANALYZE,
 BUFFERS)`` of the store's page query (``?limit=20``, newest first) and of its
 counts query, as the code of ``--rev`` has them (default: this tree).
+The page is the statement the server sends for a user with no stream open on
+the node (the mutes read by the statement, ``INBOX_STORED_MUTES``, where the
+revision has it), the counts the one ``PostgresStore.counts`` sends first.
 Prints, per query, the median shared buffers touched, those not found in
-shared_buffers (read from the OS page cache or the disk), and the execution
-time p50/p99.  Pass the set that ``--rev``'s schema loaded: main's SQL on a
-v8 set, this tree's on a v9 one.
+shared_buffers (read from the OS page cache or the disk), the planning and
+execution times p50/p99, then the wall time p50/p99 of the same users'
+statements through one prepared statement, as the store sends them (the plan
+cache's generic plan after five; the round trip included).  Pass a set whose
+schema has the columns ``--rev``'s SQL reads: main's SQL on a set of main's
+version, or an older revision's on a newer one (migrations only add).
 """
 
 from __future__ import annotations
@@ -47,9 +53,10 @@ def _sql_module(rev: str | None):
     return module
 
 
-def _counts_sql(rev: str | None) -> str:
-    """The statement PostgresStore.counts sends (at ``rev``): the first string
-    passed to ``self._fetchrow`` in it."""
+def _counts_sql(rev: str | None, sql) -> str:
+    """The statement PostgresStore.counts sends (at ``rev``): the first
+    statement passed to ``self._fetchrow`` in it, a string or the name of one
+    of ``sql``'s (the store's statements are composed there)."""
     if rev is None:
         source = Path(__file__).parent.parent.joinpath(
             "tidings/store/postgres/store.py").read_text()
@@ -62,34 +69,54 @@ def _counts_sql(rev: str | None) -> str:
             for call in ast.walk(node):
                 if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
                         and call.func.attr == "_fetchrow"):
-                    return ast.literal_eval(call.args[0])
+                    arg = call.args[0]
+                    if isinstance(arg, ast.Name):
+                        return getattr(sql, arg.id)
+                    return ast.literal_eval(arg)
     raise SystemExit("no counts statement found in tidings/store/postgres/store.py")
 
 
 async def measure(url: str, schema: str, rev: str | None, n: int, seed: int) -> dict:
     sql = _sql_module(rev)
-    queries = {"page": (sql.INBOX[None, False], lambda u: ("bench", u, time.time(), 20)),
-               "counts": (_counts_sql(rev), lambda u: ("bench", u, time.time()))}
+    page = getattr(sql, "INBOX_STORED_MUTES", sql.INBOX)[None, False]
+    queries = {"page": (page, lambda u: ("bench", u, time.time(), 20)),
+               "counts": (_counts_sql(rev, sql), lambda u: ("bench", u, time.time()))}
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     users = await conn.fetchval("SELECT count(*) FROM streams")
     rng = random.Random(seed)
     out: dict = {"schema": schema, "rev": rev or "this tree", "n": n}
     try:
         for name, (query, args) in queries.items():
-            touched, read, ms = [], [], []
-            for _ in range(n):
-                user = f"u{rng.randrange(users):07d}"
+            touched, read, ms, plan_ms = [], [], [], []
+            chosen = [f"u{rng.randrange(users):07d}" for _ in range(n)]
+            for user in chosen:
                 doc = json.loads(await conn.fetchval(
                     "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, *args(user)))[0]
                 plan = doc["Plan"]
                 touched.append(plan["Shared Hit Blocks"] + plan["Shared Read Blocks"])
                 read.append(plan["Shared Read Blocks"])
                 ms.append(doc["Execution Time"])
+                plan_ms.append(doc["Planning Time"])
             ms.sort()
+            plan_ms.sort()
+            # then the same users' statements as the store sends them: one
+            # prepared statement (the plan cache's generic plan after five),
+            # timed from here, round trip included
+            stmt = await conn.prepare(query)
+            wall = []
+            for user in chosen:
+                t0 = time.perf_counter()
+                await stmt.fetch(*args(user))
+                wall.append((time.perf_counter() - t0) * 1e6)
+            wall.sort()
             out[name] = {"buffers": statistics.median(touched),
                          "not_in_shared_buffers": statistics.median(read),
                          "exec_p50_ms": round(statistics.median(ms), 3),
-                         "exec_p99_ms": round(ms[min(int(n * 0.99), n - 1)], 3)}
+                         "exec_p99_ms": round(ms[min(int(n * 0.99), n - 1)], 3),
+                         "plan_p50_ms": round(statistics.median(plan_ms), 3),
+                         "plan_p99_ms": round(plan_ms[min(int(n * 0.99), n - 1)], 3),
+                         "prepared_p50_us": round(statistics.median(wall)),
+                         "prepared_p99_us": round(wall[min(int(n * 0.99), n - 1)])}
     finally:
         await conn.close()
     return out
