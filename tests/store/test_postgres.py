@@ -203,6 +203,21 @@ async def test_under_load_a_group_waits_for_the_publishers_its_last_commit_answe
     assert store.committer.groups == groups + 2
 
 
+async def test_a_batch_request_counts_as_one_publisher_to_wait_for(nodes, monkeypatch):
+    # A batch's items come from one request: once answered, one caller may
+    # publish again, not one per item.  Counted per item, the next publish
+    # waited the whole GATHER for callers that do not exist.
+    monkeypatch.setattr(committer, "IDLE_GAP", 60.0)
+    monkeypatch.setattr(committer, "GATHER", 60.0, raising=False)
+    store = nodes[0]
+    await publish(store, note(users=["x"]))
+    outs = await store.publish_many(APP, [note(users=[u]) for u in ("u", "v", "w")],
+                                    fanout_threshold=100, window=3600)
+    assert [o.status for o in outs] == ["accepted"] * 3
+    out = await asyncio.wait_for(publish(store, note(users=["u"])), 10)
+    assert [d.seq for d in out.deliveries] == [2]
+
+
 async def test_a_failing_publish_fails_alone_and_the_rest_of_its_group_commits(nodes):
     store = nodes[0]
     first = note(users=["u"])

@@ -208,8 +208,9 @@ class Committer:
                 try:
                     await self._commit(key[0], key[1], group)
                     # these callers are likely to publish again: the next
-                    # group waits for them (GATHER)
-                    self._out += len(group)
+                    # group waits for them (GATHER); a batch request's run
+                    # is one caller
+                    self._out += sum(p.run is None or p is p.run[0] for p in group)
                 except BaseException as exc:  # never leave a caller waiting
                     for p in group:
                         _settle(p.fut, exc=exc if isinstance(exc, Exception)
