@@ -25,7 +25,9 @@ KEY_FIGURES = {
               "hello_p99_ms", "delivery_p50_ms", "delivery_p99_ms", "page_server_cpu_us",
               "counts_server_cpu_us", "hello_server_cpu_us", "delivery_server_cpu_us",
               "page_changed_p50_ms", "page_changed_p99_ms", "counts_changed_p50_ms",
-              "counts_changed_p99_ms"],
+              "counts_changed_p99_ms", "page_cut_p50_pct", "page_cut_p99_pct",
+              "counts_cut_p50_pct", "counts_cut_p99_pct", "delivery_cut_p50_pct",
+              "delivery_cut_p99_pct"],
     "dashboard": ["p50_ms", "p99_ms", "max_ms", "server_cpu_ms_per_s", "errors",
                   "viewer_snapshots"],
     "latency": ["lat_p50_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
@@ -363,14 +365,24 @@ def run_scenario(a: argparse.Namespace) -> list[dict]:
               flush=True)
         return rec
 
-    # cache: the modes take turns run by run (on, off, on, off, ...), so that a
-    # burst of other work on a shared machine falls on both modes alike, not
-    # on all the runs of one of them
+    # cache: both modes in every run, two servers side by side taking turns
+    # request by request (bench/cache.py), so that a burst of other work on
+    # a shared machine falls on both alike; each run's cuts (on against off)
+    # are reported, and their median across runs
     groups: list[list[dict]] = [[] for _ in variants]
-    if a.scenario == "cache":
+    if a.scenario == "cache" and len(variants) == 2:
+        from bench.cache import run_pair
         for i in range(a.runs):
+            t0 = time.monotonic()
+            pair = dict(zip(("on", "off"), run_pair(a, cpus), strict=True))
             for j, variant in enumerate(variants):
-                groups[j].append(one(variant, i))
+                rec = {"scenario": a.scenario, "invocation": inv, "run": i + 1,
+                       "label": a.label, "commit": commit, "command": argv,
+                       "seconds": round(time.monotonic() - t0, 1), **pair[variant]}
+                results.append(path, rec)
+                print(f"[{name_of(variant)} run {i + 1}/{a.runs}] "
+                      f"{({k: rec.get(k) for k in figures})}", flush=True)
+                groups[j].append(rec)
     records = []
     for variant, group in zip(variants, groups, strict=True):
         name = name_of(variant)

@@ -2,11 +2,20 @@
 configuration (PostgreSQL store, Redis broker).
 
 docs/design.md §5: with the cache, delivery time must be >= 40% lower and inbox /
-counts latency >= 50% lower than without it.  One run starts a fresh server
-(``TIDINGS_CACHE=true`` or ``false``) on a fresh PostgreSQL schema, connects
-``--users`` devices (one WebSocket each, so each user's channel is live on
-the node, as it is for anyone who has the app open), fills each inbox with
-``--fill`` notifications, then measures, closed loop, one request at a time:
+counts latency >= 50% lower than without it.  One run starts two fresh
+servers side by side, one with the cache (``TIDINGS_CACHE=true``) and one
+without, each on a fresh PostgreSQL schema; each connects ``--users``
+devices (one WebSocket each, so each user's channel is live on the node, as
+it is for anyone who has the app open) and fills each inbox with ``--fill``
+notifications.  Then it measures, closed loop, one request at a time, the
+two servers taking turns request by request (on, off, then off, on, ...):
+whatever else a shared machine does then falls on both modes alike, where
+runs of one mode after the other let a burst of other work land on one of
+them (the cut of delivery at p50 moved from 33% to 44% between two such
+sets).  Each run's records carry its cuts, ``<kind>_cut_<p50|p99>_pct``
+(how much lower the figure is with the cache, in that run); the figure to
+report is their median across runs.  ``--cache on`` or ``off`` alone runs
+one server.  The kinds:
 
 * ``page``: ``GET /v1/me/notifications?limit=20`` for a random user (a device
   opening its inbox);
@@ -46,8 +55,9 @@ The devices are picows clients on uvloop, as ``bench latency``'s: with the
 each frame added the same time to both modes and hid part of the ratio.
 
 Latencies are wall-clock on a shared machine: the figure to trust is the
-ratio between the two modes within one invocation, and the server CPU per
-operation beside it.
+cut between the two modes within one run, and the server CPU per operation
+beside it (each server's own CPU over the phase, divided by its own
+requests).
 """
 
 from __future__ import annotations
@@ -122,105 +132,175 @@ async def _device(ws_url: str, token: str, inbox: dict, user: str) -> _Device:
     return await _Device(inbox, user).open(ws_url, token)
 
 
-async def _one_run(opts, cache: bool, store: str) -> dict:
-    env = {"TIDINGS_CACHE": "true" if cache else "false", "TIDINGS_BROKER": opts.broker,
-           "TIDINGS_KEY_RATE": str(opts.key_rate)}
-    srv = TidingsServer(cpu=opts.server_cpu or None, env=env, store=store)
-    # `tidings app create` runs before the server: the schema is migrated already
-    with srv:
-        sampler = ProcSampler(srv.pid)
-        users = [f"u{i}" for i in range(opts.users)]
-        tokens = {u: srv.token(u) for u in users}
-        waiters: dict = {}
-        devices = [await _device(srv.ws_url, tokens[u], waiters, u) for u in users]
-        for u in users:
-            await asyncio.wait_for(waiters.setdefault(("hello", u), asyncio.Event()).wait(), 30)
-        api = HttpClient(srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"})
+class _Side:
+    """One server (cache on or off) with its devices and clients."""
+
+    def __init__(self, opts, cache: bool, store: str):
+        self.cache = cache
+        env = {"TIDINGS_CACHE": "true" if cache else "false", "TIDINGS_BROKER": opts.broker,
+               "TIDINGS_KEY_RATE": str(opts.key_rate)}
+        # `tidings app create` runs before the server: the schema is migrated already
+        self.srv = TidingsServer(cpu=opts.server_cpu or None, env=env, store=store)
+        self.users = [f"u{i}" for i in range(opts.users)]
+        self.waiters: dict = {}
+        self.devices: list[_Device] = []
+        self.out: dict = {"cache": cache}
+        self.hists: dict = {}
+        self.cpu: dict = {}
+
+    async def open(self, opts) -> None:
+        srv = self.srv
+        srv.start()
+        self.sampler = ProcSampler(srv.pid)
+        self.tokens = {u: srv.token(u) for u in self.users}
+        for u in self.users:
+            self.devices.append(await _device(srv.ws_url, self.tokens[u], self.waiters, u))
+        for u in self.users:
+            await asyncio.wait_for(
+                self.waiters.setdefault(("hello", u), asyncio.Event()).wait(), 30)
+        self.api = HttpClient(srv.host, srv.port, {"Authorization": f"Bearer {srv.api_key}"})
+        users = self.users
         for start in range(0, opts.fill * len(users), 500):
             batch = [{"to": {"users": [users[(start + i) % len(users)]]}, "title": f"fill{i}"}
                      for i in range(min(500, opts.fill * len(users) - start))]
-            status, body = await api.post_json("/v1/notifications/batch",
-                                               {"notifications": batch})
+            status, body = await self.api.post_json("/v1/notifications/batch",
+                                                    {"notifications": batch})
             assert status == 202, body[:200]
-        await asyncio.sleep(1.0)  # let the fill's live deliveries drain
+        self.user_http = HttpClient(srv.host, srv.port)
 
-        rng = random.Random(7)
-        user_http = HttpClient(srv.host, srv.port)
-        out: dict = {"cache": cache}
-
-        async def measure(kind: str, op) -> None:
-            h = hist.new()
-            cpu0 = sampler.cpu()
-            for i in range(opts.requests):
-                t0 = time.perf_counter_ns()
-                await op(i)
-                hist.record_ns(h, time.perf_counter_ns() - t0)
-            cpu = sampler.cpu() - cpu0
-            out.update(hist.summary(h, kind))
-            out[f"{kind}_server_cpu_us"] = round(cpu / opts.requests * 1e6, 1)
-
-        async def get(u: str, path: str) -> None:
-            status, _ = await user_http.send(user_http.build(
-                "GET", path, headers={"Authorization": f"Bearer {tokens[u]}"}))
-            assert status == 200
-
-        async def page(i: int) -> None:
-            await get(rng.choice(users), PAGE)
-
-        async def counts(i: int) -> None:
-            await get(rng.choice(users), COUNTS)
-
-        async def hello(i: int) -> None:
-            u = rng.choice(users)
-            key = ("hello", f"{u}#{i}")
-            ws = await _device(srv.ws_url, tokens[u], waiters, f"{u}#{i}")
-            await waiters.setdefault(key, asyncio.Event()).wait()
-            waiters.pop(key, None)
+    def close(self) -> None:
+        for ws in self.devices:
             ws.close()
+        for client in ("api", "user_http"):
+            if hasattr(self, client):
+                getattr(self, client).close()
+        self.srv.stop()
 
-        async def notify(u: str, title: str) -> None:
-            """Publish ``title`` to ``u``; return once the device has it."""
-            done = waiters[title] = asyncio.Event()
-            status, body = await api.post_json("/v1/notifications",
-                                               {"to": {"users": [u]}, "title": title})
-            assert status == 202, body[:200]
-            await asyncio.wait_for(done.wait(), 10)
+    async def get(self, u: str, path: str) -> None:
+        status, _ = await self.user_http.send(self.user_http.build(
+            "GET", path, headers={"Authorization": f"Bearer {self.tokens[u]}"}))
+        assert status == 200
 
-        async def delivery(i: int) -> None:
-            await notify(rng.choice(users), f"m{i}")
+    async def notify(self, u: str, title: str) -> None:
+        """Publish ``title`` to ``u``; return once the device has it."""
+        done = self.waiters[title] = asyncio.Event()
+        status, body = await self.api.post_json("/v1/notifications",
+                                                {"to": {"users": [u]}, "title": title})
+        assert status == 202, body[:200]
+        await asyncio.wait_for(done.wait(), 10)
 
-        async def changed() -> None:
-            """The first page and counts reads after a notification, per request."""
-            hp, hc = hist.new(), hist.new()
-            for i in range(opts.requests):
-                u = rng.choice(users)
-                await notify(u, f"c{i}")
-                for h, path in ((hp, PAGE), (hc, COUNTS)):
-                    t0 = time.perf_counter_ns()
-                    await get(u, path)
-                    hist.record_ns(h, time.perf_counter_ns() - t0)
-            out.update(hist.summary(hp, "page_changed"))
-            out.update(hist.summary(hc, "counts_changed"))
+    async def hello(self, u: str, i: int) -> None:
+        key = ("hello", f"{u}#{i}")
+        ws = await _device(self.srv.ws_url, self.tokens[u], self.waiters, f"{u}#{i}")
+        await self.waiters.setdefault(key, asyncio.Event()).wait()
+        self.waiters.pop(key, None)
+        ws.close()
 
-        for kind, op in (("page", page), ("counts", counts), ("hello", hello),
-                         ("delivery", delivery)):
-            if kind in ("page", "counts"):
-                # each device has opened its inbox since the fill (see the docstring)
+    def record(self, kind: str, ns: int) -> None:
+        hist.record_ns(self.hists.setdefault(kind, hist.new()), ns)
+
+
+async def _timed(side: _Side, kind: str, op) -> int:
+    t0 = time.perf_counter_ns()
+    await op
+    ns = time.perf_counter_ns() - t0
+    side.record(kind, ns)
+    return ns
+
+
+async def _measure(opts, sides: list[_Side]) -> None:
+    """Every kind, the sides taking turns request by request (in the order
+    A B, then B A, ...), so that whatever else the machine does falls on
+    both alike; each side's request goes to a user drawn for it."""
+    rng = random.Random(7)
+    users = sides[0].users
+    n = opts.requests
+
+    def order(i: int) -> list[_Side]:
+        return sides if i % 2 == 0 else sides[::-1]
+
+    async def phase(kind: str, op) -> None:
+        cpu0 = {id(s): s.sampler.cpu() for s in sides}
+        for i in range(n):
+            for side in order(i):
+                await _timed(side, kind, op(side, i))
+        for s in sides:
+            s.out[f"{kind}_server_cpu_us"] = round(
+                (s.sampler.cpu() - cpu0[id(s)]) / n * 1e6, 1)
+
+    await asyncio.sleep(1.0)  # let the fill's live deliveries drain
+    for kind in ("page", "counts", "hello", "delivery"):
+        if kind in ("page", "counts"):
+            # each device has opened its inbox since the fill (see the docstring)
+            for s in sides:
                 for u in users:
-                    await get(u, PAGE if kind == "page" else COUNTS)
-            await measure(kind, op)
-        await changed()
-        for ws in devices:
-            ws.close()
-        api.close()
-        user_http.close()
+                    await s.get(u, PAGE if kind == "page" else COUNTS)
+        if kind == "page":
+            await phase(kind, lambda s, i: s.get(rng.choice(users), PAGE))
+        elif kind == "counts":
+            await phase(kind, lambda s, i: s.get(rng.choice(users), COUNTS))
+        elif kind == "hello":
+            await phase(kind, lambda s, i: s.hello(rng.choice(users), i))
+        else:
+            await phase(kind, lambda s, i: s.notify(rng.choice(users), f"m{i}"))
+    # the first page and counts reads after a notification (not timed)
+    for i in range(n):
+        for side in order(i):
+            u = rng.choice(users)
+            await side.notify(u, f"c{i}")
+            await _timed(side, "page_changed", side.get(u, PAGE))
+            await _timed(side, "counts_changed", side.get(u, COUNTS))
+    for s in sides:
+        for kind in (*KINDS,):
+            s.out.update(hist.summary(s.hists[kind], kind))
+
+
+def _cuts(on: dict, off: dict) -> dict:
+    """How much lower each figure is with the cache, in %, within one run."""
+    out = {}
+    for kind in ("page", "counts", "delivery"):
+        for q in ("p50", "p99"):
+            a, b = on.get(f"{kind}_{q}_ms"), off.get(f"{kind}_{q}_ms")
+            if a is not None and b:
+                out[f"{kind}_cut_{q}_pct"] = round(100 * (1 - a / b), 1)
     return out
+
+
+async def _run(opts, modes: list[bool], stores: list[str]) -> list[dict]:
+    sides = [_Side(opts, cache, store) for cache, store in zip(modes, stores, strict=True)]
+    try:
+        for s in sides:
+            await s.open(opts)
+        await _measure(opts, sides)
+    finally:
+        for s in sides:
+            s.close()
+    outs = [s.out for s in sides]
+    if len(sides) == 2:
+        on, off = (outs if modes[0] else outs[::-1])
+        cuts = _cuts(on, off)
+        for o in outs:
+            o.update(cuts)
+    return outs
 
 
 def run_once(opts, cpus, cache: bool) -> dict:
     """One run in one mode, on a fresh schema (dropped after)."""
     with fresh_schema(opts.store, "bench_cache") as store:
         # uvloop, as bench latency's clients: the client's share stays small
-        rec = uvloop.run(_one_run(opts, cache, store))
+        rec = uvloop.run(_run(opts, [cache], [store]))[0]
     rec.update(users=opts.users, fill=opts.fill, requests=opts.requests, key_rate=opts.key_rate)
     return rec
+
+
+def run_pair(opts, cpus) -> list[dict]:
+    """One run of both modes side by side: a server with the cache and one
+    without, each on a fresh schema, measured in turns request by request.
+    Returns the two records, cache on first; each carries the run's cuts."""
+    with fresh_schema(opts.store, "bench_cache") as on, \
+            fresh_schema(opts.store, "bench_cache") as off:
+        recs = uvloop.run(_run(opts, [True, False], [on, off]))
+    for rec in recs:
+        rec.update(users=opts.users, fill=opts.fill, requests=opts.requests,
+                   key_rate=opts.key_rate)
+    return recs

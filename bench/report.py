@@ -41,7 +41,8 @@ COLUMNS["cache"] = ["page_p50_ms", "page_p99_ms", "counts_p50_ms", "counts_p99_m
                     "hello_p50_ms", "hello_p99_ms", "delivery_p50_ms", "delivery_p99_ms",
                     "page_server_cpu_us", "counts_server_cpu_us", "hello_server_cpu_us",
                     "delivery_server_cpu_us", "page_changed_p50_ms", "page_changed_p99_ms",
-                    "counts_changed_p50_ms", "counts_changed_p99_ms"]
+                    "counts_changed_p50_ms", "counts_changed_p99_ms", "delivery_cut_p50_pct",
+                    "delivery_cut_p99_pct"]
 COLUMNS["latency"] = ["lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_p99_9_ms", "lat_max_ms",
                       "server_cpu_us_per_delivery", "server_cpu_us_per_publish", "server_busy",
                       "publish_rate", "lost", "ack_p99_ms", "send_lag_p99_ms", "other_cpu_s"]

@@ -148,3 +148,20 @@ def test_pgfloor_runs_the_stores_own_statements(tmp_path):
     assert all(r["publishes_per_s"] > 0 for r in rows)
     assert all(r["wal_flushes_per_s"] > 0 for r in rows[:2])
     assert rows[2]["pg_cpu_us"] > 0 and rows[2]["per_statement"] >= 1
+
+
+@pytest.mark.timeout(120)  # two servers, two schemas
+def test_tiny_cache_run_measures_both_modes_in_turns_with_the_runs_cuts(tmp_path):
+    pytest.importorskip("hdrh", reason="hdrhistogram (test/bench extra) is not installed")
+    from tests.services import require_postgres, require_redis
+
+    records = _run_bench(tmp_path, "cache", "--store", require_postgres(), "--broker",
+                         require_redis(), "--users", "5", "--fill", "2", "--requests", "6")
+    on, off = records
+    assert (on["cache"], off["cache"]) == (True, False)
+    assert on["run"] == off["run"] == 1 and on["invocation"] == off["invocation"]
+    for rec in records:  # every kind measured on both servers
+        assert rec["delivery_count"] == rec["page_count"] == rec["page_changed_count"] == 6
+    # the run's cut, from the two servers' figures of that run
+    assert on["delivery_cut_p50_pct"] == off["delivery_cut_p50_pct"] == round(
+        100 * (1 - on["delivery_p50_ms"] / off["delivery_p50_ms"]), 1)
