@@ -23,7 +23,9 @@ one server.  The kinds:
 * ``hello``: a second device of a random user connects; time to its hello
   (token check, memberships, head, counts);
 * ``delivery``: ``POST /v1/notifications`` to a random user, time until that
-  user's device has the notification (publish -> device);
+  user's device has the notification (publish -> device: when the device's
+  listener got the frame, whether the publisher's answer came first or
+  not); ``answer``: the same requests' time to the publisher's 202;
 * ``page_changed`` / ``counts_changed``: a notification to a random user,
   then, once the device has it (not timed), that user's page and then counts:
   the first reads after a change, which the cache cannot answer (it answers
@@ -80,6 +82,17 @@ PAGE = "/v1/me/notifications?limit=20"
 HELLO = b'"type":"hello"'
 TITLE = re.compile(rb'"title":"([^"]*)"')
 COUNTS = "/v1/me/counts"
+
+
+class _Arrival(asyncio.Event):
+    """A notification's waiter: set by the device's listener when the frame
+    arrives, and when (``at``, perf_counter ns)."""
+
+    at = 0
+
+    def set(self) -> None:
+        self.at = time.perf_counter_ns()
+        super().set()
 
 
 class _Device:
@@ -181,13 +194,25 @@ class _Side:
             "GET", path, headers={"Authorization": f"Bearer {self.tokens[u]}"}))
         assert status == 200
 
-    async def notify(self, u: str, title: str) -> None:
-        """Publish ``title`` to ``u``; return once the device has it."""
-        done = self.waiters[title] = asyncio.Event()
+    async def notify(self, u: str, title: str) -> tuple[int, int]:
+        """Publish ``title`` to ``u``; return once the device has it and the
+        publisher has its answer, with when each happened (perf_counter ns)."""
+        done = self.waiters[title] = _Arrival()
         status, body = await self.api.post_json("/v1/notifications",
                                                 {"to": {"users": [u]}, "title": title})
+        answered = time.perf_counter_ns()
         assert status == 202, body[:200]
         await asyncio.wait_for(done.wait(), 10)
+        return done.at, answered
+
+    async def delivery(self, u: str, title: str) -> None:
+        """``delivery``: from the request to the frame's arrival at the device,
+        whether the publisher's answer came before it or after (the answer's
+        own time is ``answer``)."""
+        t0 = time.perf_counter_ns()
+        arrived, answered = await self.notify(u, title)
+        self.record("delivery", arrived - t0)
+        self.record("answer", answered - t0)
 
     async def hello(self, u: str, i: int) -> None:
         key = ("hello", f"{u}#{i}")
@@ -223,7 +248,10 @@ async def _measure(opts, sides: list[_Side]) -> None:
         cpu0 = {id(s): s.sampler.cpu() for s in sides}
         for i in range(n):
             for side in order(i):
-                await _timed(side, kind, op(side, i))
+                if kind == "delivery":
+                    await op(side, i)  # times itself (_Side.delivery)
+                else:
+                    await _timed(side, kind, op(side, i))
         for s in sides:
             s.out[f"{kind}_server_cpu_us"] = round(
                 (s.sampler.cpu() - cpu0[id(s)]) / n * 1e6, 1)
@@ -242,7 +270,7 @@ async def _measure(opts, sides: list[_Side]) -> None:
         elif kind == "hello":
             await phase(kind, lambda s, i: s.hello(rng.choice(users), i))
         else:
-            await phase(kind, lambda s, i: s.notify(rng.choice(users), f"m{i}"))
+            await phase(kind, lambda s, i: s.delivery(rng.choice(users), f"m{i}"))
     # the first page and counts reads after a notification (not timed)
     for i in range(n):
         for side in order(i):
@@ -251,7 +279,7 @@ async def _measure(opts, sides: list[_Side]) -> None:
             await _timed(side, "page_changed", side.get(u, PAGE))
             await _timed(side, "counts_changed", side.get(u, COUNTS))
     for s in sides:
-        for kind in (*KINDS,):
+        for kind in (*KINDS, "answer"):
             s.out.update(hist.summary(s.hists[kind], kind))
 
 
