@@ -245,3 +245,44 @@ async def _true(value) -> bool:
 
 async def _settled(hub) -> bool:
     return not hub._here
+
+
+@pytest.mark.timeout(60)
+async def test_a_device_on_the_publishing_node_is_written_to_before_the_publisher_is_answered(
+        tmp_path, monkeypatch):
+    """With the cache on, a node hands what it commits to its own live
+    devices at once (Hub.deliver_here), and the frame is written in the
+    publish request's own step, before the answer: the answer's socket
+    write no longer comes first on the delivery's path (bench cache)."""
+    from tidings.api import uvicorn_http
+
+    async with two_nodes(tmp_path) as (a, _):
+        hub = a.service.hub
+        writes: list[str] = []
+        flush = hub._flush
+
+        def traced_flush() -> None:
+            if hub._dirty:
+                writes.append("frame")
+            flush()
+
+        hub._flush = traced_flush
+        answer = uvicorn_http.TidingsHttpProtocol._answer
+
+        def traced_answer(self, req, *args) -> None:
+            if req.route.path == "/v1/notifications":
+                writes.append("answer")
+            answer(self, req, *args)
+
+        monkeypatch.setattr(uvicorn_http.TidingsHttpProtocol, "_answer", traced_answer)
+        token = await a.token("gus")
+        ws = await ws_connect(a, token)
+        await recv_events(ws, 1)  # hello: gus is live on node a
+        writes.clear()
+        async with a.http() as http:
+            r = await http.post("/v1/notifications",
+                                json={"to": {"users": ["gus"]}, "title": "first"})
+            assert r.status_code == 202
+        assert [e["type"] for e in await recv_events(ws, 1)] == ["notification"]
+        assert writes == ["frame", "answer"]
+        await ws.close()
