@@ -142,7 +142,10 @@ async def test_webhooks_and_push_carry_it_as_published_and_the_mail_renders_it(t
             await until(lambda: _all(receiver.accepted))  # at once; push and mail wait
             advance(server, HOUR + 1)
             await until(lambda: _all(stub.received, mailbox.messages))
-    (hooked,) = receiver.accepted
+    # one delivery; at least once: the clock's jump of an hour can expire the
+    # lease of an attempt whose answer the busy server had not yet recorded
+    assert len(receiver.attempts) == 1, receiver.attempts
+    hooked = receiver.accepted[0]
     assert hooked["notification"]["format"] == "markdown"
     assert hooked["notification"]["body"] == BODY
     (pushed,) = stub.received
