@@ -12,6 +12,10 @@ different ``--count`` and the difference of their instructions, divided by
 the difference of the counts, give the writer's instructions per publish
 without the start-up (docs/delivery.md, "Where a single publish's CPU goes").
 Every group holds ``--concurrency`` publishes (see ``run``).
+
+``--topic N`` measures write fan-out instead: N users follow one topic and
+every publish goes to it (N inbox rows each, N at most the fan-out
+threshold); the figures are then also given per recipient.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from tidings.store.base import NewNotification
 from tidings.store.sqlite import SQLiteStore
 
 APP = "bench"
+TOPIC = "bench"
 
 
 def _cpu(tid: int) -> tuple[float, float]:
@@ -56,13 +61,20 @@ async def run(args: argparse.Namespace) -> None:
             users = [f"user-{i}" for i in range(args.users)]
             per = args.count // args.concurrency
             body = msgspec.json.encode({"title": "hello", "body": "x" * 60})
+            fanout = args.topic
+            if fanout:
+                await store.subscribe(APP, TOPIC, [f"member-{i}" for i in range(fanout)])
 
             async def publisher(k: int) -> None:
                 for i in range(per):
-                    user = users[(k * per + i) % len(users)]
+                    if fanout:
+                        target: tuple = (None, TOPIC)
+                    else:
+                        target = ([users[(k * per + i) % len(users)]], None)
                     await store.publish(APP, NewNotification(
-                        new_id(), "default", body, time.time(), None, [user], None, False,
-                        None, "", None, None, []), fanout_threshold=100, window=3600)
+                        new_id(), "default", body, time.time(), None, *target, False,
+                        None, "", None, None, []), fanout_threshold=max(fanout, 100),
+                        window=3600)
 
             await asyncio.gather(*(publisher(k) for k in range(min(args.concurrency, 64))))
             commits0, jobs0 = writer.commits, writer.jobs_done  # after a warm-up round
@@ -77,6 +89,10 @@ async def run(args: argparse.Namespace) -> None:
                   f"writer user {(u1 - u0) / jobs * 1e6:.1f} us  "
                   f"kernel {(s1 - s0) / jobs * 1e6:.1f} us  "
                   f"wall {wall / jobs * 1e6:.1f} us  writer tid {writer.native_id}")
+            if fanout:
+                n = jobs * fanout
+                print(f"recipients {n}  writer user {(u1 - u0) / n * 1e6:.2f} us  "
+                      f"kernel {(s1 - s0) / n * 1e6:.2f} us per recipient")
         finally:
             await store.close()
 
@@ -86,6 +102,8 @@ def main() -> None:
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--users", type=int, default=1_000)
+    p.add_argument("--topic", type=int, default=0, metavar="N",
+                   help="publish to a topic of N members (write fan-out)")
     p.add_argument("--dir", default=None, help="where the temporary database goes")
     asyncio.run(run(p.parse_args()))
 
