@@ -2274,3 +2274,43 @@ async def test_a_snoozed_entry_is_out_of_pages_counts_and_replay_until_it_is_bac
     assert [(e.id, e.seq, e.key is not None) for e in personal] == [(ids[1], 4, True),
                                                                       (ids[0], 5, True)]
     assert (await db.stream_head(A, "u", now)).head_seq == 5
+
+
+async def test_a_notification_of_1000_recipients_finds_each_entry_wherever_it_went(db):
+    """Retract, correct, counts by state, receipts and timelines find a
+    fan-out's entries by notification: plain ones, one back from a snooze
+    at a later seq, and a user id that JSON escapes (the SQLite store keeps
+    no inbox index by notification id since v23)."""
+    users = [f"u{i:04d}" for i in range(998)] + ['q"uo\\te', "bäck"]
+    await db.subscribe(A, "crowd", users)
+    out = await publish(db, A, note(topic="crowd"), threshold=1000)
+    other = await publish(db, A, note(users=["u0001", "bäck"]))
+    assert out.recipients == 1000
+    now = time.time()
+    await db.snooze(A, "bäck", [out.id], now + 60, now)
+    (back,) = await db.resurface(A, "bäck", [out.id], now)
+    assert back.entry.seq == 3  # a later seq than its publish gave it
+    assert await db.set_state(A, "bäck", [out.id], "read", now) == [out.id]
+    assert await db.set_state(A, 'q"uo\\te', [out.id], "seen", now) == [out.id]
+    assert await db.set_state(A, "u0001", [out.id], "archived", now) == [out.id]
+    stored = await db.get_notification(A, out.id)
+    assert stored is not None
+    assert stored.stats == {"unseen": 997, "seen": 1, "read": 1, "archived": 1}
+    assert sorted(await db.recipients_of(A, out.id)) == sorted(users)
+    for user in ("bäck", 'q"uo\\te', "u0500"):
+        timeline = await db.timeline(A, out.id, user)
+        assert timeline is not None and timeline.recipient
+    assert (await db.timeline(A, out.id, "bäck")).read_at == now
+    assert not (await db.timeline(A, out.id, "stranger")).recipient
+    await db.record_receipts([(A, out.id, "delivered", u, "d1", None, now)
+                              for u in ("bäck", 'q"uo\\te', "u0007", "stranger")])
+    assert await db.receipt_counts(A, out.id) == {"delivered": 3}
+
+    assert (await db.update_notification(A, out.id, b'{"title": "fixed"}')) is not None
+    gone = await db.delete_notification(A, out.id, now)
+    assert gone is not None and sorted(gone.users) == sorted(users)
+    assert len(gone.unread) == 998  # all but the read one and the archived one
+    for user in ("bäck", 'q"uo\\te', "u0001", "u0999"):
+        assert out.id not in await inbox_ids(db, A, user, state="all", now=now)
+    assert await inbox_ids(db, A, "bäck", now=now) == [other.id]
+    assert sorted(await db.recipients_of(A, other.id)) == ["bäck", "u0001"]

@@ -621,3 +621,102 @@ async def test_the_writer_stores_an_expiry_and_its_absence(db, path):
     assert inbox == {(never.id, "u", None, "null"), (never.id, "v", None, "null"),
                      (soon.id, "u", soon.expires_at, "real")}
     assert notes == {(never.id, None, "null"), (soon.id, soon.expires_at, "real")}
+
+
+def _plan(conn: sqlite3.Connection, sql: str, args: tuple) -> list[str]:
+    return [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+
+
+async def test_a_recipient_costs_one_inbox_row_and_its_notification_names_its_seq(db, path):
+    """v23: no index on the inbox by notification id (one B-tree entry less
+    per recipient). A notification's row names its plain entries' seqs, and
+    what finds a notification's entries, or one user's, searches keys: it
+    never walks a user's rows, nor the app's."""
+    from tidings.store.sqlite import entries
+
+    out = await publish(db, note(["u", "v", 'w"\\x']))
+    one = await publish(db, note(["u"]))
+    conn = sqlite3.connect(path)
+    entries.register(conn)
+    try:
+        indexes = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='inbox'")}
+        assert "inbox_nid" not in indexes and "inbox_back" in indexes
+        seqs = dict(conn.execute("SELECT id, seqs FROM notifications").fetchall())
+        assert msgspec.json.decode(seqs[out.id]) == {"u": 1, "v": 1, 'w"\\x': 1}
+        assert msgspec.json.decode(seqs[one.id]) == {"u": 2}
+        assert conn.execute("SELECT seq_of(seqs, 'w\"\\x'), seq_of(seqs, 'v'), "
+                            "seq_of(seqs, 'x') FROM notifications WHERE id=?",
+                            (out.id,)).fetchone() == (1, 1, None)
+        plans = [
+            *_plan(conn, f"DELETE FROM inbox WHERE {entries.PLAIN}", (APP, out.id)),
+            *_plan(conn, f"DELETE FROM {entries.BACK} WHERE {entries.BACK_WHERE}",
+                   (APP, out.id)),
+            *_plan(conn, entries.user_entries("?1", "?2", "?3,?4"), (APP, "u", out.id, "x")),
+        ]
+    finally:
+        conn.close()
+    inbox = [p for p in plans if "inbox" in p or p.startswith("SEARCH i ")]
+    assert inbox and all(
+        "(app_id=? AND user_id=? AND seq=?)" in p or "inbox_back" in p or "inbox_gid" in p
+        for p in inbox), plans
+    assert not [p for p in plans if p.startswith("SCAN") and "VIRTUAL TABLE" not in p], plans
+
+
+async def test_a_file_at_v22_migrates_to_seqs_on_notifications(path):
+    """A file at v22: migrating names each notification's plain entries on
+    its row (a snoozed entry that came back, and group entries, are found
+    otherwise) and drops inbox_nid; the store then counts, marks, retracts
+    them as before. Running v23 again (version set back) changes nothing."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for _, script in migrations.scripts("sqlite")[:22]:
+            conn.executescript(script)
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '22')")
+            conn.execute("INSERT INTO notifications(app_id, id, category, body, recipients, "
+                         "created_at) VALUES (?, 'n1', 'default', '{}', 3, 1.0), "
+                         "(?, 'n2', 'default', '{}', 1, 2.0)", (APP, APP))
+            conn.executemany(
+                "INSERT INTO inbox(app_id, user_id, seq, nid, state, created_at, page_key, gid) "
+                "VALUES (?,?,?,?,?,1.0,?,?)",
+                [(APP, "u", 1, "n1", 0, None, None), (APP, 'q"\\', 1, "n1", 2, None, None),
+                 (APP, "v", 5, "n1", 0, "k1", None),  # back from a snooze
+                 (APP, "u", 2, "n2", 0, None, "n2")])  # a group entry
+            conn.executemany("INSERT INTO streams VALUES (?, ?, 'e', ?, 0)",
+                             [(APP, "u", 2), (APP, 'q"\\', 1), (APP, "v", 5)])
+    finally:
+        conn.close()
+    assert migrate(path) == [23]
+    conn = sqlite3.connect(path)
+    try:
+        seqs = dict(conn.execute("SELECT id, seqs FROM notifications").fetchall())
+        assert msgspec.json.decode(seqs["n1"]) == {"u": 1, 'q"\\': 1}
+        assert msgspec.json.decode(seqs["n2"]) == {}
+        with conn:
+            conn.execute("UPDATE meta SET value='22' WHERE key='schema_version'")
+    finally:
+        conn.close()
+    assert migrate(path) == [23]
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        stored = await store.get_notification(APP, "n1")
+        assert stored is not None and stored.stats == {
+            "unseen": 2, "seen": 0, "read": 1, "archived": 0}
+        assert sorted(await store.recipients_of(APP, "n1")) == ['q"\\', "u", "v"]
+        assert await store.set_state(APP, "v", ["n1"], "read", 3.0) == ["n1"]
+        gone = await store.delete_notification(APP, "n1", 3.0)
+        assert gone is not None and sorted(gone.users) == ['q"\\', "u", "v"]
+        assert gone.unread == ["u"]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT user_id, nid FROM inbox").fetchall() == [("u", "n2")]
+        assert conn.execute("SELECT count(*) FROM sqlite_master "
+                            "WHERE name='inbox_nid'").fetchone() == (0,)
+    finally:
+        conn.close()

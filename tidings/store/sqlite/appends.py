@@ -30,6 +30,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 
 from tidings.core.ids import new_epoch
+from tidings.store.sqlite.entries import one_seq
 
 __all__ = ["HEADS_CACHED", "STATEMENTS_CACHED", "WriterConnection"]
 
@@ -186,11 +187,12 @@ class WriterConnection(sqlite3.Connection):
             head = txn[key]
         txn[key] = head = (head[0], head[1] + 1)
         self._dirty.add(key)
+        seqs = one_seq(user, head[1])
         if expires is None:
-            self._notes_forever.append((app_id, nid, category, _blob(body), 1, created))
+            self._notes_forever.append((app_id, nid, category, _blob(body), 1, created, seqs))
             self._inbox_forever.append((app_id, user, head[1], nid, created))
         else:
-            self._notes.append((app_id, nid, category, _blob(body), 1, created, expires))
+            self._notes.append((app_id, nid, category, _blob(body), 1, created, expires, seqs))
             self._inbox.append((app_id, user, head[1], nid, created, expires))
         return head
 
@@ -210,12 +212,16 @@ class WriterConnection(sqlite3.Connection):
             txn[(app_id, user)] = found.get(user) or (new_epoch(), 0)
 
     def add_notification(self, row: tuple) -> None:
-        """``(app, id, category, body, recipients, created_at, expires_at)``"""
-        app_id, nid, category, body, recipients, created, expires = row
+        """``(app, id, category, body, recipients, created_at, expires_at,
+        seqs)``: ``seqs`` the JSON of its plain entries' seqs by user
+        (entries.py), or None when it writes none."""
+        app_id, nid, category, body, recipients, created, expires, seqs = row
         if expires is None:
-            self._notes_forever.append((app_id, nid, category, _blob(body), recipients, created))
+            self._notes_forever.append(
+                (app_id, nid, category, _blob(body), recipients, created, seqs))
         else:
-            self._notes.append((app_id, nid, category, _blob(body), recipients, created, expires))
+            self._notes.append(
+                (app_id, nid, category, _blob(body), recipients, created, expires, seqs))
 
     def add_entries(self, app_id: str, users: list[str], seqs: list[int], nid: str,
                     created_at: float, expires_at: float | None) -> None:
@@ -292,12 +298,12 @@ class WriterConnection(sqlite3.Connection):
             if self._notes_forever:
                 self._insert(
                     "notifications(committed_at, app_id, id, category, body, recipients, "
-                    "created_at) VALUES ", 6, self._notes_forever, first=committed)
+                    "created_at, seqs) VALUES ", 7, self._notes_forever, first=committed)
                 self._notes_forever.clear()
             if self._notes:
                 self._insert(
                     "notifications(committed_at, app_id, id, category, body, recipients, "
-                    "created_at, expires_at) VALUES ", 7, self._notes, first=committed)
+                    "created_at, expires_at, seqs) VALUES ", 8, self._notes, first=committed)
                 self._notes.clear()
         if self._inbox_forever:
             # in key order: each user's rows land on that user's pages together

@@ -19,6 +19,7 @@ from tidings.store.base import RECOUNT_MAX, Delivery, NewNotification, Pruned, P
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import schedule as _sched
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.entries import entry_seqs, seqs_json
 from tidings.store.sqlite.errors import transient
 from tidings.store.sqlite.outbound import insert_jobs_tx
 
@@ -127,10 +128,11 @@ def _publish(conn: WriterConnection, app_id: str, item: NewNotification, thresho
                 ))
         recipients = [u for u in users if u not in muted] if muted else users
         created, expires, nid = item.created_at, item.expires_at, item.id
-        conn.add_notification(
-            (app_id, nid, item.category, item.body, len(recipients), created, expires))
         epochs, seqs = conn.next_seqs(app_id, recipients)
         out.deliveries = list(map(Delivery, recipients, epochs, seqs))
+        # group entries are found through group_members: no seqs for them
+        conn.add_notification((app_id, nid, item.category, item.body, len(recipients), created,
+                               expires, None if item.group_key else seqs_json(recipients, seqs)))
         if item.group_key is None:
             conn.add_entries(app_id, recipients, seqs, nid, created, expires)
         else:
@@ -160,8 +162,9 @@ def _append(conn: WriterConnection, app_id: str, item: NewNotification,
         return PublishOutcome(nid, "accepted", 1, 0, [Delivery(user, epoch, seq)], None, None,
                               item.body)
     users = list(dict.fromkeys(users))
-    conn.add_notification((app_id, nid, item.category, item.body, len(users), created, expires))
     epochs, seqs = conn.next_seqs(app_id, users)
+    conn.add_notification((app_id, nid, item.category, item.body, len(users), created, expires,
+                           seqs_json(users, seqs)))
     conn.add_entries(app_id, users, seqs, nid, created, expires)
     return PublishOutcome(nid, "accepted", len(users), 0, list(map(Delivery, users, epochs, seqs)),
                           None, None, item.body)
@@ -239,11 +242,11 @@ def set_state_tx(conn, app_id: str, user: str, ids: list[str] | None, code: int,
     else:
         # an older member's id marks the group entry that holds it now
         ids = list(dict.fromkeys(ids + _groups.current_ids(conn, app_id, user, ids)))
-        for part in _chunks(ids):
+        for part in _chunks(entry_seqs(conn, app_id, user, ids)):
             marks = ",".join("?" * len(part))
             changed += [r[0] for r in conn.execute(
                 f"UPDATE inbox SET state=?{stamps} WHERE app_id=? AND user_id=? AND state<? "
-                f"AND (expires_at IS NULL OR expires_at>?) AND nid IN ({marks}) RETURNING nid",
+                f"AND (expires_at IS NULL OR expires_at>?) AND seq IN ({marks}) RETURNING nid",
                 (code, *times, app_id, user, code, now, *part),
             )]
         done = set(changed)

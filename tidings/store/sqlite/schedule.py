@@ -25,6 +25,7 @@ from tidings.store.base import (
 )
 from tidings.store.codec import decode_payload, edit_payload, encode_payload
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.entries import user_entries
 from tidings.store.sqlite.errors import transient
 
 __all__ = ["cancel_tx", "delivery_counts", "edit_tx", "fire_due_tx", "fired_unqueued",
@@ -201,7 +202,7 @@ def delivery_counts(conn: sqlite3.Connection, app_id: str, nid: str) -> dict[str
 _DEVICE = (
     "INSERT OR IGNORE INTO device_receipts(app_id, nid, kind, user_id, device, label, at) "
     "VALUES (?1, ?2, ?3, ?4, CASE WHEN (EXISTS ("
-    "SELECT 1 FROM inbox WHERE app_id=?1 AND nid=?2 AND user_id=?4) OR EXISTS ("
+    f"{user_entries('?1', '?4', '?2')}) OR EXISTS ("
     "SELECT 1 FROM notifications n WHERE n.app_id=?1 AND n.id=?2 AND n.feed_offset IS NOT NULL "
     "AND (n.audience='*' OR n.audience IN "
     "(SELECT topic FROM topic_subs WHERE app_id=?1 AND user_id=?4)))) AND ("

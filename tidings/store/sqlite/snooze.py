@@ -15,6 +15,7 @@ from tidings.store.base import Entry, Resurfaced
 from tidings.store.codec import group_view
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite.appends import WriterConnection
+from tidings.store.sqlite.entries import entry_seqs
 from tidings.store.sqlite.publish import bump_revs_tx
 
 __all__ = ["SNOOZED", "next_snooze", "resurface_tx", "snooze_tx", "wake_tx"]
@@ -28,12 +29,13 @@ def snooze_tx(conn: WriterConnection, app_id: str, user: str, ids: list[str], un
     # an older member's id names the group entry that holds it now
     ids = list(dict.fromkeys(ids + _groups.current_ids(conn, app_id, user, ids)))
     changed: list[str] = []
-    for i in range(0, len(ids), _CHUNK):
-        part = ids[i:i + _CHUNK]
+    seqs = entry_seqs(conn, app_id, user, ids)
+    for i in range(0, len(seqs), _CHUNK):
+        part = seqs[i:i + _CHUNK]
         changed += [r[0] for r in conn.execute(
             f"UPDATE inbox SET state={SNOOZED}, snoozed_until=? WHERE app_id=? AND user_id=? "
             f"AND state<>3 AND (expires_at IS NULL OR expires_at>?) "
-            f"AND nid IN ({','.join('?' * len(part))}) RETURNING nid",
+            f"AND seq IN ({','.join('?' * len(part))}) RETURNING nid",
             (until, app_id, user, now, *part))]
     if changed:
         bump_revs_tx(conn, app_id, [user])  # counts moved without a position
@@ -59,11 +61,12 @@ def resurface_tx(conn: WriterConnection, app_id: str, user: str, ids: list[str],
                  now: float) -> list[Resurfaced]:
     ids = list(dict.fromkeys(ids + _groups.current_ids(conn, app_id, user, ids)))
     seqs: list[int] = []
-    for i in range(0, len(ids), _CHUNK):
-        part = ids[i:i + _CHUNK]
+    found = entry_seqs(conn, app_id, user, ids)
+    for i in range(0, len(found), _CHUNK):
+        part = found[i:i + _CHUNK]
         seqs += [r[0] for r in conn.execute(
             f"SELECT seq FROM inbox WHERE app_id=? AND user_id=? AND state={SNOOZED} "
-            f"AND nid IN ({','.join('?' * len(part))})", (app_id, user, *part))]
+            f"AND seq IN ({','.join('?' * len(part))})", (app_id, user, *part))]
     return [_back(conn, app_id, user, seq, now) for seq in sorted(seqs)]
 
 

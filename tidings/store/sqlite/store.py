@@ -67,6 +67,7 @@ from tidings.store.sealed import (
     resealed,
     set_check,
 )
+from tidings.store.sqlite import entries as _entries
 from tidings.store.sqlite import groups as _groups
 from tidings.store.sqlite import publish as _tx
 from tidings.store.sqlite import schedule as _sched
@@ -222,6 +223,7 @@ def _connect(path: str, synchronous: str,
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
+    _entries.register(conn)
     return conn
 
 
@@ -782,8 +784,9 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
         if row[6] is None:
             # plain entries of nid, and the group entries holding it
             rows = self._q(
-                "SELECT state, count(*) FROM inbox WHERE app_id=? AND nid=? AND gid IS NULL "
-                "GROUP BY state", (app_id, nid),
+                f"SELECT state, count(*) FROM inbox WHERE {_entries.PLAIN} GROUP BY state "
+                f"UNION ALL SELECT state, count(*) FROM {_entries.BACK} "
+                f"WHERE {_entries.BACK_WHERE} GROUP BY state", (app_id, nid),
             ) + _groups.state_counts(self._reader, app_id, nid)
         else:
             rows = self._q(
@@ -824,10 +827,13 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
                 return None  # retracted meanwhile
             users, regrouped, unread = _groups.retract_tx(conn, app_id, nid, at)
             # its plain entries (a group entry holding it was rebuilt above)
-            for user, state, expires in conn.execute(
-                "DELETE FROM inbox WHERE app_id=? AND nid=? RETURNING user_id, state, expires_at",
+            for user, state, expires in [*conn.execute(
+                f"DELETE FROM inbox WHERE {_entries.PLAIN} RETURNING user_id, state, expires_at",
                 (app_id, nid),
-            ).fetchall():
+            ), *conn.execute(
+                f"DELETE FROM {_entries.BACK} WHERE {_entries.BACK_WHERE} "
+                "RETURNING user_id, state, expires_at", (app_id, nid),
+            )]:
                 users.append(user)
                 if state < 2 and (expires is None or expires > at):
                     unread.append(user)
@@ -839,9 +845,9 @@ class SQLiteStore(SQLiteKeys, SQLiteAudit, SQLiteOutbound, SQLiteDigests, Store)
 
     async def recipients_of(self, app_id, nid) -> list[str]:
         rows = self._q(
-            "SELECT user_id FROM inbox WHERE app_id=? AND nid=? "
-            "UNION SELECT user_id FROM group_members WHERE app_id=? AND nid=?",
-            (app_id, nid, app_id, nid),
+            f"SELECT user_id FROM inbox WHERE {_entries.PLAIN} "
+            f"UNION SELECT user_id FROM {_entries.BACK} WHERE {_entries.BACK_WHERE} "
+            "UNION SELECT user_id FROM group_members WHERE app_id=?1 AND nid=?2", (app_id, nid),
         )
         return [r[0] for r in rows]
 

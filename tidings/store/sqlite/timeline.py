@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from tidings.store.base import Attempt, DeviceReceipt, UserTimeline
+from tidings.store.sqlite.entries import user_entries
 
 __all__ = ["log_attempt_tx", "outbound_users", "prune_attempts_tx", "timeline"]
 
@@ -33,10 +34,12 @@ def timeline(conn: sqlite3.Connection, app_id: str, nid: str, user: str) -> User
     else:
         # a notification merged into a group entry is that entry's now
         times = conn.execute(
-            "SELECT seen_at, read_at, archived_at FROM inbox WHERE app_id=? AND user_id=? "
-            "AND (nid=? OR gid IN (SELECT gid FROM group_members "
-            "WHERE app_id=? AND user_id=? AND nid=?)) LIMIT 1",
-            (app_id, user, nid, app_id, user, nid)).fetchone()
+            "SELECT seen_at, read_at, archived_at FROM inbox WHERE app_id=?1 AND user_id=?2 "
+            f"AND seq IN ({user_entries('?1', '?2', '?3', groups=False)}) "
+            "UNION ALL SELECT seen_at, read_at, archived_at FROM inbox INDEXED BY inbox_gid "
+            "WHERE app_id=?1 AND user_id=?2 AND gid IN (SELECT gid FROM group_members "
+            "WHERE app_id=?1 AND user_id=?2 AND nid=?3) LIMIT 1",
+            (app_id, user, nid)).fetchone()
         out.recipient = times is not None
     if times is not None:
         out.seen_at, out.read_at, out.archived_at = times
