@@ -131,10 +131,11 @@ def _publish(conn: WriterConnection, app_id: str, item: NewNotification, thresho
         epochs, seqs = conn.next_seqs(app_id, recipients)
         out.deliveries = list(map(Delivery, recipients, epochs, seqs))
         # group entries are found through group_members: no seqs for them
+        plain = None if item.group_key else seqs_json(recipients, seqs)
         conn.add_notification((app_id, nid, item.category, item.body, len(recipients), created,
-                               expires, None if item.group_key else seqs_json(recipients, seqs)))
+                               expires, plain))
         if item.group_key is None:
-            conn.add_entries(app_id, recipients, seqs, nid, created, expires)
+            conn.add_entries(app_id, recipients, seqs, nid, created, expires, plain)
         else:
             # reads the inbox: everything gathered so far must be in it
             conn.flush()
@@ -163,9 +164,10 @@ def _append(conn: WriterConnection, app_id: str, item: NewNotification,
                               item.body)
     users = list(dict.fromkeys(users))
     epochs, seqs = conn.next_seqs(app_id, users)
+    plain = seqs_json(users, seqs)
     conn.add_notification((app_id, nid, item.category, item.body, len(users), created, expires,
-                           seqs_json(users, seqs)))
-    conn.add_entries(app_id, users, seqs, nid, created, expires)
+                           plain))
+    conn.add_entries(app_id, users, seqs, nid, created, expires, plain)
     return PublishOutcome(nid, "accepted", len(users), 0, list(map(Delivery, users, epochs, seqs)),
                           None, None, item.body)
 
