@@ -720,3 +720,30 @@ async def test_a_file_at_v22_migrates_to_seqs_on_notifications(path):
                             "WHERE name='inbox_nid'").fetchone() == (0,)
     finally:
         conn.close()
+
+
+async def test_a_fan_out_writes_its_rows_from_its_seqs_with_the_group(db, path):
+    """A publish to FANOUT_ROWS users or more has its inbox rows made in SQL
+    from its ``seqs`` (appends.py), with and without an expiry, in the same
+    group as small publishes to the same users: every row at its user's
+    next seq, the stream heads after them."""
+    from tidings.store.sqlite.appends import FANOUT_ROWS
+
+    users = [f"u{i:03d}" for i in range(FANOUT_ROWS + 6)]
+    never, small, soon = note(users), note(users[:2]), note(users[::-1])
+    soon.expires_at = soon.created_at + 60
+    outs = await db.publish_many(APP, [never, small, soon], fanout_threshold=1000, window=3600)
+    assert [o.recipients for o in outs] == [len(users), 2, len(users)]
+    conn = sqlite3.connect(path)
+    try:
+        rows = set(conn.execute("SELECT user_id, seq, nid, expires_at FROM inbox").fetchall())
+        heads = dict(conn.execute("SELECT user_id, head_seq FROM streams").fetchall())
+        seqs = dict(conn.execute("SELECT id, seqs FROM notifications").fetchall())
+    finally:
+        conn.close()
+    expected = {(u, 1, never.id, None) for u in users} | {
+        (u, 2, small.id, None) for u in users[:2]} | {
+        (u, 3 if u in users[:2] else 2, soon.id, soon.expires_at) for u in users}
+    assert rows == expected
+    assert heads == {u: 3 if u in users[:2] else 2 for u in users}
+    assert msgspec.json.decode(seqs[soon.id]) == {u: s for u, s, n, _ in expected if n == soon.id}
