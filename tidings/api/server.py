@@ -160,7 +160,6 @@ async def publish(service, call: Call) -> tuple[int, bytes]:
     app = _key_now(service, call, "publish") or await _key_auth(service, call, "publish")
     req = _decode_publish(call.body())
     result = await service.publish(app, req, _idempotency_key(call.header(b"idempotency-key")))
-    service.hub.flush_now()  # this node's devices first, then the answer
     call.state["notification_id"] = result["id"]  # for this request's log lines
     return 202, _encode(result)
 
@@ -195,7 +194,6 @@ async def publish_batch(service, call: Call) -> tuple[int, bytes]:
             log.error("batch item %d failed", i, exc_info=result)
             result = {"status": "error", **_INTERNAL}
         results.append(result)
-    service.hub.flush_now()  # this node's devices first, then the answer
     return 202, _encode({"results": results})
 
 

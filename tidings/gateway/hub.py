@@ -243,16 +243,6 @@ class Hub:
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
-    def flush_now(self) -> None:
-        """Write now what would be written at the end of this loop tick: a
-        publish's devices on this node get its frame before its publisher
-        gets the answer (the answer's socket write would otherwise go
-        first), and a batch's frames still go out once per stream."""
-        handle = self._flush_handle
-        if handle is not None:
-            handle.cancel()
-            self._flush()
-
     def _flush(self) -> None:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, []
