@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import websockets
@@ -141,6 +142,27 @@ async def test_burst_leaves_in_one_frame(any_ws_server):
     frames: list = []
     got = await recv_events(ws, 20, frames=frames)
     assert sorted(e["notification"]["title"] for e in got) == sorted(f"b{i}" for i in range(20))
+    seqs = [int(e["cursor"].split(":")[1]) for e in got]
+    assert seqs == sorted(seqs)
+    assert len(frames) < 20 and any(isinstance(f, list) for f in frames)
+    await ws.close()
+
+
+async def test_concurrent_publishes_committed_together_leave_in_fewer_frames(any_ws_server):
+    """Single publishes that one commit settles reach a device in that loop
+    tick's frame, not one frame each (a route that flushed its own devices
+    before answering cost write fan-out twice the CPU)."""
+    server = any_ws_server
+    token = await server.token("ida")
+    ws = await ws_connect(server, token)
+    await recv_events(ws, 1)
+    async with server.http() as http:
+        rs = await asyncio.gather(*(http.post("/v1/notifications", json={
+            "to": {"users": ["ida"]}, "title": f"c{i}"}) for i in range(20)))
+    assert all(r.status_code == 202 for r in rs), [r.text for r in rs]
+    frames: list = []
+    got = await recv_events(ws, 20, frames=frames)
+    assert sorted(e["notification"]["title"] for e in got) == sorted(f"c{i}" for i in range(20))
     seqs = [int(e["cursor"].split(":")[1]) for e in got]
     assert seqs == sorted(seqs)
     assert len(frames) < 20 and any(isinstance(f, list) for f in frames)
