@@ -25,6 +25,7 @@
       snoozeHour: "1 hour",
       snoozeTomorrow: "Tomorrow, {time}",
       snoozedUntil: "Snoozed until {time}",
+      unsnooze: "Unsnooze",
       unread: "Unread",
       preferences: "Preferences",
       close: "Close",
@@ -87,6 +88,7 @@
       snoozeHour: "1 heure",
       snoozeTomorrow: "Demain, {time}",
       snoozedUntil: "Reportée jusqu'au {time}",
+      unsnooze: "Annuler le report",
       unread: "Non lu",
       preferences: "Préférences",
       close: "Fermer",
@@ -149,6 +151,7 @@
       snoozeHour: "1 Stunde",
       snoozeTomorrow: "Morgen, {time}",
       snoozedUntil: "Zurückgestellt bis {time}",
+      unsnooze: "Zurückstellen aufheben",
       unread: "Ungelesen",
       preferences: "Einstellungen",
       close: "Schließen",
@@ -359,6 +362,8 @@
           " 1.7 1L11 21h4l.4-2.7a7.3 7.3 0 0 0 1.7-1l2.5 1 2-3.5zM12 15.5a3.5 3.5 0 1 1 0-7 3.5 3.5 0 0 1 0 7z",
     snooze: "M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm0 18a8 8 0 1 1 0-16 8 8 0 0 1 0 16zm.5-13H11v6" +
             "l5.25 3.15.75-1.23-4.5-2.67z",
+    unsnooze: "M12.5 8c-2.65 0-5.05.99-6.9 2.6L2 7v9h9l-3.62-3.62c1.39-1.16 3.16-1.88 5.12-1.88" +
+              " 3.54 0 6.55 2.31 7.6 5.5l2.37-.78C21.08 11.03 17.15 8 12.5 8z",
     close: "M19 6.4 17.6 5 12 10.6 6.4 5 5 6.4l5.6 5.6L5 17.6 6.4 19l5.6-5.6 5.6 5.6 1.4-1.4-5.6-5.6z",
     back: "M20 11H7.8l5.6-5.6L12 4l-8 8 8 8 1.4-1.4L7.8 13H20z",
   };

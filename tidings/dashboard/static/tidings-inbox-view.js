@@ -432,7 +432,8 @@
       box.append(meta);
       var actions = el("span", { class: "actions" });
       if (unread) actions.append(this._action("read", S.markRead, n.title, "check"));
-      if (it.state !== "archived" && it.state !== "snoozed") {
+      if (it.state === "snoozed") actions.append(this._action("unsnooze", S.unsnooze, n.title, "unsnooze"));
+      else if (it.state !== "archived") {
         actions.append(this._action("archive", S.archive, n.title, "archive"));
         actions.append.apply(actions, this._snoozeMenu(it));
       }

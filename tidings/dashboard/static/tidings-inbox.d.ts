@@ -20,7 +20,7 @@ declare namespace TidingsInboxElement {
   type Plural = { one?: string; other: string; [form: string]: string | undefined };
   type Strings = Partial<Record<
     | "bell" | "title" | "markAllRead" | "markRead" | "archive" | "unread" | "preferences"
-    | "snooze" | "snoozeHour" | "snoozeTomorrow" | "snoozedUntil"
+    | "snooze" | "snoozeHour" | "snoozeTomorrow" | "snoozedUntil" | "unsnooze"
     | "close" | "back" | "tabAll" | "tabUnread" | "tabArchived" | "loading" | "loadingMore"
     | "empty" | "emptyUnread" | "emptyArchived" | "offline" | "error" | "actionFailed"
     | "expired" | "retry" | "justNow" | "two" | "prefsTitle" | "category" | "channel_in_app"

@@ -371,8 +371,8 @@
       this._tabs.forEach(function (tab) {
         var it = { id: n.id, key: ev.resurfaced ? topKey(tab, n.id) : n.id, state: "unseen",
                    notification: n, group: ev.group || null, until: null, arrived: true, v: 0 };
+        if (ev.resurfaced) tab.items.delete(n.id);   // its place is new (a Snoozed tab: gone)
         if (!matches(tab.def, it)) return;
-        if (ev.resurfaced) tab.items.delete(n.id);   // its place is new
         if (tab.loaded) put(tab, it);
         if (!tab.loaded || tab.busy) {
           tab.pending.push(it);
@@ -407,6 +407,15 @@
         });
       });
       this._render();
+    }
+
+    // Unsnoozed here: the entry is back as the server put it, first and unseen,
+    // as its "notification" event (resurfaced) will say again to every device;
+    // taken now, so a slow or broken stream does not leave the row where it was.
+    _unsnoozed(id) {
+      var had = null;
+      this._tabs.forEach(function (tab) { had = had || tab.items.get(id); });
+      if (had) this._onNotification(had.notification, { resurfaced: true, group: had.group });
     }
 
     _onUpdated(n, ev) {
@@ -456,7 +465,8 @@
       var c = this._client, self = this;
       if (!c) return;
       var call = kind === "read" ? c.markRead([id]) : kind === "archive" ? c.archive([id])
-               : kind === "snooze" ? c.snooze([id], until) : c.markAllRead();
+               : kind === "snooze" ? c.snooze([id], until)
+               : kind === "unsnooze" ? c.unsnooze([id]) : c.markAllRead();
       call.then(function () {
         if (kind === "all") {
           var ids = [];
@@ -466,6 +476,8 @@
           self._applyState(ids, "read");
         } else if (kind === "snooze") {
           self._applyState([id], "snoozed", until.toISOString());
+        } else if (kind === "unsnooze") {
+          self._unsnoozed(id);
         } else {
           self._applyState([id], kind === "archive" ? "archived" : "read");
         }
@@ -670,6 +682,7 @@
         case "retry-more": this._tab().moreError = null; return this._loadMore();
         case "read": return this._act("read", li.dataset.id);
         case "archive": return this._act("archive", li.dataset.id);
+        case "unsnooze": return this._act("unsnooze", li.dataset.id);
         case "snooze-menu":
           if (this._menu && this._menu.previousElementSibling === t) return this._closeMenu();
           return this._openMenu(t);
