@@ -68,7 +68,7 @@ def test_unsnooze_by_mouse_and_keyboard_brings_the_row_back_everywhere(context, 
     expect(a.get_by_role("button", name="Unsnooze: note 0")).to_be_focused()
     expect(_titles(b)).to_have_text(["note 1", "note 2", "note 3"])
     expect(b.locator(".badge")).to_have_text("3")
-    a_page.keyboard.press("Enter")                                   # the last one: the tab keeps focus
+    a_page.keyboard.press("Enter")                      # the last one: the tab gets focus
     expect(a.locator("li.item")).to_have_count(0)
     expect(a.get_by_role("tab", name="Snoozed")).to_be_focused()
     expect(a.locator("[role=dialog]")).to_be_visible()
