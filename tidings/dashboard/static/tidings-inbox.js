@@ -467,7 +467,7 @@
       var call = kind === "read" ? c.markRead([id]) : kind === "archive" ? c.archive([id])
                : kind === "snooze" ? c.snooze([id], until)
                : kind === "unsnooze" ? c.unsnooze([id]) : c.markAllRead();
-      call.then(function () {
+      call.then(function (res) {
         if (kind === "all") {
           var ids = [];
           self._tabs.forEach(function (t) {
@@ -477,7 +477,7 @@
         } else if (kind === "snooze") {
           self._applyState([id], "snoozed", until.toISOString());
         } else if (kind === "unsnooze") {
-          self._unsnoozed(id);
+          if (res && res.changed) self._unsnoozed(id);   // else it came back already
         } else {
           self._applyState([id], kind === "archive" ? "archived" : "read");
         }
