@@ -100,7 +100,7 @@ class WebPushConfig(msgspec.Struct, frozen=True):
     max_connections: int = 100
     user_agent: str = f"tidings-webpush/{__version__}"
     # Subscription endpoints come from end users: only https to public hosts,
-    # unless this is set (local development, tests).  See channels.base.check_url.
+    # unless this is set (local development, tests).  See channels.egress.check_url.
     allow_insecure: bool = False
 
 

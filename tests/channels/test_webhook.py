@@ -22,7 +22,8 @@ from tests.channels.memqueue import MemoryQueue, make_job
 from tests.channels.peers import WebhookReceiver, serve
 from tests.channels.proxy_peer import connect_proxy
 from tests.channels.tls_peer import local_name, tls_receiver
-from tidings.channels.base import JobQueue, check_url
+from tidings.channels.base import JobQueue
+from tidings.channels.egress import check_url
 from tidings.channels.webhook import (
     WebhookChannel,
     WebhookConfig,

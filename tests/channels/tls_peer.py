@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tidings.channels.base import check_url
+from tidings.channels.egress import check_url
 
 
 def local_name() -> tuple[str, list[str]]:

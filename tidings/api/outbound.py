@@ -36,7 +36,7 @@ from tidings.api.common import (
     user_auth,
 )
 from tidings.api.server import _nid, _user
-from tidings.channels.base import check_url
+from tidings.channels.egress import check_url
 from tidings.core.audit import LISTED, origin
 from tidings.core.models import NO_CONTROL_RE
 from tidings.core.outbound import (

@@ -37,7 +37,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import httpx
 import msgspec
 
-from tidings.channels.base import Job, Result, check_url, http_client, http_post, url_host
+from tidings.channels.base import Job, Result, url_host
+from tidings.channels.egress import check_url, http_client, http_post
 from tidings.config import WebhookConfig  # defined with the other settings
 from tidings.core.digest import is_digest
 

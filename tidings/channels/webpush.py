@@ -49,7 +49,8 @@ from http_ece import ECEException
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 
-from tidings.channels.base import Job, Result, check_url, http_client, http_post, url_host
+from tidings.channels.base import Job, Result, url_host
+from tidings.channels.egress import check_url, http_client, http_post
 from tidings.config import WebPushConfig  # defined with the other settings
 from tidings.core import locales
 

@@ -1,5 +1,5 @@
 """Where the HTTP channels may connect: the address rule, the URL check, and
-the client that resolves, vets and pins (tidings/channels/base.py)."""
+the client that resolves, vets and pins (tidings/channels/egress.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests.channels.proxy_peer import connect_proxy
 from tests.channels.tls_peer import local_name, tls_receiver
-from tidings.channels.base import (
+from tidings.channels.egress import (
     NonPublicAddress,
     ProxyTunnel,
     VettedBackend,
