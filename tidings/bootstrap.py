@@ -8,27 +8,37 @@ behind.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.config import Settings
 from tidings.core.audit import CLI, OPERATOR, AuditEntry, new_entry
 from tidings.core.models import valid_app_id
-from tidings.core.seal import PLAIN, Seal, SealError
 from tidings.errors import Conflict, NotFound
-from tidings.service import Service
-from tidings.service.keys import describe, rotated
-from tidings.store.base import AppRecord
-from tidings.store.sealed import KEY_CHECK, check_of
+
+# Every CLI command imports this module: the service, the store and the
+# sealing (cryptography) load inside the actions that use them, so that
+# `tidings --help` or `tidings migrate` do not pay for them.
+if TYPE_CHECKING:
+    from tidings.core.seal import Seal
+    from tidings.service import Service
+    from tidings.store.base import AppRecord
 
 DEMO_USER = "demo-user"
 
 
 class NoStore(NotFound):
     """An operator action found no store where it looked."""
+
+
+def _run(main):
+    """``asyncio.run``, imported here: `tidings --help` needs no event loop."""
+    import asyncio
+
+    return asyncio.run(main)
 
 
 def store_location(settings: Settings) -> str:
@@ -52,11 +62,16 @@ def _require_store(settings: Settings) -> None:
 
 
 async def _with_service(settings: Settings, fn, *, create: bool = False):
-    from tidings.api.app import build_service
+    from tidings.broker import open_broker
+    from tidings.service import Service
+    from tidings.store import open_store
 
     if not create:
         _require_store(settings)
-    service = build_service(settings)
+    # the service without its HTTP app (tidings.api.app.build_service, which
+    # would load Starlette and the dashboard too)
+    service = Service(settings, open_store(settings.store, settings.sqlite_path),
+                      open_broker(settings.broker, settings.store))
     await service.open()
     try:
         return await fn(service)
@@ -82,7 +97,7 @@ def first_start(settings: Settings) -> dict | None:
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret,
                 "demo_user": DEMO_USER, "demo_token": token}
 
-    return asyncio.run(_with_service(settings, run, create=True))
+    return _run(_with_service(settings, run, create=True))
 
 
 def create_app(settings: Settings, name: str, app_id: str | None = None) -> dict:
@@ -98,7 +113,7 @@ def create_app(settings: Settings, name: str, app_id: str | None = None) -> dict
         app, key = await service.create_app(name, app_id=app_id, actor=CLI)
         return {"app": app.id, "api_key": key, "signing_secret": app.signing_secret}
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 async def _require_app(service: Service, settings: Settings, app_id: str) -> AppRecord:
@@ -116,7 +131,7 @@ def mint_token(settings: Settings, app_id: str, user: str, ttl: int) -> str:
         token, *_ = await service.mint_token(app_id, user, ttl)
         return token
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 def revoke_tokens(settings: Settings, app_id: str, user: str, *, jti: str | None = None,
@@ -138,7 +153,7 @@ def revoke_tokens(settings: Settings, app_id: str, user: str, *, jti: str | None
                                                           actor=CLI)
         return {"app": app_id, **revoked_one(user, one, until)}
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 def create_key(settings: Settings, app_id: str, scopes: Iterable[str],
@@ -146,12 +161,14 @@ def create_key(settings: Settings, app_id: str, scopes: Iterable[str],
     """A new API key of the app: ``{"app", "api_key", "prefix", "scopes",
     "name", "created_at", "expires_at", "last_used_at"}`` (the key is shown
     this once)."""
+    from tidings.service.keys import describe
+
     async def run(service: Service):
         await _require_app(service, settings, app_id)
         key, info = await service.keys.create(app_id, scopes, name, expires_at, actor=CLI)
         return {"app": app_id, "api_key": key, **describe(info)}
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 def rotate_key(settings: Settings, app_id: str, prefix: str, grace: int | None) -> dict:
@@ -160,6 +177,8 @@ def rotate_key(settings: Settings, app_id: str, prefix: str, grace: int | None) 
     "api_key", ..., "replaces": {...}}``, the new key shown this once.
     Servers on a shared broker read the old key again at once (as for
     ``revoke_key``); any other within KEY_CACHE_TTL."""
+    from tidings.service.keys import rotated
+
     async def run(service: Service):
         await _require_app(service, settings, app_id)
         try:
@@ -169,15 +188,17 @@ def rotate_key(settings: Settings, app_id: str, prefix: str, grace: int | None) 
                            field="prefix") from None
         return {"app": app_id, **rotated(key, rotation)}
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 def list_keys(settings: Settings, app_id: str) -> list[dict]:
+    from tidings.service.keys import describe
+
     async def run(service: Service):
         await _require_app(service, settings, app_id)
         return [describe(k) for k in await service.keys.list(app_id)]
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 def revoke_key(settings: Settings, app_id: str, prefix: str) -> None:
@@ -193,7 +214,7 @@ def revoke_key(settings: Settings, app_id: str, prefix: str) -> None:
             raise NotFound(f"app {app_id!r} has no API key {prefix!r}",
                            field="prefix") from None
 
-    asyncio.run(_with_service(settings, run))
+    _run(_with_service(settings, run))
 
 
 def rotate_secret(settings: Settings, app_id: str, overlap: int | None) -> dict:
@@ -208,21 +229,21 @@ def rotate_secret(settings: Settings, app_id: str, overlap: int | None) -> dict:
         record = await service.apps.rotate(app_id, overlap, actor=CLI)
         return rotated(record, time.time())
 
-    return asyncio.run(_with_service(settings, run))
+    return _run(_with_service(settings, run))
 
 
 def migrate(settings: Settings) -> tuple[list[int], int]:
     """Apply the store's pending schema migrations: ``(versions applied, version now)``."""
     from tidings.store import migrate as migrate_store
 
-    return asyncio.run(migrate_store(settings.store, settings.sqlite_path))
+    return _run(migrate_store(settings.store, settings.sqlite_path))
 
 
 def check_outbox(settings: Settings) -> None:
     """Refuse to serve an outbox that is not there (unreachable, no table)."""
     from tidings.outbox.consumer import check
 
-    asyncio.run(check(settings.outbox_url))
+    _run(check(settings.outbox_url))
 
 
 # -- sealed secrets (docs/security.md#sealed-secrets) --------------------------------
@@ -254,6 +275,8 @@ async def _resealed(settings: Settings, store, action: str, before: Seal, after:
 
 
 def _operator_key(settings: Settings) -> bytes:
+    from tidings.core.seal import SealError
+
     key = settings.operator_key()
     if key is None:
         raise SealError("no secret key: set TIDINGS_SECRET_KEY or TIDINGS_SECRET_KEY_FILE "
@@ -266,6 +289,9 @@ def seal_secrets(settings: Settings, force: bool = False) -> int:
     transaction: how many rows it rewrote.  Creates an embedded store that is
     not there yet, so that a new install starts sealed.  Refused while a node
     serves the store, unless ``force`` (``Store.reseal``)."""
+    from tidings.core.seal import PLAIN, Seal, SealError
+    from tidings.store.sealed import KEY_CHECK, check_of
+
     after = Seal(_operator_key(settings))
 
     async def run(store):
@@ -276,23 +302,28 @@ def seal_secrets(settings: Settings, force: bool = False) -> int:
                 else ": `tidings secrets rekey` changes the key"))
         return await _resealed(settings, store, "secrets.seal", PLAIN, after, force)
 
-    return asyncio.run(_on_store(settings, run))
+    return _run(_on_store(settings, run))
 
 
 def unseal_secrets(settings: Settings, force: bool = False) -> int:
     """Store every secret plain again (the key is checked first)."""
+    from tidings.core.seal import PLAIN, Seal
+
     _require_store(settings)
     before = Seal(_operator_key(settings))
     async def run(store):
         return await _resealed(settings, store, "secrets.unseal", before, PLAIN, force)
 
-    return asyncio.run(_on_store(settings, run))
+    return _run(_on_store(settings, run))
 
 
 def rekey_secrets(settings: Settings, new_key: bytes, force: bool = False) -> int:
     """Seal every secret under ``new_key`` instead of the current key.  The
     same key again rewrites a store sealed in the first format in the current
     one (tidings/core/seal.py)."""
+    from tidings.core.seal import Seal, SealError
+    from tidings.store.sealed import KEY_CHECK, check_of
+
     _require_store(settings)
     before, after = Seal(_operator_key(settings)), Seal(new_key)
 
@@ -302,4 +333,4 @@ def rekey_secrets(settings: Settings, new_key: bytes, force: bool = False) -> in
                             "sealed in the current format")
         return await _resealed(settings, store, "secrets.rekey", before, after, force)
 
-    return asyncio.run(_on_store(settings, run))
+    return _run(_on_store(settings, run))

@@ -6,7 +6,6 @@ Every failure is one line on stderr and a non-zero exit (design §2.8);
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -697,6 +696,8 @@ def send(url, key, users, topic, to_all, title, body, body_format, category, pri
 @click.option("--forever", is_flag=True, help="Never give up reconnecting.")
 def listen(url, token, cursor, count, retries, forever) -> None:
     """Print a user's live stream, one JSON event per line (status on stderr)."""
+    import asyncio
+
     from tidings.client import Subscriber
 
     limit = None if forever else retries

@@ -19,9 +19,12 @@ import logging
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import msgspec
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # the CLI reads this module without serving
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "X-Request-Id"
 _SANE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}\Z")  # what is echoed and logged as given

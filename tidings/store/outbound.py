@@ -30,11 +30,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tidings.channels.base import Job
 from tidings.core.audit import AuditEntry
 from tidings.core.models import Preferences
+
+if TYPE_CHECKING:  # the channels (and their HTTP client) load with the service, not the store
+    from tidings.channels.base import Job
 
 __all__ = ["DigestBuilder", "DigestItem", "EmailAddress", "JobRecord", "NewJob", "OutboundStore",
            "PushSubscription", "QueueStats", "WebhookEndpoint"]
