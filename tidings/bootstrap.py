@@ -62,16 +62,11 @@ def _require_store(settings: Settings) -> None:
 
 
 async def _with_service(settings: Settings, fn, *, create: bool = False):
-    from tidings.broker import open_broker
     from tidings.service import Service
-    from tidings.store import open_store
 
     if not create:
         _require_store(settings)
-    # the service without its HTTP app (tidings.api.app.build_service, which
-    # would load Starlette and the dashboard too)
-    service = Service(settings, open_store(settings.store, settings.sqlite_path),
-                      open_broker(settings.broker, settings.store))
+    service = Service.from_settings(settings)  # without its HTTP app (Starlette, the dashboard)
     await service.open()
     try:
         return await fn(service)

@@ -35,7 +35,6 @@ from tidings.api import (
 )
 from tidings.api.common import JSON, error_response
 from tidings.api.cors import CORS
-from tidings.broker import open_broker
 from tidings.config import Settings, from_env
 from tidings.dashboard import Dashboard
 from tidings.dashboard import browser_routes as dashboard_browser_routes
@@ -43,7 +42,6 @@ from tidings.dashboard import routes as dashboard_routes
 from tidings.errors import CLOSE_SHUTDOWN, TidingsError
 from tidings.gateway.transports import SSEEndpoint, WebSocketEndpoint
 from tidings.service import Service
-from tidings.store import open_store
 
 log = logging.getLogger("tidings")
 
@@ -217,9 +215,7 @@ async def _lease(service: Service, node: str, address: str) -> None:
 
 
 def build_service(settings: Settings) -> Service:
-    store = open_store(settings.store, settings.sqlite_path)
-    broker = open_broker(settings.broker, settings.store)
-    return Service(settings, store, broker)
+    return Service.from_settings(settings)
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> Starlette:

@@ -182,6 +182,17 @@ def _iso(ts: float) -> str:
 
 
 class Service:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        """The service of ``settings``' store and broker (not opened): what
+        ``tidings serve`` runs under its HTTP app, and the operator commands
+        run alone."""
+        from tidings.broker import open_broker
+        from tidings.store import open_store
+
+        return cls(settings, open_store(settings.store, settings.sqlite_path),
+                   open_broker(settings.broker, settings.store))
+
     def __init__(self, settings: Settings, store: Store, broker: Broker):
         self.settings = settings
         self.store = store
