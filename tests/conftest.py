@@ -23,6 +23,12 @@ from tidings.config import Limits, Settings
 from tidings.core.auth import SCOPES
 from tidings.service import Service
 
+# The tests start `tidings` and its servers as processes hundreds of times:
+# let them keep their compiled modules (a process that compiles the package
+# anew spends about a quarter of a second on it) where an environment says
+# not to write them.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 @dataclass
 class LiveServer:
