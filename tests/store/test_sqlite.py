@@ -43,6 +43,19 @@ def path(tmp_path):
     return tmp_path / "data" / "tidings.db"
 
 
+def _file_at(path, version: int) -> sqlite3.Connection:
+    """A new store file at schema ``version``, as that release left it: its
+    migrations applied and the version recorded; the caller adds its rows."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for _, script in migrations.scripts("sqlite")[:version]:
+        conn.executescript(script)
+    with conn:
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    return conn
+
+
 @pytest.fixture
 async def db(path):
     s = SQLiteStore(path)
@@ -255,14 +268,9 @@ async def test_keys_made_before_v10_keep_working_after_the_migration(path):
     per-app index; the old key still verifies, is listed without a name,
     and can be revoked once a newer admin key exists.  Applying v10 again
     (a file whose version was set back) skips the column it already has."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
+    conn = _file_at(path, 9)
     try:
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for _, script in migrations.scripts("sqlite")[:9]:
-            conn.executescript(script)
         with conn:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '9')")
             conn.execute("INSERT INTO apps VALUES (?, 'a', 's', 0)", (APP,))
             conn.execute("INSERT INTO api_keys VALUES ('0123abcd', ?, 'h-old', "
                          "'admin,publish,read', 5)", (APP,))
@@ -299,14 +307,9 @@ async def test_a_file_at_v13_migrates_to_token_revocations(path):
     """A file at v13 (no revocations): migrating adds the table and its
     index, and a revocation is stored and read back; applying v14 again (a
     file whose version was set back) changes nothing."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
+    conn = _file_at(path, 13)
     try:
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for _, script in migrations.scripts("sqlite")[:13]:
-            conn.executescript(script)
         with conn:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '13')")
             conn.execute("INSERT INTO apps(id, name, signing_secret, created_at) "
                          "VALUES (?, 'a', 's', 0)", (APP,))
     finally:
@@ -336,14 +339,9 @@ async def test_a_file_at_v14_migrates_to_revoked_tokens(path):
     """A file at v14 (no token revoked by its jti): migrating adds the table
     and its index, and a revocation is stored and read back; applying v15
     again (a file whose version was set back) changes nothing."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
+    conn = _file_at(path, 14)
     try:
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for _, script in migrations.scripts("sqlite")[:14]:
-            conn.executescript(script)
         with conn:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '14')")
             conn.execute("INSERT INTO apps(id, name, signing_secret, created_at) "
                          "VALUES (?, 'a', 's', 0)", (APP,))
     finally:
@@ -372,16 +370,7 @@ async def test_a_file_at_v14_migrates_to_revoked_tokens(path):
 async def test_a_file_at_v15_migrates_to_app_categories(path):
     """A file at v15 (no categories): migrating adds the table, and an app's
     categories are stored, replaced and read back."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for _, script in migrations.scripts("sqlite")[:15]:
-            conn.executescript(script)
-        with conn:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '15')")
-    finally:
-        conn.close()
+    _file_at(path, 15).close()
     assert migrate(path) == list(range(16, migrations.latest("sqlite") + 1))
     store = SQLiteStore(path)
     await store.open()
@@ -399,14 +388,9 @@ async def test_a_file_at_v16_migrates_to_keys_that_expire_and_keep_their_last_us
     """A file at v16: migrating gives API keys an expiry and a last use,
     both empty for the keys it has, which keep working; applying v17 again
     (a file whose version was set back) skips the columns it already has."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
+    conn = _file_at(path, 16)
     try:
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for _, script in migrations.scripts("sqlite")[:16]:
-            conn.executescript(script)
         with conn:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '16')")
             conn.execute("INSERT INTO apps(id, name, signing_secret, created_at) "
                          "VALUES (?, 'a', 's', 0)", (APP,))
             conn.execute("INSERT INTO api_keys(prefix, app_id, hash, scopes, created_at) "
@@ -668,14 +652,9 @@ async def test_a_file_at_v22_migrates_to_seqs_on_notifications(path):
     its row (a snoozed entry that came back, and group entries, are found
     otherwise) and drops inbox_nid; the store then counts, marks, retracts
     them as before. Running v23 again (version set back) changes nothing."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
+    conn = _file_at(path, 22)
     try:
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for _, script in migrations.scripts("sqlite")[:22]:
-            conn.executescript(script)
         with conn:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '22')")
             conn.execute("INSERT INTO notifications(app_id, id, category, body, recipients, "
                          "created_at) VALUES (?, 'n1', 'default', '{}', 3, 1.0), "
                          "(?, 'n2', 'default', '{}', 1, 2.0)", (APP, APP))
