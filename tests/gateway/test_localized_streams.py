@@ -144,3 +144,20 @@ async def test_a_patch_of_the_locales_and_a_new_locale_reach_open_devices(store)
         finally:
             await hans_ws.close()
             await emma_ws.close()
+
+
+async def test_a_new_locale_holds_for_this_nodes_streams_when_its_answer_is_sent(store):
+    """The node that stores a user's new locale sets it on their streams
+    before it answers: the next event is in it, whatever the broker's pace."""
+    async with store() as server:
+        ws = await ws_connect(server, await server.token("emma"))
+        try:
+            await recv_events(ws, 1)
+            hub, key = server.service.hub, (server.app, "emma")
+            assert hub.locale_of(key) == ""
+            await set_locale(server, "emma", "de")
+            assert hub.locale_of(key) == "de"
+            await set_locale(server, "emma", None)
+            assert hub.locale_of(key) == ""
+        finally:
+            await ws.close()

@@ -1145,6 +1145,11 @@ class Service:
         stored = await self.outbound.change_preferences(app_id, user, changing)
         if stored is None:  # made already: nothing was written
             return read[0]
+        if stored.locale != read[0].locale:
+            # this node's streams at once: an event sent after this answer is
+            # in the new language (other nodes' follow the broker, below)
+            locale = stored.locale
+            self.hub.set_locale((app_id, user), locale if isinstance(locale, str) else "")
         if (preferences.muted(stored) != preferences.muted(read[0])
                 or stored.locale != read[0].locale):
             self._mutes_changed(app_id, user)  # their streams read both again
