@@ -92,8 +92,10 @@ async def test_a_failing_receiver_counts_retries_and_a_dead_letter(tmp_path):
         await publish(server, title="never accepted")
 
         async def dead():
+            # the lane counts its outcome once the store has moved the job
             m = await scrape(server)
-            return m if m[f"tidings_outbound_dead_letters{WEBHOOK}"] == 1 else None
+            return m if (m[f"tidings_outbound_dead_letters{WEBHOOK}"] == 1
+                         and outcome(m, "dead") == 1) else None
 
         m = await until(dead)
         assert m[f"tidings_outbound_jobs_queued{WEBHOOK}"] == 0
