@@ -300,6 +300,8 @@
       tab.error = null;
       tab.stale = false;
       tab.pending = [];
+      tab.more = false;        // a "more" still in flight is dropped (its gen is old)
+      tab.moreError = null;
       this._render();
       (page ? Promise.resolve(page) : this._fetch(tab, null)).then(function (res) {
         if (gen !== tab.gen) return;                 // a newer load won
