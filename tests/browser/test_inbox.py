@@ -213,6 +213,54 @@ def test_infinite_scroll_and_a_tab_filtered_by_category(context, site, tidings_s
         f"item {i:02d}" for i in reversed(range(45)) if i % 3 == 0]
 
 
+def test_a_reconnect_while_the_next_page_loads_leaves_infinite_scroll_working(context, site,
+                                                                              tidings_server):
+    """A reconnect reloads the tab's first page while its next page is still
+    on its way: that answer, come last, is for the old list and is dropped,
+    and the feed is not left busy, so scrolling goes on loading pages."""
+    srv = tidings_server
+    for i in range(25):
+        srv.publish({"users": ["cal"]}, title=f"item {i:02d}")
+    sockets = []   # the server's side of each of the page's WebSockets
+    context.route_web_socket(re.compile(r"/v1/me/stream"),
+                             lambda ws: sockets.append(ws.connect_to_server()))
+    held = []      # the first next-page request, kept from the server until released
+
+    def hold_first(route):
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+    context.route(re.compile(r"/v1/me/notifications\?.*before="), hold_first)
+    page, inbox = _open(context, site, srv, "cal", page_size=10)
+    inbox.locator("button.bell").click()
+    feed, scroller = inbox.locator(".feed"), inbox.locator(".scroller")
+    expect(_rows(inbox)).to_have_count(10)
+    scroller.evaluate("s => s.scrollTop = s.scrollHeight")   # the next page: held
+    expect(inbox.locator(".more")).to_have_text("Loading older notifications…")
+    deadline = time.monotonic() + 15
+    while not held:                        # Playwright calls hold_first inside its own calls
+        assert time.monotonic() < deadline, "no next page was asked for"
+        page.wait_for_timeout(50)
+    expect(feed).to_have_attribute("aria-busy", "true")
+
+    page.evaluate("""() => {
+      window.reloads = [];
+      document.querySelector("tidings-inbox").client.on("inbox", (p) => reloads.push(p.reason));
+    }""")
+    sockets[0].close()                     # the server drops the stream: the client reconnects
+    page.wait_for_function("reloads.length > 0")   # and the tab reloads its first page
+    held[0].continue_()                    # the old next page's answer comes after
+    expect(feed).to_have_attribute("aria-busy", "false")
+    scroller.evaluate("s => s.scrollTop = s.scrollHeight")
+    expect(_rows(inbox)).to_have_count(25)
+    expect(feed).to_have_attribute("aria-busy", "false")
+    expect(inbox.locator(".more")).to_be_hidden()                     # the end
+    assert _rows(inbox).locator(".title").all_inner_texts() == [
+        f"item {i:02d}" for i in reversed(range(25))]                 # newest first, each once
+    assert len(sockets) == 2
+
+
 def test_updated_and_deleted_apply_in_place_over_sse(context, site, tidings_server):
     srv = tidings_server
     first = srv.publish({"users": ["di"]}, title="Meeting at 10:00")
