@@ -261,6 +261,31 @@ def test_a_reconnect_while_the_next_page_loads_leaves_infinite_scroll_working(co
     assert len(sockets) == 2
 
 
+def test_a_first_page_that_failed_leaves_the_feed_not_busy(context, site, tidings_server):
+    """The feed is busy while a page is on its way, not after its request
+    failed: it shows the error and Try again, and is busy again for the retry."""
+    srv = tidings_server
+    srv.publish({"users": ["dom"]}, title="Hello")
+    failed, down = [], [True]
+
+    def answer(route):   # the inbox pages fail while down
+        if not down[0]:
+            return route.continue_()
+        failed.append(route.request.url)
+        route.fulfill(status=503, json={"error": {"code": "unavailable", "message": "down"}})
+    context.route(re.compile(r"/v1/me/notifications\?"), answer)
+    _, inbox = _open(context, site, srv, "dom")
+    inbox.locator("button.bell").click()
+    feed = inbox.locator(".feed")
+    expect(inbox.locator("[part~=state-error]")).to_contain_text("Couldn't load notifications.")
+    expect(feed).to_have_attribute("aria-busy", "false")
+    assert failed
+    down[0] = False
+    inbox.get_by_role("button", name="Try again").click()
+    expect(_rows(inbox).locator(".title")).to_have_text(["Hello"])
+    expect(feed).to_have_attribute("aria-busy", "false")
+
+
 def test_updated_and_deleted_apply_in_place_over_sse(context, site, tidings_server):
     srv = tidings_server
     first = srv.publish({"users": ["di"]}, title="Meeting at 10:00")
@@ -338,6 +363,7 @@ def test_empty_offline_and_expired_states(browser, context, site, tidings_server
         _, bad = _open(other, site, srv, "eve", token=srv.token("eve", ttl=-60))
         bad.locator("button.bell").click()
         expect(bad.locator("[part~=notice-error]")).to_contain_text("Your session has ended")
+        expect(bad.locator(".feed")).to_have_attribute("aria-busy", "false")   # nothing loads
         bad.evaluate("(e, t) => { e.getToken = () => t }", srv.token("eve"))   # a fresh one
         expect(bad.locator("[part~=notice-error]")).to_be_hidden()
         expect(_rows(bad).locator(".title")).to_have_text(["back online"])

@@ -505,7 +505,10 @@
         st.replaceChildren(el("p", { text: say }));
         if (retry) st.append(el("button", { type: "button", "data-act": "retry", text: S.retry }));
       }
-      this.$feed.setAttribute("aria-busy", String(!tab.loaded || tab.more));
+      // busy while a page is on its way: not once its request failed, nor when
+      // nothing will load (a stopped client)
+      var waiting = !tab.loaded && !tab.error && !this._fatal;
+      this.$feed.setAttribute("aria-busy", String(tab.busy || waiting || tab.more));
       var more = this.$more;
       more.hidden = !tab.loaded || !tab.next;
       more.replaceChildren();
