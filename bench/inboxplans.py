@@ -13,8 +13,11 @@ revision has it), the counts the one ``PostgresStore.counts`` sends first.
 Prints, per query, the median shared buffers touched, those not found in
 shared_buffers (read from the OS page cache or the disk), the planning and
 execution times p50/p99, then the wall time p50/p99 of the same users'
-statements through one prepared statement, as the store sends them (the plan
-cache's generic plan after five; the round trip included).  Pass a set whose
+statements through one prepared statement, as the store sends them (the round
+trip included), and how many of those executions ran PostgreSQL's generic plan
+and how many a custom one, planned for the call (``plan_cache_mode`` auto
+keeps the generic plan after five custom ones when it is not dearer; the
+planning columns above are a custom plan's).  Pass a set whose
 schema has the columns ``--rev``'s SQL reads: main's SQL on a set of main's
 version, or an older revision's on a newer one (migrations only add).
 """
@@ -109,6 +112,11 @@ async def measure(url: str, schema: str, rev: str | None, n: int, seed: int) -> 
                 await stmt.fetch(*args(user))
                 wall.append((time.perf_counter() - t0) * 1e6)
             wall.sort()
+            # which plans the plan cache ran them with: the store's pooled
+            # connections keep their prepared statements too
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE name = $1", stmt.get_name())
             out[name] = {"buffers": statistics.median(touched),
                          "not_in_shared_buffers": statistics.median(read),
                          "exec_p50_ms": round(statistics.median(ms), 3),
@@ -116,7 +124,9 @@ async def measure(url: str, schema: str, rev: str | None, n: int, seed: int) -> 
                          "plan_p50_ms": round(statistics.median(plan_ms), 3),
                          "plan_p99_ms": round(plan_ms[min(int(n * 0.99), n - 1)], 3),
                          "prepared_p50_us": round(statistics.median(wall)),
-                         "prepared_p99_us": round(wall[min(int(n * 0.99), n - 1)])}
+                         "prepared_p99_us": round(wall[min(int(n * 0.99), n - 1)]),
+                         "prepared_generic_plans": plans["generic_plans"],
+                         "prepared_custom_plans": plans["custom_plans"]}
     finally:
         await conn.close()
     return out
