@@ -147,6 +147,41 @@ async def _mails(mailbox, n):
     return len(mailbox.messages) >= n
 
 
+async def test_a_digests_own_words_are_in_the_recipients_language(tmp_path):
+    """The e-mail's subject and the push's title say how many in the
+    user's language (fr-CA takes fr), with its plural; a language tidings
+    has no words for gets English."""
+    async with with_channels(tmp_path) as (server, mailbox, stub):
+        users = {"marie": ("fr-CA", 3), "hans": ("de", 1), "jonas": ("de-AT", 2),
+                 "kenji": ("ja", 2), "chloe": ("fr", 1)}
+        for user, (locale, _) in users.items():
+            await set_email(server, user, f"{user}@example.test")
+            await put_prefs(server, user, {"locale": locale, "digests": {"social": {
+                "email": {"every": 3600}, "push": {"every": 3600}}}})
+        phone = stub.subscribers.setdefault("marie-phone", Subscriber())
+        async with server.http(await server.token("marie")) as http:
+            r = await http.post("/v1/me/push-subscriptions",
+                                json=phone.subscription(f"{stub.origin}/push/marie-phone"))
+            assert r.status_code == 201
+        for user, (_, n) in users.items():
+            for i in range(n):
+                await publish(server, [user], category="social", title=f"like {i}",
+                              locales={"fr": {"title": f"j'aime {i}"}})
+        advance(server, HOUR + 1)
+        await until(lambda: _mails(mailbox, len(users)))
+        await until(lambda: _pushes(stub, 1))
+        subjects = {m.rcpt_tos[0].split("@")[0]: email.message_from_bytes(
+            m.content, policy=email.policy.default)["Subject"] for m in mailbox.messages}
+        assert subjects == {"marie": "3 nouvelles notifications",
+                            "chloe": "1 nouvelle notification",
+                            "hans": "1 neue Benachrichtigung",
+                            "jonas": "2 neue Benachrichtigungen",
+                            "kenji": "2 new notifications"}
+        (pushed,) = [p["payload"] for p in stub.received]
+        assert pushed["title"] == "3 nouvelles notifications"
+        assert pushed["body"] == "- j'aime 0\n- j'aime 1\n- j'aime 2"  # the items' too
+
+
 async def test_a_push_digest_says_how_many(tmp_path):
     async with with_channels(tmp_path) as (server, _, stub):
         phone = stub.subscribers.setdefault("erin-phone", Subscriber())

@@ -118,3 +118,31 @@ async def test_email_and_push_are_sent_in_the_recipients_language(tmp_path):
         assert (en["Subject"], en["Content-Language"]) == ("Your invoice", None)
         assert "is ready" in en.get_body(("plain",)).get_content()
         assert _mail  # the helpers of the fallback tests
+
+
+async def test_the_words_an_email_adds_are_in_the_recipients_language(tmp_path):
+    """A notification without a title, with a link: the subject and the
+    link's words are tidings' own, in the language the job is sent with."""
+    async with with_channels(tmp_path) as (server, mailbox, _):
+        async with server.http() as http:
+            for user, locale in (("hans", "de-CH"), ("lea", "fr"), ("emma", "pt-BR")):
+                await set_email(server, user, f"{user}@example.test")
+                r = await http.patch(f"/v1/users/{user}/preferences", json={"locale": locale})
+                assert r.status_code == 200
+            r = await http.post("/v1/notifications", json={
+                "to": {"users": ["hans", "lea", "emma"]}, "body": "42 €",
+                "url": "https://acme.test/i/1"})
+            assert r.status_code == 202, r.text
+        advance(server, HOUR + 1)
+
+        async def all_three():
+            return len(mailbox.messages) == 3
+
+        await until(all_three)
+        mails = {m.rcpt_tos[0].split("@")[0]: email.message_from_bytes(
+            m.content, policy=email.policy.default) for m in mailbox.messages}
+        said = {user: (m["Subject"], m.get_body(("html",)).get_content().split(
+            '<a href="https://acme.test/i/1">')[1].split("<")[0]) for user, m in mails.items()}
+        assert said == {"hans": ("Neue Benachrichtigung", "Öffnen"),
+                        "lea": ("Nouvelle notification", "Ouvrir"),
+                        "emma": ("New notification", "Open")}  # no Portuguese: English

@@ -75,6 +75,20 @@ def test_render_defaults_and_prefix():
     assert "<p>" not in r.html
 
 
+async def test_the_words_the_message_adds_are_in_the_recipients_language():
+    untitled = {"id": "N1", "category": "c", "created_at": "t", "url": "https://acme.test/1"}
+    job = make_job("email", {"to": "hans@acme.test", "locale": "de-CH"},
+                   notification=untitled)
+    msg = parse(await _sent(EmailConfig(subject_prefix="[Acme] "), job))
+    assert msg["Subject"] == "[Acme] Neue Benachrichtigung"
+    assert msg.get_body(("plain",)).get_content().startswith("Neue Benachrichtigung\r\n")
+    assert '<a href="https://acme.test/1">Öffnen</a>' in msg.get_body(("html",)).get_content()
+    fr = render(Notification(**untitled), locale="fr")
+    assert (fr.subject, '">Ouvrir</a>' in fr.html) == ("Nouvelle notification", True)
+    other = render(Notification(**untitled), locale="ja")  # no such language: English
+    assert (other.subject, '">Open</a>' in other.html) == ("New notification", True)
+
+
 def test_long_subjects_are_cut():
     r = render(Notification(id="x", category="c", created_at="t", title="x" * 5000))
     assert len(r.subject) == 200

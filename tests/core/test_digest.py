@@ -98,3 +98,22 @@ def test_a_digest_says_how_many_lists_the_titles_and_carries_the_notifications()
     assert digest.item_ids(digest.body(jid, notes, 0.0)) == [f"N{i}" for i in range(7)]
     one = msgspec.json.decode(digest.body(jid, notes[:1], 0.0))
     assert one["title"] == "1 new notification"
+
+
+def test_a_digests_own_words_are_in_the_language_it_is_sent_in():
+    notes = [msgspec.json.encode({"id": f"N{i}", "category": "social", "title": f"like {i}"})
+             for i in range(53)]
+    jid = digest.job_id("app", "alice", "email", "every:3600", "N0", 0)
+    fr = msgspec.json.decode(digest.body(jid, notes, 0.0, "fr-CA"))
+    assert fr["title"] == "53 nouvelles notifications"
+    assert fr["body"].splitlines()[-1] == "... et 3 autres"
+    assert msgspec.json.decode(digest.body(jid, notes[:1], 0.0, "fr"))["title"] == (
+        "1 nouvelle notification")
+    de = msgspec.json.decode(digest.body(jid, notes[:51], 0.0, "de"))
+    assert (de["title"], de["body"].splitlines()[-1]) == (
+        "51 neue Benachrichtigungen", "... und 1 weitere")
+    assert msgspec.json.decode(digest.body(jid, notes[:1], 0.0, "de-CH"))["title"] == (
+        "1 neue Benachrichtigung")
+    ja = msgspec.json.decode(digest.body(jid, notes, 0.0, "ja"))  # no such row: English
+    assert (ja["title"], ja["body"].splitlines()[-1]) == ("53 new notifications",
+                                                          "... and 3 more")

@@ -10,7 +10,8 @@ markdown-it-py, held to the subset the inbox element renders (paragraphs,
 line breaks, emphasis, code, lists, links): raw HTML comes out escaped, a
 link that is not ``http``, ``https`` or ``mailto`` stays text, and images are
 not a rule, so nothing in the mail is fetched.  The text part is the
-Markdown source.
+Markdown source.  The few words the message adds ("New notification",
+"Open") are in the recipient's language (tidings/core/phrases.py).
 ``Message-ID`` is derived from the job id, so a retried job carries the same
 id and mail systems can drop the duplicate; ``Auto-Submitted:
 auto-generated`` (RFC 3834) keeps vacation responders quiet.
@@ -51,6 +52,7 @@ from tidings.config import EmailConfig  # defined with the other settings
 from tidings.core import locales, unsubscribe
 from tidings.core.digest import is_digest
 from tidings.core.models import Notification
+from tidings.core.phrases import phrase
 
 __all__ = ["EmailChannel", "EmailConfig", "Rendered", "category_of", "render"]
 
@@ -108,11 +110,14 @@ def _text(value: str) -> str:
     return value.translate(_CONTROLS)
 
 
-def render(note: Notification, base_url: str | None = None, subject_prefix: str = "") -> Rendered:
-    """The subject, plain-text and HTML bodies of one notification."""
+def render(note: Notification, base_url: str | None = None, subject_prefix: str = "",
+           locale: str = "") -> Rendered:
+    """The subject, plain-text and HTML bodies of one notification; the
+    words the message adds ("New notification" for no title, "Open") are in
+    the language of ``locale`` (tidings/core/phrases.py)."""
     # A title is one line: collapsing its whitespace also keeps CR/LF out of
     # the Subject header, where they would start new header lines.
-    title = " ".join(_text(note.title).split()) or "New notification"
+    title = " ".join(_text(note.title).split()) or phrase("untitled", locale)
     subject = f"{subject_prefix}{title}"[:_MAX_SUBJECT]
     link = _link(note.url, base_url)
     body = _text(note.body)
@@ -147,7 +152,8 @@ def render(note: Notification, base_url: str | None = None, subject_prefix: str 
         block = items or note.format == "markdown"  # already its own paragraphs or list
         parts.append(body_html if block else f"<p>{body_html}</p>")
     if link:
-        parts.append(f'<p><a href="{html.escape(link, quote=True)}">Open</a></p>')
+        parts.append(f'<p><a href="{html.escape(link, quote=True)}">'
+                     f'{html.escape(phrase("open", locale))}</a></p>')
     parts.append("</body></html>")
     return Rendered(subject=subject, text=text, html="\n".join(parts) + "\n")
 
@@ -233,7 +239,8 @@ class EmailChannel:
         if any(c in to + name for c in "\r\n\x00") or to.count("@") != 1 or len(to) > 254:
             raise ValueError(f"not an e-mail address: {to!r}")
         local, _, domain = to.partition("@")
-        rendered = render(note, self.config.base_url, self.config.subject_prefix)
+        rendered = render(note, self.config.base_url, self.config.subject_prefix,
+                          job.destination.get("locale", ""))  # the language it was sent in
         msg = EmailMessage()
         msg["From"] = self.config.sender
         msg["To"] = Address(display_name=name, username=local, domain=domain)

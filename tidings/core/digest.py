@@ -32,6 +32,7 @@ import msgspec
 
 from tidings.core import quiet
 from tidings.core.models import DigestRule, Preferences
+from tidings.core.phrases import phrase
 
 __all__ = ["DIGEST_PREFIX", "InvalidDigest", "Rules", "body", "category_of", "check", "due",
            "is_digest", "item_categories", "item_ids", "job_id", "key", "retimed", "rule_for"]
@@ -186,21 +187,23 @@ def category_of(notification: bytes) -> str:
     return msgspec.json.decode(notification, type=_Category).category
 
 
-def body(jid: str, notes: Sequence[bytes], created_at: float) -> bytes:
+def body(jid: str, notes: Sequence[bytes], created_at: float, locale: str = "") -> bytes:
     """A digest as a notification (so every channel can carry it): the title
     says how many, the body lists their titles, ``data.digest.items`` holds
-    the notifications themselves, oldest first."""
+    the notifications themselves, oldest first.  The title and the "... and
+    N more" line are in the language of ``locale`` (tidings/core/phrases.py);
+    ``notes`` come already resolved for it."""
     items: list[Any] = [msgspec.json.decode(n) for n in notes]
     n = len(items)
     lines = [f"- {' '.join(str(i.get('title') or i.get('body') or i.get('category')).split())}"
              for i in items[:_LISTED]]
     if n > _LISTED:
-        lines.append(f"... and {n - _LISTED} more")
+        lines.append(phrase("more", locale, n - _LISTED))
     doc = {
         "id": jid.split(".", 1)[0], "category": "digest",
         "created_at": datetime.fromtimestamp(created_at, UTC).isoformat(
             timespec="milliseconds").replace("+00:00", "Z"),
-        "title": f"{n} new notification{'s' if n != 1 else ''}",
+        "title": phrase("new", locale, n),
         "body": "\n".join(lines),
         "data": {"digest": {"count": n, "items": [msgspec.Raw(x) for x in notes]}},
     }

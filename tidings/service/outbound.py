@@ -392,9 +392,11 @@ class Outbound:
         jobs = []
         for n, (_, mine) in enumerate(sorted(by_dest.items())):
             jid = digest.job_id(app, user, channel, rule, mine[0].nid, n)
+            # one destination, so one language: the items' and the digest's own words
+            locale = mine[0].destination.get("locale", "")
             job = Job(id=jid, channel=channel, app=app, user=user,
-                      notification=digest.body(jid, [locales.resolve(
-                          i.notification, i.destination.get("locale", "")) for i in mine], now),
+                      notification=digest.body(jid, [locales.resolve(i.notification, locale)
+                                                     for i in mine], now, locale),
                       destination=mine[0].destination, created_at=now)
             jobs.append(NewJob(job=job, nid=jid.split(".", 1)[0], not_before=now))
         return jobs
