@@ -13,6 +13,10 @@ the difference of the counts, give the writer's instructions per publish
 without the start-up (docs/delivery.md, "Where a single publish's CPU goes").
 Every group holds ``--concurrency`` publishes (see ``run``).
 
+``--batch K``: every call is ``SQLiteStore.publish_many`` of K publishes
+(one job, as ``POST /v1/notifications/batch`` makes it), ``--count``
+publishes in all; the figures stay per publish.
+
 ``--topic N`` measures write fan-out instead: N users follow one topic and
 every publish goes to it (N inbox rows each, N at most the fan-out
 threshold); the figures are then also given per recipient.
@@ -65,16 +69,25 @@ async def run(args: argparse.Namespace) -> None:
             if fanout:
                 await store.subscribe(APP, TOPIC, [f"member-{i}" for i in range(fanout)])
 
+            def note(k: int, i: int) -> NewNotification:
+                if fanout:
+                    target: tuple = (None, TOPIC)
+                else:
+                    target = ([users[(k * per + i) % len(users)]], None)
+                return NewNotification(new_id(), "default", body, time.time(), None, *target,
+                                       False, None, "", None, None, [])
+
             async def publisher(k: int) -> None:
+                threshold = max(fanout, 100)
+                if args.batch:
+                    for i in range(0, per, args.batch):
+                        await store.publish_many(
+                            APP, [note(k, j) for j in range(i, min(i + args.batch, per))],
+                            fanout_threshold=threshold, window=3600)
+                    return
                 for i in range(per):
-                    if fanout:
-                        target: tuple = (None, TOPIC)
-                    else:
-                        target = ([users[(k * per + i) % len(users)]], None)
-                    await store.publish(APP, NewNotification(
-                        new_id(), "default", body, time.time(), None, *target, False,
-                        None, "", None, None, []), fanout_threshold=max(fanout, 100),
-                        window=3600)
+                    await store.publish(APP, note(k, i), fanout_threshold=threshold,
+                                        window=3600)
 
             await asyncio.gather(*(publisher(k) for k in range(min(args.concurrency, 64))))
             commits0, jobs0 = writer.commits, writer.jobs_done  # after a warm-up round
@@ -83,9 +96,10 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.gather(*(publisher(k) for k in range(args.concurrency)))
             wall = time.perf_counter() - t0
             u1, s1 = _cpu(writer.native_id)
-            jobs = writer.jobs_done - jobs0
+            done = writer.jobs_done - jobs0
+            jobs = done * (args.batch or 1)  # publishes
             print(f"publishes {jobs}  commits {writer.commits - commits0}  "
-                  f"jobs/commit {jobs / max(writer.commits - commits0, 1):.1f}  "
+                  f"jobs/commit {done / max(writer.commits - commits0, 1):.1f}  "
                   f"writer user {(u1 - u0) / jobs * 1e6:.1f} us  "
                   f"kernel {(s1 - s0) / jobs * 1e6:.1f} us  "
                   f"wall {wall / jobs * 1e6:.1f} us  writer tid {writer.native_id}")
@@ -102,6 +116,8 @@ def main() -> None:
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--users", type=int, default=1_000)
+    p.add_argument("--batch", type=int, default=0, metavar="K",
+                   help="K publishes a call (publish_many, one job)")
     p.add_argument("--topic", type=int, default=0, metavar="N",
                    help="publish to a topic of N members (write fan-out)")
     p.add_argument("--dir", default=None, help="where the temporary database goes")
