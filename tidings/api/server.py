@@ -164,36 +164,60 @@ async def publish(service, call: Call) -> tuple[int, bytes]:
     return 202, _encode(result)
 
 
+class _DecodedBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """``BatchRequest`` with its items decoded in the same pass."""
+
+    notifications: list[PublishRequest]
+
+
+_decode_whole = msgspec.json.Decoder(_DecodedBatch).decode
+
+
+def _whole_batch(raw: bytes) -> list[PublishRequest] | None:
+    """The items of a batch whose every item is valid, decoded in one pass
+    (a Python call and a second parse per item fewer); None when anything
+    fails to, for ``publish_batch`` to decode item by item and answer each
+    one's error."""
+    try:
+        items = _decode_whole(raw).notifications
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return items or None  # an empty list: BatchRequest's error
+
+
 async def publish_batch(service, call: Call) -> tuple[int, bytes]:
     # the first token: bad bodies cost too
     app = _key_now(service, call, "publish") or await _key_auth(service, call, "publish")
     limits = service.settings.limits
-    batch = decode(call.body(), BatchRequest)
-    if len(batch.notifications) > limits.max_batch:
+    body = call.body()
+    whole = _whole_batch(body)
+    raws = decode(body, BatchRequest).notifications if whole is None else []
+    n = len(raws) if whole is None else len(whole)
+    if n > limits.max_batch:
         raise Invalid(f"at most {limits.max_batch} notifications per batch",
                       field="notifications")
     key = _idempotency_key(call.header(b"idempotency-key"))
     # A batch costs one token per notification; _key_auth took the first.
-    await service.limits.charge_key(call.key, len(batch.notifications) - 1)
+    await service.limits.charge_key(call.key, n - 1)
 
-    reqs: list[PublishRequest | Exception] = []
-    for raw in batch.notifications:
+    reqs: list[PublishRequest | Exception] = [] if whole is None else [*whole]
+    for raw in raws:
         try:
             reqs.append(_decode_publish(raw))
         except TidingsError as exc:
             reqs.append(exc)
     keys = [None] * len(reqs) if key is None else [batch_item_key(key, i)
                                                    for i in range(len(reqs))]
-    results = []
-    for i, result in enumerate(await service.publish_many(app, reqs, keys)):
-        if isinstance(result, TidingsError):
-            result = {"status": "error", **result.to_dict()}
-        elif isinstance(result, Exception):
-            # One result per item, always: the others may be committed, so a
-            # 500 for the whole batch would make the client publish them twice.
-            log.error("batch item %d failed", i, exc_info=result)
-            result = {"status": "error", **_INTERNAL}
-        results.append(result)
+    results = await service.publish_many(app, reqs, keys)
+    for i, result in enumerate(results):
+        if isinstance(result, Exception):
+            if isinstance(result, TidingsError):
+                results[i] = {"status": "error", **result.to_dict()}
+            else:
+                # One result per item, always: the others may be committed, so a
+                # 500 for the whole batch would make the client publish them twice.
+                log.error("batch item %d failed", i, exc_info=result)
+                results[i] = {"status": "error", **_INTERNAL}
     return 202, _encode({"results": results})
 
 
