@@ -86,3 +86,15 @@ def test_slow_consumers_sum_over_apps():
     s.slow_consumer("a")
     s.slow_consumer("b")
     assert s.slow_consumers == 3 and s.app("a").slow_consumers == 2
+
+
+def test_published_counts_several_publishes_at_once():
+    # a batch's items, counted together
+    s = Stats()
+    s.published("a", "accepted", 7, None, 5)
+    s.published("a", "accepted", 3, "news", 2)
+    s.published("a", "duplicate", 0, None, 3)
+    s.published("a", "scheduled", 0, None, 4)
+    st = s.app("a")
+    assert (st.published, st.recipients, st.topics) == (7, 10, {"news": 2})
+    assert (st.duplicates, st.scheduled) == (3, 4)

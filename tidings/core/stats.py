@@ -116,21 +116,24 @@ class Stats:
     def slow_consumer(self, app_id: str) -> None:
         self.app(app_id).slow_consumers += 1
 
-    def published(self, app_id: str, status: str, recipients: int, topic: str | None) -> None:
+    def published(self, app_id: str, status: str, recipients: int, topic: str | None,
+                  notes: int = 1) -> None:
+        """``notes`` publishes of ``status`` (several: a batch's) reached
+        ``recipients`` in all."""
         st = self.app(app_id)
         if status == "duplicate":
-            st.duplicates += 1
+            st.duplicates += notes
             return
         if status == "scheduled":
-            st.scheduled += 1
+            st.scheduled += notes
             return
-        st.published += 1
+        st.published += notes
         st.recipients += recipients
         if topic is not None:
             topics = st.topics
             if topic not in topics and len(topics) >= MAX_TOPICS_PER_APP:
                 topic = OTHER_TOPIC  # bounded memory whatever names apps choose
-            topics[topic] = topics.get(topic, 0) + 1
+            topics[topic] = topics.get(topic, 0) + notes
 
     def track(self, app_id: str, channel: str, field: str, n: int = 1) -> None:
         """Delivery tracking, per app (the per-notification counters are the store's)."""
