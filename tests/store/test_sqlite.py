@@ -607,6 +607,34 @@ async def test_the_writer_stores_an_expiry_and_its_absence(db, path):
     assert notes == {(never.id, None, "null"), (soon.id, soon.expires_at, "real")}
 
 
+async def test_a_batch_appends_its_usual_items_itself(db, monkeypatch):
+    """``publish_many_tx`` appends an item to one user itself, without
+    ``publish_tx`` around it; an item that needs more (several users, a
+    key) still goes through ``publish_tx``.  Each answered in order, with
+    its user's next seq."""
+    from tidings.store.sqlite import publish as publish_sql
+
+    through = []
+    whole = publish_sql.publish_tx
+
+    def publish_tx(conn, app_id, item, *rest):
+        through.append(item.id)
+        return whole(conn, app_id, item, *rest)
+
+    monkeypatch.setattr(publish_sql, "publish_tx", publish_tx)
+    first, pair, keyed, last = note(["u"]), note(["u", "v"]), note(["v"]), note(["u"])
+    keyed.idempotency_key = "k"
+    expiring = note(["v"])
+    expiring.expires_at = expiring.created_at + 60
+    items = [first, pair, keyed, expiring, last]
+    outs = await db.publish_many(APP, items, fanout_threshold=100, window=3600)
+    assert through == [pair.id, keyed.id]
+    assert [o.id for o in outs] == [i.id for i in items]
+    assert [[(d.user, d.seq) for d in o.deliveries] for o in outs] == [
+        [("u", 1)], [("u", 2), ("v", 1)], [("v", 2)], [("v", 3)], [("u", 3)]]
+    assert [o.body for o in outs] == [i.body for i in items]
+
+
 def _plan(conn: sqlite3.Connection, sql: str, args: tuple) -> list[str]:
     return [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
 

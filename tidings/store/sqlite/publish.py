@@ -177,8 +177,27 @@ def publish_many_tx(conn: WriterConnection, app_id: str, items: list[NewNotifica
     """The items of one batch request, as one job: their outcomes, in order.
     Optimistic like the group commit around it: when an item raises, the
     writer rolls the group back and runs this job again alone, as
-    :func:`publish_many_alone`."""
-    return [publish_tx(conn, app_id, item, threshold, window) for item in items]
+    :func:`publish_many_alone`.
+
+    The usual item (one user, as :func:`_append` takes it) is appended
+    here, without :func:`publish_tx` and :func:`_append` around it: their
+    calls were a third of the writer's Python per item."""
+    out: list = []
+    add = out.append
+    append_one, has_mutes = conn.append_one, conn.has_mutes
+    for item in items:
+        users = item.users
+        if (users is not None and len(users) == 1 and item.idempotency_key is None
+                and item.deliver_at is None and item.group_key is None and not item.jobs
+                and not has_mutes(app_id, item.category)):
+            user, nid = users[0], item.id
+            epoch, seq = append_one(app_id, user, nid, item.category, item.body,
+                                    item.created_at, item.expires_at)
+            add(PublishOutcome(nid, "accepted", 1, 0, [Delivery(user, epoch, seq)], None, None,
+                               item.body))
+        else:
+            add(publish_tx(conn, app_id, item, threshold, window))
+    return out
 
 
 def publish_many_alone(conn: WriterConnection, app_id: str, items: list[NewNotification],
