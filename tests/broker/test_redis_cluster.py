@@ -1,6 +1,7 @@
 """The Redis broker on a real three-master Redis Cluster
 (tests/rediscluster.py): messages and buckets on every shard, a
-master killed and started again, a slot moved to another master.
+master killed and started again, a master killed and replaced by its
+replica, a slot moved to another master.
 
 What every broker promises runs on the cluster too, in test_contract.py
 (the ``redis-cluster`` backend, on the session's cluster).
@@ -59,6 +60,14 @@ def opener(cluster: LocalRedisCluster):
 
 
 @pytest.fixture
+def replicated_cluster(tmp_path):
+    """A cluster of this test's own whose masters each have a replica."""
+    cluster = LocalRedisCluster(tmp_path, replicas=True).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
 async def make(redis_cluster):
     factory, close = opener(redis_cluster)
     yield factory
@@ -68,6 +77,13 @@ async def make(redis_cluster):
 @pytest.fixture
 async def make_private(private_cluster):
     factory, close = opener(private_cluster)
+    yield factory
+    await close()
+
+
+@pytest.fixture
+async def make_replicated(replicated_cluster):
+    factory, close = opener(replicated_cluster)
     yield factory
     await close()
 
@@ -217,6 +233,47 @@ async def test_a_master_killed_and_restarted(private_cluster, make_private):
     await until(lambda: {c for c, m in rec.got[got:] if m == Frames([b"after"])} == set(users),
                 "delivery on every shard after the restart")
     assert await a.take(keys[1], rate=0.01, burst=1) == 0.0  # script loaded again
+    assert await a.ping()
+
+
+async def test_a_master_killed_fails_over_to_its_replica(replicated_cluster, make_replicated):
+    """SIGKILL to a master that is never started again: the cluster promotes
+    its replica, and the broker connects to it from a fresh slot map, without
+    being opened again."""
+    cluster = replicated_cluster
+    a, b = await make_replicated(), await make_replicated()
+    users = one_per_shard(cluster, lambda i: user_channel("app_a", f"user{i}"))
+    keys = one_per_shard(cluster, lambda i: f"k{i}",
+                         kind=lambda br, k: br.key("rl", k).encode())
+    rec = Recorder()
+    for ch in users:
+        a.subscribe(ch, rec)
+    await a.settle()
+    assert await a.take(keys[1], rate=0.01, burst=1) == 0.0
+    victim = cluster.servers[1]
+    assert victim.command("WAIT", 1, 5000) == 1  # the bucket is on the replica too
+    event = reconnected(a)
+
+    victim.stop()
+    await until(lambda: a._sub is None, "the broker to notice")
+    for ch in users:
+        b.publish(ch, Frames([b"lost or late"]))  # never raises, never blocks
+
+    cluster.wait_promoted(1)
+    await asyncio.wait_for(event.wait(), 30)
+    assert a.reconnects == 1
+    await a.settle()
+    name = a.channel_name(users[1])
+    assert a._sub.conns[a._sub.owner(name)].port == cluster.replicas[1].port
+    got = len(rec.got)
+    n = 0
+    while {c for c, m in rec.got[got:] if m == Frames([b"after"])} != set(users):
+        n += 1  # b's own link may still be on its way to the promoted replica
+        assert n < 200, "no delivery on every shard after the failover"
+        for ch in users:
+            b.publish(ch, Frames([b"after"]))
+        await asyncio.sleep(0.05)
+    assert await a.take(keys[1], rate=0.01, burst=1) > 0  # the replica kept the bucket
     assert await a.ping()
 
 
