@@ -1,10 +1,12 @@
 """Backend outages on a live cluster: PostgreSQL unreachable, Redis restarted,
-a master of a Redis Cluster restarted, one node cut off from PostgreSQL.
+a master of a Redis Cluster restarted or replaced by its replica, one node cut
+off from PostgreSQL.
 
 PostgreSQL is cut off by killing a TCP forwarder between the nodes and the
 database (a network partition; the shared server keeps running).  Redis is a
 private ``redis-server`` of the test, killed and restarted on the same port;
-so is one master of a private three-master Redis Cluster (tests/rediscluster.py).
+so is one master of a private three-master Redis Cluster (tests/rediscluster.py),
+or it is killed for good and the cluster promotes its replica.
 The PostgreSQL outage runs in both deployment shapes (``broker_url``: with
 Redis, and on PostgreSQL alone, where the outage takes the broker away too).
 """
@@ -227,10 +229,23 @@ async def test_a_redis_cluster_master_restart_mid_stream_loses_nothing(pg_url, t
     Cluster, is killed and started again on its port, empty.  Without a
     replica the cluster refuses commands on every shard meanwhile; then every
     node connects to every master again (docs/deploy.md, On a Redis Cluster)."""
+    await _redis_cluster_master_outage(pg_url, tmp_path, replicas=False)
+
+
+@pytest.mark.timeout(240)
+async def test_a_redis_cluster_master_failover_mid_stream_loses_nothing(pg_url, tmp_path):
+    """The same master, of a cluster whose masters each have a replica, is
+    killed (SIGKILL) and never started again: the cluster promotes its
+    replica, and the nodes, never restarted, connect to it from a fresh slot
+    map and catch their streams up."""
+    await _redis_cluster_master_outage(pg_url, tmp_path, replicas=True)
+
+
+async def _redis_cluster_master_outage(pg_url, tmp_path, *, replicas: bool) -> None:
     from scripts.cluster import Cluster
 
     require_haproxy()
-    redis = LocalRedisCluster(tmp_path)
+    redis = LocalRedisCluster(tmp_path, replicas=replicas)
     prefix = f"tidings-test-{secrets.token_hex(5)}"
     base = free_port_block(3)
     cluster = Cluster(pg_url, f"{redis.url}?prefix={prefix}", nodes=2, base_port=base,
@@ -244,12 +259,16 @@ async def test_a_redis_cluster_master_restart_mid_stream_loses_nothing(pg_url, t
         redis.servers[victim[0]].stop()
 
     def up(app: dict) -> None:
-        redis.servers[victim[0]].start()
+        if not replicas:  # else the cluster promotes the replica by itself
+            redis.servers[victim[0]].start()
 
     try:
         redis.start()
         cluster.start()
         await _broker_outage_mid_stream(cluster, down, up)
+        if replicas:  # live delivery came back through the promoted replica
+            assert redis.replicas[victim[0]].command("INFO", "replication")["role"] == "master"
+            assert redis.servers[victim[0]].proc is None
     finally:
         cluster.stop()
         redis.stop()

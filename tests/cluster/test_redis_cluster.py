@@ -3,8 +3,9 @@ users whose channels hash to the slots of every master each have a device
 on both nodes, and every notification reaches every device live, through
 the broker, never from a catch-up out of the store.
 
-The failover test (test_failover.py) and a master's restart mid-stream
-(test_outages.py) run on a Redis Cluster too.
+The failover test (test_failover.py) runs on a Redis Cluster too, and so do
+a master's restart and a master's failover to its replica, mid-stream
+(test_outages.py).
 """
 
 from __future__ import annotations
