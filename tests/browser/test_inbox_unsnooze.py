@@ -56,7 +56,9 @@ def test_unsnooze_by_mouse_and_keyboard_brings_the_row_back_everywhere(context, 
     expect(b.locator("li.item").first).to_have_class(re.compile(r"\bunread\b"))
     expect(b.locator(".badge")).to_have_text("2")                    # and counted again
     expect(a.locator(".badge")).to_have_text("2")
-    assert _items(srv, "una")["note 2"]["state"] == "unseen"
+    # unread again; b's open panel shows it, so b marks it seen 300 ms later
+    # (docs/inbox.md: a row in view), which a slow machine's read here may follow
+    assert _items(srv, "una")["note 2"]["state"] in ("unseen", "seen")
 
     # the keyboard: Tab from the row's link reaches its Unsnooze button, Enter
     # unsnoozes, and focus goes to the same button of the row now in its place
