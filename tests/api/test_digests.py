@@ -88,6 +88,36 @@ async def test_an_hourly_webhook_digest_lists_what_was_not_seen(tmp_path):
         assert len(receiver.accepted) == 3 and receiver.rejected == []  # sent once
 
 
+async def test_a_webhook_digests_items_are_the_notifications_as_published(tmp_path):
+    """A webhook digest's items carry ``locales`` as a single webhook
+    delivery does (the receiving backend picks the language), for a user
+    with a locale too; only the digest's own words are tidings' (English)."""
+    locales = {"fr": {"title": "facture"}, "de": {"title": "Rechnung", "body": "bereit"}}
+    async with hooked(tmp_path, outbound=FAST) as (server, receiver):
+        await put_prefs(server, "alice", {"locale": "fr-CA", "digests": {
+            "social": {"webhook": {"every": 3600}}}})
+        bill = await publish(server, ["alice"], category="billing", title="invoice",
+                             locales=locales)
+        await until(lambda: _accepted(receiver, 1))
+        single = receiver.accepted[0]["notification"]
+        assert (single["id"], single["title"], single["locales"]) == (
+            bill["id"], "invoice", locales)
+        assert "locale" not in single
+        likes = [await publish(server, ["alice"], category="social", title=f"like {i}",
+                               locales=locales) for i in range(2)]
+        advance(server, HOUR + 1)
+        await until(lambda: _accepted(receiver, 2))
+        note = receiver.accepted[1]["notification"]
+        assert note["title"] == "2 new notifications"
+        assert note["body"] == "- like 0\n- like 1"
+        items = note["data"]["digest"]["items"]
+        assert [i["id"] for i in items] == [n["id"] for n in likes]
+        assert [(i["title"], i["locales"], "locale" in i) for i in items] == [
+            ("like 0", locales, False), ("like 1", locales, False)]
+        assert {k for k in single if k not in ("id", "title", "created_at", "category")} == \
+            {k for k in items[0] if k not in ("id", "title", "created_at", "category")}
+
+
 async def test_seeing_a_group_entry_leaves_its_members_out(tmp_path):
     async with hooked(tmp_path, outbound=FAST) as (server, receiver):
         await put_prefs(server, "alice", {"digests": {"social": {"webhook": {"every": 3600}}}})

@@ -192,7 +192,8 @@ def body(jid: str, notes: Sequence[bytes], created_at: float, locale: str = "") 
     says how many, the body lists their titles, ``data.digest.items`` holds
     the notifications themselves, oldest first.  The title and the "... and
     N more" line are in the language of ``locale`` (tidings/core/phrases.py);
-    ``notes`` come already resolved for it."""
+    ``notes`` come as the channel carries them: resolved for it, or as
+    published (a webhook's, ``locales`` included)."""
     items: list[Any] = [msgspec.json.decode(n) for n in notes]
     n = len(items)
     lines = [f"- {' '.join(str(i.get('title') or i.get('body') or i.get('category')).split())}"

@@ -392,11 +392,14 @@ class Outbound:
         jobs = []
         for n, (_, mine) in enumerate(sorted(by_dest.items())):
             jid = digest.job_id(app, user, channel, rule, mine[0].nid, n)
-            # one destination, so one language: the items' and the digest's own words
+            # one destination, so one language: the items' and the digest's own words;
+            # a webhook's items are the notifications as published, ``locales``
+            # included, as its single deliveries carry them (the receiver picks)
             locale = mine[0].destination.get("locale", "")
+            notes = ([i.notification for i in mine] if channel == "webhook" else
+                     [locales.resolve(i.notification, locale) for i in mine])
             job = Job(id=jid, channel=channel, app=app, user=user,
-                      notification=digest.body(jid, [locales.resolve(i.notification, locale)
-                                                     for i in mine], now, locale),
+                      notification=digest.body(jid, notes, now, locale),
                       destination=mine[0].destination, created_at=now)
             jobs.append(NewJob(job=job, nid=jid.split(".", 1)[0], not_before=now))
         return jobs
