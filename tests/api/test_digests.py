@@ -212,6 +212,37 @@ async def test_a_digests_own_words_are_in_the_recipients_language(tmp_path):
         assert pushed["body"] == "- j'aime 0\n- j'aime 1\n- j'aime 2"  # the items' too
 
 
+async def test_a_digest_email_names_its_language_when_it_has_one(tmp_path):
+    """A digest e-mail for a language tidings has words for says it
+    (Content-Language, ``<html lang>``), and each item whose language is
+    not the message's says its own (``lang=""``: a notification's own text,
+    language not told); for any other recipient neither is said."""
+    async with with_channels(tmp_path) as (server, mailbox, _):
+        users = {"marie": "fr-CA", "hans": "de", "kenji": "ja", "emma": None}
+        for user, locale in users.items():
+            await set_email(server, user, f"{user}@example.test")
+            await put_prefs(server, user, {**({"locale": locale} if locale else {}),
+                                           "digests": {"social": {"email": {"every": 3600}}}})
+        await publish(server, list(users), category="social", title="liked",
+                      locales={"fr-CA": {"title": "aimé"}, "de": {"title": "gefällt"}})
+        await publish(server, list(users), category="social", title="followed")
+        advance(server, HOUR + 1)
+        await until(lambda: _mails(mailbox, len(users)))
+        mails = {m.rcpt_tos[0].split("@")[0]: email.message_from_bytes(
+            m.content, policy=email.policy.default) for m in mailbox.messages}
+
+        def said(user):
+            page = mails[user].get_body(("html",)).get_content().replace("\r\n", "\n")
+            return (mails[user]["Content-Language"], page.split("<head>")[0].split("\n")[-1],
+                    [li.split("</li>")[0] for li in page.split("<li")[1:]])
+
+        assert said("marie") == ("fr", '<html lang="fr">',
+                                 [' lang="fr-CA">aimé', ' lang="">followed'])
+        assert said("hans") == ("de", '<html lang="de">', [">gefällt", ' lang="">followed'])
+        assert said("kenji") == (None, "<html>", [">liked", ">followed"])  # English words
+        assert said("emma") == (None, "<html>", [">liked", ">followed"])
+
+
 async def test_a_push_digest_says_how_many(tmp_path):
     async with with_channels(tmp_path) as (server, _, stub):
         phone = stub.subscribers.setdefault("erin-phone", Subscriber())

@@ -115,7 +115,9 @@ async def test_email_and_push_are_sent_in_the_recipients_language(tmp_path):
         de, en = mails["hans@example.test"], mails["emma@example.test"]
         assert (de["Subject"], de["Content-Language"]) == ("Deine Rechnung", "de")
         assert "liegt bereit" in de.get_body(("plain",)).get_content()
+        assert '<html lang="de"><head>' in de.get_body(("html",)).get_content()
         assert (en["Subject"], en["Content-Language"]) == ("Your invoice", None)
+        assert '<html><head>' in en.get_body(("html",)).get_content()
         assert "is ready" in en.get_body(("plain",)).get_content()
         assert _mail  # the helpers of the fallback tests
 
@@ -142,7 +144,9 @@ async def test_the_words_an_email_adds_are_in_the_recipients_language(tmp_path):
         mails = {m.rcpt_tos[0].split("@")[0]: email.message_from_bytes(
             m.content, policy=email.policy.default) for m in mailbox.messages}
         said = {user: (m["Subject"], m.get_body(("html",)).get_content().split(
-            '<a href="https://acme.test/i/1">')[1].split("<")[0]) for user, m in mails.items()}
-        assert said == {"hans": ("Neue Benachrichtigung", "Öffnen"),
-                        "lea": ("Nouvelle notification", "Ouvrir"),
-                        "emma": ("New notification", "Open")}  # no Portuguese: English
+            '<a href="https://acme.test/i/1"')[1].split("<")[0]) for user, m in mails.items()}
+        # the body is the notification's own text, in no known language: the
+        # words tidings adds say theirs, when it has the recipient's
+        assert said == {"hans": ("Neue Benachrichtigung", ' lang="de">Öffnen'),
+                        "lea": ("Nouvelle notification", ' lang="fr">Ouvrir'),
+                        "emma": ("New notification", ">Open")}  # no Portuguese: English

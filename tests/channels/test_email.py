@@ -82,11 +82,37 @@ async def test_the_words_the_message_adds_are_in_the_recipients_language():
     msg = parse(await _sent(EmailConfig(subject_prefix="[Acme] "), job))
     assert msg["Subject"] == "[Acme] Neue Benachrichtigung"
     assert msg.get_body(("plain",)).get_content().startswith("Neue Benachrichtigung\r\n")
-    assert '<a href="https://acme.test/1">Öffnen</a>' in msg.get_body(("html",)).get_content()
+    # the notification's own text is in no known language: tidings' words say theirs
+    page = msg.get_body(("html",)).get_content()
+    assert '<html><head>' in page and '<h1 lang="de">Neue Benachrichtigung</h1>' in page
+    assert '<a href="https://acme.test/1" lang="de">Öffnen</a>' in page
+    assert msg["Content-Language"] is None
     fr = render(Notification(**untitled), locale="fr")
-    assert (fr.subject, '">Ouvrir</a>' in fr.html) == ("Nouvelle notification", True)
+    assert (fr.subject, '" lang="fr">Ouvrir</a>' in fr.html) == ("Nouvelle notification", True)
     other = render(Notification(**untitled), locale="ja")  # no such language: English
     assert (other.subject, '">Open</a>' in other.html) == ("New notification", True)
+    assert "lang=" not in other.html  # English for want of Japanese: nothing said
+
+
+async def test_a_message_in_a_known_language_says_it():
+    """The override the text took is the message's language (Content-Language,
+    ``<html lang>``); tidings' words in another say theirs."""
+    note = {"id": "N1", "category": "c", "created_at": "t", "title": "Invoice",
+            "url": "https://acme.test/1", "locales": {"ja": {"title": "請求書"}}}
+    job = make_job("email", {"to": "ken@acme.test", "locale": "ja-JP"}, notification=note)
+    msg = parse(await _sent(EmailConfig(), job))
+    page = msg.get_body(("html",)).get_content()
+    assert (msg["Subject"], msg["Content-Language"]) == ("請求書", "ja")
+    assert '<html lang="ja"><head>' in page and "<h1>請求書</h1>" in page
+    # no Japanese among tidings' words: "Open" is English, and says so
+    assert '<a href="https://acme.test/1" lang="en">Open</a>' in page
+    de = render(Notification(id="N2", category="c", created_at="t", body="bereit",
+                             url="https://acme.test/2", locale="de"), locale="de-CH")
+    assert (de.lang, de.subject) == ("de", "Neue Benachrichtigung")
+    assert '<html lang="de">' in de.html and "<h1>Neue Benachrichtigung</h1>" in de.html
+    assert '<a href="https://acme.test/2">Öffnen</a>' in de.html  # the message's language
+    plain = render(Notification(id="N3", category="c", created_at="t", title="Hi"))
+    assert (plain.lang, "lang=" in plain.html) == ("", False)
 
 
 def test_long_subjects_are_cut():

@@ -11,7 +11,10 @@ line breaks, emphasis, code, lists, links): raw HTML comes out escaped, a
 link that is not ``http``, ``https`` or ``mailto`` stays text, and images are
 not a rule, so nothing in the mail is fetched.  The text part is the
 Markdown source.  The few words the message adds ("New notification",
-"Open") are in the recipient's language (tidings/core/phrases.py).
+"Open") are in the recipient's language (tidings/core/phrases.py).  A
+message in a known language says it, in ``Content-Language`` (RFC 3282) and
+``<html lang>``: a notification's, the override its text took; a digest's,
+the recipient's when tidings has words for it (see :func:`render`).
 ``Message-ID`` is derived from the job id, so a retried job carries the same
 id and mail systems can drop the duplicate; ``Auto-Submitted:
 auto-generated`` (RFC 3834) keeps vacation responders quiet.
@@ -52,7 +55,7 @@ from tidings.config import EmailConfig  # defined with the other settings
 from tidings.core import locales, unsubscribe
 from tidings.core.digest import is_digest
 from tidings.core.models import Notification
-from tidings.core.phrases import phrase
+from tidings.core.phrases import language, phrase, row
 
 __all__ = ["EmailChannel", "EmailConfig", "Rendered", "category_of", "render"]
 
@@ -68,6 +71,7 @@ class Rendered(msgspec.Struct, frozen=True):
     subject: str
     text: str
     html: str
+    lang: str = ""  # the language the message is in, "" when not known (Content-Language)
 
 
 def _link(url: str, base_url: str | None) -> str | None:
@@ -110,14 +114,45 @@ def _text(value: str) -> str:
     return value.translate(_CONTROLS)
 
 
+def _lang(tag: str, within: str) -> str:
+    """The ``lang`` attribute of an element whose text is in ``tag`` ("":
+    not known) inside a message in ``within``: none when the message's
+    language is not known or is the element's too."""
+    if not within or tag.lower() == within.lower():
+        return ""
+    return f' lang="{html.escape(tag, quote=True)}"'
+
+
+def _words(locale: str, within: str) -> str:
+    """The ``lang`` attribute of tidings' own words, said for ``locale``,
+    inside a message in ``within``: their row of tidings/core/phrases.py
+    when it is not the message's; in a message of no known language, only
+    when the recipient's language has a row (not English for want of one)."""
+    words = language(locale) if within else row(locale)
+    if words is None or row(within) == words:
+        return ""
+    return f' lang="{words}"'  # a key of PHRASES
+
+
 def render(note: Notification, base_url: str | None = None, subject_prefix: str = "",
            locale: str = "") -> Rendered:
     """The subject, plain-text and HTML bodies of one notification; the
     words the message adds ("New notification" for no title, "Open") are in
-    the language of ``locale`` (tidings/core/phrases.py)."""
+    the language of ``locale`` (tidings/core/phrases.py).
+
+    The message's language (``lang``, the HTML's ``<html lang>``) is the one
+    its text is known to be in: a notification's, the override its text took
+    (its resolved ``locale``); a digest's, the recipient's language when
+    tidings has words for it (its title is in it, and each item it lists
+    names its own, ``lang=""`` for a notification's own text, whose language
+    tidings is not told).  Otherwise "" and no ``lang``, as the own text of
+    a notification may be in any."""
+    digest = is_digest(note.id)
+    lang = (row(locale) or "") if digest else (note.locale or "")
     # A title is one line: collapsing its whitespace also keeps CR/LF out of
     # the Subject header, where they would start new header lines.
-    title = " ".join(_text(note.title).split()) or phrase("untitled", locale)
+    own = " ".join(_text(note.title).split())
+    title = own or phrase("untitled", locale)
     subject = f"{subject_prefix}{title}"[:_MAX_SUBJECT]
     link = _link(note.url, base_url)
     body = _text(note.body)
@@ -139,23 +174,27 @@ def render(note: Notification, base_url: str | None = None, subject_prefix: str 
             href = _link(str(item.get("url") or ""), base_url)
             lines.append(f"- {line}" + (f"\n  {href}" if href else ""))
             shown = html.escape(line)
-            rows.append(f'<li><a href="{html.escape(href, quote=True)}">{shown}</a></li>'
-                        if href else f"<li>{shown}</li>")
+            tag = item.get("locale")
+            li = f"<li{_lang(tag if isinstance(tag, str) else '', lang)}>"
+            rows.append(f'{li}<a href="{html.escape(href, quote=True)}">{shown}</a></li>'
+                        if href else f"{li}{shown}</li>")
         text = "\n\n".join([title, "\n".join(lines)]) + "\n"
         body_html = "<ul>\n" + "\n".join(rows) + "\n</ul>"
+    root = f'<html lang="{html.escape(lang, quote=True)}">' if lang else "<html>"
+    heading = "<h1>" if own or digest else f"<h1{_words(locale, lang)}>"  # "New notification"
     parts = [
         "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"></head><body>',
-        f"<h1>{html.escape(title)}</h1>",
+        f'{root}<head><meta charset="utf-8"></head><body>',
+        f"{heading}{html.escape(title)}</h1>",
     ]
     if body_html:
         block = items or note.format == "markdown"  # already its own paragraphs or list
         parts.append(body_html if block else f"<p>{body_html}</p>")
     if link:
-        parts.append(f'<p><a href="{html.escape(link, quote=True)}">'
+        parts.append(f'<p><a href="{html.escape(link, quote=True)}"{_words(locale, lang)}>'
                      f'{html.escape(phrase("open", locale))}</a></p>')
     parts.append("</body></html>")
-    return Rendered(subject=subject, text=text, html="\n".join(parts) + "\n")
+    return Rendered(subject=subject, text=text, html="\n".join(parts) + "\n", lang=lang)
 
 
 def _digest_items(note: Notification) -> list[dict]:
@@ -255,8 +294,8 @@ class EmailChannel:
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg.set_content(rendered.text)
         msg.add_alternative(rendered.html, subtype="html")
-        if note.locale:  # the language its text was resolved to (RFC 3282); after
-            msg["Content-Language"] = note.locale  # set_content, which drops Content-*
+        if rendered.lang:  # the language it is in (RFC 3282); after set_content,
+            msg["Content-Language"] = rendered.lang  # which drops Content-*
         return msg
 
     async def send(self, job: Job) -> Result:

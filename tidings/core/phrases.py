@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from tidings.core.locales import best
 
-__all__ = ["ONE", "PHRASES", "language", "phrase"]
+__all__ = ["ONE", "PHRASES", "language", "phrase", "row"]
 
 ENGLISH = "en"
 
@@ -54,10 +54,16 @@ ONE: dict[str, frozenset[int]] = {
 }
 
 
+def row(want: str) -> str | None:
+    """The language of :data:`PHRASES` that serves ``want`` by the lookup of
+    RFC 4647 §3.4; None when none does (nor for "")."""
+    return best(PHRASES, want)
+
+
 def language(want: str) -> str:
     """The language of :data:`PHRASES` a reader of ``want`` (a BCP 47 tag,
-    "" for none) gets: the lookup of RFC 4647 §3.4, else English."""
-    return best(PHRASES, want) or ENGLISH
+    "" for none) gets: :func:`row`, else English."""
+    return row(want) or ENGLISH
 
 
 def phrase(key: str, want: str, n: int | None = None) -> str:
