@@ -216,7 +216,8 @@ async def test_a_digest_email_names_its_language_when_it_has_one(tmp_path):
     """A digest e-mail for a language tidings has words for says it
     (Content-Language, ``<html lang>``), and each item whose language is
     not the message's says its own (``lang=""``: a notification's own text,
-    language not told); for any other recipient neither is said."""
+    language not told); for any other recipient neither is said, and only an
+    item that took an override says its language."""
     async with with_channels(tmp_path) as (server, mailbox, _):
         users = {"marie": "fr-CA", "hans": "de", "kenji": "ja", "emma": None}
         for user, locale in users.items():
@@ -224,7 +225,8 @@ async def test_a_digest_email_names_its_language_when_it_has_one(tmp_path):
             await put_prefs(server, user, {**({"locale": locale} if locale else {}),
                                            "digests": {"social": {"email": {"every": 3600}}}})
         await publish(server, list(users), category="social", title="liked",
-                      locales={"fr-CA": {"title": "aimé"}, "de": {"title": "gefällt"}})
+                      locales={"fr-CA": {"title": "aimé"}, "de": {"title": "gefällt"},
+                               "ja": {"title": "いいね"}})
         await publish(server, list(users), category="social", title="followed")
         advance(server, HOUR + 1)
         await until(lambda: _mails(mailbox, len(users)))
@@ -239,7 +241,8 @@ async def test_a_digest_email_names_its_language_when_it_has_one(tmp_path):
         assert said("marie") == ("fr", '<html lang="fr">',
                                  [' lang="fr-CA">aimé', ' lang="">followed'])
         assert said("hans") == ("de", '<html lang="de">', [">gefällt", ' lang="">followed'])
-        assert said("kenji") == (None, "<html>", [">liked", ">followed"])  # English words
+        # English words for want of Japanese: no language, but the item that has one says it
+        assert said("kenji") == (None, "<html>", [' lang="ja">いいね', ">followed"])
         assert said("emma") == (None, "<html>", [">liked", ">followed"])
 
 

@@ -116,9 +116,9 @@ def _text(value: str) -> str:
 
 def _lang(tag: str, within: str) -> str:
     """The ``lang`` attribute of an element whose text is in ``tag`` ("":
-    not known) inside a message in ``within``: none when the message's
-    language is not known or is the element's too."""
-    if not within or tag.lower() == within.lower():
+    not known) inside a message in ``within`` ("": not known): none when
+    they are the same."""
+    if tag.lower() == within.lower():
         return ""
     return f' lang="{html.escape(tag, quote=True)}"'
 
@@ -143,10 +143,11 @@ def render(note: Notification, base_url: str | None = None, subject_prefix: str 
     The message's language (``lang``, the HTML's ``<html lang>``) is the one
     its text is known to be in: a notification's, the override its text took
     (its resolved ``locale``); a digest's, the recipient's language when
-    tidings has words for it (its title is in it, and each item it lists
-    names its own, ``lang=""`` for a notification's own text, whose language
-    tidings is not told).  Otherwise "" and no ``lang``, as the own text of
-    a notification may be in any."""
+    tidings has words for it (its title is in it).  Otherwise "" and no
+    ``lang``, as the own text of a notification may be in any.  Inside, what
+    is in another language says it: tidings' words, and each item a digest
+    lists (the override it took, ``lang=""`` for its own text in a message
+    of a known language: tidings is not told that text's language)."""
     digest = is_digest(note.id)
     lang = (row(locale) or "") if digest else (note.locale or "")
     # A title is one line: collapsing its whitespace also keeps CR/LF out of
