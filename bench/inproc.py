@@ -11,6 +11,14 @@ the socket, no epoll and no client share the core, so what changes here is
 the Python the loop runs per request: a smaller figure to compare pairs of
 code with, not a replacement for ``bench publish``.
 
+``--topic N`` measures write fan-out instead: N users follow topic
+``bench``, each with one WebSocket stream of the gateway's own (written
+through a fake raw protocol: the frame is built, not sent), and every
+request publishes to the topic; the figures are then also given per
+recipient, with the frames written and the events per frame.  Two runs
+under ``valgrind --tool=callgrind --separate-threads=yes`` with different
+``--count`` give the loop thread's instructions per recipient.
+
 ``--profile`` runs one more pass under cProfile (the loop thread only) and
 prints the top functions.
 """
@@ -23,11 +31,14 @@ import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import threading
 import time
 
 import uvicorn
+
+from tidings.gateway.uvicorn_ws import TidingsWebSocketProtocol
 
 
 class _Transport:
@@ -58,6 +69,42 @@ class _Transport:
 
     def set_protocol(self, protocol) -> None:
         pass
+
+
+class _RawWS:
+    """What a RawWebSocketStream uses of uvicorn_ws.TidingsWebSocketProtocol."""
+
+    on_writable = on_lost = on_message = None
+    can_write = True
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def write_text(self, payload: bytes) -> None:
+        TidingsWebSocketProtocol.write_text(self, payload)  # type: ignore[arg-type]
+
+    @property
+    def transport(self):
+        return self
+
+    def write(self, data: bytes) -> None:
+        self.frames += 1
+
+
+async def _streams(service, users: list[str]) -> list[_RawWS]:
+    """One started stream per user, as the WebSocket endpoint makes it."""
+    from tidings.gateway.transports import RawWebSocketStream
+
+    limits = service.settings.limits
+    protos = []
+    for user in users:
+        proto = _RawWS()
+        stream = RawWebSocketStream(proto, None, service.hub, "bench", user,
+                                    max_events=limits.queue_max_events,
+                                    max_bytes=limits.queue_max_bytes)
+        await stream.start(None)
+        protos.append(proto)
+    return protos
 
 
 class _Conn:
@@ -100,10 +147,10 @@ def _thread_cpu(ident: int) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(ident))
 
 
-def _requests(key: str, batch: int, users: int, n: int) -> list[bytes]:
+def _requests(key: str, batch: int, users: int, n: int, topic: bool = False) -> list[bytes]:
     def one(i: int) -> dict:
-        return {"to": {"users": [f"u{i % users:06d}"]}, "title": "bench",
-                "body": f"{i:08d}-".ljust(100, "x")}
+        to = {"topic": "bench"} if topic else {"users": [f"u{i % users:06d}"]}
+        return {"to": to, "title": "bench", "body": f"{i:08d}-".ljust(100, "x")}
 
     out = []
     for j in range(n):
@@ -145,7 +192,17 @@ async def _main(opts) -> None:
         return config.http_protocol_class(config=config, server_state=server.server_state,
                                           app_state=server.lifespan.state, _loop=loop)
 
-    requests = _requests(key, opts.batch, 1000, 512)
+    requests = _requests(key, opts.batch, 1000, 512, topic=bool(opts.topic))
+    if opts.topic:
+        # The loop keeps the GIL until it waits (as bench.writer does): the
+        # writer then takes every publish sent meanwhile as one group, also
+        # under callgrind, and two runs compare frames of the same size.
+        sys.setswitchinterval(10.0)
+    protos: list[_RawWS] = []
+    if opts.topic:
+        members = [f"m{i:06d}" for i in range(opts.topic)]
+        await service.subscribe("bench", "bench", members, True)
+        protos = await _streams(service, members)
     rows = []
     for run in range(opts.runs + (1 if opts.profile else 0)):
         total = opts.count // per
@@ -156,11 +213,13 @@ async def _main(opts) -> None:
             import cProfile
             profiler = cProfile.Profile()
             profiler.enable()
+        frames0 = sum(p.frames for p in protos)
         t0, c0, w0 = time.perf_counter(), time.thread_time(), _thread_cpu(writer.ident)
         r0 = resource.getrusage(resource.RUSAGE_THREAD)
         for c in conns:
             loop.call_soon(c.send)
         await bench.done.wait()
+        await asyncio.sleep(0)  # the hub's flush of the last tick
         t1, c1, w1 = time.perf_counter(), time.thread_time(), _thread_cpu(writer.ident)
         r1 = resource.getrusage(resource.RUSAGE_THREAD)
         for c in conns:
@@ -177,6 +236,12 @@ async def _main(opts) -> None:
                # GIL, for epoll) and preemptions
                "loop_vcsw": (r1.ru_nvcsw - r0.ru_nvcsw) / total,
                "loop_ivcsw": (r1.ru_nivcsw - r0.ru_nivcsw) / total, "errors": bench.errors}
+        if opts.topic:
+            frames = sum(p.frames for p in protos) - frames0
+            recipients = n * opts.topic
+            row.update(loop_us_per_recipient=(c1 - c0) / recipients * 1e6,
+                       writer_us_per_recipient=(w1 - w0) / recipients * 1e6,
+                       frames=frames, events_per_frame=recipients / max(frames, 1))
         rows.append(row)
         print({k: round(v, 2) for k, v in row.items()})
         await asyncio.sleep(0.2)  # the writer's tail
@@ -191,6 +256,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20000, help="notifications per run")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--topic", type=int, default=0, metavar="N",
+                    help="publish to a topic that N streams' users follow (write fan-out)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sort", default="tottime")
