@@ -29,6 +29,16 @@ def test_push_and_drain_preserve_order():
     assert q.drain() == []
 
 
+def test_push_tells_how_many_frames_are_pending():
+    """1 means the queue was empty: the stream wakes its writer then only."""
+    q = OutboundQueue(max_events=3, max_bytes=100)
+    assert [q.push(b"a"), q.push(b"b")] == [1, 2]
+    q.drain()
+    assert [q.push(b"c"), q.push(b"d"), q.push(b"e")] == [1, 2, 3]
+    assert q.push(b"f") == 0  # over the cap
+    assert q.push(b"g") == 0
+
+
 def test_drain_returns_a_fresh_list():
     q = OutboundQueue(max_events=10, max_bytes=100)
     q.push(b"x")
@@ -109,8 +119,9 @@ def test_queue_never_exceeds_caps_and_overflows_exactly_at_cap(max_events, max_b
         else:
             would_cross = len(model) + 1 > max_events or sum(map(len, model)) + len(op) > max_bytes
             ok = q.push(op)
-            assert ok == (not overflowed and not would_cross)
+            assert bool(ok) == (not overflowed and not would_cross)
             if ok:
+                assert ok == len(model) + 1  # the frames pending with it
                 model.append(op)
                 accepted.append(op)
             else:

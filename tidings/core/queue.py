@@ -20,17 +20,21 @@ class OutboundQueue:
         self.max_bytes = max_bytes
         self.overflowed = False
 
-    def push(self, frame: bytes) -> bool:
-        """Queue ``frame``; False (and ``overflowed``) when a cap is crossed."""
+    def push(self, frame: bytes) -> int:
+        """Queue ``frame``: how many frames are pending with it (1: the queue
+        was empty, the writer must be woken), or 0 (and ``overflowed``) when
+        a cap is crossed."""
         if self.overflowed:
-            return False
-        size = len(frame)
-        if len(self.frames) >= self.max_events or self.nbytes + size > self.max_bytes:
+            return 0
+        frames = self.frames
+        n = len(frames)
+        size = self.nbytes + len(frame)
+        if n >= self.max_events or size > self.max_bytes:
             self.overflowed = True
-            return False
-        self.frames.append(frame)
-        self.nbytes += size
-        return True
+            return 0
+        frames.append(frame)
+        self.nbytes = size
+        return n + 1
 
     def drain(self) -> list[bytes]:
         """Take everything pending, for one write."""

@@ -598,33 +598,50 @@ class Hub:
         tail: bytes | None = None  # made once, when the first recipient is here
         here: list[str] = []  # the recipients with a stream here
         routed = 0
-        for d in msg.deliveries:
-            streams = users.get(d.user)
-            if not streams:
-                continue
-            here.append(d.user)
-            routed += len(streams)
-            epoch, seq = d.epoch, d.seq
-            if resolved is not None:
-                _localized(streams, epoch, seq, note, mark, d.group, resolved)
-                continue
-            if d.group is None:
-                payload = body
-                if tail is None:
-                    tail = events.notification_tail(body)
-                shared = tail
-            else:
-                payload = events.with_group(body, d.group)
-                shared = events.notification_tail(payload)
-            if trace:  # tracing is on: the same writes inside spans
-                tracing.deliver(trace, app, "personal", tuple(streams),
-                                lambda s: s.on_personal(epoch, seq, payload))  # noqa: B023
-            elif len(streams) == 1:
-                (s,) = streams  # unpacked first: a stream cut now leaves the set
-                s.on_personal(epoch, seq, payload, shared)
-            else:
-                for s in tuple(streams):
+        deliveries = msg.deliveries
+        if resolved is None and not trace:
+            # the usual publish, its loop without the cases it has none of:
+            # under write fan-out this runs once per recipient
+            tail = events.notification_tail(body)
+            for d in deliveries:
+                streams = users.get(d.user)
+                if not streams:
+                    continue
+                here.append(d.user)
+                if d.group is None and len(streams) == 1:
+                    (s,) = streams  # unpacked first: a stream cut now leaves the set
+                    s.on_personal(d.epoch, d.seq, body, tail)
+                    routed += 1
+                else:
+                    routed += _personal_to(streams, d, body, tail)
+        else:  # locales, or tracing on
+            for d in deliveries:
+                streams = users.get(d.user)
+                if not streams:
+                    continue
+                here.append(d.user)
+                routed += len(streams)
+                epoch, seq = d.epoch, d.seq
+                if resolved is not None:
+                    _localized(streams, epoch, seq, note, mark, d.group, resolved)
+                    continue
+                if d.group is None:
+                    payload = body
+                    if tail is None:
+                        tail = events.notification_tail(body)
+                    shared = tail
+                else:
+                    payload = events.with_group(body, d.group)
+                    shared = events.notification_tail(payload)
+                if trace:  # tracing is on: the same writes inside spans
+                    tracing.deliver(trace, app, "personal", tuple(streams),
+                                    lambda s: s.on_personal(epoch, seq, payload))  # noqa: B023
+                elif len(streams) == 1:
+                    (s,) = streams  # unpacked first: a stream cut now leaves the set
                     s.on_personal(epoch, seq, payload, shared)
+                else:
+                    for s in tuple(streams):
+                        s.on_personal(epoch, seq, payload, shared)
         if here:
             self.cache.users_changed(app, here)
             self._routed(app, routed, msg.sent_at)
@@ -712,6 +729,18 @@ class Hub:
         for streams in list(self.users.values()):
             for s in list(streams):
                 s.close(code)
+
+
+def _personal_to(streams, d, body: bytes, tail: bytes) -> int:
+    """Personal entry ``d`` (a ``Delivery``) of a notification with no
+    ``locales`` to the user's ``streams``, of which there are several or
+    which is a group entry; how many streams."""
+    if d.group is not None:
+        body = events.with_group(body, d.group)
+        tail = events.notification_tail(body)
+    for s in tuple(streams):
+        s.on_personal(d.epoch, d.seq, body, tail)
+    return len(streams)
 
 
 def _localized(streams, epoch: str, seq: int, body: bytes, mark: bytes,

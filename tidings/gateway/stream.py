@@ -150,7 +150,22 @@ class Stream:
         ``events.notification_tail(body)`` when the caller has it (one per
         publish, shared by its recipients)."""
         if seq == self.last_seq + 1 and epoch == self.epoch and not self._syncing:
-            self.emit_personal(seq, body, tail)  # the next one, live: as usual
+            # the next one, live: as usual.  emit_personal(seq, body, tail)
+            # without its call: under write fan-out this runs once per recipient
+            self.last_seq = seq
+            if self._head_for is not epoch:
+                self._head_for, self._head = epoch, events.notification_head(epoch)
+            frame = b"%s%d%s" % (self._head, seq,
+                                 events.notification_tail(body) if tail is None else tail)
+            if self.wants_ids or self.closed:
+                self.push(frame, self.position())
+                return
+            pending = self.queue.push(frame)
+            if pending == 1:  # the first since the last write: wake the writer
+                self._schedule()
+            elif not pending:
+                self.hub.metrics.slow_consumer(self.app)
+                self.close(CLOSE_SLOW_CONSUMER)
         elif self._syncing:
             self._hold("p", seq, body)
         elif epoch != self.epoch or seq <= self.last_seq:
@@ -167,18 +182,7 @@ class Stream:
             self._head_for, self._head = epoch, events.notification_head(epoch)
         frame = b"%s%d%s" % (self._head, seq,
                              events.notification_tail(body) if tail is None else tail)
-        if self.wants_ids:
-            self.push(frame, self.position())
-            return
-        # push(frame), without its call: under write fan-out this runs once
-        # per recipient
-        if self.closed:
-            return
-        if not self.queue.push(frame):
-            self.hub.metrics.slow_consumer(self.app)
-            self.close(CLOSE_SLOW_CONSUMER)
-            return
-        self._schedule()
+        self.push(frame, self.position() if self.wants_ids else None)
 
     def on_feed(self, offset: int, frame: bytes, category: str = "") -> None:
         """Feed item ``offset`` of ``category`` arrived live."""
@@ -232,14 +236,18 @@ class Stream:
         """Queue one encoded event; the writer sends it with whatever else is pending."""
         if self.closed:
             return
-        if not self.queue.push(frame):
+        pending = self.queue.push(frame)
+        if pending == 1:
+            self._schedule()
+        elif not pending:
             self.hub.metrics.slow_consumer(self.app)
             self.close(CLOSE_SLOW_CONSUMER)
-            return
-        self._schedule()
 
     def _schedule(self) -> None:
-        """Make sure what was just queued gets written (wake the writer task)."""
+        """Make sure what was just queued gets written (wake the writer task).
+        Called for the first frame queued since the last write only: while
+        frames are pending, a write of them is on its way already (or waits
+        for the transport to take more, which schedules it again)."""
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
