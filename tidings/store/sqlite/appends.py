@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from itertools import chain, repeat
-from operator import itemgetter
+from operator import add, itemgetter
 
 from tidings.core.ids import new_epoch
 from tidings.store.sqlite.entries import one_seq
@@ -45,10 +45,12 @@ EXACT_ROWS = 32
 # table (about 13 KiB each at 32 rows) besides every other statement
 STATEMENTS_CACHED = 512
 _first = itemgetter(0)
+_second = itemgetter(1)
 _by_user = itemgetter(1)
 _flat = chain.from_iterable
 _blob = bytearray  # see WriterConnection.__init__
 _NONE = object()  # _insert: no shared first column
+_NO_HEADS: dict[str, tuple[str, int]] = {}  # an app with no committed head cached
 FANOUT_ROWS = 64  # recipients from which add_entries writes a publish's rows in SQL
 # OR FAIL: see _insert
 _FANOUT = ("INSERT OR FAIL INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
@@ -67,9 +69,14 @@ class WriterConnection(sqlite3.Connection):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._heads: dict[tuple[str, str], tuple[str, int]] = {}  # committed
-        self._txn: dict[tuple[str, str], tuple[str, int]] = {}  # this transaction's
-        self._dirty: set[tuple[str, str]] = set()  # heads of _txn not written yet
+        # Heads by app, then user: (epoch, seq).  By app first so that a
+        # publish looks its recipients up by user alone, in C (``map``), with
+        # no (app, user) tuple to build, hash and compare per recipient.
+        self._heads: dict[str, dict[str, tuple[str, int]]] = {}  # committed
+        # this transaction's: every head it read or took, copied from
+        # ``_heads`` (or the table) at its first use in the transaction
+        self._txn: dict[str, dict[str, tuple[str, int]]] = {}
+        self._dirty: dict[str, set[str]] = {}  # heads of _txn not written yet
         # rows without an expiry, without the column: the sqlite3 module binds
         # int, float, str and bytearray directly, but for None (and bytes) it
         # looks an adapter up, and failing to find one costs more (3,300
@@ -108,11 +115,23 @@ class WriterConnection(sqlite3.Connection):
         self.flush()
         self.execute("COMMIT")
         heads = self._heads
-        heads.update(self._txn)
+        for app_id, taken in self._txn.items():
+            mine = heads.get(app_id)
+            if mine is None:
+                heads[app_id] = taken
+            else:
+                mine.update(taken)
         self._txn.clear()
-        if len(heads) > HEADS_CACHED:
-            for key in list(heads)[: len(heads) - HEADS_CACHED]:  # the oldest entered
-                del heads[key]
+        over = sum(map(len, heads.values())) - HEADS_CACHED
+        for app_id, mine in list(heads.items()):
+            if over <= 0:
+                break
+            drop = list(mine)[:over]  # the oldest entered
+            for user in drop:
+                del mine[user]
+            over -= len(drop)
+            if not mine:
+                del heads[app_id]
 
     def rollback(self) -> None:
         self._discard()
@@ -125,13 +144,13 @@ class WriterConnection(sqlite3.Connection):
         :meth:`rollback_to` needs to forget the item's seqs."""
         self.flush()
         self.execute("SAVEPOINT item")
-        return dict(self._txn)
+        return {app_id: dict(taken) for app_id, taken in self._txn.items()}
 
     def rollback_to(self, heads: dict) -> None:
         """Undo everything since :meth:`savepoint` returned ``heads``: its
         rows, and the seqs it took (the next item takes them, no gap)."""
         self._discard()
-        self._txn.update(heads)
+        self._txn.update({app_id: dict(taken) for app_id, taken in heads.items()})
         self.execute("ROLLBACK TO item")
         self.execute("RELEASE item")
 
@@ -157,44 +176,67 @@ class WriterConnection(sqlite3.Connection):
         the next seq of each one's stream, taken now.  A user without a
         stream gets one (a fresh epoch, seq 1).  Two lists rather than a
         tuple per user: under write fan-out every recipient's step here is
-        the writer's own Python, so the work per user is done in C (``zip``,
-        ``map``, ``dict.update``) where it can be."""
-        txn, heads = self._txn, self._heads
+        the writer's own Python, so the work per user is done in C (``map``,
+        ``zip``, ``dict.update``)."""
+        txn = self._txn.get(app_id)
+        if txn is None:
+            txn = self._txn[app_id] = {}
         if len(users) == 1:  # the usual publish: the same steps, for one user
-            key = (app_id, users[0])
-            head = txn.get(key) or heads.get(key)
+            user = users[0]
+            head = txn.get(user) or self._heads.get(app_id, _NO_HEADS).get(user)
             if head is None:
-                self._load_heads(app_id, users)
-                head = txn[key]
+                head = self._first_use(app_id, txn, users)[0]
             epoch, seq = head
-            txn[key] = (epoch, seq + 1)
-            self._dirty.add(key)
+            txn[user] = (epoch, seq + 1)
+            self._dirty_of(app_id).add(user)
             return [epoch], [seq + 1]
-        keys = list(zip(repeat(app_id), users))
-        get, get_committed = txn.get, heads.get
-        now: list = [get(k) or get_committed(k) for k in keys]
+        now: list = list(map(txn.get, users))
         if None in now:
-            self._load_heads(app_id, [u for u, h in zip(users, now, strict=True) if h is None])
-            now = [get(k) or get_committed(k) for k in keys]
+            self._first_use(app_id, txn, [u for u, h in zip(users, now, strict=True) if h is None])
+            now = list(map(txn.__getitem__, users))
         epochs = list(map(_first, now))
-        seqs = [head[1] + 1 for head in now]
-        txn.update(zip(keys, zip(epochs, seqs, strict=True), strict=True))
-        self._dirty.update(keys)
+        seqs = list(map(add, map(_second, now), repeat(1)))
+        txn.update(zip(users, zip(epochs, seqs, strict=True), strict=True))
+        self._dirty_of(app_id).update(users)
         return epochs, seqs
+
+    def _dirty_of(self, app_id: str) -> set[str]:
+        dirty = self._dirty.get(app_id)
+        if dirty is None:
+            dirty = self._dirty[app_id] = set()
+        return dirty
+
+    def _first_use(self, app_id: str, txn: dict[str, tuple[str, int]],
+                   users: list[str]) -> list[tuple[str, int]]:
+        """The heads of ``users`` (none of them in ``txn`` yet), entered in
+        ``txn``: the committed ones remembered, else read from ``streams``,
+        else new streams (a fresh epoch, seq 0)."""
+        committed = self._heads.get(app_id)
+        if committed:
+            known = list(map(committed.get, users))
+            if None not in known:
+                txn.update(zip(users, known, strict=True))  # type: ignore[arg-type]
+            else:
+                txn.update((u, h) for u, h in zip(users, known, strict=True) if h is not None)
+                self._load_heads(app_id, [u for u, h in zip(users, known, strict=True)
+                                          if h is None])
+        else:
+            self._load_heads(app_id, users)
+        return list(map(txn.__getitem__, users))
 
     def append_one(self, app_id: str, user: str, nid: str, category: str, body: bytes,
                    created: float, expires: float | None) -> tuple[str, int]:
         """A publish to one user, as ``add_notification``, ``next_seqs`` and
         ``add_entries`` make it, in one call (the writer's usual job): the
         user's epoch and new seq."""
-        key = (app_id, user)
-        txn = self._txn
-        head = txn.get(key) or self._heads.get(key)
+        txn = self._txn.get(app_id)
+        if txn is None:
+            txn = self._txn[app_id] = {}
+        head = txn.get(user) or self._heads.get(app_id, _NO_HEADS).get(user)
         if head is None:
-            self._load_heads(app_id, [user])
-            head = txn[key]
-        txn[key] = head = (head[0], head[1] + 1)
-        self._dirty.add(key)
+            head = self._first_use(app_id, txn, [user])[0]
+        txn[user] = head = (head[0], head[1] + 1)
+        self._dirty_of(app_id).add(user)
         seqs = one_seq(user, head[1])
         if expires is None:
             self._notes_forever.append((app_id, nid, category, _blob(body), 1, created, seqs))
@@ -214,10 +256,10 @@ class WriterConnection(sqlite3.Connection):
                 f"AND user_id IN ({marks})", (app_id, *part),
             ):
                 found[user] = (epoch, seq)
-        txn = self._txn
+        txn = self._txn.setdefault(app_id, {})
         for user in users:
             # a new stream: written with its first seq when the group flushes
-            txn[(app_id, user)] = found.get(user) or (new_epoch(), 0)
+            txn[user] = found.get(user) or (new_epoch(), 0)
 
     def add_notification(self, row: tuple) -> None:
         """``(app, id, category, body, recipients, created_at, expires_at,
@@ -339,13 +381,13 @@ class WriterConnection(sqlite3.Connection):
             self.rows_written += n
             self.execute(_FANOUT, (app_id, nid, created_at, expires_at, seqs))
         self._fanouts.clear()
-        if self._dirty:
-            txn = self._txn
+        for app_id, dirty in self._dirty.items():
+            heads = list(map(self._txn[app_id].__getitem__, dirty))
             self._insert(
                 "streams(app_id, user_id, epoch, head_seq) VALUES ", 4,
-                [(a, u, *txn[(a, u)]) for a, u in self._dirty],
+                list(zip(repeat(app_id), dirty, map(_first, heads), map(_second, heads))),
                 " ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=excluded.head_seq")
-            self._dirty.clear()
+        self._dirty.clear()
         if self._keys:
             self._insert(
                 "idempotency(app_id, key, result, created_at) VALUES ", 4,
