@@ -157,15 +157,20 @@ class Stream:
                 self._head_for, self._head = epoch, events.notification_head(epoch)
             frame = b"%s%d%s" % (self._head, seq,
                                  events.notification_tail(body) if tail is None else tail)
-            if self.wants_ids or self.closed:
-                self.push(frame, self.position())
-                return
-            pending = self.queue.push(frame)
-            if pending == 1:  # the first since the last write: wake the writer
-                self._schedule()
-            elif not pending:
-                self.hub.metrics.slow_consumer(self.app)
-                self.close(CLOSE_SLOW_CONSUMER)
+            # self.queue.push(frame) without its call, when it has room (else
+            # push() finds the overflow, and SSE's frame wants its cursor)
+            q = self.queue
+            frames = q.frames
+            n = len(frames)
+            size = q.nbytes + len(frame)
+            if (n < q.max_events and size <= q.max_bytes and not q.overflowed
+                    and not self.closed and not self.wants_ids):
+                frames.append(frame)
+                q.nbytes = size
+                if not n:  # the first since the last write: wake the writer
+                    self._schedule()
+            else:
+                self.push(frame, self.position() if self.wants_ids else None)
         elif self._syncing:
             self._hold("p", seq, body)
         elif epoch != self.epoch or seq <= self.last_seq:
