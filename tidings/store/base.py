@@ -209,7 +209,12 @@ class NewNotification(msgspec.Struct):
     jobs: list[NewJob] = []  # a new list for each (msgspec copies an empty default)
 
 
-class Delivery(msgspec.Struct):
+class Delivery(msgspec.Struct, gc=False):
+    """One recipient's entry of a publish.  ``gc=False``: its fields are
+    strings, an int and bytes, so it can hold no reference cycle, and the
+    collector need not track it: under write fan-out a publish makes one per
+    recipient, which would otherwise bring young collections on."""
+
     user: str
     epoch: str
     seq: int
