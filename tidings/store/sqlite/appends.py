@@ -236,7 +236,10 @@ class WriterConnection(sqlite3.Connection):
         if head is None:
             head = self._first_use(app_id, txn, [user])[0]
         txn[user] = head = (head[0], head[1] + 1)
-        self._dirty_of(app_id).add(user)
+        dirty = self._dirty.get(app_id)  # _dirty_of(app_id), without its call
+        if dirty is None:
+            dirty = self._dirty[app_id] = set()
+        dirty.add(user)
         seqs = one_seq(user, head[1])
         if expires is None:
             self._notes_forever.append((app_id, nid, category, _blob(body), 1, created, seqs))
