@@ -221,7 +221,12 @@ class Delivery(msgspec.Struct, gc=False):
     group: bytes | None = None  # the user's group entry after the merge (JSON), if grouped
 
 
-class PublishOutcome(msgspec.Struct):
+class PublishOutcome(msgspec.Struct, gc=False):
+    """What the store made of one publish.  ``gc=False``: it holds strings,
+    numbers, bytes and lists of them, never a cycle, so the collector need
+    not track it (a batch makes one per item, on the writer thread, and
+    frees them on the loop)."""
+
     id: str
     status: str  # "accepted" | "duplicate" | "scheduled"; from fire_due also "expired"
     recipients: int
