@@ -202,16 +202,24 @@ async def test_take_buckets_on_every_shard(redis_cluster, make):
 
 
 # -- outages and slot moves -------------------------------------------------------------
-async def test_a_master_killed_and_restarted(private_cluster, make_private):
-    a, b = await make_private(), await make_private()
-    users = one_per_shard(private_cluster, lambda i: user_channel("app_a", f"user{i}"))
-    keys = one_per_shard(private_cluster, lambda i: f"k{i}",
+async def _on_every_shard(cluster, a) -> tuple[list[str], list[str], Recorder]:
+    """A user channel and a rate-limit key on each shard of ``cluster``: ``a``
+    subscribed to every channel (what it gets recorded), the bucket of the
+    second shard's key taken."""
+    users = one_per_shard(cluster, lambda i: user_channel("app_a", f"user{i}"))
+    keys = one_per_shard(cluster, lambda i: f"k{i}",
                          kind=lambda br, k: br.key("rl", k).encode())
     rec = Recorder()
     for ch in users:
         a.subscribe(ch, rec)
     await a.settle()
     assert await a.take(keys[1], rate=0.01, burst=1) == 0.0
+    return users, keys, rec
+
+
+async def test_a_master_killed_and_restarted(private_cluster, make_private):
+    a, b = await make_private(), await make_private()
+    users, keys, rec = await _on_every_shard(private_cluster, a)
     event = reconnected(a)
 
     victim = private_cluster.servers[1]
@@ -242,14 +250,7 @@ async def test_a_master_killed_fails_over_to_its_replica(replicated_cluster, mak
     being opened again."""
     cluster = replicated_cluster
     a, b = await make_replicated(), await make_replicated()
-    users = one_per_shard(cluster, lambda i: user_channel("app_a", f"user{i}"))
-    keys = one_per_shard(cluster, lambda i: f"k{i}",
-                         kind=lambda br, k: br.key("rl", k).encode())
-    rec = Recorder()
-    for ch in users:
-        a.subscribe(ch, rec)
-    await a.settle()
-    assert await a.take(keys[1], rate=0.01, burst=1) == 0.0
+    users, keys, rec = await _on_every_shard(cluster, a)
     victim = cluster.servers[1]
     assert victim.command("WAIT", 1, 5000) == 1  # the bucket is on the replica too
     event = reconnected(a)
