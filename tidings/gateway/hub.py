@@ -595,7 +595,6 @@ class Hub:
             resolved: dict[str, bytes] | None = {}
         else:
             resolved = None
-        tail: bytes | None = None  # made once, when the first recipient is here
         here: list[str] = []  # the recipients with a stream here
         routed = 0
         deliveries = msg.deliveries
@@ -625,23 +624,10 @@ class Hub:
                 if resolved is not None:
                     _localized(streams, epoch, seq, note, mark, d.group, resolved)
                     continue
-                if d.group is None:
-                    payload = body
-                    if tail is None:
-                        tail = events.notification_tail(body)
-                    shared = tail
-                else:
-                    payload = events.with_group(body, d.group)
-                    shared = events.notification_tail(payload)
-                if trace:  # tracing is on: the same writes inside spans
-                    tracing.deliver(trace, app, "personal", tuple(streams),
-                                    lambda s: s.on_personal(epoch, seq, payload))  # noqa: B023
-                elif len(streams) == 1:
-                    (s,) = streams  # unpacked first: a stream cut now leaves the set
-                    s.on_personal(epoch, seq, payload, shared)
-                else:
-                    for s in tuple(streams):
-                        s.on_personal(epoch, seq, payload, shared)
+                # tracing is on: the usual writes, inside spans
+                payload = body if d.group is None else events.with_group(body, d.group)
+                tracing.deliver(trace, app, "personal", tuple(streams),
+                                lambda s: s.on_personal(epoch, seq, payload))  # noqa: B023
         if here:
             self.cache.users_changed(app, here)
             self._routed(app, routed, msg.sent_at)
