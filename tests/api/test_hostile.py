@@ -536,6 +536,42 @@ async def test_token_exp_past_the_range_of_a_float_is_not_a_500(server):
             assert (hello[0] if isinstance(hello, list) else hello)["type"] == "hello"
 
 
+async def test_a_text_message_that_is_not_utf8_closes_1007_and_logs_no_traceback(server):
+    """RFC 6455 §8.1: invalid UTF-8 in a text message fails the WebSocket with
+    1007, as the auth message (where uvicorn's own check logged an ERROR
+    with a traceback for each one, from a client nobody had authenticated)
+    and on a stream that has started (where it was passed on unchecked)."""
+    import asyncio
+    import logging
+
+    import websockets
+
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(handler)
+    try:
+        for after_hello in (False, True):
+            async with websockets.connect(server.ws_url + "/v1/me/stream") as ws:
+                if after_hello:
+                    await ws.send(json.dumps({"type": "auth",
+                                              "token": await server.token("alice")}))
+                    hello = json.loads(await ws.recv())
+                    assert (hello[0] if isinstance(hello, list) else hello)["type"] == "hello"
+                await ws.send(b'{"type": "auth", "token": "\xff"}', text=True)
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    async with asyncio.timeout(10):
+                        while True:
+                            await ws.recv()
+                assert info.value.rcvd is not None, after_hello
+                assert info.value.rcvd.code == 1007, (after_hello, info.value.rcvd)
+    finally:
+        uvicorn_log.removeHandler(handler)
+    assert [r.getMessage() for r in logged] == []
+    assert server.service.hub.connections == 0
+
+
 async def test_user_sees_only_own_inbox(server):
     async with server.http() as http:
         r = await http.post(PUBLISH, json={"to": {"users": ["bob"]}, "title": "bob's secret"})

@@ -198,13 +198,27 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     def send_receive_event_to_app(self) -> None:
+        data = b"".join(self.frames)
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                # RFC 6455 §8.1: fail the connection with 1007, as uvicorn
+                # does, but without the ERROR line and traceback it logs for
+                # each one: any client can send them before its auth message.
+                # A detached stream hands bytes on undecoded, so it checks here.
+                self.frames = []
+                self.conn.fail(1007, "invalid UTF-8 in a text message")
+                self.handle_parser_exception()
+                return
         if self.detached:
             # Handed over at once, and reading is not paused for an app that
             # will never read (it would also stop us from seeing the close).
-            data, self.frames = b"".join(self.frames), []
+            self.frames = []
             if self.on_message is not None and not self.close_sent:
                 self.on_message(data)
             return
+        self.frames = [data]
         super().send_receive_event_to_app()
 
     async def run_asgi(self) -> None:
