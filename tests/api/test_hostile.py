@@ -262,10 +262,21 @@ async def test_bad_path_params(server):
             ("GET", "/v1/topics/caf%C3%A9", None),
             ("GET", f"/v1/topics/{'t' * 129}", None),
             ("POST", "/v1/topics/a%0A/subscribers", {"users": ["alice"]}),
+            # bytes that are not UTF-8 (a Latin-1 "jos\u00e9", a lone surrogate):
+            # not read as U+FFFD, which would make "jos%E9" and "jos%E8" one user
+            ("PUT", "/v1/topics/t/subscribers/jos%E9", None),
+            ("PUT", "/v1/users/jos%E8/preferences", {}),
+            ("POST", "/v1/users/%ED%A0%80/tokens", {}),
+            ("GET", "/v1/users/%FF/notifications", None),
         ]:
             r = await http.request(method, path, json=body)
             err = assert_error(r, 422, case=(method, path))
             assert err.get("field") in ("user", "topic"), (path, err)
+        # U+FFFD itself, sent as UTF-8, is a user id like any other
+        assert (await http.put("/v1/topics/t/subscribers/jos%EF%BF%BD")).status_code == 200
+        assert (await http.get("/v1/topics/t")).json()["users"] == ["jos\ufffd"]
+        assert (await http.delete("/v1/topics/t/subscribers/jos%EF%BF%BD")).json() == {
+            "removed": 1}
         for bad_id in ("nope", "01hzzzzzzzzzzzzzzzzzzzzzzz", "0" * 27, "%00", "I" * 26):
             for method in ("GET", "PATCH", "DELETE"):
                 body = {"title": "x"} if method == "PATCH" else None
