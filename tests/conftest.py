@@ -118,12 +118,12 @@ async def cluster_backends(broker: str = "redis"):
 @contextlib.asynccontextmanager
 async def two_nodes(tmp_path, via: str = "redis", **overrides):
     """Two servers over one fresh PostgreSQL schema and one Redis key prefix
-    (``via="postgres"``: PostgreSQL alone): two nodes of a cluster, in the
-    test's loop (``overrides`` as run_server's)."""
+    (``via="postgres"``: PostgreSQL alone): two nodes of a cluster, named
+    ``a`` and ``b``, in the test's loop (``overrides`` as run_server's)."""
     async with cluster_backends(via) as backends:
         common = {**backends, **overrides}
-        async with run_server(tmp_path / "a", **common) as a:
-            async with run_server(tmp_path / "b", **common) as b:
+        async with run_server(tmp_path / "a", **{"node": "a", **common}) as a:
+            async with run_server(tmp_path / "b", **{"node": "b", **common}) as b:
                 yield a, b
 
 

@@ -181,6 +181,8 @@ QUERY = {
     ("get", "/dashboard/api/notification"): {"id", "user", "app"},
     ("get", "/v1/audit"): {"limit", "before", "action", "since"},
     ("get", "/dashboard/api/audit"): {"limit", "before", "action", "since"},
+    ("get", "/dashboard/api/snapshot"): {"view"},
+    ("get", "/dashboard/api/history"): {"view"},
     ("get", "/v1/me/events"): {"cursor", "token", "locale"},
     ("get", "/v1/me/stream"): {"cursor", "locale"},
     ("get", "/v1/me/categories"): {"locale"},

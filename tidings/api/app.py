@@ -177,7 +177,9 @@ def _drain_on_signals(app: Starlette, service: Service) -> Callable[[], None]:
 
 
 OUTBOUND_GRACE = 5.0  # seconds outbound sends in flight may finish at shutdown
-HEARTBEAT_INTERVAL = 5.0  # seconds; a node missing for 3 intervals drops off the list
+HEARTBEAT_INTERVAL = 5.0  # seconds
+# a node missing for 3 intervals drops off the list, and out of the dashboard's sums
+HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
 
 
 def node_name(settings: Settings) -> str:
@@ -195,7 +197,7 @@ async def _heartbeat(service: Service, dashboard: Dashboard, node: str) -> None:
                 "started_at": started, "connections": service.hub.connections,
                 **dashboard.rates()}
         try:
-            await service.broker.heartbeat(node, info, ttl=3 * HEARTBEAT_INTERVAL)
+            await service.broker.heartbeat(node, info, ttl=HEARTBEAT_TTL)
         except Exception as exc:  # the broker is down: the next beat retries
             log.warning("node heartbeat failed: %s", exc)
         await asyncio.sleep(HEARTBEAT_INTERVAL)
@@ -224,7 +226,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     node = node_name(settings)
     logs.NODE["name"] = node
     tracing.configure(node)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    dashboard = Dashboard(service, node)
+    dashboard = Dashboard(service, node, expiry=HEARTBEAT_TTL)
     address = f"{settings.host}:{settings.port}"
 
     @contextlib.asynccontextmanager

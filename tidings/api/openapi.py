@@ -208,10 +208,10 @@ OPERATIONS: list[tuple[str, str, str, str, type | None]] = [
      "apiKey", None),
     # the dashboard's data (an admin key, or the dashboard's session cookie);
     # its pages, login and SSE stream are for browsers and not listed
-    ("get", "/dashboard/api/snapshot", "Dashboard: this node's numbers now (admin key)",
-     "apiKey", None),
-    ("get", "/dashboard/api/history", "Dashboard: the last five minutes, per second",
-     "apiKey", None),
+    ("get", "/dashboard/api/snapshot", "Dashboard: the cluster's numbers now, summed over "
+     "its nodes (?view=node: this node's) (admin key)", "apiKey", None),
+    ("get", "/dashboard/api/history", "Dashboard: the last five minutes, per second "
+     "(?view= as for the snapshot)", "apiKey", None),
     ("get", "/dashboard/api/notification",
      "Dashboard: a notification's counts and recipients, and a user's timeline (?id=&user=)",
      "apiKey", None),

@@ -23,6 +23,8 @@ node shares):
   its open streams.  The one channel that is not an
   app's: every node listens to it from the start (``~`` is in no app id,
   so it meets no app's channel).
+* ``~stats``        -- every node's figures of its last second (``NodeStats``),
+  for the other nodes' dashboards; a node listens to it from the start too.
 
 A networked broker can lose its connection.  When it has one again and has
 re-established every subscription, it calls the ``on_reconnect`` callbacks:
@@ -178,9 +180,27 @@ class TokenRevoked(Message, tag="j"):
     until: float
 
 
+class NodeStats(Message, tag="n"):
+    """One node's last second, once a second, for the cluster view of every
+    other node's dashboard (tidings/dashboard/cluster.py): per app that did
+    something or held streams, ``(published, delivered, errors, connections,
+    latency)`` of the second, ``latency`` the new observations per bucket of
+    tidings.core.stats.LATENCY_BUCKETS (None: none).  Every fifth second also
+    ``counters``: per app, its totals since the node started and its stream
+    gauges, in the order of ``tidings.dashboard.cluster.COUNTERS``."""
+
+    node: str
+    t: float  # wall-clock end of the second
+    dt: float  # its length
+    apps: dict[str, tuple[int, int, int, int, list[int] | None]]
+    counters: dict[str, tuple[int, ...]] = {}
+
+
 # Where KeyRevoked, SecretRotated, SessionEnded, TokensRevoked and TokenRevoked
 # travel (the module docstring's list of channels).
 KEYS_CHANNEL = "~keys"
+# Where NodeStats travel.
+STATS_CHANNEL = "~stats"
 
 Handler = Callable[[str, Message], None]
 
@@ -323,7 +343,7 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(
             Personal | Feed | Frames | Membership | MutesChanged | KeyRevoked | SecretRotated
-            | SessionEnded | TokensRevoked | TokenRevoked).decode
+            | SessionEnded | TokensRevoked | TokenRevoked | NodeStats).decode
         # publishing
         self._queue: deque[Item] = deque()
         self._queued_bytes = 0

@@ -5,8 +5,9 @@ element built on it.
 * ``routes`` -- ``/dashboard`` and its data (tidings.dashboard.routes);
 * ``browser_routes`` -- the landing page ``/``, ``/tidings.js``, ``/tidings-inbox.js``,
   ``/demo``, the favicon and ``robots.txt`` (tidings.dashboard.web);
-* :class:`Dashboard` -- the per-second recorder and the cached views, started
-  by the application's lifespan.
+* :class:`Dashboard` -- the per-second recorder, the other nodes' figures
+  (tidings.dashboard.cluster) and the cached views, started by the
+  application's lifespan.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tidings.dashboard import audit as _audit
 from tidings.dashboard import notification as _notification
 from tidings.dashboard import routes as _routes
 from tidings.dashboard import web
+from tidings.dashboard.cluster import Cluster
 from tidings.dashboard.recorder import Recorder
 from tidings.dashboard.session import session_secret
 from tidings.dashboard.views import Views
@@ -24,11 +26,15 @@ from tidings.service.failures import ClusterLimits
 
 
 class Dashboard:
-    def __init__(self, service, node: str):
+    def __init__(self, service, node: str, *, expiry: float):
+        """``expiry``: seconds after which a silent node leaves the cluster's
+        sums (the node heartbeat's time to live)."""
         self.service = service
         self.node = node
         self.recorder = Recorder(service.hub)
-        self.views = Views(service, self.recorder, node, cache=service.settings.cache)
+        self.cluster = Cluster(service, node, expiry=expiry)
+        self.views = Views(service, self.recorder, self.cluster, node,
+                           cache=service.settings.cache)
         self.secret = b""
         # failed logins, per client address (in the cluster too) and for the
         # node (routes.login)
@@ -37,12 +43,15 @@ class Dashboard:
                                     limits.login_failures_per_node, service.broker)
 
     async def open(self) -> None:
-        """After the store is open: derive the session key from its pepper."""
+        """After the service opened: derive the session key from the store's
+        pepper, and listen to the other nodes' figures."""
         self.secret = session_secret(await self.service.store.pepper())
+        self.cluster.open()
 
     async def run(self) -> None:
-        """The recorder's once-a-second sampling, for the node's lifetime."""
-        await self.recorder.run()
+        """The recorder's once-a-second sampling, each second sent to the
+        other nodes, for the node's lifetime."""
+        await self.recorder.run(self.cluster.send)
 
     def rates(self, seconds: int = 5) -> dict:
         """Recent publishes and deliveries per second (for the node heartbeat)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HISTORY_SECONDS = 300
@@ -119,9 +120,10 @@ class Recorder:
             self._waiters = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._waiters)
 
-    async def run(self) -> None:
-        """Sample at every wall-clock second, for as long as the node runs."""
+    async def run(self, then: Callable[[Point], None]) -> None:
+        """Sample at every wall-clock second, for as long as the node runs,
+        and hand each new point to ``then``."""
         while True:
             now = self._clock()
             await asyncio.sleep(1.0 - (now % 1.0) + 0.005)
-            self.sample()
+            then(self.sample())

@@ -30,6 +30,9 @@ Routes::
     GET  /dashboard/api/snapshot    now: rates, latency, connections, top-N, errors, nodes
     GET  /dashboard/api/history     the last five minutes, per second (the charts)
     GET  /dashboard/events          SSE: a snapshot every second
+
+The data routes take ``?view=cluster`` (the default: the sums of every node
+of the cluster) or ``?view=node`` (this node alone), tidings.dashboard.views.
     GET  /dashboard/static/{name}   scripts, styles, uPlot
     GET  /dashboard/notification    one notification and a user's timeline
                                     (tidings.dashboard.notification)
@@ -48,15 +51,21 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tidings.api.common import bearer, client_host, read_body
+from tidings.api.common import Query, bearer, client_host, read_body, takes
 from tidings.core.audit import Actor, key_actor, session_actor
 from tidings.core.auth import split_api_key
 from tidings.core.logins import Attempt
 from tidings.dashboard import session
+from tidings.dashboard.views import VIEWS
 from tidings.dashboard.web import page, static_file, static_text
 from tidings.errors import BadRequest, RateLimited, TidingsError, Unauthorized
 
+VIEW = Query("view", "cluster (the default): the sums of every node of the cluster; node: "
+             "this node's numbers alone", {"type": "string", "enum": list(VIEWS),
+                                           "default": VIEWS[0]},
+             check=VIEWS.__contains__, message="view must be cluster or node")
 COOKIE_PATH = "/dashboard"
+
 _LOGIN_BODY_MAX = 4096
 
 
@@ -104,6 +113,10 @@ async def authorize(request: Request) -> Access:
         raise Unauthorized("the API key this session was opened with was revoked or has "
                            "expired; log in again", code="session_revoked")
     return Access(s.app, _scope(request, s.app), s.expires, s.prefix, s.id)
+
+
+def _view(request: Request) -> str:
+    return VIEW.get(request) or VIEWS[0]
 
 
 def _cookie_attrs(request: Request) -> dict:
@@ -241,15 +254,17 @@ async def logout(request: Request):
     return _to_login(request, "logout")
 
 
+@takes(VIEW)
 async def api_snapshot(request: Request):
     access = await authorize(request)
-    body = await _dashboard(request).views.snapshot(access.scope)
+    body = await _dashboard(request).views.snapshot(access.scope, _view(request))
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
+@takes(VIEW)
 async def api_history(request: Request):
     access = await authorize(request)
-    body = await _dashboard(request).views.history(access.scope)
+    body = await _dashboard(request).views.history(access.scope, _view(request))
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
@@ -261,6 +276,7 @@ async def events(request: Request):
     the node drains;
     EventSource reconnects after ``retry`` to whichever node is up."""
     access = await authorize(request)
+    view = _view(request)
     dash = _dashboard(request)
     state = request.app.state
     keys, sessions = state.service.keys, state.service.sessions
@@ -268,7 +284,7 @@ async def events(request: Request):
     async def stream():
         yield b"retry: 2000\n\n"
         while True:
-            body = await dash.views.snapshot(access.scope)
+            body = await dash.views.snapshot(access.scope, view)
             yield b"event: snapshot\ndata: " + body + b"\n\n"
             await dash.recorder.next_sample()
             if state.draining or (access.expires is not None and access.expires <= time.time()):

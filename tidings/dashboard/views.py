@@ -1,16 +1,29 @@
-"""What the dashboard shows, computed from the recorder and the hub, and cached.
+"""What the dashboard shows, computed from the recorder, the other nodes'
+figures and the hub, and cached.
 
 A *scope* is ``"*"`` (the operator's service-wide view) or one app id (an
-app's own admins).  :meth:`Views.snapshot` answers "now": rates of the last
-second, latency percentiles, connections and queues, top apps and topics,
-recent errors and the nodes of the cluster.  :meth:`Views.history` answers
-the last five minutes for the charts.
+app's own admins).  A *view* is ``"cluster"`` (the sums of this node and of
+every other node heard from within the heartbeat's time to live,
+tidings.dashboard.cluster) or ``"node"`` (this node alone); alone in its
+cluster, a node's two views are the same.  :meth:`Views.snapshot` answers
+"now": rates of the last second, latency percentiles, connections and
+queues, top apps and topics, recent errors and the nodes of the cluster.
+:meth:`Views.history` answers the last five minutes for the charts.
 
-Both are cached per scope for the current recorder tick (one second): the
-first viewer after a tick builds and encodes the document, every other
-viewer in that second -- each open dashboard's once-a-second push included --
-gets the same bytes.  ``Settings.cache = False`` turns the cache off (every
-request builds its own), which ``python -m bench dashboard`` measures.
+In the cluster view, rates, connections and the top apps are summed over
+the nodes; latency percentiles are those of the nodes' merged histograms
+(every node ships its new observations per bucket), so a cluster p99 is the
+p99 of every delivery in the cluster, not the worst node's.  While another
+node is alive the view ends a second before this node's newest one: the
+others' figures of that second are still on their way.  Top topics and
+recent errors stay this node's.
+
+Both are cached per scope and view for the current recorder tick (one
+second): the first viewer after a tick builds and encodes the document, every
+other viewer in that second -- each open dashboard's once-a-second push
+included -- gets the same bytes.  ``Settings.cache = False`` turns the cache
+off (every request builds its own), which ``python -m bench dashboard``
+measures.
 """
 
 from __future__ import annotations
@@ -21,14 +34,17 @@ from typing import Any
 
 import msgspec
 
-from tidings.api.metrics import stream_gauges
 from tidings.core.stats import quantile
+from tidings.dashboard.cluster import COUNTERS, Cluster, Remote, in_scope, node_counters
 from tidings.dashboard.recorder import Point, Recorder
 
 TOP = 10
 RECENT = 20
 WINDOW = 60  # seconds behind the per-app error counts (top topics: recorder.TOPIC_WINDOW)
 SHORT = 10  # seconds behind the per-app rates and the latency tiles
+VIEWS = ("cluster", "node")
+_TOTALS = COUNTERS[:COUNTERS.index("ws")]  # the counters since start, summed as they are
+_WS, _SSE, _QUEUED, _DEEPEST = (COUNTERS.index(k) for k in ("ws", "sse", "queued", "deepest"))
 _encode = msgspec.json.encode
 log = logging.getLogger("tidings.dashboard")
 
@@ -50,39 +66,54 @@ def _quantiles(counts: list[int] | None) -> dict:
             for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
-def _in(scope: str, app: str) -> bool:
-    # "*" includes app "": errors before a key or token named an app
-    return scope == "*" or app == scope
+def _sum_counters(nodes: list[dict[str, tuple[int, ...]]], scope: str) -> dict[str, list[int]]:
+    """Per app of ``scope``, the ``COUNTERS`` of ``nodes`` added up (the
+    deepest queue: the deepest of them)."""
+    out: dict[str, list[int]] = {}
+    for counters in nodes:
+        for app, row in counters.items():
+            if not in_scope(scope, app):
+                continue
+            acc = out.get(app)
+            if acc is None:
+                out[app] = list(row)
+                continue
+            for i, n in enumerate(row):
+                acc[i] = max(acc[i], n) if i == _DEEPEST else acc[i] + n
+    return out
 
 
 class Views:
-    def __init__(self, service, recorder: Recorder, node: str, *, cache: bool = True):
+    def __init__(self, service, recorder: Recorder, cluster: Cluster, node: str, *,
+                 cache: bool = True):
         self.service = service
         self.recorder = recorder
+        self.cluster = cluster
         self.node = node
         self.cache = cache
         self.started_at = time.time()
-        self._cached: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._cached: dict[tuple[str, str, str], tuple[int, bytes]] = {}
         self.builds = 0  # documents built (not served from the cache); for tests
 
     # -- the cache ------------------------------------------------------------
-    async def snapshot(self, scope: str) -> bytes:
-        return await self._cached_doc("snapshot", scope)
+    async def snapshot(self, scope: str, view: str = "cluster") -> bytes:
+        return await self._cached_doc("snapshot", scope, view)
 
-    async def history(self, scope: str) -> bytes:
-        return await self._cached_doc("history", scope)
+    async def history(self, scope: str, view: str = "cluster") -> bytes:
+        return await self._cached_doc("history", scope, view)
 
-    async def _cached_doc(self, kind: str, scope: str) -> bytes:
-        key = (kind, scope)
+    async def _cached_doc(self, kind: str, scope: str, view: str) -> bytes:
+        key = (kind, scope, view)
         tick = self.recorder.tick
         if self.cache:
             hit = self._cached.get(key)
             if hit is not None and hit[0] == tick:
                 return hit[1]
+        remotes = self.cluster.alive() if view == "cluster" else []
         if kind == "snapshot":
-            doc = await self._build_snapshot(scope)
+            doc = await self._build_snapshot(scope, view, remotes)
         else:
-            doc = self._build_history(scope)
+            doc = self._build_history(scope, view, remotes)
         raw = _encode(doc)
         self.builds += 1
         if self.cache:
@@ -92,72 +123,95 @@ class Views:
         return raw
 
     # -- the documents ----------------------------------------------------------
-    def _point(self, point: Point, scope: str) -> dict:
-        published = delivered = errors = connections = 0
+    def _seconds(self, remotes: list[Remote]) -> list[list[Point]]:
+        """The points behind the charts and tiles, oldest first: per second,
+        this node's, then those of the same second from ``remotes``.  With
+        any, this node's newest second is left out (theirs are on the way)."""
+        own = list(self.recorder.points)
+        if not remotes:
+            return [[p] for p in own]
+        # a second is named by the wall-clock second its sample was taken in:
+        # every node samples just after the turn of each second
+        theirs: dict[int, list[Point]] = {}
+        for remote in remotes:
+            for p in remote.points:
+                theirs.setdefault(int(p.t), []).append(p)
+        return [[p, *theirs.get(int(p.t), ())] for p in own[:-1]]
+
+    def _point(self, second: list[Point], scope: str) -> dict:
+        published = delivered = errors = 0.0
+        connections = 0
         latency = None
-        for app, p in point.apps.items():
-            if _in(scope, app):
-                published += p.published
-                delivered += p.delivered
-                errors += p.errors
-                connections += p.connections
-                latency = _add(latency, p.latency)
-        return {"t": round(point.t, 3), "published": round(published / point.dt, 2),
-                "delivered": round(delivered / point.dt, 2),
-                "errors": round(errors / point.dt, 2), "connections": connections,
+        for point in second:
+            pub = deliv = err = 0
+            for app, p in point.apps.items():
+                if in_scope(scope, app):
+                    pub += p.published
+                    deliv += p.delivered
+                    err += p.errors
+                    connections += p.connections
+                    latency = _add(latency, p.latency)
+            published += pub / point.dt
+            delivered += deliv / point.dt
+            errors += err / point.dt
+        return {"t": round(second[0].t, 3), "published": round(published, 2),
+                "delivered": round(delivered, 2),
+                "errors": round(errors, 2), "connections": connections,
                 **_quantiles(latency)}
 
-    def _build_history(self, scope: str) -> dict:
+    def _build_history(self, scope: str, view: str, remotes: list[Remote]) -> dict:
         cols: dict[str, list] = {k: [] for k in ("t", "published", "delivered", "errors",
                                                   "connections", "p50", "p95", "p99")}
-        for point in self.recorder.points:
-            row = self._point(point, scope)
+        for second in self._seconds(remotes):
+            row = self._point(second, scope)
             for k, col in cols.items():
                 col.append(row[k])
-        return {"scope": scope, "node": self.node, "series": cols}
+        return {"scope": scope, "node": self.node, "view": view, "summed": 1 + len(remotes),
+                "series": cols}
 
-    async def _build_snapshot(self, scope: str) -> dict:
+    async def _build_snapshot(self, scope: str, view: str, remotes: list[Remote]) -> dict:
         service = self.service
         hub = service.hub
         stats = hub.metrics
-        points = list(self.recorder.points)
-        last = points[-1] if points else None
-        short, window = points[-SHORT:], points[-WINDOW:]
+        seconds = self._seconds(remotes)
+        last = seconds[-1] if seconds else None
+        short, window = seconds[-SHORT:], seconds[-WINDOW:]
 
-        # live gauges: one walk over the open streams of the scope
-        gauges = stream_gauges(hub.apps if scope == "*" else
-                               {scope: hub.apps[scope]} if scope in hub.apps else {})
-        kinds: dict[str, int] = {}
-        queued = deepest = 0
-        for g in gauges.values():
-            for k, n in g["kinds"].items():
-                kinds[k] = kinds.get(k, 0) + n
-            queued += g["queued"]
-            deepest = max(deepest, g["deepest"])
+        # totals and live gauges per app (this node's: one walk over the open
+        # streams of the scope), with the other nodes' last ones
+        counters = _sum_counters([node_counters(hub, scope), *(r.counters for r in remotes)],
+                                 scope)
 
         # per app over the short window
         per_app: dict[str, dict] = {}
-        short_s = sum(p.dt for p in short) or 1.0
-        for point in short:
-            for app, p in point.apps.items():
-                if not _in(scope, app):
-                    continue
-                a = per_app.setdefault(app, {"published": 0, "delivered": 0, "latency": None})
-                a["published"] += p.published
-                a["delivered"] += p.delivered
-                a["latency"] = _add(a["latency"], p.latency)
+        short_s = sum(second[0].dt for second in short) or 1.0
+        latency = None
+        for second in short:
+            for point in second:
+                for app, p in point.apps.items():
+                    if not in_scope(scope, app):
+                        continue
+                    a = per_app.setdefault(app, {"published": 0, "delivered": 0,
+                                                 "latency": None})
+                    a["published"] += p.published
+                    a["delivered"] += p.delivered
+                    a["latency"] = _add(a["latency"], p.latency)
+                    latency = _add(latency, p.latency)
         window_errors: dict[str, int] = {}
-        for point in window:
-            for app, p in point.apps.items():
-                if p.errors and _in(scope, app):
-                    window_errors[app] = window_errors.get(app, 0) + p.errors
+        for second in window:
+            for point in second:
+                for app, p in point.apps.items():
+                    if p.errors and in_scope(scope, app):
+                        window_errors[app] = window_errors.get(app, 0) + p.errors
+        connected = {app: row[_WS] + row[_SSE] for app, row in counters.items()
+                     if row[_WS] + row[_SSE]}
         apps = []
-        for app in set(per_app) | {a for a in gauges} | set(window_errors):
+        for app in set(per_app) | set(connected) | set(window_errors):
             a = per_app.get(app, {"published": 0, "delivered": 0, "latency": None})
             record = await service.app(app) if app else None
             apps.append({
                 "app": app, "name": record.name if record else app or "(no app)",
-                "connections": sum(gauges.get(app, {}).get("kinds", {}).values()),
+                "connections": connected.get(app, 0),
                 "published_per_s": round(a["published"] / short_s, 2),
                 "delivered_per_s": round(a["delivered"] / short_s, 2),
                 "p99_ms": _quantiles(a["latency"])["p99"],
@@ -170,8 +224,8 @@ class Views:
         topic_pubs = self.recorder.topics_window
         if scope != "*":
             topic_pubs = {k: n for k, n in topic_pubs.items() if k[0] == scope}
-        followed = sorted(((len(s), key) for key, s in hub.topics.items() if _in(scope, key[0])),
-                          reverse=True)[:TOP]
+        followed = sorted(((len(s), key) for key, s in hub.topics.items()
+                           if in_scope(scope, key[0])), reverse=True)[:TOP]
         candidates = set(topic_pubs) | {key for _, key in followed}
         topics: list[dict[str, Any]] = [
             {"app": app, "topic": topic, "published_per_min": topic_pubs.get((app, topic), 0),
@@ -199,33 +253,30 @@ class Views:
                     "address", "connections", "published_per_s", "delivered_per_s", "pid")})
             nodes.append(row)
 
-        latency = None
-        for point in short:
-            for app, p in point.apps.items():
-                if _in(scope, app):
-                    latency = _add(latency, p.latency)
-        totals = {"published": 0, "delivered": 0, "replayed": 0, "slow_consumers": 0,
-                  "errors": 0, "scheduled": 0}
-        # delivery tracking by channel and field ({"in_app": {"delivered": n, ...}, ...})
+        totals = dict.fromkeys(_TOTALS, 0)
+        ws = sse = queued = deepest = 0
+        for counts in counters.values():
+            for i, k in enumerate(_TOTALS):
+                totals[k] += counts[i]
+            ws += counts[_WS]
+            sse += counts[_SSE]
+            queued += counts[_QUEUED]
+            deepest = max(deepest, counts[_DEEPEST])
+        # delivery tracking by channel and field ({"in_app": {"delivered": n, ...}, ...}),
+        # this node's
         tracking: dict[str, dict[str, int]] = {}
         for app, st in stats.apps.items():
-            if _in(scope, app):
-                totals["published"] += st.published
-                totals["delivered"] += st.delivered
-                totals["replayed"] += st.replayed
-                totals["slow_consumers"] += st.slow_consumers
-                totals["errors"] += sum(st.errors.values())
-                totals["scheduled"] += st.scheduled
+            if in_scope(scope, app):
                 for (channel, field), n in st.tracked.items():
                     fields = tracking.setdefault(channel, {})
                     fields[field] = fields.get(field, 0) + n
         return {
-            "scope": scope, "node": self.node, "t": round(now, 3),
+            "scope": scope, "node": self.node, "view": view, "summed": 1 + len(remotes),
+            "t": round(now, 3),
             "uptime_s": round(now - self.started_at, 1),
             "point": self._point(last, scope) if last is not None else None,
             "latency_10s": _quantiles(latency),
-            "connections": {"total": sum(kinds.values()), "ws": kinds.get("ws", 0),
-                            "sse": kinds.get("sse", 0)},
+            "connections": {"total": ws + sse, "ws": ws, "sse": sse},
             "queues": {"queued": queued, "deepest": deepest},
             "totals": totals,
             "tracking": tracking,
