@@ -1,7 +1,11 @@
 // The live dashboard: the last five minutes from /dashboard/api/history, then
 // one snapshot a second from /dashboard/events (SSE). Charts are uPlot.
+// ?view=cluster (the default: every node's sums) or ?view=node (this node),
+// switched in the header when the cluster has more than one node.
 (function () {
   "use strict";
+
+  var view = new URLSearchParams(location.search).get("view") === "node" ? "node" : "cluster";
 
   var WINDOW = 300;  // seconds of history kept on the charts
   var $ = function (id) { return document.getElementById(id); };
@@ -110,9 +114,25 @@
     return (s / 3600).toFixed(1) + " h";
   }
 
+  function showView(snap) {
+    var summed = snap.summed > 1;
+    $("view-switch").hidden = !summed && snap.nodes.length < 2;
+    document.querySelectorAll("#view-switch button").forEach(function (b) {
+      b.setAttribute("aria-pressed", String(b.dataset.view === view));
+    });
+    var note = $("view-note");
+    note.hidden = $("view-switch").hidden;
+    note.textContent = summed ?
+      "Cluster: the sums of " + snap.summed + " nodes, a second behind this node's own; " +
+      "latency over every delivery of the cluster." :
+      view === "node" ? "This node only: " + snap.node + "." : "Cluster: only this node is reporting.";
+    document.querySelectorAll(".node-only").forEach(function (el) { el.hidden = !summed; });
+  }
+
   function show(snap) {
     var p = snap.point || {};
     set("scope", snap.scope === "*" ? "All apps" : "App " + snap.scope);
+    showView(snap);
     set("where", "node " + snap.node + " · up " + uptime(snap.uptime_s));
     set("published-rate", num(p.published, p.published < 10 ? 1 : 0));
     set("delivered-rate", num(p.delivered, p.delivered < 10 ? 1 : 0));
@@ -161,7 +181,8 @@
   function toLogin() { location.assign("/dashboard/login?reason=expired"); }
 
   function listen() {
-    source = new EventSource("/dashboard/events");
+    if (source) source.close();  // the other view's, when the switch was quicker than a load
+    source = new EventSource("/dashboard/events?view=" + view);
     source.addEventListener("snapshot", function (m) {
       setLive("live");
       show(JSON.parse(m.data));
@@ -170,29 +191,48 @@
       setLive("reconnecting");
       if (source.readyState !== EventSource.CLOSED) return;   // the browser retries by itself
       // Refused (the session ended, or the node is gone): find out which.
-      fetch("/dashboard/api/snapshot", { cache: "no-store" }).then(function (r) {
+      fetch("/dashboard/api/snapshot?view=" + view, { cache: "no-store" }).then(function (r) {
         if (r.status === 401 || r.status === 403) return toLogin();
         setTimeout(listen, 2000);
       }, function () { setTimeout(listen, 2000); });
     };
   }
 
-  fetch("/dashboard/api/history", { cache: "no-store" }).then(function (r) {
-    if (r.status === 401 || r.status === 403) { toLogin(); return null; }
-    return r.json();
-  }).then(function (doc) {
-    if (!doc) return;
-    var s = doc.series;
-    for (var k in cols) cols[k] = (s[k] || []).slice(-WINDOW);
-    chart($("chart-rates"), ["published", "delivered"], "");
-    chart($("chart-latency"), ["p50", "p95", "p99"], "");
-    chart($("chart-connections"), ["connections"], "");
-    chart($("chart-errors"), ["errors"], "");
-    if (window.ResizeObserver) {
-      new ResizeObserver(function () {
-        charts.forEach(function (u) { u.setSize({ width: u.root.parentNode.clientWidth, height: 190 }); });
-      }).observe(document.querySelector(".charts"));
-    }
-    listen();
+  // The history of the current view, then its live snapshots.
+  function load() {
+    fetch("/dashboard/api/history?view=" + view, { cache: "no-store" }).then(function (r) {
+      if (r.status === 401 || r.status === 403) { toLogin(); return null; }
+      return r.json();
+    }).then(function (doc) {
+      if (!doc) return;
+      var s = doc.series;
+      for (var k in cols) cols[k] = (s[k] || []).slice(-WINDOW);
+      if (charts.length) {
+        redraw();
+      } else {
+        chart($("chart-rates"), ["published", "delivered"], "");
+        chart($("chart-latency"), ["p50", "p95", "p99"], "");
+        chart($("chart-connections"), ["connections"], "");
+        chart($("chart-errors"), ["errors"], "");
+        if (window.ResizeObserver) {
+          new ResizeObserver(function () {
+            charts.forEach(function (u) { u.setSize({ width: u.root.parentNode.clientWidth, height: 190 }); });
+          }).observe(document.querySelector(".charts"));
+        }
+      }
+      listen();
+    });
+  }
+
+  document.querySelectorAll("#view-switch button").forEach(function (b) {
+    b.addEventListener("click", function () {
+      if (b.dataset.view === view) return;
+      view = b.dataset.view;
+      history.replaceState(null, "", view === "node" ? "?view=node" : location.pathname);
+      if (source) source.close();
+      setLive("connecting");
+      load();
+    });
   });
+  load();
 })();
