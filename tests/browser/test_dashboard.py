@@ -1,12 +1,21 @@
 """The dashboard in real Chromium: login, live numbers, charts, logout (which ends
-the session on the server: a copy of its cookie opens nothing afterwards)."""
+the session on the server: a copy of its cookie opens nothing afterwards), and
+the cluster view of two nodes with its switch to this node alone."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import ServerProcess
+from tests.services import require_postgres, require_redis
 from tidings.dashboard.session import COOKIE
 
 
@@ -120,3 +129,92 @@ def test_log_out_ends_the_session_on_the_server(context, tidings_server):
     page.click("button[type=submit]")
     expect(page).to_have_url(url + "/dashboard")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """Two ``tidings serve`` processes, ``a`` and ``b``, over a fresh
+    PostgreSQL schema (migrated as an operator would) and the test Redis
+    under a key prefix of their own."""
+    import asyncpg
+
+    from tests.broker.conftest import delete_prefixed, unique_prefix
+
+    pg, redis = require_postgres(), require_redis()
+    prefix, schema = unique_prefix(), "t_" + secrets.token_hex(6)
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(pg)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    def run(coro):  # the test thread's Playwright owns an event loop
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result(60)
+
+    store = f"{pg}?search_path={schema}"
+    for name in ("a", "b"):  # each node's log beside its data directory
+        (tmp_path / name).mkdir()
+    run(sql(f"CREATE SCHEMA {schema}"))
+    env = {"TIDINGS_STORE": store, "TIDINGS_BROKER": f"{redis}?prefix={prefix}"}
+    a = ServerProcess(tmp_path / "a" / "data", {**env, "TIDINGS_NODE": "a"})
+    b = ServerProcess(tmp_path / "b" / "data", {**env, "TIDINGS_NODE": "b"})
+    try:
+        subprocess.run([sys.executable, "-m", "tidings", "migrate", "--store", store],
+                       check=True, capture_output=True, timeout=60)
+        a.start()  # the first start creates the app and prints its key
+        b.api_key, b.signing_secret = a.api_key, a.signing_secret
+        b.start()
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+        run(sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        run(delete_prefixed(redis, prefix))
+
+
+def test_the_dashboard_sums_the_cluster_and_switches_to_this_node(context, two_node_cluster,
+                                                                 tmp_path):
+    a, b = two_node_cluster
+    page = context.new_page()
+    _login(page, a, a.api_key)
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    for server, user in ((a, "zoe"), (b, "yan")):  # a device on each node
+        device = context.new_page()
+        device.goto(f"{server.url}/demo?token={server.token(user)}")
+        expect(device.locator("#status")).to_have_attribute("data-state", "live")
+    for i in range(3):
+        a.publish({"users": ["zoe"]}, title=f"a{i}")
+    for i in range(2):
+        b.publish({"users": ["yan"]}, title=f"b{i}")
+
+    # the cluster: both nodes' figures, said so
+    expect(page.locator("#view-switch")).to_be_visible()
+    expect(page.locator("#view-note")).to_contain_text("the sums of 2 nodes")
+    expect(page.locator("#published-total")).to_have_text("5")
+    expect(page.locator("#delivered-total")).to_have_text("5")
+    expect(page.locator("#connections")).to_have_text("2")
+    expect(page.locator("#ws")).to_have_text("2")
+    expect(page.locator(".node-only").first).to_be_visible()
+    expect(page.get_by_role("button", name="Cluster")).to_have_attribute("aria-pressed", "true")
+    assert page.locator(".uplot canvas").count() == 4
+    page.screenshot(path=str(tmp_path / "dashboard-cluster.png"), full_page=True)
+
+    # this node alone, and back
+    page.get_by_role("button", name="This node").click()
+    expect(page).to_have_url(a.url + "/dashboard?view=node")
+    expect(page.locator("#view-note")).to_have_text("This node only: a.")
+    expect(page.locator("#published-total")).to_have_text("3")
+    expect(page.locator("#connections")).to_have_text("1")
+    expect(page.locator(".node-only").first).to_be_hidden()
+    page.screenshot(path=str(tmp_path / "dashboard-node.png"), full_page=True)
+    page.reload()  # the view is in the address
+    expect(page.locator("#published-total")).to_have_text("3")
+    expect(page.get_by_role("button", name="This node")).to_have_attribute("aria-pressed",
+                                                                         "true")
+    page.get_by_role("button", name="Cluster").click()
+    expect(page).to_have_url(a.url + "/dashboard")
+    expect(page.locator("#published-total")).to_have_text("5")
+    assert page.locator(".uplot canvas").count() == 4  # the same charts, new data
