@@ -13,7 +13,7 @@ from tests.api.conftest import store_overrides
 from tests.conftest import run_server, two_nodes
 from tidings.broker.base import KEYS_CHANNEL
 from tidings.dashboard import session
-from tidings.dashboard.recorder import Recorder
+from tidings.dashboard.recorder import Point, Recorder
 from tidings.service.sessions import SESSION_CACHE_TTL
 
 
@@ -84,7 +84,7 @@ async def test_logout_ends_the_session_and_a_copy_of_its_cookie(tmp_path, cache)
 
 async def test_logout_ends_an_open_event_stream(server):
     rec = server.uvicorn.config.app.state.dashboard.recorder
-    rec.sample = lambda: None  # the stream's ticks come from the test
+    rec.sample = lambda: Point(t=time.time(), dt=1.0)  # the stream's ticks come from the test
     cookie = await _session(server)
     async with _client(server, cookie) as http, http.stream("GET", "/dashboard/events") as r:
         lines = r.aiter_lines()

@@ -12,10 +12,13 @@ divided by the measured interval.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 HISTORY_SECONDS = 300
 TOPIC_WINDOW = 60  # seconds summed in ``topics_window`` (the dashboard's top topics)
@@ -126,4 +129,8 @@ class Recorder:
         while True:
             now = self._clock()
             await asyncio.sleep(1.0 - (now % 1.0) + 0.005)
-            then(self.sample())
+            point = self.sample()
+            try:
+                then(point)
+            except Exception:  # the page's own figures go on whatever ``then`` does
+                log.exception("the dashboard could not hand on this second's figures")
