@@ -477,6 +477,10 @@ async def test_a_rolled_back_group_leaves_no_seq_behind(db):
     assert [o.deliveries[0].seq for o in outs] == [1, 2]
     third = await publish(db, note(["u"]))
     assert third.deliveries[0].seq == 3
+    # the stream the rolled-back group made is made again, and its epoch
+    # is the one every delivery names
+    head = await db.stream_head(APP, "u", time.time())
+    assert {o.deliveries[0].epoch for o in [*outs, third]} == {head.epoch}
     entries, _ = await db.replay(APP, "u", 0, 0, 100, time.time())
     assert [e.seq for e in entries] == [1, 2, 3]
 

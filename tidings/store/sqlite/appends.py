@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from itertools import chain, repeat
-from operator import add, itemgetter
+from operator import itemgetter
 
 from tidings.core.ids import new_epoch
 from tidings.store.sqlite.entries import one_seq
@@ -44,13 +44,11 @@ EXACT_ROWS = 32
 # the writer's prepared statements kept (store.py): EXACT_ROWS + 2 shapes a
 # table (about 13 KiB each at 32 rows) besides every other statement
 STATEMENTS_CACHED = 512
-_first = itemgetter(0)
-_second = itemgetter(1)
 _by_user = itemgetter(1)
 _flat = chain.from_iterable
 _blob = bytearray  # see WriterConnection.__init__
 _NONE = object()  # _insert: no shared first column
-_NO_HEADS: dict[str, tuple[str, int]] = {}  # an app with no committed head cached
+_NO_HEADS: dict[str, int] = {}  # an app with no committed head cached
 FANOUT_ROWS = 64  # recipients from which add_entries writes a publish's rows in SQL
 # OR FAIL: see _insert
 _FANOUT = ("INSERT OR FAIL INTO inbox(app_id, user_id, seq, nid, created_at, expires_at) "
@@ -63,19 +61,28 @@ class WriterConnection(sqlite3.Connection):
     # Slots, not a __dict__: the interpreter reads an attribute of a slot
     # directly, while one in the __dict__ of a subclass of this C type was
     # looked up generically, about 200 instructions each, several a publish.
-    __slots__ = ("_heads", "_txn", "_dirty", "_notes", "_notes_forever", "_inbox",
+    __slots__ = ("_heads", "_txn", "_epochs", "_dirty", "_notes", "_notes_forever", "_inbox",
                  "_inbox_forever", "_fanouts", "_sql", "_keys", "_unmuted", "_topics", "_topic_ids",
                  "_data_version", "rows_written")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Heads by app, then user: (epoch, seq).  By app first so that a
-        # publish looks its recipients up by user alone, in C (``map``), with
-        # no (app, user) tuple to build, hash and compare per recipient.
-        self._heads: dict[str, dict[str, tuple[str, int]]] = {}  # committed
+        # Head seqs by app, then user.  By app first so that a publish looks
+        # its recipients up by user alone, in C (``map``), with no (app, user)
+        # tuple to build, hash and compare per recipient.
+        self._heads: dict[str, dict[str, int]] = {}  # committed
         # this transaction's: every head it read or took, copied from
         # ``_heads`` (or the table) at its first use in the transaction
-        self._txn: dict[str, dict[str, tuple[str, int]]] = {}
+        self._txn: dict[str, dict[str, int]] = {}
+        # Epochs by app, then user, apart from the seqs: a fan-out takes its
+        # recipients' seqs as ints, with no (epoch, seq) tuple built, taken
+        # apart and freed per recipient.  A stream's epoch never changes, so
+        # this is not per transaction: it holds the epoch of every head in
+        # ``_heads`` and ``_txn``, entered when the head is read from the
+        # table or made (``_load_heads``).  It may also hold the epoch of a
+        # stream made by a transaction that rolled back; that user's next
+        # use reads the table again and enters the right one.
+        self._epochs: dict[str, dict[str, str]] = {}
         self._dirty: dict[str, set[str]] = {}  # heads of _txn not written yet
         # rows without an expiry, without the column: the sqlite3 module binds
         # int, float, str and bytearray directly, but for None (and bytes) it
@@ -107,6 +114,7 @@ class WriterConnection(sqlite3.Connection):
         if version != self._data_version:
             # another connection committed: what this one remembers may be stale
             self._heads.clear()
+            self._epochs.clear()
             self._unmuted.clear()
             self.topics_changed()
             self._data_version = version
@@ -122,16 +130,20 @@ class WriterConnection(sqlite3.Connection):
             else:
                 mine.update(taken)
         self._txn.clear()
-        over = sum(map(len, heads.values())) - HEADS_CACHED
-        for app_id, mine in list(heads.items()):
+        # counted by the epochs: they also hold those of rolled-back streams
+        over = sum(map(len, self._epochs.values())) - HEADS_CACHED
+        for app_id, epochs in list(self._epochs.items()):
             if over <= 0:
                 break
-            drop = list(mine)[:over]  # the oldest entered
+            drop = list(epochs)[:over]  # the oldest entered
+            mine = heads.get(app_id, {})
             for user in drop:
-                del mine[user]
+                del epochs[user]
+                mine.pop(user, None)
             over -= len(drop)
-            if not mine:
-                del heads[app_id]
+            if not epochs:
+                del self._epochs[app_id]
+                heads.pop(app_id, None)
 
     def rollback(self) -> None:
         self._discard()
@@ -177,28 +189,28 @@ class WriterConnection(sqlite3.Connection):
         stream gets one (a fresh epoch, seq 1).  Two lists rather than a
         tuple per user: under write fan-out every recipient's step here is
         the writer's own Python, so the work per user is done in C (``map``,
-        ``zip``, ``dict.update``)."""
+        ``zip``, ``dict.update``) or in one comprehension."""
         txn = self._txn.get(app_id)
         if txn is None:
             txn = self._txn[app_id] = {}
         if len(users) == 1:  # the usual publish: the same steps, for one user
             user = users[0]
-            head = txn.get(user) or self._heads.get(app_id, _NO_HEADS).get(user)
-            if head is None:
-                head = self._first_use(app_id, txn, users)[0]
-            epoch, seq = head
-            txn[user] = (epoch, seq + 1)
+            seq = txn.get(user)
+            if seq is None:
+                seq = self._heads.get(app_id, _NO_HEADS).get(user)
+                if seq is None:
+                    seq = self._first_use(app_id, txn, users)[0]
+            txn[user] = seq = seq + 1
             self._dirty_of(app_id).add(user)
-            return [epoch], [seq + 1]
-        now: list = list(map(txn.get, users))
-        if None in now:
-            self._first_use(app_id, txn, [u for u, h in zip(users, now, strict=True) if h is None])
+            return [self._epochs[app_id][user]], [seq]
+        try:
             now = list(map(txn.__getitem__, users))
-        epochs = list(map(_first, now))
-        seqs = list(map(add, map(_second, now), repeat(1)))
-        txn.update(zip(users, zip(epochs, seqs, strict=True), strict=True))
+        except KeyError:  # some users' first use in this transaction
+            now = self._first_use(app_id, txn, users)
+        seqs = [seq + 1 for seq in now]
+        txn.update(zip(users, seqs, strict=True))
         self._dirty_of(app_id).update(users)
-        return epochs, seqs
+        return list(map(self._epochs[app_id].__getitem__, users)), seqs
 
     def _dirty_of(self, app_id: str) -> set[str]:
         dirty = self._dirty.get(app_id)
@@ -206,22 +218,22 @@ class WriterConnection(sqlite3.Connection):
             dirty = self._dirty[app_id] = set()
         return dirty
 
-    def _first_use(self, app_id: str, txn: dict[str, tuple[str, int]],
-                   users: list[str]) -> list[tuple[str, int]]:
-        """The heads of ``users`` (none of them in ``txn`` yet), entered in
-        ``txn``: the committed ones remembered, else read from ``streams``,
-        else new streams (a fresh epoch, seq 0)."""
+    def _first_use(self, app_id: str, txn: dict[str, int], users: list[str]) -> list[int]:
+        """The head seqs of ``users``, those not in ``txn`` yet entered in it:
+        the committed ones remembered, else read from ``streams``, else new
+        streams (a fresh epoch, seq 0)."""
+        new = [u for u in users if u not in txn]
         committed = self._heads.get(app_id)
         if committed:
-            known = list(map(committed.get, users))
+            known = list(map(committed.get, new))
             if None not in known:
-                txn.update(zip(users, known, strict=True))  # type: ignore[arg-type]
+                txn.update(zip(new, known, strict=True))  # type: ignore[arg-type]
             else:
-                txn.update((u, h) for u, h in zip(users, known, strict=True) if h is not None)
-                self._load_heads(app_id, [u for u, h in zip(users, known, strict=True)
-                                          if h is None])
+                txn.update((u, s) for u, s in zip(new, known, strict=True) if s is not None)
+                self._load_heads(app_id, [u for u, s in zip(new, known, strict=True)
+                                          if s is None])
         else:
-            self._load_heads(app_id, users)
+            self._load_heads(app_id, new)
         return list(map(txn.__getitem__, users))
 
     def append_one(self, app_id: str, user: str, nid: str, category: str, body: bytes,
@@ -232,22 +244,24 @@ class WriterConnection(sqlite3.Connection):
         txn = self._txn.get(app_id)
         if txn is None:
             txn = self._txn[app_id] = {}
-        head = txn.get(user) or self._heads.get(app_id, _NO_HEADS).get(user)
-        if head is None:
-            head = self._first_use(app_id, txn, [user])[0]
-        txn[user] = head = (head[0], head[1] + 1)
+        seq = txn.get(user)
+        if seq is None:
+            seq = self._heads.get(app_id, _NO_HEADS).get(user)
+            if seq is None:
+                seq = self._first_use(app_id, txn, [user])[0]
+        txn[user] = seq = seq + 1
         dirty = self._dirty.get(app_id)  # _dirty_of(app_id), without its call
         if dirty is None:
             dirty = self._dirty[app_id] = set()
         dirty.add(user)
-        seqs = one_seq(user, head[1])
+        seqs = one_seq(user, seq)
         if expires is None:
             self._notes_forever.append((app_id, nid, category, _blob(body), 1, created, seqs))
-            self._inbox_forever.append((app_id, user, head[1], nid, created))
+            self._inbox_forever.append((app_id, user, seq, nid, created))
         else:
             self._notes.append((app_id, nid, category, _blob(body), 1, created, expires, seqs))
-            self._inbox.append((app_id, user, head[1], nid, created, expires))
-        return head
+            self._inbox.append((app_id, user, seq, nid, created, expires))
+        return self._epochs[app_id][user], seq
 
     def _load_heads(self, app_id: str, users: list[str]) -> None:
         found = {}
@@ -260,9 +274,10 @@ class WriterConnection(sqlite3.Connection):
             ):
                 found[user] = (epoch, seq)
         txn = self._txn.setdefault(app_id, {})
+        epochs = self._epochs.setdefault(app_id, {})
         for user in users:
             # a new stream: written with its first seq when the group flushes
-            txn[user] = found.get(user) or (new_epoch(), 0)
+            epochs[user], txn[user] = found.get(user) or (new_epoch(), 0)
 
     def add_notification(self, row: tuple) -> None:
         """``(app, id, category, body, recipients, created_at, expires_at,
@@ -385,10 +400,11 @@ class WriterConnection(sqlite3.Connection):
             self.execute(_FANOUT, (app_id, nid, created_at, expires_at, seqs))
         self._fanouts.clear()
         for app_id, dirty in self._dirty.items():
-            heads = list(map(self._txn[app_id].__getitem__, dirty))
+            users = list(dirty)
             self._insert(
                 "streams(app_id, user_id, epoch, head_seq) VALUES ", 4,
-                list(zip(repeat(app_id), dirty, map(_first, heads), map(_second, heads))),
+                list(zip(repeat(app_id), users, map(self._epochs[app_id].__getitem__, users),
+                         map(self._txn[app_id].__getitem__, users))),
                 " ON CONFLICT(app_id, user_id) DO UPDATE SET head_seq=excluded.head_seq")
         self._dirty.clear()
         if self._keys:
