@@ -596,7 +596,9 @@ class Hub:
         else:
             resolved = None
         here: list[str] = []  # the recipients with a stream here
-        routed = 0
+        # the streams reached beyond one per recipient here: counted apart
+        # so that a recipient of one stream adds no int (routed: len(here) + more)
+        more = 0
         deliveries = msg.deliveries
         if resolved is None and not trace:
             # the usual publish, its loop without the cases it has none of:
@@ -610,16 +612,15 @@ class Hub:
                 if d.group is None and len(streams) == 1:
                     (s,) = streams  # unpacked first: a stream cut now leaves the set
                     s.on_personal(d.epoch, d.seq, body, tail)
-                    routed += 1
                 else:
-                    routed += _personal_to(streams, d, body, tail)
+                    more += _personal_to(streams, d, body, tail) - 1
         else:  # locales, or tracing on
             for d in deliveries:
                 streams = users.get(d.user)
                 if not streams:
                     continue
                 here.append(d.user)
-                routed += len(streams)
+                more += len(streams) - 1
                 epoch, seq = d.epoch, d.seq
                 if resolved is not None:
                     _localized(streams, epoch, seq, note, mark, d.group, resolved)
@@ -630,7 +631,7 @@ class Hub:
                                 lambda s: s.on_personal(epoch, seq, payload))  # noqa: B023
         if here:
             self.cache.users_changed(app, here)
-            self._routed(app, routed, msg.sent_at)
+            self._routed(app, len(here) + more, msg.sent_at)
             self.tracking.reached_users((app, body, len(here)))  # users, not streams
             if note.find(_EXPIRES, len(note) - _EXPIRES_TAIL) >= 0:  # a ttl (events.expiry)
                 expires = events.expiry(note)

@@ -159,11 +159,11 @@ class RawWebSocketStream(Stream):
 
 class SSEStream(Stream):
     kind = "sse"
-    wants_ids = True
     __slots__ = ("_send", "ended")
 
     def __init__(self, send, *args, **kw):
         super().__init__(*args, **kw)
+        self.wants_ids = True
         self._send = send
         self.ended = asyncio.Event()
 
