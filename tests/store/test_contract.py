@@ -960,6 +960,16 @@ async def test_topic_up_to_threshold_fans_out_per_subscriber(db):
     assert await inbox_ids(db, A, "s3") == [out.id]
 
 
+async def test_an_apps_first_publish_to_a_topic_nobody_follows_reaches_nobody(db):
+    """Fanned out on write to no one: the store's first publish for the app,
+    so it has no stream of the app's in hand (nor in memory)."""
+    out = await publish(db, A, note(topic="empty"))
+    assert (out.status, out.recipients, out.deliveries) == ("accepted", 0, [])
+    await db.subscribe(A, "empty", ["s1"])
+    again = await publish(db, A, note(topic="empty"))
+    assert [(d.user, d.seq) for d in again.deliveries] == [("s1", 1)]
+
+
 async def test_topic_above_threshold_is_one_feed_item(db):
     await db.subscribe(A, "news", ["s1", "s2", "s3"])
     item = note(topic="news")

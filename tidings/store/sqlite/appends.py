@@ -190,6 +190,8 @@ class WriterConnection(sqlite3.Connection):
         tuple per user: under write fan-out every recipient's step here is
         the writer's own Python, so the work per user is done in C (``map``,
         ``zip``, ``dict.update``) or in one comprehension."""
+        if not users:  # a topic nobody follows: the app may have no epochs yet
+            return [], []
         txn = self._txn.get(app_id)
         if txn is None:
             txn = self._txn[app_id] = {}
