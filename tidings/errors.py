@@ -99,6 +99,12 @@ class PayloadTooLarge(TidingsError):
     status, code = 413, "payload_too_large"
 
 
+class UnsupportedEncoding(TidingsError):
+    """A body in a content coding (gzip, br...): not undone, so not read."""
+
+    status, code = 415, "unsupported_encoding"
+
+
 class Invalid(TidingsError):
     """Well-formed JSON that breaks a rule (type, range, unknown field)."""
 
@@ -120,6 +126,12 @@ class TooManyConnections(RateLimited):
     code, close_code = "too_many_connections", CLOSE_TOO_MANY
 
 
+class NotImplementedHere(TidingsError):
+    """A transfer coding other than chunked (RFC 9112 §6.1: 501)."""
+
+    status, code = 501, "not_implemented"
+
+
 class Unavailable(TidingsError):
     """The store or broker cannot take the request now; retry later."""
 
@@ -132,8 +144,8 @@ class Unavailable(TidingsError):
 
 __all__ = [
     "TidingsError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
-    "PreconditionFailed", "PayloadTooLarge", "Invalid", "RateLimited", "TooManyConnections",
-    "Unavailable",
+    "PreconditionFailed", "PayloadTooLarge", "UnsupportedEncoding", "Invalid", "RateLimited",
+    "TooManyConnections", "NotImplementedHere", "Unavailable",
     "should_reconnect",
     "CLOSE_SLOW_CONSUMER", "CLOSE_SHUTDOWN", "CLOSE_RESYNC", "CLOSE_PING_TIMEOUT",
     "CLOSE_TOKEN_EXPIRED", "CLOSE_RATE_LIMITED",

@@ -211,6 +211,70 @@ async def test_oversized_notification_is_413(server):
         assert r.json()["items"][0]["notification"].get("data", {}) == {}
 
 
+async def _raw_request(server, raw: bytes) -> httpx.Response:
+    """The answer to the request ``raw``, sent as it is (httpx sends no
+    transfer coding but chunked)."""
+    import asyncio
+
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+        body = await reader.readexactly(int(headers["content-length"]))
+    finally:
+        writer.close()
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
+
+
+async def test_a_body_in_a_coding_tidings_does_not_undo_is_refused_not_misread(server):
+    """``Content-Encoding: gzip`` is 415 and a transfer coding other than
+    chunked 501, naming the header, on every route that reads a body (the
+    direct ones included): read as they came, the bytes were a confusing
+    ``malformed_json``, or, on a body the route may ignore, taken in silence."""
+    import gzip
+
+    body = json.dumps(GOOD).encode()
+    packed = gzip.compress(body)
+
+    async def chunks(raw: bytes):
+        yield raw
+
+    async with server.http() as http:
+        for path, method in ((PUBLISH, "POST"), (PUBLISH + "/batch", "POST"),
+                             ("/v1/users/alice/preferences", "PUT"),
+                             ("/v1/users/alice/tokens", "POST")):
+            for coding in ("gzip", "br", "identity, gzip"):
+                r = await http.request(method, path, content=packed,
+                                       headers={"Content-Encoding": coding})
+                assert_error(r, 415, "unsupported_encoding", "Content-Encoding",
+                             case=(path, coding))
+            for coding in (b"gzip, chunked", b"deflate, chunked"):
+                r = await _raw_request(server, b"%s %s HTTP/1.1\r\nHost: t\r\n"
+                                       b"Authorization: Bearer %s\r\nTransfer-Encoding: %s"
+                                       b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+                                           method.encode(), path.encode(),
+                                           server.api_key.encode(), coding, len(packed),
+                                           packed))
+                assert_error(r, 501, "not_implemented", "Transfer-Encoding",
+                             case=(path, coding))
+        # the coding of no coding, and chunked alone, are read as ever
+        r = await http.post(PUBLISH, content=body, headers={"Content-Encoding": "identity",
+                                                            "Content-Type": "application/json"})
+        assert r.status_code == 202, r.text
+        r = await http.post(PUBLISH, content=chunks(body),
+                            headers={"Content-Type": "application/json"})
+        assert r.status_code == 202, r.text
+        r = await http.get("/v1/users/alice/notifications")
+        assert len(r.json()["items"]) == 2
+    async with server.http(await server.token("alice")) as me:
+        r = await me.post("/v1/me/notifications/read", content=gzip.compress(b'{"all": true}'),
+                          headers={"Content-Encoding": "gzip"})
+        assert_error(r, 415, "unsupported_encoding", "Content-Encoding")
+
+
 async def test_batch_hostility(server):
     async with server.http() as http:
         for raw, status in [(b'{"notifications": {}}', 422), (b'{"notifications": []}', 422),
@@ -271,7 +335,7 @@ async def test_bad_path_params(server):
         ]:
             r = await http.request(method, path, json=body)
             err = assert_error(r, 422, case=(method, path))
-            assert err.get("field") in ("user", "topic"), (path, err)
+            assert err.get("field") in ("user", "topic", "path"), (path, err)
         # U+FFFD itself, sent as UTF-8, is a user id like any other
         assert (await http.put("/v1/topics/t/subscribers/jos%EF%BF%BD")).status_code == 200
         assert (await http.get("/v1/topics/t")).json()["users"] == ["jos\ufffd"]
@@ -291,6 +355,34 @@ async def test_bad_path_params(server):
         assert_error(r, 422, field="action")
         assert (await http.get("/v1/topics/t")).json()["subscribers"] == 0
     await _assert_intact(server, nid)
+
+
+async def test_query_strings_whose_bytes_are_not_utf8_are_refused_not_read_as_u_fffd(server):
+    """A query string's percent-encoded bytes that are not UTF-8 would be read
+    as U+FFFD: ``?tag=caf%E9`` and ``?tag=caf%E8`` (Latin-1) one tag, and
+    ``?user=jos%E9`` another user's timeline.  Refused wherever a query
+    string is read -- the routes served directly (a device's inbox) and the
+    others -- naming the parameter."""
+    async with server.http() as http:
+        r = await http.post(PUBLISH, json={"to": {"users": ["jos\ufffd", "alice"]},
+                                           "title": "t", "tags": ["caf\ufffd"]})
+        nid = r.json()["id"]
+        for path in (f"/v1/notifications/{nid}/timeline?user=jos%E9",
+                     "/v1/users/alice/notifications?limit=5&tag=caf%E9",
+                     "/v1/users/alice/notifications?tag=ok&tag=%FF",
+                     "/v1/users/alice/notifications?t%E9g=x",
+                     "/dashboard/api/notification?id=" + nid + "&user=jos%E9"):
+            err = assert_error(await http.get(path), 422, "invalid", case=path)
+            assert err["field"] in ("user", "tag", "t\ufffdg"), (path, err)
+        # U+FFFD itself, sent as UTF-8, is a value like any other
+        r = await http.get("/v1/users/alice/notifications?tag=caf%EF%BF%BD")
+        assert [i["id"] for i in r.json()["items"]] == [nid]
+    async with server.http(await server.token("alice")) as me:
+        for path in ("/v1/me/notifications?tag=caf%E9", "/v1/me/counts?x=%C3",
+                     "/v1/me/events?token=%E9"):
+            assert_error(await me.get(path), 422, "invalid", case=path)
+        r = await me.get("/v1/me/notifications?tag=caf%EF%BF%BD")
+        assert [i["id"] for i in r.json()["items"]] == [nid]
 
 
 BAD_QUERIES = [

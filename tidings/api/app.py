@@ -35,6 +35,7 @@ from tidings.api import (
 )
 from tidings.api.common import JSON, error_response
 from tidings.api.cors import CORS
+from tidings.api.utf8 import Utf8Urls
 from tidings.config import Settings, from_env
 from tidings.dashboard import Dashboard
 from tidings.dashboard import browser_routes as dashboard_browser_routes
@@ -310,6 +311,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             Middleware(logs.RequestId),  # X-Request-Id in, out and in every log line
             # pages on other origins: the client API, SSE, token minting (api/cors.py)
             Middleware(CORS, allowed_origins=settings.allowed_origins),
+            # a path or query whose escapes are not UTF-8: 422 (api/utf8.py)
+            Middleware(Utf8Urls),
         ],
         # Starlette types every handler as taking Exception, though it calls
         # each with the class it is registered for.

@@ -14,7 +14,15 @@ from tidings.core import etag
 from tidings.core.audit import Actor, key_actor
 from tidings.core.locales import valid_tag
 from tidings.core.models import LOCALE_RE
-from tidings.errors import BadRequest, Invalid, PayloadTooLarge, TidingsError, Unauthorized
+from tidings.errors import (
+    BadRequest,
+    Invalid,
+    NotImplementedHere,
+    PayloadTooLarge,
+    TidingsError,
+    Unauthorized,
+    UnsupportedEncoding,
+)
 
 log = logging.getLogger("tidings.api")
 T = TypeVar("T")
@@ -51,7 +59,34 @@ def error_response(exc: TidingsError) -> Response:
     return JSON(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
+def _codings(values: list[str]) -> set[str]:
+    return {coding.strip().lower() for value in values for coding in value.split(",")} - {""}
+
+
+def coding_refusal(headers) -> TidingsError | None:
+    """Why a body sent with ``headers`` (Starlette's) cannot be read: a
+    content coding (``Content-Encoding: gzip``: 415, RFC 9110 §15.5.16) or a
+    transfer coding other than chunked (``Transfer-Encoding: gzip, chunked``:
+    501, RFC 9112 §6.1).  Nothing undoes them here, and the bytes read as
+    they came were a puzzling ``malformed_json``, or taken in silence by a
+    route that may ignore its body."""
+    coded = _codings(headers.getlist("content-encoding")) - {"identity"}
+    if coded:
+        return UnsupportedEncoding(
+            f"Content-Encoding {', '.join(sorted(coded))} is not supported: send the body as "
+            "it is", field="Content-Encoding")
+    coded = _codings(headers.getlist("transfer-encoding")) - {"chunked"}
+    if coded:
+        return NotImplementedHere(
+            f"Transfer-Encoding {', '.join(sorted(coded))} is not supported: only chunked",
+            field="Transfer-Encoding")
+    return None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
+    refused = coding_refusal(request.headers)
+    if refused is not None:
+        raise refused
     length = request.headers.get("content-length")
     if length is not None:
         try:

@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from tidings.api.common import read_body
 from tidings.config import Settings
-from tidings.errors import BadRequest, PayloadTooLarge, TidingsError
+from tidings.errors import TidingsError
 
 log = logging.getLogger("tidings")
 _encode = msgspec.json.encode
@@ -145,7 +145,7 @@ def starlette_route(route: DirectRoute) -> Route:
                     peer=request.scope.get("client"))  # proxy headers applied
         try:
             call._body = await read_body(request, body_limit(service.settings))
-        except (PayloadTooLarge, BadRequest) as exc:
+        except TidingsError as exc:  # over the limit, or in a coding (415, 501)
             call._error = exc
         status, body = await handler(service, call)
         return Response(body, status_code=status, media_type="application/json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote_to_bytes
 
 import msgspec
 from starlette.convertors import Convertor, register_url_convertor
@@ -117,19 +116,7 @@ def _user(request: Request) -> str:
     user = request.path_params["user"]
     if not valid_user(user):
         raise Invalid("user id must be 1-128 printable characters", field="user")
-    if "\ufffd" in user and not _utf8(request.scope.get("raw_path", b"")):
-        # The server decodes a path's bytes that are not UTF-8 as U+FFFD:
-        # "jos%E9" and "jos%E8" (Latin-1) would both name "jos\ufffd".
-        raise Invalid("user id must be UTF-8, percent-encoded", field="user")
     return user
-
-
-def _utf8(raw_path: bytes) -> bool:
-    try:
-        unquote_to_bytes(raw_path).decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _topic(request: Request) -> str:

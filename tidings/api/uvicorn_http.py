@@ -16,8 +16,9 @@ A direct request goes the ASGI way instead when it cannot be answered
 straight away in order: another request of the same connection is still
 being answered (pipelining), or the server was configured with a root path
 or a concurrency limit; so does a browser's cross-origin request (it carries
-an ``Origin``) to a route that answers CORS.  The Starlette route of the
-same handler answers it, with the same bytes.
+an ``Origin``) to a route that answers CORS, and a request whose query has
+a percent-escape or whose body a coding, which the ASGI way checks.  The
+Starlette route of the same handler answers it, with the same bytes.
 
 Every request of a connection runs the parser's callbacks below, so each is
 one flat function (no chain of ``super()`` calls), and the connection's
@@ -247,6 +248,12 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         version = parser.get_http_version()
         req = _Direct(route, service, self.headers, route.body_limit(service.settings),
                       version, version != "1.0" and parser.should_keep_alive(), self._origin)
+        if b"%" in query or req.header(b"content-encoding") is not None or req.header(
+                b"transfer-encoding") not in (None, "chunked"):
+            # answered the ASGI way, which checks them: a query's escapes that
+            # are not UTF-8 (tidings/api/utf8.py), a body in a coding (read_body)
+            self._asgi_headers_complete()
+            return
         req.query = query
         self.cycle = req  # type: ignore[assignment]  # uvicorn's code reads the same fields
         length = req.header(b"content-length")
