@@ -211,6 +211,35 @@ async def test_rows_are_published_and_bad_ones_move_to_the_dead_letter_table(tmp
         assert (consumer.published, consumer.dead, consumer.duplicates) == (3, 5, 0)
 
 
+async def test_absurd_rows_are_dead_letters_that_the_consumer_does_not_fetch_or_echo(tmp_path):
+    """A payload over ``max_body_bytes`` (what ``POST /v1/notifications``
+    refuses with 413) is buried without being fetched: a batch of 10 MB
+    titles would have been a gigabyte in the node's memory before a single
+    row was refused.  An ``app`` that is no app id is refused as such, not
+    echoed whole into the reason and the log."""
+    async with outbox_db() as (url, conn), service_on(url, tmp_path) as service:
+        app, _ = await service.create_app("shop")
+        limit = service.settings.limits.max_body_bytes
+        await conn.execute(
+            "INSERT INTO tidings_outbox (app, payload) SELECT $1, jsonb_build_object('to', "
+            "jsonb_build_object('users', jsonb_build_array('ann')), 'title', repeat('x', $2)) "
+            "FROM generate_series(1, 3)", app.id, limit)
+        await conn.executemany("INSERT INTO tidings_outbox (app, payload) VALUES ($1, $2)", [
+            ("x" * 100_000, '{"to": {"users": ["ann"]}, "title": "x"}'),
+            ("app_\n", '{"to": {"users": ["ann"]}, "title": "x"}'),
+            (app.id, '{"to": {"users": ["ann"]}, "title": "behind"}'),
+        ])
+        async with consuming(service, url, poll_interval=0.2) as consumer:
+            await wait_empty(conn)
+        assert await inbox_titles(conn, app.id) == ["behind"]
+        reasons = [r["reason"] for r in await conn.fetch(
+            "SELECT reason FROM tidings_outbox_dead ORDER BY id")]
+        assert reasons[:3] == [f"payload_too_large: payload over {limit} bytes"] * 3, reasons
+        assert [r.split(":")[0] for r in reasons[3:]] == ["invalid (app)"] * 2, reasons
+        assert max(map(len, reasons)) < 200, reasons
+        assert (consumer.published, consumer.dead) == (1, 5)
+
+
 async def test_a_notify_wakes_the_consumer_long_before_its_next_poll(tmp_path):
     async with outbox_db() as (url, conn), service_on(url, tmp_path) as service:
         app, _ = await service.create_app("shop")

@@ -17,7 +17,8 @@ Exactly once in the inbox, whatever dies when:
   again.
 * A row that can never be published (a payload ``POST /v1/notifications``
   would refuse, an unknown app) is moved to ``tidings_outbox_dead`` with the
-  reason, in the same transaction, so it never blocks the rows behind it.
+  reason, in the same transaction, so it never blocks the rows behind it.  A
+  payload over ``max_body_bytes`` is moved so without being fetched.
   When the store is down, what was published is deleted and the rows the
   store could not take wait for the next try.
 
@@ -35,8 +36,15 @@ import asyncpg
 
 from tidings.api.common import decode
 from tidings.core.backoff import Backoff
-from tidings.core.models import PublishRequest
-from tidings.errors import NotFound, RateLimited, TidingsError, Unavailable
+from tidings.core.models import PublishRequest, valid_app_id
+from tidings.errors import (
+    Invalid,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    TidingsError,
+    Unavailable,
+)
 from tidings.outbox import NOTIFY_CHANNEL, OutboxMissing
 from tidings.store.postgres.errors import DOWN, STALE
 
@@ -46,9 +54,11 @@ CONNECT_TIMEOUT = 5.0
 KEY_PREFIX = "outbox:"  # the idempotency key of row N is "outbox:N"
 CONCURRENCY = 16  # rows of a batch in flight at once
 
+# A payload over $2 bytes (max_body_bytes, what POST /v1/notifications
+# takes) comes as NULL: a batch of them is not fetched into memory whole.
 _CLAIM = (
-    "SELECT id, app, payload::text FROM tidings_outbox "
-    "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    "SELECT id, app, CASE WHEN octet_length(payload::text) <= $2 THEN payload::text END "
+    "FROM tidings_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 )
 _DELETE = "DELETE FROM tidings_outbox WHERE id = ANY($1::bigint[])"
 _BURY = """
@@ -158,7 +168,8 @@ class OutboxConsumer:
         stalled when the store is down and rows were left for later."""
         timeout = self.service.settings.outbound.send_timeout
         async with conn.transaction():
-            rows = await conn.fetch(_CLAIM, self.batch, timeout=timeout)
+            rows = await conn.fetch(_CLAIM, self.batch, self.service.settings.limits.max_body_bytes,
+                                    timeout=timeout)
             limit = asyncio.Semaphore(CONCURRENCY)
 
             async def one(row) -> object:
@@ -182,11 +193,16 @@ class OutboxConsumer:
             log.warning("outbox: row %d moved to tidings_outbox_dead: %s", row_id, reason)
         return len(rows), stalled
 
-    async def _publish(self, row_id: int, app: str, payload: str):
+    async def _publish(self, row_id: int, app: str, payload: str | None):
         """Publish one row: None when it is in the inbox, the reason when it
         never will be, ``_LATER`` when the store cannot take it now."""
         service = self.service
         try:
+            if not valid_app_id(app):  # named in the reason: not echoed, however long
+                raise Invalid("app must be an app id (1-64 of a-z 0-9 _ -)", field="app")
+            if payload is None:
+                raise PayloadTooLarge(
+                    f"payload over {service.settings.limits.max_body_bytes} bytes")
             req = decode(payload.encode(), PublishRequest)
             # a row is moved for good only on a fresh read: an app remembered
             # as missing may have been created on another node since
