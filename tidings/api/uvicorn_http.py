@@ -248,15 +248,16 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         version = parser.get_http_version()
         req = _Direct(route, service, self.headers, route.body_limit(service.settings),
                       version, version != "1.0" and parser.should_keep_alive(), self._origin)
-        if b"%" in query or req.header(b"content-encoding") is not None or req.header(
-                b"transfer-encoding") not in (None, "chunked"):
+        length = req.header(b"content-length")
+        index = req._index or {}  # the headers by name, made by header(): two lookups
+        if b"%" in query or b"content-encoding" in index or index.get(
+                b"transfer-encoding", b"chunked") != b"chunked":
             # answered the ASGI way, which checks them: a query's escapes that
             # are not UTF-8 (tidings/api/utf8.py), a body in a coding (read_body)
             self._asgi_headers_complete()
             return
         req.query = query
         self.cycle = req  # type: ignore[assignment]  # uvicorn's code reads the same fields
-        length = req.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > req.limit:
             self._start(req, too_large=True)  # answered now, the body is skipped
         elif self.expect_100_continue:
