@@ -21,7 +21,7 @@ from tidings.errors import Unavailable
 from tidings.store import migrations
 from tidings.store.base import REVOKED, NewNotification
 from tidings.store.sqlite import SQLiteStore, migrate
-from tidings.store.sqlite.store import CHECKPOINT_INTERVAL, _counts_sql
+from tidings.store.sqlite.store import _counts_sql
 
 APP = "app_a"
 
@@ -583,7 +583,7 @@ async def test_steady_writes_rewrite_the_wal_from_its_start(db, path):
     for burst in range(90):
         await asyncio.gather(*(publish(db, note([f"u{burst}-{i}"])) for i in range(10)))
         if burst % 30 == 29:
-            await asyncio.sleep(CHECKPOINT_INTERVAL + 0.05)  # the next group checkpoints
+            await asyncio.sleep(0.25)  # past CHECKPOINT_INTERVAL: the next group checkpoints
             sizes.append(wal.stat().st_size)
     # each stretch writes ~1.4 MB of frames: ~4 MB in all if nothing were reused
     # (a later cycle may dirty a few more pages than the first: some slack)

@@ -202,7 +202,7 @@ IN_CHUNK = 500  # host parameters per IN (...) list
 # transaction starts the WAL over.
 CHECKPOINT_PAGES = 1000
 COMMIT_PAGES = 4
-CHECKPOINT_INTERVAL = 1.0
+CHECKPOINT_INTERVAL = 0.2
 # The writer's page cache (SQLite's default is 2 MiB).  A publish to 1,000
 # users changes the inbox page of each of them, about 2,000 pages a group
 # with the tree's inner pages and the nid index: with 2 MiB each group read
