@@ -30,13 +30,13 @@ Routes::
     GET  /dashboard/api/snapshot    now: rates, latency, connections, top-N, errors, nodes
     GET  /dashboard/api/history     the last five minutes, per second (the charts)
     GET  /dashboard/events          SSE: a snapshot every second
-
-The data routes take ``?view=cluster`` (the default: the sums of every node
-of the cluster) or ``?view=node`` (this node alone), tidings.dashboard.views.
     GET  /dashboard/static/{name}   scripts, styles, uPlot
     GET  /dashboard/notification    one notification and a user's timeline
                                     (tidings.dashboard.notification)
     GET  /dashboard/audit           the app's audit log (tidings.dashboard.audit)
+
+The data routes take ``?view=cluster`` (the default: the sums of every node
+of the cluster) or ``?view=node`` (this node alone), tidings.dashboard.views.
 """
 
 from __future__ import annotations
