@@ -224,14 +224,15 @@ def test_a_reconnect_while_the_next_page_loads_leaves_infinite_scroll_working(co
     sockets = []   # the server's side of each of the page's WebSockets
     context.route_web_socket(re.compile(r"/v1/me/stream"),
                              lambda ws: sockets.append(ws.connect_to_server()))
-    held = []      # the first next-page request, kept from the server until released
+    held = []      # next-page requests, kept from the server until released
+    released = []  # set once they are: later ones go straight through
 
-    def hold_first(route):
-        if held:
+    def hold(route):   # every one: under load a page may be asked for before the scroll
+        if released:
             route.continue_()
         else:
             held.append(route)
-    context.route(re.compile(r"/v1/me/notifications\?.*before="), hold_first)
+    context.route(re.compile(r"/v1/me/notifications\?.*before="), hold)
     page, inbox = _open(context, site, srv, "cal", page_size=10)
     inbox.locator("button.bell").click()
     feed, scroller = inbox.locator(".feed"), inbox.locator(".scroller")
@@ -239,7 +240,7 @@ def test_a_reconnect_while_the_next_page_loads_leaves_infinite_scroll_working(co
     scroller.evaluate("s => s.scrollTop = s.scrollHeight")   # the next page: held
     expect(inbox.locator(".more")).to_have_text("Loading older notifications…")
     deadline = time.monotonic() + 15
-    while not held:                        # Playwright calls hold_first inside its own calls
+    while not held:                        # Playwright calls hold inside its own calls
         assert time.monotonic() < deadline, "no next page was asked for"
         page.wait_for_timeout(50)
     expect(feed).to_have_attribute("aria-busy", "true")
@@ -250,7 +251,9 @@ def test_a_reconnect_while_the_next_page_loads_leaves_infinite_scroll_working(co
     }""")
     sockets[0].close()                     # the server drops the stream: the client reconnects
     page.wait_for_function("reloads.length > 0")   # and the tab reloads its first page
-    held[0].continue_()                    # the old next page's answer comes after
+    released.append(True)                  # the old next page's answer comes after
+    for route in held:
+        route.continue_()
     expect(feed).to_have_attribute("aria-busy", "false")
     scroller.evaluate("s => s.scrollTop = s.scrollHeight")
     expect(_rows(inbox)).to_have_count(25)
