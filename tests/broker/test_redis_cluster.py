@@ -185,6 +185,22 @@ async def test_publish_personals_reaches_users_on_every_shard(redis_cluster, mak
 
 
 # -- the Lua scripts on every shard --------------------------------------------------
+async def test_close_just_after_a_publish_returns(redis_cluster):
+    """A short-lived process (a CLI command that revokes a key) publishes and
+    closes at once.  The writer may then be cancelled while it connects to
+    every master, where the cancellation can be swallowed: close used to wait
+    for it forever, about one close in eight."""
+    for i in range(40):
+        b = RedisClusterBroker(redis_cluster.url, prefix=unique_prefix())
+        await b.open()
+        for channel in FLUSH:
+            b.publish(channel, Frames([b"bye"]))
+        await asyncio.sleep((i % 20) * 0.0005)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.wait({closing}, timeout=TIMEOUT)  # not wait_for: close ate its cancel
+        assert closing.done(), f"close {i} hung"
+
+
 async def test_take_buckets_on_every_shard(redis_cluster, make):
     a, b = await make(), await make()
     keys = one_per_shard(redis_cluster, lambda i: f"api:k{i}",

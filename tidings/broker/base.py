@@ -387,10 +387,14 @@ class QueuedBroker(Broker, Generic[Item, Conn]):
         for task in tasks:
             task.cancel()
         for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # A library call on the way may swallow the cancellation, and the
+            # task go on to its next wait (seen with the Redis Cluster broker
+            # closed just after a publish): cancel again until it ends.
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.1)
+                task.cancel()
+            if not task.cancelled():
+                task.exception()  # what it ended with is moot at close: retrieved
         self.dropped += len(self._queue)
         self._queue.clear()
         await self._shutdown()
