@@ -1,20 +1,23 @@
 """The dashboard in real Chromium: login, live numbers, charts, logout (which ends
 the session on the server: a copy of its cookie opens nothing afterwards), and
-the cluster view of two nodes with its switch to this node alone."""
+the cluster view of two nodes with its switch to this node alone, and a page
+elsewhere that posts the login and logout forms (refused)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import re
 import secrets
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ServerProcess
+from tests.browser.conftest import ServerProcess, _free_port
 from tests.services import require_postgres, require_redis
 from tidings.dashboard.session import COOKIE
 
@@ -129,6 +132,62 @@ def test_log_out_ends_the_session_on_the_server(context, tidings_server):
     page.click("button[type=submit]")
     expect(page).to_have_url(url + "/dashboard")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+HOSTILE = """<!doctype html><meta charset="utf-8"><title>elsewhere</title>
+<form id="f" method="post" action="TIDINGS/dashboard/ACTION">
+<input type="hidden" name="key" value="KEY"></form>
+<script>document.getElementById("f").submit();</script>"""
+
+
+@pytest.fixture
+def elsewhere(tmp_path):
+    """Pages on another loopback port (the same site as tidings, another
+    origin) that post the dashboard's forms as soon as they load."""
+    root = tmp_path / "elsewhere"
+    root.mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *a, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", _free_port()), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def make(name: str, html: str) -> str:
+        (root / name).write_text(html)
+        return f"http://127.0.0.1:{httpd.server_port}/{name}"
+
+    yield make
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_page_elsewhere_can_neither_log_in_nor_log_out(context, tidings_server, elsewhere):
+    url = tidings_server.url
+    attackers = tidings_server.create_key({"admin"})
+    page = context.new_page()
+    # a page on another port posts the attacker's key: the browser is not
+    # logged in to the attacker's session
+    page.goto(elsewhere("login.html", HOSTILE.replace("TIDINGS", url)
+                        .replace("ACTION", "login").replace("KEY", attackers)))
+    expect(page).to_have_url(url + "/dashboard/login")
+    expect(page.locator(".note")).to_contain_text("This login was sent from another site")
+    assert not [c for c in context.cookies() if c["name"] == COOKIE]
+    # this form, on the dashboard's own origin, still logs in
+    page.fill("#key", tidings_server.api_key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(url + "/dashboard")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    (mine,) = [c for c in context.cookies() if c["name"] == COOKIE]
+
+    # the same site sends the SameSite=Strict cookie along: the logout is refused
+    page.goto(elsewhere("logout.html", HOSTILE.replace("TIDINGS", url)
+                        .replace("ACTION", "logout")))
+    expect(page).to_have_url(url + "/dashboard/logout")
+    expect(page.locator(".note")).to_contain_text("This logout was sent from another site")
+    assert [c for c in context.cookies() if c["name"] == COOKIE] == [mine]
+    page.goto(url + "/dashboard")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    page.get_by_role("button", name="Log out").click()  # the dashboard's own still works
+    expect(page).to_have_url(re.compile(r"/dashboard/login\?reason=logout$"))
 
 
 @pytest.fixture

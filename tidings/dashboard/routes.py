@@ -17,6 +17,11 @@ Scope: admin keys of ``Settings.operator_app`` (the app ``tidings serve``
 creates on first start) see the whole service; an admin key of any other app
 sees that app only (docs/design.md §2.7: no request sees another app's data).
 
+Login and logout are refused from another origin (``cross_origin``, 403,
+the login form again saying why): a page elsewhere can post a form here, and
+a ``SameSite=Strict`` cookie does not stop it setting one, nor a page on a
+sibling port or subdomain (the same *site*) sending one (:func:`cross_origin`).
+
 Logins, refused logins and logouts are recorded in the audit log
 (docs/security.md#audit-log): a login and a logout in the key's app's, a
 refused login in the operator app's.
@@ -45,7 +50,7 @@ import html
 import math
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -58,7 +63,7 @@ from tidings.core.logins import Attempt
 from tidings.dashboard import session
 from tidings.dashboard.views import VIEWS
 from tidings.dashboard.web import page, static_file, static_text
-from tidings.errors import BadRequest, RateLimited, TidingsError, Unauthorized
+from tidings.errors import BadRequest, Forbidden, RateLimited, TidingsError, Unauthorized
 
 VIEW = Query("view", "cluster (the default): the sums of every node of the cluster; node: "
              "this node's numbers alone", {"type": "string", "enum": list(VIEWS),
@@ -169,10 +174,67 @@ def _too_many(attempt: Attempt) -> RateLimited:
 def _login_refused(request: Request, exc: TidingsError) -> Response:
     """The form again, saying why (a 429 with its ``Retry-After``)."""
     request.app.state.service.hub.metrics.error(None, exc.code, exc.status,
-                                                "POST /dashboard/login")
+                                                f"POST {request.url.path}")
     retry = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
     return _login_form(exc.message, exc.status, headers)
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _same_origin(url: str, host: str) -> bool:
+    """Whether ``url`` (an ``Origin`` or a ``Referer``) names the host and
+    port the request was sent to (its ``Host``).  The scheme is not compared:
+    behind a proxy that ends TLS, the request may have come over either."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.lower()
+    except ValueError:  # "http://[::1", and the like
+        return False
+    if parts.scheme not in _DEFAULT_PORTS or not netloc or "@" in netloc or not host:
+        return False
+    default = ":" + _DEFAULT_PORTS[parts.scheme]
+    host = host.lower()
+    return netloc.removesuffix(default) == host.removesuffix(default)
+
+
+def cross_origin(request: Request) -> str | None:
+    """What says the form was posted from another origin, or None.
+
+    A browser says where a request comes from: ``Sec-Fetch-Site`` (current
+    browsers; pages cannot set it) is believed alone, and only ``same-origin``
+    or ``none`` (the user's own doing) pass: ``same-site`` is a page on
+    another port or subdomain, and the cookie goes with its requests.  Else
+    ``Origin`` (which the dashboard's pages send as ``null``: their
+    ``Referrer-Policy`` is ``no-referrer``), else ``Referer``, must name this
+    host.  A request that carries none of them is not a browser's (curl),
+    and passes."""
+    headers = request.headers
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return None if site.lower() in ("same-origin", "none") else "Sec-Fetch-Site"
+    host = headers.get("host", "")
+    for name in ("origin", "referer"):
+        value = headers.get(name)
+        if value is not None:
+            return None if _same_origin(value, host) else name.title()
+    return None
+
+
+_WHAT = {"login": "To log in, use this form.",
+         "logout": "To log out, use Log out on the dashboard."}
+
+
+def _refuse_cross_origin(request: Request, what: str) -> Response | None:
+    """The login form again, ``403 cross_origin``, for a login or logout
+    posted from another origin (:func:`cross_origin`); None for any other."""
+    header = cross_origin(request)
+    if header is None:
+        return None
+    return _login_refused(request, Forbidden(
+        f"This {what} was sent from another site ({header}), so it was refused and nothing "
+        f"changed. {_WHAT[what]}", code="cross_origin"))
 
 
 async def login_form(request: Request):
@@ -181,6 +243,11 @@ async def login_form(request: Request):
 
 async def login(request: Request):
     service = request.app.state.service
+    # before the key is read: a page elsewhere neither logs its visitor in
+    # nor spends their address's failed logins
+    refused = _refuse_cross_origin(request, "login")
+    if refused is not None:
+        return refused
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/x-www-form-urlencoded":
         raise BadRequest("send the login form (application/x-www-form-urlencoded)",
@@ -238,7 +305,11 @@ async def _login_failed(request: Request, key: str, code: str) -> None:
 
 async def logout(request: Request):
     """End the session on every node, then drop the cookie.  Cross-site, the
-    browser sends no cookie (``SameSite=Strict``), so nothing is ended."""
+    browser sends no cookie (``SameSite=Strict``), but from a page on the same
+    site (another port or subdomain) it does: refused from another origin."""
+    refused = _refuse_cross_origin(request, "logout")
+    if refused is not None:
+        return refused
     cookie = request.cookies.get(session.COOKIE)
     now = time.time()
     try:
