@@ -113,6 +113,27 @@ def valid_topic(topic: str) -> bool:
     return isinstance(topic, str) and bool(_TOPIC.match(topic))
 
 
+# How deep a notification's ``data`` may nest, itself the first level.  It is
+# the one field of free JSON; the decoder takes what its stack allows, some
+# 980 levels, and a notification nested nearly that deep broke whatever
+# encoded or decoded it on a deeper stack (a 500 at the publish, or on every
+# read of it for good).  Far below that, and far above what an app sends.
+DATA_MAX_DEPTH = 32
+
+
+def data_depth_ok(data: dict) -> bool:
+    """Whether ``data`` nests at most DATA_MAX_DEPTH levels (objects and
+    arrays; a decoded JSON value holds no other containers)."""
+    level: list = [data]
+    for _ in range(DATA_MAX_DEPTH):
+        level = [child for value in level
+                 for child in (value.values() if type(value) is dict else value)
+                 if type(child) is dict or type(child) is list]
+        if not level:
+            return True
+    return False
+
+
 class Target(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     users: Annotated[list[UserId], Meta(min_length=1)] | None = None
     topic: TopicName | None = None

@@ -43,10 +43,12 @@ from tidings.core.etag import IfMatch
 from tidings.core.ids import id_at, new_id
 from tidings.core.lru import LRU
 from tidings.core.models import (
+    DATA_MAX_DEPTH,
     Notification,
     PatchRequest,
     Preferences,
     PublishRequest,
+    data_depth_ok,
     valid_app_id,
 )
 from tidings.core.receipts import HTTP_DEVICE, ReceiptBuffer, Receipts, decode_receipts
@@ -100,6 +102,8 @@ def _token_digest(token: str) -> bytes:
 
 
 _FLOAT_MAX = sys.float_info.max
+_DATA_TOO_DEEP = (f"data nests more than {DATA_MAX_DEPTH} levels (objects and arrays, "
+                  "data itself the first)")
 # Marks a cached inbox page holding a notification with locales (never
 # encoded: ``Service.inbox`` answers such a page resolved, without it).
 _LOCALIZABLE = "\x00locales"
@@ -476,6 +480,8 @@ class Service:
                 f"at most {self.settings.limits.max_recipients} users per publish",
                 field="to.users",
             )
+        if req.data and not data_depth_ok(req.data):
+            raise Invalid(_DATA_TOO_DEEP, field="data")
         deliver_at = None if req.deliver_at is None else self._deliver_at(req, now)
         if deliver_at is None:
             at, nid = now, new_id(int(now * 1000))
@@ -822,6 +828,8 @@ class Service:
         move it, with ``deliver_at``), else the published one, whose holders
         are told."""
         due_at = None
+        if patch.data and not data_depth_ok(patch.data):
+            raise Invalid(_DATA_TOO_DEEP, field="data")
         if patch.locales is not None:
             locales.check(patch.locales)
         if patch.deliver_at is not None:  # the bounds of a publish, from now
