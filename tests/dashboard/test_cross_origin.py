@@ -83,8 +83,8 @@ async def test_a_login_from_another_origin_is_refused_before_the_key_is_read(lim
         == [(403, "POST /dashboard/login")] * 3
 
 
-# what the dashboard's own page sends (its Referrer-Policy is no-referrer,
-# so its Origin is "null"), what older browsers send, and curl
+# what the dashboard's own pages send (Chromium, and a browser whose privacy
+# settings null the Origin), what older browsers send, and curl
 SAME = [
     {"Sec-Fetch-Site": "same-origin", "Origin": "null"},
     {"Sec-Fetch-Site": "same-origin", "Origin": "http://HOST"},
@@ -145,3 +145,23 @@ async def test_a_logout_from_another_origin_ends_nothing(server, headers):
     assert "To log out, use Log out on the dashboard." in r.text
     assert (await _snapshot(server, cookie)).status_code == 200  # the session goes on
     assert "dashboard.logout" not in await _audit(server)
+
+
+async def test_the_dashboards_pages_name_their_origin_to_it_alone(server):
+    """``Referrer-Policy: same-origin`` on the login form and the pages with a
+    Log out button: their posts carry the Origin a browser without
+    ``Sec-Fetch-Site`` is checked by (no-referrer made it ``null``), and no
+    other origin learns their URLs."""
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    async with _client(server) as http:
+        pages = [await http.get("/dashboard/login"),
+                 await http.post("/dashboard/login", data={"key": "tk_0a1b2c3d_x"}),
+                 await http.post("/dashboard/login", data={"key": server.api_key},
+                                 headers={"Origin": "https://evil.example"})]
+        for path in ("/dashboard", "/dashboard/notification", "/dashboard/audit"):
+            pages.append(await http.get(path, headers=auth))
+        demo = await http.get("/demo")
+    for r in pages:
+        assert r.headers["content-type"].startswith("text/html"), r.url
+        assert r.headers["referrer-policy"] == "same-origin", r.url
+    assert demo.headers["referrer-policy"] == "no-referrer"  # its URL holds a token

@@ -72,6 +72,12 @@ VIEW = Query("view", "cluster (the default): the sums of every node of the clust
 COOKIE_PATH = "/dashboard"
 
 _LOGIN_BODY_MAX = 4096
+# The dashboard's pages, whose URLs hold no secret, name themselves to their
+# own origin: their forms' posts then carry an Origin a browser without
+# Sec-Fetch-Site can be checked by (cross_origin).  Other origins still get
+# no referrer, and the other pages keep no-referrer (the demo's URL holds a
+# token).
+SAME_ORIGIN_REFERRER = {"Referrer-Policy": "same-origin"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +151,12 @@ _LOGIN_REASONS: dict[str, str | None] = {"login_required": None, "session_ended"
 async def dashboard_page(request: Request, name: str = "dashboard.html"):
     if request.headers.get("authorization") is not None:
         await authorize(request)  # a wrong key header is a clear 401/403, not a form
-        return page(static_text(name))
+        return page(static_text(name), headers=SAME_ORIGIN_REFERRER)
     try:
         await authorize(request)
     except Unauthorized as exc:
         return _to_login(request, _LOGIN_REASONS.get(exc.code, "expired"))
-    return page(static_text(name))
+    return page(static_text(name), headers=SAME_ORIGIN_REFERRER)
 
 
 _REASONS = {
@@ -161,7 +167,8 @@ _REASONS = {
 
 def _login_form(message: str = "", status: int = 200, headers: dict | None = None) -> Response:
     note = f'<p class="note" role="alert">{html.escape(message)}</p>' if message else ""
-    return page(static_text("login.html").replace("<!--message-->", note), status, headers)
+    return page(static_text("login.html").replace("<!--message-->", note), status,
+                {**SAME_ORIGIN_REFERRER, **(headers or {})})
 
 
 def _too_many(attempt: Attempt) -> RateLimited:
@@ -206,10 +213,10 @@ def cross_origin(request: Request) -> str | None:
     browsers; pages cannot set it) is believed alone, and only ``same-origin``
     or ``none`` (the user's own doing) pass: ``same-site`` is a page on
     another port or subdomain, and the cookie goes with its requests.  Else
-    ``Origin`` (which the dashboard's pages send as ``null``: their
-    ``Referrer-Policy`` is ``no-referrer``), else ``Referer``, must name this
-    host.  A request that carries none of them is not a browser's (curl),
-    and passes."""
+    ``Origin`` (``null`` from a sandboxed frame, or from a page whose
+    ``Referrer-Policy`` is ``no-referrer``: refused), else ``Referer``, must
+    name this host.  A request that carries none of them is not a browser's
+    (curl), and passes."""
     headers = request.headers
     site = headers.get("sec-fetch-site")
     if site is not None:
