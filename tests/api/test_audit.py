@@ -216,6 +216,26 @@ async def test_pages_filters_and_bad_cursors(each_store):
             assert r.json()["error"]["field"] == field, params
 
 
+async def test_a_since_before_1970_finds_every_record(each_store):
+    """A time before the epoch is a time like any other: every record is
+    after it.  Its milliseconds were negative, and the lowest id of that
+    time, which the query starts from, wrapped round to above every id: an
+    empty log (on both stores, the API's and the dashboard's page alike)."""
+    server = each_store
+    async with server.http() as http:
+        for _ in range(2):
+            assert (await http.post("/v1/keys", json={"scopes": ["read"]})).status_code == 201
+        every = await _records(http)
+        assert len(every) == 2
+        for since in ("1969-12-31T23:59:59.999Z", "1900-01-01T00:00:00Z",
+                      "0001-01-01T00:00:00+14:00", "1970-01-01T00:00:00+01:00"):
+            assert await _records(http, since=since) == every, since
+            r = await http.get("/dashboard/api/audit", params={"since": since})
+            assert r.status_code == 200 and r.json()["records"] == every, since
+        # the other end: the latest time there is, after every record
+        assert await _records(http, since="9999-12-31T23:59:59.999-14:00") == []
+
+
 async def test_the_retention_sweep_deletes_old_records(tmp_path, kind):
     async with store_overrides(kind) as store, \
             run_server(tmp_path, audit_retention_days=30, **store) as server:

@@ -94,9 +94,14 @@ def id_at(ms: int) -> str:
     return _time_prefix(ms) + "".join(p[(rand >> s) & 1023] for s in range(70, -1, -10))
 
 
+_TIME_MAX = (1 << 48) - 1  # the last millisecond an id can hold (the year 10889)
+
+
 def id_floor(ms: int) -> str:
-    """The lowest id of time ``ms``: every id minted before ``ms`` sorts below it."""
-    return _time_prefix(ms) + "0" * 16
+    """The lowest id of time ``ms``: every id minted before ``ms`` sorts below it.
+    A time before the epoch is the epoch's (negative, its bits wrapped round
+    to an id above every other), one past the ids' range the last one's."""
+    return _time_prefix(min(max(ms, 0), _TIME_MAX)) + "0" * 16
 
 
 def is_id(text: object) -> bool:
