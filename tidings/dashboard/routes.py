@@ -181,7 +181,7 @@ def _too_many(attempt: Attempt) -> RateLimited:
 def _login_refused(request: Request, exc: TidingsError) -> Response:
     """The form again, saying why (a 429 with its ``Retry-After``)."""
     request.app.state.service.hub.metrics.error(None, exc.code, exc.status,
-                                                f"POST {request.url.path}")
+                                                f"POST {request.scope['path']}")
     retry = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
     return _login_form(exc.message, exc.status, headers)
