@@ -67,11 +67,12 @@ class Limits(msgspec.Struct, frozen=True):
     # What a connection may cost before its request is known (tidings serve's
     # HTTP protocol, tidings/api/uvicorn_http.py and http_limits.py): the
     # request line and headers, their count, the time they may take to arrive
-    # (from the first byte, or from the connect), and how long an idle
-    # keep-alive stays open.
+    # (from the first byte, or from the connect), the time the body may take
+    # once the head is in, and how long an idle keep-alive stays open.
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
 
 

@@ -99,6 +99,12 @@ class PayloadTooLarge(TidingsError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(TidingsError):
+    """A request body that did not arrive in time (``Limits.body_timeout``)."""
+
+    status, code = 408, "request_timeout"
+
+
 class UnsupportedEncoding(TidingsError):
     """A body in a content coding (gzip, br...): not undone, so not read."""
 

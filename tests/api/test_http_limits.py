@@ -1,19 +1,23 @@
 """What a connection may cost before it has sent a request (docs/security.md,
 named limits): the request head's size and header count are bounded, the
-head must arrive within ``header_timeout``, and an idle keep-alive
-connection is closed after ``keep_alive_timeout``.  Over raw sockets, as an
+head must arrive within ``header_timeout`` and the body within
+``body_timeout`` of it, and an idle keep-alive connection is closed after
+``keep_alive_timeout``.  Over raw sockets, as an
 attacker would send them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+
+import httpx
 
 from tests.conftest import run_server
 from tidings.config import Limits
 
 LIMITS = Limits(max_header_bytes=8192, max_headers=20, header_timeout=0.5,
-                keep_alive_timeout=0.5)
+                body_timeout=0.5, keep_alive_timeout=0.5)
 
 
 async def _connect(server):
@@ -84,6 +88,74 @@ async def test_a_head_that_never_finishes_is_cut_after_header_timeout(tmp_path):
         # a connection that never sends a byte
         reader, writer = await _connect(server)
         assert await _closed(reader) == b""
+        writer.close()
+
+
+def _post(server, path: str, *headers: bytes, method: bytes = b"POST") -> bytes:
+    return (method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + server.api_key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n" + b"".join(h + b"\r\n" for h in headers)
+            + b"\r\n")
+
+
+async def test_a_body_that_never_finishes_is_cut_after_body_timeout(tmp_path, caplog):
+    """A complete head, then a body that stops short (a slowloris on the
+    body): 408 and close, whatever way the request takes, and nothing of it
+    is processed."""
+    note = json.dumps({"to": {"users": ["slow"]}, "title": "t", "body": "b"}).encode()
+    async with run_server(tmp_path, limits=LIMITS) as server:
+        sent = [
+            # a publish (answered by the protocol itself): the whole note,
+            # one byte short of its Content-Length
+            (_post(server, "/v1/notifications", b"Content-Length: %d" % (len(note) + 1)), note),
+            # the same, chunked, without the last chunk
+            (_post(server, "/v1/notifications", b"Transfer-Encoding: chunked"),
+             b"%x\r\n%s\r\n" % (len(note), note)),
+            # a route the ASGI app answers, its handler waiting for the body
+            (_post(server, "/v1/categories", b"Content-Length: 100000", method=b"PUT"),
+             b'{"categories": ['),
+            # a head that arrived alone, and no byte of its body
+            (_post(server, "/v1/notifications", b"Content-Length: 10"), b""),
+        ]
+        with caplog.at_level(logging.WARNING):
+            for head, body in sent:
+                reader, writer = await _connect(server)
+                writer.write(head)
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the body in a later read than the head
+                writer.write(body)
+                out = await _closed(reader)
+                assert out.startswith(b"HTTP/1.1 408"), (head, out)
+                error = json.loads(out.partition(b"\r\n\r\n")[2])["error"]
+                assert error["code"] == "request_timeout", error
+                assert "body" in error["message"], error
+                writer.close()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            got = await http.get("/v1/users/slow/notifications",
+                                 headers={"Authorization": f"Bearer {server.api_key}"})
+            assert got.status_code == 200 and got.json()["items"] == [], got.text
+            got = await http.get("/v1/categories",
+                                 headers={"Authorization": f"Bearer {server.api_key}"})
+            assert got.status_code == 200 and got.json()["categories"] == [], got.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+
+
+async def test_a_body_that_comes_after_its_head_in_time_is_answered(tmp_path):
+    note = json.dumps({"to": {"users": ["u"]}, "title": "t", "body": "b"}).encode()
+    async with run_server(tmp_path, limits=LIMITS) as server:
+        reader, writer = await _connect(server)
+        for _ in range(3):  # the body in two later reads, on one keep-alive connection
+            writer.write(_post(server, "/v1/notifications", b"Content-Length: %d" % len(note)))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(note[:5])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(note[5:])
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 202"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
         writer.close()
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tidings.core import etag
@@ -19,6 +19,7 @@ from tidings.errors import (
     Invalid,
     NotImplementedHere,
     PayloadTooLarge,
+    RequestTimeout,
     TidingsError,
     Unauthorized,
     UnsupportedEncoding,
@@ -95,11 +96,17 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise BadRequest("Content-Length is not a number") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the client went, or the server closed the connection because the
+        # body did not arrive within body_timeout (api/uvicorn_http.py): not
+        # a bug to log with its traceback, and nobody hears the answer
+        raise RequestTimeout("the request body did not arrive") from None
     return b"".join(chunks)
 
 

@@ -3,12 +3,14 @@
 Before a request is complete nobody has been authenticated, so whatever a
 connection may cost by then is what anyone may cost: httptools buffers a
 header until it ends, however long, and uvicorn waits for a request head
-forever.  ``tidings serve``'s protocol (uvicorn_http.py) bounds the head
-(request line and headers) in bytes and in headers, and the time it may
-take to arrive; idle keep-alive connections are closed after uvicorn's
-``timeout_keep_alive``.  The limits are ``Limits.max_header_bytes``,
-``max_headers``, ``header_timeout`` and ``keep_alive_timeout``
-(docs/security.md), read from the app's settings.
+forever, and for a body announced by the head too.  ``tidings serve``'s
+protocol (uvicorn_http.py) bounds the head (request line and headers) in
+bytes and in headers, the time it may take to arrive, and the time the
+body may take after it; idle keep-alive connections are closed after
+uvicorn's ``timeout_keep_alive``.  The limits are
+``Limits.max_header_bytes``, ``max_headers``, ``header_timeout``,
+``body_timeout`` and ``keep_alive_timeout`` (docs/security.md), read from
+the app's settings.
 
 Answers: ``431 headers_too_large`` (RFC 6585 §5), ``408 request_timeout``
 (RFC 9110 §15.5.9) and, for a head the HTTP parser refuses (bytes HTTP

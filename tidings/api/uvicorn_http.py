@@ -6,11 +6,12 @@ ASGI: no scope, request cycle, event or middleware objects; the handler gets
 the headers, query and body and its answer leaves in one socket write.
 Every other request, and everything about the connection (pipelining, flow
 control, WebSocket upgrades, graceful shutdown) stays uvicorn's.  The
-protocol also bounds the request head (tidings/api/http_limits.py) and
-closes idle keep-alive connections.  A direct request skips uvicorn's proxy
-headers middleware too: the client's address it would have set, which the
-limit of failed key checks counts by, is worked out the same way, and only
-when a key is not in the cache (``_Direct.client``).
+protocol also bounds the request head and the time its body may take
+(tidings/api/http_limits.py) and closes idle keep-alive connections.  A
+direct request skips uvicorn's proxy headers middleware too: the client's
+address it would have set, which the limit of failed key checks counts by,
+is worked out the same way, and only when a key is not in the cache
+(``_Direct.client``).
 
 A direct request goes the ASGI way instead when it cannot be answered
 straight away in order: another request of the same connection is still
@@ -137,6 +138,10 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timeout = limits.body_timeout
+        self._body_pending = False  # a head is in, its body not yet (set per request)
+        self._body_since: float | None = None  # ...and not after the read the head ended in
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # -- the connection -----------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -149,10 +154,10 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _stop_timers(self) -> None:
-        for timer in (self._head_timer, self.timeout_keep_alive_task):
+        for timer in (self._head_timer, self._body_timer, self.timeout_keep_alive_task):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self.timeout_keep_alive_task = None
+        self._head_timer = self._body_timer = self.timeout_keep_alive_task = None
 
     def data_received(self, data: bytes) -> None:
         self._idle_since = None
@@ -178,6 +183,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self._refuse(431, "headers_too_large",
                          f"the request head is over {self._max_head} bytes or "
                          f"{self._max_headers} headers")
+        elif self._body_pending and self._body_since is None:
+            self._body_started()  # a body that did not come with its head
 
     def handle_websocket_upgrade(self) -> None:
         # The connection is the WebSocket protocol's from now on.  A timer
@@ -187,7 +194,8 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         # and the heap does not give that memory back between the idle
         # streams allocated meanwhile.
         self._stop_timers()
-        self._head_since = self._idle_since = None
+        self._head_since = self._idle_since = self._body_since = None
+        self._body_pending = False
         # A head that arrived in one read is counted only after parsing (and
         # one with too many headers has no scope): bound it here, by what the
         # WebSocket handshake is given, which uvicorn rebuilds from the scope.
@@ -231,6 +239,9 @@ class TidingsHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_since = None
+        # on_message_complete clears it, in the same read for nearly every
+        # request; data_received arms the body's timer if it did not
+        self._body_pending, self._body_since = True, None
         if self._head_count > self._max_headers:
             return  # data_received answers 431: no request cycle, the app never sees it
         parser = self.parser
@@ -290,6 +301,7 @@ class TidingsHttpProtocol(HttpToolsProtocol):
             self._start(req, too_large=True)
 
     def on_message_complete(self) -> None:
+        self._body_pending, self._body_since = False, None
         if self._head_count > self._max_headers:
             return
         req: Any = self.cycle
@@ -319,6 +331,42 @@ class TidingsHttpProtocol(HttpToolsProtocol):
                          f"the request head did not arrive within {self._head_timeout} s")
         else:
             self.transport.close()  # connected and said nothing: nobody to answer
+
+    # -- the request body's deadline: body_timeout from the end of the head -------------
+    def _body_started(self) -> None:
+        # Only for a body that did not arrive with its head; like the head's,
+        # the timer stays armed and looks at when the body began when it fires.
+        self._body_since = self.loop.time()
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        since = self._body_since
+        if since is None or self.transport.is_closing():
+            return  # the body came: the next slow one arms the timer again
+        now = self.loop.time()
+        if self.flow.read_paused:
+            # not read because the request before it, or the app, is not done
+            # with what came: the client is not the one late
+            self._body_since = now
+            self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
+            return
+        left = since + self._body_timeout - now
+        if left > 0:
+            self._body_timer = self.loop.call_later(left, self._body_timed_out)
+            return
+        cycle: Any = self.cycle
+        self._body_pending, self._body_since = False, None
+        if cycle is not None and (cycle.response_complete or getattr(
+                cycle, "response_started", False)):
+            self.transport.close()  # answered already (a body over the limit): only close
+        else:
+            # a direct request is not started; the ASGI way's handler, waiting
+            # for the body, is told the client is gone (read_body)
+            self._refuse(408, "request_timeout",
+                         f"the request body did not arrive within {self._body_timeout} s "
+                         "of its head")
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers a parser error in plain text (msg is its own
