@@ -106,6 +106,11 @@ async def test_the_serving_node_sums_both_nodes(tmp_path, via):
         text = json.dumps(theirs) + json.dumps(their_history)
         assert "testapp" not in text and "ann" not in text and "bob" not in text
         assert max(their_history["series"]["connections"]) == 0
+        # ...with the nodes by labels, not names, the same whichever node answers
+        seen_on_a = {row["self"]: row["node"] for row in theirs["nodes"]}
+        seen_on_b = {row["self"]: row["node"] for row in (await _doc(b, other_key))["nodes"]}
+        assert seen_on_a == {True: seen_on_b[False], False: seen_on_b[True]}
+        assert theirs["node"] == seen_on_a[True] and not {"a", "b"} & {*seen_on_a.values()}
         await ann.close()
         await bob.close()
 

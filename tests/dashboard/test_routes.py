@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
@@ -219,6 +220,30 @@ async def test_another_apps_admin_key_sees_only_its_own_app(server):
     assert [t["topic"] for t in mine["topics"]] == ["testapp-secret-topic"]
     assert mine["errors"][0]["code"] == "invalid"
     await ws.close()
+
+
+async def test_an_apps_admin_sees_the_nodes_by_labels_not_their_addresses(server):
+    """A node's default name is host:port:pid: an app's admin sees a label
+    instead, the same in every document and for every app, and not the name
+    hashed plainly (which trying the addresses and pids would undo)."""
+    name = server.uvicorn.config.app.state.node
+    host = server.url.removeprefix("http://").split(":")[0]
+    assert host in name  # the default name carries the address
+    other, other_key = await server.new_app("other")
+    docs = []
+    for key in (server.api_key, other_key):  # neither is the operator app's
+        async with _client(server, headers={"Authorization": f"Bearer {key}"}) as http:
+            for path in ("/dashboard/api/snapshot", "/dashboard/api/history",
+                         "/dashboard/api/snapshot?view=node"):
+                r = await http.get(path)
+                assert r.status_code == 200, r.text
+                assert host not in r.text and name not in r.text, (path, r.text)
+                docs.append(r.json())
+    rows = [row for doc in docs for row in doc.get("nodes", ())]
+    (label,) = {doc["node"] for doc in docs} | {row["node"] for row in rows}
+    assert label.startswith("node ") and len(label) == len("node ") + 8, label
+    assert label.removeprefix("node ") not in hashlib.sha256(name.encode()).hexdigest()
+    assert rows and all(row["self"] for row in rows)
 
 
 async def test_the_operator_app_sees_every_app_and_the_nodes(tmp_path):

@@ -20,7 +20,7 @@ from tidings.dashboard import routes as _routes
 from tidings.dashboard import web
 from tidings.dashboard.cluster import Cluster
 from tidings.dashboard.recorder import Recorder
-from tidings.dashboard.session import session_secret
+from tidings.dashboard.session import node_label_key, session_secret
 from tidings.dashboard.views import Views
 from tidings.service.failures import ClusterLimits
 
@@ -46,6 +46,7 @@ class Dashboard:
         """After the service opened: derive the session key from the store's
         pepper, and listen to the other nodes' figures."""
         self.secret = session_secret(await self.service.store.pepper())
+        self.views.label_key = node_label_key(self.secret)
         self.cluster.open()
 
     async def run(self) -> None:

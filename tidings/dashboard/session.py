@@ -58,6 +58,12 @@ def session_secret(pepper: bytes) -> bytes:
     return hmac.new(pepper, b"tidings dashboard session v1", hashlib.sha256).digest()
 
 
+def node_label_key(secret: bytes) -> bytes:
+    """The key of the node labels an app's admins see (views.Views.label),
+    derived from the session key so that neither can stand for the other."""
+    return hmac.new(secret, b"tidings dashboard node labels v1", hashlib.sha256).digest()
+
+
 def _sign(secret: bytes, payload: str) -> str:
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()

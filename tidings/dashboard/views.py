@@ -8,6 +8,8 @@ tidings.dashboard.cluster) or ``"node"`` (this node alone); alone in its
 cluster, a node's two views are the same.  :meth:`Views.snapshot` answers
 "now": rates of the last second, latency percentiles, connections and
 queues, top apps and topics, recent errors and the nodes of the cluster.
+An app's own admins see each node by a label (:meth:`Views.label`), not its
+name, which by default is its address (``host:port:pid``).
 :meth:`Views.history` answers the last five minutes for the charts.
 
 In the cluster view, rates, connections and the top apps are summed over
@@ -28,6 +30,8 @@ measures.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
 from typing import Any
@@ -92,6 +96,9 @@ class Views:
         self.node = node
         self.cache = cache
         self.started_at = time.time()
+        # the key of the node labels (Dashboard.open: from the store's pepper,
+        # the same on every node of the cluster)
+        self.label_key = b""
         self._cached: dict[tuple[str, str, str], tuple[int, bytes]] = {}
         self.builds = 0  # documents built (not served from the cache); for tests
 
@@ -121,6 +128,16 @@ class Views:
                 self._cached.clear()
             self._cached[key] = (tick, raw)
         return raw
+
+    def label(self, node: str, scope: str) -> str:
+        """How ``scope`` sees the node named ``node``: the operator (``"*"``)
+        by its name, an app's admins by ``node <8 hex digits>``, a keyed hash
+        of the name: the same on every node and every request, not the name,
+        which by default carries the node's address (docs/operations.md),
+        nor a hash one could undo by trying the addresses and pids."""
+        if scope == "*":
+            return node
+        return "node " + hmac.new(self.label_key, node.encode(), hashlib.sha256).hexdigest()[:8]
 
     # -- the documents ----------------------------------------------------------
     def _seconds(self, remotes: list[Remote]) -> list[list[Point]]:
@@ -166,8 +183,8 @@ class Views:
             row = self._point(second, scope)
             for k, col in cols.items():
                 col.append(row[k])
-        return {"scope": scope, "node": self.node, "view": view, "summed": 1 + len(remotes),
-                "series": cols}
+        return {"scope": scope, "node": self.label(self.node, scope), "view": view,
+                "summed": 1 + len(remotes), "series": cols}
 
     async def _build_snapshot(self, scope: str, view: str, remotes: list[Remote]) -> dict:
         service = self.service
@@ -246,7 +263,7 @@ class Views:
             log.warning("dashboard: the node list is unavailable: %s", exc)
             registry = {}
         for name, info in sorted(registry.items()):
-            row = {"node": name, "self": name == self.node,
+            row = {"node": self.label(name, scope), "self": name == self.node,
                    "age_s": round(now - info.get("started_at", now), 1)}
             if scope == "*":  # other apps' traffic is in these numbers
                 row.update({k: info.get(k) for k in (
@@ -271,8 +288,8 @@ class Views:
                     fields = tracking.setdefault(channel, {})
                     fields[field] = fields.get(field, 0) + n
         return {
-            "scope": scope, "node": self.node, "view": view, "summed": 1 + len(remotes),
-            "t": round(now, 3),
+            "scope": scope, "node": self.label(self.node, scope), "view": view,
+            "summed": 1 + len(remotes), "t": round(now, 3),
             "uptime_s": round(now - self.started_at, 1),
             "point": self._point(last, scope) if last is not None else None,
             "latency_10s": _quantiles(latency),
