@@ -346,9 +346,11 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         if since is None or self.transport.is_closing():
             return  # the body came: the next slow one arms the timer again
         now = self.loop.time()
-        if self.flow.read_paused:
+        cycle: Any = self.cycle
+        if self.flow.read_paused or getattr(cycle, "waiting_for_100_continue", False):
             # not read because the request before it, or the app, is not done
-            # with what came: the client is not the one late
+            # with what came, or the client waits for the app's 100 Continue:
+            # the client is not the one late
             self._body_since = now
             self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
             return
@@ -356,7 +358,6 @@ class TidingsHttpProtocol(HttpToolsProtocol):
         if left > 0:
             self._body_timer = self.loop.call_later(left, self._body_timed_out)
             return
-        cycle: Any = self.cycle
         self._body_pending, self._body_since = False, None
         if cycle is not None and (cycle.response_complete or getattr(
                 cycle, "response_started", False)):
