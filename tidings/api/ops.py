@@ -20,11 +20,18 @@ _PROMETHEUS = "text/plain; version=0.0.4"
 # that hangs with it keeps a load balancer from taking the node out: an
 # answer that does not come in time is "not ready".
 READY_TIMEOUT = 2.0
+# How long readiness waits for the broker, which does not gate it (readyz):
+# a frozen Redis (stopped, or behind a silent path) never answers, and a
+# probe that waited READY_TIMEOUT for it would outlast a load balancer's
+# check timeout (HAProxy's is its 500 ms interval here, deploy/haproxy.cfg),
+# which would then take every node out at once.  A Redis answers a PING in
+# well under a millisecond; one that has not in this long is reported down.
+BROKER_READY_TIMEOUT = 0.25
 
 
-async def _answers(ping: Callable[[], Awaitable[bool]]) -> bool:
+async def _answers(ping: Callable[[], Awaitable[bool]], timeout: float = READY_TIMEOUT) -> bool:
     try:
-        return await asyncio.wait_for(ping(), READY_TIMEOUT)
+        return await asyncio.wait_for(ping(), timeout)
     except TimeoutError:
         return False
 
@@ -35,8 +42,8 @@ async def healthz(request: Request):
 
 async def readyz(request: Request):
     service = request.app.state.service
-    store_ok, broker_ok = await asyncio.gather(_answers(service.store.ping),
-                                               _answers(service.broker.ping))
+    store_ok, broker_ok = await asyncio.gather(
+        _answers(service.store.ping), _answers(service.broker.ping, BROKER_READY_TIMEOUT))
     # The broker does not gate readiness: without it a node still accepts
     # publishes (the store is the source of truth) and serves inboxes, and
     # since every node shares the broker, gating on it would take the whole
