@@ -52,13 +52,19 @@ node, in memory (below).
 
 A broker that cannot be reached lets requests through (logged once per
 outage): the limits protect the service, and refusing every publish because
-Redis blinked would be the bigger outage.
+Redis blinked would be the bigger outage.  A broker that does not answer
+(a frozen Redis, a silent network path) would hold each request for its
+whole command timeout instead: a take waits ``TAKE_TIMEOUT`` at most, and
+once the broker is found down no request asks it again; one take in the
+background every ``BROKER_RETRY`` seconds does, and the limits hold again
+from its first answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Hashable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -95,6 +101,12 @@ class Capped:
             result["rate_limit"] = self.action
 
 
+# A take the broker has not answered in this long lets its request through,
+# and marks the broker down (a Redis answers in well under a millisecond).
+TAKE_TIMEOUT = 1.0
+# While the broker is down, one take in the background at most this often.
+BROKER_RETRY = 1.0
+
 # What a publish no cap applies to gets (shared: nobody changes it).
 NOT_CAPPED = Capped(frozenset())
 
@@ -124,6 +136,8 @@ class RateLimits:
         self.broker = broker
         self._caps: LRU[str, Caps] = LRU(10_000, ttl=CAPS_CACHE_TTL)
         self._broker_down = False
+        self._retry_at = 0.0  # time.monotonic() of the next background take while down
+        self._probe: asyncio.Task | None = None
         # With the hot-path cache on, API-key tokens are taken from the shared
         # bucket a lease at a time and spent here from memory (charge_key).
         self._leases: dict[str, int] = {}
@@ -138,15 +152,38 @@ class RateLimits:
         self.links = ratelimit.TokenBuckets(max_keys=LINK_BUCKETS)
 
     async def _take(self, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        if self._broker_down:
+            # Through at once; the broker is asked in the background (a frozen
+            # one would hold every request for TAKE_TIMEOUT).
+            now = time.monotonic()
+            if self._probe is None and now >= self._retry_at:
+                self._retry_at = now + BROKER_RETRY
+                self._probe = asyncio.get_running_loop().create_task(
+                    self._ask(key, rate, burst, cost))
+                self._probe.add_done_callback(self._probed)
+            return 0.0
+        return await self._ask(key, rate, burst, cost)
+
+    async def _ask(self, key: str, rate: float, burst: int, cost: int) -> float:
         try:
-            wait = await self.broker.take(key, rate, burst, cost)
-        except BrokerUnavailable as exc:
+            async with asyncio.timeout(TAKE_TIMEOUT):
+                wait = await self.broker.take(key, rate, burst, cost)
+        except (BrokerUnavailable, TimeoutError) as exc:
             if not self._broker_down:
                 self._broker_down = True
-                log.warning("rate limits are not enforced while the broker is down: %s", exc)
+                self._retry_at = time.monotonic() + BROKER_RETRY
+                log.warning("rate limits are not enforced while the broker is down: %s",
+                            str(exc) or f"no answer within {TAKE_TIMEOUT} s")
             return 0.0
-        self._broker_down = False
+        if self._broker_down:
+            self._broker_down = False
+            log.warning("the broker answers again: rate limits are enforced")
         return wait
+
+    def _probed(self, task: asyncio.Task) -> None:
+        self._probe = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("rate limits: the broker's take failed: %r", task.exception())
 
     # -- per API key ---------------------------------------------------------------------
     def charge_now(self, record: KeyRecord, cost: int = 1) -> bool:
