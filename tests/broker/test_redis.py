@@ -457,6 +457,33 @@ async def test_the_outgoing_queue_is_bounded_while_redis_is_down(private_redis, 
     assert b._queued_bytes <= 100_000
 
 
+async def test_the_outgoing_queue_is_bounded_while_redis_is_frozen(private_redis, make):
+    """A frozen Redis takes what is written to it and answers nothing: the
+    writer's batch times out, and its next connection waits for a handshake
+    reply.  What is published meanwhile waits in the bounded queue (or is
+    dropped), nowhere else; once Redis runs again, delivery resumes."""
+    b = await make(url=private_redis.url, max_pending=50, max_pending_bytes=100_000,
+                   timeout=0.5)
+    rec = Recorder()
+    channel = user_channel("app_a", "u")
+    b.subscribe(channel, rec)
+    await b.settle()
+    before = b.dropped
+    private_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(3):  # before, during and after the writer's batch timed out
+            for _ in range(1000):
+                b.publish(channel, Frames([b"x" * 1000]))
+            assert len(b._queue) <= 50 and b._queued_bytes <= 100_000
+            await asyncio.sleep(0.6)
+        assert b.dropped - before >= 3000 - 2 * 50
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+    await until(lambda: not b._queue, "the queue to go out")  # a full queue drops "after"
+    b.publish(channel, Frames([b"after"]))
+    await until(lambda: any(m.frames == [b"after"] for m in rec.messages), "delivery after")
+
+
 # -- the Lua scripts' keys -------------------------------------------------------------
 async def test_heartbeat_prunes_dead_nodes_and_the_registry_expires(make, client):
     b = await make()
