@@ -53,6 +53,11 @@ async def _routed(node, app: dict, want: float) -> bool:
     return await counter(node.url, "tidings_deliveries", app["app"]) >= want
 
 
+async def _complete(devices: list[Device], numbers: range) -> bool:
+    return all(len(d.seen) >= numbers.stop and all(d.seen[n] for n in numbers)
+               for d in devices)
+
+
 @pytest.mark.timeout(120)
 async def test_a_frozen_redis_mid_stream_loses_nothing_and_holds_no_publish(pg_url, tmp_path):
     """Redis is stopped (SIGSTOP) after notification 10 and continued after
@@ -60,7 +65,9 @@ async def test_a_frozen_redis_mid_stream_loses_nothing_and_holds_no_publish(pg_u
     acknowledged on its first try, through the balancer, within the
     publisher's 5 s: the store is the source of truth, readiness does not
     wait for the broker, and a rate-limit take does not wait for it past its
-    first second.  /readyz says the broker is down and the node ready.  Every
+    first second.  /readyz says the broker is down and the node ready, and a
+    device that connects meanwhile gets its hello (a stream's start does not
+    wait for the broker past 2 s either).  Every
     device ends with every notification exactly once (the repair pass
     catches streams up from the store while the broker carries nothing),
     and once Redis runs again, live delivery between the nodes resumes."""
@@ -72,6 +79,7 @@ async def test_a_frozen_redis_mid_stream_loses_nothing_and_holds_no_publish(pg_u
     redis.start()
     cluster = Cluster(pg_url, redis.url(), nodes=2, base_port=base, workdir=tmp_path / "c")
     devices: list[Device] = []
+    late: list[Device] = []
     frozen = False
     try:
         cluster.start()
@@ -79,7 +87,8 @@ async def test_a_frozen_redis_mid_stream_loses_nothing_and_holds_no_publish(pg_u
         users = [f"f{i}" for i in range(20)]
         headers = {"Authorization": f"Bearer {app['api_key']}"}
         async with httpx.AsyncClient(base_url=cluster.url, timeout=30, headers=headers) as http:
-            r = await http.post("/v1/topics/room/subscribers", json={"users": users})
+            r = await http.post("/v1/topics/room/subscribers",
+                                json={"users": [*users, "late0", "late1"]})
             assert r.status_code == 200, r.text
         devices = [Device(cluster.url, app, u) for u in users for _ in range(2)]
         for d in devices:
@@ -100,6 +109,17 @@ async def test_a_frozen_redis_mid_stream_loses_nothing_and_holds_no_publish(pg_u
                 r = await http.get(node.url + "/readyz")
                 assert r.status_code == 200, (node.name, r.text)
                 assert r.json() == {"ready": True, "store": True, "broker": False}, node.name
+        # a device that connects while Redis is frozen, on each node (a user
+        # with no stream there yet: a new channel to subscribe), gets its
+        # hello while it is still frozen
+        late = [Device(node.url, app, f"late{i}") for i, node in enumerate(cluster.members)]
+        for d in late:
+            d.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(d.connected.wait() for d in late)),
+                                   thaw_at - loop.time())
+        except TimeoutError:
+            raise AssertionError("no hello while Redis was frozen") from None
         stats = await publish_numbered(cluster.url, app["api_key"], room, range(10, 10 + DURING))
         # no publish waited for the frozen Redis: each was acknowledged on its
         # first try (a 503 from a balancer that took the nodes out, or a
@@ -128,12 +148,16 @@ async def test_a_frozen_redis_mid_stream_loses_nothing_and_holds_no_publish(pg_u
                              f"{node.name} to route every later notification live")
         await wait_all(devices, more.stop, timeout=30)
         assert tally(devices, more.stop) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
-        # the devices kept the connections they had
-        assert sum(d.sub.reconnects for d in devices) == 0
+        # the late devices got everything published after their hello
+        after = range(10, more.stop)
+        await eventually(partial(_complete, late, after), 30, "the late devices' notifications")
+        assert sum(d.duplicates + d.out_of_order for d in late) == 0
+        # every device kept the connection it had
+        assert sum(d.sub.reconnects for d in devices + late) == 0
     finally:
         if frozen:
             os.kill(redis.proc.pid, signal.SIGCONT)
-        await asyncio.gather(*(d.stop() for d in devices))
+        await asyncio.gather(*(d.stop() for d in devices + late))
         cluster.stop()
         redis.kill()
 

@@ -75,6 +75,9 @@ HERE_MAX = 10_000
 REPAIR_INTERVAL = 2.0
 REPAIR_GRACE = 1.0
 REPAIR_CHUNK = 1000  # users per stream_heads query
+# How long a stream's start waits for the broker to confirm its subscriptions
+# (Broker.settle, one round trip to Redis) before it starts without (begin).
+SETTLE_WAIT = 2.0
 # A publish without a ttl costs the gateway one bounded search for it (events.expiry)
 _EXPIRES, _EXPIRES_TAIL = events.EXPIRES, events.EXPIRES_TAIL
 
@@ -116,6 +119,8 @@ class Hub:
         broker.on_reconnect(self._on_broker_reconnect)
         self._repair_task: asyncio.Task | None = None
         self.repaired = 0  # streams caught up by the repair pass (tests, logs)
+        self.unsettled = 0  # streams started before the broker confirmed their channel
+        self._unsettled_logged = 0.0
         # (app, user) -> the head a pass last caught the user up to: an entry
         # that cannot be replayed (retracted, expired) is not read again and again
         self._repaired_to: dict[tuple[str, str], int] = {}
@@ -274,10 +279,21 @@ class Hub:
         for topic in await self.user_topics(*key):
             self._join_topic(stream, topic)
         # Subscribed in Redis before the head is read: anything committed
-        # after the read then arrives live.
-        await self.broker.settle()
-        if key in self.users:
-            self.cache.live(key)  # from now on every change to this user reaches us
+        # after the read then arrives live.  A broker that does not confirm
+        # (a frozen Redis: no reset, no answer) would hold hello until it
+        # runs again: the stream starts without, and the repair pass brings
+        # it what the broker does not (the cache does not trust the channel).
+        try:
+            await asyncio.wait_for(self.broker.settle(), SETTLE_WAIT)
+        except TimeoutError:
+            self.unsettled += 1
+            if now - self._unsettled_logged >= 10:  # once per burst, not per stream
+                self._unsettled_logged = now
+                log.warning("the broker did not confirm a subscription within %.0f s; "
+                            "streams start without (%d so far)", SETTLE_WAIT, self.unsettled)
+        else:
+            if key in self.users:
+                self.cache.live(key)  # from now on every change to this user reaches us
         seen = self._mutes_seen.get(key, 0)
         head = await self.store.stream_head(stream.app, stream.user, now)
         self.set_muted(key, head.muted)
