@@ -284,7 +284,8 @@ class Hub:
         # runs again: the stream starts without, and the repair pass brings
         # it what the broker does not (the cache does not trust the channel).
         try:
-            await asyncio.wait_for(self.broker.settle(), SETTLE_WAIT)
+            async with asyncio.timeout(SETTLE_WAIT):  # a timer, not a task per stream
+                await self.broker.settle()
         except TimeoutError:
             self.unsettled += 1
             if now - self._unsettled_logged >= 10:  # once per burst, not per stream
